@@ -1,0 +1,117 @@
+"""`clic-bench`: run suites, validate and build manifests, report, compare, pack and score user studies.
+
+Each subcommand's handler lives in the module that owns the work and is imported only when that
+subcommand runs, so `clic-bench validate` never pays for importing torch or Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, Sequence
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def _handler(target: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        module_name, _, func = target.partition(":")
+        return getattr(importlib.import_module(module_name), func)(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clic-bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a suite file (only missing or changed jobs run)")
+    p.add_argument("suite", help="suite file (benchmarks/*.yaml)")
+    p.add_argument("--out", default=None, help="output root (default: runs/<suite name>)")
+    p.add_argument("--address", default=None, help="Ray address of an existing cluster (default: start a local one)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
+    p.add_argument("--max-in-flight", type=int, default=None, help="bound on tasks submitted at once")
+    p.add_argument("--retry-failed", action="store_true", help="run again the jobs recorded as failed")
+    p.add_argument("--allow-random-metrics", action="store_true",
+                   help="score with tiny random-weight CLIP/LPIPS when real weights are missing (labelled)")
+    p.add_argument("--allow-outside", action="store_true", help="allow manifest paths outside its folder")
+    p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_handler("harness.runner:run_main"))
+
+    p = sub.add_parser("report", help="write tables and the HTML report of a run folder")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--reference", default="clic", help="method the paired differences are taken against")
+    p.add_argument("--out", default=None, help="report folder (default: RUN/report)")
+    p.set_defaults(func=_handler("harness.report:report_main"))
+
+    p = sub.add_parser("compare", help="regression gate: paired deltas of RUN_B against RUN_A")
+    p.add_argument("run_a", help="baseline run folder (the last good run)")
+    p.add_argument("run_b", help="candidate run folder")
+    p.add_argument("--metric", action="append", default=None, help="metric to gate on (repeatable; default all)")
+    p.add_argument("--max-drop", type=float, default=0.0, help="largest tolerated drop of the mean")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired test")
+    p.set_defaults(func=_handler("harness.aggregate:compare_main"))
+
+    p = sub.add_parser("validate", help="check a manifest and print one line per bad row")
+    p.add_argument("manifest")
+    p.add_argument("--allow-outside", action="store_true", help="allow paths outside the manifest's folder")
+    p.set_defaults(func=_handler("harness.manifest:validate_main"))
+
+    p = sub.add_parser("manifest", help="build manifests")
+    msub = p.add_subparsers(dest="manifest_command", required=True)
+    q = msub.add_parser("from-folder", help="build a manifest from the folder convention in the README")
+    q.add_argument("folder")
+    q.add_argument("--out", default=None, help="manifest path (default: FOLDER/manifest.parquet)")
+    q.set_defaults(func=_handler("harness.manifest:from_folder_main"))
+    q = msub.add_parser("synth", help="render a procedural benchmark set with exact ground truth")
+    q.add_argument("--set", dest="set_name", default="all",
+                   choices=["furniture", "jewelry", "building", "kitchenware", "all"])
+    q.add_argument("--pairs", type=int, default=8, help="pairs per category")
+    q.add_argument("--size", type=int, default=128, help="image side in pixels")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.set_defaults(func=_handler("harness.synth.cli:synth_main"))
+    q = msub.add_parser("preview", help="draw a contact sheet PNG of a manifest")
+    q.add_argument("manifest")
+    q.add_argument("--out", default=None, help="PNG path (default: beside the manifest)")
+    q.set_defaults(func=_handler("harness.synth.cli:preview_main"))
+
+    p = sub.add_parser("pack", help="build a blinded user-study pack from a run")
+    p.add_argument("run")
+    p.add_argument("--pairs", type=int, default=30)
+    p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--raters", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_handler("harness.study:pack_main"))
+
+    p = sub.add_parser("score", help="score user-study answers against a pack key")
+    p.add_argument("key", help="the pack's key file")
+    p.add_argument("answers", nargs="+", help="exported answer files (JSON or CSV)")
+    p.add_argument("--out", default=None, help="folder for the Markdown/CSV tables")
+    p.set_defaults(func=_handler("harness.study:score_main"))
+
+    p = sub.add_parser("perf", help="run the performance benchmarks and write their table")
+    p.add_argument("--out", default="runs/perf")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.set_defaults(func=_handler("benchmarks.perf.__main__:perf_main"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"clic-bench: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"clic-bench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

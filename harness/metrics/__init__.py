@@ -1,0 +1,37 @@
+"""Metric registry: name -> "module:Class". Adding a metric is one file plus one line here."""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import MetricSettings
+
+REGISTRY: dict[str, str] = {
+    "clip_image": "clip_sim:ClipImageSimilarity",
+    "clip_text": "clip_sim:ClipTextSimilarity",
+    "lpips": "lpips_metric:LpipsMasked",
+    "lpips_diversity": "lpips_metric:LpipsDiversity",
+    "ssim_psnr": "ssim_psnr:SsimPsnrOutside",
+    "mask_iou": "mask_iou:MaskIoU",
+    "pattern_fidelity": "oracle:PatternFidelity",
+    "pattern_leakage": "oracle:PatternLeakage",
+    "oracle_preservation": "oracle:OraclePreservation",
+}
+
+
+def available_metrics() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def metric_class(name: str) -> type:
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; known: {', '.join(available_metrics())}") from None
+    module_name, _, class_name = target.partition(":")
+    module = importlib.import_module(module_name if "." in module_name else f"{__name__}.{module_name}")
+    return getattr(module, class_name)
+
+
+def build_metric(name: str, settings: MetricSettings | None = None) -> Any:
+    return metric_class(name)(settings or MetricSettings())

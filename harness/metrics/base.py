@@ -1,0 +1,102 @@
+"""The metric contract: what a metric receives, what it returns, and how it is found by name.
+
+A metric is one file in this package plus one line in ``REGISTRY`` (``harness/metrics/__init__.py``).
+Metric classes are plain Python: they load their models once in ``__init__`` and score batches in
+``compute``; the runner wraps them in Ray actors. Images cross this boundary as float32 arrays in
+[0, 1] (H, W, 3) and masks as bool arrays (H, W); ``check_image``/``check_mask`` assert that, so a
+metric never silently scores a 0–255 image as if it were 0–1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+TINY_RANDOM = "tiny-random"  # the weights label of every metric model built with random weights
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """How metric models are obtained. ``allow_random`` permits tiny random-weight models (labelled)."""
+
+    allow_random: bool = False
+    device: str = "cpu"
+    # Optional per-metric options from the suite file, e.g. {"clip": {"model": "ViT-B-32", "pretrained": "/path"}}.
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_metric(self, name: str) -> dict[str, Any]:
+        return dict(self.options.get(name, {}))
+
+
+@dataclass
+class Sample:
+    """One method output and everything a metric may compare it with (None where not applicable)."""
+
+    job_id: str
+    task: str  # "transfer" | "generate" | "match"
+    output_image: np.ndarray | None = None  # edited / generated image
+    source_image: np.ndarray | None = None
+    source_mask: np.ndarray | None = None
+    target_image: np.ndarray | None = None
+    target_mask: np.ndarray | None = None  # the mask the method edited inside
+    predicted_mask: np.ndarray | None = None  # RoI matching output (bool)
+    gt_mask: np.ndarray | None = None  # ground-truth target mask
+    expected_image: np.ndarray | None = None  # synthetic sets: the target with the pattern drawn on its part
+    prompt: str | None = None
+    object_word: str | None = None
+    group: str | None = None  # samples sharing a group form a set (e.g. one pair × method over seeds)
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    name: str  # e.g. "lpips_outside"
+    value: float
+
+
+@runtime_checkable
+class Metric(Protocol):
+    name: ClassVar[str]
+    version: ClassVar[str]
+    scale: ClassVar[str]  # e.g. "cosine [-1, 1] (raw, not x100)"
+    tasks: ClassVar[frozenset[str]]  # tasks this metric scores
+    weights: str  # TINY_RANDOM or a real model id / path, set by __init__
+
+    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
+        """One list of values per sample (empty where the sample lacks what the metric needs)."""
+        ...
+
+
+class GroupMetric(Protocol):
+    """A metric over a set of samples (e.g. diversity across seeds): one list of values per group."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    scale: ClassVar[str]
+    tasks: ClassVar[frozenset[str]]
+    weights: str
+    group_metric: ClassVar[bool]  # True
+
+    def compute_group(self, samples: Sequence[Sample]) -> list[MetricValue]: ...
+
+
+def check_image(array: np.ndarray, what: str = "image") -> np.ndarray:
+    """Assert an image is float (H, W, 3) in [0, 1]; returns it as float32."""
+    if not isinstance(array, np.ndarray) or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"{what}: expected an (H, W, 3) array, got {getattr(array, 'shape', type(array))}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{what}: expected floats in [0, 1], got dtype {array.dtype}")
+    lo, hi = float(array.min()), float(array.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"{what}: values must lie in [0, 1], found [{lo:.3g}, {hi:.3g}]")
+    return array.astype(np.float32, copy=False)
+
+
+def check_mask(array: np.ndarray, what: str = "mask") -> np.ndarray:
+    """Assert a mask is a bool (H, W) array."""
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or array.dtype != np.bool_:
+        raise ValueError(
+            f"{what}: expected a bool (H, W) array, got {getattr(array, 'dtype', type(array))} "
+            f"{getattr(array, 'shape', '')}"
+        )
+    return array
