@@ -1,0 +1,128 @@
+"""The supplement's augmentations: random grayscale, h-flip (image and mask together), zoom in/out with a
+prompt suffix, colour jitter.
+
+Geometric augmentations (flip, zoom) take their parameters from a small discrete set, so each variant's
+VAE latents are computed once per learning run and cached (:class:`LatentBank`); photometric ones
+(jitter, grayscale) change the pixels and are encoded when drawn. Parameters come from a
+``torch.Generator`` so a seed fixes every draw.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+ZOOM_OUT_SCALES = (0.6, 0.7, 0.8)
+ZOOM_IN_SCALES = (1.2, 1.35, 1.5)
+ZOOM_SUFFIX = {"out": ", zoomed-out", "in": ", zoomed-in", None: ""}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    p_flip: float = 0.5
+    p_zoom: float = 0.5  # half of the zooms are in, half out
+    p_jitter: float = 0.3
+    jitter: float = 0.1  # brightness / contrast / saturation factor range 1 ± jitter
+    p_grayscale: float = 0.1
+
+
+@dataclass(frozen=True)
+class GeometricKey:
+    flip: bool
+    zoom: str | None  # "in" | "out" | None
+    scale: float
+
+    @property
+    def suffix(self) -> str:
+        return ZOOM_SUFFIX[self.zoom]
+
+
+def _rand(generator: torch.Generator) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def draw_geometric(config: AugmentConfig, generator: torch.Generator) -> GeometricKey:
+    if not config.enabled:
+        return GeometricKey(False, None, 1.0)
+    flip = _rand(generator) < config.p_flip
+    zoom, scale = None, 1.0
+    if _rand(generator) < config.p_zoom:
+        zoom = "in" if _rand(generator) < 0.5 else "out"
+        scales = ZOOM_IN_SCALES if zoom == "in" else ZOOM_OUT_SCALES
+        scale = scales[int(torch.randint(len(scales), (), generator=generator))]
+    return GeometricKey(flip, zoom, scale)
+
+
+def apply_geometric(image: torch.Tensor, mask: torch.Tensor, key: GeometricKey) -> tuple[torch.Tensor, torch.Tensor]:
+    """image (C,H,W) in [-1,1], mask (n,H,W) in {0,1}: flip, then zoom about the centre.
+
+    Zoom out shrinks the object onto a white canvas (images are composited on white), zoom in crops
+    the centre and enlarges it; masks follow with nearest sampling.
+    """
+    if key.flip:
+        image, mask = image.flip(-1), mask.flip(-1)
+    if key.zoom is None:
+        return image, mask
+    _, height, width = image.shape
+    new_h, new_w = round(height * key.scale), round(width * key.scale)
+    image_s = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)[0]
+    mask_s = F.interpolate(mask[None], size=(new_h, new_w), mode="nearest")[0]
+    if key.scale < 1:
+        top, left = (height - new_h) // 2, (width - new_w) // 2
+        canvas = torch.ones_like(image)
+        canvas_mask = torch.zeros_like(mask)
+        canvas[:, top : top + new_h, left : left + new_w] = image_s
+        canvas_mask[:, top : top + new_h, left : left + new_w] = mask_s
+        return canvas, canvas_mask
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return image_s[:, top : top + height, left : left + width], mask_s[:, top : top + height, left : left + width]
+
+
+def apply_photometric(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+    """Colour jitter and grayscale on an image in [-1, 1]; returns (image, changed)."""
+    if not config.enabled:
+        return image, False
+    changed = False
+    pixels = (image + 1) / 2
+    if _rand(generator) < config.p_jitter:
+        low, high = 1 - config.jitter, 1 + config.jitter
+        factors = [low + (high - low) * _rand(generator) for _ in range(3)]
+        pixels = TF.adjust_brightness(pixels, factors[0])
+        pixels = TF.adjust_contrast(pixels, factors[1])
+        pixels = TF.adjust_saturation(pixels, factors[2])
+        changed = True
+    if _rand(generator) < config.p_grayscale:
+        pixels = TF.rgb_to_grayscale(pixels, num_output_channels=3)
+        changed = True
+    return (pixels.clamp(0, 1) * 2 - 1), changed
+
+
+class LatentBank:
+    """VAE latents per geometric variant, encoded once; photometric variants encoded on demand."""
+
+    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, masks: torch.Tensor) -> None:
+        self.encode = encode
+        self.image = image
+        self.masks = masks
+        self.cache: dict[GeometricKey, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.encode_count = 0
+
+    def _encode(self, image: torch.Tensor) -> torch.Tensor:
+        self.encode_count += 1
+        return self.encode(image[None])[0]
+
+    def sample(self, config: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+        """(latents (4,h,w), masks (n,H,W), augmented image (3,H,W), prompt suffix)."""
+        key = draw_geometric(config, generator)
+        if key not in self.cache:
+            image, masks = apply_geometric(self.image, self.masks, key)
+            self.cache[key] = (self._encode(image), masks, image)
+        latents, masks, image = self.cache[key]
+        coloured, changed = apply_photometric(image, config, generator)
+        if changed:
+            latents = self._encode(coloured)
+        return latents, masks, coloured, key.suffix

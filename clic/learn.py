@@ -1,0 +1,399 @@
+"""The concept-learning loop shared by every method.
+
+One training step (CLiC, paper §3.1): draw an augmented source (latents cached per geometric variant),
+t ~ U{0, …, T−1}, ε ~ N(0, I), x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, then ONE batched UNet pass over
+
+    row 0:    x_t          with c  = "A OBJECT with <v*> style[, zoomed-in|out]"   → l_con, l_att
+    rows 1..: M_k ⊙ x_t    with c* = "A photo of <v*_k>"                          → l_RoI
+
+sharing t and ε, with the v* cross-attention of row 0 recorded on the up blocks. Branches no active loss
+term needs are not run. Methods change the step through their :class:`LearnConfig` (which parameters
+train, prompts, terms, phases) or by overriding :meth:`clic.methods.base.Method.training_step`.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .attention import AttentionCapture
+from .augment import AugmentConfig, LatentBank
+from .concept import LearnedConcept
+from .losses import Objective, StepTensors, resize_mask
+from .models import SDComponents
+from .tokens import ConceptTokens, merge_concept_embeddings
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A span of steps with its own trainable set and learning rates (Break-A-Scene has two)."""
+
+    steps: int
+    token_lr: float
+    attention_lr: float = 0.0  # 0: attention weights frozen in this phase
+    unet_lr: float = 0.0  # >0: the whole UNet trains (Break-A-Scene's original recipe)
+    text_encoder_lr: float = 0.0
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """Everything that determines a learning run (hashable into a job id via :meth:`to_dict`)."""
+
+    steps: int = 500
+    lr: float = 1e-5  # token and attention weights, paper §4 ("Adam, lr 1e-5")
+    token_lr: float | None = None  # None: same as lr
+    optimizer: str = "adam"  # "adam" | "adamw"
+    weight_decay: float = 0.0  # applies to attention weights only; token rows never decay
+    phases: tuple[Phase, ...] = ()  # non-empty: overrides steps/lr (multi-phase methods)
+    train_kv: bool = True
+    train_q_out: bool = False
+    train_layers: str = "all"  # cross-attention layers that get trainable copies
+    capture_layers: str = "up"  # where l_att reads attention (paper: up-block cross-attention)
+    attention_resolution: int | None = None  # None: the coarsest captured layer's side
+    normalize_attention: bool = False  # divide each token map by its max (Break-A-Scene)
+    terms: Mapping[str, Any] = field(
+        default_factory=lambda: {"con": {"weight": 1.0, "alpha": 0.5}, "att": 0.5, "roi": 0.5}
+    )
+    context_prompt: str = "A {object} with {tokens} style"
+    roi_prompts: tuple[str, ...] = ("A photo of {token}",)
+    roi_mask_space: str = "latent"  # "latent": M ⊙ x_t (paper); "pixel": mask the image before encoding
+    placeholder: str = "<v*>"
+    init_word: str | None = None  # None: the object word
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    resolution: int | None = None  # None: the model's native resolution
+    checkpoint_every: int = 0
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16": autocast; trained weights stay fp32
+    gradient_checkpointing: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["terms"] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.terms.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LearnConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown learning option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        data = dict(data)
+        if "augment" in data and isinstance(data["augment"], Mapping):
+            data["augment"] = AugmentConfig(**data["augment"])
+        if "phases" in data:
+            data["phases"] = tuple(p if isinstance(p, Phase) else Phase(**p) for p in data["phases"])
+        if "roi_prompts" in data and isinstance(data["roi_prompts"], str):
+            data["roi_prompts"] = (data["roi_prompts"],)
+        if "roi_prompts" in data:
+            data["roi_prompts"] = tuple(data["roi_prompts"])
+        return cls(**data)
+
+    def merged(self, overrides: Mapping[str, Any] | None) -> "LearnConfig":
+        if not overrides:
+            return self
+        base = self.to_dict()
+        for key, value in overrides.items():
+            if key in ("terms", "augment") and isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+                base[key] = {**base[key], **value}
+            else:
+                base[key] = value
+        return LearnConfig.from_dict(base)
+
+    def validate(self) -> None:
+        if self.total_steps <= 0:
+            raise ValueError(f"steps must be positive, got {self.total_steps}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.roi_mask_space not in ("latent", "pixel"):
+            raise ValueError(f"roi_mask_space must be 'latent' or 'pixel', got {self.roi_mask_space!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+
+    @property
+    def total_steps(self) -> int:
+        return sum(p.steps for p in self.phases) if self.phases else self.steps
+
+    def schedule(self) -> tuple[Phase, ...]:
+        if self.phases:
+            return self.phases
+        return (Phase(self.steps, self.token_lr if self.token_lr is not None else self.lr,
+                      self.lr if (self.train_kv or self.train_q_out) else 0.0),)
+
+
+@dataclass
+class ConceptSource:
+    """A source image and one mask per concept token, as model-ready tensors."""
+
+    image: torch.Tensor  # (3, R, R) in [-1, 1]
+    masks: torch.Tensor  # (n_tokens, R, R) in {0, 1}
+    object_word: str
+
+    def __post_init__(self) -> None:
+        if self.masks.dim() == 2:
+            self.masks = self.masks[None]
+        if self.masks.dim() != 3 or self.masks.shape[-2:] != self.image.shape[-2:]:
+            raise ValueError(f"masks {tuple(self.masks.shape)} do not match image {tuple(self.image.shape)}")
+        if (self.masks.flatten(1).sum(1) == 0).any():
+            raise ValueError("a concept mask is empty")
+
+
+# ------------------------------------------------------------------------------ text helpers
+
+
+def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    return tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def encode_text(components: SDComponents, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = tokenize(components.tokenizer, prompts).to(components.text_encoder.device)
+    return components.text_encoder(ids)[0], ids
+
+
+def format_prompt(template: str, object_word: str, tokens: Sequence[str]) -> str:
+    return template.format(object=object_word, tokens=" and ".join(tokens), token=tokens[0])
+
+
+def vae_moments(components: SDComponents, images: torch.Tensor) -> torch.Tensor:
+    """Posterior mean and log-variance (2·C channels) of images in [-1, 1]."""
+    with torch.no_grad():
+        return components.vae.encode(images.to(components.vae.device, components.vae.dtype)).latent_dist.parameters
+
+
+def sample_latents(components: SDComponents, moments: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    mean, logvar = moments.chunk(2, dim=-3)
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+    return (mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * noise) * components.vae.config.scaling_factor
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+
+@dataclass
+class TrainState:
+    """What a training step needs besides the batch: the learnable parts and the objective."""
+
+    components: SDComponents
+    tokens: ConceptTokens
+    capture: AttentionCapture
+    objective: Objective
+    config: LearnConfig
+    attention_resolution: int
+
+
+@dataclass
+class StepBatch:
+    latents: torch.Tensor  # (1, 4, h, w)
+    masks: torch.Tensor  # (n, H, W) pixel masks of this augmentation
+    image: torch.Tensor  # (3, H, W) augmented image
+    suffix: str
+    timestep: torch.Tensor  # (1,)
+    noise: torch.Tensor  # (1, 4, h, w)
+    roi_latents: torch.Tensor | None = None  # (n, 4, h, w) pixel-space masked variants, if configured
+
+
+def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """The CLiC step: context and RoI branches in one UNet pass sharing t and ε."""
+    components, config, tokens = state.components, state.config, state.tokens
+    needs = state.objective.needs
+    n = len(tokens.tokens)
+    latent_size = batch.latents.shape[-2:]
+    latent_masks = resize_mask(batch.masks[None], latent_size)[0]  # (n, h, w), area-averaged
+    union = latent_masks.amax(dim=0, keepdim=True)[None]  # (1, 1, h, w)
+    scheduler = components.scheduler
+
+    x_t = scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
+    rows, prompts = [], []
+    if "context" in needs:
+        rows.append(x_t)
+        prompts.append(format_prompt(config.context_prompt, object_word, tokens.tokens) + batch.suffix)
+    if "roi" in needs:
+        if batch.roi_latents is not None:  # official code: mask in pixel space, then noise
+            rows.append(scheduler.add_noise(batch.roi_latents, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n)))
+        else:
+            rows.append(latent_masks[:, None] * x_t)
+        roi_templates = config.roi_prompts
+        for k, token in enumerate(tokens.tokens):
+            template = roi_templates[int(batch.timestep.item() + k) % len(roi_templates)] if len(roi_templates) > 1 else roi_templates[0]
+            prompts.append(format_prompt(template, object_word, [token]))
+    model_input = torch.cat(rows)
+    text, ids = encode_text(components, prompts)
+    capture_on = "attention" in needs
+    state.capture.set_tokens(tokens.positions(ids) if capture_on else None)
+    timesteps = batch.timestep.expand(model_input.shape[0])
+    eps = components.unet(model_input, timesteps, encoder_hidden_states=text).sample
+
+    step = StepTensors(noise=batch.noise, mask=union)
+    offset = 0
+    if "context" in needs:
+        step.eps_context = eps[:1]
+        offset = 1
+    if "roi" in needs:
+        step.eps_roi = eps[offset:]
+    if capture_on:
+        attention = state.capture.mean_map(state.attention_resolution, batch_index=slice(0, 1))
+        if config.normalize_attention:
+            attention = attention / attention.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
+        step.attention = attention
+        step.attention_masks = batch.masks[None]
+    loss, values = state.objective(step)
+    state.capture.clear()
+    return loss, values
+
+
+def _attention_resolution(capture: AttentionCapture, components: SDComponents, config: LearnConfig) -> int:
+    if config.attention_resolution:
+        return config.attention_resolution
+    # Coarsest captured layer: SD 1.x at 512 px gives 16, the paper's attention resolution.
+    sides = []
+    latent = components.latent_size
+    for name in capture.capture_layers:
+        block = name.split(".")[1] if name.startswith(("up_blocks", "down_blocks")) else None
+        depth = len(components.unet.config.block_out_channels) - 1
+        if name.startswith("up_blocks"):
+            sides.append(latent // 2 ** (depth - int(block)))
+        elif name.startswith("down_blocks"):
+            sides.append(latent // 2 ** int(block))
+        else:
+            sides.append(latent // 2 ** depth)
+    return max(1, min(sides)) if sides else max(1, latent // 4)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def learn_concept(
+    components: SDComponents,
+    source: ConceptSource,
+    config: LearnConfig,
+    *,
+    method: str = "clic",
+    preset: str = "paper",
+    seed: int = 0,
+    step_fn: Callable[[TrainState, StepBatch, str], tuple[torch.Tensor, dict[str, float]]] = fused_step,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> LearnedConcept:
+    """Learn concept token(s) (+ attention weights) from one source image and its mask(s)."""
+    config.validate()
+    generator = seed_everything(seed)
+    device = components.unet.device
+    n_tokens = source.masks.shape[0]
+    token_names = [config.placeholder] if n_tokens == 1 else [
+        config.placeholder.replace("*", f"{k + 1}*") if "*" in config.placeholder else f"{config.placeholder}{k + 1}"
+        for k in range(n_tokens)
+    ]
+    tokens = ConceptTokens(components.tokenizer, components.text_encoder, token_names,
+                           [config.init_word or source.object_word] * n_tokens)
+    capture = AttentionCapture(
+        components.unet, config.capture_layers, train_kv=config.train_kv, train_q_out=config.train_q_out,
+        train_layers=config.train_layers,
+    )
+    if config.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+    objective = Objective(config.terms)
+    state = TrainState(components, tokens, capture, objective, config, _attention_resolution(capture, components, config))
+
+    image = source.image.to(device)
+    masks = source.masks.to(device, image.dtype)
+    bank = LatentBank(lambda x: vae_moments(components, x), image, masks)
+
+    attention_params = capture.trainable_parameters()
+    unet_params = [p for n, p in components.unet.named_parameters() if "processor" not in n]
+    text_params = [p for n, p in components.text_encoder.named_parameters() if not n.endswith("vectors") and "base" not in n]
+    loss_log: list[dict[str, float]] = []
+    step_index = 0
+    started = time.perf_counter()
+    bar = tqdm(total=config.total_steps, desc=f"learn {method}/{preset}", disable=not progress, leave=False)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    for phase in config.schedule():
+        groups = [{"params": [tokens.parameter], "lr": phase.token_lr, "weight_decay": 0.0}]
+        for p in attention_params:
+            p.requires_grad_(phase.attention_lr > 0)
+        if phase.attention_lr > 0 and attention_params:
+            groups.append({"params": attention_params, "lr": phase.attention_lr, "weight_decay": config.weight_decay})
+        for p in unet_params:
+            p.requires_grad_(phase.unet_lr > 0)
+        if phase.unet_lr > 0:
+            groups.append({"params": unet_params, "lr": phase.unet_lr, "weight_decay": config.weight_decay})
+        for p in text_params:
+            p.requires_grad_(phase.text_encoder_lr > 0)
+        if phase.text_encoder_lr > 0:
+            groups.append({"params": text_params, "lr": phase.text_encoder_lr, "weight_decay": config.weight_decay})
+        optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_cls(groups)
+        components.unet.train(phase.unet_lr > 0)
+        for _ in range(phase.steps):
+            latents_moments, aug_masks, aug_image, suffix = bank.sample(config.augment, generator)
+            latents = sample_latents(components, latents_moments[None], generator)
+            timestep = torch.randint(0, components.scheduler.config.num_train_timesteps, (1,), generator=generator).to(device)
+            noise = torch.randn(latents.shape, generator=generator).to(device)
+            roi_latents = None
+            if config.roi_mask_space == "pixel" and "roi" in objective.needs:
+                masked = torch.where(aug_masks[:, None] > 0.5, aug_image[None], torch.zeros_like(aug_image[None]))
+                roi_latents = sample_latents(components, vae_moments(components, masked), generator)
+            batch = StepBatch(latents, aug_masks, aug_image, suffix, timestep, noise, roi_latents)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss, values = step_fn(state, batch, source.object_word)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {float(loss)} at step {step_index}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            values["step"] = step_index
+            values["t"] = int(timestep.item())
+            loss_log.append(values)
+            if on_step is not None:
+                on_step(step_index, values)
+            step_index += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['total']:.4f}")
+            if out_dir is not None and config.checkpoint_every and step_index % config.checkpoint_every == 0:
+                _snapshot(state, source, config, method, preset, loss_log, seed).save(Path(out_dir) / "checkpoints" / f"step-{step_index:05d}")
+    bar.close()
+    components.unet.eval()
+    if config.gradient_checkpointing:
+        components.unet.disable_gradient_checkpointing()
+    concept = _snapshot(state, source, config, method, preset, loss_log, seed)
+    concept.extras.update({
+        "seconds": round(time.perf_counter() - started, 3),
+        "latent_encodes": bank.encode_count,
+        "attention_resolution": state.attention_resolution,
+    })
+    merge_concept_embeddings(components.text_encoder)
+    if out_dir is not None:
+        concept.save(out_dir)
+    return concept
+
+
+def _snapshot(state: TrainState, source: ConceptSource, config: LearnConfig, method: str, preset: str,
+              loss_log: list[dict[str, float]], seed: int) -> LearnedConcept:
+    full_unet = any(p.unet_lr > 0 for p in config.schedule())
+    return LearnedConcept(
+        method=method,
+        preset=preset,
+        tokens=list(state.tokens.tokens),
+        object_word=source.object_word,
+        vectors=state.tokens.vectors(),
+        attention_state=state.capture.state_dict(),
+        train_kv=config.train_kv,
+        train_q_out=config.train_q_out,
+        model_id=state.components.model_id,
+        weights_hash=state.components.weights_hash,
+        config={**config.to_dict(), "seed": seed},
+        loss_log=list(loss_log),
+        unet_state={k: v.detach().clone() for k, v in state.components.unet.state_dict().items() if "processor" not in k}
+        if full_unet else {},
+    )

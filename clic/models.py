@@ -1,0 +1,310 @@
+"""Stable Diffusion components from a local diffusers folder, the local HF cache (offline), or `tiny`.
+
+Three sources, one return type (:class:`SDComponents`):
+
+* a local diffusers folder (``model_index.json`` with ``unet/``, ``vae/``, ``text_encoder/``,
+  ``tokenizer/``, ``scheduler/``), e.g. a Stable Diffusion 1.x/2.x checkpoint;
+* an HF model id already in the local cache, loaded with ``local_files_only`` (this machine, and most
+  cluster nodes, have no route to the hub: a missing model is one clear error, not a retry loop);
+* ``tiny`` / ``tiny-inpaint``: seeded small models built from configs, as diffusers' own test suite
+  does, with a real CLIP tokenizer made from the BPE vocabulary that open_clip ships. Numbers made with
+  them are labelled ``tiny-random`` everywhere.
+
+``clic models save-tiny DIR`` writes the tiny preset as a normal diffusers folder, so the folder path
+(the one real users take) is what the tests exercise.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Must precede any import of huggingface_hub (diffusers/transformers import it): otherwise a missing
+# model retries against an unreachable hub for ~47 s. Users who do have a hub set HF_HUB_OFFLINE=0.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+
+TINY_PRESETS = ("tiny", "tiny-inpaint")
+TINY_SEED = 0
+TINY_LABEL = "tiny-random"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The requested weights are not on this machine; the message says how to get them."""
+
+
+@dataclass
+class SDComponents:
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    scheduler: DDIMScheduler
+    model_id: str  # "tiny", a folder path or an HF id
+    weights_hash: str  # identifies the weights (see :func:`weights_fingerprint`)
+    resolution: int  # native image side in pixels
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.model_id in TINY_PRESETS
+
+    @property
+    def weights_label(self) -> str:
+        """What made the numbers: ``tiny-random`` or the model id."""
+        return TINY_LABEL if self.is_tiny else self.model_id
+
+    @property
+    def is_inpainting(self) -> bool:
+        return self.unet.config.in_channels == 9
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // self.vae_scale_factor
+
+    def to(self, device: torch.device | str) -> "SDComponents":
+        for module in (self.text_encoder, self.unet, self.vae):
+            module.to(device)
+        return self
+
+    def freeze(self) -> "SDComponents":
+        for module in (self.text_encoder, self.unet, self.vae):
+            module.requires_grad_(False)
+            module.eval()
+        return self
+
+
+# --------------------------------------------------------------------------------------------- tiny
+def tiny_unet_config(in_channels: int = 4) -> dict:
+    return dict(
+        sample_size=16,
+        in_channels=in_channels,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+TINY_VAE_CONFIG = dict(
+    block_out_channels=(32, 32, 64),
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=64,
+)
+
+TINY_TEXT_CONFIG = dict(
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+    hidden_size=32,
+    intermediate_size=37,
+    layer_norm_eps=1e-05,
+    num_attention_heads=4,
+    num_hidden_layers=3,
+    vocab_size=49408,
+    max_position_embeddings=77,
+    projection_dim=32,
+)
+
+# Stable Diffusion v1's scheduler configuration (scheduler/scheduler_config.json of SD 1.4).
+SD_SCHEDULER_CONFIG = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    num_train_timesteps=1000,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
+
+
+def build_clip_tokenizer(directory: str | Path) -> CLIPTokenizer:
+    """Write vocab.json + merges.txt from open_clip's BPE file into ``directory`` and load a CLIPTokenizer.
+
+    Same vocabulary and ids as openai/clip-vit-large-patch14's tokenizer (SD 1.x): byte symbols,
+    their ``</w>`` forms, the merges, then ``<|startoftext|>`` and ``<|endoftext|>`` (49406, 49407).
+    """
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": 77,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "do_lower_case": True,
+            }
+        )
+    )
+    tokenizer = CLIPTokenizer.from_pretrained(directory)
+    tokenizer.model_max_length = 77
+    return tokenizer
+
+
+def _tiny_tokenizer() -> CLIPTokenizer:
+    cache = Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic")) / "tiny-tokenizer"
+    if (cache / "vocab.json").exists() and (cache / "merges.txt").exists():
+        tokenizer = CLIPTokenizer.from_pretrained(cache)
+        tokenizer.model_max_length = 77
+        return tokenizer
+    return build_clip_tokenizer(cache)
+
+
+def build_tiny(variant: str = "tiny") -> SDComponents:
+    """Seeded tiny SD components (64 px images, 16×16 latents). ``tiny-inpaint`` has a 9-channel UNet."""
+    if variant not in TINY_PRESETS:
+        raise ValueError(f"unknown tiny preset {variant!r}; known: {', '.join(TINY_PRESETS)}")
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(TINY_SEED)
+        unet = UNet2DConditionModel(**tiny_unet_config(9 if variant == "tiny-inpaint" else 4))
+        torch.manual_seed(TINY_SEED)
+        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+        torch.manual_seed(TINY_SEED)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    components = SDComponents(
+        tokenizer=_tiny_tokenizer(),
+        text_encoder=text_encoder,
+        unet=unet,
+        vae=vae,
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
+        model_id=variant,
+        weights_hash="",
+        resolution=64,
+    )
+    components.weights_hash = state_hash(components)
+    return components.freeze()
+
+
+def save_tiny(directory: str | Path, variant: str = "tiny") -> Path:
+    """Write the tiny preset as a stock diffusers StableDiffusion(Inpaint)Pipeline folder."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
+    components = build_tiny(variant)
+    pipeline_class = StableDiffusionInpaintPipeline if variant == "tiny-inpaint" else StableDiffusionPipeline
+    pipeline = pipeline_class(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=components.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(directory)
+    return Path(directory)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def state_hash(components: SDComponents) -> str:
+    """sha256 of every parameter's bytes: exact, used for the (small) tiny models."""
+    digest = hashlib.sha256()
+    for module in (components.unet, components.vae, components.text_encoder):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """A cheap identity of a checkpoint folder: name, size and the first/last MiB of each weights file.
+
+    Hashing a 4 GB checkpoint on every run costs ~10 s; the header of a safetensors file holds every
+    tensor's name, shape and offset, and the tail catches a retrained file of the same layout.
+    """
+    digest = hashlib.sha256()
+    suffixes = {".safetensors", ".bin", ".ckpt", ".pt"}
+    for path in sorted(p for p in folder.rglob("*") if p.suffix in suffixes or p.name.endswith("config.json")):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), os.SEEK_END)
+                digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def _resolve_folder(model: str) -> Path:
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        if not (folder / "model_index.json").exists() and not (folder / "unet").is_dir():
+            raise ModelNotFoundError(
+                f"{folder}: not a diffusers model folder (no model_index.json or unet/); "
+                "expected the layout written by DiffusionPipeline.save_pretrained"
+            )
+        return folder
+    if folder.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ModelNotFoundError(f"{model}: no such model folder, and not an HF model id of the form owner/name")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception as err:  # huggingface_hub raises several types for "not cached"
+        raise ModelNotFoundError(
+            f"model {model!r} is not in the local Hugging Face cache ({type(err).__name__}); this machine works "
+            f"offline: on a machine with internet run `hf download {model}` and copy the cache "
+            "(~/.cache/huggingface) here, or pass a local diffusers folder with --model PATH"
+        ) from None
+
+
+def load_components(model: str = "tiny", *, dtype: torch.dtype = torch.float32) -> SDComponents:
+    """Load SD components: ``tiny``/``tiny-inpaint``, a local diffusers folder, or a cached HF id."""
+    if model in TINY_PRESETS:
+        return build_tiny(model)
+    folder = _resolve_folder(model)
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype)
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+        scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelNotFoundError(f"{folder}: cannot load the SD components: {first_line}") from None
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    components = SDComponents(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        unet=unet,
+        vae=vae,
+        scheduler=scheduler,
+        model_id=model,
+        weights_hash=weights_fingerprint(folder),
+        resolution=int(unet.config.sample_size) * vae_factor,
+    )
+    return components.freeze()
