@@ -251,6 +251,21 @@ class AttentionCapture:
         finally:
             self.buffer.enabled = previous
 
+    @contextmanager
+    def base_weights(self, enabled: bool = True) -> Iterator[None]:
+        """Run with the layers' own (untrained) projections: the "unmodified UNet" of two-stage generation."""
+        if not enabled:
+            yield
+            return
+        saved = {name: (p.train_kv, p.train_q_out) for name, p in self.processors.items()}
+        for p in self.processors.values():
+            p.train_kv = p.train_q_out = False
+        try:
+            yield
+        finally:
+            for name, (kv, q_out) in saved.items():
+                self.processors[name].train_kv, self.processors[name].train_q_out = kv, q_out
+
     def clear(self) -> None:
         self.buffer.clear()
 

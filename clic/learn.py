@@ -249,19 +249,17 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     return loss, values
 
 
-def _attention_resolution(capture: AttentionCapture, components: SDComponents, config: LearnConfig) -> int:
-    if config.attention_resolution:
-        return config.attention_resolution
-    # Coarsest captured layer: SD 1.x at 512 px gives 16, the paper's attention resolution.
-    sides = []
+def capture_resolution(capture: AttentionCapture, components: SDComponents) -> int:
+    """Side of the coarsest captured layer's map: 16 for SD 1.x up blocks at 512 px (the paper's)."""
     latent = components.latent_size
+    depth = len(components.unet.config.block_out_channels) - 1
+    sides = []
     for name in capture.capture_layers:
-        block = name.split(".")[1] if name.startswith(("up_blocks", "down_blocks")) else None
-        depth = len(components.unet.config.block_out_channels) - 1
+        block = int(name.split(".")[1]) if name.startswith(("up_blocks", "down_blocks")) else None
         if name.startswith("up_blocks"):
-            sides.append(latent // 2 ** (depth - int(block)))
+            sides.append(latent // 2 ** (depth - block))
         elif name.startswith("down_blocks"):
-            sides.append(latent // 2 ** int(block))
+            sides.append(latent // 2 ** block)
         else:
             sides.append(latent // 2 ** depth)
     return max(1, min(sides)) if sides else max(1, latent // 4)
@@ -304,7 +302,7 @@ def learn_concept(
     if config.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
     objective = Objective(config.terms)
-    state = TrainState(components, tokens, capture, objective, config, _attention_resolution(capture, components, config))
+    state = TrainState(components, tokens, capture, objective, config, config.attention_resolution or capture_resolution(capture, components))
 
     image = source.image.to(device)
     masks = source.masks.to(device, image.dtype)

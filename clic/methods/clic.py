@@ -39,7 +39,7 @@ class CLiC(Method):
                 "optimizer": "adamw",
                 "weight_decay": 0.1,
             },
-            "transfer": {"eta": 1.0, "attention_target": "ones", "t_start": 18},
+            "transfer": {"ddim_eta": 1.0, "attention_target": "ones", "t_start": 18},
         },
     }
     sources = {

@@ -1,0 +1,106 @@
+"""Two-stage generation (paper §3.3): the first ``stage_one_steps`` DDIM steps with the unmodified UNet and
+"a photo of an OBJECT" lay out the object; the remaining steps use the tuned UNet (trained attention
+weights on) with "a photo of an OBJECT, with <v*> style" to put the concept on it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import torch
+from diffusers import DDIMScheduler
+
+from .concept import LearnedConcept
+from .learn import capture_resolution, encode_text, format_prompt
+from .models import SDComponents
+from .transfer import decode, ensure_concept
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    steps: int = 50
+    stage_one_steps: int = 5  # t_s of the paper
+    guidance_scale: float = 7.5
+    ddim_eta: float = 0.0
+    stage_one_prompt: str = "a photo of an {object}"
+    prompt: str = "a photo of an {object}, with {tokens} style"
+    images: int = 1
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GenerateSettings":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown generation setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        settings = cls(**data)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.steps <= 0 or self.images <= 0:
+            raise ValueError("generation steps and images must be positive")
+        if not 0 <= self.stage_one_steps <= self.steps:
+            raise ValueError(f"stage_one_steps must lie in [0, {self.steps}], got {self.stage_one_steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GenerationResult:
+    images: torch.Tensor  # (N, 3, R, R) in [0, 1]
+    prompt: str
+    attention: torch.Tensor  # (N, R, R) v* attention of the second stage, normalised per image
+
+
+@torch.no_grad()
+def generate_with_concept(
+    components: SDComponents,
+    concept: LearnedConcept,
+    object_word: str,
+    settings: GenerateSettings = GenerateSettings(),
+    *,
+    seed: int = 0,
+    latents: torch.Tensor | None = None,
+) -> GenerationResult:
+    settings.validate()
+    capture = ensure_concept(components, concept)
+    device = components.unet.device
+    generator = torch.Generator().manual_seed(seed)
+    scheduler = DDIMScheduler.from_config(components.scheduler.config)
+    scheduler.set_timesteps(settings.steps)
+    n = settings.images
+    if latents is None:
+        shape = (n, components.unet.config.in_channels, components.latent_size, components.latent_size)
+        latents = torch.randn(shape, generator=generator).to(device) * scheduler.init_noise_sigma
+    prompt_one = format_prompt(settings.stage_one_prompt, object_word, concept.tokens)
+    prompt_two = format_prompt(settings.prompt, object_word, concept.tokens)
+    text, ids = encode_text(components, ["", prompt_one, prompt_two])
+    uncond, stage_one, stage_two = text[:1], text[1:2], text[2:3]
+    token_ids = components.tokenizer.convert_tokens_to_ids(concept.tokens)
+    positions = torch.tensor([[int((ids[2] == tid).nonzero()[0, 0]) for tid in token_ids]]).repeat(2 * n, 1)
+    resolution = capture_resolution(capture, components)
+    maps = []
+    for index, t in enumerate(scheduler.timesteps):
+        first_stage = index < settings.stage_one_steps
+        cond = stage_one if first_stage else stage_two
+        embeddings = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
+        with capture.base_weights(enabled=first_stage):
+            capture.set_tokens(None if first_stage else positions)
+            eps = components.unet(torch.cat([latents, latents]), t, encoder_hidden_states=embeddings).sample
+        if not first_stage and capture.buffer.maps:
+            maps.append(capture.mean_map(resolution, batch_index=slice(n, 2 * n))[:, 0])
+        capture.clear()
+        eps_uncond, eps_cond = eps.chunk(2)
+        eps = eps_uncond + settings.guidance_scale * (eps_cond - eps_uncond)
+        latents = scheduler.step(eps, t, latents, eta=settings.ddim_eta, generator=generator).prev_sample
+    capture.set_tokens(None)
+    images = decode(components, latents).cpu()
+    if maps:
+        attention = torch.nn.functional.interpolate(torch.stack(maps).mean(0)[:, None], size=images.shape[-2:],
+                                                    mode="bilinear", align_corners=False)[:, 0]
+        low = attention.amin(dim=(1, 2), keepdim=True)
+        attention = (attention - low) / (attention.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)
+    else:
+        attention = torch.zeros(n, *images.shape[-2:])
+    return GenerationResult(images, prompt_two, attention.cpu())
