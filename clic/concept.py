@@ -7,7 +7,7 @@ Layout of a concept folder::
     pytorch_custom_diffusion_weights.safetensors   trained attention weights (if any), keys as
                                                    unet.save_attn_procs writes them
     losses.csv                                     per-step loss terms
-    masks/*.png                                    masks a method estimated (RoI matching, EM, ...)
+    arrays.safetensors                             named tensors a method keeps (estimated masks, ...)
 
 :func:`load_into_pipeline` is the stock route (a fresh ``StableDiffusionPipeline`` plus diffusers'
 own loading calls); :meth:`LearnedConcept.apply` is ours, onto :class:`~clic.models.SDComponents`.
@@ -45,7 +45,8 @@ class LearnedConcept:
     weights_hash: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     loss_log: list[dict[str, float]] = field(default_factory=list)
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (H, W) float in [0, 1]
+    # Named tensors a method keeps: estimated masks (H, W) in [0, 1], the source pixels for cut-and-paste ...
+    arrays: dict[str, torch.Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
     # Full UNet / text-encoder weights for methods that fine-tune them (Break-A-Scene's original recipe).
     unet_state: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -65,8 +66,8 @@ class LearnedConcept:
             save_file(state, str(directory / ATTN_WEIGHTS_NAME), metadata={"format": "pt"})
         if self.unet_state:
             save_file({k: v.contiguous() for k, v in self.unet_state.items()}, str(directory / "unet_state.safetensors"))
-        if self.masks:
-            save_file({k: v.float().contiguous() for k, v in self.masks.items()}, str(directory / "masks.safetensors"))
+        if self.arrays:
+            save_file({k: v.float().contiguous() for k, v in self.arrays.items()}, str(directory / "arrays.safetensors"))
         if self.loss_log:
             with (directory / "losses.csv").open("w", newline="") as handle:
                 columns = list(dict.fromkeys(k for row in self.loss_log for k in row))
@@ -104,7 +105,7 @@ class LearnedConcept:
             vectors[name] = vector
         attention_state = load_file(str(directory / ATTN_WEIGHTS_NAME)) if meta.get("attention_weights") else {}
         unet_path = directory / "unet_state.safetensors"
-        masks_path = directory / "masks.safetensors"
+        arrays_path = directory / "arrays.safetensors"
         loss_log = []
         if (directory / "losses.csv").exists():
             with (directory / "losses.csv").open() as handle:
@@ -122,7 +123,7 @@ class LearnedConcept:
             weights_hash=meta.get("weights_hash", ""),
             config=meta.get("config", {}),
             loss_log=loss_log,
-            masks=load_file(str(masks_path)) if masks_path.exists() else {},
+            arrays=load_file(str(arrays_path)) if arrays_path.exists() else {},
             extras=meta.get("extras", {}),
             unet_state=load_file(str(unet_path)) if unet_path.exists() else {},
         )

@@ -5,6 +5,7 @@ import importlib
 
 REGISTRY: dict[str, str] = {
     "clic": "clic.methods.clic:CLiC",
+    "cut_paste": "clic.methods.cut_paste:CutPaste",
 }
 
 

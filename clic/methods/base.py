@@ -39,6 +39,8 @@ class Method:
     sources: ClassVar[dict[str, str]] = {}
     # Which model variant the method needs: "tiny" maps to "tiny-inpaint" for inpainting methods.
     needs_inpainting: ClassVar[bool] = False
+    # False for methods that run without a diffusion model (cut-and-paste): the harness loads none.
+    needs_model: ClassVar[bool] = True
 
     # --------------------------------------------------------------------------------- configs
     def preset(self, preset: str | None) -> dict[str, Mapping[str, Any]]:
