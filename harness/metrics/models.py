@@ -1,0 +1,223 @@
+"""Loading of the networks the metrics score with: CLIP (open_clip) and LPIPS (AlexNet trunk).
+
+Real weights are only ever read from local files or caches; nothing here downloads, so a missing model
+fails in milliseconds instead of retrying a hub that is not reachable. When the weights are missing:
+- ``settings.allow_random`` False -> ``WeightsUnavailable``, one line naming the model and how to get it;
+- ``settings.allow_random`` True -> a tiny random-weight model built with a fixed seed (deterministic),
+  labelled ``TINY_RANDOM`` so no table mistakes its numbers for real ones.
+
+Suite options (``MetricSettings.options``):
+- ``clip``: ``model`` (an open_clip architecture name, default ViT-B-32), ``pretrained`` (an
+  open_clip tag already in the local cache, or a local .bin/.pt/.safetensors file; default "openai"),
+  ``cache_dir`` (where open_clip downloads went, default the Hugging Face cache / ~/.cache/clip),
+  ``batch_size``.
+- ``lpips``: ``batch_size``. The trunk is AlexNet, read from torch hub's checkpoint cache.
+
+Every build increments ``LOAD_COUNT[kind]`` so tests (and the runner) can check that a metric instance
+loads its model once however many batches it scores.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any, Callable
+
+import lpips
+import open_clip
+import torch
+import torchvision
+from huggingface_hub import try_to_load_from_cache  # a cache lookup only: never touches the network
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+from .base import TINY_RANDOM, MetricSettings
+
+_log = logging.getLogger(__name__)
+
+LOAD_COUNT: Counter[str] = Counter()  # "clip" / "lpips" -> number of models built in this process
+
+CLIP_OPTIONS_KEY = "clip"
+LPIPS_OPTIONS_KEY = "lpips"
+DEFAULT_CLIP_MODEL = "ViT-B-32"
+DEFAULT_CLIP_PRETRAINED = "openai"
+TINY_CLIP_MODEL = "clic-tiny-clip"  # harness/metrics/configs/clic-tiny-clip.json
+TINY_SEED = 0
+DEFAULT_BATCH_SIZE = 32
+
+LPIPS_NET = "alex"
+LPIPS_HEADS_VERSION = "0.1"  # the linear-head calibration lpips ships (weights/v0.1/alex.pth)
+LPIPS_PACKAGE_VERSION = package_version("lpips")
+_ALEXNET_WEIGHTS = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
+
+_CONFIG_DIR = Path(__file__).with_name("configs")
+
+
+if TINY_CLIP_MODEL not in open_clip.list_models():
+    # Registered like any open_clip architecture, so "clic-tiny-clip" also works as a `model` option.
+    open_clip.add_model_config(_CONFIG_DIR / f"{TINY_CLIP_MODEL}.json")
+
+
+class WeightsUnavailable(RuntimeError):
+    """Real weights are not on this machine and random weights were not allowed."""
+
+
+@dataclass(frozen=True)
+class ClipModel:
+    model: torch.nn.Module
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    image_size: tuple[int, int]  # (H, W) the vision tower expects
+    mean: torch.Tensor  # (1, 3, 1, 1) normalisation from the model's preprocess config
+    std: torch.Tensor
+    weights: str
+    device: torch.device
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class LpipsModel:
+    model: lpips.LPIPS
+    weights: str
+    device: torch.device
+    batch_size: int
+
+
+def load_clip(settings: MetricSettings) -> ClipModel:
+    """The configured CLIP from local weights, else (if allowed) the tiny random one."""
+    options = settings.for_metric(CLIP_OPTIONS_KEY)
+    model_name = str(options.get("model", DEFAULT_CLIP_MODEL))
+    pretrained = str(options.get("pretrained", DEFAULT_CLIP_PRETRAINED))
+    cache_dir = options.get("cache_dir")
+    device = torch.device(settings.device)
+    try:
+        model, weights = _build_real_clip(model_name, pretrained, cache_dir, device)
+        tokenizer_name = model_name
+    except WeightsUnavailable as missing:
+        if not settings.allow_random:
+            raise
+        _log.warning("%s -> scoring with the tiny random CLIP, labelled %r", missing, TINY_RANDOM)
+        model, weights, tokenizer_name = _build_tiny_clip(device), TINY_RANDOM, TINY_CLIP_MODEL
+    LOAD_COUNT["clip"] += 1
+    model.eval().requires_grad_(False)
+
+    preprocess = model.visual.preprocess_cfg
+    size = preprocess["size"]
+    image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return ClipModel(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(tokenizer_name),
+        image_size=image_size,
+        mean=torch.tensor(preprocess["mean"], dtype=torch.float32).view(1, 3, 1, 1),
+        std=torch.tensor(preprocess["std"], dtype=torch.float32).view(1, 3, 1, 1),
+        weights=weights,
+        device=device,
+        batch_size=int(options.get("batch_size", DEFAULT_BATCH_SIZE)),
+    )
+
+
+def _build_real_clip(
+    model_name: str, pretrained: str, cache_dir: str | None, device: torch.device
+) -> tuple[torch.nn.Module, str]:
+    if open_clip.get_model_config(model_name) is None:
+        # A misspelt architecture is a configuration error, not missing weights: never fall back on it.
+        raise ValueError(
+            f"unknown CLIP model {model_name!r}: not an open_clip architecture (see open_clip.list_models())"
+        )
+    checkpoint, tag_config = _local_clip_checkpoint(model_name, pretrained, cache_dir)
+    model, _, _ = open_clip.create_model_and_transforms(
+        model_name,
+        pretrained=checkpoint,
+        device=device,
+        # Loading by path loses what the tag knows: its activation and normalisation.
+        force_quick_gelu=bool(tag_config.get("quick_gelu", False)),
+        image_mean=tag_config.get("mean"),
+        image_std=tag_config.get("std"),
+    )
+    return model, f"{model_name}/{pretrained}"
+
+
+def _local_clip_checkpoint(model_name: str, pretrained: str, cache_dir: str | None) -> tuple[str, dict[str, Any]]:
+    """The local file holding ``pretrained`` for ``model_name`` and its tag config, without any download."""
+    if os.path.isfile(pretrained):
+        return pretrained, {}
+    tag_config = open_clip.get_pretrained_cfg(model_name, pretrained)
+    for candidate in _cached_tag_files(tag_config, cache_dir):
+        if os.path.isfile(candidate):
+            return candidate, tag_config
+    download = f"open_clip.create_model_and_transforms('{model_name}', pretrained='{pretrained}')"
+    how_to_get = (
+        f"download them on a machine with internet (python -c \"import open_clip; {download}\") "
+        f"and copy ~/.cache/huggingface (or ~/.cache/clip) here, or set the suite's metric option clip.pretrained "
+        f"to a local .bin/.pt/.safetensors file; --allow-random-metrics scores with a tiny random CLIP instead"
+    )
+    what = "not in the local cache" if tag_config else "neither a local file nor a known open_clip tag"
+    raise WeightsUnavailable(
+        f"CLIP weights {model_name}/{pretrained} are {what} (offline, nothing is downloaded): {how_to_get}"
+    )
+
+
+def _cached_tag_files(tag_config: dict[str, Any], cache_dir: str | None) -> list[str]:
+    """Where open_clip would have stored the tag's download (HF hub cache or its URL cache)."""
+    candidates: list[str] = []
+    if "file" in tag_config:
+        candidates.append(tag_config["file"])
+    if tag_config.get("hf_hub"):
+        # "org/repo/" means the default file name; open_clip prefers a .safetensors twin when one exists.
+        repo_id, filename = os.path.split(tag_config["hf_hub"])
+        if not filename or filename == HF_WEIGHTS_NAME:
+            names = [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+        elif filename.endswith((".bin", ".pth")):
+            names = [filename[:-4] + ".safetensors", filename]
+        else:
+            names = [filename]
+        for name in names:
+            found = try_to_load_from_cache(repo_id, name, cache_dir=cache_dir)
+            if isinstance(found, str):
+                candidates.append(found)
+    if tag_config.get("url"):
+        url_cache = cache_dir or os.path.expanduser("~/.cache/clip")
+        candidates.append(os.path.join(url_cache, os.path.basename(tag_config["url"])))
+    return candidates
+
+
+def _build_tiny_clip(device: torch.device) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):  # a fixed seed without disturbing the caller's RNG stream
+        torch.manual_seed(TINY_SEED)
+        model, _, _ = open_clip.create_model_and_transforms(TINY_CLIP_MODEL, pretrained=None, device=device)
+    return model
+
+
+def alexnet_checkpoint_path() -> Path:
+    """Where torchvision keeps AlexNet's ImageNet weights (torch hub cache; honours TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_ALEXNET_WEIGHTS.url)
+
+
+def load_lpips(settings: MetricSettings, spatial: bool) -> LpipsModel:
+    """LPIPS (AlexNet trunk, lpips' v0.1 linear heads) with the real trunk if cached, else random if allowed."""
+    options = settings.for_metric(LPIPS_OPTIONS_KEY)
+    checkpoint = alexnet_checkpoint_path()
+    real = checkpoint.is_file()
+    if not real:
+        missing = (
+            f"LPIPS needs torchvision's AlexNet weights at {checkpoint} (offline, nothing is downloaded): on a machine "
+            f"with internet run python -c \"import torchvision; torchvision.models.alexnet(weights='IMAGENET1K_V1')\" "
+            f"and copy the file there (or set TORCH_HOME); --allow-random-metrics scores with a random AlexNet instead"
+        )
+        if not settings.allow_random:
+            raise WeightsUnavailable(missing)
+        _log.warning("%s -> scoring with a random AlexNet trunk, labelled %r", missing, TINY_RANDOM)
+    device = torch.device(settings.device)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        # lpips still calls torchvision's deprecated alexnet(pretrained=...); the warning is not the user's to fix.
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        torch.manual_seed(TINY_SEED)
+        model = lpips.LPIPS(net=LPIPS_NET, version=LPIPS_HEADS_VERSION, pretrained=True, pnet_rand=not real,
+                            spatial=spatial, verbose=False)
+    LOAD_COUNT["lpips"] += 1
+    model = model.to(device).eval().requires_grad_(False)
+    weights = f"torchvision:{checkpoint.name}+lpips-v{LPIPS_HEADS_VERSION}-{LPIPS_NET}-heads" if real else TINY_RANDOM
+    return LpipsModel(model=model, weights=weights, device=device,
+                      batch_size=int(options.get("batch_size", DEFAULT_BATCH_SIZE)))
