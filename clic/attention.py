@@ -192,6 +192,7 @@ class AttentionCapture:
     ) -> None:
         self.unet = unet
         self.buffer = CaptureBuffer()
+        self.same_resolution_only = False  # mean_map: only layers whose native side equals the resolution
         names = list(unet.attn_processors)
         self.capture_layers = select_layers(names, capture_layers) if capture_layers else []
         self.train_layers = select_layers(names, train_layers) if (train_kv or train_q_out) else []
@@ -281,7 +282,10 @@ class AttentionCapture:
         if not self.buffer.maps:
             raise RuntimeError("no attention was captured: set_tokens() before the forward pass")
         grids = []
-        for layer_map in self.buffer.maps.values():
+        layer_maps = list(self.buffer.maps.values())
+        if self.same_resolution_only:
+            layer_maps = [m for m in layer_maps if m.shape[1] == resolution * resolution] or layer_maps
+        for layer_map in layer_maps:
             if batch_index is not None:
                 layer_map = layer_map[batch_index]
                 if layer_map.dim() == 2:

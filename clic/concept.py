@@ -50,6 +50,7 @@ class LearnedConcept:
     extras: dict[str, Any] = field(default_factory=dict)
     # Full UNet / text-encoder weights for methods that fine-tune them (Break-A-Scene's original recipe).
     unet_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    text_encoder_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def token(self) -> str:
@@ -66,6 +67,9 @@ class LearnedConcept:
             save_file(state, str(directory / ATTN_WEIGHTS_NAME), metadata={"format": "pt"})
         if self.unet_state:
             save_file({k: v.contiguous() for k, v in self.unet_state.items()}, str(directory / "unet_state.safetensors"))
+        if self.text_encoder_state:
+            save_file({k: v.contiguous() for k, v in self.text_encoder_state.items()},
+                      str(directory / "text_encoder_state.safetensors"))
         if self.arrays:
             save_file({k: v.float().contiguous() for k, v in self.arrays.items()}, str(directory / "arrays.safetensors"))
         if self.loss_log:
@@ -105,6 +109,7 @@ class LearnedConcept:
             vectors[name] = vector
         attention_state = load_file(str(directory / ATTN_WEIGHTS_NAME)) if meta.get("attention_weights") else {}
         unet_path = directory / "unet_state.safetensors"
+        text_path = directory / "text_encoder_state.safetensors"
         arrays_path = directory / "arrays.safetensors"
         loss_log = []
         if (directory / "losses.csv").exists():
@@ -126,6 +131,7 @@ class LearnedConcept:
             arrays=load_file(str(arrays_path)) if arrays_path.exists() else {},
             extras=meta.get("extras", {}),
             unet_state=load_file(str(unet_path)) if unet_path.exists() else {},
+            text_encoder_state=load_file(str(text_path)) if text_path.exists() else {},
         )
 
     # ------------------------------------------------------------------------------ onto a model
@@ -134,6 +140,8 @@ class LearnedConcept:
         add_learned_tokens(components.tokenizer, components.text_encoder, self.vectors)
         if self.unet_state:
             components.unet.load_state_dict(self.unet_state, strict=False)
+        if self.text_encoder_state:
+            components.text_encoder.load_state_dict(self.text_encoder_state, strict=False)
         layers = sorted({k.rsplit(".processor.", 1)[0] + ".processor" for k in self.attention_state})
         capture = AttentionCapture(
             components.unet,

@@ -35,9 +35,12 @@ def context_loss(eps_pred: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor, 
     return ((soft_mask(mask, alpha) * (eps_pred - eps)) ** 2).mean()
 
 
-def attention_loss(attn_map: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """l_att: squared error between the token's attention map and the mask resized to the map."""
-    target = resize_mask(mask, attn_map.shape[-2:])
+def attention_loss(attn_map: torch.Tensor, mask: torch.Tensor, resize: str = "area") -> torch.Tensor:
+    """l_att: squared error between the token's attention map and the mask resized to the map.
+
+    ``resize="area"`` (CLiC) gives a soft target at coarse resolutions; ``"nearest"`` is Break-A-Scene's.
+    """
+    target = resize_mask(mask, attn_map.shape[-2:], mode=resize)
     return ((attn_map - target) ** 2).mean()
 
 
@@ -55,11 +58,11 @@ def masked_diffusion_loss(eps_pred: torch.Tensor, eps: torch.Tensor, mask: torch
     return ((mask * (eps_pred - eps)) ** 2).mean()
 
 
-def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Resize a (B, 1|n, H, W) mask with area averaging (a soft target at coarse resolutions)."""
+def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size, mode: str = "area") -> torch.Tensor:
+    """Resize a (B, 1|n, H, W) mask: ``area`` averaging (soft at coarse resolutions) or ``nearest``."""
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
-    return F.interpolate(mask, size=tuple(size), mode="area")
+    return F.interpolate(mask, size=tuple(size), mode=mode)
 
 
 # ------------------------------------------------------------------------------------ the objective
@@ -101,8 +104,8 @@ def _con(s: StepTensors, alpha: float = 0.5) -> torch.Tensor:
 
 
 @register_term("att", {"context", "attention"})
-def _att(s: StepTensors) -> torch.Tensor:
-    return attention_loss(s.attention, s.attention_masks)
+def _att(s: StepTensors, resize: str = "area") -> torch.Tensor:
+    return attention_loss(s.attention, s.attention_masks, resize)
 
 
 @register_term("roi", {"roi"})

@@ -6,6 +6,10 @@ import importlib
 REGISTRY: dict[str, str] = {
     "clic": "clic.methods.clic:CLiC",
     "cut_paste": "clic.methods.cut_paste:CutPaste",
+    "custom_diffusion": "clic.methods.custom_diffusion:CustomDiffusion",
+    "break_a_scene": "clic.methods.break_a_scene:BreakAScene",
+    "realfill": "clic.methods.realfill:RealFill",
+    "textual_inversion": "clic.methods.textual_inversion:TextualInversion",
 }
 
 
