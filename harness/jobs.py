@@ -1,0 +1,287 @@
+"""Expand a suite into a job graph: learn nodes (one per concept) and the task jobs that use them.
+
+Ids are content hashes. A concept id hashes the source image and mask *bytes* (not their paths), the
+method, preset, seed, learning overrides, the model's weights hash and the code version; a job id hashes
+its concept id, the target bytes, the task settings and the metric names/versions. Renaming a folder
+therefore reruns nothing, and changing any setting reruns exactly the jobs it touches.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import subprocess
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version as package_version
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .store import STATUS_NOT_APPLICABLE, canonical_json
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Code whose change changes what a job computes. The orchestration (runner, store, report) does not, and
+# hashing it would rerun every job after any report tweak; metric code is here because versions get forgotten.
+OUTPUT_DETERMINING_SOURCES = ("clic", "harness/metrics")
+PENDING = "pending"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def content_id(data: Any) -> str:
+    return sha256_hex(canonical_json(data).encode())
+
+
+@lru_cache(maxsize=None)
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes (cached: a source image is shared by many jobs)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def optional_digest(path: str | None) -> str | None:
+    return file_digest(str(path)) if path else None
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """``clic-harness <version>+<sha256 of the output-determining sources>``, computed once per process.
+
+    A source hash rather than the git commit: a commit that touches only docs or the report must not
+    rerun every job, and an uncommitted edit to a loss must.
+    """
+    try:
+        base = package_version("clic-harness")
+    except PackageNotFoundError:
+        base = "0+unknown"
+    digest = hashlib.sha256()
+    for folder in OUTPUT_DETERMINING_SOURCES:
+        for path in sorted((PROJECT_ROOT / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
+            digest.update(path.read_bytes())
+    return f"{base}+{digest.hexdigest()[:12]}"
+
+
+@lru_cache(maxsize=1)
+def git_describe() -> str | None:
+    """The repository's ``git describe`` (recorded in run.json for people; ids use :func:`code_version`)."""
+    try:
+        result = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    model_id: str
+    weights_hash: str
+    weights_label: str
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    version: str
+    scale: str
+    tasks: frozenset[str]
+    group_metric: bool = False
+
+
+@dataclass(frozen=True)
+class LearnNode:
+    """Learn one concept: everything that determines it, and where the source is."""
+
+    concept_id: str
+    method: str
+    preset: str
+    seed: int
+    source_image: str
+    source_mask: str | None
+    object_word: str
+    learn_overrides: Mapping[str, Any]
+    model: ModelInfo | None  # None for methods that load no model
+    resolution: int
+
+
+@dataclass(frozen=True)
+class TaskJob:
+    """One transfer / generate / match job on a learned concept."""
+
+    job_id: str
+    task: str
+    concept_id: str
+    pair_id: str
+    category: str
+    method: str
+    preset: str
+    seed: int
+    settings: Mapping[str, Any]  # the task's settings (t_start, eta, steps, object ...) plus learn overrides
+    object_word: str
+    metrics: tuple[str, ...]  # metrics that score this task
+    target_image: str | None = None
+    target_mask: str | None = None
+    target_mask_gt: str | None = None
+    expected_image: str | None = None
+    source_image: str | None = None
+    source_mask: str | None = None
+    group: str | None = None  # jobs sharing a group are scored together by group metrics
+    status: str = PENDING
+    reason: str | None = None  # why a job is not applicable
+
+    @property
+    def t_start(self) -> int | None:
+        return self.settings.get("t_start")
+
+    @property
+    def eta(self) -> float | None:
+        return self.settings.get("eta")
+
+
+@dataclass
+class JobGraph:
+    learns: dict[str, LearnNode] = field(default_factory=dict)
+    jobs: list[TaskJob] = field(default_factory=list)
+
+    def jobs_of(self, concept_id: str) -> list[TaskJob]:
+        return [job for job in self.jobs if job.concept_id == concept_id]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The manifest columns the job graph reads (absolute paths)."""
+
+    pair_id: str
+    category: str
+    source_image: str
+    source_mask: str | None
+    source_object: str
+    target_image: str
+    target_mask: str | None
+    target_object: str
+    target_mask_gt: str | None = None
+    expected_image: str | None = None
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> "Pair":
+        """From a manifest ``PairSpec`` (or any object with the manifest columns as attributes)."""
+        def path(name: str) -> str | None:
+            value = getattr(spec, name, None)
+            return str(value) if value not in (None, "") else None
+
+        return cls(
+            pair_id=str(spec.pair_id), category=str(spec.category),
+            source_image=path("source_image") or "", source_mask=path("source_mask"),
+            source_object=str(spec.source_object), target_image=path("target_image") or "",
+            target_mask=path("target_mask"), target_object=str(spec.target_object),
+            target_mask_gt=path("target_mask_gt"), expected_image=path("expected_image"),
+        )
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """One method × preset of a suite, with its learning overrides."""
+
+    name: str
+    preset: str
+    learn: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the job graph needs from a suite, in plain values."""
+
+    methods: Sequence[MethodRun]
+    seeds: Sequence[int]
+    t_starts: Sequence[int]
+    etas: Sequence[float]
+    transfer_settings: Mapping[str, Any]  # other transfer settings (steps ...)
+    generate_objects: Sequence[str]
+    generate_settings: Mapping[str, Any]
+    match_enabled: bool
+    match_settings: Mapping[str, Any]
+    metrics: Sequence[MetricInfo]
+    resolution: int
+
+
+def _metrics_for(task: str, metrics: Sequence[MetricInfo]) -> list[MetricInfo]:
+    return [m for m in metrics if task in m.tasks]
+
+
+def _job_id(concept_id: str, task: str, target_hashes: Mapping[str, str | None], settings: Mapping[str, Any],
+            metrics: Sequence[MetricInfo]) -> str:
+    return content_id({
+        "concept": concept_id, "task": task, "targets": dict(target_hashes), "settings": dict(settings),
+        "metrics": sorted([m.name, m.version] for m in metrics),
+    })
+
+
+def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, ModelInfo | None],
+                    supports: Mapping[str, frozenset[str]]) -> JobGraph:
+    """The learn nodes and task jobs of ``plan`` over ``pairs``.
+
+    ``models`` maps a method name to the model it runs on (None: no model); ``supports`` maps a method
+    name to its tasks. Tasks a method does not support become ``not_applicable`` jobs with the reason.
+    """
+    graph = JobGraph()
+    seen: set[str] = set()
+    for pair, run, seed in itertools.product(list(pairs), plan.methods, plan.seeds):
+        model = models[run.name]
+        learn_key = {
+            "source_image": file_digest(pair.source_image), "source_mask": optional_digest(pair.source_mask),
+            "object_word": pair.source_object, "method": run.name, "preset": run.preset, "seed": int(seed),
+            "learn": dict(run.learn), "resolution": plan.resolution,
+            "weights_hash": model.weights_hash if model else None, "code_version": code_version(),
+        }
+        concept_id = content_id(learn_key)
+        graph.learns.setdefault(concept_id, LearnNode(
+            concept_id=concept_id, method=run.name, preset=run.preset, seed=int(seed),
+            source_image=pair.source_image, source_mask=pair.source_mask, object_word=pair.source_object,
+            learn_overrides=dict(run.learn), model=model, resolution=plan.resolution,
+        ))
+        common = dict(concept_id=concept_id, pair_id=pair.pair_id, category=pair.category, method=run.name,
+                      preset=run.preset, seed=int(seed), source_image=pair.source_image,
+                      source_mask=pair.source_mask)
+        tasks = supports[run.name]
+
+        def add(task: str, settings: dict[str, Any], object_word: str, targets: Mapping[str, str | None],
+                **paths: Any) -> None:
+            metrics = _metrics_for(task, plan.metrics)
+            settings = {**settings, "learn": dict(run.learn)} if run.learn else settings
+            applicable = task in tasks
+            job_id = _job_id(concept_id, task, targets, settings, metrics)
+            if job_id in seen:
+                return  # a generation depends on the concept only: pairs sharing a source share it
+            seen.add(job_id)
+            graph.jobs.append(TaskJob(
+                job_id=job_id, task=task, settings=settings,
+                object_word=object_word, metrics=tuple(m.name for m in metrics),
+                status=PENDING if applicable else STATUS_NOT_APPLICABLE,
+                reason=None if applicable else f"method {run.name!r} does not support {task!r}",
+                **common, **paths,
+            ))
+
+        target_hashes = {"target_image": file_digest(pair.target_image),
+                         "target_mask": optional_digest(pair.target_mask),
+                         "target_mask_gt": optional_digest(pair.target_mask_gt),
+                         "expected_image": optional_digest(pair.expected_image)}
+        target_paths = dict(target_image=pair.target_image, target_mask=pair.target_mask,
+                            target_mask_gt=pair.target_mask_gt, expected_image=pair.expected_image)
+        if pair.target_mask:
+            for t_start, eta in itertools.product(plan.t_starts, plan.etas):
+                settings = {**plan.transfer_settings, "t_start": int(t_start), "eta": float(eta)}
+                add("transfer", settings, pair.target_object, target_hashes, **target_paths)
+        for object_word in plan.generate_objects:
+            settings = {**plan.generate_settings, "object": object_word}
+            # Seeds of one pair × method × object form a group (e.g. for diversity across seeds).
+            group = content_id({"pair": pair.pair_id, "method": run.name, "preset": run.preset,
+                                "settings": settings, "learn": dict(run.learn)})
+            add("generate", settings, object_word, {}, group=group)
+        if plan.match_enabled:
+            add("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)
+    return graph

@@ -1,0 +1,195 @@
+"""Where a run keeps what it produced: results (Parquet, tidy), artifacts, learned concepts, run.json.
+
+Layout of a run folder::
+
+    run.json                      the run manifest (suite, versions, host, counts), rewritten atomically
+    results/<job_id>.parquet      one file per finished job, one row per (job, metric value)
+    artifacts/<job_id>/           edited.png, attention.png, mask.png
+    concepts/<concept_id>/        a learned concept folder (content-addressed cache)
+
+Every file that marks something as done is written under a temporary name in the same folder and then
+renamed (``os.replace``), so a killed run never leaves a half file that a later run reads as finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+RESULTS_DIR = "results"
+ARTIFACTS_DIR = "artifacts"
+CONCEPTS_DIR = "concepts"
+RUN_MANIFEST = "run.json"
+TEMP_PREFIX = ".tmp-"  # files and folders being written; readers skip them
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_NOT_APPLICABLE = "not_applicable"
+
+RESULT_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("job_id", pa.string()),
+    ("concept_id", pa.string()),
+    ("task", pa.string()),
+    ("pair_id", pa.string()),
+    ("category", pa.string()),
+    ("method", pa.string()),
+    ("preset", pa.string()),
+    ("seed", pa.int64()),
+    ("settings", pa.string()),
+    ("t_start", pa.int64()),
+    ("eta", pa.float64()),
+    ("object_word", pa.string()),
+    ("metric", pa.string()),
+    ("value", pa.float64()),
+    ("metric_version", pa.string()),
+    ("metric_scale", pa.string()),
+    ("metric_weights", pa.string()),
+    ("model_id", pa.string()),
+    ("weights_hash", pa.string()),
+    ("weights_label", pa.string()),
+    ("code_version", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("artifact_image", pa.string()),
+    ("artifact_attention", pa.string()),
+    ("artifact_mask", pa.string()),
+    ("artifact_losses", pa.string()),
+    ("learn_seconds", pa.float64()),
+    ("task_seconds", pa.float64()),
+    ("metric_seconds", pa.float64()),
+    ("finished_at", pa.string()),
+])
+RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
+
+
+def canonical_json(data: Any) -> str:
+    """The one JSON form used for hashing and for the ``settings`` column: sorted keys, no spaces."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def results_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / RESULTS_DIR
+
+
+def artifact_dir(run_dir: str | Path, job_id: str) -> Path:
+    return Path(run_dir) / ARTIFACTS_DIR / job_id
+
+
+def concept_dir(run_dir: str | Path, concept_id: str) -> Path:
+    return Path(run_dir) / CONCEPTS_DIR / concept_id
+
+
+def concept_is_complete(folder: str | Path) -> bool:
+    """A concept folder is complete once its concept.json exists (the folder is renamed into place whole)."""
+    return (Path(folder) / "concept.json").is_file()
+
+
+def temp_sibling(path: Path) -> Path:
+    """A unique temporary name in the same folder as ``path`` (same filesystem, so rename is atomic)."""
+    return path.with_name(f"{TEMP_PREFIX}{path.name}-{uuid.uuid4().hex[:12]}")
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_sibling(path)
+    with temp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    return write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def publish_folder(temp_folder: Path, final_folder: Path) -> Path:
+    """Rename a fully written folder into place; if another worker won the race, keep theirs."""
+    final_folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(temp_folder, final_folder)
+    except OSError:
+        # The destination exists and is not empty: the same content id was learned concurrently.
+        shutil.rmtree(temp_folder, ignore_errors=True)
+    return final_folder
+
+
+def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Rows (dicts) as a table with exactly ``RESULT_SCHEMA``; missing keys become null."""
+    rows = list(rows)
+    unknown = sorted({key for row in rows for key in row} - set(RESULT_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown result column(s): {', '.join(unknown)}")
+    columns = {name: [row.get(name) for row in rows] for name in RESULT_COLUMNS}
+    return pa.Table.from_pydict(columns, schema=RESULT_SCHEMA)
+
+
+def write_job_results(run_dir: str | Path, job_id: str, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write one job's rows to results/<job_id>.parquet atomically (temp file, fsync, rename)."""
+    final = results_dir(run_dir) / f"{job_id}.parquet"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_sibling(final)
+    pq.write_table(rows_to_table(rows), temp)
+    _fsync_file(temp)
+    os.replace(temp, final)
+    return final
+
+
+def _result_files(run_dir: str | Path) -> list[Path]:
+    folder = results_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TEMP_PREFIX))
+
+
+def _read_tables(run_dir: str | Path, columns: list[str] | None = None) -> list[pa.Table]:
+    tables = []
+    for path in _result_files(run_dir):
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (OSError, pa.ArrowException):
+            continue  # unreadable (e.g. truncated by a crash outside our atomic write): not finished
+        tables.append(table)
+    return tables
+
+
+def read_results(run_dir: str | Path) -> pd.DataFrame:
+    """All result rows of a run as one DataFrame with the columns of ``RESULT_SCHEMA`` (possibly empty)."""
+    tables = [t.select(list(RESULT_COLUMNS)).cast(RESULT_SCHEMA) for t in _read_tables(run_dir)
+              if set(RESULT_COLUMNS) <= set(t.column_names)]
+    table = pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
+    return table.to_pandas()
+
+
+def finished_job_ids(run_dir: str | Path, include_failed: bool = True) -> set[str]:
+    """Ids of jobs with a readable result file; ``include_failed=False`` leaves out failed ones (to retry)."""
+    finished: set[str] = set()
+    for table in _read_tables(run_dir, columns=["job_id", "status"]):
+        statuses = set(table.column("status").to_pylist())
+        if include_failed or STATUS_FAILED not in statuses:
+            finished.update(table.column("job_id").to_pylist())
+    return finished
+
+
+def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_run_manifest(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
+    return write_json_atomic(Path(run_dir) / RUN_MANIFEST, dict(manifest))

@@ -1,0 +1,152 @@
+"""The Ray runner: one result file per job, resume, learn once per concept, failures, 2 nodes, real CLiC."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from harness import store
+from harness.jobs import Pair
+from harness.runner import execute
+
+SIZE = 64
+
+
+def _draw(folder: Path, name: str, colour: tuple[int, int, int], box: tuple[int, int, int, int]) -> tuple[str, str]:
+    image = Image.new("RGB", (SIZE, SIZE), (200, 200, 200))
+    ImageDraw.Draw(image).rectangle(box, fill=colour)
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    ImageDraw.Draw(mask).rectangle(box, fill=255)
+    image.save(folder / f"{name}.png")
+    mask.save(folder / f"{name}_mask.png")
+    return str(folder / f"{name}.png"), str(folder / f"{name}_mask.png")
+
+
+def make_pairs(folder: Path, count: int, targets_per_source: int = 1) -> list[Pair]:
+    """PIL-drawn pairs: ``count`` sources, each with ``targets_per_source`` targets."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = []
+    for i in range(count):
+        source, source_mask = _draw(folder, f"s{i}", (40 * i % 255, 80, 160), (8 + i % 8, 10, 40, 44))
+        for j in range(targets_per_source):
+            target, target_mask = _draw(folder, f"t{i}_{j}", (90, 30 * j % 255, 30), (20, 16 + j % 10, 52, 50))
+            pairs.append(Pair(f"p{i}_{j}", "furniture", source, source_mask, "chair", target, target_mask, "chair",
+                              target_mask_gt=target_mask))
+    return pairs
+
+
+def cut_paste_suite(**changes) -> dict:
+    suite = {"name": "test", "model": "tiny", "methods": [{"name": "cut_paste"}], "seeds": [0],
+             "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
+             "resources": {"num_cpus": 1}, "max_retries": 1}
+    suite.update(changes)
+    return suite
+
+
+def test_run_resume_and_changed_setting(ray_session, tmp_path: Path) -> None:
+    pairs = make_pairs(tmp_path / "data", 2, targets_per_source=2)
+    run = tmp_path / "run"
+    first = execute(cut_paste_suite(), pairs, run, quiet=True)
+    assert (first.done, first.failed, first.skipped) == (4, 0, 0)
+    assert len(list(store.results_dir(run).glob("*.parquet"))) == 4
+    results = store.read_results(run)
+    assert set(results["status"]) == {"ok"} and {"ssim_outside", "psnr_outside"} <= set(results["metric"])
+    assert (run / results["artifact_image"].iloc[0]).is_file()
+    assert first.learns_run == 2  # two sources, two targets each: learned once per concept
+
+    again = execute(cut_paste_suite(), pairs, run, quiet=True)
+    assert (again.done, again.failed, again.skipped, again.learns_run) == (0, 0, 4, 0)
+    columns = [c for c in store.RESULT_COLUMNS if c not in ("run_id",)]
+    assert store.read_results(run)[columns].sort_values(["job_id", "metric"]).reset_index(drop=True).equals(
+        results[columns].sort_values(["job_id", "metric"]).reset_index(drop=True))
+
+    wider = execute(cut_paste_suite(transfer={"t_start": [10, 12], "eta": [1.0], "steps": 20}), pairs, run, quiet=True)
+    assert (wider.done, wider.skipped, wider.learns_run) == (4, 4, 0)  # concepts come from the cache
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["learns_total"] == 2 and manifest["counts"]["done"] == 4
+
+
+def test_not_applicable_and_failed_jobs_do_not_stop_the_run(ray_session, tmp_path: Path) -> None:
+    pairs = make_pairs(tmp_path / "data", 3)
+    # An all-black target mask: cut_paste raises on the empty mask (clic.io refuses it even earlier).
+    broken = Image.new("L", (SIZE, SIZE), 0)
+    broken.save(tmp_path / "data" / "empty.png")
+    pairs[1] = Pair(**{**pairs[1].__dict__, "pair_id": "broken", "target_mask": str(tmp_path / "data" / "empty.png")})
+    run = tmp_path / "run"
+    summary = execute(cut_paste_suite(generate={"objects": ["vase"], "steps": 10}), pairs, run, quiet=True)
+    assert (summary.done, summary.failed, summary.not_applicable) == (2, 1, 3)
+    results = store.read_results(run)
+    failed = results[results["status"] == "failed"]
+    assert list(failed["pair_id"]) == ["broken"] and "\n" not in failed["error"].iloc[0] and failed["error"].iloc[0]
+    na = results[results["status"] == "not_applicable"]
+    assert set(na["task"]) == {"generate"} and na["metric"].isna().all() and na["value"].isna().all()
+    retry = execute(cut_paste_suite(generate={"objects": ["vase"], "steps": 10}), pairs, run, quiet=True,
+                    retry_failed=True)
+    assert (retry.done + retry.failed, retry.skipped) == (1, 5)
+
+
+def test_throughput_with_cut_paste(ray_session, tmp_path: Path) -> None:
+    """Measured, not asserted: jobs/s with cut_paste on ~50 jobs and the share of harness overhead."""
+    pairs = make_pairs(tmp_path / "data", 10, targets_per_source=5)
+    start = time.perf_counter()
+    summary = execute(cut_paste_suite(), pairs, tmp_path / "run", quiet=True)
+    seconds = time.perf_counter() - start
+    assert summary.done == 50
+    print(f"\ncut_paste: {summary.done} jobs in {seconds:.1f} s = {summary.done / seconds:.1f} jobs/s; "
+          f"harness overhead share {summary.overhead_share:.0%}")
+
+
+def test_tiny_clic_learn_then_transfer(ray_session, tmp_path: Path) -> None:
+    pairs = make_pairs(tmp_path / "data", 1)
+    suite = {"name": "tiny-clic", "model": "tiny", "resolution": 64,
+             "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3}}], "seeds": [0],
+             "transfer": {"t_start": [3], "eta": [1.0], "steps": 5}, "metrics": ["ssim_psnr"]}
+    summary = execute(suite, pairs, tmp_path / "run", quiet=True)
+    results = store.read_results(tmp_path / "run")
+    assert summary.done == 1 and summary.learns_run == 1, results["error"].tolist()
+    row = results.iloc[0]
+    assert row["weights_label"] == "tiny-random" and row["learn_seconds"] > 0
+    assert (tmp_path / "run" / row["artifact_losses"]).is_file()
+    assert (tmp_path / "run" / row["artifact_attention"]).is_file()
+
+
+TWO_NODE_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    sys.path.insert(0, {root!r})
+    import ray
+    from ray.cluster_utils import Cluster
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_runner import make_pairs, cut_paste_suite
+    from harness.runner import execute
+
+    cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    tmp = Path({tmp!r})
+    summary = execute(cut_paste_suite(), make_pairs(tmp / "data", 6, targets_per_source=4), tmp / "run", quiet=True)
+    print(json.dumps({{"done": summary.done, "learns": summary.learns_run, "nodes": dict(summary.node_ids)}}))
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+@pytest.mark.slow
+def test_two_node_cluster(tmp_path: Path) -> None:
+    """Jobs land on both nodes of a 2-node cluster and each concept is learned once (own process)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    script = TWO_NODE_SCRIPT.format(root=root, tests=str(Path(__file__).resolve().parent), tmp=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["done"] == 24 and report["learns"] == 6
+    assert len(report["nodes"]) == 2, report
