@@ -1,0 +1,417 @@
+"""Tables of a run's results: means with bootstrap CIs, paired differences, and the regression gate.
+
+Everything reads the tidy results frame (one row per job × metric). Values stay on their raw scale (a
+cosine stays a cosine, never ×100); the `metric_scale` column says which scale that is. Failed jobs have
+no metric values: they are counted (`n_failed`), never averaged. Every table carries a `weights` column
+naming the diffusion weights and the metric weights that made its numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from harness.store import read_results
+
+TINY_RANDOM = "tiny-random"
+TINY_RANDOM_NOTE = (
+    "Numbers made with tiny random-weight models (tiny-random): they test the pipeline, not the method."
+)
+ALL_CATEGORIES = "all"
+POOLED_IOU = "mask_iou_pooled"
+N_RESAMPLES = 2000
+CONFIDENCE = 0.95
+# Below this many pairs the Wilcoxon signed-rank test cannot reach p < 0.05 at all (its smallest
+# two-sided p with n = 5 is 0.0625), so the paired t-test is used instead.
+MIN_PAIRS_FOR_WILCOXON = 6
+
+# Direction of "better" per metric name; metrics not listed are higher-is-better.
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "lpips_outside": False,
+    "clip_i_outside": True,
+    "pattern_leakage": False,
+    "lpips_inside": True,  # the edit should change the region
+    "lpips_diversity": True,
+}
+
+# The fields that identify one job's output apart from the code that produced it.
+JOB_IDENTITY = ("pair_id", "task", "seed", "settings", "method", "preset", "object_word")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of `metric` is better (the default for unlisted metrics)."""
+    return HIGHER_IS_BETTER.get(metric, True)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def read_run_results(run_dir: str | Path) -> pd.DataFrame:
+    """All result rows of a run folder (an empty frame with the schema's columns when it has none)."""
+    return read_results(run_dir)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def weights_description(df: pd.DataFrame) -> pd.Series:
+    """Per row: "<diffusion weights_label> + <metric_weights>" (e.g. "tiny-random + tiny-random")."""
+    diffusion = _column(df, "weights_label").fillna("?").astype(str)
+    metric = _column(df, "metric_weights").fillna("-").astype(str)
+    return diffusion + " + " + metric
+
+
+def uses_tiny_random(df: pd.DataFrame) -> bool:
+    """True when any row was made with tiny random weights, for the diffusion model or the metric."""
+    columns = [c for c in ("weights_label", "metric_weights", "weights") if c in df.columns]
+    return any(df[c].astype(str).str.contains(TINY_RANDOM, regex=False).any() for c in columns)
+
+
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    return df[name] if name in df.columns else pd.Series([None] * len(df), index=df.index, dtype=object)
+
+
+def _ok_values(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows that carry a metric value: status ok, a metric name and a finite value."""
+    if df.empty or "metric" not in df.columns:
+        return df.iloc[0:0]
+    status_ok = _column(df, "status").fillna("ok").eq("ok")
+    value = pd.to_numeric(df["value"], errors="coerce")
+    keep = status_ok & df["metric"].notna() & np.isfinite(value)
+    return df.loc[keep].assign(value=value[keep].astype(float))
+
+
+def _joined_unique(values: pd.Series) -> str:
+    return ", ".join(sorted({str(v) for v in values.dropna()}))
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (seeded, so tables are reproducible)."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(n_resamples, data.size))].mean(axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return (float(low), float(high))
+
+
+def _bootstrap_ratio_ci(numerators: np.ndarray, denominators: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of Σnumerator / Σdenominator, resampling jobs."""
+    if numerators.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, numerators.size, size=(N_RESAMPLES, numerators.size))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratios = numerators[idx].sum(axis=1) / denominators[idx].sum(axis=1)
+    ratios = ratios[np.isfinite(ratios)]
+    if ratios.size == 0:
+        return (float("nan"), float("nan"))
+    tail = (1.0 - CONFIDENCE) / 2.0 * 100.0
+    low, high = np.percentile(ratios, [tail, 100.0 - tail])
+    return (float(low), float(high))
+
+
+def paired_test(differences: Sequence[float] | np.ndarray) -> tuple[float, str]:
+    """Two-sided p-value of "mean difference is zero" and the name of the test used.
+
+    Wilcoxon signed-rank with n ≥ 6 and some non-zero difference; otherwise the paired t-test (a one-sample
+    t-test of the differences). All-zero differences give p = 1: no evidence of any change.
+    """
+    diffs = np.asarray(differences, dtype=float)
+    if diffs.size < 2:
+        return (float("nan"), "none")
+    if np.all(diffs == 0):
+        return (1.0, "t-test")
+    if diffs.size >= MIN_PAIRS_FOR_WILCOXON:
+        return (float(stats.wilcoxon(diffs).pvalue), "wilcoxon")
+    p_value = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    return (p_value if np.isfinite(p_value) else 1.0, "t-test")
+
+
+def _with_all_category(df: pd.DataFrame) -> pd.DataFrame:
+    if "category" not in df.columns:
+        return df
+    return pd.concat([df, df.assign(category=ALL_CATEGORIES)], ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+def summary_table(df: pd.DataFrame, by: Sequence[str] = ("method", "category", "metric")) -> pd.DataFrame:
+    """n, mean and 95% bootstrap CI per group, plus an "all" category and the pooled mask IoU.
+
+    The pooled IoU (Σ mask_intersection / Σ mask_union over a group's jobs) is its own metric row
+    "mask_iou_pooled": large masks weigh more, unlike the mean of per-job IoUs. `n_failed` counts the
+    group's failed jobs (they have no metric, so it is counted over the non-metric keys).
+    """
+    by = list(by)
+    if "category" in by:
+        df = _with_all_category(df)
+    values = _ok_values(df)
+    values = values.assign(weights=weights_description(values))
+    rows = []
+    for key, group in values.groupby(by, dropna=False, sort=True):
+        data = group["value"].to_numpy()
+        low, high = bootstrap_ci(data)
+        rows.append({**dict(zip(by, key)), "n": data.size, "mean": data.mean(), "ci_low": low, "ci_high": high,
+                     "metric_scale": _joined_unique(_column(group, "metric_scale")),
+                     "weights": _joined_unique(group["weights"])})
+    rows.extend(_pooled_iou_rows(values, by))
+    table = pd.DataFrame(rows, columns=[*by, "n", "mean", "ci_low", "ci_high", "metric_scale", "weights"])
+    table = _attach_failures(table, df, [k for k in by if k != "metric"])
+    return table.sort_values(by, kind="stable").reset_index(drop=True)
+
+
+def _pooled_iou_rows(values: pd.DataFrame, by: list[str]) -> list[dict]:
+    parts = values[values["metric"].isin(["mask_intersection", "mask_union"])]
+    if parts.empty or "metric" not in by:
+        return []
+    group_keys = [k for k in by if k != "metric"]
+    parts = parts.assign(group=_group_labels(parts, group_keys))
+    per_job = parts.pivot_table(index=["group", "job_id"], columns="metric", values="value", aggfunc="mean")
+    if not {"mask_intersection", "mask_union"} <= set(per_job.columns):
+        return []
+    per_job = per_job.dropna(subset=["mask_intersection", "mask_union"])
+    rows = []
+    for group_label, group in per_job.groupby(level="group", sort=True):
+        first = parts[parts["group"].eq(group_label)]
+        inter, union = group["mask_intersection"].to_numpy(), group["mask_union"].to_numpy()
+        low, high = _bootstrap_ratio_ci(inter, union)
+        rows.append({**{k: first[k].iloc[0] for k in group_keys}, "metric": POOLED_IOU, "n": inter.size,
+                     "mean": inter.sum() / union.sum() if union.sum() > 0 else float("nan"),
+                     "ci_low": low, "ci_high": high, "metric_scale": "ratio 0-1",
+                     "weights": _joined_unique(first["weights"])})
+    return rows
+
+
+def _group_labels(df: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """One string label per row for the combination of `keys` (nulls included), for simple grouping."""
+    if not keys:
+        return pd.Series("", index=df.index)
+    return df[keys].astype(str).agg("\x1f".join, axis=1)
+
+
+def _attach_failures(table: pd.DataFrame, df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Add n_failed: distinct failed jobs per group of `keys`."""
+    if df.empty or "status" not in df.columns:
+        return table.assign(n_failed=0)
+    failed = df[df["status"].eq("failed")].drop_duplicates([*keys, "job_id"])
+    if not keys:
+        return table.assign(n_failed=failed["job_id"].nunique())
+    counts = failed.groupby(keys, dropna=False).size().rename("n_failed").reset_index()
+    # Groups whose jobs all failed still get a row, so the failure is visible in the table.
+    merged = table.merge(counts, on=keys, how="outer")
+    merged["n_failed"] = merged["n_failed"].fillna(0).astype(int)
+    merged["n"] = merged["n"].fillna(0).astype(int)
+    return merged
+
+
+def _settings_without_method(settings: object) -> str:
+    """Canonical settings with method/preset removed, so different methods' jobs can pair."""
+    if not isinstance(settings, str):
+        return "" if settings is None or (isinstance(settings, float) and np.isnan(settings)) else str(settings)
+    try:
+        parsed = json.loads(settings)
+    except ValueError:
+        return settings
+    if isinstance(parsed, dict):
+        parsed = {k: v for k, v in parsed.items() if k not in ("method", "preset")}
+    return json.dumps(parsed, sort_keys=True, separators=(",", ":"))
+
+
+def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFrame:
+    """Mean paired difference (method − reference) per other method, preset and metric.
+
+    Rows pair on (pair_id, seed, task, settings without method/preset, metric). When the reference has
+    several presets each is a separate `reference_preset` row. The test is `paired_test`'s.
+    """
+    columns = ["method", "preset", "reference", "reference_preset", "metric", "n", "mean_difference", "ci_low",
+               "ci_high", "p_value", "test", "higher_is_better", "weights"]
+    values = _ok_values(df)
+    if values.empty:
+        return pd.DataFrame(columns=columns)
+    values = values.assign(pairing_settings=values["settings"].map(_settings_without_method),
+                           weights=weights_description(values))
+    keys = ["pair_id", "seed", "task", "pairing_settings", "metric"]
+    per_key = values.groupby([*keys, "method", "preset"], dropna=False).agg(
+        value=("value", "mean"), weights=("weights", _joined_unique)).reset_index()
+    ref = per_key[per_key["method"].eq(reference)].rename(
+        columns={"value": "reference_value", "preset": "reference_preset", "weights": "reference_weights"}
+    ).drop(columns="method")
+    others = per_key[~per_key["method"].eq(reference)]
+    paired = others.merge(ref, on=keys, how="inner")
+    rows = []
+    for (method, preset, ref_preset, metric), group in paired.groupby(
+            ["method", "preset", "reference_preset", "metric"], dropna=False, sort=True):
+        diffs = (group["value"] - group["reference_value"]).to_numpy()
+        low, high = bootstrap_ci(diffs)
+        p_value, test = paired_test(diffs)
+        weights = _joined_unique(pd.concat([group["weights"], group["reference_weights"]]))
+        rows.append({"method": method, "preset": preset, "reference": reference, "reference_preset": ref_preset,
+                     "metric": metric, "n": diffs.size, "mean_difference": diffs.mean(), "ci_low": low,
+                     "ci_high": high, "p_value": p_value, "test": test,
+                     "higher_is_better": higher_is_better(str(metric)), "weights": weights})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def compare_runs(
+    df_a: pd.DataFrame, df_b: pd.DataFrame, metrics: Iterable[str] | None = None, max_drop: float = 0.0,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Paired deltas B − A per (method, preset, metric), jobs matched by identity minus code/run.
+
+    `drop` is the mean change in the worse direction (positive = worse). The verdict is "fail" when the
+    drop exceeds `max_drop` and the paired test is significant at `alpha`, "better" when the change is
+    significant in the good direction, else "ok".
+    """
+    columns = ["metric", "method", "preset", "n", "mean_a", "mean_b", "delta", "ci_low", "ci_high", "p_value",
+               "test", "higher_is_better", "drop", "verdict", "n_failed_a", "n_failed_b", "weights"]
+    a, b = _ok_values(df_a), _ok_values(df_b)
+    if metrics is not None:
+        wanted = set(metrics)
+        a, b = a[a["metric"].isin(wanted)], b[b["metric"].isin(wanted)]
+    keys = [*JOB_IDENTITY, "metric"]
+
+    def per_job(values: pd.DataFrame) -> pd.DataFrame:
+        values = values.assign(weights=weights_description(values))
+        return values.groupby(keys, dropna=False).agg(
+            value=("value", "mean"), weights=("weights", _joined_unique)).reset_index()
+
+    if a.empty or b.empty:
+        return pd.DataFrame(columns=columns)
+    paired = per_job(a).merge(per_job(b), on=keys, how="inner", suffixes=("_a", "_b"))
+    failed_a, failed_b = _failed_counts(df_a), _failed_counts(df_b)
+    rows = []
+    for (method, preset, metric), group in paired.groupby(["method", "preset", "metric"], dropna=False, sort=True):
+        diffs = (group["value_b"] - group["value_a"]).to_numpy()
+        low, high = bootstrap_ci(diffs)
+        p_value, test = paired_test(diffs)
+        better_up = higher_is_better(str(metric))
+        drop = -diffs.mean() if better_up else diffs.mean()
+        significant = bool(np.isfinite(p_value) and p_value < alpha)
+        verdict = "fail" if (drop > max_drop and significant) else ("better" if (drop < 0 and significant) else "ok")
+        rows.append({"metric": metric, "method": method, "preset": preset, "n": diffs.size,
+                     "mean_a": group["value_a"].mean(), "mean_b": group["value_b"].mean(), "delta": diffs.mean(),
+                     "ci_low": low, "ci_high": high, "p_value": p_value, "test": test,
+                     "higher_is_better": better_up, "drop": drop, "verdict": verdict,
+                     "n_failed_a": failed_a.get((method, preset), 0), "n_failed_b": failed_b.get((method, preset), 0),
+                     "weights": _joined_unique(pd.concat([group["weights_a"], group["weights_b"]]))})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _failed_counts(df: pd.DataFrame) -> dict[tuple, int]:
+    if df.empty or "status" not in df.columns:
+        return {}
+    failed = df[df["status"].eq("failed")].drop_duplicates("job_id")
+    return {key: int(n) for key, n in failed.groupby(["method", "preset"], dropna=False).size().items()}
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+TABLE_CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table.results { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
+table.results th, table.results td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
+table.results th { background: #f0f0f0; }
+table.results td:first-child, table.results th:first-child { text-align: left; }
+.warning { background: #fff3cd; border: 2px solid #e0a800; padding: 0.6em 1em; font-weight: bold; }
+"""
+
+
+def format_number(value: object) -> str:
+    """Four significant digits; empty for missing values."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    """Numbers rounded for reading, CI columns merged into one "[low, high]" column."""
+    shown = table.copy()
+    if {"ci_low", "ci_high"} <= set(shown.columns):
+        ci = [f"[{format_number(lo)}, {format_number(hi)}]" if np.isfinite(lo) else ""
+              for lo, hi in zip(shown["ci_low"].astype(float), shown["ci_high"].astype(float))]
+        position = shown.columns.get_loc("ci_low")
+        shown = shown.drop(columns=["ci_low", "ci_high"])
+        shown.insert(position, "95% CI", ci)
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].map(format_number)
+    return shown.fillna("").astype(str)
+
+
+def table_note(table: pd.DataFrame) -> str:
+    """The line that must stand above a table made with tiny random weights ("" otherwise)."""
+    return TINY_RANDOM_NOTE if uses_tiny_random(table) else ""
+
+
+def to_markdown(table: pd.DataFrame, note: str | None = None) -> str:
+    """A GitHub-flavoured Markdown table, preceded by the tiny-random note when it applies."""
+    note = table_note(table) if note is None else note
+    shown = _display(table)
+    escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731 - tiny local helper
+    lines = ["| " + " | ".join(escape(c) for c in shown.columns) + " |",
+             "|" + "|".join("---" for _ in shown.columns) + "|"]
+    lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return (note + "\n\n" if note else "") + "\n".join(lines) + "\n"
+
+
+def to_html_fragment(table: pd.DataFrame) -> str:
+    """The table as an HTML fragment (class "results"), with the tiny-random note above it."""
+    note = table_note(table)
+    prefix = f'<p class="warning">{html.escape(note)}</p>\n' if note else ""
+    return prefix + _display(table).to_html(index=False, classes="results", border=0, escape=True)
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+    """Write each table as NAME.md, NAME.csv (full precision) and NAME.html (standalone, inline CSS)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in tables.items():
+        (out / f"{name}.md").write_text(to_markdown(table), encoding="utf-8")
+        table.to_csv(out / f"{name}.csv", index=False)
+        page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>"
+                f"<style>{TABLE_CSS}</style></head><body>\n{to_html_fragment(table)}</body></html>\n")
+        (out / f"{name}.html").write_text(page, encoding="utf-8")
+        written += [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.html"]
+    return written
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def compare_main(args: argparse.Namespace) -> int:
+    """`clic-bench compare RUN_A RUN_B`: print the delta table; 1 if a gated metric fails, 2 on no results."""
+    frames = {}
+    for label, run_dir in (("A", args.run_a), ("B", args.run_b)):
+        frame = read_run_results(run_dir)
+        if frame.empty or "metric" not in frame.columns:
+            print(f"clic-bench: error: run {label} ({run_dir}) has no results")
+            return 2
+        frames[label] = frame
+    metrics = list(args.metric) if getattr(args, "metric", None) else None
+    deltas = compare_runs(frames["A"], frames["B"], metrics=metrics, max_drop=args.max_drop, alpha=args.alpha)
+    if deltas.empty:
+        print("clic-bench: error: no jobs of run B match jobs of run A"
+              + (f" for metrics {', '.join(metrics)}" if metrics else ""))
+        return 2
+    shown = deltas.assign(method=deltas["method"].astype(str) + "/" + deltas["preset"].astype(str))
+    shown = shown[["metric", "method", "n", "mean_a", "mean_b", "delta", "ci_low", "ci_high", "p_value", "verdict",
+                   "weights"]]
+    print(to_markdown(shown), end="")
+    failures = deltas[deltas["verdict"].eq("fail")]
+    if not failures.empty:
+        print(f"\nRegression: {len(failures)} metric(s) dropped by more than {args.max_drop} "
+              f"(p < {args.alpha}): " + ", ".join(f"{m} ({me}/{p})" for m, me, p in
+                                                  failures[["metric", "method", "preset"]].itertuples(index=False)))
+        return 1
+    return 0

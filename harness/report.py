@@ -1,0 +1,370 @@
+"""The static report of a run folder: RUN/report/index.html plus summary.md, CSV tables and plots.
+
+The folder is self-contained: CSS is inline, images are thumbnails copied into report/images/, plots are
+PNG/SVG under report/plots/, and every link is relative, so it opens from disk (or from a zip) with no
+server and nothing fetched from the network.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the report is written on cluster nodes and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image, ImageFilter  # noqa: E402
+
+from harness.aggregate import (  # noqa: E402
+    ALL_CATEGORIES,
+    TABLE_CSS,
+    TINY_RANDOM_NOTE,
+    format_number,
+    higher_is_better,
+    paired_differences,
+    summary_table,
+    to_html_fragment,
+    to_markdown,
+    uses_tiny_random,
+    write_tables,
+)
+from harness.store import read_results, read_run_manifest  # noqa: E402
+
+THUMBNAIL_PIXELS = 160
+OUTLINE_COLOUR = (255, 40, 40)
+REPORT_CSS = TABLE_CSS + """
+nav { position: sticky; top: 0; background: #fafafa; border-bottom: 1px solid #ddd; padding: 0.4em 0; }
+nav a { margin-right: 0.8em; }
+.grid { border-collapse: collapse; margin-bottom: 1.2em; }
+.grid td { vertical-align: top; text-align: center; font-size: 0.75em; padding: 3px; }
+.grid img { display: block; margin: auto; width: 128px; image-rendering: pixelated; }
+.plots img { max-width: 480px; margin: 0 1em 1em 0; }
+pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; }
+"""
+SUMMARY_KEYS = ("method", "preset", "category", "metric")
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, reference: str = "clic") -> Path:
+    """Write the report of `run_dir` into `out` (default RUN/report) and return the path of index.html."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "report"
+    for folder in ("images", "plots", "tables"):
+        shutil.rmtree(out / folder, ignore_errors=True)  # no stale files from an earlier report
+        (out / folder).mkdir(parents=True)
+    results = read_results(run_dir)
+    run_info = read_run_manifest(run_dir)
+
+    summary = summary_table(results, by=SUMMARY_KEYS)
+    paired = paired_differences(results, reference=reference)
+    failures = failure_list(results)
+    per_metric = metric_tables(summary)
+    write_tables({"summary": summary, "paired_differences": paired, "failures": failures}, out / "tables")
+    (out / "summary.md").write_text(_summary_markdown(per_metric, paired, failures, reference), encoding="utf-8")
+
+    metric_plots = _plot_metrics(summary, out / "plots")
+    loss_plots = _plot_losses(run_dir, results, out / "plots")
+    grids = _image_grids(run_dir, results, run_info, out)
+    page = _index_html(run_dir, run_info, results, per_metric, paired, failures, metric_plots, loss_plots, grids,
+                       reference)
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def report_main(args: argparse.Namespace) -> int:
+    """`clic-bench report RUN`: write the report and print where index.html is."""
+    index = write_report(args.run, out=args.out, reference=args.reference)
+    print(f"report: {index}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+def _method_label(method: object, preset: object) -> str:
+    return f"{method}/{preset}" if isinstance(preset, str) and preset else str(method)
+
+
+def metric_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One table per metric: a row per method/preset, a column per category ("mean [CI] n=…")."""
+    tables: dict[str, pd.DataFrame] = {}
+    rated = summary[summary["metric"].notna()]
+    failed = summary.drop_duplicates(["method", "preset", "category"]).set_index(["method", "preset", "category"])
+    for metric, group in rated.groupby("metric", sort=True):
+        group = group.assign(label=[_method_label(m, p) for m, p in zip(group["method"], group["preset"])],
+                             cell=[f"{format_number(m)} [{format_number(lo)}, {format_number(hi)}] n={n}"
+                                   for m, lo, hi, n in zip(group["mean"], group["ci_low"], group["ci_high"],
+                                                           group["n"])])
+        table = group.pivot_table(index="label", columns="category", values="cell", aggfunc="first")
+        categories = sorted(c for c in table.columns if c != ALL_CATEGORIES)
+        table = table.reindex(columns=categories + ([ALL_CATEGORIES] if ALL_CATEGORIES in table.columns else []))
+        per_method = group.drop_duplicates("label").set_index("label")
+        table["n_failed"] = [int(failed.loc[(per_method.loc[label, "method"], per_method.loc[label, "preset"],
+                                             ALL_CATEGORIES), "n_failed"]) for label in table.index]
+        table["metric_scale"] = per_method.loc[table.index, "metric_scale"]
+        table["weights"] = group.groupby("label")["weights"].agg(lambda w: ", ".join(sorted(set(w))))
+        tables[str(metric)] = table.rename_axis(None, axis=1).reset_index().rename(columns={"label": "method"})
+    return tables
+
+
+def failure_list(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per failed job: job, method, preset, pair, task, error."""
+    columns = ["job_id", "method", "preset", "pair_id", "task", "error"]
+    if results.empty:
+        return pd.DataFrame(columns=columns)
+    failed = results[results["status"].eq("failed")].drop_duplicates("job_id")
+    return failed[columns].sort_values(["method", "preset", "pair_id"]).reset_index(drop=True)
+
+
+def _direction(metric: str) -> str:
+    return "higher is better" if higher_is_better(metric) else "lower is better"
+
+
+def _summary_markdown(per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
+                      reference: str) -> str:
+    parts = ["# Results\n", "Mean [95% bootstrap CI] per method and category; raw values (see metric_scale).\n"]
+    for metric, table in per_metric.items():
+        parts.append(f"## {metric} ({_direction(metric)})\n\n{to_markdown(table)}")
+    parts.append(f"## Paired differences against {reference}\n\n{to_markdown(paired)}")
+    parts.append(f"## Failed jobs: {len(failures)}\n")
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+def _slug(text: object) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "x"
+
+
+def _save_figure(fig: plt.Figure, folder: Path, stem: str) -> str:
+    # Fixed margins: a layout engine (tight/constrained) re-measures all text per save and doubles the cost.
+    fig.subplots_adjust(left=0.14, right=0.98, bottom=0.14, top=0.88)
+    fig.savefig(folder / f"{stem}.png", dpi=90, pil_kwargs={"compress_level": 1})
+    fig.savefig(folder / f"{stem}.svg")
+    plt.close(fig)
+    return f"plots/{stem}.png"
+
+
+def _plot_metrics(summary: pd.DataFrame, folder: Path) -> dict[str, str]:
+    """Per metric: mean with 95% CI error bars, categories on x, one marker series per method/preset."""
+    plots: dict[str, str] = {}
+    rated = summary[summary["metric"].notna() & summary["n"].gt(0)]
+    for metric, group in rated.groupby("metric", sort=True):
+        categories = sorted(c for c in group["category"].unique() if c != ALL_CATEGORIES) + [ALL_CATEGORIES]
+        labels = sorted({_method_label(m, p) for m, p in zip(group["method"], group["preset"])})
+        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(categories), 3.2))
+        width = 0.8 / max(len(labels), 1)
+        for i, label in enumerate(labels):
+            rows = group[[_method_label(m, p) == label for m, p in zip(group["method"], group["preset"])]]
+            rows = rows.set_index("category").reindex(categories)
+            x = np.arange(len(categories)) - 0.4 + width * (i + 0.5)
+            errors = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]]).astype(float)
+            ax.errorbar(x, rows["mean"].astype(float), yerr=np.clip(np.nan_to_num(errors), 0, None), fmt="o",
+                        capsize=3, label=label)
+        ax.set_xticks(np.arange(len(categories)), categories)
+        ax.set_title(f"{metric} ({_direction(str(metric))}), 95% CI", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+        plots[str(metric)] = _save_figure(fig, folder, f"metric-{_slug(metric)}")
+    return plots
+
+
+def _plot_losses(run_dir: Path, results: pd.DataFrame, folder: Path) -> dict[str, str]:
+    """Per method/preset: the total loss of each of its learned concepts over the steps."""
+    plots: dict[str, str] = {}
+    if results.empty:
+        return plots
+    concepts = results.dropna(subset=["concept_id"]).drop_duplicates("concept_id")
+    for (method, preset), group in concepts.groupby(["method", "preset"], dropna=False, sort=True):
+        curves = []
+        for concept_id, losses_path in zip(group["concept_id"], group["artifact_losses"]):
+            relative = losses_path if isinstance(losses_path, str) else f"concepts/{concept_id}/losses.csv"
+            path = run_dir / relative
+            if path.is_file():
+                curves.append((concept_id, pd.read_csv(path)))
+        curves = [(c, losses) for c, losses in curves if {"step", "total"} <= set(losses.columns)]
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(4.2, 2.8))
+        for concept_id, losses in curves:
+            ax.plot(losses["step"], losses["total"], linewidth=0.8, alpha=0.7, label=str(concept_id)[:10])
+        ax.set_xlabel("step")
+        ax.set_ylabel("total loss")
+        ax.set_title(f"{_method_label(method, preset)}: {len(curves)} concept(s)", fontsize=9)
+        if len(curves) <= 8:
+            ax.legend(fontsize=6)
+        plots[_method_label(method, preset)] = _save_figure(fig, folder, f"losses-{_slug(method)}-{_slug(preset)}")
+    return plots
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+def _thumbnail(source: Path, dest: Path, mask: Path | None = None) -> bool:
+    """Save a small copy of `source` at `dest`, with the outline of `mask` drawn in red when given."""
+    try:
+        with Image.open(source) as opened:
+            image = opened.convert("RGB")
+        image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+        if mask is not None and mask.is_file():
+            with Image.open(mask) as opened:
+                binary = opened.convert("L").resize(image.size, Image.NEAREST).point(lambda v: 255 if v > 127 else 0)
+            inside = np.asarray(binary) > 0
+            eroded = np.asarray(binary.filter(ImageFilter.MinFilter(3))) > 0
+            pixels = np.asarray(image).copy()
+            pixels[inside & ~eroded] = OUTLINE_COLOUR
+            image = Image.fromarray(pixels)
+        image.save(dest, compress_level=1)  # fast: thumbnails are small, size barely matters
+    except (OSError, ValueError):  # a missing or unreadable artifact leaves an empty cell, not a crash
+        return False
+    return True
+
+
+def _manifest_pairs(run_dir: Path, run_info: Mapping[str, Any]) -> dict[str, dict[str, Path | None]]:
+    """pair_id → absolute source/target image and mask paths, from the manifest named in run.json's suite."""
+    suite = run_info.get("suite") or {}
+    if not isinstance(suite, Mapping):
+        return {}
+    manifests = suite.get("manifest") or suite.get("manifests") or []
+    manifests = [manifests] if isinstance(manifests, str) else list(manifests)
+    suite_file = next((suite[k] for k in ("path", "suite_path", "file") if isinstance(suite.get(k), str)), None)
+    suite_file = suite_file or run_info.get("suite_path")
+    bases = [Path(suite_file).parent] if isinstance(suite_file, str) else []
+    bases += [run_dir, Path.cwd()]
+    pairs: dict[str, dict[str, Path | None]] = {}
+    for name in manifests:
+        path = next((base / name for base in bases if (base / name).is_file()), None)
+        if path is None:
+            continue
+        try:
+            table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        except (OSError, ValueError):
+            continue
+        for row in table.to_dict("records"):
+            pairs[str(row["pair_id"])] = {
+                column: (path.parent / row[column]) if isinstance(row.get(column), str) and row[column] else None
+                for column in ("source_image", "source_mask", "target_image", "target_mask")}
+    return pairs
+
+
+def _image_grids(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, Any], out: Path) -> dict[str, str]:
+    """category → HTML of its pairs' grids: source, target (mask outlines), each job's output and attention."""
+    if results.empty:
+        return {}
+    jobs = results.dropna(subset=["artifact_image"]).drop_duplicates("job_id")
+    jobs = jobs.sort_values(["category", "pair_id", "method", "preset", "task", "seed", "settings"])
+    manifest = _manifest_pairs(run_dir, run_info)
+    grids: dict[str, str] = {}
+    for category, in_category in jobs.groupby("category", sort=True):
+        sections = []
+        for pair_id, pair_jobs in in_category.groupby("pair_id", sort=True):
+            heads, images, attentions = [], [], []
+            pair_paths = manifest.get(str(pair_id), {})
+            for role in ("source", "target"):
+                image = pair_paths.get(f"{role}_image")
+                dest = out / "images" / f"{_slug(pair_id)}-{role}.png"
+                if image is not None and _thumbnail(image, dest, pair_paths.get(f"{role}_mask")):
+                    heads.append(f"{role} (mask outline)")
+                    images.append(_img(dest, out, role))
+                    attentions.append("")
+            for job in pair_jobs.itertuples(index=False):
+                heads.append(_job_label(job))
+                for kind, cells in (("image", images), ("attention", attentions)):
+                    artifact = getattr(job, f"artifact_{kind}")
+                    dest = out / "images" / f"{_slug(job.job_id)}-{kind}.png"
+                    ok = isinstance(artifact, str) and _thumbnail(run_dir / artifact, dest)
+                    cells.append(_img(dest, out, f"{kind} of {job.job_id}") if ok else "")
+            rows = "".join(f"<tr>{''.join(f'<td>{cell}</td>' for cell in row)}</tr>"
+                           for row in (heads, images, attentions))
+            sections.append(f"<h4>{html.escape(str(pair_id))}</h4><table class=\"grid\">{rows}</table>")
+        grids[str(category)] = "\n".join(sections)
+    return grids
+
+
+def _job_label(job: Any) -> str:
+    settings = [f"t_start {job.t_start}" if pd.notna(job.t_start) else "",
+                f"η {format_number(float(job.eta))}" if pd.notna(job.eta) else ""]
+    detail = ", ".join(s for s in [f"seed {job.seed}", *settings] if s)
+    return (f"<b>{html.escape(_method_label(job.method, job.preset))}</b><br>{html.escape(str(job.task))}"
+            f"<br>{html.escape(detail)}")
+
+
+def _img(path: Path, out: Path, alt: str) -> str:
+    return f'<img src="{html.escape(path.relative_to(out).as_posix())}" alt="{html.escape(alt)}">'
+
+
+# ---------------------------------------------------------------------------------------------- page
+
+def _provenance(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame) -> str:
+    suite = run_info.get("suite") if isinstance(run_info.get("suite"), Mapping) else {}
+    models = (results.dropna(subset=["model_id"]).drop_duplicates(["method", "model_id", "weights_hash"])
+              if not results.empty else results)
+    metric_weights = (results.dropna(subset=["metric"]).drop_duplicates(["metric", "metric_weights"])
+                      if not results.empty else results)
+    facts = [
+        ("run folder", str(run_dir)),
+        ("suite", str(suite.get("name", ""))),
+        ("code version", ", ".join(sorted(results["code_version"].dropna().unique())) if not results.empty else ""),
+        ("host", json.dumps(run_info.get("host", ""), default=str)),
+        ("start / end", f"{run_info.get('start', '')} / {run_info.get('end', '')}"),
+        ("counts", json.dumps(run_info.get("counts", {}), default=str)),
+        ("versions", json.dumps(run_info.get("versions", {}), default=str, sort_keys=True)),
+        ("models", "; ".join(f"{m}: {mid} (hash {h}, {label})" for m, mid, h, label in
+                             models[["method", "model_id", "weights_hash", "weights_label"]].itertuples(index=False))
+         if not models.empty else ""),
+        ("metric weights", "; ".join(f"{m}: {w}" for m, w in
+                                     metric_weights[["metric", "metric_weights"]].itertuples(index=False))
+         if not metric_weights.empty else ""),
+    ]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    suite_json = html.escape(json.dumps(suite, indent=2, default=str, sort_keys=True))
+    return (f"<table class=\"results\">{rows}</table>\n<details><summary>suite</summary><pre>{suite_json}</pre>"
+            f"</details>")
+
+
+def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame,
+                per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
+                metric_plots: Mapping[str, str], loss_plots: Mapping[str, str], grids: Mapping[str, str],
+                reference: str) -> str:
+    banner = f'<p class="warning">{html.escape(TINY_RANDOM_NOTE)}</p>' if uses_tiny_random(results) else ""
+    method_labels = sorted({_method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
+    nav = ['<a href="#provenance">provenance</a>', '<a href="#tables">tables</a>', '<a href="#paired">paired</a>',
+           '<a href="#plots">plots</a>']
+    nav += [f'<a href="#cat-{_slug(c)}">{html.escape(c)}</a>' for c in grids]
+    nav += [f'<a href="#method-{_slug(m)}">{html.escape(m)}</a>' for m in method_labels]
+    nav.append(f'<a href="#failures">failures ({len(failures)})</a>')
+
+    body = [f"<nav>{' '.join(nav)}</nav>", banner, f"<h1>Run report: {html.escape(run_dir.name)}</h1>",
+            "<p>Tables as CSV/Markdown/HTML: <a href=\"tables/summary.csv\">summary.csv</a>, "
+            "<a href=\"tables/paired_differences.csv\">paired_differences.csv</a>, "
+            "<a href=\"summary.md\">summary.md</a>. Values are raw (see metric_scale).</p>",
+            f"<h2 id=\"provenance\">Provenance</h2>{_provenance(run_dir, run_info, results)}",
+            "<h2 id=\"tables\">Mean [95% bootstrap CI] per method and category</h2>"]
+    for metric, table in per_metric.items():
+        body.append(f"<h3 id=\"metric-{_slug(metric)}\">{html.escape(metric)} ({_direction(metric)})</h3>"
+                    f"{to_html_fragment(table)}")
+    body.append(f"<h2 id=\"paired\">Paired differences (method − {html.escape(reference)})</h2>"
+                "<p>Wilcoxon signed-rank test; paired t-test below 6 pairs or when all differences are zero.</p>"
+                + to_html_fragment(paired))
+    body.append("<h2 id=\"plots\">Plots</h2><div class=\"plots\">"
+                + "".join(f'<img src="{html.escape(src)}" alt="{html.escape(metric)}">'
+                          for metric, src in metric_plots.items()) + "</div>")
+    body.append("<h2>Images</h2>")
+    for category, grid in grids.items():
+        body.append(f"<h3 id=\"cat-{_slug(category)}\">{html.escape(category)}</h3>{grid}")
+    body.append("<h2>Methods: learning curves</h2>")
+    for label in method_labels:
+        plot = loss_plots.get(label)
+        image = f'<img src="{html.escape(plot)}" alt="losses of {html.escape(label)}">' if plot else \
+            "<p>No loss curves recorded.</p>"
+        body.append(f"<h3 id=\"method-{_slug(label)}\">{html.escape(label)}</h3><div class=\"plots\">{image}</div>")
+    body.append(f"<h2 id=\"failures\">Failed jobs ({len(failures)})</h2>"
+                + (to_html_fragment(failures) if not failures.empty else "<p>None.</p>"))
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(run_dir.name)} report</title><style>{REPORT_CSS}</style></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
