@@ -50,7 +50,8 @@ class LearnConfig:
     lr: float = 1e-5  # token and attention weights, paper §4 ("Adam, lr 1e-5")
     token_lr: float | None = None  # None: same as lr
     optimizer: str = "adam"  # "adam" | "adamw"
-    weight_decay: float = 0.0  # applies to attention weights only; token rows never decay
+    weight_decay: float = 0.0  # attention (and fine-tuned model) weights
+    token_weight_decay: float = 0.0  # the token vectors only (Textual Inversion's AdamW uses 1e-2)
     phases: tuple[Phase, ...] = ()  # non-empty: overrides steps/lr (multi-phase methods)
     train_kv: bool = True
     train_q_out: bool = False
@@ -58,6 +59,7 @@ class LearnConfig:
     capture_layers: str = "up"  # where l_att reads attention (paper: up-block cross-attention)
     attention_resolution: int | None = None  # None: the coarsest captured layer's side
     normalize_attention: bool = False  # divide each token map by its max (Break-A-Scene)
+    same_resolution_maps: bool = False  # average only layers native to attention_resolution (Break-A-Scene: 16×16)
     terms: Mapping[str, Any] = field(
         default_factory=lambda: {"con": {"weight": 1.0, "alpha": 0.5}, "att": 0.5, "roi": 0.5}
     )
@@ -128,19 +130,41 @@ class LearnConfig:
 
 @dataclass
 class ConceptSource:
-    """A source image and one mask per concept token, as model-ready tensors."""
+    """Source image(s) and one mask per concept token, as model-ready tensors.
 
-    image: torch.Tensor  # (3, R, R) in [-1, 1]
-    masks: torch.Tensor  # (n_tokens, R, R) in {0, 1}
+    One image: ``image`` (3, R, R), ``masks`` (n_tokens, R, R) (a single (R, R) mask is one token).
+    Several images sharing one concept (the automatic source mask, paper §3.4): ``image`` (K, 3, R, R),
+    ``masks`` (K, n_tokens, R, R); each learning step draws one of them.
+    """
+
+    image: torch.Tensor  # (3, R, R) or (K, 3, R, R) in [-1, 1]
+    masks: torch.Tensor  # (n_tokens, R, R) or (K, n_tokens, R, R) in {0, 1}
     object_word: str
 
     def __post_init__(self) -> None:
         if self.masks.dim() == 2:
             self.masks = self.masks[None]
-        if self.masks.dim() != 3 or self.masks.shape[-2:] != self.image.shape[-2:]:
+        expected_dims = 4 if self.image.dim() == 4 else 3
+        if self.masks.dim() != expected_dims or self.masks.shape[-2:] != self.image.shape[-2:] or (
+            expected_dims == 4 and self.masks.shape[0] != self.image.shape[0]
+        ):
             raise ValueError(f"masks {tuple(self.masks.shape)} do not match image {tuple(self.image.shape)}")
-        if (self.masks.flatten(1).sum(1) == 0).any():
+        if (self.masks.flatten(-2).sum(-1) == 0).any():
             raise ValueError("a concept mask is empty")
+
+    @property
+    def images(self) -> torch.Tensor:
+        """(K, 3, R, R): the single-image case as K = 1."""
+        return self.image if self.image.dim() == 4 else self.image[None]
+
+    @property
+    def image_masks(self) -> torch.Tensor:
+        """(K, n_tokens, R, R)."""
+        return self.masks if self.masks.dim() == 4 else self.masks[None]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.masks.shape[-3]
 
 
 # ------------------------------------------------------------------------------ text helpers
@@ -283,30 +307,38 @@ def learn_concept(
     out_dir: str | Path | None = None,
     progress: bool = True,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    capture: AttentionCapture | None = None,
 ) -> LearnedConcept:
-    """Learn concept token(s) (+ attention weights) from one source image and its mask(s)."""
+    """Learn concept token(s) (+ attention weights) from the source image(s) and mask(s).
+
+    ``capture``: processors already installed on the UNet (e.g. a learned concept's K/V, so a region token
+    w* trains against them); its trainable parameters follow the phases' attention learning rate.
+    Without it, fresh processors are installed as ``config`` says.
+    """
     config.validate()
     generator = seed_everything(seed)
     device = components.unet.device
-    n_tokens = source.masks.shape[0]
+    n_tokens = source.n_tokens
     token_names = [config.placeholder] if n_tokens == 1 else [
         config.placeholder.replace("*", f"{k + 1}*") if "*" in config.placeholder else f"{config.placeholder}{k + 1}"
         for k in range(n_tokens)
     ]
     tokens = ConceptTokens(components.tokenizer, components.text_encoder, token_names,
                            [config.init_word or source.object_word] * n_tokens)
-    capture = AttentionCapture(
-        components.unet, config.capture_layers, train_kv=config.train_kv, train_q_out=config.train_q_out,
-        train_layers=config.train_layers,
-    )
+    if capture is None:
+        capture = AttentionCapture(
+            components.unet, config.capture_layers, train_kv=config.train_kv, train_q_out=config.train_q_out,
+            train_layers=config.train_layers,
+        )
     if config.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
     objective = Objective(config.terms)
     state = TrainState(components, tokens, capture, objective, config, config.attention_resolution or capture_resolution(capture, components))
+    capture.same_resolution_only = config.same_resolution_maps
 
-    image = source.image.to(device)
-    masks = source.masks.to(device, image.dtype)
-    bank = LatentBank(lambda x: vae_moments(components, x), image, masks)
+    images = source.images.to(device)
+    image_masks = source.image_masks.to(device, images.dtype)
+    banks = [LatentBank(lambda x: vae_moments(components, x), image, masks) for image, masks in zip(images, image_masks)]
 
     attention_params = capture.trainable_parameters()
     unet_params = [p for n, p in components.unet.named_parameters() if "processor" not in n]
@@ -317,7 +349,7 @@ def learn_concept(
     bar = tqdm(total=config.total_steps, desc=f"learn {method}/{preset}", disable=not progress, leave=False)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
     for phase in config.schedule():
-        groups = [{"params": [tokens.parameter], "lr": phase.token_lr, "weight_decay": 0.0}]
+        groups = [{"params": [tokens.parameter], "lr": phase.token_lr, "weight_decay": config.token_weight_decay}]
         for p in attention_params:
             p.requires_grad_(phase.attention_lr > 0)
         if phase.attention_lr > 0 and attention_params:
@@ -334,6 +366,8 @@ def learn_concept(
         optimizer = optimizer_cls(groups)
         components.unet.train(phase.unet_lr > 0)
         for _ in range(phase.steps):
+            # One image draws nothing extra, so single-image runs keep their exact random stream.
+            bank = banks[0] if len(banks) == 1 else banks[int(torch.randint(len(banks), (1,), generator=generator))]
             latents_moments, aug_masks, aug_image, suffix = bank.sample(config.augment, generator)
             latents = sample_latents(components, latents_moments[None], generator)
             timestep = torch.randint(0, components.scheduler.config.num_train_timesteps, (1,), generator=generator).to(device)
@@ -365,9 +399,11 @@ def learn_concept(
     if config.gradient_checkpointing:
         components.unet.disable_gradient_checkpointing()
     concept = _snapshot(state, source, config, method, preset, loss_log, seed)
+    # Kept so later tasks that learn from the source again (RoI matching's w*) need only the concept.
+    concept.arrays.update({"source_image": source.image.detach().cpu(), "source_masks": source.masks.detach().cpu()})
     concept.extras.update({
         "seconds": round(time.perf_counter() - started, 3),
-        "latent_encodes": bank.encode_count,
+        "latent_encodes": sum(bank.encode_count for bank in banks),
         "attention_resolution": state.attention_resolution,
     })
     merge_concept_embeddings(components.text_encoder)
@@ -394,4 +430,7 @@ def _snapshot(state: TrainState, source: ConceptSource, config: LearnConfig, met
         loss_log=list(loss_log),
         unet_state={k: v.detach().clone() for k, v in state.components.unet.state_dict().items() if "processor" not in k}
         if full_unet else {},
+        text_encoder_state={k: v.detach().clone() for k, v in state.components.text_encoder.state_dict().items()
+                            if "token_embedding" not in k}
+        if any(p.text_encoder_lr > 0 for p in config.schedule()) else {},
     )

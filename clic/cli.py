@@ -1,0 +1,330 @@
+"""`clic learn|transfer|generate|match|models` — one concept from the command line.
+
+Images and masks are read by :mod:`clic.io` (any size, PNG/JPEG, RGB(A) or L), padded to a square at the
+model resolution, and every saved output is cut back to the size of the image it came from. A bad input
+(a missing or unreadable file, an empty mask, a mask of another shape, an unknown method or preset, an
+out-of-range option) ends with one line on stderr, ``clic: error: <file or option>: <problem>``, and exit
+code 2; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+import numpy as np
+import torch
+
+from .concept import LearnedConcept
+from .io import InputError, from_model_output, load_image, load_mask, mask_from_model_output, save_image, save_mask_png, to_model_input
+from .learn import ConceptSource
+from .methods.base import Method, UnsupportedTask, get_method
+from .models import TINY_PRESETS, ModelNotFoundError, SDComponents, load_components, save_tiny
+
+
+# Working side for methods without a model (cut-and-paste): SD 1.x's native resolution.
+MODEL_FREE_RESOLUTION = 512
+
+
+class CLIError(Exception):
+    """A bad option or input: printed as ``clic: error: <subject>: <problem>``."""
+
+    def __init__(self, subject: str, problem: str) -> None:
+        super().__init__(f"{subject}: {problem}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors in the same one-line form (its default also prints the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(self.prog, message)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _positive(value: int | None, option: str) -> None:
+    if value is not None and value <= 0:
+        raise CLIError(option, f"must be positive, got {value}")
+
+
+def _method(name: str, option: str = "--method") -> Method:
+    try:
+        return get_method(name)
+    except ValueError as err:
+        raise CLIError(option, str(err)) from None
+
+
+def _load_concept(directory: str) -> tuple[LearnedConcept, Method]:
+    try:
+        concept = LearnedConcept.load(directory)
+    except FileNotFoundError as err:
+        raise CLIError("--concept", str(err)) from None
+    return concept, _method(concept.method, "--concept")
+
+
+def _components(method: Method, model: str | None, concept: LearnedConcept | None = None) -> SDComponents | None:
+    """The model named by --model, else the one the concept was learned with; None for model-free methods."""
+    if not method.needs_model:
+        return None
+    model = model or (concept.model_id if concept is not None else None)
+    if not model:
+        raise CLIError("--model", f"required: one of {', '.join(TINY_PRESETS)}, a diffusers folder or a cached HF id")
+    if method.needs_inpainting and model == "tiny":
+        model = "tiny-inpaint"
+    try:
+        return load_components(model)
+    except ModelNotFoundError as err:
+        raise CLIError("--model", str(err)) from None
+
+
+def _resolution(requested: int | None, components: SDComponents | None, concept: LearnedConcept | None = None) -> int:
+    """--resolution, else the concept's learning resolution, else the model's native one."""
+    if requested is not None:
+        _positive(requested, "--resolution")
+        if components is not None:
+            multiple = components.vae_scale_factor * 2 ** (len(components.unet.config.block_out_channels) - 1)
+            if requested % multiple:
+                raise CLIError("--resolution", f"must be a multiple of {multiple} for this model, got {requested}")
+        return requested
+    if concept is not None and concept.config.get("resolution"):
+        return int(concept.config["resolution"])
+    if components is not None:
+        return components.resolution
+    if concept is not None:
+        return int(concept.arrays["source_image"].shape[-1])  # model-free concepts keep their source pixels
+    return MODEL_FREE_RESOLUTION
+
+
+def _model_mask(path: str, image_size: tuple[int, int], image, resolution: int) -> torch.Tensor:
+    """The mask file as a (R, R) float tensor aligned with the image's model input."""
+    _, mask, _ = to_model_input(image, load_mask(path, size=image_size), resolution)
+    if not bool(mask.any()):
+        raise CLIError(path, f"mask is empty at the model resolution {resolution}x{resolution}")
+    return mask[0]
+
+
+def _gray(map_2d: torch.Tensor) -> torch.Tensor:
+    """(R, R) in [0, 1] as a (3, R, R) image, the form clic.io writes."""
+    return map_2d.clamp(0, 1)[None].expand(3, -1, -1)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+def cmd_learn(args: argparse.Namespace) -> None:
+    method = _method(args.method)
+    try:
+        method.preset(args.preset)
+    except ValueError as err:
+        raise CLIError("--preset", str(err)) from None
+    _positive(args.steps, "--steps")
+    components = _components(method, args.model)
+    resolution = _resolution(args.resolution, components)
+    image = load_image(args.image)
+    image_tensor, _, _ = to_model_input(image, None, resolution)
+    masks = [_model_mask(path, image.size, image, resolution) for path in [args.mask, *([args.mask2] if args.mask2 else [])]]
+    source = ConceptSource(image_tensor, torch.stack(masks), args.object)
+    overrides: dict[str, Any] = {"resolution": resolution}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    started = time.perf_counter()
+    concept = method.learn(components, source, preset=args.preset, overrides=overrides if method.needs_model else None,
+                           seed=args.seed, out_dir=args.out, progress=not args.quiet)
+    final = f", final loss {concept.loss_log[-1]['total']:.4f}" if concept.loss_log else ""
+    print(f"learned {' '.join(concept.tokens) or 'the source'} with {method.name}/{concept.preset} in "
+          f"{time.perf_counter() - started:.1f} s{final} -> {args.out}")
+
+
+def cmd_transfer(args: argparse.Namespace) -> None:
+    from .transfer import TransferSettings
+
+    concept, method = _load_concept(args.concept)
+    _positive(args.steps, "--steps")
+    overrides = {key: value for key, value in (("t_start", args.t_start), ("eta", args.eta), ("steps", args.steps))
+                 if value is not None}
+    if method.needs_model:
+        settings = method.task_settings("transfer", concept.preset, overrides)
+        steps = settings.get("steps", TransferSettings.steps)
+        t_start = settings.get("t_start", TransferSettings.t_start)
+        if not 1 <= t_start <= steps:
+            raise CLIError("--t-start", f"must lie in [1, {steps}] (the --steps of the schedule), got {t_start}")
+    components = _components(method, args.model, concept)
+    resolution = _resolution(args.resolution, components, concept)
+    image = load_image(args.image)
+    image_tensor, _, placement = to_model_input(image, None, resolution)
+    mask = _model_mask(args.mask, image.size, image, resolution)
+    started = time.perf_counter()
+    try:
+        result = method.transfer(components, concept, image_tensor, mask, args.object,
+                                 overrides=overrides if method.needs_model else None, seed=args.seed)
+    except UnsupportedTask as err:
+        raise CLIError("--concept", str(err)) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from_model_output(result.image, placement).save(out / "edited.png")
+    from_model_output(_gray(result.attention), placement).convert("L").save(out / "attention.png")
+    _write_json(out / "result.json", {
+        "concept": str(args.concept), "method": method.name, "preset": concept.preset, "object": args.object,
+        "seed": args.seed, "overrides": overrides, "resolution": resolution, "size": list(image.size),
+        "model": components.weights_label if components is not None else None,
+        "attention_in_mask": getattr(result, "attention_in_mask", None),
+        "seconds": round(time.perf_counter() - started, 3),
+    })
+    print(f"transferred {' '.join(concept.tokens) or 'the source'} into {args.image} -> {out / 'edited.png'}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .generate import GenerateSettings
+
+    concept, method = _load_concept(args.concept)
+    _positive(args.steps, "--steps")
+    _positive(args.images, "--images")
+    overrides = {key: value for key, value in (("steps", args.steps), ("images", args.images),
+                                               ("stage_one_steps", args.stage_one_steps)) if value is not None}
+    try:
+        method.require("generate")
+    except UnsupportedTask as err:
+        raise CLIError("--concept", str(err)) from None
+    settings = method.task_settings("generate", concept.preset, overrides)
+    steps = settings.get("steps", GenerateSettings.steps)
+    stage_one = settings.get("stage_one_steps", GenerateSettings.stage_one_steps)
+    if not 0 <= stage_one <= steps:
+        raise CLIError("--stage-one-steps", f"must lie in [0, {steps}] (the --steps), got {stage_one}")
+    components = _components(method, args.model, concept)
+    result = method.generate(components, concept, args.object, overrides=overrides, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for index, picture in enumerate(result.images):
+        save_image(picture, out / f"image-{index}.png")
+    print(f"generated {len(result.images)} image(s) of '{result.prompt}' -> {out}")
+
+
+def cmd_match(args: argparse.Namespace) -> None:
+    from .match import MatchSettings
+
+    concept, method = _load_concept(args.concept)
+    _positive(args.steps, "--steps")
+    overrides = {key: value for key, value in (("steps", args.steps), ("t_start", args.t_start),
+                                               ("threshold", args.threshold)) if value is not None}
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise CLIError("--threshold", f"must lie in [0, 1], got {args.threshold}")
+    try:
+        method.require("match")
+    except UnsupportedTask as err:
+        raise CLIError("--concept", str(err)) from None
+    settings = method.task_settings("match", concept.preset, overrides)
+    denoise_steps = settings.get("denoise_steps", MatchSettings.denoise_steps)
+    t_start = settings.get("t_start", MatchSettings.t_start)
+    if not 1 <= t_start <= denoise_steps:
+        raise CLIError("--t-start", f"must lie in [1, {denoise_steps}] (the denoising schedule), got {t_start}")
+    if "source_image" not in concept.arrays:  # w* is learned from the source the concept keeps
+        raise CLIError(args.concept, "the concept keeps no source image (learned by an older version): learn it again")
+    components = _components(method, args.model, concept)
+    resolution = _resolution(args.resolution, components, concept)
+    image = load_image(args.image)
+    image_tensor, _, placement = to_model_input(image, None, resolution)
+    result = method.match(components, concept, image_tensor, args.object, overrides=overrides, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mask = mask_from_model_output(result.mask.float(), placement)
+    save_mask_png(mask, out / "mask.png")
+    from_model_output(_gray(result.soft_map), placement).convert("L").save(out / "soft.png")
+    _write_json(out / "result.json", {
+        "concept": str(args.concept), "object": args.object, "seed": args.seed, "overrides": overrides,
+        "threshold": result.threshold, "mask_fraction": float(np.mean(mask)), "size": list(image.size),
+    })
+    print(f"matched the concept's region in {args.image}: {float(np.mean(mask)):.1%} of the image -> {out / 'mask.png'}")
+
+
+def cmd_save_tiny(args: argparse.Namespace) -> None:
+    path = save_tiny(args.directory, args.variant)
+    print(f"wrote the {args.variant} model (random weights, for tests) -> {path}")
+
+
+# ------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="clic", description="Learn a local concept from one image and use it (CLiC).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(sub: argparse.ArgumentParser, *, model_help: str) -> None:
+        sub.add_argument("--model", help=model_help)
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--resolution", type=int, help="model input side in pixels (default: the concept's or the model's)")
+
+    learn = commands.add_parser("learn", help="learn a concept from a source image and its mask")
+    common(learn, model_help="tiny, tiny-inpaint, a diffusers folder or a cached HF id")
+    learn.add_argument("--image", required=True, help="source image")
+    learn.add_argument("--mask", required=True, help="mask of the concept's region in the source image")
+    learn.add_argument("--mask2", help="mask of a second concept in the same image (learns <v1*> and <v2*>)")
+    learn.add_argument("--object", required=True, help="the object word, e.g. chair")
+    learn.add_argument("--steps", type=int, help="learning steps (default: the preset's)")
+    learn.add_argument("--out", required=True, help="concept folder to write")
+    learn.add_argument("--method", default="clic")
+    learn.add_argument("--preset", default=None, help="named configuration of the method (default: its default)")
+    learn.add_argument("--quiet", action="store_true", help="no progress bar")
+    learn.set_defaults(run=cmd_learn)
+
+    transfer = commands.add_parser("transfer", help="transfer a learned concept into a target region")
+    common(transfer, model_help="default: the model the concept was learned with")
+    transfer.add_argument("--concept", required=True)
+    transfer.add_argument("--image", required=True, help="target image")
+    transfer.add_argument("--mask", required=True, help="target region")
+    transfer.add_argument("--object", required=True)
+    transfer.add_argument("--t-start", type=int, help="DDIM steps run, from the end (paper: 5-15 of 50)")
+    transfer.add_argument("--eta", type=float, help="attention-guidance step size (0: off)")
+    transfer.add_argument("--steps", type=int, help="DDIM schedule length (default 50)")
+    transfer.add_argument("--out", required=True)
+    transfer.set_defaults(run=cmd_transfer)
+
+    generate = commands.add_parser("generate", help="generate new objects carrying the concept")
+    common(generate, model_help="default: the model the concept was learned with")
+    generate.add_argument("--concept", required=True)
+    generate.add_argument("--object", required=True)
+    generate.add_argument("--steps", type=int, help="DDIM steps (default 50)")
+    generate.add_argument("--stage-one-steps", type=int, help="first steps with the unmodified UNet (default 5)")
+    generate.add_argument("--images", type=int, help="number of images (default 1)")
+    generate.add_argument("--out", required=True)
+    generate.set_defaults(run=cmd_generate)
+
+    match = commands.add_parser("match", help="predict the concept's region in a target image (RoI matching)")
+    common(match, model_help="default: the model the concept was learned with")
+    match.add_argument("--concept", required=True)
+    match.add_argument("--image", required=True, help="target image")
+    match.add_argument("--object", required=True)
+    match.add_argument("--steps", type=int, help="w* learning steps (default 500)")
+    match.add_argument("--t-start", type=int, help="DDIM steps read while denoising the target (default 25 of 50)")
+    match.add_argument("--threshold", type=float, help="on the min-max normalised map (default 0.5)")
+    match.add_argument("--out", required=True)
+    match.set_defaults(run=cmd_match)
+
+    models = commands.add_parser("models", help="model utilities")
+    model_commands = models.add_subparsers(dest="model_command", required=True)
+    tiny = model_commands.add_parser("save-tiny", help="write the seeded tiny model as a diffusers folder")
+    tiny.add_argument("directory")
+    tiny.add_argument("--variant", choices=TINY_PRESETS, default="tiny")
+    tiny.set_defaults(run=cmd_save_tiny)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.run(args)
+    except (CLIError, InputError) as err:
+        print(f"clic: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
