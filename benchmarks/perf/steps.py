@@ -1,0 +1,97 @@
+"""Fused vs naive learning step, and attention-capture cost, on the tiny model (issue: performance).
+
+Both steps see identical inputs (latents, t, ε, masks, prompts) and share the same trainable weights, so
+their losses must agree; the benchmark then times forward + backward of each.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from clic.attention import AttentionCapture
+from clic.learn import LearnConfig, StepBatch, TrainState, fused_step, vae_moments
+from clic.losses import Objective
+from clic.models import build_tiny
+from clic.tokens import ConceptTokens
+
+from .naive import install_naive, naive_step
+
+
+@dataclass
+class StepCase:
+    state: TrainState
+    batch: StepBatch
+    object_word: str = "chair"
+
+
+def make_case(resolution: int, seed: int = 0, config: LearnConfig | None = None) -> StepCase:
+    config = config or LearnConfig()
+    components = build_tiny()
+    tokens = ConceptTokens(components.tokenizer, components.text_encoder, ["<v*>"], ["chair"])
+    capture = AttentionCapture(components.unet, config.capture_layers, train_kv=config.train_kv,
+                               train_q_out=config.train_q_out)
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.rand(3, resolution, resolution, generator=generator) * 2 - 1
+    mask = torch.zeros(1, resolution, resolution)
+    mask[:, resolution // 8 : resolution // 2, resolution // 4 : 3 * resolution // 4] = 1
+    latents = vae_moments(components, image[None]).chunk(2, dim=1)[0] * components.vae.config.scaling_factor
+    batch = StepBatch(latents=latents, masks=mask, image=image, suffix="", timestep=torch.tensor([420]),
+                      noise=torch.randn(latents.shape, generator=generator))
+    attention_resolution = latents.shape[-1] // 2  # the coarsest up-block layer of the tiny UNet
+    return StepCase(TrainState(components, tokens, capture, Objective(config.terms), config, attention_resolution), batch)
+
+
+def parameters(case: StepCase) -> list[torch.Tensor]:
+    return [case.state.tokens.parameter, *case.state.capture.trainable_parameters()]
+
+
+def fused_loss(case: StepCase) -> tuple[torch.Tensor, dict[str, float]]:
+    return fused_step(case.state, case.batch, case.object_word)
+
+
+@contextmanager
+def naive_processors(case: StepCase) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Store-everything processors for the duration; then the fused ones (same trained weights) again."""
+    store = install_naive(case.state)
+    try:
+        yield store
+    finally:
+        unet = case.state.components.unet
+        fused = case.state.capture.processors
+        unet.set_attn_processor({name: fused.get(name) or AttnProcessor2_0() for name in unet.attn_processors})
+
+
+def naive_loss(case: StepCase) -> tuple[torch.Tensor, dict[str, float]]:
+    with naive_processors(case) as store:
+        return naive_step(case.state, case.batch, case.object_word, store)
+
+
+def time_step(step, case: StepCase, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of forward + backward of one step."""
+    params = parameters(case)
+    times = []
+    for index in range(warmup + repeats):
+        for p in params:
+            p.grad = None
+        started = time.perf_counter()
+        loss, _ = step(case)
+        loss.backward()
+        if index >= warmup:
+            times.append(time.perf_counter() - started)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def time_naive(case: StepCase, repeats: int, warmup: int = 2) -> float:
+    with naive_processors(case) as store:
+        return time_step(lambda c: naive_step(c.state, c.batch, c.object_word, store), case, repeats, warmup)
+
+
+def capture_off_case(resolution: int, seed: int = 0) -> StepCase:
+    """The same step without the attention term: capture records nothing."""
+    return make_case(resolution, seed, LearnConfig(terms={"con": {"weight": 1.0, "alpha": 0.5}, "roi": 0.5}))
