@@ -1,0 +1,415 @@
+"""Images and masks as users have them, and the way they enter and leave the model.
+
+Images (:func:`load_image`) come back as 8-bit RGB PIL images, whatever the file holds: RGB, RGBA and LA
+(composited on white), palette images (with or without transparency), grayscale, 1-bit, 16-bit
+grayscale or colour (scaled to 8 bits: v16 / 257, rounded), CMYK. EXIF orientation is applied.
+
+Masks (:func:`load_mask`) come back as boolean (H, W) arrays. A pixel is in the mask where *any* colour
+channel is at least half of full scale (128 of 255, 32768 of 65535, 0.5 for float images), so soft
+masks are thresholded at 0.5 and a white-on-black mask means the same in L, RGB or palette form. One
+exception: an RGBA (or LA) mask whose colour channels are constant but whose alpha varies (a shape drawn
+as opacity, as many editors export it) is read from its alpha channel instead. An empty mask is an error;
+a full mask is allowed and means "the whole image is the region". EXIF orientation is applied to masks
+too, so a mask drawn on the displayed image lines up with it.
+
+Every failure is an :class:`InputError` whose message is one line naming the file and the problem.
+
+The non-square policy: the model sees square inputs. :func:`to_model_input` pads the image to a square
+(centred, padding white; the mask pads with 0, i.e. outside the region) and resizes it to the model
+resolution R (bicubic with antialiasing for the image, nearest for the mask). Nothing is cropped, so the
+whole image stays editable context and the region keeps its shape. The :class:`Placement` it returns
+records the original size and where the image sits in the square; :func:`from_model_output` and
+:func:`mask_from_model_output` cut that box out of a model-resolution output and resize it back to the
+user's original size, so every saved output has the size of the image it came from.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch is imported only where tensors are made, so `clic-bench validate` stays light
+    import torch
+
+ImageSource = Union[str, "os.PathLike[str]", IO[bytes]]
+
+# Half of full scale, rounded up, for integer images: 128 of 255, 32768 of 65535.
+_HALF_8BIT = 128
+_HALF_16BIT = 32768
+_FULL_16BIT = 65535
+# Largest relative difference of aspect ratios that still counts as "the same shape" (rounding of sizes).
+ASPECT_TOLERANCE = 0.01
+_EXIF_ORIENTATION_TAG = 0x0112
+_ORIENTATION_TRANSPOSE = {  # EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_INT16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+class InputError(ValueError):
+    """A user's image or mask cannot be used. ``str(err)`` is one line: ``<file>: <problem>``."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        self.source = source
+        self.problem = " ".join(problem.split())  # one line, whatever the underlying message was
+        super().__init__(f"{source}: {self.problem}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across Ray workers
+        return (type(self), (self.source, self.problem))
+
+
+# ------------------------------------------------------------------------------------------ opening
+
+
+def _display_name(source: ImageSource, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return str(getattr(source, "name", "<stream>"))
+
+
+def _open(source: ImageSource, name: str) -> Image.Image:
+    """Open (header only) or raise an InputError that says why not."""
+    try:
+        return Image.open(source)
+    except FileNotFoundError:
+        raise InputError(name, "file not found") from None
+    except IsADirectoryError:
+        raise InputError(name, "is a directory, not an image file") from None
+    except PermissionError:
+        raise InputError(name, "permission denied") from None
+    except UnidentifiedImageError:
+        raise InputError(name, "not a readable image (unknown format or corrupt header)") from None
+    except Image.DecompressionBombError as err:
+        raise InputError(name, f"image too large: {err}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InputError(name, f"unreadable image: {err}") from None
+
+
+def _decode(image: Image.Image, name: str) -> None:
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise InputError(name, _decode_problem(err)) from None
+
+
+def _decode_problem(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if "truncated" in text.lower():
+        return f"truncated image file ({text})"
+    return f"corrupt image data ({text})"
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation read without decoding pixels (PNG: only an eXIf chunk before the image data)."""
+    try:
+        if image.format == "PNG":
+            raw = image.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = image.getexif()
+        return int(exif.get(_EXIF_ORIENTATION_TAG, 1))
+    except Exception:  # a malformed EXIF block must not make a good image unreadable
+        return 1
+
+
+def _oriented(image: Image.Image, orientation: int) -> Image.Image:
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return image.transpose(method) if method is not None else image
+
+
+def _oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+def probe_image(source: ImageSource, *, name: str | None = None) -> tuple[int, int]:
+    """(W, H) as displayed (EXIF orientation applied), after a cheap integrity check.
+
+    Cheaper than :func:`load_image` by an order of magnitude: PNGs are checked by their chunk CRCs
+    (which finds truncation and corruption without inflating pixels), JPEGs are decoded at 1/8 scale;
+    other formats are decoded in full.
+    """
+    name = _display_name(source, name)
+    image = _open(source, name)
+    size = _oriented_size(image.size, _orientation(image))
+    try:
+        if image.format == "PNG":
+            image.verify()
+        elif image.format in ("JPEG", "MPO"):  # MPO: phones' multi-picture JPEGs
+            image.draft("RGB", (max(1, image.size[0] // 8), max(1, image.size[1] // 8)))
+            image.load()
+        else:
+            image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise InputError(name, _decode_problem(err)) from None
+    finally:
+        image.close()
+    return size
+
+
+def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
+    """Any image file as an 8-bit RGB PIL image (see the module docstring for the modes handled)."""
+    name = _display_name(source, name)
+    with _open(source, name) as opened:
+        orientation = _orientation(opened)
+        _decode(opened, name)
+        rgb = to_rgb(opened, name=name)
+    return _oriented(rgb, orientation)
+
+
+def to_rgb(image: Image.Image, *, name: str = "image") -> Image.Image:
+    """An 8-bit RGB copy of a PIL image of any mode; transparency is composited on white."""
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode in _INT16_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        if values.min() < 0 or values.max() > _FULL_16BIT:
+            raise InputError(name, f"{mode} image values outside 0..{_FULL_16BIT}")
+        gray = ((values * 255 + _FULL_16BIT // 2) // _FULL_16BIT).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if values.min() < 0.0 or values.max() > 1.0:
+            raise InputError(name, "float image values outside [0, 1]")
+        return Image.fromarray(np.round(values * 255).astype(np.uint8)).convert("RGB")
+    has_alpha = mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in image.info)
+    if not has_alpha:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+# -------------------------------------------------------------------------------------------- masks
+
+
+def aspect_ratios_match(size_a: tuple[int, int], size_b: tuple[int, int], tolerance: float = ASPECT_TOLERANCE) -> bool:
+    """True when two (W, H) sizes have the same shape up to ``tolerance`` (relative)."""
+    ratio_a = size_a[0] / size_a[1]
+    ratio_b = size_b[0] / size_b[1]
+    return abs(ratio_a - ratio_b) <= tolerance * ratio_b
+
+
+def mask_from_pil(image: Image.Image, *, name: str = "mask") -> np.ndarray:
+    """The boolean mask of a decoded PIL image of any mode (the rule is in the module docstring)."""
+    mode = image.mode
+    if mode == "1":
+        return np.array(image, dtype=bool)
+    if mode in _INT16_MODES:
+        values = np.asarray(image, dtype=np.int64)
+        return _checked_threshold(values, _HALF_16BIT, _FULL_16BIT, name, mode)
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if values.min() < 0.0 or values.max() > 1.0:
+            raise InputError(name, "float mask values outside [0, 1]")
+        return values >= 0.5
+    if mode == "L":
+        return np.asarray(image) >= _HALF_8BIT
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"))
+        colour, alpha = rgba[..., :3], rgba[..., 3]
+        if colour.min() == colour.max() and alpha.min() != alpha.max():
+            return alpha >= _HALF_8BIT
+        return colour.max(axis=-1) >= _HALF_8BIT
+    return np.asarray(image.convert("RGB")).max(axis=-1) >= _HALF_8BIT
+
+
+def _checked_threshold(values: np.ndarray, half: int, full: int, name: str, mode: str) -> np.ndarray:
+    if values.min() < 0 or values.max() > full:
+        raise InputError(name, f"{mode} mask values outside 0..{full}")
+    return values >= half
+
+
+def _full_scale_max(image: Image.Image) -> str:
+    """The mask's largest value on its own scale, for the "empty mask" message."""
+    if image.mode in _INT16_MODES:
+        return f"{int(np.asarray(image).max())} of {_FULL_16BIT}"
+    if image.mode == "F":
+        return f"{float(np.asarray(image).max()):.3g} of 1.0"
+    return f"{int(np.asarray(image.convert('RGB')).max())} of 255"
+
+
+def load_mask(source: ImageSource, size: tuple[int, int] | None = None, *, name: str | None = None) -> np.ndarray:
+    """A mask file as a boolean (H, W) array; with ``size=(W, H)`` resized (nearest) to that size.
+
+    Raises :class:`InputError` when the file is unreadable, the mask is empty (also when it becomes
+    empty by the resize), or its aspect ratio differs from ``size``'s by more than 1 %.
+    """
+    name = _display_name(source, name)
+    with _open(source, name) as opened:
+        orientation = _orientation(opened)
+        _decode(opened, name)
+        image = _oriented(opened, orientation)
+        mask = mask_from_pil(image, name=name)
+        if not mask.any():
+            raise InputError(name, f"mask is empty: no pixel reaches half of full scale (largest value {_full_scale_max(image)})")
+    mask_size = (mask.shape[1], mask.shape[0])
+    if size is None or tuple(size) == mask_size:
+        return mask
+    if not aspect_ratios_match(mask_size, tuple(size)):
+        raise InputError(
+            name, f"mask size {mask_size[0]}x{mask_size[1]} has a different aspect ratio than the image size {size[0]}x{size[1]}"
+        )
+    resized = resize_mask(mask, size)
+    if not resized.any():
+        raise InputError(name, f"mask becomes empty when resized from {mask_size[0]}x{mask_size[1]} to {size[0]}x{size[1]}")
+    return resized
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a boolean (H, W) mask to ``size=(W, H)``."""
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.resize(tuple(size), Image.Resampling.NEAREST)) >= _HALF_8BIT
+
+
+# ---------------------------------------------------------------------------------------- model I/O
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a user's image sits inside the square the model sees (see the module docstring)."""
+
+    original_size: tuple[int, int]  # (W, H) of the user's image
+    square_size: int  # side of the padded square, in original pixels
+    pad_box: tuple[int, int, int, int]  # (left, top, right, bottom) of the image inside the square
+    resolution: int  # R, the side of the model input
+
+    @classmethod
+    def for_size(cls, size: tuple[int, int], resolution: int) -> "Placement":
+        width, height = size
+        side = max(width, height)
+        left, top = (side - width) // 2, (side - height) // 2
+        return cls((width, height), side, (left, top, left + width, top + height), resolution)
+
+    def box_at(self, side: int) -> tuple[float, float, float, float]:
+        """The pad box in the coordinates of a square output of ``side`` pixels."""
+        scale = side / self.square_size
+        return tuple(value * scale for value in self.pad_box)  # type: ignore[return-value]
+
+
+def to_model_input(
+    image: Image.Image, mask: np.ndarray | None, resolution: int
+) -> tuple["torch.Tensor", "torch.Tensor | None", Placement]:
+    """(image (3, R, R) float32 in [-1, 1], mask (1, R, R) float32 in {0, 1} or None, placement)."""
+    import torch
+
+    if resolution <= 0:
+        raise ValueError(f"resolution must be positive, got {resolution}")
+    rgb = to_rgb(image)
+    placement = Placement.for_size(rgb.size, resolution)
+    square = Image.new("RGB", (placement.square_size,) * 2, (255, 255, 255))
+    square.paste(rgb, placement.pad_box[:2])
+    # PIL's bicubic widens its kernel when downscaling, i.e. it antialiases.
+    resized = np.asarray(square.resize((resolution, resolution), Image.Resampling.BICUBIC), dtype=np.float32)
+    image_tensor = torch.from_numpy(resized / 127.5 - 1.0).permute(2, 0, 1).contiguous()
+    if mask is None:
+        return image_tensor, None, placement
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (rgb.size[1], rgb.size[0]):
+        raise ValueError(f"mask shape {mask.shape} does not match the image size {rgb.size[0]}x{rgb.size[1]} (W x H)")
+    square_mask = np.zeros((placement.square_size,) * 2, dtype=bool)
+    left, top, right, bottom = placement.pad_box
+    square_mask[top:bottom, left:right] = mask
+    mask_tensor = torch.from_numpy(resize_mask(square_mask, (resolution, resolution)).astype(np.float32))[None]
+    return image_tensor, mask_tensor, placement
+
+
+def _as_numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):  # a torch tensor, recognised without importing torch
+        return array.detach().float().cpu().numpy()
+    return np.asarray(array)
+
+
+def image_to_uint8(image: Any) -> np.ndarray:
+    """An (H, W, 3) uint8 array from a PIL image, a uint8/float HWC numpy array, or a CHW torch tensor.
+
+    Float inputs must lie in [0, 1] (clic's outputs and the metrics' images do); model tensors in
+    [-1, 1] are refused rather than guessed at.
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(to_rgb(image))
+    is_tensor = hasattr(image, "detach")
+    array = _as_numpy(image)
+    if is_tensor:
+        if array.ndim == 4 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim != 3 or array.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(array.shape)}")
+        array = array.transpose(1, 2, 0)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) array, got shape {tuple(array.shape)}")
+    if array.dtype == np.uint8:
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"expected uint8 or float values in [0, 1], got dtype {array.dtype}")
+    low, high = float(array.min()), float(array.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ValueError(
+            f"expected float values in [0, 1], found [{low:.3g}, {high:.3g}]; convert model tensors in [-1, 1] with (x + 1) / 2"
+        )
+    return np.round(np.clip(array, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def from_model_output(image: Any, placement: Placement) -> Image.Image:
+    """A square model output (see :func:`image_to_uint8` for the accepted forms) at the user's original size."""
+    pixels = image_to_uint8(image)
+    height, width = pixels.shape[:2]
+    if height != width:
+        raise ValueError(f"expected a square model output, got {width}x{height}")
+    square = Image.fromarray(pixels)
+    return square.resize(placement.original_size, Image.Resampling.BICUBIC, box=placement.box_at(width))
+
+
+def mask_from_model_output(mask: Any, placement: Placement) -> np.ndarray:
+    """A square (R, R) or (1, R, R) mask (bool, or float thresholded at 0.5) as a bool array at the original size."""
+    values = _as_numpy(mask)
+    if values.ndim == 3 and values.shape[0] == 1:
+        values = values[0]
+    if values.ndim != 2 or values.shape[0] != values.shape[1]:
+        raise ValueError(f"expected a square (R, R) mask, got shape {tuple(values.shape)}")
+    square = Image.fromarray(values.astype(np.float32))
+    resized = square.resize(placement.original_size, Image.Resampling.NEAREST, box=placement.box_at(values.shape[0]))
+    return np.asarray(resized) >= 0.5
+
+
+# ------------------------------------------------------------------------------------------- saving
+
+
+def save_mask_png(mask: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write a boolean (H, W) mask as an 8-bit L PNG with values 0 and 255."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected an (H, W) mask, got shape {mask.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(bool).astype(np.uint8) * 255).save(path, format="PNG")
+    return path
+
+
+def save_image(image: Any, path: str | os.PathLike[str]) -> Path:
+    """Write an image (PIL, HWC uint8/float [0, 1] array, or CHW [0, 1] tensor); format from the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture = Image.fromarray(image_to_uint8(image))
+    options = {"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg", ".webp") else {}
+    picture.save(path, **options)
+    return path

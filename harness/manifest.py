@@ -1,0 +1,696 @@
+"""Parquet manifests: the schema, validation that reports every bad row in one pass, and a folder builder.
+
+A manifest has one row per (source, target) pair; see :data:`MANIFEST_SCHEMA` and DESIGN.md "Contracts".
+Paths are relative to the manifest's folder, or URIs:
+
+* local relative paths (``img/p7.png``) resolve against the manifest's folder and must stay inside it;
+  absolute paths, ``file://`` URIs and ``..`` that climbs out of the folder are refused unless
+  ``allow_outside`` (``--allow-outside``), so a manifest and its folder move together. The check is
+  lexical: a symlink inside the folder may point anywhere.
+* remote URIs (``s3://``, ``gs://``, ``memory://``, … any scheme pyarrow.fs or fsspec can open) are
+  allowed as they are; in a manifest that is itself at a URI, relative paths resolve against its folder.
+
+Rows are numbered from 0, as ``pandas.read_parquet(manifest).iloc[row]``.
+
+Folder convention (``clic-bench manifest from-folder DIR``)::
+
+    DIR/
+      <category>/                     one folder per category, e.g. furniture/
+        meta.json                     optional: defaults for every pair of the category (keys below)
+        <pair_id>/                    one folder per pair; its name is the pair_id (unique across DIR)
+          source.png                  required (.png, .jpg, .jpeg, .webp, .bmp, .tif or .tiff)
+          source_mask.png             optional; absent -> automatic source mask
+          target.png                  required
+          target_mask.png             optional; absent -> RoI matching predicts it
+          target_mask_gt.png          optional; ground truth of the target region, for IoU
+          expected.png                optional; synthetic sets: the target with the concept drawn in
+          meta.json                   optional: {"source_object": "chair", "target_object": "chair",
+                                                 "concept": "...", "tags": ["..."], "source_part": "...",
+                                                 "target_part": "...", "pattern": "...",
+                                                 "pattern_params": {...}}
+
+Object words default to the category folder's name (so name categories by object, ``chair/``, or give
+``source_object``/``target_object`` in a meta.json). Hidden entries (``.*``) are ignored; any other
+image file in a pair folder is an error, so a misspelt ``source-mask.png`` is not silently dropped.
+The manifest (default ``DIR/manifest.parquet``) stores paths relative to its own folder.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import posixpath
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
+
+MANIFEST_VERSION = "1"
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("source_image", pa.string(), nullable=False),
+        pa.field("source_mask", pa.string()),  # null -> automatic source mask
+        pa.field("source_object", pa.string(), nullable=False),
+        pa.field("target_image", pa.string(), nullable=False),
+        pa.field("target_mask", pa.string()),  # null -> RoI matching
+        pa.field("target_object", pa.string(), nullable=False),
+        pa.field("target_mask_gt", pa.string()),  # ground truth for IoU
+        pa.field("concept", pa.string()),
+        pa.field("tags", pa.list_(pa.string())),
+    ],
+    metadata={"clic.manifest_version": MANIFEST_VERSION},
+)
+
+# Written by the synthetic-set generator (harness/synth); optional in every manifest.
+GROUND_TRUTH_FIELDS = (
+    pa.field("expected_image", pa.string()),
+    pa.field("source_part", pa.string()),
+    pa.field("target_part", pa.string()),
+    pa.field("pattern", pa.string()),
+    pa.field("pattern_params", pa.string()),  # JSON object
+)
+
+REQUIRED_COLUMNS = tuple(f.name for f in MANIFEST_SCHEMA if not f.nullable)
+KNOWN_FIELDS: dict[str, pa.Field] = {f.name: f for f in (*MANIFEST_SCHEMA, *GROUND_TRUTH_FIELDS)}
+IMAGE_COLUMNS = ("source_image", "target_image", "expected_image")
+MASK_COLUMNS = ("source_mask", "target_mask", "target_mask_gt")
+# Which image each mask (or derived image) must match in shape.
+SHAPE_PARTNER = {
+    "source_mask": "source_image",
+    "target_mask": "target_image",
+    "target_mask_gt": "target_image",
+    "expected_image": "target_image",
+}
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+# Schemes pyarrow.fs opens natively (fsspec adds many more when installed).
+_PYARROW_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})
+
+
+# --------------------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of a manifest: of a row (``row`` set) or of the whole manifest (``row`` None)."""
+
+    row: int | None
+    pair_id: str | None
+    column: str | None
+    message: str
+    manifest: str = "manifest"
+
+    def __str__(self) -> str:
+        where = [self.manifest if self.row is None else f"{self.manifest} row {self.row}"]
+        if self.row is not None and self.pair_id is not None:
+            where.append(f"(pair_id {self.pair_id!r})")
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        separator = ": " if self.row is None else " "
+        head = where[0] + (separator + " ".join(where[1:]) if len(where) > 1 else "")
+        return f"{head}: {self.message}"
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """A good manifest row: locations resolved (absolute local paths or URIs), other fields as written."""
+
+    row: int
+    pair_id: str
+    category: str
+    source_image: str
+    source_mask: str | None
+    source_object: str
+    target_image: str
+    target_mask: str | None
+    target_object: str
+    target_mask_gt: str | None = None
+    concept: str | None = None
+    tags: tuple[str, ...] = ()
+    expected_image: str | None = None
+    source_part: str | None = None
+    target_part: str | None = None
+    pattern: str | None = None
+    pattern_params: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)  # the row as read
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tags"] = list(self.tags)
+        data["raw"] = dict(self.raw)
+        return data
+
+
+@dataclass
+class ManifestReport:
+    """What :func:`load_manifest` found: good rows, row problems and manifest-level problems."""
+
+    manifest: str
+    total_rows: int
+    rows: list[PairSpec]
+    problems: list[Problem]  # one per bad cell, in row order
+    manifest_problems: list[Problem]
+    rows_checked: bool = True  # False when the manifest-level problems stopped row validation
+
+    @property
+    def usable(self) -> bool:
+        """False when the manifest as a whole is broken: a run must refuse it."""
+        return not self.manifest_problems
+
+    @property
+    def ok(self) -> bool:
+        return self.usable and not self.problems
+
+    @property
+    def bad_rows(self) -> int:
+        return len({p.row for p in self.problems})
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in (*self.manifest_problems, *self.problems)]
+
+    def summary(self) -> str:
+        if not self.rows_checked:
+            return "rows not checked: the manifest itself is unusable"
+        return f"{self.total_rows} rows: {len(self.rows)} good, {self.bad_rows} bad"
+
+    def exit_code(self) -> int:
+        return 2 if not self.usable else (1 if self.problems else 0)
+
+
+# ------------------------------------------------------------------------------------- locations
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The manifest's folder: a local directory or a URI prefix."""
+
+    local: str | None  # absolute directory
+    uri: str | None  # "scheme://netloc/dir"
+
+    def join(self, relative: str) -> str:
+        if self.local is not None:
+            return os.path.abspath(os.path.join(self.local, relative))
+        scheme, rest = self.uri.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, relative))}"
+
+
+def scheme_supported(scheme: str) -> bool:
+    """Whether ``scheme://`` locations can be opened (local files, pyarrow.fs or fsspec schemes)."""
+    scheme = scheme.lower()
+    if scheme == "file" or scheme in _PYARROW_SCHEMES:
+        return True
+    try:
+        import fsspec
+    except ImportError:
+        return False
+    return scheme in fsspec.available_protocols()
+
+
+def _escapes(relative: str) -> bool:
+    normalised = os.path.normpath(relative)
+    return normalised == os.pardir or normalised.startswith(os.pardir + os.sep)
+
+
+def _resolve(value: str, base: _Base, allow_outside: bool) -> tuple[str | None, str | None]:
+    """(location, None) or (None, problem) for one path cell."""
+    if not value.strip():
+        return None, "empty path (write null for 'not given')"
+    match = _URI.match(value)
+    if match:
+        scheme = match.group(1).lower()
+        if not scheme_supported(scheme):
+            return None, f"URL scheme {scheme!r} is not supported (local paths, file://, or schemes of pyarrow.fs/fsspec such as s3://, gs://): {value}"
+        if scheme != "file":
+            return value, None
+        local = unquote(urlparse(value).path)
+        if not allow_outside:
+            return None, f"file:// URL refused, paths must be relative to the manifest's folder (allow with --allow-outside): {value}"
+        return os.path.abspath(local), None
+    if os.path.isabs(value):
+        if not allow_outside:
+            return None, f"absolute path refused, paths must be relative to the manifest's folder (allow with --allow-outside): {value}"
+        return os.path.abspath(value), None
+    if _escapes(value) and not allow_outside:
+        return None, f"path escapes the manifest's folder (allow with --allow-outside): {value}"
+    return base.join(value), None
+
+
+def is_uri(location: str) -> bool:
+    return _URI.match(location) is not None
+
+
+def open_location(location: str) -> IO[bytes]:
+    """Open a resolved location (local path or URI) for binary reading."""
+    if not is_uri(location):
+        return open(location, "rb")
+    if location.lower().startswith("file://"):
+        return open(unquote(urlparse(location).path), "rb")
+    try:
+        import fsspec
+
+        return fsspec.open(location, "rb").open()
+    except (ImportError, ValueError):  # no fsspec implementation installed: pyarrow's own filesystems
+        from pyarrow import fs as pafs
+
+        filesystem, path = pafs.FileSystem.from_uri(location)
+        return filesystem.open_input_file(path)
+
+
+# ------------------------------------------------------------------------------------ file checks
+
+
+@dataclass(frozen=True)
+class _FileCheck:
+    size: tuple[int, int] | None  # (W, H) when readable
+    problem: str | None
+
+
+def _check_file(kind: str, location: str) -> _FileCheck:
+    """Header + integrity for images, a full decode for masks (emptiness needs every pixel)."""
+    try:
+        if is_uri(location):
+            with open_location(location) as handle:
+                return _check_source(kind, handle, location)
+        return _check_source(kind, location, location)
+    except InputError as err:
+        return _FileCheck(None, err.problem)
+    except FileNotFoundError:
+        return _FileCheck(None, "file not found")
+    except (OSError, ImportError, ValueError) as err:
+        return _FileCheck(None, f"cannot open ({' '.join(str(err).split()) or type(err).__name__})")
+
+
+def _check_source(kind: str, source: Any, name: str) -> _FileCheck:
+    if kind == "mask":
+        mask = load_mask(source, name=name)
+        return _FileCheck((mask.shape[1], mask.shape[0]), None)
+    return _FileCheck(probe_image(source, name=name), None)
+
+
+def _file_problem(check: _FileCheck, raw: str) -> str:
+    if check.problem == "file not found":
+        return f"file not found: {raw}"
+    return f"{check.problem}: {raw}"
+
+
+def _run_checks(wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], _FileCheck]:
+    """Check every (kind, location) once; threads overlap file and network I/O and PIL's decoding."""
+    unique = list(dict.fromkeys(wanted))
+    if not unique:
+        return {}
+    workers = min(32, 4 * (os.cpu_count() or 1), len(unique))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda item: _check_file(*item), unique))
+    return dict(zip(unique, results))
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def _is_string_type(data_type: pa.DataType) -> bool:
+    if pa.types.is_dictionary(data_type):
+        return _is_string_type(data_type.value_type)
+    return (
+        pa.types.is_null(data_type)
+        or pa.types.is_string(data_type)
+        or pa.types.is_large_string(data_type)
+        or pa.types.is_string_view(data_type)
+    )
+
+
+def _type_matches(actual: pa.DataType, expected: pa.DataType) -> bool:
+    if pa.types.is_list(expected):
+        if pa.types.is_null(actual):
+            return True
+        is_list = pa.types.is_list(actual) or pa.types.is_large_list(actual) or pa.types.is_list_view(actual)
+        return is_list and _is_string_type(actual.value_type)
+    return _is_string_type(actual)
+
+
+def _schema_problems(schema: pa.Schema, problem: Callable[..., Problem]) -> tuple[list[Problem], bool]:
+    """Manifest-level problems, and whether rows can still be read (unknown columns do not stop that)."""
+    problems = []
+    rows_readable = True
+    duplicated = sorted({n for n in schema.names if schema.names.count(n) > 1})
+    if duplicated:
+        problems.append(problem(message=f"duplicate column(s): {', '.join(duplicated)}"))
+        rows_readable = False
+    for column in schema:
+        if column.name not in KNOWN_FIELDS:
+            close = _closest_column(column.name)
+            hint = f"did you mean {close!r}?" if close else f"known: {', '.join(KNOWN_FIELDS)}"
+            problems.append(problem(column=column.name, message=f"unknown column ({hint})"))
+        elif not _type_matches(column.type, KNOWN_FIELDS[column.name].type):
+            expected = KNOWN_FIELDS[column.name].type
+            problems.append(problem(column=column.name, message=f"has type {column.type}, expected {expected}"))
+            rows_readable = False
+    for name in REQUIRED_COLUMNS:
+        if name not in schema.names:
+            problems.append(problem(column=name, message="missing required column"))
+            rows_readable = False
+    return problems, rows_readable
+
+
+def _closest_column(name: str) -> str | None:
+    """The known column a misspelt name most likely means; same words in another order count first."""
+    words = sorted(name.lower().split("_"))
+    for known in KNOWN_FIELDS:
+        if sorted(known.split("_")) == words:
+            return known
+    close = difflib.get_close_matches(name.lower(), KNOWN_FIELDS, n=1)
+    return close[0] if close else None
+
+
+def _read_table(path: str) -> pa.Table:
+    if is_uri(path) and not path.lower().startswith("file://"):
+        with open_location(path) as handle:
+            return pq.read_table(handle)
+    return pq.read_table(unquote(urlparse(path).path) if is_uri(path) else path)
+
+
+def _manifest_base(path: str) -> _Base:
+    if is_uri(path) and not path.lower().startswith("file://"):
+        return _Base(None, path.rsplit("/", 1)[0])
+    local = unquote(urlparse(path).path) if is_uri(path) else path
+    folder = local if os.path.isdir(local) else os.path.dirname(os.path.abspath(local))
+    return _Base(os.path.abspath(folder), None)
+
+
+def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, check_files: bool = True) -> ManifestReport:
+    """Validate a manifest in one pass: every bad row is reported, the good rows are returned."""
+    display = os.fspath(path)
+
+    def manifest_problem(column: str | None = None, message: str = "") -> Problem:
+        return Problem(None, None, column, message, display)
+
+    def unusable(message: str) -> ManifestReport:
+        return ManifestReport(display, 0, [], [], [manifest_problem(message=message)], rows_checked=False)
+
+    try:
+        table = _read_table(display)
+    except FileNotFoundError:
+        return unusable("file not found")
+    except (OSError, pa.ArrowException, ValueError, ImportError) as err:
+        return unusable(f"not a readable Parquet file ({' '.join(str(err).split()) or type(err).__name__})")
+
+    manifest_problems, rows_readable = _schema_problems(table.schema, manifest_problem)
+    if table.num_rows == 0:
+        manifest_problems.append(manifest_problem(message="the manifest has no rows"))
+    if not rows_readable:
+        return ManifestReport(display, table.num_rows, [], [], manifest_problems, rows_checked=False)
+
+    records = table.select([n for n in table.schema.names if n in KNOWN_FIELDS]).to_pylist()
+    base = _manifest_base(display)
+    problems: list[Problem] = []
+    locations: list[dict[str, str]] = []
+    first_row_of: dict[str, int] = {}
+    for index, record in enumerate(records):
+        pair_id = _usable_id(record)
+
+        def row_problem(column: str, message: str, index: int = index, pair_id: Any = pair_id) -> None:
+            problems.append(Problem(index, pair_id, column, message, display))
+
+        for column in REQUIRED_COLUMNS:
+            value = record.get(column)
+            if value is None:
+                row_problem(column, "missing value (required)")
+            elif not value.strip():
+                row_problem(column, "empty value (required)")
+        if pair_id is not None:
+            if pair_id in first_row_of:
+                row_problem("pair_id", f"duplicate pair_id (first used in row {first_row_of[pair_id]})")
+            else:
+                first_row_of[pair_id] = index
+        row_locations = {}
+        for column in (*IMAGE_COLUMNS, *MASK_COLUMNS):
+            value = record.get(column)
+            if value is None:
+                continue
+            location, problem = _resolve(value, base, allow_outside)
+            if problem is not None:
+                if value.strip() or column not in REQUIRED_COLUMNS:  # blank required cells are reported above
+                    row_problem(column, problem)
+            else:
+                row_locations[column] = location
+        locations.append(row_locations)
+        tags = record.get("tags")
+        if tags is not None and any(tag is None for tag in tags):
+            row_problem("tags", "tags contain a null")
+        params = record.get("pattern_params")
+        if params is not None:
+            try:
+                parsed = json.loads(params)
+            except json.JSONDecodeError as err:
+                row_problem("pattern_params", f"not valid JSON ({err.msg} at char {err.pos})")
+            else:
+                if not isinstance(parsed, dict):
+                    row_problem("pattern_params", f"expected a JSON object, got {type(parsed).__name__}")
+
+    if check_files:
+        _check_row_files(records, locations, problems, display)
+
+    problems.sort(key=lambda p: (p.row, _column_order(p.column)))
+    bad = {p.row for p in problems}
+    good = [_pair_spec(i, records[i], locations[i]) for i in range(len(records)) if i not in bad]
+    return ManifestReport(display, table.num_rows, good, problems, manifest_problems)
+
+
+def _usable_id(record: Mapping[str, Any]) -> str | None:
+    pair_id = record.get("pair_id")
+    return pair_id if isinstance(pair_id, str) and pair_id.strip() else None
+
+
+def _column_order(column: str | None) -> int:
+    names = list(KNOWN_FIELDS)
+    return names.index(column) if column in KNOWN_FIELDS else len(names)
+
+
+def _check_row_files(records: list[dict], locations: list[dict[str, str]], problems: list[Problem], display: str) -> None:
+    kind_of = {**{c: "image" for c in IMAGE_COLUMNS}, **{c: "mask" for c in MASK_COLUMNS}}
+    checks = _run_checks((kind_of[c], loc) for row in locations for c, loc in row.items())
+    for index, (record, row_locations) in enumerate(zip(records, locations)):
+        pair_id = _usable_id(record)
+        sizes: dict[str, tuple[int, int]] = {}
+        for column, location in row_locations.items():
+            check = checks[(kind_of[column], location)]
+            if check.problem is not None:
+                problems.append(Problem(index, pair_id, column, _file_problem(check, record[column]), display))
+            else:
+                sizes[column] = check.size
+        for column, partner in SHAPE_PARTNER.items():
+            if column in sizes and partner in sizes and not aspect_ratios_match(sizes[column], sizes[partner]):
+                (w, h), (pw, ph) = sizes[column], sizes[partner]
+                message = (
+                    f"size {w}x{h} ({record[column]}) has a different aspect ratio than "
+                    f"{partner} {pw}x{ph} ({record[partner]})"
+                )
+                problems.append(Problem(index, pair_id, column, message, display))
+
+
+def _pair_spec(index: int, record: dict[str, Any], locations: dict[str, str]) -> PairSpec:
+    def text(column: str) -> str | None:
+        return record.get(column)
+
+    return PairSpec(
+        row=index,
+        pair_id=record["pair_id"],
+        category=record["category"],
+        source_image=locations["source_image"],
+        source_mask=locations.get("source_mask"),
+        source_object=record["source_object"],
+        target_image=locations["target_image"],
+        target_mask=locations.get("target_mask"),
+        target_object=record["target_object"],
+        target_mask_gt=locations.get("target_mask_gt"),
+        concept=text("concept"),
+        tags=tuple(record.get("tags") or ()),
+        expected_image=locations.get("expected_image"),
+        source_part=text("source_part"),
+        target_part=text("target_part"),
+        pattern=text("pattern"),
+        pattern_params=text("pattern_params"),
+        raw=dict(record),
+    )
+
+
+# ---------------------------------------------------------------------------------------- writing
+
+
+def write_manifest(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write rows (dicts keyed by column name) as a Parquet manifest.
+
+    The :data:`MANIFEST_SCHEMA` columns are always written (missing keys as null); ground-truth columns
+    only when some row has them. A key that is no manifest column, or a required value that is null,
+    raises ValueError naming it.
+    """
+    present = {key for row in rows for key in row}
+    unknown = sorted(present - set(KNOWN_FIELDS))
+    if unknown:
+        raise ValueError(f"not manifest column(s): {', '.join(unknown)}; known: {', '.join(KNOWN_FIELDS)}")
+    for index, row in enumerate(rows):
+        missing = [name for name in REQUIRED_COLUMNS if row.get(name) is None]
+        if missing:
+            raise ValueError(f"row {index}: required column(s) {', '.join(missing)} missing or null")
+    extra = [f for f in GROUND_TRUTH_FIELDS if f.name in present]
+    schema = pa.schema([*MANIFEST_SCHEMA, *extra], metadata=MANIFEST_SCHEMA.metadata)
+    table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+# ------------------------------------------------------------------------------- folder convention
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# File stem in a pair folder -> manifest column.
+FOLDER_FILES = {
+    "source": "source_image",
+    "source_mask": "source_mask",
+    "target": "target_image",
+    "target_mask": "target_mask",
+    "target_mask_gt": "target_mask_gt",
+    "expected": "expected_image",
+}
+META_KEYS = ("source_object", "target_object", "concept", "tags", "source_part", "target_part", "pattern", "pattern_params")
+
+
+class FolderError(ValueError):
+    """The folder does not follow the convention; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"{problems[0]}{more}")
+
+
+def _read_meta(path: Path, problems: list[str]) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        problems.append(f"{path}: not readable JSON ({' '.join(str(err).split())})")
+        return {}
+    if not isinstance(meta, dict):
+        problems.append(f"{path}: expected a JSON object, got {type(meta).__name__}")
+        return {}
+    for key in sorted(set(meta) - set(META_KEYS)):
+        problems.append(f"{path}: unknown key {key!r} (known: {', '.join(META_KEYS)})")
+    tags = meta.get("tags")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        problems.append(f"{path}: 'tags' must be a list of strings")
+    for key in ("source_object", "target_object", "concept", "source_part", "target_part", "pattern"):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], str):
+            problems.append(f"{path}: {key!r} must be a string")
+    return {k: v for k, v in meta.items() if k in META_KEYS}
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _pair_files(pair_dir: Path, problems: list[str]) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for entry in sorted(pair_dir.iterdir()):
+        if entry.name.startswith(".") or not entry.is_file() or entry.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        column = FOLDER_FILES.get(entry.stem)
+        if column is None:
+            problems.append(f"{entry}: unexpected image file (expected {', '.join(s + '.*' for s in FOLDER_FILES)})")
+        elif column in files:
+            problems.append(f"{pair_dir}: two files for {entry.stem}: {files[column].name} and {entry.name}")
+        else:
+            files[column] = entry
+    for stem, column in (("source", "source_image"), ("target", "target_image")):
+        if column not in files:
+            problems.append(f"{pair_dir}: missing {stem}.png (or .jpg, .jpeg, .webp, .bmp, .tif, .tiff)")
+    return files
+
+
+def scan_folder(folder: str | os.PathLike[str], manifest_dir: str | os.PathLike[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Manifest rows for a folder that follows the convention, and one line per problem found."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder")
+    relative_to = Path(manifest_dir) if manifest_dir is not None else root
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    pair_dirs: dict[str, Path] = {}
+    for category_dir in _visible_dirs(root):
+        category = category_dir.name
+        defaults = _read_meta(category_dir / "meta.json", problems)
+        for pair_dir in _visible_dirs(category_dir):
+            pair_id = pair_dir.name
+            if pair_id in pair_dirs:
+                problems.append(f"{pair_dir}: pair_id {pair_id!r} also used by {pair_dirs[pair_id]} (pair folder names must be unique)")
+                continue
+            pair_dirs[pair_id] = pair_dir
+            files = _pair_files(pair_dir, problems)
+            meta = {**defaults, **_read_meta(pair_dir / "meta.json", problems)}
+            params = meta.get("pattern_params")
+            row: dict[str, Any] = {
+                "pair_id": pair_id,
+                "category": category,
+                "source_object": meta.get("source_object") or category,
+                "target_object": meta.get("target_object") or category,
+                "concept": meta.get("concept"),
+                "tags": meta.get("tags"),
+                **{k: meta[k] for k in ("source_part", "target_part", "pattern") if meta.get(k) is not None},
+                **({"pattern_params": params if isinstance(params, str) else json.dumps(params, sort_keys=True)} if params is not None else {}),
+                **{column: Path(os.path.relpath(path, relative_to)).as_posix() for column, path in files.items()},
+            }
+            rows.append(row)
+    if not pair_dirs:
+        problems.append(f"{root}: no pair folders found (expected {root}/<category>/<pair_id>/source.png and target.png)")
+    return rows, problems
+
+
+def manifest_from_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
+    """Write the manifest of a folder that follows the convention (module docstring); FolderError if it does not."""
+    out_path = Path(out) if out is not None else Path(folder) / "manifest.parquet"
+    rows, problems = scan_folder(folder, os.path.abspath(out_path.parent))
+    if problems:
+        raise FolderError(problems)
+    return write_manifest(rows, out_path)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def validate_main(args: argparse.Namespace) -> int:
+    """`clic-bench validate MANIFEST`: one line per problem, a summary; exit 0 ok, 1 bad rows, 2 unusable."""
+    report = load_manifest(args.manifest, allow_outside=getattr(args, "allow_outside", False))
+    for line in report.lines():
+        print(line)
+    print(report.summary())
+    return report.exit_code()
+
+
+def from_folder_main(args: argparse.Namespace) -> int:
+    """`clic-bench manifest from-folder DIR [--out PATH]`: write the manifest, then validate it."""
+    try:
+        path = manifest_from_folder(args.folder, args.out)
+    except FolderError as err:
+        for line in err.problems:
+            print(line)
+        print(f"no manifest written: {len(err.problems)} problem(s) in {args.folder}")
+        return 2
+    outside = _escapes(os.path.relpath(os.path.abspath(args.folder), os.path.abspath(path.parent)))
+    report = load_manifest(path, allow_outside=outside)
+    for line in report.lines():
+        print(line)
+    print(f"wrote {path}: {report.summary()}")
+    if outside:
+        print(f"note: {path} is outside {args.folder}, so its paths climb out of its folder: pass --allow-outside to use it")
+    return report.exit_code()
