@@ -308,3 +308,30 @@ def load_components(model: str = "tiny", *, dtype: torch.dtype = torch.float32) 
         resolution=int(unet.config.sample_size) * vae_factor,
     )
     return components.freeze()
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    model_id: str
+    weights_hash: str
+    weights_label: str  # "tiny-random" or the model id
+    resolution: int  # native image side
+
+
+def describe_model(model: str) -> ModelDescription:
+    """Identity and native resolution of a model without loading a real checkpoint's weights.
+
+    For a folder or cached HF id this reads only configs and file fingerprints, so a driver can plan a
+    run on a machine without a GPU (or the memory for SD) in a fraction of a second.
+    """
+    if model in TINY_PRESETS:
+        components = build_tiny(model)
+        return ModelDescription(model, components.weights_hash, TINY_LABEL, components.resolution)
+    folder = _resolve_folder(model)
+    try:
+        unet_config = json.loads((folder / "unet" / "config.json").read_text())
+        vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(f"{folder}: cannot read the UNet/VAE configs ({type(err).__name__})") from None
+    factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    return ModelDescription(model, weights_fingerprint(folder), model, int(unet_config["sample_size"]) * factor)

@@ -198,12 +198,13 @@ class Plan:
 
     methods: Sequence[MethodRun]
     seeds: Sequence[int]
-    t_starts: Sequence[int]
-    etas: Sequence[float]
+    tasks: frozenset[str]  # which of transfer / generate / match run
+    t_starts: Sequence[int | None]  # [None]: each preset's own value
+    etas: Sequence[float | None]
     transfer_settings: Mapping[str, Any]  # other transfer settings (steps ...)
-    generate_objects: Sequence[str]
+    generate_objects: Sequence[str]  # empty: each pair's target object
     generate_settings: Mapping[str, Any]
-    match_enabled: bool
+    match_missing_masks: bool  # transfer into pairs without a target mask via RoI matching
     match_settings: Mapping[str, Any]
     metrics: Sequence[MetricInfo]
     resolution: int
@@ -250,10 +251,13 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
         tasks = supports[run.name]
 
         def add(task: str, settings: dict[str, Any], object_word: str, targets: Mapping[str, str | None],
-                **paths: Any) -> None:
+                reason: str | None = None, **paths: Any) -> None:
             metrics = _metrics_for(task, plan.metrics)
             settings = {**settings, "learn": dict(run.learn)} if run.learn else settings
-            applicable = task in tasks
+            if task not in tasks:
+                reason = f"method {run.name!r} does not support {task!r}"
+            elif task == "transfer" and "match" in settings and "match" not in tasks:
+                reason = f"no target mask, and method {run.name!r} cannot predict one (no RoI matching)"
             job_id = _job_id(concept_id, task, targets, settings, metrics)
             if job_id in seen:
                 return  # a generation depends on the concept only: pairs sharing a source share it
@@ -261,8 +265,7 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
             graph.jobs.append(TaskJob(
                 job_id=job_id, task=task, settings=settings,
                 object_word=object_word, metrics=tuple(m.name for m in metrics),
-                status=PENDING if applicable else STATUS_NOT_APPLICABLE,
-                reason=None if applicable else f"method {run.name!r} does not support {task!r}",
+                status=PENDING if reason is None else STATUS_NOT_APPLICABLE, reason=reason,
                 **common, **paths,
             ))
 
@@ -272,16 +275,27 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
                          "expected_image": optional_digest(pair.expected_image)}
         target_paths = dict(target_image=pair.target_image, target_mask=pair.target_mask,
                             target_mask_gt=pair.target_mask_gt, expected_image=pair.expected_image)
-        if pair.target_mask:
+        if "transfer" in plan.tasks:
             for t_start, eta in itertools.product(plan.t_starts, plan.etas):
-                settings = {**plan.transfer_settings, "t_start": int(t_start), "eta": float(eta)}
+                settings = dict(plan.transfer_settings)
+                if t_start is not None:
+                    settings["t_start"] = int(t_start)
+                if eta is not None:
+                    settings["eta"] = float(eta)
+                if not pair.target_mask:
+                    if not plan.match_missing_masks:
+                        add("transfer", settings, pair.target_object, target_hashes,
+                            reason="no target mask, and match.enabled is false", **target_paths)
+                        continue
+                    settings["match"] = dict(plan.match_settings)  # the mask is predicted first
                 add("transfer", settings, pair.target_object, target_hashes, **target_paths)
-        for object_word in plan.generate_objects:
-            settings = {**plan.generate_settings, "object": object_word}
-            # Seeds of one pair × method × object form a group (e.g. for diversity across seeds).
-            group = content_id({"pair": pair.pair_id, "method": run.name, "preset": run.preset,
-                                "settings": settings, "learn": dict(run.learn)})
-            add("generate", settings, object_word, {}, group=group)
-        if plan.match_enabled:
+        if "generate" in plan.tasks:
+            for object_word in plan.generate_objects or [pair.target_object]:
+                settings = {**plan.generate_settings, "object": object_word}
+                # Seeds of one source × method × object form a group (e.g. for diversity across seeds).
+                group = content_id({"source": learn_key["source_image"], "method": run.name, "preset": run.preset,
+                                    "settings": settings, "learn": dict(run.learn)})
+                add("generate", settings, object_word, {}, group=group)
+        if "match" in plan.tasks:
             add("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)
     return graph

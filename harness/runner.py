@@ -20,7 +20,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +28,10 @@ from . import store
 from .jobs import (JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan, TaskJob, build_job_graph,
                    code_version, git_describe)
 
-DEFAULT_RESOLUTION = 64
+if TYPE_CHECKING:
+    from .suite import Suite
+
+NO_MODEL_LABEL = "none (no model)"  # the weights label of methods that load no model (cut-and-paste)
 
 
 @dataclass
@@ -63,35 +66,35 @@ def one_line(error: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------ suite -> plan
-def plan_from_suite(suite: Mapping[str, Any]) -> Plan:
-    """The job-graph plan of a suite in its canonical dict form (``Suite.to_dict()``)."""
+def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
+    """The job-graph plan of a checked suite (:class:`harness.suite.Suite`) at an image resolution."""
+    from clic.methods import method_class
+
     from .metrics import metric_class
 
     methods = []
-    for entry in suite["methods"]:
-        presets = entry.get("presets") or [entry.get("preset")]
-        for preset in presets:
-            preset = preset or _default_preset(entry["name"])
-            methods.append(MethodRun(entry["name"], preset, dict(entry.get("learn") or {})))
-    transfer = dict(suite.get("transfer") or {})
-    generate = dict(suite.get("generate") or {})
-    match = dict(suite.get("match") or {})
+    for spec in suite.methods:
+        for preset in spec.presets:
+            base_terms = method_class(spec.name)().learn_config(preset).terms if hasattr(
+                method_class(spec.name), "base_config") else None
+            methods.append(MethodRun(spec.name, preset, spec.learn_overrides(base_terms)))
     metrics = []
-    for name in suite.get("metrics") or []:
+    for name in suite.metrics:
         cls = metric_class(name)
         metrics.append(MetricInfo(name, cls.version, cls.scale, frozenset(cls.tasks),
                                   bool(getattr(cls, "group_metric", False))))
+    transfer, generate = suite.transfer, suite.generate
     return Plan(
-        methods=methods, seeds=[int(s) for s in suite.get("seeds", [0])],
-        t_starts=_as_list(transfer.pop("t_start", [10])), etas=_as_list(transfer.pop("eta", [1.0])),
-        transfer_settings=transfer, generate_objects=list(generate.pop("objects", []) or []),
-        generate_settings=generate, match_enabled=bool(match.pop("enabled", False)), match_settings=match,
-        metrics=metrics, resolution=int(suite.get("resolution") or DEFAULT_RESOLUTION),
+        methods=methods, seeds=list(suite.seeds), tasks=frozenset(suite.tasks),
+        t_starts=list(transfer.t_start) if transfer.t_start is not None else [None],
+        etas=list(transfer.eta) if transfer.eta is not None else [None],
+        transfer_settings={"steps": transfer.steps, "guidance_scale": transfer.guidance_scale},
+        generate_objects=list(generate.objects),
+        generate_settings={"steps": generate.steps, "stage_one_steps": generate.stage_one_steps,
+                           "images": generate.images_per_seed},
+        match_missing_masks=suite.match.enabled, match_settings={"steps": suite.match.steps},
+        metrics=metrics, resolution=resolution,
     )
-
-
-def _as_list(value: Any) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _default_preset(method: str) -> str:
@@ -100,31 +103,37 @@ def _default_preset(method: str) -> str:
     return method_class(method).default_preset
 
 
-def model_for(method_name: str, model: str) -> str | None:
-    """The model a method runs on: none for no-model methods, the inpainting variant where needed."""
+def model_for(method_name: str, suite: "Suite") -> str | None:
+    """The model a method runs on: none for no-model methods, the inpainting model where needed."""
     from clic.methods import method_class
 
     cls = method_class(method_name)
     if not cls.needs_model:
         return None
-    return "tiny-inpaint" if cls.needs_inpainting and model == "tiny" else model
+    if cls.needs_inpainting:
+        return suite.inpainting_model or ("tiny-inpaint" if suite.model == "tiny" else suite.model)
+    return suite.model
 
 
-def describe_models(plan: Plan, model: str) -> dict[str, ModelInfo | None]:
-    from clic.models import load_components
+def describe_models(suite: "Suite") -> tuple[dict[str, ModelInfo | None], int]:
+    """Model identity per method (weights hash and label, without loading real weights) and the native
+    resolution of the suite's main model."""
+    from clic.models import describe_model
 
-    infos: dict[str, ModelInfo] = {}
+    descriptions = {}
     by_method: dict[str, ModelInfo | None] = {}
-    for run in plan.methods:
-        model_id = model_for(run.name, model)
-        if model_id is not None and model_id not in infos:
-            components = load_components(model_id)
-            infos[model_id] = ModelInfo(model_id, components.weights_hash, components.weights_label)
-        by_method[run.name] = infos.get(model_id) if model_id else None
-    return by_method
+    for spec in suite.methods:
+        model_id = model_for(spec.name, suite)
+        if model_id is not None and model_id not in descriptions:
+            descriptions[model_id] = describe_model(model_id)
+        d = descriptions.get(model_id) if model_id else None
+        by_method[spec.name] = ModelInfo(d.model_id, d.weights_hash, d.weights_label) if d else None
+    main = descriptions.get(suite.model) or describe_model(suite.model)
+    return by_method, main.resolution
 
 
 def method_tasks(plan: Plan) -> dict[str, frozenset[str]]:
+    """The tasks each planned method supports."""
     from clic.methods import method_class
 
     tasks: dict[str, frozenset[str]] = {}
@@ -190,7 +199,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     from PIL import Image
 
     from clic.concept import LearnedConcept
-    from clic.io import from_model_output
+    from clic.io import from_model_output, mask_from_model_output
     from clic.methods.base import get_method
     from clic.models import load_components
     from .metrics.base import Sample
@@ -207,7 +216,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     source, source_mask, _ = _model_input(job.source_image, job.source_mask, resolution)
     sample.source_image = _as_float_image(source)
     sample.source_mask = source_mask
-    overrides = {k: v for k, v in job.settings.items() if k not in ("learn", "object")}
+    overrides = {k: v for k, v in job.settings.items() if k not in ("learn", "object", "match")}
 
     if job.task in ("transfer", "match"):
         target, target_mask, (image, mask, placement) = _model_input(job.target_image, job.target_mask, resolution)
@@ -222,6 +231,14 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
 
             sample.expected_image = _as_float_image(load_image(job.expected_image).resize(target.size))
     if job.task == "transfer":
+        if mask is None:  # no target mask in the manifest: RoI matching predicts it first
+            matched = method.match(components, learned, image, job.object_word, preset=job.preset,
+                                   overrides=job.settings["match"], seed=job.seed)
+            mask = matched.mask[None].float()
+            target_mask = mask_from_model_output(matched.mask, placement)
+            sample.target_mask = target_mask
+            learned = LearnedConcept.load(concept["folder"])
+            components = load_components(model_id)
         result = method.transfer(components, learned, image, mask[0], job.object_word, preset=job.preset,
                                  overrides=overrides, seed=job.seed)
         edited = from_model_output(result.image, placement)
@@ -244,8 +261,6 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     else:  # match
         result = method.match(components, learned, image, job.object_word, preset=job.preset,
                               overrides=overrides, seed=job.seed)
-        from clic.io import mask_from_model_output
-
         sample.predicted_mask = mask_from_model_output(result.mask, placement)
         Image.fromarray(sample.predicted_mask.astype(np.uint8) * 255).save(out / "mask.png")
         artifacts = {"artifact_mask": "mask.png"}
@@ -283,8 +298,8 @@ class MetricScorer:
         share = (time.perf_counter() - start) / max(len(samples), 1)
         return [{"values": v, "seconds": share} for v in values]
 
-    def score_group(self, name: str, samples: list) -> list[tuple[str, str, float]]:
-        return [(name, v.name, float(v.value)) for v in self.metrics[name].compute_group(samples)]
+    def score_groups(self, names: Sequence[str], samples: list) -> list[tuple[str, str, float]]:
+        return [(name, v.name, float(v.value)) for name in names for v in self.metrics[name].compute_group(samples)]
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -310,7 +325,8 @@ def _base_row(job: TaskJob, run_id: str, models: Mapping[str, ModelInfo | None])
         "pair_id": job.pair_id, "category": job.category, "method": job.method, "preset": job.preset,
         "seed": job.seed, "settings": store.canonical_json(settings), "t_start": job.t_start, "eta": job.eta,
         "object_word": job.object_word, "model_id": model.model_id if model else None,
-        "weights_hash": model.weights_hash if model else None, "weights_label": model.weights_label if model else None,
+        "weights_hash": model.weights_hash if model else None,
+        "weights_label": model.weights_label if model else NO_MODEL_LABEL,
         "code_version": code_version(), "value": math.nan,
     }
 
@@ -325,7 +341,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def execute(suite: Mapping[str, Any], pairs: Sequence[Pair], run_dir: str | Path, *,
+def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
             address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
             retry_failed: bool = False, allow_random_metrics: bool = False, quiet: bool = False) -> RunSummary:
     """Run the jobs of ``suite`` over ``pairs`` that ``run_dir`` has not finished yet."""
@@ -335,9 +351,8 @@ def execute(suite: Mapping[str, Any], pairs: Sequence[Pair], run_dir: str | Path
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     started, start_clock = now_iso(), time.perf_counter()
-    plan = plan_from_suite(suite)
-    model = str(suite.get("model") or "tiny")
-    models = describe_models(plan, model)
+    models, native_resolution = describe_models(suite)
+    plan = plan_from_suite(suite, suite.resolution or native_resolution)
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
     run_id = uuid.uuid4().hex[:12]
     summary = RunSummary(run_dir=run_dir, run_id=run_id, total_jobs=len(graph.jobs))
@@ -351,10 +366,17 @@ def execute(suite: Mapping[str, Any], pairs: Sequence[Pair], run_dir: str | Path
         summary.not_applicable += 1
     todo = [job for job in todo if job.status != store.STATUS_NOT_APPLICABLE]
 
+    if not todo:  # nothing to run: no cluster, no metric models
+        summary.wall_seconds = time.perf_counter() - start_clock
+        _write_run_manifest(run_dir, suite, summary, started, models, {}, slots=0)
+        return summary
+
     _connect(address, num_cpus)
-    resources = dict(suite.get("resources") or {})
-    task_options = {"num_cpus": float(resources.get("num_cpus", 1)), "num_gpus": float(resources.get("num_gpus", 0)),
-                    "max_retries": int(suite.get("max_retries", 2)), "retry_exceptions": False}
+    resources = suite.resources
+    # SPREAD: jobs are long and independent, so they go to the least-loaded nodes instead of filling the
+    # driver's node first (Ray's default prefers locality, which starves other nodes of short jobs).
+    task_options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+                    "max_retries": resources.max_retries, "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
     cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
     slots = max(1, int(cluster_cpus // max(task_options["num_cpus"], 1e-9)))
     max_in_flight = max_in_flight or 2 * cluster_cpus
@@ -362,22 +384,25 @@ def execute(suite: Mapping[str, Any], pairs: Sequence[Pair], run_dir: str | Path
     task_remote = ray.remote(run_task_job).options(**task_options)
     metric_names = [m.name for m in plan.metrics]
     metric_info = {m.name: m for m in plan.metrics}
-    scorer = ray.remote(MetricScorer).options(num_cpus=float(resources.get("metric_cpus", 0)),
-                                              num_gpus=float(resources.get("metric_gpus", 0))).remote(
-        metric_names, allow_random_metrics, dict(suite.get("metric_options") or {}))
+    # The metric actor holds the models once for the whole run; it takes no CPU slot from the jobs, and it
+    # is restarted on another node if its node is lost (its calls are retried).
+    scorer = ray.remote(MetricScorer).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(
+        metric_names, allow_random_metrics, {k: dict(v) for k, v in suite.metric_options.items()})
     metric_weights: dict[str, str] = ray.get(scorer.weights.remote()) if metric_names else {}
 
     # Group metrics need every member of a group; only groups run whole in this run are scored.
     group_metrics = [m.name for m in plan.metrics if m.group_metric]
     group_size = Counter(job.group for job in graph.jobs if job.group)
     group_todo = Counter(job.group for job in todo if job.group)
-    complete_groups = {g for g, n in group_todo.items() if n == group_size[g]}
-    held: dict[str, list[tuple[TaskJob, dict, list]]] = defaultdict(list)
+    complete_groups = {g for g, n in group_todo.items() if n == group_size[g]} if group_metrics else set()
+    held: dict[str, list[tuple[TaskJob, dict, dict]]] = defaultdict(list)
 
     concepts_root = str(run_dir / store.CONCEPTS_DIR)
     learn_refs: dict[str, Any] = {}
     pending = list(todo)
-    in_flight: dict[Any, TaskJob] = {}
+    in_flight: dict[Any, TaskJob] = {}  # task refs
+    scoring: dict[Any, list[tuple[TaskJob, dict]]] = {}  # metric refs -> the outputs they score
+    group_scoring: dict[Any, list[tuple[TaskJob, dict, dict]]] = {}  # group-metric refs -> the group
     progress = tqdm(total=len(todo), disable=quiet, unit="job", desc="jobs")
 
     def show() -> None:
@@ -405,46 +430,62 @@ def execute(suite: Mapping[str, Any], pairs: Sequence[Pair], run_dir: str | Path
         return [{**_base_row(job, run_id, models), "status": store.STATUS_FAILED, "error": one_line(error),
                  "finished_at": now_iso()}]
 
-    while pending or in_flight:
+    def scored(job: TaskJob, output: dict, result: dict) -> None:
+        """A job's own metrics are in: write it, or hold it until its whole group is scored."""
+        if job.group not in complete_groups:
+            record(job, ok_rows(job, output, result["values"], result["seconds"]), failed=False)
+            return
+        held[job.group].append((job, output, result))
+        if len(held[job.group]) == group_size[job.group]:
+            members = sorted(held.pop(job.group), key=lambda item: item[0].job_id)
+            samples = [item[1]["sample"] for item in members]
+            group_scoring[scorer.score_groups.remote(group_metrics, samples)] = members
+
+    def submit() -> None:
         while pending and len(in_flight) < max_in_flight:
             job = pending.pop(0)
             node = graph.learns[job.concept_id]
             if job.concept_id not in learn_refs:
                 learn_refs[job.concept_id] = learn_remote.remote(node, concepts_root)
             ref = task_remote.remote(job, learn_refs[job.concept_id], node.model.model_id if node.model else None,
-                                     node.resolution, str(run_dir))
+                                     plan.resolution, str(run_dir))
             in_flight[ref] = job
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        more, _ = ray.wait([r for r in in_flight if r not in ready], num_returns=len(in_flight) - len(ready), timeout=0)
+
+    submit()
+    while in_flight or scoring or group_scoring:
+        # Metrics are scored asynchronously: new jobs start while the metric actor works.
+        ready, _ = ray.wait([*in_flight, *scoring, *group_scoring], num_returns=1)
+        ready += ray.wait([r for r in [*in_flight, *scoring, *group_scoring] if r not in ready],
+                          num_returns=len(in_flight) + len(scoring) + len(group_scoring) - len(ready), timeout=0)[0]
         outputs: list[tuple[TaskJob, dict]] = []
-        for ref in ready + more:
-            job = in_flight.pop(ref)
-            try:
-                output = ray.get(ref)
-            except Exception as error:  # a failing job is recorded and the run goes on
-                record(job, failed_row(job, error), failed=True)
-                continue
-            summary.node_ids[output["node_id"]] += 1
-            outputs.append((job, output))
-        if not outputs:
-            continue
-        scored = ray.get(scorer.score.remote([o["sample"] for _, o in outputs])) if metric_names else \
-            [{"values": [], "seconds": 0.0}] * len(outputs)
-        for (job, output), result in zip(outputs, scored):
-            if job.group in complete_groups and group_metrics:
-                held[job.group].append((job, output, result))
-                if len(held[job.group]) < group_size[job.group]:
+        for ref in ready:
+            if ref in in_flight:
+                job = in_flight.pop(ref)
+                try:
+                    output = ray.get(ref)
+                except Exception as error:  # a failing job is recorded and the run goes on
+                    record(job, failed_row(job, error), failed=True)
                     continue
-                members = sorted(held.pop(job.group), key=lambda item: item[0].job_id)
-                samples = [item[1]["sample"] for item in members]
-                group_values = [v for name in group_metrics for v in ray.get(scorer.score_group.remote(name, samples))]
+                summary.node_ids[output["node_id"]] += 1
+                outputs.append((job, output))
+            elif ref in scoring:
+                batch = scoring.pop(ref)
+                for (job, output), result in zip(batch, ray.get(ref)):
+                    scored(job, output, result)
+            else:
+                members = group_scoring.pop(ref)
                 # The group's values are stored once, on its first member, so they are not counted twice.
-                members[0][2]["values"].extend(group_values)
+                members[0][2]["values"].extend(ray.get(ref))
                 for member_job, member_output, member_result in members:
                     record(member_job, ok_rows(member_job, member_output, member_result["values"],
                                                member_result["seconds"]), failed=False)
+        if outputs:
+            if metric_names:
+                scoring[scorer.score.remote([o["sample"] for _, o in outputs])] = outputs
             else:
-                record(job, ok_rows(job, output, result["values"], result["seconds"]), failed=False)
+                for job, output in outputs:
+                    scored(job, output, {"values": [], "seconds": 0.0})
+        submit()
     progress.close()
 
     summary.learns_run = sum(_learned_now(ref) for ref in learn_refs.values())
@@ -452,12 +493,20 @@ def execute(suite: Mapping[str, Any], pairs: Sequence[Pair], run_dir: str | Path
     method_time = summary.work_seconds / slots
     summary.overhead_share = max(0.0, (summary.wall_seconds - method_time) / summary.wall_seconds) \
         if summary.wall_seconds > 0 and summary.jobs_run else 0.0
+    _write_run_manifest(run_dir, suite, summary, started, models, metric_weights, slots)
+    ray.kill(scorer)
+    return summary
+
+
+def _write_run_manifest(run_dir: Path, suite: "Suite", summary: RunSummary, started: str,
+                        models: Mapping[str, ModelInfo | None], metric_weights: Mapping[str, str], slots: int) -> None:
     previous = store.read_run_manifest(run_dir)
     store.write_run_manifest(run_dir, {
-        "run_id": run_id, "suite": dict(suite), "code_version": code_version(), "git": git_describe(),
-        "versions": _versions(), "host": socket.gethostname(), "started_at": started, "finished_at": now_iso(),
+        "run_id": summary.run_id, "suite": suite.to_dict(), "suite_path": suite.source,
+        "code_version": code_version(), "git": git_describe(), "versions": _versions(),
+        "host": socket.gethostname(), "started_at": started, "finished_at": now_iso(),
         "models": {m: (info.__dict__ if info else None) for m, info in models.items()},
-        "metric_weights": metric_weights,
+        "metric_weights": dict(metric_weights) or previous.get("metric_weights", {}),
         "counts": {"jobs": summary.total_jobs, "done": summary.done, "skipped": summary.skipped,
                    "failed": summary.failed, "not_applicable": summary.not_applicable,
                    "learns_run": summary.learns_run},
@@ -466,8 +515,6 @@ def execute(suite: Mapping[str, Any], pairs: Sequence[Pair], run_dir: str | Path
         "timing": {"wall_seconds": summary.wall_seconds, "work_seconds": summary.work_seconds,
                    "worker_slots": slots, "overhead_share": summary.overhead_share},
     })
-    ray.kill(scorer)
-    return summary
 
 
 def _learned_now(learn_ref: Any) -> bool:
@@ -481,22 +528,22 @@ def _learned_now(learn_ref: Any) -> bool:
 
 
 # -------------------------------------------------------------------------------------- entry points
-def load_pairs(suite: Mapping[str, Any], suite_path: Path, allow_outside: bool = False) -> list[Pair]:
-    """The good rows of the suite's manifests (bad rows printed, one line each), up to ``limit_pairs``."""
+def load_pairs(suite: "Suite", allow_outside: bool = False) -> list[Pair]:
+    """The good rows of the suite's manifests (bad rows printed, one line each), filtered by category and
+    cut at ``limit_pairs`` per manifest. A manifest that is unusable as a whole is a usage error."""
+    from .cli import UsageError
     from .manifest import load_manifest
 
-    manifests = suite.get("manifests") or [suite["manifest"]]
-    limit = suite.get("limit_pairs")
     pairs: list[Pair] = []
-    for manifest in manifests:
-        path = Path(manifest) if Path(manifest).is_absolute() else (suite_path.parent / manifest)
-        if not path.exists():
-            path = Path(manifest)
-        report = load_manifest(path, allow_outside=allow_outside)
+    for manifest in suite.manifests:
+        report = load_manifest(manifest, allow_outside=allow_outside)
         for problem in [*report.manifest_problems, *report.problems]:
             print(f"skipped: {problem}", file=sys.stderr)
-        specs = [Pair.from_spec(spec) for spec in report.rows]
-        pairs.extend(specs[:limit] if limit else specs)
+        if not report.usable:
+            raise UsageError(f"{manifest}: the manifest cannot be used (see the lines above)")
+        specs = [Pair.from_spec(spec) for spec in report.rows
+                 if suite.categories is None or spec.category in suite.categories]
+        pairs.extend(specs[: suite.limit_pairs] if suite.limit_pairs else specs)
     return pairs
 
 
@@ -505,10 +552,9 @@ def run_suite(suite_path: str | Path, out: str | Path | None = None, address: st
               allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False) -> RunSummary:
     from .suite import load_suite
 
-    suite_path = Path(suite_path)
-    suite = load_suite(suite_path).to_dict()
-    run_dir = Path(out) if out else Path("runs") / str(suite.get("name") or suite_path.stem)
-    pairs = load_pairs(suite, suite_path, allow_outside)
+    suite = load_suite(suite_path)
+    run_dir = Path(out) if out else Path("runs") / suite.name
+    pairs = load_pairs(suite, allow_outside)
     return execute(suite, pairs, run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
                    retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet)
 

@@ -7,6 +7,8 @@ A suite file (``benchmarks/*.yaml``)::
     manifest: ../manifests/synth/manifest.parquet   # required; relative to this file, a URI, or a list
                                       # (``manifests: [...]`` is the same key in its list form)
     model: tiny                       # "tiny", a local diffusers folder (relative to this file) or an HF id
+    inpainting_model: null            # default null: tiny -> tiny-inpaint; real runs of RealFill name an SD inpainting model
+    resolution: null                  # default null: the model's native image side (64 tiny, 512 SD 1.x)
     methods:                          # required, at least one
       - name: clic                    # a registered method (clic.methods)
         presets: [paper, official-code]   # default: the method's default preset
@@ -28,7 +30,8 @@ A suite file (``benchmarks/*.yaml``)::
       steps: 500                      # default 500
     metrics: [clip_image, lpips]      # default: DEFAULT_METRICS (those registered); harness.metrics names
     metric_options: {clip: {model: ViT-B-32}}   # default {}; key: a metric or a metric family (clip, lpips)
-    resources: {num_cpus: 1, num_gpus: 0.5}     # default 1 CPU, 0 GPU per task; fractions allowed
+    resources: {num_cpus: 1, num_gpus: 0.5, max_retries: 2}   # default 1 CPU, 0 GPU per task (fractions allowed);
+                                      # max_retries: reruns of a task whose worker died
     tasks: [transfer]                 # default [transfer]; subset of transfer, generate, match
     limit_pairs: 10                   # default null: every good pair
     categories: [furniture]           # default null: every category
@@ -125,6 +128,7 @@ class MatchSpec:
 class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    max_retries: int = 2  # retries of a task whose worker died (system failures; errors are not retried)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ class Suite:
     manifests: tuple[str, ...]  # absolute local paths or URIs
     methods: tuple[MethodSpec, ...]
     model: str = "tiny"
+    inpainting_model: str | None = None  # for methods on an inpainting UNet (RealFill); tiny -> tiny-inpaint
+    resolution: int | None = None  # image side the methods run at; None: the model's native resolution
     description: str = ""
     seeds: tuple[int, ...] = (0,)
     transfer: TransferSpec = TransferSpec()
@@ -153,6 +159,8 @@ class Suite:
             "description": self.description,
             "manifests": list(self.manifests),
             "model": self.model,
+            "inpainting_model": self.inpainting_model,
+            "resolution": self.resolution,
             "methods": [
                 {"name": m.name, "presets": list(m.presets), "loss_weights": _thaw(m.loss_weights), "learn": _thaw(m.learn)}
                 for m in self.methods
@@ -347,11 +355,13 @@ class _SuiteReader:
             self.fail("methods", "missing (required): a list of {name, presets, loss_weights, learn}")
         transfer = self.transfer(data.get("transfer", {}))
         metrics = self.metrics(data["metrics"]) if "metrics" in data else self.default_metrics()
-        return Suite(
+        suite = Suite(
             name=name,
             description=self.description(data.get("description", "")),
             manifests=self.manifests(data[manifest_key], manifest_key),
             model=self.model(data.get("model", "tiny")),
+            inpainting_model=None if data.get("inpainting_model") is None else self.model(data["inpainting_model"], "inpainting_model"),
+            resolution=None if data.get("resolution") is None else self.integer(data["resolution"], "resolution", minimum=8),
             methods=self.methods(data["methods"], transfer),
             seeds=self.seeds(data.get("seeds", [0])),
             transfer=transfer,
@@ -365,6 +375,12 @@ class _SuiteReader:
             categories=None if data.get("categories") is None else self.strings(data["categories"], "categories"),
             source=self.source,
         )
+        for index, spec in enumerate(suite.methods):
+            needs_inpainting = getattr(method_registry.method_class(spec.name), "needs_inpainting", False)
+            if needs_inpainting and suite.model not in TINY_MODELS and suite.inpainting_model is None:
+                self.fail(f"methods[{index}].name", f"method {spec.name!r} runs on an inpainting UNet: set "
+                                                    "inpainting_model to an SD inpainting folder or HF id")
+        return suite
 
     def description(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -387,8 +403,8 @@ class _SuiteReader:
             self.fail(key, f"file not found: {value} (resolved to {resolved})")
         return os.path.abspath(resolved)
 
-    def model(self, value: Any) -> str:
-        value = self.string(value, "model")
+    def model(self, value: Any, key: str = "model") -> str:
+        value = self.string(value, key)
         if value in TINY_MODELS:
             return value
         relative = self.base_dir / Path(value).expanduser()
@@ -449,6 +465,7 @@ class _SuiteReader:
         return Resources(
             num_cpus=self.number(data.get("num_cpus", Resources.num_cpus), "resources.num_cpus", positive=True),
             num_gpus=self.number(data.get("num_gpus", Resources.num_gpus), "resources.num_gpus", minimum=0.0),
+            max_retries=self.integer(data.get("max_retries", Resources.max_retries), "resources.max_retries", minimum=0),
         )
 
     # ------------------------------------------------------------------------------ metrics

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from harness import store
 from harness.jobs import Pair
 from harness.runner import execute
+from harness.suite import Suite, suite_from_dict
 
 SIZE = 64
 
@@ -42,12 +43,20 @@ def make_pairs(folder: Path, count: int, targets_per_source: int = 1) -> list[Pa
     return pairs
 
 
-def cut_paste_suite(**changes) -> dict:
+# The runner takes its pairs from the tests; the suite still names a real manifest, as a suite must.
+SHIPPED_MANIFEST = str(Path(__file__).resolve().parent.parent / "manifests" / "furniture" / "manifest.parquet")
+
+
+def make_suite(data: dict) -> Suite:
+    return suite_from_dict({"manifests": [SHIPPED_MANIFEST], **data}, source="test-suite", base_dir=Path.cwd())
+
+
+def cut_paste_suite(**changes) -> Suite:
     suite = {"name": "test", "model": "tiny", "methods": [{"name": "cut_paste"}], "seeds": [0],
              "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
-             "resources": {"num_cpus": 1}, "max_retries": 1}
+             "resources": {"num_cpus": 1, "max_retries": 1}}
     suite.update(changes)
-    return suite
+    return make_suite(suite)
 
 
 def test_run_resume_and_changed_setting(ray_session, tmp_path: Path) -> None:
@@ -80,14 +89,16 @@ def test_not_applicable_and_failed_jobs_do_not_stop_the_run(ray_session, tmp_pat
     broken.save(tmp_path / "data" / "empty.png")
     pairs[1] = Pair(**{**pairs[1].__dict__, "pair_id": "broken", "target_mask": str(tmp_path / "data" / "empty.png")})
     run = tmp_path / "run"
-    summary = execute(cut_paste_suite(generate={"objects": ["vase"], "steps": 10}), pairs, run, quiet=True)
+    summary = execute(cut_paste_suite(generate={"objects": ["vase"], "steps": 10}, tasks=["transfer", "generate"]),
+                      pairs, run, quiet=True)
     assert (summary.done, summary.failed, summary.not_applicable) == (2, 1, 3)
     results = store.read_results(run)
     failed = results[results["status"] == "failed"]
     assert list(failed["pair_id"]) == ["broken"] and "\n" not in failed["error"].iloc[0] and failed["error"].iloc[0]
     na = results[results["status"] == "not_applicable"]
     assert set(na["task"]) == {"generate"} and na["metric"].isna().all() and na["value"].isna().all()
-    retry = execute(cut_paste_suite(generate={"objects": ["vase"], "steps": 10}), pairs, run, quiet=True,
+    retry = execute(cut_paste_suite(generate={"objects": ["vase"], "steps": 10}, tasks=["transfer", "generate"]),
+                    pairs, run, quiet=True,
                     retry_failed=True)
     assert (retry.done + retry.failed, retry.skipped) == (1, 5)
 
@@ -105,9 +116,9 @@ def test_throughput_with_cut_paste(ray_session, tmp_path: Path) -> None:
 
 def test_tiny_clic_learn_then_transfer(ray_session, tmp_path: Path) -> None:
     pairs = make_pairs(tmp_path / "data", 1)
-    suite = {"name": "tiny-clic", "model": "tiny", "resolution": 64,
-             "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3}}], "seeds": [0],
-             "transfer": {"t_start": [3], "eta": [1.0], "steps": 5}, "metrics": ["ssim_psnr"]}
+    suite = make_suite({"name": "tiny-clic", "model": "tiny", "resolution": 64,
+                        "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3}}], "seeds": [0],
+                        "transfer": {"t_start": [3], "eta": [1.0], "steps": 5}, "metrics": ["ssim_psnr"]})
     summary = execute(suite, pairs, tmp_path / "run", quiet=True)
     results = store.read_results(tmp_path / "run")
     assert summary.done == 1 and summary.learns_run == 1, results["error"].tolist()
