@@ -1,0 +1,116 @@
+"""`clic-bench perf` / `python -m benchmarks.perf`: every performance benchmark in one run, one table.
+
+Writes OUT/perf.json and OUT/perf.md with each measured ratio beside its target. Everything runs on the
+CPU with the tiny models; the GPU expectations are in benchmarks/perf/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "fused speedup at 64 px": (">=", 1.6),
+    "fused speedup at 128 px": (">=", 1.6),
+    "fused vs naive loss, max relative difference": ("<=", 1e-5),
+    "attention capture overhead": ("<=", 0.15),
+    "harness overhead, tiny CLiC suite": ("<=", 0.05),
+    "scaling efficiency, 1 -> 2 nodes": (">=", 0.85),
+}
+
+
+def _check(name: str, value: float) -> str:
+    if name not in TARGETS:
+        return ""
+    op, bound = TARGETS[name]
+    met = value >= bound if op == ">=" else value <= bound
+    return f"{op} {bound:g}: {'met' if met else 'NOT met'}"
+
+
+def run_all(quick: bool) -> dict[str, Any]:
+    from .harness_bench import harness_overhead, scaling
+    from .learning import cached_work, capture_cost, fused_vs_naive
+    from .metrics_bench import metric_throughput
+
+    repeats = 5 if quick else 11
+    results: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "quick": quick}
+    started = time.perf_counter()
+    results["fused_vs_naive"] = [fused_vs_naive(r, repeats) for r in (64, 128)]
+    results["capture"] = [capture_cost(r, repeats) for r in (64, 128)]
+    results["cached_work"] = cached_work(30 if quick else 60)
+    results["metrics"] = metric_throughput(32 if quick else 64)
+    results["harness"] = harness_overhead(clic_steps=80 if quick else 150)
+    results["scaling"] = scaling(steps=40 if quick else 80)
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
+    rows = []
+    for case in results["fused_vs_naive"]:
+        rows.append((f"fused speedup at {case['resolution']} px", case["speedup"],
+                     f"fused {case['fused_ms']:.1f} ms vs naive {case['naive_ms']:.1f} ms; step memory "
+                     f"{case['fused_step_mb']:.0f} vs {case['naive_step_mb']:.0f} MB (peak RSS "
+                     f"{case['fused_peak_mb']:.0f} vs {case['naive_peak_mb']:.0f} MB)"))
+    rows.append(("fused vs naive loss, max relative difference",
+                 max(c["max_rel_loss_diff"] for c in results["fused_vs_naive"]), "l_con, l_att, l_RoI, total"))
+    for case in results["capture"]:
+        name = "attention capture overhead" if case["resolution"] == 64 else f"attention capture overhead at {case['resolution']} px"
+        rows.append((name, case["capture_overhead"],
+                     f"{case['capture_on_ms']:.1f} vs {case['capture_off_ms']:.1f} ms; keeps at most "
+                     f"{case['largest_kept_elements']} elements per layer (full probabilities: {case['full_probabilities_elements']})"))
+    cached = results["cached_work"]
+    rows.append(("VAE encodes per learning run", cached["learn_vae_encodes"],
+                 f"{cached['learn_steps']} steps (geometric augmentations cached); text-encoder passes: "
+                 f"{cached['learn_text_encoder_calls']} (one batched pass per step)"))
+    rows.append(("VAE encodes / text-encoder passes per transfer", cached["transfer_vae_encodes"],
+                 f"text encoder: {cached['transfer_text_encoder_calls']} for {cached['transfer_steps']} denoising steps"))
+    harness = results["harness"]
+    rows.append(("harness jobs/s, cut-and-paste", harness["cut_paste"]["jobs_per_s"],
+                 f"{harness['cut_paste']['jobs']} jobs in {harness['cut_paste']['wall_s']:.1f} s, overhead share "
+                 f"{harness['cut_paste']['overhead_share']:.0%}"))
+    rows.append(("harness overhead, tiny CLiC suite", harness["tiny_clic"]["overhead_share"],
+                 f"{harness['tiny_clic']['jobs']} jobs in {harness['tiny_clic']['wall_s']:.1f} s; cluster start "
+                 f"{harness['cluster_start_s']:.1f} s not included"))
+    scaling = results["scaling"]
+    rows.append(("scaling efficiency, 1 -> 2 nodes", scaling["scaling_efficiency"],
+                 f"{scaling['jobs']} CPU-bound jobs: {scaling['one_node_wall_s']:.1f} s on 1 node, "
+                 f"{scaling['two_nodes_wall_s']:.1f} s on 2"))
+    for metric in results["metrics"]:
+        rows.append((f"metric {metric['metric']}: batched images/s", metric["batched_images_per_s"],
+                     f"one by one {metric['single_images_per_s']:.0f}/s (x{metric['batching_speedup']:.1f}); "
+                     f"model loads {metric['model_loads']}; weights {metric['weights']}"))
+    return rows
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    lines = ["# Performance (CPU, tiny models: ratios, not absolute GPU figures)", "",
+             f"host {results['host']}, Python {results['python']}, {results['seconds']:.0f} s, quick={results['quick']}",
+             "", "| measure | value | target | details |", "|---|---|---|---|"]
+    for name, value, details in summary_rows(results):
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        lines.append(f"| {name} | {shown} | {_check(name, float(value))} | {details} |")
+    return "\n".join(lines) + "\n"
+
+
+def perf_main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_all(args.quick)
+    (out / "perf.json").write_text(json.dumps(results, indent=2, default=float))
+    markdown = to_markdown(results)
+    (out / "perf.md").write_text(markdown)
+    print(markdown)
+    print(f"written: {out / 'perf.md'}, {out / 'perf.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/perf")
+    parser.add_argument("--quick", action="store_true")
+    sys.exit(perf_main(parser.parse_args()))

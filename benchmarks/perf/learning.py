@@ -1,0 +1,116 @@
+"""Learning-step benchmarks: fused vs naive (time, loss agreement, peak memory), capture cost, cached work."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .steps import capture_off_case, fused_loss, make_case, naive_loss, time_naive, time_step
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_MEMORY_SCRIPT = """
+import resource, sys, json
+sys.path.insert(0, {root!r})
+from benchmarks.perf.steps import make_case, fused_loss, naive_loss, time_step, time_naive
+case = make_case({resolution})
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if {variant!r} == "fused":
+    time_step(fused_loss, case, repeats=3, warmup=1)
+else:
+    time_naive(case, repeats=3, warmup=1)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"peak_mb": peak / 1024, "step_mb": (peak - baseline) / 1024}}))
+"""
+
+
+def peak_memory(variant: str, resolution: int) -> dict[str, float]:
+    """Peak RSS of a fresh process running the step (ru_maxrss; the model's own memory is the baseline)."""
+    script = _MEMORY_SCRIPT.format(root=str(ROOT), resolution=resolution, variant=variant)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fused_vs_naive(resolution: int, repeats: int) -> dict[str, Any]:
+    case = make_case(resolution)
+    fused, fused_values = fused_loss(case)
+    naive, naive_values = naive_loss(case)
+    worst = max(abs(fused_values[k] - naive_values[k]) / max(abs(naive_values[k]), 1e-12) for k in ("con", "att", "roi", "total"))
+    # Interleave the two variants so machine noise hits both alike.
+    fused_times, naive_times = [], []
+    for _ in range(3):
+        fused_times.append(time_step(fused_loss, case, repeats))
+        naive_times.append(time_naive(case, repeats))
+    fused_s, naive_s = sorted(fused_times)[1], sorted(naive_times)[1]
+    memory = {variant: peak_memory(variant, resolution) for variant in ("fused", "naive")}
+    return {
+        "resolution": resolution, "fused_ms": fused_s * 1000, "naive_ms": naive_s * 1000, "speedup": naive_s / fused_s,
+        "max_rel_loss_diff": worst, "fused_step_mb": memory["fused"]["step_mb"], "naive_step_mb": memory["naive"]["step_mb"],
+        "fused_peak_mb": memory["fused"]["peak_mb"], "naive_peak_mb": memory["naive"]["peak_mb"],
+    }
+
+
+def capture_cost(resolution: int, repeats: int) -> dict[str, Any]:
+    """Step time with the attention term (capture on) vs the same step without it (capture off)."""
+    on_case, off_case = make_case(resolution), capture_off_case(resolution)
+    on_times, off_times = [], []
+    for _ in range(3):
+        on_times.append(time_step(fused_loss, on_case, repeats))
+        off_times.append(time_step(fused_loss, off_case, repeats))
+    on_s, off_s = sorted(on_times)[1], sorted(off_times)[1]
+    # What the capture keeps: the requested token columns only, vs a whole probability tensor.
+    state = on_case.state
+    from clic.learn import encode_text
+
+    text, ids = encode_text(state.components, ["A chair with <v*> style"])
+    state.capture.set_tokens(state.tokens.positions(ids))
+    with torch.no_grad():
+        state.components.unet(on_case.batch.latents, on_case.batch.timestep, encoder_hidden_states=text)
+    kept = max(t.numel() for t in state.capture.maps().values())
+    heads = max(m.heads for n, m in state.components.unet.named_modules() if n.endswith("attn2"))
+    full = max(t.shape[1] for t in state.capture.maps().values()) * text.shape[1] * heads
+    state.capture.clear()
+    return {"resolution": resolution, "capture_on_ms": on_s * 1000, "capture_off_ms": off_s * 1000,
+            "capture_overhead": on_s / off_s - 1, "largest_kept_elements": kept, "full_probabilities_elements": full}
+
+
+def count_calls(components) -> dict[str, int]:
+    """Count VAE encodes and text-encoder forward passes made on ``components`` from now on."""
+    calls = {"vae_encode": 0, "text_encoder": 0}
+    encode = components.vae.encode
+
+    def counting_encode(*args, **kwargs):
+        calls["vae_encode"] += 1
+        return encode(*args, **kwargs)
+
+    components.vae.encode = counting_encode
+    components.text_encoder.register_forward_hook(lambda *_: calls.__setitem__("text_encoder", calls["text_encoder"] + 1))
+    return calls
+
+
+def cached_work(steps: int = 60) -> dict[str, Any]:
+    """VAE encodes and text-encoder calls of one learning run, and of one transfer."""
+    from clic.learn import ConceptSource
+    from clic.methods.base import get_method
+    from clic.models import build_tiny
+    from clic.transfer import TransferSettings, transfer_concept
+
+    components = build_tiny()
+    learn_calls = count_calls(components)
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.zeros(64, 64)
+    mask[8:40, 16:48] = 1
+    source = ConceptSource(torch.rand(3, 64, 64, generator=generator) * 2 - 1, mask, "chair")
+    geometric_only = {"augment": {"p_jitter": 0.0, "p_grayscale": 0.0}, "steps": steps}
+    concept = get_method("clic").learn(components, source, overrides=geometric_only, progress=False)
+    fresh = build_tiny()
+    transfer_calls = count_calls(fresh)
+    transfer_concept(fresh, concept, source.image, mask, "chair", TransferSettings(t_start=10, steps=20), seed=0)
+    return {"learn_steps": steps, "learn_vae_encodes": learn_calls["vae_encode"],
+            "learn_text_encoder_calls": learn_calls["text_encoder"], "transfer_steps": 10,
+            "transfer_vae_encodes": transfer_calls["vae_encode"],
+            "transfer_text_encoder_calls": transfer_calls["text_encoder"]}
