@@ -110,7 +110,8 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
                 processor.to_out_custom_diffusion[0].weight.copy_(attn.to_out[0].weight)
                 if attn.to_out[0].bias is not None:
                     processor.to_out_custom_diffusion[0].bias.copy_(attn.to_out[0].bias)
-        return processor.to(device=attn.to_q.weight.device, dtype=attn.to_q.weight.dtype)
+        # Trained copies stay fp32 (master weights) whatever the frozen model's dtype.
+        return processor.to(device=attn.to_q.weight.device, dtype=torch.float32)
 
     def __call__(
         self,
@@ -127,24 +128,29 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
             and buffer.token_positions is not None
             and encoder_hidden_states is not None
         )
-        if not capturing:
+        if encoder_hidden_states is None:  # self-attention: nothing trained or captured here
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask)
-        return self._attend_and_capture(attn, hidden_states, encoder_hidden_states, buffer)
+        return self._cross_attention(attn, hidden_states, encoder_hidden_states, buffer if capturing else None)
 
-    def _attend_and_capture(
+    @staticmethod
+    def _project(layer: torch.nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+        """A trained copy keeps fp32 master weights while the frozen model may run in fp16/bf16."""
+        return layer(inputs.to(layer.weight.dtype)).to(inputs.dtype)
+
+    def _cross_attention(
         self,
         attn: Attention,
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
-        buffer: CaptureBuffer,
+        buffer: CaptureBuffer | None,
     ) -> torch.Tensor:
         batch, pixels, inner_dim = hidden_states.shape
-        query = self.to_q_custom_diffusion(hidden_states) if self.train_q_out else attn.to_q(hidden_states)
+        query = self._project(self.to_q_custom_diffusion, hidden_states) if self.train_q_out else attn.to_q(hidden_states)
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         if self.train_kv:
-            key = self.to_k_custom_diffusion(encoder_hidden_states)
-            value = self.to_v_custom_diffusion(encoder_hidden_states)
+            key = self._project(self.to_k_custom_diffusion, encoder_hidden_states)
+            value = self._project(self.to_v_custom_diffusion, encoder_hidden_states)
             # As CustomDiffusionAttnProcessor2_0: the start-of-text token's K/V are not trained.
             key = torch.cat([key[:, :1].detach(), key[:, 1:]], dim=1)
             value = torch.cat([value[:, :1].detach(), value[:, 1:]], dim=1)
@@ -158,17 +164,21 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
         key = key.view(batch, -1, heads, head_dim).transpose(1, 2)
         value = value.view(batch, -1, heads, head_dim).transpose(1, 2)
 
-        # SDPA's default scale 1/sqrt(head_dim) is what the stock processors use too.
-        probs = (query @ key.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))).softmax(dim=-1)
-        positions = buffer.token_positions.to(probs.device)
-        if positions.shape[0] != batch:  # e.g. classifier-free guidance doubled the batch
-            positions = positions.repeat(batch // positions.shape[0], 1)
-        index = positions[:, None, None, :].expand(batch, heads, pixels, positions.shape[1])
-        buffer.maps[self.layer_name] = probs.gather(-1, index).mean(dim=1)  # (B, pixels, n)
-
-        out = (probs @ value).transpose(1, 2).reshape(batch, -1, inner_dim).to(query.dtype)
+        if buffer is None:  # not captured: fused SDPA
+            out = F.scaled_dot_product_attention(query, key, value)
+        else:
+            # SDPA's default scale 1/sqrt(head_dim) is what the stock processors use too. Only 77 keys, so
+            # the explicit softmax is cheap; only the requested token columns are kept.
+            probs = (query @ key.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))).softmax(dim=-1)
+            positions = buffer.token_positions.to(probs.device)
+            if positions.shape[0] != batch:  # e.g. classifier-free guidance doubled the batch
+                positions = positions.repeat(batch // positions.shape[0], 1)
+            index = positions[:, None, None, :].expand(batch, heads, pixels, positions.shape[1])
+            buffer.maps[self.layer_name] = probs.gather(-1, index).mean(dim=1)  # (B, pixels, n)
+            out = probs @ value
+        out = out.transpose(1, 2).reshape(batch, -1, inner_dim).to(query.dtype)
         if self.train_q_out:
-            return self.to_out_custom_diffusion[1](self.to_out_custom_diffusion[0](out))
+            return self.to_out_custom_diffusion[1](self._project(self.to_out_custom_diffusion[0], out))
         return attn.to_out[1](attn.to_out[0](out))
 
 

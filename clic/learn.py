@@ -73,6 +73,7 @@ class LearnConfig:
     checkpoint_every: int = 0
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16": autocast; trained weights stay fp32
     gradient_checkpointing: bool = False
+    compile_unet: bool = False  # torch.compile the UNet (opt-in; on CPU it compiles for minutes and runs slower)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -332,6 +333,8 @@ def learn_concept(
         )
     if config.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
+    if config.compile_unet:
+        components.unet.compile()
     objective = Objective(config.terms)
     state = TrainState(components, tokens, capture, objective, config, config.attention_resolution or capture_resolution(capture, components))
     capture.same_resolution_only = config.same_resolution_maps
@@ -348,6 +351,8 @@ def learn_concept(
     started = time.perf_counter()
     bar = tqdm(total=config.total_steps, desc=f"learn {method}/{preset}", disable=not progress, leave=False)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
     for phase in config.schedule():
         groups = [{"params": [tokens.parameter], "lr": phase.token_lr, "weight_decay": config.token_weight_decay}]
         for p in attention_params:
@@ -382,8 +387,9 @@ def learn_concept(
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {float(loss)} at step {step_index}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             values["step"] = step_index
             values["t"] = int(timestep.item())
             loss_log.append(values)

@@ -26,7 +26,8 @@ class ConceptEmbedding(nn.Module):
         super().__init__()
         self.base = base
         self.base.requires_grad_(False)
-        self.vectors = nn.Parameter(vectors.detach().clone().to(base.weight))
+        # fp32 master copy even when the text encoder runs in fp16/bf16.
+        self.vectors = nn.Parameter(vectors.detach().clone().to(base.weight.device, torch.float32))
         lookup = torch.full((base.num_embeddings,), -1, dtype=torch.long)
         lookup[torch.as_tensor(list(token_ids), dtype=torch.long)] = torch.arange(len(token_ids))
         self.register_buffer("slot_of_id", lookup, persistent=False)
@@ -47,7 +48,7 @@ class ConceptEmbedding(nn.Module):
         embeds = F.embedding(input_ids, self.base.weight)
         slots = self.slot_of_id[input_ids]
         is_concept = (slots >= 0).unsqueeze(-1)
-        return torch.where(is_concept, self.vectors[slots.clamp(min=0)], embeds)
+        return torch.where(is_concept, self.vectors[slots.clamp(min=0)].to(embeds.dtype), embeds)
 
 
 def _text_embeddings(text_encoder: nn.Module) -> nn.Module:
