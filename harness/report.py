@@ -36,7 +36,7 @@ from harness.aggregate import (  # noqa: E402
     uses_tiny_random,
     write_tables,
 )
-from harness.store import read_results, read_run_manifest  # noqa: E402
+from harness.store import canonical_json, read_results, read_run_manifest  # noqa: E402
 
 THUMBNAIL_PIXELS = 160
 OUTLINE_COLOUR = (255, 40, 40)
@@ -48,6 +48,9 @@ nav a { margin-right: 0.8em; }
 .grid img { display: block; margin: auto; width: 128px; image-rendering: pixelated; }
 .plots img { max-width: 480px; margin: 0 1em 1em 0; }
 pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; }
+[id] { scroll-margin-top: 4em; }  /* anchors land below the sticky nav */
+.ablation { overflow-x: auto; }
+.ablation table.results td { white-space: nowrap; }
 """
 SUMMARY_KEYS = ("method", "preset", "category", "metric")
 
@@ -59,21 +62,26 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     for folder in ("images", "plots", "tables"):
         shutil.rmtree(out / folder, ignore_errors=True)  # no stale files from an earlier report
         (out / folder).mkdir(parents=True)
-    results = read_results(run_dir)
+    results = with_variants(read_results(run_dir))
     run_info = read_run_manifest(run_dir)
 
     summary = summary_table(results, by=SUMMARY_KEYS)
     paired = paired_differences(results, reference=reference)
     failures = failure_list(results)
     per_metric = metric_tables(summary)
-    write_tables({"summary": summary, "paired_differences": paired, "failures": failures}, out / "tables")
-    (out / "summary.md").write_text(_summary_markdown(per_metric, paired, failures, reference), encoding="utf-8")
+    labels = ablation_labels(results, run_info)
+    ablation = ablation_table(summary, labels)
+    tables = {"summary": summary, "paired_differences": paired, "failures": failures}
+    write_tables({**tables, "ablations": ablation} if labels else tables, out / "tables")
+    (out / "summary.md").write_text(_summary_markdown(per_metric, paired, failures, reference, ablation),
+                                    encoding="utf-8")
 
     metric_plots = _plot_metrics(summary, out / "plots")
     loss_plots = _plot_losses(run_dir, results, out / "plots")
     grids = _image_grids(run_dir, results, run_info, out)
+    ablation_html = _ablation_section(run_dir, results, run_info, labels, ablation, out) if labels else ""
     page = _index_html(run_dir, run_info, results, per_metric, paired, failures, metric_plots, loss_plots, grids,
-                       reference)
+                       reference, ablation_html)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
@@ -88,8 +96,122 @@ def report_main(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- tables
 
-def _method_label(method: object, preset: object) -> str:
+def method_label(method: object, preset: object) -> str:
     return f"{method}/{preset}" if isinstance(preset, str) and preset else str(method)
+
+
+# ---------------------------------------------------------------------------------------------- variants
+# Suite entries of one method and preset that differ only in their learning overrides (the ablations of
+# benchmarks/ablations.yaml) share method and preset in the results; only the `settings` JSON tells them
+# apart. The report names each such variant by what sets it apart ("no_att" for a zero-weight term) and
+# shows it as its own preset, "clic/paper no_att", in every table, plot and grid.
+
+def learn_overrides(settings: object) -> dict[str, Any]:
+    """The learning overrides recorded in a result row's settings JSON ({} when it has none)."""
+    try:
+        parsed = json.loads(settings) if isinstance(settings, str) else None
+    except ValueError:
+        return {}
+    learn = parsed.get("learn") if isinstance(parsed, dict) else None
+    return learn if isinstance(learn, dict) else {}
+
+
+def _term_weight(spec: Any) -> Any:
+    """A loss term's weight: the term is given as a bare weight or as {"weight": w, ...}."""
+    return spec.get("weight") if isinstance(spec, Mapping) else spec
+
+
+def _compact(value: Any) -> str:
+    return format_number(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else \
+        canonical_json(value)
+
+
+def _common_overrides(variants: list[dict[str, Any]]) -> dict[str, Any]:
+    """The overrides (and loss terms) that every variant has with the same value."""
+    first, rest = variants[0], variants[1:]
+    common = {key: value for key, value in first.items() if key != "terms" and all(
+        key in other and other[key] == value for other in rest)}
+    terms = first.get("terms") or {}
+    common["terms"] = {term: spec for term, spec in terms.items()
+                       if all((other.get("terms") or {}).get(term) == spec for other in rest)}
+    return common
+
+
+def variant_name(learn: Mapping[str, Any], common: Mapping[str, Any]) -> str:
+    """What sets the overrides `learn` apart from `common`: "no_att" for a zero-weight term, else key=value."""
+    parts = []
+    for key, value in sorted(learn.items()):
+        if key == "terms" and isinstance(value, Mapping):
+            shared = common.get("terms") or {}
+            parts += [f"no_{term}" if _term_weight(spec) == 0 else f"{term}={_compact(spec)}"
+                      for term, spec in sorted(value.items()) if not (term in shared and shared[term] == spec)]
+        elif not (key in common and common[key] == value):
+            parts.append(f"{key}={_compact(value)}")
+    return " ".join(parts)
+
+
+def with_variants(results: pd.DataFrame) -> pd.DataFrame:
+    """`results` plus `variant` ("" or e.g. "no_att") and `base_preset`; `preset` becomes "paper no_att".
+
+    A method/preset run with one set of overrides has no variant, so ordinary runs keep their labels.
+    """
+    variants = pd.Series("", index=results.index, dtype=object)
+    overrides = results["settings"].map(learn_overrides)
+    keys = overrides.map(canonical_json)
+    for _, group in results.groupby(["method", "preset"], dropna=False, sort=False):
+        distinct = {keys[i]: overrides[i] for i in group.index}
+        if len(distinct) > 1:
+            common = _common_overrides(list(distinct.values()))
+            names = {key: variant_name(learn, common) for key, learn in distinct.items()}
+            variants[group.index] = [names[keys[i]] for i in group.index]
+    presets = [" ".join(part for part in (preset, variant) if isinstance(part, str) and part) or preset
+               for preset, variant in zip(results["preset"], variants)]
+    return results.assign(base_preset=results["preset"], variant=variants, preset=presets)
+
+
+def _entry_key(method: object, preset: object, learn: Mapping[str, Any]) -> str:
+    """Identity of a suite entry's learning setup: its method, preset, loss-term weights and other overrides."""
+    weights = {term: _term_weight(spec) for term, spec in (learn.get("terms") or {}).items()}
+    others = {key: value for key, value in learn.items() if key != "terms"}
+    return canonical_json([method, preset, others, weights])
+
+
+def _suite_order(run_info: Mapping[str, Any]) -> dict[str, int]:
+    """Entry key -> position of the suite's `methods` entry, so ablation columns follow the suite file."""
+    suite = run_info.get("suite") if isinstance(run_info.get("suite"), Mapping) else {}
+    order: dict[str, int] = {}
+    for index, entry in enumerate(suite.get("methods") or []):
+        learn = dict(entry.get("learn") or {})
+        learn["terms"] = {**(learn.get("terms") or {}), **(entry.get("loss_weights") or {})}
+        for preset in entry.get("presets") or []:
+            order.setdefault(_entry_key(entry.get("name"), preset, learn), index)
+    return order
+
+
+def ablation_labels(results: pd.DataFrame, run_info: Mapping[str, Any]) -> list[str]:
+    """Labels of every preset and variant of the methods that have variants, in the suite file's order."""
+    varied = set(results.loc[results["variant"].ne(""), "method"])
+    if not varied:
+        return []
+    order = _suite_order(run_info)
+    entries = results[results["method"].isin(varied)].drop_duplicates(["method", "preset"])
+    ranked = sorted(((order.get(_entry_key(row.method, row.base_preset, learn_overrides(row.settings)), len(order)),
+                      method_label(row.method, row.preset)) for row in entries.itertuples(index=False)))
+    return [label for _, label in ranked]
+
+
+def ablation_table(summary: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    """A row per ablation label, a column per metric: "mean [CI] n=…" over all categories."""
+    overall = summary[summary["category"].eq(ALL_CATEGORIES) & summary["metric"].notna()]
+    overall = overall.assign(label=[method_label(m, p) for m, p in zip(overall["method"], overall["preset"])])
+    overall = overall[overall["label"].isin(labels)]
+    if overall.empty:
+        return pd.DataFrame({"method": labels})
+    cells = [f"{format_number(m)} [{format_number(lo)}, {format_number(hi)}] n={n}"
+             for m, lo, hi, n in zip(overall["mean"], overall["ci_low"], overall["ci_high"], overall["n"])]
+    table = overall.assign(cell=cells).pivot_table(index="label", columns="metric", values="cell", aggfunc="first")
+    table["weights"] = overall.groupby("label")["weights"].agg(lambda w: ", ".join(sorted(set(w))))
+    return table.reindex(labels).rename_axis(None, axis=1).reset_index().rename(columns={"label": "method"})
 
 
 def metric_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -98,7 +220,7 @@ def metric_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     rated = summary[summary["metric"].notna()]
     failed = summary.drop_duplicates(["method", "preset", "category"]).set_index(["method", "preset", "category"])
     for metric, group in rated.groupby("metric", sort=True):
-        group = group.assign(label=[_method_label(m, p) for m, p in zip(group["method"], group["preset"])],
+        group = group.assign(label=[method_label(m, p) for m, p in zip(group["method"], group["preset"])],
                              cell=[f"{format_number(m)} [{format_number(lo)}, {format_number(hi)}] n={n}"
                                    for m, lo, hi, n in zip(group["mean"], group["ci_low"], group["ci_high"],
                                                            group["n"])])
@@ -128,10 +250,12 @@ def _direction(metric: str) -> str:
 
 
 def _summary_markdown(per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
-                      reference: str) -> str:
+                      reference: str, ablation: pd.DataFrame) -> str:
     parts = ["# Results\n", "Mean [95% bootstrap CI] per method and category; raw values (see metric_scale).\n"]
     for metric, table in per_metric.items():
         parts.append(f"## {metric} ({_direction(metric)})\n\n{to_markdown(table)}")
+    if not ablation.empty:
+        parts.append(f"## Ablations (all categories)\n\n{to_markdown(ablation)}")
     parts.append(f"## Paired differences against {reference}\n\n{to_markdown(paired)}")
     parts.append(f"## Failed jobs: {len(failures)}\n")
     return "\n".join(parts)
@@ -158,11 +282,11 @@ def _plot_metrics(summary: pd.DataFrame, folder: Path) -> dict[str, str]:
     rated = summary[summary["metric"].notna() & summary["n"].gt(0)]
     for metric, group in rated.groupby("metric", sort=True):
         categories = sorted(c for c in group["category"].unique() if c != ALL_CATEGORIES) + [ALL_CATEGORIES]
-        labels = sorted({_method_label(m, p) for m, p in zip(group["method"], group["preset"])})
+        labels = sorted({method_label(m, p) for m, p in zip(group["method"], group["preset"])})
         fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(categories), 3.2))
         width = 0.8 / max(len(labels), 1)
         for i, label in enumerate(labels):
-            rows = group[[_method_label(m, p) == label for m, p in zip(group["method"], group["preset"])]]
+            rows = group[[method_label(m, p) == label for m, p in zip(group["method"], group["preset"])]]
             rows = rows.set_index("category").reindex(categories)
             x = np.arange(len(categories)) - 0.4 + width * (i + 0.5)
             errors = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]]).astype(float)
@@ -196,21 +320,21 @@ def _plot_losses(run_dir: Path, results: pd.DataFrame, folder: Path) -> dict[str
             ax.plot(losses["step"], losses["total"], linewidth=0.8, alpha=0.7, label=str(concept_id)[:10])
         ax.set_xlabel("step")
         ax.set_ylabel("total loss")
-        ax.set_title(f"{_method_label(method, preset)}: {len(curves)} concept(s)", fontsize=9)
+        ax.set_title(f"{method_label(method, preset)}: {len(curves)} concept(s)", fontsize=9)
         if len(curves) <= 8:
             ax.legend(fontsize=6)
-        plots[_method_label(method, preset)] = _save_figure(fig, folder, f"losses-{_slug(method)}-{_slug(preset)}")
+        plots[method_label(method, preset)] = _save_figure(fig, folder, f"losses-{_slug(method)}-{_slug(preset)}")
     return plots
 
 
 # ---------------------------------------------------------------------------------------------- images
 
-def _thumbnail(source: Path, dest: Path, mask: Path | None = None) -> bool:
-    """Save a small copy of `source` at `dest`, with the outline of `mask` drawn in red when given."""
+def thumbnail(source: Path, dest: Path, mask: Path | None = None, pixels: int = THUMBNAIL_PIXELS) -> bool:
+    """Save a copy of `source` at most `pixels` wide at `dest`, with the outline of `mask` in red when given."""
     try:
         with Image.open(source) as opened:
             image = opened.convert("RGB")
-        image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
+        image.thumbnail((pixels, pixels))
         if mask is not None and mask.is_file():
             with Image.open(mask) as opened:
                 binary = opened.convert("L").resize(image.size, Image.NEAREST).point(lambda v: 255 if v > 127 else 0)
@@ -225,7 +349,7 @@ def _thumbnail(source: Path, dest: Path, mask: Path | None = None) -> bool:
     return True
 
 
-def _manifest_pairs(run_dir: Path, run_info: Mapping[str, Any]) -> dict[str, dict[str, Path | None]]:
+def manifest_pairs(run_dir: Path, run_info: Mapping[str, Any]) -> dict[str, dict[str, Path | None]]:
     """pair_id → absolute source/target image and mask paths, from the manifest named in run.json's suite."""
     suite = run_info.get("suite") or {}
     if not isinstance(suite, Mapping):
@@ -258,7 +382,7 @@ def _image_grids(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, An
         return {}
     jobs = results.dropna(subset=["artifact_image"]).drop_duplicates("job_id")
     jobs = jobs.sort_values(["category", "pair_id", "method", "preset", "task", "seed", "settings"])
-    manifest = _manifest_pairs(run_dir, run_info)
+    manifest = manifest_pairs(run_dir, run_info)
     grids: dict[str, str] = {}
     for category, in_category in jobs.groupby("category", sort=True):
         sections = []
@@ -268,7 +392,7 @@ def _image_grids(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, An
             for role in ("source", "target"):
                 image = pair_paths.get(f"{role}_image")
                 dest = out / "images" / f"{_slug(pair_id)}-{role}.png"
-                if image is not None and _thumbnail(image, dest, pair_paths.get(f"{role}_mask")):
+                if image is not None and thumbnail(image, dest, pair_paths.get(f"{role}_mask")):
                     heads.append(f"{role} (mask outline)")
                     images.append(_img(dest, out, role))
                     attentions.append("")
@@ -277,7 +401,7 @@ def _image_grids(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, An
                 for kind, cells in (("image", images), ("attention", attentions)):
                     artifact = getattr(job, f"artifact_{kind}")
                     dest = out / "images" / f"{_slug(job.job_id)}-{kind}.png"
-                    ok = isinstance(artifact, str) and _thumbnail(run_dir / artifact, dest)
+                    ok = isinstance(artifact, str) and thumbnail(run_dir / artifact, dest)
                     cells.append(_img(dest, out, f"{kind} of {job.job_id}") if ok else "")
             rows = "".join(f"<tr>{''.join(f'<td>{cell}</td>' for cell in row)}</tr>"
                            for row in (heads, images, attentions))
@@ -286,11 +410,43 @@ def _image_grids(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, An
     return grids
 
 
+def _ablation_section(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, Any], labels: list[str],
+                      ablation: pd.DataFrame, out: Path) -> str:
+    """The table and the image grid in the layout of the paper's Fig. 8: a row per pair, a column per variant."""
+    jobs = results.dropna(subset=["artifact_image"]).drop_duplicates("job_id")
+    jobs = jobs.assign(label=[method_label(m, p) for m, p in zip(jobs["method"], jobs["preset"])])
+    jobs = jobs[jobs["label"].isin(labels)]
+    # One output per pair and variant: transfers when the run has any, the lowest seed and first settings.
+    task = "transfer" if jobs["task"].eq("transfer").any() else (jobs["task"].min() if not jobs.empty else None)
+    jobs = jobs[jobs["task"].eq(task)].sort_values(["seed", "settings", "job_id"]).drop_duplicates(["pair_id", "label"])
+    manifest = manifest_pairs(run_dir, run_info)
+    heads = "".join(f"<th>{html.escape(text)}</th>" for text in ["pair", "source", "target", *labels])
+    rows = []
+    for (category, pair_id), pair_jobs in jobs.groupby(["category", "pair_id"], sort=True):
+        cells = [f"<td>{html.escape(str(pair_id))}<br>{html.escape(str(category))}</td>"]
+        pair_paths = manifest.get(str(pair_id), {})
+        for role in ("source", "target"):
+            image, dest = pair_paths.get(f"{role}_image"), out / "images" / f"{_slug(pair_id)}-{role}.png"
+            ok = image is not None and thumbnail(image, dest, pair_paths.get(f"{role}_mask"))
+            cells.append(f"<td>{_img(dest, out, role) if ok else ''}</td>")
+        by_label = pair_jobs.set_index("label")
+        for label in labels:
+            artifact = by_label["artifact_image"].get(label)
+            dest = out / "images" / f"{_slug(by_label['job_id'].get(label))}-image.png"
+            ok = isinstance(artifact, str) and thumbnail(run_dir / artifact, dest)
+            cells.append(f"<td>{_img(dest, out, label) if ok else ''}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return (f"<h2 id=\"ablations\">Ablations</h2><p>Mean [95% bootstrap CI] over all categories; columns of the grid "
+            f"below in the suite file's order ({html.escape(str(task))} outputs, lowest seed).</p>"
+            f"<div class=\"ablation\">{to_html_fragment(ablation)}</div>"
+            f"<table class=\"grid\" id=\"ablation-grid\"><tr>{heads}</tr>{''.join(rows)}</table>")
+
+
 def _job_label(job: Any) -> str:
     settings = [f"t_start {job.t_start}" if pd.notna(job.t_start) else "",
                 f"η {format_number(float(job.eta))}" if pd.notna(job.eta) else ""]
     detail = ", ".join(s for s in [f"seed {job.seed}", *settings] if s)
-    return (f"<b>{html.escape(_method_label(job.method, job.preset))}</b><br>{html.escape(str(job.task))}"
+    return (f"<b>{html.escape(method_label(job.method, job.preset))}</b><br>{html.escape(str(job.task))}"
             f"<br>{html.escape(detail)}")
 
 
@@ -311,7 +467,9 @@ def _provenance(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFram
         ("suite", str(suite.get("name", ""))),
         ("code version", ", ".join(sorted(results["code_version"].dropna().unique())) if not results.empty else ""),
         ("host", json.dumps(run_info.get("host", ""), default=str)),
-        ("start / end", f"{run_info.get('start', '')} / {run_info.get('end', '')}"),
+        ("git", str(run_info.get("git") or "")),
+        ("start / end", f"{run_info.get('started_at', run_info.get('start', ''))} / "
+                        f"{run_info.get('finished_at', run_info.get('end', ''))}"),
         ("counts", json.dumps(run_info.get("counts", {}), default=str)),
         ("versions", json.dumps(run_info.get("versions", {}), default=str, sort_keys=True)),
         ("models", "; ".join(f"{m}: {mid} (hash {h}, {label})" for m, mid, h, label in
@@ -330,11 +488,11 @@ def _provenance(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFram
 def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame,
                 per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
                 metric_plots: Mapping[str, str], loss_plots: Mapping[str, str], grids: Mapping[str, str],
-                reference: str) -> str:
+                reference: str, ablation_html: str = "") -> str:
     banner = f'<p class="warning">{html.escape(TINY_RANDOM_NOTE)}</p>' if uses_tiny_random(results) else ""
-    method_labels = sorted({_method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
+    method_labels = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
     nav = ['<a href="#provenance">provenance</a>', '<a href="#tables">tables</a>', '<a href="#paired">paired</a>',
-           '<a href="#plots">plots</a>']
+           '<a href="#plots">plots</a>'] + (['<a href="#ablations">ablations</a>'] if ablation_html else [])
     nav += [f'<a href="#cat-{_slug(c)}">{html.escape(c)}</a>' for c in grids]
     nav += [f'<a href="#method-{_slug(m)}">{html.escape(m)}</a>' for m in method_labels]
     nav.append(f'<a href="#failures">failures ({len(failures)})</a>')
@@ -354,6 +512,8 @@ def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFram
     body.append("<h2 id=\"plots\">Plots</h2><div class=\"plots\">"
                 + "".join(f'<img src="{html.escape(src)}" alt="{html.escape(metric)}">'
                           for metric, src in metric_plots.items()) + "</div>")
+    if ablation_html:
+        body.append(ablation_html)
     body.append("<h2>Images</h2>")
     for category, grid in grids.items():
         body.append(f"<h3 id=\"cat-{_slug(category)}\">{html.escape(category)}</h3>{grid}")
