@@ -214,7 +214,8 @@ def _attach_failures(table: pd.DataFrame, df: pd.DataFrame, keys: list[str]) -> 
 
 
 def _settings_without_method(settings: object) -> str:
-    """Canonical settings with method/preset removed, so different methods' jobs can pair."""
+    """Canonical task settings without what belongs to the method (name, preset, learning overrides), so
+    different methods' jobs on the same pair, seed and task settings can pair."""
     if not isinstance(settings, str):
         return "" if settings is None or (isinstance(settings, float) and np.isnan(settings)) else str(settings)
     try:
@@ -222,7 +223,7 @@ def _settings_without_method(settings: object) -> str:
     except ValueError:
         return settings
     if isinstance(parsed, dict):
-        parsed = {k: v for k, v in parsed.items() if k not in ("method", "preset")}
+        parsed = {k: v for k, v in parsed.items() if k not in ("method", "preset", "learn")}
     return json.dumps(parsed, sort_keys=True, separators=(",", ":"))
 
 
