@@ -13,9 +13,14 @@ REGISTRY: dict[str, str] = {
     "lpips_diversity": "lpips_metric:LpipsDiversity",
     "ssim_psnr": "ssim_psnr:SsimPsnrOutside",
     "mask_iou": "mask_iou:MaskIoU",
+    "estimated_mask_iou": "mask_estimation:EstimatedMaskIoU",
     "pattern_fidelity": "oracle:PatternFidelity",
     "pattern_leakage": "oracle:PatternLeakage",
     "oracle_preservation": "oracle:OraclePreservation",
+    "clip_masked": "masked_similarity:ClipMaskedSimilarity",
+    "dino_masked": "masked_similarity:DinoMaskedSimilarity",
+    "esr": "esr:EditingSuccessRate",
+    "concept_classification": "concept_classification:ConceptClassification",
 }
 
 

@@ -41,6 +41,7 @@ class Sample:
     target_image: np.ndarray | None = None
     target_mask: np.ndarray | None = None  # the mask the method edited inside
     predicted_mask: np.ndarray | None = None  # RoI matching output (bool)
+    estimated_masks: list[np.ndarray] | None = None  # source masks a method estimated (bool, source size)
     gt_mask: np.ndarray | None = None  # ground-truth target mask
     expected_image: np.ndarray | None = None  # synthetic sets: the target with the pattern drawn on its part
     prompt: str | None = None

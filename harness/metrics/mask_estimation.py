@@ -1,0 +1,53 @@
+"""IoU of the source masks a method *estimated* (EM masks, ConceptExpress concepts, CLiC's automatic source
+mask) against the ground-truth source mask of the pair.
+
+The masks arrive in ``Sample.estimated_masks`` (bool, any size: resized nearest to the ground truth's), which
+the runner fills from the learned concept's ``arrays`` entries named ``estimated_mask*``; the ground truth is
+``Sample.source_mask`` (the manifest's source mask, which the estimating methods do not use). A method that
+finds several concepts is scored by its best-matching one: the concept found for the annotated region.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from ._regions import resize_mask
+from .base import MetricSettings, MetricValue, Sample, check_mask
+from .mask_iou import EMPTY_UNION_IOU
+
+
+def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, int, int]:
+    """(IoU, intersection, union) of two bool masks of one size; ``EMPTY_UNION_IOU`` when both are empty."""
+    intersection = int(np.count_nonzero(predicted & truth))
+    union = int(np.count_nonzero(predicted | truth))
+    return (intersection / union if union else EMPTY_UNION_IOU), intersection, union
+
+
+class EstimatedMaskIoU:
+    """"estimated_mask_iou": max over the estimated masks of IoU with the ground-truth source mask;
+    "estimated_mask_count": how many masks the method estimated. Scored on transfer samples (one per
+    concept × target; the value depends on the concept only)."""
+
+    name: ClassVar[str] = "estimated_mask_iou"
+    version: ClassVar[str] = "1.0"
+    scale: ClassVar[str] = "IoU in [0, 1] (1 = the estimated source mask equals the ground truth); count of masks"
+    tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
+
+    def __init__(self, settings: MetricSettings) -> None:
+        self.weights = "none"  # closed form: no model
+
+    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
+        return [self._score(sample) if sample.task in self.tasks else [] for sample in samples]
+
+    @staticmethod
+    def _score(sample: Sample) -> list[MetricValue]:
+        if not sample.estimated_masks or sample.source_mask is None:
+            return []
+        truth = check_mask(sample.source_mask, f"{sample.job_id}: source_mask")
+        best = max(
+            mask_iou(resize_mask(check_mask(mask, f"{sample.job_id}: estimated_masks[{index}]"), truth.shape), truth)[0]
+            for index, mask in enumerate(sample.estimated_masks)
+        )
+        return [MetricValue("estimated_mask_iou", best),
+                MetricValue("estimated_mask_count", float(len(sample.estimated_masks)))]
