@@ -1,38 +1,36 @@
-"""Learning-step benchmarks: fused vs naive (time, loss agreement, peak memory), capture cost, cached work."""
+"""Learning-step benchmarks: fused vs naive (time, loss agreement, memory kept for backward), capture cost,
+cached work."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .steps import capture_off_case, fused_loss, make_case, naive_loss, time_naive, time_step
-
-ROOT = Path(__file__).resolve().parents[2]
-
-_MEMORY_SCRIPT = """
-import resource, sys, json
-sys.path.insert(0, {root!r})
-from benchmarks.perf.steps import make_case, fused_loss, naive_loss, time_step, time_naive
-case = make_case({resolution})
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if {variant!r} == "fused":
-    time_step(fused_loss, case, repeats=3, warmup=1)
-else:
-    time_naive(case, repeats=3, warmup=1)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"peak_mb": peak / 1024, "step_mb": (peak - baseline) / 1024}}))
-"""
+from .naive import naive_step
+from .steps import capture_off_case, fused_loss, make_case, naive_loss, naive_processors, time_naive, time_step
 
 
-def peak_memory(variant: str, resolution: int) -> dict[str, float]:
-    """Peak RSS of a fresh process running the step (ru_maxrss; the model's own memory is the baseline)."""
-    script = _MEMORY_SCRIPT.format(root=str(ROOT), resolution=resolution, variant=variant)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def activation_megabytes(step, case) -> float:
+    """Bytes autograd keeps for the backward pass of one step (plus what the step stores), in MB.
+
+    Counted with ``saved_tensors_hooks``: deterministic and independent of machine load, unlike RSS. Each
+    tensor's storage is counted once (views share it).
+    """
+    seen: set[int] = set()
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss, _ = step(case)
+    loss.backward()
+    return total / 2**20
 
 
 def fused_vs_naive(resolution: int, repeats: int) -> dict[str, Any]:
@@ -46,11 +44,12 @@ def fused_vs_naive(resolution: int, repeats: int) -> dict[str, Any]:
         fused_times.append(time_step(fused_loss, case, repeats))
         naive_times.append(time_naive(case, repeats))
     fused_s, naive_s = sorted(fused_times)[1], sorted(naive_times)[1]
-    memory = {variant: peak_memory(variant, resolution) for variant in ("fused", "naive")}
+    with naive_processors(case) as store:
+        naive_mb = activation_megabytes(lambda c: naive_step(c.state, c.batch, c.object_word, store), case)
     return {
         "resolution": resolution, "fused_ms": fused_s * 1000, "naive_ms": naive_s * 1000, "speedup": naive_s / fused_s,
-        "max_rel_loss_diff": worst, "fused_step_mb": memory["fused"]["step_mb"], "naive_step_mb": memory["naive"]["step_mb"],
-        "fused_peak_mb": memory["fused"]["peak_mb"], "naive_peak_mb": memory["naive"]["peak_mb"],
+        "max_rel_loss_diff": worst, "fused_activation_mb": activation_megabytes(fused_loss, case),
+        "naive_activation_mb": naive_mb,
     }
 
 
