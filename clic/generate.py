@@ -4,7 +4,7 @@ weights on) with "a photo of an OBJECT, with <v*> style" to put the concept on i
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
@@ -14,6 +14,7 @@ from .concept import LearnedConcept
 from .learn import capture_resolution, encode_text, format_prompt
 from .models import SDComponents
 from .transfer import decode, ensure_concept
+from .settings import reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,7 @@ class GenerateSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GenerateSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown generation setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        reject_unknown_keys(cls, data, "generation setting(s)")
         settings = cls(**data)
         settings.validate()
         return settings

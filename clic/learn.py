@@ -12,15 +12,13 @@ train, prompts, terms, phases) or by overriding :meth:`clic.methods.base.Method.
 """
 from __future__ import annotations
 
-import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .attention import AttentionCapture
@@ -29,6 +27,7 @@ from .concept import LearnedConcept
 from .losses import Objective, StepTensors, resize_mask
 from .models import SDComponents
 from .tokens import ConceptTokens, merge_concept_embeddings
+from .settings import reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -82,10 +81,7 @@ class LearnConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LearnConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown learning option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        reject_unknown_keys(cls, data, "learning option(s)")
         data = dict(data)
         if "augment" in data and isinstance(data["augment"], Mapping):
             data["augment"] = AugmentConfig(**data["augment"])

@@ -15,7 +15,7 @@ those steps, is resized to the image and min-max normalised to [0, 1] (the soft 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
@@ -28,6 +28,7 @@ from .learn import ConceptSource, LearnConfig, capture_resolution, encode_text, 
 from .models import SDComponents
 from .tokens import add_learned_tokens
 from .transfer import ensure_concept
+from .settings import reject_unknown_keys
 
 # Where a learned w* is kept in a concept: the vector in ``arrays``, the settings it was learned with in ``extras``.
 REGION_TOKEN_KEY = "region_token"
@@ -47,10 +48,7 @@ class MatchSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MatchSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown match setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        reject_unknown_keys(cls, data, "match setting(s)")
         settings = cls(**data)
         settings.validate()
         return settings

@@ -14,7 +14,7 @@ touches is editable), which keeps every untouched cell bit-identical to the targ
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
@@ -26,6 +26,7 @@ from .concept import LearnedConcept
 from .learn import capture_resolution, encode_text, format_prompt, vae_moments
 from .losses import resize_mask
 from .models import SDComponents
+from .settings import reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,7 @@ class TransferSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TransferSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown transfer setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        reject_unknown_keys(cls, data, "transfer setting(s)")
         settings = cls(**data)
         settings.validate()
         return settings
@@ -162,12 +160,20 @@ def transfer_concept(
     latents = mask * latents + (1 - mask) * target_latents
     capture.set_tokens(None)
 
-    attention = torch.stack(maps).mean(0)
-    inside = float((attention * resize_mask(pixel_mask, attention.shape)[0, 0]).sum() / attention.sum().clamp_min(1e-12))
-    attention = F.interpolate(attention[None, None], size=target_image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    attention = (attention - attention.min()) / (attention.max() - attention.min()).clamp_min(1e-12)
+    attention, inside = summarize_attention(maps, pixel_mask, target_image.shape[-2:])
     return TransferResult(decode(components, latents)[0].cpu(), attention.cpu(), latents.cpu(), target_latents.cpu(),
                           mask.cpu(), inside)
+
+
+def summarize_attention(maps: list[torch.Tensor], pixel_mask: torch.Tensor,
+                        size: tuple[int, int] | torch.Size) -> tuple[torch.Tensor, float]:
+    """Average per-step (r, r) token maps: the share of the mass inside the (1,1,H,W) mask, and the map
+    resized to ``size`` and min-max normalised for display."""
+    attention = torch.stack(maps).mean(0)
+    inside = float((attention * resize_mask(pixel_mask, attention.shape)[0, 0]).sum() / attention.sum().clamp_min(1e-12))
+    attention = F.interpolate(attention[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
+    attention = (attention - attention.min()) / (attention.max() - attention.min()).clamp_min(1e-12)
+    return attention, inside
 
 
 def _position(ids: torch.Tensor, tokenizer, token: str) -> int:

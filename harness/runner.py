@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .suite import Suite
 
 NO_MODEL_LABEL = "none (no model)"  # the weights label of methods that load no model (cut-and-paste)
+METRIC_ACTOR_PREFIX = "clic-metrics-"  # + run id: the name of a run's metric actor
 
 
 @dataclass
@@ -48,6 +49,7 @@ class RunSummary:
     work_seconds: float = 0.0  # learn + task + metric seconds summed over jobs
     overhead_share: float = 0.0
     node_ids: Counter = field(default_factory=Counter)
+    peak_in_flight: int = 0  # most task jobs submitted at once (bounded by max_in_flight)
 
     @property
     def jobs_run(self) -> int:
@@ -184,13 +186,23 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
     return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id()}
 
 
+def _save_png(image, path: Path) -> None:
+    """Write a PIL image atomically: a killed or retried worker never leaves a half PNG under the real name,
+    and a rerun of the job replaces the file whole."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    store.write_bytes_atomic(path, buffer.getvalue())
+
+
 def _save_map(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     array = np.asarray(array, dtype=np.float32)
     if array.max() > 0:
         array = array / array.max()
-    Image.fromarray((array.clip(0, 1) * 255).round().astype(np.uint8), mode="L").save(path)
+    _save_png(Image.fromarray((array.clip(0, 1) * 255).round().astype(np.uint8), mode="L"), path)
 
 
 def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None, resolution: int,
@@ -243,9 +255,9 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
                                  overrides=overrides, seed=job.seed)
         edited = from_model_output(result.image, placement)
         sample.output_image = _as_float_image(edited)
-        edited.save(out / "edited.png")
+        _save_png(edited, out / "edited.png")
         _save_map(result.attention.detach().cpu().numpy(), out / "attention.png")
-        Image.fromarray(target_mask.astype(np.uint8) * 255).save(out / "mask.png")
+        _save_png(Image.fromarray(target_mask.astype(np.uint8) * 255), out / "mask.png")
         artifacts = {"artifact_image": "edited.png", "artifact_attention": "attention.png", "artifact_mask": "mask.png"}
     elif job.task == "generate":
         result = method.generate(components, learned, job.object_word, preset=job.preset, overrides=overrides,
@@ -253,7 +265,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
         first = result.images[0].detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
         sample.output_image = first.astype(np.float32)
         sample.prompt = result.prompt
-        Image.fromarray((first * 255).round().astype(np.uint8)).save(out / "edited.png")
+        _save_png(Image.fromarray((first * 255).round().astype(np.uint8)), out / "edited.png")
         artifacts = {"artifact_image": "edited.png"}
         if getattr(result, "attention", None) is not None:
             _save_map(result.attention[0].detach().cpu().numpy(), out / "attention.png")
@@ -262,7 +274,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
         result = method.match(components, learned, image, job.object_word, preset=job.preset,
                               overrides=overrides, seed=job.seed)
         sample.predicted_mask = mask_from_model_output(result.mask, placement)
-        Image.fromarray(sample.predicted_mask.astype(np.uint8) * 255).save(out / "mask.png")
+        _save_png(Image.fromarray(sample.predicted_mask.astype(np.uint8) * 255), out / "mask.png")
         artifacts = {"artifact_mask": "mask.png"}
     prefix = Path(store.ARTIFACTS_DIR) / job.job_id
     artifact_paths = {key: str(prefix / name) for key, name in artifacts.items()}
@@ -386,7 +398,9 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     metric_info = {m.name: m for m in plan.metrics}
     # The metric actor holds the models once for the whole run; it takes no CPU slot from the jobs, and it
     # is restarted on another node if its node is lost (its calls are retried).
-    scorer = ray.remote(MetricScorer).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote(
+    # Named, so that an operator (or a test) can find it: `ray.util.list_named_actors()`.
+    scorer = ray.remote(MetricScorer).options(name=f"{METRIC_ACTOR_PREFIX}{run_id}", num_cpus=0, max_restarts=-1,
+                                              max_task_retries=-1).remote(
         metric_names, allow_random_metrics, {k: dict(v) for k, v in suite.metric_options.items()})
     metric_weights: dict[str, str] = ray.get(scorer.weights.remote()) if metric_names else {}
 
@@ -399,7 +413,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
 
     concepts_root = str(run_dir / store.CONCEPTS_DIR)
     learn_refs: dict[str, Any] = {}
-    pending = list(todo)
+    pending = deque(todo)
     in_flight: dict[Any, TaskJob] = {}  # task refs
     scoring: dict[Any, list[tuple[TaskJob, dict]]] = {}  # metric refs -> the outputs they score
     group_scoring: dict[Any, list[tuple[TaskJob, dict, dict]]] = {}  # group-metric refs -> the group
@@ -426,8 +440,8 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
                  "metric_scale": metric_info[name].scale, "metric_weights": metric_weights.get(name)}
                 for name, value_name, value in values]
 
-    def failed_row(job: TaskJob, error: BaseException) -> list[dict]:
-        return [{**_base_row(job, run_id, models), "status": store.STATUS_FAILED, "error": one_line(error),
+    def failed_row(job: TaskJob, error: BaseException, stage: str = "") -> list[dict]:
+        return [{**_base_row(job, run_id, models), "status": store.STATUS_FAILED, "error": stage + one_line(error),
                  "finished_at": now_iso()}]
 
     def scored(job: TaskJob, output: dict, result: dict) -> None:
@@ -441,15 +455,22 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
             samples = [item[1]["sample"] for item in members]
             group_scoring[scorer.score_groups.remote(group_metrics, samples)] = members
 
+    def awaiting_scores() -> int:
+        return sum(len(batch) for batch in scoring.values()) + sum(len(m) for m in group_scoring.values())
+
     def submit() -> None:
-        while pending and len(in_flight) < max_in_flight:
-            job = pending.pop(0)
+        # At most max_in_flight outputs may wait for the metric actor as well: a slow scorer then holds
+        # back new jobs instead of letting finished samples (images) pile up in the driver's memory.
+        # (Members held for a group metric do not count: a group larger than the bound would never finish.)
+        while pending and len(in_flight) < max_in_flight and awaiting_scores() < max_in_flight:
+            job = pending.popleft()
             node = graph.learns[job.concept_id]
             if job.concept_id not in learn_refs:
                 learn_refs[job.concept_id] = learn_remote.remote(node, concepts_root)
             ref = task_remote.remote(job, learn_refs[job.concept_id], node.model.model_id if node.model else None,
                                      plan.resolution, str(run_dir))
             in_flight[ref] = job
+        summary.peak_in_flight = max(summary.peak_in_flight, len(in_flight))
 
     submit()
     while in_flight or scoring or group_scoring:
@@ -470,12 +491,27 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
                 outputs.append((job, output))
             elif ref in scoring:
                 batch = scoring.pop(ref)
-                for (job, output), result in zip(batch, ray.get(ref)):
+                try:
+                    results = ray.get(ref)
+                except Exception as error:  # a metric refused a sample: find which one, fail only that job
+                    if len(batch) > 1:
+                        for item in batch:
+                            scoring[scorer.score.remote([item[1]["sample"]])] = [item]
+                    else:
+                        record(batch[0][0], failed_row(batch[0][0], error, "metric: "), failed=True)
+                    continue
+                for (job, output), result in zip(batch, results):
                     scored(job, output, result)
             else:
                 members = group_scoring.pop(ref)
+                try:
+                    group_values = ray.get(ref)
+                except Exception as error:
+                    for member_job, _, _ in members:
+                        record(member_job, failed_row(member_job, error, "group metric: "), failed=True)
+                    continue
                 # The group's values are stored once, on its first member, so they are not counted twice.
-                members[0][2]["values"].extend(ray.get(ref))
+                members[0][2]["values"].extend(group_values)
                 for member_job, member_output, member_result in members:
                     record(member_job, ok_rows(member_job, member_output, member_result["values"],
                                                member_result["seconds"]), failed=False)
@@ -513,7 +549,8 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", summary: RunSummary, star
         "learns_total": int((previous.get("learns_total") or 0) + summary.learns_run),
         "nodes": dict(summary.node_ids),
         "timing": {"wall_seconds": summary.wall_seconds, "work_seconds": summary.work_seconds,
-                   "worker_slots": slots, "overhead_share": summary.overhead_share},
+                   "worker_slots": slots, "overhead_share": summary.overhead_share,
+                   "peak_in_flight": summary.peak_in_flight},
     })
 
 

@@ -10,6 +10,10 @@ REGISTRY: dict[str, str] = {
     "break_a_scene": "clic.methods.break_a_scene:BreakAScene",
     "realfill": "clic.methods.realfill:RealFill",
     "textual_inversion": "clic.methods.textual_inversion:TextualInversion",
+    "em_masks": "clic.methods.em_masks:EMMasks",
+    "concept_express": "clic.methods.concept_express:ConceptExpress",
+    "single_insert": "clic.methods.single_insert:SingleInsert",
+    "fault_injection": "clic.methods.fault_injection:FaultInjection",  # TEST ONLY: kills/fails on purpose
 }
 
 

@@ -8,7 +8,6 @@ The defaults run the shared loops (:mod:`clic.learn`, :mod:`clic.transfer`, :mod
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 

@@ -32,6 +32,7 @@ from ..losses import StepTensors, resize_mask
 from ..models import SDComponents
 from ..selfattention import recording_self_attention
 from .base import Method
+from ..settings import reject_unknown_keys
 
 ESTIMATED_MASK_KEY = "estimated_mask_{index}"
 
@@ -47,10 +48,7 @@ class LocateSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LocateSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ConceptExpress locate setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        reject_unknown_keys(cls, data, "ConceptExpress locate setting(s)")
         data = dict(data)
         if "timesteps" in data:
             data["timesteps"] = tuple(int(t) for t in data["timesteps"])

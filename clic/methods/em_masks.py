@@ -23,7 +23,7 @@ trained against) and the E-step count in ``extras``. Only the first source image
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -36,6 +36,7 @@ from ..learn import (ConceptSource, LearnConfig, StepBatch, TrainState, encode_t
                      learn_concept, vae_moments)
 from ..match import threshold_map
 from .base import Method
+from ..settings import reject_unknown_keys
 
 ESTIMATED_MASK_KEY = "estimated_mask_{index}"
 LAMBDA_ATTENTION = 1e-2  # Break-A-Scene's reference value; the EM paper builds on its masked + attention losses
@@ -52,10 +53,7 @@ class EMSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EMSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown EM setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        reject_unknown_keys(cls, data, "EM setting(s)")
         data = dict(data)
         if isinstance(data.get("crf"), Mapping):
             data["crf"] = DenseCRFSettings(**data["crf"])

@@ -19,7 +19,7 @@ from ..concept import LearnedConcept
 from ..learn import LearnConfig, StepBatch, TrainState, capture_resolution, encode_text, format_prompt, vae_moments
 from ..losses import StepTensors, resize_mask
 from ..models import SDComponents
-from ..transfer import TransferResult, TransferSettings, decode, ensure_concept, latent_region
+from ..transfer import TransferResult, TransferSettings, decode, ensure_concept, latent_region, summarize_attention
 from .base import Method
 
 
@@ -97,10 +97,7 @@ def inpaint_concept(components: SDComponents, concept: LearnedConcept, target_im
     region = latent_region(target_mask.to(device), target_latents.shape[-2:])
     latents = region * latents + (1 - region) * target_latents
     capture.set_tokens(None)
-    attention = torch.stack(maps).mean(0)
-    inside = float((attention * resize_mask(pixel_mask, attention.shape)[0, 0]).sum() / attention.sum().clamp_min(1e-12))
-    attention = F.interpolate(attention[None, None], size=target_image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    attention = (attention - attention.min()) / (attention.max() - attention.min()).clamp_min(1e-12)
+    attention, inside = summarize_attention(maps, pixel_mask, target_image.shape[-2:])
     return TransferResult(decode(components, latents)[0].cpu(), attention.cpu(), latents.cpu(), target_latents.cpu(),
                           region.cpu(), inside)
 

@@ -33,7 +33,7 @@ nothing is downloaded.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -51,6 +51,7 @@ from ..losses import Objective, StepTensors, register_term, resize_mask
 from ..models import SDComponents
 from ..tokens import ConceptTokens, merge_concept_embeddings
 from .base import Method
+from ..settings import reject_unknown_keys
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use
 LORA_PREFIX = "lora/"  # LoRA tensors inside LearnedConcept.arrays
@@ -125,10 +126,7 @@ class SingleInsertConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SingleInsertConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SingleInsert option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        reject_unknown_keys(cls, data, "SingleInsert option(s)")
         data = dict(data)
         for key in ("unet_lora_targets", "text_lora_targets"):
             if key in data:

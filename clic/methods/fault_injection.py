@@ -1,0 +1,104 @@
+"""A TEST-ONLY method that fails on purpose, for the harness's reliability tests (tests/test_reliability.py).
+
+It is cut-and-paste (:mod:`clic.methods.cut_paste`) plus one injected fault, chosen by preset:
+
+- ``kill-once-in-learn`` / ``kill-once-in-transfer``: the worker process SIGKILLs itself at learning
+  step ``kill_at_step`` (or at the start of the transfer), the way an OOM killer or a pre-empted node ends a
+  worker. Only the first attempt dies: a marker file is created just before, so the retry (Ray's
+  system-failure retry) finds it and succeeds. Markers live beside the concept folder being written
+  (``<concepts root>/.fault-*``), i.e. inside the run folder, keyed by the source (and target) content.
+- ``nan-loss`` / ``oom``: a deterministic error in learning (a NaN loss; a CUDA out-of-memory error),
+  raised on every attempt: the harness must record it as a failed job, not retry it forever.
+
+Every learning attempt appends a line to ``<concepts root>/.fault-attempts-<key>``, so a test can count
+how many times the harness ran it.
+
+Do not benchmark it; its numbers are cut-and-paste's. It exists so that worker death, node loss and
+failing jobs can be tested on CPU in seconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..concept import LearnedConcept
+from ..learn import ConceptSource
+from .cut_paste import CutPaste, PasteResult
+
+MARKER_PREFIX = ".fault-"
+
+
+def _content_key(*tensors: torch.Tensor, label: str) -> str:
+    digest = hashlib.sha256(label.encode())
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _die_once(marker: Path) -> None:
+    """SIGKILL this process unless ``marker`` exists; create it first so that the next attempt lives."""
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FaultInjection(CutPaste):
+    name = "fault_injection"
+    description = "TEST ONLY: cut-and-paste that kills its worker once or raises, to test the harness's recovery"
+    presets = {
+        "kill-once-in-learn": {"fault": {"kind": "kill-once", "phase": "learn", "kill_at_step": 2}},
+        "kill-once-in-transfer": {"fault": {"kind": "kill-once", "phase": "transfer"}},
+        "nan-loss": {"fault": {"kind": "nan-loss", "phase": "learn"}},
+        "oom": {"fault": {"kind": "oom", "phase": "learn"}},
+    }
+    default_preset = "kill-once-in-learn"
+    sources = {"method": "none: a test fixture for harness reliability (tests/test_reliability.py)"}
+
+    def fault(self, preset: str | None) -> Mapping[str, Any]:
+        return self.preset(preset)["fault"]
+
+    def learn(self, components: Any, source: ConceptSource, *, preset: str | None = None,
+              overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
+              progress: bool = True) -> LearnedConcept:
+        fault = self.fault(preset)
+        steps = int(self.learn_config(preset, overrides).steps)
+        markers = Path(out_dir).parent if out_dir is not None else None
+        if fault["kind"] == "kill-once" and markers is None:
+            raise ValueError("fault_injection: kill-once needs out_dir (its marker file lives beside it)")
+        key = _content_key(source.image, source.masks, label=f"{preset or self.default_preset}:{seed}")
+        if markers is not None:  # one line per attempt, so tests can count how often the harness tried
+            markers.mkdir(parents=True, exist_ok=True)
+            with (markers / f"{MARKER_PREFIX}attempts-{key}").open("a") as log:
+                log.write(f"{os.getpid()}\n")
+        if fault["phase"] == "learn":
+            for step in range(steps):  # a stand-in for a training loop: the fault hits at a given step
+                if fault["kind"] == "kill-once" and step == fault["kill_at_step"]:
+                    _die_once(markers / f"{MARKER_PREFIX}learn-{key}")
+                elif fault["kind"] == "nan-loss" and step == 1:
+                    raise FloatingPointError(f"loss is nan at step {step} (injected by fault_injection)")
+                elif fault["kind"] == "oom":
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by fault_injection)")
+        concept = super().learn(components, source, preset=preset, overrides=overrides, seed=seed, out_dir=None)
+        concept.method = self.name
+        concept.config["fault_markers"] = str(markers) if markers is not None else None
+        if out_dir is not None:
+            concept.save(out_dir)
+        return concept
+
+    def transfer(self, components: Any, concept: LearnedConcept, target_image: torch.Tensor,
+                 target_mask: torch.Tensor, object_word: str, *, preset: str | None = None,
+                 overrides: Mapping[str, Any] | None = None, seed: int = 0) -> PasteResult:
+        fault = self.fault(preset or concept.preset)
+        if fault["kind"] == "kill-once" and fault["phase"] == "transfer":
+            key = _content_key(concept.arrays["source_image"], target_image, target_mask,
+                               label=f"{concept.preset}:{seed}")
+            _die_once(Path(concept.config["fault_markers"]) / f"{MARKER_PREFIX}transfer-{key}")
+        return super().transfer(components, concept, target_image, target_mask, object_word, preset=preset,
+                                overrides=overrides, seed=seed)
