@@ -107,6 +107,8 @@ class LearnNode:
     learn_overrides: Mapping[str, Any]
     model: ModelInfo | None  # None for methods that load no model
     resolution: int
+    # Without a source mask: the settings of CLiC's automatic source mask (RoI-matching settings).
+    mask_settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,7 @@ class Plan:
     match_settings: Mapping[str, Any]
     metrics: Sequence[MetricInfo]
     resolution: int
+    estimate_source_masks: bool = False  # learn without the manifest's source masks (kept as ground truth)
 
 
 def _metrics_for(task: str, metrics: Sequence[MetricInfo]) -> list[MetricInfo]:
@@ -233,17 +236,20 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
     seen: set[str] = set()
     for pair, run, seed in itertools.product(list(pairs), plan.methods, plan.seeds):
         model = models[run.name]
+        learn_mask = None if plan.estimate_source_masks else pair.source_mask
         learn_key = {
-            "source_image": file_digest(pair.source_image), "source_mask": optional_digest(pair.source_mask),
+            "source_image": file_digest(pair.source_image), "source_mask": optional_digest(learn_mask),
             "object_word": pair.source_object, "method": run.name, "preset": run.preset, "seed": int(seed),
             "learn": dict(run.learn), "resolution": plan.resolution,
             "weights_hash": model.weights_hash if model else None, "code_version": code_version(),
+            "mask_settings": None if learn_mask else dict(plan.match_settings),
         }
         concept_id = content_id(learn_key)
         graph.learns.setdefault(concept_id, LearnNode(
             concept_id=concept_id, method=run.name, preset=run.preset, seed=int(seed),
-            source_image=pair.source_image, source_mask=pair.source_mask, object_word=pair.source_object,
+            source_image=pair.source_image, source_mask=learn_mask, object_word=pair.source_object,
             learn_overrides=dict(run.learn), model=model, resolution=plan.resolution,
+            mask_settings={} if learn_mask else dict(plan.match_settings),
         ))
         common = dict(concept_id=concept_id, pair_id=pair.pair_id, category=pair.category, method=run.name,
                       preset=run.preset, seed=int(seed), source_image=pair.source_image,
@@ -269,7 +275,9 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
                 **common, **paths,
             ))
 
-        target_hashes = {"target_image": file_digest(pair.target_image),
+        # The pair id is part of a task job's identity: two rows with identical files still get one result
+        # row each (their concept, which depends on the bytes only, is shared).
+        target_hashes = {"pair_id": pair.pair_id, "target_image": file_digest(pair.target_image),
                          "target_mask": optional_digest(pair.target_mask),
                          "target_mask_gt": optional_digest(pair.target_mask_gt),
                          "expected_image": optional_digest(pair.expected_image)}

@@ -95,7 +95,7 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
         generate_settings={"steps": generate.steps, "stage_one_steps": generate.stage_one_steps,
                            "images": generate.images_per_seed},
         match_missing_masks=suite.match.enabled, match_settings={"steps": suite.match.steps},
-        metrics=metrics, resolution=resolution,
+        metrics=metrics, resolution=resolution, estimate_source_masks=suite.source_masks == "estimate",
     )
 
 
@@ -173,17 +173,46 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
     final = Path(concepts_root) / node.concept_id
     if store.concept_is_complete(final):
         return {"folder": str(final), "seconds": 0.0, "learned": False, "node_id": _node_id()}
-    if node.source_mask is None:
-        raise ValueError(f"{node.source_image}: no source mask (automatic source masks are not run by the harness)")
     start = time.perf_counter()
     method = get_method(node.method)
     _, _, (image, mask, _) = _model_input(node.source_image, node.source_mask, node.resolution)
+    estimated = None
+    if mask is None:
+        mask, estimated = _mask_for_unmasked_source(method, node, image)
     components = load_components(node.model.model_id) if node.model else None
     temp = store.temp_sibling(final)
     method.learn(components, ConceptSource(image, mask, node.object_word), preset=node.preset,
                  overrides=node.learn_overrides, seed=node.seed, out_dir=temp, progress=False)
+    if estimated is not None:  # kept with the concept, where the estimated-mask metric reads it
+        from clic.concept import LearnedConcept
+
+        concept = LearnedConcept.load(temp)
+        concept.arrays["estimated_mask_0"] = estimated
+        concept.save(temp)
     store.publish_folder(temp, final)
     return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id()}
+
+
+def _mask_for_unmasked_source(method, node: LearnNode, image):
+    """The learning mask of a manifest row without ``source_mask`` (and the estimate to keep, if any).
+
+    Methods that estimate their own masks get a whole-image placeholder; methods with RoI matching (CLiC)
+    get the automatic source mask of the paper (§3.4), learned on fresh components; others cannot learn.
+    """
+    import torch
+
+    if method.estimates_masks:
+        return torch.ones(1, *image.shape[-2:]), None
+    if not method.supports("match") or node.model is None:
+        raise ValueError(f"{node.source_image}: no source mask, and method {node.method!r} cannot estimate one")
+    from clic.match import MatchSettings, automatic_source_mask
+    from clic.models import load_components
+
+    soft, binary = automatic_source_mask(load_components(node.model.model_id), image[None], node.object_word,
+                                         MatchSettings.from_dict(node.mask_settings), seed=node.seed)
+    if not binary.any():
+        raise ValueError(f"{node.source_image}: the automatic source mask is empty")
+    return binary[0:1].float(), soft[0].float()
 
 
 def _save_png(image, path: Path) -> None:
@@ -225,9 +254,12 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     out.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, str] = {}
     sample = Sample(job_id=job.job_id, task=job.task, object_word=job.object_word, group=job.group)
-    source, source_mask, _ = _model_input(job.source_image, job.source_mask, resolution)
+    source, source_mask, (_, _, source_placement) = _model_input(job.source_image, job.source_mask, resolution)
     sample.source_image = _as_float_image(source)
     sample.source_mask = source_mask
+    # Masks the method estimated itself (EM, ConceptExpress, CLiC's automatic source mask), at source size.
+    sample.estimated_masks = [mask_from_model_output(learned.arrays[key].numpy() >= 0.5, source_placement)
+                              for key in sorted(learned.arrays) if key.startswith("estimated_mask")] or None
     overrides = {k: v for k, v in job.settings.items() if k not in ("learn", "object", "match")}
 
     if job.task in ("transfer", "match"):
@@ -422,11 +454,17 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     def show() -> None:
         progress.set_postfix(done=summary.done, failed=summary.failed, skipped=summary.skipped, refresh=False)
 
+    learn_counted: set[str] = set()  # a concept's learning time is counted once, not once per job using it
+
     def record(job: TaskJob, rows: list[dict[str, Any]], failed: bool) -> None:
         store.write_job_results(run_dir, job.job_id, rows)
         summary.failed += failed
         summary.done += not failed
-        summary.work_seconds += sum(float(rows[0].get(k) or 0.0) for k in ("learn_seconds", "task_seconds", "metric_seconds"))
+        row = rows[0]
+        summary.work_seconds += float(row.get("task_seconds") or 0.0) + float(row.get("metric_seconds") or 0.0)
+        if job.concept_id not in learn_counted:
+            learn_counted.add(job.concept_id)
+            summary.work_seconds += float(row.get("learn_seconds") or 0.0)
         progress.update(1)
         show()
 

@@ -34,6 +34,8 @@ A suite file (``benchmarks/*.yaml``)::
                                       # max_retries: reruns of a task whose worker died
     tasks: [transfer]                 # default [transfer]; subset of transfer, generate, match
     limit_pairs: 10                   # default null: every good pair
+    source_masks: use                 # default use; "estimate": learn without the source masks (they become
+                                      # ground truth for estimated_mask_iou)
     categories: [furniture]           # default null: every category
 
 ``match.enabled`` decides whether pairs without a ``target_mask`` get one predicted by RoI matching (off:
@@ -149,6 +151,9 @@ class Suite:
     resources: Resources = Resources()
     tasks: tuple[str, ...] = DEFAULT_TASKS
     limit_pairs: int | None = None
+    # "use": methods learn from the manifest's source masks; "estimate": they learn without them (EM,
+    # ConceptExpress, CLiC's automatic source mask) and the masks serve only as ground truth for metrics.
+    source_masks: str = "use"
     categories: tuple[str, ...] | None = None
     source: str = field(default="", compare=False)  # the suite file, for messages
 
@@ -174,6 +179,7 @@ class Suite:
             "resources": dataclasses.asdict(self.resources),
             "tasks": list(self.tasks),
             "limit_pairs": self.limit_pairs,
+            "source_masks": self.source_masks,
             "categories": list(self.categories) if self.categories is not None else None,
         }
 
@@ -372,6 +378,7 @@ class _SuiteReader:
             resources=self.resources(data.get("resources", {})),
             tasks=self.tasks(data.get("tasks", list(DEFAULT_TASKS))),
             limit_pairs=None if data.get("limit_pairs") is None else self.integer(data["limit_pairs"], "limit_pairs", minimum=1),
+            source_masks=self.choice(data.get("source_masks", "use"), "source_masks", ("use", "estimate")),
             categories=None if data.get("categories") is None else self.strings(data["categories"], "categories"),
             source=self.source,
         )
@@ -381,6 +388,12 @@ class _SuiteReader:
                 self.fail(f"methods[{index}].name", f"method {spec.name!r} runs on an inpainting UNet: set "
                                                     "inpainting_model to an SD inpainting folder or HF id")
         return suite
+
+    def choice(self, value: Any, key: str, choices: Sequence[str]) -> str:
+        value = self.string(value, key)
+        if value not in choices:
+            self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
 
     def description(self, value: Any) -> str:
         if not isinstance(value, str):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clic.learn import ConceptSource, Phase, StepBatch, TrainState, encode_text, format_prompt, learn_concept
-from clic.losses import Objective, masked_diffusion_loss, resize_mask
+from clic.learn import ConceptSource, StepBatch, TrainState, encode_text, format_prompt
+from clic.losses import Objective
 from clic.methods import available_methods, method_class
 from clic.methods.base import UnsupportedTask, get_method
 from clic.methods.break_a_scene import union_sampling_step

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks.perf.steps import fused_loss, make_case, parameters
-from clic.learn import ConceptSource, LearnConfig
+from clic.learn import ConceptSource
 from clic.methods.base import get_method
 from clic.models import build_tiny
 

@@ -40,6 +40,8 @@ class Method:
     needs_inpainting: ClassVar[bool] = False
     # False for methods that run without a diffusion model (cut-and-paste): the harness loads none.
     needs_model: ClassVar[bool] = True
+    # True for methods that estimate their own masks (EM, ConceptExpress): a missing user mask is fine.
+    estimates_masks: ClassVar[bool] = False
 
     # --------------------------------------------------------------------------------- configs
     def preset(self, preset: str | None) -> dict[str, Mapping[str, Any]]:

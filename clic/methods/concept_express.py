@@ -184,6 +184,7 @@ class ConceptExpress(Method):
     )
     presets = {"default": {}}
     default_preset = "default"
+    estimates_masks = True
     sources = {
         "locate": "ConceptExpress §3.2 (self-attention clustering: pre-clustering, merging; background excluded)",
         "distance": "ConceptExpress §3.2 (KL-type divergence between attention distributions); we use JS (symmetric)",

@@ -143,6 +143,7 @@ class EMMasks(Method):
         "smoke": {"em": {"e_every": 10, "attention_timesteps": 8}},
     }
     default_preset = "default"
+    estimates_masks = True
     sources = {
         "EM alternation, masks from cross-attention + DenseCRF": "Rahman et al. 2024 §3",
         "masked diffusion + attention loss": "Rahman et al. 2024 §3 (after Break-A-Scene); λ_att = 1e-2 from Break-A-Scene's code",
