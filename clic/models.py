@@ -15,11 +15,12 @@ Three sources, one return type (:class:`SDComponents`):
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 # Must precede any import of huggingface_hub (diffusers/transformers import it): otherwise a missing
@@ -75,6 +76,13 @@ class SDComponents:
         for module in (self.text_encoder, self.unet, self.vae):
             module.to(device)
         return self
+
+    def fork(self) -> "SDComponents":
+        """An independent copy to apply one concept to (a concept adds tokens, attention processors, maybe
+        adapters or fine-tuned weights). Copying in memory is far cheaper than reloading a checkpoint; the
+        VAE and scheduler, which no method changes, are shared."""
+        return replace(self, tokenizer=copy.deepcopy(self.tokenizer), text_encoder=copy.deepcopy(self.text_encoder),
+                       unet=copy.deepcopy(self.unet))
 
     def freeze(self) -> "SDComponents":
         for module in (self.text_encoder, self.unet, self.vae):

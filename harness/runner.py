@@ -164,11 +164,32 @@ def _as_float_image(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
+_PRISTINE_MODELS: dict[str, Any] = {}  # per worker process: model id -> SDComponents as loaded
+
+
+def fresh_components(model_id: str):
+    """Components to apply one concept to: the checkpoint is loaded once per worker process and forked
+    per job (reloading SD 1.x from disk for every job would cost seconds each)."""
+    from clic.models import load_components
+
+    if model_id not in _PRISTINE_MODELS:
+        _PRISTINE_MODELS[model_id] = load_components(model_id)
+    return _PRISTINE_MODELS[model_id].fork()
+
+
+def warm_worker(model_id: str | None) -> str:
+    """Import the method library and load the model into this worker's cache before jobs arrive, while
+    the driver starts the metric actor (a worker's first import of torch/diffusers takes seconds)."""
+    importlib.import_module("clic.methods.base")  # the import is the warm-up
+    if model_id:
+        fresh_components(model_id)
+    return _node_id()
+
+
 def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
     """Learn one concept into concepts/<concept_id> unless a complete folder is already there."""
     from clic.learn import ConceptSource
     from clic.methods.base import get_method
-    from clic.models import load_components
 
     final = Path(concepts_root) / node.concept_id
     if store.concept_is_complete(final):
@@ -179,7 +200,7 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
     estimated = None
     if mask is None:
         mask, estimated = _mask_for_unmasked_source(method, node, image)
-    components = load_components(node.model.model_id) if node.model else None
+    components = fresh_components(node.model.model_id) if node.model else None
     temp = store.temp_sibling(final)
     method.learn(components, ConceptSource(image, mask, node.object_word), preset=node.preset,
                  overrides=node.learn_overrides, seed=node.seed, out_dir=temp, progress=False)
@@ -206,9 +227,8 @@ def _mask_for_unmasked_source(method, node: LearnNode, image):
     if not method.supports("match") or node.model is None:
         raise ValueError(f"{node.source_image}: no source mask, and method {node.method!r} cannot estimate one")
     from clic.match import MatchSettings, automatic_source_mask
-    from clic.models import load_components
 
-    soft, binary = automatic_source_mask(load_components(node.model.model_id), image[None], node.object_word,
+    soft, binary = automatic_source_mask(fresh_components(node.model.model_id), image[None], node.object_word,
                                          MatchSettings.from_dict(node.mask_settings), seed=node.seed)
     if not binary.any():
         raise ValueError(f"{node.source_image}: the automatic source mask is empty")
@@ -242,14 +262,13 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     from clic.concept import LearnedConcept
     from clic.io import from_model_output, mask_from_model_output
     from clic.methods.base import get_method
-    from clic.models import load_components
     from .metrics.base import Sample
 
     start = time.perf_counter()
     method = get_method(job.method)
     learned = LearnedConcept.load(concept["folder"])
     # Fresh components per job: applying a concept mutates them (tokens, attention processors).
-    components = load_components(model_id) if model_id else None
+    components = fresh_components(model_id) if model_id else None
     out = store.artifact_dir(run_dir, job.job_id)
     out.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, str] = {}
@@ -282,7 +301,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
             target_mask = mask_from_model_output(matched.mask, placement)
             sample.target_mask = target_mask
             learned = LearnedConcept.load(concept["folder"])
-            components = load_components(model_id)
+            components = fresh_components(model_id)
         result = method.transfer(components, learned, image, mask[0], job.object_word, preset=job.preset,
                                  overrides=overrides, seed=job.seed)
         edited = from_model_output(result.image, placement)
@@ -426,6 +445,10 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     max_in_flight = max_in_flight or 2 * cluster_cpus
     learn_remote = ray.remote(learn_concept_task).options(**task_options)
     task_remote = ray.remote(run_task_job).options(**task_options)
+    main_model = next((info.model_id for info in models.values() if info), None)
+    warm_remote = ray.remote(warm_worker).options(**task_options)
+    for _ in range(slots):  # fire and forget: it overlaps the metric actor's start; real jobs queue behind it
+        warm_remote.remote(main_model)
     metric_names = [m.name for m in plan.metrics]
     metric_info = {m.name: m for m in plan.metrics}
     # The metric actor holds the models once for the whole run; it takes no CPU slot from the jobs, and it

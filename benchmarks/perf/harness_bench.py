@@ -81,7 +81,7 @@ for _ in range({nodes} - 1):
 ray.init(address=cluster.address)
 cluster.wait_for_nodes()
 suite = _suite({{"name": "perf-scaling", "methods": [{{"name": "clic", "learn": {{"steps": {steps}}}}}],
-                "limit_pairs": 2, "transfer": {{"t_start": [5], "steps": 10}}, "metrics": ["ssim_psnr"]}})
+                "limit_pairs": 4, "transfer": {{"t_start": [5], "steps": 10}}, "metrics": ["ssim_psnr"]}})
 with tempfile.TemporaryDirectory() as tmp:
     print(json.dumps(measure_run(suite, Path(tmp) / "run", slots={nodes})))
 ray.shutdown()
@@ -90,7 +90,7 @@ cluster.shutdown()
 
 
 def scaling(steps: int = 60) -> dict[str, Any]:
-    """The same CPU-bound tiny-CLiC suite (8 concepts) on 1 node of 1 CPU and on 2 nodes of 1 CPU each."""
+    """The same CPU-bound tiny-CLiC suite (16 concepts) on 1 node of 1 CPU and on 2 nodes of 1 CPU each."""
     runs = {}
     for nodes in (1, 2):
         script = _SCALING_SCRIPT.format(root=str(ROOT), nodes=nodes, steps=steps)
