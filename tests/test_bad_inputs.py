@@ -55,9 +55,10 @@ def test_bad_rows_are_one_line_each_and_the_good_rows_run(ray_session, tmp_path:
         assert len(mine) == 1 and f"column {column!r}" in mine[0] and words in mine[0], (overrides, mine)
     assert len(lines) == bad_rows
     assert results.loc["good-0", "status"] == "ok"
-    # One job per good row, none for a bad one; good-1 has good-0's exact bytes, so it is the same
-    # content-addressed job (one result serves both).
-    assert len(results) == len(cases) + 1 - bad_rows
+    # One job per good row, none for a bad one: good-1 has good-0's exact bytes, so the two share one
+    # learned concept, but each pair keeps its own result row (the pair id is part of a job's identity).
+    assert len(results) == len(cases) + 2 - bad_rows
+    assert results.loc["good-1", "status"] == "ok"
 
 
 def test_allow_outside_runs_the_rows_outside_the_manifest_folder(ray_session, tmp_path: Path,
@@ -74,8 +75,9 @@ def test_allow_outside_runs_the_rows_outside_the_manifest_folder(ray_session, tm
     assert "absolute path refused" not in err and "escapes the manifest's folder" not in err
     results = store.read_results(tmp_path / "run").drop_duplicates("job_id")
     outside = results[results["pair_id"].isin(outside_ids)]
-    # Both rows name the same file (by absolute path and by ../), so they are one content-addressed job.
-    assert list(outside["status"]) == ["ok"], outside["error"].tolist()
+    # Both rows name the same file (by absolute path and by ../): one learned concept, a result per row.
+    assert list(outside["status"]) == ["ok", "ok"], outside["error"].tolist()
+    assert outside["concept_id"].nunique() == 1
 
 
 def table(dataset: DataSet, change: str) -> Path:
