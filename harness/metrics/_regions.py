@@ -5,7 +5,7 @@ Images are float (H, W, 3) arrays in [0, 1] and masks bool (H, W) arrays, as ``b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -104,3 +104,25 @@ def transfer_view(sample: Sample) -> TransferView | None:
         return None
     size = target.shape[:2]
     return TransferView(target=target, output=resize_image(output, size), mask=resize_mask(mask, size))
+
+
+def concept_pair(sample: Sample, crop: Callable[[np.ndarray, np.ndarray], np.ndarray | None] = crop_to_mask,
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(source's concept region, output's edited region), each cut from its image by ``crop`` with its own
+    mask (source mask, target mask); None when an input is missing or a region is empty."""
+    source, source_mask = sample_image(sample, "source_image"), sample_mask(sample, "source_mask")
+    output, target_mask = sample_image(sample, "output_image"), sample_mask(sample, "target_mask")
+    if source is None or source_mask is None or output is None or target_mask is None:
+        return None
+    source_region, output_region = crop(source, source_mask), crop(output, target_mask)
+    if source_region is None or output_region is None:
+        return None
+    return source_region, output_region
+
+
+def outside_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:
+    """Target and output with the edited region greyed out in both; None if missing or nothing is outside."""
+    view = transfer_view(sample)
+    if view is None or not view.outside.any():
+        return None
+    return fill_region(view.target, view.mask), fill_region(view.output, view.mask)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 TINY_RANDOM = "tiny-random"  # the weights label of every metric model built with random weights
+NO_MODEL = "none"  # the weights label of a closed-form metric
 
 
 @dataclass(frozen=True)
@@ -101,3 +102,24 @@ def check_mask(array: np.ndarray, what: str = "mask") -> np.ndarray:
             f"{getattr(array, 'shape', '')}"
         )
     return array
+
+
+class ClosedFormMetric:
+    """Base of a metric computed without a model, one sample at a time: subclasses set the class
+    attributes of :class:`Metric` and write ``_score``. Samples of other tasks get no values."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    scale: ClassVar[str]
+    tasks: ClassVar[frozenset[str]]
+    weights_label: ClassVar[str] = NO_MODEL
+
+    def __init__(self, settings: MetricSettings) -> None:
+        self.settings = settings
+        self.weights = self.weights_label
+
+    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
+        return [self._score(sample) if sample.task in self.tasks else [] for sample in samples]
+
+    def _score(self, sample: Sample) -> list[MetricValue]:
+        raise NotImplementedError

@@ -8,7 +8,7 @@ squashed), resized bicubically to the tower's input size, normalised with the mo
 """
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import open_clip
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import models
-from ._regions import crop_to_mask, fill_region, pad_to_square, sample_image, sample_mask, to_tensor, transfer_view
+from ._regions import concept_pair, outside_pair, pad_to_square, sample_image, to_tensor
 from .base import MetricSettings, MetricValue, Sample
 
 _SCALE = "cosine [-1, 1] (raw, not x100 or x2.5)"
@@ -55,27 +55,43 @@ def embed_texts(clip: models.ClipModel, texts: Sequence[str]) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-def _roi_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:
-    """Source RoI crop and edited RoI crop, or None when a needed input is missing or a mask is empty."""
-    source, source_mask = sample_image(sample, "source_image"), sample_mask(sample, "source_mask")
-    output, target_mask = sample_image(sample, "output_image"), sample_mask(sample, "target_mask")
-    if source is None or source_mask is None or output is None or target_mask is None:
-        return None
-    source_roi, output_roi = crop_to_mask(source, source_mask), crop_to_mask(output, target_mask)
-    if source_roi is None or output_roi is None:
-        return None
-    return source_roi, output_roi
+class PairedCosineMetric:
+    """Cosines between the two images of region pairs, embedded in one batched pass per call.
+
+    Subclasses give ``value_pairs`` (value name -> function from a sample to its image pair, or None) and
+    ``embed`` (images -> unit-norm embeddings). A value is omitted when its pair is None.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    scale: ClassVar[str] = _SCALE
+    tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
+    value_pairs: ClassVar[dict[str, Callable[[Sample], tuple[np.ndarray, np.ndarray] | None]]]
+
+    def embed(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
+        pairs: list[tuple[int, str, np.ndarray, np.ndarray]] = []
+        for index, sample in enumerate(samples):
+            if sample.task not in self.tasks:
+                continue
+            for value_name, make_pair in self.value_pairs.items():
+                pair = make_pair(sample)
+                if pair is not None:
+                    pairs.append((index, value_name, *pair))
+        results: list[list[MetricValue]] = [[] for _ in samples]
+        if not pairs:
+            return results
+        # One batched pass over all first images then all second images of every pair.
+        embeddings = self.embed([pair[2] for pair in pairs] + [pair[3] for pair in pairs])
+        cosines = (embeddings[: len(pairs)] * embeddings[len(pairs):]).sum(dim=1).clamp(-1, 1)
+        for (index, value_name, _, _), cosine in zip(pairs, cosines.tolist()):
+            results[index].append(MetricValue(value_name, cosine))
+        return results
 
 
-def _outside_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:
-    """Target and output with the edited region greyed out in both; None if missing or nothing is outside."""
-    view = transfer_view(sample)
-    if view is None or not view.outside.any():
-        return None
-    return fill_region(view.target, view.mask), fill_region(view.output, view.mask)
-
-
-class ClipImageSimilarity:
+class ClipImageSimilarity(PairedCosineMetric):
     """CLIP image-image cosine: "clip_i_roi" (source RoI vs edited RoI, the concept transferred?) and
     "clip_i_outside" (target vs output with the mask greyed out in both, the rest preserved?).
 
@@ -85,31 +101,14 @@ class ClipImageSimilarity:
 
     name: ClassVar[str] = "clip_image"
     version: ClassVar[str] = _VERSION
-    scale: ClassVar[str] = _SCALE
-    tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
+    value_pairs: ClassVar[dict] = {"clip_i_roi": concept_pair, "clip_i_outside": outside_pair}
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
         self.weights = self.clip.weights
 
-    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
-        pairs: list[tuple[int, str, np.ndarray, np.ndarray]] = []
-        for index, sample in enumerate(samples):
-            if sample.task not in self.tasks:
-                continue
-            for value_name, pair in (("clip_i_roi", _roi_pair(sample)), ("clip_i_outside", _outside_pair(sample))):
-                if pair is not None:
-                    pairs.append((index, value_name, *pair))
-
-        results: list[list[MetricValue]] = [[] for _ in samples]
-        if not pairs:
-            return results
-        # One batched pass over all first images then all second images of every pair.
-        embeddings = embed_images(self.clip, [pair[2] for pair in pairs] + [pair[3] for pair in pairs])
-        cosines = (embeddings[: len(pairs)] * embeddings[len(pairs):]).sum(dim=1).clamp(-1, 1)
-        for (index, value_name, _, _), cosine in zip(pairs, cosines.tolist()):
-            results[index].append(MetricValue(value_name, cosine))
-        return results
+    def embed(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return embed_images(self.clip, images)
 
 
 class ClipTextSimilarity:

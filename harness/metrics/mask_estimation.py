@@ -8,12 +8,12 @@ finds several concepts is scored by its best-matching one: the concept found for
 """
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 
 from ._regions import resize_mask
-from .base import MetricSettings, MetricValue, Sample, check_mask
+from .base import ClosedFormMetric, MetricValue, Sample, check_mask
 from .mask_iou import EMPTY_UNION_IOU
 
 
@@ -24,7 +24,7 @@ def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, int, int]
     return (intersection / union if union else EMPTY_UNION_IOU), intersection, union
 
 
-class EstimatedMaskIoU:
+class EstimatedMaskIoU(ClosedFormMetric):
     """"estimated_mask_iou": max over the estimated masks of IoU with the ground-truth source mask;
     "estimated_mask_count": how many masks the method estimated. Scored on transfer samples (one per
     concept × target; the value depends on the concept only)."""
@@ -33,12 +33,6 @@ class EstimatedMaskIoU:
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = "IoU in [0, 1] (1 = the estimated source mask equals the ground truth); count of masks"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
-
-    def __init__(self, settings: MetricSettings) -> None:
-        self.weights = "none"  # closed form: no model
-
-    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
-        return [self._score(sample) if sample.task in self.tasks else [] for sample in samples]
 
     @staticmethod
     def _score(sample: Sample) -> list[MetricValue]:

@@ -1,12 +1,12 @@
 """IoU of a predicted RoI mask (RoI matching) against the ground-truth target mask."""
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 
 from ._regions import resize_mask
-from .base import MetricSettings, MetricValue, Sample, check_mask
+from .base import ClosedFormMetric, MetricValue, Sample, check_mask
 
 SOFT_MASK_THRESHOLD = 0.5  # a float soft map counts a pixel as predicted where its value is >= this
 EMPTY_UNION_IOU = 1.0  # both masks empty: the prediction is exactly right
@@ -22,7 +22,7 @@ def binary_prediction(mask: np.ndarray, what: str = "predicted_mask") -> np.ndar
     return check_mask(mask, what)
 
 
-class MaskIoU:
+class MaskIoU(ClosedFormMetric):
     """"mask_iou" = |P & G| / |P | G| with ``EMPTY_UNION_IOU`` when both are empty, plus the pixel counts
     "mask_intersection" and "mask_union" so the aggregator can pool IoU over a set as sum(I) / sum(U).
     The prediction is resized (nearest) to the ground truth's size when they differ.
@@ -32,12 +32,6 @@ class MaskIoU:
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = "IoU in [0, 1] (1 = identical masks); intersection/union in pixels of the gt mask"
     tasks: ClassVar[frozenset[str]] = frozenset({"match"})
-
-    def __init__(self, settings: MetricSettings) -> None:
-        self.weights = "none"  # a closed-form metric: no model
-
-    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
-        return [self._score(sample) if sample.task in self.tasks else [] for sample in samples]
 
     @staticmethod
     def _score(sample: Sample) -> list[MetricValue]:

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache  # a cache lookup only: never touches the network
 
 from . import models
-from ._regions import NEUTRAL_GREY, crop_to_mask, fill_region, pad_to_square, resize_mask, sample_image, sample_mask, \
-    to_tensor, transfer_view
-from .base import TINY_RANDOM, MetricSettings, MetricValue, Sample
-from .clip_sim import embed_images
+from ._regions import NEUTRAL_GREY, concept_pair, crop_to_mask, fill_region, outside_pair, pad_to_square, resize_mask, \
+    to_tensor
+from .base import TINY_RANDOM, MetricSettings, Sample
+from .clip_sim import PairedCosineMetric, embed_images
 
 _log = logging.getLogger(__name__)
 _SCALE = "cosine [-1, 1] (raw, not x100)"
@@ -50,22 +50,7 @@ def masked_crop(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
 
 def foreground_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:
     """(source concept region, output's edited region), both masked crops; None if missing or empty."""
-    source, source_mask = sample_image(sample, "source_image"), sample_mask(sample, "source_mask")
-    output, target_mask = sample_image(sample, "output_image"), sample_mask(sample, "target_mask")
-    if source is None or source_mask is None or output is None or target_mask is None:
-        return None
-    source_crop, output_crop = masked_crop(source, source_mask), masked_crop(output, target_mask)
-    if source_crop is None or output_crop is None:
-        return None
-    return source_crop, output_crop
-
-
-def background_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:
-    """(target, output) with the target mask greyed out in both; None if missing or nothing is outside."""
-    view = transfer_view(sample)
-    if view is None or not view.outside.any():
-        return None
-    return fill_region(view.target, view.mask), fill_region(view.output, view.mask)
+    return concept_pair(sample, masked_crop)
 
 
 # ------------------------------------------------------------------------------------ DINO
@@ -134,39 +119,13 @@ def embed_dino(dino: DinoModel, images: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ the metrics
-class _MaskedSimilarity:
-    """Foreground/background cosines with one image tower; subclasses give ``embed`` and the value names."""
-
-    name: ClassVar[str]
-    version: ClassVar[str]
-    scale: ClassVar[str] = _SCALE
-    tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
-    value_names: ClassVar[tuple[str, str]]  # (foreground, background)
-
-    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
-        pairs: list[tuple[int, str, np.ndarray, np.ndarray]] = []
-        for index, sample in enumerate(samples):
-            if sample.task not in self.tasks:
-                continue
-            for value_name, pair in zip(self.value_names, (foreground_pair(sample), background_pair(sample))):
-                if pair is not None:
-                    pairs.append((index, value_name, *pair))
-        results: list[list[MetricValue]] = [[] for _ in samples]
-        if not pairs:
-            return results
-        embeddings = self.embed([pair[2] for pair in pairs] + [pair[3] for pair in pairs])
-        cosines = (embeddings[: len(pairs)] * embeddings[len(pairs):]).sum(dim=1).clamp(-1, 1)
-        for (index, value_name, _, _), cosine in zip(pairs, cosines.tolist()):
-            results[index].append(MetricValue(value_name, cosine))
-        return results
-
-
-class ClipMaskedSimilarity(_MaskedSimilarity):
+class ClipMaskedSimilarity(PairedCosineMetric):
     """SingleInsert's CLIP-I-f ("clip_i_f") and CLIP-I-b ("clip_i_b") on masked crops."""
 
     name: ClassVar[str] = "clip_masked"
     version: ClassVar[str] = "1.0"
-    value_names: ClassVar[tuple[str, str]] = ("clip_i_f", "clip_i_b")
+    scale: ClassVar[str] = _SCALE
+    value_pairs: ClassVar[dict] = {"clip_i_f": foreground_pair, "clip_i_b": outside_pair}
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
@@ -176,12 +135,13 @@ class ClipMaskedSimilarity(_MaskedSimilarity):
         return embed_images(self.clip, images)
 
 
-class DinoMaskedSimilarity(_MaskedSimilarity):
+class DinoMaskedSimilarity(PairedCosineMetric):
     """The same split with DINO ViT-S/16 CLS features: "dino_f" and "dino_b"."""
 
     name: ClassVar[str] = "dino_masked"
     version: ClassVar[str] = f"1.0+timm-{timm.__version__}"
-    value_names: ClassVar[tuple[str, str]] = ("dino_f", "dino_b")
+    scale: ClassVar[str] = _SCALE
+    value_pairs: ClassVar[dict] = {"dino_f": foreground_pair, "dino_b": outside_pair}
 
     def __init__(self, settings: MetricSettings) -> None:
         self.dino = load_dino(settings)

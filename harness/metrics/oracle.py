@@ -7,12 +7,12 @@ for a sample without them.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage
 
-from .base import MetricSettings, MetricValue, Sample, check_image, check_mask
+from .base import ClosedFormMetric, MetricValue, Sample, check_image, check_mask
 
 ANALYTIC = "none (analytic)"
 BORDER_PX = 2  # pixels around the RoI boundary left out: anti-aliasing and mask imprecision live there
@@ -52,7 +52,7 @@ def _principal_signal(image: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return (centred @ axis) * (weights > 0)
 
 
-class PatternFidelity:
+class PatternFidelity(ClosedFormMetric):
     """How well the pattern drawn inside the target RoI matches the expected one, whatever its colours.
 
     Method: the change a method made inside the RoI (output − target) is compared with the change the
@@ -73,19 +73,13 @@ class PatternFidelity:
     version: ClassVar[str] = "1"
     scale: ClassVar[str] = "[0, 1], higher is better (cosine of pooled pattern spectra in the RoI)"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
+    weights_label: ClassVar[str] = ANALYTIC
 
     TAPER_PX: ClassVar[float] = 3.0
     ORIENTATIONS: ClassVar[int] = 12
     RADII: ClassVar[int] = 8
     RELATIVE_CONTRAST: ClassVar[float] = 0.5
     MIN_CONTRAST: ClassVar[float] = 0.02  # the expected change must show at least this much pattern
-
-    def __init__(self, settings: MetricSettings) -> None:
-        self.settings = settings
-        self.weights = ANALYTIC
-
-    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
-        return [self._score(sample) for sample in samples]
 
     def _score(self, sample: Sample) -> list[MetricValue]:
         inputs = _inputs(sample)
@@ -139,7 +133,7 @@ class PatternFidelity:
         return pooled, contrast
 
 
-class PatternLeakage:
+class PatternLeakage(ClosedFormMetric):
     """How much pattern the method drew outside the target RoI.
 
     Method: an image's local high-frequency energy is its high-pass (minus its Gaussian blur of
@@ -161,17 +155,11 @@ class PatternLeakage:
     version: ClassVar[str] = "1"
     scale: ClassVar[str] = "[0, 1], lower is better (share of pattern-strength change outside the RoI)"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
+    weights_label: ClassVar[str] = ANALYTIC
 
     SIGMA_PX: ClassVar[float] = 3.0
     LOCAL_PX: ClassVar[float] = 3.0
     GATE: ClassVar[float] = 0.25
-
-    def __init__(self, settings: MetricSettings) -> None:
-        self.settings = settings
-        self.weights = ANALYTIC
-
-    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
-        return [self._score(sample) for sample in samples]
 
     def _score(self, sample: Sample) -> list[MetricValue]:
         inputs = _inputs(sample)
@@ -212,7 +200,7 @@ class PatternLeakage:
         return ndimage.gaussian_filter(values * weight, sigma) / blurred_weight
 
 
-class OraclePreservation:
+class OraclePreservation(ClosedFormMetric):
     """How untouched the image stays outside the target RoI.
 
     Method: 1 − mean absolute difference between output and target over RGB and over the pixels outside
@@ -226,13 +214,7 @@ class OraclePreservation:
     version: ClassVar[str] = "1"
     scale: ClassVar[str] = "[0, 1], higher is better (1 - mean abs error outside the RoI)"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
-
-    def __init__(self, settings: MetricSettings) -> None:
-        self.settings = settings
-        self.weights = ANALYTIC
-
-    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
-        return [self._score(sample) for sample in samples]
+    weights_label: ClassVar[str] = ANALYTIC
 
     def _score(self, sample: Sample) -> list[MetricValue]:
         inputs = _inputs(sample)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 from importlib.metadata import version as package_version
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 from skimage.metrics import structural_similarity
 
 from ._regions import fill_region, transfer_view
-from .base import MetricSettings, MetricValue, Sample
+from .base import ClosedFormMetric, MetricValue, Sample
 
 PSNR_CAP_DB = 100.0  # identical outsides give MSE 0 (PSNR +inf); tables get this finite ceiling instead
 
@@ -19,7 +19,7 @@ def psnr_from_mse(mse: float) -> float:
     return PSNR_CAP_DB if mse <= 0 else min(PSNR_CAP_DB, -10.0 * math.log10(mse))
 
 
-class SsimPsnrOutside:
+class SsimPsnrOutside(ClosedFormMetric):
     """"ssim_outside": mean of skimage's SSIM map (data_range 1, 7x7 window, channels averaged) over the
     outside pixels, computed with the masked region filled with the same grey in both images so an edit
     cannot reach the outside score through the window. "psnr_outside": PSNR (data range 1) of the MSE over
@@ -30,12 +30,6 @@ class SsimPsnrOutside:
     version: ClassVar[str] = f"1.0+scikit-image-{package_version('scikit-image')}"
     scale: ClassVar[str] = f"SSIM in [-1, 1] (1 = identical); PSNR in dB, capped at {PSNR_CAP_DB:g}"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
-
-    def __init__(self, settings: MetricSettings) -> None:
-        self.weights = "none"  # a closed-form metric: no model
-
-    def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
-        return [self._score(sample) if sample.task in self.tasks else [] for sample in samples]
 
     @staticmethod
     def _score(sample: Sample) -> list[MetricValue]:
