@@ -22,7 +22,7 @@ A suite file (``benchmarks/*.yaml``)::
       guidance_scale: 7.5             # default 7.5
     generate:
       objects: [chair, sofa]          # default []: each pair's target_object
-      stage_one_steps: 5              # default 5; in [0, steps]
+      stage_one_steps: 5              # default: the method preset's (CLiC: 5); in [0, steps]
       steps: 50                       # default 50
       images_per_seed: 1              # default 1
     match:
@@ -115,7 +115,7 @@ class TransferSpec:
 @dataclass(frozen=True)
 class GenerateSpec:
     objects: tuple[str, ...] = ()  # empty: each pair's target_object
-    stage_one_steps: int = 5
+    stage_one_steps: int | None = None  # None: the method preset's (CLiC's paper preset: 5)
     steps: int = 50
     images_per_seed: int = 1
 
@@ -458,8 +458,8 @@ class _SuiteReader:
         steps = self.steps(data.get("steps", GenerateSpec.steps), "generate.steps")
         return GenerateSpec(
             objects=self.strings(data.get("objects", []), "generate.objects", allow_empty=True),
-            stage_one_steps=self.integer(
-                data.get("stage_one_steps", GenerateSpec.stage_one_steps), "generate.stage_one_steps",
+            stage_one_steps=None if data.get("stage_one_steps") is None else self.integer(
+                data["stage_one_steps"], "generate.stage_one_steps",
                 minimum=0, maximum=steps, what=f" (generate.steps = {steps})",
             ),
             steps=steps,

@@ -122,7 +122,7 @@ def test_defaults_of_a_minimal_suite(bench: Path) -> None:
     assert suite.seeds == (0,)
     assert suite.transfer.t_start is None and suite.transfer.eta is None
     assert (suite.transfer.steps, suite.transfer.guidance_scale) == (50, 7.5)
-    assert (suite.generate.objects, suite.generate.stage_one_steps, suite.generate.steps, suite.generate.images_per_seed) == ((), 5, 50, 1)
+    assert (suite.generate.objects, suite.generate.stage_one_steps, suite.generate.steps, suite.generate.images_per_seed) == ((), None, 50, 1)
     assert suite.match.enabled and suite.match.steps == 500
     assert suite.metrics == DEFAULT_METRICS
     assert suite.resources.num_cpus == 1.0 and suite.resources.num_gpus == 0.0
@@ -249,3 +249,4 @@ def test_suite_is_frozen(bench: Path) -> None:
     with pytest.raises(TypeError):
         suite.methods[0].learn["steps"] = 1  # type: ignore[index]
     assert isinstance(suite, Suite)
+
