@@ -13,20 +13,14 @@ from clic.methods.realfill import inpainting_input, inpainting_step, random_rect
 from clic.models import build_tiny
 from clic.attention import AttentionCapture
 from clic.tokens import ConceptTokens
+from helpers import random_source, square_mask
 
 BASELINES = ["custom_diffusion", "break_a_scene", "realfill", "textual_inversion", "cut_paste"]
 
 
-def square_mask(top: int, left: int, size: int, side: int = 64) -> torch.Tensor:
-    mask = torch.zeros(side, side)
-    mask[top : top + size, left : left + size] = 1
-    return mask
-
-
 @pytest.fixture(scope="module")
 def source() -> ConceptSource:
-    generator = torch.Generator().manual_seed(2)
-    return ConceptSource(torch.rand(3, 64, 64, generator=generator) * 2 - 1, square_mask(8, 16, 32), "chair")
+    return random_source(2)
 
 
 def model_for(method) -> str:

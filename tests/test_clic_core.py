@@ -25,20 +25,14 @@ from clic.methods.base import get_method
 from clic.models import ModelNotFoundError, build_tiny, load_components, save_tiny
 from clic.tokens import ConceptTokens
 from clic.transfer import TransferSettings, transfer_concept
+from helpers import random_source, square_mask
 
 STEPS = 6
 
 
-def square_mask(top: int, left: int, size: int, side: int = 64) -> torch.Tensor:
-    mask = torch.zeros(side, side)
-    mask[top : top + size, left : left + size] = 1
-    return mask
-
-
 @pytest.fixture(scope="module")
 def source() -> ConceptSource:
-    generator = torch.Generator().manual_seed(1)
-    return ConceptSource(torch.rand(3, 64, 64, generator=generator) * 2 - 1, square_mask(8, 16, 32), "chair")
+    return random_source(1)
 
 
 @pytest.fixture(scope="module")

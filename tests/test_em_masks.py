@@ -17,6 +17,7 @@ from clic.models import build_tiny
 from clic.tokens import ConceptTokens
 from harness.metrics import build_metric
 from harness.metrics.base import Sample
+from helpers import square_mask
 
 FAST_EM = {"e_every": 2, "attention_timesteps": 2, "crf": {"max_side": 32, "iterations": 3}}
 
@@ -33,12 +34,6 @@ def disc_scene(side: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     disc = (((ys - side * 0.47) ** 2 + (xs - side * 0.53) ** 2) < (side * 0.22) ** 2).float()
     colours = torch.stack([0.2 + 0.6 * disc, 0.7 - 0.5 * disc, torch.full_like(disc, 0.5)])
     return (colours + 0.05 * torch.randn(3, side, side, generator=generator)).clamp(0, 1), disc
-
-
-def square_mask(top: int, left: int, size: int, side: int = 64) -> torch.Tensor:
-    mask = torch.zeros(side, side)
-    mask[top : top + size, left : left + size] = 1
-    return mask
 
 
 # ------------------------------------------------------------------------------------------ dense CRF

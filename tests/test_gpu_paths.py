@@ -2,7 +2,6 @@
 checkpointing, fractional GPU requests."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ from benchmarks.perf.steps import fused_loss, make_case, parameters
 from clic.learn import ConceptSource
 from clic.methods.base import get_method
 from clic.models import build_tiny
+from helpers import last_json_line
 
 
 def source() -> ConceptSource:
@@ -103,6 +103,6 @@ def test_fractional_gpu_requests_pack_onto_one_gpu(tmp_path):
     result = subprocess.run([sys.executable, "-c", FRACTIONAL_SCRIPT.format(root=root)], capture_output=True,
                             text=True, timeout=180, cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = last_json_line(result.stdout)
     assert report["overlap"] > 0  # all four were running together
     assert all(ids == report["gpu_ids"][0] for ids in report["gpu_ids"])
