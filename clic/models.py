@@ -326,15 +326,21 @@ class ModelDescription:
     resolution: int  # native image side
 
 
+_TINY_DESCRIPTIONS: dict[str, ModelDescription] = {}
+
+
 def describe_model(model: str) -> ModelDescription:
     """Identity and native resolution of a model without loading a real checkpoint's weights.
 
     For a folder or cached HF id this reads only configs and file fingerprints, so a driver can plan a
     run on a machine without a GPU (or the memory for SD) in a fraction of a second.
     """
-    if model in TINY_PRESETS:
-        components = build_tiny(model)
-        return ModelDescription(model, components.weights_hash, TINY_LABEL, components.resolution)
+    if model in TINY_PRESETS:  # built from code: the same in every call of a process, so built once
+        if model not in _TINY_DESCRIPTIONS:
+            components = build_tiny(model)
+            _TINY_DESCRIPTIONS[model] = ModelDescription(model, components.weights_hash, TINY_LABEL,
+                                                         components.resolution)
+        return _TINY_DESCRIPTIONS[model]
     folder = _resolve_folder(model)
     try:
         unet_config = json.loads((folder / "unet" / "config.json").read_text())

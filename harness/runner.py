@@ -1,8 +1,8 @@
 """Run a suite on Ray: learn each concept once, fan its transfers/generations/matches out, score, store.
 
-Learn tasks return their concept folder; task jobs take that object ref as an argument, so Ray starts
-a transfer as soon as its own concept is learned (a dependency, not a barrier). At most
-``max_in_flight`` task jobs are submitted at once; finished ones are scored by metric actors (models
+Learn tasks return their concept folder and are submitted first; a concept's task jobs are submitted once
+it is learned, so the run ends with short jobs filling the slots. At most ``max_in_flight`` Ray tasks are
+submitted at once; finished ones are scored by metric actors (models
 loaded once) and written by the driver right away, so a killed driver loses only in-flight jobs and a
 rerun skips everything already written.
 """
@@ -26,13 +26,13 @@ import numpy as np
 
 from . import store
 from .jobs import (JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan, TaskJob, build_job_graph,
-                   code_version, git_describe)
+                   code_version, content_id, git_describe)
 
 if TYPE_CHECKING:
     from .suite import Suite
 
 NO_MODEL_LABEL = "none (no model)"  # the weights label of methods that load no model (cut-and-paste)
-METRIC_ACTOR_PREFIX = "clic-metrics-"  # + run id: the name of a run's metric actor
+METRIC_ACTOR_PREFIX = "clic-metrics-"  # + a hash of the metric configuration: the metric actor's name
 
 
 @dataclass
@@ -92,8 +92,9 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
         etas=list(transfer.eta) if transfer.eta is not None else [None],
         transfer_settings={"steps": transfer.steps, "guidance_scale": transfer.guidance_scale},
         generate_objects=list(generate.objects),
-        generate_settings={"steps": generate.steps, "stage_one_steps": generate.stage_one_steps,
-                           "images": generate.images_per_seed},
+        generate_settings={"steps": generate.steps, "images": generate.images_per_seed,
+                           # unset: each method's preset decides (e.g. SingleInsert's one-stage preset: 0)
+                           **({} if generate.stage_one_steps is None else {"stage_one_steps": generate.stage_one_steps})},
         match_missing_masks=suite.match.enabled, match_settings={"steps": suite.match.steps},
         metrics=metrics, resolution=resolution, estimate_source_masks=suite.source_masks == "estimate",
     )
@@ -365,6 +366,38 @@ class MetricScorer:
         return [(name, v.name, float(v.value)) for name in names for v in self.metrics[name].compute_group(samples)]
 
 
+_METRIC_SCORERS: dict[str, Any] = {}  # at most one: configuration key -> the actor, kept for the next run
+
+
+def metric_scorer(names: Sequence[str], allow_random: bool, options: Mapping[str, Any]) -> Any:
+    """The metric actor for this configuration, started once per driver: a second run in the same driver
+    (a notebook, a sweep of suites) reuses it instead of loading the metric models again. Another
+    configuration replaces it. Named, so that an operator (or a test) can find it:
+    ``ray.util.list_named_actors()``."""
+    import ray
+
+    key = content_id([ray.get_runtime_context().get_job_id(), list(names), allow_random, options])[:12]
+    if key in _METRIC_SCORERS:
+        return _METRIC_SCORERS[key]
+    for stale in _METRIC_SCORERS.values():
+        try:
+            ray.kill(stale)
+        except Exception:  # already gone with its cluster
+            pass
+    _METRIC_SCORERS.clear()
+    # It takes no CPU slot from the jobs, and it is restarted on another node if its node is lost (its
+    # calls are retried).
+    _METRIC_SCORERS[key] = ray.remote(MetricScorer).options(
+        name=f"{METRIC_ACTOR_PREFIX}{key}", get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=-1,
+    ).remote(list(names), allow_random, options)
+    return _METRIC_SCORERS[key]
+
+
+def forget_metric_scorer() -> None:
+    """Drop the cached actor (it could not start: the next run starts a new one)."""
+    _METRIC_SCORERS.clear()
+
+
 # ------------------------------------------------------------------------------------------- driver
 def _connect(address: str | None, num_cpus: int | None) -> None:
     import os
@@ -413,6 +446,9 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
 
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    stale = store.remove_stale_temps(run_dir)
+    if stale and not quiet:
+        print(f"{run_dir}: removed {stale} half-written file(s) left by an earlier, killed run", file=sys.stderr)
     started, start_clock = now_iso(), time.perf_counter()
     models, native_resolution = describe_models(suite)
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
@@ -451,13 +487,21 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         warm_remote.remote(main_model)
     metric_names = [m.name for m in plan.metrics]
     metric_info = {m.name: m for m in plan.metrics}
-    # The metric actor holds the models once for the whole run; it takes no CPU slot from the jobs, and it
-    # is restarted on another node if its node is lost (its calls are retried).
-    # Named, so that an operator (or a test) can find it: `ray.util.list_named_actors()`.
-    scorer = ray.remote(MetricScorer).options(name=f"{METRIC_ACTOR_PREFIX}{run_id}", num_cpus=0, max_restarts=-1,
-                                              max_task_retries=-1).remote(
-        metric_names, allow_random_metrics, {k: dict(v) for k, v in suite.metric_options.items()})
-    metric_weights: dict[str, str] = ray.get(scorer.weights.remote()) if metric_names else {}
+    # The metric actor holds the models once for the whole run (and the driver's next runs).
+    scorer = metric_scorer(metric_names, allow_random_metrics, {k: dict(v) for k, v in suite.metric_options.items()})
+    # Jobs start while the actor loads its models; its answer is awaited with them, and an actor that cannot
+    # start (e.g. random CLIP weights refused) still stops the run at once.
+    weights_pending = [scorer.weights.remote()] if metric_names else []
+    metric_weights: dict[str, str] = {}
+
+    def weights_of(name: str) -> str | None:
+        if weights_pending:
+            try:
+                metric_weights.update(ray.get(weights_pending.pop()))
+            except Exception:
+                forget_metric_scorer()
+                raise
+        return metric_weights.get(name)
 
     # Group metrics need every member of a group; only groups run whole in this run are scored.
     group_metrics = [m.name for m in plan.metrics if m.group_metric]
@@ -466,16 +510,26 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     complete_groups = {g for g, n in group_todo.items() if n == group_size[g]} if group_metrics else set()
     held: dict[str, list[tuple[TaskJob, dict, dict]]] = defaultdict(list)
 
+    # Learn first: every concept is learned before any task job starts, longest work first, so the end of
+    # the run is short task jobs filling the slots instead of one last learn running alone (a list
+    # schedule's tail is as long as its last job). Task jobs are submitted once their concept is learned.
     concepts_root = str(run_dir / store.CONCEPTS_DIR)
+    waiting: dict[str, list[TaskJob]] = defaultdict(list)  # concept id -> its jobs, in graph order
+    for job in todo:
+        waiting[job.concept_id].append(job)
+    to_learn = deque(waiting)  # concepts in order of first appearance
     learn_refs: dict[str, Any] = {}
-    pending = deque(todo)
+    learning: dict[Any, str] = {}  # learn refs not finished -> concept id
+    learned: dict[str, dict] = {}  # concept id -> the learn task's output
+    ready: deque[TaskJob] = deque()  # jobs whose concept is learned, not yet submitted
     in_flight: dict[Any, TaskJob] = {}  # task refs
     scoring: dict[Any, list[tuple[TaskJob, dict]]] = {}  # metric refs -> the outputs they score
     group_scoring: dict[Any, list[tuple[TaskJob, dict, dict]]] = {}  # group-metric refs -> the group
     progress = tqdm(total=len(todo), disable=quiet, unit="job", desc="jobs")
 
     def show() -> None:
-        progress.set_postfix(done=summary.done, failed=summary.failed, skipped=summary.skipped, refresh=False)
+        progress.set_postfix(learned=f"{len(learned)}/{len(waiting)}", done=summary.done, failed=summary.failed,
+                             skipped=summary.skipped, refresh=False)
 
     learn_counted: set[str] = set()  # a concept's learning time is counted once, not once per job using it
 
@@ -498,7 +552,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         if not values:
             return [base]
         return [{**base, "metric": value_name, "value": value, "metric_version": metric_info[name].version,
-                 "metric_scale": metric_info[name].scale, "metric_weights": metric_weights.get(name)}
+                 "metric_scale": metric_info[name].scale, "metric_weights": weights_of(name)}
                 for name, value_name, value in values]
 
     def failed_row(job: TaskJob, error: BaseException, stage: str = "") -> list[dict]:
@@ -520,28 +574,50 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         return sum(len(batch) for batch in scoring.values()) + sum(len(m) for m in group_scoring.values())
 
     def submit() -> None:
-        # At most max_in_flight outputs may wait for the metric actor as well: a slow scorer then holds
-        # back new jobs instead of letting finished samples (images) pile up in the driver's memory.
-        # (Members held for a group metric do not count: a group larger than the bound would never finish.)
-        while pending and len(in_flight) < max_in_flight and awaiting_scores() < max_in_flight:
-            job = pending.popleft()
-            node = graph.learns[job.concept_id]
-            if job.concept_id not in learn_refs:
-                learn_refs[job.concept_id] = learn_remote.remote(node, concepts_root)
-            ref = task_remote.remote(job, learn_refs[job.concept_id], node.model.model_id if node.model else None,
-                                     plan.resolution, str(run_dir))
-            in_flight[ref] = job
+        # At most max_in_flight Ray tasks are queued or running, and at most max_in_flight outputs may wait
+        # for the metric actor as well: a slow scorer then holds back new jobs instead of letting finished
+        # samples (images) pile up in the driver's memory. (Members held for a group metric do not count:
+        # a group larger than the bound would never finish.)
+        while len(learning) + len(in_flight) < max_in_flight:
+            if to_learn:
+                concept_id = to_learn.popleft()
+                learn_refs[concept_id] = learn_remote.remote(graph.learns[concept_id], concepts_root)
+                learning[learn_refs[concept_id]] = concept_id
+            elif ready and len(in_flight) + awaiting_scores() < max_in_flight:
+                job = ready.popleft()
+                node = graph.learns[job.concept_id]
+                ref = task_remote.remote(job, learned[job.concept_id], node.model.model_id if node.model else None,
+                                         plan.resolution, str(run_dir))
+                in_flight[ref] = job
+            else:
+                break
         summary.peak_in_flight = max(summary.peak_in_flight, len(in_flight))
 
+    def concept_learned(ref: Any) -> None:
+        concept_id = learning.pop(ref)
+        try:
+            learned[concept_id] = ray.get(ref)
+        except Exception as error:  # every job of a concept that could not be learned fails with its error
+            for job in waiting.pop(concept_id):
+                record(job, failed_row(job, error), failed=True)
+            return
+        ready.extend(waiting.pop(concept_id))
+        show()
+
     submit()
-    while in_flight or scoring or group_scoring:
+    while learning or in_flight or scoring or group_scoring:
         # Metrics are scored asynchronously: new jobs start while the metric actor works.
-        ready, _ = ray.wait([*in_flight, *scoring, *group_scoring], num_returns=1)
-        ready += ray.wait([r for r in [*in_flight, *scoring, *group_scoring] if r not in ready],
-                          num_returns=len(in_flight) + len(scoring) + len(group_scoring) - len(ready), timeout=0)[0]
+        refs = [*learning, *in_flight, *scoring, *group_scoring, *weights_pending]
+        ready_refs, _ = ray.wait(refs, num_returns=1)
+        ready_refs += ray.wait([r for r in refs if r not in ready_refs], num_returns=len(refs) - len(ready_refs),
+                               timeout=0)[0]
         outputs: list[tuple[TaskJob, dict]] = []
-        for ref in ready:
-            if ref in in_flight:
+        for ref in ready_refs:
+            if weights_pending and ref is weights_pending[0]:
+                weights_of("")
+            elif ref in learning:
+                concept_learned(ref)
+            elif ref in in_flight:
                 job = in_flight.pop(ref)
                 try:
                     output = ray.get(ref)
@@ -585,13 +661,17 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         submit()
     progress.close()
 
-    summary.learns_run = sum(_learned_now(ref) for ref in learn_refs.values())
+    summary.learns_run = sum(bool(output.get("learned")) for output in learned.values())
+    if weights_pending:  # every job failed before any was scored: the manifest still records the weights
+        try:
+            weights_of("")
+        except Exception:
+            pass
     summary.wall_seconds = time.perf_counter() - start_clock
     method_time = summary.work_seconds / slots
     summary.overhead_share = max(0.0, (summary.wall_seconds - method_time) / summary.wall_seconds) \
         if summary.wall_seconds > 0 and summary.jobs_run else 0.0
     _write_run_manifest(run_dir, suite, summary, started, models, metric_weights, slots)
-    ray.kill(scorer)
     return summary
 
 
@@ -613,16 +693,6 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", summary: RunSummary, star
                    "worker_slots": slots, "overhead_share": summary.overhead_share,
                    "peak_in_flight": summary.peak_in_flight},
     })
-
-
-def _learned_now(learn_ref: Any) -> bool:
-    """Whether a (finished) learn task learned its concept rather than finding it in the cache."""
-    import ray
-
-    try:
-        return bool(ray.get(learn_ref)["learned"])
-    except Exception:  # a failed learn: its jobs are already recorded as failed
-        return False
 
 
 # -------------------------------------------------------------------------------------- entry points

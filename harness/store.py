@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -95,6 +96,33 @@ def concept_is_complete(folder: str | Path) -> bool:
 def temp_sibling(path: Path) -> Path:
     """A unique temporary name in the same folder as ``path`` (same filesystem, so rename is atomic)."""
     return path.with_name(f"{TEMP_PREFIX}{path.name}-{uuid.uuid4().hex[:12]}")
+
+
+STALE_TEMP_SECONDS = 3600.0  # a temporary file or folder untouched this long belongs to a killed writer
+
+
+def remove_stale_temps(run_dir: str | Path, older_than: float = STALE_TEMP_SECONDS) -> int:
+    """Delete what killed workers or drivers left half-written (``.tmp-*`` untouched for ``older_than``
+    seconds) anywhere under ``run_dir``; returns how many were removed. Fresh ones may be a live writer's."""
+    removed = 0
+    cutoff = time.time() - older_than
+    for folder, subfolders, files in os.walk(run_dir):
+        for name in [*subfolders, *files]:
+            path = Path(folder) / name
+            if not name.startswith(TEMP_PREFIX):
+                continue
+            try:
+                if path.lstat().st_mtime > cutoff:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except FileNotFoundError:  # finished (renamed) or removed meanwhile
+                continue
+            removed += 1
+        subfolders[:] = [name for name in subfolders if not name.startswith(TEMP_PREFIX)]
+    return removed
 
 
 def _fsync_file(path: Path) -> None:

@@ -25,6 +25,7 @@ from harness import store
 from harness.manifest import write_manifest
 from harness.runner import METRIC_ACTOR_PREFIX, execute
 from test_runner import SIZE, cut_paste_suite, make_pairs, make_suite
+from helpers import last_json_line
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIC_BENCH = str(Path(sys.executable).with_name("clic-bench"))
@@ -171,6 +172,10 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
     tmp = Path({tmp!r})
+    suite = cut_paste_suite(resources={{"num_cpus": 1, "max_retries": 3}})
+    # A first run starts (and warms) a worker on each node: in the run under test both nodes take jobs from
+    # the start, instead of the head doing the first 20 while the other node's worker still imports torch.
+    execute(suite, make_pairs(tmp / "warm-data", 4, targets_per_source=2), tmp / "warm-run", quiet=True)
     results = tmp / "run" / "results"
     removed = {{}}
 
@@ -181,7 +186,6 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
         cluster.remove_node(worker)
 
     threading.Thread(target=remove_worker_node, daemon=True).start()
-    suite = cut_paste_suite(resources={{"num_cpus": 1, "max_retries": 3}})
     summary = execute(suite, make_pairs(tmp / "data", 8, targets_per_source=5), tmp / "run", quiet=True)
     print(json.dumps({{"done": summary.done, "failed": summary.failed, "nodes": dict(summary.node_ids),
                       "removed_after": removed.get("after_results"), "lost_node": worker.node_id}}))
@@ -195,7 +199,7 @@ def test_node_lost_mid_run_the_other_node_finishes_every_job(tmp_path: Path) -> 
     script = NODE_LOSS_SCRIPT.format(root=str(ROOT), tests=str(Path(__file__).parent), tmp=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = last_json_line(result.stdout)
     assert report["removed_after"] is not None and report["removed_after"] < 40, report
     assert (report["done"], report["failed"]) == (40, 0), report
     assert report["nodes"].get(report["lost_node"], 0) > 0, report  # the lost node had been doing jobs
@@ -324,7 +328,7 @@ def run_load(tmp_path: Path, pairs: int) -> dict:
     result = subprocess.run([sys.executable, "-c", LOAD_DRIVER, str(suite), str(tmp_path / f"run{pairs}")], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return last_json_line(result.stdout)
 
 
 @pytest.mark.slow

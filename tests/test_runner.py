@@ -15,6 +15,7 @@ from harness import store
 from harness.jobs import Pair
 from harness.runner import execute
 from harness.suite import Suite, suite_from_dict
+from helpers import last_json_line
 
 SIZE = 64
 
@@ -157,6 +158,20 @@ def test_two_node_cluster(tmp_path: Path) -> None:
     script = TWO_NODE_SCRIPT.format(root=root, tests=str(Path(__file__).resolve().parent), tmp=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = last_json_line(result.stdout)
     assert report["done"] == 24 and report["learns"] == 6
     assert len(report["nodes"]) == 2, report
+
+
+def test_unset_stage_one_steps_leaves_each_preset_its_own() -> None:
+    from clic.methods import method_class
+    from harness.runner import plan_from_suite
+
+    base = {"name": "stage-one", "manifest": SHIPPED_MANIFEST,
+            "methods": [{"name": "single_insert", "presets": ["one-stage"]}]}
+    unset = plan_from_suite(suite_from_dict(base, source="unset", base_dir=Path.cwd()), 64).generate_settings
+    assert "stage_one_steps" not in unset
+    one_stage = method_class("single_insert")().task_settings("generate", "one-stage", unset)
+    assert one_stage["stage_one_steps"] == 0  # the preset's, not a suite default of 5
+    explicit = plan_from_suite(suite_from_dict({**base, "generate": {"stage_one_steps": 3}}, source="set", base_dir=Path.cwd()), 64)
+    assert explicit.generate_settings["stage_one_steps"] == 3

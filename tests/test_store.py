@@ -80,3 +80,28 @@ def test_json_and_folder_publish_are_atomic(tmp_path: Path) -> None:
     (other / "concept.json").write_text('{"second": true}')
     store.publish_folder(other, final)
     assert (final / "concept.json").read_text() == "{}" and not other.exists()
+
+
+def test_stale_temps_of_killed_writers_are_removed_and_fresh_ones_kept(tmp_path: Path) -> None:
+    import os
+    import time
+
+    results = tmp_path / store.RESULTS_DIR
+    results.mkdir()
+    stale_file = results / f"{store.TEMP_PREFIX}job.parquet-0123"
+    stale_file.write_bytes(b"half")
+    stale_folder = tmp_path / store.CONCEPTS_DIR / f"{store.TEMP_PREFIX}concept-4567"
+    (stale_folder / "inner").mkdir(parents=True)
+    (stale_folder / "inner" / "tokens.safetensors").write_bytes(b"half")
+    fresh = results / f"{store.TEMP_PREFIX}other.parquet-89ab"
+    fresh.write_bytes(b"being written")
+    kept = results / "done.parquet"
+    kept.write_bytes(b"finished")
+    old = time.time() - 2 * store.STALE_TEMP_SECONDS
+    for path in (stale_file, stale_folder):
+        os.utime(path, (old, old))
+
+    assert store.remove_stale_temps(tmp_path) == 2
+    assert not stale_file.exists() and not stale_folder.exists()
+    assert fresh.exists() and kept.exists()
+    assert store.remove_stale_temps(tmp_path) == 0
