@@ -144,6 +144,9 @@ TWO_NODE_SCRIPT = textwrap.dedent("""
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
     tmp = Path({tmp!r})
+    # Warm a worker on each node first: cut-and-paste jobs are so short that, cold, the head can finish
+    # them all while the other node's worker still imports torch (SPREAD only uses free nodes).
+    execute(cut_paste_suite(), make_pairs(tmp / "warm-data", 4, targets_per_source=2), tmp / "warm-run", quiet=True)
     summary = execute(cut_paste_suite(), make_pairs(tmp / "data", 6, targets_per_source=4), tmp / "run", quiet=True)
     print(json.dumps({{"done": summary.done, "learns": summary.learns_run, "nodes": dict(summary.node_ids)}}))
     ray.shutdown()
