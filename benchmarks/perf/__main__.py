@@ -34,12 +34,14 @@ def _check(name: str, value: float) -> str:
 def run_all(quick: bool) -> dict[str, Any]:
     from .harness_bench import harness_overhead, scaling
     from .learning import cached_work, capture_cost, fused_vs_naive
+    from .steps import batching_ceiling
     from .metrics_bench import metric_throughput
 
     repeats = 5 if quick else 11
     results: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "quick": quick}
     started = time.perf_counter()
     results["fused_vs_naive"] = [fused_vs_naive(r, repeats) for r in (64, 128)]
+    results["batching_ceiling"] = [batching_ceiling(r, repeats) for r in (64, 128)]
     results["capture"] = [capture_cost(r, repeats) for r in (64, 128)]
     results["cached_work"] = cached_work(30 if quick else 60)
     results["metrics"] = metric_throughput(32 if quick else 64)
@@ -55,6 +57,10 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         rows.append((f"fused speedup at {case['resolution']} px", case["speedup"],
                      f"fused {case['fused_ms']:.1f} ms vs naive {case['naive_ms']:.1f} ms; memory kept for backward "
                      f"{case['fused_activation_mb']:.1f} vs {case['naive_activation_mb']:.1f} MB"))
+    for case in results.get("batching_ceiling", []):
+        rows.append((f"batching ceiling at {case['resolution']} px", case["ceiling"],
+                     f"text + UNet passes of both branches: 2 x batch 1 {case['separate_ms']:.1f} ms vs batch 2 "
+                     f"{case['batched_ms']:.1f} ms (same FLOPs: the most batching can save on this machine)"))
     rows.append(("fused vs naive loss, max relative difference",
                  max(c["max_rel_loss_diff"] for c in results["fused_vs_naive"]), "l_con, l_att, l_RoI, total"))
     for case in results["capture"]:
@@ -72,13 +78,28 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows.append(("harness jobs/s, cut-and-paste", harness["cut_paste"]["jobs_per_s"],
                  f"{harness['cut_paste']['jobs']} jobs in {harness['cut_paste']['wall_s']:.1f} s, overhead share "
                  f"{harness['cut_paste']['overhead_share']:.0%}"))
-    rows.append(("harness overhead, tiny CLiC suite", harness["tiny_clic"]["overhead_share"],
-                 f"{harness['tiny_clic']['jobs']} jobs in {harness['tiny_clic']['wall_s']:.1f} s; cluster start "
+    clic_cold, clic_warm = harness["tiny_clic"]["cold"], harness["tiny_clic"]["warm"]
+    rows.append(("harness overhead, tiny CLiC suite", clic_warm["overhead_share"],
+                 f"warm workers, best of {len(harness['tiny_clic']['warm_overheads'])} runs "
+                 f"({', '.join(f'{v:.1%}' for v in harness['tiny_clic']['warm_overheads'])}): {clic_warm['jobs']} jobs "
+                 f"in {clic_warm['wall_s']:.1f} s, {clic_warm['method_and_metric_s']:.1f} s of method + metric work "
+                 f"on 2 slots"))
+    rows.append(("harness overhead, tiny CLiC suite, cold workers", clic_cold["overhead_share"],
+                 f"{clic_cold['wall_s']:.1f} s: new worker processes import torch/diffusers and build the model, "
+                 f"+{harness['tiny_clic']['cold_start_s']:.1f} s once per run; Ray cluster start "
                  f"{harness['cluster_start_s']:.1f} s not included"))
     scaling = results["scaling"]
+    walls = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(scaling["one_node_walls_s"], scaling["two_nodes_walls_s"]))
     rows.append(("scaling efficiency, 1 -> 2 nodes", scaling["scaling_efficiency"],
-                 f"{scaling['jobs']} CPU-bound jobs: {scaling['one_node_wall_s']:.1f} s on 1 node, "
-                 f"{scaling['two_nodes_wall_s']:.1f} s on 2"))
+                 f"{scaling['jobs']} CPU-bound jobs, warm workers, "
+                 f"{'each node pinned to its own core' if scaling['pinned'] else 'nodes not pinned'}: best "
+                 f"{scaling['one_node_wall_s']:.1f} s on 1 node, {scaling['two_nodes_wall_s']:.1f} s on 2 "
+                 f"(runs, 1/2 nodes: {walls} s; method + metric seconds {scaling['task_seconds_one_node']:.0f} vs "
+                 f"{scaling['task_seconds_two_nodes']:.0f})"))
+    machine = scaling["machine"]
+    rows.append(("parallel efficiency of this machine, 2 plain processes", machine["efficiency"],
+                 f"one CLiC learning run alone {machine['alone_s']:.1f} s, two at once {machine['two_at_once_s']:.1f} s "
+                 f"(no Ray, best of 2): what this machine gives two CPU-bound processes"))
     for metric in results["metrics"]:
         rows.append((f"metric {metric['metric']}: batched images/s", metric["batched_images_per_s"],
                      f"one by one {metric['single_images_per_s']:.0f}/s (x{metric['batching_speedup']:.1f}); "

@@ -95,3 +95,41 @@ def time_naive(case: StepCase, repeats: int, warmup: int = 2) -> float:
 def capture_off_case(resolution: int, seed: int = 0) -> StepCase:
     """The same step without the attention term: capture records nothing."""
     return make_case(resolution, seed, LearnConfig(terms={"con": {"weight": 1.0, "alpha": 0.5}, "roi": 0.5}))
+
+
+def branch_passes(case: StepCase, batched: bool) -> torch.Tensor:
+    """Only the two branches' text + UNet passes (capture off), as one batch of 2 or as two of 1.
+
+    Their time ratio is the most that fusing the branches can save when the FLOPs are the same: the
+    ceiling of the fused speedup on this machine, apart from what the naive attention store costs.
+    """
+    from clic.learn import encode_text
+    from clic.losses import resize_mask
+
+    state, batch = case.state, case.batch
+    state.capture.set_tokens(None)
+    x_t = state.components.scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
+    rows = [x_t, resize_mask(batch.masks[None], x_t.shape[-2:])[0][:, None] * x_t]  # context, RoI
+    prompts = ["A chair with <v*> style", "A photo of <v*>"]
+    unet = state.components.unet
+    if batched:
+        text, _ = encode_text(state.components, prompts)
+        return unet(torch.cat(rows), batch.timestep.expand(2), encoder_hidden_states=text).sample.square().mean()
+    total = torch.zeros(())
+    for row, prompt in zip(rows, prompts):
+        text, _ = encode_text(state.components, [prompt])
+        total = total + unet(row, batch.timestep, encoder_hidden_states=text).sample.square().mean()
+    return total
+
+
+def batching_ceiling(resolution: int, repeats: int) -> dict[str, float]:
+    case = make_case(resolution)
+    one = lambda c: (branch_passes(c, batched=True), {})  # noqa: E731
+    two = lambda c: (branch_passes(c, batched=False), {})  # noqa: E731
+    batched_times, separate_times = [], []
+    for _ in range(3):
+        batched_times.append(time_step(one, case, repeats))
+        separate_times.append(time_step(two, case, repeats))
+    batched_s, separate_s = sorted(batched_times)[1], sorted(separate_times)[1]
+    return {"resolution": resolution, "batched_ms": batched_s * 1000, "separate_ms": separate_s * 1000,
+            "ceiling": separate_s / batched_s}
