@@ -518,6 +518,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     for job in todo:
         waiting[job.concept_id].append(job)
     to_learn = deque(waiting)  # concepts in order of first appearance
+    concepts_total = len(to_learn)
     learn_refs: dict[str, Any] = {}
     learning: dict[Any, str] = {}  # learn refs not finished -> concept id
     learned: dict[str, dict] = {}  # concept id -> the learn task's output
@@ -528,7 +529,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     progress = tqdm(total=len(todo), disable=quiet, unit="job", desc="jobs")
 
     def show() -> None:
-        progress.set_postfix(learned=f"{len(learned)}/{len(waiting)}", done=summary.done, failed=summary.failed,
+        progress.set_postfix(learned=f"{len(learned)}/{concepts_total}", done=summary.done, failed=summary.failed,
                              skipped=summary.skipped, refresh=False)
 
     learn_counted: set[str] = set()  # a concept's learning time is counted once, not once per job using it
