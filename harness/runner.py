@@ -510,7 +510,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     complete_groups = {g for g, n in group_todo.items() if n == group_size[g]} if group_metrics else set()
     held: dict[str, list[tuple[TaskJob, dict, dict]]] = defaultdict(list)
 
-    # Learn first: every concept is learned before any task job starts, longest work first, so the end of
+    # Learn first: every concept's learning (the long work) is queued before any task job, so the end of
     # the run is short task jobs filling the slots instead of one last learn running alone (a list
     # schedule's tail is as long as its last job). Task jobs are submitted once their concept is learned.
     concepts_root = str(run_dir / store.CONCEPTS_DIR)
@@ -614,7 +614,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
                                timeout=0)[0]
         outputs: list[tuple[TaskJob, dict]] = []
         for ref in ready_refs:
-            if weights_pending and ref is weights_pending[0]:
+            if ref in weights_pending:
                 weights_of("")
             elif ref in learning:
                 concept_learned(ref)
