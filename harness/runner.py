@@ -519,7 +519,6 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         waiting[job.concept_id].append(job)
     to_learn = deque(waiting)  # concepts in order of first appearance
     concepts_total = len(to_learn)
-    learn_refs: dict[str, Any] = {}
     learning: dict[Any, str] = {}  # learn refs not finished -> concept id
     learned: dict[str, dict] = {}  # concept id -> the learn task's output
     ready: deque[TaskJob] = deque()  # jobs whose concept is learned, not yet submitted
@@ -582,8 +581,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         while len(learning) + len(in_flight) < max_in_flight:
             if to_learn:
                 concept_id = to_learn.popleft()
-                learn_refs[concept_id] = learn_remote.remote(graph.learns[concept_id], concepts_root)
-                learning[learn_refs[concept_id]] = concept_id
+                learning[learn_remote.remote(graph.learns[concept_id], concepts_root)] = concept_id
             elif ready and len(in_flight) + awaiting_scores() < max_in_flight:
                 job = ready.popleft()
                 node = graph.learns[job.concept_id]

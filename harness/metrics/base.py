@@ -8,6 +8,7 @@ metric never silently scores a 0–255 image as if it were 0–1.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
@@ -104,7 +105,7 @@ def check_mask(array: np.ndarray, what: str = "mask") -> np.ndarray:
     return array
 
 
-class ClosedFormMetric:
+class ClosedFormMetric(ABC):
     """Base of a metric computed without a model, one sample at a time: subclasses set the class
     attributes of :class:`Metric` and write ``_score``. Samples of other tasks get no values."""
 
@@ -121,5 +122,6 @@ class ClosedFormMetric:
     def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
         return [self._score(sample) if sample.task in self.tasks else [] for sample in samples]
 
+    @abstractmethod
     def _score(self, sample: Sample) -> list[MetricValue]:
-        raise NotImplementedError
+        """The values of one sample of a scored task (empty when it lacks what the metric needs)."""

@@ -8,6 +8,7 @@ squashed), resized bicubically to the tower's input size, normalised with the mo
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
@@ -55,7 +56,7 @@ def embed_texts(clip: models.ClipModel, texts: Sequence[str]) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-class PairedCosineMetric:
+class PairedCosineMetric(ABC):
     """Cosines between the two images of region pairs, embedded in one batched pass per call.
 
     Subclasses give ``value_pairs`` (value name -> function from a sample to its image pair, or None) and
@@ -68,8 +69,9 @@ class PairedCosineMetric:
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
     value_pairs: ClassVar[dict[str, Callable[[Sample], tuple[np.ndarray, np.ndarray] | None]]]
 
+    @abstractmethod
     def embed(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        raise NotImplementedError
+        """Unit-norm embeddings (N, D) of ``images``."""
 
     def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
         pairs: list[tuple[int, str, np.ndarray, np.ndarray]] = []
