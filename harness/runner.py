@@ -48,7 +48,8 @@ class RunSummary:
     wall_seconds: float = 0.0
     work_seconds: float = 0.0  # learn + task + metric seconds summed over jobs
     overhead_share: float = 0.0
-    node_ids: Counter = field(default_factory=Counter)
+    node_ids: Counter = field(default_factory=Counter)  # node -> task jobs it ran
+    learn_node_ids: Counter = field(default_factory=Counter)  # node -> concepts it learned in this run
     peak_in_flight: int = 0  # most task jobs submitted at once (bounded by max_in_flight)
 
     @property
@@ -600,6 +601,8 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
             for job in waiting.pop(concept_id):
                 record(job, failed_row(job, error), failed=True)
             return
+        if learned[concept_id].get("learned"):
+            summary.learn_node_ids[learned[concept_id]["node_id"]] += 1
         ready.extend(waiting.pop(concept_id))
         show()
 
@@ -688,6 +691,7 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", summary: RunSummary, star
                    "learns_run": summary.learns_run},
         "learns_total": int((previous.get("learns_total") or 0) + summary.learns_run),
         "nodes": dict(summary.node_ids),
+        "learn_nodes": dict(summary.learn_node_ids),
         "timing": {"wall_seconds": summary.wall_seconds, "work_seconds": summary.work_seconds,
                    "worker_slots": slots, "overhead_share": summary.overhead_share,
                    "peak_in_flight": summary.peak_in_flight},

@@ -172,10 +172,11 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
     tmp = Path({tmp!r})
-    suite = cut_paste_suite(resources={{"num_cpus": 1, "max_retries": 3}})
-    # A first run starts (and warms) a worker on each node: in the run under test both nodes take jobs from
-    # the start, instead of the head doing the first 20 while the other node's worker still imports torch.
-    execute(suite, make_pairs(tmp / "warm-data", 4, targets_per_source=2), tmp / "warm-run", quiet=True)
+    # "slow" jobs (0.5 s sleep each) on 1-CPU nodes: jobs that overlap must run on different nodes, so the
+    # node to be lost is surely doing jobs when it goes. A first run warms a worker on each node.
+    suite = cut_paste_suite(resources={{"num_cpus": 1, "max_retries": 3}},
+                            methods=[{{"name": "fault_injection", "presets": ["slow"]}}])
+    execute(suite, make_pairs(tmp / "warm-data", 2), tmp / "warm-run", quiet=True)
     results = tmp / "run" / "results"
     removed = {{}}
 

@@ -139,16 +139,22 @@ TWO_NODE_SCRIPT = textwrap.dedent("""
     from test_runner import make_pairs, cut_paste_suite
     from harness.runner import execute
 
+    # Each learn and transfer sleeps 0.5 s and takes the node's only CPU, so overlapping jobs cannot share
+    # a node: the assertion holds however fast the jobs would otherwise be (plain cut-and-paste jobs are so
+    # short that one warm worker can drain the queue before a second lease is granted).
+    slow = dict(methods=[{{"name": "fault_injection", "presets": ["slow"]}}])
+
     cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
     cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
     tmp = Path({tmp!r})
-    # Warm a worker on each node first: cut-and-paste jobs are so short that, cold, the head can finish
-    # them all while the other node's worker still imports torch (SPREAD only uses free nodes).
-    execute(cut_paste_suite(), make_pairs(tmp / "warm-data", 4, targets_per_source=2), tmp / "warm-run", quiet=True)
-    summary = execute(cut_paste_suite(), make_pairs(tmp / "data", 6, targets_per_source=4), tmp / "run", quiet=True)
-    print(json.dumps({{"done": summary.done, "learns": summary.learns_run, "nodes": dict(summary.node_ids)}}))
+    # Warm a worker on each node first, so that neither node spends the run importing torch.
+    execute(cut_paste_suite(**slow), make_pairs(tmp / "warm-data", 2), tmp / "warm-run", quiet=True)
+    summary = execute(cut_paste_suite(**slow), make_pairs(tmp / "data", 6, targets_per_source=4), tmp / "run",
+                      quiet=True)
+    print(json.dumps({{"done": summary.done, "learns": summary.learns_run, "nodes": dict(summary.node_ids),
+                      "learn_nodes": dict(summary.learn_node_ids)}}))
     ray.shutdown()
     cluster.shutdown()
 """)
@@ -163,7 +169,8 @@ def test_two_node_cluster(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     report = last_json_line(result.stdout)
     assert report["done"] == 24 and report["learns"] == 6
-    assert len(report["nodes"]) == 2, report
+    assert len(report["nodes"]) == 2 and len(report["learn_nodes"]) == 2, report
+    assert sum(report["learn_nodes"].values()) == 6, report
 
 
 def test_unset_stage_one_steps_leaves_each_preset_its_own() -> None:

@@ -9,6 +9,9 @@ It is cut-and-paste (:mod:`clic.methods.cut_paste`) plus one injected fault, cho
   (``<concepts root>/.fault-*``), i.e. inside the run folder, keyed by the source (and target) content.
 - ``nan-loss`` / ``oom``: a deterministic error in learning (a NaN loss; a CUDA out-of-memory error),
   raised on every attempt: the harness must record it as a failed job, not retry it forever.
+- ``slow``: no failure, only ``seconds`` of sleep in learning and in each transfer, the way a long job
+  holds its worker. Scheduling tests use it: two such jobs cannot share a 1-CPU node, so jobs that
+  overlap in time must run on different nodes, however fast the machine is.
 
 Every learning attempt appends a line to ``<concepts root>/.fault-attempts-<key>``, so a test can count
 how many times the harness ran it.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -57,6 +61,7 @@ class FaultInjection(CutPaste):
         "kill-once-in-transfer": {"fault": {"kind": "kill-once", "phase": "transfer"}},
         "nan-loss": {"fault": {"kind": "nan-loss", "phase": "learn"}},
         "oom": {"fault": {"kind": "oom", "phase": "learn"}},
+        "slow": {"fault": {"kind": "delay", "phase": "learn+transfer", "seconds": 0.5}},
     }
     default_preset = "kill-once-in-learn"
     sources = {"method": "none: a test fixture for harness reliability (tests/test_reliability.py)"}
@@ -77,7 +82,9 @@ class FaultInjection(CutPaste):
             markers.mkdir(parents=True, exist_ok=True)
             with (markers / f"{MARKER_PREFIX}attempts-{key}").open("a") as log:
                 log.write(f"{os.getpid()}\n")
-        if fault["phase"] == "learn":
+        if fault["kind"] == "delay":
+            time.sleep(float(fault["seconds"]))
+        elif fault["phase"] == "learn":
             for step in range(steps):  # a stand-in for a training loop: the fault hits at a given step
                 if fault["kind"] == "kill-once" and step == fault["kill_at_step"]:
                     _die_once(markers / f"{MARKER_PREFIX}learn-{key}")
@@ -96,7 +103,9 @@ class FaultInjection(CutPaste):
                  target_mask: torch.Tensor, object_word: str, *, preset: str | None = None,
                  overrides: Mapping[str, Any] | None = None, seed: int = 0) -> PasteResult:
         fault = self.fault(preset or concept.preset)
-        if fault["kind"] == "kill-once" and fault["phase"] == "transfer":
+        if fault["kind"] == "delay":
+            time.sleep(float(fault["seconds"]))
+        elif fault["kind"] == "kill-once" and fault["phase"] == "transfer":
             key = _content_key(concept.arrays["source_image"], target_image, target_mask,
                                label=f"{concept.preset}:{seed}")
             _die_once(Path(concept.config["fault_markers"]) / f"{MARKER_PREFIX}transfer-{key}")
