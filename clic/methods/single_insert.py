@@ -233,9 +233,18 @@ def install_lora(components: SDComponents, concept: LearnedConcept) -> None:
     state = {k[len(LORA_PREFIX):]: v for k, v in concept.arrays.items() if k.startswith(LORA_PREFIX)}
     if not state or ADAPTER in (getattr(components.unet, "peft_config", None) or {}):
         return
+    from transformers.utils import logging as transformers_logging
+
     StableDiffusionPipeline.load_lora_into_unet(state, None, components.unet, adapter_name=ADAPTER)
-    StableDiffusionPipeline.load_lora_into_text_encoder(state, None, components.text_encoder, prefix="text_encoder",
-                                                        adapter_name=ADAPTER)
+    # transformers draws a "Loading weights" bar for these few tensors: one per transfer/generation job is noise
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        StableDiffusionPipeline.load_lora_into_text_encoder(state, None, components.text_encoder,
+                                                            prefix="text_encoder", adapter_name=ADAPTER)
+    finally:
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------- learning
