@@ -84,13 +84,23 @@ class ModelInfo:
     weights_label: str
 
 
+# Group metrics score a set of jobs' outputs together; each names the set it needs (``group_by``):
+SEEDS = "seeds"  # one source x method x preset x settings, over seeds (e.g. diversity across seeds)
+CONCEPTS = "concepts"  # one category x method x preset x settings, over sources and seeds (e.g. ACC of concepts)
+GROUP_KINDS = (SEEDS, CONCEPTS)
+
+
 @dataclass(frozen=True)
 class MetricInfo:
     name: str
     version: str
     scale: str
     tasks: frozenset[str]
-    group_metric: bool = False
+    group_by: str | None = None  # None: scored per job; else one of GROUP_KINDS
+
+    @property
+    def group_metric(self) -> bool:
+        return self.group_by is not None
 
 
 @dataclass(frozen=True)
@@ -132,7 +142,8 @@ class TaskJob:
     expected_image: str | None = None
     source_image: str | None = None
     source_mask: str | None = None
-    group: str | None = None  # jobs sharing a group are scored together by group metrics
+    # kind (GROUP_KINDS) -> group id: group metrics of that kind score the group's outputs together
+    groups: Mapping[str, str] = field(default_factory=dict)
     status: str = PENDING
     reason: str | None = None  # why a job is not applicable
 
@@ -205,6 +216,7 @@ class Plan:
     etas: Sequence[float | None]
     transfer_settings: Mapping[str, Any]  # other transfer settings (steps ...)
     generate_objects: Sequence[str]  # empty: each pair's target object
+    generate_prompts: Sequence[str]  # empty: each preset's prompt template
     generate_settings: Mapping[str, Any]
     match_missing_masks: bool  # transfer into pairs without a target mask via RoI matching
     match_settings: Mapping[str, Any]
@@ -257,7 +269,7 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
         tasks = supports[run.name]
 
         def add(task: str, settings: dict[str, Any], object_word: str, targets: Mapping[str, str | None],
-                reason: str | None = None, **paths: Any) -> None:
+                reason: str | None = None, groups: Mapping[str, str] | None = None, **paths: Any) -> None:
             metrics = _metrics_for(task, plan.metrics)
             settings = {**settings, "learn": dict(run.learn)} if run.learn else settings
             if task not in tasks:
@@ -272,7 +284,7 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
                 job_id=job_id, task=task, settings=settings,
                 object_word=object_word, metrics=tuple(m.name for m in metrics),
                 status=PENDING if reason is None else STATUS_NOT_APPLICABLE, reason=reason,
-                **common, **paths,
+                groups=dict(groups or {}) if reason is None else {}, **common, **paths,
             ))
 
         # The pair id is part of a task job's identity: two rows with identical files still get one result
@@ -298,12 +310,16 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
                     settings["match"] = dict(plan.match_settings)  # the mask is predicted first
                 add("transfer", settings, pair.target_object, target_hashes, **target_paths)
         if "generate" in plan.tasks:
-            for object_word in plan.generate_objects or [pair.target_object]:
+            for object_word, prompt in itertools.product(plan.generate_objects or [pair.target_object],
+                                                         plan.generate_prompts or [None]):
                 settings = {**plan.generate_settings, "object": object_word}
-                # Seeds of one source × method × object form a group (e.g. for diversity across seeds).
-                group = content_id({"source": learn_key["source_image"], "method": run.name, "preset": run.preset,
-                                    "settings": settings, "learn": dict(run.learn)})
-                add("generate", settings, object_word, {}, group=group)
+                if prompt is not None:
+                    settings["prompt"] = prompt
+                shared = {"method": run.name, "preset": run.preset, "settings": settings, "learn": dict(run.learn)}
+                groups = {SEEDS: content_id({**shared, "kind": SEEDS, "source": learn_key["source_image"],
+                                             "source_mask": learn_key["source_mask"]}),
+                          CONCEPTS: content_id({**shared, "kind": CONCEPTS, "category": pair.category})}
+                add("generate", settings, object_word, {}, groups=groups)
         if "match" in plan.tasks:
             add("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)
     return graph

@@ -9,6 +9,7 @@ rerun skips everything already written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib
 import math
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from . import store
-from .jobs import (JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan, TaskJob, build_job_graph,
+from .jobs import (SEEDS, JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan, TaskJob, build_job_graph,
                    code_version, content_id, git_describe)
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 NO_MODEL_LABEL = "none (no model)"  # the weights label of methods that load no model (cut-and-paste)
 METRIC_ACTOR_PREFIX = "clic-metrics-"  # + a hash of the metric configuration: the metric actor's name
+GROUP_RESULT_PREFIX = "group-"  # + kind, group id, membership hash: the result id of a group's values
 
 
 @dataclass
@@ -45,6 +47,8 @@ class RunSummary:
     failed: int = 0
     not_applicable: int = 0
     learns_run: int = 0
+    groups_scored: int = 0  # groups whose group metrics were computed in this run
+    groups_failed: int = 0
     wall_seconds: float = 0.0
     work_seconds: float = 0.0  # learn + task + metric seconds summed over jobs
     overhead_share: float = 0.0
@@ -85,14 +89,14 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
     for name in suite.metrics:
         cls = metric_class(name)
         metrics.append(MetricInfo(name, cls.version, cls.scale, frozenset(cls.tasks),
-                                  bool(getattr(cls, "group_metric", False))))
+                                  cls.group_by if getattr(cls, "group_metric", False) else None))
     transfer, generate = suite.transfer, suite.generate
     return Plan(
         methods=methods, seeds=list(suite.seeds), tasks=frozenset(suite.tasks),
         t_starts=list(transfer.t_start) if transfer.t_start is not None else [None],
         etas=list(transfer.eta) if transfer.eta is not None else [None],
         transfer_settings={"steps": transfer.steps, "guidance_scale": transfer.guidance_scale},
-        generate_objects=list(generate.objects),
+        generate_objects=list(generate.objects), generate_prompts=list(generate.prompts),
         generate_settings={"steps": generate.steps, "images": generate.images_per_seed,
                            # unset: each method's preset decides (e.g. SingleInsert's one-stage preset: 0)
                            **({} if generate.stage_one_steps is None else {"stage_one_steps": generate.stage_one_steps})},
@@ -274,7 +278,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     out = store.artifact_dir(run_dir, job.job_id)
     out.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, str] = {}
-    sample = Sample(job_id=job.job_id, task=job.task, object_word=job.object_word, group=job.group)
+    sample = Sample(job_id=job.job_id, task=job.task, object_word=job.object_word)
     source, source_mask, (_, _, source_placement) = _model_input(job.source_image, job.source_mask, resolution)
     sample.source_image = _as_float_image(source)
     sample.source_mask = source_mask
@@ -315,11 +319,13 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     elif job.task == "generate":
         result = method.generate(components, learned, job.object_word, preset=job.preset, overrides=overrides,
                                  seed=job.seed)
-        first = result.images[0].detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
-        sample.output_image = first.astype(np.float32)
         sample.prompt = result.prompt
-        _save_png(Image.fromarray((first * 255).round().astype(np.uint8)), out / "edited.png")
-        artifacts = {"artifact_image": "edited.png"}
+        images = result.images.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy().astype(np.float32)
+        samples = []
+        for index, image in enumerate(images):  # every image is scored; the job's value is their mean
+            _save_png(Image.fromarray((image * 255).round().astype(np.uint8)), out / generated_image_name(index))
+            samples.append(dataclasses.replace(sample, output_image=image))
+        artifacts = {"artifact_image": generated_image_name(0)}
         if getattr(result, "attention", None) is not None:
             _save_map(result.attention[0].detach().cpu().numpy(), out / "attention.png")
             artifacts["artifact_attention"] = "attention.png"
@@ -334,8 +340,60 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     losses = Path(concept["folder"]) / "losses.csv"
     if losses.is_file():
         artifact_paths["artifact_losses"] = str(Path(store.CONCEPTS_DIR) / job.concept_id / losses.name)
-    return {"sample": sample, "artifacts": artifact_paths, "task_seconds": time.perf_counter() - start,
+    if job.task != "generate":
+        samples = [sample]
+    return {"samples": samples, "artifacts": artifact_paths, "task_seconds": time.perf_counter() - start,
             "learn_seconds": float(concept["seconds"]), "node_id": _node_id()}
+
+
+def generated_image_name(index: int) -> str:
+    """Artifact file of a generation's ``index``-th image (the first keeps the name every task uses)."""
+    return "edited.png" if index == 0 else f"edited-{index}.png"
+
+
+def generated_images(run_dir: str | Path, job_id: str) -> list[Path]:
+    """A finished generate job's images, in order."""
+    folder = store.artifact_dir(run_dir, job_id)
+    paths = []
+    while (folder / generated_image_name(len(paths))).is_file():
+        paths.append(folder / generated_image_name(len(paths)))
+    return paths
+
+
+def group_member_spec(job: TaskJob, run_dir: str | Path) -> dict[str, Any]:
+    """What a group metric needs of one finished member job, as file paths (read by the metric actor)."""
+    return {"job_id": job.job_id, "task": job.task, "object_word": job.object_word,
+            "artifacts": str(store.artifact_dir(run_dir, job.job_id)),
+            "images": [str(path) for path in generated_images(run_dir, job.job_id)],
+            "source_image": job.source_image, "source_mask": job.source_mask}
+
+
+def group_samples(specs: Sequence[Mapping[str, Any]], group: str) -> list:
+    """The samples of a group, one per image of each member, loaded from the members' artifacts: a group
+    completed across runs (resume) is scored the same way as one completed in a single run."""
+    from clic.io import load_image, load_mask
+    from .metrics.base import Sample
+
+    samples = []
+    for spec in specs:
+        if not spec["images"]:
+            raise FileNotFoundError(f"{spec['artifacts']}: no generated image (the job's artifacts were removed)")
+        source = load_image(spec["source_image"])
+        source_mask = load_mask(spec["source_mask"], size=source.size) if spec["source_mask"] else None
+        for path in spec["images"]:
+            samples.append(Sample(job_id=spec["job_id"], task=spec["task"], object_word=spec["object_word"],
+                                  output_image=_as_float_image(load_image(path)), source_image=_as_float_image(source),
+                                  source_mask=source_mask, group=group))
+    return samples
+
+
+def mean_values(per_image: Sequence[Sequence[tuple[str, str, float]]]) -> list[tuple[str, str, float]]:
+    """One job's metric values from its images' values: the mean per (metric, value name), in first-seen order."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for values in per_image:
+        for name, value_name, value in values:
+            sums.setdefault((name, value_name), []).append(value)
+    return [(name, value_name, float(np.mean(values))) for (name, value_name), values in sums.items()]
 
 
 class MetricScorer:
@@ -363,8 +421,12 @@ class MetricScorer:
         share = (time.perf_counter() - start) / max(len(samples), 1)
         return [{"values": v, "seconds": share} for v in values]
 
-    def score_groups(self, names: Sequence[str], samples: list) -> list[tuple[str, str, float]]:
-        return [(name, v.name, float(v.value)) for name in names for v in self.metrics[name].compute_group(samples)]
+    def score_group(self, names: Sequence[str], group: str, specs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The group metrics ``names`` over one group's members (file specs, see :func:`group_member_spec`)."""
+        start = time.perf_counter()
+        samples = group_samples(specs, group)
+        values = [(name, v.name, float(v.value)) for name in names for v in self.metrics[name].compute_group(samples)]
+        return {"values": values, "seconds": time.perf_counter() - start}
 
 
 _METRIC_SCORERS: dict[str, Any] = {}  # at most one: configuration key -> the actor, kept for the next run
@@ -457,7 +519,9 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     run_id = uuid.uuid4().hex[:12]
     summary = RunSummary(run_dir=run_dir, run_id=run_id, total_jobs=len(graph.jobs))
 
-    finished = store.finished_job_ids(run_dir, include_failed=not retry_failed)
+    statuses = store.job_statuses(run_dir)
+    finished = {job_id for job_id, status in statuses.items() if not retry_failed or status != store.STATUS_FAILED}
+    ok_jobs = {job_id for job_id, status in statuses.items() if status == store.STATUS_OK}
     todo = [job for job in graph.jobs if job.job_id not in finished]
     summary.skipped = len(graph.jobs) - len(todo)
     for job in [j for j in todo if j.status == store.STATUS_NOT_APPLICABLE]:
@@ -466,7 +530,29 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         summary.not_applicable += 1
     todo = [job for job in todo if job.status != store.STATUS_NOT_APPLICABLE]
 
-    if not todo:  # nothing to run: no cluster, no metric models
+    # Group metrics score sets of jobs (harness.jobs.GROUP_KINDS) once every member has an ok result, in this
+    # run or an earlier one: the metric actor reads the members' images back from their artifacts. A group's
+    # values are a result file of their own (id "group-<kind>-..."), so members are written when scored.
+    group_metrics: dict[str, list[str]] = defaultdict(list)  # kind -> metric names
+    for metric in plan.metrics:
+        if metric.group_by:
+            group_metrics[metric.group_by].append(metric.name)
+    members: dict[tuple[str, str], list[TaskJob]] = defaultdict(list)  # (kind, group) -> member jobs
+    for job in graph.jobs:
+        for kind, group in job.groups.items():
+            if kind in group_metrics:
+                members[(kind, group)].append(job)
+
+    def group_result_id(key: tuple[str, str]) -> str:
+        kind, group = key
+        metrics = sorted([m.name, m.version] for m in plan.metrics if m.group_by == kind)
+        membership = content_id({"members": sorted(job.job_id for job in members[key]), "metrics": metrics})
+        return f"{GROUP_RESULT_PREFIX}{kind}-{group[:12]}-{membership[:12]}"
+
+    def group_to_score(key: tuple[str, str]) -> bool:
+        return group_result_id(key) not in finished and all(job.job_id in ok_jobs for job in members[key])
+
+    if not todo and not any(map(group_to_score, members)):  # nothing to run: no cluster, no metric models
         summary.wall_seconds = time.perf_counter() - start_clock
         _write_run_manifest(run_dir, suite, summary, started, models, {}, slots=0)
         return summary
@@ -504,13 +590,6 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
                 raise
         return metric_weights.get(name)
 
-    # Group metrics need every member of a group; only groups run whole in this run are scored.
-    group_metrics = [m.name for m in plan.metrics if m.group_metric]
-    group_size = Counter(job.group for job in graph.jobs if job.group)
-    group_todo = Counter(job.group for job in todo if job.group)
-    complete_groups = {g for g, n in group_todo.items() if n == group_size[g]} if group_metrics else set()
-    held: dict[str, list[tuple[TaskJob, dict, dict]]] = defaultdict(list)
-
     # Learn first: every concept's learning (the long work) is queued before any task job, so the end of
     # the run is short task jobs filling the slots instead of one last learn running alone (a list
     # schedule's tail is as long as its last job). Task jobs are submitted once their concept is learned.
@@ -525,7 +604,8 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     ready: deque[TaskJob] = deque()  # jobs whose concept is learned, not yet submitted
     in_flight: dict[Any, TaskJob] = {}  # task refs
     scoring: dict[Any, list[tuple[TaskJob, dict]]] = {}  # metric refs -> the outputs they score
-    group_scoring: dict[Any, list[tuple[TaskJob, dict, dict]]] = {}  # group-metric refs -> the group
+    group_scoring: dict[Any, tuple[str, str]] = {}  # group-metric refs -> (kind, group)
+    groups_submitted: set[tuple[str, str]] = set()
     progress = tqdm(total=len(todo), disable=quiet, unit="job", desc="jobs")
 
     def show() -> None:
@@ -538,6 +618,10 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         store.write_job_results(run_dir, job.job_id, rows)
         summary.failed += failed
         summary.done += not failed
+        if not failed:
+            ok_jobs.add(job.job_id)
+            for key in job.groups.items():
+                score_group_if_complete(key)
         row = rows[0]
         summary.work_seconds += float(row.get("task_seconds") or 0.0) + float(row.get("metric_seconds") or 0.0)
         if job.concept_id not in learn_counted:
@@ -560,19 +644,36 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         return [{**_base_row(job, run_id, models), "status": store.STATUS_FAILED, "error": stage + one_line(error),
                  "finished_at": now_iso()}]
 
-    def scored(job: TaskJob, output: dict, result: dict) -> None:
-        """A job's own metrics are in: write it, or hold it until its whole group is scored."""
-        if job.group not in complete_groups:
-            record(job, ok_rows(job, output, result["values"], result["seconds"]), failed=False)
+    def score_group_if_complete(key: tuple[str, str]) -> None:
+        if key not in members or key in groups_submitted or not group_to_score(key):
             return
-        held[job.group].append((job, output, result))
-        if len(held[job.group]) == group_size[job.group]:
-            members = sorted(held.pop(job.group), key=lambda item: item[0].job_id)
-            samples = [item[1]["sample"] for item in members]
-            group_scoring[scorer.score_groups.remote(group_metrics, samples)] = members
+        groups_submitted.add(key)
+        specs = [group_member_spec(job, run_dir) for job in sorted(members[key], key=lambda job: job.job_id)]
+        group_scoring[scorer.score_group.remote(group_metrics[key[0]], key[1], specs)] = key
+
+    def record_group(key: tuple[str, str], result: dict | None, error: BaseException | None = None) -> None:
+        """Write a group's values (or its failure) under the group's result id, replacing older memberships'."""
+        first = min(members[key], key=lambda job: job.job_id)
+        result_id = group_result_id(key)
+        # A seeds group is one source's (its pair id is the first pair with that source, so it pairs with other
+        # methods' groups on that source); a concepts group spans pairs. Neither has one seed.
+        base = {**_base_row(first, run_id, models), "job_id": result_id, "concept_id": None, "seed": None,
+                "pair_id": first.pair_id if key[0] == SEEDS else None, "finished_at": now_iso()}
+        if error is not None:
+            rows = [{**base, "status": store.STATUS_FAILED, "error": "group metric: " + one_line(error)}]
+        else:
+            base = {**base, "status": store.STATUS_OK, "metric_seconds": result["seconds"]}
+            summary.work_seconds += result["seconds"]
+            rows = [{**base, "metric": value_name, "value": value, "metric_version": metric_info[name].version,
+                     "metric_scale": metric_info[name].scale, "metric_weights": weights_of(name)}
+                    for name, value_name, value in result["values"]] or [base]
+        store.write_job_results(run_dir, result_id, rows)
+        store.remove_superseded_results(run_dir, result_id.rsplit("-", 1)[0] + "-", keep=result_id)
+        summary.groups_failed += error is not None
+        summary.groups_scored += error is None
 
     def awaiting_scores() -> int:
-        return sum(len(batch) for batch in scoring.values()) + sum(len(m) for m in group_scoring.values())
+        return sum(len(batch) for batch in scoring.values())
 
     def submit() -> None:
         # At most max_in_flight Ray tasks are queued or running, and at most max_in_flight outputs may wait
@@ -606,6 +707,8 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         ready.extend(waiting.pop(concept_id))
         show()
 
+    for key in members:  # groups whose members all finished in earlier runs
+        score_group_if_complete(key)
     submit()
     while learning or in_flight or scoring or group_scoring:
         # Metrics are scored asynchronously: new jobs start while the metric actor works.
@@ -635,31 +738,28 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
                 except Exception as error:  # a metric refused a sample: find which one, fail only that job
                     if len(batch) > 1:
                         for item in batch:
-                            scoring[scorer.score.remote([item[1]["sample"]])] = [item]
+                            scoring[scorer.score.remote(item[1]["samples"])] = [item]
                     else:
                         record(batch[0][0], failed_row(batch[0][0], error, "metric: "), failed=True)
                     continue
-                for (job, output), result in zip(batch, results):
-                    scored(job, output, result)
+                for job, output in batch:  # a generation's images each have values: the job keeps their mean
+                    mine, results = results[:len(output["samples"])], results[len(output["samples"]):]
+                    values = mean_values([result["values"] for result in mine])
+                    record(job, ok_rows(job, output, values, sum(result["seconds"] for result in mine)), failed=False)
             else:
-                members = group_scoring.pop(ref)
+                key = group_scoring.pop(ref)
                 try:
-                    group_values = ray.get(ref)
-                except Exception as error:
-                    for member_job, _, _ in members:
-                        record(member_job, failed_row(member_job, error, "group metric: "), failed=True)
+                    group_result = ray.get(ref)
+                except Exception as error:  # only the group's values are lost; its members keep their rows
+                    record_group(key, None, error)
                     continue
-                # The group's values are stored once, on its first member, so they are not counted twice.
-                members[0][2]["values"].extend(group_values)
-                for member_job, member_output, member_result in members:
-                    record(member_job, ok_rows(member_job, member_output, member_result["values"],
-                                               member_result["seconds"]), failed=False)
+                record_group(key, group_result)
         if outputs:
             if metric_names:
-                scoring[scorer.score.remote([o["sample"] for _, o in outputs])] = outputs
+                scoring[scorer.score.remote([s for _, o in outputs for s in o["samples"]])] = outputs
             else:
                 for job, output in outputs:
-                    scored(job, output, {"values": [], "seconds": 0.0})
+                    record(job, ok_rows(job, output, [], 0.0), failed=False)
         submit()
     progress.close()
 
@@ -688,7 +788,8 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", summary: RunSummary, star
         "metric_weights": dict(metric_weights) or previous.get("metric_weights", {}),
         "counts": {"jobs": summary.total_jobs, "done": summary.done, "skipped": summary.skipped,
                    "failed": summary.failed, "not_applicable": summary.not_applicable,
-                   "learns_run": summary.learns_run},
+                   "learns_run": summary.learns_run, "groups_scored": summary.groups_scored,
+                   "groups_failed": summary.groups_failed},
         "learns_total": int((previous.get("learns_total") or 0) + summary.learns_run),
         "nodes": dict(summary.node_ids),
         "learn_nodes": dict(summary.learn_node_ids),
@@ -738,6 +839,8 @@ def run_main(args: argparse.Namespace) -> int:
     print(f"{summary.total_jobs} jobs: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
           f"(already finished), {summary.not_applicable} not applicable; {summary.learns_run} concepts learned; "
           f"{summary.wall_seconds:.1f} s wall, harness overhead {summary.overhead_share:.0%}")
+    if summary.groups_scored or summary.groups_failed:
+        print(f"group metrics: {summary.groups_scored} groups scored, {summary.groups_failed} failed")
     print(f"results: {summary.run_dir / store.RESULTS_DIR} (read with harness.store.read_results)")
     if not args.no_report:
         try:

@@ -204,14 +204,30 @@ def read_results(run_dir: str | Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
+def job_statuses(run_dir: str | Path) -> dict[str, str]:
+    """Job id -> its status (ok, failed, not_applicable), for every job with a readable result file."""
+    statuses: dict[str, str] = {}
+    for table in _read_tables(run_dir, columns=["job_id", "status"]):
+        status = set(table.column("status").to_pylist())
+        for job_id in set(table.column("job_id").to_pylist()):
+            statuses[job_id] = STATUS_FAILED if STATUS_FAILED in status else next(iter(status))
+    return statuses
+
+
 def finished_job_ids(run_dir: str | Path, include_failed: bool = True) -> set[str]:
     """Ids of jobs with a readable result file; ``include_failed=False`` leaves out failed ones (to retry)."""
-    finished: set[str] = set()
-    for table in _read_tables(run_dir, columns=["job_id", "status"]):
-        statuses = set(table.column("status").to_pylist())
-        if include_failed or STATUS_FAILED not in statuses:
-            finished.update(table.column("job_id").to_pylist())
-    return finished
+    return {job_id for job_id, status in job_statuses(run_dir).items() if include_failed or status != STATUS_FAILED}
+
+
+def remove_superseded_results(run_dir: str | Path, prefix: str, keep: str) -> int:
+    """Delete the result files whose job id starts with ``prefix``, except ``keep``'s: a group's values
+    scored over an older membership (e.g. fewer seeds) are superseded by the current group's. Returns how many."""
+    removed = 0
+    for path in _result_files(run_dir):
+        if path.stem.startswith(prefix) and path.stem != keep:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:

@@ -22,6 +22,8 @@ A suite file (``benchmarks/*.yaml``)::
       guidance_scale: 7.5             # default 7.5
     generate:
       objects: [chair, sofa]          # default []: each pair's target_object
+      prompts: ["a red {object} with {tokens} style"]   # default []: each preset's prompt; "esr": the fixed
+                                      # editing prompts of harness.metrics.esr; {object} {tokens} {token}
       stage_one_steps: 5              # default: the method preset's (CLiC: 5); in [0, steps]
       steps: 50                       # default 50
       images_per_seed: 1              # default 1
@@ -53,6 +55,7 @@ import dataclasses
 import difflib
 import os
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -70,6 +73,8 @@ DEFAULT_TASKS = ("transfer",)
 TINY_MODELS = ("tiny", "tiny-inpaint")
 DEFAULT_METRICS = ("clip_image", "clip_text", "lpips", "ssim_psnr", "mask_iou")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+ESR_PROMPTS_KEYWORD = "esr"  # generate.prompts: esr -> the editing prompts the esr metric judges
+PROMPT_FIELDS = frozenset({"object", "tokens", "token"})  # what clic.learn.format_prompt fills in
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")  # the name becomes runs/<name>
 
 
@@ -115,6 +120,7 @@ class TransferSpec:
 @dataclass(frozen=True)
 class GenerateSpec:
     objects: tuple[str, ...] = ()  # empty: each pair's target_object
+    prompts: tuple[str, ...] = ()  # empty: each method preset's own prompt template
     stage_one_steps: int | None = None  # None: the method preset's (CLiC's paper preset: 5)
     steps: int = 50
     images_per_seed: int = 1
@@ -458,6 +464,7 @@ class _SuiteReader:
         steps = self.steps(data.get("steps", GenerateSpec.steps), "generate.steps")
         return GenerateSpec(
             objects=self.strings(data.get("objects", []), "generate.objects", allow_empty=True),
+            prompts=self.prompts(data.get("prompts", [])),
             stage_one_steps=None if data.get("stage_one_steps") is None else self.integer(
                 data["stage_one_steps"], "generate.stage_one_steps",
                 minimum=0, maximum=steps, what=f" (generate.steps = {steps})",
@@ -465,6 +472,24 @@ class _SuiteReader:
             steps=steps,
             images_per_seed=self.integer(data.get("images_per_seed", GenerateSpec.images_per_seed), "generate.images_per_seed", minimum=1),
         )
+
+    def prompts(self, value: Any) -> tuple[str, ...]:
+        if value == ESR_PROMPTS_KEYWORD:
+            from .metrics.esr import EDIT_PROMPTS
+
+            return tuple(EDIT_PROMPTS)
+        prompts = self.strings(value, "generate.prompts", allow_empty=True)
+        for i, prompt in enumerate(prompts):
+            try:
+                fields = {name for _, name, _, _ in string.Formatter().parse(prompt) if name is not None}
+            except ValueError as error:  # e.g. an unmatched brace
+                self.fail(f"generate.prompts[{i}]", f"{prompt!r} is not a prompt template: {error}")
+            if fields - PROMPT_FIELDS:
+                self.fail(f"generate.prompts[{i}]", f"unknown placeholder(s) {sorted(fields - PROMPT_FIELDS)} in "
+                                                    f"{prompt!r} (known: {{object}}, {{tokens}}, {{token}})")
+            if not fields & {"tokens", "token"}:
+                self.fail(f"generate.prompts[{i}]", f"{prompt!r} does not name the concept ({{tokens}} or {{token}})")
+        return prompts
 
     def match(self, value: Any) -> MatchSpec:
         data = self.mapping(value, "match", [f.name for f in dataclasses.fields(MatchSpec)])

@@ -12,8 +12,9 @@ mask are equal belong to one concept. With CLIP image embeddings (unit norm):
 - "acc1" / "acc3" = share of generations whose own concept is among the top-1 / top-3 prototypes by
   cosine. ACC¹ needs at least 2 concepts, ACC³ at least 4 (with 3 or fewer it is 1 by construction).
 
-The runner must feed one group with all concepts' generations (see the single-image suite's notes); a
-group of one concept gives SIM values only.
+The runner scores it on each "concepts" group: the generations of one category x method x preset x
+generation settings, over every source (concept) and seed of the run. A group of one concept gives SIM
+values only.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class ConceptClassification:
     scale: ClassVar[str] = "sim_i, sim_c: mean cosine [-1, 1]; acc1, acc3: accuracy [0, 1] (higher is better)"
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
     group_metric: ClassVar[bool] = True
+    group_by: ClassVar[str] = "concepts"  # one category x method x settings, over sources and seeds
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)

@@ -95,6 +95,7 @@ class LpipsDiversity:
     scale: ClassVar[str] = "mean pairwise LPIPS distance >= 0 (0 = all outputs identical)"
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
     group_metric: ClassVar[bool] = True
+    group_by: ClassVar[str] = "seeds"  # the outputs of one concept and settings over seeds
 
     def __init__(self, settings: MetricSettings) -> None:
         self.lpips = models.load_lpips(settings, spatial=False)
