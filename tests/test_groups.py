@@ -135,3 +135,16 @@ def test_group_metrics_over_seeds_and_concepts_and_every_image_scored(ray_sessio
     more = execute(make_suite(generate_suite(seeds=[0, 1, 2])), pairs, run, quiet=True, allow_random_metrics=True)
     assert (more.done, more.skipped, more.groups_scored) == (3, 6, 5)
     assert len(group_rows(run, SEEDS)) == 3 and len(group_rows(run, CONCEPTS)) == 3 + 2
+
+    # A group that cannot be scored (a member's images are gone) is one failed row; its members keep theirs.
+    for path in store.results_dir(run).glob(f"{GROUP_RESULT_PREFIX}{SEEDS}-*.parquet"):
+        path.unlink()
+    member = jobs["job_id"].iloc[0]
+    for image in (run / store.ARTIFACTS_DIR / member).glob("edited*.png"):
+        image.unlink()
+    broken = execute(make_suite(generate_suite(seeds=[0, 1, 2])), pairs, run, quiet=True, allow_random_metrics=True)
+    assert (broken.jobs_run, broken.groups_scored, broken.groups_failed) == (0, 2, 1)
+    failed = group_rows(run, SEEDS).query("status == 'failed'")
+    assert len(failed) == 1 and "\n" not in failed["error"].item()
+    assert failed["error"].item().startswith("group metric: ") and member in failed["error"].item()
+    assert (store.read_results(run).query("job_id == @member")["status"] == "ok").all()
