@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from . import store
-from .jobs import (SEEDS, JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan, TaskJob, build_job_graph,
-                   code_version, content_id, git_describe)
+from .jobs import (GROUP_KINDS, SEEDS, JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan, TaskJob,
+                   build_job_graph, code_version, content_id, git_describe)
 
 if TYPE_CHECKING:
     from .suite import Suite
@@ -88,21 +88,45 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
     metrics = []
     for name in suite.metrics:
         cls = metric_class(name)
-        metrics.append(MetricInfo(name, cls.version, cls.scale, frozenset(cls.tasks),
-                                  cls.group_by if getattr(cls, "group_metric", False) else None))
+        group_by = cls.group_by if getattr(cls, "group_metric", False) else None
+        if group_by is not None and group_by not in GROUP_KINDS:
+            raise ValueError(f"metric {name!r}: group_by {group_by!r} is not one of {GROUP_KINDS}")
+        metrics.append(MetricInfo(name, cls.version, cls.scale, frozenset(cls.tasks), group_by))
     transfer, generate = suite.transfer, suite.generate
+    generate_settings = {"steps": generate.steps, "images": generate.images_per_seed,
+                         # unset: each method's preset decides (e.g. SingleInsert's one-stage preset: 0)
+                         **({} if generate.stage_one_steps is None else {"stage_one_steps": generate.stage_one_steps})}
+    if "generate" in suite.tasks:
+        _check_generate_settings(suite, methods, generate_settings)
     return Plan(
         methods=methods, seeds=list(suite.seeds), tasks=frozenset(suite.tasks),
         t_starts=list(transfer.t_start) if transfer.t_start is not None else [None],
         etas=list(transfer.eta) if transfer.eta is not None else [None],
         transfer_settings={"steps": transfer.steps, "guidance_scale": transfer.guidance_scale},
         generate_objects=list(generate.objects), generate_prompts=list(generate.prompts),
-        generate_settings={"steps": generate.steps, "images": generate.images_per_seed,
-                           # unset: each method's preset decides (e.g. SingleInsert's one-stage preset: 0)
-                           **({} if generate.stage_one_steps is None else {"stage_one_steps": generate.stage_one_steps})},
+        generate_settings=generate_settings,
         match_missing_masks=suite.match.enabled, match_settings={"steps": suite.match.steps},
         metrics=metrics, resolution=resolution, estimate_source_masks=suite.source_masks == "estimate",
     )
+
+
+def _check_generate_settings(suite: "Suite", methods: Sequence[MethodRun], settings: Mapping[str, Any]) -> None:
+    """Each generating method's preset merged with the suite's generation settings must be valid: a suite
+    whose generate.steps is shorter than a preset's stage one fails here, not in every generation job."""
+    from clic.generate import GenerateSettings
+    from clic.methods import method_class
+
+    from .suite import SuiteError
+
+    for run in methods:
+        method = method_class(run.name)()
+        if not method.supports("generate"):
+            continue
+        try:
+            GenerateSettings.from_dict(method.task_settings("generate", run.preset, settings))
+        except ValueError as error:
+            raise SuiteError(f"{suite.source}: generate: {error} (method {run.name!r}, preset {run.preset!r}; "
+                             f"set generate.stage_one_steps or raise generate.steps)") from None
 
 
 def _default_preset(method: str) -> str:
@@ -543,14 +567,18 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
             if kind in group_metrics:
                 members[(kind, group)].append(job)
 
+    group_ids: dict[tuple[str, str], str] = {}
+
     def group_result_id(key: tuple[str, str]) -> str:
-        kind, group = key
-        metrics = sorted([m.name, m.version] for m in plan.metrics if m.group_by == kind)
-        membership = content_id({"members": sorted(job.job_id for job in members[key]), "metrics": metrics})
-        return f"{GROUP_RESULT_PREFIX}{kind}-{group[:12]}-{membership[:12]}"
+        if key not in group_ids:
+            kind, group = key
+            metrics = sorted([m.name, m.version] for m in plan.metrics if m.group_by == kind)
+            membership = content_id({"members": sorted(job.job_id for job in members[key]), "metrics": metrics})
+            group_ids[key] = f"{GROUP_RESULT_PREFIX}{kind}-{group[:12]}-{membership[:12]}"
+        return group_ids[key]
 
     def group_to_score(key: tuple[str, str]) -> bool:
-        return group_result_id(key) not in finished and all(job.job_id in ok_jobs for job in members[key])
+        return all(job.job_id in ok_jobs for job in members[key]) and group_result_id(key) not in finished
 
     if not todo and not any(map(group_to_score, members)):  # nothing to run: no cluster, no metric models
         summary.wall_seconds = time.perf_counter() - start_clock

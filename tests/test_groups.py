@@ -43,7 +43,7 @@ def two_categories(pairs: list[Pair]) -> list[Pair]:
 
 def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
     pairs = two_categories(make_pairs(tmp_path, 3))  # furniture: sources 0 and 1; jewelry: source 2
-    suite = make_suite(generate_suite(generate={"objects": ["vase", "cup"], "prompts": "esr", "steps": 2}))
+    suite = make_suite(generate_suite(generate={"objects": ["vase", "cup"], "prompts": "esr", "steps": 2, "stage_one_steps": 1}))
     plan = plan_from_suite(suite, 64)
     assert list(plan.generate_prompts) == list(EDIT_PROMPTS)
     graph = build_job_graph(pairs, plan, {"textual_inversion": None}, method_tasks(plan))
@@ -66,6 +66,13 @@ def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
     assert len(by_concepts) == 2 * 2 * len(EDIT_PROMPTS)
     assert sorted(len(m) for m in by_concepts.values()) == [2] * 2 * len(EDIT_PROMPTS) + [4] * 2 * len(EDIT_PROMPTS)
     assert all(len({(c, o, p) for c, _, _, o, p in m}) == 1 for m in by_concepts.values())
+
+
+def test_generation_shorter_than_a_presets_stage_one_is_a_suite_error() -> None:
+    suite = make_suite(generate_suite(generate={"steps": 2}))  # textual_inversion's preset: stage one = 5 steps
+    with pytest.raises(SuiteError, match="stage_one_steps must lie in") as error:
+        plan_from_suite(suite, 64)
+    assert "'textual_inversion'" in str(error.value) and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("prompts, message", [

@@ -24,6 +24,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
+from ..jobs import CONCEPTS
 from . import models
 from ._regions import sample_image, sample_mask
 from .base import MetricSettings, MetricValue, Sample
@@ -53,7 +54,7 @@ class ConceptClassification:
     scale: ClassVar[str] = "sim_i, sim_c: mean cosine [-1, 1]; acc1, acc3: accuracy [0, 1] (higher is better)"
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
     group_metric: ClassVar[bool] = True
-    group_by: ClassVar[str] = "concepts"  # one category x method x settings, over sources and seeds
+    group_by: ClassVar[str] = CONCEPTS  # one category x method x settings, over sources and seeds
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)

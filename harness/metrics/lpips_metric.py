@@ -12,6 +12,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
+from ..jobs import SEEDS
 from . import models
 from ._regions import TransferView, fill_region, resize_image, sample_image, to_tensor, transfer_view
 from .base import MetricSettings, MetricValue, Sample
@@ -95,7 +96,7 @@ class LpipsDiversity:
     scale: ClassVar[str] = "mean pairwise LPIPS distance >= 0 (0 = all outputs identical)"
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
     group_metric: ClassVar[bool] = True
-    group_by: ClassVar[str] = "seeds"  # the outputs of one concept and settings over seeds
+    group_by: ClassVar[str] = SEEDS  # the outputs of one concept and settings over seeds
 
     def __init__(self, settings: MetricSettings) -> None:
         self.lpips = models.load_lpips(settings, spatial=False)
