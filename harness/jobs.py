@@ -86,8 +86,13 @@ class ModelInfo:
 
 # Group metrics score a set of jobs' outputs together; each names the set it needs (``group_by``):
 SEEDS = "seeds"  # one source x method x preset x settings, over seeds (e.g. diversity across seeds)
-CONCEPTS = "concepts"  # one category x method x preset x settings, over sources and seeds (e.g. ACC of concepts)
+CONCEPTS = "concepts"  # one category x method x preset x settings but the object, over sources, seeds and objects
 GROUP_KINDS = (SEEDS, CONCEPTS)
+
+
+def without_object(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Generation settings without the object word: what the jobs of a "concepts" group share."""
+    return {key: value for key, value in settings.items() if key != "object"}
 
 
 @dataclass(frozen=True)
@@ -315,10 +320,13 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
                 settings = {**plan.generate_settings, "object": object_word}
                 if prompt is not None:
                     settings["prompt"] = prompt
-                shared = {"method": run.name, "preset": run.preset, "settings": settings, "learn": dict(run.learn)}
-                groups = {SEEDS: content_id({**shared, "kind": SEEDS, "source": learn_key["source_image"],
-                                             "source_mask": learn_key["source_mask"]}),
-                          CONCEPTS: content_id({**shared, "kind": CONCEPTS, "category": pair.category})}
+                shared = {"method": run.name, "preset": run.preset, "learn": dict(run.learn)}
+                # A concept's diversity is over one object; classifying concepts pools every object (by default
+                # each pair's own target object, so per-object groups would split a category's concepts).
+                groups = {SEEDS: content_id({**shared, "kind": SEEDS, "settings": settings,
+                                             "source": learn_key["source_image"], "source_mask": learn_key["source_mask"]}),
+                          CONCEPTS: content_id({**shared, "kind": CONCEPTS, "category": pair.category,
+                                                "settings": without_object(settings)})}
                 add("generate", settings, object_word, {}, groups=groups)
         if "match" in plan.tasks:
             add("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)

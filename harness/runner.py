@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from . import store
-from .jobs import (GROUP_KINDS, SEEDS, JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan, TaskJob,
-                   build_job_graph, code_version, content_id, git_describe)
+from .jobs import (CONCEPTS, GROUP_KINDS, SEEDS, JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan,
+                   TaskJob, build_job_graph, code_version, content_id, git_describe, without_object)
 
 if TYPE_CHECKING:
     from .suite import Suite
@@ -687,6 +687,10 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         # methods' groups on that source); a concepts group spans pairs. Neither has one seed.
         base = {**_base_row(first, run_id, models), "job_id": result_id, "concept_id": None, "seed": None,
                 "pair_id": first.pair_id if key[0] == SEEDS else None, "finished_at": now_iso()}
+        if key[0] == CONCEPTS:  # its members may differ in object word: the row says only what they share
+            objects = {job.object_word for job in members[key]}
+            base.update(settings=store.canonical_json(without_object(first.settings)),
+                        object_word=objects.pop() if len(objects) == 1 else None)
         if error is not None:
             rows = [{**base, "status": store.STATUS_FAILED, "error": "group metric: " + one_line(error)}]
         else:

@@ -61,11 +61,11 @@ def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
     by_seeds = groups(SEEDS)
     assert len(by_seeds) == 3 * 2 * len(EDIT_PROMPTS)
     assert all(len(m) == 2 and len({(c, s, o, p) for c, s, _, o, p in m}) == 1 for m in by_seeds.values())
-    # concepts: one group per category x object x prompt, holding every source and seed of the category
+    # concepts: one group per category x prompt, holding every source, seed and object of the category
     by_concepts = groups(CONCEPTS)
-    assert len(by_concepts) == 2 * 2 * len(EDIT_PROMPTS)
-    assert sorted(len(m) for m in by_concepts.values()) == [2] * 2 * len(EDIT_PROMPTS) + [4] * 2 * len(EDIT_PROMPTS)
-    assert all(len({(c, o, p) for c, _, _, o, p in m}) == 1 for m in by_concepts.values())
+    assert len(by_concepts) == 2 * len(EDIT_PROMPTS)
+    assert sorted(len(m) for m in by_concepts.values()) == [1 * 2 * 2] * len(EDIT_PROMPTS) + [2 * 2 * 2] * len(EDIT_PROMPTS)
+    assert all(len({(c, p) for c, _, _, _, p in m}) == 1 for m in by_concepts.values())
 
 
 def test_generation_shorter_than_a_presets_stage_one_is_a_suite_error() -> None:
@@ -122,6 +122,7 @@ def test_group_metrics_over_seeds_and_concepts_and_every_image_scored(ray_sessio
     assert sorted(seeds["pair_id"]) == sorted(pair.pair_id for pair in pairs)  # a seeds group is one source's
     concepts = group_rows(run, CONCEPTS)
     assert concepts["pair_id"].isna().all() and concepts["seed"].isna().all()
+    assert not any('"object"' in settings for settings in concepts["settings"])  # pooled over objects
     furniture = concepts[concepts["category"] == "furniture"].set_index("metric")["value"]
     jewelry = concepts[concepts["category"] == "jewelry"].set_index("metric")["value"]
     assert set(furniture.index) == {"sim_i", "sim_c", "acc1"}  # two concepts: ACC¹ (ACC³ needs four)

@@ -13,8 +13,8 @@ mask are equal belong to one concept. With CLIP image embeddings (unit norm):
   cosine. ACC¹ needs at least 2 concepts, ACC³ at least 4 (with 3 or fewer it is 1 by construction).
 
 The runner scores it on each "concepts" group: the generations of one category x method x preset x
-generation settings, over every source (concept) and seed of the run. A group of one concept gives SIM
-values only.
+generation settings (the object word aside), over every source (concept), seed and object of the run. A
+group of one concept gives SIM values only.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class ConceptClassification:
     scale: ClassVar[str] = "sim_i, sim_c: mean cosine [-1, 1]; acc1, acc3: accuracy [0, 1] (higher is better)"
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
     group_metric: ClassVar[bool] = True
-    group_by: ClassVar[str] = CONCEPTS  # one category x method x settings, over sources and seeds
+    group_by: ClassVar[str] = CONCEPTS  # one category x method x settings, over sources, seeds and objects
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
