@@ -172,7 +172,8 @@ class JobGraph:
 
 @dataclass(frozen=True)
 class Pair:
-    """The manifest columns the job graph reads (absolute paths)."""
+    """The manifest columns the job graph reads (absolute local paths or URIs); a manifest row is a
+    :class:`harness.manifest.PairSpec`, which adds the columns only people read."""
 
     pair_id: str
     category: str
@@ -184,21 +185,6 @@ class Pair:
     target_object: str
     target_mask_gt: str | None = None
     expected_image: str | None = None
-
-    @classmethod
-    def from_spec(cls, spec: Any) -> "Pair":
-        """From a manifest ``PairSpec`` (or any object with the manifest columns as attributes)."""
-        def path(name: str) -> str | None:
-            value = getattr(spec, name, None)
-            return str(value) if value not in (None, "") else None
-
-        return cls(
-            pair_id=str(spec.pair_id), category=str(spec.category),
-            source_image=path("source_image") or "", source_mask=path("source_mask"),
-            source_object=str(spec.source_object), target_image=path("target_image") or "",
-            target_mask=path("target_mask"), target_object=str(spec.target_object),
-            target_mask_gt=path("target_mask_gt"), expected_image=path("expected_image"),
-        )
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ import pyarrow.parquet as pq
 
 from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
 
+from .jobs import Pair
+
 MANIFEST_VERSION = "1"
 
 MANIFEST_SCHEMA = pa.schema(
@@ -121,23 +123,14 @@ class Problem:
         return f"{head}: {self.message}"
 
 
-@dataclass(frozen=True)
-class PairSpec:
-    """A good manifest row: locations resolved (absolute local paths or URIs), other fields as written."""
+@dataclass(frozen=True, kw_only=True)
+class PairSpec(Pair):
+    """A good manifest row: locations resolved (absolute local paths or URIs), other fields as written. It is
+    the :class:`~harness.jobs.Pair` the job graph reads, plus the row number and the columns only people read."""
 
     row: int
-    pair_id: str
-    category: str
-    source_image: str
-    source_mask: str | None
-    source_object: str
-    target_image: str
-    target_mask: str | None
-    target_object: str
-    target_mask_gt: str | None = None
     concept: str | None = None
     tags: tuple[str, ...] = ()
-    expected_image: str | None = None
     source_part: str | None = None
     target_part: str | None = None
     pattern: str | None = None

@@ -845,8 +845,7 @@ def load_pairs(suite: "Suite", allow_outside: bool = False) -> list[Pair]:
             print(f"skipped: {problem}", file=sys.stderr)
         if not report.usable:
             raise UsageError(f"{manifest}: the manifest cannot be used (see the lines above)")
-        specs = [Pair.from_spec(spec) for spec in report.rows
-                 if suite.categories is None or spec.category in suite.categories]
+        specs = [spec for spec in report.rows if suite.categories is None or spec.category in suite.categories]
         pairs.extend(specs[: suite.limit_pairs] if suite.limit_pairs else specs)
     return pairs
 
