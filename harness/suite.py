@@ -26,7 +26,7 @@ A suite file (``benchmarks/*.yaml``)::
                                       # editing prompts of harness.metrics.esr; {object} {tokens} {token}
       stage_one_steps: 5              # default: the method preset's (CLiC: 5); in [0, steps]
       steps: 50                       # default 50
-      images_per_seed: 1              # default 1
+      images_per_seed: 1              # default 1; every image is scored, a job's value is their mean
     match:
       enabled: true                   # default true: predict missing target masks by RoI matching
       steps: 500                      # default 500
