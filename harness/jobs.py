@@ -310,7 +310,8 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
                 # A concept's diversity is over one object; classifying concepts pools every object (by default
                 # each pair's own target object, so per-object groups would split a category's concepts).
                 groups = {SEEDS: content_id({**shared, "kind": SEEDS, "settings": settings,
-                                             "source": learn_key["source_image"], "source_mask": learn_key["source_mask"]}),
+                                             "source": learn_key["source_image"],
+                                             "source_mask": learn_key["source_mask"]}),
                           CONCEPTS: content_id({**shared, "kind": CONCEPTS, "category": pair.category,
                                                 "settings": without_object(settings)})}
                 add("generate", settings, object_word, {}, groups=groups)

@@ -1,6 +1,7 @@
 """Generation prompts, several images per generation, and group metrics over seeds and over concepts."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,9 @@ from PIL import Image
 from clic.concept import LearnedConcept
 from clic.learn import format_prompt
 from harness import store
+from harness.jobs import CONCEPTS, SEEDS, Pair, build_job_graph
 from harness.metrics import build_metric
 from harness.metrics.base import MetricSettings, Sample
-from harness.jobs import CONCEPTS, SEEDS, Pair, build_job_graph
 from harness.metrics.esr import COLOUR_SHARE, EDIT_PROMPTS, colour_share
 from harness.runner import GROUP_RESULT_PREFIX, execute, method_tasks, plan_from_suite
 from harness.suite import SuiteError, suite_from_dict
@@ -37,13 +38,14 @@ def generate_suite(**changes) -> dict:
 
 
 def two_categories(pairs: list[Pair]) -> list[Pair]:
-    return [Pair(**{**pair.__dict__, "category": "jewelry" if i == len(pairs) - 1 else "furniture"})
+    return [dataclasses.replace(pair, category="jewelry" if i == len(pairs) - 1 else "furniture")
             for i, pair in enumerate(pairs)]
 
 
 def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
     pairs = two_categories(make_pairs(tmp_path, 3))  # furniture: sources 0 and 1; jewelry: source 2
-    suite = make_suite(generate_suite(generate={"objects": ["vase", "cup"], "prompts": "esr", "steps": 2, "stage_one_steps": 1}))
+    generate = {"objects": ["vase", "cup"], "prompts": "esr", "steps": 2, "stage_one_steps": 1}
+    suite = make_suite(generate_suite(generate=generate))
     plan = plan_from_suite(suite, 64)
     assert list(plan.generate_prompts) == list(EDIT_PROMPTS)
     graph = build_job_graph(pairs, plan, {"textual_inversion": None}, method_tasks(plan))
@@ -64,7 +66,8 @@ def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
     # concepts: one group per category x prompt, holding every source, seed and object of the category
     by_concepts = groups(CONCEPTS)
     assert len(by_concepts) == 2 * len(EDIT_PROMPTS)
-    assert sorted(len(m) for m in by_concepts.values()) == [1 * 2 * 2] * len(EDIT_PROMPTS) + [2 * 2 * 2] * len(EDIT_PROMPTS)
+    sizes = sorted(len(m) for m in by_concepts.values())  # sources x seeds x objects
+    assert sizes == [1 * 2 * 2] * len(EDIT_PROMPTS) + [2 * 2 * 2] * len(EDIT_PROMPTS)
     assert all(len({(c, p) for c, _, _, _, p in m}) == 1 for m in by_concepts.values())
 
 
@@ -83,8 +86,8 @@ def test_generation_shorter_than_a_presets_stage_one_is_a_suite_error() -> None:
 ])
 def test_bad_prompts_are_one_line_errors(prompts, message: str) -> None:
     with pytest.raises(SuiteError, match="generate.prompts") as error:
-        suite_from_dict({"name": "bad", "manifest": SHIPPED_MANIFEST, "methods": [{"name": "clic"}], "generate": {"prompts": prompts}},
-                        source="bad.yaml", base_dir=Path.cwd())
+        suite_from_dict({"name": "bad", "manifest": SHIPPED_MANIFEST, "methods": [{"name": "clic"}],
+                         "generate": {"prompts": prompts}}, source="bad.yaml", base_dir=Path.cwd())
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -105,7 +108,8 @@ def test_group_metrics_over_seeds_and_concepts_and_every_image_scored(ray_sessio
     # Every image of a generation (two here) is scored; the job's value is the mean over its images.
     clip_text = build_metric("clip_text", MetricSettings(allow_random=True))
     for _, row in jobs[jobs["metric"] == "clip_t"].iterrows():
-        images = [read_image(run / store.ARTIFACTS_DIR / row["job_id"] / name) for name in ("edited.png", "edited-1.png")]
+        folder = run / store.ARTIFACTS_DIR / row["job_id"]
+        images = [read_image(folder / name) for name in ("edited.png", "edited-1.png")]
         tokens = LearnedConcept.load(run / store.CONCEPTS_DIR / row["concept_id"]).tokens
         prompt = format_prompt(RED_PROMPT, "vase", tokens)
         each = [v[0].value for v in clip_text.compute([Sample("x", "generate", output_image=image, prompt=prompt)

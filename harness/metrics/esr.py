@@ -78,7 +78,8 @@ class EditingSuccessRate:
 
     name: ClassVar[str] = "esr"
     version: ClassVar[str] = "1.0"
-    scale: ClassVar[str] = "{0, 1} per generated image, a job's value the mean of its images; the mean is the editing success rate (higher is better)"
+    scale: ClassVar[str] = ("{0, 1} per generated image, a job's value the mean of its images; "
+                            "the mean is the editing success rate (higher is better)")
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
 
     def __init__(self, settings: MetricSettings) -> None:
