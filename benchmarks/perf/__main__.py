@@ -96,6 +96,9 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
                  f"{scaling['one_node_wall_s']:.1f} s on 1 node, {scaling['two_nodes_wall_s']:.1f} s on 2 "
                  f"(runs, 1/2 nodes: {walls} s; method + metric seconds {scaling['task_seconds_one_node']:.0f} vs "
                  f"{scaling['task_seconds_two_nodes']:.0f})"))
+    rows.append(("scaling efficiency, work-normalised", scaling["busy_share_ratio"],
+                 "share of slot time spent in method + metric work, 2 nodes over 1 (the wall ratio above "
+                 "also carries any change in the jobs' own seconds between runs; above 1 it is noise)"))
     machine = scaling["machine"]
     rows.append(("parallel efficiency of this machine, 2 plain processes", machine["efficiency"],
                  f"one CLiC learning run alone {machine['alone_s']:.1f} s, two at once {machine['two_at_once_s']:.1f} s "
