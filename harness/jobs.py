@@ -103,10 +103,6 @@ class MetricInfo:
     tasks: frozenset[str]
     group_by: str | None = None  # None: scored per job; else one of GROUP_KINDS
 
-    @property
-    def group_metric(self) -> bool:
-        return self.group_by is not None
-
 
 @dataclass(frozen=True)
 class LearnNode:

@@ -303,6 +303,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     out.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, str] = {}
     sample = Sample(job_id=job.job_id, task=job.task, object_word=job.object_word)
+    samples = [sample]  # a generation replaces it with one sample per image
     source, source_mask, (_, _, source_placement) = _model_input(job.source_image, job.source_mask, resolution)
     sample.source_image = _as_float_image(source)
     sample.source_mask = source_mask
@@ -364,8 +365,6 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     losses = Path(concept["folder"]) / "losses.csv"
     if losses.is_file():
         artifact_paths["artifact_losses"] = str(Path(store.CONCEPTS_DIR) / job.concept_id / losses.name)
-    if job.task != "generate":
-        samples = [sample]
     return {"samples": samples, "artifacts": artifact_paths, "task_seconds": time.perf_counter() - start,
             "learn_seconds": float(concept["seconds"]), "node_id": _node_id()}
 
@@ -398,15 +397,20 @@ def group_samples(specs: Sequence[Mapping[str, Any]], group: str) -> list:
     from clic.io import load_image, load_mask
     from .metrics.base import Sample
 
+    sources: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray | None]] = {}  # members share sources
     samples = []
     for spec in specs:
         if not spec["images"]:
             raise FileNotFoundError(f"{spec['artifacts']}: no generated image (the job's artifacts were removed)")
-        source = load_image(spec["source_image"])
-        source_mask = load_mask(spec["source_mask"], size=source.size) if spec["source_mask"] else None
+        key = (spec["source_image"], spec["source_mask"])
+        if key not in sources:
+            source = load_image(spec["source_image"])
+            mask = load_mask(spec["source_mask"], size=source.size) if spec["source_mask"] else None
+            sources[key] = (_as_float_image(source), mask)
+        source_image, source_mask = sources[key]
         for path in spec["images"]:
             samples.append(Sample(job_id=spec["job_id"], task=spec["task"], object_word=spec["object_word"],
-                                  output_image=_as_float_image(load_image(path)), source_image=_as_float_image(source),
+                                  output_image=_as_float_image(load_image(path)), source_image=source_image,
                                   source_mask=source_mask, group=group))
     return samples
 
@@ -569,12 +573,16 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
 
     group_ids: dict[tuple[str, str], str] = {}
 
+    def group_prefix(key: tuple[str, str]) -> str:
+        """The start of every result id this group has had, whatever its membership."""
+        kind, group = key
+        return f"{GROUP_RESULT_PREFIX}{kind}-{group[:12]}-"
+
     def group_result_id(key: tuple[str, str]) -> str:
         if key not in group_ids:
-            kind, group = key
-            metrics = sorted([m.name, m.version] for m in plan.metrics if m.group_by == kind)
+            metrics = sorted([m.name, m.version] for m in plan.metrics if m.group_by == key[0])
             membership = content_id({"members": sorted(job.job_id for job in members[key]), "metrics": metrics})
-            group_ids[key] = f"{GROUP_RESULT_PREFIX}{kind}-{group[:12]}-{membership[:12]}"
+            group_ids[key] = group_prefix(key) + membership[:12]
         return group_ids[key]
 
     def group_to_score(key: tuple[str, str]) -> bool:
@@ -662,11 +670,13 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         base = {**_base_row(job, run_id, models), **output["artifacts"], "status": store.STATUS_OK,
                 "learn_seconds": output["learn_seconds"], "task_seconds": output["task_seconds"],
                 "metric_seconds": metric_seconds, "finished_at": now_iso()}
-        if not values:
-            return [base]
+        return metric_rows(base, values)
+
+    def metric_rows(base: dict, values: list[tuple[str, str, float]]) -> list[dict]:
+        """One row per value on top of ``base`` (just ``base`` when there are none)."""
         return [{**base, "metric": value_name, "value": value, "metric_version": metric_info[name].version,
                  "metric_scale": metric_info[name].scale, "metric_weights": weights_of(name)}
-                for name, value_name, value in values]
+                for name, value_name, value in values] or [base]
 
     def failed_row(job: TaskJob, error: BaseException, stage: str = "") -> list[dict]:
         return [{**_base_row(job, run_id, models), "status": store.STATUS_FAILED, "error": stage + one_line(error),
@@ -696,11 +706,9 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         else:
             base = {**base, "status": store.STATUS_OK, "metric_seconds": result["seconds"]}
             summary.work_seconds += result["seconds"]
-            rows = [{**base, "metric": value_name, "value": value, "metric_version": metric_info[name].version,
-                     "metric_scale": metric_info[name].scale, "metric_weights": weights_of(name)}
-                    for name, value_name, value in result["values"]] or [base]
+            rows = metric_rows(base, result["values"])
         store.write_job_results(run_dir, result_id, rows)
-        store.remove_superseded_results(run_dir, result_id.rsplit("-", 1)[0] + "-", keep=result_id)
+        store.remove_superseded_results(run_dir, group_prefix(key), keep=result_id)
         summary.groups_failed += error is not None
         summary.groups_scored += error is None
 

@@ -223,8 +223,8 @@ def remove_superseded_results(run_dir: str | Path, prefix: str, keep: str) -> in
     """Delete the result files whose job id starts with ``prefix``, except ``keep``'s: a group's values
     scored over an older membership (e.g. fewer seeds) are superseded by the current group's. Returns how many."""
     removed = 0
-    for path in _result_files(run_dir):
-        if path.stem.startswith(prefix) and path.stem != keep:
+    for path in results_dir(run_dir).glob(f"{prefix}*.parquet"):
+        if path.stem != keep:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
