@@ -26,6 +26,7 @@ from .augment import AugmentConfig, LatentBank
 from .concept import LearnedConcept
 from .losses import Objective, StepTensors, resize_mask
 from .models import SDComponents
+from .prediction import training_target
 from .tokens import ConceptTokens, merge_concept_embeddings
 from .settings import reject_unknown_keys
 
@@ -232,14 +233,16 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     scheduler = components.scheduler
 
     x_t = scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
-    rows, prompts = [], []
+    rows, prompts, roi_x0 = [], [], None
     if "context" in needs:
         rows.append(x_t)
         prompts.append(format_prompt(config.context_prompt, object_word, tokens.tokens) + batch.suffix)
     if "roi" in needs:
         if batch.roi_latents is not None:  # official code: mask in pixel space, then noise
-            rows.append(scheduler.add_noise(batch.roi_latents, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n)))
+            roi_x0 = batch.roi_latents
+            rows.append(scheduler.add_noise(roi_x0, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n)))
         else:
+            roi_x0 = latent_masks[:, None] * batch.latents
             rows.append(latent_masks[:, None] * x_t)
         roi_templates = config.roi_prompts
         for k, token in enumerate(tokens.tokens):
@@ -252,7 +255,10 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     timesteps = batch.timestep.expand(model_input.shape[0])
     eps = components.unet(model_input, timesteps, encoder_hidden_states=text).sample
 
-    step = StepTensors(noise=batch.noise, mask=union)
+    step = StepTensors(noise=batch.noise, mask=union,
+                       target=training_target(scheduler, batch.latents, batch.noise, batch.timestep))
+    if roi_x0 is not None:  # each RoI row's own clean latents (ε is shared)
+        step.roi_target = training_target(scheduler, roi_x0, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n))
     offset = 0
     if "context" in needs:
         step.eps_context = eps[:1]

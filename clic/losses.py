@@ -74,11 +74,19 @@ class StepTensors:
 
     noise: torch.Tensor  # ε, (B, 4, h, w)
     mask: torch.Tensor  # region mask at latent resolution, (B, 1, h, w)
+    # What the UNet output should equal (clic.prediction.training_target): ε, or v on a v-prediction model.
+    # None means ε, for steps written before prediction types were read.
+    target: torch.Tensor | None = None
+    roi_target: torch.Tensor | None = None  # the RoI rows' own targets (their clean latents differ)
     eps_context: torch.Tensor | None = None  # ε_θ(x_t, c, t)
     eps_roi: torch.Tensor | None = None  # ε_θ(M ⊙ x_t, c*, t)
     attention: torch.Tensor | None = None  # (B, n_tokens, r, r) token maps of the context branch
     attention_masks: torch.Tensor | None = None  # (B, n_tokens, H, W) one target mask per token
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            self.target = self.noise
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ def register_term(name: str, needs: set[str] | frozenset[str]) -> Callable:
 
 @register_term("con", {"context"})
 def _con(s: StepTensors, alpha: float = 0.5) -> torch.Tensor:
-    return context_loss(s.eps_context, s.noise, s.mask, alpha)
+    return context_loss(s.eps_context, s.target, s.mask, alpha)
 
 
 @register_term("att", {"context", "attention"})
@@ -110,17 +118,18 @@ def _att(s: StepTensors, resize: str = "area") -> torch.Tensor:
 
 @register_term("roi", {"roi"})
 def _roi(s: StepTensors) -> torch.Tensor:
-    return roi_loss(s.eps_roi, s.noise.expand_as(s.eps_roi))
+    target = s.roi_target if s.roi_target is not None else s.target.expand_as(s.eps_roi)
+    return roi_loss(s.eps_roi, target)
 
 
 @register_term("diffusion", {"context"})
 def _diffusion(s: StepTensors) -> torch.Tensor:
-    return diffusion_loss(s.eps_context, s.noise)
+    return diffusion_loss(s.eps_context, s.target)
 
 
 @register_term("masked_diffusion", {"context"})
 def _masked(s: StepTensors) -> torch.Tensor:
-    return masked_diffusion_loss(s.eps_context, s.noise, s.mask)
+    return masked_diffusion_loss(s.eps_context, s.target, s.mask)
 
 
 def resolve_term(name: str, spec: Mapping[str, Any]) -> LossTerm:

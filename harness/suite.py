@@ -70,7 +70,7 @@ from harness.cli import UsageError
 TASKS = ("transfer", "generate", "match")
 DEFAULT_TASKS = ("transfer",)
 # clic.models.TINY_PRESETS, repeated so that reading a suite does not import torch.
-TINY_MODELS = ("tiny", "tiny-inpaint")
+TINY_MODELS = ("tiny", "tiny-inpaint", "tiny-v")
 DEFAULT_METRICS = ("clip_image", "clip_text", "lpips", "ssim_psnr", "mask_iou")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 ESR_PROMPTS_KEYWORD = "esr"  # generate.prompts: esr -> the editing prompts the esr metric judges
