@@ -4,7 +4,7 @@ With a DDIM schedule of ``steps`` steps (timesteps τ_0 > τ_1 > … > τ_{T−1
 noised to τ_{t_start} and the remaining ``steps − t_start`` steps run: t_start counts the steps *kept*
 from the noised target before editing starts (paper §3.2: T − t_start noise levels are added, 5 ≤ t_start
 ≤ 15 of 50; released ``transfer.py`` L100-106 replaces the latents by the noised target while i < t_start,
-and its ``reproduce.sh`` L33 notes that a higher t_start keeps more of the original). Before each UNet step:
+and its ``reproduce.sh`` L35 notes that a higher t_start keeps more of the original). Before each UNet step:
 
     x'_t  = M ⊙ x_t + (1 − M) ⊙ noised(x_tg, t)          (blending)
     x''_t = x'_t − η ∇_x E(CA(v*, x'_t))                  (cross-attention guidance)
@@ -25,10 +25,12 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 from diffusers.models.attention_processor import Attention
+from PIL import Image
 
 from .attention import AttentionCapture
 from .concept import LearnedConcept
@@ -122,11 +124,12 @@ def ensure_concept(components: SDComponents, concept: LearnedConcept, capture_la
 
 
 def soft_latent_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """The released code's blend mask: the pixel mask resized to the latent grid as PIL's default
-    (bicubic, antialiased, clipped to [0, 1]; ``utils/io_utils.py`` L50-57), a (1, 1, h, w) soft mask."""
-    resized = F.interpolate(mask[None, None].float(), size=tuple(size), mode="bicubic", align_corners=False,
-                            antialias=True)
-    return resized.clamp(0, 1)
+    """The released code's blend mask, made as it makes it (``utils/io_utils.py`` L50-57): the mask as an
+    8-bit image resized to the latent grid by PIL's default filter (bicubic, antialiased, 8-bit
+    intermediate), /255. Returns a (1, 1, h, w) soft mask on the mask's device."""
+    pixels = (mask.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    resized = Image.fromarray(pixels).resize((int(size[-1]), int(size[-2])))
+    return (torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)[None, None]).to(mask.device)
 
 
 @contextmanager
@@ -152,7 +155,7 @@ def attention_guidance(capture: AttentionCapture, components: SDComponents, late
     moves each element by η·g/(|g| + 1e-8).
     """
     with torch.enable_grad():
-        x = latents.detach().requires_grad_(True)
+        x = latents.detach().clone().requires_grad_(True)  # Adam steps in place: never on the caller's tensor
         capture.set_tokens(positions)
         with detached_attention_outputs(components.unet) if detach_outputs else nullcontext():
             components.unet(x, t, encoder_hidden_states=cond)
