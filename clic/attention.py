@@ -307,8 +307,9 @@ class AttentionCapture:
                 raise ValueError(f"attention map of {pixels} pixels is not square")
             grid = layer_map.transpose(1, 2).reshape(b, n, side, side)
             if side != resolution:
-                grid = F.interpolate(grid, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                                     antialias=side > resolution)
+                # float32: CPU antialiasing has no half-precision kernel (autocast may hand us bf16/fp16)
+                grid = F.interpolate(grid.float(), size=(resolution, resolution), mode="bilinear",
+                                     align_corners=False, antialias=side > resolution).to(grid.dtype)
             grids.append(grid)
         return torch.stack(grids).mean(dim=0)
 

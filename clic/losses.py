@@ -80,8 +80,8 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size, mode: st
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
     if mode in ("bilinear", "antialias"):
-        return F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False,
-                             antialias=mode == "antialias")
+        return F.interpolate(mask.float(), size=tuple(size), mode="bilinear", align_corners=False,
+                             antialias=mode == "antialias").to(mask.dtype)
     return F.interpolate(mask, size=tuple(size), mode=mode)
 
 
