@@ -30,6 +30,11 @@ class AugmentConfig:
     p_grayscale: float = 0.1
     jitter_kinds: tuple[str, ...] = ("brightness", "contrast", "saturation")
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.jitter_kinds) - set(JITTERS))
+        if unknown:
+            raise ValueError(f"unknown jitter kind(s) {', '.join(unknown)}; known: {', '.join(JITTERS)}")
+
 
 @dataclass(frozen=True)
 class GeometricKey:
