@@ -11,7 +11,11 @@ Three sources, one return type (:class:`SDComponents`):
   them are labelled ``tiny-random`` everywhere.
 
 ``clic models save-tiny DIR`` writes the tiny preset as a normal diffusers folder, so the folder path
-(the one real users take) is what the tests exercise.
+(the one real users take) is what the tests exercise. ``clic models save-random --arch sd15|sd21 DIR`` writes
+the exact Stable Diffusion 1.5 / 2.1 (768-v) architectures with random weights (:mod:`clic.architectures`).
+
+``load_components(model, device=..., dtype=...)`` moves the components once; everything the loops create
+afterwards follows the model (:mod:`clic.device`).
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+
+from .device import resolve_device, resolve_dtype  # noqa: E402
 
 TINY_PRESETS = ("tiny", "tiny-inpaint")
 TINY_SEED = 0
@@ -72,9 +78,24 @@ class SDComponents:
     def latent_size(self) -> int:
         return self.resolution // self.vae_scale_factor
 
-    def to(self, device: torch.device | str) -> "SDComponents":
-        for module in (self.text_encoder, self.unet, self.vae):
-            module.to(device)
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SDComponents":
+        """Move (and cast) the three networks in place, once; the scheduler's tables follow on use.
+
+        In fp16 a VAE whose config says ``force_upcast`` (SD 1.x/2.x: their VAEs overflow in fp16) stays fp32;
+        the loops cast at the VAE boundary.
+        """
+        for module in (self.text_encoder, self.unet):
+            module.to(device=device, dtype=dtype)
+        keep_fp32 = dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
+        self.vae.to(device=device, dtype=torch.float32 if keep_fp32 else dtype)
         return self
 
     def fork(self) -> "SDComponents":
@@ -145,7 +166,7 @@ SD_SCHEDULER_CONFIG = dict(
 )
 
 
-def build_clip_tokenizer(directory: str | Path) -> CLIPTokenizer:
+def build_clip_tokenizer(directory: str | Path, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """Write vocab.json + merges.txt from open_clip's BPE file into ``directory`` and load a CLIPTokenizer.
 
     Same vocabulary and ids as openai/clip-vit-large-patch14's tokenizer (SD 1.x): byte symbols,
@@ -170,7 +191,7 @@ def build_clip_tokenizer(directory: str | Path) -> CLIPTokenizer:
                 "bos_token": "<|startoftext|>",
                 "eos_token": "<|endoftext|>",
                 "unk_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
+                "pad_token": pad_token,  # SD 2.x (OpenCLIP) pads with "!"
                 "do_lower_case": True,
             }
         )
@@ -290,10 +311,17 @@ def _resolve_folder(model: str) -> Path:
         ) from None
 
 
-def load_components(model: str = "tiny", *, dtype: torch.dtype = torch.float32) -> SDComponents:
-    """Load SD components: ``tiny``/``tiny-inpaint``, a local diffusers folder, or a cached HF id."""
+def load_components(model: str = "tiny", *, device: str | torch.device = "cpu",
+                    dtype: str | torch.dtype = torch.float32) -> SDComponents:
+    """Load SD components: ``tiny``/``tiny-inpaint``, a local diffusers folder, or a cached HF id, on ``device``
+    (``auto``, ``cpu``, ``cuda[:N]``) in ``dtype`` (``fp32``/``fp16``/``bf16`` or a torch dtype).
+
+    A local folder is recorded by its absolute path, so a concept learned from it names a model that later
+    commands find from any working directory.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     if model in TINY_PRESETS:
-        return build_tiny(model)
+        return build_tiny(model).to(device, dtype)
     folder = _resolve_folder(model)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
@@ -311,11 +339,11 @@ def load_components(model: str = "tiny", *, dtype: torch.dtype = torch.float32) 
         unet=unet,
         vae=vae,
         scheduler=scheduler,
-        model_id=model,
+        model_id=str(folder.resolve()) if Path(model).expanduser().is_dir() else model,
         weights_hash=weights_fingerprint(folder),
         resolution=int(unet.config.sample_size) * vae_factor,
     )
-    return components.freeze()
+    return components.to(device, dtype).freeze()
 
 
 @dataclass(frozen=True)
