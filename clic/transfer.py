@@ -75,9 +75,10 @@ def latent_region(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> tor
 
 
 def decode(components: SDComponents, latents: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (fp32) from latents, cast at the VAE boundary to the VAE's dtype."""
     with torch.no_grad():
-        images = components.vae.decode(latents / components.vae.config.scaling_factor).sample
-    return (images / 2 + 0.5).clamp(0, 1)
+        images = components.vae.decode((latents / components.vae.config.scaling_factor).to(components.vae.dtype)).sample
+    return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
 def ensure_concept(components: SDComponents, concept: LearnedConcept, capture_layers: str = "up") -> AttentionCapture:
@@ -99,7 +100,7 @@ def attention_guidance(capture: AttentionCapture, components: SDComponents, late
     with torch.enable_grad():
         x = latents.detach().requires_grad_(True)
         capture.set_tokens(positions)
-        components.unet(x, t, encoder_hidden_states=cond)
+        components.unet(x.to(components.dtype), t, encoder_hidden_states=cond)
         attention = capture.mean_map(resolution)
         energy = ((attention - resize_mask(target, attention.shape[-2:])) ** 2).sum()
         (grad,) = torch.autograd.grad(energy, x)
@@ -127,8 +128,8 @@ def transfer_concept(
     scheduler.set_timesteps(settings.steps)
     timesteps = scheduler.timesteps[settings.steps - settings.t_start:]
 
-    moments = vae_moments(components, target_image[None].to(device))
-    target_latents = moments.chunk(2, dim=1)[0] * components.vae.config.scaling_factor  # posterior mean
+    moments = vae_moments(components, target_image[None].to(device)).float()
+    target_latents = moments.chunk(2, dim=1)[0] * components.vae.config.scaling_factor  # posterior mean, fp32
     mask = latent_region(target_mask.to(device), target_latents.shape[-2:])
     pixel_mask = target_mask.to(device).float()[None, None]
     guidance_target = torch.ones_like(pixel_mask) if settings.attention_target == "ones" else pixel_mask
@@ -137,7 +138,7 @@ def transfer_concept(
     text, ids = encode_text(components, ["", prompt])
     uncond, cond = text[:1], text[1:]
     positions = torch.tensor([[_position(ids[1], components.tokenizer, tok) for tok in concept.tokens]])
-    resolution = capture_resolution(capture, components)
+    resolution = capture_resolution(capture, components, target_latents.shape[-1])
 
     def noised_target(t: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(target_latents.shape, generator=generator).to(device)
@@ -151,7 +152,8 @@ def transfer_concept(
             latents = attention_guidance(capture, components, latents, t, cond, positions, guidance_target,
                                          settings.eta, resolution)  # Eq. 7
         capture.set_tokens(positions)
-        eps = components.unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        eps = components.unet(torch.cat([latents, latents]).to(components.dtype), t,
+                              encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
         maps.append(capture.mean_map(resolution, batch_index=slice(1, 2))[0, 0])
         capture.clear()
         eps_uncond, eps_cond = eps.chunk(2)
