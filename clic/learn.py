@@ -29,6 +29,7 @@ from .concept import LearnedConcept
 from .device import autocast_dtype
 from .losses import Objective, StepTensors, resize_mask
 from .models import SDComponents
+from .reuse import keep_originals
 from .tokens import ConceptTokens, merge_concept_embeddings
 from .settings import reject_unknown_keys
 
@@ -369,8 +370,14 @@ def learn_concept(
     banks = [LatentBank(lambda x: vae_moments(components, x), image, masks) for image, masks in zip(images, image_masks)]
 
     attention_params = capture.trainable_parameters()
-    unet_params = [p for n, p in components.unet.named_parameters() if "processor" not in n]
-    text_params = [p for n, p in components.text_encoder.named_parameters() if not n.endswith("vectors") and "base" not in n]
+    unet_named = [(n, p) for n, p in components.unet.named_parameters() if "processor" not in n]
+    text_named = [(n, p) for n, p in components.text_encoder.named_parameters()
+                  if not n.endswith("vectors") and "base" not in n]
+    unet_params, text_params = [p for _, p in unet_named], [p for _, p in text_named]
+    if any(p.unet_lr > 0 for p in config.schedule()):  # fine-tuned in place: a lent model keeps the originals
+        keep_originals(components, "unet", unet_named)
+    if any(p.text_encoder_lr > 0 for p in config.schedule()):
+        keep_originals(components, "text_encoder", text_named)
     loss_log: list[dict[str, float]] = []
     step_index = 0
     started = time.perf_counter()

@@ -92,10 +92,11 @@ class SDComponents:
         In fp16 a VAE whose config says ``force_upcast`` (SD 1.x/2.x: their VAEs overflow in fp16) stays fp32;
         the loops cast at the VAE boundary.
         """
+        # nn.Module.to: diffusers' own override warns about every cast of a whole model.
         for module in (self.text_encoder, self.unet):
-            module.to(device=device, dtype=dtype)
+            torch.nn.Module.to(module, device=device, dtype=dtype)
         keep_fp32 = dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
-        self.vae.to(device=device, dtype=torch.float32 if keep_fp32 else dtype)
+        torch.nn.Module.to(self.vae, device=device, dtype=torch.float32 if keep_fp32 else dtype)
         return self
 
     def fork(self) -> "SDComponents":

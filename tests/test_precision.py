@@ -19,11 +19,11 @@ from clic.device import resolve_device, resolve_dtype
 from clic.learn import capture_resolution, format_prompt, indefinite_article
 from clic.models import build_tiny, load_components
 
-# bf16 keeps 8 mantissa bits (relative step 2^-8 ≈ 0.4 %); through a 3-layer text encoder, a UNet and the
-# attention softmax the per-term losses of the same 5 steps differ from fp32 by a few per cent on the tiny model
-# (measured: at most ~3 % relative on the summed loss). 10 % relative (or 2e-3 absolute, for terms near 0) is
-# the stated tolerance.
-BF16_REL, BF16_ABS = 0.10, 2e-3
+# bf16 keeps 8 mantissa bits (relative step 2^-8 ≈ 0.4 %). The frozen model runs in bf16 under autocast while the
+# trained token and K/V stay fp32 and the losses are taken in fp32; over the same 5 steps (same t, ε, augmentations)
+# the per-term losses differed from fp32 by at most 0.07 % relative on the tiny model (fp16: 0.01 %). Stated
+# tolerance: 1 % relative, or 1e-3 absolute for terms near 0.
+BF16_REL, BF16_ABS = 1e-2, 1e-3
 
 
 @pytest.fixture(scope="module")
