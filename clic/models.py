@@ -6,8 +6,8 @@ Three sources, one return type (:class:`SDComponents`):
   ``tokenizer/``, ``scheduler/``), e.g. a Stable Diffusion 1.x/2.x checkpoint;
 * an HF model id already in the local cache, loaded with ``local_files_only`` (this machine, and most
   cluster nodes, have no route to the hub: a missing model is one clear error, not a retry loop);
-* ``tiny`` / ``tiny-inpaint``: seeded small models built from configs, as diffusers' own test suite
-  does, with a real CLIP tokenizer made from the BPE vocabulary that open_clip ships. Numbers made with
+* ``tiny`` / ``tiny-inpaint`` / ``tiny-v``: seeded small models built from configs, as diffusers' own
+  test suite does (``tiny-v`` is ``tiny`` with a v-prediction scheduler, as SD 2.x 768 models have), with a real CLIP tokenizer made from the BPE vocabulary that open_clip ships. Numbers made with
   them are labelled ``tiny-random`` everywhere.
 
 ``clic models save-tiny DIR`` writes the tiny preset as a normal diffusers folder, so the folder path
@@ -37,7 +37,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 
 from .device import resolve_device, resolve_dtype  # noqa: E402
 
-TINY_PRESETS = ("tiny", "tiny-inpaint")
+TINY_PRESETS = ("tiny", "tiny-inpaint", "tiny-v")
 TINY_SEED = 0
 TINY_LABEL = "tiny-random"
 
@@ -95,6 +95,7 @@ class SDComponents:
         # nn.Module.to: diffusers' own override warns about every cast of a whole model.
         for module in (self.text_encoder, self.unet):
             torch.nn.Module.to(module, device=device, dtype=dtype)
+        _cast_inputs_at_the_boundary(self.unet)
         keep_fp32 = dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
         torch.nn.Module.to(self.vae, device=device, dtype=torch.float32 if keep_fp32 else dtype)
         return self
@@ -111,6 +112,25 @@ class SDComponents:
             module.requires_grad_(False)
             module.eval()
         return self
+
+
+def _cast_to(dtype: torch.dtype, value):
+    return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def _cast_inputs_at_the_boundary(unet: torch.nn.Module) -> None:
+    """Float inputs of the UNet meet its dtype at its boundary: the loops keep latents in fp32 and every caller
+    (each method's own loop included) can pass them as they are to a half-precision UNet."""
+    if getattr(unet, "_clic_casts_inputs", False):
+        return
+
+    def cast(module, args, kwargs):
+        dtype = module.dtype
+        return (tuple(_cast_to(dtype, a) for a in args),
+                {k: (_cast_to(dtype, v) if k in ("sample", "encoder_hidden_states") else v) for k, v in kwargs.items()})
+
+    unet.register_forward_pre_hook(cast, with_kwargs=True)
+    unet._clic_casts_inputs = True
 
 
 # --------------------------------------------------------------------------------------------- tiny
@@ -212,7 +232,8 @@ def _tiny_tokenizer() -> CLIPTokenizer:
 
 
 def build_tiny(variant: str = "tiny") -> SDComponents:
-    """Seeded tiny SD components (64 px images, 16×16 latents). ``tiny-inpaint`` has a 9-channel UNet."""
+    """Seeded tiny SD components (64 px images, 16×16 latents). ``tiny-inpaint`` has a 9-channel UNet;
+    ``tiny-v`` is ``tiny``'s weights with a ``v_prediction`` scheduler (tests cover both prediction types)."""
     if variant not in TINY_PRESETS:
         raise ValueError(f"unknown tiny preset {variant!r}; known: {', '.join(TINY_PRESETS)}")
     generator_state = torch.random.get_rng_state()
@@ -230,7 +251,8 @@ def build_tiny(variant: str = "tiny") -> SDComponents:
         text_encoder=text_encoder,
         unet=unet,
         vae=vae,
-        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
+        scheduler=DDIMScheduler(**{**SD_SCHEDULER_CONFIG,
+                                      "prediction_type": "v_prediction" if variant == "tiny-v" else "epsilon"}),
         model_id=variant,
         weights_hash="",
         resolution=64,
@@ -267,6 +289,8 @@ def state_hash(components: SDComponents) -> str:
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    if components.scheduler.config.prediction_type != "epsilon":  # tiny-v: same weights, other target
+        digest.update(components.scheduler.config.prediction_type.encode())
     return digest.hexdigest()[:16]
 
 
