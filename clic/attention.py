@@ -172,10 +172,8 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
             # the explicit softmax is cheap; only the requested token columns are kept. The softmax is fp32;
             # the scores are too when the model upcasts attention (SD 2.x: fp16 QKᵀ overflows there).
             with _autocast_off(query.device):
-                if attn.upcast_attention:
-                    query_s, key_s = query.float(), key.float()
-                else:
-                    query_s, key_s = query, key
+                score_dtype = torch.float32 if attn.upcast_attention else query.dtype  # query: autocast's choice
+                query_s, key_s = query.to(score_dtype), key.to(score_dtype)
                 probs = (query_s @ key_s.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))).softmax(
                     dim=-1, dtype=torch.float32)
             positions = buffer.token_positions.to(probs.device)

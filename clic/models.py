@@ -126,7 +126,8 @@ def _cast_inputs_at_the_boundary(unet: torch.nn.Module) -> None:
 
     def cast(module, args, kwargs):
         dtype = module.dtype
-        return (tuple(_cast_to(dtype, a) for a in args),
+        # the sample (first positional) only: a float timestep must not be rounded to bf16 (999 -> 1000)
+        return (tuple(_cast_to(dtype, a) if i == 0 else a for i, a in enumerate(args)),
                 {k: (_cast_to(dtype, v) if k in ("sample", "encoder_hidden_states") else v) for k, v in kwargs.items()})
 
     unet.register_forward_pre_hook(cast, with_kwargs=True)
