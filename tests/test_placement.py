@@ -9,16 +9,17 @@ meta tensor to the CPU (results are returned on the CPU) gives zeros of the righ
 (``.to(device)``) are what correct code does and are not recorded; a 0-dim CPU tensor is a scalar that
 PyTorch accepts beside any device and is not recorded either.
 
-Before the fix this test failed on the token slot buffer (CPU, indexed with the model's ids), the attention
-processors' fp32 copies (made on the CPU, then filled from the model's weights) and the token lookup.
+On the code before the fix these tests failed: the attention processors' fp32 copies were made on the CPU and
+filled from the model's weights (copying out of the meta device), the learning loop built a GradScaler for the
+model's device even in fp32, and the token slot buffer stayed on the CPU while being indexed with the model's
+token ids (recorded by the audit: ``aten.index.Tensor: ['cpu', 'meta']``).
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._pytree import tree_flatten
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from benchmarks.perf.placement import DeviceAudit
 from clic.learn import ConceptSource
 from clic.match import MatchSettings, match_region
 from clic.methods.base import get_method
@@ -27,33 +28,6 @@ from clic.transfer import TransferSettings, transfer_concept
 
 # A concept's weights loaded onto a data-less model are a no-op there, as torch warns: expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
-aten = torch.ops.aten
-TRANSFERS = {aten._to_copy.default, aten.copy_.default, aten._copy_from.default, aten._copy_from_and_resize.default,
-             aten.to.dtype_layout, aten.to.device, aten.to.dtype}
-
-
-class DeviceAudit(TorchDispatchMode):
-    """Record every aten op whose (non-scalar) tensor inputs are on more than one device."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.mixed: list[str] = []
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        self.ops += 1
-        if func is aten._local_scalar_dense.default and tensors[0].is_meta:
-            return True if tensors[0].dtype == torch.bool else 1
-        if func is aten._to_copy.default and tensors[0].is_meta and kwargs.get("device") is not None \
-                and torch.device(kwargs["device"]).type != "meta":
-            return torch.zeros(tensors[0].shape, dtype=kwargs.get("dtype") or tensors[0].dtype, device=kwargs["device"])
-        if func not in TRANSFERS:
-            devices = {t.device.type for t in tensors if not (t.dim() == 0 and t.device.type == "cpu")}
-            if len(devices) > 1:
-                self.mixed.append(f"{func}: {sorted(devices)} {[tuple(t.shape) for t in tensors]}")
-        return func(*args, **kwargs)
 
 
 def source() -> ConceptSource:
