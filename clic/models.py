@@ -353,7 +353,7 @@ def load_components(model: str = "tiny", *, device: str | torch.device = "cpu",
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype)
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")  # fp32; .to() below casts unless it must stay fp32
         scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
