@@ -13,6 +13,9 @@ On the code before the fix these tests failed: the attention processors' fp32 co
 filled from the model's weights (copying out of the meta device), the learning loop built a GradScaler for the
 model's device even in fp32, and the token slot buffer stayed on the CPU while being indexed with the model's
 token ids (recorded by the audit: ``aten.index.Tensor: ['cpu', 'meta']``).
+
+Seeded draws: a CPU generator used with ``device=`` of the model, or a generator made on the model's device,
+raises on ``meta``; so these tests also pin that every draw is made on the CPU and then moved.
 """
 from __future__ import annotations
 
