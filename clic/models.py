@@ -19,12 +19,11 @@ afterwards follows the model (:mod:`clic.device`).
 """
 from __future__ import annotations
 
-import copy
 import gzip
 import hashlib
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 # Must precede any import of huggingface_hub (diffusers/transformers import it): otherwise a missing
@@ -99,13 +98,6 @@ class SDComponents:
         keep_fp32 = dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
         torch.nn.Module.to(self.vae, device=device, dtype=torch.float32 if keep_fp32 else dtype)
         return self
-
-    def fork(self) -> "SDComponents":
-        """An independent copy to apply one concept to (a concept adds tokens, attention processors, maybe
-        adapters or fine-tuned weights). Copying in memory is far cheaper than reloading a checkpoint; the
-        VAE and scheduler, which no method changes, are shared."""
-        return replace(self, tokenizer=copy.deepcopy(self.tokenizer), text_encoder=copy.deepcopy(self.text_encoder),
-                       unet=copy.deepcopy(self.unet))
 
     def freeze(self) -> "SDComponents":
         for module in (self.text_encoder, self.unet, self.vae):
