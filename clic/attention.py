@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import torch
@@ -101,6 +101,8 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
             buffer=buffer,
             layer_name=layer_name,
         )
+        # Trained copies are fp32 master weights whatever the frozen model's dtype, made on the model's device.
+        processor.to(device=attn.to_q.weight.device, dtype=torch.float32)
         with torch.no_grad():
             if train_kv:
                 processor.to_k_custom_diffusion.weight.copy_(attn.to_k.weight)
@@ -110,8 +112,7 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
                 processor.to_out_custom_diffusion[0].weight.copy_(attn.to_out[0].weight)
                 if attn.to_out[0].bias is not None:
                     processor.to_out_custom_diffusion[0].bias.copy_(attn.to_out[0].bias)
-        # Trained copies stay fp32 (master weights) whatever the frozen model's dtype.
-        return processor.to(device=attn.to_q.weight.device, dtype=torch.float32)
+        return processor
 
     def __call__(
         self,
@@ -168,18 +169,30 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
             out = F.scaled_dot_product_attention(query, key, value)
         else:
             # SDPA's default scale 1/sqrt(head_dim) is what the stock processors use too. Only 77 keys, so
-            # the explicit softmax is cheap; only the requested token columns are kept.
-            probs = (query @ key.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))).softmax(dim=-1)
+            # the explicit softmax is cheap; only the requested token columns are kept. The softmax is fp32;
+            # the scores are too when the model upcasts attention (SD 2.x: fp16 QKᵀ overflows there).
+            with _autocast_off(query.device):
+                score_dtype = torch.float32 if attn.upcast_attention else query.dtype  # query: autocast's choice
+                query_s, key_s = query.to(score_dtype), key.to(score_dtype)
+                probs = (query_s @ key_s.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))).softmax(
+                    dim=-1, dtype=torch.float32)
             positions = buffer.token_positions.to(probs.device)
             if positions.shape[0] != batch:  # e.g. classifier-free guidance doubled the batch
                 positions = positions.repeat(batch // positions.shape[0], 1)
             index = positions[:, None, None, :].expand(batch, heads, pixels, positions.shape[1])
-            buffer.maps[self.layer_name] = probs.gather(-1, index).mean(dim=1)  # (B, pixels, n)
-            out = probs @ value
+            buffer.maps[self.layer_name] = probs.gather(-1, index).mean(dim=1)  # (B, pixels, n), fp32
+            out = probs.to(value.dtype) @ value
         out = out.transpose(1, 2).reshape(batch, -1, inner_dim).to(query.dtype)
         if self.train_q_out:
             return self.to_out_custom_diffusion[1](self._project(self.to_out_custom_diffusion[0], out))
         return attn.to_out[1](attn.to_out[0](out))
+
+
+def _autocast_off(device: torch.device):
+    """Leave autocast for a block that must run in the dtypes it chose (only where autocast is on)."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()
 
 
 class AttentionCapture:
@@ -249,6 +262,8 @@ class AttentionCapture:
         """Token columns to record, one row per batch element: (B, n) positions in the prompt."""
         if positions is not None and not isinstance(positions, torch.Tensor):
             positions = torch.tensor(positions, dtype=torch.long)
+        if positions is not None:  # moved once here, not in every layer
+            positions = positions.to(self.unet.device)
         self.buffer.token_positions = positions
         self.buffer.clear()
 

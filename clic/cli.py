@@ -22,6 +22,7 @@ from .concept import LearnedConcept
 from .io import InputError, from_model_output, load_image, load_mask, mask_from_model_output, save_image, save_mask_png, to_model_input
 from .learn import ConceptSource
 from .methods.base import Method, UnsupportedTask, get_method
+from .device import DEVICE_HELP, DTYPES, resolve_device, resolve_dtype
 from .models import TINY_PRESETS, ModelNotFoundError, SDComponents, load_components, save_tiny
 
 
@@ -66,8 +67,20 @@ def _load_concept(directory: str) -> tuple[LearnedConcept, Method]:
     return concept, _method(concept.method, "--concept")
 
 
-def _components(method: Method, model: str | None, concept: LearnedConcept | None = None) -> SDComponents | None:
-    """The model named by --model, else the one the concept was learned with; None for model-free methods."""
+def _placement(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """--device and --dtype, checked: one line naming the option when the device is absent or unknown."""
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:
+        raise CLIError("--device", str(err)) from None
+    return device, resolve_dtype(args.dtype)
+
+
+def _components(method: Method, model: str | None, concept: LearnedConcept | None = None,
+                args: argparse.Namespace | None = None) -> SDComponents | None:
+    """The model named by --model, else the one the concept was learned with, on --device in --dtype;
+    None for model-free methods."""
+    device, dtype = _placement(args) if args is not None else (torch.device("cpu"), torch.float32)
     if not method.needs_model:
         return None
     model = model or (concept.model_id if concept is not None else None)
@@ -76,7 +89,7 @@ def _components(method: Method, model: str | None, concept: LearnedConcept | Non
     if method.needs_inpainting and model == "tiny":
         model = "tiny-inpaint"
     try:
-        return load_components(model)
+        return load_components(model, device=device, dtype=dtype)
     except ModelNotFoundError as err:
         raise CLIError("--model", str(err)) from None
 
@@ -126,7 +139,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise CLIError("--preset", str(err)) from None
     _positive(args.steps, "--steps")
-    components = _components(method, args.model)
+    components = _components(method, args.model, args=args)
     resolution = _resolution(args.resolution, components)
     image = load_image(args.image)
     image_tensor, _, _ = to_model_input(image, None, resolution)
@@ -157,7 +170,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
         if not 1 <= t_start < steps:
             raise CLIError("--t-start", f"must lie in [1, {steps - 1}] (steps of the --steps schedule kept before "
                                         f"editing), got {t_start}")
-    components = _components(method, args.model, concept)
+    components = _components(method, args.model, concept, args)
     resolution = _resolution(args.resolution, components, concept)
     image = load_image(args.image)
     image_tensor, _, placement = to_model_input(image, None, resolution)
@@ -200,7 +213,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     stage_one = settings.get("stage_one_steps", GenerateSettings.stage_one_steps)
     if not 0 <= stage_one <= steps:
         raise CLIError("--stage-one-steps", f"must lie in [0, {steps}] (the --steps), got {stage_one}")
-    components = _components(method, args.model, concept)
+    components = _components(method, args.model, concept, args)
+    if components is not None:  # --resolution, else the concept's learning resolution, else the model's
+        overrides["resolution"] = _resolution(args.resolution, components, concept)
     result = method.generate(components, concept, args.object, overrides=overrides, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,7 +244,7 @@ def cmd_match(args: argparse.Namespace) -> None:
         raise CLIError("--t-start", f"must lie in [1, {denoise_steps}] (the denoising schedule), got {t_start}")
     if "source_image" not in concept.arrays:  # w* is learned from the source the concept keeps
         raise CLIError(args.concept, "the concept keeps no source image (learned by an older version): learn it again")
-    components = _components(method, args.model, concept)
+    components = _components(method, args.model, concept, args)
     resolution = _resolution(args.resolution, components, concept)
     image = load_image(args.image)
     image_tensor, _, placement = to_model_input(image, None, resolution)
@@ -244,6 +259,16 @@ def cmd_match(args: argparse.Namespace) -> None:
         "threshold": result.threshold, "mask_fraction": float(np.mean(mask)), "size": list(image.size),
     })
     print(f"matched the concept's region in {args.image}: {float(np.mean(mask)):.1%} of the image -> {out / 'mask.png'}")
+
+
+def cmd_save_random(args: argparse.Namespace) -> None:
+    from .architectures import architecture, save_random
+
+    arch = architecture(args.arch)
+    started = time.perf_counter()
+    path = save_random(args.arch, args.directory, seed=args.seed)
+    print(f"wrote {arch.description} with random weights (for tests; its images mean nothing) in "
+          f"{time.perf_counter() - started:.0f} s -> {path}")
 
 
 def cmd_methods_show(args: argparse.Namespace) -> None:
@@ -284,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", help=model_help)
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--resolution", type=int, help="model input side in pixels (default: the concept's or the model's)")
+        sub.add_argument("--device", default="auto", help=DEVICE_HELP)
+        sub.add_argument("--dtype", default="fp32", choices=tuple(DTYPES),
+                         help="precision of the frozen model; trained weights keep fp32 master copies (default fp32)")
 
     learn = commands.add_parser("learn", help="learn a concept from a source image and its mask")
     common(learn, model_help="tiny, tiny-inpaint, a diffusers folder or a cached HF id")
@@ -346,6 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory")
     tiny.add_argument("--variant", choices=TINY_PRESETS, default="tiny")
     tiny.set_defaults(run=cmd_save_tiny)
+    from .architectures import ARCHITECTURES
+
+    random_arch = model_commands.add_parser(
+        "save-random", help="write the exact SD 1.5 / SD 2.1 (768-v) architecture with random weights (~4-5 GB)")
+    random_arch.add_argument("--arch", required=True, choices=tuple(ARCHITECTURES))
+    random_arch.add_argument("--seed", type=int, default=0)
+    random_arch.add_argument("directory")
+    random_arch.set_defaults(run=cmd_save_random)
     return parser
 
 

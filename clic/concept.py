@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .attention import AttentionCapture
 from .models import SDComponents
+from .reuse import keep_originals
 from .tokens import add_learned_tokens, load_token_file, token_file_name
 
 ATTN_WEIGHTS_NAME = "pytorch_custom_diffusion_weights.safetensors"
@@ -139,8 +140,11 @@ class LearnedConcept:
         """Add the tokens and install the trained attention weights; returns the capture handle."""
         add_learned_tokens(components.tokenizer, components.text_encoder, self.vectors)
         if self.unet_state:
+            keep_originals(components, "unet", [(n, p) for n, p in components.unet.named_parameters() if n in self.unet_state])
             components.unet.load_state_dict(self.unet_state, strict=False)
         if self.text_encoder_state:
+            keep_originals(components, "text_encoder", [(n, p) for n, p in components.text_encoder.named_parameters()
+                                                        if n in self.text_encoder_state])
             components.text_encoder.load_state_dict(self.text_encoder_state, strict=False)
         layers = sorted({k.rsplit(".processor.", 1)[0] + ".processor" for k in self.attention_state})
         capture = AttentionCapture(

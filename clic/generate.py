@@ -26,6 +26,7 @@ class GenerateSettings:
     stage_one_prompt: str = "a photo of an {object}"
     prompt: str = "a photo of an {object}, with {tokens} style"
     images: int = 1
+    resolution: int | None = None  # image side; None: the concept's learning resolution, else the model's native
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GenerateSettings":
@@ -39,6 +40,8 @@ class GenerateSettings:
             raise ValueError("generation steps and images must be positive")
         if not 0 <= self.stage_one_steps <= self.steps:
             raise ValueError(f"stage_one_steps must lie in [0, {self.steps}], got {self.stage_one_steps}")
+        if self.resolution is not None and self.resolution <= 0:
+            raise ValueError(f"generation resolution must be positive, got {self.resolution}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,16 +71,19 @@ def generate_with_concept(
     scheduler = DDIMScheduler.from_config(components.scheduler.config)
     scheduler.set_timesteps(settings.steps)
     n = settings.images
-    if latents is None:
-        shape = (n, components.unet.config.in_channels, components.latent_size, components.latent_size)
+    side = settings.resolution or int(concept.config.get("resolution") or 0) or components.resolution
+    if latents is None:  # drawn on the CPU generator: one seed, the same start on every device
+        latent_side = side // components.vae_scale_factor
+        shape = (n, components.unet.config.in_channels, latent_side, latent_side)
         latents = torch.randn(shape, generator=generator).to(device) * scheduler.init_noise_sigma
+    latents = latents.to(device, torch.float32)
     prompt_one = format_prompt(settings.stage_one_prompt, object_word, concept.tokens)
     prompt_two = format_prompt(settings.prompt, object_word, concept.tokens)
     text, ids = encode_text(components, ["", prompt_one, prompt_two])
     uncond, stage_one, stage_two = text[:1], text[1:2], text[2:3]
     token_ids = components.tokenizer.convert_tokens_to_ids(concept.tokens)
     positions = torch.tensor([[int((ids[2] == tid).nonzero()[0, 0]) for tid in token_ids]]).repeat(2 * n, 1)
-    resolution = capture_resolution(capture, components)
+    resolution = capture_resolution(capture, components, latents.shape[-1])
     maps = []
     for index, t in enumerate(scheduler.timesteps):
         first_stage = index < settings.stage_one_steps
@@ -85,7 +91,8 @@ def generate_with_concept(
         embeddings = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
         with capture.base_weights(enabled=first_stage):
             capture.set_tokens(None if first_stage else positions)
-            eps = components.unet(torch.cat([latents, latents]), t, encoder_hidden_states=embeddings).sample
+            eps = components.unet(torch.cat([latents, latents]).to(components.dtype), t,
+                                  encoder_hidden_states=embeddings).sample.float()
         if not first_stage and capture.buffer.maps:
             maps.append(capture.mean_map(resolution, batch_index=slice(n, 2 * n))[:, 0])
         capture.clear()

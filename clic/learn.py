@@ -13,7 +13,9 @@ train, prompts, terms, phases) or by overriding :meth:`clic.methods.base.Method.
 from __future__ import annotations
 
 import random
+import re
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -24,8 +26,10 @@ from tqdm.auto import tqdm
 from .attention import AttentionCapture
 from .augment import AugmentConfig, LatentBank
 from .concept import LearnedConcept
+from .device import autocast_dtype
 from .losses import Objective, StepTensors, resize_mask
 from .models import SDComponents
+from .reuse import keep_originals
 from .prediction import training_target
 from .tokens import ConceptTokens, merge_concept_embeddings
 from .settings import reject_unknown_keys
@@ -185,11 +189,32 @@ def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
 
 
 def encode_text(components: SDComponents, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = tokenize(components.tokenizer, prompts).to(components.text_encoder.device)
-    return components.text_encoder(ids)[0], ids
+    """(embeddings on the model's device, token ids on the CPU): positions are looked up in the ids on the
+    CPU, without a device round trip."""
+    ids = tokenize(components.tokenizer, prompts)
+    return components.text_encoder(ids.to(components.text_encoder.device))[0], ids
+
+
+# "a"/"an" written before {object} in a template follows the word: "a chair", "an apple", "an hour", "a unicorn".
+_ARTICLE_BEFORE_OBJECT = re.compile(r"\b([Aa])n? (\{object\})")
+_AN_EXCEPTIONS = ("hour", "honest", "honor", "honour", "heir")  # silent h: "an"
+_A_EXCEPTIONS = ("uni", "use", "usu", "uten", "eu", "one", "once", "ewe", "uk", "ur")  # "you"/"w" sounds: "a"
+
+
+def indefinite_article(word: str) -> str:
+    """"an" before a vowel sound, else "a" (spelling rules with the common exceptions)."""
+    lower = word.strip().lower()
+    if lower.startswith(_AN_EXCEPTIONS):
+        return "an"
+    if lower.startswith(_A_EXCEPTIONS):
+        return "a"
+    return "an" if lower[:1] in tuple("aeiou") else "a"
 
 
 def format_prompt(template: str, object_word: str, tokens: Sequence[str]) -> str:
+    article = indefinite_article(object_word)
+    template = _ARTICLE_BEFORE_OBJECT.sub(lambda m: (article.capitalize() if m.group(1) == "A" else article) + " {object}",
+                                          template)
     return template.format(object=object_word, tokens=" and ".join(tokens), token=tokens[0])
 
 
@@ -200,8 +225,9 @@ def vae_moments(components: SDComponents, images: torch.Tensor) -> torch.Tensor:
 
 
 def sample_latents(components: SDComponents, moments: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    mean, logvar = moments.chunk(2, dim=-3)
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+    """Latents in fp32 on the model's device (drawn on the CPU generator: the same on every device)."""
+    mean, logvar = moments.float().chunk(2, dim=-3)
+    noise = torch.randn(mean.shape, generator=generator).to(mean.device)
     return (mean + torch.exp(0.5 * logvar.clamp(-30, 20)) * noise) * components.vae.config.scaling_factor
 
 
@@ -265,7 +291,8 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     else:
         state.capture.set_tokens(None)
     timesteps = batch.timestep.expand(model_input.shape[0])
-    eps = components.unet(model_input, timesteps, encoder_hidden_states=text).sample
+    # Latents stay fp32; the UNet sees its own dtype; losses are taken in fp32.
+    eps = components.unet(model_input.to(components.dtype), timesteps, encoder_hidden_states=text).sample.float()
 
     step = StepTensors(noise=batch.noise, mask=union, pixel_masks=batch.masks,
                        target=training_target(scheduler, batch.latents, batch.noise, batch.timestep))
@@ -291,9 +318,10 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     return loss, values
 
 
-def capture_resolution(capture: AttentionCapture, components: SDComponents) -> int:
-    """Side of the coarsest captured layer's map: 16 for SD 1.x up blocks at 512 px (the paper's)."""
-    latent = components.latent_size
+def capture_resolution(capture: AttentionCapture, components: SDComponents, latent_side: int | None = None) -> int:
+    """Side of the coarsest captured layer's map at the latent size in use (``latent_side``; default the
+    model's native one): 16 for SD 1.x up blocks at 512 px (the paper's), 4 at 128 px."""
+    latent = latent_side or components.latent_size
     depth = len(components.unet.config.block_out_channels) - 1
     sides = []
     for name in capture.capture_layers:
@@ -307,11 +335,12 @@ def capture_resolution(capture: AttentionCapture, components: SDComponents) -> i
     return max(1, min(sides)) if sides else max(1, latent // 4)
 
 
-def attention_side(config: LearnConfig, capture: AttentionCapture, components: SDComponents) -> int:
-    """The side l_att compares maps at: configured, the latent grid, or the coarsest captured layer's."""
+def attention_side(config: LearnConfig, capture: AttentionCapture, components: SDComponents,
+                   latent_side: int | None = None) -> int:
+    """The side l_att compares maps at: configured, the latent grid in use, or the coarsest captured layer's."""
     if config.attention_resolution == "latent":
-        return components.latent_size
-    return int(config.attention_resolution or capture_resolution(capture, components))
+        return latent_side or components.latent_size
+    return int(config.attention_resolution or capture_resolution(capture, components, latent_side))
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -360,7 +389,8 @@ def learn_concept(
     if config.compile_unet:
         components.unet.compile()
     objective = Objective(config.terms)
-    state = TrainState(components, tokens, capture, objective, config, attention_side(config, capture, components))
+    latent_side = source.images.shape[-1] // components.vae_scale_factor
+    state = TrainState(components, tokens, capture, objective, config, attention_side(config, capture, components, latent_side))
     capture.same_resolution_only = config.same_resolution_maps
 
     images = source.images.to(device)
@@ -368,15 +398,22 @@ def learn_concept(
     banks = [LatentBank(lambda x: vae_moments(components, x), image, masks) for image, masks in zip(images, image_masks)]
 
     attention_params = capture.trainable_parameters()
-    unet_params = [p for n, p in components.unet.named_parameters() if "processor" not in n]
-    text_params = [p for n, p in components.text_encoder.named_parameters() if not n.endswith("vectors") and "base" not in n]
+    unet_named = [(n, p) for n, p in components.unet.named_parameters() if "processor" not in n]
+    text_named = [(n, p) for n, p in components.text_encoder.named_parameters()
+                  if not n.endswith("vectors") and "base" not in n]
+    unet_params, text_params = [p for _, p in unet_named], [p for _, p in text_named]
+    if any(p.unet_lr > 0 for p in config.schedule()):  # fine-tuned in place: a lent model keeps the originals
+        keep_originals(components, "unet", unet_named)
+    if any(p.text_encoder_lr > 0 for p in config.schedule()):
+        keep_originals(components, "text_encoder", text_named)
     loss_log: list[dict[str, float]] = []
     step_index = 0
     started = time.perf_counter()
     bar = tqdm(total=config.total_steps, desc=f"learn {method}/{preset}", disable=not progress, leave=False)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    # A half-precision model, or mixed_precision, runs the step under autocast; trained weights stay fp32.
+    step_dtype = autocast_dtype(components.dtype, config.mixed_precision)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=step_dtype == torch.float16) if step_dtype == torch.float16 else None
     for phase in config.schedule():
         groups = [{"params": [tokens.parameter], "lr": phase.token_lr, "weight_decay": config.token_weight_decay}]
         for p in attention_params:
@@ -399,7 +436,9 @@ def learn_concept(
             bank = banks[0] if len(banks) == 1 else banks[int(torch.randint(len(banks), (1,), generator=generator))]
             latents_moments, aug_masks, aug_image, suffix = bank.sample(config.augment, generator)
             latents = sample_latents(components, latents_moments[None], generator)
-            timestep = torch.randint(0, components.scheduler.config.num_train_timesteps, (1,), generator=generator).to(device)
+            # Drawn on the CPU generator, then moved: a seed gives the same t and ε on every device.
+            timestep_cpu = torch.randint(0, components.scheduler.config.num_train_timesteps, (1,), generator=generator)
+            timestep = timestep_cpu.to(device)
             noise = torch.randn(latents.shape, generator=generator).to(device)
             roi_latents = None
             if config.roi_mask_space == "pixel" and "roi" in objective.needs:
@@ -409,19 +448,26 @@ def learn_concept(
             if len(config.roi_prompts) > 1 and "roi" in objective.needs:  # released code: random.sample per step (L294)
                 roi_prompt_indices = tuple(int(i) for i in torch.randint(len(config.roi_prompts), (n_tokens,), generator=generator))
             batch = StepBatch(latents, aug_masks, aug_image, suffix, timestep, noise, roi_latents, roi_prompt_indices)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(device.type, dtype=step_dtype) if step_dtype is not None else nullcontext():
                 loss, values = step_fn(state, batch, source.object_word)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {float(loss)} at step {step_index}")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            if scaler is None:
+                loss.backward()
+            else:
+                scaler.scale(loss).backward()
             if config.max_grad_norm > 0:  # released code: clip_grad_norm_ over token + attention weights (L1070-1076)
-                scaler.unscale_(optimizer)
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             values["step"] = step_index
-            values["t"] = int(timestep.item())
+            values["t"] = int(timestep_cpu)
             loss_log.append(values)
             if on_step is not None:
                 on_step(step_index, values)

@@ -98,7 +98,7 @@ def denoising_attention(components: SDComponents, capture: AttentionCapture, ima
     scheduler = DDIMScheduler.from_config(components.scheduler.config)
     scheduler.set_timesteps(settings.denoise_steps)
     timesteps = scheduler.timesteps[settings.denoise_steps - settings.t_start:]
-    latents = vae_moments(components, image[None].to(device)).chunk(2, dim=1)[0] * components.vae.config.scaling_factor
+    latents = vae_moments(components, image[None].to(device)).float().chunk(2, dim=1)[0] * components.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator).to(device)
     latents = scheduler.add_noise(latents, noise, timesteps[:1])
     text, ids = encode_text(components, [prompt])
@@ -107,12 +107,12 @@ def denoising_attention(components: SDComponents, capture: AttentionCapture, ima
     if len(hits) == 0:
         raise ValueError(f"the prompt {prompt!r} does not contain the token {token!r}")
     positions = hits[:1, 0][None]  # (1, 1)
-    resolution = capture_resolution(capture, components)
+    resolution = capture_resolution(capture, components, latents.shape[-1])
     maps = []
     try:
         for t in timesteps:
             capture.set_tokens(positions)
-            eps = components.unet(latents, t, encoder_hidden_states=text).sample
+            eps = components.unet(latents.to(components.dtype), t, encoder_hidden_states=text).sample.float()
             maps.append(capture.mean_map(resolution)[0, 0])
             capture.clear()
             latents = scheduler.step(eps, t, latents).prev_sample

@@ -11,16 +11,19 @@ Three sources, one return type (:class:`SDComponents`):
   them are labelled ``tiny-random`` everywhere.
 
 ``clic models save-tiny DIR`` writes the tiny preset as a normal diffusers folder, so the folder path
-(the one real users take) is what the tests exercise.
+(the one real users take) is what the tests exercise. ``clic models save-random --arch sd15|sd21 DIR`` writes
+the exact Stable Diffusion 1.5 / 2.1 (768-v) architectures with random weights (:mod:`clic.architectures`).
+
+``load_components(model, device=..., dtype=...)`` moves the components once; everything the loops create
+afterwards follows the model (:mod:`clic.device`).
 """
 from __future__ import annotations
 
-import copy
 import gzip
 import hashlib
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 # Must precede any import of huggingface_hub (diffusers/transformers import it): otherwise a missing
@@ -30,6 +33,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+
+from .device import resolve_device, resolve_dtype  # noqa: E402
 
 TINY_PRESETS = ("tiny", "tiny-inpaint", "tiny-v")
 TINY_SEED = 0
@@ -72,23 +77,53 @@ class SDComponents:
     def latent_size(self) -> int:
         return self.resolution // self.vae_scale_factor
 
-    def to(self, device: torch.device | str) -> "SDComponents":
-        for module in (self.text_encoder, self.unet, self.vae):
-            module.to(device)
-        return self
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
 
-    def fork(self) -> "SDComponents":
-        """An independent copy to apply one concept to (a concept adds tokens, attention processors, maybe
-        adapters or fine-tuned weights). Copying in memory is far cheaper than reloading a checkpoint; the
-        VAE and scheduler, which no method changes, are shared."""
-        return replace(self, tokenizer=copy.deepcopy(self.tokenizer), text_encoder=copy.deepcopy(self.text_encoder),
-                       unet=copy.deepcopy(self.unet))
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SDComponents":
+        """Move (and cast) the three networks in place, once; the scheduler's tables follow on use.
+
+        In fp16 a VAE whose config says ``force_upcast`` (SD 1.x/2.x: their VAEs overflow in fp16) stays fp32;
+        the loops cast at the VAE boundary.
+        """
+        # nn.Module.to: diffusers' own override warns about every cast of a whole model.
+        for module in (self.text_encoder, self.unet):
+            torch.nn.Module.to(module, device=device, dtype=dtype)
+        _cast_inputs_at_the_boundary(self.unet)
+        keep_fp32 = dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
+        torch.nn.Module.to(self.vae, device=device, dtype=torch.float32 if keep_fp32 else dtype)
+        return self
 
     def freeze(self) -> "SDComponents":
         for module in (self.text_encoder, self.unet, self.vae):
             module.requires_grad_(False)
             module.eval()
         return self
+
+
+def _cast_to(dtype: torch.dtype, value):
+    return value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def _cast_inputs_at_the_boundary(unet: torch.nn.Module) -> None:
+    """Float inputs of the UNet meet its dtype at its boundary: the loops keep latents in fp32 and every caller
+    (each method's own loop included) can pass them as they are to a half-precision UNet."""
+    if getattr(unet, "_clic_casts_inputs", False):
+        return
+
+    def cast(module, args, kwargs):
+        dtype = module.dtype
+        # the sample (first positional) only: a float timestep must not be rounded to bf16 (999 -> 1000)
+        return (tuple(_cast_to(dtype, a) if i == 0 else a for i, a in enumerate(args)),
+                {k: (_cast_to(dtype, v) if k in ("sample", "encoder_hidden_states") else v) for k, v in kwargs.items()})
+
+    unet.register_forward_pre_hook(cast, with_kwargs=True)
+    unet._clic_casts_inputs = True
 
 
 # --------------------------------------------------------------------------------------------- tiny
@@ -145,7 +180,7 @@ SD_SCHEDULER_CONFIG = dict(
 )
 
 
-def build_clip_tokenizer(directory: str | Path) -> CLIPTokenizer:
+def build_clip_tokenizer(directory: str | Path, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """Write vocab.json + merges.txt from open_clip's BPE file into ``directory`` and load a CLIPTokenizer.
 
     Same vocabulary and ids as openai/clip-vit-large-patch14's tokenizer (SD 1.x): byte symbols,
@@ -170,7 +205,7 @@ def build_clip_tokenizer(directory: str | Path) -> CLIPTokenizer:
                 "bos_token": "<|startoftext|>",
                 "eos_token": "<|endoftext|>",
                 "unk_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
+                "pad_token": pad_token,  # SD 2.x (OpenCLIP) pads with "!"
                 "do_lower_case": True,
             }
         )
@@ -294,16 +329,23 @@ def _resolve_folder(model: str) -> Path:
         ) from None
 
 
-def load_components(model: str = "tiny", *, dtype: torch.dtype = torch.float32) -> SDComponents:
-    """Load SD components: a tiny preset, a local diffusers folder, or a cached HF id."""
+def load_components(model: str = "tiny", *, device: str | torch.device = "cpu",
+                    dtype: str | torch.dtype = torch.float32) -> SDComponents:
+    """Load SD components: ``tiny``/``tiny-inpaint``, a local diffusers folder, or a cached HF id, on ``device``
+    (``auto``, ``cpu``, ``cuda[:N]``) in ``dtype`` (``fp32``/``fp16``/``bf16`` or a torch dtype).
+
+    A local folder is recorded by its absolute path, so a concept learned from it names a model that later
+    commands find from any working directory.
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     if model in TINY_PRESETS:
-        return build_tiny(model)
+        return build_tiny(model).to(device, dtype)
     folder = _resolve_folder(model)
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype)
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")  # fp32; .to() below casts unless it must stay fp32
         scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -315,11 +357,11 @@ def load_components(model: str = "tiny", *, dtype: torch.dtype = torch.float32) 
         unet=unet,
         vae=vae,
         scheduler=scheduler,
-        model_id=model,
+        model_id=str(folder.resolve()) if Path(model).expanduser().is_dir() else model,
         weights_hash=weights_fingerprint(folder),
         resolution=int(unet.config.sample_size) * vae_factor,
     )
-    return components.freeze()
+    return components.to(device, dtype).freeze()
 
 
 @dataclass(frozen=True)

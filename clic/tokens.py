@@ -28,9 +28,11 @@ class ConceptEmbedding(nn.Module):
         self.base.requires_grad_(False)
         # fp32 master copy even when the text encoder runs in fp16/bf16.
         self.vectors = nn.Parameter(vectors.detach().clone().to(base.weight.device, torch.float32))
+        self.token_ids = [int(i) for i in token_ids]
+        # On the embedding's device: forward indexes it with the device's token ids.
         lookup = torch.full((base.num_embeddings,), -1, dtype=torch.long)
-        lookup[torch.as_tensor(list(token_ids), dtype=torch.long)] = torch.arange(len(token_ids))
-        self.register_buffer("slot_of_id", lookup, persistent=False)
+        lookup[torch.as_tensor(self.token_ids, dtype=torch.long)] = torch.arange(len(self.token_ids))
+        self.register_buffer("slot_of_id", lookup.to(base.weight.device), persistent=False)
 
     @property
     def weight(self) -> torch.Tensor:  # transformers reads .weight for sizes and dtypes
@@ -80,7 +82,7 @@ class ConceptTokens:
         for i, token in enumerate(self.tokens):
             given = init_vectors[i] if init_vectors is not None else None
             if given is not None:
-                vectors.append(given.detach().to(base.weight))
+                vectors.append(given.detach().to(base.weight.device, torch.float32))
             else:
                 word = (init_words[i] if init_words else None) or "object"
                 vectors.append(self.word_vector(word, base.weight))
@@ -99,7 +101,7 @@ class ConceptTokens:
         ids = self.tokenizer(word, add_special_tokens=False).input_ids
         if not ids:
             raise ValueError(f"initialisation word {word!r} has no tokens")
-        return weight[torch.as_tensor(ids)].detach().mean(dim=0)
+        return weight[torch.as_tensor(ids, device=weight.device)].detach().float().mean(dim=0)
 
     @property
     def parameter(self) -> nn.Parameter:
@@ -158,8 +160,8 @@ def merge_concept_embeddings(text_encoder: nn.Module) -> None:
         return
     base = embedding.base
     with torch.no_grad():
-        ids = (embedding.slot_of_id >= 0).nonzero().squeeze(1)
-        base.weight[ids] = embedding.vectors[embedding.slot_of_id[ids]].to(base.weight)
+        for slot, token_id in enumerate(embedding.token_ids):
+            base.weight[token_id] = embedding.vectors[slot].to(base.weight)
     text_encoder.set_input_embeddings(base)
 
 

@@ -106,9 +106,10 @@ def latent_region(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> tor
 
 
 def decode(components: SDComponents, latents: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (fp32) from latents, cast at the VAE boundary to the VAE's dtype."""
     with torch.no_grad():
-        images = components.vae.decode(latents / components.vae.config.scaling_factor).sample
-    return (images / 2 + 0.5).clamp(0, 1)
+        images = components.vae.decode((latents / components.vae.config.scaling_factor).to(components.vae.dtype)).sample
+    return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
 def ensure_concept(components: SDComponents, concept: LearnedConcept, capture_layers: str = "up") -> AttentionCapture:
@@ -158,7 +159,7 @@ def attention_guidance(capture: AttentionCapture, components: SDComponents, late
         x = latents.detach().clone().requires_grad_(True)  # Adam steps in place: never on the caller's tensor
         capture.set_tokens(positions)
         with detached_attention_outputs(components.unet) if detach_outputs else nullcontext():
-            components.unet(x, t, encoder_hidden_states=cond)
+            components.unet(x.to(components.dtype), t, encoder_hidden_states=cond)
         attention = capture.mean_map(resolution)
         difference = (attention - resize_mask(target, attention.shape[-2:], "antialias")) ** 2
         if mode == "adam":
@@ -193,11 +194,11 @@ def transfer_concept(
     scheduler.set_timesteps(settings.steps)
     timesteps = scheduler.timesteps[settings.t_start:]
 
-    moments = vae_moments(components, target_image[None].to(device))
+    moments = vae_moments(components, target_image[None].to(device)).float()
     if settings.target_latents == "sample":  # released transfer.py L50: latent_dist.sample(generator)
         target_latents = sample_latents(components, moments, generator)
     else:
-        target_latents = moments.chunk(2, dim=1)[0] * components.vae.config.scaling_factor  # posterior mean
+        target_latents = moments.chunk(2, dim=1)[0] * components.vae.config.scaling_factor  # posterior mean, fp32
     pixel_mask = target_mask.to(device).float()[None, None]
     if settings.blend_mask == "soft":
         mask = soft_latent_mask(target_mask.to(device), target_latents.shape[-2:])
@@ -209,8 +210,8 @@ def transfer_concept(
     text, ids = encode_text(components, ["", prompt])
     uncond, cond = text[:1], text[1:]
     positions = torch.tensor([[_position(ids[1], components.tokenizer, tok, prompt) for tok in concept.tokens]])
-    resolution = capture_resolution(capture, components)
-    guidance_resolution = (components.latent_size if settings.guidance_resolution == "latent"
+    resolution = capture_resolution(capture, components, target_latents.shape[-1])
+    guidance_resolution = (target_latents.shape[-1] if settings.guidance_resolution == "latent"
                            else int(settings.guidance_resolution or resolution))
 
     def noised_target(t: torch.Tensor) -> torch.Tensor:
@@ -227,7 +228,8 @@ def transfer_concept(
                                          settings.eta, guidance_resolution, settings.guidance,
                                          settings.detach_attention_outputs)
         capture.set_tokens(positions)
-        eps = components.unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+        eps = components.unet(torch.cat([latents, latents]).to(components.dtype), t,
+                              encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
         maps.append(capture.mean_map(resolution, batch_index=slice(1, 2))[0, 0])
         capture.clear()
         eps_uncond, eps_cond = eps.chunk(2)

@@ -82,6 +82,8 @@ class ModelInfo:
     model_id: str
     weights_hash: str
     weights_label: str
+    dtype: str = "fp32"  # the frozen model's precision: part of the concept id (fp32 adds nothing, as before)
+    device: str = "auto"  # where workers run it: not part of any id (a run resumes on other hardware)
 
 
 # Group metrics score a set of jobs' outputs together; each names the set it needs (``group_by``):
@@ -242,6 +244,7 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
             "learn": dict(run.learn), "resolution": plan.resolution,
             "weights_hash": model.weights_hash if model else None, "code_version": code_version(),
             "mask_settings": None if learn_mask else dict(plan.match_settings),
+            **({"dtype": model.dtype} if model and model.dtype != "fp32" else {}),
         }
         concept_id = content_id(learn_key)
         graph.learns.setdefault(concept_id, LearnNode(

@@ -160,7 +160,8 @@ def describe_models(suite: "Suite") -> tuple[dict[str, ModelInfo | None], int]:
         if model_id is not None and model_id not in descriptions:
             descriptions[model_id] = describe_model(model_id)
         d = descriptions.get(model_id) if model_id else None
-        by_method[spec.name] = ModelInfo(d.model_id, d.weights_hash, d.weights_label) if d else None
+        by_method[spec.name] = ModelInfo(d.model_id, d.weights_hash, d.weights_label, suite.dtype, suite.device) \
+            if d else None
     main = descriptions.get(suite.model) or describe_model(suite.model)
     return by_method, main.resolution
 
@@ -195,25 +196,47 @@ def _as_float_image(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
-_PRISTINE_MODELS: dict[str, Any] = {}  # per worker process: model id -> SDComponents as loaded
+_LENDERS: dict[tuple[str, str, str], Any] = {}  # per worker process: (model, device, dtype) -> clic.reuse.ModelLender
 
 
-def fresh_components(model_id: str):
-    """Components to apply one concept to: the checkpoint is loaded once per worker process and forked
-    per job (reloading SD 1.x from disk for every job would cost seconds each)."""
+def fresh_components(model: ModelInfo):
+    """Components to apply one concept to: the checkpoint is loaded once per worker process and device and
+    lent to each job; the next loan puts back what the last job changed (clic.reuse), instead of a copy of
+    the UNet and text encoder per job. ``auto`` is the GPU Ray assigned this task, else the CPU."""
+    from clic.device import resolve_device
     from clic.models import load_components
+    from clic.reuse import ModelLender
 
-    if model_id not in _PRISTINE_MODELS:
-        _PRISTINE_MODELS[model_id] = load_components(model_id)
-    return _PRISTINE_MODELS[model_id].fork()
+    device = str(resolve_device(model.device))
+    key = (model.model_id, device, model.dtype)
+    if key not in _LENDERS:
+        for other in [k for k in _LENDERS if k[1] == device]:  # one model per worker per device
+            del _LENDERS[other]
+        _LENDERS[key] = ModelLender(lambda: load_components(model.model_id, device=device, dtype=model.dtype))
+    return _LENDERS[key].lend()
 
 
-def warm_worker(model_id: str | None) -> str:
+def job_peak_memory_mb(device: str | None) -> float:
+    from clic.device import peak_memory_bytes
+
+    return round(peak_memory_bytes(device) / 2**20, 1)
+
+
+def start_memory_window(model: ModelInfo | None) -> str | None:
+    """Reset the peak-memory counter for a job: CUDA max allocated on a GPU, peak RSS on the CPU."""
+    from clic.device import reset_peak_memory, resolve_device
+
+    device = str(resolve_device(model.device)) if model else "cpu"
+    reset_peak_memory(device)
+    return device
+
+
+def warm_worker(model: ModelInfo | None) -> str:
     """Import the method library and load the model into this worker's cache before jobs arrive, while
     the driver starts the metric actor (a worker's first import of torch/diffusers takes seconds)."""
     importlib.import_module("clic.methods.base")  # the import is the warm-up
-    if model_id:
-        fresh_components(model_id)
+    if model:
+        fresh_components(model)
     return _node_id()
 
 
@@ -226,12 +249,13 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
     if store.concept_is_complete(final):
         return {"folder": str(final), "seconds": 0.0, "learned": False, "node_id": _node_id()}
     start = time.perf_counter()
+    memory_device = start_memory_window(node.model)
     method = get_method(node.method)
     _, _, (image, mask, _) = _model_input(node.source_image, node.source_mask, node.resolution)
     estimated = None
     if mask is None:
         mask, estimated = _mask_for_unmasked_source(method, node, image)
-    components = fresh_components(node.model.model_id) if node.model else None
+    components = fresh_components(node.model) if node.model else None
     temp = store.temp_sibling(final)
     method.learn(components, ConceptSource(image, mask, node.object_word), preset=node.preset,
                  overrides=node.learn_overrides, seed=node.seed, out_dir=temp, progress=False)
@@ -242,7 +266,8 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
         concept.arrays["estimated_mask_0"] = estimated
         concept.save(temp)
     store.publish_folder(temp, final)
-    return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id()}
+    return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id(),
+            "peak_memory_mb": job_peak_memory_mb(memory_device)}
 
 
 def _mask_for_unmasked_source(method, node: LearnNode, image):
@@ -259,7 +284,7 @@ def _mask_for_unmasked_source(method, node: LearnNode, image):
         raise ValueError(f"{node.source_image}: no source mask, and method {node.method!r} cannot estimate one")
     from clic.match import MatchSettings, automatic_source_mask
 
-    soft, binary = automatic_source_mask(fresh_components(node.model.model_id), image[None], node.object_word,
+    soft, binary = automatic_source_mask(fresh_components(node.model), image[None], node.object_word,
                                          MatchSettings.from_dict(node.mask_settings), seed=node.seed)
     if not binary.any():
         raise ValueError(f"{node.source_image}: the automatic source mask is empty")
@@ -285,7 +310,7 @@ def _save_map(array: np.ndarray, path: Path) -> None:
     _save_png(Image.fromarray((array.clip(0, 1) * 255).round().astype(np.uint8), mode="L"), path)
 
 
-def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None, resolution: int,
+def run_task_job(job: TaskJob, concept: Mapping[str, Any], model: ModelInfo | None, resolution: int,
                  run_dir: str) -> dict[str, Any]:
     """Run one task job on its learned concept; write artifacts; return the metric sample and timings."""
     from PIL import Image
@@ -296,10 +321,11 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     from .metrics.base import Sample
 
     start = time.perf_counter()
+    memory_device = start_memory_window(model)
     method = get_method(job.method)
     learned = LearnedConcept.load(concept["folder"])
     # Fresh components per job: applying a concept mutates them (tokens, attention processors).
-    components = fresh_components(model_id) if model_id else None
+    components = fresh_components(model) if model else None
     out = store.artifact_dir(run_dir, job.job_id)
     out.mkdir(parents=True, exist_ok=True)
     artifacts: dict[str, str] = {}
@@ -333,7 +359,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
             target_mask = mask_from_model_output(matched.mask, placement)
             sample.target_mask = target_mask
             learned = LearnedConcept.load(concept["folder"])
-            components = fresh_components(model_id)
+            components = fresh_components(model)
         result = method.transfer(components, learned, image, mask[0], job.object_word, preset=job.preset,
                                  overrides=overrides, seed=job.seed)
         edited = from_model_output(result.image, placement)
@@ -369,7 +395,9 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     if losses.is_file():
         artifact_paths["artifact_losses"] = str(Path(store.CONCEPTS_DIR) / job.concept_id / losses.name)
     return {"samples": samples, "artifacts": artifact_paths, "task_seconds": time.perf_counter() - start,
-            "learn_seconds": float(concept["seconds"]), "node_id": _node_id()}
+            "learn_seconds": float(concept["seconds"]), "node_id": _node_id(),
+            "peak_memory_mb": job_peak_memory_mb(memory_device),
+            "learn_peak_memory_mb": concept.get("peak_memory_mb")}
 
 
 def generated_image_name(index: int) -> str:
@@ -604,12 +632,16 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
                     "max_retries": resources.max_retries, "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
     cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
     slots = max(1, int(cluster_cpus // max(task_options["num_cpus"], 1e-9)))
+    if resources.num_gpus > 0:  # jobs that run at once are bounded by the GPUs too
+        slots = max(1, min(slots, int(ray.cluster_resources().get("GPU", 0) // resources.num_gpus)))
     max_in_flight = max_in_flight or 2 * cluster_cpus
     learn_remote = ray.remote(learn_concept_task).options(**task_options)
     task_remote = ray.remote(run_task_job).options(**task_options)
-    main_model = next((info.model_id for info in models.values() if info), None)
+    main_model = next((info for info in models.values() if info), None)
     warm_remote = ray.remote(warm_worker).options(**task_options)
-    for _ in range(slots):  # fire and forget: it overlaps the metric actor's start; real jobs queue behind it
+    # As many warm workers as jobs can run at once (each holds a model), none when no method needs a model:
+    # fire and forget, it overlaps the metric actor's start; real jobs queue behind it.
+    for _ in range(min(slots, len(todo)) if main_model else 0):
         warm_remote.remote(main_model)
     metric_names = [m.name for m in plan.metrics]
     metric_info = {m.name: m for m in plan.metrics}
@@ -672,6 +704,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     def ok_rows(job: TaskJob, output: dict, values: list[tuple[str, str, float]], metric_seconds: float) -> list[dict]:
         base = {**_base_row(job, run_id, models), **output["artifacts"], "status": store.STATUS_OK,
                 "learn_seconds": output["learn_seconds"], "task_seconds": output["task_seconds"],
+                "peak_memory_mb": output.get("peak_memory_mb"), "learn_peak_memory_mb": output.get("learn_peak_memory_mb"),
                 "metric_seconds": metric_seconds, "finished_at": now_iso()}
         return metric_rows(base, values)
 
@@ -730,8 +763,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
             elif ready and len(in_flight) + awaiting_scores() < max_in_flight:
                 job = ready.popleft()
                 node = graph.learns[job.concept_id]
-                ref = task_remote.remote(job, learned[job.concept_id], node.model.model_id if node.model else None,
-                                         plan.resolution, str(run_dir))
+                ref = task_remote.remote(job, learned[job.concept_id], node.model, plan.resolution, str(run_dir))
                 in_flight[ref] = job
             else:
                 break

@@ -66,9 +66,13 @@ RESULT_SCHEMA = pa.schema([
     ("learn_seconds", pa.float64()),
     ("task_seconds", pa.float64()),
     ("metric_seconds", pa.float64()),
+    ("peak_memory_mb", pa.float64()),  # the job's peak: CUDA max allocated on a GPU, peak RSS on the CPU
+    ("learn_peak_memory_mb", pa.float64()),  # the same for the job's concept learning (null: learned earlier)
     ("finished_at", pa.string()),
 ])
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
+# Columns added later: result files written before them still read, with nulls there.
+LATER_COLUMNS = frozenset({"peak_memory_mb", "learn_peak_memory_mb"})
 
 
 def canonical_json(data: Any) -> str:
@@ -196,10 +200,16 @@ def _read_tables(run_dir: str | Path, columns: list[str] | None = None) -> list[
     return tables
 
 
+def _with_later_columns(table: pa.Table) -> pa.Table:
+    for name in sorted(LATER_COLUMNS - set(table.column_names)):
+        table = table.append_column(name, pa.nulls(table.num_rows, RESULT_SCHEMA.field(name).type))
+    return table
+
+
 def read_results(run_dir: str | Path) -> pd.DataFrame:
     """All result rows of a run as one DataFrame with the columns of ``RESULT_SCHEMA`` (possibly empty)."""
-    tables = [t.select(list(RESULT_COLUMNS)).cast(RESULT_SCHEMA) for t in _read_tables(run_dir)
-              if set(RESULT_COLUMNS) <= set(t.column_names)]
+    tables = [_with_later_columns(t).select(list(RESULT_COLUMNS)).cast(RESULT_SCHEMA) for t in _read_tables(run_dir)
+              if set(RESULT_COLUMNS) - LATER_COLUMNS <= set(t.column_names)]
     table = pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
     return table.to_pandas()
 

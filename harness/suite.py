@@ -9,6 +9,8 @@ A suite file (``benchmarks/*.yaml``)::
     model: tiny                       # "tiny", a local diffusers folder (relative to this file) or an HF id
     inpainting_model: null            # default null: tiny -> tiny-inpaint; real runs of RealFill name an SD inpainting model
     resolution: null                  # default null: the model's native image side (64 tiny, 512 SD 1.x)
+    device: auto                      # default auto: the GPU Ray assigned a task (resources.num_gpus > 0), else the CPU
+    dtype: fp32                       # default fp32; fp16 | bf16: the frozen model's precision (trained weights stay fp32)
     methods:                          # required, at least one
       - name: clic                    # a registered method (clic.methods)
         presets: [paper, official-code]   # default: the method's default preset
@@ -147,6 +149,8 @@ class Suite:
     model: str = "tiny"
     inpainting_model: str | None = None  # for methods on an inpainting UNet (RealFill); tiny -> tiny-inpaint
     resolution: int | None = None  # image side the methods run at; None: the model's native resolution
+    device: str = "auto"  # clic.device.resolve_device in each worker
+    dtype: str = "fp32"  # fp32 | fp16 | bf16: part of every concept id
     description: str = ""
     seeds: tuple[int, ...] = (0,)
     transfer: TransferSpec = TransferSpec()
@@ -172,6 +176,8 @@ class Suite:
             "model": self.model,
             "inpainting_model": self.inpainting_model,
             "resolution": self.resolution,
+            "device": self.device,
+            "dtype": self.dtype,
             "methods": [
                 {"name": m.name, "presets": list(m.presets), "loss_weights": _thaw(m.loss_weights), "learn": _thaw(m.learn)}
                 for m in self.methods
@@ -374,6 +380,8 @@ class _SuiteReader:
             model=self.model(data.get("model", "tiny")),
             inpainting_model=None if data.get("inpainting_model") is None else self.model(data["inpainting_model"], "inpainting_model"),
             resolution=None if data.get("resolution") is None else self.integer(data["resolution"], "resolution", minimum=8),
+            device=self.device_name(data.get("device", "auto")),
+            dtype=self.choice(data.get("dtype", "fp32"), "dtype", ("fp32", "fp16", "bf16")),
             methods=self.methods(data["methods"], transfer),
             seeds=self.seeds(data.get("seeds", [0])),
             transfer=transfer,
@@ -399,6 +407,12 @@ class _SuiteReader:
         value = self.string(value, key)
         if value not in choices:
             self.fail(key, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def device_name(self, value: Any) -> str:
+        value = self.string(value, "device")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            self.fail("device", f"expected auto, cpu, cuda or cuda:N, got {value!r}")
         return value
 
     def description(self, value: Any) -> str:

@@ -230,7 +230,7 @@ def test_stock_diffusers_loading_reproduces_our_outputs(tmp_path, learned):
     pipeline.set_progress_bar_config(disable=True)
     load_into_pipeline(pipeline, concept_dir)
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
-    stock = pipeline("a photo of an table, with <v*> style", latents=latents.clone(), num_inference_steps=8,
+    stock = pipeline("a photo of a table, with <v*> style", latents=latents.clone(), num_inference_steps=8,
                      guidance_scale=7.5, output_type="pt").images
     ours = generate_with_concept(load_components(str(tmp_path / "tiny")), LearnedConcept.load(concept_dir), "table",
                                  GenerateSettings(steps=8, stage_one_steps=0), latents=latents.clone())
@@ -244,4 +244,4 @@ def test_two_stage_generation_switches_weights(learned):
     staged = generate_with_concept(components, concept, "table", GenerateSettings(steps=6, stage_one_steps=3), seed=1)
     assert plain.images.shape == staged.images.shape == (1, 3, 64, 64)
     assert not torch.equal(plain.images, staged.images)
-    assert staged.prompt == "a photo of an table, with <v*> style"
+    assert staged.prompt == "a photo of a table, with <v*> style"  # the article follows the word

@@ -126,6 +126,29 @@ def test_tiny_clic_learn_then_transfer(ray_session, tmp_path: Path) -> None:
     assert row["weights_label"] == "tiny-random" and row["learn_seconds"] > 0
     assert (tmp_path / "run" / row["artifact_losses"]).is_file()
     assert (tmp_path / "run" / row["artifact_attention"]).is_file()
+    # each row records its job's peak memory (peak RSS of the worker on the CPU: at least the loaded model)
+    assert row["peak_memory_mb"] > 100 and row["learn_peak_memory_mb"] > 100
+
+
+def test_dtype_is_part_of_concept_ids_and_device_is_not(tmp_path: Path) -> None:
+    from harness.jobs import build_job_graph
+    from harness.runner import describe_models, method_tasks, plan_from_suite
+
+    pairs = make_pairs(tmp_path / "data", 1)
+    learns = {}
+    for device, dtype in (("auto", "fp32"), ("cpu", "fp32"), ("auto", "bf16")):
+        suite = make_suite({"name": "placed", "model": "tiny", "device": device, "dtype": dtype,
+                            "methods": [{"name": "clic"}], "metrics": ["ssim_psnr"]})
+        models, native = describe_models(suite)
+        assert models["clic"].dtype == dtype and models["clic"].device == device
+        plan = plan_from_suite(suite, suite.resolution or native)
+        learns[(device, dtype)] = set(build_job_graph(pairs, plan, models, method_tasks(plan)).learns)
+    assert learns[("auto", "fp32")] == learns[("cpu", "fp32")]  # a run resumes on other hardware
+    assert learns[("auto", "fp32")].isdisjoint(learns[("auto", "bf16")])
+    with pytest.raises(ValueError, match="device"):
+        make_suite({"name": "bad", "model": "tiny", "device": "tpu", "methods": [{"name": "clic"}]})
+    with pytest.raises(ValueError, match="dtype"):
+        make_suite({"name": "bad", "model": "tiny", "dtype": "fp8", "methods": [{"name": "clic"}]})
 
 
 TWO_NODE_SCRIPT = textwrap.dedent("""

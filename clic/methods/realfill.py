@@ -82,7 +82,7 @@ def inpaint_concept(components: SDComponents, concept: LearnedConcept, target_im
     text, ids = encode_text(components, ["", prompt])
     token_id = components.tokenizer.convert_tokens_to_ids(concept.token)
     positions = torch.tensor([[int((ids[1] == token_id).nonzero()[0, 0])]]).repeat(2, 1)
-    resolution = capture_resolution(capture, components)
+    resolution = capture_resolution(capture, components, target_latents.shape[-1])
     latents = torch.randn(target_latents.shape, generator=generator).to(device) * scheduler.init_noise_sigma
     maps = []
     for t in scheduler.timesteps:
