@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import AttentionCapture
-from .augment import AugmentConfig, LatentBank
+from .augment import AugmentConfig, LatentBank, image_region
 from .concept import LearnedConcept
 from .losses import Objective, StepTensors, resize_mask
 from .models import SDComponents
@@ -51,6 +51,12 @@ class LearnConfig:
     optimizer: str = "adam"  # "adam" | "adamw"
     weight_decay: float = 0.0  # attention (and fine-tuned model) weights
     token_weight_decay: float = 0.0  # the token vectors only (Textual Inversion's AdamW uses 1e-2)
+    max_grad_norm: float = 0.0  # >0: clip the gradient norm of the trained weights (diffusers' --max_grad_norm)
+    clip_token_grad: bool = True  # the token rows count in the clipped norm (Break-A-Scene clips the UNet only)
+    gradient_accumulation: int = 1  # micro-steps per optimizer step; ``steps`` counts optimizer steps
+    scale_lr: bool = False  # lr × gradient_accumulation (× batch 1 × 1 process), diffusers' --scale_lr
+    # Prior preservation (DreamBooth; Break-A-Scene's train.py): {"weight", "prompt", "images", "steps"}; {} = off.
+    prior: Mapping[str, Any] = field(default_factory=dict)
     phases: tuple[Phase, ...] = ()  # non-empty: overrides steps/lr (multi-phase methods)
     train_kv: bool = True
     train_q_out: bool = False
@@ -77,6 +83,7 @@ class LearnConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["terms"] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.terms.items()}
+        data["prior"] = dict(self.prior)
         return data
 
     @classmethod
@@ -97,8 +104,11 @@ class LearnConfig:
         if not overrides:
             return self
         base = self.to_dict()
+        if "steps" in overrides and "phases" not in overrides and self.phases:
+            # A step budget for a phased method (e.g. `clic learn --steps 3`): the phases keep their proportions.
+            base["phases"] = [asdict(p) for p in split_phases(self.phases, int(overrides["steps"]))]
         for key, value in overrides.items():
-            if key in ("terms", "augment") and isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+            if key in ("terms", "augment", "prior") and isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
                 base[key] = {**base[key], **value}
             else:
                 base[key] = value
@@ -113,16 +123,41 @@ class LearnConfig:
             raise ValueError(f"roi_mask_space must be 'latent' or 'pixel', got {self.roi_mask_space!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.gradient_accumulation < 1 or self.max_grad_norm < 0:
+            raise ValueError(f"gradient_accumulation must be >= 1 and max_grad_norm >= 0, got "
+                             f"{self.gradient_accumulation}, {self.max_grad_norm}")
 
     @property
     def total_steps(self) -> int:
         return sum(p.steps for p in self.phases) if self.phases else self.steps
 
     def schedule(self) -> tuple[Phase, ...]:
+        """The phases with their effective learning rates (``scale_lr``: × gradient_accumulation, as diffusers'
+        scripts scale by accumulation × batch size (1) × processes (1))."""
         if self.phases:
-            return self.phases
-        return (Phase(self.steps, self.token_lr if self.token_lr is not None else self.lr,
-                      self.lr if (self.train_kv or self.train_q_out) else 0.0),)
+            phases = self.phases
+        else:
+            phases = (Phase(self.steps, self.token_lr if self.token_lr is not None else self.lr,
+                            self.lr if (self.train_kv or self.train_q_out) else 0.0),)
+        if not self.scale_lr or self.gradient_accumulation == 1:
+            return phases
+        k = self.gradient_accumulation
+        return tuple(replace(p, token_lr=p.token_lr * k, attention_lr=p.attention_lr * k, unet_lr=p.unet_lr * k,
+                             text_encoder_lr=p.text_encoder_lr * k) for p in phases)
+
+
+def split_phases(phases: Sequence[Phase], total: int) -> tuple[Phase, ...]:
+    """``phases`` with their step counts rescaled to sum to ``total`` (each keeps ≥ 1 step while total allows)."""
+    weights = [p.steps for p in phases]
+    counts = [max(1, round(total * w / sum(weights))) if total >= len(phases) else 0 for w in weights]
+    if total < len(phases):
+        counts = [1 if i < total else 0 for i in range(len(phases))]
+    counts[-1] += total - sum(counts)
+    while counts[-1] < 0:  # rounding overshot: take the excess from the longest phase
+        longest = max(range(len(counts) - 1), key=lambda i: counts[i])
+        counts[longest] -= 1
+        counts[-1] += 1
+    return tuple(replace(p, steps=n) for p, n in zip(phases, counts) if n > 0)
 
 
 @dataclass
@@ -219,6 +254,7 @@ class StepBatch:
     timestep: torch.Tensor  # (1,)
     noise: torch.Tensor  # (1, 4, h, w)
     roi_latents: torch.Tensor | None = None  # (n, 4, h, w) pixel-space masked variants, if configured
+    valid: torch.Tensor | None = None  # (1, 1, h, w) latent pixels showing the image (not a zoom-out's padding)
 
 
 def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
@@ -252,7 +288,7 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     timesteps = batch.timestep.expand(model_input.shape[0])
     eps = components.unet(model_input, timesteps, encoder_hidden_states=text).sample
 
-    step = StepTensors(noise=batch.noise, mask=union)
+    step = StepTensors(noise=batch.noise, mask=union, valid=batch.valid)
     offset = 0
     if "context" in needs:
         step.eps_context = eps[:1]
@@ -345,6 +381,7 @@ def learn_concept(
     loss_log: list[dict[str, float]] = []
     step_index = 0
     started = time.perf_counter()
+    accumulation = config.gradient_accumulation
     bar = tqdm(total=config.total_steps, desc=f"learn {method}/{preset}", disable=not progress, leave=False)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
@@ -365,32 +402,30 @@ def learn_concept(
             groups.append({"params": text_params, "lr": phase.text_encoder_lr, "weight_decay": config.weight_decay})
         optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         optimizer = optimizer_cls(groups)
+        clipped = [p for group in groups[0 if config.clip_token_grad else 1:] for p in group["params"]]
         components.unet.train(phase.unet_lr > 0)
         for _ in range(phase.steps):
-            # One image draws nothing extra, so single-image runs keep their exact random stream.
-            bank = banks[0] if len(banks) == 1 else banks[int(torch.randint(len(banks), (1,), generator=generator))]
-            latents_moments, aug_masks, aug_image, suffix = bank.sample(config.augment, generator)
-            latents = sample_latents(components, latents_moments[None], generator)
-            timestep = torch.randint(0, components.scheduler.config.num_train_timesteps, (1,), generator=generator).to(device)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            roi_latents = None
-            if config.roi_mask_space == "pixel" and "roi" in objective.needs:
-                masked = torch.where(aug_masks[:, None] > 0.5, aug_image[None], torch.zeros_like(aug_image[None]))
-                roi_latents = sample_latents(components, vae_moments(components, masked), generator)
-            batch = StepBatch(latents, aug_masks, aug_image, suffix, timestep, noise, roi_latents)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss, values = step_fn(state, batch, source.object_word)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {float(loss)} at step {step_index}")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            for micro in range(accumulation):
+                batch = _draw_batch(components, banks, config, objective, generator, device)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss, values = step_fn(state, batch, source.object_word)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {float(loss)} at step {step_index}")
+                # accelerate's accumulate(): each micro-step's loss is divided by the accumulation count
+                scaler.scale(loss / accumulation).backward()
+                values["step"] = step_index
+                values["t"] = int(batch.timestep.item())
+                if accumulation > 1:
+                    values["micro_step"] = micro
+                loss_log.append(values)
+                if on_step is not None:
+                    on_step(step_index, values)
+            if config.max_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(clipped, config.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
-            values["step"] = step_index
-            values["t"] = int(timestep.item())
-            loss_log.append(values)
-            if on_step is not None:
-                on_step(step_index, values)
             step_index += 1
             bar.update(1)
             bar.set_postfix(loss=f"{values['total']:.4f}")
@@ -412,6 +447,23 @@ def learn_concept(
     if out_dir is not None:
         concept.save(out_dir)
     return concept
+
+
+def _draw_batch(components: SDComponents, banks: list[LatentBank], config: LearnConfig, objective: Objective,
+                generator: torch.Generator, device: torch.device) -> StepBatch:
+    """One augmented source, t ~ U{0..T−1} and ε ~ N(0, I) (one image draws nothing extra, so single-image runs
+    keep their exact random stream)."""
+    bank = banks[0] if len(banks) == 1 else banks[int(torch.randint(len(banks), (1,), generator=generator))]
+    latents_moments, aug_masks, aug_image, suffix, key = bank.sample(config.augment, generator)
+    latents = sample_latents(components, latents_moments[None], generator)
+    timestep = torch.randint(0, components.scheduler.config.num_train_timesteps, (1,), generator=generator).to(device)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    roi_latents = None
+    if config.roi_mask_space == "pixel" and "roi" in objective.needs:
+        masked = torch.where(aug_masks[:, None] > 0.5, aug_image[None], torch.zeros_like(aug_image[None]))
+        roi_latents = sample_latents(components, vae_moments(components, masked), generator)
+    valid = image_region(key, latents.shape[-2:], aug_image.shape[-1] // latents.shape[-1]).to(device, latents.dtype)
+    return StepBatch(latents, aug_masks, aug_image, suffix, timestep, noise, roi_latents, valid[None, None])
 
 
 def _snapshot(state: TrainState, source: ConceptSource, config: LearnConfig, method: str, preset: str,

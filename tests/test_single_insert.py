@@ -17,7 +17,7 @@ from clic.methods.single_insert import (
 from clic.models import load_components, save_tiny
 
 SIZE = 64
-FAST = {"stage_one_steps": 2, "stage_two_steps": 2, "batch_size": 2}
+FAST = {"stage_one_steps": 2, "stage_two_steps": 2, "stage_one_batch_size": 2, "stage_two_batch_size": 2}
 
 
 def source() -> ConceptSource:

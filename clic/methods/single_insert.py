@@ -104,15 +104,18 @@ def _si_sm(s: StepTensors) -> torch.Tensor:
 class SingleInsertConfig:
     """Everything that determines a SingleInsert run (``learn:`` keys of a suite)."""
 
-    stage_one_steps: int = 50
-    stage_one_lr: float = 1e-4
-    stage_two_steps: int = 100
-    stage_two_lr: float = 1e-4  # encoder and LoRA
-    batch_size: int = 16
+    stage_one_steps: int = 50  # SingleInsert §4.1: 50 iterations
+    stage_one_lr: float = 1e-4  # §4.1: 1e-4
+    stage_one_batch_size: int = 16  # §4.1: batch 16
+    stage_two_steps: int = 100  # §4.1: 100 iterations
+    stage_two_lr: float = 5e-5  # §4.1: 5e-5 (encoder and LoRA)
+    stage_two_batch_size: int = 4  # §4.1: batch 4
     lora_rank: int = 4
     terms: Mapping[str, Any] = field(default_factory=lambda: {"si_fg": 1.0, "si_bg": 1.0, "si_sm": 1.0})
-    prompt: str = "a photo of {token}"
+    prompt: str = "{token} {object}"  # §3.2: the prompt "* CLASS" (the token, then the class word)
     class_prompt: str = "a photo of a {object}"
+    steps: int | None = None  # a total budget (`clic learn --steps`): split over the stages in the paper's 50:100
+    resolution: int | None = None  # the source's side (recorded; the source arrives at this size)
     placeholder: str = "<v*>"
     encoder_model: str = "auto"  # "auto": the tiny ViT on tiny components; else an open_clip architecture
     encoder_pretrained: str | None = None  # local open_clip checkpoint file (required for a real encoder)
@@ -128,6 +131,13 @@ class SingleInsertConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "SingleInsertConfig":
         reject_unknown_keys(cls, data, "SingleInsert option(s)")
         data = dict(data)
+        if data.get("steps") is not None:  # a budget replaces both stage lengths, in the paper's proportions
+            total = int(data["steps"])
+            one = data.get("stage_one_steps", cls.stage_one_steps)
+            two = data.get("stage_two_steps", cls.stage_two_steps)
+            data["stage_one_steps"] = min(total, max(1 if total > 1 else 0, round(total * one / max(one + two, 1))))
+            data["stage_two_steps"] = total - data["stage_one_steps"]
+            data["steps"] = None
         for key in ("unet_lora_targets", "text_lora_targets"):
             if key in data:
                 data[key] = tuple(data[key])
@@ -144,8 +154,9 @@ class SingleInsertConfig:
     def validate(self) -> None:
         if self.stage_one_steps < 0 or self.stage_two_steps < 0 or self.stage_one_steps + self.stage_two_steps == 0:
             raise ValueError(f"stage steps must be >= 0 with a positive total, got {self.stage_one_steps} + {self.stage_two_steps}")
-        if self.batch_size <= 0 or self.lora_rank <= 0:
-            raise ValueError(f"batch_size and lora_rank must be positive, got {self.batch_size}, {self.lora_rank}")
+        if min(self.stage_one_batch_size, self.stage_two_batch_size, self.lora_rank) <= 0:
+            raise ValueError(f"batch sizes and lora_rank must be positive, got {self.stage_one_batch_size}, "
+                             f"{self.stage_two_batch_size}, {self.lora_rank}")
         if self.stage_one_lr <= 0 or self.stage_two_lr <= 0:
             raise ValueError("stage learning rates must be positive")
         Objective(self.terms)  # unknown terms or all-zero weights fail here, not mid-run
@@ -169,10 +180,10 @@ class ConceptImageEncoder(nn.Module):
             self.projection.weight.normal_(std=1e-2)
             self.projection.bias.copy_(init_vector)
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """image (B, 3, R, R) in [-1, 1], mask (B, 1, R, R) -> (B, token_dim); background set to mid-grey."""
-        foreground = (image * mask + 1) / 2
-        pixels = F.interpolate(foreground, size=self.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, 3, R, R) in [-1, 1] -> (B, token_dim). The encoder sees the whole input image (SingleInsert
+        §3.2: the image, not a masked foreground, is encoded; the mask enters only through L_fg / L_bg)."""
+        pixels = F.interpolate((image + 1) / 2, size=self.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
         return self.projection(self.visual((pixels - self.mean) / self.std))
 
 
@@ -182,7 +193,7 @@ def build_visual_tower(config: SingleInsertConfig, components: SDComponents) -> 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_ENCODER_SEED)
             return VisionTransformer(**TINY_ENCODER)
-    model_name = "ViT-L-14" if config.encoder_model == "auto" else config.encoder_model
+    model_name = "ViT-B-32" if config.encoder_model == "auto" else config.encoder_model  # §4.1: CLIP ViT-B/32
     if not config.encoder_pretrained or not Path(config.encoder_pretrained).is_file():
         raise FileNotFoundError(
             f"SingleInsert's image encoder {model_name} needs a local open_clip checkpoint: set learn.encoder_pretrained "
@@ -299,18 +310,19 @@ def learn_single_insert(
     moments = vae_moments(components, image)  # the source's posterior, encoded once
     latent_mask = resize_mask(pixel_mask, moments.shape[-2:])
     alphas_cumprod = components.scheduler.alphas_cumprod
-    batch = config.batch_size
-    prompts = [format_prompt(config.prompt, source.object_word, tokens.tokens)] * batch
+    prompt = format_prompt(config.prompt, source.object_word, tokens.tokens)
     with torch.no_grad():
-        class_text = encode_text(components, [format_prompt(config.class_prompt, source.object_word, tokens.tokens)])[0]
-    class_text = class_text.expand(batch, -1, -1)
+        class_text_one = encode_text(components, [format_prompt(config.class_prompt, source.object_word, tokens.tokens)])[0]
 
     loss_log: list[dict[str, float]] = []
     started = time.perf_counter()
-    stages = (("stage_1", config.stage_one_steps, config.stage_one_lr), ("stage_2", config.stage_two_steps, config.stage_two_lr))
-    for stage, steps, lr in stages:
+    stages = (("stage_1", config.stage_one_steps, config.stage_one_lr, config.stage_one_batch_size),
+              ("stage_2", config.stage_two_steps, config.stage_two_lr, config.stage_two_batch_size))
+    for stage, steps, lr, batch in stages:
         if steps == 0:
             continue
+        prompts = [prompt] * batch
+        class_text = class_text_one.expand(batch, -1, -1)
         adapted = stage == "stage_2"
         terms = dict(config.terms) if adapted else {k: v for k, v in config.terms.items() if k != "si_sm"}
         objective = Objective(terms)
@@ -328,7 +340,7 @@ def learn_single_insert(
             x_t = components.scheduler.add_noise(x0, noise, timesteps)
             with torch.no_grad(), _adapters_disabled(components, adapted):
                 eps_class = components.unet(x_t, timesteps, encoder_hidden_states=class_text).sample
-            vector = encoder(image, pixel_mask)
+            vector = encoder(image)
             text = token_text(prompts, vector)
             if "semantic" in objective.needs:  # one pass: token prompt rows, then adapted class-prompt rows
                 adapted_class_text = encode_text(components, [format_prompt(config.class_prompt, source.object_word,
@@ -357,7 +369,7 @@ def learn_single_insert(
                 print(f"single_insert {stage} step {len(loss_log)}: {values['total']:.4f}")
 
     with torch.no_grad():
-        vector = encoder(image, pixel_mask)[0].detach().cpu()
+        vector = encoder(image)[0].detach().cpu()
     lora = lora_state_dict(components) if config.stage_two_steps else {}
     _remove_adapters(components)
     merge_concept_embeddings(components.text_encoder)
@@ -414,14 +426,17 @@ class SingleInsert(Method):
     default_preset = "paper"
     sources = {
         "stage I (50 iterations, lr 1e-4, batch 16)": "SingleInsert §4.1 implementation details",
+        "stage II (100 iterations, lr 5e-5, batch 4)": "SingleInsert §4.1 implementation details",
+        "prompt '* CLASS'": "SingleInsert §3.2 (the token followed by the class word)",
+        "encoder input: the whole source image": "SingleInsert §3.2 (the image encoder takes the input image)",
+        "image encoder CLIP ViT-B/32": "SingleInsert §4.1 (encoder_model 'auto' on a real model: open_clip ViT-B-32)",
         "L_fg, L_bg (γ = 1)": "SingleInsert §3.2 (x̂₀ from ε̂; background against the class prompt's x̄₀)",
         "L_sm, LoRA rank 4 (η = 1)": "SingleInsert §3.3",
-        "stage II steps 100, lr 1e-4": "our choice: the paper's stage II values could not be checked here; "
-                                        "lr 1e-4 is diffusers' LoRA example default",
         "optimizer": "our choice: Adam",
-        "encoder": "SingleInsert §3.2 (CLIP image encoder + projection); real runs: ViT-L-14 unless encoder_model says",
+        "encoder": "SingleInsert §3.2 (CLIP image encoder + projection)",
         "LoRA targets": "diffusers LoRA examples (UNet to_q/k/v/out.0; text encoder q/k/v/out_proj)",
-        "transfer, generation": "CLiC §4.2 protocol: the shared blended-transfer and two-stage generation loops",
+        "transfer, generation": "CLiC §4.2 protocol: the shared blended-transfer and two-stage generation loops; the "
+                                "first generation stage runs with the LoRA adapters disabled (the base model)",
     }
 
     def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> SingleInsertConfig:
