@@ -35,6 +35,9 @@ MIN_PAIRS_FOR_WILCOXON = 6
 HIGHER_IS_BETTER: dict[str, bool] = {
     "lpips_outside": False,
     "clip_i_outside": True,
+    "dino_outside": True,
+    "clip_i_b": False,  # SingleInsert: source background vs generated background (disentanglement)
+    "dino_b": False,
     "pattern_leakage": False,
     "lpips_inside": True,  # the edit should change the region
     "lpips_diversity": True,
