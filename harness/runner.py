@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import importlib
+import json
 import math
 import platform
 import socket
@@ -341,6 +342,8 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
         _save_png(edited, out / "edited.png")
         _save_map(result.attention.detach().cpu().numpy(), out / "attention.png")
         _save_png(Image.fromarray(target_mask.astype(np.uint8) * 255), out / "mask.png")
+        if hasattr(result, "schedule_record"):  # which timesteps the transfer ran (first timestep, steps run)
+            (out / "transfer.json").write_text(json.dumps(result.schedule_record()))
         artifacts = {"artifact_image": "edited.png", "artifact_attention": "attention.png", "artifact_mask": "mask.png"}
     elif job.task == "generate":
         result = method.generate(components, learned, job.object_word, preset=job.preset, overrides=overrides,
