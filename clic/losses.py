@@ -76,14 +76,6 @@ def masked_diffusion_loss(eps_pred: torch.Tensor, eps: torch.Tensor, mask: torch
     return ((mask * (eps_pred - eps)) ** 2).mean()
 
 
-def region_diffusion_loss(eps_pred: torch.Tensor, eps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """Custom Diffusion's loss over the image region (diffusers examples/custom_diffusion/train_custom_diffusion.py:
-    ``((mse * mask).sum([1, 2, 3]) / mask.sum([1, 2, 3])).mean()`` with a one-channel mask): the squared error summed
-    over channels, averaged over the region's latent pixels, then over the batch."""
-    squared = (eps_pred - eps) ** 2 * region
-    return (squared.sum(dim=(1, 2, 3)) / region.sum(dim=(1, 2, 3)).clamp_min(1e-8)).mean()
-
-
 RESIZE_MODES = ("area", "nearest", "bilinear", "antialias")
 
 
@@ -212,8 +204,10 @@ def _masked(s: StepTensors) -> torch.Tensor:
 
 @register_term("region_diffusion", {"context"})
 def _region(s: StepTensors) -> torch.Tensor:
+    """Custom Diffusion's loss over the image region (diffusers examples/custom_diffusion/train_custom_diffusion.py:
+    ``((mse * mask).sum([1, 2, 3]) / mask.sum([1, 2, 3])).mean()`` with a one-channel mask, a zoom-out's padding 0)."""
     region = s.valid if s.valid is not None else torch.ones_like(s.noise[:, :1])
-    return region_diffusion_loss(s.eps_context, s.target, region)
+    return weight_normalised_error(s.eps_context, s.target, region)
 
 
 def resolve_term(name: str, spec: Mapping[str, Any]) -> LossTerm:

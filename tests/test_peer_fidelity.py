@@ -264,3 +264,27 @@ def test_every_method_learns_through_the_cli_in_three_steps(method: str, cli_inp
             str(cli_inputs["mask"]), "--object", "chair", "--steps", "3", "--seed", "0", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     assert (out / "concept.json").is_file()
+
+
+# -------------------------------------------------------------------------------------------- EM masks
+def test_em_dense_crf_uses_cutlers_settings() -> None:
+    """CutLER cutler/crf.py: MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10, Bi_XY_STD 50, Bi_RGB_STD 5 (0–255),
+    unary_from_softmax(softmax([bg, fg])). Kernel: Bi_W·exp(−|Δp|²/2·50² − |ΔI|²/2·5²) + POS_W·exp(−|Δp|²/2·3²)."""
+    from clic.crf import dense_kernel
+    from clic.methods.em_masks import EMSettings
+
+    crf = get_method("em_masks").em_settings(None).crf
+    assert (crf.iterations, crf.smoothness_weight, crf.smoothness_position, crf.appearance_weight,
+            crf.appearance_position, crf.unary) == (10, 7.0, 3.0, 10.0, 50.0, "softmax")
+    assert crf.appearance_colour * 255 == pytest.approx(5.0) and crf.positions_in_pixels
+    assert EMSettings().crf == crf
+    image = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0))
+    kernel = dense_kernel(image, crf, input_side=6)  # working side = input side: θ in these pixels
+    ys, xs = torch.meshgrid(torch.arange(6.0), torch.arange(6.0), indexing="ij")
+    p = torch.stack([ys.flatten(), xs.flatten()], 1)
+    rgb = image.reshape(3, -1).T * 255
+    d_pos = ((p[:, None] - p[None]) ** 2).sum(-1)
+    d_rgb = ((rgb[:, None] - rgb[None]) ** 2).sum(-1)
+    expected = 10 * torch.exp(-d_pos / (2 * 50 ** 2) - d_rgb / (2 * 5 ** 2)) + 7 * torch.exp(-d_pos / (2 * 3 ** 2))
+    expected.fill_diagonal_(0)
+    torch.testing.assert_close(kernel, expected, rtol=1e-4, atol=1e-5)

@@ -26,6 +26,7 @@ from ..learn import (ConceptSource, LearnConfig, Phase, StepBatch, TrainState, e
                      learn_concept, sample_latents, vae_moments)
 from ..losses import StepTensors, resize_mask
 from ..models import SDComponents
+from ..prediction import training_target
 from .base import Method
 
 LAMBDA_ATTENTION = 1e-2  # reference train.py: --lambda_attention 1e-2
@@ -52,7 +53,8 @@ class UnionSampling:
         needs_attention = "attention" in state.objective.needs
         state.capture.set_tokens(state.tokens.positions(ids)[:, chosen] if needs_attention else None)
         eps = state.components.unet(x_t, batch.timestep, encoder_hidden_states=text).sample
-        step = StepTensors(noise=batch.noise, mask=union, eps_context=eps)
+        step = StepTensors(noise=batch.noise, mask=union, eps_context=eps,
+                           target=training_target(state.components.scheduler, batch.latents, batch.noise, batch.timestep))
         if needs_attention:
             attention = state.capture.mean_map(state.attention_resolution)
             step.attention = attention / attention.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
@@ -80,7 +82,7 @@ class UnionSampling:
         state.capture.set_tokens(None)
         with state.capture.paused():
             eps = components.unet(x_t, timestep, encoder_hidden_states=text).sample
-        return F.mse_loss(eps, noise)
+        return F.mse_loss(eps, training_target(components.scheduler, latents, noise, timestep))
 
 
 def union_sampling_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:

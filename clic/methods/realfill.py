@@ -21,6 +21,7 @@ from ..concept import LearnedConcept
 from ..learn import LearnConfig, StepBatch, TrainState, capture_resolution, encode_text, format_prompt, vae_moments
 from ..losses import StepTensors, resize_mask
 from ..models import SDComponents
+from ..prediction import training_target
 from ..transfer import TransferResult, TransferSettings, decode, ensure_concept, latent_region, summarize_attention
 from .base import Method
 
@@ -88,7 +89,8 @@ def inpainting_step(state: TrainState, batch: StepBatch, object_word: str) -> tu
                           encoder_hidden_states=text).sample
     # The loss weighting: the source mask at latent size (the reference interpolates its weightings, nearest).
     weighting = resize_mask(batch.masks.amax(0)[None, None], x_t.shape[-2:], mode="nearest")
-    step = StepTensors(noise=batch.noise, mask=weighting, eps_context=eps)
+    step = StepTensors(noise=batch.noise, mask=weighting, eps_context=eps,
+                       target=training_target(components.scheduler, batch.latents, batch.noise, batch.timestep))
     if needs_attention:
         step.attention = state.capture.mean_map(state.attention_resolution, batch_index=slice(0, 1))
         step.attention_masks = batch.masks[None]

@@ -3,7 +3,7 @@
 Stage I trains an image encoder — a CLIP visual tower plus a linear projection to the text encoder's
 embedding width — whose output *is* the placeholder token's embedding, with
 
-    x̂₀ = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t                                  (x₀ predicted from ε̂)
+    x̂₀ = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t, or √ᾱ_t x_t − √(1−ᾱ_t) v̂ on a v-prediction model (clic.prediction)
     L_fg = mean(m_f ⊙ (x̂₀ − x₀)²)                                      (prompt with the token)
     L_bg = mean((1 − m_f) ⊙ (x̂₀ − x̄₀)²)   x̄₀: frozen model, class prompt, no gradient
     L_I  = L_fg + γ L_bg,  γ = 1
@@ -49,6 +49,7 @@ from ..concept import LearnedConcept
 from ..learn import ConceptSource, encode_text, format_prompt, sample_latents, seed_everything, tokenize, vae_moments
 from ..losses import Objective, StepTensors, register_term, resize_mask
 from ..models import SDComponents
+from ..prediction import predicted_x0
 from ..tokens import ConceptTokens, merge_concept_embeddings
 from .base import Method
 from ..settings import reject_unknown_keys
@@ -61,13 +62,6 @@ TINY_ENCODER_SEED = 0
 
 
 # ------------------------------------------------------------------------------------ the losses
-def predicted_x0(x_t: torch.Tensor, eps_pred: torch.Tensor, alphas_cumprod: torch.Tensor,
-                 timesteps: torch.Tensor) -> torch.Tensor:
-    """x̂₀ = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t, with ᾱ_t per batch row."""
-    alpha_bar = alphas_cumprod.to(x_t.device, x_t.dtype)[timesteps].view(-1, 1, 1, 1)
-    return (x_t - (1 - alpha_bar).sqrt() * eps_pred) / alpha_bar.sqrt()
-
-
 def foreground_loss(x0_pred: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """L_fg = mean(m_f ⊙ (x̂₀ − x₀)²)."""
     return (mask * (x0_pred - x0) ** 2).mean()
@@ -317,7 +311,7 @@ def learn_single_insert(
     pixel_mask = source.image_masks.to(device, image.dtype)  # (1, 1, R, R)
     moments = vae_moments(components, image)  # the source's posterior, encoded once
     latent_mask = resize_mask(pixel_mask, moments.shape[-2:])
-    alphas_cumprod = components.scheduler.alphas_cumprod
+    scheduler = components.scheduler  # x̂₀ follows its prediction type (the released train.py reads every output as ε)
     prompt = format_prompt(config.prompt, source.object_word, tokens.tokens)
     with torch.no_grad():
         class_text_one = encode_text(components, [format_prompt(config.class_prompt, source.object_word, tokens.tokens)])[0]
@@ -361,11 +355,11 @@ def learn_single_insert(
                 eps, eps_adapted_class = components.unet(x_t, timesteps, encoder_hidden_states=text).sample, None
             extras = {
                 "x0": x0,
-                "x0_pred": predicted_x0(x_t, eps, alphas_cumprod, timesteps),
-                "x0_class": predicted_x0(x_t, eps_class, alphas_cumprod, timesteps),
+                "x0_pred": predicted_x0(scheduler, x_t, eps, timesteps),
+                "x0_class": predicted_x0(scheduler, x_t, eps_class, timesteps),
             }
             if eps_adapted_class is not None:
-                extras["x0_adapted_class"] = predicted_x0(x_t, eps_adapted_class, alphas_cumprod, timesteps)
+                extras["x0_adapted_class"] = predicted_x0(scheduler, x_t, eps_adapted_class, timesteps)
             loss, values = objective(StepTensors(noise=noise, mask=latent_mask, extras=extras))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {float(loss)} at {stage} step {len(loss_log)}")
