@@ -27,6 +27,7 @@ from ..learn import (ConceptSource, LearnConfig, Phase, StepBatch, TrainState, e
 from ..losses import StepTensors, resize_mask
 from ..models import SDComponents
 from ..prediction import training_target
+from ..presets import Setting, preset_overrides
 from .base import Method
 
 LAMBDA_ATTENTION = 1e-2  # reference train.py: --lambda_attention 1e-2
@@ -110,6 +111,43 @@ def class_image_moments(components: SDComponents, prompt: str, count: int, steps
     return vae_moments(components, images * 2 - 1)
 
 
+TRAIN = "google/break-a-scene train.py"
+_SHARED: tuple[Setting, ...] = (
+    Setting("learn.capture_layers", "up+down", f"{TRAIN}: aggregate_attention(res=16, from_where=('up', 'down'))"),
+    Setting("learn.same_resolution_maps", True, f"{TRAIN}: only the 16×16 maps"),
+    Setting("learn.terms.masked_diffusion", 1.0, f"{TRAIN}: F.mse_loss(pred·mask, target·mask), the union of the masks"),
+    Setting("learn.terms.att", {"weight": LAMBDA_ATTENTION, "resize": "nearest", "sum_tokens": True},
+            f"{TRAIN}: --lambda_attention 1e-2; attn_loss += F.mse_loss(GT_mask, attn/attn.max()) per sampled token "
+            "(a sum), nearest-interpolated masks"),
+    Setting("learn.context_prompt", "a photo of a {object} with {tokens}",
+            f"{TRAIN} ('a photo of <asset>'), with the object word as in CLiC §4.2"),
+    Setting("learn.optimizer", "adamw", f"{TRAIN}: torch.optim.AdamW"),
+    Setting("learn.weight_decay", 1e-2, f"{TRAIN}: --adam_weight_decay 1e-2"),
+    Setting("learn.token_weight_decay", 1e-2, f"{TRAIN}: the embeddings are in the same AdamW"),
+    Setting("learn.max_grad_norm", 1.0, f"{TRAIN}: --max_grad_norm 1.0"),
+)
+DEFAULT_SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4}, {"steps": 400, "token_lr": 2e-6, "attention_lr": 2e-6}),
+            f"{TRAIN}: --phase1_train_steps 400 at --initial_learning_rate 5e-4, then 400 at --learning_rate 2e-6; "
+            "CLiC §4.2 adaptation: phase 2 trains the cross-attention weights"),
+    Setting("learn.train_kv", True, "CLiC §4.2 adaptation (cross-attention weights instead of the whole UNet)"),
+    Setting("learn.train_q_out", True, "CLiC §4.2 adaptation (all cross-attention projections)"),
+    Setting("learn.clip_token_grad", False, f"{TRAIN}: clips unet.parameters() only (the text encoder does not train)"),
+) + _SHARED
+ORIGINAL_SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4},
+                             {"steps": 400, "token_lr": 2e-6, "unet_lr": 2e-6, "text_encoder_lr": 2e-6}),
+            f"{TRAIN}: phase 2 fine-tunes the UNet and the text encoder (--train_text_encoder) at 2e-6"),
+    Setting("learn.train_kv", False, f"{TRAIN}: no separate attention copies (the whole UNet trains)"),
+    Setting("learn.train_q_out", False, f"{TRAIN}: no separate attention copies (the whole UNet trains)"),
+    Setting("learn.clip_token_grad", True, f"{TRAIN}: the text encoder trains, so its parameters are clipped too"),
+    Setting("learn.prior", dict(PRIOR_DEFAULTS),
+            f"{TRAIN}: prior preservation on by default (--no_prior_preservation turns it off), --prior_loss_weight 1, "
+            "--num_class_images 100, --class_prompt 'a photo at the beach'; class images from the base model "
+            "(50 DDIM steps, guidance 7.5: the pipeline's defaults)"),
+) + _SHARED
+
+
 class BreakAScene(Method):
     name = "break_a_scene"
     description = "Masked diffusion + attention loss, two phases (tokens, then tokens + cross-attention)"
@@ -129,39 +167,10 @@ class BreakAScene(Method):
         max_grad_norm=1.0,
         clip_token_grad=False,  # train.py clips unet.parameters() only unless the text encoder trains
     )
-    presets = {
-        "default": {},
-        "original": {
-            "learn": {
-                "phases": (
-                    {"steps": 400, "token_lr": 5e-4},
-                    {"steps": 400, "token_lr": 2e-6, "unet_lr": 2e-6, "text_encoder_lr": 2e-6},
-                ),
-                "train_kv": False,
-                "train_q_out": False,
-                "clip_token_grad": True,  # the text encoder trains: train.py clips its parameters too
-                "prior": dict(PRIOR_DEFAULTS),
-            }
-        },
-    }
+    declared_settings = {"default": DEFAULT_SETTINGS, "original": ORIGINAL_SETTINGS}
+    presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
-    sources = {
-        "phase 1": "Break-A-Scene §3.2 / CLiC §4.2 (tokens only, lr 5e-4, 400 steps); train.py --initial_learning_rate 5e-4",
-        "phase 2": "CLiC §4.2 adaptation (tokens + cross-attention, lr 2e-6, 400 steps); original: full UNet + text "
-                   "encoder (train.py --learning_rate 2e-6 --train_text_encoder)",
-        "lambda_attention": "Break-A-Scene train.py (--lambda_attention 1e-2)",
-        "attention loss summed over the sampled tokens": "Break-A-Scene train.py (attn_loss += F.mse_loss(...) per "
-                                                         "mask, divided by the batch size)",
-        "attention maps": "Break-A-Scene §3.2 (16×16, up and down blocks, normalised by max, nearest-resized masks)",
-        "union sampling": "Break-A-Scene §3.2",
-        "optimizer AdamW, weight decay 1e-2": "Break-A-Scene train.py (torch.optim.AdamW, --adam_weight_decay 1e-2)",
-        "max_grad_norm 1.0": "Break-A-Scene train.py (--max_grad_norm 1.0 on unet.parameters(), + text encoder if trained)",
-        "prior preservation (original: on, weight 1, 100 class images, 'a photo at the beach')":
-            "Break-A-Scene train.py (--no_prior_preservation flag, --prior_loss_weight 1.0, --num_class_images 100, "
-            "--class_prompt default); default preset: off (CLiC §4.2 learns from the one source image)",
-        "prompt": "Break-A-Scene reference code ('a photo of <asset>'), with the object word as in CLiC §4.2",
-        "generation base stage": "CLiC §3.3: the unmodified model (original: base UNet and text encoder restored)",
-    }
+    sources = {setting.key: setting.source for setting in ORIGINAL_SETTINGS}
 
     def learn(self, components: SDComponents, source: ConceptSource, *, preset: str | None = None,
               overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,

@@ -21,6 +21,7 @@ from ..concept import LearnedConcept
 from ..learn import LearnConfig, StepBatch, TrainState, capture_resolution, encode_text, format_prompt, vae_moments
 from ..losses import StepTensors, resize_mask
 from ..models import SDComponents
+from ..presets import Setting, preset_overrides
 from ..prediction import training_target
 from ..transfer import TransferResult, TransferSettings, decode, ensure_concept, latent_region, summarize_attention
 from .base import Method
@@ -32,6 +33,20 @@ HOLE_MIN, HOLE_MAX, HOLE_MARGIN = 0.03, 0.25, 0.01  # sides and margin as shares
 P_INVERT = 0.5  # the whole mask inverted with probability 0.5
 P_FULL_HOLE = 0.1  # the dataset's "masks = ones" branch: the whole image is the hole
 P_EMPTY_PROMPT = 0.1  # the dataset's prompt dropout ("" with probability 0.1)
+
+
+REFERENCE = "diffusers examples/research_projects/realfill/train_realfill.py"
+SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.terms.masked_diffusion", 1.0, f"{REFERENCE}: (weightings * mse).mean(); the weighting is the "
+                                                 "concept's source mask (CLiC's protocol learns the masked region)"),
+    Setting("learn.train_kv", True, "CLiC §4.2 adaptation: token + cross-attention K/V of the inpainting UNet "
+                                    f"(the reference trains rank-16 LoRA with AdamW 2e-4 / 4e-5)"),
+    Setting("learn.steps", 500, "CLiC §4.2: 500 steps for every method"),
+    Setting("learn.lr", 1e-5, "CLiC §4.2: the baselines' learning rate"),
+    Setting("inpaint.hole_masks", "make_mask", f"{REFERENCE} make_mask: 1–29 rectangles, sides 3–25 %, margin 1 %, "
+                                             "inverted w.p. 0.5; whole image w.p. 0.1 (RealFillDataset)"),
+    Setting("inpaint.empty_prompt_probability", P_EMPTY_PROMPT, f"{REFERENCE} RealFillDataset: '' w.p. 0.1"),
+)
 
 
 def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
@@ -144,19 +159,10 @@ class RealFill(Method):
     tasks = frozenset({"learn", "transfer"})
     needs_inpainting = True
     base_config = LearnConfig(terms={"masked_diffusion": 1.0}, train_kv=True)
-    presets = {"default": {}}
+    declared_settings = {"default": SETTINGS}
+    presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
-    sources = {
-        "model": "RealFill §3 (SD inpainting UNet, 9 input channels)",
-        "hole masks (1–29 rectangles, sides 3–25 %, margin 1 %, inverted w.p. 0.5; whole image w.p. 0.1)":
-            "diffusers examples/research_projects/realfill/train_realfill.py (make_mask; RealFillDataset.__getitem__)",
-        "empty prompt w.p. 0.1": "train_realfill.py (RealFillDataset.__getitem__)",
-        "loss weighted by the source mask": "train_realfill.py ((weightings * mse).mean()); CLiC protocol: the "
-                                            "weighting is the concept's source mask",
-        "trained parameters": "CLiC §4.2 adaptation (token + cross-attention instead of LoRA rank 16 on UNet and "
-                              "text encoder, AdamW 2e-4/4e-5 of train_realfill.py)",
-        "lr, steps, prompts, augmentations": "CLiC §4.2 (shared by all baselines)",
-    }
+    sources = {setting.key: setting.source for setting in SETTINGS}
 
     def training_step(self, state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
         return inpainting_step(state, batch, object_word)
