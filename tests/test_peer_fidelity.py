@@ -288,3 +288,45 @@ def test_em_dense_crf_uses_cutlers_settings() -> None:
     expected = 10 * torch.exp(-d_pos / (2 * 50 ** 2) - d_rgb / (2 * 5 ** 2)) + 7 * torch.exp(-d_pos / (2 * 3 ** 2))
     expected.fill_diagonal_(0)
     torch.testing.assert_close(kernel, expected, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ presets, printed with sources
+def _resolved(config, path: list[str]):
+    value = config.to_dict() if hasattr(config, "to_dict") else __import__("dataclasses").asdict(config)
+    for part in path:
+        value = value[part]
+    return value
+
+
+def _matches(resolved, declared) -> bool:
+    """The resolved value carries every declared value (a declared dict may name a subset of the fields)."""
+    if isinstance(declared, dict):
+        return isinstance(resolved, dict) and all(k in resolved and _matches(resolved[k], v) for k, v in declared.items())
+    if isinstance(declared, (tuple, list)):
+        return isinstance(resolved, (tuple, list)) and len(resolved) == len(declared) and all(
+            _matches(r, d) for r, d in zip(resolved, declared))
+    return resolved == declared
+
+
+@pytest.mark.parametrize("method", [m for m in available_methods() if m not in ("fault_injection", "cut_paste")])
+def test_every_preset_prints_its_settings_with_sources_and_they_are_what_runs(
+        method: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    cls = get_method(method)
+    assert set(cls.declared_settings) == set(cls.presets)
+    for preset, settings in cls.declared_settings.items():
+        assert main(["methods", "show", method, "--preset", preset]) == 0
+        printed = capsys.readouterr().out
+        for setting in settings:
+            assert setting.source.strip() and setting.key in printed
+            task, *path = setting.key.split(".")
+            if task == "learn":
+                assert _matches(_resolved(cls.learn_config(preset), path), setting.value), (preset, setting.key)
+            elif task == "em":
+                resolved = dataclasses.asdict(cls.em_settings(preset))
+                for part in path:
+                    resolved = resolved[part]
+                assert _matches(resolved, setting.value), (preset, setting.key)
+            elif task in ("transfer", "generate"):
+                assert cls.task_settings(task, preset)[path[0]] == setting.value

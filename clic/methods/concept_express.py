@@ -47,6 +47,7 @@ from ..concept import LearnedConcept
 from ..learn import ConceptSource, capture_resolution, encode_text, sample_latents, seed_everything, vae_moments
 from ..models import SDComponents
 from ..prediction import training_target
+from ..presets import Setting, preset_overrides
 from ..selfattention import recording_self_attention
 from ..settings import reject_unknown_keys
 from ..tokens import ConceptTokens, merge_concept_embeddings
@@ -392,12 +393,34 @@ def learn_concept_express(components: SDComponents, source: ConceptSource, confi
     )
 
 
+FIELD_SOURCES = {
+    "steps": "scripts/train.sh --phase1_train_steps 500",
+    "lr": "scripts/train.sh --initial_learning_rate 5e-4",
+    "weight_decay": f"{CODE} --adam_weight_decay 1e-2 (AdamW)",
+    "lambda_attention": "scripts/train.sh --lambda_attention 1e-5",
+    "weight_contrast": "scripts/train.sh --weight_contrast 1e-3",
+    "temperature": "scripts/train.sh --temperature 0.07",
+    "split_tokens": "scripts/train.sh --num_split_tokens 5",
+    "merge_step": "scripts/train.sh --merge_step 100",
+    "p_flip": f"{CODE} DreamBoothDataset flip_p 0.5 (the only augmentation)",
+    "sinkhorn_epsilon": "ptp_utils.wasser_loss: SinkhornOT(..., 1e-3, 200)",
+    "sinkhorn_iterations": "ptp_utils.wasser_loss: SinkhornOT(..., 1e-3, 200)",
+    "prompt": f"{CODE} L865: 'a photo of ' + ' and '.join(tokens)",
+    "vocabulary_offset": f"{CODE} L894-896: new rows = rows [-3N:-2N] of the resized vocabulary, N = --num_of_assets 50",
+    "pre_cluster_floor": f"{CODE} L1705-1709: the first FINCH partition with ≥ 10 clusters and < 10 next",
+    "saliency_threshold": f"{CODE} L1735: compute_score(mask, eot_attn_mask) > 1.0",
+}
+
+
 class ConceptExpress(Method):
     name = "concept_express"
     description = "Unsupervised: K concepts found by self-attention clustering, split/merged tokens, masked + OT + SupCon"
     trains = "token embeddings only (K found from the image; 5 split tokens per concept until step 100)"
     base_config = ConceptExpressConfig()
-    presets = {"default": {}}
+    declared_settings = {"default": tuple(
+        Setting(f"learn.{f.name}", getattr(ConceptExpressConfig(), f.name), FIELD_SOURCES[f.name])
+        for f in fields(ConceptExpressConfig) if f.name in FIELD_SOURCES)}
+    presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
     estimates_masks = True
     sources = {

@@ -36,8 +36,9 @@ from ..crf import CUTLER, DenseCRFSettings, refine_masks
 from ..learn import (ConceptSource, LearnConfig, Phase, StepBatch, TrainState, encode_text, format_prompt, fused_step,
                      learn_concept, vae_moments)
 from ..match import threshold_map
-from .base import Method
+from ..presets import Setting, preset_overrides, replaced
 from ..settings import reject_unknown_keys
+from .base import Method
 
 ESTIMATED_MASK_KEY = "estimated_mask_{index}"
 LAMBDA_ATTENTION = 1e-2  # Break-A-Scene's reference value; the EM paper builds on its masked + attention losses
@@ -129,6 +130,27 @@ class EMLoop:
         return loss, values
 
 
+RAHMAN = "Rahman et al. 2024 §3"
+CUTLER_SOURCE = ("CutLER cutler/crf.py (MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10, Bi_XY_STD 50, Bi_RGB_STD 5; "
+                 "unary_from_softmax of the binary masks); kernels as our torch CRF (pydensecrf normalises them)")
+DEFAULT_SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4}, {"steps": 400, "token_lr": 2e-6, "attention_lr": 2e-6}),
+            f"{RAHMAN}: token-only EM, then tokens + cross-attention with the masks fixed; lengths and rates our "
+            "choice (Break-A-Scene's 400 + 400 at 5e-4 / 2e-6)"),
+    Setting("learn.train_kv", True, f"{RAHMAN}: the joint phase trains the cross-attention weights"),
+    Setting("learn.capture_layers", "all", f"{RAHMAN}: maps averaged over all cross-attention layers"),
+    Setting("learn.terms.masked_diffusion", 1.0, f"{RAHMAN} (after Break-A-Scene): masked diffusion loss"),
+    Setting("learn.terms.att", LAMBDA_ATTENTION, f"{RAHMAN}: attention loss; λ 1e-2 from Break-A-Scene's train.py"),
+    Setting("learn.context_prompt", "a photo of a {object} with {tokens}", "Break-A-Scene's prompt with the object word"),
+    Setting("learn.augment.p_flip", 0.0, "our choice: masks are re-estimated on the unaugmented source"),
+    Setting("learn.augment.p_zoom", 0.0, "our choice: masks are re-estimated on the unaugmented source"),
+    Setting("em.crf", {k: v for k, v in asdict(CUTLER).items() if k != "max_side"}, CUTLER_SOURCE),
+    Setting("em.threshold", 0.5, "our choice: binarise the min-max normalised map at 0.5"),
+    Setting("em.e_every", 100, "our choice: an E-step every 100 token-phase steps"),
+    Setting("em.attention_timesteps", 50, "our choice: maps averaged over 50 random timesteps"),
+)
+
+
 class EMMasks(Method):
     name = "em_masks"
     description = "EM: tokens (+ cross-attention) and their masks learned alternately; masks from attention + dense CRF"
@@ -141,30 +163,22 @@ class EMMasks(Method):
         context_prompt="a photo of a {object} with {tokens}",
         augment=AugmentConfig(p_flip=0.0, p_zoom=0.0),
     )
-    presets = {
-        "default": {},
-        "tokens-only": {"learn": {"train_kv": False, "phases": ({"steps": 400, "token_lr": 5e-4},)}},
-        "user-init": {"em": {"init_from_user_masks": True}},
-        # CPU smoke runs on the tiny model: E-steps every 10 steps from 8 timesteps (suites cannot set ``em``).
-        "smoke": {"em": {"e_every": 10, "attention_timesteps": 8}},
+    declared_settings = {
+        "default": DEFAULT_SETTINGS,
+        "tokens-only": replaced(
+            DEFAULT_SETTINGS,
+            Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4},), "ablation: the token-only EM phase alone"),
+            Setting("learn.train_kv", False, "ablation: no cross-attention weights")),
+        "user-init": DEFAULT_SETTINGS + (Setting("em.init_from_user_masks", True, "ablation: the first masks are the user's"),),
+        "smoke": replaced(
+            DEFAULT_SETTINGS,
+            Setting("em.e_every", 10, "CPU test scale, not a paper setting"),
+            Setting("em.attention_timesteps", 8, "CPU test scale, not a paper setting")),
     }
+    presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
     estimates_masks = True
-    sources = {
-        "EM alternation, masks from cross-attention + DenseCRF": "Rahman et al. 2024 §3",
-        "two phases: token-only EM, then tokens + cross-attention with the masks fixed": "Rahman et al. 2024 §3",
-        "maps averaged over all cross-attention layers": "Rahman et al. 2024 §3 (capture_layers 'all')",
-        "CRF: 10 iterations, Gaussian 7/3, bilateral 10/50/5, softmax unary": "CutLER cutler/crf.py (MAX_ITER, POS_W, "
-            "POS_XY_STD, Bi_W, Bi_XY_STD, Bi_RGB_STD; unary_from_softmax); kernels normalised as our torch CRF, "
-            "not pydensecrf's symmetric normalisation",
-        "masked diffusion + attention loss": "Rahman et al. 2024 §3 (after Break-A-Scene); λ_att = 1e-2 from Break-A-Scene's code",
-        "phase lengths 400 + 400, E-step every 100": "our choice (the paper's schedule is not reproduced here); "
-                                                     "Break-A-Scene's 400 + 400",
-        "50 random timesteps for the maps, threshold 0.5": "our choice",
-        "preset smoke (E-step every 10 steps, 8 timesteps)": "CPU test scale, not a paper setting",
-        "token lr 5e-4, K/V lr 2e-6": "Break-A-Scene §3.2 / CLiC §4.2 values",
-        "no geometric augmentation": "our choice: masks are re-estimated on the unaugmented source",
-    }
+    sources = {setting.key: setting.source for setting in DEFAULT_SETTINGS}
 
     def em_settings(self, preset: str | None, overrides: Mapping[str, Any] | None = None) -> EMSettings:
         """The preset's EM settings, updated by the ``em`` entry of the learn overrides (a suite's ``learn: {em: ...}``)."""

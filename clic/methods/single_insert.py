@@ -51,8 +51,9 @@ from ..losses import Objective, StepTensors, register_term, resize_mask
 from ..models import SDComponents
 from ..prediction import predicted_x0
 from ..tokens import ConceptTokens, merge_concept_embeddings
-from .base import Method
+from ..presets import Setting, preset_overrides, replaced
 from ..settings import reject_unknown_keys
+from .base import Method
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use
 LORA_PREFIX = "lora/"  # LoRA tensors inside LearnedConcept.arrays
@@ -417,39 +418,58 @@ def _remove_adapters(components: SDComponents) -> None:
 
 
 # ------------------------------------------------------------------------------------ the method
+PAPER = "SingleInsert (Wu et al., arXiv 2310.08094)"
+CODE = "JarrentWu1031/SingleInsert train.py"
+PAPER_SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.stage_one_steps", 50, f"{PAPER} §4.1: stage I 50 iterations"),
+    Setting("learn.stage_one_lr", 1e-4, f"{PAPER} §4.1: stage I lr 1e-4"),
+    Setting("learn.stage_one_batch_size", 16, f"{PAPER} §4.1: stage I batch 16"),
+    Setting("learn.stage_two_steps", 100, f"{PAPER} §4.1: stage II 100 iterations"),
+    Setting("learn.stage_two_lr", 5e-5, f"{PAPER} §4.1: stage II lr 5e-5"),
+    Setting("learn.stage_two_batch_size", 4, f"{PAPER} §4.1: stage II batch 4"),
+    Setting("learn.lora_rank", 4, f"{PAPER} §3.3 (rank-4 LoRA); {CODE} --rank 4"),
+    Setting("learn.terms", {"si_fg": 1.0, "si_bg": 1.0, "si_sm": 1.0},
+            f"{PAPER} §3.2-3.3: L_fg + γ L_bg (+ η L_sm in stage II), γ = η = 1 ({CODE} --bg_weight 1 --sm_weight 1)"),
+    Setting("learn.prompt", "{token} {object}", f"{PAPER} §3.2: '* CLASS' ({CODE}: ' '.join([placeholder, class_name]))"),
+    Setting("learn.class_prompt", "a photo of a {object}", "our choice for the paper preset: the class prompt of x̄₀"),
+    Setting("learn.encoder_model", "auto", f"{PAPER} §4.1: CLIP ViT-B/32 image encoder ({CODE}: VisionTransformer "
+                                           "patch 32, width 768, 12 layers); 'auto' = ViT-B-32 on a real model, a tiny "
+                                           "seeded ViT on the tiny one"),
+    Setting("learn.optimizer", "adam", "our choice: the paper names no optimizer"),
+    Setting("generate.stage_one_steps", 5, "CLiC §3.3 protocol: the first 5 steps on the base model (adapters off)"),
+)
+ONE_STAGE_SETTINGS: tuple[Setting, ...] = replaced(
+    PAPER_SETTINGS,
+    Setting("generate.stage_one_steps", 0, f"{PAPER}: generation with the adapted model at every step"),
+    Setting("generate.prompt", "a photo of {token} on an {object}", f"{PAPER}: the token in the generation prompt"),
+)
+OFFICIAL_SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.stage_one_steps", 50, f"{CODE} --s1_train_steps 50"),
+    Setting("learn.stage_one_lr", 1e-4, f"{CODE} --s1_learning_rate 1e-4"),
+    Setting("learn.stage_one_batch_size", 4, f"{CODE} --s1_train_batch_size 4"),
+    Setting("learn.stage_two_steps", 50, f"{CODE} --s2_train_steps 50 (README: 50 for both stages)"),
+    Setting("learn.stage_two_lr", 5e-5, f"{CODE} --s2_learning_rate 5e-5"),
+    Setting("learn.stage_two_batch_size", 4, f"{CODE} --s2_train_batch_size 4"),
+    Setting("learn.lora_rank", 4, f"{CODE} --rank 4"),
+    Setting("learn.prompt", "{token} {object}", f"{CODE}: ' '.join([placeholder_token, class_name])"),
+    Setting("learn.class_prompt", "{object}", f"{CODE}: class_prompt = args.class_name"),
+    Setting("learn.optimizer", "adamw", f"{CODE}: torch.optim.AdamW"),
+    Setting("learn.weight_decay", 1e-2, f"{CODE} --adam_weight_decay 1e-2"),
+    Setting("learn.max_grad_norm", 1.0, f"{CODE} --max_grad_norm 1.0"),
+    Setting("generate.stage_one_steps", 5, "CLiC §3.3 protocol: the first 5 steps on the base model (adapters off)"),
+)
+
+
 class SingleInsert(Method):
     name = "single_insert"
     description = "Image encoder -> token (foreground/background x̂₀ losses), then + LoRA with a semantic loss"
     trains = "stage I: CLIP image encoder + projection; stage II: + rank-4 LoRA on UNet and text encoder"
     tasks = frozenset({"learn", "transfer", "generate"})
     base_config = SingleInsertConfig()
-    presets = {
-        "paper": {},
-        # What the released train.py (github JarrentWu1031/SingleInsert) does where it differs from the paper.
-        "official-code": {"learn": {"stage_one_batch_size": 4, "stage_two_steps": 50, "class_prompt": "{object}",
-                                    "optimizer": "adamw", "weight_decay": 1e-2, "max_grad_norm": 1.0}},
-        # Generation as SingleInsert does it: the adapted model and the token prompt at every step.
-        "one-stage": {"generate": {"stage_one_steps": 0, "prompt": "a photo of {token} on an {object}"}},
-    }
+    declared_settings = {"paper": PAPER_SETTINGS, "one-stage": ONE_STAGE_SETTINGS, "official-code": OFFICIAL_SETTINGS}
+    presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "paper"
-    sources = {
-        "stage I (50 iterations, lr 1e-4, batch 16)": "SingleInsert §4.1 implementation details",
-        "stage II (100 iterations, lr 5e-5, batch 4)": "SingleInsert §4.1 implementation details",
-        "prompt '* CLASS'": "SingleInsert §3.2 (the token followed by the class word)",
-        "encoder input: the whole source image": "SingleInsert §3.2 (the image encoder takes the input image)",
-        "image encoder CLIP ViT-B/32": "SingleInsert §4.1 (encoder_model 'auto' on a real model: open_clip ViT-B-32)",
-        "L_fg, L_bg (γ = 1)": "SingleInsert §3.2 (x̂₀ from ε̂; background against the class prompt's x̄₀)",
-        "L_sm, LoRA rank 4 (η = 1)": "SingleInsert §3.3",
-        "optimizer": "paper: not stated, our choice Adam; official-code: AdamW wd 1e-2, clip 1.0 (train.py "
-                     "--adam_weight_decay, --max_grad_norm)",
-        "official-code: stage I batch 4, stage II 50 iterations, class prompt 'CLASS'":
-            "JarrentWu1031/SingleInsert train.py (--s1_train_batch_size 4, --s2_train_steps 50, class_prompt = "
-            "args.class_name)",
-        "encoder": "SingleInsert §3.2 (CLIP image encoder + projection)",
-        "LoRA targets": "diffusers LoRA examples (UNet to_q/k/v/out.0; text encoder q/k/v/out_proj)",
-        "transfer, generation": "CLiC §4.2 protocol: the shared blended-transfer and two-stage generation loops; the "
-                                "first generation stage runs with the LoRA adapters disabled (the base model)",
-    }
+    sources = {setting.key: setting.source for setting in PAPER_SETTINGS}
 
     def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> SingleInsertConfig:
         return self.base_config.merged(self.preset(preset).get("learn")).merged(overrides)
