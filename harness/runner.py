@@ -84,8 +84,8 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
     methods = []
     for spec in suite.methods:
         for preset in spec.presets:
-            base_terms = method_class(spec.name)().learn_config(preset).terms if hasattr(
-                method_class(spec.name), "base_config") else None
+            base_terms = getattr(method_class(spec.name)().learn_config(preset), "terms", None) if hasattr(
+                method_class(spec.name), "base_config") else None  # ConceptExpress's config has no loss terms
             methods.append(MethodRun(spec.name, preset, spec.learn_overrides(base_terms)))
     metrics = []
     for name in suite.metrics:
