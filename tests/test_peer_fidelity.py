@@ -330,3 +330,30 @@ def test_every_preset_prints_its_settings_with_sources_and_they_are_what_runs(
                 assert _matches(resolved, setting.value), (preset, setting.key)
             elif task in ("transfer", "generate"):
                 assert cls.task_settings(task, preset)[path[0]] == setting.value
+
+
+def test_break_a_scene_loss_target_follows_a_v_prediction_scheduler() -> None:
+    """train.py: target = noise_scheduler.get_velocity(latents, noise, timesteps) for v_prediction."""
+    from clic.methods.break_a_scene import UnionSampling
+
+    components = load_components("tiny-v")
+    assert components.scheduler.config.prediction_type == "v_prediction"
+    config = get_method("break_a_scene").learn_config(overrides={"terms": {"att": 0}})
+    tokens = ConceptTokens(components.tokenizer, components.text_encoder, ["<v*>"], ["chair"])
+    capture = AttentionCapture(components.unet, config.capture_layers, train_kv=True, train_q_out=True)
+    state = TrainState(components, tokens, capture, Objective(config.terms), config, 8)
+    generator = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(1, 4, 16, 16, generator=generator), torch.randn(1, 4, 16, 16, generator=generator)
+    mask = square_mask(8, 8, 32)
+    batch = StepBatch(latents, mask[None], torch.zeros(3, 64, 64), "", torch.tensor([600]), noise)
+    loss, _ = UnionSampling()(state, batch, "chair")
+    x_t = components.scheduler.add_noise(latents, noise, batch.timestep)
+    from clic.learn import encode_text, format_prompt
+
+    text, _ = encode_text(components, [format_prompt(config.context_prompt, "chair", ["<v*>"])])
+    with torch.no_grad():
+        v_hat = components.unet(x_t, batch.timestep, encoder_hidden_states=text).sample
+    alpha_bar = components.scheduler.alphas_cumprod[600]
+    velocity = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * latents  # v = √ᾱ ε − √(1−ᾱ) x₀
+    union = mask[None, None, ::4, ::4]
+    assert float(loss) == pytest.approx(float(((union * (v_hat - velocity)) ** 2).mean()), rel=1e-5)
