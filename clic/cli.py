@@ -261,7 +261,7 @@ def cmd_methods_show(args: argparse.Namespace) -> None:
     declared = getattr(cls, "declared_settings", {}).get(preset)
     if declared is None:  # a method without a declared list: its overrides and its sources
         print(json.dumps({"preset": preset, "overrides": cls.presets[preset], "sources": cls.sources}, indent=2,
-                         default=str))
+                         ensure_ascii=False, default=str))
     elif args.json:
         print(json.dumps(settings_table(declared), indent=2))
     else:

@@ -8,9 +8,13 @@ run report's provenance is exactly what runs.
 """
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
+
+# method -> module with ``DECLARED = {preset: (Setting, ...)}``, importable without torch (the report reads it)
+DECLARED_MODULES = {"clic": "clic.methods.clic_sources"}
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,9 @@ def format_settings(settings: Iterable[Setting]) -> str:
     width = max((len(r["setting"]) for r in rows), default=0)
     value_width = min(max((len(r["value"]) for r in rows), default=0), 48)
     return "\n".join(f"{r['setting']:<{width}}  {r['value']:<{value_width}}  {r['source']}" for r in rows)
+
+
+def declared_settings(method: str, preset: str) -> tuple[Setting, ...] | None:
+    """The declared settings of a method preset, or None if the method declares none."""
+    module = DECLARED_MODULES.get(method)
+    return importlib.import_module(module).DECLARED.get(preset) if module else None

@@ -108,14 +108,16 @@ class ConceptTokens:
     def vectors(self) -> dict[str, torch.Tensor]:
         return {token: self.embedding.vectors[i].detach().clone() for i, token in enumerate(self.tokens)}
 
-    def positions(self, input_ids: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
-        """(B, n_tokens) first position of each concept token in each prompt.
+    def positions(self, input_ids: torch.Tensor, prompts: Sequence[str] | None = None,
+                  which: Sequence[int] | None = None) -> torch.Tensor:
+        """(B, n) first position of each concept token (or of the tokens ``which`` indexes) in each prompt.
 
         A token missing from a prompt (e.g. cut off at 77 tokens) is an error naming the prompt: falling back
         to a position would silently supervise another token's attention (position 0 is the start token).
         """
         columns = []
-        for token, token_id in zip(self.tokens, self.token_ids):
+        chosen = range(len(self.tokens)) if which is None else which
+        for token, token_id in ((self.tokens[k], self.token_ids[k]) for k in chosen):
             hits = input_ids == token_id
             missing = (~hits.any(dim=1)).nonzero()
             if len(missing):

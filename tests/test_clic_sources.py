@@ -288,6 +288,19 @@ def test_official_transfer_blends_to_step_45_with_the_soft_mask_and_pastes_nothi
     assert torch.equal(result.latents, steps_seen[-1][1])  # no paste after the loop
 
 
+def test_official_guidance_runs_only_before_step_30(monkeypatch, concept_folder):
+    """transfer.py L113: guidance while i < 30 (its UNet pass has one row; denoising has two)."""
+    from clic.concept import LearnedConcept
+
+    calls = record_unet_calls(monkeypatch)
+    settings = {**get_method("clic").task_settings("transfer", "official-code"), "t_start": 27}
+    transfer_concept(build_tiny(), LearnedConcept.load(concept_folder), torch.zeros(3, 64, 64), square_mask(16, 16, 32),
+                     "chair", TransferSettings.from_dict(settings), seed=0)
+    timesteps = [int(t) for t in result_timesteps(50)]
+    assert [t for t, rows in calls if rows == 1] == timesteps[27:30]
+    assert [t for t, rows in calls if rows == 2] == timesteps[27:]
+
+
 # ------------------------------------------------------------------------------------ official items
 def official(key):
     return next(s.value for s in OFFICIAL_SETTINGS if s.key == key)
@@ -444,11 +457,10 @@ def test_each_preset_value_names_its_source_and_is_what_runs(capsys):
             if name == "official-code":  # a released file and line, or the script's flag
                 assert "Mehdi0xC/clic" in setting.source and " L" in setting.source, setting.key
         config = method.learn_config(name)
+        transfer = TransferSettings.from_dict(method.task_settings("transfer", name))
         for setting in settings:
             task, _, field = setting.key.partition(".")
-            if task != "learn":
-                continue
-            value = config.to_dict()
+            value = config.to_dict() if task == "learn" else transfer.to_dict()
             for part in field.split("."):
                 value = value[part]
             assert value == (list(setting.value) if isinstance(setting.value, tuple) and isinstance(value, list)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from clic.concept import LearnedConcept
 from clic.learn import ConceptSource, fused_step, learn_concept
@@ -171,9 +172,10 @@ def test_two_concepts_from_one_image(tmp_path: Path) -> None:
     for attention, masks, values in recorder[0].steps:
         assert attention.shape[:2] == (1, 2)
         side = attention.shape[-1]
-        cell = SIZE // side
-        # Resize(M_k) as a block average, per token: mean((CA_k − Resize(M_k))²) over both tokens.
-        resized = source.masks.reshape(2, side, cell, side, cell).mean(dim=(2, 4))
+        # Resize(M_k) with the maps' antialiased bilinear filter (paper preset), per token:
+        # mean((CA_k − Resize(M_k))²) over both tokens.
+        resized = F.interpolate(source.masks[None], size=(side, side), mode="bilinear", align_corners=False,
+                                antialias=True)[0]
         assert torch.equal(masks[0], source.masks)
         hand = ((attention[0] - resized) ** 2).mean()
         assert values["att"] == pytest.approx(float(hand), rel=1e-5)

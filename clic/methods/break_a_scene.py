@@ -52,7 +52,7 @@ class UnionSampling:
         prompt = format_prompt(state.config.context_prompt, object_word, [tokens[k] for k in chosen]) + batch.suffix
         text, ids = encode_text(state.components, [prompt])
         needs_attention = "attention" in state.objective.needs
-        state.capture.set_tokens(state.tokens.positions(ids)[:, chosen] if needs_attention else None)
+        state.capture.set_tokens(state.tokens.positions(ids, [prompt], chosen) if needs_attention else None)
         eps = state.components.unet(x_t, batch.timestep, encoder_hidden_states=text).sample
         step = StepTensors(noise=batch.noise, mask=union, eps_context=eps,
                            target=training_target(state.components.scheduler, batch.latents, batch.noise, batch.timestep))
