@@ -95,7 +95,8 @@ def inpainting_step(state: TrainState, batch: StepBatch, object_word: str) -> tu
     latent_mask, masked_latents = inpainting_input(components, batch.latents, batch.image[None], holes)
     x_t = components.scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
     prompt = format_prompt(state.config.context_prompt, object_word, state.tokens.tokens) + batch.suffix
-    if float(torch.rand(())) < P_EMPTY_PROMPT:
+    # The reference's prompt dropout; not while an attention term needs the token in the prompt.
+    if float(torch.rand(())) < P_EMPTY_PROMPT and "attention" not in state.objective.needs:
         prompt = ""
     text, ids = encode_text(components, [prompt])
     needs_attention = "attention" in state.objective.needs
