@@ -88,6 +88,26 @@ def apply_geometric(image: torch.Tensor, mask: torch.Tensor, key: GeometricKey) 
     return image_s[:, top : top + height, left : left + width], mask_s[:, top : top + height, left : left + width]
 
 
+def image_region(key: GeometricKey, latent_size: tuple[int, int] | torch.Size, factor: int) -> torch.Tensor:
+    """(h, w) {0, 1}: the latent pixels that show the image rather than a zoom-out's padding.
+
+    Custom Diffusion's reference dataset (diffusers examples/custom_diffusion/train_custom_diffusion.py,
+    ``CustomDiffusionDataset.preprocess``) marks ``mask[top//f + 1 : (top + scale)//f − 1, …] = 1`` whenever the
+    image does not overfill the canvas — one latent pixel inside the image's footprint, so an unzoomed image
+    also loses its outer latent ring — and all ones for a zoom-in. Our zoom-out canvas is centred, so ``top`` and
+    ``left`` are those of :func:`apply_geometric`.
+    """
+    h, w = (int(v) for v in latent_size)
+    region = torch.zeros(h, w)
+    if key.zoom == "in":
+        return region.fill_(1.0)
+    height, width = h * factor, w * factor
+    new_h, new_w = round(height * key.scale), round(width * key.scale)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    region[top // factor + 1: (top + new_h) // factor - 1, left // factor + 1: (left + new_w) // factor - 1] = 1.0
+    return region
+
+
 JITTERS = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast, "saturation": TF.adjust_saturation}
 
 
@@ -122,8 +142,9 @@ class LatentBank:
         self.encode_count += 1
         return self.encode(image[None])[0]
 
-    def sample(self, config: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
-        """(latents (4,h,w), masks (n,H,W), augmented image (3,H,W), prompt suffix)."""
+    def sample(self, config: AugmentConfig, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, GeometricKey]:
+        """(latents (4,h,w), masks (n,H,W), augmented image (3,H,W), prompt suffix, the geometric draw)."""
         key = draw_geometric(config, generator)
         if key not in self.cache:
             image, masks = apply_geometric(self.image, self.masks, key)
@@ -132,4 +153,4 @@ class LatentBank:
         coloured, changed = apply_photometric(image, config, generator)
         if changed:
             latents = self._encode(coloured)
-        return latents, masks, coloured, key.suffix
+        return latents, masks, coloured, key.suffix, key

@@ -139,13 +139,17 @@ class LearnedConcept:
     def apply(self, components: SDComponents, capture_layers: str = "up") -> AttentionCapture:
         """Add the tokens and install the trained attention weights; returns the capture handle."""
         add_learned_tokens(components.tokenizer, components.text_encoder, self.vectors)
-        if self.unet_state:
-            keep_originals(components, "unet", [(n, p) for n, p in components.unet.named_parameters() if n in self.unet_state])
-            components.unet.load_state_dict(self.unet_state, strict=False)
-        if self.text_encoder_state:
-            keep_originals(components, "text_encoder", [(n, p) for n, p in components.text_encoder.named_parameters()
-                                                        if n in self.text_encoder_state])
-            components.text_encoder.load_state_dict(self.text_encoder_state, strict=False)
+        # Fine-tuned weights replace the base ones: the lender (clic.reuse) gets the originals to put back after the
+        # job, and two-stage generation's first stage gets them to run the unmodified model (clic.generate.base_model).
+        base: dict[str, dict[str, torch.Tensor]] = {}
+        for label, module, state in (("unet", components.unet, self.unet_state),
+                                     ("text_encoder", components.text_encoder, self.text_encoder_state)):
+            if state:
+                keep_originals(components, label, [(n, p) for n, p in module.named_parameters() if n in state])
+                current = module.state_dict()
+                base[label] = {k: current[k].detach().clone() for k in state if k in current}
+                module.load_state_dict(state, strict=False)
+        components._base_states = base
         layers = sorted({k.rsplit(".processor.", 1)[0] + ".processor" for k in self.attention_state})
         capture = AttentionCapture(
             components.unet,

@@ -35,12 +35,28 @@ class DenseCRFSettings:
     smoothness_position: float = 3 / 500  # θ_γ as a fraction of the side (at least one pixel)
     iterations: int = 5
     max_side: int = 64  # working resolution of the explicit N×N kernel
+    # True: θ_α and θ_γ are pixels of the *input* image (pydensecrf's sxy, as CutLER passes them), rescaled to
+    # the working resolution; False: fractions of the side.
+    positions_in_pixels: bool = False
+    # Unary of refine_masks: "ramp" (confidence 0.55–0.95 by distance from the threshold) or "softmax" (CutLER's
+    # crf.py: unary_from_softmax(softmax of the one-hot binary masks), e/(e + n) on the mask's label).
+    unary: str = "ramp"
 
 
-def dense_kernel(image: torch.Tensor, settings: DenseCRFSettings) -> torch.Tensor:
-    """The (N, N) pairwise kernel of an image (3, H, W) in [0, 1], zero on the diagonal (no self-message)."""
+# CutLER's crf.py (facebookresearch/CutLER, cutler/crf.py): MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10,
+# Bi_XY_STD 50, Bi_RGB_STD 5 (0–255 colours), unary from the softmax of the binary masks.
+CUTLER = DenseCRFSettings(appearance_weight=10.0, appearance_position=50.0, appearance_colour=5 / 255,
+                          smoothness_weight=7.0, smoothness_position=3.0, iterations=10, positions_in_pixels=True,
+                          unary="softmax")
+
+
+def dense_kernel(image: torch.Tensor, settings: DenseCRFSettings, input_side: int | None = None) -> torch.Tensor:
+    """The (N, N) pairwise kernel of an image (3, H, W) in [0, 1], zero on the diagonal (no self-message).
+    ``input_side``: the side of the image the pixel-valued θ refer to (``positions_in_pixels``)."""
     _, height, width = image.shape
     side = max(height, width)
+    if settings.positions_in_pixels:  # θ in input pixels -> working pixels; "× side" below undoes the division
+        side = side / (input_side or side)
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
     positions = torch.stack([ys.flatten(), xs.flatten()], dim=1)  # (N, 2) pixels
     colours = image.reshape(3, -1).T.float()  # (N, 3)
@@ -66,7 +82,7 @@ def dense_crf(image: torch.Tensor, probabilities: torch.Tensor, settings: DenseC
     probs_w = F.interpolate(probabilities[None].float(), size=work, mode="area")[0] if work != tuple(size) else probabilities.float()
     labels = probs_w.shape[0]
     log_unary = probs_w.clamp_min(1e-6).log().reshape(labels, -1)  # −ψ_u
-    kernel = dense_kernel(image_w, settings)
+    kernel = dense_kernel(image_w, settings, max(size))
     q = log_unary.softmax(dim=0)
     for _ in range(settings.iterations):
         q = (log_unary + q @ kernel).softmax(dim=0)  # kernel is symmetric: (Q K)_l,i = Σ_j k(i, j) Q_j(l)
@@ -91,9 +107,12 @@ def refine_masks(image: torch.Tensor, soft_maps: torch.Tensor, threshold: float,
     background = 1.0 - hard.amax(dim=0, keepdim=True)
     onehot = torch.cat([background, hard])  # (n + 1, H, W)
     # Confidence grows with distance from the threshold: near-threshold pixels are the CRF's to decide.
-    margin = (soft_maps.amax(dim=0, keepdim=True) - threshold).abs().clamp(max=0.5) * 2  # [0, 1]
-    confidence = 0.55 + 0.4 * margin
-    probabilities = onehot * confidence + (1 - onehot) * (1 - confidence) / count
+    if settings.unary == "softmax":  # CutLER: softmax over the labels of the one-hot masks
+        probabilities = onehot.softmax(dim=0)
+    else:
+        margin = (soft_maps.amax(dim=0, keepdim=True) - threshold).abs().clamp(max=0.5) * 2  # [0, 1]
+        confidence = 0.55 + 0.4 * margin
+        probabilities = onehot * confidence + (1 - onehot) * (1 - confidence) / count
     labels = dense_crf(image, probabilities / probabilities.sum(0, keepdim=True), settings).argmax(dim=0)
     refined = torch.stack([(labels == k + 1).float() for k in range(count)])
     empty = refined.flatten(1).sum(1) == 0

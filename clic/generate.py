@@ -1,15 +1,21 @@
-"""Two-stage generation (paper §3.3): the first ``stage_one_steps`` DDIM steps with the unmodified UNet and
+"""Two-stage generation (paper §3.3): the first ``stage_one_steps`` DDIM steps with the unmodified model and
 "a photo of an OBJECT" lay out the object; the remaining steps use the tuned UNet (trained attention
 weights on) with "a photo of an OBJECT, with <v*> style" to put the concept on it.
+
+"Unmodified" means every learned change is off in the first stage (:func:`base_model`): trained attention
+projections, fine-tuned UNet and text-encoder weights (Break-A-Scene's ``original``), and LoRA adapters
+(SingleInsert) — the first stage's images equal the base model's.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from diffusers import DDIMScheduler
 
+from .attention import AttentionCapture
 from .concept import LearnedConcept
 from .learn import capture_resolution, encode_text, format_prompt
 from .models import SDComponents
@@ -54,6 +60,32 @@ class GenerationResult:
     attention: torch.Tensor  # (N, R, R) v* attention of the second stage, normalised per image
 
 
+@contextmanager
+def base_model(components: SDComponents, capture: AttentionCapture | None = None) -> Iterator[None]:
+    """Run the block with the base model: the attention layers' own projections, the base UNet and text-encoder
+    weights where a concept replaced them (kept by :meth:`LearnedConcept.apply`), and peft adapters disabled."""
+    swapped = getattr(components, "_base_states", None) or {}
+    modules = {"unet": components.unet, "text_encoder": components.text_encoder}
+    tuned = {label: {k: v.detach().clone() for k, v in modules[label].state_dict().items() if k in state}
+             for label, state in swapped.items()}
+    for label, state in swapped.items():
+        modules[label].load_state_dict(state, strict=False)
+    adapted = [m for m in modules.values() if getattr(m, "peft_config", None)]
+    for module in adapted:
+        module.disable_adapters()
+    try:
+        if capture is not None:
+            with capture.base_weights():
+                yield
+        else:
+            yield
+    finally:
+        for module in adapted:
+            module.enable_adapters()
+        for label, state in tuned.items():
+            modules[label].load_state_dict(state, strict=False)
+
+
 @torch.no_grad()
 def generate_with_concept(
     components: SDComponents,
@@ -79,26 +111,33 @@ def generate_with_concept(
     latents = latents.to(device, torch.float32)
     prompt_one = format_prompt(settings.stage_one_prompt, object_word, concept.tokens)
     prompt_two = format_prompt(settings.prompt, object_word, concept.tokens)
-    text, ids = encode_text(components, ["", prompt_one, prompt_two])
-    uncond, stage_one, stage_two = text[:1], text[1:2], text[2:3]
+    stage_two, ids = encode_text(components, ["", prompt_two])
     token_ids = components.tokenizer.convert_tokens_to_ids(concept.tokens)
-    positions = torch.tensor([[int((ids[2] == tid).nonzero()[0, 0]) for tid in token_ids]]).repeat(2 * n, 1)
+    positions = torch.tensor([[int((ids[1] == tid).nonzero()[0, 0]) for tid in token_ids]]).repeat(2 * n, 1)
     resolution = capture_resolution(capture, components, latents.shape[-1])
     maps = []
-    for index, t in enumerate(scheduler.timesteps):
-        first_stage = index < settings.stage_one_steps
-        cond = stage_one if first_stage else stage_two
-        embeddings = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
-        with capture.base_weights(enabled=first_stage):
-            capture.set_tokens(None if first_stage else positions)
-            eps = components.unet(torch.cat([latents, latents]).to(components.dtype), t,
-                                  encoder_hidden_states=embeddings).sample.float()
-        if not first_stage and capture.buffer.maps:
+
+    def denoise(t: torch.Tensor, text: torch.Tensor, record: bool) -> None:
+        nonlocal latents
+        embeddings = torch.cat([text[:1].expand(n, -1, -1), text[1:2].expand(n, -1, -1)])
+        capture.set_tokens(positions if record else None)
+        eps = components.unet(torch.cat([latents, latents]).to(components.dtype), t,
+                              encoder_hidden_states=embeddings).sample.float()
+        if record and capture.buffer.maps:
             maps.append(capture.mean_map(resolution, batch_index=slice(n, 2 * n))[:, 0])
         capture.clear()
         eps_uncond, eps_cond = eps.chunk(2)
         eps = eps_uncond + settings.guidance_scale * (eps_cond - eps_uncond)
         latents = scheduler.step(eps, t, latents, eta=settings.ddim_eta, generator=generator).prev_sample
+
+    timesteps = list(scheduler.timesteps)
+    if settings.stage_one_steps:
+        with base_model(components, capture):  # the whole first stage, prompts included, on the base model
+            stage_one, _ = encode_text(components, ["", prompt_one])
+            for t in timesteps[: settings.stage_one_steps]:
+                denoise(t, stage_one, record=False)
+    for t in timesteps[settings.stage_one_steps:]:
+        denoise(t, stage_two, record=True)
     capture.set_tokens(None)
     images = decode(components, latents).cpu()
     if maps:

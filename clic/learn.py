@@ -16,7 +16,7 @@ import random
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import AttentionCapture
-from .augment import AugmentConfig, LatentBank
+from .augment import AugmentConfig, LatentBank, image_region
 from .concept import LearnedConcept
 from .device import autocast_dtype
 from .losses import Objective, StepTensors, resize_mask
@@ -56,6 +56,12 @@ class LearnConfig:
     optimizer: str = "adam"  # "adam" | "adamw"
     weight_decay: float = 0.0  # attention (and fine-tuned model) weights
     token_weight_decay: float = 0.0  # the token vectors only (Textual Inversion's AdamW uses 1e-2)
+    max_grad_norm: float = 0.0  # >0: clip the gradient norm of the trained weights (diffusers' --max_grad_norm)
+    clip_token_grad: bool = True  # the token rows count in the clipped norm (Break-A-Scene clips the UNet only)
+    gradient_accumulation: int = 1  # micro-steps per optimizer step; ``steps`` counts optimizer steps
+    scale_lr: bool = False  # lr × gradient_accumulation (× batch 1 × 1 process), diffusers' --scale_lr
+    # Prior preservation (DreamBooth; Break-A-Scene's train.py): {"weight", "prompt", "images", "steps"}; {} = off.
+    prior: Mapping[str, Any] = field(default_factory=dict)
     phases: tuple[Phase, ...] = ()  # non-empty: overrides steps/lr (multi-phase methods)
     train_kv: bool = True
     train_q_out: bool = False
@@ -64,7 +70,6 @@ class LearnConfig:
     attention_resolution: int | str | None = None  # None: the coarsest captured layer's side; "latent": the latent grid
     normalize_attention: bool = False  # divide each token map by its max (Break-A-Scene)
     attention_norm: str = "raw"  # "raw" probabilities | "minmax": (A − min)/(max − min) per token map
-    max_grad_norm: float = 0.0  # > 0: clip the global gradient norm of the trained parameters
     same_resolution_maps: bool = False  # average only layers native to attention_resolution (Break-A-Scene: 16×16)
     terms: Mapping[str, Any] = field(
         default_factory=lambda: {"con": {"weight": 1.0, "alpha": 0.5}, "att": 0.5, "roi": 0.5}
@@ -84,6 +89,7 @@ class LearnConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["terms"] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.terms.items()}
+        data["prior"] = dict(self.prior)
         return data
 
     @classmethod
@@ -107,8 +113,11 @@ class LearnConfig:
         if not overrides:
             return self
         base = self.to_dict()
+        if "steps" in overrides and "phases" not in overrides and self.phases:
+            # A step budget for a phased method (e.g. `clic learn --steps 3`): the phases keep their proportions.
+            base["phases"] = [asdict(p) for p in split_phases(self.phases, int(overrides["steps"]))]
         for key, value in overrides.items():
-            if key in ("terms", "augment") and isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+            if key in ("terms", "augment", "prior") and isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
                 base[key] = {**base[key], **value}
             else:
                 base[key] = value
@@ -127,16 +136,41 @@ class LearnConfig:
             raise ValueError(f"attention_resolution must be a side in cells or 'latent', got {self.attention_resolution!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.gradient_accumulation < 1 or self.max_grad_norm < 0:
+            raise ValueError(f"gradient_accumulation must be >= 1 and max_grad_norm >= 0, got "
+                             f"{self.gradient_accumulation}, {self.max_grad_norm}")
 
     @property
     def total_steps(self) -> int:
         return sum(p.steps for p in self.phases) if self.phases else self.steps
 
     def schedule(self) -> tuple[Phase, ...]:
+        """The phases with their effective learning rates (``scale_lr``: × gradient_accumulation, as diffusers'
+        scripts scale by accumulation × batch size (1) × processes (1))."""
         if self.phases:
-            return self.phases
-        return (Phase(self.steps, self.token_lr if self.token_lr is not None else self.lr,
-                      self.lr if (self.train_kv or self.train_q_out) else 0.0),)
+            phases = self.phases
+        else:
+            phases = (Phase(self.steps, self.token_lr if self.token_lr is not None else self.lr,
+                            self.lr if (self.train_kv or self.train_q_out) else 0.0),)
+        if not self.scale_lr or self.gradient_accumulation == 1:
+            return phases
+        k = self.gradient_accumulation
+        return tuple(replace(p, token_lr=p.token_lr * k, attention_lr=p.attention_lr * k, unet_lr=p.unet_lr * k,
+                             text_encoder_lr=p.text_encoder_lr * k) for p in phases)
+
+
+def split_phases(phases: Sequence[Phase], total: int) -> tuple[Phase, ...]:
+    """``phases`` with their step counts rescaled to sum to ``total`` (each keeps ≥ 1 step while total allows)."""
+    weights = [p.steps for p in phases]
+    counts = [max(1, round(total * w / sum(weights))) if total >= len(phases) else 0 for w in weights]
+    if total < len(phases):
+        counts = [1 if i < total else 0 for i in range(len(phases))]
+    counts[-1] += total - sum(counts)
+    while counts[-1] < 0:  # rounding overshot: take the excess from the longest phase
+        longest = max(range(len(counts) - 1), key=lambda i: counts[i])
+        counts[longest] -= 1
+        counts[-1] += 1
+    return tuple(replace(p, steps=n) for p, n in zip(phases, counts) if n > 0)
 
 
 @dataclass
@@ -256,6 +290,7 @@ class StepBatch:
     noise: torch.Tensor  # (1, 4, h, w)
     roi_latents: torch.Tensor | None = None  # (n, 4, h, w) pixel-space masked variants, if configured
     roi_prompt_indices: tuple[int, ...] | None = None  # the RoI template drawn for each token (several templates)
+    valid: torch.Tensor | None = None  # (1, 1, h, w) latent pixels showing the image (not a zoom-out's padding)
 
 
 def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
@@ -294,7 +329,7 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     # Latents stay fp32; the UNet sees its own dtype; losses are taken in fp32.
     eps = components.unet(model_input.to(components.dtype), timesteps, encoder_hidden_states=text).sample.float()
 
-    step = StepTensors(noise=batch.noise, mask=union, pixel_masks=batch.masks,
+    step = StepTensors(noise=batch.noise, mask=union, pixel_masks=batch.masks, valid=batch.valid,
                        target=training_target(scheduler, batch.latents, batch.noise, batch.timestep))
     if roi_x0 is not None:  # each RoI row's own clean latents (ε is shared)
         step.roi_target = training_target(scheduler, roi_x0, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n))
@@ -409,11 +444,12 @@ def learn_concept(
     loss_log: list[dict[str, float]] = []
     step_index = 0
     started = time.perf_counter()
+    accumulation = config.gradient_accumulation
     bar = tqdm(total=config.total_steps, desc=f"learn {method}/{preset}", disable=not progress, leave=False)
     # A half-precision model, or mixed_precision, runs the step under autocast; trained weights stay fp32.
     step_dtype = autocast_dtype(components.dtype, config.mixed_precision)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type, enabled=step_dtype == torch.float16) if step_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.type, enabled=step_dtype == torch.float16)  # disabled: a pass-through
     for phase in config.schedule():
         groups = [{"params": [tokens.parameter], "lr": phase.token_lr, "weight_decay": config.token_weight_decay}]
         for p in attention_params:
@@ -430,47 +466,31 @@ def learn_concept(
             groups.append({"params": text_params, "lr": phase.text_encoder_lr, "weight_decay": config.weight_decay})
         optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         optimizer = optimizer_cls(groups)
+        clipped = [p for group in groups[0 if config.clip_token_grad else 1:] for p in group["params"]]
         components.unet.train(phase.unet_lr > 0)
         for _ in range(phase.steps):
-            # One image draws nothing extra, so single-image runs keep their exact random stream.
-            bank = banks[0] if len(banks) == 1 else banks[int(torch.randint(len(banks), (1,), generator=generator))]
-            latents_moments, aug_masks, aug_image, suffix = bank.sample(config.augment, generator)
-            latents = sample_latents(components, latents_moments[None], generator)
-            # Drawn on the CPU generator, then moved: a seed gives the same t and ε on every device.
-            timestep_cpu = torch.randint(0, components.scheduler.config.num_train_timesteps, (1,), generator=generator)
-            timestep = timestep_cpu.to(device)
-            noise = torch.randn(latents.shape, generator=generator).to(device)
-            roi_latents = None
-            if config.roi_mask_space == "pixel" and "roi" in objective.needs:
-                masked = torch.where(aug_masks[:, None] > 0.5, aug_image[None], torch.zeros_like(aug_image[None]))
-                roi_latents = sample_latents(components, vae_moments(components, masked), generator)
-            roi_prompt_indices = None
-            if len(config.roi_prompts) > 1 and "roi" in objective.needs:  # released code: random.sample per step (L294)
-                roi_prompt_indices = tuple(int(i) for i in torch.randint(len(config.roi_prompts), (n_tokens,), generator=generator))
-            batch = StepBatch(latents, aug_masks, aug_image, suffix, timestep, noise, roi_latents, roi_prompt_indices)
-            with torch.autocast(device.type, dtype=step_dtype) if step_dtype is not None else nullcontext():
-                loss, values = step_fn(state, batch, source.object_word)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {float(loss)} at step {step_index}")
             optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-            else:
-                scaler.scale(loss).backward()
-            if config.max_grad_norm > 0:  # released code: clip_grad_norm_ over token + attention weights (L1070-1076)
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], config.max_grad_norm)
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-            values["step"] = step_index
-            values["t"] = int(timestep_cpu)
-            loss_log.append(values)
-            if on_step is not None:
-                on_step(step_index, values)
+            for micro in range(accumulation):
+                batch = _draw_batch(components, banks, config, objective, generator, device, n_tokens)
+                with torch.autocast(device.type, dtype=step_dtype) if step_dtype is not None else nullcontext():
+                    loss, values = step_fn(state, batch, source.object_word)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {float(loss)} at step {step_index}")
+                # accelerate's accumulate(): each micro-step's loss is divided by the accumulation count
+                scaler.scale(loss / accumulation).backward()
+                values["step"] = step_index
+                values["t"] = int(batch.timestep.item())
+                if accumulation > 1:
+                    values["micro_step"] = micro
+                loss_log.append(values)
+                if on_step is not None:
+                    on_step(step_index, values)
+            if config.max_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                # released CLiC code: token + attention weights (L1070-1076); Break-A-Scene: the UNet's only
+                torch.nn.utils.clip_grad_norm_(clipped, config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
             step_index += 1
             bar.update(1)
             bar.set_postfix(loss=f"{values['total']:.4f}")
@@ -492,6 +512,27 @@ def learn_concept(
     if out_dir is not None:
         concept.save(out_dir)
     return concept
+
+
+def _draw_batch(components: SDComponents, banks: list[LatentBank], config: LearnConfig, objective: Objective,
+                generator: torch.Generator, device: torch.device, n_tokens: int) -> StepBatch:
+    """One augmented source, t ~ U{0..T−1} and ε ~ N(0, I) (one image draws nothing extra, so single-image runs
+    keep their exact random stream)."""
+    bank = banks[0] if len(banks) == 1 else banks[int(torch.randint(len(banks), (1,), generator=generator))]
+    latents_moments, aug_masks, aug_image, suffix, key = bank.sample(config.augment, generator)
+    latents = sample_latents(components, latents_moments[None], generator)
+    timestep = torch.randint(0, components.scheduler.config.num_train_timesteps, (1,), generator=generator).to(device)
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    roi_latents = None
+    if config.roi_mask_space == "pixel" and "roi" in objective.needs:
+        masked = torch.where(aug_masks[:, None] > 0.5, aug_image[None], torch.zeros_like(aug_image[None]))
+        roi_latents = sample_latents(components, vae_moments(components, masked), generator)
+    roi_prompt_indices = None
+    if len(config.roi_prompts) > 1 and "roi" in objective.needs:  # released code: random.sample per step (L294)
+        roi_prompt_indices = tuple(int(i) for i in torch.randint(len(config.roi_prompts), (n_tokens,), generator=generator))
+    valid = image_region(key, latents.shape[-2:], aug_image.shape[-1] // latents.shape[-1]).to(device, latents.dtype)
+    return StepBatch(latents, aug_masks, aug_image, suffix, timestep, noise, roi_latents,
+                     roi_prompt_indices=roi_prompt_indices, valid=valid[None, None])
 
 
 def _snapshot(state: TrainState, source: ConceptSource, config: LearnConfig, method: str, preset: str,

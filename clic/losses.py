@@ -45,14 +45,21 @@ def context_loss(eps_pred: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor, 
     return ((soft_mask(mask, alpha) * (eps_pred - eps)) ** 2).mean()
 
 
-def attention_loss(attn_map: torch.Tensor, mask: torch.Tensor, resize: str = "area") -> torch.Tensor:
+def attention_loss(attn_map: torch.Tensor, mask: torch.Tensor, resize: str = "area",
+                   sum_tokens: bool = False) -> torch.Tensor:
     """l_att: squared error between the token's attention map and the mask resized to the map.
 
     ``resize``: ``"antialias"`` (CLiC paper preset: the same antialiased bilinear filter the maps get),
     ``"area"``, ``"bilinear"`` (released CLiC code, learning.py L107) or ``"nearest"`` (Break-A-Scene).
+    ``sum_tokens``: Σ over the (B, k) token maps of each map's mean squared error, averaged over the batch
+    (Break-A-Scene's train.py adds one ``F.mse_loss`` per sampled token); otherwise the mean over every element
+    (CLiC, one token).
     """
     target = resize_mask(mask, attn_map.shape[-2:], mode=resize)
-    return ((attn_map - target) ** 2).mean()
+    squared = (attn_map - target) ** 2
+    if sum_tokens:
+        return squared.mean(dim=(-2, -1)).sum(dim=1).mean()
+    return squared.mean()
 
 
 def roi_loss(eps_pred_roi: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -126,6 +133,7 @@ class StepTensors:
     eps_roi: torch.Tensor | None = None  # ε_θ(M ⊙ x_t, c*, t)
     attention: torch.Tensor | None = None  # (B, n_tokens, r, r) token maps of the context branch
     attention_masks: torch.Tensor | None = None  # (B, n_tokens, H, W) one target mask per token
+    valid: torch.Tensor | None = None  # (B, 1, h, w) latent pixels showing the image (zoom-out padding is 0)
     pixel_masks: torch.Tensor | None = None  # (n_tokens, H, W) the step's (augmented) pixel masks
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -164,8 +172,8 @@ def _con(s: StepTensors, alpha: float = 0.5, form: str = "paper", outside: float
 
 
 @register_term("att", {"context", "attention"})
-def _att(s: StepTensors, resize: str = "area") -> torch.Tensor:
-    return attention_loss(s.attention, s.attention_masks, resize)
+def _att(s: StepTensors, resize: str = "area", sum_tokens: bool = False) -> torch.Tensor:
+    return attention_loss(s.attention, s.attention_masks, resize, sum_tokens)
 
 
 @register_term("roi", {"roi"})
@@ -192,6 +200,14 @@ def _diffusion(s: StepTensors) -> torch.Tensor:
 @register_term("masked_diffusion", {"context"})
 def _masked(s: StepTensors) -> torch.Tensor:
     return masked_diffusion_loss(s.eps_context, s.target, s.mask)
+
+
+@register_term("region_diffusion", {"context"})
+def _region(s: StepTensors) -> torch.Tensor:
+    """Custom Diffusion's loss over the image region (diffusers examples/custom_diffusion/train_custom_diffusion.py:
+    ``((mse * mask).sum([1, 2, 3]) / mask.sum([1, 2, 3])).mean()`` with a one-channel mask, a zoom-out's padding 0)."""
+    region = s.valid if s.valid is not None else torch.ones_like(s.noise[:, :1])
+    return weight_normalised_error(s.eps_context, s.target, region)
 
 
 def resolve_term(name: str, spec: Mapping[str, Any]) -> LossTerm:

@@ -43,6 +43,12 @@ def preset_overrides(settings: Iterable[Setting]) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def replaced(settings: Iterable[Setting], *changes: Setting) -> tuple[Setting, ...]:
+    """``settings`` with the keys of ``changes`` replaced by them (a preset that differs in a few values)."""
+    keys = {change.key for change in changes}
+    return tuple(s for s in settings if s.key not in keys) + changes
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)

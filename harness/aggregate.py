@@ -35,6 +35,9 @@ MIN_PAIRS_FOR_WILCOXON = 6
 HIGHER_IS_BETTER: dict[str, bool] = {
     "lpips_outside": False,
     "clip_i_outside": True,
+    "dino_outside": True,
+    "clip_i_b": False,  # SingleInsert: source background vs generated background (disentanglement)
+    "dino_b": False,
     "pattern_leakage": False,
     "lpips_inside": True,  # the edit should change the region
     "lpips_diversity": True,
@@ -139,7 +142,9 @@ def paired_test(differences: Sequence[float] | np.ndarray) -> tuple[float, str]:
 def _with_all_category(df: pd.DataFrame) -> pd.DataFrame:
     if "category" not in df.columns:
         return df
-    return pd.concat([df, df.assign(category=ALL_CATEGORIES)], ignore_index=True)
+    # Rows already pooled over categories (a concepts group spans them all) are counted once.
+    per_category = df[df["category"].ne(ALL_CATEGORIES)]
+    return pd.concat([df, per_category.assign(category=ALL_CATEGORIES)], ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------------- tables

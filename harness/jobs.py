@@ -88,7 +88,7 @@ class ModelInfo:
 
 # Group metrics score a set of jobs' outputs together; each names the set it needs (``group_by``):
 SEEDS = "seeds"  # one source x method x preset x settings, over seeds (e.g. diversity across seeds)
-CONCEPTS = "concepts"  # one category x method x preset x settings but the object, over sources, seeds and objects
+CONCEPTS = "concepts"  # one method x preset x settings but the object, over every source (all categories), seeds, objects
 GROUP_KINDS = (SEEDS, CONCEPTS)
 
 
@@ -307,12 +307,12 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
                     settings["prompt"] = prompt
                 shared = {"method": run.name, "preset": run.preset, "learn": dict(run.learn)}
                 # A concept's diversity is over one object; classifying concepts pools every object (by default
-                # each pair's own target object, so per-object groups would split a category's concepts).
+                # each pair's own target object, so per-object groups would split the concepts) and every
+                # category: the class set is every concept of the run (ConceptExpress classifies among all).
                 groups = {SEEDS: content_id({**shared, "kind": SEEDS, "settings": settings,
                                              "source": learn_key["source_image"],
                                              "source_mask": learn_key["source_mask"]}),
-                          CONCEPTS: content_id({**shared, "kind": CONCEPTS, "category": pair.category,
-                                                "settings": without_object(settings)})}
+                          CONCEPTS: content_id({**shared, "kind": CONCEPTS, "settings": without_object(settings)})}
                 add("generate", settings, object_word, {}, groups=groups)
         if "match" in plan.tasks:
             add("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from . import store
+from .aggregate import ALL_CATEGORIES
 from .jobs import (CONCEPTS, GROUP_KINDS, SEEDS, JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan,
                    TaskJob, build_job_graph, code_version, content_id, git_describe, without_object)
 
@@ -83,8 +84,8 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
     methods = []
     for spec in suite.methods:
         for preset in spec.presets:
-            base_terms = method_class(spec.name)().learn_config(preset).terms if hasattr(
-                method_class(spec.name), "base_config") else None
+            base_terms = getattr(method_class(spec.name)().learn_config(preset), "terms", None) if hasattr(
+                method_class(spec.name), "base_config") else None  # ConceptExpress's config has no loss terms
             methods.append(MethodRun(spec.name, preset, spec.learn_overrides(base_terms)))
     metrics = []
     for name in suite.metrics:
@@ -733,10 +734,12 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         # methods' groups on that source); a concepts group spans pairs. Neither has one seed.
         base = {**_base_row(first, run_id, models), "job_id": result_id, "concept_id": None, "seed": None,
                 "pair_id": first.pair_id if key[0] == SEEDS else None, "finished_at": now_iso()}
-        if key[0] == CONCEPTS:  # its members may differ in object word: the row says only what they share
+        if key[0] == CONCEPTS:  # its members may differ in object word and category: the row says what they share
             objects = {job.object_word for job in members[key]}
+            categories = {job.category for job in members[key]}
             base.update(settings=store.canonical_json(without_object(first.settings)),
-                        object_word=objects.pop() if len(objects) == 1 else None)
+                        object_word=objects.pop() if len(objects) == 1 else None,
+                        category=categories.pop() if len(categories) == 1 else ALL_CATEGORIES)
         if error is not None:
             rows = [{**base, "status": store.STATUS_FAILED, "error": "group metric: " + one_line(error)}]
         else:

@@ -9,7 +9,7 @@ from clic.losses import Objective
 from clic.methods import available_methods, method_class
 from clic.methods.base import UnsupportedTask, get_method
 from clic.methods.break_a_scene import union_sampling_step
-from clic.methods.realfill import inpainting_input, inpainting_step, random_rectangles
+from clic.methods.realfill import inpainting_input, inpainting_step, training_hole
 from clic.models import build_tiny
 from clic.attention import AttentionCapture
 from clic.tokens import ConceptTokens
@@ -161,24 +161,23 @@ def test_realfill_step_matches_hand_computation():
     assert components.unet.config.in_channels == 9
     config = get_method("realfill").learn_config()
     state = _train_state(components, config)
-    batch = _batch(square_mask(8, 8, 24)[None])
+    masks = square_mask(8, 8, 24)[None]
+    batch = _batch(masks)
     torch.manual_seed(7)
     loss, values = inpainting_step(state, batch, "chair")
     torch.manual_seed(7)
-    holes = random_rectangles(64)[None, None]
+    holes = training_hole(64)[None, None]
+    empty_prompt = float(torch.rand(())) < 0.1
     latent_mask, masked_latents = inpainting_input(components, batch.latents, batch.image[None], holes)
     assert set(latent_mask.unique().tolist()) <= {0.0, 1.0}
     x_t = components.scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
-    text, _ = encode_text(components, [format_prompt(config.context_prompt, "chair", ["<v*>"])])
+    prompt = "" if empty_prompt else format_prompt(config.context_prompt, "chair", ["<v*>"])
+    text, _ = encode_text(components, [prompt])
     eps = components.unet(torch.cat([x_t, latent_mask, masked_latents], dim=1), batch.timestep, encoder_hidden_states=text).sample
-    assert float(loss) == pytest.approx(float(((eps - batch.noise) ** 2).mean()), rel=1e-5)
-
-
-def test_random_rectangles_cover_part_of_the_image():
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        mask = random_rectangles(64, generator)
-        assert 0 < mask.mean() < 1
+    # train_realfill.py: loss = (weightings * F.mse_loss(pred, noise, reduction="none")).mean(), the weighting
+    # nearest-interpolated to the latents; here the weighting is the source mask.
+    weighting = torch.nn.functional.interpolate(masks[None], size=(16, 16), mode="nearest")
+    assert float(loss) == pytest.approx(float((weighting * (eps - batch.noise) ** 2).mean()), rel=1e-5)
 
 
 @pytest.mark.parametrize("name", BASELINES)

@@ -1,19 +1,20 @@
-"""ConceptExpress: the clustering on synthetic attention, the self-attention recorder, what trains, the
-concept-wise step by hand, end to end."""
+"""ConceptExpress: K found by the clustering on synthetic attention, FINCH, the OT and SupCon terms against their
+reference formulas, the self-attention recorder, what trains, end to end."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from clic.attention import AttentionCapture
-from clic.learn import ConceptSource, StepBatch, TrainState, encode_text, format_prompt
-from clic.losses import Objective
+from clic.learn import ConceptSource, encode_text
 from clic.methods.base import get_method
-from clic.methods.concept_express import cluster_concepts, concept_wise_step, js_divergence, kmeans
+from clic.methods.concept_express import (ConceptExpressConfig, cluster_concepts, finch, supervised_contrastive,
+                                          symmetric_kl, wasserstein_alignment)
 from clic.models import build_tiny
 from clic.selfattention import recording_self_attention
-from clic.tokens import ConceptTokens
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -42,39 +43,80 @@ def part_attention(labels: torch.Tensor, noise: float, seed: int = 0, cohesion: 
     return rows / rows.sum(1, keepdim=True)
 
 
-def test_clustering_separates_two_parts_and_drops_the_background():
+def saliency(labels: torch.Tensor) -> torch.Tensor:
+    """An end-of-text map: high on the object, low on the background."""
+    return torch.where(labels > 0, 1.0, 0.1)
+
+
+@pytest.mark.parametrize("noise, seed", [(0.5, 0), (2.0, 1)])
+def test_clustering_finds_two_concepts_without_being_given_k(noise: float, seed: int):
+    """No K anywhere: pre-clustering, the end-of-text saliency (background dropped) and the thresholded merge
+    between touching masks find the two parts."""
     labels = two_part_object()
-    masks = cluster_concepts(part_attention(labels, noise=2.0), concepts=2, pre_clusters=8, seed=0)
-    assert masks.shape == (2, 16, 16)
+    masks, features = cluster_concepts(part_attention(labels, noise=noise, seed=seed), saliency(labels))
+    assert masks.shape == (2, 16, 16) and features.shape == (2, 256)
     parts = [(labels == 1).float(), (labels == 2).float()]
-    best = [max(iou(mask, part) for mask in masks) for part in parts]
-    assert min(best) > 0.9
+    assert min(max(iou(mask, part) for mask in masks) for part in parts) > 0.9
     assert float((masks.sum(0) * (labels == 0)).sum()) == 0  # nothing of the background kept
 
 
-def test_one_concept_is_the_whole_object():
-    """The parts attend to each other more than to the background, so merging to one concept joins them."""
+def test_clustering_finds_three_concepts_when_the_object_has_three_parts():
     labels = two_part_object()
-    mask = cluster_concepts(part_attention(labels, noise=0.5, seed=1), concepts=1, pre_clusters=6, seed=0)[0]
-    assert iou(mask, (labels > 0).float()) > 0.9
+    labels[3:6, 3:13] = 3  # a third part on top
+    masks, _ = cluster_concepts(part_attention(labels, noise=0.5, seed=2), saliency(labels))
+    assert masks.shape[0] == 3
 
 
-def test_kmeans_is_seeded_and_finds_separated_groups():
+def test_symmetric_kl_is_the_reference_kld_distance():
+    """ptp_utils.kld_distance: ((Σ p log p − p·log q) + (Σ q log q − q·log p)) / 2."""
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]])
+    q = torch.tensor([[0.1, 0.1, 0.8]])
+    expected = torch.tensor([[0.5 * (sum(p[i, k] * math.log(p[i, k] / q[0, k]) for k in range(3))
+                                     + sum(q[0, k] * math.log(q[0, k] / p[i, k]) for k in range(3)))] for i in range(2)])
+    torch.testing.assert_close(symmetric_kl(p, q), expected)
+
+
+def test_finch_first_partition_links_first_neighbours():
+    """Points on a line at 0, 1, 10, 11, 30: first neighbours 0↔1, 10↔11, 30→11: partition 0 = {0,1}, {10,11,30}."""
+    x = torch.tensor([[0.0], [1.0], [10.0], [11.0], [30.0]])
+    partitions = finch(x, distance=torch.cdist)
+    labels = partitions[0].labels
+    assert partitions[0].count == 2 and labels[0] == labels[1] and labels[2] == labels[3] == labels[4]
+    assert labels[0] != labels[2]
+
+
+def test_wasserstein_alignment_is_the_transport_cost():
+    """Sinkhorn (ε 1e-3) approaches the exact OT cost: moving a unit mass two cells to the right costs 2."""
+    source_map, target_map = torch.zeros(3, 3), torch.zeros(3, 3)
+    source_map[1, 0], target_map[1, 2] = 1.0, 1.0
+    source_map, target_map = source_map + 1e-6, target_map + 1e-6
+    cost = wasserstein_alignment(source_map, target_map, 1e-3, 200)
+    assert float(cost) == pytest.approx(2.0, abs=1e-3)
+    attention = target_map.clone().requires_grad_(True)
+    wasserstein_alignment(source_map, attention).backward()
+    assert attention.grad is not None and torch.isfinite(attention.grad).all()
+
+
+def test_supervised_contrastive_is_supcon_one_view():
+    """utils/loss.py SupConLoss, contrast_mode 'one', one view: anchors = contrast = the features."""
     generator = torch.Generator().manual_seed(0)
-    points = torch.cat([torch.randn(20, 2, generator=generator) * 0.1, torch.randn(20, 2, generator=generator) * 0.1 + 5])
-    first = kmeans(points, 2, 20, torch.Generator().manual_seed(4))
-    again = kmeans(points, 2, 20, torch.Generator().manual_seed(4))
-    assert torch.equal(first, again)
-    assert len(set(first[:20].tolist())) == 1 and len(set(first[20:].tolist())) == 1 and first[0] != first[-1]
+    features = F.normalize(torch.randn(6, 4, generator=generator), dim=-1)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    expected = 0.0
+    for i in range(6):
+        logits = [float(features[i] @ features[j]) / 0.07 for j in range(6)]
+        top = max(logits)
+        denominator = sum(math.exp(logits[j] - top) for j in range(6) if j != i)
+        positives = [j for j in range(6) if j != i and labels[j] == labels[i]]
+        expected += -sum((logits[j] - top) - math.log(denominator) for j in positives) / len(positives)
+    assert float(supervised_contrastive(features, labels, 0.07)) == pytest.approx(expected / 6, rel=1e-5)
 
 
-def test_js_divergence_is_symmetric_zero_on_equal_and_bounded():
-    p = torch.tensor([0.7, 0.2, 0.1])
-    q = torch.tensor([0.1, 0.1, 0.8])
-    assert float(js_divergence(p, p)) == pytest.approx(0.0, abs=1e-7)
-    assert float(js_divergence(p, q)) == pytest.approx(float(js_divergence(q, p)))
-    disjoint = float(js_divergence(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])))
-    assert disjoint == pytest.approx(float(torch.log(torch.tensor(2.0))), rel=1e-5)
+def test_settings_are_the_released_script():
+    config = get_method("concept_express").learn_config()
+    assert (config.steps, config.lr, config.weight_decay, config.lambda_attention, config.weight_contrast,
+            config.temperature, config.split_tokens, config.merge_step, config.p_flip) == (
+        500, 5e-4, 1e-2, 1e-5, 1e-3, 0.07, 5, 100, 0.5)
 
 
 def test_self_attention_recorder_matches_the_stock_output_and_rows_are_distributions():
@@ -115,48 +157,28 @@ def test_only_the_tokens_train_and_masks_are_kept(source, tmp_path):
 
     components = build_tiny()
     before = frozen_snapshot(components)
-    concept = get_method("concept_express").learn(components, source, overrides={"steps": 2},
+    concept = get_method("concept_express").learn(components, source, overrides={"steps": 3, "merge_step": 2},
                                                   out_dir=tmp_path / "concept", progress=False)
     after = frozen_snapshot(components)
     assert all(torch.equal(after[name], tensor) for name, tensor in before.items())
     assert concept.attention_state == {}
-    assert concept.tokens == ["<c1*>", "<c2*>"]
+    count = concept.extras["concepts_found"]
+    assert count >= 1 and len(concept.tokens) == count
+    split_rows = [row for row in concept.loss_log if row["step"] < 2]
+    assert len(split_rows) == 2 * 5 * count and all("supcon" in row for row in split_rows)  # 5 split tokens each
+    merged_rows = [row for row in concept.loss_log if row["step"] == 2]
+    assert len(merged_rows) == count + (1 if count > 0 else 0) and "supcon" not in merged_rows[0]  # + the joint row
     loaded = LearnedConcept.load(tmp_path / "concept")
-    masks = torch.stack([loaded.arrays["estimated_mask_0"], loaded.arrays["estimated_mask_1"]])
-    assert masks.shape == (2, 64, 64) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    masks = torch.stack([loaded.arrays[f"estimated_mask_{k}"] for k in range(count)])
+    assert masks.shape == (count, 64, 64) and set(masks.unique().tolist()) <= {0.0, 1.0}
     assert (masks.flatten(1).sum(1) > 0).all()
-    assert float((masks[0] * masks[1]).sum()) == 0  # clusters are disjoint
+    assert float((masks.sum(0) > 1).sum()) == 0  # clusters are disjoint
     torch.testing.assert_close(loaded.arrays["source_masks"], masks)
-
-
-def test_concept_wise_step_matches_hand_computation():
-    components = build_tiny()
-    config = get_method("concept_express").learn_config()
-    tokens = ConceptTokens(components.tokenizer, components.text_encoder, ["<c1*>", "<c2*>"], ["vase", "vase"])
-    state = TrainState(components, tokens, AttentionCapture(components.unet, ""), Objective(config.terms), config, 4)
-    masks = torch.zeros(2, 64, 64)
-    masks[0, :, :32] = 1
-    masks[1, 8:40, 32:] = 1
-    generator = torch.Generator().manual_seed(0)
-    batch = StepBatch(latents=torch.randn(1, 4, 16, 16, generator=generator), masks=masks,
-                      image=torch.zeros(3, 64, 64), suffix="", timestep=torch.tensor([300]),
-                      noise=torch.randn(1, 4, 16, 16, generator=generator))
-    loss, _ = concept_wise_step(state, batch, "vase")
-    x_t = components.scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
-    per_concept = []
-    for k, token in enumerate(tokens.tokens):
-        text, _ = encode_text(components, [format_prompt(config.context_prompt, "vase", [token])])
-        eps = components.unet(x_t, batch.timestep, encoder_hidden_states=text).sample
-        latent_mask = F.interpolate(masks[k][None, None], size=(16, 16), mode="nearest")
-        per_concept.append(((latent_mask * (eps - batch.noise)) ** 2).mean())
-    assert float(loss) == pytest.approx(float(sum(per_concept) / 2), rel=1e-4)
 
 
 def test_learn_transfer_generate_end_to_end(source):
     method = get_method("concept_express")
-    single = ConceptSource(source.image, source.masks[:1], "vase")
-    concept = method.learn(build_tiny(), single, overrides={"steps": 2}, progress=False)
-    assert concept.tokens == ["<c*>"]
+    concept = method.learn(build_tiny(), source, overrides={"steps": 2}, progress=False)
     target = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1
     mask = torch.zeros(64, 64)
     mask[20:50, 20:50] = 1

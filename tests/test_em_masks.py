@@ -129,12 +129,21 @@ def test_step_matches_hand_computation_on_the_loop_masks(source):
     assert values["mask_area"] == pytest.approx(float(em_masks.mean()))
 
 
-def test_e_steps_follow_the_schedule_and_masks_are_kept(source, tmp_path):
+def test_joint_phase_starts_after_the_token_phase_and_keeps_the_masks_fixed(source, tmp_path):
+    """Rahman et al. §3: token-only EM first (tokens alone train; masks re-estimated every e_every steps), then
+    tokens + cross-attention weights on the last masks, which no longer change."""
     from clic.concept import LearnedConcept
 
-    concept = get_method("em_masks").learn(build_tiny(), source, overrides={"steps": 5, "em": FAST_EM},
-                                           out_dir=tmp_path / "concept", progress=False)
-    assert concept.extras["em"]["e_steps"] == 3  # before steps 0, 2 and 4
+    method = get_method("em_masks")
+    token_phase, joint_phase = method.learn_config().schedule()
+    assert token_phase.attention_lr == 0 and joint_phase.attention_lr > 0 and token_phase.token_lr > 0
+    phases = [{"steps": 5, "token_lr": 5e-4}, {"steps": 3, "token_lr": 2e-6, "attention_lr": 2e-6}]
+    concept = method.learn(build_tiny(), source, overrides={"phases": phases, "em": FAST_EM},
+                           out_dir=tmp_path / "concept", progress=False)
+    em = concept.extras["em"]
+    assert em["e_steps"] == 3 and em["e_step_at"] == [0, 2, 4] and em["token_steps"] == 5  # none in the joint phase
+    areas = [row["mask_area"] for row in concept.loss_log]
+    assert len(areas) == 8 and areas[5:] == [areas[4]] * 3  # the joint phase trains on the last E-step's masks
     loaded = LearnedConcept.load(tmp_path / "concept")
     mask = loaded.arrays["estimated_mask_0"]
     assert mask.shape == (64, 64) and set(mask.unique().tolist()) <= {0.0, 1.0} and mask.sum() > 0

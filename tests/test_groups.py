@@ -14,7 +14,7 @@ from harness import store
 from harness.jobs import CONCEPTS, SEEDS, Pair, build_job_graph
 from harness.metrics import build_metric
 from harness.metrics.base import MetricSettings, Sample
-from harness.metrics.esr import COLOUR_SHARE, EDIT_PROMPTS, colour_share
+from harness.metrics.esr import EDIT_PROMPTS
 from harness.runner import GROUP_RESULT_PREFIX, execute, method_tasks, plan_from_suite
 from harness.suite import SuiteError, suite_from_dict
 from test_runner import SHIPPED_MANIFEST, make_pairs, make_suite
@@ -63,12 +63,11 @@ def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
     by_seeds = groups(SEEDS)
     assert len(by_seeds) == 3 * 2 * len(EDIT_PROMPTS)
     assert all(len(m) == 2 and len({(c, s, o, p) for c, s, _, o, p in m}) == 1 for m in by_seeds.values())
-    # concepts: one group per category x prompt, holding every source, seed and object of the category
+    # concepts: one group per prompt, holding every source (both categories), seed and object of the run
     by_concepts = groups(CONCEPTS)
-    assert len(by_concepts) == 2 * len(EDIT_PROMPTS)
-    sizes = sorted(len(m) for m in by_concepts.values())  # sources x seeds x objects
-    assert sizes == [1 * 2 * 2] * len(EDIT_PROMPTS) + [2 * 2 * 2] * len(EDIT_PROMPTS)
-    assert all(len({(c, p) for c, _, _, _, p in m}) == 1 for m in by_concepts.values())
+    assert len(by_concepts) == len(EDIT_PROMPTS)
+    assert all(len(m) == 3 * 2 * 2 for m in by_concepts.values())  # sources x seeds x objects
+    assert all({c for c, _, _, _, _ in m} == {"furniture", "jewelry"} for m in by_concepts.values())
 
 
 def test_generation_shorter_than_a_presets_stage_one_is_a_suite_error() -> None:
@@ -101,7 +100,7 @@ def test_group_metrics_over_seeds_and_concepts_and_every_image_scored(ray_sessio
     run = tmp_path / "run"
     summary = execute(make_suite(generate_suite()), pairs, run, quiet=True, allow_random_metrics=True)
     assert (summary.done, summary.failed) == (6, 0)
-    assert (summary.groups_scored, summary.groups_failed) == (3 + 2, 0)  # seeds: one per source; concepts: per category
+    assert (summary.groups_scored, summary.groups_failed) == (3 + 1, 0)  # seeds: one per source; concepts: one
     results = store.read_results(run)
     jobs = results[~results["job_id"].str.startswith(GROUP_RESULT_PREFIX)]
 
@@ -117,7 +116,10 @@ def test_group_metrics_over_seeds_and_concepts_and_every_image_scored(ray_sessio
         assert abs(each[0] - each[1]) > 5e-3  # the mean differs from the first image's value
         assert row["value"] == pytest.approx(np.mean(each), abs=2e-3)  # (PNG rounding)
         esr = jobs[(jobs["job_id"] == row["job_id"]) & (jobs["metric"] == "esr")]["value"].item()
-        assert esr == np.mean([colour_share(image, "red") >= COLOUR_SHARE for image in images])
+        esr_metric = build_metric("esr", MetricSettings(allow_random=True))
+        each_esr = [v[0].value for v in esr_metric.compute([Sample("x", "generate", output_image=image, prompt=prompt,
+                                                                   object_word="vase") for image in images])]
+        assert esr == np.mean(each_esr)
     assert set(jobs["metric"].dropna()) == {"esr", "clip_t"}  # group values are not on any member's row
 
     seeds = group_rows(run, SEEDS)
@@ -127,11 +129,10 @@ def test_group_metrics_over_seeds_and_concepts_and_every_image_scored(ray_sessio
     concepts = group_rows(run, CONCEPTS)
     assert concepts["pair_id"].isna().all() and concepts["seed"].isna().all()
     assert not any('"object"' in settings for settings in concepts["settings"])  # pooled over objects
-    furniture = concepts[concepts["category"] == "furniture"].set_index("metric")["value"]
-    jewelry = concepts[concepts["category"] == "jewelry"].set_index("metric")["value"]
-    assert set(furniture.index) == {"sim_i", "sim_c", "acc1"}  # two concepts: ACC¹ (ACC³ needs four)
-    assert set(jewelry.index) == {"sim_i", "sim_c"}  # one concept: similarity only
-    assert 0.0 <= furniture["acc1"] <= 1.0
+    assert set(concepts["category"]) == {"all"}  # the class set is every concept of the run, across categories
+    pooled = concepts.set_index("metric")["value"]
+    assert set(pooled.index) == {"sim_i", "sim_c", "acc1", "acc1_chance"}  # three concepts: ACC³ needs four
+    assert 0.0 <= pooled["acc1"] <= 1.0 and pooled["acc1_chance"] == pytest.approx(1 / 3)
     assert set(concepts["metric_weights"]) == {"tiny-random"}
 
     # Lost group values (e.g. the driver died after the last job) are rescored from the artifacts alone.
@@ -139,14 +140,14 @@ def test_group_metrics_over_seeds_and_concepts_and_every_image_scored(ray_sessio
     for path in store.results_dir(run).glob(f"{GROUP_RESULT_PREFIX}*.parquet"):
         path.unlink()
     again = execute(make_suite(generate_suite()), pairs, run, quiet=True, allow_random_metrics=True)
-    assert (again.jobs_run, again.skipped, again.groups_scored) == (0, 6, 5)
+    assert (again.jobs_run, again.skipped, again.groups_scored) == (0, 6, 4)
     after = group_rows(run, CONCEPTS).sort_values(["job_id", "metric"])["value"].to_numpy()
     np.testing.assert_allclose(after, before, rtol=1e-5)
 
     # More seeds: the groups gain members and their values replace the old ones (no double counting).
     more = execute(make_suite(generate_suite(seeds=[0, 1, 2])), pairs, run, quiet=True, allow_random_metrics=True)
-    assert (more.done, more.skipped, more.groups_scored) == (3, 6, 5)
-    assert len(group_rows(run, SEEDS)) == 3 and len(group_rows(run, CONCEPTS)) == 3 + 2
+    assert (more.done, more.skipped, more.groups_scored) == (3, 6, 4)
+    assert len(group_rows(run, SEEDS)) == 3 and len(group_rows(run, CONCEPTS)) == 4
 
     # A group that cannot be scored (a member's images are gone) is one failed row; its members keep theirs.
     for path in store.results_dir(run).glob(f"{GROUP_RESULT_PREFIX}{SEEDS}-*.parquet"):

@@ -12,12 +12,12 @@ from clic.learn import ConceptSource
 from clic.methods.base import get_method
 from clic.methods.single_insert import (
     LORA_FILE, LORA_PREFIX, SingleInsertConfig, StageInfo, background_loss, foreground_loss, install_lora,
-    learn_single_insert, predicted_x0, semantic_loss,
+    learn_single_insert, semantic_loss,
 )
 from clic.models import load_components, save_tiny
 
 SIZE = 64
-FAST = {"stage_one_steps": 2, "stage_two_steps": 2, "batch_size": 2}
+FAST = {"stage_one_steps": 2, "stage_two_steps": 2, "stage_one_batch_size": 2, "stage_two_batch_size": 2}
 
 
 def source() -> ConceptSource:
@@ -33,7 +33,12 @@ def test_losses_match_hand_recomputation() -> None:
     timesteps = torch.tensor([0, 2])
     x_t = torch.tensor([[[[1.0, 2.0]]]]).repeat(2, 1, 1, 1)  # (2, 1, 1, 2)
     eps = torch.tensor([[[[0.5, -1.0]]], [[[2.0, 0.0]]]])
-    x0 = predicted_x0(x_t, eps, alphas, timesteps)
+    from types import SimpleNamespace
+
+    from clic.prediction import predicted_x0
+
+    scheduler = SimpleNamespace(alphas_cumprod=alphas, config=SimpleNamespace(prediction_type="epsilon"))
+    x0 = predicted_x0(scheduler, x_t, eps, timesteps)
     # row 0: ᾱ = 0.9; row 1: ᾱ = 0.25 -> (x − √0.75 ε) / 0.5
     expected = torch.tensor([[[[(1 - 0.1**0.5 * 0.5) / 0.9**0.5, (2 + 0.1**0.5) / 0.9**0.5]]],
                              [[[(1 - 0.75**0.5 * 2) / 0.5, 2 / 0.5]]]])

@@ -1,15 +1,16 @@
 """EM token/mask learning (Rahman et al., "Visual Concept-driven Image Generation with Text-to-Image
 Diffusion Model", 2024): learn concept tokens *and* their masks without a user mask.
 
-Alternates (an EM-like procedure, paper §3):
-* E-step: each token's cross-attention map (up blocks) on the source, averaged over ``attention_timesteps``
-  random timesteps (no gradient), min-max normalised, binarised at ``threshold`` and refined by a dense CRF
-  (:mod:`clic.crf`: colour + position kernels) → one mask per token.
-* M-step: ``e_every`` optimisation steps of the tokens (+ cross-attention K/V unless the preset says
-  ``tokens-only``) with the masked diffusion loss over the union of the masks + the cross-attention loss
-  pulling each token's map toward its mask (the shared fused step with those two terms).
+Two phases (paper §3):
+1. Token-only EM. E-step: each token's cross-attention map, averaged over *all* cross-attention layers and
+   over ``attention_timesteps`` random timesteps (no gradient), min-max normalised, binarised at
+   ``threshold`` and refined by a dense CRF with CutLER's settings (:data:`clic.crf.CUTLER`: 10 iterations,
+   Gaussian 7/3, bilateral 10/50/5, unary from the softmax of the binary masks) → one mask per token.
+   M-step: ``e_every`` optimisation steps of the tokens alone with the masked diffusion loss over the union of
+   the masks + the cross-attention loss pulling each token's map toward its mask.
+2. Joint: tokens + cross-attention K/V with the last E-step's masks held fixed (no E-step any more).
 The first E-step runs before the first step, from the tokens' initial vectors (the init word; preset
-``user-init`` starts from the user's masks instead). Geometric augmentations are off: masks are
+``user-init`` starts from the user's masks instead). Preset ``tokens-only`` runs phase 1 only. Geometric augmentations are off: masks are
 re-estimated on the unaugmented source and must stay aligned with it (colour jitter/grayscale stay on).
 
 EM settings (:class:`EMSettings`) come from the preset's ``em`` entry and the ``em`` key of the learn
@@ -31,12 +32,13 @@ import torch
 
 from ..augment import AugmentConfig
 from ..concept import LearnedConcept
-from ..crf import DenseCRFSettings, refine_masks
-from ..learn import (ConceptSource, LearnConfig, StepBatch, TrainState, encode_text, format_prompt, fused_step,
+from ..crf import CUTLER, DenseCRFSettings, refine_masks
+from ..learn import (ConceptSource, LearnConfig, Phase, StepBatch, TrainState, encode_text, format_prompt, fused_step,
                      learn_concept, vae_moments)
 from ..match import threshold_map
-from .base import Method
+from ..presets import Setting, preset_overrides, replaced
 from ..settings import reject_unknown_keys
+from .base import Method
 
 ESTIMATED_MASK_KEY = "estimated_mask_{index}"
 LAMBDA_ATTENTION = 1e-2  # Break-A-Scene's reference value; the EM paper builds on its masked + attention losses
@@ -49,14 +51,14 @@ class EMSettings:
     chunk: int = 10  # timesteps per UNet pass in the E-step (memory on SD at 512 px)
     threshold: float = 0.5  # on the min-max normalised map
     init_from_user_masks: bool = False  # preset user-init: the first masks are the user's
-    crf: DenseCRFSettings = DenseCRFSettings()
+    crf: DenseCRFSettings = CUTLER
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EMSettings":
         reject_unknown_keys(cls, data, "EM setting(s)")
         data = dict(data)
         if isinstance(data.get("crf"), Mapping):
-            data["crf"] = DenseCRFSettings(**data["crf"])
+            data["crf"] = DenseCRFSettings(**{**asdict(CUTLER), **data["crf"]})
         settings = cls(**data)
         if settings.e_every <= 0 or settings.attention_timesteps <= 0 or settings.chunk <= 0:
             raise ValueError("EM e_every, attention_timesteps and chunk must be positive")
@@ -101,25 +103,52 @@ def estimate_masks(state: TrainState, image: torch.Tensor, object_word: str, set
 
 
 class EMLoop:
-    """The step function of an EM run: E-step on schedule, then the fused M-step on the current masks."""
+    """The step function of an EM run: E-steps on schedule during the token phase (its first ``token_steps``
+    steps), the fused M-step on the current masks; afterwards the masks stay fixed (the joint phase)."""
 
-    def __init__(self, image: torch.Tensor, initial_masks: torch.Tensor | None, settings: EMSettings, seed: int) -> None:
+    def __init__(self, image: torch.Tensor, initial_masks: torch.Tensor | None, settings: EMSettings, seed: int,
+                 token_steps: int | None = None) -> None:
         self.image = image
         self.masks = initial_masks
         self.settings = settings
+        self.token_steps = token_steps
+        self.e_step_at: list[int] = []  # the steps an E-step ran before
         self.generator = torch.Generator().manual_seed(seed + 1)  # own stream: the M-step's draws are unchanged
         self.step_index = 0
         self.e_steps = 0
 
     def __call__(self, state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
-        due = self.step_index % self.settings.e_every == 0 and (self.step_index > 0 or self.masks is None)
+        in_token_phase = self.token_steps is None or self.step_index < self.token_steps
+        due = in_token_phase and self.step_index % self.settings.e_every == 0 and (self.step_index > 0 or self.masks is None)
         if due:
             self.masks = estimate_masks(state, self.image, object_word, self.settings, self.generator)
             self.e_steps += 1
+            self.e_step_at.append(self.step_index)
         self.step_index += 1
         loss, values = fused_step(state, replace(batch, masks=self.masks.to(batch.masks)), object_word)
         values["mask_area"] = float(self.masks.mean())
         return loss, values
+
+
+RAHMAN = "Rahman et al. 2024 §3"
+CUTLER_SOURCE = ("CutLER cutler/crf.py (MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10, Bi_XY_STD 50, Bi_RGB_STD 5; "
+                 "unary_from_softmax of the binary masks); kernels as our torch CRF (pydensecrf normalises them)")
+DEFAULT_SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4}, {"steps": 400, "token_lr": 2e-6, "attention_lr": 2e-6}),
+            f"{RAHMAN}: token-only EM, then tokens + cross-attention with the masks fixed; lengths and rates our "
+            "choice (Break-A-Scene's 400 + 400 at 5e-4 / 2e-6)"),
+    Setting("learn.train_kv", True, f"{RAHMAN}: the joint phase trains the cross-attention weights"),
+    Setting("learn.capture_layers", "all", f"{RAHMAN}: maps averaged over all cross-attention layers"),
+    Setting("learn.terms.masked_diffusion", 1.0, f"{RAHMAN} (after Break-A-Scene): masked diffusion loss"),
+    Setting("learn.terms.att", LAMBDA_ATTENTION, f"{RAHMAN}: attention loss; λ 1e-2 from Break-A-Scene's train.py"),
+    Setting("learn.context_prompt", "a photo of a {object} with {tokens}", "Break-A-Scene's prompt with the object word"),
+    Setting("learn.augment.p_flip", 0.0, "our choice: masks are re-estimated on the unaugmented source"),
+    Setting("learn.augment.p_zoom", 0.0, "our choice: masks are re-estimated on the unaugmented source"),
+    Setting("em.crf", {k: v for k, v in asdict(CUTLER).items() if k != "max_side"}, CUTLER_SOURCE),
+    Setting("em.threshold", 0.5, "our choice: binarise the min-max normalised map at 0.5"),
+    Setting("em.e_every", 100, "our choice: an E-step every 100 token-phase steps"),
+    Setting("em.attention_timesteps", 50, "our choice: maps averaged over 50 random timesteps"),
+)
 
 
 class EMMasks(Method):
@@ -127,33 +156,29 @@ class EMMasks(Method):
     description = "EM: tokens (+ cross-attention) and their masks learned alternately; masks from attention + dense CRF"
     trains = "token embeddings + cross-attention K/V (tokens-only: embeddings only); masks estimated"
     base_config = LearnConfig(
-        steps=400,
-        token_lr=5e-4,
-        lr=2e-6,
+        phases=(Phase(steps=400, token_lr=5e-4), Phase(steps=400, token_lr=2e-6, attention_lr=2e-6)),
         train_kv=True,
+        capture_layers="all",  # the E-step and l_att average the maps of every cross-attention layer
         terms={"masked_diffusion": 1.0, "att": LAMBDA_ATTENTION},
         context_prompt="a photo of a {object} with {tokens}",
         augment=AugmentConfig(p_flip=0.0, p_zoom=0.0),
     )
-    presets = {
-        "default": {},
-        "tokens-only": {"learn": {"train_kv": False}},
-        "user-init": {"em": {"init_from_user_masks": True}},
-        # CPU smoke runs on the tiny model: E-steps every 10 steps from 8 timesteps (suites cannot set ``em``).
-        "smoke": {"em": {"e_every": 10, "attention_timesteps": 8}},
+    declared_settings = {
+        "default": DEFAULT_SETTINGS,
+        "tokens-only": replaced(
+            DEFAULT_SETTINGS,
+            Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4},), "ablation: the token-only EM phase alone"),
+            Setting("learn.train_kv", False, "ablation: no cross-attention weights")),
+        "user-init": DEFAULT_SETTINGS + (Setting("em.init_from_user_masks", True, "ablation: the first masks are the user's"),),
+        "smoke": replaced(
+            DEFAULT_SETTINGS,
+            Setting("em.e_every", 10, "CPU test scale, not a paper setting"),
+            Setting("em.attention_timesteps", 8, "CPU test scale, not a paper setting")),
     }
+    presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
     estimates_masks = True
-    sources = {
-        "EM alternation, masks from cross-attention + DenseCRF": "Rahman et al. 2024 §3",
-        "masked diffusion + attention loss": "Rahman et al. 2024 §3 (after Break-A-Scene); λ_att = 1e-2 from Break-A-Scene's code",
-        "steps 400, E-step every 100": "our choice within the paper's EM schedule (~400 steps in total)",
-        "50 random timesteps for the maps, threshold 0.5": "our choice",
-        "preset smoke (E-step every 10 steps, 8 timesteps)": "CPU test scale, not a paper setting",
-        "token lr 5e-4, K/V lr 2e-6": "Break-A-Scene §3.2 / CLiC §4.2 values",
-        "CRF kernels": "Krähenbühl & Koltun 2011 / pydensecrf defaults (see clic.crf)",
-        "no geometric augmentation": "our choice: masks are re-estimated on the unaugmented source",
-    }
+    sources = {setting.key: setting.source for setting in DEFAULT_SETTINGS}
 
     def em_settings(self, preset: str | None, overrides: Mapping[str, Any] | None = None) -> EMSettings:
         """The preset's EM settings, updated by the ``em`` entry of the learn overrides (a suite's ``learn: {em: ...}``)."""
@@ -170,7 +195,7 @@ class EMMasks(Method):
         settings = self.em_settings(preset, overrides)
         image = source.images[0]
         initial = source.image_masks[0].float() if settings.init_from_user_masks else None
-        loop = EMLoop(image, initial, settings, seed)
+        loop = EMLoop(image, initial, settings, seed, token_steps=config.schedule()[0].steps)
         # The source's own masks are only placeholders for the bank: every step uses the loop's masks.
         placeholder = ConceptSource(image, torch.ones_like(source.image_masks[0]), source.object_word)
         concept = learn_concept(components, placeholder, config, method=self.name, preset=preset or self.default_preset,
@@ -179,7 +204,8 @@ class EMMasks(Method):
         for index, mask in enumerate(final):
             concept.arrays[ESTIMATED_MASK_KEY.format(index=index)] = mask.clone()  # safetensors refuses shared views
         concept.arrays["source_masks"] = final  # RoI matching learns w* against the estimated region
-        concept.extras["em"] = {**asdict(settings), "e_steps": loop.e_steps}
+        concept.extras["em"] = {**asdict(settings), "e_steps": loop.e_steps, "e_step_at": loop.e_step_at,
+                                "token_steps": loop.token_steps}
         if out_dir is not None:
             concept.save(out_dir)
         return concept

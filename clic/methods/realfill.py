@@ -2,8 +2,10 @@
 
 The UNet takes 9 channels — noisy latents, the mask and the masked image's latents — as Stable Diffusion's
 inpainting checkpoints do (``tiny`` maps to ``tiny-inpaint``; real runs name an SD inpainting folder).
-Learning trains the token + the cross-attention K/V of the inpainting UNet on the source with random
-rectangle masks (RealFill §3.2), plain diffusion loss. Transfer inpaints the target mask with the token
+Learning trains the token + the cross-attention K/V of the inpainting UNet on the source with RealFill's random
+hole masks (:func:`make_mask`, the reference ``train_realfill.py``'s distribution) and a loss weighted by the
+source mask — the reference weights its loss by a per-pixel map (``weightings``), and in CLiC's protocol the
+region to learn is the one the source mask delineates. Transfer inpaints the target mask with the token
 from pure noise, classifier-free guided, and puts the target's own latents back outside the mask.
 Two-stage generation does not apply to an inpainting model: ``generate`` is unsupported.
 """
@@ -19,19 +21,62 @@ from ..concept import LearnedConcept
 from ..learn import LearnConfig, StepBatch, TrainState, capture_resolution, encode_text, format_prompt, vae_moments
 from ..losses import StepTensors, resize_mask
 from ..models import SDComponents
+from ..presets import Setting, preset_overrides
+from ..prediction import training_target
 from ..transfer import TransferResult, TransferSettings, decode, ensure_concept, latent_region, summarize_attention
 from .base import Method
 
 
-def random_rectangles(size: int, generator: torch.Generator | None = None, max_boxes: int = 5) -> torch.Tensor:
-    """A (size, size) {0,1} mask of 1–max_boxes rectangles, each 10–50% of the side (RealFill's masks)."""
-    mask = torch.zeros(size, size)
-    for _ in range(int(torch.randint(1, max_boxes + 1, (), generator=generator))):
-        h, w = (int(v) for v in torch.randint(size // 10, size // 2 + 1, (2,), generator=generator))
-        top = int(torch.randint(0, size - h + 1, (), generator=generator))
-        left = int(torch.randint(0, size - w + 1, (), generator=generator))
-        mask[top : top + h, left : left + w] = 1
+# diffusers examples/research_projects/realfill/train_realfill.py, make_mask and RealFillDataset.__getitem__
+HOLE_COUNT_HIGH = 30  # np.random.randint(1, times=30): 1–29 rectangles
+HOLE_MIN, HOLE_MAX, HOLE_MARGIN = 0.03, 0.25, 0.01  # sides and margin as shares of the resolution
+P_INVERT = 0.5  # the whole mask inverted with probability 0.5
+P_FULL_HOLE = 0.1  # the dataset's "masks = ones" branch: the whole image is the hole
+P_EMPTY_PROMPT = 0.1  # the dataset's prompt dropout ("" with probability 0.1)
+
+
+REFERENCE = "diffusers examples/research_projects/realfill/train_realfill.py"
+SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.terms.masked_diffusion", 1.0, f"{REFERENCE}: (weightings * mse).mean(); the weighting is the "
+                                                 "concept's source mask (CLiC's protocol learns the masked region)"),
+    Setting("learn.train_kv", True, "CLiC §4.2 adaptation: token + cross-attention K/V of the inpainting UNet "
+                                    f"(the reference trains rank-16 LoRA with AdamW 2e-4 / 4e-5)"),
+    Setting("learn.steps", 500, "CLiC §4.2: 500 steps for every method"),
+    Setting("learn.lr", 1e-5, "CLiC §4.2: the baselines' learning rate"),
+    Setting("inpaint.hole_masks", "make_mask", f"{REFERENCE} make_mask: 1–29 rectangles, sides 3–25 %, margin 1 %, "
+                                             "inverted w.p. 0.5; whole image w.p. 0.1 (RealFillDataset)"),
+    Setting("inpaint.empty_prompt_probability", P_EMPTY_PROMPT, f"{REFERENCE} RealFillDataset: '' w.p. 0.1"),
+)
+
+
+def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
+    """One integer in [low, high), as ``np.random.randint(low, high)``."""
+    return int(torch.randint(low, high, (), generator=generator))
+
+
+def make_mask(size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A (size, size) {0, 1} hole mask (1 = inpaint) drawn as the reference ``make_mask``: start from all ones,
+    zero 1–29 rectangles with sides in [⌊0.03·R⌋, ⌊min(0.25·R, R − 2·0.01·R)⌋) at least ⌊0.01·R⌋ from the edge,
+    then invert the whole mask with probability 0.5."""
+    mask = torch.ones(size, size)
+    low, high, margin = HOLE_MIN * size, HOLE_MAX * size, HOLE_MARGIN * size
+    high = min(high, size - margin * 2)
+    for _ in range(_randint(1, HOLE_COUNT_HIGH, generator)):
+        width = _randint(int(low), int(high), generator)
+        height = _randint(int(low), int(high), generator)
+        left = _randint(int(margin), size - int(margin) - width + 1, generator)
+        top = _randint(int(margin), size - int(margin) - height + 1, generator)
+        mask[top: top + height, left: left + width] = 0
+    if float(torch.rand((), generator=generator)) < P_INVERT:
+        mask = 1 - mask
     return mask
+
+
+def training_hole(size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The dataset's hole: the whole image with probability 0.1, else :func:`make_mask`."""
+    if float(torch.rand((), generator=generator)) < P_FULL_HOLE:
+        return torch.ones(size, size)
+    return make_mask(size, generator)
 
 
 def inpainting_input(components: SDComponents, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,16 +91,22 @@ def inpainting_input(components: SDComponents, latents: torch.Tensor, image: tor
 def inpainting_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
     components = state.components
     size = batch.image.shape[-1]
-    holes = random_rectangles(size)[None, None].to(batch.image.device)
+    holes = training_hole(size)[None, None].to(batch.image.device)
     latent_mask, masked_latents = inpainting_input(components, batch.latents, batch.image[None], holes)
     x_t = components.scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
     prompt = format_prompt(state.config.context_prompt, object_word, state.tokens.tokens) + batch.suffix
+    # The reference's prompt dropout; not while an attention term needs the token in the prompt.
+    if float(torch.rand(())) < P_EMPTY_PROMPT and "attention" not in state.objective.needs:
+        prompt = ""
     text, ids = encode_text(components, [prompt])
     needs_attention = "attention" in state.objective.needs
     state.capture.set_tokens(state.tokens.positions(ids) if needs_attention else None)
     eps = components.unet(torch.cat([x_t, latent_mask, masked_latents], dim=1), batch.timestep,
                           encoder_hidden_states=text).sample
-    step = StepTensors(noise=batch.noise, mask=resize_mask(batch.masks.amax(0)[None, None], x_t.shape[-2:]), eps_context=eps)
+    # The loss weighting: the source mask at latent size (the reference interpolates its weightings, nearest).
+    weighting = resize_mask(batch.masks.amax(0)[None, None], x_t.shape[-2:], mode="nearest")
+    step = StepTensors(noise=batch.noise, mask=weighting, eps_context=eps,
+                       target=training_target(components.scheduler, batch.latents, batch.noise, batch.timestep))
     if needs_attention:
         step.attention = state.capture.mean_map(state.attention_resolution, batch_index=slice(0, 1))
         step.attention_masks = batch.masks[None]
@@ -108,15 +159,11 @@ class RealFill(Method):
     trains = "token embedding + cross-attention K/V of the inpainting UNet"
     tasks = frozenset({"learn", "transfer"})
     needs_inpainting = True
-    base_config = LearnConfig(terms={"diffusion": 1.0}, train_kv=True)
-    presets = {"default": {}}
+    base_config = LearnConfig(terms={"masked_diffusion": 1.0}, train_kv=True)
+    declared_settings = {"default": SETTINGS}
+    presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
-    sources = {
-        "model": "RealFill §3 (SD inpainting UNet, 9 input channels)",
-        "masks": "RealFill §3.2 (random rectangles on the reference images)",
-        "trained parameters": "CLiC §4.2 adaptation (token + cross-attention instead of LoRA)",
-        "lr, steps, prompts, augmentations": "CLiC §4.2 (shared by all baselines)",
-    }
+    sources = {setting.key: setting.source for setting in SETTINGS}
 
     def training_step(self, state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
         return inpainting_step(state, batch, object_word)

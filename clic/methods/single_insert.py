@@ -3,7 +3,7 @@
 Stage I trains an image encoder — a CLIP visual tower plus a linear projection to the text encoder's
 embedding width — whose output *is* the placeholder token's embedding, with
 
-    x̂₀ = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t                                  (x₀ predicted from ε̂)
+    x̂₀ = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t, or √ᾱ_t x_t − √(1−ᾱ_t) v̂ on a v-prediction model (clic.prediction)
     L_fg = mean(m_f ⊙ (x̂₀ − x₀)²)                                      (prompt with the token)
     L_bg = mean((1 − m_f) ⊙ (x̂₀ − x̄₀)²)   x̄₀: frozen model, class prompt, no gradient
     L_I  = L_fg + γ L_bg,  γ = 1
@@ -49,9 +49,11 @@ from ..concept import LearnedConcept
 from ..learn import ConceptSource, encode_text, format_prompt, sample_latents, seed_everything, tokenize, vae_moments
 from ..losses import Objective, StepTensors, register_term, resize_mask
 from ..models import SDComponents
+from ..prediction import predicted_x0
 from ..tokens import ConceptTokens, merge_concept_embeddings
-from .base import Method
+from ..presets import Setting, preset_overrides, replaced
 from ..settings import reject_unknown_keys
+from .base import Method
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use
 LORA_PREFIX = "lora/"  # LoRA tensors inside LearnedConcept.arrays
@@ -61,13 +63,6 @@ TINY_ENCODER_SEED = 0
 
 
 # ------------------------------------------------------------------------------------ the losses
-def predicted_x0(x_t: torch.Tensor, eps_pred: torch.Tensor, alphas_cumprod: torch.Tensor,
-                 timesteps: torch.Tensor) -> torch.Tensor:
-    """x̂₀ = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t, with ᾱ_t per batch row."""
-    alpha_bar = alphas_cumprod.to(x_t.device, x_t.dtype)[timesteps].view(-1, 1, 1, 1)
-    return (x_t - (1 - alpha_bar).sqrt() * eps_pred) / alpha_bar.sqrt()
-
-
 def foreground_loss(x0_pred: torch.Tensor, x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """L_fg = mean(m_f ⊙ (x̂₀ − x₀)²)."""
     return (mask * (x0_pred - x0) ** 2).mean()
@@ -104,15 +99,21 @@ def _si_sm(s: StepTensors) -> torch.Tensor:
 class SingleInsertConfig:
     """Everything that determines a SingleInsert run (``learn:`` keys of a suite)."""
 
-    stage_one_steps: int = 50
-    stage_one_lr: float = 1e-4
-    stage_two_steps: int = 100
-    stage_two_lr: float = 1e-4  # encoder and LoRA
-    batch_size: int = 16
+    stage_one_steps: int = 50  # SingleInsert §4.1: 50 iterations
+    stage_one_lr: float = 1e-4  # §4.1: 1e-4
+    stage_one_batch_size: int = 16  # §4.1: batch 16
+    stage_two_steps: int = 100  # §4.1: 100 iterations
+    stage_two_lr: float = 5e-5  # §4.1: 5e-5 (encoder and LoRA)
+    stage_two_batch_size: int = 4  # §4.1: batch 4
     lora_rank: int = 4
     terms: Mapping[str, Any] = field(default_factory=lambda: {"si_fg": 1.0, "si_bg": 1.0, "si_sm": 1.0})
-    prompt: str = "a photo of {token}"
+    prompt: str = "{token} {object}"  # §3.2: the prompt "* CLASS" (the token, then the class word)
     class_prompt: str = "a photo of a {object}"
+    optimizer: str = "adam"  # "adam" | "adamw"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.0  # >0: clip the trained parameters' gradient norm
+    steps: int | None = None  # a total budget (`clic learn --steps`): split over the stages in the paper's 50:100
+    resolution: int | None = None  # the source's side (recorded; the source arrives at this size)
     placeholder: str = "<v*>"
     encoder_model: str = "auto"  # "auto": the tiny ViT on tiny components; else an open_clip architecture
     encoder_pretrained: str | None = None  # local open_clip checkpoint file (required for a real encoder)
@@ -128,6 +129,13 @@ class SingleInsertConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "SingleInsertConfig":
         reject_unknown_keys(cls, data, "SingleInsert option(s)")
         data = dict(data)
+        if data.get("steps") is not None:  # a budget replaces both stage lengths, in the paper's proportions
+            total = int(data["steps"])
+            one = data.get("stage_one_steps", cls.stage_one_steps)
+            two = data.get("stage_two_steps", cls.stage_two_steps)
+            data["stage_one_steps"] = min(total, max(1 if total > 1 else 0, round(total * one / max(one + two, 1))))
+            data["stage_two_steps"] = total - data["stage_one_steps"]
+            data["steps"] = None
         for key in ("unet_lora_targets", "text_lora_targets"):
             if key in data:
                 data[key] = tuple(data[key])
@@ -144,10 +152,13 @@ class SingleInsertConfig:
     def validate(self) -> None:
         if self.stage_one_steps < 0 or self.stage_two_steps < 0 or self.stage_one_steps + self.stage_two_steps == 0:
             raise ValueError(f"stage steps must be >= 0 with a positive total, got {self.stage_one_steps} + {self.stage_two_steps}")
-        if self.batch_size <= 0 or self.lora_rank <= 0:
-            raise ValueError(f"batch_size and lora_rank must be positive, got {self.batch_size}, {self.lora_rank}")
+        if min(self.stage_one_batch_size, self.stage_two_batch_size, self.lora_rank) <= 0:
+            raise ValueError(f"batch sizes and lora_rank must be positive, got {self.stage_one_batch_size}, "
+                             f"{self.stage_two_batch_size}, {self.lora_rank}")
         if self.stage_one_lr <= 0 or self.stage_two_lr <= 0:
             raise ValueError("stage learning rates must be positive")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         Objective(self.terms)  # unknown terms or all-zero weights fail here, not mid-run
 
 
@@ -169,10 +180,10 @@ class ConceptImageEncoder(nn.Module):
             self.projection.weight.normal_(std=1e-2)
             self.projection.bias.copy_(init_vector)
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """image (B, 3, R, R) in [-1, 1], mask (B, 1, R, R) -> (B, token_dim); background set to mid-grey."""
-        foreground = (image * mask + 1) / 2
-        pixels = F.interpolate(foreground, size=self.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, 3, R, R) in [-1, 1] -> (B, token_dim). The encoder sees the whole input image (SingleInsert
+        §3.2: the image, not a masked foreground, is encoded; the mask enters only through L_fg / L_bg)."""
+        pixels = F.interpolate((image + 1) / 2, size=self.image_size, mode="bicubic", align_corners=False).clamp(0, 1)
         return self.projection(self.visual((pixels - self.mean) / self.std))
 
 
@@ -182,7 +193,7 @@ def build_visual_tower(config: SingleInsertConfig, components: SDComponents) -> 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_ENCODER_SEED)
             return VisionTransformer(**TINY_ENCODER)
-    model_name = "ViT-L-14" if config.encoder_model == "auto" else config.encoder_model
+    model_name = "ViT-B-32" if config.encoder_model == "auto" else config.encoder_model  # §4.1: CLIP ViT-B/32
     if not config.encoder_pretrained or not Path(config.encoder_pretrained).is_file():
         raise FileNotFoundError(
             f"SingleInsert's image encoder {model_name} needs a local open_clip checkpoint: set learn.encoder_pretrained "
@@ -255,6 +266,9 @@ class StageInfo:
     name: str
     parameters: list[nn.Parameter]
     encoder: ConceptImageEncoder
+    lr: float = 0.0
+    batch_size: int = 0
+    prompt: str = ""
 
 
 class _TokenText:
@@ -298,19 +312,20 @@ def learn_single_insert(
     pixel_mask = source.image_masks.to(device, image.dtype)  # (1, 1, R, R)
     moments = vae_moments(components, image)  # the source's posterior, encoded once
     latent_mask = resize_mask(pixel_mask, moments.shape[-2:])
-    alphas_cumprod = components.scheduler.alphas_cumprod
-    batch = config.batch_size
-    prompts = [format_prompt(config.prompt, source.object_word, tokens.tokens)] * batch
+    scheduler = components.scheduler  # x̂₀ follows its prediction type (the released train.py reads every output as ε)
+    prompt = format_prompt(config.prompt, source.object_word, tokens.tokens)
     with torch.no_grad():
-        class_text = encode_text(components, [format_prompt(config.class_prompt, source.object_word, tokens.tokens)])[0]
-    class_text = class_text.expand(batch, -1, -1)
+        class_text_one = encode_text(components, [format_prompt(config.class_prompt, source.object_word, tokens.tokens)])[0]
 
     loss_log: list[dict[str, float]] = []
     started = time.perf_counter()
-    stages = (("stage_1", config.stage_one_steps, config.stage_one_lr), ("stage_2", config.stage_two_steps, config.stage_two_lr))
-    for stage, steps, lr in stages:
+    stages = (("stage_1", config.stage_one_steps, config.stage_one_lr, config.stage_one_batch_size),
+              ("stage_2", config.stage_two_steps, config.stage_two_lr, config.stage_two_batch_size))
+    for stage, steps, lr, batch in stages:
         if steps == 0:
             continue
+        prompts = [prompt] * batch
+        class_text = class_text_one.expand(batch, -1, -1)
         adapted = stage == "stage_2"
         terms = dict(config.terms) if adapted else {k: v for k, v in config.terms.items() if k != "si_sm"}
         objective = Objective(terms)
@@ -319,8 +334,9 @@ def learn_single_insert(
         parameters = list(encoder.parameters()) + (lora_parameters(components.unet) + lora_parameters(components.text_encoder)
                                                    if adapted else [])
         if on_stage is not None:
-            on_stage(StageInfo(stage, parameters, encoder))
-        optimizer = torch.optim.Adam(parameters, lr=lr)
+            on_stage(StageInfo(stage, parameters, encoder, lr, batch, prompt))
+        optimizer_cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_cls(parameters, lr=lr, weight_decay=config.weight_decay)
         for _ in range(steps):
             x0 = sample_latents(components, moments.expand(batch, -1, -1, -1), generator)
             timesteps = torch.randint(0, components.scheduler.config.num_train_timesteps, (batch,), generator=generator).to(device)
@@ -328,7 +344,7 @@ def learn_single_insert(
             x_t = components.scheduler.add_noise(x0, noise, timesteps)
             with torch.no_grad(), _adapters_disabled(components, adapted):
                 eps_class = components.unet(x_t, timesteps, encoder_hidden_states=class_text).sample
-            vector = encoder(image, pixel_mask)
+            vector = encoder(image)
             text = token_text(prompts, vector)
             if "semantic" in objective.needs:  # one pass: token prompt rows, then adapted class-prompt rows
                 adapted_class_text = encode_text(components, [format_prompt(config.class_prompt, source.object_word,
@@ -340,16 +356,18 @@ def learn_single_insert(
                 eps, eps_adapted_class = components.unet(x_t, timesteps, encoder_hidden_states=text).sample, None
             extras = {
                 "x0": x0,
-                "x0_pred": predicted_x0(x_t, eps, alphas_cumprod, timesteps),
-                "x0_class": predicted_x0(x_t, eps_class, alphas_cumprod, timesteps),
+                "x0_pred": predicted_x0(scheduler, x_t, eps, timesteps),
+                "x0_class": predicted_x0(scheduler, x_t, eps_class, timesteps),
             }
             if eps_adapted_class is not None:
-                extras["x0_adapted_class"] = predicted_x0(x_t, eps_adapted_class, alphas_cumprod, timesteps)
+                extras["x0_adapted_class"] = predicted_x0(scheduler, x_t, eps_adapted_class, timesteps)
             loss, values = objective(StepTensors(noise=noise, mask=latent_mask, extras=extras))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {float(loss)} at {stage} step {len(loss_log)}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
             values.update(step=len(loss_log), stage=1.0 if stage == "stage_1" else 2.0)
             loss_log.append(values)
@@ -357,7 +375,7 @@ def learn_single_insert(
                 print(f"single_insert {stage} step {len(loss_log)}: {values['total']:.4f}")
 
     with torch.no_grad():
-        vector = encoder(image, pixel_mask)[0].detach().cpu()
+        vector = encoder(image)[0].detach().cpu()
     lora = lora_state_dict(components) if config.stage_two_steps else {}
     _remove_adapters(components)
     merge_concept_embeddings(components.text_encoder)
@@ -400,29 +418,58 @@ def _remove_adapters(components: SDComponents) -> None:
 
 
 # ------------------------------------------------------------------------------------ the method
+PAPER = "SingleInsert (Wu et al., arXiv 2310.08094)"
+CODE = "JarrentWu1031/SingleInsert train.py"
+PAPER_SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.stage_one_steps", 50, f"{PAPER} §4.1: stage I 50 iterations"),
+    Setting("learn.stage_one_lr", 1e-4, f"{PAPER} §4.1: stage I lr 1e-4"),
+    Setting("learn.stage_one_batch_size", 16, f"{PAPER} §4.1: stage I batch 16"),
+    Setting("learn.stage_two_steps", 100, f"{PAPER} §4.1: stage II 100 iterations"),
+    Setting("learn.stage_two_lr", 5e-5, f"{PAPER} §4.1: stage II lr 5e-5"),
+    Setting("learn.stage_two_batch_size", 4, f"{PAPER} §4.1: stage II batch 4"),
+    Setting("learn.lora_rank", 4, f"{PAPER} §3.3 (rank-4 LoRA); {CODE} --rank 4"),
+    Setting("learn.terms", {"si_fg": 1.0, "si_bg": 1.0, "si_sm": 1.0},
+            f"{PAPER} §3.2-3.3: L_fg + γ L_bg (+ η L_sm in stage II), γ = η = 1 ({CODE} --bg_weight 1 --sm_weight 1)"),
+    Setting("learn.prompt", "{token} {object}", f"{PAPER} §3.2: '* CLASS' ({CODE}: ' '.join([placeholder, class_name]))"),
+    Setting("learn.class_prompt", "a photo of a {object}", "our choice for the paper preset: the class prompt of x̄₀"),
+    Setting("learn.encoder_model", "auto", f"{PAPER} §4.1: CLIP ViT-B/32 image encoder ({CODE}: VisionTransformer "
+                                           "patch 32, width 768, 12 layers); 'auto' = ViT-B-32 on a real model, a tiny "
+                                           "seeded ViT on the tiny one"),
+    Setting("learn.optimizer", "adam", "our choice: the paper names no optimizer"),
+    Setting("generate.stage_one_steps", 5, "CLiC §3.3 protocol: the first 5 steps on the base model (adapters off)"),
+)
+ONE_STAGE_SETTINGS: tuple[Setting, ...] = replaced(
+    PAPER_SETTINGS,
+    Setting("generate.stage_one_steps", 0, f"{PAPER}: generation with the adapted model at every step"),
+    Setting("generate.prompt", "a photo of {token} on an {object}", f"{PAPER}: the token in the generation prompt"),
+)
+OFFICIAL_SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.stage_one_steps", 50, f"{CODE} --s1_train_steps 50"),
+    Setting("learn.stage_one_lr", 1e-4, f"{CODE} --s1_learning_rate 1e-4"),
+    Setting("learn.stage_one_batch_size", 4, f"{CODE} --s1_train_batch_size 4"),
+    Setting("learn.stage_two_steps", 50, f"{CODE} --s2_train_steps 50 (README: 50 for both stages)"),
+    Setting("learn.stage_two_lr", 5e-5, f"{CODE} --s2_learning_rate 5e-5"),
+    Setting("learn.stage_two_batch_size", 4, f"{CODE} --s2_train_batch_size 4"),
+    Setting("learn.lora_rank", 4, f"{CODE} --rank 4"),
+    Setting("learn.prompt", "{token} {object}", f"{CODE}: ' '.join([placeholder_token, class_name])"),
+    Setting("learn.class_prompt", "{object}", f"{CODE}: class_prompt = args.class_name"),
+    Setting("learn.optimizer", "adamw", f"{CODE}: torch.optim.AdamW"),
+    Setting("learn.weight_decay", 1e-2, f"{CODE} --adam_weight_decay 1e-2"),
+    Setting("learn.max_grad_norm", 1.0, f"{CODE} --max_grad_norm 1.0"),
+    Setting("generate.stage_one_steps", 5, "CLiC §3.3 protocol: the first 5 steps on the base model (adapters off)"),
+)
+
+
 class SingleInsert(Method):
     name = "single_insert"
     description = "Image encoder -> token (foreground/background x̂₀ losses), then + LoRA with a semantic loss"
     trains = "stage I: CLIP image encoder + projection; stage II: + rank-4 LoRA on UNet and text encoder"
     tasks = frozenset({"learn", "transfer", "generate"})
     base_config = SingleInsertConfig()
-    presets = {
-        "paper": {},
-        # Generation as SingleInsert does it: the adapted model and the token prompt at every step.
-        "one-stage": {"generate": {"stage_one_steps": 0, "prompt": "a photo of {token} on an {object}"}},
-    }
+    declared_settings = {"paper": PAPER_SETTINGS, "one-stage": ONE_STAGE_SETTINGS, "official-code": OFFICIAL_SETTINGS}
+    presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "paper"
-    sources = {
-        "stage I (50 iterations, lr 1e-4, batch 16)": "SingleInsert §4.1 implementation details",
-        "L_fg, L_bg (γ = 1)": "SingleInsert §3.2 (x̂₀ from ε̂; background against the class prompt's x̄₀)",
-        "L_sm, LoRA rank 4 (η = 1)": "SingleInsert §3.3",
-        "stage II steps 100, lr 1e-4": "our choice: the paper's stage II values could not be checked here; "
-                                        "lr 1e-4 is diffusers' LoRA example default",
-        "optimizer": "our choice: Adam",
-        "encoder": "SingleInsert §3.2 (CLIP image encoder + projection); real runs: ViT-L-14 unless encoder_model says",
-        "LoRA targets": "diffusers LoRA examples (UNet to_q/k/v/out.0; text encoder q/k/v/out_proj)",
-        "transfer, generation": "CLiC §4.2 protocol: the shared blended-transfer and two-stage generation loops",
-    }
+    sources = {setting.key: setting.source for setting in PAPER_SETTINGS}
 
     def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> SingleInsertConfig:
         return self.base_config.merged(self.preset(preset).get("learn")).merged(overrides)

@@ -11,10 +11,13 @@ mask are equal belong to one concept. With CLIP image embeddings (unit norm):
   compares a composition of all concepts with the whole source; one concept per generation here;
 - "acc1" / "acc3" = share of generations whose own concept is among the top-1 / top-3 prototypes by
   cosine. ACC¹ needs at least 2 concepts, ACC³ at least 4 (with 3 or fewer it is 1 by construction).
+- "acc1_chance" / "acc3_chance" = the accuracy of a uniform guess among the C concepts (1/C, 3/C), reported
+  beside each accuracy: with 4 concepts ACC³ = 0.75 is chance, not skill.
 
-The runner scores it on each "concepts" group: the generations of one category x method x preset x
-generation settings (the object word aside), over every source (concept), seed and object of the run. A
-group of one concept gives SIM values only.
+The runner scores it on each "concepts" group: the generations of one method x preset x generation settings
+(the object word aside), over every source (concept) of the run — all categories — every seed and object.
+The class set is every concept of the run, as ConceptExpress classifies among all its extracted concepts.
+A group of one concept gives SIM values only.
 """
 from __future__ import annotations
 
@@ -50,11 +53,12 @@ class ConceptClassification:
     """SIM^I, SIM^C, ACC¹, ACC³ over the generations of several concepts (a group metric)."""
 
     name: ClassVar[str] = "concept_classification"
-    version: ClassVar[str] = "1.0"
-    scale: ClassVar[str] = "sim_i, sim_c: mean cosine [-1, 1]; acc1, acc3: accuracy [0, 1] (higher is better)"
+    version: ClassVar[str] = "2.0"
+    scale: ClassVar[str] = ("sim_i, sim_c: mean cosine [-1, 1]; acc1, acc3: accuracy [0, 1] (higher is better) among "
+                            "every concept of the run; acc1_chance, acc3_chance: a uniform guess's accuracy")
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
     group_metric: ClassVar[bool] = True
-    group_by: ClassVar[str] = CONCEPTS  # one category x method x settings, over sources, seeds and objects
+    group_by: ClassVar[str] = CONCEPTS  # one method x settings, over every source of the run, seeds and objects
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
@@ -90,6 +94,8 @@ class ConceptClassification:
         ]
         if len(keys) >= 2:
             values.append(MetricValue("acc1", top_k_accuracy(similarities, label_tensor, 1)))
+            values.append(MetricValue("acc1_chance", 1 / len(keys)))
         if len(keys) >= 4:
             values.append(MetricValue("acc3", top_k_accuracy(similarities, label_tensor, 3)))
+            values.append(MetricValue("acc3_chance", 3 / len(keys)))
         return values

@@ -2,21 +2,23 @@
 
 Each generation sample is judged 0 (edit not satisfied) or 1 (satisfied), stored as the value "esr";
 the ESR of a method is the mean of these values over its generations (the report's table mean, with a
-bootstrap CI). SingleInsert judged with people; here the judge is fixed and documented:
+bootstrap CI). A prompt names one or two edit targets (SingleInsert's editing prompts do), and the sample
+succeeds when *every* target holds. SingleInsert judged with people; here the judge is fixed and documented:
 
-- colour edits — the prompt names a colour of :data:`COLOURS` ("a red chair with <v*> style"):
-  analytic. Every output pixel is assigned to its nearest palette colour in CIELAB; the edit succeeds
-  when at least :data:`COLOUR_SHARE` of the pixels are the requested colour. No model involved: on the
-  synthetic sets (and anywhere) this is exact about what it measures — "is there a sizeable area of the
-  requested colour", not "is the object that colour".
-- object edits — any other prompt: put the concept on ``sample.object_word`` (CLiC's generation).
-  CLIP zero-shot over "a photo of a {word}" for the candidate objects (suite option
-  ``esr.candidates``, default :data:`DEFAULT_CANDIDATES`, plus the requested word): success when the
-  requested object is the top-1 class (the threshold is the best competing candidate). With
-  ``--allow-random-metrics`` the CLIP is tiny and random and the value is labelled ``tiny-random``.
+- the object target — every prompt puts the concept on ``sample.object_word`` (CLiC's generation):
+  CLIP zero-shot over "a photo of a {word}" for the candidate objects (suite option ``esr.candidates``,
+  default :data:`DEFAULT_CANDIDATES`, plus the requested word): success when the requested object is the
+  top-1 class (the threshold is the best competing candidate). With ``--allow-random-metrics`` the CLIP is
+  tiny and random and the value is labelled ``tiny-random``.
+- the colour target — the prompt names a colour of :data:`COLOURS` ("a red chair with <v*> style"):
+  analytic, and counted **inside the generated object only** (its mask from
+  :func:`._regions.generated_object_mask`): each object pixel goes to its nearest palette colour in
+  CIELAB, and the edit succeeds when at least :data:`COLOUR_SHARE` of the object's pixels are the requested
+  colour — a red background around an unchanged object does not pass.
 
-:data:`EDIT_PROMPTS` is the fixed list a suite should generate with (see the module's note in the
-single-image suite); a sample whose prompt is not an edit of either kind still counts as an object edit.
+:data:`EDIT_PROMPTS` is the fixed list a suite generates with (``generate.prompts: esr``): one prompt with the
+object target alone and four with object + colour. SingleInsert's own list (its supplement) could not be
+obtained here; this list follows its form (one or two edit targets per prompt), not its words.
 """
 from __future__ import annotations
 
@@ -27,12 +29,12 @@ import numpy as np
 from skimage.color import rgb2lab
 
 from . import models
-from ._regions import sample_image
+from ._regions import generated_object_mask, sample_image
 from .base import MetricSettings, MetricValue, Sample
 from .clip_sim import embed_images, embed_texts
 
 ESR_OPTIONS_KEY = "esr"
-COLOUR_SHARE = 0.25  # share of pixels of the requested colour for a colour edit to count
+COLOUR_SHARE = 0.25  # share of the generated object's pixels of the requested colour for a colour edit to count
 COLOURS: dict[str, tuple[float, float, float]] = {  # sRGB in [0, 1]
     "red": (0.85, 0.10, 0.10), "green": (0.10, 0.65, 0.15), "blue": (0.10, 0.20, 0.85),
     "yellow": (0.95, 0.90, 0.10), "orange": (0.95, 0.55, 0.05), "purple": (0.50, 0.15, 0.65),
@@ -59,11 +61,20 @@ def requested_colour(prompt: str | None) -> str | None:
     return next((word for word in words if word in COLOURS), None)
 
 
-def colour_share(image: np.ndarray, colour: str) -> float:
-    """Share of pixels whose nearest palette colour (CIELAB distance) is ``colour``."""
-    lab = rgb2lab(image.astype(np.float64)).reshape(-1, 1, 3)
+def colour_share(image: np.ndarray, colour: str, region: np.ndarray | None = None) -> float:
+    """Share of the pixels (of ``region``, default all) whose nearest palette colour (CIELAB) is ``colour``."""
+    lab = rgb2lab(image.astype(np.float64))
+    lab = (lab[region] if region is not None else lab.reshape(-1, 3))[:, None]
+    if lab.shape[0] == 0:
+        return 0.0
     nearest = np.argmin(((lab - _PALETTE_LAB[None]) ** 2).sum(-1), axis=1)
     return float((nearest == list(COLOURS).index(colour)).mean())
+
+
+def colour_edit_success(image: np.ndarray, colour: str) -> bool:
+    """The colour target: at least :data:`COLOUR_SHARE` of the generated object's pixels are ``colour``."""
+    region = generated_object_mask(image)
+    return region is not None and colour_share(image, colour, region) >= COLOUR_SHARE
 
 
 def zero_shot_success(image_embedding: np.ndarray, text_embeddings: np.ndarray, target: int) -> bool:
@@ -77,8 +88,9 @@ class EditingSuccessRate:
     """Per generation: 1 if its edit (colour or object, see the module docstring) is satisfied, else 0."""
 
     name: ClassVar[str] = "esr"
-    version: ClassVar[str] = "1.0"
-    scale: ClassVar[str] = ("{0, 1} per generated image, a job's value the mean of its images; "
+    version: ClassVar[str] = "2.0"
+    scale: ClassVar[str] = ("{0, 1} per generated image (every edit target of its prompt met; colour counted "
+                            "inside the generated object), a job's value the mean of its images; "
                             "the mean is the editing success rate (higher is better)")
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
 
@@ -90,20 +102,18 @@ class EditingSuccessRate:
 
     def compute(self, samples: Sequence[Sample]) -> list[list[MetricValue]]:
         results: list[list[MetricValue]] = [[] for _ in samples]
-        object_edits: list[tuple[int, np.ndarray, str]] = []
+        judged: list[tuple[int, np.ndarray, str, bool]] = []  # (index, image, object word, colour target met)
         for index, sample in enumerate(samples):
             output = sample_image(sample, "output_image") if sample.task in self.tasks else None
-            if output is None:
+            if output is None or not sample.object_word:
                 continue
             colour = requested_colour(sample.prompt)
-            if colour is not None:
-                results[index].append(MetricValue("esr", float(colour_share(output, colour) >= COLOUR_SHARE)))
-            elif sample.object_word:
-                object_edits.append((index, output, sample.object_word))
-        if object_edits:
-            words = list(dict.fromkeys([*self.candidates, *(word for _, _, word in object_edits)]))
+            judged.append((index, output, sample.object_word, colour is None or colour_edit_success(output, colour)))
+        if judged:
+            words = list(dict.fromkeys([*self.candidates, *(word for _, _, word, _ in judged)]))
             text = embed_texts(self.clip, [f"a photo of a {word}" for word in words]).numpy()
-            images = embed_images(self.clip, [output for _, output, _ in object_edits]).numpy()
-            for (index, _, word), image in zip(object_edits, images):
-                results[index].append(MetricValue("esr", float(zero_shot_success(image, text, words.index(word)))))
+            images = embed_images(self.clip, [output for _, output, _, _ in judged]).numpy()
+            for (index, _, word, colour_met), image in zip(judged, images):
+                success = colour_met and zero_shot_success(image, text, words.index(word))
+                results[index].append(MetricValue("esr", float(success)))
         return results

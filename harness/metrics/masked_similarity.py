@@ -1,10 +1,17 @@
 """Masked image similarity (SingleInsert's CLIP-I-f / CLIP-I-b, and the same with DINO features).
 
-For a transfer sample:
-- foreground ("*_f"): the source's concept region vs the edited region — each image with the pixels
-  outside its own mask set to neutral grey and cropped to the mask's bounding box (source image with the
-  source mask, output with the target mask). Did the concept arrive?
-- background ("*_b"): the target vs the output with the target mask greyed out in both. Did the rest stay?
+SingleInsert (§4.1) scores *generations*: foreground similarity = the source's foreground vs the generated
+foreground (higher: the concept is kept), background similarity = the source's *background* vs the generated
+background (lower: the concept did not drag its background along — foreground/background disentanglement).
+For a generation sample:
+- foreground ("*_f"): the source's concept region (outside the source mask grey, cropped to its box) vs the
+  generated object (outside it grey, cropped to its box). Higher is better.
+- background ("*_b"): the source with its concept region greyed vs the generation with its object greyed.
+  **Lower is better.** The generated object's mask comes from :func:`._regions.generated_object_mask`
+  (border-colour rule; no segmentation model offline).
+For a transfer sample: "*_f" is the source's concept region vs the edited region (output cut with the target
+mask); the preservation of the target outside the edit is ``clip_i_outside`` (metric ``clip_image``) and
+``dino_outside`` here — a different quantity from "*_b", and higher is better there.
 
 Values are raw cosines of the tower's image embeddings in [-1, 1] (identical inputs give 1). A value is
 omitted when its inputs are missing or its region is empty.
@@ -28,8 +35,8 @@ import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache  # a cache lookup only: never touches the network
 
 from . import models
-from ._regions import NEUTRAL_GREY, concept_pair, crop_to_mask, fill_region, outside_pair, pad_to_square, resize_mask, \
-    to_tensor
+from ._regions import NEUTRAL_GREY, concept_pair, crop_to_mask, fill_region, generation_view, outside_pair, \
+    pad_to_square, resize_mask, to_tensor
 from .base import TINY_RANDOM, MetricSettings, Sample
 from .clip_sim import PairedCosineMetric, embed_images
 
@@ -49,8 +56,31 @@ def masked_crop(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
 
 
 def foreground_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:
-    """(source concept region, output's edited region), both masked crops; None if missing or empty."""
-    return concept_pair(sample, masked_crop)
+    """(source concept region, generated object | edited region), both masked crops; None if missing or empty."""
+    if sample.task == "generate":
+        view = generation_view(sample)
+        if view is None:
+            return None
+        source, source_mask, output, object_mask = view
+        source_region, generated_region = masked_crop(source, source_mask), masked_crop(output, object_mask)
+        return None if source_region is None or generated_region is None else (source_region, generated_region)
+    return concept_pair(sample, masked_crop) if sample.task == "transfer" else None
+
+
+def background_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:
+    """(source with its concept region grey, generation with its object grey): generations only."""
+    view = generation_view(sample)
+    if view is None:
+        return None
+    source, source_mask, output, object_mask = view
+    if source_mask.all() or object_mask.all():
+        return None
+    return fill_region(source, source_mask), fill_region(output, object_mask)
+
+
+def preservation_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray] | None:
+    """Target vs output outside the edit: transfers only (a preservation score, higher is better)."""
+    return outside_pair(sample) if sample.task == "transfer" else None
 
 
 # ------------------------------------------------------------------------------------ DINO
@@ -119,13 +149,19 @@ def embed_dino(dino: DinoModel, images: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ the metrics
+_MASKED_SCALE = (f"{_SCALE}; *_f higher is better, *_b (generations: source background vs generated background) "
+                 f"lower is better, *_outside (transfers) higher is better")
+_TASKS = frozenset({"transfer", "generate"})
+
+
 class ClipMaskedSimilarity(PairedCosineMetric):
-    """SingleInsert's CLIP-I-f ("clip_i_f") and CLIP-I-b ("clip_i_b") on masked crops."""
+    """SingleInsert's CLIP-I-f ("clip_i_f") and CLIP-I-b ("clip_i_b", generations, lower is better)."""
 
     name: ClassVar[str] = "clip_masked"
-    version: ClassVar[str] = "1.0"
-    scale: ClassVar[str] = _SCALE
-    value_pairs: ClassVar[dict] = {"clip_i_f": foreground_pair, "clip_i_b": outside_pair}
+    version: ClassVar[str] = "2.0"
+    scale: ClassVar[str] = _MASKED_SCALE
+    tasks: ClassVar[frozenset[str]] = _TASKS
+    value_pairs: ClassVar[dict] = {"clip_i_f": foreground_pair, "clip_i_b": background_pair}
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
@@ -136,12 +172,14 @@ class ClipMaskedSimilarity(PairedCosineMetric):
 
 
 class DinoMaskedSimilarity(PairedCosineMetric):
-    """The same split with DINO ViT-S/16 CLS features: "dino_f" and "dino_b"."""
+    """The same split with DINO ViT-S/16 CLS features: "dino_f", "dino_b" (generations, lower is better) and,
+    on transfers, the preservation "dino_outside"."""
 
     name: ClassVar[str] = "dino_masked"
-    version: ClassVar[str] = f"1.0+timm-{timm.__version__}"
-    scale: ClassVar[str] = _SCALE
-    value_pairs: ClassVar[dict] = {"dino_f": foreground_pair, "dino_b": outside_pair}
+    version: ClassVar[str] = f"2.0+timm-{timm.__version__}"
+    scale: ClassVar[str] = _MASKED_SCALE
+    tasks: ClassVar[frozenset[str]] = _TASKS
+    value_pairs: ClassVar[dict] = {"dino_f": foreground_pair, "dino_b": background_pair, "dino_outside": preservation_pair}
 
     def __init__(self, settings: MetricSettings) -> None:
         self.dino = load_dino(settings)
