@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from harness.aggregate import (
+from harness.analyse.aggregate import (
     TINY_RANDOM_NOTE,
     bootstrap_ci,
     compare_main,

@@ -1,4 +1,4 @@
-"""harness.manifest: one line per bad row, good rows still returned; the CLI's exit codes; the folder builder."""
+"""harness.plan.manifest: one line per bad row, good rows still returned; the CLI's exit codes; the folder builder."""
 from __future__ import annotations
 
 import io
@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import harness.manifest as manifest_module
+import harness.plan.manifest as manifest_module
 from harness.cli import main
-from harness.manifest import (
+from harness.plan.manifest import (
     GROUND_TRUTH_FIELDS,
     MANIFEST_SCHEMA,
     PairSpec,

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from harness import store
-from harness.manifest import write_manifest
-from harness.runner import METRIC_ACTOR_PREFIX, execute
+from harness.plan.manifest import write_manifest
+from harness.execute.runner import METRIC_ACTOR_PREFIX, execute
 from test_runner import SIZE, cut_paste_suite, make_pairs, make_suite
 from helpers import last_json_line
 
@@ -126,7 +126,7 @@ def test_killed_metric_actor_restarts_and_its_calls_are_retried(ray_session, tmp
 
 # ------------------------------------------------------------------------------ deterministic failure
 def test_deterministic_failures_are_recorded_once_reported_and_retried_on_request(ray_session, tmp_path: Path) -> None:
-    from harness.report import failure_list, write_report
+    from harness.analyse.report import failure_list, write_report
 
     pairs = make_pairs(tmp_path / "data", 2)
     run = tmp_path / "run"
@@ -165,7 +165,7 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from pathlib import Path
     from test_runner import make_pairs, cut_paste_suite
-    from harness.runner import execute
+    from harness.execute.runner import execute
 
     cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
     worker = cluster.add_node(num_cpus=1)
@@ -312,7 +312,7 @@ def test_driver_killed_half_way_then_rerun_runs_only_the_missing_jobs(tmp_path: 
 # ------------------------------------------------------------------------------------------ load
 LOAD_DRIVER = textwrap.dedent("""
     import json, resource, sys, time
-    from harness.runner import run_suite
+    from harness.execute.runner import run_suite
     start = time.perf_counter()
     summary = run_suite(sys.argv[1], sys.argv[2], num_cpus=2, quiet=True)
     seconds = time.perf_counter() - start

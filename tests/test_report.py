@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from harness import store
-from harness.aggregate import TINY_RANDOM_NOTE
-from harness.report import report_main, write_report
+from harness.analyse.aggregate import TINY_RANDOM_NOTE
+from harness.analyse.report import report_main, write_report
 
 SIZE = 32
 METHODS = (("clic", "paper"), ("custom_diffusion", "default"))

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from harness import store
-from harness.jobs import Pair
-from harness.runner import execute
-from harness.suite import Suite, suite_from_dict
+from harness.plan.jobs import Pair
+from harness.execute.runner import execute
+from harness.plan.suite import Suite, suite_from_dict
 from helpers import last_json_line
 
 SIZE = 64
@@ -137,7 +137,7 @@ TWO_NODE_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from test_runner import make_pairs, cut_paste_suite
-    from harness.runner import execute
+    from harness.execute.runner import execute
 
     # Each learn and transfer sleeps 0.5 s and takes the node's only CPU, so overlapping jobs cannot share
     # a node: the assertion holds however fast the jobs would otherwise be (plain cut-and-paste jobs are so
@@ -175,7 +175,7 @@ def test_two_node_cluster(tmp_path: Path) -> None:
 
 def test_unset_stage_one_steps_leaves_each_preset_its_own() -> None:
     from clic.methods import method_class
-    from harness.runner import plan_from_suite
+    from harness.execute.runner import plan_from_suite
 
     base = {"name": "stage-one", "manifest": SHIPPED_MANIFEST,
             "methods": [{"name": "single_insert", "presets": ["one-stage"]}]}

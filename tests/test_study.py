@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 
 from harness import store
 from harness.cli import UsageError
-from harness.report import write_report
-from harness.study import (BROKEN, build_pack, cluster_bootstrap_ci, kendalls_w, read_answers, score_main,
+from harness.analyse.report import write_report
+from harness.analyse.study import (BROKEN, build_pack, cluster_bootstrap_ci, kendalls_w, read_answers, score_main,
                            score_study)
 
 SIZE = 48

@@ -1,4 +1,4 @@
-"""harness.suite: suite files, their defaults, and one-line errors naming the file and key path."""
+"""harness.plan.suite: suite files, their defaults, and one-line errors naming the file and key path."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import yaml
 
 import clic.methods
 from harness.cli import UsageError
-from harness.suite import DEFAULT_METRICS, MethodSpec, Suite, SuiteError, load_suite, suite_from_dict
+from harness.plan.suite import DEFAULT_METRICS, MethodSpec, Suite, SuiteError, load_suite, suite_from_dict
 
 
 class FakeCLiC:

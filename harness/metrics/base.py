@@ -79,7 +79,7 @@ class GroupMetric(Protocol):
     tasks: ClassVar[frozenset[str]]
     weights: str
     group_metric: ClassVar[bool]  # True
-    group_by: ClassVar[str]  # which jobs form a group: harness.jobs.GROUP_KINDS ("seeds", "concepts")
+    group_by: ClassVar[str]  # which jobs form a group: harness.plan.jobs.GROUP_KINDS ("seeds", "concepts")
 
     def compute_group(self, samples: Sequence[Sample]) -> list[MetricValue]: ...
 

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from . import store
-from .jobs import (CONCEPTS, GROUP_KINDS, SEEDS, JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan,
+from .. import store
+from ..plan.jobs import (CONCEPTS, GROUP_KINDS, SEEDS, JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan,
                    TaskJob, build_job_graph, code_version, content_id, git_describe, without_object)
 
 if TYPE_CHECKING:
-    from .suite import Suite
+    from ..plan.suite import Suite
 
 NO_MODEL_LABEL = "none (no model)"  # the weights label of methods that load no model (cut-and-paste)
 METRIC_ACTOR_PREFIX = "clic-metrics-"  # + a hash of the metric configuration: the metric actor's name
@@ -74,10 +74,10 @@ def one_line(error: BaseException) -> str:
 
 # ------------------------------------------------------------------------------------------ suite -> plan
 def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
-    """The job-graph plan of a checked suite (:class:`harness.suite.Suite`) at an image resolution."""
+    """The job-graph plan of a checked suite (:class:`harness.plan.suite.Suite`) at an image resolution."""
     from clic.methods import method_class
 
-    from .metrics import metric_class
+    from ..metrics import metric_class
 
     methods = []
     for spec in suite.methods:
@@ -116,7 +116,7 @@ def _check_generate_settings(suite: "Suite", methods: Sequence[MethodRun], setti
     from clic.generate import GenerateSettings
     from clic.methods import method_class
 
-    from .suite import SuiteError
+    from ..plan.suite import SuiteError
 
     for run in methods:
         method = method_class(run.name)()
@@ -292,7 +292,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model_id: str | None,
     from clic.concept import LearnedConcept
     from clic.io import from_model_output, mask_from_model_output
     from clic.methods.base import get_method
-    from .metrics.base import Sample
+    from ..metrics.base import Sample
 
     start = time.perf_counter()
     method = get_method(job.method)
@@ -395,7 +395,7 @@ def group_samples(specs: Sequence[Mapping[str, Any]], group: str) -> list:
     """The samples of a group, one per image of each member, loaded from the members' artifacts: a group
     completed across runs (resume) is scored the same way as one completed in a single run."""
     from clic.io import load_image, load_mask
-    from .metrics.base import Sample
+    from ..metrics.base import Sample
 
     sources: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray | None]] = {}  # members share sources
     samples = []
@@ -428,8 +428,8 @@ class MetricScorer:
     """Holds every requested metric (models loaded once) and scores batches of samples."""
 
     def __init__(self, names: Sequence[str], allow_random: bool, options: Mapping[str, Any]) -> None:
-        from .metrics import build_metric
-        from .metrics.base import MetricSettings
+        from ..metrics import build_metric
+        from ..metrics.base import MetricSettings
 
         settings = MetricSettings(allow_random=allow_random, options=dict(options))
         self.metrics = {name: build_metric(name, settings) for name in names}
@@ -558,7 +558,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
         summary.not_applicable += 1
     todo = [job for job in todo if job.status != store.STATUS_NOT_APPLICABLE]
 
-    # Group metrics score sets of jobs (harness.jobs.GROUP_KINDS) once every member has an ok result, in this
+    # Group metrics score sets of jobs (harness.plan.jobs.GROUP_KINDS) once every member has an ok result, in this
     # run or an earlier one: the metric actor reads the members' images back from their artifacts. A group's
     # values are a result file of their own (id "group-<kind>-..."), so members are written when scored.
     group_metrics: dict[str, list[str]] = defaultdict(list)  # kind -> metric names
@@ -843,8 +843,8 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", summary: RunSummary, star
 def load_pairs(suite: "Suite", allow_outside: bool = False) -> list[Pair]:
     """The good rows of the suite's manifests (bad rows printed, one line each), filtered by category and
     cut at ``limit_pairs`` per manifest. A manifest that is unusable as a whole is a usage error."""
-    from .cli import UsageError
-    from .manifest import load_manifest
+    from ..cli import UsageError
+    from ..plan.manifest import load_manifest
 
     pairs: list[Pair] = []
     for manifest in suite.manifests:
@@ -861,7 +861,7 @@ def load_pairs(suite: "Suite", allow_outside: bool = False) -> list[Pair]:
 def run_suite(suite_path: str | Path, out: str | Path | None = None, address: str | None = None, *,
               num_cpus: int | None = None, max_in_flight: int | None = None, retry_failed: bool = False,
               allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False) -> RunSummary:
-    from .suite import load_suite
+    from ..plan.suite import load_suite
 
     suite = load_suite(suite_path)
     run_dir = Path(out) if out else Path("runs") / suite.name
@@ -883,10 +883,10 @@ def run_main(args: argparse.Namespace) -> int:
     print(f"results: {summary.run_dir / store.RESULTS_DIR} (read with harness.store.read_results)")
     if not args.no_report:
         try:
-            report = importlib.import_module("harness.report")
+            report = importlib.import_module("harness.analyse.report")
             write_report = getattr(report, "write_report")
         except (ImportError, AttributeError):
-            print("report: harness.report.write_report is not available; skipped (run `clic-bench report` later)")
+            print("report: harness.analyse.report.write_report is not available; skipped (run `clic-bench report` later)")
         else:
             print(f"report: {write_report(summary.run_dir)}")
     return 1 if summary.failed else 0

@@ -16,9 +16,9 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .store import STATUS_NOT_APPLICABLE, canonical_json
+from ..store import STATUS_NOT_APPLICABLE, canonical_json
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Code whose change changes what a job computes. The orchestration (runner, store, report) does not, and
 # hashing it would rerun every job after any report tweak; metric code is here because versions get forgotten.
 OUTPUT_DETERMINING_SOURCES = ("clic", "harness/metrics")
@@ -169,7 +169,7 @@ class JobGraph:
 @dataclass(frozen=True)
 class Pair:
     """The manifest columns the job graph reads (absolute local paths or URIs); a manifest row is a
-    :class:`harness.manifest.PairSpec`, which adds the columns only people read."""
+    :class:`harness.plan.manifest.PairSpec`, which adds the columns only people read."""
 
     pair_id: str
     category: str

@@ -126,7 +126,7 @@ class Problem:
 @dataclass(frozen=True, kw_only=True)
 class PairSpec(Pair):
     """A good manifest row: locations resolved (absolute local paths or URIs), other fields as written. It is
-    the :class:`~harness.jobs.Pair` the job graph reads, plus the row number and the columns only people read."""
+    the :class:`~harness.plan.jobs.Pair` the job graph reads, plus the row number and the columns only people read."""
 
     row: int
     concept: str | None = None

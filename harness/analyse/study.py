@@ -13,7 +13,7 @@ turns them into the paper's Table 1 format: the average ranking per method with 
 overall, per criterion and per category, with bootstrap CIs over questions, Kendall's W between raters,
 and the raters who failed an attention check excluded and counted.
 
-`python -m harness.study screenshot PAGE OUT.png` photographs a page (a report or a rating page) in
+`python -m harness.analyse.study screenshot PAGE OUT.png` photographs a page (a report or a rating page) in
 headless Chromium, for people who want to look without a browser of their own.
 """
 from __future__ import annotations
@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from harness.aggregate import ALL_CATEGORIES, TINY_RANDOM, TINY_RANDOM_NOTE, format_number, to_markdown
+from harness.analyse.aggregate import ALL_CATEGORIES, TINY_RANDOM, TINY_RANDOM_NOTE, format_number, to_markdown
 from harness.cli import UsageError
-from harness.jobs import content_id
-from harness.report import manifest_pairs, method_label, thumbnail, with_variants
+from harness.plan.jobs import content_id
+from harness.analyse.report import manifest_pairs, method_label, thumbnail, with_variants
 from harness.store import read_results, read_run_manifest
 
 CRITERIA = {
@@ -500,7 +500,7 @@ def screenshot(page_path: str, out: str | Path, width: int = 1200, full_page: bo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.study", description="screenshots of reports and packs")
+    parser = argparse.ArgumentParser(prog="python -m harness.analyse.study", description="screenshots of reports and packs")
     sub = parser.add_subparsers(dest="command", required=True)
     shot = sub.add_parser("screenshot", help="PNG of a report or rating page in headless Chromium")
     shot.add_argument("page", help="an HTML file or a folder with index.html; may end in ?rater=r1 or #anchor")

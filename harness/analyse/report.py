@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
-from harness.aggregate import (  # noqa: E402
+from harness.analyse.aggregate import (  # noqa: E402
     ALL_CATEGORIES,
     TABLE_CSS,
     TINY_RANDOM_NOTE,
