@@ -11,8 +11,9 @@ import sys
 from typing import Callable, Sequence
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
+from .errors import UsageError
+
+__all__ = ["UsageError", "build_parser", "main"]  # UsageError is re-exported for callers of the CLI
 
 
 def _handler(target: str) -> Callable[[argparse.Namespace], int]:

@@ -6,6 +6,8 @@ from typing import Iterator
 
 import pytest
 
+import plugins  # noqa: F401 - registers the test-only methods before any cluster starts
+
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[object]:

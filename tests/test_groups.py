@@ -15,7 +15,9 @@ from harness.plan.jobs import CONCEPTS, SEEDS, Pair, build_job_graph
 from harness.metrics import build_metric
 from harness.metrics.base import MetricSettings, Sample
 from harness.metrics.esr import COLOUR_SHARE, EDIT_PROMPTS, colour_share
-from harness.execute.runner import GROUP_RESULT_PREFIX, execute, method_tasks, plan_from_suite
+from harness.execute.runner import execute
+from harness.plan.jobs import GROUP_RESULT_PREFIX
+from harness.plan.resolve import method_tasks, plan_from_suite
 from harness.plan.suite import SuiteError, suite_from_dict
 from test_runner import SHIPPED_MANIFEST, make_pairs, make_suite
 

@@ -3,7 +3,7 @@
 Every test checks the same invariant: each job of the suite ends with exactly one result file (nothing
 lost, nothing run twice), and what a result row points to is complete. Timings and memory are printed,
 not asserted (the machine is shared). The test-only method ``fault_injection``
-(clic/methods/fault_injection.py) kills its own worker once, or fails deterministically.
+(tests/fault_injection.py, registered by tests/plugins.py) kills its own worker once, or fails deterministically.
 """
 from __future__ import annotations
 

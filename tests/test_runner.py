@@ -175,7 +175,7 @@ def test_two_node_cluster(tmp_path: Path) -> None:
 
 def test_unset_stage_one_steps_leaves_each_preset_its_own() -> None:
     from clic.methods import method_class
-    from harness.execute.runner import plan_from_suite
+    from harness.plan.resolve import plan_from_suite
 
     base = {"name": "stage-one", "manifest": SHIPPED_MANIFEST,
             "methods": [{"name": "single_insert", "presets": ["one-stage"]}]}

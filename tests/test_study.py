@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from harness import store
-from harness.cli import UsageError
+from harness.errors import UsageError
 from harness.analyse.report import write_report
 from harness.analyse.study import (BROKEN, build_pack, cluster_bootstrap_ci, kendalls_w, read_answers, score_main,
                            score_study)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import clic.methods
-from harness.cli import UsageError
+from harness.errors import UsageError
 from harness.plan.suite import DEFAULT_METRICS, MethodSpec, Suite, SuiteError, load_suite, suite_from_dict
 
 

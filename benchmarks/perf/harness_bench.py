@@ -33,7 +33,8 @@ def _suite(data: dict[str, Any]):
 
 
 def measure_run(suite, run_dir: Path, slots: int) -> dict[str, Any]:
-    from harness.execute.runner import execute, load_pairs
+    from harness.execute.runner import execute
+    from harness.plan.resolve import load_pairs
     from harness.store import read_results
 
     pairs = load_pairs(suite)

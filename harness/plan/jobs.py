@@ -102,6 +102,7 @@ class MetricInfo:
     scale: str
     tasks: frozenset[str]
     group_by: str | None = None  # None: scored per job; else one of GROUP_KINDS
+    target: str = ""  # the metric class as "module:Class", resolved at plan time for the metric actor
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class LearnNode:
     method: str
     preset: str
     seed: int
+    method_target: str  # the method class as "module:Class", resolved at plan time for the workers
     source_image: str
     source_mask: str | None
     object_word: str
@@ -134,6 +136,7 @@ class TaskJob:
     method: str
     preset: str
     seed: int
+    method_target: str  # the method class as "module:Class", resolved at plan time for the workers
     settings: Mapping[str, Any]  # the task's settings (t_start, eta, steps, object ...) plus learn overrides
     object_word: str
     metrics: tuple[str, ...]  # metrics that score this task
@@ -190,6 +193,7 @@ class MethodRun:
     name: str
     preset: str
     learn: Mapping[str, Any] = field(default_factory=dict)
+    target: str = ""  # the method class as "module:Class" (default: the registry's entry for ``name``)
 
 
 @dataclass(frozen=True)
@@ -231,10 +235,13 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
     ``models`` maps a method name to the model it runs on (None: no model); ``supports`` maps a method
     name to its tasks. Tasks a method does not support become ``not_applicable`` jobs with the reason.
     """
+    from clic.methods import method_target
+
     graph = JobGraph()
     seen: set[str] = set()
     for pair, run, seed in itertools.product(list(pairs), plan.methods, plan.seeds):
         model = models[run.name]
+        target = run.target or method_target(run.name)
         learn_mask = None if plan.estimate_source_masks else pair.source_mask
         learn_key = {
             "source_image": file_digest(pair.source_image), "source_mask": optional_digest(learn_mask),
@@ -245,13 +252,13 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
         }
         concept_id = content_id(learn_key)
         graph.learns.setdefault(concept_id, LearnNode(
-            concept_id=concept_id, method=run.name, preset=run.preset, seed=int(seed),
+            concept_id=concept_id, method=run.name, preset=run.preset, seed=int(seed), method_target=target,
             source_image=pair.source_image, source_mask=learn_mask, object_word=pair.source_object,
             learn_overrides=dict(run.learn), model=model, resolution=plan.resolution,
             mask_settings={} if learn_mask else dict(plan.match_settings),
         ))
         common = dict(concept_id=concept_id, pair_id=pair.pair_id, category=pair.category, method=run.name,
-                      preset=run.preset, seed=int(seed), source_image=pair.source_image,
+                      preset=run.preset, seed=int(seed), method_target=target, source_image=pair.source_image,
                       source_mask=pair.source_mask)
         tasks = supports[run.name]
 
@@ -314,3 +321,33 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
         if "match" in plan.tasks:
             add("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)
     return graph
+
+
+# ------------------------------------------------------------------------------------------ groups
+GROUP_RESULT_PREFIX = "group-"  # + kind, group id, membership hash: the result id of a group's values
+GroupKey = tuple[str, str]  # (kind, group id)
+
+
+def group_members(graph: JobGraph, metrics: Sequence[MetricInfo]) -> dict[GroupKey, list[TaskJob]]:
+    """(kind, group) -> member jobs, for every group that some group metric of the plan scores."""
+    kinds = {metric.group_by for metric in metrics if metric.group_by}
+    members: dict[GroupKey, list[TaskJob]] = {}
+    for job in graph.jobs:
+        for kind, group in job.groups.items():
+            if kind in kinds:
+                members.setdefault((kind, group), []).append(job)
+    return members
+
+
+def group_prefix(key: GroupKey) -> str:
+    """The start of every result id this group has had, whatever its membership."""
+    kind, group = key
+    return f"{GROUP_RESULT_PREFIX}{kind}-{group[:12]}-"
+
+
+def group_result_id(key: GroupKey, members: Sequence[TaskJob], metrics: Sequence[MetricInfo]) -> str:
+    """The result id of a group's values: its prefix and a hash of its membership and metric versions, so a
+    group that gains members (e.g. more seeds) is scored again."""
+    versions = sorted([m.name, m.version] for m in metrics if m.group_by == key[0])
+    membership = content_id({"members": sorted(job.job_id for job in members), "metrics": versions})
+    return group_prefix(key) + membership[:12]

@@ -65,7 +65,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 import clic.methods as method_registry
-from harness.cli import UsageError
+from harness.errors import UsageError
 
 TASKS = ("transfer", "generate", "match")
 DEFAULT_TASKS = ("transfer",)
@@ -475,7 +475,7 @@ class _SuiteReader:
 
     def prompts(self, value: Any) -> tuple[str, ...]:
         if value == ESR_PROMPTS_KEYWORD:
-            from .metrics.esr import EDIT_PROMPTS
+            from ..metrics.esr import EDIT_PROMPTS
 
             return tuple(EDIT_PROMPTS)
         prompts = self.strings(value, "generate.prompts", allow_empty=True)

@@ -30,9 +30,9 @@ from typing import Any, Mapping
 
 import torch
 
-from ..concept import LearnedConcept
-from ..learn import ConceptSource
-from .cut_paste import CutPaste, PasteResult
+from clic.concept import LearnedConcept
+from clic.learn import ConceptSource
+from clic.methods.cut_paste import CutPaste, PasteResult
 
 MARKER_PREFIX = ".fault-"
 
