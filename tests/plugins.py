@@ -10,13 +10,17 @@ from pathlib import Path
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
 TEST_METHODS = {"fault_injection": "fault_injection:FaultInjection"}  # kills its worker or fails on purpose
+TEST_METRICS = {"kill_actor_once": "fault_injection:KillActorOnce"}  # kills the metric actor once
 
 
 def register_test_plugins() -> None:
     from clic.methods import register_method
+    from harness.metrics import register_metric
 
     for name, target in TEST_METHODS.items():
         register_method(name, target)
+    for name, target in TEST_METRICS.items():
+        register_metric(name, target)
     paths = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path]
     if TESTS_DIR not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, *paths])

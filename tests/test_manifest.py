@@ -426,6 +426,7 @@ def test_from_folder_with_out_elsewhere(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- timing
 
 
+@pytest.mark.slow  # a throughput measurement (printed, not asserted)
 def test_time_validating_1000_rows(tmp_path: Path) -> None:
     """Every row has its own files (512 px PNG images, JPEG targets, PNG masks), so no cache hides work."""
     root = tmp_path / "big"

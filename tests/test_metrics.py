@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -251,9 +250,8 @@ def test_a_metric_instance_loads_its_model_once(name: str, random_settings: Metr
     assert models.LOAD_COUNT[kind] - before == 1
 
 
-def test_missing_real_weights_fail_fast_with_a_clear_error(empty_caches: Path) -> None:
+def test_missing_real_weights_fail_fast_with_a_clear_error(empty_caches: Path, no_network) -> None:
     strict = MetricSettings(allow_random=False, options={"clip": {"cache_dir": str(empty_caches / "clip")}})
-    started = time.perf_counter()
     missing_tag = "ViT-B-32/openai .*not in the local cache.*--allow-random-metrics"
     with pytest.raises(models.WeightsUnavailable, match=missing_tag):
         build_metric("clip_image", strict)
@@ -262,7 +260,6 @@ def test_missing_real_weights_fail_fast_with_a_clear_error(empty_caches: Path) -
         build_metric("clip_text", MetricSettings(options={"clip": {"pretrained": missing_file}}))
     with pytest.raises(models.WeightsUnavailable, match="alexnet-owt-.*IMAGENET1K_V1"):
         build_metric("lpips", strict)
-    assert time.perf_counter() - started < 5.0
 
 
 def test_unknown_clip_architecture_is_an_error_even_with_random_allowed() -> None:

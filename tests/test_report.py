@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +94,7 @@ def fake_run(tmp_path: Path) -> Path:
 
 
 def test_report_is_self_contained_and_complete(fake_run: Path) -> None:
-    started = time.perf_counter()
     index = write_report(fake_run)
-    elapsed = time.perf_counter() - started
     assert index == fake_run / "report" / "index.html"
     page = index.read_text()
 
@@ -120,7 +117,6 @@ def test_report_is_self_contained_and_complete(fake_run: Path) -> None:
     failures = page[page.index('id="failures"'):]
     assert "custom_diffusion-p2-1" in failures and "out of memory" in failures
     assert 'id="cat-jewelry"' in page and 'id="method-clic-paper"' in page
-    assert elapsed < 10
 
 
 def test_report_without_manifest_shows_outputs_only(fake_run: Path, tmp_path: Path,

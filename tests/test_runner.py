@@ -103,6 +103,7 @@ def test_not_applicable_and_failed_jobs_do_not_stop_the_run(ray_session, tmp_pat
     assert (retry.done + retry.failed, retry.skipped) == (1, 5)
 
 
+@pytest.mark.slow  # a throughput measurement (printed, not asserted); benchmarks/perf measures it properly
 def test_throughput_with_cut_paste(ray_session, tmp_path: Path) -> None:
     """Measured, not asserted: jobs/s with cut_paste on ~50 jobs and the share of harness overhead."""
     pairs = make_pairs(tmp_path / "data", 10, targets_per_source=5)
