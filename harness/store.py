@@ -2,7 +2,8 @@
 
 Layout of a run folder::
 
-    run.json                      the run manifest (suite, versions, host, counts), rewritten atomically
+    run.json                      the run manifest (suite, resolved plan, versions, host, counts), rewritten atomically
+    pairs.parquet                 the resolved pairs (manifest rows) of every run into this folder
     results/<job_id>.parquet      one file per finished job, one row per (job, metric value)
     artifacts/<job_id>/           edited.png, attention.png, mask.png
     concepts/<concept_id>/        a learned concept folder (content-addressed cache)
@@ -28,6 +29,7 @@ RESULTS_DIR = "results"
 ARTIFACTS_DIR = "artifacts"
 CONCEPTS_DIR = "concepts"
 RUN_MANIFEST = "run.json"
+PAIRS_FILE = "pairs.parquet"  # the resolved manifest rows the run's jobs came from (absolute paths or URIs)
 TEMP_PREFIX = ".tmp-"  # files and folders being written; readers skip them
 
 STATUS_OK = "ok"
@@ -43,6 +45,8 @@ RESULT_SCHEMA = pa.schema([
     ("category", pa.string()),
     ("method", pa.string()),
     ("preset", pa.string()),
+    ("label", pa.string()),  # "clic/paper no_att": method, preset and variant, decided at plan time
+    ("variant", pa.string()),
     ("seed", pa.int64()),
     ("settings", pa.string()),
     ("t_start", pa.int64()),
@@ -74,6 +78,11 @@ RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 def canonical_json(data: Any) -> str:
     """The one JSON form used for hashing and for the ``settings`` column: sorted keys, no spaces."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def json_ready(data: Any) -> Any:
+    """``data`` with read-only mappings and tuples made plain dicts and lists (for run.json)."""
+    return json.loads(canonical_json(data))
 
 
 def results_dir(run_dir: str | Path) -> Path:
@@ -237,3 +246,23 @@ def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:
 
 def write_run_manifest(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
     return write_json_atomic(Path(run_dir) / RUN_MANIFEST, dict(manifest))
+
+
+def write_pairs(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Record the run's resolved pairs (one row per pair id; rows of earlier runs into the folder are kept,
+    a pair id seen again takes its new row), so the report never has to find the manifest again."""
+    path = Path(run_dir) / PAIRS_FILE
+    merged = {row["pair_id"]: dict(row) for row in read_pairs(run_dir)}
+    merged.update({row["pair_id"]: dict(row) for row in rows})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_sibling(path)
+    pq.write_table(pa.Table.from_pylist(list(merged.values())), temp)
+    _fsync_file(temp)
+    os.replace(temp, path)
+    return path
+
+
+def read_pairs(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows :func:`write_pairs` recorded ([] for a run folder without them)."""
+    path = Path(run_dir) / PAIRS_FILE
+    return pq.read_table(path).to_pylist() if path.is_file() else []

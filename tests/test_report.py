@@ -49,14 +49,22 @@ def build_manifest(root: Path, rng: np.random.Generator) -> Path:
     return path
 
 
+def record_pairs(run_dir: Path, manifest: Path) -> None:
+    """What the runner records: the manifest's rows with their paths resolved (RUN/pairs.parquet)."""
+    rows = pd.read_parquet(manifest).to_dict("records")
+    store.write_pairs(run_dir, [{**row, **{k: str(manifest.parent / row[k]) for k in row if k.endswith(("image", "mask"))}}
+                                for row in rows])
+
+
 @pytest.fixture()
 def fake_run(tmp_path: Path) -> Path:
     """A run with 2 methods × 3 pairs × 2 seeds, artifacts, loss curves, one failed job and a manifest."""
     rng = np.random.default_rng(0)
     suite_dir = tmp_path / "suite"
-    build_manifest(suite_dir / "data", rng)
+    manifest = build_manifest(suite_dir / "data", rng)
     (suite_dir / "smoke.yaml").write_text("name: smoke\n")
     run_dir = tmp_path / "run"
+    record_pairs(run_dir, manifest)
     store.write_run_manifest(run_dir, {
         "suite": {"name": "smoke", "path": str(suite_dir / "smoke.yaml"), "manifest": "data/manifest.parquet"},
         "versions": {"torch": "2.14.1"}, "host": "laptop", "start": "t0", "end": "t1", "counts": {"jobs": 12}})
@@ -119,8 +127,10 @@ def test_report_is_self_contained_and_complete(fake_run: Path) -> None:
     assert 'id="cat-jewelry"' in page and 'id="method-clic-paper"' in page
 
 
-def test_report_without_manifest_shows_outputs_only(fake_run: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_reads_the_recorded_pairs_not_the_manifest(fake_run: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The sources come from RUN/pairs.parquet: a suite whose manifest moved still has its grids; a run folder
+    without recorded pairs shows its outputs only."""
     run_info = store.read_run_manifest(fake_run)
     run_info["suite"]["manifest"] = "missing/manifest.parquet"
     store.write_run_manifest(fake_run, run_info)
@@ -128,5 +138,9 @@ def test_report_without_manifest_shows_outputs_only(fake_run: Path, tmp_path: Pa
     assert report_main(argparse.Namespace(run=str(fake_run), out=str(out), reference="clic")) == 0
     assert str(out / "index.html") in capsys.readouterr().out
     images = re.findall(r'<img src="([^"]*)"', (out / "index.html").read_text())
+    assert any("-source.png" in src for src in images)
+    (fake_run / store.PAIRS_FILE).unlink()
+    assert report_main(argparse.Namespace(run=str(fake_run), out=str(tmp_path / "bare"), reference="clic")) == 0
+    images = re.findall(r'<img src="([^"]*)"', (tmp_path / "bare" / "index.html").read_text())
     assert not any("-source.png" in src for src in images)
     assert any("-image.png" in src for src in images)

@@ -13,7 +13,8 @@ from harness.plan.jobs import TaskJob
 
 def job(job_id: str, concept: str) -> TaskJob:
     return TaskJob(job_id=job_id, task="transfer", concept_id=concept, pair_id=job_id, category="c", method="m",
-                   preset="p", seed=0, method_target="m:M", settings={}, object_word="chair", metrics=("x",))
+                   preset="p", seed=0, method_target="m:M", label="m/p", variant="",
+                   settings={}, object_word="chair", metrics=("x",))
 
 
 def jobs(concepts: int, per_concept: int) -> list[TaskJob]:

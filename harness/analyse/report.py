@@ -36,7 +36,8 @@ from harness.analyse.aggregate import (  # noqa: E402
     uses_tiny_random,
     write_tables,
 )
-from harness.store import canonical_json, read_results, read_run_manifest  # noqa: E402
+from harness.plan.identity import method_label  # noqa: E402,F401 - method_label is used by the study too
+from harness.store import read_pairs, read_results, read_run_manifest  # noqa: E402
 
 THUMBNAIL_PIXELS = 160
 OUTLINE_COLOUR = (255, 40, 40)
@@ -96,108 +97,30 @@ def report_main(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- tables
 
-def method_label(method: object, preset: object) -> str:
-    return f"{method}/{preset}" if isinstance(preset, str) and preset else str(method)
-
-
 # ---------------------------------------------------------------------------------------------- variants
 # Suite entries of one method and preset that differ only in their learning overrides (the ablations of
-# benchmarks/ablations.yaml) share method and preset in the results; only the `settings` JSON tells them
-# apart. The report names each such variant by what sets it apart ("no_att" for a zero-weight term) and
-# shows it as its own preset, "clic/paper no_att", in every table, plot and grid.
-
-def learn_overrides(settings: object) -> dict[str, Any]:
-    """The learning overrides recorded in a result row's settings JSON ({} when it has none)."""
-    try:
-        parsed = json.loads(settings) if isinstance(settings, str) else None
-    except ValueError:
-        return {}
-    learn = parsed.get("learn") if isinstance(parsed, dict) else None
-    return learn if isinstance(learn, dict) else {}
-
-
-def _term_weight(spec: Any) -> Any:
-    """A loss term's weight: the term is given as a bare weight or as {"weight": w, ...}."""
-    return spec.get("weight") if isinstance(spec, Mapping) else spec
-
-
-def _compact(value: Any) -> str:
-    return format_number(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else \
-        canonical_json(value)
-
-
-def _common_overrides(variants: list[dict[str, Any]]) -> dict[str, Any]:
-    """The overrides (and loss terms) that every variant has with the same value."""
-    first, rest = variants[0], variants[1:]
-    common = {key: value for key, value in first.items() if key != "terms" and all(
-        key in other and other[key] == value for other in rest)}
-    terms = first.get("terms") or {}
-    common["terms"] = {term: spec for term, spec in terms.items()
-                       if all((other.get("terms") or {}).get(term) == spec for other in rest)}
-    return common
-
-
-def variant_name(learn: Mapping[str, Any], common: Mapping[str, Any]) -> str:
-    """What sets the overrides `learn` apart from `common`: "no_att" for a zero-weight term, else key=value."""
-    parts = []
-    for key, value in sorted(learn.items()):
-        if key == "terms" and isinstance(value, Mapping):
-            shared = common.get("terms") or {}
-            parts += [f"no_{term}" if _term_weight(spec) == 0 else f"{term}={_compact(spec)}"
-                      for term, spec in sorted(value.items()) if not (term in shared and shared[term] == spec)]
-        elif not (key in common and common[key] == value):
-            parts.append(f"{key}={_compact(value)}")
-    return " ".join(parts)
-
+# benchmarks/ablations.yaml) are told apart by the `variant` the plan gave them ("no_att", see
+# harness.plan.identity); every table, plot and grid shows such a variant as its own preset, "clic/paper no_att".
 
 def with_variants(results: pd.DataFrame) -> pd.DataFrame:
-    """`results` plus `variant` ("" or e.g. "no_att") and `base_preset`; `preset` becomes "paper no_att".
-
-    A method/preset run with one set of overrides has no variant, so ordinary runs keep their labels.
-    """
-    variants = pd.Series("", index=results.index, dtype=object)
-    overrides = results["settings"].map(learn_overrides)
-    keys = overrides.map(canonical_json)
-    for _, group in results.groupby(["method", "preset"], dropna=False, sort=False):
-        distinct = {keys[i]: overrides[i] for i in group.index}
-        if len(distinct) > 1:
-            common = _common_overrides(list(distinct.values()))
-            names = {key: variant_name(learn, common) for key, learn in distinct.items()}
-            variants[group.index] = [names[keys[i]] for i in group.index]
+    """`results` plus `base_preset`; `preset` becomes "paper no_att" where the row's planned `variant` is set."""
+    variants = (results["variant"] if "variant" in results.columns else pd.Series("", index=results.index))
+    variants = variants.fillna("").astype(str)
     presets = [" ".join(part for part in (preset, variant) if isinstance(part, str) and part) or preset
                for preset, variant in zip(results["preset"], variants)]
     return results.assign(base_preset=results["preset"], variant=variants, preset=presets)
 
 
-def _entry_key(method: object, preset: object, learn: Mapping[str, Any]) -> str:
-    """Identity of a suite entry's learning setup: its method, preset, loss-term weights and other overrides."""
-    weights = {term: _term_weight(spec) for term, spec in (learn.get("terms") or {}).items()}
-    others = {key: value for key, value in learn.items() if key != "terms"}
-    return canonical_json([method, preset, others, weights])
-
-
-def _suite_order(run_info: Mapping[str, Any]) -> dict[str, int]:
-    """Entry key -> position of the suite's `methods` entry, so ablation columns follow the suite file."""
-    suite = run_info.get("suite") if isinstance(run_info.get("suite"), Mapping) else {}
-    order: dict[str, int] = {}
-    for index, entry in enumerate(suite.get("methods") or []):
-        learn = dict(entry.get("learn") or {})
-        learn["terms"] = {**(learn.get("terms") or {}), **(entry.get("loss_weights") or {})}
-        for preset in entry.get("presets") or []:
-            order.setdefault(_entry_key(entry.get("name"), preset, learn), index)
-    return order
-
-
 def ablation_labels(results: pd.DataFrame, run_info: Mapping[str, Any]) -> list[str]:
-    """Labels of every preset and variant of the methods that have variants, in the suite file's order."""
+    """Labels of every preset and variant of the methods that have variants, in the suite file's order (the
+    plan's method runs recorded in run.json)."""
     varied = set(results.loc[results["variant"].ne(""), "method"])
     if not varied:
         return []
-    order = _suite_order(run_info)
-    entries = results[results["method"].isin(varied)].drop_duplicates(["method", "preset"])
-    ranked = sorted(((order.get(_entry_key(row.method, row.base_preset, learn_overrides(row.settings)), len(order)),
-                      method_label(row.method, row.preset)) for row in entries.itertuples(index=False)))
-    return [label for _, label in ranked]
+    present = {method_label(m, p) for m, p in zip(results["method"], results["preset"]) if m in varied}
+    planned = [run.get("label") for run in ((run_info.get("plan") or {}).get("methods") or [])]
+    ordered = [label for label in dict.fromkeys(planned) if label in present]
+    return ordered + sorted(present - set(ordered))
 
 
 def ablation_table(summary: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -349,31 +272,11 @@ def thumbnail(source: Path, dest: Path, mask: Path | None = None, pixels: int = 
     return True
 
 
-def manifest_pairs(run_dir: Path, run_info: Mapping[str, Any]) -> dict[str, dict[str, Path | None]]:
-    """pair_id → absolute source/target image and mask paths, from the manifest named in run.json's suite."""
-    suite = run_info.get("suite") or {}
-    if not isinstance(suite, Mapping):
-        return {}
-    manifests = suite.get("manifest") or suite.get("manifests") or []
-    manifests = [manifests] if isinstance(manifests, str) else list(manifests)
-    suite_file = next((suite[k] for k in ("path", "suite_path", "file") if isinstance(suite.get(k), str)), None)
-    suite_file = suite_file or run_info.get("suite_path")
-    bases = [Path(suite_file).parent] if isinstance(suite_file, str) else []
-    bases += [run_dir, Path.cwd()]
-    pairs: dict[str, dict[str, Path | None]] = {}
-    for name in manifests:
-        path = next((base / name for base in bases if (base / name).is_file()), None)
-        if path is None:
-            continue
-        try:
-            table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-        except (OSError, ValueError):
-            continue
-        for row in table.to_dict("records"):
-            pairs[str(row["pair_id"])] = {
-                column: (path.parent / row[column]) if isinstance(row.get(column), str) and row[column] else None
-                for column in ("source_image", "source_mask", "target_image", "target_mask")}
-    return pairs
+def manifest_pairs(run_dir: Path, run_info: Mapping[str, Any] | None = None) -> dict[str, dict[str, Path | None]]:
+    """pair_id → source/target image and mask paths, from the pairs the run recorded (RUN/pairs.parquet)."""
+    columns = ("source_image", "source_mask", "target_image", "target_mask")
+    return {str(row["pair_id"]): {column: Path(row[column]) if row.get(column) else None for column in columns}
+            for row in read_pairs(run_dir)}
 
 
 def _image_grids(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, Any], out: Path) -> dict[str, str]:

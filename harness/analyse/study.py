@@ -37,7 +37,8 @@ from PIL import Image
 from harness.analyse.aggregate import ALL_CATEGORIES, TINY_RANDOM, TINY_RANDOM_NOTE, format_number, to_markdown
 from harness.errors import UsageError
 from harness.plan.jobs import content_id
-from harness.analyse.report import manifest_pairs, method_label, thumbnail, with_variants
+from harness.analyse.report import manifest_pairs, thumbnail, with_variants
+from harness.plan.identity import method_label
 from harness.store import read_results, read_run_manifest
 
 CRITERIA = {

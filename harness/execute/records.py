@@ -68,7 +68,7 @@ def base_row(job: TaskJob, run_id: str, models: Mapping[str, ModelInfo | None]) 
     return {
         "run_id": run_id, "job_id": job.job_id, "concept_id": job.concept_id, "task": job.task,
         "pair_id": job.pair_id, "category": job.category, "method": job.method, "preset": job.preset,
-        "seed": job.seed, "settings": store.canonical_json(dict(job.settings)), "t_start": job.t_start,
+        "label": job.label, "variant": job.variant, "seed": job.seed, "settings": store.canonical_json(dict(job.settings)), "t_start": job.t_start,
         "eta": job.eta, "object_word": job.object_word, "model_id": model.model_id if model else None,
         "weights_hash": model.weights_hash if model else None,
         "weights_label": model.weights_label if model else NO_MODEL_LABEL,

@@ -9,6 +9,7 @@ the workers to the metric actor as object refs; the driver only sees small recor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import platform
 import socket
@@ -69,6 +70,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
     summary = RunSummary(run_dir=run_dir, run_id=uuid.uuid4().hex[:12], total_jobs=len(graph.jobs))
+    store.write_pairs(run_dir, [{f.name: getattr(pair, f.name) for f in dataclasses.fields(Pair)} for pair in pairs])
 
     statuses = store.job_statuses(run_dir)
     finished = {job_id for job_id, status in statuses.items() if not retry_failed or status != store.STATUS_FAILED}
@@ -87,7 +89,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
                           scores_jobs=any(not metric.group_by for metric in plan.metrics))
     if not todo and not any(map(scheduler.group_complete, groups)):  # nothing to run: no cluster, no models
         summary.wall_seconds = time.perf_counter() - start_clock
-        _write_run_manifest(run_dir, suite, summary, started, models, {}, slots=0)
+        _write_run_manifest(run_dir, suite, plan, summary, started, models, {}, slots=0)
         return summary
 
     _connect(address, num_cpus)
@@ -100,7 +102,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     method_time = summary.work_seconds / run.slots
     summary.overhead_share = max(0.0, (summary.wall_seconds - method_time) / summary.wall_seconds) \
         if summary.wall_seconds > 0 and summary.jobs_run else 0.0
-    _write_run_manifest(run_dir, suite, summary, started, models, run.metric_weights, run.slots)
+    _write_run_manifest(run_dir, suite, plan, summary, started, models, run.metric_weights, run.slots)
     return summary
 
 
@@ -247,11 +249,23 @@ class _RayRun:
         self.recorder.group(key, self.scheduler.groups[key], self.group_ids[key], group_prefix(key), result, error)
 
 
-def _write_run_manifest(run_dir: Path, suite: "Suite", summary: RunSummary, started: str,
+def resolved_plan(plan: Plan) -> dict[str, Any]:
+    """What the plan decided, for run.json: each method run's label in suite order, its resolved overrides and
+    class, and each metric's declaration (the report reads these instead of re-deriving them)."""
+    return {
+        "methods": [{"label": run.label, "method": run.name, "preset": run.preset, "variant": run.variant,
+                     "learn": store.json_ready(run.learn), "target": run.target} for run in plan.methods],
+        "metrics": [{"name": m.name, "version": m.version, "scale": m.scale, "tasks": sorted(m.tasks),
+                     "group_by": m.group_by, "target": m.target} for m in plan.metrics],
+        "resolution": plan.resolution,
+    }
+
+
+def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunSummary, started: str,
                         models: Mapping[str, ModelInfo | None], metric_weights: Mapping[str, str], slots: int) -> None:
     previous = store.read_run_manifest(run_dir)
     store.write_run_manifest(run_dir, {
-        "run_id": summary.run_id, "suite": suite.to_dict(), "suite_path": suite.source,
+        "run_id": summary.run_id, "suite": suite.to_dict(), "suite_path": suite.source, "plan": resolved_plan(plan),
         "code_version": code_version(), "git": git_describe(), "versions": _versions(),
         "host": socket.gethostname(), "started_at": started, "finished_at": now_iso(),
         "models": {m: (info.__dict__ if info else None) for m, info in models.items()},

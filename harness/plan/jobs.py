@@ -137,6 +137,8 @@ class TaskJob:
     preset: str
     seed: int
     method_target: str  # the method class as "module:Class", resolved at plan time for the workers
+    label: str  # "clic/paper no_att": method, preset and variant, decided at plan time
+    variant: str  # "" or what sets this suite entry apart from others of its method and preset
     settings: Mapping[str, Any]  # the task's settings (t_start, eta, steps, object ...) plus learn overrides
     object_word: str
     metrics: tuple[str, ...]  # metrics that score this task
@@ -194,6 +196,8 @@ class MethodRun:
     preset: str
     learn: Mapping[str, Any] = field(default_factory=dict)
     target: str = ""  # the method class as "module:Class" (default: the registry's entry for ``name``)
+    variant: str = ""  # what sets this run apart from others of its method and preset ("no_att"), if any
+    label: str = ""  # its name in every table: "clic/paper", "clic/paper no_att" (harness.plan.identity)
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,7 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
         ))
         common = dict(concept_id=concept_id, pair_id=pair.pair_id, category=pair.category, method=run.name,
                       preset=run.preset, seed=int(seed), method_target=target, source_image=pair.source_image,
+                      label=run.label or f"{run.name}/{run.preset}", variant=run.variant,
                       source_mask=pair.source_mask)
         tasks = supports[run.name]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from .identity import with_labels
 from .jobs import GROUP_KINDS, MethodRun, MetricInfo, ModelInfo, Pair, Plan
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
     if "generate" in suite.tasks:
         _check_generate_settings(suite, methods, generate_settings)
     return Plan(
-        methods=methods, seeds=list(suite.seeds), tasks=frozenset(suite.tasks),
+        methods=with_labels(methods), seeds=list(suite.seeds), tasks=frozenset(suite.tasks),
         t_starts=list(transfer.t_start) if transfer.t_start is not None else [None],
         etas=list(transfer.eta) if transfer.eta is not None else [None],
         transfer_settings={"steps": transfer.steps, "guidance_scale": transfer.guidance_scale},
