@@ -54,6 +54,7 @@ RESULT_SCHEMA = pa.schema([
     ("object_word", pa.string()),
     ("metric", pa.string()),
     ("value", pa.float64()),
+    ("higher_is_better", pa.bool_()),  # the metric's declaration of this value's direction
     ("metric_version", pa.string()),
     ("metric_scale", pa.string()),
     ("metric_weights", pa.string()),
@@ -205,10 +206,18 @@ def _read_tables(run_dir: str | Path, columns: list[str] | None = None) -> list[
     return tables
 
 
+def _conform(table: pa.Table) -> pa.Table:
+    """A result table with exactly ``RESULT_SCHEMA``: columns added since it was written are null in it."""
+    for name in RESULT_COLUMNS:
+        if name not in table.column_names:
+            column_type = RESULT_SCHEMA.field(name).type
+            table = table.append_column(pa.field(name, column_type), pa.nulls(len(table), column_type))
+    return table.select(list(RESULT_COLUMNS)).cast(RESULT_SCHEMA)
+
+
 def read_results(run_dir: str | Path) -> pd.DataFrame:
     """All result rows of a run as one DataFrame with the columns of ``RESULT_SCHEMA`` (possibly empty)."""
-    tables = [t.select(list(RESULT_COLUMNS)).cast(RESULT_SCHEMA) for t in _read_tables(run_dir)
-              if set(RESULT_COLUMNS) <= set(t.column_names)]
+    tables = [_conform(t) for t in _read_tables(run_dir) if "job_id" in t.column_names]
     table = pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
     return table.to_pandas()
 

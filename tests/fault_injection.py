@@ -121,6 +121,7 @@ class KillActorOnce:
     name = "kill_actor_once"
     version = "1"
     scale = "none (emits no values)"
+    values: dict[str, bool] = {}
     tasks = frozenset({"transfer", "generate", "match"})
     weights = "none"
 

@@ -22,12 +22,22 @@ from harness.analyse.aggregate import (
 )
 
 
+def declared_direction(value_name: str | None) -> bool | None:
+    """Whether higher is better for a value, as the metric that emits it declares (recorded in every row)."""
+    from harness.metrics import REGISTRY, metric_class
+    from harness.metrics.base import declaration
+
+    found = {v: higher for name in REGISTRY for v, higher in declaration(metric_class(name)).values.items()}
+    return found.get(value_name) if value_name else None
+
+
 def result_row(job_id: str, metric: str | None, value: float, **fields: object) -> dict:
     """One tidy result row with sensible defaults for every field the aggregate code reads."""
     row = {"run_id": "run", "job_id": job_id, "concept_id": "c-" + job_id, "task": "transfer", "pair_id": "p0",
            "category": "furniture", "method": "clic", "preset": "paper", "seed": 0,
            "settings": json.dumps({"t_start": 10, "eta": 0.5}, sort_keys=True), "t_start": 10, "eta": 0.5,
-           "object_word": "chair", "metric": metric, "value": value, "metric_version": "1", "metric_scale": "raw",
+           "object_word": "chair", "metric": metric, "value": value, "higher_is_better": declared_direction(metric),
+           "metric_version": "1", "metric_scale": "raw",
            "metric_weights": "tiny-random", "model_id": "tiny", "weights_hash": "abc", "weights_label": "tiny-random",
            "code_version": "v1", "status": "ok", "error": None, "artifact_image": None,
            "artifact_attention": None, "artifact_mask": None, "artifact_losses": None, "learn_seconds": 1.0,

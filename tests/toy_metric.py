@@ -13,6 +13,7 @@ class ChangedShare(ClosedFormMetric):
     name: ClassVar[str] = "toy_changed_share"
     version: ClassVar[str] = "1"
     scale: ClassVar[str] = "share of mask pixels [0, 1]"
+    values: ClassVar[dict[str, bool]] = {"toy_changed_share": True}
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
 
     def _score(self, sample: Sample) -> list[MetricValue]:

@@ -31,22 +31,26 @@ CONFIDENCE = 0.95
 # two-sided p with n = 5 is 0.0625), so the paired t-test is used instead.
 MIN_PAIRS_FOR_WILCOXON = 6
 
-# Direction of "better" per metric name; metrics not listed are higher-is-better.
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "lpips_outside": False,
-    "clip_i_outside": True,
-    "pattern_leakage": False,
-    "lpips_inside": True,  # the edit should change the region
-    "lpips_diversity": True,
-}
 
 # The fields that identify one job's output apart from the code that produced it.
 JOB_IDENTITY = ("pair_id", "task", "seed", "settings", "method", "preset", "object_word")
 
 
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of `metric` is better (the default for unlisted metrics)."""
-    return HIGHER_IS_BETTER.get(metric, True)
+def directions(*frames: pd.DataFrame) -> dict[str, bool]:
+    """Value name -> whether higher is better, as each metric declared it (the rows' `higher_is_better`
+    column; a value without a declaration, e.g. in a run made before the column existed, counts as higher)."""
+    found: dict[str, bool] = {}
+    for df in frames:
+        if df.empty or "higher_is_better" not in df.columns:
+            continue
+        declared = df.dropna(subset=["metric", "higher_is_better"]).drop_duplicates("metric")
+        for metric, higher in zip(declared["metric"], declared["higher_is_better"]):
+            found.setdefault(str(metric), bool(higher))
+    return found
+
+
+def higher_is_better(metric: str, declared: Mapping[str, bool]) -> bool:
+    return declared.get(metric, True)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -248,6 +252,7 @@ def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFram
     ).drop(columns="method")
     others = per_key[~per_key["method"].eq(reference)]
     paired = others.merge(ref, on=keys, how="inner")
+    declared = directions(values)
     rows = []
     for (method, preset, ref_preset, metric), group in paired.groupby(
             ["method", "preset", "reference_preset", "metric"], dropna=False, sort=True):
@@ -258,7 +263,7 @@ def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFram
         rows.append({"method": method, "preset": preset, "reference": reference, "reference_preset": ref_preset,
                      "metric": metric, "n": diffs.size, "mean_difference": diffs.mean(), "ci_low": low,
                      "ci_high": high, "p_value": p_value, "test": test,
-                     "higher_is_better": higher_is_better(str(metric)), "weights": weights})
+                     "higher_is_better": higher_is_better(str(metric), declared), "weights": weights})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -289,12 +294,13 @@ def compare_runs(
         return pd.DataFrame(columns=columns)
     paired = per_job(a).merge(per_job(b), on=keys, how="inner", suffixes=("_a", "_b"))
     failed_a, failed_b = _failed_counts(df_a), _failed_counts(df_b)
+    declared = directions(b, a)
     rows = []
     for (method, preset, metric), group in paired.groupby(["method", "preset", "metric"], dropna=False, sort=True):
         diffs = (group["value_b"] - group["value_a"]).to_numpy()
         low, high = bootstrap_ci(diffs)
         p_value, test = paired_test(diffs)
-        better_up = higher_is_better(str(metric))
+        better_up = higher_is_better(str(metric), declared)
         drop = -diffs.mean() if better_up else diffs.mean()
         significant = bool(np.isfinite(p_value) and p_value < alpha)
         verdict = "fail" if (drop > max_drop and significant) else ("better" if (drop < 0 and significant) else "ok")

@@ -28,6 +28,7 @@ from harness.analyse.aggregate import (  # noqa: E402
     TABLE_CSS,
     TINY_RANDOM_NOTE,
     format_number,
+    directions,
     higher_is_better,
     paired_differences,
     summary_table,
@@ -65,6 +66,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
         (out / folder).mkdir(parents=True)
     results = with_variants(read_results(run_dir))
     run_info = read_run_manifest(run_dir)
+    declared = directions(results)  # each metric's declaration, recorded in its rows
 
     summary = summary_table(results, by=SUMMARY_KEYS)
     paired = paired_differences(results, reference=reference)
@@ -74,15 +76,15 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     ablation = ablation_table(summary, labels)
     tables = {"summary": summary, "paired_differences": paired, "failures": failures}
     write_tables({**tables, "ablations": ablation} if labels else tables, out / "tables")
-    (out / "summary.md").write_text(_summary_markdown(per_metric, paired, failures, reference, ablation),
+    (out / "summary.md").write_text(_summary_markdown(per_metric, paired, failures, reference, ablation, declared),
                                     encoding="utf-8")
 
-    metric_plots = _plot_metrics(summary, out / "plots")
+    metric_plots = _plot_metrics(summary, out / "plots", declared)
     loss_plots = _plot_losses(run_dir, results, out / "plots")
     grids = _image_grids(run_dir, results, run_info, out)
     ablation_html = _ablation_section(run_dir, results, run_info, labels, ablation, out) if labels else ""
     page = _index_html(run_dir, run_info, results, per_metric, paired, failures, metric_plots, loss_plots, grids,
-                       reference, ablation_html)
+                       reference, ablation_html, declared)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
@@ -168,15 +170,15 @@ def failure_list(results: pd.DataFrame) -> pd.DataFrame:
     return failed[columns].sort_values(["method", "preset", "pair_id"]).reset_index(drop=True)
 
 
-def _direction(metric: str) -> str:
-    return "higher is better" if higher_is_better(metric) else "lower is better"
+def _direction(metric: str, declared: Mapping[str, bool]) -> str:
+    return "higher is better" if higher_is_better(metric, declared) else "lower is better"
 
 
 def _summary_markdown(per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
-                      reference: str, ablation: pd.DataFrame) -> str:
+                      reference: str, ablation: pd.DataFrame, declared: Mapping[str, bool]) -> str:
     parts = ["# Results\n", "Mean [95% bootstrap CI] per method and category; raw values (see metric_scale).\n"]
     for metric, table in per_metric.items():
-        parts.append(f"## {metric} ({_direction(metric)})\n\n{to_markdown(table)}")
+        parts.append(f"## {metric} ({_direction(metric, declared)})\n\n{to_markdown(table)}")
     if not ablation.empty:
         parts.append(f"## Ablations (all categories)\n\n{to_markdown(ablation)}")
     parts.append(f"## Paired differences against {reference}\n\n{to_markdown(paired)}")
@@ -199,7 +201,7 @@ def _save_figure(fig: plt.Figure, folder: Path, stem: str) -> str:
     return f"plots/{stem}.png"
 
 
-def _plot_metrics(summary: pd.DataFrame, folder: Path) -> dict[str, str]:
+def _plot_metrics(summary: pd.DataFrame, folder: Path, declared: Mapping[str, bool]) -> dict[str, str]:
     """Per metric: mean with 95% CI error bars, categories on x, one marker series per method/preset."""
     plots: dict[str, str] = {}
     rated = summary[summary["metric"].notna() & summary["n"].gt(0)]
@@ -216,7 +218,7 @@ def _plot_metrics(summary: pd.DataFrame, folder: Path) -> dict[str, str]:
             ax.errorbar(x, rows["mean"].astype(float), yerr=np.clip(np.nan_to_num(errors), 0, None), fmt="o",
                         capsize=3, label=label)
         ax.set_xticks(np.arange(len(categories)), categories)
-        ax.set_title(f"{metric} ({_direction(str(metric))}), 95% CI", fontsize=9)
+        ax.set_title(f"{metric} ({_direction(str(metric), declared)}), 95% CI", fontsize=9)
         ax.legend(fontsize=7, loc="best")
         plots[str(metric)] = _save_figure(fig, folder, f"metric-{_slug(metric)}")
     return plots
@@ -391,7 +393,7 @@ def _provenance(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFram
 def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame,
                 per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
                 metric_plots: Mapping[str, str], loss_plots: Mapping[str, str], grids: Mapping[str, str],
-                reference: str, ablation_html: str = "") -> str:
+                reference: str, ablation_html: str = "", declared: Mapping[str, bool] | None = None) -> str:
     banner = f'<p class="warning">{html.escape(TINY_RANDOM_NOTE)}</p>' if uses_tiny_random(results) else ""
     method_labels = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
     nav = ['<a href="#provenance">provenance</a>', '<a href="#tables">tables</a>', '<a href="#paired">paired</a>',
@@ -407,7 +409,7 @@ def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFram
             f"<h2 id=\"provenance\">Provenance</h2>{_provenance(run_dir, run_info, results)}",
             "<h2 id=\"tables\">Mean [95% bootstrap CI] per method and category</h2>"]
     for metric, table in per_metric.items():
-        body.append(f"<h3 id=\"metric-{_slug(metric)}\">{html.escape(metric)} ({_direction(metric)})</h3>"
+        body.append(f"<h3 id=\"metric-{_slug(metric)}\">{html.escape(metric)} ({_direction(metric, declared or {})})</h3>"
                     f"{to_html_fragment(table)}")
     body.append(f"<h2 id=\"paired\">Paired differences (method − {html.escape(reference)})</h2>"
                 "<p>Wilcoxon signed-rank test; paired t-test below 6 pairs or when all differences are zero.</p>"

@@ -94,6 +94,7 @@ class Recorder:
     def metric_rows(self, base: dict[str, Any], values: MetricValues) -> list[dict[str, Any]]:
         """One row per value on top of ``base`` (just ``base`` when there are none)."""
         return [{**base, "metric": value_name, "value": value, "metric_version": self.metric_info[name].version,
+                 "higher_is_better": self.metric_info[name].values.get(value_name, True),
                  "metric_scale": self.metric_info[name].scale, "metric_weights": self.weights_of(name)}
                 for name, value_name, value in values] or [base]
 

@@ -53,10 +53,12 @@ class MetricScorer:
         """``targets``: metric name -> its class as "module:Class", resolved at plan time (a metric registered
         by a plugin or a test is found in this process too)."""
         from ..metrics import metric_from_target
-        from ..metrics.base import MetricSettings
+        from ..metrics.base import MetricSettings, declaration
 
         settings = MetricSettings(allow_random=allow_random, options=dict(options))
-        self.metrics = {name: metric_from_target(target)(settings) for name, target in targets.items()}
+        classes = {name: metric_from_target(target) for name, target in targets.items()}
+        self.per_job = [name for name, cls in classes.items() if declaration(cls).group_by is None]
+        self.metrics = {name: cls(settings) for name, cls in classes.items()}
 
     def weights(self) -> dict[str, str]:
         return {name: metric.weights for name, metric in self.metrics.items()}
@@ -69,10 +71,8 @@ class MetricScorer:
         start = time.perf_counter()
         samples = [sample for job_samples in per_job for sample in job_samples]
         values: list[list[tuple[str, str, float]]] = [[] for _ in samples]
-        for name, metric in self.metrics.items():
-            if getattr(metric, "group_metric", False):
-                continue
-            for index, scored in enumerate(metric.compute(samples)):
+        for name in self.per_job:
+            for index, scored in enumerate(self.metrics[name].compute(samples)):
                 values[index].extend((name, v.name, float(v.value)) for v in scored)
         share = (time.perf_counter() - start) / max(len(samples), 1)
         results, offset = [], 0

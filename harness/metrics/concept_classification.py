@@ -50,10 +50,11 @@ class ConceptClassification:
     """SIM^I, SIM^C, ACC¹, ACC³ over the generations of several concepts (a group metric)."""
 
     name: ClassVar[str] = "concept_classification"
+
+    values: ClassVar[dict[str, bool]] = {"sim_i": True, "sim_c": True, "acc1": True, "acc3": True}
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = "sim_i, sim_c: mean cosine [-1, 1]; acc1, acc3: accuracy [0, 1] (higher is better)"
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
-    group_metric: ClassVar[bool] = True
     group_by: ClassVar[str] = CONCEPTS  # one category x method x settings, over sources, seeds and objects
 
     def __init__(self, settings: MetricSettings) -> None:

@@ -77,6 +77,8 @@ class EditingSuccessRate:
     """Per generation: 1 if its edit (colour or object, see the module docstring) is satisfied, else 0."""
 
     name: ClassVar[str] = "esr"
+
+    values: ClassVar[dict[str, bool]] = {"esr": True}
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = ("{0, 1} per generated image, a job's value the mean of its images; "
                             "the mean is the editing success rate (higher is better)")

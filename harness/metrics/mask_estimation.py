@@ -30,6 +30,8 @@ class EstimatedMaskIoU(ClosedFormMetric):
     concept × target; the value depends on the concept only)."""
 
     name: ClassVar[str] = "estimated_mask_iou"
+
+    values: ClassVar[dict[str, bool]] = {"estimated_mask_iou": True, "estimated_mask_count": True}
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = "IoU in [0, 1] (1 = the estimated source mask equals the ground truth); count of masks"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})

@@ -29,6 +29,8 @@ class MaskIoU(ClosedFormMetric):
     """
 
     name: ClassVar[str] = "mask_iou"
+
+    values: ClassVar[dict[str, bool]] = {"mask_iou": True, "mask_intersection": True, "mask_union": True}
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = "IoU in [0, 1] (1 = identical masks); intersection/union in pixels of the gt mask"
     tasks: ClassVar[frozenset[str]] = frozenset({"match"})

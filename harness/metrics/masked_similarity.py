@@ -123,6 +123,8 @@ class ClipMaskedSimilarity(PairedCosineMetric):
     """SingleInsert's CLIP-I-f ("clip_i_f") and CLIP-I-b ("clip_i_b") on masked crops."""
 
     name: ClassVar[str] = "clip_masked"
+
+    values: ClassVar[dict[str, bool]] = {"clip_i_f": True, "clip_i_b": True}
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = _SCALE
     value_pairs: ClassVar[dict] = {"clip_i_f": foreground_pair, "clip_i_b": outside_pair}
@@ -139,6 +141,8 @@ class DinoMaskedSimilarity(PairedCosineMetric):
     """The same split with DINO ViT-S/16 CLS features: "dino_f" and "dino_b"."""
 
     name: ClassVar[str] = "dino_masked"
+
+    values: ClassVar[dict[str, bool]] = {"dino_f": True, "dino_b": True}
     version: ClassVar[str] = f"1.0+timm-{timm.__version__}"
     scale: ClassVar[str] = _SCALE
     value_pairs: ClassVar[dict] = {"dino_f": foreground_pair, "dino_b": outside_pair}

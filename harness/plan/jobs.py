@@ -102,6 +102,7 @@ class MetricInfo:
     scale: str
     tasks: frozenset[str]
     group_by: str | None = None  # None: scored per job; else one of GROUP_KINDS
+    values: Mapping[str, bool] = field(default_factory=dict)  # value name -> higher is better
     target: str = ""  # the metric class as "module:Class", resolved at plan time for the metric actor
 
 

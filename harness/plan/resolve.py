@@ -17,6 +17,7 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
     from clic.methods import method_class, method_target
 
     from ..metrics import metric_class, metric_target
+    from ..metrics.base import declaration
 
     methods = []
     for spec in suite.methods:
@@ -26,11 +27,11 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
             methods.append(MethodRun(spec.name, preset, spec.learn_overrides(base_terms), method_target(spec.name)))
     metrics = []
     for name in suite.metrics:
-        cls = metric_class(name)
-        group_by = cls.group_by if getattr(cls, "group_metric", False) else None
-        if group_by is not None and group_by not in GROUP_KINDS:
-            raise ValueError(f"metric {name!r}: group_by {group_by!r} is not one of {GROUP_KINDS}")
-        metrics.append(MetricInfo(name, cls.version, cls.scale, frozenset(cls.tasks), group_by, metric_target(name)))
+        declared = declaration(metric_class(name))
+        if declared.group_by is not None and declared.group_by not in GROUP_KINDS:
+            raise ValueError(f"metric {name!r}: group_by {declared.group_by!r} is not one of {GROUP_KINDS}")
+        metrics.append(MetricInfo(name, declared.version, declared.scale, declared.tasks, declared.group_by,
+                                  declared.values, metric_target(name)))
     transfer, generate = suite.transfer, suite.generate
     generate_settings = {"steps": generate.steps, "images": generate.images_per_seed,
                          # unset: each method's preset decides (e.g. SingleInsert's one-stage preset: 0)
