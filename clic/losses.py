@@ -81,10 +81,19 @@ class StepTensors:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+BRANCHES = frozenset({"context", "roi", "attention"})  # the UNet passes a term may need
+
+
 @dataclass(frozen=True)
 class LossTerm:
     fn: Callable[..., torch.Tensor]
-    needs: frozenset[str]  # subset of {"context", "roi", "attention"}
+    needs: frozenset[str]  # subset of BRANCHES
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.needs) - BRANCHES)
+        if unknown:  # a misspelt branch would silently never run, and the term would read a missing tensor
+            raise ValueError(f"loss term {getattr(self.fn, '__name__', self.fn)!r}: unknown needs {unknown} "
+                             f"(known: {', '.join(sorted(BRANCHES))})")
 
 
 TERMS: dict[str, LossTerm] = {}
@@ -134,7 +143,8 @@ def resolve_term(name: str, spec: Mapping[str, Any]) -> LossTerm:
     if not attr:
         raise ValueError(f"loss term {name!r}: fn must be 'package.module:function', got {target!r}")
     fn = getattr(importlib.import_module(module_name), attr)
-    return LossTerm(fn, frozenset(spec.get("needs", ("context",))))
+    needs = spec.get("needs", ("context",))
+    return LossTerm(fn, frozenset([needs] if isinstance(needs, str) else needs))
 
 
 class Objective:

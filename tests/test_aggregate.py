@@ -189,3 +189,16 @@ def test_tiny_random_line_only_for_tiny_weights(tmp_path: Path) -> None:
     written = write_tables({"summary": table}, tmp_path)
     assert {p.name for p in written} == {"summary.md", "summary.csv", "summary.html"}
     assert TINY_RANDOM_NOTE in (tmp_path / "summary.html").read_text()
+
+
+def test_one_bootstrap_for_means_pooled_ratios_and_clusters() -> None:
+    from harness.analyse.bootstrap import bootstrap_ci as one_bootstrap
+    from harness.analyse.study import cluster_bootstrap_ci
+
+    values = np.random.default_rng(3).uniform(0, 1, 15)
+    plain = bootstrap_ci(values)
+    assert plain == one_bootstrap(values, weights=np.ones(15)) == one_bootstrap(values, clusters=np.arange(15))
+    assert cluster_bootstrap_ci(values, np.arange(15)) == plain
+    # A pooled ratio Σa / Σb: with b = 2 everywhere it is half the mean, draw for draw.
+    low, high = one_bootstrap(values, weights=np.full(15, 2.0))
+    assert (low, high) == pytest.approx((plain[0] / 2, plain[1] / 2))

@@ -17,16 +17,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from clic import TINY_RANDOM
+from harness.analyse.bootstrap import bootstrap_ci  # noqa: F401 - re-exported for callers of the tables
 from harness.store import read_results
 
-TINY_RANDOM = "tiny-random"
 TINY_RANDOM_NOTE = (
     "Numbers made with tiny random-weight models (tiny-random): they test the pipeline, not the method."
 )
 ALL_CATEGORIES = "all"
 POOLED_IOU = "mask_iou_pooled"
-N_RESAMPLES = 2000
-CONFIDENCE = 0.95
 # Below this many pairs the Wilcoxon signed-rank test cannot reach p < 0.05 at all (its smallest
 # two-sided p with n = 5 is 0.0625), so the paired t-test is used instead.
 MIN_PAIRS_FOR_WILCOXON = 6
@@ -93,36 +92,6 @@ def _joined_unique(values: pd.Series) -> str:
     return ", ".join(sorted({str(v) for v in values.dropna()}))
 
 
-def bootstrap_ci(
-    values: Sequence[float] | np.ndarray, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (seeded, so tables are reproducible)."""
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(n_resamples, data.size))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return (float(low), float(high))
-
-
-def _bootstrap_ratio_ci(numerators: np.ndarray, denominators: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of Σnumerator / Σdenominator, resampling jobs."""
-    if numerators.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, numerators.size, size=(N_RESAMPLES, numerators.size))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = numerators[idx].sum(axis=1) / denominators[idx].sum(axis=1)
-    ratios = ratios[np.isfinite(ratios)]
-    if ratios.size == 0:
-        return (float("nan"), float("nan"))
-    tail = (1.0 - CONFIDENCE) / 2.0 * 100.0
-    low, high = np.percentile(ratios, [tail, 100.0 - tail])
-    return (float(low), float(high))
-
-
 def paired_test(differences: Sequence[float] | np.ndarray) -> tuple[float, str]:
     """Two-sided p-value of "mean difference is zero" and the name of the test used.
 
@@ -187,7 +156,7 @@ def _pooled_iou_rows(values: pd.DataFrame, by: list[str]) -> list[dict]:
     for group_label, group in per_job.groupby(level="group", sort=True):
         first = parts[parts["group"].eq(group_label)]
         inter, union = group["mask_intersection"].to_numpy(), group["mask_union"].to_numpy()
-        low, high = _bootstrap_ratio_ci(inter, union)
+        low, high = bootstrap_ci(inter, weights=union)
         rows.append({**{k: first[k].iloc[0] for k in group_keys}, "metric": POOLED_IOU, "n": inter.size,
                      "mean": inter.sum() / union.sum() if union.sum() > 0 else float("nan"),
                      "ci_low": low, "ci_high": high, "metric_scale": "ratio 0-1",

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-TINY_RANDOM = "tiny-random"  # the weights label of every metric model built with random weights
+from clic import TINY_RANDOM  # noqa: F401 - the weights label of every metric model built with random weights
 NO_MODEL = "none"  # the weights label of a closed-form metric
 
 

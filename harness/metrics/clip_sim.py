@@ -102,7 +102,6 @@ class ClipImageSimilarity(PairedCosineMetric):
     """
 
     name: ClassVar[str] = "clip_image"
-
     values: ClassVar[dict[str, bool]] = {"clip_i_roi": True, "clip_i_outside": True}
     version: ClassVar[str] = _VERSION
     value_pairs: ClassVar[dict] = {"clip_i_roi": concept_pair, "clip_i_outside": outside_pair}
@@ -119,7 +118,6 @@ class ClipTextSimilarity:
     """CLIP text-image cosine between the sample's prompt and its output image: "clip_t"."""
 
     name: ClassVar[str] = "clip_text"
-
     values: ClassVar[dict[str, bool]] = {"clip_t": True}
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = _SCALE

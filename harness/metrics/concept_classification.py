@@ -50,7 +50,6 @@ class ConceptClassification:
     """SIM^I, SIM^C, ACC¹, ACC³ over the generations of several concepts (a group metric)."""
 
     name: ClassVar[str] = "concept_classification"
-
     values: ClassVar[dict[str, bool]] = {"sim_i": True, "sim_c": True, "acc1": True, "acc3": True}
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = "sim_i, sim_c: mean cosine [-1, 1]; acc1, acc3: accuracy [0, 1] (higher is better)"

@@ -77,7 +77,6 @@ class EditingSuccessRate:
     """Per generation: 1 if its edit (colour or object, see the module docstring) is satisfied, else 0."""
 
     name: ClassVar[str] = "esr"
-
     values: ClassVar[dict[str, bool]] = {"esr": True}
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = ("{0, 1} per generated image, a job's value the mean of its images; "

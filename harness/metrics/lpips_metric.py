@@ -36,7 +36,6 @@ class LpipsMasked:
     """
 
     name: ClassVar[str] = "lpips"
-
     values: ClassVar[dict[str, bool]] = {"lpips_inside": True, "lpips_outside": False}  # the edit should change the region, not the rest
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = "LPIPS distance >= 0 (0 = identical; lower = more similar)"
@@ -94,7 +93,6 @@ class LpipsDiversity:
     """
 
     name: ClassVar[str] = "lpips_diversity"
-
     values: ClassVar[dict[str, bool]] = {"lpips_diversity": True}
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = "mean pairwise LPIPS distance >= 0 (0 = all outputs identical)"

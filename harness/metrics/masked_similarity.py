@@ -123,7 +123,6 @@ class ClipMaskedSimilarity(PairedCosineMetric):
     """SingleInsert's CLIP-I-f ("clip_i_f") and CLIP-I-b ("clip_i_b") on masked crops."""
 
     name: ClassVar[str] = "clip_masked"
-
     values: ClassVar[dict[str, bool]] = {"clip_i_f": True, "clip_i_b": True}
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = _SCALE
@@ -141,7 +140,6 @@ class DinoMaskedSimilarity(PairedCosineMetric):
     """The same split with DINO ViT-S/16 CLS features: "dino_f" and "dino_b"."""
 
     name: ClassVar[str] = "dino_masked"
-
     values: ClassVar[dict[str, bool]] = {"dino_f": True, "dino_b": True}
     version: ClassVar[str] = f"1.0+timm-{timm.__version__}"
     scale: ClassVar[str] = _SCALE

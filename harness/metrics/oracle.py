@@ -70,7 +70,6 @@ class PatternFidelity(ClosedFormMetric):
     """
 
     name: ClassVar[str] = "pattern_fidelity"
-
     values: ClassVar[dict[str, bool]] = {"pattern_fidelity": True}
     version: ClassVar[str] = "1"
     scale: ClassVar[str] = "[0, 1], higher is better (cosine of pooled pattern spectra in the RoI)"
@@ -154,7 +153,6 @@ class PatternLeakage(ClosedFormMetric):
     """
 
     name: ClassVar[str] = "pattern_leakage"
-
     values: ClassVar[dict[str, bool]] = {"pattern_leakage": False}
     version: ClassVar[str] = "1"
     scale: ClassVar[str] = "[0, 1], lower is better (share of pattern-strength change outside the RoI)"
@@ -215,7 +213,6 @@ class OraclePreservation(ClosedFormMetric):
     """
 
     name: ClassVar[str] = "oracle_preservation"
-
     values: ClassVar[dict[str, bool]] = {"oracle_preservation": True}
     version: ClassVar[str] = "1"
     scale: ClassVar[str] = "[0, 1], higher is better (1 - mean abs error outside the RoI)"

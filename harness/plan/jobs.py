@@ -197,6 +197,9 @@ class MethodRun:
     preset: str
     learn: Mapping[str, Any] = field(default_factory=dict)
     target: str = ""  # the method class as "module:Class" (default: the registry's entry for ``name``)
+    # term -> sha256 of the module source of a custom loss term given as ``fn: "pkg.mod:func"``: editing the
+    # function changes the concept id, so the next run learns again instead of reusing stale concepts
+    term_sources: Mapping[str, str] = field(default_factory=dict)
     variant: str = ""  # what sets this run apart from others of its method and preset ("no_att"), if any
     label: str = ""  # its name in every table: "clic/paper", "clic/paper no_att" (harness.plan.identity)
 
@@ -254,6 +257,7 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
             "learn": dict(run.learn), "resolution": plan.resolution,
             "weights_hash": model.weights_hash if model else None, "code_version": code_version(),
             "mask_settings": None if learn_mask else dict(plan.match_settings),
+            **({"term_sources": dict(run.term_sources)} if run.term_sources else {}),
         }
         concept_id = content_id(learn_key)
         graph.learns.setdefault(concept_id, LearnNode(

@@ -3,6 +3,7 @@ each method runs on, and the good manifest rows. Everything here is decided once
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .identity import with_labels
@@ -24,7 +25,8 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
         for preset in spec.presets:
             base_terms = method_class(spec.name)().learn_config(preset).terms if hasattr(
                 method_class(spec.name), "base_config") else None
-            methods.append(MethodRun(spec.name, preset, spec.learn_overrides(base_terms), method_target(spec.name)))
+            learn = spec.learn_overrides(base_terms)
+            methods.append(MethodRun(spec.name, preset, learn, method_target(spec.name), custom_term_sources(learn)))
     metrics = []
     for name in suite.metrics:
         declared = declaration(metric_class(name))
@@ -48,6 +50,24 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
         match_missing_masks=suite.match.enabled, match_settings={"steps": suite.match.steps},
         metrics=metrics, resolution=resolution, estimate_source_masks=suite.source_masks == "estimate",
     )
+
+
+def custom_term_sources(learn: Mapping[str, Any]) -> dict[str, str]:
+    """term -> sha256 of the source file of each custom loss term (``fn: "pkg.module:function"``) in a method
+    run's learning overrides. Read from disk every time (not cached): an edit between runs must show."""
+    import hashlib
+    import importlib.util
+
+    sources = {}
+    for term, spec in sorted((learn.get("terms") or {}).items()):
+        if not isinstance(spec, Mapping) or not spec.get("fn"):
+            continue
+        module = str(spec["fn"]).partition(":")[0]
+        found = importlib.util.find_spec(module)
+        if found is None or not found.origin or not Path(found.origin).is_file():
+            raise ValueError(f"loss term {term!r}: cannot find the source of module {module!r} (fn {spec['fn']!r})")
+        sources[term] = hashlib.sha256(Path(found.origin).read_bytes()).hexdigest()
+    return sources
 
 
 def _check_generate_settings(suite: "Suite", methods: Sequence[MethodRun], settings: Mapping[str, Any]) -> None:
