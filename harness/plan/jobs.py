@@ -243,54 +243,46 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
     ``models`` maps a method name to the model it runs on (None: no model); ``supports`` maps a method
     name to its tasks. Tasks a method does not support become ``not_applicable`` jobs with the reason.
     """
-    from clic.methods import method_target
-
-    graph = JobGraph()
-    seen: set[str] = set()
+    builder = _GraphBuilder(plan, models, supports)
     for pair, run, seed in itertools.product(list(pairs), plan.methods, plan.seeds):
-        model = models[run.name]
-        target = run.target or method_target(run.name)
+        builder.add(pair, run, int(seed))
+    return builder.graph
+
+
+class _GraphBuilder:
+    """Adds one (pair, method run, seed) at a time: its learn node and its transfer, generate, match jobs."""
+
+    def __init__(self, plan: Plan, models: Mapping[str, ModelInfo | None], supports: Mapping[str, frozenset[str]]):
+        self.plan, self.models, self.supports = plan, models, supports
+        self.graph = JobGraph()
+        self.seen: set[str] = set()
+
+    def add(self, pair: Pair, run: MethodRun, seed: int) -> None:
+        from clic.methods import method_target
+
+        plan, model = self.plan, self.models[run.name]
         learn_mask = None if plan.estimate_source_masks else pair.source_mask
         learn_key = {
             "source_image": file_digest(pair.source_image), "source_mask": optional_digest(learn_mask),
-            "object_word": pair.source_object, "method": run.name, "preset": run.preset, "seed": int(seed),
+            "object_word": pair.source_object, "method": run.name, "preset": run.preset, "seed": seed,
             "learn": dict(run.learn), "resolution": plan.resolution,
             "weights_hash": model.weights_hash if model else None, "code_version": code_version(),
             "mask_settings": None if learn_mask else dict(plan.match_settings),
             **({"term_sources": dict(run.term_sources)} if run.term_sources else {}),
         }
         concept_id = content_id(learn_key)
-        graph.learns.setdefault(concept_id, LearnNode(
-            concept_id=concept_id, method=run.name, preset=run.preset, seed=int(seed), method_target=target,
+        target = run.target or method_target(run.name)
+        self.graph.learns.setdefault(concept_id, LearnNode(
+            concept_id=concept_id, method=run.name, preset=run.preset, seed=seed, method_target=target,
             source_image=pair.source_image, source_mask=learn_mask, object_word=pair.source_object,
             learn_overrides=dict(run.learn), model=model, resolution=plan.resolution,
             mask_settings={} if learn_mask else dict(plan.match_settings),
         ))
-        common = dict(concept_id=concept_id, pair_id=pair.pair_id, category=pair.category, method=run.name,
-                      preset=run.preset, seed=int(seed), method_target=target, source_image=pair.source_image,
-                      label=run.label or f"{run.name}/{run.preset}", variant=run.variant,
-                      source_mask=pair.source_mask)
-        tasks = supports[run.name]
-
-        def add(task: str, settings: dict[str, Any], object_word: str, targets: Mapping[str, str | None],
-                reason: str | None = None, groups: Mapping[str, str] | None = None, **paths: Any) -> None:
-            metrics = _metrics_for(task, plan.metrics)
-            settings = {**settings, "learn": dict(run.learn)} if run.learn else settings
-            if task not in tasks:
-                reason = f"method {run.name!r} does not support {task!r}"
-            elif task == "transfer" and "match" in settings and "match" not in tasks:
-                reason = f"no target mask, and method {run.name!r} cannot predict one (no RoI matching)"
-            job_id = _job_id(concept_id, task, targets, settings, metrics)
-            if job_id in seen:
-                return  # a generation depends on the concept only: pairs sharing a source share it
-            seen.add(job_id)
-            graph.jobs.append(TaskJob(
-                job_id=job_id, task=task, settings=settings,
-                object_word=object_word, metrics=tuple(m.name for m in metrics),
-                status=PENDING if reason is None else STATUS_NOT_APPLICABLE, reason=reason,
-                groups=dict(groups or {}) if reason is None else {}, **common, **paths,
-            ))
-
+        self.run = run
+        self.common = dict(concept_id=concept_id, pair_id=pair.pair_id, category=pair.category, method=run.name,
+                           preset=run.preset, seed=seed, method_target=target, source_image=pair.source_image,
+                           source_mask=pair.source_mask, label=run.label or f"{run.name}/{run.preset}",
+                           variant=run.variant)
         # The pair id is part of a task job's identity: two rows with identical files still get one result
         # row each (their concept, which depends on the bytes only, is shared).
         target_hashes = {"pair_id": pair.pair_id, "target_image": file_digest(pair.target_image),
@@ -300,37 +292,64 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
         target_paths = dict(target_image=pair.target_image, target_mask=pair.target_mask,
                             target_mask_gt=pair.target_mask_gt, expected_image=pair.expected_image)
         if "transfer" in plan.tasks:
-            for t_start, eta in itertools.product(plan.t_starts, plan.etas):
-                settings = dict(plan.transfer_settings)
-                if t_start is not None:
-                    settings["t_start"] = int(t_start)
-                if eta is not None:
-                    settings["eta"] = float(eta)
-                if not pair.target_mask:
-                    if not plan.match_missing_masks:
-                        add("transfer", settings, pair.target_object, target_hashes,
-                            reason="no target mask, and match.enabled is false", **target_paths)
-                        continue
-                    settings["match"] = dict(plan.match_settings)  # the mask is predicted first
-                add("transfer", settings, pair.target_object, target_hashes, **target_paths)
+            self.transfers(pair, target_hashes, target_paths)
         if "generate" in plan.tasks:
-            for object_word, prompt in itertools.product(plan.generate_objects or [pair.target_object],
-                                                         plan.generate_prompts or [None]):
-                settings = {**plan.generate_settings, "object": object_word}
-                if prompt is not None:
-                    settings["prompt"] = prompt
-                shared = {"method": run.name, "preset": run.preset, "learn": dict(run.learn)}
-                # A concept's diversity is over one object; classifying concepts pools every object (by default
-                # each pair's own target object, so per-object groups would split a category's concepts).
-                groups = {SEEDS: content_id({**shared, "kind": SEEDS, "settings": settings,
-                                             "source": learn_key["source_image"],
-                                             "source_mask": learn_key["source_mask"]}),
-                          CONCEPTS: content_id({**shared, "kind": CONCEPTS, "category": pair.category,
-                                                "settings": without_object(settings)})}
-                add("generate", settings, object_word, {}, groups=groups)
+            self.generations(pair, learn_key)
         if "match" in plan.tasks:
-            add("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)
-    return graph
+            self.job("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)
+
+    def job(self, task: str, settings: dict[str, Any], object_word: str, targets: Mapping[str, str | None],
+            reason: str | None = None, groups: Mapping[str, str] | None = None, **paths: Any) -> None:
+        run, tasks = self.run, self.supports[self.run.name]
+        metrics = _metrics_for(task, self.plan.metrics)
+        settings = {**settings, "learn": dict(run.learn)} if run.learn else settings
+        if task not in tasks:
+            reason = f"method {run.name!r} does not support {task!r}"
+        elif task == "transfer" and "match" in settings and "match" not in tasks:
+            reason = f"no target mask, and method {run.name!r} cannot predict one (no RoI matching)"
+        job_id = _job_id(self.common["concept_id"], task, targets, settings, metrics)
+        if job_id in self.seen:
+            return  # a generation depends on the concept only: pairs sharing a source share it
+        self.seen.add(job_id)
+        self.graph.jobs.append(TaskJob(
+            job_id=job_id, task=task, settings=settings,
+            object_word=object_word, metrics=tuple(m.name for m in metrics),
+            status=PENDING if reason is None else STATUS_NOT_APPLICABLE, reason=reason,
+            groups=dict(groups or {}) if reason is None else {}, **self.common, **paths,
+        ))
+
+    def transfers(self, pair: Pair, target_hashes: Mapping[str, str | None], target_paths: Mapping[str, Any]) -> None:
+        plan = self.plan
+        for t_start, eta in itertools.product(plan.t_starts, plan.etas):
+            settings = dict(plan.transfer_settings)
+            if t_start is not None:
+                settings["t_start"] = int(t_start)
+            if eta is not None:
+                settings["eta"] = float(eta)
+            if not pair.target_mask:
+                if not plan.match_missing_masks:
+                    self.job("transfer", settings, pair.target_object, target_hashes,
+                             reason="no target mask, and match.enabled is false", **target_paths)
+                    continue
+                settings["match"] = dict(plan.match_settings)  # the mask is predicted first
+            self.job("transfer", settings, pair.target_object, target_hashes, **target_paths)
+
+    def generations(self, pair: Pair, learn_key: Mapping[str, Any]) -> None:
+        plan, run = self.plan, self.run
+        for object_word, prompt in itertools.product(plan.generate_objects or [pair.target_object],
+                                                     plan.generate_prompts or [None]):
+            settings = {**plan.generate_settings, "object": object_word}
+            if prompt is not None:
+                settings["prompt"] = prompt
+            shared = {"method": run.name, "preset": run.preset, "learn": dict(run.learn)}
+            # A concept's diversity is over one object; classifying concepts pools every object (by default
+            # each pair's own target object, so per-object groups would split a category's concepts).
+            groups = {SEEDS: content_id({**shared, "kind": SEEDS, "settings": settings,
+                                         "source": learn_key["source_image"],
+                                         "source_mask": learn_key["source_mask"]}),
+                      CONCEPTS: content_id({**shared, "kind": CONCEPTS, "category": pair.category,
+                                            "settings": without_object(settings)})}
+            self.job("generate", settings, object_word, {}, groups=groups)
 
 
 # ------------------------------------------------------------------------------------------ groups

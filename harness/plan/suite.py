@@ -4,7 +4,7 @@ A suite file (``benchmarks/*.yaml``)::
 
     name: smoke                       # default: the file's stem
     description: ""                   # free text for reports
-    manifest: ../manifests/synth/manifest.parquet   # required; relative to this file, a URI, or a list
+    manifest: ../manifests/furniture/manifest.parquet  # required; relative to this file, a URI, or a list
                                       # (``manifests: [...]`` is the same key in its list form)
     model: tiny                       # "tiny", a local diffusers folder (relative to this file) or an HF id
     inpainting_model: null            # default null: tiny -> tiny-inpaint; real runs of RealFill name an SD inpainting model
