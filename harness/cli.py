@@ -106,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UsageError as err:
-        print(f"clic-bench: error: {err}", file=sys.stderr)
+    except UsageError as err:  # one line per problem (preflight may find several)
+        for line in str(err).splitlines() or [type(err).__name__]:
+            print(f"clic-bench: error: {line}", file=sys.stderr)
         return 2
     except FileNotFoundError as err:
         print(f"clic-bench: error: {err}", file=sys.stderr)

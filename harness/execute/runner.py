@@ -287,12 +287,11 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
 def run_suite(suite_path: str | Path, out: str | Path | None = None, address: str | None = None, *,
               num_cpus: int | None = None, max_in_flight: int | None = None, retry_failed: bool = False,
               allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False) -> RunSummary:
-    from ..plan.suite import load_suite
+    from ..plan.preflight import preflight
 
-    suite = load_suite(suite_path)
-    run_dir = Path(out) if out else Path("runs") / suite.name
-    pairs = load_pairs(suite, allow_outside)
-    return execute(suite, pairs, run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
+    # Everything that would certainly fail later fails here, in seconds, one line per problem (exit 2).
+    checked = preflight(suite_path, out, allow_random_metrics=allow_random_metrics, allow_outside=allow_outside)
+    return execute(checked.suite, checked.pairs, checked.run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
                    retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet)
 
 

@@ -5,7 +5,9 @@ metric from elsewhere is registered with ``register_metric``. A metric class dec
 itself as class attributes, read once through :func:`declaration`: ``name``, ``version``, ``scale``,
 ``values`` (each value name it emits -> whether higher is better), ``tasks`` (the outputs it scores:
 transfer / generate / match), ``group_by`` (None, or the kind of group it scores as a set) and, set by
-``__init__``, ``weights`` (the model weights it loaded). Metric classes are plain Python: they load their
+``__init__``, ``weights`` (the model weights it loaded); a metric that loads weights also declares
+``missing_weights(settings)``, one line per weight file it would not find, which the driver checks before a
+run starts (``harness.plan.preflight``). Metric classes are plain Python: they load their
 models once in ``__init__`` and score batches in ``compute`` (``compute_group`` for group metrics); the
 harness runs them in one metric actor. Images cross this boundary as float32 arrays in
 [0, 1] (H, W, 3) and masks as bool arrays (H, W); ``check_image``/``check_mask`` assert that, so a

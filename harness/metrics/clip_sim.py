@@ -106,6 +106,9 @@ class ClipImageSimilarity(PairedCosineMetric):
     version: ClassVar[str] = _VERSION
     value_pairs: ClassVar[dict] = {"clip_i_roi": concept_pair, "clip_i_outside": outside_pair}
 
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_clip_weights)
+
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
         self.weights = self.clip.weights
@@ -122,6 +125,9 @@ class ClipTextSimilarity:
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = _SCALE
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
+
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_clip_weights)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)

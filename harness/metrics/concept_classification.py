@@ -56,6 +56,9 @@ class ConceptClassification:
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
     group_by: ClassVar[str] = CONCEPTS  # one category x method x settings, over sources, seeds and objects
 
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_clip_weights)
+
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
         self.weights = self.clip.weights

@@ -83,6 +83,9 @@ class EditingSuccessRate:
                             "the mean is the editing success rate (higher is better)")
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
 
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_clip_weights)
+
     def __init__(self, settings: MetricSettings) -> None:
         options = settings.for_metric(ESR_OPTIONS_KEY)
         self.candidates = tuple(options.get("candidates", DEFAULT_CANDIDATES))

@@ -41,6 +41,9 @@ class LpipsMasked:
     scale: ClassVar[str] = "LPIPS distance >= 0 (0 = identical; lower = more similar)"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
 
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_lpips_weights)
+
     def __init__(self, settings: MetricSettings) -> None:
         self.lpips = models.load_lpips(settings, spatial=True)
         self.weights = self.lpips.weights
@@ -98,6 +101,9 @@ class LpipsDiversity:
     scale: ClassVar[str] = "mean pairwise LPIPS distance >= 0 (0 = all outputs identical)"
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
     group_by: ClassVar[str] = SEEDS  # the outputs of one concept and settings over seeds
+
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_lpips_weights)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.lpips = models.load_lpips(settings, spatial=False)
