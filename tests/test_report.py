@@ -83,7 +83,8 @@ def fake_run(tmp_path: Path) -> Path:
                         "settings": json.dumps({"t_start": 10, "eta": 0.5}), "t_start": 10, "eta": 0.5,
                         "object_word": "chair", "metric_version": "1", "metric_scale": "raw",
                         "metric_weights": "tiny-random", "model_id": "tiny", "weights_hash": "abc123",
-                        "weights_label": "tiny-random", "code_version": "v1"}
+                        "weights_label": "tiny-random", "code_version": "v1",
+                        "higher_is_better": None}
                 if method == "custom_diffusion" and pair_id == "p2" and seed == 1:
                     store.write_job_results(run_dir, job_id, [{**base, "status": "failed",
                                                               "error": "RuntimeError: out of memory"}])
@@ -97,7 +98,8 @@ def fake_run(tmp_path: Path) -> Path:
                 metrics = {"clip_t": rng.uniform(0.2, 0.3), "lpips_outside": rng.uniform(0.0, 0.2),
                            "mask_intersection": 100.0, "mask_union": 150.0 + seed}
                 store.write_job_results(run_dir, job_id, [{**base, **paths, "status": "ok", "metric": name,
-                                                          "value": value} for name, value in metrics.items()])
+                                                          "value": value, "higher_is_better": name != "lpips_outside"}
+                                                         for name, value in metrics.items()])
     return run_dir
 
 

@@ -341,9 +341,10 @@ def to_markdown(table: pd.DataFrame, note: str | None = None) -> str:
     return (note + "\n\n" if note else "") + "\n".join(lines) + "\n"
 
 
-def to_html_fragment(table: pd.DataFrame) -> str:
-    """The table as an HTML fragment (class "results"), with the tiny-random note above it."""
-    note = table_note(table)
+def to_html_fragment(table: pd.DataFrame, note: str | None = None) -> str:
+    """The table as an HTML fragment (class "results"), with the tiny-random note above it (``note=""``: none,
+    where the page says it once)."""
+    note = table_note(table) if note is None else note
     prefix = f'<p class="warning">{html.escape(note)}</p>\n' if note else ""
     return prefix + _display(table).to_html(index=False, classes="results", border=0, escape=True)
 

@@ -23,10 +23,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
+from clic import TINY_RANDOM  # noqa: E402
+
 from harness.analyse.aggregate import (  # noqa: E402
     ALL_CATEGORIES,
     TABLE_CSS,
-    TINY_RANDOM_NOTE,
     format_number,
     directions,
     higher_is_better,
@@ -37,6 +38,7 @@ from harness.analyse.aggregate import (  # noqa: E402
     uses_tiny_random,
     write_tables,
 )
+from harness.analyse import headline as headline_table  # noqa: E402
 from harness.plan.identity import method_label  # noqa: E402,F401 - method_label is used by the study too
 from harness.store import read_pairs, read_results, read_run_manifest  # noqa: E402
 
@@ -53,6 +55,7 @@ pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; }
 [id] { scroll-margin-top: 4em; }  /* anchors land below the sticky nav */
 .ablation { overflow-x: auto; }
 .ablation table.results td { white-space: nowrap; }
+table.headline td.best { background: #e6f4ea; }
 """
 SUMMARY_KEYS = ("method", "preset", "category", "metric")
 
@@ -72,19 +75,20 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     paired = paired_differences(results, reference=reference)
     failures = failure_list(results)
     per_metric = metric_tables(summary)
+    head = headline_table.headline(summary, declared, planned_labels(run_info))
     labels = ablation_labels(results, run_info)
     ablation = ablation_table(summary, labels)
     tables = {"summary": summary, "paired_differences": paired, "failures": failures}
     write_tables({**tables, "ablations": ablation} if labels else tables, out / "tables")
-    (out / "summary.md").write_text(_summary_markdown(per_metric, paired, failures, reference, ablation, declared),
-                                    encoding="utf-8")
+    (out / "summary.md").write_text(
+        _summary_markdown(head, per_metric, paired, failures, reference, ablation, declared), encoding="utf-8")
 
     metric_plots = _plot_metrics(summary, out / "plots", declared)
     loss_plots = _plot_losses(run_dir, results, out / "plots")
     grids = _image_grids(run_dir, results, run_info, out)
     ablation_html = _ablation_section(run_dir, results, run_info, labels, ablation, out) if labels else ""
-    page = _index_html(run_dir, run_info, results, per_metric, paired, failures, metric_plots, loss_plots, grids,
-                       reference, ablation_html, declared)
+    page = _index_html(run_dir, run_info, results, head, per_metric, paired, failures, metric_plots, loss_plots,
+                       grids, reference, ablation_html, declared)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
@@ -120,9 +124,14 @@ def ablation_labels(results: pd.DataFrame, run_info: Mapping[str, Any]) -> list[
     if not varied:
         return []
     present = {method_label(m, p) for m, p in zip(results["method"], results["preset"]) if m in varied}
-    planned = [run.get("label") for run in ((run_info.get("plan") or {}).get("methods") or [])]
+    planned = planned_labels(run_info)
     ordered = [label for label in dict.fromkeys(planned) if label in present]
     return ordered + sorted(present - set(ordered))
+
+
+def planned_labels(run_info: Mapping[str, Any]) -> list[str]:
+    """Method labels in the suite file's order (the plan's method runs recorded in run.json)."""
+    return [str(run.get("label")) for run in ((run_info.get("plan") or {}).get("methods") or []) if run.get("label")]
 
 
 def ablation_table(summary: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -147,8 +156,9 @@ def metric_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for metric, group in rated.groupby("metric", sort=True):
         group = group.assign(label=[method_label(m, p) for m, p in zip(group["method"], group["preset"])],
                              cell=[f"{format_number(m)} [{format_number(lo)}, {format_number(hi)}] n={n}"
-                                   for m, lo, hi, n in zip(group["mean"], group["ci_low"], group["ci_high"],
-                                                           group["n"])])
+                                   + (headline_table.TINY_MARK if TINY_RANDOM in str(w) else "")
+                                   for m, lo, hi, n, w in zip(group["mean"], group["ci_low"], group["ci_high"],
+                                                              group["n"], group["weights"])])
         table = group.pivot_table(index="label", columns="category", values="cell", aggfunc="first")
         categories = sorted(c for c in table.columns if c != ALL_CATEGORIES)
         table = table.reindex(columns=categories + ([ALL_CATEGORIES] if ALL_CATEGORIES in table.columns else []))
@@ -174,14 +184,17 @@ def _direction(metric: str, declared: Mapping[str, bool]) -> str:
     return "higher is better" if higher_is_better(metric, declared) else "lower is better"
 
 
-def _summary_markdown(per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
-                      reference: str, ablation: pd.DataFrame, declared: Mapping[str, bool]) -> str:
-    parts = ["# Results\n", "Mean [95% bootstrap CI] per method and category; raw values (see metric_scale).\n"]
+def _summary_markdown(head: headline_table.Headline, per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame,
+                      failures: pd.DataFrame, reference: str, ablation: pd.DataFrame,
+                      declared: Mapping[str, bool]) -> str:
+    parts = ["# Results\n", headline_table.to_markdown(head),
+             "## Per category\n", "Mean [95% bootstrap CI] per method and category; raw values (see metric_scale)"
+             + (f"; {headline_table.TINY_MARK} tiny-random" if head.tiny_random else "") + ".\n"]
     for metric, table in per_metric.items():
-        parts.append(f"## {metric} ({_direction(metric, declared)})\n\n{to_markdown(table)}")
+        parts.append(f"### {metric} ({_direction(metric, declared)})\n\n{to_markdown(table, note='')}")
     if not ablation.empty:
-        parts.append(f"## Ablations (all categories)\n\n{to_markdown(ablation)}")
-    parts.append(f"## Paired differences against {reference}\n\n{to_markdown(paired)}")
+        parts.append(f"## Ablations (all categories)\n\n{to_markdown(ablation, note='')}")
+    parts.append(f"## Paired differences against {reference}\n\n{to_markdown(paired, note='')}")
     parts.append(f"## Failed jobs: {len(failures)}\n")
     return "\n".join(parts)
 
@@ -343,7 +356,7 @@ def _ablation_section(run_dir: Path, results: pd.DataFrame, run_info: Mapping[st
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return (f"<h2 id=\"ablations\">Ablations</h2><p>Mean [95% bootstrap CI] over all categories; columns of the grid "
             f"below in the suite file's order ({html.escape(str(task))} outputs, lowest seed).</p>"
-            f"<div class=\"ablation\">{to_html_fragment(ablation)}</div>"
+            f"<div class=\"ablation\">{to_html_fragment(ablation, note='')}</div>"
             f"<table class=\"grid\" id=\"ablation-grid\"><tr>{heads}</tr>{''.join(rows)}</table>")
 
 
@@ -390,30 +403,36 @@ def _provenance(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFram
             f"</details>")
 
 
-def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame,
+def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame, head: headline_table.Headline,
                 per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
                 metric_plots: Mapping[str, str], loss_plots: Mapping[str, str], grids: Mapping[str, str],
                 reference: str, ablation_html: str = "", declared: Mapping[str, bool] | None = None) -> str:
-    banner = f'<p class="warning">{html.escape(TINY_RANDOM_NOTE)}</p>' if uses_tiny_random(results) else ""
+    tiny = uses_tiny_random(results)
+    banner = f'<p class="warning">{html.escape(headline_table.TINY_FOOTNOTE)}</p>' if tiny else ""
     method_labels = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
-    nav = ['<a href="#provenance">provenance</a>', '<a href="#tables">tables</a>', '<a href="#paired">paired</a>',
+    nav = ['<a href="#headline">headline</a>', '<a href="#tables">per category</a>',
+           '<a href="#provenance">provenance</a>', '<a href="#paired">paired</a>',
            '<a href="#plots">plots</a>'] + (['<a href="#ablations">ablations</a>'] if ablation_html else [])
     nav += [f'<a href="#cat-{_slug(c)}">{html.escape(c)}</a>' for c in grids]
     nav += [f'<a href="#method-{_slug(m)}">{html.escape(m)}</a>' for m in method_labels]
     nav.append(f'<a href="#failures">failures ({len(failures)})</a>')
 
-    body = [f"<nav>{' '.join(nav)}</nav>", banner, f"<h1>Run report: {html.escape(run_dir.name)}</h1>",
+    body = [f"<nav>{' '.join(nav)}</nav>", f"<h1>Run report: {html.escape(run_dir.name)}</h1>", banner,
+            f"<h2 id=\"headline\">All categories</h2><p>Mean [95% bootstrap CI] over every category; ↑ higher is "
+            f"better, ↓ lower is better; <strong>{headline_table.BEST_MARK}</strong> best of its column; "
+            f"n failed: the method's failed jobs. Values are raw (see metric_scale below).</p>"
+            + headline_table.to_html(head),
             "<p>Tables as CSV/Markdown/HTML: <a href=\"tables/summary.csv\">summary.csv</a>, "
             "<a href=\"tables/paired_differences.csv\">paired_differences.csv</a>, "
-            "<a href=\"summary.md\">summary.md</a>. Values are raw (see metric_scale).</p>",
-            f"<h2 id=\"provenance\">Provenance</h2>{_provenance(run_dir, run_info, results)}",
-            "<h2 id=\"tables\">Mean [95% bootstrap CI] per method and category</h2>"]
+            "<a href=\"summary.md\">summary.md</a>.</p>",
+            "<h2 id=\"tables\">Per category: mean [95% bootstrap CI]</h2>"]
     for metric, table in per_metric.items():
         body.append(f"<h3 id=\"metric-{_slug(metric)}\">{html.escape(metric)} ({_direction(metric, declared or {})})</h3>"
-                    f"{to_html_fragment(table)}")
+                    f"{to_html_fragment(table, note='')}")
     body.append(f"<h2 id=\"paired\">Paired differences (method − {html.escape(reference)})</h2>"
                 "<p>Wilcoxon signed-rank test; paired t-test below 6 pairs or when all differences are zero.</p>"
-                + to_html_fragment(paired))
+                + to_html_fragment(paired, note=''))
+    body.append(f"<h2 id=\"provenance\">Provenance</h2>{_provenance(run_dir, run_info, results)}")
     body.append("<h2 id=\"plots\">Plots</h2><div class=\"plots\">"
                 + "".join(f'<img src="{html.escape(src)}" alt="{html.escape(metric)}">'
                           for metric, src in metric_plots.items()) + "</div>")
@@ -429,7 +448,7 @@ def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFram
             "<p>No loss curves recorded.</p>"
         body.append(f"<h3 id=\"method-{_slug(label)}\">{html.escape(label)}</h3><div class=\"plots\">{image}</div>")
     body.append(f"<h2 id=\"failures\">Failed jobs ({len(failures)})</h2>"
-                + (to_html_fragment(failures) if not failures.empty else "<p>None.</p>"))
+                + (to_html_fragment(failures, note='') if not failures.empty else "<p>None.</p>"))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(run_dir.name)} report</title><style>{REPORT_CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
