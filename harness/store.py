@@ -4,12 +4,19 @@ Layout of a run folder::
 
     run.json                      the run manifest (suite, resolved plan, versions, host, counts), rewritten atomically
     pairs.parquet                 the resolved pairs (manifest rows) of every run into this folder
-    results/<job_id>.parquet      one file per finished job, one row per (job, metric value)
+    results/<job_id>.parquet      one file per finished job, one row per (job, metric value): the journal
+    results/compacted-<n>.parquet the journal compacted as a run finishes: row-group-sized files, one row group each
     artifacts/<job_id>/           edited.png, attention.png, mask.png
     concepts/<concept_id>/        a learned concept folder (content-addressed cache)
 
 Every file that marks something as done is written under a temporary name in the same folder and then
 renamed (``os.replace``), so a killed run never leaves a half file that a later run reads as finished.
+
+Compaction (:func:`compact_results`) keeps that guarantee: the per-job files stay the journal until their rows
+are in a compacted file that has been renamed into place, and only then are they deleted. Readers take, for
+each job id, the rows of its newest source (compacted files in sequence order, then per-job files), so a kill
+between the two steps leaves the same rows twice on disk but once in every read, and a job run again later
+(``--retry-failed``, a group that gained members) replaces what an older compacted file holds for it.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 RESULTS_DIR = "results"
@@ -31,6 +39,9 @@ CONCEPTS_DIR = "concepts"
 RUN_MANIFEST = "run.json"
 PAIRS_FILE = "pairs.parquet"  # the resolved manifest rows the run's jobs came from (absolute paths or URIs)
 TEMP_PREFIX = ".tmp-"  # files and folders being written; readers skip them
+COMPACTED_PREFIX = "compacted-"  # results/compacted-000001.parquet: compacted journal, newer sequence wins
+COMPACT_ROWS = 131_072  # rows per compacted file: one Parquet row group (pyarrow's default row group is 1 Mi rows)
+COMPACT_MIN_FILES = 64  # fewer per-job files than this are read as fast as one file: left as they are
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -189,21 +200,49 @@ def write_job_results(run_dir: str | Path, job_id: str, rows: Iterable[Mapping[s
 
 
 def _result_files(run_dir: str | Path) -> list[Path]:
+    """Compacted files in sequence order, then the per-job files: later sources win for a job id."""
     folder = results_dir(run_dir)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TEMP_PREFIX))
+    files = [p for p in folder.glob("*.parquet") if not p.name.startswith(TEMP_PREFIX)]
+    return sorted(files, key=lambda p: (not p.name.startswith(COMPACTED_PREFIX), p.name))
+
+
+def _compacted_files(run_dir: str | Path) -> list[Path]:
+    return [p for p in _result_files(run_dir) if p.name.startswith(COMPACTED_PREFIX)]
+
+
+def _journal_files(run_dir: str | Path) -> list[Path]:
+    return [p for p in _result_files(run_dir) if not p.name.startswith(COMPACTED_PREFIX)]
+
+
+def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table | None:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException):
+        return None  # unreadable (e.g. truncated by a crash outside our atomic write): not finished
+
+
+def _newest_rows(tables: list[pa.Table]) -> list[pa.Table]:
+    """Each job id's rows from the last table that has it (tables in source order)."""
+    kept: list[pa.Table] = []
+    seen: pa.Array | None = None
+    for table in reversed(tables):
+        if "job_id" not in table.column_names:
+            continue
+        if seen is not None and len(seen):
+            table = table.filter(pc.invert(pc.is_in(table.column("job_id"), value_set=seen)))
+        ids = pc.unique(table.column("job_id").combine_chunks())
+        seen = ids if seen is None else pa.concat_arrays([seen, ids.cast(seen.type)])
+        kept.append(table)
+    return kept[::-1]
 
 
 def _read_tables(run_dir: str | Path, columns: list[str] | None = None) -> list[pa.Table]:
-    tables = []
-    for path in _result_files(run_dir):
-        try:
-            table = pq.read_table(path, columns=columns)
-        except (OSError, pa.ArrowException):
-            continue  # unreadable (e.g. truncated by a crash outside our atomic write): not finished
-        tables.append(table)
-    return tables
+    if columns is not None and "job_id" not in columns:
+        columns = ["job_id", *columns]
+    tables = [table for table in (_read_table(path, columns) for path in _result_files(run_dir)) if table is not None]
+    return _newest_rows(tables)
 
 
 def _conform(table: pa.Table) -> pa.Table:
@@ -225,10 +264,10 @@ def read_results(run_dir: str | Path) -> pd.DataFrame:
 def job_statuses(run_dir: str | Path) -> dict[str, str]:
     """Job id -> its status (ok, failed, not_applicable), for every job with a readable result file."""
     statuses: dict[str, str] = {}
-    for table in _read_tables(run_dir, columns=["job_id", "status"]):
-        status = set(table.column("status").to_pylist())
-        for job_id in set(table.column("job_id").to_pylist()):
-            statuses[job_id] = STATUS_FAILED if STATUS_FAILED in status else next(iter(status))
+    for table in _read_tables(run_dir, columns=["job_id", "status"]):  # a compacted table holds many jobs
+        for job_id, status in zip(table.column("job_id").to_pylist(), table.column("status").to_pylist()):
+            if statuses.get(job_id) != STATUS_FAILED:  # one failed row makes the job failed
+                statuses[job_id] = status
     return statuses
 
 
@@ -238,14 +277,87 @@ def finished_job_ids(run_dir: str | Path, include_failed: bool = True) -> set[st
 
 
 def remove_superseded_results(run_dir: str | Path, prefix: str, keep: str) -> int:
-    """Delete the result files whose job id starts with ``prefix``, except ``keep``'s: a group's values
-    scored over an older membership (e.g. fewer seeds) are superseded by the current group's. Returns how many."""
+    """Delete the results whose job id starts with ``prefix``, except ``keep``'s: a group's values scored over
+    an older membership (e.g. fewer seeds) are superseded by the current group's. Returns how many jobs'."""
     removed = 0
     for path in results_dir(run_dir).glob(f"{prefix}*.parquet"):
         if path.stem != keep:
             path.unlink(missing_ok=True)
             removed += 1
+    for path in _compacted_files(run_dir):
+        table = _read_table(path)
+        if table is None:
+            continue
+        ids = table.column("job_id")
+        stale = pc.and_(pc.starts_with(ids, prefix), pc.not_equal(ids, keep))
+        if pc.any(stale).as_py():
+            removed += len(pc.unique(ids.filter(stale)))
+            _rewrite_or_remove(path, table.filter(pc.invert(stale)))
     return removed
+
+
+# ------------------------------------------------------------------------------------------- compaction
+
+def _write_table_atomic(path: Path, table: pa.Table) -> None:
+    temp = temp_sibling(path)
+    pq.write_table(table, temp, row_group_size=max(len(table), 1))
+    _fsync_file(temp)
+    os.replace(temp, path)
+
+
+def _rewrite_or_remove(path: Path, table: pa.Table) -> None:
+    if len(table):
+        _write_table_atomic(path, table)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def compact_results(run_dir: str | Path, rows_per_file: int = COMPACT_ROWS,
+                    min_files: int = COMPACT_MIN_FILES) -> int:
+    """Move the rows of the per-job files into compacted files of up to ``rows_per_file`` rows (one row group
+    each) and then delete those per-job files; returns how many were compacted (0 below ``min_files``).
+
+    Order, so that a kill at any point loses nothing and never shows a row twice to a reader: (1) new
+    compacted files are written and renamed into place, (2) older compacted files drop the job ids the new
+    ones hold (a job run again), (3) the per-job files are deleted, each only if unchanged since it was read.
+    Not meant to run while jobs of the same run folder are still writing (the runner calls it at the end)."""
+    journal = _journal_files(run_dir)
+    if len(journal) < max(min_files, 1):
+        return 0
+    read: list[tuple[Path, float, pa.Table]] = []
+    for path in journal:
+        stamp = path.stat().st_mtime_ns
+        table = _read_table(path)
+        if table is not None and "job_id" in table.column_names:
+            read.append((path, stamp, _conform(table)))
+    if not read:
+        return 0
+    rows = pa.concat_tables(_newest_rows([table for _, _, table in read]))
+    folder = results_dir(run_dir)
+    older = _compacted_files(run_dir)
+    sequence = max((int(p.stem[len(COMPACTED_PREFIX):]) for p in older
+                    if p.stem[len(COMPACTED_PREFIX):].isdigit()), default=0)
+    new_files = []
+    for start in range(0, len(rows), rows_per_file):
+        sequence += 1
+        path = folder / f"{COMPACTED_PREFIX}{sequence:06d}.parquet"
+        _write_table_atomic(path, rows.slice(start, rows_per_file))
+        new_files.append(path)
+    moved = pc.unique(rows.column("job_id").combine_chunks())
+    for path in older:
+        table = _read_table(path)
+        if table is None:
+            continue
+        again = pc.is_in(table.column("job_id"), value_set=moved)
+        if pc.any(again).as_py():
+            _rewrite_or_remove(path, table.filter(pc.invert(again)))
+    for path, stamp, _ in read:
+        try:
+            if path.stat().st_mtime_ns == stamp:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+    return len(read)
 
 
 def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:

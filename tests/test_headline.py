@@ -54,7 +54,7 @@ def test_headline_heads_the_report_with_direction_best_and_failures(fake_run: Pa
     headline_html = page[page.index('class="results headline"'):]
     headline_html = headline_html[: headline_html.index("</table>")]
     cells = re.findall(r"<td[^>]*>(.*?)</td>", headline_html)
-    numbers = [cell for cell in cells if "[" in cell]
+    numbers = [cell for cell in cells if "[" in cell]  # mean, dagger, then the CI
     assert numbers and all("†" in cell for cell in numbers)
     # One best per metric column, except mask_intersection: 100 in every row, a tie, so both methods are marked.
     assert len(re.findall(r'class="best"', headline_html)) == len(columns) - 1 + 1

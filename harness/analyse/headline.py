@@ -112,10 +112,12 @@ def to_html(table: Headline) -> str:
             if cell is None:
                 cells.append("<td></td>")
                 continue
-            text = html.escape(cell.text())
-            cells.append(f'<td class="best"><strong>{text} {BEST_MARK}</strong></td>' if cell.best
-                         else f"<td>{text}</td>")
+            mean = html.escape(format_number(cell.mean) + (TINY_MARK if cell.tiny_random else ""))
+            ci = (f"<br><small>[{html.escape(format_number(cell.ci_low))}, {html.escape(format_number(cell.ci_high))}]"
+                  f"</small>" if np.isfinite(cell.ci_low) else "")
+            cells.append(f'<td class="best"><strong>{mean} {BEST_MARK}</strong>{ci}</td>' if cell.best
+                         else f"<td>{mean}{ci}</td>")
         rows.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}"
                     f"<td>{table.n_failed.get(label, 0)}</td></tr>")
-    return (f'<table class="results headline"><thead><tr><th>method</th>{head}<th>n failed</th></tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    return (f'<div class="headline"><table class="results headline"><thead><tr><th>method</th>{head}<th>n failed</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")

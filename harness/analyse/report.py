@@ -55,6 +55,9 @@ pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; }
 [id] { scroll-margin-top: 4em; }  /* anchors land below the sticky nav */
 .ablation { overflow-x: auto; }
 .ablation table.results td { white-space: nowrap; }
+div.headline { overflow-x: auto; }
+table.headline td { white-space: nowrap; }
+table.headline td small { color: #666; }
 table.headline td.best { background: #e6f4ea; }
 """
 SUMMARY_KEYS = ("method", "preset", "category", "metric")

@@ -88,6 +88,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
                           ok_jobs=[job_id for job_id, status in statuses.items() if status == store.STATUS_OK],
                           scores_jobs=any(not metric.group_by for metric in plan.metrics))
     if not todo and not any(map(scheduler.group_complete, groups)):  # nothing to run: no cluster, no models
+        store.compact_results(run_dir)  # an earlier run killed before its compaction
         summary.wall_seconds = time.perf_counter() - start_clock
         _write_run_manifest(run_dir, suite, plan, summary, started, models, {}, slots=0)
         return summary
@@ -98,6 +99,9 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     summary.learns_run = sum(bool(output.get("learned")) for output in run.learned.values())
     summary.peak_in_flight = scheduler.peak_running
     run.settle_weights()
+    # Thousands of small per-job files read slowly (and very slowly on a shared file system): the finished run's
+    # journal becomes a few row-group-sized files (below COMPACT_MIN_FILES files it stays as it is).
+    store.compact_results(run_dir)
     summary.wall_seconds = time.perf_counter() - start_clock
     method_time = summary.work_seconds / run.slots
     summary.overhead_share = max(0.0, (summary.wall_seconds - method_time) / summary.wall_seconds) \
