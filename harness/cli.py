@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("perf", help="run the performance benchmarks and write their table")
     p.add_argument("--out", default="runs/perf")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="sections to run (default all): steps cached_work metrics harness scaling results ...")
     p.set_defaults(func=_handler("benchmarks.perf.__main__:perf_main"))
     return parser
 

@@ -241,8 +241,21 @@ def _newest_rows(tables: list[pa.Table]) -> list[pa.Table]:
 def _read_tables(run_dir: str | Path, columns: list[str] | None = None) -> list[pa.Table]:
     if columns is not None and "job_id" not in columns:
         columns = ["job_id", *columns]
-    tables = [table for table in (_read_table(path, columns) for path in _result_files(run_dir)) if table is not None]
+    tables = [table for table in _read_many(_result_files(run_dir), columns) if table is not None]
     return _newest_rows(tables)
+
+
+READ_THREADS = 16  # reading many small files waits on the file system (a shared one most): overlap the waits
+
+
+def _read_many(paths: list[Path], columns: list[str] | None = None) -> list[pa.Table | None]:
+    """Each path's table (None where unreadable), in the order of ``paths``."""
+    if len(paths) < 2:
+        return [_read_table(path, columns) for path in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(READ_THREADS, len(paths))) as pool:
+        return list(pool.map(lambda path: _read_table(path, columns), paths))
 
 
 def _conform(table: pa.Table) -> pa.Table:
@@ -324,12 +337,10 @@ def compact_results(run_dir: str | Path, rows_per_file: int = COMPACT_ROWS,
     journal = _journal_files(run_dir)
     if len(journal) < max(min_files, 1):
         return 0
-    read: list[tuple[Path, float, pa.Table]] = []
-    for path in journal:
-        stamp = path.stat().st_mtime_ns
-        table = _read_table(path)
-        if table is not None and "job_id" in table.column_names:
-            read.append((path, stamp, _conform(table)))
+    stamps = [path.stat().st_mtime_ns for path in journal]  # before reading: a file changed since is kept
+    read: list[tuple[Path, int, pa.Table]] = [
+        (path, stamp, _conform(table)) for path, stamp, table in zip(journal, stamps, _read_many(journal))
+        if table is not None and "job_id" in table.column_names]
     if not read:
         return 0
     rows = pa.concat_tables(_newest_rows([table for _, _, table in read]))
