@@ -66,13 +66,13 @@ import yaml
 
 import clic.methods as method_registry
 from harness.errors import UsageError
+from harness.plan.locations import URI
 
 TASKS = ("transfer", "generate", "match")
 DEFAULT_TASKS = ("transfer",)
 # clic.models.TINY_PRESETS, repeated so that reading a suite does not import torch.
 TINY_MODELS = ("tiny", "tiny-inpaint")
 DEFAULT_METRICS = ("clip_image", "clip_text", "lpips", "ssim_psnr", "mask_iou")
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 ESR_PROMPTS_KEYWORD = "esr"  # generate.prompts: esr -> the editing prompts the esr metric judges
 PROMPT_FIELDS = frozenset({"object", "tokens", "token"})  # what clic.learn.format_prompt fills in
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")  # the name becomes runs/<name>
@@ -414,9 +414,9 @@ class _SuiteReader:
 
     def manifest_location(self, value: str, key: str) -> str:
         value = self.string(value, key)
-        if _URI.match(value) and not value.lower().startswith("file://"):
+        if URI.match(value) and not value.lower().startswith("file://"):
             return value
-        local = Path(unquote(urlparse(value).path) if _URI.match(value) else value).expanduser()
+        local = Path(unquote(urlparse(value).path) if URI.match(value) else value).expanduser()
         resolved = local if local.is_absolute() else self.base_dir / local
         if not resolved.exists():
             self.fail(key, f"file not found: {value} (resolved to {resolved})")
