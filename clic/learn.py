@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -27,7 +27,7 @@ from .concept import LearnedConcept
 from .losses import Objective, StepTensors, resize_mask
 from .models import SDComponents
 from .tokens import ConceptTokens, merge_concept_embeddings
-from .settings import reject_unknown_keys
+from .settings import MethodConfig
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,10 @@ class Phase:
 
 
 @dataclass(frozen=True)
-class LearnConfig:
+class LearnConfig(MethodConfig):
     """Everything that determines a learning run (hashable into a job id via :meth:`to_dict`)."""
+
+    MERGED: ClassVar[tuple[str, ...]] = ("terms", "augment")
 
     steps: int = 500
     lr: float = 1e-5  # token and attention weights, paper §4 ("Adam, lr 1e-5")
@@ -74,15 +76,8 @@ class LearnConfig:
     gradient_checkpointing: bool = False
     compile_unet: bool = False  # torch.compile the UNet (opt-in; on CPU it compiles for minutes and runs slower)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["terms"] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.terms.items()}
-        return data
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LearnConfig":
-        reject_unknown_keys(cls, data, "learning option(s)")
-        data = dict(data)
+    def coerce(cls, data: dict[str, Any]) -> dict[str, Any]:
         if "augment" in data and isinstance(data["augment"], Mapping):
             data["augment"] = AugmentConfig(**data["augment"])
         if "phases" in data:
@@ -91,18 +86,7 @@ class LearnConfig:
             data["roi_prompts"] = (data["roi_prompts"],)
         if "roi_prompts" in data:
             data["roi_prompts"] = tuple(data["roi_prompts"])
-        return cls(**data)
-
-    def merged(self, overrides: Mapping[str, Any] | None) -> "LearnConfig":
-        if not overrides:
-            return self
-        base = self.to_dict()
-        for key, value in overrides.items():
-            if key in ("terms", "augment") and isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        return LearnConfig.from_dict(base)
+        return data
 
     def validate(self) -> None:
         if self.total_steps <= 0:

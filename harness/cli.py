@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = msub.add_parser("from-folder", help="build a manifest from the folder convention in the README")
     q.add_argument("folder")
     q.add_argument("--out", default=None, help="manifest path (default: FOLDER/manifest.parquet)")
-    q.set_defaults(func=_handler("harness.plan.manifest:from_folder_main"))
+    q.set_defaults(func=_handler("harness.plan.folder:from_folder_main"))
     q = msub.add_parser("synth", help="render a procedural benchmark set with exact ground truth")
     q.add_argument("--set", dest="set_name", default="all",
                    choices=["furniture", "jewelry", "building", "kitchenware", "all"])

@@ -18,13 +18,13 @@ from PIL import Image
 
 import harness.plan.manifest as manifest_module
 from harness.cli import main
+from harness.plan.folder import manifest_from_folder
 from harness.plan.manifest import (
     GROUND_TRUTH_FIELDS,
     MANIFEST_SCHEMA,
     PairSpec,
     Problem,
     load_manifest,
-    manifest_from_folder,
     write_manifest,
 )
 

@@ -15,16 +15,28 @@ from harness.errors import UsageError
 from harness.plan.suite import DEFAULT_METRICS, MethodSpec, Suite, SuiteError, load_suite, suite_from_dict
 
 
-class FakeCLiC:
+class FakeMethod:
+    """What the suite reader asks of a method, without torch: its presets and a check of its config."""
+
+    presets: dict = {"default": {}}
+
+    def preset_terms(self, preset: str | None = None) -> dict:
+        return {}
+
+    def check(self, preset: str | None = None, overrides: dict | None = None) -> None:
+        return None
+
+
+class FakeCLiC(FakeMethod):
     presets = {"paper": {}, "official-code": {"transfer": {"t_start": 18}}}
     default_preset = "paper"
 
 
-class FakeOther:
+class FakeOther(FakeMethod):
     presets = {"default": {}}
 
 
-class FakeNoDefault:
+class FakeNoDefault(FakeMethod):
     presets = {"a": {}, "b": {}}
 
 

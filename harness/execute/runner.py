@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .. import store
-from ..plan.jobs import (GroupKey, JobGraph, ModelInfo, Pair, Plan, TaskJob, build_job_graph, code_version,
+from ..plan.jobs import (GroupKey, JobGraph, ModelInfo, Pair, Plan, build_job_graph, code_version,
                          git_describe, group_members, group_prefix, group_result_id)
 from ..plan.resolve import describe_models, load_pairs, method_tasks, plan_from_suite
 from .records import NO_MODEL_LABEL, Recorder, RunSummary, mean_values, now_iso, one_line  # noqa: F401 - re-exported
