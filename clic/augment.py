@@ -26,8 +26,9 @@ class AugmentConfig:
     p_flip: float = 0.5
     p_zoom: float = 0.5  # half of the zooms are in, half out
     p_jitter: float = 0.3
-    jitter: float = 0.1  # brightness / contrast / saturation factor range 1 ± jitter
+    jitter: float = 0.1  # factor range 1 ± jitter for each of jitter_kinds
     p_grayscale: float = 0.1
+    jitter_kinds: tuple[str, ...] = ("brightness", "contrast", "saturation")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ def apply_geometric(image: torch.Tensor, mask: torch.Tensor, key: GeometricKey) 
     return image_s[:, top : top + height, left : left + width], mask_s[:, top : top + height, left : left + width]
 
 
+JITTERS = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast, "saturation": TF.adjust_saturation}
+
+
 def apply_photometric(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
     """Colour jitter and grayscale on an image in [-1, 1]; returns (image, changed)."""
     if not config.enabled:
@@ -90,10 +94,8 @@ def apply_photometric(image: torch.Tensor, config: AugmentConfig, generator: tor
     pixels = (image + 1) / 2
     if _rand(generator) < config.p_jitter:
         low, high = 1 - config.jitter, 1 + config.jitter
-        factors = [low + (high - low) * _rand(generator) for _ in range(3)]
-        pixels = TF.adjust_brightness(pixels, factors[0])
-        pixels = TF.adjust_contrast(pixels, factors[1])
-        pixels = TF.adjust_saturation(pixels, factors[2])
+        for kind in config.jitter_kinds:
+            pixels = JITTERS[kind](pixels, low + (high - low) * _rand(generator))
         changed = True
     if _rand(generator) < config.p_grayscale:
         pixels = TF.rgb_to_grayscale(pixels, num_output_channels=3)

@@ -154,8 +154,9 @@ def cmd_transfer(args: argparse.Namespace) -> None:
         settings = method.task_settings("transfer", concept.preset, overrides)
         steps = settings.get("steps", TransferSettings.steps)
         t_start = settings.get("t_start", TransferSettings.t_start)
-        if not 1 <= t_start <= steps:
-            raise CLIError("--t-start", f"must lie in [1, {steps}] (the --steps of the schedule), got {t_start}")
+        if not 1 <= t_start < steps:
+            raise CLIError("--t-start", f"must lie in [1, {steps - 1}] (steps of the --steps schedule kept before "
+                                        f"editing), got {t_start}")
     components = _components(method, args.model, concept)
     resolution = _resolution(args.resolution, components, concept)
     image = load_image(args.image)
@@ -176,6 +177,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
         "seed": args.seed, "overrides": overrides, "resolution": resolution, "size": list(image.size),
         "model": components.weights_label if components is not None else None,
         "attention_in_mask": getattr(result, "attention_in_mask", None),
+        **(result.schedule_record() if hasattr(result, "schedule_record") else {}),
         "seconds": round(time.perf_counter() - started, 3),
     })
     print(f"transferred {' '.join(concept.tokens) or 'the source'} into {args.image} -> {out / 'edited.png'}")
@@ -244,6 +246,28 @@ def cmd_match(args: argparse.Namespace) -> None:
     print(f"matched the concept's region in {args.image}: {float(np.mean(mask)):.1%} of the image -> {out / 'mask.png'}")
 
 
+def cmd_methods_show(args: argparse.Namespace) -> None:
+    """A method preset's settings, each with the source of its value."""
+    from .methods import method_class
+    from .presets import format_settings, settings_table
+
+    try:
+        cls = method_class(args.name)
+    except ValueError as err:
+        raise CLIError(args.name, str(err)) from None
+    preset = args.preset or cls.default_preset
+    if preset not in cls.presets:
+        raise CLIError("--preset", f"unknown preset {preset!r} of {args.name!r}; known: {', '.join(sorted(cls.presets))}")
+    declared = getattr(cls, "declared_settings", {}).get(preset)
+    if declared is None:  # a method without a declared list: its overrides and its sources
+        print(json.dumps({"preset": preset, "overrides": cls.presets[preset], "sources": cls.sources}, indent=2,
+                         default=str))
+    elif args.json:
+        print(json.dumps(settings_table(declared), indent=2))
+    else:
+        print(f"{args.name} --preset {preset}\n{format_settings(declared)}")
+
+
 def cmd_save_tiny(args: argparse.Namespace) -> None:
     path = save_tiny(args.directory, args.variant)
     print(f"wrote the {args.variant} model (random weights, for tests) -> {path}")
@@ -280,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--image", required=True, help="target image")
     transfer.add_argument("--mask", required=True, help="target region")
     transfer.add_argument("--object", required=True)
-    transfer.add_argument("--t-start", type=int, help="DDIM steps run, from the end (paper: 5-15 of 50)")
+    transfer.add_argument("--t-start", type=int, help="schedule steps kept from the noised target; editing starts at "
+                                                      "timesteps[t_start] (paper: 5-15 of 50)")
     transfer.add_argument("--eta", type=float, help="attention-guidance step size (0: off)")
     transfer.add_argument("--steps", type=int, help="DDIM schedule length (default 50)")
     transfer.add_argument("--out", required=True)
@@ -306,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--threshold", type=float, help="on the min-max normalised map (default 0.5)")
     match.add_argument("--out", required=True)
     match.set_defaults(run=cmd_match)
+
+    methods = commands.add_parser("methods", help="what a method preset sets, and where each value comes from")
+    method_commands = methods.add_subparsers(dest="method_command", required=True)
+    show = method_commands.add_parser("show", help="print a preset's settings with their sources")
+    show.add_argument("name", help="method name, e.g. clic")
+    show.add_argument("--preset", help="default: the method's default preset")
+    show.add_argument("--json", action="store_true", help="rows {setting, value, source} as JSON")
+    show.set_defaults(run=cmd_methods_show)
 
     models = commands.add_parser("models", help="model utilities")
     model_commands = models.add_subparsers(dest="model_command", required=True)

@@ -26,6 +26,7 @@ from .augment import AugmentConfig, LatentBank
 from .concept import LearnedConcept
 from .losses import Objective, StepTensors, resize_mask
 from .models import SDComponents
+from .prediction import training_target
 from .tokens import ConceptTokens, merge_concept_embeddings
 from .settings import MethodConfig
 
@@ -58,14 +59,16 @@ class LearnConfig(MethodConfig):
     train_q_out: bool = False
     train_layers: str = "all"  # cross-attention layers that get trainable copies
     capture_layers: str = "up"  # where l_att reads attention (paper: up-block cross-attention)
-    attention_resolution: int | None = None  # None: the coarsest captured layer's side
+    attention_resolution: int | str | None = None  # None: the coarsest captured layer's side; "latent": the latent grid
     normalize_attention: bool = False  # divide each token map by its max (Break-A-Scene)
+    attention_norm: str = "raw"  # "raw" probabilities | "minmax": (A − min)/(max − min) per token map
+    max_grad_norm: float = 0.0  # > 0: clip the global gradient norm of the trained parameters
     same_resolution_maps: bool = False  # average only layers native to attention_resolution (Break-A-Scene: 16×16)
     terms: Mapping[str, Any] = field(
         default_factory=lambda: {"con": {"weight": 1.0, "alpha": 0.5}, "att": 0.5, "roi": 0.5}
     )
     context_prompt: str = "A {object} with {tokens} style"
-    roi_prompts: tuple[str, ...] = ("A photo of {token}",)
+    roi_prompts: tuple[str, ...] = ("A photo of {token}",)  # several: one drawn at random per step
     roi_mask_space: str = "latent"  # "latent": M ⊙ x_t (paper); "pixel": mask the image before encoding
     placeholder: str = "<v*>"
     init_word: str | None = None  # None: the object word
@@ -79,7 +82,10 @@ class LearnConfig(MethodConfig):
     @classmethod
     def coerce(cls, data: dict[str, Any]) -> dict[str, Any]:
         if "augment" in data and isinstance(data["augment"], Mapping):
-            data["augment"] = AugmentConfig(**data["augment"])
+            augment = dict(data["augment"])
+            if "jitter_kinds" in augment:
+                augment["jitter_kinds"] = tuple(augment["jitter_kinds"])
+            data["augment"] = AugmentConfig(**augment)
         if "phases" in data:
             data["phases"] = tuple(p if isinstance(p, Phase) else Phase(**p) for p in data["phases"])
         if "roi_prompts" in data and isinstance(data["roi_prompts"], str):
@@ -95,6 +101,10 @@ class LearnConfig(MethodConfig):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
         if self.roi_mask_space not in ("latent", "pixel"):
             raise ValueError(f"roi_mask_space must be 'latent' or 'pixel', got {self.roi_mask_space!r}")
+        if self.attention_norm not in ("raw", "minmax"):
+            raise ValueError(f"attention_norm must be 'raw' or 'minmax', got {self.attention_norm!r}")
+        if isinstance(self.attention_resolution, str) and self.attention_resolution != "latent":
+            raise ValueError(f"attention_resolution must be a side in cells or 'latent', got {self.attention_resolution!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
 
@@ -203,6 +213,7 @@ class StepBatch:
     timestep: torch.Tensor  # (1,)
     noise: torch.Tensor  # (1, 4, h, w)
     roi_latents: torch.Tensor | None = None  # (n, 4, h, w) pixel-space masked variants, if configured
+    roi_prompt_indices: tuple[int, ...] | None = None  # the RoI template drawn for each token (several templates)
 
 
 def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
@@ -216,27 +227,34 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     scheduler = components.scheduler
 
     x_t = scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
-    rows, prompts = [], []
+    rows, prompts, roi_x0 = [], [], None
     if "context" in needs:
         rows.append(x_t)
         prompts.append(format_prompt(config.context_prompt, object_word, tokens.tokens) + batch.suffix)
     if "roi" in needs:
         if batch.roi_latents is not None:  # official code: mask in pixel space, then noise
-            rows.append(scheduler.add_noise(batch.roi_latents, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n)))
+            roi_x0 = batch.roi_latents
+            rows.append(scheduler.add_noise(roi_x0, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n)))
         else:
+            roi_x0 = latent_masks[:, None] * batch.latents
             rows.append(latent_masks[:, None] * x_t)
-        roi_templates = config.roi_prompts
+        indices = batch.roi_prompt_indices or (0,) * n
         for k, token in enumerate(tokens.tokens):
-            template = roi_templates[int(batch.timestep.item() + k) % len(roi_templates)] if len(roi_templates) > 1 else roi_templates[0]
-            prompts.append(format_prompt(template, object_word, [token]))
+            prompts.append(format_prompt(config.roi_prompts[indices[k]], object_word, [token]))
     model_input = torch.cat(rows)
     text, ids = encode_text(components, prompts)
     capture_on = "attention" in needs
-    state.capture.set_tokens(tokens.positions(ids) if capture_on else None)
+    if capture_on:  # only row 0 (context) is read; the other rows record the same columns
+        state.capture.set_tokens(tokens.positions(ids[:1], prompts[:1]).expand(len(prompts), -1))
+    else:
+        state.capture.set_tokens(None)
     timesteps = batch.timestep.expand(model_input.shape[0])
     eps = components.unet(model_input, timesteps, encoder_hidden_states=text).sample
 
-    step = StepTensors(noise=batch.noise, mask=union)
+    step = StepTensors(noise=batch.noise, mask=union, pixel_masks=batch.masks,
+                       target=training_target(scheduler, batch.latents, batch.noise, batch.timestep))
+    if roi_x0 is not None:  # each RoI row's own clean latents (ε is shared)
+        step.roi_target = training_target(scheduler, roi_x0, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n))
     offset = 0
     if "context" in needs:
         step.eps_context = eps[:1]
@@ -247,6 +265,9 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
         attention = state.capture.mean_map(state.attention_resolution, batch_index=slice(0, 1))
         if config.normalize_attention:
             attention = attention / attention.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
+        if config.attention_norm == "minmax":  # released code, learning.py L996-997
+            low = attention.amin(dim=(-2, -1), keepdim=True)
+            attention = (attention - low) / (attention.amax(dim=(-2, -1), keepdim=True) - low).clamp_min(1e-12)
         step.attention = attention
         step.attention_masks = batch.masks[None]
     loss, values = state.objective(step)
@@ -268,6 +289,13 @@ def capture_resolution(capture: AttentionCapture, components: SDComponents) -> i
         else:
             sides.append(latent // 2 ** depth)
     return max(1, min(sides)) if sides else max(1, latent // 4)
+
+
+def attention_side(config: LearnConfig, capture: AttentionCapture, components: SDComponents) -> int:
+    """The side l_att compares maps at: configured, the latent grid, or the coarsest captured layer's."""
+    if config.attention_resolution == "latent":
+        return components.latent_size
+    return int(config.attention_resolution or capture_resolution(capture, components))
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -316,7 +344,7 @@ def learn_concept(
     if config.compile_unet:
         components.unet.compile()
     objective = Objective(config.terms)
-    state = TrainState(components, tokens, capture, objective, config, config.attention_resolution or capture_resolution(capture, components))
+    state = TrainState(components, tokens, capture, objective, config, attention_side(config, capture, components))
     capture.same_resolution_only = config.same_resolution_maps
 
     images = source.images.to(device)
@@ -361,13 +389,19 @@ def learn_concept(
             if config.roi_mask_space == "pixel" and "roi" in objective.needs:
                 masked = torch.where(aug_masks[:, None] > 0.5, aug_image[None], torch.zeros_like(aug_image[None]))
                 roi_latents = sample_latents(components, vae_moments(components, masked), generator)
-            batch = StepBatch(latents, aug_masks, aug_image, suffix, timestep, noise, roi_latents)
+            roi_prompt_indices = None
+            if len(config.roi_prompts) > 1 and "roi" in objective.needs:  # released code: random.sample per step (L294)
+                roi_prompt_indices = tuple(int(i) for i in torch.randint(len(config.roi_prompts), (n_tokens,), generator=generator))
+            batch = StepBatch(latents, aug_masks, aug_image, suffix, timestep, noise, roi_latents, roi_prompt_indices)
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss, values = step_fn(state, batch, source.object_word)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {float(loss)} at step {step_index}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if config.max_grad_norm > 0:  # released code: clip_grad_norm_ over token + attention weights (L1070-1076)
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for group in groups for p in group["params"]], config.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             values["step"] = step_index

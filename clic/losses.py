@@ -1,11 +1,21 @@
 """Loss functions (pure) and the term registry that turns a config into an objective.
 
-Every loss is a mean over elements, as diffusers' training scripts use ``F.mse_loss``:
+Two families of forms. The paper's (CLiC §3.1; every loss a mean over elements, as diffusers' training
+scripts use ``F.mse_loss``; y is the training target, ε or v, see :mod:`clic.prediction`):
 
-* l_con  = mean((M_soft ⊙ (ε_θ(x_t, c, t) − ε))²),  M_soft = α + (1 − α)·M   (paper Eq. 3)
-* l_att  = mean((CA_θ(v*, x_t) − Resize(M))²)                                (paper Eq. 4)
-* l_RoI  = mean((ε_θ(M ⊙ x_t, c*, t) − ε)²)                                  (paper Eq. 5)
-* plain diffusion = mean((ε_θ − ε)²); masked diffusion = mean((M ⊙ (ε_θ − ε))²) (Break-A-Scene)
+* l_con  = mean((M_soft ⊙ (ε_θ(x_t, c, t) − y))²),  M_soft = α + (1 − α)·M
+* l_att  = mean((CA_θ(v*, x_t) − Resize(M))²)
+* l_RoI  = mean((ε_θ(M ⊙ x_t, c*, t) − y)²)
+* plain diffusion = mean((ε_θ − y)²); masked diffusion = mean((M ⊙ (ε_θ − y))²) (Break-A-Scene)
+
+and the released code's (github Mehdi0xC/clic ``learning.py``), where a weight multiplies the *squared*
+error and the sum is normalised by the weight's own sum over one channel:
+
+* l_con  = Σ(W ⊙ (ε_θ − y)²) / ΣW,  W = M_64 where M_64 ≥ 0.05, else 0.25, times the valid region
+  (L107-115, L1002-1004)
+* l_RoI  = Σ(M_64 ⊙ (ε_θ(x_t^RoI, c*, t) − y)²) / ΣM_64  (L1008-1010)
+
+M_64 is the mask bilinearly resized (no antialiasing) to the latent grid (64×64 at 512 px, L107).
 
 An objective is a weighted sum of named terms: ``{"con": {"weight": 1, "alpha": 0.5}, "att": 0.5}``.
 A term is a function ``(StepTensors, **params) -> Tensor`` registered here with :func:`register_term`,
@@ -38,7 +48,8 @@ def context_loss(eps_pred: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor, 
 def attention_loss(attn_map: torch.Tensor, mask: torch.Tensor, resize: str = "area") -> torch.Tensor:
     """l_att: squared error between the token's attention map and the mask resized to the map.
 
-    ``resize="area"`` (CLiC) gives a soft target at coarse resolutions; ``"nearest"`` is Break-A-Scene's.
+    ``resize``: ``"antialias"`` (CLiC paper preset: the same antialiased bilinear filter the maps get),
+    ``"area"``, ``"bilinear"`` (released CLiC code, learning.py L107) or ``"nearest"`` (Break-A-Scene).
     """
     target = resize_mask(mask, attn_map.shape[-2:], mode=resize)
     return ((attn_map - target) ** 2).mean()
@@ -58,11 +69,44 @@ def masked_diffusion_loss(eps_pred: torch.Tensor, eps: torch.Tensor, mask: torch
     return ((mask * (eps_pred - eps)) ** 2).mean()
 
 
+RESIZE_MODES = ("area", "nearest", "bilinear", "antialias")
+
+
 def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size, mode: str = "area") -> torch.Tensor:
-    """Resize a (B, 1|n, H, W) mask: ``area`` averaging (soft at coarse resolutions) or ``nearest``."""
+    """Resize a (B, 1|n, H, W) mask: ``area`` averaging (soft at coarse resolutions), ``nearest``,
+    ``bilinear`` (no antialiasing, as ``F.interpolate``'s default) or ``antialias`` (bilinear, antialiased)."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown mask resize mode {mode!r}; known: {', '.join(RESIZE_MODES)}")
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
+    if mode in ("bilinear", "antialias"):
+        return F.interpolate(mask, size=tuple(size), mode="bilinear", align_corners=False,
+                             antialias=mode == "antialias")
     return F.interpolate(mask, size=tuple(size), mode=mode)
+
+
+def released_context_weight(mask: torch.Tensor, size: tuple[int, int] | torch.Size, outside: float = 0.25,
+                            threshold: float = 0.05, border: int = 1) -> torch.Tensor:
+    """The released code's l_con weight W on the latent grid, from a (B, 1, H, W) pixel mask.
+
+    Bilinear resize (learning.py L107), cells below ``threshold`` set to ``outside`` (L113) — the mask
+    value elsewhere — times the valid-region mask, which under ``--noaug`` is 1 on cells [1, h−1) and 0 on
+    the outer ring (learning.py L222, L230-232 with scale = size; L115).
+    """
+    weight = resize_mask(mask, size, "bilinear")
+    weight = torch.where(weight < threshold, torch.full_like(weight, outside), weight)
+    if border > 0:
+        valid = torch.zeros_like(weight)
+        valid[..., border:-border, border:-border] = 1
+        weight = weight * valid
+    return weight
+
+
+def weight_normalised_error(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Σ_c,h,w W ⊙ (pred − target)² / (Σ_h,w W + 1e-10) per row, averaged over rows (learning.py L1004):
+    the error sums over the latent channels, the weight over its single channel."""
+    error = (pred - target) ** 2 * weight
+    return (error.sum(dim=(1, 2, 3)) / (weight.sum(dim=(1, 2, 3)) + 1e-10)).mean()
 
 
 # ------------------------------------------------------------------------------------ the objective
@@ -74,11 +118,20 @@ class StepTensors:
 
     noise: torch.Tensor  # ε, (B, 4, h, w)
     mask: torch.Tensor  # region mask at latent resolution, (B, 1, h, w)
+    # What the UNet output should equal (clic.prediction.training_target): ε, or v on a v-prediction model.
+    # None means ε, for steps written before prediction types were read.
+    target: torch.Tensor | None = None
+    roi_target: torch.Tensor | None = None  # the RoI rows' own targets (their clean latents differ)
     eps_context: torch.Tensor | None = None  # ε_θ(x_t, c, t)
     eps_roi: torch.Tensor | None = None  # ε_θ(M ⊙ x_t, c*, t)
     attention: torch.Tensor | None = None  # (B, n_tokens, r, r) token maps of the context branch
     attention_masks: torch.Tensor | None = None  # (B, n_tokens, H, W) one target mask per token
+    pixel_masks: torch.Tensor | None = None  # (n_tokens, H, W) the step's (augmented) pixel masks
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            self.target = self.noise
 
 
 # The UNet passes a term may need: the shared step computes these; a method whose own training step computes
@@ -118,8 +171,15 @@ def register_term(name: str, needs: set[str] | frozenset[str]) -> Callable:
 
 
 @register_term("con", {"context"})
-def _con(s: StepTensors, alpha: float = 0.5) -> torch.Tensor:
-    return context_loss(s.eps_context, s.noise, s.mask, alpha)
+def _con(s: StepTensors, alpha: float = 0.5, form: str = "paper", outside: float = 0.25, threshold: float = 0.05,
+         border: int = 1) -> torch.Tensor:
+    """``form="paper"``: mean((M_soft ⊙ error)²) with α; ``"released"``: the weight-normalised form."""
+    if form == "released":
+        weight = released_context_weight(s.pixel_masks.amax(dim=0)[None, None], s.eps_context.shape[-2:], outside,
+                                         threshold, border)
+        return weight_normalised_error(s.eps_context, s.target, weight)
+    _check_form(form)
+    return context_loss(s.eps_context, s.target, s.mask, alpha)
 
 
 @register_term("att", {"context", "attention"})
@@ -128,18 +188,29 @@ def _att(s: StepTensors, resize: str = "area") -> torch.Tensor:
 
 
 @register_term("roi", {"roi"})
-def _roi(s: StepTensors) -> torch.Tensor:
-    return roi_loss(s.eps_roi, s.noise.expand_as(s.eps_roi))
+def _roi(s: StepTensors, form: str = "paper") -> torch.Tensor:
+    """``form="paper"``: plain mean squared error; ``"released"``: weighted by the bilinear mask, normalised."""
+    target = s.roi_target if s.roi_target is not None else s.target.expand_as(s.eps_roi)
+    if form == "released":  # one row per token, each weighted by its own mask
+        return weight_normalised_error(s.eps_roi, target, resize_mask(s.pixel_masks[:, None], s.eps_roi.shape[-2:],
+                                                                      "bilinear"))
+    _check_form(form)
+    return roi_loss(s.eps_roi, target)
+
+
+def _check_form(form: str) -> None:
+    if form not in ("paper", "released"):
+        raise ValueError(f"loss form must be 'paper' or 'released', got {form!r}")
 
 
 @register_term("diffusion", {"context"})
 def _diffusion(s: StepTensors) -> torch.Tensor:
-    return diffusion_loss(s.eps_context, s.noise)
+    return diffusion_loss(s.eps_context, s.target)
 
 
 @register_term("masked_diffusion", {"context"})
 def _masked(s: StepTensors) -> torch.Tensor:
-    return masked_diffusion_loss(s.eps_context, s.noise, s.mask)
+    return masked_diffusion_loss(s.eps_context, s.target, s.mask)
 
 
 def resolve_term(name: str, spec: Mapping[str, Any]) -> LossTerm:

@@ -6,8 +6,8 @@ Three sources, one return type (:class:`SDComponents`):
   ``tokenizer/``, ``scheduler/``), e.g. a Stable Diffusion 1.x/2.x checkpoint;
 * an HF model id already in the local cache, loaded with ``local_files_only`` (this machine, and most
   cluster nodes, have no route to the hub: a missing model is one clear error, not a retry loop);
-* ``tiny`` / ``tiny-inpaint``: seeded small models built from configs, as diffusers' own test suite
-  does, with a real CLIP tokenizer made from the BPE vocabulary that open_clip ships. Numbers made with
+* ``tiny`` / ``tiny-inpaint`` / ``tiny-v``: seeded small models built from configs, as diffusers' own
+  test suite does (``tiny-v`` is ``tiny`` with a v-prediction scheduler, as SD 2.x 768 models have), with a real CLIP tokenizer made from the BPE vocabulary that open_clip ships. Numbers made with
   them are labelled ``tiny-random`` everywhere.
 
 ``clic models save-tiny DIR`` writes the tiny preset as a normal diffusers folder, so the folder path
@@ -33,7 +33,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 
 from . import TINY_RANDOM  # noqa: E402
 
-TINY_PRESETS = ("tiny", "tiny-inpaint")
+TINY_PRESETS = ("tiny", "tiny-inpaint", "tiny-v")
 TINY_SEED = 0
 TINY_LABEL = TINY_RANDOM  # the label of the seeded tiny models (clic.TINY_RANDOM)
 
@@ -192,7 +192,8 @@ def _tiny_tokenizer() -> CLIPTokenizer:
 
 
 def build_tiny(variant: str = "tiny") -> SDComponents:
-    """Seeded tiny SD components (64 px images, 16×16 latents). ``tiny-inpaint`` has a 9-channel UNet."""
+    """Seeded tiny SD components (64 px images, 16×16 latents). ``tiny-inpaint`` has a 9-channel UNet;
+    ``tiny-v`` is ``tiny``'s weights with a ``v_prediction`` scheduler (tests cover both prediction types)."""
     if variant not in TINY_PRESETS:
         raise ValueError(f"unknown tiny preset {variant!r}; known: {', '.join(TINY_PRESETS)}")
     generator_state = torch.random.get_rng_state()
@@ -210,7 +211,8 @@ def build_tiny(variant: str = "tiny") -> SDComponents:
         text_encoder=text_encoder,
         unet=unet,
         vae=vae,
-        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
+        scheduler=DDIMScheduler(**{**SD_SCHEDULER_CONFIG,
+                                      "prediction_type": "v_prediction" if variant == "tiny-v" else "epsilon"}),
         model_id=variant,
         weights_hash="",
         resolution=64,
@@ -247,6 +249,8 @@ def state_hash(components: SDComponents) -> str:
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    if components.scheduler.config.prediction_type != "epsilon":  # tiny-v: same weights, other target
+        digest.update(components.scheduler.config.prediction_type.encode())
     return digest.hexdigest()[:16]
 
 
@@ -293,7 +297,7 @@ def _resolve_folder(model: str) -> Path:
 
 
 def load_components(model: str = "tiny", *, dtype: torch.dtype = torch.float32) -> SDComponents:
-    """Load SD components: ``tiny``/``tiny-inpaint``, a local diffusers folder, or a cached HF id."""
+    """Load SD components: a tiny preset, a local diffusers folder, or a cached HF id."""
     if model in TINY_PRESETS:
         return build_tiny(model)
     folder = _resolve_folder(model)

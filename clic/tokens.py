@@ -108,12 +108,23 @@ class ConceptTokens:
     def vectors(self) -> dict[str, torch.Tensor]:
         return {token: self.embedding.vectors[i].detach().clone() for i, token in enumerate(self.tokens)}
 
-    def positions(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, n_tokens) position of each concept token in each prompt (0, the start token, if absent)."""
+    def positions(self, input_ids: torch.Tensor, prompts: Sequence[str] | None = None,
+                  which: Sequence[int] | None = None) -> torch.Tensor:
+        """(B, n) first position of each concept token (or of the tokens ``which`` indexes) in each prompt.
+
+        A token missing from a prompt (e.g. cut off at 77 tokens) is an error naming the prompt: falling back
+        to a position would silently supervise another token's attention (position 0 is the start token).
+        """
         columns = []
-        for token_id in self.token_ids:
+        chosen = range(len(self.tokens)) if which is None else which
+        for token, token_id in ((self.tokens[k], self.token_ids[k]) for k in chosen):
             hits = input_ids == token_id
-            columns.append(torch.where(hits.any(dim=1), hits.float().argmax(dim=1), torch.zeros_like(hits[:, 0], dtype=torch.long)))
+            missing = (~hits.any(dim=1)).nonzero()
+            if len(missing):
+                row = int(missing[0, 0])
+                text = prompts[row] if prompts is not None else self.tokenizer.decode(input_ids[row], skip_special_tokens=True)
+                raise ValueError(f"the prompt {text!r} does not contain the concept token {token!r}")
+            columns.append(hits.float().argmax(dim=1))
         return torch.stack(columns, dim=1).long()
 
     def save(self, directory: str | Path) -> list[Path]:

@@ -1,44 +1,64 @@
-"""Concept transfer: blended latent diffusion from t_start (paper Eq. 6) with cross-attention guidance (Eq. 7).
+"""Concept transfer: blended latent diffusion from t_start with cross-attention guidance (CLiC §3.2).
 
-With a DDIM schedule of ``steps`` steps, the target's latents x_tg are noised to the level of the
-``t_start``-th step from the end and only the last ``t_start`` steps run (5 ≤ t_start ≤ 15 of 50 in the
-paper). Before each UNet step:
+With a DDIM schedule of ``steps`` steps (timesteps τ_0 > τ_1 > … > τ_{T−1}), the target's latents x_tg are
+noised to τ_{t_start} and the remaining ``steps − t_start`` steps run: t_start counts the steps *kept*
+from the noised target before editing starts (paper §3.2: T − t_start noise levels are added, 5 ≤ t_start
+≤ 15 of 50; released ``transfer.py`` L100-106 replaces the latents by the noised target while i < t_start,
+and its ``reproduce.sh`` L35 notes that a higher t_start keeps more of the original). Before each UNet step:
 
-    x'_t  = M ⊙ x_t + (1 − M) ⊙ noised(x_tg, t)                   (Eq. 6)
-    x''_t = x'_t − η ∇_x ‖CA(v*, x'_t) − M‖²                      (Eq. 7)
+    x'_t  = M ⊙ x_t + (1 − M) ⊙ noised(x_tg, t)          (blending)
+    x''_t = x'_t − η ∇_x E(CA(v*, x'_t))                  (cross-attention guidance)
 
-and after the last step the outside is set to x_tg itself, so outside the (latent) mask the result is
-exactly the target's own latents and the decoded image is the target's VAE reconstruction there.
-M at latent resolution is the *any-coverage* downsampling of the pixel mask (a latent cell the region
-touches is editable), which keeps every untouched cell bit-identical to the target.
+Two presets of this loop (see :class:`TransferSettings`):
+
+* paper: E = ‖CA − M‖² at the coarsest captured resolution, plain gradient step; M the *any-coverage*
+  latent mask (a latent cell the region touches is editable); after the last step the outside is set to
+  x_tg itself, so the decoded image is the target's VAE reconstruction there.
+* released code (``transfer.py``): blending with the soft 64×64 mask while step index i ≤ 45 (L100), no
+  final paste; guidance while i < 30 (L113) as one step of a fresh Adam (lr 0.001 × att_opt, L116-117)
+  on E = mean((CA_64 − 1)²) (L131-141), the gradient not flowing through attention outputs (its processor
+  computes them under no_grad, ``src/att_processor.py`` L138-140); DDIM η = 1 (L85).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
+from diffusers.models.attention_processor import Attention
+from PIL import Image
 
 from .attention import AttentionCapture
 from .concept import LearnedConcept
-from .learn import capture_resolution, encode_text, format_prompt, vae_moments
+from .learn import capture_resolution, encode_text, format_prompt, sample_latents, vae_moments
 from .losses import resize_mask
 from .models import SDComponents
+from .prediction import check_prediction_type
 from .settings import reject_unknown_keys
 
 
 @dataclass(frozen=True)
 class TransferSettings:
-    t_start: int = 10  # DDIM steps run, counted from the end of the schedule
+    t_start: int = 10  # schedule steps kept from the noised target: the edit runs from timesteps[t_start]
     steps: int = 50  # DDIM schedule length T
-    eta: float = 1.0  # attention-guidance step size η (Eq. 7); 0 disables guidance
+    eta: float = 1.0  # attention-guidance step size η (or Adam's lr); 0 disables guidance
     ddim_eta: float = 0.0  # DDIM stochasticity (official code: 1.0)
     guidance_scale: float = 7.5  # classifier-free guidance
     prompt: str = "A {object} with {tokens} style"
     attention_target: str = "mask"  # "mask" (paper) | "ones" (official code)
     capture_layers: str = "up"
+    guidance: str = "gradient"  # "gradient": x − η∇‖CA − M‖² (paper) | "adam": one fresh-Adam step on mean((CA − M)²)
+    guidance_resolution: int | str | None = None  # None: coarsest captured layer; "latent": the latent grid
+    guidance_until: int | None = None  # guide only while the schedule index i < this (official: 30)
+    blend_until: int | None = None  # blend only while i ≤ this (official: 45)
+    blend_mask: str = "region"  # "region": any-coverage latent mask | "soft": bicubic-antialiased resize (official)
+    final_paste: bool = True  # after the last step, the outside is the target's own latents
+    target_latents: str = "mean"  # x_tg: the VAE posterior "mean" | a "sample" of it (official)
+    detach_attention_outputs: bool = False  # guidance gradient only through the queries (official processor)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TransferSettings":
@@ -50,10 +70,16 @@ class TransferSettings:
     def validate(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"transfer steps must be positive, got {self.steps}")
-        if not 1 <= self.t_start <= self.steps:
-            raise ValueError(f"t_start must lie in [1, {self.steps}], got {self.t_start}")
+        if not 1 <= self.t_start < self.steps:
+            raise ValueError(f"t_start must lie in [1, {self.steps - 1}] (steps kept before editing), got {self.t_start}")
         if self.attention_target not in ("mask", "ones"):
             raise ValueError(f"attention_target must be 'mask' or 'ones', got {self.attention_target!r}")
+        choices = {"guidance": ("gradient", "adam"), "blend_mask": ("region", "soft"), "target_latents": ("mean", "sample")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if isinstance(self.guidance_resolution, str) and self.guidance_resolution != "latent":
+            raise ValueError(f"guidance_resolution must be a side in cells or 'latent', got {self.guidance_resolution!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +93,11 @@ class TransferResult:
     target_latents: torch.Tensor  # (1, 4, h, w) x_tg
     latent_mask: torch.Tensor  # (1, 1, h, w) the mask blending used
     attention_in_mask: float  # share of the v* attention mass inside the mask (diagnostic)
+    first_timestep: int = -1  # the timestep of the first denoising step run
+    steps_run: int = 0  # denoising steps run (steps − t_start)
+
+    def schedule_record(self) -> dict[str, int]:
+        return {"first_timestep": self.first_timestep, "steps_run": self.steps_run}
 
 
 def latent_region(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
@@ -92,17 +123,51 @@ def ensure_concept(components: SDComponents, concept: LearnedConcept, capture_la
     return capture
 
 
+def soft_latent_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """The released code's blend mask, made as it makes it (``utils/io_utils.py`` L50-57): the mask as an
+    8-bit image resized to the latent grid by PIL's default filter (bicubic, antialiased, 8-bit
+    intermediate), /255. Returns a (1, 1, h, w) soft mask on the mask's device."""
+    pixels = (mask.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    resized = Image.fromarray(pixels).resize((int(size[-1]), int(size[-2])))
+    return (torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)[None, None]).to(mask.device)
+
+
+@contextmanager
+def detached_attention_outputs(unet: torch.nn.Module) -> Iterator[None]:
+    """Every attention layer's output detached (the maps it records keep their graph): a gradient from the
+    maps to the latents flows through the queries only, as the released processor's no_grad output."""
+    handles = [module.register_forward_hook(lambda _m, _i, output: output.detach())
+               for module in unet.modules() if isinstance(module, Attention)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def attention_guidance(capture: AttentionCapture, components: SDComponents, latents: torch.Tensor, t: torch.Tensor,
                        cond: torch.Tensor, positions: torch.Tensor, target: torch.Tensor, eta: float,
-                       resolution: int) -> torch.Tensor:
-    """One gradient step of Eq. 7 on the latents (the UNet's weights get no gradient)."""
+                       resolution: int, mode: str = "gradient", detach_outputs: bool = False) -> torch.Tensor:
+    """One guidance step on the latents (the UNet's weights get no gradient).
+
+    ``gradient`` (paper): x − η ∇_x Σ(CA − M)², M resized like the maps (antialiased bilinear).
+    ``adam`` (released code): one step of a fresh Adam with lr η on mean((CA − M)²); a first Adam step
+    moves each element by η·g/(|g| + 1e-8).
+    """
     with torch.enable_grad():
-        x = latents.detach().requires_grad_(True)
+        x = latents.detach().clone().requires_grad_(True)  # Adam steps in place: never on the caller's tensor
         capture.set_tokens(positions)
-        components.unet(x, t, encoder_hidden_states=cond)
+        with detached_attention_outputs(components.unet) if detach_outputs else nullcontext():
+            components.unet(x, t, encoder_hidden_states=cond)
         attention = capture.mean_map(resolution)
-        energy = ((attention - resize_mask(target, attention.shape[-2:])) ** 2).sum()
-        (grad,) = torch.autograd.grad(energy, x)
+        difference = (attention - resize_mask(target, attention.shape[-2:], "antialias")) ** 2
+        if mode == "adam":
+            optimizer = torch.optim.Adam([x], lr=eta)
+            difference.mean().backward()
+            optimizer.step()
+            capture.clear()
+            return x.detach()
+        (grad,) = torch.autograd.grad(difference.sum(), x)
     capture.clear()
     return (x - eta * grad).detach()
 
@@ -120,24 +185,33 @@ def transfer_concept(
 ) -> TransferResult:
     """Transfer the learned concept into ``target_mask`` of ``target_image`` ((3,R,R) in [-1,1], (R,R))."""
     settings.validate()
+    check_prediction_type(components.scheduler)  # DDIM's step reads the type; an unknown one stops here
     capture = ensure_concept(components, concept, settings.capture_layers)
     device = components.unet.device
     generator = torch.Generator().manual_seed(seed)
     scheduler = DDIMScheduler.from_config(components.scheduler.config)
     scheduler.set_timesteps(settings.steps)
-    timesteps = scheduler.timesteps[settings.steps - settings.t_start:]
+    timesteps = scheduler.timesteps[settings.t_start:]
 
     moments = vae_moments(components, target_image[None].to(device))
-    target_latents = moments.chunk(2, dim=1)[0] * components.vae.config.scaling_factor  # posterior mean
-    mask = latent_region(target_mask.to(device), target_latents.shape[-2:])
+    if settings.target_latents == "sample":  # released transfer.py L50: latent_dist.sample(generator)
+        target_latents = sample_latents(components, moments, generator)
+    else:
+        target_latents = moments.chunk(2, dim=1)[0] * components.vae.config.scaling_factor  # posterior mean
     pixel_mask = target_mask.to(device).float()[None, None]
+    if settings.blend_mask == "soft":
+        mask = soft_latent_mask(target_mask.to(device), target_latents.shape[-2:])
+    else:
+        mask = latent_region(target_mask.to(device), target_latents.shape[-2:])
     guidance_target = torch.ones_like(pixel_mask) if settings.attention_target == "ones" else pixel_mask
 
     prompt = format_prompt(settings.prompt, object_word, concept.tokens)
     text, ids = encode_text(components, ["", prompt])
     uncond, cond = text[:1], text[1:]
-    positions = torch.tensor([[_position(ids[1], components.tokenizer, tok) for tok in concept.tokens]])
+    positions = torch.tensor([[_position(ids[1], components.tokenizer, tok, prompt) for tok in concept.tokens]])
     resolution = capture_resolution(capture, components)
+    guidance_resolution = (components.latent_size if settings.guidance_resolution == "latent"
+                           else int(settings.guidance_resolution or resolution))
 
     def noised_target(t: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(target_latents.shape, generator=generator).to(device)
@@ -145,24 +219,27 @@ def transfer_concept(
 
     latents = noised_target(timesteps[0])
     maps = []
-    for t in timesteps:
-        latents = mask * latents + (1 - mask) * noised_target(t)  # Eq. 6
-        if settings.eta > 0:
+    for index, t in enumerate(timesteps, start=settings.t_start):  # index: position in the full schedule
+        if settings.blend_until is None or index <= settings.blend_until:
+            latents = mask * latents + (1 - mask) * noised_target(t)  # blending
+        if settings.eta > 0 and (settings.guidance_until is None or index < settings.guidance_until):
             latents = attention_guidance(capture, components, latents, t, cond, positions, guidance_target,
-                                         settings.eta, resolution)  # Eq. 7
+                                         settings.eta, guidance_resolution, settings.guidance,
+                                         settings.detach_attention_outputs)
         capture.set_tokens(positions)
         eps = components.unet(torch.cat([latents, latents]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
         maps.append(capture.mean_map(resolution, batch_index=slice(1, 2))[0, 0])
         capture.clear()
         eps_uncond, eps_cond = eps.chunk(2)
-        eps = eps_uncond + settings.guidance_scale * (eps_cond - eps_uncond)
+        eps = eps_uncond + settings.guidance_scale * (eps_cond - eps_uncond)  # linear: ε or v alike
         latents = scheduler.step(eps, t, latents, eta=settings.ddim_eta, generator=generator).prev_sample
-    latents = mask * latents + (1 - mask) * target_latents
+    if settings.final_paste:
+        latents = mask * latents + (1 - mask) * target_latents
     capture.set_tokens(None)
 
     attention, inside = summarize_attention(maps, pixel_mask, target_image.shape[-2:])
     return TransferResult(decode(components, latents)[0].cpu(), attention.cpu(), latents.cpu(), target_latents.cpu(),
-                          mask.cpu(), inside)
+                          mask.cpu(), inside, int(timesteps[0]), len(timesteps))
 
 
 def summarize_attention(maps: list[torch.Tensor], pixel_mask: torch.Tensor,
@@ -176,9 +253,9 @@ def summarize_attention(maps: list[torch.Tensor], pixel_mask: torch.Tensor,
     return attention, inside
 
 
-def _position(ids: torch.Tensor, tokenizer, token: str) -> int:
+def _position(ids: torch.Tensor, tokenizer, token: str, prompt: str) -> int:
     token_id = tokenizer.convert_tokens_to_ids(token)
     hits = (ids == token_id).nonzero()
     if len(hits) == 0:
-        raise ValueError(f"the prompt does not contain the concept token {token!r}")
+        raise ValueError(f"the prompt {prompt!r} does not contain the concept token {token!r}")
     return int(hits[0, 0])

@@ -112,8 +112,8 @@ SUITE_ERRORS = [
     ({"seed": [0]}, "seed: unknown key (did you mean 'seeds'?)"),
     ({"transfer": {"t_start": [10], "steps": 0}}, "transfer.steps: must be positive, got 0"),
     ({"methods": [{"name": "cut_paste", "learn": {"steps": -3}}]}, "methods[0].learn.steps: must be positive, got -3"),
-    ({"transfer": {"t_start": [0], "steps": 20}}, "transfer.t_start[0]: 0 is outside [1, 20]"),
-    ({"transfer": {"t_start": [21], "steps": 20}}, "transfer.t_start[0]: 21 is outside [1, 20]"),
+    ({"transfer": {"t_start": [0], "steps": 20}}, "transfer.t_start[0]: 0 is outside [1, 19]"),
+    ({"transfer": {"t_start": [20], "steps": 20}}, "transfer.t_start[0]: 20 is outside [1, 19]"),
 ]
 
 

@@ -173,7 +173,7 @@ def test_error_t_start_outside_the_schedule(chain: dict[str, Path], inputs: dict
                                             capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["transfer", "--concept", str(chain["concept"]), "--image", str(inputs["target"]), "--mask",
             str(inputs["target_mask"]), "--object", "chair", "--t-start", "60", "--steps", "50", "--out", str(tmp_path)]
-    assert "--t-start: must lie in [1, 50]" in run_error(argv, capsys)
+    assert "--t-start: must lie in [1, 49]" in run_error(argv, capsys)
 
 
 def test_error_not_a_concept_folder(inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -163,9 +163,10 @@ def test_same_seed_same_weights_and_different_seed_differs(source):
 def test_presets_differ_where_the_released_code_does():
     method = get_method("clic")
     paper, official = method.learn_config("paper"), method.learn_config("official-code")
-    assert paper.terms == {"con": {"weight": 1.0, "alpha": 0.5}, "att": 0.5, "roi": 0.5}
+    assert paper.terms == {"con": {"weight": 1.0, "alpha": 0.5, "form": "paper"},
+                           "att": {"weight": 0.5, "resize": "antialias"}, "roi": {"weight": 0.5, "form": "paper"}}
     assert official.train_q_out and official.optimizer == "adamw" and official.weight_decay == 0.1
-    assert official.terms["con"]["alpha"] == 0.25 and official.roi_mask_space == "pixel"
+    assert official.terms["con"]["form"] == "released" and official.roi_mask_space == "pixel"
     assert len(official.roi_prompts) == 8
     with pytest.raises(ValueError, match="unknown preset"):
         method.learn_config("fast")

@@ -127,6 +127,9 @@ def test_report_is_self_contained_and_complete(fake_run: Path) -> None:
     failures = page[page.index('id="failures"'):]
     assert "custom_diffusion-p2-1" in failures and "out of memory" in failures
     assert 'id="cat-jewelry"' in page and 'id="method-clic-paper"' in page
+    provenance = page[page.index('id="provenance"'):]
+    provenance = provenance[: provenance.index("<h2", 1)]
+    assert "clic --preset paper: settings and sources" in provenance and "learn.terms.con" in provenance
 
 
 def test_report_reads_the_recorded_pairs_not_the_manifest(fake_run: Path, tmp_path: Path,

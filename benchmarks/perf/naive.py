@@ -2,7 +2,9 @@
 
 Two UNet passes (x_t with c for l_con and l_att; M ⊙ x_t with c* for l_RoI), each with its own text-encoder
 pass, and an attention store in the style of prompt-to-prompt: every attention layer computes its
-probabilities explicitly and keeps all of them (all heads, all keys) for the whole step.
+probabilities explicitly and keeps all of them (all heads, all keys) for the whole step. It is independent
+of the code it checks: the noising, the prompts, the mask resampling and the paper's loss formulas
+(l_con, l_att, l_RoI and their weighted sum) are written out here, not taken from clic.losses or clic.learn.
 """
 from __future__ import annotations
 
@@ -12,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from clic.learn import StepBatch, TrainState, encode_text, format_prompt
-from clic.losses import StepTensors, resize_mask
+from clic.learn import StepBatch, TrainState
 
 
 class StoreEverythingProcessor(torch.nn.Module):
@@ -57,21 +58,41 @@ def install_naive(state: TrainState) -> dict[str, list[torch.Tensor]]:
     return store
 
 
+def _term(config, name: str) -> tuple[float, dict]:
+    """(weight, parameters) of a loss term in the config; weight 0 if absent."""
+    spec = config.terms.get(name, 0.0)
+    if isinstance(spec, (int, float)):
+        return float(spec), {}
+    return float(spec.get("weight", 1.0)), dict(spec)
+
+
+def _resize(mask: torch.Tensor, side: int, mode: str) -> torch.Tensor:
+    """A (1, n, H, W) mask at side × side: cell averages ("area") or antialiased bilinear ("antialias")."""
+    if mask.shape[-1] == side:
+        return mask
+    if mode == "area":
+        return F.adaptive_avg_pool2d(mask, side)
+    if mode == "antialias":
+        return F.interpolate(mask, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+    raise ValueError(f"the naive step writes out the paper's forms only, not resize {mode!r}")
+
+
 def naive_step(state: TrainState, batch: StepBatch, object_word: str, store: dict[str, list[torch.Tensor]]):
-    """l_con + λ_att l_att + λ_RoI l_RoI with separate passes; same inputs and same weights as fused_step."""
+    """l_con + λ_att l_att + λ_RoI l_RoI (paper forms) with separate passes; same inputs and weights as fused_step."""
     store.clear()
     components, config, tokens = state.components, state.config, state.tokens
-    scheduler = components.scheduler
-    x_t = scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
-    latent_mask = resize_mask(batch.masks[None], x_t.shape[-2:])[0]
-    context_prompt = format_prompt(config.context_prompt, object_word, tokens.tokens) + batch.suffix
-    text_c, ids_c = encode_text(components, [context_prompt])
+    alpha_bar = components.scheduler.alphas_cumprod[batch.timestep].view(-1, 1, 1, 1)
+    x_t = alpha_bar.sqrt() * batch.latents + (1 - alpha_bar).sqrt() * batch.noise
+    latent_mask = F.adaptive_avg_pool2d(batch.masks[None], x_t.shape[-1])[0]  # each latent cell's covered share
+    names = tokens.tokens
+    context_prompt = config.context_prompt.format(object=object_word, tokens=" and ".join(names), token=names[0])
+    text_c, ids_c = encode(components, context_prompt + batch.suffix)
     eps_context = components.unet(x_t, batch.timestep, encoder_hidden_states=text_c).sample
-    roi_prompt = format_prompt(config.roi_prompts[0], object_word, tokens.tokens)
-    text_r, _ = encode_text(components, [roi_prompt])
+    roi_prompt = config.roi_prompts[0].format(object=object_word, tokens=names[0], token=names[0])
+    text_r, _ = encode(components, roi_prompt)
     eps_roi = components.unet(latent_mask[:, None] * x_t, batch.timestep, encoder_hidden_states=text_r).sample
 
-    position = int(tokens.positions(ids_c)[0, 0])
+    position = int((ids_c[0] == tokens.token_ids[0]).nonzero()[0, 0])
     resolution = state.attention_resolution
     maps = []
     for name in state.capture.capture_layers:
@@ -80,9 +101,24 @@ def naive_step(state: TrainState, batch: StepBatch, object_word: str, store: dic
         side = math.isqrt(token_map.shape[0])
         grid = token_map.reshape(1, 1, side, side)
         if side != resolution:
-            grid = F.interpolate(grid, size=(resolution, resolution), mode="bilinear", align_corners=False)
+            grid = F.interpolate(grid, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                                 antialias=side > resolution)
         maps.append(grid)
     attention = torch.stack(maps).mean(0)
-    step = StepTensors(noise=batch.noise, mask=latent_mask.amax(0, keepdim=True)[None], eps_context=eps_context,
-                       eps_roi=eps_roi, attention=attention, attention_masks=batch.masks[None])
-    return state.objective(step)
+
+    (w_con, con), (w_att, att), (w_roi, _) = _term(config, "con"), _term(config, "att"), _term(config, "roi")
+    alpha = con.get("alpha", 0.5)
+    union = latent_mask.amax(0, keepdim=True)[None]
+    values = {
+        "con": (((alpha + (1 - alpha) * union) * (eps_context - batch.noise)) ** 2).mean(),
+        "att": ((attention - _resize(batch.masks[None], resolution, att.get("resize", "area"))) ** 2).mean(),
+        "roi": ((eps_roi - batch.noise) ** 2).mean(),
+    }
+    total = w_con * values["con"] + w_att * values["att"] + w_roi * values["roi"]
+    return total, {**{k: float(v.detach()) for k, v in values.items()}, "total": float(total.detach())}
+
+
+def encode(components, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = components.tokenizer(prompt, padding="max_length", max_length=components.tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt").input_ids
+    return components.text_encoder(ids)[0], ids

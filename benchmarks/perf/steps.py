@@ -16,6 +16,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from clic.attention import AttentionCapture
 from clic.learn import LearnConfig, StepBatch, TrainState, fused_step, vae_moments
 from clic.losses import Objective
+from clic.methods.base import get_method
 from clic.models import build_tiny
 from clic.tokens import ConceptTokens
 
@@ -30,7 +31,7 @@ class StepCase:
 
 
 def make_case(resolution: int, seed: int = 0, config: LearnConfig | None = None) -> StepCase:
-    config = config or LearnConfig()
+    config = config or get_method("clic").learn_config("paper")
     components = build_tiny()
     tokens = ConceptTokens(components.tokenizer, components.text_encoder, ["<v*>"], ["chair"])
     capture = AttentionCapture(components.unet, config.capture_layers, train_kv=config.train_kv,

@@ -29,7 +29,7 @@ def union_sampling_step(state: TrainState, batch: StepBatch, object_word: str) -
     prompt = format_prompt(state.config.context_prompt, object_word, [tokens[k] for k in chosen]) + batch.suffix
     text, ids = encode_text(state.components, [prompt])
     needs_attention = "attention" in state.objective.needs
-    state.capture.set_tokens(state.tokens.positions(ids)[:, chosen] if needs_attention else None)
+    state.capture.set_tokens(state.tokens.positions(ids, [prompt], chosen) if needs_attention else None)
     eps = state.components.unet(x_t, batch.timestep, encoder_hidden_states=text).sample
     step = StepTensors(noise=batch.noise, mask=union, eps_context=eps)
     if needs_attention:

@@ -403,7 +403,26 @@ def _provenance(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFram
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
     suite_json = html.escape(json.dumps(suite, indent=2, default=str, sort_keys=True))
     return (f"<table class=\"results\">{rows}</table>\n<details><summary>suite</summary><pre>{suite_json}</pre>"
-            f"</details>")
+            f"</details>{_preset_sources(results)}")
+
+
+def _preset_sources(results: pd.DataFrame) -> str:
+    """Each declared method preset of the run, every setting with the source of its value
+    (``clic methods show METHOD --preset PRESET``)."""
+    from clic.presets import declared_settings, settings_table
+
+    if results.empty:
+        return ""
+    blocks = []
+    for method, preset in sorted(set(zip(results["method"].dropna(), results["preset"].dropna()))):
+        declared = declared_settings(method, preset)
+        if declared:
+            rows = "".join(f"<tr><td>{html.escape(r['setting'])}</td><td>{html.escape(r['value'])}</td>"
+                           f"<td>{html.escape(r['source'])}</td></tr>" for r in settings_table(declared))
+            blocks.append(f"<details><summary>{html.escape(method)} --preset {html.escape(preset)}: settings and "
+                          f"sources</summary><table class=\"results\"><tr><th>setting</th><th>value</th>"
+                          f"<th>source</th></tr>{rows}</table></details>")
+    return "".join(blocks)
 
 
 def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame, head: headline_table.Headline,

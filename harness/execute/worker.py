@@ -3,6 +3,8 @@ that keep the model loaded between jobs. They write artifacts and return small r
 samples (which go from the worker to the metric actor as an object ref, never through the driver)."""
 from __future__ import annotations
 
+import json
+
 import dataclasses
 import importlib
 import time
@@ -203,6 +205,7 @@ def _transfer(context: _JobContext, sample: Any, target: tuple) -> tuple[list, d
 
     from clic.concept import LearnedConcept
     from clic.io import from_model_output, mask_from_model_output
+    from clic.transfer import TransferResult
 
     job, method, (image, mask, placement) = context.job, context.method, target
     target_mask = sample.target_mask
@@ -221,6 +224,8 @@ def _transfer(context: _JobContext, sample: Any, target: tuple) -> tuple[list, d
     _save_png(edited, context.out / "edited.png")
     _save_map(result.attention.detach().cpu().numpy(), context.out / "attention.png")
     _save_png(Image.fromarray(target_mask.astype(np.uint8) * 255), context.out / "mask.png")
+    if isinstance(result, TransferResult):  # CLiC's loop: which timesteps it ran (first timestep, steps run)
+        (context.out / "transfer.json").write_text(json.dumps(result.schedule_record()))
     return [sample], {"artifact_image": "edited.png", "artifact_attention": "attention.png",
                       "artifact_mask": "mask.png"}
 

@@ -16,7 +16,7 @@ A suite file (``benchmarks/*.yaml``)::
         learn: {steps: 500, lr: 1.0e-5, resolution: 512}   # default {}: LearnConfig overrides
     seeds: [0]                        # default [0]
     transfer:
-      t_start: [5, 10, 15]            # default null: each preset's own; each in [1, steps]
+      t_start: [5, 10, 15]            # default null: each preset's own; each in [1, steps - 1] (steps kept)
       eta: [1.0]                      # default null: each preset's own; attention-guidance step size >= 0
       steps: 50                       # default 50: DDIM schedule length T
       guidance_scale: 7.5             # default 7.5
@@ -71,7 +71,7 @@ from harness.plan.locations import URI
 TASKS = ("transfer", "generate", "match")
 DEFAULT_TASKS = ("transfer",)
 # clic.models.TINY_PRESETS, repeated so that reading a suite does not import torch.
-TINY_MODELS = ("tiny", "tiny-inpaint")
+TINY_MODELS = ("tiny", "tiny-inpaint", "tiny-v")
 DEFAULT_METRICS = ("clip_image", "clip_text", "lpips", "ssim_psnr", "mask_iou")
 ESR_PROMPTS_KEYWORD = "esr"  # generate.prompts: esr -> the editing prompts the esr metric judges
 PROMPT_FIELDS = frozenset({"object", "tokens", "token"})  # what clic.learn.format_prompt fills in
@@ -449,7 +449,7 @@ class _SuiteReader:
         if data.get("t_start") is not None:
             items = self.list_of(data["t_start"], "transfer.t_start")
             t_start = tuple(
-                self.integer(t, f"transfer.t_start[{i}]", minimum=1, maximum=steps, what=f" (T = transfer.steps = {steps})")
+                self.integer(t, f"transfer.t_start[{i}]", minimum=1, maximum=steps - 1, what=f" (T = transfer.steps = {steps})")
                 for i, t in enumerate(items)
             )
         eta = None
@@ -587,8 +587,8 @@ class _SuiteReader:
         if transfer.t_start is not None:
             return
         own = (getattr(method_class, "presets", {}).get(preset) or {}).get("transfer", {}).get("t_start")
-        if isinstance(own, int) and not 1 <= own <= transfer.steps:
-            self.fail(key, f"preset {preset!r} of method {method!r} uses t_start {own}, outside [1, {transfer.steps}] "
+        if isinstance(own, int) and not 1 <= own < transfer.steps:
+            self.fail(key, f"preset {preset!r} of method {method!r} uses t_start {own}, outside [1, {transfer.steps - 1}] "
                            f"(T = transfer.steps); set transfer.t_start or transfer.steps")
 
     def loss_weights(self, value: Any, key: str, method_class: type, learn: Any) -> dict[str, float]:
