@@ -13,6 +13,7 @@ train, prompts, terms, phases) or by overriding :meth:`clic.methods.base.Method.
 from __future__ import annotations
 
 import random
+import weakref
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,11 +162,24 @@ class ConceptSource:
 # ------------------------------------------------------------------------------ text helpers
 
 
+_TOKEN_IDS: "weakref.WeakKeyDictionary[Any, dict[tuple[int, tuple[str, ...]], torch.Tensor]]" = weakref.WeakKeyDictionary()
+_TOKEN_IDS_PER_TOKENIZER = 512  # a learning loop sees a handful of prompts; a worker many concepts' prompts
+
+
 def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
-    return tokenizer(
-        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids
+    """Padded token ids of ``prompts``. A learning loop asks for the same few prompts every step, and the
+    tokenizer costs about as much as a small text encoder's pass: ids are remembered per tokenizer and its
+    vocabulary size (adding a concept token changes how a prompt tokenizes, and the size with it)."""
+    key = (len(tokenizer), tuple(prompts))
+    cache = _TOKEN_IDS.setdefault(tokenizer, {})
+    if key not in cache:
+        if len(cache) >= _TOKEN_IDS_PER_TOKENIZER:
+            cache.clear()
+        cache[key] = tokenizer(
+            list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+    return cache[key].clone()
 
 
 def encode_text(components: SDComponents, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ TARGETS = {
     "harness overhead, tiny CLiC suite": ("<=", 0.05),
     "scaling efficiency, 1 -> 2 nodes": (">=", 0.85),
     "read a 100k-row run, compacted (s)": ("<=", 5.0),
+    "learn_concept per step / fused step": ("<=", 1.3),
 }
 
 
@@ -34,12 +35,12 @@ def _check(name: str, value: float) -> str:
     return f"{op} {bound:g}: {'met' if met else 'NOT met'}"
 
 
-SECTIONS = ("steps", "cached_work", "metrics", "harness", "scaling", "results")
+SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "harness", "scaling", "results")
 
 
 def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str, Any]:
     from .harness_bench import harness_overhead, scaling
-    from .learning import cached_work, capture_cost, fused_vs_naive
+    from .learning import cached_work, capture_cost, fused_vs_naive, learn_loop_cost
     from .metrics_bench import metric_throughput
     from .results_bench import results_read
     from .steps import batching_ceiling
@@ -52,6 +53,8 @@ def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str
         results["fused_vs_naive"] = [fused_vs_naive(r, repeats) for r in (64, 128)]
         results["batching_ceiling"] = [batching_ceiling(r, repeats) for r in (64, 128)]
         results["capture"] = [capture_cost(r, repeats) for r in (64, 128)]
+    if "learn_loop" in only:
+        results["learn_loop"] = learn_loop_cost(20, 50 if quick else 80)
     if "cached_work" in only:
         results["cached_work"] = cached_work(30 if quick else 60)
     if "metrics" in only:
@@ -70,6 +73,12 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows: list[tuple[str, float, str]] = []
     if "fused_vs_naive" in results:
         rows += _step_rows(results)
+    if "learn_loop" in results:
+        loop = results["learn_loop"]
+        rows.append(("learn_concept per step / fused step", loop["ratio"],
+                     f"whole CLiC learning runs ({loop['short_steps']} vs {loop['long_steps']} steps: "
+                     f"{loop['short_s']:.1f} / {loop['long_s']:.1f} s) cost {loop['learn_per_step_ms']:.0f} ms per "
+                     f"extra step; the fused step alone (forward + backward) {loop['fused_step_ms']:.0f} ms"))
     if "cached_work" in results:
         rows += _cached_rows(results["cached_work"])
     if "harness" in results:
