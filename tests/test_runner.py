@@ -127,6 +127,10 @@ def test_tiny_clic_learn_then_transfer(ray_session, tmp_path: Path) -> None:
     assert row["weights_label"] == "tiny-random" and row["learn_seconds"] > 0
     assert (tmp_path / "run" / row["artifact_losses"]).is_file()
     assert (tmp_path / "run" / row["artifact_attention"]).is_file()
+    # The cold start (the slowest worker warm-up) is reported apart: after it, less of the wall is overhead.
+    timing = store.read_run_manifest(tmp_path / "run")["timing"]
+    assert timing["cold_start_seconds"] == summary.cold_start_seconds >= 0
+    assert 0 <= timing["warm_overhead_share"] <= timing["overhead_share"] or timing["overhead_share"] == 0
 
 
 TWO_NODE_SCRIPT = textwrap.dedent("""

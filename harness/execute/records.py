@@ -33,6 +33,8 @@ class RunSummary:
     wall_seconds: float = 0.0
     work_seconds: float = 0.0  # learn + task + metric seconds summed over jobs
     overhead_share: float = 0.0
+    cold_start_seconds: float = 0.0  # the slowest worker's warm-up (imports, model load): once per worker process
+    warm_overhead_share: float = 0.0  # the overhead share of the wall time after the cold start
     node_ids: Counter = field(default_factory=Counter)  # node -> task jobs it ran
     learn_node_ids: Counter = field(default_factory=Counter)  # node -> concepts it learned in this run
     peak_in_flight: int = 0  # most task jobs submitted at once (bounded by max_in_flight)

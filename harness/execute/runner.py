@@ -106,6 +106,10 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     method_time = summary.work_seconds / run.slots
     summary.overhead_share = max(0.0, (summary.wall_seconds - method_time) / summary.wall_seconds) \
         if summary.wall_seconds > 0 and summary.jobs_run else 0.0
+    summary.cold_start_seconds = run.cold_start_seconds()
+    warm_wall = summary.wall_seconds - summary.cold_start_seconds
+    summary.warm_overhead_share = max(0.0, (warm_wall - method_time) / warm_wall) \
+        if warm_wall > 0 and summary.jobs_run else 0.0
     _write_run_manifest(run_dir, suite, plan, summary, started, models, run.metric_weights, run.slots)
     return summary
 
@@ -131,8 +135,9 @@ class _RayRun:
         self.task_remote = ray.remote(run_task_job).options(**options, num_returns=2)
         main_model = next((info.model_id for info in recorder.models.values() if info), None)
         warm_remote = ray.remote(warm_worker).options(**options)
-        for _ in range(self.slots):  # fire and forget: it overlaps the metric actor's start; jobs queue behind it
-            warm_remote.remote(main_model)
+        # Not awaited: it overlaps the metric actor's start and jobs queue behind it; read at the end for the
+        # cold-start seconds (a warm worker of an earlier run answers at once).
+        self.warm_refs = [warm_remote.remote(main_model) for _ in range(self.slots)]
         # The metric actor holds the models once for the whole run (and the driver's next runs). Jobs start
         # while it loads them; its answer is awaited with them, and an actor that cannot start (e.g. random
         # CLIP weights refused) still stops the run at once.
@@ -167,6 +172,19 @@ class _RayRun:
                 forget_metric_scorer()
                 raise
         return self.metric_weights.get(name)
+
+    def cold_start_seconds(self) -> float:
+        """The slowest warm-up's seconds (0 when none answered: e.g. every worker was lost)."""
+        import ray
+
+        ready, _ = ray.wait(self.warm_refs, num_returns=len(self.warm_refs), timeout=5)
+        seconds = []
+        for ref in ready:
+            try:
+                seconds.append(float(ray.get(ref)["seconds"]))
+            except Exception:  # a warm-up that failed: its worker's first job pays the start instead
+                continue
+        return max(seconds, default=0.0)
 
     def settle_weights(self) -> None:
         """Every job failed before any was scored: the run manifest still records the metric weights."""
@@ -283,6 +301,8 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
         "learn_nodes": dict(summary.learn_node_ids),
         "timing": {"wall_seconds": summary.wall_seconds, "work_seconds": summary.work_seconds,
                    "worker_slots": slots, "overhead_share": summary.overhead_share,
+                   "cold_start_seconds": summary.cold_start_seconds,
+                   "warm_overhead_share": summary.warm_overhead_share,
                    "peak_in_flight": summary.peak_in_flight},
     })
 
@@ -307,6 +327,9 @@ def run_main(args: argparse.Namespace) -> int:
     print(f"{summary.total_jobs} jobs: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
           f"(already finished), {summary.not_applicable} not applicable; {summary.learns_run} concepts learned; "
           f"{summary.wall_seconds:.1f} s wall, harness overhead {summary.overhead_share:.0%}")
+    if summary.cold_start_seconds:
+        print(f"cold start {summary.cold_start_seconds:.1f} s (worker imports and model load, once per worker "
+              f"process); harness overhead after it {summary.warm_overhead_share:.0%}")
     if summary.groups_scored or summary.groups_failed:
         print(f"group metrics: {summary.groups_scored} groups scored, {summary.groups_failed} failed")
     print(f"results: {summary.run_dir / store.RESULTS_DIR} (read with harness.store.read_results)")

@@ -48,13 +48,15 @@ def fresh_components(model_id: str):
     return _PRISTINE_MODELS[model_id].fork()
 
 
-def warm_worker(model_id: str | None) -> str:
+def warm_worker(model_id: str | None) -> dict[str, Any]:
     """Import the method library and load the model into this worker's cache before jobs arrive, while
-    the driver starts the metric actor (a worker's first import of torch/diffusers takes seconds)."""
+    the driver starts the metric actor (a worker's first import of torch/diffusers takes seconds). Returns
+    its node and the seconds it took: the run's cold start, reported apart from the per-job overhead."""
+    started = time.perf_counter()
     importlib.import_module("clic.methods.base")  # the import is the warm-up
     if model_id:
         fresh_components(model_id)
-    return _node_id()
+    return {"node_id": _node_id(), "seconds": time.perf_counter() - started}
 
 
 def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
