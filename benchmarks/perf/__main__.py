@@ -24,6 +24,7 @@ TARGETS = {
     "scaling efficiency, 1 -> 2 nodes": (">=", 0.85),
     "read a 100k-row run, compacted (s)": ("<=", 5.0),
     "learn_concept per step / fused step": ("<=", 1.3),
+    "shell loop of clic learn + transfer / clic-bench run, 8 pairs": (">=", 2.0),
 }
 
 
@@ -35,10 +36,11 @@ def _check(name: str, value: float) -> str:
     return f"{op} {bound:g}: {'met' if met else 'NOT met'}"
 
 
-SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "harness", "scaling", "results")
+SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "harness", "end_to_end", "scaling", "results")
 
 
 def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str, Any]:
+    from .end_to_end import shell_loop_vs_harness
     from .harness_bench import harness_overhead, scaling
     from .learning import cached_work, capture_cost, fused_vs_naive, learn_loop_cost
     from .metrics_bench import metric_throughput
@@ -61,6 +63,8 @@ def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str
         results["metrics"] = metric_throughput(32 if quick else 64)
     if "harness" in only:
         results["harness"] = harness_overhead(clic_steps=80 if quick else 150)
+    if "end_to_end" in only:
+        results["end_to_end"] = shell_loop_vs_harness(steps=30)
     if "scaling" in only:
         results["scaling"] = scaling(steps=40 if quick else 80)
     if "results" in only:
@@ -83,6 +87,12 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         rows += _cached_rows(results["cached_work"])
     if "harness" in results:
         rows += _harness_rows(results["harness"])
+    if "end_to_end" in results:
+        e2e = results["end_to_end"]
+        rows.append(("shell loop of clic learn + transfer / clic-bench run, 8 pairs", e2e["ratio"],
+                     f"{e2e['pairs']} pairs, CLiC {e2e['steps']} learning steps + one transfer each: a bash loop of "
+                     f"clic processes {e2e['loop_s']:.0f} s vs clic-bench run (local cluster, cold) "
+                     f"{e2e['harness_s']:.0f} s"))
     if "scaling" in results:
         rows += _scaling_rows(results["scaling"])
     for metric in results.get("metrics", []):
