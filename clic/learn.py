@@ -15,10 +15,11 @@ from __future__ import annotations
 import random
 import re
 import time
+import weakref
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -32,7 +33,7 @@ from .models import SDComponents
 from .reuse import keep_originals
 from .prediction import training_target
 from .tokens import ConceptTokens, merge_concept_embeddings
-from .settings import reject_unknown_keys
+from .settings import MethodConfig
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,10 @@ class Phase:
 
 
 @dataclass(frozen=True)
-class LearnConfig:
+class LearnConfig(MethodConfig):
     """Everything that determines a learning run (hashable into a job id via :meth:`to_dict`)."""
+
+    MERGED: ClassVar[tuple[str, ...]] = ("terms", "augment")
 
     steps: int = 500
     lr: float = 1e-5  # token and attention weights, paper §4 ("Adam, lr 1e-5")
@@ -86,16 +89,21 @@ class LearnConfig:
     gradient_checkpointing: bool = False
     compile_unet: bool = False  # torch.compile the UNet (opt-in; on CPU it compiles for minutes and runs slower)
 
+    MERGED: ClassVar[tuple[str, ...]] = ("terms", "augment", "prior")
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["terms"] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.terms.items()}
+        data = super().to_dict()
         data["prior"] = dict(self.prior)
         return data
 
+    def merged(self, overrides: Mapping[str, Any] | None) -> "LearnConfig":
+        if overrides and "steps" in overrides and "phases" not in overrides and self.phases:
+            # A step budget for a phased method (e.g. `clic learn --steps 3`): the phases keep their proportions.
+            overrides = {**overrides, "phases": [asdict(p) for p in split_phases(self.phases, int(overrides["steps"]))]}
+        return super().merged(overrides)
+
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LearnConfig":
-        reject_unknown_keys(cls, data, "learning option(s)")
-        data = dict(data)
+    def coerce(cls, data: dict[str, Any]) -> dict[str, Any]:
         if "augment" in data and isinstance(data["augment"], Mapping):
             augment = dict(data["augment"])
             if "jitter_kinds" in augment:
@@ -107,21 +115,7 @@ class LearnConfig:
             data["roi_prompts"] = (data["roi_prompts"],)
         if "roi_prompts" in data:
             data["roi_prompts"] = tuple(data["roi_prompts"])
-        return cls(**data)
-
-    def merged(self, overrides: Mapping[str, Any] | None) -> "LearnConfig":
-        if not overrides:
-            return self
-        base = self.to_dict()
-        if "steps" in overrides and "phases" not in overrides and self.phases:
-            # A step budget for a phased method (e.g. `clic learn --steps 3`): the phases keep their proportions.
-            base["phases"] = [asdict(p) for p in split_phases(self.phases, int(overrides["steps"]))]
-        for key, value in overrides.items():
-            if key in ("terms", "augment", "prior") and isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        return LearnConfig.from_dict(base)
+        return data
 
     def validate(self) -> None:
         if self.total_steps <= 0:
@@ -215,11 +209,24 @@ class ConceptSource:
 # ------------------------------------------------------------------------------ text helpers
 
 
+_TOKEN_IDS: "weakref.WeakKeyDictionary[Any, dict[tuple[int, tuple[str, ...]], torch.Tensor]]" = weakref.WeakKeyDictionary()
+_TOKEN_IDS_PER_TOKENIZER = 512  # a learning loop sees a handful of prompts; a worker many concepts' prompts
+
+
 def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
-    return tokenizer(
-        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids
+    """Padded token ids of ``prompts``. A learning loop asks for the same few prompts every step, and the
+    tokenizer costs about as much as a small text encoder's pass: ids are remembered per tokenizer and its
+    vocabulary size (adding a concept token changes how a prompt tokenizes, and the size with it)."""
+    key = (len(tokenizer), tuple(prompts))
+    cache = _TOKEN_IDS.setdefault(tokenizer, {})
+    if key not in cache:
+        if len(cache) >= _TOKEN_IDS_PER_TOKENIZER:
+            cache.clear()
+        cache[key] = tokenizer(
+            list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+    return cache[key].clone()
 
 
 def encode_text(components: SDComponents, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -142,10 +142,29 @@ class StepTensors:
             self.target = self.noise
 
 
+# The UNet passes a term may need: the shared step computes these; a method whose own training step computes
+# another (SingleInsert's "semantic") registers it with register_branch.
+BRANCHES: set[str] = {"context", "roi", "attention"}
+
+
+def register_branch(name: str) -> None:
+    BRANCHES.add(name)
+
+
+class LossTermError(ValueError):
+    """A loss term or objective that cannot be built (unknown term or needs, bad fn, no non-zero weight)."""
+
+
 @dataclass(frozen=True)
 class LossTerm:
     fn: Callable[..., torch.Tensor]
-    needs: frozenset[str]  # subset of {"context", "roi", "attention"}
+    needs: frozenset[str]  # subset of BRANCHES
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.needs) - BRANCHES)
+        if unknown:  # a misspelt branch would silently never run, and the term would read a missing tensor
+            raise LossTermError(f"loss term {getattr(self.fn, '__name__', self.fn)!r}: unknown needs {unknown} "
+                             f"(known: {', '.join(sorted(BRANCHES))})")
 
 
 TERMS: dict[str, LossTerm] = {}
@@ -215,13 +234,17 @@ def resolve_term(name: str, spec: Mapping[str, Any]) -> LossTerm:
     target = spec.get("fn")
     if target is None:
         if name not in TERMS:
-            raise ValueError(f"unknown loss term {name!r}; registered: {', '.join(sorted(TERMS))}")
+            raise LossTermError(f"unknown loss term {name!r}; registered: {', '.join(sorted(TERMS))}")
         return TERMS[name]
     module_name, _, attr = str(target).partition(":")
     if not attr:
-        raise ValueError(f"loss term {name!r}: fn must be 'package.module:function', got {target!r}")
-    fn = getattr(importlib.import_module(module_name), attr)
-    return LossTerm(fn, frozenset(spec.get("needs", ("context",))))
+        raise LossTermError(f"loss term {name!r}: fn must be 'package.module:function', got {target!r}")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as error:
+        raise LossTermError(f"loss term {name!r}: cannot load fn {target!r} ({type(error).__name__}: {error})") from None
+    needs = spec.get("needs", ("context",))
+    return LossTerm(fn, frozenset([needs] if isinstance(needs, str) else needs))
 
 
 class Objective:
@@ -238,7 +261,7 @@ class Objective:
             params = {k: v for k, v in spec.items() if k not in ("fn", "needs")}
             self.terms[name] = (term, weight, params)
         if not self.terms:
-            raise ValueError("the objective has no term with a non-zero weight")
+            raise LossTermError("the objective has no term with a non-zero weight")
 
     @property
     def needs(self) -> frozenset[str]:

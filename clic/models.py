@@ -34,11 +34,12 @@ import torch  # noqa: E402
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
+from . import TINY_RANDOM  # noqa: E402
 from .device import resolve_device, resolve_dtype  # noqa: E402
 
 TINY_PRESETS = ("tiny", "tiny-inpaint", "tiny-v")
 TINY_SEED = 0
-TINY_LABEL = "tiny-random"
+TINY_LABEL = TINY_RANDOM  # the label of the seeded tiny models (clic.TINY_RANDOM)
 
 
 class ModelNotFoundError(FileNotFoundError):

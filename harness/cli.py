@@ -11,8 +11,9 @@ import sys
 from typing import Callable, Sequence
 
 
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
+from .errors import UsageError
+
+__all__ = ["UsageError", "build_parser", "main"]  # UsageError is re-exported for callers of the CLI
 
 
 def _handler(target: str) -> Callable[[argparse.Namespace], int]:
@@ -39,13 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-outside", action="store_true", help="allow manifest paths outside its folder")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_handler("harness.runner:run_main"))
+    p.set_defaults(func=_handler("harness.execute.runner:run_main"))
 
     p = sub.add_parser("report", help="write tables and the HTML report of a run folder")
     p.add_argument("run", help="run folder")
     p.add_argument("--reference", default="clic", help="method the paired differences are taken against")
     p.add_argument("--out", default=None, help="report folder (default: RUN/report)")
-    p.set_defaults(func=_handler("harness.report:report_main"))
+    p.set_defaults(func=_handler("harness.analyse.report:report_main"))
 
     p = sub.add_parser("compare", help="regression gate: paired deltas of RUN_B against RUN_A")
     p.add_argument("run_a", help="baseline run folder (the last good run)")
@@ -53,19 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", action="append", default=None, help="metric to gate on (repeatable; default all)")
     p.add_argument("--max-drop", type=float, default=0.0, help="largest tolerated drop of the mean")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired test")
-    p.set_defaults(func=_handler("harness.aggregate:compare_main"))
+    p.set_defaults(func=_handler("harness.analyse.aggregate:compare_main"))
 
     p = sub.add_parser("validate", help="check a manifest and print one line per bad row")
     p.add_argument("manifest")
     p.add_argument("--allow-outside", action="store_true", help="allow paths outside the manifest's folder")
-    p.set_defaults(func=_handler("harness.manifest:validate_main"))
+    p.set_defaults(func=_handler("harness.plan.manifest:validate_main"))
 
     p = sub.add_parser("manifest", help="build manifests")
     msub = p.add_subparsers(dest="manifest_command", required=True)
     q = msub.add_parser("from-folder", help="build a manifest from the folder convention in the README")
     q.add_argument("folder")
     q.add_argument("--out", default=None, help="manifest path (default: FOLDER/manifest.parquet)")
-    q.set_defaults(func=_handler("harness.manifest:from_folder_main"))
+    q.set_defaults(func=_handler("harness.plan.folder:from_folder_main"))
     q = msub.add_parser("synth", help="render a procedural benchmark set with exact ground truth")
     q.add_argument("--set", dest="set_name", default="all",
                    choices=["furniture", "jewelry", "building", "kitchenware", "all"])
@@ -86,17 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raters", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
-    p.set_defaults(func=_handler("harness.study:pack_main"))
+    p.set_defaults(func=_handler("harness.analyse.study:pack_main"))
 
     p = sub.add_parser("score", help="score user-study answers against a pack key")
     p.add_argument("key", help="the pack's key file")
     p.add_argument("answers", nargs="+", help="exported answer files (JSON or CSV)")
     p.add_argument("--out", default=None, help="folder for the Markdown/CSV tables")
-    p.set_defaults(func=_handler("harness.study:score_main"))
+    p.set_defaults(func=_handler("harness.analyse.study:score_main"))
 
     p = sub.add_parser("perf", help="run the performance benchmarks and write their table")
     p.add_argument("--out", default="runs/perf")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.add_argument("--only", nargs="+", default=None,
+                   help="sections to run (default all): steps cached_work metrics harness scaling results ...")
     p.set_defaults(func=_handler("benchmarks.perf.__main__:perf_main"))
     return parser
 
@@ -105,8 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UsageError as err:
-        print(f"clic-bench: error: {err}", file=sys.stderr)
+    except UsageError as err:  # one line per problem (preflight may find several)
+        for line in str(err).splitlines() or [type(err).__name__]:
+            print(f"clic-bench: error: {line}", file=sys.stderr)
         return 2
     except FileNotFoundError as err:
         print(f"clic-bench: error: {err}", file=sys.stderr)

@@ -2,13 +2,21 @@
 
 Layout of a run folder::
 
-    run.json                      the run manifest (suite, versions, host, counts), rewritten atomically
-    results/<job_id>.parquet      one file per finished job, one row per (job, metric value)
+    run.json                      the run manifest (suite, resolved plan, versions, host, counts), rewritten atomically
+    pairs.parquet                 the resolved pairs (manifest rows) of every run into this folder
+    results/<job_id>.parquet      one file per finished job, one row per (job, metric value): the journal
+    results/compacted-<n>.parquet the journal compacted as a run finishes: row-group-sized files, one row group each
     artifacts/<job_id>/           edited.png, attention.png, mask.png
     concepts/<concept_id>/        a learned concept folder (content-addressed cache)
 
 Every file that marks something as done is written under a temporary name in the same folder and then
 renamed (``os.replace``), so a killed run never leaves a half file that a later run reads as finished.
+
+Compaction (:func:`compact_results`) keeps that guarantee: the per-job files stay the journal until their rows
+are in a compacted file that has been renamed into place, and only then are they deleted. Readers take, for
+each job id, the rows of its newest source (compacted files in sequence order, then per-job files), so a kill
+between the two steps leaves the same rows twice on disk but once in every read, and a job run again later
+(``--retry-failed``, a group that gained members) replaces what an older compacted file holds for it.
 """
 from __future__ import annotations
 
@@ -22,13 +30,18 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 RESULTS_DIR = "results"
 ARTIFACTS_DIR = "artifacts"
 CONCEPTS_DIR = "concepts"
 RUN_MANIFEST = "run.json"
+PAIRS_FILE = "pairs.parquet"  # the resolved manifest rows the run's jobs came from (absolute paths or URIs)
 TEMP_PREFIX = ".tmp-"  # files and folders being written; readers skip them
+COMPACTED_PREFIX = "compacted-"  # results/compacted-000001.parquet: compacted journal, newer sequence wins
+COMPACT_ROWS = 131_072  # rows per compacted file: one Parquet row group (pyarrow's default row group is 1 Mi rows)
+COMPACT_MIN_FILES = 64  # fewer per-job files than this are read as fast as one file: left as they are
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -43,6 +56,8 @@ RESULT_SCHEMA = pa.schema([
     ("category", pa.string()),
     ("method", pa.string()),
     ("preset", pa.string()),
+    ("label", pa.string()),  # "clic/paper no_att": method, preset and variant, decided at plan time
+    ("variant", pa.string()),
     ("seed", pa.int64()),
     ("settings", pa.string()),
     ("t_start", pa.int64()),
@@ -50,6 +65,7 @@ RESULT_SCHEMA = pa.schema([
     ("object_word", pa.string()),
     ("metric", pa.string()),
     ("value", pa.float64()),
+    ("higher_is_better", pa.bool_()),  # the metric's declaration of this value's direction
     ("metric_version", pa.string()),
     ("metric_scale", pa.string()),
     ("metric_weights", pa.string()),
@@ -72,12 +88,16 @@ RESULT_SCHEMA = pa.schema([
 ])
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 # Columns added later: result files written before them still read, with nulls there.
-LATER_COLUMNS = frozenset({"peak_memory_mb", "learn_peak_memory_mb"})
 
 
 def canonical_json(data: Any) -> str:
     """The one JSON form used for hashing and for the ``settings`` column: sorted keys, no spaces."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def json_ready(data: Any) -> Any:
+    """``data`` with read-only mappings and tuples made plain dicts and lists (for run.json)."""
+    return json.loads(canonical_json(data))
 
 
 def results_dir(run_dir: str | Path) -> Path:
@@ -183,33 +203,76 @@ def write_job_results(run_dir: str | Path, job_id: str, rows: Iterable[Mapping[s
 
 
 def _result_files(run_dir: str | Path) -> list[Path]:
+    """Compacted files in sequence order, then the per-job files: later sources win for a job id."""
     folder = results_dir(run_dir)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(TEMP_PREFIX))
+    files = [p for p in folder.glob("*.parquet") if not p.name.startswith(TEMP_PREFIX)]
+    return sorted(files, key=lambda p: (not p.name.startswith(COMPACTED_PREFIX), p.name))
+
+
+def _compacted_files(run_dir: str | Path) -> list[Path]:
+    return [p for p in _result_files(run_dir) if p.name.startswith(COMPACTED_PREFIX)]
+
+
+def _journal_files(run_dir: str | Path) -> list[Path]:
+    return [p for p in _result_files(run_dir) if not p.name.startswith(COMPACTED_PREFIX)]
+
+
+def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table | None:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException):
+        return None  # unreadable (e.g. truncated by a crash outside our atomic write): not finished
+
+
+def _newest_rows(tables: list[pa.Table]) -> list[pa.Table]:
+    """Each job id's rows from the last table that has it (tables in source order)."""
+    kept: list[pa.Table] = []
+    seen: pa.Array | None = None
+    for table in reversed(tables):
+        if "job_id" not in table.column_names:
+            continue
+        if seen is not None and len(seen):
+            table = table.filter(pc.invert(pc.is_in(table.column("job_id"), value_set=seen)))
+        ids = pc.unique(table.column("job_id").combine_chunks())
+        seen = ids if seen is None else pa.concat_arrays([seen, ids.cast(seen.type)])
+        kept.append(table)
+    return kept[::-1]
 
 
 def _read_tables(run_dir: str | Path, columns: list[str] | None = None) -> list[pa.Table]:
-    tables = []
-    for path in _result_files(run_dir):
-        try:
-            table = pq.read_table(path, columns=columns)
-        except (OSError, pa.ArrowException):
-            continue  # unreadable (e.g. truncated by a crash outside our atomic write): not finished
-        tables.append(table)
-    return tables
+    if columns is not None and "job_id" not in columns:
+        columns = ["job_id", *columns]
+    tables = [table for table in _read_many(_result_files(run_dir), columns) if table is not None]
+    return _newest_rows(tables)
 
 
-def _with_later_columns(table: pa.Table) -> pa.Table:
-    for name in sorted(LATER_COLUMNS - set(table.column_names)):
-        table = table.append_column(name, pa.nulls(table.num_rows, RESULT_SCHEMA.field(name).type))
-    return table
+READ_THREADS = 16  # reading many small files waits on the file system (a shared one most): overlap the waits
+
+
+def _read_many(paths: list[Path], columns: list[str] | None = None) -> list[pa.Table | None]:
+    """Each path's table (None where unreadable), in the order of ``paths``."""
+    if len(paths) < 2:
+        return [_read_table(path, columns) for path in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(READ_THREADS, len(paths))) as pool:
+        return list(pool.map(lambda path: _read_table(path, columns), paths))
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """A result table with exactly ``RESULT_SCHEMA``: columns added since it was written are null in it."""
+    for name in RESULT_COLUMNS:
+        if name not in table.column_names:
+            column_type = RESULT_SCHEMA.field(name).type
+            table = table.append_column(pa.field(name, column_type), pa.nulls(len(table), column_type))
+    return table.select(list(RESULT_COLUMNS)).cast(RESULT_SCHEMA)
 
 
 def read_results(run_dir: str | Path) -> pd.DataFrame:
     """All result rows of a run as one DataFrame with the columns of ``RESULT_SCHEMA`` (possibly empty)."""
-    tables = [_with_later_columns(t).select(list(RESULT_COLUMNS)).cast(RESULT_SCHEMA) for t in _read_tables(run_dir)
-              if set(RESULT_COLUMNS) - LATER_COLUMNS <= set(t.column_names)]
+    tables = [_conform(t) for t in _read_tables(run_dir) if "job_id" in t.column_names]
     table = pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
     return table.to_pandas()
 
@@ -217,10 +280,10 @@ def read_results(run_dir: str | Path) -> pd.DataFrame:
 def job_statuses(run_dir: str | Path) -> dict[str, str]:
     """Job id -> its status (ok, failed, not_applicable), for every job with a readable result file."""
     statuses: dict[str, str] = {}
-    for table in _read_tables(run_dir, columns=["job_id", "status"]):
-        status = set(table.column("status").to_pylist())
-        for job_id in set(table.column("job_id").to_pylist()):
-            statuses[job_id] = STATUS_FAILED if STATUS_FAILED in status else next(iter(status))
+    for table in _read_tables(run_dir, columns=["job_id", "status"]):  # a compacted table holds many jobs
+        for job_id, status in zip(table.column("job_id").to_pylist(), table.column("status").to_pylist()):
+            if statuses.get(job_id) != STATUS_FAILED:  # one failed row makes the job failed
+                statuses[job_id] = status
     return statuses
 
 
@@ -230,14 +293,85 @@ def finished_job_ids(run_dir: str | Path, include_failed: bool = True) -> set[st
 
 
 def remove_superseded_results(run_dir: str | Path, prefix: str, keep: str) -> int:
-    """Delete the result files whose job id starts with ``prefix``, except ``keep``'s: a group's values
-    scored over an older membership (e.g. fewer seeds) are superseded by the current group's. Returns how many."""
+    """Delete the results whose job id starts with ``prefix``, except ``keep``'s: a group's values scored over
+    an older membership (e.g. fewer seeds) are superseded by the current group's. Returns how many jobs'."""
     removed = 0
     for path in results_dir(run_dir).glob(f"{prefix}*.parquet"):
         if path.stem != keep:
             path.unlink(missing_ok=True)
             removed += 1
+    for path in _compacted_files(run_dir):
+        table = _read_table(path)
+        if table is None:
+            continue
+        ids = table.column("job_id")
+        stale = pc.and_(pc.starts_with(ids, prefix), pc.not_equal(ids, keep))
+        if pc.any(stale).as_py():
+            removed += len(pc.unique(ids.filter(stale)))
+            _rewrite_or_remove(path, table.filter(pc.invert(stale)))
     return removed
+
+
+# ------------------------------------------------------------------------------------------- compaction
+
+def _write_table_atomic(path: Path, table: pa.Table) -> None:
+    temp = temp_sibling(path)
+    pq.write_table(table, temp, row_group_size=max(len(table), 1))
+    _fsync_file(temp)
+    os.replace(temp, path)
+
+
+def _rewrite_or_remove(path: Path, table: pa.Table) -> None:
+    if len(table):
+        _write_table_atomic(path, table)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def compact_results(run_dir: str | Path, rows_per_file: int = COMPACT_ROWS,
+                    min_files: int = COMPACT_MIN_FILES) -> int:
+    """Move the rows of the per-job files into compacted files of up to ``rows_per_file`` rows (one row group
+    each) and then delete those per-job files; returns how many were compacted (0 below ``min_files``).
+
+    Order, so that a kill at any point loses nothing and never shows a row twice to a reader: (1) new
+    compacted files are written and renamed into place, (2) older compacted files drop the job ids the new
+    ones hold (a job run again), (3) the per-job files are deleted, each only if unchanged since it was read.
+    Not meant to run while jobs of the same run folder are still writing (the runner calls it at the end)."""
+    journal = _journal_files(run_dir)
+    if len(journal) < max(min_files, 1):
+        return 0
+    stamps = [path.stat().st_mtime_ns for path in journal]  # before reading: a file changed since is kept
+    read: list[tuple[Path, int, pa.Table]] = [
+        (path, stamp, _conform(table)) for path, stamp, table in zip(journal, stamps, _read_many(journal))
+        if table is not None and "job_id" in table.column_names]
+    if not read:
+        return 0
+    rows = pa.concat_tables(_newest_rows([table for _, _, table in read]))
+    folder = results_dir(run_dir)
+    older = _compacted_files(run_dir)
+    sequence = max((int(p.stem[len(COMPACTED_PREFIX):]) for p in older
+                    if p.stem[len(COMPACTED_PREFIX):].isdigit()), default=0)
+    new_files = []
+    for start in range(0, len(rows), rows_per_file):
+        sequence += 1
+        path = folder / f"{COMPACTED_PREFIX}{sequence:06d}.parquet"
+        _write_table_atomic(path, rows.slice(start, rows_per_file))
+        new_files.append(path)
+    moved = pc.unique(rows.column("job_id").combine_chunks())
+    for path in older:
+        table = _read_table(path)
+        if table is None:
+            continue
+        again = pc.is_in(table.column("job_id"), value_set=moved)
+        if pc.any(again).as_py():
+            _rewrite_or_remove(path, table.filter(pc.invert(again)))
+    for path, stamp, _ in read:
+        try:
+            if path.stat().st_mtime_ns == stamp:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+    return len(read)
 
 
 def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:
@@ -247,3 +381,23 @@ def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:
 
 def write_run_manifest(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
     return write_json_atomic(Path(run_dir) / RUN_MANIFEST, dict(manifest))
+
+
+def write_pairs(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Record the run's resolved pairs (one row per pair id; rows of earlier runs into the folder are kept,
+    a pair id seen again takes its new row), so the report never has to find the manifest again."""
+    path = Path(run_dir) / PAIRS_FILE
+    merged = {row["pair_id"]: dict(row) for row in read_pairs(run_dir)}
+    merged.update({row["pair_id"]: dict(row) for row in rows})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_sibling(path)
+    pq.write_table(pa.Table.from_pylist(list(merged.values())), temp)
+    _fsync_file(temp)
+    os.replace(temp, path)
+    return path
+
+
+def read_pairs(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows :func:`write_pairs` recorded ([] for a run folder without them)."""
+    path = Path(run_dir) / PAIRS_FILE
+    return pq.read_table(path).to_pylist() if path.is_file() else []

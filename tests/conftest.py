@@ -6,6 +6,8 @@ from typing import Iterator
 
 import pytest
 
+import plugins  # noqa: F401 - registers the test-only methods before any cluster starts
+
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[object]:
@@ -17,3 +19,16 @@ def ray_session() -> Iterator[object]:
         ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection fails the test: "fails fast" means "never tries the network", which
+    is checked deterministically instead of by timing."""
+    import socket
+
+    def refuse(self: socket.socket, address: object) -> None:
+        raise AssertionError(f"a network connection was attempted: {address!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from clic.learn import ConceptSource
+import plugins  # noqa: F401,E402 - subprocess drivers that import the test modules see the test-only methods
 
 
 def square_mask(top: int, left: int, size: int, side: int = 64) -> torch.Tensor:

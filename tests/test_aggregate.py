@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from harness.aggregate import (
+from harness.analyse.aggregate import (
     TINY_RANDOM_NOTE,
     bootstrap_ci,
     compare_main,
@@ -22,12 +22,22 @@ from harness.aggregate import (
 )
 
 
+def declared_direction(value_name: str | None) -> bool | None:
+    """Whether higher is better for a value, as the metric that emits it declares (recorded in every row)."""
+    from harness.metrics import REGISTRY, metric_class
+    from harness.metrics.base import declaration
+
+    found = {v: higher for name in REGISTRY for v, higher in declaration(metric_class(name)).values.items()}
+    return found.get(value_name) if value_name else None
+
+
 def result_row(job_id: str, metric: str | None, value: float, **fields: object) -> dict:
     """One tidy result row with sensible defaults for every field the aggregate code reads."""
     row = {"run_id": "run", "job_id": job_id, "concept_id": "c-" + job_id, "task": "transfer", "pair_id": "p0",
            "category": "furniture", "method": "clic", "preset": "paper", "seed": 0,
            "settings": json.dumps({"t_start": 10, "eta": 0.5}, sort_keys=True), "t_start": 10, "eta": 0.5,
-           "object_word": "chair", "metric": metric, "value": value, "metric_version": "1", "metric_scale": "raw",
+           "object_word": "chair", "metric": metric, "value": value, "higher_is_better": declared_direction(metric),
+           "metric_version": "1", "metric_scale": "raw",
            "metric_weights": "tiny-random", "model_id": "tiny", "weights_hash": "abc", "weights_label": "tiny-random",
            "code_version": "v1", "status": "ok", "error": None, "artifact_image": None,
            "artifact_attention": None, "artifact_mask": None, "artifact_losses": None, "learn_seconds": 1.0,
@@ -179,3 +189,16 @@ def test_tiny_random_line_only_for_tiny_weights(tmp_path: Path) -> None:
     written = write_tables({"summary": table}, tmp_path)
     assert {p.name for p in written} == {"summary.md", "summary.csv", "summary.html"}
     assert TINY_RANDOM_NOTE in (tmp_path / "summary.html").read_text()
+
+
+def test_one_bootstrap_for_means_pooled_ratios_and_clusters() -> None:
+    from harness.analyse.bootstrap import bootstrap_ci as one_bootstrap
+    from harness.analyse.study import cluster_bootstrap_ci
+
+    values = np.random.default_rng(3).uniform(0, 1, 15)
+    plain = bootstrap_ci(values)
+    assert plain == one_bootstrap(values, weights=np.ones(15)) == one_bootstrap(values, clusters=np.arange(15))
+    assert cluster_bootstrap_ci(values, np.arange(15)) == plain
+    # A pooled ratio Σa / Σb: with b = 2 everywhere it is half the mean, draw for draw.
+    low, high = one_bootstrap(values, weights=np.full(15, 2.0))
+    assert (low, high) == pytest.approx((plain[0] / 2, plain[1] / 2))

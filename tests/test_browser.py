@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.report import write_report
-from harness.study import BROKEN, CHROMIUM, build_pack, launch_chromium
+from harness.analyse.report import write_report
+from harness.analyse.study import BROKEN, CHROMIUM, build_pack, launch_chromium
 from test_study import METHODS, make_fake_run
 
 pytestmark = [pytest.mark.browser,

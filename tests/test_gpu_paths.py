@@ -69,7 +69,7 @@ def test_learning_with_gradient_checkpointing_runs():
 
 
 def test_suite_accepts_fractional_gpus():
-    from harness.suite import suite_from_dict
+    from harness.plan.suite import suite_from_dict
 
     root = Path(__file__).resolve().parent.parent
     suite = suite_from_dict({"name": "gpu", "manifests": [str(root / "manifests/furniture/manifest.parquet")],

@@ -11,12 +11,14 @@ from PIL import Image
 from clic.concept import LearnedConcept
 from clic.learn import format_prompt
 from harness import store
-from harness.jobs import CONCEPTS, SEEDS, Pair, build_job_graph
+from harness.plan.jobs import CONCEPTS, SEEDS, Pair, build_job_graph
 from harness.metrics import build_metric
 from harness.metrics.base import MetricSettings, Sample
-from harness.metrics.esr import EDIT_PROMPTS
-from harness.runner import GROUP_RESULT_PREFIX, execute, method_tasks, plan_from_suite
-from harness.suite import SuiteError, suite_from_dict
+from harness.metrics.esr import COLOUR_SHARE, EDIT_PROMPTS, colour_share
+from harness.execute.runner import execute
+from harness.plan.jobs import GROUP_RESULT_PREFIX
+from harness.plan.resolve import method_tasks, plan_from_suite
+from harness.plan.suite import SuiteError, suite_from_dict
 from test_runner import SHIPPED_MANIFEST, make_pairs, make_suite
 
 RED_PROMPT = "a red {object} with {tokens} style"

@@ -1,4 +1,4 @@
-"""harness.manifest: one line per bad row, good rows still returned; the CLI's exit codes; the folder builder."""
+"""harness.plan.manifest: one line per bad row, good rows still returned; the CLI's exit codes; the folder builder."""
 from __future__ import annotations
 
 import io
@@ -16,15 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import harness.manifest as manifest_module
+import harness.plan.manifest as manifest_module
 from harness.cli import main
-from harness.manifest import (
+from harness.plan.folder import manifest_from_folder
+from harness.plan.manifest import (
     GROUND_TRUTH_FIELDS,
     MANIFEST_SCHEMA,
     PairSpec,
     Problem,
     load_manifest,
-    manifest_from_folder,
     write_manifest,
 )
 
@@ -426,6 +426,7 @@ def test_from_folder_with_out_elsewhere(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------- timing
 
 
+@pytest.mark.slow  # a throughput measurement (printed, not asserted)
 def test_time_validating_1000_rows(tmp_path: Path) -> None:
     """Every row has its own files (512 px PNG images, JPEG targets, PNG masks), so no cache hides work."""
     root = tmp_path / "big"

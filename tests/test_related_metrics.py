@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.metrics import build_metric, models
-from harness.metrics.base import TINY_RANDOM, MetricSettings, Sample
+from harness.metrics.base import TINY_RANDOM, MetricSettings, Sample, declaration
 from harness.metrics.concept_classification import top_k_accuracy
 from harness.metrics.esr import COLOUR_SHARE, colour_share, requested_colour, zero_shot_success
 from harness.metrics.masked_similarity import masked_crop
@@ -188,7 +188,7 @@ def test_top_k_accuracy_by_hand() -> None:
 
 def test_concept_classification_constructed_case(settings: MetricSettings) -> None:
     metric = build_metric("concept_classification", settings)
-    assert metric.group_metric
+    assert declaration(type(metric)).group_by == "concepts"
     concepts = []
     for k in range(4):  # four concepts: distinct sources and regions
         source, mask = noise_image(10 + k), box(4 + 8 * k, 6 + 5 * k, side=16 + 4 * k)

@@ -3,7 +3,7 @@
 Every test checks the same invariant: each job of the suite ends with exactly one result file (nothing
 lost, nothing run twice), and what a result row points to is complete. Timings and memory are printed,
 not asserted (the machine is shared). The test-only method ``fault_injection``
-(clic/methods/fault_injection.py) kills its own worker once, or fails deterministically.
+(tests/fault_injection.py, registered by tests/plugins.py) kills its own worker once, or fails deterministically.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -22,8 +21,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from harness import store
-from harness.manifest import write_manifest
-from harness.runner import METRIC_ACTOR_PREFIX, execute
+from harness.plan.manifest import write_manifest
+from harness.execute.runner import execute
 from test_runner import SIZE, cut_paste_suite, make_pairs, make_suite
 from helpers import last_json_line
 
@@ -92,41 +91,26 @@ def test_a_worker_killed_more_often_than_max_retries_is_a_failed_job(ray_session
 
 # ----------------------------------------------------------------------------- metric actor death
 def test_killed_metric_actor_restarts_and_its_calls_are_retried(ray_session, tmp_path: Path) -> None:
-    """Kill the run's metric actor while jobs are being scored: Ray restarts it (max_restarts=-1) and
-    retries the scoring calls (max_task_retries=-1); every job still gets its metric rows."""
-    import ray
-
+    """The metric actor is SIGKILLed inside its first scoring call (the test-only metric ``kill_actor_once``
+    kills its own process once, at a fixed point rather than after a race with a watcher thread): Ray restarts
+    it (max_restarts=-1) and retries the call (max_task_retries=-1); every job still gets its metric rows."""
     pairs = make_pairs(tmp_path / "data", 6, targets_per_source=5)
     run = tmp_path / "run"
-    killed: list[str] = []
-
-    def kill_metric_actor_after_some_results() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            names = [n for n in ray.util.list_named_actors() if n.startswith(METRIC_ACTOR_PREFIX)]
-            finished = len(result_files(run))
-            if names and finished >= 3:
-                ray.kill(ray.get_actor(names[0]), no_restart=False)
-                killed.append(finished)
-                return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_metric_actor_after_some_results, daemon=True)
-    killer.start()
-    summary = execute(cut_paste_suite(resources={"num_cpus": 1, "max_retries": 2}), pairs, run, quiet=True)
-    killer.join(timeout=5)
-    assert killed, "the metric actor was never killed (the run ended first)"
+    marker = tmp_path / "metric-actor-killed"
+    suite = cut_paste_suite(resources={"num_cpus": 1, "max_retries": 2}, metrics=["kill_actor_once", "ssim_psnr"],
+                            metric_options={"kill_actor_once": {"marker": str(marker)}})
+    summary = execute(suite, pairs, run, quiet=True)
+    assert marker.is_file(), "the metric actor was never killed"
     results = store.read_results(run)
     assert (summary.done, summary.failed) == (30, 0), results["error"].dropna().tolist()
     assert_each_job_once(run, 30)
     per_job_metrics = results.groupby("job_id")["metric"].apply(set)
     assert all(m == {"ssim_outside", "psnr_outside"} for m in per_job_metrics), "a job lost its metric rows"
-    print(f"\nmetric actor killed after {killed[0]} results; expected 30 results, got {len(result_files(run))}")
 
 
 # ------------------------------------------------------------------------------ deterministic failure
 def test_deterministic_failures_are_recorded_once_reported_and_retried_on_request(ray_session, tmp_path: Path) -> None:
-    from harness.report import failure_list, write_report
+    from harness.analyse.report import failure_list, write_report
 
     pairs = make_pairs(tmp_path / "data", 2)
     run = tmp_path / "run"
@@ -165,7 +149,7 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from pathlib import Path
     from test_runner import make_pairs, cut_paste_suite
-    from harness.runner import execute
+    from harness.execute.runner import execute
 
     cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
     worker = cluster.add_node(num_cpus=1)
@@ -312,7 +296,7 @@ def test_driver_killed_half_way_then_rerun_runs_only_the_missing_jobs(tmp_path: 
 # ------------------------------------------------------------------------------------------ load
 LOAD_DRIVER = textwrap.dedent("""
     import json, resource, sys, time
-    from harness.runner import run_suite
+    from harness.execute.runner import run_suite
     start = time.perf_counter()
     summary = run_suite(sys.argv[1], sys.argv[2], num_cpus=2, quiet=True)
     seconds = time.perf_counter() - start

@@ -13,9 +13,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from harness import store
-from harness.cli import UsageError
-from harness.report import write_report
-from harness.study import (BROKEN, build_pack, cluster_bootstrap_ci, kendalls_w, read_answers, score_main,
+from harness.plan.identity import with_labels
+from harness.plan.jobs import MethodRun
+from harness.errors import UsageError
+from harness.analyse.report import write_report
+from harness.analyse.study import (BROKEN, build_pack, cluster_bootstrap_ci, kendalls_w, read_answers, score_main,
                            score_study)
 
 SIZE = 48
@@ -58,10 +60,14 @@ def make_fake_run(root: Path, categories: dict[str, int] = CATEGORIES, methods=M
                          "target_mask": _mask(data / f"{pair_id}-tgt-mask.png", box)})
             index += 1
     pd.DataFrame(rows).to_parquet(data / "manifest.parquet")
-    (root / "suite.yaml").write_text("name: fake\n")
-    store.write_run_manifest(run_dir, {"suite": {"name": "fake", "path": str(root / "suite.yaml"),
-                                                 "manifests": [str(data / "manifest.parquet")],
-                                                 "methods": suite_methods or []}})
+    store.write_pairs(run_dir, [{k: str(data / v) if k.endswith(("image", "mask")) else v for k, v in row.items()}
+                                for row in rows])  # resolved paths, as the runner records them
+    # The plan names each method run once (label and variant), in suite order, as the runner records it.
+    runs = with_labels([MethodRun(method, preset, (learn[m] if learn else None) or {})
+                        for m, (method, preset) in enumerate(methods)])
+    store.write_run_manifest(run_dir, {"suite": {"name": "fake", "methods": suite_methods or []},
+                                       "plan": {"methods": [{"label": r.label, "method": r.name, "preset": r.preset,
+                                                             "variant": r.variant} for r in runs]}})
     for m, (method, preset) in enumerate(methods):
         settings = {"t_start": 10, **({"learn": learn[m]} if learn and learn[m] else {})}
         for row_index, row in enumerate(rows):
@@ -71,7 +77,7 @@ def make_fake_run(root: Path, categories: dict[str, int] = CATEGORIES, methods=M
             _draw(artifacts / "attention.png", (255, 255, 255), (14, 14, 34, 34), background=0)
             base = {"run_id": "fake", "job_id": job_id, "task": "transfer", "pair_id": row["pair_id"],
                     "category": row["category"], "method": method, "preset": preset, "seed": 0,
-                    "settings": json.dumps(settings), "t_start": 10, "status": "ok",
+                    "label": runs[m].label, "variant": runs[m].variant, "settings": json.dumps(settings), "t_start": 10, "status": "ok",
                     "weights_label": "tiny-random", "metric_weights": "tiny-random", "model_id": "tiny",
                     "artifact_image": f"artifacts/{job_id}/edited.png",
                     "artifact_attention": f"artifacts/{job_id}/attention.png"}

@@ -1,4 +1,4 @@
-"""harness.suite: suite files, their defaults, and one-line errors naming the file and key path."""
+"""harness.plan.suite: suite files, their defaults, and one-line errors naming the file and key path."""
 from __future__ import annotations
 
 import json
@@ -11,20 +11,32 @@ import pytest
 import yaml
 
 import clic.methods
-from harness.cli import UsageError
-from harness.suite import DEFAULT_METRICS, MethodSpec, Suite, SuiteError, load_suite, suite_from_dict
+from harness.errors import UsageError
+from harness.plan.suite import DEFAULT_METRICS, MethodSpec, Suite, SuiteError, load_suite, suite_from_dict
 
 
-class FakeCLiC:
+class FakeMethod:
+    """What the suite reader asks of a method, without torch: its presets and a check of its config."""
+
+    presets: dict = {"default": {}}
+
+    def preset_terms(self, preset: str | None = None) -> dict:
+        return {}
+
+    def check(self, preset: str | None = None, overrides: dict | None = None) -> None:
+        return None
+
+
+class FakeCLiC(FakeMethod):
     presets = {"paper": {}, "official-code": {"transfer": {"t_start": 18}}}
     default_preset = "paper"
 
 
-class FakeOther:
+class FakeOther(FakeMethod):
     presets = {"default": {}}
 
 
-class FakeNoDefault:
+class FakeNoDefault(FakeMethod):
     presets = {"a": {}, "b": {}}
 
 

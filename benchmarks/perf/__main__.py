@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.errors import UsageError
+
 TARGETS = {
     "fused speedup at 64 px": (">=", 1.6),
     "fused speedup at 128 px": (">=", 1.6),
@@ -20,6 +22,9 @@ TARGETS = {
     "attention capture overhead": ("<=", 0.15),
     "harness overhead, tiny CLiC suite": ("<=", 0.05),
     "scaling efficiency, 1 -> 2 nodes": (">=", 0.85),
+    "read a 100k-row run, compacted (s)": ("<=", 5.0),
+    "learn_concept per step / fused step": ("<=", 1.3),
+    "shell loop of clic learn + transfer / clic-bench run, 8 pairs": (">=", 2.0),
 }
 
 
@@ -31,27 +36,79 @@ def _check(name: str, value: float) -> str:
     return f"{op} {bound:g}: {'met' if met else 'NOT met'}"
 
 
-def run_all(quick: bool) -> dict[str, Any]:
+SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "harness", "end_to_end", "scaling", "results")
+
+
+def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str, Any]:
+    from .end_to_end import shell_loop_vs_harness
     from .harness_bench import harness_overhead, scaling
-    from .learning import cached_work, capture_cost, fused_vs_naive
-    from .steps import batching_ceiling
+    from .learning import cached_work, capture_cost, fused_vs_naive, learn_loop_cost
     from .metrics_bench import metric_throughput
+    from .results_bench import results_read
+    from .steps import batching_ceiling
 
     repeats = 5 if quick else 11
-    results: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "quick": quick}
+    results: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "quick": quick,
+                               "sections": sorted(only)}
     started = time.perf_counter()
-    results["fused_vs_naive"] = [fused_vs_naive(r, repeats) for r in (64, 128)]
-    results["batching_ceiling"] = [batching_ceiling(r, repeats) for r in (64, 128)]
-    results["capture"] = [capture_cost(r, repeats) for r in (64, 128)]
-    results["cached_work"] = cached_work(30 if quick else 60)
-    results["metrics"] = metric_throughput(32 if quick else 64)
-    results["harness"] = harness_overhead(clic_steps=80 if quick else 150)
-    results["scaling"] = scaling(steps=40 if quick else 80)
+    if "steps" in only:
+        results["fused_vs_naive"] = [fused_vs_naive(r, repeats) for r in (64, 128)]
+        results["batching_ceiling"] = [batching_ceiling(r, repeats) for r in (64, 128)]
+        results["capture"] = [capture_cost(r, repeats) for r in (64, 128)]
+    if "learn_loop" in only:
+        results["learn_loop"] = learn_loop_cost(20, 50 if quick else 80)
+    if "cached_work" in only:
+        results["cached_work"] = cached_work(30 if quick else 60)
+    if "metrics" in only:
+        results["metrics"] = metric_throughput(32 if quick else 64)
+    if "harness" in only:
+        results["harness"] = harness_overhead(clic_steps=80 if quick else 150)
+    if "end_to_end" in only:
+        results["end_to_end"] = shell_loop_vs_harness(steps=30)
+    if "scaling" in only:
+        results["scaling"] = scaling(steps=40 if quick else 80)
+    if "results" in only:
+        results["results"] = results_read(100_000, rows_per_job=100)
     results["seconds"] = time.perf_counter() - started
     return results
 
 
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
+    rows: list[tuple[str, float, str]] = []
+    if "fused_vs_naive" in results:
+        rows += _step_rows(results)
+    if "learn_loop" in results:
+        loop = results["learn_loop"]
+        rows.append(("learn_concept per step / fused step", loop["ratio"],
+                     f"whole CLiC learning runs ({loop['short_steps']} vs {loop['long_steps']} steps: "
+                     f"{loop['short_s']:.1f} / {loop['long_s']:.1f} s) cost {loop['learn_per_step_ms']:.0f} ms per "
+                     f"extra step; the fused step alone (forward + backward) {loop['fused_step_ms']:.0f} ms"))
+    if "cached_work" in results:
+        rows += _cached_rows(results["cached_work"])
+    if "harness" in results:
+        rows += _harness_rows(results["harness"])
+    if "end_to_end" in results:
+        e2e = results["end_to_end"]
+        rows.append(("shell loop of clic learn + transfer / clic-bench run, 8 pairs", e2e["ratio"],
+                     f"{e2e['pairs']} pairs, CLiC {e2e['steps']} learning steps + one transfer each: a bash loop of "
+                     f"clic processes {e2e['loop_s']:.0f} s vs clic-bench run (local cluster, cold) "
+                     f"{e2e['harness_s']:.0f} s"))
+    if "scaling" in results:
+        rows += _scaling_rows(results["scaling"])
+    for metric in results.get("metrics", []):
+        rows.append((f"metric {metric['metric']}: batched images/s", metric["batched_images_per_s"],
+                     f"one by one {metric['single_images_per_s']:.0f}/s (x{metric['batching_speedup']:.1f}); "
+                     f"model loads {metric['model_loads']}; weights {metric['weights']}"))
+    if "results" in results:
+        read = results["results"]
+        rows.append(("read a 100k-row run, compacted (s)", read["compacted_read_s"],
+                     f"{read['rows']} rows of {read['jobs']} jobs: {read['compacted_files']} compacted file(s) vs "
+                     f"{read['journal_read_s']:.1f} s from the {read['jobs']} per-job files; compaction took "
+                     f"{read['compact_s']:.1f} s"))
+    return rows
+
+
+def _step_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows = []
     for case in results["fused_vs_naive"]:
         rows.append((f"fused speedup at {case['resolution']} px", case["speedup"],
@@ -68,13 +125,21 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         rows.append((name, case["capture_overhead"],
                      f"{case['capture_on_ms']:.1f} vs {case['capture_off_ms']:.1f} ms; keeps at most "
                      f"{case['largest_kept_elements']} elements per layer (full probabilities: {case['full_probabilities_elements']})"))
-    cached = results["cached_work"]
+    return rows
+
+
+def _cached_rows(cached: dict[str, Any]) -> list[tuple[str, float, str]]:
+    rows = []
     rows.append(("VAE encodes per learning run", cached["learn_vae_encodes"],
                  f"{cached['learn_steps']} steps (geometric augmentations cached); text-encoder passes: "
                  f"{cached['learn_text_encoder_calls']} (one batched pass per step)"))
     rows.append(("VAE encodes / text-encoder passes per transfer", cached["transfer_vae_encodes"],
                  f"text encoder: {cached['transfer_text_encoder_calls']} for {cached['transfer_steps']} denoising steps"))
-    harness = results["harness"]
+    return rows
+
+
+def _harness_rows(harness: dict[str, Any]) -> list[tuple[str, float, str]]:
+    rows = []
     rows.append(("harness jobs/s, cut-and-paste", harness["cut_paste"]["jobs_per_s"],
                  f"{harness['cut_paste']['jobs']} jobs in {harness['cut_paste']['wall_s']:.1f} s, overhead share "
                  f"{harness['cut_paste']['overhead_share']:.0%}"))
@@ -88,7 +153,11 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
                  f"{clic_cold['wall_s']:.1f} s: new worker processes import torch/diffusers and build the model, "
                  f"+{harness['tiny_clic']['cold_start_s']:.1f} s once per run; Ray cluster start "
                  f"{harness['cluster_start_s']:.1f} s not included"))
-    scaling = results["scaling"]
+    return rows
+
+
+def _scaling_rows(scaling: dict[str, Any]) -> list[tuple[str, float, str]]:
+    rows = []
     walls = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(scaling["one_node_walls_s"], scaling["two_nodes_walls_s"]))
     rows.append(("scaling efficiency, 1 -> 2 nodes", scaling["scaling_efficiency"],
                  f"{scaling['jobs']} CPU-bound jobs, warm workers, "
@@ -103,10 +172,6 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows.append(("parallel efficiency of this machine, 2 plain processes", machine["efficiency"],
                  f"one CLiC learning run alone {machine['alone_s']:.1f} s, two at once {machine['two_at_once_s']:.1f} s "
                  f"(no Ray, best of 2): what this machine gives two CPU-bound processes"))
-    for metric in results["metrics"]:
-        rows.append((f"metric {metric['metric']}: batched images/s", metric["batched_images_per_s"],
-                     f"one by one {metric['single_images_per_s']:.0f}/s (x{metric['batching_speedup']:.1f}); "
-                     f"model loads {metric['model_loads']}; weights {metric['weights']}"))
     return rows
 
 
@@ -123,7 +188,11 @@ def to_markdown(results: dict[str, Any]) -> str:
 def perf_main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = run_all(args.quick)
+    only = frozenset(args.only or SECTIONS)
+    unknown = sorted(only - set(SECTIONS))
+    if unknown:
+        raise UsageError(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    results = run_all(args.quick, only)
     (out / "perf.json").write_text(json.dumps(results, indent=2, default=float))
     markdown = to_markdown(results)
     (out / "perf.md").write_text(markdown)
@@ -136,4 +205,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/perf")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="+", default=None, help=f"sections to run (default all): {SECTIONS}")
     sys.exit(perf_main(parser.parse_args()))

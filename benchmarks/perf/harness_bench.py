@@ -26,14 +26,15 @@ MANIFESTS = [str(ROOT / "manifests" / name / "manifest.parquet") for name in ("f
 
 
 def _suite(data: dict[str, Any]):
-    from harness.suite import suite_from_dict
+    from harness.plan.suite import suite_from_dict
 
     return suite_from_dict({"manifests": MANIFESTS, "model": "tiny", "seeds": [0], **data}, source="perf-suite",
                            base_dir=ROOT)
 
 
 def measure_run(suite, run_dir: Path, slots: int) -> dict[str, Any]:
-    from harness.runner import execute, load_pairs
+    from harness.execute.runner import execute
+    from harness.plan.resolve import load_pairs
     from harness.store import read_results
 
     pairs = load_pairs(suite)

@@ -113,3 +113,41 @@ def cached_work(steps: int = 60) -> dict[str, Any]:
             "learn_text_encoder_calls": learn_calls["text_encoder"], "transfer_steps": 10,
             "transfer_vae_encodes": transfer_calls["vae_encode"],
             "transfer_text_encoder_calls": transfer_calls["text_encoder"]}
+
+
+def learn_loop_cost(short: int = 20, long: int = 60, repeats: int = 2) -> dict[str, Any]:
+    """Whole ``learn_concept`` runs (CLiC, paper preset, 64 px, augmentation on) per extra step, against the
+    fused step alone (forward + backward) on the same tiny model: what the loop adds around the step
+    (augmentation and its VAE encodes, tokenizing, the optimiser, bookkeeping). Runs of ``short`` and ``long``
+    steps difference out the fixed costs (installing processors, saving); best of ``repeats`` each."""
+    import time
+
+    from clic.learn import ConceptSource
+    from clic.methods.base import get_method
+    from clic.models import build_tiny
+
+    from .steps import fused_loss, make_case, time_step
+
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.zeros(64, 64)
+    mask[8:40, 16:48] = 1
+    source = ConceptSource(torch.rand(3, 64, 64, generator=generator) * 2 - 1, mask, "chair")
+    method = get_method("clic")
+
+    def run(steps: int) -> float:
+        components = build_tiny()
+        started = time.perf_counter()
+        method.learn(components, source, overrides={"steps": steps}, progress=False)
+        return time.perf_counter() - started
+
+    run(2)  # first-call costs (imports, allocator) out of the way
+    case = make_case(64)
+    short_s, long_s, fused_s = [], [], []
+    for _ in range(repeats):  # interleaved, so machine noise hits all alike
+        short_s.append(run(short))
+        long_s.append(run(long))
+        fused_s.append(time_step(fused_loss, case, 10))
+    per_step = (min(long_s) - min(short_s)) / (long - short)
+    fused = min(fused_s)
+    return {"short_steps": short, "long_steps": long, "short_s": min(short_s), "long_s": min(long_s),
+            "learn_per_step_ms": per_step * 1000, "fused_step_ms": fused * 1000, "ratio": per_step / fused}

@@ -23,7 +23,7 @@ def seconds_per_step(steps: int = 10) -> list[tuple[str, str, float]]:
     rows = []
     for name in available_methods():
         method = method_class(name)()
-        if not method.needs_model or "learn" not in method.tasks or name == "fault_injection":
+        if not method.needs_model or "learn" not in method.tasks:
             continue
         model = "tiny-inpaint" if method.needs_inpainting else "tiny"
         timings = {}

@@ -9,19 +9,37 @@ The defaults run the shared loops (:mod:`clic.learn`, :mod:`clic.transfer`, :mod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Protocol
 
 import torch
 
 from ..concept import LearnedConcept
 from ..learn import ConceptSource, LearnConfig, StepBatch, TrainState, fused_step, learn_concept
+from ..losses import Objective
 from ..models import SDComponents
+from ..settings import MethodConfig
 
 TASKS = frozenset({"learn", "transfer", "generate", "match"})
 
 
 class UnsupportedTask(NotImplementedError):
     """The method does not define this task (e.g. RealFill has no two-stage generation)."""
+
+
+# What each task returns: the harness reads these fields and nothing else.
+class TransferOutput(Protocol):
+    image: torch.Tensor  # (3, R, R) in [0, 1]
+    attention: torch.Tensor  # (R, R) the concept's attention (or the edited region), any non-negative scale
+
+
+class GenerationOutput(Protocol):
+    images: torch.Tensor  # (N, 3, R, R) in [0, 1]
+    prompt: str
+    attention: torch.Tensor | None  # (N, R, R) or None when the method has no concept attention
+
+
+class MatchOutput(Protocol):
+    mask: torch.Tensor  # (H, W) bool: the predicted region
 
 
 class Method:
@@ -57,6 +75,18 @@ class Method:
     def task_settings(self, task: str, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {**dict(self.preset(preset).get(task, {})), **dict(overrides or {})}
 
+    def preset_terms(self, preset: str | None = None) -> Mapping[str, Any]:
+        """A preset's loss terms: a suite's ``loss_weights`` change their weights and keep their parameters."""
+        return self.learn_config(preset).terms
+
+    def check(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
+        """The learning config of ``preset`` with ``overrides``, validated; ValueError names what is wrong (an
+        unknown preset, key or loss term, a value out of range). A suite reader asks this before a run."""
+        config = self.learn_config(preset, overrides)
+        config.validate()
+        Objective(config.terms)  # every term resolves (registered, or a custom fn that imports; known needs)
+        return config
+
     def supports(self, task: str) -> bool:
         return task in self.tasks
 
@@ -88,7 +118,7 @@ class Method:
 
     def transfer(self, components: SDComponents, concept: LearnedConcept, target_image: torch.Tensor,
                  target_mask: torch.Tensor, object_word: str, *, preset: str | None = None,
-                 overrides: Mapping[str, Any] | None = None, seed: int = 0):
+                 overrides: Mapping[str, Any] | None = None, seed: int = 0) -> TransferOutput:
         from ..transfer import TransferSettings, transfer_concept
 
         self.require("transfer")
@@ -96,7 +126,7 @@ class Method:
         return transfer_concept(components, concept, target_image, target_mask, object_word, settings, seed=seed)
 
     def generate(self, components: SDComponents, concept: LearnedConcept, object_word: str, *,
-                 preset: str | None = None, overrides: Mapping[str, Any] | None = None, seed: int = 0):
+                 preset: str | None = None, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> GenerationOutput:
         from ..generate import GenerateSettings, generate_with_concept
 
         self.require("generate")
@@ -104,7 +134,7 @@ class Method:
         return generate_with_concept(components, concept, object_word, settings, seed=seed)
 
     def match(self, components: SDComponents, concept: LearnedConcept, target_image: torch.Tensor, object_word: str, *,
-              preset: str | None = None, overrides: Mapping[str, Any] | None = None, seed: int = 0):
+              preset: str | None = None, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> MatchOutput:
         from ..match import MatchSettings, match_region
 
         self.require("match")

@@ -33,9 +33,9 @@ nothing is downloaded.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import open_clip
 import torch
@@ -47,12 +47,12 @@ from torch import nn
 
 from ..concept import LearnedConcept
 from ..learn import ConceptSource, encode_text, format_prompt, sample_latents, seed_everything, tokenize, vae_moments
-from ..losses import Objective, StepTensors, register_term, resize_mask
+from ..losses import Objective, StepTensors, register_branch, register_term, resize_mask
 from ..models import SDComponents
 from ..prediction import predicted_x0
 from ..tokens import ConceptTokens, merge_concept_embeddings
 from ..presets import Setting, preset_overrides, replaced
-from ..settings import reject_unknown_keys
+from ..settings import MethodConfig
 from .base import Method
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use
@@ -89,6 +89,9 @@ def _si_bg(s: StepTensors) -> torch.Tensor:
     return background_loss(s.extras["x0_pred"], s.extras["x0_class"], s.mask)
 
 
+register_branch("semantic")  # computed by SingleInsert's own training step (below)
+
+
 @register_term("si_sm", {"semantic"})
 def _si_sm(s: StepTensors) -> torch.Tensor:
     return semantic_loss(s.extras["x0_adapted_class"], s.extras["x0_class"])
@@ -96,7 +99,7 @@ def _si_sm(s: StepTensors) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------- the config
 @dataclass(frozen=True)
-class SingleInsertConfig:
+class SingleInsertConfig(MethodConfig):
     """Everything that determines a SingleInsert run (``learn:`` keys of a suite)."""
 
     stage_one_steps: int = 50  # SingleInsert §4.1: 50 iterations
@@ -120,15 +123,10 @@ class SingleInsertConfig:
     unet_lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     text_lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["terms"] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.terms.items()}
-        return data
+    WHAT: ClassVar[str] = "SingleInsert option(s)"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SingleInsertConfig":
-        reject_unknown_keys(cls, data, "SingleInsert option(s)")
-        data = dict(data)
+    def coerce(cls, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("steps") is not None:  # a budget replaces both stage lengths, in the paper's proportions
             total = int(data["steps"])
             one = data.get("stage_one_steps", cls.stage_one_steps)
@@ -139,15 +137,7 @@ class SingleInsertConfig:
         for key in ("unet_lora_targets", "text_lora_targets"):
             if key in data:
                 data[key] = tuple(data[key])
-        return cls(**data)
-
-    def merged(self, overrides: Mapping[str, Any] | None) -> "SingleInsertConfig":
-        if not overrides:
-            return self
-        base = self.to_dict()
-        for key, value in overrides.items():
-            base[key] = {**base["terms"], **value} if key == "terms" and isinstance(value, Mapping) else value
-        return SingleInsertConfig.from_dict(base)
+        return data
 
     def validate(self) -> None:
         if self.stage_one_steps < 0 or self.stage_two_steps < 0 or self.stage_one_steps + self.stage_two_steps == 0:

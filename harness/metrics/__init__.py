@@ -24,18 +24,38 @@ REGISTRY: dict[str, str] = {
 }
 
 
+PLUGINS: dict[str, str] = {}  # name -> "package.module:Class" of metrics registered from outside this package
+
+
 def available_metrics() -> list[str]:
-    return sorted(REGISTRY)
+    return sorted({*REGISTRY, *PLUGINS})
 
 
-def metric_class(name: str) -> type:
+def register_metric(name: str, target: str) -> None:
+    """Register a metric defined outside this package (a plugin, or a test's toy metric) as "module:Class".
+    A run resolves each metric's target at plan time and hands it to the metric actor."""
+    PLUGINS[name] = target
+
+
+def metric_target(name: str) -> str:
+    """The full "package.module:Class" of a registered metric."""
+    if name in PLUGINS:
+        return PLUGINS[name]
     try:
         target = REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown metric {name!r}; known: {', '.join(available_metrics())}") from None
     module_name, _, class_name = target.partition(":")
-    module = importlib.import_module(module_name if "." in module_name else f"{__name__}.{module_name}")
-    return getattr(module, class_name)
+    return target if "." in module_name else f"{__name__}.{module_name}:{class_name}"
+
+
+def metric_from_target(target: str) -> type:
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def metric_class(name: str) -> type:
+    return metric_from_target(metric_target(name))
 
 
 def build_metric(name: str, settings: MetricSettings | None = None) -> Any:

@@ -1,8 +1,15 @@
 """The metric contract: what a metric receives, what it returns, and how it is found by name.
 
-A metric is one file in this package plus one line in ``REGISTRY`` (``harness/metrics/__init__.py``).
-Metric classes are plain Python: they load their models once in ``__init__`` and score batches in
-``compute``; the runner wraps them in Ray actors. Images cross this boundary as float32 arrays in
+A metric is one file in this package plus one line in ``REGISTRY`` (``harness/metrics/__init__.py``); a
+metric from elsewhere is registered with ``register_metric``. A metric class declares everything about
+itself as class attributes, read once through :func:`declaration`: ``name``, ``version``, ``scale``,
+``values`` (each value name it emits -> whether higher is better), ``tasks`` (the outputs it scores:
+transfer / generate / match), ``group_by`` (None, or the kind of group it scores as a set) and, set by
+``__init__``, ``weights`` (the model weights it loaded); a metric that loads weights also declares
+``missing_weights(settings)``, one line per weight file it would not find, which the driver checks before a
+run starts (``harness.plan.preflight``). Metric classes are plain Python: they load their
+models once in ``__init__`` and score batches in ``compute`` (``compute_group`` for group metrics); the
+harness runs them in one metric actor. Images cross this boundary as float32 arrays in
 [0, 1] (H, W, 3) and masks as bool arrays (H, W); ``check_image``/``check_mask`` assert that, so a
 metric never silently scores a 0–255 image as if it were 0–1.
 """
@@ -14,7 +21,7 @@ from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-TINY_RANDOM = "tiny-random"  # the weights label of every metric model built with random weights
+from clic import TINY_RANDOM  # noqa: F401 - the weights label of every metric model built with random weights
 NO_MODEL = "none"  # the weights label of a closed-form metric
 
 
@@ -62,6 +69,7 @@ class Metric(Protocol):
     name: ClassVar[str]
     version: ClassVar[str]
     scale: ClassVar[str]  # e.g. "cosine [-1, 1] (raw, not x100)"
+    values: ClassVar[dict[str, bool]]  # value name it emits -> higher is better
     tasks: ClassVar[frozenset[str]]  # tasks this metric scores
     weights: str  # TINY_RANDOM or a real model id / path, set by __init__
 
@@ -76,12 +84,36 @@ class GroupMetric(Protocol):
     name: ClassVar[str]
     version: ClassVar[str]
     scale: ClassVar[str]
+    values: ClassVar[dict[str, bool]]
     tasks: ClassVar[frozenset[str]]
     weights: str
-    group_metric: ClassVar[bool]  # True
-    group_by: ClassVar[str]  # which jobs form a group: harness.jobs.GROUP_KINDS ("seeds", "concepts")
+    group_by: ClassVar[str]  # which jobs form a group: harness.plan.jobs.GROUP_KINDS ("seeds", "concepts")
 
     def compute_group(self, samples: Sequence[Sample]) -> list[MetricValue]: ...
+
+
+@dataclass(frozen=True)
+class MetricDeclaration:
+    """What a metric class declares about itself (see the module docstring)."""
+
+    name: str
+    version: str
+    scale: str
+    values: dict[str, bool]
+    tasks: frozenset[str]
+    group_by: str | None
+
+
+DECLARED = ("name", "version", "scale", "values", "tasks")
+
+
+def declaration(cls: type) -> MetricDeclaration:
+    """A metric class's declaration; a class that leaves one out is a TypeError naming what is missing."""
+    missing = [attribute for attribute in DECLARED if not hasattr(cls, attribute)]
+    if missing:
+        raise TypeError(f"metric class {cls.__module__}.{cls.__qualname__} does not declare {', '.join(missing)}")
+    return MetricDeclaration(cls.name, cls.version, cls.scale, dict(cls.values), frozenset(cls.tasks),
+                             getattr(cls, "group_by", None))
 
 
 def check_image(array: np.ndarray, what: str = "image") -> np.ndarray:

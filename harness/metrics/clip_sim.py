@@ -102,8 +102,12 @@ class ClipImageSimilarity(PairedCosineMetric):
     """
 
     name: ClassVar[str] = "clip_image"
+    values: ClassVar[dict[str, bool]] = {"clip_i_roi": True, "clip_i_outside": True}
     version: ClassVar[str] = _VERSION
     value_pairs: ClassVar[dict] = {"clip_i_roi": concept_pair, "clip_i_outside": outside_pair}
+
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_clip_weights)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
@@ -117,9 +121,13 @@ class ClipTextSimilarity:
     """CLIP text-image cosine between the sample's prompt and its output image: "clip_t"."""
 
     name: ClassVar[str] = "clip_text"
+    values: ClassVar[dict[str, bool]] = {"clip_t": True}
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = _SCALE
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
+
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_clip_weights)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)

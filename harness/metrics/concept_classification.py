@@ -53,12 +53,17 @@ class ConceptClassification:
     """SIM^I, SIM^C, ACC¹, ACC³ over the generations of several concepts (a group metric)."""
 
     name: ClassVar[str] = "concept_classification"
+    # The chance levels are reference values beside the accuracies (a uniform guess's), not scores to rank.
+    values: ClassVar[dict[str, bool]] = {"sim_i": True, "sim_c": True, "acc1": True, "acc3": True,
+                                         "acc1_chance": True, "acc3_chance": True}
     version: ClassVar[str] = "2.0"
     scale: ClassVar[str] = ("sim_i, sim_c: mean cosine [-1, 1]; acc1, acc3: accuracy [0, 1] (higher is better) among "
                             "every concept of the run; acc1_chance, acc3_chance: a uniform guess's accuracy")
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
-    group_metric: ClassVar[bool] = True
     group_by: ClassVar[str] = CONCEPTS  # one method x settings, over every source of the run, seeds and objects
+
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_clip_weights)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)

@@ -88,11 +88,15 @@ class EditingSuccessRate:
     """Per generation: 1 if its edit (colour or object, see the module docstring) is satisfied, else 0."""
 
     name: ClassVar[str] = "esr"
+    values: ClassVar[dict[str, bool]] = {"esr": True}
     version: ClassVar[str] = "2.0"
     scale: ClassVar[str] = ("{0, 1} per generated image (every edit target of its prompt met; colour counted "
                             "inside the generated object), a job's value the mean of its images; "
                             "the mean is the editing success rate (higher is better)")
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
+
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_clip_weights)
 
     def __init__(self, settings: MetricSettings) -> None:
         options = settings.for_metric(ESR_OPTIONS_KEY)

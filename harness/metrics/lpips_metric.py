@@ -36,9 +36,13 @@ class LpipsMasked:
     """
 
     name: ClassVar[str] = "lpips"
+    values: ClassVar[dict[str, bool]] = {"lpips_inside": True, "lpips_outside": False}  # the edit should change the region, not the rest
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = "LPIPS distance >= 0 (0 = identical; lower = more similar)"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
+
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_lpips_weights)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.lpips = models.load_lpips(settings, spatial=True)
@@ -92,11 +96,14 @@ class LpipsDiversity:
     """
 
     name: ClassVar[str] = "lpips_diversity"
+    values: ClassVar[dict[str, bool]] = {"lpips_diversity": True}
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = "mean pairwise LPIPS distance >= 0 (0 = all outputs identical)"
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
-    group_metric: ClassVar[bool] = True
     group_by: ClassVar[str] = SEEDS  # the outputs of one concept and settings over seeds
+
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_lpips_weights)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.lpips = models.load_lpips(settings, spatial=False)

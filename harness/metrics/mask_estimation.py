@@ -10,18 +10,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
-
 from ._regions import resize_mask
 from .base import ClosedFormMetric, MetricValue, Sample, check_mask
-from .mask_iou import EMPTY_UNION_IOU
-
-
-def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, int, int]:
-    """(IoU, intersection, union) of two bool masks of one size; ``EMPTY_UNION_IOU`` when both are empty."""
-    intersection = int(np.count_nonzero(predicted & truth))
-    union = int(np.count_nonzero(predicted | truth))
-    return (intersection / union if union else EMPTY_UNION_IOU), intersection, union
+from .mask_iou import mask_iou
 
 
 class EstimatedMaskIoU(ClosedFormMetric):
@@ -30,6 +21,7 @@ class EstimatedMaskIoU(ClosedFormMetric):
     concept × target; the value depends on the concept only)."""
 
     name: ClassVar[str] = "estimated_mask_iou"
+    values: ClassVar[dict[str, bool]] = {"estimated_mask_iou": True, "estimated_mask_count": True}
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = "IoU in [0, 1] (1 = the estimated source mask equals the ground truth); count of masks"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})

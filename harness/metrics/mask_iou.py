@@ -22,6 +22,14 @@ def binary_prediction(mask: np.ndarray, what: str = "predicted_mask") -> np.ndar
     return check_mask(mask, what)
 
 
+def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, int, int]:
+    """(IoU, intersection, union) of two bool masks of one size; ``EMPTY_UNION_IOU`` when both are empty.
+    The one IoU of the harness (RoI matching, estimated source masks)."""
+    intersection = int(np.count_nonzero(predicted & truth))
+    union = int(np.count_nonzero(predicted | truth))
+    return (intersection / union if union else EMPTY_UNION_IOU), intersection, union
+
+
 class MaskIoU(ClosedFormMetric):
     """"mask_iou" = |P & G| / |P | G| with ``EMPTY_UNION_IOU`` when both are empty, plus the pixel counts
     "mask_intersection" and "mask_union" so the aggregator can pool IoU over a set as sum(I) / sum(U).
@@ -29,6 +37,7 @@ class MaskIoU(ClosedFormMetric):
     """
 
     name: ClassVar[str] = "mask_iou"
+    values: ClassVar[dict[str, bool]] = {"mask_iou": True, "mask_intersection": True, "mask_union": True}
     version: ClassVar[str] = "1.0"
     scale: ClassVar[str] = "IoU in [0, 1] (1 = identical masks); intersection/union in pixels of the gt mask"
     tasks: ClassVar[frozenset[str]] = frozenset({"match"})
@@ -40,10 +49,9 @@ class MaskIoU(ClosedFormMetric):
         truth = check_mask(sample.gt_mask, f"{sample.job_id}: gt_mask")
         predicted = resize_mask(binary_prediction(sample.predicted_mask, f"{sample.job_id}: predicted_mask"),
                                 truth.shape)
-        intersection = int(np.count_nonzero(predicted & truth))
-        union = int(np.count_nonzero(predicted | truth))
+        iou, intersection, union = mask_iou(predicted, truth)
         return [
-            MetricValue("mask_iou", intersection / union if union else EMPTY_UNION_IOU),
+            MetricValue("mask_iou", iou),
             MetricValue("mask_intersection", float(intersection)),
             MetricValue("mask_union", float(union)),
         ]

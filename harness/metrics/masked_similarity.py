@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import timm
@@ -95,23 +95,38 @@ class DinoModel:
     batch_size: int
 
 
+_DINO_MISSING = (
+    f"DINO weights {DINO_MODEL} are not in the local cache (offline, nothing is downloaded): on a machine with "
+    f"internet run python -c \"import timm; timm.create_model('{DINO_MODEL}', pretrained=True)\" and copy "
+    f"~/.cache/huggingface here, or set the suite's metric option dino.pretrained to a local file; "
+    f"--allow-random-metrics scores with a tiny random ViT instead")
+
+
+def _dino_checkpoint(options: dict[str, Any]) -> str | None:
+    """The local DINO checkpoint (a file from the suite or the HF cache), or None."""
+    checkpoint = options.get("pretrained") or try_to_load_from_cache(f"timm/{DINO_MODEL}", "model.safetensors",
+                                                                     cache_dir=options.get("cache_dir"))
+    return checkpoint if isinstance(checkpoint, str) and os.path.isfile(checkpoint) else None
+
+
+def missing_dino_weights(settings: MetricSettings) -> list[str]:
+    """One line when :func:`load_dino` would not find its weights and random weights are not allowed."""
+    if settings.allow_random or _dino_checkpoint(settings.for_metric(DINO_OPTIONS_KEY)) is not None:
+        return []
+    return [_DINO_MISSING]
+
+
 def load_dino(settings: MetricSettings) -> DinoModel:
     """DINO ViT-S/16 from a local file or the HF cache, else (if allowed) a tiny random ViT."""
     options = settings.for_metric(DINO_OPTIONS_KEY)
     device = torch.device(settings.device)
-    checkpoint = options.get("pretrained") or try_to_load_from_cache(f"timm/{DINO_MODEL}", "model.safetensors",
-                                                                     cache_dir=options.get("cache_dir"))
-    if isinstance(checkpoint, str) and os.path.isfile(checkpoint):
+    checkpoint = _dino_checkpoint(options)
+    if checkpoint is not None:
         model = timm.create_model(DINO_MODEL, pretrained=True, num_classes=0,
                                   pretrained_cfg_overlay={"file": checkpoint})
         weights = DINO_MODEL
     else:
-        missing = (
-            f"DINO weights {DINO_MODEL} are not in the local cache (offline, nothing is downloaded): on a machine with "
-            f"internet run python -c \"import timm; timm.create_model('{DINO_MODEL}', pretrained=True)\" and copy "
-            f"~/.cache/huggingface here, or set the suite's metric option dino.pretrained to a local file; "
-            f"--allow-random-metrics scores with a tiny random ViT instead"
-        )
+        missing = _DINO_MISSING
         if not settings.allow_random:
             raise models.WeightsUnavailable(missing)
         _log.warning("%s -> scoring with a tiny random ViT, labelled %r", missing, TINY_RANDOM)
@@ -158,10 +173,14 @@ class ClipMaskedSimilarity(PairedCosineMetric):
     """SingleInsert's CLIP-I-f ("clip_i_f") and CLIP-I-b ("clip_i_b", generations, lower is better)."""
 
     name: ClassVar[str] = "clip_masked"
+    values: ClassVar[dict[str, bool]] = {"clip_i_f": True, "clip_i_b": False}
     version: ClassVar[str] = "2.0"
     scale: ClassVar[str] = _MASKED_SCALE
     tasks: ClassVar[frozenset[str]] = _TASKS
     value_pairs: ClassVar[dict] = {"clip_i_f": foreground_pair, "clip_i_b": background_pair}
+
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(models.missing_clip_weights)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
@@ -176,10 +195,14 @@ class DinoMaskedSimilarity(PairedCosineMetric):
     on transfers, the preservation "dino_outside"."""
 
     name: ClassVar[str] = "dino_masked"
+    values: ClassVar[dict[str, bool]] = {"dino_f": True, "dino_b": False, "dino_outside": True}
     version: ClassVar[str] = f"2.0+timm-{timm.__version__}"
     scale: ClassVar[str] = _MASKED_SCALE
     tasks: ClassVar[frozenset[str]] = _TASKS
     value_pairs: ClassVar[dict] = {"dino_f": foreground_pair, "dino_b": background_pair, "dino_outside": preservation_pair}
+
+    # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
+    missing_weights = staticmethod(missing_dino_weights)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.dino = load_dino(settings)

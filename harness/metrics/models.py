@@ -118,6 +118,24 @@ def load_clip(settings: MetricSettings) -> ClipModel:
     )
 
 
+def missing_clip_weights(settings: MetricSettings) -> list[str]:
+    """One line per CLIP weight file :func:`load_clip` would not find (empty when all are there or random
+    weights are allowed); reads only the cache index, so a driver checks it before anything runs."""
+    if settings.allow_random:
+        return []
+    options = settings.for_metric(CLIP_OPTIONS_KEY)
+    model_name = str(options.get("model", DEFAULT_CLIP_MODEL))
+    try:
+        if open_clip.get_model_config(model_name) is None:
+            raise ValueError(f"unknown CLIP model {model_name!r}: not an open_clip architecture "
+                             f"(see open_clip.list_models())")
+        _local_clip_checkpoint(model_name, str(options.get("pretrained", DEFAULT_CLIP_PRETRAINED)),
+                               options.get("cache_dir"))
+    except (WeightsUnavailable, ValueError) as problem:
+        return [str(problem)]
+    return []
+
+
 def _build_real_clip(
     model_name: str, pretrained: str, cache_dir: str | None, device: torch.device
 ) -> tuple[torch.nn.Module, str]:
@@ -195,17 +213,27 @@ def alexnet_checkpoint_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_ALEXNET_WEIGHTS.url)
 
 
+def _lpips_missing(checkpoint: Path) -> str:
+    return (
+        f"LPIPS needs torchvision's AlexNet weights at {checkpoint} (offline, nothing is downloaded): on a machine "
+        f"with internet run python -c \"import torchvision; torchvision.models.alexnet(weights='IMAGENET1K_V1')\" "
+        f"and copy the file there (or set TORCH_HOME); --allow-random-metrics scores with a random AlexNet instead"
+    )
+
+
+def missing_lpips_weights(settings: MetricSettings) -> list[str]:
+    """One line when :func:`load_lpips` would not find the AlexNet trunk and random weights are not allowed."""
+    checkpoint = alexnet_checkpoint_path()
+    return [] if settings.allow_random or checkpoint.is_file() else [_lpips_missing(checkpoint)]
+
+
 def load_lpips(settings: MetricSettings, spatial: bool) -> LpipsModel:
     """LPIPS (AlexNet trunk, lpips' v0.1 linear heads) with the real trunk if cached, else random if allowed."""
     options = settings.for_metric(LPIPS_OPTIONS_KEY)
     checkpoint = alexnet_checkpoint_path()
     real = checkpoint.is_file()
     if not real:
-        missing = (
-            f"LPIPS needs torchvision's AlexNet weights at {checkpoint} (offline, nothing is downloaded): on a machine "
-            f"with internet run python -c \"import torchvision; torchvision.models.alexnet(weights='IMAGENET1K_V1')\" "
-            f"and copy the file there (or set TORCH_HOME); --allow-random-metrics scores with a random AlexNet instead"
-        )
+        missing = _lpips_missing(checkpoint)
         if not settings.allow_random:
             raise WeightsUnavailable(missing)
         _log.warning("%s -> scoring with a random AlexNet trunk, labelled %r", missing, TINY_RANDOM)

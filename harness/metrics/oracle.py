@@ -70,6 +70,7 @@ class PatternFidelity(ClosedFormMetric):
     """
 
     name: ClassVar[str] = "pattern_fidelity"
+    values: ClassVar[dict[str, bool]] = {"pattern_fidelity": True}
     version: ClassVar[str] = "1"
     scale: ClassVar[str] = "[0, 1], higher is better (cosine of pooled pattern spectra in the RoI)"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
@@ -152,6 +153,7 @@ class PatternLeakage(ClosedFormMetric):
     """
 
     name: ClassVar[str] = "pattern_leakage"
+    values: ClassVar[dict[str, bool]] = {"pattern_leakage": False}
     version: ClassVar[str] = "1"
     scale: ClassVar[str] = "[0, 1], lower is better (share of pattern-strength change outside the RoI)"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
@@ -211,6 +213,7 @@ class OraclePreservation(ClosedFormMetric):
     """
 
     name: ClassVar[str] = "oracle_preservation"
+    values: ClassVar[dict[str, bool]] = {"oracle_preservation": True}
     version: ClassVar[str] = "1"
     scale: ClassVar[str] = "[0, 1], higher is better (1 - mean abs error outside the RoI)"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})

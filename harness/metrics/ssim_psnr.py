@@ -27,6 +27,7 @@ class SsimPsnrOutside(ClosedFormMetric):
     """
 
     name: ClassVar[str] = "ssim_psnr"
+    values: ClassVar[dict[str, bool]] = {"ssim_outside": True, "psnr_outside": True}
     version: ClassVar[str] = f"1.0+scikit-image-{package_version('scikit-image')}"
     scale: ClassVar[str] = f"SSIM in [-1, 1] (1 = identical); PSNR in dB, capped at {PSNR_CAP_DB:g}"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.cli import UsageError
+from harness.errors import UsageError
 
 from .dataset import PNG_OPTIONS, write_set
 from .objects import CATEGORIES

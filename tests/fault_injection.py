@@ -30,9 +30,9 @@ from typing import Any, Mapping
 
 import torch
 
-from ..concept import LearnedConcept
-from ..learn import ConceptSource
-from .cut_paste import CutPaste, PasteResult
+from clic.concept import LearnedConcept
+from clic.learn import ConceptSource
+from clic.methods.cut_paste import CutPaste, PasteResult
 
 MARKER_PREFIX = ".fault-"
 
@@ -111,3 +111,25 @@ class FaultInjection(CutPaste):
             _die_once(Path(concept.config["fault_markers"]) / f"{MARKER_PREFIX}transfer-{key}")
         return super().transfer(components, concept, target_image, target_mask, object_word, preset=preset,
                                 overrides=overrides, seed=seed)
+
+
+class KillActorOnce:
+    """A TEST-ONLY metric whose first scoring call SIGKILLs the metric actor's process (a marker file, named in
+    ``metric_options: {kill_actor_once: {marker: PATH}}``, is created just before), so the restart and the
+    retried call are tested deterministically; it emits no values."""
+
+    name = "kill_actor_once"
+    version = "1"
+    scale = "none (emits no values)"
+    values: dict[str, bool] = {}
+    tasks = frozenset({"transfer", "generate", "match"})
+    weights = "none"
+
+    def __init__(self, settings: Any) -> None:
+        self.marker = Path(settings.for_metric(self.name)["marker"])
+
+    def compute(self, samples: list) -> list[list]:
+        if not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [[] for _ in samples]

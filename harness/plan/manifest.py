@@ -12,7 +12,7 @@ Paths are relative to the manifest's folder, or URIs:
 
 Rows are numbered from 0, as ``pandas.read_parquet(manifest).iloc[row]``.
 
-Folder convention (``clic-bench manifest from-folder DIR``)::
+Folder convention (``clic-bench manifest from-folder DIR``, built by :mod:`harness.plan.folder`)::
 
     DIR/
       <category>/                     one folder per category, e.g. furniture/
@@ -40,12 +40,10 @@ import argparse
 import difflib
 import json
 import os
-import posixpath
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
@@ -54,6 +52,7 @@ import pyarrow.parquet as pq
 from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
 
 from .jobs import Pair
+from .locations import ManifestBase, is_uri, open_location, resolve_location
 
 MANIFEST_VERSION = "1"
 
@@ -94,9 +93,6 @@ SHAPE_PARTNER = {
     "target_mask_gt": "target_image",
     "expected_image": "target_image",
 }
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-# Schemes pyarrow.fs opens natively (fsspec adds many more when installed).
-_PYARROW_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})
 
 
 # --------------------------------------------------------------------------------------- reports
@@ -126,7 +122,7 @@ class Problem:
 @dataclass(frozen=True, kw_only=True)
 class PairSpec(Pair):
     """A good manifest row: locations resolved (absolute local paths or URIs), other fields as written. It is
-    the :class:`~harness.jobs.Pair` the job graph reads, plus the row number and the columns only people read."""
+    the :class:`~harness.plan.jobs.Pair` the job graph reads, plus the row number and the columns only people read."""
 
     row: int
     concept: str | None = None
@@ -181,82 +177,6 @@ class ManifestReport:
 
 
 # ------------------------------------------------------------------------------------- locations
-
-
-@dataclass(frozen=True)
-class _Base:
-    """The manifest's folder: a local directory or a URI prefix."""
-
-    local: str | None  # absolute directory
-    uri: str | None  # "scheme://netloc/dir"
-
-    def join(self, relative: str) -> str:
-        if self.local is not None:
-            return os.path.abspath(os.path.join(self.local, relative))
-        scheme, rest = self.uri.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, relative))}"
-
-
-def scheme_supported(scheme: str) -> bool:
-    """Whether ``scheme://`` locations can be opened (local files, pyarrow.fs or fsspec schemes)."""
-    scheme = scheme.lower()
-    if scheme == "file" or scheme in _PYARROW_SCHEMES:
-        return True
-    try:
-        import fsspec
-    except ImportError:
-        return False
-    return scheme in fsspec.available_protocols()
-
-
-def _escapes(relative: str) -> bool:
-    normalised = os.path.normpath(relative)
-    return normalised == os.pardir or normalised.startswith(os.pardir + os.sep)
-
-
-def _resolve(value: str, base: _Base, allow_outside: bool) -> tuple[str | None, str | None]:
-    """(location, None) or (None, problem) for one path cell."""
-    if not value.strip():
-        return None, "empty path (write null for 'not given')"
-    match = _URI.match(value)
-    if match:
-        scheme = match.group(1).lower()
-        if not scheme_supported(scheme):
-            return None, f"URL scheme {scheme!r} is not supported (local paths, file://, or schemes of pyarrow.fs/fsspec such as s3://, gs://): {value}"
-        if scheme != "file":
-            return value, None
-        local = unquote(urlparse(value).path)
-        if not allow_outside:
-            return None, f"file:// URL refused, paths must be relative to the manifest's folder (allow with --allow-outside): {value}"
-        return os.path.abspath(local), None
-    if os.path.isabs(value):
-        if not allow_outside:
-            return None, f"absolute path refused, paths must be relative to the manifest's folder (allow with --allow-outside): {value}"
-        return os.path.abspath(value), None
-    if _escapes(value) and not allow_outside:
-        return None, f"path escapes the manifest's folder (allow with --allow-outside): {value}"
-    return base.join(value), None
-
-
-def is_uri(location: str) -> bool:
-    return _URI.match(location) is not None
-
-
-def open_location(location: str) -> IO[bytes]:
-    """Open a resolved location (local path or URI) for binary reading."""
-    if not is_uri(location):
-        return open(location, "rb")
-    if location.lower().startswith("file://"):
-        return open(unquote(urlparse(location).path), "rb")
-    try:
-        import fsspec
-
-        return fsspec.open(location, "rb").open()
-    except (ImportError, ValueError):  # no fsspec implementation installed: pyarrow's own filesystems
-        from pyarrow import fs as pafs
-
-        filesystem, path = pafs.FileSystem.from_uri(location)
-        return filesystem.open_input_file(path)
 
 
 # ------------------------------------------------------------------------------------ file checks
@@ -371,12 +291,12 @@ def _read_table(path: str) -> pa.Table:
     return pq.read_table(unquote(urlparse(path).path) if is_uri(path) else path)
 
 
-def _manifest_base(path: str) -> _Base:
+def _manifest_base(path: str) -> ManifestBase:
     if is_uri(path) and not path.lower().startswith("file://"):
-        return _Base(None, path.rsplit("/", 1)[0])
+        return ManifestBase(None, path.rsplit("/", 1)[0])
     local = unquote(urlparse(path).path) if is_uri(path) else path
     folder = local if os.path.isdir(local) else os.path.dirname(os.path.abspath(local))
-    return _Base(os.path.abspath(folder), None)
+    return ManifestBase(os.path.abspath(folder), None)
 
 
 def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, check_files: bool = True) -> ManifestReport:
@@ -429,7 +349,7 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
             value = record.get(column)
             if value is None:
                 continue
-            location, problem = _resolve(value, base, allow_outside)
+            location, problem = resolve_location(value, base, allow_outside)
             if problem is not None:
                 if value.strip() or column not in REQUIRED_COLUMNS:  # blank required cells are reported above
                     row_problem(column, problem)
@@ -543,147 +463,10 @@ def write_manifest(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
     return path
 
 
-# ------------------------------------------------------------------------------- folder convention
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-# File stem in a pair folder -> manifest column.
-FOLDER_FILES = {
-    "source": "source_image",
-    "source_mask": "source_mask",
-    "target": "target_image",
-    "target_mask": "target_mask",
-    "target_mask_gt": "target_mask_gt",
-    "expected": "expected_image",
-}
-META_KEYS = ("source_object", "target_object", "concept", "tags", "source_part", "target_part", "pattern", "pattern_params")
-
-
-class FolderError(ValueError):
-    """The folder does not follow the convention; ``problems`` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        super().__init__(f"{problems[0]}{more}")
-
-
-def _read_meta(path: Path, problems: list[str]) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        problems.append(f"{path}: not readable JSON ({' '.join(str(err).split())})")
-        return {}
-    if not isinstance(meta, dict):
-        problems.append(f"{path}: expected a JSON object, got {type(meta).__name__}")
-        return {}
-    for key in sorted(set(meta) - set(META_KEYS)):
-        problems.append(f"{path}: unknown key {key!r} (known: {', '.join(META_KEYS)})")
-    tags = meta.get("tags")
-    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
-        problems.append(f"{path}: 'tags' must be a list of strings")
-    for key in ("source_object", "target_object", "concept", "source_part", "target_part", "pattern"):
-        if key in meta and meta[key] is not None and not isinstance(meta[key], str):
-            problems.append(f"{path}: {key!r} must be a string")
-    return {k: v for k, v in meta.items() if k in META_KEYS}
-
-
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _pair_files(pair_dir: Path, problems: list[str]) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for entry in sorted(pair_dir.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file() or entry.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        column = FOLDER_FILES.get(entry.stem)
-        if column is None:
-            problems.append(f"{entry}: unexpected image file (expected {', '.join(s + '.*' for s in FOLDER_FILES)})")
-        elif column in files:
-            problems.append(f"{pair_dir}: two files for {entry.stem}: {files[column].name} and {entry.name}")
-        else:
-            files[column] = entry
-    for stem, column in (("source", "source_image"), ("target", "target_image")):
-        if column not in files:
-            problems.append(f"{pair_dir}: missing {stem}.png (or .jpg, .jpeg, .webp, .bmp, .tif, .tiff)")
-    return files
-
-
-def scan_folder(folder: str | os.PathLike[str], manifest_dir: str | os.PathLike[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Manifest rows for a folder that follows the convention, and one line per problem found."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder")
-    relative_to = Path(manifest_dir) if manifest_dir is not None else root
-    rows: list[dict[str, Any]] = []
-    problems: list[str] = []
-    pair_dirs: dict[str, Path] = {}
-    for category_dir in _visible_dirs(root):
-        category = category_dir.name
-        defaults = _read_meta(category_dir / "meta.json", problems)
-        for pair_dir in _visible_dirs(category_dir):
-            pair_id = pair_dir.name
-            if pair_id in pair_dirs:
-                problems.append(f"{pair_dir}: pair_id {pair_id!r} also used by {pair_dirs[pair_id]} (pair folder names must be unique)")
-                continue
-            pair_dirs[pair_id] = pair_dir
-            files = _pair_files(pair_dir, problems)
-            meta = {**defaults, **_read_meta(pair_dir / "meta.json", problems)}
-            params = meta.get("pattern_params")
-            row: dict[str, Any] = {
-                "pair_id": pair_id,
-                "category": category,
-                "source_object": meta.get("source_object") or category,
-                "target_object": meta.get("target_object") or category,
-                "concept": meta.get("concept"),
-                "tags": meta.get("tags"),
-                **{k: meta[k] for k in ("source_part", "target_part", "pattern") if meta.get(k) is not None},
-                **({"pattern_params": params if isinstance(params, str) else json.dumps(params, sort_keys=True)} if params is not None else {}),
-                **{column: Path(os.path.relpath(path, relative_to)).as_posix() for column, path in files.items()},
-            }
-            rows.append(row)
-    if not pair_dirs:
-        problems.append(f"{root}: no pair folders found (expected {root}/<category>/<pair_id>/source.png and target.png)")
-    return rows, problems
-
-
-def manifest_from_folder(folder: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
-    """Write the manifest of a folder that follows the convention (module docstring); FolderError if it does not."""
-    out_path = Path(out) if out is not None else Path(folder) / "manifest.parquet"
-    rows, problems = scan_folder(folder, os.path.abspath(out_path.parent))
-    if problems:
-        raise FolderError(problems)
-    return write_manifest(rows, out_path)
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-
 def validate_main(args: argparse.Namespace) -> int:
     """`clic-bench validate MANIFEST`: one line per problem, a summary; exit 0 ok, 1 bad rows, 2 unusable."""
     report = load_manifest(args.manifest, allow_outside=getattr(args, "allow_outside", False))
     for line in report.lines():
         print(line)
     print(report.summary())
-    return report.exit_code()
-
-
-def from_folder_main(args: argparse.Namespace) -> int:
-    """`clic-bench manifest from-folder DIR [--out PATH]`: write the manifest, then validate it."""
-    try:
-        path = manifest_from_folder(args.folder, args.out)
-    except FolderError as err:
-        for line in err.problems:
-            print(line)
-        print(f"no manifest written: {len(err.problems)} problem(s) in {args.folder}")
-        return 2
-    outside = _escapes(os.path.relpath(os.path.abspath(args.folder), os.path.abspath(path.parent)))
-    report = load_manifest(path, allow_outside=outside)
-    for line in report.lines():
-        print(line)
-    print(f"wrote {path}: {report.summary()}")
-    if outside:
-        print(f"note: {path} is outside {args.folder}, so its paths climb out of its folder: pass --allow-outside to use it")
     return report.exit_code()

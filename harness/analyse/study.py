@@ -13,7 +13,7 @@ turns them into the paper's Table 1 format: the average ranking per method with 
 overall, per criterion and per category, with bootstrap CIs over questions, Kendall's W between raters,
 and the raters who failed an attention check excluded and counted.
 
-`python -m harness.study screenshot PAGE OUT.png` photographs a page (a report or a rating page) in
+`python -m harness.analyse.study screenshot PAGE OUT.png` photographs a page (a report or a rating page) in
 headless Chromium, for people who want to look without a browser of their own.
 """
 from __future__ import annotations
@@ -34,10 +34,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from harness.aggregate import ALL_CATEGORIES, TINY_RANDOM, TINY_RANDOM_NOTE, format_number, to_markdown
-from harness.cli import UsageError
-from harness.jobs import content_id
-from harness.report import manifest_pairs, method_label, thumbnail, with_variants
+from clic import TINY_RANDOM
+from harness.analyse.aggregate import ALL_CATEGORIES, TINY_RANDOM_NOTE, format_number, to_markdown
+from harness.analyse.bootstrap import bootstrap_ci
+from harness.errors import UsageError
+from harness.plan.jobs import content_id
+from harness.analyse.report import manifest_pairs, thumbnail, with_variants
+from harness.plan.identity import method_label
 from harness.store import read_results, read_run_manifest
 
 CRITERIA = {
@@ -50,8 +53,6 @@ BROKEN = "__attention_check__"  # the key's name for the broken option of an att
 CHECK_FRACTION = 0.1  # attention-check questions per scored question (at least one)
 IMAGE_PIXELS = 256  # images in a pack are at most this wide
 BROKEN_GREY = (128, 128, 128)
-N_RESAMPLES = 2000
-CONFIDENCE = 0.95
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
@@ -329,16 +330,7 @@ def rank_scores(answers: pd.DataFrame, key: Mapping[str, Any]) -> pd.DataFrame:
 
 def cluster_bootstrap_ci(values: np.ndarray, clusters: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """Percentile CI of the mean, resampling whole clusters (questions: one pair's ratings move together)."""
-    labels, index = np.unique(clusters, return_inverse=True)
-    if labels.size == 0:
-        return (float("nan"), float("nan"))
-    sums = np.bincount(index, weights=values, minlength=labels.size)
-    counts = np.bincount(index, minlength=labels.size)
-    draws = np.random.default_rng(seed).integers(0, labels.size, size=(N_RESAMPLES, labels.size))
-    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
-    tail = (1.0 - CONFIDENCE) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return (float(low), float(high))
+    return bootstrap_ci(values, clusters=clusters, seed=seed)
 
 
 def average_rankings(scores: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
@@ -500,7 +492,7 @@ def screenshot(page_path: str, out: str | Path, width: int = 1200, full_page: bo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.study", description="screenshots of reports and packs")
+    parser = argparse.ArgumentParser(prog="python -m harness.analyse.study", description="screenshots of reports and packs")
     sub = parser.add_subparsers(dest="command", required=True)
     shot = sub.add_parser("screenshot", help="PNG of a report or rating page in headless Chromium")
     shot.add_argument("page", help="an HTML file or a folder with index.html; may end in ?rater=r1 or #anchor")

@@ -4,7 +4,7 @@ A suite file (``benchmarks/*.yaml``)::
 
     name: smoke                       # default: the file's stem
     description: ""                   # free text for reports
-    manifest: ../manifests/synth/manifest.parquet   # required; relative to this file, a URI, or a list
+    manifest: ../manifests/furniture/manifest.parquet  # required; relative to this file, a URI, or a list
                                       # (``manifests: [...]`` is the same key in its list form)
     model: tiny                       # "tiny", a local diffusers folder (relative to this file) or an HF id
     inpainting_model: null            # default null: tiny -> tiny-inpaint; real runs of RealFill name an SD inpainting model
@@ -67,14 +67,14 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 import clic.methods as method_registry
-from harness.cli import UsageError
+from harness.errors import UsageError
+from harness.plan.locations import URI
 
 TASKS = ("transfer", "generate", "match")
 DEFAULT_TASKS = ("transfer",)
 # clic.models.TINY_PRESETS, repeated so that reading a suite does not import torch.
 TINY_MODELS = ("tiny", "tiny-inpaint", "tiny-v")
 DEFAULT_METRICS = ("clip_image", "clip_text", "lpips", "ssim_psnr", "mask_iou")
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 ESR_PROMPTS_KEYWORD = "esr"  # generate.prompts: esr -> the editing prompts the esr metric judges
 PROMPT_FIELDS = frozenset({"object", "tokens", "token"})  # what clic.learn.format_prompt fills in
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")  # the name becomes runs/<name>
@@ -428,9 +428,9 @@ class _SuiteReader:
 
     def manifest_location(self, value: str, key: str) -> str:
         value = self.string(value, key)
-        if _URI.match(value) and not value.lower().startswith("file://"):
+        if URI.match(value) and not value.lower().startswith("file://"):
             return value
-        local = Path(unquote(urlparse(value).path) if _URI.match(value) else value).expanduser()
+        local = Path(unquote(urlparse(value).path) if URI.match(value) else value).expanduser()
         resolved = local if local.is_absolute() else self.base_dir / local
         if not resolved.exists():
             self.fail(key, f"file not found: {value} (resolved to {resolved})")
@@ -489,7 +489,7 @@ class _SuiteReader:
 
     def prompts(self, value: Any) -> tuple[str, ...]:
         if value == ESR_PROMPTS_KEYWORD:
-            from .metrics.esr import EDIT_PROMPTS
+            from ..metrics.esr import EDIT_PROMPTS
 
             return tuple(EDIT_PROMPTS)
         prompts = self.strings(value, "generate.prompts", allow_empty=True)
@@ -638,22 +638,13 @@ class _SuiteReader:
         return data
 
     def check_learn_config(self, spec: MethodSpec, method_class: type, key: str) -> None:
-        """Build the method's learning config for every preset, so bad overrides fail now, not mid-run."""
-        if not hasattr(method_class, "learn_config"):
-            return
+        """Ask the method to check its learning config for every preset, so bad overrides fail now, not mid-run."""
+        from clic.losses import LossTermError
+
+        method = method_class()
         for preset in spec.presets:
             try:
-                method = method_class()
-                preset_terms = getattr(method.learn_config(preset), "terms", None)
-                config = method.learn_config(preset, spec.learn_overrides(preset_terms))
-                if hasattr(config, "validate"):
-                    config.validate()
+                method.check(preset, spec.learn_overrides(method.preset_terms(preset)))
             except (ValueError, TypeError, KeyError) as err:
-                self.fail(f"{key}.learn", f"with preset {preset!r}: {' '.join(str(err).split())}")
-            if spec.loss_weights and hasattr(config, "terms"):
-                from clic.losses import Objective
-
-                try:
-                    Objective(config.terms)
-                except ValueError as err:
-                    self.fail(f"{key}.loss_weights", f"with preset {preset!r}: {' '.join(str(err).split())}")
+                where = "loss_weights" if spec.loss_weights and isinstance(err, LossTermError) else "learn"
+                self.fail(f"{key}.{where}", f"with preset {preset!r}: {' '.join(str(err).split())}")

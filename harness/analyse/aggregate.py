@@ -17,39 +17,39 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from clic import TINY_RANDOM
+from harness.analyse.bootstrap import bootstrap_ci  # noqa: F401 - re-exported for callers of the tables
 from harness.store import read_results
 
-TINY_RANDOM = "tiny-random"
 TINY_RANDOM_NOTE = (
     "Numbers made with tiny random-weight models (tiny-random): they test the pipeline, not the method."
 )
 ALL_CATEGORIES = "all"
 POOLED_IOU = "mask_iou_pooled"
-N_RESAMPLES = 2000
-CONFIDENCE = 0.95
 # Below this many pairs the Wilcoxon signed-rank test cannot reach p < 0.05 at all (its smallest
 # two-sided p with n = 5 is 0.0625), so the paired t-test is used instead.
 MIN_PAIRS_FOR_WILCOXON = 6
 
-# Direction of "better" per metric name; metrics not listed are higher-is-better.
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "lpips_outside": False,
-    "clip_i_outside": True,
-    "dino_outside": True,
-    "clip_i_b": False,  # SingleInsert: source background vs generated background (disentanglement)
-    "dino_b": False,
-    "pattern_leakage": False,
-    "lpips_inside": True,  # the edit should change the region
-    "lpips_diversity": True,
-}
 
 # The fields that identify one job's output apart from the code that produced it.
 JOB_IDENTITY = ("pair_id", "task", "seed", "settings", "method", "preset", "object_word")
 
 
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of `metric` is better (the default for unlisted metrics)."""
-    return HIGHER_IS_BETTER.get(metric, True)
+def directions(*frames: pd.DataFrame) -> dict[str, bool]:
+    """Value name -> whether higher is better, as each metric declared it (the rows' `higher_is_better`
+    column; a value without a declaration, e.g. in a run made before the column existed, counts as higher)."""
+    found: dict[str, bool] = {}
+    for df in frames:
+        if df.empty or "higher_is_better" not in df.columns:
+            continue
+        declared = df.dropna(subset=["metric", "higher_is_better"]).drop_duplicates("metric")
+        for metric, higher in zip(declared["metric"], declared["higher_is_better"]):
+            found.setdefault(str(metric), bool(higher))
+    return found
+
+
+def higher_is_better(metric: str, declared: Mapping[str, bool]) -> bool:
+    return declared.get(metric, True)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -90,36 +90,6 @@ def _ok_values(df: pd.DataFrame) -> pd.DataFrame:
 
 def _joined_unique(values: pd.Series) -> str:
     return ", ".join(sorted({str(v) for v in values.dropna()}))
-
-
-def bootstrap_ci(
-    values: Sequence[float] | np.ndarray, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (seeded, so tables are reproducible)."""
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(n_resamples, data.size))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return (float(low), float(high))
-
-
-def _bootstrap_ratio_ci(numerators: np.ndarray, denominators: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of Σnumerator / Σdenominator, resampling jobs."""
-    if numerators.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, numerators.size, size=(N_RESAMPLES, numerators.size))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = numerators[idx].sum(axis=1) / denominators[idx].sum(axis=1)
-    ratios = ratios[np.isfinite(ratios)]
-    if ratios.size == 0:
-        return (float("nan"), float("nan"))
-    tail = (1.0 - CONFIDENCE) / 2.0 * 100.0
-    low, high = np.percentile(ratios, [tail, 100.0 - tail])
-    return (float(low), float(high))
 
 
 def paired_test(differences: Sequence[float] | np.ndarray) -> tuple[float, str]:
@@ -188,7 +158,7 @@ def _pooled_iou_rows(values: pd.DataFrame, by: list[str]) -> list[dict]:
     for group_label, group in per_job.groupby(level="group", sort=True):
         first = parts[parts["group"].eq(group_label)]
         inter, union = group["mask_intersection"].to_numpy(), group["mask_union"].to_numpy()
-        low, high = _bootstrap_ratio_ci(inter, union)
+        low, high = bootstrap_ci(inter, weights=union)
         rows.append({**{k: first[k].iloc[0] for k in group_keys}, "metric": POOLED_IOU, "n": inter.size,
                      "mean": inter.sum() / union.sum() if union.sum() > 0 else float("nan"),
                      "ci_low": low, "ci_high": high, "metric_scale": "ratio 0-1",
@@ -253,6 +223,7 @@ def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFram
     ).drop(columns="method")
     others = per_key[~per_key["method"].eq(reference)]
     paired = others.merge(ref, on=keys, how="inner")
+    declared = directions(values)
     rows = []
     for (method, preset, ref_preset, metric), group in paired.groupby(
             ["method", "preset", "reference_preset", "metric"], dropna=False, sort=True):
@@ -263,7 +234,7 @@ def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFram
         rows.append({"method": method, "preset": preset, "reference": reference, "reference_preset": ref_preset,
                      "metric": metric, "n": diffs.size, "mean_difference": diffs.mean(), "ci_low": low,
                      "ci_high": high, "p_value": p_value, "test": test,
-                     "higher_is_better": higher_is_better(str(metric)), "weights": weights})
+                     "higher_is_better": higher_is_better(str(metric), declared), "weights": weights})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -294,12 +265,13 @@ def compare_runs(
         return pd.DataFrame(columns=columns)
     paired = per_job(a).merge(per_job(b), on=keys, how="inner", suffixes=("_a", "_b"))
     failed_a, failed_b = _failed_counts(df_a), _failed_counts(df_b)
+    declared = directions(b, a)
     rows = []
     for (method, preset, metric), group in paired.groupby(["method", "preset", "metric"], dropna=False, sort=True):
         diffs = (group["value_b"] - group["value_a"]).to_numpy()
         low, high = bootstrap_ci(diffs)
         p_value, test = paired_test(diffs)
-        better_up = higher_is_better(str(metric))
+        better_up = higher_is_better(str(metric), declared)
         drop = -diffs.mean() if better_up else diffs.mean()
         significant = bool(np.isfinite(p_value) and p_value < alpha)
         verdict = "fail" if (drop > max_drop and significant) else ("better" if (drop < 0 and significant) else "ok")
@@ -371,9 +343,10 @@ def to_markdown(table: pd.DataFrame, note: str | None = None) -> str:
     return (note + "\n\n" if note else "") + "\n".join(lines) + "\n"
 
 
-def to_html_fragment(table: pd.DataFrame) -> str:
-    """The table as an HTML fragment (class "results"), with the tiny-random note above it."""
-    note = table_note(table)
+def to_html_fragment(table: pd.DataFrame, note: str | None = None) -> str:
+    """The table as an HTML fragment (class "results"), with the tiny-random note above it (``note=""``: none,
+    where the page says it once)."""
+    note = table_note(table) if note is None else note
     prefix = f'<p class="warning">{html.escape(note)}</p>\n' if note else ""
     return prefix + _display(table).to_html(index=False, classes="results", border=0, escape=True)
 

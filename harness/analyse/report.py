@@ -23,11 +23,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
-from harness.aggregate import (  # noqa: E402
+from clic import TINY_RANDOM  # noqa: E402
+
+from harness.analyse.aggregate import (  # noqa: E402
     ALL_CATEGORIES,
     TABLE_CSS,
-    TINY_RANDOM_NOTE,
     format_number,
+    directions,
     higher_is_better,
     paired_differences,
     summary_table,
@@ -36,7 +38,9 @@ from harness.aggregate import (  # noqa: E402
     uses_tiny_random,
     write_tables,
 )
-from harness.store import canonical_json, read_results, read_run_manifest  # noqa: E402
+from harness.analyse import headline as headline_table  # noqa: E402
+from harness.plan.identity import method_label  # noqa: E402,F401 - method_label is used by the study too
+from harness.store import read_pairs, read_results, read_run_manifest  # noqa: E402
 
 THUMBNAIL_PIXELS = 160
 OUTLINE_COLOUR = (255, 40, 40)
@@ -51,6 +55,10 @@ pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; }
 [id] { scroll-margin-top: 4em; }  /* anchors land below the sticky nav */
 .ablation { overflow-x: auto; }
 .ablation table.results td { white-space: nowrap; }
+div.headline { overflow-x: auto; }
+table.headline td { white-space: nowrap; }
+table.headline td small { color: #666; }
+table.headline td.best { background: #e6f4ea; }
 """
 SUMMARY_KEYS = ("method", "preset", "category", "metric")
 
@@ -64,24 +72,26 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
         (out / folder).mkdir(parents=True)
     results = with_variants(read_results(run_dir))
     run_info = read_run_manifest(run_dir)
+    declared = directions(results)  # each metric's declaration, recorded in its rows
 
     summary = summary_table(results, by=SUMMARY_KEYS)
     paired = paired_differences(results, reference=reference)
     failures = failure_list(results)
     per_metric = metric_tables(summary)
+    head = headline_table.headline(summary, declared, planned_labels(run_info))
     labels = ablation_labels(results, run_info)
     ablation = ablation_table(summary, labels)
     tables = {"summary": summary, "paired_differences": paired, "failures": failures}
     write_tables({**tables, "ablations": ablation} if labels else tables, out / "tables")
-    (out / "summary.md").write_text(_summary_markdown(per_metric, paired, failures, reference, ablation),
-                                    encoding="utf-8")
+    (out / "summary.md").write_text(
+        _summary_markdown(head, per_metric, paired, failures, reference, ablation, declared), encoding="utf-8")
 
-    metric_plots = _plot_metrics(summary, out / "plots")
+    metric_plots = _plot_metrics(summary, out / "plots", declared)
     loss_plots = _plot_losses(run_dir, results, out / "plots")
     grids = _image_grids(run_dir, results, run_info, out)
     ablation_html = _ablation_section(run_dir, results, run_info, labels, ablation, out) if labels else ""
-    page = _index_html(run_dir, run_info, results, per_metric, paired, failures, metric_plots, loss_plots, grids,
-                       reference, ablation_html)
+    page = _index_html(run_dir, run_info, results, head, per_metric, paired, failures, metric_plots, loss_plots,
+                       grids, reference, ablation_html, declared)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
@@ -96,108 +106,35 @@ def report_main(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- tables
 
-def method_label(method: object, preset: object) -> str:
-    return f"{method}/{preset}" if isinstance(preset, str) and preset else str(method)
-
-
 # ---------------------------------------------------------------------------------------------- variants
 # Suite entries of one method and preset that differ only in their learning overrides (the ablations of
-# benchmarks/ablations.yaml) share method and preset in the results; only the `settings` JSON tells them
-# apart. The report names each such variant by what sets it apart ("no_att" for a zero-weight term) and
-# shows it as its own preset, "clic/paper no_att", in every table, plot and grid.
-
-def learn_overrides(settings: object) -> dict[str, Any]:
-    """The learning overrides recorded in a result row's settings JSON ({} when it has none)."""
-    try:
-        parsed = json.loads(settings) if isinstance(settings, str) else None
-    except ValueError:
-        return {}
-    learn = parsed.get("learn") if isinstance(parsed, dict) else None
-    return learn if isinstance(learn, dict) else {}
-
-
-def _term_weight(spec: Any) -> Any:
-    """A loss term's weight: the term is given as a bare weight or as {"weight": w, ...}."""
-    return spec.get("weight") if isinstance(spec, Mapping) else spec
-
-
-def _compact(value: Any) -> str:
-    return format_number(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else \
-        canonical_json(value)
-
-
-def _common_overrides(variants: list[dict[str, Any]]) -> dict[str, Any]:
-    """The overrides (and loss terms) that every variant has with the same value."""
-    first, rest = variants[0], variants[1:]
-    common = {key: value for key, value in first.items() if key != "terms" and all(
-        key in other and other[key] == value for other in rest)}
-    terms = first.get("terms") or {}
-    common["terms"] = {term: spec for term, spec in terms.items()
-                       if all((other.get("terms") or {}).get(term) == spec for other in rest)}
-    return common
-
-
-def variant_name(learn: Mapping[str, Any], common: Mapping[str, Any]) -> str:
-    """What sets the overrides `learn` apart from `common`: "no_att" for a zero-weight term, else key=value."""
-    parts = []
-    for key, value in sorted(learn.items()):
-        if key == "terms" and isinstance(value, Mapping):
-            shared = common.get("terms") or {}
-            parts += [f"no_{term}" if _term_weight(spec) == 0 else f"{term}={_compact(spec)}"
-                      for term, spec in sorted(value.items()) if not (term in shared and shared[term] == spec)]
-        elif not (key in common and common[key] == value):
-            parts.append(f"{key}={_compact(value)}")
-    return " ".join(parts)
-
+# benchmarks/ablations.yaml) are told apart by the `variant` the plan gave them ("no_att", see
+# harness.plan.identity); every table, plot and grid shows such a variant as its own preset, "clic/paper no_att".
 
 def with_variants(results: pd.DataFrame) -> pd.DataFrame:
-    """`results` plus `variant` ("" or e.g. "no_att") and `base_preset`; `preset` becomes "paper no_att".
-
-    A method/preset run with one set of overrides has no variant, so ordinary runs keep their labels.
-    """
-    variants = pd.Series("", index=results.index, dtype=object)
-    overrides = results["settings"].map(learn_overrides)
-    keys = overrides.map(canonical_json)
-    for _, group in results.groupby(["method", "preset"], dropna=False, sort=False):
-        distinct = {keys[i]: overrides[i] for i in group.index}
-        if len(distinct) > 1:
-            common = _common_overrides(list(distinct.values()))
-            names = {key: variant_name(learn, common) for key, learn in distinct.items()}
-            variants[group.index] = [names[keys[i]] for i in group.index]
+    """`results` plus `base_preset`; `preset` becomes "paper no_att" where the row's planned `variant` is set."""
+    variants = (results["variant"] if "variant" in results.columns else pd.Series("", index=results.index))
+    variants = variants.fillna("").astype(str)
     presets = [" ".join(part for part in (preset, variant) if isinstance(part, str) and part) or preset
                for preset, variant in zip(results["preset"], variants)]
     return results.assign(base_preset=results["preset"], variant=variants, preset=presets)
 
 
-def _entry_key(method: object, preset: object, learn: Mapping[str, Any]) -> str:
-    """Identity of a suite entry's learning setup: its method, preset, loss-term weights and other overrides."""
-    weights = {term: _term_weight(spec) for term, spec in (learn.get("terms") or {}).items()}
-    others = {key: value for key, value in learn.items() if key != "terms"}
-    return canonical_json([method, preset, others, weights])
-
-
-def _suite_order(run_info: Mapping[str, Any]) -> dict[str, int]:
-    """Entry key -> position of the suite's `methods` entry, so ablation columns follow the suite file."""
-    suite = run_info.get("suite") if isinstance(run_info.get("suite"), Mapping) else {}
-    order: dict[str, int] = {}
-    for index, entry in enumerate(suite.get("methods") or []):
-        learn = dict(entry.get("learn") or {})
-        learn["terms"] = {**(learn.get("terms") or {}), **(entry.get("loss_weights") or {})}
-        for preset in entry.get("presets") or []:
-            order.setdefault(_entry_key(entry.get("name"), preset, learn), index)
-    return order
-
-
 def ablation_labels(results: pd.DataFrame, run_info: Mapping[str, Any]) -> list[str]:
-    """Labels of every preset and variant of the methods that have variants, in the suite file's order."""
+    """Labels of every preset and variant of the methods that have variants, in the suite file's order (the
+    plan's method runs recorded in run.json)."""
     varied = set(results.loc[results["variant"].ne(""), "method"])
     if not varied:
         return []
-    order = _suite_order(run_info)
-    entries = results[results["method"].isin(varied)].drop_duplicates(["method", "preset"])
-    ranked = sorted(((order.get(_entry_key(row.method, row.base_preset, learn_overrides(row.settings)), len(order)),
-                      method_label(row.method, row.preset)) for row in entries.itertuples(index=False)))
-    return [label for _, label in ranked]
+    present = {method_label(m, p) for m, p in zip(results["method"], results["preset"]) if m in varied}
+    planned = planned_labels(run_info)
+    ordered = [label for label in dict.fromkeys(planned) if label in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def planned_labels(run_info: Mapping[str, Any]) -> list[str]:
+    """Method labels in the suite file's order (the plan's method runs recorded in run.json)."""
+    return [str(run.get("label")) for run in ((run_info.get("plan") or {}).get("methods") or []) if run.get("label")]
 
 
 def ablation_table(summary: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -222,8 +159,9 @@ def metric_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for metric, group in rated.groupby("metric", sort=True):
         group = group.assign(label=[method_label(m, p) for m, p in zip(group["method"], group["preset"])],
                              cell=[f"{format_number(m)} [{format_number(lo)}, {format_number(hi)}] n={n}"
-                                   for m, lo, hi, n in zip(group["mean"], group["ci_low"], group["ci_high"],
-                                                           group["n"])])
+                                   + (headline_table.TINY_MARK if TINY_RANDOM in str(w) else "")
+                                   for m, lo, hi, n, w in zip(group["mean"], group["ci_low"], group["ci_high"],
+                                                              group["n"], group["weights"])])
         table = group.pivot_table(index="label", columns="category", values="cell", aggfunc="first")
         categories = sorted(c for c in table.columns if c != ALL_CATEGORIES)
         table = table.reindex(columns=categories + ([ALL_CATEGORIES] if ALL_CATEGORIES in table.columns else []))
@@ -245,18 +183,21 @@ def failure_list(results: pd.DataFrame) -> pd.DataFrame:
     return failed[columns].sort_values(["method", "preset", "pair_id"]).reset_index(drop=True)
 
 
-def _direction(metric: str) -> str:
-    return "higher is better" if higher_is_better(metric) else "lower is better"
+def _direction(metric: str, declared: Mapping[str, bool]) -> str:
+    return "higher is better" if higher_is_better(metric, declared) else "lower is better"
 
 
-def _summary_markdown(per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
-                      reference: str, ablation: pd.DataFrame) -> str:
-    parts = ["# Results\n", "Mean [95% bootstrap CI] per method and category; raw values (see metric_scale).\n"]
+def _summary_markdown(head: headline_table.Headline, per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame,
+                      failures: pd.DataFrame, reference: str, ablation: pd.DataFrame,
+                      declared: Mapping[str, bool]) -> str:
+    parts = ["# Results\n", headline_table.to_markdown(head),
+             "## Per category\n", "Mean [95% bootstrap CI] per method and category; raw values (see metric_scale)"
+             + (f"; {headline_table.TINY_MARK} tiny-random" if head.tiny_random else "") + ".\n"]
     for metric, table in per_metric.items():
-        parts.append(f"## {metric} ({_direction(metric)})\n\n{to_markdown(table)}")
+        parts.append(f"### {metric} ({_direction(metric, declared)})\n\n{to_markdown(table, note='')}")
     if not ablation.empty:
-        parts.append(f"## Ablations (all categories)\n\n{to_markdown(ablation)}")
-    parts.append(f"## Paired differences against {reference}\n\n{to_markdown(paired)}")
+        parts.append(f"## Ablations (all categories)\n\n{to_markdown(ablation, note='')}")
+    parts.append(f"## Paired differences against {reference}\n\n{to_markdown(paired, note='')}")
     parts.append(f"## Failed jobs: {len(failures)}\n")
     return "\n".join(parts)
 
@@ -276,7 +217,7 @@ def _save_figure(fig: plt.Figure, folder: Path, stem: str) -> str:
     return f"plots/{stem}.png"
 
 
-def _plot_metrics(summary: pd.DataFrame, folder: Path) -> dict[str, str]:
+def _plot_metrics(summary: pd.DataFrame, folder: Path, declared: Mapping[str, bool]) -> dict[str, str]:
     """Per metric: mean with 95% CI error bars, categories on x, one marker series per method/preset."""
     plots: dict[str, str] = {}
     rated = summary[summary["metric"].notna() & summary["n"].gt(0)]
@@ -293,7 +234,7 @@ def _plot_metrics(summary: pd.DataFrame, folder: Path) -> dict[str, str]:
             ax.errorbar(x, rows["mean"].astype(float), yerr=np.clip(np.nan_to_num(errors), 0, None), fmt="o",
                         capsize=3, label=label)
         ax.set_xticks(np.arange(len(categories)), categories)
-        ax.set_title(f"{metric} ({_direction(str(metric))}), 95% CI", fontsize=9)
+        ax.set_title(f"{metric} ({_direction(str(metric), declared)}), 95% CI", fontsize=9)
         ax.legend(fontsize=7, loc="best")
         plots[str(metric)] = _save_figure(fig, folder, f"metric-{_slug(metric)}")
     return plots
@@ -349,31 +290,11 @@ def thumbnail(source: Path, dest: Path, mask: Path | None = None, pixels: int = 
     return True
 
 
-def manifest_pairs(run_dir: Path, run_info: Mapping[str, Any]) -> dict[str, dict[str, Path | None]]:
-    """pair_id → absolute source/target image and mask paths, from the manifest named in run.json's suite."""
-    suite = run_info.get("suite") or {}
-    if not isinstance(suite, Mapping):
-        return {}
-    manifests = suite.get("manifest") or suite.get("manifests") or []
-    manifests = [manifests] if isinstance(manifests, str) else list(manifests)
-    suite_file = next((suite[k] for k in ("path", "suite_path", "file") if isinstance(suite.get(k), str)), None)
-    suite_file = suite_file or run_info.get("suite_path")
-    bases = [Path(suite_file).parent] if isinstance(suite_file, str) else []
-    bases += [run_dir, Path.cwd()]
-    pairs: dict[str, dict[str, Path | None]] = {}
-    for name in manifests:
-        path = next((base / name for base in bases if (base / name).is_file()), None)
-        if path is None:
-            continue
-        try:
-            table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-        except (OSError, ValueError):
-            continue
-        for row in table.to_dict("records"):
-            pairs[str(row["pair_id"])] = {
-                column: (path.parent / row[column]) if isinstance(row.get(column), str) and row[column] else None
-                for column in ("source_image", "source_mask", "target_image", "target_mask")}
-    return pairs
+def manifest_pairs(run_dir: Path, run_info: Mapping[str, Any] | None = None) -> dict[str, dict[str, Path | None]]:
+    """pair_id → source/target image and mask paths, from the pairs the run recorded (RUN/pairs.parquet)."""
+    columns = ("source_image", "source_mask", "target_image", "target_mask")
+    return {str(row["pair_id"]): {column: Path(row[column]) if row.get(column) else None for column in columns}
+            for row in read_pairs(run_dir)}
 
 
 def _image_grids(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, Any], out: Path) -> dict[str, str]:
@@ -438,7 +359,7 @@ def _ablation_section(run_dir: Path, results: pd.DataFrame, run_info: Mapping[st
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return (f"<h2 id=\"ablations\">Ablations</h2><p>Mean [95% bootstrap CI] over all categories; columns of the grid "
             f"below in the suite file's order ({html.escape(str(task))} outputs, lowest seed).</p>"
-            f"<div class=\"ablation\">{to_html_fragment(ablation)}</div>"
+            f"<div class=\"ablation\">{to_html_fragment(ablation, note='')}</div>"
             f"<table class=\"grid\" id=\"ablation-grid\"><tr>{heads}</tr>{''.join(rows)}</table>")
 
 
@@ -504,30 +425,36 @@ def _preset_sources(results: pd.DataFrame) -> str:
     return "".join(blocks)
 
 
-def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame,
+def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame, head: headline_table.Headline,
                 per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
                 metric_plots: Mapping[str, str], loss_plots: Mapping[str, str], grids: Mapping[str, str],
-                reference: str, ablation_html: str = "") -> str:
-    banner = f'<p class="warning">{html.escape(TINY_RANDOM_NOTE)}</p>' if uses_tiny_random(results) else ""
+                reference: str, ablation_html: str = "", declared: Mapping[str, bool] | None = None) -> str:
+    tiny = uses_tiny_random(results)
+    banner = f'<p class="warning">{html.escape(headline_table.TINY_FOOTNOTE)}</p>' if tiny else ""
     method_labels = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
-    nav = ['<a href="#provenance">provenance</a>', '<a href="#tables">tables</a>', '<a href="#paired">paired</a>',
+    nav = ['<a href="#headline">headline</a>', '<a href="#tables">per category</a>',
+           '<a href="#provenance">provenance</a>', '<a href="#paired">paired</a>',
            '<a href="#plots">plots</a>'] + (['<a href="#ablations">ablations</a>'] if ablation_html else [])
     nav += [f'<a href="#cat-{_slug(c)}">{html.escape(c)}</a>' for c in grids]
     nav += [f'<a href="#method-{_slug(m)}">{html.escape(m)}</a>' for m in method_labels]
     nav.append(f'<a href="#failures">failures ({len(failures)})</a>')
 
-    body = [f"<nav>{' '.join(nav)}</nav>", banner, f"<h1>Run report: {html.escape(run_dir.name)}</h1>",
+    body = [f"<nav>{' '.join(nav)}</nav>", f"<h1>Run report: {html.escape(run_dir.name)}</h1>", banner,
+            f"<h2 id=\"headline\">All categories</h2><p>Mean [95% bootstrap CI] over every category; ↑ higher is "
+            f"better, ↓ lower is better; <strong>{headline_table.BEST_MARK}</strong> best of its column; "
+            f"n failed: the method's failed jobs. Values are raw (see metric_scale below).</p>"
+            + headline_table.to_html(head),
             "<p>Tables as CSV/Markdown/HTML: <a href=\"tables/summary.csv\">summary.csv</a>, "
             "<a href=\"tables/paired_differences.csv\">paired_differences.csv</a>, "
-            "<a href=\"summary.md\">summary.md</a>. Values are raw (see metric_scale).</p>",
-            f"<h2 id=\"provenance\">Provenance</h2>{_provenance(run_dir, run_info, results)}",
-            "<h2 id=\"tables\">Mean [95% bootstrap CI] per method and category</h2>"]
+            "<a href=\"summary.md\">summary.md</a>.</p>",
+            "<h2 id=\"tables\">Per category: mean [95% bootstrap CI]</h2>"]
     for metric, table in per_metric.items():
-        body.append(f"<h3 id=\"metric-{_slug(metric)}\">{html.escape(metric)} ({_direction(metric)})</h3>"
-                    f"{to_html_fragment(table)}")
+        body.append(f"<h3 id=\"metric-{_slug(metric)}\">{html.escape(metric)} ({_direction(metric, declared or {})})</h3>"
+                    f"{to_html_fragment(table, note='')}")
     body.append(f"<h2 id=\"paired\">Paired differences (method − {html.escape(reference)})</h2>"
                 "<p>Wilcoxon signed-rank test; paired t-test below 6 pairs or when all differences are zero.</p>"
-                + to_html_fragment(paired))
+                + to_html_fragment(paired, note=''))
+    body.append(f"<h2 id=\"provenance\">Provenance</h2>{_provenance(run_dir, run_info, results)}")
     body.append("<h2 id=\"plots\">Plots</h2><div class=\"plots\">"
                 + "".join(f'<img src="{html.escape(src)}" alt="{html.escape(metric)}">'
                           for metric, src in metric_plots.items()) + "</div>")
@@ -543,7 +470,7 @@ def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFram
             "<p>No loss curves recorded.</p>"
         body.append(f"<h3 id=\"method-{_slug(label)}\">{html.escape(label)}</h3><div class=\"plots\">{image}</div>")
     body.append(f"<h2 id=\"failures\">Failed jobs ({len(failures)})</h2>"
-                + (to_html_fragment(failures) if not failures.empty else "<p>None.</p>"))
+                + (to_html_fragment(failures, note='') if not failures.empty else "<p>None.</p>"))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(run_dir.name)} report</title><style>{REPORT_CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")

@@ -16,9 +16,9 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .store import STATUS_NOT_APPLICABLE, canonical_json
+from ..store import STATUS_NOT_APPLICABLE, canonical_json
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Code whose change changes what a job computes. The orchestration (runner, store, report) does not, and
 # hashing it would rerun every job after any report tweak; metric code is here because versions get forgotten.
 OUTPUT_DETERMINING_SOURCES = ("clic", "harness/metrics")
@@ -104,6 +104,8 @@ class MetricInfo:
     scale: str
     tasks: frozenset[str]
     group_by: str | None = None  # None: scored per job; else one of GROUP_KINDS
+    values: Mapping[str, bool] = field(default_factory=dict)  # value name -> higher is better
+    target: str = ""  # the metric class as "module:Class", resolved at plan time for the metric actor
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ class LearnNode:
     method: str
     preset: str
     seed: int
+    method_target: str  # the method class as "module:Class", resolved at plan time for the workers
     source_image: str
     source_mask: str | None
     object_word: str
@@ -136,6 +139,9 @@ class TaskJob:
     method: str
     preset: str
     seed: int
+    method_target: str  # the method class as "module:Class", resolved at plan time for the workers
+    label: str  # "clic/paper no_att": method, preset and variant, decided at plan time
+    variant: str  # "" or what sets this suite entry apart from others of its method and preset
     settings: Mapping[str, Any]  # the task's settings (t_start, eta, steps, object ...) plus learn overrides
     object_word: str
     metrics: tuple[str, ...]  # metrics that score this task
@@ -171,7 +177,7 @@ class JobGraph:
 @dataclass(frozen=True)
 class Pair:
     """The manifest columns the job graph reads (absolute local paths or URIs); a manifest row is a
-    :class:`harness.manifest.PairSpec`, which adds the columns only people read."""
+    :class:`harness.plan.manifest.PairSpec`, which adds the columns only people read."""
 
     pair_id: str
     category: str
@@ -192,6 +198,12 @@ class MethodRun:
     name: str
     preset: str
     learn: Mapping[str, Any] = field(default_factory=dict)
+    target: str = ""  # the method class as "module:Class" (default: the registry's entry for ``name``)
+    # term -> sha256 of the module source of a custom loss term given as ``fn: "pkg.mod:func"``: editing the
+    # function changes the concept id, so the next run learns again instead of reusing stale concepts
+    term_sources: Mapping[str, str] = field(default_factory=dict)
+    variant: str = ""  # what sets this run apart from others of its method and preset ("no_att"), if any
+    label: str = ""  # its name in every table: "clic/paper", "clic/paper no_att" (harness.plan.identity)
 
 
 @dataclass(frozen=True)
@@ -233,50 +245,47 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
     ``models`` maps a method name to the model it runs on (None: no model); ``supports`` maps a method
     name to its tasks. Tasks a method does not support become ``not_applicable`` jobs with the reason.
     """
-    graph = JobGraph()
-    seen: set[str] = set()
+    builder = _GraphBuilder(plan, models, supports)
     for pair, run, seed in itertools.product(list(pairs), plan.methods, plan.seeds):
-        model = models[run.name]
+        builder.add(pair, run, int(seed))
+    return builder.graph
+
+
+class _GraphBuilder:
+    """Adds one (pair, method run, seed) at a time: its learn node and its transfer, generate, match jobs."""
+
+    def __init__(self, plan: Plan, models: Mapping[str, ModelInfo | None], supports: Mapping[str, frozenset[str]]):
+        self.plan, self.models, self.supports = plan, models, supports
+        self.graph = JobGraph()
+        self.seen: set[str] = set()
+
+    def add(self, pair: Pair, run: MethodRun, seed: int) -> None:
+        from clic.methods import method_target
+
+        plan, model = self.plan, self.models[run.name]
         learn_mask = None if plan.estimate_source_masks else pair.source_mask
         learn_key = {
             "source_image": file_digest(pair.source_image), "source_mask": optional_digest(learn_mask),
-            "object_word": pair.source_object, "method": run.name, "preset": run.preset, "seed": int(seed),
+            "object_word": pair.source_object, "method": run.name, "preset": run.preset, "seed": seed,
             "learn": dict(run.learn), "resolution": plan.resolution,
             "weights_hash": model.weights_hash if model else None, "code_version": code_version(),
             "mask_settings": None if learn_mask else dict(plan.match_settings),
             **({"dtype": model.dtype} if model and model.dtype != "fp32" else {}),
+            **({"term_sources": dict(run.term_sources)} if run.term_sources else {}),
         }
         concept_id = content_id(learn_key)
-        graph.learns.setdefault(concept_id, LearnNode(
-            concept_id=concept_id, method=run.name, preset=run.preset, seed=int(seed),
+        target = run.target or method_target(run.name)
+        self.graph.learns.setdefault(concept_id, LearnNode(
+            concept_id=concept_id, method=run.name, preset=run.preset, seed=seed, method_target=target,
             source_image=pair.source_image, source_mask=learn_mask, object_word=pair.source_object,
             learn_overrides=dict(run.learn), model=model, resolution=plan.resolution,
             mask_settings={} if learn_mask else dict(plan.match_settings),
         ))
-        common = dict(concept_id=concept_id, pair_id=pair.pair_id, category=pair.category, method=run.name,
-                      preset=run.preset, seed=int(seed), source_image=pair.source_image,
-                      source_mask=pair.source_mask)
-        tasks = supports[run.name]
-
-        def add(task: str, settings: dict[str, Any], object_word: str, targets: Mapping[str, str | None],
-                reason: str | None = None, groups: Mapping[str, str] | None = None, **paths: Any) -> None:
-            metrics = _metrics_for(task, plan.metrics)
-            settings = {**settings, "learn": dict(run.learn)} if run.learn else settings
-            if task not in tasks:
-                reason = f"method {run.name!r} does not support {task!r}"
-            elif task == "transfer" and "match" in settings and "match" not in tasks:
-                reason = f"no target mask, and method {run.name!r} cannot predict one (no RoI matching)"
-            job_id = _job_id(concept_id, task, targets, settings, metrics)
-            if job_id in seen:
-                return  # a generation depends on the concept only: pairs sharing a source share it
-            seen.add(job_id)
-            graph.jobs.append(TaskJob(
-                job_id=job_id, task=task, settings=settings,
-                object_word=object_word, metrics=tuple(m.name for m in metrics),
-                status=PENDING if reason is None else STATUS_NOT_APPLICABLE, reason=reason,
-                groups=dict(groups or {}) if reason is None else {}, **common, **paths,
-            ))
-
+        self.run = run
+        self.common = dict(concept_id=concept_id, pair_id=pair.pair_id, category=pair.category, method=run.name,
+                           preset=run.preset, seed=seed, method_target=target, source_image=pair.source_image,
+                           source_mask=pair.source_mask, label=run.label or f"{run.name}/{run.preset}",
+                           variant=run.variant)
         # The pair id is part of a task job's identity: two rows with identical files still get one result
         # row each (their concept, which depends on the bytes only, is shared).
         target_hashes = {"pair_id": pair.pair_id, "target_image": file_digest(pair.target_image),
@@ -286,34 +295,91 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
         target_paths = dict(target_image=pair.target_image, target_mask=pair.target_mask,
                             target_mask_gt=pair.target_mask_gt, expected_image=pair.expected_image)
         if "transfer" in plan.tasks:
-            for t_start, eta in itertools.product(plan.t_starts, plan.etas):
-                settings = dict(plan.transfer_settings)
-                if t_start is not None:
-                    settings["t_start"] = int(t_start)
-                if eta is not None:
-                    settings["eta"] = float(eta)
-                if not pair.target_mask:
-                    if not plan.match_missing_masks:
-                        add("transfer", settings, pair.target_object, target_hashes,
-                            reason="no target mask, and match.enabled is false", **target_paths)
-                        continue
-                    settings["match"] = dict(plan.match_settings)  # the mask is predicted first
-                add("transfer", settings, pair.target_object, target_hashes, **target_paths)
+            self.transfers(pair, target_hashes, target_paths)
         if "generate" in plan.tasks:
-            for object_word, prompt in itertools.product(plan.generate_objects or [pair.target_object],
-                                                         plan.generate_prompts or [None]):
-                settings = {**plan.generate_settings, "object": object_word}
-                if prompt is not None:
-                    settings["prompt"] = prompt
-                shared = {"method": run.name, "preset": run.preset, "learn": dict(run.learn)}
-                # A concept's diversity is over one object; classifying concepts pools every object (by default
-                # each pair's own target object, so per-object groups would split the concepts) and every
-                # category: the class set is every concept of the run (ConceptExpress classifies among all).
-                groups = {SEEDS: content_id({**shared, "kind": SEEDS, "settings": settings,
-                                             "source": learn_key["source_image"],
-                                             "source_mask": learn_key["source_mask"]}),
-                          CONCEPTS: content_id({**shared, "kind": CONCEPTS, "settings": without_object(settings)})}
-                add("generate", settings, object_word, {}, groups=groups)
+            self.generations(pair, learn_key)
         if "match" in plan.tasks:
-            add("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)
-    return graph
+            self.job("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)
+
+    def job(self, task: str, settings: dict[str, Any], object_word: str, targets: Mapping[str, str | None],
+            reason: str | None = None, groups: Mapping[str, str] | None = None, **paths: Any) -> None:
+        run, tasks = self.run, self.supports[self.run.name]
+        metrics = _metrics_for(task, self.plan.metrics)
+        settings = {**settings, "learn": dict(run.learn)} if run.learn else settings
+        if task not in tasks:
+            reason = f"method {run.name!r} does not support {task!r}"
+        elif task == "transfer" and "match" in settings and "match" not in tasks:
+            reason = f"no target mask, and method {run.name!r} cannot predict one (no RoI matching)"
+        job_id = _job_id(self.common["concept_id"], task, targets, settings, metrics)
+        if job_id in self.seen:
+            return  # a generation depends on the concept only: pairs sharing a source share it
+        self.seen.add(job_id)
+        self.graph.jobs.append(TaskJob(
+            job_id=job_id, task=task, settings=settings,
+            object_word=object_word, metrics=tuple(m.name for m in metrics),
+            status=PENDING if reason is None else STATUS_NOT_APPLICABLE, reason=reason,
+            groups=dict(groups or {}) if reason is None else {}, **self.common, **paths,
+        ))
+
+    def transfers(self, pair: Pair, target_hashes: Mapping[str, str | None], target_paths: Mapping[str, Any]) -> None:
+        plan = self.plan
+        for t_start, eta in itertools.product(plan.t_starts, plan.etas):
+            settings = dict(plan.transfer_settings)
+            if t_start is not None:
+                settings["t_start"] = int(t_start)
+            if eta is not None:
+                settings["eta"] = float(eta)
+            if not pair.target_mask:
+                if not plan.match_missing_masks:
+                    self.job("transfer", settings, pair.target_object, target_hashes,
+                             reason="no target mask, and match.enabled is false", **target_paths)
+                    continue
+                settings["match"] = dict(plan.match_settings)  # the mask is predicted first
+            self.job("transfer", settings, pair.target_object, target_hashes, **target_paths)
+
+    def generations(self, pair: Pair, learn_key: Mapping[str, Any]) -> None:
+        plan, run = self.plan, self.run
+        for object_word, prompt in itertools.product(plan.generate_objects or [pair.target_object],
+                                                     plan.generate_prompts or [None]):
+            settings = {**plan.generate_settings, "object": object_word}
+            if prompt is not None:
+                settings["prompt"] = prompt
+            shared = {"method": run.name, "preset": run.preset, "learn": dict(run.learn)}
+            # A concept's diversity is over one object; classifying concepts pools every object (by default
+            # each pair's own target object, so per-object groups would split the concepts) and every
+            # category: the class set is every concept of the run (ConceptExpress classifies among all).
+            groups = {SEEDS: content_id({**shared, "kind": SEEDS, "settings": settings,
+                                         "source": learn_key["source_image"],
+                                         "source_mask": learn_key["source_mask"]}),
+                      CONCEPTS: content_id({**shared, "kind": CONCEPTS, "settings": without_object(settings)})}
+            self.job("generate", settings, object_word, {}, groups=groups)
+
+
+# ------------------------------------------------------------------------------------------ groups
+GROUP_RESULT_PREFIX = "group-"  # + kind, group id, membership hash: the result id of a group's values
+GroupKey = tuple[str, str]  # (kind, group id)
+
+
+def group_members(graph: JobGraph, metrics: Sequence[MetricInfo]) -> dict[GroupKey, list[TaskJob]]:
+    """(kind, group) -> member jobs, for every group that some group metric of the plan scores."""
+    kinds = {metric.group_by for metric in metrics if metric.group_by}
+    members: dict[GroupKey, list[TaskJob]] = {}
+    for job in graph.jobs:
+        for kind, group in job.groups.items():
+            if kind in kinds:
+                members.setdefault((kind, group), []).append(job)
+    return members
+
+
+def group_prefix(key: GroupKey) -> str:
+    """The start of every result id this group has had, whatever its membership."""
+    kind, group = key
+    return f"{GROUP_RESULT_PREFIX}{kind}-{group[:12]}-"
+
+
+def group_result_id(key: GroupKey, members: Sequence[TaskJob], metrics: Sequence[MetricInfo]) -> str:
+    """The result id of a group's values: its prefix and a hash of its membership and metric versions, so a
+    group that gains members (e.g. more seeds) is scored again."""
+    versions = sorted([m.name, m.version] for m in metrics if m.group_by == key[0])
+    membership = content_id({"members": sorted(job.job_id for job in members), "metrics": versions})
+    return group_prefix(key) + membership[:12]

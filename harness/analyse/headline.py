@@ -1,0 +1,123 @@
+"""The headline table of a report: method × metric over all categories, like the paper's Table 2.
+
+Each cell is the mean with its 95 % bootstrap CI; a column header carries its direction (↑ higher is better,
+↓ lower is better) and the best method of the column is marked (bold, ★ in plain text); ``n failed`` counts a
+method's failed jobs. A cell made with tiny random weights (diffusion model or metric) carries a dagger (†),
+explained once above the table, instead of a banner over every table.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from clic import TINY_RANDOM
+from harness.analyse.aggregate import ALL_CATEGORIES, TINY_RANDOM_NOTE, format_number, higher_is_better
+from harness.plan.identity import method_label
+
+TINY_MARK = "†"
+BEST_MARK = "★"
+TINY_FOOTNOTE = f"{TINY_MARK} {TINY_RANDOM_NOTE}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    ci_low: float
+    ci_high: float
+    n: int
+    tiny_random: bool
+    best: bool = False
+
+    def text(self) -> str:
+        ci = f" [{format_number(self.ci_low)}, {format_number(self.ci_high)}]" if np.isfinite(self.ci_low) else ""
+        return f"{format_number(self.mean)}{ci}{TINY_MARK if self.tiny_random else ''}"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """Rows (method labels) × columns (metric values) of cells, with each column's direction."""
+
+    methods: list[str]
+    metrics: list[str]
+    higher: dict[str, bool]
+    cells: dict[tuple[str, str], Cell]
+    n_failed: dict[str, int]
+
+    @property
+    def tiny_random(self) -> bool:
+        return any(cell.tiny_random for cell in self.cells.values())
+
+    def header(self, metric: str) -> str:
+        return f"{metric} {'↑' if self.higher[metric] else '↓'}"
+
+
+def headline(summary: pd.DataFrame, declared: Mapping[str, bool], order: Sequence[str] = ()) -> Headline:
+    """The headline of a summary table (``harness.analyse.aggregate.summary_table`` by method, preset,
+    category, metric); ``order`` lists method labels in the suite's order (others follow, sorted)."""
+    overall = summary[summary["category"].eq(ALL_CATEGORIES)]
+    labels = [method_label(m, p) for m, p in zip(overall["method"], overall["preset"])]
+    overall = overall.assign(label=labels)
+    present = set(labels)
+    methods = [label for label in dict.fromkeys(order) if label in present] + sorted(present - set(order))
+    rated = overall[overall["metric"].notna()]
+    metrics = sorted(str(m) for m in rated["metric"].unique())
+    higher = {metric: higher_is_better(metric, declared) for metric in metrics}
+    cells: dict[tuple[str, str], Cell] = {}
+    for row in rated.itertuples(index=False):
+        cells[(row.label, str(row.metric))] = Cell(float(row.mean), float(row.ci_low), float(row.ci_high),
+                                                   int(row.n), TINY_RANDOM in str(row.weights))
+    for metric in metrics:
+        column = {label: cell for (label, m), cell in cells.items() if m == metric and np.isfinite(cell.mean)}
+        if len(column) < 2:
+            continue  # one method: nothing to be best against
+        best = max if higher[metric] else min
+        target = best(cell.mean for cell in column.values())
+        for label, cell in column.items():
+            if cell.mean == target:
+                cells[(label, metric)] = Cell(cell.mean, cell.ci_low, cell.ci_high, cell.n, cell.tiny_random, True)
+    failed = overall.drop_duplicates("label").set_index("label")["n_failed"] if "n_failed" in overall else {}
+    n_failed = {label: int(failed.get(label, 0) or 0) for label in methods}
+    return Headline(methods, metrics, higher, cells, n_failed)
+
+
+def to_markdown(table: Headline) -> str:
+    """The headline as Markdown: best cells in bold with ★, the † footnote once above the table."""
+    lines = ["| method | " + " | ".join(table.header(m) for m in table.metrics) + " | n failed |",
+             "|---|" + "---|" * len(table.metrics) + "---|"]
+    for label in table.methods:
+        cells = []
+        for metric in table.metrics:
+            cell = table.cells.get((label, metric))
+            text = "" if cell is None else cell.text()
+            cells.append(f"**{text} {BEST_MARK}**" if cell is not None and cell.best else text)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {table.n_failed.get(label, 0)} |")
+    note = f"{TINY_FOOTNOTE}\n\n" if table.tiny_random else ""
+    legend = (f"Mean [95% bootstrap CI] over all categories; ↑ higher is better, ↓ lower is better; "
+              f"{BEST_MARK} best of its column.\n\n")
+    return note + legend + "\n".join(lines) + "\n"
+
+
+def to_html(table: Headline) -> str:
+    """The headline as an HTML table (class "results headline"): best cells bold, † on tiny-random cells."""
+    head = "".join(f"<th>{html.escape(table.header(m))}</th>" for m in table.metrics)
+    rows = []
+    for label in table.methods:
+        cells = []
+        for metric in table.metrics:
+            cell = table.cells.get((label, metric))
+            if cell is None:
+                cells.append("<td></td>")
+                continue
+            mean = html.escape(format_number(cell.mean) + (TINY_MARK if cell.tiny_random else ""))
+            ci = (f"<br><small>[{html.escape(format_number(cell.ci_low))}, {html.escape(format_number(cell.ci_high))}]"
+                  f"</small>" if np.isfinite(cell.ci_low) else "")
+            cells.append(f'<td class="best"><strong>{mean} {BEST_MARK}</strong>{ci}</td>' if cell.best
+                         else f"<td>{mean}{ci}</td>")
+        rows.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}"
+                    f"<td>{table.n_failed.get(label, 0)}</td></tr>")
+    return (f'<div class="headline"><table class="results headline"><thead><tr><th>method</th>{head}<th>n failed</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")

@@ -1,0 +1,348 @@
+"""Run a suite on Ray: the thin adapter between the scheduling policy and the cluster.
+
+:class:`~harness.execute.scheduler.Scheduler` decides what to submit (learn first, bounded in flight, groups
+when complete); this module turns each submission into a Ray call, waits for calls to finish and reports them
+back; :class:`~harness.execute.records.Recorder` writes each job's rows as soon as they are known, so a killed
+driver loses only in-flight jobs and a rerun skips everything already written. Task outputs (images) go from
+the workers to the metric actor as object refs; the driver only sees small records.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import platform
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from .. import store
+from ..plan.jobs import (GroupKey, JobGraph, ModelInfo, Pair, Plan, build_job_graph, code_version,
+                         git_describe, group_members, group_prefix, group_result_id)
+from ..plan.resolve import describe_models, load_pairs, method_tasks, plan_from_suite
+from .records import NO_MODEL_LABEL, Recorder, RunSummary, mean_values, now_iso, one_line  # noqa: F401 - re-exported
+from .scheduler import Learn, RunTask, Scheduler, Score, ScoreGroup, Submission, jobs_to_run
+from .scorer import METRIC_ACTOR_PREFIX, forget_metric_scorer, group_member_spec, metric_scorer  # noqa: F401
+from .worker import learn_concept_task, run_task_job, warm_worker
+
+if TYPE_CHECKING:
+    from ..plan.suite import Suite
+
+
+def _connect(address: str | None, num_cpus: int | None) -> None:
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "diffusers", "ray", "transformers", "open_clip", "pyarrow", "pandas"):
+        try:
+            versions[name] = importlib.import_module(name).__version__
+        except ImportError:
+            continue
+    return versions
+
+
+def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
+            address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
+            retry_failed: bool = False, allow_random_metrics: bool = False, quiet: bool = False) -> RunSummary:
+    """Run the jobs of ``suite`` over ``pairs`` that ``run_dir`` has not finished yet."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stale = store.remove_stale_temps(run_dir)
+    if stale and not quiet:
+        print(f"{run_dir}: removed {stale} half-written file(s) left by an earlier, killed run", file=sys.stderr)
+    started, start_clock = now_iso(), time.perf_counter()
+    models, native_resolution = describe_models(suite)
+    plan = plan_from_suite(suite, suite.resolution or native_resolution)
+    graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
+    summary = RunSummary(run_dir=run_dir, run_id=uuid.uuid4().hex[:12], total_jobs=len(graph.jobs))
+    store.write_pairs(run_dir, [{f.name: getattr(pair, f.name) for f in dataclasses.fields(Pair)} for pair in pairs])
+
+    statuses = store.job_statuses(run_dir)
+    finished = {job_id for job_id, status in statuses.items() if not retry_failed or status != store.STATUS_FAILED}
+    todo = jobs_to_run(graph.jobs, statuses, retry_failed)
+    summary.skipped = len(graph.jobs) - len(todo)
+    recorder = Recorder(run_dir, summary, models, plan.metrics)
+    for job in [j for j in todo if j.status == store.STATUS_NOT_APPLICABLE]:
+        recorder.not_applicable(job)
+    todo = [job for job in todo if job.status != store.STATUS_NOT_APPLICABLE]
+    # Group metrics score sets of jobs (harness.plan.jobs.GROUP_KINDS) once every member has an ok result, in
+    # this run or an earlier one: the metric actor reads the members' images back from their artifacts.
+    groups = {key: members for key, members in group_members(graph, plan.metrics).items()
+              if group_result_id(key, members, plan.metrics) not in finished}
+    scheduler = Scheduler(todo, max_in_flight or 1, groups,
+                          ok_jobs=[job_id for job_id, status in statuses.items() if status == store.STATUS_OK],
+                          scores_jobs=any(not metric.group_by for metric in plan.metrics))
+    if not todo and not any(map(scheduler.group_complete, groups)):  # nothing to run: no cluster, no models
+        store.compact_results(run_dir)  # an earlier run killed before its compaction
+        summary.wall_seconds = time.perf_counter() - start_clock
+        _write_run_manifest(run_dir, suite, plan, summary, started, models, {}, slots=0)
+        return summary
+
+    _connect(address, num_cpus)
+    run = _RayRun(suite, plan, graph, scheduler, recorder, run_dir, max_in_flight, allow_random_metrics, quiet)
+    run.loop()
+    summary.learns_run = sum(bool(output.get("learned")) for output in run.learned.values())
+    summary.peak_in_flight = scheduler.peak_running
+    run.settle_weights()
+    # Thousands of small per-job files read slowly (and very slowly on a shared file system): the finished run's
+    # journal becomes a few row-group-sized files (below COMPACT_MIN_FILES files it stays as it is).
+    store.compact_results(run_dir)
+    summary.wall_seconds = time.perf_counter() - start_clock
+    method_time = summary.work_seconds / run.slots
+    summary.overhead_share = max(0.0, (summary.wall_seconds - method_time) / summary.wall_seconds) \
+        if summary.wall_seconds > 0 and summary.jobs_run else 0.0
+    summary.cold_start_seconds = run.cold_start_seconds()
+    warm_wall = summary.wall_seconds - summary.cold_start_seconds
+    summary.warm_overhead_share = max(0.0, (warm_wall - method_time) / warm_wall) \
+        if warm_wall > 0 and summary.jobs_run else 0.0
+    _write_run_manifest(run_dir, suite, plan, summary, started, models, run.metric_weights, run.slots)
+    return summary
+
+
+class _RayRun:
+    """One run on the cluster: submits what the scheduler asks for and reports what finished."""
+
+    def __init__(self, suite: "Suite", plan: Plan, graph: JobGraph, scheduler: Scheduler, recorder: Recorder,
+                 run_dir: Path, max_in_flight: int | None, allow_random_metrics: bool, quiet: bool) -> None:
+        import ray
+        from tqdm import tqdm
+
+        self.plan, self.graph, self.scheduler, self.recorder, self.run_dir = plan, graph, scheduler, recorder, run_dir
+        resources = suite.resources
+        # SPREAD: jobs are long and independent, so they go to the least-loaded nodes instead of filling the
+        # driver's node first (Ray's default prefers locality, which starves other nodes of short jobs).
+        options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+                   "max_retries": resources.max_retries, "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
+        cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.slots = max(1, int(cluster_cpus // max(options["num_cpus"], 1e-9)))
+        if resources.num_gpus > 0:  # jobs that run at once are bounded by the GPUs too
+            self.slots = max(1, min(self.slots, int(ray.cluster_resources().get("GPU", 0) // resources.num_gpus)))
+        scheduler.max_in_flight = max_in_flight or 2 * cluster_cpus
+        self.learn_remote = ray.remote(learn_concept_task).options(**options)
+        self.task_remote = ray.remote(run_task_job).options(**options, num_returns=2)
+        main_model = next((info for info in recorder.models.values() if info), None)
+        jobs_to_run = len(graph.jobs) - recorder.summary.skipped - recorder.summary.not_applicable
+        warm_remote = ray.remote(warm_worker).options(**options)
+        # As many warm workers as jobs can run at once (each holds a model), none when no method needs a model.
+        # Not awaited: it overlaps the metric actor's start and jobs queue behind it; read at the end for the
+        # cold-start seconds (a warm worker of an earlier run answers at once).
+        warm_count = min(self.slots, max(jobs_to_run, 1)) if main_model else 0
+        self.warm_refs = [warm_remote.remote(main_model) for _ in range(warm_count)]
+        # The metric actor holds the models once for the whole run (and the driver's next runs). Jobs start
+        # while it loads them; its answer is awaited with them, and an actor that cannot start (e.g. random
+        # CLIP weights refused) still stops the run at once.
+        self.scorer = metric_scorer({m.name: m.target for m in plan.metrics}, allow_random_metrics,
+                                    {k: dict(v) for k, v in suite.metric_options.items()})
+        self.weights_pending = [self.scorer.weights.remote()] if plan.metrics else []
+        self.metric_weights: dict[str, str] = {}
+        recorder.weights_of = self.weights_of
+        self.concepts_root = str(run_dir / store.CONCEPTS_DIR)
+        self.learned: dict[str, dict] = {}  # concept id -> the learn task's output
+        self.records: dict[str, dict] = {}  # job id -> its task's small record (artifacts, timings), until written
+        self.samples: dict[str, Any] = {}  # job id -> the object ref of its samples, until scored
+        self.pending: dict[Any, Submission] = {}
+        self.group_ids = {key: group_result_id(key, members, plan.metrics) for key, members in scheduler.groups.items()}
+        self.progress = tqdm(total=len(graph.jobs) - recorder.summary.skipped - recorder.summary.not_applicable,
+                             disable=quiet, unit="job", desc="jobs")
+        recorder.on_record = self.show
+
+    def show(self) -> None:
+        summary = self.recorder.summary
+        self.progress.update(1)
+        self.progress.set_postfix(learned=f"{len(self.scheduler.learned)}/{self.scheduler.concepts_total}",
+                                  done=summary.done, failed=summary.failed, skipped=summary.skipped, refresh=False)
+
+    def weights_of(self, name: str) -> str | None:
+        import ray
+
+        if self.weights_pending:
+            try:
+                self.metric_weights.update(ray.get(self.weights_pending.pop()))
+            except Exception:
+                forget_metric_scorer()
+                raise
+        return self.metric_weights.get(name)
+
+    def cold_start_seconds(self) -> float:
+        """The slowest warm-up's seconds (0 when none answered: e.g. every worker was lost)."""
+        import ray
+
+        ready, _ = ray.wait(self.warm_refs, num_returns=len(self.warm_refs), timeout=5)
+        seconds = []
+        for ref in ready:
+            try:
+                seconds.append(float(ray.get(ref)["seconds"]))
+            except Exception:  # a warm-up that failed: its worker's first job pays the start instead
+                continue
+        return max(seconds, default=0.0)
+
+    def settle_weights(self) -> None:
+        """Every job failed before any was scored: the run manifest still records the metric weights."""
+        if self.weights_pending:
+            try:
+                self.weights_of("")
+            except Exception:
+                pass
+
+    def submit(self, submission: Submission) -> None:
+        if isinstance(submission, Learn):
+            ref = self.learn_remote.remote(self.graph.learns[submission.concept_id], self.concepts_root)
+        elif isinstance(submission, RunTask):
+            job = submission.job
+            node = self.graph.learns[job.concept_id]
+            ref, self.samples[job.job_id] = self.task_remote.remote(
+                job, self.learned[job.concept_id], node.model, self.plan.resolution, str(self.run_dir))
+        elif isinstance(submission, Score):  # the workers' sample refs: Ray hands their values to the actor
+            ref = self.scorer.score.remote(*[self.samples[job.job_id] for job in submission.jobs])
+        else:
+            kinds = [m.name for m in self.plan.metrics if m.group_by == submission.key[0]]
+            specs = [group_member_spec(job, self.run_dir) for job in submission.members]
+            ref = self.scorer.score_group.remote(kinds, submission.key[1], specs)
+        self.pending[ref] = submission
+
+    def loop(self) -> None:
+        import ray
+
+        for submission in self.scheduler.next_submissions():
+            self.submit(submission)
+        while self.pending:
+            refs = [*self.pending, *self.weights_pending]
+            ready, _ = ray.wait(refs, num_returns=1)
+            ready += ray.wait([r for r in refs if r not in ready], num_returns=len(refs) - len(ready), timeout=0)[0]
+            for ref in ready:
+                if ref in self.weights_pending:
+                    self.weights_of("")
+                else:
+                    self.finished(self.pending.pop(ref), ref)
+            for submission in self.scheduler.next_submissions():
+                self.submit(submission)
+        self.progress.close()
+
+    def finished(self, submission: Submission, ref: Any) -> None:
+        """Fetch one finished call's small result, tell the scheduler, and write the rows it completes."""
+        import ray
+
+        try:
+            result = ray.get(ref)
+        except Exception as error:  # a failure is recorded and the run goes on
+            self.failed(submission, error)
+            return
+        if isinstance(submission, Learn):
+            self.learned[submission.concept_id] = result
+            if result.get("learned"):
+                self.recorder.summary.learn_node_ids[result["node_id"]] += 1
+            self.scheduler.on_finished(submission, ok=True)
+        elif isinstance(submission, RunTask):
+            self.recorder.summary.node_ids[result["node_id"]] += 1
+            self.records[submission.job.job_id] = result
+            for job in self.scheduler.on_finished(submission, ok=True):  # done now when nothing scores it
+                self.recorder.ok(job, self.records.pop(job.job_id), [], 0.0)
+                self.samples.pop(job.job_id, None)
+        elif isinstance(submission, Score):
+            for job, per_image in zip(self.scheduler.on_finished(submission, ok=True), result):
+                values = mean_values([image["values"] for image in per_image])  # a generation: mean over images
+                self.recorder.ok(job, self.records.pop(job.job_id), values, sum(i["seconds"] for i in per_image))
+                self.samples.pop(job.job_id, None)
+        else:
+            self.scheduler.on_finished(submission, ok=True)
+            self._record_group(submission.key, result)
+
+    def failed(self, submission: Submission, error: BaseException) -> None:
+        stage = "metric: " if isinstance(submission, Score) else ""
+        for job in self.scheduler.on_finished(submission, ok=False):
+            self.recorder.failed(job, error, stage)
+            self.records.pop(job.job_id, None)
+            self.samples.pop(job.job_id, None)
+        if isinstance(submission, ScoreGroup):  # only the group's values are lost; its members keep their rows
+            self._record_group(submission.key, None, error)
+
+    def _record_group(self, key: GroupKey, result: Mapping[str, Any] | None, error: BaseException | None = None) -> None:
+        self.recorder.group(key, self.scheduler.groups[key], self.group_ids[key], group_prefix(key), result, error)
+
+
+def resolved_plan(plan: Plan) -> dict[str, Any]:
+    """What the plan decided, for run.json: each method run's label in suite order, its resolved overrides and
+    class, and each metric's declaration (the report reads these instead of re-deriving them)."""
+    return {
+        "methods": [{"label": run.label, "method": run.name, "preset": run.preset, "variant": run.variant,
+                     "learn": store.json_ready(run.learn), "target": run.target} for run in plan.methods],
+        "metrics": [{"name": m.name, "version": m.version, "scale": m.scale, "tasks": sorted(m.tasks),
+                     "group_by": m.group_by, "target": m.target} for m in plan.metrics],
+        "resolution": plan.resolution,
+    }
+
+
+def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunSummary, started: str,
+                        models: Mapping[str, ModelInfo | None], metric_weights: Mapping[str, str], slots: int) -> None:
+    previous = store.read_run_manifest(run_dir)
+    store.write_run_manifest(run_dir, {
+        "run_id": summary.run_id, "suite": suite.to_dict(), "suite_path": suite.source, "plan": resolved_plan(plan),
+        "code_version": code_version(), "git": git_describe(), "versions": _versions(),
+        "host": socket.gethostname(), "started_at": started, "finished_at": now_iso(),
+        "models": {m: (info.__dict__ if info else None) for m, info in models.items()},
+        "metric_weights": dict(metric_weights) or previous.get("metric_weights", {}),
+        "counts": {"jobs": summary.total_jobs, "done": summary.done, "skipped": summary.skipped,
+                   "failed": summary.failed, "not_applicable": summary.not_applicable,
+                   "learns_run": summary.learns_run, "groups_scored": summary.groups_scored,
+                   "groups_failed": summary.groups_failed},
+        "learns_total": int((previous.get("learns_total") or 0) + summary.learns_run),
+        "nodes": dict(summary.node_ids),
+        "learn_nodes": dict(summary.learn_node_ids),
+        "timing": {"wall_seconds": summary.wall_seconds, "work_seconds": summary.work_seconds,
+                   "worker_slots": slots, "overhead_share": summary.overhead_share,
+                   "cold_start_seconds": summary.cold_start_seconds,
+                   "warm_overhead_share": summary.warm_overhead_share,
+                   "peak_in_flight": summary.peak_in_flight},
+    })
+
+
+# -------------------------------------------------------------------------------------- entry points
+def run_suite(suite_path: str | Path, out: str | Path | None = None, address: str | None = None, *,
+              num_cpus: int | None = None, max_in_flight: int | None = None, retry_failed: bool = False,
+              allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False) -> RunSummary:
+    from ..plan.preflight import preflight
+
+    # Everything that would certainly fail later fails here, in seconds, one line per problem (exit 2).
+    checked = preflight(suite_path, out, allow_random_metrics=allow_random_metrics, allow_outside=allow_outside)
+    return execute(checked.suite, checked.pairs, checked.run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
+                   retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet)
+
+
+def run_main(args: argparse.Namespace) -> int:
+    summary = run_suite(args.suite, args.out, args.address, num_cpus=args.num_cpus,
+                        max_in_flight=args.max_in_flight, retry_failed=args.retry_failed,
+                        allow_random_metrics=args.allow_random_metrics, allow_outside=args.allow_outside,
+                        quiet=args.quiet)
+    print(f"{summary.total_jobs} jobs: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
+          f"(already finished), {summary.not_applicable} not applicable; {summary.learns_run} concepts learned; "
+          f"{summary.wall_seconds:.1f} s wall, harness overhead {summary.overhead_share:.0%}")
+    if summary.cold_start_seconds:
+        print(f"cold start {summary.cold_start_seconds:.1f} s (worker imports and model load, once per worker "
+              f"process); harness overhead after it {summary.warm_overhead_share:.0%}")
+    if summary.groups_scored or summary.groups_failed:
+        print(f"group metrics: {summary.groups_scored} groups scored, {summary.groups_failed} failed")
+    print(f"results: {summary.run_dir / store.RESULTS_DIR} (read with harness.store.read_results)")
+    if not args.no_report:
+        try:
+            report = importlib.import_module("harness.analyse.report")
+            write_report = getattr(report, "write_report")
+        except (ImportError, AttributeError):
+            print("report: harness.analyse.report.write_report is not available; skipped (run `clic-bench report` later)")
+        else:
+            print(f"report: {write_report(summary.run_dir)}")
+    return 1 if summary.failed else 0

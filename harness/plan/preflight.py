@@ -1,0 +1,128 @@
+"""Preflight: what would certainly fail later, found in seconds before Ray starts.
+
+A run that is missing metric weights, names a model that is not on this machine, reads a broken manifest,
+writes into a folder it cannot write, or combines settings no method accepts would otherwise fail only after
+every concept was learned (minutes), as a wall of worker tracebacks. :func:`preflight` checks all of them
+from configs, cache indexes and file headers (no weights are loaded, no cluster is started) and raises one
+:class:`PreflightFailed` listing every problem, one line each; the CLI prints them and exits 2.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from .jobs import ModelInfo, Pair, Plan
+    from .suite import Suite
+
+
+class PreflightFailed(UsageError):
+    """Every problem preflight found, one per line (``problems``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class Checked:
+    """What preflight read and resolved; the run goes on with it instead of reading it all again."""
+
+    suite: "Suite"
+    pairs: list["Pair"]
+    run_dir: Path
+    models: dict[str, "ModelInfo | None"]
+    plan: "Plan"
+
+
+def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
+              allow_random_metrics: bool = False, allow_outside: bool = False) -> Checked:
+    """Check a suite before it runs; raise :class:`PreflightFailed` with one line per problem."""
+    from .suite import load_suite
+
+    suite = load_suite(suite_path)  # a bad key is one line already and nothing else can be checked without it
+    run_dir = Path(out) if out else Path("runs") / suite.name
+    problems: list[str] = []
+    pairs = _attempt(problems, lambda: _pairs(suite, allow_outside)) or []
+    models_and_resolution = _attempt(problems, lambda: _models(suite))
+    created = not run_dir.exists()
+    problems += _writable(run_dir)
+    plan = None
+    if models_and_resolution is not None:
+        from .resolve import plan_from_suite
+
+        plan = _attempt(problems, lambda: plan_from_suite(suite, suite.resolution or models_and_resolution[1]))
+    problems += missing_metric_weights(suite, allow_random_metrics)
+    if problems or plan is None or models_and_resolution is None:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a refused run leaves no empty run folder behind
+        raise PreflightFailed(list(dict.fromkeys(problems)))  # dict: the same line once, in order
+    return Checked(suite, pairs, run_dir, models_and_resolution[0], plan)
+
+
+def missing_metric_weights(suite: "Suite", allow_random_metrics: bool) -> list[str]:
+    """One line per weight file a suite's metrics would not find (none with ``allow_random_metrics``)."""
+    from ..metrics import metric_class
+    from ..metrics.base import MetricSettings
+
+    settings = MetricSettings(allow_random=allow_random_metrics,
+                              options={k: dict(v) for k, v in suite.metric_options.items()})
+    lines: list[str] = []
+    for name in suite.metrics:
+        check = getattr(metric_class(name), "missing_weights", None)
+        for line in check(settings) if check else []:
+            lines.append(f"metric {name}: {line}")
+    # Several metrics share one CLIP: its missing file is one problem, named after the first metric needing it.
+    seen: set[str] = set()
+    unique = []
+    for line in lines:
+        what = line.partition(": ")[2]
+        if what not in seen:
+            seen.add(what)
+            unique.append(line)
+    return unique
+
+
+def _attempt(problems: list[str], check: Callable):
+    try:
+        return check()
+    except (UsageError, ValueError, KeyError, FileNotFoundError) as problem:
+        problems.append(_one_line(problem))
+        return None
+
+
+def _one_line(problem: BaseException) -> str:
+    text = str(problem.args[0]) if isinstance(problem, KeyError) and problem.args else str(problem)
+    return " ".join(text.split()) or type(problem).__name__
+
+
+def _pairs(suite: "Suite", allow_outside: bool) -> list["Pair"]:
+    from .resolve import load_pairs
+
+    pairs = load_pairs(suite, allow_outside)
+    if not pairs:
+        raise UsageError(f"{suite.source}: no pair to run (manifests {', '.join(map(str, suite.manifests))}, "
+                         f"categories {suite.categories}, limit_pairs {suite.limit_pairs})")
+    return pairs
+
+
+def _models(suite: "Suite"):
+    from .resolve import describe_models
+
+    return describe_models(suite)
+
+
+def _writable(run_dir: Path) -> list[str]:
+    """The output folder can be created and written (a temp file is made and removed)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".preflight-"):
+            pass
+    except OSError as error:
+        return [f"{run_dir}: the output folder is not writable ({error.strerror or type(error).__name__})"]
+    return []
