@@ -87,9 +87,10 @@ def test_background_similarity_on_generations_is_higher_when_the_background_is_c
     assert copied[bg] == pytest.approx(1.0, abs=1e-5)  # the generation's background is the source's
     assert copied[bg] > different[bg]
     assert copied[fg] == pytest.approx(1.0, abs=1e-5) and different[fg] == pytest.approx(1.0, abs=1e-5)
-    from harness.aggregate import higher_is_better
+    from harness.metrics.base import declaration
 
-    assert not higher_is_better(bg) and higher_is_better(fg)
+    directions = declaration(type(metric)).values  # value name -> higher is better, as the metric declares
+    assert not directions[bg] and directions[fg]
 
 
 def test_masked_crop_greys_the_outside_and_crops_the_box() -> None:

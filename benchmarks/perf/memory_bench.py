@@ -41,7 +41,7 @@ def cli_peak_mb(model: str, image: Path, mask: Path, resolution: int, steps: int
 def harness_peak_mb(model: str, manifest: Path, resolution: int, steps: int, run_dir: Path) -> dict:
     import yaml
 
-    from harness.runner import run_suite
+    from harness.execute.runner import run_suite
     from harness.store import read_results
 
     suite = {"name": "memory", "manifest": str(manifest), "model": model, "resolution": resolution,
