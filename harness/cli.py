@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .guards import check_args
+
+        check_args(args)  # numbers, output folders, addresses: one line before any work
         return int(args.func(args) or 0)
     except UsageError as err:
         print(f"clic-bench: error: {err}", file=sys.stderr)
@@ -114,4 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m harness.cli`: run the imported module's main, so the handlers' UsageError (harness.cli's)
+    # is the class caught there, not a second copy defined in __main__.
+    from harness.cli import main as package_main
+
+    sys.exit(package_main())
