@@ -275,8 +275,11 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
             ))
 
         # The pair id is part of a task job's identity: two rows with identical files still get one result
-        # row each (their concept, which depends on the bytes only, is shared).
-        target_hashes = {"pair_id": pair.pair_id, "target_image": file_digest(pair.target_image),
+        # row each (their concept, which depends on the bytes only, is shared). So is every other manifest
+        # field that reaches the job or its rows: the target object (it is in the transfer and matching
+        # prompts) and the category (a column of every row): editing either reruns the job.
+        target_hashes = {"pair_id": pair.pair_id, "target_object": pair.target_object, "category": pair.category,
+                         "target_image": file_digest(pair.target_image),
                          "target_mask": optional_digest(pair.target_mask),
                          "target_mask_gt": optional_digest(pair.target_mask_gt),
                          "expected_image": optional_digest(pair.expected_image)}
@@ -310,7 +313,7 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
                                              "source_mask": learn_key["source_mask"]}),
                           CONCEPTS: content_id({**shared, "kind": CONCEPTS, "category": pair.category,
                                                 "settings": without_object(settings)})}
-                add("generate", settings, object_word, {}, groups=groups)
+                add("generate", settings, object_word, {"category": pair.category}, groups=groups)
         if "match" in plan.tasks:
             add("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)
     return graph

@@ -50,9 +50,11 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
 
+from .decode_budget import DECODES, decode_cost
 from .jobs import Pair
 
 MANIFEST_VERSION = "1"
@@ -283,11 +285,27 @@ def _check_file(kind: str, location: str) -> _FileCheck:
         return _FileCheck(None, f"cannot open ({' '.join(str(err).split()) or type(err).__name__})")
 
 
+def _decode_cost(kind: str, source: Any) -> int:
+    """Bytes the check of one file holds while it runs, from its header (0 when the header is unreadable:
+    the check itself then reports why). PNG and JPEG images are probed without a full decode."""
+    try:
+        with Image.open(source) as image:
+            if kind == "image" and image.format in ("PNG", "JPEG", "MPO"):
+                return 0
+            return decode_cost(image.size[0], image.size[1], image.mode)
+    except Exception:  # any header problem is the check's to report, with its own message
+        return 0
+    finally:
+        if hasattr(source, "seek"):
+            source.seek(0)
+
+
 def _check_source(kind: str, source: Any, name: str) -> _FileCheck:
-    if kind == "mask":
-        mask = load_mask(source, name=name)
-        return _FileCheck((mask.shape[1], mask.shape[0]), None)
-    return _FileCheck(probe_image(source, name=name), None)
+    with DECODES.reserve(_decode_cost(kind, source)):  # bounded by memory, not by the thread count
+        if kind == "mask":
+            mask = load_mask(source, name=name)
+            return _FileCheck((mask.shape[1], mask.shape[0]), None)
+        return _FileCheck(probe_image(source, name=name), None)
 
 
 def _file_problem(check: _FileCheck, raw: str) -> str:
