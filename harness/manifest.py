@@ -56,6 +56,7 @@ from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
 
 from .decode_budget import DECODES, decode_cost
 from .jobs import Pair
+from .remote import missing_package, read_remote
 
 MANIFEST_VERSION = "1"
 
@@ -97,8 +98,6 @@ SHAPE_PARTNER = {
     "expected_image": "target_image",
 }
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-# Schemes pyarrow.fs opens natively (fsspec adds many more when installed).
-_PYARROW_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})
 
 
 # --------------------------------------------------------------------------------------- reports
@@ -202,7 +201,7 @@ class _Base:
 def scheme_supported(scheme: str) -> bool:
     """Whether ``scheme://`` locations can be opened (local files, pyarrow.fs or fsspec schemes)."""
     scheme = scheme.lower()
-    if scheme == "file" or scheme in _PYARROW_SCHEMES:
+    if scheme == "file":
         return True
     try:
         import fsspec
@@ -224,9 +223,10 @@ def _resolve(value: str, base: _Base, allow_outside: bool) -> tuple[str | None, 
     if match:
         scheme = match.group(1).lower()
         if not scheme_supported(scheme):
-            return None, f"URL scheme {scheme!r} is not supported (local paths, file://, or schemes of pyarrow.fs/fsspec such as s3://, gs://): {value}"
+            return None, f"URL scheme {scheme!r} is not supported (local paths, file://, or schemes of fsspec such as s3://, gs://): {value}"
         if scheme != "file":
-            return value, None
+            problem = missing_package(scheme)  # refused now, not after a wait for credentials
+            return (value, None) if problem is None else (None, f"{problem}: {value}")
         local = unquote(urlparse(value).path)
         if not allow_outside:
             return None, f"file:// URL refused, paths must be relative to the manifest's folder (allow with --allow-outside): {value}"
@@ -250,15 +250,8 @@ def open_location(location: str) -> IO[bytes]:
         return open(location, "rb")
     if location.lower().startswith("file://"):
         return open(unquote(urlparse(location).path), "rb")
-    try:
-        import fsspec
-
-        return fsspec.open(location, "rb").open()
-    except (ImportError, ValueError):  # no fsspec implementation installed: pyarrow's own filesystems
-        from pyarrow import fs as pafs
-
-        filesystem, path = pafs.FileSystem.from_uri(location)
-        return filesystem.open_input_file(path)
+    # Bounded in time and size; a scheme without its package is one line naming it (harness.remote).
+    return read_remote(location)
 
 
 # ------------------------------------------------------------------------------------ file checks
