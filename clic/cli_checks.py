@@ -66,15 +66,21 @@ def check_prompt_fits(tokenizer: Any, word: str, option: str = "--object") -> No
 
 
 def check_output_folder(out: str | None, option: str = "--out") -> None:
-    """``out`` is (or can become) a writable folder: created now, probed with a temporary file."""
+    """``out`` is (or can become) a writable folder, probed with a temporary file."""
     if out is None:
         return
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise OptionError(option, f"{out} is an existing file, not a folder")
+    # Nothing is created here (a refused run leaves no folder): the folder, or its nearest existing
+    # ancestor, must take a file.
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionError(option, f"{out} cannot be created: {existing} is a file")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as err:
         raise OptionError(option, f"{out} is not a writable folder ({err.strerror or type(err).__name__})") from None

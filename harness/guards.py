@@ -37,15 +37,21 @@ def check_number(value: float | None, option: str, *, minimum: float | None = No
 
 
 def check_output_folder(out: str | None, option: str = "--out") -> None:
-    """``out`` is a folder or can become one, and a file can be written in it (checked before any work)."""
+    """``out`` is a folder or can become one, and a file can be written there (checked before any work)."""
     if out is None:
         return
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option}: {out} is an existing file, not a folder")
+    # Nothing is created here (a refused run leaves no folder): the folder, or its nearest existing
+    # ancestor, must take a file.
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option}: {out} cannot be created: {existing} is a file")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as err:
         raise UsageError(f"{option}: {out} is not a writable folder ({err.strerror or type(err).__name__})") from None
@@ -118,9 +124,6 @@ def check_args(args: argparse.Namespace) -> None:
     elif command == "score":
         check_output_folder(args.out)
     elif command == "manifest" and getattr(args, "manifest_command", None) == "synth":
-        check_number(args.pairs, "--pairs", minimum=1)
-        check_number(args.size, "--size", minimum=8)
-        check_number(args.seed, "--seed", minimum=0, maximum=MAX_SEED)
-        check_output_folder(args.out)
+        check_output_folder(args.out)  # its numbers are checked by harness.synth.cli
     elif command == "manifest" and getattr(args, "manifest_command", None) in ("from-folder", "preview"):
         check_output_file(getattr(args, "out", None))

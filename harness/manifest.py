@@ -5,10 +5,13 @@ Paths are relative to the manifest's folder, or URIs:
 
 * local relative paths (``img/p7.png``) resolve against the manifest's folder and must stay inside it;
   absolute paths, ``file://`` URIs and ``..`` that climbs out of the folder are refused unless
-  ``allow_outside`` (``--allow-outside``), so a manifest and its folder move together. The check is
-  lexical: a symlink inside the folder may point anywhere.
-* remote URIs (``s3://``, ``gs://``, ``memory://``, … any scheme pyarrow.fs or fsspec can open) are
-  allowed as they are; in a manifest that is itself at a URI, relative paths resolve against its folder.
+  ``allow_outside`` (``--allow-outside``), so a manifest and its folder move together. Symlinks are
+  resolved and held to the same rule: one inside the folder that leads outside it is refused too.
+* an unknown column (often a misspelt one, whose data would be ignored) makes the whole manifest unusable:
+  ``validate`` still checks and counts the rows, and says that none of them runs.
+* remote URIs (``s3://``, ``gs://``, ``memory://``, … any scheme fsspec can open) are allowed as they are;
+  in a manifest that is itself at a URI, relative paths resolve against its folder. A scheme whose package is
+  missing is one line naming it; reads are bounded in time and size (:mod:`harness.remote`).
 
 Rows are numbered from 0, as ``pandas.read_parquet(manifest).iloc[row]``.
 
@@ -175,7 +178,10 @@ class ManifestReport:
     def summary(self) -> str:
         if not self.rows_checked:
             return "rows not checked: the manifest itself is unusable"
-        return f"{self.total_rows} rows: {len(self.rows)} good, {self.bad_rows} bad"
+        counts = f"{self.total_rows} rows: {len(self.rows)} good, {self.bad_rows} bad"
+        if not self.usable:  # e.g. an unknown (perhaps misspelt) column: its data would be silently ignored
+            return f"{counts}; the manifest as a whole is refused ({len(self.manifest_problems)} problem(s) above), so no row runs"
+        return counts
 
     def exit_code(self) -> int:
         return 2 if not self.usable else (1 if self.problems else 0)
@@ -237,7 +243,13 @@ def _resolve(value: str, base: _Base, allow_outside: bool) -> tuple[str | None, 
         return os.path.abspath(value), None
     if _escapes(value) and not allow_outside:
         return None, f"path escapes the manifest's folder (allow with --allow-outside): {value}"
-    return base.join(value), None
+    location = base.join(value)
+    if base.local is not None and not allow_outside:
+        # The same containment rule for where a symlink (of the file or of a folder on the way) leads.
+        real, folder = os.path.realpath(location), os.path.realpath(base.local)
+        if os.path.commonpath([real, folder]) != folder:
+            return None, f"path leads outside the manifest's folder through a symlink, to {real} (allow with --allow-outside): {value}"
+    return location, None
 
 
 def is_uri(location: str) -> bool:
