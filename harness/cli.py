@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
     p.add_argument("--max-in-flight", type=int, default=None, help="bound on tasks submitted at once")
     p.add_argument("--retry-failed", action="store_true", help="run again the jobs recorded as failed")
+    p.add_argument("--no-wait", action="store_true",
+                   help="if another run holds the output folder, exit (one line naming it) instead of waiting")
     p.add_argument("--allow-random-metrics", action="store_true",
                    help="score with tiny random-weight CLIP/LPIPS when real weights are missing (labelled)")
     p.add_argument("--allow-outside", action="store_true", help="allow manifest paths outside its folder")

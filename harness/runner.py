@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from . import store
+from . import run_folder, store
 from .jobs import (CONCEPTS, GROUP_KINDS, SEEDS, JobGraph, LearnNode, MethodRun, MetricInfo, ModelInfo, Pair, Plan,
                    TaskJob, build_job_graph, code_version, content_id, git_describe, without_object)
 
@@ -55,6 +55,7 @@ class RunSummary:
     node_ids: Counter = field(default_factory=Counter)  # node -> task jobs it ran
     learn_node_ids: Counter = field(default_factory=Counter)  # node -> concepts it learned in this run
     peak_in_flight: int = 0  # most task jobs submitted at once (bounded by max_in_flight)
+    infrastructure_failed: int = 0  # of `failed`: the machine's failures (disk full, lost worker), rerun next time
 
     @property
     def jobs_run(self) -> int:
@@ -222,8 +223,14 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
     from clic.methods.base import get_method
 
     final = Path(concepts_root) / node.concept_id
+    relearned = None
     if store.concept_is_complete(final):
-        return {"folder": str(final), "seconds": 0.0, "learned": False, "node_id": _node_id()}
+        from clic.cli_checks import concept_problem
+
+        relearned = concept_problem(final)  # e.g. a weight file truncated by a full disk
+        if relearned is None:
+            return {"folder": str(final), "seconds": 0.0, "learned": False, "node_id": _node_id()}
+        store.publish_folder(final, store.temp_sibling(final))  # moved aside (then cleaned as a stale temp)
     start = time.perf_counter()
     method = get_method(node.method)
     _, _, (image, mask, _) = _model_input(node.source_image, node.source_mask, node.resolution)
@@ -241,7 +248,8 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
         concept.arrays["estimated_mask_0"] = estimated
         concept.save(temp)
     store.publish_folder(temp, final)
-    return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id()}
+    return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id(),
+            "relearned": relearned}
 
 
 def _mask_for_unmasked_source(method, node: LearnNode, image):
@@ -528,10 +536,18 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
-            address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
-            retry_failed: bool = False, allow_random_metrics: bool = False, quiet: bool = False) -> RunSummary:
-    """Run the jobs of ``suite`` over ``pairs`` that ``run_dir`` has not finished yet."""
+def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, wait: bool = True, **options: Any) -> RunSummary:
+    """Run the jobs of ``suite`` over ``pairs`` that ``run_dir`` has not finished yet, holding the run folder's
+    lock (a concurrent run on it waits, or with ``wait=False`` is refused: :mod:`harness.run_folder`).
+    ``options``: address, num_cpus, max_in_flight, retry_failed, allow_random_metrics, quiet."""
+    run_id = uuid.uuid4().hex[:12]
+    with run_folder.locked(Path(run_dir).resolve(), run_id, wait=wait, quiet=options.get("quiet", False)):
+        return _execute_locked(suite, pairs, run_dir, run_id=run_id, **options)
+
+
+def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, run_id: str,
+                    address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
+                    retry_failed: bool = False, allow_random_metrics: bool = False, quiet: bool = False) -> RunSummary:
     import ray
     from tqdm import tqdm
 
@@ -540,15 +556,18 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     stale = store.remove_stale_temps(run_dir)
     if stale and not quiet:
         print(f"{run_dir}: removed {stale} half-written file(s) left by an earlier, killed run", file=sys.stderr)
+    for line in run_folder.audit(run_dir):  # unreadable results, missing artifacts: redone, one line each
+        print(line, file=sys.stderr)
     started, start_clock = now_iso(), time.perf_counter()
     models, native_resolution = describe_models(suite)
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
-    run_id = uuid.uuid4().hex[:12]
     summary = RunSummary(run_dir=run_dir, run_id=run_id, total_jobs=len(graph.jobs))
 
     statuses = store.job_statuses(run_dir)
-    finished = {job_id for job_id, status in statuses.items() if not retry_failed or status != store.STATUS_FAILED}
+    machine_failures = run_folder.infrastructure_failures(run_dir)  # not the jobs' verdict: always run again
+    finished = {job_id for job_id, status in statuses.items()
+                if (not retry_failed or status != store.STATUS_FAILED) and job_id not in machine_failures}
     ok_jobs = {job_id for job_id, status in statuses.items() if status == store.STATUS_OK}
     todo = [job for job in graph.jobs if job.job_id not in finished]
     summary.skipped = len(graph.jobs) - len(todo)
@@ -651,7 +670,13 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     learn_counted: set[str] = set()  # a concept's learning time is counted once, not once per job using it
 
     def record(job: TaskJob, rows: list[dict[str, Any]], failed: bool) -> None:
-        store.write_job_results(run_dir, job.job_id, rows)
+        try:
+            store.write_job_results(run_dir, job.job_id, rows)
+        except OSError as error:  # e.g. the disk is full: the job stays unrecorded and runs again next time
+            print(f"{run_dir}: could not record job {job.job_id} ({one_line(error)}); it runs again next time",
+                  file=sys.stderr)
+            failed = True
+            summary.infrastructure_failed += not str(rows[0].get("error") or "").startswith(run_folder.INFRASTRUCTURE_PREFIX)
         summary.failed += failed
         summary.done += not failed
         if not failed:
@@ -679,6 +704,9 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
                 for name, value_name, value in values] or [base]
 
     def failed_row(job: TaskJob, error: BaseException, stage: str = "") -> list[dict]:
+        if run_folder.is_infrastructure_error(error):  # the machine's failure, not the job's verdict
+            summary.infrastructure_failed += 1
+            stage = run_folder.INFRASTRUCTURE_PREFIX + stage
         return [{**_base_row(job, run_id, models), "status": store.STATUS_FAILED, "error": stage + one_line(error),
                  "finished_at": now_iso()}]
 
@@ -742,6 +770,8 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
             for job in waiting.pop(concept_id):
                 record(job, failed_row(job, error), failed=True)
             return
+        if learned[concept_id].get("relearned"):
+            print(f"{learned[concept_id]['relearned']}: the concept was broken and has been learned again", file=sys.stderr)
         if learned[concept_id].get("learned"):
             summary.learn_node_ids[learned[concept_id]["node_id"]] += 1
         ready.extend(waiting.pop(concept_id))
@@ -813,23 +843,35 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
     method_time = summary.work_seconds / slots
     summary.overhead_share = max(0.0, (summary.wall_seconds - method_time) / summary.wall_seconds) \
         if summary.wall_seconds > 0 and summary.jobs_run else 0.0
-    _write_run_manifest(run_dir, suite, summary, started, models, metric_weights, slots)
+    try:
+        _write_run_manifest(run_dir, suite, summary, started, models, metric_weights, slots)
+    except OSError as error:  # e.g. the disk is full: the results written so far stand
+        print(f"{run_dir / store.RUN_MANIFEST}: not updated ({one_line(error)})", file=sys.stderr)
     return summary
 
 
 def _write_run_manifest(run_dir: Path, suite: "Suite", summary: RunSummary, started: str,
                         models: Mapping[str, ModelInfo | None], metric_weights: Mapping[str, str], slots: int) -> None:
-    previous = store.read_run_manifest(run_dir)
+    try:
+        previous = store.read_run_manifest(run_dir)
+    except ValueError:  # a corrupt run.json: rewritten below
+        previous = {}
+    counts = {"jobs": summary.total_jobs, "done": summary.done, "skipped": summary.skipped,
+              "failed": summary.failed, "not_applicable": summary.not_applicable,
+              "learns_run": summary.learns_run, "groups_scored": summary.groups_scored,
+              "groups_failed": summary.groups_failed, "infrastructure_failed": summary.infrastructure_failed}
+    # Every run on this folder, oldest first: the top-level keys describe the last one.
+    runs = [*previous.get("runs", []), {"run_id": summary.run_id, "started_at": started, "finished_at": now_iso(),
+                                        "host": socket.gethostname(), "code_version": code_version(),
+                                        "counts": counts}]
     store.write_run_manifest(run_dir, {
+        "runs": runs,
         "run_id": summary.run_id, "suite": suite.to_dict(), "suite_path": suite.source,
         "code_version": code_version(), "git": git_describe(), "versions": _versions(),
         "host": socket.gethostname(), "started_at": started, "finished_at": now_iso(),
         "models": {m: (info.__dict__ if info else None) for m, info in models.items()},
         "metric_weights": dict(metric_weights) or previous.get("metric_weights", {}),
-        "counts": {"jobs": summary.total_jobs, "done": summary.done, "skipped": summary.skipped,
-                   "failed": summary.failed, "not_applicable": summary.not_applicable,
-                   "learns_run": summary.learns_run, "groups_scored": summary.groups_scored,
-                   "groups_failed": summary.groups_failed},
+        "counts": counts,
         "learns_total": int((previous.get("learns_total") or 0) + summary.learns_run),
         "nodes": dict(summary.node_ids),
         "learn_nodes": dict(summary.learn_node_ids),
@@ -860,24 +902,28 @@ def load_pairs(suite: "Suite", allow_outside: bool = False) -> list[Pair]:
 
 def run_suite(suite_path: str | Path, out: str | Path | None = None, address: str | None = None, *,
               num_cpus: int | None = None, max_in_flight: int | None = None, retry_failed: bool = False,
-              allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False) -> RunSummary:
+              allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False,
+              wait: bool = True) -> RunSummary:
     from .suite import load_suite
 
     suite = load_suite(suite_path)
     run_dir = Path(out) if out else Path("runs") / suite.name
     pairs = load_pairs(suite, allow_outside)
     return execute(suite, pairs, run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
-                   retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet)
+                   retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet, wait=wait)
 
 
 def run_main(args: argparse.Namespace) -> int:
     summary = run_suite(args.suite, args.out, args.address, num_cpus=args.num_cpus,
                         max_in_flight=args.max_in_flight, retry_failed=args.retry_failed,
                         allow_random_metrics=args.allow_random_metrics, allow_outside=args.allow_outside,
-                        quiet=args.quiet)
+                        quiet=args.quiet, wait=not getattr(args, "no_wait", False))
     print(f"{summary.total_jobs} jobs: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
           f"(already finished), {summary.not_applicable} not applicable; {summary.learns_run} concepts learned; "
           f"{summary.wall_seconds:.1f} s wall, harness overhead {summary.overhead_share:.0%}")
+    if summary.infrastructure_failed:
+        print(f"{summary.infrastructure_failed} job(s) failed for the machine's sake (disk full, lost worker): they run "
+              f"again on the next run, without --retry-failed")
     if summary.groups_scored or summary.groups_failed:
         print(f"group metrics: {summary.groups_scored} groups scored, {summary.groups_failed} failed")
     print(f"results: {summary.run_dir / store.RESULTS_DIR} (read with harness.store.read_results)")
