@@ -18,12 +18,13 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -147,3 +148,32 @@ def audit(run_dir: str | Path) -> list[str]:
             lines.append(f"{run_dir / missing[0]}: artifact of job {rows[0]['job_id']} is missing: its results were "
                          f"removed, the job runs again")
     return lines
+
+
+def remove_superseded(run_dir: str | Path, jobs: Iterable[Any]) -> list[str]:
+    """Delete the results of jobs that an edited manifest row replaced; one line per pair.
+
+    A job's id hashes its inputs, so editing a row's target object or category gives the job a new id and it
+    runs again; the old id's rows would stay in the folder and the report would average old and new. A
+    result is superseded when a job of this run has the same place (pair, task, method, preset, seed,
+    settings) under another id.
+    """
+    run_dir = Path(run_dir)
+    current = {(job.pair_id, job.task, job.method, job.preset, job.seed, store.canonical_json(dict(job.settings))): job.job_id
+               for job in jobs}
+    removed: dict[str, int] = {}
+    for path in _result_files(run_dir):
+        try:
+            table = pq.read_table(path, columns=["job_id", "pair_id", "task", "method", "preset", "seed", "settings"])
+        except (OSError, pa.ArrowException, KeyError):
+            continue
+        row = table.slice(0, 1).to_pylist()[0] if table.num_rows else None
+        if row is None:
+            continue
+        place = (row["pair_id"], row["task"], row["method"], row["preset"], row["seed"], row["settings"])
+        if place in current and current[place] != row["job_id"]:
+            path.unlink(missing_ok=True)
+            shutil.rmtree(store.artifact_dir(run_dir, row["job_id"]), ignore_errors=True)
+            removed[row["pair_id"]] = removed.get(row["pair_id"], 0) + 1
+    return [f"{run_dir}: pair {pair_id!r} changed in the manifest: {count} earlier result file(s) replaced by this run"
+            for pair_id, count in sorted(removed.items())]
