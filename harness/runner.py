@@ -541,7 +541,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, wait:
     lock (a concurrent run on it waits, or with ``wait=False`` is refused: :mod:`harness.run_folder`).
     ``options``: address, num_cpus, max_in_flight, retry_failed, allow_random_metrics, quiet."""
     run_id = uuid.uuid4().hex[:12]
-    with run_folder.locked(Path(run_dir).resolve(), run_id, wait=wait, quiet=options.get("quiet", False)):
+    with run_folder.locked(Path(run_dir).resolve(), run_id, wait=wait):  # "waiting" is said even with --quiet
         return _execute_locked(suite, pairs, run_dir, run_id=run_id, **options)
 
 
