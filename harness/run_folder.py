@@ -24,7 +24,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -150,27 +150,29 @@ def audit(run_dir: str | Path) -> list[str]:
     return lines
 
 
-def remove_superseded(run_dir: str | Path, jobs: Iterable[Any]) -> list[str]:
+def remove_superseded(run_dir: str | Path, jobs: Iterable[Any], weights: Mapping[str, str | None], code: str) -> list[str]:
     """Delete the results of jobs that an edited manifest row replaced; one line per pair.
 
-    A job's id hashes its inputs, so editing a row's target object or category gives the job a new id and it
-    runs again; the old id's rows would stay in the folder and the report would average old and new. A
-    result is superseded when a job of this run has the same place (pair, task, method, preset, seed,
-    settings) under another id.
+    A job's id hashes its inputs, so editing a row's target object, category or files gives the job a new id
+    and it runs again; the old id's rows would stay in the folder and the report would average old and new.
+    A result is superseded when a job of this run has the same place (pair, task, method, preset, seed,
+    settings) on the same model weights and code version under another id: what differs is then the row.
+    (Results of another code version or model stay, as results of another setting do.)
     """
     run_dir = Path(run_dir)
-    current = {(job.pair_id, job.task, job.method, job.preset, job.seed, store.canonical_json(dict(job.settings))): job.job_id
-               for job in jobs}
+    current = {(job.pair_id, job.task, job.method, job.preset, job.seed, store.canonical_json(dict(job.settings)),
+                weights.get(job.method), code): job.job_id for job in jobs}
+    columns = ["job_id", "pair_id", "task", "method", "preset", "seed", "settings", "weights_hash", "code_version"]
     removed: dict[str, int] = {}
     for path in _result_files(run_dir):
         try:
-            table = pq.read_table(path, columns=["job_id", "pair_id", "task", "method", "preset", "seed", "settings"])
+            table = pq.read_table(path, columns=columns)
         except (OSError, pa.ArrowException, KeyError):
             continue
-        row = table.slice(0, 1).to_pylist()[0] if table.num_rows else None
-        if row is None:
+        if not table.num_rows:
             continue
-        place = (row["pair_id"], row["task"], row["method"], row["preset"], row["seed"], row["settings"])
+        row = table.slice(0, 1).to_pylist()[0]
+        place = tuple(row[name] for name in columns[1:])
         if place in current and current[place] != row["job_id"]:
             path.unlink(missing_ok=True)
             shutil.rmtree(store.artifact_dir(run_dir, row["job_id"]), ignore_errors=True)

@@ -562,7 +562,8 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
     models, native_resolution = describe_models(suite)
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
-    for line in run_folder.remove_superseded(run_dir, graph.jobs):  # edited rows: old values leave the folder
+    weights = {name: info.weights_hash if info else None for name, info in models.items()}
+    for line in run_folder.remove_superseded(run_dir, graph.jobs, weights, code_version()):  # edited manifest rows
         print(line, file=sys.stderr)
     summary = RunSummary(run_dir=run_dir, run_id=run_id, total_jobs=len(graph.jobs))
 
