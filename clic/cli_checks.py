@@ -106,8 +106,6 @@ def concept_problem(directory: str | os.PathLike[str]) -> str | None:
 
     folder = Path(directory)
     meta_path = folder / "concept.json"
-    if not folder.is_dir():
-        return f"{folder}: no such concept folder"
     if not meta_path.is_file():
         return f"{folder}: not a concept folder (no concept.json)"
     try:
