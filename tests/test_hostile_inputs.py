@@ -506,3 +506,15 @@ def test_infrastructure_errors_are_told_apart_from_job_errors() -> None:
     assert run_folder.is_infrastructure_error(wrapped)
     assert not run_folder.is_infrastructure_error(FloatingPointError("loss is nan at step 1"))
     assert not run_folder.is_infrastructure_error(FileNotFoundError(errno.ENOENT, "no such file"))
+
+
+def test_report_names_the_result_files_it_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_study import make_fake_run
+
+    run_dir = make_fake_run(tmp_path, {"furniture": 2})
+    (store.results_dir(run_dir) / "broken-job.parquet").write_bytes(b"PAR1 not really")
+    assert bench_main(["report", str(run_dir)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("report: left out broken-job.parquet (unreadable: "), err
+    assert "## Left out\n\n- broken-job.parquet (unreadable: " in (run_dir / "report" / "summary.md").read_text()
+    assert "Left out of this report: broken-job.parquet" in (run_dir / "report" / "index.html").read_text()
