@@ -14,6 +14,11 @@ too, so a mask drawn on the displayed image lines up with it.
 
 Every failure is an :class:`InputError` whose message is one line naming the file and the problem.
 
+Large images: above PIL's decompression-bomb threshold (``Image.MAX_IMAGE_PIXELS``, ~89 Mpx) an image is
+decoded with a one-line note on stderr, shown once per process, instead of PIL's multi-line warning; above
+twice that it is refused ("image too large"). Masks are thresholded strip by strip in their own dtype, so a
+16-bit mask never exists as a wider copy (a 13000×13000 mask: 338 MB decoded, 169 MB as booleans).
+
 The non-square policy: the model sees square inputs. :func:`to_model_input` pads the image to a square
 (centred, padding white; the mask pads with 0, i.e. outside the region) and resizes it to the model
 resolution R (bicubic with antialiasing for the image, nearest for the mask). Nothing is cropped, so the
