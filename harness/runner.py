@@ -540,6 +540,9 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, wait:
     """Run the jobs of ``suite`` over ``pairs`` that ``run_dir`` has not finished yet, holding the run folder's
     lock (a concurrent run on it waits, or with ``wait=False`` is refused: :mod:`harness.run_folder`).
     ``options``: address, num_cpus, max_in_flight, retry_failed, allow_random_metrics, quiet."""
+    for option in ("max_in_flight", "num_cpus"):  # the CLI says so in one line (harness.guards); the API as well
+        if options.get(option) is not None and options[option] < 1:
+            raise ValueError(f"{option} must be at least 1, got {options[option]}")
     run_id = uuid.uuid4().hex[:12]
     with run_folder.locked(Path(run_dir).resolve(), run_id, wait=wait):  # "waiting" is said even with --quiet
         return _execute_locked(suite, pairs, run_dir, run_id=run_id, **options)

@@ -264,9 +264,13 @@ def test_clic_bench_corpus(bench: dict[str, Path], corpus: dict[str, Path], caps
     assert time.monotonic() - started < 60  # "within seconds": nothing waits for a network or a cluster
 
 
-def test_validate_corpus_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`validate` (and `run`, same loader): a symlink out of the folder, gs:// without gcsfs, an unreachable http
-    host, an unknown column; each is one line naming row and column (or the manifest), good rows count."""
+ROW_CASES = {1: ("source_image", "leads outside the manifest's folder through a symlink"),
+             2: ("source_image", "gs:// needs the gcsfs package, which is not installed (pip install gcsfs)"),
+             3: ("target_image", "cannot reach host 127.0.0.1")}
+
+
+def _row_corpus(tmp_path: Path) -> tuple[DataSet, Path]:
+    """A good row, then the rows of ROW_CASES: a symlink out of the folder, gs:// without gcsfs, a closed port."""
     dataset = DataSet(tmp_path / "set")
     outside = tmp_path / "outside.png"
     save(picture(64, 48, seed=5), outside)
@@ -274,17 +278,37 @@ def test_validate_corpus_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     rows = [dataset.row("good"), dataset.row("link", source_image="img/link.png"),
             dataset.row("gs", source_image="gs://bucket/source.png"),
             dataset.row("http", target_image=f"http://127.0.0.1:{_closed_port()}/target.png")]
-    manifest = dataset.write(rows)
+    return dataset, dataset.write(rows)
+
+
+def _assert_row_lines(lines: list[str]) -> None:
+    for row, (column, words) in ROW_CASES.items():
+        mine = [line for line in lines if f" row {row} " in line]
+        assert len(mine) == 1 and f"column {column!r}" in mine[0] and words in mine[0], (row, lines)
+
+
+def test_run_corpus_rows_are_one_line_each_and_the_good_row_runs(ray_session, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _, manifest = _row_corpus(tmp_path)
+    started = time.monotonic()
+    assert _run(_suite(tmp_path, manifest, "rows"), tmp_path / "run") == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped: ")]
+    assert len(err) == len(ROW_CASES)
+    _assert_row_lines(err)
+    results = store.read_results(tmp_path / "run")
+    assert set(results["pair_id"]) == {"good"} and (results["status"] == "ok").all()
+    assert time.monotonic() - started < 300
+
+
+def test_validate_corpus_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`validate` (and `run`, same loader): a symlink out of the folder, gs:// without gcsfs, an unreachable http
+    host, an unknown column; each is one line naming row and column (or the manifest), good rows count."""
+    dataset, manifest = _row_corpus(tmp_path)
     started = time.monotonic()
     assert bench_main(["validate", str(manifest)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert time.monotonic() - started < 30
-    expected = {1: ("source_image", "leads outside the manifest's folder through a symlink"),
-                2: ("source_image", "gs:// needs the gcsfs package, which is not installed (pip install gcsfs)"),
-                3: ("target_image", "cannot reach host 127.0.0.1")}
-    for row, (column, words) in expected.items():
-        mine = [line for line in out if f" row {row} " in line]
-        assert len(mine) == 1 and f"column {column!r}" in mine[0] and words in mine[0], (row, out)
+    _assert_row_lines(out)
     assert out[-1] == "4 rows: 1 good, 3 bad"
     assert bench_main(["validate", str(manifest), "--allow-outside"]) == 1
     assert not any("symlink" in line for line in capsys.readouterr().out.splitlines())

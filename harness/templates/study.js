@@ -22,7 +22,7 @@
   const ordinal = (n) => n + (n % 10 === 1 && n !== 11 ? "st" : n % 10 === 2 && n !== 12 ? "nd" :
                               n % 10 === 3 && n !== 13 ? "rd" : "th");
 
-  const DB_NAME = "clic-user-study", DB_STORE = "answers";
+  const DB_NAME = "user-study-answers", DB_STORE = "answers";
   let database = null; // an open IndexedDB, or null when the browser offers none (then localStorage only)
   let pending = Promise.resolve(); // saves run one after another, so the last change is the one stored
 
