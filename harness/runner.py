@@ -536,7 +536,8 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, wait: bool = True, **options: Any) -> RunSummary:
+def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, wait: bool = True,
+            **options: Any) -> RunSummary:
     """Run the jobs of ``suite`` over ``pairs`` that ``run_dir`` has not finished yet, holding the run folder's
     lock (a concurrent run on it waits, or with ``wait=False`` is refused: :mod:`harness.run_folder`).
     ``options``: address, num_cpus, max_in_flight, retry_failed, allow_random_metrics, quiet."""
@@ -681,8 +682,9 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
         except OSError as error:  # e.g. the disk is full: the job stays unrecorded and runs again next time
             print(f"{run_dir}: could not record job {job.job_id} ({one_line(error)}); it runs again next time",
                   file=sys.stderr)
+            already_counted = str(rows[0].get("error") or "").startswith(run_folder.INFRASTRUCTURE_PREFIX)
+            summary.infrastructure_failed += not already_counted
             failed = True
-            summary.infrastructure_failed += not str(rows[0].get("error") or "").startswith(run_folder.INFRASTRUCTURE_PREFIX)
         summary.failed += failed
         summary.done += not failed
         if not failed:
@@ -777,7 +779,8 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
                 record(job, failed_row(job, error), failed=True)
             return
         if learned[concept_id].get("relearned"):
-            print(f"{learned[concept_id]['relearned']}: the concept was broken and has been learned again", file=sys.stderr)
+            print(f"{learned[concept_id]['relearned']}: the concept was broken and has been learned again",
+                  file=sys.stderr)
         if learned[concept_id].get("learned"):
             summary.learn_node_ids[learned[concept_id]["node_id"]] += 1
         ready.extend(waiting.pop(concept_id))
