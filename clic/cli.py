@@ -18,6 +18,7 @@ from typing import Any, NoReturn, Sequence
 import numpy as np
 import torch
 
+from .cli_checks import OptionError, check_args, check_prompt_fits, concept_problem
 from .concept import LearnedConcept
 from .io import InputError, from_model_output, load_image, load_mask, mask_from_model_output, save_image, save_mask_png, to_model_input
 from .learn import ConceptSource
@@ -60,6 +61,9 @@ def _method(name: str, option: str = "--method") -> Method:
 
 
 def _load_concept(directory: str) -> tuple[LearnedConcept, Method]:
+    problem = concept_problem(directory)
+    if problem is not None:
+        raise CLIError("--concept", problem)
     try:
         concept = LearnedConcept.load(directory)
     except FileNotFoundError as err:
@@ -92,6 +96,15 @@ def _components(method: Method, model: str | None, concept: LearnedConcept | Non
         return load_components(model, device=device, dtype=dtype)
     except ModelNotFoundError as err:
         raise CLIError("--model", str(err)) from None
+
+
+def _check_object_fits(components: SDComponents | None, word: str) -> None:
+    """Before any learning or denoising: the object word must leave the prompt room for the concept token."""
+    if components is not None:
+        try:
+            check_prompt_fits(components.tokenizer, word)
+        except OptionError as err:
+            raise CLIError(err.subject, err.problem) from None
 
 
 def _resolution(requested: int | None, components: SDComponents | None, concept: LearnedConcept | None = None) -> int:
@@ -140,6 +153,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
         raise CLIError("--preset", str(err)) from None
     _positive(args.steps, "--steps")
     components = _components(method, args.model, args=args)
+    _check_object_fits(components, args.object)
     resolution = _resolution(args.resolution, components)
     image = load_image(args.image)
     image_tensor, _, _ = to_model_input(image, None, resolution)
@@ -171,6 +185,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
             raise CLIError("--t-start", f"must lie in [1, {steps - 1}] (steps of the --steps schedule kept before "
                                         f"editing), got {t_start}")
     components = _components(method, args.model, concept, args)
+    _check_object_fits(components, args.object)
     resolution = _resolution(args.resolution, components, concept)
     image = load_image(args.image)
     image_tensor, _, placement = to_model_input(image, None, resolution)
@@ -214,6 +229,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if not 0 <= stage_one <= steps:
         raise CLIError("--stage-one-steps", f"must lie in [0, {steps}] (the --steps), got {stage_one}")
     components = _components(method, args.model, concept, args)
+    _check_object_fits(components, args.object)
     if components is not None:  # --resolution, else the concept's learning resolution, else the model's
         overrides["resolution"] = _resolution(args.resolution, components, concept)
     result = method.generate(components, concept, args.object, overrides=overrides, seed=args.seed)
@@ -245,6 +261,7 @@ def cmd_match(args: argparse.Namespace) -> None:
     if "source_image" not in concept.arrays:  # w* is learned from the source the concept keeps
         raise CLIError(args.concept, "the concept keeps no source image (learned by an older version): learn it again")
     components = _components(method, args.model, concept, args)
+    _check_object_fits(components, args.object)
     resolution = _resolution(args.resolution, components, concept)
     image = load_image(args.image)
     image_tensor, _, placement = to_model_input(image, None, resolution)
@@ -388,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        check_args(args)
         args.run(args)
-    except (CLIError, InputError) as err:
+    except (CLIError, InputError, OptionError) as err:
         print(f"clic: error: {err}", file=sys.stderr)
         return 2
     return 0

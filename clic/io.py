@@ -14,6 +14,11 @@ too, so a mask drawn on the displayed image lines up with it.
 
 Every failure is an :class:`InputError` whose message is one line naming the file and the problem.
 
+Large images: above PIL's decompression-bomb threshold (``Image.MAX_IMAGE_PIXELS``, ~89 Mpx) an image is
+decoded with a one-line note on stderr, shown once per process, instead of PIL's multi-line warning; above
+twice that it is refused ("image too large"). Masks are thresholded strip by strip in their own dtype, so a
+16-bit mask never exists as a wider copy (a 13000×13000 mask: 338 MB decoded, 169 MB as booleans).
+
 The non-square policy: the model sees square inputs. :func:`to_model_input` pads the image to a square
 (centred, padding white; the mask pads with 0, i.e. outside the region) and resizes it to the model
 resolution R (bicubic with antialiasing for the image, nearest for the mask). Nothing is cropped, so the
@@ -25,9 +30,11 @@ user's original size, so every saved output has the size of the image it came fr
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -80,10 +87,30 @@ def _display_name(source: ImageSource, name: str | None) -> str:
     return str(getattr(source, "name", "<stream>"))
 
 
+# Large images: PIL warns (a multi-line DecompressionBombWarning) above Image.MAX_IMAGE_PIXELS (~89 Mpx) and
+# refuses above twice that. Our policy, in one line each: above the warning size an image is decoded with a
+# one-line note on stderr, once per process; above twice it (~179 Mpx) it is refused as "image too large".
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_LARGE_IMAGE_NOTED: list[str] = []
+
+
+def _note_large_image(image: Image.Image, name: str) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or image.size[0] * image.size[1] <= limit or _LARGE_IMAGE_NOTED:
+        return
+    _LARGE_IMAGE_NOTED.append(name)
+    width, height = image.size
+    print(f"note: {name}: {width}x{height} = {width * height / 1e6:.0f} Mpx is a large image (above {limit / 1e6:.0f} Mpx); "
+          f"decoding it in full (images above {2 * limit / 1e6:.0f} Mpx are refused; this note is shown once)",
+          file=sys.stderr)
+
+
 def _open(source: ImageSource, name: str) -> Image.Image:
     """Open (header only) or raise an InputError that says why not."""
     try:
-        return Image.open(source)
+        image = Image.open(source)
+        _note_large_image(image, name)
+        return image
     except FileNotFoundError:
         raise InputError(name, "file not found") from None
     except IsADirectoryError:
@@ -209,19 +236,47 @@ def aspect_ratios_match(size_a: tuple[int, int], size_b: tuple[int, int], tolera
     return abs(ratio_a - ratio_b) <= tolerance * ratio_b
 
 
+# Rows converted at a time by :func:`mask_from_pil`: a 13000-pixel-wide 16-bit mask costs ~50 MB per strip in
+# its own dtype instead of a whole-image int64 copy (1.35 GB), so masks stay bool/uint8 while decoded.
+_MASK_STRIP_ROWS = 1024
+
+
+def _strips(image: Image.Image) -> Iterator[tuple[int, int, Image.Image]]:
+    """(top, bottom, strip) over horizontal strips of a decoded image (each a PIL crop: a copy of the rows only)."""
+    width, height = image.size
+    for top in range(0, height, _MASK_STRIP_ROWS):
+        bottom = min(height, top + _MASK_STRIP_ROWS)
+        yield top, bottom, image.crop((0, top, width, bottom))
+
+
+def _threshold_by_strips(image: Image.Image, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    mask = np.empty((image.size[1], image.size[0]), dtype=bool)
+    for top, bottom, strip in _strips(image):
+        mask[top:bottom] = convert(strip)
+    return mask
+
+
 def mask_from_pil(image: Image.Image, *, name: str = "mask") -> np.ndarray:
-    """The boolean mask of a decoded PIL image of any mode (the rule is in the module docstring)."""
+    """The boolean mask of a decoded PIL image of any mode (the rule is in the module docstring).
+
+    Wide-value modes (16-bit, 32-bit, float) and colour conversions run strip by strip in the image's own
+    dtype, so the extra memory is a few strips, not a copy of the image in a wider type.
+    """
     mode = image.mode
     if mode == "1":
         return np.array(image, dtype=bool)
     if mode in _INT16_MODES:
-        values = np.asarray(image, dtype=np.int64)
-        return _checked_threshold(values, _HALF_16BIT, _FULL_16BIT, name, mode)
+        return _threshold_by_strips(image, lambda strip: _checked_threshold(np.asarray(strip), _HALF_16BIT, _FULL_16BIT,
+                                                                            name, mode))
+
     if mode == "F":
-        values = np.asarray(image, dtype=np.float32)
-        if values.min() < 0.0 or values.max() > 1.0:
-            raise InputError(name, "float mask values outside [0, 1]")
-        return values >= 0.5
+        def float_strip(strip: Image.Image) -> np.ndarray:
+            values = np.asarray(strip, dtype=np.float32)
+            if values.min() < 0.0 or values.max() > 1.0:
+                raise InputError(name, "float mask values outside [0, 1]")
+            return values >= 0.5
+
+        return _threshold_by_strips(image, float_strip)
     if mode == "L":
         return np.asarray(image) >= _HALF_8BIT
     if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
@@ -230,7 +285,7 @@ def mask_from_pil(image: Image.Image, *, name: str = "mask") -> np.ndarray:
         if colour.min() == colour.max() and alpha.min() != alpha.max():
             return alpha >= _HALF_8BIT
         return colour.max(axis=-1) >= _HALF_8BIT
-    return np.asarray(image.convert("RGB")).max(axis=-1) >= _HALF_8BIT
+    return _threshold_by_strips(image, lambda strip: np.asarray(strip.convert("RGB")).max(axis=-1) >= _HALF_8BIT)
 
 
 def _checked_threshold(values: np.ndarray, half: int, full: int, name: str, mode: str) -> np.ndarray:
@@ -242,7 +297,7 @@ def _checked_threshold(values: np.ndarray, half: int, full: int, name: str, mode
 def _full_scale_max(image: Image.Image) -> str:
     """The mask's largest value on its own scale, for the "empty mask" message."""
     if image.mode in _INT16_MODES:
-        return f"{int(np.asarray(image).max())} of {_FULL_16BIT}"
+        return f"{max(int(np.asarray(strip).max()) for _, _, strip in _strips(image))} of {_FULL_16BIT}"
     if image.mode == "F":
         return f"{float(np.asarray(image).max()):.3g} of 1.0"
     return f"{int(np.asarray(image.convert('RGB')).max())} of 255"

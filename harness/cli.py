@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
     p.add_argument("--max-in-flight", type=int, default=None, help="bound on tasks submitted at once")
     p.add_argument("--retry-failed", action="store_true", help="run again the jobs recorded as failed")
+    p.add_argument("--no-wait", action="store_true",
+                   help="if another run holds the output folder, exit (one line naming it) instead of waiting")
     p.add_argument("--allow-random-metrics", action="store_true",
                    help="score with tiny random-weight CLIP/LPIPS when real weights are missing (labelled)")
     p.add_argument("--allow-outside", action="store_true", help="allow manifest paths outside its folder")
@@ -107,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from .guards import check_args
+
+        check_args(args)  # numbers, output folders, addresses: one line before any work
         return int(args.func(args) or 0)
     except UsageError as err:  # one line per problem (preflight may find several)
         for line in str(err).splitlines() or [type(err).__name__]:
@@ -118,4 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m harness.cli`: run the imported module's main, so the handlers' UsageError (harness.cli's)
+    # is the class caught there, not a second copy defined in __main__.
+    from harness.cli import main as package_main
+
+    sys.exit(package_main())

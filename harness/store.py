@@ -248,6 +248,12 @@ def _read_tables(run_dir: str | Path, columns: list[str] | None = None) -> list[
     return _newest_rows(tables)
 
 
+def read_result_tables(run_dir: str | Path, columns: list[str]) -> list[pa.Table]:
+    """``job_id`` + ``columns`` of each job's newest rows, one Arrow table per readable file (files without those
+    columns are skipped): for scans that need a few columns of every result without building a DataFrame."""
+    return _read_tables(run_dir, columns)
+
+
 READ_THREADS = 16  # reading many small files waits on the file system (a shared one most): overlap the waits
 
 
@@ -310,6 +316,30 @@ def remove_superseded_results(run_dir: str | Path, prefix: str, keep: str) -> in
             removed += len(pc.unique(ids.filter(stale)))
             _rewrite_or_remove(path, table.filter(pc.invert(stale)))
     return removed
+
+
+def remove_job_results(run_dir: str | Path, job_ids: Iterable[str]) -> int:
+    """Delete every result row of ``job_ids``, in their per-job files and in compacted files (which keep their
+    other jobs' rows), so those jobs run again. Returns how many result files changed."""
+    ids = set(job_ids)
+    if not ids:
+        return 0
+    changed = 0
+    for job_id in ids:
+        path = results_dir(run_dir) / f"{job_id}.parquet"
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            changed += 1
+    value_set = pa.array(sorted(ids), pa.string())
+    for path in _compacted_files(run_dir):
+        table = _read_table(path)
+        if table is None:
+            continue
+        hit = pc.is_in(table.column("job_id"), value_set=value_set)
+        if pc.any(hit).as_py():
+            _rewrite_or_remove(path, table.filter(pc.invert(hit)))
+            changed += 1
+    return changed
 
 
 # ------------------------------------------------------------------------------------------- compaction

@@ -9,6 +9,9 @@ It is cut-and-paste (:mod:`clic.methods.cut_paste`) plus one injected fault, cho
   (``<concepts root>/.fault-*``), i.e. inside the run folder, keyed by the source (and target) content.
 - ``nan-loss`` / ``oom``: a deterministic error in learning (a NaN loss; a CUDA out-of-memory error),
   raised on every attempt: the harness must record it as a failed job, not retry it forever.
+- ``disk-full-once``: the first learning attempt of each concept raises ``OSError(ENOSPC)``, the way a full
+  disk ends a job; later attempts succeed (a marker, as for kill-once). The harness must treat it as the
+  machine's failure, not the job's: the next run runs the job again without ``--retry-failed``.
 - ``slow``: no failure, only ``seconds`` of sleep in learning and in each transfer, the way a long job
   holds its worker. Scheduling tests use it: two such jobs cannot share a 1-CPU node, so jobs that
   overlap in time must run on different nodes, however fast the machine is.
@@ -21,6 +24,7 @@ failing jobs can be tested on CPU in seconds.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import signal
@@ -61,6 +65,7 @@ class FaultInjection(CutPaste):
         "kill-once-in-transfer": {"fault": {"kind": "kill-once", "phase": "transfer"}},
         "nan-loss": {"fault": {"kind": "nan-loss", "phase": "learn"}},
         "oom": {"fault": {"kind": "oom", "phase": "learn"}},
+        "disk-full-once": {"fault": {"kind": "disk-full-once", "phase": "learn"}},
         "slow": {"fault": {"kind": "delay", "phase": "learn+transfer", "seconds": 0.5}},
     }
     default_preset = "kill-once-in-learn"
@@ -75,7 +80,7 @@ class FaultInjection(CutPaste):
         fault = self.fault(preset)
         steps = int(self.learn_config(preset, overrides).steps)
         markers = Path(out_dir).parent if out_dir is not None else None
-        if fault["kind"] == "kill-once" and markers is None:
+        if fault["kind"] in ("kill-once", "disk-full-once") and markers is None:
             raise ValueError("fault_injection: kill-once needs out_dir (its marker file lives beside it)")
         key = _content_key(source.image, source.masks, label=f"{preset or self.default_preset}:{seed}")
         if markers is not None:  # one line per attempt, so tests can count how often the harness tried
@@ -90,6 +95,9 @@ class FaultInjection(CutPaste):
                     _die_once(markers / f"{MARKER_PREFIX}learn-{key}")
                 elif fault["kind"] == "nan-loss" and step == 1:
                     raise FloatingPointError(f"loss is nan at step {step} (injected by fault_injection)")
+                elif fault["kind"] == "disk-full-once" and not (markers / f"{MARKER_PREFIX}disk-{key}").exists():
+                    (markers / f"{MARKER_PREFIX}disk-{key}").touch()
+                    raise OSError(errno.ENOSPC, "No space left on device (injected by fault_injection)")
                 elif fault["kind"] == "oom":
                     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by fault_injection)")
         concept = super().learn(components, source, preset=preset, overrides=overrides, seed=seed, out_dir=None)

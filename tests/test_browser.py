@@ -35,8 +35,14 @@ def broken_images(page) -> list[str]:
     return page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
 
 
+def wait_saved(page) -> None:
+    """The page marks body[data-saved=yes] once everything it shows is committed to storage."""
+    page.wait_for_selector("body[data-saved='yes']", state="attached")
+
+
 def rate(page, key: dict, careless: bool) -> None:
     """Answer every question: the careful rater by PREFERENCE with the broken image last."""
+    wait_saved(page)
     total = int(page.locator("#progress").inner_text().split(" of ")[1].split()[0])
     for _ in range(total):
         qid_tokens = page.eval_on_selector_all("tr[data-criterion='quality'] select", "s => s.map(x => x.dataset.option)")
@@ -48,6 +54,7 @@ def rate(page, key: dict, careless: bool) -> None:
         for criterion in ("quality", "preservation"):
             for place, token in enumerate(order, start=1):
                 page.select_option(f"select[data-criterion='{criterion}'][data-option='{token}']", str(place))
+        wait_saved(page)
         assert page.locator("#status").inner_text() == "Ranked on both criteria."
         page.click("#next")
 
@@ -72,8 +79,9 @@ def test_rate_export_and_score_a_pack(browser, tmp_path: Path) -> None:
         path = tmp_path / f"answers-{rater}.json"
         download.value.save_as(path)
         answer_files.append(path)
-        # The answers survive a reload (localStorage).
+        # The answers survive a reload: each change was acknowledged only after it was stored.
         page.reload()
+        wait_saved(page)
         assert page.locator("#progress").inner_text().startswith(f"Rater {rater}: {len(key['questions'])} of")
         page.close()
 

@@ -11,6 +11,7 @@ import html
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -92,14 +93,29 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     ablation_html = _ablation_section(run_dir, results, run_info, labels, ablation, out) if labels else ""
     page = _index_html(run_dir, run_info, results, head, per_metric, paired, failures, metric_plots, loss_plots,
                        grids, reference, ablation_html, declared)
+    left_out = left_out_lines(run_dir)
+    if left_out:  # said at the top of the page and of summary.md, and by `clic-bench report`
+        note = "Left out of this report: " + "; ".join(left_out)
+        page = page.replace("<nav>", f'<p class="warning">{html.escape(note)}</p><nav>', 1)
+        with (out / "summary.md").open("a", encoding="utf-8") as summary_md:
+            summary_md.write(f"\n## Left out\n\n" + "".join(f"- {line}\n" for line in left_out))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
 
 
+def left_out_lines(run_dir: Path) -> list[str]:
+    """What the report could not use: result files that cannot be read (the next run redoes their jobs)."""
+    from ..execute.run_folder import unreadable_results
+
+    return [f"{path.name} (unreadable: {why})" for path, why in unreadable_results(run_dir)]
+
+
 def report_main(args: argparse.Namespace) -> int:
     """`clic-bench report RUN`: write the report and print where index.html is."""
     index = write_report(args.run, out=args.out, reference=args.reference)
+    for line in left_out_lines(Path(args.run)):
+        print(f"report: left out {line}", file=sys.stderr)
     print(f"report: {index}")
     return 0
 

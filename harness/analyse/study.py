@@ -22,6 +22,7 @@ import argparse
 import csv
 import html
 import json
+import re
 import shutil
 import string
 import sys
@@ -273,6 +274,7 @@ def _read_answer_file(path: Path) -> pd.DataFrame:
         needed = {"pack_id", "rater", "question", "criterion", "place", "option"}
         if not rows or not needed <= set(rows[0]):
             raise UsageError(f"{path}: a CSV of answers needs the columns {', '.join(sorted(needed))}")
+        _check_answer_fields(rows, path)
         try:
             return pd.DataFrame(rows).astype({"place": int})
         except ValueError:
@@ -286,7 +288,29 @@ def _read_answer_file(path: Path) -> pd.DataFrame:
         raise UsageError(f"{path}: not an answers export of the rating page ({type(err).__name__}: {err})") from None
     if not rows:
         raise UsageError(f"{path}: no answers")
+    _check_answer_fields(rows, path)
     return pd.DataFrame(rows)
+
+
+ANSWER_TEXT_FIELDS = ("pack_id", "rater", "question", "criterion", "option")
+
+
+def _check_answer_fields(rows: list[dict[str, Any]], path: Path) -> None:
+    """Every id of an answer is a non-empty string (a list, a dict or a blank rater id is refused)."""
+    for index, row in enumerate(rows):
+        for name in ANSWER_TEXT_FIELDS:
+            value = row[name]
+            if not isinstance(value, str) or not value.strip():
+                shown = repr(value) if isinstance(value, str) else f"a {type(value).__name__}"
+                raise UsageError(f"{path}: answer {index + 1}: {name} must be a non-empty string, got {shown}")
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#])")  # "|" is escaped by to_markdown
+
+
+def markdown_text(text: object) -> str:
+    """Text from an answer file shown literally in Markdown: one line, its markup characters escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def _check_rankings(frame: pd.DataFrame, key: Mapping[str, Any], path: Path) -> None:
@@ -417,12 +441,12 @@ def study_markdown(result: StudyScore, n_methods: int) -> str:
         lines.append(f"{TINY_RANDOM_NOTE}\n")
     lines.append(f"Rank {n_methods} = best, 1 = worst (the paper's Table 1 format); mean [95% bootstrap CI over "
                  f"questions]. Raters: {len(result.raters)} answered, {len(excluded)} excluded for failing attention "
-                 f"checks" + (f" ({', '.join(excluded['rater'])})" if len(excluded) else "") + ".\n")
+                 f"checks" + (f" ({', '.join(map(markdown_text, excluded['rater']))})" if len(excluded) else "") + ".\n")
     lines.append(to_markdown(ranking_table(result.rankings), note=""))
     lines.append("## Agreement between raters (Kendall's W, mean over questions)\n")
     lines.append(to_markdown(result.agreement, note=""))
     lines.append("## Raters\n")
-    lines.append(to_markdown(result.raters, note=""))
+    lines.append(to_markdown(result.raters.assign(rater=result.raters["rater"].map(markdown_text)), note=""))
     return "\n".join(lines)
 
 

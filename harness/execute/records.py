@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .. import store
+from . import run_folder
 from ..plan.jobs import CONCEPTS, SEEDS, GroupKey, MetricInfo, ModelInfo, TaskJob, code_version, without_object
 
 NO_MODEL_LABEL = "none (no model)"  # the weights label of methods that load no model (cut-and-paste)
@@ -38,6 +40,7 @@ class RunSummary:
     node_ids: Counter = field(default_factory=Counter)  # node -> task jobs it ran
     learn_node_ids: Counter = field(default_factory=Counter)  # node -> concepts it learned in this run
     peak_in_flight: int = 0  # most task jobs submitted at once (bounded by max_in_flight)
+    infrastructure_failed: int = 0  # of `failed`: the machine's failures (disk full, lost worker), rerun next time
 
     @property
     def jobs_run(self) -> int:
@@ -113,11 +116,21 @@ class Recorder:
         self._write(job, self.metric_rows(base, values), failed=False)
 
     def failed(self, job: TaskJob, error: BaseException, stage: str = "") -> None:
+        if run_folder.is_infrastructure_error(error):  # the machine's failure, not the job's verdict
+            self.summary.infrastructure_failed += 1
+            stage = run_folder.INFRASTRUCTURE_PREFIX + stage
         self._write(job, [{**self.base(job), "status": store.STATUS_FAILED, "error": stage + one_line(error),
                            "finished_at": now_iso()}], failed=True)
 
     def _write(self, job: TaskJob, rows: list[dict[str, Any]], failed: bool) -> None:
-        store.write_job_results(self.run_dir, job.job_id, rows)
+        try:
+            store.write_job_results(self.run_dir, job.job_id, rows)
+        except OSError as error:  # e.g. the disk is full: the job stays unrecorded and runs again next time
+            print(f"{self.run_dir}: could not record job {job.job_id} ({one_line(error)}); it runs again next time",
+                  file=sys.stderr)
+            already_counted = str(rows[0].get("error") or "").startswith(run_folder.INFRASTRUCTURE_PREFIX)
+            self.summary.infrastructure_failed += not already_counted
+            failed = True
         self.summary.failed += failed
         self.summary.done += not failed
         row = rows[0]

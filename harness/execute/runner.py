@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .. import store
+from . import run_folder
 from ..plan.jobs import (GroupKey, JobGraph, ModelInfo, Pair, Plan, build_job_graph, code_version,
                          git_describe, group_members, group_prefix, group_result_id)
 from ..plan.resolve import describe_models, load_pairs, method_tasks, plan_from_suite
@@ -56,23 +57,43 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *,
-            address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
-            retry_failed: bool = False, allow_random_metrics: bool = False, quiet: bool = False) -> RunSummary:
-    """Run the jobs of ``suite`` over ``pairs`` that ``run_dir`` has not finished yet."""
+def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, wait: bool = True,
+            **options: Any) -> RunSummary:
+    """Run the jobs of ``suite`` over ``pairs`` that ``run_dir`` has not finished yet, holding the run folder's
+    lock (a concurrent run on it waits, or with ``wait=False`` is refused: :mod:`harness.execute.run_folder`).
+    ``options``: address, num_cpus, max_in_flight, retry_failed, allow_random_metrics, quiet."""
+    for option in ("max_in_flight", "num_cpus"):  # the CLI says so in one line (harness.guards); the API as well
+        if options.get(option) is not None and options[option] < 1:
+            raise ValueError(f"{option} must be at least 1, got {options[option]}")
+    run_id = uuid.uuid4().hex[:12]
+    with run_folder.locked(Path(run_dir).resolve(), run_id, wait=wait):  # "waiting" is said even with --quiet
+        return _execute_locked(suite, pairs, run_dir, run_id=run_id, **options)
+
+
+def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, run_id: str,
+                    address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
+                    retry_failed: bool = False, allow_random_metrics: bool = False, quiet: bool = False) -> RunSummary:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = store.remove_stale_temps(run_dir)
     if stale and not quiet:
         print(f"{run_dir}: removed {stale} half-written file(s) left by an earlier, killed run", file=sys.stderr)
+    for line in run_folder.audit(run_dir):  # unreadable results, missing artifacts: redone, one line each
+        print(line, file=sys.stderr)
     started, start_clock = now_iso(), time.perf_counter()
     models, native_resolution = describe_models(suite)
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
-    summary = RunSummary(run_dir=run_dir, run_id=uuid.uuid4().hex[:12], total_jobs=len(graph.jobs))
+    weights = {name: info.weights_hash if info else None for name, info in models.items()}
+    for line in run_folder.remove_superseded(run_dir, graph.jobs, weights, code_version()):  # edited manifest rows
+        print(line, file=sys.stderr)
+    summary = RunSummary(run_dir=run_dir, run_id=run_id, total_jobs=len(graph.jobs))
     store.write_pairs(run_dir, [{f.name: getattr(pair, f.name) for f in dataclasses.fields(Pair)} for pair in pairs])
 
-    statuses = store.job_statuses(run_dir)
+    # A job whose recorded failure was the machine's (disk full, lost worker) is not finished: it runs again.
+    machine_failures = run_folder.infrastructure_failures(run_dir)
+    statuses = {job_id: status for job_id, status in store.job_statuses(run_dir).items()
+                if job_id not in machine_failures}
     finished = {job_id for job_id, status in statuses.items() if not retry_failed or status != store.STATUS_FAILED}
     todo = jobs_to_run(graph.jobs, statuses, retry_failed)
     summary.skipped = len(graph.jobs) - len(todo)
@@ -244,6 +265,8 @@ class _RayRun:
             return
         if isinstance(submission, Learn):
             self.learned[submission.concept_id] = result
+            if result.get("relearned"):
+                print(f"{result['relearned']}: the concept was broken and has been learned again", file=sys.stderr)
             if result.get("learned"):
                 self.recorder.summary.learn_node_ids[result["node_id"]] += 1
             self.scheduler.on_finished(submission, ok=True)
@@ -289,17 +312,26 @@ def resolved_plan(plan: Plan) -> dict[str, Any]:
 
 def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunSummary, started: str,
                         models: Mapping[str, ModelInfo | None], metric_weights: Mapping[str, str], slots: int) -> None:
-    previous = store.read_run_manifest(run_dir)
-    store.write_run_manifest(run_dir, {
+    try:
+        previous = store.read_run_manifest(run_dir)
+    except ValueError:  # a corrupt run.json: rewritten below
+        previous = {}
+    counts = {"jobs": summary.total_jobs, "done": summary.done, "skipped": summary.skipped,
+              "failed": summary.failed, "not_applicable": summary.not_applicable,
+              "learns_run": summary.learns_run, "groups_scored": summary.groups_scored,
+              "groups_failed": summary.groups_failed, "infrastructure_failed": summary.infrastructure_failed}
+    # Every run on this folder, oldest first: the top-level keys describe the last one.
+    runs = [*previous.get("runs", []), {"run_id": summary.run_id, "started_at": started, "finished_at": now_iso(),
+                                        "host": socket.gethostname(), "code_version": code_version(),
+                                        "counts": counts}]
+    manifest = {
+        "runs": runs,
         "run_id": summary.run_id, "suite": suite.to_dict(), "suite_path": suite.source, "plan": resolved_plan(plan),
         "code_version": code_version(), "git": git_describe(), "versions": _versions(),
         "host": socket.gethostname(), "started_at": started, "finished_at": now_iso(),
         "models": {m: (info.__dict__ if info else None) for m, info in models.items()},
         "metric_weights": dict(metric_weights) or previous.get("metric_weights", {}),
-        "counts": {"jobs": summary.total_jobs, "done": summary.done, "skipped": summary.skipped,
-                   "failed": summary.failed, "not_applicable": summary.not_applicable,
-                   "learns_run": summary.learns_run, "groups_scored": summary.groups_scored,
-                   "groups_failed": summary.groups_failed},
+        "counts": counts,
         "learns_total": int((previous.get("learns_total") or 0) + summary.learns_run),
         "nodes": dict(summary.node_ids),
         "learn_nodes": dict(summary.learn_node_ids),
@@ -308,29 +340,37 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
                    "cold_start_seconds": summary.cold_start_seconds,
                    "warm_overhead_share": summary.warm_overhead_share,
                    "peak_in_flight": summary.peak_in_flight},
-    })
+    }
+    try:
+        store.write_run_manifest(run_dir, manifest)
+    except OSError as error:  # e.g. the disk is full: the results written so far stand
+        print(f"{run_dir / store.RUN_MANIFEST}: not updated ({one_line(error)})", file=sys.stderr)
 
 
 # -------------------------------------------------------------------------------------- entry points
 def run_suite(suite_path: str | Path, out: str | Path | None = None, address: str | None = None, *,
               num_cpus: int | None = None, max_in_flight: int | None = None, retry_failed: bool = False,
-              allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False) -> RunSummary:
+              allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False,
+              wait: bool = True) -> RunSummary:
     from ..plan.preflight import preflight
 
     # Everything that would certainly fail later fails here, in seconds, one line per problem (exit 2).
     checked = preflight(suite_path, out, allow_random_metrics=allow_random_metrics, allow_outside=allow_outside)
     return execute(checked.suite, checked.pairs, checked.run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
-                   retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet)
+                   retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet, wait=wait)
 
 
 def run_main(args: argparse.Namespace) -> int:
     summary = run_suite(args.suite, args.out, args.address, num_cpus=args.num_cpus,
                         max_in_flight=args.max_in_flight, retry_failed=args.retry_failed,
                         allow_random_metrics=args.allow_random_metrics, allow_outside=args.allow_outside,
-                        quiet=args.quiet)
+                        quiet=args.quiet, wait=not getattr(args, "no_wait", False))
     print(f"{summary.total_jobs} jobs: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
           f"(already finished), {summary.not_applicable} not applicable; {summary.learns_run} concepts learned; "
           f"{summary.wall_seconds:.1f} s wall, harness overhead {summary.overhead_share:.0%}")
+    if summary.infrastructure_failed:
+        print(f"{summary.infrastructure_failed} job(s) failed for the machine's sake (disk full, lost worker): they run "
+              f"again on the next run, without --retry-failed")
     if summary.cold_start_seconds:
         print(f"cold start {summary.cold_start_seconds:.1f} s (worker imports and model load, once per worker "
               f"process); harness overhead after it {summary.warm_overhead_share:.0%}")

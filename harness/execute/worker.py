@@ -87,8 +87,14 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
     from clic.methods import method_from_target
 
     final = Path(concepts_root) / node.concept_id
+    relearned = None
     if store.concept_is_complete(final):
-        return {"folder": str(final), "seconds": 0.0, "learned": False, "node_id": _node_id()}
+        from clic.cli_checks import concept_problem
+
+        relearned = concept_problem(final)  # e.g. a weight file truncated by a full disk
+        if relearned is None:
+            return {"folder": str(final), "seconds": 0.0, "learned": False, "node_id": _node_id()}
+        store.publish_folder(final, store.temp_sibling(final))  # moved aside (then cleaned as a stale temp)
     start = time.perf_counter()
     memory_device = start_memory_window(node.model)
     method = method_from_target(node.method_target)()
@@ -108,7 +114,7 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
         concept.save(temp)
     store.publish_folder(temp, final)
     return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id(),
-            "peak_memory_mb": job_peak_memory_mb(memory_device)}
+            "peak_memory_mb": job_peak_memory_mb(memory_device), "relearned": relearned}
 
 
 def _mask_for_unmasked_source(method, node: LearnNode, image):

@@ -287,8 +287,11 @@ class _GraphBuilder:
                            source_mask=pair.source_mask, label=run.label or f"{run.name}/{run.preset}",
                            variant=run.variant)
         # The pair id is part of a task job's identity: two rows with identical files still get one result
-        # row each (their concept, which depends on the bytes only, is shared).
-        target_hashes = {"pair_id": pair.pair_id, "target_image": file_digest(pair.target_image),
+        # row each (their concept, which depends on the bytes only, is shared). So is every other manifest
+        # field that reaches the job or its rows: the target object (it is in the transfer and matching
+        # prompts) and the category (a column of every row): editing either reruns the job.
+        target_hashes = {"pair_id": pair.pair_id, "target_object": pair.target_object, "category": pair.category,
+                         "target_image": file_digest(pair.target_image),
                          "target_mask": optional_digest(pair.target_mask),
                          "target_mask_gt": optional_digest(pair.target_mask_gt),
                          "expected_image": optional_digest(pair.expected_image)}
@@ -352,7 +355,8 @@ class _GraphBuilder:
                                          "source": learn_key["source_image"],
                                          "source_mask": learn_key["source_mask"]}),
                       CONCEPTS: content_id({**shared, "kind": CONCEPTS, "settings": without_object(settings)})}
-            self.job("generate", settings, object_word, {}, groups=groups)
+            # the category is a column of every row: editing it reruns the generation too
+            self.job("generate", settings, object_word, {"category": pair.category}, groups=groups)
 
 
 # ------------------------------------------------------------------------------------------ groups

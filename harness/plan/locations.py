@@ -1,5 +1,6 @@
-"""Where a manifest's paths point: local paths relative to the manifest's folder, or URIs that pyarrow.fs or
-fsspec can open. Resolution refuses paths that leave the folder unless ``allow_outside``."""
+"""Where a manifest's paths point: local paths relative to the manifest's folder, or URIs that fsspec can open.
+Resolution refuses paths that leave the folder (also through a symlink) unless ``allow_outside``; a scheme
+whose package is missing is refused at once, naming it; remote reads are bounded (:mod:`harness.plan.remote`)."""
 from __future__ import annotations
 
 import os
@@ -9,9 +10,10 @@ from dataclasses import dataclass
 from typing import IO
 from urllib.parse import unquote, urlparse
 
+from .remote import missing_package, read_remote
+
 URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-# Schemes pyarrow.fs opens natively (fsspec adds many more when installed).
-PYARROW_SCHEMES = frozenset({"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"})
+
 
 @dataclass(frozen=True)
 class ManifestBase:
@@ -28,9 +30,10 @@ class ManifestBase:
 
 
 def scheme_supported(scheme: str) -> bool:
-    """Whether ``scheme://`` locations can be opened (local files, pyarrow.fs or fsspec schemes)."""
+    """Whether ``scheme://`` locations can be opened (local files or fsspec schemes). pyarrow's own cloud
+    filesystems are not used: without credentials they wait minutes before failing."""
     scheme = scheme.lower()
-    if scheme == "file" or scheme in PYARROW_SCHEMES:
+    if scheme == "file":
         return True
     try:
         import fsspec
@@ -52,9 +55,10 @@ def resolve_location(value: str, base: ManifestBase, allow_outside: bool) -> tup
     if match:
         scheme = match.group(1).lower()
         if not scheme_supported(scheme):
-            return None, f"URL scheme {scheme!r} is not supported (local paths, file://, or schemes of pyarrow.fs/fsspec such as s3://, gs://): {value}"
+            return None, f"URL scheme {scheme!r} is not supported (local paths, file://, or schemes of fsspec such as s3://, gs://): {value}"
         if scheme != "file":
-            return value, None
+            problem = missing_package(scheme)  # refused now, not after a wait for credentials
+            return (value, None) if problem is None else (None, f"{problem}: {value}")
         local = unquote(urlparse(value).path)
         if not allow_outside:
             return None, f"file:// URL refused, paths must be relative to the manifest's folder (allow with --allow-outside): {value}"
@@ -65,7 +69,13 @@ def resolve_location(value: str, base: ManifestBase, allow_outside: bool) -> tup
         return os.path.abspath(value), None
     if escapes_folder(value) and not allow_outside:
         return None, f"path escapes the manifest's folder (allow with --allow-outside): {value}"
-    return base.join(value), None
+    location = base.join(value)
+    if base.local is not None and not allow_outside:
+        # The same containment rule for where a symlink (of the file or of a folder on the way) leads.
+        real, folder = os.path.realpath(location), os.path.realpath(base.local)
+        if os.path.commonpath([real, folder]) != folder:
+            return None, f"path leads outside the manifest's folder through a symlink, to {real} (allow with --allow-outside): {value}"
+    return location, None
 
 
 def is_uri(location: str) -> bool:
@@ -78,12 +88,5 @@ def open_location(location: str) -> IO[bytes]:
         return open(location, "rb")
     if location.lower().startswith("file://"):
         return open(unquote(urlparse(location).path), "rb")
-    try:
-        import fsspec
-
-        return fsspec.open(location, "rb").open()
-    except (ImportError, ValueError):  # no fsspec implementation installed: pyarrow's own filesystems
-        from pyarrow import fs as pafs
-
-        filesystem, path = pafs.FileSystem.from_uri(location)
-        return filesystem.open_input_file(path)
+    # Bounded in time and size; a scheme without its package is one line naming it (harness.plan.remote).
+    return read_remote(location)

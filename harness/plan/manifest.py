@@ -5,10 +5,13 @@ Paths are relative to the manifest's folder, or URIs:
 
 * local relative paths (``img/p7.png``) resolve against the manifest's folder and must stay inside it;
   absolute paths, ``file://`` URIs and ``..`` that climbs out of the folder are refused unless
-  ``allow_outside`` (``--allow-outside``), so a manifest and its folder move together. The check is
-  lexical: a symlink inside the folder may point anywhere.
-* remote URIs (``s3://``, ``gs://``, ``memory://``, … any scheme pyarrow.fs or fsspec can open) are
-  allowed as they are; in a manifest that is itself at a URI, relative paths resolve against its folder.
+  ``allow_outside`` (``--allow-outside``), so a manifest and its folder move together. Symlinks are
+  resolved and held to the same rule: one inside the folder that leads outside it is refused too.
+* an unknown column (often a misspelt one, whose data would be ignored) makes the whole manifest unusable:
+  ``validate`` still checks and counts the rows, and says that none of them runs.
+* remote URIs (``s3://``, ``gs://``, ``memory://``, … any scheme fsspec can open) are allowed as they are;
+  in a manifest that is itself at a URI, relative paths resolve against its folder. A scheme whose package is
+  missing is one line naming it; reads are bounded in time and size (:mod:`harness.remote`).
 
 Rows are numbered from 0, as ``pandas.read_parquet(manifest).iloc[row]``.
 
@@ -48,9 +51,11 @@ from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
 
+from .decode_budget import DECODES, decode_cost
 from .jobs import Pair
 from .locations import ManifestBase, is_uri, open_location, resolve_location
 
@@ -170,7 +175,10 @@ class ManifestReport:
     def summary(self) -> str:
         if not self.rows_checked:
             return "rows not checked: the manifest itself is unusable"
-        return f"{self.total_rows} rows: {len(self.rows)} good, {self.bad_rows} bad"
+        counts = f"{self.total_rows} rows: {len(self.rows)} good, {self.bad_rows} bad"
+        if not self.usable:  # e.g. an unknown (perhaps misspelt) column: its data would be silently ignored
+            return f"{counts}; the manifest as a whole is refused ({len(self.manifest_problems)} problem(s) above), so no row runs"
+        return counts
 
     def exit_code(self) -> int:
         return 2 if not self.usable else (1 if self.problems else 0)
@@ -203,11 +211,27 @@ def _check_file(kind: str, location: str) -> _FileCheck:
         return _FileCheck(None, f"cannot open ({' '.join(str(err).split()) or type(err).__name__})")
 
 
+def _decode_cost(kind: str, source: Any) -> int:
+    """Bytes the check of one file holds while it runs, from its header (0 when the header is unreadable:
+    the check itself then reports why). PNG and JPEG images are probed without a full decode."""
+    try:
+        with Image.open(source) as image:
+            if kind == "image" and image.format in ("PNG", "JPEG", "MPO"):
+                return 0
+            return decode_cost(image.size[0], image.size[1], image.mode)
+    except Exception:  # any header problem is the check's to report, with its own message
+        return 0
+    finally:
+        if hasattr(source, "seek"):
+            source.seek(0)
+
+
 def _check_source(kind: str, source: Any, name: str) -> _FileCheck:
-    if kind == "mask":
-        mask = load_mask(source, name=name)
-        return _FileCheck((mask.shape[1], mask.shape[0]), None)
-    return _FileCheck(probe_image(source, name=name), None)
+    with DECODES.reserve(_decode_cost(kind, source)):  # bounded by memory, not by the thread count
+        if kind == "mask":
+            mask = load_mask(source, name=name)
+            return _FileCheck((mask.shape[1], mask.shape[0]), None)
+        return _FileCheck(probe_image(source, name=name), None)
 
 
 def _file_problem(check: _FileCheck, raw: str) -> str:

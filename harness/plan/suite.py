@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import string
@@ -69,6 +70,7 @@ import yaml
 import clic.methods as method_registry
 from harness.errors import UsageError
 from harness.plan.locations import URI
+from harness.plan.yaml_budget import BudgetedLoader, YamlBudgetError
 
 TASKS = ("transfer", "generate", "match")
 DEFAULT_TASKS = ("transfer",)
@@ -77,6 +79,7 @@ TINY_MODELS = ("tiny", "tiny-inpaint", "tiny-v")
 DEFAULT_METRICS = ("clip_image", "clip_text", "lpips", "ssim_psnr", "mask_iou")
 ESR_PROMPTS_KEYWORD = "esr"  # generate.prompts: esr -> the editing prompts the esr metric judges
 PROMPT_FIELDS = frozenset({"object", "tokens", "token"})  # what clic.learn.format_prompt fills in
+MAX_SEED = 2**32 - 1  # seeds feed numpy (32 bit) and torch generators
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")  # the name becomes runs/<name>
 
 
@@ -215,8 +218,9 @@ def _thaw(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------- reading
 
 
-class _SuiteLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and reads 1e-5 as a float."""
+class _SuiteLoader(BudgetedLoader):
+    """SafeLoader that refuses duplicate keys, reads 1e-5 as a float and refuses alias bombs
+    (:class:`harness.yaml_budget.BudgetedLoader`)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -250,6 +254,8 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
         data = yaml.load(text, Loader=_SuiteLoader)
     except yaml.YAMLError as err:
         raise SuiteError(f"{source}: {_yaml_problem(err)}") from None
+    except YamlBudgetError as err:
+        raise SuiteError(f"{source}: {err}") from None
     if data is None:
         raise SuiteError(f"{source}: the suite file is empty")
     return suite_from_dict(data, source=source, base_dir=Path(source).resolve().parent, default_name=Path(source).stem)
@@ -320,6 +326,8 @@ class _SuiteReader:
     def number(self, value: Any, key: str, *, minimum: float | None = None, positive: bool = False) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.fail(key, f"expected a number, got {_type_name(value)} {value!r}")
+        if not math.isfinite(value):  # .inf / .nan would pass every range check below
+            self.fail(key, f"must be a finite number, got {value}")
         if positive and value <= 0:
             self.fail(key, f"must be positive, got {value}")
         self.check_range(value, key, minimum, None, "")
@@ -447,7 +455,7 @@ class _SuiteReader:
 
     def seeds(self, value: Any) -> tuple[int, ...]:
         items = self.list_of(value, "seeds")
-        return tuple(self.integer(seed, f"seeds[{i}]", minimum=0) for i, seed in enumerate(items))
+        return tuple(self.integer(seed, f"seeds[{i}]", minimum=0, maximum=MAX_SEED) for i, seed in enumerate(items))
 
     def tasks(self, value: Any) -> tuple[str, ...]:
         items = self.strings(value, "tasks")
@@ -546,7 +554,19 @@ class _SuiteReader:
         data = self.mapping(value, "metric_options", keys)
         for name, options in data.items():
             self.mapping(options, f"metric_options.{name}")
+            self.finite_everywhere(options, f"metric_options.{name}")
         return _freeze(data)
+
+    def finite_everywhere(self, value: Any, key: str) -> None:
+        """No .inf or .nan anywhere in a free-form mapping (options passed on to a metric or a method)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(key, f"must be a finite number, got {value}")
+        if isinstance(value, Mapping):
+            for name, item in value.items():
+                self.finite_everywhere(item, self.join(key, str(name)))
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                self.finite_everywhere(item, f"{key}[{index}]")
 
     # ------------------------------------------------------------------------------ methods
     def methods(self, value: Any, transfer: TransferSpec) -> tuple[MethodSpec, ...]:
@@ -629,6 +649,7 @@ class _SuiteReader:
         base = getattr(method_class, "base_config", None)
         allowed = [f.name for f in dataclasses.fields(base)] if dataclasses.is_dataclass(base) else None
         data = dict(self.mapping(value, key, allowed))
+        self.finite_everywhere(data, key)
         if "steps" in data:
             self.steps(data["steps"], f"{key}.steps")
         if "lr" in data:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from harness.errors import UsageError
+from harness.plan.manifest import load_manifest
 
 from .dataset import PNG_OPTIONS, write_set
 from .objects import CATEGORIES
@@ -30,8 +32,14 @@ def preview_main(args: argparse.Namespace) -> int:
     manifest = Path(args.manifest)
     if not manifest.is_file():
         raise FileNotFoundError(f"no manifest at {manifest}")
+    # The rows are validated first: a bad row is one line and is left out; an unusable manifest is an error.
+    report = load_manifest(manifest)
+    if not report.usable:
+        raise UsageError(str(report.manifest_problems[0]))
+    for problem in report.problems:
+        print(f"skipped: {problem}", file=sys.stderr)
     out = Path(args.out) if args.out else manifest.parent / "preview.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(manifest).save(out, **PNG_OPTIONS)
-    print(f"wrote {out}")
+    contact_sheet(manifest, rows=[dict(spec.raw) for spec in report.rows]).save(out, **PNG_OPTIONS)
+    print(f"wrote {out} ({len(report.rows)} pairs" + (f", {report.bad_rows} bad rows left out)" if report.problems else ")"))
     return 0

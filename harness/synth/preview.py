@@ -70,10 +70,11 @@ def _pair_tile(row: dict[str, Any], root: Path, font: ImageFont.FreeTypeFont | I
     return tile
 
 
-def contact_sheet(manifest: Path) -> Image.Image:
-    """Draw the contact sheet of a manifest (paths in it are relative to its folder)."""
+def contact_sheet(manifest: Path, rows: list[dict[str, Any]] | None = None) -> Image.Image:
+    """Draw the contact sheet of a manifest (paths in it are relative to its folder); ``rows``: only these
+    (e.g. the rows that passed validation), as read from the manifest."""
     manifest = Path(manifest)
-    rows = pq.read_table(manifest).to_pylist()
+    rows = pq.read_table(manifest).to_pylist() if rows is None else rows
     font = ImageFont.load_default(size=FONT_SIZE)
     tiles = [_pair_tile(row, manifest.parent, font) for row in rows]
     tile_w, tile_h = tiles[0].size if tiles else (len(COLUMNS) * PANEL, PANEL)

@@ -1,6 +1,12 @@
 // The rating page of a user-study pack. The pack's data is inlined as JSON (#pack-data) because a page
-// opened from disk may not fetch files. A rater is chosen by ?rater=r1; answers live in localStorage
-// under the pack id and rater, and leave as a downloaded JSON/CSV file (or window.studyExport()).
+// opened from disk may not fetch files. A rater is chosen by ?rater=r1; answers live in this browser under
+// the pack id and rater, and leave as a downloaded JSON/CSV file (or window.studyExport()).
+// Saving: every change is written to IndexedDB and the page acknowledges it (the new places, the status line,
+// the progress) only once the write has committed, so a reload right after an acknowledged change never loses
+// it. localStorage alone is not enough: Chromium hands its writes to the browser process asynchronously, and a
+// reload under load could read the old value. localStorage keeps a mirror for browsers without IndexedDB
+// (e.g. Firefox on file://). While a save is pending the controls are disabled; body[data-saved] tells
+// scripts (and the browser test) that everything shown is stored.
 (function () {
   "use strict";
 
@@ -16,21 +22,81 @@
   const ordinal = (n) => n + (n % 10 === 1 && n !== 11 ? "st" : n % 10 === 2 && n !== 12 ? "nd" :
                               n % 10 === 3 && n !== 13 ? "rd" : "th");
 
-  function load() {
+  const DB_NAME = "user-study-answers", DB_STORE = "answers";
+  let database = null; // an open IndexedDB, or null when the browser offers none (then localStorage only)
+  let pending = Promise.resolve(); // saves run one after another, so the last change is the one stored
+
+  function openDatabase() {
+    return new Promise((resolve) => {
+      try {
+        const request = window.indexedDB.open(DB_NAME, 1);
+        request.onupgradeneeded = () => request.result.createObjectStore(DB_STORE);
+        request.onsuccess = () => resolve(request.result);
+        request.onerror = () => resolve(null);
+        request.onblocked = () => resolve(null);
+      } catch (error) {
+        resolve(null);
+      }
+    });
+  }
+
+  function readStored() {
+    let mirrored = null;
     try {
-      answers = JSON.parse(window.localStorage.getItem(storageKey)) || {};
+      mirrored = window.localStorage.getItem(storageKey);
     } catch (error) {
-      answers = {}; // storage unavailable (private mode): the answers still export at the end
+      mirrored = null; // storage unavailable (private mode): the answers still export at the end
+    }
+    if (!database) return Promise.resolve(mirrored);
+    return new Promise((resolve) => {
+      const request = database.transaction(DB_STORE, "readonly").objectStore(DB_STORE).get(storageKey);
+      request.onsuccess = () => resolve(typeof request.result === "string" ? request.result : mirrored);
+      request.onerror = () => resolve(mirrored);
+    });
+  }
+
+  async function load() {
+    database = await openDatabase();
+    try {
+      answers = JSON.parse(await readStored()) || {};
+    } catch (error) {
+      answers = {};
     }
   }
 
-  function save() {
+  function write(text) {
     try {
-      window.localStorage.setItem(storageKey, JSON.stringify(answers));
+      window.localStorage.setItem(storageKey, text);
     } catch (error) {
-      // Keep going in memory; the export below still holds everything.
+      // Keep going: IndexedDB (or at worst the export) still holds everything.
     }
-    refreshExport();
+    if (!database) return Promise.resolve();
+    return new Promise((resolve) => {
+      const transaction = database.transaction(DB_STORE, "readwrite", { durability: "strict" });
+      transaction.objectStore(DB_STORE).put(text, storageKey);
+      transaction.oncomplete = () => resolve();
+      transaction.onerror = () => resolve();
+      transaction.onabort = () => resolve();
+    });
+  }
+
+  function setBusy(busy) {
+    document.body.dataset.saved = busy ? "no" : "yes";
+    document.querySelectorAll("#question select, #question button").forEach((control) => {
+      control.disabled = busy || (control.id === "previous" && current === 0);
+    });
+  }
+
+  // Store the answers as they are now; `then` runs (the change is acknowledged) only after the write committed.
+  function save(then) {
+    const text = JSON.stringify(answers);
+    setBusy(true);
+    pending = pending.then(() => write(text)).then(() => {
+      if (then) then();
+      setBusy(false);
+      refreshExport();
+    });
+    return pending;
   }
 
   function places(qid, criterion) {
@@ -56,7 +122,6 @@
       Object.keys(given).forEach((other) => { if (given[other] === place) delete given[other]; });
       given[token] = place;
     }
-    save();
   }
 
   function element(tag, attributes, children) {
@@ -102,7 +167,7 @@
         });
         select.addEventListener("change", () => {
           setPlace(entry, criterion.id, token, select.value ? Number(select.value) : null);
-          showQuestion(current);
+          save(() => showQuestion(current));
         });
         row.append(element("td", {}, [select]));
       });
@@ -208,11 +273,14 @@
   }
   window.studyExport = () => JSON.stringify(exportData());
   window.studyExportCsv = exportCsv;
-  load();
   $("download-json").addEventListener("click", () =>
     download(JSON.stringify(exportData(), null, 1), "application/json", "json"));
   $("download-csv").addEventListener("click", () => download(exportCsv(), "text/csv", "csv"));
   $("back").addEventListener("click", () => showQuestion(current));
-  refreshExport();
-  showQuestion(0);
+  document.body.dataset.saved = "no";
+  load().then(() => {
+    refreshExport();
+    showQuestion(0);
+    document.body.dataset.saved = "yes";
+  });
 })();

@@ -1,0 +1,174 @@
+"""A run folder shared by runs: one run at a time, infrastructure failures retried, damage found and redone.
+
+* **Lock.** A run holds an exclusive ``flock`` on ``RUN/.lock`` (which records who holds it: pid, host, start
+  time) from planning to its run.json. A second run on the same folder waits for it, saying so in one line,
+  or with ``--no-wait`` exits with one line naming the holder. The lock is released by the kernel when its
+  holder dies, so a killed run never leaves the folder locked.
+* **Infrastructure errors are not verdicts.** A job that failed because the machine did (no space left on the
+  device, a lost worker or node) is recorded with :data:`INFRASTRUCTURE_PREFIX` in its error, and the next
+  run runs it again without ``--retry-failed``; only the job's own errors (a NaN loss, a bad input) stay failed.
+* **Damage.** Before planning, :func:`audit` deletes result files that cannot be read (e.g. truncated by a
+  full disk outside the atomic write) and the results of ok jobs whose image artifacts are gone, so those
+  jobs run again; each is one line. A broken learned concept is found by the learn task
+  (:func:`clic.cli_checks.concept_problem`) and relearned.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import store
+from ..errors import UsageError
+
+LOCK_FILE = ".lock"
+INFRASTRUCTURE_PREFIX = "infrastructure error, runs again next time: "
+_INFRASTRUCTURE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+# Ray's errors for a worker, node or object lost (not for an exception raised by the job's own code).
+_LOST_WORKER_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
+                       "LocalRayletDiedError", "RaySystemError", "ObjectFetchTimedOutError",
+                       "OutOfMemoryError")  # Ray's OutOfMemoryError: its memory monitor killed the worker
+
+
+def _holder_text(lock_path: Path) -> str:
+    try:
+        holder = json.loads(lock_path.read_text() or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    if not holder:
+        return "another run"
+    return f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, " \
+           f"since {holder.get('since', '?')})"
+
+
+@contextmanager
+def locked(run_dir: str | Path, run_id: str, *, wait: bool = True, quiet: bool = False) -> Iterator[None]:
+    """Hold the run folder's lock for the ``with`` block (see the module docstring)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir / LOCK_FILE
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(lock_path)
+            if not wait:
+                raise UsageError(f"{run_dir}: in use by {holder}; wait for it to finish, or choose another --out") from None
+            if not quiet:
+                print(f"{run_dir}: in use by {holder}; waiting for it to finish", file=sys.stderr, flush=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps({"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
+                                          "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode(), 0)
+        yield
+    finally:
+        try:
+            os.ftruncate(descriptor, 0)
+        except OSError:
+            pass
+        os.close(descriptor)  # releases the flock
+
+
+def is_infrastructure_error(error: BaseException) -> bool:
+    """True for a failure of the machine rather than of the job: a full or failing disk, a lost worker."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _INFRASTRUCTURE_ERRNOS:
+            return True
+        if type(error).__name__ in _LOST_WORKER_ERRORS and type(error).__module__.startswith("ray"):
+            return True
+        if "No space left on device" in str(error):  # an ENOSPC that lost its errno on the way (pickling)
+            return True
+        error = getattr(error, "cause", None) or error.__cause__
+    return False
+
+
+def infrastructure_failures(run_dir: str | Path) -> set[str]:
+    """Ids of jobs whose newest recorded failure was the machine's (they run again without --retry-failed)."""
+    failed: set[str] = set()
+    for table in store.read_result_tables(run_dir, ["status", "error"]):
+        for job_id, status, error in zip(*(table.column(c).to_pylist() for c in ("job_id", "status", "error"))):
+            if status == store.STATUS_FAILED and isinstance(error, str) and error.startswith(INFRASTRUCTURE_PREFIX):
+                failed.add(job_id)
+    return failed
+
+
+def _result_files(run_dir: str | Path) -> list[Path]:
+    folder = store.results_dir(run_dir)
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(store.TEMP_PREFIX)) \
+        if folder.is_dir() else []
+
+
+def unreadable_results(run_dir: str | Path) -> list[tuple[Path, str]]:
+    """Result files that cannot be read as results, with why (the report names them: they are left out)."""
+    bad = []
+    for path in _result_files(run_dir):
+        try:
+            names = pq.read_schema(path).names
+            pq.read_table(path)
+        except (OSError, pa.ArrowException) as err:
+            bad.append((path, " ".join(str(err).split())[:160] or type(err).__name__))
+            continue
+        if not set(store.RESULT_COLUMNS) <= set(names):
+            bad.append((path, "not a results file (columns missing)"))
+    return bad
+
+
+def audit(run_dir: str | Path) -> list[str]:
+    """Remove what a later run must redo; one line per finding (see the module docstring). Works on per-job
+    and compacted result files alike: a compacted file loses only the rows of the jobs that must run again."""
+    run_dir = Path(run_dir)
+    lines = []
+    for path, why in unreadable_results(run_dir):
+        path.unlink(missing_ok=True)
+        lines.append(f"{path}: unreadable result file ({why}): removed, its job(s) run again")
+    missing: dict[str, str] = {}  # job id -> its first missing artifact
+    for table in store.read_result_tables(run_dir, ["status", "artifact_image"]):
+        for job_id, status, artifact in zip(*(table.column(c).to_pylist() for c in ("job_id", "status", "artifact_image"))):
+            if status == store.STATUS_OK and artifact and not (run_dir / artifact).is_file():
+                missing.setdefault(job_id, artifact)
+    store.remove_job_results(run_dir, missing)
+    lines += [f"{run_dir / artifact}: artifact of job {job_id} is missing: its results were removed, the job runs again"
+              for job_id, artifact in sorted(missing.items())]
+    return lines
+
+
+def remove_superseded(run_dir: str | Path, jobs: Iterable[Any], weights: Mapping[str, str | None], code: str) -> list[str]:
+    """Delete the results of jobs that an edited manifest row replaced; one line per pair.
+
+    A job's id hashes its inputs, so editing a row's target object, category or files gives the job a new id
+    and it runs again; the old id's rows would stay in the folder and the report would average old and new.
+    A result is superseded when a job of this run has the same place (pair, task, method, preset, seed,
+    settings) on the same model weights and code version under another id: what differs is then the row.
+    (Results of another code version or model stay, as results of another setting do.)
+    """
+    run_dir = Path(run_dir)
+    current = {(job.pair_id, job.task, job.method, job.preset, job.seed, store.canonical_json(dict(job.settings)),
+                weights.get(job.method), code): job.job_id for job in jobs}
+    columns = ["pair_id", "task", "method", "preset", "seed", "settings", "weights_hash", "code_version"]
+    superseded: dict[str, str] = {}  # job id -> pair id
+    for table in store.read_result_tables(run_dir, columns):
+        for row in table.to_pylist():
+            place = tuple(row[name] for name in columns)
+            if place in current and current[place] != row["job_id"]:
+                superseded[row["job_id"]] = row["pair_id"]
+    store.remove_job_results(run_dir, superseded)
+    removed: dict[str, int] = {}
+    for job_id, pair_id in superseded.items():
+        shutil.rmtree(store.artifact_dir(run_dir, job_id), ignore_errors=True)
+        removed[pair_id] = removed.get(pair_id, 0) + 1
+    return [f"{run_dir}: pair {pair_id!r} changed in the manifest: results of {count} earlier job(s) replaced by this run"
+            for pair_id, count in sorted(removed.items())]

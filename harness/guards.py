@@ -1,0 +1,129 @@
+"""Checks `clic-bench` runs on its command line before any work, so a mistake is one line, not a hang.
+
+Called once from :func:`harness.cli.main` with the parsed arguments. Every numeric option must be finite and
+in its documented range; an ``--out`` must be a folder that can be written (not an existing file); a run's
+``--address`` must answer within :data:`ADDRESS_TIMEOUT_SECONDS` (Ray itself retries for minutes); the run
+folder of ``report``, ``pack`` and ``compare`` must exist.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .cli import UsageError
+
+MAX_SEED = 2**32 - 1  # seeds feed numpy (32 bit) and torch generators
+ADDRESS_TIMEOUT_SECONDS = 5.0
+RAY_DEFAULT_PORT = 6379
+
+
+def check_number(value: float | None, option: str, *, minimum: float | None = None, maximum: float | None = None,
+                 exclusive: bool = False) -> None:
+    """Finite and within [minimum, maximum] (open interval with ``exclusive``); None (the default) passes."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UsageError(f"{option}: must be a finite number, got {value}")
+    if exclusive and ((minimum is not None and value <= minimum) or (maximum is not None and value >= maximum)):
+        raise UsageError(f"{option}: must lie strictly between {minimum} and {maximum}, got {value}")
+    if minimum is not None and value < minimum:
+        raise UsageError(f"{option}: must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"{option}: must be at most {maximum}, got {value}")
+
+
+def check_output_folder(out: str | None, option: str = "--out") -> None:
+    """``out`` is a folder or can become one, and a file can be written there (checked before any work)."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option}: {out} is an existing file, not a folder")
+    # Nothing is created here (a refused run leaves no folder): the folder, or its nearest existing
+    # ancestor, must take a file.
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option}: {out} cannot be created: {existing} is a file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"{option}: {out} is not a writable folder ({err.strerror or type(err).__name__})") from None
+
+
+def check_output_file(out: str | None, option: str = "--out") -> None:
+    """``out`` names a file to write: not an existing folder, its folder writable."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"{option}: {out} is an existing folder, not a file")
+    check_output_folder(str(path.parent) if str(path.parent) else ".", option)
+
+
+def check_run_folder(run: str, option: str = "RUN") -> None:
+    path = Path(run)
+    if not path.exists():
+        raise UsageError(f"{run}: no such run folder")
+    if not path.is_dir():
+        raise UsageError(f"{run}: not a run folder (a file)")
+
+
+def check_address(address: str | None, timeout: float = ADDRESS_TIMEOUT_SECONDS) -> None:
+    """A Ray address ``host:port``, ``ray://host:port`` or ``http://host:port`` must accept a connection
+    within ``timeout`` seconds; ``auto`` and ``local`` are left to Ray."""
+    if not address or address in ("auto", "local"):
+        return
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host = parsed.hostname
+    try:
+        port = parsed.port or RAY_DEFAULT_PORT
+    except ValueError:
+        raise UsageError(f"--address: {address} has no valid port") from None
+    if not host:
+        raise UsageError(f"--address: {address} is not host:port, ray://host:port or auto")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except socket.gaierror:
+        raise UsageError(f"--address: {address}: unknown host {host!r}") from None
+    except OSError as err:
+        reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or type(err).__name__)
+        raise UsageError(f"--address: {address}: no Ray cluster answers at {host}:{port} ({reason} within "
+                         f"{timeout:g} s)") from None
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The checks of one parsed `clic-bench` command line (see the module docstring)."""
+    command = getattr(args, "command", None)
+    if command == "run":
+        check_number(args.max_in_flight, "--max-in-flight", minimum=1)
+        check_number(args.num_cpus, "--num-cpus", minimum=1)
+        check_output_folder(args.out)
+        check_address(args.address)
+    elif command == "compare":
+        check_number(args.max_drop, "--max-drop", minimum=0.0)
+        check_number(args.alpha, "--alpha", minimum=0.0, maximum=1.0, exclusive=True)
+        check_run_folder(args.run_a)
+        check_run_folder(args.run_b)
+    elif command == "report":
+        check_run_folder(args.run)
+        check_output_folder(args.out)
+    elif command == "pack":
+        check_run_folder(args.run)
+        check_number(args.pairs, "--pairs", minimum=1)
+        check_number(args.raters, "--raters", minimum=1)
+        check_number(args.seed, "--seed", minimum=0, maximum=MAX_SEED)
+        check_output_folder(args.out)
+    elif command == "score":
+        check_output_folder(args.out)
+    elif command == "manifest" and getattr(args, "manifest_command", None) == "synth":
+        check_output_folder(args.out)  # its numbers are checked by harness.synth.cli
+    elif command == "manifest" and getattr(args, "manifest_command", None) in ("from-folder", "preview"):
+        check_output_file(getattr(args, "out", None))
