@@ -28,7 +28,7 @@ from clic.cli import main as clic_main
 from harness import store
 from harness.execute import run_folder
 from harness.cli import main as bench_main
-from harness.study import BROKEN
+from harness.analyse.study import BROKEN
 from test_manifest import DataSet, picture, save
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         paths[f"concept-{name}"] = broken
     paths["token_file"] = Path(token_file)
 
-    from harness.study import build_pack
+    from harness.analyse.study import build_pack
     from test_study import make_fake_run
 
     run_dir = make_fake_run(root / "fake", {"furniture": 3})

@@ -11,7 +11,7 @@ Paths are relative to the manifest's folder, or URIs:
   ``validate`` still checks and counts the rows, and says that none of them runs.
 * remote URIs (``s3://``, ``gs://``, ``memory://``, … any scheme fsspec can open) are allowed as they are;
   in a manifest that is itself at a URI, relative paths resolve against its folder. A scheme whose package is
-  missing is one line naming it; reads are bounded in time and size (:mod:`harness.remote`).
+  missing is one line naming it; reads are bounded in time and size (:mod:`harness.plan.remote`).
 
 Rows are numbered from 0, as ``pandas.read_parquet(manifest).iloc[row]``.
 

@@ -220,7 +220,7 @@ def _thaw(value: Any) -> Any:
 
 class _SuiteLoader(BudgetedLoader):
     """SafeLoader that refuses duplicate keys, reads 1e-5 as a float and refuses alias bombs
-    (:class:`harness.yaml_budget.BudgetedLoader`)."""
+    (:class:`harness.plan.yaml_budget.BudgetedLoader`)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
