@@ -98,7 +98,8 @@ def test_break_a_scene_original_preset_fine_tunes_unet_and_text_encoder(source):
     components = build_tiny()
     before = frozen_snapshot(components)
     concept = get_method("break_a_scene").learn(components, source, preset="original", overrides={
-        "phases": [{"steps": 1, "token_lr": 5e-4}, {"steps": 2, "token_lr": 2e-6, "unet_lr": 1e-3, "text_encoder_lr": 1e-3}]},
+        "phases": [{"steps": 1, "token_lr": 5e-4}, {"steps": 2, "token_lr": 2e-6, "unet_lr": 1e-3, "text_encoder_lr": 1e-3}],
+        "prior": {"images": 2, "steps": 2}},  # the preset's prior preservation, with 2 class images instead of 100
         progress=False)
     moved = changed(before, components)
     assert any(name.startswith("unet.") for name in moved) and any(name.startswith("text.") for name in moved)

@@ -55,7 +55,8 @@ def test_fine_tuned_weights_are_put_back_from_their_copies():
     get_method("break_a_scene").learn(components, source(), preset="original",
                                       overrides={"phases": [{"steps": 1, "token_lr": 1e-3},
                                                             {"steps": 1, "token_lr": 1e-3, "attention_lr": 1e-3,
-                                                             "unet_lr": 1e-2, "text_encoder_lr": 1e-2}]},
+                                                             "unet_lr": 1e-2, "text_encoder_lr": 1e-2}],
+                                                 "prior": {"images": 1, "steps": 1}},
                                       progress=False)
     changed = reference_outputs(components)[0]
     assert not torch.equal(changed, expected[0])  # the job did change the shared UNet
