@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", help="the pack's key file")
     p.add_argument("answers", nargs="+", help="exported answer files (JSON or CSV)")
     p.add_argument("--out", default=None, help="folder for the Markdown/CSV tables")
-    p.set_defaults(func=_handler("harness.analyse.study:score_main"))
+    p.set_defaults(func=_handler("harness.analyse.study_scores:score_main"))
 
     p = sub.add_parser("perf", help="run the performance benchmarks and write their table")
     p.add_argument("--out", default="runs/perf")

@@ -193,7 +193,7 @@ def test_tiny_random_line_only_for_tiny_weights(tmp_path: Path) -> None:
 
 def test_one_bootstrap_for_means_pooled_ratios_and_clusters() -> None:
     from harness.analyse.bootstrap import bootstrap_ci as one_bootstrap
-    from harness.analyse.study import cluster_bootstrap_ci
+    from harness.analyse.study_scores import cluster_bootstrap_ci
 
     values = np.random.default_rng(3).uniform(0, 1, 15)
     plain = bootstrap_ci(values)

@@ -17,8 +17,8 @@ from harness.plan.identity import with_labels
 from harness.plan.jobs import MethodRun
 from harness.errors import UsageError
 from harness.analyse.report import write_report
-from harness.analyse.study import (BROKEN, build_pack, cluster_bootstrap_ci, kendalls_w, read_answers, score_main,
-                           score_study)
+from harness.analyse.study import BROKEN, build_pack
+from harness.analyse.study_scores import cluster_bootstrap_ci, kendalls_w, read_answers, score_main, score_study
 
 SIZE = 48
 METHODS = (("clic", "paper"), ("custom_diffusion", "default"), ("break_a_scene", "default"), ("realfill", "default"))
