@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
@@ -46,8 +47,14 @@ def result_files(run: Path) -> list[Path]:
 def assert_each_job_once(run: Path, expected: int) -> None:
     results = store.read_results(run)
     per_job = results.drop_duplicates(["job_id", "run_id"]).groupby("job_id").size()
-    assert len(result_files(run)) == expected and results["job_id"].nunique() == expected
+    assert results["job_id"].nunique() == expected
     assert (per_job == 1).all(), per_job[per_job > 1]
+    # On disk too, each job's rows are in one file: its own, or (a finished run of 64+ jobs) a compacted one.
+    files_per_job: dict[str, int] = {}
+    for path in result_files(run):
+        for job_id in set(pq.read_table(path, columns=["job_id"]).column("job_id").to_pylist()):
+            files_per_job[job_id] = files_per_job.get(job_id, 0) + 1
+    assert len(files_per_job) == expected and set(files_per_job.values()) == {1}
 
 
 def attempts(run: Path) -> list[int]:
