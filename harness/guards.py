@@ -105,8 +105,7 @@ def check_args(args: argparse.Namespace) -> None:
     if command == "run":
         check_number(args.max_in_flight, "--max-in-flight", minimum=1)
         check_number(args.num_cpus, "--num-cpus", minimum=1)
-        check_output_folder(args.out)
-        check_address(args.address)
+        check_address(args.address)  # --out is checked by the run's preflight, beside every other problem
     elif command == "compare":
         check_number(args.max_drop, "--max-drop", minimum=0.0)
         check_number(args.alpha, "--alpha", minimum=0.0, maximum=1.0, exclusive=True)

@@ -79,7 +79,8 @@ def test_every_metric_declares_the_direction_of_each_value_it_emits(metrics: dic
     assert all(d.values and all(isinstance(v, bool) for v in d.values.values()) for d in declared.values())
     # What "better" means where it is not "higher": the edit should change the region and nothing else.
     lower = {value for d in declared.values() for value, higher in d.values.items() if not higher}
-    assert lower == {"lpips_outside", "pattern_leakage"}
+    # SingleInsert's CLIP-I-b / DINO-b: source vs generated background, lower is better disentanglement
+    assert lower == {"lpips_outside", "pattern_leakage", "clip_i_b", "dino_b"}
     # Each value a per-job metric emits on a transfer is declared (group metrics are checked in their tests).
     sample = Sample("j", "transfer", output_image=image(1), source_image=image(0), target_image=image(2),
                     source_mask=np.ones((64, 64), bool), target_mask=np.eye(64, dtype=bool) | True,

@@ -56,7 +56,7 @@ def test_every_problem_is_one_line_in_one_go(no_metric_weights: Path, tmp_path: 
     assert len(lines) == 4, errors
     assert "broken.parquet" in lines[0]                        # the manifest
     assert "no-such-model" in lines[1]                         # the model
-    assert "not writable" in lines[2] and "blocked" in lines[2]  # the output folder
+    assert "--out:" in lines[2] and "blocked is a file" in lines[2]  # the output folder
     assert "metric lpips:" in lines[3]                         # the weights
 
 

@@ -262,3 +262,4 @@ def test_suite_is_frozen(bench: Path) -> None:
         suite.methods[0].learn["steps"] = 1  # type: ignore[index]
     assert isinstance(suite, Suite)
 
+

@@ -36,7 +36,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from ..models import SDComponents
 from ..prediction import training_target
 from ..presets import Setting, preset_overrides
 from ..selfattention import recording_self_attention
-from ..settings import reject_unknown_keys
+from ..settings import MethodConfig
 from ..tokens import ConceptTokens, merge_concept_embeddings
 from .base import Method
 
@@ -58,7 +58,10 @@ CODE = "haoosz/ConceptExpress train.py"
 
 
 @dataclass(frozen=True)
-class ConceptExpressConfig:
+class ConceptExpressConfig(MethodConfig):
+    """ConceptExpress's learning config. Its objective is fixed (masked diffusion + attention alignment + SupCon,
+    weighted by the fields below), so unlike the shared loop's configs it has no ``terms``."""
+
     steps: int = 500  # scripts/train.sh --phase1_train_steps 500
     lr: float = 5e-4  # scripts/train.sh --initial_learning_rate 5e-4
     weight_decay: float = 1e-2  # train.py --adam_weight_decay 1e-2 (AdamW)
@@ -77,13 +80,8 @@ class ConceptExpressConfig:
     saliency_threshold: float = 1.0  # cluster_attention: compute_score(mask, eot) > 1.0
     resolution: int | None = None  # the source's side (recorded)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ConceptExpressConfig":
-        reject_unknown_keys(cls, data, "ConceptExpress option(s)")
-        return cls(**data)
-
-    def merged(self, overrides: Mapping[str, Any] | None) -> "ConceptExpressConfig":
-        return ConceptExpressConfig.from_dict({**asdict(self), **dict(overrides or {})})
+    MERGED: ClassVar[tuple[str, ...]] = ()
+    WHAT: ClassVar[str] = "ConceptExpress option(s)"
 
     def validate(self) -> None:
         if self.steps <= 0 or self.split_tokens <= 0:
@@ -423,6 +421,14 @@ class ConceptExpress(Method):
     presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
     estimates_masks = True
+
+    def preset_terms(self, preset: str | None = None) -> Mapping[str, Any]:
+        return {}  # a fixed objective: no loss terms for a suite's loss_weights to change
+
+    def check(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
+        config = self.learn_config(preset, overrides)
+        config.validate()
+        return config
     sources = {
         "steps 500, lr 5e-4": f"{CODE}; scripts/train.sh (--phase1_train_steps 500 --initial_learning_rate 5e-4)",
         "AdamW, weight decay 1e-2": f"{CODE} (torch.optim.AdamW, --adam_weight_decay 1e-2)",

@@ -9,7 +9,6 @@ from configs, cache indexes and file headers (no weights are loaded, no cluster 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -118,11 +117,12 @@ def _models(suite: "Suite"):
 
 
 def _writable(run_dir: Path) -> list[str]:
-    """The output folder can be created and written (a temp file is made and removed)."""
+    """The output folder can be created and written (harness.guards: not a file, writable); nothing is made."""
+    from ..errors import UsageError
+    from ..guards import check_output_folder
+
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".preflight-"):
-            pass
-    except OSError as error:
-        return [f"{run_dir}: the output folder is not writable ({error.strerror or type(error).__name__})"]
+        check_output_folder(str(run_dir))
+    except UsageError as error:
+        return [str(error)]
     return []
