@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ..manifest import GROUND_TRUTH_FIELDS, MANIFEST_SCHEMA
+from ..plan.manifest import GROUND_TRUTH_FIELDS, MANIFEST_SCHEMA
 
 SYNTH_COLUMNS: pa.Schema = pa.schema([*MANIFEST_SCHEMA, *GROUND_TRUTH_FIELDS], metadata=MANIFEST_SCHEMA.metadata)
 
