@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import socket
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -88,15 +87,13 @@ def check_address(address: str | None, timeout: float = ADDRESS_TIMEOUT_SECONDS)
         raise UsageError(f"--address: {address} has no valid port") from None
     if not host:
         raise UsageError(f"--address: {address} is not host:port, ray://host:port or auto")
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except socket.gaierror:
-        raise UsageError(f"--address: {address}: unknown host {host!r}") from None
-    except OSError as err:
-        reason = "timed out" if isinstance(err, socket.timeout) else (err.strerror or type(err).__name__)
-        raise UsageError(f"--address: {address}: no Ray cluster answers at {host}:{port} ({reason} within "
-                         f"{timeout:g} s)") from None
+    from .plan.remote import unreachable
+
+    problem = unreachable(host, port, timeout)
+    if problem == "unknown host name":
+        raise UsageError(f"--address: {address}: unknown host {host!r}")
+    if problem is not None:
+        raise UsageError(f"--address: {address}: no Ray cluster answers at {host}:{port} ({problem})")
 
 
 def check_args(args: argparse.Namespace) -> None:

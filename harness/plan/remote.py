@@ -46,17 +46,27 @@ def missing_package(scheme: str) -> str | None:
     return None
 
 
+def unreachable(host: str, port: int, timeout: float) -> str | None:
+    """None when ``host:port`` accepts a TCP connection within ``timeout`` seconds, else why not, in words
+    ("unknown host name", "Connection refused within 5 s", ...)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.gaierror:
+        return "unknown host name"
+    except OSError as err:
+        reason = "no answer" if isinstance(err, socket.timeout) else (err.strerror or type(err).__name__)
+        return f"{reason} within {timeout:g} s"
+
+
 def _check_host(location: str) -> None:
     parsed = urlparse(location)
     host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS):
-            pass
-    except socket.gaierror:
-        raise RemoteError(f"cannot reach host {host!r}: unknown host name") from None
-    except OSError as err:
-        reason = "no answer" if isinstance(err, socket.timeout) else (err.strerror or type(err).__name__)
-        raise RemoteError(f"cannot reach host {host}:{port} ({reason} within {CONNECT_TIMEOUT_SECONDS:g} s)") from None
+    problem = unreachable(host, port, CONNECT_TIMEOUT_SECONDS)
+    if problem == "unknown host name":
+        raise RemoteError(f"cannot reach host {host!r}: unknown host name")
+    if problem is not None:
+        raise RemoteError(f"cannot reach host {host}:{port} ({problem})")
 
 
 def _read(location: str) -> bytes:
