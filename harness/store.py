@@ -330,12 +330,17 @@ def remove_job_results(run_dir: str | Path, job_ids: Iterable[str]) -> int:
         if path.is_file():
             path.unlink(missing_ok=True)
             changed += 1
-    value_set = pa.array(sorted(ids), pa.string())
-    for path in _compacted_files(run_dir):
+    return changed + _drop_jobs(_compacted_files(run_dir), pa.array(sorted(ids), pa.string()))
+
+
+def _drop_jobs(paths: Iterable[Path], job_ids: pa.Array) -> int:
+    """Remove the rows of ``job_ids`` from the result files ``paths``; returns how many files changed."""
+    changed = 0
+    for path in paths:
         table = _read_table(path)
         if table is None:
             continue
-        hit = pc.is_in(table.column("job_id"), value_set=value_set)
+        hit = pc.is_in(table.column("job_id"), value_set=job_ids)
         if pc.any(hit).as_py():
             _rewrite_or_remove(path, table.filter(pc.invert(hit)))
             changed += 1
@@ -387,14 +392,7 @@ def compact_results(run_dir: str | Path, rows_per_file: int = COMPACT_ROWS,
         path = folder / f"{COMPACTED_PREFIX}{sequence:06d}.parquet"
         _write_table_atomic(path, rows.slice(start, rows_per_file))
         new_files.append(path)
-    moved = pc.unique(rows.column("job_id").combine_chunks())
-    for path in older:
-        table = _read_table(path)
-        if table is None:
-            continue
-        again = pc.is_in(table.column("job_id"), value_set=moved)
-        if pc.any(again).as_py():
-            _rewrite_or_remove(path, table.filter(pc.invert(again)))
+    _drop_jobs(older, pc.unique(rows.column("job_id").combine_chunks()))  # jobs run again: the new files hold them
     for path, stamp, _ in read:
         try:
             if path.stat().st_mtime_ns == stamp:
