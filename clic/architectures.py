@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from .models import SD_SCHEDULER_CONFIG, SDComponents, build_clip_tokenizer
 
@@ -113,6 +111,9 @@ def architecture(name: str) -> Architecture:
 
 def build_random(name: str, tokenizer_dir: str | Path, seed: int = 0) -> SDComponents:
     """The architecture with seeded random weights (fp32, CPU); its tokenizer files go to ``tokenizer_dir``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     arch = architecture(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

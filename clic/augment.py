@@ -13,7 +13,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 ZOOM_OUT_SCALES = (0.6, 0.7, 0.8)
 ZOOM_IN_SCALES = (1.2, 1.35, 1.5)
@@ -108,19 +107,23 @@ def image_region(key: GeometricKey, latent_size: tuple[int, int] | torch.Size, f
     return region
 
 
-JITTERS = {"brightness": TF.adjust_brightness, "contrast": TF.adjust_contrast, "saturation": TF.adjust_saturation}
+# torchvision.transforms.v2.functional by name: torchvision is imported on the first jitter, not with the config
+# (importing it imports torch._dynamo, seconds that planning a run does not need).
+JITTERS = {"brightness": "adjust_brightness", "contrast": "adjust_contrast", "saturation": "adjust_saturation"}
 
 
 def apply_photometric(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
     """Colour jitter and grayscale on an image in [-1, 1]; returns (image, changed)."""
     if not config.enabled:
         return image, False
+    from torchvision.transforms.v2 import functional as TF
+
     changed = False
     pixels = (image + 1) / 2
     if _rand(generator) < config.p_jitter:
         low, high = 1 - config.jitter, 1 + config.jitter
         for kind in config.jitter_kinds:
-            pixels = JITTERS[kind](pixels, low + (high - low) * _rand(generator))
+            pixels = getattr(TF, JITTERS[kind])(pixels, low + (high - low) * _rand(generator))
         changed = True
     if _rand(generator) < config.p_grayscale:
         pixels = TF.rgb_to_grayscale(pixels, num_output_channels=3)

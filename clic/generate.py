@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Mapping
 
 import torch
-from diffusers import DDIMScheduler
 
 from .attention import AttentionCapture
 from .concept import LearnedConcept
@@ -100,6 +99,8 @@ def generate_with_concept(
     capture = ensure_concept(components, concept)
     device = components.unet.device
     generator = torch.Generator().manual_seed(seed)
+    from diffusers import DDIMScheduler
+
     scheduler = DDIMScheduler.from_config(components.scheduler.config)
     scheduler.set_timesteps(settings.steps)
     n = settings.images

@@ -20,7 +20,6 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
 
 from .attention import AttentionCapture
 from .concept import LearnedConcept
@@ -95,6 +94,8 @@ def denoising_attention(components: SDComponents, capture: AttentionCapture, ima
     """``token``'s attention map (r, r) while denoising ``image`` ((3, R, R) in [-1, 1]) with ``prompt``."""
     device = components.unet.device
     generator = torch.Generator().manual_seed(seed)
+    from diffusers import DDIMScheduler
+
     scheduler = DDIMScheduler.from_config(components.scheduler.config)
     scheduler.set_timesteps(settings.denoise_steps)
     timesteps = scheduler.timesteps[settings.denoise_steps - settings.t_start:]

@@ -30,12 +30,19 @@ from pathlib import Path
 # model retries against an unreachable hub for ~47 s. Users who do have a hub set HF_HUB_OFFLINE=0.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from typing import TYPE_CHECKING  # noqa: E402
+
 import torch  # noqa: E402
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from . import TINY_RANDOM  # noqa: E402
 from .device import resolve_device, resolve_dtype  # noqa: E402
+
+# diffusers and transformers are imported where a model is built or loaded, not here: importing diffusers
+# imports every model class it ships and torch._dynamo (seconds), which planning a run, preflight and
+# the metric actor never need (tests/test_lazy_imports.py).
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTokenizer, CLIPTextModel
 
 TINY_PRESETS = ("tiny", "tiny-inpaint", "tiny-v")
 TINY_SEED = 0
@@ -188,6 +195,7 @@ def build_clip_tokenizer(directory: str | Path, pad_token: str = "<|endoftext|>"
     their ``</w>`` forms, the merges, then ``<|startoftext|>`` and ``<|endoftext|>`` (49406, 49407).
     """
     from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -217,6 +225,8 @@ def build_clip_tokenizer(directory: str | Path, pad_token: str = "<|endoftext|>"
 
 
 def _tiny_tokenizer() -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
     cache = Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic")) / "tiny-tokenizer"
     if (cache / "vocab.json").exists() and (cache / "merges.txt").exists():
         tokenizer = CLIPTokenizer.from_pretrained(cache)
@@ -230,6 +240,9 @@ def build_tiny(variant: str = "tiny") -> SDComponents:
     ``tiny-v`` is ``tiny``'s weights with a ``v_prediction`` scheduler (tests cover both prediction types)."""
     if variant not in TINY_PRESETS:
         raise ValueError(f"unknown tiny preset {variant!r}; known: {', '.join(TINY_PRESETS)}")
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(TINY_SEED)
@@ -252,6 +265,7 @@ def build_tiny(variant: str = "tiny") -> SDComponents:
         resolution=64,
     )
     components.weights_hash = state_hash(components)
+    _remember_tiny_description(variant, components)
     return components.freeze()
 
 
@@ -342,6 +356,9 @@ def load_components(model: str = "tiny", *, device: str | torch.device = "cpu",
     if model in TINY_PRESETS:
         return build_tiny(model).to(device, dtype)
     folder = _resolve_folder(model)
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=dtype)
@@ -376,17 +393,57 @@ class ModelDescription:
 _TINY_DESCRIPTIONS: dict[str, ModelDescription] = {}
 
 
+def _tiny_description_file(variant: str) -> Path:
+    """Where the description of a tiny preset is remembered: keyed by everything its weights follow from (the
+    configs and seed in this module, and the torch/diffusers/transformers versions that build them), so a
+    driver plans a tiny run without importing diffusers or building the model, and a change of any of them
+    is a new file, never a stale hash. Workers check the hash of the model they build against the plan's."""
+    from importlib.metadata import version
+
+    spec = {"variant": variant, "seed": TINY_SEED, "unet": tiny_unet_config(9 if variant == "tiny-inpaint" else 4),
+            "vae": TINY_VAE_CONFIG, "text_encoder": TINY_TEXT_CONFIG, "scheduler": SD_SCHEDULER_CONFIG,
+            "versions": {name: version(name) for name in ("torch", "diffusers", "transformers")}}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic")) / "tiny-descriptions" / f"{variant}-{key}.json"
+
+
+def _remember_tiny_description(variant: str, components: SDComponents) -> None:
+    description = ModelDescription(variant, components.weights_hash, TINY_LABEL, components.resolution)
+    _TINY_DESCRIPTIONS[variant] = description
+    if _recalled_tiny_description(variant) == description:
+        return
+    try:
+        path = _tiny_description_file(variant)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps(description.__dict__))
+        temp.replace(path)  # atomic: concurrent writers write the same content
+    except OSError:  # a read-only home: the next process builds the model to describe it, as before
+        pass
+
+
+def _recalled_tiny_description(variant: str) -> ModelDescription | None:
+    try:
+        fields = json.loads(_tiny_description_file(variant).read_text())
+        description = ModelDescription(**fields)
+    except (OSError, ValueError, TypeError):  # not written yet, or damaged: rebuilt and rewritten
+        return None
+    return description if description.model_id == variant and description.weights_hash else None
+
+
 def describe_model(model: str) -> ModelDescription:
     """Identity and native resolution of a model without loading a real checkpoint's weights.
 
     For a folder or cached HF id this reads only configs and file fingerprints, so a driver can plan a
     run on a machine without a GPU (or the memory for SD) in a fraction of a second.
     """
-    if model in TINY_PRESETS:  # built from code: the same in every call of a process, so built once
+    if model in TINY_PRESETS:  # built from code: remembered per process and on disk (_tiny_description_file)
         if model not in _TINY_DESCRIPTIONS:
-            components = build_tiny(model)
-            _TINY_DESCRIPTIONS[model] = ModelDescription(model, components.weights_hash, TINY_LABEL,
-                                                         components.resolution)
+            recalled = _recalled_tiny_description(model)
+            if recalled is None:
+                build_tiny(model)  # remembers its description
+            else:
+                _TINY_DESCRIPTIONS[model] = recalled
         return _TINY_DESCRIPTIONS[model]
     folder = _resolve_folder(model)
     try:

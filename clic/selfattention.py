@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 import re
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
 
 SELF_ATTENTION_LAYERS = {
     "up": r"^up_blocks\..*\.attn1\.processor$",

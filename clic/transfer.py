@@ -28,8 +28,6 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
-from diffusers.models.attention_processor import Attention
 from PIL import Image
 
 from .attention import AttentionCapture
@@ -137,6 +135,8 @@ def soft_latent_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> 
 def detached_attention_outputs(unet: torch.nn.Module) -> Iterator[None]:
     """Every attention layer's output detached (the maps it records keep their graph): a gradient from the
     maps to the latents flows through the queries only, as the released processor's no_grad output."""
+    from diffusers.models.attention_processor import Attention
+
     handles = [module.register_forward_hook(lambda _m, _i, output: output.detach())
                for module in unet.modules() if isinstance(module, Attention)]
     try:
@@ -189,6 +189,8 @@ def transfer_concept(
     check_prediction_type(components.scheduler)  # DDIM's step reads the type; an unknown one stops here
     capture = ensure_concept(components, concept, settings.capture_layers)
     device = components.unet.device
+    from diffusers import DDIMScheduler  # a checkpoint's own scheduler (e.g. PNDM) becomes DDIM here
+
     generator = torch.Generator().manual_seed(seed)
     scheduler = DDIMScheduler.from_config(components.scheduler.config)
     scheduler.set_timesteps(settings.steps)

@@ -304,3 +304,12 @@ def test_real_weights_load_from_a_local_file(tmp_path: Path, metrics: dict[str, 
     sample = Sample("g", "generate", output_image=image(0), prompt="a wooden chair")
     from_random = values(metrics["clip_text"].compute([sample])[0])
     assert values(real.compute([sample])[0]) == pytest.approx(from_random, abs=1e-6)
+
+
+def test_alexnet_checkpoint_name_is_torchvisions() -> None:
+    """The LPIPS weights check names the file without importing torchvision: the name must be torchvision's."""
+    import os
+
+    import torchvision
+
+    assert models.ALEXNET_CHECKPOINT == os.path.basename(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url)

@@ -20,7 +20,9 @@ TARGETS = {
     "fused speedup at 128 px": (">=", 1.6),
     "fused vs naive loss, max relative difference": ("<=", 1e-5),
     "attention capture overhead": ("<=", 0.15),
-    "harness overhead, tiny CLiC suite": ("<=", 0.05),
+    "harness overhead, smoke suite, warm workers (median of 3)": ("<=", 0.05),
+    "harness overhead, smoke suite, fresh cluster (cold workers)": ("<=", 0.15),
+    "preflight, smoke suite without metric weights (s)": ("<=", 15.0),
     "scaling efficiency, 1 -> 2 nodes": (">=", 0.85),
     "read a 100k-row run, compacted (s)": ("<=", 5.0),
     "learn_concept per step / fused step": ("<=", 1.3),
@@ -41,7 +43,7 @@ SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "harness", "end_to_
 
 def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str, Any]:
     from .end_to_end import shell_loop_vs_harness
-    from .harness_bench import harness_overhead, scaling
+    from .harness_bench import harness_overhead, preflight_seconds, scaling
     from .learning import cached_work, capture_cost, fused_vs_naive, learn_loop_cost
     from .metrics_bench import metric_throughput
     from .results_bench import results_read
@@ -62,7 +64,8 @@ def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str
     if "metrics" in only:
         results["metrics"] = metric_throughput(32 if quick else 64)
     if "harness" in only:
-        results["harness"] = harness_overhead(clic_steps=80 if quick else 150)
+        results["harness"] = harness_overhead()
+        results["preflight"] = preflight_seconds()
     if "end_to_end" in only:
         results["end_to_end"] = shell_loop_vs_harness(steps=30)
     if "scaling" in only:
@@ -87,6 +90,12 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         rows += _cached_rows(results["cached_work"])
     if "harness" in results:
         rows += _harness_rows(results["harness"])
+    if "preflight" in results:
+        pre = results["preflight"]
+        rows.append(("preflight, smoke suite without metric weights (s)", pre["seconds"],
+                     f"a new `clic-bench run benchmarks/smoke.yaml` process without --allow-random-metrics: exit "
+                     f"{pre['exit_code']}, {pre['lines']} line(s) on stderr, {pre['missing_weight_lines']} naming a "
+                     f"missing weight file; no Ray, no worker"))
     if "end_to_end" in results:
         e2e = results["end_to_end"]
         rows.append(("shell loop of clic learn + transfer / clic-bench run, 8 pairs", e2e["ratio"],
@@ -143,16 +152,15 @@ def _harness_rows(harness: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows.append(("harness jobs/s, cut-and-paste", harness["cut_paste"]["jobs_per_s"],
                  f"{harness['cut_paste']['jobs']} jobs in {harness['cut_paste']['wall_s']:.1f} s, overhead share "
                  f"{harness['cut_paste']['overhead_share']:.0%}"))
-    clic_cold, clic_warm = harness["tiny_clic"]["cold"], harness["tiny_clic"]["warm"]
-    rows.append(("harness overhead, tiny CLiC suite", clic_warm["overhead_share"],
-                 f"warm workers, best of {len(harness['tiny_clic']['warm_overheads'])} runs "
-                 f"({', '.join(f'{v:.1%}' for v in harness['tiny_clic']['warm_overheads'])}): {clic_warm['jobs']} jobs "
-                 f"in {clic_warm['wall_s']:.1f} s, {clic_warm['method_and_metric_s']:.1f} s of method + metric work "
-                 f"on 2 slots"))
-    rows.append(("harness overhead, tiny CLiC suite, cold workers", clic_cold["overhead_share"],
-                 f"{clic_cold['wall_s']:.1f} s: new worker processes import torch/diffusers and build the model, "
-                 f"+{harness['tiny_clic']['cold_start_s']:.1f} s once per run; Ray cluster start "
-                 f"{harness['cluster_start_s']:.1f} s not included"))
+    smoke = harness["smoke"]
+    cold, warm = smoke["cold"], smoke["warm"]
+    rows.append(("harness overhead, smoke suite, warm workers (median of 3)", warm["overhead_share"],
+                 f"runs {', '.join(f'{v:.1%}' for v in smoke['warm_overheads'])}: {warm['jobs']} jobs in "
+                 f"{warm['wall_s']:.1f} s, {warm['method_and_metric_s']:.1f} s of method + metric work on 2 slots"))
+    rows.append(("harness overhead, smoke suite, fresh cluster (cold workers)", cold["overhead_share"],
+                 f"{cold['wall_s']:.1f} s: the workers' warm-up (imports of torch/diffusers, model build) took "
+                 f"{smoke['cold_start_s']:.1f} s, the run {smoke['cold_extra_wall_s']:.1f} s longer than a warm "
+                 f"one; Ray cluster start {harness['cluster_start_s']:.1f} s not included"))
     return rows
 
 

@@ -15,7 +15,6 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler
 
 from ..concept import LearnedConcept
 from ..learn import LearnConfig, StepBatch, TrainState, capture_resolution, encode_text, format_prompt, vae_moments
@@ -122,6 +121,8 @@ def inpaint_concept(components: SDComponents, concept: LearnedConcept, target_im
         raise ValueError("RealFill needs an inpainting UNet (9 input channels): use tiny-inpaint or an SD inpainting folder")
     capture = ensure_concept(components, concept, settings.capture_layers)
     device = components.unet.device
+    from diffusers import DDIMScheduler
+
     generator = torch.Generator().manual_seed(seed)
     scheduler = DDIMScheduler.from_config(components.scheduler.config)
     scheduler.set_timesteps(settings.steps)

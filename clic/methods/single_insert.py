@@ -37,12 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from open_clip.transformer import VisionTransformer
-from peft import LoraConfig
 from torch import nn
 
 from ..concept import LearnedConcept
@@ -157,6 +153,8 @@ class ConceptImageEncoder(nn.Module):
     """CLIP visual tower + linear projection: the source's foreground -> one token embedding."""
 
     def __init__(self, visual: nn.Module, token_dim: int, init_vector: torch.Tensor) -> None:
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
         super().__init__()
         self.visual = visual
         preprocess = getattr(visual, "preprocess_cfg", {}) or {}
@@ -179,6 +177,9 @@ class ConceptImageEncoder(nn.Module):
 
 def build_visual_tower(config: SingleInsertConfig, components: SDComponents) -> nn.Module:
     """The configured CLIP visual tower (tiny seeded ViT, or an open_clip model from a local checkpoint)."""
+    import open_clip
+    from open_clip.transformer import VisionTransformer
+
     if config.encoder_model == "auto" and components.is_tiny:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TINY_ENCODER_SEED)
@@ -195,6 +196,8 @@ def build_visual_tower(config: SingleInsertConfig, components: SDComponents) -> 
 # ------------------------------------------------------------------------------------ LoRA
 def add_lora(components: SDComponents, rank: int, unet_targets: Sequence[str], text_targets: Sequence[str]) -> None:
     """Rank-``rank`` LoRA adapters (α = rank: scale 1) as diffusers' LoRA training examples add them."""
+    from peft import LoraConfig
+
     for module, targets in ((components.unet, unet_targets), (components.text_encoder, text_targets)):
         module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                       target_modules=list(targets)), adapter_name=ADAPTER)

@@ -82,6 +82,12 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
         print(line, file=sys.stderr)
     started, start_clock = now_iso(), time.perf_counter()
     models, native_resolution = describe_models(suite)
+    warming: WarmWorkers | None = None
+    if not any(store.results_dir(run_dir).glob("*.parquet")):
+        # A fresh run folder certainly has jobs to run: the workers import the method library and load the
+        # model (seconds each) while the driver plans. A resumed run plans first: it may have nothing to run.
+        _connect(address, num_cpus)
+        warming = WarmWorkers.start(suite, models)
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
     weights = {name: info.weights_hash if info else None for name, info in models.items()}
@@ -115,7 +121,8 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
         return summary
 
     _connect(address, num_cpus)
-    run = _RayRun(suite, plan, graph, scheduler, recorder, run_dir, max_in_flight, allow_random_metrics, quiet)
+    run = _RayRun(suite, plan, graph, scheduler, recorder, run_dir, max_in_flight, allow_random_metrics, quiet,
+                  warming)
     run.loop()
     summary.learns_run = sum(bool(output.get("learned")) for output in run.learned.values())
     summary.peak_in_flight = scheduler.peak_running
@@ -127,7 +134,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
     method_time = summary.work_seconds / run.slots
     summary.overhead_share = max(0.0, (summary.wall_seconds - method_time) / summary.wall_seconds) \
         if summary.wall_seconds > 0 and summary.jobs_run else 0.0
-    summary.cold_start_seconds = run.cold_start_seconds()
+    summary.cold_start_seconds = run.warming.cold_start_seconds()
     warm_wall = summary.wall_seconds - summary.cold_start_seconds
     summary.warm_overhead_share = max(0.0, (warm_wall - method_time) / warm_wall) \
         if warm_wall > 0 and summary.jobs_run else 0.0
@@ -135,35 +142,81 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
     return summary
 
 
+def job_options(suite: "Suite") -> dict[str, Any]:
+    """Ray options of every learn and task job of ``suite``."""
+    resources = suite.resources
+    # SPREAD: jobs are long and independent, so they go to the least-loaded nodes instead of filling the
+    # driver's node first (Ray's default prefers locality, which starves other nodes of short jobs).
+    return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+            "max_retries": resources.max_retries, "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
+
+
+def job_slots(suite: "Suite") -> int:
+    """How many of ``suite``'s jobs the connected cluster runs at once."""
+    import ray
+
+    resources = suite.resources
+    slots = max(1, int(int(ray.cluster_resources().get("CPU", 1)) // max(resources.num_cpus, 1e-9)))
+    if resources.num_gpus > 0:  # jobs that run at once are bounded by the GPUs too
+        slots = max(1, min(slots, int(ray.cluster_resources().get("GPU", 0) // resources.num_gpus)))
+    return slots
+
+
+@dataclasses.dataclass
+class WarmWorkers:
+    """Warm-up calls, one per job slot: each imports the method library and loads the model into a worker
+    process's cache before jobs arrive (a worker's first import of torch/diffusers takes seconds). Never
+    awaited: jobs queue behind them; read at the end for the run's cold start."""
+
+    refs: list[Any]
+
+    @classmethod
+    def start(cls, suite: "Suite", models: Mapping[str, ModelInfo | None], max_jobs: int | None = None) -> "WarmWorkers":
+        import ray
+
+        main_model = next((info for info in models.values() if info), None)
+        if main_model is None:  # no method needs a model: a worker's first job imports what it needs
+            return cls([])
+        from clic.methods import method_target
+
+        targets = sorted({method_target(spec.name) for spec in suite.methods if models.get(spec.name)})
+        count = min(job_slots(suite), max_jobs or job_slots(suite))
+        warm_remote = ray.remote(warm_worker).options(**job_options(suite))
+        return cls([warm_remote.remote(main_model, targets) for _ in range(count)])
+
+    def cold_start_seconds(self) -> float:
+        """The slowest warm-up's seconds (0 when none answered: e.g. every worker was lost)."""
+        import ray
+
+        if not self.refs:
+            return 0.0
+        ready, _ = ray.wait(self.refs, num_returns=len(self.refs), timeout=5)
+        seconds = []
+        for ref in ready:
+            try:
+                seconds.append(float(ray.get(ref)["seconds"]))
+            except Exception:  # a warm-up that failed: its worker's first job pays the start instead
+                continue
+        return max(seconds, default=0.0)
+
+
 class _RayRun:
     """One run on the cluster: submits what the scheduler asks for and reports what finished."""
 
     def __init__(self, suite: "Suite", plan: Plan, graph: JobGraph, scheduler: Scheduler, recorder: Recorder,
-                 run_dir: Path, max_in_flight: int | None, allow_random_metrics: bool, quiet: bool) -> None:
+                 run_dir: Path, max_in_flight: int | None, allow_random_metrics: bool, quiet: bool,
+                 warming: WarmWorkers | None = None) -> None:
         import ray
         from tqdm import tqdm
 
         self.plan, self.graph, self.scheduler, self.recorder, self.run_dir = plan, graph, scheduler, recorder, run_dir
-        resources = suite.resources
-        # SPREAD: jobs are long and independent, so they go to the least-loaded nodes instead of filling the
-        # driver's node first (Ray's default prefers locality, which starves other nodes of short jobs).
-        options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
-                   "max_retries": resources.max_retries, "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
-        cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.slots = max(1, int(cluster_cpus // max(options["num_cpus"], 1e-9)))
-        if resources.num_gpus > 0:  # jobs that run at once are bounded by the GPUs too
-            self.slots = max(1, min(self.slots, int(ray.cluster_resources().get("GPU", 0) // resources.num_gpus)))
-        scheduler.max_in_flight = max_in_flight or 2 * cluster_cpus
+        options = job_options(suite)
+        self.slots = job_slots(suite)
+        scheduler.max_in_flight = max_in_flight or 2 * int(ray.cluster_resources().get("CPU", 1))
         self.learn_remote = ray.remote(learn_concept_task).options(**options)
         self.task_remote = ray.remote(run_task_job).options(**options, num_returns=2)
-        main_model = next((info for info in recorder.models.values() if info), None)
         jobs_to_run = len(graph.jobs) - recorder.summary.skipped - recorder.summary.not_applicable
-        warm_remote = ray.remote(warm_worker).options(**options)
-        # As many warm workers as jobs can run at once (each holds a model), none when no method needs a model.
-        # Not awaited: it overlaps the metric actor's start and jobs queue behind it; read at the end for the
-        # cold-start seconds (a warm worker of an earlier run answers at once).
-        warm_count = min(self.slots, max(jobs_to_run, 1)) if main_model else 0
-        self.warm_refs = [warm_remote.remote(main_model) for _ in range(warm_count)]
+        self.warming = warming or WarmWorkers.start(suite, recorder.models, max(jobs_to_run, 1))
         # The metric actor holds the models once for the whole run (and the driver's next runs). Jobs start
         # while it loads them; its answer is awaited with them, and an actor that cannot start (e.g. random
         # CLIP weights refused) still stops the run at once.
@@ -198,19 +251,6 @@ class _RayRun:
                 forget_metric_scorer()
                 raise
         return self.metric_weights.get(name)
-
-    def cold_start_seconds(self) -> float:
-        """The slowest warm-up's seconds (0 when none answered: e.g. every worker was lost)."""
-        import ray
-
-        ready, _ = ray.wait(self.warm_refs, num_returns=len(self.warm_refs), timeout=5)
-        seconds = []
-        for ref in ready:
-            try:
-                seconds.append(float(ray.get(ref)["seconds"]))
-            except Exception:  # a warm-up that failed: its worker's first job pays the start instead
-                continue
-        return max(seconds, default=0.0)
 
     def settle_weights(self) -> None:
         """Every job failed before any was scored: the run manifest still records the metric weights."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import dataclasses
-import importlib
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -43,7 +42,6 @@ def fresh_components(model: ModelInfo):
     lent to each job; the next loan puts back what the last job changed (clic.reuse), instead of a copy of
     the UNet and text encoder per job. ``auto`` is the GPU Ray assigned this task, else the CPU."""
     from clic.device import resolve_device
-    from clic.models import load_components
     from clic.reuse import ModelLender
 
     device = str(resolve_device(model.device))
@@ -51,8 +49,20 @@ def fresh_components(model: ModelInfo):
     if key not in _LENDERS:
         for other in [k for k in _LENDERS if k[1] == device]:  # one model per worker per device
             del _LENDERS[other]
-        _LENDERS[key] = ModelLender(lambda: load_components(model.model_id, device=device, dtype=model.dtype))
+        _LENDERS[key] = ModelLender(lambda: _load_planned(model, device))
     return _LENDERS[key].lend()
+
+
+def _load_planned(model: ModelInfo, device: str):
+    """The model the driver planned with: its weights hash is part of every job's id, so a worker whose
+    weights differ (a checkpoint replaced mid-run, another library version on this node) refuses to run."""
+    from clic.models import load_components
+
+    components = load_components(model.model_id, device=device, dtype=model.dtype)
+    if model.weights_hash and components.weights_hash != model.weights_hash:
+        raise RuntimeError(f"{model.model_id}: the weights on this worker (hash {components.weights_hash}) are not "
+                           f"the ones the run was planned with ({model.weights_hash}); start the run again")
+    return components
 
 
 def job_peak_memory_mb(device: str | None) -> float:
@@ -70,12 +80,16 @@ def start_memory_window(model: ModelInfo | None) -> str:
     return device
 
 
-def warm_worker(model: ModelInfo | None) -> dict[str, Any]:
-    """Import the method library and load the model into this worker's cache before jobs arrive, while
-    the driver starts the metric actor (a worker's first import of torch/diffusers takes seconds). Returns
-    its node and the seconds it took: the run's cold start, reported apart from the per-job overhead."""
+def warm_worker(model: ModelInfo | None, method_targets: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Import the run's methods ("module:Class") and load the model into this worker's cache before jobs
+    arrive, while the driver plans and starts the metric actor (a worker's first import of torch/diffusers
+    takes seconds). Returns its node and the seconds it took: the run's cold start, reported apart from the
+    per-job overhead."""
+    from clic.methods import method_from_target
+
     started = time.perf_counter()
-    importlib.import_module("clic.methods.base")  # the import is the warm-up
+    for target in method_targets:
+        method_from_target(target)
     if model:
         fresh_components(model)
     return {"node_id": _node_id(), "seconds": time.perf_counter() - started}

@@ -9,10 +9,10 @@ squashed), resized bicubically to the tower's input size, normalised with the mo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from importlib.metadata import version as package_version
 from typing import Callable, ClassVar, Sequence
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +21,7 @@ from ._regions import concept_pair, outside_pair, pad_to_square, sample_image, t
 from .base import MetricSettings, MetricValue, Sample
 
 _SCALE = "cosine [-1, 1] (raw, not x100 or x2.5)"
-_VERSION = f"1.0+open_clip-{open_clip.__version__}"
+_VERSION = f"1.0+open_clip-{package_version('open_clip_torch')}"
 
 
 def _clip_inputs(clip: models.ClipModel, images: Sequence[np.ndarray]) -> torch.Tensor:

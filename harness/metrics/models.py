@@ -25,16 +25,17 @@ from collections import Counter
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import lpips
-import open_clip
 import torch
-import torchvision
-from huggingface_hub import try_to_load_from_cache  # a cache lookup only: never touches the network
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
 from .base import TINY_RANDOM, MetricSettings
+
+# open_clip (which imports transformers and timm) and lpips (torchvision, torch._dynamo) are imported where a
+# model is built or a CLIP tag is looked up: seconds that a driver checking weights files, or a metric actor
+# scoring SSIM only, does not spend (tests/test_lazy_imports.py).
+if TYPE_CHECKING:
+    import lpips
 
 _log = logging.getLogger(__name__)
 
@@ -51,14 +52,21 @@ DEFAULT_BATCH_SIZE = 32
 LPIPS_NET = "alex"
 LPIPS_HEADS_VERSION = "0.1"  # the linear-head calibration lpips ships (weights/v0.1/alex.pth)
 LPIPS_PACKAGE_VERSION = package_version("lpips")
-_ALEXNET_WEIGHTS = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
+# The file name of torchvision's AlexNet_Weights.IMAGENET1K_V1 in the torch hub cache (the basename of its URL;
+# tests/test_metrics.py checks it against torchvision), named here so that checking for it imports nothing.
+ALEXNET_CHECKPOINT = "alexnet-owt-7be5be79.pth"
 
 _CONFIG_DIR = Path(__file__).with_name("configs")
 
 
-if TINY_CLIP_MODEL not in open_clip.list_models():
-    # Registered like any open_clip architecture, so "clic-tiny-clip" also works as a `model` option.
-    open_clip.add_model_config(_CONFIG_DIR / f"{TINY_CLIP_MODEL}.json")
+def _open_clip():
+    """open_clip, with the tiny CLIP registered like any of its architectures (so "clic-tiny-clip" also works
+    as a `model` option)."""
+    import open_clip
+
+    if TINY_CLIP_MODEL not in open_clip.list_models():
+        open_clip.add_model_config(_CONFIG_DIR / f"{TINY_CLIP_MODEL}.json")
+    return open_clip
 
 
 class WeightsUnavailable(RuntimeError):
@@ -108,7 +116,7 @@ def load_clip(settings: MetricSettings) -> ClipModel:
     image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     return ClipModel(
         model=model,
-        tokenizer=open_clip.get_tokenizer(tokenizer_name),
+        tokenizer=_open_clip().get_tokenizer(tokenizer_name),
         image_size=image_size,
         mean=torch.tensor(preprocess["mean"], dtype=torch.float32).view(1, 3, 1, 1),
         std=torch.tensor(preprocess["std"], dtype=torch.float32).view(1, 3, 1, 1),
@@ -126,7 +134,7 @@ def missing_clip_weights(settings: MetricSettings) -> list[str]:
     options = settings.for_metric(CLIP_OPTIONS_KEY)
     model_name = str(options.get("model", DEFAULT_CLIP_MODEL))
     try:
-        if open_clip.get_model_config(model_name) is None:
+        if _open_clip().get_model_config(model_name) is None:
             raise ValueError(f"unknown CLIP model {model_name!r}: not an open_clip architecture "
                              f"(see open_clip.list_models())")
         _local_clip_checkpoint(model_name, str(options.get("pretrained", DEFAULT_CLIP_PRETRAINED)),
@@ -139,6 +147,7 @@ def missing_clip_weights(settings: MetricSettings) -> list[str]:
 def _build_real_clip(
     model_name: str, pretrained: str, cache_dir: str | None, device: torch.device
 ) -> tuple[torch.nn.Module, str]:
+    open_clip = _open_clip()
     if open_clip.get_model_config(model_name) is None:
         # A misspelt architecture is a configuration error, not missing weights: never fall back on it.
         raise ValueError(
@@ -161,7 +170,7 @@ def _local_clip_checkpoint(model_name: str, pretrained: str, cache_dir: str | No
     """The local file holding ``pretrained`` for ``model_name`` and its tag config, without any download."""
     if os.path.isfile(pretrained):
         return pretrained, {}
-    tag_config = open_clip.get_pretrained_cfg(model_name, pretrained)
+    tag_config = _open_clip().get_pretrained_cfg(model_name, pretrained)
     for candidate in _cached_tag_files(tag_config, cache_dir):
         if os.path.isfile(candidate):
             return candidate, tag_config
@@ -179,6 +188,9 @@ def _local_clip_checkpoint(model_name: str, pretrained: str, cache_dir: str | No
 
 def _cached_tag_files(tag_config: dict[str, Any], cache_dir: str | None) -> list[str]:
     """Where open_clip would have stored the tag's download (HF hub cache or its URL cache)."""
+    from huggingface_hub import try_to_load_from_cache  # a cache lookup only: never touches the network
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
     candidates: list[str] = []
     if "file" in tag_config:
         candidates.append(tag_config["file"])
@@ -204,13 +216,13 @@ def _cached_tag_files(tag_config: dict[str, Any], cache_dir: str | None) -> list
 def _build_tiny_clip(device: torch.device) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):  # a fixed seed without disturbing the caller's RNG stream
         torch.manual_seed(TINY_SEED)
-        model, _, _ = open_clip.create_model_and_transforms(TINY_CLIP_MODEL, pretrained=None, device=device)
+        model, _, _ = _open_clip().create_model_and_transforms(TINY_CLIP_MODEL, pretrained=None, device=device)
     return model
 
 
 def alexnet_checkpoint_path() -> Path:
     """Where torchvision keeps AlexNet's ImageNet weights (torch hub cache; honours TORCH_HOME)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_ALEXNET_WEIGHTS.url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_CHECKPOINT
 
 
 def _lpips_missing(checkpoint: Path) -> str:
@@ -238,6 +250,8 @@ def load_lpips(settings: MetricSettings, spatial: bool) -> LpipsModel:
             raise WeightsUnavailable(missing)
         _log.warning("%s -> scoring with a random AlexNet trunk, labelled %r", missing, TINY_RANDOM)
     device = torch.device(settings.device)
+    import lpips
+
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         # lpips still calls torchvision's deprecated alexnet(pretrained=...); the warning is not the user's to fix.
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
