@@ -115,8 +115,8 @@ def test_metric_actor_scoring_ssim_imports_no_model_stack(tmp_path: Path) -> Non
     """The metric actor loads what its metrics need: SSIM/PSNR and mask IoU need no CLIP, LPIPS or diffusers."""
     code = """
 from harness.execute.scorer import MetricScorer
-from harness.metrics import REGISTRY
-MetricScorer({name: REGISTRY[name] for name in ("ssim_psnr", "mask_iou")}, False, {})
+from harness.metrics import metric_target
+MetricScorer({name: metric_target(name) for name in ("ssim_psnr", "mask_iou")}, False, {})
 """
     imported = _imported_after(code, tmp_path)
     assert not any(imported.values()), imported
