@@ -83,7 +83,7 @@ def harness_overhead() -> dict[str, Any]:
             smoke = cold_and_warm(smoke_suite(), Path(tmp) / "smoke", slots=2)
             cut_paste = measure_run(_suite({
                 "name": "perf-cut-paste", "methods": [{"name": "cut_paste"}],
-                "transfer": {"t_start": [5, 10, 15, 20], "steps": 20}, "metrics": ["ssim_psnr"],
+                "transfer": {"t_start": [4, 8, 12, 16], "steps": 20}, "metrics": ["ssim_psnr"],
             }), Path(tmp) / "cut_paste", slots=2)
     finally:
         ray.shutdown()
