@@ -140,7 +140,7 @@ def _learn_loop_rows(loop: dict[str, Any]) -> list[tuple[str, float, str]]:
         threads = setting["threads"]
         name = "learn_concept per step / fused step" + ("" if threads != 1 else ", 1 thread")
         rows.append((name, setting["ratio"],
-                     f"{threads} torch thread(s): whole CLiC learning runs ({loop['short_steps']} vs "
+                     f"{threads} torch thread(s), OMP_WAIT_POLICY {loop['omp_wait_policy']}: whole CLiC learning runs ({loop['short_steps']} vs "
                      f"{loop['long_steps']} steps: {setting['short_s']:.1f} / {setting['long_s']:.1f} s) cost "
                      f"{setting['learn_per_step_ms']:.0f} ms per extra step, the loop's own step alone (forward + "
                      f"backward, same batches) {setting['fused_step_ms']:.0f} ms; CPU time {setting['learn_per_step_cpu_ms']:.0f}"

@@ -216,6 +216,7 @@ def learn_loop_cost(short: int = 20, long: int = 60, repeats: int = 2,
         torch.set_num_threads(default_threads)
     return {"short_steps": short, "long_steps": long, "repeats": repeats,
             "load_average_before": load_before, "load_average_after": _load_average(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
             "settings": settings}
 
 
