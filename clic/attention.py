@@ -127,8 +127,8 @@ class AttentionCapture:
         """Token columns to record, one row per batch element: (B, n) positions in the prompt."""
         if positions is not None and not isinstance(positions, torch.Tensor):
             positions = torch.tensor(positions, dtype=torch.long)
-        if positions is not None:  # moved once here, not in every layer
-            positions = positions.to(self.unet.device)
+        if positions is not None:  # moved once here, not in every layer; a parameter's device, not diffusers'
+            positions = positions.to(next(self.unet.parameters()).device)  # ModelMixin.device (walks every module)
         self.buffer.token_positions = positions
         self.buffer.clear()
 

@@ -2,8 +2,8 @@
 prompt suffix, colour jitter.
 
 Geometric augmentations (flip, zoom) take their parameters from a small discrete set, so each variant's
-VAE latents are computed once per learning run and cached (:class:`LatentBank`); photometric ones
-(jitter, grayscale) change the pixels and are encoded when drawn. Parameters come from a
+VAE latents are computed once per learning run and cached (:class:`LatentBank`), and so are their grayscale
+versions; a colour jitter draws continuous factors and is encoded when drawn. Parameters come from a
 ``torch.Generator`` so a seed fixes every draw.
 """
 from __future__ import annotations
@@ -112,33 +112,63 @@ def image_region(key: GeometricKey, latent_size: tuple[int, int] | torch.Size, f
 JITTERS = {"brightness": "adjust_brightness", "contrast": "adjust_contrast", "saturation": "adjust_saturation"}
 
 
-def apply_photometric(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
-    """Colour jitter and grayscale on an image in [-1, 1]; returns (image, changed)."""
-    if not config.enabled:
-        return image, False
-    from torchvision.transforms.v2 import functional as TF
+@dataclass(frozen=True)
+class PhotometricDraw:
+    """One draw of the colour augmentations: jitter factors (None: no jitter) and whether to grayscale."""
 
-    changed = False
-    pixels = (image + 1) / 2
+    factors: tuple[float, ...] | None
+    grayscale: bool
+
+    @property
+    def changed(self) -> bool:
+        return self.factors is not None or self.grayscale
+
+
+def draw_photometric(config: AugmentConfig, generator: torch.Generator) -> PhotometricDraw:
+    """The jitter factors (one per kind, 1 ± jitter) with probability p_jitter, then grayscale with p_grayscale."""
+    if not config.enabled:
+        return PhotometricDraw(None, False)
+    factors = None
     if _rand(generator) < config.p_jitter:
         low, high = 1 - config.jitter, 1 + config.jitter
-        for kind in config.jitter_kinds:
-            pixels = getattr(TF, JITTERS[kind])(pixels, low + (high - low) * _rand(generator))
-        changed = True
-    if _rand(generator) < config.p_grayscale:
+        factors = tuple(low + (high - low) * _rand(generator) for _ in config.jitter_kinds)
+    return PhotometricDraw(factors, _rand(generator) < config.p_grayscale)
+
+
+def photometric(image: torch.Tensor, config: AugmentConfig, draw: PhotometricDraw) -> torch.Tensor:
+    """``draw`` applied to an image in [-1, 1] (with augmentation on, an undrawn image also makes the round trip
+    through [0, 1], as it always has: the same bits as before the draws were split from their application)."""
+    if not config.enabled:
+        return image
+    from torchvision.transforms.v2 import functional as TF
+
+    pixels = (image + 1) / 2
+    for kind, factor in zip(config.jitter_kinds, draw.factors or ()):
+        pixels = getattr(TF, JITTERS[kind])(pixels, factor)
+    if draw.grayscale:
         pixels = TF.rgb_to_grayscale(pixels, num_output_channels=3)
-        changed = True
-    return (pixels.clamp(0, 1) * 2 - 1), changed
+    return pixels.clamp(0, 1) * 2 - 1
+
+
+def apply_photometric(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+    """Colour jitter and grayscale on an image in [-1, 1]; returns (image, changed)."""
+    draw = draw_photometric(config, generator)
+    return photometric(image, config, draw), draw.changed
 
 
 class LatentBank:
-    """VAE latents per geometric variant, encoded once; photometric variants encoded on demand."""
+    """VAE latents per geometric variant, encoded once; photometric variants encoded on demand.
+
+    Without a jitter the colour step is a fixed function of the geometric variant (grayscale or nothing), so its
+    image and latents are cached per variant too; a jitter draws continuous factors and is encoded each time.
+    """
 
     def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, masks: torch.Tensor) -> None:
         self.encode = encode
         self.image = image
         self.masks = masks
         self.cache: dict[GeometricKey, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.unjittered: dict[tuple[GeometricKey, bool], tuple[torch.Tensor, torch.Tensor]] = {}
         self.encode_count = 0
 
     def _encode(self, image: torch.Tensor) -> torch.Tensor:
@@ -153,7 +183,14 @@ class LatentBank:
             image, masks = apply_geometric(self.image, self.masks, key)
             self.cache[key] = (self._encode(image), masks, image)
         latents, masks, image = self.cache[key]
-        coloured, changed = apply_photometric(image, config, generator)
-        if changed:
+        draw = draw_photometric(config, generator)
+        if draw.factors is None:
+            fixed = (key, draw.grayscale)
+            if fixed not in self.unjittered:
+                coloured = photometric(image, config, draw)
+                self.unjittered[fixed] = (self._encode(coloured) if draw.grayscale else latents, coloured)
+            latents, coloured = self.unjittered[fixed]
+        else:
+            coloured = photometric(image, config, draw)
             latents = self._encode(coloured)
         return latents, masks, coloured, key.suffix, key

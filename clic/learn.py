@@ -259,10 +259,16 @@ def format_prompt(template: str, object_word: str, tokens: Sequence[str]) -> str
     return template.format(object=object_word, tokens=" and ".join(tokens), token=tokens[0])
 
 
-def vae_moments(components: SDComponents, images: torch.Tensor) -> torch.Tensor:
-    """Posterior mean and log-variance (2·C channels) of images in [-1, 1]."""
+def vae_moments(components: SDComponents, images: torch.Tensor, *, device: torch.device | None = None,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Posterior mean and log-variance (2·C channels) of images in [-1, 1].
+
+    ``device``/``dtype``: the VAE's, when the caller already knows them (a diffusers model looks both up by
+    walking its modules, ≈ 0.3 ms each on the tiny model: a loop that encodes every few steps resolves them once).
+    """
+    vae = components.vae
     with torch.no_grad():
-        return components.vae.encode(images.to(components.vae.device, components.vae.dtype)).latent_dist.parameters
+        return vae.encode(images.to(device or vae.device, dtype or vae.dtype)).latent_dist.parameters
 
 
 def sample_latents(components: SDComponents, moments: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -285,6 +291,12 @@ class TrainState:
     objective: Objective
     config: LearnConfig
     attention_resolution: int
+    # The UNet's dtype, looked up once per run (diffusers walks every module to find it: ≈ 0.5 ms per step).
+    model_dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        if self.model_dtype is None:
+            self.model_dtype = self.components.dtype
 
 
 @dataclass
@@ -334,7 +346,7 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
         state.capture.set_tokens(None)
     timesteps = batch.timestep.expand(model_input.shape[0])
     # Latents stay fp32; the UNet sees its own dtype; losses are taken in fp32.
-    eps = components.unet(model_input.to(components.dtype), timesteps, encoder_hidden_states=text).sample.float()
+    eps = components.unet(model_input.to(state.model_dtype), timesteps, encoder_hidden_states=text).sample.float()
 
     step = StepTensors(noise=batch.noise, mask=union, pixel_masks=batch.masks, valid=batch.valid,
                        target=training_target(scheduler, batch.latents, batch.noise, batch.timestep))
@@ -391,28 +403,11 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def learn_concept(
-    components: SDComponents,
-    source: ConceptSource,
-    config: LearnConfig,
-    *,
-    method: str = "clic",
-    preset: str = "paper",
-    seed: int = 0,
-    step_fn: Callable[[TrainState, StepBatch, str], tuple[torch.Tensor, dict[str, float]]] = fused_step,
-    out_dir: str | Path | None = None,
-    progress: bool = True,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    capture: AttentionCapture | None = None,
-) -> LearnedConcept:
-    """Learn concept token(s) (+ attention weights) from the source image(s) and mask(s).
-
-    ``capture``: processors already installed on the UNet (e.g. a learned concept's K/V, so a region token
-    w* trains against them); its trainable parameters follow the phases' attention learning rate.
-    Without it, fresh processors are installed as ``config`` says.
-    """
-    config.validate()
-    generator = seed_everything(seed)
+def prepare_training(components: SDComponents, source: ConceptSource, config: LearnConfig,
+                     capture: AttentionCapture | None = None) -> tuple[TrainState, list[LatentBank]]:
+    """What :func:`learn_concept` sets up before its first step: the concept tokens, the attention processors
+    (unless ``capture`` is given), the objective, and one latent bank per source image. The learning-loop
+    benchmark builds its fused step from the same call, so it times exactly the loop's step."""
     device = components.unet.device
     n_tokens = source.n_tokens
     token_names = [config.placeholder] if n_tokens == 1 else [
@@ -437,7 +432,42 @@ def learn_concept(
 
     images = source.images.to(device)
     image_masks = source.image_masks.to(device, images.dtype)
-    banks = [LatentBank(lambda x: vae_moments(components, x), image, masks) for image, masks in zip(images, image_masks)]
+    # The VAE's device and dtype resolved once: photometric variants are encoded every few steps.
+    vae_device, vae_dtype = components.vae.device, components.vae.dtype
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return vae_moments(components, x, device=vae_device, dtype=vae_dtype)
+
+    banks = [LatentBank(encode, image, masks) for image, masks in zip(images, image_masks)]
+    return state, banks
+
+
+def learn_concept(
+    components: SDComponents,
+    source: ConceptSource,
+    config: LearnConfig,
+    *,
+    method: str = "clic",
+    preset: str = "paper",
+    seed: int = 0,
+    step_fn: Callable[[TrainState, StepBatch, str], tuple[torch.Tensor, dict[str, float]]] = fused_step,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    capture: AttentionCapture | None = None,
+) -> LearnedConcept:
+    """Learn concept token(s) (+ attention weights) from the source image(s) and mask(s).
+
+    ``capture``: processors already installed on the UNet (e.g. a learned concept's K/V, so a region token
+    w* trains against them); its trainable parameters follow the phases' attention learning rate.
+    Without it, fresh processors are installed as ``config`` says.
+    """
+    config.validate()
+    generator = seed_everything(seed)
+    device = components.unet.device
+    n_tokens = source.n_tokens
+    state, banks = prepare_training(components, source, config, capture)
+    tokens, capture, objective = state.tokens, state.capture, state.objective
 
     attention_params = capture.trainable_parameters()
     unet_named = [(n, p) for n, p in components.unet.named_parameters() if "processor" not in n]
@@ -478,7 +508,7 @@ def learn_concept(
         for _ in range(phase.steps):
             optimizer.zero_grad(set_to_none=True)
             for micro in range(accumulation):
-                batch = _draw_batch(components, banks, config, objective, generator, device, n_tokens)
+                batch = draw_batch(components, banks, config, objective, generator, device, n_tokens)
                 with torch.autocast(device.type, dtype=step_dtype) if step_dtype is not None else nullcontext():
                     loss, values = step_fn(state, batch, source.object_word)
                 if not torch.isfinite(loss):
@@ -500,7 +530,7 @@ def learn_concept(
             scaler.update()
             step_index += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{values['total']:.4f}")
+            bar.set_postfix(loss=f"{values['total']:.4f}", refresh=False)  # drawn with the bar's own (rate-limited) refresh
             if out_dir is not None and config.checkpoint_every and step_index % config.checkpoint_every == 0:
                 _snapshot(state, source, config, method, preset, loss_log, seed).save(Path(out_dir) / "checkpoints" / f"step-{step_index:05d}")
     bar.close()
@@ -521,7 +551,7 @@ def learn_concept(
     return concept
 
 
-def _draw_batch(components: SDComponents, banks: list[LatentBank], config: LearnConfig, objective: Objective,
+def draw_batch(components: SDComponents, banks: list[LatentBank], config: LearnConfig, objective: Objective,
                 generator: torch.Generator, device: torch.device, n_tokens: int) -> StepBatch:
     """One augmented source, t ~ U{0..T−1} and ε ~ N(0, I) (one image draws nothing extra, so single-image runs
     keep their exact random stream)."""

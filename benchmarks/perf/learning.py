@@ -2,6 +2,8 @@
 cached work."""
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import torch
@@ -115,39 +117,111 @@ def cached_work(steps: int = 60) -> dict[str, Any]:
             "transfer_text_encoder_calls": transfer_calls["text_encoder"]}
 
 
-def learn_loop_cost(short: int = 20, long: int = 60, repeats: int = 2) -> dict[str, Any]:
-    """Whole ``learn_concept`` runs (CLiC, paper preset, 64 px, augmentation on) per extra step, against the
-    fused step alone (forward + backward) on the same tiny model: what the loop adds around the step
-    (augmentation and its VAE encodes, tokenizing, the optimiser, bookkeeping). Runs of ``short`` and ``long``
-    steps difference out the fixed costs (installing processors, saving); best of ``repeats`` each."""
-    import time
-
+def _loop_source():
     from clic.learn import ConceptSource
-    from clic.methods.base import get_method
-    from clic.models import build_tiny
-
-    from .steps import fused_loss, make_case, time_step
 
     generator = torch.Generator().manual_seed(0)
     mask = torch.zeros(64, 64)
     mask[8:40, 16:48] = 1
-    source = ConceptSource(torch.rand(3, 64, 64, generator=generator) * 2 - 1, mask, "chair")
+    return ConceptSource(torch.rand(3, 64, 64, generator=generator) * 2 - 1, mask, "chair")
+
+
+def loop_step_case(steps: int, seed: int = 0):
+    """The CLiC paper preset's learning step exactly as ``learn_concept`` runs it: state from the same
+    :func:`clic.learn.prepare_training`, the same seed, the first ``steps`` batches the loop itself draws
+    (augmented source, t, ε, valid region, prompt suffix), the attention copies trainable and the UNet in eval
+    mode as in the loop's single phase. Returns (state, batches, the method's step function, object word)."""
+    from clic.learn import draw_batch, prepare_training, seed_everything
+    from clic.methods.base import get_method
+    from clic.models import build_tiny
+
     method = get_method("clic")
+    components, source = build_tiny(), _loop_source()
+    config = method.learn_config("paper", {"steps": steps})
+    generator = seed_everything(seed)
+    state, banks = prepare_training(components, source, config)
+    (phase,) = config.schedule()
+    for p in state.capture.trainable_parameters():
+        p.requires_grad_(phase.attention_lr > 0)
+    components.unet.train(False)
+    device = components.unet.device
+    batches = [draw_batch(components, banks, config, state.objective, generator, device, source.n_tokens)
+               for _ in range(steps)]
+    return state, batches, method.training_step, source.object_word
 
-    def run(steps: int) -> float:
+
+def time_loop_steps(case) -> tuple[float, float]:
+    """(wall s, CPU s) of forward + backward of the step over every batch of ``case``, as the loop runs it."""
+    state, batches, step_fn, word = case
+    params = [state.tokens.parameter, *state.capture.trainable_parameters()]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in batches:
+        for p in params:
+            p.grad = None
+        loss, _ = step_fn(state, batch, word)
+        loss.backward()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def learn_loop_cost(short: int = 20, long: int = 60, repeats: int = 2,
+                    threads: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Whole ``learn_concept`` runs (CLiC, paper preset, 64 px, augmentation on, as ``clic learn`` runs them) per
+    extra step, against the same step alone (forward + backward) over the same batches: what the loop adds
+    around the step (augmentation and its VAE encodes, the optimiser, bookkeeping).
+
+    Runs of ``short`` and ``long`` steps difference out the fixed costs (installing processors, the snapshot); the
+    step alone runs over the loop's first ``long − short`` batches, so both sides are totals over the same number
+    of steps, timed in turn in each of ``repeats`` rounds (best of each), wall and CPU time. Measured at each torch
+    thread count in ``threads`` (default: this process's count, and 1 as a Ray worker with num_cpus=1 runs).
+    """
+    from clic.methods.base import get_method
+    from clic.models import build_tiny
+
+    method, source = get_method("clic"), _loop_source()
+    default_threads = torch.get_num_threads()
+    threads = threads or tuple(dict.fromkeys((default_threads, 1)))
+
+    def learn_run(steps: int) -> tuple[float, float]:
         components = build_tiny()
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         method.learn(components, source, overrides={"steps": steps}, progress=False)
-        return time.perf_counter() - started
+        return time.perf_counter() - wall, time.process_time() - cpu
 
-    run(2)  # first-call costs (imports, allocator) out of the way
-    case = make_case(64)
-    short_s, long_s, fused_s = [], [], []
-    for _ in range(repeats):  # interleaved, so machine noise hits all alike
-        short_s.append(run(short))
-        long_s.append(run(long))
-        fused_s.append(time_step(fused_loss, case, 10))
-    per_step = (min(long_s) - min(short_s)) / (long - short)
-    fused = min(fused_s)
-    return {"short_steps": short, "long_steps": long, "short_s": min(short_s), "long_s": min(long_s),
-            "learn_per_step_ms": per_step * 1000, "fused_step_ms": fused * 1000, "ratio": per_step / fused}
+    settings, load_before = [], _load_average()
+    try:
+        for count in threads:
+            torch.set_num_threads(count)
+            learn_run(2)  # first-call costs (allocator, kernels for these shapes) out of the way
+            step_case = loop_step_case(long - short)
+            time_loop_steps(loop_step_case(2))
+            rounds: dict[str, list[tuple[float, float]]] = {"short": [], "long": [], "step": []}
+            for _ in range(repeats):  # in turn, so machine noise hits all three alike
+                rounds["short"].append(learn_run(short))
+                rounds["long"].append(learn_run(long))
+                rounds["step"].append(time_loop_steps(step_case))
+            best = {name: (min(w for w, _ in values), min(c for _, c in values)) for name, values in rounds.items()}
+            extra = long - short
+            loop_wall = (best["long"][0] - best["short"][0]) / extra
+            loop_cpu = (best["long"][1] - best["short"][1]) / extra
+            step_wall, step_cpu = best["step"][0] / extra, best["step"][1] / extra
+            settings.append({
+                "threads": count, "short_s": best["short"][0], "long_s": best["long"][0],
+                "learn_per_step_ms": loop_wall * 1000, "fused_step_ms": step_wall * 1000,
+                "learn_per_step_cpu_ms": loop_cpu * 1000, "fused_step_cpu_ms": step_cpu * 1000,
+                # differences of noisy totals can come out ≤ 0 on a loaded machine: no ratio then
+                "ratio": loop_wall / step_wall if loop_wall > 0 else float("nan"),
+                "cpu_ratio": loop_cpu / step_cpu if loop_cpu > 0 else float("nan"),
+            })
+    finally:
+        torch.set_num_threads(default_threads)
+    return {"short_steps": short, "long_steps": long, "repeats": repeats,
+            "load_average_before": load_before, "load_average_after": _load_average(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+            "settings": settings}
+
+
+def _load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
