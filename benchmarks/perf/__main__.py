@@ -58,7 +58,7 @@ def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS), arch: str =
     if "steps" in only and arch != "tiny":
         from .real_size import real_size_costs
 
-        results["real_size"] = real_size_costs(arch, 2 if quick else 3)
+        results["real_size"] = real_size_costs(arch, quick)
     elif "steps" in only:
         results["fused_vs_naive"] = [fused_vs_naive(r, repeats) for r in (64, 128)]
         results["batching_ceiling"] = [batching_ceiling(r, repeats) for r in (64, 128)]
@@ -143,7 +143,8 @@ def _real_size_rows(real: dict[str, Any]) -> list[tuple[str, float, str]]:
     for case in real["measured"]:
         at = f"{arch} (random weights), {case['resolution']} px"
         rows.append((f"{at}: fused step, s", case["fused_ms"] / 1000,
-                     f"forward + backward, median of the timed steps, {real['threads']} CPU thread(s); "
+                     f"forward + backward, {real['threads']} CPU thread(s), load average {real['load_average'][0]:.1f} "
+                 f"-> {real['load_average'][1]:.1f}; "
                      f"{case['fused_gflops']:.0f} GFLOPs per step (counted) -> {case['fused_gflops_per_s']:.0f} GFLOP/s"))
         rows.append((f"{at}: naive step, s", case["naive_ms"] / 1000,
                      f"same FLOPs ({case['naive_gflops']:.0f} GFLOPs) as two passes -> {case['naive_gflops_per_s']:.0f} GFLOP/s"))
@@ -163,7 +164,8 @@ def _real_size_rows(real: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows.append((f"{at}: memory kept for backward, fused (MB)", target["fused_activation_mb"],
                  "fp32; flash attention keeps one log-sum-exp per query, not the probabilities"))
     rows.append((f"{at}: memory kept for backward, naive (MB)", target["naive_activation_mb"],
-                 "fp32; every self-attention probability of every layer the gradient passes through"))
+                 f"fp32; with the attention probabilities of the layers the gradient passes through (its store "
+                 f"holds {target['naive_store_mb']:.0f} MB of probabilities, of every layer)"))
     return rows
 
 

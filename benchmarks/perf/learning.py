@@ -2,6 +2,7 @@
 cached work."""
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -10,32 +11,40 @@ from .naive import naive_step
 from .steps import capture_off_case, fused_loss, make_case, naive_loss, naive_processors, time_naive, time_step
 
 
+class _Saved:
+    """What autograd holds in place of a saved tensor while counting: alive exactly as long as the graph node."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
 def activation_megabytes(step, case) -> float:
     """Bytes autograd keeps for the backward pass of one step (plus what the step stores), in MB.
 
-    Counted with ``saved_tensors_hooks``: deterministic and independent of machine load, unlike RSS. Each
-    tensor's storage is counted once (views share it); the model's weights and the trained parameters, which
-    autograd also saves (a linear layer keeps its weight for the input gradient), are resident anyway and are
-    not counted. Works on the data-less ``meta`` device too (storages are told apart by identity, not address).
+    Counted with ``saved_tensors_hooks`` at the end of the forward pass: deterministic and independent of
+    machine load, unlike RSS. Only what the graph still holds then counts (a branch the step dropped freed its
+    saves); each storage once (views share it). The model's weights and the trained parameters, which autograd
+    also saves (a linear layer keeps its weight for the input gradient), are resident anyway and not counted.
+    Works on the data-less ``meta`` device too (storages are told apart by identity, not address).
     """
     components = case.state.components
     resident = {tensor.untyped_storage()._cdata
                 for module in (components.unet, components.text_encoder, components.vae)
                 for tensor in (*module.parameters(), *module.buffers())}
     resident.add(case.state.tokens.parameter.untyped_storage()._cdata)
-    seen: set[int] = set()
-    total = 0
+    held: weakref.WeakSet[_Saved] = weakref.WeakSet()
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        storage = tensor.untyped_storage()
-        if storage._cdata not in seen and storage._cdata not in resident:
-            seen.add(storage._cdata)
-            total += storage.nbytes()
-        return tensor
+    def pack(tensor: torch.Tensor) -> _Saved:
+        saved = _Saved(tensor)
+        held.add(saved)
+        return saved
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved.tensor):
         loss, _ = step(case)
+    storages = {saved.tensor.untyped_storage()._cdata: saved.tensor.untyped_storage().nbytes() for saved in held}
+    total = sum(nbytes for key, nbytes in storages.items() if key not in resident)
     loss.backward()
     return total / 2**20
 

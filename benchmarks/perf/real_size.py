@@ -9,6 +9,7 @@ measured ones, which is what lets the 512 px figure stand in for a measurement a
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -35,11 +36,15 @@ def cross_attention_layers(case: StepCase) -> int:
     return sum(1 for name in case.state.components.unet.attn_processors if "attn2" in name)
 
 
-def _naive(case: StepCase):
-    """The naive step with its store-everything processors installed for the call."""
+def naive_with_store(case: StepCase, stored_mb: list[float] | None = None):
+    """The naive step with its store-everything processors installed for the call; appends to ``stored_mb``
+    the MB of attention probabilities its store holds at the end of the step."""
     def step(c: StepCase):
         with naive_processors(c) as store:
-            return naive_step(c.state, c.batch, c.object_word, store)
+            result = naive_step(c.state, c.batch, c.object_word, store)
+            if stored_mb is not None:
+                stored_mb.append(sum(t.untyped_storage().nbytes() for kept in store.values() for t in kept) / 2**20)
+            return result
     return step
 
 
@@ -85,18 +90,24 @@ def counted(case: StepCase, step) -> dict[str, float]:
 def meta_counts(arch: str, resolution: int) -> dict[str, Any]:
     """FLOPs and saved-for-backward MB of the fused and the naive step, counted on ``meta`` (no compute)."""
     case = make_case(resolution, arch=arch, device="meta")
-    fused, naive = counted(case, fused_loss), counted(case, _naive(case))
+    stored: list[float] = []
+    fused, naive = counted(case, fused_loss), counted(case, naive_with_store(case, stored))
     return {"resolution": resolution, "fused_gflops": fused["gflops"], "naive_gflops": naive["gflops"],
+            "naive_store_mb": stored[-1],
             "fused_activation_mb": fused["activation_mb"], "naive_activation_mb": naive["activation_mb"],
             "unet_parameters": unet_parameters(case), "cross_attention_layers": cross_attention_layers(case)}
 
 
-def real_size_costs(arch: str, repeats: int, resolutions: tuple[int, ...] = MEASURED_RESOLUTIONS) -> dict[str, Any]:
-    """Measured at ``resolutions`` (``repeats`` timed steps of each variant after one warm-up), counted there
-    and at the architecture's native resolution."""
+def real_size_costs(arch: str, quick: bool = False, resolutions: tuple[int, ...] = MEASURED_RESOLUTIONS) -> dict[str, Any]:
+    """Measured at ``resolutions``, counted there and at the architecture's native resolution.
+
+    Timing: fused and naive alternate in rounds (3; quick: 1) of a warm-up step and timed step(s) (1; quick: 2),
+    the middle round counts: on a shared machine the rounds see the same load.
+    """
+    load_before = os.getloadavg()[0]
     measured = []
     for resolution in resolutions:
-        case = fused_vs_naive(resolution, repeats, arch=arch, rounds=1, warmup=1)
+        case = fused_vs_naive(resolution, 2 if quick else 1, arch=arch, rounds=1 if quick else 3, warmup=1)
         counts = meta_counts(arch, resolution)
         case.update(fused_gflops=counts["fused_gflops"], naive_gflops=counts["naive_gflops"],
                     meta_fused_activation_mb=counts["fused_activation_mb"],
@@ -108,4 +119,4 @@ def real_size_costs(arch: str, repeats: int, resolutions: tuple[int, ...] = MEAS
 
     target = meta_counts(arch, architecture(arch).resolution)  # 512 px for SD 1.5, 768 for SD 2.1
     return {"arch": arch, "weights": "random (seed 0)", "threads": torch.get_num_threads(), "measured": measured,
-            "counted_at_target": target}
+            "counted_at_target": target, "load_average": (load_before, os.getloadavg()[0])}
