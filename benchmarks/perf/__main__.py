@@ -143,7 +143,7 @@ def _real_size_rows(real: dict[str, Any]) -> list[tuple[str, float, str]]:
     for case in real["measured"]:
         at = f"{arch} (random weights), {case['resolution']} px"
         rows.append((f"{at}: fused step, s", case["fused_ms"] / 1000,
-                     f"forward + backward, {real['threads']} CPU thread(s), load average {real['load_average'][0]:.1f} "
+                     f"forward + backward, best round, {real['threads']} CPU thread(s), load average {real['load_average'][0]:.1f} "
                  f"-> {real['load_average'][1]:.1f}; "
                      f"{case['fused_gflops']:.0f} GFLOPs per step (counted) -> {case['fused_gflops_per_s']:.0f} GFLOP/s"))
         rows.append((f"{at}: naive step, s", case["naive_ms"] / 1000,

@@ -101,13 +101,14 @@ def meta_counts(arch: str, resolution: int) -> dict[str, Any]:
 def real_size_costs(arch: str, quick: bool = False, resolutions: tuple[int, ...] = MEASURED_RESOLUTIONS) -> dict[str, Any]:
     """Measured at ``resolutions``, counted there and at the architecture's native resolution.
 
-    Timing: fused and naive alternate in rounds (3; quick: 1) of a warm-up step and timed step(s) (1; quick: 2),
-    the middle round counts: on a shared machine the rounds see the same load.
+    Timing: fused and naive alternate, one step each per round (4; quick: 2), after a forward pass of each; the
+    fastest round counts (on a shared machine other processes only add time; the first round also pays
+    first-backward allocations).
     """
     load_before = os.getloadavg()[0]
     measured = []
     for resolution in resolutions:
-        case = fused_vs_naive(resolution, 2 if quick else 1, arch=arch, rounds=1 if quick else 3, warmup=1)
+        case = fused_vs_naive(resolution, 1, arch=arch, rounds=2 if quick else 4, warmup=0, best=True)
         counts = meta_counts(arch, resolution)
         case.update(fused_gflops=counts["fused_gflops"], naive_gflops=counts["naive_gflops"],
                     meta_fused_activation_mb=counts["fused_activation_mb"],
