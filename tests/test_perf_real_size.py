@@ -111,3 +111,24 @@ def test_the_naive_store_at_512_px_is_every_attention_probability_of_both_passes
     with DeviceAudit():
         naive_with_store(case, stored)(case)
     assert stored[-1] * 2**20 == expected
+
+
+def test_the_perf_table_names_architecture_resolution_and_random_weights():
+    from benchmarks.perf.__main__ import to_markdown
+
+    measured = {"arch": "sd15", "resolution": 128, "fused_ms": 4000.0, "naive_ms": 5000.0, "speedup": 1.25,
+                "max_rel_loss_diff": 0.0, "fused_activation_mb": 267.7, "naive_activation_mb": 280.7,
+                "fused_gflops": 241.3, "naive_gflops": 241.3, "meta_fused_activation_mb": 267.7,
+                "meta_naive_activation_mb": 280.7, "fused_gflops_per_s": 60.3, "naive_gflops_per_s": 48.3}
+    counted = {"resolution": 512, "fused_gflops": 3397.9, "naive_gflops": 3397.9, "naive_store_mb": 5586.9,
+               "fused_activation_mb": 2910.1, "naive_activation_mb": 7281.1, "unet_parameters": 859_520_964,
+               "cross_attention_layers": 16}
+    results = {"host": "h", "python": "3", "quick": False, "seconds": 1.0, "arch": "sd15",
+               "real_size": {"arch": "sd15", "weights": "random (seed 0)", "threads": 2, "measured": [measured],
+                             "counted_at_target": counted, "load_average": (1.0, 1.0)}}
+    table = to_markdown(results)
+    rows = [line for line in table.splitlines() if line.startswith("| sd15")]
+    assert rows and all("random weights" in row or "counted on meta" in row for row in rows)
+    assert any(row.startswith("| sd15 (random weights), 128 px: fused step, s | 4 |") for row in rows)
+    assert any(row.startswith("| sd15, 512 px, counted on meta") for row in rows)
+    assert "sd15 (random weights): fused vs naive loss, max relative difference | 0 | <= 1e-05: met" in table
