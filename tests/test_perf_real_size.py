@@ -93,7 +93,6 @@ def test_the_meta_count_is_the_measured_count_at_64_px():
     counted = meta_counts("sd15", 64)
     assert counted["fused_activation_mb"] == pytest.approx(measured["fused"], rel=1e-6)
     assert counted["naive_activation_mb"] == pytest.approx(measured["naive"], rel=1e-6)
-    assert counted["naive_activation_mb"] > counted["fused_activation_mb"]  # the attention store
 
 
 def test_the_naive_store_at_512_px_is_every_attention_probability_of_both_passes():
