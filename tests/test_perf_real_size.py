@@ -89,7 +89,7 @@ def test_the_meta_count_is_the_measured_count_at_64_px():
         assert fused_values[name] == pytest.approx(naive_values[name], rel=1e-5), name
     from benchmarks.perf.real_size import naive_with_store
 
-    measured = {"fused": activation_megabytes(fused_loss, case), "naive": activation_megabytes(naive_with_store(case), case)}
+    measured = {"fused": activation_megabytes(fused_loss, case), "naive": activation_megabytes(naive_with_store(), case)}
     counted = meta_counts("sd15", 64)
     assert counted["fused_activation_mb"] == pytest.approx(measured["fused"], rel=1e-6)
     assert counted["naive_activation_mb"] == pytest.approx(measured["naive"], rel=1e-6)
@@ -108,7 +108,7 @@ def test_the_naive_store_at_512_px_is_every_attention_probability_of_both_passes
     case = make_case(512, arch="sd15", device="meta")
     stored: list[float] = []
     with DeviceAudit():
-        naive_with_store(case, stored)(case)
+        naive_with_store(stored)(case)
     assert stored[-1] * 2**20 == expected
 
 

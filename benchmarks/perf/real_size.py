@@ -2,16 +2,17 @@
 
 ``clic-bench perf --arch sd15`` runs this instead of the tiny steps section. On this CPU it times both steps at
 small resolutions (seconds per step; the memory autograd keeps for backward, model weights excluded; the loss
-agreement). At every resolution, the measured ones and 512 px, it also counts the same two steps on the
-data-less ``meta`` device, where nothing is computed: FLOPs (``torch.utils.flop_counter``, forward + backward)
-and the saved-for-backward bytes of the identical graph. At the measured sizes the meta bytes must equal the
-measured ones, which is what lets the 512 px figure stand in for a measurement a CPU cannot make in minutes.
+agreement). At those resolutions and the architecture's native one (512 px for SD 1.5) it also counts the same
+two steps on the data-less ``meta`` device, where nothing is computed: FLOPs (``torch.utils.flop_counter``,
+forward + backward) and the saved-for-backward bytes of the identical graph. At the measured sizes the meta
+bytes must equal the measured ones, which is what lets the 512 px figure stand in for a measurement a CPU
+cannot make in minutes.
 """
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from .naive import naive_step
 from .placement import DeviceAudit
 from .steps import StepCase, fused_loss, make_case, naive_processors
 
-MEASURED_RESOLUTIONS = (64, 128)  # an SD 1.5 step at 128 px is ~5 s on one core here; 256 px ~4× that
+MEASURED_RESOLUTIONS = (64, 128)  # an SD 1.5 step at 128 px is ~6 s on one core here; 256 px ~4× that
 
 
 def unet_parameters(case: StepCase) -> int:
@@ -36,7 +37,10 @@ def cross_attention_layers(case: StepCase) -> int:
     return sum(1 for name in case.state.components.unet.attn_processors if "attn2" in name)
 
 
-def naive_with_store(case: StepCase, stored_mb: list[float] | None = None):
+StepFn = Callable[[StepCase], tuple[torch.Tensor, dict[str, float]]]
+
+
+def naive_with_store(stored_mb: list[float] | None = None) -> StepFn:
     """The naive step with its store-everything processors installed for the call; appends to ``stored_mb``
     the MB of attention probabilities its store holds at the end of the step."""
     def step(c: StepCase):
@@ -91,7 +95,7 @@ def meta_counts(arch: str, resolution: int) -> dict[str, Any]:
     """FLOPs and saved-for-backward MB of the fused and the naive step, counted on ``meta`` (no compute)."""
     case = make_case(resolution, arch=arch, device="meta")
     stored: list[float] = []
-    fused, naive = counted(case, fused_loss), counted(case, naive_with_store(case, stored))
+    fused, naive = counted(case, fused_loss), counted(case, naive_with_store(stored))
     return {"resolution": resolution, "fused_gflops": fused["gflops"], "naive_gflops": naive["gflops"],
             "naive_store_mb": stored[-1],
             "fused_activation_mb": fused["activation_mb"], "naive_activation_mb": naive["activation_mb"],
