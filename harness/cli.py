@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--only", nargs="+", default=None,
                    help="sections to run (default all): steps cached_work metrics harness scaling results ...")
+    p.add_argument("--arch", choices=("tiny", "sd15", "sd21"), default="tiny",
+                   help="model of the steps section: tiny, or a real SD architecture with random weights "
+                        "(then only steps runs unless --only says more)")
     p.set_defaults(func=_handler("benchmarks.perf.__main__:perf_main"))
     return parser
 

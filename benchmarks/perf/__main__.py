@@ -1,7 +1,9 @@
 """`clic-bench perf` / `python -m benchmarks.perf`: every performance benchmark in one run, one table.
 
 Writes OUT/perf.json and OUT/perf.md with each measured ratio beside its target. Everything runs on the
-CPU with the tiny models; the GPU expectations are in benchmarks/perf/README.md.
+CPU with the tiny models; the GPU expectations are in benchmarks/perf/README.md. ``--arch sd15`` (or ``sd21``)
+runs the steps section on that architecture with random weights instead (real_size.py): seconds per step, the
+memory kept for backward, FLOPs, at small sizes and counted at the native one.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ TARGETS = {
     "fused speedup at 64 px": (">=", 1.6),
     "fused speedup at 128 px": (">=", 1.6),
     "fused vs naive loss, max relative difference": ("<=", 1e-5),
+    "sd15 (random weights): fused vs naive loss, max relative difference": ("<=", 1e-5),
+    "sd21 (random weights): fused vs naive loss, max relative difference": ("<=", 1e-5),
     "attention capture overhead": ("<=", 0.15),
     "harness overhead, smoke suite, warm workers (median of 3)": ("<=", 0.05),
     "harness overhead, smoke suite, fresh cluster (cold workers)": ("<=", 0.15),
@@ -42,7 +46,7 @@ def _check(name: str, value: float) -> str:
 SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "harness", "end_to_end", "scaling", "results")
 
 
-def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str, Any]:
+def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS), arch: str = "tiny") -> dict[str, Any]:
     from .end_to_end import shell_loop_vs_harness
     from .harness_bench import harness_overhead, preflight_seconds, scaling
     from .learning import cached_work, capture_cost, fused_vs_naive, learn_loop_cost
@@ -52,9 +56,13 @@ def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str
 
     repeats = 5 if quick else 11
     results: dict[str, Any] = {"host": platform.node(), "python": platform.python_version(), "quick": quick,
-                               "sections": sorted(only)}
+                               "sections": sorted(only), "arch": arch}
     started = time.perf_counter()
-    if "steps" in only:
+    if "steps" in only and arch != "tiny":
+        from .real_size import real_size_costs
+
+        results["real_size"] = real_size_costs(arch, quick)
+    elif "steps" in only:
         results["fused_vs_naive"] = [fused_vs_naive(r, repeats) for r in (64, 128)]
         results["batching_ceiling"] = [batching_ceiling(r, repeats) for r in (64, 128)]
         results["capture"] = [capture_cost(r, repeats) for r in (64, 128)]
@@ -79,6 +87,8 @@ def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS)) -> dict[str
 
 def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows: list[tuple[str, float, str]] = []
+    if "real_size" in results:
+        rows += _real_size_rows(results["real_size"])
     if "fused_vs_naive" in results:
         rows += _step_rows(results)
     if "learn_loop" in results:
@@ -149,6 +159,37 @@ def _learn_loop_rows(loop: dict[str, Any]) -> list[tuple[str, float, str]]:
     return rows
 
 
+def _real_size_rows(real: dict[str, Any]) -> list[tuple[str, float, str]]:
+    arch, rows = real["arch"], []
+    for case in real["measured"]:
+        at = f"{arch} (random weights), {case['resolution']} px"
+        rows.append((f"{at}: fused step, s", case["fused_ms"] / 1000,
+                     f"forward + backward, best round, {real['threads']} CPU thread(s), load average {real['load_average'][0]:.1f} "
+                 f"-> {real['load_average'][1]:.1f}; "
+                     f"{case['fused_gflops']:.0f} GFLOPs per step (counted) -> {case['fused_gflops_per_s']:.0f} GFLOP/s"))
+        rows.append((f"{at}: naive step, s", case["naive_ms"] / 1000,
+                     f"same FLOPs ({case['naive_gflops']:.0f} GFLOPs) as two passes -> {case['naive_gflops_per_s']:.0f} GFLOP/s"))
+        rows.append((f"{at}: fused speedup", case["speedup"], "naive s / fused s on this CPU"))
+        rows.append((f"{at}: memory kept for backward, fused (MB)", case["fused_activation_mb"],
+                     f"saved tensors, weights excluded; counted on meta: {case['meta_fused_activation_mb']:.1f} MB"))
+        rows.append((f"{at}: memory kept for backward, naive (MB)", case["naive_activation_mb"],
+                     f"with every attention probability; counted on meta: {case['meta_naive_activation_mb']:.1f} MB"))
+    rows.append((f"{arch} (random weights): fused vs naive loss, max relative difference",
+                 max(c["max_rel_loss_diff"] for c in real["measured"]), "l_con, l_att, l_RoI, total"))
+    target = real["counted_at_target"]
+    at = f"{arch}, {target['resolution']} px, counted on meta (nothing computed)"
+    rows.append((f"{at}: GFLOPs per step", target["fused_gflops"],
+                 f"forward + backward, fused and naive alike ({target['naive_gflops']:.0f}); UNet "
+                 f"{target['unet_parameters'] / 1e6:.1f} M parameters, {target['cross_attention_layers']} "
+                 f"cross-attention layers"))
+    rows.append((f"{at}: memory kept for backward, fused (MB)", target["fused_activation_mb"],
+                 "fp32; flash attention keeps one log-sum-exp per query, not the probabilities"))
+    rows.append((f"{at}: memory kept for backward, naive (MB)", target["naive_activation_mb"],
+                 f"fp32; with the attention probabilities of the layers the gradient passes through (its store "
+                 f"holds {target['naive_store_mb']:.0f} MB of probabilities, of every layer)"))
+    return rows
+
+
 def _cached_rows(cached: dict[str, Any]) -> list[tuple[str, float, str]]:
     rows = []
     rows.append(("VAE encodes per learning run", cached["learn_vae_encodes"],
@@ -196,7 +237,11 @@ def _scaling_rows(scaling: dict[str, Any]) -> list[tuple[str, float, str]]:
 
 
 def to_markdown(results: dict[str, Any]) -> str:
-    lines = ["# Performance (CPU, tiny models: ratios, not absolute GPU figures)", "",
+    arch = results.get("arch", "tiny")
+    title = ("# Performance (CPU, tiny models: ratios, not absolute GPU figures)" if arch == "tiny" else
+             f"# Performance (CPU; steps: the {arch} architecture with random weights, real shapes and costs; "
+             f"other sections: tiny models)")
+    lines = [title, "",
              f"host {results['host']}, Python {results['python']}, {results['seconds']:.0f} s, quick={results['quick']}",
              "", "| measure | value | target | details |", "|---|---|---|---|"]
     for name, value, details in summary_rows(results):
@@ -208,11 +253,13 @@ def to_markdown(results: dict[str, Any]) -> str:
 def perf_main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    only = frozenset(args.only or SECTIONS)
+    arch = getattr(args, "arch", "tiny")
+    # A real architecture is for the steps section; the other sections stay on the tiny model if asked for.
+    only = frozenset(args.only or (SECTIONS if arch == "tiny" else ("steps",)))
     unknown = sorted(only - set(SECTIONS))
     if unknown:
         raise UsageError(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
-    results = run_all(args.quick, only)
+    results = run_all(args.quick, only, arch)
     (out / "perf.json").write_text(json.dumps(results, indent=2, default=float))
     markdown = to_markdown(results)
     (out / "perf.md").write_text(markdown)
@@ -225,5 +272,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/perf")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--arch", choices=("tiny", "sd15", "sd21"), default="tiny")
     parser.add_argument("--only", nargs="+", default=None, help=f"sections to run (default all): {SECTIONS}")
     sys.exit(perf_main(parser.parse_args()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -12,44 +13,64 @@ from .naive import naive_step
 from .steps import capture_off_case, fused_loss, make_case, naive_loss, naive_processors, time_naive, time_step
 
 
+class _Saved:
+    """What autograd holds in place of a saved tensor while counting: alive exactly as long as the graph node."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
 def activation_megabytes(step, case) -> float:
     """Bytes autograd keeps for the backward pass of one step (plus what the step stores), in MB.
 
-    Counted with ``saved_tensors_hooks``: deterministic and independent of machine load, unlike RSS. Each
-    tensor's storage is counted once (views share it).
+    Counted with ``saved_tensors_hooks`` at the end of the forward pass: deterministic and independent of
+    machine load, unlike RSS. Only what the graph still holds then counts (a branch the step dropped freed its
+    saves); each storage once (views share it). The model's weights and the trained parameters, which autograd
+    also saves (a linear layer keeps its weight for the input gradient), are resident anyway and not counted.
+    Works on the data-less ``meta`` device too (storages are told apart by identity, not address).
     """
-    seen: set[int] = set()
-    total = 0
+    components = case.state.components
+    resident = {tensor.untyped_storage()._cdata
+                for module in (components.unet, components.text_encoder, components.vae)
+                for tensor in (*module.parameters(), *module.buffers())}
+    resident.add(case.state.tokens.parameter.untyped_storage()._cdata)
+    held: weakref.WeakSet[_Saved] = weakref.WeakSet()
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            total += storage.nbytes()
-        return tensor
+    def pack(tensor: torch.Tensor) -> _Saved:
+        saved = _Saved(tensor)
+        held.add(saved)
+        return saved
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved.tensor):
         loss, _ = step(case)
+    storages = {saved.tensor.untyped_storage()._cdata: saved.tensor.untyped_storage().nbytes() for saved in held}
+    total = sum(nbytes for key, nbytes in storages.items() if key not in resident)
     loss.backward()
     return total / 2**20
 
 
-def fused_vs_naive(resolution: int, repeats: int) -> dict[str, Any]:
-    case = make_case(resolution)
+def fused_vs_naive(resolution: int, repeats: int, arch: str = "tiny", rounds: int = 3, warmup: int = 2,
+                   best: bool = False) -> dict[str, Any]:
+    """Loss agreement, seconds per step (median of ``repeats`` after ``warmup``; the middle of ``rounds``
+    interleaved rounds, or with ``best`` the fastest) and the memory kept for backward, of the fused and the
+    naive step on ``arch``."""
+    case = make_case(resolution, arch=arch)
     fused, fused_values = fused_loss(case)
     naive, naive_values = naive_loss(case)
     worst = max(abs(fused_values[k] - naive_values[k]) / max(abs(naive_values[k]), 1e-12) for k in ("con", "att", "roi", "total"))
     # Interleave the two variants so machine noise hits both alike.
     fused_times, naive_times = [], []
-    for _ in range(3):
-        fused_times.append(time_step(fused_loss, case, repeats))
-        naive_times.append(time_naive(case, repeats))
-    fused_s, naive_s = sorted(fused_times)[1], sorted(naive_times)[1]
+    for _ in range(rounds):
+        fused_times.append(time_step(fused_loss, case, repeats, warmup))
+        naive_times.append(time_naive(case, repeats, warmup))
+    pick = 0 if best else rounds // 2
+    fused_s, naive_s = sorted(fused_times)[pick], sorted(naive_times)[pick]
     with naive_processors(case) as store:
         naive_mb = activation_megabytes(lambda c: naive_step(c.state, c.batch, c.object_word, store), case)
     return {
-        "resolution": resolution, "fused_ms": fused_s * 1000, "naive_ms": naive_s * 1000, "speedup": naive_s / fused_s,
+        "arch": arch, "resolution": resolution, "fused_ms": fused_s * 1000, "naive_ms": naive_s * 1000, "speedup": naive_s / fused_s,
         "max_rel_loss_diff": worst, "fused_activation_mb": activation_megabytes(fused_loss, case),
         "naive_activation_mb": naive_mb,
     }

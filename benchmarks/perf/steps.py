@@ -5,6 +5,7 @@ their losses must agree; the benchmark then times forward + backward of each.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,10 +15,10 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 from clic.attention import AttentionCapture
-from clic.learn import LearnConfig, StepBatch, TrainState, fused_step, vae_moments
+from clic.learn import LearnConfig, StepBatch, TrainState, attention_side, fused_step, vae_moments
 from clic.losses import Objective
 from clic.methods.base import get_method
-from clic.models import build_tiny
+from clic.models import SDComponents, build_tiny
 from clic.tokens import ConceptTokens
 
 from .naive import install_naive, naive_step
@@ -30,20 +31,40 @@ class StepCase:
     object_word: str = "chair"
 
 
-def make_case(resolution: int, seed: int = 0, config: LearnConfig | None = None) -> StepCase:
+ARCHES = ("tiny", "sd15", "sd21")  # tiny: clic.models.build_tiny; the others: clic.architectures (random weights)
+
+
+def build_components(arch: str = "tiny", seed: int = 0, device: str = "cpu") -> SDComponents:
+    """The tiny model, or a real SD architecture with seeded random weights (real shapes, meaningless numbers).
+
+    ``device="meta"`` builds the architecture data-less in a second (shapes only: FLOPs and saved-tensor bytes).
+    """
+    if arch == "tiny":
+        return build_tiny().to(device) if device != "cpu" else build_tiny()
+    from clic.architectures import build_random
+
+    with tempfile.TemporaryDirectory(prefix=f"clic-{arch}-tokenizer-") as tokenizer_dir, torch.device(device):
+        return build_random(arch, tokenizer_dir, seed)  # the tokenizer is loaded; its files are not needed after
+
+
+def make_case(resolution: int, seed: int = 0, config: LearnConfig | None = None, arch: str = "tiny",
+              device: str = "cpu") -> StepCase:
     config = config or get_method("clic").learn_config("paper")
-    components = build_tiny()
+    components = build_components(arch, seed, device)
     tokens = ConceptTokens(components.tokenizer, components.text_encoder, ["<v*>"], ["chair"])
     capture = AttentionCapture(components.unet, config.capture_layers, train_kv=config.train_kv,
                                train_q_out=config.train_q_out)
     generator = torch.Generator().manual_seed(seed)
-    image = torch.rand(3, resolution, resolution, generator=generator) * 2 - 1
+    image = (torch.rand(3, resolution, resolution, generator=generator) * 2 - 1).to(device)
     mask = torch.zeros(1, resolution, resolution)
     mask[:, resolution // 8 : resolution // 2, resolution // 4 : 3 * resolution // 4] = 1
     latents = vae_moments(components, image[None]).chunk(2, dim=1)[0] * components.vae.config.scaling_factor
-    batch = StepBatch(latents=latents, masks=mask, image=image, suffix="", timestep=torch.tensor([420]),
-                      noise=torch.randn(latents.shape, generator=generator))
+    batch = StepBatch(latents=latents, masks=mask.to(device), image=image, suffix="",
+                      timestep=torch.tensor([420], device=device),
+                      noise=torch.randn(latents.shape, generator=generator).to(device))
     attention_resolution = latents.shape[-1] // 2  # the coarsest up-block layer of the tiny UNet
+    if arch != "tiny":  # as learn_concept: the coarsest captured layer's side at this latent size
+        attention_resolution = attention_side(config, capture, components, latents.shape[-1])
     return StepCase(TrainState(components, tokens, capture, Objective(config.terms), config, attention_resolution), batch)
 
 
