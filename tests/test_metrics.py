@@ -256,7 +256,9 @@ def test_lpips_diversity(metrics: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_METRICS)
-def test_a_metric_instance_loads_its_model_once(name: str, random_settings: MetricSettings) -> None:
+def test_a_metric_instance_loads_its_model_once(name: str, random_settings: MetricSettings,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "_SHARED_CLIP", {})  # as in a new metric actor
     kind = "clip" if name.startswith("clip") else "lpips"
     before = models.LOAD_COUNT[kind]
     metric = build_metric(name, random_settings)
@@ -313,3 +315,17 @@ def test_alexnet_checkpoint_name_is_torchvisions() -> None:
     import torchvision
 
     assert models.ALEXNET_CHECKPOINT == os.path.basename(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url)
+
+
+def test_clip_metrics_of_one_actor_share_one_model(random_settings: MetricSettings,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """clip_image and clip_text with the same settings score with one CLIP (one load, the same module); another
+    configuration (here another cache folder) gets its own."""
+    monkeypatch.setattr(models, "_SHARED_CLIP", {})
+    before = models.LOAD_COUNT["clip"]
+    image_metric, text_metric = build_metric("clip_image", random_settings), build_metric("clip_text", random_settings)
+    assert models.LOAD_COUNT["clip"] - before == 1
+    assert image_metric.clip.model is text_metric.clip.model
+    other = MetricSettings(allow_random=True, options={"clip": {"cache_dir": "/nonexistent-clip-cache"}})
+    assert build_metric("clip_image", other).clip.model is not image_metric.clip.model
+    assert models.LOAD_COUNT["clip"] - before == 2

@@ -93,24 +93,23 @@ class LpipsModel:
     batch_size: int
 
 
+# One CLIP per configuration and device in a process: the CLIP metrics of a metric actor (clip_image,
+# clip_text, esr, clip_masked, concept_classification) score with one model instead of a copy each.
+_SHARED_CLIP: dict[tuple[Any, ...], tuple[torch.nn.Module, str, str]] = {}
+
+
 def load_clip(settings: MetricSettings) -> ClipModel:
-    """The configured CLIP from local weights, else (if allowed) the tiny random one."""
+    """The configured CLIP from local weights, else (if allowed) the tiny random one; built once per process
+    for each configuration and shared by every metric that asks for it (frozen, in eval mode)."""
     options = settings.for_metric(CLIP_OPTIONS_KEY)
     model_name = str(options.get("model", DEFAULT_CLIP_MODEL))
     pretrained = str(options.get("pretrained", DEFAULT_CLIP_PRETRAINED))
     cache_dir = options.get("cache_dir")
     device = torch.device(settings.device)
-    try:
-        model, weights = _build_real_clip(model_name, pretrained, cache_dir, device)
-        tokenizer_name = model_name
-    except WeightsUnavailable as missing:
-        if not settings.allow_random:
-            raise
-        _log.warning("%s -> scoring with the tiny random CLIP, labelled %r", missing, TINY_RANDOM)
-        model, weights, tokenizer_name = _build_tiny_clip(device), TINY_RANDOM, TINY_CLIP_MODEL
-    LOAD_COUNT["clip"] += 1
-    model.eval().requires_grad_(False)
-
+    key = (model_name, pretrained, cache_dir, str(device), settings.allow_random)
+    if key not in _SHARED_CLIP:
+        _SHARED_CLIP[key] = _build_clip(model_name, pretrained, cache_dir, device, settings.allow_random)
+    model, weights, tokenizer_name = _SHARED_CLIP[key]
     preprocess = model.visual.preprocess_cfg
     size = preprocess["size"]
     image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -124,6 +123,21 @@ def load_clip(settings: MetricSettings) -> ClipModel:
         device=device,
         batch_size=int(options.get("batch_size", DEFAULT_BATCH_SIZE)),
     )
+
+
+def _build_clip(model_name: str, pretrained: str, cache_dir: str | None, device: torch.device,
+                allow_random: bool) -> tuple[torch.nn.Module, str, str]:
+    """(model, weights label, tokenizer name): the real CLIP from local weights, else the tiny random one."""
+    try:
+        model, weights = _build_real_clip(model_name, pretrained, cache_dir, device)
+        tokenizer_name = model_name
+    except WeightsUnavailable as missing:
+        if not allow_random:
+            raise
+        _log.warning("%s -> scoring with the tiny random CLIP, labelled %r", missing, TINY_RANDOM)
+        model, weights, tokenizer_name = _build_tiny_clip(device), TINY_RANDOM, TINY_CLIP_MODEL
+    LOAD_COUNT["clip"] += 1
+    return model.eval().requires_grad_(False), weights, tokenizer_name
 
 
 def missing_clip_weights(settings: MetricSettings) -> list[str]:
