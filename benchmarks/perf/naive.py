@@ -81,7 +81,9 @@ def naive_step(state: TrainState, batch: StepBatch, object_word: str, store: dic
     """l_con + λ_att l_att + λ_RoI l_RoI (paper forms) with separate passes; same inputs and weights as fused_step."""
     store.clear()
     components, config, tokens = state.components, state.config, state.tokens
-    alpha_bar = components.scheduler.alphas_cumprod[batch.timestep].view(-1, 1, 1, 1)
+    # The schedule lives where the scheduler made it (the CPU, or meta when built under a meta device): read on
+    # the latents' device, as diffusers' add_noise does.
+    alpha_bar = components.scheduler.alphas_cumprod.to(batch.latents.device)[batch.timestep].view(-1, 1, 1, 1)
     x_t = alpha_bar.sqrt() * batch.latents + (1 - alpha_bar).sqrt() * batch.noise
     latent_mask = F.adaptive_avg_pool2d(batch.masks[None], x_t.shape[-1])[0]  # each latent cell's covered share
     names = tokens.tokens
