@@ -17,7 +17,7 @@ import torch
 from .attention import AttentionCapture
 from .concept import LearnedConcept
 from .learn import capture_resolution, encode_text, format_prompt
-from .models import SDComponents
+from .models import SDComponents, ddim_scheduler
 from .transfer import decode, ensure_concept
 from .settings import reject_unknown_keys
 
@@ -99,9 +99,7 @@ def generate_with_concept(
     capture = ensure_concept(components, concept)
     device = components.unet.device
     generator = torch.Generator().manual_seed(seed)
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(components.scheduler.config)
+    scheduler = ddim_scheduler(components)
     scheduler.set_timesteps(settings.steps)
     n = settings.images
     side = settings.resolution or int(concept.config.get("resolution") or 0) or components.resolution

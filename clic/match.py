@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .attention import AttentionCapture
 from .concept import LearnedConcept
 from .learn import ConceptSource, LearnConfig, capture_resolution, encode_text, format_prompt, learn_concept, vae_moments
-from .models import SDComponents
+from .models import SDComponents, ddim_scheduler
 from .tokens import add_learned_tokens
 from .transfer import ensure_concept
 from .settings import reject_unknown_keys
@@ -94,9 +94,7 @@ def denoising_attention(components: SDComponents, capture: AttentionCapture, ima
     """``token``'s attention map (r, r) while denoising ``image`` ((3, R, R) in [-1, 1]) with ``prompt``."""
     device = components.unet.device
     generator = torch.Generator().manual_seed(seed)
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(components.scheduler.config)
+    scheduler = ddim_scheduler(components)
     scheduler.set_timesteps(settings.denoise_steps)
     timesteps = scheduler.timesteps[settings.denoise_steps - settings.t_start:]
     latents = vae_moments(components, image[None].to(device)).float().chunk(2, dim=1)[0] * components.vae.config.scaling_factor

@@ -188,6 +188,14 @@ SD_SCHEDULER_CONFIG = dict(
 )
 
 
+def ddim_scheduler(components: SDComponents) -> DDIMScheduler:
+    """A new DDIM scheduler with the model's noise schedule and prediction type: a checkpoint's own scheduler
+    (e.g. SD 1.5's PNDM) becomes DDIM, which transfer, generation and matching step with."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(components.scheduler.config)
+
+
 def build_clip_tokenizer(directory: str | Path, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """Write vocab.json + merges.txt from open_clip's BPE file into ``directory`` and load a CLIPTokenizer.
 

@@ -34,7 +34,7 @@ from .attention import AttentionCapture
 from .concept import LearnedConcept
 from .learn import capture_resolution, encode_text, format_prompt, sample_latents, vae_moments
 from .losses import resize_mask
-from .models import SDComponents
+from .models import SDComponents, ddim_scheduler
 from .prediction import check_prediction_type
 from .settings import reject_unknown_keys
 
@@ -189,10 +189,8 @@ def transfer_concept(
     check_prediction_type(components.scheduler)  # DDIM's step reads the type; an unknown one stops here
     capture = ensure_concept(components, concept, settings.capture_layers)
     device = components.unet.device
-    from diffusers import DDIMScheduler  # a checkpoint's own scheduler (e.g. PNDM) becomes DDIM here
-
     generator = torch.Generator().manual_seed(seed)
-    scheduler = DDIMScheduler.from_config(components.scheduler.config)
+    scheduler = ddim_scheduler(components)
     scheduler.set_timesteps(settings.steps)
     timesteps = scheduler.timesteps[settings.t_start:]
 

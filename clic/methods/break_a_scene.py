@@ -25,7 +25,7 @@ from ..concept import LearnedConcept
 from ..learn import (ConceptSource, LearnConfig, Phase, StepBatch, TrainState, encode_text, format_prompt,
                      learn_concept, sample_latents, vae_moments)
 from ..losses import StepTensors, resize_mask
-from ..models import SDComponents
+from ..models import SDComponents, ddim_scheduler
 from ..prediction import training_target
 from ..presets import Setting, preset_overrides
 from .base import Method
@@ -96,11 +96,11 @@ def class_image_moments(components: SDComponents, prompt: str, count: int, steps
                         seed: int) -> torch.Tensor:
     """VAE posterior moments (count, 8, h, w) of ``count`` images the *base* model generates from ``prompt``
     (diffusers' StableDiffusionPipeline, DDIM, as train.py samples its class images with the pipeline)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
 
     pipeline = StableDiffusionPipeline(
         vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-        unet=components.unet, scheduler=DDIMScheduler.from_config(components.scheduler.config),
+        unet=components.unet, scheduler=ddim_scheduler(components),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..concept import LearnedConcept
 from ..learn import LearnConfig, StepBatch, TrainState, capture_resolution, encode_text, format_prompt, vae_moments
 from ..losses import StepTensors, resize_mask
-from ..models import SDComponents
+from ..models import SDComponents, ddim_scheduler
 from ..presets import Setting, preset_overrides
 from ..prediction import training_target
 from ..transfer import TransferResult, TransferSettings, decode, ensure_concept, latent_region, summarize_attention
@@ -121,10 +121,8 @@ def inpaint_concept(components: SDComponents, concept: LearnedConcept, target_im
         raise ValueError("RealFill needs an inpainting UNet (9 input channels): use tiny-inpaint or an SD inpainting folder")
     capture = ensure_concept(components, concept, settings.capture_layers)
     device = components.unet.device
-    from diffusers import DDIMScheduler
-
     generator = torch.Generator().manual_seed(seed)
-    scheduler = DDIMScheduler.from_config(components.scheduler.config)
+    scheduler = ddim_scheduler(components)
     scheduler.set_timesteps(settings.steps)
     image = target_image[None].to(device)
     pixel_mask = target_mask.to(device).float()[None, None]
