@@ -211,6 +211,11 @@ def _result_files(run_dir: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: (not p.name.startswith(COMPACTED_PREFIX), p.name))
 
 
+def has_results(run_dir: str | Path) -> bool:
+    """Whether the run folder holds any result file (per-job or compacted)."""
+    return bool(_result_files(run_dir))
+
+
 def _compacted_files(run_dir: str | Path) -> list[Path]:
     return [p for p in _result_files(run_dir) if p.name.startswith(COMPACTED_PREFIX)]
 

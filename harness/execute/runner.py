@@ -83,7 +83,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
     started, start_clock = now_iso(), time.perf_counter()
     models, native_resolution = describe_models(suite)
     warming: WarmWorkers | None = None
-    if not any(store.results_dir(run_dir).glob("*.parquet")):
+    if not store.has_results(run_dir):
         # A fresh run folder certainly has jobs to run: the workers import the method library and load the
         # model (seconds each) while the driver plans. A resumed run plans first: it may have nothing to run.
         _connect(address, num_cpus)
@@ -180,7 +180,8 @@ class WarmWorkers:
         from clic.methods import method_target
 
         targets = sorted({method_target(spec.name) for spec in suite.methods if models.get(spec.name)})
-        count = min(job_slots(suite), max_jobs or job_slots(suite))
+        slots = job_slots(suite)
+        count = min(slots, max_jobs or slots)
         warm_remote = ray.remote(warm_worker).options(**job_options(suite))
         return cls([warm_remote.remote(main_model, targets) for _ in range(count)])
 
