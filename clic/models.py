@@ -19,6 +19,7 @@ afterwards follows the model (:mod:`clic.device`).
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -401,27 +402,33 @@ class ModelDescription:
 _TINY_DESCRIPTIONS: dict[str, ModelDescription] = {}
 
 
-def _tiny_description_file(variant: str) -> Path:
-    """Where the description of a tiny preset is remembered: keyed by everything its weights follow from (the
-    configs and seed in this module, and the torch/diffusers/transformers versions that build them), so a
-    driver plans a tiny run without importing diffusers or building the model, and a change of any of them
-    is a new file, never a stale hash. Workers check the hash of the model they build against the plan's."""
+@functools.lru_cache(maxsize=None)
+def _tiny_description_key(variant: str) -> str:
+    """Everything a tiny preset's weights follow from: the configs and seed in this module and the
+    torch/diffusers/transformers versions that build them (fixed for the life of a process)."""
     from importlib.metadata import version
 
     spec = {"variant": variant, "seed": TINY_SEED, "unet": tiny_unet_config(9 if variant == "tiny-inpaint" else 4),
             "vae": TINY_VAE_CONFIG, "text_encoder": TINY_TEXT_CONFIG, "scheduler": SD_SCHEDULER_CONFIG,
             "versions": {name: version(name) for name in ("torch", "diffusers", "transformers")}}
-    key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic")) / "tiny-descriptions" / f"{variant}-{key}.json"
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _tiny_description_file(variant: str) -> Path:
+    """Where the description of a tiny preset is remembered, under its key: a driver plans a tiny run without
+    importing diffusers or building the model, and a change of configs or versions is a new file, never a stale
+    hash. Workers check the hash of the model they build against the plan's."""
+    cache = Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic"))
+    return cache / "tiny-descriptions" / f"{variant}-{_tiny_description_key(variant)}.json"
 
 
 def _remember_tiny_description(variant: str, components: SDComponents) -> None:
     description = ModelDescription(variant, components.weights_hash, TINY_LABEL, components.resolution)
     _TINY_DESCRIPTIONS[variant] = description
-    if _recalled_tiny_description(variant) == description:
+    path = _tiny_description_file(variant)
+    if _read_tiny_description(path, variant) == description:
         return
     try:
-        path = _tiny_description_file(variant)
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         temp.write_text(json.dumps(description.__dict__))
@@ -430,9 +437,9 @@ def _remember_tiny_description(variant: str, components: SDComponents) -> None:
         pass
 
 
-def _recalled_tiny_description(variant: str) -> ModelDescription | None:
+def _read_tiny_description(path: Path, variant: str) -> ModelDescription | None:
     try:
-        fields = json.loads(_tiny_description_file(variant).read_text())
+        fields = json.loads(path.read_text())
         description = ModelDescription(**fields)
     except (OSError, ValueError, TypeError):  # not written yet, or damaged: rebuilt and rewritten
         return None
@@ -447,7 +454,7 @@ def describe_model(model: str) -> ModelDescription:
     """
     if model in TINY_PRESETS:  # built from code: remembered per process and on disk (_tiny_description_file)
         if model not in _TINY_DESCRIPTIONS:
-            recalled = _recalled_tiny_description(model)
+            recalled = _read_tiny_description(_tiny_description_file(model), model)
             if recalled is None:
                 build_tiny(model)  # remembers its description
             else:
