@@ -95,7 +95,7 @@ class LpipsModel:
 
 # One CLIP per configuration and device in a process: the CLIP metrics of a metric actor (clip_image,
 # clip_text, esr, clip_masked, concept_classification) score with one model instead of a copy each.
-_SHARED_CLIP: dict[tuple[Any, ...], tuple[torch.nn.Module, str, str]] = {}
+_SHARED_CLIP: dict[tuple[Any, ...], tuple[torch.nn.Module, str, Callable[[list[str]], torch.Tensor]]] = {}
 
 
 def load_clip(settings: MetricSettings) -> ClipModel:
@@ -109,13 +109,13 @@ def load_clip(settings: MetricSettings) -> ClipModel:
     key = (model_name, pretrained, cache_dir, str(device), settings.allow_random)
     if key not in _SHARED_CLIP:
         _SHARED_CLIP[key] = _build_clip(model_name, pretrained, cache_dir, device, settings.allow_random)
-    model, weights, tokenizer_name = _SHARED_CLIP[key]
+    model, weights, tokenizer = _SHARED_CLIP[key]
     preprocess = model.visual.preprocess_cfg
     size = preprocess["size"]
     image_size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     return ClipModel(
         model=model,
-        tokenizer=_open_clip().get_tokenizer(tokenizer_name),
+        tokenizer=tokenizer,
         image_size=image_size,
         mean=torch.tensor(preprocess["mean"], dtype=torch.float32).view(1, 3, 1, 1),
         std=torch.tensor(preprocess["std"], dtype=torch.float32).view(1, 3, 1, 1),
@@ -126,8 +126,8 @@ def load_clip(settings: MetricSettings) -> ClipModel:
 
 
 def _build_clip(model_name: str, pretrained: str, cache_dir: str | None, device: torch.device,
-                allow_random: bool) -> tuple[torch.nn.Module, str, str]:
-    """(model, weights label, tokenizer name): the real CLIP from local weights, else the tiny random one."""
+                allow_random: bool) -> tuple[torch.nn.Module, str, Callable[[list[str]], torch.Tensor]]:
+    """(model, weights label, tokenizer): the real CLIP from local weights, else the tiny random one."""
     try:
         model, weights = _build_real_clip(model_name, pretrained, cache_dir, device)
         tokenizer_name = model_name
@@ -137,7 +137,7 @@ def _build_clip(model_name: str, pretrained: str, cache_dir: str | None, device:
         _log.warning("%s -> scoring with the tiny random CLIP, labelled %r", missing, TINY_RANDOM)
         model, weights, tokenizer_name = _build_tiny_clip(device), TINY_RANDOM, TINY_CLIP_MODEL
     LOAD_COUNT["clip"] += 1
-    return model.eval().requires_grad_(False), weights, tokenizer_name
+    return model.eval().requires_grad_(False), weights, _open_clip().get_tokenizer(tokenizer_name)
 
 
 def missing_clip_weights(settings: MetricSettings) -> list[str]:
