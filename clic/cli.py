@@ -53,6 +53,23 @@ def _positive(value: int | None, option: str) -> None:
         raise CLIError(option, f"must be positive, got {value}")
 
 
+# settings field -> the option that sets it, to name the option a resolved setting's error is about
+SETTING_OPTIONS = {"t_start": "--t-start", "eta": "--eta", "steps": "--steps", "images": "--images",
+                   "stage_one_steps": "--stage-one-steps", "threshold": "--threshold", "resolution": "--resolution"}
+
+
+def _resolve(method: Method, task: str, preset: str | None, overrides: dict[str, Any]) -> Any:
+    """The settings a command runs with, resolved by the one function the harness uses too
+    (:meth:`clic.methods.base.Method.resolve`); its error names the option that set the value."""
+    try:
+        return method.resolve(task, preset, overrides)
+    except (ValueError, TypeError) as err:
+        text = " ".join(str(err).split())
+        blamed = [SETTING_OPTIONS[key] for key in sorted(overrides, key=lambda k: text.find(k))
+                  if key in SETTING_OPTIONS and key in text]
+        raise CLIError(blamed[0] if blamed else "--preset", text) from None
+
+
 def _method(name: str, option: str = "--method") -> Method:
     try:
         return get_method(name)
@@ -162,8 +179,9 @@ def cmd_learn(args: argparse.Namespace) -> None:
     overrides: dict[str, Any] = {"resolution": resolution}
     if args.steps is not None:
         overrides["steps"] = args.steps
+    config = _resolve(method, "learn", args.preset, overrides if method.needs_model else {})
     started = time.perf_counter()
-    concept = method.learn(components, source, preset=args.preset, overrides=overrides if method.needs_model else None,
+    concept = method.learn(components, source, preset=args.preset, overrides=config,
                            seed=args.seed, out_dir=args.out, progress=not args.quiet)
     final = f", final loss {concept.loss_log[-1]['total']:.4f}" if concept.loss_log else ""
     print(f"learned {' '.join(concept.tokens) or 'the source'} with {method.name}/{concept.preset} in "
@@ -171,19 +189,11 @@ def cmd_learn(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    from .transfer import TransferSettings
-
     concept, method = _load_concept(args.concept)
     _positive(args.steps, "--steps")
     overrides = {key: value for key, value in (("t_start", args.t_start), ("eta", args.eta), ("steps", args.steps))
                  if value is not None}
-    if method.needs_model:
-        settings = method.task_settings("transfer", concept.preset, overrides)
-        steps = settings.get("steps", TransferSettings.steps)
-        t_start = settings.get("t_start", TransferSettings.t_start)
-        if not 1 <= t_start < steps:
-            raise CLIError("--t-start", f"must lie in [1, {steps - 1}] (steps of the --steps schedule kept before "
-                                        f"editing), got {t_start}")
+    settings = _resolve(method, "transfer", concept.preset, overrides)  # None: the method reads no settings
     components = _components(method, args.model, concept, args)
     _check_object_fits(components, args.object)
     resolution = _resolution(args.resolution, components, concept)
@@ -192,8 +202,8 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     mask = _model_mask(args.mask, image.size, image, resolution)
     started = time.perf_counter()
     try:
-        result = method.transfer(components, concept, image_tensor, mask, args.object,
-                                 overrides=overrides if method.needs_model else None, seed=args.seed)
+        result = method.transfer(components, concept, image_tensor, mask, args.object, overrides=settings,
+                                 seed=args.seed)
     except UnsupportedTask as err:
         raise CLIError("--concept", str(err)) from None
     out = Path(args.out)
@@ -202,7 +212,8 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     from_model_output(_gray(result.attention), placement).convert("L").save(out / "attention.png")
     _write_json(out / "result.json", {
         "concept": str(args.concept), "method": method.name, "preset": concept.preset, "object": args.object,
-        "seed": args.seed, "overrides": overrides, "resolution": resolution, "size": list(image.size),
+        "seed": args.seed, "overrides": overrides, "settings": settings.to_dict() if settings is not None else None,
+        "resolution": resolution, "size": list(image.size),
         "model": components.weights_label if components is not None else None,
         "attention_in_mask": getattr(result, "attention_in_mask", None),
         **(result.schedule_record() if hasattr(result, "schedule_record") else {}),
@@ -212,8 +223,6 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from .generate import GenerateSettings
-
     concept, method = _load_concept(args.concept)
     _positive(args.steps, "--steps")
     _positive(args.images, "--images")
@@ -223,16 +232,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
         method.require("generate")
     except UnsupportedTask as err:
         raise CLIError("--concept", str(err)) from None
-    settings = method.task_settings("generate", concept.preset, overrides)
-    steps = settings.get("steps", GenerateSettings.steps)
-    stage_one = settings.get("stage_one_steps", GenerateSettings.stage_one_steps)
-    if not 0 <= stage_one <= steps:
-        raise CLIError("--stage-one-steps", f"must lie in [0, {steps}] (the --steps), got {stage_one}")
+    _resolve(method, "generate", concept.preset, overrides)  # a bad value fails before the model loads
     components = _components(method, args.model, concept, args)
     _check_object_fits(components, args.object)
     if components is not None:  # --resolution, else the concept's learning resolution, else the model's
         overrides["resolution"] = _resolution(args.resolution, components, concept)
-    result = method.generate(components, concept, args.object, overrides=overrides, seed=args.seed)
+    settings = _resolve(method, "generate", concept.preset, overrides)
+    result = method.generate(components, concept, args.object, overrides=settings, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for index, picture in enumerate(result.images):
@@ -241,8 +247,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_match(args: argparse.Namespace) -> None:
-    from .match import MatchSettings
-
     concept, method = _load_concept(args.concept)
     _positive(args.steps, "--steps")
     overrides = {key: value for key, value in (("steps", args.steps), ("t_start", args.t_start),
@@ -253,11 +257,7 @@ def cmd_match(args: argparse.Namespace) -> None:
         method.require("match")
     except UnsupportedTask as err:
         raise CLIError("--concept", str(err)) from None
-    settings = method.task_settings("match", concept.preset, overrides)
-    denoise_steps = settings.get("denoise_steps", MatchSettings.denoise_steps)
-    t_start = settings.get("t_start", MatchSettings.t_start)
-    if not 1 <= t_start <= denoise_steps:
-        raise CLIError("--t-start", f"must lie in [1, {denoise_steps}] (the denoising schedule), got {t_start}")
+    settings = _resolve(method, "match", concept.preset, overrides)
     if "source_image" not in concept.arrays:  # w* is learned from the source the concept keeps
         raise CLIError(args.concept, "the concept keeps no source image (learned by an older version): learn it again")
     components = _components(method, args.model, concept, args)
@@ -265,7 +265,7 @@ def cmd_match(args: argparse.Namespace) -> None:
     resolution = _resolution(args.resolution, components, concept)
     image = load_image(args.image)
     image_tensor, _, placement = to_model_input(image, None, resolution)
-    result = method.match(components, concept, image_tensor, args.object, overrides=overrides, seed=args.seed)
+    result = method.match(components, concept, image_tensor, args.object, overrides=settings, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     mask = mask_from_model_output(result.mask.float(), placement)

@@ -19,11 +19,13 @@ from .concept import LearnedConcept
 from .learn import capture_resolution, encode_text, format_prompt
 from .models import SDComponents, ddim_scheduler
 from .transfer import decode, ensure_concept
-from .settings import reject_unknown_keys
+from .settings import Settings
 
 
 @dataclass(frozen=True)
-class GenerateSettings:
+class GenerateSettings(Settings):
+    WHAT = "generation setting(s)"
+
     steps: int = 50
     stage_one_steps: int = 5  # t_s of the paper
     guidance_scale: float = 7.5
@@ -33,13 +35,6 @@ class GenerateSettings:
     images: int = 1
     resolution: int | None = None  # image side; None: the concept's learning resolution, else the model's native
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GenerateSettings":
-        reject_unknown_keys(cls, data, "generation setting(s)")
-        settings = cls(**data)
-        settings.validate()
-        return settings
-
     def validate(self) -> None:
         if self.steps <= 0 or self.images <= 0:
             raise ValueError("generation steps and images must be positive")
@@ -47,9 +42,6 @@ class GenerateSettings:
             raise ValueError(f"stage_one_steps must lie in [0, {self.steps}], got {self.stage_one_steps}")
         if self.resolution is not None and self.resolution <= 0:
             raise ValueError(f"generation resolution must be positive, got {self.resolution}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -51,8 +51,6 @@ class Phase:
 class LearnConfig(MethodConfig):
     """Everything that determines a learning run (hashable into a job id via :meth:`to_dict`)."""
 
-    MERGED: ClassVar[tuple[str, ...]] = ("terms", "augment")
-
     steps: int = 500
     lr: float = 1e-5  # token and attention weights, paper §4 ("Adam, lr 1e-5")
     token_lr: float | None = None  # None: same as lr

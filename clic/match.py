@@ -27,14 +27,16 @@ from .learn import ConceptSource, LearnConfig, capture_resolution, encode_text, 
 from .models import SDComponents, ddim_scheduler
 from .tokens import add_learned_tokens
 from .transfer import ensure_concept
-from .settings import reject_unknown_keys
+from .settings import Settings
 
 # Where a learned w* is kept in a concept: the vector in ``arrays``, the settings it was learned with in ``extras``.
 REGION_TOKEN_KEY = "region_token"
 
 
 @dataclass(frozen=True)
-class MatchSettings:
+class MatchSettings(Settings):
+    WHAT = "match setting(s)"
+
     steps: int = 500  # w* learning steps: paper §3.4 (500)
     lr: float = 1e-5  # CLiC's learning config (paper §4, Adam 1e-5); §3.4 gives no other value
     prompt: str = "a {token} region of an {object}"  # paper §3.4
@@ -45,13 +47,6 @@ class MatchSettings:
     threshold: float = 0.5  # on the min-max normalised soft map (our choice)
     capture_layers: str = "up"  # as l_att: up-block cross-attention (paper §3.1)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MatchSettings":
-        reject_unknown_keys(cls, data, "match setting(s)")
-        settings = cls(**data)
-        settings.validate()
-        return settings
-
     def validate(self) -> None:
         if self.steps <= 0 or self.denoise_steps <= 0:
             raise ValueError(f"match steps and denoise_steps must be positive, got {self.steps} and {self.denoise_steps}")
@@ -59,9 +54,6 @@ class MatchSettings:
             raise ValueError(f"t_start must lie in [1, {self.denoise_steps}], got {self.t_start}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def region_learning(self) -> dict[str, Any]:
         """The settings that determine a learned w* (a stored w* learned otherwise is not reused)."""

@@ -64,6 +64,7 @@ class SDComponents:
     model_id: str  # "tiny", a folder path or an HF id
     weights_hash: str  # identifies the weights (see :func:`weights_fingerprint`)
     resolution: int  # native image side in pixels
+    label: str | None = None  # the weights label a folder's provenance marker gives (None: the model id)
 
     @property
     def is_tiny(self) -> bool:
@@ -71,8 +72,8 @@ class SDComponents:
 
     @property
     def weights_label(self) -> str:
-        """What made the numbers: ``tiny-random`` or the model id."""
-        return TINY_LABEL if self.is_tiny else self.model_id
+        """What made the numbers: ``tiny-random``, a saved random build's label, or the model id."""
+        return TINY_LABEL if self.is_tiny else (self.label or self.model_id)
 
     @property
     def is_inpainting(self) -> bool:
@@ -295,7 +296,42 @@ def save_tiny(directory: str | Path, variant: str = "tiny") -> Path:
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(directory)
+    write_weights_marker(directory, TINY_LABEL, f"clic models save-tiny --variant {variant}")
     return Path(directory)
+
+
+# ---------------------------------------------------------------------------------------- provenance
+WEIGHTS_MARKER = "clic_weights.json"  # beside model_index.json: what the weights of a folder this project wrote are
+
+
+def _random_registry() -> Path:
+    return Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic")) / "random-weights"
+
+
+def write_weights_marker(directory: str | Path, label: str, made_by: str) -> None:
+    """Mark a folder of random weights as such, so every row, table and banner made with it says so; its
+    fingerprint is also remembered on this machine, so a copy without the marker is still recognised."""
+    directory = Path(directory)
+    record = {"weights_label": label, "random_weights": True, "made_by": made_by}
+    (directory / WEIGHTS_MARKER).write_text(json.dumps(record, indent=1))
+    try:
+        registry = _random_registry()
+        registry.mkdir(parents=True, exist_ok=True)
+        (registry / f"{weights_fingerprint(directory)}.json").write_text(json.dumps(record))
+    except OSError:  # a read-only cache: the marker in the folder still labels it
+        pass
+
+
+def folder_weights_label(folder: Path, fingerprint: str, model: str) -> str:
+    """A folder's weights label: its marker's, else a known random build's (by fingerprint), else the model id."""
+    for path in (folder / WEIGHTS_MARKER, _random_registry() / f"{fingerprint}.json"):
+        try:
+            label = json.loads(path.read_text()).get("weights_label")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(label, str) and label:
+            return label
+    return model
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -388,6 +424,7 @@ def load_components(model: str = "tiny", *, device: str | torch.device = "cpu",
         weights_hash=weights_fingerprint(folder),
         resolution=int(unet.config.sample_size) * vae_factor,
     )
+    components.label = folder_weights_label(folder, components.weights_hash, components.model_id)
     return components.to(device, dtype).freeze()
 
 
@@ -467,4 +504,6 @@ def describe_model(model: str) -> ModelDescription:
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(f"{folder}: cannot read the UNet/VAE configs ({type(err).__name__})") from None
     factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    return ModelDescription(model, weights_fingerprint(folder), model, int(unet_config["sample_size"]) * factor)
+    fingerprint = weights_fingerprint(folder)
+    return ModelDescription(model, fingerprint, folder_weights_label(folder, fingerprint, model),
+                            int(unet_config["sample_size"]) * factor)

@@ -36,11 +36,13 @@ from .learn import capture_resolution, encode_text, format_prompt, sample_latent
 from .losses import resize_mask
 from .models import SDComponents, ddim_scheduler
 from .prediction import check_prediction_type
-from .settings import reject_unknown_keys
+from .settings import Settings
 
 
 @dataclass(frozen=True)
-class TransferSettings:
+class TransferSettings(Settings):
+    WHAT = "transfer setting(s)"
+
     t_start: int = 10  # schedule steps kept from the noised target: the edit runs from timesteps[t_start]
     steps: int = 50  # DDIM schedule length T
     eta: float = 1.0  # attention-guidance step size η (or Adam's lr); 0 disables guidance
@@ -58,13 +60,6 @@ class TransferSettings:
     target_latents: str = "mean"  # x_tg: the VAE posterior "mean" | a "sample" of it (official)
     detach_attention_outputs: bool = False  # guidance gradient only through the queries (official processor)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TransferSettings":
-        reject_unknown_keys(cls, data, "transfer setting(s)")
-        settings = cls(**data)
-        settings.validate()
-        return settings
-
     def validate(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"transfer steps must be positive, got {self.steps}")
@@ -78,9 +73,6 @@ class TransferSettings:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if isinstance(self.guidance_resolution, str) and self.guidance_resolution != "latent":
             raise ValueError(f"guidance_resolution must be a side in cells or 'latent', got {self.guidance_resolution!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-random-metrics", action="store_true",
                    help="score with tiny random-weight CLIP/LPIPS when real weights are missing (labelled)")
     p.add_argument("--allow-outside", action="store_true", help="allow manifest paths outside its folder")
+    p.add_argument("--allow-other-suite", action="store_true",
+                   help="run into an output folder that holds another suite's results (their rows stay apart)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_handler("harness.execute.runner:run_main"))

@@ -37,6 +37,7 @@ RESULTS_DIR = "results"
 ARTIFACTS_DIR = "artifacts"
 CONCEPTS_DIR = "concepts"
 RUN_MANIFEST = "run.json"
+PLAN_FILE = "plan.parquet"  # the result ids (jobs and group values) of the folder's current plan
 PAIRS_FILE = "pairs.parquet"  # the resolved manifest rows the run's jobs came from (absolute paths or URIs)
 TEMP_PREFIX = ".tmp-"  # files and folders being written; readers skip them
 COMPACTED_PREFIX = "compacted-"  # results/compacted-000001.parquet: compacted journal, newer sequence wins
@@ -59,9 +60,14 @@ RESULT_SCHEMA = pa.schema([
     ("label", pa.string()),  # "clic/paper no_att": method, preset and variant, decided at plan time
     ("variant", pa.string()),
     ("seed", pa.int64()),
-    ("settings", pa.string()),
-    ("t_start", pa.int64()),
+    ("settings", pa.string()),  # JSON of every resolved value the job ran with: {task, "match", "learn"}
+    ("sweep", pa.string()),  # JSON of the suite's own values for the job (what a sweep varies); null: none read
+    ("t_start", pa.int64()),  # the resolved transfer values (a preset's own included), null where not read
     ("eta", pa.float64()),
+    ("task_steps", pa.int64()),
+    ("guidance_scale", pa.float64()),
+    ("learn_steps", pa.int64()),  # the concept's resolved learning budget and learning rate
+    ("learn_lr", pa.float64()),
     ("object_word", pa.string()),
     ("metric", pa.string()),
     ("value", pa.float64()),
@@ -288,6 +294,21 @@ def read_results(run_dir: str | Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
+def read_plan_results(run_dir: str | Path) -> tuple[pd.DataFrame, int]:
+    """The result rows of the folder's current plan (:func:`write_plan`), and the number of rows of earlier
+    plans in the folder that were left out (an edited suite run into its own folder must not pool with them)."""
+    results = read_results(run_dir)
+    planned = read_plan(run_dir)
+    if planned is None:
+        return results, 0
+    keep = results["job_id"].isin(planned)
+    return results[keep].reset_index(drop=True), int((~keep).sum())
+
+
+def earlier_plan_note(rows: int) -> str:
+    return (f"{rows} result row(s) from an earlier plan of this folder are not in these tables" if rows else "")
+
+
 def job_statuses(run_dir: str | Path) -> dict[str, str]:
     """Job id -> its status (ok, failed, not_applicable), for every job with a readable result file."""
     statuses: dict[str, str] = {}
@@ -414,6 +435,24 @@ def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:
 
 def write_run_manifest(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
     return write_json_atomic(Path(run_dir) / RUN_MANIFEST, dict(manifest))
+
+
+def write_plan(run_dir: str | Path, result_ids: Iterable[str]) -> Path:
+    """Record the result ids of the folder's current plan (every job and every group's values), replacing the
+    last plan's: tables read these rows, and rows of earlier plans in the folder are left out by name."""
+    path = Path(run_dir) / PLAN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_sibling(path)
+    pq.write_table(pa.table({"result_id": pa.array(sorted(set(result_ids)), pa.string())}), temp)
+    _fsync_file(temp)
+    os.replace(temp, path)
+    return path
+
+
+def read_plan(run_dir: str | Path) -> set[str] | None:
+    """The result ids :func:`write_plan` recorded; None for a folder written before plans were recorded."""
+    path = Path(run_dir) / PLAN_FILE
+    return set(pq.read_table(path).column("result_id").to_pylist()) if path.is_file() else None
 
 
 def write_pairs(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:

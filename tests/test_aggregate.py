@@ -85,13 +85,13 @@ def test_failed_jobs_are_counted_not_averaged() -> None:
     assert row["n_failed"] == 1
 
 
-def test_paired_difference_matches_scipy() -> None:
+def test_paired_difference_matches_scipy() -> None:  # eight pairs, one seed each
     reference = [0.50, 0.61, 0.42, 0.70, 0.55, 0.48, 0.66, 0.59]
     other = [0.45, 0.60, 0.30, 0.62, 0.56, 0.40, 0.60, 0.50]
     rows = []
     for seed, (ref_value, other_value) in enumerate(zip(reference, other)):
-        rows.append(result_row(f"r{seed}", "clip_t", ref_value, seed=seed))
-        rows.append(result_row(f"o{seed}", "clip_t", other_value, seed=seed, method="custom_diffusion",
+        rows.append(result_row(f"r{seed}", "clip_t", ref_value, pair_id=f"p{seed}"))
+        rows.append(result_row(f"o{seed}", "clip_t", other_value, pair_id=f"p{seed}", method="custom_diffusion",
                                preset="default"))
     table = paired_differences(frame(rows), reference="clic")
     assert len(table) == 1
@@ -107,8 +107,8 @@ def test_paired_difference_matches_scipy() -> None:
 def test_paired_difference_falls_back_to_t_test_for_few_pairs() -> None:
     rows = []
     for seed, (ref_value, other_value) in enumerate([(0.5, 0.4), (0.6, 0.45), (0.7, 0.58)]):
-        rows.append(result_row(f"r{seed}", "clip_t", ref_value, seed=seed))
-        rows.append(result_row(f"o{seed}", "clip_t", other_value, seed=seed, method="realfill"))
+        rows.append(result_row(f"r{seed}", "clip_t", ref_value, pair_id=f"p{seed}"))
+        rows.append(result_row(f"o{seed}", "clip_t", other_value, pair_id=f"p{seed}", method="realfill"))
     row = paired_differences(frame(rows)).iloc[0]
     assert row["test"] == "t-test"
     assert row["p_value"] == pytest.approx(stats.ttest_rel([0.4, 0.45, 0.58], [0.5, 0.6, 0.7]).pvalue)

@@ -23,8 +23,24 @@ class FakeMethod:
     def preset_terms(self, preset: str | None = None) -> dict:
         return {}
 
-    def check(self, preset: str | None = None, overrides: dict | None = None) -> None:
-        return None
+    def supports(self, task: str) -> bool:
+        return True
+
+    def resolve(self, task: str, preset: str | None = None, overrides: dict | None = None) -> "FakeSettings":
+        """The one resolution function's contract: the preset's values with the overrides, validated."""
+        merged = {**dict(self.presets[preset].get(task, {})), **dict(overrides or {})}
+        if task == "transfer":
+            t_start, steps = merged.get("t_start", 5), merged.get("steps", 50)
+            if not 1 <= t_start < steps:
+                raise ValueError(f"t_start must lie in [1, {steps - 1}] (steps kept before editing), got {t_start}")
+        return FakeSettings(merged)
+
+
+class FakeSettings(dict):
+    terms: dict = {}
+
+    def to_dict(self) -> dict:
+        return dict(self)
 
 
 class FakeCLiC(FakeMethod):
@@ -182,7 +198,7 @@ ERRORS = [
     (edited(methods__1={"name": "nodefault"}), "methods[1].presets: missing: method 'nodefault' has several presets (a, b) and no default"),
     (edited(methods__1={"name": "broken"}), "methods[1].name: method 'broken' cannot be loaded (ModuleNotFoundError"),
     (edited(metrics=["clip_image", "fid"]), "metrics[1]: unknown metric 'fid' (known: "),
-    (edited(metric_options={"fid": {}}), "metric_options.fid: unknown key"),
+    (edited(metric_options={"fid": {}}), "metric_options.fid: no metric of this suite reads options 'fid'"),
     (edited(transfer__steps=-5), "transfer.steps: must be positive, got -5"),
     (edited(methods__0__learn__steps=0), "methods[0].learn.steps: must be positive, got 0"),
     (edited(generate__steps=0), "generate.steps: must be positive, got 0"),
@@ -190,7 +206,8 @@ ERRORS = [
     (edited(transfer__t_start=[5, 21]), "transfer.t_start[1]: 21 is outside [1, 19] (T = transfer.steps = 20)"),
     (edited(transfer__t_start=[0]), "transfer.t_start[0]: 0 is outside [1, 19]"),
     (edited(transfer__t_start=DELETE, transfer__steps=10),
-     "methods[0].presets[1]: preset 'official-code' of method 'clic' uses t_start 18, outside [1, 9]"),
+     "methods[0].presets[1]: preset 'official-code' of method 'clic' with transfer {'steps': 10, 'guidance_scale': 5.0, "
+     "'eta': 0.0}: t_start must lie in [1, 9] (steps kept before editing), got 18 (change transfer or the preset)"),
     (edited(generate__stage_one_steps=11), "generate.stage_one_steps: 11 is outside [0, 10]"),
     (edited(transfer__t_start=10), "transfer.t_start: expected a list, got int 10"),
     (edited(seeds="0"), "seeds: expected a list, got str '0'"),

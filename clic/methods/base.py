@@ -17,9 +17,19 @@ from ..concept import LearnedConcept
 from ..learn import ConceptSource, LearnConfig, StepBatch, TrainState, fused_step, learn_concept
 from ..losses import Objective
 from ..models import SDComponents
-from ..settings import MethodConfig
+from ..settings import MethodConfig, Settings
 
 TASKS = frozenset({"learn", "transfer", "generate", "match"})
+# The settings class of each task the shared loops run ("module:Class", imported when first resolved).
+TASK_SETTINGS = {"transfer": "clic.transfer:TransferSettings", "generate": "clic.generate:GenerateSettings",
+                 "match": "clic.match:MatchSettings"}
+
+
+def settings_type(target: str) -> type[Settings]:
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class UnsupportedTask(NotImplementedError):
@@ -60,6 +70,9 @@ class Method:
     needs_model: ClassVar[bool] = True
     # True for methods that estimate their own masks (EM, ConceptExpress): a missing user mask is fine.
     estimates_masks: ClassVar[bool] = False
+    # task -> its settings class ("module:Class"), or None where the method reads no settings for that task
+    # (cut-and-paste's transfer); a task not named here uses TASK_SETTINGS.
+    task_settings_types: ClassVar[Mapping[str, str | None]] = {}
 
     # --------------------------------------------------------------------------------- configs
     def preset(self, preset: str | None) -> dict[str, Mapping[str, Any]]:
@@ -79,13 +92,38 @@ class Method:
         """A preset's loss terms: a suite's ``loss_weights`` change their weights and keep their parameters."""
         return self.learn_config(preset).terms
 
+    def settings_class(self, task: str) -> type[Settings] | None:
+        """The settings class this method reads for ``task`` (None: the task takes no settings)."""
+        if task == "learn":
+            return type(self.base_config)
+        target = self.task_settings_types.get(task, TASK_SETTINGS.get(task))
+        return settings_type(target) if target else None
+
+    def resolve(self, task: str, preset: str | None = None,
+                overrides: Mapping[str, Any] | Settings | None = None) -> Settings | None:
+        """The one place a method's settings are resolved: ``preset``'s values merged with ``overrides``, typed and
+        validated (``ValueError`` names what is wrong: an unknown preset, key or loss term, a value out of range).
+        The suite reader, the plan, the worker and ``clic`` commands all resolve through here; settings that are
+        already resolved (an instance of the task's class) are returned unchanged, so what a plan recorded is
+        what runs. None for a task the method reads no settings for."""
+        cls = self.settings_class(task)
+        if cls is None:
+            return None
+        if isinstance(overrides, cls):
+            return overrides
+        if isinstance(overrides, Settings):
+            raise TypeError(f"{self.name} {task}: expected {cls.__name__} settings, got {type(overrides).__name__}")
+        if task == "learn":
+            config = self.learn_config(preset, overrides)
+            config.validate()
+            if getattr(config, "terms", None):  # every term resolves (registered, or a custom fn that imports)
+                Objective(config.terms)
+            return config
+        return cls.from_dict(self.task_settings(task, preset, overrides))
+
     def check(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
-        """The learning config of ``preset`` with ``overrides``, validated; ValueError names what is wrong (an
-        unknown preset, key or loss term, a value out of range). A suite reader asks this before a run."""
-        config = self.learn_config(preset, overrides)
-        config.validate()
-        Objective(config.terms)  # every term resolves (registered, or a custom fn that imports; known needs)
-        return config
+        """The resolved learning config of ``preset`` with ``overrides`` (see :meth:`resolve`)."""
+        return self.resolve("learn", preset, overrides)
 
     def supports(self, task: str) -> bool:
         return task in self.tasks
@@ -110,7 +148,7 @@ class Method:
         progress: bool = True,
     ) -> LearnedConcept:
         self.require("learn")
-        config = self.learn_config(preset, overrides)
+        config = self.resolve("learn", preset, overrides)
         return learn_concept(
             components, source, config, method=self.name, preset=preset or self.default_preset, seed=seed,
             step_fn=self.training_step, out_dir=out_dir, progress=progress,
@@ -118,27 +156,29 @@ class Method:
 
     def transfer(self, components: SDComponents, concept: LearnedConcept, target_image: torch.Tensor,
                  target_mask: torch.Tensor, object_word: str, *, preset: str | None = None,
-                 overrides: Mapping[str, Any] | None = None, seed: int = 0) -> TransferOutput:
-        from ..transfer import TransferSettings, transfer_concept
+                 overrides: Mapping[str, Any] | Settings | None = None, seed: int = 0) -> TransferOutput:
+        from ..transfer import transfer_concept
 
         self.require("transfer")
-        settings = TransferSettings.from_dict(self.task_settings("transfer", preset or concept.preset, overrides))
+        settings = self.resolve("transfer", preset or concept.preset, overrides)
         return transfer_concept(components, concept, target_image, target_mask, object_word, settings, seed=seed)
 
     def generate(self, components: SDComponents, concept: LearnedConcept, object_word: str, *,
-                 preset: str | None = None, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> GenerationOutput:
-        from ..generate import GenerateSettings, generate_with_concept
+                 preset: str | None = None, overrides: Mapping[str, Any] | Settings | None = None,
+                 seed: int = 0) -> GenerationOutput:
+        from ..generate import generate_with_concept
 
         self.require("generate")
-        settings = GenerateSettings.from_dict(self.task_settings("generate", preset or concept.preset, overrides))
+        settings = self.resolve("generate", preset or concept.preset, overrides)
         return generate_with_concept(components, concept, object_word, settings, seed=seed)
 
     def match(self, components: SDComponents, concept: LearnedConcept, target_image: torch.Tensor, object_word: str, *,
-              preset: str | None = None, overrides: Mapping[str, Any] | None = None, seed: int = 0) -> MatchOutput:
-        from ..match import MatchSettings, match_region
+              preset: str | None = None, overrides: Mapping[str, Any] | Settings | None = None,
+              seed: int = 0) -> MatchOutput:
+        from ..match import match_region
 
         self.require("match")
-        settings = MatchSettings.from_dict(self.task_settings("match", preset or concept.preset, overrides))
+        settings = self.resolve("match", preset or concept.preset, overrides)
         return match_region(components, concept, target_image, object_word, settings, seed=seed)
 
     def info(self) -> dict[str, Any]:

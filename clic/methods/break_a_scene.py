@@ -176,7 +176,7 @@ class BreakAScene(Method):
               overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
               progress: bool = True) -> LearnedConcept:
         self.require("learn")
-        config = self.learn_config(preset, overrides)
+        config = self.resolve("learn", preset, overrides)
         prior = {**PRIOR_DEFAULTS, **dict(config.prior)} if float(config.prior.get("weight", 0) or 0) > 0 else None
         class_moments = None
         if prior is not None:

@@ -425,10 +425,6 @@ class ConceptExpress(Method):
     def preset_terms(self, preset: str | None = None) -> Mapping[str, Any]:
         return {}  # a fixed objective: no loss terms for a suite's loss_weights to change
 
-    def check(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
-        config = self.learn_config(preset, overrides)
-        config.validate()
-        return config
     sources = {
         "steps 500, lr 5e-4": f"{CODE}; scripts/train.sh (--phase1_train_steps 500 --initial_learning_rate 5e-4)",
         "AdamW, weight decay 1e-2": f"{CODE} (torch.optim.AdamW, --adam_weight_decay 1e-2)",
@@ -452,7 +448,7 @@ class ConceptExpress(Method):
               overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
               progress: bool = True) -> LearnedConcept:
         self.require("learn")
-        config = self.learn_config(preset, overrides)
+        config = self.resolve("learn", preset, overrides)
         concept = learn_concept_express(components, source, config, preset=preset or self.default_preset, seed=seed,
                                         progress=progress)
         if out_dir is not None:

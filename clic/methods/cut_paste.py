@@ -56,6 +56,7 @@ class CutPaste(Method):
     presets = {"default": {}}
     default_preset = "default"
     sources = {"method": "CLiC paper §1 (the naive baseline it argues against)"}
+    task_settings_types = {"transfer": None}  # pastes: no schedule, no guidance
 
     def learn(self, components: Any, source: ConceptSource, *, preset: str | None = None,
               overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,

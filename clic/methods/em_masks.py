@@ -24,9 +24,9 @@ trained against) and the E-step count in ``extras``. Only the first source image
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -151,11 +151,33 @@ DEFAULT_SETTINGS: tuple[Setting, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class EMLearnConfig(LearnConfig):
+    """LearnConfig plus the EM settings (``em``: :class:`EMSettings` as a mapping), resolved with it."""
+
+    MERGED: ClassVar[tuple[str, ...]] = (*LearnConfig.MERGED, "em")
+    em: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        data["em"] = json_ready(self.em)
+        return data
+
+
+def json_ready(value: Any) -> Any:
+    """Nested mappings and tuples as dicts and lists (EM's ``crf`` settings arrive as a dataclass or a dict)."""
+    if isinstance(value, Mapping):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
+
+
 class EMMasks(Method):
     name = "em_masks"
     description = "EM: tokens (+ cross-attention) and their masks learned alternately; masks from attention + dense CRF"
     trains = "token embeddings + cross-attention K/V (tokens-only: embeddings only); masks estimated"
-    base_config = LearnConfig(
+    base_config = EMLearnConfig(
         phases=(Phase(steps=400, token_lr=5e-4), Phase(steps=400, token_lr=2e-6, attention_lr=2e-6)),
         train_kv=True,
         capture_layers="all",  # the E-step and l_att average the maps of every cross-attention layer
@@ -184,15 +206,18 @@ class EMMasks(Method):
         """The preset's EM settings, updated by the ``em`` entry of the learn overrides (a suite's ``learn: {em: ...}``)."""
         return EMSettings.from_dict({**self.task_settings("em", preset), **dict((overrides or {}).get("em", {}))})
 
-    def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> LearnConfig:
-        return super().learn_config(preset, {k: v for k, v in (overrides or {}).items() if k != "em"})
+    def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> "EMLearnConfig":
+        """The learning config with the EM settings resolved into its ``em`` field, so a plan's resolved config
+        (and every id and row made from it) says how the masks were estimated."""
+        config = super().learn_config(preset, {k: v for k, v in (overrides or {}).items() if k != "em"})
+        return config.merged({"em": asdict(self.em_settings(preset, overrides))})
 
     def learn(self, components, source: ConceptSource, *, preset: str | None = None,
               overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
               progress: bool = True) -> LearnedConcept:
         self.require("learn")
-        config = self.learn_config(preset, overrides)
-        settings = self.em_settings(preset, overrides)
+        config = self.resolve("learn", preset, overrides)
+        settings = EMSettings.from_dict(config.em)
         image = source.images[0]
         initial = source.image_masks[0].float() if settings.init_from_user_masks else None
         loop = EMLoop(image, initial, settings, seed, token_steps=config.schedule()[0].steps)

@@ -171,5 +171,5 @@ class RealFill(Method):
                  target_mask: torch.Tensor, object_word: str, *, preset: str | None = None,
                  overrides: Mapping[str, Any] | None = None, seed: int = 0) -> TransferResult:
         self.require("transfer")
-        settings = TransferSettings.from_dict(self.task_settings("transfer", preset or concept.preset, overrides))
+        settings = self.resolve("transfer", preset or concept.preset, overrides)
         return inpaint_concept(components, concept, target_image, target_mask, object_word, settings, seed)

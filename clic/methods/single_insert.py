@@ -471,7 +471,7 @@ class SingleInsert(Method):
               overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
               progress: bool = True) -> LearnedConcept:
         self.require("learn")
-        config = self.learn_config(preset, overrides)
+        config = self.resolve("learn", preset, overrides)
         concept = learn_single_insert(components, source, config, preset=preset or self.default_preset, seed=seed,
                                       progress_every=10 if progress else 0)
         if out_dir is not None:

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from clic import TINY_RANDOM
-from harness.analyse.bootstrap import bootstrap_ci  # noqa: F401 - re-exported for callers of the tables
-from harness.store import read_results
+from clic import is_random_weights
+from harness.analyse.bootstrap import MIN_CLUSTERS, bootstrap_ci, holm
+from harness.store import read_plan_results
 
 TINY_RANDOM_NOTE = (
-    "Numbers made with tiny random-weight models (tiny-random): they test the pipeline, not the method."
+    "Numbers made with random-weight models (tiny-random, or random-weights of a real architecture): they test "
+    "the pipeline, not the method."
 )
 ALL_CATEGORIES = "all"
 POOLED_IOU = "mask_iou_pooled"
@@ -31,8 +32,14 @@ POOLED_IOU = "mask_iou_pooled"
 MIN_PAIRS_FOR_WILCOXON = 6
 
 
-# The fields that identify one job's output apart from the code that produced it.
-JOB_IDENTITY = ("pair_id", "task", "seed", "settings", "method", "preset", "object_word")
+# The fields that identify one job's output across two runs of a suite, apart from the code and weights that
+# produced it: the same pair, task, seed and object under the same method label (method, preset and variant)
+# at the same point of the suite's sweep.
+JOB_IDENTITY = ("pair_id", "task", "seed", "object_word", "label", "sweep")
+# What a paired comparison of two methods within a run pairs on (their labels differ).
+PAIRING = ("pair_id", "seed", "task", "object_word")
+INTERVAL_NOTE = (f"95% CI: percentile bootstrap over pairs (clusters), with seeds resampled inside each drawn pair; "
+                 f"no interval (and no ★) below {MIN_CLUSTERS} pairs")
 
 
 def directions(*frames: pd.DataFrame) -> dict[str, bool]:
@@ -55,8 +62,24 @@ def higher_is_better(metric: str, declared: Mapping[str, bool]) -> bool:
 # ---------------------------------------------------------------------------------------------- reading
 
 def read_run_results(run_dir: str | Path) -> pd.DataFrame:
-    """All result rows of a run folder (an empty frame with the schema's columns when it has none)."""
-    return read_results(run_dir)
+    """The result rows of a run folder's current plan (an empty frame with the schema's columns when it has
+    none); rows of earlier plans of the folder are left out (:func:`harness.store.read_plan_results`)."""
+    return read_plan_results(run_dir)[0]
+
+
+def interval(values: np.ndarray, clusters: np.ndarray | pd.Series, weights: np.ndarray | None = None) -> tuple[float, float]:
+    """The CI of one table cell: pairs resampled as clusters with their seeds nested, or none (nan) below
+    ``MIN_CLUSTERS`` pairs."""
+    clusters = np.asarray(clusters, dtype=object)
+    if len(set(map(str, clusters))) < MIN_CLUSTERS:
+        return (float("nan"), float("nan"))
+    return bootstrap_ci(values, weights=weights, clusters=clusters, nested=True)
+
+
+def _clusters(df: pd.DataFrame) -> pd.Series:
+    """Each row's resampling unit: its pair (a concepts group, which spans pairs, is a unit of its own)."""
+    pair = _column(df, "pair_id")
+    return pair.where(pair.notna(), _column(df, "job_id")).astype(str)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -71,7 +94,7 @@ def weights_description(df: pd.DataFrame) -> pd.Series:
 def uses_tiny_random(df: pd.DataFrame) -> bool:
     """True when any row was made with tiny random weights, for the diffusion model or the metric."""
     columns = [c for c in ("weights_label", "metric_weights", "weights") if c in df.columns]
-    return any(df[c].astype(str).str.contains(TINY_RANDOM, regex=False).any() for c in columns)
+    return any(df[c].map(is_random_weights).any() for c in columns)
 
 
 def _column(df: pd.DataFrame, name: str) -> pd.Series:
@@ -120,7 +143,8 @@ def _with_all_category(df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- tables
 
 def summary_table(df: pd.DataFrame, by: Sequence[str] = ("method", "category", "metric")) -> pd.DataFrame:
-    """n, mean and 95% bootstrap CI per group, plus an "all" category and the pooled mask IoU.
+    """n (values: pairs × seeds), n_pairs, mean and 95% bootstrap CI per group (pairs resampled with their seeds
+    nested; no CI below ``MIN_CLUSTERS`` pairs), plus an "all" category and the pooled mask IoU.
 
     The pooled IoU (Σ mask_intersection / Σ mask_union over a group's jobs) is its own metric row
     "mask_iou_pooled": large masks weigh more, unlike the mean of per-job IoUs. `n_failed` counts the
@@ -131,15 +155,16 @@ def summary_table(df: pd.DataFrame, by: Sequence[str] = ("method", "category", "
         df = _with_all_category(df)
     values = _ok_values(df)
     values = values.assign(weights=weights_description(values))
+    values = values.assign(cluster=_clusters(values))
     rows = []
     for key, group in values.groupby(by, dropna=False, sort=True):
         data = group["value"].to_numpy()
-        low, high = bootstrap_ci(data)
-        rows.append({**dict(zip(by, key)), "n": data.size, "mean": data.mean(), "ci_low": low, "ci_high": high,
-                     "metric_scale": _joined_unique(_column(group, "metric_scale")),
+        low, high = interval(data, group["cluster"].to_numpy())
+        rows.append({**dict(zip(by, key)), "n": data.size, "n_pairs": group["cluster"].nunique(), "mean": data.mean(),
+                     "ci_low": low, "ci_high": high, "metric_scale": _joined_unique(_column(group, "metric_scale")),
                      "weights": _joined_unique(group["weights"])})
     rows.extend(_pooled_iou_rows(values, by))
-    table = pd.DataFrame(rows, columns=[*by, "n", "mean", "ci_low", "ci_high", "metric_scale", "weights"])
+    table = pd.DataFrame(rows, columns=[*by, "n", "n_pairs", "mean", "ci_low", "ci_high", "metric_scale", "weights"])
     table = _attach_failures(table, df, [k for k in by if k != "metric"])
     return table.sort_values(by, kind="stable").reset_index(drop=True)
 
@@ -158,8 +183,11 @@ def _pooled_iou_rows(values: pd.DataFrame, by: list[str]) -> list[dict]:
     for group_label, group in per_job.groupby(level="group", sort=True):
         first = parts[parts["group"].eq(group_label)]
         inter, union = group["mask_intersection"].to_numpy(), group["mask_union"].to_numpy()
-        low, high = bootstrap_ci(inter, weights=union)
+        job_clusters = first.drop_duplicates("job_id").set_index("job_id")["cluster"]
+        clusters = job_clusters.reindex(group.index.get_level_values("job_id")).to_numpy()
+        low, high = interval(inter, clusters, weights=union)
         rows.append({**{k: first[k].iloc[0] for k in group_keys}, "metric": POOLED_IOU, "n": inter.size,
+                     "n_pairs": len(set(map(str, clusters))),
                      "mean": inter.sum() / union.sum() if union.sum() > 0 else float("nan"),
                      "ci_low": low, "ci_high": high, "metric_scale": "ratio 0-1",
                      "weights": _joined_unique(first["weights"])})
@@ -188,68 +216,81 @@ def _attach_failures(table: pd.DataFrame, df: pd.DataFrame, keys: list[str]) -> 
     return merged
 
 
-def _settings_without_method(settings: object) -> str:
-    """Canonical task settings without what belongs to the method (name, preset, learning overrides), so
-    different methods' jobs on the same pair, seed and task settings can pair."""
-    if not isinstance(settings, str):
-        return "" if settings is None or (isinstance(settings, float) and np.isnan(settings)) else str(settings)
-    try:
-        parsed = json.loads(settings)
-    except ValueError:
-        return settings
-    if isinstance(parsed, dict):
-        parsed = {k: v for k, v in parsed.items() if k not in ("method", "preset", "learn")}
-    return json.dumps(parsed, sort_keys=True, separators=(",", ":"))
+def _sweep_key(df: pd.DataFrame) -> pd.Series:
+    """Each row's point of the suite's sweep ("" where the method reads no such settings: it pairs with any)."""
+    return _column(df, "sweep").fillna("").astype(str)
+
+
+def _per_pair_differences(group: pd.DataFrame, other: str, reference: str) -> tuple[np.ndarray, np.ndarray]:
+    """(differences per (pair, seed), their pairs): the unit of the intervals and tests is the pair."""
+    return (group[other] - group[reference]).to_numpy(), group["pair_id"].astype(str).to_numpy()
+
+
+def _paired_statistics(diffs: np.ndarray, pairs: np.ndarray) -> dict[str, object]:
+    """Mean difference, its cluster CI (pairs, seeds nested) and the paired test on per-pair mean differences
+    (seeds of one pair are not independent draws)."""
+    low, high = interval(diffs, pairs)
+    per_pair = pd.Series(diffs).groupby(pairs).mean().to_numpy()
+    p_value, test = paired_test(per_pair) if per_pair.size >= MIN_CLUSTERS else (float("nan"), "none")
+    return {"n": diffs.size, "n_pairs": per_pair.size, "mean_difference": diffs.mean(), "ci_low": low,
+            "ci_high": high, "p_value": p_value, "test": test}
 
 
 def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFrame:
-    """Mean paired difference (method − reference) per other method, preset and metric.
+    """Mean paired difference (method − reference) per other method label (preset and variant) and metric.
 
-    Rows pair on (pair_id, seed, task, settings without method/preset, metric). When the reference has
-    several presets each is a separate `reference_preset` row. The test is `paired_test`'s.
+    Rows pair on (pair, seed, task, object word) at the same point of the suite's sweep (a method that reads no
+    such settings, e.g. cut-and-paste, pairs with every point). Each reference label is its own
+    ``reference_preset``. The test runs on per-pair mean differences; ``p_holm`` is Holm-corrected across the
+    metrics of each comparison (one method label against one reference label).
     """
-    columns = ["method", "preset", "reference", "reference_preset", "metric", "n", "mean_difference", "ci_low",
-               "ci_high", "p_value", "test", "higher_is_better", "weights"]
+    columns = ["method", "preset", "reference", "reference_preset", "metric", "n", "n_pairs", "mean_difference",
+               "ci_low", "ci_high", "p_value", "p_holm", "test", "higher_is_better", "weights"]
     values = _ok_values(df)
     if values.empty:
         return pd.DataFrame(columns=columns)
-    values = values.assign(pairing_settings=values["settings"].map(_settings_without_method),
-                           weights=weights_description(values))
-    keys = ["pair_id", "seed", "task", "pairing_settings", "metric"]
-    per_key = values.groupby([*keys, "method", "preset"], dropna=False).agg(
+    values = values.assign(sweep_key=_sweep_key(values), weights=weights_description(values))
+    keys = [*PAIRING, "metric"]
+    per_key = values.groupby([*keys, "sweep_key", "method", "preset"], dropna=False).agg(
         value=("value", "mean"), weights=("weights", _joined_unique)).reset_index()
     ref = per_key[per_key["method"].eq(reference)].rename(
-        columns={"value": "reference_value", "preset": "reference_preset", "weights": "reference_weights"}
-    ).drop(columns="method")
+        columns={"value": "reference_value", "preset": "reference_preset", "weights": "reference_weights",
+                 "sweep_key": "reference_sweep"}).drop(columns="method")
     others = per_key[~per_key["method"].eq(reference)]
     paired = others.merge(ref, on=keys, how="inner")
+    same_point = paired["sweep_key"].eq(paired["reference_sweep"]) | paired["sweep_key"].eq("") \
+        | paired["reference_sweep"].eq("")
+    paired = paired[same_point]
     declared = directions(values)
     rows = []
     for (method, preset, ref_preset, metric), group in paired.groupby(
             ["method", "preset", "reference_preset", "metric"], dropna=False, sort=True):
-        diffs = (group["value"] - group["reference_value"]).to_numpy()
-        low, high = bootstrap_ci(diffs)
-        p_value, test = paired_test(diffs)
+        diffs, pairs = _per_pair_differences(group, "value", "reference_value")
         weights = _joined_unique(pd.concat([group["weights"], group["reference_weights"]]))
         rows.append({"method": method, "preset": preset, "reference": reference, "reference_preset": ref_preset,
-                     "metric": metric, "n": diffs.size, "mean_difference": diffs.mean(), "ci_low": low,
-                     "ci_high": high, "p_value": p_value, "test": test,
+                     "metric": metric, **_paired_statistics(diffs, pairs),
                      "higher_is_better": higher_is_better(str(metric), declared), "weights": weights})
-    return pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=columns)
+    if not table.empty:  # family: the metrics of one comparison
+        for _, index in table.groupby(["method", "preset", "reference_preset"], dropna=False).groups.items():
+            table.loc[index, "p_holm"] = holm(table.loc[index, "p_value"].to_numpy(float))
+    return table
 
 
 def compare_runs(
     df_a: pd.DataFrame, df_b: pd.DataFrame, metrics: Iterable[str] | None = None, max_drop: float = 0.0,
     alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """Paired deltas B − A per (method, preset, metric), jobs matched by identity minus code/run.
+    """Paired deltas B − A per (method label, metric), jobs matched by :data:`JOB_IDENTITY` (the same pair, task,
+    seed, object, label and sweep point; settings and code may differ: that is what is compared).
 
     `drop` is the mean change in the worse direction (positive = worse). The verdict is "fail" when the
-    drop exceeds `max_drop` and the paired test is significant at `alpha`, "better" when the change is
-    significant in the good direction, else "ok".
+    drop exceeds `max_drop` and the paired test (on per-pair mean differences) is significant at `alpha`,
+    "better" when the change is significant in the good direction, else "ok".
     """
-    columns = ["metric", "method", "preset", "n", "mean_a", "mean_b", "delta", "ci_low", "ci_high", "p_value",
-               "test", "higher_is_better", "drop", "verdict", "n_failed_a", "n_failed_b", "weights"]
+    columns = ["metric", "label", "method", "preset", "n", "n_pairs", "mean_a", "mean_b", "delta", "ci_low",
+               "ci_high", "p_value", "test", "higher_is_better", "drop", "verdict", "n_failed_a", "n_failed_b",
+               "weights"]
     a, b = _ok_values(df_a), _ok_values(df_b)
     if metrics is not None:
         wanted = set(metrics)
@@ -257,38 +298,52 @@ def compare_runs(
     keys = [*JOB_IDENTITY, "metric"]
 
     def per_job(values: pd.DataFrame) -> pd.DataFrame:
-        values = values.assign(weights=weights_description(values))
-        return values.groupby(keys, dropna=False).agg(
+        values = values.assign(weights=weights_description(values), label=_labels(values),
+                               sweep=_sweep_key(values))
+        return values.groupby([*keys, "method", "preset"], dropna=False).agg(
             value=("value", "mean"), weights=("weights", _joined_unique)).reset_index()
 
     if a.empty or b.empty:
         return pd.DataFrame(columns=columns)
-    paired = per_job(a).merge(per_job(b), on=keys, how="inner", suffixes=("_a", "_b"))
+    paired = per_job(a).merge(per_job(b).drop(columns=["method", "preset"]), on=keys, how="inner",
+                              suffixes=("_a", "_b"))
     failed_a, failed_b = _failed_counts(df_a), _failed_counts(df_b)
     declared = directions(b, a)
     rows = []
-    for (method, preset, metric), group in paired.groupby(["method", "preset", "metric"], dropna=False, sort=True):
-        diffs = (group["value_b"] - group["value_a"]).to_numpy()
-        low, high = bootstrap_ci(diffs)
-        p_value, test = paired_test(diffs)
+    for (label, metric), group in paired.groupby(["label", "metric"], dropna=False, sort=True):
+        diffs, pairs = _per_pair_differences(group, "value_b", "value_a")
+        stats_ = _paired_statistics(diffs, pairs)
         better_up = higher_is_better(str(metric), declared)
         drop = -diffs.mean() if better_up else diffs.mean()
+        p_value = float(stats_["p_value"])
         significant = bool(np.isfinite(p_value) and p_value < alpha)
         verdict = "fail" if (drop > max_drop and significant) else ("better" if (drop < 0 and significant) else "ok")
-        rows.append({"metric": metric, "method": method, "preset": preset, "n": diffs.size,
+        rows.append({"metric": metric, "label": label, "method": group["method"].iloc[0],
+                     "preset": group["preset"].iloc[0], "n": stats_["n"], "n_pairs": stats_["n_pairs"],
                      "mean_a": group["value_a"].mean(), "mean_b": group["value_b"].mean(), "delta": diffs.mean(),
-                     "ci_low": low, "ci_high": high, "p_value": p_value, "test": test,
-                     "higher_is_better": better_up, "drop": drop, "verdict": verdict,
-                     "n_failed_a": failed_a.get((method, preset), 0), "n_failed_b": failed_b.get((method, preset), 0),
+                     "ci_low": stats_["ci_low"], "ci_high": stats_["ci_high"], "p_value": p_value,
+                     "test": stats_["test"], "higher_is_better": better_up, "drop": drop, "verdict": verdict,
+                     "n_failed_a": failed_a.get(label, 0), "n_failed_b": failed_b.get(label, 0),
                      "weights": _joined_unique(pd.concat([group["weights_a"], group["weights_b"]]))})
     return pd.DataFrame(rows, columns=columns)
 
 
-def _failed_counts(df: pd.DataFrame) -> dict[tuple, int]:
+def _labels(df: pd.DataFrame) -> pd.Series:
+    """Each row's method label (method, preset and variant), from its planned ``label`` where recorded."""
+    from harness.plan.identity import method_label
+
+    derived = pd.Series([method_label(m, p, v) for m, p, v in zip(df["method"], df["preset"],
+                                                                  _column(df, "variant").fillna(""))],
+                        index=df.index, dtype=object)
+    return _column(df, "label").where(_column(df, "label").notna(), derived).astype(str)
+
+
+def _failed_counts(df: pd.DataFrame) -> dict[str, int]:
+    """Method label -> its failed jobs."""
     if df.empty or "status" not in df.columns:
         return {}
     failed = df[df["status"].eq("failed")].drop_duplicates("job_id")
-    return {key: int(n) for key, n in failed.groupby(["method", "preset"], dropna=False).size().items()}
+    return {str(key): int(n) for key, n in failed.assign(label=_labels(failed)).groupby("label").size().items()}
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -383,14 +438,14 @@ def compare_main(args: argparse.Namespace) -> int:
         print("clic-bench: error: no jobs of run B match jobs of run A"
               + (f" for metrics {', '.join(metrics)}" if metrics else ""))
         return 2
-    shown = deltas.assign(method=deltas["method"].astype(str) + "/" + deltas["preset"].astype(str))
-    shown = shown[["metric", "method", "n", "mean_a", "mean_b", "delta", "ci_low", "ci_high", "p_value", "verdict",
-                   "weights"]]
+    shown = deltas.rename(columns={"label": "method label"})[
+        ["metric", "method label", "n", "n_pairs", "mean_a", "mean_b", "delta", "ci_low", "ci_high", "p_value",
+         "verdict", "weights"]]
     print(to_markdown(shown), end="")
     failures = deltas[deltas["verdict"].eq("fail")]
     if not failures.empty:
         print(f"\nRegression: {len(failures)} metric(s) dropped by more than {args.max_drop} "
-              f"(p < {args.alpha}): " + ", ".join(f"{m} ({me}/{p})" for m, me, p in
-                                                  failures[["metric", "method", "preset"]].itertuples(index=False)))
+              f"(p < {args.alpha}): " + ", ".join(f"{m} ({label})" for m, label in
+                                                  failures[["metric", "label"]].itertuples(index=False)))
         return 1
     return 0

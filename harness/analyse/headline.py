@@ -14,8 +14,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from clic import TINY_RANDOM
-from harness.analyse.aggregate import ALL_CATEGORIES, TINY_RANDOM_NOTE, format_number, higher_is_better
+from clic import is_random_weights
+from harness.analyse.aggregate import ALL_CATEGORIES, INTERVAL_NOTE, TINY_RANDOM_NOTE, format_number, higher_is_better
+from harness.analyse.bootstrap import MIN_CLUSTERS
 from harness.plan.identity import method_label
 
 TINY_MARK = "†"
@@ -31,6 +32,7 @@ class Cell:
     n: int
     tiny_random: bool
     best: bool = False
+    n_pairs: int = 0
 
     def text(self) -> str:
         ci = f" [{format_number(self.ci_low)}, {format_number(self.ci_high)}]" if np.isfinite(self.ci_low) else ""
@@ -68,17 +70,21 @@ def headline(summary: pd.DataFrame, declared: Mapping[str, bool], order: Sequenc
     higher = {metric: higher_is_better(metric, declared) for metric in metrics}
     cells: dict[tuple[str, str], Cell] = {}
     for row in rated.itertuples(index=False):
+        n_pairs = int(getattr(row, "n_pairs", row.n) if np.isfinite(getattr(row, "n_pairs", row.n)) else 0)
         cells[(row.label, str(row.metric))] = Cell(float(row.mean), float(row.ci_low), float(row.ci_high),
-                                                   int(row.n), TINY_RANDOM in str(row.weights))
+                                                   int(row.n), is_random_weights(row.weights), n_pairs=n_pairs)
     for metric in metrics:
-        column = {label: cell for (label, m), cell in cells.items() if m == metric and np.isfinite(cell.mean)}
+        # a ★ needs an interval behind it: only cells over at least MIN_CLUSTERS pairs compete
+        column = {label: cell for (label, m), cell in cells.items()
+                  if m == metric and np.isfinite(cell.mean) and cell.n_pairs >= MIN_CLUSTERS}
         if len(column) < 2:
             continue  # one method: nothing to be best against
         best = max if higher[metric] else min
         target = best(cell.mean for cell in column.values())
         for label, cell in column.items():
             if cell.mean == target:
-                cells[(label, metric)] = Cell(cell.mean, cell.ci_low, cell.ci_high, cell.n, cell.tiny_random, True)
+                cells[(label, metric)] = Cell(cell.mean, cell.ci_low, cell.ci_high, cell.n, cell.tiny_random, True,
+                                              cell.n_pairs)
     failed = overall.drop_duplicates("label").set_index("label")["n_failed"] if "n_failed" in overall else {}
     n_failed = {label: int(failed.get(label, 0) or 0) for label in methods}
     return Headline(methods, metrics, higher, cells, n_failed)
@@ -96,8 +102,9 @@ def to_markdown(table: Headline) -> str:
             cells.append(f"**{text} {BEST_MARK}**" if cell is not None and cell.best else text)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {table.n_failed.get(label, 0)} |")
     note = f"{TINY_FOOTNOTE}\n\n" if table.tiny_random else ""
-    legend = (f"Mean [95% bootstrap CI] over all categories; ↑ higher is better, ↓ lower is better; "
-              f"{BEST_MARK} best of its column.\n\n")
+    legend = (f"Mean [95% CI] over all categories; {INTERVAL_NOTE}; ↑ higher is better, ↓ lower is better; "
+              f"{BEST_MARK} best of its column. A swept setting or an ablation is its own row (the variant after "
+              f"method/preset).\n\n")
     return note + legend + "\n".join(lines) + "\n"
 
 

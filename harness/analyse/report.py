@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
 
-from clic import TINY_RANDOM  # noqa: E402
+from clic import is_random_weights  # noqa: E402
 
 from harness.analyse.aggregate import (  # noqa: E402
     ALL_CATEGORIES,
@@ -41,7 +41,8 @@ from harness.analyse.aggregate import (  # noqa: E402
 )
 from harness.analyse import headline as headline_table  # noqa: E402
 from harness.plan.identity import method_label  # noqa: E402,F401 - method_label is used by the study too
-from harness.store import read_pairs, read_results, read_run_manifest  # noqa: E402
+from harness.analyse.aggregate import INTERVAL_NOTE  # noqa: E402
+from harness.store import earlier_plan_note, read_pairs, read_plan_results, read_run_manifest  # noqa: E402
 
 THUMBNAIL_PIXELS = 160
 OUTLINE_COLOUR = (255, 40, 40)
@@ -61,7 +62,11 @@ table.headline td { white-space: nowrap; }
 table.headline td small { color: #666; }
 table.headline td.best { background: #e6f4ea; }
 """
-SUMMARY_KEYS = ("method", "preset", "category", "metric")
+SUMMARY_KEYS = ("method", "preset", "category", "metric")  # preset: the preset and variant ("paper t_start=4")
+PAIRED_NOTE = ("Pairs: the same pair, seed, task and object at the same point of the suite's sweep. Tests on per-pair "
+               "mean differences: Wilcoxon signed-rank, the paired t-test below 6 pairs or when all differences are "
+               "zero, none below 3 pairs; p_holm: Holm-corrected across the metrics of each comparison (one row group "
+               "of method and reference).")
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, reference: str = "clic") -> Path:
@@ -71,7 +76,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     for folder in ("images", "plots", "tables"):
         shutil.rmtree(out / folder, ignore_errors=True)  # no stale files from an earlier report
         (out / folder).mkdir(parents=True)
-    results = with_variants(read_results(run_dir))
+    plan_results, earlier_rows = read_plan_results(run_dir)
+    results = with_variants(plan_results)
     run_info = read_run_manifest(run_dir)
     declared = directions(results)  # each metric's declaration, recorded in its rows
 
@@ -93,7 +99,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     ablation_html = _ablation_section(run_dir, results, run_info, labels, ablation, out) if labels else ""
     page = _index_html(run_dir, run_info, results, head, per_metric, paired, failures, metric_plots, loss_plots,
                        grids, reference, ablation_html, declared)
-    left_out = left_out_lines(run_dir)
+    left_out = left_out_lines(run_dir) + ([earlier_plan_note(earlier_rows)] if earlier_rows else [])
     if left_out:  # said at the top of the page and of summary.md, and by `clic-bench report`
         note = "Left out of this report: " + "; ".join(left_out)
         page = page.replace("<nav>", f'<p class="warning">{html.escape(note)}</p><nav>', 1)
@@ -116,6 +122,9 @@ def report_main(args: argparse.Namespace) -> int:
     index = write_report(args.run, out=args.out, reference=args.reference)
     for line in left_out_lines(Path(args.run)):
         print(f"report: left out {line}", file=sys.stderr)
+    earlier = read_plan_results(args.run)[1]
+    if earlier:
+        print(f"report: {earlier_plan_note(earlier)}", file=sys.stderr)
     print(f"report: {index}")
     return 0
 
@@ -160,11 +169,17 @@ def ablation_table(summary: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     overall = overall[overall["label"].isin(labels)]
     if overall.empty:
         return pd.DataFrame({"method": labels})
-    cells = [f"{format_number(m)} [{format_number(lo)}, {format_number(hi)}] n={n}"
-             for m, lo, hi, n in zip(overall["mean"], overall["ci_low"], overall["ci_high"], overall["n"])]
+    cells = [cell_text(m, lo, hi, n) for m, lo, hi, n in zip(overall["mean"], overall["ci_low"], overall["ci_high"],
+                                                            overall["n"])]
     table = overall.assign(cell=cells).pivot_table(index="label", columns="metric", values="cell", aggfunc="first")
     table["weights"] = overall.groupby("label")["weights"].agg(lambda w: ", ".join(sorted(set(w))))
     return table.reindex(labels).rename_axis(None, axis=1).reset_index().rename(columns={"label": "method"})
+
+
+def cell_text(mean: float, low: float, high: float, n: int) -> str:
+    """"mean [low, high] n=…", without the interval where there is none (fewer than 3 pairs)."""
+    ci = f" [{format_number(low)}, {format_number(high)}]" if np.isfinite(low) else ""
+    return f"{format_number(mean)}{ci} n={n}"
 
 
 def metric_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -174,8 +189,8 @@ def metric_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     failed = summary.drop_duplicates(["method", "preset", "category"]).set_index(["method", "preset", "category"])
     for metric, group in rated.groupby("metric", sort=True):
         group = group.assign(label=[method_label(m, p) for m, p in zip(group["method"], group["preset"])],
-                             cell=[f"{format_number(m)} [{format_number(lo)}, {format_number(hi)}] n={n}"
-                                   + (headline_table.TINY_MARK if TINY_RANDOM in str(w) else "")
+                             cell=[cell_text(m, lo, hi, n)
+                                   + (headline_table.TINY_MARK if is_random_weights(w) else "")
                                    for m, lo, hi, n, w in zip(group["mean"], group["ci_low"], group["ci_high"],
                                                               group["n"], group["weights"])])
         table = group.pivot_table(index="label", columns="category", values="cell", aggfunc="first")
@@ -207,13 +222,14 @@ def _summary_markdown(head: headline_table.Headline, per_metric: Mapping[str, pd
                       failures: pd.DataFrame, reference: str, ablation: pd.DataFrame,
                       declared: Mapping[str, bool]) -> str:
     parts = ["# Results\n", headline_table.to_markdown(head),
-             "## Per category\n", "Mean [95% bootstrap CI] per method and category; raw values (see metric_scale)"
+             "## Per category\n", f"Mean [95% CI] per method and category ({INTERVAL_NOTE}); raw values "
+             "(see metric_scale)"
              + (f"; {headline_table.TINY_MARK} tiny-random" if head.tiny_random else "") + ".\n"]
     for metric, table in per_metric.items():
         parts.append(f"### {metric} ({_direction(metric, declared)})\n\n{to_markdown(table, note='')}")
     if not ablation.empty:
         parts.append(f"## Ablations (all categories)\n\n{to_markdown(ablation, note='')}")
-    parts.append(f"## Paired differences against {reference}\n\n{to_markdown(paired, note='')}")
+    parts.append(f"## Paired differences against {reference}\n\n{PAIRED_NOTE}\n\n{to_markdown(paired, note='')}")
     parts.append(f"## Failed jobs: {len(failures)}\n")
     return "\n".join(parts)
 
@@ -456,19 +472,19 @@ def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFram
     nav.append(f'<a href="#failures">failures ({len(failures)})</a>')
 
     body = [f"<nav>{' '.join(nav)}</nav>", f"<h1>Run report: {html.escape(run_dir.name)}</h1>", banner,
-            f"<h2 id=\"headline\">All categories</h2><p>Mean [95% bootstrap CI] over every category; ↑ higher is "
+            f"<h2 id=\"headline\">All categories</h2><p>Mean [95% CI] over every category ({INTERVAL_NOTE}); ↑ higher is "
             f"better, ↓ lower is better; <strong>{headline_table.BEST_MARK}</strong> best of its column; "
             f"n failed: the method's failed jobs. Values are raw (see metric_scale below).</p>"
             + headline_table.to_html(head),
             "<p>Tables as CSV/Markdown/HTML: <a href=\"tables/summary.csv\">summary.csv</a>, "
             "<a href=\"tables/paired_differences.csv\">paired_differences.csv</a>, "
             "<a href=\"summary.md\">summary.md</a>.</p>",
-            "<h2 id=\"tables\">Per category: mean [95% bootstrap CI]</h2>"]
+            f"<h2 id=\"tables\">Per category: mean [95% CI]</h2><p>{INTERVAL_NOTE}.</p>"]
     for metric, table in per_metric.items():
         body.append(f"<h3 id=\"metric-{_slug(metric)}\">{html.escape(metric)} ({_direction(metric, declared or {})})</h3>"
                     f"{to_html_fragment(table, note='')}")
     body.append(f"<h2 id=\"paired\">Paired differences (method − {html.escape(reference)})</h2>"
-                "<p>Wilcoxon signed-rank test; paired t-test below 6 pairs or when all differences are zero.</p>"
+                f"<p>{html.escape(PAIRED_NOTE)}</p>"
                 + to_html_fragment(paired, note=''))
     body.append(f"<h2 id=\"provenance\">Provenance</h2>{_provenance(run_dir, run_info, results)}")
     body.append("<h2 id=\"plots\">Plots</h2><div class=\"plots\">"

@@ -35,13 +35,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from clic import TINY_RANDOM
+from clic import is_random_weights
 from harness.analyse.aggregate import TINY_RANDOM_NOTE
 from harness.errors import UsageError
 from harness.plan.jobs import content_id
 from harness.analyse.report import manifest_pairs, thumbnail, with_variants
 from harness.plan.identity import method_label
-from harness.store import read_results, read_run_manifest
+from harness.store import read_plan_results, read_run_manifest
 
 CRITERIA = {
     "quality": ("Edit quality", "How well is the concept of the source region transferred into the marked "
@@ -145,7 +145,7 @@ def build_pack(run_dir: str | Path, out: str | Path, n_pairs: int = 30, methods:
     run_dir, out = Path(run_dir), Path(out).resolve()
     if n_pairs < 1 or n_raters < 1:
         raise UsageError(f"--pairs and --raters must be positive, got {n_pairs} and {n_raters}")
-    results = read_results(run_dir)
+    results = read_plan_results(run_dir)[0]  # the folder's current plan only
     if results.empty:
         raise UsageError(f"{run_dir}: the run has no results")
     results = with_variants(results)
@@ -207,7 +207,7 @@ def build_pack(run_dir: str | Path, out: str | Path, n_pairs: int = 30, methods:
     weights = sorted(set(results.loc[results["method"].isin({l.split("/", 1)[0] for l in labels}),
                                      "weights_label"].dropna()))
     pack_id = content_id({"run": str(run_dir.resolve()), "seed": seed, "questions": secret, "raters": orders})[:16]
-    tiny_random = any(TINY_RANDOM in w for w in weights)
+    tiny_random = any(is_random_weights(w) for w in weights)
     page_data = {"pack_id": pack_id, "criteria": [{"id": k, "name": n, "question": q} for k, (n, q) in CRITERIA.items()],
                  "questions": public, "raters": orders, "notice": TINY_RANDOM_NOTE if tiny_random else ""}
     (out / "index.html").write_text(_rating_page(page_data), encoding="utf-8")

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import store
 from . import run_folder
-from ..plan.jobs import CONCEPTS, SEEDS, GroupKey, MetricInfo, ModelInfo, TaskJob, code_version, without_object
+from ..plan.jobs import CONCEPTS, SEEDS, GroupKey, MetricInfo, ModelInfo, TaskJob, code_version
 
 NO_MODEL_LABEL = "none (no model)"  # the weights label of methods that load no model (cut-and-paste)
 MetricValues = list[tuple[str, str, float]]  # (metric, value name, value)
@@ -41,6 +41,7 @@ class RunSummary:
     learn_node_ids: Counter = field(default_factory=Counter)  # node -> concepts it learned in this run
     peak_in_flight: int = 0  # most task jobs submitted at once (bounded by max_in_flight)
     infrastructure_failed: int = 0  # of `failed`: the machine's failures (disk full, lost worker), rerun next time
+    failed_earlier: int = 0  # jobs of the plan skipped because their stored result is a failure (no --retry-failed)
 
     @property
     def jobs_run(self) -> int:
@@ -67,14 +68,28 @@ def mean_values(per_image: Sequence[MetricValues]) -> MetricValues:
     return [(name, value_name, float(np.mean(values))) for (name, value_name), values in sums.items()]
 
 
+def settings_columns(job: TaskJob) -> dict[str, Any]:
+    """What the job ran with, as the plan resolved it: every value in ``settings`` (JSON: the task's settings,
+    the matching that predicted a missing mask, the concept's learning config), the suite's own values for
+    this job in ``sweep`` (what methods are paired on), and the values tables filter on most as typed columns
+    (never null because a preset supplied them; null where the method reads no such setting)."""
+    learn = job.learn
+    steps = getattr(learn, "total_steps", getattr(learn, "steps", None))
+    return {"settings": store.canonical_json(job.settings_record()),
+            "sweep": store.canonical_json(dict(job.sweep)) if job.sweep is not None else None,
+            "t_start": job.t_start, "eta": job.eta, "task_steps": getattr(job.settings, "steps", None),
+            "guidance_scale": getattr(job.settings, "guidance_scale", None),
+            "learn_steps": int(steps) if steps is not None else None, "learn_lr": getattr(learn, "lr", None)}
+
+
 def base_row(job: TaskJob, run_id: str, models: Mapping[str, ModelInfo | None]) -> dict[str, Any]:
     """The columns every row of ``job`` has: its planned identity, model and code version."""
     model = models.get(job.method)
     return {
         "run_id": run_id, "job_id": job.job_id, "concept_id": job.concept_id, "task": job.task,
         "pair_id": job.pair_id, "category": job.category, "method": job.method, "preset": job.preset,
-        "label": job.label, "variant": job.variant, "seed": job.seed, "settings": store.canonical_json(dict(job.settings)), "t_start": job.t_start,
-        "eta": job.eta, "object_word": job.object_word, "model_id": model.model_id if model else None,
+        "label": job.label, "variant": job.variant, "seed": job.seed, **settings_columns(job),
+        "object_word": job.object_word, "model_id": model.model_id if model else None,
         "weights_hash": model.weights_hash if model else None,
         "weights_label": model.weights_label if model else NO_MODEL_LABEL,
         "code_version": code_version(), "value": math.nan,
@@ -153,8 +168,7 @@ class Recorder:
 
             objects = {job.object_word for job in members}
             categories = {job.category for job in members}
-            base.update(settings=store.canonical_json(without_object(first.settings)),
-                        object_word=objects.pop() if len(objects) == 1 else None,
+            base.update(object_word=objects.pop() if len(objects) == 1 else None,
                         category=categories.pop() if len(categories) == 1 else ALL_CATEGORIES)
         if error is not None or result is None:
             rows = [{**base, "status": store.STATUS_FAILED, "error": "group metric: " + one_line(error)}]

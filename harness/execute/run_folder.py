@@ -156,7 +156,7 @@ def remove_superseded(run_dir: str | Path, jobs: Iterable[Any], weights: Mapping
     (Results of another code version or model stay, as results of another setting do.)
     """
     run_dir = Path(run_dir)
-    current = {(job.pair_id, job.task, job.method, job.preset, job.seed, store.canonical_json(dict(job.settings)),
+    current = {(job.pair_id, job.task, job.method, job.preset, job.seed, store.canonical_json(job.settings_record()),
                 weights.get(job.method), code): job.job_id for job in jobs}
     columns = ["pair_id", "task", "method", "preset", "seed", "settings", "weights_hash", "code_version"]
     superseded: dict[str, str] = {}  # job id -> pair id

@@ -103,14 +103,20 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
     finished = {job_id for job_id, status in statuses.items() if not retry_failed or status != store.STATUS_FAILED}
     todo = jobs_to_run(graph.jobs, statuses, retry_failed)
     summary.skipped = len(graph.jobs) - len(todo)
+    summary.failed_earlier = sum(statuses.get(job.job_id) == store.STATUS_FAILED for job in graph.jobs) \
+        if not retry_failed else 0
     recorder = Recorder(run_dir, summary, models, plan.metrics)
     for job in [j for j in todo if j.status == store.STATUS_NOT_APPLICABLE]:
         recorder.not_applicable(job)
     todo = [job for job in todo if job.status != store.STATUS_NOT_APPLICABLE]
     # Group metrics score sets of jobs (harness.plan.jobs.GROUP_KINDS) once every member has an ok result, in
     # this run or an earlier one: the metric actor reads the members' images back from their artifacts.
+    planned_groups = {key: group_result_id(key, members, plan.metrics)
+                      for key, members in group_members(graph, plan.metrics).items()}
+    # The result ids of this plan: tables read these rows, and rows of earlier plans of the folder are left out.
+    store.write_plan(run_dir, [*(job.job_id for job in graph.jobs), *planned_groups.values()])
     groups = {key: members for key, members in group_members(graph, plan.metrics).items()
-              if group_result_id(key, members, plan.metrics) not in finished}
+              if planned_groups[key] not in finished}
     scheduler = Scheduler(todo, max_in_flight or 1, groups,
                           ok_jobs=[job_id for job_id, status in statuses.items() if status == store.STATUS_OK],
                           scores_jobs=any(not metric.group_by for metric in plan.metrics))
@@ -340,11 +346,14 @@ class _RayRun:
 
 
 def resolved_plan(plan: Plan) -> dict[str, Any]:
-    """What the plan decided, for run.json: each method run's label in suite order, its resolved overrides and
-    class, and each metric's declaration (the report reads these instead of re-deriving them)."""
+    """What the plan decided, for run.json: each method run's label in suite order, its suite overrides, its class
+    and its resolved settings (learning config, each transfer/generation sweep point with its variant, matching),
+    and each metric's declaration (the report reads these instead of re-deriving them)."""
     return {
         "methods": [{"label": run.label, "method": run.name, "preset": run.preset, "variant": run.variant,
-                     "learn": store.json_ready(run.learn), "target": run.target} for run in plan.methods],
+                     "learn": store.json_ready(run.learn), "target": run.target,
+                     "resolved": store.json_ready(run.resolved.record()) if run.resolved else None}
+                    for run in plan.methods],
         "metrics": [{"name": m.name, "version": m.version, "scale": m.scale, "tasks": sorted(m.tasks),
                      "group_by": m.group_by, "target": m.target} for m in plan.metrics],
         "resolution": plan.resolution,
@@ -358,7 +367,7 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
     except ValueError:  # a corrupt run.json: rewritten below
         previous = {}
     counts = {"jobs": summary.total_jobs, "done": summary.done, "skipped": summary.skipped,
-              "failed": summary.failed, "not_applicable": summary.not_applicable,
+              "failed": summary.failed, "failed_earlier": summary.failed_earlier, "not_applicable": summary.not_applicable,
               "learns_run": summary.learns_run, "groups_scored": summary.groups_scored,
               "groups_failed": summary.groups_failed, "infrastructure_failed": summary.infrastructure_failed}
     # Every run on this folder, oldest first: the top-level keys describe the last one.
@@ -392,11 +401,12 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
 def run_suite(suite_path: str | Path, out: str | Path | None = None, address: str | None = None, *,
               num_cpus: int | None = None, max_in_flight: int | None = None, retry_failed: bool = False,
               allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False,
-              wait: bool = True) -> RunSummary:
+              wait: bool = True, allow_other_suite: bool = False) -> RunSummary:
     from ..plan.preflight import preflight
 
     # Everything that would certainly fail later fails here, in seconds, one line per problem (exit 2).
-    checked = preflight(suite_path, out, allow_random_metrics=allow_random_metrics, allow_outside=allow_outside)
+    checked = preflight(suite_path, out, allow_random_metrics=allow_random_metrics, allow_outside=allow_outside,
+                        allow_other_suite=allow_other_suite)
     return execute(checked.suite, checked.pairs, checked.run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
                    retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet, wait=wait)
 
@@ -405,7 +415,8 @@ def run_main(args: argparse.Namespace) -> int:
     summary = run_suite(args.suite, args.out, args.address, num_cpus=args.num_cpus,
                         max_in_flight=args.max_in_flight, retry_failed=args.retry_failed,
                         allow_random_metrics=args.allow_random_metrics, allow_outside=args.allow_outside,
-                        quiet=args.quiet, wait=not getattr(args, "no_wait", False))
+                        quiet=args.quiet, wait=not getattr(args, "no_wait", False),
+                        allow_other_suite=getattr(args, "allow_other_suite", False))
     print(f"{summary.total_jobs} jobs: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
           f"(already finished), {summary.not_applicable} not applicable; {summary.learns_run} concepts learned; "
           f"{summary.wall_seconds:.1f} s wall, harness overhead {summary.overhead_share:.0%}")
@@ -426,4 +437,6 @@ def run_main(args: argparse.Namespace) -> int:
             print("report: harness.analyse.report.write_report is not available; skipped (run `clic-bench report` later)")
         else:
             print(f"report: {write_report(summary.run_dir)}")
-    return 1 if summary.failed else 0
+    if summary.failed_earlier:  # skipped, but their stored result is a failure: the tables lack these jobs
+        print(f"{summary.failed_earlier} job(s) failed earlier and were not run again: rerun with --retry-failed")
+    return 1 if summary.failed or summary.failed_earlier else 0

@@ -119,7 +119,7 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
     components = fresh_components(node.model) if node.model else None
     temp = store.temp_sibling(final)
     method.learn(components, ConceptSource(image, mask, node.object_word), preset=node.preset,
-                 overrides=node.learn_overrides, seed=node.seed, out_dir=temp, progress=False)
+                 overrides=node.learn, seed=node.seed, out_dir=temp, progress=False)  # resolved by the plan
     if estimated is not None:  # kept with the concept, where the estimated-mask metric reads it
         from clic.concept import LearnedConcept
 
@@ -143,10 +143,10 @@ def _mask_for_unmasked_source(method, node: LearnNode, image):
         return torch.ones(1, *image.shape[-2:]), None
     if not method.supports("match") or node.model is None:
         raise ValueError(f"{node.source_image}: no source mask, and method {node.method!r} cannot estimate one")
-    from clic.match import MatchSettings, automatic_source_mask
+    from clic.match import automatic_source_mask
 
     soft, binary = automatic_source_mask(fresh_components(node.model), image[None], node.object_word,
-                                         MatchSettings.from_dict(node.mask_settings), seed=node.seed)
+                                         node.mask_settings, seed=node.seed)
     if not binary.any():
         raise ValueError(f"{node.source_image}: the automatic source mask is empty")
     return binary[0:1].float(), soft[0].float()
@@ -217,11 +217,6 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model: ModelInfo | No
     return record, samples
 
 
-def _task_overrides(job: TaskJob) -> dict[str, Any]:
-    """The task settings a method reads (learning overrides, the object word and match settings are not)."""
-    return {k: v for k, v in job.settings.items() if k not in ("learn", "object", "match")}
-
-
 def _base_sample(job: TaskJob, learned: Any, resolution: int) -> tuple[Any, tuple | None]:
     """The job's sample before the method runs (source, estimated masks, target and its ground truth), and
     the target's model input (image, mask, placement) for transfers and matches."""
@@ -259,14 +254,14 @@ def _transfer(context: _JobContext, sample: Any, target: tuple) -> tuple[list, d
     target_mask = sample.target_mask
     if mask is None:  # no target mask in the manifest: RoI matching predicts it first
         matched = method.match(context.components, context.learned, image, job.object_word, preset=job.preset,
-                               overrides=job.settings["match"], seed=job.seed)
+                               overrides=job.match, seed=job.seed)
         mask = matched.mask[None].float()
         target_mask = mask_from_model_output(matched.mask, placement)
         sample.target_mask = target_mask
         context.learned = LearnedConcept.load(context.concept_folder)
         context.components = fresh_components(context.model)
     result = method.transfer(context.components, context.learned, image, mask[0], job.object_word,
-                             preset=job.preset, overrides=_task_overrides(job), seed=job.seed)
+                             preset=job.preset, overrides=job.settings, seed=job.seed)
     edited = from_model_output(result.image, placement)
     sample.output_image = _as_float_image(edited)
     _save_png(edited, context.out / "edited.png")
@@ -283,7 +278,7 @@ def _generate(context: _JobContext, sample: Any) -> tuple[list, dict[str, str]]:
 
     job = context.job
     result = context.method.generate(context.components, context.learned, job.object_word, preset=job.preset,
-                                     overrides=_task_overrides(job), seed=job.seed)
+                                     overrides=job.settings, seed=job.seed)
     sample.prompt = result.prompt
     images = result.images.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy().astype(np.float32)
     samples = []
@@ -304,7 +299,7 @@ def _match(context: _JobContext, sample: Any, target: tuple) -> tuple[list, dict
 
     job, (image, _, placement) = context.job, target
     result = context.method.match(context.components, context.learned, image, job.object_word, preset=job.preset,
-                                  overrides=_task_overrides(job), seed=job.seed)
+                                  overrides=job.settings, seed=job.seed)
     sample.predicted_mask = mask_from_model_output(result.mask, placement)
     _save_png(Image.fromarray(sample.predicted_mask.astype(np.uint8) * 255), context.out / "mask.png")
     return [sample], {"artifact_mask": "mask.png"}

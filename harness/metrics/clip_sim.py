@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from . import models
 from ._regions import concept_pair, outside_pair, pad_to_square, sample_image, to_tensor
 from .base import MetricSettings, MetricValue, Sample
+from .options import CLIP_OPTIONS
 
 _SCALE = "cosine [-1, 1] (raw, not x100 or x2.5)"
 _VERSION = f"1.0+open_clip-{package_version('open_clip_torch')}"
@@ -102,6 +103,7 @@ class ClipImageSimilarity(PairedCosineMetric):
     """
 
     name: ClassVar[str] = "clip_image"
+    options: ClassVar[dict] = {"clip": CLIP_OPTIONS}  # harness.metrics.options
     values: ClassVar[dict[str, bool]] = {"clip_i_roi": True, "clip_i_outside": True}
     version: ClassVar[str] = _VERSION
     value_pairs: ClassVar[dict] = {"clip_i_roi": concept_pair, "clip_i_outside": outside_pair}
@@ -121,6 +123,7 @@ class ClipTextSimilarity:
     """CLIP text-image cosine between the sample's prompt and its output image: "clip_t"."""
 
     name: ClassVar[str] = "clip_text"
+    options: ClassVar[dict] = {"clip": CLIP_OPTIONS}  # harness.metrics.options
     values: ClassVar[dict[str, bool]] = {"clip_t": True}
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = _SCALE

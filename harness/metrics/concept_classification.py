@@ -33,6 +33,7 @@ from ._regions import sample_image, sample_mask
 from .base import MetricSettings, MetricValue, Sample
 from .clip_sim import embed_images
 from .masked_similarity import masked_crop
+from .options import CLIP_OPTIONS
 
 
 def concept_key(source: np.ndarray, mask: np.ndarray) -> str:
@@ -53,6 +54,7 @@ class ConceptClassification:
     """SIM^I, SIM^C, ACC¹, ACC³ over the generations of several concepts (a group metric)."""
 
     name: ClassVar[str] = "concept_classification"
+    options: ClassVar[dict] = {"clip": CLIP_OPTIONS}  # harness.metrics.options
     # The chance levels are reference values beside the accuracies (a uniform guess's), not scores to rank.
     values: ClassVar[dict[str, bool]] = {"sim_i": True, "sim_c": True, "acc1": True, "acc3": True,
                                          "acc1_chance": True, "acc3_chance": True}

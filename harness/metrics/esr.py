@@ -32,6 +32,7 @@ from . import models
 from ._regions import generated_object_mask, sample_image
 from .base import MetricSettings, MetricValue, Sample
 from .clip_sim import embed_images, embed_texts
+from .options import CLIP_OPTIONS, ESR_OPTIONS
 
 ESR_OPTIONS_KEY = "esr"
 COLOUR_SHARE = 0.25  # share of the generated object's pixels of the requested colour for a colour edit to count
@@ -88,6 +89,7 @@ class EditingSuccessRate:
     """Per generation: 1 if its edit (colour or object, see the module docstring) is satisfied, else 0."""
 
     name: ClassVar[str] = "esr"
+    options: ClassVar[dict] = {"esr": ESR_OPTIONS, "clip": CLIP_OPTIONS}  # harness.metrics.options
     values: ClassVar[dict[str, bool]] = {"esr": True}
     version: ClassVar[str] = "2.0"
     scale: ClassVar[str] = ("{0, 1} per generated image (every edit target of its prompt met; colour counted "

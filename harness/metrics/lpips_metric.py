@@ -16,6 +16,7 @@ from ..plan.jobs import SEEDS
 from . import models
 from ._regions import TransferView, fill_region, resize_image, sample_image, to_tensor, transfer_view
 from .base import MetricSettings, MetricValue, Sample
+from .options import LPIPS_OPTIONS
 
 _VERSION = (
     f"1.0+lpips-{models.LPIPS_PACKAGE_VERSION}-{models.LPIPS_NET}-v{models.LPIPS_HEADS_VERSION}"
@@ -36,6 +37,7 @@ class LpipsMasked:
     """
 
     name: ClassVar[str] = "lpips"
+    options: ClassVar[dict] = {"lpips": LPIPS_OPTIONS}  # harness.metrics.options
     values: ClassVar[dict[str, bool]] = {"lpips_inside": True, "lpips_outside": False}  # the edit should change the region, not the rest
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = "LPIPS distance >= 0 (0 = identical; lower = more similar)"
@@ -96,6 +98,7 @@ class LpipsDiversity:
     """
 
     name: ClassVar[str] = "lpips_diversity"
+    options: ClassVar[dict] = {"lpips": LPIPS_OPTIONS}  # harness.metrics.options
     values: ClassVar[dict[str, bool]] = {"lpips_diversity": True}
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = "mean pairwise LPIPS distance >= 0 (0 = all outputs identical)"

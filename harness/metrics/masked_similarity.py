@@ -39,12 +39,12 @@ from ._regions import NEUTRAL_GREY, concept_pair, crop_to_mask, fill_region, gen
     pad_to_square, resize_mask, to_tensor
 from .base import TINY_RANDOM, MetricSettings, Sample
 from .clip_sim import PairedCosineMetric, embed_images
+from .options import CLIP_OPTIONS, DINO_MODEL, DINO_OPTIONS
 
 _log = logging.getLogger(__name__)
 _SCALE = "cosine [-1, 1] (raw, not x100)"
 
 DINO_OPTIONS_KEY = "dino"
-DINO_MODEL = "vit_small_patch16_224.dino"
 TINY_DINO = dict(img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=2)
 
 
@@ -173,6 +173,7 @@ class ClipMaskedSimilarity(PairedCosineMetric):
     """SingleInsert's CLIP-I-f ("clip_i_f") and CLIP-I-b ("clip_i_b", generations, lower is better)."""
 
     name: ClassVar[str] = "clip_masked"
+    options: ClassVar[dict] = {"clip": CLIP_OPTIONS}  # harness.metrics.options
     values: ClassVar[dict[str, bool]] = {"clip_i_f": True, "clip_i_b": False}
     version: ClassVar[str] = "2.0"
     scale: ClassVar[str] = _MASKED_SCALE
@@ -195,6 +196,7 @@ class DinoMaskedSimilarity(PairedCosineMetric):
     on transfers, the preservation "dino_outside"."""
 
     name: ClassVar[str] = "dino_masked"
+    options: ClassVar[dict] = {"dino": DINO_OPTIONS}  # harness.metrics.options
     values: ClassVar[dict[str, bool]] = {"dino_f": True, "dino_b": False, "dino_outside": True}
     version: ClassVar[str] = f"2.0+timm-{timm.__version__}"
     scale: ClassVar[str] = _MASKED_SCALE

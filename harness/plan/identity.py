@@ -1,14 +1,18 @@
 """A method run's name in every table, decided once at plan time: ``label`` = "method/preset", plus a
-``variant`` ("no_att") when suite entries of one method and preset differ only in their learning overrides
-(the ablations of benchmarks/ablations.yaml). Jobs carry both; result rows store them as columns, so the
-report and the study read them instead of re-deriving them from the settings JSON."""
+``variant`` that names what sets one resolved configuration apart from the others of its method and preset:
+"no_att" when suite entries differ in their learning overrides (the ablations of benchmarks/ablations.yaml),
+"t_start=4" for a point of a swept task setting. Jobs carry both; result rows store them as columns, so every
+table groups by them (seeds are replicates inside a variant, never a variant), and the report and the study
+read them instead of re-deriving them from the settings JSON."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..store import canonical_json
-from .jobs import MethodRun
+
+if TYPE_CHECKING:
+    from .jobs import MethodRun
 
 
 def method_label(method: object, preset: object, variant: object = "") -> str:
@@ -66,3 +70,15 @@ def with_labels(methods: Sequence[MethodRun]) -> list[MethodRun]:
         variant = variant_name(run.learn, _common_overrides(distinct)) if len(distinct) > 1 else ""
         labelled.append(dataclasses.replace(run, variant=variant, label=method_label(run.name, run.preset, variant)))
     return labelled
+
+
+def sweep_variants(resolved: Sequence[Mapping[str, Any] | None], ignore: Sequence[str] = ()) -> list[str]:
+    """Variant names of a method run's resolved settings at each point of a sweep: the ``key=value`` pairs of the
+    keys whose resolved value differs between points ("t_start=4 eta=0.5"), "" for all when they are one
+    configuration. ``ignore``: keys that are data rather than settings (a generation's prompt)."""
+    present = [dict(r) for r in resolved if r is not None]
+    if len(present) < 2:
+        return ["" for _ in resolved]
+    keys = sorted({k for r in present for k in r if k not in ignore})
+    varying = [k for k in keys if len({canonical_json(r.get(k)) for r in present}) > 1]
+    return [" ".join(f"{k}={_compact(r.get(k))}" for k in varying) if r is not None else "" for r in resolved]

@@ -7,6 +7,7 @@ therefore reruns nothing, and changing any setting reruns exactly the jobs it to
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..store import STATUS_NOT_APPLICABLE, canonical_json
+from .identity import method_label
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Code whose change changes what a job computes. The orchestration (runner, store, report) does not, and
@@ -120,11 +122,11 @@ class LearnNode:
     source_image: str
     source_mask: str | None
     object_word: str
-    learn_overrides: Mapping[str, Any]
+    learn: Any  # the method's resolved learning config (a clic.settings.MethodConfig), handed to it unchanged
     model: ModelInfo | None  # None for methods that load no model
     resolution: int
-    # Without a source mask: the settings of CLiC's automatic source mask (RoI-matching settings).
-    mask_settings: Mapping[str, Any] = field(default_factory=dict)
+    # Without a source mask: the resolved RoI-matching settings of CLiC's automatic source mask, else None.
+    mask_settings: Any = None
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,8 @@ class TaskJob:
     seed: int
     method_target: str  # the method class as "module:Class", resolved at plan time for the workers
     label: str  # "clic/paper no_att": method, preset and variant, decided at plan time
-    variant: str  # "" or what sets this suite entry apart from others of its method and preset
-    settings: Mapping[str, Any]  # the task's settings (t_start, eta, steps, object ...) plus learn overrides
+    variant: str  # "" or what sets this configuration apart from others of its method and preset
+    settings: Any  # the task's resolved settings (clic.settings.Settings), None where the method reads none
     object_word: str
     metrics: tuple[str, ...]  # metrics that score this task
     target_image: str | None = None
@@ -155,14 +157,29 @@ class TaskJob:
     groups: Mapping[str, str] = field(default_factory=dict)
     status: str = PENDING
     reason: str | None = None  # why a job is not applicable
+    learn: Any = None  # the concept's resolved learning config (recorded in every row)
+    match: Any = None  # a transfer without a target mask: the resolved matching settings that predict it
+    sweep: Mapping[str, Any] | None = None  # the suite's own values for this job (t_start, eta, prompt ...)
 
     @property
     def t_start(self) -> int | None:
-        return self.settings.get("t_start")
+        return getattr(self.settings, "t_start", None)
 
     @property
     def eta(self) -> float | None:
-        return self.settings.get("eta")
+        return getattr(self.settings, "eta", None)
+
+    def task_record(self) -> dict[str, Any]:
+        """The resolved settings the task runs with (what its id hashes)."""
+        record: dict[str, Any] = {self.task: self.settings.to_dict() if self.settings is not None else None}
+        if self.match is not None:
+            record["match"] = self.match.to_dict()
+        return record
+
+    def settings_record(self) -> dict[str, Any]:
+        """Every resolved value the job ran with: its task's settings, the matching that predicted its mask and
+        the learning config of its concept (the rows' ``settings`` column)."""
+        return {**self.task_record(), "learn": self.learn.to_dict() if self.learn is not None else None}
 
 
 @dataclass
@@ -192,8 +209,38 @@ class Pair:
 
 
 @dataclass(frozen=True)
+class SweepPoint:
+    """One point of a suite's task settings for one method run: what the suite asked for (``requested``, e.g.
+    ``{"t_start": 4}``), the settings it resolves to with the preset, and the variant name that tells it apart
+    from the run's other points ("t_start=4"; "" when the run has one point)."""
+
+    requested: Mapping[str, Any]
+    settings: Any  # clic.settings.Settings, or None where the method reads no settings for the task
+    variant: str = ""
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A method run's settings, resolved once (``clic.methods.base.Method.resolve``) when the suite is read."""
+
+    learn: Any  # clic.settings.MethodConfig
+    transfer: tuple[SweepPoint, ...] = ()
+    generate: tuple[SweepPoint, ...] = ()
+    match: Any = None  # clic.match.MatchSettings or None
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready, for run.json."""
+        def points(items: Sequence[SweepPoint]) -> list[dict[str, Any]]:
+            return [{"requested": dict(p.requested), "variant": p.variant,
+                     "settings": p.settings.to_dict() if p.settings is not None else None} for p in items]
+
+        return {"learn": self.learn.to_dict(), "transfer": points(self.transfer), "generate": points(self.generate),
+                "match": self.match.to_dict() if self.match is not None else None}
+
+
+@dataclass(frozen=True)
 class MethodRun:
-    """One method × preset of a suite, with its learning overrides."""
+    """One method × preset of a suite, with its learning overrides and its resolved settings."""
 
     name: str
     preset: str
@@ -204,6 +251,7 @@ class MethodRun:
     term_sources: Mapping[str, str] = field(default_factory=dict)
     variant: str = ""  # what sets this run apart from others of its method and preset ("no_att"), if any
     label: str = ""  # its name in every table: "clic/paper", "clic/paper no_att" (harness.plan.identity)
+    resolved: ResolvedRun | None = None
 
 
 @dataclass(frozen=True)
@@ -262,14 +310,17 @@ class _GraphBuilder:
     def add(self, pair: Pair, run: MethodRun, seed: int) -> None:
         from clic.methods import method_target
 
-        plan, model = self.plan, self.models[run.name]
+        plan, model, resolved = self.plan, self.models[run.name], run.resolved
+        if resolved is None:
+            raise ValueError(f"method run {run.label or run.name!r} has no resolved settings (plan_from_suite sets them)")
         learn_mask = None if plan.estimate_source_masks else pair.source_mask
+        mask_settings = None if learn_mask else resolved.match
         learn_key = {
             "source_image": file_digest(pair.source_image), "source_mask": optional_digest(learn_mask),
             "object_word": pair.source_object, "method": run.name, "preset": run.preset, "seed": seed,
-            "learn": dict(run.learn), "resolution": plan.resolution,
+            "learn": resolved.learn.to_dict(), "resolution": plan.resolution,
             "weights_hash": model.weights_hash if model else None, "code_version": code_version(),
-            "mask_settings": None if learn_mask else dict(plan.match_settings),
+            "mask_settings": mask_settings.to_dict() if mask_settings is not None else None,
             **({"dtype": model.dtype} if model and model.dtype != "fp32" else {}),
             **({"term_sources": dict(run.term_sources)} if run.term_sources else {}),
         }
@@ -278,14 +329,12 @@ class _GraphBuilder:
         self.graph.learns.setdefault(concept_id, LearnNode(
             concept_id=concept_id, method=run.name, preset=run.preset, seed=seed, method_target=target,
             source_image=pair.source_image, source_mask=learn_mask, object_word=pair.source_object,
-            learn_overrides=dict(run.learn), model=model, resolution=plan.resolution,
-            mask_settings={} if learn_mask else dict(plan.match_settings),
+            learn=resolved.learn, model=model, resolution=plan.resolution, mask_settings=mask_settings,
         ))
         self.run = run
         self.common = dict(concept_id=concept_id, pair_id=pair.pair_id, category=pair.category, method=run.name,
                            preset=run.preset, seed=seed, method_target=target, source_image=pair.source_image,
-                           source_mask=pair.source_mask, label=run.label or f"{run.name}/{run.preset}",
-                           variant=run.variant)
+                           source_mask=pair.source_mask, learn=resolved.learn)
         # The pair id is part of a task job's identity: two rows with identical files still get one result
         # row each (their concept, which depends on the bytes only, is shared). So is every other manifest
         # field that reaches the job or its rows: the target object (it is in the transfer and matching
@@ -302,61 +351,58 @@ class _GraphBuilder:
         if "generate" in plan.tasks:
             self.generations(pair, learn_key)
         if "match" in plan.tasks:
-            self.job("match", dict(plan.match_settings), pair.target_object, target_hashes, **target_paths)
+            self.job("match", SweepPoint({}, resolved.match), pair.target_object, target_hashes, **target_paths)
 
-    def job(self, task: str, settings: dict[str, Any], object_word: str, targets: Mapping[str, str | None],
-            reason: str | None = None, groups: Mapping[str, str] | None = None, **paths: Any) -> None:
+    def job(self, task: str, point: SweepPoint, object_word: str, targets: Mapping[str, str | None],
+            reason: str | None = None, groups: Mapping[str, str] | None = None, match: Any = None,
+            **paths: Any) -> None:
         run, tasks = self.run, self.supports[self.run.name]
         metrics = _metrics_for(task, self.plan.metrics)
-        settings = {**settings, "learn": dict(run.learn)} if run.learn else settings
         if task not in tasks:
             reason = f"method {run.name!r} does not support {task!r}"
-        elif task == "transfer" and "match" in settings and "match" not in tasks:
+        elif task == "transfer" and match is not None and "match" not in tasks:
             reason = f"no target mask, and method {run.name!r} cannot predict one (no RoI matching)"
-        job_id = _job_id(self.common["concept_id"], task, targets, settings, metrics)
+        variant = " ".join(part for part in (run.variant, point.variant) if part)
+        job = TaskJob(job_id="", task=task, settings=point.settings, object_word=object_word,
+                      metrics=tuple(m.name for m in metrics), status=PENDING if reason is None else STATUS_NOT_APPLICABLE,
+                      reason=reason, groups=dict(groups or {}) if reason is None else {}, match=match,
+                      sweep=dict(point.requested) if point.settings is not None else None, variant=variant,
+                      label=method_label(run.name, run.preset, variant), **self.common, **paths)
+        job_id = _job_id(self.common["concept_id"], task, targets, job.task_record(), metrics)
         if job_id in self.seen:
-            return  # a generation depends on the concept only: pairs sharing a source share it
+            return  # e.g. a generation depends on the concept only: pairs sharing a source share it
         self.seen.add(job_id)
-        self.graph.jobs.append(TaskJob(
-            job_id=job_id, task=task, settings=settings,
-            object_word=object_word, metrics=tuple(m.name for m in metrics),
-            status=PENDING if reason is None else STATUS_NOT_APPLICABLE, reason=reason,
-            groups=dict(groups or {}) if reason is None else {}, **self.common, **paths,
-        ))
+        self.graph.jobs.append(dataclasses.replace(job, job_id=job_id))
 
     def transfers(self, pair: Pair, target_hashes: Mapping[str, str | None], target_paths: Mapping[str, Any]) -> None:
-        plan = self.plan
-        for t_start, eta in itertools.product(plan.t_starts, plan.etas):
-            settings = dict(plan.transfer_settings)
-            if t_start is not None:
-                settings["t_start"] = int(t_start)
-            if eta is not None:
-                settings["eta"] = float(eta)
+        resolved = self.run.resolved
+        for point in resolved.transfer:
             if not pair.target_mask:
-                if not plan.match_missing_masks:
-                    self.job("transfer", settings, pair.target_object, target_hashes,
+                if not self.plan.match_missing_masks:
+                    self.job("transfer", point, pair.target_object, target_hashes,
                              reason="no target mask, and match.enabled is false", **target_paths)
                     continue
-                settings["match"] = dict(plan.match_settings)  # the mask is predicted first
-            self.job("transfer", settings, pair.target_object, target_hashes, **target_paths)
+                # the mask is predicted first, with the method's resolved matching settings
+                self.job("transfer", point, pair.target_object, target_hashes, match=resolved.match, **target_paths)
+                continue
+            self.job("transfer", point, pair.target_object, target_hashes, **target_paths)
 
     def generations(self, pair: Pair, learn_key: Mapping[str, Any]) -> None:
         plan, run = self.plan, self.run
-        for object_word, prompt in itertools.product(plan.generate_objects or [pair.target_object],
-                                                     plan.generate_prompts or [None]):
-            settings = {**plan.generate_settings, "object": object_word}
-            if prompt is not None:
-                settings["prompt"] = prompt
-            shared = {"method": run.name, "preset": run.preset, "learn": dict(run.learn)}
+        for object_word, point in itertools.product(plan.generate_objects or [pair.target_object],
+                                                    run.resolved.generate):
+            settings = point.settings.to_dict() if point.settings is not None else None
+            shared = {"method": run.name, "preset": run.preset, "learn": learn_key["learn"]}
             # A concept's diversity is over one object; classifying concepts pools every object (by default
             # each pair's own target object, so per-object groups would split the concepts) and every
             # category: the class set is every concept of the run (ConceptExpress classifies among all).
-            groups = {SEEDS: content_id({**shared, "kind": SEEDS, "settings": settings,
+            groups = {SEEDS: content_id({**shared, "kind": SEEDS, "settings": settings, "object": object_word,
                                          "source": learn_key["source_image"],
                                          "source_mask": learn_key["source_mask"]}),
-                      CONCEPTS: content_id({**shared, "kind": CONCEPTS, "settings": without_object(settings)})}
-            # the category is a column of every row: editing it reruns the generation too
-            self.job("generate", settings, object_word, {"category": pair.category}, groups=groups)
+                      CONCEPTS: content_id({**shared, "kind": CONCEPTS, "settings": settings})}
+            # the object word is in the prompt; the category is a column of every row: editing either reruns it
+            self.job("generate", point, object_word, {"category": pair.category, "object": object_word},
+                     groups=groups)
 
 
 # ------------------------------------------------------------------------------------------ groups

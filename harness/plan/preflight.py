@@ -40,7 +40,8 @@ class Checked:
 
 
 def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
-              allow_random_metrics: bool = False, allow_outside: bool = False) -> Checked:
+              allow_random_metrics: bool = False, allow_outside: bool = False,
+              allow_other_suite: bool = False) -> Checked:
     """Check a suite before it runs; raise :class:`PreflightFailed` with one line per problem."""
     from .suite import load_suite
 
@@ -51,6 +52,9 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
     models_and_resolution = _attempt(problems, lambda: _models(suite))
     created = not run_dir.exists()
     problems += _writable(run_dir)
+    problems += device_problems(suite)
+    if not allow_other_suite:
+        problems += other_suite_problems(run_dir, suite.name)
     plan = None
     if models_and_resolution is not None:
         from .resolve import plan_from_suite
@@ -62,6 +66,35 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
             run_dir.rmdir()  # a refused run leaves no empty run folder behind
         raise PreflightFailed(list(dict.fromkeys(problems)))  # dict: the same line once, in order
     return Checked(suite, pairs, run_dir, models_and_resolution[0], plan)
+
+
+def device_problems(suite: "Suite", cuda_available: bool | None = None) -> list[str]:
+    """A CUDA device a run's workers cannot get: Ray hides every GPU from a task that requests none, and a machine
+    without a visible GPU has none to give (checked here only for a local run, where this machine is the cluster)."""
+    if not suite.device.startswith("cuda"):
+        return []
+    if suite.resources.num_gpus <= 0:
+        return [f"{suite.source}: device: {suite.device!r} needs resources.num_gpus > 0 (Ray gives a task that requests "
+                f"no GPU none to use); set resources.num_gpus or device: auto"]
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return [] if cuda_available else [f"{suite.source}: device: {suite.device!r} but this machine has no visible CUDA GPU"]
+
+
+def other_suite_problems(run_dir: Path, name: str) -> list[str]:
+    """A run folder holds one suite: running another suite into it would mix two plans' rows and run.json."""
+    from ..store import read_run_manifest
+
+    try:
+        previous = (read_run_manifest(run_dir).get("suite") or {}).get("name") if run_dir.is_dir() else None
+    except ValueError:  # a corrupt run.json is rewritten by the run
+        return []
+    if previous and previous != name:
+        return [f"{run_dir}: holds results of suite {previous!r}, not {name!r}; choose another --out, or pass "
+                f"--allow-other-suite to add this suite's results to it"]
+    return []
 
 
 def missing_metric_weights(suite: "Suite", allow_random_metrics: bool) -> list[str]:

@@ -2,31 +2,33 @@
 each method runs on, and the good manifest rows. Everything here is decided once, before anything runs."""
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 
-from .identity import with_labels
-from .jobs import GROUP_KINDS, MethodRun, MetricInfo, ModelInfo, Pair, Plan
+from .identity import sweep_variants, with_labels
+from .jobs import GROUP_KINDS, MethodRun, MetricInfo, ModelInfo, Pair, Plan, ResolvedRun, SweepPoint
 
 if TYPE_CHECKING:
     from .suite import Suite
 
 
 def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
-    """The job-graph plan of a checked suite (:class:`harness.plan.suite.Suite`) at an image resolution."""
-    from clic.methods import method_class, method_target
+    """The job-graph plan of a checked suite (:class:`harness.plan.suite.Suite`) at an image resolution. The
+    method runs carry the settings the suite reader resolved (:func:`resolve_runs`), not re-merged here."""
+    from clic.methods import method_target
 
     from ..metrics import metric_class, metric_target
     from ..metrics.base import declaration
 
+    runs = suite.runs or resolve_runs(suite)
     methods = []
-    for spec in suite.methods:
-        for preset in spec.presets:
-            base_terms = method_class(spec.name)().learn_config(preset).terms if hasattr(
-                method_class(spec.name), "base_config") else None
-            learn = spec.learn_overrides(base_terms)
-            methods.append(MethodRun(spec.name, preset, learn, method_target(spec.name), custom_term_sources(learn)))
+    for spec, resolved in zip(suite.methods, runs):
+        for preset, run in zip(spec.presets, resolved):
+            learn = spec.learn_overrides(run.learn.terms if hasattr(run.learn, "terms") else None)
+            methods.append(MethodRun(spec.name, preset, learn, method_target(spec.name), custom_term_sources(learn),
+                                     resolved=run))
     metrics = []
     for name in suite.metrics:
         declared = declaration(metric_class(name))
@@ -35,21 +37,106 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
         metrics.append(MetricInfo(name, declared.version, declared.scale, declared.tasks, declared.group_by,
                                   declared.values, metric_target(name)))
     transfer, generate = suite.transfer, suite.generate
-    generate_settings = {"steps": generate.steps, "images": generate.images_per_seed,
-                         # unset: each method's preset decides (e.g. SingleInsert's one-stage preset: 0)
-                         **({} if generate.stage_one_steps is None else {"stage_one_steps": generate.stage_one_steps})}
-    if "generate" in suite.tasks:
-        _check_generate_settings(suite, methods, generate_settings)
     return Plan(
         methods=with_labels(methods), seeds=list(suite.seeds), tasks=frozenset(suite.tasks),
         t_starts=list(transfer.t_start) if transfer.t_start is not None else [None],
         etas=list(transfer.eta) if transfer.eta is not None else [None],
-        transfer_settings={"steps": transfer.steps, "guidance_scale": transfer.guidance_scale},
+        transfer_settings=transfer_requests(suite)[0] if transfer_requests(suite) else {},
         generate_objects=list(generate.objects), generate_prompts=list(generate.prompts),
-        generate_settings=generate_settings,
-        match_missing_masks=suite.match.enabled, match_settings={"steps": suite.match.steps},
+        generate_settings=generate_requests(suite)[0],
+        match_missing_masks=suite.match.enabled, match_settings=match_request(suite),
         metrics=metrics, resolution=resolution, estimate_source_masks=suite.source_masks == "estimate",
     )
+
+
+# ------------------------------------------------------------------------------------ resolution
+def transfer_requests(suite: "Suite") -> list[dict[str, Any]]:
+    """The suite's transfer settings at each point of its sweep (t_start × eta); unset keys are left to presets."""
+    spec = suite.transfer
+    points = []
+    for t_start, eta in itertools.product(spec.t_start or [None], spec.eta or [None]):
+        point: dict[str, Any] = {"steps": spec.steps, "guidance_scale": spec.guidance_scale}
+        if t_start is not None:
+            point["t_start"] = int(t_start)
+        if eta is not None:
+            point["eta"] = float(eta)
+        points.append(point)
+    return points
+
+
+def generate_requests(suite: "Suite") -> list[dict[str, Any]]:
+    """The suite's generation settings per prompt template (none given: each preset's own prompt)."""
+    spec = suite.generate
+    # unset stage_one_steps: each method's preset decides (e.g. SingleInsert's one-stage preset: 0)
+    base = {"steps": spec.steps, "images": spec.images_per_seed,
+            **({} if spec.stage_one_steps is None else {"stage_one_steps": spec.stage_one_steps})}
+    return [{**base, **({"prompt": prompt} if prompt is not None else {})} for prompt in (spec.prompts or [None])]
+
+
+def match_request(suite: "Suite") -> dict[str, Any]:
+    return {"steps": suite.match.steps}
+
+
+def _swept(requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each request cut to the keys that differ between requests (what the suite sweeps)."""
+    keys = sorted({k for r in requests for k in r})
+    varying = [k for k in keys if len({repr(r.get(k)) for r in requests}) > 1]
+    return [{k: r.get(k) for k in varying} for r in requests]
+
+
+def resolve_runs(suite: "Suite", fail: Callable[[str, str], NoReturn] | None = None) -> tuple[tuple[ResolvedRun, ...], ...]:
+    """Each suite method × preset's learning config and task settings, resolved once through
+    :meth:`clic.methods.base.Method.resolve` (the preset merged with the suite's values, typed, validated).
+    ``fail(key, message)`` reports a setting no preset can run with (default: a ``SuiteError``)."""
+    from clic.losses import LossTermError
+    from clic.methods import method_class
+
+    from .suite import SuiteError
+
+    def default_fail(key: str, message: str) -> NoReturn:
+        raise SuiteError(f"{suite.source}: {key}: {message}")
+
+    fail = fail or default_fail
+    transfers, generations, match = transfer_requests(suite), generate_requests(suite), match_request(suite)
+    transfer_sweeps, generate_sweeps = _swept(transfers), _swept(generations)
+    resolved = []
+    for index, spec in enumerate(suite.methods):
+        method = method_class(spec.name)()
+        per_preset = []
+        for preset_index, preset in enumerate(spec.presets):
+            key = f"methods[{index}]"
+            try:
+                learn = method.resolve("learn", preset, spec.learn_overrides(method.preset_terms(preset)))
+            except (ValueError, TypeError, KeyError) as err:
+                where = "loss_weights" if spec.loss_weights and isinstance(err, LossTermError) else "learn"
+                fail(f"{key}.{where}", f"with preset {preset!r}: {' '.join(str(err).split())}")
+
+            def points(task: str, requests: list[dict[str, Any]], sweeps: list[dict[str, Any]],
+                       suite_key: str, ignore: Sequence[str] = ()) -> tuple[SweepPoint, ...]:
+                if task not in suite.tasks or not method.supports(task):
+                    return ()
+                settings = []
+                for request in requests:
+                    try:
+                        settings.append(method.resolve(task, preset, request))
+                    except (ValueError, TypeError) as err:
+                        fail(f"{key}.presets[{preset_index}]",
+                             f"preset {preset!r} of method {spec.name!r} with {suite_key} {request}: "
+                             f"{' '.join(str(err).split())} (change {suite_key} or the preset)")
+                names = sweep_variants([s.to_dict() if s is not None else None for s in settings], ignore)
+                return tuple(SweepPoint(sweep, s, name) for sweep, s, name in zip(sweeps, settings, names))
+
+            transfer = points("transfer", transfers, transfer_sweeps, "transfer")
+            generate = points("generate", generations, generate_sweeps, "generate", ignore=("prompt",))
+            match_settings = None
+            if method.supports("match"):
+                try:
+                    match_settings = method.resolve("match", preset, match)
+                except (ValueError, TypeError) as err:
+                    fail("match", f"preset {preset!r} of method {spec.name!r}: {' '.join(str(err).split())}")
+            per_preset.append(ResolvedRun(learn, transfer, generate, match_settings))
+        resolved.append(tuple(per_preset))
+    return tuple(resolved)
 
 
 def custom_term_sources(learn: Mapping[str, Any]) -> dict[str, str]:
@@ -68,25 +155,6 @@ def custom_term_sources(learn: Mapping[str, Any]) -> dict[str, str]:
             raise ValueError(f"loss term {term!r}: cannot find the source of module {module!r} (fn {spec['fn']!r})")
         sources[term] = hashlib.sha256(Path(found.origin).read_bytes()).hexdigest()
     return sources
-
-
-def _check_generate_settings(suite: "Suite", methods: Sequence[MethodRun], settings: Mapping[str, Any]) -> None:
-    """Each generating method's preset merged with the suite's generation settings must be valid: a suite
-    whose generate.steps is shorter than a preset's stage one fails here, not in every generation job."""
-    from clic.generate import GenerateSettings
-    from clic.methods import method_class
-
-    from .suite import SuiteError
-
-    for run in methods:
-        method = method_class(run.name)()
-        if not method.supports("generate"):
-            continue
-        try:
-            GenerateSettings.from_dict(method.task_settings("generate", run.preset, settings))
-        except ValueError as error:
-            raise SuiteError(f"{suite.source}: generate: {error} (method {run.name!r}, preset {run.preset!r}; "
-                             f"set generate.stage_one_steps or raise generate.steps)") from None
 
 
 def _default_preset(method: str) -> str:

@@ -169,6 +169,8 @@ class Suite:
     source_masks: str = "use"
     categories: tuple[str, ...] | None = None
     source: str = field(default="", compare=False)  # the suite file, for messages
+    # Per method entry, per preset: the settings resolved once when the suite is read (harness.plan.resolve).
+    runs: tuple = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-serialisable form, keyed as in the suite file (manifests always as ``manifests: [...]``)."""
@@ -396,7 +398,7 @@ class _SuiteReader:
             generate=self.generate(data.get("generate", {})),
             match=self.match(data.get("match", {})),
             metrics=metrics,
-            metric_options=self.metric_options(data.get("metric_options", {})),
+            metric_options=self.metric_options(data.get("metric_options", {}), metrics),
             resources=self.resources(data.get("resources", {})),
             tasks=self.tasks(data.get("tasks", list(DEFAULT_TASKS))),
             limit_pairs=None if data.get("limit_pairs") is None else self.integer(data["limit_pairs"], "limit_pairs", minimum=1),
@@ -409,7 +411,9 @@ class _SuiteReader:
             if needs_inpainting and suite.model not in TINY_MODELS and suite.inpainting_model is None:
                 self.fail(f"methods[{index}].name", f"method {spec.name!r} runs on an inpainting UNet: set "
                                                     "inpainting_model to an SD inpainting folder or HF id")
-        return suite
+        from .resolve import resolve_runs
+
+        return dataclasses.replace(suite, runs=resolve_runs(suite, self.fail))
 
     def choice(self, value: Any, key: str, choices: Sequence[str]) -> str:
         value = self.string(value, key)
@@ -547,14 +551,30 @@ class _SuiteReader:
                 self.fail(f"metrics[{index}]", f"unknown metric {metric!r} (known: {', '.join(known)})")
         return items
 
-    def metric_options(self, value: Any) -> Mapping[str, Mapping[str, Any]]:
-        known = self.available_metrics()
-        # Options may address one metric or a family sharing a model ("clip" for clip_image and clip_text).
-        keys = sorted(set(known) | {m.split("_", 1)[0] for m in known})
-        data = self.mapping(value, "metric_options", keys)
+    def metric_options(self, value: Any, metrics: Sequence[str]) -> Mapping[str, Mapping[str, Any]]:
+        """Options per model family ("clip" for every CLIP metric), checked against what the suite's metrics
+        declare (harness.metrics.options): an unknown family, key or value is one line naming it."""
+        from harness.metrics import metric_class
+        from harness.metrics.options import declared_families, option_problems
+
+        data = self.mapping(value, "metric_options")
+        if not data:
+            return _freeze(data)
+        families = declared_families([metric_class(name) for name in metrics])
         for name, options in data.items():
-            self.mapping(options, f"metric_options.{name}")
-            self.finite_everywhere(options, f"metric_options.{name}")
+            key = f"metric_options.{name}"
+            if name not in families:
+                users = {family: [m for m in metrics if family in (getattr(metric_class(m), "options", None) or {})]
+                         for family in families}
+                hint = (f"; options of {name!r} go under its model family: "
+                        + ", ".join(f"{f} ({', '.join(u)})" for f, u in users.items() if name in u)) \
+                    if any(name in u for u in users.values()) else ""
+                self.fail(key, f"no metric of this suite reads options {name!r} (families: "
+                               f"{', '.join(sorted(families)) or 'none'}){hint}")
+            self.mapping(options, key)
+            self.finite_everywhere(options, key)
+            for option, problem in option_problems(name, options, families[name]):
+                self.fail(f"{key}.{option}", problem)
         return _freeze(data)
 
     def finite_everywhere(self, value: Any, key: str) -> None:
@@ -594,13 +614,9 @@ class _SuiteReader:
         except Exception as err:  # the method's module failed to import: say so instead of a traceback
             self.fail(f"{key}.name", f"method {name!r} cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())})")
         presets = self.presets(data.get("presets"), f"{key}.presets", name, method_class, known_presets)
-        for index, preset in enumerate(presets):
-            self.check_preset_transfer(method_class, preset, f"{key}.presets[{index}]", name, transfer)
         loss_weights = self.loss_weights(data.get("loss_weights", {}), f"{key}.loss_weights", method_class, data.get("learn"))
         learn = self.learn(data.get("learn", {}), f"{key}.learn", method_class)
-        spec = MethodSpec(name, presets, _freeze(loss_weights), _freeze(learn))
-        self.check_learn_config(spec, method_class, key)
-        return spec
+        return MethodSpec(name, presets, _freeze(loss_weights), _freeze(learn))
 
     def presets(self, value: Any, key: str, method: str, method_class: type, known: list[str]) -> tuple[str, ...]:
         if value is None:
@@ -615,15 +631,6 @@ class _SuiteReader:
             if preset not in known:
                 self.fail(f"{key}[{index}]", f"unknown preset {preset!r} for method {method!r} (known: {', '.join(known)})")
         return presets
-
-    def check_preset_transfer(self, method_class: type, preset: str, key: str, method: str, transfer: TransferSpec) -> None:
-        """A preset's own t_start must fit the suite's schedule when the suite does not set t_start."""
-        if transfer.t_start is not None:
-            return
-        own = (getattr(method_class, "presets", {}).get(preset) or {}).get("transfer", {}).get("t_start")
-        if isinstance(own, int) and not 1 <= own < transfer.steps:
-            self.fail(key, f"preset {preset!r} of method {method!r} uses t_start {own}, outside [1, {transfer.steps - 1}] "
-                           f"(T = transfer.steps); set transfer.t_start or transfer.steps")
 
     def loss_weights(self, value: Any, key: str, method_class: type, learn: Any) -> dict[str, float]:
         known = self.known_terms(method_class, learn)
@@ -657,15 +664,3 @@ class _SuiteReader:
         if data.get("resolution") is not None:
             self.integer(data["resolution"], f"{key}.resolution", minimum=1)
         return data
-
-    def check_learn_config(self, spec: MethodSpec, method_class: type, key: str) -> None:
-        """Ask the method to check its learning config for every preset, so bad overrides fail now, not mid-run."""
-        from clic.losses import LossTermError
-
-        method = method_class()
-        for preset in spec.presets:
-            try:
-                method.check(preset, spec.learn_overrides(method.preset_terms(preset)))
-            except (ValueError, TypeError, KeyError) as err:
-                where = "loss_weights" if spec.loss_weights and isinstance(err, LossTermError) else "learn"
-                self.fail(f"{key}.{where}", f"with preset {preset!r}: {' '.join(str(err).split())}")
