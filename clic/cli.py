@@ -65,9 +65,12 @@ def _resolve(method: Method, task: str, preset: str | None, overrides: dict[str,
         return method.resolve(task, preset, overrides)
     except (ValueError, TypeError) as err:
         text = " ".join(str(err).split())
-        blamed = [SETTING_OPTIONS[key] for key in sorted(overrides, key=lambda k: text.find(k))
-                  if key in SETTING_OPTIONS and key in text]
-        raise CLIError(blamed[0] if blamed else "--preset", text) from None
+        blamed = [key for key in sorted(overrides, key=lambda k: text.find(k)) if key in SETTING_OPTIONS and key in text]
+        if not blamed:
+            raise CLIError("--preset", text) from None
+        if text.startswith(blamed[0] + " "):  # "t_start must lie in …" → "--t-start: must lie in …"
+            text = text[len(blamed[0]) + 1:]
+        raise CLIError(SETTING_OPTIONS[blamed[0]], text) from None
 
 
 def _method(name: str, option: str = "--method") -> Method:

@@ -417,18 +417,8 @@ def run_main(args: argparse.Namespace) -> int:
                         allow_random_metrics=args.allow_random_metrics, allow_outside=args.allow_outside,
                         quiet=args.quiet, wait=not getattr(args, "no_wait", False),
                         allow_other_suite=getattr(args, "allow_other_suite", False))
-    print(f"{summary.total_jobs} jobs: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
-          f"(already finished), {summary.not_applicable} not applicable; {summary.learns_run} concepts learned; "
-          f"{summary.wall_seconds:.1f} s wall, harness overhead {summary.overhead_share:.0%}")
-    if summary.infrastructure_failed:
-        print(f"{summary.infrastructure_failed} job(s) failed for the machine's sake (disk full, lost worker): they run "
-              f"again on the next run, without --retry-failed")
-    if summary.cold_start_seconds:
-        print(f"cold start {summary.cold_start_seconds:.1f} s (worker imports and model load, once per worker "
-              f"process); harness overhead after it {summary.warm_overhead_share:.0%}")
-    if summary.groups_scored or summary.groups_failed:
-        print(f"group metrics: {summary.groups_scored} groups scored, {summary.groups_failed} failed")
-    print(f"results: {summary.run_dir / store.RESULTS_DIR} (read with harness.store.read_results)")
+    lines = summary_lines(summary)
+    print("\n".join(lines[:-1] if summary.failed_earlier else lines))
     if not args.no_report:
         try:
             report = importlib.import_module("harness.analyse.report")
@@ -437,6 +427,32 @@ def run_main(args: argparse.Namespace) -> int:
             print("report: harness.analyse.report.write_report is not available; skipped (run `clic-bench report` later)")
         else:
             print(f"report: {write_report(summary.run_dir)}")
-    if summary.failed_earlier:  # skipped, but their stored result is a failure: the tables lack these jobs
-        print(f"{summary.failed_earlier} job(s) failed earlier and were not run again: rerun with --retry-failed")
+    if summary.failed_earlier:  # the last line: the tables lack these jobs
+        print(lines[-1])
+    return exit_status(summary)
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    """What a finished run says; when jobs of the plan were skipped because their stored result is a failure,
+    the last line says so (a rerun after a fixed configuration must not look like a clean run)."""
+    lines = [f"{summary.total_jobs} jobs: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
+             f"(already finished), {summary.not_applicable} not applicable; {summary.learns_run} concepts learned; "
+             f"{summary.wall_seconds:.1f} s wall, harness overhead {summary.overhead_share:.0%}"]
+    if summary.infrastructure_failed:
+        lines.append(f"{summary.infrastructure_failed} job(s) failed for the machine's sake (disk full, lost worker): "
+                     f"they run again on the next run, without --retry-failed")
+    if summary.cold_start_seconds:
+        lines.append(f"cold start {summary.cold_start_seconds:.1f} s (worker imports and model load, once per worker "
+                     f"process); harness overhead after it {summary.warm_overhead_share:.0%}")
+    if summary.groups_scored or summary.groups_failed:
+        lines.append(f"group metrics: {summary.groups_scored} groups scored, {summary.groups_failed} failed")
+    lines.append(f"results: {summary.run_dir / store.RESULTS_DIR} (read with harness.store.read_results)")
+    if summary.failed_earlier:
+        lines.append(f"{summary.failed_earlier} failed earlier: their results are failures, not values; "
+                     f"rerun with --retry-failed")
+    return lines
+
+
+def exit_status(summary: RunSummary) -> int:
+    """0 when every job of the plan has a result that is not a failure, else 1."""
     return 1 if summary.failed or summary.failed_earlier else 0
