@@ -49,16 +49,16 @@ def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
     generate = {"objects": ["vase", "cup"], "prompts": "esr", "steps": 2, "stage_one_steps": 1}
     suite = make_suite(generate_suite(generate=generate))
     plan = plan_from_suite(suite, 64)
-    assert list(plan.generate_prompts) == list(EDIT_PROMPTS)
+    assert [point.settings.prompt for point in plan.methods[0].resolved.generate] == list(EDIT_PROMPTS)
     graph = build_job_graph(pairs, plan, {"textual_inversion": None}, method_tasks(plan))
     assert len(graph.jobs) == 3 * 2 * 2 * len(EDIT_PROMPTS)  # sources x seeds x objects x prompts
-    assert {job.settings["prompt"] for job in graph.jobs} == set(EDIT_PROMPTS)
+    assert {job.settings.prompt for job in graph.jobs} == set(EDIT_PROMPTS)
 
     def groups(kind: str) -> dict[str, set[tuple]]:
         found: dict[str, set[tuple]] = {}
         for job in graph.jobs:
             found.setdefault(job.groups[kind], set()).add((job.category, job.source_image, job.seed,
-                                                           job.object_word, job.settings["prompt"]))
+                                                           job.object_word, job.settings.prompt))
         return found
 
     # seeds: one group per source x object x prompt, holding both seeds and nothing else
@@ -73,9 +73,8 @@ def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
 
 
 def test_generation_shorter_than_a_presets_stage_one_is_a_suite_error() -> None:
-    suite = make_suite(generate_suite(generate={"steps": 2}))  # textual_inversion's preset: stage one = 5 steps
     with pytest.raises(SuiteError, match="stage_one_steps must lie in") as error:
-        plan_from_suite(suite, 64)
+        make_suite(generate_suite(generate={"steps": 2}))  # textual_inversion's preset: stage one = 5 steps
     assert "'textual_inversion'" in str(error.value) and "\n" not in str(error.value)
 
 

@@ -202,14 +202,9 @@ def test_two_node_cluster(tmp_path: Path) -> None:
 
 
 def test_unset_stage_one_steps_leaves_each_preset_its_own() -> None:
-    from clic.methods import method_class
-    from harness.plan.resolve import plan_from_suite
-
     base = {"name": "stage-one", "manifest": SHIPPED_MANIFEST,
             "methods": [{"name": "single_insert", "presets": ["one-stage"]}]}
-    unset = plan_from_suite(suite_from_dict(base, source="unset", base_dir=Path.cwd()), 64).generate_settings
-    assert "stage_one_steps" not in unset
-    one_stage = method_class("single_insert")().task_settings("generate", "one-stage", unset)
-    assert one_stage["stage_one_steps"] == 0  # the preset's, not a suite default of 5
-    explicit = plan_from_suite(suite_from_dict({**base, "generate": {"stage_one_steps": 3}}, source="set", base_dir=Path.cwd()), 64)
-    assert explicit.generate_settings["stage_one_steps"] == 3
+    unset = suite_from_dict(base, source="unset", base_dir=Path.cwd()).runs[0][0].generate[0].settings
+    assert unset.stage_one_steps == 0  # the preset's, not a suite default of 5
+    explicit = suite_from_dict({**base, "generate": {"stage_one_steps": 3}}, source="set", base_dir=Path.cwd())
+    assert explicit.runs[0][0].generate[0].settings.stage_one_steps == 3

@@ -256,19 +256,14 @@ class MethodRun:
 
 @dataclass(frozen=True)
 class Plan:
-    """What the job graph needs from a suite, in plain values."""
+    """What the job graph needs from a suite: the method runs with their resolved settings, seeds, tasks,
+    metrics and the image resolution."""
 
     methods: Sequence[MethodRun]
     seeds: Sequence[int]
     tasks: frozenset[str]  # which of transfer / generate / match run
-    t_starts: Sequence[int | None]  # [None]: each preset's own value
-    etas: Sequence[float | None]
-    transfer_settings: Mapping[str, Any]  # other transfer settings (steps ...)
-    generate_objects: Sequence[str]  # empty: each pair's target object
-    generate_prompts: Sequence[str]  # empty: each preset's prompt template
-    generate_settings: Mapping[str, Any]
+    generate_objects: Sequence[str]  # empty: each pair's target object (the settings are each run's `resolved`)
     match_missing_masks: bool  # transfer into pairs without a target mask via RoI matching
-    match_settings: Mapping[str, Any]
     metrics: Sequence[MetricInfo]
     resolution: int
     estimate_source_masks: bool = False  # learn without the manifest's source masks (kept as ground truth)
@@ -360,8 +355,6 @@ class _GraphBuilder:
         metrics = _metrics_for(task, self.plan.metrics)
         if task not in tasks:
             reason = f"method {run.name!r} does not support {task!r}"
-        elif task == "transfer" and match is not None and "match" not in tasks:
-            reason = f"no target mask, and method {run.name!r} cannot predict one (no RoI matching)"
         variant = " ".join(part for part in (run.variant, point.variant) if part)
         job = TaskJob(job_id="", task=task, settings=point.settings, object_word=object_word,
                       metrics=tuple(m.name for m in metrics), status=PENDING if reason is None else STATUS_NOT_APPLICABLE,
@@ -383,7 +376,10 @@ class _GraphBuilder:
                              reason="no target mask, and match.enabled is false", **target_paths)
                     continue
                 # the mask is predicted first, with the method's resolved matching settings
-                self.job("transfer", point, pair.target_object, target_hashes, match=resolved.match, **target_paths)
+                reason = None if resolved.match is not None else \
+                    f"no target mask, and method {self.run.name!r} cannot predict one (no RoI matching)"
+                self.job("transfer", point, pair.target_object, target_hashes, match=resolved.match, reason=reason,
+                         **target_paths)
                 continue
             self.job("transfer", point, pair.target_object, target_hashes, **target_paths)
 

@@ -36,15 +36,9 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
             raise ValueError(f"metric {name!r}: group_by {declared.group_by!r} is not one of {GROUP_KINDS}")
         metrics.append(MetricInfo(name, declared.version, declared.scale, declared.tasks, declared.group_by,
                                   declared.values, metric_target(name)))
-    transfer, generate = suite.transfer, suite.generate
     return Plan(
         methods=with_labels(methods), seeds=list(suite.seeds), tasks=frozenset(suite.tasks),
-        t_starts=list(transfer.t_start) if transfer.t_start is not None else [None],
-        etas=list(transfer.eta) if transfer.eta is not None else [None],
-        transfer_settings=transfer_requests(suite)[0] if transfer_requests(suite) else {},
-        generate_objects=list(generate.objects), generate_prompts=list(generate.prompts),
-        generate_settings=generate_requests(suite)[0],
-        match_missing_masks=suite.match.enabled, match_settings=match_request(suite),
+        generate_objects=list(suite.generate.objects), match_missing_masks=suite.match.enabled,
         metrics=metrics, resolution=resolution, estimate_source_masks=suite.source_masks == "estimate",
     )
 

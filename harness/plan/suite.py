@@ -33,7 +33,7 @@ A suite file (``benchmarks/*.yaml``)::
       enabled: true                   # default true: predict missing target masks by RoI matching
       steps: 500                      # default 500
     metrics: [clip_image, lpips]      # default: DEFAULT_METRICS (those registered); harness.metrics names
-    metric_options: {clip: {model: ViT-B-32}}   # default {}; key: a metric or a metric family (clip, lpips)
+    metric_options: {clip: {model: ViT-B-32}}   # default {}; key: a model family its metrics declare (clip, lpips, dino, esr)
     resources: {num_cpus: 1, num_gpus: 0.5, max_retries: 2}   # default 1 CPU, 0 GPU per task (fractions allowed);
                                       # max_retries: reruns of a task whose worker died
     tasks: [transfer]                 # default [transfer]; subset of transfer, generate, match
