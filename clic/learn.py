@@ -95,6 +95,8 @@ class LearnConfig(MethodConfig):
         return data
 
     def merged(self, overrides: Mapping[str, Any] | None) -> "LearnConfig":
+        if isinstance(overrides, LearnConfig):  # already resolved: it replaces this config whole
+            return overrides
         if overrides and "steps" in overrides and "phases" not in overrides and self.phases:
             # A step budget for a phased method (e.g. `clic learn --steps 3`): the phases keep their proportions.
             overrides = {**overrides, "phases": [asdict(p) for p in split_phases(self.phases, int(overrides["steps"]))]}

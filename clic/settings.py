@@ -57,7 +57,10 @@ class Settings:
         return settings
 
     def merged(self: S, overrides: Mapping[str, Any] | None) -> S:
-        """A copy with ``overrides`` applied (not validated: :meth:`from_dict` or ``validate`` does that)."""
+        """A copy with ``overrides`` applied (not validated: :meth:`from_dict` or ``validate`` does that). Overrides
+        that are already a resolved instance of this class replace it whole (a plan's resolved config)."""
+        if isinstance(overrides, type(self)):
+            return overrides
         if not overrides:
             return self
         base = self.to_dict()

@@ -76,10 +76,13 @@ def test_run_resume_and_changed_setting(ray_session, tmp_path: Path) -> None:
     assert store.read_results(run)[columns].sort_values(["job_id", "metric"]).reset_index(drop=True).equals(
         results[columns].sort_values(["job_id", "metric"]).reset_index(drop=True))
 
-    wider = execute(cut_paste_suite(transfer={"t_start": [10, 12], "eta": [1.0], "steps": 20}), pairs, run, quiet=True)
-    assert (wider.done, wider.skipped, wider.learns_run) == (4, 4, 0)  # concepts come from the cache
+    # cut-and-paste reads no transfer settings: a t_start sweep is the same four jobs, not eight
+    swept = execute(cut_paste_suite(transfer={"t_start": [10, 12], "eta": [1.0], "steps": 20}), pairs, run, quiet=True)
+    assert (swept.total_jobs, swept.done, swept.skipped) == (4, 0, 4)
+    wider = execute(cut_paste_suite(seeds=[0, 1]), pairs, run, quiet=True)
+    assert (wider.done, wider.skipped, wider.learns_run) == (4, 4, 2)  # seed 0's concepts come from the cache
     manifest = json.loads((run / "run.json").read_text())
-    assert manifest["learns_total"] == 2 and manifest["counts"]["done"] == 4
+    assert manifest["learns_total"] == 4 and manifest["counts"]["done"] == 4
 
 
 def test_not_applicable_and_failed_jobs_do_not_stop_the_run(ray_session, tmp_path: Path) -> None:
@@ -202,7 +205,7 @@ def test_two_node_cluster(tmp_path: Path) -> None:
 
 
 def test_unset_stage_one_steps_leaves_each_preset_its_own() -> None:
-    base = {"name": "stage-one", "manifest": SHIPPED_MANIFEST,
+    base = {"name": "stage-one", "manifest": SHIPPED_MANIFEST, "tasks": ["generate"],
             "methods": [{"name": "single_insert", "presets": ["one-stage"]}]}
     unset = suite_from_dict(base, source="unset", base_dir=Path.cwd()).runs[0][0].generate[0].settings
     assert unset.stage_one_steps == 0  # the preset's, not a suite default of 5

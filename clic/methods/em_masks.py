@@ -209,6 +209,8 @@ class EMMasks(Method):
     def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> "EMLearnConfig":
         """The learning config with the EM settings resolved into its ``em`` field, so a plan's resolved config
         (and every id and row made from it) says how the masks were estimated."""
+        if isinstance(overrides, EMLearnConfig):  # already resolved
+            return overrides
         config = super().learn_config(preset, {k: v for k, v in (overrides or {}).items() if k != "em"})
         return config.merged({"em": asdict(self.em_settings(preset, overrides))})
 

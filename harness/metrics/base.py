@@ -147,6 +147,7 @@ class ClosedFormMetric(ABC):
     scale: ClassVar[str]
     tasks: ClassVar[frozenset[str]]
     weights_label: ClassVar[str] = NO_MODEL
+    options: ClassVar[dict] = {}  # closed-form: no model, no options (harness.metrics.options)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.settings = settings

@@ -94,11 +94,6 @@ CONCEPTS = "concepts"  # one method x preset x settings but the object, over eve
 GROUP_KINDS = (SEEDS, CONCEPTS)
 
 
-def without_object(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Generation settings without the object word: what the jobs of a "concepts" group share."""
-    return {key: value for key, value in settings.items() if key != "object"}
-
-
 @dataclass(frozen=True)
 class MetricInfo:
     name: str

@@ -107,8 +107,10 @@ def resolve_runs(suite: "Suite", fail: Callable[[str, str], NoReturn] | None = N
 
             def points(task: str, requests: list[dict[str, Any]], sweeps: list[dict[str, Any]],
                        suite_key: str, ignore: Sequence[str] = ()) -> tuple[SweepPoint, ...]:
-                if task not in suite.tasks or not method.supports(task):
+                if task not in suite.tasks:
                     return ()
+                if not method.supports(task):  # its jobs are recorded as not applicable, with the reason
+                    return (SweepPoint({}, None),)
                 settings = []
                 for request in requests:
                     try:
