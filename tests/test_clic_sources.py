@@ -217,8 +217,9 @@ def record_unet_calls(monkeypatch):
     return calls
 
 
-def test_t_start_counts_from_the_start_of_the_schedule(monkeypatch, concept_folder, tmp_path):
-    """--t-start 10 --steps 50: the first UNet call is at timesteps[10] and the edit takes 40 steps."""
+def test_paper_t_start_counts_from_the_start_of_the_schedule(monkeypatch, concept_folder, tmp_path):
+    """--t-start 10 --steps 50 (paper preset): the first UNet call is at timesteps[10] and the edit takes 40 steps
+    (supplement B.3: T − t_start levels of noise added; 781 for t_start 10)."""
     from clic.cli import main
     from diffusers import DDIMScheduler
 
@@ -232,10 +233,80 @@ def test_t_start_counts_from_the_start_of_the_schedule(monkeypatch, concept_fold
     scheduler = DDIMScheduler.from_config(build_tiny().scheduler.config)
     scheduler.set_timesteps(50)
     denoising = [t for t, rows in calls if rows == 2]  # classifier-free guidance: 2 rows per denoising call
-    assert denoising[0] == int(scheduler.timesteps[10]) and len(denoising) == 40
+    assert denoising[0] == int(scheduler.timesteps[10]) == 781 and len(denoising) == 40
     assert denoising == [int(t) for t in scheduler.timesteps[10:]]
     record = json.loads((tmp_path / "out" / "result.json").read_text())
     assert record["first_timestep"] == int(scheduler.timesteps[10]) and record["steps_run"] == 40
+
+
+def released_ddim_timesteps(steps, train_steps=1000, offset=1):
+    """DDIMScheduler.set_timesteps, 'leading' spacing with SD's steps_offset 1 (scheduler_config.json)."""
+    return [i * (train_steps // steps) + offset for i in range(steps)][::-1]
+
+
+def test_official_transfer_starts_as_the_released_loop(monkeypatch, concept_folder):
+    """transfer.py L90-170 written out on raw tensors with a toy UNet (ε = 0.1·x + 1e-4·t), guidance off and DDIM
+    η = 0 on both sides: the released loop calls the UNet from i = 0, overwrites the result with the re-noised
+    target while i < t_start (L103-104) and blends the result of i = t_start − 1 in at i = t_start (L106)."""
+    import numpy as np
+
+    import clic.transfer as transfer_module
+    from clic.concept import LearnedConcept
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    t_start, steps = 15, 50
+    timesteps = released_ddim_timesteps(steps)
+    assert timesteps[t_start - 1] == 701 and timesteps[t_start] == 681
+    noises = [torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(100 + i)) for i in range(steps)]
+    drawn = []
+
+    def released_noise(shape, generator):  # our k-th re-noising is the released loop's i = t_start − 1 + k
+        drawn.append(len(drawn))
+        return noises[t_start - 1 + len(drawn) - 1].reshape(shape)
+
+    monkeypatch.setattr(transfer_module, "target_noise", released_noise)
+    toy = lambda x, t: 0.1 * x + 1e-4 * float(t)  # noqa: E731 - the toy UNet
+    components = build_tiny()
+    inputs = []
+
+    def toy_unet(_module, args, kwargs, _output):
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        inputs.append((int(torch.as_tensor(timestep).reshape(-1)[0]), sample[:1].detach().clone()))
+        return UNet2DConditionOutput(sample=toy(sample, timestep))
+
+    components.unet.register_forward_hook(toy_unet, with_kwargs=True)
+    mask = square_mask(16, 16, 32)
+    settings = {**get_method("clic").task_settings("transfer", "official-code"), "eta": 0.0, "ddim_eta": 0.0}
+    assert settings["t_start"] == t_start and settings["first_step"] == "released"
+    result = transfer_concept(components, LearnedConcept.load(concept_folder), torch.zeros(3, 64, 64), mask, "chair",
+                              TransferSettings.from_dict(settings), seed=0)
+
+    # the released loop, from raw tensors: ᾱ of SD's scaled_linear betas, PIL's soft mask (io_utils.py L50-57)
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float32) ** 2
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    soft = torch.from_numpy(np.array(Image.fromarray((mask * 255).byte().numpy()).resize((16, 16)))).float() / 255
+    x_tg = result.target_latents
+    latents, after_first_blend = None, None
+    for i, t in enumerate(timesteps):
+        if i <= 45:
+            noisy_plus = alpha_bar[t].sqrt() * x_tg + (1 - alpha_bar[t]).sqrt() * noises[i]  # L101
+            latents = noisy_plus if i < t_start else noisy_plus * (1 - soft) + latents * soft  # L103-106
+        if i == t_start:
+            after_first_blend = latents.clone()
+        eps = toy(latents, t)  # guidance_scale · (ε_c − ε_u) = 0: both rows see the same latents
+        previous = alpha_bar[t - steps_stride(steps)] if t - steps_stride(steps) >= 0 else alpha_bar[0]
+        x0 = (latents - (1 - alpha_bar[t]).sqrt() * eps) / alpha_bar[t].sqrt()
+        latents = previous.sqrt() * x0 + (1 - previous).sqrt() * eps  # DDIM, η = 0
+    denoising = [(t, x) for t, x in inputs]
+    assert denoising[0][0] == 701 == result.first_timestep and result.steps_run == steps - t_start + 1
+    assert [t for t, _ in denoising] == timesteps[t_start - 1:]
+    torch.testing.assert_close(denoising[1][1], after_first_blend, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.latents, latents, atol=1e-4, rtol=1e-4)
+
+
+def steps_stride(steps, train_steps=1000):
+    return train_steps // steps
 
 
 def test_transfer_records_its_timesteps_in_both_presets(concept_folder):
