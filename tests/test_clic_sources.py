@@ -352,7 +352,8 @@ def test_official_transfer_blends_to_step_45_with_the_soft_mask_and_pastes_nothi
     torch.testing.assert_close(result.latent_mask[0, 0], soft, atol=1e-6, rtol=0)
     assert ((soft > 0) & (soft < 1)).any()  # soft edges, not the any-coverage {0, 1} mask
     outside = (soft == 0).expand(1, 4, 16, 16)
-    for (sample, _, eta), (_, previous, _), index in zip(steps_seen[1:], steps_seen[:-1], range(44, 50)):
+    # first_step "released": the first step is i = 42 (t_start − 1, transfer.py L103-106), the next ones 43 … 49
+    for (sample, _, eta), (_, previous, _), index in zip(steps_seen[1:], steps_seen[:-1], range(43, 50)):
         changed = not torch.equal(sample[outside], previous[outside])
         assert changed == (index <= 45), index  # blended (outside replaced by the noised target) only to 45
         assert eta == 1.0
@@ -360,7 +361,8 @@ def test_official_transfer_blends_to_step_45_with_the_soft_mask_and_pastes_nothi
 
 
 def test_official_guidance_runs_only_before_step_30(monkeypatch, concept_folder):
-    """transfer.py L113: guidance while i < 30 (its UNet pass has one row; denoising has two)."""
+    """transfer.py L113: guidance while i < 30 (its UNet pass has one row; denoising has two); the loop's first
+    step that counts is i = t_start − 1 (L103-106)."""
     from clic.concept import LearnedConcept
 
     calls = record_unet_calls(monkeypatch)
@@ -368,8 +370,8 @@ def test_official_guidance_runs_only_before_step_30(monkeypatch, concept_folder)
     transfer_concept(build_tiny(), LearnedConcept.load(concept_folder), torch.zeros(3, 64, 64), square_mask(16, 16, 32),
                      "chair", TransferSettings.from_dict(settings), seed=0)
     timesteps = [int(t) for t in result_timesteps(50)]
-    assert [t for t, rows in calls if rows == 1] == timesteps[27:30]
-    assert [t for t, rows in calls if rows == 2] == timesteps[27:]
+    assert [t for t, rows in calls if rows == 1] == timesteps[26:30]
+    assert [t for t, rows in calls if rows == 2] == timesteps[26:]
 
 
 # ------------------------------------------------------------------------------------ official items
@@ -442,7 +444,9 @@ def test_official_optimizer_is_adamw_decaying_everything_and_clipping_at_one(mon
     n_params = sum(len(g["params"]) for g in groups_seen)
     assert any(g["params"][0].shape[-1] == 32 and len(g["params"]) == 1 for g in groups_seen)  # the token
     assert clips == [(n_params, 1.0)] * 2  # learning.py L1070-1076
-    assert config.train_q_out and config.lr == 1e-5 and config.steps == 500 or config.steps == 2
+    preset = get_method("clic").learn_config("official-code")
+    assert preset.train_q_out and preset.lr == 1e-5 and preset.steps == 500  # configs/default.yaml L48, reproduce.sh L14-15
+    assert config.steps == 2
 
 
 # ----------------------------------------------------------------------------------- prediction type
@@ -550,7 +554,7 @@ def test_official_code_preset_runs_end_to_end():
     assert concept.preset == "official-code" and all(math.isfinite(r["total"]) for r in concept.loss_log)
     edited = method.transfer(build_tiny(), concept, torch.zeros(3, 64, 64), square_mask(16, 16, 32), "chair",
                              overrides={"steps": 20, "t_start": 15})
-    assert torch.isfinite(edited.image).all() and edited.steps_run == 5
+    assert torch.isfinite(edited.image).all() and edited.steps_run == 6  # released start: one step more (transfer.py L103-106)
     generated = method.generate(build_tiny(), concept, "chair", overrides={"steps": 4, "stage_one_steps": 1, "images": 1})
     assert torch.isfinite(generated.images).all()
     matched = method.match(build_tiny(), concept, torch.zeros(3, 64, 64), "chair",
