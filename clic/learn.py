@@ -60,7 +60,7 @@ class LearnConfig(MethodConfig):
     weight_decay: float = 0.0  # attention (and fine-tuned model) weights
     token_weight_decay: float = 0.0  # the token vectors only (Textual Inversion's AdamW uses 1e-2)
     max_grad_norm: float = 0.0  # >0: clip the gradient norm of the trained weights (diffusers' --max_grad_norm)
-    clip_token_grad: bool = True  # the token rows count in the clipped norm (Break-A-Scene clips the UNet only)
+    clip_token_grad: bool = True  # the token rows count in the clipped norm (as every reference script here does)
     gradient_accumulation: int = 1  # micro-steps per optimizer step; ``steps`` counts optimizer steps
     scale_lr: bool = False  # lr × gradient_accumulation (× batch 1 × 1 process), diffusers' --scale_lr
     # Prior preservation (DreamBooth; Break-A-Scene's train.py): {"weight", "prompt", "images", "steps"}; {} = off.

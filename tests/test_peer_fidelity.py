@@ -94,20 +94,34 @@ def test_break_a_scene_attention_loss_sums_the_sampled_tokens() -> None:
     assert float(loss) == pytest.approx(float(masked + 1e-2 * (per_token[0] + per_token[1])), rel=1e-6)
 
 
-def test_break_a_scene_optimiser_is_train_py_and_clips_the_unet_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+def break_a_scene_params_to_clip(argv: list[str], unet: list, text_encoder: list) -> list:
+    """google/break-a-scene train.py, written out: the flag (L181-186) and the clipped set (L1233-1243)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--no_train_text_encoder", action="store_false", dest="train_text_encoder")
+    parser.add_argument("--max_grad_norm", default=1.0, type=float)  # L322
+    args = parser.parse_args(argv)
+    return (unet + text_encoder) if args.train_text_encoder else unet
+
+
+def test_break_a_scene_optimiser_is_train_py_and_clips_the_token_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With train.py's defaults the text encoder's parameters, the token rows among them, are clipped together
+    with the UNet's in both phases: phase 1 clips the tokens, phase 2 the tokens and the attention weights."""
     config = get_method("break_a_scene").learn_config()
-    assert (config.optimizer, config.weight_decay, config.token_weight_decay, config.max_grad_norm) == ("adamw", 1e-2, 1e-2, 1.0)
+    assert (config.optimizer, config.weight_decay, config.token_weight_decay, config.max_grad_norm) == (
+        "adamw", 1e-2, 1e-2, 1.0)  # train.py L852 (AdamW), L313 (--adam_weight_decay 1e-2), L322 (--max_grad_norm 1)
     original = get_method("break_a_scene").learn_config("original")
-    assert original.clip_token_grad and float(original.prior["weight"]) == 1.0 and int(original.prior["images"]) == 100
+    assert float(original.prior["weight"]) == 1.0 and int(original.prior["images"]) == 100
 
     real_clip = torch.nn.utils.clip_grad_norm_
-    clipped: list[tuple[int, float]] = []
+    clipped: list[tuple[list, float]] = []
 
     def recording_clip(parameters, max_norm, *args, **kwargs):
         parameters = list(parameters)
         norm = real_clip(parameters, max_norm, *args, **kwargs)
         after = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in parameters if p.grad is not None))
-        clipped.append((len(parameters), after))
+        clipped.append((parameters, after))
         return norm
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
@@ -115,8 +129,15 @@ def test_break_a_scene_optimiser_is_train_py_and_clips_the_unet_gradient(monkeyp
     get_method("break_a_scene").learn(components, random_source(0), overrides={"steps": 2, "max_grad_norm": 1e-3},
                                       progress=False)
     assert len(clipped) == 2
-    assert clipped[0][0] == 0  # phase 1: the tokens train, and train.py clips unet.parameters() only
-    assert clipped[1][0] > 0 and clipped[1][1] <= 1e-3 * (1 + 1e-4)  # phase 2: the attention weights, clipped
+    token_rows = components.text_encoder.get_input_embeddings()
+    for phase, (parameters, after) in enumerate(clipped):
+        token = [p for p in parameters if p.dim() == 2 and p.shape == (1, token_rows.embedding_dim)]  # one token row
+        attention = [p for p in parameters if all(p is not q for q in token)]
+        # the released rule with the defaults (no flag given): the text encoder's parameters are in the set
+        expected = break_a_scene_params_to_clip([], unet=["unet"] if phase == 1 else [], text_encoder=["token"])
+        assert bool(token) == ("token" in expected), phase
+        assert bool(attention) == ("unet" in expected), phase
+        assert after <= 1e-3 * (1 + 1e-4)  # --max_grad_norm, here 1e-3
 
 
 def test_break_a_scene_prior_preservation_adds_the_class_term() -> None:
@@ -192,6 +213,11 @@ def test_single_insert_stage_two_settings_and_class_prompt() -> None:
     learn_single_insert(load_components("tiny"), random_source(1), run, on_stage=stages.append)
     two = stages[1]
     assert (two.name, two.lr, two.batch_size, two.prompt) == ("stage_2", 5e-5, 4, "<v*> chair")  # "* CLASS"
+    class_name = "chair"
+    class_prompt = class_name  # SingleInsert train.py L1001: class_prompt = args.class_name
+    for preset in ("paper", "official-code"):
+        template = get_method("single_insert").learn_config(preset).class_prompt
+        assert template.format(object=class_name, token="<v*>", tokens="<v*>") == class_prompt, preset
 
 
 def test_single_insert_encoder_sees_the_whole_image() -> None:

@@ -4,7 +4,9 @@ Masked diffusion loss over the union of the sampled masks + λ·cross-attention 
 16×16 layers of the up *and* down blocks, each token's map divided by its maximum, squared error to the
 nearest-resized mask, *summed* over the sampled tokens as the reference ``train.py`` adds one ``F.mse_loss``
 per token), in two phases: the tokens alone at lr 5e-4 (400 steps), then tokens + cross-attention weights at
-2e-6 (400 steps), AdamW (weight decay 1e-2) and gradient clipping 1.0 as in ``train.py``. With several masks,
+2e-6 (400 steps), AdamW (weight decay 1e-2) and gradient clipping 1.0 as in ``train.py``, the token rows inside
+the clipped norm in both phases (``--no_train_text_encoder`` is ``store_false``, so ``train_text_encoder`` is True
+by default, L181-186, and the text encoder's parameters are clipped with the UNet's, L1233-1243). With several masks,
 each step samples a random non-empty subset of the tokens ("union sampling"): the prompt names only those and
 the masked loss covers the union of their masks.
 
@@ -132,7 +134,8 @@ DEFAULT_SETTINGS: tuple[Setting, ...] = (
             "CLiC §4.2 adaptation: phase 2 trains the cross-attention weights"),
     Setting("learn.train_kv", True, "CLiC §4.2 adaptation (cross-attention weights instead of the whole UNet)"),
     Setting("learn.train_q_out", True, "CLiC §4.2 adaptation (all cross-attention projections)"),
-    Setting("learn.clip_token_grad", False, f"{TRAIN}: clips unet.parameters() only (the text encoder does not train)"),
+    Setting("learn.clip_token_grad", True, f"{TRAIN} L181-186 (train_text_encoder True by default: --no_train_text_encoder "
+                                           "is store_false), L1233-1243 (unet + text_encoder parameters clipped)"),
 ) + _SHARED
 ORIGINAL_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4},
@@ -140,7 +143,8 @@ ORIGINAL_SETTINGS: tuple[Setting, ...] = (
             f"{TRAIN}: phase 2 fine-tunes the UNet and the text encoder (--train_text_encoder) at 2e-6"),
     Setting("learn.train_kv", False, f"{TRAIN}: no separate attention copies (the whole UNet trains)"),
     Setting("learn.train_q_out", False, f"{TRAIN}: no separate attention copies (the whole UNet trains)"),
-    Setting("learn.clip_token_grad", True, f"{TRAIN}: the text encoder trains, so its parameters are clipped too"),
+    Setting("learn.clip_token_grad", True, f"{TRAIN} L181-186, L1233-1243: the text encoder trains, its parameters "
+                                           "are clipped with the UNet's"),
     Setting("learn.prior", dict(PRIOR_DEFAULTS),
             f"{TRAIN}: prior preservation on by default (--no_prior_preservation turns it off), --prior_loss_weight 1, "
             "--num_class_images 100, --class_prompt 'a photo at the beach'; class images from the base model "
@@ -165,7 +169,7 @@ class BreakAScene(Method):
         weight_decay=1e-2,
         token_weight_decay=1e-2,
         max_grad_norm=1.0,
-        clip_token_grad=False,  # train.py clips unet.parameters() only unless the text encoder trains
+        clip_token_grad=True,  # train.py L1233-1243: train_text_encoder is True by default, the token rows are clipped
     )
     declared_settings = {"default": DEFAULT_SETTINGS, "original": ORIGINAL_SETTINGS}
     presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}

@@ -107,7 +107,7 @@ class SingleInsertConfig(MethodConfig):
     lora_rank: int = 4
     terms: Mapping[str, Any] = field(default_factory=lambda: {"si_fg": 1.0, "si_bg": 1.0, "si_sm": 1.0})
     prompt: str = "{token} {object}"  # §3.2: the prompt "* CLASS" (the token, then the class word)
-    class_prompt: str = "a photo of a {object}"
+    class_prompt: str = "{object}"  # train.py L1001: class_prompt = args.class_name
     optimizer: str = "adam"  # "adam" | "adamw"
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0  # >0: clip the trained parameters' gradient norm
@@ -424,7 +424,8 @@ PAPER_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.terms", {"si_fg": 1.0, "si_bg": 1.0, "si_sm": 1.0},
             f"{PAPER} §3.2-3.3: L_fg + γ L_bg (+ η L_sm in stage II), γ = η = 1 ({CODE} --bg_weight 1 --sm_weight 1)"),
     Setting("learn.prompt", "{token} {object}", f"{PAPER} §3.2: '* CLASS' ({CODE}: ' '.join([placeholder, class_name]))"),
-    Setting("learn.class_prompt", "a photo of a {object}", "our choice for the paper preset: the class prompt of x̄₀"),
+    Setting("learn.class_prompt", "{object}", f"{PAPER} §3.2 (x̄₀ from the class name); {CODE} L1001: "
+                                              "class_prompt = args.class_name"),
     Setting("learn.encoder_model", "auto", f"{PAPER} §4.1: CLIP ViT-B/32 image encoder ({CODE}: VisionTransformer "
                                            "patch 32, width 768, 12 layers); 'auto' = ViT-B-32 on a real model, a tiny "
                                            "seeded ViT on the tiny one"),
@@ -445,7 +446,7 @@ OFFICIAL_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.stage_two_batch_size", 4, f"{CODE} --s2_train_batch_size 4"),
     Setting("learn.lora_rank", 4, f"{CODE} --rank 4"),
     Setting("learn.prompt", "{token} {object}", f"{CODE}: ' '.join([placeholder_token, class_name])"),
-    Setting("learn.class_prompt", "{object}", f"{CODE}: class_prompt = args.class_name"),
+    Setting("learn.class_prompt", "{object}", f"{CODE} L1001: class_prompt = args.class_name"),
     Setting("learn.optimizer", "adamw", f"{CODE}: torch.optim.AdamW"),
     Setting("learn.weight_decay", 1e-2, f"{CODE} --adam_weight_decay 1e-2"),
     Setting("learn.max_grad_norm", 1.0, f"{CODE} --max_grad_norm 1.0"),
