@@ -36,6 +36,9 @@ from .tokens import ConceptTokens, merge_concept_embeddings
 from .settings import MethodConfig
 
 
+LORA_ADAPTER = "concept"  # the adapter name a learned concept's LoRA gets
+
+
 @dataclass(frozen=True)
 class Phase:
     """A span of steps with its own trainable set and learning rates (Break-A-Scene has two)."""
@@ -65,6 +68,9 @@ class LearnConfig(MethodConfig):
     scale_lr: bool = False  # lr × gradient_accumulation (× batch 1 × 1 process), diffusers' --scale_lr
     # Prior preservation (DreamBooth; Break-A-Scene's train.py): {"weight", "prompt", "images", "steps"}; {} = off.
     prior: Mapping[str, Any] = field(default_factory=dict)
+    # LoRA adapters (peft) instead of whole networks: {"rank", "alpha", "dropout", "unet_targets", "text_targets"};
+    # a phase's unet_lr / text_encoder_lr then train the adapters only (RealFill's train_realfill.py). {} = off.
+    lora: Mapping[str, Any] = field(default_factory=dict)
     phases: tuple[Phase, ...] = ()  # non-empty: overrides steps/lr (multi-phase methods)
     train_kv: bool = True
     train_q_out: bool = False
@@ -89,11 +95,12 @@ class LearnConfig(MethodConfig):
     gradient_checkpointing: bool = False
     compile_unet: bool = False  # torch.compile the UNet (opt-in; on CPU it compiles for minutes and runs slower)
 
-    MERGED: ClassVar[tuple[str, ...]] = ("terms", "augment", "prior")
+    MERGED: ClassVar[tuple[str, ...]] = ("terms", "augment", "prior", "lora")
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         data["prior"] = dict(self.prior)
+        data["lora"] = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(self.lora).items()}
         return data
 
     def merged(self, overrides: Mapping[str, Any] | None) -> "LearnConfig":
@@ -130,6 +137,9 @@ class LearnConfig(MethodConfig):
             raise ValueError(f"attention_resolution must be a side in cells or 'latent', got {self.attention_resolution!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.lora and (int(self.lora.get("rank", 0)) <= 0 or not self.lora.get("unet_targets")
+                          or not self.lora.get("text_targets")):
+            raise ValueError(f"lora needs a positive rank and unet_targets / text_targets, got {dict(self.lora)}")
         if self.gradient_accumulation < 1 or self.max_grad_norm < 0:
             raise ValueError(f"gradient_accumulation must be >= 1 and max_grad_norm >= 0, got "
                              f"{self.gradient_accumulation}, {self.max_grad_norm}")
@@ -470,14 +480,23 @@ def learn_concept(
     tokens, capture, objective = state.tokens, state.capture, state.objective
 
     attention_params = capture.trainable_parameters()
-    unet_named = [(n, p) for n, p in components.unet.named_parameters() if "processor" not in n]
-    text_named = [(n, p) for n, p in components.text_encoder.named_parameters()
-                  if not n.endswith("vectors") and "base" not in n]
-    unet_params, text_params = [p for _, p in unet_named], [p for _, p in text_named]
-    if any(p.unet_lr > 0 for p in config.schedule()):  # fine-tuned in place: a lent model keeps the originals
-        keep_originals(components, "unet", unet_named)
-    if any(p.text_encoder_lr > 0 for p in config.schedule()):
-        keep_originals(components, "text_encoder", text_named)
+    if config.lora:  # adapters: new parameters, taken out again after learning (clic.lora.remove_lora)
+        from .lora import add_lora
+
+        lora = dict(config.lora)
+        unet_params = add_lora(components.unet, LORA_ADAPTER, int(lora["rank"]), float(lora["alpha"]),
+                               lora["unet_targets"], float(lora.get("dropout", 0.0)))
+        text_params = add_lora(components.text_encoder, LORA_ADAPTER, int(lora["rank"]), float(lora["alpha"]),
+                               lora["text_targets"], float(lora.get("dropout", 0.0)))
+    else:
+        unet_named = [(n, p) for n, p in components.unet.named_parameters() if "processor" not in n]
+        text_named = [(n, p) for n, p in components.text_encoder.named_parameters()
+                      if not n.endswith("vectors") and "base" not in n]
+        unet_params, text_params = [p for _, p in unet_named], [p for _, p in text_named]
+        if any(p.unet_lr > 0 for p in config.schedule()):  # fine-tuned in place: a lent model keeps the originals
+            keep_originals(components, "unet", unet_named)
+        if any(p.text_encoder_lr > 0 for p in config.schedule()):
+            keep_originals(components, "text_encoder", text_named)
     loss_log: list[dict[str, float]] = []
     step_index = 0
     started = time.perf_counter()
@@ -538,6 +557,13 @@ def learn_concept(
     if config.gradient_checkpointing:
         components.unet.disable_gradient_checkpointing()
     concept = _snapshot(state, source, config, method, preset, loss_log, seed)
+    if config.lora:
+        from .lora import ARRAY_PREFIX, lora_state, remove_lora
+
+        for name in ("unet", "text_encoder"):
+            network = getattr(components, name)
+            concept.arrays.update({f"{ARRAY_PREFIX}{name}.{k}": v for k, v in lora_state(network, LORA_ADAPTER).items()})
+            remove_lora(network)  # the model as loaded (the adapters live on in the concept)
     # Kept so later tasks that learn from the source again (RoI matching's w*) need only the concept.
     concept.arrays.update({"source_image": source.image.detach().cpu(), "source_masks": source.masks.detach().cpu()})
     concept.extras.update({

@@ -404,10 +404,13 @@ class _adapters_disabled:
 
 
 def _remove_adapters(components: SDComponents) -> None:
-    """Leave the components as they were loaded (the adapters live on in the concept)."""
-    if ADAPTER in (getattr(components.unet, "peft_config", None) or {}):
-        components.unet.delete_adapters(ADAPTER)
-        components.text_encoder.delete_adapter(ADAPTER)
+    """Leave the components as they were loaded (the adapters live on in the concept): the adapter layers are
+    taken out of the module tree, not only deleted (``delete_adapters`` leaves the peft wrappers, and with them
+    renamed parameters that make a lent model reload)."""
+    from ..lora import remove_lora
+
+    remove_lora(components.unet)
+    remove_lora(components.text_encoder)
 
 
 # ------------------------------------------------------------------------------------ the method
