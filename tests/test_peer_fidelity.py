@@ -189,10 +189,11 @@ def test_custom_diffusion_loss_and_optimiser_are_the_reference_script() -> None:
 def test_textual_inversion_runs_at_the_readme_effective_learning_rate() -> None:
     """README: --learning_rate 5e-4 --scale_lr --gradient_accumulation_steps 4 --train_batch_size 1 → 2e-3 on the
     mean gradient of 4 images. Adam's first step moves every coordinate with a gradient by lr (m̂/√v̂ = ±1)."""
-    config = get_method("textual_inversion").learn_config(overrides={"steps": 1, "augment": {"enabled": False}})
+    config = get_method("textual_inversion").learn_config("original", overrides={"steps": 1, "augment": {"enabled": False}})
     assert config.gradient_accumulation == 4 and config.schedule()[0].token_lr == pytest.approx(2e-3)
     components = load_components("tiny")
-    concept = learn_concept(components, random_source(0), config, method="textual_inversion", progress=False)
+    concept = learn_concept(components, random_source(0), config, method="textual_inversion", preset="original",
+                            progress=False)
     assert len(concept.loss_log) == 4 and {row["step"] for row in concept.loss_log} == {0}
     embeddings = components.text_encoder.get_input_embeddings().weight
     start = embeddings[components.tokenizer("chair", add_special_tokens=False).input_ids].mean(0).detach()
