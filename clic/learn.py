@@ -1,6 +1,6 @@
 """The concept-learning loop shared by every method.
 
-One training step (CLiC, paper §3.1): draw an augmented source (latents cached per geometric variant),
+One training step (CLiC, paper §3.1, the total loss of Eq. (5)): draw an augmented source (latents cached per geometric variant),
 t ~ U{0, …, T−1}, ε ~ N(0, I), x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, then ONE batched UNet pass over
 
     row 0:    x_t          with c  = "A OBJECT with <v*> style[, zoomed-in|out]"   → l_con, l_att
@@ -57,7 +57,7 @@ class LearnConfig(MethodConfig):
     MERGED: ClassVar[tuple[str, ...]] = ("terms", "augment")
 
     steps: int = 500
-    lr: float = 1e-5  # token and attention weights, paper §4 ("Adam, lr 1e-5")
+    lr: float = 1e-5  # token and attention weights, paper §4 preamble ("Adam, learning rate 1e-5")
     token_lr: float | None = None  # None: same as lr
     optimizer: str = "adam"  # "adam" | "adamw"
     weight_decay: float = 0.0  # attention (and fine-tuned model) weights
@@ -182,7 +182,7 @@ class ConceptSource:
     """Source image(s) and one mask per concept token, as model-ready tensors.
 
     One image: ``image`` (3, R, R), ``masks`` (n_tokens, R, R) (a single (R, R) mask is one token).
-    Several images sharing one concept (the automatic source mask, paper §3.4): ``image`` (K, 3, R, R),
+    Several images sharing one concept (the automatic source mask, paper §3.3): ``image`` (K, 3, R, R),
     ``masks`` (K, n_tokens, R, R); each learning step draws one of them.
     """
 

@@ -2,12 +2,12 @@
 
 With a DDIM schedule of ``steps`` steps (timesteps τ_0 > τ_1 > … > τ_{T−1}), the target's latents x_tg are
 noised to τ_{t_start} and the remaining ``steps − t_start`` steps run: t_start counts the steps *kept*
-from the noised target before editing starts (paper §3.2: T − t_start noise levels are added, 5 ≤ t_start
-≤ 15 of 50; released ``transfer.py`` L100-106 replaces the latents by the noised target while i < t_start,
+from the noised target before editing starts (paper §3.2 and supplement B.3: T − t_start noise levels are
+added, 5 ≤ t_start ≤ 15 of 50 DDIM steps; released ``transfer.py`` L100-106 replaces the latents by the noised target while i < t_start,
 and its ``reproduce.sh`` L35 notes that a higher t_start keeps more of the original). Before each UNet step:
 
-    x'_t  = M ⊙ x_t + (1 − M) ⊙ noised(x_tg, t)          (blending)
-    x''_t = x'_t − η ∇_x E(CA(v*, x'_t))                  (cross-attention guidance)
+    x'_t  = M ⊙ x_t + (1 − M) ⊙ noised(x_tg, t)          (blending, CLiC Eq. (6))
+    x''_t = x'_t − η ∇_x E(CA(v*, x'_t))                  (cross-attention guidance, Eq. (7))
 
 Two presets of this loop (see :class:`TransferSettings`):
 

@@ -433,7 +433,7 @@ PAPER_SETTINGS: tuple[Setting, ...] = (
                                            "patch 32, width 768, 12 layers); 'auto' = ViT-B-32 on a real model, a tiny "
                                            "seeded ViT on the tiny one"),
     Setting("learn.optimizer", "adam", "our choice: the paper names no optimizer"),
-    Setting("generate.stage_one_steps", 5, "CLiC §3.3 protocol: the first 5 steps on the base model (adapters off)"),
+    Setting("generate.stage_one_steps", 5, "CLiC paper §4.1 (two-stage generation): the first 5 steps on the base model (adapters off)"),
 )
 ONE_STAGE_SETTINGS: tuple[Setting, ...] = replaced(
     PAPER_SETTINGS,
@@ -453,7 +453,7 @@ OFFICIAL_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.optimizer", "adamw", f"{CODE}: torch.optim.AdamW"),
     Setting("learn.weight_decay", 1e-2, f"{CODE} --adam_weight_decay 1e-2"),
     Setting("learn.max_grad_norm", 1.0, f"{CODE} --max_grad_norm 1.0"),
-    Setting("generate.stage_one_steps", 5, "CLiC §3.3 protocol: the first 5 steps on the base model (adapters off)"),
+    Setting("generate.stage_one_steps", 5, "CLiC paper §4.1 (two-stage generation): the first 5 steps on the base model (adapters off)"),
 )
 
 
