@@ -317,7 +317,12 @@ def test_transfer_records_its_timesteps_in_both_presets(concept_folder):
     concept = LearnedConcept.load(concept_folder)
     result = transfer_concept(build_tiny(), concept, torch.zeros(3, 64, 64), square_mask(16, 16, 32), "chair",
                               TransferSettings(t_start=15, steps=20, eta=0.0))
-    assert (result.first_timestep, result.steps_run) == (int(result_timesteps(20)[15]), 5)
+    # DDIM 'leading' spacing with SD's steps_offset 1, written out: 20 steps → 951, 901, …, 1; index 15 → 201
+    assert released_ddim_timesteps(20)[15] == 201
+    assert (result.first_timestep, result.steps_run) == (201, 5)
+    released = transfer_concept(build_tiny(), concept, torch.zeros(3, 64, 64), square_mask(16, 16, 32), "chair",
+                                TransferSettings(t_start=15, steps=50, eta=0.0, first_step="released"))
+    assert (released.first_timestep, released.steps_run) == (701, 36)  # transfer.py L100-106: i = 14 → τ 701
 
 
 def result_timesteps(steps):
@@ -479,13 +484,25 @@ def test_learning_target_follows_the_prediction_type(model):
 
 
 def test_x0_estimate_inverts_the_forward_process_for_both_types():
-    for model in ("tiny", "tiny-v"):
+    """x̂₀ from a model output, against the DDPM/DDIM formulas written out on raw tensors (ᾱ from SD's
+    scaled_linear betas): ε-prediction x̂₀ = (x_t − √(1−ᾱ) ε̂)/√ᾱ; v-prediction (Salimans & Ho 2022)
+    v = √ᾱ ε − √(1−ᾱ) x₀ and x̂₀ = √ᾱ x_t − √(1−ᾱ) v̂."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float32) ** 2
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    generator = torch.Generator().manual_seed(3)
+    x0, eps, t = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator), \
+        torch.tensor([30, 950])
+    ab = alpha_bar[t].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    model_output = torch.randn(2, 4, 8, 8, generator=generator)  # any prediction, not the true one
+    for model, expected_x0, true_output in (
+            ("tiny", (x_t - (1 - ab).sqrt() * model_output) / ab.sqrt(), eps),
+            ("tiny-v", ab.sqrt() * x_t - (1 - ab).sqrt() * model_output, ab.sqrt() * eps - (1 - ab).sqrt() * x0)):
         scheduler = build_tiny(model).scheduler
-        x0, eps, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([30, 950])
-        ab = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        torch.testing.assert_close(predicted_x0(scheduler, x_t, training_target(scheduler, x0, eps, t), t), x0,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(scheduler.alphas_cumprod, alpha_bar)
+        torch.testing.assert_close(predicted_x0(scheduler, x_t, model_output, t), expected_x0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(training_target(scheduler, x0, eps, t), true_output, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(predicted_x0(scheduler, x_t, true_output, t), x0, atol=1e-4, rtol=1e-4)
 
 
 def test_unknown_prediction_type_is_one_line():
@@ -520,26 +537,67 @@ def test_a_prompt_without_the_concept_token_is_an_error_naming_it():
     assert tokens.positions(ids).tolist() == [[4]]  # after the start token, 'a', 'chair', 'with'
 
 
-def test_each_preset_value_names_its_source_and_is_what_runs(capsys):
+# Each preset value as its source states it, written here (not read from the declaration under test).
+PAPER_VALUES = {
+    "learn.steps": 500, "learn.lr": 1e-5, "learn.optimizer": "adam",  # §4 preamble: "500 steps … Adam, lr 1e-5"
+    "learn.train_kv": True, "learn.train_q_out": False,  # §3.1: the token and the cross-attention K/V
+    "learn.terms.con": {"weight": 1.0, "alpha": 0.5, "form": "paper"},  # Eq. (2)-(3), (5): α = 0.5, weight 1
+    "learn.terms.att": {"weight": 0.5, "resize": "antialias"},  # Eq. (1), (5): λ = 0.5
+    "learn.terms.roi": {"weight": 0.5, "form": "paper"},  # Eq. (4), (5): λ = 0.5
+    "learn.capture_layers": "up", "learn.roi_mask_space": "latent",  # §3.1
+    "learn.context_prompt": "A {object} with {tokens} style",  # supplement B.2: "A OBJECT with v* style"
+    "learn.roi_prompts": ("A photo of {token}",),  # §3.1: c* = "A photo of v*"
+    "transfer.steps": 50, "transfer.t_start": 10, "transfer.first_step": "paper",  # supplement B.3
+    "transfer.blend_mask": "region", "transfer.guidance": "gradient", "transfer.attention_target": "mask",  # Eq. (6)-(7)
+}
+OFFICIAL_VALUES = {  # Mehdi0xC/clic at a5649f6
+    "learn.steps": 500, "learn.lr": 1e-5,  # reproduce.sh L15, L14
+    "learn.optimizer": "adamw", "learn.weight_decay": 0.1, "learn.token_weight_decay": 0.1,  # learning.py L512, L827-835
+    "learn.max_grad_norm": 1.0, "learn.train_q_out": True, "learn.train_kv": True,  # L514; configs/default.yaml L48
+    "learn.init_word": "ktn",  # learning.py L578: "ktn+pll+ucd", the first
+    "learn.context_prompt": "a {object} with {tokens} style",  # reproduce.sh L13: "a $source with <x> style"
+    "learn.roi_mask_space": "pixel",
+    "learn.terms.con": {"weight": 0.5, "form": "released", "outside": 0.25, "threshold": 0.05, "border": 1},  # L17
+    "learn.terms.att": {"weight": 0.25, "resize": "bilinear"},  # reproduce.sh L16: attention_lambda 25e-2
+    "learn.terms.roi": {"weight": 0.25, "form": "released"},  # reproduce.sh L18: local_lambda 25e-2
+    "learn.attention_norm": "minmax", "learn.attention_resolution": "latent",
+    "learn.augment.p_zoom": 0.0, "learn.augment.p_grayscale": 0.0,  # reproduce.sh L21 --noaug; learning.py L167
+    "learn.augment.jitter": 0.5, "learn.augment.jitter_kinds": ("brightness",),  # learning.py L166
+    "transfer.steps": 50,  # configs/default.yaml L16: n_timesteps 50
+    "transfer.t_start": 15, "transfer.first_step": "released",  # reproduce.sh L35; transfer.py L100-106
+    "transfer.prompt": "a {object} with {tokens} style",  # reproduce.sh L34
+    "transfer.blend_until": 45, "transfer.guidance_until": 30,  # transfer.py L100, L113
+    "transfer.eta": 0.001 * 10,  # transfer.py L116 (0.001 × att_opt) with reproduce.sh L40 (att_opt=10)
+    "transfer.guidance": "adam", "transfer.attention_target": "ones", "transfer.final_paste": False,
+    "transfer.ddim_eta": 1.0, "transfer.guidance_scale": 7.5,  # transfer.py L85, L54
+}
+
+
+def test_each_preset_value_is_its_source_and_each_citation_exists(capsys):
+    """The values that run equal the sources' values written above; every declared source string names a file
+    and line inside a listed file of the repository it names, or a listed paper section, or says it is the
+    project's choice (tests/source_index.py)."""
     from clic.cli import main
-    from clic.presets import preset_overrides
+    from source_index import citation_problems
 
     method = get_method("clic")
-    for name, settings in (("paper", PAPER_SETTINGS), ("official-code", OFFICIAL_SETTINGS)):
-        assert method.presets[name] == preset_overrides(settings)
-        for setting in settings:
-            assert setting.source.strip(), setting.key
-            if name == "official-code":  # a released file and line, or the script's flag
-                assert "Mehdi0xC/clic" in setting.source and " L" in setting.source, setting.key
-        config = method.learn_config(name)
-        transfer = TransferSettings.from_dict(method.task_settings("transfer", name))
-        for setting in settings:
-            task, _, field = setting.key.partition(".")
-            value = config.to_dict() if task == "learn" else transfer.to_dict()
+    for name, settings, expected in (("paper", PAPER_SETTINGS, PAPER_VALUES),
+                                     ("official-code", OFFICIAL_SETTINGS, OFFICIAL_VALUES)):
+        config = method.learn_config(name).to_dict()
+        transfer = TransferSettings.from_dict(method.task_settings("transfer", name)).to_dict()
+        for key, value in expected.items():
+            task, _, field = key.partition(".")
+            resolved = config if task == "learn" else transfer
             for part in field.split("."):
-                value = value[part]
-            assert value == (list(setting.value) if isinstance(setting.value, tuple) and isinstance(value, list)
-                             else setting.value), setting.key
+                resolved = resolved[part]
+            if isinstance(value, tuple):
+                resolved = tuple(resolved)
+            assert resolved == pytest.approx(value) if isinstance(value, float) else resolved == value, (name, key)
+        assert {s.key for s in settings} >= set(expected), name
+        for setting in settings:
+            assert citation_problems(setting.source) == [], (name, setting.key, setting.source)
+            if name == "official-code":  # a released file and line
+                assert "Mehdi0xC/clic" in setting.source and " L" in setting.source, setting.key
     assert main(["methods", "show", "clic", "--preset", "official-code"]) == 0
     printed = capsys.readouterr().out
     assert "learn.terms.con" in printed and "learning.py L107-115" in printed

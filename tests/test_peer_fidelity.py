@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -295,7 +296,7 @@ def test_every_method_learns_through_the_cli_in_three_steps(method: str, cli_inp
 
 # -------------------------------------------------------------------------------------------- EM masks
 def test_em_dense_crf_uses_cutlers_settings() -> None:
-    """CutLER cutler/crf.py: MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10, Bi_XY_STD 50, Bi_RGB_STD 5 (0–255),
+    """facebookresearch/CutLER maskcut/crf.py L11-16, L35-43: MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10, Bi_XY_STD 50, Bi_RGB_STD 5 (0–255),
     unary_from_softmax(softmax([bg, fg])). Kernel: Bi_W·exp(−|Δp|²/2·50² − |ΔI|²/2·5²) + POS_W·exp(−|Δp|²/2·3²)."""
     from clic.crf import dense_kernel
     from clic.methods.em_masks import EMSettings
@@ -338,15 +339,30 @@ def _matches(resolved, declared) -> bool:
 @pytest.mark.parametrize("method", [m for m in available_methods() if m not in ("fault_injection", "cut_paste")])
 def test_every_preset_prints_its_settings_with_sources_and_they_are_what_runs(
         method: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """What ``clic methods show`` prints is what runs; every source string cites a file and line that exists in
+    the listed sources, or a listed paper section, or is labelled the project's choice (tests/source_index.py);
+    the values a source states are the ones written in BASELINE_VALUES below, not read from the declaration."""
     import dataclasses
+
+    from source_index import citation_problems
 
     cls = get_method(method)
     assert set(cls.declared_settings) == set(cls.presets)
+    for (name, preset), expected in BASELINE_VALUES.items():
+        if name == method:
+            config = cls.learn_config(preset)
+            for key, value in expected.items():
+                resolved = _resolved(config, key.split(".")[1:])
+                assert _matches(resolved, value), (preset, key, resolved, value)
     for preset, settings in cls.declared_settings.items():
         assert main(["methods", "show", method, "--preset", preset]) == 0
         printed = capsys.readouterr().out
         for setting in settings:
             assert setting.source.strip() and setting.key in printed
+            assert citation_problems(setting.source) == [], (preset, setting.key, setting.source)
+            if "our choice" in setting.source or "project's choice" in setting.source:
+                assert "[project's choice]" in next(line for line in printed.splitlines()
+                                                    if line.startswith(setting.key + " ")), setting.key
             task, *path = setting.key.split(".")
             if task == "learn":
                 assert _matches(_resolved(cls.learn_config(preset), path), setting.value), (preset, setting.key)
@@ -357,6 +373,46 @@ def test_every_preset_prints_its_settings_with_sources_and_they_are_what_runs(
                 assert _matches(resolved, setting.value), (preset, setting.key)
             elif task in ("transfer", "generate"):
                 assert cls.task_settings(task, preset)[path[0]] == setting.value
+
+
+# The baselines' values as their sources state them (written here, not read from the declarations):
+# CLiC paper §4 preamble "In all of our experiments … 500 steps … Adam, learning rate 1e-5" (the default reading);
+# diffusers examples at 58eb52c for the originals.
+BASELINE_VALUES: dict[tuple[str, str], dict[str, Any]] = {
+    ("custom_diffusion", "default"): {"learn.steps": 500, "learn.lr": 1e-5, "learn.train_kv": True},
+    ("custom_diffusion", "original"): {
+        "learn.steps": 250, "learn.lr": 1e-5, "learn.scale_lr": True,  # README L76-79
+        "learn.gradient_accumulation": 2,  # README L75 --train_batch_size 2
+        "learn.train_kv": True, "learn.train_q_out": False,  # train_custom_diffusion.py L517-522 crossattn_kv
+        "learn.init_word": "ktn",  # L624 'ktn+pll+ucd'
+        "learn.optimizer": "adamw", "learn.weight_decay": 1e-2, "learn.max_grad_norm": 1.0,  # L1007, L540, L542
+        "learn.context_prompt": "photo of a {tokens} {object}",  # README L73
+    },
+    ("textual_inversion", "default"): {"learn.steps": 500, "learn.lr": 1e-5, "learn.optimizer": "adam",
+                                       "learn.gradient_accumulation": 1, "learn.train_kv": False},
+    ("textual_inversion", "original"): {
+        "learn.steps": 3000, "learn.lr": 5e-4, "learn.gradient_accumulation": 4, "learn.scale_lr": True,  # README L76-80
+        "learn.optimizer": "adamw", "learn.token_weight_decay": 1e-2,  # textual_inversion.py L741, L330
+        "learn.max_grad_norm": 0.0,  # no clipping in its training step
+    },
+    ("realfill", "default"): {"learn.steps": 500, "learn.lr": 1e-5, "learn.train_kv": True},
+    ("realfill", "original"): {
+        # train_realfill.py L389-406 (rank 16, alpha 27, dropout 0), L606-622 (targets)
+        "learn.lora": {"rank": 16, "alpha": 27, "dropout": 0.0,
+                       "unet_targets": ["to_k", "to_q", "to_v", "key", "query", "value"],
+                       "text_targets": ["k_proj", "q_proj", "v_proj"]},
+        # README L60-64: 2e-4 / 4e-5, 2000 steps; the prompt's word is not trained
+        "learn.phases": [{"steps": 2000, "token_lr": 0.0, "attention_lr": 0.0, "unet_lr": 2e-4, "text_encoder_lr": 4e-5}],
+        "learn.gradient_accumulation": 16,  # README L58 --train_batch_size 16
+        "learn.optimizer": "adamw", "learn.weight_decay": 1e-2, "learn.max_grad_norm": 1.0,  # L713, L316, L318
+        "learn.context_prompt": "a photo of {tokens}", "learn.init_word": "sks",  # L450 "a photo of sks"
+        "learn.train_kv": False,
+    },
+    ("break_a_scene", "default"): {"learn.clip_token_grad": True},  # train.py L181-186, L1233-1243
+    ("break_a_scene", "original"): {"learn.clip_token_grad": True},
+    ("single_insert", "paper"): {"learn.class_prompt": "{object}"},  # train.py L1001: class_prompt = class_name
+    ("single_insert", "official-code"): {"learn.class_prompt": "{object}"},
+}
 
 
 def test_break_a_scene_loss_target_follows_a_v_prediction_scheduler() -> None:

@@ -437,22 +437,23 @@ PAPER_SETTINGS: tuple[Setting, ...] = (
 )
 ONE_STAGE_SETTINGS: tuple[Setting, ...] = replaced(
     PAPER_SETTINGS,
-    Setting("generate.stage_one_steps", 0, f"{PAPER}: generation with the adapted model at every step"),
-    Setting("generate.prompt", "a photo of {token} on an {object}", f"{PAPER}: the token in the generation prompt"),
+    Setting("generate.stage_one_steps", 0, f"{PAPER} §4.1: generation with the adapted model at every step"),
+    Setting("generate.prompt", "a photo of {token} on an {object}", f"{PAPER} §4.1: the token in the generation "
+                                                                         "prompt; the wording our choice"),
 )
 OFFICIAL_SETTINGS: tuple[Setting, ...] = (
-    Setting("learn.stage_one_steps", 50, f"{CODE} --s1_train_steps 50"),
-    Setting("learn.stage_one_lr", 1e-4, f"{CODE} --s1_learning_rate 1e-4"),
-    Setting("learn.stage_one_batch_size", 4, f"{CODE} --s1_train_batch_size 4"),
-    Setting("learn.stage_two_steps", 50, f"{CODE} --s2_train_steps 50 (README: 50 for both stages)"),
-    Setting("learn.stage_two_lr", 5e-5, f"{CODE} --s2_learning_rate 5e-5"),
-    Setting("learn.stage_two_batch_size", 4, f"{CODE} --s2_train_batch_size 4"),
-    Setting("learn.lora_rank", 4, f"{CODE} --rank 4"),
-    Setting("learn.prompt", "{token} {object}", f"{CODE}: ' '.join([placeholder_token, class_name])"),
+    Setting("learn.stage_one_steps", 50, f"{CODE} L237: --s1_train_steps 50"),
+    Setting("learn.stage_one_lr", 1e-4, f"{CODE} L286-290: --s1_learning_rate 1e-4"),
+    Setting("learn.stage_one_batch_size", 4, f"{CODE} L231: --s1_train_batch_size 4"),
+    Setting("learn.stage_two_steps", 50, f"{CODE} L240: --s2_train_steps 50 (README: 50 for both stages)"),
+    Setting("learn.stage_two_lr", 5e-5, f"{CODE} L292-296: --s2_learning_rate 5e-5"),
+    Setting("learn.stage_two_batch_size", 4, f"{CODE} L234: --s2_train_batch_size 4"),
+    Setting("learn.lora_rank", 4, f"{CODE} L407-410: --rank 4"),
+    Setting("learn.prompt", "{token} {object}", f"{CODE} L477: ' '.join([placeholder_token, class_name])"),
     Setting("learn.class_prompt", "{object}", f"{CODE} L1001: class_prompt = args.class_name"),
-    Setting("learn.optimizer", "adamw", f"{CODE}: torch.optim.AdamW"),
-    Setting("learn.weight_decay", 1e-2, f"{CODE} --adam_weight_decay 1e-2"),
-    Setting("learn.max_grad_norm", 1.0, f"{CODE} --max_grad_norm 1.0"),
+    Setting("learn.optimizer", "adamw", f"{CODE} L853: torch.optim.AdamW"),
+    Setting("learn.weight_decay", 1e-2, f"{CODE} L335: --adam_weight_decay 1e-2"),
+    Setting("learn.max_grad_norm", 1.0, f"{CODE} L337: --max_grad_norm 1.0"),
     Setting("generate.stage_one_steps", 5, "CLiC paper §4.1 (two-stage generation): the first 5 steps on the base model (adapters off)"),
 )
 
