@@ -325,14 +325,6 @@ def test_transfer_records_its_timesteps_in_both_presets(concept_folder):
     assert (released.first_timestep, released.steps_run) == (701, 36)  # transfer.py L100-106: i = 14 → τ 701
 
 
-def result_timesteps(steps):
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(build_tiny().scheduler.config)
-    scheduler.set_timesteps(steps)
-    return scheduler.timesteps
-
-
 def test_official_transfer_blends_to_step_45_with_the_soft_mask_and_pastes_nothing(monkeypatch, concept_folder):
     """transfer.py L100 (blend while i ≤ 45), io_utils.py L50-57 (PIL-resized soft mask), no final paste,
     DDIM η = 1 (L85)."""
@@ -374,7 +366,7 @@ def test_official_guidance_runs_only_before_step_30(monkeypatch, concept_folder)
     settings = {**get_method("clic").task_settings("transfer", "official-code"), "t_start": 27}
     transfer_concept(build_tiny(), LearnedConcept.load(concept_folder), torch.zeros(3, 64, 64), square_mask(16, 16, 32),
                      "chair", TransferSettings.from_dict(settings), seed=0)
-    timesteps = [int(t) for t in result_timesteps(50)]
+    timesteps = released_ddim_timesteps(50)  # DDIM leading spacing, steps_offset 1: 981, 961, …, 1
     assert [t for t, rows in calls if rows == 1] == timesteps[26:30]
     assert [t for t, rows in calls if rows == 2] == timesteps[26:]
 
