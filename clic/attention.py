@@ -51,6 +51,9 @@ class CaptureBuffer:
         self.token_positions: torch.Tensor | None = None  # (B, n) long
         self.maps: dict[str, torch.Tensor] = {}  # layer -> (B, pixels, n)
         self.enabled = True
+        # "all": the maps average every head; "last_half": heads H//2… only, as ConceptExpress's released store
+        # keeps attn[h // 2:] of its (batch·heads) stack (ptp_utils.py L137-140; its batch is 1)
+        self.heads = "all"
 
     def clear(self) -> None:
         self.maps.clear()

@@ -137,8 +137,9 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
             positions = buffer.token_positions.to(probs.device)
             if positions.shape[0] != batch:  # e.g. classifier-free guidance doubled the batch
                 positions = positions.repeat(batch // positions.shape[0], 1)
-            index = positions[:, None, None, :].expand(batch, heads, pixels, positions.shape[1])
-            buffer.maps[self.layer_name] = probs.gather(-1, index).mean(dim=1)  # (B, pixels, n), fp32
+            kept = probs[:, heads // 2:] if buffer.heads == "last_half" else probs
+            index = positions[:, None, None, :].expand(batch, kept.shape[1], pixels, positions.shape[1])
+            buffer.maps[self.layer_name] = kept.gather(-1, index).mean(dim=1)  # (B, pixels, n), fp32
             out = probs.to(value.dtype) @ value
         out = out.transpose(1, 2).reshape(batch, -1, inner_dim).to(query.dtype)
         if self.train_q_out:

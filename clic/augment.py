@@ -1,5 +1,5 @@
-"""The supplement's augmentations: random grayscale, h-flip (image and mask together), zoom in/out with a
-prompt suffix, colour jitter.
+"""The supplement's augmentations (CLiC supplement B.2, used for every baseline): random grayscale, h-flip
+(image and mask together), zoom in/out with a prompt suffix, colour jitter.
 
 Geometric augmentations (flip, zoom) take their parameters from a small discrete set, so each variant's
 VAE latents are computed once per learning run and cached (:class:`LatentBank`), and so are their grayscale

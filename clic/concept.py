@@ -150,6 +150,12 @@ class LearnedConcept:
                 base[label] = {k: current[k].detach().clone() for k in state if k in current}
                 module.load_state_dict(state, strict=False)
         components._base_states = base
+        if (self.config or {}).get("lora"):  # LoRA adapters (RealFill's original recipe), in peft's format
+            from .learn import LORA_ADAPTER
+            from .lora import install_lora
+
+            install_lora({"unet": components.unet, "text_encoder": components.text_encoder}, self.arrays,
+                         LORA_ADAPTER, self.config["lora"])
         layers = sorted({k.rsplit(".processor.", 1)[0] + ".processor" for k in self.attention_state})
         capture = AttentionCapture(
             components.unet,

@@ -43,7 +43,7 @@ class DenseCRFSettings:
     unary: str = "ramp"
 
 
-# CutLER's crf.py (facebookresearch/CutLER, cutler/crf.py): MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10,
+# CutLER's crf.py (facebookresearch/CutLER, maskcut/crf.py L11-16): MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10,
 # Bi_XY_STD 50, Bi_RGB_STD 5 (0–255 colours), unary from the softmax of the binary masks.
 CUTLER = DenseCRFSettings(appearance_weight=10.0, appearance_position=50.0, appearance_colour=5 / 255,
                           smoothness_weight=7.0, smoothness_position=3.0, iterations=10, positions_in_pixels=True,

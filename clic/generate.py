@@ -1,4 +1,4 @@
-"""Two-stage generation (paper §3.3): the first ``stage_one_steps`` DDIM steps with the unmodified model and
+"""Two-stage generation (paper §4.1): the first ``stage_one_steps`` DDIM steps with the unmodified model and
 "a photo of an OBJECT" lay out the object; the remaining steps use the tuned UNet (trained attention
 weights on) with "a photo of an OBJECT, with <v*> style" to put the concept on it.
 

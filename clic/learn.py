@@ -1,6 +1,6 @@
 """The concept-learning loop shared by every method.
 
-One training step (CLiC, paper §3.1): draw an augmented source (latents cached per geometric variant),
+One training step (CLiC, paper §3.1, the total loss of Eq. (5)): draw an augmented source (latents cached per geometric variant),
 t ~ U{0, …, T−1}, ε ~ N(0, I), x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε, then ONE batched UNet pass over
 
     row 0:    x_t          with c  = "A OBJECT with <v*> style[, zoomed-in|out]"   → l_con, l_att
@@ -36,6 +36,9 @@ from .tokens import ConceptTokens, merge_concept_embeddings
 from .settings import MethodConfig
 
 
+LORA_ADAPTER = "concept"  # the adapter name a learned concept's LoRA gets
+
+
 @dataclass(frozen=True)
 class Phase:
     """A span of steps with its own trainable set and learning rates (Break-A-Scene has two)."""
@@ -52,17 +55,20 @@ class LearnConfig(MethodConfig):
     """Everything that determines a learning run (hashable into a job id via :meth:`to_dict`)."""
 
     steps: int = 500
-    lr: float = 1e-5  # token and attention weights, paper §4 ("Adam, lr 1e-5")
+    lr: float = 1e-5  # token and attention weights, paper §4 preamble ("Adam, learning rate 1e-5")
     token_lr: float | None = None  # None: same as lr
     optimizer: str = "adam"  # "adam" | "adamw"
     weight_decay: float = 0.0  # attention (and fine-tuned model) weights
     token_weight_decay: float = 0.0  # the token vectors only (Textual Inversion's AdamW uses 1e-2)
     max_grad_norm: float = 0.0  # >0: clip the gradient norm of the trained weights (diffusers' --max_grad_norm)
-    clip_token_grad: bool = True  # the token rows count in the clipped norm (Break-A-Scene clips the UNet only)
+    clip_token_grad: bool = True  # the token rows count in the clipped norm (as every reference script here does)
     gradient_accumulation: int = 1  # micro-steps per optimizer step; ``steps`` counts optimizer steps
     scale_lr: bool = False  # lr × gradient_accumulation (× batch 1 × 1 process), diffusers' --scale_lr
     # Prior preservation (DreamBooth; Break-A-Scene's train.py): {"weight", "prompt", "images", "steps"}; {} = off.
     prior: Mapping[str, Any] = field(default_factory=dict)
+    # LoRA adapters (peft) instead of whole networks: {"rank", "alpha", "dropout", "unet_targets", "text_targets"};
+    # a phase's unet_lr / text_encoder_lr then train the adapters only (RealFill's train_realfill.py). {} = off.
+    lora: Mapping[str, Any] = field(default_factory=dict)
     phases: tuple[Phase, ...] = ()  # non-empty: overrides steps/lr (multi-phase methods)
     train_kv: bool = True
     train_q_out: bool = False
@@ -87,11 +93,12 @@ class LearnConfig(MethodConfig):
     gradient_checkpointing: bool = False
     compile_unet: bool = False  # torch.compile the UNet (opt-in; on CPU it compiles for minutes and runs slower)
 
-    MERGED: ClassVar[tuple[str, ...]] = ("terms", "augment", "prior")
+    MERGED: ClassVar[tuple[str, ...]] = ("terms", "augment", "prior", "lora")
 
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         data["prior"] = dict(self.prior)
+        data["lora"] = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(self.lora).items()}
         return data
 
     def merged(self, overrides: Mapping[str, Any] | None) -> "LearnConfig":
@@ -130,6 +137,9 @@ class LearnConfig(MethodConfig):
             raise ValueError(f"attention_resolution must be a side in cells or 'latent', got {self.attention_resolution!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.lora and (int(self.lora.get("rank", 0)) <= 0 or not self.lora.get("unet_targets")
+                          or not self.lora.get("text_targets")):
+            raise ValueError(f"lora needs a positive rank and unet_targets / text_targets, got {dict(self.lora)}")
         if self.gradient_accumulation < 1 or self.max_grad_norm < 0:
             raise ValueError(f"gradient_accumulation must be >= 1 and max_grad_norm >= 0, got "
                              f"{self.gradient_accumulation}, {self.max_grad_norm}")
@@ -172,7 +182,7 @@ class ConceptSource:
     """Source image(s) and one mask per concept token, as model-ready tensors.
 
     One image: ``image`` (3, R, R), ``masks`` (n_tokens, R, R) (a single (R, R) mask is one token).
-    Several images sharing one concept (the automatic source mask, paper §3.4): ``image`` (K, 3, R, R),
+    Several images sharing one concept (the automatic source mask, paper §3.3): ``image`` (K, 3, R, R),
     ``masks`` (K, n_tokens, R, R); each learning step draws one of them.
     """
 
@@ -470,14 +480,23 @@ def learn_concept(
     tokens, capture, objective = state.tokens, state.capture, state.objective
 
     attention_params = capture.trainable_parameters()
-    unet_named = [(n, p) for n, p in components.unet.named_parameters() if "processor" not in n]
-    text_named = [(n, p) for n, p in components.text_encoder.named_parameters()
-                  if not n.endswith("vectors") and "base" not in n]
-    unet_params, text_params = [p for _, p in unet_named], [p for _, p in text_named]
-    if any(p.unet_lr > 0 for p in config.schedule()):  # fine-tuned in place: a lent model keeps the originals
-        keep_originals(components, "unet", unet_named)
-    if any(p.text_encoder_lr > 0 for p in config.schedule()):
-        keep_originals(components, "text_encoder", text_named)
+    if config.lora:  # adapters: new parameters, taken out again after learning (clic.lora.remove_lora)
+        from .lora import add_lora
+
+        lora = dict(config.lora)
+        unet_params = add_lora(components.unet, LORA_ADAPTER, int(lora["rank"]), float(lora["alpha"]),
+                               lora["unet_targets"], float(lora.get("dropout", 0.0)))
+        text_params = add_lora(components.text_encoder, LORA_ADAPTER, int(lora["rank"]), float(lora["alpha"]),
+                               lora["text_targets"], float(lora.get("dropout", 0.0)))
+    else:
+        unet_named = [(n, p) for n, p in components.unet.named_parameters() if "processor" not in n]
+        text_named = [(n, p) for n, p in components.text_encoder.named_parameters()
+                      if not n.endswith("vectors") and "base" not in n]
+        unet_params, text_params = [p for _, p in unet_named], [p for _, p in text_named]
+        if any(p.unet_lr > 0 for p in config.schedule()):  # fine-tuned in place: a lent model keeps the originals
+            keep_originals(components, "unet", unet_named)
+        if any(p.text_encoder_lr > 0 for p in config.schedule()):
+            keep_originals(components, "text_encoder", text_named)
     loss_log: list[dict[str, float]] = []
     step_index = 0
     started = time.perf_counter()
@@ -538,6 +557,13 @@ def learn_concept(
     if config.gradient_checkpointing:
         components.unet.disable_gradient_checkpointing()
     concept = _snapshot(state, source, config, method, preset, loss_log, seed)
+    if config.lora:
+        from .lora import ARRAY_PREFIX, lora_state, remove_lora
+
+        for name in ("unet", "text_encoder"):
+            network = getattr(components, name)
+            concept.arrays.update({f"{ARRAY_PREFIX}{name}.{k}": v for k, v in lora_state(network, LORA_ADAPTER).items()})
+            remove_lora(network)  # the model as loaded (the adapters live on in the concept)
     # Kept so later tasks that learn from the source again (RoI matching's w*) need only the concept.
     concept.arrays.update({"source_image": source.image.detach().cpu(), "source_masks": source.masks.detach().cpu()})
     concept.extras.update({

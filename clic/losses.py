@@ -3,9 +3,11 @@
 Two families of forms. The paper's (CLiC §3.1; every loss a mean over elements, as diffusers' training
 scripts use ``F.mse_loss``; y is the training target, ε or v, see :mod:`clic.prediction`):
 
-* l_con  = mean((M_soft ⊙ (ε_θ(x_t, c, t) − y))²),  M_soft = α + (1 − α)·M
-* l_att  = mean((CA_θ(v*, x_t) − Resize(M))²)
-* l_RoI  = mean((ε_θ(M ⊙ x_t, c*, t) − y)²)
+* l_att  = mean((CA_θ(v*, x_t) − Resize(M))²)                                  Eq. (1)
+* M_soft = α + (1 − α)·M, α = 0.5                                               Eq. (2)
+* l_con  = mean((M_soft ⊙ (ε_θ(x_t, c, t) − y))²)                               Eq. (3)
+* l_RoI  = mean((ε_θ(M ⊙ x_t, c*, t) − y)²)                                     Eq. (4)
+* total  = l_con + λ (l_att + l_RoI), λ = 0.5                                   Eq. (5)
 * plain diffusion = mean((ε_θ − y)²); masked diffusion = mean((M ⊙ (ε_θ − y))²) (Break-A-Scene)
 
 and the released code's (github Mehdi0xC/clic ``learning.py``), where a weight multiplies the *squared*
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 
 
 def soft_mask(mask: torch.Tensor, alpha: float) -> torch.Tensor:
-    """M_soft = α + (1 − α)·M: weight 1 inside the region, α outside."""
+    """M_soft = α + (1 − α)·M (CLiC Eq. (2)): weight 1 inside the region, α outside."""
     return alpha + (1.0 - alpha) * mask
 
 

@@ -1,4 +1,4 @@
-"""RoI matching and the automatic source mask (paper §3.4).
+"""RoI matching and the automatic source mask (paper §3.3).
 
 RoI matching: a new token w*, initialised from the concept's v*, is trained with l_att only on
 "a w* region of an OBJECT" over the source image and its mask, with the concept's own K/V active and
@@ -37,12 +37,12 @@ REGION_TOKEN_KEY = "region_token"
 class MatchSettings(Settings):
     WHAT = "match setting(s)"
 
-    steps: int = 500  # w* learning steps: paper §3.4 (500)
-    lr: float = 1e-5  # CLiC's learning config (paper §4, Adam 1e-5); §3.4 gives no other value
-    prompt: str = "a {token} region of an {object}"  # paper §3.4
-    auto_prompt: str = "An {object} with {token} style"  # paper §3.4, automatic source mask
+    steps: int = 500  # w* learning steps: paper §3.3 (500)
+    lr: float = 1e-5  # CLiC's learning config (paper §4 preamble, Adam 1e-5); §3.3 gives no other value
+    prompt: str = "a {token} region of an {object}"  # paper §3.3
+    auto_prompt: str = "An {object} with {token} style"  # paper §3.3, automatic source mask
     placeholder: str = "<w*>"
-    denoise_steps: int = 50  # DDIM schedule length while reading the map: the paper's T = 50 (§4)
+    denoise_steps: int = 50  # DDIM schedule length while reading the map: the paper's T = 50 (supplement B.3)
     t_start: int = 25  # steps read, from the end: a mid noise level (our choice; the paper gives none)
     threshold: float = 0.5  # on the min-max normalised soft map (our choice)
     capture_layers: str = "up"  # as l_att: up-block cross-attention (paper §3.1)

@@ -57,16 +57,28 @@ def format_value(value: Any) -> str:
     return json.dumps(value, default=str) if isinstance(value, Mapping) else str(value)
 
 
+PROJECT_CHOICE = "project's choice"
+
+
+def is_project_choice(source: str) -> bool:
+    """A value (or part of it) that no source states: its source text says "our choice" / "the project's choice"."""
+    text = source.lower()
+    return "our choice" in text or PROJECT_CHOICE in text
+
+
 def settings_table(settings: Iterable[Setting]) -> list[dict[str, str]]:
-    """Rows ``{setting, value, source}`` for printing and for the report's provenance."""
-    return [{"setting": s.key, "value": format_value(s.value), "source": s.source} for s in settings]
+    """Rows ``{setting, value, source, origin}`` for printing and for the report's provenance; ``origin`` is
+    "project's choice" where no source states the value (or a part of it), else "source"."""
+    return [{"setting": s.key, "value": format_value(s.value), "source": s.source,
+             "origin": PROJECT_CHOICE if is_project_choice(s.source) else "source"} for s in settings]
 
 
 def format_settings(settings: Iterable[Setting]) -> str:
     rows = settings_table(settings)
     width = max((len(r["setting"]) for r in rows), default=0)
     value_width = min(max((len(r["value"]) for r in rows), default=0), 48)
-    return "\n".join(f"{r['setting']:<{width}}  {r['value']:<{value_width}}  {r['source']}" for r in rows)
+    return "\n".join(f"{r['setting']:<{width}}  {r['value']:<{value_width}}  "
+                     f"{'[' + PROJECT_CHOICE + '] ' if r['origin'] == PROJECT_CHOICE else ''}{r['source']}" for r in rows)
 
 
 def declared_settings(method: str, preset: str) -> tuple[Setting, ...] | None:

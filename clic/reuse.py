@@ -2,13 +2,14 @@
 
 Applying or learning a concept changes a model in a few known places: tokens added to the tokenizer, the text
 encoder's input embedding (resized, or wrapped by :class:`~clic.tokens.ConceptEmbedding`), the UNet's attention
-processors (trainable K/V copies, capture), and, for the few recipes that fine-tune whole networks (Break-A-Scene's
-original, a concept's ``unet_state``), parameters changed in place. :class:`ModelLender` restores exactly these
+processors (trainable K/V copies, capture), LoRA adapters (RealFill's original, SingleInsert: taken out again with
+:func:`clic.lora.remove_lora`), and, for the few recipes that fine-tune whole networks (Break-A-Scene's original, a
+concept's ``unet_state``), parameters changed in place. :class:`ModelLender` restores exactly these
 instead of deep-copying the UNet and text encoder for every job (≈4 GB per job on SD 1.x): the tokenizer a job
 gets is its own copy (a few MB), processors and the embedding module are put back by reference, and parameters a
 job is about to change in place are copied first, only those (:func:`keep_originals`).
 
-Anything else a job changed (an adapter injected into the module tree, a parameter changed without being
+Anything else a job changed (a module injected into the tree by other means, a parameter changed without being
 declared) is detected by parameter names and PyTorch's in-place version counters; the lender then loads the
 model again rather than lend a changed one.
 """
@@ -79,6 +80,10 @@ class ModelLender:
         if self._loan is None:
             return
         components = self.pristine
+        from .lora import remove_lora
+
+        for network in ("unet", "text_encoder"):  # adapters a job added (LoRA): out of the module tree again
+            remove_lora(getattr(components, network))
         components.unet.set_attn_processor(dict(self._processors))
         self._embedding_weight.data = self._embedding_data
         self._embedding.weight = self._embedding_weight

@@ -31,10 +31,12 @@ SELF_ATTENTION_LAYERS = {
 class SelfAttentionRecorder:
     """diffusers' ``AttnProcessor`` plus a running sum of head-averaged self-attention probabilities."""
 
-    def __init__(self, sums: dict[str, torch.Tensor], counts: dict[str, int], layer_name: str) -> None:
+    def __init__(self, sums: dict[str, torch.Tensor], counts: dict[str, int], layer_name: str,
+                 heads: str = "all") -> None:
         self.sums = sums
         self.counts = counts
         self.layer_name = layer_name
+        self.first_head = 0 if heads == "all" else None  # None: heads // 2 (the layer's own head count)
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -54,7 +56,8 @@ class SelfAttentionRecorder:
         key = attn.head_to_batch_dim(attn.to_k(context))
         value = attn.head_to_batch_dim(attn.to_v(context))
         probs = attn.get_attention_scores(query, key, attention_mask)  # (B·heads, P, P)
-        head_mean = probs.reshape(batch, attn.heads, pixels, -1).mean(dim=1).detach().float()
+        first = attn.heads // 2 if self.first_head is None else self.first_head  # "last_half": attn[h // 2:]
+        head_mean = probs.reshape(batch, attn.heads, pixels, -1)[:, first:].mean(dim=1).detach().float()
         if self.layer_name in self.sums:
             self.sums[self.layer_name] += head_mean.sum(dim=0)
         else:
@@ -102,15 +105,20 @@ class SelfAttentionMaps:
 
 
 @contextmanager
-def recording_self_attention(unet: torch.nn.Module, layers: str = "up", max_side: int = 64) -> Iterator[SelfAttentionMaps]:
+def recording_self_attention(unet: torch.nn.Module, layers: str = "up", max_side: int = 64,
+                             heads: str = "all") -> Iterator[SelfAttentionMaps]:
     """Record self-attention on the ``layers`` selection whose side is at most ``max_side`` latent pixels
-    (SD's 64×64 layers would hold 4096² per map); the UNet's previous processors come back on exit."""
+    (SD's 64×64 layers would hold 4096² per map); the UNet's previous processors come back on exit.
+    ``heads``: "all" averages every head, "last_half" heads H//2… (ConceptExpress's ptp_utils.py L137-140)."""
+    if heads not in ("all", "last_half"):
+        raise ValueError(f"heads must be 'all' or 'last_half', got {heads!r}")
     if layers not in SELF_ATTENTION_LAYERS:
         raise ValueError(f"unknown self-attention layer selection {layers!r}; known: {', '.join(SELF_ATTENTION_LAYERS)}")
     pattern = re.compile(SELF_ATTENTION_LAYERS[layers])
     previous = dict(unet.attn_processors)
     maps = SelfAttentionMaps()
-    recorders = {name: SelfAttentionRecorder(maps.sums, maps.counts, name) for name in previous if pattern.match(name)}
+    recorders = {name: SelfAttentionRecorder(maps.sums, maps.counts, name, heads)
+                 for name in previous if pattern.match(name)}
     if not recorders:
         raise ValueError(f"the UNet has no self-attention layer in the {layers!r} selection")
     sides = _layer_sides(unet)

@@ -2,12 +2,12 @@
 
 With a DDIM schedule of ``steps`` steps (timesteps τ_0 > τ_1 > … > τ_{T−1}), the target's latents x_tg are
 noised to τ_{t_start} and the remaining ``steps − t_start`` steps run: t_start counts the steps *kept*
-from the noised target before editing starts (paper §3.2: T − t_start noise levels are added, 5 ≤ t_start
-≤ 15 of 50; released ``transfer.py`` L100-106 replaces the latents by the noised target while i < t_start,
+from the noised target before editing starts (paper §3.2 and supplement B.3: T − t_start noise levels are
+added, 5 ≤ t_start ≤ 15 of 50 DDIM steps; released ``transfer.py`` L100-106 replaces the latents by the noised target while i < t_start,
 and its ``reproduce.sh`` L35 notes that a higher t_start keeps more of the original). Before each UNet step:
 
-    x'_t  = M ⊙ x_t + (1 − M) ⊙ noised(x_tg, t)          (blending)
-    x''_t = x'_t − η ∇_x E(CA(v*, x'_t))                  (cross-attention guidance)
+    x'_t  = M ⊙ x_t + (1 − M) ⊙ noised(x_tg, t)          (blending, CLiC Eq. (6))
+    x''_t = x'_t − η ∇_x E(CA(v*, x'_t))                  (cross-attention guidance, Eq. (7))
 
 Two presets of this loop (see :class:`TransferSettings`):
 
@@ -17,7 +17,12 @@ Two presets of this loop (see :class:`TransferSettings`):
 * released code (``transfer.py``): blending with the soft 64×64 mask while step index i ≤ 45 (L100), no
   final paste; guidance while i < 30 (L113) as one step of a fresh Adam (lr 0.001 × att_opt, L116-117)
   on E = mean((CA_64 − 1)²) (L131-141), the gradient not flowing through attention outputs (its processor
-  computes them under no_grad, ``src/att_processor.py`` L138-140); DDIM η = 1 (L85).
+  computes them under no_grad, ``src/att_processor.py`` L138-140); DDIM η = 1 (L85). Its loop calls the UNet
+  from i = 0 and overwrites each result with the re-noised target while i < t_start (L103-104), so the step at
+  i = t_start − 1 runs from the fully noised target and its result is blended in at i = t_start (L106): the
+  first UNet step that counts is at τ_{t_start−1} (701 for t_start 15 of 50). ``first_step="released"`` runs
+  exactly that (the discarded earlier calls are skipped: nothing of them survives); the paper preset keeps
+  ``first_step="paper"``, the first step at τ_{t_start} (supplement B.3: T − t_start levels of noise added).
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ class TransferSettings(Settings):
     final_paste: bool = True  # after the last step, the outside is the target's own latents
     target_latents: str = "mean"  # x_tg: the VAE posterior "mean" | a "sample" of it (official)
     detach_attention_outputs: bool = False  # guidance gradient only through the queries (official processor)
+    first_step: str = "paper"  # "paper": first step at τ_{t_start} | "released": at τ_{t_start−1}, from the noised target
 
     def validate(self) -> None:
         if self.steps <= 0:
@@ -67,7 +73,8 @@ class TransferSettings(Settings):
             raise ValueError(f"t_start must lie in [1, {self.steps - 1}] (steps kept before editing), got {self.t_start}")
         if self.attention_target not in ("mask", "ones"):
             raise ValueError(f"attention_target must be 'mask' or 'ones', got {self.attention_target!r}")
-        choices = {"guidance": ("gradient", "adam"), "blend_mask": ("region", "soft"), "target_latents": ("mean", "sample")}
+        choices = {"guidance": ("gradient", "adam"), "blend_mask": ("region", "soft"), "target_latents": ("mean", "sample"),
+                   "first_step": ("paper", "released")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
@@ -84,7 +91,7 @@ class TransferResult:
     latent_mask: torch.Tensor  # (1, 1, h, w) the mask blending used
     attention_in_mask: float  # share of the v* attention mass inside the mask (diagnostic)
     first_timestep: int = -1  # the timestep of the first denoising step run
-    steps_run: int = 0  # denoising steps run (steps − t_start)
+    steps_run: int = 0  # denoising steps run (steps − t_start; one more with first_step="released")
 
     def schedule_record(self) -> dict[str, int]:
         return {"first_timestep": self.first_timestep, "steps_run": self.steps_run}
@@ -184,7 +191,9 @@ def transfer_concept(
     generator = torch.Generator().manual_seed(seed)
     scheduler = ddim_scheduler(components)
     scheduler.set_timesteps(settings.steps)
-    timesteps = scheduler.timesteps[settings.t_start:]
+    # released transfer.py L100-106: the step at i = t_start − 1 starts from the noised target and survives
+    first = settings.t_start - 1 if settings.first_step == "released" else settings.t_start
+    timesteps = scheduler.timesteps[first:]
 
     moments = vae_moments(components, target_image[None].to(device)).float()
     if settings.target_latents == "sample":  # released transfer.py L50: latent_dist.sample(generator)
@@ -207,13 +216,15 @@ def transfer_concept(
                            else int(settings.guidance_resolution or resolution))
 
     def noised_target(t: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(target_latents.shape, generator=generator).to(device)
+        noise = target_noise(target_latents.shape, generator).to(device)
         return scheduler.add_noise(target_latents, noise, t.reshape(1))
 
     latents = noised_target(timesteps[0])
     maps = []
-    for index, t in enumerate(timesteps, start=settings.t_start):  # index: position in the full schedule
-        if settings.blend_until is None or index <= settings.blend_until:
+    for index, t in enumerate(timesteps, start=first):  # index: position in the full schedule
+        if index < settings.t_start:
+            pass  # released start: the latents are the fully noised target (transfer.py L103-104)
+        elif settings.blend_until is None or index <= settings.blend_until:
             latents = mask * latents + (1 - mask) * noised_target(t)  # blending
         if settings.eta > 0 and (settings.guidance_until is None or index < settings.guidance_until):
             latents = attention_guidance(capture, components, latents, t, cond, positions, guidance_target,
@@ -234,6 +245,11 @@ def transfer_concept(
     attention, inside = summarize_attention(maps, pixel_mask, target_image.shape[-2:])
     return TransferResult(decode(components, latents)[0].cpu(), attention.cpu(), latents.cpu(), target_latents.cpu(),
                           mask.cpu(), inside, int(timesteps[0]), len(timesteps))
+
+
+def target_noise(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """The noise of one re-noising of the target (one draw per blended step, as transfer.py L101)."""
+    return torch.randn(shape, generator=generator)
 
 
 def summarize_attention(maps: list[torch.Tensor], pixel_mask: torch.Tensor,

@@ -24,3 +24,39 @@ def last_json_line(stdout: str) -> dict:
     import json
 
     return json.loads(next(line for line in reversed(stdout.strip().splitlines()) if line.startswith("{")))
+
+
+def unet_with_token_maps(components, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, positions: list[int],
+                         blocks: tuple[str, ...] = ("up_blocks", "down_blocks", "mid_block")):
+    """The UNet's output and, for every cross-attention layer (attn2) in ``blocks``, the head-averaged
+    softmax(QKᵀ/√d) columns of ``positions`` for batch row 0, as (n, side, side): computed here from the layer's
+    recorded inputs and its Q/K weights (a processor's trained copies when it has them), not from the capture."""
+    import math
+
+    from diffusers.models.attention_processor import Attention
+
+    modules = dict(components.unet.named_modules())
+    inputs, handles = {}, []
+    for name, module in modules.items():
+        if isinstance(module, Attention) and name.endswith("attn2") and name.startswith(blocks):
+            def record(_m, args, kwargs, name=name):
+                inputs[name] = (args[0] if args else kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+            handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
+    try:
+        out = components.unet(x, t, encoder_hidden_states=text).sample
+    finally:
+        for handle in handles:
+            handle.remove()
+    maps = {}
+    for name, (hidden, context) in inputs.items():
+        attn, proc = modules[name], modules[name].processor
+        q = proc.to_q_custom_diffusion(hidden) if getattr(proc, "train_q_out", False) else attn.to_q(hidden)
+        k = proc.to_k_custom_diffusion(context) if getattr(proc, "train_kv", False) else attn.to_k(context)
+        heads = attn.heads
+        d = q.shape[-1] // heads
+        q = q.view(q.shape[0], -1, heads, d).transpose(1, 2)
+        k = k.view(k.shape[0], -1, heads, d).transpose(1, 2)
+        probs = (q @ k.transpose(-1, -2) / math.sqrt(d)).softmax(-1).mean(1)[0][:, positions]  # (P, n)
+        side = math.isqrt(probs.shape[0])
+        maps[name] = probs.T.reshape(len(positions), side, side)
+    return out, maps

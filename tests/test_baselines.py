@@ -9,11 +9,11 @@ from clic.losses import Objective
 from clic.methods import available_methods, method_class
 from clic.methods.base import UnsupportedTask, get_method
 from clic.methods.break_a_scene import union_sampling_step
-from clic.methods.realfill import inpainting_input, inpainting_step, training_hole
+from clic.methods.realfill import inpainting_step
 from clic.models import build_tiny
 from clic.attention import AttentionCapture
 from clic.tokens import ConceptTokens
-from helpers import random_source, square_mask
+from helpers import random_source, square_mask, unet_with_token_maps
 
 BASELINES = ["custom_diffusion", "break_a_scene", "realfill", "textual_inversion", "cut_paste"]
 
@@ -112,6 +112,7 @@ def _train_state(components, config, n_tokens: int = 1) -> TrainState:
     tokens = ConceptTokens(components.tokenizer, components.text_encoder, names, ["chair"] * n_tokens)
     capture = AttentionCapture(components.unet, config.capture_layers, train_kv=config.train_kv,
                                train_q_out=config.train_q_out)
+    capture.same_resolution_only = config.same_resolution_maps  # as clic.learn.prepare_training sets it
     return TrainState(components, tokens, capture, Objective(config.terms), config, 8)
 
 
@@ -130,13 +131,20 @@ def test_break_a_scene_step_matches_hand_computation():
     batch = _batch(masks)
     loss, values = union_sampling_step(state, batch, "chair")
     # Recompute by hand: one UNet pass on x_t with the context prompt.
-    x_t = components.scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
-    text, ids = encode_text(components, [format_prompt(config.context_prompt, "chair", ["<v*>"])])
-    state.capture.set_tokens(state.tokens.positions(ids))
-    eps = components.unet(x_t, batch.timestep, encoder_hidden_states=text).sample
+    # google/break-a-scene train.py L1146-1223 written out: x_t from ᾱ, the union mask nearest to the latents,
+    # the token's 16×16-layer maps (here the tiny model's 8×8 layers) of the up and down blocks averaged, divided
+    # by their max, squared error to the nearest-resized mask.
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+    ab = torch.cumprod(1 - betas, 0)[400]
+    x_t = ab.sqrt() * batch.latents + (1 - ab).sqrt() * batch.noise
+    prompt = format_prompt(config.context_prompt, "chair", ["<v*>"])
+    text, ids = encode_text(components, [prompt])
+    position = int((ids[0] == components.tokenizer.convert_tokens_to_ids("<v*>")).nonzero()[0, 0])
+    eps, layer_maps = unet_with_token_maps(components, x_t, batch.timestep, text, [position],
+                                           blocks=("up_blocks", "down_blocks"))
     union = torch.nn.functional.interpolate(masks[None], size=(16, 16), mode="nearest")
     masked = ((union * (eps - batch.noise)) ** 2).mean()
-    maps = state.capture.mean_map(8)
+    maps = torch.stack([m for m in layer_maps.values() if m.shape[-1] == 8]).mean(0)[None]
     maps = maps / maps.amax(dim=(-2, -1), keepdim=True)
     target = torch.nn.functional.interpolate(masks[None], size=(8, 8), mode="nearest")
     attention = ((maps - target) ** 2).mean()
@@ -167,11 +175,17 @@ def test_realfill_step_matches_hand_computation():
     torch.manual_seed(7)
     loss, values = inpainting_step(state, batch, "chair")
     torch.manual_seed(7)
-    holes = training_hole(64)[None, None]
+    holes = released_training_hole(64)[None, None]
     empty_prompt = float(torch.rand(())) < 0.1
-    latent_mask, masked_latents = inpainting_input(components, batch.latents, batch.image[None], holes)
+    # train_realfill.py L488 (the hole zeroed), L846-851 (its latents; the mask nearest to the latent grid);
+    # the posterior mean here where the reference samples (latent_dist.sample(), L846)
+    masked_image = batch.image[None] * (holes < 0.5)
+    masked_latents = components.vae.encode(masked_image).latent_dist.mean * components.vae.config.scaling_factor
+    latent_mask = torch.nn.functional.interpolate(holes, size=(16, 16))
     assert set(latent_mask.unique().tolist()) <= {0.0, 1.0}
-    x_t = components.scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+    ab = torch.cumprod(1 - betas, 0)[400]
+    x_t = ab.sqrt() * batch.latents + (1 - ab).sqrt() * batch.noise
     prompt = "" if empty_prompt else format_prompt(config.context_prompt, "chair", ["<v*>"])
     text, _ = encode_text(components, [prompt])
     eps = components.unet(torch.cat([x_t, latent_mask, masked_latents], dim=1), batch.timestep, encoder_hidden_states=text).sample
@@ -179,6 +193,24 @@ def test_realfill_step_matches_hand_computation():
     # nearest-interpolated to the latents; here the weighting is the source mask.
     weighting = torch.nn.functional.interpolate(masks[None], size=(16, 16), mode="nearest")
     assert float(loss) == pytest.approx(float((weighting * (eps - batch.noise) ** 2).mean()), rel=1e-5)
+
+
+def released_training_hole(resolution: int) -> torch.Tensor:
+    """train_realfill.py L483-486 (the whole image w.p. 0.1, else make_mask) and make_mask L51-65, written out with
+    torch's generator in the order numpy/random draw there (randint's high is exclusive in both)."""
+    draw = lambda low, high: int(torch.randint(low, high, ()))  # noqa: E731 - np.random.randint(low, high)
+    if float(torch.rand(())) < 0.1:
+        return torch.ones(resolution, resolution)
+    mask, times = torch.ones(resolution, resolution), draw(1, 30)
+    min_size, max_size, margin = 0.03 * resolution, 0.25 * resolution, 0.01 * resolution
+    max_size = min(max_size, resolution - margin * 2)
+    for _ in range(times):
+        width = draw(int(min_size), int(max_size))
+        height = draw(int(min_size), int(max_size))
+        x_start = draw(int(margin), resolution - int(margin) - width + 1)
+        y_start = draw(int(margin), resolution - int(margin) - height + 1)
+        mask[y_start: y_start + height, x_start: x_start + width] = 0
+    return 1 - mask if float(torch.rand(())) < 0.5 else mask
 
 
 @pytest.mark.parametrize("name", BASELINES)

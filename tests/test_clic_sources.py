@@ -217,8 +217,9 @@ def record_unet_calls(monkeypatch):
     return calls
 
 
-def test_t_start_counts_from_the_start_of_the_schedule(monkeypatch, concept_folder, tmp_path):
-    """--t-start 10 --steps 50: the first UNet call is at timesteps[10] and the edit takes 40 steps."""
+def test_paper_t_start_counts_from_the_start_of_the_schedule(monkeypatch, concept_folder, tmp_path):
+    """--t-start 10 --steps 50 (paper preset): the first UNet call is at timesteps[10] and the edit takes 40 steps
+    (supplement B.3: T − t_start levels of noise added; 781 for t_start 10)."""
     from clic.cli import main
     from diffusers import DDIMScheduler
 
@@ -232,10 +233,80 @@ def test_t_start_counts_from_the_start_of_the_schedule(monkeypatch, concept_fold
     scheduler = DDIMScheduler.from_config(build_tiny().scheduler.config)
     scheduler.set_timesteps(50)
     denoising = [t for t, rows in calls if rows == 2]  # classifier-free guidance: 2 rows per denoising call
-    assert denoising[0] == int(scheduler.timesteps[10]) and len(denoising) == 40
+    assert denoising[0] == int(scheduler.timesteps[10]) == 781 and len(denoising) == 40
     assert denoising == [int(t) for t in scheduler.timesteps[10:]]
     record = json.loads((tmp_path / "out" / "result.json").read_text())
     assert record["first_timestep"] == int(scheduler.timesteps[10]) and record["steps_run"] == 40
+
+
+def released_ddim_timesteps(steps, train_steps=1000, offset=1):
+    """DDIMScheduler.set_timesteps, 'leading' spacing with SD's steps_offset 1 (scheduler_config.json)."""
+    return [i * (train_steps // steps) + offset for i in range(steps)][::-1]
+
+
+def test_official_transfer_starts_as_the_released_loop(monkeypatch, concept_folder):
+    """transfer.py L90-170 written out on raw tensors with a toy UNet (ε = 0.1·x + 1e-4·t), guidance off and DDIM
+    η = 0 on both sides: the released loop calls the UNet from i = 0, overwrites the result with the re-noised
+    target while i < t_start (L103-104) and blends the result of i = t_start − 1 in at i = t_start (L106)."""
+    import numpy as np
+
+    import clic.transfer as transfer_module
+    from clic.concept import LearnedConcept
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    t_start, steps = 15, 50
+    timesteps = released_ddim_timesteps(steps)
+    assert timesteps[t_start - 1] == 701 and timesteps[t_start] == 681
+    noises = [torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(100 + i)) for i in range(steps)]
+    drawn = []
+
+    def released_noise(shape, generator):  # our k-th re-noising is the released loop's i = t_start − 1 + k
+        drawn.append(len(drawn))
+        return noises[t_start - 1 + len(drawn) - 1].reshape(shape)
+
+    monkeypatch.setattr(transfer_module, "target_noise", released_noise)
+    toy = lambda x, t: 0.1 * x + 1e-4 * float(t)  # noqa: E731 - the toy UNet
+    components = build_tiny()
+    inputs = []
+
+    def toy_unet(_module, args, kwargs, _output):
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        inputs.append((int(torch.as_tensor(timestep).reshape(-1)[0]), sample[:1].detach().clone()))
+        return UNet2DConditionOutput(sample=toy(sample, timestep))
+
+    components.unet.register_forward_hook(toy_unet, with_kwargs=True)
+    mask = square_mask(16, 16, 32)
+    settings = {**get_method("clic").task_settings("transfer", "official-code"), "eta": 0.0, "ddim_eta": 0.0}
+    assert settings["t_start"] == t_start and settings["first_step"] == "released"
+    result = transfer_concept(components, LearnedConcept.load(concept_folder), torch.zeros(3, 64, 64), mask, "chair",
+                              TransferSettings.from_dict(settings), seed=0)
+
+    # the released loop, from raw tensors: ᾱ of SD's scaled_linear betas, PIL's soft mask (io_utils.py L50-57)
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float32) ** 2
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    soft = torch.from_numpy(np.array(Image.fromarray((mask * 255).byte().numpy()).resize((16, 16)))).float() / 255
+    x_tg = result.target_latents
+    latents, after_first_blend = None, None
+    for i, t in enumerate(timesteps):
+        if i <= 45:
+            noisy_plus = alpha_bar[t].sqrt() * x_tg + (1 - alpha_bar[t]).sqrt() * noises[i]  # L101
+            latents = noisy_plus if i < t_start else noisy_plus * (1 - soft) + latents * soft  # L103-106
+        if i == t_start:
+            after_first_blend = latents.clone()
+        eps = toy(latents, t)  # guidance_scale · (ε_c − ε_u) = 0: both rows see the same latents
+        previous = alpha_bar[t - steps_stride(steps)] if t - steps_stride(steps) >= 0 else alpha_bar[0]
+        x0 = (latents - (1 - alpha_bar[t]).sqrt() * eps) / alpha_bar[t].sqrt()
+        latents = previous.sqrt() * x0 + (1 - previous).sqrt() * eps  # DDIM, η = 0
+    denoising = [(t, x) for t, x in inputs]
+    assert denoising[0][0] == 701 == result.first_timestep and result.steps_run == steps - t_start + 1
+    assert [t for t, _ in denoising] == timesteps[t_start - 1:]
+    torch.testing.assert_close(denoising[1][1], after_first_blend, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(result.latents, latents, atol=1e-4, rtol=1e-4)
+
+
+def steps_stride(steps, train_steps=1000):
+    return train_steps // steps
 
 
 def test_transfer_records_its_timesteps_in_both_presets(concept_folder):
@@ -246,15 +317,12 @@ def test_transfer_records_its_timesteps_in_both_presets(concept_folder):
     concept = LearnedConcept.load(concept_folder)
     result = transfer_concept(build_tiny(), concept, torch.zeros(3, 64, 64), square_mask(16, 16, 32), "chair",
                               TransferSettings(t_start=15, steps=20, eta=0.0))
-    assert (result.first_timestep, result.steps_run) == (int(result_timesteps(20)[15]), 5)
-
-
-def result_timesteps(steps):
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler.from_config(build_tiny().scheduler.config)
-    scheduler.set_timesteps(steps)
-    return scheduler.timesteps
+    # DDIM 'leading' spacing with SD's steps_offset 1, written out: 20 steps → 951, 901, …, 1; index 15 → 201
+    assert released_ddim_timesteps(20)[15] == 201
+    assert (result.first_timestep, result.steps_run) == (201, 5)
+    released = transfer_concept(build_tiny(), concept, torch.zeros(3, 64, 64), square_mask(16, 16, 32), "chair",
+                                TransferSettings(t_start=15, steps=50, eta=0.0, first_step="released"))
+    assert (released.first_timestep, released.steps_run) == (701, 36)  # transfer.py L100-106: i = 14 → τ 701
 
 
 def test_official_transfer_blends_to_step_45_with_the_soft_mask_and_pastes_nothing(monkeypatch, concept_folder):
@@ -281,7 +349,8 @@ def test_official_transfer_blends_to_step_45_with_the_soft_mask_and_pastes_nothi
     torch.testing.assert_close(result.latent_mask[0, 0], soft, atol=1e-6, rtol=0)
     assert ((soft > 0) & (soft < 1)).any()  # soft edges, not the any-coverage {0, 1} mask
     outside = (soft == 0).expand(1, 4, 16, 16)
-    for (sample, _, eta), (_, previous, _), index in zip(steps_seen[1:], steps_seen[:-1], range(44, 50)):
+    # first_step "released": the first step is i = 42 (t_start − 1, transfer.py L103-106), the next ones 43 … 49
+    for (sample, _, eta), (_, previous, _), index in zip(steps_seen[1:], steps_seen[:-1], range(43, 50)):
         changed = not torch.equal(sample[outside], previous[outside])
         assert changed == (index <= 45), index  # blended (outside replaced by the noised target) only to 45
         assert eta == 1.0
@@ -289,16 +358,17 @@ def test_official_transfer_blends_to_step_45_with_the_soft_mask_and_pastes_nothi
 
 
 def test_official_guidance_runs_only_before_step_30(monkeypatch, concept_folder):
-    """transfer.py L113: guidance while i < 30 (its UNet pass has one row; denoising has two)."""
+    """transfer.py L113: guidance while i < 30 (its UNet pass has one row; denoising has two); the loop's first
+    step that counts is i = t_start − 1 (L103-106)."""
     from clic.concept import LearnedConcept
 
     calls = record_unet_calls(monkeypatch)
     settings = {**get_method("clic").task_settings("transfer", "official-code"), "t_start": 27}
     transfer_concept(build_tiny(), LearnedConcept.load(concept_folder), torch.zeros(3, 64, 64), square_mask(16, 16, 32),
                      "chair", TransferSettings.from_dict(settings), seed=0)
-    timesteps = [int(t) for t in result_timesteps(50)]
-    assert [t for t, rows in calls if rows == 1] == timesteps[27:30]
-    assert [t for t, rows in calls if rows == 2] == timesteps[27:]
+    timesteps = released_ddim_timesteps(50)  # DDIM leading spacing, steps_offset 1: 981, 961, …, 1
+    assert [t for t, rows in calls if rows == 1] == timesteps[26:30]
+    assert [t for t, rows in calls if rows == 2] == timesteps[26:]
 
 
 # ------------------------------------------------------------------------------------ official items
@@ -371,7 +441,9 @@ def test_official_optimizer_is_adamw_decaying_everything_and_clipping_at_one(mon
     n_params = sum(len(g["params"]) for g in groups_seen)
     assert any(g["params"][0].shape[-1] == 32 and len(g["params"]) == 1 for g in groups_seen)  # the token
     assert clips == [(n_params, 1.0)] * 2  # learning.py L1070-1076
-    assert config.train_q_out and config.lr == 1e-5 and config.steps == 500 or config.steps == 2
+    preset = get_method("clic").learn_config("official-code")
+    assert preset.train_q_out and preset.lr == 1e-5 and preset.steps == 500  # configs/default.yaml L48, reproduce.sh L14-15
+    assert config.steps == 2
 
 
 # ----------------------------------------------------------------------------------- prediction type
@@ -404,13 +476,25 @@ def test_learning_target_follows_the_prediction_type(model):
 
 
 def test_x0_estimate_inverts_the_forward_process_for_both_types():
-    for model in ("tiny", "tiny-v"):
+    """x̂₀ from a model output, against the DDPM/DDIM formulas written out on raw tensors (ᾱ from SD's
+    scaled_linear betas): ε-prediction x̂₀ = (x_t − √(1−ᾱ) ε̂)/√ᾱ; v-prediction (Salimans & Ho 2022)
+    v = √ᾱ ε − √(1−ᾱ) x₀ and x̂₀ = √ᾱ x_t − √(1−ᾱ) v̂."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float32) ** 2
+    alpha_bar = torch.cumprod(1 - betas, 0)
+    generator = torch.Generator().manual_seed(3)
+    x0, eps, t = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator), \
+        torch.tensor([30, 950])
+    ab = alpha_bar[t].view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    model_output = torch.randn(2, 4, 8, 8, generator=generator)  # any prediction, not the true one
+    for model, expected_x0, true_output in (
+            ("tiny", (x_t - (1 - ab).sqrt() * model_output) / ab.sqrt(), eps),
+            ("tiny-v", ab.sqrt() * x_t - (1 - ab).sqrt() * model_output, ab.sqrt() * eps - (1 - ab).sqrt() * x0)):
         scheduler = build_tiny(model).scheduler
-        x0, eps, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([30, 950])
-        ab = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        torch.testing.assert_close(predicted_x0(scheduler, x_t, training_target(scheduler, x0, eps, t), t), x0,
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(scheduler.alphas_cumprod, alpha_bar)
+        torch.testing.assert_close(predicted_x0(scheduler, x_t, model_output, t), expected_x0, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(training_target(scheduler, x0, eps, t), true_output, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(predicted_x0(scheduler, x_t, true_output, t), x0, atol=1e-4, rtol=1e-4)
 
 
 def test_unknown_prediction_type_is_one_line():
@@ -445,26 +529,67 @@ def test_a_prompt_without_the_concept_token_is_an_error_naming_it():
     assert tokens.positions(ids).tolist() == [[4]]  # after the start token, 'a', 'chair', 'with'
 
 
-def test_each_preset_value_names_its_source_and_is_what_runs(capsys):
+# Each preset value as its source states it, written here (not read from the declaration under test).
+PAPER_VALUES = {
+    "learn.steps": 500, "learn.lr": 1e-5, "learn.optimizer": "adam",  # §4 preamble: "500 steps … Adam, lr 1e-5"
+    "learn.train_kv": True, "learn.train_q_out": False,  # §3.1: the token and the cross-attention K/V
+    "learn.terms.con": {"weight": 1.0, "alpha": 0.5, "form": "paper"},  # Eq. (2)-(3), (5): α = 0.5, weight 1
+    "learn.terms.att": {"weight": 0.5, "resize": "antialias"},  # Eq. (1), (5): λ = 0.5
+    "learn.terms.roi": {"weight": 0.5, "form": "paper"},  # Eq. (4), (5): λ = 0.5
+    "learn.capture_layers": "up", "learn.roi_mask_space": "latent",  # §3.1
+    "learn.context_prompt": "A {object} with {tokens} style",  # supplement B.2: "A OBJECT with v* style"
+    "learn.roi_prompts": ("A photo of {token}",),  # §3.1: c* = "A photo of v*"
+    "transfer.steps": 50, "transfer.t_start": 10, "transfer.first_step": "paper",  # supplement B.3
+    "transfer.blend_mask": "region", "transfer.guidance": "gradient", "transfer.attention_target": "mask",  # Eq. (6)-(7)
+}
+OFFICIAL_VALUES = {  # Mehdi0xC/clic at a5649f6
+    "learn.steps": 500, "learn.lr": 1e-5,  # reproduce.sh L15, L14
+    "learn.optimizer": "adamw", "learn.weight_decay": 0.1, "learn.token_weight_decay": 0.1,  # learning.py L512, L827-835
+    "learn.max_grad_norm": 1.0, "learn.train_q_out": True, "learn.train_kv": True,  # L514; configs/default.yaml L48
+    "learn.init_word": "ktn",  # learning.py L578: "ktn+pll+ucd", the first
+    "learn.context_prompt": "a {object} with {tokens} style",  # reproduce.sh L13: "a $source with <x> style"
+    "learn.roi_mask_space": "pixel",
+    "learn.terms.con": {"weight": 0.5, "form": "released", "outside": 0.25, "threshold": 0.05, "border": 1},  # L17
+    "learn.terms.att": {"weight": 0.25, "resize": "bilinear"},  # reproduce.sh L16: attention_lambda 25e-2
+    "learn.terms.roi": {"weight": 0.25, "form": "released"},  # reproduce.sh L18: local_lambda 25e-2
+    "learn.attention_norm": "minmax", "learn.attention_resolution": "latent",
+    "learn.augment.p_zoom": 0.0, "learn.augment.p_grayscale": 0.0,  # reproduce.sh L21 --noaug; learning.py L167
+    "learn.augment.jitter": 0.5, "learn.augment.jitter_kinds": ("brightness",),  # learning.py L166
+    "transfer.steps": 50,  # configs/default.yaml L16: n_timesteps 50
+    "transfer.t_start": 15, "transfer.first_step": "released",  # reproduce.sh L35; transfer.py L100-106
+    "transfer.prompt": "a {object} with {tokens} style",  # reproduce.sh L34
+    "transfer.blend_until": 45, "transfer.guidance_until": 30,  # transfer.py L100, L113
+    "transfer.eta": 0.001 * 10,  # transfer.py L116 (0.001 × att_opt) with reproduce.sh L40 (att_opt=10)
+    "transfer.guidance": "adam", "transfer.attention_target": "ones", "transfer.final_paste": False,
+    "transfer.ddim_eta": 1.0, "transfer.guidance_scale": 7.5,  # transfer.py L85, L54
+}
+
+
+def test_each_preset_value_is_its_source_and_each_citation_exists(capsys):
+    """The values that run equal the sources' values written above; every declared source string names a file
+    and line inside a listed file of the repository it names, or a listed paper section, or says it is the
+    project's choice (tests/source_index.py)."""
     from clic.cli import main
-    from clic.presets import preset_overrides
+    from source_index import citation_problems
 
     method = get_method("clic")
-    for name, settings in (("paper", PAPER_SETTINGS), ("official-code", OFFICIAL_SETTINGS)):
-        assert method.presets[name] == preset_overrides(settings)
-        for setting in settings:
-            assert setting.source.strip(), setting.key
-            if name == "official-code":  # a released file and line, or the script's flag
-                assert "Mehdi0xC/clic" in setting.source and " L" in setting.source, setting.key
-        config = method.learn_config(name)
-        transfer = TransferSettings.from_dict(method.task_settings("transfer", name))
-        for setting in settings:
-            task, _, field = setting.key.partition(".")
-            value = config.to_dict() if task == "learn" else transfer.to_dict()
+    for name, settings, expected in (("paper", PAPER_SETTINGS, PAPER_VALUES),
+                                     ("official-code", OFFICIAL_SETTINGS, OFFICIAL_VALUES)):
+        config = method.learn_config(name).to_dict()
+        transfer = TransferSettings.from_dict(method.task_settings("transfer", name)).to_dict()
+        for key, value in expected.items():
+            task, _, field = key.partition(".")
+            resolved = config if task == "learn" else transfer
             for part in field.split("."):
-                value = value[part]
-            assert value == (list(setting.value) if isinstance(setting.value, tuple) and isinstance(value, list)
-                             else setting.value), setting.key
+                resolved = resolved[part]
+            if isinstance(value, tuple):
+                resolved = tuple(resolved)
+            assert resolved == pytest.approx(value) if isinstance(value, float) else resolved == value, (name, key)
+        assert {s.key for s in settings} >= set(expected), name
+        for setting in settings:
+            assert citation_problems(setting.source) == [], (name, setting.key, setting.source)
+            if name == "official-code":  # a released file and line
+                assert "Mehdi0xC/clic" in setting.source and " L" in setting.source, setting.key
     assert main(["methods", "show", "clic", "--preset", "official-code"]) == 0
     printed = capsys.readouterr().out
     assert "learn.terms.con" in printed and "learning.py L107-115" in printed
@@ -479,7 +604,7 @@ def test_official_code_preset_runs_end_to_end():
     assert concept.preset == "official-code" and all(math.isfinite(r["total"]) for r in concept.loss_log)
     edited = method.transfer(build_tiny(), concept, torch.zeros(3, 64, 64), square_mask(16, 16, 32), "chair",
                              overrides={"steps": 20, "t_start": 15})
-    assert torch.isfinite(edited.image).all() and edited.steps_run == 5
+    assert torch.isfinite(edited.image).all() and edited.steps_run == 6  # released start: one step more (transfer.py L103-106)
     generated = method.generate(build_tiny(), concept, "chair", overrides={"steps": 4, "stage_one_steps": 1, "images": 1})
     assert torch.isfinite(generated.images).all()
     matched = method.match(build_tiny(), concept, torch.zeros(3, 64, 64), "chair",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,152 @@ from clic.methods.concept_express import (ConceptExpressConfig, cluster_concepts
                                           symmetric_kl, wasserstein_alignment)
 from clic.models import build_tiny
 from clic.selfattention import recording_self_attention
+from scipy import ndimage
+from scipy.sparse import csr_matrix, eye
+from scipy.sparse.csgraph import connected_components
+
+
+# ------------------------------------------------------------------ the released clustering, written out
+# haoosz/ConceptExpress: clustering/finch.py, ptp_utils.py (kld_distance, get_connect, compute_score) and
+# train.py cluster_attention; numpy on raw arrays, nothing from clic.methods.concept_express.
+
+
+def released_kld(a, b):
+    """ptp_utils.py L671-683: (KL(a‖b) + KL(b‖a)ᵀ) / 2 row against row."""
+    def kl(p, q):
+        return np.sum(p * np.log(p), axis=-1, keepdims=True) - p @ np.log(q).T
+    return (kl(a, b) + kl(b, a).T) / 2
+
+
+def released_connect(masks):
+    """ptp_utils.get_connect L759-777 (get_num_mask: 4-connected components)."""
+    count = lambda m: ndimage.label(m == 1)[1]
+    n = len(masks)
+    connect = np.zeros((n, n))
+    for i in range(n - 1):
+        for j in range(i + 1, n):
+            connect[i, j] = connect[j, i] = float(count(masks[i] + masks[j]) < count(masks[i]) + count(masks[j]))
+    return connect
+
+
+def released_finch(data, min_sim=None, masks=None, doubled=True):
+    """clustering/finch.py FINCH L118-253 (no req_clust): partitions, counts and min_sim_list.
+    doubled=False: the threshold as the plain largest linked distance (the old reading)."""
+    def clust_rank(mat):  # L18-63
+        s = mat.shape[0]
+        dist = released_kld(mat, mat)
+        np.fill_diagonal(dist, 1e12)
+        first = np.argmin(dist, axis=1)
+        A = csr_matrix((np.ones(s), (np.arange(s), first)), shape=(s, s)) + eye(s, format="csr")
+        A = (A @ A.T).toarray()
+        np.fill_diagonal(A, 0)
+        return A, dist
+
+    def get_clust(a, dist, connect):  # L66-74 (changes a in place, as lil indexing does)
+        if min_sim is not None:
+            a[dist > min_sim] = 0
+        if connect is not None:
+            a[connect == 0] = 0
+        return connected_components(csr_matrix(a), directed=True, connection="weak")
+
+    def means(labels):  # cool_mean L77-81
+        return np.stack([data[labels == k].mean(0) for k in range(labels.max() + 1)])
+
+    def merged(labels):
+        return None if masks is None else np.stack([masks[labels == k].sum(0) for k in range(labels.max() + 1)])
+
+    adj, dist = clust_rank(data)
+    count, labels = get_clust(adj, dist, None if masks is None else released_connect(masks))
+    partitions, counts, thresholds = [labels], [count], [min_sim]
+    mat, member_masks = means(labels), merged(labels)
+    while True:
+        adj, dist = clust_rank(mat)
+        count, u = get_clust(adj, dist, None if masks is None else released_connect(member_masks))
+        labels = u[partitions[-1]]
+        thresholds.append(np.max(dist * adj) if doubled else np.max(np.where(adj > 0, dist, 0)))  # L207
+        if count == 1 or counts[-1] - count < 1:  # L218-224
+            thresholds.pop()
+            break
+        partitions.append(labels)
+        counts.append(count)
+        mat, member_masks = means(labels), merged(labels)
+    return partitions, counts, thresholds
+
+
+def released_k(rows, eot, floor=10, doubled=True):
+    """train.py cluster_attention L1689-1790: the number of concepts found."""
+    x = rows / rows.sum(-1, keepdims=True)
+    side = eot.shape[-1]
+    partitions, counts, thresholds = released_finch(x, doubled=doubled)
+    index = next(i for i in range(len(counts) - 1) if counts[i] >= floor and counts[i + 1] < floor)  # L1703-1706
+    labels = partitions[index]
+    masks, feats = [], []
+    for k in range(labels.max() + 1):
+        mask = (labels == k).astype(float).reshape(side, side)
+        score = ((mask * eot).sum() / mask.sum()) / eot.mean()  # compute_score L651-655
+        if score > 1.0:
+            masks.append(mask)
+            feats.append(x[labels == k].mean(0))
+    if len(masks) <= 1:
+        return len(masks)
+    merge, _, _ = released_finch(np.stack(feats), min_sim=thresholds[index], masks=np.stack(masks), doubled=doubled)
+    return int(merge[-1].max() + 1)
+
+
+def constructed_attention(seed: int = 136, side: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Self-attention rows over an 8×8 grid cut into 3–5 nearest-centre regions: uniform noise plus a random
+    extra weight inside a pixel's own region; a random end-of-text map min-max normalised."""
+    rng = np.random.default_rng(seed)
+    regions = int(rng.integers(3, 6))
+    cy, cx = rng.integers(0, side, regions), rng.integers(0, side, regions)
+    yy, xx = np.mgrid[:side, :side]
+    labels = np.stack([(yy - cy[k]) ** 2 + (xx - cx[k]) ** 2 for k in range(regions)]).argmin(0).ravel()
+    rows = rng.random((side * side, side * side)) * 0.5 + 0.05
+    rows += (labels[:, None] == labels[None, :]) * rng.uniform(0.5, 3)
+    eot = rng.random((side, side))
+    return rows, (eot - eot.min()) / (eot.max() - eot.min())
+
+
+def test_merge_threshold_is_the_released_one_and_changes_k():
+    """finch.py L207: the merge threshold is max(orig_dist · adj), adj = A·Aᵀ counting mutual first neighbours
+    twice; with the plain largest linked distance the same attention gives another K. The 8×8 grid scales
+    the floor of train.py L1703-1706 (≥ 10 clusters, < 10 next) to 3."""
+    rows, eot = constructed_attention()
+    expected = released_k(rows, eot, floor=3)
+    plain = released_k(rows, eot, floor=3, doubled=False)
+    assert expected != plain, (expected, plain)  # the case tells the two thresholds apart
+    masks, features = cluster_concepts(torch.from_numpy(rows).float(), torch.from_numpy(eot).float(),
+                                       ConceptExpressConfig(pre_cluster_floor=3))
+    assert masks.shape[0] == features.shape[0] == expected
+
+
+def test_attention_keeps_the_last_half_of_the_heads():
+    """ptp_utils.py L137-140: the store keeps attn[h // 2:] of the (batch·heads, P, P) stack; batch 1 (the
+    released --train_batch_size 1): heads H//2 … H−1, averaged (get_self_attention L1663)."""
+    from diffusers.models.attention_processor import Attention
+
+    components = build_tiny()
+    unet = components.unet
+    layer_name = next(n for n in unet.attn_processors if n.endswith("attn1.processor"))
+    module = dict(unet.named_modules())[layer_name.removesuffix(".processor")]
+    assert isinstance(module, Attention) and module.heads >= 2
+    seen = {}
+    def record(_m, args, kwargs):
+        seen.setdefault("x", args[0] if args else kwargs["hidden_states"])
+
+    module.register_forward_pre_hook(record, with_kwargs=True)
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+    with recording_self_attention(unet, "all", max_side=16, heads="last_half") as maps:
+        unet(latents, torch.tensor([0]), encoder_hidden_states=text)
+    hidden = seen["x"]
+    heads, width = module.heads, module.to_q.weight.shape[0]
+    q = (hidden @ module.to_q.weight.T).reshape(1, -1, heads, width // heads).transpose(1, 2)
+    k = (hidden @ module.to_k.weight.T).reshape(1, -1, heads, width // heads).transpose(1, 2)
+    probs = (q @ k.transpose(-1, -2) / math.sqrt(width // heads)).softmax(-1)[0]  # (heads, P, P)
+    expected = probs[heads // 2:].mean(0)
+    torch.testing.assert_close(maps.sums[layer_name] / maps.counts[layer_name], expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(expected, probs.mean(0), atol=1e-5)
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> float:

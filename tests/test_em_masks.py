@@ -17,7 +17,7 @@ from clic.models import build_tiny
 from clic.tokens import ConceptTokens
 from harness.metrics import build_metric
 from harness.metrics.base import Sample
-from helpers import square_mask
+from helpers import square_mask, unet_with_token_maps
 
 FAST_EM = {"e_every": 2, "attention_timesteps": 2, "crf": {"max_side": 32, "iterations": 3}}
 
@@ -115,14 +115,21 @@ def test_step_matches_hand_computation_on_the_loop_masks(source):
                       image=source.image, suffix="", timestep=torch.tensor([400]),
                       noise=torch.randn(1, 4, 16, 16, generator=generator))
     loss, values = loop(state, batch, "chair")
-    x_t = components.scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+    ab = torch.cumprod(1 - betas, 0)[400]
+    x_t = ab.sqrt() * batch.latents + (1 - ab).sqrt() * batch.noise
     text, ids = encode_text(components, [format_prompt(config.context_prompt, "chair", ["<v*>"])])
-    state.capture.set_tokens(state.tokens.positions(ids))
-    eps = components.unet(x_t, batch.timestep, encoder_hidden_states=text).sample
+    position = int((ids[0] == components.tokenizer.convert_tokens_to_ids("<v*>")).nonzero()[0, 0])
+    # Rahman et al. §3: the token's maps over all cross-attention layers, from the layers' own inputs and weights;
+    # each brought to the 8×8 side (bilinear, antialiased when shrinking) and averaged
+    eps, layer_maps = unet_with_token_maps(components, x_t, batch.timestep, text, [position])
+    grids = [F.interpolate(m[None], size=(8, 8), mode="bilinear", align_corners=False, antialias=m.shape[-1] > 8)
+             for m in layer_maps.values()]
+    maps = torch.stack(grids).mean(0)
     union = F.interpolate(em_masks[None], size=(16, 16), mode="area")
     masked = ((union * (eps - batch.noise)) ** 2).mean()
     target = F.interpolate(em_masks[None], size=(8, 8), mode="area")
-    attention = ((state.capture.mean_map(8) - target) ** 2).mean()
+    attention = ((maps - target) ** 2).mean()
     assert values["masked_diffusion"] == pytest.approx(float(masked), rel=1e-5)
     assert values["att"] == pytest.approx(float(attention), rel=1e-5)
     assert float(loss) == pytest.approx(float(masked + 1e-2 * attention), rel=1e-5)

@@ -65,6 +65,50 @@ def test_fine_tuned_weights_are_put_back_from_their_copies():
     assert lender.reloads == 0
 
 
+def inpainting_reference(components) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    ids = components.tokenizer(["a photo of a chair"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        text = components.text_encoder(ids)[0]
+        return components.unet(torch.randn(1, 9, 16, 16, generator=generator), 500, encoder_hidden_states=text).sample
+
+
+def test_lora_adapters_come_out_of_a_lent_model_without_a_reload():
+    """RealFill's original (peft LoRA, rank 16, α 27) learns and transfers on a lent model; SingleInsert adds
+    rank-4 adapters for its stage II and its transfer: the adapter layers leave the module tree, the lender
+    finds the model as loaded (same parameter names, storage and versions) and reloads nothing."""
+    from clic.lora import has_lora
+
+    lender = ModelLender(lambda: build_tiny("tiny-inpaint"))
+    expected = inpainting_reference(build_tiny("tiny-inpaint"))
+    names = sorted(n for n, _ in lender.pristine.unet.named_parameters())
+    components = lender.lend()
+    concept = get_method("realfill").learn(components, source(), preset="original",
+                                           overrides={"steps": 1, "gradient_accumulation": 1}, progress=False)
+    assert any(k.startswith("lora/unet.") for k in concept.arrays)
+    assert any(k.startswith("lora/text_encoder.") for k in concept.arrays)
+    assert not has_lora(components.unet) and not has_lora(components.text_encoder)  # removed after learning
+    components = lender.lend()
+    get_method("realfill").transfer(components, concept, source().image, source().masks[0], "chair",
+                                    overrides={"steps": 2, "t_start": 1})
+    assert has_lora(components.unet)  # installed for the job
+    restored = lender.lend()
+    assert not has_lora(restored.unet) and sorted(n for n, _ in restored.unet.named_parameters()) == names
+    torch.testing.assert_close(inpainting_reference(restored), expected, rtol=0, atol=0)
+    assert lender.reloads == 0
+
+    lender = ModelLender(build_tiny)
+    components = lender.lend()
+    concept = get_method("single_insert").learn(
+        components, source(), overrides={"stage_one_steps": 1, "stage_one_batch_size": 1, "stage_two_steps": 1,
+                                         "stage_two_batch_size": 1}, progress=False)
+    components = lender.lend()
+    get_method("single_insert").transfer(components, concept, source().image, source().masks[0], "chair",
+                                         overrides={"steps": 2, "t_start": 1})
+    lender.lend()
+    assert lender.reloads == 0
+
+
 def test_an_undeclared_change_makes_the_lender_reload():
     lender = ModelLender(build_tiny)
     components = lender.lend()

@@ -4,7 +4,9 @@ Masked diffusion loss over the union of the sampled masks + λ·cross-attention 
 16×16 layers of the up *and* down blocks, each token's map divided by its maximum, squared error to the
 nearest-resized mask, *summed* over the sampled tokens as the reference ``train.py`` adds one ``F.mse_loss``
 per token), in two phases: the tokens alone at lr 5e-4 (400 steps), then tokens + cross-attention weights at
-2e-6 (400 steps), AdamW (weight decay 1e-2) and gradient clipping 1.0 as in ``train.py``. With several masks,
+2e-6 (400 steps), AdamW (weight decay 1e-2) and gradient clipping 1.0 as in ``train.py``, the token rows inside
+the clipped norm in both phases (``--no_train_text_encoder`` is ``store_false``, so ``train_text_encoder`` is True
+by default, L181-186, and the text encoder's parameters are clipped with the UNet's, L1233-1243). With several masks,
 each step samples a random non-empty subset of the tokens ("union sampling"): the prompt names only those and
 the masked loss covers the union of their masks.
 
@@ -113,38 +115,42 @@ def class_image_moments(components: SDComponents, prompt: str, count: int, steps
 
 TRAIN = "google/break-a-scene train.py"
 _SHARED: tuple[Setting, ...] = (
-    Setting("learn.capture_layers", "up+down", f"{TRAIN}: aggregate_attention(res=16, from_where=('up', 'down'))"),
-    Setting("learn.same_resolution_maps", True, f"{TRAIN}: only the 16×16 maps"),
-    Setting("learn.terms.masked_diffusion", 1.0, f"{TRAIN}: F.mse_loss(pred·mask, target·mask), the union of the masks"),
+    Setting("learn.capture_layers", "up+down", f"{TRAIN} L1190-1192: aggregate_attention(res=16, from_where=('up', 'down'))"),
+    Setting("learn.same_resolution_maps", True, f"{TRAIN} L1190-1191, L1389-1400: only the 16×16 maps"),
+    Setting("learn.terms.masked_diffusion", 1.0, f"{TRAIN} L1171-1182: F.mse_loss(pred·mask, target·mask), the union (max) of the masks"),
     Setting("learn.terms.att", {"weight": LAMBDA_ATTENTION, "resize": "nearest", "sum_tokens": True},
-            f"{TRAIN}: --lambda_attention 1e-2; attn_loss += F.mse_loss(GT_mask, attn/attn.max()) per sampled token "
+            f"{TRAIN} L403 (--lambda_attention 1e-2), L1184-1223: attn_loss += F.mse_loss(GT_mask, attn/attn.max()) per sampled token "
             "(a sum), nearest-interpolated masks"),
     Setting("learn.context_prompt", "a photo of a {object} with {tokens}",
-            f"{TRAIN} ('a photo of <asset>'), with the object word as in CLiC §4.2"),
-    Setting("learn.optimizer", "adamw", f"{TRAIN}: torch.optim.AdamW"),
-    Setting("learn.weight_decay", 1e-2, f"{TRAIN}: --adam_weight_decay 1e-2"),
-    Setting("learn.token_weight_decay", 1e-2, f"{TRAIN}: the embeddings are in the same AdamW"),
-    Setting("learn.max_grad_norm", 1.0, f"{TRAIN}: --max_grad_norm 1.0"),
+            f"{TRAIN} L533 ('a photo of <asset>'), with the object word as in the CLiC paper §4.2"),
+    Setting("learn.optimizer", "adamw", f"{TRAIN} L852: torch.optim.AdamW"),
+    Setting("learn.weight_decay", 1e-2, f"{TRAIN} L313: --adam_weight_decay 1e-2"),
+    Setting("learn.token_weight_decay", 1e-2, f"{TRAIN} L852-862, L1061-1065: the embeddings are in the same AdamW"),
+    Setting("learn.max_grad_norm", 1.0, f"{TRAIN} L322: --max_grad_norm 1.0"),
 )
 DEFAULT_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4}, {"steps": 400, "token_lr": 2e-6, "attention_lr": 2e-6}),
-            f"{TRAIN}: --phase1_train_steps 400 at --initial_learning_rate 5e-4, then 400 at --learning_rate 2e-6; "
-            "CLiC §4.2 adaptation: phase 2 trains the cross-attention weights"),
-    Setting("learn.train_kv", True, "CLiC §4.2 adaptation (cross-attention weights instead of the whole UNet)"),
-    Setting("learn.train_q_out", True, "CLiC §4.2 adaptation (all cross-attention projections)"),
-    Setting("learn.clip_token_grad", False, f"{TRAIN}: clips unet.parameters() only (the text encoder does not train)"),
+            f"{TRAIN} L201-210 (--phase1_train_steps 400, --phase2_train_steps 400), L249-251 (--initial_learning_rate "
+            "5e-4), L243-245 (--learning_rate 2e-6); CLiC paper §4.2 adaptation: phase 2 trains the cross-attention "
+            "weights"),
+    Setting("learn.train_kv", True, "CLiC paper §4.2 adaptation (cross-attention weights instead of the whole UNet)"),
+    Setting("learn.train_q_out", True, "CLiC paper §4.2 adaptation (all cross-attention projections)"),
+    Setting("learn.clip_token_grad", True, f"{TRAIN} L181-186 (train_text_encoder True by default: --no_train_text_encoder "
+                                           "is store_false), L1233-1243 (unet + text_encoder parameters clipped)"),
 ) + _SHARED
 ORIGINAL_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4},
                              {"steps": 400, "token_lr": 2e-6, "unet_lr": 2e-6, "text_encoder_lr": 2e-6}),
-            f"{TRAIN}: phase 2 fine-tunes the UNet and the text encoder (--train_text_encoder) at 2e-6"),
-    Setting("learn.train_kv", False, f"{TRAIN}: no separate attention copies (the whole UNet trains)"),
-    Setting("learn.train_q_out", False, f"{TRAIN}: no separate attention copies (the whole UNet trains)"),
-    Setting("learn.clip_token_grad", True, f"{TRAIN}: the text encoder trains, so its parameters are clipped too"),
+            f"{TRAIN} L1043-1065: phase 2 fine-tunes the UNet and the text encoder (train_text_encoder, L181-186) at "
+            "--learning_rate 2e-6 (L243-245), after L201-210's 400 phase-1 steps at 5e-4 (L249-251)"),
+    Setting("learn.train_kv", False, f"{TRAIN} L1050-1053: no separate attention copies (the whole UNet trains)"),
+    Setting("learn.train_q_out", False, f"{TRAIN} L1050-1053: no separate attention copies (the whole UNet trains)"),
+    Setting("learn.clip_token_grad", True, f"{TRAIN} L181-186, L1233-1243: the text encoder trains, its parameters "
+                                           "are clipped with the UNet's"),
     Setting("learn.prior", dict(PRIOR_DEFAULTS),
-            f"{TRAIN}: prior preservation on by default (--no_prior_preservation turns it off), --prior_loss_weight 1, "
-            "--num_class_images 100, --class_prompt 'a photo at the beach'; class images from the base model "
-            "(50 DDIM steps, guidance 7.5: the pipeline's defaults)"),
+            f"{TRAIN} L134 (prior preservation on by default: --no_prior_preservation turns it off), L140 "
+            "(--prior_loss_weight 1), L146-148 (--num_class_images 100), L128-130 (--class_prompt 'a photo at the "
+            "beach'); class images from the base model (50 DDIM steps, guidance 7.5: the pipeline's defaults)"),
 ) + _SHARED
 
 
@@ -165,7 +171,7 @@ class BreakAScene(Method):
         weight_decay=1e-2,
         token_weight_decay=1e-2,
         max_grad_norm=1.0,
-        clip_token_grad=False,  # train.py clips unet.parameters() only unless the text encoder trains
+        clip_token_grad=True,  # train.py L1233-1243: train_text_encoder is True by default, the token rows are clipped
     )
     declared_settings = {"default": DEFAULT_SETTINGS, "original": ORIGINAL_SETTINGS}
     presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}

@@ -5,13 +5,15 @@ below are of that ``train.py``):
 
 1. Locate — K is *found*, never given (``get_self_attention`` / ``cluster_attention``, L1634-1790). One UNet
    pass on the un-noised latents at t = 0 with the empty prompt records the self-attention of every layer
-   (down, mid, up); each layer's head-averaged map is upsampled to the latent grid (keys bilinear, queries
+   (down, mid, up); each layer's map averaged over the heads the released store keeps (attn[h // 2:],
+   ``ptp_utils.py`` L137-140: with its batch of 1, the last half of the heads) is upsampled to the latent grid (keys bilinear, queries
    repeated) and the layers are averaged with weights res/64. Rows (one distribution per pixel) are
    *pre-clustered* with FINCH (first-neighbour clustering, symmetric KL distance) at the first partition with
    ≥ 10 clusters whose next has < 10; each cluster is kept when its mean end-of-text-token cross-attention
    (16² up/down maps, min-max normalised) exceeds the image mean (score > 1: salient, not background); the
    kept clusters are *merged* by FINCH again on their mean rows, only across spatially connected masks and
-   only below the similarity threshold of the pre-clustering round. Each merged cluster is a concept: a mask
+   only below the threshold of the pre-clustering round, max(orig_dist · adj) with the adjacency A·Aᵀ that
+   counts mutual first neighbours twice (``clustering/finch.py`` L56-61, L207). Each merged cluster is a concept: a mask
    and a mean self-attention map ("feature").
 2. Learn — tokens only, from arbitrary vocabulary rows (L891-897: the rows 2·50 before the vocabulary's end),
    first *split* (5 tokens per concept, L622-627), merged into their mean at step 100 (L1236-1253). Each step
@@ -27,8 +29,11 @@ below are of that ``train.py``):
 Differences kept on purpose: locating uses the posterior mean (the code samples the latent) so a seed fixes the
 masks; the located masks are re-matched never (the code locates once, at step 0, too); mixed precision is not
 reproduced; a FINCH run with no partition of ≥ 10 clusters (tiny grids) uses its last partition with ≥ 10 or
-else its first (the code would stop with an unbound index); the code's gradient clipping covers the UNet only,
-which does not train, so it is omitted.
+else its first (the code would stop with an unbound index). The token gradient is clipped to norm 1 as the code
+clips it: ``--no_train_text_encoder`` is ``store_false`` (L203-207), so ``train_text_encoder`` is True by default
+and the text encoder's parameters, the token rows among them, are clipped with ``--max_grad_norm`` 1.0 (L344,
+L1458-1467); the code's norm also counts the gradient reaching the prompt's other vocabulary rows, which here do
+not train.
 """
 from __future__ import annotations
 
@@ -78,6 +83,8 @@ class ConceptExpressConfig(MethodConfig):
     vocabulary_offset: int = 100  # init rows: the vocabulary's last 2·num_of_assets (50) rows onward (L894-896)
     pre_cluster_floor: int = 10  # cluster_attention: the first FINCH partition with ≥ 10 clusters and < 10 next
     saliency_threshold: float = 1.0  # cluster_attention: compute_score(mask, eot) > 1.0
+    attention_heads: str = "last_half"  # ptp_utils.py L137-140: the store keeps attn[h // 2:]
+    max_grad_norm: float = 1.0  # train.py --max_grad_norm 1.0, text encoder (token rows) clipped (L1458-1467)
     resolution: int | None = None  # the source's side (recorded)
 
     MERGED: ClassVar[tuple[str, ...]] = ()
@@ -86,6 +93,8 @@ class ConceptExpressConfig(MethodConfig):
     def validate(self) -> None:
         if self.steps <= 0 or self.split_tokens <= 0:
             raise ValueError(f"steps and split_tokens must be positive, got {self.steps}, {self.split_tokens}")
+        if self.attention_heads not in ("all", "last_half"):
+            raise ValueError(f"attention_heads must be 'all' or 'last_half', got {self.attention_heads!r}")
 
 
 # ------------------------------------------------------------------------------------------ FINCH
@@ -119,31 +128,33 @@ def spatially_connected(masks: np.ndarray) -> np.ndarray:
 class Partition:
     labels: np.ndarray  # (N,) cluster of each point
     count: int
-    threshold: float | None  # the largest first-neighbour distance merged in the round that made it
+    threshold: float | None  # max(orig_dist · adj) of the round that made it (finch.py L207); None for the first
 
 
 def finch(data: torch.Tensor, distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = symmetric_kl,
           min_sim: float | None = None, masks: np.ndarray | None = None) -> list[Partition]:
     """FINCH (Sarfraz et al., CVPR 2019) as ConceptExpress's clustering/finch.py runs it: link each point to its
     first neighbour (and points sharing one), optionally cut links longer than ``min_sim`` and links between
-    masks that do not touch, take connected components, repeat on the clusters' means until nothing merges."""
+    masks that do not touch, take connected components, repeat on the clusters' means until nothing merges.
+    Each later round records max(orig_dist · adj) (L207): adj = A·Aᵀ without its diagonal (A: first-neighbour
+    links + I, L56-61) is 2 for mutual first neighbours, so their distance counts twice."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
 
     def one_round(points: torch.Tensor, member_masks: np.ndarray | None) -> tuple[np.ndarray, int, float]:
         n = points.shape[0]
-        dist = distance(points, points)
-        dist.fill_diagonal_(float("inf"))
-        first = dist.argmin(dim=1).numpy()
+        dist = distance(points, points).numpy().astype(np.float64)
+        np.fill_diagonal(dist, 1e12)  # finch.py L36
+        first = dist.argmin(axis=1)
         link = csr_matrix((np.ones(n), (np.arange(n), first)), shape=(n, n)) + csr_matrix(np.eye(n))
         adjacency = (link @ link.T).toarray()
         np.fill_diagonal(adjacency, 0)
-        used = float(np.where(adjacency > 0, dist.numpy(), 0.0).max()) if (adjacency > 0).any() else 0.0
         if min_sim is not None:
-            adjacency[dist.numpy() > min_sim] = 0
+            adjacency[dist > min_sim] = 0
         if member_masks is not None:
             adjacency[spatially_connected(member_masks) == 0] = 0
         count, labels = connected_components(csr_matrix(adjacency), directed=True, connection="weak")
+        used = float((dist * adjacency).max())  # after the cuts, as L207 reads the adjacency get_clust changed
         return labels, count, used
 
     def means(values: torch.Tensor, labels: np.ndarray, count: int) -> torch.Tensor:
@@ -230,9 +241,10 @@ def locate_concepts(components: SDComponents, image: torch.Tensor, config: Conce
     eot = int((ids[0] == components.tokenizer.eos_token_id).nonzero()[0, 0])
     capture = AttentionCapture(components.unet, "up+down", train_kv=False)
     capture.same_resolution_only = True  # aggregate_attention(res=16, ("up", "down")): one resolution
+    capture.buffer.heads = config.attention_heads
     try:
         capture.set_tokens([[eot]])
-        with recording_self_attention(components.unet, "all", max_side=side) as maps:
+        with recording_self_attention(components.unet, "all", max_side=side, heads=config.attention_heads) as maps:
             components.unet(latents, torch.zeros(1, dtype=torch.long, device=latents.device), encoder_hidden_states=text)
         eot_map = capture.mean_map(capture_resolution(capture, components))[0, 0]
     finally:
@@ -315,6 +327,7 @@ def learn_concept_express(components: SDComponents, source: ConceptSource, confi
     tokens = ConceptTokens(components.tokenizer, components.text_encoder, split_names, init_vectors=init)
     capture = AttentionCapture(components.unet, "up+down", train_kv=False)
     capture.same_resolution_only = True
+    capture.buffer.heads = config.attention_heads
     resolution = capture_resolution(capture, components)
     moments = vae_moments(components, image[None])
     flipped_moments = vae_moments(components, image.flip(-1)[None])
@@ -366,6 +379,8 @@ def learn_concept_express(components: SDComponents, source: ConceptSource, confi
                 values["supcon"] = float(contrast.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.max_grad_norm > 0:  # train_text_encoder is True by default: the token rows are clipped
+                torch.nn.utils.clip_grad_norm_([tokens.parameter], config.max_grad_norm)
             optimizer.step()
             values.update(total=float(loss.detach()), step=step, tokens=float(len(row)))
             loss_log.append(values)
@@ -392,21 +407,25 @@ def learn_concept_express(components: SDComponents, source: ConceptSource, confi
 
 
 FIELD_SOURCES = {
-    "steps": "scripts/train.sh --phase1_train_steps 500",
-    "lr": "scripts/train.sh --initial_learning_rate 5e-4",
-    "weight_decay": f"{CODE} --adam_weight_decay 1e-2 (AdamW)",
-    "lambda_attention": "scripts/train.sh --lambda_attention 1e-5",
-    "weight_contrast": "scripts/train.sh --weight_contrast 1e-3",
-    "temperature": "scripts/train.sh --temperature 0.07",
-    "split_tokens": "scripts/train.sh --num_split_tokens 5",
-    "merge_step": "scripts/train.sh --merge_step 100",
-    "p_flip": f"{CODE} DreamBoothDataset flip_p 0.5 (the only augmentation)",
-    "sinkhorn_epsilon": "ptp_utils.wasser_loss: SinkhornOT(..., 1e-3, 200)",
-    "sinkhorn_iterations": "ptp_utils.wasser_loss: SinkhornOT(..., 1e-3, 200)",
+    "steps": "haoosz/ConceptExpress scripts/train.sh L6: --phase1_train_steps 500",
+    "lr": "haoosz/ConceptExpress scripts/train.sh L11: --initial_learning_rate 5e-4",
+    "weight_decay": f"{CODE} L335 (--adam_weight_decay 1e-2), L952 (AdamW)",
+    "lambda_attention": "haoosz/ConceptExpress scripts/train.sh L15: --lambda_attention 1e-5",
+    "weight_contrast": "haoosz/ConceptExpress scripts/train.sh L13: --weight_contrast 1e-3",
+    "temperature": "haoosz/ConceptExpress scripts/train.sh L14: --temperature 0.07",
+    "split_tokens": "haoosz/ConceptExpress scripts/train.sh L12: --num_split_tokens 5",
+    "merge_step": "haoosz/ConceptExpress scripts/train.sh L5: --merge_step 100",
+    "p_flip": f"{CODE} L674, L710 (DreamBoothDataset flip_p 0.5, the only augmentation)",
+    "sinkhorn_epsilon": "haoosz/ConceptExpress ptp_utils.py L707-725 (wasser_loss: SinkhornOT(..., 1e-3, 200))",
+    "sinkhorn_iterations": "haoosz/ConceptExpress ptp_utils.py L707-725 (wasser_loss: SinkhornOT(..., 1e-3, 200))",
     "prompt": f"{CODE} L865: 'a photo of ' + ' and '.join(tokens)",
     "vocabulary_offset": f"{CODE} L894-896: new rows = rows [-3N:-2N] of the resized vocabulary, N = --num_of_assets 50",
-    "pre_cluster_floor": f"{CODE} L1705-1709: the first FINCH partition with ≥ 10 clusters and < 10 next",
-    "saliency_threshold": f"{CODE} L1735: compute_score(mask, eot_attn_mask) > 1.0",
+    "pre_cluster_floor": f"{CODE} L1703-1706: the first FINCH partition with ≥ 10 clusters and < 10 next",
+    "saliency_threshold": f"{CODE} L1736, L1743: compute_score(mask, eot_attn_mask) > 1.0",
+    "attention_heads": "haoosz/ConceptExpress ptp_utils.py L137-140: the store keeps attn[h // 2:] (batch 1: the "
+                       "last half of the heads)",
+    "max_grad_norm": f"{CODE} L203-207 (--no_train_text_encoder is store_false: the text encoder trains), L344 "
+                     "(--max_grad_norm 1.0), L1458-1467 (its parameters, the token rows among them, are clipped)",
 }
 
 
@@ -430,7 +449,8 @@ class ConceptExpress(Method):
         "AdamW, weight decay 1e-2": f"{CODE} (torch.optim.AdamW, --adam_weight_decay 1e-2)",
         "locate at t = 0, un-noised latents, empty prompt, every self-attention layer": f"{CODE} L1179-1227, L1649-1676",
         "FINCH pre-clustering (symmetric KL) at ≥ 10 clusters, merge under its threshold between touching masks":
-            f"{CODE} L1689-1790; clustering/finch.py; ptp_utils.get_connect",
+            f"{CODE} L1689-1790; clustering/finch.py L56-61, L207 (threshold max(orig_dist · adj), mutual neighbours "
+            "twice); ptp_utils.get_connect",
         "background: end-of-text cross-attention saliency score ≤ 1": f"{CODE} L1720-1745; ptp_utils.compute_score",
         "tokens from vocabulary rows (random init)": f"{CODE} L891-897",
         "5 split tokens per concept, merged (mean) at step 100": f"{CODE} L1233-1253; scripts/train.sh",

@@ -131,8 +131,9 @@ class EMLoop:
 
 
 RAHMAN = "Rahman et al. 2024 §3"
-CUTLER_SOURCE = ("CutLER cutler/crf.py (MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10, Bi_XY_STD 50, Bi_RGB_STD 5; "
-                 "unary_from_softmax of the binary masks); kernels as our torch CRF (pydensecrf normalises them)")
+CUTLER_SOURCE = ("facebookresearch/CutLER maskcut/crf.py L11-16 (MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10, Bi_XY_STD 50, "
+                 "Bi_RGB_STD 5), L35-43 (unary_from_softmax of the binary masks, 10 iterations); "
+                 "kernels as our torch CRF (pydensecrf normalises them)")
 DEFAULT_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4}, {"steps": 400, "token_lr": 2e-6, "attention_lr": 2e-6}),
             f"{RAHMAN}: token-only EM, then tokens + cross-attention with the masks fixed; lengths and rates our "
@@ -140,8 +141,8 @@ DEFAULT_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.train_kv", True, f"{RAHMAN}: the joint phase trains the cross-attention weights"),
     Setting("learn.capture_layers", "all", f"{RAHMAN}: maps averaged over all cross-attention layers"),
     Setting("learn.terms.masked_diffusion", 1.0, f"{RAHMAN} (after Break-A-Scene): masked diffusion loss"),
-    Setting("learn.terms.att", LAMBDA_ATTENTION, f"{RAHMAN}: attention loss; λ 1e-2 from Break-A-Scene's train.py"),
-    Setting("learn.context_prompt", "a photo of a {object} with {tokens}", "Break-A-Scene's prompt with the object word"),
+    Setting("learn.terms.att", LAMBDA_ATTENTION, f"{RAHMAN}: attention loss; λ 1e-2 from google/break-a-scene train.py L403"),
+    Setting("learn.context_prompt", "a photo of a {object} with {tokens}", "google/break-a-scene train.py L533 ('a photo of <asset>') with the object word"),
     Setting("learn.augment.p_flip", 0.0, "our choice: masks are re-estimated on the unaugmented source"),
     Setting("learn.augment.p_zoom", 0.0, "our choice: masks are re-estimated on the unaugmented source"),
     Setting("em.crf", {k: v for k, v in asdict(CUTLER).items() if k != "max_side"}, CUTLER_SOURCE),
@@ -189,13 +190,13 @@ class EMMasks(Method):
         "default": DEFAULT_SETTINGS,
         "tokens-only": replaced(
             DEFAULT_SETTINGS,
-            Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4},), "ablation: the token-only EM phase alone"),
-            Setting("learn.train_kv", False, "ablation: no cross-attention weights")),
-        "user-init": DEFAULT_SETTINGS + (Setting("em.init_from_user_masks", True, "ablation: the first masks are the user's"),),
+            Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4},), "ablation (the project's choice): the token-only EM phase alone"),
+            Setting("learn.train_kv", False, "ablation (the project's choice): no cross-attention weights")),
+        "user-init": DEFAULT_SETTINGS + (Setting("em.init_from_user_masks", True, "ablation (the project's choice): the first masks are the user's"),),
         "smoke": replaced(
             DEFAULT_SETTINGS,
-            Setting("em.e_every", 10, "CPU test scale, not a paper setting"),
-            Setting("em.attention_timesteps", 8, "CPU test scale, not a paper setting")),
+            Setting("em.e_every", 10, "the project's choice: CPU test scale, not a paper setting"),
+            Setting("em.attention_timesteps", 8, "the project's choice: CPU test scale, not a paper setting")),
     }
     presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"

@@ -8,6 +8,11 @@ source mask — the reference weights its loss by a per-pixel map (``weightings`
 region to learn is the one the source mask delineates. Transfer inpaints the target mask with the token
 from pure noise, classifier-free guided, and puts the target's own latents back outside the mask.
 Two-stage generation does not apply to an inpainting model: ``generate`` is unsupported.
+
+Preset ``original`` is the reference recipe itself: rank-16 LoRA (α 27) on the UNet's and the text encoder's
+attention projections through peft, AdamW at 2e-4 (UNet) / 4e-5 (text encoder), weight decay 1e-2, clipping 1.0,
+the fixed prompt "a photo of sks" (the token starts at "sks" and does not train), 2000 steps of batch 16. The
+adapters are saved in the concept and taken out of the model after learning (:mod:`clic.lora`).
 """
 from __future__ import annotations
 
@@ -35,17 +40,48 @@ P_EMPTY_PROMPT = 0.1  # the dataset's prompt dropout ("" with probability 0.1)
 
 
 REFERENCE = "diffusers examples/research_projects/realfill/train_realfill.py"
-SETTINGS: tuple[Setting, ...] = (
-    Setting("learn.terms.masked_diffusion", 1.0, f"{REFERENCE}: (weightings * mse).mean(); the weighting is the "
-                                                 "concept's source mask (CLiC's protocol learns the masked region)"),
-    Setting("learn.train_kv", True, "CLiC §4.2 adaptation: token + cross-attention K/V of the inpainting UNet "
-                                    f"(the reference trains rank-16 LoRA with AdamW 2e-4 / 4e-5)"),
-    Setting("learn.steps", 500, "CLiC §4.2: 500 steps for every method"),
-    Setting("learn.lr", 1e-5, "CLiC §4.2: the baselines' learning rate"),
-    Setting("inpaint.hole_masks", "make_mask", f"{REFERENCE} make_mask: 1–29 rectangles, sides 3–25 %, margin 1 %, "
-                                             "inverted w.p. 0.5; whole image w.p. 0.1 (RealFillDataset)"),
-    Setting("inpaint.empty_prompt_probability", P_EMPTY_PROMPT, f"{REFERENCE} RealFillDataset: '' w.p. 0.1"),
+README = "diffusers examples/research_projects/realfill/README.md"
+CLIC = "CLiC paper (CVPR 2024)"
+CLIC_BUDGET = (f"{CLIC} §4 preamble ('In all of our experiments … 500 steps … Adam, learning rate 1e-5'), read as "
+               "applying to the baselines (the paper's adaptation)")
+_SHARED: tuple[Setting, ...] = (
+    Setting("learn.terms.masked_diffusion", 1.0, f"{REFERENCE} L879: (weightings * mse).mean(); the weighting is "
+                                                 "the concept's source mask (CLiC's protocol learns the masked region)"),
+    Setting("inpaint.hole_masks", "make_mask", f"{REFERENCE} L51 make_mask: 1–29 rectangles, sides 3–25 %, margin "
+                                             "1 %, inverted w.p. 0.5; whole image w.p. 0.1 (L483-486)"),
+    Setting("inpaint.empty_prompt_probability", P_EMPTY_PROMPT, f"{REFERENCE} L490: '' w.p. 0.1"),
 )
+SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.train_kv", True, f"{CLIC} §4.2 adaptation: token + cross-attention K/V of the inpainting UNet"),
+    Setting("learn.steps", 500, CLIC_BUDGET),
+    Setting("learn.lr", 1e-5, CLIC_BUDGET),
+) + _SHARED
+LORA = {"rank": 16, "alpha": 27, "dropout": 0.0, "unet_targets": ("to_k", "to_q", "to_v", "key", "query", "value"),
+        "text_targets": ("k_proj", "q_proj", "v_proj")}
+ORIGINAL_SETTINGS: tuple[Setting, ...] = (
+    Setting("learn.lora", LORA, f"{REFERENCE} L389-406 (--lora_rank 16, --lora_alpha 27, --lora_dropout 0), "
+                                "L606-622 (UNet to_k/to_q/to_v/key/query/value, text encoder k/q/v_proj, peft)"),
+    Setting("learn.train_kv", False, f"{REFERENCE} L606-622: LoRA only, no separate attention copies"),
+    Setting("learn.phases", ({"steps": 2000, "token_lr": 0.0, "unet_lr": 2e-4, "text_encoder_lr": 4e-5},),
+            f"{README} L60-64 (--unet_learning_rate 2e-4 --text_encoder_learning_rate 4e-5 --max_train_steps 2000, "
+            f"constant schedule); {REFERENCE} L275-284 (the same defaults); the prompt's word is not trained"),
+    Setting("learn.gradient_accumulation", 16, f"{README} L58 (--train_batch_size 16): here 16 accumulated single "
+                                               "images (the project's choice to reach the batch)"),
+    Setting("learn.scale_lr", False, f"{REFERENCE} L287-289 (--scale_lr off by default; the README does not set it)"),
+    Setting("learn.optimizer", "adamw", f"{REFERENCE} L713-724 (torch.optim.AdamW, UNet and text encoder groups)"),
+    Setting("learn.weight_decay", 1e-2, f"{REFERENCE} L316 (--adam_weight_decay 1e-2)"),
+    Setting("learn.max_grad_norm", 1.0, f"{REFERENCE} L318, L883-885 (UNet + text encoder parameters clipped)"),
+    Setting("learn.clip_token_grad", False, f"{REFERENCE} L883-885: only the adapters have gradients there (the "
+                                            "embedding is frozen by get_peft_model, L613, L622)"),
+    Setting("learn.context_prompt", "a photo of {tokens}", f"{REFERENCE} L450 (train_prompt 'a photo of sks')"),
+    Setting("learn.init_word", "sks", f"{REFERENCE} L450: the prompt's rare word 'sks' (its embedding, untrained)"),
+    Setting("learn.augment.p_flip", 0.0, f"our choice: {REFERENCE} L452-460 flips nothing; its random resize "
+                                         "(1–1.125×) + crop is not reproduced"),
+    Setting("learn.augment.p_zoom", 0.0, f"our choice: {REFERENCE} L455-456 resizes by 1–1.125× and crops; not "
+                                         "reproduced (CLiC's zoom is not the reference's)"),
+    Setting("learn.augment.p_jitter", 0.0, f"{REFERENCE} L452-460: no colour jitter"),
+    Setting("learn.augment.p_grayscale", 0.0, f"{REFERENCE} L452-460: no grayscale"),
+) + _SHARED
 
 
 def _randint(low: int, high: int, generator: torch.Generator | None) -> int:
@@ -159,7 +195,7 @@ class RealFill(Method):
     tasks = frozenset({"learn", "transfer"})
     needs_inpainting = True
     base_config = LearnConfig(terms={"masked_diffusion": 1.0}, train_kv=True)
-    declared_settings = {"default": SETTINGS}
+    declared_settings = {"default": SETTINGS, "original": ORIGINAL_SETTINGS}
     presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
     sources = {setting.key: setting.source for setting in SETTINGS}

@@ -107,7 +107,7 @@ class SingleInsertConfig(MethodConfig):
     lora_rank: int = 4
     terms: Mapping[str, Any] = field(default_factory=lambda: {"si_fg": 1.0, "si_bg": 1.0, "si_sm": 1.0})
     prompt: str = "{token} {object}"  # §3.2: the prompt "* CLASS" (the token, then the class word)
-    class_prompt: str = "a photo of a {object}"
+    class_prompt: str = "{object}"  # train.py L1001: class_prompt = args.class_name
     optimizer: str = "adam"  # "adam" | "adamw"
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0  # >0: clip the trained parameters' gradient norm
@@ -404,10 +404,13 @@ class _adapters_disabled:
 
 
 def _remove_adapters(components: SDComponents) -> None:
-    """Leave the components as they were loaded (the adapters live on in the concept)."""
-    if ADAPTER in (getattr(components.unet, "peft_config", None) or {}):
-        components.unet.delete_adapters(ADAPTER)
-        components.text_encoder.delete_adapter(ADAPTER)
+    """Leave the components as they were loaded (the adapters live on in the concept): the adapter layers are
+    taken out of the module tree, not only deleted (``delete_adapters`` leaves the peft wrappers, and with them
+    renamed parameters that make a lent model reload)."""
+    from ..lora import remove_lora
+
+    remove_lora(components.unet)
+    remove_lora(components.text_encoder)
 
 
 # ------------------------------------------------------------------------------------ the method
@@ -424,32 +427,34 @@ PAPER_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.terms", {"si_fg": 1.0, "si_bg": 1.0, "si_sm": 1.0},
             f"{PAPER} §3.2-3.3: L_fg + γ L_bg (+ η L_sm in stage II), γ = η = 1 ({CODE} --bg_weight 1 --sm_weight 1)"),
     Setting("learn.prompt", "{token} {object}", f"{PAPER} §3.2: '* CLASS' ({CODE}: ' '.join([placeholder, class_name]))"),
-    Setting("learn.class_prompt", "a photo of a {object}", "our choice for the paper preset: the class prompt of x̄₀"),
+    Setting("learn.class_prompt", "{object}", f"{PAPER} §3.2 (x̄₀ from the class name); {CODE} L1001: "
+                                              "class_prompt = args.class_name"),
     Setting("learn.encoder_model", "auto", f"{PAPER} §4.1: CLIP ViT-B/32 image encoder ({CODE}: VisionTransformer "
                                            "patch 32, width 768, 12 layers); 'auto' = ViT-B-32 on a real model, a tiny "
                                            "seeded ViT on the tiny one"),
     Setting("learn.optimizer", "adam", "our choice: the paper names no optimizer"),
-    Setting("generate.stage_one_steps", 5, "CLiC §3.3 protocol: the first 5 steps on the base model (adapters off)"),
+    Setting("generate.stage_one_steps", 5, "CLiC paper §4.1 (two-stage generation): the first 5 steps on the base model (adapters off)"),
 )
 ONE_STAGE_SETTINGS: tuple[Setting, ...] = replaced(
     PAPER_SETTINGS,
-    Setting("generate.stage_one_steps", 0, f"{PAPER}: generation with the adapted model at every step"),
-    Setting("generate.prompt", "a photo of {token} on an {object}", f"{PAPER}: the token in the generation prompt"),
+    Setting("generate.stage_one_steps", 0, f"{PAPER} §4.1: generation with the adapted model at every step"),
+    Setting("generate.prompt", "a photo of {token} on an {object}", f"{PAPER} §4.1: the token in the generation "
+                                                                         "prompt; the wording our choice"),
 )
 OFFICIAL_SETTINGS: tuple[Setting, ...] = (
-    Setting("learn.stage_one_steps", 50, f"{CODE} --s1_train_steps 50"),
-    Setting("learn.stage_one_lr", 1e-4, f"{CODE} --s1_learning_rate 1e-4"),
-    Setting("learn.stage_one_batch_size", 4, f"{CODE} --s1_train_batch_size 4"),
-    Setting("learn.stage_two_steps", 50, f"{CODE} --s2_train_steps 50 (README: 50 for both stages)"),
-    Setting("learn.stage_two_lr", 5e-5, f"{CODE} --s2_learning_rate 5e-5"),
-    Setting("learn.stage_two_batch_size", 4, f"{CODE} --s2_train_batch_size 4"),
-    Setting("learn.lora_rank", 4, f"{CODE} --rank 4"),
-    Setting("learn.prompt", "{token} {object}", f"{CODE}: ' '.join([placeholder_token, class_name])"),
-    Setting("learn.class_prompt", "{object}", f"{CODE}: class_prompt = args.class_name"),
-    Setting("learn.optimizer", "adamw", f"{CODE}: torch.optim.AdamW"),
-    Setting("learn.weight_decay", 1e-2, f"{CODE} --adam_weight_decay 1e-2"),
-    Setting("learn.max_grad_norm", 1.0, f"{CODE} --max_grad_norm 1.0"),
-    Setting("generate.stage_one_steps", 5, "CLiC §3.3 protocol: the first 5 steps on the base model (adapters off)"),
+    Setting("learn.stage_one_steps", 50, f"{CODE} L237: --s1_train_steps 50"),
+    Setting("learn.stage_one_lr", 1e-4, f"{CODE} L286-290: --s1_learning_rate 1e-4"),
+    Setting("learn.stage_one_batch_size", 4, f"{CODE} L231: --s1_train_batch_size 4"),
+    Setting("learn.stage_two_steps", 50, f"{CODE} L240: --s2_train_steps 50 (README: 50 for both stages)"),
+    Setting("learn.stage_two_lr", 5e-5, f"{CODE} L292-296: --s2_learning_rate 5e-5"),
+    Setting("learn.stage_two_batch_size", 4, f"{CODE} L234: --s2_train_batch_size 4"),
+    Setting("learn.lora_rank", 4, f"{CODE} L407-410: --rank 4"),
+    Setting("learn.prompt", "{token} {object}", f"{CODE} L477: ' '.join([placeholder_token, class_name])"),
+    Setting("learn.class_prompt", "{object}", f"{CODE} L1001: class_prompt = args.class_name"),
+    Setting("learn.optimizer", "adamw", f"{CODE} L853: torch.optim.AdamW"),
+    Setting("learn.weight_decay", 1e-2, f"{CODE} L335: --adam_weight_decay 1e-2"),
+    Setting("learn.max_grad_norm", 1.0, f"{CODE} L337: --max_grad_norm 1.0"),
+    Setting("generate.stage_one_steps", 5, "CLiC paper §4.1 (two-stage generation): the first 5 steps on the base model (adapters off)"),
 )
 
 

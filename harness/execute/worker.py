@@ -135,7 +135,7 @@ def _mask_for_unmasked_source(method, node: LearnNode, image):
     """The learning mask of a manifest row without ``source_mask`` (and the estimate to keep, if any).
 
     Methods that estimate their own masks get a whole-image placeholder; methods with RoI matching (CLiC)
-    get the automatic source mask of the paper (§3.4), learned on fresh components; others cannot learn.
+    get the automatic source mask of the paper (§3.3), learned on fresh components; others cannot learn.
     """
     import torch
 
