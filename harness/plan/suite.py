@@ -6,7 +6,7 @@ A suite file (``benchmarks/*.yaml``)::
     description: ""                   # free text for reports
     manifest: ../manifests/furniture/manifest.parquet  # required; relative to this file, a URI, or a list
                                       # (``manifests: [...]`` is the same key in its list form)
-    model: tiny                       # "tiny", a local diffusers folder (relative to this file) or an HF id
+    model: tiny                       # "tiny", a local diffusers folder or single-file .safetensors/.ckpt (relative to this file) or an HF id
     inpainting_model: null            # default null: tiny -> tiny-inpaint; real runs of RealFill name an SD inpainting model
     resolution: null                  # default null: the model's native image side (64 tiny, 512 SD 1.x)
     device: auto                      # default auto: the GPU Ray assigned a task (resources.num_gpus > 0), else the CPU
@@ -449,7 +449,7 @@ class _SuiteReader:
         if value in TINY_MODELS:
             return value
         relative = self.base_dir / Path(value).expanduser()
-        if relative.is_dir():  # a folder named relative to the suite file (absolute paths pass through)
+        if relative.is_dir() or relative.is_file():  # a folder or checkpoint file named relative to the suite file
             return os.path.abspath(relative)
         return value  # "tiny", an HF id, or a path clic.models resolves
 
