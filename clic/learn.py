@@ -582,6 +582,7 @@ def _snapshot(state: TrainState, source: ConceptSource, config: LearnConfig, met
         object_word=source.object_word,
         vectors=state.tokens.vectors(),
         attention_state=state.capture.state_dict(),
+        attention_layers=list(state.capture.unet.attn_processors),
         train_kv=config.train_kv,
         train_q_out=config.train_q_out,
         model_id=state.components.model_id,
