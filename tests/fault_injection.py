@@ -7,8 +7,11 @@ It is cut-and-paste (:mod:`clic.methods.cut_paste`) plus one injected fault, cho
   worker. Only the first attempt dies: a marker file is created just before, so the retry (Ray's
   system-failure retry) finds it and succeeds. Markers live beside the concept folder being written
   (``<concepts root>/.fault-*``), i.e. inside the run folder, keyed by the source (and target) content.
-- ``nan-loss`` / ``oom``: a deterministic error in learning (a NaN loss; a CUDA out-of-memory error),
-  raised on every attempt: the harness must record it as a failed job, not retry it forever.
+- ``nan-loss``: a deterministic error in learning, raised on every attempt: the harness must record it as a
+  failed job, not retry it.
+- ``oom`` / ``oom-once``: ``torch.cuda.OutOfMemoryError`` in learning on every attempt / on the first attempt of
+  each concept only. Out of memory is the machine's failure: the harness retries it with a larger packing (a
+  whole GPU) up to ``max_retries`` and says so in the rows.
 - ``disk-full-once``: the first learning attempt of each concept raises ``OSError(ENOSPC)``, the way a full
   disk ends a job; later attempts succeed (a marker, as for kill-once). The harness must treat it as the
   machine's failure, not the job's: the next run runs the job again without ``--retry-failed``.
@@ -16,8 +19,8 @@ It is cut-and-paste (:mod:`clic.methods.cut_paste`) plus one injected fault, cho
   holds its worker. Scheduling tests use it: two such jobs cannot share a 1-CPU node, so jobs that
   overlap in time must run on different nodes, however fast the machine is.
 
-Every learning attempt appends a line to ``<concepts root>/.fault-attempts-<key>``, so a test can count
-how many times the harness ran it.
+Every learning attempt appends a line ``PID:gpus=G:cpus=C`` (the Ray resources the attempt was given) to
+``<concepts root>/.fault-attempts-<key>``, so a test can count how many times the harness ran it, and with what.
 
 Do not benchmark it; its numbers are cut-and-paste's. It exists so that worker death, node loss and
 failing jobs can be tested on CPU in seconds.
@@ -48,6 +51,17 @@ def _content_key(*tensors: torch.Tensor, label: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _assigned_resources() -> str:
+    """``gpus=G:cpus=C``: what Ray gave this attempt (``gpus=?:cpus=?`` outside a Ray task)."""
+    try:
+        import ray
+
+        assigned = ray.get_runtime_context().get_assigned_resources()
+    except Exception:  # not in a Ray worker (a direct call in a test)
+        return "gpus=?:cpus=?"
+    return f"gpus={assigned.get('GPU', 0):g}:cpus={assigned.get('CPU', 0):g}"
+
+
 def _die_once(marker: Path) -> None:
     """SIGKILL this process unless ``marker`` exists; create it first so that the next attempt lives."""
     if marker.exists():
@@ -65,6 +79,7 @@ class FaultInjection(CutPaste):
         "kill-once-in-transfer": {"fault": {"kind": "kill-once", "phase": "transfer"}},
         "nan-loss": {"fault": {"kind": "nan-loss", "phase": "learn"}},
         "oom": {"fault": {"kind": "oom", "phase": "learn"}},
+        "oom-once": {"fault": {"kind": "oom-once", "phase": "learn"}},
         "disk-full-once": {"fault": {"kind": "disk-full-once", "phase": "learn"}},
         "slow": {"fault": {"kind": "delay", "phase": "learn+transfer", "seconds": 0.5}},
     }
@@ -80,13 +95,13 @@ class FaultInjection(CutPaste):
         fault = self.fault(preset)
         steps = int(self.learn_config(preset, overrides).steps)
         markers = Path(out_dir).parent if out_dir is not None else None
-        if fault["kind"] in ("kill-once", "disk-full-once") and markers is None:
+        if fault["kind"] in ("kill-once", "disk-full-once", "oom-once") and markers is None:
             raise ValueError("fault_injection: kill-once needs out_dir (its marker file lives beside it)")
         key = _content_key(source.image, source.masks, label=f"{preset or self.default_preset}:{seed}")
         if markers is not None:  # one line per attempt, so tests can count how often the harness tried
             markers.mkdir(parents=True, exist_ok=True)
             with (markers / f"{MARKER_PREFIX}attempts-{key}").open("a") as log:
-                log.write(f"{os.getpid()}\n")
+                log.write(f"{os.getpid()}:{_assigned_resources()}\n")
         if fault["kind"] == "delay":
             time.sleep(float(fault["seconds"]))
         elif fault["phase"] == "learn":
@@ -98,8 +113,12 @@ class FaultInjection(CutPaste):
                 elif fault["kind"] == "disk-full-once" and not (markers / f"{MARKER_PREFIX}disk-{key}").exists():
                     (markers / f"{MARKER_PREFIX}disk-{key}").touch()
                     raise OSError(errno.ENOSPC, "No space left on device (injected by fault_injection)")
-                elif fault["kind"] == "oom":
-                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by fault_injection)")
+                elif fault["kind"] == "oom" or (fault["kind"] == "oom-once"
+                                                and not (markers / f"{MARKER_PREFIX}oom-{key}").exists()):
+                    if fault["kind"] == "oom-once":
+                        (markers / f"{MARKER_PREFIX}oom-{key}").touch()
+                    raise torch.cuda.OutOfMemoryError(
+                        "CUDA out of memory. Tried to allocate 2.00 GiB (injected by fault_injection)")
         concept = super().learn(components, source, preset=preset, overrides=overrides, seed=seed, out_dir=None)
         concept.method = self.name
         concept.config["fault_markers"] = str(markers) if markers is not None else None

@@ -25,7 +25,8 @@ from ..plan.jobs import (GroupKey, JobGraph, ModelInfo, Pair, Plan, build_job_gr
                          git_describe, group_members, group_prefix, group_result_id)
 from ..plan.resolve import describe_models, load_pairs, method_tasks, plan_from_suite
 from .records import NO_MODEL_LABEL, Recorder, RunSummary, mean_values, now_iso, one_line  # noqa: F401 - re-exported
-from .scheduler import Learn, RunTask, Scheduler, Score, ScoreGroup, Submission, jobs_to_run
+from .scheduler import (Learn, RunTask, Scheduler, Score, ScoreGroup, Submission, jobs_to_run, larger_packing,
+                        packing_text)
 from .scorer import METRIC_ACTOR_PREFIX, forget_metric_scorer, group_member_spec, metric_scorer  # noqa: F401
 from .worker import learn_concept_task, run_task_job, warm_worker
 
@@ -214,8 +215,13 @@ class _RayRun:
         options = job_options(suite)
         self.slots = job_slots(suite)
         scheduler.max_in_flight = max_in_flight or 2 * int(ray.cluster_resources().get("CPU", 1))
-        self.learn_remote = ray.remote(learn_concept_task).options(**options)
-        self.task_remote = ray.remote(run_task_job).options(**options, num_returns=2)
+        self.options, self.max_retries, self.quiet = options, suite.resources.max_retries, quiet
+        self.learn_function, self.task_function = ray.remote(learn_concept_task), ray.remote(run_task_job)
+        self.learn_remote = self.learn_function.options(**options)
+        self.task_remote = self.task_function.options(**options, num_returns=2)
+        # Out of memory is retried with a larger packing (scheduler.larger_packing), keyed by concept or job id:
+        self.retry_options: dict[str, dict[str, float]] = {}  # the resources of the next attempt
+        self.out_of_memory: dict[str, list[str]] = {}  # the packings that ran out of memory, in order
         jobs_to_run = len(graph.jobs) - recorder.summary.skipped - recorder.summary.not_applicable
         self.warming = warming or WarmWorkers.start(suite, recorder.models, max(jobs_to_run, 1))
         # The metric actor holds the models once for the whole run (and the driver's next runs). Jobs start
@@ -261,13 +267,22 @@ class _RayRun:
             except Exception:
                 pass
 
+    def _remote(self, key: str, learn: bool) -> Any:
+        """The learn or task function with the resources of this attempt (larger after running out of memory)."""
+        larger = self.retry_options.get(key)
+        if larger is None:
+            return self.learn_remote if learn else self.task_remote
+        function = self.learn_function if learn else self.task_function
+        return function.options(**{**self.options, **larger}, **({} if learn else {"num_returns": 2}))
+
     def submit(self, submission: Submission) -> None:
         if isinstance(submission, Learn):
-            ref = self.learn_remote.remote(self.graph.learns[submission.concept_id], self.concepts_root)
+            ref = self._remote(submission.concept_id, learn=True).remote(
+                self.graph.learns[submission.concept_id], self.concepts_root)
         elif isinstance(submission, RunTask):
             job = submission.job
             node = self.graph.learns[job.concept_id]
-            ref, self.samples[job.job_id] = self.task_remote.remote(
+            ref, self.samples[job.job_id] = self._remote(job.job_id, learn=False).remote(
                 job, self.learned[job.concept_id], node.model, self.plan.resolution, str(self.run_dir))
         elif isinstance(submission, Score):  # the workers' sample refs: Ray hands their values to the actor
             ref = self.scorer.score.remote(*[self.samples[job.job_id] for job in submission.jobs])
@@ -302,7 +317,8 @@ class _RayRun:
         try:
             result = ray.get(ref)
         except Exception as error:  # a failure is recorded and the run goes on
-            self.failed(submission, error)
+            if not self.retried_for_memory(submission, error):
+                self.failed(submission, error)
             return
         if isinstance(submission, Learn):
             self.learned[submission.concept_id] = result
@@ -313,7 +329,7 @@ class _RayRun:
             self.scheduler.on_finished(submission, ok=True)
         elif isinstance(submission, RunTask):
             self.recorder.summary.node_ids[result["node_id"]] += 1
-            self.records[submission.job.job_id] = result
+            self.records[submission.job.job_id] = {**result, "notes": self.memory_note(submission.job)}
             for job in self.scheduler.on_finished(submission, ok=True):  # done now when nothing scores it
                 self.recorder.ok(job, self.records.pop(job.job_id), [], 0.0)
                 self.samples.pop(job.job_id, None)
@@ -326,10 +342,43 @@ class _RayRun:
             self.scheduler.on_finished(submission, ok=True)
             self._record_group(submission.key, result)
 
+    def retried_for_memory(self, submission: Submission, error: BaseException) -> bool:
+        """A learn or task that ran out of memory runs again with a larger packing, up to ``max_retries`` times."""
+        import ray
+
+        if not isinstance(submission, (Learn, RunTask)) or not run_folder.is_out_of_memory(error):
+            return False
+        key = submission.concept_id if isinstance(submission, Learn) else submission.job.job_id
+        tried = self.out_of_memory.setdefault(key, [])
+        current = {**self.options, **self.retry_options.get(key, {})}
+        tried.append(packing_text(current))
+        if len(tried) > self.max_retries:
+            return False
+        node_cpus = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=1)
+        self.retry_options[key] = larger_packing(current, node_cpus)
+        if not self.quiet:
+            what = "learning concept" if isinstance(submission, Learn) else "job"
+            print(f"{what} {key}: out of memory with {tried[-1]}; retry {len(tried)} of {self.max_retries} with "
+                  f"{packing_text(self.retry_options[key])}", file=sys.stderr)
+        self.submit(submission)
+        return True
+
+    def memory_note(self, job: Any) -> str | None:
+        """What running out of memory did to a job (its concept's learning, then the job itself), for its row."""
+        notes = []
+        for what, key in (("learn", job.concept_id), ("task", job.job_id)):
+            tried = self.out_of_memory.get(key)
+            if tried:
+                ran = f"{what} ran out of memory with {', then '.join(tried)}"
+                notes.append(ran if len(tried) > self.max_retries else
+                             f"{ran}; retried with {packing_text(self.retry_options[key])}")
+        return "; ".join(notes) or None
+
     def failed(self, submission: Submission, error: BaseException) -> None:
         stage = "metric: " if isinstance(submission, Score) else ""
         for job in self.scheduler.on_finished(submission, ok=False):
-            self.recorder.failed(job, error, stage)
+            note = self.memory_note(job) if isinstance(submission, (Learn, RunTask)) else None
+            self.recorder.failed(job, error, f"{note} (max_retries {self.max_retries}): {stage}" if note else stage)
             self.records.pop(job.job_id, None)
             self.samples.pop(job.job_id, None)
         if isinstance(submission, ScoreGroup):  # only the group's values are lost; its members keep their rows

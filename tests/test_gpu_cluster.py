@@ -1,0 +1,102 @@
+"""The harness on a GPU cluster, on a CPU: a local Ray cluster declared with fake GPUs (``ray.init(num_gpus=2)``).
+
+Ray schedules by declared resources, so placement, packing and refusals are exercised without a GPU; the jobs
+themselves run on the CPU (``device: cpu``). Out of memory is injected by the test method ``fault_injection``
+(``torch.cuda.OutOfMemoryError``), which logs the resources Ray gave each attempt.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from harness import store
+from harness.execute import run_folder
+from harness.execute.runner import execute
+from test_reliability import assert_each_job_once
+from test_runner import make_pairs, make_suite
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster() -> Iterator[object]:
+    """2 CPUs and 2 fake GPUs; the shared 2-CPU session (tests/conftest.py) is restored afterwards."""
+    import ray
+
+    from harness.execute.scorer import forget_metric_scorer
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    forget_metric_scorer()
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
+    yield ray
+    ray.shutdown()
+    forget_metric_scorer()
+    if was_running:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
+
+
+def gpu_suite(presets: list[str], resources: dict, **changes) -> object:
+    suite = {"name": "gpu", "model": "tiny", "device": "cpu",
+             "methods": [{"name": "fault_injection", "presets": presets, "learn": {"steps": 2}}],
+             "seeds": [0], "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
+             "resources": resources}
+    suite.update(changes)
+    return make_suite(suite)
+
+
+def attempt_lines(run: Path) -> list[list[str]]:
+    """Per concept, each learning attempt's ``PID:gpus=G:cpus=C`` (tests/fault_injection.py), in order."""
+    logs = sorted((run / store.CONCEPTS_DIR).glob(".fault-attempts-*"))
+    return [[line.split(":", 1)[1] for line in path.read_text().split()] for path in logs]
+
+
+# ------------------------------------------------------------------------------------ out of memory
+def test_out_of_memory_is_retried_with_a_whole_gpu_and_the_row_says_so(gpu_cluster, tmp_path: Path) -> None:
+    pairs = make_pairs(tmp_path / "data", 1)
+    run = tmp_path / "run"
+    suite = gpu_suite(["oom-once"], {"num_cpus": 1, "num_gpus": 0.5, "max_retries": 2})
+    summary = execute(suite, pairs, run, quiet=True)
+    assert (summary.done, summary.failed) == (1, 0)
+    assert attempt_lines(run) == [["gpus=0.5:cpus=1", "gpus=1:cpus=1"]]  # half a GPU ran out; a whole one did not
+    results = store.read_results(run)
+    assert set(results["status"]) == {"ok"}
+    assert set(results["notes"]) == {"learn ran out of memory with num_gpus 0.5; retried with num_gpus 1"}
+    assert_each_job_once(run, 1)
+
+
+def test_out_of_memory_on_every_attempt_fails_after_max_retries_as_the_machines_failure(
+        gpu_cluster, tmp_path: Path) -> None:
+    pairs = make_pairs(tmp_path / "data", 1)
+    run = tmp_path / "run"
+    suite = gpu_suite(["oom"], {"num_cpus": 1, "num_gpus": 0.5, "max_retries": 2})
+    summary = execute(suite, pairs, run, quiet=True)
+    assert (summary.done, summary.failed, summary.infrastructure_failed) == (0, 1, 1)
+    assert attempt_lines(run) == [["gpus=0.5:cpus=1", "gpus=1:cpus=1", "gpus=1:cpus=1"]]  # 1 + max_retries
+    error = store.read_results(run)["error"].iloc[0]
+    assert error.startswith(run_folder.INFRASTRUCTURE_PREFIX + "learn ran out of memory with num_gpus 0.5, then "
+                            "num_gpus 1, then num_gpus 1 (max_retries 2): "), error
+    assert "CUDA out of memory" in error
+    assert run_folder.infrastructure_failures(run)  # the next run runs it again without --retry-failed
+
+
+def test_a_cpu_job_out_of_memory_retries_with_twice_the_cpus() -> None:
+    from harness.execute.scheduler import larger_packing, packing_text
+
+    assert larger_packing({"num_cpus": 1, "num_gpus": 0}, node_cpus=8) == {"num_cpus": 2, "num_gpus": 0}
+    assert larger_packing({"num_cpus": 6, "num_gpus": 0}, node_cpus=8) == {"num_cpus": 8, "num_gpus": 0}
+    assert larger_packing({"num_cpus": 1, "num_gpus": 0.25}, node_cpus=8) == {"num_cpus": 1, "num_gpus": 1}
+    assert larger_packing({"num_cpus": 1, "num_gpus": 2}, node_cpus=8) == {"num_cpus": 1, "num_gpus": 2}
+    assert packing_text({"num_cpus": 2, "num_gpus": 0}) == "num_cpus 2"
+
+
+def test_what_counts_as_out_of_memory() -> None:
+    import torch
+
+    assert run_folder.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert run_folder.is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+                                                    "can't allocate memory: you tried to allocate 123 bytes"))
+    wrapped = RuntimeError("task failed")
+    wrapped.cause = torch.OutOfMemoryError("CUDA out of memory.")  # a Ray task error carries the task's own error
+    assert run_folder.is_out_of_memory(wrapped) and run_folder.is_infrastructure_error(wrapped)
+    assert not run_folder.is_out_of_memory(FloatingPointError("loss is nan at step 1"))
