@@ -100,3 +100,55 @@ def test_what_counts_as_out_of_memory() -> None:
     wrapped.cause = torch.OutOfMemoryError("CUDA out of memory.")  # a Ray task error carries the task's own error
     assert run_folder.is_out_of_memory(wrapped) and run_folder.is_infrastructure_error(wrapped)
     assert not run_folder.is_out_of_memory(FloatingPointError("loss is nan at step 1"))
+
+
+# ------------------------------------------------------------------------------- preflight on the cluster
+@pytest.mark.parametrize("resources, key, says", [
+    ({"num_gpus": 4}, "resources.num_gpus", "4 GPUs per job, but no node has that (at most 2 GPUs)"),
+    ({"num_cpus": 3}, "resources.num_cpus", "3 CPUs per job, but no node has that (at most 2 CPUs)"),
+    ({"custom": {"A100": 1}}, "resources.custom.A100", "1 A100 per job, but no node has that (at most 0 A100)"),
+    ({"memory_gb": 100000}, "resources.memory_gb", "1e+05 GiB memory per job, but no node has that"),
+])
+def test_a_request_no_node_can_satisfy_is_one_line_before_any_job(gpu_cluster, tmp_path: Path, resources: dict,
+                                                                  key: str, says: str, capsys) -> None:
+    """Not Ray's "No available node types can fulfill resource request" every 35 s without end."""
+    import json
+    import time
+
+    from harness.cli import main
+
+    suite = tmp_path / "suite.yaml"
+    manifest = Path(__file__).resolve().parents[1] / "manifests" / "furniture" / "manifest.parquet"
+    suite.write_text(json.dumps({"name": "big", "model": "tiny", "manifest": str(manifest), "limit_pairs": 1,
+                                 "methods": [{"name": "cut_paste"}], "metrics": ["ssim_psnr"],
+                                 "resources": {"num_cpus": 1, **resources}}))
+    started = time.perf_counter()
+    assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--no-report"]) == 2
+    print(f"refused in {time.perf_counter() - started:.1f} s")  # printed, not asserted (shared machine)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"clic-bench: error: {suite}: {key}: {says}"), lines[0]
+    assert "the cluster has 1 node: 2 CPUs, 2 GPUs, " in lines[0]
+    assert not store.has_results(tmp_path / "run")  # nothing ran
+
+
+def test_what_the_cluster_check_refuses_node_by_node() -> None:
+    from harness.plan.preflight import cluster_problems
+
+    two_single_gpu_nodes = [{"CPU": 8, "GPU": 1, "memory": 64 * 2**30}, {"CPU": 8, "GPU": 1, "memory": 64 * 2**30}]
+    suite = make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}],
+                        "resources": {"num_cpus": 1, "num_gpus": 2}})
+    (line,) = cluster_problems(suite, two_single_gpu_nodes)  # 2 GPUs in the cluster, but not on one node
+    assert "resources.num_gpus: 2 GPUs per job, but no node has that (at most 1 GPU); the cluster has 2 nodes: " \
+           "8 CPUs, 1 GPU, 64 GiB memory" in line
+    mixed = [{"CPU": 16, "memory": 8 * 2**30}, {"CPU": 2, "GPU": 1, "memory": 8 * 2**30}]
+    suite = make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}],
+                        "resources": {"num_cpus": 4, "num_gpus": 1}})
+    (line,) = cluster_problems(suite, mixed)  # CPUs on one node, the GPU on the other
+    assert "resources: 4 CPUs, 1 GPU per job, but no one node has all of it" in line
+    no_gpu = [{"CPU": 2, "memory": 2**30}]
+    suite = make_suite({"name": "x", "model": "tiny", "device": "cuda", "methods": [{"name": "cut_paste"}]})
+    (line,) = cluster_problems(suite, no_gpu)
+    assert "device: cuda, but the cluster has no GPU (the cluster has 1 node: 2 CPUs, 0 GPUs, 1 GiB memory)" in line
+    assert cluster_problems(make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}],
+                                        "resources": {"num_gpus": 0.5}}), two_single_gpu_nodes) == []

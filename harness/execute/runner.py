@@ -48,6 +48,18 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
+def _check_cluster(suite: "Suite") -> None:
+    """Before any job is submitted: a request no node can satisfy is refused in one line per problem, instead of
+    Ray repeating "No available node types can fulfill resource request" without end (harness.plan.preflight)."""
+    import ray
+
+    from ..plan.preflight import PreflightFailed, cluster_problems
+
+    problems = cluster_problems(suite, [node["Resources"] for node in ray.nodes() if node.get("Alive")])
+    if problems:
+        raise PreflightFailed(problems)
+
+
 def _versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in ("torch", "diffusers", "ray", "transformers", "open_clip", "pyarrow", "pandas"):
@@ -88,6 +100,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
         # A fresh run folder certainly has jobs to run: the workers import the method library and load the
         # model (seconds each) while the driver plans. A resumed run plans first: it may have nothing to run.
         _connect(address, num_cpus)
+        _check_cluster(suite)
         warming = WarmWorkers.start(suite, models)
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
@@ -122,6 +135,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
         return summary
 
     _connect(address, num_cpus)
+    _check_cluster(suite)
     run = _RayRun(suite, plan, graph, scheduler, recorder, run_dir, max_in_flight, allow_random_metrics, quiet,
                   warming)
     run.loop()
@@ -148,8 +162,13 @@ def job_options(suite: "Suite") -> dict[str, Any]:
     resources = suite.resources
     # SPREAD: jobs are long and independent, so they go to the least-loaded nodes instead of filling the
     # driver's node first (Ray's default prefers locality, which starves other nodes of short jobs).
-    return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
-            "max_retries": resources.max_retries, "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
+    options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+               "max_retries": resources.max_retries, "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
+    if resources.memory_gb:
+        options["memory"] = int(resources.memory_gb * 2**30)
+    if resources.custom:
+        options["resources"] = dict(resources.custom)
+    return options
 
 
 def job_slots(suite: "Suite") -> int:

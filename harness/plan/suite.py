@@ -35,7 +35,10 @@ A suite file (``benchmarks/*.yaml``)::
     metrics: [clip_image, lpips]      # default: DEFAULT_METRICS (those registered); harness.metrics names
     metric_options: {clip: {model: ViT-B-32}}   # default {}; key: a metric or a metric family (clip, lpips)
     resources: {num_cpus: 1, num_gpus: 0.5, max_retries: 2}   # default 1 CPU, 0 GPU per task (fractions allowed);
-                                      # max_retries: reruns of a task whose worker died
+                                      # max_retries: reruns of a task whose worker died or ran out of memory;
+                                      # memory_gb: host memory per task (default null); custom: Ray custom
+                                      # resources per task, e.g. {A100: 1} (default {}); a request no node of
+                                      # the cluster can satisfy is refused before any job is submitted
     tasks: [transfer]                 # default [transfer]; subset of transfer, generate, match
     limit_pairs: 10                   # default null: every good pair
     source_masks: use                 # default use; "estimate": learn without the source masks (they become
@@ -142,6 +145,8 @@ class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_retries: int = 2  # retries of a task whose worker died (system failures; errors are not retried)
+    memory_gb: float | None = None  # host memory per job (Ray's `memory`): jobs are packed so that it fits
+    custom: Mapping[str, float] = field(default_factory=dict)  # Ray custom resources per job, e.g. {A100: 1}
 
 
 @dataclass(frozen=True)
@@ -526,6 +531,10 @@ class _SuiteReader:
             num_cpus=self.number(data.get("num_cpus", Resources.num_cpus), "resources.num_cpus", positive=True),
             num_gpus=self.number(data.get("num_gpus", Resources.num_gpus), "resources.num_gpus", minimum=0.0),
             max_retries=self.integer(data.get("max_retries", Resources.max_retries), "resources.max_retries", minimum=0),
+            memory_gb=None if data.get("memory_gb") is None else
+            self.number(data["memory_gb"], "resources.memory_gb", positive=True),
+            custom={str(name): self.number(amount, f"resources.custom.{name}", positive=True)
+                    for name, amount in self.mapping(data.get("custom", {}), "resources.custom").items()},
         )
 
     # ------------------------------------------------------------------------------ metrics
