@@ -163,6 +163,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
     overrides: dict[str, Any] = {"resolution": resolution}
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.checkpoint_every:  # resumable snapshots in --out: a rerun of the same command resumes from the newest
+        overrides["checkpoint_every"] = args.checkpoint_every
     started = time.perf_counter()
     concept = method.learn(components, source, preset=args.preset, overrides=overrides if method.needs_model else None,
                            seed=args.seed, out_dir=args.out, progress=not args.quiet)
@@ -362,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--object", required=True, help="the object word, e.g. chair")
     learn.add_argument("--steps", type=int, help="learning steps (default: the preset's)")
     learn.add_argument("--out", required=True, help="concept folder to write")
+    learn.add_argument("--checkpoint-every", type=int, default=0,
+                       help="write a resumable snapshot into OUT/checkpoints every N steps; the same command run "
+                            "again after an interruption resumes from the newest (default 0: none)")
     learn.add_argument("--method", default="clic")
     learn.add_argument("--preset", default=None, help="named configuration of the method (default: its default)")
     learn.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -38,7 +38,8 @@ from typing import Any, Mapping
 import torch
 
 from clic.concept import LearnedConcept
-from clic.learn import ConceptSource
+from clic.learn import ConceptSource, learn_concept
+from clic.methods.clic import CLiC
 from clic.methods.cut_paste import CutPaste, PasteResult
 
 MARKER_PREFIX = ".fault-"
@@ -160,3 +161,30 @@ class KillActorOnce:
             self.marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
         return [[] for _ in samples]
+
+
+class ClicKilledOnce(CLiC):
+    """A TEST-ONLY CLiC whose worker SIGKILLs itself once, inside learning step ``KILL_AT_STEP`` of the real loop
+    (preset ``kill-once``; a marker beside the learning folder is created first), so that a learn with
+    ``checkpoint_every`` is tested to resume after a kill. Preset ``straight`` is the same learn, never killed."""
+
+    KILL_AT_STEP = 3
+    name = "clic_killed_once"
+    description = "TEST ONLY: CLiC whose worker is killed once inside the learning loop"
+    presets = {"kill-once": CLiC.presets["paper"], "straight": CLiC.presets["paper"]}
+    declared_settings = {"kill-once": CLiC.declared_settings["paper"], "straight": CLiC.declared_settings["paper"]}
+    default_preset = "straight"
+
+    def learn(self, components: Any, source: ConceptSource, *, preset: str | None = None,
+              overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
+              progress: bool = True) -> LearnedConcept:
+        config = self.learn_config(preset, overrides)
+        marker = Path(out_dir).parent / f"{MARKER_PREFIX}learn-kill-{Path(out_dir).name}" if out_dir else None
+
+        def on_step(step: int, values: Mapping[str, float]) -> None:
+            if preset == "kill-once" and marker is not None and step == self.KILL_AT_STEP:
+                _die_once(marker)
+
+        return learn_concept(components, source, config, method=self.name, preset=preset or self.default_preset,
+                             seed=seed, step_fn=self.training_step, out_dir=out_dir, progress=progress,
+                             on_step=on_step)

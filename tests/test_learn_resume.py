@@ -74,3 +74,48 @@ def test_an_uninterrupted_learn_is_not_changed_by_its_snapshots(tmp_path: Path) 
     plain = learn_concept(build_tiny(), random_source(1), method.learn_config("official-code", {"steps": 5}),
                           method="clic", preset="official-code", seed=7, step_fn=method.training_step, progress=False)
     _assert_same_weights(plain, _learn(tmp_path / "snap", {"steps": 5}))
+
+
+# ------------------------------------------------------------------------------------------ in a run
+@pytest.fixture
+def killed_once_method():
+    """The test method ``clic_killed_once`` (tests/fault_injection.py), registered for this test only."""
+    from clic import methods
+
+    methods.register_method("clic_killed_once", "fault_injection:ClicKilledOnce")
+    yield
+    methods.REGISTRY.pop("clic_killed_once", None)
+
+
+@pytest.mark.slow  # a worker killed inside the real loop and its Ray retry: ~2 min on this machine
+def test_a_worker_killed_between_snapshots_resumes_and_the_row_says_so(ray_session, killed_once_method,
+                                                                       tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from harness import store
+    from harness.execute.runner import execute
+    from test_runner import make_pairs, make_suite
+
+    pairs = make_pairs(tmp_path / "data", 1)
+    run = tmp_path / "run"
+    suite = make_suite({"name": "resume", "model": "tiny", "seeds": [0],
+                        "methods": [{"name": "clic_killed_once", "presets": ["kill-once", "straight"],
+                                     "learn": {"steps": 6, "checkpoint_every": 2}}],
+                        "transfer": {"t_start": [2], "eta": [0.0], "steps": 3}, "metrics": ["ssim_psnr"],
+                        "resources": {"num_cpus": 1, "max_retries": 2}})
+    summary = execute(suite, pairs, run, quiet=True)
+    assert (summary.done, summary.failed) == (2, 0)
+    assert len(list((run / store.CONCEPTS_DIR).glob(".fault-learn-kill-*"))) == 1  # the kill did happen, once
+    results = store.read_results(run)
+    notes = {preset: note if isinstance(note, str) else None for preset, note in zip(results["preset"], results["notes"])}
+    assert notes == {"kill-once": "learn resumed from its step-2 snapshot", "straight": None}, notes
+    # Killed at step 3 and resumed from step 2: the same weights as the learn that was never killed.
+    folders = {preset: run / store.CONCEPTS_DIR / concept for preset, concept in
+               zip(results["preset"], results["concept_id"])}
+    for name in ("pytorch_custom_diffusion_weights.safetensors",):
+        killed, straight = (load_file(str(folders[p] / name)) for p in ("kill-once", "straight"))
+        assert killed.keys() == straight.keys() and all(torch.equal(killed[k], straight[k]) for k in killed)
+    killed, straight = (load_file(str(next(folders[p].glob("learned_embeds-*.safetensors"))))
+                        for p in ("kill-once", "straight"))
+    assert all(torch.equal(killed[k], straight[k]) for k in killed)
+    assert not list((run / store.CONCEPTS_DIR).glob(".learning-*"))  # published

@@ -348,7 +348,7 @@ class _RayRun:
             self.scheduler.on_finished(submission, ok=True)
         elif isinstance(submission, RunTask):
             self.recorder.summary.node_ids[result["node_id"]] += 1
-            self.records[submission.job.job_id] = {**result, "notes": self.memory_note(submission.job)}
+            self.records[submission.job.job_id] = {**result, "notes": self.job_notes(submission.job)}
             for job in self.scheduler.on_finished(submission, ok=True):  # done now when nothing scores it
                 self.recorder.ok(job, self.records.pop(job.job_id), [], 0.0)
                 self.samples.pop(job.job_id, None)
@@ -381,6 +381,12 @@ class _RayRun:
                   f"{packing_text(self.retry_options[key])}", file=sys.stderr)
         self.submit(submission)
         return True
+
+    def job_notes(self, job: Any) -> str | None:
+        """What happened on a job's way, for its row: its concept's learn resumed from a snapshot, out of memory."""
+        resumed = (self.learned.get(job.concept_id) or {}).get("resumed_from_step")
+        notes = [f"learn resumed from its step-{resumed} snapshot"] if resumed else []
+        return "; ".join(filter(None, [*notes, self.memory_note(job)])) or None
 
     def memory_note(self, job: Any) -> str | None:
         """What running out of memory did to a job (its concept's learning, then the job itself), for its row."""
