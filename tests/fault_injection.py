@@ -15,6 +15,7 @@ It is cut-and-paste (:mod:`clic.methods.cut_paste`) plus one injected fault, cho
 - ``disk-full-once``: the first learning attempt of each concept raises ``OSError(ENOSPC)``, the way a full
   disk ends a job; later attempts succeed (a marker, as for kill-once). The harness must treat it as the
   machine's failure, not the job's: the next run runs the job again without ``--retry-failed``.
+- ``record``: no failure (the attempts log records the resources each learn was given).
 - ``slow``: no failure, only ``seconds`` of sleep in learning and in each transfer, the way a long job
   holds its worker. Scheduling tests use it: two such jobs cannot share a 1-CPU node, so jobs that
   overlap in time must run on different nodes, however fast the machine is.
@@ -39,6 +40,7 @@ import torch
 
 from clic.concept import LearnedConcept
 from clic.learn import ConceptSource, learn_concept
+from clic.methods.base import GpuMemory
 from clic.methods.clic import CLiC
 from clic.methods.cut_paste import CutPaste, PasteResult
 
@@ -83,7 +85,12 @@ class FaultInjection(CutPaste):
         "oom-once": {"fault": {"kind": "oom-once", "phase": "learn"}},
         "disk-full-once": {"fault": {"kind": "disk-full-once", "phase": "learn"}},
         "slow": {"fault": {"kind": "delay", "phase": "learn+transfer", "seconds": 0.5}},
+        "record": {"fault": {"kind": "none", "phase": "none"}},
     }
+    # A declared expected GPU memory (8 GiB in fp32 at any resolution: no backward term), so packing by memory is
+    # tested with it: preset "slow" packs two per 16 GiB GPU.
+    gpu_memory = {"slow": GpuMemory(trained_gib=8.0 - GpuMemory.WEIGHTS_GIB["fp32"], saved_512_gib=0.0,
+                                    source="test: declared by tests/fault_injection.py")}
     default_preset = "kill-once-in-learn"
     sources = {"method": "none: a test fixture for harness reliability (tests/test_reliability.py)"}
 

@@ -152,3 +152,49 @@ def test_what_the_cluster_check_refuses_node_by_node() -> None:
     assert "device: cuda, but the cluster has no GPU (the cluster has 1 node: 2 CPUs, 0 GPUs, 1 GiB memory)" in line
     assert cluster_problems(make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}],
                                         "resources": {"num_gpus": 0.5}}), two_single_gpu_nodes) == []
+
+
+# ------------------------------------------------------------------------------- resources per method
+def test_methods_are_packed_by_their_declared_memory() -> None:
+    """CLiC's counted 7.1 GiB (SD 1.5, 512 px, fp32; benchmarks/perf/README.md) packs two per 16 GiB card, three per
+    24 GiB; Break-A-Scene `original` (UNet + text encoder train: ≈ 17.8 GiB) takes a whole card; a method without a
+    declaration keeps the suite's num_gpus; a method entry's own resources win."""
+    from harness.execute.packing import gpus_for_memory, method_resources
+
+    assert gpus_for_memory(7.1, 16) == 0.5 and gpus_for_memory(7.1, 24) == pytest.approx(1 / 3)
+    assert gpus_for_memory(17.81, 16) == 1.0 and gpus_for_memory(17.81, 40) == 0.5
+    suite = make_suite({"name": "gpu", "model": "tiny", "dtype": "fp32",
+                        "methods": [{"name": "clic"}, {"name": "break_a_scene", "presets": ["original"]},
+                                    {"name": "textual_inversion"},
+                                    {"name": "custom_diffusion", "resources": {"num_gpus": 0.25, "num_cpus": 2}}],
+                        "resources": {"num_gpus": 1, "num_cpus": 1, "gpu_memory_gib": 24}})
+    packed = method_resources(suite, 512)
+    # CLiC: weights 3.97 + trained 0.29 + kept for backward 2.84 GiB, as the README counts them.
+    assert packed[("clic", "paper")]["expected_gpu_memory_gib"] == pytest.approx(3.97 + 0.29 + 2.84)
+    assert packed[("clic", "paper")]["num_gpus"] == pytest.approx(1 / 3)
+    assert packed[("break_a_scene", "original")]["num_gpus"] == 1.0
+    assert packed[("textual_inversion", "default")] == {"num_gpus": 1, "num_cpus": 1, "expected_gpu_memory_gib": None,
+                                                        "why": "the suite's resources"}
+    assert packed[("custom_diffusion", "default")]["num_gpus"] == 0.25
+    assert packed[("custom_diffusion", "default")]["num_cpus"] == 2
+    bf16 = make_suite({"name": "gpu", "model": "tiny", "dtype": "bf16", "methods": [{"name": "clic"}],
+                       "resources": {"num_gpus": 1, "gpu_memory_gib": 16}})
+    assert method_resources(bf16, 512)[("clic", "paper")]["num_gpus"] == 0.25  # ≈ 3.7 GiB: four per card
+
+
+def test_per_method_resources_are_what_ray_gives_each_job(gpu_cluster, tmp_path: Path) -> None:
+    """On the fake-GPU cluster: a declared 8 GiB method on 16 GiB GPUs gets half a GPU, a method entry's own
+    resources a quarter, each learn as logged by the method itself; run.json records the packing."""
+    pairs = make_pairs(tmp_path / "data", 1)
+    run = tmp_path / "run"
+    suite = make_suite({"name": "pack", "model": "tiny", "device": "cpu", "seeds": [0],
+                        "methods": [{"name": "fault_injection", "presets": ["slow"], "learn": {"steps": 1}},
+                                    {"name": "fault_injection", "presets": ["record"], "learn": {"steps": 1},
+                                     "resources": {"num_gpus": 0.25}}],
+                        "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
+                        "resources": {"num_cpus": 1, "num_gpus": 1, "gpu_memory_gib": 16}})
+    summary = execute(suite, pairs, run, quiet=True)
+    assert (summary.done, summary.failed) == (2, 0)
+    assert sorted(line for lines in attempt_lines(run) for line in lines) == ["gpus=0.25:cpus=1", "gpus=0.5:cpus=1"]
+    packing = store.read_run_manifest(run)["packing"]
+    assert packing["fault_injection/slow"]["num_gpus"] == 0.5 and packing["fault_injection/record"]["num_gpus"] == 0.25

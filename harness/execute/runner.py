@@ -235,6 +235,11 @@ class _RayRun:
         self.slots = job_slots(suite)
         scheduler.max_in_flight = max_in_flight or 2 * int(ray.cluster_resources().get("CPU", 1))
         self.options, self.max_retries, self.quiet = options, suite.resources.max_retries, quiet
+        from .packing import method_resources
+
+        # (method, preset) -> its own num_gpus / num_cpus (harness.execute.packing): per method, packed by memory
+        self.method_options = {key: {"num_gpus": entry["num_gpus"], "num_cpus": entry["num_cpus"]}
+                               for key, entry in method_resources(suite, plan.resolution).items()}
         self.learn_function, self.task_function = ray.remote(learn_concept_task), ray.remote(run_task_job)
         self.learn_remote = self.learn_function.options(**options)
         self.task_remote = self.task_function.options(**options, num_returns=2)
@@ -286,22 +291,26 @@ class _RayRun:
             except Exception:
                 pass
 
-    def _remote(self, key: str, learn: bool) -> Any:
+    def _options(self, key: str, method: str, preset: str) -> dict[str, Any]:
+        """Ray options of a learn or task: the suite's, the method's own (packing), a larger packing after OOM."""
+        return {**self.options, **self.method_options.get((method, preset), {}), **self.retry_options.get(key, {})}
+
+    def _remote(self, key: str, learn: bool, method: str, preset: str) -> Any:
         """The learn or task function with the resources of this attempt (larger after running out of memory)."""
-        larger = self.retry_options.get(key)
-        if larger is None:
+        options = self._options(key, method, preset)
+        if options == self.options:
             return self.learn_remote if learn else self.task_remote
         function = self.learn_function if learn else self.task_function
-        return function.options(**{**self.options, **larger}, **({} if learn else {"num_returns": 2}))
+        return function.options(**options, **({} if learn else {"num_returns": 2}))
 
     def submit(self, submission: Submission) -> None:
         if isinstance(submission, Learn):
-            ref = self._remote(submission.concept_id, learn=True).remote(
-                self.graph.learns[submission.concept_id], self.concepts_root)
+            node = self.graph.learns[submission.concept_id]
+            ref = self._remote(submission.concept_id, True, node.method, node.preset).remote(node, self.concepts_root)
         elif isinstance(submission, RunTask):
             job = submission.job
             node = self.graph.learns[job.concept_id]
-            ref, self.samples[job.job_id] = self._remote(job.job_id, learn=False).remote(
+            ref, self.samples[job.job_id] = self._remote(job.job_id, False, job.method, job.preset).remote(
                 job, self.learned[job.concept_id], node.model, self.plan.resolution, str(self.run_dir))
         elif isinstance(submission, Score):  # the workers' sample refs: Ray hands their values to the actor
             ref = self.scorer.score.remote(*[self.samples[job.job_id] for job in submission.jobs])
@@ -367,9 +376,10 @@ class _RayRun:
 
         if not isinstance(submission, (Learn, RunTask)) or not run_folder.is_out_of_memory(error):
             return False
+        work = self.graph.learns[submission.concept_id] if isinstance(submission, Learn) else submission.job
         key = submission.concept_id if isinstance(submission, Learn) else submission.job.job_id
         tried = self.out_of_memory.setdefault(key, [])
-        current = {**self.options, **self.retry_options.get(key, {})}
+        current = self._options(key, work.method, work.preset)
         tried.append(packing_text(current))
         if len(tried) > self.max_retries:
             return False
@@ -425,6 +435,12 @@ def resolved_plan(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _packing(suite: "Suite", plan: Plan) -> dict[tuple[str, str], dict[str, Any]]:
+    from .packing import method_resources
+
+    return method_resources(suite, plan.resolution)
+
+
 def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunSummary, started: str,
                         models: Mapping[str, ModelInfo | None], metric_weights: Mapping[str, str], slots: int) -> None:
     try:
@@ -445,6 +461,7 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
         "code_version": code_version(), "git": git_describe(), "versions": _versions(),
         "host": socket.gethostname(), "started_at": started, "finished_at": now_iso(),
         "models": {m: (info.__dict__ if info else None) for m, info in models.items()},
+        "packing": {f"{method}/{preset}": entry for (method, preset), entry in _packing(suite, plan).items()},
         "metric_weights": dict(metric_weights) or previous.get("metric_weights", {}),
         "counts": counts,
         "learns_total": int((previous.get("learns_total") or 0) + summary.learns_run),

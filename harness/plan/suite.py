@@ -39,6 +39,9 @@ A suite file (``benchmarks/*.yaml``)::
                                       # memory_gb: host memory per task (default null); custom: Ray custom
                                       # resources per task, e.g. {A100: 1} (default {}); a request no node of
                                       # the cluster can satisfy is refused before any job is submitted
+                                      # gpu_memory_gib: one GPU's memory (default null): a method declaring its
+                                      # expected memory (clic.methods.base.GpuMemory) is packed by it; a
+                                      # method entry's own resources: {num_gpus, num_cpus} win over both
     tasks: [transfer]                 # default [transfer]; subset of transfer, generate, match
     limit_pairs: 10                   # default null: every good pair
     source_masks: use                 # default use; "estimate": learn without the source masks (they become
@@ -99,6 +102,7 @@ class MethodSpec:
     presets: tuple[str, ...]
     loss_weights: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     learn: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    resources: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # num_gpus/num_cpus per job
 
     def learn_overrides(self, base_terms: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The ``learn`` overrides with ``loss_weights`` folded into ``terms``.
@@ -147,6 +151,7 @@ class Resources:
     max_retries: int = 2  # retries of a task whose worker died (system failures; errors are not retried)
     memory_gb: float | None = None  # host memory per job (Ray's `memory`): jobs are packed so that it fits
     custom: Mapping[str, float] = field(default_factory=dict)  # Ray custom resources per job, e.g. {A100: 1}
+    gpu_memory_gib: float | None = None  # one GPU's memory: jobs of methods that declare theirs are packed by it
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,8 @@ class Suite:
             "device": self.device,
             "dtype": self.dtype,
             "methods": [
-                {"name": m.name, "presets": list(m.presets), "loss_weights": _thaw(m.loss_weights), "learn": _thaw(m.learn)}
+                {"name": m.name, "presets": list(m.presets), "loss_weights": _thaw(m.loss_weights), "learn": _thaw(m.learn),
+                 **({"resources": dict(m.resources)} if m.resources else {})}
                 for m in self.methods
             ],
             "seeds": list(self.seeds),
@@ -535,6 +541,8 @@ class _SuiteReader:
             self.number(data["memory_gb"], "resources.memory_gb", positive=True),
             custom={str(name): self.number(amount, f"resources.custom.{name}", positive=True)
                     for name, amount in self.mapping(data.get("custom", {}), "resources.custom").items()},
+            gpu_memory_gib=None if data.get("gpu_memory_gib") is None else
+            self.number(data["gpu_memory_gib"], "resources.gpu_memory_gib", positive=True),
         )
 
     # ------------------------------------------------------------------------------ metrics
@@ -590,7 +598,7 @@ class _SuiteReader:
         return specs
 
     def method(self, value: Any, key: str, transfer: TransferSpec) -> MethodSpec:
-        data = self.mapping(value, key, ["name", "presets", "loss_weights", "learn"])
+        data = self.mapping(value, key, ["name", "presets", "loss_weights", "learn", "resources"])
         if "name" not in data:
             self.fail(f"{key}.name", "missing (required)")
         name = self.string(data["name"], f"{key}.name")
@@ -607,9 +615,20 @@ class _SuiteReader:
             self.check_preset_transfer(method_class, preset, f"{key}.presets[{index}]", name, transfer)
         loss_weights = self.loss_weights(data.get("loss_weights", {}), f"{key}.loss_weights", method_class, data.get("learn"))
         learn = self.learn(data.get("learn", {}), f"{key}.learn", method_class)
-        spec = MethodSpec(name, presets, _freeze(loss_weights), _freeze(learn))
+        spec = MethodSpec(name, presets, _freeze(loss_weights), _freeze(learn),
+                          self.method_resources(data.get("resources", {}), f"{key}.resources"))
         self.check_learn_config(spec, method_class, key)
         return spec
+
+    def method_resources(self, value: Any, key: str) -> Mapping[str, float]:
+        """A method entry's own ``num_gpus`` / ``num_cpus`` per job (instead of the suite's ``resources``)."""
+        data = self.mapping(value, key, ["num_gpus", "num_cpus"])
+        resources = {}
+        if "num_gpus" in data:
+            resources["num_gpus"] = self.number(data["num_gpus"], f"{key}.num_gpus", minimum=0.0)
+        if "num_cpus" in data:
+            resources["num_cpus"] = self.number(data["num_cpus"], f"{key}.num_cpus", positive=True)
+        return MappingProxyType(resources)
 
     def presets(self, value: Any, key: str, method: str, method_class: type, known: list[str]) -> tuple[str, ...]:
         if value is None:
