@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-outside", action="store_true", help="allow manifest paths outside its folder")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a suite key, checked as the file is (YAML value; repeatable), e.g. "
+                        "--set transfer.t_start=[5,10,15] --set model=PATH --set resources.num_gpus=0.5")
     p.set_defaults(func=_handler("harness.execute.runner:run_main"))
 
     p = sub.add_parser("report", help="write tables and the HTML report of a run folder")

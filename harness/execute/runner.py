@@ -483,11 +483,12 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
 def run_suite(suite_path: str | Path, out: str | Path | None = None, address: str | None = None, *,
               num_cpus: int | None = None, max_in_flight: int | None = None, retry_failed: bool = False,
               allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False,
-              wait: bool = True) -> RunSummary:
+              wait: bool = True, sets: Sequence[str] = ()) -> RunSummary:
     from ..plan.preflight import preflight
 
     # Everything that would certainly fail later fails here, in seconds, one line per problem (exit 2).
-    checked = preflight(suite_path, out, allow_random_metrics=allow_random_metrics, allow_outside=allow_outside)
+    checked = preflight(suite_path, out, allow_random_metrics=allow_random_metrics, allow_outside=allow_outside,
+                        sets=sets)
     return execute(checked.suite, checked.pairs, checked.run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
                    retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet, wait=wait)
 
@@ -496,7 +497,7 @@ def run_main(args: argparse.Namespace) -> int:
     summary = run_suite(args.suite, args.out, args.address, num_cpus=args.num_cpus,
                         max_in_flight=args.max_in_flight, retry_failed=args.retry_failed,
                         allow_random_metrics=args.allow_random_metrics, allow_outside=args.allow_outside,
-                        quiet=args.quiet, wait=not getattr(args, "no_wait", False))
+                        quiet=args.quiet, wait=not getattr(args, "no_wait", False), sets=getattr(args, "set", None) or ())
     print(f"{summary.total_jobs} jobs: {summary.done} done, {summary.failed} failed, {summary.skipped} skipped "
           f"(already finished), {summary.not_applicable} not applicable; {summary.learns_run} concepts learned; "
           f"{summary.wall_seconds:.1f} s wall, harness overhead {summary.overhead_share:.0%}")

@@ -40,11 +40,12 @@ class Checked:
 
 
 def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
-              allow_random_metrics: bool = False, allow_outside: bool = False) -> Checked:
-    """Check a suite before it runs; raise :class:`PreflightFailed` with one line per problem."""
+              allow_random_metrics: bool = False, allow_outside: bool = False, sets: Sequence[str] = ()) -> Checked:
+    """Check a suite (with its command-line ``--set`` overrides) before it runs; raise :class:`PreflightFailed`
+    with one line per problem."""
     from .suite import load_suite
 
-    suite = load_suite(suite_path)  # a bad key is one line already and nothing else can be checked without it
+    suite = load_suite(suite_path, sets)  # a bad key is one line already and nothing else can be checked without it
     run_dir = Path(out) if out else Path("runs") / suite.name
     problems: list[str] = []
     pairs = _attempt(problems, lambda: _pairs(suite, allow_outside)) or []

@@ -252,8 +252,9 @@ _SuiteLoader.add_implicit_resolver(
 )
 
 
-def load_suite(path: str | os.PathLike[str]) -> Suite:
-    """Read and check a suite file (the keys and defaults are in the module docstring)."""
+def load_suite(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> Suite:
+    """Read and check a suite file (the keys and defaults are in the module docstring); ``sets``: command-line
+    ``KEY=VALUE`` overrides applied to the raw mapping first (harness.plan.overrides), checked as the file is."""
     source = os.fspath(path)
     try:
         text = Path(source).read_text(encoding="utf-8")
@@ -269,6 +270,10 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
         raise SuiteError(f"{source}: {err}") from None
     if data is None:
         raise SuiteError(f"{source}: the suite file is empty")
+    if sets:
+        from .overrides import apply_sets
+
+        data = apply_sets(data, sets)
     return suite_from_dict(data, source=source, base_dir=Path(source).resolve().parent, default_name=Path(source).stem)
 
 
