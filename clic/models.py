@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 import torch  # noqa: E402
 
 from . import TINY_RANDOM  # noqa: E402
-from .device import resolve_device, resolve_dtype  # noqa: E402
+from .device import configure_tf32, resolve_device, resolve_dtype  # noqa: E402
 
 # diffusers and transformers are imported where a model is built or loaded, not here: importing diffusers
 # imports every model class it ships and torch._dynamo (seconds), which planning a run, preflight and
@@ -394,6 +394,7 @@ def load_components(model: str = "tiny", *, device: str | torch.device = "cpu",
     commands find from any working directory.
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
+    configure_tf32(device)  # on by default on GPUs that have it (CLIC_TF32=0: off)
     if model in TINY_PRESETS:
         return build_tiny(model).to(device, dtype)
     if _is_single_file(model):  # v1-5-pruned-emaonly.safetensors: diffusers' from_single_file, offline

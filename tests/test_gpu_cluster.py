@@ -198,3 +198,30 @@ def test_per_method_resources_are_what_ray_gives_each_job(gpu_cluster, tmp_path:
     assert sorted(line for lines in attempt_lines(run) for line in lines) == ["gpus=0.25:cpus=1", "gpus=0.5:cpus=1"]
     packing = store.read_run_manifest(run)["packing"]
     assert packing["fault_injection/slow"]["num_gpus"] == 0.5 and packing["fault_injection/record"]["num_gpus"] == 0.25
+    assert store.read_run_manifest(run)["tf32"]["enabled"] is True
+
+
+# ------------------------------------------------------------------------------------------------- TF32
+def test_tf32_is_on_by_default_on_gpus_that_have_it_and_switchable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from clic.device import configure_tf32
+    from harness.execute.runner import job_options
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        for capability, env, expected in (((8, 0), None, True), ((7, 5), None, False), ((9, 0), "0", False)):
+            monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+            if env is None:
+                monkeypatch.delenv("CLIC_TF32", raising=False)
+            else:
+                monkeypatch.setenv("CLIC_TF32", env)
+            assert configure_tf32("cuda:0") is expected, (capability, env)
+            assert torch.backends.cuda.matmul.allow_tf32 is expected and torch.backends.cudnn.allow_tf32 is expected
+        assert configure_tf32("cpu") is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    off = make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}], "tf32": False})
+    assert job_options(off)["runtime_env"] == {"env_vars": {"CLIC_TF32": "0"}}
+    assert "runtime_env" not in job_options(make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}]}))

@@ -168,6 +168,8 @@ def job_options(suite: "Suite") -> dict[str, Any]:
         options["memory"] = int(resources.memory_gb * 2**30)
     if resources.custom:
         options["resources"] = dict(resources.custom)
+    if not suite.tf32:  # workers read it when they load the model (clic.device.configure_tf32)
+        options["runtime_env"] = {"env_vars": {"CLIC_TF32": "0"}}
     return options
 
 
@@ -462,6 +464,8 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
         "host": socket.gethostname(), "started_at": started, "finished_at": now_iso(),
         "models": {m: (info.__dict__ if info else None) for m, info in models.items()},
         "packing": {f"{method}/{preset}": entry for (method, preset), entry in _packing(suite, plan).items()},
+        "tf32": {"enabled": suite.tf32, "applies_to": "CUDA devices of compute capability >= 8.0 (Ampere and newer); "
+                 "elsewhere fp32 matmuls are exact"},
         "metric_weights": dict(metric_weights) or previous.get("metric_weights", {}),
         "counts": counts,
         "learns_total": int((previous.get("learns_total") or 0) + summary.learns_run),

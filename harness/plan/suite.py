@@ -11,6 +11,7 @@ A suite file (``benchmarks/*.yaml``)::
     resolution: null                  # default null: the model's native image side (64 tiny, 512 SD 1.x)
     device: auto                      # default auto: the GPU Ray assigned a task (resources.num_gpus > 0), else the CPU
     dtype: fp32                       # default fp32; fp16 | bf16: the frozen model's precision (trained weights stay fp32)
+    tf32: true                        # default true: TF32 matmul/cuDNN on GPUs that have it (Ampere+); false: exact fp32
     methods:                          # required, at least one
       - name: clic                    # a registered method (clic.methods)
         presets: [paper, official-code]   # default: the method's default preset
@@ -164,6 +165,7 @@ class Suite:
     resolution: int | None = None  # image side the methods run at; None: the model's native resolution
     device: str = "auto"  # clic.device.resolve_device in each worker
     dtype: str = "fp32"  # fp32 | fp16 | bf16: part of every concept id
+    tf32: bool = True  # TF32 matmul/cuDNN on GPUs that have it (Ampere+); false: exact fp32 (clic.device.configure_tf32)
     description: str = ""
     seeds: tuple[int, ...] = (0,)
     transfer: TransferSpec = TransferSpec()
@@ -191,6 +193,7 @@ class Suite:
             "resolution": self.resolution,
             "device": self.device,
             "dtype": self.dtype,
+            "tf32": self.tf32,
             "methods": [
                 {"name": m.name, "presets": list(m.presets), "loss_weights": _thaw(m.loss_weights), "learn": _thaw(m.learn),
                  **({"resources": dict(m.resources)} if m.resources else {})}
@@ -406,6 +409,7 @@ class _SuiteReader:
             resolution=None if data.get("resolution") is None else self.integer(data["resolution"], "resolution", minimum=8),
             device=self.device_name(data.get("device", "auto")),
             dtype=self.choice(data.get("dtype", "fp32"), "dtype", ("fp32", "fp16", "bf16")),
+            tf32=self.boolean(data.get("tf32", True), "tf32"),
             methods=self.methods(data["methods"], transfer),
             seeds=self.seeds(data.get("seeds", [0])),
             transfer=transfer,
