@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set transfer.t_start=[5,10,15] --set model=PATH --set resources.num_gpus=0.5")
     p.set_defaults(func=_handler("harness.execute.runner:run_main"))
 
+    p = sub.add_parser("doctor", help="every model and metric weight a suite needs: found where, or missing and how "
+                                      "to get it")
+    p.add_argument("suite", nargs="?", default=None, help="suite file (default: benchmarks/smoke.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite key, as for run")
+    p.set_defaults(func=_handler("harness.plan.doctor:doctor_main"))
+
     p = sub.add_parser("report", help="write tables and the HTML report of a run folder")
     p.add_argument("run", help="run folder")
     p.add_argument("--reference", default="clic", help="method the paired differences are taken against")
