@@ -225,3 +225,32 @@ def test_tf32_is_on_by_default_on_gpus_that_have_it_and_switchable(monkeypatch: 
     off = make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}], "tf32": False})
     assert job_options(off)["runtime_env"] == {"env_vars": {"CLIC_TF32": "0"}}
     assert "runtime_env" not in job_options(make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}]}))
+
+
+def test_a_method_entry_asking_too_much_is_refused_naming_it() -> None:
+    from harness.execute import runner
+
+    suite = make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"},
+                                                                  {"name": "clic", "resources": {"num_gpus": 2}}],
+                        "resources": {"num_gpus": 1}})
+    nodes = [{"CPU": 8, "GPU": 1, "memory": 2**34}]
+
+    class FakeRay:
+        @staticmethod
+        def nodes():
+            return [{"Alive": True, "Resources": nodes[0]}]
+
+    import sys
+
+    real = sys.modules.get("ray")
+    sys.modules["ray"] = FakeRay  # _check_cluster reads only ray.nodes()
+    try:
+        with pytest.raises(Exception) as refused:
+            runner._check_cluster(suite)
+    finally:
+        if real is not None:
+            sys.modules["ray"] = real
+        else:
+            sys.modules.pop("ray")
+    (line,) = refused.value.problems
+    assert ": methods[1].resources.num_gpus: 2 GPUs per job, but no node has that (at most 1 GPU)" in line

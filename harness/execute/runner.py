@@ -55,7 +55,14 @@ def _check_cluster(suite: "Suite") -> None:
 
     from ..plan.preflight import PreflightFailed, cluster_problems
 
-    problems = cluster_problems(suite, [node["Resources"] for node in ray.nodes() if node.get("Alive")])
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    problems = cluster_problems(suite, nodes)
+    for index, spec in enumerate(suite.methods):  # a method entry's own num_gpus / num_cpus
+        if spec.resources:
+            own = dataclasses.replace(suite, resources=dataclasses.replace(suite.resources, **spec.resources))
+            problems += [line.replace(": resources", f": methods[{index}].resources", 1)
+                         for line in cluster_problems(own, nodes) if ": device: " not in line]
+    problems = list(dict.fromkeys(problems))
     if problems:
         raise PreflightFailed(problems)
 
