@@ -254,3 +254,34 @@ def test_a_method_entry_asking_too_much_is_refused_naming_it() -> None:
             sys.modules.pop("ray")
     (line,) = refused.value.problems
     assert ": methods[1].resources.num_gpus: 2 GPUs per job, but no node has that (at most 1 GPU)" in line
+
+
+# --------------------------------------------------------------------------------------- metric actor pool
+def test_metric_actors_sit_on_gpu_slots_and_two_score_what_one_scores(gpu_cluster, tmp_path: Path) -> None:
+    """A pool of 2 metric actors on the fake-GPU cluster: each on a GPU slot (its models would be on that GPU), and
+    the values equal those of 1 actor, job by job."""
+    import ray
+
+    from harness.execute.scorer import METRIC_ACTOR_PREFIX, metric_pool_shape
+
+    pairs = make_pairs(tmp_path / "data", 3)
+    values = {}
+    for actors in (1, 2):
+        suite = make_suite({"name": "pool", "model": "tiny", "device": "cpu", "seeds": [0],
+                            "methods": [{"name": "cut_paste"}], "metrics": ["ssim_psnr", "clip_image"],
+                            "metric_actors": actors, "resources": {"num_cpus": 1, "num_gpus": 0}})
+        run = tmp_path / f"run-{actors}"
+        summary = execute(suite, pairs, run, quiet=True, allow_random_metrics=True)
+        assert (summary.done, summary.failed) == (3, 0)
+        rows = store.read_results(run)
+        values[actors] = dict(zip(zip(rows["job_id"], rows["metric"]), rows["value"]))
+        named = [name for name in ray.util.list_named_actors() if name.startswith(METRIC_ACTOR_PREFIX)]
+        assert len(named) == actors
+        # The run is over, the pool stays for the next run: what the cluster has left of its 2 GPUs is theirs.
+        assert ray.available_resources().get("GPU") == pytest.approx(2 - 0.1 * actors)
+    assert values[1].keys() == values[2].keys() and len(values[1]) >= 3 * 2
+    assert all(values[1][key] == pytest.approx(values[2][key], abs=1e-6) for key in values[1])
+    assert metric_pool_shape(None, {}, {"CPU": 2}) == (1, 0.0)
+    assert metric_pool_shape(None, {"clip_image": "harness.metrics.clip_sim:ClipImageSimilarity"}, ray.cluster_resources()) \
+        == (1, 0.1)  # 2 GPUs: one actor per 4 GPUs, at least one
+    assert metric_pool_shape(None, {"clip_image": "harness.metrics.clip_sim:ClipImageSimilarity"}, {"GPU": 16})[0] == 4

@@ -27,7 +27,8 @@ from ..plan.resolve import describe_models, load_pairs, method_tasks, plan_from_
 from .records import NO_MODEL_LABEL, Recorder, RunSummary, mean_values, now_iso, one_line  # noqa: F401 - re-exported
 from .scheduler import (Learn, RunTask, Scheduler, Score, ScoreGroup, Submission, jobs_to_run, larger_packing,
                         packing_text)
-from .scorer import METRIC_ACTOR_PREFIX, forget_metric_scorer, group_member_spec, metric_scorer  # noqa: F401
+from .scorer import (METRIC_ACTOR_PREFIX, forget_metric_scorer, group_member_spec, metric_pool_shape,  # noqa: F401
+                     metric_scorer, metric_scorers)
 from .worker import learn_concept_task, run_task_job, warm_worker
 
 if TYPE_CHECKING:
@@ -260,9 +261,14 @@ class _RayRun:
         # The metric actor holds the models once for the whole run (and the driver's next runs). Jobs start
         # while it loads them; its answer is awaited with them, and an actor that cannot start (e.g. random
         # CLIP weights refused) still stops the run at once.
-        self.scorer = metric_scorer({m.name: m.target for m in plan.metrics}, allow_random_metrics,
-                                    {k: dict(v) for k, v in suite.metric_options.items()})
-        self.weights_pending = [self.scorer.weights.remote()] if plan.metrics else []
+        targets = {m.name: m.target for m in plan.metrics}
+        count, actor_gpus = metric_pool_shape(suite.metric_actors, targets, ray.cluster_resources())
+        self.scorers = metric_scorers(targets, allow_random_metrics, {k: dict(v) for k, v in suite.metric_options.items()},
+                                      count, actor_gpus) if plan.metrics else []
+        self.scorer_load = [0] * len(self.scorers)  # calls in flight per actor: a batch goes to the least loaded
+        self.scored_by: dict[Any, int] = {}
+        self.metric_pool = {"actors": len(self.scorers), "num_gpus_each": actor_gpus}
+        self.weights_pending = [self.scorers[0].weights.remote()] if plan.metrics else []
         self.metric_weights: dict[str, str] = {}
         recorder.weights_of = self.weights_of
         self.concepts_root = str(run_dir / store.CONCEPTS_DIR)
@@ -322,12 +328,20 @@ class _RayRun:
             ref, self.samples[job.job_id] = self._remote(job.job_id, False, job.method, job.preset).remote(
                 job, self.learned[job.concept_id], node.model, self.plan.resolution, str(self.run_dir))
         elif isinstance(submission, Score):  # the workers' sample refs: Ray hands their values to the actor
-            ref = self.scorer.score.remote(*[self.samples[job.job_id] for job in submission.jobs])
+            ref = self._scorer().score.remote(*[self.samples[job.job_id] for job in submission.jobs])
         else:
             kinds = [m.name for m in self.plan.metrics if m.group_by == submission.key[0]]
             specs = [group_member_spec(job, self.run_dir) for job in submission.members]
-            ref = self.scorer.score_group.remote(kinds, submission.key[1], specs)
+            ref = self._scorer().score_group.remote(kinds, submission.key[1], specs)
+        if isinstance(submission, (Score, ScoreGroup)):
+            self.scored_by[ref] = self._last_scorer
+            self.scorer_load[self._last_scorer] += 1
         self.pending[ref] = submission
+
+    def _scorer(self) -> Any:
+        """The metric actor with the fewest calls in flight (the pool scores batches of several jobs in parallel)."""
+        self._last_scorer = min(range(len(self.scorers)), key=self.scorer_load.__getitem__)
+        return self.scorers[self._last_scorer]
 
     def loop(self) -> None:
         import ray
@@ -351,6 +365,8 @@ class _RayRun:
         """Fetch one finished call's small result, tell the scheduler, and write the rows it completes."""
         import ray
 
+        if ref in self.scored_by:
+            self.scorer_load[self.scored_by.pop(ref)] -= 1
         try:
             result = ray.get(ref)
         except Exception as error:  # a failure is recorded and the run goes on

@@ -12,6 +12,8 @@ A suite file (``benchmarks/*.yaml``)::
     device: auto                      # default auto: the GPU Ray assigned a task (resources.num_gpus > 0), else the CPU
     dtype: fp32                       # default fp32; fp16 | bf16: the frozen model's precision (trained weights stay fp32)
     tf32: true                        # default true: TF32 matmul/cuDNN on GPUs that have it (Ampere+); false: exact fp32
+    metric_actors: 2                  # default null: 1 actor, or one per 4 GPUs (up to 4) on a GPU cluster; each holds every
+                                      # metric's models once, on a GPU slot (0.1) where the cluster has GPUs
     methods:                          # required, at least one
       - name: clic                    # a registered method (clic.methods)
         presets: [paper, official-code]   # default: the method's default preset
@@ -166,6 +168,7 @@ class Suite:
     device: str = "auto"  # clic.device.resolve_device in each worker
     dtype: str = "fp32"  # fp32 | fp16 | bf16: part of every concept id
     tf32: bool = True  # TF32 matmul/cuDNN on GPUs that have it (Ampere+); false: exact fp32 (clic.device.configure_tf32)
+    metric_actors: int | None = None  # metric actors scoring in parallel; None: 1, or one per 4 GPUs (up to 4)
     description: str = ""
     seeds: tuple[int, ...] = (0,)
     transfer: TransferSpec = TransferSpec()
@@ -194,6 +197,7 @@ class Suite:
             "device": self.device,
             "dtype": self.dtype,
             "tf32": self.tf32,
+            "metric_actors": self.metric_actors,
             "methods": [
                 {"name": m.name, "presets": list(m.presets), "loss_weights": _thaw(m.loss_weights), "learn": _thaw(m.learn),
                  **({"resources": dict(m.resources)} if m.resources else {})}
@@ -410,6 +414,8 @@ class _SuiteReader:
             device=self.device_name(data.get("device", "auto")),
             dtype=self.choice(data.get("dtype", "fp32"), "dtype", ("fp32", "fp16", "bf16")),
             tf32=self.boolean(data.get("tf32", True), "tf32"),
+            metric_actors=None if data.get("metric_actors") is None else
+            self.integer(data["metric_actors"], "metric_actors", minimum=1, maximum=64),
             methods=self.methods(data["methods"], transfer),
             seeds=self.seeds(data.get("seeds", [0])),
             transfer=transfer,
