@@ -18,7 +18,7 @@ from typing import Any, NoReturn, Sequence
 import numpy as np
 import torch
 
-from .cli_checks import OptionError, check_args, check_prompt_fits, concept_problem
+from .cli_checks import OptionError, check_args, check_output_folder, check_prompt_fits, concept_problem
 from .concept import LearnedConcept
 from .io import InputError, from_model_output, load_image, load_mask, mask_from_model_output, save_image, save_mask_png, to_model_input
 from .learn import ConceptSource
@@ -109,7 +109,8 @@ def _components(method: Method, model: str | None, concept: LearnedConcept | Non
         return None
     model = model or (concept.model_id if concept is not None else None)
     if not model:
-        raise CLIError("--model", f"required: one of {', '.join(TINY_PRESETS)}, a diffusers folder or a cached HF id")
+        raise CLIError("--model", f"required: one of {', '.join(TINY_PRESETS)}, a diffusers folder, a single-file "
+                                  "checkpoint or a cached HF id")
     if method.needs_inpainting and model == "tiny":
         model = "tiny-inpaint"
     try:
@@ -182,6 +183,8 @@ def cmd_learn(args: argparse.Namespace) -> None:
     overrides: dict[str, Any] = {"resolution": resolution}
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.checkpoint_every:  # resumable snapshots in --out: a rerun of the same command resumes from the newest
+        overrides["checkpoint_every"] = args.checkpoint_every
     config = _resolve(method, "learn", args.preset, overrides if method.needs_model else {})
     started = time.perf_counter()
     concept = method.learn(components, source, preset=args.preset, overrides=config,
@@ -314,8 +317,30 @@ def cmd_methods_show(args: argparse.Namespace) -> None:
 
 
 def cmd_save_tiny(args: argparse.Namespace) -> None:
+    if args.single_file:
+        from .checkpoints import save_single_file
+        from .models import build_tiny
+
+        if args.variant != "tiny":
+            raise CLIError("--single-file", f"writes the tiny model only (SD 1.x layout), not {args.variant}")
+        path = save_single_file(build_tiny(args.variant), args.directory)
+        print(f"wrote the tiny model as one file in the original SD layout (random weights, for tests) -> {path}")
+        return
     path = save_tiny(args.directory, args.variant)
     print(f"wrote the {args.variant} model (random weights, for tests) -> {path}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    """A single-file checkpoint as a diffusers folder, written once (later runs load the folder)."""
+    from .checkpoints import convert
+
+    check_output_folder(args.out, "OUT")
+    started = time.perf_counter()
+    try:
+        path = convert(args.file, args.out, arch=args.arch)
+    except ModelNotFoundError as err:
+        raise CLIError(args.file, str(err)) from None
+    print(f"wrote {args.file} as a diffusers folder in {time.perf_counter() - started:.0f} s -> {path}")
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -334,13 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="precision of the frozen model; trained weights keep fp32 master copies (default fp32)")
 
     learn = commands.add_parser("learn", help="learn a concept from a source image and its mask")
-    common(learn, model_help="tiny, tiny-inpaint, a diffusers folder or a cached HF id")
+    common(learn, model_help="tiny, tiny-inpaint, a diffusers folder, a single-file SD 1.x/2.x checkpoint "
+                             "(.safetensors/.ckpt) or a cached HF id")
     learn.add_argument("--image", required=True, help="source image")
     learn.add_argument("--mask", required=True, help="mask of the concept's region in the source image")
     learn.add_argument("--mask2", help="mask of a second concept in the same image (learns <v1*> and <v2*>)")
     learn.add_argument("--object", required=True, help="the object word, e.g. chair")
     learn.add_argument("--steps", type=int, help="learning steps (default: the preset's)")
     learn.add_argument("--out", required=True, help="concept folder to write")
+    learn.add_argument("--checkpoint-every", type=int, default=0,
+                       help="write a resumable snapshot into OUT/checkpoints every N steps; the same command run "
+                            "again after an interruption resumes from the newest (default 0: none)")
     learn.add_argument("--method", default="clic")
     learn.add_argument("--preset", default=None, help="named configuration of the method (default: its default)")
     learn.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -393,7 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = model_commands.add_parser("save-tiny", help="write the seeded tiny model as a diffusers folder")
     tiny.add_argument("directory")
     tiny.add_argument("--variant", choices=TINY_PRESETS, default="tiny")
+    tiny.add_argument("--single-file", action="store_true",
+                      help="write DIRECTORY as one .safetensors file in the original (LDM / A1111) layout")
     tiny.set_defaults(run=cmd_save_tiny)
+    from .checkpoints import SINGLE_FILE_ARCHITECTURES
+
+    convert_file = model_commands.add_parser(
+        "convert", help="write a single-file SD 1.x/2.x checkpoint (.safetensors/.ckpt) as a diffusers folder, offline")
+    convert_file.add_argument("file", help="e.g. v1-5-pruned-emaonly.safetensors")
+    convert_file.add_argument("out", help="the diffusers folder to write")
+    convert_file.add_argument("--arch", choices=tuple(SINGLE_FILE_ARCHITECTURES),
+                              help="the architecture (default: read from the file; SD 2.x is taken as 768-v)")
+    convert_file.set_defaults(run=cmd_convert)
     from .architectures import ARCHITECTURES
 
     random_arch = model_commands.add_parser(

@@ -89,6 +89,7 @@ def check_output_folder(out: str | None, option: str = "--out") -> None:
 def check_args(args: Any) -> None:
     """Every numeric, word and output option of a parsed `clic` command line (absent ones are skipped)."""
     check_number(getattr(args, "seed", None), "--seed", minimum=0, maximum=MAX_SEED)
+    check_number(getattr(args, "checkpoint_every", None), "--checkpoint-every", minimum=0)
     check_number(getattr(args, "eta", None), "--eta", minimum=0.0)
     check_number(getattr(args, "threshold", None), "--threshold", minimum=0.0, maximum=1.0)
     check_object_word(getattr(args, "object", None))
@@ -129,7 +130,8 @@ def concept_problem(directory: str | os.PathLike[str]) -> str | None:
             with safe_open(str(path), framework="pt") as handle:
                 for key in handle.keys():
                     tensor = handle.get_tensor(key)
-                    if tensor.numel() == 0 and path.name != "arrays.safetensors":
+                    untrained_layer = key.endswith(".processor")  # the attention file's placeholder
+                    if tensor.numel() == 0 and path.name != "arrays.safetensors" and not untrained_layer:
                         return f"{path}: tensor {key!r} is empty"
                     if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
                         return f"{path}: tensor {key!r} holds NaN or infinite values"

@@ -1,11 +1,13 @@
 """Stable Diffusion components from a local diffusers folder, the local HF cache (offline), or `tiny`.
 
-Three sources, one return type (:class:`SDComponents`):
+Four sources, one return type (:class:`SDComponents`):
 
 * a local diffusers folder (``model_index.json`` with ``unet/``, ``vae/``, ``text_encoder/``,
   ``tokenizer/``, ``scheduler/``), e.g. a Stable Diffusion 1.x/2.x checkpoint;
 * an HF model id already in the local cache, loaded with ``local_files_only`` (this machine, and most
   cluster nodes, have no route to the hub: a missing model is one clear error, not a retry loop);
+* a single-file checkpoint (``*.safetensors`` / ``*.ckpt`` in the original LDM / A1111 layout), loaded offline
+  by diffusers' ``from_single_file`` with the project's own configs (:mod:`clic.checkpoints`);
 * ``tiny`` / ``tiny-inpaint`` / ``tiny-v``: seeded small models built from configs, as diffusers' own
   test suite does (``tiny-v`` is ``tiny`` with a v-prediction scheduler, as SD 2.x 768 models have), with a real CLIP tokenizer made from the BPE vocabulary that open_clip ships. Numbers made with
   them are labelled ``tiny-random`` everywhere.
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 import torch  # noqa: E402
 
 from . import TINY_RANDOM  # noqa: E402
-from .device import resolve_device, resolve_dtype  # noqa: E402
+from .device import configure_tf32, resolve_device, resolve_dtype  # noqa: E402
 
 # diffusers and transformers are imported where a model is built or loaded, not here: importing diffusers
 # imports every model class it ships and torch._dynamo (seconds), which planning a run, preflight and
@@ -366,7 +368,37 @@ def weights_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _is_single_file(model: str) -> bool:
+    """A single-file checkpoint (``.safetensors`` / ``.ckpt``), read by :mod:`clic.checkpoints`."""
+    return str(model).lower().endswith((".safetensors", ".ckpt"))
+
+
+def _refuse_unsupported_folder(folder: Path) -> None:
+    """SDXL, SD 3, Flux ... folders end in a raw diffusers traceback deep in loading: one line here instead."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return  # no index (a bare unet/ layout): the loaders say what is missing
+    pipeline = str(index.get("_class_name", ""))
+    extra = [k for k in ("text_encoder_2", "transformer", "text_encoder_3") if k in index]
+    if extra or not {"unet", "vae", "text_encoder", "tokenizer"} <= set(index) or "XL" in pipeline:
+        from .checkpoints import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            f"{folder}: unsupported architecture ({pipeline or 'unknown pipeline'}"
+            f"{', with ' + ', '.join(extra) if extra else ''}); supported: Stable Diffusion 1.x/2.x folders "
+            "(StableDiffusionPipeline / StableDiffusionInpaintPipeline layout), tiny, or a single-file SD 1.x/2.x "
+            "checkpoint")
+
+
 def _resolve_folder(model: str) -> Path:
+    """The diffusers folder a model names (a local folder or a cached HF id) of an architecture the project runs."""
+    folder = _find_folder(model)
+    _refuse_unsupported_folder(folder)
+    return folder
+
+
+def _find_folder(model: str) -> Path:
     folder = Path(model).expanduser()
     if folder.is_dir():
         if not (folder / "model_index.json").exists() and not (folder / "unet").is_dir():
@@ -398,8 +430,13 @@ def load_components(model: str = "tiny", *, device: str | torch.device = "cpu",
     commands find from any working directory.
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
+    configure_tf32(device)  # on by default on GPUs that have it (CLIC_TF32=0: off)
     if model in TINY_PRESETS:
         return build_tiny(model).to(device, dtype)
+    if _is_single_file(model):  # v1-5-pruned-emaonly.safetensors: diffusers' from_single_file, offline
+        from .checkpoints import load_single_file
+
+        return load_single_file(model, device=device, dtype=dtype)
     folder = _resolve_folder(model)
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -497,6 +534,12 @@ def describe_model(model: str) -> ModelDescription:
             else:
                 _TINY_DESCRIPTIONS[model] = recalled
         return _TINY_DESCRIPTIONS[model]
+    if _is_single_file(model):  # the architecture from the file's header; the weights are not read
+        from .checkpoints import detect_architecture, file_fingerprint
+
+        path = Path(model).expanduser().resolve()
+        arch = detect_architecture(path)
+        return ModelDescription(str(path), file_fingerprint(path, arch.name), str(path), arch.resolution)
     folder = _resolve_folder(model)
     try:
         unet_config = json.loads((folder / "unet" / "config.json").read_text())

@@ -44,7 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run into an output folder that holds another suite's results (their rows stay apart)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a suite key, checked as the file is (YAML value; repeatable), e.g. "
+                        "--set transfer.t_start=[5,10,15] --set model=PATH --set resources.num_gpus=0.5")
     p.set_defaults(func=_handler("harness.execute.runner:run_main"))
+
+    p = sub.add_parser("doctor", help="every model and metric weight a suite needs: found where, or missing and how "
+                                      "to get it")
+    p.add_argument("suite", nargs="?", default=None, help="suite file (default: benchmarks/smoke.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite key, as for run")
+    p.set_defaults(func=_handler("harness.plan.doctor:doctor_main"))
 
     p = sub.add_parser("report", help="write tables and the HTML report of a run folder")
     p.add_argument("run", help="run folder")

@@ -91,6 +91,7 @@ RESULT_SCHEMA = pa.schema([
     ("peak_memory_mb", pa.float64()),  # the job's peak: CUDA max allocated on a GPU, peak RSS on the CPU
     ("learn_peak_memory_mb", pa.float64()),  # the same for the job's concept learning (null: learned earlier)
     ("finished_at", pa.string()),
+    ("notes", pa.string()),  # what happened on the way: an out-of-memory retry with a larger packing, a resumed learn
 ])
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 # Columns added later: result files written before them still read, with nulls there.
