@@ -197,9 +197,26 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
     name = _display_name(source, name)
     with _open(source, name) as opened:
         orientation = _orientation(opened)
+        frames = getattr(opened, "n_frames", 1)
         _decode(opened, name)
         rgb = to_rgb(opened, name=name)
+    if frames > 1:
+        _note_once(name, f"{opened.format or 'the'} image has {frames} frames (animated); the first frame is used")
     return _oriented(rgb, orientation)
+
+
+# Files a note was given for (an animated image, a tiny image blown up): said once per file and process.
+_NOTED: set[tuple[str, str]] = set()
+# Upscaling beyond this factor makes the model see a few pixels as blurred blocks: worth a note.
+UPSCALE_NOTE_FACTOR = 8
+
+
+def _note_once(name: str, text: str) -> None:
+    key = (name, text.split(";")[0])
+    if key in _NOTED:
+        return
+    _NOTED.add(key)
+    print(f"note: {name}: {text}", file=sys.stderr)
 
 
 def to_rgb(image: Image.Image, *, name: str = "image") -> Image.Image:
@@ -362,14 +379,20 @@ class Placement:
 
 
 def to_model_input(
-    image: Image.Image, mask: np.ndarray | None, resolution: int
+    image: Image.Image, mask: np.ndarray | None, resolution: int, *, name: str | None = None
 ) -> tuple["torch.Tensor", "torch.Tensor | None", Placement]:
-    """(image (3, R, R) float32 in [-1, 1], mask (1, R, R) float32 in {0, 1} or None, placement)."""
+    """(image (3, R, R) float32 in [-1, 1], mask (1, R, R) float32 in {0, 1} or None, placement).
+
+    With ``name`` (the file the image came from), an image blown up more than ``UPSCALE_NOTE_FACTOR`` times
+    (a 1x1 image at 64 px) gets a one-line note on stderr, once per file."""
     import torch
 
     if resolution <= 0:
         raise ValueError(f"resolution must be positive, got {resolution}")
     rgb = to_rgb(image)
+    if name is not None and max(rgb.size) * UPSCALE_NOTE_FACTOR < resolution:
+        _note_once(name, f"{rgb.size[0]}x{rgb.size[1]} px, upscaled {resolution / max(rgb.size):.0f}x to the model's "
+                         f"{resolution}x{resolution}; its detail is what the model sees")
     placement = Placement.for_size(rgb.size, resolution)
     square = Image.new("RGB", (placement.square_size,) * 2, (255, 255, 255))
     square.paste(rgb, placement.pad_box[:2])

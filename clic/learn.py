@@ -29,7 +29,7 @@ from .augment import AugmentConfig, LatentBank, image_region
 from .concept import LearnedConcept
 from .device import autocast_dtype
 from .losses import Objective, StepTensors, resize_mask
-from .models import SDComponents
+from .models import SDComponents, components_architecture
 from .reuse import keep_originals
 from .prediction import training_target
 from .tokens import ConceptTokens, merge_concept_embeddings
@@ -588,6 +588,7 @@ def _snapshot(state: TrainState, source: ConceptSource, config: LearnConfig, met
         weights_hash=state.components.weights_hash,
         config={**config.to_dict(), "seed": seed},
         loss_log=list(loss_log),
+        extras={"architecture": components_architecture(state.components)},  # a model given later must match it
         unet_state={k: v.detach().clone() for k, v in state.components.unet.state_dict().items() if "processor" not in k}
         if full_unet else {},
         text_encoder_state={k: v.detach().clone() for k, v in state.components.text_encoder.state_dict().items()

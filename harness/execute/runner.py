@@ -33,18 +33,41 @@ if TYPE_CHECKING:
     from ..plan.suite import Suite
 
 
-def _connect(address: str | None, num_cpus: int | None) -> None:
+# Set when this process started a local Ray cluster (not when it joined one): an interrupted or refused run
+# stops what it started (harness.cli), and leaves others' clusters alone.
+STARTED_LOCAL_CLUSTER: list[bool] = []
+
+
+def _connect(address: str | None, num_cpus: int | None, suite: "Suite | None" = None) -> None:
     import os
 
     import ray
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+            STARTED_LOCAL_CLUSTER.append(True)
+    if suite is not None:  # before any task is submitted: GPU tasks on a cluster without GPUs would wait forever
+        from ..plan.preflight import PreflightFailed, gpu_problems
+
+        problems = gpu_problems(suite, float(ray.cluster_resources().get("GPU", 0)))
+        if problems:
+            stop_started_cluster()
+            raise PreflightFailed(problems)
+
+
+def stop_started_cluster() -> bool:
+    """Shut down the local Ray cluster this process started, if any; True when one was stopped."""
+    if not STARTED_LOCAL_CLUSTER:
+        return False
+    import ray
+
+    STARTED_LOCAL_CLUSTER.clear()
+    ray.shutdown()
+    return True
 
 
 def _versions() -> dict[str, str]:
@@ -86,7 +109,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
     if not store.has_results(run_dir):
         # A fresh run folder certainly has jobs to run: the workers import the method library and load the
         # model (seconds each) while the driver plans. A resumed run plans first: it may have nothing to run.
-        _connect(address, num_cpus)
+        _connect(address, num_cpus, suite)
         warming = WarmWorkers.start(suite, models)
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
@@ -120,7 +143,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
         _write_run_manifest(run_dir, suite, plan, summary, started, models, {}, slots=0)
         return summary
 
-    _connect(address, num_cpus)
+    _connect(address, num_cpus, suite)
     run = _RayRun(suite, plan, graph, scheduler, recorder, run_dir, max_in_flight, allow_random_metrics, quiet,
                   warming)
     run.loop()
@@ -397,6 +420,15 @@ def run_suite(suite_path: str | Path, out: str | Path | None = None, address: st
 
     # Everything that would certainly fail later fails here, in seconds, one line per problem (exit 2).
     checked = preflight(suite_path, out, allow_random_metrics=allow_random_metrics, allow_outside=allow_outside)
+    if not address:  # a local cluster gets this machine's GPUs: refused before it is started
+        from ..plan.preflight import PreflightFailed, gpu_problems, local_gpu_count
+
+        import ray
+
+        if not ray.is_initialized():
+            problems = gpu_problems(checked.suite, local_gpu_count())
+            if problems:
+                raise PreflightFailed(problems)
     return execute(checked.suite, checked.pairs, checked.run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
                    retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet, wait=wait)
 

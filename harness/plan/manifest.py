@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from clic.cli_checks import placeholder_problem
 from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
 
 from .decode_budget import DECODES, decode_cost
@@ -363,6 +364,11 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
                 row_problem(column, "missing value (required)")
             elif not value.strip():
                 row_problem(column, "empty value (required)")
+        for column in ("source_object", "target_object"):  # "<v*>" as the object word: the concept's own slot
+            value = record.get(column)
+            problem = placeholder_problem(value) if isinstance(value, str) else None
+            if problem is not None:
+                row_problem(column, problem)
         if pair_id is not None:
             if pair_id in first_row_of:
                 row_problem("pair_id", f"duplicate pair_id (first used in row {first_row_of[pair_id]})")
