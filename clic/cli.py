@@ -456,7 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_args(args)
         args.run(args)
     except (CLIError, InputError, OptionError) as err:
-        print(f"clic: error: {err}", file=sys.stderr)
+        # One line even when a file name holds a line break: control characters are shown escaped.
+        message = str(err).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"clic: error: {message}", file=sys.stderr)
         return 2
     return 0
 

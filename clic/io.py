@@ -30,6 +30,7 @@ user's original size, so every saved output has the size of the image it came fr
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import warnings
 from dataclasses import dataclass
@@ -107,6 +108,13 @@ def _note_large_image(image: Image.Image, name: str) -> None:
 
 def _open(source: ImageSource, name: str) -> Image.Image:
     """Open (header only) or raise an InputError that says why not."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            mode = os.stat(source).st_mode
+        except OSError:
+            mode = None  # missing, a symlink loop, no permission: Image.open says which below
+        if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise InputError(name, "not a regular file (a pipe, socket or device would block or never end)")
     try:
         image = Image.open(source)
         _note_large_image(image, name)

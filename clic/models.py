@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -245,8 +246,10 @@ def _tiny_tokenizer() -> CLIPTokenizer:
             tokenizer = CLIPTokenizer.from_pretrained(cache)
             tokenizer.model_max_length = 77
             return tokenizer
-    except (OSError, ValueError):  # a damaged cache entry: built again below
+    except Exception:  # damaged (the tokenizers library raises a bare Exception for a broken vocab): rebuilt below
         pass
+    if cache.is_dir():  # incomplete or damaged (a writer killed half-way, before writes were atomic): rebuilt
+        shutil.rmtree(cache, ignore_errors=True)
     # Built beside the cache and renamed into place: a concurrent reader never sees half-written files.
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -910,3 +910,138 @@ def test_27_15_compare_errors_go_to_stderr(tmp_path: Path, corpus: dict[str, Pat
     assert not captured.out.strip()
     err = _stderr_lines(captured.err)
     assert len(err) == 1 and err[0].startswith("clic-bench: error: ") and "has no results" in err[0], err
+
+
+# ------------------------------------------------------------------------------ issue 27: the second sweep
+def _sweep_inputs(corpus: dict[str, Path]) -> dict[str, Path]:
+    root = corpus["root"] / "sweep"
+    if root.is_dir():
+        return {path.name: path for path in root.iterdir()}
+    root.mkdir()
+    fifo = root / "fifo.png"
+    os.mkfifo(fifo)
+    loop = root / "loop.png"
+    loop.symlink_to(loop)
+    (root / "zero.png").write_bytes(b"")
+    (root / "stühl 椅子.png").write_bytes(corpus["image"].read_bytes())
+    rotated = Image.fromarray(picture(64, 48))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90°: 48x64
+    rotated.save(root / "exif.jpg", exif=exif.tobytes())
+    raw_mask = np.zeros((48, 64), np.uint8)
+    raw_mask[10:30, 10:40] = 255
+    Image.fromarray(raw_mask).save(root / "raw-mask.png")  # drawn on the stored pixels, not the shown image
+    return {path.name: path for path in root.iterdir()}
+
+
+SWEEP_CLIC = {  # case: (--image, --mask, words of the one error line; None: the command works)
+    "fifo as --image (hung)": ("fifo.png", None, "fifo.png: not a regular file"),
+    "newline in a file name (two lines)": ("a\nb.png", None, "a\\nb.png: file not found"),
+    "symlink loop as --image": ("loop.png", None, "loop.png: unreadable image: [Errno 40]"),
+    "zero-byte --image": ("zero.png", None, "zero.png: not a readable image"),
+    "unicode file name": ("stühl 椅子.png", None, None),
+    "EXIF-rotated image, mask on the stored pixels": ("exif.jpg", "raw-mask.png", "different aspect ratio"),
+}
+
+
+@pytest.mark.parametrize("case", list(SWEEP_CLIC), ids=list(SWEEP_CLIC))
+def test_27_sweep_clic_inputs(corpus: dict[str, Path], capsys: pytest.CaptureFixture[str], case: str) -> None:
+    image, mask, words = SWEEP_CLIC[case]
+    files = _sweep_inputs(corpus)
+    image_path = str(files.get(image, corpus["root"] / "sweep" / image))
+    mask_path = str(files[mask]) if mask else str(corpus["mask"])
+    capsys.readouterr()
+    code = clic_main(["learn", "--model", "tiny", "--image", image_path, "--mask", mask_path, "--object", "chair",
+                      "--steps", "1", "--quiet", "--out", str(corpus["root"] / "sweep-out")])
+    if words is None:
+        assert code == 0, capsys.readouterr().err
+        return
+    line = one_error_line(capsys)
+    assert code == 2 and line.startswith("clic: error: ") and words in line, line
+
+
+def test_27_sweep_unreadable_run_files_are_one_line_and_keep_the_report(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """run.json or pairs.parquet damaged outside the harness: `report` said a JSON/Arrow traceback (and had already
+    deleted the last report's images); a later run into the folder rewrites pairs.parquet."""
+    from test_study import make_fake_run
+
+    for name, damage in (("run.json", b"{broken"), ("pairs.parquet", b"PAR1 garbage")):
+        run_dir = make_fake_run(tmp_path / name, {"furniture": 2})
+        assert bench_main(["report", str(run_dir)]) == 0
+        images = sorted((run_dir / "report" / "images").iterdir())
+        (run_dir / name).write_bytes(damage)
+        capsys.readouterr()
+        assert bench_main(["report", str(run_dir)]) == 2
+        line = one_error_line(capsys)
+        assert line.startswith(f"clic-bench: error: {run_dir / name}: not ") and "readable" in line, line
+        assert sorted((run_dir / "report" / "images").iterdir()) == images  # the last report is kept
+    store.write_pairs(run_dir, [{"pair_id": "p-new", "category": "furniture"}])  # as a run does: no traceback
+    assert [row["pair_id"] for row in store.read_pairs(run_dir)] == ["p-new"]
+
+
+def test_27_sweep_suite_files(bench: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A duplicate key, a binary file, a folder: one line each (these held already; kept as cases)."""
+    duplicate = tmp_path / "dup.yaml"
+    duplicate.write_text(f"name: d\nmanifest: {bench['manifest']}\nmethods: [{{name: cut_paste}}]\n"
+                         "transfer: {steps: 20}\ntransfer: {steps: 30}\n")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad\x80")
+    for suite, words in ((duplicate, "duplicate key 'transfer'"), (binary, "cannot read"), (tmp_path, "cannot read")):
+        capsys.readouterr()
+        assert bench_main(["run", str(suite), "--out", str(tmp_path / "run")]) == 2
+        line = one_error_line(capsys)
+        assert line.startswith("clic-bench: error: ") and words in line, line
+
+
+def test_27_sweep_manifest_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NaN / Infinity in pattern_params (Python's json takes them) were accepted; now a row line each."""
+    dataset = DataSet(tmp_path / "set")
+    manifest = dataset.write([dataset.row("good", pattern_params='{"scale": 2.0}'),
+                              dataset.row("nan", pattern_params='{"scale": NaN}'),
+                              dataset.row("inf", pattern_params='{"scale": -Infinity}'),
+                              dataset.row("Good")])  # differs from "good" in case only: a distinct pair
+    assert bench_main(["validate", str(manifest)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert any("row 1 (pair_id 'nan') column 'pattern_params': NaN is not a JSON number" in line for line in out), out
+    assert any("row 2 (pair_id 'inf') column 'pattern_params': -Infinity" in line for line in out), out
+    assert out[-1] == "4 rows: 2 good, 2 bad"
+
+
+def test_27_sweep_pair_ids_differing_in_case_get_their_own_thumbnails() -> None:
+    """"Chair1" and "chair1" were one file on case-insensitive file systems (macOS, Windows)."""
+    from harness.analyse.report import image_name
+
+    assert image_name("Chair1", "source").lower() != image_name("chair1", "source").lower()
+    assert image_name("p0", "source") == "p0-source.png"  # plain ids keep plain names
+
+
+@pytest.mark.parametrize("export", ["bom", "semicolon"])
+def test_27_sweep_spreadsheet_csv_answers(corpus: dict[str, Path], tmp_path: Path, export: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A CSV saved by a spreadsheet (a UTF-8 byte-order mark, or ';' between columns in comma-decimal locales)
+    was refused as lacking the columns it has."""
+    import csv
+
+    data = json.loads(_answers(corpus, lambda d: None).read_text())
+    rows = [{"pack_id": data["pack_id"], "rater": data["rater"], "question": a["question"], "criterion": a["criterion"],
+             "place": place, "option": option}
+            for a in data["answers"] for place, option in enumerate(a["ranking"], start=1)]
+    path = tmp_path / f"{export}.csv"
+    with path.open("w", encoding="utf-8-sig" if export == "bom" else "utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=";" if export == "semicolon" else ",")
+        writer.writeheader()
+        writer.writerows(rows)
+    capsys.readouterr()
+    assert bench_main(["score", str(corpus["key"]), str(path)]) == 0, capsys.readouterr().err
+
+
+def test_27_sweep_damaged_tokenizer_cache_is_rebuilt(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """A tiny-tokenizer cache left half-written (a killed writer; writes are now a rename) was a JSON traceback."""
+    cache = tmp_path / "cache"
+    (cache / "tiny-tokenizer").mkdir(parents=True)
+    (cache / "tiny-tokenizer" / "vocab.json").write_text('{"a": 1, "b"')
+    (cache / "tiny-tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    done = _child(_clic(corpus, "learn", "--out", str(tmp_path / "c")), env={"CLIC_CACHE": str(cache)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((cache / "tiny-tokenizer" / "vocab.json").read_text())["<|endoftext|>"] == 49407

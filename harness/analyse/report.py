@@ -69,11 +69,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     """Write the report of `run_dir` into `out` (default RUN/report) and return the path of index.html."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report"
+    results = with_variants(read_results(run_dir))  # read first: an unreadable run leaves the last report as it was
+    run_info = read_run_manifest(run_dir)
+    read_pairs(run_dir)
     for folder in ("images", "plots", "tables"):
         shutil.rmtree(out / folder, ignore_errors=True)  # no stale files from an earlier report
         (out / folder).mkdir(parents=True)
-    results = with_variants(read_results(run_dir))
-    run_info = read_run_manifest(run_dir)
     declared = directions(results)  # each metric's declaration, recorded in its rows
 
     summary = summary_table(results, by=SUMMARY_KEYS)
@@ -230,10 +231,11 @@ SLUG_CHARACTERS = 60  # file names stay far below the file systems' 255 bytes
 
 def image_name(key: object, role: str) -> str:
     """The thumbnail file name of a pair or job id: its slug, plus a hash of the id wherever the slug is not the
-    id itself (so "chair 1" and "chair-1" never share a file) or is cut short (a 3000-character id)."""
+    id itself (so "chair 1" and "chair-1" never share a file), is cut short (a 3000-character id) or has capitals
+    ("Chair1" and "chair1" are one file name on macOS' and Windows' case-insensitive file systems)."""
     text = str(key)
     slug = _slug(text)
-    if slug != text or len(slug) > SLUG_CHARACTERS:
+    if slug != text or len(slug) > SLUG_CHARACTERS or slug != slug.lower():
         slug = f"{slug[:SLUG_CHARACTERS]}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:10]}"
     return f"{slug}-{role}.png"
 

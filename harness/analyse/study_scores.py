@@ -65,14 +65,22 @@ def _split_check_only_raters(frame: pd.DataFrame, key: Mapping[str, Any]) -> tup
 
 def _read_answer_file(path: Path) -> pd.DataFrame:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet exports start with a byte-order mark
     except OSError as err:
         raise UsageError(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        lines = text.splitlines()
+        try:  # a spreadsheet in a comma-decimal locale writes ';' (or tabs) between the columns
+            dialect = csv.Sniffer().sniff(lines[0] if lines else "", delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        rows = list(csv.DictReader(lines, dialect=dialect))
         needed = {"pack_id", "rater", "question", "criterion", "place", "option"}
         if not rows or not needed <= set(rows[0]):
-            raise UsageError(f"{path}: a CSV of answers needs the columns {', '.join(sorted(needed))}")
+            found = ", ".join(map(repr, rows[0])) if rows else "none"
+            raise UsageError(f"{path}: a CSV of answers needs the columns {', '.join(sorted(needed))} (found {found})")
         _check_answer_fields(rows, path)
         try:
             return pd.DataFrame(rows).astype({"place": int})
