@@ -130,6 +130,12 @@ class LearnConfig(MethodConfig):
             raise ValueError(f"attention_resolution must be a side in cells or 'latent', got {self.attention_resolution!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if isinstance(self.resolution, int) and self.resolution > 0:
+            from .limits import image_memory_problem  # the bound `clic learn` and the suite reader apply first
+
+            problem = image_memory_problem(self.resolution)
+            if problem is not None:
+                raise ValueError(f"resolution {self.resolution} is too large: {problem}")
         if self.gradient_accumulation < 1 or self.max_grad_norm < 0:
             raise ValueError(f"gradient_accumulation must be >= 1 and max_grad_norm >= 0, got "
                              f"{self.gradient_accumulation}, {self.max_grad_norm}")

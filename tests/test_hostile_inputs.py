@@ -950,9 +950,18 @@ def test_27_sweep_clic_inputs(corpus: dict[str, Path], capsys: pytest.CaptureFix
     files = _sweep_inputs(corpus)
     image_path = str(files.get(image, corpus["root"] / "sweep" / image))
     mask_path = str(files[mask]) if mask else str(corpus["mask"])
+    argv = ["learn", "--model", "tiny", "--image", image_path, "--mask", mask_path, "--object", "chair",
+            "--steps", "1", "--quiet", "--out", str(corpus["root"] / "sweep-out")]
+    if "fifo" in case:  # in a child with a timeout: a regression must not hang the test run
+        try:
+            done = _child(argv, timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("reading a FIFO as the image hangs")
+        lines = _stderr_lines(done.stderr)
+        assert done.returncode == 2 and len(lines) == 1 and words in lines[0], done.stderr[-2000:]
+        return
     capsys.readouterr()
-    code = clic_main(["learn", "--model", "tiny", "--image", image_path, "--mask", mask_path, "--object", "chair",
-                      "--steps", "1", "--quiet", "--out", str(corpus["root"] / "sweep-out")])
+    code = clic_main(argv)
     if words is None:
         assert code == 0, capsys.readouterr().err
         return
