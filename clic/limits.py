@@ -55,8 +55,9 @@ def image_memory_problem(resolution: int, images: int = 1, memory: int | None = 
     needed = image_memory_bytes(resolution, images)
     if needed <= memory:
         return None
-    count = f"{images} images of {resolution}x{resolution} px" if images > 1 else f"an image of {resolution}x{resolution} px"
-    return f"{count} need at least {_gb(needed)} of memory, more than this machine has ({_gb(memory)})"
+    count = f"{images} images of {resolution}x{resolution} px need" if images > 1 else \
+        f"an image of {resolution}x{resolution} px needs"
+    return f"{count} at least {_gb(needed)} of memory, more than this machine has ({_gb(memory)})"
 
 
 def _gb(size: int) -> str:
