@@ -20,11 +20,13 @@ import torch
 
 from .cli_checks import OptionError, check_args, check_output_folder, check_prompt_fits, concept_problem
 from .concept import LearnedConcept
+from .limits import image_memory_problem, schedule_steps_problem
 from .io import InputError, from_model_output, load_image, load_mask, mask_from_model_output, save_image, save_mask_png, to_model_input
 from .learn import ConceptSource
 from .methods.base import Method, UnsupportedTask, get_method
 from .device import DEVICE_HELP, DTYPES, resolve_device, resolve_dtype
-from .models import TINY_PRESETS, ModelNotFoundError, SDComponents, load_components, save_tiny
+from .models import (TINY_PRESETS, ModelNotFoundError, SDComponents, components_architecture, load_components,
+                     model_architecture, save_tiny)
 
 
 # Working side for methods without a model (cut-and-paste): SD 1.x's native resolution.
@@ -128,10 +130,45 @@ def _check_object_fits(components: SDComponents | None, word: str) -> None:
             raise CLIError(err.subject, err.problem) from None
 
 
+def _check_memory(resolution: int, images: int = 1, option: str = "--resolution") -> None:
+    """Before any work: images of this side (and count) must fit this machine's memory (clic.limits)."""
+    problem = image_memory_problem(resolution, images)
+    if problem is not None:
+        value = images if option == "--images" else resolution
+        raise CLIError(option, f"{value} is too large: {problem}")
+
+
+def _check_schedule(steps: int, components: SDComponents | None, option: str = "--steps") -> None:
+    """A DDIM schedule of ``steps`` steps must fit the model's scheduler (clic.limits)."""
+    if components is not None:
+        problem = schedule_steps_problem(steps, int(components.scheduler.config.num_train_timesteps))
+        if problem is not None:
+            raise CLIError(option, problem)
+
+
+def _check_concept_model(concept: LearnedConcept, components: SDComponents | None, model: str | None) -> None:
+    """A concept runs only on the architecture it was learned on; another checkpoint of it gets a note."""
+    if components is None or not model:
+        return
+    learned = concept.extras.get("architecture") or model_architecture(concept.model_id)
+    if not learned:  # the concept does not say and its model is not here: nothing to compare
+        return
+    given = components_architecture(components)
+    differences = [f"{key} {given.get(key)} vs {value}" for key, value in learned.items()
+                   if key in given and given[key] != value]
+    if differences:
+        raise CLIError("--model", f"{model} has another architecture than the concept's model {concept.model_id} "
+                                  f"({'; '.join(differences)}): a concept runs only on the architecture it was "
+                                  f"learned on; leave --model out to use {concept.model_id}")
+    if concept.weights_hash and components.weights_hash != concept.weights_hash:
+        print(f"note: --model {model} is another checkpoint of the same architecture as the concept's model "
+              f"{concept.model_id}: its tokens and attention weights were learned on that one", file=sys.stderr)
+
+
 def _resolution(requested: int | None, components: SDComponents | None, concept: LearnedConcept | None = None) -> int:
     """--resolution, else the concept's learning resolution, else the model's native one."""
     if requested is not None:
-        _positive(requested, "--resolution")
+        _positive(requested, "--resolution")  # and within memory: clic.cli_checks.check_args, before any work
         if components is not None:
             multiple = components.vae_scale_factor * 2 ** (len(components.unet.config.block_out_channels) - 1)
             if requested % multiple:
@@ -177,7 +214,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
     _check_object_fits(components, args.object)
     resolution = _resolution(args.resolution, components)
     image = load_image(args.image)
-    image_tensor, _, _ = to_model_input(image, None, resolution)
+    image_tensor, _, _ = to_model_input(image, None, resolution, name=args.image)
     masks = [_model_mask(path, image.size, image, resolution) for path in [args.mask, *([args.mask2] if args.mask2 else [])]]
     source = ConceptSource(image_tensor, torch.stack(masks), args.object)
     overrides: dict[str, Any] = {"resolution": resolution}
@@ -201,10 +238,13 @@ def cmd_transfer(args: argparse.Namespace) -> None:
                  if value is not None}
     settings = _resolve(method, "transfer", concept.preset, overrides)  # None: the method reads no settings
     components = _components(method, args.model, concept, args)
+    _check_concept_model(concept, components, args.model)
+    if settings is not None:
+        _check_schedule(settings.steps, components)
     _check_object_fits(components, args.object)
     resolution = _resolution(args.resolution, components, concept)
     image = load_image(args.image)
-    image_tensor, _, placement = to_model_input(image, None, resolution)
+    image_tensor, _, placement = to_model_input(image, None, resolution, name=args.image)
     mask = _model_mask(args.mask, image.size, image, resolution)
     started = time.perf_counter()
     try:
@@ -238,11 +278,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
         method.require("generate")
     except UnsupportedTask as err:
         raise CLIError("--concept", str(err)) from None
-    _resolve(method, "generate", concept.preset, overrides)  # a bad value fails before the model loads
+    _check_memory(args.resolution or int(concept.config.get("resolution") or 0) or 8, overrides.get("images", 1),
+                  "--images")
+    settings = _resolve(method, "generate", concept.preset, overrides)  # a bad value fails before the model loads
     components = _components(method, args.model, concept, args)
+    _check_concept_model(concept, components, args.model)
+    _check_schedule(settings.steps, components)
     _check_object_fits(components, args.object)
     if components is not None:  # --resolution, else the concept's learning resolution, else the model's
         overrides["resolution"] = _resolution(args.resolution, components, concept)
+        _check_memory(overrides["resolution"], settings.images, "--images")
     settings = _resolve(method, "generate", concept.preset, overrides)
     result = method.generate(components, concept, args.object, overrides=settings, seed=args.seed)
     out = Path(args.out)
@@ -267,10 +312,12 @@ def cmd_match(args: argparse.Namespace) -> None:
     if "source_image" not in concept.arrays:  # w* is learned from the source the concept keeps
         raise CLIError(args.concept, "the concept keeps no source image (learned by an older version): learn it again")
     components = _components(method, args.model, concept, args)
+    _check_concept_model(concept, components, args.model)
+    _check_schedule(settings.denoise_steps, components)
     _check_object_fits(components, args.object)
     resolution = _resolution(args.resolution, components, concept)
     image = load_image(args.image)
-    image_tensor, _, placement = to_model_input(image, None, resolution)
+    image_tensor, _, placement = to_model_input(image, None, resolution, name=args.image)
     result = method.match(components, concept, image_tensor, args.object, overrides=settings, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -451,7 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_args(args)
         args.run(args)
     except (CLIError, InputError, OptionError) as err:
-        print(f"clic: error: {err}", file=sys.stderr)
+        # One line even when a file name holds a line break: control characters are shown escaped.
+        message = str(err).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"clic: error: {message}", file=sys.stderr)
         return 2
     return 0
 

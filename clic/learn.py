@@ -29,7 +29,7 @@ from .augment import AugmentConfig, LatentBank, image_region
 from .concept import LearnedConcept
 from .device import autocast_dtype
 from .losses import Objective, StepTensors, resize_mask
-from .models import SDComponents
+from .models import SDComponents, components_architecture
 from .reuse import keep_originals
 from .prediction import training_target
 from .tokens import ConceptTokens, merge_concept_embeddings
@@ -140,6 +140,12 @@ class LearnConfig(MethodConfig):
         if self.lora and (int(self.lora.get("rank", 0)) <= 0 or not self.lora.get("unet_targets")
                           or not self.lora.get("text_targets")):
             raise ValueError(f"lora needs a positive rank and unet_targets / text_targets, got {dict(self.lora)}")
+        if isinstance(self.resolution, int) and self.resolution > 0:
+            from .limits import image_memory_problem  # the bound `clic learn` and the suite reader apply first
+
+            problem = image_memory_problem(self.resolution)
+            if problem is not None:
+                raise ValueError(f"resolution {self.resolution} is too large: {problem}")
         if self.gradient_accumulation < 1 or self.max_grad_norm < 0:
             raise ValueError(f"gradient_accumulation must be >= 1 and max_grad_norm >= 0, got "
                              f"{self.gradient_accumulation}, {self.max_grad_norm}")
@@ -715,6 +721,7 @@ def _snapshot(state: TrainState, source: ConceptSource, config: LearnConfig, met
         weights_hash=state.components.weights_hash,
         config={**config.to_dict(), "seed": seed},
         loss_log=list(loss_log),
+        extras={"architecture": components_architecture(state.components)},  # a model given later must match it
         unet_state={k: v.detach().clone() for k, v in state.components.unet.state_dict().items() if "processor" not in k}
         if full_unet else {},
         text_encoder_state={k: v.detach().clone() for k, v in state.components.text_encoder.state_dict().items()

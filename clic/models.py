@@ -21,11 +21,15 @@ afterwards follows the model (:mod:`clic.device`).
 """
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import hashlib
 import json
 import os
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +37,7 @@ from pathlib import Path
 # model retries against an unreachable hub for ~47 s. Users who do have a hub set HF_HUB_OFFLINE=0.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -240,11 +244,89 @@ def _tiny_tokenizer() -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     cache = Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic")) / "tiny-tokenizer"
-    if (cache / "vocab.json").exists() and (cache / "merges.txt").exists():
-        tokenizer = CLIPTokenizer.from_pretrained(cache)
-        tokenizer.model_max_length = 77
-        return tokenizer
-    return build_clip_tokenizer(cache)
+    try:
+        if (cache / "vocab.json").exists() and (cache / "merges.txt").exists():
+            tokenizer = CLIPTokenizer.from_pretrained(cache)
+            tokenizer.model_max_length = 77
+            return tokenizer
+    except Exception:  # damaged (the tokenizers library raises a bare Exception for a broken vocab): rebuilt below
+        pass
+    if cache.is_dir():  # incomplete or damaged (a writer killed half-way, before writes were atomic): rebuilt
+        shutil.rmtree(cache, ignore_errors=True)
+    # Built beside the cache and renamed into place: a concurrent reader never sees half-written files.
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".tiny-tokenizer-") as building:
+            tokenizer = build_clip_tokenizer(building)
+            try:
+                os.replace(building, cache)
+            except OSError:  # another process put its (identical) copy there first
+                pass
+            else:
+                Path(building).mkdir()  # for TemporaryDirectory's cleanup
+            return tokenizer
+    except OSError as err:  # CLIC_CACHE is a file, read-only or full: built in a temporary folder, not cached
+        _note_cache_unusable(cache.parent, err)
+        with tempfile.TemporaryDirectory(prefix="clic-tiny-tokenizer-") as building:
+            return build_clip_tokenizer(building)
+
+
+def _note_cache_unusable(folder: Path, err: OSError) -> None:
+    if _CACHE_NOTED:
+        return
+    _CACHE_NOTED.append(folder)
+    reason = "read-only file system" if err.errno == errno.EROFS else (err.strerror or type(err).__name__)
+    print(f"note: CLIC_CACHE={folder}: cannot be written ({reason}); the tiny models' tokenizer is built in a "
+          f"temporary folder each time (set CLIC_CACHE to a writable folder to keep it)", file=sys.stderr)
+
+
+_CACHE_NOTED: list[Path] = []
+
+
+def train_timesteps(model: str) -> int:
+    """The scheduler's ``num_train_timesteps`` of ``model``, from its config (no weights read; 1000 if unknown)."""
+    from .limits import DEFAULT_TRAIN_TIMESTEPS
+
+    if model in TINY_PRESETS:
+        return int(SD_SCHEDULER_CONFIG["num_train_timesteps"])
+    try:
+        config = json.loads((_resolve_folder(model) / "scheduler" / "scheduler_config.json").read_text())
+        return int(config.get("num_train_timesteps", DEFAULT_TRAIN_TIMESTEPS))
+    except (ModelNotFoundError, OSError, ValueError, TypeError, AttributeError):
+        return DEFAULT_TRAIN_TIMESTEPS
+
+
+# What must match for a concept's tokens and attention weights to fit a model: the UNet's layer structure and
+# input channels (an inpainting UNet takes 9), and the text encoder's width.
+ARCHITECTURE_KEYS = {"unet": ("in_channels", "out_channels", "cross_attention_dim", "block_out_channels",
+                              "layers_per_block", "attention_head_dim", "down_block_types", "up_block_types"),
+                     "text_encoder": ("hidden_size", "num_hidden_layers")}
+
+
+def architecture_of(unet_config: Any, text_config: Any) -> dict[str, Any]:
+    """The architecture fields of a UNet and a text-encoder config (mappings or diffusers/transformers configs)."""
+    def field(config: Any, key: str) -> Any:
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    return {f"{part}.{key}": field(config, key) for part, config in (("unet", unet_config), ("text_encoder", text_config))
+            for key in ARCHITECTURE_KEYS[part]}
+
+
+def components_architecture(components: SDComponents) -> dict[str, Any]:
+    return architecture_of(dict(components.unet.config), components.text_encoder.config)
+
+
+def model_architecture(model: str) -> dict[str, Any] | None:
+    """``model``'s architecture from its configs (no weights read); None when the model is not on this machine."""
+    if model in TINY_PRESETS:
+        return architecture_of(tiny_unet_config(9 if model == "tiny-inpaint" else 4), TINY_TEXT_CONFIG)
+    try:
+        folder = _resolve_folder(model)
+        return architecture_of(json.loads((folder / "unet" / "config.json").read_text()),
+                               json.loads((folder / "text_encoder" / "config.json").read_text()))
+    except (ModelNotFoundError, OSError, ValueError, TypeError):
+        return None
 
 
 def build_tiny(variant: str = "tiny") -> SDComponents:

@@ -134,6 +134,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"clic-bench: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: results are written job by job, so nothing finished is lost
+        stopped = _stop_started_cluster()
+        print("clic-bench: error: interrupted (Ctrl-C): what finished is kept; run it again to resume"
+              + ("; the Ray cluster this run started was stopped" if stopped else ""), file=sys.stderr)
+        return 130
+
+
+def _stop_started_cluster() -> bool:
+    """Stop the local Ray cluster a `run` started (only if the runner was imported, i.e. a run began)."""
+    runner = sys.modules.get("harness.execute.runner")
+    if runner is None:
+        return False
+    try:
+        return bool(runner.stop_started_cluster())
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping: Ray's atexit handler finishes the job
+        return False
 
 
 if __name__ == "__main__":

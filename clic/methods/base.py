@@ -124,7 +124,16 @@ class Method:
         return config.merged(overrides)
 
     def task_settings(self, task: str, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return {**dict(self.preset(preset).get(task, {})), **dict(overrides or {})}
+        own, given = dict(self.preset(preset).get(task, {})), dict(overrides or {})
+        settings = {**own, **given}
+        if task == "generate" and "steps" in given and "stage_one_steps" not in given:
+            # A default stage-one length follows the given schedule as a share (the paper's 5 of 50 steps, §3.3):
+            # only a value the user gave is refused when it does not fit.
+            from ..generate import GenerateSettings
+
+            share = own.get("stage_one_steps", GenerateSettings.stage_one_steps) / own.get("steps", GenerateSettings.steps)
+            settings["stage_one_steps"] = min(int(given["steps"]), round(share * int(given["steps"])))
+        return settings
 
     def preset_terms(self, preset: str | None = None) -> Mapping[str, Any]:
         """A preset's loss terms: a suite's ``loss_weights`` change their weights and keep their parameters."""

@@ -19,6 +19,7 @@ from scipy import stats
 
 from clic import is_random_weights
 from harness.analyse.bootstrap import MIN_CLUSTERS, bootstrap_ci, holm
+from harness.errors import UsageError
 from harness.store import read_plan_results
 
 TINY_RANDOM_NOTE = (
@@ -429,15 +430,12 @@ def compare_main(args: argparse.Namespace) -> int:
     for label, run_dir in (("A", args.run_a), ("B", args.run_b)):
         frame = read_run_results(run_dir)
         if frame.empty or "metric" not in frame.columns:
-            print(f"clic-bench: error: run {label} ({run_dir}) has no results")
-            return 2
+            raise UsageError(f"run {label} ({run_dir}) has no results")
         frames[label] = frame
     metrics = list(args.metric) if getattr(args, "metric", None) else None
     deltas = compare_runs(frames["A"], frames["B"], metrics=metrics, max_drop=args.max_drop, alpha=args.alpha)
     if deltas.empty:
-        print("clic-bench: error: no jobs of run B match jobs of run A"
-              + (f" for metrics {', '.join(metrics)}" if metrics else ""))
-        return 2
+        raise UsageError("no jobs of run B match jobs of run A" + (f" for metrics {', '.join(metrics)}" if metrics else ""))
     shown = deltas.rename(columns={"label": "method label"})[
         ["metric", "method label", "n", "n_pairs", "mean_a", "mean_b", "delta", "ci_low", "ci_high", "p_value",
          "verdict", "weights"]]

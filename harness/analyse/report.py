@@ -7,6 +7,7 @@ server and nothing fetched from the network.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import json
 import re
@@ -73,12 +74,13 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     """Write the report of `run_dir` into `out` (default RUN/report) and return the path of index.html."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report"
+    plan_results, earlier_rows = read_plan_results(run_dir)  # read first: an unreadable run leaves the last report
+    results = with_variants(plan_results)
+    run_info = read_run_manifest(run_dir)
+    read_pairs(run_dir)
     for folder in ("images", "plots", "tables"):
         shutil.rmtree(out / folder, ignore_errors=True)  # no stale files from an earlier report
         (out / folder).mkdir(parents=True)
-    plan_results, earlier_rows = read_plan_results(run_dir)
-    results = with_variants(plan_results)
-    run_info = read_run_manifest(run_dir)
     declared = directions(results)  # each metric's declaration, recorded in its rows
 
     summary = summary_table(results, by=SUMMARY_KEYS)
@@ -240,6 +242,20 @@ def _slug(text: object) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "x"
 
 
+SLUG_CHARACTERS = 60  # file names stay far below the file systems' 255 bytes
+
+
+def image_name(key: object, role: str) -> str:
+    """The thumbnail file name of a pair or job id: its slug, plus a hash of the id wherever the slug is not the
+    id itself (so "chair 1" and "chair-1" never share a file), is cut short (a 3000-character id) or has capitals
+    ("Chair1" and "chair1" are one file name on macOS' and Windows' case-insensitive file systems)."""
+    text = str(key)
+    slug = _slug(text)
+    if slug != text or len(slug) > SLUG_CHARACTERS or slug != slug.lower():
+        slug = f"{slug[:SLUG_CHARACTERS]}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:10]}"
+    return f"{slug}-{role}.png"
+
+
 def _save_figure(fig: plt.Figure, folder: Path, stem: str) -> str:
     # Fixed margins: a layout engine (tight/constrained) re-measures all text per save and doubles the cost.
     fig.subplots_adjust(left=0.14, right=0.98, bottom=0.14, top=0.88)
@@ -344,7 +360,7 @@ def _image_grids(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, An
             pair_paths = manifest.get(str(pair_id), {})
             for role in ("source", "target"):
                 image = pair_paths.get(f"{role}_image")
-                dest = out / "images" / f"{_slug(pair_id)}-{role}.png"
+                dest = out / "images" / image_name(pair_id, role)
                 if image is not None and thumbnail(image, dest, pair_paths.get(f"{role}_mask")):
                     heads.append(f"{role} (mask outline)")
                     images.append(_img(dest, out, role))
@@ -353,7 +369,7 @@ def _image_grids(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, An
                 heads.append(_job_label(job))
                 for kind, cells in (("image", images), ("attention", attentions)):
                     artifact = getattr(job, f"artifact_{kind}")
-                    dest = out / "images" / f"{_slug(job.job_id)}-{kind}.png"
+                    dest = out / "images" / image_name(job.job_id, kind)
                     ok = isinstance(artifact, str) and thumbnail(run_dir / artifact, dest)
                     cells.append(_img(dest, out, f"{kind} of {job.job_id}") if ok else "")
             rows = "".join(f"<tr>{''.join(f'<td>{cell}</td>' for cell in row)}</tr>"
@@ -379,13 +395,13 @@ def _ablation_section(run_dir: Path, results: pd.DataFrame, run_info: Mapping[st
         cells = [f"<td>{html.escape(str(pair_id))}<br>{html.escape(str(category))}</td>"]
         pair_paths = manifest.get(str(pair_id), {})
         for role in ("source", "target"):
-            image, dest = pair_paths.get(f"{role}_image"), out / "images" / f"{_slug(pair_id)}-{role}.png"
+            image, dest = pair_paths.get(f"{role}_image"), out / "images" / image_name(pair_id, role)
             ok = image is not None and thumbnail(image, dest, pair_paths.get(f"{role}_mask"))
             cells.append(f"<td>{_img(dest, out, role) if ok else ''}</td>")
         by_label = pair_jobs.set_index("label")
         for label in labels:
             artifact = by_label["artifact_image"].get(label)
-            dest = out / "images" / f"{_slug(by_label['job_id'].get(label))}-image.png"
+            dest = out / "images" / image_name(by_label['job_id'].get(label), "image")
             ok = isinstance(artifact, str) and thumbnail(run_dir / artifact, dest)
             cells.append(f"<td>{_img(dest, out, label) if ok else ''}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")

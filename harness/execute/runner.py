@@ -35,18 +35,34 @@ if TYPE_CHECKING:
     from ..plan.suite import Suite
 
 
+# Set when this process started a local Ray cluster (not when it joined one): an interrupted or refused run
+# stops what it started (harness.cli), and leaves others' clusters alone.
+STARTED_LOCAL_CLUSTER: list[bool] = []
+
+
 def _connect(address: str | None, num_cpus: int | None) -> None:
     import os
 
     import ray
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+            STARTED_LOCAL_CLUSTER.append(True)
+
+
+def stop_started_cluster() -> bool:
+    """Shut down the local Ray cluster this process started, if any; True when one was stopped."""
+    if not STARTED_LOCAL_CLUSTER:
+        return False
+    import ray
+
+    STARTED_LOCAL_CLUSTER.clear()
+    ray.shutdown()
+    return True
 
 
 def _check_cluster(suite: "Suite") -> None:
@@ -65,6 +81,7 @@ def _check_cluster(suite: "Suite") -> None:
                          for line in cluster_problems(own, nodes) if ": device: " not in line]
     problems = list(dict.fromkeys(problems))
     if problems:
+        stop_started_cluster()  # a cluster this run started for nothing is not left behind
         raise PreflightFailed(problems)
 
 
@@ -525,6 +542,15 @@ def run_suite(suite_path: str | Path, out: str | Path | None = None, address: st
     # Everything that would certainly fail later fails here, in seconds, one line per problem (exit 2).
     checked = preflight(suite_path, out, allow_random_metrics=allow_random_metrics, allow_outside=allow_outside,
                         allow_other_suite=allow_other_suite, sets=sets)
+    if not address:  # a local cluster gets this machine's GPUs: refused before it is started
+        from ..plan.preflight import PreflightFailed, gpu_problems, local_gpu_count
+
+        import ray
+
+        if not ray.is_initialized():
+            problems = gpu_problems(checked.suite, local_gpu_count())
+            if problems:
+                raise PreflightFailed(problems)
     return execute(checked.suite, checked.pairs, checked.run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
                    retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet, wait=wait)
 

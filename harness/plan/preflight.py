@@ -152,6 +152,29 @@ def cluster_problems(suite: "Suite", nodes: Sequence[Mapping[str, float]]) -> li
     return problems
 
 
+def gpu_problems(suite: "Suite", cluster_gpus: float) -> list[str]:
+    """What a cluster with ``cluster_gpus`` GPUs cannot run: tasks asking for GPUs (Ray would wait for them
+    forever, saying only that no node fits), or a CUDA device with no GPU to be had."""
+    problems = []
+    wanted = suite.resources.num_gpus
+    has = "no GPU" if cluster_gpus <= 0 else f"{cluster_gpus:g} GPU(s)"
+    if wanted > 0 and cluster_gpus < wanted:
+        problems.append(f"{suite.source}: resources.num_gpus: {wanted:g} per task, but the cluster has {has}; set "
+                        f"resources.num_gpus to 0 (and device to cpu or auto) or run on a cluster with GPUs")
+    if suite.device.startswith("cuda") and cluster_gpus <= 0:
+        problems.append(f"{suite.source}: device: {suite.device}, but the cluster has no GPU; use device auto or cpu")
+    return problems
+
+
+def local_gpu_count() -> int:
+    """GPUs a local Ray cluster started here would have (torch's count of visible CUDA devices)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def missing_metric_weights(suite: "Suite", allow_random_metrics: bool) -> list[str]:
     """One line per weight file a suite's metrics would not find (none with ``allow_random_metrics``)."""
     from ..metrics import metric_class

@@ -55,6 +55,10 @@ A suite file (``benchmarks/*.yaml``)::
 such pairs are not applicable to transfer); the ``match`` *task* scores predicted masks against
 ``target_mask_gt``. A float like ``1e-5`` is read as a number (plain YAML 1.1 would read a string).
 
+Bounds tied to the model and the machine (:mod:`clic.limits`, the same as ``clic``'s): ``transfer.steps`` and
+``generate.steps`` at most the model scheduler's ``num_train_timesteps`` (1000 for SD and tiny); ``resolution``,
+``learn.resolution`` and ``generate.images_per_seed`` within what this machine's memory can hold at least.
+
 Every mistake is a :class:`SuiteError` whose message is one line naming the file and the key path, e.g.
 ``benchmarks/smoke.yaml: methods[1].presets[0]: unknown preset 'fast' for method 'clic' (known: ...)``.
 :meth:`Suite.to_dict` is the canonical JSON form (defaults filled in, numbers normalised) that job ids
@@ -412,7 +416,7 @@ class _SuiteReader:
             manifests=self.manifests(data[manifest_key], manifest_key),
             model=self.model(data.get("model", "tiny")),
             inpainting_model=None if data.get("inpainting_model") is None else self.model(data["inpainting_model"], "inpainting_model"),
-            resolution=None if data.get("resolution") is None else self.integer(data["resolution"], "resolution", minimum=8),
+            resolution=None if data.get("resolution") is None else self.resolution(data["resolution"], "resolution", minimum=8),
             device=self.device_name(data.get("device", "auto")),
             dtype=self.choice(data.get("dtype", "fp32"), "dtype", ("fp32", "fp16", "bf16")),
             tf32=self.boolean(data.get("tf32", True), "tf32"),
@@ -432,6 +436,7 @@ class _SuiteReader:
             categories=None if data.get("categories") is None else self.strings(data["categories"], "categories"),
             source=self.source,
         )
+        self.check_model_bounds(suite)
         for index, spec in enumerate(suite.methods):
             needs_inpainting = getattr(method_registry.method_class(spec.name), "needs_inpainting", False)
             if needs_inpainting and suite.model not in TINY_MODELS and suite.inpainting_model is None:
@@ -440,6 +445,32 @@ class _SuiteReader:
         from .resolve import resolve_runs
 
         return dataclasses.replace(suite, runs=resolve_runs(suite, self.fail))
+
+    def resolution(self, value: Any, key: str, minimum: int) -> int:
+        """An image side that this machine's memory can hold (clic.limits: a floor, checked before any work)."""
+        from clic.limits import image_memory_problem
+
+        value = self.integer(value, key, minimum=minimum)
+        problem = image_memory_problem(value)
+        if problem is not None:
+            self.fail(key, f"{value} is too large: {problem}")
+        return value
+
+    def check_model_bounds(self, suite: Suite) -> None:
+        """Schedules within the model's scheduler, generated images within memory (clic.limits)."""
+        from clic.limits import image_memory_problem, schedule_steps_problem
+        from clic.models import train_timesteps
+
+        timesteps = train_timesteps(suite.model)
+        for key, steps in (("transfer.steps", suite.transfer.steps), ("generate.steps", suite.generate.steps)):
+            problem = schedule_steps_problem(steps, timesteps)
+            if problem is not None:
+                self.fail(key, f"{problem} (model {suite.model})")
+        if "generate" in suite.tasks:
+            images = suite.generate.images_per_seed
+            problem = image_memory_problem(suite.resolution or 8, images)
+            if problem is not None:
+                self.fail("generate.images_per_seed", f"{images} is too large: {problem}")
 
     def choice(self, value: Any, key: str, choices: Sequence[str]) -> str:
         value = self.string(value, key)
@@ -709,5 +740,5 @@ class _SuiteReader:
         if "lr" in data:
             self.number(data["lr"], f"{key}.lr", positive=True)
         if data.get("resolution") is not None:
-            self.integer(data["resolution"], f"{key}.resolution", minimum=1)
+            self.resolution(data["resolution"], f"{key}.resolution", minimum=1)
         return data
