@@ -41,7 +41,7 @@ def slug(text: object) -> str:
 def save_figure(fig: plt.Figure, folder: Path, stem: str) -> str:
     """PNG and SVG of `fig` in `folder`, cropped to its drawn text (no clipped tick labels); the PNG's path
     relative to the report."""
-    fig.savefig(folder / f"{stem}.png", dpi=90, bbox_inches="tight", pad_inches=0.08,
+    fig.savefig(folder / f"{stem}.png", dpi=100, bbox_inches="tight", pad_inches=0.08,
                 pil_kwargs={"compress_level": 1})
     fig.savefig(folder / f"{stem}.svg", bbox_inches="tight", pad_inches=0.08)
     plt.close(fig)
@@ -116,30 +116,15 @@ def headline_figure(summary: pd.DataFrame, folder: Path, declared: Mapping[str, 
         return None
     overall = overall.assign(label=_labels(overall))
     metrics = sorted(overall["metric"].astype(str).unique())
-    series = _ordered(overall["label"], order)
-    columns = min(len(metrics), 4)
-    rows = -(-len(metrics) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.3 * rows + 0.6), squeeze=False)
-    for ax, metric in zip(axes.flat, metrics):
-        part = overall[overall["metric"].eq(metric)]
-        cells = {(metric, label): (m, lo, hi) for label, m, lo, hi in
-                 zip(part["label"], part["mean"], part["ci_low"], part["ci_high"])}
-        ci_bars(ax, [metric], series, cells)
-        ax.set_xticks([])
-        ax.set_title(f"{metric} {'↑' if higher_is_better(metric, declared) else '↓'}", fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=min(len(series), 4), fontsize=7, frameon=False,
-               bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(series) // 4)))
-    fig.subplots_adjust(hspace=0.45, wspace=0.45, bottom=0.12 + 0.04 * (len(series) // 4))
-    return save_figure(fig, folder, "headline")
+    cells = {(str(metric), label): (m, lo, hi) for metric, label, m, lo, hi in
+             zip(overall["metric"], overall["label"], overall["mean"], overall["ci_low"], overall["ci_high"])}
+    titles = {m: f"{m} {'↑' if higher_is_better(m, declared) else '↓'}" for m in metrics}
+    return _panels(metrics, _ordered(overall["label"], order), cells, titles, folder, "headline")
 
 
 def paired_figure(paired: pd.DataFrame, folder: Path, reference: str) -> str | None:
-    """The paired-differences table's figure: per metric, each method label's mean difference to the reference
-    with its interval (a hollow marker where there is none), against the zero line."""
+    """The paired-differences table's figure: a panel per metric (their scales differ), a bar per comparison
+    (method label − reference label) with its interval (a hollow marker where there is none), and the zero line."""
     rows = paired.dropna(subset=["mean_difference"]) if not paired.empty else paired
     if rows.empty:
         return None
@@ -147,15 +132,32 @@ def paired_figure(paired: pd.DataFrame, folder: Path, reference: str) -> str | N
                               for m, p, r in zip(rows["method"], rows["preset"], rows["reference_preset"])])
     metrics = sorted(rows["metric"].astype(str).unique())
     series = sorted(rows["label"].unique())
-    cells = {(metric, label): (d, lo, hi) for metric, label, d, lo, hi in
-             zip(rows["metric"], rows["label"], rows["mean_difference"], rows["ci_low"], rows["ci_high"])}
-    fig, ax = plt.subplots(figsize=(min(2.0 + 0.5 * len(metrics) * max(len(series), 1), 9.0), 3.2))
-    ci_bars(ax, metrics, series, cells)
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
-    ax.set_title(f"Paired differences (method − {reference}): mean, 95% CI over pairs", fontsize=9)
-    _legend_below(ax, len(series))
-    return save_figure(fig, folder, "paired-differences")
+    return _panels(metrics, series, {(str(metric), label): (d, lo, hi) for metric, label, d, lo, hi in
+                                     zip(rows["metric"], rows["label"], rows["mean_difference"], rows["ci_low"],
+                                         rows["ci_high"])},
+                   {metric: metric for metric in metrics}, folder, "paired-differences", zero_line=True)
+
+
+def _panels(metrics: Sequence[str], series: Sequence[str], cells: Mapping[tuple[str, str], tuple[float, float, float]],
+            titles: Mapping[str, str], folder: Path, stem: str, zero_line: bool = False) -> str:
+    """A panel per metric (4 a row), a bar per series, one legend under all of them."""
+    columns = min(len(metrics), 4)
+    rows = -(-len(metrics) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, 2.2 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        ci_bars(ax, [metric], series, {key: value for key, value in cells.items() if key[0] == metric})
+        ax.set_xticks([])
+        ax.set_title(titles[metric], fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+        if zero_line:
+            ax.axhline(0, color="black", linewidth=0.6)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.subplots_adjust(hspace=0.35, wspace=0.5)
+    fig.legend(handles, names, loc="upper center", ncol=min(len(series), 3), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 0.02))
+    return save_figure(fig, folder, stem)
 
 
 # ---------------------------------------------------------------------------------------------- t_start

@@ -141,7 +141,7 @@ class Thumbnails:
         if not self.done[dest]:
             return ""
         return (f'<img src="images/{html.escape(name)}" alt="{html.escape(alt)}" width="{width}" '
-                f'height="{width}" loading="lazy">')
+                f'height="{width}">')
 
     def inputs(self, pair: PairImages | None, width: int) -> list[str]:
         """Cells of the pair's source and target (mask outlined) and expected image (when it has one)."""
