@@ -24,11 +24,11 @@ from harness.store import read_pairs
 PAIRS_PER_CATEGORY = 4
 SAMPLE_RULE = (f"at most {PAIRS_PER_CATEGORY} pairs per category and task: the first in pair-id order (the same "
                f"pairs in every run of a suite); per pair and method the output of the lowest seed")
-# The scores printed under an output: the first three of these that the job has (fidelity inside the region,
-# then preservation outside it), so every grid shows the same kind of numbers.
-MAIN_SCORES = ("pattern_fidelity", "clip_i_roi", "lpips_inside", "oracle_preservation", "psnr_outside",
-               "ssim_outside", "lpips_outside", "clip_t", "mask_iou")
-SCORES_PER_OUTPUT = 3
+# The scores printed under an output: the first of each group that the job has: fidelity inside the region,
+# preservation outside it, then the text, mask or leakage score, so every grid shows the same kind of numbers.
+MAIN_SCORES = (("pattern_fidelity", "clip_i_roi", "lpips_inside"),
+               ("psnr_outside", "ssim_outside", "lpips_outside", "oracle_preservation"),
+               ("clip_t", "mask_iou", "pattern_leakage"))
 # The grid's page budget: the label column plus the image columns stay inside 1200 px.
 PAGE_PIXELS = 1100
 LABEL_PIXELS = 120
@@ -118,7 +118,7 @@ def job_scores(results: pd.DataFrame, job_ids: Sequence[str]) -> dict[str, dict[
 
 def scores_html(scores: Mapping[str, float]) -> str:
     """The main scores of one output, one per line ("psnr_outside 12.3")."""
-    shown = [m for m in MAIN_SCORES if m in scores][:SCORES_PER_OUTPUT]
+    shown = [next(m for m in group if m in scores) for group in MAIN_SCORES if any(m in scores for m in group)]
     return "".join(f"<div>{html.escape(m)} {html.escape(format_number(scores[m]))}</div>" for m in shown)
 
 
@@ -235,6 +235,7 @@ def grid_note(results: pd.DataFrame, per_category: int = PAIRS_PER_CATEGORY) -> 
     """The sentence that says which outputs the grids show and what is under them."""
     total = results.drop_duplicates(["category", "pair_id"]).shape[0] if not results.empty else 0
     rule = SAMPLE_RULE.replace(str(PAIRS_PER_CATEGORY), str(per_category), 1)
-    return (f"Shown: {rule} (of {total} pairs in the run). Under each output its main scores (the first "
-            f"{SCORES_PER_OUTPUT} of {', '.join(MAIN_SCORES)} it has); masks are outlined in red; attention maps "
+    groups = "; ".join(" or ".join(group) for group in MAIN_SCORES)
+    return (f"Shown: {rule} (of {total} pairs in the run). Under each output its main scores (the first it has "
+            f"of each: {groups}); masks are outlined in red; attention maps "
             f"only for methods that compute attention (cut-and-paste has none).")
