@@ -317,6 +317,7 @@ def test_report_ablation_view_in_fig8_layout(tmp_path: Path) -> None:
     summary = pd.read_csv(index.parent / "tables" / "summary.csv")
     assert set(summary["preset"].dropna()) >= {"paper", "paper no_att", "paper no_roi", "paper no_con"}
     assert "Ablations" in (index.parent / "summary.md").read_text()
+    assert 'src="plots/ablations.png"' in page, "the ablation table's CI-bar figure"
 
 
 def test_ordinary_runs_have_no_variants(tmp_path: Path) -> None:

@@ -109,17 +109,20 @@ def _ordered(labels: pd.Series | Sequence[str], order: Sequence[str]) -> list[st
 
 
 def headline_figure(summary: pd.DataFrame, folder: Path, declared: Mapping[str, bool],
-                    order: Sequence[str] = ()) -> str | None:
-    """The headline table's figure: a panel per metric, a bar per method label (all categories)."""
+                    order: Sequence[str] = (), only: Sequence[str] | None = None, stem: str = "headline") -> str | None:
+    """The headline table's figure: a panel per metric, a bar per method label (all categories); `only`: just
+    these labels (the ablation table's figure)."""
     overall = summary[summary["category"].eq(ALL_CATEGORIES) & summary["metric"].notna() & summary["n"].gt(0)]
+    overall = overall.assign(label=_labels(overall))
+    if only is not None:
+        overall = overall[overall["label"].isin(set(only))]
     if overall.empty:
         return None
-    overall = overall.assign(label=_labels(overall))
     metrics = sorted(overall["metric"].astype(str).unique())
     cells = {(str(metric), label): (m, lo, hi) for metric, label, m, lo, hi in
              zip(overall["metric"], overall["label"], overall["mean"], overall["ci_low"], overall["ci_high"])}
     titles = {m: f"{m} {'↑' if higher_is_better(m, declared) else '↓'}" for m in metrics}
-    return _panels(metrics, _ordered(overall["label"], order), cells, titles, folder, "headline")
+    return _panels(metrics, _ordered(overall["label"], order), cells, titles, folder, stem)
 
 
 def paired_figure(paired: pd.DataFrame, folder: Path, reference: str) -> str | None:

@@ -108,6 +108,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
         losses=figures.loss_figures(run_dir, results, out / "plots"))
     grids = image_grid_sections(run_dir, results, out, order)
     ablation_html = (_ablation_section(run_dir, results, run_info, labels, with_short_weights(ablation, keys), out)
+                     + '<div class="plots">' + _figure(figures.headline_figure(
+                         summary, out / "plots", declared, labels, only=labels, stem="ablations"),
+                         figures.FIGURE_NOTE, wide=True) + "</div>"
                      if labels else "")
     page = _index_html(run_dir, run_info, results, head, per_metric, paired, failures, plots, grids, reference,
                        ablation_html, declared, costs, keys)
