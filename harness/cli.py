@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", action="append", default=None, help="metric to gate on (repeatable; default all)")
     p.add_argument("--max-drop", type=float, default=0.0, help="largest tolerated drop of the mean")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired test")
+    p.add_argument("--html", default=None, metavar="OUT",
+                   help="also write the comparison page OUT/index.html (A and B side by side, worst pairs' images)")
     p.set_defaults(func=_handler("harness.analyse.aggregate:compare_main"))
 
     p = sub.add_parser("validate", help="check a manifest and print one line per bad row")
