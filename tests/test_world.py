@@ -179,3 +179,29 @@ def test_shipped_autoencoder_matches_its_record_and_passes_the_gate() -> None:
     with torch.no_grad():
         values = psnr(images, vae.decode(vae.encode(images).latent_dist.mode()).sample)
     assert float(values.mean()) >= AUTOENCODER_GATE_PSNR
+
+
+def test_a_few_unet_steps_lower_the_denoising_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 4's loop on a (barely trained) autoencoder: ε-prediction MSE falls on a fixed batch."""
+    from clic import models
+    from clic.world.diffusion import build_text_to_image, denoising_loss
+    from clic.world.train import export_stage
+
+    torch.set_num_threads(1)
+    settings = TrainSettings(stage="autoencoder", steps=1, batch=2)
+    vae, result = train_stage(settings, tmp_path / "ae", progress=False)
+    monkeypatch.setattr("clic.world.train.evaluate_autoencoder", lambda model, count=256, seed=0: {})
+    monkeypatch.setattr("clic.world.train.latent_scaling_factor", lambda model: 1.0)
+    export_stage(vae, result, settings, tmp_path / "weights")
+    monkeypatch.setattr(models, "TINY_WORLD_WEIGHTS", tmp_path / "weights")
+
+    unet_settings = TrainSettings(stage="unet", steps=10, batch=4, lr=1e-3)
+    images, captions = render_batch(0, 4, "train")
+
+    def loss_of(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(denoising_loss(model, torch.from_numpy(images), captions, torch.Generator().manual_seed(0)))
+
+    before = loss_of(build_text_to_image(0))
+    model, _ = train_stage(unet_settings, tmp_path / "unet", progress=False)
+    assert loss_of(model) < before

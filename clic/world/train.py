@@ -97,6 +97,23 @@ def evaluate_autoencoder(vae: torch.nn.Module, count: int = 256, seed: int = WOR
             "passed": bool(per_image.mean() >= AUTOENCODER_GATE_PSNR)}
 
 
+@torch.no_grad()
+def latent_scaling_factor(vae: torch.nn.Module, count: int = 256, seed: int = WORLD_SEED) -> float:
+    """1 / std of the posterior means over ``count`` train scenes: SD's rule for ``scaling_factor`` (unit-variance
+    latents for the diffusion model; LDM's ``scale_by_std``), stored in the exported VAE config."""
+    was_training = vae.training
+    vae.eval()
+    means = [vae.encode(torch.from_numpy(render_batch(start, min(32, count - start), "train", seed)[0])).latent_dist.mean
+             for start in range(0, count, 32)]
+    vae.train(was_training)
+    return round(1.0 / float(torch.cat(means).std()), 5)
+
+
+def _save_autoencoder(vae: torch.nn.Module, folder: Path) -> Path:
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae))
+    return _save_diffusers(vae, folder)
+
+
 @dataclass
 class Stage:
     build: Callable[[TrainSettings], torch.nn.Module]
@@ -119,12 +136,16 @@ def _save_diffusers(model: torch.nn.Module, folder: Path) -> Path:
 def _stage(name: str) -> Stage:
     if name == "autoencoder":
         return Stage(build=lambda s: build_autoencoder(s.seed), loss=_autoencoder_step_loss,
-                     evaluate=lambda model, s: evaluate_autoencoder(model, seed=s.seed), save=_save_diffusers)
+                     evaluate=lambda model, s: evaluate_autoencoder(model, seed=s.seed), save=_save_autoencoder)
     if name == "scorer":
         from .scorer import scorer_stage
 
         return scorer_stage()
-    raise NotImplementedError(f"stage {name!r} is not implemented yet (issue 29 stage 4); done: autoencoder, scorer")
+    if name == "unet":
+        from .diffusion import unet_stage
+
+        return unet_stage()
+    raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
