@@ -31,6 +31,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 RECORD_NAME = "train-{stage}.json"
 AUTOENCODER_GATE_PSNR = 25.0  # dB, held-out reconstruction (issue 29, stage 2)
 SCORER_GATE_TOP1 = 0.80  # held-out text->image top-1 among 100 captions (issue 29, stage 3)
+HISTORY_EVERY = 25  # steps per entry of the loss history kept in checkpoints and records
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class StageResult:
     seconds: float
     final_loss: float
     gate: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)  # [step, mean loss of the HISTORY_EVERY steps up to it]
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -180,17 +182,19 @@ def train_stage(settings: TrainSettings, checkpoint_dir: Path, *, checkpoint_min
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(settings.seed)
     checkpoint_path = Path(checkpoint_dir) / CHECKPOINT_NAME
-    step, seconds, last_loss = 0, 0.0, math.nan
+    step, seconds, last_loss, history, window = 0, 0.0, math.nan, [], []
     payload = load_checkpoint(checkpoint_path, settings)
     if payload is not None:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         generator.set_state(payload["generator"])
         step, seconds, last_loss = payload["step"], payload["seconds"], payload["loss"]
+        history, window = payload.get("history", []), payload.get("window", [])
 
     def save() -> None:
         _atomic_save({"settings": asdict(settings), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                      "generator": generator.get_state(), "step": step, "seconds": seconds, "loss": last_loss},
+                      "generator": generator.get_state(), "step": step, "seconds": seconds, "loss": last_loss,
+                      "history": history, "window": window},
                      checkpoint_path)
 
     bar = tqdm(total=settings.steps, initial=step, desc=settings.stage, disable=not progress, file=sys.stderr,
@@ -204,6 +208,10 @@ def train_stage(settings: TrainSettings, checkpoint_dir: Path, *, checkpoint_min
         optimizer.step()
         step += 1
         last_loss = loss.detach().item()
+        window.append(last_loss)
+        if len(window) == HISTORY_EVERY:
+            history.append([step, round(sum(window) / len(window), 6)])
+            window = []
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.5f}", refresh=False)
         if time.monotonic() - last_save >= checkpoint_minutes * 60:
@@ -217,7 +225,7 @@ def train_stage(settings: TrainSettings, checkpoint_dir: Path, *, checkpoint_min
     bar.close()
     if payload is None or payload["step"] != step:
         save()
-    return model, StageResult(settings.stage, step, round(seconds, 1), last_loss)
+    return model, StageResult(settings.stage, step, round(seconds, 1), last_loss, history=history)
 
 
 def sha256_file(path: Path) -> str:
@@ -237,7 +245,7 @@ def export_stage(model: torch.nn.Module, result: StageResult, settings: TrainSet
               "sha256": sha256_file(weights), "bytes": weights.stat().st_size,
               "command": reproducing_command(settings, result.steps),
               "settings": asdict(settings), "steps": result.steps, "seconds": result.seconds,
-              "final_loss": result.final_loss, "gate": result.gate,
+              "final_loss": result.final_loss, "gate": result.gate, "loss_history": result.history,
               "versions": {name: _version(name) for name in ("torch", "diffusers", "open_clip_torch")}}
     path = Path(out_dir) / RECORD_NAME.format(stage=settings.stage)
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
