@@ -86,7 +86,7 @@ def test_psnr_is_ten_log10_of_one_over_mse() -> None:
 
 def test_a_few_autoencoder_steps_lower_the_loss(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    settings = TrainSettings(stage="autoencoder", steps=12, batch=4, lr=1e-3)
+    settings = TrainSettings(stage="autoencoder", steps=8, batch=2, lr=1e-3)
     images = torch.from_numpy(render_batch(0, 4, "train")[0])
 
     def loss_of(model: torch.nn.Module) -> float:
@@ -95,7 +95,7 @@ def test_a_few_autoencoder_steps_lower_the_loss(tmp_path: Path) -> None:
 
     before = loss_of(build_autoencoder(settings.seed))
     model, result = train_stage(settings, tmp_path, progress=False)
-    assert result.steps == 12
+    assert result.steps == 8
     assert loss_of(model) < 0.7 * before
 
 
@@ -132,8 +132,10 @@ def test_a_few_scorer_steps_lower_the_contrastive_loss(tmp_path: Path) -> None:
     assert loss_of(model) < before
 
 
-def test_cli_trains_and_writes_weights_with_their_record(tmp_path: Path) -> None:
+def test_cli_trains_and_writes_weights_with_their_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clic.cli import main
+
+    monkeypatch.setattr("clic.world.train.EVAL_SCENES", 8)
 
     out = tmp_path / "weights"
     code = main(["models", "train-world", "--stage", "autoencoder", "--steps", "2", "--batch", "2",
@@ -143,6 +145,9 @@ def test_cli_trains_and_writes_weights_with_their_record(tmp_path: Path) -> None
     weights = out / record["weights"]
     assert weights.is_file() and record["bytes"] == weights.stat().st_size and len(record["sha256"]) == 64
     assert record["steps"] == 2 and "train-world" in record["command"] and "heldout_psnr_db" in record["gate"]
+    assert record["gate"]["heldout_scenes"] == 8
+    config = json.loads((out / "autoencoder" / "config.json").read_text())
+    assert config["scaling_factor"] != 0.18215  # measured on the trained latents, not SD's constant
 
 
 def test_cli_rejects_a_bad_option_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -181,6 +186,7 @@ def test_shipped_autoencoder_matches_its_record_and_passes_the_gate() -> None:
     assert float(values.mean()) >= AUTOENCODER_GATE_PSNR
 
 
+@pytest.mark.slow
 def test_a_few_unet_steps_lower_the_denoising_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stage 4's loop on a (barely trained) autoencoder: ε-prediction MSE falls on a fixed batch."""
     from clic import models

@@ -31,6 +31,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 RECORD_NAME = "train-{stage}.json"
 AUTOENCODER_GATE_PSNR = 25.0  # dB, held-out reconstruction (issue 29, stage 2)
 SCORER_GATE_TOP1 = 0.80  # held-out text->image top-1 among 100 captions (issue 29, stage 3)
+EVAL_SCENES = 256  # held-out scenes of the autoencoder gate, and train scenes of the latent scale
 HISTORY_EVERY = 25  # steps per entry of the loss history kept in checkpoints and records
 
 
@@ -83,8 +84,9 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_autoencoder(vae: torch.nn.Module, count: int = 256, seed: int = WORLD_SEED) -> dict:
+def evaluate_autoencoder(vae: torch.nn.Module, count: int | None = None, seed: int = WORLD_SEED) -> dict:
     """Held-out reconstruction PSNR through the posterior mean (mean over ``count`` scenes, and the worst)."""
+    count = count or EVAL_SCENES
     was_training = vae.training
     vae.eval()
     values = []
@@ -100,9 +102,10 @@ def evaluate_autoencoder(vae: torch.nn.Module, count: int = 256, seed: int = WOR
 
 
 @torch.no_grad()
-def latent_scaling_factor(vae: torch.nn.Module, count: int = 256, seed: int = WORLD_SEED) -> float:
+def latent_scaling_factor(vae: torch.nn.Module, count: int | None = None, seed: int = WORLD_SEED) -> float:
     """1 / std of the posterior means over ``count`` train scenes: SD's rule for ``scaling_factor`` (unit-variance
     latents for the diffusion model; LDM's ``scale_by_std``), stored in the exported VAE config."""
+    count = count or EVAL_SCENES
     was_training = vae.training
     vae.eval()
     means = [vae.encode(torch.from_numpy(render_batch(start, min(32, count - start), "train", seed)[0])).latent_dist.mean
