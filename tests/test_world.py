@@ -116,6 +116,18 @@ def test_a_checkpoint_of_other_settings_is_refused(tmp_path: Path) -> None:
         train_stage(TrainSettings(stage="autoencoder", steps=2, batch=3), tmp_path, progress=False)
 
 
+def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Norm groups change no parameter shape: without the architecture check the old weights would load silently."""
+    from clic.models import TINY_VAE_CONFIG
+
+    settings = TrainSettings(stage="autoencoder", steps=1, batch=2)
+    with monkeypatch.context() as patch:
+        patch.setattr("clic.world.train.world_vae_config", lambda: dict(TINY_VAE_CONFIG))
+        train_stage(settings, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="another architecture"):
+        train_stage(TrainSettings(stage="autoencoder", steps=2, batch=2), tmp_path, progress=False)
+
+
 def test_a_few_scorer_steps_lower_the_contrastive_loss(tmp_path: Path) -> None:
     from clic.world.scorer import build_scorer, contrastive_loss
 
