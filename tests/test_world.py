@@ -223,3 +223,10 @@ def test_a_few_unet_steps_lower_the_denoising_loss(tmp_path: Path, monkeypatch: 
     before = loss_of(build_text_to_image(0))
     model, _ = train_stage(unet_settings, tmp_path / "unet", progress=False)
     assert loss_of(model) < before
+
+
+def test_the_world_and_its_renderer_never_import_the_harness() -> None:
+    """House rule: clic/ never imports harness/; the renderer moved to clic.synth so that the world can train on it."""
+    root = Path(__file__).resolve().parents[1] / "clic"
+    for path in [*(root / "synth").glob("*.py"), *(root / "world").glob("*.py")]:
+        assert not re.search(r"^\s*(from|import)\s+harness", path.read_text(), re.M), path
