@@ -331,6 +331,8 @@ def cmd_train_world(args: argparse.Namespace) -> None:
     try:
         model, result = train_stage(settings, checkpoint_dir, checkpoint_minutes=args.checkpoint_minutes,
                                     log=lambda line: print(line, flush=True))
+    except ModelNotFoundError as err:
+        raise CLIError("--stage", str(err)) from None
     except ValueError as err:
         raise CLIError("--checkpoint-dir", str(err)) from None
     if args.out:

@@ -170,6 +170,17 @@ def test_cli_rejects_a_bad_option_in_one_line(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err.strip() == "clic: error: --steps: must be positive, got 0"
 
 
+def test_unet_stage_without_a_trained_autoencoder_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from clic import models
+    from clic.cli import main
+
+    monkeypatch.setattr(models, "TINY_WORLD_WEIGHTS", tmp_path / "weights")
+    assert main(["models", "train-world", "--stage", "unet", "--steps", "1", "--checkpoint-dir", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("clic: error: --stage: the unet stage needs the trained autoencoder") and "\n" not in error
+
+
 def test_tiny_world_without_its_weights_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clic import models
 

@@ -56,11 +56,12 @@ def build_text_to_image(seed: int, weights: Path | None = None) -> TextToImage:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..models import TINY_TEXT_CONFIG, TINY_WORLD_WEIGHTS, _tiny_tokenizer, tiny_unet_config
+    from ..models import TINY_TEXT_CONFIG, TINY_WORLD_WEIGHTS, ModelNotFoundError, _tiny_tokenizer, tiny_unet_config
 
     folder = (weights or TINY_WORLD_WEIGHTS) / "autoencoder"
     if not (folder / "config.json").is_file():
-        raise ValueError(f"the unet stage needs the trained autoencoder at {folder}: train `--stage autoencoder` first")
+        raise ModelNotFoundError(f"the unet stage needs the trained autoencoder at {folder}: "
+                                 "train and export `--stage autoencoder` first")
     vae = AutoencoderKL.from_pretrained(folder)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**tiny_unet_config(4))
