@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -268,7 +268,7 @@ def export_stage(model: torch.nn.Module, result: StageResult, settings: TrainSet
     record = {"stage": settings.stage, "weights": weights.relative_to(out_dir).as_posix(),
               "sha256": sha256_file(weights), "bytes": weights.stat().st_size,
               "command": reproducing_command(settings, result.steps),
-              "settings": asdict(settings), "steps": result.steps, "seconds": result.seconds,
+              "settings": asdict(replace(settings, steps=result.steps)), "steps": result.steps, "seconds": result.seconds,
               "final_loss": result.final_loss, "gate": result.gate, "loss_history": result.history,
               "versions": {name: _version(name) for name in ("torch", "diffusers", "open_clip_torch")}}
     path = Path(out_dir) / RECORD_NAME.format(stage=settings.stage)
