@@ -63,7 +63,8 @@ def evaluate_scorer(model: torch.nn.Module, seed: int, candidates: int = RETRIEV
     was_training = model.training
     model.eval()
     images, captions = render_batch(0, candidates, "heldout", seed)
-    image_features = torch.nn.functional.normalize(model.encode_image(to_clip_input(torch.from_numpy(images), model)), dim=-1)
+    clip_images = to_clip_input(torch.from_numpy(images), model)
+    image_features = torch.nn.functional.normalize(model.encode_image(clip_images), dim=-1)
     text_features = torch.nn.functional.normalize(model.encode_text(tokenize(captions)), dim=-1)
     model.train(was_training)
     ranked_first = (text_features @ image_features.T).argmax(dim=1)

@@ -106,7 +106,8 @@ def evaluate_autoencoder(vae: torch.nn.Module, count: int | None = None, seed: i
         values.append(psnr(images, vae.decode(vae.encode(images).latent_dist.mode()).sample))
     vae.train(was_training)
     per_image = torch.cat(values)
-    return {"heldout_psnr_db": round(float(per_image.mean()), 3), "heldout_psnr_min_db": round(float(per_image.min()), 3),
+    return {"heldout_psnr_db": round(float(per_image.mean()), 3),
+            "heldout_psnr_min_db": round(float(per_image.min()), 3),
             "heldout_scenes": count, "gate_psnr_db": AUTOENCODER_GATE_PSNR,
             "passed": bool(per_image.mean() >= AUTOENCODER_GATE_PSNR)}
 
@@ -118,8 +119,9 @@ def latent_scaling_factor(vae: torch.nn.Module, count: int | None = None, seed: 
     count = count or EVAL_SCENES
     was_training = vae.training
     vae.eval()
-    means = [vae.encode(torch.from_numpy(render_batch(start, min(32, count - start), "train", seed)[0])).latent_dist.mean
-             for start in range(0, count, 32)]
+    batches = (torch.from_numpy(render_batch(start, min(32, count - start), "train", seed)[0])
+               for start in range(0, count, 32))
+    means = [vae.encode(images).latent_dist.mean for images in batches]
     vae.train(was_training)
     return round(1.0 / float(torch.cat(means).std()), 5)
 
@@ -268,7 +270,8 @@ def export_stage(model: torch.nn.Module, result: StageResult, settings: TrainSet
     record = {"stage": settings.stage, "weights": weights.relative_to(out_dir).as_posix(),
               "sha256": sha256_file(weights), "bytes": weights.stat().st_size,
               "command": reproducing_command(settings, result.steps),
-              "settings": asdict(replace(settings, steps=result.steps)), "steps": result.steps, "seconds": result.seconds,
+              "settings": asdict(replace(settings, steps=result.steps)),
+              "steps": result.steps, "seconds": result.seconds,
               "final_loss": result.final_loss, "gate": result.gate, "loss_history": result.history,
               "versions": {name: _version(name) for name in ("torch", "diffusers", "open_clip_torch")}}
     path = Path(out_dir) / RECORD_NAME.format(stage=settings.stage)
