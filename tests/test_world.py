@@ -196,48 +196,20 @@ SHIPPED = Path(__file__).resolve().parents[1] / "clic" / "world" / "weights"
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHIPPED / "train-autoencoder.json").is_file(), reason="autoencoder weights not shipped")
 def test_shipped_autoencoder_matches_its_record_and_passes_the_gate() -> None:
+    """The shipped file is the recorded one, and re-measuring the held-out gate gives the recorded figure."""
     from diffusers import AutoencoderKL
 
-    from clic.world.train import AUTOENCODER_GATE_PSNR, sha256_file
+    from clic.world.train import AUTOENCODER_GATE_PSNR, evaluate_autoencoder, sha256_file
 
+    torch.set_num_threads(1)
     record = json.loads((SHIPPED / "train-autoencoder.json").read_text())
     assert sha256_file(SHIPPED / record["weights"]) == record["sha256"]
     vae = AutoencoderKL.from_pretrained(SHIPPED / "autoencoder").eval()
-    images = torch.from_numpy(render_batch(0, 16, "heldout")[0])
+    gate = evaluate_autoencoder(vae, count=record["gate"]["heldout_scenes"])
+    assert gate["heldout_psnr_db"] == pytest.approx(record["gate"]["heldout_psnr_db"], abs=0.01)
+    assert gate["heldout_psnr_db"] >= AUTOENCODER_GATE_PSNR
+    # a few samples through the posterior sample as well (what `clic transfer` encodes with by default)
+    images = torch.from_numpy(render_batch(0, 8, "heldout")[0])
     with torch.no_grad():
-        values = psnr(images, vae.decode(vae.encode(images).latent_dist.mode()).sample)
-    assert float(values.mean()) >= AUTOENCODER_GATE_PSNR
-
-
-@pytest.mark.slow
-def test_a_few_unet_steps_lower_the_denoising_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stage 4's loop on a (barely trained) autoencoder: ε-prediction MSE falls on a fixed batch."""
-    from clic import models
-    from clic.world.diffusion import build_text_to_image, denoising_loss
-    from clic.world.train import export_stage
-
-    torch.set_num_threads(1)
-    settings = TrainSettings(stage="autoencoder", steps=1, batch=2)
-    vae, result = train_stage(settings, tmp_path / "ae", progress=False)
-    monkeypatch.setattr("clic.world.train.evaluate_autoencoder", lambda model, count=256, seed=0: {})
-    monkeypatch.setattr("clic.world.train.latent_scaling_factor", lambda model: 1.0)
-    export_stage(vae, result, settings, tmp_path / "weights")
-    monkeypatch.setattr(models, "TINY_WORLD_WEIGHTS", tmp_path / "weights")
-
-    unet_settings = TrainSettings(stage="unet", steps=10, batch=4, lr=1e-3)
-    images, captions = render_batch(0, 4, "train")
-
-    def loss_of(model: torch.nn.Module) -> float:
-        with torch.no_grad():
-            return float(denoising_loss(model, torch.from_numpy(images), captions, torch.Generator().manual_seed(0)))
-
-    before = loss_of(build_text_to_image(0))
-    model, _ = train_stage(unet_settings, tmp_path / "unet", progress=False)
-    assert loss_of(model) < before
-
-
-def test_the_world_and_its_renderer_never_import_the_harness() -> None:
-    """House rule: clic/ never imports harness/; the renderer moved to clic.synth so that the world can train on it."""
-    root = Path(__file__).resolve().parents[1] / "clic"
-    for path in [*(root / "synth").glob("*.py"), *(root / "world").glob("*.py")]:
-        assert not re.search(r"^\s*(from|import)\s+harness", path.read_text(), re.M), path
+        sampled = vae.encode(images).latent_dist.sample(generator=torch.Generator().manual_seed(0))
+        assert float(psnr(images, vae.decode(sampled).sample).mean()) >= AUTOENCODER_GATE_PSNR - 1.0
