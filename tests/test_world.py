@@ -208,8 +208,10 @@ def test_shipped_autoencoder_matches_its_record_and_passes_the_gate() -> None:
     gate = evaluate_autoencoder(vae, count=record["gate"]["heldout_scenes"])
     assert gate["heldout_psnr_db"] == pytest.approx(record["gate"]["heldout_psnr_db"], abs=0.01)
     assert gate["heldout_psnr_db"] >= AUTOENCODER_GATE_PSNR
-    # a few samples through the posterior sample as well (what `clic transfer` encodes with by default)
+    # the posterior's noise is negligible: a sample (what `clic transfer` encodes with) reconstructs as the mean does
     images = torch.from_numpy(render_batch(0, 8, "heldout")[0])
     with torch.no_grad():
-        sampled = vae.encode(images).latent_dist.sample(generator=torch.Generator().manual_seed(0))
-        assert float(psnr(images, vae.decode(sampled).sample).mean()) >= AUTOENCODER_GATE_PSNR - 1.0
+        posterior = vae.encode(images).latent_dist
+        sampled = psnr(images, vae.decode(posterior.sample(generator=torch.Generator().manual_seed(0))).sample)
+        mean = psnr(images, vae.decode(posterior.mode()).sample)
+    assert float((mean - sampled).abs().max()) < 0.5
