@@ -390,6 +390,34 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.file} as a diffusers folder in {time.perf_counter() - started:.0f} s -> {path}")
 
 
+def cmd_train_world(args: argparse.Namespace) -> None:
+    """One stage of the tiny world (clic.world.train): resumes from --checkpoint-dir, then writes weights + record."""
+    from .world.train import TrainSettings, export_stage, train_stage
+
+    for option, value in (("--steps", args.steps), ("--batch", args.batch)):
+        _positive(value, option)
+    if args.lr <= 0:
+        raise CLIError("--lr", f"must be positive, got {args.lr}")
+    if args.checkpoint_minutes <= 0:
+        raise CLIError("--checkpoint-minutes", f"must be positive, got {args.checkpoint_minutes}")
+    torch.set_num_threads(max(1, args.threads))
+    settings = TrainSettings(stage=args.stage, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
+    checkpoint_dir = Path(args.checkpoint_dir) / args.stage
+    try:
+        model, result = train_stage(settings, checkpoint_dir, checkpoint_minutes=args.checkpoint_minutes,
+                                    log=lambda line: print(line, flush=True))
+    except ModelNotFoundError as err:
+        raise CLIError("--stage", str(err)) from None
+    except ValueError as err:
+        raise CLIError("--checkpoint-dir", str(err)) from None
+    if args.out:
+        record = export_stage(model, result, settings, Path(args.out))
+        print(f"{args.stage}: {result.steps} steps, {result.seconds:.0f} s, gate {json.dumps(result.gate)} -> {record}")
+    else:
+        print(f"{args.stage}: {result.steps} steps, {result.seconds:.0f} s, loss {result.final_loss:.5f} "
+              f"(checkpoint in {checkpoint_dir}; --out DIR writes the weights)")
+
+
 # ------------------------------------------------------------------------------------------- parser
 
 
@@ -489,6 +517,21 @@ def build_parser() -> argparse.ArgumentParser:
     random_arch.add_argument("--seed", type=int, default=0)
     random_arch.add_argument("directory")
     random_arch.set_defaults(run=cmd_save_random)
+
+    world = model_commands.add_parser(
+        "train-world", help="train one stage of the tiny-world model on the synthetic scenes (seeded, resumable)")
+    world.add_argument("--stage", required=True, choices=("autoencoder", "scorer", "unet"))
+    world.add_argument("--steps", type=int, required=True,
+                       help="total optimiser steps: a resumed run continues to it; fewer than the checkpoint's "
+                            "exports the checkpoint as it is")
+    world.add_argument("--batch", type=int, default=32)
+    world.add_argument("--lr", type=float, default=5e-4)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--checkpoint-dir", required=True, help="resumed from if it holds a checkpoint of the stage")
+    world.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    world.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    world.add_argument("--out", help="write the stage's weights + JSON record here (e.g. clic/world/weights)")
+    world.set_defaults(run=cmd_train_world)
     return parser
 
 

@@ -54,6 +54,12 @@ if TYPE_CHECKING:
 TINY_PRESETS = ("tiny", "tiny-inpaint", "tiny-v")
 TINY_SEED = 0
 TINY_LABEL = TINY_RANDOM  # the label of the seeded tiny models (clic.TINY_RANDOM)
+# The tiny architectures with weights trained on the synthetic scenes (clic.world, `clic models train-world`):
+# shipped under clic/world/weights/, one folder per training stage; the SD 1.x layout and scheduler of `tiny`.
+TINY_WORLD = "tiny-world"
+TINY_WORLD_LABEL = "tiny-world: trained on the synthetic sets; not a real model"
+TINY_WORLD_WEIGHTS = Path(__file__).parent / "world" / "weights"
+TINY_WORLD_PARTS = {"vae": "autoencoder", "unet": "unet", "text_encoder": "text_encoder"}  # component: folder
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -78,7 +84,10 @@ class SDComponents:
 
     @property
     def weights_label(self) -> str:
-        """What made the numbers: ``tiny-random``, a saved random build's label, or the model id."""
+        """What made the numbers: ``tiny-random``, the tiny-world label, a saved random build's label, or the
+        model id."""
+        if self.model_id == TINY_WORLD:
+            return TINY_WORLD_LABEL
         return TINY_LABEL if self.is_tiny else (self.label or self.model_id)
 
     @property
@@ -418,6 +427,45 @@ def folder_weights_label(folder: Path, fingerprint: str, model: str) -> str:
     return model
 
 
+def _tiny_world_folders() -> dict[str, Path]:
+    """The shipped stage folders of tiny-world; a missing stage is one error naming the command that trains it."""
+    folders = {component: TINY_WORLD_WEIGHTS / folder for component, folder in TINY_WORLD_PARTS.items()}
+    missing = [folder for folder in folders.values() if not (folder / "config.json").is_file()]
+    if missing:
+        names = ", ".join(folder.name for folder in missing)
+        raise ModelNotFoundError(
+            f"{TINY_WORLD}: the trained weights of {names} are not shipped yet (looked in {TINY_WORLD_WEIGHTS}); "
+            f"train them with `clic models train-world --stage STAGE --out {TINY_WORLD_WEIGHTS}` (issue 29)")
+    return folders
+
+
+def _tiny_world_fingerprint(folders: dict[str, Path]) -> str:
+    """Identity of the shipped weights (the same in describe_model and when loaded, as workers check)."""
+    return hashlib.sha256("".join(weights_fingerprint(folders[c]) for c in sorted(folders)).encode()).hexdigest()[:16]
+
+
+def build_tiny_world() -> SDComponents:
+    """The tiny architectures with the weights trained on the synthetic world: SD 1.x-shaped (ε-prediction, SD's
+    scheduler config, CLIP tokenizer), so every method runs on it unchanged."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folders = _tiny_world_folders()
+    vae = AutoencoderKL.from_pretrained(folders["vae"])
+    unet = UNet2DConditionModel.from_pretrained(folders["unet"])
+    components = SDComponents(
+        tokenizer=_tiny_tokenizer(),
+        text_encoder=CLIPTextModel.from_pretrained(folders["text_encoder"]),
+        unet=unet,
+        vae=vae,
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
+        model_id=TINY_WORLD,
+        weights_hash=_tiny_world_fingerprint(folders),
+        resolution=int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1),
+    )
+    return components.freeze()
+
+
 # ------------------------------------------------------------------------------------------ loading
 def state_hash(components: SDComponents) -> str:
     """sha256 of every parameter's bytes: exact, used for the (small) tiny models."""
@@ -515,6 +563,8 @@ def load_components(model: str = "tiny", *, device: str | torch.device = "cpu",
     configure_tf32(device)  # on by default on GPUs that have it (CLIC_TF32=0: off)
     if model in TINY_PRESETS:
         return build_tiny(model).to(device, dtype)
+    if model == TINY_WORLD:
+        return build_tiny_world().to(device, dtype)
     if _is_single_file(model):  # v1-5-pruned-emaonly.safetensors: diffusers' from_single_file, offline
         from .checkpoints import load_single_file
 
@@ -616,6 +666,12 @@ def describe_model(model: str) -> ModelDescription:
             else:
                 _TINY_DESCRIPTIONS[model] = recalled
         return _TINY_DESCRIPTIONS[model]
+    if model == TINY_WORLD:  # shipped files: fingerprinted like any folder, without loading them
+        folders = _tiny_world_folders()
+        factor = 2 ** (len(json.loads((folders["vae"] / "config.json").read_text())["block_out_channels"]) - 1)
+        sample_size = json.loads((folders["unet"] / "config.json").read_text())["sample_size"]
+        return ModelDescription(TINY_WORLD, _tiny_world_fingerprint(folders), TINY_WORLD_LABEL,
+                                int(sample_size) * factor)
     if _is_single_file(model):  # the architecture from the file's header; the weights are not read
         from .checkpoints import detect_architecture, file_fingerprint
 

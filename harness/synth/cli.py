@@ -9,7 +9,7 @@ from harness.errors import UsageError
 from harness.plan.manifest import load_manifest
 
 from .dataset import PNG_OPTIONS, write_set
-from .objects import CATEGORIES
+from clic.synth.objects import CATEGORIES
 from .preview import contact_sheet
 
 MIN_SIZE = 32  # below this the smallest parts (a tower door) lose their masks

@@ -3,43 +3,14 @@ the target as it should look with the pattern moved onto that part."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
-from .objects import CATEGORIES, OBJECTS, objects_in
-from .patterns import PatternSpec, sample_pattern
-from .render import Instance, rasterize, sample_instance
+from clic.synth.objects import CATEGORIES, OBJECTS, corresponding_parts, objects_in, pattern_carriers
+from clic.synth.patterns import PatternSpec, sample_pattern
+from clic.synth.render import Instance, rasterize, sample_instance
 
 MIN_PERIOD_PX = 5.0  # the finest pattern period drawn on the smaller of the two parts
-
-# Groups of "object.part" that play the same role; a pattern on one may be transferred to any other
-# member of a group it shares. Only parts big enough to show a pattern are listed (no legs, handles).
-CORRESPONDENCES: tuple[tuple[str, ...], ...] = (
-    ("chair.back", "bench.back", "stool.seat", "table.top"),  # the broad decorated surface
-    ("chair.seat", "bench.seat", "stool.seat"),
-    ("ring.band", "bracelet.band", "necklace.chain"),
-    ("ring.gem", "necklace.pendant", "bracelet.stone"),
-    ("house.walls", "tower.walls"),
-    ("house.roof", "tower.roof"),
-    ("house.door", "tower.door"),
-    ("mug.body", "vase.body"),
-    # Across categories: turned surfaces, and upright flat panels.
-    ("mug.body", "vase.body", "tower.walls"),
-    ("chair.back", "bench.back", "house.walls"),
-)
-
-
-@lru_cache(maxsize=None)
-def corresponding_parts(key: str) -> tuple[str, ...]:
-    """Every "object.part" that corresponds to ``key`` (itself included), sorted."""
-    return tuple(sorted({member for group in CORRESPONDENCES if key in group for member in group}))
-
-
-@lru_cache(maxsize=None)
-def pattern_carriers(object_name: str) -> tuple[str, ...]:
-    """The parts of an object that appear in the correspondence table, as "object.part" keys."""
-    return tuple(sorted({key for group in CORRESPONDENCES for key in group if key.split(".")[0] == object_name}))
 
 
 @dataclass
