@@ -32,6 +32,11 @@ TARGETS = {
     "learn_concept per step / fused step": ("<=", 1.3),
     "learn_concept per step / fused step, 1 thread": ("<=", 1.3),
     "shell loop of clic learn + transfer / clic-bench run, 8 pairs": (">=", 2.0),
+    # issue 25: a 100,000-job run (benchmarks/perf/scale.py)
+    "scale 100000 jobs: driver peak memory (MB)": ("<=", 2048.0),
+    "scale 100000 jobs: report (s)": ("<=", 30.0),
+    "scale 100000 jobs: report size (MB)": ("<=", 50.0),
+    "scale 100000 jobs: resume with nothing to do (s)": ("<=", 15.0),
 }
 
 
@@ -43,10 +48,15 @@ def _check(name: str, value: float) -> str:
     return f"{op} {bound:g}: {'met' if met else 'NOT met'}"
 
 
-SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "harness", "end_to_end", "scaling", "results")
+SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "harness", "end_to_end", "scaling", "results", "scale")
+# `scale` is the harness at 1k / 10k (/ 100k with --scale-jobs) cheap jobs: minutes to an hour, so it runs
+# only when named (--only scale), not in the default all-sections run.
+DEFAULT_SECTIONS = tuple(section for section in SECTIONS if section != "scale")
+SCALE_JOBS = (1_000, 10_000)
 
 
-def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS), arch: str = "tiny") -> dict[str, Any]:
+def run_all(quick: bool, only: frozenset[str] = frozenset(DEFAULT_SECTIONS), arch: str = "tiny",
+            scale_jobs: tuple[int, ...] = SCALE_JOBS) -> dict[str, Any]:
     from .end_to_end import shell_loop_vs_harness
     from .harness_bench import harness_overhead, preflight_seconds, scaling
     from .learning import cached_work, capture_cost, fused_vs_naive, learn_loop_cost
@@ -81,6 +91,10 @@ def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS), arch: str =
         results["scaling"] = scaling(steps=40 if quick else 80)
     if "results" in only:
         results["results"] = results_read(100_000, rows_per_job=100)
+    if "scale" in only:
+        from .scale import scale
+
+        results["scale"] = scale(tuple(scale_jobs))
     results["seconds"] = time.perf_counter() - started
     return results
 
@@ -121,6 +135,10 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
                      f"{read['rows']} rows of {read['jobs']} jobs: {read['compacted_files']} compacted file(s) vs "
                      f"{read['journal_read_s']:.1f} s from the {read['jobs']} per-job files; compaction took "
                      f"{read['compact_s']:.1f} s"))
+    if "scale" in results:
+        from .scale import scale_rows
+
+        rows += scale_rows(results["scale"])
     return rows
 
 
@@ -255,11 +273,11 @@ def perf_main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     arch = getattr(args, "arch", "tiny")
     # A real architecture is for the steps section; the other sections stay on the tiny model if asked for.
-    only = frozenset(args.only or (SECTIONS if arch == "tiny" else ("steps",)))
+    only = frozenset(args.only or (DEFAULT_SECTIONS if arch == "tiny" else ("steps",)))
     unknown = sorted(only - set(SECTIONS))
     if unknown:
         raise UsageError(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
-    results = run_all(args.quick, only, arch)
+    results = run_all(args.quick, only, arch, tuple(getattr(args, "scale_jobs", None) or SCALE_JOBS))
     (out / "perf.json").write_text(json.dumps(results, indent=2, default=float))
     markdown = to_markdown(results)
     (out / "perf.md").write_text(markdown)
@@ -274,4 +292,5 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--arch", choices=("tiny", "sd15", "sd21"), default="tiny")
     parser.add_argument("--only", nargs="+", default=None, help=f"sections to run (default all): {SECTIONS}")
+    parser.add_argument("--scale-jobs", nargs="+", type=int, default=None, help="sizes of the scale section")
     sys.exit(perf_main(parser.parse_args()))
