@@ -140,13 +140,94 @@ def measure_size(jobs: int, root: Path, num_cpus: int = 2) -> dict[str, Any]:
     }
 
 
-def scale(sizes: tuple[int, ...] = (1_000, 10_000), num_cpus: int = 2, keep: str | None = None) -> dict[str, Any]:
-    """Every size in ``sizes``, smallest first, each in a fresh folder (kept under ``keep`` if given)."""
+def filled_size(jobs: int, root: Path, template_run: Path, num_cpus: int = 2) -> dict[str, Any]:
+    """A run of ``jobs`` jobs completed without running them: every job of the plan gets the rows its template
+    (the job of the real run ``template_run`` on the same files, which cut-and-paste makes identical) recorded
+    under its own job and pair id, written as compacted result files as a finished run leaves them; the
+    artifacts are the template jobs'. Then the same resume and report as a real run: what a finished 10k/100k
+    run costs to resume and report, measured in minutes on a shared 2-core machine instead of hours."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from harness import store
+
+    load_before = os.getloadavg()
+    manifest = synthetic_manifest(jobs, root / "manifest.parquet")
+    suite = scale_suite(manifest, root / "suite.json")
+    run_dir = root / "run"
+    plan = _plan_seconds(suite)
+    template = pa.concat_tables(store._read_tables(template_run))
+    pairs_in_template = sorted(set(template.column("pair_id").to_pylist()))
+    started = time.perf_counter()
+    (run_dir / store.RESULTS_DIR).mkdir(parents=True, exist_ok=True)
+    for folder in ("artifacts", "concepts"):
+        if (template_run / folder).exists() and not (run_dir / folder).exists():
+            import shutil
+
+            shutil.copytree(template_run / folder, run_dir / folder)
+    job_ids = _planned_job_ids(suite)  # pair id -> job id, as the run plans them
+    by_template = {pair: template.filter(pc.equal(template.column("pair_id"), pair)) for pair in pairs_in_template}
+    batch, sequence = [], 0
+    for index, (pair_id, job_id) in enumerate(sorted(job_ids.items())):
+        rows = by_template[pairs_in_template[index % len(pairs_in_template)]]
+        rows = rows.set_column(rows.schema.get_field_index("job_id"), "job_id", pa.array([job_id] * len(rows)))
+        rows = rows.set_column(rows.schema.get_field_index("pair_id"), "pair_id", pa.array([pair_id] * len(rows)))
+        batch.append(rows)
+        if sum(len(t) for t in batch) >= store.COMPACT_ROWS or index == len(job_ids) - 1:
+            sequence += 1
+            store._write_table_atomic(run_dir / store.RESULTS_DIR / f"{store.COMPACTED_PREFIX}{sequence:06d}.parquet",
+                                      pa.concat_tables(batch))
+            batch = []
+    fill_s = time.perf_counter() - started
+    common = ["--out", str(run_dir), "--num-cpus", str(num_cpus), "--quiet", "--allow-random-metrics"]
+    timeout = 600 + jobs * 0.05
+    first = _cli(["run", str(suite), *common, "--no-report"], timeout)  # writes plan, pairs, run.json, file facts
+    resume = _cli(["run", str(suite), *common, "--no-report"], timeout)
+    report = _cli(["report", str(run_dir)], timeout)
+    load_after = os.getloadavg()
+    return {
+        "jobs": plan["jobs"], "filled": True, "fill_s": fill_s, "plan": plan,
+        "first_resume_s": first["seconds"], "first_resume_line": first["stdout"].strip().splitlines()[0],
+        "report_s": report["seconds"], "report_mb": _folder_bytes(run_dir / "report") / 2**20,
+        "report_peak_rss_mb": report["peak_rss_bytes"] / 2**20,
+        "resume_s": resume["seconds"], "resume_peak_rss_mb": resume["peak_rss_bytes"] / 2**20,
+        "resume_line": resume["stdout"].strip().splitlines()[0] if resume["stdout"].strip() else "",
+        "run_folder_mb": _folder_bytes(run_dir) / 2**20,
+        "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in load_after],
+    }
+
+
+def _planned_job_ids(suite_path: Path) -> dict[str, str]:
+    """pair id -> its (one) job id, planned in a fresh process exactly as `clic-bench run` plans it."""
+    script = f"""
+import json, sys
+sys.path.insert(0, {str(ROOT)!r})
+from harness.plan.preflight import preflight
+from harness.plan.jobs import build_job_graph
+from harness.plan.resolve import method_tasks
+checked = preflight({str(suite_path)!r}, allow_random_metrics=True, out={str(suite_path.parent / 'unused')!r})
+graph = build_job_graph(checked.pairs, checked.plan, checked.models, method_tasks(checked.plan))
+print(json.dumps({{job.pair_id: job.job_id for job in graph.jobs}}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=3600, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def scale(sizes: tuple[int, ...] = (1_000, 10_000), num_cpus: int = 2, keep: str | None = None,
+          filled: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Every size in ``sizes`` run for real, smallest first, each in a fresh folder (kept under ``keep`` if
+    given); then every size in ``filled`` completed from the largest real run (:func:`filled_size`)."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(keep) if keep else Path(tmp)
         for jobs in sizes:
             results.append(measure_size(jobs, base / f"scale-{jobs}", num_cpus))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+        for jobs in filled:
+            template = base / f"scale-{max(sizes)}" / "run"
+            results.append(filled_size(jobs, base / f"filled-{jobs}", template, num_cpus))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     return {"sizes": results, "cpus": os.cpu_count()}
 
@@ -159,16 +240,22 @@ def scale_rows(scale_results: dict[str, Any]) -> list[tuple[str, float, str]]:
         plan = size["plan"]
         rows.append((f"{at}: plan (s)", plan["preflight_s"] + plan["graph_s"],
                      f"preflight (manifest validation, models, plan) {plan['preflight_s']:.1f} s + job graph "
-                     f"{plan['graph_s']:.1f} s; imports {plan['imports_s']:.1f} s not included"))
-        rows.append((f"{at}: run overhead per job (ms)", size["overhead_ms_per_job"],
-                     f"whole run {size['run_s']:.0f} s, Ray part {size['run_ray_wall_s']:.0f} s on {size['slots']} "
-                     f"slots ({size['jobs_per_s']:.0f} jobs/s, overhead {size['overhead_share']:.0%}); {load}"))
-        rows.append((f"{at}: driver peak memory (MB)", size["driver_peak_rss_mb"],
-                     f"max resident set of the `clic-bench run` process; run folder {size['run_folder_mb']:.0f} MB"))
+                     f"{plan['graph_s']:.1f} s, no file facts cached; imports {plan['imports_s']:.1f} s not included; {load}"))
+        if size.get("filled"):
+            rows.append((f"{at}: first run on the completed folder (s)", size["first_resume_s"],
+                         f"results filled from the real run's rows ({size['fill_s']:.0f} s), not run; this run "
+                         f"checks and hashes the files once (file_facts.json): {size['first_resume_line'][:70]}"))
+        else:
+            rows.append((f"{at}: run overhead per job (ms)", size["overhead_ms_per_job"],
+                         f"whole run {size['run_s']:.0f} s, Ray part {size['run_ray_wall_s']:.0f} s on {size['slots']} "
+                         f"slots ({size['jobs_per_s']:.1f} jobs/s, overhead {size['overhead_share']:.0%}); {load}"))
+            rows.append((f"{at}: driver peak memory (MB)", size["driver_peak_rss_mb"],
+                         f"max resident set of the `clic-bench run` process; run folder {size['run_folder_mb']:.0f} MB"))
         rows.append((f"{at}: report (s)", size["report_s"],
                      f"`clic-bench report` process, peak memory {size['report_peak_rss_mb']:.0f} MB"))
         rows.append((f"{at}: report size (MB)", size["report_mb"], "the report folder"))
         rows.append((f"{at}: resume with nothing to do (s)", size["resume_s"],
                      f"`clic-bench run --no-report` again, whole process; peak memory "
-                     f"{size['resume_peak_rss_mb']:.0f} MB; said: {size['resume_line'][:80]}"))
+                     f"{size['resume_peak_rss_mb']:.0f} MB; said: {size['resume_line'][:70]}"))
+        rows.append((f"{at}: resume peak memory (MB)", size["resume_peak_rss_mb"], "the driver planning every job"))
     return rows

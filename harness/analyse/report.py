@@ -41,6 +41,7 @@ from harness.analyse.aggregate import (  # noqa: E402
 )
 from harness.analyse import headline as headline_table  # noqa: E402
 from harness.plan.identity import method_label  # noqa: E402,F401 - method_label is used by the study too
+from harness.analyse.pair_table import grid_sample, write_pair_table  # noqa: E402
 from harness.analyse.aggregate import INTERVAL_NOTE  # noqa: E402
 from harness.store import earlier_plan_note, read_pairs, read_plan_results, read_run_manifest  # noqa: E402
 
@@ -95,10 +96,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
 
     metric_plots = _plot_metrics(summary, out / "plots", declared)
     loss_plots = _plot_losses(run_dir, results, out / "plots")
-    grids = _image_grids(run_dir, results, run_info, out)
-    ablation_html = _ablation_section(run_dir, results, run_info, labels, ablation, out) if labels else ""
+    # Images for a bounded, explained sample of pairs; every pair's values in tables/pairs.{parquet,html}.
+    shown_pairs, sample_note = grid_sample(results, declared)
+    sampled = results[results["pair_id"].isin(shown_pairs)] if "pair_id" in results.columns else results
+    write_pair_table(results, out / "tables", f"{run_dir.name}: every pair")
+    grids = _image_grids(run_dir, sampled, run_info, out)
+    ablation_html = _ablation_section(run_dir, sampled, run_info, labels, ablation, out) if labels else ""
     page = _index_html(run_dir, run_info, results, head, per_metric, paired, failures, metric_plots, loss_plots,
                        grids, reference, ablation_html, declared)
+    page = page.replace("<h2>Images</h2>", f"<h2>Images</h2><p>{html.escape(sample_note)}</p>", 1).replace(
+        '<a href="summary.md">summary.md</a>.', '<a href="summary.md">summary.md</a>; every pair\'s values: '
+        '<a href="tables/pairs.html">pairs.html</a> (sortable), <a href="tables/pairs.parquet">pairs.parquet</a>.', 1)
     left_out = left_out_lines(run_dir) + ([earlier_plan_note(earlier_rows)] if earlier_rows else [])
     if left_out:  # said at the top of the page and of summary.md, and by `clic-bench report`
         note = "Left out of this report: " + "; ".join(left_out)
