@@ -48,12 +48,25 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
 
 
+# module -> its distribution: run.json records their versions
+VERSIONED = {"torch": "torch", "diffusers": "diffusers", "ray": "ray", "transformers": "transformers",
+             "open_clip": "open_clip_torch", "pyarrow": "pyarrow", "pandas": "pandas"}
+
+
 def _versions() -> dict[str, str]:
+    """The versions of the libraries results depend on, from the installed distributions' metadata: importing
+    them for ``__version__`` (diffusers, transformers, open_clip: seconds each) was most of a resume's time."""
+    from importlib.metadata import PackageNotFoundError, version
+
     versions = {"python": platform.python_version()}
-    for name in ("torch", "diffusers", "ray", "transformers", "open_clip", "pyarrow", "pandas"):
+    for name, distribution in VERSIONED.items():
+        module = sys.modules.get(name)
+        if getattr(module, "__version__", None):
+            versions[name] = module.__version__
+            continue
         try:
-            versions[name] = importlib.import_module(name).__version__
-        except ImportError:
+            versions[name] = version(distribution)
+        except PackageNotFoundError:
             continue
     return versions
 
