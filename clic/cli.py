@@ -18,13 +18,15 @@ from typing import Any, NoReturn, Sequence
 import numpy as np
 import torch
 
-from .cli_checks import OptionError, check_args, check_prompt_fits, concept_problem
+from .cli_checks import OptionError, check_args, check_output_folder, check_prompt_fits, concept_problem
 from .concept import LearnedConcept
+from .limits import image_memory_problem, schedule_steps_problem
 from .io import InputError, from_model_output, load_image, load_mask, mask_from_model_output, save_image, save_mask_png, to_model_input
 from .learn import ConceptSource
 from .methods.base import Method, UnsupportedTask, get_method
 from .device import DEVICE_HELP, DTYPES, resolve_device, resolve_dtype
-from .models import TINY_PRESETS, ModelNotFoundError, SDComponents, load_components, save_tiny
+from .models import (TINY_PRESETS, ModelNotFoundError, SDComponents, components_architecture, load_components,
+                     model_architecture, save_tiny)
 
 
 # Working side for methods without a model (cut-and-paste): SD 1.x's native resolution.
@@ -109,7 +111,8 @@ def _components(method: Method, model: str | None, concept: LearnedConcept | Non
         return None
     model = model or (concept.model_id if concept is not None else None)
     if not model:
-        raise CLIError("--model", f"required: one of {', '.join(TINY_PRESETS)}, a diffusers folder or a cached HF id")
+        raise CLIError("--model", f"required: one of {', '.join(TINY_PRESETS)}, a diffusers folder, a single-file "
+                                  "checkpoint or a cached HF id")
     if method.needs_inpainting and model == "tiny":
         model = "tiny-inpaint"
     try:
@@ -127,10 +130,45 @@ def _check_object_fits(components: SDComponents | None, word: str) -> None:
             raise CLIError(err.subject, err.problem) from None
 
 
+def _check_memory(resolution: int, images: int = 1, option: str = "--resolution") -> None:
+    """Before any work: images of this side (and count) must fit this machine's memory (clic.limits)."""
+    problem = image_memory_problem(resolution, images)
+    if problem is not None:
+        value = images if option == "--images" else resolution
+        raise CLIError(option, f"{value} is too large: {problem}")
+
+
+def _check_schedule(steps: int, components: SDComponents | None, option: str = "--steps") -> None:
+    """A DDIM schedule of ``steps`` steps must fit the model's scheduler (clic.limits)."""
+    if components is not None:
+        problem = schedule_steps_problem(steps, int(components.scheduler.config.num_train_timesteps))
+        if problem is not None:
+            raise CLIError(option, problem)
+
+
+def _check_concept_model(concept: LearnedConcept, components: SDComponents | None, model: str | None) -> None:
+    """A concept runs only on the architecture it was learned on; another checkpoint of it gets a note."""
+    if components is None or not model:
+        return
+    learned = concept.extras.get("architecture") or model_architecture(concept.model_id)
+    if not learned:  # the concept does not say and its model is not here: nothing to compare
+        return
+    given = components_architecture(components)
+    differences = [f"{key} {given.get(key)} vs {value}" for key, value in learned.items()
+                   if key in given and given[key] != value]
+    if differences:
+        raise CLIError("--model", f"{model} has another architecture than the concept's model {concept.model_id} "
+                                  f"({'; '.join(differences)}): a concept runs only on the architecture it was "
+                                  f"learned on; leave --model out to use {concept.model_id}")
+    if concept.weights_hash and components.weights_hash != concept.weights_hash:
+        print(f"note: --model {model} is another checkpoint of the same architecture as the concept's model "
+              f"{concept.model_id}: its tokens and attention weights were learned on that one", file=sys.stderr)
+
+
 def _resolution(requested: int | None, components: SDComponents | None, concept: LearnedConcept | None = None) -> int:
     """--resolution, else the concept's learning resolution, else the model's native one."""
     if requested is not None:
-        _positive(requested, "--resolution")
+        _positive(requested, "--resolution")  # and within memory: clic.cli_checks.check_args, before any work
         if components is not None:
             multiple = components.vae_scale_factor * 2 ** (len(components.unet.config.block_out_channels) - 1)
             if requested % multiple:
@@ -176,12 +214,14 @@ def cmd_learn(args: argparse.Namespace) -> None:
     _check_object_fits(components, args.object)
     resolution = _resolution(args.resolution, components)
     image = load_image(args.image)
-    image_tensor, _, _ = to_model_input(image, None, resolution)
+    image_tensor, _, _ = to_model_input(image, None, resolution, name=args.image)
     masks = [_model_mask(path, image.size, image, resolution) for path in [args.mask, *([args.mask2] if args.mask2 else [])]]
     source = ConceptSource(image_tensor, torch.stack(masks), args.object)
     overrides: dict[str, Any] = {"resolution": resolution}
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.checkpoint_every:  # resumable snapshots in --out: a rerun of the same command resumes from the newest
+        overrides["checkpoint_every"] = args.checkpoint_every
     config = _resolve(method, "learn", args.preset, overrides if method.needs_model else {})
     started = time.perf_counter()
     concept = method.learn(components, source, preset=args.preset, overrides=config,
@@ -198,10 +238,13 @@ def cmd_transfer(args: argparse.Namespace) -> None:
                  if value is not None}
     settings = _resolve(method, "transfer", concept.preset, overrides)  # None: the method reads no settings
     components = _components(method, args.model, concept, args)
+    _check_concept_model(concept, components, args.model)
+    if settings is not None:
+        _check_schedule(settings.steps, components)
     _check_object_fits(components, args.object)
     resolution = _resolution(args.resolution, components, concept)
     image = load_image(args.image)
-    image_tensor, _, placement = to_model_input(image, None, resolution)
+    image_tensor, _, placement = to_model_input(image, None, resolution, name=args.image)
     mask = _model_mask(args.mask, image.size, image, resolution)
     started = time.perf_counter()
     try:
@@ -235,11 +278,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
         method.require("generate")
     except UnsupportedTask as err:
         raise CLIError("--concept", str(err)) from None
-    _resolve(method, "generate", concept.preset, overrides)  # a bad value fails before the model loads
+    _check_memory(args.resolution or int(concept.config.get("resolution") or 0) or 8, overrides.get("images", 1),
+                  "--images")
+    settings = _resolve(method, "generate", concept.preset, overrides)  # a bad value fails before the model loads
     components = _components(method, args.model, concept, args)
+    _check_concept_model(concept, components, args.model)
+    _check_schedule(settings.steps, components)
     _check_object_fits(components, args.object)
     if components is not None:  # --resolution, else the concept's learning resolution, else the model's
         overrides["resolution"] = _resolution(args.resolution, components, concept)
+        _check_memory(overrides["resolution"], settings.images, "--images")
     settings = _resolve(method, "generate", concept.preset, overrides)
     result = method.generate(components, concept, args.object, overrides=settings, seed=args.seed)
     out = Path(args.out)
@@ -264,10 +312,12 @@ def cmd_match(args: argparse.Namespace) -> None:
     if "source_image" not in concept.arrays:  # w* is learned from the source the concept keeps
         raise CLIError(args.concept, "the concept keeps no source image (learned by an older version): learn it again")
     components = _components(method, args.model, concept, args)
+    _check_concept_model(concept, components, args.model)
+    _check_schedule(settings.denoise_steps, components)
     _check_object_fits(components, args.object)
     resolution = _resolution(args.resolution, components, concept)
     image = load_image(args.image)
-    image_tensor, _, placement = to_model_input(image, None, resolution)
+    image_tensor, _, placement = to_model_input(image, None, resolution, name=args.image)
     result = method.match(components, concept, image_tensor, args.object, overrides=settings, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -314,8 +364,30 @@ def cmd_methods_show(args: argparse.Namespace) -> None:
 
 
 def cmd_save_tiny(args: argparse.Namespace) -> None:
+    if args.single_file:
+        from .checkpoints import save_single_file
+        from .models import build_tiny
+
+        if args.variant != "tiny":
+            raise CLIError("--single-file", f"writes the tiny model only (SD 1.x layout), not {args.variant}")
+        path = save_single_file(build_tiny(args.variant), args.directory)
+        print(f"wrote the tiny model as one file in the original SD layout (random weights, for tests) -> {path}")
+        return
     path = save_tiny(args.directory, args.variant)
     print(f"wrote the {args.variant} model (random weights, for tests) -> {path}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    """A single-file checkpoint as a diffusers folder, written once (later runs load the folder)."""
+    from .checkpoints import convert
+
+    check_output_folder(args.out, "OUT")
+    started = time.perf_counter()
+    try:
+        path = convert(args.file, args.out, arch=args.arch)
+    except ModelNotFoundError as err:
+        raise CLIError(args.file, str(err)) from None
+    print(f"wrote {args.file} as a diffusers folder in {time.perf_counter() - started:.0f} s -> {path}")
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -334,13 +406,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="precision of the frozen model; trained weights keep fp32 master copies (default fp32)")
 
     learn = commands.add_parser("learn", help="learn a concept from a source image and its mask")
-    common(learn, model_help="tiny, tiny-inpaint, a diffusers folder or a cached HF id")
+    common(learn, model_help="tiny, tiny-inpaint, a diffusers folder, a single-file SD 1.x/2.x checkpoint "
+                             "(.safetensors/.ckpt) or a cached HF id")
     learn.add_argument("--image", required=True, help="source image")
     learn.add_argument("--mask", required=True, help="mask of the concept's region in the source image")
     learn.add_argument("--mask2", help="mask of a second concept in the same image (learns <v1*> and <v2*>)")
     learn.add_argument("--object", required=True, help="the object word, e.g. chair")
     learn.add_argument("--steps", type=int, help="learning steps (default: the preset's)")
     learn.add_argument("--out", required=True, help="concept folder to write")
+    learn.add_argument("--checkpoint-every", type=int, default=0,
+                       help="write a resumable snapshot into OUT/checkpoints every N steps; the same command run "
+                            "again after an interruption resumes from the newest (default 0: none)")
     learn.add_argument("--method", default="clic")
     learn.add_argument("--preset", default=None, help="named configuration of the method (default: its default)")
     learn.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -393,7 +469,18 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = model_commands.add_parser("save-tiny", help="write the seeded tiny model as a diffusers folder")
     tiny.add_argument("directory")
     tiny.add_argument("--variant", choices=TINY_PRESETS, default="tiny")
+    tiny.add_argument("--single-file", action="store_true",
+                      help="write DIRECTORY as one .safetensors file in the original (LDM / A1111) layout")
     tiny.set_defaults(run=cmd_save_tiny)
+    from .checkpoints import SINGLE_FILE_ARCHITECTURES
+
+    convert_file = model_commands.add_parser(
+        "convert", help="write a single-file SD 1.x/2.x checkpoint (.safetensors/.ckpt) as a diffusers folder, offline")
+    convert_file.add_argument("file", help="e.g. v1-5-pruned-emaonly.safetensors")
+    convert_file.add_argument("out", help="the diffusers folder to write")
+    convert_file.add_argument("--arch", choices=tuple(SINGLE_FILE_ARCHITECTURES),
+                              help="the architecture (default: read from the file; SD 2.x is taken as 768-v)")
+    convert_file.set_defaults(run=cmd_convert)
     from .architectures import ARCHITECTURES
 
     random_arch = model_commands.add_parser(
@@ -411,7 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_args(args)
         args.run(args)
     except (CLIError, InputError, OptionError) as err:
-        print(f"clic: error: {err}", file=sys.stderr)
+        # One line even when a file name holds a line break: control characters are shown escaped.
+        message = str(err).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"clic: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -2,12 +2,14 @@
 
 Kept apart from :mod:`clic.cli` so the checks are one call there. What is refused:
 
+* a ``--resolution`` whose images would not fit this machine's memory (:mod:`clic.limits`);
 * numbers that are not finite or out of their documented range (``--eta inf``, ``--eta nan``, a negative
   ``--eta``, ``--seed`` outside [0, 2**32 - 1]);
-* an ``--object`` that is empty or blank, or so long that the prompt around it would overflow the text
+* an ``--object`` that is empty or blank, holds a placeholder token (``<v*>``), or so long that the prompt around it would overflow the text
   encoder's 77 tokens (the words past the limit, the concept token among them, would be dropped silently);
 * an ``--out`` that is an existing file, or a folder that cannot be created or written (checked before
   learning, which may take hours, rather than after it);
+* ``CLIC_CACHE`` naming a file instead of a folder;
 * a ``--concept`` folder whose ``concept.json`` or weight files are broken (:func:`concept_problem`).
 """
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,10 +51,42 @@ def check_number(value: float | None, option: str, *, minimum: float | None = No
         raise OptionError(option, f"must be at most {maximum}, got {value}")
 
 
+# A concept's placeholder token: "<v*>", "<v1*>", "<w*>" (clic.learn / clic.match) and the like of other methods.
+PLACEHOLDER = re.compile(r"<[^<>\s]*\*>")
+
+
+def placeholder_problem(word: str) -> str | None:
+    """Why an object word that holds a placeholder token is refused, or None."""
+    found = PLACEHOLDER.search(word)
+    if found is None:
+        return None
+    return (f"{word!r} holds the placeholder token {found.group()}: the object word goes beside the concept's token "
+            f"in every prompt (\"A chair with <v*> style\"), so it must be a plain word such as 'chair'")
+
+
 def check_object_word(word: str | None, option: str = "--object") -> None:
-    """Not empty, not blank (the token count is checked by :func:`check_prompt_fits` once a tokenizer exists)."""
+    """Not empty, not blank, no placeholder token (the token count is checked by :func:`check_prompt_fits` once a
+    tokenizer exists)."""
     if word is not None and not word.strip():
         raise OptionError(option, "must not be empty or blank (the object word goes into every prompt)")
+    problem = placeholder_problem(word) if word is not None else None
+    if problem is not None:
+        raise OptionError(option, problem)
+
+
+def check_cache_folder(variable: str = "CLIC_CACHE") -> None:
+    """The cache folder named by the environment, if any, is not a file (nor under one): a mistake worth a line.
+    A read-only cache is not refused: the caches then work without remembering (clic.models)."""
+    value = os.environ.get(variable)
+    if not value:
+        return
+    path = Path(value).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == path else f"is under the file {existing}"
+        raise OptionError(variable, f"{value} {where}, not a folder (the folder where clic keeps its caches)")
 
 
 def check_prompt_fits(tokenizer: Any, word: str, option: str = "--object") -> None:
@@ -89,9 +124,18 @@ def check_output_folder(out: str | None, option: str = "--out") -> None:
 def check_args(args: Any) -> None:
     """Every numeric, word and output option of a parsed `clic` command line (absent ones are skipped)."""
     check_number(getattr(args, "seed", None), "--seed", minimum=0, maximum=MAX_SEED)
+    check_number(getattr(args, "checkpoint_every", None), "--checkpoint-every", minimum=0)
     check_number(getattr(args, "eta", None), "--eta", minimum=0.0)
     check_number(getattr(args, "threshold", None), "--threshold", minimum=0.0, maximum=1.0)
     check_object_word(getattr(args, "object", None))
+    check_cache_folder()
+    resolution = getattr(args, "resolution", None)
+    if isinstance(resolution, int) and resolution > 0:
+        from .limits import image_memory_problem
+
+        problem = image_memory_problem(resolution)
+        if problem is not None:
+            raise OptionError("--resolution", f"{resolution} is too large: {problem}")
     if getattr(args, "command", None) != "models":
         check_output_folder(getattr(args, "out", None))
 
@@ -129,7 +173,8 @@ def concept_problem(directory: str | os.PathLike[str]) -> str | None:
             with safe_open(str(path), framework="pt") as handle:
                 for key in handle.keys():
                     tensor = handle.get_tensor(key)
-                    if tensor.numel() == 0 and path.name != "arrays.safetensors":
+                    untrained_layer = key.endswith(".processor")  # the attention file's placeholder
+                    if tensor.numel() == 0 and path.name != "arrays.safetensors" and not untrained_layer:
                         return f"{path}: tensor {key!r} is empty"
                     if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
                         return f"{path}: tensor {key!r} holds NaN or infinite values"

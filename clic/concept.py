@@ -5,12 +5,18 @@ Layout of a concept folder::
     concept.json                                   method, preset, tokens, object word, config, model id
     learned_embeds-<token>.safetensors             one per token: pipeline.load_textual_inversion(path)
     pytorch_custom_diffusion_weights.safetensors   trained attention weights (if any), keys as
-                                                   unet.save_attn_procs writes them
+                                                   unet.save_attn_procs writes them, plus an empty tensor
+                                                   under each untrained layer's processor name (what
+                                                   save_attn_procs' .bin format keeps as ``{}``), so the
+                                                   stock ``unet.load_attn_procs`` sets every processor
     losses.csv                                     per-step loss terms
     arrays.safetensors                             named tensors a method keeps (estimated masks, ...)
 
 :func:`load_into_pipeline` is the stock route (a fresh ``StableDiffusionPipeline`` plus diffusers'
-own loading calls); :meth:`LearnedConcept.apply` is ours, onto :class:`~clic.models.SDComponents`.
+own loading calls, which a user can write out: ``pipe.load_textual_inversion(token_file, token=...)`` per token
+and ``pipe.unet.load_attn_procs(folder, weight_name=ATTN_WEIGHTS_NAME, _pipeline=pipe)``; diffusers 0.42 sets the
+processors only when ``_pipeline`` is given, see ``tests/test_stock_loading.py``); :meth:`LearnedConcept.apply` is
+ours, onto :class:`~clic.models.SDComponents`.
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ class LearnedConcept:
     object_word: str
     vectors: dict[str, torch.Tensor]
     attention_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Every attention processor of the UNet learned on (trained or not): the stock loader needs them all.
+    attention_layers: list[str] = field(default_factory=list)
     train_kv: bool = False
     train_q_out: bool = False
     model_id: str = ""
@@ -65,6 +73,9 @@ class LearnedConcept:
             save_file({token: vector.float().contiguous()}, str(directory / token_file_name(token)))
         if self.attention_state:
             state = {k: v.float().contiguous() for k, v in self.attention_state.items()}
+            trained = {k.rsplit(".processor.", 1)[0] + ".processor" for k in state}
+            # diffusers' load_attn_procs reads a length-0 value as an untrained layer (its .bin format's {}):
+            state.update({name: torch.zeros(0) for name in self.attention_layers if name not in trained})
             save_file(state, str(directory / ATTN_WEIGHTS_NAME), metadata={"format": "pt"})
         if self.unet_state:
             save_file({k: v.contiguous() for k, v in self.unet_state.items()}, str(directory / "unet_state.safetensors"))
@@ -108,7 +119,10 @@ class LearnedConcept:
         for token in meta["tokens"]:
             name, vector = load_token_file(directory / meta["token_files"][token])
             vectors[name] = vector
-        attention_state = load_file(str(directory / ATTN_WEIGHTS_NAME)) if meta.get("attention_weights") else {}
+        attention_file = load_file(str(directory / ATTN_WEIGHTS_NAME)) if meta.get("attention_weights") else {}
+        attention_state = {k: v for k, v in attention_file.items() if v.numel()}  # without the untrained layers
+        attention_layers = sorted({k.rsplit(".processor.", 1)[0] + ".processor" if ".processor." in k else k
+                                   for k in attention_file}) if len(attention_file) > len(attention_state) else []
         unet_path = directory / "unet_state.safetensors"
         text_path = directory / "text_encoder_state.safetensors"
         arrays_path = directory / "arrays.safetensors"
@@ -123,6 +137,7 @@ class LearnedConcept:
             object_word=meta["object_word"],
             vectors=vectors,
             attention_state=attention_state,
+            attention_layers=attention_layers,
             train_kv=meta["train_kv"],
             train_q_out=meta["train_q_out"],
             model_id=meta.get("model_id", ""),
@@ -177,9 +192,9 @@ def load_into_pipeline(pipeline, directory: str | Path) -> None:
     """Load a concept folder into a stock diffusers pipeline with diffusers' own loaders.
 
     diffusers 0.42's ``UNet2DConditionModel.load_attn_procs`` only installs Custom Diffusion processors
-    when given ``_pipeline`` (its ``set_attn_processor`` call sits inside that branch), and the
-    safetensors format drops the empty entries of untrained layers that ``set_attn_processor`` counts;
-    so we hand it the state dict with those entries restored, and the pipeline.
+    when given ``_pipeline`` (its ``set_attn_processor`` call sits inside that branch; without it the call
+    returns having set nothing, peft installed or not), and ``set_attn_processor`` counts every layer: the
+    weights file carries an empty tensor per untrained layer (folders written before that are completed here).
     """
     directory = Path(directory)
     meta = json.loads((directory / "concept.json").read_text())
@@ -187,8 +202,8 @@ def load_into_pipeline(pipeline, directory: str | Path) -> None:
         pipeline.load_textual_inversion(str(directory / meta["token_files"][token]), token=token)
     if meta.get("attention_weights"):
         state: dict[str, Any] = dict(load_file(str(directory / meta["attention_weights"])))
-        trained = {k.rsplit(".processor.", 1)[0] + ".processor" for k in state}
+        present = {k.rsplit(".processor.", 1)[0] + ".processor" if ".processor." in k else k for k in state}
         for name in pipeline.unet.attn_processors:
-            if name not in trained:
+            if name not in present:
                 state[name] = {}
         pipeline.unet.load_attn_procs(state, _pipeline=pipeline)

@@ -42,6 +42,11 @@ class GenerateSettings(Settings):
             raise ValueError(f"stage_one_steps must lie in [0, {self.steps}], got {self.stage_one_steps}")
         if self.resolution is not None and self.resolution <= 0:
             raise ValueError(f"generation resolution must be positive, got {self.resolution}")
+        from .limits import image_memory_problem  # the bound `clic generate` and the suite reader apply first
+
+        problem = image_memory_problem(self.resolution or 8, self.images)
+        if problem is not None:
+            raise ValueError(f"generation images {self.images} at resolution {self.resolution}: {problem}")
 
 
 @dataclass

@@ -30,6 +30,7 @@ user's original size, so every saved output has the size of the image it came fr
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import warnings
 from dataclasses import dataclass
@@ -107,6 +108,13 @@ def _note_large_image(image: Image.Image, name: str) -> None:
 
 def _open(source: ImageSource, name: str) -> Image.Image:
     """Open (header only) or raise an InputError that says why not."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            mode = os.stat(source).st_mode
+        except OSError:
+            mode = None  # missing, a symlink loop, no permission: Image.open says which below
+        if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise InputError(name, "not a regular file (a pipe, socket or device would block or never end)")
     try:
         image = Image.open(source)
         _note_large_image(image, name)
@@ -197,9 +205,26 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
     name = _display_name(source, name)
     with _open(source, name) as opened:
         orientation = _orientation(opened)
+        frames = getattr(opened, "n_frames", 1)
         _decode(opened, name)
         rgb = to_rgb(opened, name=name)
+    if frames > 1:
+        _note_once(name, f"{opened.format or 'the'} image has {frames} frames (animated); the first frame is used")
     return _oriented(rgb, orientation)
+
+
+# Files a note was given for (an animated image, a tiny image blown up): said once per file and process.
+_NOTED: set[tuple[str, str]] = set()
+# Upscaling beyond this factor makes the model see a few pixels as blurred blocks: worth a note.
+UPSCALE_NOTE_FACTOR = 8
+
+
+def _note_once(name: str, text: str) -> None:
+    key = (name, text.split(";")[0])
+    if key in _NOTED:
+        return
+    _NOTED.add(key)
+    print(f"note: {name}: {text}", file=sys.stderr)
 
 
 def to_rgb(image: Image.Image, *, name: str = "image") -> Image.Image:
@@ -362,14 +387,20 @@ class Placement:
 
 
 def to_model_input(
-    image: Image.Image, mask: np.ndarray | None, resolution: int
+    image: Image.Image, mask: np.ndarray | None, resolution: int, *, name: str | None = None
 ) -> tuple["torch.Tensor", "torch.Tensor | None", Placement]:
-    """(image (3, R, R) float32 in [-1, 1], mask (1, R, R) float32 in {0, 1} or None, placement)."""
+    """(image (3, R, R) float32 in [-1, 1], mask (1, R, R) float32 in {0, 1} or None, placement).
+
+    With ``name`` (the file the image came from), an image blown up more than ``UPSCALE_NOTE_FACTOR`` times
+    (a 1x1 image at 64 px) gets a one-line note on stderr, once per file."""
     import torch
 
     if resolution <= 0:
         raise ValueError(f"resolution must be positive, got {resolution}")
     rgb = to_rgb(image)
+    if name is not None and max(rgb.size) * UPSCALE_NOTE_FACTOR < resolution:
+        _note_once(name, f"{rgb.size[0]}x{rgb.size[1]} px, upscaled {resolution / max(rgb.size):.0f}x to the model's "
+                         f"{resolution}x{resolution}; its detail is what the model sees")
     placement = Placement.for_size(rgb.size, resolution)
     square = Image.new("RGB", (placement.square_size,) * 2, (255, 255, 255))
     square.paste(rgb, placement.pad_box[:2])

@@ -29,7 +29,7 @@ from .augment import AugmentConfig, LatentBank, image_region
 from .concept import LearnedConcept
 from .device import autocast_dtype
 from .losses import Objective, StepTensors, resize_mask
-from .models import SDComponents
+from .models import SDComponents, components_architecture
 from .reuse import keep_originals
 from .prediction import training_target
 from .tokens import ConceptTokens, merge_concept_embeddings
@@ -140,6 +140,12 @@ class LearnConfig(MethodConfig):
         if self.lora and (int(self.lora.get("rank", 0)) <= 0 or not self.lora.get("unet_targets")
                           or not self.lora.get("text_targets")):
             raise ValueError(f"lora needs a positive rank and unet_targets / text_targets, got {dict(self.lora)}")
+        if isinstance(self.resolution, int) and self.resolution > 0:
+            from .limits import image_memory_problem  # the bound `clic learn` and the suite reader apply first
+
+            problem = image_memory_problem(self.resolution)
+            if problem is not None:
+                raise ValueError(f"resolution {self.resolution} is too large: {problem}")
         if self.gradient_accumulation < 1 or self.max_grad_norm < 0:
             raise ValueError(f"gradient_accumulation must be >= 1 and max_grad_norm >= 0, got "
                              f"{self.gradient_accumulation}, {self.max_grad_norm}")
@@ -500,13 +506,32 @@ def learn_concept(
     loss_log: list[dict[str, float]] = []
     step_index = 0
     started = time.perf_counter()
+    # Every tensor the loop changes: a resumable snapshot keeps them with the optimizer and every random state.
+    trained = [tokens.parameter, *attention_params,
+               *(unet_params if any(p.unet_lr > 0 for p in config.schedule()) else []),
+               *(text_params if any(p.text_encoder_lr > 0 for p in config.schedule()) else [])]
+    fingerprint = _resume_fingerprint(config, source, method, preset, seed, tokens.tokens)
+    resume = latest_resume_state(out_dir, fingerprint) if out_dir is not None and config.checkpoint_every else None
+    resumed_from = resume["step"] if resume is not None else None
+    if resume is not None:
+        with torch.no_grad():
+            for parameter, value in zip(trained, resume["trained"], strict=True):
+                parameter.copy_(value.to(parameter.device, parameter.dtype))
+        loss_log = list(resume["loss_log"])
     accumulation = config.gradient_accumulation
     bar = tqdm(total=config.total_steps, desc=f"learn {method}/{preset}", disable=not progress, leave=False)
     # A half-precision model, or mixed_precision, runs the step under autocast; trained weights stay fp32.
     step_dtype = autocast_dtype(components.dtype, config.mixed_precision)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=step_dtype == torch.float16)  # disabled: a pass-through
-    for phase in config.schedule():
+    if resume is not None:
+        bar.update(resume["step"])
+    phase_end = 0
+    for phase_index, phase in enumerate(config.schedule()):
+        phase_start, phase_end = phase_end, phase_end + phase.steps
+        if resume is not None and resume["step"] >= phase_end:  # a phase the interrupted learn finished
+            step_index = phase_end
+            continue
         groups = [{"params": [tokens.parameter], "lr": phase.token_lr, "weight_decay": config.token_weight_decay}]
         for p in attention_params:
             p.requires_grad_(phase.attention_lr > 0)
@@ -524,7 +549,16 @@ def learn_concept(
         optimizer = optimizer_cls(groups)
         clipped = [p for group in groups[0 if config.clip_token_grad else 1:] for p in group["params"]]
         components.unet.train(phase.unet_lr > 0)
-        for _ in range(phase.steps):
+        steps_done = 0
+        if resume is not None:  # resumed inside this phase (or at its start)
+            step_index = resume["step"]
+            steps_done = step_index - phase_start
+            if resume["phase"] == phase_index:  # the snapshot's optimizer belongs to this phase
+                optimizer.load_state_dict(resume["optimizer"])
+                scaler.load_state_dict(resume["scaler"])
+            _set_random_states(generator, resume["random"])
+            resume = None
+        for _ in range(phase.steps - steps_done):
             optimizer.zero_grad(set_to_none=True)
             for micro in range(accumulation):
                 batch = draw_batch(components, banks, config, objective, generator, device, n_tokens)
@@ -551,7 +585,11 @@ def learn_concept(
             bar.update(1)
             bar.set_postfix(loss=f"{values['total']:.4f}", refresh=False)  # drawn with the bar's own (rate-limited) refresh
             if out_dir is not None and config.checkpoint_every and step_index % config.checkpoint_every == 0:
-                _snapshot(state, source, config, method, preset, loss_log, seed).save(Path(out_dir) / "checkpoints" / f"step-{step_index:05d}")
+                write_checkpoint(Path(out_dir), step_index, _snapshot(state, source, config, method, preset, loss_log, seed),
+                                 {"step": step_index, "phase": phase_index, "fingerprint": fingerprint,
+                                  "trained": [p.detach().cpu().clone() for p in trained],
+                                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                  "random": _random_states(generator), "loss_log": list(loss_log)})
     bar.close()
     components.unet.eval()
     if config.gradient_checkpointing:
@@ -564,6 +602,8 @@ def learn_concept(
             network = getattr(components, name)
             concept.arrays.update({f"{ARRAY_PREFIX}{name}.{k}": v for k, v in lora_state(network, LORA_ADAPTER).items()})
             remove_lora(network)  # the model as loaded (the adapters live on in the concept)
+    if resumed_from is not None:
+        concept.extras["resumed_from_step"] = resumed_from
     # Kept so later tasks that learn from the source again (RoI matching's w*) need only the concept.
     concept.arrays.update({"source_image": source.image.detach().cpu(), "source_masks": source.masks.detach().cpu()})
     concept.extras.update({
@@ -598,6 +638,72 @@ def draw_batch(components: SDComponents, banks: list[LatentBank], config: LearnC
                      roi_prompt_indices=roi_prompt_indices, valid=valid[None, None])
 
 
+# ------------------------------------------------------------------------------- resumable snapshots
+RESUME_FILE = "resume.pt"
+
+
+def _random_states(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state the loop draws from: the batch generator, torch's global CPU (and CUDA) state, Python's."""
+    states = {"generator": generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_random_states(generator: torch.Generator, states: Mapping[str, Any]) -> None:
+    generator.set_state(states["generator"])
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _resume_fingerprint(config: LearnConfig, source: ConceptSource, method: str, preset: str, seed: int,
+                        token_names: Sequence[str]) -> str:
+    """What a snapshot must have been learned from to be resumed: the settings, seed, tokens and source pixels
+    (a folder reused for another learn starts afresh instead of resuming a stranger's state)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps({"config": config.to_dict(), "method": method, "preset": preset, "seed": seed,
+                                        "tokens": list(token_names)}, sort_keys=True, default=str).encode())
+    for tensor in (source.images, source.image_masks):
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def write_checkpoint(out_dir: Path, step: int, concept: LearnedConcept, resume: Mapping[str, Any]) -> Path:
+    """``out_dir/checkpoints/step-N/``: the concept so far plus ``resume.pt`` (trained tensors, optimizer, random
+    states, loss log), written under a temporary name and renamed, so a kill leaves the previous one whole; only
+    the newest keeps its ``resume.pt`` (with the optimizer's moments it is several times the trained weights)."""
+    import os
+    import shutil
+
+    folder = out_dir / "checkpoints" / f"step-{step:05d}"
+    temp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    concept.save(temp)
+    torch.save(dict(resume), temp / RESUME_FILE)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(temp, folder)
+    for older in folder.parent.glob(f"step-*/{RESUME_FILE}"):
+        if older.parent != folder:
+            older.unlink(missing_ok=True)
+    return folder
+
+
+def latest_resume_state(out_dir: str | Path, fingerprint: str) -> dict[str, Any] | None:
+    """The newest readable ``resume.pt`` under ``out_dir/checkpoints/`` learned from the same inputs, or None."""
+    for path in sorted(Path(out_dir).glob(f"checkpoints/step-*/{RESUME_FILE}"), reverse=True):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # truncated by a kill outside the atomic rename, or foreign: the next older one
+            continue
+        if state.get("fingerprint") == fingerprint:
+            return state
+    return None
+
+
 def _snapshot(state: TrainState, source: ConceptSource, config: LearnConfig, method: str, preset: str,
               loss_log: list[dict[str, float]], seed: int) -> LearnedConcept:
     full_unet = any(p.unet_lr > 0 for p in config.schedule())
@@ -608,12 +714,14 @@ def _snapshot(state: TrainState, source: ConceptSource, config: LearnConfig, met
         object_word=source.object_word,
         vectors=state.tokens.vectors(),
         attention_state=state.capture.state_dict(),
+        attention_layers=list(state.capture.unet.attn_processors),
         train_kv=config.train_kv,
         train_q_out=config.train_q_out,
         model_id=state.components.model_id,
         weights_hash=state.components.weights_hash,
         config={**config.to_dict(), "seed": seed},
         loss_log=list(loss_log),
+        extras={"architecture": components_architecture(state.components)},  # a model given later must match it
         unet_state={k: v.detach().clone() for k, v in state.components.unet.state_dict().items() if "processor" not in k}
         if full_unet else {},
         text_encoder_state={k: v.detach().clone() for k, v in state.components.text_encoder.state_dict().items()

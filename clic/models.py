@@ -1,11 +1,13 @@
 """Stable Diffusion components from a local diffusers folder, the local HF cache (offline), or `tiny`.
 
-Three sources, one return type (:class:`SDComponents`):
+Four sources, one return type (:class:`SDComponents`):
 
 * a local diffusers folder (``model_index.json`` with ``unet/``, ``vae/``, ``text_encoder/``,
   ``tokenizer/``, ``scheduler/``), e.g. a Stable Diffusion 1.x/2.x checkpoint;
 * an HF model id already in the local cache, loaded with ``local_files_only`` (this machine, and most
   cluster nodes, have no route to the hub: a missing model is one clear error, not a retry loop);
+* a single-file checkpoint (``*.safetensors`` / ``*.ckpt`` in the original LDM / A1111 layout), loaded offline
+  by diffusers' ``from_single_file`` with the project's own configs (:mod:`clic.checkpoints`);
 * ``tiny`` / ``tiny-inpaint`` / ``tiny-v``: seeded small models built from configs, as diffusers' own
   test suite does (``tiny-v`` is ``tiny`` with a v-prediction scheduler, as SD 2.x 768 models have), with a real CLIP tokenizer made from the BPE vocabulary that open_clip ships. Numbers made with
   them are labelled ``tiny-random`` everywhere.
@@ -19,11 +21,15 @@ afterwards follows the model (:mod:`clic.device`).
 """
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import hashlib
 import json
 import os
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +37,12 @@ from pathlib import Path
 # model retries against an unreachable hub for ~47 s. Users who do have a hub set HF_HUB_OFFLINE=0.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import torch  # noqa: E402
 
 from . import TINY_RANDOM  # noqa: E402
-from .device import resolve_device, resolve_dtype  # noqa: E402
+from .device import configure_tf32, resolve_device, resolve_dtype  # noqa: E402
 
 # diffusers and transformers are imported where a model is built or loaded, not here: importing diffusers
 # imports every model class it ships and torch._dynamo (seconds), which planning a run, preflight and
@@ -238,11 +244,89 @@ def _tiny_tokenizer() -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     cache = Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic")) / "tiny-tokenizer"
-    if (cache / "vocab.json").exists() and (cache / "merges.txt").exists():
-        tokenizer = CLIPTokenizer.from_pretrained(cache)
-        tokenizer.model_max_length = 77
-        return tokenizer
-    return build_clip_tokenizer(cache)
+    try:
+        if (cache / "vocab.json").exists() and (cache / "merges.txt").exists():
+            tokenizer = CLIPTokenizer.from_pretrained(cache)
+            tokenizer.model_max_length = 77
+            return tokenizer
+    except Exception:  # damaged (the tokenizers library raises a bare Exception for a broken vocab): rebuilt below
+        pass
+    if cache.is_dir():  # incomplete or damaged (a writer killed half-way, before writes were atomic): rebuilt
+        shutil.rmtree(cache, ignore_errors=True)
+    # Built beside the cache and renamed into place: a concurrent reader never sees half-written files.
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".tiny-tokenizer-") as building:
+            tokenizer = build_clip_tokenizer(building)
+            try:
+                os.replace(building, cache)
+            except OSError:  # another process put its (identical) copy there first
+                pass
+            else:
+                Path(building).mkdir()  # for TemporaryDirectory's cleanup
+            return tokenizer
+    except OSError as err:  # CLIC_CACHE is a file, read-only or full: built in a temporary folder, not cached
+        _note_cache_unusable(cache.parent, err)
+        with tempfile.TemporaryDirectory(prefix="clic-tiny-tokenizer-") as building:
+            return build_clip_tokenizer(building)
+
+
+def _note_cache_unusable(folder: Path, err: OSError) -> None:
+    if _CACHE_NOTED:
+        return
+    _CACHE_NOTED.append(folder)
+    reason = "read-only file system" if err.errno == errno.EROFS else (err.strerror or type(err).__name__)
+    print(f"note: CLIC_CACHE={folder}: cannot be written ({reason}); the tiny models' tokenizer is built in a "
+          f"temporary folder each time (set CLIC_CACHE to a writable folder to keep it)", file=sys.stderr)
+
+
+_CACHE_NOTED: list[Path] = []
+
+
+def train_timesteps(model: str) -> int:
+    """The scheduler's ``num_train_timesteps`` of ``model``, from its config (no weights read; 1000 if unknown)."""
+    from .limits import DEFAULT_TRAIN_TIMESTEPS
+
+    if model in TINY_PRESETS:
+        return int(SD_SCHEDULER_CONFIG["num_train_timesteps"])
+    try:
+        config = json.loads((_resolve_folder(model) / "scheduler" / "scheduler_config.json").read_text())
+        return int(config.get("num_train_timesteps", DEFAULT_TRAIN_TIMESTEPS))
+    except (ModelNotFoundError, OSError, ValueError, TypeError, AttributeError):
+        return DEFAULT_TRAIN_TIMESTEPS
+
+
+# What must match for a concept's tokens and attention weights to fit a model: the UNet's layer structure and
+# input channels (an inpainting UNet takes 9), and the text encoder's width.
+ARCHITECTURE_KEYS = {"unet": ("in_channels", "out_channels", "cross_attention_dim", "block_out_channels",
+                              "layers_per_block", "attention_head_dim", "down_block_types", "up_block_types"),
+                     "text_encoder": ("hidden_size", "num_hidden_layers")}
+
+
+def architecture_of(unet_config: Any, text_config: Any) -> dict[str, Any]:
+    """The architecture fields of a UNet and a text-encoder config (mappings or diffusers/transformers configs)."""
+    def field(config: Any, key: str) -> Any:
+        value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+        return list(value) if isinstance(value, (list, tuple)) else value
+
+    return {f"{part}.{key}": field(config, key) for part, config in (("unet", unet_config), ("text_encoder", text_config))
+            for key in ARCHITECTURE_KEYS[part]}
+
+
+def components_architecture(components: SDComponents) -> dict[str, Any]:
+    return architecture_of(dict(components.unet.config), components.text_encoder.config)
+
+
+def model_architecture(model: str) -> dict[str, Any] | None:
+    """``model``'s architecture from its configs (no weights read); None when the model is not on this machine."""
+    if model in TINY_PRESETS:
+        return architecture_of(tiny_unet_config(9 if model == "tiny-inpaint" else 4), TINY_TEXT_CONFIG)
+    try:
+        folder = _resolve_folder(model)
+        return architecture_of(json.loads((folder / "unet" / "config.json").read_text()),
+                               json.loads((folder / "text_encoder" / "config.json").read_text()))
+    except (ModelNotFoundError, OSError, ValueError, TypeError):
+        return None
 
 
 def build_tiny(variant: str = "tiny") -> SDComponents:
@@ -366,7 +450,37 @@ def weights_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _is_single_file(model: str) -> bool:
+    """A single-file checkpoint (``.safetensors`` / ``.ckpt``), read by :mod:`clic.checkpoints`."""
+    return str(model).lower().endswith((".safetensors", ".ckpt"))
+
+
+def _refuse_unsupported_folder(folder: Path) -> None:
+    """SDXL, SD 3, Flux ... folders end in a raw diffusers traceback deep in loading: one line here instead."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return  # no index (a bare unet/ layout): the loaders say what is missing
+    pipeline = str(index.get("_class_name", ""))
+    extra = [k for k in ("text_encoder_2", "transformer", "text_encoder_3") if k in index]
+    if extra or not {"unet", "vae", "text_encoder", "tokenizer"} <= set(index) or "XL" in pipeline:
+        from .checkpoints import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            f"{folder}: unsupported architecture ({pipeline or 'unknown pipeline'}"
+            f"{', with ' + ', '.join(extra) if extra else ''}); supported: Stable Diffusion 1.x/2.x folders "
+            "(StableDiffusionPipeline / StableDiffusionInpaintPipeline layout), tiny, or a single-file SD 1.x/2.x "
+            "checkpoint")
+
+
 def _resolve_folder(model: str) -> Path:
+    """The diffusers folder a model names (a local folder or a cached HF id) of an architecture the project runs."""
+    folder = _find_folder(model)
+    _refuse_unsupported_folder(folder)
+    return folder
+
+
+def _find_folder(model: str) -> Path:
     folder = Path(model).expanduser()
     if folder.is_dir():
         if not (folder / "model_index.json").exists() and not (folder / "unet").is_dir():
@@ -398,8 +512,13 @@ def load_components(model: str = "tiny", *, device: str | torch.device = "cpu",
     commands find from any working directory.
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
+    configure_tf32(device)  # on by default on GPUs that have it (CLIC_TF32=0: off)
     if model in TINY_PRESETS:
         return build_tiny(model).to(device, dtype)
+    if _is_single_file(model):  # v1-5-pruned-emaonly.safetensors: diffusers' from_single_file, offline
+        from .checkpoints import load_single_file
+
+        return load_single_file(model, device=device, dtype=dtype)
     folder = _resolve_folder(model)
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -497,6 +616,12 @@ def describe_model(model: str) -> ModelDescription:
             else:
                 _TINY_DESCRIPTIONS[model] = recalled
         return _TINY_DESCRIPTIONS[model]
+    if _is_single_file(model):  # the architecture from the file's header; the weights are not read
+        from .checkpoints import detect_architecture, file_fingerprint
+
+        path = Path(model).expanduser().resolve()
+        arch = detect_architecture(path)
+        return ModelDescription(str(path), file_fingerprint(path, arch.name), str(path), arch.resolution)
     folder = _resolve_folder(model)
     try:
         unet_config = json.loads((folder / "unet" / "config.json").read_text())

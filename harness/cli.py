@@ -44,7 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run into an output folder that holds another suite's results (their rows stay apart)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a suite key, checked as the file is (YAML value; repeatable), e.g. "
+                        "--set transfer.t_start=[5,10,15] --set model=PATH --set resources.num_gpus=0.5")
     p.set_defaults(func=_handler("harness.execute.runner:run_main"))
+
+    p = sub.add_parser("doctor", help="every model and metric weight a suite needs: found where, or missing and how "
+                                      "to get it")
+    p.add_argument("suite", nargs="?", default=None, help="suite file (default: benchmarks/smoke.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite key, as for run")
+    p.set_defaults(func=_handler("harness.plan.doctor:doctor_main"))
 
     p = sub.add_parser("report", help="write tables and the HTML report of a run folder")
     p.add_argument("run", help="run folder")
@@ -58,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", action="append", default=None, help="metric to gate on (repeatable; default all)")
     p.add_argument("--max-drop", type=float, default=0.0, help="largest tolerated drop of the mean")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired test")
+    p.add_argument("--html", default=None, metavar="OUT",
+                   help="also write the comparison page OUT/index.html (A and B side by side, worst pairs' images)")
     p.set_defaults(func=_handler("harness.analyse.aggregate:compare_main"))
 
     p = sub.add_parser("validate", help="check a manifest and print one line per bad row")
@@ -127,6 +138,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"clic-bench: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: results are written job by job, so nothing finished is lost
+        stopped = _stop_started_cluster()
+        print("clic-bench: error: interrupted (Ctrl-C): what finished is kept; run it again to resume"
+              + ("; the Ray cluster this run started was stopped" if stopped else ""), file=sys.stderr)
+        return 130
+
+
+def _stop_started_cluster() -> bool:
+    """Stop the local Ray cluster a `run` started (only if the runner was imported, i.e. a run began)."""
+    runner = sys.modules.get("harness.execute.runner")
+    if runner is None:
+        return False
+    try:
+        return bool(runner.stop_started_cluster())
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping: Ray's atexit handler finishes the job
+        return False
 
 
 if __name__ == "__main__":

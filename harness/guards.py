@@ -71,6 +71,40 @@ def check_output_file(out: str | None, option: str = "--out") -> None:
     check_output_folder(str(path.parent) if str(path.parent) else ".", option)
 
 
+def check_default_report_folder(folder: Path) -> None:
+    """RUN/report can be written (a read-only run folder is said as such, with the way out: --out)."""
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"{folder}: cannot write the report there ({err.strerror or type(err).__name__}); "
+                         f"write it elsewhere with --out DIR") from None
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return (folder / "run.json").is_file() or ((folder / "results").is_dir() and (folder / "pairs.parquet").is_file())
+
+
+def _is_report_folder(folder: Path) -> bool:
+    return (folder / "index.html").is_file() and (folder / "summary.md").is_file()
+
+
+def check_pack_folder(run: str, out: str) -> None:
+    """A user-study pack goes outside any run folder and report: beside results/, run.json and summary.md (which
+    name the methods) the study is no longer blind, and inside a report it would overwrite its index.html."""
+    target, run_folder = Path(out).resolve(), Path(run).resolve()
+    for folder in (target, *target.parents):
+        if folder == run_folder or _is_run_folder(folder):
+            raise UsageError(f"--out: {out} is inside the run folder {folder}, whose results, run.json and reports "
+                             f"name the methods (the study would not be blind): write the pack outside it")
+        if _is_report_folder(folder):
+            raise UsageError(f"--out: {out} is inside the report {folder} (its index.html would be overwritten): "
+                             f"write the pack outside it")
+
+
 def check_run_folder(run: str, option: str = "RUN") -> None:
     path = Path(run)
     if not path.exists():
@@ -116,12 +150,15 @@ def check_args(args: argparse.Namespace) -> None:
     elif command == "report":
         check_run_folder(args.run)
         check_output_folder(args.out)
+        if args.out is None:
+            check_default_report_folder(Path(args.run) / "report")
     elif command == "pack":
         check_run_folder(args.run)
         check_number(args.pairs, "--pairs", minimum=1)
         check_number(args.raters, "--raters", minimum=1)
         check_number(args.seed, "--seed", minimum=0, maximum=MAX_SEED)
         check_output_folder(args.out)
+        check_pack_folder(args.run, args.out)
     elif command == "score":
         check_output_folder(args.out)
     elif command == "manifest" and getattr(args, "manifest_command", None) == "synth":

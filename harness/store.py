@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .errors import UsageError
+
 RESULTS_DIR = "results"
 ARTIFACTS_DIR = "artifacts"
 CONCEPTS_DIR = "concepts"
@@ -93,6 +95,7 @@ RESULT_SCHEMA = pa.schema([
     ("peak_memory_mb", pa.float64()),  # the job's peak: CUDA max allocated on a GPU, peak RSS on the CPU
     ("learn_peak_memory_mb", pa.float64()),  # the same for the job's concept learning (null: learned earlier)
     ("finished_at", pa.string()),
+    ("notes", pa.string()),  # what happened on the way: an out-of-memory retry with a larger packing, a resumed learn
 ])
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 # Columns added later: result files written before them still read, with nulls there.
@@ -437,9 +440,23 @@ def _compact_batch(run_dir: str | Path, journal: list[Path], rows_per_file: int)
     return len(read)
 
 
+class UnreadableRunFile(UsageError, ValueError):
+    """run.json or pairs.parquet of a run folder cannot be read (edited or damaged outside the harness, which
+    writes both atomically): one line naming the file."""
+
+
 def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UnreadableRunFile(f"{path}: not readable JSON ({' '.join(str(err).split())}); the next run into "
+                                f"this folder writes it again") from None
+    if not isinstance(manifest, dict):
+        raise UnreadableRunFile(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    return manifest
 
 
 def write_run_manifest(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
@@ -468,7 +485,11 @@ def write_pairs(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     """Record the run's resolved pairs (one row per pair id; rows of earlier runs into the folder are kept,
     a pair id seen again takes its new row), so the report never has to find the manifest again."""
     path = Path(run_dir) / PAIRS_FILE
-    merged = {row["pair_id"]: dict(row) for row in read_pairs(run_dir)}
+    try:
+        earlier = read_pairs(run_dir)
+    except UnreadableRunFile:  # damaged outside the harness: this run's pairs replace it
+        earlier = []
+    merged = {row["pair_id"]: dict(row) for row in earlier}
     merged.update({row["pair_id"]: dict(row) for row in rows})
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_sibling(path)
@@ -481,4 +502,10 @@ def write_pairs(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
 def read_pairs(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows :func:`write_pairs` recorded ([] for a run folder without them)."""
     path = Path(run_dir) / PAIRS_FILE
-    return pq.read_table(path).to_pylist() if path.is_file() else []
+    if not path.is_file():
+        return []
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException) as err:
+        raise UnreadableRunFile(f"{path}: not a readable Parquet file ({' '.join(str(err).split())[:200]}); the next "
+                                f"run into this folder writes it again") from None

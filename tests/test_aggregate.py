@@ -175,8 +175,11 @@ def test_compare_without_results_is_a_usage_error(tmp_path: Path, capsys: pytest
     (tmp_path / "empty" / "results").mkdir(parents=True)
     run_a, _ = two_runs("clip_t", shift=0.0)
     a = write_run(tmp_path / "a", run_a)
-    assert compare_main(compare_args(a, tmp_path / "empty")) == 2
-    assert "no results" in capsys.readouterr().out
+    from harness.cli import main as bench_main
+
+    assert bench_main(["compare", str(a), str(tmp_path / "empty")]) == 2  # issue 27: on stderr, like every error
+    captured = capsys.readouterr()
+    assert "no results" in captured.err and captured.err.startswith("clic-bench: error: ") and not captured.out
 
 
 def test_tiny_random_line_only_for_tiny_weights(tmp_path: Path) -> None:

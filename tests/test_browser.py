@@ -107,3 +107,49 @@ def test_report_index_images_load(browser, tmp_path: Path) -> None:
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert (tmp_path / "report.png").stat().st_size > 10_000
     page.close()
+
+
+# Elements wider than the page, measured in the browser: tables (and the images in them) whose right edge is past
+# the viewport, or a document that scrolls sideways.
+OVERFLOW_JS = """() => {
+  const width = document.documentElement.clientWidth;
+  const out = [...document.querySelectorAll('table, img, figure')]
+    .filter(e => e.getBoundingClientRect().right > width + 0.5)
+    .map(e => e.tagName + ' ' + (e.className || '') + ' ' + (e.id || e.getAttribute('alt') || e.innerText.slice(0, 60))
+         + ' right=' + Math.round(e.getBoundingClientRect().right));
+  if (document.documentElement.scrollWidth > width) out.push('document scrollWidth=' + document.documentElement.scrollWidth);
+  return out;
+}"""
+
+
+def assert_fits_and_loads(browser, index: Path, min_images: int) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(index.as_uri())
+    page.wait_for_load_state("load")
+    assert page.evaluate("document.images.length") >= min_images
+    assert not broken_images(page)
+    assert page.evaluate(OVERFLOW_JS) == []
+    # the check sees a table that is too wide
+    page.evaluate("""document.body.insertAdjacentHTML('beforeend',
+        '<table><tr><td style="min-width: 1300px">too wide</td></tr></table>')""")
+    assert any("too wide" in problem for problem in page.evaluate(OVERFLOW_JS))
+    page.close()
+
+
+def test_report_and_compare_pages_fit_1200_px_and_every_image_loads(browser, tmp_path: Path) -> None:
+    """The tstart-like run (ten metrics, four method labels, expected images, a long weights label) at 1200 px."""
+    from test_report_page import make_sweep_run
+
+    from harness.analyse.aggregate import compare_main
+    import argparse
+
+    run_a = make_sweep_run(tmp_path / "a")
+    index = write_report(run_a)
+    # headline + per-table + paired + t_start figures, 2 categories' grids (4 + 2 pairs × (3 inputs + 4 outputs + 3
+    # attention maps)), one loss figure
+    assert_fits_and_loads(browser, index, min_images=6 * 10)
+    run_b = make_sweep_run(tmp_path / "b", worse_pair="fur3")
+    args = argparse.Namespace(run_a=str(run_a), run_b=str(run_b), metric=None, max_drop=0.0, alpha=0.05,
+                              html=str(tmp_path / "compare"))
+    compare_main(args)
+    assert_fits_and_loads(browser, tmp_path / "compare" / "index.html", min_images=1 + 3 * 5)

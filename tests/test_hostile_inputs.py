@@ -548,3 +548,510 @@ def test_report_names_the_result_files_it_left_out(tmp_path: Path, capsys: pytes
     assert len(err) == 1 and err[0].startswith("report: left out broken-job.parquet (unreadable: "), err
     assert "## Left out\n\n- broken-job.parquet (unreadable: " in (run_dir / "report" / "summary.md").read_text()
     assert "Left out of this report: broken-job.parquet" in (run_dir / "report" / "index.html").read_text()
+
+
+# ------------------------------------------------------------------------------ round three (issue 27)
+# Each test below is one reproduction of issue 27, numbered as there. Commands that would take the machine down on a
+# broken build (memory) or hang (GPU wait) run in a child process with a memory limit or a timeout.
+def _child(argv: list[str], module: str = "clic.cli", *, timeout: float = 180, memory_gb: float | None = None,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def limit() -> None:
+        if memory_gb is not None:
+            import resource
+
+            size = int(memory_gb * 1024**3)
+            resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+    return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+                               "RAY_AUTH_MODE": "disabled", **(env or {})})
+
+
+def _stderr_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_27_01_huge_resolution_is_refused_before_any_work(corpus: dict[str, Path]) -> None:
+    """1. `clic learn --resolution 100000` grew to 23 GB until the OOM killer ended it; now one line at once."""
+    argv = _clic(corpus, "learn", "--resolution", "100000")
+    done = _child(argv, memory_gb=6)  # a broken build dies of MemoryError here, not of the OOM killer
+    lines = _stderr_lines(done.stderr)
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert lines[0].startswith("clic: error: --resolution: 100000") and "memory" in lines[0], lines
+
+
+def test_27_01_huge_resolution_is_refused_by_the_suite_reader(bench: dict[str, Path], tmp_path: Path) -> None:
+    from harness.plan.suite import SuiteError, load_suite
+
+    with pytest.raises(SuiteError, match=r"resolution: 100000 .*memory"):
+        load_suite(_suite(tmp_path, bench["manifest"], "huge", resolution=100000))
+    with pytest.raises(SuiteError, match=r"methods\[0\]\.learn\.resolution: 100000 .*memory"):
+        load_suite(_suite(tmp_path, bench["manifest"], "huge-learn",
+                          methods=[{"name": "clic", "learn": {"resolution": 100000, "steps": 1}}]))
+
+
+def test_27_02_gpus_requested_on_a_machine_without_gpus_is_refused(bench: dict[str, Path], tmp_path: Path) -> None:
+    """2. `resources: {num_gpus: 1}` without a GPU waited forever for Ray's autoscaler; now one line, exit 2."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    suite = _suite(tmp_path, bench["manifest"], "gpu", resources={"num_cpus": 1, "num_gpus": 1})
+    done = _child(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--no-report", "--num-cpus", "1"],
+                  "harness.cli", timeout=150)
+    lines = _stderr_lines(done.stderr)
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "resources.num_gpus" in lines[0] and "no GPU" in lines[0], lines
+    assert not store.has_results(tmp_path / "run") if (tmp_path / "run").exists() else True
+
+
+def test_27_02_cuda_device_without_a_visible_gpu_is_refused(bench: dict[str, Path], tmp_path: Path) -> None:
+    from harness.plan.preflight import gpu_problems
+    from harness.plan.suite import load_suite
+
+    suite = load_suite(_suite(tmp_path, bench["manifest"], "cuda", device="cuda"))
+    problems = gpu_problems(suite, cluster_gpus=0)
+    assert len(problems) == 1 and problems[0].startswith(f"{suite.source}: device: cuda") and "no GPU" in problems[0]
+    gpus = load_suite(_suite(tmp_path, bench["manifest"], "gpus", resources={"num_gpus": 0.5}))
+    assert gpu_problems(gpus, cluster_gpus=0) and not gpu_problems(gpus, cluster_gpus=1)
+
+
+def test_27_03_huge_image_count_is_refused(corpus: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """3. `clic generate --images 100000000` was a 409 GB allocation traceback."""
+    capsys.readouterr()
+    code = clic_main(["generate", "--concept", str(corpus["concept"]), "--object", "chair", "--steps", "10",
+                      "--images", "100000000", "--out", str(corpus["root"] / "gen")])
+    line = one_error_line(capsys)
+    assert code == 2 and line.startswith("clic: error: --images: 100000000") and "memory" in line, line
+
+
+def test_27_04_clic_cache_that_is_a_file_or_read_only(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """4. CLIC_CACHE naming a file was a NotADirectoryError traceback, and a read-only one an OSError."""
+    argv = _clic(corpus, "learn", "--out", str(tmp_path / "c1"))
+    done = _child(argv, env={"CLIC_CACHE": str(corpus["file"])})
+    lines = _stderr_lines(done.stderr)
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("clic: error: CLIC_CACHE: "), done.stderr[-2000:]
+    assert "not a folder" in lines[0]
+    with _read_only_copy(tmp_path / "empty-cache") as cache:  # nothing cached: the tokenizer must be built
+        done = _child(_clic(corpus, "learn", "--out", str(tmp_path / "c2")), env={"CLIC_CACHE": str(cache)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    notes = [line for line in _stderr_lines(done.stderr) if "CLIC_CACHE" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: CLIC_CACHE") and "read-only" in notes[0].lower(), done.stderr
+
+
+class _read_only_copy:
+    """A read-only bind mount of `folder` (created empty if missing); skips without the right to mount."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __enter__(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.mount = self.folder.with_name(self.folder.name + "-ro")
+        self.mount.mkdir(exist_ok=True)
+        bind = subprocess.run(["mount", "--bind", str(self.folder), str(self.mount)], capture_output=True)
+        if bind.returncode:
+            pytest.skip("cannot bind-mount here (needs root)")
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(self.mount)], capture_output=True).returncode:
+            subprocess.run(["umount", str(self.mount)])
+            pytest.skip("cannot remount read-only here")
+        return self.mount
+
+    def __exit__(self, *exc: Any) -> None:
+        subprocess.run(["umount", str(self.mount)], check=True)
+
+
+def test_27_05_steps_beyond_the_schedulers_timesteps(corpus: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """5. `--steps 5000` was diffusers' "cannot be larger than 1000" traceback, in transfer and generate."""
+    for argv in (_clic(corpus, "transfer", "--steps", "5000"),
+                 ["generate", "--concept", str(corpus["concept"]), "--object", "chair", "--steps", "5000",
+                  "--out", str(corpus["root"] / "gen")]):
+        capsys.readouterr()
+        assert clic_main(argv) == 2, argv
+        line = one_error_line(capsys)
+        assert line.startswith("clic: error: --steps: 5000") and "1000" in line and "num_train_timesteps" in line, line
+
+
+def test_27_05_suite_steps_beyond_the_schedulers_timesteps(bench: dict[str, Path], tmp_path: Path) -> None:
+    """5. In a suite, `transfer: {steps: 1000000000}` passed preflight and every job failed in Ray."""
+    from harness.errors import UsageError
+    from harness.plan.preflight import preflight
+
+    suite = _suite(tmp_path, bench["manifest"], "steps", methods=[{"name": "clic", "learn": {"steps": 1}}],
+                   transfer={"t_start": [1], "steps": 1_000_000_000})
+    with pytest.raises(UsageError) as failed:
+        preflight(suite, tmp_path / "run")
+    assert "transfer.steps: 1000000000" in str(failed.value) and "num_train_timesteps 1000" in str(failed.value)
+    suite = _suite(tmp_path, bench["manifest"], "gsteps", methods=[{"name": "clic", "learn": {"steps": 1}}],
+                   generate={"steps": 5000})
+    with pytest.raises(UsageError, match="generate.steps: 5000"):
+        preflight(suite, tmp_path / "run")
+
+
+def test_27_06_concept_on_a_model_of_another_architecture(corpus: dict[str, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """6. A concept learned on `tiny` given `--model tiny-inpaint` failed inside the UNet (9 vs 4 channels)."""
+    capsys.readouterr()
+    assert clic_main(_clic(corpus, "transfer", "--model", "tiny-inpaint")) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("clic: error: --model: tiny-inpaint") and "architecture" in line and "in_channels" in line
+    # Another checkpoint of the same architecture is allowed, with a note.
+    folder = tmp_path / "tiny-folder"
+    assert clic_main(["models", "save-tiny", str(folder)]) == 0
+    capsys.readouterr()
+    assert clic_main(_clic(corpus, "transfer", "--model", str(folder), "--out", str(tmp_path / "o"))) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]  # not the progress bars
+    assert len(notes) == 1 and notes[0].startswith("note: --model") and "same architecture" in notes[0], notes
+
+
+def test_27_07_ctrl_c_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, bench: dict[str, Path],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """7. Ctrl-C printed a KeyboardInterrupt stack from runner.loop → ray.wait and exited 1."""
+    from harness.execute import runner
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_suite", interrupted)
+    capsys.readouterr()
+    assert bench_main(["run", str(_suite(bench["root"], bench["manifest"], "ok"))]) == 130
+    line = one_error_line(capsys)
+    assert line.startswith("clic-bench: error: interrupted") and "run it again" in line, line
+
+
+@pytest.mark.slow  # a real `clic-bench run` process with its own Ray cluster, interrupted
+def test_27_07_ctrl_c_on_a_real_run_stops_its_cluster_and_resumes(tmp_path: Path) -> None:
+    import signal
+
+    dataset = DataSet(tmp_path / "set")
+    suite = _suite(tmp_path, dataset.write([dataset.row(f"p{i}") for i in range(30)]), "sigint",
+                   transfer={"t_start": [6, 8, 10, 12], "eta": [1.0], "steps": 20})  # 120 short jobs
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(run), "--no-report", "--quiet",
+               "--num-cpus", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (run / "results").is_dir() or not any((run / "results").glob("*.parquet")):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    lines = [line for line in _stderr_lines(err) if "Started a local Ray instance" not in line]  # Ray's start line
+    assert process.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0], err
+    raylets = subprocess.run(["pgrep", "-s", str(process.pid), "-f", "raylet"], capture_output=True, text=True)
+    assert not raylets.stdout.strip(), "the cluster the run started is still running"
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    results = store.read_results(run)
+    assert results["job_id"].nunique() == 120 and results.groupby(["job_id", "metric"]).size().eq(1).all()
+
+
+def test_27_08_report_into_a_read_only_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """8. `clic-bench report` on a read-only run folder said FileExistsError: 'RUN/report/images'."""
+    from test_study import make_fake_run
+
+    run_dir = make_fake_run(tmp_path / "fake", {"furniture": 2})
+    assert bench_main(["report", str(run_dir)]) == 0  # a report exists, as after a run
+    with _read_only_copy(run_dir) as read_only:
+        capsys.readouterr()
+        assert bench_main(["report", str(read_only)]) == 2
+        line = one_error_line(capsys)
+        assert line.startswith(f"clic-bench: error: {read_only / 'report'}") and "read-only" in line.lower(), line
+        assert "--out" in line
+        assert bench_main(["report", str(read_only), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (run_dir / "report" / "index.html").is_file()  # nothing lost
+
+
+def test_27_09_rater_who_answered_only_the_attention_check(corpus: dict[str, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """9. A partial export (only the attention check answered) was `TypeError: operation 'sub' ...`."""
+    key = json.loads(corpus["key"].read_text())
+    checks = {q for q, spec in key["questions"].items() if spec["check"]}
+    only_check = _answers(corpus, lambda d: d.update(answers=[a for a in d["answers"] if a["question"] in checks]))
+    capsys.readouterr()
+    assert bench_main(["score", str(corpus["key"]), str(only_check)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("clic-bench: error: ") and "only the attention check" in line, line
+    # Beside a complete rater, the partial one is left out with a note and the study is scored.
+    full = _answers(corpus, lambda d: d.update(rater="r-full"))
+    hostile_key = {**key, "raters": [key["raters"][0], "r-full"]}
+    key_path = tmp_path / "key.json"
+    key_path.write_text(json.dumps(hostile_key))
+    capsys.readouterr()
+    assert bench_main(["score", str(key_path), str(only_check), str(full)]) == 0
+    err = _stderr_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "only the attention check" in err[0], err
+
+
+def test_27_10_placeholder_as_the_object_word(corpus: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """10. `--object "<v*>"` (or such a manifest object) made the prompt "A <v*> with <v*> style"."""
+    for command in ("learn", "transfer"):
+        capsys.readouterr()
+        assert clic_main(_clic(corpus, command, "--object", "<v*>")) == 2
+        line = one_error_line(capsys)
+        assert line.startswith("clic: error: --object: ") and "placeholder" in line, line
+    dataset = DataSet(tmp_path / "set")
+    manifest = dataset.write([dataset.row("good"), dataset.row("bad", target_object="a <v1*> chair")])
+    capsys.readouterr()
+    assert bench_main(["validate", str(manifest)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert any("row 1 (pair_id 'bad') column 'target_object'" in line and "placeholder" in line for line in out), out
+
+
+def test_27_11_report_thumbnails_of_similar_and_long_pair_ids(tmp_path: Path) -> None:
+    """11. Pair ids `chair 1` and `chair-1` shared thumbnail files; a 3000-character id got none."""
+    from harness.analyse.report import image_name
+
+    assert image_name("chair 1", "source") != image_name("chair-1", "source")
+    long_name = image_name("x" * 3000, "source")
+    assert len(long_name.encode()) < 200 and long_name.endswith("-source.png")
+    assert image_name("chair 1", "source") == image_name("chair 1", "source")  # stable between reports
+    (tmp_path / long_name).write_bytes(b"ok")  # a file name the file system takes
+
+
+def test_27_11_report_shows_each_pair_its_own_images(tmp_path: Path) -> None:
+    from test_study import make_fake_run
+
+    run_dir = make_fake_run(tmp_path / "fake", {"furniture": 3})
+    pairs_file = run_dir / store.PAIRS_FILE
+    pairs = pq.read_table(pairs_file).to_pandas()
+    results = store.read_results(run_dir)
+    renames = dict(zip(pairs["pair_id"], ["chair 1", "chair-1", "y" * 3000]))
+    pairs["pair_id"] = pairs["pair_id"].map(renames)
+    pairs.to_parquet(pairs_file)
+    for path in store.results_dir(run_dir).glob("*.parquet"):
+        frame = pq.read_table(path).to_pandas()
+        frame["pair_id"] = frame["pair_id"].map(renames)
+        frame.to_parquet(path)
+    assert bench_main(["report", str(run_dir)]) == 0
+    images = sorted(p.name for p in (run_dir / "report" / "images").iterdir())
+    sources = [name for name in images if name.endswith("-source.png")]
+    assert len(sources) == 3, images
+
+
+def test_27_12_pack_refuses_a_folder_in_a_run_or_a_report(corpus: dict[str, Path],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """12. `pack RUN --out RUN/report` overwrote the report; `--out RUN` put the pack beside the un-blinded run."""
+    run = corpus["run"]
+    bench_main(["report", str(run)])
+    before = (run / "report" / "index.html").read_text()
+    for out in (run / "report", run, run / "report" / "pack", run / "study"):
+        capsys.readouterr()
+        assert bench_main(["pack", str(run), "--out", str(out), "--pairs", "2"]) == 2, out
+        line = one_error_line(capsys)
+        assert line.startswith("clic-bench: error: --out: ") and str(out) in line, line
+        assert "run folder" in line or "report" in line, line
+    assert (run / "report" / "index.html").read_text() == before
+
+
+def test_27_13_a_default_follows_the_users_steps(corpus: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """13. `clic generate --steps 3` failed on `--stage-one-steps` (5 by default), an option never given."""
+    out = tmp_path / "gen"
+    argv = ["generate", "--concept", str(corpus["concept"]), "--object", "chair", "--steps", "3", "--out", str(out)]
+    assert clic_main(argv) == 0, capsys.readouterr().err
+    assert (out / "image-0.png").is_file()
+    from clic.methods.base import get_method
+
+    settings = get_method("clic").task_settings("generate", "paper", {"steps": 20})
+    assert settings["stage_one_steps"] == 2  # the paper's 5 of 50 as a share
+    capsys.readouterr()
+    assert clic_main(argv + ["--stage-one-steps", "5"]) == 2  # a value the user gave is refused
+    line = one_error_line(capsys)
+    assert line.startswith("clic: error: --stage-one-steps: ") and "got 5" in line, line
+
+
+def test_27_13_suite_generate_steps_without_stage_one(bench: dict[str, Path], tmp_path: Path) -> None:
+    """13, in a suite: `generate: {steps: 3}` was refused for the preset's stage-one length the suite never set."""
+    from harness.plan.preflight import preflight
+
+    suite = _suite(tmp_path, bench["manifest"], "gen3", methods=[{"name": "clic", "learn": {"steps": 1}}],
+                   tasks=["generate"], generate={"steps": 3}, metrics=["ssim_psnr"])
+    checked = preflight(suite, tmp_path / "run", allow_random_metrics=True)
+    resolved = checked.plan.methods[0].resolved.generate[0].settings  # the plan's resolved settings
+    assert resolved.steps == 3 and resolved.stage_one_steps == 0  # round(3 × 5/50): the paper's share
+    with pytest.raises(Exception, match=r"generate.stage_one_steps: 5 is outside \[0, 3\]"):
+        preflight(_suite(tmp_path, bench["manifest"], "gen3-given", methods=[{"name": "clic"}], tasks=["generate"],
+                         generate={"steps": 3, "stage_one_steps": 5}), tmp_path / "run", allow_random_metrics=True)
+
+
+def test_27_14_animated_and_tiny_images_are_noted_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """14. An animated GIF's first frame and a 1x1 image upscaled to 64 px were used without a word."""
+    from clic.io import load_image, to_model_input
+
+    frames = [Image.new("RGB", (32, 32), colour) for colour in ("red", "green", "blue")]
+    gif = tmp_path / "animated.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    capsys.readouterr()
+    for _ in range(2):
+        image = load_image(gif)
+    err = _stderr_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith(f"note: {gif}: ") and "3 frames" in err[0] and "first" in err[0], err
+    assert image.getpixel((0, 0)) == (255, 0, 0)
+    dot = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), "white").save(dot)
+    for _ in range(2):
+        to_model_input(load_image(dot), None, 64, name=str(dot))
+    err = _stderr_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith(f"note: {dot}: 1x1") and "upscaled" in err[0] and "64" in err[0], err
+
+
+def test_27_15_compare_errors_go_to_stderr(tmp_path: Path, corpus: dict[str, Path],
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """15. `compare` printed its errors on stdout."""
+    empty = tmp_path / "empty-run"
+    (empty / "results").mkdir(parents=True)
+    capsys.readouterr()
+    assert bench_main(["compare", str(empty), str(corpus["run"])]) == 2
+    captured = capsys.readouterr()
+    assert not captured.out.strip()
+    err = _stderr_lines(captured.err)
+    assert len(err) == 1 and err[0].startswith("clic-bench: error: ") and "has no results" in err[0], err
+
+
+# ------------------------------------------------------------------------------ issue 27: the second sweep
+def _sweep_inputs(corpus: dict[str, Path]) -> dict[str, Path]:
+    root = corpus["root"] / "sweep"
+    if root.is_dir():
+        return {path.name: path for path in root.iterdir()}
+    root.mkdir()
+    fifo = root / "fifo.png"
+    os.mkfifo(fifo)
+    loop = root / "loop.png"
+    loop.symlink_to(loop)
+    (root / "zero.png").write_bytes(b"")
+    (root / "stühl 椅子.png").write_bytes(corpus["image"].read_bytes())
+    rotated = Image.fromarray(picture(64, 48))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90°: 48x64
+    rotated.save(root / "exif.jpg", exif=exif.tobytes())
+    raw_mask = np.zeros((48, 64), np.uint8)
+    raw_mask[10:30, 10:40] = 255
+    Image.fromarray(raw_mask).save(root / "raw-mask.png")  # drawn on the stored pixels, not the shown image
+    return {path.name: path for path in root.iterdir()}
+
+
+SWEEP_CLIC = {  # case: (--image, --mask, words of the one error line; None: the command works)
+    "fifo as --image (hung)": ("fifo.png", None, "fifo.png: not a regular file"),
+    "newline in a file name (two lines)": ("a\nb.png", None, "a\\nb.png: file not found"),
+    "symlink loop as --image": ("loop.png", None, "loop.png: unreadable image: [Errno 40]"),
+    "zero-byte --image": ("zero.png", None, "zero.png: not a readable image"),
+    "unicode file name": ("stühl 椅子.png", None, None),
+    "EXIF-rotated image, mask on the stored pixels": ("exif.jpg", "raw-mask.png", "different aspect ratio"),
+}
+
+
+@pytest.mark.parametrize("case", list(SWEEP_CLIC), ids=list(SWEEP_CLIC))
+def test_27_sweep_clic_inputs(corpus: dict[str, Path], capsys: pytest.CaptureFixture[str], case: str) -> None:
+    image, mask, words = SWEEP_CLIC[case]
+    files = _sweep_inputs(corpus)
+    image_path = str(files.get(image, corpus["root"] / "sweep" / image))
+    mask_path = str(files[mask]) if mask else str(corpus["mask"])
+    argv = ["learn", "--model", "tiny", "--image", image_path, "--mask", mask_path, "--object", "chair",
+            "--steps", "1", "--quiet", "--out", str(corpus["root"] / "sweep-out")]
+    if "fifo" in case:  # in a child with a timeout: a regression must not hang the test run
+        try:
+            done = _child(argv, timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("reading a FIFO as the image hangs")
+        lines = _stderr_lines(done.stderr)
+        assert done.returncode == 2 and len(lines) == 1 and words in lines[0], done.stderr[-2000:]
+        return
+    capsys.readouterr()
+    code = clic_main(argv)
+    if words is None:
+        assert code == 0, capsys.readouterr().err
+        return
+    line = one_error_line(capsys)
+    assert code == 2 and line.startswith("clic: error: ") and words in line, line
+
+
+def test_27_sweep_unreadable_run_files_are_one_line_and_keep_the_report(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """run.json or pairs.parquet damaged outside the harness: `report` said a JSON/Arrow traceback (and had already
+    deleted the last report's images); a later run into the folder rewrites pairs.parquet."""
+    from test_study import make_fake_run
+
+    for name, damage in (("run.json", b"{broken"), ("pairs.parquet", b"PAR1 garbage")):
+        run_dir = make_fake_run(tmp_path / name, {"furniture": 2})
+        assert bench_main(["report", str(run_dir)]) == 0
+        images = sorted((run_dir / "report" / "images").iterdir())
+        (run_dir / name).write_bytes(damage)
+        capsys.readouterr()
+        assert bench_main(["report", str(run_dir)]) == 2
+        line = one_error_line(capsys)
+        assert line.startswith(f"clic-bench: error: {run_dir / name}: not ") and "readable" in line, line
+        assert sorted((run_dir / "report" / "images").iterdir()) == images  # the last report is kept
+    store.write_pairs(run_dir, [{"pair_id": "p-new", "category": "furniture"}])  # as a run does: no traceback
+    assert [row["pair_id"] for row in store.read_pairs(run_dir)] == ["p-new"]
+
+
+def test_27_sweep_suite_files(bench: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A duplicate key, a binary file, a folder: one line each (these held already; kept as cases)."""
+    duplicate = tmp_path / "dup.yaml"
+    duplicate.write_text(f"name: d\nmanifest: {bench['manifest']}\nmethods: [{{name: cut_paste}}]\n"
+                         "transfer: {steps: 20}\ntransfer: {steps: 30}\n")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad\x80")
+    for suite, words in ((duplicate, "duplicate key 'transfer'"), (binary, "cannot read"), (tmp_path, "cannot read")):
+        capsys.readouterr()
+        assert bench_main(["run", str(suite), "--out", str(tmp_path / "run")]) == 2
+        line = one_error_line(capsys)
+        assert line.startswith("clic-bench: error: ") and words in line, line
+
+
+def test_27_sweep_manifest_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NaN / Infinity in pattern_params (Python's json takes them) were accepted; now a row line each."""
+    dataset = DataSet(tmp_path / "set")
+    manifest = dataset.write([dataset.row("good", pattern_params='{"scale": 2.0}'),
+                              dataset.row("nan", pattern_params='{"scale": NaN}'),
+                              dataset.row("inf", pattern_params='{"scale": -Infinity}'),
+                              dataset.row("Good")])  # differs from "good" in case only: a distinct pair
+    assert bench_main(["validate", str(manifest)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert any("row 1 (pair_id 'nan') column 'pattern_params': NaN is not a JSON number" in line for line in out), out
+    assert any("row 2 (pair_id 'inf') column 'pattern_params': -Infinity" in line for line in out), out
+    assert out[-1] == "4 rows: 2 good, 2 bad"
+
+
+def test_27_sweep_pair_ids_differing_in_case_get_their_own_thumbnails() -> None:
+    """"Chair1" and "chair1" were one file on case-insensitive file systems (macOS, Windows)."""
+    from harness.analyse.report import image_name
+
+    assert image_name("Chair1", "source").lower() != image_name("chair1", "source").lower()
+    assert image_name("p0", "source") == "p0-source.png"  # plain ids keep plain names
+
+
+@pytest.mark.parametrize("export", ["bom", "semicolon"])
+def test_27_sweep_spreadsheet_csv_answers(corpus: dict[str, Path], tmp_path: Path, export: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A CSV saved by a spreadsheet (a UTF-8 byte-order mark, or ';' between columns in comma-decimal locales)
+    was refused as lacking the columns it has."""
+    import csv
+
+    data = json.loads(_answers(corpus, lambda d: None).read_text())
+    rows = [{"pack_id": data["pack_id"], "rater": data["rater"], "question": a["question"], "criterion": a["criterion"],
+             "place": place, "option": option}
+            for a in data["answers"] for place, option in enumerate(a["ranking"], start=1)]
+    path = tmp_path / f"{export}.csv"
+    with path.open("w", encoding="utf-8-sig" if export == "bom" else "utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=";" if export == "semicolon" else ",")
+        writer.writeheader()
+        writer.writerows(rows)
+    capsys.readouterr()
+    assert bench_main(["score", str(corpus["key"]), str(path)]) == 0, capsys.readouterr().err
+
+
+def test_27_sweep_damaged_tokenizer_cache_is_rebuilt(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """A tiny-tokenizer cache left half-written (a killed writer; writes are now a rename) was a JSON traceback."""
+    cache = tmp_path / "cache"
+    (cache / "tiny-tokenizer").mkdir(parents=True)
+    (cache / "tiny-tokenizer" / "vocab.json").write_text('{"a": 1, "b"')
+    (cache / "tiny-tokenizer" / "merges.txt").write_text("#version: 0.2\n")
+    done = _child(_clic(corpus, "learn", "--out", str(tmp_path / "c")), env={"CLIC_CACHE": str(cache)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((cache / "tiny-tokenizer" / "vocab.json").read_text())["<|endoftext|>"] == 49407

@@ -74,7 +74,8 @@ def test_inconsistent_settings_are_found_before_the_run(tmp_path: Path, capsys: 
     suite.write_text(json.dumps({
         "name": "short", "model": "tiny", "manifest": str(ROOT / "manifests" / "furniture" / "manifest.parquet"),
         "limit_pairs": 1, "methods": [{"name": "clic"}], "seeds": [0], "tasks": ["generate"],
-        "generate": {"objects": ["vase"], "steps": 2}, "metrics": ["ssim_psnr"]}))
+        # A stage one the suite gives that does not fit its steps (a default one follows the steps: issue 27).
+        "generate": {"objects": ["vase"], "steps": 2, "stage_one_steps": 5}, "metrics": ["ssim_psnr"]}))
     assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "generate" in lines[0] and "stage_one_steps" in lines[0], lines

@@ -117,33 +117,34 @@ def test_killed_metric_actor_restarts_and_its_calls_are_retried(ray_session, tmp
 
 # ------------------------------------------------------------------------------ deterministic failure
 def test_deterministic_failures_are_recorded_once_reported_and_retried_on_request(ray_session, tmp_path: Path) -> None:
+    """A job's own error is its verdict. (Out of memory is the machine's: retried, tests/test_gpu_cluster.py.)"""
     from harness.analyse.report import failure_list, write_report
 
     pairs = make_pairs(tmp_path / "data", 2)
     run = tmp_path / "run"
     suite = make_suite({"name": "failing", "model": "tiny", "seeds": [0],
                         "methods": [{"name": "cut_paste"},
-                                    {"name": "fault_injection", "presets": ["nan-loss", "oom"], "learn": {"steps": 4}}],
+                                    {"name": "fault_injection", "presets": ["nan-loss"], "learn": {"steps": 4}}],
                         "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
                         "resources": {"num_cpus": 1, "max_retries": 3}})
     summary = execute(suite, pairs, run, quiet=True)
-    assert (summary.done, summary.failed) == (2, 4)
-    assert attempts(run) == [1, 1, 1, 1]  # an exception is not retried, even with max_retries 3
-    assert_each_job_once(run, 6)
+    assert (summary.done, summary.failed) == (2, 2)
+    assert attempts(run) == [1, 1]  # an exception is not retried, even with max_retries 3
+    assert_each_job_once(run, 4)
     failures = failure_list(store.read_results(run))
-    assert len(failures) == 4 and set(failures["method"]) == {"fault_injection"}
-    errors = dict(zip(failures["preset"], failures["error"]))
-    assert errors["nan-loss"].endswith("loss is nan at step 1 (injected by fault_injection)"), errors
-    assert "CUDA out of memory" in errors["oom"] and all("\n" not in e for e in errors.values())
+    assert len(failures) == 2 and set(failures["method"]) == {"fault_injection"}
+    errors = list(failures["error"])
+    assert all(e.endswith("loss is nan at step 1 (injected by fault_injection)") for e in errors), errors
+    assert all("\n" not in e for e in errors)
     page = write_report(run).read_text()
-    assert "Failed jobs (4)" in page and "loss is nan at step 1" in page
+    assert "Failed jobs (2)" in page and "loss is nan at step 1" in page
 
     again = execute(suite, pairs, run, quiet=True)  # a plain rerun does not touch failed jobs
-    assert (again.jobs_run, again.skipped) == (0, 6)
+    assert (again.jobs_run, again.skipped) == (0, 4)
     retry = execute(suite, pairs, run, quiet=True, retry_failed=True)  # --retry-failed: only those
-    assert (retry.jobs_run, retry.failed, retry.skipped) == (4, 4, 2)
-    assert attempts(run) == [2, 2, 2, 2]
-    assert_each_job_once(run, 6)
+    assert (retry.jobs_run, retry.failed, retry.skipped) == (2, 2, 2)
+    assert attempts(run) == [2, 2]
+    assert_each_job_once(run, 4)
 
 
 # ----------------------------------------------------------------------------------- node loss

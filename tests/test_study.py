@@ -303,7 +303,7 @@ def test_report_ablation_view_in_fig8_layout(tmp_path: Path) -> None:
                             ABLATION_SUITE)
     index = write_report(run_dir)
     page = index.read_text()
-    section = page[page.index('id="ablations"'):page.index("<h2>Images</h2>")]
+    section = page[page.index('id="ablations"'):page.index('<h2 id="images">Images</h2>')]
     grid = section[section.index('id="ablation-grid"'):]
     headers = re.findall(r"<th>([^<]*)</th>", grid)
     assert headers == ["pair", "source", "target", *FIG8_COLUMNS], "columns follow the suite file"
@@ -317,6 +317,7 @@ def test_report_ablation_view_in_fig8_layout(tmp_path: Path) -> None:
     summary = pd.read_csv(index.parent / "tables" / "summary.csv")
     assert set(summary["preset"].dropna()) >= {"paper", "paper no_att", "paper no_roi", "paper no_con"}
     assert "Ablations" in (index.parent / "summary.md").read_text()
+    assert 'src="plots/ablations.png"' in page, "the ablation table's CI-bar figure"
 
 
 def test_ordinary_runs_have_no_variants(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ TARGETS = {
     "learn_concept per step / fused step": ("<=", 1.3),
     "learn_concept per step / fused step, 1 thread": ("<=", 1.3),
     "shell loop of clic learn + transfer / clic-bench run, 8 pairs": (">=", 2.0),
+    "metric actors, 2 vs 1: speedup / this machine's 2-process speedup": (">=", 0.9),
     # issue 25: a 100,000-job run (benchmarks/perf/scale.py)
     "scale 100000 jobs: driver peak memory (MB)": ("<=", 2048.0),  # a real 100k run (CLIC_PERF_SCALE_RUN_MAX)
     "scale 100000 jobs: resume peak memory (MB)": ("<=", 2048.0),  # the driver holding the 100k-job plan
@@ -50,7 +51,8 @@ def _check(name: str, value: float) -> str:
     return f"{op} {bound:g}: {'met' if met else 'NOT met'}"
 
 
-SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "harness", "end_to_end", "scaling", "results", "scale")
+SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "metric_pool", "harness", "end_to_end", "scaling",
+            "results", "scale")
 # `scale` is the harness at 1k / 10k (/ 100k with --scale-jobs) cheap jobs: minutes to an hour, so it runs
 # only when named (--only scale), not in the default all-sections run.
 DEFAULT_SECTIONS = tuple(section for section in SECTIONS if section != "scale")
@@ -87,6 +89,10 @@ def run_all(quick: bool, only: frozenset[str] = frozenset(DEFAULT_SECTIONS), arc
         results["cached_work"] = cached_work(30 if quick else 60)
     if "metrics" in only:
         results["metrics"] = metric_throughput(32 if quick else 64)
+    if "metric_pool" in only:
+        from .metrics_bench import metric_pool_scaling
+
+        results["metric_pool"] = metric_pool_scaling(8 if quick else 12)
     if "harness" in only:
         results["harness"] = harness_overhead()
         results["preflight"] = preflight_seconds()
@@ -135,6 +141,16 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
         rows.append((f"metric {metric['metric']}: batched images/s", metric["batched_images_per_s"],
                      f"one by one {metric['single_images_per_s']:.0f}/s (x{metric['batching_speedup']:.1f}); "
                      f"model loads {metric['model_loads']}; weights {metric['weights']}"))
+    if "metric_pool" in results:
+        pool = results["metric_pool"]
+        rows.append(("metric actors, 2 vs 1: speedup / this machine's 2-process speedup", pool["share_of_machine"],
+                     f"{pool['batches']} batches of {pool['batch_size']} images at {pool['size']} px (LPIPS + CLIP, "
+                     f"random weights) on a 2-CPU local cluster: 1 actor {pool['one_actor_s']:.2f} s, 2 actors "
+                     f"{pool['two_actors_s']:.2f} s (x{pool['pool_speedup']:.2f}; "
+                     f"{pool['images_per_s_one_actor']:.1f} -> {pool['images_per_s_two_actors']:.1f} images/s); "
+                     f"2 plain processes doing the same scoring: x{pool['machine_speedup']:.2f} "
+                     f"({pool['one_process_s']:.2f} -> {pool['two_processes_s']:.2f} s), same run; "
+                     f"same values from 1 and 2 actors: {pool['same_values']}"))
     if "results" in results:
         read = results["results"]
         rows.append(("read a 100k-row run, compacted (s)", read["compacted_read_s"],

@@ -8,6 +8,8 @@ The defaults run the shared loops (:mod:`clic.learn`, :mod:`clic.transfer`, :mod
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Protocol
 
@@ -52,6 +54,32 @@ class MatchOutput(Protocol):
     mask: torch.Tensor  # (H, W) bool: the predicted region
 
 
+@dataclass(frozen=True)
+class GpuMemory:
+    """Peak GPU memory of a learning job on SD 1.x: the frozen model's weights in the run's dtype, what trains (with
+    its gradients and the optimizer's moments, fp32 master copies in any dtype), and what autograd keeps for
+    backward, counted at 512 px in fp32 and growing with the number of pixels (halved in fp16/bf16).
+
+    Counted figures (benchmarks/perf/README.md, "Extrapolation to 512 px on one GPU", SD 1.5 architecture):
+    weights 3.97 GiB fp32 (UNet 3.20, text encoder 0.46, VAE 0.31), ≈ 2 GiB in bf16; CLiC's fused step keeps
+    2.84 GiB for backward at 512 px and its K/V copies + v* with gradients and Adam's moments take 0.29 GiB.
+    """
+
+    trained_gib: float
+    saved_512_gib: float
+    source: str
+    WEIGHTS_GIB: ClassVar[dict[str, float]] = {"fp32": 3.97, "bf16": 2.0, "fp16": 2.0}
+
+    def gib(self, resolution: int, dtype: str) -> float:
+        half = 0.5 if dtype in ("bf16", "fp16") else 1.0
+        return self.WEIGHTS_GIB.get(dtype, 3.97) + self.trained_gib + self.saved_512_gib * half * (resolution / 512) ** 2
+
+
+# CLiC's fused step on SD 1.5, counted (benchmarks/perf/README.md, "Extrapolation to 512 px on one GPU"):
+# K/V copies + v* (19.2 M parameters) with gradients and Adam's moments 0.29 GiB; kept for backward 2.84 GiB at 512 px.
+CROSS_ATTENTION_MEMORY = GpuMemory(0.29, 2.84, "counted: benchmarks/perf/README.md (CLiC fused step, SD 1.5, 512 px)")
+
+
 class Method:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -73,6 +101,16 @@ class Method:
     # task -> its settings class ("module:Class"), or None where the method reads no settings for that task
     # (cut-and-paste's transfer); a task not named here uses TASK_SETTINGS.
     task_settings_types: ClassVar[Mapping[str, str | None]] = {}
+    # Expected peak GPU memory of one learning job on SD 1.x, per preset ("*": any other), or None when unknown:
+    # the harness packs jobs onto GPUs by it (harness.execute.packing).
+    gpu_memory: ClassVar[Mapping[str, "GpuMemory"] | None] = None
+
+    def expected_gpu_memory_gib(self, preset: str | None, resolution: int, dtype: str) -> float | None:
+        """GiB one learning job of ``preset`` is expected to peak at on SD 1.x (None: not declared)."""
+        if not self.gpu_memory:
+            return None
+        memory = self.gpu_memory.get(preset or self.default_preset) or self.gpu_memory.get("*")
+        return memory.gib(resolution, dtype) if memory else None
 
     # --------------------------------------------------------------------------------- configs
     def preset(self, preset: str | None) -> dict[str, Mapping[str, Any]]:
@@ -86,7 +124,16 @@ class Method:
         return config.merged(overrides)
 
     def task_settings(self, task: str, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        return {**dict(self.preset(preset).get(task, {})), **dict(overrides or {})}
+        own, given = dict(self.preset(preset).get(task, {})), dict(overrides or {})
+        settings = {**own, **given}
+        if task == "generate" and "steps" in given and "stage_one_steps" not in given:
+            # A default stage-one length follows the given schedule as a share (the paper's 5 of 50 steps, §3.3):
+            # only a value the user gave is refused when it does not fit.
+            from ..generate import GenerateSettings
+
+            share = own.get("stage_one_steps", GenerateSettings.stage_one_steps) / own.get("steps", GenerateSettings.steps)
+            settings["stage_one_steps"] = min(int(given["steps"]), round(share * int(given["steps"])))
+        return settings
 
     def preset_terms(self, preset: str | None = None) -> Mapping[str, Any]:
         """A preset's loss terms: a suite's ``loss_weights`` change their weights and keep their parameters."""

@@ -30,7 +30,7 @@ from ..losses import StepTensors, resize_mask
 from ..models import SDComponents, ddim_scheduler
 from ..prediction import training_target
 from ..presets import Setting, preset_overrides
-from .base import Method
+from .base import CROSS_ATTENTION_MEMORY, GpuMemory, Method
 
 LAMBDA_ATTENTION = 1e-2  # reference train.py: --lambda_attention 1e-2
 PRIOR_DEFAULTS = {"weight": 1.0, "prompt": "a photo at the beach", "images": 100, "steps": 50, "guidance_scale": 7.5}
@@ -177,6 +177,14 @@ class BreakAScene(Method):
     presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
     sources = {setting.key: setting.source for setting in ORIGINAL_SETTINGS}
+    gpu_memory = {
+        # tokens, then + cross-attention layers: CLiC's counted figures (the same layers train; batch of 2)
+        "default": CROSS_ATTENTION_MEMORY,
+        # the whole UNet (859.5 M parameters) and text encoder (123.1 M) train: a gradient and AdamW's two moments
+        # each, 982.6 M × 4 B × 3 = 11.0 GiB, on top of the counted 2.84 GiB kept for backward: ≈ 17.8 GiB fp32
+        "original": GpuMemory(11.0, 2.84, "derived: SD 1.5 UNet + text encoder parameters x 4 B x (gradient + 2 "
+                              "AdamW moments); kept for backward as CLiC's counted 2.84 GiB"),
+    }
 
     def learn(self, components: SDComponents, source: ConceptSource, *, preset: str | None = None,
               overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from ..learn import LearnConfig
 from ..presets import preset_overrides
-from .base import Method
+from .base import CROSS_ATTENTION_MEMORY, Method
 from .clic_sources import DECLARED, OFFICIAL_ROI_PROMPTS, OFFICIAL_SETTINGS, PAPER_SETTINGS  # noqa: F401
 
 
@@ -35,3 +35,4 @@ class CLiC(Method):
     declared_settings = DECLARED
     presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     sources = {setting.key: setting.source for setting in PAPER_SETTINGS}
+    gpu_memory = {"*": CROSS_ATTENTION_MEMORY}  # 7.1 GiB at 512 px fp32, ≈ 3.7 GiB bf16

@@ -108,23 +108,41 @@ def to_markdown(table: Headline) -> str:
     return note + legend + "\n".join(lines) + "\n"
 
 
-def to_html(table: Headline) -> str:
-    """The headline as an HTML table (class "results headline"): best cells bold, † on tiny-random cells."""
-    head = "".join(f"<th>{html.escape(table.header(m))}</th>" for m in table.metrics)
+# At most this many metric columns per table of the HTML headline: with the method column and "n failed" a table
+# stays inside a 1200 px page (a cell is a mean over an interval, about 110 px); more metrics wrap into further
+# tables with the method column repeated.
+HTML_METRICS_PER_TABLE = 6
+
+
+def _header_html(text: str) -> str:
+    """A column header that may break after its underscores ("oracle_<wbr>preservation ↑")."""
+    return html.escape(text).replace("_", "_<wbr>")
+
+
+def to_html(table: Headline, per_table: int = HTML_METRICS_PER_TABLE) -> str:
+    """The headline as HTML tables (class "results headline"), at most ``per_table`` metrics each: best cells
+    bold with ★, † on tiny-random cells, the interval under the mean; "n failed" ends the first table."""
+    chunks = [table.metrics[i:i + per_table] for i in range(0, len(table.metrics), per_table)] or [[]]
+    return "".join(_html_chunk(table, metrics, with_failed=index == 0) for index, metrics in enumerate(chunks))
+
+
+def _html_chunk(table: Headline, metrics: Sequence[str], with_failed: bool) -> str:
+    head = "".join(f"<th>{_header_html(table.header(m))}</th>" for m in metrics)
     rows = []
     for label in table.methods:
         cells = []
-        for metric in table.metrics:
+        for metric in metrics:
             cell = table.cells.get((label, metric))
             if cell is None:
                 cells.append("<td></td>")
                 continue
             mean = html.escape(format_number(cell.mean) + (TINY_MARK if cell.tiny_random else ""))
             ci = (f"<br><small>[{html.escape(format_number(cell.ci_low))}, {html.escape(format_number(cell.ci_high))}]"
-                  f"</small>" if np.isfinite(cell.ci_low) else "")
+                  f"</small>" if np.isfinite(cell.ci_low) else f"<br><small>n={cell.n_pairs} pairs</small>")
             cells.append(f'<td class="best"><strong>{mean} {BEST_MARK}</strong>{ci}</td>' if cell.best
                          else f"<td>{mean}{ci}</td>")
-        rows.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}"
-                    f"<td>{table.n_failed.get(label, 0)}</td></tr>")
-    return (f'<div class="headline"><table class="results headline"><thead><tr><th>method</th>{head}<th>n failed</th></tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table></div>")
+        failed = f"<td>{table.n_failed.get(label, 0)}</td>" if with_failed else ""
+        rows.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}{failed}</tr>")
+    failed_head = "<th>n failed</th>" if with_failed else ""
+    return (f'<div class="headline"><table class="results headline"><thead><tr><th>method</th>{head}{failed_head}'
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")

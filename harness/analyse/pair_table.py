@@ -73,7 +73,13 @@ def pair_table(results: pd.DataFrame) -> pd.DataFrame:
     table = pd.concat([keyed, values[["metric", "value"]]], axis=1).pivot_table(
         index=keys, columns="metric", values="value", aggfunc="mean", sort=True)
     table.columns = [str(column) for column in table.columns]
-    return table.reset_index()
+    table = table.reset_index()
+    for column in keys:  # the keys' own types again ("" back to null), so the table writes as Parquet
+        blank = table[column].map(lambda value: isinstance(value, str) and value == "")
+        restored = table[column].astype(object).where(~blank, None)
+        numeric = pd.api.types.is_numeric_dtype(values[column])
+        table[column] = pd.to_numeric(restored, errors="coerce") if numeric else restored
+    return table
 
 
 _PAGE = """<!DOCTYPE html>

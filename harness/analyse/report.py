@@ -7,19 +7,16 @@ server and nothing fetched from the network.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import json
 import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: the report is written on cluster nodes and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image, ImageFilter  # noqa: E402
@@ -40,6 +37,10 @@ from harness.analyse.aggregate import (  # noqa: E402
     write_tables,
 )
 from harness.analyse import headline as headline_table  # noqa: E402
+from harness.analyse import figures  # noqa: E402
+from harness.analyse.costs import COST_NOTE, cost_table  # noqa: E402
+from harness.analyse.grids import GRID_CSS  # noqa: E402
+from harness.analyse.weights_legend import legend_html, weights_keys, with_short_weights  # noqa: E402
 from harness.plan.identity import method_label  # noqa: E402,F401 - method_label is used by the study too
 from harness.analyse.pair_table import grid_sample, write_pair_table  # noqa: E402
 from harness.analyse.aggregate import INTERVAL_NOTE  # noqa: E402
@@ -52,17 +53,20 @@ nav { position: sticky; top: 0; background: #fafafa; border-bottom: 1px solid #d
 nav a { margin-right: 0.8em; }
 .grid { border-collapse: collapse; margin-bottom: 1.2em; }
 .grid td { vertical-align: top; text-align: center; font-size: 0.75em; padding: 3px; }
-.grid img { display: block; margin: auto; width: 128px; image-rendering: pixelated; }
+.grid img { display: block; margin: auto; width: 112px; image-rendering: pixelated; }
 .plots img { max-width: 480px; margin: 0 1em 1em 0; }
 pre { background: #f6f6f6; padding: 0.5em; overflow-x: auto; }
 [id] { scroll-margin-top: 4em; }  /* anchors land below the sticky nav */
-.ablation { overflow-x: auto; }
-.ablation table.results td { white-space: nowrap; }
-div.headline { overflow-x: auto; }
-table.headline td { white-space: nowrap; }
 table.headline td small { color: #666; }
 table.headline td.best { background: #e6f4ea; }
-"""
+table.headline td:first-child { max-width: 14em; }
+table.results td { overflow-wrap: anywhere; }
+.plots figure { display: inline-block; margin: 0 1em 1em 0; vertical-align: top; }
+.plots figure img { max-width: 560px; }
+.plots figure img.wide { max-width: 100%; }
+.plots figcaption { font-size: 0.75em; color: #555; max-width: 560px; }
+.verdict-fail { background: #f8d7da; } .verdict-better { background: #e6f4ea; }
+""" + GRID_CSS
 SUMMARY_KEYS = ("method", "preset", "category", "metric")  # preset: the preset and variant ("paper t_start=4")
 PAIRED_NOTE = ("Pairs: the same pair, seed, task and object at the same point of the suite's sweep. Tests on per-pair "
                "mean differences: Wilcoxon signed-rank, the paired t-test below 6 pairs or when all differences are "
@@ -74,39 +78,54 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     """Write the report of `run_dir` into `out` (default RUN/report) and return the path of index.html."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report"
+    plan_results, earlier_rows = read_plan_results(run_dir)  # read first: an unreadable run leaves the last report
+    results = with_variants(plan_results)
+    run_info = read_run_manifest(run_dir)
+    read_pairs(run_dir)
     for folder in ("images", "plots", "tables"):
         shutil.rmtree(out / folder, ignore_errors=True)  # no stale files from an earlier report
         (out / folder).mkdir(parents=True)
-    plan_results, earlier_rows = read_plan_results(run_dir)
-    results = with_variants(plan_results)
-    run_info = read_run_manifest(run_dir)
     declared = directions(results)  # each metric's declaration, recorded in its rows
 
     summary = summary_table(results, by=SUMMARY_KEYS)
     paired = paired_differences(results, reference=reference)
     failures = failure_list(results)
     per_metric = metric_tables(summary)
-    head = headline_table.headline(summary, declared, planned_labels(run_info))
+    order = label_order(planned_labels(run_info), results)
+    head = headline_table.headline(summary, declared, order)
     labels = ablation_labels(results, run_info)
     ablation = ablation_table(summary, labels)
-    tables = {"summary": summary, "paired_differences": paired, "failures": failures}
+    costs = cost_table(results, order)
+    tables = {"summary": summary, "paired_differences": paired, "failures": failures, "costs": costs}
     write_tables({**tables, "ablations": ablation} if labels else tables, out / "tables")
     (out / "summary.md").write_text(
-        _summary_markdown(head, per_metric, paired, failures, reference, ablation, declared), encoding="utf-8")
+        _summary_markdown(head, per_metric, paired, failures, reference, ablation, declared, costs),
+        encoding="utf-8")
 
-    metric_plots = _plot_metrics(summary, out / "plots", declared)
-    loss_plots = _plot_losses(run_dir, results, out / "plots")
-    # Images for a bounded, explained sample of pairs; every pair's values in tables/pairs.{parquet,html}.
+    keys = weights_keys(results)
+    plots = ReportFigures(
+        per_metric=figures.metric_figures(summary, out / "plots", declared, order),
+        headline=figures.headline_figure(summary, out / "plots", declared, order),
+        paired=figures.paired_figure(paired, out / "plots", reference),
+        tstart=figures.tstart_figure(results, out / "plots", declared),
+        losses=figures.loss_figures(run_dir, results, out / "plots"))
+    grids = image_grid_sections(run_dir, results, out, order)
+    # Every pair's values in tables/pairs.{parquet,html}; the ablation grid (a row per pair) over a bounded,
+    # stated sample of pairs (harness.analyse.pair_table.grid_sample).
+    write_pair_table(results, out / "tables", f"{run_dir.name}: every pair")
     shown_pairs, sample_note = grid_sample(results, declared)
     sampled = results[results["pair_id"].isin(shown_pairs)] if "pair_id" in results.columns else results
-    write_pair_table(results, out / "tables", f"{run_dir.name}: every pair")
-    grids = _image_grids(run_dir, sampled, run_info, out)
-    ablation_html = _ablation_section(run_dir, sampled, run_info, labels, ablation, out) if labels else ""
-    page = _index_html(run_dir, run_info, results, head, per_metric, paired, failures, metric_plots, loss_plots,
-                       grids, reference, ablation_html, declared)
-    page = page.replace("<h2>Images</h2>", f"<h2>Images</h2><p>{html.escape(sample_note)}</p>", 1).replace(
-        '<a href="summary.md">summary.md</a>.', '<a href="summary.md">summary.md</a>; every pair\'s values: '
-        '<a href="tables/pairs.html">pairs.html</a> (sortable), <a href="tables/pairs.parquet">pairs.parquet</a>.', 1)
+    ablation_html = (_ablation_section(run_dir, sampled, run_info, labels, with_short_weights(ablation, keys), out)
+                     + f"<p>Pairs of the grid: {html.escape(sample_note)}</p>"
+                     + '<div class="plots">' + _figure(figures.headline_figure(
+                         summary, out / "plots", declared, labels, only=labels, stem="ablations"),
+                         figures.FIGURE_NOTE, wide=True) + "</div>"
+                     if labels else "")
+    page = _index_html(run_dir, run_info, results, head, per_metric, paired, failures, plots, grids, reference,
+                       ablation_html, declared, costs, keys)
+    page = page.replace('<a href="summary.md">summary.md</a> (with the full weights text).', '<a href="summary.md">'
+                        'summary.md</a> (with the full weights text); every pair\'s values: <a href="tables/pairs.html">'
+                        'pairs.html</a> (sortable), <a href="tables/pairs.parquet">pairs.parquet</a>.', 1)
     left_out = left_out_lines(run_dir) + ([earlier_plan_note(earlier_rows)] if earlier_rows else [])
     if left_out:  # said at the top of the page and of summary.md, and by `clic-bench report`
         note = "Left out of this report: " + "; ".join(left_out)
@@ -156,7 +175,11 @@ def with_variants(results: pd.DataFrame) -> pd.DataFrame:
 def ablation_labels(results: pd.DataFrame, run_info: Mapping[str, Any]) -> list[str]:
     """Labels of every preset and variant of the methods that have variants, in the suite file's order (the
     plan's method runs recorded in run.json)."""
-    varied = set(results.loc[results["variant"].ne(""), "method"])
+    planned_runs = (run_info.get("plan") or {}).get("methods") or []
+    # Variants of learning (the plan's method runs with a variant) are ablations; the points of a transfer sweep
+    # ("t_start=4") are not: they have the t_start figure.
+    varied = ({str(run.get("method")) for run in planned_runs if run.get("variant")} if planned_runs
+              else set(results.loc[results["variant"].ne(""), "method"]))
     if not varied:
         return []
     present = {method_label(m, p) for m, p in zip(results["method"], results["preset"]) if m in varied}
@@ -168,6 +191,23 @@ def ablation_labels(results: pd.DataFrame, run_info: Mapping[str, Any]) -> list[
 def planned_labels(run_info: Mapping[str, Any]) -> list[str]:
     """Method labels in the suite file's order (the plan's method runs recorded in run.json)."""
     return [str(run.get("label")) for run in ((run_info.get("plan") or {}).get("methods") or []) if run.get("label")]
+
+
+def label_order(planned: Sequence[str], results: pd.DataFrame) -> list[str]:
+    """Every method label of `results` in the suite's order: each planned label followed by its sweep points
+    ("clic/paper t_start=2", "… t_start=10", numbers in numeric order), then labels the plan does not name."""
+    present = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))},
+                     key=_natural_key)
+    ordered: list[str] = []
+    for head in dict.fromkeys(planned):
+        ordered += [label for label in present if (label == head or label.startswith(head + " "))
+                    and label not in ordered]
+    return ordered + [label for label in present if label not in ordered]
+
+
+def _natural_key(text: str) -> list[object]:
+    return [(0, float(part)) if re.fullmatch(r"\d+(\.\d+)?", part) else (1, part)
+            for part in re.split(r"(\d+(?:\.\d+)?)", text)]
 
 
 def ablation_table(summary: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -228,7 +268,7 @@ def _direction(metric: str, declared: Mapping[str, bool]) -> str:
 
 def _summary_markdown(head: headline_table.Headline, per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame,
                       failures: pd.DataFrame, reference: str, ablation: pd.DataFrame,
-                      declared: Mapping[str, bool]) -> str:
+                      declared: Mapping[str, bool], costs: pd.DataFrame | None = None) -> str:
     parts = ["# Results\n", headline_table.to_markdown(head),
              "## Per category\n", f"Mean [95% CI] per method and category ({INTERVAL_NOTE}); raw values "
              "(see metric_scale)"
@@ -238,6 +278,8 @@ def _summary_markdown(head: headline_table.Headline, per_metric: Mapping[str, pd
     if not ablation.empty:
         parts.append(f"## Ablations (all categories)\n\n{to_markdown(ablation, note='')}")
     parts.append(f"## Paired differences against {reference}\n\n{PAIRED_NOTE}\n\n{to_markdown(paired, note='')}")
+    if costs is not None and not costs.empty:
+        parts.append(f"## Costs\n\n{COST_NOTE}\n\n{to_markdown(costs, note='')}")
     parts.append(f"## Failed jobs: {len(failures)}\n")
     return "\n".join(parts)
 
@@ -248,64 +290,38 @@ def _slug(text: object) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-") or "x"
 
 
-def _save_figure(fig: plt.Figure, folder: Path, stem: str) -> str:
-    # Fixed margins: a layout engine (tight/constrained) re-measures all text per save and doubles the cost.
-    fig.subplots_adjust(left=0.14, right=0.98, bottom=0.14, top=0.88)
-    fig.savefig(folder / f"{stem}.png", dpi=90, pil_kwargs={"compress_level": 1})
-    fig.savefig(folder / f"{stem}.svg")
-    plt.close(fig)
-    return f"plots/{stem}.png"
+SLUG_CHARACTERS = 60  # file names stay far below the file systems' 255 bytes
 
 
-def _plot_metrics(summary: pd.DataFrame, folder: Path, declared: Mapping[str, bool]) -> dict[str, str]:
-    """Per metric: mean with 95% CI error bars, categories on x, one marker series per method/preset."""
-    plots: dict[str, str] = {}
-    rated = summary[summary["metric"].notna() & summary["n"].gt(0)]
-    for metric, group in rated.groupby("metric", sort=True):
-        categories = sorted(c for c in group["category"].unique() if c != ALL_CATEGORIES) + [ALL_CATEGORIES]
-        labels = sorted({method_label(m, p) for m, p in zip(group["method"], group["preset"])})
-        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(categories), 3.2))
-        width = 0.8 / max(len(labels), 1)
-        for i, label in enumerate(labels):
-            rows = group[[method_label(m, p) == label for m, p in zip(group["method"], group["preset"])]]
-            rows = rows.set_index("category").reindex(categories)
-            x = np.arange(len(categories)) - 0.4 + width * (i + 0.5)
-            errors = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]]).astype(float)
-            ax.errorbar(x, rows["mean"].astype(float), yerr=np.clip(np.nan_to_num(errors), 0, None), fmt="o",
-                        capsize=3, label=label)
-        ax.set_xticks(np.arange(len(categories)), categories)
-        ax.set_title(f"{metric} ({_direction(str(metric), declared)}), 95% CI", fontsize=9)
-        ax.legend(fontsize=7, loc="best")
-        plots[str(metric)] = _save_figure(fig, folder, f"metric-{_slug(metric)}")
-    return plots
+def image_name(key: object, role: str) -> str:
+    """The thumbnail file name of a pair or job id: its slug, plus a hash of the id wherever the slug is not the
+    id itself (so "chair 1" and "chair-1" never share a file), is cut short (a 3000-character id) or has capitals
+    ("Chair1" and "chair1" are one file name on macOS' and Windows' case-insensitive file systems)."""
+    text = str(key)
+    slug = _slug(text)
+    if slug != text or len(slug) > SLUG_CHARACTERS or slug != slug.lower():
+        slug = f"{slug[:SLUG_CHARACTERS]}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:10]}"
+    return f"{slug}-{role}.png"
 
 
-def _plot_losses(run_dir: Path, results: pd.DataFrame, folder: Path) -> dict[str, str]:
-    """Per method/preset: the total loss of each of its learned concepts over the steps."""
-    plots: dict[str, str] = {}
-    if results.empty:
-        return plots
-    concepts = results.dropna(subset=["concept_id"]).drop_duplicates("concept_id")
-    for (method, preset), group in concepts.groupby(["method", "preset"], dropna=False, sort=True):
-        curves = []
-        for concept_id, losses_path in zip(group["concept_id"], group["artifact_losses"]):
-            relative = losses_path if isinstance(losses_path, str) else f"concepts/{concept_id}/losses.csv"
-            path = run_dir / relative
-            if path.is_file():
-                curves.append((concept_id, pd.read_csv(path)))
-        curves = [(c, losses) for c, losses in curves if {"step", "total"} <= set(losses.columns)]
-        if not curves:
-            continue
-        fig, ax = plt.subplots(figsize=(4.2, 2.8))
-        for concept_id, losses in curves:
-            ax.plot(losses["step"], losses["total"], linewidth=0.8, alpha=0.7, label=str(concept_id)[:10])
-        ax.set_xlabel("step")
-        ax.set_ylabel("total loss")
-        ax.set_title(f"{method_label(method, preset)}: {len(curves)} concept(s)", fontsize=9)
-        if len(curves) <= 8:
-            ax.legend(fontsize=6)
-        plots[method_label(method, preset)] = _save_figure(fig, folder, f"losses-{_slug(method)}-{_slug(preset)}")
-    return plots
+@dataclass(frozen=True)
+class ReportFigures:
+    """The figures of a report (paths relative to it): one per per-category table (metric → path), the headline's,
+    the paired differences', the t_start trade-off (None when the run sweeps no t_start) and the loss terms
+    (method label → path)."""
+
+    per_metric: Mapping[str, str]
+    headline: str | None
+    paired: str | None
+    tstart: str | None
+    losses: Mapping[str, str]
+
+
+def image_grid_sections(run_dir: Path, results: pd.DataFrame, out: Path, order: Sequence[str]) -> dict[str, str]:
+    """category → its image grids (a bounded sample, :mod:`harness.analyse.grids`)."""
+    from harness.analyse import grids
+
+    return grids.image_grids(run_dir, results, out, labels=order)
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -337,40 +353,6 @@ def manifest_pairs(run_dir: Path, run_info: Mapping[str, Any] | None = None) -> 
             for row in read_pairs(run_dir)}
 
 
-def _image_grids(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, Any], out: Path) -> dict[str, str]:
-    """category → HTML of its pairs' grids: source, target (mask outlines), each job's output and attention."""
-    if results.empty:
-        return {}
-    jobs = results.dropna(subset=["artifact_image"]).drop_duplicates("job_id")
-    jobs = jobs.sort_values(["category", "pair_id", "method", "preset", "task", "seed", "settings"])
-    manifest = manifest_pairs(run_dir, run_info)
-    grids: dict[str, str] = {}
-    for category, in_category in jobs.groupby("category", sort=True):
-        sections = []
-        for pair_id, pair_jobs in in_category.groupby("pair_id", sort=True):
-            heads, images, attentions = [], [], []
-            pair_paths = manifest.get(str(pair_id), {})
-            for role in ("source", "target"):
-                image = pair_paths.get(f"{role}_image")
-                dest = out / "images" / f"{_slug(pair_id)}-{role}.png"
-                if image is not None and thumbnail(image, dest, pair_paths.get(f"{role}_mask")):
-                    heads.append(f"{role} (mask outline)")
-                    images.append(_img(dest, out, role))
-                    attentions.append("")
-            for job in pair_jobs.itertuples(index=False):
-                heads.append(_job_label(job))
-                for kind, cells in (("image", images), ("attention", attentions)):
-                    artifact = getattr(job, f"artifact_{kind}")
-                    dest = out / "images" / f"{_slug(job.job_id)}-{kind}.png"
-                    ok = isinstance(artifact, str) and thumbnail(run_dir / artifact, dest)
-                    cells.append(_img(dest, out, f"{kind} of {job.job_id}") if ok else "")
-            rows = "".join(f"<tr>{''.join(f'<td>{cell}</td>' for cell in row)}</tr>"
-                           for row in (heads, images, attentions))
-            sections.append(f"<h4>{html.escape(str(pair_id))}</h4><table class=\"grid\">{rows}</table>")
-        grids[str(category)] = "\n".join(sections)
-    return grids
-
-
 def _ablation_section(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, Any], labels: list[str],
                       ablation: pd.DataFrame, out: Path) -> str:
     """The table and the image grid in the layout of the paper's Fig. 8: a row per pair, a column per variant."""
@@ -387,28 +369,20 @@ def _ablation_section(run_dir: Path, results: pd.DataFrame, run_info: Mapping[st
         cells = [f"<td>{html.escape(str(pair_id))}<br>{html.escape(str(category))}</td>"]
         pair_paths = manifest.get(str(pair_id), {})
         for role in ("source", "target"):
-            image, dest = pair_paths.get(f"{role}_image"), out / "images" / f"{_slug(pair_id)}-{role}.png"
+            image, dest = pair_paths.get(f"{role}_image"), out / "images" / image_name(pair_id, role)
             ok = image is not None and thumbnail(image, dest, pair_paths.get(f"{role}_mask"))
             cells.append(f"<td>{_img(dest, out, role) if ok else ''}</td>")
         by_label = pair_jobs.set_index("label")
         for label in labels:
             artifact = by_label["artifact_image"].get(label)
-            dest = out / "images" / f"{_slug(by_label['job_id'].get(label))}-image.png"
+            dest = out / "images" / image_name(by_label['job_id'].get(label), "image")
             ok = isinstance(artifact, str) and thumbnail(run_dir / artifact, dest)
             cells.append(f"<td>{_img(dest, out, label) if ok else ''}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return (f"<h2 id=\"ablations\">Ablations</h2><p>Mean [95% bootstrap CI] over all categories; columns of the grid "
             f"below in the suite file's order ({html.escape(str(task))} outputs, lowest seed).</p>"
-            f"<div class=\"ablation\">{to_html_fragment(ablation, note='')}</div>"
+            f"<div class=\"ablation\">{page_table(ablation, {})}</div>"
             f"<table class=\"grid\" id=\"ablation-grid\"><tr>{heads}</tr>{''.join(rows)}</table>")
-
-
-def _job_label(job: Any) -> str:
-    settings = [f"t_start {job.t_start}" if pd.notna(job.t_start) else "",
-                f"η {format_number(float(job.eta))}" if pd.notna(job.eta) else ""]
-    detail = ", ".join(s for s in [f"seed {job.seed}", *settings] if s)
-    return (f"<b>{html.escape(method_label(job.method, job.preset))}</b><br>{html.escape(str(job.task))}"
-            f"<br>{html.escape(detail)}")
 
 
 def _img(path: Path, out: Path, alt: str) -> str:
@@ -465,52 +439,108 @@ def _preset_sources(results: pd.DataFrame) -> str:
     return "".join(blocks)
 
 
+PAIRED_PAGE_COLUMNS = ["metric", "method", "reference", "n_pairs", "mean_difference", "ci_low", "ci_high", "p_value",
+                       "p_holm", "test", "weights"]
+
+
+def page_table(table: pd.DataFrame, keys: Mapping[str, str]) -> str:
+    """A table for the page: short weights keys, and headers that may break after an underscore."""
+    fragment = to_html_fragment(with_short_weights(table, keys), note="")
+    return re.sub(r"<th>([^<]*)</th>", lambda m: "<th>" + m.group(1).replace("_", "_<wbr>") + "</th>", fragment)
+
+
+def paired_page_table(paired: pd.DataFrame, declared: Mapping[str, bool]) -> pd.DataFrame:
+    """The paired differences as the page shows them: one label per side, the direction on the metric."""
+    if paired.empty:
+        return paired
+    shown = paired.assign(
+        metric=[f"{m} {'↑' if higher_is_better(str(m), declared) else '↓'}" for m in paired["metric"]],
+        method=[method_label(m, p) for m, p in zip(paired["method"], paired["preset"])],
+        reference=[method_label(r, p) for r, p in zip(paired["reference"], paired["reference_preset"])])
+    return shown[PAIRED_PAGE_COLUMNS]
+
+
+def _figure(src: str | None, caption: str, wide: bool = False) -> str:
+    if not src:
+        return ""
+    wide_class = ' class="wide"' if wide else ""
+    return (f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}"{wide_class}>'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _by_figure(labels: Sequence[str], plots: Mapping[str, str]) -> dict[str, list[str]]:
+    """Figure path ("" for none) → the labels it shows, in the order of `labels`."""
+    grouped: dict[str, list[str]] = {}
+    for label in labels:
+        grouped.setdefault(plots.get(label, ""), []).append(label)
+    return grouped
+
+
 def _index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame, head: headline_table.Headline,
                 per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
-                metric_plots: Mapping[str, str], loss_plots: Mapping[str, str], grids: Mapping[str, str],
-                reference: str, ablation_html: str = "", declared: Mapping[str, bool] | None = None) -> str:
+                plots: ReportFigures, grids: Mapping[str, str], reference: str, ablation_html: str = "",
+                declared: Mapping[str, bool] | None = None, costs: pd.DataFrame | None = None,
+                keys: Mapping[str, str] | None = None) -> str:
+    from harness.analyse.grids import grid_note
+
+    declared, keys = declared or {}, keys or {}
     tiny = uses_tiny_random(results)
     banner = f'<p class="warning">{html.escape(headline_table.TINY_FOOTNOTE)}</p>' if tiny else ""
     method_labels = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
-    nav = ['<a href="#headline">headline</a>', '<a href="#tables">per category</a>',
-           '<a href="#provenance">provenance</a>', '<a href="#paired">paired</a>',
-           '<a href="#plots">plots</a>'] + (['<a href="#ablations">ablations</a>'] if ablation_html else [])
-    nav += [f'<a href="#cat-{_slug(c)}">{html.escape(c)}</a>' for c in grids]
-    nav += [f'<a href="#method-{_slug(m)}">{html.escape(m)}</a>' for m in method_labels]
+    nav = ['<a href="#headline">headline</a>', '<a href="#tables">per category</a>', '<a href="#paired">paired</a>',
+           '<a href="#costs">costs</a>'] + (['<a href="#tstart">t_start</a>'] if plots.tstart else []) \
+        + ['<a href="#provenance">provenance</a>'] + (['<a href="#ablations">ablations</a>'] if ablation_html else [])
+    nav += ['<a href="#images">images</a>', '<a href="#losses">losses</a>']
     nav.append(f'<a href="#failures">failures ({len(failures)})</a>')
 
     body = [f"<nav>{' '.join(nav)}</nav>", f"<h1>Run report: {html.escape(run_dir.name)}</h1>", banner,
-            f"<h2 id=\"headline\">All categories</h2><p>Mean [95% CI] over every category ({INTERVAL_NOTE}); ↑ higher is "
-            f"better, ↓ lower is better; <strong>{headline_table.BEST_MARK}</strong> best of its column; "
-            f"n failed: the method's failed jobs. Values are raw (see metric_scale below).</p>"
-            + headline_table.to_html(head),
+            f"<h2 id=\"headline\">All categories</h2><p>Mean and, under it, its 95% CI over every category "
+            f"({INTERVAL_NOTE}; a cell without one says over how many pairs); ↑ higher is better, ↓ lower is better; "
+            f"<strong>{headline_table.BEST_MARK}</strong> best of its column; n failed: the method's failed jobs. "
+            f"Values are raw (see the scale by each per-category table).</p>"
+            + headline_table.to_html(head)
+            + f"<div class=\"plots\">{_figure(plots.headline, figures.FIGURE_NOTE, wide=True)}</div>",
             "<p>Tables as CSV/Markdown/HTML: <a href=\"tables/summary.csv\">summary.csv</a>, "
             "<a href=\"tables/paired_differences.csv\">paired_differences.csv</a>, "
-            "<a href=\"summary.md\">summary.md</a>.</p>",
-            f"<h2 id=\"tables\">Per category: mean [95% CI]</h2><p>{INTERVAL_NOTE}.</p>"]
+            "<a href=\"tables/costs.csv\">costs.csv</a>, <a href=\"summary.md\">summary.md</a> (with the full "
+            "weights text).</p>"]
+    if plots.tstart:
+        body.append("<h2 id=\"tstart\">t_start trade-off</h2><p>Each line is a method label through the values of "
+                    "t_start the run swept (each point marked t=…): later t_start keeps more of the target outside "
+                    "the region and transfers less inside it. Means over all categories; whiskers: 95% CI over "
+                    "pairs (none below 3 pairs).</p>"
+                    f"<div class=\"plots\">{_figure(plots.tstart, 't_start trade-off', wide=True)}</div>")
+    body.append(f"<h2 id=\"tables\">Per category: mean [95% CI] n=values</h2><p>{INTERVAL_NOTE}; n counts values "
+                f"(pairs × seeds). Each table is followed by its figure.</p>")
     for metric, table in per_metric.items():
-        body.append(f"<h3 id=\"metric-{_slug(metric)}\">{html.escape(metric)} ({_direction(metric, declared or {})})</h3>"
-                    f"{to_html_fragment(table, note='')}")
+        scale = ", ".join(sorted({str(v) for v in table.get("metric_scale", []) if str(v)}))
+        body.append(f"<h3 id=\"metric-{_slug(metric)}\">{html.escape(metric)} ({_direction(metric, declared)}"
+                    f"{'; ' + html.escape(scale) if scale else ''})</h3>"
+                    + page_table(table.drop(columns=["metric_scale"], errors="ignore"), keys)
+                    + f"<div class=\"plots\">{_figure(plots.per_metric.get(metric), figures.FIGURE_NOTE)}</div>")
     body.append(f"<h2 id=\"paired\">Paired differences (method − {html.escape(reference)})</h2>"
-                f"<p>{html.escape(PAIRED_NOTE)}</p>"
-                + to_html_fragment(paired, note=''))
-    body.append(f"<h2 id=\"provenance\">Provenance</h2>{_provenance(run_dir, run_info, results)}")
-    body.append("<h2 id=\"plots\">Plots</h2><div class=\"plots\">"
-                + "".join(f'<img src="{html.escape(src)}" alt="{html.escape(metric)}">'
-                          for metric, src in metric_plots.items()) + "</div>")
+                f"<p>{html.escape(PAIRED_NOTE)} {html.escape(INTERVAL_NOTE)}.</p>"
+                + page_table(paired_page_table(paired, declared), keys)
+                + f"<div class=\"plots\">{_figure(plots.paired, figures.FIGURE_NOTE, wide=True)}</div>")
+    body.append(f"<h2 id=\"costs\">Costs</h2><p>{html.escape(COST_NOTE)}</p>"
+                + (page_table(costs, keys) if costs is not None and not costs.empty else "<p>No jobs.</p>"))
+    body.append(f"<h2 id=\"provenance\">Provenance</h2>{_provenance(run_dir, run_info, results)}"
+                + legend_html(keys))
     if ablation_html:
         body.append(ablation_html)
-    body.append("<h2>Images</h2>")
+    body.append(f"<h2 id=\"images\">Images</h2><p>{html.escape(grid_note(results))}</p>")
     for category, grid in grids.items():
         body.append(f"<h3 id=\"cat-{_slug(category)}\">{html.escape(category)}</h3>{grid}")
-    body.append("<h2>Methods: learning curves</h2>")
-    for label in method_labels:
-        plot = loss_plots.get(label)
-        image = f'<img src="{html.escape(plot)}" alt="losses of {html.escape(label)}">' if plot else \
-            "<p>No loss curves recorded.</p>"
-        body.append(f"<h3 id=\"method-{_slug(label)}\">{html.escape(label)}</h3><div class=\"plots\">{image}</div>")
+    body.append("<h2 id=\"losses\">Methods: loss terms while learning</h2><p>A panel per term of each concept's "
+                "losses.csv, a line per pair; labels that share their concepts (the points of a transfer sweep) "
+                "share one figure.</p>")
+    for plot, labels in _by_figure(method_labels, plots.losses).items():
+        anchors = "".join(f'<span id="method-{_slug(label)}"></span>' for label in labels)
+        image = (_figure(plot, "loss terms of " + ", ".join(labels), wide=True) if plot
+                 else "<p>No loss curves recorded.</p>")
+        body.append(f"<h3>{anchors}{html.escape(', '.join(labels))}</h3><div class=\"plots\">{image}</div>")
     body.append(f"<h2 id=\"failures\">Failed jobs ({len(failures)})</h2>"
-                + (to_html_fragment(failures, note='') if not failures.empty else "<p>None.</p>"))
+                + (page_table(failures, keys) if not failures.empty else "<p>None.</p>"))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(run_dir.name)} report</title><style>{REPORT_CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")

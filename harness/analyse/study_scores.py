@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ def read_answers(paths: Iterable[str | Path], key: Mapping[str, Any]) -> pd.Data
     `place` is 1 for the option ranked best. Every problem is one line naming the file and question.
     """
     frames, owner = [], {}
+    left_out: list[tuple[Path, str]] = []
     for path in map(Path, paths):
         frame = _read_answer_file(path)
         for pack_id in set(frame["pack_id"]):
@@ -41,20 +43,44 @@ def read_answers(paths: Iterable[str | Path], key: Mapping[str, Any]) -> pd.Data
                 raise UsageError(f"{path}: rater {rater} also answered in {owner[rater]}")
             owner[rater] = path
         _check_rankings(frame, key, path)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)[["rater", "question", "criterion", "place", "option"]]
+        kept, dropped = _split_check_only_raters(frame, key)
+        frames.append(kept)
+        left_out += [(path, rater) for rater in dropped]
+    answers = pd.concat(frames, ignore_index=True)[["rater", "question", "criterion", "place", "option"]]
+    if answers.empty:  # a partial export after the first screen gives such a file
+        path, rater = left_out[0]
+        raise UsageError(f"{path}: rater {rater} answered only the attention check(s): no question to score"
+                         + (f" (nor did the {len(left_out) - 1} other rater(s))" if len(left_out) > 1 else ""))
+    for path, rater in left_out:
+        print(f"score: {path}: rater {rater} answered only the attention check(s); left out", file=sys.stderr)
+    return answers
+
+
+def _split_check_only_raters(frame: pd.DataFrame, key: Mapping[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of raters who answered a scored question, and the raters who answered only attention checks."""
+    is_check = frame["question"].map(lambda q: bool(key["questions"][q]["check"])).astype(bool)
+    answered = set(frame.loc[~is_check, "rater"])
+    return frame[frame["rater"].isin(answered)], sorted(set(frame["rater"]) - answered)
 
 
 def _read_answer_file(path: Path) -> pd.DataFrame:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheet exports start with a byte-order mark
     except OSError as err:
         raise UsageError(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if path.suffix.lower() == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
+        lines = text.splitlines()
+        try:  # a spreadsheet in a comma-decimal locale writes ';' (or tabs) between the columns
+            dialect = csv.Sniffer().sniff(lines[0] if lines else "", delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        rows = list(csv.DictReader(lines, dialect=dialect))
         needed = {"pack_id", "rater", "question", "criterion", "place", "option"}
         if not rows or not needed <= set(rows[0]):
-            raise UsageError(f"{path}: a CSV of answers needs the columns {', '.join(sorted(needed))}")
+            found = ", ".join(map(repr, rows[0])) if rows else "none"
+            raise UsageError(f"{path}: a CSV of answers needs the columns {', '.join(sorted(needed))} (found {found})")
         _check_answer_fields(rows, path)
         try:
             return pd.DataFrame(rows).astype({"place": int})

@@ -127,7 +127,7 @@ class Recorder:
         base = {**self.base(job), **record["artifacts"], "status": store.STATUS_OK,
                 "learn_seconds": record["learn_seconds"], "task_seconds": record["task_seconds"],
                 "peak_memory_mb": record.get("peak_memory_mb"), "learn_peak_memory_mb": record.get("learn_peak_memory_mb"),
-                "metric_seconds": metric_seconds, "finished_at": now_iso()}
+                "metric_seconds": metric_seconds, "finished_at": now_iso(), "notes": record.get("notes")}
         self._write(job, self.metric_rows(base, values), failed=False)
 
     def failed(self, job: TaskJob, error: BaseException, stage: str = "") -> None:

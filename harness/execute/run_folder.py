@@ -5,7 +5,7 @@
   or with ``--no-wait`` exits with one line naming the holder. The lock is released by the kernel when its
   holder dies, so a killed run never leaves the folder locked.
 * **Infrastructure errors are not verdicts.** A job that failed because the machine did (no space left on the
-  device, a lost worker or node) is recorded with :data:`INFRASTRUCTURE_PREFIX` in its error, and the next
+  device, a lost worker or node, out of memory: a CUDA OOM or Ray's memory monitor) is recorded with :data:`INFRASTRUCTURE_PREFIX` in its error, and the next
   run runs it again without ``--retry-failed``; only the job's own errors (a NaN loss, a bad input) stay failed.
 * **Damage.** Before planning, :func:`audit` deletes result files that cannot be read (e.g. truncated by a
   full disk outside the atomic write) and the results of ok jobs whose image artifacts are gone, so those
@@ -82,8 +82,34 @@ def locked(run_dir: str | Path, run_id: str, *, wait: bool = True, quiet: bool =
         os.close(descriptor)  # releases the flock
 
 
+def _causes(error: BaseException | None) -> Iterator[BaseException]:
+    """The error and what caused it (a Ray task error carries the task's own exception as ``cause``)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = getattr(error, "cause", None) or error.__cause__
+
+
+# torch.OutOfMemoryError (torch.cuda.OutOfMemoryError is the same class) and Ray's memory-monitor kill; the texts
+# catch one that lost its type on the way (pickling) and the CPU allocator's RuntimeError.
+_OUT_OF_MEMORY_TEXTS = ("CUDA out of memory", "DefaultCPUAllocator: can't allocate memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an out-of-memory failure: a job that would fit with more memory (a GPU of its own) is retried."""
+    for cause in _causes(error):
+        if type(cause).__name__ == "OutOfMemoryError" and type(cause).__module__.startswith(("torch", "ray")):
+            return True
+        if any(text in str(cause) for text in _OUT_OF_MEMORY_TEXTS):
+            return True
+    return False
+
+
 def is_infrastructure_error(error: BaseException) -> bool:
-    """True for a failure of the machine rather than of the job: a full or failing disk, a lost worker."""
+    """True for a failure of the machine rather than of the job: a full or failing disk, a lost worker, memory."""
+    if is_out_of_memory(error):
+        return True
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))

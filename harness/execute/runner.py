@@ -26,12 +26,19 @@ from ..plan.jobs import (GroupKey, JobGraph, ModelInfo, Pair, Plan, build_job_gr
 from ..plan import file_facts
 from ..plan.resolve import describe_models, load_pairs, method_tasks, plan_from_suite
 from .records import NO_MODEL_LABEL, Recorder, RunSummary, mean_values, now_iso, one_line  # noqa: F401 - re-exported
-from .scheduler import Learn, RunTask, Scheduler, Score, ScoreGroup, Submission, jobs_to_run
-from .scorer import METRIC_ACTOR_PREFIX, forget_metric_scorer, group_member_spec, metric_scorer  # noqa: F401
+from .scheduler import (Learn, RunTask, Scheduler, Score, ScoreGroup, Submission, jobs_to_run, larger_packing,
+                        packing_text)
+from .scorer import (METRIC_ACTOR_PREFIX, forget_metric_scorer, group_member_spec, metric_pool_shape,  # noqa: F401
+                     metric_scorer, metric_scorers)
 from .worker import learn_concept_task, run_task_job, warm_worker
 
 if TYPE_CHECKING:
     from ..plan.suite import Suite
+
+
+# Set when this process started a local Ray cluster (not when it joined one): an interrupted or refused run
+# stops what it started (harness.cli), and leaves others' clusters alone.
+STARTED_LOCAL_CLUSTER: list[bool] = []
 
 
 def _connect(address: str | None, num_cpus: int | None) -> None:
@@ -39,13 +46,44 @@ def _connect(address: str | None, num_cpus: int | None) -> None:
 
     import ray
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if address:
+            ray.init(address=address)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+            STARTED_LOCAL_CLUSTER.append(True)
+
+
+def stop_started_cluster() -> bool:
+    """Shut down the local Ray cluster this process started, if any; True when one was stopped."""
+    if not STARTED_LOCAL_CLUSTER:
+        return False
+    import ray
+
+    STARTED_LOCAL_CLUSTER.clear()
+    ray.shutdown()
+    return True
+
+
+def _check_cluster(suite: "Suite") -> None:
+    """Before any job is submitted: a request no node can satisfy is refused in one line per problem, instead of
+    Ray repeating "No available node types can fulfill resource request" without end (harness.plan.preflight)."""
+    import ray
+
+    from ..plan.preflight import PreflightFailed, cluster_problems
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    problems = cluster_problems(suite, nodes)
+    for index, spec in enumerate(suite.methods):  # a method entry's own num_gpus / num_cpus
+        if spec.resources:
+            own = dataclasses.replace(suite, resources=dataclasses.replace(suite.resources, **spec.resources))
+            problems += [line.replace(": resources", f": methods[{index}].resources", 1)
+                         for line in cluster_problems(own, nodes) if ": device: " not in line]
+    problems = list(dict.fromkeys(problems))
+    if problems:
+        stop_started_cluster()  # a cluster this run started for nothing is not left behind
+        raise PreflightFailed(problems)
 
 
 # module -> its distribution: run.json records their versions
@@ -101,6 +139,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
         # A fresh run folder certainly has jobs to run: the workers import the method library and load the
         # model (seconds each) while the driver plans. A resumed run plans first: it may have nothing to run.
         _connect(address, num_cpus)
+        _check_cluster(suite)
         warming = WarmWorkers.start(suite, models)
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
     file_facts.use_run_folder(run_dir)
@@ -143,6 +182,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
         return summary
 
     _connect(address, num_cpus)
+    _check_cluster(suite)
     run = _RayRun(suite, plan, graph, scheduler, recorder, run_dir, max_in_flight, allow_random_metrics, quiet,
                   warming)
     run.loop()
@@ -169,8 +209,15 @@ def job_options(suite: "Suite") -> dict[str, Any]:
     resources = suite.resources
     # SPREAD: jobs are long and independent, so they go to the least-loaded nodes instead of filling the
     # driver's node first (Ray's default prefers locality, which starves other nodes of short jobs).
-    return {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
-            "max_retries": resources.max_retries, "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
+    options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
+               "max_retries": resources.max_retries, "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
+    if resources.memory_gb:
+        options["memory"] = int(resources.memory_gb * 2**30)
+    if resources.custom:
+        options["resources"] = dict(resources.custom)
+    if not suite.tf32:  # workers read it when they load the model (clic.device.configure_tf32)
+        options["runtime_env"] = {"env_vars": {"CLIC_TF32": "0"}}
+    return options
 
 
 def job_slots(suite: "Suite") -> int:
@@ -236,16 +283,31 @@ class _RayRun:
         options = job_options(suite)
         self.slots = job_slots(suite)
         scheduler.max_in_flight = max_in_flight or 2 * int(ray.cluster_resources().get("CPU", 1))
-        self.learn_remote = ray.remote(learn_concept_task).options(**options)
-        self.task_remote = ray.remote(run_task_job).options(**options, num_returns=2)
+        self.options, self.max_retries, self.quiet = options, suite.resources.max_retries, quiet
+        from .packing import method_resources
+
+        # (method, preset) -> its own num_gpus / num_cpus (harness.execute.packing): per method, packed by memory
+        self.method_options = {key: {"num_gpus": entry["num_gpus"], "num_cpus": entry["num_cpus"]}
+                               for key, entry in method_resources(suite, plan.resolution).items()}
+        self.learn_function, self.task_function = ray.remote(learn_concept_task), ray.remote(run_task_job)
+        self.learn_remote = self.learn_function.options(**options)
+        self.task_remote = self.task_function.options(**options, num_returns=2)
+        # Out of memory is retried with a larger packing (scheduler.larger_packing), keyed by concept or job id:
+        self.retry_options: dict[str, dict[str, float]] = {}  # the resources of the next attempt
+        self.out_of_memory: dict[str, list[str]] = {}  # the packings that ran out of memory, in order
         jobs_to_run = len(graph.jobs) - recorder.summary.skipped - recorder.summary.not_applicable
         self.warming = warming or WarmWorkers.start(suite, recorder.models, max(jobs_to_run, 1))
         # The metric actor holds the models once for the whole run (and the driver's next runs). Jobs start
         # while it loads them; its answer is awaited with them, and an actor that cannot start (e.g. random
         # CLIP weights refused) still stops the run at once.
-        self.scorer = metric_scorer({m.name: m.target for m in plan.metrics}, allow_random_metrics,
-                                    {k: dict(v) for k, v in suite.metric_options.items()})
-        self.weights_pending = [self.scorer.weights.remote()] if plan.metrics else []
+        targets = {m.name: m.target for m in plan.metrics}
+        count, actor_gpus = metric_pool_shape(suite.metric_actors, targets, ray.cluster_resources())
+        self.scorers = metric_scorers(targets, allow_random_metrics, {k: dict(v) for k, v in suite.metric_options.items()},
+                                      count, actor_gpus) if plan.metrics else []
+        self.scorer_load = [0] * len(self.scorers)  # calls in flight per actor: a batch goes to the least loaded
+        self.scored_by: dict[Any, int] = {}
+        self.metric_pool = {"actors": len(self.scorers), "num_gpus_each": actor_gpus}
+        self.weights_pending = [self.scorers[0].weights.remote()] if plan.metrics else []
         self.metric_weights: dict[str, str] = {}
         recorder.weights_of = self.weights_of
         self.concepts_root = str(run_dir / store.CONCEPTS_DIR)
@@ -283,21 +345,42 @@ class _RayRun:
             except Exception:
                 pass
 
+    def _options(self, key: str, method: str, preset: str) -> dict[str, Any]:
+        """Ray options of a learn or task: the suite's, the method's own (packing), a larger packing after OOM."""
+        return {**self.options, **self.method_options.get((method, preset), {}), **self.retry_options.get(key, {})}
+
+    def _remote(self, key: str, learn: bool, method: str, preset: str) -> Any:
+        """The learn or task function with the resources of this attempt (larger after running out of memory)."""
+        options = self._options(key, method, preset)
+        if options == self.options:
+            return self.learn_remote if learn else self.task_remote
+        function = self.learn_function if learn else self.task_function
+        return function.options(**options, **({} if learn else {"num_returns": 2}))
+
     def submit(self, submission: Submission) -> None:
         if isinstance(submission, Learn):
-            ref = self.learn_remote.remote(self.graph.learns[submission.concept_id], self.concepts_root)
+            node = self.graph.learns[submission.concept_id]
+            ref = self._remote(submission.concept_id, True, node.method, node.preset).remote(node, self.concepts_root)
         elif isinstance(submission, RunTask):
             job = submission.job
             node = self.graph.learns[job.concept_id]
-            ref, self.samples[job.job_id] = self.task_remote.remote(
+            ref, self.samples[job.job_id] = self._remote(job.job_id, False, job.method, job.preset).remote(
                 job, self.learned[job.concept_id], node.model, self.plan.resolution, str(self.run_dir))
         elif isinstance(submission, Score):  # the workers' sample refs: Ray hands their values to the actor
-            ref = self.scorer.score.remote(*[self.samples[job.job_id] for job in submission.jobs])
+            ref = self._scorer().score.remote(*[self.samples[job.job_id] for job in submission.jobs])
         else:
             kinds = [m.name for m in self.plan.metrics if m.group_by == submission.key[0]]
             specs = [group_member_spec(job, self.run_dir) for job in submission.members]
-            ref = self.scorer.score_group.remote(kinds, submission.key[1], specs)
+            ref = self._scorer().score_group.remote(kinds, submission.key[1], specs)
+        if isinstance(submission, (Score, ScoreGroup)):
+            self.scored_by[ref] = self._last_scorer
+            self.scorer_load[self._last_scorer] += 1
         self.pending[ref] = submission
+
+    def _scorer(self) -> Any:
+        """The metric actor with the fewest calls in flight (the pool scores batches of several jobs in parallel)."""
+        self._last_scorer = min(range(len(self.scorers)), key=self.scorer_load.__getitem__)
+        return self.scorers[self._last_scorer]
 
     def loop(self) -> None:
         import ray
@@ -321,10 +404,13 @@ class _RayRun:
         """Fetch one finished call's small result, tell the scheduler, and write the rows it completes."""
         import ray
 
+        if ref in self.scored_by:
+            self.scorer_load[self.scored_by.pop(ref)] -= 1
         try:
             result = ray.get(ref)
         except Exception as error:  # a failure is recorded and the run goes on
-            self.failed(submission, error)
+            if not self.retried_for_memory(submission, error):
+                self.failed(submission, error)
             return
         if isinstance(submission, Learn):
             self.learned[submission.concept_id] = result
@@ -335,7 +421,7 @@ class _RayRun:
             self.scheduler.on_finished(submission, ok=True)
         elif isinstance(submission, RunTask):
             self.recorder.summary.node_ids[result["node_id"]] += 1
-            self.records[submission.job.job_id] = result
+            self.records[submission.job.job_id] = {**result, "notes": self.job_notes(submission.job)}
             for job in self.scheduler.on_finished(submission, ok=True):  # done now when nothing scores it
                 self.recorder.ok(job, self.records.pop(job.job_id), [], 0.0)
                 self.samples.pop(job.job_id, None)
@@ -348,10 +434,50 @@ class _RayRun:
             self.scheduler.on_finished(submission, ok=True)
             self._record_group(submission.key, result)
 
+    def retried_for_memory(self, submission: Submission, error: BaseException) -> bool:
+        """A learn or task that ran out of memory runs again with a larger packing, up to ``max_retries`` times."""
+        import ray
+
+        if not isinstance(submission, (Learn, RunTask)) or not run_folder.is_out_of_memory(error):
+            return False
+        work = self.graph.learns[submission.concept_id] if isinstance(submission, Learn) else submission.job
+        key = submission.concept_id if isinstance(submission, Learn) else submission.job.job_id
+        tried = self.out_of_memory.setdefault(key, [])
+        current = self._options(key, work.method, work.preset)
+        tried.append(packing_text(current))
+        if len(tried) > self.max_retries:
+            return False
+        node_cpus = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=1)
+        self.retry_options[key] = larger_packing(current, node_cpus)
+        if not self.quiet:
+            what = "learning concept" if isinstance(submission, Learn) else "job"
+            print(f"{what} {key}: out of memory with {tried[-1]}; retry {len(tried)} of {self.max_retries} with "
+                  f"{packing_text(self.retry_options[key])}", file=sys.stderr)
+        self.submit(submission)
+        return True
+
+    def job_notes(self, job: Any) -> str | None:
+        """What happened on a job's way, for its row: its concept's learn resumed from a snapshot, out of memory."""
+        resumed = (self.learned.get(job.concept_id) or {}).get("resumed_from_step")
+        notes = [f"learn resumed from its step-{resumed} snapshot"] if resumed else []
+        return "; ".join(filter(None, [*notes, self.memory_note(job)])) or None
+
+    def memory_note(self, job: Any) -> str | None:
+        """What running out of memory did to a job (its concept's learning, then the job itself), for its row."""
+        notes = []
+        for what, key in (("learn", job.concept_id), ("task", job.job_id)):
+            tried = self.out_of_memory.get(key)
+            if tried:
+                ran = f"{what} ran out of memory with {', then '.join(tried)}"
+                notes.append(ran if len(tried) > self.max_retries else
+                             f"{ran}; retried with {packing_text(self.retry_options[key])}")
+        return "; ".join(notes) or None
+
     def failed(self, submission: Submission, error: BaseException) -> None:
         stage = "metric: " if isinstance(submission, Score) else ""
         for job in self.scheduler.on_finished(submission, ok=False):
-            self.recorder.failed(job, error, stage)
+            note = self.memory_note(job) if isinstance(submission, (Learn, RunTask)) else None
+            self.recorder.failed(job, error, f"{note} (max_retries {self.max_retries}): {stage}" if note else stage)
             self.records.pop(job.job_id, None)
             self.samples.pop(job.job_id, None)
         if isinstance(submission, ScoreGroup):  # only the group's values are lost; its members keep their rows
@@ -376,6 +502,12 @@ def resolved_plan(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _packing(suite: "Suite", plan: Plan) -> dict[tuple[str, str], dict[str, Any]]:
+    from .packing import method_resources
+
+    return method_resources(suite, plan.resolution)
+
+
 def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunSummary, started: str,
                         models: Mapping[str, ModelInfo | None], metric_weights: Mapping[str, str], slots: int) -> None:
     try:
@@ -396,6 +528,9 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
         "code_version": code_version(), "git": git_describe(), "versions": _versions(),
         "host": socket.gethostname(), "started_at": started, "finished_at": now_iso(),
         "models": {m: (info.__dict__ if info else None) for m, info in models.items()},
+        "packing": {f"{method}/{preset}": entry for (method, preset), entry in _packing(suite, plan).items()},
+        "tf32": {"enabled": suite.tf32, "applies_to": "CUDA devices of compute capability >= 8.0 (Ampere and newer); "
+                 "elsewhere fp32 matmuls are exact"},
         "metric_weights": dict(metric_weights) or previous.get("metric_weights", {}),
         "counts": counts,
         "learns_total": int((previous.get("learns_total") or 0) + summary.learns_run),
@@ -417,12 +552,21 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
 def run_suite(suite_path: str | Path, out: str | Path | None = None, address: str | None = None, *,
               num_cpus: int | None = None, max_in_flight: int | None = None, retry_failed: bool = False,
               allow_random_metrics: bool = False, allow_outside: bool = False, quiet: bool = False,
-              wait: bool = True, allow_other_suite: bool = False) -> RunSummary:
+              wait: bool = True, allow_other_suite: bool = False, sets: Sequence[str] = ()) -> RunSummary:
     from ..plan.preflight import preflight
 
     # Everything that would certainly fail later fails here, in seconds, one line per problem (exit 2).
     checked = preflight(suite_path, out, allow_random_metrics=allow_random_metrics, allow_outside=allow_outside,
-                        allow_other_suite=allow_other_suite)
+                        allow_other_suite=allow_other_suite, sets=sets)
+    if not address:  # a local cluster gets this machine's GPUs: refused before it is started
+        from ..plan.preflight import PreflightFailed, gpu_problems, local_gpu_count
+
+        import ray
+
+        if not ray.is_initialized():
+            problems = gpu_problems(checked.suite, local_gpu_count())
+            if problems:
+                raise PreflightFailed(problems)
     return execute(checked.suite, checked.pairs, checked.run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
                    retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet, wait=wait)
 
@@ -432,7 +576,7 @@ def run_main(args: argparse.Namespace) -> int:
                         max_in_flight=args.max_in_flight, retry_failed=args.retry_failed,
                         allow_random_metrics=args.allow_random_metrics, allow_outside=args.allow_outside,
                         quiet=args.quiet, wait=not getattr(args, "no_wait", False),
-                        allow_other_suite=getattr(args, "allow_other_suite", False))
+                        allow_other_suite=getattr(args, "allow_other_suite", False), sets=getattr(args, "set", None) or ())
     lines = summary_lines(summary)
     print("\n".join(lines[:-1] if summary.failed_earlier else lines))
     if not args.no_report:

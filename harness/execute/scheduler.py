@@ -13,7 +13,9 @@ Policy:
   the bound would never finish);
 * outputs finished together are scored as one batch; a batch the scorer refuses is split into single jobs,
   so only the job whose sample a metric refused fails;
-* a group is scored once every member has an ok result, in this run or an earlier one (resume).
+* a group is scored once every member has an ok result, in this run or an earlier one (resume);
+* out of memory is retried with more room (:func:`larger_packing`): a GPU fraction becomes a whole GPU, a CPU job
+  twice the CPUs (fewer jobs share a node's memory), up to the suite's ``max_retries``.
 """
 from __future__ import annotations
 
@@ -51,6 +53,24 @@ class ScoreGroup:
 
 
 Submission = Union[Learn, RunTask, Score, ScoreGroup]
+
+
+def larger_packing(options: Mapping[str, float], node_cpus: float) -> dict[str, float]:
+    """The Ray resources of a job's retry after it ran out of memory: a fraction of a GPU becomes a whole GPU
+    (nothing else on it); whole GPUs stay (another GPU may have room); a CPU job takes twice the CPUs, at most a
+    node's, so fewer jobs share that node's memory."""
+    num_gpus, num_cpus = float(options.get("num_gpus") or 0), float(options.get("num_cpus") or 1)
+    if 0 < num_gpus < 1:
+        return {"num_gpus": 1.0, "num_cpus": num_cpus}
+    if num_gpus == 0:
+        return {"num_gpus": 0.0, "num_cpus": max(num_cpus, min(2 * num_cpus, node_cpus))}
+    return {"num_gpus": num_gpus, "num_cpus": num_cpus}
+
+
+def packing_text(options: Mapping[str, float]) -> str:
+    """``num_gpus 0.5`` or ``num_cpus 2``: what a job asked of its node."""
+    num_gpus = float(options.get("num_gpus") or 0)
+    return f"num_gpus {num_gpus:g}" if num_gpus else f"num_cpus {float(options.get('num_cpus') or 1):g}"
 
 
 def jobs_to_run(jobs: Sequence[TaskJob], statuses: Mapping[str, str], retry_failed: bool = False) -> list[TaskJob]:

@@ -55,7 +55,7 @@ class MetricScorer:
         from ..metrics import metric_from_target
         from ..metrics.base import MetricSettings, declaration
 
-        settings = MetricSettings(allow_random=allow_random, options=dict(options))
+        settings = MetricSettings(allow_random=allow_random, options=dict(options), device=_actor_device())
         classes = {name: metric_from_target(target) for name, target in targets.items()}
         self.per_job = [name for name, cls in classes.items() if declaration(cls).group_by is None]
         self.metrics = {name: cls(settings) for name, cls in classes.items()}
@@ -89,31 +89,74 @@ class MetricScorer:
         return {"values": values, "seconds": time.perf_counter() - start}
 
 
-_METRIC_SCORERS: dict[str, Any] = {}  # at most one: configuration key -> the actor, kept for the next run
+def _actor_device() -> str:
+    """``cuda`` in an actor Ray gave a GPU (fraction), else ``cpu``: model metrics run where the actor was placed."""
+    try:
+        import ray
+
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+    except Exception:  # not in a Ray process (a direct call in a test)
+        gpus = []
+    if gpus:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+    return "cpu"
 
 
-def metric_scorer(targets: Mapping[str, str], allow_random: bool, options: Mapping[str, Any]) -> Any:
-    """The metric actor for this configuration, started once per driver: a second run in the same driver
-    (a notebook, a sweep of suites) reuses it instead of loading the metric models again. Another
-    configuration replaces it. Named, so that an operator (or a test) can find it:
+_METRIC_SCORERS: dict[str, list[Any]] = {}  # at most one pool: configuration key -> its actors, kept for the next run
+
+
+def metric_scorers(targets: Mapping[str, str], allow_random: bool, options: Mapping[str, Any], count: int = 1,
+                   num_gpus: float = 0.0) -> list[Any]:
+    """The pool of metric actors for this configuration, started once per driver: a second run in the same driver
+    (a notebook, a sweep of suites) reuses it instead of loading the metric models again. Another configuration
+    replaces it. Each actor holds every metric (each model once per actor); ``num_gpus`` > 0 places each on a
+    GPU slot (its models on that GPU). Named, so that an operator (or a test) can find them:
     ``ray.util.list_named_actors()``."""
     import ray
 
-    key = content_id([ray.get_runtime_context().get_job_id(), dict(targets), allow_random, options])[:12]
+    key = content_id([ray.get_runtime_context().get_job_id(), dict(targets), allow_random, options, count,
+                      num_gpus])[:12]
     if key in _METRIC_SCORERS:
         return _METRIC_SCORERS[key]
-    for stale in _METRIC_SCORERS.values():
+    for stale in [actor for pool in _METRIC_SCORERS.values() for actor in pool]:
         try:
             ray.kill(stale)
         except Exception:  # already gone with its cluster
             pass
     _METRIC_SCORERS.clear()
-    # It takes no CPU slot from the jobs, and it is restarted on another node if its node is lost (its
-    # calls are retried).
-    _METRIC_SCORERS[key] = ray.remote(MetricScorer).options(
-        name=f"{METRIC_ACTOR_PREFIX}{key}", get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=-1,
-    ).remote(dict(targets), allow_random, options)
+    # No CPU slot taken from the jobs; restarted on another node if its node is lost (its calls are retried).
+    resources = {"num_cpus": 0, **({"num_gpus": num_gpus} if num_gpus > 0 else {})}
+    _METRIC_SCORERS[key] = [
+        ray.remote(MetricScorer).options(
+            name=f"{METRIC_ACTOR_PREFIX}{key}" + (f"-{index}" if index else ""), get_if_exists=True,
+            max_restarts=-1, max_task_retries=-1, **resources,
+        ).remote(dict(targets), allow_random, options)
+        for index in range(count)]
     return _METRIC_SCORERS[key]
+
+
+def metric_scorer(targets: Mapping[str, str], allow_random: bool, options: Mapping[str, Any]) -> Any:
+    """One metric actor (a pool of one) for this configuration."""
+    return metric_scorers(targets, allow_random, options)[0]
+
+
+# A metric actor on a GPU cluster takes this fraction of a GPU when any metric loads a network (CLIP, LPIPS, DINO).
+METRIC_ACTOR_GPUS = 0.1
+
+
+def metric_pool_shape(requested: int | None, metric_targets: Mapping[str, str],
+                      cluster: Mapping[str, float]) -> tuple[int, float]:
+    """(actors, GPU fraction each): ``requested`` (the suite's ``metric_actors``), else one per 4 GPUs (1 to 4) on a
+    GPU cluster and 1 without GPUs; on a GPU cluster, actors whose metrics load a network get a GPU slot each."""
+    from ..metrics import metric_from_target
+
+    gpus = float(cluster.get("GPU", 0))
+    count = requested or (max(1, min(4, int(gpus // 4))) if gpus else 1)
+    loads_network = any(hasattr(metric_from_target(target), "missing_weights") for target in metric_targets.values())
+    return count, (METRIC_ACTOR_GPUS if gpus and loads_network else 0.0)
 
 
 def forget_metric_scorer() -> None:

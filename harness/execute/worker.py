@@ -117,9 +117,10 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
     if mask is None:
         mask, estimated = _mask_for_unmasked_source(method, node, image)
     components = fresh_components(node.model) if node.model else None
-    temp = store.temp_sibling(final)
+    temp = _learning_folder(method, node, final)
     method.learn(components, ConceptSource(image, mask, node.object_word), preset=node.preset,
                  overrides=node.learn, seed=node.seed, out_dir=temp, progress=False)  # resolved by the plan
+    resumed_from = _resumed_from_step(temp)
     if estimated is not None:  # kept with the concept, where the estimated-mask metric reads it
         from clic.concept import LearnedConcept
 
@@ -128,7 +129,34 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
         concept.save(temp)
     store.publish_folder(temp, final)
     return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id(),
-            "peak_memory_mb": job_peak_memory_mb(memory_device), "relearned": relearned}
+            "peak_memory_mb": job_peak_memory_mb(memory_device), "relearned": relearned,
+            "resumed_from_step": resumed_from}
+
+
+LEARNING_PREFIX = ".learning-"
+
+
+def _learning_folder(method, node: LearnNode, final: Path) -> Path:
+    """Where the concept is written before it is published: a fresh temporary folder, or, when the learn takes
+    resumable snapshots (``checkpoint_every``), ``concepts/.learning-<concept id>``, the same for every attempt
+    (a retry after a killed worker, or the next run) so that the learn resumes from its newest snapshot
+    (clic.learn.latest_resume_state). One attempt at a time: the scheduler submits one learn per concept and the
+    run folder's lock one run per folder."""
+    checkpoint_every = int(getattr(node.learn, "checkpoint_every", 0) or 0)  # the plan's resolved config
+    if not checkpoint_every:
+        return store.temp_sibling(final)
+    folder = final.with_name(f"{LEARNING_PREFIX}{final.name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _resumed_from_step(folder: Path) -> int | None:
+    import json
+
+    try:
+        return json.loads((folder / "concept.json").read_text()).get("extras", {}).get("resumed_from_step")
+    except (OSError, ValueError):
+        return None
 
 
 def _mask_for_unmasked_source(method, node: LearnNode, image):

@@ -110,6 +110,7 @@ class ClipImageSimilarity(PairedCosineMetric):
 
     # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
     missing_weights = staticmethod(models.missing_clip_weights)
+    weights_found = staticmethod(models.clip_weights_found)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
@@ -131,6 +132,7 @@ class ClipTextSimilarity:
 
     # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
     missing_weights = staticmethod(models.missing_clip_weights)
+    weights_found = staticmethod(models.clip_weights_found)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)

@@ -99,6 +99,7 @@ class EditingSuccessRate:
 
     # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
     missing_weights = staticmethod(models.missing_clip_weights)
+    weights_found = staticmethod(models.clip_weights_found)
 
     def __init__(self, settings: MetricSettings) -> None:
         options = settings.for_metric(ESR_OPTIONS_KEY)

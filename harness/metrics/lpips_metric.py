@@ -45,6 +45,7 @@ class LpipsMasked:
 
     # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
     missing_weights = staticmethod(models.missing_lpips_weights)
+    weights_found = staticmethod(models.lpips_weights_found)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.lpips = models.load_lpips(settings, spatial=True)
@@ -107,6 +108,7 @@ class LpipsDiversity:
 
     # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
     missing_weights = staticmethod(models.missing_lpips_weights)
+    weights_found = staticmethod(models.lpips_weights_found)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.lpips = models.load_lpips(settings, spatial=False)

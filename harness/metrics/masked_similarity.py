@@ -116,6 +116,12 @@ def missing_dino_weights(settings: MetricSettings) -> list[str]:
     return [_DINO_MISSING]
 
 
+def dino_weights_found(settings: MetricSettings) -> list[str]:
+    """Where the DINO weights are (``clic-bench doctor``); empty when missing."""
+    checkpoint = _dino_checkpoint(settings.for_metric(DINO_OPTIONS_KEY))
+    return [f"DINO {DINO_MODEL}: {checkpoint}"] if checkpoint else []
+
+
 def load_dino(settings: MetricSettings) -> DinoModel:
     """DINO ViT-S/16 from a local file or the HF cache, else (if allowed) a tiny random ViT."""
     options = settings.for_metric(DINO_OPTIONS_KEY)
@@ -182,6 +188,7 @@ class ClipMaskedSimilarity(PairedCosineMetric):
 
     # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
     missing_weights = staticmethod(models.missing_clip_weights)
+    weights_found = staticmethod(models.clip_weights_found)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.clip = models.load_clip(settings)
@@ -205,6 +212,7 @@ class DinoMaskedSimilarity(PairedCosineMetric):
 
     # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
     missing_weights = staticmethod(missing_dino_weights)
+    weights_found = staticmethod(dino_weights_found)
 
     def __init__(self, settings: MetricSettings) -> None:
         self.dino = load_dino(settings)

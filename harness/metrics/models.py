@@ -158,6 +158,18 @@ def missing_clip_weights(settings: MetricSettings) -> list[str]:
     return []
 
 
+def clip_weights_found(settings: MetricSettings) -> list[str]:
+    """Where the CLIP weights :func:`load_clip` would read are (``clic-bench doctor``); empty when missing."""
+    options = settings.for_metric(CLIP_OPTIONS_KEY)
+    model_name = str(options.get("model", DEFAULT_CLIP_MODEL))
+    pretrained = str(options.get("pretrained", DEFAULT_CLIP_PRETRAINED))
+    try:
+        checkpoint, _ = _local_clip_checkpoint(model_name, pretrained, options.get("cache_dir"))
+    except (WeightsUnavailable, ValueError, RuntimeError):
+        return []
+    return [f"CLIP {model_name}/{pretrained}: {checkpoint}"]
+
+
 def _build_real_clip(
     model_name: str, pretrained: str, cache_dir: str | None, device: torch.device
 ) -> tuple[torch.nn.Module, str]:
@@ -251,6 +263,12 @@ def missing_lpips_weights(settings: MetricSettings) -> list[str]:
     """One line when :func:`load_lpips` would not find the AlexNet trunk and random weights are not allowed."""
     checkpoint = alexnet_checkpoint_path()
     return [] if settings.allow_random or checkpoint.is_file() else [_lpips_missing(checkpoint)]
+
+
+def lpips_weights_found(settings: MetricSettings) -> list[str]:
+    """Where LPIPS's AlexNet trunk is (``clic-bench doctor``); empty when missing."""
+    checkpoint = alexnet_checkpoint_path()
+    return [f"AlexNet (LPIPS trunk): {checkpoint}"] if checkpoint.is_file() else []
 
 
 def load_lpips(settings: MetricSettings, spatial: bool) -> LpipsModel:

@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from clic.cli_checks import placeholder_problem
 from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
 
 from . import file_facts
@@ -377,6 +378,11 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
                 row_problem(column, "missing value (required)")
             elif not value.strip():
                 row_problem(column, "empty value (required)")
+        for column in ("source_object", "target_object"):  # "<v*>" as the object word: the concept's own slot
+            value = record.get(column)
+            problem = placeholder_problem(value) if isinstance(value, str) else None
+            if problem is not None:
+                row_problem(column, problem)
         if pair_id is not None:
             if pair_id in first_row_of:
                 row_problem("pair_id", f"duplicate pair_id (first used in row {first_row_of[pair_id]})")
@@ -403,9 +409,11 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
         params = record.get("pattern_params")
         if params is not None:
             try:
-                parsed = json.loads(params)
+                parsed = json.loads(params, parse_constant=_refuse_constant)
             except json.JSONDecodeError as err:
                 row_problem("pattern_params", f"not valid JSON ({err.msg} at char {err.pos})")
+            except ValueError as err:  # NaN / Infinity: Python's json takes them, JSON does not
+                row_problem("pattern_params", str(err))
             else:
                 if not isinstance(parsed, dict):
                     row_problem("pattern_params", f"expected a JSON object, got {type(parsed).__name__}")
@@ -417,6 +425,10 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
     bad = {p.row for p in problems}
     good = [_pair_spec(i, records[i], locations[i]) for i in range(len(records)) if i not in bad]
     return ManifestReport(display, table.num_rows, good, problems, manifest_problems)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (a finite number is needed)")
 
 
 def _usable_id(record: Mapping[str, Any]) -> str | None:

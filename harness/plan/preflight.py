@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from ..errors import UsageError
 
@@ -41,11 +41,12 @@ class Checked:
 
 def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
               allow_random_metrics: bool = False, allow_outside: bool = False,
-              allow_other_suite: bool = False) -> Checked:
-    """Check a suite before it runs; raise :class:`PreflightFailed` with one line per problem."""
+              allow_other_suite: bool = False, sets: Sequence[str] = ()) -> Checked:
+    """Check a suite (with its command-line ``--set`` overrides) before it runs; raise :class:`PreflightFailed`
+    with one line per problem."""
     from .suite import load_suite
 
-    suite = load_suite(suite_path)  # a bad key is one line already and nothing else can be checked without it
+    suite = load_suite(suite_path, sets)  # a bad key is one line already and nothing else can be checked without it
     run_dir = Path(out) if out else Path("runs") / suite.name
     problems: list[str] = []
     from . import file_facts
@@ -98,6 +99,83 @@ def other_suite_problems(run_dir: Path, name: str) -> list[str]:
         return [f"{run_dir}: holds results of suite {previous!r}, not {name!r}; choose another --out, or pass "
                 f"--allow-other-suite to add this suite's results to it"]
     return []
+
+
+# Ray's node resource names -> the suite key that asks for them, and how to say an amount
+_REQUEST_KEYS = {"CPU": "resources.num_cpus", "GPU": "resources.num_gpus", "memory": "resources.memory_gb"}
+
+
+def _amount(name: str, value: float) -> str:
+    if name == "memory":
+        return f"{value / 2**30:.3g} GiB memory"
+    return f"{value:g} {name}{'s' if name in ('CPU', 'GPU') and value != 1 else ''}"
+
+
+def describe_cluster(nodes: Sequence[Mapping[str, float]]) -> str:
+    """What the cluster has, node by node (identical nodes counted once): ``1 node: 2 CPUs, 0 GPUs, 3.2 GiB
+    memory`` (custom resources too; Ray's ``node:…``/``accelerator_type:…`` labels and object store left out)."""
+    if not nodes:
+        return "no alive node"
+    kinds: dict[str, int] = {}
+    for node in nodes:
+        parts = [_amount(name, node.get(name, 0.0)) for name in ("CPU", "GPU", "memory")]
+        parts += [_amount(name, value) for name, value in sorted(node.items())
+                  if name not in ("CPU", "GPU", "memory", "object_store_memory")
+                  and not name.startswith(("node:", "accelerator_type:"))]
+        kind = ", ".join(parts)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return "; ".join(f"{count} node{'s' if count > 1 else ''}: {kind}" for kind, count in kinds.items())
+
+
+def cluster_problems(suite: "Suite", nodes: Sequence[Mapping[str, float]]) -> list[str]:
+    """What no node of the cluster can run (``nodes``: each alive node's Ray resources), one line each naming the
+    suite key and what the cluster has: a job's GPUs, CPUs, memory or custom resources beyond every node, or all
+    of them together on no one node; a CUDA device on a cluster without GPUs. Ray would wait for such a node
+    forever ("No available node types can fulfill resource request")."""
+    resources = suite.resources
+    request = {"CPU": resources.num_cpus, "GPU": resources.num_gpus,
+               "memory": (resources.memory_gb or 0) * 2**30, **resources.custom}
+    request = {name: amount for name, amount in request.items() if amount > 0}
+    has = describe_cluster(nodes)
+    problems = []
+    for name, amount in request.items():
+        if not any(node.get(name, 0.0) >= amount for node in nodes):
+            key = _REQUEST_KEYS.get(name, f"resources.custom.{name}")
+            most = max((node.get(name, 0.0) for node in nodes), default=0.0)
+            problems.append(f"{suite.source}: {key}: {_amount(name, amount)} per job, but no node has that "
+                            f"(at most {_amount(name, most)}); the cluster has {has}")
+    if not problems and not any(all(node.get(name, 0.0) >= amount for name, amount in request.items())
+                                for node in nodes):
+        wanted = ", ".join(_amount(name, amount) for name, amount in request.items())
+        problems.append(f"{suite.source}: resources: {wanted} per job, but no one node has all of it; the cluster "
+                        f"has {has}")
+    if suite.device.startswith("cuda") and not any(node.get("GPU", 0.0) > 0 for node in nodes):
+        problems.append(f"{suite.source}: device: {suite.device}, but the cluster has no GPU (the cluster has {has}); "
+                        "use device auto or cpu")
+    return problems
+
+
+def gpu_problems(suite: "Suite", cluster_gpus: float) -> list[str]:
+    """What a cluster with ``cluster_gpus`` GPUs cannot run: tasks asking for GPUs (Ray would wait for them
+    forever, saying only that no node fits), or a CUDA device with no GPU to be had."""
+    problems = []
+    wanted = suite.resources.num_gpus
+    has = "no GPU" if cluster_gpus <= 0 else f"{cluster_gpus:g} GPU(s)"
+    if wanted > 0 and cluster_gpus < wanted:
+        problems.append(f"{suite.source}: resources.num_gpus: {wanted:g} per task, but the cluster has {has}; set "
+                        f"resources.num_gpus to 0 (and device to cpu or auto) or run on a cluster with GPUs")
+    if suite.device.startswith("cuda") and cluster_gpus <= 0:
+        problems.append(f"{suite.source}: device: {suite.device}, but the cluster has no GPU; use device auto or cpu")
+    return problems
+
+
+def local_gpu_count() -> int:
+    """GPUs a local Ray cluster started here would have (torch's count of visible CUDA devices)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def missing_metric_weights(suite: "Suite", allow_random_metrics: bool) -> list[str]:

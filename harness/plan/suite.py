@@ -6,11 +6,14 @@ A suite file (``benchmarks/*.yaml``)::
     description: ""                   # free text for reports
     manifest: ../manifests/furniture/manifest.parquet  # required; relative to this file, a URI, or a list
                                       # (``manifests: [...]`` is the same key in its list form)
-    model: tiny                       # "tiny", a local diffusers folder (relative to this file) or an HF id
+    model: tiny                       # "tiny", a local diffusers folder or single-file .safetensors/.ckpt (relative to this file) or an HF id
     inpainting_model: null            # default null: tiny -> tiny-inpaint; real runs of RealFill name an SD inpainting model
     resolution: null                  # default null: the model's native image side (64 tiny, 512 SD 1.x)
     device: auto                      # default auto: the GPU Ray assigned a task (resources.num_gpus > 0), else the CPU
     dtype: fp32                       # default fp32; fp16 | bf16: the frozen model's precision (trained weights stay fp32)
+    tf32: true                        # default true: TF32 matmul/cuDNN on GPUs that have it (Ampere+); false: exact fp32
+    metric_actors: 2                  # default null: 1 actor, or one per 4 GPUs (up to 4) on a GPU cluster; each holds every
+                                      # metric's models once, on a GPU slot (0.1) where the cluster has GPUs
     methods:                          # required, at least one
       - name: clic                    # a registered method (clic.methods)
         presets: [paper, official-code]   # default: the method's default preset
@@ -35,7 +38,13 @@ A suite file (``benchmarks/*.yaml``)::
     metrics: [clip_image, lpips]      # default: DEFAULT_METRICS (those registered); harness.metrics names
     metric_options: {clip: {model: ViT-B-32}}   # default {}; key: a model family its metrics declare (clip, lpips, dino, esr)
     resources: {num_cpus: 1, num_gpus: 0.5, max_retries: 2}   # default 1 CPU, 0 GPU per task (fractions allowed);
-                                      # max_retries: reruns of a task whose worker died
+                                      # max_retries: reruns of a task whose worker died or ran out of memory;
+                                      # memory_gb: host memory per task (default null); custom: Ray custom
+                                      # resources per task, e.g. {A100: 1} (default {}); a request no node of
+                                      # the cluster can satisfy is refused before any job is submitted
+                                      # gpu_memory_gib: one GPU's memory (default null): a method declaring its
+                                      # expected memory (clic.methods.base.GpuMemory) is packed by it; a
+                                      # method entry's own resources: {num_gpus, num_cpus} win over both
     tasks: [transfer]                 # default [transfer]; subset of transfer, generate, match
     limit_pairs: 10                   # default null: every good pair
     source_masks: use                 # default use; "estimate": learn without the source masks (they become
@@ -45,6 +54,10 @@ A suite file (``benchmarks/*.yaml``)::
 ``match.enabled`` decides whether pairs without a ``target_mask`` get one predicted by RoI matching (off:
 such pairs are not applicable to transfer); the ``match`` *task* scores predicted masks against
 ``target_mask_gt``. A float like ``1e-5`` is read as a number (plain YAML 1.1 would read a string).
+
+Bounds tied to the model and the machine (:mod:`clic.limits`, the same as ``clic``'s): ``transfer.steps`` and
+``generate.steps`` at most the model scheduler's ``num_train_timesteps`` (1000 for SD and tiny); ``resolution``,
+``learn.resolution`` and ``generate.images_per_seed`` within what this machine's memory can hold at least.
 
 Every mistake is a :class:`SuiteError` whose message is one line naming the file and the key path, e.g.
 ``benchmarks/smoke.yaml: methods[1].presets[0]: unknown preset 'fast' for method 'clic' (known: ...)``.
@@ -96,6 +109,7 @@ class MethodSpec:
     presets: tuple[str, ...]
     loss_weights: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     learn: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    resources: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))  # num_gpus/num_cpus per job
 
     def learn_overrides(self, base_terms: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The ``learn`` overrides with ``loss_weights`` folded into ``terms``.
@@ -142,6 +156,9 @@ class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_retries: int = 2  # retries of a task whose worker died (system failures; errors are not retried)
+    memory_gb: float | None = None  # host memory per job (Ray's `memory`): jobs are packed so that it fits
+    custom: Mapping[str, float] = field(default_factory=dict)  # Ray custom resources per job, e.g. {A100: 1}
+    gpu_memory_gib: float | None = None  # one GPU's memory: jobs of methods that declare theirs are packed by it
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,8 @@ class Suite:
     resolution: int | None = None  # image side the methods run at; None: the model's native resolution
     device: str = "auto"  # clic.device.resolve_device in each worker
     dtype: str = "fp32"  # fp32 | fp16 | bf16: part of every concept id
+    tf32: bool = True  # TF32 matmul/cuDNN on GPUs that have it (Ampere+); false: exact fp32 (clic.device.configure_tf32)
+    metric_actors: int | None = None  # metric actors scoring in parallel; None: 1, or one per 4 GPUs (up to 4)
     description: str = ""
     seeds: tuple[int, ...] = (0,)
     transfer: TransferSpec = TransferSpec()
@@ -183,8 +202,11 @@ class Suite:
             "resolution": self.resolution,
             "device": self.device,
             "dtype": self.dtype,
+            "tf32": self.tf32,
+            "metric_actors": self.metric_actors,
             "methods": [
-                {"name": m.name, "presets": list(m.presets), "loss_weights": _thaw(m.loss_weights), "learn": _thaw(m.learn)}
+                {"name": m.name, "presets": list(m.presets), "loss_weights": _thaw(m.loss_weights), "learn": _thaw(m.learn),
+                 **({"resources": dict(m.resources)} if m.resources else {})}
                 for m in self.methods
             ],
             "seeds": list(self.seeds),
@@ -243,8 +265,9 @@ _SuiteLoader.add_implicit_resolver(
 )
 
 
-def load_suite(path: str | os.PathLike[str]) -> Suite:
-    """Read and check a suite file (the keys and defaults are in the module docstring)."""
+def load_suite(path: str | os.PathLike[str], sets: Sequence[str] = ()) -> Suite:
+    """Read and check a suite file (the keys and defaults are in the module docstring); ``sets``: command-line
+    ``KEY=VALUE`` overrides applied to the raw mapping first (harness.plan.overrides), checked as the file is."""
     source = os.fspath(path)
     try:
         text = Path(source).read_text(encoding="utf-8")
@@ -260,6 +283,10 @@ def load_suite(path: str | os.PathLike[str]) -> Suite:
         raise SuiteError(f"{source}: {err}") from None
     if data is None:
         raise SuiteError(f"{source}: the suite file is empty")
+    if sets:
+        from .overrides import apply_sets
+
+        data = apply_sets(data, sets)
     return suite_from_dict(data, source=source, base_dir=Path(source).resolve().parent, default_name=Path(source).stem)
 
 
@@ -389,9 +416,12 @@ class _SuiteReader:
             manifests=self.manifests(data[manifest_key], manifest_key),
             model=self.model(data.get("model", "tiny")),
             inpainting_model=None if data.get("inpainting_model") is None else self.model(data["inpainting_model"], "inpainting_model"),
-            resolution=None if data.get("resolution") is None else self.integer(data["resolution"], "resolution", minimum=8),
+            resolution=None if data.get("resolution") is None else self.resolution(data["resolution"], "resolution", minimum=8),
             device=self.device_name(data.get("device", "auto")),
             dtype=self.choice(data.get("dtype", "fp32"), "dtype", ("fp32", "fp16", "bf16")),
+            tf32=self.boolean(data.get("tf32", True), "tf32"),
+            metric_actors=None if data.get("metric_actors") is None else
+            self.integer(data["metric_actors"], "metric_actors", minimum=1, maximum=64),
             methods=self.methods(data["methods"], transfer),
             seeds=self.seeds(data.get("seeds", [0])),
             transfer=transfer,
@@ -406,6 +436,7 @@ class _SuiteReader:
             categories=None if data.get("categories") is None else self.strings(data["categories"], "categories"),
             source=self.source,
         )
+        self.check_model_bounds(suite)
         for index, spec in enumerate(suite.methods):
             needs_inpainting = getattr(method_registry.method_class(spec.name), "needs_inpainting", False)
             if needs_inpainting and suite.model not in TINY_MODELS and suite.inpainting_model is None:
@@ -414,6 +445,32 @@ class _SuiteReader:
         from .resolve import resolve_runs
 
         return dataclasses.replace(suite, runs=resolve_runs(suite, self.fail))
+
+    def resolution(self, value: Any, key: str, minimum: int) -> int:
+        """An image side that this machine's memory can hold (clic.limits: a floor, checked before any work)."""
+        from clic.limits import image_memory_problem
+
+        value = self.integer(value, key, minimum=minimum)
+        problem = image_memory_problem(value)
+        if problem is not None:
+            self.fail(key, f"{value} is too large: {problem}")
+        return value
+
+    def check_model_bounds(self, suite: Suite) -> None:
+        """Schedules within the model's scheduler, generated images within memory (clic.limits)."""
+        from clic.limits import image_memory_problem, schedule_steps_problem
+        from clic.models import train_timesteps
+
+        timesteps = train_timesteps(suite.model)
+        for key, steps in (("transfer.steps", suite.transfer.steps), ("generate.steps", suite.generate.steps)):
+            problem = schedule_steps_problem(steps, timesteps)
+            if problem is not None:
+                self.fail(key, f"{problem} (model {suite.model})")
+        if "generate" in suite.tasks:
+            images = suite.generate.images_per_seed
+            problem = image_memory_problem(suite.resolution or 8, images)
+            if problem is not None:
+                self.fail("generate.images_per_seed", f"{images} is too large: {problem}")
 
     def choice(self, value: Any, key: str, choices: Sequence[str]) -> str:
         value = self.string(value, key)
@@ -453,7 +510,7 @@ class _SuiteReader:
         if value in TINY_MODELS:
             return value
         relative = self.base_dir / Path(value).expanduser()
-        if relative.is_dir():  # a folder named relative to the suite file (absolute paths pass through)
+        if relative.is_dir() or relative.is_file():  # a folder or checkpoint file named relative to the suite file
             return os.path.abspath(relative)
         return value  # "tiny", an HF id, or a path clic.models resolves
 
@@ -530,6 +587,12 @@ class _SuiteReader:
             num_cpus=self.number(data.get("num_cpus", Resources.num_cpus), "resources.num_cpus", positive=True),
             num_gpus=self.number(data.get("num_gpus", Resources.num_gpus), "resources.num_gpus", minimum=0.0),
             max_retries=self.integer(data.get("max_retries", Resources.max_retries), "resources.max_retries", minimum=0),
+            memory_gb=None if data.get("memory_gb") is None else
+            self.number(data["memory_gb"], "resources.memory_gb", positive=True),
+            custom={str(name): self.number(amount, f"resources.custom.{name}", positive=True)
+                    for name, amount in self.mapping(data.get("custom", {}), "resources.custom").items()},
+            gpu_memory_gib=None if data.get("gpu_memory_gib") is None else
+            self.number(data["gpu_memory_gib"], "resources.gpu_memory_gib", positive=True),
         )
 
     # ------------------------------------------------------------------------------ metrics
@@ -605,7 +668,7 @@ class _SuiteReader:
         return specs
 
     def method(self, value: Any, key: str, transfer: TransferSpec) -> MethodSpec:
-        data = self.mapping(value, key, ["name", "presets", "loss_weights", "learn"])
+        data = self.mapping(value, key, ["name", "presets", "loss_weights", "learn", "resources"])
         if "name" not in data:
             self.fail(f"{key}.name", "missing (required)")
         name = self.string(data["name"], f"{key}.name")
@@ -620,7 +683,18 @@ class _SuiteReader:
         presets = self.presets(data.get("presets"), f"{key}.presets", name, method_class, known_presets)
         loss_weights = self.loss_weights(data.get("loss_weights", {}), f"{key}.loss_weights", method_class, data.get("learn"))
         learn = self.learn(data.get("learn", {}), f"{key}.learn", method_class)
-        return MethodSpec(name, presets, _freeze(loss_weights), _freeze(learn))
+        return MethodSpec(name, presets, _freeze(loss_weights), _freeze(learn),
+                          self.method_resources(data.get("resources", {}), f"{key}.resources"))
+
+    def method_resources(self, value: Any, key: str) -> Mapping[str, float]:
+        """A method entry's own ``num_gpus`` / ``num_cpus`` per job (instead of the suite's ``resources``)."""
+        data = self.mapping(value, key, ["num_gpus", "num_cpus"])
+        resources = {}
+        if "num_gpus" in data:
+            resources["num_gpus"] = self.number(data["num_gpus"], f"{key}.num_gpus", minimum=0.0)
+        if "num_cpus" in data:
+            resources["num_cpus"] = self.number(data["num_cpus"], f"{key}.num_cpus", positive=True)
+        return MappingProxyType(resources)
 
     def presets(self, value: Any, key: str, method: str, method_class: type, known: list[str]) -> tuple[str, ...]:
         if value is None:
@@ -666,5 +740,5 @@ class _SuiteReader:
         if "lr" in data:
             self.number(data["lr"], f"{key}.lr", positive=True)
         if data.get("resolution") is not None:
-            self.integer(data["resolution"], f"{key}.resolution", minimum=1)
+            self.resolution(data["resolution"], f"{key}.resolution", minimum=1)
         return data

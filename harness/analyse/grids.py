@@ -1,0 +1,239 @@
+"""The report's image grids: a bounded, stated sample of pairs per category, each a row of
+source | target | expected (when the pair has one) | every method's output with its main scores under it,
+and below it the methods' attention maps (only for methods that compute attention).
+
+A grid never grows with the run: at most ``PAIRS_PER_CATEGORY`` pairs per category and task, chosen by a rule
+the page states (the first pairs in pair-id order, so two runs of a suite show the same pairs), and per pair
+and method label one output (the lowest seed, then the first settings). The compare page
+(:mod:`harness.analyse.compare_page`) builds its rows with the same cells.
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from harness.analyse.aggregate import format_number
+from harness.plan.identity import method_label
+from harness.store import read_pairs
+
+PAIRS_PER_CATEGORY = 4
+SAMPLE_RULE = (f"at most {PAIRS_PER_CATEGORY} pairs per category and task: the first in pair-id order (the same "
+               f"pairs in every run of a suite); per pair and method the output of the lowest seed")
+# The scores printed under an output: the first of each group that the job has: fidelity inside the region,
+# preservation outside it, then the text, mask or leakage score, so every grid shows the same kind of numbers.
+MAIN_SCORES = (("pattern_fidelity", "clip_i_roi", "lpips_inside"),
+               ("psnr_outside", "ssim_outside", "lpips_outside", "oracle_preservation"),
+               ("clip_t", "mask_iou", "pattern_leakage"))
+# The grid's page budget: the label column plus the image columns stay inside 1200 px.
+PAGE_PIXELS = 1100
+LABEL_PIXELS = 120
+GRID_CSS = """
+table.imagegrid { border-collapse: collapse; margin-bottom: 1.2em; table-layout: fixed; }
+table.imagegrid th { font-size: 0.72em; font-weight: normal; padding: 2px; vertical-align: bottom;
+  overflow-wrap: anywhere; }
+table.imagegrid td { vertical-align: top; text-align: center; font-size: 0.7em; padding: 2px; overflow-wrap: anywhere; }
+table.imagegrid th.rowlabel, table.imagegrid td.rowlabel { text-align: left; }
+table.imagegrid img { display: block; margin: auto; image-rendering: pixelated; }
+table.imagegrid .scores { color: #333; line-height: 1.2; }
+table.imagegrid tr.attention td { border-bottom: 1px solid #ddd; }
+"""
+
+
+@dataclass(frozen=True)
+class PairImages:
+    """A pair's input images as the run recorded them (RUN/pairs.parquet)."""
+
+    pair_id: str
+    category: str
+    source_image: Path | None
+    source_mask: Path | None
+    target_image: Path | None
+    target_mask: Path | None
+    expected_image: Path | None
+    source_object: str = ""
+    target_object: str = ""
+
+
+def recorded_pairs(run_dir: Path) -> dict[str, PairImages]:
+    """pair_id → its images (the expected image of the synthetic sets when the manifest has one)."""
+    def path(value: Any) -> Path | None:
+        return Path(value) if isinstance(value, str) and value else None
+
+    pairs = {}
+    for row in read_pairs(run_dir):
+        pairs[str(row["pair_id"])] = PairImages(
+            str(row["pair_id"]), str(row.get("category") or ""), path(row.get("source_image")),
+            path(row.get("source_mask")), path(row.get("target_image")), path(row.get("target_mask")),
+            path(row.get("expected_image")), str(row.get("source_object") or ""), str(row.get("target_object") or ""))
+    return pairs
+
+
+def has_attention(method: str) -> bool:
+    """Whether `method` computes an attention map: a method without a model (cut-and-paste) records the pasted
+    region in its place, which is no attention and is not shown as one."""
+    from clic.methods import method_class
+
+    try:
+        return bool(getattr(method_class(method), "needs_model", True))
+    except Exception:  # a plugin that is not installed here: its artifact is shown as recorded
+        return True
+
+
+def image_width(n_images: int) -> int:
+    """Pixel width of each image so that a row of `n_images` and its label fit the page (64 to 128 px)."""
+    return int(np.clip((PAGE_PIXELS - LABEL_PIXELS) // max(n_images, 1) - 8, 64, 128))
+
+
+def chosen_outputs(results: pd.DataFrame, per_category: int = PAIRS_PER_CATEGORY) -> pd.DataFrame:
+    """One row per shown output: the job of each (category, task, pair, label) of the sample (see SAMPLE_RULE)."""
+    jobs = results[results["artifact_image"].notna()] if "artifact_image" in results else results.iloc[0:0]
+    if "status" in jobs:
+        jobs = jobs[jobs["status"].fillna("ok").eq("ok")]
+    jobs = jobs.drop_duplicates("job_id")
+    if jobs.empty:
+        return jobs.assign(label=pd.Series(dtype=object))
+    jobs = jobs.assign(label=[method_label(m, p) for m, p in zip(jobs["method"], jobs["preset"])])
+    firsts = (jobs.drop_duplicates(["category", "task", "pair_id"]).sort_values("pair_id")
+              .groupby(["category", "task"], sort=False).head(per_category))
+    keep = set(zip(firsts["category"], firsts["task"], firsts["pair_id"]))
+    jobs = jobs[[key in keep for key in zip(jobs["category"], jobs["task"], jobs["pair_id"])]]
+    return jobs.sort_values(["seed", "settings", "job_id"]).drop_duplicates(["category", "task", "pair_id", "label"])
+
+
+def job_scores(results: pd.DataFrame, job_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    """job_id → {metric: value} of the given jobs (their ok, finite values)."""
+    rows = results[results["job_id"].isin(set(job_ids)) & results["metric"].notna()]
+    values = pd.to_numeric(rows["value"], errors="coerce")
+    rows = rows.assign(value=values)[np.isfinite(values)]
+    scores: dict[str, dict[str, float]] = {}
+    for job_id, metric, value in zip(rows["job_id"], rows["metric"], rows["value"]):
+        scores.setdefault(str(job_id), {})[str(metric)] = float(value)
+    return scores
+
+
+def scores_html(scores: Mapping[str, float]) -> str:
+    """The main scores of one output, one per line ("psnr_outside 12.3")."""
+    shown = [next(m for m in group if m in scores) for group in MAIN_SCORES if any(m in scores for m in group)]
+    return "".join(f"<div>{html.escape(m)} {html.escape(format_number(scores[m]))}</div>" for m in shown)
+
+
+class Thumbnails:
+    """Thumbnails copied into OUT/images, each written once however many grids show it."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.done: dict[Path, bool] = {}
+
+    def cell(self, source: Path | None, name: str, alt: str, width: int, mask: Path | None = None) -> str:
+        """An <img> of `source` (with `mask` outlined), or "" when there is no readable image."""
+        from harness.analyse.report import thumbnail
+
+        if source is None:
+            return ""
+        dest = self.out / "images" / name
+        if dest not in self.done:
+            self.done[dest] = thumbnail(source, dest, mask)
+        if not self.done[dest]:
+            return ""
+        return (f'<img src="images/{html.escape(name)}" alt="{html.escape(alt)}" width="{width}" '
+                f'height="{width}">')
+
+    def inputs(self, pair: PairImages | None, width: int) -> list[str]:
+        """Cells of the pair's source and target (mask outlined) and expected image (when it has one)."""
+        if pair is None:
+            return []
+        from harness.analyse.report import image_name  # collision-free names (issue 27: "chair 1" vs "chair-1")
+
+        return [self.cell(pair.source_image, image_name(pair.pair_id, "source"), f"source of {pair.pair_id}", width,
+                          pair.source_mask),
+                self.cell(pair.target_image, image_name(pair.pair_id, "target"), f"target of {pair.pair_id}", width,
+                          pair.target_mask),
+                self.cell(pair.expected_image, image_name(pair.pair_id, "expected"),
+                          f"expected output of {pair.pair_id}", width)]
+
+    def output(self, run_dir: Path, job: Any, kind: str, width: int, alt: str) -> str:
+        artifact = getattr(job, f"artifact_{kind}", None)
+        if not isinstance(artifact, str) or not artifact:
+            return ""
+        from harness.analyse.report import image_name
+
+        return self.cell(run_dir / artifact, image_name(job.job_id, kind), alt, width)
+
+
+def _pair_label(pair_id: str, pair: PairImages | None, extra: str = "") -> str:
+    objects = f"<br>{html.escape(pair.source_object)} → {html.escape(pair.target_object)}" \
+        if pair is not None and (pair.source_object or pair.target_object) else ""
+    return f"<b>{html.escape(pair_id)}</b>{objects}{extra}"
+
+
+def image_grids(run_dir: Path, results: pd.DataFrame, out: Path, labels: Sequence[str] = (),
+                per_category: int = PAIRS_PER_CATEGORY) -> dict[str, str]:
+    """category → HTML of its grids (one table per task): a row per sampled pair, the columns
+    source | target | expected | each method label (in the order of `labels`, then sorted)."""
+    chosen = chosen_outputs(results, per_category)
+    if chosen.empty:
+        return {}
+    pairs = recorded_pairs(run_dir)
+    scores = job_scores(results, chosen["job_id"].astype(str).tolist())
+    thumbs = Thumbnails(out)
+    attention_methods = {m: has_attention(m) for m in chosen["method"].unique()}
+    grids: dict[str, str] = {}
+    for category, in_category in chosen.groupby("category", sort=True):
+        tables = []
+        for task, in_task in sorted(in_category.groupby("task"), key=lambda item: item[0] != "transfer"):
+            present = set(in_task["label"])
+            columns = [label for label in dict.fromkeys(labels) if label in present] + sorted(present - set(labels))
+            pair_ids = sorted(in_task["pair_id"].astype(str).unique())
+            with_expected = any(pairs.get(p) is not None and pairs[p].expected_image is not None for p in pair_ids)
+            inputs = ["source (mask outline)", "target (mask outline)"] + (["expected"] if with_expected else [])
+            width = image_width(len(inputs) + len(columns))
+            head = "".join(f"<th>{html.escape(text)}</th>" for text in inputs + columns)
+            rows = []
+            for pair_id, pair_jobs in in_task.groupby("pair_id", sort=True):
+                pair = pairs.get(str(pair_id))
+                by_label = {job.label: job for job in pair_jobs.itertuples(index=False)}
+                input_cells = thumbs.inputs(pair, width)[: len(inputs)] or [""] * len(inputs)
+                cells = [f"<td>{cell}</td>" for cell in input_cells]
+                attention_cells, any_attention = ["<td></td>"] * len(inputs), False
+                for label in columns:
+                    job = by_label.get(label)
+                    if job is None:
+                        cells.append("<td>no output</td>")
+                        attention_cells.append("<td></td>")
+                        continue
+                    image = thumbs.output(run_dir, job, "image", width, f"{label} output for {pair_id}")
+                    cells.append(f"<td>{image}<div class=\"scores\">{scores_html(scores.get(str(job.job_id), {}))}"
+                                 f"</div></td>")
+                    attention = (thumbs.output(run_dir, job, "attention", width, f"attention map of {label}")
+                                 if attention_methods.get(job.method) else "")
+                    any_attention = any_attention or bool(attention)
+                    attention_cells.append(f"<td>{attention}</td>" if attention else "<td></td>")
+                seed = pair_jobs["seed"].min()
+                rows.append(f"<tr><td class=\"rowlabel\">{_pair_label(str(pair_id), pair, f'<br>seed {seed}')}</td>"
+                            f"{''.join(cells)}</tr>")
+                if any_attention:
+                    rows.append(f"<tr class=\"attention\"><td class=\"rowlabel\">attention maps of "
+                                f"{html.escape(str(pair_id))} (the learned token's cross-attention)</td>"
+                                f"{''.join(attention_cells)}</tr>")
+            tables.append(f"<h4>{html.escape(str(task))}</h4><table class=\"imagegrid\"><colgroup>"
+                          f"<col style=\"width:{LABEL_PIXELS}px\">"
+                          + f"<col style=\"width:{width + 6}px\">" * (len(inputs) + len(columns))
+                          + f"</colgroup><thead><tr><th class=\"rowlabel\">pair</th>{head}</tr></thead>"
+                          f"<tbody>{''.join(rows)}</tbody></table>")
+        grids[str(category)] = "\n".join(tables)
+    return grids
+
+
+def grid_note(results: pd.DataFrame, per_category: int = PAIRS_PER_CATEGORY) -> str:
+    """The sentence that says which outputs the grids show and what is under them."""
+    total = results.drop_duplicates(["category", "pair_id"]).shape[0] if not results.empty else 0
+    rule = SAMPLE_RULE.replace(str(PAIRS_PER_CATEGORY), str(per_category), 1)
+    groups = "; ".join(" or ".join(group) for group in MAIN_SCORES)
+    return (f"Shown: {rule} (of {total} pairs in the run). Under each output its main scores (the first it has "
+            f"of each: {groups}); masks are outlined in red; attention maps "
+            f"only for methods that compute attention (cut-and-paste has none).")
