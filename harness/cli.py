@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=("tiny", "sd15", "sd21"), default="tiny",
                    help="model of the steps section: tiny, or a real SD architecture with random weights "
                         "(then only steps runs unless --only says more)")
+    p.add_argument("--scale-jobs", nargs="+", type=int, default=None,
+                   help="job counts of the scale section (--only scale; default 1000 10000 100000: above 1000 completed from the 1000-job run, see benchmarks/perf/README.md)")
     p.set_defaults(func=_handler("benchmarks.perf.__main__:perf_main"))
     return parser
 

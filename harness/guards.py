@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -39,6 +40,10 @@ def check_output_folder(out: str | None, option: str = "--out") -> None:
     """``out`` is a folder or can become one, and a file can be written there (checked before any work)."""
     if out is None:
         return
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", out)
+    if scheme:  # Path("s3://b/x") is a local folder named "s3:": refused instead of written there
+        raise UsageError(f"{option}: {out}: run folders on object storage ({scheme.group(1)}://) are not supported yet; "
+                         f"give a folder every node mounts")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option}: {out} is an existing file, not a folder")

@@ -45,6 +45,8 @@ TEMP_PREFIX = ".tmp-"  # files and folders being written; readers skip them
 COMPACTED_PREFIX = "compacted-"  # results/compacted-000001.parquet: compacted journal, newer sequence wins
 COMPACT_ROWS = 131_072  # rows per compacted file: one Parquet row group (pyarrow's default row group is 1 Mi rows)
 COMPACT_MIN_FILES = 64  # fewer per-job files than this are read as fast as one file: left as they are
+COMPACT_FILES_PER_BATCH = 8192  # per-job files read at once by a compaction (tens of MB of rows)
+COMPACT_EVERY_JOBS = 5000  # a run compacts its per-job files every this many recorded jobs, not only at its end
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -400,10 +402,17 @@ def compact_results(run_dir: str | Path, rows_per_file: int = COMPACT_ROWS,
     Order, so that a kill at any point loses nothing and never shows a row twice to a reader: (1) new
     compacted files are written and renamed into place, (2) older compacted files drop the job ids the new
     ones hold (a job run again), (3) the per-job files are deleted, each only if unchanged since it was read.
-    Not meant to run while jobs of the same run folder are still writing (the runner calls it at the end)."""
+    Not meant to run while jobs of the same run folder are still writing (the runner's driver, the only writer,
+    calls it between its writes and at the end). The per-job files are read ``COMPACT_FILES_PER_BATCH`` at a
+    time, so its memory does not grow with the run (each batch keeps the order above)."""
     journal = _journal_files(run_dir)
     if len(journal) < max(min_files, 1):
         return 0
+    return sum(_compact_batch(run_dir, journal[start:start + COMPACT_FILES_PER_BATCH], rows_per_file)
+               for start in range(0, len(journal), COMPACT_FILES_PER_BATCH))
+
+
+def _compact_batch(run_dir: str | Path, journal: list[Path], rows_per_file: int) -> int:
     stamps = [path.stat().st_mtime_ns for path in journal]  # before reading: a file changed since is kept
     read: list[tuple[Path, int, pa.Table]] = [
         (path, stamp, _conform(table)) for path, stamp, table in zip(journal, stamps, _read_many(journal))

@@ -188,3 +188,21 @@ def test_console_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"clic: error: --concept: {tmp_path / 'none'}: not a concept folder (no concept.json)"]
+
+
+def test_an_object_storage_out_is_refused_in_one_line_not_written_to_a_local_s3_folder(tmp_path, monkeypatch, capsys):
+    """issue 25: Path("s3://bucket/x") is a local folder "s3:"; until run folders on object storage are supported
+    such an --out is one line naming the scheme, and nothing is created."""
+    import pytest as _pytest
+
+    from harness.errors import UsageError
+    from harness.guards import check_output_folder
+
+    monkeypatch.chdir(tmp_path)
+    with _pytest.raises(UsageError, match=r"^--out: s3://bucket/runs/x: run folders on object storage \(s3://\)"):
+        check_output_folder("s3://bucket/runs/x")
+    from harness.cli import main
+
+    assert main(["report", str(tmp_path), "--out", "gs://bucket/report"]) == 2
+    assert capsys.readouterr().err.count("clic-bench: error: --out: gs://bucket/report") == 1
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "gs:").exists()

@@ -104,3 +104,23 @@ def test_a_superseded_group_is_removed_from_compacted_files(tmp_path: Path) -> N
     store.compact_results(tmp_path, min_files=1)
     assert store.remove_superseded_results(tmp_path, "group-seeds-a-", keep="group-seeds-a-new") == 1
     assert set(store.read_results(tmp_path)["job_id"]) == {*(f"job-{i:04d}" for i in range(5)), "group-seeds-a-new"}
+
+
+def test_compaction_reads_the_per_job_files_in_bounded_batches(tmp_path, monkeypatch):
+    """issue 25: a compaction reads at most COMPACT_FILES_PER_BATCH per-job files at once (its memory does not
+    grow with the run), and every row ends up in the compacted files exactly once."""
+    from harness import store
+
+    monkeypatch.setattr(store, "COMPACT_FILES_PER_BATCH", 7)
+    reads: list[int] = []
+    real_read_many = store._read_many
+    monkeypatch.setattr(store, "_read_many", lambda paths, *a, **k: reads.append(len(paths)) or real_read_many(paths, *a, **k))
+    for index in range(30):
+        store.write_job_results(tmp_path, f"job-{index:03d}", [{"job_id": f"job-{index:03d}", "status": "ok",
+                                                                "metric": "m", "value": float(index)}])
+    assert store.compact_results(tmp_path, min_files=1) == 30
+    assert reads and max(reads) <= 7
+    assert not store._journal_files(tmp_path)
+    results = store.read_results(tmp_path)
+    assert sorted(results["job_id"]) == [f"job-{index:03d}" for index in range(30)]
+    assert sorted(results["value"]) == [float(index) for index in range(30)]

@@ -457,3 +457,50 @@ def test_time_validating_1000_rows(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - start
     assert report.ok and len(report.rows) == 1000
     print(f"\nvalidated 1000 rows (4000 files, 512x512) with check_files=True in {elapsed:.2f} s")
+
+
+# ------------------------------------------------------------------ file facts cached in the run folder (issue 25)
+def test_file_checks_and_digests_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    """A resume does not open the manifest's files again: their checks and sha256 digests are kept in
+    RUN/file_facts.json by (path, size, mtime); a file whose mtime changes is read again."""
+    import hashlib
+    import os
+
+    from harness.plan import file_facts, jobs, manifest as manifest_module
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    image = folder / "a.png"
+    Image.new("RGB", (48, 32), (10, 20, 30)).save(image)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    try:
+        file_facts.use_run_folder(run_dir)
+        assert manifest_module._check_file("image", str(image)).size == (48, 32)
+        jobs.file_digest.cache_clear()
+        assert jobs.file_digest(str(image)) == hashlib.sha256(image.read_bytes()).hexdigest()
+        file_facts.save(run_dir)
+        assert (run_dir / file_facts.FILE_FACTS).is_file()
+
+        file_facts.forget()  # a new process on the same folder
+        jobs.file_digest.cache_clear()
+        file_facts.use_run_folder(run_dir)
+        opened = []
+        real_check = manifest_module._check_file_now
+        monkeypatch.setattr(manifest_module, "_check_file_now", lambda *a: opened.append(a) or real_check(*a))
+        real_open = open
+        monkeypatch.setattr("builtins.open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+        assert manifest_module._check_file("image", str(image)).size == (48, 32)
+        assert jobs.file_digest(str(image)) == hashlib.sha256(image.read_bytes()).hexdigest()
+        assert opened == []
+
+        Image.new("RGB", (40, 40), (1, 2, 3)).save(image)  # edited: another size, another mtime
+        stat = image.stat()
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        jobs.file_digest.cache_clear()
+        assert manifest_module._check_file("image", str(image)).size == (40, 40)
+        assert jobs.file_digest(str(image)) == hashlib.sha256(image.read_bytes()).hexdigest()
+        assert opened  # read again
+    finally:
+        file_facts.forget()
+        jobs.file_digest.cache_clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -33,6 +34,12 @@ TARGETS = {
     "learn_concept per step / fused step, 1 thread": ("<=", 1.3),
     "shell loop of clic learn + transfer / clic-bench run, 8 pairs": (">=", 2.0),
     "metric actors, 2 vs 1: speedup / this machine's 2-process speedup": (">=", 0.9),
+    # issue 25: a 100,000-job run (benchmarks/perf/scale.py)
+    "scale 100000 jobs: driver peak memory (MB)": ("<=", 2048.0),  # a real 100k run (CLIC_PERF_SCALE_RUN_MAX)
+    "scale 100000 jobs: resume peak memory (MB)": ("<=", 2048.0),  # the driver holding the 100k-job plan
+    "scale 100000 jobs: report (s)": ("<=", 30.0),
+    "scale 100000 jobs: report size (MB)": ("<=", 50.0),
+    "scale 100000 jobs: resume with nothing to do (s)": ("<=", 15.0),
 }
 
 
@@ -45,10 +52,18 @@ def _check(name: str, value: float) -> str:
 
 
 SECTIONS = ("steps", "learn_loop", "cached_work", "metrics", "metric_pool", "harness", "end_to_end", "scaling",
-            "results")
+            "results", "scale")
+# `scale` is the harness at 1k / 10k (/ 100k with --scale-jobs) cheap jobs: minutes to an hour, so it runs
+# only when named (--only scale), not in the default all-sections run.
+DEFAULT_SECTIONS = tuple(section for section in SECTIONS if section != "scale")
+SCALE_JOBS = (1_000, 10_000, 100_000)
+# sizes above this are not run through Ray but completed from the largest real run (benchmarks/perf/scale.py,
+# filled_size): their resume and report are measured, not their run
+SCALE_RUN_MAX = int(os.environ.get("CLIC_PERF_SCALE_RUN_MAX", "1000"))
 
 
-def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS), arch: str = "tiny") -> dict[str, Any]:
+def run_all(quick: bool, only: frozenset[str] = frozenset(DEFAULT_SECTIONS), arch: str = "tiny",
+            scale_jobs: tuple[int, ...] = SCALE_JOBS) -> dict[str, Any]:
     from .end_to_end import shell_loop_vs_harness
     from .harness_bench import harness_overhead, preflight_seconds, scaling
     from .learning import cached_work, capture_cost, fused_vs_naive, learn_loop_cost
@@ -87,6 +102,11 @@ def run_all(quick: bool, only: frozenset[str] = frozenset(SECTIONS), arch: str =
         results["scaling"] = scaling(steps=40 if quick else 80)
     if "results" in only:
         results["results"] = results_read(100_000, rows_per_job=100)
+    if "scale" in only:
+        from .scale import scale
+
+        filled = tuple(jobs for jobs in scale_jobs if jobs > SCALE_RUN_MAX)  # completed from the largest real run
+        results["scale"] = scale(tuple(jobs for jobs in scale_jobs if jobs <= SCALE_RUN_MAX) or (1_000,), filled=filled)
     results["seconds"] = time.perf_counter() - started
     return results
 
@@ -137,6 +157,10 @@ def summary_rows(results: dict[str, Any]) -> list[tuple[str, float, str]]:
                      f"{read['rows']} rows of {read['jobs']} jobs: {read['compacted_files']} compacted file(s) vs "
                      f"{read['journal_read_s']:.1f} s from the {read['jobs']} per-job files; compaction took "
                      f"{read['compact_s']:.1f} s"))
+    if "scale" in results:
+        from .scale import scale_rows
+
+        rows += scale_rows(results["scale"])
     return rows
 
 
@@ -271,11 +295,11 @@ def perf_main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     arch = getattr(args, "arch", "tiny")
     # A real architecture is for the steps section; the other sections stay on the tiny model if asked for.
-    only = frozenset(args.only or (SECTIONS if arch == "tiny" else ("steps",)))
+    only = frozenset(args.only or (DEFAULT_SECTIONS if arch == "tiny" else ("steps",)))
     unknown = sorted(only - set(SECTIONS))
     if unknown:
         raise UsageError(f"--only: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
-    results = run_all(args.quick, only, arch)
+    results = run_all(args.quick, only, arch, tuple(getattr(args, "scale_jobs", None) or SCALE_JOBS))
     (out / "perf.json").write_text(json.dumps(results, indent=2, default=float))
     markdown = to_markdown(results)
     (out / "perf.md").write_text(markdown)
@@ -290,4 +314,5 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--arch", choices=("tiny", "sd15", "sd21"), default="tiny")
     parser.add_argument("--only", nargs="+", default=None, help=f"sections to run (default all): {SECTIONS}")
+    parser.add_argument("--scale-jobs", nargs="+", type=int, default=None, help="sizes of the scale section")
     sys.exit(perf_main(parser.parse_args()))

@@ -75,6 +75,11 @@ def _resample_nested(values: np.ndarray, weights: np.ndarray, index: np.ndarray,
     for start in range(0, n_resamples, chunk):
         count = min(chunk, n_resamples - start)
         drawn = rng.integers(0, n_clusters, size=(count, n_clusters))  # clusters
+        if widest == 1:  # every cluster has one member (one seed per pair): the same draws, no member arrays
+            rng.random((count, n_clusters, 1))  # consumed as below, so the seeded stream is the same
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[start:start + count] = values[drawn].sum(axis=1) / weights[drawn].sum(axis=1)
+            continue
         size = sizes[drawn][..., None]  # (count, n_clusters, 1)
         member = np.floor(rng.random((count, n_clusters, widest)) * size).astype(np.int64)
         used = slots[None, None, :] < size  # a cluster draws as many members as it has

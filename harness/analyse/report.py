@@ -42,6 +42,7 @@ from harness.analyse.costs import COST_NOTE, cost_table  # noqa: E402
 from harness.analyse.grids import GRID_CSS  # noqa: E402
 from harness.analyse.weights_legend import legend_html, weights_keys, with_short_weights  # noqa: E402
 from harness.plan.identity import method_label  # noqa: E402,F401 - method_label is used by the study too
+from harness.analyse.pair_table import grid_sample, write_pair_table  # noqa: E402
 from harness.analyse.aggregate import INTERVAL_NOTE  # noqa: E402
 from harness.store import earlier_plan_note, read_pairs, read_plan_results, read_run_manifest  # noqa: E402
 
@@ -109,13 +110,22 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
         tstart=figures.tstart_figure(results, out / "plots", declared),
         losses=figures.loss_figures(run_dir, results, out / "plots"))
     grids = image_grid_sections(run_dir, results, out, order)
-    ablation_html = (_ablation_section(run_dir, results, run_info, labels, with_short_weights(ablation, keys), out)
+    # Every pair's values in tables/pairs.{parquet,html}; the ablation grid (a row per pair) over a bounded,
+    # stated sample of pairs (harness.analyse.pair_table.grid_sample).
+    write_pair_table(results, out / "tables", f"{run_dir.name}: every pair")
+    shown_pairs, sample_note = grid_sample(results, declared)
+    sampled = results[results["pair_id"].isin(shown_pairs)] if "pair_id" in results.columns else results
+    ablation_html = (_ablation_section(run_dir, sampled, run_info, labels, with_short_weights(ablation, keys), out)
+                     + f"<p>Pairs of the grid: {html.escape(sample_note)}</p>"
                      + '<div class="plots">' + _figure(figures.headline_figure(
                          summary, out / "plots", declared, labels, only=labels, stem="ablations"),
                          figures.FIGURE_NOTE, wide=True) + "</div>"
                      if labels else "")
     page = _index_html(run_dir, run_info, results, head, per_metric, paired, failures, plots, grids, reference,
                        ablation_html, declared, costs, keys)
+    page = page.replace('<a href="summary.md">summary.md</a> (with the full weights text).', '<a href="summary.md">'
+                        'summary.md</a> (with the full weights text); every pair\'s values: <a href="tables/pairs.html">'
+                        'pairs.html</a> (sortable), <a href="tables/pairs.parquet">pairs.parquet</a>.', 1)
     left_out = left_out_lines(run_dir) + ([earlier_plan_note(earlier_rows)] if earlier_rows else [])
     if left_out:  # said at the top of the page and of summary.md, and by `clic-bench report`
         note = "Left out of this report: " + "; ".join(left_out)

@@ -148,6 +148,12 @@ class Recorder:
             failed = True
         self.summary.failed += failed
         self.summary.done += not failed
+        if (self.summary.done + self.summary.failed) % store.COMPACT_EVERY_JOBS == 0:
+            # a resume reads a few compacted files instead of one file per job, and the final compaction is short
+            try:
+                store.compact_results(self.run_dir)
+            except OSError as error:  # the per-job files stay the journal; the end of the run tries again
+                print(f"{self.run_dir}: compaction postponed ({one_line(error)})", file=sys.stderr)
         row = rows[0]
         self.summary.work_seconds += float(row.get("task_seconds") or 0.0) + float(row.get("metric_seconds") or 0.0)
         if job.concept_id not in self.learn_counted:

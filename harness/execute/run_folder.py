@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import store
@@ -126,8 +127,9 @@ def infrastructure_failures(run_dir: str | Path) -> set[str]:
     """Ids of jobs whose newest recorded failure was the machine's (they run again without --retry-failed)."""
     failed: set[str] = set()
     for table in store.read_result_tables(run_dir, ["status", "error"]):
-        for job_id, status, error in zip(*(table.column(c).to_pylist() for c in ("job_id", "status", "error"))):
-            if status == store.STATUS_FAILED and isinstance(error, str) and error.startswith(INFRASTRUCTURE_PREFIX):
+        table = table.filter(pc.equal(table.column("status"), store.STATUS_FAILED))  # few rows, filtered in Arrow
+        for job_id, error in zip(*(table.column(c).to_pylist() for c in ("job_id", "error"))):
+            if isinstance(error, str) and error.startswith(INFRASTRUCTURE_PREFIX):
                 failed.add(job_id)
     return failed
 
@@ -162,9 +164,17 @@ def audit(run_dir: str | Path) -> list[str]:
         path.unlink(missing_ok=True)
         lines.append(f"{path}: unreadable result file ({why}): removed, its job(s) run again")
     missing: dict[str, str] = {}  # job id -> its first missing artifact
+    checked: dict[str, bool] = {}  # artifact -> exists: a job has one row per metric value, all naming it
     for table in store.read_result_tables(run_dir, ["status", "artifact_image"]):
-        for job_id, status, artifact in zip(*(table.column(c).to_pylist() for c in ("job_id", "status", "artifact_image"))):
-            if status == store.STATUS_OK and artifact and not (run_dir / artifact).is_file():
+        table = table.filter(pc.and_(pc.equal(table.column("status"), store.STATUS_OK),
+                                     pc.is_valid(table.column("artifact_image"))))
+        for job_id, artifact in zip(*(table.column(c).to_pylist() for c in ("job_id", "artifact_image"))):
+            if not artifact:
+                continue
+            exists = checked.get(artifact)
+            if exists is None:
+                exists = checked[artifact] = (run_dir / artifact).is_file()
+            if not exists:
                 missing.setdefault(job_id, artifact)
     store.remove_job_results(run_dir, missing)
     lines += [f"{run_dir / artifact}: artifact of job {job_id} is missing: its results were removed, the job runs again"
@@ -182,15 +192,33 @@ def remove_superseded(run_dir: str | Path, jobs: Iterable[Any], weights: Mapping
     (Results of another code version or model stay, as results of another setting do.)
     """
     run_dir = Path(run_dir)
-    current = {(job.pair_id, job.task, job.method, job.preset, job.seed, store.canonical_json(job.settings_record()),
-                weights.get(job.method), code): job.job_id for job in jobs}
+    jobs = list(jobs)
+    planned = pa.array([job.job_id for job in jobs], pa.string())
     columns = ["pair_id", "task", "method", "preset", "seed", "settings", "weights_hash", "code_version"]
-    superseded: dict[str, str] = {}  # job id -> pair id
+    # Only rows of jobs that are not in this plan can be superseded: at 100k jobs that is none on a plain resume,
+    # so the plan's places (a settings JSON per job) are worked out only when some row is outside the plan.
+    others = []
     for table in store.read_result_tables(run_dir, columns):
-        for row in table.to_pylist():
-            place = tuple(row[name] for name in columns)
-            if place in current and current[place] != row["job_id"]:
-                superseded[row["job_id"]] = row["pair_id"]
+        outside = table.filter(pc.invert(pc.is_in(table.column("job_id"), value_set=planned)))
+        if len(outside):
+            others.append(outside)
+    superseded: dict[str, str] = {}  # job id -> pair id
+    if others:
+        records: dict[tuple[int, int, int], str] = {}  # the settings objects are shared: their JSON once each
+
+        def settings_json(job: Any) -> str:
+            key = (id(job.settings), id(job.match), id(job.learn))
+            if key not in records:
+                records[key] = store.canonical_json(job.settings_record())
+            return records[key]
+
+        current = {(job.pair_id, job.task, job.method, job.preset, job.seed, settings_json(job),
+                    weights.get(job.method), code): job.job_id for job in jobs}
+        for table in others:
+            for row in table.to_pylist():
+                place = tuple(row[name] for name in columns)
+                if place in current and current[place] != row["job_id"]:
+                    superseded[row["job_id"]] = row["pair_id"]
     store.remove_job_results(run_dir, superseded)
     removed: dict[str, int] = {}
     for job_id, pair_id in superseded.items():

@@ -23,6 +23,7 @@ from .. import store
 from . import run_folder
 from ..plan.jobs import (GroupKey, JobGraph, ModelInfo, Pair, Plan, build_job_graph, code_version,
                          git_describe, group_members, group_prefix, group_result_id)
+from ..plan import file_facts
 from ..plan.resolve import describe_models, load_pairs, method_tasks, plan_from_suite
 from .records import NO_MODEL_LABEL, Recorder, RunSummary, mean_values, now_iso, one_line  # noqa: F401 - re-exported
 from .scheduler import (Learn, RunTask, Scheduler, Score, ScoreGroup, Submission, jobs_to_run, larger_packing,
@@ -85,12 +86,25 @@ def _check_cluster(suite: "Suite") -> None:
         raise PreflightFailed(problems)
 
 
+# module -> its distribution: run.json records their versions
+VERSIONED = {"torch": "torch", "diffusers": "diffusers", "ray": "ray", "transformers": "transformers",
+             "open_clip": "open_clip_torch", "pyarrow": "pyarrow", "pandas": "pandas"}
+
+
 def _versions() -> dict[str, str]:
+    """The versions of the libraries results depend on, from the installed distributions' metadata: importing
+    them for ``__version__`` (diffusers, transformers, open_clip: seconds each) was most of a resume's time."""
+    from importlib.metadata import PackageNotFoundError, version
+
     versions = {"python": platform.python_version()}
-    for name in ("torch", "diffusers", "ray", "transformers", "open_clip", "pyarrow", "pandas"):
+    for name, distribution in VERSIONED.items():
+        module = sys.modules.get(name)
+        if getattr(module, "__version__", None):
+            versions[name] = module.__version__
+            continue
         try:
-            versions[name] = importlib.import_module(name).__version__
-        except ImportError:
+            versions[name] = version(distribution)
+        except PackageNotFoundError:
             continue
     return versions
 
@@ -128,7 +142,9 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
         _check_cluster(suite)
         warming = WarmWorkers.start(suite, models)
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
+    file_facts.use_run_folder(run_dir)
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
+    file_facts.save(run_dir)  # the files' checks and digests, for the next run on this folder
     weights = {name: info.weights_hash if info else None for name, info in models.items()}
     for line in run_folder.remove_superseded(run_dir, graph.jobs, weights, code_version()):  # edited manifest rows
         print(line, file=sys.stderr)

@@ -7,15 +7,15 @@ therefore reruns nothing, and changing any setting reruns exactly the jobs it to
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
+import uuid
 import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..store import STATUS_NOT_APPLICABLE, canonical_json
 from .identity import method_label
@@ -35,14 +35,66 @@ def content_id(data: Any) -> str:
     return sha256_hex(canonical_json(data).encode())
 
 
+_SPLICE = f"splice-{uuid.uuid4().hex}-"  # a placeholder no manifest or setting value contains
+
+
+def spliced_json(data: Any, known: Mapping[int, tuple[Any, str]]) -> str:
+    """``canonical_json(data)``, character for character, reusing ``known`` (id of a dict -> (the dict, its
+    canonical JSON)) for the dicts it contains: a plan's ids hash the same resolved settings dicts for every pair,
+    and writing them out again per job was most of a 100k-job plan. The known dicts are swapped for placeholder
+    strings, the rest is written by one ``json.dumps``, and each placeholder is replaced by its dict's JSON."""
+    parts: dict[str, str] = {}
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, dict):
+            cached = known.get(id(value))
+            if cached is not None and cached[0] is value:
+                token = f"{_SPLICE}{len(parts)}"
+                parts[f'"{token}"'] = cached[1]
+                return token
+            if all(isinstance(key, str) for key in value):
+                return {key: swap(item) if isinstance(item, dict) else item for key, item in value.items()}
+        return value
+
+    text = canonical_json(swap(data))
+    for token, written in parts.items():
+        text = text.replace(token, written, 1)
+    return text
+
+
 @lru_cache(maxsize=None)
 def file_digest(path: str) -> str:
-    """sha256 of a file's bytes (cached: a source image is shared by many jobs)."""
+    """sha256 of a file's bytes (cached: a source image is shared by many jobs; and in the run folder being
+    planned, by the file's path, size and mtime: :mod:`harness.plan.file_facts`)."""
+    from . import file_facts
+
+    key, known = file_facts.lookup(path, "sha256")
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+    file_facts.remember(key, "sha256", digest.hexdigest())
     return digest.hexdigest()
+
+
+def prefetch_digests(pairs: Iterable["Pair"]) -> None:
+    """Hash every file of ``pairs`` not hashed yet, on threads (hashlib and file reads release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = {path for pair in pairs for path in (pair.source_image, pair.source_mask, pair.target_image,
+                                                   pair.target_mask, pair.target_mask_gt, pair.expected_image) if path}
+    if len(paths) > 1:
+        with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+            list(pool.map(lambda path: _try_digest(str(path)), sorted(paths)))
+
+
+def _try_digest(path: str) -> None:
+    try:
+        file_digest(path)
+    except OSError:  # said by the graph builder, which hashes it again in order
+        pass
 
 
 def optional_digest(path: str | None) -> str | None:
@@ -269,8 +321,8 @@ def _metrics_for(task: str, metrics: Sequence[MetricInfo]) -> list[MetricInfo]:
 
 
 def _job_id(concept_id: str, task: str, target_hashes: Mapping[str, str | None], settings: Mapping[str, Any],
-            metrics: Sequence[MetricInfo]) -> str:
-    return content_id({
+            metrics: Sequence[MetricInfo], hashed: Callable[[Any], str] = content_id) -> str:
+    return hashed({
         "concept": concept_id, "task": task, "targets": dict(target_hashes), "settings": dict(settings),
         "metrics": sorted([m.name, m.version] for m in metrics),
     })
@@ -283,6 +335,8 @@ def build_job_graph(pairs: Iterable[Pair], plan: Plan, models: Mapping[str, Mode
     ``models`` maps a method name to the model it runs on (None: no model); ``supports`` maps a method
     name to its tasks. Tasks a method does not support become ``not_applicable`` jobs with the reason.
     """
+    pairs = list(pairs)
+    prefetch_digests(pairs)
     builder = _GraphBuilder(plan, models, supports)
     for pair, run, seed in itertools.product(list(pairs), plan.methods, plan.seeds):
         builder.add(pair, run, int(seed))
@@ -296,6 +350,24 @@ class _GraphBuilder:
         self.plan, self.models, self.supports = plan, models, supports
         self.graph = JobGraph()
         self.seen: set[str] = set()
+        # id(settings) -> (settings, its dict): the resolved settings objects are shared by every job of a sweep
+        # point, and turning one into a dict per job (dataclasses.asdict) was most of a 100k-job plan's time.
+        self.dicts: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+        self.json_of: dict[int, tuple[Any, str]] = {}  # id(a dict from as_dict) -> (it, its canonical JSON)
+
+    def as_dict(self, settings: Any) -> dict[str, Any] | None:
+        if settings is None:
+            return None
+        known = self.dicts.get(id(settings))
+        if known is None or known[0] is not settings:
+            known = self.dicts[id(settings)] = (settings, settings.to_dict())
+            self.json_of[id(known[1])] = (known[1], canonical_json(known[1]))
+        return known[1]
+
+    def content_id(self, data: Any) -> str:
+        """:func:`content_id`, with the shared settings dicts' JSON written once (:func:`spliced_json`)."""
+        return sha256_hex(spliced_json(data, self.json_of).encode())
 
     def add(self, pair: Pair, run: MethodRun, seed: int) -> None:
         from clic.methods import method_target
@@ -308,13 +380,13 @@ class _GraphBuilder:
         learn_key = {
             "source_image": file_digest(pair.source_image), "source_mask": optional_digest(learn_mask),
             "object_word": pair.source_object, "method": run.name, "preset": run.preset, "seed": seed,
-            "learn": resolved.learn.to_dict(), "resolution": plan.resolution,
+            "learn": self.as_dict(resolved.learn), "resolution": plan.resolution,
             "weights_hash": model.weights_hash if model else None, "code_version": code_version(),
-            "mask_settings": mask_settings.to_dict() if mask_settings is not None else None,
+            "mask_settings": self.as_dict(mask_settings),
             **({"dtype": model.dtype} if model and model.dtype != "fp32" else {}),
             **({"term_sources": dict(run.term_sources)} if run.term_sources else {}),
         }
-        concept_id = content_id(learn_key)
+        concept_id = self.content_id(learn_key)
         target = run.target or method_target(run.name)
         self.graph.learns.setdefault(concept_id, LearnNode(
             concept_id=concept_id, method=run.name, preset=run.preset, seed=seed, method_target=target,
@@ -350,17 +422,19 @@ class _GraphBuilder:
         metrics = _metrics_for(task, self.plan.metrics)
         if task not in tasks:
             reason = f"method {run.name!r} does not support {task!r}"
-        variant = " ".join(part for part in (run.variant, point.variant) if part)
-        job = TaskJob(job_id="", task=task, settings=point.settings, object_word=object_word,
-                      metrics=tuple(m.name for m in metrics), status=PENDING if reason is None else STATUS_NOT_APPLICABLE,
-                      reason=reason, groups=dict(groups or {}) if reason is None else {}, match=match,
-                      sweep=dict(point.requested) if point.settings is not None else None, variant=variant,
-                      label=method_label(run.name, run.preset, variant), **self.common, **paths)
-        job_id = _job_id(self.common["concept_id"], task, targets, job.task_record(), metrics)
+        # the id hashes what job.task_record() returns, from the shared settings' dicts
+        record = {task: self.as_dict(point.settings), **({"match": self.as_dict(match)} if match is not None else {})}
+        job_id = _job_id(self.common["concept_id"], task, targets, record, metrics, self.content_id)
         if job_id in self.seen:
             return  # e.g. a generation depends on the concept only: pairs sharing a source share it
         self.seen.add(job_id)
-        self.graph.jobs.append(dataclasses.replace(job, job_id=job_id))
+        variant = " ".join(part for part in (run.variant, point.variant) if part)
+        self.graph.jobs.append(TaskJob(
+            job_id=job_id, task=task, settings=point.settings, object_word=object_word,
+            metrics=tuple(m.name for m in metrics), status=PENDING if reason is None else STATUS_NOT_APPLICABLE,
+            reason=reason, groups=dict(groups or {}) if reason is None else {}, match=match,
+            sweep=dict(point.requested) if point.settings is not None else None, variant=variant,
+            label=method_label(run.name, run.preset, variant), **self.common, **paths))
 
     def transfers(self, pair: Pair, target_hashes: Mapping[str, str | None], target_paths: Mapping[str, Any]) -> None:
         resolved = self.run.resolved
@@ -382,7 +456,7 @@ class _GraphBuilder:
         plan, run = self.plan, self.run
         for object_word, point in itertools.product(plan.generate_objects or [pair.target_object],
                                                     run.resolved.generate):
-            settings = point.settings.to_dict() if point.settings is not None else None
+            settings = self.as_dict(point.settings)
             shared = {"method": run.name, "preset": run.preset, "learn": learn_key["learn"]}
             # A concept's diversity is over one object; classifying concepts pools every object (by default
             # each pair's own target object, so per-object groups would split the concepts) and every

@@ -56,6 +56,7 @@ from PIL import Image
 from clic.cli_checks import placeholder_problem
 from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
 
+from . import file_facts
 from .decode_budget import DECODES, decode_cost
 from .jobs import Pair
 from .locations import ManifestBase, is_uri, open_location, resolve_location
@@ -198,7 +199,18 @@ class _FileCheck:
 
 
 def _check_file(kind: str, location: str) -> _FileCheck:
-    """Header + integrity for images, a full decode for masks (emptiness needs every pixel)."""
+    """Header + integrity for images, a full decode for masks (emptiness needs every pixel); the answer is kept
+    in the run folder being planned, by the file's (path, size, mtime) (:mod:`harness.plan.file_facts`)."""
+    key, known = file_facts.lookup(location, f"check:{kind}")
+    if known is not None:
+        return _FileCheck(tuple(known), None)
+    check = _check_file_now(kind, location)
+    if check.problem is None and check.size is not None:  # a bad file is checked again (and said again) each time
+        file_facts.remember(key, f"check:{kind}", list(check.size))
+    return check
+
+
+def _check_file_now(kind: str, location: str) -> _FileCheck:
     try:
         if is_uri(location):
             with open_location(location) as handle:
@@ -352,6 +364,8 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
     problems: list[Problem] = []
     locations: list[dict[str, str]] = []
     first_row_of: dict[str, int] = {}
+    real_dirs: dict[str, str] = {}  # folder -> its real path, resolved once for every row
+    resolved: dict[str, tuple[str | None, str | None]] = {}  # cell value -> (location, problem): rows share files
     for index, record in enumerate(records):
         pair_id = _usable_id(record)
 
@@ -379,7 +393,10 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
             value = record.get(column)
             if value is None:
                 continue
-            location, problem = resolve_location(value, base, allow_outside)
+            known = resolved.get(value)
+            if known is None:
+                known = resolved[value] = resolve_location(value, base, allow_outside, real_dirs)
+            location, problem = known
             if problem is not None:
                 if value.strip() or column not in REQUIRED_COLUMNS:  # blank required cells are reported above
                     row_problem(column, problem)

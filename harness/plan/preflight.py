@@ -49,6 +49,9 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
     suite = load_suite(suite_path, sets)  # a bad key is one line already and nothing else can be checked without it
     run_dir = Path(out) if out else Path("runs") / suite.name
     problems: list[str] = []
+    from . import file_facts
+
+    file_facts.use_run_folder(run_dir)  # what an earlier run learned of the files (checks, digests)
     pairs = _attempt(problems, lambda: _pairs(suite, allow_outside)) or []
     models_and_resolution = _attempt(problems, lambda: _models(suite))
     created = not run_dir.exists()
