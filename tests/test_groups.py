@@ -72,10 +72,14 @@ def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
     assert all({c for c, _, _, _, _ in m} == {"furniture", "jewelry"} for m in by_concepts.values())
 
 
-def test_generation_shorter_than_a_presets_stage_one_is_a_suite_error() -> None:
-    with pytest.raises(SuiteError, match="stage_one_steps must lie in") as error:
-        make_suite(generate_suite(generate={"steps": 2}))  # textual_inversion's preset: stage one = 5 steps
-    assert "'textual_inversion'" in str(error.value) and "\n" not in str(error.value)
+def test_generation_shorter_than_a_presets_stage_one_follows_it_and_a_given_one_is_checked() -> None:
+    # textual_inversion's preset: stage one = 5 of 50 steps; unset in the suite, it follows generate.steps as that
+    # share (issue 27, case 13): round(2 × 5/50) = 0
+    suite = make_suite(generate_suite(generate={"steps": 2}))
+    assert suite.runs[0][0].generate[0].settings.stage_one_steps == 0
+    with pytest.raises(SuiteError, match=r"generate.stage_one_steps: 5 is outside \[0, 2\]") as error:
+        make_suite(generate_suite(generate={"steps": 2, "stage_one_steps": 5}))
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("prompts, message", [
