@@ -726,7 +726,7 @@ def test_27_07_ctrl_c_on_a_real_run_stops_its_cluster_and_resumes(tmp_path: Path
 
     dataset = DataSet(tmp_path / "set")
     suite = _suite(tmp_path, dataset.write([dataset.row(f"p{i}") for i in range(30)]), "sigint",
-                   transfer={"t_start": [6, 8, 10, 12], "eta": [1.0], "steps": 20})  # 120 short jobs
+                   seeds=[0, 1, 2, 3])  # 120 short jobs (cut-and-paste reads no t_start: seeds multiply its jobs)
     run = tmp_path / "run"
     command = [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(run), "--no-report", "--quiet",
                "--num-cpus", "1"]

@@ -224,10 +224,11 @@ def write_drawn_manifest(folder: Path, count: int) -> Path:
     return write_manifest(rows, folder / "manifest.parquet")
 
 
-def write_suite_file(path: Path, manifest: Path, t_starts: list[int], metrics: list[str]) -> Path:
+def write_suite_file(path: Path, manifest: Path, seeds: list[int], metrics: list[str]) -> Path:
+    """A cut-and-paste suite: it reads no transfer settings (a t_start sweep is the same jobs), so seeds multiply jobs."""
     path.write_text(json.dumps({  # JSON is YAML
         "name": path.stem, "model": "tiny", "manifest": str(manifest), "methods": [{"name": "cut_paste"}],
-        "seeds": [0], "transfer": {"t_start": t_starts, "eta": [1.0], "steps": 20}, "metrics": metrics,
+        "seeds": seeds, "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": metrics,
         "resources": {"num_cpus": 1, "max_retries": 2}}))
     return path
 
@@ -269,7 +270,7 @@ def assert_artifacts_complete(run: Path) -> int:
 @pytest.mark.slow
 def test_driver_killed_half_way_then_rerun_runs_only_the_missing_jobs(tmp_path: Path) -> None:
     manifest = write_drawn_manifest(tmp_path / "data", 50)
-    suite = write_suite_file(tmp_path / "resume.yaml", manifest, [6, 8, 10, 12], ["ssim_psnr"])  # 200 jobs
+    suite = write_suite_file(tmp_path / "resume.yaml", manifest, [0, 1, 2, 3], ["ssim_psnr"])  # 200 jobs
     run = tmp_path / "run"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     driver = subprocess.Popen(bench_command(suite, run), cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -316,7 +317,7 @@ LOAD_DRIVER = textwrap.dedent("""
 
 def run_load(tmp_path: Path, pairs: int) -> dict:
     manifest = write_drawn_manifest(tmp_path / f"data{pairs}", pairs)
-    suite = write_suite_file(tmp_path / f"load{pairs}.yaml", manifest, [10], ["ssim_psnr", "oracle_preservation"])
+    suite = write_suite_file(tmp_path / f"load{pairs}.yaml", manifest, [0], ["ssim_psnr", "oracle_preservation"])
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     result = subprocess.run([sys.executable, "-c", LOAD_DRIVER, str(suite), str(tmp_path / f"run{pairs}")], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=1800)
