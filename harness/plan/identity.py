@@ -72,6 +72,12 @@ def with_labels(methods: Sequence[MethodRun]) -> list[MethodRun]:
     return labelled
 
 
+def varying_keys(points: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The keys (sorted) whose value differs between ``points`` (a key missing from a point counts as None)."""
+    keys = sorted({k for point in points for k in point})
+    return [k for k in keys if len({canonical_json(point.get(k)) for point in points}) > 1]
+
+
 def sweep_variants(resolved: Sequence[Mapping[str, Any] | None], ignore: Sequence[str] = ()) -> list[str]:
     """Variant names of a method run's resolved settings at each point of a sweep: the ``key=value`` pairs of the
     keys whose resolved value differs between points ("t_start=4 eta=0.5"), "" for all when they are one
@@ -79,6 +85,5 @@ def sweep_variants(resolved: Sequence[Mapping[str, Any] | None], ignore: Sequenc
     present = [dict(r) for r in resolved if r is not None]
     if len(present) < 2:
         return ["" for _ in resolved]
-    keys = sorted({k for r in present for k in r if k not in ignore})
-    varying = [k for k in keys if len({canonical_json(r.get(k)) for r in present}) > 1]
+    varying = [k for k in varying_keys(present) if k not in ignore]
     return [" ".join(f"{k}={_compact(r.get(k))}" for k in varying) if r is not None else "" for r in resolved]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 
-from .identity import sweep_variants, with_labels
+from .identity import sweep_variants, varying_keys, with_labels
 from .jobs import GROUP_KINDS, MethodRun, MetricInfo, ModelInfo, Pair, Plan, ResolvedRun, SweepPoint
 
 if TYPE_CHECKING:
@@ -73,8 +73,7 @@ def match_request(suite: "Suite") -> dict[str, Any]:
 
 def _swept(requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Each request cut to the keys that differ between requests (what the suite sweeps)."""
-    keys = sorted({k for r in requests for k in r})
-    varying = [k for k in keys if len({repr(r.get(k)) for r in requests}) > 1]
+    varying = varying_keys(requests)
     return [{k: r.get(k) for k in varying} for r in requests]
 
 
