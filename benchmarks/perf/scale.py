@@ -131,12 +131,7 @@ def measure_size(jobs: int, root: Path, num_cpus: int = 2) -> dict[str, Any]:
         "overhead_ms_per_job": 1000 * max(0.0, slots * ray_wall - work) / max(1, plan["jobs"]),
         "jobs_per_s": plan["jobs"] / ray_wall if ray_wall else None,
         "driver_peak_rss_mb": run["peak_rss_bytes"] / 2**20,
-        "report_s": report["seconds"], "report_mb": _folder_bytes(run_dir / "report") / 2**20,
-        "report_peak_rss_mb": report["peak_rss_bytes"] / 2**20,
-        "resume_s": resume["seconds"], "resume_peak_rss_mb": resume["peak_rss_bytes"] / 2**20,
-        "resume_line": resume["stdout"].strip().splitlines()[0] if resume["stdout"].strip() else "",
-        "run_folder_mb": _folder_bytes(run_dir) / 2**20,
-        "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in load_after],
+        **_report_and_resume(run_dir, report, resume, load_before, load_after),
     }
 
 
@@ -193,12 +188,7 @@ def filled_size(jobs: int, root: Path, template_run: Path, num_cpus: int = 2) ->
     return {
         "jobs": plan["jobs"], "filled": True, "fill_s": fill_s, "plan": plan,
         "first_resume_s": first["seconds"], "first_resume_line": first["stdout"].strip().splitlines()[0],
-        "report_s": report["seconds"], "report_mb": _folder_bytes(run_dir / "report") / 2**20,
-        "report_peak_rss_mb": report["peak_rss_bytes"] / 2**20,
-        "resume_s": resume["seconds"], "resume_peak_rss_mb": resume["peak_rss_bytes"] / 2**20,
-        "resume_line": resume["stdout"].strip().splitlines()[0] if resume["stdout"].strip() else "",
-        "run_folder_mb": _folder_bytes(run_dir) / 2**20,
-        "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in load_after],
+        **_report_and_resume(run_dir, report, resume, load_before, load_after),
     }
 
 
@@ -264,3 +254,15 @@ def scale_rows(scale_results: dict[str, Any]) -> list[tuple[str, float, str]]:
                      f"{size['resume_peak_rss_mb']:.0f} MB; said: {size['resume_line'][:70]}"))
         rows.append((f"{at}: resume peak memory (MB)", size["resume_peak_rss_mb"], "the driver planning every job"))
     return rows
+
+
+def _report_and_resume(run_dir: Path, report: dict, resume: dict, load_before: tuple, load_after: tuple) -> dict:
+    """The figures every size shares: the report's time, size and memory, the resume's, the folder, the load."""
+    return {
+        "report_s": report["seconds"], "report_mb": _folder_bytes(run_dir / "report") / 2**20,
+        "report_peak_rss_mb": report["peak_rss_bytes"] / 2**20,
+        "resume_s": resume["seconds"], "resume_peak_rss_mb": resume["peak_rss_bytes"] / 2**20,
+        "resume_line": resume["stdout"].strip().splitlines()[0] if resume["stdout"].strip() else "",
+        "run_folder_mb": _folder_bytes(run_dir) / 2**20,
+        "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in load_after],
+    }

@@ -70,7 +70,8 @@ def headline(summary: pd.DataFrame, declared: Mapping[str, bool], order: Sequenc
     higher = {metric: higher_is_better(metric, declared) for metric in metrics}
     cells: dict[tuple[str, str], Cell] = {}
     for row in rated.itertuples(index=False):
-        n_pairs = int(getattr(row, "n_pairs", row.n) if np.isfinite(getattr(row, "n_pairs", row.n)) else 0)
+        pairs = getattr(row, "n_pairs", row.n)  # summaries written before n_pairs count each value as a pair
+        n_pairs = int(pairs) if np.isfinite(pairs) else 0
         cells[(row.label, str(row.metric))] = Cell(float(row.mean), float(row.ci_low), float(row.ci_high),
                                                    int(row.n), is_random_weights(row.weights), n_pairs=n_pairs)
     for metric in metrics:
