@@ -52,11 +52,20 @@ class TextToImage(torch.nn.Module):
         return self.text_encoder(ids)[0]
 
 
+def world_unet_config() -> dict:
+    """The tiny preset's UNet (:func:`clic.models.tiny_unet_config`: SD 1.x block types, cross-attention on the text
+    encoder's 32-wide states) with 8 GroupNorm groups instead of 32, for the world VAE's reason
+    (:func:`clic.world.train.world_vae_config`): 32 groups on 32 channels normalise each channel alone."""
+    from ..models import tiny_unet_config
+
+    return {**tiny_unet_config(4), "norm_num_groups": 8}
+
+
 def build_text_to_image(seed: int, weights: Path | None = None) -> TextToImage:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..models import TINY_TEXT_CONFIG, TINY_WORLD_WEIGHTS, ModelNotFoundError, _tiny_tokenizer, tiny_unet_config
+    from ..models import TINY_TEXT_CONFIG, TINY_WORLD_WEIGHTS, ModelNotFoundError, _tiny_tokenizer
 
     folder = (weights or TINY_WORLD_WEIGHTS) / "autoencoder"
     if not (folder / "config.json").is_file():
@@ -64,7 +73,7 @@ def build_text_to_image(seed: int, weights: Path | None = None) -> TextToImage:
                                  "train and export `--stage autoencoder` first")
     vae = AutoencoderKL.from_pretrained(folder)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**tiny_unet_config(4))
+    unet = UNet2DConditionModel(**world_unet_config())
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
     return TextToImage(unet, text_encoder, vae, _tiny_tokenizer())
