@@ -36,14 +36,21 @@ def check_number(value: float | None, option: str, *, minimum: float | None = No
         raise UsageError(f"{option}: must be at most {maximum}, got {value}")
 
 
-def check_output_folder(out: str | None, option: str = "--out") -> None:
-    """``out`` is a folder or can become one, and a file can be written there (checked before any work)."""
+def check_output_folder(out: str | None, option: str = "--out", *, remote_ok: bool = False) -> None:
+    """``out`` is a folder or can become one, and a file can be written there (checked before any work);
+    with ``remote_ok`` (a run's ``--out``) a URI of object storage whose scheme can be opened passes too."""
     if out is None:
         return
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", out)
+    if scheme and scheme.group(1).lower() != "file" and remote_ok:  # object storage: harness.execute.remote_folder
+        from .execute.remote_folder import check_remote_folder
+
+        check_remote_folder(out, option)
+        return
     if scheme:  # Path("s3://b/x") is a local folder named "s3:": refused instead of written there
-        raise UsageError(f"{option}: {out}: run folders on object storage ({scheme.group(1)}://) are not supported yet; "
-                         f"give a folder every node mounts")
+        raise UsageError(f"{option}: {out}: only `clic-bench run` writes to object storage ({scheme.group(1)}://); "
+                         f"give a local folder" if scheme.group(1).lower() != "file" else
+                         f"{option}: {out}: give the folder as a path, not a file:// URL")
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option}: {out} is an existing file, not a folder")
@@ -141,7 +148,9 @@ def check_args(args: argparse.Namespace) -> None:
     if command == "run":
         check_number(args.max_in_flight, "--max-in-flight", minimum=1)
         check_number(args.num_cpus, "--num-cpus", minimum=1)
-        check_address(args.address)  # --out is checked by the run's preflight, beside every other problem
+        check_address(args.address)  # --out is checked by the run's preflight, beside every other problem,
+        if args.out and re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", args.out):  # but a URI's package at once
+            check_output_folder(args.out, remote_ok=True)
     elif command == "compare":
         check_number(args.max_drop, "--max-drop", minimum=0.0)
         check_number(args.alpha, "--alpha", minimum=0.0, maximum=1.0, exclusive=True)

@@ -110,21 +110,44 @@ def _versions() -> dict[str, str]:
 
 
 def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, wait: bool = True,
-            **options: Any) -> RunSummary:
+            remote: str | None = None, **options: Any) -> RunSummary:
     """Run the jobs of ``suite`` over ``pairs`` that ``run_dir`` has not finished yet, holding the run folder's
     lock (a concurrent run on it waits, or with ``wait=False`` is refused: :mod:`harness.execute.run_folder`).
+    With ``remote`` (a URI on object storage) ``run_dir`` is its local staging folder, pulled under the remote
+    lease first and pushed as the run goes (:mod:`harness.execute.remote_folder`).
     ``options``: address, num_cpus, max_in_flight, retry_failed, allow_random_metrics, quiet."""
     for option in ("max_in_flight", "num_cpus"):  # the CLI says so in one line (harness.guards); the API as well
         if options.get(option) is not None and options[option] < 1:
             raise ValueError(f"{option} must be at least 1, got {options[option]}")
     run_id = uuid.uuid4().hex[:12]
+    if remote:
+        return _execute_remote(suite, pairs, run_dir, remote, run_id=run_id, wait=wait, **options)
     with run_folder.locked(Path(run_dir).resolve(), run_id, wait=wait):  # "waiting" is said even with --quiet
         return _execute_locked(suite, pairs, run_dir, run_id=run_id, **options)
 
 
+def _execute_remote(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, remote: str, *, run_id: str,
+                    wait: bool, **options: Any) -> RunSummary:
+    """:func:`execute` into a run folder on object storage: the remote lease, then the staging folder's own lock
+    (two runs of one machine), pull, run, push (also when the run stops on an error: what it recorded stands)."""
+    from .remote_folder import RemoteFolder
+
+    folder = RemoteFolder(remote, Path(run_dir).resolve())
+    with folder.leased(run_id, wait=wait, quiet=bool(options.get("quiet"))), \
+            run_folder.locked(folder.local, run_id, wait=wait, quiet=True):
+        folder.pull()
+        try:
+            summary = _execute_locked(suite, pairs, folder.local, run_id=run_id, mirror=folder, **options)
+        finally:
+            folder.push()
+    summary.remote = folder.uri
+    return summary
+
+
 def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, run_id: str,
                     address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
-                    retry_failed: bool = False, allow_random_metrics: bool = False, quiet: bool = False) -> RunSummary:
+                    retry_failed: bool = False, allow_random_metrics: bool = False, quiet: bool = False,
+                    mirror: Any = None) -> RunSummary:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = store.remove_stale_temps(run_dir)
@@ -184,7 +207,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
     _connect(address, num_cpus)
     _check_cluster(suite)
     run = _RayRun(suite, plan, graph, scheduler, recorder, run_dir, max_in_flight, allow_random_metrics, quiet,
-                  warming)
+                  warming, mirror)
     run.loop()
     summary.learns_run = sum(bool(output.get("learned")) for output in run.learned.values())
     summary.peak_in_flight = scheduler.peak_running
@@ -275,10 +298,13 @@ class _RayRun:
 
     def __init__(self, suite: "Suite", plan: Plan, graph: JobGraph, scheduler: Scheduler, recorder: Recorder,
                  run_dir: Path, max_in_flight: int | None, allow_random_metrics: bool, quiet: bool,
-                 warming: WarmWorkers | None = None) -> None:
+                 warming: WarmWorkers | None = None, mirror: Any = None) -> None:
         import ray
         from tqdm import tqdm
 
+        # A run folder on object storage (harness.execute.remote_folder): its workers upload what they write
+        # there, and the driver pushes its own files every few seconds.
+        self.mirror, self.remote = mirror, (mirror.uri if mirror is not None else None)
         self.plan, self.graph, self.scheduler, self.recorder, self.run_dir = plan, graph, scheduler, recorder, run_dir
         options = job_options(suite)
         self.slots = job_slots(suite)
@@ -360,12 +386,13 @@ class _RayRun:
     def submit(self, submission: Submission) -> None:
         if isinstance(submission, Learn):
             node = self.graph.learns[submission.concept_id]
-            ref = self._remote(submission.concept_id, True, node.method, node.preset).remote(node, self.concepts_root)
+            ref = self._remote(submission.concept_id, True, node.method, node.preset).remote(node, self.concepts_root,
+                                                                                             self.remote)
         elif isinstance(submission, RunTask):
             job = submission.job
             node = self.graph.learns[job.concept_id]
             ref, self.samples[job.job_id] = self._remote(job.job_id, False, job.method, job.preset).remote(
-                job, self.learned[job.concept_id], node.model, self.plan.resolution, str(self.run_dir))
+                job, self.learned[job.concept_id], node.model, self.plan.resolution, str(self.run_dir), self.remote)
         elif isinstance(submission, Score):  # the workers' sample refs: Ray hands their values to the actor
             ref = self._scorer().score.remote(*[self.samples[job.job_id] for job in submission.jobs])
         else:
@@ -398,6 +425,8 @@ class _RayRun:
                     self.finished(self.pending.pop(ref), ref)
             for submission in self.scheduler.next_submissions():
                 self.submit(submission)
+            if self.mirror is not None:
+                self.mirror.push_if_due()
         self.progress.close()
 
     def finished(self, submission: Submission, ref: Any) -> None:
@@ -568,7 +597,8 @@ def run_suite(suite_path: str | Path, out: str | Path | None = None, address: st
             if problems:
                 raise PreflightFailed(problems)
     return execute(checked.suite, checked.pairs, checked.run_dir, address=address, num_cpus=num_cpus, max_in_flight=max_in_flight,
-                   retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet, wait=wait)
+                   retry_failed=retry_failed, allow_random_metrics=allow_random_metrics, quiet=quiet, wait=wait,
+                   remote=checked.remote)
 
 
 def run_main(args: argparse.Namespace) -> int:
@@ -586,7 +616,14 @@ def run_main(args: argparse.Namespace) -> int:
         except (ImportError, AttributeError):
             print("report: harness.analyse.report.write_report is not available; skipped (run `clic-bench report` later)")
         else:
-            print(f"report: {write_report(summary.run_dir)}")
+            report_path = write_report(summary.run_dir)
+            if summary.remote:  # written in the staging folder, then pushed under the run folder's URI
+                from .remote_folder import RemoteFolder
+
+                mirror = RemoteFolder(summary.remote, summary.run_dir)
+                mirror.push_report(Path(report_path).parent)  # write_report returns its index.html
+                report_path = f"{summary.remote}/{Path(report_path).relative_to(summary.run_dir).as_posix()}"
+            print(f"report: {report_path}")
     if summary.failed_earlier:  # the last line: the tables lack these jobs
         print(lines[-1])
     return exit_status(summary)
@@ -606,7 +643,8 @@ def summary_lines(summary: RunSummary) -> list[str]:
                      f"process); harness overhead after it {summary.warm_overhead_share:.0%}")
     if summary.groups_scored or summary.groups_failed:
         lines.append(f"group metrics: {summary.groups_scored} groups scored, {summary.groups_failed} failed")
-    lines.append(f"results: {summary.run_dir / store.RESULTS_DIR} (read with harness.store.read_results)")
+    lines.append(f"results: {summary.run_dir / store.RESULTS_DIR} (read with harness.store.read_results)" if not summary.remote
+                 else f"results: {summary.remote}/{store.RESULTS_DIR} (staged in {summary.run_dir})")
     if summary.failed_earlier:
         lines.append(f"{summary.failed_earlier} failed earlier: their results are failures, not values; "
                      f"rerun with --retry-failed")

@@ -25,8 +25,8 @@ def group_member_spec(job: TaskJob, run_dir: str | Path) -> dict[str, Any]:
 def group_samples(specs: Sequence[Mapping[str, Any]], group: str) -> list:
     """The samples of a group, one per image of each member, loaded from the members' artifacts: a group
     completed across runs (resume) is scored the same way as one completed in a single run."""
-    from clic.io import load_image, load_mask
     from ..metrics.base import Sample
+    from .worker import load_image, load_mask  # manifest URIs (s3:// …) as well as paths
 
     sources: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray | None]] = {}  # members share sources
     samples = []

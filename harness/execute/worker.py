@@ -22,8 +22,28 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def _readable(location: str):
+    """A manifest location as ``clic.io`` reads it: a local path as it is, a URI (``s3://`` …) as its bytes
+    (harness.plan.locations: bounded in time and size, one line when the scheme's package is missing)."""
+    from ..plan.locations import is_uri, open_location
+
+    return open_location(location) if is_uri(location) else location
+
+
+def load_image(location: str):
+    from clic.io import load_image as load
+
+    return load(_readable(location), name=location)
+
+
+def load_mask(location: str, size: tuple[int, int] | None = None):
+    from clic.io import load_mask as load
+
+    return load(_readable(location), size=size, name=location)
+
+
 def _model_input(image_path: str, mask_path: str | None, resolution: int):
-    from clic.io import load_image, load_mask, to_model_input
+    from clic.io import to_model_input
 
     image = load_image(image_path)
     mask = load_mask(mask_path, size=image.size) if mask_path else None
@@ -95,13 +115,19 @@ def warm_worker(model: ModelInfo | None, method_targets: list[str] | tuple[str, 
     return {"node_id": _node_id(), "seconds": time.perf_counter() - started}
 
 
-def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
-    """Learn one concept into concepts/<concept_id> unless a complete folder is already there."""
+def learn_concept_task(node: LearnNode, concepts_root: str, remote: str | None = None) -> dict[str, Any]:
+    """Learn one concept into concepts/<concept_id> unless a complete folder is already there. With ``remote``
+    (a run folder on object storage, ``concepts_root`` in its staging folder) a concept the prefix holds is
+    downloaded instead, and a learned one is uploaded (harness.execute.remote_folder)."""
     from clic.learn import ConceptSource
     from clic.methods import method_from_target
 
     final = Path(concepts_root) / node.concept_id
     relearned = None
+    if remote and not store.concept_is_complete(final):
+        from .remote_folder import fetch_concept
+
+        fetch_concept(remote, Path(concepts_root).parent, final)
     if store.concept_is_complete(final):
         from clic.cli_checks import concept_problem
 
@@ -128,6 +154,10 @@ def learn_concept_task(node: LearnNode, concepts_root: str) -> dict[str, Any]:
         concept.arrays["estimated_mask_0"] = estimated
         concept.save(temp)
     store.publish_folder(temp, final)
+    if remote:  # concept.json, the completion marker, last
+        from .remote_folder import upload_folder
+
+        upload_folder(remote, Path(concepts_root).parent, final, last="concept.json")
     return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id(),
             "peak_memory_mb": job_peak_memory_mb(memory_device), "relearned": relearned,
             "resumed_from_step": resumed_from}
@@ -213,13 +243,20 @@ class _JobContext:
 
 
 def run_task_job(job: TaskJob, concept: Mapping[str, Any], model: ModelInfo | None, resolution: int,
-                 run_dir: str) -> tuple[dict[str, Any], list]:
+                 run_dir: str, remote: str | None = None) -> tuple[dict[str, Any], list]:
     """Run one task job on its learned concept and write its artifacts. Returns two Ray objects: a small
     record for the driver (artifacts, timings, node) and the metric samples, which the driver hands to the
-    metric actor as an object ref without fetching them."""
+    metric actor as an object ref without fetching them. With ``remote`` (a run folder on object storage,
+    ``run_dir`` its staging folder) a concept learned on another node is downloaded first and the artifacts
+    are uploaded before the job returns (harness.execute.remote_folder)."""
     from clic.concept import LearnedConcept
     from clic.methods import method_from_target
 
+    if remote and not store.concept_is_complete(concept["folder"]):
+        from .remote_folder import fetch_concept
+
+        if not fetch_concept(remote, run_dir, Path(concept["folder"])):
+            raise FileNotFoundError(f"{remote}/{store.CONCEPTS_DIR}/{job.concept_id}: the learned concept is not there")
     start = time.perf_counter()
     memory_device = start_memory_window(model)
     # Fresh components per job: applying a concept mutates them (tokens, attention processors).
@@ -239,6 +276,10 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model: ModelInfo | No
     losses = Path(concept["folder"]) / "losses.csv"
     if losses.is_file():
         artifact_paths["artifact_losses"] = str(Path(store.CONCEPTS_DIR) / job.concept_id / losses.name)
+    if remote:
+        from .remote_folder import upload_folder
+
+        upload_folder(remote, run_dir, context.out)
     record = {"artifacts": artifact_paths, "task_seconds": time.perf_counter() - start,
               "learn_seconds": float(concept["seconds"]), "node_id": _node_id(),
               "peak_memory_mb": job_peak_memory_mb(memory_device), "learn_peak_memory_mb": concept.get("peak_memory_mb")}
@@ -248,7 +289,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model: ModelInfo | No
 def _base_sample(job: TaskJob, learned: Any, resolution: int) -> tuple[Any, tuple | None]:
     """The job's sample before the method runs (source, estimated masks, target and its ground truth), and
     the target's model input (image, mask, placement) for transfers and matches."""
-    from clic.io import load_image, load_mask, mask_from_model_output
+    from clic.io import mask_from_model_output
 
     from ..metrics.base import Sample
 

@@ -71,8 +71,10 @@ def file_digest(path: str) -> str:
     key, known = file_facts.lookup(path, "sha256")
     if known is not None:
         return known
+    from .locations import open_location  # a local path, or a URI (s3:// …) read through fsspec
+
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_location(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     file_facts.remember(key, "sha256", digest.hexdigest())

@@ -37,6 +37,7 @@ class Checked:
     run_dir: Path
     models: dict[str, "ModelInfo | None"]
     plan: "Plan"
+    remote: str | None = None  # the run folder's URI when it is on object storage (run_dir is then its staging)
 
 
 def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
@@ -47,7 +48,11 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
     from .suite import load_suite
 
     suite = load_suite(suite_path, sets)  # a bad key is one line already and nothing else can be checked without it
-    run_dir = Path(out) if out else Path("runs") / suite.name
+    # A run folder on object storage is worked on in a local staging folder (harness.execute.remote_folder).
+    from ..execute.remote_folder import is_remote, staging_dir
+
+    remote = str(out).rstrip("/") if is_remote(out) else None
+    run_dir = staging_dir(remote) if remote else Path(out) if out else Path("runs") / suite.name
     problems: list[str] = []
     from . import file_facts
 
@@ -55,7 +60,7 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
     pairs = _attempt(problems, lambda: _pairs(suite, allow_outside)) or []
     models_and_resolution = _attempt(problems, lambda: _models(suite))
     created = not run_dir.exists()
-    problems += _writable(run_dir)
+    problems += _writable(remote or run_dir)
     problems += device_problems(suite)
     if not allow_other_suite:
         problems += other_suite_problems(run_dir, suite.name)
@@ -69,7 +74,7 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a refused run leaves no empty run folder behind
         raise PreflightFailed(list(dict.fromkeys(problems)))  # dict: the same line once, in order
-    return Checked(suite, pairs, run_dir, models_and_resolution[0], plan)
+    return Checked(suite, pairs, run_dir, models_and_resolution[0], plan, remote)
 
 
 def device_problems(suite: "Suite", cuda_available: bool | None = None) -> list[str]:
@@ -230,13 +235,14 @@ def _models(suite: "Suite"):
     return describe_models(suite)
 
 
-def _writable(run_dir: Path) -> list[str]:
-    """The output folder can be created and written (harness.guards: not a file, writable); nothing is made."""
+def _writable(run_dir: Path | str) -> list[str]:
+    """The output folder can be created and written (harness.guards: not a file, writable; a URI: its scheme's
+    package is installed); nothing is made."""
     from ..errors import UsageError
     from ..guards import check_output_folder
 
     try:
-        check_output_folder(str(run_dir))
+        check_output_folder(str(run_dir), remote_ok=True)
     except UsageError as error:
         return [str(error)]
     return []

@@ -1,0 +1,301 @@
+"""Run folders on object storage (``--out s3://bucket/prefix``, ``gs://…``): a local staging folder, mirrored.
+
+The harness reads and writes a run folder with local file operations (atomic renames, ``flock``, Parquet files
+read by path), and object stores have no rename and no ``flock``. Rather than send every one of those through
+a slower layer (local runs must not pay for it), a run into a URI works on a local **staging folder** and
+mirrors it:
+
+* **Before planning** (holding the lease below) the driver pulls the prefix into the staging folder: the
+  results folder is made equal to the remote one (a result file that only the staging folder has belongs to a
+  run that was killed before mirroring it: its job runs again, rather than risk showing rows that another
+  driver has since replaced), every other file is downloaded when missing or of another size.
+* **While it runs** the driver pushes what changed in the staging folder (results, run.json, plan.parquet,
+  pairs.parquet, the file-facts cache) every :data:`PUSH_EVERY_SECONDS` and at the end; files it deleted
+  (per-job files folded into a compacted file) are deleted remotely *after* the new files are uploaded, so a
+  kill in between leaves a job's rows twice in the prefix, which readers already take once (the newest source
+  wins: :mod:`harness.store`). A driver killed between two pushes loses only the rows of the jobs since the last
+  push: they run again on resume, never twice in the tables.
+* **Workers** (on any node) write a job's artifacts and a learned concept into their own staging folder, as
+  locally, then upload them before they return (a concept's ``concept.json``, its completion marker, last);
+  a task whose concept was learned on another node downloads it first.
+* **The report** is written into the staging folder and pushed under ``PREFIX/report``.
+
+The lock is a **lease object** ``PREFIX/.lock`` created with a conditional write (S3 ``PUT`` with
+``If-None-Match: *``, fsspec's ``pipe_file(mode="create")``): of two drivers starting together exactly one
+creates it. A conditional write alone would leave a killed driver's lock for ever, and object stores have no
+process to release it as the kernel releases a ``flock``; so the holder rewrites it every
+:data:`LEASE_SECONDS` / 3, and a lease not rewritten for :data:`LEASE_SECONDS` (by the store's own
+``LastModified``) belongs to a dead driver: a waiting run deletes it and creates its own, again conditionally.
+
+fsspec rather than ``pyarrow.fs``: the manifest reader already opens URIs through fsspec (with its one-line
+"install this package" for a missing scheme, :mod:`harness.plan.remote`), s3fs exposes S3's conditional write
+(pyarrow's filesystems do not), and its ``put``/``get`` of many files run concurrently.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from .. import store
+from ..errors import UsageError
+
+LEASE_FILE = ".lock"
+LEASE_SECONDS = float(os.environ.get("CLIC_LEASE_SECONDS", "120"))
+PUSH_EVERY_SECONDS = float(os.environ.get("CLIC_PUSH_SECONDS", "10"))
+STAGING_ENV = "CLIC_STAGING_DIR"  # where staging folders go (default ~/.cache/clic-bench/staging)
+REPORT_DIR = "report"
+# Files of the run folder the driver writes (pushed by it); artifacts and concepts are pushed by the workers.
+DRIVER_FILES = (store.RUN_MANIFEST, store.PLAN_FILE, store.PAIRS_FILE)
+DRIVER_FOLDERS = (store.RESULTS_DIR, REPORT_DIR)
+LOCAL_ONLY = (".lock", "file_facts.json")  # never mirrored: the flock file; the facts cache names local paths
+
+
+def is_remote(location: str | os.PathLike[str] | None) -> bool:
+    """True for ``scheme://…`` other than ``file://`` (a run folder on object storage)."""
+    from ..plan.locations import is_uri
+
+    text = str(location) if location is not None else ""
+    return is_uri(text) and not text.lower().startswith("file://")
+
+
+def check_remote_folder(uri: str, option: str = "--out") -> None:
+    """One line when ``uri``'s scheme cannot be opened (its package missing, unknown to fsspec)."""
+    from ..plan.remote import missing_package
+
+    scheme = uri.split("://", 1)[0].lower()
+    problem = missing_package(scheme)
+    if problem is not None:
+        raise UsageError(f"{option}: {uri}: {problem}")
+    if not uri.split("://", 1)[1].strip("/"):
+        raise UsageError(f"{option}: {uri}: name a bucket and a prefix, e.g. {scheme}://bucket/runs/x")
+
+
+def staging_dir(uri: str) -> Path:
+    """The local staging folder of ``uri``: the same path on every node of a cluster (workers stage there too)."""
+    root = os.environ.get(STAGING_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "clic-bench", "staging")
+    digest = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in uri.split("://", 1)[1].rstrip("/"))[-60:]
+    return Path(root) / f"{name}-{digest}"
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(uri.rstrip("/"))
+
+
+def _skipped(relative: str) -> bool:
+    parts = relative.split("/")
+    return relative in LOCAL_ONLY or any(part.startswith(store.TEMP_PREFIX) for part in parts) \
+        or any(part.startswith(".learning-") for part in parts)
+
+
+class RemoteFolder:
+    """A run folder at ``uri`` and its local staging folder (see the module docstring)."""
+
+    def __init__(self, uri: str, local: str | os.PathLike[str] | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        self.fs, self.root = _filesystem(self.uri)
+        self.local = Path(local) if local is not None else staging_dir(self.uri)
+        self.pushed: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) the remote has
+        self.last_push = time.monotonic()
+
+    def remote_path(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    def _listing(self) -> dict[str, int]:
+        """Relative path -> size of every object under the prefix (mirrored ones only)."""
+        try:
+            found = self.fs.find(self.root, detail=True)
+        except FileNotFoundError:
+            return {}
+        listing = {}
+        for path, info in found.items():
+            relative = path[len(self.root):].lstrip("/")
+            if relative and info.get("type", "file") == "file" and not _skipped(relative):
+                listing[relative] = int(info.get("size") or 0)
+        return listing
+
+    # ------------------------------------------------------------------------------------------ mirroring
+    def pull(self) -> int:
+        """Make the staging folder hold the prefix (see the module docstring); returns files downloaded."""
+        self.fs.invalidate_cache()
+        listing = self._listing()
+        self.local.mkdir(parents=True, exist_ok=True)
+        results = self.local / store.RESULTS_DIR
+        if results.is_dir():  # the remote results are the truth: a result only staged here runs again
+            for path in results.iterdir():
+                if path.is_file() and f"{store.RESULTS_DIR}/{path.name}" not in listing:
+                    path.unlink()
+        wanted = []
+        for relative, size in listing.items():
+            local = self.local / relative
+            if relative.startswith(f"{store.RESULTS_DIR}/") or relative in DRIVER_FILES or not local.is_file() \
+                    or local.stat().st_size != size:
+                wanted.append(relative)
+        self._download(wanted)
+        self.pushed = {}
+        for relative in listing:
+            local = self.local / relative
+            if local.is_file():
+                stat = local.stat()
+                self.pushed[relative] = (stat.st_size, stat.st_mtime_ns)
+        self.last_push = time.monotonic()
+        return len(wanted)
+
+    def _download(self, relatives: list[str]) -> None:
+        """Each file to a temporary name, then renamed: a download cut short is never read as the file."""
+        if not relatives:
+            return
+        temps = []
+        for relative in relatives:
+            final = self.local / relative
+            final.parent.mkdir(parents=True, exist_ok=True)
+            temps.append(store.temp_sibling(final))
+        self.fs.get([self.remote_path(r) for r in relatives], [str(t) for t in temps])
+        for relative, temp in zip(relatives, temps):
+            os.replace(temp, self.local / relative)
+
+    def _driver_files(self) -> dict[str, tuple[int, int]]:
+        found = {}
+        for name in DRIVER_FILES:
+            path = self.local / name
+            if path.is_file():
+                stat = path.stat()
+                found[name] = (stat.st_size, stat.st_mtime_ns)
+        for folder in DRIVER_FOLDERS:
+            base = self.local / folder
+            for directory, subfolders, files in os.walk(base):
+                subfolders[:] = [s for s in subfolders if not s.startswith(store.TEMP_PREFIX)]
+                for name in files:
+                    relative = Path(directory, name).relative_to(self.local).as_posix()
+                    if not _skipped(relative):
+                        stat = Path(directory, name).stat()
+                        found[relative] = (stat.st_size, stat.st_mtime_ns)
+        return found
+
+    def push(self) -> int:
+        """Upload what the driver changed, then delete what it removed (results, report); returns files sent."""
+        current = self._driver_files()
+        changed = sorted(r for r, stamp in current.items() if self.pushed.get(r) != stamp)
+        if changed:
+            self.fs.put([str(self.local / r) for r in changed], [self.remote_path(r) for r in changed])
+            self.pushed.update({r: current[r] for r in changed})
+        gone = sorted(r for r in self.pushed if r.split("/", 1)[0] in DRIVER_FOLDERS and r not in current)
+        if gone:  # after the uploads: a kill in between leaves rows twice, which readers take once
+            self.fs.rm([self.remote_path(r) for r in gone])
+            for relative in gone:
+                del self.pushed[relative]
+        self.last_push = time.monotonic()
+        return len(changed)
+
+    def push_report(self, report: Path) -> None:
+        """Upload a report written into the staging folder (the same place under the prefix)."""
+        upload_folder(self.uri, self.local, report)
+
+    def push_if_due(self) -> None:
+        if time.monotonic() - self.last_push >= PUSH_EVERY_SECONDS:
+            self.push()
+
+    # ---------------------------------------------------------------------------------------------- lease
+    @contextmanager
+    def leased(self, run_id: str, *, wait: bool = True, quiet: bool = False) -> Iterator[None]:
+        """Hold ``PREFIX/.lock`` for the ``with`` block (a conditional create, renewed; see the module docstring)."""
+        lease = self.remote_path(LEASE_FILE)
+        body = json.dumps({"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "lease_seconds": LEASE_SECONDS}).encode()
+        said = False
+        while True:
+            try:
+                self.fs.pipe_file(lease, body, mode="create")  # S3: PUT with If-None-Match: *
+                break
+            except FileExistsError:
+                holder, age = self._holder(lease)
+                if age is not None and age > LEASE_SECONDS:  # not renewed: its driver died
+                    self.fs.rm_file(lease)
+                    continue
+                if not wait:
+                    raise UsageError(f"{self.uri}: in use by {holder}; wait for it to finish, or choose another --out") from None
+                if not said and not quiet:
+                    print(f"{self.uri}: in use by {holder}; waiting for it to finish", file=sys.stderr, flush=True)
+                said = True
+                time.sleep(min(5.0, LEASE_SECONDS / 6))
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(LEASE_SECONDS / 3):
+                try:
+                    self.fs.pipe_file(lease, body)
+                except Exception as error:  # one missed renewal is not fatal; the next try comes soon
+                    print(f"{lease}: lease not renewed ({type(error).__name__})", file=sys.stderr)
+
+        renewer = threading.Thread(target=renew, name=f"lease {self.uri}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            try:
+                self.fs.rm_file(lease)
+            except FileNotFoundError:
+                pass
+
+    def _holder(self, lease: str) -> tuple[str, float | None]:
+        """Who holds the lease, in words, and seconds since it was last written (None: gone meanwhile)."""
+        self.fs.invalidate_cache(lease)
+        try:
+            info = self.fs.info(lease)
+            holder = json.loads(self.fs.cat_file(lease) or b"{}")
+        except FileNotFoundError:
+            return "another run", 0.0
+        except ValueError:
+            holder = {}
+        modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
+        age = None
+        if hasattr(modified, "timestamp"):
+            age = time.time() - modified.timestamp()
+        text = (f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                f"since {holder.get('since', '?')})") if holder else "another run"
+        return text, age
+
+
+# ------------------------------------------------------------------------------------------ worker side
+def upload_folder(remote_uri: str, local_root: str | os.PathLike[str], folder: str | os.PathLike[str],
+                  last: str | None = None) -> None:
+    """Upload ``folder`` (inside ``local_root``) to the same place under ``remote_uri``; ``last`` (a file name of
+    the folder, the completion marker) after every other file."""
+    fs, root = _filesystem(remote_uri)
+    folder, local_root = Path(folder), Path(local_root)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(store.TEMP_PREFIX))
+    first = [p for p in files if p.name != last or p.parent != folder]
+    final = [p for p in files if p not in first]
+    for batch in (first, final):
+        if batch:
+            fs.put([str(p) for p in batch], [f"{root}/{p.relative_to(local_root).as_posix()}" for p in batch])
+
+
+def fetch_concept(remote_uri: str, local_root: str | os.PathLike[str], final: Path) -> bool:
+    """Download a concept learned on another node (complete remotely: its concept.json is there) into
+    ``final``; False when the remote has no complete concept there."""
+    fs, root = _filesystem(remote_uri)
+    prefix = f"{root}/{final.relative_to(Path(local_root)).as_posix()}"
+    fs.invalidate_cache(prefix)
+    if not fs.exists(f"{prefix}/concept.json"):
+        return False
+    temp = store.temp_sibling(final)
+    names = [path[len(prefix):].lstrip("/") for path in fs.find(prefix)]
+    for name in names:
+        (temp / name).parent.mkdir(parents=True, exist_ok=True)
+    fs.get([f"{prefix}/{name}" for name in names], [str(temp / name) for name in names])
+    store.publish_folder(temp, final)
+    return True

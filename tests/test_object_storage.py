@@ -1,0 +1,177 @@
+"""Run folders and manifests on object storage, against a real S3-compatible server on loopback.
+
+The server is moto's server mode (``moto.server.ThreadedMotoServer``, moto 5.x): a real HTTP server that speaks
+the S3 REST protocol, started by the fixture below on a free port of 127.0.0.1 and stopped after the module's
+tests. The harness reaches it through s3fs exactly as it would reach AWS (``AWS_ENDPOINT_URL``), not through an
+in-process patch. A run into ``s3://bucket/x`` of a manifest whose rows are ``s3://`` URIs is killed part-way
+(SIGKILL of its driver and its local Ray cluster, as tests/test_reliability.py does) and resumed; its rows must
+be those of the same suite run into a local folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import store
+import pyarrow.parquet as pq
+
+from harness.plan.manifest import write_manifest
+from test_reliability import kill_session, write_drawn_manifest, write_suite_file
+
+ROOT = Path(__file__).resolve().parent.parent
+BUCKET = "clic-runs"
+PAIRS, SEEDS = 20, [0, 1, 2]  # 60 cut-and-paste jobs at 64 px
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server on a free loopback port; yields the environment that points s3fs (and boto) at it."""
+    pytest.importorskip("s3fs")
+    server_module = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    port = _free_port()
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        import fsspec
+
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir(BUCKET)
+        yield env
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+def _s3():
+    import fsspec
+
+    return fsspec.filesystem("s3", skip_instance_cache=True)
+
+
+def _s3_manifest(local_manifest: Path, prefix: str, out: Path) -> Path:
+    """The manifest's files uploaded under ``prefix`` and a manifest naming them by their s3:// URIs."""
+    fs = _s3()
+    folder = local_manifest.parent
+    names = sorted(p.name for p in folder.glob("*.png"))
+    fs.put([str(folder / name) for name in names], [f"{prefix}/{name}" for name in names])
+    rows = pq.read_table(local_manifest).to_pylist()
+    path_keys = ("source_image", "source_mask", "target_image", "target_mask", "target_mask_gt", "expected_image")
+    for row in rows:
+        for key in path_keys:
+            if row.get(key):
+                row[key] = f"s3://{prefix}/{row[key]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_manifest(rows, out)
+
+
+def _bench(suite: Path, out: str, env: dict, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", out, "--num-cpus", "2", "--quiet", *extra]
+
+
+def _remote_results(uri: str) -> int:
+    fs = _s3()
+    fs.invalidate_cache()
+    try:
+        return sum(1 for p in fs.ls(f"{uri.split('://', 1)[1]}/{store.RESULTS_DIR}")
+                   if p.endswith(".parquet") and store.TEMP_PREFIX not in p)
+    except FileNotFoundError:
+        return 0
+
+
+def _compared(results):
+    columns = ["job_id", "pair_id", "seed", "method", "metric", "value", "status"]
+    return results[columns].sort_values(["job_id", "metric"]).reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_a_run_into_s3_killed_and_resumed_has_the_rows_of_a_local_run(s3_server, ray_session, tmp_path: Path) -> None:
+    from harness.execute.remote_folder import RemoteFolder
+    from harness.execute.runner import run_suite
+
+    local_manifest = write_drawn_manifest(tmp_path / "data", PAIRS)
+    remote_manifest = _s3_manifest(local_manifest, f"{BUCKET}/data", tmp_path / "remote-manifest" / "manifest.parquet")
+    local_suite = write_suite_file(tmp_path / "objects.yaml", local_manifest, SEEDS, ["ssim_psnr"])
+    remote_suite = write_suite_file(remote_manifest.parent / "objects.yaml", remote_manifest, SEEDS, ["ssim_psnr"])
+    uri = f"s3://{BUCKET}/runs/x"
+    env = {**os.environ, **s3_server, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
+           "CLIC_STAGING_DIR": str(tmp_path / "staging"), "CLIC_PUSH_SECONDS": "0.2", "CLIC_LEASE_SECONDS": "6"}
+
+    # The reference: the same suite over the same files, into a local folder (the session's Ray cluster).
+    local = run_suite(local_suite, tmp_path / "local", quiet=True)
+    assert (local.done, local.failed) == (PAIRS * len(SEEDS), 0)
+
+    driver = subprocess.Popen(_bench(remote_suite, uri, env, "--no-report"), cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while _remote_results(uri) < 10:
+            assert driver.poll() is None, f"the driver ended early: {driver.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "timed out waiting for results in the bucket"
+            time.sleep(0.1)
+    finally:
+        kill_session(driver)
+    before = _remote_results(uri)
+    assert 10 <= before < PAIRS * len(SEEDS), before
+    assert _s3().exists(f"{BUCKET}/runs/x/.lock")  # the killed driver's lease: expires, then is taken over
+
+    resumed = subprocess.run(_bench(remote_suite, uri, env), cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    counts = re.search(r"(\d+) jobs: (\d+) done, (\d+) failed, (\d+) skipped", resumed.stdout)
+    assert counts, resumed.stdout
+    total, done, failed, skipped = map(int, counts.groups())
+    assert (total, failed) == (PAIRS * len(SEEDS), 0) and skipped >= before and done == total - skipped
+    assert f"report: {uri}/report/" in resumed.stdout, resumed.stdout
+
+    # What is in the bucket, read back into a fresh folder, is the local run's rows: each job once.
+    fs = _s3()
+    fs.invalidate_cache()
+    assert not fs.exists(f"{BUCKET}/runs/x/.lock")  # released
+    for name in (store.RUN_MANIFEST, store.PLAN_FILE, store.PAIRS_FILE, "report/index.html"):
+        assert fs.exists(f"{BUCKET}/runs/x/{name}"), name
+    check = RemoteFolder(uri, tmp_path / "check")
+    check.pull()
+    remote_rows, local_rows = store.read_results(check.local), store.read_results(tmp_path / "local")
+    assert remote_rows.drop_duplicates(["job_id", "metric", "run_id"]).groupby(["job_id", "metric"]).size().max() == 1
+    assert _compared(remote_rows).equals(_compared(local_rows))
+    for artifact in remote_rows["artifact_image"].dropna().unique():  # every artifact a row names is there
+        assert (check.local / artifact).is_file(), artifact
+    assert remote_rows["artifact_image"].notna().all()
+
+
+def test_a_scheme_without_its_package_is_one_line(tmp_path: Path, capsys) -> None:
+    """gs:// needs gcsfs (not a test dependency): `clic-bench run --out gs://…` says so in one line, before any work."""
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed")
+    from harness.cli import main
+
+    local_manifest = write_drawn_manifest(tmp_path / "data", 1)
+    suite = write_suite_file(tmp_path / "gs.yaml", local_manifest, [0], ["ssim_psnr"])
+    assert main(["run", str(suite), "--out", "gs://bucket/runs/x", "--quiet", "--no-report"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("clic-bench: error:")]
+    assert len(errors) == 1 and "gcsfs" in errors[0] and "pip install gcsfs" in errors[0], errors
