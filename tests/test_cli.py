@@ -191,16 +191,22 @@ def test_console_error_is_one_line_without_traceback(tmp_path: Path) -> None:
 
 
 def test_an_object_storage_out_is_refused_in_one_line_not_written_to_a_local_s3_folder(tmp_path, monkeypatch, capsys):
-    """issue 25: Path("s3://bucket/x") is a local folder "s3:"; until run folders on object storage are supported
-    such an --out is one line naming the scheme, and nothing is created."""
+    """issue 25: Path("s3://bucket/x") is a local folder "s3:". Only `clic-bench run` writes to object storage
+    (harness.execute.remote_folder); elsewhere such an --out is one line naming the scheme, and nothing is created;
+    a run's --out whose scheme's package is missing is one line naming the package."""
+    import importlib.util
+
     import pytest as _pytest
 
     from harness.errors import UsageError
     from harness.guards import check_output_folder
 
     monkeypatch.chdir(tmp_path)
-    with _pytest.raises(UsageError, match=r"^--out: s3://bucket/runs/x: run folders on object storage \(s3://\)"):
+    with _pytest.raises(UsageError, match=r"^--out: s3://bucket/runs/x: only `clic-bench run` writes to object storage \(s3://\)"):
         check_output_folder("s3://bucket/runs/x")
+    if importlib.util.find_spec("gcsfs") is None:
+        with _pytest.raises(UsageError, match=r"^--out: gs://bucket/runs/x: gs:// needs the gcsfs package.*pip install gcsfs"):
+            check_output_folder("gs://bucket/runs/x", remote_ok=True)
     from harness.cli import main
 
     assert main(["report", str(tmp_path), "--out", "gs://bucket/report"]) == 2
