@@ -175,3 +175,54 @@ def test_a_scheme_without_its_package_is_one_line(tmp_path: Path, capsys) -> Non
     assert main(["run", str(suite), "--out", "gs://bucket/runs/x", "--quiet", "--no-report"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("clic-bench: error:")]
     assert len(errors) == 1 and "gcsfs" in errors[0] and "pip install gcsfs" in errors[0], errors
+
+
+def test_the_lease_is_one_holder_at_a_time_and_a_dead_holders_lease_expires(s3_server, tmp_path: Path, monkeypatch) -> None:
+    """The lock of a remote run folder: created by a conditional PUT (If-None-Match: *), so a second run is refused
+    (or waits) naming the holder; a lease its holder stopped renewing (a killed driver) is taken over."""
+    from harness.errors import UsageError
+    from harness.execute import remote_folder
+    from harness.execute.remote_folder import RemoteFolder
+
+    uri = f"s3://{BUCKET}/lease-test"
+    first, second = RemoteFolder(uri, tmp_path / "a"), RemoteFolder(uri, tmp_path / "b")
+    with first.leased("run-one", quiet=True):
+        with pytest.raises(UsageError, match=r"in use by run run-one \(pid \d+ on .*\); wait for it to finish"):
+            with second.leased("run-two", wait=False):
+                pass
+    assert not _s3().exists(f"{BUCKET}/lease-test/.lock")  # released
+    # A holder that died: its lease object stays, not renewed; after LEASE_SECONDS the next run takes it over.
+    _s3().pipe_file(f"{BUCKET}/lease-test/.lock", b'{"run_id": "dead"}')
+    monkeypatch.setattr(remote_folder, "LEASE_SECONDS", 1.0)
+    time.sleep(1.5)
+    with second.leased("run-two", wait=False):
+        assert b"run-two" in _s3().cat_file(f"{BUCKET}/lease-test/.lock")
+
+
+def test_push_uploads_before_it_deletes_and_pull_mirrors_the_results(s3_server, tmp_path: Path) -> None:
+    """Compaction in the staging folder (a new file, then per-job files deleted) reaches the prefix in that order,
+    and a pull makes another staging folder's results exactly the prefix's (a result only staged is dropped)."""
+    from harness.execute.remote_folder import RemoteFolder
+
+    uri = f"s3://{BUCKET}/push-test"
+    folder = RemoteFolder(uri, tmp_path / "a")
+    folder.pull()
+    rows = lambda job: [{"job_id": job, "metric": "m", "value": 1.0, "status": "ok"}]  # noqa: E731
+    for job in ("j1", "j2"):
+        store.write_job_results(folder.local, job, rows(job))
+    store.write_run_manifest(folder.local, {"suite": {"name": "s"}})
+    assert folder.push() == 3
+    assert sorted(p.rsplit("/", 1)[1] for p in _s3().ls(f"{BUCKET}/push-test/results")) == ["j1.parquet", "j2.parquet"]
+    assert store.compact_results(folder.local, min_files=1) == 2
+    deleted_after_upload = []
+    original_rm = folder.fs.rm
+    folder.fs.rm = lambda paths, **kw: (deleted_after_upload.append(_s3().ls(f"{BUCKET}/push-test/results")),
+                                        original_rm(paths, **kw))[1]
+    folder.push()
+    assert any("compacted-000001.parquet" in p for p in deleted_after_upload[0])  # uploaded before the deletes
+    other = RemoteFolder(uri, tmp_path / "b")
+    store.write_job_results(other.local, "only-staged", rows("only-staged"))
+    other.pull()
+    assert sorted(p.name for p in store.results_dir(other.local).iterdir()) == ["compacted-000001.parquet"]
+    assert sorted(store.read_results(other.local)["job_id"]) == ["j1", "j2"]
+    assert store.read_run_manifest(other.local) == {"suite": {"name": "s"}}

@@ -135,6 +135,9 @@ class RemoteFolder:
             for path in results.iterdir():
                 if path.is_file() and f"{store.RESULTS_DIR}/{path.name}" not in listing:
                     path.unlink()
+        for name in DRIVER_FILES:  # nor may an earlier prefix's run.json or plan come back
+            if name not in listing:
+                (self.local / name).unlink(missing_ok=True)
         wanted = []
         for relative, size in listing.items():
             local = self.local / relative
@@ -150,6 +153,26 @@ class RemoteFolder:
                 self.pushed[relative] = (stat.st_size, stat.st_mtime_ns)
         self.last_push = time.monotonic()
         return len(wanted)
+
+    def fetch_run_manifest(self) -> str | None:
+        """Download ``PREFIX/run.json`` (if any) into the staging folder, for the preflight's checks; the problem
+        in one line when the prefix cannot be read (no such bucket, no credentials, no answer)."""
+        try:
+            self.fs.invalidate_cache()
+            data = self.fs.cat_file(self.remote_path(store.RUN_MANIFEST))
+        except FileNotFoundError:
+            (self.local / store.RUN_MANIFEST).unlink(missing_ok=True)  # staged from an earlier prefix of that name
+            return None if self._bucket_exists() else f"{self.uri}: no such bucket (create it first)"
+        except Exception as error:  # credentials, endpoint, permissions: said, not a traceback
+            return f"{self.uri}: cannot be read ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+        store.write_bytes_atomic(self.local / store.RUN_MANIFEST, data)
+        return None
+
+    def _bucket_exists(self) -> bool:
+        try:
+            return bool(self.fs.exists(self.root.split("/", 1)[0]))
+        except Exception:  # unsure (permissions): not said to be missing
+            return True
 
     def _download(self, relatives: list[str]) -> None:
         """Each file to a temporary name, then renamed: a download cut short is never read as the file."""

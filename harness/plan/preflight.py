@@ -60,10 +60,16 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
     pairs = _attempt(problems, lambda: _pairs(suite, allow_outside)) or []
     models_and_resolution = _attempt(problems, lambda: _models(suite))
     created = not run_dir.exists()
-    problems += _writable(remote or run_dir)
+    writable = _writable(remote or run_dir)
+    problems += writable
+    if remote and not writable:  # the prefix's run.json, for the suite check below; an unreadable prefix said now
+        from ..execute.remote_folder import RemoteFolder
+
+        problem = RemoteFolder(remote, run_dir).fetch_run_manifest()
+        problems += [f"--out: {problem}"] if problem else []
     problems += device_problems(suite)
     if not allow_other_suite:
-        problems += other_suite_problems(run_dir, suite.name)
+        problems += other_suite_problems(run_dir, suite.name, shown=remote)
     plan = None
     if models_and_resolution is not None:
         from .resolve import plan_from_suite
@@ -92,8 +98,9 @@ def device_problems(suite: "Suite", cuda_available: bool | None = None) -> list[
     return [] if cuda_available else [f"{suite.source}: device: {suite.device!r} but this machine has no visible CUDA GPU"]
 
 
-def other_suite_problems(run_dir: Path, name: str) -> list[str]:
-    """A run folder holds one suite: running another suite into it would mix two plans' rows and run.json."""
+def other_suite_problems(run_dir: Path, name: str, shown: str | None = None) -> list[str]:
+    """A run folder holds one suite: running another suite into it would mix two plans' rows and run.json.
+    ``shown``: the name the user gave the folder (a URI whose staging folder ``run_dir`` is)."""
     from ..store import read_run_manifest
 
     try:
@@ -101,7 +108,7 @@ def other_suite_problems(run_dir: Path, name: str) -> list[str]:
     except ValueError:  # a corrupt run.json is rewritten by the run
         return []
     if previous and previous != name:
-        return [f"{run_dir}: holds results of suite {previous!r}, not {name!r}; choose another --out, or pass "
+        return [f"{shown or run_dir}: holds results of suite {previous!r}, not {name!r}; choose another --out, or pass "
                 f"--allow-other-suite to add this suite's results to it"]
     return []
 
