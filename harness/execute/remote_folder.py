@@ -322,3 +322,20 @@ def fetch_concept(remote_uri: str, local_root: str | os.PathLike[str], final: Pa
     fs.get([f"{prefix}/{name}" for name in names], [str(temp / name) for name in names])
     store.publish_folder(temp, final)
     return True
+
+
+def generated_image_uris(remote_uri: str, job_id: str) -> list[str]:
+    """A finished generate job's images under the prefix, in order (for a group metric scored on a node whose
+    staging folder lacks them: the job ran on another node)."""
+    from .worker import generated_image_name
+
+    fs, root = _filesystem(remote_uri)
+    folder = f"{root}/{store.ARTIFACTS_DIR}/{job_id}"
+    try:
+        names = {path.rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False)}
+    except FileNotFoundError:
+        return []
+    uris = []
+    while generated_image_name(len(uris)) in names:
+        uris.append(f"{remote_uri.rstrip('/')}/{store.ARTIFACTS_DIR}/{job_id}/{generated_image_name(len(uris))}")
+    return uris

@@ -397,7 +397,7 @@ class _RayRun:
             ref = self._scorer().score.remote(*[self.samples[job.job_id] for job in submission.jobs])
         else:
             kinds = [m.name for m in self.plan.metrics if m.group_by == submission.key[0]]
-            specs = [group_member_spec(job, self.run_dir) for job in submission.members]
+            specs = [group_member_spec(job, self.run_dir, self.remote) for job in submission.members]
             ref = self._scorer().score_group.remote(kinds, submission.key[1], specs)
         if isinstance(submission, (Score, ScoreGroup)):
             self.scored_by[ref] = self._last_scorer

@@ -14,11 +14,16 @@ from .worker import _as_float_image, generated_images
 METRIC_ACTOR_PREFIX = "clic-metrics-"  # + a hash of the metric configuration: the metric actor's name
 
 
-def group_member_spec(job: TaskJob, run_dir: str | Path) -> dict[str, Any]:
-    """What a group metric needs of one finished member job, as file paths (read by the metric actor)."""
+def group_member_spec(job: TaskJob, run_dir: str | Path, remote: str | None = None) -> dict[str, Any]:
+    """What a group metric needs of one finished member job, as file paths (read by the metric actor); with
+    ``remote`` (a run folder on object storage) URIs for images the driver's staging folder lacks."""
+    images = [str(path) for path in generated_images(run_dir, job.job_id)]
+    if not images and remote:  # the job ran on another node: its images are under the prefix
+        from .remote_folder import generated_image_uris
+
+        images = generated_image_uris(remote, job.job_id)
     return {"job_id": job.job_id, "task": job.task, "object_word": job.object_word,
-            "artifacts": str(store.artifact_dir(run_dir, job.job_id)),
-            "images": [str(path) for path in generated_images(run_dir, job.job_id)],
+            "artifacts": str(store.artifact_dir(run_dir, job.job_id)), "images": images,
             "source_image": job.source_image, "source_mask": job.source_mask}
 
 
