@@ -157,6 +157,8 @@ def test_a_run_into_s3_killed_and_resumed_has_the_rows_of_a_local_run(s3_server,
     remote_rows, local_rows = store.read_results(check.local), store.read_results(tmp_path / "local")
     assert remote_rows.drop_duplicates(["job_id", "metric", "run_id"]).groupby(["job_id", "metric"]).size().max() == 1
     assert _compared(remote_rows).equals(_compared(local_rows))
+    concepts = fs.ls(f"{BUCKET}/runs/x/{store.CONCEPTS_DIR}")  # every learned concept, complete
+    assert concepts and all(fs.exists(f"{c}/concept.json") for c in concepts if not c.rsplit("/", 1)[-1].startswith("."))
     for artifact in remote_rows["artifact_image"].dropna().unique():  # every artifact a row names is there
         assert (check.local / artifact).is_file(), artifact
     assert remote_rows["artifact_image"].notna().all()
@@ -226,3 +228,43 @@ def test_push_uploads_before_it_deletes_and_pull_mirrors_the_results(s3_server, 
     assert sorted(p.name for p in store.results_dir(other.local).iterdir()) == ["compacted-000001.parquet"]
     assert sorted(store.read_results(other.local)["job_id"]) == ["j1", "j2"]
     assert store.read_run_manifest(other.local) == {"suite": {"name": "s"}}
+
+
+def test_a_concept_learned_on_one_node_is_fetched_on_another(s3_server, tmp_path: Path, monkeypatch) -> None:
+    """Workers share no folder: the learner uploads the concept (concept.json, its completion marker, last), a task
+    on another node (another staging folder) downloads it whole; a generate job's images are found by URI."""
+    from harness.execute.remote_folder import fetch_concept, generated_image_uris, upload_folder
+
+    uri = f"s3://{BUCKET}/concept-test"
+    learner, other = tmp_path / "node-a", tmp_path / "node-b"
+    concept = store.concept_dir(learner, "c1")
+    (concept / "weights").mkdir(parents=True)
+    (concept / "weights" / "tokens.safetensors").write_bytes(b"tokens")
+    (concept / "concept.json").write_text("{}")
+    assert not fetch_concept(uri, other, store.concept_dir(other, "c1"))  # nothing there yet
+    uploaded = []
+    fs = _s3()
+    original_put = fs.put
+
+    def recording_put(local, remote, **kwargs):
+        uploaded.append([path.rsplit("/", 1)[-1] for path in remote])
+        return original_put(local, remote, **kwargs)
+
+    import harness.execute.remote_folder as remote_folder
+
+    real_filesystem = remote_folder._filesystem
+    monkeypatch.setattr(fs, "put", recording_put)
+    monkeypatch.setattr(remote_folder, "_filesystem", lambda u: (fs, real_filesystem(u)[1]))
+    upload_folder(uri, learner, concept, last="concept.json")
+    monkeypatch.undo()
+    assert uploaded == [["tokens.safetensors"], ["concept.json"]]  # the marker after everything it marks
+    target = store.concept_dir(other, "c1")
+    assert fetch_concept(uri, other, target) and store.concept_is_complete(target)
+    assert (target / "weights" / "tokens.safetensors").read_bytes() == b"tokens"
+
+    artifacts = store.artifact_dir(learner, "job1")
+    artifacts.mkdir(parents=True)
+    for name in ("edited.png", "edited-1.png", "attention.png"):
+        (artifacts / name).write_bytes(b"png")
+    upload_folder(uri, learner, artifacts)
+    assert generated_image_uris(uri, "job1") == [f"{uri}/artifacts/job1/edited.png", f"{uri}/artifacts/job1/edited-1.png"]
