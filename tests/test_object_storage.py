@@ -18,13 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+from test_reliability import kill_session, write_drawn_manifest, write_suite_file
 
 from harness import store
-import pyarrow.parquet as pq
-
 from harness.plan.manifest import write_manifest
-from test_reliability import kill_session, write_drawn_manifest, write_suite_file
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "clic-runs"
@@ -209,7 +208,10 @@ def test_push_uploads_before_it_deletes_and_pull_mirrors_the_results(s3_server, 
     uri = f"s3://{BUCKET}/push-test"
     folder = RemoteFolder(uri, tmp_path / "a")
     folder.pull()
-    rows = lambda job: [{"job_id": job, "metric": "m", "value": 1.0, "status": "ok"}]  # noqa: E731
+
+    def rows(job: str) -> list[dict]:
+        return [{"job_id": job, "metric": "m", "value": 1.0, "status": "ok"}]
+
     for job in ("j1", "j2"):
         store.write_job_results(folder.local, job, rows(job))
     store.write_run_manifest(folder.local, {"suite": {"name": "s"}})
@@ -250,7 +252,7 @@ def test_a_concept_learned_on_one_node_is_fetched_on_another(s3_server, tmp_path
         uploaded.append([path.rsplit("/", 1)[-1] for path in remote])
         return original_put(local, remote, **kwargs)
 
-    import harness.execute.remote_folder as remote_folder
+    from harness.execute import remote_folder
 
     real_filesystem = remote_folder._filesystem
     monkeypatch.setattr(fs, "put", recording_put)
