@@ -26,6 +26,8 @@ creates it. A conditional write alone would leave a killed driver's lock for eve
 process to release it as the kernel releases a ``flock``; so the holder rewrites it every
 :data:`LEASE_SECONDS` / 3, and a lease not rewritten for :data:`LEASE_SECONDS` (by the store's own
 ``LastModified``) belongs to a dead driver: a waiting run deletes it and creates its own, again conditionally.
+(Left open: two runs that find the same dead lease at the same moment can both delete before either creates.
+Verified on S3 — s3fs sends ``If-None-Match: *`` — other schemes depend on their package's ``mode="create"``.)
 
 fsspec rather than ``pyarrow.fs``: the manifest reader already opens URIs through fsspec (with its one-line
 "install this package" for a missing scheme, :mod:`harness.plan.remote`), s3fs exposes S3's conditional write
