@@ -295,20 +295,43 @@ def _conform(table: pa.Table) -> pa.Table:
 
 def read_results(run_dir: str | Path) -> pd.DataFrame:
     """All result rows of a run as one DataFrame with the columns of ``RESULT_SCHEMA`` (possibly empty)."""
+    return _frame(_results_table(run_dir))
+
+
+def _results_table(run_dir: str | Path) -> pa.Table:
     tables = [_conform(t) for t in _read_tables(run_dir) if "job_id" in t.column_names]
-    table = pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
-    return table.to_pandas()
+    return pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
+
+
+# Columns whose value repeats over many rows: one JSON per method run and sweep point. In pandas they are
+# categoricals (codes, not a copy of the text per row: ~1 KB of JSON on each of a 100k-job run's 800k rows was most
+# of its report's memory and time); their categories are in text order, so sorting by them sorts as the text does.
+CATEGORICAL_COLUMNS = ("settings",)
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    for name in CATEGORICAL_COLUMNS:
+        index = table.schema.get_field_index(name)
+        if index >= 0:
+            table = table.set_column(index, name, pc.dictionary_encode(table.column(name)))
+    frame = table.to_pandas()
+    for name in CATEGORICAL_COLUMNS:
+        if name in frame.columns and isinstance(frame[name].dtype, pd.CategoricalDtype):
+            column = frame[name].cat
+            frame[name] = column.reorder_categories(sorted(column.categories), ordered=True)
+    return frame
 
 
 def read_plan_results(run_dir: str | Path) -> tuple[pd.DataFrame, int]:
     """The result rows of the folder's current plan (:func:`write_plan`), and the number of rows of earlier
     plans in the folder that were left out (an edited suite run into its own folder must not pool with them)."""
-    results = read_results(run_dir)
-    planned = read_plan(run_dir)
-    if planned is None:
-        return results, 0
-    keep = results["job_id"].isin(planned)
-    return results[keep].reset_index(drop=True), int((~keep).sum())
+    table = _results_table(run_dir)
+    path = Path(run_dir) / PLAN_FILE
+    if not path.is_file():
+        return _frame(table), 0
+    planned = pq.read_table(path, columns=["result_id"]).column("result_id")
+    keep = pc.is_in(table.column("job_id"), value_set=planned.combine_chunks())  # in Arrow: no frame of every row
+    return _frame(table.filter(keep)), len(table) - pc.sum(keep).as_py() if len(table) else 0
 
 
 def earlier_plan_note(rows: int) -> str:
@@ -534,13 +557,16 @@ def write_pairs(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     return path
 
 
-def read_pairs(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows :func:`write_pairs` recorded ([] for a run folder without them)."""
+def read_pairs(run_dir: str | Path, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The rows :func:`write_pairs` recorded ([] for a run folder without them); ``only``: those pair ids'."""
     path = Path(run_dir) / PAIRS_FILE
     if not path.is_file():
         return []
     try:
-        return pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
+        if only is not None:
+            table = table.filter(pc.is_in(table.column("pair_id"), value_set=pa.array(list(only), pa.string())))
+        return table.to_pylist()
     except (OSError, pa.ArrowException) as err:
         raise UnreadableRunFile(f"{path}: not a readable Parquet file ({' '.join(str(err).split())[:200]}); the next "
                                 f"run into this folder writes it again") from None
