@@ -71,10 +71,11 @@ def read_run_results(run_dir: str | Path) -> pd.DataFrame:
 def interval(values: np.ndarray, clusters: np.ndarray | pd.Series, weights: np.ndarray | None = None) -> tuple[float, float]:
     """The CI of one table cell: pairs resampled as clusters with their seeds nested, or none (nan) below
     ``MIN_CLUSTERS`` pairs."""
-    clusters = np.asarray(clusters, dtype=object)
-    if len(set(map(str, clusters))) < MIN_CLUSTERS:
+    # the units as codes in the text order of their names (hashed, not a Python set over every row)
+    codes, units = pd.factorize(pd.Series(np.asarray(clusters, dtype=object)).astype(str), sort=True)
+    if len(units) < MIN_CLUSTERS:
         return (float("nan"), float("nan"))
-    return bootstrap_ci(values, weights=weights, clusters=clusters, nested=True)
+    return bootstrap_ci(values, weights=weights, clusters=codes, nested=True)
 
 
 def _clusters(df: pd.DataFrame) -> pd.Series:
@@ -113,7 +114,7 @@ def _ok_values(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _joined_unique(values: pd.Series) -> str:
-    return ", ".join(sorted({str(v) for v in values.dropna()}))
+    return ", ".join(sorted(values.dropna().astype(str).unique()))
 
 
 def paired_test(differences: Sequence[float] | np.ndarray) -> tuple[float, str]:
