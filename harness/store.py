@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -294,20 +295,43 @@ def _conform(table: pa.Table) -> pa.Table:
 
 def read_results(run_dir: str | Path) -> pd.DataFrame:
     """All result rows of a run as one DataFrame with the columns of ``RESULT_SCHEMA`` (possibly empty)."""
+    return _frame(_results_table(run_dir))
+
+
+def _results_table(run_dir: str | Path) -> pa.Table:
     tables = [_conform(t) for t in _read_tables(run_dir) if "job_id" in t.column_names]
-    table = pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
-    return table.to_pandas()
+    return pa.concat_tables(tables) if tables else RESULT_SCHEMA.empty_table()
+
+
+# Columns whose value repeats over many rows: one JSON per method run and sweep point. In pandas they are
+# categoricals (codes, not a copy of the text per row: ~1 KB of JSON on each of a 100k-job run's 800k rows was most
+# of its report's memory and time); their categories are in text order, so sorting by them sorts as the text does.
+CATEGORICAL_COLUMNS = ("settings",)
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    for name in CATEGORICAL_COLUMNS:
+        index = table.schema.get_field_index(name)
+        if index >= 0:
+            table = table.set_column(index, name, pc.dictionary_encode(table.column(name)))
+    frame = table.to_pandas()
+    for name in CATEGORICAL_COLUMNS:
+        if name in frame.columns and isinstance(frame[name].dtype, pd.CategoricalDtype):
+            column = frame[name].cat
+            frame[name] = column.reorder_categories(sorted(column.categories), ordered=True)
+    return frame
 
 
 def read_plan_results(run_dir: str | Path) -> tuple[pd.DataFrame, int]:
     """The result rows of the folder's current plan (:func:`write_plan`), and the number of rows of earlier
     plans in the folder that were left out (an edited suite run into its own folder must not pool with them)."""
-    results = read_results(run_dir)
-    planned = read_plan(run_dir)
-    if planned is None:
-        return results, 0
-    keep = results["job_id"].isin(planned)
-    return results[keep].reset_index(drop=True), int((~keep).sum())
+    table = _results_table(run_dir)
+    path = Path(run_dir) / PLAN_FILE
+    if not path.is_file():
+        return _frame(table), 0
+    planned = pq.read_table(path, columns=["result_id"]).column("result_id")
+    keep = pc.is_in(table.column("job_id"), value_set=planned.combine_chunks())  # in Arrow: no frame of every row
+    return _frame(table.filter(keep)), len(table) - pc.sum(keep).as_py() if len(table) else 0
 
 
 def earlier_plan_note(rows: int) -> str:
@@ -318,7 +342,9 @@ def job_statuses(run_dir: str | Path) -> dict[str, str]:
     """Job id -> its status (ok, failed, not_applicable), for every job with a readable result file."""
     statuses: dict[str, str] = {}
     for table in _read_tables(run_dir, columns=["job_id", "status"]):  # a compacted table holds many jobs
-        for job_id, status in zip(table.column("job_id").to_pylist(), table.column("status").to_pylist()):
+        # a job has a row per metric value, all of one status mostly: its distinct statuses, found in Arrow
+        distinct = table.select(["job_id", "status"]).group_by(["job_id", "status"], use_threads=False).aggregate([])
+        for job_id, status in zip(distinct.column("job_id").to_pylist(), distinct.column("status").to_pylist()):
             if statuses.get(job_id) != STATUS_FAILED:  # one failed row makes the job failed
                 statuses[job_id] = status
     return statuses
@@ -463,22 +489,54 @@ def write_run_manifest(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path
     return write_json_atomic(Path(run_dir) / RUN_MANIFEST, dict(manifest))
 
 
-def write_plan(run_dir: str | Path, result_ids: Iterable[str]) -> Path:
+PLAN_KIND_JOB = "job"
+PLAN_KIND_GROUP = "group"
+_PLAN_FINGERPRINT = b"plan_fingerprint"
+
+
+@dataclass(frozen=True)
+class StoredPlan:
+    table: pa.Table  # result_id, kind (job / group)
+    fingerprint: str | None  # harness.execute.resume.plan_fingerprint of the inputs it was planned from
+
+
+def write_plan(run_dir: str | Path, job_ids: Iterable[str], group_ids: Iterable[str] = (),
+               fingerprint: str | None = None) -> Path:
     """Record the result ids of the folder's current plan (every job and every group's values), replacing the
-    last plan's: tables read these rows, and rows of earlier plans in the folder are left out by name."""
+    last plan's: tables read these rows, and rows of earlier plans in the folder are left out by name. The
+    ``fingerprint`` of the plan's inputs lets a resume with nothing to do skip planning
+    (:mod:`harness.execute.resume`)."""
     path = Path(run_dir) / PLAN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    jobs, groups = sorted(set(job_ids)), sorted(set(group_ids))
+    table = pa.table({"result_id": pa.array(jobs + groups, pa.string()),
+                      "kind": pa.array([PLAN_KIND_JOB] * len(jobs) + [PLAN_KIND_GROUP] * len(groups), pa.string())})
+    if fingerprint:
+        table = table.replace_schema_metadata({_PLAN_FINGERPRINT: fingerprint.encode()})
     temp = temp_sibling(path)
-    pq.write_table(pa.table({"result_id": pa.array(sorted(set(result_ids)), pa.string())}), temp)
+    pq.write_table(table, temp)
     _fsync_file(temp)
     os.replace(temp, path)
     return path
 
 
+def read_plan_table(run_dir: str | Path) -> StoredPlan | None:
+    """The stored plan with its fingerprint; None when there is none or it cannot be read (only a cache then)."""
+    path = Path(run_dir) / PLAN_FILE
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException):
+        return None
+    if "kind" not in table.column_names:  # written before plans recorded kinds
+        return None
+    fingerprint = (table.schema.metadata or {}).get(_PLAN_FINGERPRINT)
+    return StoredPlan(table, fingerprint.decode() if fingerprint else None)
+
+
 def read_plan(run_dir: str | Path) -> set[str] | None:
     """The result ids :func:`write_plan` recorded; None for a folder written before plans were recorded."""
     path = Path(run_dir) / PLAN_FILE
-    return set(pq.read_table(path).column("result_id").to_pylist()) if path.is_file() else None
+    return set(pq.read_table(path, columns=["result_id"]).column("result_id").to_pylist()) if path.is_file() else None
 
 
 def write_pairs(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
@@ -499,13 +557,16 @@ def write_pairs(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     return path
 
 
-def read_pairs(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The rows :func:`write_pairs` recorded ([] for a run folder without them)."""
+def read_pairs(run_dir: str | Path, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """The rows :func:`write_pairs` recorded ([] for a run folder without them); ``only``: those pair ids'."""
     path = Path(run_dir) / PAIRS_FILE
     if not path.is_file():
         return []
     try:
-        return pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
+        if only is not None:
+            table = table.filter(pc.is_in(table.column("pair_id"), value_set=pa.array(list(only), pa.string())))
+        return table.to_pylist()
     except (OSError, pa.ArrowException) as err:
         raise UnreadableRunFile(f"{path}: not a readable Parquet file ({' '.join(str(err).split())[:200]}); the next "
                                 f"run into this folder writes it again") from None

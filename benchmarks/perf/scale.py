@@ -188,6 +188,7 @@ def filled_size(jobs: int, root: Path, template_run: Path, num_cpus: int = 2) ->
     return {
         "jobs": plan["jobs"], "filled": True, "fill_s": fill_s, "plan": plan,
         "first_resume_s": first["seconds"], "first_resume_line": first["stdout"].strip().splitlines()[0],
+        "first_resume_peak_rss_mb": first["peak_rss_bytes"] / 2**20,
         **_report_and_resume(run_dir, report, resume, load_before, load_after),
     }
 
@@ -240,6 +241,9 @@ def scale_rows(scale_results: dict[str, Any]) -> list[tuple[str, float, str]]:
             rows.append((f"{at}: first run on the completed folder (s)", size["first_resume_s"],
                          f"results filled from the real run's rows ({size['fill_s']:.0f} s), not run; this run "
                          f"checks and hashes the files once (file_facts.json): {size['first_resume_line'][:70]}"))
+            rows.append((f"{at}: driver peak memory planning every job (MB)", size["first_resume_peak_rss_mb"],
+                         "max resident set of that first `clic-bench run`: it builds the whole job graph, as a "
+                         "fresh run of this size does before its first job"))
         else:
             rows.append((f"{at}: run overhead per job (ms)", size["overhead_ms_per_job"],
                          f"whole run {size['run_s']:.0f} s, Ray part {size['run_ray_wall_s']:.0f} s on {size['slots']} "
@@ -252,7 +256,8 @@ def scale_rows(scale_results: dict[str, Any]) -> list[tuple[str, float, str]]:
         rows.append((f"{at}: resume with nothing to do (s)", size["resume_s"],
                      f"`clic-bench run --no-report` again, whole process; peak memory "
                      f"{size['resume_peak_rss_mb']:.0f} MB; said: {size['resume_line'][:70]}"))
-        rows.append((f"{at}: resume peak memory (MB)", size["resume_peak_rss_mb"], "the driver planning every job"))
+        rows.append((f"{at}: resume peak memory (MB)", size["resume_peak_rss_mb"],
+                     "the driver of a resume with nothing to do (the stored plan's fingerprint matches: no job graph)"))
     return rows
 
 

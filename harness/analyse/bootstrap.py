@@ -69,16 +69,17 @@ def _resample_nested(values: np.ndarray, weights: np.ndarray, index: np.ndarray,
     sizes = np.bincount(index)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     n_clusters, widest = sizes.size, int(sizes.max())
+    unit_weights = bool(np.all(weights == 1.0))  # a mean: the resample's total weight is its size
     slots = np.arange(widest)
     out = np.empty(n_resamples)
     chunk = max(1, _CHUNK_CELLS // max(n_clusters * widest, 1))
     for start in range(0, n_resamples, chunk):
         count = min(chunk, n_resamples - start)
         drawn = rng.integers(0, n_clusters, size=(count, n_clusters))  # clusters
-        if widest == 1:  # every cluster has one member (one seed per pair): the same draws, no member arrays
-            rng.random((count, n_clusters, 1))  # consumed as below, so the seeded stream is the same
+        if widest == 1:  # every cluster has one member (one seed per pair): a member draw has one outcome
+            sums = np.take(values, drawn).sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[start:start + count] = values[drawn].sum(axis=1) / weights[drawn].sum(axis=1)
+                out[start:start + count] = sums / (n_clusters if unit_weights else np.take(weights, drawn).sum(axis=1))
             continue
         size = sizes[drawn][..., None]  # (count, n_clusters, 1)
         member = np.floor(rng.random((count, n_clusters, widest)) * size).astype(np.int64)

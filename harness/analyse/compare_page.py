@@ -91,7 +91,8 @@ def _image_rows(worst: pd.DataFrame, run_a: Path, run_b: Path, df_a: pd.DataFram
     """The worst-changed pairs as image rows: pair and change | source | target | expected | A | B."""
     if worst.empty:
         return "<p>No pair got worse on any metric.</p>"
-    pairs = {**recorded_pairs(run_a), **recorded_pairs(run_b)}
+    shown = worst["pair_id"].astype(str).unique()
+    pairs = {**recorded_pairs(run_a, shown), **recorded_pairs(run_b, shown)}
     with_expected = any(pairs.get(str(p)) is not None and pairs[str(p)].expected_image is not None
                         for p in worst["pair_id"])
     inputs = ["source (mask outline)", "target (mask outline)"] + (["expected"] if with_expected else [])

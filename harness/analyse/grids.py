@@ -12,13 +12,12 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from harness.analyse.aggregate import format_number
-from harness.plan.identity import method_label
+from harness.analyse.aggregate import format_number, method_labels
 from harness.store import read_pairs
 
 PAIRS_PER_CATEGORY = 4
@@ -59,13 +58,14 @@ class PairImages:
     target_object: str = ""
 
 
-def recorded_pairs(run_dir: Path) -> dict[str, PairImages]:
-    """pair_id → its images (the expected image of the synthetic sets when the manifest has one)."""
+def recorded_pairs(run_dir: Path, only: Iterable[str] | None = None) -> dict[str, PairImages]:
+    """pair_id → its images (the expected image of the synthetic sets when the manifest has one); ``only``: of
+    these pair ids alone (a report shows a sample of a 100k-pair run)."""
     def path(value: Any) -> Path | None:
         return Path(value) if isinstance(value, str) and value else None
 
     pairs = {}
-    for row in read_pairs(run_dir):
+    for row in read_pairs(run_dir, only):
         pairs[str(row["pair_id"])] = PairImages(
             str(row["pair_id"]), str(row.get("category") or ""), path(row.get("source_image")),
             path(row.get("source_mask")), path(row.get("target_image")), path(row.get("target_mask")),
@@ -97,9 +97,10 @@ def chosen_outputs(results: pd.DataFrame, per_category: int = PAIRS_PER_CATEGORY
     jobs = jobs.drop_duplicates("job_id")
     if jobs.empty:
         return jobs.assign(label=pd.Series(dtype=object))
-    jobs = jobs.assign(label=[method_label(m, p) for m, p in zip(jobs["method"], jobs["preset"])])
+    jobs = jobs.assign(label=method_labels(jobs))
     firsts = (jobs.drop_duplicates(["category", "task", "pair_id"]).sort_values("pair_id")
               .groupby(["category", "task"], sort=False).head(per_category))
+    jobs = jobs[jobs["pair_id"].isin(set(firsts["pair_id"]))]  # the few sampled pairs first, then the exact keys
     keep = set(zip(firsts["category"], firsts["task"], firsts["pair_id"]))
     jobs = jobs[[key in keep for key in zip(jobs["category"], jobs["task"], jobs["pair_id"])]]
     return jobs.sort_values(["seed", "settings", "job_id"]).drop_duplicates(["category", "task", "pair_id", "label"])
@@ -178,7 +179,7 @@ def image_grids(run_dir: Path, results: pd.DataFrame, out: Path, labels: Sequenc
     chosen = chosen_outputs(results, per_category)
     if chosen.empty:
         return {}
-    pairs = recorded_pairs(run_dir)
+    pairs = recorded_pairs(run_dir, chosen["pair_id"].astype(str).unique())
     scores = job_scores(results, chosen["job_id"].astype(str).tolist())
     thumbs = Thumbnails(out)
     attention_methods = {m: has_attention(m) for m in chosen["method"].unique()}

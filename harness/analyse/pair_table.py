@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from .aggregate import _ok_values, higher_is_better
+from .aggregate import _ok_values, higher_is_better, method_labels
 
 ALL_PAIRS_UP_TO = 24  # a run with this many pairs or fewer shows them all
 RANDOM_PAIRS = 6  # the seeded random few shown beside the best/median/worst
@@ -28,9 +28,7 @@ ID_COLUMNS = ("pair_id", "category", "label", "task", "seed", "object_word", "t_
 
 
 def _labels(frame: pd.DataFrame) -> pd.Series:
-    from ..plan.identity import method_label
-
-    return pd.Series([method_label(m, p) for m, p in zip(frame["method"], frame["preset"])], index=frame.index)
+    return method_labels(frame)
 
 
 def grid_sample(results: pd.DataFrame, declared: Mapping[str, bool], seed: int = 0) -> tuple[set[str], str]:

@@ -167,9 +167,12 @@ def with_variants(results: pd.DataFrame) -> pd.DataFrame:
     """`results` plus `base_preset`; `preset` becomes "paper no_att" where the row's planned `variant` is set."""
     variants = (results["variant"] if "variant" in results.columns else pd.Series("", index=results.index))
     variants = variants.fillna("").astype(str)
-    presets = [" ".join(part for part in (preset, variant) if isinstance(part, str) and part) or preset
-               for preset, variant in zip(results["preset"], variants)]
-    return results.assign(base_preset=results["preset"], variant=variants, preset=presets)
+    preset = results["preset"]
+    named = preset.map(lambda value: isinstance(value, str) and bool(value)) if len(preset) else preset.astype(bool)
+    joined = preset.where(~named, preset.astype(str) + " " + variants).str.strip() if variants.ne("").any() else preset
+    # "paper no_att"; a preset that is no text (a method without presets) takes the variant alone, as before
+    presets = joined.where(named | variants.eq(""), variants)
+    return results.assign(base_preset=preset, variant=variants, preset=presets)
 
 
 def ablation_labels(results: pd.DataFrame, run_info: Mapping[str, Any]) -> list[str]:

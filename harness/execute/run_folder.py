@@ -164,18 +164,17 @@ def audit(run_dir: str | Path) -> list[str]:
         path.unlink(missing_ok=True)
         lines.append(f"{path}: unreadable result file ({why}): removed, its job(s) run again")
     missing: dict[str, str] = {}  # job id -> its first missing artifact
-    checked: dict[str, bool] = {}  # artifact -> exists: a job has one row per metric value, all naming it
     for table in store.read_result_tables(run_dir, ["status", "artifact_image"]):
         table = table.filter(pc.and_(pc.equal(table.column("status"), store.STATUS_OK),
                                      pc.is_valid(table.column("artifact_image"))))
+        # a job has one row per metric value, all naming the same artifact: each distinct one is looked at once
+        artifacts = [a for a in pc.unique(table.column("artifact_image")).to_pylist() if a]
+        gone = [artifact for artifact in artifacts if not (run_dir / artifact).is_file()]
+        if not gone:
+            continue
+        table = table.filter(pc.is_in(table.column("artifact_image"), value_set=pa.array(gone, pa.string())))
         for job_id, artifact in zip(*(table.column(c).to_pylist() for c in ("job_id", "artifact_image"))):
-            if not artifact:
-                continue
-            exists = checked.get(artifact)
-            if exists is None:
-                exists = checked[artifact] = (run_dir / artifact).is_file()
-            if not exists:
-                missing.setdefault(job_id, artifact)
+            missing.setdefault(job_id, artifact)
     store.remove_job_results(run_dir, missing)
     lines += [f"{run_dir / artifact}: artifact of job {job_id} is missing: its results were removed, the job runs again"
               for job_id, artifact in sorted(missing.items())]
@@ -198,10 +197,12 @@ def remove_superseded(run_dir: str | Path, jobs: Iterable[Any], weights: Mapping
     # Only rows of jobs that are not in this plan can be superseded: at 100k jobs that is none on a plain resume,
     # so the plan's places (a settings JSON per job) are worked out only when some row is outside the plan.
     others = []
-    for table in store.read_result_tables(run_dir, columns):
-        outside = table.filter(pc.invert(pc.is_in(table.column("job_id"), value_set=planned)))
-        if len(outside):
-            others.append(outside)
+    ids = store.read_result_tables(run_dir, [])  # the ids first: the settings JSON is read only if some are outside
+    if any(not pc.all(pc.is_in(table.column("job_id"), value_set=planned)).as_py() for table in ids if len(table)):
+        for table in store.read_result_tables(run_dir, columns):
+            outside = table.filter(pc.invert(pc.is_in(table.column("job_id"), value_set=planned)))
+            if len(outside):
+                others.append(outside)
     superseded: dict[str, str] = {}  # job id -> pair id
     if others:
         records: dict[tuple[int, int, int], str] = {}  # the settings objects are shared: their JSON once each

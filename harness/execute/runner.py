@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .. import store
-from . import run_folder
+from . import resume, run_folder
 from ..plan.jobs import (GroupKey, JobGraph, ModelInfo, Pair, Plan, build_job_graph, code_version,
                          git_describe, group_members, group_prefix, group_result_id)
 from ..plan import file_facts
@@ -166,6 +166,17 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
         warming = WarmWorkers.start(suite, models)
     plan = plan_from_suite(suite, suite.resolution or native_resolution)
     file_facts.use_run_folder(run_dir)
+    fingerprint = resume.plan_fingerprint(suite.to_dict(), plan, models, pairs)
+    finished_plan = None if warming is not None or retry_failed else resume.finished_plan(run_dir, fingerprint)
+    if finished_plan is not None:  # the same plan as the folder's last one, every result in: nothing to plan
+        summary = RunSummary(run_dir=run_dir, run_id=run_id, total_jobs=finished_plan.jobs)
+        summary.skipped, summary.failed_earlier = finished_plan.jobs, finished_plan.failed
+        if not (run_dir / store.PAIRS_FILE).is_file():
+            store.write_pairs(run_dir, [dataclasses.asdict(pair) for pair in pairs])
+        store.compact_results(run_dir)  # an earlier run killed before its compaction
+        summary.wall_seconds = time.perf_counter() - start_clock
+        _write_run_manifest(run_dir, suite, plan, summary, started, models, {}, slots=0)
+        return summary
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
     file_facts.save(run_dir)  # the files' checks and digests, for the next run on this folder
     weights = {name: info.weights_hash if info else None for name, info in models.items()}
@@ -192,7 +203,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
     planned_groups = {key: group_result_id(key, members, plan.metrics)
                       for key, members in group_members(graph, plan.metrics).items()}
     # The result ids of this plan: tables read these rows, and rows of earlier plans of the folder are left out.
-    store.write_plan(run_dir, [*(job.job_id for job in graph.jobs), *planned_groups.values()])
+    store.write_plan(run_dir, (job.job_id for job in graph.jobs), planned_groups.values(), fingerprint)
     groups = {key: members for key, members in group_members(graph, plan.metrics).items()
               if planned_groups[key] not in finished}
     scheduler = Scheduler(todo, max_in_flight or 1, groups,

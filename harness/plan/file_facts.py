@@ -24,7 +24,7 @@ _folder: str | None = None
 _dirty = False
 
 
-def _stat_key(location: str) -> str | None:
+def stat_key(location: str) -> str | None:
     """``path|size|mtime_ns`` of a local file, or None (a URI, or a file that cannot be stat'ed)."""
     if "://" in location:
         return None
@@ -52,7 +52,7 @@ def use_run_folder(run_dir: str | os.PathLike[str]) -> None:
 
 def lookup(location: str, what: str) -> tuple[str | None, Any]:
     """(key, the cached value of ``what`` or None) for a file; the key is None when it cannot be cached."""
-    key = _stat_key(location)
+    key = stat_key(location)
     if key is None or _folder is None:
         return key, None
     with _lock:
