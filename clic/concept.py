@@ -15,7 +15,7 @@ Layout of a concept folder::
 :func:`load_into_pipeline` is the stock route (a fresh ``StableDiffusionPipeline`` plus diffusers'
 own loading calls, which a user can write out: ``pipe.load_textual_inversion(token_file, token=...)`` per token
 and ``pipe.unet.load_attn_procs(folder, weight_name=ATTN_WEIGHTS_NAME, _pipeline=pipe)``; diffusers 0.42 sets the
-processors only when ``_pipeline`` is given, see ``tests/test_stock_loading.py``); :meth:`LearnedConcept.apply` is
+processors only when ``_pipeline`` is given, see ``tests/clic/test_stock_loading.py``); :meth:`LearnedConcept.apply` is
 ours, onto :class:`~clic.models.SDComponents`.
 """
 from __future__ import annotations

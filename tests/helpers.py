@@ -1,10 +1,11 @@
-"""Small inputs shared by the method tests (imported by name: pytest puts this folder on sys.path)."""
+"""Small inputs shared by the method tests (imported by name: pytest puts this folder on sys.path).
+
+Imports clic only: tests/clic use it and must never import harness or Ray."""
 from __future__ import annotations
 
 import torch
 
 from clic.learn import ConceptSource
-import plugins  # noqa: F401,E402 - subprocess drivers that import the test modules see the test-only methods
 
 
 def square_mask(top: int, left: int, size: int, side: int = 64) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """A toy method defined outside ``clic/`` (one file, registered by the tests with ``register_method``): it
 "learns" the mean colour of the source region and transfers by filling the target mask with it. It shows
-what a new method needs to provide and is checked end to end by ``tests/test_plugins.py``."""
+what a new method needs to provide and is checked end to end by ``tests/system/test_plugins.py``."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,6 +1,6 @@
 """The scheduling policy of a run, with no Ray in it: what to submit next, and what a finished piece of work
 changes. The Ray adapter (:mod:`harness.execute.runner`) turns each submission into a remote call and reports
-each finished call back; the policy is unit-tested by driving it by hand (``tests/test_scheduler.py``).
+each finished call back; the policy is unit-tested by driving it by hand (``tests/harness/test_scheduler.py``).
 
 Policy:
 

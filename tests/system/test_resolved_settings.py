@@ -19,9 +19,9 @@ from harness.plan.jobs import build_job_graph
 from harness.plan.preflight import device_problems, other_suite_problems
 from harness.plan.resolve import describe_models, method_tasks, plan_from_suite
 from harness.plan.suite import SuiteError, suite_from_dict
-from test_runner import SHIPPED_MANIFEST, make_pairs
+from run_inputs import SHIPPED_MANIFEST, make_pairs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def suite(data: dict, source: str = "suite") -> object:

@@ -1,7 +1,7 @@
 """Bad inputs end to end through `clic-bench run`: one line per bad row/key, and the good rows still run.
 
-The per-row checks themselves are tested where they live (tests/test_io.py, tests/test_manifest.py,
-tests/test_suite.py); this file reuses their input cases and checks what a user of `clic-bench run` sees.
+The per-row checks themselves are tested where they live (tests/clic/test_io.py, tests/harness/test_manifest.py,
+tests/harness/test_suite.py); this file reuses their input cases and checks what a user of `clic-bench run` sees.
 """
 from __future__ import annotations
 

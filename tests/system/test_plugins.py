@@ -15,7 +15,7 @@ from clic.methods import register_method
 from harness import store
 from harness.execute.runner import execute
 from harness.metrics import register_metric
-from test_runner import make_pairs, make_suite
+from run_inputs import make_pairs, make_suite
 
 
 @pytest.fixture

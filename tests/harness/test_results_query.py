@@ -11,12 +11,12 @@ from harness import store
 from test_store import _row
 
 duckdb = pytest.importorskip("duckdb")  # in the test extras (pyproject.toml, constraints.txt)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_query() -> str:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    found = re.search(r"<!-- query: tested by tests/test_results_query.py -->\n```python\n(.*?)```", readme, re.S)
+    found = re.search(r"<!-- query: tested by tests/harness/test_results_query.py -->\n```python\n(.*?)```", readme, re.S)
     assert found, "the README's results query block"
     code = found.group(1)
     assert len(code.strip().splitlines()) == 3

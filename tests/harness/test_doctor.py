@@ -7,7 +7,7 @@ import pytest
 
 from harness.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_doctor_says_where_each_weight_is_and_how_to_get_the_missing_ones(

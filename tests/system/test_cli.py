@@ -13,7 +13,7 @@ from PIL import Image
 
 from clic.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE_SIZE, TARGET_SIZE = 1024, 1080
 
 

@@ -31,7 +31,7 @@ from harness.cli import main as bench_main
 from harness.analyse.study import BROKEN
 from test_manifest import DataSet, picture, save
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ALIAS_BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
     f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)])
 

@@ -71,7 +71,7 @@ def test_learning_with_gradient_checkpointing_runs():
 def test_suite_accepts_fractional_gpus():
     from harness.plan.suite import suite_from_dict
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     suite = suite_from_dict({"name": "gpu", "manifests": [str(root / "manifests/furniture/manifest.parquet")],
                              "methods": [{"name": "cut_paste"}], "resources": {"num_gpus": 0.25}},
                             source="inline", base_dir=root)
@@ -106,7 +106,7 @@ FRACTIONAL_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_fractional_gpu_requests_pack_onto_one_gpu(tmp_path):
     """Four jobs asking 0.25 GPU each run at the same time on one (logical) GPU."""
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     result = subprocess.run([sys.executable, "-c", FRACTIONAL_SCRIPT.format(root=root)], capture_output=True,
                             text=True, timeout=300, cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]

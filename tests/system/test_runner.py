@@ -16,47 +16,7 @@ from harness.plan.jobs import Pair
 from harness.execute.runner import execute
 from harness.plan.suite import Suite, suite_from_dict
 from helpers import last_json_line
-
-SIZE = 64
-
-
-def _draw(folder: Path, name: str, colour: tuple[int, int, int], box: tuple[int, int, int, int]) -> tuple[str, str]:
-    image = Image.new("RGB", (SIZE, SIZE), (200, 200, 200))
-    ImageDraw.Draw(image).rectangle(box, fill=colour)
-    mask = Image.new("L", (SIZE, SIZE), 0)
-    ImageDraw.Draw(mask).rectangle(box, fill=255)
-    image.save(folder / f"{name}.png")
-    mask.save(folder / f"{name}_mask.png")
-    return str(folder / f"{name}.png"), str(folder / f"{name}_mask.png")
-
-
-def make_pairs(folder: Path, count: int, targets_per_source: int = 1) -> list[Pair]:
-    """PIL-drawn pairs: ``count`` sources, each with ``targets_per_source`` targets."""
-    folder.mkdir(parents=True, exist_ok=True)
-    pairs = []
-    for i in range(count):
-        source, source_mask = _draw(folder, f"s{i}", (40 * i % 255, 80, 160), (8 + i % 8, 10, 40, 44))
-        for j in range(targets_per_source):
-            target, target_mask = _draw(folder, f"t{i}_{j}", (90, 30 * j % 255, 30), (20, 16 + j % 10, 52, 50))
-            pairs.append(Pair(f"p{i}_{j}", "furniture", source, source_mask, "chair", target, target_mask, "chair",
-                              target_mask_gt=target_mask))
-    return pairs
-
-
-# The runner takes its pairs from the tests; the suite still names a real manifest, as a suite must.
-SHIPPED_MANIFEST = str(Path(__file__).resolve().parent.parent / "manifests" / "furniture" / "manifest.parquet")
-
-
-def make_suite(data: dict) -> Suite:
-    return suite_from_dict({"manifests": [SHIPPED_MANIFEST], **data}, source="test-suite", base_dir=Path.cwd())
-
-
-def cut_paste_suite(**changes) -> Suite:
-    suite = {"name": "test", "model": "tiny", "methods": [{"name": "cut_paste"}], "seeds": [0],
-             "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
-             "resources": {"num_cpus": 1, "max_retries": 1}}
-    suite.update(changes)
-    return make_suite(suite)
+from run_inputs import SHIPPED_MANIFEST, SIZE, cut_paste_suite, make_pairs, make_suite
 
 
 def test_run_resume_and_changed_setting(ray_session, tmp_path: Path) -> None:
@@ -167,7 +127,7 @@ TWO_NODE_SCRIPT = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from pathlib import Path
     sys.path.insert(0, {tests!r})
-    from test_runner import make_pairs, cut_paste_suite
+    from run_inputs import make_pairs, cut_paste_suite
     from harness.execute.runner import execute
 
     # Each learn and transfer sleeps 0.5 s and takes the node's only CPU, so overlapping jobs cannot share
@@ -194,8 +154,8 @@ TWO_NODE_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_two_node_cluster(tmp_path: Path) -> None:
     """Jobs land on both nodes of a 2-node cluster and each concept is learned once (own process)."""
-    root = str(Path(__file__).resolve().parent.parent)
-    script = TWO_NODE_SCRIPT.format(root=root, tests=str(Path(__file__).resolve().parent), tmp=str(tmp_path))
+    root = str(Path(__file__).resolve().parents[2])
+    script = TWO_NODE_SCRIPT.format(root=root, tests=str(Path(__file__).resolve().parents[1]), tmp=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     report = last_json_line(result.stdout)

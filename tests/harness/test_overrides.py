@@ -11,7 +11,7 @@ from harness.errors import UsageError
 from harness.plan.overrides import apply_sets, parse_set
 from harness.plan.preflight import preflight
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ONE_PAIR = ROOT / "benchmarks" / "one_pair.yaml"
 
 

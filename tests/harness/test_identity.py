@@ -7,9 +7,9 @@ from harness.plan.identity import method_label, variant_name, with_labels
 from harness.plan.jobs import MethodRun, build_job_graph
 from harness.plan.resolve import method_tasks, plan_from_suite
 from harness.plan.suite import load_suite
-from test_runner import make_pairs
+from run_inputs import make_pairs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_ablation_suite_plans_its_variant_labels_in_suite_order() -> None:

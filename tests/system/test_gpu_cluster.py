@@ -15,7 +15,7 @@ from harness import store
 from harness.execute import run_folder
 from harness.execute.runner import execute
 from test_reliability import assert_each_job_once
-from test_runner import make_pairs, make_suite
+from run_inputs import make_pairs, make_suite
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_a_request_no_node_can_satisfy_is_one_line_before_any_job(gpu_cluster, t
     from harness.cli import main
 
     suite = tmp_path / "suite.yaml"
-    manifest = Path(__file__).resolve().parents[1] / "manifests" / "furniture" / "manifest.parquet"
+    manifest = Path(__file__).resolve().parents[2] / "manifests" / "furniture" / "manifest.parquet"
     suite.write_text(json.dumps({"name": "big", "model": "tiny", "manifest": str(manifest), "limit_pairs": 1,
                                  "methods": [{"name": "cut_paste"}], "metrics": ["ssim_psnr"],
                                  "resources": {"num_cpus": 1, **resources}}))

@@ -190,7 +190,7 @@ def test_tiny_world_without_its_weights_is_one_clear_error(tmp_path: Path, monke
 
 
 # ----------------------------------------------------------------------------------------- shipped weights
-SHIPPED = Path(__file__).resolve().parents[1] / "clic" / "world" / "weights"
+SHIPPED = Path(__file__).resolve().parents[2] / "clic" / "world" / "weights"
 
 
 @pytest.mark.slow

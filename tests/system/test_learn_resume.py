@@ -94,7 +94,7 @@ def test_a_worker_killed_between_snapshots_resumes_and_the_row_says_so(ray_sessi
 
     from harness import store
     from harness.execute.runner import execute
-    from test_runner import make_pairs, make_suite
+    from run_inputs import make_pairs, make_suite
 
     pairs = make_pairs(tmp_path / "data", 1)
     run = tmp_path / "run"

@@ -19,7 +19,7 @@ from harness.execute.runner import execute
 from harness.plan.jobs import GROUP_RESULT_PREFIX
 from harness.plan.resolve import method_tasks, plan_from_suite
 from harness.plan.suite import SuiteError, suite_from_dict
-from test_runner import SHIPPED_MANIFEST, make_pairs, make_suite
+from run_inputs import SHIPPED_MANIFEST, make_pairs, make_suite
 
 RED_PROMPT = "a red {object} with {tokens} style"
 
@@ -155,7 +155,7 @@ def test_group_metrics_over_seeds_and_concepts_and_every_image_scored(ray_sessio
     assert len(group_rows(run, SEEDS)) == 3 and len(group_rows(run, CONCEPTS)) == 4
 
     # A group that cannot be scored (a member's images are unreadable) is one failed row; its members keep theirs.
-    # (A deleted image is redone by the next run instead: tests/test_hostile_inputs.py.)
+    # (A deleted image is redone by the next run instead: tests/system/test_hostile_inputs.py.)
     for path in store.results_dir(run).glob(f"{GROUP_RESULT_PREFIX}{SEEDS}-*.parquet"):
         path.unlink()
     member = jobs["job_id"].iloc[0]

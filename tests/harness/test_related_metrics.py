@@ -150,7 +150,7 @@ def shipped_generation() -> tuple[np.ndarray, np.ndarray]:
     comparing with the background colour read from the corner."""
     from PIL import Image
 
-    root = Path(__file__).resolve().parents[1] / "manifests" / "furniture" / "images"
+    root = Path(__file__).resolve().parents[2] / "manifests" / "furniture" / "images"
     image = np.asarray(Image.open(root / "furniture-s0-002_target.png").convert("RGB"), dtype=np.float32) / 255
     object_mask = np.abs(image - image[0, 0]).max(axis=-1) > 0.02
     return image, object_mask

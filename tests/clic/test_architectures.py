@@ -4,7 +4,7 @@
 128 px with 1-2 steps. Checked: the 16 cross-attention layers, the attention resolution recorded for the latents in
 use (128 px → 16² latents → the coarsest up-block map is 4², not the native 16 or 24), the tokenizer's padding,
 and that stock diffusers loads the concept folder and runs. Each test prints its seconds and peak memory (peak RSS
-of the process since the test started) for the closing note: `pytest -m slow -s tests/test_architectures.py`.
+of the process since the test started) for the closing note: `pytest -m slow -s tests/clic/test_architectures.py`.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from clic.methods.base import get_method
 from clic.models import build_tiny, load_components, save_tiny
 from helpers import random_source
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pinned(name: str) -> str:

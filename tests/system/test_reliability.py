@@ -24,10 +24,10 @@ from PIL import Image, ImageDraw
 from harness import store
 from harness.plan.manifest import write_manifest
 from harness.execute.runner import execute
-from test_runner import SIZE, cut_paste_suite, make_pairs, make_suite
+from run_inputs import SIZE, cut_paste_suite, make_pairs, make_suite
 from helpers import last_json_line
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLIC_BENCH = str(Path(sys.executable).with_name("clic-bench"))
 
 
@@ -117,7 +117,7 @@ def test_killed_metric_actor_restarts_and_its_calls_are_retried(ray_session, tmp
 
 # ------------------------------------------------------------------------------ deterministic failure
 def test_deterministic_failures_are_recorded_once_reported_and_retried_on_request(ray_session, tmp_path: Path) -> None:
-    """A job's own error is its verdict. (Out of memory is the machine's: retried, tests/test_gpu_cluster.py.)"""
+    """A job's own error is its verdict. (Out of memory is the machine's: retried, tests/system/test_gpu_cluster.py.)"""
     from harness.analyse.report import failure_list, write_report
 
     pairs = make_pairs(tmp_path / "data", 2)
@@ -156,7 +156,7 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
     import ray
     from ray.cluster_utils import Cluster
     from pathlib import Path
-    from test_runner import make_pairs, cut_paste_suite
+    from run_inputs import make_pairs, cut_paste_suite
     from harness.execute.runner import execute
 
     cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
@@ -189,7 +189,7 @@ NODE_LOSS_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_node_lost_mid_run_the_other_node_finishes_every_job(tmp_path: Path) -> None:
-    script = NODE_LOSS_SCRIPT.format(root=str(ROOT), tests=str(Path(__file__).parent), tmp=str(tmp_path))
+    script = NODE_LOSS_SCRIPT.format(root=str(ROOT), tests=str(Path(__file__).resolve().parents[1]), tmp=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     report = last_json_line(result.stdout)

@@ -8,7 +8,7 @@ import pytest
 
 from harness.plan.suite import load_suite
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SUITES = sorted([*BENCHMARKS.glob("*.yaml"), *BENCHMARKS.glob("gpu/*.yaml")])
 
 

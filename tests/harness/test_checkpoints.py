@@ -151,7 +151,7 @@ def test_a_suite_takes_the_same_model_values(tiny_file: Path, tmp_path: Path) ->
     file is one preflight line naming the key's value."""
     from harness.plan.preflight import PreflightFailed, preflight
 
-    manifest = Path(__file__).resolve().parents[1] / "manifests" / "furniture" / "manifest.parquet"
+    manifest = Path(__file__).resolve().parents[2] / "manifests" / "furniture" / "manifest.parquet"
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / tiny_file.name).symlink_to(tiny_file)
     _sdxl_shaped(tmp_path / "models" / "xl.safetensors")

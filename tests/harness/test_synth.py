@@ -19,7 +19,7 @@ from harness.synth.pairs import SynthPair, make_pair, pattern_carriers
 from clic.synth.patterns import PatternSpec
 from clic.synth.render import rasterize, sample_instance
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "manifests"
 SET_ARGS = ["--set", "all", "--pairs", "2", "--size", "64", "--seed", "3"]
 
