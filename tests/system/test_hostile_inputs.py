@@ -252,7 +252,6 @@ BENCH_CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
 def test_clic_bench_corpus(bench: dict[str, Path], corpus: dict[str, Path], capsys: pytest.CaptureFixture[str],
                            case: str) -> None:
     build, words = BENCH_CASES[case]
-    started = time.monotonic()
     argv = build({**bench, "corpus": corpus, "run": corpus["run"], "key": corpus["key"]})
     capsys.readouterr()
     assert bench_main(argv) == 2
@@ -262,7 +261,6 @@ def test_clic_bench_corpus(bench: dict[str, Path], corpus: dict[str, Path], caps
         err = err[1:]
     assert len(err) == 1, err
     assert err[0].startswith("clic-bench: error: ") and words.format(file=bench["file"]) in err[0], err
-    assert time.monotonic() - started < 60  # "within seconds": nothing waits for a network or a cluster
 
 
 ROW_CASES = {1: ("source_image", "leads outside the manifest's folder through a symlink"),
@@ -291,24 +289,20 @@ def _assert_row_lines(lines: list[str]) -> None:
 def test_run_corpus_rows_are_one_line_each_and_the_good_row_runs(ray_session, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     _, manifest = _row_corpus(tmp_path)
-    started = time.monotonic()
     assert _run(_suite(tmp_path, manifest, "rows"), tmp_path / "run") == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped: ")]
     assert len(err) == len(ROW_CASES)
     _assert_row_lines(err)
     results = store.read_results(tmp_path / "run")
     assert set(results["pair_id"]) == {"good"} and (results["status"] == "ok").all()
-    assert time.monotonic() - started < 300
 
 
 def test_validate_corpus_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`validate` (and `run`, same loader): a symlink out of the folder, gs:// without gcsfs, an unreachable http
     host, an unknown column; each is one line naming row and column (or the manifest), good rows count."""
     dataset, manifest = _row_corpus(tmp_path)
-    started = time.monotonic()
     assert bench_main(["validate", str(manifest)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert time.monotonic() - started < 30
     _assert_row_lines(out)
     assert out[-1] == "4 rows: 1 good, 3 bad"
     assert bench_main(["validate", str(manifest), "--allow-outside"]) == 1
@@ -354,21 +348,20 @@ def test_score_escapes_rater_ids_in_markdown(corpus: dict[str, Path], tmp_path: 
 
 
 # ------------------------------------------------------------------------------------------- YAML, remote
-def test_alias_bomb_is_refused_in_a_second_without_growing() -> None:
-    """The suite reader refuses ~43 million values expanded from nine lines, before anything walks them."""
+def test_alias_bomb_is_refused_before_it_grows() -> None:
+    """The suite reader refuses ~43 million values expanded from nine lines, before anything walks them (counted,
+    not timed: no wall-clock asserts in tests)."""
     import yaml
 
     from harness.plan.yaml_budget import BudgetedLoader, YamlBudgetError
 
-    started = time.monotonic()
     with pytest.raises(YamlBudgetError, match="more than 100,000 values"):
         yaml.load(ALIAS_BOMB, Loader=BudgetedLoader)
-    assert time.monotonic() - started < 5
     small = yaml.load("a: &a [1, 2]\nb: [*a, *a]\n", Loader=BudgetedLoader)  # ordinary aliases still work
     assert small == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
 
 
-def test_gs_without_gcsfs_is_one_line_at_once() -> None:
+def test_gs_without_gcsfs_is_one_line_without_the_network(no_network: None) -> None:
     from harness.plan.remote import RemoteError, read_remote
 
     pytest.importorskip("fsspec")
@@ -377,10 +370,8 @@ def test_gs_without_gcsfs_is_one_line_at_once() -> None:
         pytest.skip("gcsfs is installed here")
     except ImportError:
         pass
-    started = time.monotonic()
     with pytest.raises(RemoteError, match=r"gs:// needs the gcsfs package, which is not installed \(pip install gcsfs\)"):
         read_remote("gs://bucket/manifest.parquet")
-    assert time.monotonic() - started < 5
 
 
 # ------------------------------------------------------------------------------------------- large masks
