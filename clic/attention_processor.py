@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, CustomDiffusionAttnProcessor2_0
 
-from .attention import CaptureBuffer
+from .capture_buffer import CaptureBuffer
 
 
 class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):

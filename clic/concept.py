@@ -166,8 +166,7 @@ class LearnedConcept:
                 module.load_state_dict(state, strict=False)
         components._base_states = base
         if (self.config or {}).get("lora"):  # LoRA adapters (RealFill's original recipe), in peft's format
-            from .learn import LORA_ADAPTER
-            from .lora import install_lora
+            from .lora import LORA_ADAPTER, install_lora
 
             install_lora({"unet": components.unet, "text_encoder": components.text_encoder}, self.arrays,
                          LORA_ADAPTER, self.config["lora"])

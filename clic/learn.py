@@ -36,7 +36,6 @@ from .tokens import ConceptTokens, merge_concept_embeddings
 from .settings import MethodConfig
 
 
-LORA_ADAPTER = "concept"  # the adapter name a learned concept's LoRA gets
 
 
 @dataclass(frozen=True)
@@ -487,7 +486,7 @@ def learn_concept(
 
     attention_params = capture.trainable_parameters()
     if config.lora:  # adapters: new parameters, taken out again after learning (clic.lora.remove_lora)
-        from .lora import add_lora
+        from .lora import LORA_ADAPTER, add_lora
 
         lora = dict(config.lora)
         unet_params = add_lora(components.unet, LORA_ADAPTER, int(lora["rank"]), float(lora["alpha"]),
@@ -596,7 +595,7 @@ def learn_concept(
         components.unet.disable_gradient_checkpointing()
     concept = _snapshot(state, source, config, method, preset, loss_log, seed)
     if config.lora:
-        from .lora import ARRAY_PREFIX, lora_state, remove_lora
+        from .lora import ARRAY_PREFIX, LORA_ADAPTER, lora_state, remove_lora
 
         for name in ("unet", "text_encoder"):
             network = getattr(components, name)

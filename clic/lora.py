@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+LORA_ADAPTER = "concept"  # the adapter name a learned concept's LoRA gets
 ARRAY_PREFIX = "lora/"  # adapter tensors inside LearnedConcept.arrays: "lora/<network>.<peft key>"
 
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .cli import UsageError
+from .errors import UsageError
 
 MAX_SEED = 2**32 - 1  # seeds feed numpy (32 bit) and torch generators
 ADDRESS_TIMEOUT_SECONDS = 5.0

@@ -23,10 +23,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence, Union
 
+from ..groups import GroupKey
 from ..plan.jobs import TaskJob
 from ..store import STATUS_FAILED
-
-GroupKey = tuple[str, str]  # (kind, group id)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ class GroupMetric(Protocol):
     values: ClassVar[dict[str, bool]]
     tasks: ClassVar[frozenset[str]]
     weights: str
-    group_by: ClassVar[str]  # which jobs form a group: harness.plan.jobs.GROUP_KINDS ("seeds", "concepts")
+    group_by: ClassVar[str]  # which jobs form a group: harness.groups.GROUP_KINDS ("seeds", "concepts")
 
     def compute_group(self, samples: Sequence[Sample]) -> list[MetricValue]: ...
 

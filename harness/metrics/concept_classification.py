@@ -27,7 +27,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
-from ..plan.jobs import CONCEPTS
+from ..groups import CONCEPTS
 from . import models
 from ._regions import sample_image, sample_mask
 from .base import MetricSettings, MetricValue, Sample

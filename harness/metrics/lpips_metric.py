@@ -12,7 +12,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
-from ..plan.jobs import SEEDS
+from ..groups import SEEDS
 from . import models
 from ._regions import TransferView, fill_region, resize_image, sample_image, to_tensor, transfer_view
 from .base import MetricSettings, MetricValue, Sample

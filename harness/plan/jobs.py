@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..groups import CONCEPTS, GROUP_KINDS, SEEDS, GroupKey  # noqa: F401 - re-exported: group metrics' set kinds
 from ..store import STATUS_NOT_APPLICABLE, canonical_json
 from .identity import method_label
 
@@ -140,10 +141,6 @@ class ModelInfo:
     device: str = "auto"  # where workers run it: not part of any id (a run resumes on other hardware)
 
 
-# Group metrics score a set of jobs' outputs together; each names the set it needs (``group_by``):
-SEEDS = "seeds"  # one source x method x preset x settings, over seeds (e.g. diversity across seeds)
-CONCEPTS = "concepts"  # one method x preset x settings but the object, over every source (all categories), seeds, objects
-GROUP_KINDS = (SEEDS, CONCEPTS)
 
 
 @dataclass(frozen=True)
@@ -472,7 +469,6 @@ class _GraphBuilder:
 
 # ------------------------------------------------------------------------------------------ groups
 GROUP_RESULT_PREFIX = "group-"  # + kind, group id, membership hash: the result id of a group's values
-GroupKey = tuple[str, str]  # (kind, group id)
 
 
 def group_members(graph: JobGraph, metrics: Sequence[MetricInfo]) -> dict[GroupKey, list[TaskJob]]:

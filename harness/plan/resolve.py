@@ -84,7 +84,7 @@ def resolve_runs(suite: "Suite", fail: Callable[[str, str], NoReturn] | None = N
     from clic.losses import LossTermError
     from clic.methods import method_class
 
-    from .suite import SuiteError
+    from ..errors import SuiteError
 
     def default_fail(key: str, message: str) -> NoReturn:
         raise SuiteError(f"{suite.source}: {key}: {message}")

@@ -81,7 +81,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 import clic.methods as method_registry
-from harness.errors import UsageError
+from harness.errors import SuiteError, UsageError  # noqa: F401 - SuiteError is read from here by callers
 from harness.plan.locations import URI
 from harness.plan.yaml_budget import BudgetedLoader, YamlBudgetError
 
@@ -94,10 +94,6 @@ ESR_PROMPTS_KEYWORD = "esr"  # generate.prompts: esr -> the editing prompts the 
 PROMPT_FIELDS = frozenset({"object", "tokens", "token"})  # what clic.learn.format_prompt fills in
 MAX_SEED = 2**32 - 1  # seeds feed numpy (32 bit) and torch generators
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")  # the name becomes runs/<name>
-
-
-class SuiteError(UsageError, ValueError):
-    """A suite file that cannot run: one line, ``<file>: <key path>: <problem>`` (the CLI exits 2)."""
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -558,7 +554,7 @@ class _SuiteReader:
 
     def prompts(self, value: Any) -> tuple[str, ...]:
         if value == ESR_PROMPTS_KEYWORD:
-            from ..metrics.esr import EDIT_PROMPTS
+            from ..metrics.options import EDIT_PROMPTS
 
             return tuple(EDIT_PROMPTS)
         prompts = self.strings(value, "generate.prompts", allow_empty=True)
