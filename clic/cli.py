@@ -33,18 +33,16 @@ from .models import (TINY_PRESETS, ModelNotFoundError, SDComponents, components_
 MODEL_FREE_RESOLUTION = 512
 
 
-class CLIError(Exception):
-    """A bad option or input: printed as ``clic: error: <subject>: <problem>``."""
-
-    def __init__(self, subject: str, problem: str) -> None:
-        super().__init__(f"{subject}: {problem}")
+# The one error of a bad option or input (printed as ``clic: error: <subject>: <problem>``) is
+# clic.cli_checks.OptionError. CLIError is its former name, kept as an alias for callers written before (deprecated).
+CLIError = OptionError
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse's own errors in the same one-line form (its default also prints the usage)."""
 
     def error(self, message: str) -> NoReturn:
-        raise CLIError(self.prog, message)
+        raise OptionError(self.prog, message)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -52,7 +50,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _positive(value: int | None, option: str) -> None:
     if value is not None and value <= 0:
-        raise CLIError(option, f"must be positive, got {value}")
+        raise OptionError(option, f"must be positive, got {value}")
 
 
 # settings field -> the option that sets it, to name the option a resolved setting's error is about
@@ -69,27 +67,27 @@ def _resolve(method: Method, task: str, preset: str | None, overrides: dict[str,
         text = " ".join(str(err).split())
         blamed = [key for key in sorted(overrides, key=lambda k: text.find(k)) if key in SETTING_OPTIONS and key in text]
         if not blamed:
-            raise CLIError("--preset", text) from None
+            raise OptionError("--preset", text) from None
         if text.startswith(blamed[0] + " "):  # "t_start must lie in …" → "--t-start: must lie in …"
             text = text[len(blamed[0]) + 1:]
-        raise CLIError(SETTING_OPTIONS[blamed[0]], text) from None
+        raise OptionError(SETTING_OPTIONS[blamed[0]], text) from None
 
 
 def _method(name: str, option: str = "--method") -> Method:
     try:
         return get_method(name)
     except ValueError as err:
-        raise CLIError(option, str(err)) from None
+        raise OptionError(option, str(err)) from None
 
 
 def _load_concept(directory: str) -> tuple[LearnedConcept, Method]:
     problem = concept_problem(directory)
     if problem is not None:
-        raise CLIError("--concept", problem)
+        raise OptionError("--concept", problem)
     try:
         concept = LearnedConcept.load(directory)
     except FileNotFoundError as err:
-        raise CLIError("--concept", str(err)) from None
+        raise OptionError("--concept", str(err)) from None
     return concept, _method(concept.method, "--concept")
 
 
@@ -98,7 +96,7 @@ def _placement(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     try:
         device = resolve_device(args.device)
     except ValueError as err:
-        raise CLIError("--device", str(err)) from None
+        raise OptionError("--device", str(err)) from None
     return device, resolve_dtype(args.dtype)
 
 
@@ -111,23 +109,20 @@ def _components(method: Method, model: str | None, concept: LearnedConcept | Non
         return None
     model = model or (concept.model_id if concept is not None else None)
     if not model:
-        raise CLIError("--model", f"required: one of {', '.join(TINY_PRESETS)}, a diffusers folder, a single-file "
+        raise OptionError("--model", f"required: one of {', '.join(TINY_PRESETS)}, a diffusers folder, a single-file "
                                   "checkpoint or a cached HF id")
     if method.needs_inpainting and model == "tiny":
         model = "tiny-inpaint"
     try:
         return load_components(model, device=device, dtype=dtype)
     except ModelNotFoundError as err:
-        raise CLIError("--model", str(err)) from None
+        raise OptionError("--model", str(err)) from None
 
 
 def _check_object_fits(components: SDComponents | None, word: str) -> None:
     """Before any learning or denoising: the object word must leave the prompt room for the concept token."""
     if components is not None:
-        try:
-            check_prompt_fits(components.tokenizer, word)
-        except OptionError as err:
-            raise CLIError(err.subject, err.problem) from None
+        check_prompt_fits(components.tokenizer, word)
 
 
 def _check_memory(resolution: int, images: int = 1, option: str = "--resolution") -> None:
@@ -135,7 +130,7 @@ def _check_memory(resolution: int, images: int = 1, option: str = "--resolution"
     problem = image_memory_problem(resolution, images)
     if problem is not None:
         value = images if option == "--images" else resolution
-        raise CLIError(option, f"{value} is too large: {problem}")
+        raise OptionError(option, f"{value} is too large: {problem}")
 
 
 def _check_schedule(steps: int, components: SDComponents | None, option: str = "--steps") -> None:
@@ -143,7 +138,7 @@ def _check_schedule(steps: int, components: SDComponents | None, option: str = "
     if components is not None:
         problem = schedule_steps_problem(steps, int(components.scheduler.config.num_train_timesteps))
         if problem is not None:
-            raise CLIError(option, problem)
+            raise OptionError(option, problem)
 
 
 def _check_concept_model(concept: LearnedConcept, components: SDComponents | None, model: str | None) -> None:
@@ -157,7 +152,7 @@ def _check_concept_model(concept: LearnedConcept, components: SDComponents | Non
     differences = [f"{key} {given.get(key)} vs {value}" for key, value in learned.items()
                    if key in given and given[key] != value]
     if differences:
-        raise CLIError("--model", f"{model} has another architecture than the concept's model {concept.model_id} "
+        raise OptionError("--model", f"{model} has another architecture than the concept's model {concept.model_id} "
                                   f"({'; '.join(differences)}): a concept runs only on the architecture it was "
                                   f"learned on; leave --model out to use {concept.model_id}")
     if concept.weights_hash and components.weights_hash != concept.weights_hash:
@@ -172,7 +167,7 @@ def _resolution(requested: int | None, components: SDComponents | None, concept:
         if components is not None:
             multiple = components.vae_scale_factor * 2 ** (len(components.unet.config.block_out_channels) - 1)
             if requested % multiple:
-                raise CLIError("--resolution", f"must be a multiple of {multiple} for this model, got {requested}")
+                raise OptionError("--resolution", f"must be a multiple of {multiple} for this model, got {requested}")
         return requested
     if concept is not None and concept.config.get("resolution"):
         return int(concept.config["resolution"])
@@ -187,7 +182,7 @@ def _model_mask(path: str, image_size: tuple[int, int], image, resolution: int) 
     """The mask file as a (R, R) float tensor aligned with the image's model input."""
     _, mask, _ = to_model_input(image, load_mask(path, size=image_size), resolution)
     if not bool(mask.any()):
-        raise CLIError(path, f"mask is empty at the model resolution {resolution}x{resolution}")
+        raise OptionError(path, f"mask is empty at the model resolution {resolution}x{resolution}")
     return mask[0]
 
 
@@ -208,7 +203,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
     try:
         method.preset(args.preset)
     except ValueError as err:
-        raise CLIError("--preset", str(err)) from None
+        raise OptionError("--preset", str(err)) from None
     _positive(args.steps, "--steps")
     components = _components(method, args.model, args=args)
     _check_object_fits(components, args.object)
@@ -251,7 +246,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
         result = method.transfer(components, concept, image_tensor, mask, args.object, overrides=settings,
                                  seed=args.seed)
     except UnsupportedTask as err:
-        raise CLIError("--concept", str(err)) from None
+        raise OptionError("--concept", str(err)) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from_model_output(result.image, placement).save(out / "edited.png")
@@ -277,7 +272,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     try:
         method.require("generate")
     except UnsupportedTask as err:
-        raise CLIError("--concept", str(err)) from None
+        raise OptionError("--concept", str(err)) from None
     _check_memory(args.resolution or int(concept.config.get("resolution") or 0) or 8, overrides.get("images", 1),
                   "--images")
     settings = _resolve(method, "generate", concept.preset, overrides)  # a bad value fails before the model loads
@@ -303,14 +298,14 @@ def cmd_match(args: argparse.Namespace) -> None:
     overrides = {key: value for key, value in (("steps", args.steps), ("t_start", args.t_start),
                                                ("threshold", args.threshold)) if value is not None}
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise CLIError("--threshold", f"must lie in [0, 1], got {args.threshold}")
+        raise OptionError("--threshold", f"must lie in [0, 1], got {args.threshold}")
     try:
         method.require("match")
     except UnsupportedTask as err:
-        raise CLIError("--concept", str(err)) from None
+        raise OptionError("--concept", str(err)) from None
     settings = _resolve(method, "match", concept.preset, overrides)
     if "source_image" not in concept.arrays:  # w* is learned from the source the concept keeps
-        raise CLIError(args.concept, "the concept keeps no source image (learned by an older version): learn it again")
+        raise OptionError(args.concept, "the concept keeps no source image (learned by an older version): learn it again")
     components = _components(method, args.model, concept, args)
     _check_concept_model(concept, components, args.model)
     _check_schedule(settings.denoise_steps, components)
@@ -349,10 +344,10 @@ def cmd_methods_show(args: argparse.Namespace) -> None:
     try:
         cls = method_class(args.name)
     except ValueError as err:
-        raise CLIError(args.name, str(err)) from None
+        raise OptionError(args.name, str(err)) from None
     preset = args.preset or cls.default_preset
     if preset not in cls.presets:
-        raise CLIError("--preset", f"unknown preset {preset!r} of {args.name!r}; known: {', '.join(sorted(cls.presets))}")
+        raise OptionError("--preset", f"unknown preset {preset!r} of {args.name!r}; known: {', '.join(sorted(cls.presets))}")
     declared = getattr(cls, "declared_settings", {}).get(preset)
     if declared is None:  # a method without a declared list: its overrides and its sources
         print(json.dumps({"preset": preset, "overrides": cls.presets[preset], "sources": cls.sources}, indent=2,
@@ -369,7 +364,7 @@ def cmd_save_tiny(args: argparse.Namespace) -> None:
         from .models import build_tiny
 
         if args.variant != "tiny":
-            raise CLIError("--single-file", f"writes the tiny model only (SD 1.x layout), not {args.variant}")
+            raise OptionError("--single-file", f"writes the tiny model only (SD 1.x layout), not {args.variant}")
         path = save_single_file(build_tiny(args.variant), args.directory)
         print(f"wrote the tiny model as one file in the original SD layout (random weights, for tests) -> {path}")
         return
@@ -386,7 +381,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     try:
         path = convert(args.file, args.out, arch=args.arch)
     except ModelNotFoundError as err:
-        raise CLIError(args.file, str(err)) from None
+        raise OptionError(args.file, str(err)) from None
     print(f"wrote {args.file} as a diffusers folder in {time.perf_counter() - started:.0f} s -> {path}")
 
 
@@ -397,9 +392,9 @@ def cmd_train_world(args: argparse.Namespace) -> None:
     for option, value in (("--steps", args.steps), ("--batch", args.batch)):
         _positive(value, option)
     if args.lr <= 0:
-        raise CLIError("--lr", f"must be positive, got {args.lr}")
+        raise OptionError("--lr", f"must be positive, got {args.lr}")
     if args.checkpoint_minutes <= 0:
-        raise CLIError("--checkpoint-minutes", f"must be positive, got {args.checkpoint_minutes}")
+        raise OptionError("--checkpoint-minutes", f"must be positive, got {args.checkpoint_minutes}")
     torch.set_num_threads(max(1, args.threads))
     settings = TrainSettings(stage=args.stage, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
     checkpoint_dir = Path(args.checkpoint_dir) / args.stage
@@ -407,9 +402,9 @@ def cmd_train_world(args: argparse.Namespace) -> None:
         model, result = train_stage(settings, checkpoint_dir, checkpoint_minutes=args.checkpoint_minutes,
                                     log=lambda line: print(line, flush=True))
     except ModelNotFoundError as err:
-        raise CLIError("--stage", str(err)) from None
+        raise OptionError("--stage", str(err)) from None
     except ValueError as err:
-        raise CLIError("--checkpoint-dir", str(err)) from None
+        raise OptionError("--checkpoint-dir", str(err)) from None
     if args.out:
         record = export_stage(model, result, settings, Path(args.out))
         print(f"{args.stage}: {result.steps} steps, {result.seconds:.0f} s, gate {json.dumps(result.gate)} -> {record}")
@@ -540,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         check_args(args)
         args.run(args)
-    except (CLIError, InputError, OptionError) as err:
+    except (InputError, OptionError) as err:
         # One line even when a file name holds a line break: control characters are shown escaped.
         message = str(err).replace("\r", "\\r").replace("\n", "\\n")
         print(f"clic: error: {message}", file=sys.stderr)

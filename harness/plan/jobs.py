@@ -17,6 +17,8 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from clic.hashing import json_sha256, sha256_hex
+
 from ..groups import CONCEPTS, GROUP_KINDS, SEEDS, GroupKey  # noqa: F401 - re-exported: group metrics' set kinds
 from ..store import STATUS_NOT_APPLICABLE, canonical_json
 from .identity import method_label
@@ -28,12 +30,7 @@ OUTPUT_DETERMINING_SOURCES = ("clic", "harness/metrics")
 PENDING = "pending"
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def content_id(data: Any) -> str:
-    return sha256_hex(canonical_json(data).encode())
+content_id = json_sha256  # the id of a JSON-able value (clic.hashing: one copy of the rule)
 
 
 _SPLICE = f"splice-{uuid.uuid4().hex}-"  # a placeholder no manifest or setting value contains

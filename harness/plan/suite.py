@@ -81,6 +81,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 import clic.methods as method_registry
+from clic.cli_checks import MAX_SEED
 from harness.errors import SuiteError, UsageError  # noqa: F401 - SuiteError is read from here by callers
 from harness.plan.locations import URI
 from harness.plan.yaml_budget import BudgetedLoader, YamlBudgetError
@@ -92,7 +93,6 @@ TINY_MODELS = ("tiny", "tiny-inpaint", "tiny-v")
 DEFAULT_METRICS = ("clip_image", "clip_text", "lpips", "ssim_psnr", "mask_iou")
 ESR_PROMPTS_KEYWORD = "esr"  # generate.prompts: esr -> the editing prompts the esr metric judges
 PROMPT_FIELDS = frozenset({"object", "tokens", "token"})  # what clic.learn.format_prompt fills in
-MAX_SEED = 2**32 - 1  # seeds feed numpy (32 bit) and torch generators
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")  # the name becomes runs/<name>
 
 

@@ -27,7 +27,7 @@ from clic.models import build_tiny
 from clic.prediction import check_prediction_type, predicted_x0, training_target
 from clic.tokens import ConceptTokens
 from clic.transfer import TransferSettings, attention_guidance, transfer_concept
-from helpers import random_source, square_mask
+from helpers import random_source, square_mask, unet_with_token_maps
 
 T = 420  # the fixed step's timestep
 
@@ -35,38 +35,11 @@ T = 420  # the fixed step's timestep
 # --------------------------------------------------------------------------- independent attention maps
 def run_with_token_maps(components, x, t, text, position, detach_outputs=False):
     """UNet output and, for every up-block cross-attention layer, the head-averaged softmax(QKᵀ/√d) column
-    of ``position`` for batch row 0, computed here from the layer's recorded inputs and its (trained) Q/K
-    weights. ``detach_outputs``: every attention layer's output detached (released att_processor L138-140)."""
-    unet = components.unet
-    modules = dict(unet.named_modules())
-    inputs, handles = {}, []
-    for name, module in modules.items():
-        if not isinstance(module, Attention):
-            continue
-        if detach_outputs:
-            handles.append(module.register_forward_hook(lambda _m, _i, out: out.detach()))
-        if name.startswith("up_blocks") and name.endswith("attn2"):
-            def record(_m, args, kwargs, name=name):
-                inputs[name] = (args[0] if args else kwargs["hidden_states"], kwargs["encoder_hidden_states"])
-            handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
-    try:
-        out = unet(x, t, encoder_hidden_states=text).sample
-    finally:
-        for handle in handles:
-            handle.remove()
-    maps = {}
-    for name, (hidden, context) in inputs.items():
-        attn, proc = modules[name], modules[name].processor
-        q = proc.to_q_custom_diffusion(hidden) if getattr(proc, "train_q_out", False) else attn.to_q(hidden)
-        k = proc.to_k_custom_diffusion(context) if getattr(proc, "train_kv", False) else attn.to_k(context)
-        heads = attn.heads
-        d = q.shape[-1] // heads
-        q = q.view(q.shape[0], -1, heads, d).transpose(1, 2)
-        k = k.view(k.shape[0], -1, heads, d).transpose(1, 2)
-        probs = (q @ k.transpose(-1, -2) / math.sqrt(d)).softmax(-1).mean(1)[0, :, position]
-        side = math.isqrt(probs.shape[0])
-        maps[name] = probs.reshape(side, side)
-    return out, maps
+    of ``position`` for batch row 0 as (side, side) (:func:`helpers.unet_with_token_maps`, computed from the layer's
+    recorded inputs and its trained Q/K weights). ``detach_outputs``: the released att_processor L138-140."""
+    out, maps = unet_with_token_maps(components, x, t, text, [position], blocks=("up_blocks",),
+                                     detach_outputs=detach_outputs)
+    return out, {name: columns[0] for name, columns in maps.items()}
 
 
 def encode(components, prompt):

@@ -90,7 +90,7 @@ def test_the_cli_resolves_through_the_same_function(tmp_path: Path, capsys: pyte
     assert cli.main(["learn", "--image", "x.png", "--mask", "m.png", "--object", "chair", "--preset", "paper",
                      "--steps", "0", "--out", str(tmp_path / "c")]) == 2
     assert "clic: error: --steps: must be positive" in capsys.readouterr().err
-    with pytest.raises(cli.CLIError, match=r"--t-start: must lie in \[1, 19\]"):
+    with pytest.raises(cli.OptionError, match=r"--t-start: must lie in \[1, 19\]"):
         cli._resolve(cli._method("clic"), "transfer", "paper", {"t_start": 25, "steps": 20})
 
 
