@@ -54,7 +54,7 @@ def _positive(value: int | None, option: str) -> None:
 
 
 # settings field -> the option that sets it, to name the option a resolved setting's error is about
-SETTING_OPTIONS = {"t_start": "--t-start", "eta": "--eta", "steps": "--steps", "images": "--images",
+SETTING_OPTIONS = {"t_start": "--t-start", "read_steps": "--read-steps", "eta": "--eta", "steps": "--steps", "images": "--images",
                    "stage_one_steps": "--stage-one-steps", "threshold": "--threshold", "resolution": "--resolution"}
 
 
@@ -292,11 +292,22 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"generated {len(result.images)} image(s) of '{result.prompt}' -> {out}")
 
 
+def _match_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The match settings given on the command line; ``--t-start``, the old name of ``--read-steps`` (match reads
+    steps from the end, transfer's t_start keeps them from the start), still works with a warning."""
+    read_steps = args.read_steps
+    if args.deprecated_t_start is not None:
+        print("clic: warning: `clic match --t-start` is deprecated: use --read-steps (DDIM steps read, from the end "
+              "of the schedule; --t-start of `clic transfer` counts the steps kept)", file=sys.stderr)
+        read_steps = args.deprecated_t_start if read_steps is None else read_steps
+    return {key: value for key, value in (("steps", args.steps), ("read_steps", read_steps),
+                                          ("threshold", args.threshold)) if value is not None}
+
+
 def cmd_match(args: argparse.Namespace) -> None:
     concept, method = _load_concept(args.concept)
     _positive(args.steps, "--steps")
-    overrides = {key: value for key, value in (("steps", args.steps), ("t_start", args.t_start),
-                                               ("threshold", args.threshold)) if value is not None}
+    overrides = _match_overrides(args)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise OptionError("--threshold", f"must lie in [0, 1], got {args.threshold}")
     try:
@@ -474,7 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--image", required=True, help="target image")
     match.add_argument("--object", required=True)
     match.add_argument("--steps", type=int, help="w* learning steps (default 500)")
-    match.add_argument("--t-start", type=int, help="DDIM steps read while denoising the target (default 25 of 50)")
+    match.add_argument("--read-steps", type=int,
+                       help="DDIM steps read while denoising the target, the last of the schedule (default 25 of 50)")
+    match.add_argument("--t-start", dest="deprecated_t_start", type=int,
+                       help="deprecated alias of --read-steps (warns; transfer's --t-start counts steps kept)")
     match.add_argument("--threshold", type=float, help="on the min-max normalised map (default 0.5)")
     match.add_argument("--out", required=True)
     match.set_defaults(run=cmd_match)

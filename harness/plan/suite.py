@@ -88,7 +88,8 @@ from harness.plan.yaml_budget import BudgetedLoader, YamlBudgetError
 
 TASKS = ("transfer", "generate", "match")
 DEFAULT_TASKS = ("transfer",)
-# clic.models.TINY_PRESETS, repeated so that reading a suite does not import torch.
+# clic.models.TINY_PRESETS, repeated so that importing this module does not import torch (reading a suite does: it
+# resolves every method's settings through the method's class, harness.plan.resolve.resolve_runs).
 TINY_MODELS = ("tiny", "tiny-inpaint", "tiny-v")
 DEFAULT_METRICS = ("clip_image", "clip_text", "lpips", "ssim_psnr", "mask_iou")
 ESR_PROMPTS_KEYWORD = "esr"  # generate.prompts: esr -> the editing prompts the esr metric judges

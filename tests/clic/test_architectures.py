@@ -58,7 +58,7 @@ def test_real_architecture_end_to_end(arch, pad_token, text_layers, inputs, tmp_
     assert main(["generate", "--concept", str(concept), "--steps", "2", "--stage-one-steps", "1", "--out", str(gen),
                  *common]) == 0
     assert main(["match", "--concept", str(concept), "--image", str(inputs["target"]), "--steps", "1",
-                 "--t-start", "1", "--out", str(matched), *common]) == 0
+                 "--read-steps", "1", "--out", str(matched), *common]) == 0
     chain = time.perf_counter()
 
     meta = json.loads((concept / "concept.json").read_text())

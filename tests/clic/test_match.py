@@ -23,7 +23,7 @@ from clic.models import build_tiny
 from clic.transfer import ensure_concept
 
 SIZE = 64
-FAST = {"steps": 3, "denoise_steps": 10, "t_start": 4}
+FAST = {"steps": 3, "denoise_steps": 10, "read_steps": 4}
 
 
 def box(top: int, left: int, bottom: int, right: int) -> torch.Tensor:
@@ -114,8 +114,8 @@ def test_threshold_policy_on_a_hand_made_map() -> None:
 def test_match_settings_reject_unknown_and_invalid() -> None:
     with pytest.raises(ValueError, match="unknown match setting"):
         MatchSettings.from_dict({"stepz": 3})
-    with pytest.raises(ValueError, match="t_start"):
-        MatchSettings.from_dict({"t_start": 60})
+    with pytest.raises(ValueError, match="read_steps"):
+        MatchSettings.from_dict({"read_steps": 60})
     with pytest.raises(ValueError, match="threshold"):
         MatchSettings.from_dict({"threshold": 1.5})
 
@@ -183,3 +183,19 @@ def test_two_concepts_from_one_image(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.glob("learned_embeds-*.safetensors")) == [
         "learned_embeds-v1.safetensors", "learned_embeds-v2.safetensors"]
     assert LearnedConcept.load(tmp_path).tokens == ["<v1*>", "<v2*>"]
+
+
+def test_match_reads_steps_from_the_end_and_t_start_is_a_deprecated_alias(capsys: pytest.CaptureFixture[str]) -> None:
+    """`t_start` means "steps kept" (transfer) only: match's count from the end is `--read-steps`; the old
+    `clic match --t-start` maps to it with a warning, and the new name wins when both are given."""
+    from clic import cli
+
+    base = ["match", "--concept", "c", "--image", "i.png", "--object", "chair", "--out", "o"]
+    parser = cli.build_parser()
+    assert cli._match_overrides(parser.parse_args([*base, "--read-steps", "7"])) == {"read_steps": 7}
+    assert capsys.readouterr().err == ""
+    assert cli._match_overrides(parser.parse_args([*base, "--t-start", "6"])) == {"read_steps": 6}
+    assert "--t-start` is deprecated: use --read-steps" in capsys.readouterr().err
+    assert cli._match_overrides(parser.parse_args([*base, "--t-start", "6", "--read-steps", "7"])) == {"read_steps": 7}
+    with pytest.raises(ValueError, match=r"read_steps must lie in \[1, 10\]"):
+        MatchSettings.from_dict({"denoise_steps": 10, "read_steps": 11})

@@ -85,7 +85,7 @@ def test_transfer_steps_create_nothing_off_the_model_device():
 def test_match_steps_create_nothing_off_the_model_device():
     concept = get_method("clic").learn(build_tiny(), source(), overrides={"steps": 1}, progress=False)
     components = on_meta()
-    settings = MatchSettings(steps=2, denoise_steps=4, t_start=2)
+    settings = MatchSettings(steps=2, denoise_steps=4, read_steps=2)
     audit = audited(lambda: match_region(components, concept, source().image, "chair", settings))
     assert audit.mixed == []
 
