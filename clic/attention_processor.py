@@ -48,7 +48,7 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
         train_q_out: bool,
         buffer: CaptureBuffer | None,
         layer_name: str,
-    ) -> "ConceptAttnProcessor":
+    ) -> ConceptAttnProcessor:
         """A processor whose trainable copies start equal to the layer's own weights (output unchanged)."""
         processor = cls(
             train_kv=train_kv,

@@ -109,7 +109,7 @@ class LearnedConcept:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "LearnedConcept":
+    def load(cls, directory: str | Path) -> LearnedConcept:
         directory = Path(directory)
         meta_path = directory / "concept.json"
         if not meta_path.exists():

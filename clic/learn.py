@@ -16,10 +16,11 @@ import random
 import re
 import time
 import weakref
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -30,12 +31,10 @@ from .concept import LearnedConcept
 from .device import autocast_dtype
 from .losses import Objective, StepTensors, resize_mask
 from .models import SDComponents, components_architecture
-from .reuse import keep_originals
 from .prediction import training_target
-from .tokens import ConceptTokens, merge_concept_embeddings
+from .reuse import keep_originals
 from .settings import MethodConfig
-
-
+from .tokens import ConceptTokens, merge_concept_embeddings
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ class LearnConfig(MethodConfig):
         data["lora"] = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(self.lora).items()}
         return data
 
-    def merged(self, overrides: Mapping[str, Any] | None) -> "LearnConfig":
+    def merged(self, overrides: Mapping[str, Any] | None) -> LearnConfig:
         if isinstance(overrides, LearnConfig):  # already resolved: it replaces this config whole
             return overrides
         if overrides and "steps" in overrides and "phases" not in overrides and self.phases:
@@ -224,7 +223,7 @@ class ConceptSource:
 # ------------------------------------------------------------------------------ text helpers
 
 
-_TOKEN_IDS: "weakref.WeakKeyDictionary[Any, dict[tuple[int, tuple[str, ...]], torch.Tensor]]" = weakref.WeakKeyDictionary()
+_TOKEN_IDS: weakref.WeakKeyDictionary[Any, dict[tuple[int, tuple[str, ...]], torch.Tensor]] = weakref.WeakKeyDictionary()
 _TOKEN_IDS_PER_TOKENIZER = 512  # a learning loop sees a handful of prompts; a worker many concepts' prompts
 
 

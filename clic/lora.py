@@ -9,7 +9,8 @@ afterwards — ``delete_adapters`` alone leaves the wrappers (and renamed parame
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -15,19 +15,27 @@ those steps, is resized to the image and min-max normalised to [0, 1] (the soft 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .attention import AttentionCapture
 from .concept import LearnedConcept
-from .learn import ConceptSource, LearnConfig, capture_resolution, encode_text, format_prompt, learn_concept, vae_moments
+from .learn import (
+    ConceptSource,
+    LearnConfig,
+    capture_resolution,
+    encode_text,
+    format_prompt,
+    learn_concept,
+    vae_moments,
+)
 from .models import SDComponents, ddim_scheduler
+from .settings import Settings
 from .tokens import add_learned_tokens
 from .transfer import ensure_concept
-from .settings import Settings
 
 # Where a learned w* is kept in a concept: the vector in ``arrays``, the settings it was learned with in ``extras``.
 REGION_TOKEN_KEY = "region_token"

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import plugins  # noqa: F401 - registers the test-only methods (and puts tests/ on PYTHONPATH for workers)
 from PIL import Image, ImageDraw
 
-import plugins  # noqa: F401 - registers the test-only methods (and puts tests/ on PYTHONPATH for workers)
 from harness.plan.jobs import Pair
 from harness.plan.suite import Suite, suite_from_dict
 

@@ -3,9 +3,10 @@
 what a new method needs to provide and is checked end to end by ``tests/system/test_plugins.py``."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

@@ -33,9 +33,10 @@ nothing is downloaded.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,15 +47,15 @@ from ..learn import ConceptSource, encode_text, format_prompt, sample_latents, s
 from ..losses import Objective, StepTensors, register_branch, register_term, resize_mask
 from ..models import SDComponents
 from ..prediction import predicted_x0
-from ..tokens import ConceptTokens, merge_concept_embeddings
 from ..presets import Setting, preset_overrides, replaced
 from ..settings import MethodConfig
+from ..tokens import ConceptTokens, merge_concept_embeddings
 from .base import Method
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use
 LORA_PREFIX = "lora/"  # LoRA tensors inside LearnedConcept.arrays
 ADAPTER = "single_insert"
-TINY_ENCODER = dict(image_size=64, patch_size=8, width=64, layers=2, heads=2, mlp_ratio=4.0, output_dim=32)
+TINY_ENCODER = {"image_size": 64, "patch_size": 8, "width": 64, "layers": 2, "heads": 2, "mlp_ratio": 4.0, "output_dim": 32}
 TINY_ENCODER_SEED = 0
 
 

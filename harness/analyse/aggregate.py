@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd

@@ -20,8 +20,8 @@ Policy:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence, Union
 
 from ..groups import GroupKey
 from ..plan.jobs import TaskJob
@@ -51,7 +51,7 @@ class ScoreGroup:
     members: tuple[TaskJob, ...]  # sorted by job id
 
 
-Submission = Union[Learn, RunTask, Score, ScoreGroup]
+Submission = Learn | RunTask | Score | ScoreGroup
 
 
 def larger_packing(options: Mapping[str, float], node_cpus: float) -> dict[str, float]:

@@ -16,12 +16,14 @@ metric never silently scores a 0–255 image as if it were 0–1.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from clic import TINY_RANDOM  # noqa: F401 - the weights label of every metric model built with random weights
+
 NO_MODEL = "none"  # the weights label of a closed-form metric
 
 

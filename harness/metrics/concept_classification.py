@@ -22,7 +22,8 @@ A group of one concept gives SIM values only.
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch

@@ -23,7 +23,8 @@ obtained here; this list follows its form (one or two edit targets per prompt), 
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 from skimage.color import rgb2lab

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import random_source, square_mask, unet_with_token_maps
 
+from clic.attention import AttentionCapture
 from clic.learn import ConceptSource, StepBatch, TrainState, encode_text, format_prompt
 from clic.losses import Objective
 from clic.methods import available_methods, method_class
@@ -11,9 +13,7 @@ from clic.methods.base import UnsupportedTask, get_method
 from clic.methods.break_a_scene import union_sampling_step
 from clic.methods.realfill import inpainting_step
 from clic.models import build_tiny
-from clic.attention import AttentionCapture
 from clic.tokens import ConceptTokens
-from helpers import random_source, square_mask, unet_with_token_maps
 
 BASELINES = ["custom_diffusion", "break_a_scene", "realfill", "textual_inversion", "cut_paste"]
 

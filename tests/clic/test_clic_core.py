@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_source, square_mask
 
 from clic.attention import AttentionCapture
 from clic.concept import LearnedConcept, load_into_pipeline
@@ -24,7 +25,6 @@ from clic.methods.base import get_method
 from clic.models import ModelNotFoundError, build_tiny, load_components, save_tiny
 from clic.tokens import ConceptTokens
 from clic.transfer import TransferSettings, transfer_concept
-from helpers import random_source, square_mask
 
 STEPS = 6
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
-from diffusers.models.attention_processor import Attention
+from helpers import random_source, square_mask, unet_with_token_maps
 from PIL import Image
 
 from clic.attention import AttentionCapture
@@ -27,7 +26,6 @@ from clic.models import build_tiny
 from clic.prediction import check_prediction_type, predicted_x0, training_target
 from clic.tokens import ConceptTokens
 from clic.transfer import TransferSettings, attention_guidance, transfer_concept
-from helpers import random_source, square_mask, unet_with_token_maps
 
 T = 420  # the fixed step's timestep
 
@@ -193,8 +191,9 @@ def record_unet_calls(monkeypatch):
 def test_paper_t_start_counts_from_the_start_of_the_schedule(monkeypatch, concept_folder, tmp_path):
     """--t-start 10 --steps 50 (paper preset): the first UNet call is at timesteps[10] and the edit takes 40 steps
     (supplement B.3: T − t_start levels of noise added; 781 for t_start 10)."""
-    from clic.cli import main
     from diffusers import DDIMScheduler
+
+    from clic.cli import main
 
     calls = record_unet_calls(monkeypatch)
     Image.fromarray((torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(2)) * 255).byte().numpy()).save(
@@ -222,10 +221,10 @@ def test_official_transfer_starts_as_the_released_loop(monkeypatch, concept_fold
     η = 0 on both sides: the released loop calls the UNet from i = 0, overwrites the result with the re-noised
     target while i < t_start (L103-104) and blends the result of i = t_start − 1 in at i = t_start (L106)."""
     import numpy as np
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
     import clic.transfer as transfer_module
     from clic.concept import LearnedConcept
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
     t_start, steps = 15, 50
     timesteps = released_ddim_timesteps(steps)
@@ -301,8 +300,9 @@ def test_transfer_records_its_timesteps_in_both_presets(concept_folder):
 def test_official_transfer_blends_to_step_45_with_the_soft_mask_and_pastes_nothing(monkeypatch, concept_folder):
     """transfer.py L100 (blend while i ≤ 45), io_utils.py L50-57 (PIL-resized soft mask), no final paste,
     DDIM η = 1 (L85)."""
-    from clic.concept import LearnedConcept
     from diffusers import DDIMScheduler
+
+    from clic.concept import LearnedConcept
 
     steps_seen = []
     step = DDIMScheduler.step
@@ -542,8 +542,9 @@ def test_each_preset_value_is_its_source_and_each_citation_exists(capsys):
     """The values that run equal the sources' values written above; every declared source string names a file
     and line inside a listed file of the repository it names, or a listed paper section, or says it is the
     project's choice (tests/source_index.py)."""
-    from clic.cli import main
     from source_index import citation_problems
+
+    from clic.cli import main
 
     method = get_method("clic")
     for name, settings, expected in (("paper", PAPER_SETTINGS, PAPER_VALUES),

@@ -8,18 +8,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from clic.attention import AttentionCapture
-from clic.learn import ConceptSource, encode_text
-from clic.methods.base import get_method
-from clic.methods.concept_express import (ConceptExpressConfig, cluster_concepts, finch, supervised_contrastive,
-                                          symmetric_kl, wasserstein_alignment)
-from clic.models import build_tiny
-from clic.selfattention import recording_self_attention
 from scipy import ndimage
 from scipy.sparse import csr_matrix, eye
 from scipy.sparse.csgraph import connected_components
 
+from clic.learn import ConceptSource, encode_text
+from clic.methods.base import get_method
+from clic.methods.concept_express import (
+    ConceptExpressConfig,
+    cluster_concepts,
+    finch,
+    supervised_contrastive,
+    symmetric_kl,
+    wasserstein_alignment,
+)
+from clic.models import build_tiny
+from clic.selfattention import recording_self_attention
 
 # ------------------------------------------------------------------ the released clustering, written out
 # haoosz/ConceptExpress: clustering/finch.py, ptp_utils.py (kld_distance, get_connect, compute_score) and
@@ -35,7 +39,9 @@ def released_kld(a, b):
 
 def released_connect(masks):
     """ptp_utils.get_connect L759-777 (get_num_mask: 4-connected components)."""
-    count = lambda m: ndimage.label(m == 1)[1]
+    def count(m):
+        return ndimage.label(m == 1)[1]
+
     n = len(masks)
     connect = np.zeros((n, n))
     for i in range(n - 1):

@@ -12,14 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers import random_source, square_mask
 from PIL import Image
 
 from clic.attention import AttentionCapture
 from clic.augment import GeometricKey, image_region
 from clic.cli import main
-from clic.learn import LearnConfig, StepBatch, TrainState, learn_concept
+from clic.learn import StepBatch, TrainState, learn_concept
 from clic.losses import Objective, StepTensors
 from clic.methods import available_methods
 from clic.methods.base import get_method

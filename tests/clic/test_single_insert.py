@@ -11,8 +11,15 @@ from clic.concept import LearnedConcept
 from clic.learn import ConceptSource
 from clic.methods.base import get_method
 from clic.methods.single_insert import (
-    LORA_FILE, LORA_PREFIX, SingleInsertConfig, StageInfo, background_loss, foreground_loss, install_lora,
-    learn_single_insert, semantic_loss,
+    LORA_FILE,
+    LORA_PREFIX,
+    SingleInsertConfig,
+    StageInfo,
+    background_loss,
+    foreground_loss,
+    install_lora,
+    learn_single_insert,
+    semantic_loss,
 )
 from clic.models import load_components, save_tiny
 

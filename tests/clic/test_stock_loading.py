@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_source
 from safetensors.torch import load_file
 
 from clic.concept import ATTN_WEIGHTS_NAME, LearnedConcept
 from clic.generate import GenerateSettings, generate_with_concept
 from clic.methods.base import get_method
 from clic.models import build_tiny, load_components, save_tiny
-from helpers import random_source
 
 ROOT = Path(__file__).resolve().parents[2]
 

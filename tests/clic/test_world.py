@@ -11,7 +11,7 @@ import torch
 
 from clic.synth.patterns import PATTERNS
 from clic.synth.render import rasterize
-from clic.world.data import (OBJECT_NAMES, WORLD_SIZE, color_name, render_batch, sample_scene, tint_name)
+from clic.world.data import OBJECT_NAMES, WORLD_SIZE, color_name, render_batch, sample_scene, tint_name
 from clic.world.train import TrainSettings, autoencoder_loss, build_autoencoder, psnr, train_stage
 
 CAPTION = re.compile(r"^a (?:plain (?P<plain>\w+)|(?P<object>\w+) with a (?P<color>\w+) (?P<pattern>\w+) (?P<part>\w+))"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from test_store import _row
 
 from harness import store
-from test_store import _row
 
 
 def write_jobs(run: Path, count: int, start: int = 0) -> None:

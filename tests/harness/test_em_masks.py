@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import square_mask, unet_with_token_maps
 
 from clic.attention import AttentionCapture
 from clic.crf import DenseCRFSettings, dense_crf, refine_masks
@@ -17,7 +18,6 @@ from clic.models import build_tiny
 from clic.tokens import ConceptTokens
 from harness.metrics import build_metric
 from harness.metrics.base import Sample
-from helpers import square_mask, unet_with_token_maps
 
 FAST_EM = {"e_every": 2, "attention_timesteps": 2, "crf": {"max_side": 32, "iterations": 3}}
 

@@ -5,11 +5,11 @@ import re
 from pathlib import Path
 
 import pandas as pd
+from test_report import fake_run  # noqa: F401 - the fixture
 
 from harness import store
 from harness.analyse.aggregate import TINY_RANDOM_NOTE
 from harness.analyse.report import write_report
-from test_report import fake_run  # noqa: F401 - the fixture
 
 BEST = "★"
 

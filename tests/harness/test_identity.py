@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from run_inputs import make_pairs
+
 from harness.plan.identity import method_label, variant_name, with_labels
 from harness.plan.jobs import MethodRun, build_job_graph
 from harness.plan.resolve import method_tasks, plan_from_suite
 from harness.plan.suite import load_suite
-from run_inputs import make_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 

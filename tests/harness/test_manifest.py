@@ -6,8 +6,9 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -466,7 +467,8 @@ def test_file_checks_and_digests_are_cached_by_path_size_and_mtime(tmp_path, mon
     import hashlib
     import os
 
-    from harness.plan import file_facts, jobs, manifest as manifest_module
+    from harness.plan import file_facts, jobs
+    from harness.plan import manifest as manifest_module
 
     folder = tmp_path / "set"
     folder.mkdir()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks.perf.learning import activation_megabytes
-from benchmarks.perf.real_size import (cross_attention_layers, flash_attention_on_meta, meta_counts, unet_parameters)
+from benchmarks.perf.real_size import cross_attention_layers, flash_attention_on_meta, meta_counts, unet_parameters
 from benchmarks.perf.steps import fused_loss, make_case, naive_loss
 from harness.cli import build_parser
 

@@ -43,8 +43,8 @@ def test_masked_similarity_on_transfers(settings: MetricSettings, name: str, fg:
     target, target_mask = noise_image(1), box(30, 34)
     source, source_mask = noise_image(2), box(4, 6)
     source[source_mask] = target[target_mask]  # the concept region of the source is the target's region
-    base = dict(job_id="j", task="transfer", source_image=source, source_mask=source_mask, target_mask=target_mask,
-                target_image=target)
+    base = {"job_id": "j", "task": "transfer", "source_image": source, "source_mask": source_mask, "target_mask": target_mask,
+                "target_image": target}
 
     same = values(metric, Sample(output_image=target.copy(), **base))
     assert same[fg] == pytest.approx(1.0, abs=1e-5)
@@ -81,7 +81,7 @@ def test_background_similarity_on_generations_is_higher_when_the_background_is_c
     metric = build_metric(name, settings)
     mask = box(20, 22, side=24)
     source = object_on_plain_background((0.85, 0.85, 0.95), 0, mask)
-    base = dict(job_id="g", task="generate", source_image=source, source_mask=mask, object_word="chair")
+    base = {"job_id": "g", "task": "generate", "source_image": source, "source_mask": mask, "object_word": "chair"}
     copied = values(metric, Sample(output_image=source.copy(), **base))
     different = values(metric, Sample(output_image=object_on_plain_background((0.2, 0.6, 0.3), 0, mask), **base))
     assert copied[bg] == pytest.approx(1.0, abs=1e-5)  # the generation's background is the source's

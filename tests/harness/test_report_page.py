@@ -23,7 +23,7 @@ from harness.analyse.aggregate import compare_main  # noqa: E402
 from harness.analyse.compare_page import worst_pairs  # noqa: E402
 from harness.analyse.costs import cost_table  # noqa: E402
 from harness.analyse.headline import HTML_METRICS_PER_TABLE  # noqa: E402
-from harness.analyse.report import write_report, with_variants  # noqa: E402
+from harness.analyse.report import with_variants, write_report  # noqa: E402
 
 SIZE = 48
 T_STARTS = (2, 4, 6)

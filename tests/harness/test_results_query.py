@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_store import _row
 
 from harness import store
-from test_store import _row
 
 duckdb = pytest.importorskip("duckdb")  # in the test extras (pyproject.toml, constraints.txt)
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image, ImageDraw
 
 from harness import store
-from harness.plan.identity import with_labels
-from harness.plan.jobs import MethodRun
-from harness.errors import UsageError
 from harness.analyse.report import write_report
 from harness.analyse.study import BROKEN, build_pack
 from harness.analyse.study_scores import cluster_bootstrap_ci, kendalls_w, read_answers, score_main, score_study
+from harness.errors import UsageError
+from harness.plan.identity import with_labels
+from harness.plan.jobs import MethodRun
 
 SIZE = 48
 METHODS = (("clic", "paper"), ("custom_diffusion", "default"), ("break_a_scene", "default"), ("realfill", "default"))
@@ -141,7 +141,7 @@ def test_attention_checks_have_one_broken_option(pack: tuple[Path, Path, Path]) 
     checks = {qid: q for qid, q in key["questions"].items() if q["check"]}
     assert len(checks) == 1
     scored_pairs = {q["pair_id"] for q in key["questions"].values() if not q["check"]}
-    for qid, question in checks.items():
+    for question in checks.values():
         assert list(question["options"].values()).count(BROKEN) == 1 and len(question["options"]) == len(METHODS)
         assert question["pair_id"] not in scored_pairs, "a check does not repeat a scored pair"
         token = next(t for t, m in question["options"].items() if m == BROKEN)

@@ -1,6 +1,7 @@
 """harness.plan.suite: suite files, their defaults, and one-line errors naming the file and key path."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -26,7 +27,7 @@ class FakeMethod:
     def supports(self, task: str) -> bool:
         return True
 
-    def resolve(self, task: str, preset: str | None = None, overrides: dict | None = None) -> "FakeSettings":
+    def resolve(self, task: str, preset: str | None = None, overrides: dict | None = None) -> FakeSettings:
         """The one resolution function's contract: the preset's values with the overrides, validated."""
         merged = {**dict(self.presets[preset].get(task, {})), **dict(overrides or {})}
         if task == "transfer":
@@ -273,7 +274,7 @@ def test_real_clic_method_validates_learn_overrides(bench: Path, monkeypatch: py
 
 def test_suite_is_frozen(bench: Path) -> None:
     suite = load_suite(write(bench, FULL))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         suite.name = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
         suite.methods[0].learn["steps"] = 1  # type: ignore[index]

@@ -10,14 +10,14 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from clic.synth.objects import CATEGORIES, OBJECTS
+from clic.synth.patterns import PatternSpec
+from clic.synth.render import rasterize, sample_instance
 from harness.cli import main
 from harness.metrics import build_metric
 from harness.metrics.base import MetricSettings, Sample
 from harness.synth import SYNTH_COLUMNS
-from clic.synth.objects import CATEGORIES, OBJECTS
 from harness.synth.pairs import SynthPair, make_pair, pattern_carriers
-from clic.synth.patterns import PatternSpec
-from clic.synth.render import rasterize, sample_instance
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "manifests"

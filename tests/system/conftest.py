@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
-
-import pytest
 
 import plugins  # noqa: F401 - registers the test-only methods before any cluster starts (tests/plugins.py)
+import pytest
 
 # System tests reuse the harness tests' input builders (test_manifest's DataSet, test_study's fake runs): make
 # them importable when tests/system runs alone.

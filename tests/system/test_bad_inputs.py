@@ -12,10 +12,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_manifest import DataSet, picture, save, write_case_manifest
 
 from harness import store
 from harness.cli import main
-from test_manifest import DataSet, picture, save, write_case_manifest
 
 
 def write_suite(path: Path, manifest: Path, **changes: Any) -> Path:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_study import METHODS, make_fake_run
 
 from harness.analyse.report import write_report
 from harness.analyse.study import BROKEN, CHROMIUM, build_pack, launch_chromium
-from test_study import METHODS, make_fake_run
 
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"{CHROMIUM} is missing (.ci/setup installs it)")]
@@ -138,10 +138,11 @@ def assert_fits_and_loads(browser, index: Path, min_images: int) -> None:
 
 def test_report_and_compare_pages_fit_1200_px_and_every_image_loads(browser, tmp_path: Path) -> None:
     """The tstart-like run (ten metrics, four method labels, expected images, a long weights label) at 1200 px."""
+    import argparse
+
     from test_report_page import make_sweep_run
 
     from harness.analyse.aggregate import compare_main
-    import argparse
 
     run_a = make_sweep_run(tmp_path / "a")
     index = write_report(run_a)

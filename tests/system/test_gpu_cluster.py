@@ -6,16 +6,16 @@ themselves run on the CPU (``device: cpu``). Out of memory is injected by the te
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from run_inputs import make_pairs, make_suite
+from test_reliability import assert_each_job_once
 
 from harness import store
 from harness.execute import run_folder
 from harness.execute.runner import execute
-from test_reliability import assert_each_job_once
-from run_inputs import make_pairs, make_suite
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import last_json_line
 
 from benchmarks.perf.steps import fused_loss, make_case, parameters
 from clic.learn import ConceptSource
 from clic.methods.base import get_method
 from clic.models import build_tiny
-from helpers import last_json_line
 
 
 def source() -> ConceptSource:

@@ -7,19 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from run_inputs import SHIPPED_MANIFEST, make_pairs, make_suite
 
 from clic.concept import LearnedConcept
 from clic.learn import format_prompt
 from harness import store
-from harness.plan.jobs import CONCEPTS, SEEDS, Pair, build_job_graph
+from harness.execute.runner import execute
 from harness.metrics import build_metric
 from harness.metrics.base import MetricSettings, Sample
-from harness.metrics.esr import COLOUR_SHARE, EDIT_PROMPTS, colour_share
-from harness.execute.runner import execute
-from harness.plan.jobs import GROUP_RESULT_PREFIX
+from harness.metrics.esr import EDIT_PROMPTS
+from harness.plan.jobs import CONCEPTS, GROUP_RESULT_PREFIX, SEEDS, Pair, build_job_graph
 from harness.plan.resolve import method_tasks, plan_from_suite
 from harness.plan.suite import SuiteError, suite_from_dict
-from run_inputs import SHIPPED_MANIFEST, make_pairs, make_suite
 
 RED_PROMPT = "a red {object} with {tokens} style"
 

@@ -15,21 +15,22 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
+from test_manifest import DataSet, picture, save
 
 from clic.cli import main as clic_main
 from harness import store
-from harness.execute import run_folder
-from harness.cli import main as bench_main
 from harness.analyse.study import BROKEN
-from test_manifest import DataSet, picture, save
+from harness.cli import main as bench_main
+from harness.execute import run_folder
 
 REPO = Path(__file__).resolve().parents[2]
 ALIAS_BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
@@ -70,8 +71,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         paths[f"concept-{name}"] = broken
     paths["token_file"] = Path(token_file)
 
-    from harness.analyse.study import build_pack
     from test_study import make_fake_run
+
+    from harness.analyse.study import build_pack
 
     run_dir = make_fake_run(root / "fake", {"furniture": 3})
     _, key = build_pack(run_dir, root / "pack", n_pairs=2, n_raters=1, seed=0)
@@ -810,7 +812,6 @@ def test_27_11_report_shows_each_pair_its_own_images(tmp_path: Path) -> None:
     run_dir = make_fake_run(tmp_path / "fake", {"furniture": 3})
     pairs_file = run_dir / store.PAIRS_FILE
     pairs = pq.read_table(pairs_file).to_pandas()
-    results = store.read_results(run_dir)
     renames = dict(zip(pairs["pair_id"], ["chair 1", "chair-1", "y" * 3000]))
     pairs["pair_id"] = pairs["pair_id"].map(renames)
     pairs.to_parquet(pairs_file)

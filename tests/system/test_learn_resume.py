@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_source
 
 from clic.learn import RESUME_FILE, learn_concept
 from clic.methods.base import get_method
 from clic.models import build_tiny
-from helpers import random_source
 
 
 class Interrupted(Exception):
@@ -90,11 +90,11 @@ def killed_once_method():
 @pytest.mark.slow  # a worker killed inside the real loop and its Ray retry: ~2 min on this machine
 def test_a_worker_killed_between_snapshots_resumes_and_the_row_says_so(ray_session, killed_once_method,
                                                                        tmp_path: Path) -> None:
+    from run_inputs import make_pairs, make_suite
     from safetensors.torch import load_file
 
     from harness import store
     from harness.execute.runner import execute
-    from run_inputs import make_pairs, make_suite
 
     pairs = make_pairs(tmp_path / "data", 1)
     run = tmp_path / "run"

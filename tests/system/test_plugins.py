@@ -2,12 +2,13 @@
 (tests/toy_metric.py), registered from the test folder, run through a suite like the shipped ones."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
+from run_inputs import make_pairs, make_suite
 
 import clic.methods
 import harness.metrics
@@ -15,7 +16,6 @@ from clic.methods import register_method
 from harness import store
 from harness.execute.runner import execute
 from harness.metrics import register_metric
-from run_inputs import make_pairs, make_suite
 
 
 @pytest.fixture

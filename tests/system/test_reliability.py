@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import last_json_line
 from PIL import Image, ImageDraw
+from run_inputs import SIZE, cut_paste_suite, make_pairs, make_suite
 
 from harness import store
-from harness.plan.manifest import write_manifest
 from harness.execute.runner import execute
-from run_inputs import SIZE, cut_paste_suite, make_pairs, make_suite
-from helpers import last_json_line
+from harness.plan.manifest import write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIC_BENCH = str(Path(sys.executable).with_name("clic-bench"))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from run_inputs import SHIPPED_MANIFEST, make_pairs
 
 from harness import store
 from harness.analyse.aggregate import paired_differences, summary_table
@@ -19,7 +20,6 @@ from harness.plan.jobs import build_job_graph
 from harness.plan.preflight import device_problems, other_suite_problems
 from harness.plan.resolve import describe_models, method_tasks, plan_from_suite
 from harness.plan.suite import SuiteError, suite_from_dict
-from run_inputs import SHIPPED_MANIFEST, make_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
+from helpers import last_json_line
+from PIL import Image
+from run_inputs import SHIPPED_MANIFEST, SIZE, cut_paste_suite, make_pairs, make_suite
 
 from harness import store
-from harness.plan.jobs import Pair
 from harness.execute.runner import execute
-from harness.plan.suite import Suite, suite_from_dict
-from helpers import last_json_line
-from run_inputs import SHIPPED_MANIFEST, SIZE, cut_paste_suite, make_pairs, make_suite
+from harness.plan.jobs import Pair
+from harness.plan.suite import suite_from_dict
 
 
 def test_run_resume_and_changed_setting(ray_session, tmp_path: Path) -> None:
