@@ -55,6 +55,12 @@ def check_number(value: float | None, option: str, *, minimum: float | None = No
         raise OptionError(option, f"must be at most {maximum}, got {value}")
 
 
+def check_positive(value: int | None, option: str) -> None:
+    """A count that must be positive (steps, images, batch); None passes (the default)."""
+    if value is not None and value <= 0:
+        raise OptionError(option, f"must be positive, got {value}")
+
+
 # A concept's placeholder token: "<v*>", "<v1*>", "<w*>" (clic.learn / clic.match) and the like of other methods.
 PLACEHOLDER = re.compile(r"<[^<>\s]*\*>")
 

@@ -188,14 +188,14 @@ def test_two_concepts_from_one_image(tmp_path: Path) -> None:
 def test_match_reads_steps_from_the_end_and_t_start_is_a_deprecated_alias(capsys: pytest.CaptureFixture[str]) -> None:
     """`t_start` means "steps kept" (transfer) only: match's count from the end is `--read-steps`; the old
     `clic match --t-start` maps to it with a warning, and the new name wins when both are given."""
-    from clic import cli
+    from clic import cli, cli_tasks
 
     base = ["match", "--concept", "c", "--image", "i.png", "--object", "chair", "--out", "o"]
     parser = cli.build_parser()
-    assert cli._match_overrides(parser.parse_args([*base, "--read-steps", "7"])) == {"read_steps": 7}
+    assert cli_tasks._match_overrides(parser.parse_args([*base, "--read-steps", "7"])) == {"read_steps": 7}
     assert capsys.readouterr().err == ""
-    assert cli._match_overrides(parser.parse_args([*base, "--t-start", "6"])) == {"read_steps": 6}
+    assert cli_tasks._match_overrides(parser.parse_args([*base, "--t-start", "6"])) == {"read_steps": 6}
     assert "--t-start` is deprecated: use --read-steps" in capsys.readouterr().err
-    assert cli._match_overrides(parser.parse_args([*base, "--t-start", "6", "--read-steps", "7"])) == {"read_steps": 7}
+    assert cli_tasks._match_overrides(parser.parse_args([*base, "--t-start", "6", "--read-steps", "7"])) == {"read_steps": 7}
     with pytest.raises(ValueError, match=r"read_steps must lie in \[1, 10\]"):
         MatchSettings.from_dict({"denoise_steps": 10, "read_steps": 11})

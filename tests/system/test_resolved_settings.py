@@ -90,8 +90,10 @@ def test_the_cli_resolves_through_the_same_function(tmp_path: Path, capsys: pyte
     assert cli.main(["learn", "--image", "x.png", "--mask", "m.png", "--object", "chair", "--preset", "paper",
                      "--steps", "0", "--out", str(tmp_path / "c")]) == 2
     assert "clic: error: --steps: must be positive" in capsys.readouterr().err
+    from clic import cli_tasks
+
     with pytest.raises(cli.OptionError, match=r"--t-start: must lie in \[1, 19\]"):
-        cli._resolve(cli._method("clic"), "transfer", "paper", {"t_start": 25, "steps": 20})
+        cli_tasks._resolve(cli_tasks._method("clic"), "transfer", "paper", {"t_start": 25, "steps": 20})
 
 
 # -------------------------------------------------------------------------------- metric options
