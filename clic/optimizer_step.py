@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW"}  # name -> torch.optim class, looked up when called
 
 
 def make_optimizer(kind: str, params: Iterable[Any], **defaults: Any) -> torch.optim.Optimizer:
     """``torch.optim.Adam`` or ``AdamW`` over ``params`` (tensors or parameter groups)."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {kind!r}; known: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[kind](params, **defaults)
+    return getattr(torch.optim, OPTIMIZERS[kind])(params, **defaults)
 
 
 @dataclass

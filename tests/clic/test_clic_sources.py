@@ -582,5 +582,5 @@ def test_official_code_preset_runs_end_to_end():
     generated = method.generate(build_tiny(), concept, "chair", overrides={"steps": 4, "stage_one_steps": 1, "images": 1})
     assert torch.isfinite(generated.images).all()
     matched = method.match(build_tiny(), concept, torch.zeros(3, 64, 64), "chair",
-                           overrides={"steps": 2, "denoise_steps": 4, "t_start": 2})
+                           overrides={"steps": 2, "denoise_steps": 4, "read_steps": 2})
     assert matched.mask.shape[-2:] == (64, 64)
