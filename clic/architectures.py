@@ -23,45 +23,45 @@ import torch
 from . import RANDOM_WEIGHTS
 from .models import SD_SCHEDULER_CONFIG, SDComponents, build_clip_tokenizer
 
-_SD_UNET_COMMON = dict(
-    act_fn="silu",
-    block_out_channels=(320, 640, 1280, 1280),
-    center_input_sample=False,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    downsample_padding=1,
-    flip_sin_to_cos=True,
-    freq_shift=0,
-    in_channels=4,
-    layers_per_block=2,
-    mid_block_scale_factor=1,
-    norm_eps=1e-05,
-    norm_num_groups=32,
-    out_channels=4,
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-)
+_SD_UNET_COMMON = {
+    "act_fn": "silu",
+    "block_out_channels": (320, 640, 1280, 1280),
+    "center_input_sample": False,
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+}
 
-_SD_VAE_COMMON = dict(
-    act_fn="silu",
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    in_channels=3,
-    latent_channels=4,
-    layers_per_block=2,
-    norm_num_groups=32,
-    out_channels=3,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-)
+_SD_VAE_COMMON = {
+    "act_fn": "silu",
+    "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+}
 
-_CLIP_TEXT_COMMON = dict(
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-    max_position_embeddings=77,
-    vocab_size=49408,
-    layer_norm_eps=1e-05,
-    initializer_factor=1.0,
-    initializer_range=0.02,
-)
+_CLIP_TEXT_COMMON = {
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+    "max_position_embeddings": 77,
+    "vocab_size": 49408,
+    "layer_norm_eps": 1e-05,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+}
 
 
 @dataclass(frozen=True)

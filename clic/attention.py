@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .capture_buffer import CaptureBuffer
 
 # Layer selections by name. SD 1.x up blocks hold 16², 32², 64² cross-attention at 512 px.
 LAYER_PATTERNS = {
@@ -42,21 +44,6 @@ def select_layers(processor_names: Sequence[str], which: str | Sequence[str]) ->
     if unknown:
         raise ValueError(f"unknown attention layers: {', '.join(unknown)}")
     return list(which)
-
-
-class CaptureBuffer:
-    """What one set of processors shares: the token columns to record and the maps recorded."""
-
-    def __init__(self) -> None:
-        self.token_positions: torch.Tensor | None = None  # (B, n) long
-        self.maps: dict[str, torch.Tensor] = {}  # layer -> (B, pixels, n)
-        self.enabled = True
-        # "all": the maps average every head; "last_half": heads H//2… only, as ConceptExpress's released store
-        # keeps attn[h // 2:] of its (batch·heads) stack (ptp_utils.py L137-140; its batch is 1)
-        self.heads = "all"
-
-    def clear(self) -> None:
-        self.maps.clear()
 
 
 class AttentionCapture:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, CustomDiffusionAttnProcessor2_0
 
-from .attention import CaptureBuffer
+from .capture_buffer import CaptureBuffer
 
 
 class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
@@ -48,7 +48,7 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
         train_q_out: bool,
         buffer: CaptureBuffer | None,
         layer_name: str,
-    ) -> "ConceptAttnProcessor":
+    ) -> ConceptAttnProcessor:
         """A processor whose trainable copies start equal to the layer's own weights (output unchanged)."""
         processor = cls(
             train_kv=train_kv,

@@ -8,8 +8,8 @@ versions; a colour jitter draws continuous factors and is encoded when drawn. Pa
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

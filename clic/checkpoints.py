@@ -27,8 +27,14 @@ from typing import Any
 import torch
 
 from .architectures import ARCHITECTURES, Architecture
-from .models import (SD_SCHEDULER_CONFIG, TINY_TEXT_CONFIG, TINY_VAE_CONFIG, ModelNotFoundError, SDComponents,
-                     tiny_unet_config)
+from .models import (
+    SD_SCHEDULER_CONFIG,
+    TINY_TEXT_CONFIG,
+    TINY_VAE_CONFIG,
+    ModelNotFoundError,
+    SDComponents,
+    tiny_unet_config,
+)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
@@ -171,7 +177,6 @@ def file_fingerprint(path: Path, arch: str) -> str:
 
 def _pipeline(path: Path, arch: Architecture, dtype: torch.dtype):
     from diffusers import StableDiffusionPipeline
-
     from diffusers.utils import logging as diffusers_logging
 
     config = str(config_folder(arch))

@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# Seeds feed torch (64 bit) and numpy (32 bit) generators: the common range is the documented one.
+# Seeds feed torch (64 bit) and numpy (32 bit) generators: the common range is the documented one (the one copy:
+# the suite reader and clic-bench's --seed take it from here).
 MAX_SEED = 2**32 - 1
 # Tokens of the longest prompt template around the object word: "a photo of an OBJECT, with <v1*> and
 # <v2*> style, zoomed-out" is 15 with the start and end tokens; 24 leaves room for the methods' templates.
@@ -39,16 +40,25 @@ class OptionError(ValueError):
 
 
 def check_number(value: float | None, option: str, *, minimum: float | None = None,
-                 maximum: float | None = None) -> None:
-    """A finite number within [minimum, maximum] (either bound optional); None passes (the default)."""
+                 maximum: float | None = None, exclusive: bool = False) -> None:
+    """A finite number within [minimum, maximum] (either bound optional; the open interval with ``exclusive``);
+    None passes (the default). The one copy of this rule: ``clic-bench`` (harness.guards) wraps it."""
     if value is None:
         return
     if not math.isfinite(value):
         raise OptionError(option, f"must be a finite number, got {value}")
+    if exclusive and ((minimum is not None and value <= minimum) or (maximum is not None and value >= maximum)):
+        raise OptionError(option, f"must lie strictly between {minimum} and {maximum}, got {value}")
     if minimum is not None and value < minimum:
         raise OptionError(option, f"must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise OptionError(option, f"must be at most {maximum}, got {value}")
+
+
+def check_positive(value: int | None, option: str) -> None:
+    """A count that must be positive (steps, images, batch); None passes (the default)."""
+    if value is not None and value <= 0:
+        raise OptionError(option, f"must be positive, got {value}")
 
 
 # A concept's placeholder token: "<v*>", "<v1*>", "<w*>" (clic.learn / clic.match) and the like of other methods.

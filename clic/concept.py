@@ -15,7 +15,7 @@ Layout of a concept folder::
 :func:`load_into_pipeline` is the stock route (a fresh ``StableDiffusionPipeline`` plus diffusers'
 own loading calls, which a user can write out: ``pipe.load_textual_inversion(token_file, token=...)`` per token
 and ``pipe.unet.load_attn_procs(folder, weight_name=ATTN_WEIGHTS_NAME, _pipeline=pipe)``; diffusers 0.42 sets the
-processors only when ``_pipeline`` is given, see ``tests/test_stock_loading.py``); :meth:`LearnedConcept.apply` is
+processors only when ``_pipeline`` is given, see ``tests/clic/test_stock_loading.py``); :meth:`LearnedConcept.apply` is
 ours, onto :class:`~clic.models.SDComponents`.
 """
 from __future__ import annotations
@@ -109,7 +109,7 @@ class LearnedConcept:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "LearnedConcept":
+    def load(cls, directory: str | Path) -> LearnedConcept:
         directory = Path(directory)
         meta_path = directory / "concept.json"
         if not meta_path.exists():
@@ -166,8 +166,7 @@ class LearnedConcept:
                 module.load_state_dict(state, strict=False)
         components._base_states = base
         if (self.config or {}).get("lora"):  # LoRA adapters (RealFill's original recipe), in peft's format
-            from .learn import LORA_ADAPTER
-            from .lora import install_lora
+            from .lora import LORA_ADAPTER, install_lora
 
             install_lora({"unet": components.unet, "text_encoder": components.text_encoder}, self.arrays,
                          LORA_ADAPTER, self.config["lora"])

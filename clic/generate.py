@@ -8,9 +8,9 @@ projections, fine-tuned UNet and text-encoder weights (Break-A-Scene's ``origina
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -18,8 +18,8 @@ from .attention import AttentionCapture
 from .concept import LearnedConcept
 from .learn import capture_resolution, encode_text, format_prompt
 from .models import SDComponents, ddim_scheduler
-from .transfer import decode, ensure_concept
 from .settings import Settings
+from .transfer import decode, ensure_concept
 
 
 @dataclass(frozen=True)

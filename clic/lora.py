@@ -9,11 +9,13 @@ afterwards — ``delete_adapters`` alone leaves the wrappers (and renamed parame
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+LORA_ADAPTER = "concept"  # the adapter name a learned concept's LoRA gets
 ARRAY_PREFIX = "lora/"  # adapter tensors inside LearnedConcept.arrays: "lora/<network>.<peft key>"
 
 

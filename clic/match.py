@@ -7,7 +7,7 @@ nothing else trainable. On a target, w*'s cross-attention map while denoising is
 Automatic source mask: from K images that share a pattern, w* and the cross-attention K/V are trained
 with the plain diffusion loss on "An OBJECT with w* style"; w*'s attention map on each image is its mask.
 
-Reading a map: the image's latents (posterior mean) are noised to the ``t_start``-th of ``denoise_steps``
+Reading a map: the image's latents (posterior mean) are noised to the ``read_steps``-th of ``denoise_steps``
 DDIM steps counted from the end, then denoised with the w* prompt (no classifier-free guidance: only the
 conditional branch's attention is read); the w* map, averaged over the captured up-block layers and over
 those steps, is resized to the image and min-max normalised to [0, 1] (the soft map). The binary mask is
@@ -15,19 +15,27 @@ those steps, is resized to the image and min-max normalised to [0, 1] (the soft 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .attention import AttentionCapture
 from .concept import LearnedConcept
-from .learn import ConceptSource, LearnConfig, capture_resolution, encode_text, format_prompt, learn_concept, vae_moments
+from .learn import (
+    ConceptSource,
+    LearnConfig,
+    capture_resolution,
+    encode_text,
+    format_prompt,
+    learn_concept,
+    vae_moments,
+)
 from .models import SDComponents, ddim_scheduler
+from .settings import Settings
 from .tokens import add_learned_tokens
 from .transfer import ensure_concept
-from .settings import Settings
 
 # Where a learned w* is kept in a concept: the vector in ``arrays``, the settings it was learned with in ``extras``.
 REGION_TOKEN_KEY = "region_token"
@@ -43,15 +51,17 @@ class MatchSettings(Settings):
     auto_prompt: str = "An {object} with {token} style"  # paper §3.3, automatic source mask
     placeholder: str = "<w*>"
     denoise_steps: int = 50  # DDIM schedule length while reading the map: the paper's T = 50 (supplement B.3)
-    t_start: int = 25  # steps read, from the end: a mid noise level (our choice; the paper gives none)
+    # DDIM steps read, the last ones of the schedule: a mid noise level (our choice; the paper gives none). Not
+    # transfer's t_start (steps kept, counted from the start): `clic match --t-start` is its deprecated alias.
+    read_steps: int = 25
     threshold: float = 0.5  # on the min-max normalised soft map (our choice)
     capture_layers: str = "up"  # as l_att: up-block cross-attention (paper §3.1)
 
     def validate(self) -> None:
         if self.steps <= 0 or self.denoise_steps <= 0:
             raise ValueError(f"match steps and denoise_steps must be positive, got {self.steps} and {self.denoise_steps}")
-        if not 1 <= self.t_start <= self.denoise_steps:
-            raise ValueError(f"t_start must lie in [1, {self.denoise_steps}], got {self.t_start}")
+        if not 1 <= self.read_steps <= self.denoise_steps:
+            raise ValueError(f"read_steps must lie in [1, {self.denoise_steps}], got {self.read_steps}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
 
@@ -88,7 +98,7 @@ def denoising_attention(components: SDComponents, capture: AttentionCapture, ima
     generator = torch.Generator().manual_seed(seed)
     scheduler = ddim_scheduler(components)
     scheduler.set_timesteps(settings.denoise_steps)
-    timesteps = scheduler.timesteps[settings.denoise_steps - settings.t_start:]
+    timesteps = scheduler.timesteps[settings.denoise_steps - settings.read_steps:]
     latents = vae_moments(components, image[None].to(device)).float().chunk(2, dim=1)[0] * components.vae.config.scaling_factor
     noise = torch.randn(latents.shape, generator=generator).to(device)
     latents = scheduler.add_noise(latents, noise, timesteps[:1])

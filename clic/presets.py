@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 # method -> module with ``DECLARED = {preset: (Setting, ...)}``, importable without torch (the report reads it)
 DECLARED_MODULES = {"clic": "clic.methods.clic_sources"}

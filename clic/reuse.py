@@ -16,8 +16,8 @@ model again rather than lend a changed one.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Callable, Iterable
 
 import torch
 from torch import nn

@@ -4,8 +4,9 @@ overrides merge key by key, and ``validate`` checks ranges. :meth:`clic.methods.
 place a method's preset and a caller's overrides become such an object."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, fields
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 S = TypeVar("S", bound="Settings")
 

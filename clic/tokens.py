@@ -10,8 +10,8 @@ row stays bit-identical — and the optimizer holds (n_tokens × dim) state inst
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ class ConceptTokens:
             merge_concept_embeddings(text_encoder)
             base = _text_embeddings(text_encoder)
         vectors = []
-        for i, token in enumerate(self.tokens):
+        for i in range(len(self.tokens)):
             given = init_vectors[i] if init_vectors is not None else None
             if given is not None:
                 vectors.append(given.detach().to(base.weight.device, torch.float32))

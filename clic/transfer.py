@@ -26,9 +26,9 @@ Two presets of this loop (see :class:`TransferSettings`):
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch

@@ -8,32 +8,28 @@ folder of ``report``, ``pack`` and ``compare`` must exist.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .cli import UsageError
+from clic.cli_checks import MAX_SEED, OptionError
+from clic.cli_checks import check_number as clic_check_number
 
-MAX_SEED = 2**32 - 1  # seeds feed numpy (32 bit) and torch generators
+from .errors import UsageError
+
 ADDRESS_TIMEOUT_SECONDS = 5.0
 RAY_DEFAULT_PORT = 6379
 
 
 def check_number(value: float | None, option: str, *, minimum: float | None = None, maximum: float | None = None,
                  exclusive: bool = False) -> None:
-    """Finite and within [minimum, maximum] (open interval with ``exclusive``); None (the default) passes."""
-    if value is None:
-        return
-    if not math.isfinite(value):
-        raise UsageError(f"{option}: must be a finite number, got {value}")
-    if exclusive and ((minimum is not None and value <= minimum) or (maximum is not None and value >= maximum)):
-        raise UsageError(f"{option}: must lie strictly between {minimum} and {maximum}, got {value}")
-    if minimum is not None and value < minimum:
-        raise UsageError(f"{option}: must be at least {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise UsageError(f"{option}: must be at most {maximum}, got {value}")
+    """Finite and within [minimum, maximum] (open interval with ``exclusive``); None (the default) passes.
+    The rule is clic's (:func:`clic.cli_checks.check_number`); only the error is the harness's."""
+    try:
+        clic_check_number(value, option, minimum=minimum, maximum=maximum, exclusive=exclusive)
+    except OptionError as err:
+        raise UsageError(str(err)) from None
 
 
 def check_output_folder(out: str | None, option: str = "--out", *, remote_ok: bool = False) -> None:

@@ -34,6 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from clic.hashing import canonical_json as clic_canonical_json
+
 from .errors import UsageError
 
 RESULTS_DIR = "results"
@@ -102,9 +104,7 @@ RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 # Columns added later: result files written before them still read, with nulls there.
 
 
-def canonical_json(data: Any) -> str:
-    """The one JSON form used for hashing and for the ``settings`` column: sorted keys, no spaces."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+canonical_json = clic_canonical_json  # the one JSON form used for hashing and for the ``settings`` column
 
 
 def json_ready(data: Any) -> Any:

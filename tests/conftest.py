@@ -1,24 +1,14 @@
-"""Shared fixtures. One Ray cluster per test session: starting one costs ~4 s and ~1 GB."""
+"""Fixtures shared by tests/clic, tests/harness and tests/system.
+
+The tests live in three folders that mirror the packages: ``clic/`` (the method library alone: never imports
+harness or Ray, which ``clic/test_no_harness_imports.py`` enforces), ``harness/`` (planning, store, metrics,
+reports without a cluster) and ``system/`` (Ray clusters, browsers, the CLIs end to end). This folder is on
+``sys.path`` (pytest inserts a rootless conftest's folder), so the shared modules beside this file
+(``helpers``, ``source_index``, ``run_inputs``, ``plugins``, ...) import by name from all three.
+"""
 from __future__ import annotations
 
-import os
-from typing import Iterator
-
 import pytest
-
-import plugins  # noqa: F401 - registers the test-only methods before any cluster starts
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[object]:
-    """A local 2-CPU Ray cluster shared by every test that asks for it, shut down at the end."""
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture

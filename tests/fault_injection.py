@@ -1,4 +1,4 @@
-"""A TEST-ONLY method that fails on purpose, for the harness's reliability tests (tests/test_reliability.py).
+"""A TEST-ONLY method that fails on purpose, for the harness's reliability tests (tests/system/test_reliability.py).
 
 It is cut-and-paste (:mod:`clic.methods.cut_paste`) plus one injected fault, chosen by preset:
 
@@ -33,8 +33,9 @@ import hashlib
 import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -92,7 +93,7 @@ class FaultInjection(CutPaste):
     gpu_memory = {"slow": GpuMemory(trained_gib=8.0 - GpuMemory.WEIGHTS_GIB["fp32"], saved_512_gib=0.0,
                                     source="test: declared by tests/fault_injection.py")}
     default_preset = "kill-once-in-learn"
-    sources = {"method": "none: a test fixture for harness reliability (tests/test_reliability.py)"}
+    sources = {"method": "none: a test fixture for harness reliability (tests/system/test_reliability.py)"}
 
     def fault(self, preset: str | None) -> Mapping[str, Any]:
         return self.preset(preset)["fault"]

@@ -1,10 +1,11 @@
-"""Small inputs shared by the method tests (imported by name: pytest puts this folder on sys.path)."""
+"""Small inputs shared by the method tests (imported by name: pytest puts this folder on sys.path).
+
+Imports clic only: tests/clic use it and must never import harness or Ray."""
 from __future__ import annotations
 
 import torch
 
 from clic.learn import ConceptSource
-import plugins  # noqa: F401,E402 - subprocess drivers that import the test modules see the test-only methods
 
 
 def square_mask(top: int, left: int, size: int, side: int = 64) -> torch.Tensor:
@@ -27,10 +28,12 @@ def last_json_line(stdout: str) -> dict:
 
 
 def unet_with_token_maps(components, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, positions: list[int],
-                         blocks: tuple[str, ...] = ("up_blocks", "down_blocks", "mid_block")):
+                         blocks: tuple[str, ...] = ("up_blocks", "down_blocks", "mid_block"),
+                         detach_outputs: bool = False):
     """The UNet's output and, for every cross-attention layer (attn2) in ``blocks``, the head-averaged
     softmax(QKᵀ/√d) columns of ``positions`` for batch row 0, as (n, side, side): computed here from the layer's
-    recorded inputs and its Q/K weights (a processor's trained copies when it has them), not from the capture."""
+    recorded inputs and its Q/K weights (a processor's trained copies when it has them), not from the capture.
+    ``detach_outputs``: every attention layer's output detached (the released CLiC att_processor L138-140)."""
     import math
 
     from diffusers.models.attention_processor import Attention
@@ -38,6 +41,8 @@ def unet_with_token_maps(components, x: torch.Tensor, t: torch.Tensor, text: tor
     modules = dict(components.unet.named_modules())
     inputs, handles = {}, []
     for name, module in modules.items():
+        if isinstance(module, Attention) and detach_outputs:
+            handles.append(module.register_forward_hook(lambda _m, _i, out: out.detach()))
         if isinstance(module, Attention) and name.endswith("attn2") and name.startswith(blocks):
             def record(_m, args, kwargs, name=name):
                 inputs[name] = (args[0] if args else kwargs["hidden_states"], kwargs["encoder_hidden_states"])

@@ -1,11 +1,12 @@
 """A toy method defined outside ``clic/`` (one file, registered by the tests with ``register_method``): it
 "learns" the mean colour of the source region and transfers by filling the target mask with it. It shows
-what a new method needs to provide and is checked end to end by ``tests/test_plugins.py``."""
+what a new method needs to provide and is checked end to end by ``tests/system/test_plugins.py``."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

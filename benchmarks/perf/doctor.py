@@ -5,7 +5,7 @@
 1. the device found (``--device auto``: a visible GPU, else the CPU — then every check runs on the CPU and the
    table says so);
 2. placement: one learning step with the model on that device under :class:`~benchmarks.perf.placement.DeviceAudit`
-   (on a CPU-only machine the model goes to the data-less ``meta`` device instead, as ``tests/test_placement.py``);
+   (on a CPU-only machine the model goes to the data-less ``meta`` device instead, as ``tests/clic/test_placement.py``);
 3. half precision: the same seeded learning steps in fp32, bf16 and fp16, largest relative loss difference;
 4. CLiC's fused step at ``--resolution`` (default 512; on the CPU 128, because one 512 px step of SD 1.x takes
    minutes there): seconds per step (median after a warm-up step) and the job's peak memory (CUDA max allocated,
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [("device", describe_device(device), ""),
             ("placement", verdict, where),
             *[(f"{name} vs fp32, max relative loss difference ({args.steps} steps, {check_resolution} px)",
-               f"{value:.2e}", "< 1e-2 (tests/test_precision.py states 1 %)") for name, value in worst.items()],
+               f"{value:.2e}", "< 1e-2 (tests/clic/test_precision.py states 1 %)") for name, value in worst.items()],
             (f"CLiC fused step, {resolution} px, {dtype}, s/step", f"{timing['seconds_per_step']:.3f}",
              "; ".join(f"{k}: {v:g}" for k, v in EXPECTED_SECONDS_PER_STEP.items()) + " (SD 1.x, 512 px)"),
             (f"peak memory of the learning job, {resolution} px, {dtype}", f"{timing['peak_memory_gib']:.2f} GiB",

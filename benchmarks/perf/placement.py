@@ -1,6 +1,6 @@
 """Placement audit: every aten op whose tensor inputs sit on two devices is recorded.
 
-Used by ``tests/test_placement.py`` (model on PyTorch's data-less ``meta`` device) and by the doctor
+Used by ``tests/clic/test_placement.py`` (model on PyTorch's data-less ``meta`` device) and by the doctor
 (``python -m benchmarks.perf.doctor``: the model on the GPU found). Two things a data-less device cannot do are
 answered by the audit and are not placement errors: reading a scalar out of a meta tensor (the loops read loss
 values to log them) gives 1, and copying a meta tensor to the CPU (results are returned on the CPU) gives zeros
@@ -10,8 +10,8 @@ CPU tensor, a scalar PyTorch accepts beside any device.
 from __future__ import annotations
 
 import torch
-from torch.utils._pytree import tree_flatten
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 aten = torch.ops.aten
 TRANSFERS = {aten._to_copy.default, aten.copy_.default, aten._copy_from.default, aten._copy_from_and_resize.default,

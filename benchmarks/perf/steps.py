@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0

@@ -8,10 +8,10 @@ The defaults run the shared loops (:mod:`clic.learn`, :mod:`clic.transfer`, :mod
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -103,7 +103,7 @@ class Method:
     task_settings_types: ClassVar[Mapping[str, str | None]] = {}
     # Expected peak GPU memory of one learning job on SD 1.x, per preset ("*": any other), or None when unknown:
     # the harness packs jobs onto GPUs by it (harness.execute.packing).
-    gpu_memory: ClassVar[Mapping[str, "GpuMemory"] | None] = None
+    gpu_memory: ClassVar[Mapping[str, GpuMemory] | None] = None
 
     def expected_gpu_memory_gib(self, preset: str | None, resolution: int, dtype: str) -> float | None:
         """GiB one learning job of ``preset`` is expected to peak at on SD 1.x (None: not declared)."""

@@ -17,15 +17,26 @@ Preset ``original``: phase 2 fine-tunes the whole UNet and the text encoder (hea
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..concept import LearnedConcept
-from ..learn import (ConceptSource, LearnConfig, Phase, StepBatch, TrainState, encode_text, format_prompt,
-                     learn_concept, sample_latents, vae_moments)
+from ..learn import (
+    ConceptSource,
+    LearnConfig,
+    Phase,
+    StepBatch,
+    TrainState,
+    encode_text,
+    format_prompt,
+    learn_concept,
+    sample_latents,
+    vae_moments,
+)
 from ..losses import StepTensors, resize_mask
 from ..models import SDComponents, ddim_scheduler
 from ..prediction import training_target

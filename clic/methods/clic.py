@@ -14,8 +14,8 @@ NAME``):
 Known differences of the official-code preset from the released code, kept on purpose: the token vector
 alone decays (the released AdamW also decays every other vocabulary row, whose gradient it zeroes);
 on a v-prediction model the RoI rows' target uses their own clean latents (the released code uses the
-whole image's, learning.py L989); fp16 casts are not reproduced; t_start counts as in the issue: the
-first UNet call is at timesteps[t_start] (the released loop also denoises step t_start − 1 from the
+whole image's, learning.py L989); fp16 casts are not reproduced; t_start counts as the
+paper does (supplement B.3, T − t_start noise levels): the first UNet call is at timesteps[t_start] (the released loop also denoises step t_start − 1 from the
 noised target and blends that result in, transfer.py L100-106).
 """
 from __future__ import annotations

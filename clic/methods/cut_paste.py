@@ -6,9 +6,10 @@ No model is loaded, so it anchors tables at no cost and makes harness load tests
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -24,17 +24,28 @@ trained against) and the E-step count in ``extras``. Only the first source image
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 
 from ..augment import AugmentConfig
 from ..concept import LearnedConcept
 from ..crf import CUTLER, DenseCRFSettings, refine_masks
-from ..learn import (ConceptSource, LearnConfig, Phase, StepBatch, TrainState, encode_text, format_prompt, fused_step,
-                     learn_concept, vae_moments)
+from ..learn import (
+    ConceptSource,
+    LearnConfig,
+    Phase,
+    StepBatch,
+    TrainState,
+    encode_text,
+    format_prompt,
+    fused_step,
+    learn_concept,
+    vae_moments,
+)
 from ..match import threshold_map
 from ..presets import Setting, preset_overrides, replaced
 from ..settings import reject_unknown_keys
@@ -54,7 +65,7 @@ class EMSettings:
     crf: DenseCRFSettings = CUTLER
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EMSettings":
+    def from_dict(cls, data: Mapping[str, Any]) -> EMSettings:
         reject_unknown_keys(cls, data, "EM setting(s)")
         data = dict(data)
         if isinstance(data.get("crf"), Mapping):
@@ -207,7 +218,7 @@ class EMMasks(Method):
         """The preset's EM settings, updated by the ``em`` entry of the learn overrides (a suite's ``learn: {em: ...}``)."""
         return EMSettings.from_dict({**self.task_settings("em", preset), **dict((overrides or {}).get("em", {}))})
 
-    def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> "EMLearnConfig":
+    def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> EMLearnConfig:
         """The learning config with the EM settings resolved into its ``em`` field, so a plan's resolved config
         (and every id and row made from it) says how the masks were estimated."""
         if isinstance(overrides, EMLearnConfig):  # already resolved

@@ -16,7 +16,8 @@ adapters are saved in the concept and taken out of the model after learning (:mo
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,11 +26,10 @@ from ..concept import LearnedConcept
 from ..learn import LearnConfig, StepBatch, TrainState, capture_resolution, encode_text, format_prompt, vae_moments
 from ..losses import StepTensors, resize_mask
 from ..models import SDComponents, ddim_scheduler
-from ..presets import Setting, preset_overrides
 from ..prediction import training_target
+from ..presets import Setting, preset_overrides
 from ..transfer import TransferResult, TransferSettings, decode, ensure_concept, latent_region, summarize_attention
 from .base import Method
-
 
 # diffusers examples/research_projects/realfill/train_realfill.py, make_mask and RealFillDataset.__getitem__
 HOLE_COUNT_HIGH = 30  # np.random.randint(1, times=30): 1–29 rectangles

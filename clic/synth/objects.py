@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -214,13 +214,13 @@ CORRESPONDENCES: tuple[tuple[str, ...], ...] = (
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def corresponding_parts(key: str) -> tuple[str, ...]:
     """Every "object.part" that corresponds to ``key`` (itself included), sorted."""
     return tuple(sorted({member for group in CORRESPONDENCES if key in group for member in group}))
 
 
-@lru_cache(maxsize=None)
+@cache
 def pattern_carriers(object_name: str) -> tuple[str, ...]:
     """The parts of an object that appear in the correspondence table, as "object.part" keys."""
     return tuple(sorted({key for group in CORRESPONDENCES for key in group if key.split(".")[0] == object_name}))

@@ -7,8 +7,8 @@ thresholded at 0.5 over the same blocks, so images and masks come from one geome
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from ..hashing import file_sha256
 from .data import WORLD_SEED, render_batch
 
 STAGES: tuple[str, ...] = ("autoencoder", "scorer", "unet")
@@ -254,12 +255,7 @@ def train_stage(settings: TrainSettings, checkpoint_dir: Path, *, checkpoint_min
     return model, StageResult(settings.stage, step, round(seconds, 1), last_loss, history=history)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_file = file_sha256  # the record's "sha256" (clic.hashing: one copy of the rule)
 
 
 def export_stage(model: torch.nn.Module, result: StageResult, settings: TrainSettings, out_dir: Path) -> Path:

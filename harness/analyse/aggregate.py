@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,13 +19,13 @@ from scipy import stats
 from clic import is_random_weights
 from harness.analyse.bootstrap import MIN_CLUSTERS, bootstrap_ci, holm
 from harness.errors import UsageError
+from harness.groups import ALL_CATEGORIES  # noqa: F401 - re-exported: the report, figures and headline read it here
 from harness.store import read_plan_results
 
 TINY_RANDOM_NOTE = (
     "Numbers made with random-weight models (tiny-random, or random-weights of a real architecture): they test "
     "the pipeline, not the method."
 )
-ALL_CATEGORIES = "all"
 POOLED_IOU = "mask_iou_pooled"
 # Below this many pairs the Wilcoxon signed-rank test cannot reach p < 0.05 at all (its smallest
 # two-sided p with n = 5 is 0.0625), so the paired t-test is used instead.

@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import html
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from harness.analyse.aggregate import (
-    INTERVAL_NOTE, JOB_IDENTITY, TABLE_CSS, _labels, _ok_values, _sweep_key, directions, format_number,
-    higher_is_better, uses_tiny_random,
+    INTERVAL_NOTE,
+    JOB_IDENTITY,
+    TABLE_CSS,
+    _labels,
+    _ok_values,
+    _sweep_key,
+    directions,
+    format_number,
+    higher_is_better,
+    uses_tiny_random,
 )
 from harness.analyse.figures import FIGURE_NOTE, _panels
 from harness.analyse.grids import GRID_CSS, Thumbnails, image_width, job_scores, recorded_pairs, scores_html
@@ -119,7 +127,7 @@ def _image_rows(worst: pd.DataFrame, run_a: Path, run_b: Path, df_a: pd.DataFram
                  f"{html.escape(format_number(row.value_b))}")
         rows.append(f'<tr><td class="rowlabel">{label}</td>' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{html.escape(text)}</th>" for text in [*inputs, "A (baseline)", "B (candidate)"])
-    return (f'<table class="imagegrid"><colgroup><col style="width:150px">'
+    return ('<table class="imagegrid"><colgroup><col style="width:150px">'
             + f'<col style="width:{width + 6}px">' * (len(inputs) + 2)
             + f'</colgroup><thead><tr><th class="rowlabel">pair, label, change</th>{head}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")

@@ -6,7 +6,7 @@ earlier, or reused, records none).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -8,8 +8,8 @@ never clipped, as PNG (shown) and SVG (for papers).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -311,7 +311,7 @@ def loss_figures(run_dir: Path, results: pd.DataFrame, folder: Path,
                      fontsize=8)
         fig.subplots_adjust(wspace=0.35, top=0.8)
         src = save_figure(fig, folder, f"losses-{slug(labels[0])}")
-        plots.update({label: src for label in labels})
+        plots.update(dict.fromkeys(labels, src))
     return plots
 
 

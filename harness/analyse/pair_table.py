@@ -13,8 +13,8 @@ from __future__ import annotations
 import html
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,7 @@ def grid_sample(results: pd.DataFrame, declared: Mapping[str, bool], seed: int =
     if not values.empty:
         values = values.assign(label=_labels(values))
         per_pair = values.groupby(["label", "metric", "pair_id"], sort=True)["value"].mean().reset_index()
-        for (label, metric), group in per_pair.groupby(["label", "metric"], sort=True):
+        for (_label, metric), group in per_pair.groupby(["label", "metric"], sort=True):
             ordered = group.sort_values(["value", "pair_id"], ascending=[not higher_is_better(metric, declared), True])
             ids = ordered["pair_id"].astype(str).tolist()
             for pick in (ids[0], ids[len(ids) // 2], ids[-1]):  # best, median, worst

@@ -26,10 +26,11 @@ import json
 import shutil
 import string
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,10 +38,10 @@ from PIL import Image
 
 from clic import is_random_weights
 from harness.analyse.aggregate import TINY_RANDOM_NOTE
-from harness.errors import UsageError
-from harness.plan.jobs import content_id
 from harness.analyse.report import manifest_pairs, thumbnail, with_variants
+from harness.errors import UsageError
 from harness.plan.identity import method_label
+from harness.plan.jobs import content_id
 from harness.store import read_plan_results, read_run_manifest
 
 CRITERIA = {
@@ -204,7 +205,7 @@ def build_pack(run_dir: str | Path, out: str | Path, n_pairs: int = 30, methods:
         orders[rater] = [{"question": q, "options": [list(public[q]["options"])[i]
                                                      for i in rng.permutation(len(public[q]["options"]))]}
                          for q in qids]
-    weights = sorted(set(results.loc[results["method"].isin({l.split("/", 1)[0] for l in labels}),
+    weights = sorted(set(results.loc[results["method"].isin({label.split("/", 1)[0] for label in labels}),
                                      "weights_label"].dropna()))
     pack_id = content_id({"run": str(run_dir.resolve()), "seed": seed, "questions": secret, "raters": orders})[:16]
     tiny_random = any(is_random_weights(w) for w in weights)

@@ -11,9 +11,10 @@ import csv
 import json
 import re
 import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,6 @@ from harness.analyse.aggregate import ALL_CATEGORIES, TINY_RANDOM_NOTE, format_n
 from harness.analyse.bootstrap import bootstrap_ci
 from harness.analyse.study import BROKEN, CRITERIA
 from harness.errors import UsageError
-
 
 # ---------------------------------------------------------------------------------------------- answers
 

@@ -8,7 +8,7 @@ The CSV and Markdown tables keep the full text.
 from __future__ import annotations
 
 import html
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import pandas as pd
 

@@ -28,7 +28,7 @@ def gpus_for_memory(expected_gib: float, gpu_memory_gib: float) -> float:
     return 1.0 / max(1, fitting)
 
 
-def method_resources(suite: "Suite", resolution: int) -> dict[tuple[str, str], dict[str, Any]]:
+def method_resources(suite: Suite, resolution: int) -> dict[tuple[str, str], dict[str, Any]]:
     """(method, preset) -> ``{"num_gpus", "num_cpus", "expected_gpu_memory_gib", "why"}`` for every method run."""
     from clic.methods import method_class
 

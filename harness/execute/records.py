@@ -14,7 +14,8 @@ import numpy as np
 
 from .. import store
 from . import run_folder
-from ..plan.jobs import CONCEPTS, SEEDS, GroupKey, MetricInfo, ModelInfo, TaskJob, code_version
+from ..groups import ALL_CATEGORIES, CONCEPTS, SEEDS, GroupKey
+from ..plan.jobs import MetricInfo, ModelInfo, TaskJob, code_version
 
 NO_MODEL_LABEL = "none (no model)"  # the weights label of methods that load no model (cut-and-paste)
 MetricValues = list[tuple[str, str, float]]  # (metric, value name, value)
@@ -171,8 +172,6 @@ class Recorder:
         base = {**self.base(first), "job_id": result_id, "concept_id": None, "seed": None,
                 "pair_id": first.pair_id if key[0] == SEEDS else None, "finished_at": now_iso()}
         if key[0] == CONCEPTS:  # its members may differ in object word and category: the row says what they share
-            from ..analyse.aggregate import ALL_CATEGORIES
-
             objects = {job.object_word for job in members}
             categories = {job.category for job in members}
             base.update(object_word=objects.pop() if len(objects) == 1 else None,

@@ -1,6 +1,6 @@
 """The scheduling policy of a run, with no Ray in it: what to submit next, and what a finished piece of work
 changes. The Ray adapter (:mod:`harness.execute.runner`) turns each submission into a remote call and reports
-each finished call back; the policy is unit-tested by driving it by hand (``tests/test_scheduler.py``).
+each finished call back; the policy is unit-tested by driving it by hand (``tests/harness/test_scheduler.py``).
 
 Policy:
 
@@ -20,13 +20,12 @@ Policy:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence, Union
 
+from ..groups import GroupKey
 from ..plan.jobs import TaskJob
 from ..store import STATUS_FAILED
-
-GroupKey = tuple[str, str]  # (kind, group id)
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class ScoreGroup:
     members: tuple[TaskJob, ...]  # sorted by job id
 
 
-Submission = Union[Learn, RunTask, Score, ScoreGroup]
+Submission = Learn | RunTask | Score | ScoreGroup
 
 
 def larger_packing(options: Mapping[str, float], node_cpus: float) -> dict[str, float]:

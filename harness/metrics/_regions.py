@@ -4,8 +4,8 @@ Images are float (H, W, 3) arrays in [0, 1] and masks bool (H, W) arrays, as ``b
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

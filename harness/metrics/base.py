@@ -16,12 +16,14 @@ metric never silently scores a 0–255 image as if it were 0–1.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from clic import TINY_RANDOM  # noqa: F401 - the weights label of every metric model built with random weights
+
 NO_MODEL = "none"  # the weights label of a closed-form metric
 
 
@@ -87,7 +89,7 @@ class GroupMetric(Protocol):
     values: ClassVar[dict[str, bool]]
     tasks: ClassVar[frozenset[str]]
     weights: str
-    group_by: ClassVar[str]  # which jobs form a group: harness.plan.jobs.GROUP_KINDS ("seeds", "concepts")
+    group_by: ClassVar[str]  # which jobs form a group: harness.groups.GROUP_KINDS ("seeds", "concepts")
 
     def compute_group(self, samples: Sequence[Sample]) -> list[MetricValue]: ...
 

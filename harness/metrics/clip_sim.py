@@ -9,8 +9,9 @@ squashed), resized bicubically to the tower's input size, normalised with the mo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from importlib.metadata import version as package_version
-from typing import Callable, ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch

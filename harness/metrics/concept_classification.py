@@ -22,12 +22,13 @@ A group of one concept gives SIM values only.
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ..plan.jobs import CONCEPTS
+from ..groups import CONCEPTS
 from . import models
 from ._regions import sample_image, sample_mask
 from .base import MetricSettings, MetricValue, Sample

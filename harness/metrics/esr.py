@@ -23,7 +23,8 @@ obtained here; this list follows its form (one or two edit targets per prompt), 
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 from skimage.color import rgb2lab
@@ -32,7 +33,7 @@ from . import models
 from ._regions import generated_object_mask, sample_image
 from .base import MetricSettings, MetricValue, Sample
 from .clip_sim import embed_images, embed_texts
-from .options import CLIP_OPTIONS, ESR_OPTIONS
+from .options import CLIP_OPTIONS, EDIT_PROMPTS, ESR_OPTIONS  # noqa: F401 - EDIT_PROMPTS re-exported
 
 ESR_OPTIONS_KEY = "esr"
 COLOUR_SHARE = 0.25  # share of the generated object's pixels of the requested colour for a colour edit to count
@@ -42,13 +43,6 @@ COLOURS: dict[str, tuple[float, float, float]] = {  # sRGB in [0, 1]
     "pink": (0.95, 0.55, 0.75), "brown": (0.45, 0.28, 0.12), "white": (0.97, 0.97, 0.97),
     "black": (0.03, 0.03, 0.03), "gray": (0.5, 0.5, 0.5),
 }
-EDIT_PROMPTS: tuple[str, ...] = (
-    "a photo of an {object}, with {tokens} style",  # object edit: the suite's generate.objects
-    "a red {object} with {tokens} style",
-    "a green {object} with {tokens} style",
-    "a blue {object} with {tokens} style",
-    "a yellow {object} with {tokens} style",
-)
 DEFAULT_CANDIDATES: tuple[str, ...] = (
     "chair", "sofa", "table", "lamp", "vase", "bed", "ring", "necklace", "bracelet", "earring", "building",
     "house", "tower", "cup", "bowl", "plate", "teapot", "car", "dog", "cat",

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ..plan.jobs import SEEDS
+from ..groups import SEEDS
 from . import models
 from ._regions import TransferView, fill_region, resize_image, sample_image, to_tensor, transfer_view
 from .base import MetricSettings, MetricValue, Sample

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import timm
@@ -35,8 +36,17 @@ import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache  # a cache lookup only: never touches the network
 
 from . import models
-from ._regions import NEUTRAL_GREY, concept_pair, crop_to_mask, fill_region, generation_view, outside_pair, \
-    pad_to_square, resize_mask, to_tensor
+from ._regions import (
+    NEUTRAL_GREY,
+    concept_pair,
+    crop_to_mask,
+    fill_region,
+    generation_view,
+    outside_pair,
+    pad_to_square,
+    resize_mask,
+    to_tensor,
+)
 from .base import TINY_RANDOM, MetricSettings, Sample
 from .clip_sim import PairedCosineMetric, embed_images
 from .options import CLIP_OPTIONS, DINO_MODEL, DINO_OPTIONS
@@ -45,7 +55,7 @@ _log = logging.getLogger(__name__)
 _SCALE = "cosine [-1, 1] (raw, not x100)"
 
 DINO_OPTIONS_KEY = "dino"
-TINY_DINO = dict(img_size=64, patch_size=8, embed_dim=64, depth=2, num_heads=2)
+TINY_DINO = {"img_size": 64, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
 
 
 # ------------------------------------------------------------------------------------ regions

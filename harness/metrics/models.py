@@ -33,7 +33,7 @@ from .base import TINY_RANDOM, MetricSettings
 
 # open_clip (which imports transformers and timm) and lpips (torchvision, torch._dynamo) are imported where a
 # model is built or a CLIP tag is looked up: seconds that a driver checking weights files, or a metric actor
-# scoring SSIM only, does not spend (tests/test_lazy_imports.py).
+# scoring SSIM only, does not spend (tests/harness/test_lazy_imports.py).
 if TYPE_CHECKING:
     import lpips
 
@@ -53,7 +53,7 @@ LPIPS_NET = "alex"
 LPIPS_HEADS_VERSION = "0.1"  # the linear-head calibration lpips ships (weights/v0.1/alex.pth)
 LPIPS_PACKAGE_VERSION = package_version("lpips")
 # The file name of torchvision's AlexNet_Weights.IMAGENET1K_V1 in the torch hub cache (the basename of its URL;
-# tests/test_metrics.py checks it against torchvision), named here so that checking for it imports nothing.
+# tests/harness/test_metrics.py checks it against torchvision), named here so that checking for it imports nothing.
 ALEXNET_CHECKPOINT = "alexnet-owt-7be5be79.pth"
 
 _CONFIG_DIR = Path(__file__).with_name("configs")

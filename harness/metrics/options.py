@@ -91,3 +91,14 @@ def option_problems(family: str, given: Mapping[str, Any], spec: Mapping[str, Op
         elif option.minimum is not None and value < option.minimum:
             problems.append((str(key), f"must be at least {option.minimum:g}, got {value!r}"))
     return problems
+
+
+# The fixed editing prompts the esr metric judges (``generate.prompts: esr`` in a suite): here, beside the metric
+# options, so the suite reader takes them without importing the metric (numpy, scikit-image, CLIP).
+EDIT_PROMPTS: tuple[str, ...] = (
+    "a photo of an {object}, with {tokens} style",  # object edit: the suite's generate.objects
+    "a red {object} with {tokens} style",
+    "a green {object} with {tokens} style",
+    "a blue {object} with {tokens} style",
+    "a yellow {object} with {tokens} style",
+)

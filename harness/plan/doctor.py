@@ -8,8 +8,8 @@ headers only: no weights are loaded and no cluster is started. Exit code 1 when 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "benchmarks" / "smoke.yaml"
 

@@ -11,7 +11,6 @@ from typing import Any
 from .locations import escapes_folder
 from .manifest import load_manifest, write_manifest
 
-
 # ------------------------------------------------------------------------------- folder convention
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")

@@ -7,7 +7,8 @@ read them instead of re-deriving them from the settings JSON."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..store import canonical_json
 

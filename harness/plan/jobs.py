@@ -17,6 +17,9 @@ from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from clic.hashing import json_sha256, sha256_hex
+
+from ..groups import CONCEPTS, GROUP_KINDS, SEEDS, GroupKey  # noqa: F401 - re-exported: group metrics' set kinds
 from ..store import STATUS_NOT_APPLICABLE, canonical_json
 from .identity import method_label
 
@@ -27,12 +30,7 @@ OUTPUT_DETERMINING_SOURCES = ("clic", "harness/metrics")
 PENDING = "pending"
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def content_id(data: Any) -> str:
-    return sha256_hex(canonical_json(data).encode())
+content_id = json_sha256  # the id of a JSON-able value (clic.hashing: one copy of the rule)
 
 
 _SPLICE = f"splice-{uuid.uuid4().hex}-"  # a placeholder no manifest or setting value contains
@@ -142,10 +140,6 @@ class ModelInfo:
     device: str = "auto"  # where workers run it: not part of any id (a run resumes on other hardware)
 
 
-# Group metrics score a set of jobs' outputs together; each names the set it needs (``group_by``):
-SEEDS = "seeds"  # one source x method x preset x settings, over seeds (e.g. diversity across seeds)
-CONCEPTS = "concepts"  # one method x preset x settings but the object, over every source (all categories), seeds, objects
-GROUP_KINDS = (SEEDS, CONCEPTS)
 
 
 @dataclass(frozen=True)
@@ -474,7 +468,6 @@ class _GraphBuilder:
 
 # ------------------------------------------------------------------------------------------ groups
 GROUP_RESULT_PREFIX = "group-"  # + kind, group id, membership hash: the result id of a group's values
-GroupKey = tuple[str, str]  # (kind, group id)
 
 
 def group_members(graph: JobGraph, metrics: Sequence[MetricInfo]) -> dict[GroupKey, list[TaskJob]]:

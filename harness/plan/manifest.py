@@ -1,6 +1,6 @@
 """Parquet manifests: the schema, validation that reports every bad row in one pass, and a folder builder.
 
-A manifest has one row per (source, target) pair; see :data:`MANIFEST_SCHEMA` and DESIGN.md "Contracts".
+A manifest has one row per (source, target) pair; see :data:`MANIFEST_SCHEMA` (and "Contracts" in the design notes, ../shared/DESIGN.md, outside this repository).
 Paths are relative to the manifest's folder, or URIs:
 
 * local relative paths (``img/p7.png``) resolve against the manifest's folder and must stay inside it;

@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 

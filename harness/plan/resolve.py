@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .identity import sweep_variants, varying_keys, with_labels
 from .jobs import GROUP_KINDS, MethodRun, MetricInfo, ModelInfo, Pair, Plan, ResolvedRun, SweepPoint
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from .suite import Suite
 
 
-def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
+def plan_from_suite(suite: Suite, resolution: int) -> Plan:
     """The job-graph plan of a checked suite (:class:`harness.plan.suite.Suite`) at an image resolution. The
     method runs carry the settings the suite reader resolved (:func:`resolve_runs`), not re-merged here."""
     from clic.methods import method_target
@@ -44,7 +45,7 @@ def plan_from_suite(suite: "Suite", resolution: int) -> Plan:
 
 
 # ------------------------------------------------------------------------------------ resolution
-def transfer_requests(suite: "Suite") -> list[dict[str, Any]]:
+def transfer_requests(suite: Suite) -> list[dict[str, Any]]:
     """The suite's transfer settings at each point of its sweep (t_start × eta); unset keys are left to presets."""
     spec = suite.transfer
     points = []
@@ -58,7 +59,7 @@ def transfer_requests(suite: "Suite") -> list[dict[str, Any]]:
     return points
 
 
-def generate_requests(suite: "Suite") -> list[dict[str, Any]]:
+def generate_requests(suite: Suite) -> list[dict[str, Any]]:
     """The suite's generation settings per prompt template (none given: each preset's own prompt)."""
     spec = suite.generate
     # unset stage_one_steps: each method's preset decides (e.g. SingleInsert's one-stage preset: 0)
@@ -67,7 +68,7 @@ def generate_requests(suite: "Suite") -> list[dict[str, Any]]:
     return [{**base, **({"prompt": prompt} if prompt is not None else {})} for prompt in (spec.prompts or [None])]
 
 
-def match_request(suite: "Suite") -> dict[str, Any]:
+def match_request(suite: Suite) -> dict[str, Any]:
     return {"steps": suite.match.steps}
 
 
@@ -77,14 +78,14 @@ def _swept(requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{k: r.get(k) for k in varying} for r in requests]
 
 
-def resolve_runs(suite: "Suite", fail: Callable[[str, str], NoReturn] | None = None) -> tuple[tuple[ResolvedRun, ...], ...]:
+def resolve_runs(suite: Suite, fail: Callable[[str, str], NoReturn] | None = None) -> tuple[tuple[ResolvedRun, ...], ...]:
     """Each suite method × preset's learning config and task settings, resolved once through
     :meth:`clic.methods.base.Method.resolve` (the preset merged with the suite's values, typed, validated).
     ``fail(key, message)`` reports a setting no preset can run with (default: a ``SuiteError``)."""
     from clic.losses import LossTermError
     from clic.methods import method_class
 
-    from .suite import SuiteError
+    from ..errors import SuiteError
 
     def default_fail(key: str, message: str) -> NoReturn:
         raise SuiteError(f"{suite.source}: {key}: {message}")
@@ -105,7 +106,9 @@ def resolve_runs(suite: "Suite", fail: Callable[[str, str], NoReturn] | None = N
                 fail(f"{key}.{where}", f"with preset {preset!r}: {' '.join(str(err).split())}")
 
             def points(task: str, requests: list[dict[str, Any]], sweeps: list[dict[str, Any]],
-                       suite_key: str, ignore: Sequence[str] = ()) -> tuple[SweepPoint, ...]:
+                       suite_key: str, ignore: Sequence[str] = (), *, method: Any = method, spec: Any = spec,
+                       preset: str = preset, preset_index: int = preset_index, key: str = key,
+                       ) -> tuple[SweepPoint, ...]:  # this iteration's method and preset, bound explicitly
                 if task not in suite.tasks:
                     return ()
                 if not method.supports(task):  # its jobs are recorded as not applicable, with the reason
@@ -158,7 +161,7 @@ def _default_preset(method: str) -> str:
     return method_class(method).default_preset
 
 
-def model_for(method_name: str, suite: "Suite") -> str | None:
+def model_for(method_name: str, suite: Suite) -> str | None:
     """The model a method runs on: none for no-model methods, the inpainting model where needed."""
     from clic.methods import method_class
 
@@ -170,7 +173,7 @@ def model_for(method_name: str, suite: "Suite") -> str | None:
     return suite.model
 
 
-def describe_models(suite: "Suite") -> tuple[dict[str, ModelInfo | None], int]:
+def describe_models(suite: Suite) -> tuple[dict[str, ModelInfo | None], int]:
     """Model identity per method (weights hash and label, without loading real weights) and the native
     resolution of the suite's main model."""
     from clic.models import describe_model
@@ -200,7 +203,7 @@ def method_tasks(plan: Plan) -> dict[str, frozenset[str]]:
 
 
 
-def load_pairs(suite: "Suite", allow_outside: bool = False) -> list[Pair]:
+def load_pairs(suite: Suite, allow_outside: bool = False) -> list[Pair]:
     """The good rows of the suite's manifests (bad rows printed, one line each), filtered by category and
     cut at ``limit_pairs`` per manifest. A manifest that is unusable as a whole is a usage error."""
     from ..errors import UsageError

@@ -81,23 +81,20 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 import clic.methods as method_registry
-from harness.errors import UsageError
+from clic.cli_checks import MAX_SEED
+from harness.errors import SuiteError, UsageError  # noqa: F401 - SuiteError is read from here by callers
 from harness.plan.locations import URI
 from harness.plan.yaml_budget import BudgetedLoader, YamlBudgetError
 
 TASKS = ("transfer", "generate", "match")
 DEFAULT_TASKS = ("transfer",)
-# clic.models.TINY_PRESETS, repeated so that reading a suite does not import torch.
+# clic.models.TINY_PRESETS, repeated so that importing this module does not import torch (reading a suite does: it
+# resolves every method's settings through the method's class, harness.plan.resolve.resolve_runs).
 TINY_MODELS = ("tiny", "tiny-inpaint", "tiny-v")
 DEFAULT_METRICS = ("clip_image", "clip_text", "lpips", "ssim_psnr", "mask_iou")
 ESR_PROMPTS_KEYWORD = "esr"  # generate.prompts: esr -> the editing prompts the esr metric judges
 PROMPT_FIELDS = frozenset({"object", "tokens", "token"})  # what clic.learn.format_prompt fills in
-MAX_SEED = 2**32 - 1  # seeds feed numpy (32 bit) and torch generators
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")  # the name becomes runs/<name>
-
-
-class SuiteError(UsageError, ValueError):
-    """A suite file that cannot run: one line, ``<file>: <key path>: <problem>`` (the CLI exits 2)."""
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -558,7 +555,7 @@ class _SuiteReader:
 
     def prompts(self, value: Any) -> tuple[str, ...]:
         if value == ESR_PROMPTS_KEYWORD:
-            from ..metrics.esr import EDIT_PROMPTS
+            from ..metrics.options import EDIT_PROMPTS
 
             return tuple(EDIT_PROMPTS)
         prompts = self.strings(value, "generate.prompts", allow_empty=True)

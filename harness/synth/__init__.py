@@ -1,8 +1,8 @@
 """Procedural benchmark sets with exact ground truth (objects with named part masks, patterned parts).
 
-``SYNTH_COLUMNS`` is the Parquet schema a synthetic set is written with: the manifest contract of
-DESIGN.md ("Contracts", :data:`harness.plan.manifest.MANIFEST_SCHEMA`) plus the ground-truth columns only a
-synthetic set can carry (:data:`harness.plan.manifest.GROUND_TRUTH_FIELDS`).
+``SYNTH_COLUMNS`` is the Parquet schema a synthetic set is written with: the manifest contract
+(:data:`harness.plan.manifest.MANIFEST_SCHEMA`; "Contracts" in ../shared/DESIGN.md, outside this repository) plus
+the ground-truth columns only a synthetic set can carry (:data:`harness.plan.manifest.GROUND_TRUTH_FIELDS`).
 """
 from __future__ import annotations
 

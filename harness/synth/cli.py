@@ -5,11 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from clic.synth.objects import CATEGORIES
 from harness.errors import UsageError
 from harness.plan.manifest import load_manifest
 
 from .dataset import PNG_OPTIONS, write_set
-from clic.synth.objects import CATEGORIES
 from .preview import contact_sheet
 
 MIN_SIZE = 32  # below this the smallest parts (a tower door) lose their masks
