@@ -2,7 +2,7 @@
 
 Layout of a run folder::
 
-    run.json                      the run manifest (suite, resolved plan, versions, host, counts), rewritten atomically
+    run.json                      the run record (suite, resolved plan, versions, host, counts), rewritten atomically
     pairs.parquet                 the resolved pairs (manifest rows) of every run into this folder
     results/<job_id>.parquet      one file per finished job, one row per (job, metric value): the journal
     results/compacted-<n>.parquet the journal compacted as a run finishes: row-group-sized files, one row group each
@@ -41,7 +41,7 @@ from .errors import UsageError
 RESULTS_DIR = "results"
 ARTIFACTS_DIR = "artifacts"
 CONCEPTS_DIR = "concepts"
-RUN_MANIFEST = "run.json"
+RUN_RECORD = "run.json"
 PLAN_FILE = "plan.parquet"  # the result ids (jobs and group values) of the folder's current plan
 PAIRS_FILE = "pairs.parquet"  # the resolved manifest rows the run's jobs came from (absolute paths or URIs)
 TEMP_PREFIX = ".tmp-"  # files and folders being written; readers skip them
@@ -221,6 +221,21 @@ def _result_files(run_dir: str | Path) -> list[Path]:
         return []
     files = [p for p in folder.glob("*.parquet") if not p.name.startswith(TEMP_PREFIX)]
     return sorted(files, key=lambda p: (not p.name.startswith(COMPACTED_PREFIX), p.name))
+
+
+def unreadable_results(run_dir: str | Path) -> list[tuple[Path, str]]:
+    """Result files that cannot be read as results, with why (the report names them: they are left out)."""
+    bad = []
+    for path in _result_files(run_dir):
+        try:
+            names = pq.read_schema(path).names
+            pq.read_table(path)
+        except (OSError, pa.ArrowException) as err:
+            bad.append((path, " ".join(str(err).split())[:160] or type(err).__name__))
+            continue
+        if not set(RESULT_COLUMNS) <= set(names):
+            bad.append((path, "not a results file (columns missing)"))
+    return bad
 
 
 def has_results(run_dir: str | Path) -> bool:
@@ -471,8 +486,8 @@ class UnreadableRunFile(UsageError, ValueError):
     writes both atomically): one line naming the file."""
 
 
-def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_MANIFEST
+def read_run_record(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_RECORD
     if not path.is_file():
         return {}
     try:
@@ -485,8 +500,8 @@ def read_run_manifest(run_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def write_run_manifest(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
-    return write_json_atomic(Path(run_dir) / RUN_MANIFEST, dict(manifest))
+def write_run_record(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
+    return write_json_atomic(Path(run_dir) / RUN_RECORD, dict(manifest))
 
 
 PLAN_KIND_JOB = "job"

@@ -44,7 +44,9 @@ from harness.analyse.weights_legend import legend_html, weights_keys, with_short
 from harness.plan.identity import method_label  # noqa: E402,F401 - method_label is used by the study too
 from harness.analyse.pair_table import grid_sample, write_pair_table  # noqa: E402
 from harness.analyse.aggregate import INTERVAL_NOTE  # noqa: E402
-from harness.store import earlier_plan_note, read_pairs, read_plan_results, read_run_manifest  # noqa: E402
+from harness.store import (  # noqa: E402
+    earlier_plan_note, read_pairs, read_plan_results, read_run_record, unreadable_results,
+)
 
 THUMBNAIL_PIXELS = 160
 OUTLINE_COLOUR = (255, 40, 40)
@@ -80,7 +82,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     out = Path(out) if out is not None else run_dir / "report"
     plan_results, earlier_rows = read_plan_results(run_dir)  # read first: an unreadable run leaves the last report
     results = with_variants(plan_results)
-    run_info = read_run_manifest(run_dir)
+    run_info = read_run_record(run_dir)
     read_pairs(run_dir)
     for folder in ("images", "plots", "tables"):
         shutil.rmtree(out / folder, ignore_errors=True)  # no stale files from an earlier report
@@ -139,8 +141,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
 
 def left_out_lines(run_dir: Path) -> list[str]:
     """What the report could not use: result files that cannot be read (the next run redoes their jobs)."""
-    from ..execute.run_folder import unreadable_results
-
     return [f"{path.name} (unreadable: {why})" for path, why in unreadable_results(run_dir)]
 
 

@@ -42,7 +42,7 @@ from harness.analyse.report import manifest_pairs, thumbnail, with_variants
 from harness.errors import UsageError
 from harness.plan.identity import method_label
 from harness.plan.jobs import content_id
-from harness.store import read_plan_results, read_run_manifest
+from harness.store import read_plan_results, read_run_record
 
 CRITERIA = {
     "quality": ("Edit quality", "How well is the concept of the source region transferred into the marked "
@@ -150,7 +150,7 @@ def build_pack(run_dir: str | Path, out: str | Path, n_pairs: int = 30, methods:
     if results.empty:
         raise UsageError(f"{run_dir}: the run has no results")
     results = with_variants(results)
-    run_info = read_run_manifest(run_dir)
+    run_info = read_run_record(run_dir)
     transfers = results[results["task"].eq("transfer") & results["artifact_image"].notna()]
     available = sorted({method_label(m, p) for m, p in zip(transfers["method"], transfers["preset"])})
     labels = choose_methods(available, methods)

@@ -56,7 +56,7 @@ PUSH_EVERY_SECONDS = float(os.environ.get("CLIC_PUSH_SECONDS", "10"))
 STAGING_ENV = "CLIC_STAGING_DIR"  # where staging folders go (default ~/.cache/clic-bench/staging)
 REPORT_DIR = "report"
 # Files of the run folder the driver writes (pushed by it); artifacts and concepts are pushed by the workers.
-DRIVER_FILES = (store.RUN_MANIFEST, store.PLAN_FILE, store.PAIRS_FILE)
+DRIVER_FILES = (store.RUN_RECORD, store.PLAN_FILE, store.PAIRS_FILE)
 DRIVER_FOLDERS = (store.RESULTS_DIR, REPORT_DIR)
 LOCAL_ONLY = (".lock", "file_facts.json")  # never mirrored: the flock file; the facts cache names local paths
 
@@ -157,18 +157,18 @@ class RemoteFolder:
         self.last_push = time.monotonic()
         return len(wanted)
 
-    def fetch_run_manifest(self) -> str | None:
+    def fetch_run_record(self) -> str | None:
         """Download ``PREFIX/run.json`` (if any) into the staging folder, for the preflight's checks; the problem
         in one line when the prefix cannot be read (no such bucket, no credentials, no answer)."""
         try:
             self.fs.invalidate_cache()
-            data = self.fs.cat_file(self.remote_path(store.RUN_MANIFEST))
+            data = self.fs.cat_file(self.remote_path(store.RUN_RECORD))
         except FileNotFoundError:
-            (self.local / store.RUN_MANIFEST).unlink(missing_ok=True)  # staged from an earlier prefix of that name
+            (self.local / store.RUN_RECORD).unlink(missing_ok=True)  # staged from an earlier prefix of that name
             return None if self._bucket_exists() else f"{self.uri}: no such bucket (create it first)"
         except Exception as error:  # credentials, endpoint, permissions: said, not a traceback
             return f"{self.uri}: cannot be read ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
-        store.write_bytes_atomic(self.local / store.RUN_MANIFEST, data)
+        store.write_bytes_atomic(self.local / store.RUN_RECORD, data)
         return None
 
     def _bucket_exists(self) -> bool:

@@ -134,33 +134,12 @@ def infrastructure_failures(run_dir: str | Path) -> set[str]:
     return failed
 
 
-def _result_files(run_dir: str | Path) -> list[Path]:
-    folder = store.results_dir(run_dir)
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(store.TEMP_PREFIX)) \
-        if folder.is_dir() else []
-
-
-def unreadable_results(run_dir: str | Path) -> list[tuple[Path, str]]:
-    """Result files that cannot be read as results, with why (the report names them: they are left out)."""
-    bad = []
-    for path in _result_files(run_dir):
-        try:
-            names = pq.read_schema(path).names
-            pq.read_table(path)
-        except (OSError, pa.ArrowException) as err:
-            bad.append((path, " ".join(str(err).split())[:160] or type(err).__name__))
-            continue
-        if not set(store.RESULT_COLUMNS) <= set(names):
-            bad.append((path, "not a results file (columns missing)"))
-    return bad
-
-
 def audit(run_dir: str | Path) -> list[str]:
     """Remove what a later run must redo; one line per finding (see the module docstring). Works on per-job
     and compacted result files alike: a compacted file loses only the rows of the jobs that must run again."""
     run_dir = Path(run_dir)
     lines = []
-    for path, why in unreadable_results(run_dir):
+    for path, why in store.unreadable_results(run_dir):
         path.unlink(missing_ok=True)
         lines.append(f"{path}: unreadable result file ({why}): removed, its job(s) run again")
     missing: dict[str, str] = {}  # job id -> its first missing artifact

@@ -175,7 +175,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
             store.write_pairs(run_dir, [dataclasses.asdict(pair) for pair in pairs])
         store.compact_results(run_dir)  # an earlier run killed before its compaction
         summary.wall_seconds = time.perf_counter() - start_clock
-        _write_run_manifest(run_dir, suite, plan, summary, started, models, {}, slots=0)
+        _write_run_record(run_dir, suite, plan, summary, started, models, {}, slots=0)
         return summary
     graph: JobGraph = build_job_graph(pairs, plan, models, method_tasks(plan))
     file_facts.save(run_dir)  # the files' checks and digests, for the next run on this folder
@@ -212,7 +212,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
     if not todo and not any(map(scheduler.group_complete, groups)):  # nothing to run: no cluster, no models
         store.compact_results(run_dir)  # an earlier run killed before its compaction
         summary.wall_seconds = time.perf_counter() - start_clock
-        _write_run_manifest(run_dir, suite, plan, summary, started, models, {}, slots=0)
+        _write_run_record(run_dir, suite, plan, summary, started, models, {}, slots=0)
         return summary
 
     _connect(address, num_cpus)
@@ -234,7 +234,7 @@ def _execute_locked(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
     warm_wall = summary.wall_seconds - summary.cold_start_seconds
     summary.warm_overhead_share = max(0.0, (warm_wall - method_time) / warm_wall) \
         if warm_wall > 0 and summary.jobs_run else 0.0
-    _write_run_manifest(run_dir, suite, plan, summary, started, models, run.metric_weights, run.slots)
+    _write_run_record(run_dir, suite, plan, summary, started, models, run.metric_weights, run.slots)
     return summary
 
 
@@ -375,7 +375,7 @@ class _RayRun:
         return self.metric_weights.get(name)
 
     def settle_weights(self) -> None:
-        """Every job failed before any was scored: the run manifest still records the metric weights."""
+        """Every job failed before any was scored: the run record still records the metric weights."""
         if self.weights_pending:
             try:
                 self.weights_of("")
@@ -548,10 +548,10 @@ def _packing(suite: "Suite", plan: Plan) -> dict[tuple[str, str], dict[str, Any]
     return method_resources(suite, plan.resolution)
 
 
-def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunSummary, started: str,
+def _write_run_record(run_dir: Path, suite: "Suite", plan: Plan, summary: RunSummary, started: str,
                         models: Mapping[str, ModelInfo | None], metric_weights: Mapping[str, str], slots: int) -> None:
     try:
-        previous = store.read_run_manifest(run_dir)
+        previous = store.read_run_record(run_dir)
     except ValueError:  # a corrupt run.json: rewritten below
         previous = {}
     counts = {"jobs": summary.total_jobs, "done": summary.done, "skipped": summary.skipped,
@@ -562,7 +562,7 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
     runs = [*previous.get("runs", []), {"run_id": summary.run_id, "started_at": started, "finished_at": now_iso(),
                                         "host": socket.gethostname(), "code_version": code_version(),
                                         "counts": counts}]
-    manifest = {
+    record = {
         "runs": runs,
         "run_id": summary.run_id, "suite": suite.to_dict(), "suite_path": suite.source, "plan": resolved_plan(plan),
         "code_version": code_version(), "git": git_describe(), "versions": _versions(),
@@ -583,9 +583,9 @@ def _write_run_manifest(run_dir: Path, suite: "Suite", plan: Plan, summary: RunS
                    "peak_in_flight": summary.peak_in_flight},
     }
     try:
-        store.write_run_manifest(run_dir, manifest)
+        store.write_run_record(run_dir, record)
     except OSError as error:  # e.g. the disk is full: the results written so far stand
-        print(f"{run_dir / store.RUN_MANIFEST}: not updated ({one_line(error)})", file=sys.stderr)
+        print(f"{run_dir / store.RUN_RECORD}: not updated ({one_line(error)})", file=sys.stderr)
 
 
 # -------------------------------------------------------------------------------------- entry points

@@ -65,7 +65,7 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
     if remote and not writable:  # the prefix's run.json, for the suite check below; an unreadable prefix said now
         from ..execute.remote_folder import RemoteFolder
 
-        problem = RemoteFolder(remote, run_dir).fetch_run_manifest()
+        problem = RemoteFolder(remote, run_dir).fetch_run_record()
         problems += [f"--out: {problem}"] if problem else []
     problems += device_problems(suite)
     if not allow_other_suite:
@@ -101,10 +101,10 @@ def device_problems(suite: "Suite", cuda_available: bool | None = None) -> list[
 def other_suite_problems(run_dir: Path, name: str, shown: str | None = None) -> list[str]:
     """A run folder holds one suite: running another suite into it would mix two plans' rows and run.json.
     ``shown``: the name the user gave the folder (a URI whose staging folder ``run_dir`` is)."""
-    from ..store import read_run_manifest
+    from ..store import read_run_record
 
     try:
-        previous = (read_run_manifest(run_dir).get("suite") or {}).get("name") if run_dir.is_dir() else None
+        previous = (read_run_record(run_dir).get("suite") or {}).get("name") if run_dir.is_dir() else None
     except ValueError:  # a corrupt run.json is rewritten by the run
         return []
     if previous and previous != name:

@@ -28,7 +28,6 @@ CLIC_NEVER_IMPORTS = ("harness", "benchmarks", "ray", "pandas")
 # Known exceptions, each in a file another branch is changing when this test was written (issue 28, phase 1);
 # the lead removes the entry when the file is split or moved. A new loop or upward import fails at once.
 KNOWN_UPWARD = {
-    ("harness.analyse.report", "harness.execute.run_folder"),  # unreadable_results: the run folder moves (issue 25)
 }
 KNOWN_LOOPS = [
     {"clic.architectures", "clic.checkpoints", "clic.models"},  # clic/models.py: tiny-world entries (issue 29)

@@ -65,7 +65,7 @@ def fake_run(tmp_path: Path) -> Path:
     (suite_dir / "smoke.yaml").write_text("name: smoke\n")
     run_dir = tmp_path / "run"
     record_pairs(run_dir, manifest)
-    store.write_run_manifest(run_dir, {
+    store.write_run_record(run_dir, {
         "suite": {"name": "smoke", "path": str(suite_dir / "smoke.yaml"), "manifest": "data/manifest.parquet"},
         "versions": {"torch": "2.14.1"}, "host": "laptop", "start": "t0", "end": "t1", "counts": {"jobs": 12}})
     for method, preset in METHODS:
@@ -136,9 +136,9 @@ def test_report_reads_the_recorded_pairs_not_the_manifest(fake_run: Path, tmp_pa
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """The sources come from RUN/pairs.parquet: a suite whose manifest moved still has its grids; a run folder
     without recorded pairs shows its outputs only."""
-    run_info = store.read_run_manifest(fake_run)
+    run_info = store.read_run_record(fake_run)
     run_info["suite"]["manifest"] = "missing/manifest.parquet"
-    store.write_run_manifest(fake_run, run_info)
+    store.write_run_record(fake_run, run_info)
     out = tmp_path / "elsewhere"
     assert report_main(argparse.Namespace(run=str(fake_run), out=str(out), reference="clic")) == 0
     assert str(out / "index.html") in capsys.readouterr().out

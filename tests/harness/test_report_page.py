@@ -75,7 +75,7 @@ def make_sweep_run(root: Path, shift: float = 0.0, worse_pair: str | None = None
                           "expected_image": _image(data / f"{pair_id}-exp.png", (40, 200, 90))})
             index += 1
     store.write_pairs(run_dir, pairs)
-    store.write_run_manifest(run_dir, {"suite": {"name": "tstart"}, "plan": {"methods": [
+    store.write_run_record(run_dir, {"suite": {"name": "tstart"}, "plan": {"methods": [
         {"label": "clic/paper", "method": "clic", "preset": "paper", "variant": ""},
         {"label": "cut_paste/default", "method": "cut_paste", "preset": "default", "variant": ""}]}})
     for pair_index, pair in enumerate(pairs):

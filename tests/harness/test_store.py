@@ -67,8 +67,8 @@ def test_unknown_column_is_rejected(tmp_path: Path) -> None:
 
 
 def test_json_and_folder_publish_are_atomic(tmp_path: Path) -> None:
-    store.write_run_manifest(tmp_path, {"counts": {"done": 1}})
-    assert store.read_run_manifest(tmp_path)["counts"]["done"] == 1
+    store.write_run_record(tmp_path, {"counts": {"done": 1}})
+    assert store.read_run_record(tmp_path)["counts"]["done"] == 1
     temp = tmp_path / ".tmp-concept"
     temp.mkdir()
     (temp / "concept.json").write_text("{}")

@@ -65,7 +65,7 @@ def make_fake_run(root: Path, categories: dict[str, int] = CATEGORIES, methods=M
     # The plan names each method run once (label and variant), in suite order, as the runner records it.
     runs = with_labels([MethodRun(method, preset, (learn[m] if learn else None) or {})
                         for m, (method, preset) in enumerate(methods)])
-    store.write_run_manifest(run_dir, {"suite": {"name": "fake", "methods": suite_methods or []},
+    store.write_run_record(run_dir, {"suite": {"name": "fake", "methods": suite_methods or []},
                                        "plan": {"methods": [{"label": r.label, "method": r.name, "preset": r.preset,
                                                              "variant": r.variant} for r in runs]}})
     for m, (method, preset) in enumerate(methods):

@@ -151,7 +151,7 @@ def test_readme_cluster_recipe_runs_a_one_pair_suite_with_ray_job_submit(local_c
     values = results.dropna(subset=["metric"])
     assert {"ssim_outside", "psnr_outside", "pattern_fidelity"} <= set(values["metric"])
     assert values["value"].notna().all()
-    run_info = json.loads((out / store.RUN_MANIFEST).read_text())
+    run_info = json.loads((out / store.RUN_RECORD).read_text())
     assert run_info["counts"]["done"] == 2 and run_info["counts"]["failed"] == 0
     # The driver ran as a Ray job on this cluster: its node is the only node the jobs ran on.
     assert len(run_info["nodes"]) == 1

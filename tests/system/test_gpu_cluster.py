@@ -196,9 +196,9 @@ def test_per_method_resources_are_what_ray_gives_each_job(gpu_cluster, tmp_path:
     summary = execute(suite, pairs, run, quiet=True)
     assert (summary.done, summary.failed) == (2, 0)
     assert sorted(line for lines in attempt_lines(run) for line in lines) == ["gpus=0.25:cpus=1", "gpus=0.5:cpus=1"]
-    packing = store.read_run_manifest(run)["packing"]
+    packing = store.read_run_record(run)["packing"]
     assert packing["fault_injection/slow"]["num_gpus"] == 0.5 and packing["fault_injection/record"]["num_gpus"] == 0.25
-    assert store.read_run_manifest(run)["tf32"]["enabled"] is True
+    assert store.read_run_record(run)["tf32"]["enabled"] is True
 
 
 # ------------------------------------------------------------------------------------------------- TF32

@@ -482,7 +482,7 @@ def test_two_runs_on_one_folder_take_turns(tmp_path: Path) -> None:
     assert "3 jobs: 0 done, 0 failed, 3 skipped" in outs[0] and "3 jobs: 3 done" in outs[1], outs
     results = store.read_results(run)
     assert results["job_id"].nunique() == 3 and results.groupby(["job_id", "metric"]).size().eq(1).all()
-    history = json.loads((run / store.RUN_MANIFEST).read_text())["runs"]
+    history = json.loads((run / store.RUN_RECORD).read_text())["runs"]
     assert sorted(r["counts"]["done"] for r in history) == [0, 3] and len({r["run_id"] for r in history}) == 2
 
 

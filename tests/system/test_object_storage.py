@@ -149,7 +149,7 @@ def test_a_run_into_s3_killed_and_resumed_has_the_rows_of_a_local_run(s3_server,
     fs = _s3()
     fs.invalidate_cache()
     assert not fs.exists(f"{BUCKET}/runs/x/.lock")  # released
-    for name in (store.RUN_MANIFEST, store.PLAN_FILE, store.PAIRS_FILE, "report/index.html"):
+    for name in (store.RUN_RECORD, store.PLAN_FILE, store.PAIRS_FILE, "report/index.html"):
         assert fs.exists(f"{BUCKET}/runs/x/{name}"), name
     check = RemoteFolder(uri, tmp_path / "check")
     check.pull()
@@ -214,7 +214,7 @@ def test_push_uploads_before_it_deletes_and_pull_mirrors_the_results(s3_server, 
 
     for job in ("j1", "j2"):
         store.write_job_results(folder.local, job, rows(job))
-    store.write_run_manifest(folder.local, {"suite": {"name": "s"}})
+    store.write_run_record(folder.local, {"suite": {"name": "s"}})
     assert folder.push() == 3
     assert sorted(p.rsplit("/", 1)[1] for p in _s3().ls(f"{BUCKET}/push-test/results")) == ["j1.parquet", "j2.parquet"]
     assert store.compact_results(folder.local, min_files=1) == 2
@@ -229,7 +229,7 @@ def test_push_uploads_before_it_deletes_and_pull_mirrors_the_results(s3_server, 
     other.pull()
     assert sorted(p.name for p in store.results_dir(other.local).iterdir()) == ["compacted-000001.parquet"]
     assert sorted(store.read_results(other.local)["job_id"]) == ["j1", "j2"]
-    assert store.read_run_manifest(other.local) == {"suite": {"name": "s"}}
+    assert store.read_run_record(other.local) == {"suite": {"name": "s"}}
 
 
 def test_a_concept_learned_on_one_node_is_fetched_on_another(s3_server, tmp_path: Path, monkeypatch) -> None:

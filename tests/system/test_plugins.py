@@ -45,7 +45,7 @@ def test_a_toy_method_and_metric_registered_by_a_test_run_through_a_suite(toy_pl
     assert tuple(edited[30, 30]) == (0, 80, 160)  # the first source's box colour, inside the target box
     # Identity decided at plan time: rows carry the label, the run folder records the plan and its pairs.
     assert set(results["label"]) == {"toy_fill/default", "cut_paste/default"}
-    plan = store.read_run_manifest(tmp_path / "run")["plan"]
+    plan = store.read_run_record(tmp_path / "run")["plan"]
     assert [run["target"] for run in plan["methods"]] == ["toy_method:MeanColourFill",
                                                           "clic.methods.cut_paste:CutPaste"]
     assert sorted(row["pair_id"] for row in store.read_pairs(tmp_path / "run")) == ["p0_0", "p1_0"]

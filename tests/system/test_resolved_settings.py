@@ -128,7 +128,7 @@ def test_a_cuda_device_without_a_gpu_is_refused_before_ray() -> None:
 
 
 def test_another_suite_into_a_folder_is_refused(tmp_path: Path) -> None:
-    store.write_run_manifest(tmp_path, {"suite": {"name": "smoke"}})
+    store.write_run_record(tmp_path, {"suite": {"name": "smoke"}})
     assert other_suite_problems(tmp_path, "smoke") == []
     problem = other_suite_problems(tmp_path, "baselines")[0]
     assert "holds results of suite 'smoke', not 'baselines'" in problem and "--allow-other-suite" in problem

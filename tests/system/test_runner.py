@@ -93,7 +93,7 @@ def test_tiny_clic_learn_then_transfer(ray_session, tmp_path: Path) -> None:
     # each row records its job's peak memory (peak RSS of the worker on the CPU: at least the loaded model)
     assert row["peak_memory_mb"] > 100 and row["learn_peak_memory_mb"] > 100
     # The cold start (the slowest worker warm-up) is reported apart: after it, less of the wall is overhead.
-    timing = store.read_run_manifest(tmp_path / "run")["timing"]
+    timing = store.read_run_record(tmp_path / "run")["timing"]
     assert timing["cold_start_seconds"] == summary.cold_start_seconds >= 0
     assert 0 <= timing["warm_overhead_share"] <= timing["overhead_share"] or timing["overhead_share"] == 0
 
