@@ -38,8 +38,8 @@ def check_output_folder(out: str | None, option: str = "--out", *, remote_ok: bo
     if out is None:
         return
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", out)
-    if scheme and scheme.group(1).lower() != "file" and remote_ok:  # object storage: harness.execute.remote_folder
-        from .execute.remote_folder import check_remote_folder
+    if scheme and scheme.group(1).lower() != "file" and remote_ok:  # object storage: harness.remote_folder
+        from .remote_folder import check_remote_folder
 
         check_remote_folder(out, option)
         return

@@ -238,6 +238,11 @@ def unreadable_results(run_dir: str | Path) -> list[tuple[Path, str]]:
     return bad
 
 
+def generated_image_name(index: int) -> str:
+    """Artifact file of a generation's ``index``-th image (the first keeps the name every task uses)."""
+    return "edited.png" if index == 0 else f"edited-{index}.png"
+
+
 def has_results(run_dir: str | Path) -> bool:
     """Whether the run folder holds any result file (per-job or compacted)."""
     return bool(_result_files(run_dir))

@@ -43,7 +43,7 @@ class RunSummary:
     peak_in_flight: int = 0  # most task jobs submitted at once (bounded by max_in_flight)
     infrastructure_failed: int = 0  # of `failed`: the machine's failures (disk full, lost worker), rerun next time
     failed_earlier: int = 0  # jobs of the plan skipped because their stored result is a failure (no --retry-failed)
-    remote: str | None = None  # the run folder's URI when it is on object storage (harness.execute.remote_folder)
+    remote: str | None = None  # the run folder's URI when it is on object storage (harness.remote_folder)
 
     @property
     def jobs_run(self) -> int:

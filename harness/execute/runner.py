@@ -114,7 +114,7 @@ def execute(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, *, wait:
     """Run the jobs of ``suite`` over ``pairs`` that ``run_dir`` has not finished yet, holding the run folder's
     lock (a concurrent run on it waits, or with ``wait=False`` is refused: :mod:`harness.execute.run_folder`).
     With ``remote`` (a URI on object storage) ``run_dir`` is its local staging folder, pulled under the remote
-    lease first and pushed as the run goes (:mod:`harness.execute.remote_folder`).
+    lease first and pushed as the run goes (:mod:`harness.remote_folder`).
     ``options``: address, num_cpus, max_in_flight, retry_failed, allow_random_metrics, quiet."""
     for option in ("max_in_flight", "num_cpus"):  # the CLI says so in one line (harness.guards); the API as well
         if options.get(option) is not None and options[option] < 1:
@@ -130,7 +130,7 @@ def _execute_remote(suite: "Suite", pairs: Sequence[Pair], run_dir: str | Path, 
                     wait: bool, **options: Any) -> RunSummary:
     """:func:`execute` into a run folder on object storage: the remote lease, then the staging folder's own lock
     (two runs of one machine), pull, run, push (also when the run stops on an error: what it recorded stands)."""
-    from .remote_folder import RemoteFolder
+    from ..remote_folder import RemoteFolder
 
     folder = RemoteFolder(remote, Path(run_dir).resolve())
     with folder.leased(run_id, wait=wait, quiet=bool(options.get("quiet"))), \
@@ -313,7 +313,7 @@ class _RayRun:
         import ray
         from tqdm import tqdm
 
-        # A run folder on object storage (harness.execute.remote_folder): its workers upload what they write
+        # A run folder on object storage (harness.remote_folder): its workers upload what they write
         # there, and the driver pushes its own files every few seconds.
         self.mirror, self.remote = mirror, (mirror.uri if mirror is not None else None)
         self.plan, self.graph, self.scheduler, self.recorder, self.run_dir = plan, graph, scheduler, recorder, run_dir
@@ -629,7 +629,7 @@ def run_main(args: argparse.Namespace) -> int:
         else:
             report_path = write_report(summary.run_dir)
             if summary.remote:  # written in the staging folder, then pushed under the run folder's URI
-                from .remote_folder import RemoteFolder
+                from ..remote_folder import RemoteFolder
 
                 mirror = RemoteFolder(summary.remote, summary.run_dir)
                 mirror.push_report(Path(report_path).parent)  # write_report returns its index.html

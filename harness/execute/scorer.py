@@ -19,7 +19,7 @@ def group_member_spec(job: TaskJob, run_dir: str | Path, remote: str | None = No
     ``remote`` (a run folder on object storage) URIs for images the driver's staging folder lacks."""
     images = [str(path) for path in generated_images(run_dir, job.job_id)]
     if not images and remote:  # the job ran on another node: its images are under the prefix
-        from .remote_folder import generated_image_uris
+        from ..remote_folder import generated_image_uris
 
         images = generated_image_uris(remote, job.job_id)
     return {"job_id": job.job_id, "task": job.task, "object_word": job.object_word,

@@ -118,14 +118,14 @@ def warm_worker(model: ModelInfo | None, method_targets: list[str] | tuple[str, 
 def learn_concept_task(node: LearnNode, concepts_root: str, remote: str | None = None) -> dict[str, Any]:
     """Learn one concept into concepts/<concept_id> unless a complete folder is already there. With ``remote``
     (a run folder on object storage, ``concepts_root`` in its staging folder) a concept the prefix holds is
-    downloaded instead, and a learned one is uploaded (harness.execute.remote_folder)."""
+    downloaded instead, and a learned one is uploaded (harness.remote_folder)."""
     from clic.learn import ConceptSource
     from clic.methods import method_from_target
 
     final = Path(concepts_root) / node.concept_id
     relearned = None
     if remote and not store.concept_is_complete(final):
-        from .remote_folder import fetch_concept
+        from ..remote_folder import fetch_concept
 
         fetch_concept(remote, Path(concepts_root).parent, final)
     if store.concept_is_complete(final):
@@ -155,7 +155,7 @@ def learn_concept_task(node: LearnNode, concepts_root: str, remote: str | None =
         concept.save(temp)
     store.publish_folder(temp, final)
     if remote:  # concept.json, the completion marker, last
-        from .remote_folder import upload_folder
+        from ..remote_folder import upload_folder
 
         upload_folder(remote, Path(concepts_root).parent, final, last="concept.json")
     return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id(),
@@ -248,12 +248,12 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model: ModelInfo | No
     record for the driver (artifacts, timings, node) and the metric samples, which the driver hands to the
     metric actor as an object ref without fetching them. With ``remote`` (a run folder on object storage,
     ``run_dir`` its staging folder) a concept learned on another node is downloaded first and the artifacts
-    are uploaded before the job returns (harness.execute.remote_folder)."""
+    are uploaded before the job returns (harness.remote_folder)."""
     from clic.concept import LearnedConcept
     from clic.methods import method_from_target
 
     if remote and not store.concept_is_complete(concept["folder"]):
-        from .remote_folder import fetch_concept
+        from ..remote_folder import fetch_concept
 
         if not fetch_concept(remote, run_dir, Path(concept["folder"])):
             raise FileNotFoundError(f"{remote}/{store.CONCEPTS_DIR}/{job.concept_id}: the learned concept is not there")
@@ -277,7 +277,7 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model: ModelInfo | No
     if losses.is_file():
         artifact_paths["artifact_losses"] = str(Path(store.CONCEPTS_DIR) / job.concept_id / losses.name)
     if remote:
-        from .remote_folder import upload_folder
+        from ..remote_folder import upload_folder
 
         upload_folder(remote, run_dir, context.out)
     record = {"artifacts": artifact_paths, "task_seconds": time.perf_counter() - start,
@@ -352,9 +352,9 @@ def _generate(context: _JobContext, sample: Any) -> tuple[list, dict[str, str]]:
     images = result.images.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy().astype(np.float32)
     samples = []
     for index, image in enumerate(images):  # every image is scored; the job's value is their mean
-        _save_png(Image.fromarray((image * 255).round().astype(np.uint8)), context.out / generated_image_name(index))
+        _save_png(Image.fromarray((image * 255).round().astype(np.uint8)), context.out / store.generated_image_name(index))
         samples.append(dataclasses.replace(sample, output_image=image))
-    artifacts = {"artifact_image": generated_image_name(0)}
+    artifacts = {"artifact_image": store.generated_image_name(0)}
     if result.attention is not None:
         _save_map(result.attention[0].detach().cpu().numpy(), context.out / "attention.png")
         artifacts["artifact_attention"] = "attention.png"
@@ -374,15 +374,10 @@ def _match(context: _JobContext, sample: Any, target: tuple) -> tuple[list, dict
     return [sample], {"artifact_mask": "mask.png"}
 
 
-def generated_image_name(index: int) -> str:
-    """Artifact file of a generation's ``index``-th image (the first keeps the name every task uses)."""
-    return "edited.png" if index == 0 else f"edited-{index}.png"
-
-
 def generated_images(run_dir: str | Path, job_id: str) -> list[Path]:
     """A finished generate job's images, in order."""
     folder = store.artifact_dir(run_dir, job_id)
     paths = []
-    while (folder / generated_image_name(len(paths))).is_file():
-        paths.append(folder / generated_image_name(len(paths)))
+    while (folder / store.generated_image_name(len(paths))).is_file():
+        paths.append(folder / store.generated_image_name(len(paths)))
     return paths

@@ -48,8 +48,8 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
     from .suite import load_suite
 
     suite = load_suite(suite_path, sets)  # a bad key is one line already and nothing else can be checked without it
-    # A run folder on object storage is worked on in a local staging folder (harness.execute.remote_folder).
-    from ..execute.remote_folder import is_remote, staging_dir
+    # A run folder on object storage is worked on in a local staging folder (harness.remote_folder).
+    from ..remote_folder import is_remote, staging_dir
 
     remote = str(out).rstrip("/") if is_remote(out) else None
     run_dir = staging_dir(remote) if remote else Path(out) if out else Path("runs") / suite.name
@@ -63,7 +63,7 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
     writable = _writable(remote or run_dir)
     problems += writable
     if remote and not writable:  # the prefix's run.json, for the suite check below; an unreadable prefix said now
-        from ..execute.remote_folder import RemoteFolder
+        from ..remote_folder import RemoteFolder
 
         problem = RemoteFolder(remote, run_dir).fetch_run_record()
         problems += [f"--out: {problem}"] if problem else []

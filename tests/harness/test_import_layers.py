@@ -20,6 +20,7 @@ HARNESS_LAYERS = {
     "store": (1, "store"),
     "metrics": (2, "metrics"),
     "plan": (3, "plan"), "guards": (3, "plan"),  # guards: the input checks plan and the CLI share
+    "remote_folder": (3, "plan"),  # the run folder on object storage: preflight checks it, the runner mirrors it
     "execute": (4, "execute"), "analyse": (4, "analyse"),
     "synth": (5, "entry"), "cli": (5, "entry"), "": (5, "entry"),  # entry points: the CLIs and the package
 }

@@ -192,7 +192,7 @@ def test_console_error_is_one_line_without_traceback(tmp_path: Path) -> None:
 
 def test_an_object_storage_out_is_refused_in_one_line_not_written_to_a_local_s3_folder(tmp_path, monkeypatch, capsys):
     """issue 25: Path("s3://bucket/x") is a local folder "s3:". Only `clic-bench run` writes to object storage
-    (harness.execute.remote_folder); elsewhere such an --out is one line naming the scheme, and nothing is created;
+    (harness.remote_folder); elsewhere such an --out is one line naming the scheme, and nothing is created;
     a run's --out whose scheme's package is missing is one line naming the package."""
     import importlib.util
 

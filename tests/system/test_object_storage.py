@@ -107,8 +107,8 @@ def _compared(results):
 
 @pytest.mark.slow
 def test_a_run_into_s3_killed_and_resumed_has_the_rows_of_a_local_run(s3_server, ray_session, tmp_path: Path) -> None:
-    from harness.execute.remote_folder import RemoteFolder
     from harness.execute.runner import run_suite
+    from harness.remote_folder import RemoteFolder
 
     local_manifest = write_drawn_manifest(tmp_path / "data", PAIRS)
     remote_manifest = _s3_manifest(local_manifest, f"{BUCKET}/data", tmp_path / "remote-manifest" / "manifest.parquet")
@@ -181,9 +181,9 @@ def test_a_scheme_without_its_package_is_one_line(tmp_path: Path, capsys) -> Non
 def test_the_lease_is_one_holder_at_a_time_and_a_dead_holders_lease_expires(s3_server, tmp_path: Path, monkeypatch) -> None:
     """The lock of a remote run folder: created by a conditional PUT (If-None-Match: *), so a second run is refused
     (or waits) naming the holder; a lease its holder stopped renewing (a killed driver) is taken over."""
+    from harness import remote_folder
     from harness.errors import UsageError
-    from harness.execute import remote_folder
-    from harness.execute.remote_folder import RemoteFolder
+    from harness.remote_folder import RemoteFolder
 
     uri = f"s3://{BUCKET}/lease-test"
     first, second = RemoteFolder(uri, tmp_path / "a"), RemoteFolder(uri, tmp_path / "b")
@@ -203,7 +203,7 @@ def test_the_lease_is_one_holder_at_a_time_and_a_dead_holders_lease_expires(s3_s
 def test_push_uploads_before_it_deletes_and_pull_mirrors_the_results(s3_server, tmp_path: Path) -> None:
     """Compaction in the staging folder (a new file, then per-job files deleted) reaches the prefix in that order,
     and a pull makes another staging folder's results exactly the prefix's (a result only staged is dropped)."""
-    from harness.execute.remote_folder import RemoteFolder
+    from harness.remote_folder import RemoteFolder
 
     uri = f"s3://{BUCKET}/push-test"
     folder = RemoteFolder(uri, tmp_path / "a")
@@ -235,7 +235,7 @@ def test_push_uploads_before_it_deletes_and_pull_mirrors_the_results(s3_server, 
 def test_a_concept_learned_on_one_node_is_fetched_on_another(s3_server, tmp_path: Path, monkeypatch) -> None:
     """Workers share no folder: the learner uploads the concept (concept.json, its completion marker, last), a task
     on another node (another staging folder) downloads it whole; a generate job's images are found by URI."""
-    from harness.execute.remote_folder import fetch_concept, generated_image_uris, upload_folder
+    from harness.remote_folder import fetch_concept, generated_image_uris, upload_folder
 
     uri = f"s3://{BUCKET}/concept-test"
     learner, other = tmp_path / "node-a", tmp_path / "node-b"
@@ -252,7 +252,7 @@ def test_a_concept_learned_on_one_node_is_fetched_on_another(s3_server, tmp_path
         uploaded.append([path.rsplit("/", 1)[-1] for path in remote])
         return original_put(local, remote, **kwargs)
 
-    from harness.execute import remote_folder
+    from harness import remote_folder
 
     real_filesystem = remote_folder._filesystem
     monkeypatch.setattr(fs, "put", recording_put)

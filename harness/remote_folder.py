@@ -47,8 +47,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .. import store
-from ..errors import UsageError
+from . import store
+from .errors import UsageError
 
 LEASE_FILE = ".lock"
 LEASE_SECONDS = float(os.environ.get("CLIC_LEASE_SECONDS", "120"))
@@ -63,7 +63,7 @@ LOCAL_ONLY = (".lock", "file_facts.json")  # never mirrored: the flock file; the
 
 def is_remote(location: str | os.PathLike[str] | None) -> bool:
     """True for ``scheme://…`` other than ``file://`` (a run folder on object storage)."""
-    from ..plan.locations import is_uri
+    from .plan.locations import is_uri
 
     text = str(location) if location is not None else ""
     return is_uri(text) and not text.lower().startswith("file://")
@@ -71,7 +71,7 @@ def is_remote(location: str | os.PathLike[str] | None) -> bool:
 
 def check_remote_folder(uri: str, option: str = "--out") -> None:
     """One line when ``uri``'s scheme cannot be opened (its package missing, unknown to fsspec)."""
-    from ..plan.remote import missing_package
+    from .plan.remote import missing_package
 
     scheme = uri.split("://", 1)[0].lower()
     problem = missing_package(scheme)
@@ -330,8 +330,6 @@ def fetch_concept(remote_uri: str, local_root: str | os.PathLike[str], final: Pa
 def generated_image_uris(remote_uri: str, job_id: str) -> list[str]:
     """A finished generate job's images under the prefix, in order (for a group metric scored on a node whose
     staging folder lacks them: the job ran on another node)."""
-    from .worker import generated_image_name
-
     fs, root = _filesystem(remote_uri)
     folder = f"{root}/{store.ARTIFACTS_DIR}/{job_id}"
     try:
@@ -339,6 +337,6 @@ def generated_image_uris(remote_uri: str, job_id: str) -> list[str]:
     except FileNotFoundError:
         return []
     uris = []
-    while generated_image_name(len(uris)) in names:
-        uris.append(f"{remote_uri.rstrip('/')}/{store.ARTIFACTS_DIR}/{job_id}/{generated_image_name(len(uris))}")
+    while store.generated_image_name(len(uris)) in names:
+        uris.append(f"{remote_uri.rstrip('/')}/{store.ARTIFACTS_DIR}/{job_id}/{store.generated_image_name(len(uris))}")
     return uris
