@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 WORLD_CLIP_MODEL = "clic-world-clip"
 _CONFIG = Path(__file__).parent / "configs" / f"{WORLD_CLIP_MODEL}.json"
 RETRIEVAL_CANDIDATES = 100
+SCORER_WEIGHTS = "open_clip_model.safetensors"
 
 
 def _open_clip():
@@ -82,10 +83,23 @@ def _save(model: torch.nn.Module, folder: Path) -> Path:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "open_clip_model.safetensors"
+    path = folder / SCORER_WEIGHTS
     save_file({name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}, path)
     (folder / f"{WORLD_CLIP_MODEL}.json").write_text(_CONFIG.read_text())
     return path
+
+
+def load_scorer(folder: Path) -> torch.nn.Module:
+    """The scorer exported to ``folder`` (by ``--stage scorer --out``), frozen in eval mode."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / SCORER_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"no world scorer in {folder}: train and export it with "
+                                "`clic models train-world --stage scorer --out clic/world/weights`")
+    model = build_scorer(0)
+    model.load_state_dict(load_file(path))
+    return model.eval().requires_grad_(False)
 
 
 def scorer_stage() -> Stage:

@@ -1,0 +1,180 @@
+"""The tiny world's render classifier: which object a 64 px image shows, and which pattern (or none) it carries.
+
+It is the measuring instrument of the stage-4 gate (issue 29: images generated from held-out captions show the
+prompted object >= 70 % and the prompted pattern >= 40 %, :mod:`clic.world.diffusion`), trained like the other
+stages (``clic models train-world --stage classifier``): seeded, resumable, on the train stream of
+:mod:`clic.world.data`, and evaluated on the held-out stream.
+
+Architecture: a small all-convolutional network (five 3x3 conv blocks, four of them stride 2, GroupNorm + SiLU),
+global mean- and max-pooled, and two linear heads: :data:`OBJECT_NAMES` and :data:`PATTERN_CLASSES` (the seven
+patterns and ``plain``). Max pooling is there because a pattern may cover a small part of the image (a ring's
+band): its evidence must not be averaged away. The loss is the sum of the two cross-entropies.
+
+Generated images pass through the VAE decoder, which blurs fine patterns. The classifier is trained on renders
+only (light pixel noise aside), so that the instrument does not depend on the autoencoder; instead its evaluation
+reports the held-out accuracy twice: on renders, and on the shipped autoencoder's reconstructions of the same
+renders — the ceiling of what it can read in a decoded image.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .data import OBJECT_NAMES, PATTERN_NAMES, WORLD_SEED, sample_scene
+
+if TYPE_CHECKING:
+    from .train import Stage, TrainSettings
+
+PLAIN = "plain"
+PATTERN_CLASSES: tuple[str, ...] = PATTERN_NAMES + (PLAIN,)
+CHANNELS = (32, 32, 64, 96, 128)  # conv widths; every block but the first halves the side (64 -> 4 px)
+EVAL_SCENES = 512
+NOISE_STD = 0.03  # Gaussian pixel noise of the training images ([-1, 1] scale): decoded images are never clean
+# The instrument must read renders far better than the gate asks of generated images (70 % / 40 %).
+CLASSIFIER_MIN_OBJECT = 0.90
+CLASSIFIER_MIN_PATTERN = 0.70
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "classifier.safetensors"
+
+
+class WorldClassifier(torch.nn.Module):
+    """Images in [-1, 1], (N, 3, H, W) -> (object logits (N, 11), pattern logits (N, 8))."""
+
+    def __init__(self, channels: tuple[int, ...] = CHANNELS, objects: int = len(OBJECT_NAMES),
+                 patterns: int = len(PATTERN_CLASSES)) -> None:
+        super().__init__()
+        layers, width = [], 3
+        for index, out in enumerate(channels):
+            layers += [torch.nn.Conv2d(width, out, 3, stride=1 if index == 0 else 2, padding=1),
+                       torch.nn.GroupNorm(8, out), torch.nn.SiLU()]
+            width = out
+        self.trunk = torch.nn.Sequential(*layers)
+        self.object_head = torch.nn.Linear(2 * width, objects)
+        self.pattern_head = torch.nn.Linear(2 * width, patterns)
+        self.config = {"channels": list(channels), "objects": list(OBJECT_NAMES), "patterns": list(PATTERN_CLASSES)}
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.trunk(images)
+        pooled = torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
+        return self.object_head(pooled), self.pattern_head(pooled)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[list[str], list[str]]:
+        """Object and pattern names of images in [-1, 1]."""
+        objects, patterns = self(images)
+        return ([OBJECT_NAMES[i] for i in objects.argmax(1).tolist()],
+                [PATTERN_CLASSES[i] for i in patterns.argmax(1).tolist()])
+
+
+def labelled_batch(start: int, count: int, split: str = "train",
+                   seed: int = WORLD_SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Scenes ``start .. start + count - 1``: images (count, 3, 64, 64) in [-1, 1], object and pattern class
+    indices, and captions (the same scenes as :func:`clic.world.data.render_batch`)."""
+    scenes = [sample_scene(index, split, seed) for index in range(start, start + count)]
+    images = np.stack([scene.render() for scene in scenes]).transpose(0, 3, 1, 2) * 2.0 - 1.0
+    objects = np.array([OBJECT_NAMES.index(scene.object_name) for scene in scenes])
+    patterns = np.array([PATTERN_CLASSES.index(scene.pattern.name if scene.pattern else PLAIN) for scene in scenes])
+    return images, objects, patterns, [scene.caption for scene in scenes]
+
+
+def build_classifier(seed: int) -> WorldClassifier:
+    torch.manual_seed(seed)
+    return WorldClassifier()
+
+
+def classifier_loss(model: WorldClassifier, images: torch.Tensor, objects: torch.Tensor,
+                    patterns: torch.Tensor) -> torch.Tensor:
+    object_logits, pattern_logits = model(images)
+    return (torch.nn.functional.cross_entropy(object_logits, objects)
+            + torch.nn.functional.cross_entropy(pattern_logits, patterns))
+
+
+def _step_loss(model: WorldClassifier, step: int, generator: torch.Generator, settings: TrainSettings) -> torch.Tensor:
+    images, objects, patterns, _ = labelled_batch(step * settings.batch, settings.batch, "train", settings.seed)
+    images = torch.from_numpy(images)
+    images = images + NOISE_STD * torch.randn(images.shape, generator=generator)
+    return classifier_loss(model, images, torch.from_numpy(objects), torch.from_numpy(patterns))
+
+
+def accuracy(model: WorldClassifier, images: torch.Tensor, objects: np.ndarray,
+             patterns: np.ndarray) -> dict[str, float]:
+    """Object accuracy over all images; pattern accuracy over all, and over the patterned scenes alone."""
+    with torch.no_grad():
+        object_logits, pattern_logits = [torch.cat(parts) for parts in zip(*(model(chunk) for chunk in images.split(64)))]
+    object_hit = object_logits.argmax(1).numpy() == objects
+    pattern_hit = pattern_logits.argmax(1).numpy() == patterns
+    patterned = patterns != PATTERN_CLASSES.index(PLAIN)
+    return {"object": round(float(object_hit.mean()), 4), "pattern": round(float(pattern_hit.mean()), 4),
+            "pattern_of_patterned": round(float(pattern_hit[patterned].mean()), 4)}
+
+
+@torch.no_grad()
+def evaluate_classifier(model: WorldClassifier, seed: int = WORLD_SEED, count: int | None = None,
+                        autoencoder: torch.nn.Module | None = None) -> dict:
+    """Held-out accuracy on renders, and (when the world autoencoder is given or shipped) on its reconstructions."""
+    count = count or EVAL_SCENES
+    was_training = model.training
+    model.eval()
+    images, objects, patterns, _ = labelled_batch(0, count, "heldout", seed)
+    images = torch.from_numpy(images)
+    record = {"heldout_scenes": count, "renders": accuracy(model, images, objects, patterns)}
+    vae = autoencoder if autoencoder is not None else _shipped_autoencoder()
+    if vae is not None:
+        decoded = torch.cat([vae.decode(vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1)
+                             for chunk in images.split(32)])
+        record["autoencoder_reconstructions"] = accuracy(model, decoded, objects, patterns)
+    model.train(was_training)
+    record.update(gate_object=CLASSIFIER_MIN_OBJECT, gate_pattern=CLASSIFIER_MIN_PATTERN,
+                  passed=record["renders"]["object"] >= CLASSIFIER_MIN_OBJECT
+                  and record["renders"]["pattern"] >= CLASSIFIER_MIN_PATTERN)
+    return record
+
+
+def _shipped_autoencoder() -> torch.nn.Module | None:
+    from ..models import TINY_WORLD_WEIGHTS
+
+    folder = TINY_WORLD_WEIGHTS / "autoencoder"
+    if not (folder / "config.json").is_file():
+        return None
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(folder).eval()
+
+
+def _save(model: WorldClassifier, folder: Path) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / WEIGHTS_NAME
+    save_file({name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}, path)
+    (folder / CONFIG_NAME).write_text(json.dumps(model.config, indent=2) + "\n")
+    return path
+
+
+def load_classifier(folder: Path | None = None) -> WorldClassifier:
+    """The classifier saved in ``folder`` (default: the shipped one); its class lists must be this code's."""
+    from safetensors.torch import load_file
+
+    from ..models import TINY_WORLD_WEIGHTS, ModelNotFoundError
+
+    folder = Path(folder) if folder is not None else TINY_WORLD_WEIGHTS / "classifier"
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise ModelNotFoundError(f"no world classifier in {folder}: train it with "
+                                 "`clic models train-world --stage classifier --out clic/world/weights`")
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    if config["objects"] != list(OBJECT_NAMES) or config["patterns"] != list(PATTERN_CLASSES):
+        raise ValueError(f"{folder / CONFIG_NAME}: its object/pattern classes are not this world's")
+    model = WorldClassifier(tuple(config["channels"]))
+    model.load_state_dict(load_file(folder / WEIGHTS_NAME))
+    return model.eval()
+
+
+def classifier_stage() -> Stage:
+    from .train import Stage
+
+    return Stage(build=lambda s: build_classifier(s.seed), loss=_step_loss,
+                 evaluate=lambda model, s: evaluate_classifier(model, s.seed), save=_save)
