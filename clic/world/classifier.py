@@ -6,14 +6,16 @@ stages (``clic models train-world --stage classifier``): seeded, resumable, on t
 :mod:`clic.world.data`, and evaluated on the held-out stream.
 
 Architecture: a small all-convolutional network (3x3 convs with BatchNorm + ReLU: a full-size stem, then three
-stages that halve the side with two convs each), global mean- and max-pooled, and two linear heads: :data:`OBJECT_NAMES` and :data:`PATTERN_CLASSES` (the seven
-patterns and ``plain``). Max pooling is there because a pattern may cover a small part of the image (a ring's
+stages that halve the side with two convs each), global mean- and max-pooled, and two linear heads:
+:data:`OBJECT_NAMES` and :data:`PATTERN_CLASSES` (the seven patterns and ``plain``). Max pooling is there because a pattern may cover a small part of the image (a ring's
 band): its evidence must not be averaged away. The loss is the sum of the two cross-entropies.
 
-Generated images pass through the VAE decoder, which blurs fine patterns. The classifier is trained on renders
-only (light pixel noise aside), so that the instrument does not depend on the autoencoder; instead its evaluation
-reports the held-out accuracy twice: on renders, and on the shipped autoencoder's reconstructions of the same
-renders — the ceiling of what it can read in a decoded image.
+Generated images pass through the VAE decoder, which blurs the finest patterns: a classifier trained on renders
+alone reads patterns in renders and is near chance on the same scenes after the world autoencoder (held-out,
+step 500 of a renders-only run: pattern 45 % on renders, 15 % on reconstructions; chance 14 %). So half of each
+training batch is the shipped autoencoder's reconstruction of the render (posterior mean, computed once per
+scene): the instrument reads what a decoded image can show. Its evaluation reports held-out accuracy on both, and
+its bar (:data:`CLASSIFIER_MIN_OBJECT`, :data:`CLASSIFIER_MIN_PATTERN`) is on the reconstructions.
 """
 from __future__ import annotations
 
@@ -35,9 +37,11 @@ CHANNELS = (24, 48, 96, 128)  # a full-size stem, then three stages that halve t
 TRAIN_POOL = 8192  # train scenes rendered once and cycled through (rendering costs more than a step's compute)
 EVAL_SCENES = 512
 NOISE_STD = 0.03  # Gaussian pixel noise of the training images ([-1, 1] scale): decoded images are never clean
-# The instrument must read renders far better than the gate asks of generated images (70 % / 40 %).
+# The instrument must read decoded images (autoencoder reconstructions) well above what the gate asks of generated
+# images (object 70 %, pattern 40 % of the patterned prompts).
 CLASSIFIER_MIN_OBJECT = 0.90
-CLASSIFIER_MIN_PATTERN = 0.70
+CLASSIFIER_MIN_PATTERN = 0.60  # over the patterned scenes
+RECONSTRUCTED_SHARE = 0.5  # of each training batch: the autoencoder's reconstruction instead of the render
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "classifier.safetensors"
 
@@ -98,26 +102,53 @@ def classifier_loss(model: WorldClassifier, images: torch.Tensor, objects: torch
             + torch.nn.functional.cross_entropy(pattern_logits, patterns))
 
 
-_POOL: dict[tuple[int, int], tuple[np.ndarray, int, int]] = {}  # (seed, index) -> (uint8 image, object, pattern)
+_POOL: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int, int]] = {}  # (seed, index) -> render, reconstruction
+_AUTOENCODER: list = []  # the shipped autoencoder, loaded once per process ([None] when it is not shipped)
 
 
-def _pooled_batch(start: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train scenes ``start .. start + count - 1`` modulo :data:`TRAIN_POOL`, each rendered once per process
-    (kept as 8-bit, as a PNG render would be): a function of (seed, index) alone, so a resumed run sees the
-    same data."""
+def _reconstruct(images: np.ndarray) -> np.ndarray:
+    """The shipped world autoencoder's reconstructions (posterior mean) of images in [-1, 1]; the images
+    themselves when no autoencoder is shipped."""
+    if not _AUTOENCODER:
+        _AUTOENCODER.append(_shipped_autoencoder())
+    vae = _AUTOENCODER[0]
+    if vae is None:
+        return images
+    with torch.no_grad():
+        batch = torch.from_numpy(images)
+        return vae.decode(vae.encode(batch).latent_dist.mode()).sample.clamp(-1, 1).numpy()
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.round((images + 1) * 127.5).astype(np.uint8)
+
+
+def _pooled_batch(start: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train scenes ``start .. start + count - 1`` modulo :data:`TRAIN_POOL`: renders, their autoencoder
+    reconstructions, objects, patterns. Each scene is rendered and reconstructed once per process (kept as 8-bit,
+    as a PNG would be); a function of (seed, index) alone, so a resumed run sees the same data."""
     indices = [(start + offset) % TRAIN_POOL for offset in range(count)]
-    missing = [index for index in indices if (seed, index) not in _POOL]
-    for index in missing:
-        images, objects, patterns, _ = labelled_batch(index, 1, "train", seed)
-        _POOL[(seed, index)] = (np.round((images[0] + 1) * 127.5).astype(np.uint8), int(objects[0]), int(patterns[0]))
+    missing = sorted({index for index in indices if (seed, index) not in _POOL})
+    for begin in range(0, len(missing), 32):
+        chunk = missing[begin:begin + 32]
+        rendered = [labelled_batch(index, 1, "train", seed) for index in chunk]
+        images = np.concatenate([item[0] for item in rendered])
+        reconstructed = _reconstruct(images)
+        for row, (index, item) in enumerate(zip(chunk, rendered)):
+            _POOL[(seed, index)] = (_to_uint8(images[row]), _to_uint8(reconstructed[row]), int(item[1][0]),
+                                    int(item[2][0]))
     items = [_POOL[(seed, index)] for index in indices]
-    images = np.stack([item[0] for item in items]).astype(np.float32) / 127.5 - 1.0
-    return images, np.array([item[1] for item in items]), np.array([item[2] for item in items])
+
+    def floats(position: int) -> np.ndarray:
+        return np.stack([item[position] for item in items]).astype(np.float32) / 127.5 - 1.0
+
+    return floats(0), floats(1), np.array([item[2] for item in items]), np.array([item[3] for item in items])
 
 
 def _step_loss(model: WorldClassifier, step: int, generator: torch.Generator, settings: TrainSettings) -> torch.Tensor:
-    images, objects, patterns = _pooled_batch(step * settings.batch, settings.batch, settings.seed)
-    images = torch.from_numpy(images)
+    renders, reconstructions, objects, patterns = _pooled_batch(step * settings.batch, settings.batch, settings.seed)
+    reconstructed = torch.rand(len(renders), generator=generator) < RECONSTRUCTED_SHARE
+    images = torch.where(reconstructed.view(-1, 1, 1, 1), torch.from_numpy(reconstructions), torch.from_numpy(renders))
     flipped = torch.rand(len(images), generator=generator) < 0.5  # left-right: every object and pattern allows it
     images = torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images)
     images = images + NOISE_STD * torch.randn(images.shape, generator=generator)
@@ -152,9 +183,10 @@ def evaluate_classifier(model: WorldClassifier, seed: int = WORLD_SEED, count: i
                              for chunk in images.split(32)])
         record["autoencoder_reconstructions"] = accuracy(model, decoded, objects, patterns)
     model.train(was_training)
-    record.update(gate_object=CLASSIFIER_MIN_OBJECT, gate_pattern=CLASSIFIER_MIN_PATTERN,
-                  passed=record["renders"]["object"] >= CLASSIFIER_MIN_OBJECT
-                  and record["renders"]["pattern"] >= CLASSIFIER_MIN_PATTERN)
+    read = record.get("autoencoder_reconstructions", record["renders"])
+    record.update(gate_object=CLASSIFIER_MIN_OBJECT, gate_pattern_of_patterned=CLASSIFIER_MIN_PATTERN,
+                  passed=read["object"] >= CLASSIFIER_MIN_OBJECT
+                  and read["pattern_of_patterned"] >= CLASSIFIER_MIN_PATTERN)
     return record
 
 
