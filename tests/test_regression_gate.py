@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from broken_losses import ATT_SIGN_FLIPPED, att_sign_flipped
+
 from clic.losses import Objective, StepTensors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_the_transfer_attention_is_placed_on_the_target_like_the_edited_image() 
     target = Image.new("RGB", (96, 48))
     _, _, placement = to_model_input(target, None, 64)
     square = np.zeros((64, 64), np.float32)
-    box = [int(round(v)) for v in placement.box_at(64)]  # (left, upper, right, lower) of the target in the square
+    box = [round(v) for v in placement.box_at(64)]  # (left, upper, right, lower) of the target in the square
     square[box[1]:box[3], box[0]:box[2]] = 1.0
     mapped = _map_at_original_size(square, placement)
     assert mapped.shape == (48, 96)

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from clic.world.classifier import (PATTERN_CLASSES, PLAIN, WorldClassifier, _save, build_classifier,
-                                   labelled_batch, load_classifier)
+from clic.world.classifier import (
+    PATTERN_CLASSES,
+    PLAIN,
+    WorldClassifier,
+    _save,
+    build_classifier,
+    labelled_batch,
+    load_classifier,
+)
 from clic.world.data import OBJECT_NAMES, render_batch, sample_scene
 from clic.world.train import TrainSettings, train_stage
 
@@ -171,7 +178,8 @@ def test_world_gate_cli_refuses_a_missing_checkpoint_in_one_line(capsys: pytest.
 
 # ------------------------------------------------------------------------------------ the world CLIP
 def _exported_scorer(folder: Path) -> torch.nn.Module:
-    from clic.world.scorer import _save as save_scorer, build_scorer
+    from clic.world.scorer import _save as save_scorer
+    from clic.world.scorer import build_scorer
 
     model = build_scorer(5).eval()
     save_scorer(model, folder)
