@@ -20,7 +20,7 @@ import torch
 from .cli_checks import OptionError, check_args, check_output_folder, check_positive
 from .cli_tasks import add_task_commands
 from .io import InputError
-from .models import (TINY_PRESETS, ModelNotFoundError, save_tiny)
+from .models import TINY_PRESETS, TINY_WORLD, ModelNotFoundError, load_components, save_tiny
 
 
 # The one error of a bad option or input (printed as ``clic: error: <subject>: <problem>``) is
@@ -101,6 +101,33 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.file} as a diffusers folder in {time.perf_counter() - started:.0f} s -> {path}")
 
 
+def cmd_world_gate(args: argparse.Namespace) -> None:
+    """Print stage 4's gate record (JSON) for a unet checkpoint or the shipped tiny-world weights."""
+    from .world.classifier import load_classifier
+    from .world.diffusion import _optional_scorer, components_of, generation_gate, load_checkpoint_model
+    from .world.scorer import load_scorer
+
+    for option, value in (("--captions", args.captions), ("--steps", args.steps)):
+        _positive(value, option)
+    torch.set_num_threads(max(1, args.threads))
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise CLIError("--checkpoint", f"no such file: {args.checkpoint}")
+    step = None
+    try:
+        classifier = load_classifier(Path(args.classifier) if args.classifier else None)
+        scorer = load_scorer(Path(args.scorer)) if args.scorer else _optional_scorer()
+        if args.checkpoint:
+            model, step = load_checkpoint_model(Path(args.checkpoint))
+            components = components_of(model)
+        else:
+            components = load_components(TINY_WORLD)
+    except (ModelNotFoundError, FileNotFoundError, ValueError) as err:
+        raise CLIError("world-gate", str(err)) from None
+    record = generation_gate(components, classifier, count=args.captions, seed=args.seed, steps=args.steps,
+                             guidance_scale=args.guidance, scorer=scorer)
+    print(json.dumps({"unet_step": step, **record}))
+
+
 def cmd_train_world(args: argparse.Namespace) -> None:
     """One stage of the tiny world (clic.world.train): resumes from --checkpoint-dir, then writes weights + record."""
     from .world.train import TrainSettings, export_stage, train_stage
@@ -174,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     world = model_commands.add_parser(
         "train-world", help="train one stage of the tiny-world model on the synthetic scenes (seeded, resumable)")
-    world.add_argument("--stage", required=True, choices=("autoencoder", "scorer", "unet"))
+    world.add_argument("--stage", required=True, choices=("autoencoder", "scorer", "unet", "classifier"))
     world.add_argument("--steps", type=int, required=True,
                        help="total optimiser steps: a resumed run continues to it; fewer than the checkpoint's "
                             "exports the checkpoint as it is")
@@ -186,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     world.add_argument("--out", help="write the stage's weights + JSON record here (e.g. clic/world/weights)")
     world.set_defaults(run=cmd_train_world)
+
+    gate = model_commands.add_parser(
+        "world-gate", help="stage 4's gate: generate from held-out captions, read object and pattern with the "
+                           "world classifier (and the world scorer when exported)")
+    gate.add_argument("--checkpoint", help="a unet-stage checkpoint.pt (default: the shipped tiny-world weights)")
+    gate.add_argument("--classifier", help="the classifier folder (default: clic/world/weights/classifier)")
+    gate.add_argument("--scorer", help="an exported scorer folder (default: clic/world/weights/scorer if there)")
+    gate.add_argument("--captions", type=int, default=100, help="held-out captions generated from (default 100)")
+    gate.add_argument("--steps", type=int, default=25, help="DDIM steps (default 25)")
+    gate.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
+    gate.add_argument("--seed", type=int, default=0)
+    gate.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    gate.set_defaults(run=cmd_world_gate)
     return parser
 
 

@@ -20,9 +20,11 @@ if TYPE_CHECKING:
 WORLD_CLIP_MODEL = "clic-world-clip"
 _CONFIG = Path(__file__).parent / "configs" / f"{WORLD_CLIP_MODEL}.json"
 RETRIEVAL_CANDIDATES = 100
+SCORER_WEIGHTS = "open_clip_model.safetensors"
 
 
-def _open_clip():
+def scorer_open_clip():
+    """open_clip with the world scorer's architecture registered (``clic-world-clip``)."""
     import open_clip
 
     if WORLD_CLIP_MODEL not in open_clip.list_models():
@@ -32,11 +34,11 @@ def _open_clip():
 
 def build_scorer(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return _open_clip().create_model(WORLD_CLIP_MODEL, pretrained=None)
+    return scorer_open_clip().create_model(WORLD_CLIP_MODEL, pretrained=None)
 
 
 def tokenize(captions: list[str]) -> torch.Tensor:
-    return _open_clip().get_tokenizer(WORLD_CLIP_MODEL)(captions)
+    return scorer_open_clip().get_tokenizer(WORLD_CLIP_MODEL)(captions)
 
 
 def to_clip_input(images: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
@@ -82,10 +84,24 @@ def _save(model: torch.nn.Module, folder: Path) -> Path:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "open_clip_model.safetensors"
+    path = folder / SCORER_WEIGHTS
     save_file({name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}, path)
     (folder / f"{WORLD_CLIP_MODEL}.json").write_text(_CONFIG.read_text())
     return path
+
+
+def load_scorer(folder: Path) -> torch.nn.Module:
+    """The scorer exported to ``folder`` (by ``--stage scorer --out``), frozen in eval mode."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / SCORER_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"no world scorer in {folder}: train and export it with "
+                                "`clic models train-world --stage scorer --out clic/world/weights`")
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG stream (a metric actor's) is left alone
+        model = build_scorer(0)
+    model.load_state_dict(load_file(path))
+    return model.eval().requires_grad_(False)
 
 
 def scorer_stage() -> Stage:

@@ -1,4 +1,5 @@
-"""Training the tiny world, stage by stage: ``autoencoder``, ``scorer``, ``unet`` (``clic models train-world``).
+"""Training the tiny world, stage by stage: ``autoencoder``, ``scorer``, ``unet``, and ``classifier`` (the
+stage-4 gate's instrument) (``clic models train-world``).
 
 A run is a function of its settings: step ``k`` reads scenes ``k * batch .. (k + 1) * batch - 1`` of the train
 stream (:mod:`clic.world.data`), and every random draw of the loss comes from one ``torch.Generator`` whose state
@@ -27,7 +28,7 @@ import torch
 from ..hashing import file_sha256
 from .data import WORLD_SEED, render_batch
 
-STAGES: tuple[str, ...] = ("autoencoder", "scorer", "unet")
+STAGES: tuple[str, ...] = ("autoencoder", "scorer", "unet", "classifier")
 CHECKPOINT_NAME = "checkpoint.pt"
 RECORD_NAME = "train-{stage}.json"
 AUTOENCODER_GATE_PSNR = 25.0  # dB, held-out reconstruction (issue 29, stage 2)
@@ -163,6 +164,10 @@ def _stage(name: str) -> Stage:
         from .diffusion import unet_stage
 
         return unet_stage()
+    if name == "classifier":
+        from .classifier import classifier_stage
+
+        return classifier_stage()
     raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
 
 

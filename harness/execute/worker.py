@@ -334,12 +334,24 @@ def _transfer(context: _JobContext, sample: Any, target: tuple) -> tuple[list, d
     edited = from_model_output(result.image, placement)
     sample.output_image = _as_float_image(edited)
     _save_png(edited, context.out / "edited.png")
-    _save_map(result.attention.detach().cpu().numpy(), context.out / "attention.png")
+    attention = result.attention.detach().cpu().numpy()
+    _save_map(attention, context.out / "attention.png")
+    sample.attention = _map_at_original_size(attention, placement)
     _save_png(Image.fromarray(target_mask.astype(np.uint8) * 255), context.out / "mask.png")
     if isinstance(result, TransferResult):  # CLiC's loop: which timesteps it ran (first timestep, steps run)
         (context.out / "transfer.json").write_text(json.dumps(result.schedule_record()))
     return [sample], {"artifact_image": "edited.png", "artifact_attention": "attention.png",
                       "artifact_mask": "mask.png"}
+
+
+def _map_at_original_size(values: np.ndarray, placement: Any) -> np.ndarray:
+    """A square float map at model resolution, resized (bilinear) to the image's original size as the edited
+    image is (:func:`clic.io.from_model_output`)."""
+    from PIL import Image
+
+    square = Image.fromarray(np.asarray(values, dtype=np.float32))
+    resized = square.resize(placement.original_size, Image.Resampling.BILINEAR, box=placement.box_at(values.shape[0]))
+    return np.asarray(resized, dtype=np.float32)
 
 
 def _generate(context: _JobContext, sample: Any) -> tuple[list, dict[str, str]]:

@@ -21,6 +21,7 @@ REGISTRY: dict[str, str] = {
     "dino_masked": "masked_similarity:DinoMaskedSimilarity",
     "esr": "esr:EditingSuccessRate",
     "concept_classification": "concept_classification:ConceptClassification",
+    "attention_in_mask": "attention_in_mask:AttentionInMask",
 }
 
 

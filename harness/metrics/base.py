@@ -55,6 +55,7 @@ class Sample:
     estimated_masks: list[np.ndarray] | None = None  # source masks a method estimated (bool, source size)
     gt_mask: np.ndarray | None = None  # ground-truth target mask
     expected_image: np.ndarray | None = None  # synthetic sets: the target with the pattern drawn on its part
+    attention: np.ndarray | None = None  # transfer: the token's attention map in [0, 1], at the target's size
     prompt: str | None = None
     object_word: str | None = None
     group: str | None = None  # samples sharing a group form a set (e.g. one pair × method over seeds)

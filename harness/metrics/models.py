@@ -11,6 +11,8 @@ Suite options (``MetricSettings.options``):
   open_clip tag already in the local cache, or a local .bin/.pt/.safetensors file; default "openai"),
   ``cache_dir`` (where open_clip downloads went, default the Hugging Face cache / ~/.cache/clip),
   ``batch_size``.
+  ``model: tiny-world`` is the world scorer (:mod:`clic.world.scorer`), read from ``pretrained`` when that is
+  a folder, else from the shipped ``clic/world/weights/scorer``; its numbers carry the tiny-world label.
 - ``lpips``: ``batch_size``. The trunk is AlexNet, read from torch hub's checkpoint cache.
 
 Every build increments ``LOAD_COUNT[kind]`` so tests (and the runner) can check that a metric instance
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from .base import TINY_RANDOM, MetricSettings
+from .options import WORLD_CLIP
 
 # open_clip (which imports transformers and timm) and lpips (torchvision, torch._dynamo) are imported where a
 # model is built or a CLIP tag is looked up: seconds that a driver checking weights files, or a metric actor
@@ -129,15 +132,49 @@ def _build_clip(model_name: str, pretrained: str, cache_dir: str | None, device:
                 allow_random: bool) -> tuple[torch.nn.Module, str, Callable[[list[str]], torch.Tensor]]:
     """(model, weights label, tokenizer): the real CLIP from local weights, else the tiny random one."""
     try:
-        model, weights = _build_real_clip(model_name, pretrained, cache_dir, device)
-        tokenizer_name = model_name
+        if model_name == WORLD_CLIP:
+            model, weights, tokenizer = _build_world_clip(pretrained, device)
+        else:
+            model, weights = _build_real_clip(model_name, pretrained, cache_dir, device)
+            tokenizer = _open_clip().get_tokenizer(model_name)
     except WeightsUnavailable as missing:
         if not allow_random:
             raise
         _log.warning("%s -> scoring with the tiny random CLIP, labelled %r", missing, TINY_RANDOM)
-        model, weights, tokenizer_name = _build_tiny_clip(device), TINY_RANDOM, TINY_CLIP_MODEL
+        model, weights, tokenizer = _build_tiny_clip(device), TINY_RANDOM, _open_clip().get_tokenizer(TINY_CLIP_MODEL)
     LOAD_COUNT["clip"] += 1
-    return model.eval().requires_grad_(False), weights, _open_clip().get_tokenizer(tokenizer_name)
+    return model.eval().requires_grad_(False), weights, tokenizer
+
+
+def world_clip_folder(pretrained: str) -> Path:
+    """Where the world scorer is read from: ``pretrained`` when it is a folder, else the shipped one."""
+    if pretrained != DEFAULT_CLIP_PRETRAINED and os.path.isdir(pretrained):
+        return Path(pretrained)
+    from clic.models import TINY_WORLD_WEIGHTS
+
+    return TINY_WORLD_WEIGHTS / "scorer"
+
+
+def _world_clip_missing(pretrained: str) -> str | None:
+    from clic.world.scorer import SCORER_WEIGHTS
+
+    folder = world_clip_folder(pretrained)
+    if (folder / SCORER_WEIGHTS).is_file():
+        return None
+    return (f"the world CLIP (tiny-world) is not in {folder}: export it with `clic models train-world --stage scorer "
+            f"--out clic/world/weights`, or set clip.pretrained to a folder holding {SCORER_WEIGHTS}")
+
+
+def _build_world_clip(pretrained: str, device: torch.device) -> tuple[torch.nn.Module, str, Callable]:
+    """The world scorer, labelled like the tiny-world model (trained on the synthetic sets, not a real CLIP)."""
+    missing = _world_clip_missing(pretrained)
+    if missing:
+        raise WeightsUnavailable(missing)
+    from clic.models import TINY_WORLD_LABEL
+    from clic.world.scorer import WORLD_CLIP_MODEL, load_scorer, scorer_open_clip
+
+    model = load_scorer(world_clip_folder(pretrained)).to(device)
+    return model, TINY_WORLD_LABEL, scorer_open_clip().get_tokenizer(WORLD_CLIP_MODEL)
 
 
 def missing_clip_weights(settings: MetricSettings) -> list[str]:
@@ -147,6 +184,9 @@ def missing_clip_weights(settings: MetricSettings) -> list[str]:
         return []
     options = settings.for_metric(CLIP_OPTIONS_KEY)
     model_name = str(options.get("model", DEFAULT_CLIP_MODEL))
+    if model_name == WORLD_CLIP:
+        missing = _world_clip_missing(str(options.get("pretrained", DEFAULT_CLIP_PRETRAINED)))
+        return [missing] if missing else []
     try:
         if _open_clip().get_model_config(model_name) is None:
             raise ValueError(f"unknown CLIP model {model_name!r}: not an open_clip architecture "
@@ -163,6 +203,9 @@ def clip_weights_found(settings: MetricSettings) -> list[str]:
     options = settings.for_metric(CLIP_OPTIONS_KEY)
     model_name = str(options.get("model", DEFAULT_CLIP_MODEL))
     pretrained = str(options.get("pretrained", DEFAULT_CLIP_PRETRAINED))
+    if model_name == WORLD_CLIP:
+        folder = world_clip_folder(pretrained)
+        return [] if _world_clip_missing(pretrained) else [f"CLIP {WORLD_CLIP} (the world scorer): {folder}"]
     try:
         checkpoint, _ = _local_clip_checkpoint(model_name, pretrained, options.get("cache_dir"))
     except (WeightsUnavailable, ValueError, RuntimeError):

@@ -34,9 +34,20 @@ def open_clip_architectures() -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in configs.glob("*.json")))
 
 
+# The world scorer (clic.world.scorer, trained by `clic models train-world --stage scorer`) as a CLIP `model`:
+# the name of the diffusion model it belongs with (clic.models.TINY_WORLD, not imported: it imports torch). A suite
+# with `model: tiny-world` scores its CLIP metrics with it unless it names another CLIP (harness.plan.suite).
+WORLD_CLIP = "tiny-world"
+
+
+def clip_models() -> tuple[str, ...]:
+    return (WORLD_CLIP, *open_clip_architectures())
+
+
 CLIP_OPTIONS = {
-    "model": Option((str,), "an open_clip architecture", open_clip_architectures),
-    "pretrained": Option((str,), "an open_clip tag in the local cache, or a local .bin/.pt/.safetensors file"),
+    "model": Option((str,), "an open_clip architecture or tiny-world (the world scorer)", clip_models),
+    "pretrained": Option((str,), "an open_clip tag in the local cache, or a local .bin/.pt/.safetensors file "
+                                 "(tiny-world: a folder exported by `clic models train-world --stage scorer`)"),
     "cache_dir": Option((str,), "where open_clip downloads went"),
     "batch_size": Option((int,), "images per forward pass", minimum=1),
 }

@@ -425,7 +425,8 @@ class _SuiteReader:
             generate=self.generate(data.get("generate", {})),
             match=self.match(data.get("match", {})),
             metrics=metrics,
-            metric_options=self.metric_options(data.get("metric_options", {}), metrics),
+            metric_options=self.with_world_clip(self.metric_options(data.get("metric_options", {}), metrics),
+                                                metrics, data.get("model", "tiny")),
             resources=self.resources(data.get("resources", {})),
             tasks=self.tasks(data.get("tasks", list(DEFAULT_TASKS))),
             limit_pairs=None if data.get("limit_pairs") is None else self.integer(data["limit_pairs"], "limit_pairs", minimum=1),
@@ -640,6 +641,20 @@ class _SuiteReader:
             for option, problem in option_problems(name, options, families[name]):
                 self.fail(f"{key}.{option}", problem)
         return _freeze(data)
+
+    @staticmethod
+    def with_world_clip(options: Mapping[str, Mapping[str, Any]], metrics: Sequence[str],
+                        model: Any) -> Mapping[str, Mapping[str, Any]]:
+        """On ``model: tiny-world``, the CLIP metrics score with the world scorer (clip.model: tiny-world) unless
+        the suite names another CLIP: a real CLIP knows nothing of the synthetic world's captions."""
+        from harness.metrics import metric_class
+        from harness.metrics.options import WORLD_CLIP
+
+        if model != WORLD_CLIP or "model" in options.get("clip", {}):
+            return options
+        if not any("clip" in (getattr(metric_class(name), "options", None) or {}) for name in metrics):
+            return options
+        return _freeze({**_thaw(options), "clip": {**dict(options.get("clip", {})), "model": WORLD_CLIP}})
 
     def finite_everywhere(self, value: Any, key: str) -> None:
         """No .inf or .nan anywhere in a free-form mapping (options passed on to a metric or a method)."""
