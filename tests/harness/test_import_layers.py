@@ -17,7 +17,7 @@ PACKAGES = ("clic", "harness")
 # imports the other). Metrics sit below plan: a metric declares what it needs, the planner reads the declaration.
 HARNESS_LAYERS = {
     "errors": (0, "errors"), "groups": (0, "groups"),
-    "store": (1, "store"),
+    "store": (1, "store"), "store_atomic": (1, "store"), "store_run_files": (1, "store"),  # store.py and its parts
     "metrics": (2, "metrics"),
     "plan": (3, "plan"), "guards": (3, "plan"),  # guards: the input checks plan and the CLI share
     "execute": (4, "execute"), "analyse": (4, "analyse"),
