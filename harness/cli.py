@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired test")
     p.add_argument("--html", default=None, metavar="OUT",
                    help="also write the comparison page OUT/index.html (A and B side by side, worst pairs' images)")
-    p.set_defaults(func=_handler("harness.analyse.aggregate:compare_main"))
+    p.set_defaults(func=_handler("harness.analyse.compare_page:compare_main"))
 
     p = sub.add_parser("validate", help="check a manifest and print one line per bad row")
     p.add_argument("manifest")

@@ -7,7 +7,6 @@ naming the diffusion weights and the metric weights that made its numbers.
 """
 from __future__ import annotations
 
-import argparse
 import html
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,6 @@ from scipy import stats
 
 from clic import is_random_weights
 from harness.analyse.bootstrap import MIN_CLUSTERS, bootstrap_ci, holm
-from harness.errors import UsageError
 from harness.groups import ALL_CATEGORIES  # noqa: F401 - re-exported: the report, figures and headline read it here
 from harness.store import read_plan_results
 
@@ -444,37 +442,3 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> lis
         (out / f"{name}.html").write_text(page, encoding="utf-8")
         written += [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.html"]
     return written
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-def compare_main(args: argparse.Namespace) -> int:
-    """`clic-bench compare RUN_A RUN_B [--html OUT]`: print the delta table (and write its page to OUT/index.html);
-    1 if a gated metric fails, 2 on no results."""
-    frames = {}
-    for label, run_dir in (("A", args.run_a), ("B", args.run_b)):
-        frame = read_run_results(run_dir)
-        if frame.empty or "metric" not in frame.columns:
-            raise UsageError(f"run {label} ({run_dir}) has no results")
-        frames[label] = frame
-    metrics = list(args.metric) if getattr(args, "metric", None) else None
-    deltas = compare_runs(frames["A"], frames["B"], metrics=metrics, max_drop=args.max_drop, alpha=args.alpha)
-    if deltas.empty:
-        raise UsageError("no jobs of run B match jobs of run A" + (f" for metrics {', '.join(metrics)}" if metrics else ""))
-    shown = deltas.rename(columns={"label": "method label"})[
-        ["metric", "method label", "n", "n_pairs", "mean_a", "mean_b", "delta", "ci_low", "ci_high", "p_value",
-         "verdict", "weights"]]
-    print(to_markdown(shown), end="")
-    if getattr(args, "html", None):
-        from harness.analyse.compare_page import write_compare_page
-
-        page = write_compare_page(args.run_a, args.run_b, frames["A"], frames["B"], deltas, args.html,
-                                  max_drop=args.max_drop, alpha=args.alpha, metrics=metrics)
-        print(f"compare: {page}")
-    failures = deltas[deltas["verdict"].eq("fail")]
-    if not failures.empty:
-        print(f"\nRegression: {len(failures)} metric(s) dropped by more than {args.max_drop} "
-              f"(p < {args.alpha}): " + ", ".join(f"{m} ({label})" for m, label in
-                                                  failures[["metric", "label"]].itertuples(index=False)))
-        return 1
-    return 0

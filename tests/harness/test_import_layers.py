@@ -32,9 +32,6 @@ KNOWN_UPWARD = {
 KNOWN_LOOPS = [
     {"clic.architectures", "clic.checkpoints", "clic.models"},  # clic/models.py: tiny-world entries (issue 29)
     {"clic.world.diffusion", "clic.world.scorer", "clic.world.train"},  # clic/world (issue 29)
-    {"harness.analyse.aggregate", "harness.analyse.compare_page", "harness.analyse.figures",  # report.py (lead)
-     "harness.analyse.grids", "harness.analyse.headline", "harness.analyse.pair_table", "harness.analyse.report",
-     "harness.analyse.weights_legend"},
 ]
 
 
