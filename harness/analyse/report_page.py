@@ -15,7 +15,7 @@ from harness.analyse import figures
 from harness.analyse import headline as headline_table
 from harness.analyse.aggregate import INTERVAL_NOTE, TABLE_CSS, higher_is_better, to_html_fragment, uses_tiny_random
 from harness.analyse.costs import COST_NOTE
-from harness.analyse.grids import GRID_CSS
+from harness.analyse.grids import GRID_CSS, grid_note
 from harness.analyse.images import file_slug, image_name, thumbnail
 from harness.analyse.report_tables import PAIRED_NOTE, direction_text
 from harness.analyse.weights_legend import legend_html, with_short_weights
@@ -190,17 +190,10 @@ def index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame
                 plots: ReportFigures, grids: Mapping[str, str], reference: str, ablation_html: str = "",
                 declared: Mapping[str, bool] | None = None, costs: pd.DataFrame | None = None,
                 keys: Mapping[str, str] | None = None) -> str:
-    from harness.analyse.grids import grid_note
-
     declared, keys = declared or {}, keys or {}
     tiny = uses_tiny_random(results)
     banner = f'<p class="warning">{html.escape(headline_table.TINY_FOOTNOTE)}</p>' if tiny else ""
-    method_labels = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
-    nav = ['<a href="#headline">headline</a>', '<a href="#tables">per category</a>', '<a href="#paired">paired</a>',
-           '<a href="#costs">costs</a>'] + (['<a href="#tstart">t_start</a>'] if plots.tstart else []) \
-        + ['<a href="#provenance">provenance</a>'] + (['<a href="#ablations">ablations</a>'] if ablation_html else [])
-    nav += ['<a href="#images">images</a>', '<a href="#losses">losses</a>']
-    nav.append(f'<a href="#failures">failures ({len(failures)})</a>')
+    nav = _nav(plots, bool(ablation_html), len(failures))
 
     body = [f"<nav>{' '.join(nav)}</nav>", f"<h1>Run report: {html.escape(run_dir.name)}</h1>", banner,
             f"<h2 id=\"headline\">All categories</h2><p>Mean and, under it, its 95% CI over every category "
@@ -237,19 +230,36 @@ def index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame
                 + legend_html(keys))
     if ablation_html:
         body.append(ablation_html)
-    body.append(f"<h2 id=\"images\">Images</h2><p>{html.escape(grid_note(results))}</p>")
-    for category, grid in grids.items():
-        body.append(f"<h3 id=\"cat-{file_slug(category)}\">{html.escape(category)}</h3>{grid}")
-    body.append("<h2 id=\"losses\">Methods: loss terms while learning</h2><p>A panel per term of each concept's "
-                "losses.csv, a line per pair; labels that share their concepts (the points of a transfer sweep) "
-                "share one figure.</p>")
-    for plot, labels in _by_figure(method_labels, plots.losses).items():
-        anchors = "".join(f'<span id="method-{file_slug(label)}"></span>' for label in labels)
-        image = (figure_html(plot, "loss terms of " + ", ".join(labels), wide=True) if plot
-                 else "<p>No loss curves recorded.</p>")
-        body.append(f"<h3>{anchors}{html.escape(', '.join(labels))}</h3><div class=\"plots\">{image}</div>")
+    body += _image_and_loss_sections(results, grids, plots)
     body.append(f"<h2 id=\"failures\">Failed jobs ({len(failures)})</h2>"
                 + (page_table(failures, keys) if not failures.empty else "<p>None.</p>"))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(run_dir.name)} report</title><style>{REPORT_CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
+
+
+def _nav(plots: ReportFigures, ablations: bool, failed: int) -> list[str]:
+    """The page's links to its sections, in page order."""
+    nav = ['<a href="#headline">headline</a>', '<a href="#tables">per category</a>', '<a href="#paired">paired</a>',
+           '<a href="#costs">costs</a>'] + (['<a href="#tstart">t_start</a>'] if plots.tstart else []) \
+        + ['<a href="#provenance">provenance</a>'] + (['<a href="#ablations">ablations</a>'] if ablations else [])
+    nav += ['<a href="#images">images</a>', '<a href="#losses">losses</a>']
+    nav.append(f'<a href="#failures">failures ({failed})</a>')
+    return nav
+
+
+def _image_and_loss_sections(results: pd.DataFrame, grids: Mapping[str, str], plots: ReportFigures) -> list[str]:
+    """The image grids per category, then the loss-term figures per method label."""
+    body = [f"<h2 id=\"images\">Images</h2><p>{html.escape(grid_note(results))}</p>"]
+    for category, grid in grids.items():
+        body.append(f"<h3 id=\"cat-{file_slug(category)}\">{html.escape(category)}</h3>{grid}")
+    body.append("<h2 id=\"losses\">Methods: loss terms while learning</h2><p>A panel per term of each concept's "
+                "losses.csv, a line per pair; labels that share their concepts (the points of a transfer sweep) "
+                "share one figure.</p>")
+    method_labels = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
+    for plot, labels in _by_figure(method_labels, plots.losses).items():
+        anchors = "".join(f'<span id="method-{file_slug(label)}"></span>' for label in labels)
+        image = (figure_html(plot, "loss terms of " + ", ".join(labels), wide=True) if plot
+                 else "<p>No loss curves recorded.</p>")
+        body.append(f"<h3>{anchors}{html.escape(', '.join(labels))}</h3><div class=\"plots\">{image}</div>")
+    return body
