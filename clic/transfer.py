@@ -198,10 +198,7 @@ def transfer_concept(
     target_latents = _target_latents(components, target_image, settings, generator)
     pixel_mask, mask, guidance_target = _transfer_masks(target_mask.to(device), target_latents, settings)
 
-    prompt = format_prompt(settings.prompt, object_word, concept.tokens)
-    text, ids = encode_text(components, ["", prompt])
-    uncond, cond = text[:1], text[1:]
-    positions = torch.tensor([[_position(ids[1], components.tokenizer, tok, prompt) for tok in concept.tokens]])
+    uncond, cond, positions = _prompt_embeddings(components, concept, settings.prompt, object_word)
     resolution = capture_resolution(capture, components, target_latents.shape[-1])
     guidance_resolution = (target_latents.shape[-1] if settings.guidance_resolution == "latent"
                            else int(settings.guidance_resolution or resolution))
@@ -236,6 +233,15 @@ def transfer_concept(
     attention, inside = summarize_attention(maps, pixel_mask, target_image.shape[-2:])
     return TransferResult(decode(components, latents)[0].cpu(), attention.cpu(), latents.cpu(), target_latents.cpu(),
                           mask.cpu(), inside, int(timesteps[0]), len(timesteps))
+
+
+def _prompt_embeddings(components: SDComponents, concept: LearnedConcept, template: str,
+                       object_word: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The empty prompt's and the transfer prompt's text embeddings, and the concept tokens' positions (1, k)."""
+    prompt = format_prompt(template, object_word, concept.tokens)
+    text, ids = encode_text(components, ["", prompt])
+    positions = torch.tensor([[_position(ids[1], components.tokenizer, tok, prompt) for tok in concept.tokens]])
+    return text[:1], text[1:], positions
 
 
 def _target_latents(components: SDComponents, target_image: torch.Tensor, settings: TransferSettings,
