@@ -372,51 +372,16 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
         def row_problem(column: str, message: str, index: int = index, pair_id: Any = pair_id) -> None:
             problems.append(Problem(index, pair_id, column, message, display))
 
-        for column in REQUIRED_COLUMNS:
-            value = record.get(column)
-            if value is None:
-                row_problem(column, "missing value (required)")
-            elif not value.strip():
-                row_problem(column, "empty value (required)")
-        for column in ("source_object", "target_object"):  # "<v*>" as the object word: the concept's own slot
-            value = record.get(column)
-            problem = placeholder_problem(value) if isinstance(value, str) else None
-            if problem is not None:
-                row_problem(column, problem)
+        for column, message in _value_problems(record):
+            row_problem(column, message)
         if pair_id is not None:
             if pair_id in first_row_of:
                 row_problem("pair_id", f"duplicate pair_id (first used in row {first_row_of[pair_id]})")
             else:
                 first_row_of[pair_id] = index
-        row_locations = {}
-        for column in (*IMAGE_COLUMNS, *MASK_COLUMNS):
-            value = record.get(column)
-            if value is None:
-                continue
-            known = resolved.get(value)
-            if known is None:
-                known = resolved[value] = resolve_location(value, base, allow_outside, real_dirs)
-            location, problem = known
-            if problem is not None:
-                if value.strip() or column not in REQUIRED_COLUMNS:  # blank required cells are reported above
-                    row_problem(column, problem)
-            else:
-                row_locations[column] = location
-        locations.append(row_locations)
-        tags = record.get("tags")
-        if tags is not None and any(tag is None for tag in tags):
-            row_problem("tags", "tags contain a null")
-        params = record.get("pattern_params")
-        if params is not None:
-            try:
-                parsed = json.loads(params, parse_constant=_refuse_constant)
-            except json.JSONDecodeError as err:
-                row_problem("pattern_params", f"not valid JSON ({err.msg} at char {err.pos})")
-            except ValueError as err:  # NaN / Infinity: Python's json takes them, JSON does not
-                row_problem("pattern_params", str(err))
-            else:
-                if not isinstance(parsed, dict):
-                    row_problem("pattern_params", f"expected a JSON object, got {type(parsed).__name__}")
+        locations.append(_row_locations(record, base, allow_outside, real_dirs, resolved, row_problem))
+        for column, message in _format_problems(record):
+            row_problem(column, message)
 
     if check_files:
         _check_row_files(records, locations, problems, display)
@@ -425,6 +390,65 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
     bad = {p.row for p in problems}
     good = [_pair_spec(i, records[i], locations[i]) for i in range(len(records)) if i not in bad]
     return ManifestReport(display, table.num_rows, good, problems, manifest_problems)
+
+
+def _value_problems(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(column, problem) of a row's required cells that are missing or empty, and of its object words."""
+    problems = []
+    for column in REQUIRED_COLUMNS:
+        value = record.get(column)
+        if value is None:
+            problems.append((column, "missing value (required)"))
+        elif not value.strip():
+            problems.append((column, "empty value (required)"))
+    for column in ("source_object", "target_object"):  # "<v*>" as the object word: the concept's own slot
+        value = record.get(column)
+        problem = placeholder_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            problems.append((column, problem))
+    return problems
+
+
+def _row_locations(record: Mapping[str, Any], base: ManifestBase, allow_outside: bool, real_dirs: dict[str, str],
+                   resolved: dict[str, tuple[str | None, str | None]],
+                   row_problem: Callable[[str, str], None]) -> dict[str, str]:
+    """column -> the resolved location of each image and mask cell of a row (``resolved``: cell value ->
+    (location, problem), shared by the rows); a cell that does not resolve is a problem of the row."""
+    row_locations = {}
+    for column in (*IMAGE_COLUMNS, *MASK_COLUMNS):
+        value = record.get(column)
+        if value is None:
+            continue
+        known = resolved.get(value)
+        if known is None:
+            known = resolved[value] = resolve_location(value, base, allow_outside, real_dirs)
+        location, problem = known
+        if problem is not None:
+            if value.strip() or column not in REQUIRED_COLUMNS:  # blank required cells are reported above
+                row_problem(column, problem)
+        else:
+            row_locations[column] = location
+    return row_locations
+
+
+def _format_problems(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(column, problem) of a row's tags (no nulls) and pattern_params (a JSON object of finite numbers)."""
+    problems = []
+    tags = record.get("tags")
+    if tags is not None and any(tag is None for tag in tags):
+        problems.append(("tags", "tags contain a null"))
+    params = record.get("pattern_params")
+    if params is not None:
+        try:
+            parsed = json.loads(params, parse_constant=_refuse_constant)
+        except json.JSONDecodeError as err:
+            problems.append(("pattern_params", f"not valid JSON ({err.msg} at char {err.pos})"))
+        except ValueError as err:  # NaN / Infinity: Python's json takes them, JSON does not
+            problems.append(("pattern_params", str(err)))
+        else:
+            if not isinstance(parsed, dict):
+                problems.append(("pattern_params", f"expected a JSON object, got {type(parsed).__name__}"))
+    return problems
 
 
 def _refuse_constant(name: str) -> Any:
