@@ -43,22 +43,19 @@ import argparse
 import difflib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from clic.cli_checks import placeholder_problem
-from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
+from clic.io import aspect_ratios_match
 
-from . import file_facts
-from .decode_budget import DECODES, decode_cost
 from .jobs import Pair
+from .manifest_files import file_problem, run_checks
 from .locations import ManifestBase, is_uri, open_location, resolve_location
 
 MANIFEST_VERSION = "1"
@@ -184,84 +181,6 @@ class ManifestReport:
 
     def exit_code(self) -> int:
         return 2 if not self.usable else (1 if self.problems else 0)
-
-
-# ------------------------------------------------------------------------------------- locations
-
-
-# ------------------------------------------------------------------------------------ file checks
-
-
-@dataclass(frozen=True)
-class _FileCheck:
-    size: tuple[int, int] | None  # (W, H) when readable
-    problem: str | None
-
-
-def _check_file(kind: str, location: str) -> _FileCheck:
-    """Header + integrity for images, a full decode for masks (emptiness needs every pixel); the answer is kept
-    in the run folder being planned, by the file's (path, size, mtime) (:mod:`harness.plan.file_facts`)."""
-    key, known = file_facts.lookup(location, f"check:{kind}")
-    if known is not None:
-        return _FileCheck(tuple(known), None)
-    check = _check_file_now(kind, location)
-    if check.problem is None and check.size is not None:  # a bad file is checked again (and said again) each time
-        file_facts.remember(key, f"check:{kind}", list(check.size))
-    return check
-
-
-def _check_file_now(kind: str, location: str) -> _FileCheck:
-    try:
-        if is_uri(location):
-            with open_location(location) as handle:
-                return _check_source(kind, handle, location)
-        return _check_source(kind, location, location)
-    except InputError as err:
-        return _FileCheck(None, err.problem)
-    except FileNotFoundError:
-        return _FileCheck(None, "file not found")
-    except (OSError, ImportError, ValueError) as err:
-        return _FileCheck(None, f"cannot open ({' '.join(str(err).split()) or type(err).__name__})")
-
-
-def _decode_cost(kind: str, source: Any) -> int:
-    """Bytes the check of one file holds while it runs, from its header (0 when the header is unreadable:
-    the check itself then reports why). PNG and JPEG images are probed without a full decode."""
-    try:
-        with Image.open(source) as image:
-            if kind == "image" and image.format in ("PNG", "JPEG", "MPO"):
-                return 0
-            return decode_cost(image.size[0], image.size[1], image.mode)
-    except Exception:  # any header problem is the check's to report, with its own message
-        return 0
-    finally:
-        if hasattr(source, "seek"):
-            source.seek(0)
-
-
-def _check_source(kind: str, source: Any, name: str) -> _FileCheck:
-    with DECODES.reserve(_decode_cost(kind, source)):  # bounded by memory, not by the thread count
-        if kind == "mask":
-            mask = load_mask(source, name=name)
-            return _FileCheck((mask.shape[1], mask.shape[0]), None)
-        return _FileCheck(probe_image(source, name=name), None)
-
-
-def _file_problem(check: _FileCheck, raw: str) -> str:
-    if check.problem == "file not found":
-        return f"file not found: {raw}"
-    return f"{check.problem}: {raw}"
-
-
-def _run_checks(wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], _FileCheck]:
-    """Check every (kind, location) once; threads overlap file and network I/O and PIL's decoding."""
-    unique = list(dict.fromkeys(wanted))
-    if not unique:
-        return {}
-    workers = min(32, 4 * (os.cpu_count() or 1), len(unique))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda item: _check_file(*item), unique))
-    return dict(zip(unique, results))
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -467,14 +386,14 @@ def _column_order(column: str | None) -> int:
 
 def _check_row_files(records: list[dict], locations: list[dict[str, str]], problems: list[Problem], display: str) -> None:
     kind_of = {**{c: "image" for c in IMAGE_COLUMNS}, **{c: "mask" for c in MASK_COLUMNS}}
-    checks = _run_checks((kind_of[c], loc) for row in locations for c, loc in row.items())
+    checks = run_checks((kind_of[c], loc) for row in locations for c, loc in row.items())
     for index, (record, row_locations) in enumerate(zip(records, locations)):
         pair_id = _usable_id(record)
         sizes: dict[str, tuple[int, int]] = {}
         for column, location in row_locations.items():
             check = checks[(kind_of[column], location)]
             if check.problem is not None:
-                problems.append(Problem(index, pair_id, column, _file_problem(check, record[column]), display))
+                problems.append(Problem(index, pair_id, column, file_problem(check, record[column]), display))
             else:
                 sizes[column] = check.size
         for column, partner in SHAPE_PARTNER.items():
