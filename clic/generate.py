@@ -136,11 +136,15 @@ def generate_with_concept(
         denoise(t, stage_two, record=True)
     capture.set_tokens(None)
     images = decode(components, latents).cpu()
-    if maps:
-        attention = torch.nn.functional.interpolate(torch.stack(maps).mean(0)[:, None], size=images.shape[-2:],
-                                                    mode="bilinear", align_corners=False)[:, 0]
-        low = attention.amin(dim=(1, 2), keepdim=True)
-        attention = (attention - low) / (attention.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)
-    else:
-        attention = torch.zeros(n, *images.shape[-2:])
-    return GenerationResult(images, prompt_two, attention.cpu())
+    return GenerationResult(images, prompt_two, _attention_maps(maps, n, images.shape[-2:]).cpu())
+
+
+def _attention_maps(maps: list[torch.Tensor], n: int, size: torch.Size) -> torch.Tensor:
+    """(n, H, W): the recorded steps' mean attention on the concept tokens at image size, each image's map scaled
+    to [0, 1]; zeros when no step recorded one."""
+    if not maps:
+        return torch.zeros(n, *size)
+    attention = torch.nn.functional.interpolate(torch.stack(maps).mean(0)[:, None], size=size,
+                                                mode="bilinear", align_corners=False)[:, 0]
+    low = attention.amin(dim=(1, 2), keepdim=True)
+    return (attention - low) / (attention.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)

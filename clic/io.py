@@ -30,20 +30,19 @@ user's original size, so every saved output has the size of the image it came fr
 from __future__ import annotations
 
 import os
-import stat
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from .image_files import (ImageSource, InputError, decode_image, decode_problem, display_name,  # noqa: F401
+                          exif_orientation, open_image, oriented, oriented_size)
 
 if TYPE_CHECKING:  # torch is imported only where tensors are made, so `clic-bench validate` stays light
     import torch
-
-ImageSource = Union[str, "os.PathLike[str]", IO[bytes]]
 
 # Half of full scale, rounded up, for integer images: 128 of 255, 32768 of 65535.
 _HALF_8BIT = 128
@@ -51,125 +50,8 @@ _HALF_16BIT = 32768
 _FULL_16BIT = 65535
 # Largest relative difference of aspect ratios that still counts as "the same shape" (rounding of sizes).
 ASPECT_TOLERANCE = 0.01
-_EXIF_ORIENTATION_TAG = 0x0112
-_ORIENTATION_TRANSPOSE = {  # EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose)
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 _INT16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-
-
-class InputError(ValueError):
-    """A user's image or mask cannot be used. ``str(err)`` is one line: ``<file>: <problem>``."""
-
-    def __init__(self, source: str, problem: str) -> None:
-        self.source = source
-        self.problem = " ".join(problem.split())  # one line, whatever the underlying message was
-        super().__init__(f"{source}: {self.problem}")
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across Ray workers
-        return (type(self), (self.source, self.problem))
-
-
-# ------------------------------------------------------------------------------------------ opening
-
-
-def _display_name(source: ImageSource, name: str | None) -> str:
-    if name is not None:
-        return name
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    return str(getattr(source, "name", "<stream>"))
-
-
-# Large images: PIL warns (a multi-line DecompressionBombWarning) above Image.MAX_IMAGE_PIXELS (~89 Mpx) and
-# refuses above twice that. Our policy, in one line each: above the warning size an image is decoded with a
-# one-line note on stderr, once per process; above twice it (~179 Mpx) it is refused as "image too large".
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-_LARGE_IMAGE_NOTED: list[str] = []
-
-
-def _note_large_image(image: Image.Image, name: str) -> None:
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is None or image.size[0] * image.size[1] <= limit or _LARGE_IMAGE_NOTED:
-        return
-    _LARGE_IMAGE_NOTED.append(name)
-    width, height = image.size
-    print(f"note: {name}: {width}x{height} = {width * height / 1e6:.0f} Mpx is a large image (above {limit / 1e6:.0f} Mpx); "
-          f"decoding it in full (images above {2 * limit / 1e6:.0f} Mpx are refused; this note is shown once)",
-          file=sys.stderr)
-
-
-def _open(source: ImageSource, name: str) -> Image.Image:
-    """Open (header only) or raise an InputError that says why not."""
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            mode = os.stat(source).st_mode
-        except OSError:
-            mode = None  # missing, a symlink loop, no permission: Image.open says which below
-        if mode is not None and not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
-            raise InputError(name, "not a regular file (a pipe, socket or device would block or never end)")
-    try:
-        image = Image.open(source)
-        _note_large_image(image, name)
-        return image
-    except FileNotFoundError:
-        raise InputError(name, "file not found") from None
-    except IsADirectoryError:
-        raise InputError(name, "is a directory, not an image file") from None
-    except PermissionError:
-        raise InputError(name, "permission denied") from None
-    except UnidentifiedImageError:
-        raise InputError(name, "not a readable image (unknown format or corrupt header)") from None
-    except Image.DecompressionBombError as err:
-        raise InputError(name, f"image too large: {err}") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise InputError(name, f"unreadable image: {err}") from None
-
-
-def _decode(image: Image.Image, name: str) -> None:
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise InputError(name, _decode_problem(err)) from None
-
-
-def _decode_problem(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    if "truncated" in text.lower():
-        return f"truncated image file ({text})"
-    return f"corrupt image data ({text})"
-
-
-def _orientation(image: Image.Image) -> int:
-    """EXIF orientation read without decoding pixels (PNG: only an eXIf chunk before the image data)."""
-    try:
-        if image.format == "PNG":
-            raw = image.info.get("exif")
-            if not raw:
-                return 1
-            exif = Image.Exif()
-            exif.load(raw)
-        else:
-            exif = image.getexif()
-        return int(exif.get(_EXIF_ORIENTATION_TAG, 1))
-    except Exception:  # a malformed EXIF block must not make a good image unreadable
-        return 1
-
-
-def _oriented(image: Image.Image, orientation: int) -> Image.Image:
-    method = _ORIENTATION_TRANSPOSE.get(orientation)
-    return image.transpose(method) if method is not None else image
-
-
-def _oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
-    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 
 # ------------------------------------------------------------------------------------------- images
@@ -182,9 +64,9 @@ def probe_image(source: ImageSource, *, name: str | None = None) -> tuple[int, i
     (which finds truncation and corruption without inflating pixels), JPEGs are decoded at 1/8 scale;
     other formats are decoded in full.
     """
-    name = _display_name(source, name)
-    image = _open(source, name)
-    size = _oriented_size(image.size, _orientation(image))
+    name = display_name(source, name)
+    image = open_image(source, name)
+    size = oriented_size(image.size, exif_orientation(image))
     try:
         if image.format == "PNG":
             image.verify()
@@ -194,7 +76,7 @@ def probe_image(source: ImageSource, *, name: str | None = None) -> tuple[int, i
         else:
             image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise InputError(name, _decode_problem(err)) from None
+        raise InputError(name, decode_problem(err)) from None
     finally:
         image.close()
     return size
@@ -202,15 +84,15 @@ def probe_image(source: ImageSource, *, name: str | None = None) -> tuple[int, i
 
 def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
     """Any image file as an 8-bit RGB PIL image (see the module docstring for the modes handled)."""
-    name = _display_name(source, name)
-    with _open(source, name) as opened:
-        orientation = _orientation(opened)
+    name = display_name(source, name)
+    with open_image(source, name) as opened:
+        orientation = exif_orientation(opened)
         frames = getattr(opened, "n_frames", 1)
-        _decode(opened, name)
+        decode_image(opened, name)
         rgb = to_rgb(opened, name=name)
     if frames > 1:
         _note_once(name, f"{opened.format or 'the'} image has {frames} frames (animated); the first frame is used")
-    return _oriented(rgb, orientation)
+    return oriented(rgb, orientation)
 
 
 # Files a note was given for (an animated image, a tiny image blown up): said once per file and process.
@@ -334,11 +216,11 @@ def load_mask(source: ImageSource, size: tuple[int, int] | None = None, *, name:
     Raises :class:`InputError` when the file is unreadable, the mask is empty (also when it becomes
     empty by the resize), or its aspect ratio differs from ``size``'s by more than 1 %.
     """
-    name = _display_name(source, name)
-    with _open(source, name) as opened:
-        orientation = _orientation(opened)
-        _decode(opened, name)
-        image = _oriented(opened, orientation)
+    name = display_name(source, name)
+    with open_image(source, name) as opened:
+        orientation = exif_orientation(opened)
+        decode_image(opened, name)
+        image = oriented(opened, orientation)
         mask = mask_from_pil(image, name=name)
         if not mask.any():
             raise InputError(name, f"mask is empty: no pixel reaches half of full scale (largest value {_full_scale_max(image)})")

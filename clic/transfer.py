@@ -195,22 +195,10 @@ def transfer_concept(
     first = settings.t_start - 1 if settings.first_step == "released" else settings.t_start
     timesteps = scheduler.timesteps[first:]
 
-    moments = vae_moments(components, target_image[None].to(device)).float()
-    if settings.target_latents == "sample":  # released transfer.py L50: latent_dist.sample(generator)
-        target_latents = sample_latents(components, moments, generator)
-    else:
-        target_latents = moments.chunk(2, dim=1)[0] * components.vae.config.scaling_factor  # posterior mean, fp32
-    pixel_mask = target_mask.to(device).float()[None, None]
-    if settings.blend_mask == "soft":
-        mask = soft_latent_mask(target_mask.to(device), target_latents.shape[-2:])
-    else:
-        mask = latent_region(target_mask.to(device), target_latents.shape[-2:])
-    guidance_target = torch.ones_like(pixel_mask) if settings.attention_target == "ones" else pixel_mask
+    target_latents = _target_latents(components, target_image, settings, generator)
+    pixel_mask, mask, guidance_target = _transfer_masks(target_mask.to(device), target_latents, settings)
 
-    prompt = format_prompt(settings.prompt, object_word, concept.tokens)
-    text, ids = encode_text(components, ["", prompt])
-    uncond, cond = text[:1], text[1:]
-    positions = torch.tensor([[_position(ids[1], components.tokenizer, tok, prompt) for tok in concept.tokens]])
+    uncond, cond, positions = _prompt_embeddings(components, concept, settings.prompt, object_word)
     resolution = capture_resolution(capture, components, target_latents.shape[-1])
     guidance_resolution = (target_latents.shape[-1] if settings.guidance_resolution == "latent"
                            else int(settings.guidance_resolution or resolution))
@@ -245,6 +233,36 @@ def transfer_concept(
     attention, inside = summarize_attention(maps, pixel_mask, target_image.shape[-2:])
     return TransferResult(decode(components, latents)[0].cpu(), attention.cpu(), latents.cpu(), target_latents.cpu(),
                           mask.cpu(), inside, int(timesteps[0]), len(timesteps))
+
+
+def _prompt_embeddings(components: SDComponents, concept: LearnedConcept, template: str,
+                       object_word: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The empty prompt's and the transfer prompt's text embeddings, and the concept tokens' positions (1, k)."""
+    prompt = format_prompt(template, object_word, concept.tokens)
+    text, ids = encode_text(components, ["", prompt])
+    positions = torch.tensor([[_position(ids[1], components.tokenizer, tok, prompt) for tok in concept.tokens]])
+    return text[:1], text[1:], positions
+
+
+def _target_latents(components: SDComponents, target_image: torch.Tensor, settings: TransferSettings,
+                    generator: torch.Generator) -> torch.Tensor:
+    """The target's latents: a draw of the VAE posterior with the run's generator, or its mean."""
+    moments = vae_moments(components, target_image[None].to(components.unet.device)).float()
+    if settings.target_latents == "sample":  # released transfer.py L50: latent_dist.sample(generator)
+        return sample_latents(components, moments, generator)
+    return moments.chunk(2, dim=1)[0] * components.vae.config.scaling_factor  # posterior mean, fp32
+
+
+def _transfer_masks(target_mask: torch.Tensor, target_latents: torch.Tensor,
+                    settings: TransferSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The region in pixels (1,1,R,R), the blending mask in latents, and the attention guidance's target."""
+    pixel_mask = target_mask.float()[None, None]
+    if settings.blend_mask == "soft":
+        mask = soft_latent_mask(target_mask, target_latents.shape[-2:])
+    else:
+        mask = latent_region(target_mask, target_latents.shape[-2:])
+    guidance_target = torch.ones_like(pixel_mask) if settings.attention_target == "ones" else pixel_mask
+    return pixel_mask, mask, guidance_target
 
 
 def target_noise(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:

@@ -26,7 +26,16 @@ def _handler(target: str) -> Callable[[argparse.Namespace], int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clic-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_analyse_commands(sub)
+    _add_input_commands(sub)
+    _add_study_commands(sub)
+    _add_perf_command(sub)
+    return parser
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """`run` and `doctor`."""
     p = sub.add_parser("run", help="run a suite file (only missing or changed jobs run)")
     p.add_argument("suite", help="suite file (benchmarks/*.yaml)")
     p.add_argument("--out", default=None, help="output root (default: runs/<suite name>)")
@@ -54,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite key, as for run")
     p.set_defaults(func=_handler("harness.plan.doctor:doctor_main"))
 
+
+def _add_analyse_commands(sub: argparse._SubParsersAction) -> None:
+    """`report` and `compare`."""
     p = sub.add_parser("report", help="write tables and the HTML report of a run folder")
     p.add_argument("run", help="run folder")
     p.add_argument("--reference", default="clic", help="method the paired differences are taken against")
@@ -68,8 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired test")
     p.add_argument("--html", default=None, metavar="OUT",
                    help="also write the comparison page OUT/index.html (A and B side by side, worst pairs' images)")
-    p.set_defaults(func=_handler("harness.analyse.aggregate:compare_main"))
+    p.set_defaults(func=_handler("harness.analyse.compare_page:compare_main"))
 
+
+def _add_input_commands(sub: argparse._SubParsersAction) -> None:
+    """`validate` and `manifest from-folder | synth | preview`."""
     p = sub.add_parser("validate", help="check a manifest and print one line per bad row")
     p.add_argument("manifest")
     p.add_argument("--allow-outside", action="store_true", help="allow paths outside the manifest's folder")
@@ -94,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, help="PNG path (default: beside the manifest)")
     q.set_defaults(func=_handler("harness.synth.cli:preview_main"))
 
+
+def _add_study_commands(sub: argparse._SubParsersAction) -> None:
+    """`pack` and `score` (the user study)."""
     p = sub.add_parser("pack", help="build a blinded user-study pack from a run")
     p.add_argument("run")
     p.add_argument("--pairs", type=int, default=30)
@@ -109,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the Markdown/CSV tables")
     p.set_defaults(func=_handler("harness.analyse.study_scores:score_main"))
 
+
+def _add_perf_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("perf", help="run the performance benchmarks and write their table")
     p.add_argument("--out", default="runs/perf")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -120,7 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-jobs", nargs="+", type=int, default=None,
                    help="job counts of the scale section (--only scale; default 1000 10000 100000: above 1000 completed from the 1000-job run, see benchmarks/perf/README.md)")
     p.set_defaults(func=_handler("benchmarks.perf.__main__:perf_main"))
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

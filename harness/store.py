@@ -17,15 +17,14 @@ are in a compacted file that has been renamed into place, and only then are they
 each job id, the rows of its newest source (compacted files in sequence order, then per-job files), so a kill
 between the two steps leaves the same rows twice on disk but once in every read, and a job run again later
 (``--retry-failed``, a group that gained members) replaces what an older compacted file holds for it.
+
+The atomic writes live in :mod:`harness.store_atomic`, run.json, plan.parquet and pairs.parquet in
+:mod:`harness.store_run_files`; both are re-exported here.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -36,15 +35,15 @@ import pyarrow.parquet as pq
 
 from clic.hashing import canonical_json as clic_canonical_json
 
-from .errors import UsageError
+from .store_atomic import (STALE_TEMP_SECONDS, TEMP_PREFIX, fsync_file, publish_folder,  # noqa: F401 - re-exported
+                           remove_stale_temps, temp_sibling, write_bytes_atomic, write_json_atomic)
+from .store_run_files import (PAIRS_FILE, PLAN_FILE, PLAN_KIND_GROUP, PLAN_KIND_JOB, RUN_RECORD,  # noqa: F401
+                              StoredPlan, UnreadableRunFile, read_pairs, read_plan, read_plan_table, read_run_record,
+                              write_pairs, write_plan, write_run_record)
 
 RESULTS_DIR = "results"
 ARTIFACTS_DIR = "artifacts"
 CONCEPTS_DIR = "concepts"
-RUN_RECORD = "run.json"
-PLAN_FILE = "plan.parquet"  # the result ids (jobs and group values) of the folder's current plan
-PAIRS_FILE = "pairs.parquet"  # the resolved manifest rows the run's jobs came from (absolute paths or URIs)
-TEMP_PREFIX = ".tmp-"  # files and folders being written; readers skip them
 COMPACTED_PREFIX = "compacted-"  # results/compacted-000001.parquet: compacted journal, newer sequence wins
 COMPACT_ROWS = 131_072  # rows per compacted file: one Parquet row group (pyarrow's default row group is 1 Mi rows)
 COMPACT_MIN_FILES = 64  # fewer per-job files than this are read as fast as one file: left as they are
@@ -129,70 +128,6 @@ def concept_is_complete(folder: str | Path) -> bool:
     return (Path(folder) / "concept.json").is_file()
 
 
-def temp_sibling(path: Path) -> Path:
-    """A unique temporary name in the same folder as ``path`` (same filesystem, so rename is atomic)."""
-    return path.with_name(f"{TEMP_PREFIX}{path.name}-{uuid.uuid4().hex[:12]}")
-
-
-STALE_TEMP_SECONDS = 3600.0  # a temporary file or folder untouched this long belongs to a killed writer
-
-
-def remove_stale_temps(run_dir: str | Path, older_than: float = STALE_TEMP_SECONDS) -> int:
-    """Delete what killed workers or drivers left half-written (``.tmp-*`` untouched for ``older_than``
-    seconds) anywhere under ``run_dir``; returns how many were removed. Fresh ones may be a live writer's."""
-    removed = 0
-    cutoff = time.time() - older_than
-    for folder, subfolders, files in os.walk(run_dir):
-        for name in [*subfolders, *files]:
-            path = Path(folder) / name
-            if not name.startswith(TEMP_PREFIX):
-                continue
-            try:
-                if path.lstat().st_mtime > cutoff:
-                    continue
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-            except FileNotFoundError:  # finished (renamed) or removed meanwhile
-                continue
-            removed += 1
-        subfolders[:] = [name for name in subfolders if not name.startswith(TEMP_PREFIX)]
-    return removed
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_sibling(path)
-    with temp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    return path
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    return write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-def publish_folder(temp_folder: Path, final_folder: Path) -> Path:
-    """Rename a fully written folder into place; if another worker won the race, keep theirs."""
-    final_folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(temp_folder, final_folder)
-    except OSError:
-        # The destination exists and is not empty: the same content id was learned concurrently.
-        shutil.rmtree(temp_folder, ignore_errors=True)
-    return final_folder
-
-
 def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Rows (dicts) as a table with exactly ``RESULT_SCHEMA``; missing keys become null."""
     rows = list(rows)
@@ -209,7 +144,7 @@ def write_job_results(run_dir: str | Path, job_id: str, rows: Iterable[Mapping[s
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = temp_sibling(final)
     pq.write_table(rows_to_table(rows), temp)
-    _fsync_file(temp)
+    fsync_file(temp)
     os.replace(temp, final)
     return final
 
@@ -429,7 +364,7 @@ def _drop_jobs(paths: Iterable[Path], job_ids: pa.Array) -> int:
 def _write_table_atomic(path: Path, table: pa.Table) -> None:
     temp = temp_sibling(path)
     pq.write_table(table, temp, row_group_size=max(len(table), 1))
-    _fsync_file(temp)
+    fsync_file(temp)
     os.replace(temp, path)
 
 
@@ -484,109 +419,3 @@ def _compact_batch(run_dir: str | Path, journal: list[Path], rows_per_file: int)
         except FileNotFoundError:
             continue
     return len(read)
-
-
-class UnreadableRunFile(UsageError, ValueError):
-    """run.json or pairs.parquet of a run folder cannot be read (edited or damaged outside the harness, which
-    writes both atomically): one line naming the file."""
-
-
-def read_run_record(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_RECORD
-    if not path.is_file():
-        return {}
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UnreadableRunFile(f"{path}: not readable JSON ({' '.join(str(err).split())}); the next run into "
-                                f"this folder writes it again") from None
-    if not isinstance(manifest, dict):
-        raise UnreadableRunFile(f"{path}: expected a JSON object, got {type(manifest).__name__}")
-    return manifest
-
-
-def write_run_record(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
-    return write_json_atomic(Path(run_dir) / RUN_RECORD, dict(manifest))
-
-
-PLAN_KIND_JOB = "job"
-PLAN_KIND_GROUP = "group"
-_PLAN_FINGERPRINT = b"plan_fingerprint"
-
-
-@dataclass(frozen=True)
-class StoredPlan:
-    table: pa.Table  # result_id, kind (job / group)
-    fingerprint: str | None  # harness.execute.resume.plan_fingerprint of the inputs it was planned from
-
-
-def write_plan(run_dir: str | Path, job_ids: Iterable[str], group_ids: Iterable[str] = (),
-               fingerprint: str | None = None) -> Path:
-    """Record the result ids of the folder's current plan (every job and every group's values), replacing the
-    last plan's: tables read these rows, and rows of earlier plans in the folder are left out by name. The
-    ``fingerprint`` of the plan's inputs lets a resume with nothing to do skip planning
-    (:mod:`harness.execute.resume`)."""
-    path = Path(run_dir) / PLAN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    jobs, groups = sorted(set(job_ids)), sorted(set(group_ids))
-    table = pa.table({"result_id": pa.array(jobs + groups, pa.string()),
-                      "kind": pa.array([PLAN_KIND_JOB] * len(jobs) + [PLAN_KIND_GROUP] * len(groups), pa.string())})
-    if fingerprint:
-        table = table.replace_schema_metadata({_PLAN_FINGERPRINT: fingerprint.encode()})
-    temp = temp_sibling(path)
-    pq.write_table(table, temp)
-    _fsync_file(temp)
-    os.replace(temp, path)
-    return path
-
-
-def read_plan_table(run_dir: str | Path) -> StoredPlan | None:
-    """The stored plan with its fingerprint; None when there is none or it cannot be read (only a cache then)."""
-    path = Path(run_dir) / PLAN_FILE
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException):
-        return None
-    if "kind" not in table.column_names:  # written before plans recorded kinds
-        return None
-    fingerprint = (table.schema.metadata or {}).get(_PLAN_FINGERPRINT)
-    return StoredPlan(table, fingerprint.decode() if fingerprint else None)
-
-
-def read_plan(run_dir: str | Path) -> set[str] | None:
-    """The result ids :func:`write_plan` recorded; None for a folder written before plans were recorded."""
-    path = Path(run_dir) / PLAN_FILE
-    return set(pq.read_table(path, columns=["result_id"]).column("result_id").to_pylist()) if path.is_file() else None
-
-
-def write_pairs(run_dir: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Record the run's resolved pairs (one row per pair id; rows of earlier runs into the folder are kept,
-    a pair id seen again takes its new row), so the report never has to find the manifest again."""
-    path = Path(run_dir) / PAIRS_FILE
-    try:
-        earlier = read_pairs(run_dir)
-    except UnreadableRunFile:  # damaged outside the harness: this run's pairs replace it
-        earlier = []
-    merged = {row["pair_id"]: dict(row) for row in earlier}
-    merged.update({row["pair_id"]: dict(row) for row in rows})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = temp_sibling(path)
-    pq.write_table(pa.Table.from_pylist(list(merged.values())), temp)
-    _fsync_file(temp)
-    os.replace(temp, path)
-    return path
-
-
-def read_pairs(run_dir: str | Path, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """The rows :func:`write_pairs` recorded ([] for a run folder without them); ``only``: those pair ids'."""
-    path = Path(run_dir) / PAIRS_FILE
-    if not path.is_file():
-        return []
-    try:
-        table = pq.read_table(path)
-        if only is not None:
-            table = table.filter(pc.is_in(table.column("pair_id"), value_set=pa.array(list(only), pa.string())))
-        return table.to_pylist()
-    except (OSError, pa.ArrowException) as err:
-        raise UnreadableRunFile(f"{path}: not a readable Parquet file ({' '.join(str(err).split())[:200]}); the next "
-                                f"run into this folder writes it again") from None

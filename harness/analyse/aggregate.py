@@ -7,8 +7,6 @@ naming the diffusion weights and the metric weights that made its numbers.
 """
 from __future__ import annotations
 
-import argparse
-import html
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -16,16 +14,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from clic import is_random_weights
 from harness.analyse.bootstrap import MIN_CLUSTERS, bootstrap_ci, holm
-from harness.errors import UsageError
+from harness.analyse.table_output import (  # noqa: F401
+    TABLE_CSS,
+    TINY_RANDOM_NOTE,
+    format_number,
+    table_note,
+    to_html_fragment,
+    to_markdown,
+    uses_tiny_random,
+    write_tables,
+)
 from harness.groups import ALL_CATEGORIES  # noqa: F401 - re-exported: the report, figures and headline read it here
 from harness.store import read_plan_results
 
-TINY_RANDOM_NOTE = (
-    "Numbers made with random-weight models (tiny-random, or random-weights of a real architecture): they test "
-    "the pipeline, not the method."
-)
 POOLED_IOU = "mask_iou_pooled"
 # Below this many pairs the Wilcoxon signed-rank test cannot reach p < 0.05 at all (its smallest
 # two-sided p with n = 5 is 0.0625), so the paired t-test is used instead.
@@ -90,12 +92,6 @@ def weights_description(df: pd.DataFrame) -> pd.Series:
     diffusion = _column(df, "weights_label").fillna("?").astype(str)
     metric = _column(df, "metric_weights").fillna("-").astype(str)
     return diffusion + " + " + metric
-
-
-def uses_tiny_random(df: pd.DataFrame) -> bool:
-    """True when any row was made with tiny random weights, for the diffusion model or the metric."""
-    columns = [c for c in ("weights_label", "metric_weights", "weights") if c in df.columns]
-    return any(df[c].map(is_random_weights).any() for c in columns)
 
 
 def _column(df: pd.DataFrame, name: str) -> pd.Series:
@@ -369,112 +365,3 @@ def _failed_counts(df: pd.DataFrame) -> dict[str, int]:
         return {}
     failed = df[df["status"].eq("failed")].drop_duplicates("job_id")
     return {str(key): int(n) for key, n in failed.assign(label=_labels(failed)).groupby("label").size().items()}
-
-
-# ---------------------------------------------------------------------------------------------- output
-
-TABLE_CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-table.results { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
-table.results th, table.results td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
-table.results th { background: #f0f0f0; }
-table.results td:first-child, table.results th:first-child { text-align: left; }
-.warning { background: #fff3cd; border: 2px solid #e0a800; padding: 0.6em 1em; font-weight: bold; }
-"""
-
-
-def format_number(value: object) -> str:
-    """Four significant digits; empty for missing values."""
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _display(table: pd.DataFrame) -> pd.DataFrame:
-    """Numbers rounded for reading, CI columns merged into one "[low, high]" column."""
-    shown = table.copy()
-    if {"ci_low", "ci_high"} <= set(shown.columns):
-        ci = [f"[{format_number(lo)}, {format_number(hi)}]" if np.isfinite(lo) else ""
-              for lo, hi in zip(shown["ci_low"].astype(float), shown["ci_high"].astype(float))]
-        position = shown.columns.get_loc("ci_low")
-        shown = shown.drop(columns=["ci_low", "ci_high"])
-        shown.insert(position, "95% CI", ci)
-    for column in shown.columns:
-        if pd.api.types.is_float_dtype(shown[column]):
-            shown[column] = shown[column].map(format_number)
-    return shown.fillna("").astype(str)
-
-
-def table_note(table: pd.DataFrame) -> str:
-    """The line that must stand above a table made with tiny random weights ("" otherwise)."""
-    return TINY_RANDOM_NOTE if uses_tiny_random(table) else ""
-
-
-def to_markdown(table: pd.DataFrame, note: str | None = None) -> str:
-    """A GitHub-flavoured Markdown table, preceded by the tiny-random note when it applies."""
-    note = table_note(table) if note is None else note
-    shown = _display(table)
-    escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731 - tiny local helper
-    lines = ["| " + " | ".join(escape(c) for c in shown.columns) + " |",
-             "|" + "|".join("---" for _ in shown.columns) + "|"]
-    lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    return (note + "\n\n" if note else "") + "\n".join(lines) + "\n"
-
-
-def to_html_fragment(table: pd.DataFrame, note: str | None = None) -> str:
-    """The table as an HTML fragment (class "results"), with the tiny-random note above it (``note=""``: none,
-    where the page says it once)."""
-    note = table_note(table) if note is None else note
-    prefix = f'<p class="warning">{html.escape(note)}</p>\n' if note else ""
-    return prefix + _display(table).to_html(index=False, classes="results", border=0, escape=True)
-
-
-def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
-    """Write each table as NAME.md, NAME.csv (full precision) and NAME.html (standalone, inline CSS)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, table in tables.items():
-        (out / f"{name}.md").write_text(to_markdown(table), encoding="utf-8")
-        table.to_csv(out / f"{name}.csv", index=False)
-        page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>"
-                f"<style>{TABLE_CSS}</style></head><body>\n{to_html_fragment(table)}</body></html>\n")
-        (out / f"{name}.html").write_text(page, encoding="utf-8")
-        written += [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.html"]
-    return written
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-def compare_main(args: argparse.Namespace) -> int:
-    """`clic-bench compare RUN_A RUN_B [--html OUT]`: print the delta table (and write its page to OUT/index.html);
-    1 if a gated metric fails, 2 on no results."""
-    frames = {}
-    for label, run_dir in (("A", args.run_a), ("B", args.run_b)):
-        frame = read_run_results(run_dir)
-        if frame.empty or "metric" not in frame.columns:
-            raise UsageError(f"run {label} ({run_dir}) has no results")
-        frames[label] = frame
-    metrics = list(args.metric) if getattr(args, "metric", None) else None
-    deltas = compare_runs(frames["A"], frames["B"], metrics=metrics, max_drop=args.max_drop, alpha=args.alpha)
-    if deltas.empty:
-        raise UsageError("no jobs of run B match jobs of run A" + (f" for metrics {', '.join(metrics)}" if metrics else ""))
-    shown = deltas.rename(columns={"label": "method label"})[
-        ["metric", "method label", "n", "n_pairs", "mean_a", "mean_b", "delta", "ci_low", "ci_high", "p_value",
-         "verdict", "weights"]]
-    print(to_markdown(shown), end="")
-    if getattr(args, "html", None):
-        from harness.analyse.compare_page import write_compare_page
-
-        page = write_compare_page(args.run_a, args.run_b, frames["A"], frames["B"], deltas, args.html,
-                                  max_drop=args.max_drop, alpha=args.alpha, metrics=metrics)
-        print(f"compare: {page}")
-    failures = deltas[deltas["verdict"].eq("fail")]
-    if not failures.empty:
-        print(f"\nRegression: {len(failures)} metric(s) dropped by more than {args.max_drop} "
-              f"(p < {args.alpha}): " + ", ".join(f"{m} ({label})" for m, label in
-                                                  failures[["metric", "label"]].itertuples(index=False)))
-        return 1
-    return 0

@@ -4,10 +4,11 @@ For regression-testing a change (a loss variant, new code) against a baseline ru
 (variant), A and B side by side with the paired difference B − A, its interval (pairs resampled, seeds nested)
 and the gate's verdict, a figure of the differences, and the pairs that changed most for the worse as image rows
 (source | target | expected | A's output | B's output, each output with its scores). Self-contained like the
-report: inline CSS, images copied under OUT/images, relative links.
+report: inline CSS, images copied under OUT/images, relative links. :func:`compare_main` is the command.
 """
 from __future__ import annotations
 
+import argparse
 import html
 import shutil
 from collections.abc import Mapping, Sequence
@@ -23,14 +24,19 @@ from harness.analyse.aggregate import (
     _labels,
     _ok_values,
     _sweep_key,
+    compare_runs,
     directions,
     format_number,
     higher_is_better,
+    read_run_results,
+    to_markdown,
     uses_tiny_random,
 )
 from harness.analyse.figures import FIGURE_NOTE, _panels
 from harness.analyse.grids import GRID_CSS, Thumbnails, image_width, job_scores, recorded_pairs, scores_html
+from harness.analyse.images import image_name
 from harness.analyse.weights_legend import legend_html, weights_keys, with_short_weights
+from harness.errors import UsageError
 
 WORST_PAIRS = 3  # image rows per metric: the pairs whose value got worst from A to B
 PAGE_CSS = TABLE_CSS + GRID_CSS + """
@@ -118,7 +124,7 @@ def _image_rows(worst: pd.DataFrame, run_a: Path, run_b: Path, df_a: pd.DataFram
         for side, run_dir, job, artifacts, scores in (("a", run_a, row.job_a, artifacts_a, scores_a),
                                                       ("b", run_b, row.job_b, artifacts_b, scores_b)):
             artifact = artifacts.get(job)
-            image = (thumbs.cell(run_dir / artifact, f"{side}-" + _image_name(job, "image"),
+            image = (thumbs.cell(run_dir / artifact, f"{side}-" + image_name(job, "image"),
                                  f"{side.upper()}: {row.label} on {row.pair_id}", width)
                      if isinstance(artifact, str) else "")
             cells.append(f"{image}<div class=\"scores\">{scores_html(scores.get(str(job), {}))}</div>")
@@ -133,10 +139,6 @@ def _image_rows(worst: pd.DataFrame, run_a: Path, run_b: Path, df_a: pd.DataFram
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def _image_name(key: object, role: str) -> str:
-    from harness.analyse.report import image_name
-
-    return image_name(key, role)
 
 
 def write_compare_page(run_a: str | Path, run_b: str | Path, df_a: pd.DataFrame, df_b: pd.DataFrame,
@@ -185,3 +187,35 @@ def write_compare_page(run_a: str | Path, run_b: str | Path, df_a: pd.DataFrame,
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def compare_main(args: argparse.Namespace) -> int:
+    """`clic-bench compare RUN_A RUN_B [--html OUT]`: print the delta table (and write its page to OUT/index.html);
+    1 if a gated metric fails, 2 on no results."""
+    frames = {}
+    for label, run_dir in (("A", args.run_a), ("B", args.run_b)):
+        frame = read_run_results(run_dir)
+        if frame.empty or "metric" not in frame.columns:
+            raise UsageError(f"run {label} ({run_dir}) has no results")
+        frames[label] = frame
+    metrics = list(args.metric) if getattr(args, "metric", None) else None
+    deltas = compare_runs(frames["A"], frames["B"], metrics=metrics, max_drop=args.max_drop, alpha=args.alpha)
+    if deltas.empty:
+        raise UsageError("no jobs of run B match jobs of run A" + (f" for metrics {', '.join(metrics)}" if metrics else ""))
+    shown = deltas.rename(columns={"label": "method label"})[
+        ["metric", "method label", "n", "n_pairs", "mean_a", "mean_b", "delta", "ci_low", "ci_high", "p_value",
+         "verdict", "weights"]]
+    print(to_markdown(shown), end="")
+    if getattr(args, "html", None):
+        page = write_compare_page(args.run_a, args.run_b, frames["A"], frames["B"], deltas, args.html,
+                                  max_drop=args.max_drop, alpha=args.alpha, metrics=metrics)
+        print(f"compare: {page}")
+    failures = deltas[deltas["verdict"].eq("fail")]
+    if not failures.empty:
+        print(f"\nRegression: {len(failures)} metric(s) dropped by more than {args.max_drop} "
+              f"(p < {args.alpha}): " + ", ".join(f"{m} ({label})" for m, label in
+                                                  failures[["metric", "label"]].itertuples(index=False)))
+        return 1
+    return 0

@@ -270,20 +270,7 @@ def loss_figures(run_dir: Path, results: pd.DataFrame, folder: Path,
     plots: dict[str, str] = {}
     for key, labels in by_concepts.items():
         group = concept_rows[key].drop_duplicates("concept_id").sort_values(["pair_id", "concept_id"])
-        curves = []
-        for row in group.itertuples(index=False):
-            losses_path = getattr(row, "artifact_losses", None)
-            relative = losses_path if isinstance(losses_path, str) else f"concepts/{row.concept_id}/losses.csv"
-            path = run_dir / relative
-            if path.is_file():
-                try:
-                    curves.append((str(row.pair_id) if pd.notna(row.pair_id) else str(row.concept_id)[:10],
-                                   pd.read_csv(path)))
-                except (OSError, ValueError):
-                    continue
-            if len(curves) == per_figure:
-                break
-        curves = [(name, table) for name, table in curves if "step" in table.columns]
+        curves = _loss_curves(run_dir, group, per_figure)
         terms = [c for c in dict.fromkeys(c for _, table in curves for c in table.columns) if c not in NOT_LOSS_TERMS]
         terms = [t for t in terms if t != "total"] + (["total"] if "total" in terms else [])
         if not curves or not terms:
@@ -313,6 +300,25 @@ def loss_figures(run_dir: Path, results: pd.DataFrame, folder: Path,
         src = save_figure(fig, folder, f"losses-{slug(labels[0])}")
         plots.update(dict.fromkeys(labels, src))
     return plots
+
+
+def _loss_curves(run_dir: Path, group: pd.DataFrame, per_figure: int) -> list[tuple[str, pd.DataFrame]]:
+    """(pair id, losses.csv) of the first ``per_figure`` concepts of ``group`` whose file reads; those without a
+    step column are left out."""
+    curves = []
+    for row in group.itertuples(index=False):
+        losses_path = getattr(row, "artifact_losses", None)
+        relative = losses_path if isinstance(losses_path, str) else f"concepts/{row.concept_id}/losses.csv"
+        path = run_dir / relative
+        if path.is_file():
+            try:
+                curves.append((str(row.pair_id) if pd.notna(row.pair_id) else str(row.concept_id)[:10],
+                               pd.read_csv(path)))
+            except (OSError, ValueError):
+                continue
+        if len(curves) == per_figure:
+            break
+    return [(name, table) for name, table in curves if "step" in table.columns]
 
 
 def _short_labels(labels: Sequence[str]) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analyse.aggregate import format_number, method_labels
+from harness.analyse.images import image_name, thumbnail  # image_name: collision-free (issue 27: "chair 1", "chair-1")
 from harness.store import read_pairs
 
 PAIRS_PER_CATEGORY = 4
@@ -133,8 +134,6 @@ class Thumbnails:
 
     def cell(self, source: Path | None, name: str, alt: str, width: int, mask: Path | None = None) -> str:
         """An <img> of `source` (with `mask` outlined), or "" when there is no readable image."""
-        from harness.analyse.report import thumbnail
-
         if source is None:
             return ""
         dest = self.out / "images" / name
@@ -149,8 +148,6 @@ class Thumbnails:
         """Cells of the pair's source and target (mask outlined) and expected image (when it has one)."""
         if pair is None:
             return []
-        from harness.analyse.report import image_name  # collision-free names (issue 27: "chair 1" vs "chair-1")
-
         return [self.cell(pair.source_image, image_name(pair.pair_id, "source"), f"source of {pair.pair_id}", width,
                           pair.source_mask),
                 self.cell(pair.target_image, image_name(pair.pair_id, "target"), f"target of {pair.pair_id}", width,
@@ -162,8 +159,6 @@ class Thumbnails:
         artifact = getattr(job, f"artifact_{kind}", None)
         if not isinstance(artifact, str) or not artifact:
             return ""
-        from harness.analyse.report import image_name
-
         return self.cell(run_dir / artifact, image_name(job.job_id, kind), alt, width)
 
 

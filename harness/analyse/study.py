@@ -146,6 +146,41 @@ def build_pack(run_dir: str | Path, out: str | Path, n_pairs: int = 30, methods:
     run_dir, out = Path(run_dir), Path(out).resolve()
     if n_pairs < 1 or n_raters < 1:
         raise UsageError(f"--pairs and --raters must be positive, got {n_pairs} and {n_raters}")
+    results, labels, pool, manifest = _pack_inputs(run_dir, methods)
+
+    rng = np.random.default_rng(seed)
+    scored = stratified_sample(pool, n_pairs, rng)
+    # Checks prefer pairs not already asked about: a repeated source/target would give them away.
+    unused = [c for c in pool if c not in scored] or list(scored)
+    checks = stratified_sample(unused, max(1, round(CHECK_FRACTION * len(scored))), rng)
+    questions = [(c, False) for c in scored] + [(c, True) for c in checks]
+    questions = [questions[i] for i in rng.permutation(len(questions))]
+
+    shutil.rmtree(out / "images", ignore_errors=True)
+    (out / "images").mkdir(parents=True)
+    public, secret = _write_questions(questions, manifest, labels, rng, out)
+
+    raters = [f"r{i}" for i in range(1, n_raters + 1)]
+    orders = _rater_orders(public, raters, rng)
+    weights = sorted(set(results.loc[results["method"].isin({label.split("/", 1)[0] for label in labels}),
+                                     "weights_label"].dropna()))
+    pack_id = content_id({"run": str(run_dir.resolve()), "seed": seed, "questions": secret, "raters": orders})[:16]
+    tiny_random = any(is_random_weights(w) for w in weights)
+    page_data = {"pack_id": pack_id, "criteria": [{"id": k, "name": n, "question": q} for k, (n, q) in CRITERIA.items()],
+                 "questions": public, "raters": orders, "notice": TINY_RANDOM_NOTE if tiny_random else ""}
+    (out / "index.html").write_text(_rating_page(page_data), encoding="utf-8")
+    key = {"pack_id": pack_id, "run": str(run_dir.resolve()), "seed": seed, "methods": labels,
+           "criteria": list(CRITERIA), "raters": raters, "questions": secret, "weights_labels": weights,
+           "tiny_random": tiny_random}
+    key_path = key_path_for(out)
+    key_path.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out / "index.html", key_path
+
+
+def _pack_inputs(run_dir: Path, methods: Sequence[str] | None) -> tuple[pd.DataFrame, list[str], list[Candidate],
+                                                                       dict[str, dict[str, Path | None]]]:
+    """The run's results, the method labels of the pack, the pairs that have a transfer output of each and the
+    pairs' input images; a run that cannot make a pack is refused in one line."""
     results = read_plan_results(run_dir)[0]  # the folder's current plan only
     if results.empty:
         raise UsageError(f"{run_dir}: the run has no results")
@@ -161,17 +196,14 @@ def build_pack(run_dir: str | Path, out: str | Path, n_pairs: int = 30, methods:
     missing = sorted({c.pair_id for c in pool} - set(manifest))
     if missing:
         raise UsageError(f"{run_dir}: the run's manifest has no source/target images for pair(s) {', '.join(missing)}")
+    return results, labels, pool, manifest
 
-    rng = np.random.default_rng(seed)
-    scored = stratified_sample(pool, n_pairs, rng)
-    # Checks prefer pairs not already asked about: a repeated source/target would give them away.
-    unused = [c for c in pool if c not in scored] or list(scored)
-    checks = stratified_sample(unused, max(1, round(CHECK_FRACTION * len(scored))), rng)
-    questions = [(c, False) for c in scored] + [(c, True) for c in checks]
-    questions = [questions[i] for i in rng.permutation(len(questions))]
 
-    shutil.rmtree(out / "images", ignore_errors=True)
-    (out / "images").mkdir(parents=True)
+def _write_questions(questions: Sequence[tuple[Candidate, bool]], manifest: Mapping[str, Mapping[str, Path | None]],
+                     labels: Sequence[str], rng: np.random.Generator,
+                     out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each question's images under ``out``/images with random option tokens; what the page shows (public) and
+    what the key keeps (secret: pair, check, token → method label and job)."""
     public: dict[str, Any] = {}
     secret: dict[str, Any] = {}
     for number, (candidate, is_check) in enumerate(questions, start=1):
@@ -197,27 +229,18 @@ def build_pack(run_dir: str | Path, out: str | Path, n_pairs: int = 30, methods:
                        "options": {token: f"images/{token}.png" for token in options}}
         secret[qid] = {"pair_id": candidate.pair_id, "category": candidate.category, "check": is_check,
                        "options": options, "jobs": {t: candidate.jobs.get(m) for t, m in options.items()}}
+    return public, secret
 
-    raters = [f"r{i}" for i in range(1, n_raters + 1)]
-    orders = {}
+
+def _rater_orders(public: Mapping[str, Any], raters: Sequence[str], rng: np.random.Generator) -> dict[str, list]:
+    """Each rater's own question order, and own option order in every question."""
+    orders: dict[str, list] = {}
     for rater in raters:  # each rater: own question order, own option order in every question
         qids = [list(public)[i] for i in rng.permutation(len(public))]
         orders[rater] = [{"question": q, "options": [list(public[q]["options"])[i]
                                                      for i in rng.permutation(len(public[q]["options"]))]}
                          for q in qids]
-    weights = sorted(set(results.loc[results["method"].isin({label.split("/", 1)[0] for label in labels}),
-                                     "weights_label"].dropna()))
-    pack_id = content_id({"run": str(run_dir.resolve()), "seed": seed, "questions": secret, "raters": orders})[:16]
-    tiny_random = any(is_random_weights(w) for w in weights)
-    page_data = {"pack_id": pack_id, "criteria": [{"id": k, "name": n, "question": q} for k, (n, q) in CRITERIA.items()],
-                 "questions": public, "raters": orders, "notice": TINY_RANDOM_NOTE if tiny_random else ""}
-    (out / "index.html").write_text(_rating_page(page_data), encoding="utf-8")
-    key = {"pack_id": pack_id, "run": str(run_dir.resolve()), "seed": seed, "methods": labels,
-           "criteria": list(CRITERIA), "raters": raters, "questions": secret, "weights_labels": weights,
-           "tiny_random": tiny_random}
-    key_path = key_path_for(out)
-    key_path.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return out / "index.html", key_path
+    return orders
 
 
 def _rating_page(page_data: Mapping[str, Any]) -> str:

@@ -43,22 +43,18 @@ import argparse
 import difflib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from clic.cli_checks import placeholder_problem
-from clic.io import InputError, aspect_ratios_match, load_mask, probe_image
+from clic.io import aspect_ratios_match
 
-from . import file_facts
-from .decode_budget import DECODES, decode_cost
-from .jobs import Pair
+from .manifest_files import file_problem, run_checks
+from .manifest_report import ManifestReport, PairSpec, Problem
 from .locations import ManifestBase, is_uri, open_location, resolve_location
 
 MANIFEST_VERSION = "1"
@@ -100,168 +96,6 @@ SHAPE_PARTNER = {
     "target_mask_gt": "target_image",
     "expected_image": "target_image",
 }
-
-
-# --------------------------------------------------------------------------------------- reports
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem of a manifest: of a row (``row`` set) or of the whole manifest (``row`` None)."""
-
-    row: int | None
-    pair_id: str | None
-    column: str | None
-    message: str
-    manifest: str = "manifest"
-
-    def __str__(self) -> str:
-        where = [self.manifest if self.row is None else f"{self.manifest} row {self.row}"]
-        if self.row is not None and self.pair_id is not None:
-            where.append(f"(pair_id {self.pair_id!r})")
-        if self.column is not None:
-            where.append(f"column {self.column!r}")
-        separator = ": " if self.row is None else " "
-        head = where[0] + (separator + " ".join(where[1:]) if len(where) > 1 else "")
-        return f"{head}: {self.message}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class PairSpec(Pair):
-    """A good manifest row: locations resolved (absolute local paths or URIs), other fields as written. It is
-    the :class:`~harness.plan.jobs.Pair` the job graph reads, plus the row number and the columns only people read."""
-
-    row: int
-    concept: str | None = None
-    tags: tuple[str, ...] = ()
-    source_part: str | None = None
-    target_part: str | None = None
-    pattern: str | None = None
-    pattern_params: str | None = None
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)  # the row as read
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["tags"] = list(self.tags)
-        data["raw"] = dict(self.raw)
-        return data
-
-
-@dataclass
-class ManifestReport:
-    """What :func:`load_manifest` found: good rows, row problems and manifest-level problems."""
-
-    manifest: str
-    total_rows: int
-    rows: list[PairSpec]
-    problems: list[Problem]  # one per bad cell, in row order
-    manifest_problems: list[Problem]
-    rows_checked: bool = True  # False when the manifest-level problems stopped row validation
-
-    @property
-    def usable(self) -> bool:
-        """False when the manifest as a whole is broken: a run must refuse it."""
-        return not self.manifest_problems
-
-    @property
-    def ok(self) -> bool:
-        return self.usable and not self.problems
-
-    @property
-    def bad_rows(self) -> int:
-        return len({p.row for p in self.problems})
-
-    def lines(self) -> list[str]:
-        return [str(p) for p in (*self.manifest_problems, *self.problems)]
-
-    def summary(self) -> str:
-        if not self.rows_checked:
-            return "rows not checked: the manifest itself is unusable"
-        counts = f"{self.total_rows} rows: {len(self.rows)} good, {self.bad_rows} bad"
-        if not self.usable:  # e.g. an unknown (perhaps misspelt) column: its data would be silently ignored
-            return f"{counts}; the manifest as a whole is refused ({len(self.manifest_problems)} problem(s) above), so no row runs"
-        return counts
-
-    def exit_code(self) -> int:
-        return 2 if not self.usable else (1 if self.problems else 0)
-
-
-# ------------------------------------------------------------------------------------- locations
-
-
-# ------------------------------------------------------------------------------------ file checks
-
-
-@dataclass(frozen=True)
-class _FileCheck:
-    size: tuple[int, int] | None  # (W, H) when readable
-    problem: str | None
-
-
-def _check_file(kind: str, location: str) -> _FileCheck:
-    """Header + integrity for images, a full decode for masks (emptiness needs every pixel); the answer is kept
-    in the run folder being planned, by the file's (path, size, mtime) (:mod:`harness.plan.file_facts`)."""
-    key, known = file_facts.lookup(location, f"check:{kind}")
-    if known is not None:
-        return _FileCheck(tuple(known), None)
-    check = _check_file_now(kind, location)
-    if check.problem is None and check.size is not None:  # a bad file is checked again (and said again) each time
-        file_facts.remember(key, f"check:{kind}", list(check.size))
-    return check
-
-
-def _check_file_now(kind: str, location: str) -> _FileCheck:
-    try:
-        if is_uri(location):
-            with open_location(location) as handle:
-                return _check_source(kind, handle, location)
-        return _check_source(kind, location, location)
-    except InputError as err:
-        return _FileCheck(None, err.problem)
-    except FileNotFoundError:
-        return _FileCheck(None, "file not found")
-    except (OSError, ImportError, ValueError) as err:
-        return _FileCheck(None, f"cannot open ({' '.join(str(err).split()) or type(err).__name__})")
-
-
-def _decode_cost(kind: str, source: Any) -> int:
-    """Bytes the check of one file holds while it runs, from its header (0 when the header is unreadable:
-    the check itself then reports why). PNG and JPEG images are probed without a full decode."""
-    try:
-        with Image.open(source) as image:
-            if kind == "image" and image.format in ("PNG", "JPEG", "MPO"):
-                return 0
-            return decode_cost(image.size[0], image.size[1], image.mode)
-    except Exception:  # any header problem is the check's to report, with its own message
-        return 0
-    finally:
-        if hasattr(source, "seek"):
-            source.seek(0)
-
-
-def _check_source(kind: str, source: Any, name: str) -> _FileCheck:
-    with DECODES.reserve(_decode_cost(kind, source)):  # bounded by memory, not by the thread count
-        if kind == "mask":
-            mask = load_mask(source, name=name)
-            return _FileCheck((mask.shape[1], mask.shape[0]), None)
-        return _FileCheck(probe_image(source, name=name), None)
-
-
-def _file_problem(check: _FileCheck, raw: str) -> str:
-    if check.problem == "file not found":
-        return f"file not found: {raw}"
-    return f"{check.problem}: {raw}"
-
-
-def _run_checks(wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], _FileCheck]:
-    """Check every (kind, location) once; threads overlap file and network I/O and PIL's decoding."""
-    unique = list(dict.fromkeys(wanted))
-    if not unique:
-        return {}
-    workers = min(32, 4 * (os.cpu_count() or 1), len(unique))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda item: _check_file(*item), unique))
-    return dict(zip(unique, results))
 
 
 # ---------------------------------------------------------------------------------------- loading
@@ -372,51 +206,16 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
         def row_problem(column: str, message: str, index: int = index, pair_id: Any = pair_id) -> None:
             problems.append(Problem(index, pair_id, column, message, display))
 
-        for column in REQUIRED_COLUMNS:
-            value = record.get(column)
-            if value is None:
-                row_problem(column, "missing value (required)")
-            elif not value.strip():
-                row_problem(column, "empty value (required)")
-        for column in ("source_object", "target_object"):  # "<v*>" as the object word: the concept's own slot
-            value = record.get(column)
-            problem = placeholder_problem(value) if isinstance(value, str) else None
-            if problem is not None:
-                row_problem(column, problem)
+        for column, message in _value_problems(record):
+            row_problem(column, message)
         if pair_id is not None:
             if pair_id in first_row_of:
                 row_problem("pair_id", f"duplicate pair_id (first used in row {first_row_of[pair_id]})")
             else:
                 first_row_of[pair_id] = index
-        row_locations = {}
-        for column in (*IMAGE_COLUMNS, *MASK_COLUMNS):
-            value = record.get(column)
-            if value is None:
-                continue
-            known = resolved.get(value)
-            if known is None:
-                known = resolved[value] = resolve_location(value, base, allow_outside, real_dirs)
-            location, problem = known
-            if problem is not None:
-                if value.strip() or column not in REQUIRED_COLUMNS:  # blank required cells are reported above
-                    row_problem(column, problem)
-            else:
-                row_locations[column] = location
-        locations.append(row_locations)
-        tags = record.get("tags")
-        if tags is not None and any(tag is None for tag in tags):
-            row_problem("tags", "tags contain a null")
-        params = record.get("pattern_params")
-        if params is not None:
-            try:
-                parsed = json.loads(params, parse_constant=_refuse_constant)
-            except json.JSONDecodeError as err:
-                row_problem("pattern_params", f"not valid JSON ({err.msg} at char {err.pos})")
-            except ValueError as err:  # NaN / Infinity: Python's json takes them, JSON does not
-                row_problem("pattern_params", str(err))
-            else:
-                if not isinstance(parsed, dict):
-                    row_problem("pattern_params", f"expected a JSON object, got {type(parsed).__name__}")
+        locations.append(_row_locations(record, base, allow_outside, real_dirs, resolved, row_problem))
+        for column, message in _format_problems(record):
+            row_problem(column, message)
 
     if check_files:
         _check_row_files(records, locations, problems, display)
@@ -425,6 +224,65 @@ def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, 
     bad = {p.row for p in problems}
     good = [_pair_spec(i, records[i], locations[i]) for i in range(len(records)) if i not in bad]
     return ManifestReport(display, table.num_rows, good, problems, manifest_problems)
+
+
+def _value_problems(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(column, problem) of a row's required cells that are missing or empty, and of its object words."""
+    problems = []
+    for column in REQUIRED_COLUMNS:
+        value = record.get(column)
+        if value is None:
+            problems.append((column, "missing value (required)"))
+        elif not value.strip():
+            problems.append((column, "empty value (required)"))
+    for column in ("source_object", "target_object"):  # "<v*>" as the object word: the concept's own slot
+        value = record.get(column)
+        problem = placeholder_problem(value) if isinstance(value, str) else None
+        if problem is not None:
+            problems.append((column, problem))
+    return problems
+
+
+def _row_locations(record: Mapping[str, Any], base: ManifestBase, allow_outside: bool, real_dirs: dict[str, str],
+                   resolved: dict[str, tuple[str | None, str | None]],
+                   row_problem: Callable[[str, str], None]) -> dict[str, str]:
+    """column -> the resolved location of each image and mask cell of a row (``resolved``: cell value ->
+    (location, problem), shared by the rows); a cell that does not resolve is a problem of the row."""
+    row_locations = {}
+    for column in (*IMAGE_COLUMNS, *MASK_COLUMNS):
+        value = record.get(column)
+        if value is None:
+            continue
+        known = resolved.get(value)
+        if known is None:
+            known = resolved[value] = resolve_location(value, base, allow_outside, real_dirs)
+        location, problem = known
+        if problem is not None:
+            if value.strip() or column not in REQUIRED_COLUMNS:  # blank required cells are reported above
+                row_problem(column, problem)
+        else:
+            row_locations[column] = location
+    return row_locations
+
+
+def _format_problems(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(column, problem) of a row's tags (no nulls) and pattern_params (a JSON object of finite numbers)."""
+    problems = []
+    tags = record.get("tags")
+    if tags is not None and any(tag is None for tag in tags):
+        problems.append(("tags", "tags contain a null"))
+    params = record.get("pattern_params")
+    if params is not None:
+        try:
+            parsed = json.loads(params, parse_constant=_refuse_constant)
+        except json.JSONDecodeError as err:
+            problems.append(("pattern_params", f"not valid JSON ({err.msg} at char {err.pos})"))
+        except ValueError as err:  # NaN / Infinity: Python's json takes them, JSON does not
+            problems.append(("pattern_params", str(err)))
+        else:
+            if not isinstance(parsed, dict):
+                problems.append(("pattern_params", f"expected a JSON object, got {type(parsed).__name__}"))
+    return problems
 
 
 def _refuse_constant(name: str) -> Any:
@@ -443,14 +301,14 @@ def _column_order(column: str | None) -> int:
 
 def _check_row_files(records: list[dict], locations: list[dict[str, str]], problems: list[Problem], display: str) -> None:
     kind_of = {**{c: "image" for c in IMAGE_COLUMNS}, **{c: "mask" for c in MASK_COLUMNS}}
-    checks = _run_checks((kind_of[c], loc) for row in locations for c, loc in row.items())
+    checks = run_checks((kind_of[c], loc) for row in locations for c, loc in row.items())
     for index, (record, row_locations) in enumerate(zip(records, locations)):
         pair_id = _usable_id(record)
         sizes: dict[str, tuple[int, int]] = {}
         for column, location in row_locations.items():
             check = checks[(kind_of[column], location)]
             if check.problem is not None:
-                problems.append(Problem(index, pair_id, column, _file_problem(check, record[column]), display))
+                problems.append(Problem(index, pair_id, column, file_problem(check, record[column]), display))
             else:
                 sizes[column] = check.size
         for column, partner in SHAPE_PARTNER.items():

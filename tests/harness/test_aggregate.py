@@ -13,13 +13,13 @@ from scipy import stats
 from harness.analyse.aggregate import (
     TINY_RANDOM_NOTE,
     bootstrap_ci,
-    compare_main,
     compare_runs,
     paired_differences,
     summary_table,
     to_markdown,
     write_tables,
 )
+from harness.analyse.compare_page import compare_main
 
 
 def declared_direction(value_name: str | None) -> bool | None:

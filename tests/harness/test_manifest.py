@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import harness.plan.manifest as manifest_module
+import harness.plan.manifest_files as manifest_files
 from harness.cli import main
 from harness.plan.folder import manifest_from_folder
 from harness.plan.manifest import (
@@ -254,9 +254,9 @@ def test_a_manifest_at_a_uri_resolves_relative_paths_there(dataset: DataSet, mem
 
 def test_each_file_is_opened_once(dataset: DataSet, monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[str] = []
-    real_probe, real_mask = manifest_module.probe_image, manifest_module.load_mask
-    monkeypatch.setattr(manifest_module, "probe_image", lambda source, **kw: opened.append(str(source)) or real_probe(source, **kw))
-    monkeypatch.setattr(manifest_module, "load_mask", lambda source, **kw: opened.append(str(source)) or real_mask(source, **kw))
+    real_probe, real_mask = manifest_files.probe_image, manifest_files.load_mask
+    monkeypatch.setattr(manifest_files, "probe_image", lambda source, **kw: opened.append(str(source)) or real_probe(source, **kw))
+    monkeypatch.setattr(manifest_files, "load_mask", lambda source, **kw: opened.append(str(source)) or real_mask(source, **kw))
     report = load_manifest(dataset.write([dataset.row(f"p{i}") for i in range(20)]))
     assert report.ok and len(report.rows) == 20
     assert len(opened) == len(set(opened)) == 4
@@ -468,7 +468,7 @@ def test_file_checks_and_digests_are_cached_by_path_size_and_mtime(tmp_path, mon
     import os
 
     from harness.plan import file_facts, jobs
-    from harness.plan import manifest as manifest_module
+    from harness.plan import manifest_files as files_module
 
     folder = tmp_path / "set"
     folder.mkdir()
@@ -478,7 +478,7 @@ def test_file_checks_and_digests_are_cached_by_path_size_and_mtime(tmp_path, mon
     run_dir.mkdir()
     try:
         file_facts.use_run_folder(run_dir)
-        assert manifest_module._check_file("image", str(image)).size == (48, 32)
+        assert files_module.check_file("image", str(image)).size == (48, 32)
         jobs.file_digest.cache_clear()
         assert jobs.file_digest(str(image)) == hashlib.sha256(image.read_bytes()).hexdigest()
         file_facts.save(run_dir)
@@ -488,11 +488,11 @@ def test_file_checks_and_digests_are_cached_by_path_size_and_mtime(tmp_path, mon
         jobs.file_digest.cache_clear()
         file_facts.use_run_folder(run_dir)
         opened = []
-        real_check = manifest_module._check_file_now
-        monkeypatch.setattr(manifest_module, "_check_file_now", lambda *a: opened.append(a) or real_check(*a))
+        real_check = files_module._check_file_now
+        monkeypatch.setattr(files_module, "_check_file_now", lambda *a: opened.append(a) or real_check(*a))
         real_open = open
         monkeypatch.setattr("builtins.open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
-        assert manifest_module._check_file("image", str(image)).size == (48, 32)
+        assert files_module.check_file("image", str(image)).size == (48, 32)
         assert jobs.file_digest(str(image)) == hashlib.sha256(image.read_bytes()).hexdigest()
         assert opened == []
 
@@ -500,7 +500,7 @@ def test_file_checks_and_digests_are_cached_by_path_size_and_mtime(tmp_path, mon
         stat = image.stat()
         os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
         jobs.file_digest.cache_clear()
-        assert manifest_module._check_file("image", str(image)).size == (40, 40)
+        assert files_module.check_file("image", str(image)).size == (40, 40)
         assert jobs.file_digest(str(image)) == hashlib.sha256(image.read_bytes()).hexdigest()
         assert opened  # read again
     finally:

@@ -19,8 +19,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from harness import store  # noqa: E402
 from harness.analyse import figures, grids  # noqa: E402
-from harness.analyse.aggregate import compare_main  # noqa: E402
-from harness.analyse.compare_page import worst_pairs  # noqa: E402
+from harness.analyse.compare_page import compare_main, worst_pairs  # noqa: E402
 from harness.analyse.costs import cost_table  # noqa: E402
 from harness.analyse.headline import HTML_METRICS_PER_TABLE  # noqa: E402
 from harness.analyse.report import with_variants, write_report  # noqa: E402

@@ -21,7 +21,7 @@ from clic.world.classifier import (
 from clic.world.data import OBJECT_NAMES, render_batch, sample_scene
 from clic.world.train import TrainSettings, train_stage
 
-SHIPPED = Path(__file__).resolve().parents[1] / "clic" / "world" / "weights"
+SHIPPED = Path(__file__).resolve().parents[2] / "clic" / "world" / "weights"
 
 
 # ------------------------------------------------------------------------------------------- classifier
@@ -223,7 +223,7 @@ def test_missing_world_clip_is_one_line_or_the_labelled_random_clip(tmp_path: Pa
 def test_a_tiny_world_suite_scores_clip_with_the_world_scorer_unless_told(tmp_path: Path) -> None:
     from harness.plan.suite import load_suite
 
-    manifest = Path(__file__).resolve().parents[1] / "manifests" / "furniture" / "manifest.parquet"
+    manifest = Path(__file__).resolve().parents[2] / "manifests" / "furniture" / "manifest.parquet"
     base = {"name": "w", "manifest": str(manifest), "methods": [{"name": "cut_paste"}], "tasks": ["transfer"]}
     cases = {"world": ({"model": "tiny-world", "metrics": ["clip_image", "ssim_psnr"]}, {"model": "tiny-world"}),
              "named": ({"model": "tiny-world", "metrics": ["clip_image"],

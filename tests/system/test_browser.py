@@ -142,7 +142,7 @@ def test_report_and_compare_pages_fit_1200_px_and_every_image_loads(browser, tmp
 
     from test_report_page import make_sweep_run
 
-    from harness.analyse.aggregate import compare_main
+    from harness.analyse.compare_page import compare_main
 
     run_a = make_sweep_run(tmp_path / "a")
     index = write_report(run_a)

@@ -228,7 +228,7 @@ def test_tf32_is_on_by_default_on_gpus_that_have_it_and_switchable(monkeypatch: 
 
 
 def test_a_method_entry_asking_too_much_is_refused_naming_it() -> None:
-    from harness.execute import runner
+    from harness.execute import cluster
 
     suite = make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"},
                                                                   {"name": "clic", "resources": {"num_gpus": 2}}],
@@ -243,10 +243,10 @@ def test_a_method_entry_asking_too_much_is_refused_naming_it() -> None:
     import sys
 
     real = sys.modules.get("ray")
-    sys.modules["ray"] = FakeRay  # _check_cluster reads only ray.nodes()
+    sys.modules["ray"] = FakeRay  # check_cluster reads only ray.nodes()
     try:
         with pytest.raises(Exception) as refused:
-            runner._check_cluster(suite)
+            cluster.check_cluster(suite)
     finally:
         if real is not None:
             sys.modules["ray"] = real
