@@ -13,6 +13,7 @@ Sources (the ``config.json`` files of the hub folders, copied as values, not cod
   tower up to its penultimate layer: 23 layers, width 1024, GELU), ``tokenizer/`` (pad ``!``), ``scheduler/``
   (DDIM, v-prediction), VAE as SD 1.x with sample_size 768.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -85,19 +86,40 @@ ARCHITECTURES: dict[str, Architecture] = {
         description="Stable Diffusion 1.5 (512 px, CLIP ViT-L/14 text encoder, ε-prediction)",
         unet={**_SD_UNET_COMMON, "attention_head_dim": 8, "cross_attention_dim": 768, "sample_size": 64},
         vae={**_SD_VAE_COMMON, "sample_size": 512},
-        text_encoder={**_CLIP_TEXT_COMMON, "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
-                      "num_hidden_layers": 12, "hidden_act": "quick_gelu", "projection_dim": 768},
+        text_encoder={
+            **_CLIP_TEXT_COMMON,
+            "hidden_size": 768,
+            "intermediate_size": 3072,
+            "num_attention_heads": 12,
+            "num_hidden_layers": 12,
+            "hidden_act": "quick_gelu",
+            "projection_dim": 768,
+        },
         scheduler=dict(SD_SCHEDULER_CONFIG),
         pad_token="<|endoftext|>",
     ),
     "sd21": Architecture(
         name="sd21",
         description="Stable Diffusion 2.1 768-v (768 px, OpenCLIP ViT-H/14 text encoder, v-prediction)",
-        unet={**_SD_UNET_COMMON, "attention_head_dim": (5, 10, 20, 20), "cross_attention_dim": 1024, "sample_size": 96,
-              "use_linear_projection": True, "upcast_attention": True, "dual_cross_attention": False},
+        unet={
+            **_SD_UNET_COMMON,
+            "attention_head_dim": (5, 10, 20, 20),
+            "cross_attention_dim": 1024,
+            "sample_size": 96,
+            "use_linear_projection": True,
+            "upcast_attention": True,
+            "dual_cross_attention": False,
+        },
         vae={**_SD_VAE_COMMON, "sample_size": 768},
-        text_encoder={**_CLIP_TEXT_COMMON, "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
-                      "num_hidden_layers": 23, "hidden_act": "gelu", "projection_dim": 512},
+        text_encoder={
+            **_CLIP_TEXT_COMMON,
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_attention_heads": 16,
+            "num_hidden_layers": 23,
+            "hidden_act": "gelu",
+            "projection_dim": 512,
+        },
         scheduler={**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction"},
         pad_token="!",
     ),
@@ -140,12 +162,19 @@ def save_random(name: str, directory: str | Path, seed: int = 0) -> Path:
     directory = Path(directory)
     components = build_random(name, directory / "tokenizer", seed)
     pipeline = StableDiffusionPipeline(
-        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-        unet=components.unet, scheduler=components.scheduler, safety_checker=None, feature_extractor=None,
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=components.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(directory)
     from .models import write_weights_marker
 
-    write_weights_marker(directory, f"{RANDOM_WEIGHTS} ({name})", f"clic models save-random --arch {name} --seed {seed}")
+    write_weights_marker(
+        directory, f"{RANDOM_WEIGHTS} ({name})", f"clic models save-random --arch {name} --seed {seed}"
+    )
     return directory

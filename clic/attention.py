@@ -11,6 +11,7 @@ Everything that reads or changes attention goes through diffusers' processor mec
 * :class:`AttentionCapture` installs the processors, selects layers, holds the token positions and
   returns the layer-averaged map at a common resolution.
 """
+
 from __future__ import annotations
 
 import math
@@ -108,7 +109,7 @@ class AttentionCapture:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name in self.train_layers:
             prefix = f"{name}."
-            sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             if sub:
                 self.processors[name].load_state_dict(sub)
 
@@ -178,8 +179,13 @@ class AttentionCapture:
             grid = layer_map.transpose(1, 2).reshape(b, n, side, side)
             if side != resolution:
                 # float32: CPU antialiasing has no half-precision kernel (autocast may hand us bf16/fp16)
-                grid = F.interpolate(grid.float(), size=(resolution, resolution), mode="bilinear",
-                                     align_corners=False, antialias=side > resolution).to(grid.dtype)
+                grid = F.interpolate(
+                    grid.float(),
+                    size=(resolution, resolution),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=side > resolution,
+                ).to(grid.dtype)
             grids.append(grid)
         return torch.stack(grids).mean(dim=0)
 

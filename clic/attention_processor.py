@@ -3,6 +3,7 @@
 A module of its own because it subclasses diffusers' processors: importing it imports diffusers, which
 :mod:`clic.attention` (and so planning a run) does only when processors are installed.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,7 +105,9 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
         buffer: CaptureBuffer | None,
     ) -> torch.Tensor:
         batch, pixels, inner_dim = hidden_states.shape
-        query = self._project(self.to_q_custom_diffusion, hidden_states) if self.train_q_out else attn.to_q(hidden_states)
+        query = (
+            self._project(self.to_q_custom_diffusion, hidden_states) if self.train_q_out else attn.to_q(hidden_states)
+        )
         if attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         if self.train_kv:
@@ -133,11 +136,12 @@ class ConceptAttnProcessor(CustomDiffusionAttnProcessor2_0):
                 score_dtype = torch.float32 if attn.upcast_attention else query.dtype  # query: autocast's choice
                 query_s, key_s = query.to(score_dtype), key.to(score_dtype)
                 probs = (query_s @ key_s.transpose(-1, -2) * (1.0 / math.sqrt(head_dim))).softmax(
-                    dim=-1, dtype=torch.float32)
+                    dim=-1, dtype=torch.float32
+                )
             positions = buffer.token_positions.to(probs.device)
             if positions.shape[0] != batch:  # e.g. classifier-free guidance doubled the batch
                 positions = positions.repeat(batch // positions.shape[0], 1)
-            kept = probs[:, heads // 2:] if buffer.heads == "last_half" else probs
+            kept = probs[:, heads // 2 :] if buffer.heads == "last_half" else probs
             index = positions[:, None, None, :].expand(batch, kept.shape[1], pixels, positions.shape[1])
             buffer.maps[self.layer_name] = kept.gather(-1, index).mean(dim=1)  # (B, pixels, n), fp32
             out = probs.to(value.dtype) @ value

@@ -6,6 +6,7 @@ VAE latents are computed once per learning run and cached (:class:`LatentBank`),
 versions; a colour jitter draws continuous factors and is encoded when drawn. Parameters come from a
 ``torch.Generator`` so a seed fixes every draw.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -103,7 +104,7 @@ def image_region(key: GeometricKey, latent_size: tuple[int, int] | torch.Size, f
     height, width = h * factor, w * factor
     new_h, new_w = round(height * key.scale), round(width * key.scale)
     top, left = (height - new_h) // 2, (width - new_w) // 2
-    region[top // factor + 1: (top + new_h) // factor - 1, left // factor + 1: (left + new_w) // factor - 1] = 1.0
+    region[top // factor + 1 : (top + new_h) // factor - 1, left // factor + 1 : (left + new_w) // factor - 1] = 1.0
     return region
 
 
@@ -150,7 +151,9 @@ def photometric(image: torch.Tensor, config: AugmentConfig, draw: PhotometricDra
     return pixels.clamp(0, 1) * 2 - 1
 
 
-def apply_photometric(image: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+def apply_photometric(
+    image: torch.Tensor, config: AugmentConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, bool]:
     """Colour jitter and grayscale on an image in [-1, 1]; returns (image, changed)."""
     draw = draw_photometric(config, generator)
     return photometric(image, config, draw), draw.changed
@@ -163,7 +166,9 @@ class LatentBank:
     image and latents are cached per variant too; a jitter draws continuous factors and is encoded each time.
     """
 
-    def __init__(self, encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, masks: torch.Tensor) -> None:
+    def __init__(
+        self, encode: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, masks: torch.Tensor
+    ) -> None:
         self.encode = encode
         self.image = image
         self.masks = masks
@@ -175,8 +180,9 @@ class LatentBank:
         self.encode_count += 1
         return self.encode(image[None])[0]
 
-    def sample(self, config: AugmentConfig, generator: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, GeometricKey]:
+    def sample(
+        self, config: AugmentConfig, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, GeometricKey]:
         """(latents (4,h,w), masks (n,H,W), augmented image (3,H,W), prompt suffix, the geometric draw)."""
         key = draw_geometric(config, generator)
         if key not in self.cache:

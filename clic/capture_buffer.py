@@ -3,6 +3,7 @@
 Below both :mod:`clic.attention` (which creates it) and :mod:`clic.attention_processor` (which fills it), so
 that neither imports the other back.
 """
+
 from __future__ import annotations
 
 import torch

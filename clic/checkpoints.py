@@ -16,6 +16,7 @@ project's own (:mod:`clic.architectures`), written once into a config-only diffu
   model), the inverse of diffusers' converters, key names as diffusers'
   ``scripts/convert_diffusers_to_original_stable_diffusion.py`` writes them; tests make checkpoints with it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,11 +41,20 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 # The tiny preset's configs as an architecture, so a tiny model written as a single file loads like SD 1.5.
 TINY_ARCHITECTURE = Architecture(
-    name="tiny", description="the seeded tiny test model (64 px, SD 1.x layout)", unet=tiny_unet_config(),
-    vae=TINY_VAE_CONFIG, text_encoder=TINY_TEXT_CONFIG, scheduler=dict(SD_SCHEDULER_CONFIG), pad_token="<|endoftext|>")
+    name="tiny",
+    description="the seeded tiny test model (64 px, SD 1.x layout)",
+    unet=tiny_unet_config(),
+    vae=TINY_VAE_CONFIG,
+    text_encoder=TINY_TEXT_CONFIG,
+    scheduler=dict(SD_SCHEDULER_CONFIG),
+    pad_token="<|endoftext|>",
+)
 
-SINGLE_FILE_ARCHITECTURES: dict[str, Architecture] = {"sd15": ARCHITECTURES["sd15"], "sd21": ARCHITECTURES["sd21"],
-                                                      "tiny": TINY_ARCHITECTURE}
+SINGLE_FILE_ARCHITECTURES: dict[str, Architecture] = {
+    "sd15": ARCHITECTURES["sd15"],
+    "sd21": ARCHITECTURES["sd21"],
+    "tiny": TINY_ARCHITECTURE,
+}
 # diffusers' model type (single_file_utils.infer_diffusers_model_type) -> the architectures it may be
 SUPPORTED_MODEL_TYPES = {"v1": ("sd15", "tiny"), "v2": ("sd21",)}
 SUPPORTED = "SD 1.x (--arch sd15), SD 2.x 768-v (--arch sd21)"
@@ -81,8 +91,9 @@ def _tensor_shapes(path: Path) -> dict[str, _Shape]:
                 return {key: _Shape(tuple(handle.get_slice(key).get_shape())) for key in handle.keys()}
         state = torch.load(str(path), map_location="meta", weights_only=True, mmap=True)
     except Exception as err:  # a truncated file, a pickle with code in it, not a checkpoint at all
-        raise ModelNotFoundError(f"{path}: cannot read the checkpoint ({type(err).__name__}: "
-                                 f"{' '.join(str(err).split())[:200]})") from None
+        raise ModelNotFoundError(
+            f"{path}: cannot read the checkpoint ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+        ) from None
     while isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return {k: _Shape(tuple(v.shape)) for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -103,25 +114,37 @@ def detect_architecture(path: str | os.PathLike[str], arch: str | None = None) -
         model_type = "not a Stable Diffusion checkpoint: no model.diffusion_model.* UNet weights"
     candidates = SUPPORTED_MODEL_TYPES.get(model_type)
     if candidates is None:
-        raise UnsupportedModelError(f"{path}: unsupported architecture ({_describe_type(model_type)}); "
-                                    f"supported single-file checkpoints: {SUPPORTED}")
+        raise UnsupportedModelError(
+            f"{path}: unsupported architecture ({_describe_type(model_type)}); "
+            f"supported single-file checkpoints: {SUPPORTED}"
+        )
     width = shapes[_CROSS_ATTENTION_KEY].shape[-1] if _CROSS_ATTENTION_KEY in shapes else None
     fitting = [name for name in candidates if SINGLE_FILE_ARCHITECTURES[name].unet["cross_attention_dim"] == width]
     if arch is not None:
         if arch not in fitting:
-            raise UnsupportedModelError(f"{path}: not a {arch} checkpoint (cross-attention width {width}, "
-                                        f"diffusers type {model_type}); supported: {SUPPORTED}")
+            raise UnsupportedModelError(
+                f"{path}: not a {arch} checkpoint (cross-attention width {width}, "
+                f"diffusers type {model_type}); supported: {SUPPORTED}"
+            )
         return SINGLE_FILE_ARCHITECTURES[arch]
     if not fitting:
-        raise UnsupportedModelError(f"{path}: unsupported architecture (diffusers type {model_type}, cross-attention "
-                                    f"width {width}); supported single-file checkpoints: {SUPPORTED}")
+        raise UnsupportedModelError(
+            f"{path}: unsupported architecture (diffusers type {model_type}, cross-attention "
+            f"width {width}); supported single-file checkpoints: {SUPPORTED}"
+        )
     return SINGLE_FILE_ARCHITECTURES[fitting[0]]
 
 
 def _describe_type(model_type: str) -> str:
-    names = {"xl_base": "SDXL base", "xl_refiner": "SDXL refiner", "xl_inpaint": "SDXL inpainting",
-             "playground-v2-5": "Playground v2.5 (SDXL)", "inpainting": "SD 1.x inpainting",
-             "inpainting_v2": "SD 2.x inpainting", "upscale": "SD x4 upscaler"}
+    names = {
+        "xl_base": "SDXL base",
+        "xl_refiner": "SDXL refiner",
+        "xl_inpaint": "SDXL inpainting",
+        "playground-v2-5": "Playground v2.5 (SDXL)",
+        "inpainting": "SD 1.x inpainting",
+        "inpainting_v2": "SD 2.x inpainting",
+        "upscale": "SD x4 upscaler",
+    }
     return names.get(model_type, model_type)
 
 
@@ -131,8 +154,13 @@ def config_folder(arch: Architecture) -> Path:
     it instead of the hub."""
     from .models import build_clip_tokenizer
 
-    spec = {"unet": arch.unet, "vae": arch.vae, "text_encoder": arch.text_encoder, "scheduler": arch.scheduler,
-            "pad": arch.pad_token}
+    spec = {
+        "unet": arch.unet,
+        "vae": arch.vae,
+        "text_encoder": arch.text_encoder,
+        "scheduler": arch.scheduler,
+        "pad": arch.pad_token,
+    }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:12]
     cache = Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic"))
     folder = cache / "single-file-configs" / f"{arch.name}-{key}"
@@ -141,20 +169,31 @@ def config_folder(arch: Architecture) -> Path:
     temp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     from transformers import CLIPTextConfig
 
-    for name, class_name, config in (("unet", "UNet2DConditionModel", arch.unet),
-                                     ("vae", "AutoencoderKL", arch.vae),
-                                     ("scheduler", "DDIMScheduler", arch.scheduler)):
+    for name, class_name, config in (
+        ("unet", "UNet2DConditionModel", arch.unet),
+        ("vae", "AutoencoderKL", arch.vae),
+        ("scheduler", "DDIMScheduler", arch.scheduler),
+    ):
         (temp / name).mkdir(parents=True, exist_ok=True)
         file = "scheduler_config.json" if name == "scheduler" else "config.json"
         (temp / name / file).write_text(json.dumps({"_class_name": class_name, **config}, default=list))
     CLIPTextConfig(**arch.text_encoder).save_pretrained(temp / "text_encoder")
     build_clip_tokenizer(temp / "tokenizer", pad_token=arch.pad_token)
-    (temp / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline",
-        "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
-        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None], "requires_safety_checker": False}))
+    (temp / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "vae": ["diffusers", "AutoencoderKL"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "scheduler": ["diffusers", "DDIMScheduler"],
+                "safety_checker": [None, None],
+                "feature_extractor": [None, None],
+                "requires_safety_checker": False,
+            }
+        )
+    )
     try:
         temp.rename(folder)
     except OSError:  # another process wrote it first: same content
@@ -184,8 +223,14 @@ def _pipeline(path: Path, arch: Architecture, dtype: torch.dtype):
     diffusers_logging.disable_progress_bar()  # one bar per component in every worker's log says nothing
     try:
         return StableDiffusionPipeline.from_single_file(
-            str(path), config=config, local_files_only=True, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, **({} if dtype == torch.float32 else {"torch_dtype": dtype}))
+            str(path),
+            config=config,
+            local_files_only=True,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            **({} if dtype == torch.float32 else {"torch_dtype": dtype}),
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         first = " ".join(str(err).split())[:300] or type(err).__name__
         raise ModelNotFoundError(f"{path}: cannot load as {arch.name}: {first}") from None
@@ -194,8 +239,9 @@ def _pipeline(path: Path, arch: Architecture, dtype: torch.dtype):
             diffusers_logging.enable_progress_bar()
 
 
-def load_single_file(path: str | os.PathLike[str], *, arch: str | None = None, device: Any = "cpu",
-                     dtype: Any = torch.float32) -> SDComponents:
+def load_single_file(
+    path: str | os.PathLike[str], *, arch: str | None = None, device: Any = "cpu", dtype: Any = torch.float32
+) -> SDComponents:
     """SD components from a single-file checkpoint, offline, on ``device`` in ``dtype``."""
     from .device import resolve_device, resolve_dtype
 
@@ -205,9 +251,15 @@ def load_single_file(path: str | os.PathLike[str], *, arch: str | None = None, d
     pipeline = _pipeline(path, architecture, dtype)
     vae = torch.nn.Module.to(pipeline.vae, dtype=torch.float32)  # as from a folder: SDComponents.to casts it
     components = SDComponents(
-        tokenizer=pipeline.tokenizer, text_encoder=pipeline.text_encoder, unet=pipeline.unet, vae=vae,
-        scheduler=pipeline.scheduler, model_id=str(path), weights_hash=file_fingerprint(path, architecture.name),
-        resolution=architecture.resolution)
+        tokenizer=pipeline.tokenizer,
+        text_encoder=pipeline.text_encoder,
+        unet=pipeline.unet,
+        vae=vae,
+        scheduler=pipeline.scheduler,
+        model_id=str(path),
+        weights_hash=file_fingerprint(path, architecture.name),
+        resolution=architecture.resolution,
+    )
     return components.to(device, dtype).freeze()
 
 
@@ -225,9 +277,14 @@ def _unet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torc
     (the inverse of diffusers' ``convert_ldm_unet_checkpoint``)."""
     per_level = int(config.get("layers_per_block", 2)) + 1
     up_has_attention = ["CrossAttn" in kind for kind in config["up_block_types"]]
-    prefixes = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
-                "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
-                "mid_block.attentions.0.": "middle_block.1."}
+    prefixes = {
+        "time_embedding.linear_1.": "time_embed.0.",
+        "time_embedding.linear_2.": "time_embed.2.",
+        "conv_in.": "input_blocks.0.0.",
+        "conv_norm_out.": "out.0.",
+        "conv_out.": "out.2.",
+        "mid_block.attentions.0.": "middle_block.1.",
+    }
     for j in range(2):
         prefixes[f"mid_block.resnets.{j}."] = f"middle_block.{2 * j}."
     for i in range(len(config["down_block_types"])):
@@ -239,16 +296,23 @@ def _unet_to_ldm(state: dict[str, torch.Tensor], config: dict) -> dict[str, torc
         for j in range(per_level):
             prefixes[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * per_level + j}.0."
             prefixes[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * per_level + j}.1."
-        prefixes[f"up_blocks.{i}.upsamplers.0."] = \
+        prefixes[f"up_blocks.{i}.upsamplers.0."] = (
             f"output_blocks.{i * per_level + per_level - 1}.{2 if up_has_attention[i] else 1}."
-    resnet_parts = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-                    "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+        )
+    resnet_parts = {
+        "norm1": "in_layers.0",
+        "conv1": "in_layers.2",
+        "norm2": "out_layers.0",
+        "conv2": "out_layers.3",
+        "time_emb_proj": "emb_layers.1",
+        "conv_shortcut": "skip_connection",
+    }
     out = {}
     for key, value in state.items():
         prefix = max((p for p in prefixes if key.startswith(p)), key=len, default=None)
         if prefix is None:
             raise ValueError(f"UNet weight {key} has no place in the original layout")
-        rest = key[len(prefix):]
+        rest = key[len(prefix) :]
         if ".resnets." in prefix:
             head, _, tail = rest.partition(".")
             rest = f"{resnet_parts.get(head, head)}.{tail}"
@@ -286,8 +350,10 @@ def save_single_file(components: SDComponents, path: str | os.PathLike[str]) -> 
     from safetensors.torch import save_file
 
     if components.text_encoder.config.hidden_act != "quick_gelu" and components.text_encoder.config.hidden_size > 768:
-        raise ValueError("save_single_file writes the SD 1.x layout (CLIP text encoder); an OpenCLIP (SD 2.x) "
-                         "text encoder is not supported")
+        raise ValueError(
+            "save_single_file writes the SD 1.x layout (CLIP text encoder); an OpenCLIP (SD 2.x) "
+            "text encoder is not supported"
+        )
     state = _unet_to_ldm(components.unet.state_dict(), dict(components.unet.config))
     state.update(_vae_to_ldm(components.vae.state_dict(), dict(components.vae.config)))
     for key, value in components.text_encoder.state_dict().items():

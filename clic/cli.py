@@ -6,14 +6,16 @@ model resolution, and every saved output is cut back to the size of the image it
 out-of-range option) ends with one line on stderr, ``clic: error: <file or option>: <problem>``, and exit
 code 2; anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 import torch
 
@@ -21,7 +23,6 @@ from .cli_checks import OptionError, check_args, check_output_folder, check_posi
 from .cli_tasks import add_task_commands
 from .io import InputError
 from .models import TINY_PRESETS, TINY_WORLD, ModelNotFoundError, load_components, save_tiny
-
 
 # The one error of a bad option or input (printed as ``clic: error: <subject>: <problem>``) is
 # clic.cli_checks.OptionError. CLIError is its former name, kept as an alias for callers written before (deprecated).
@@ -48,8 +49,10 @@ def cmd_save_random(args: argparse.Namespace) -> None:
     arch = architecture(args.arch)
     started = time.perf_counter()
     path = save_random(args.arch, args.directory, seed=args.seed)
-    print(f"wrote {arch.description} with random weights (for tests; its images mean nothing) in "
-          f"{time.perf_counter() - started:.0f} s -> {path}")
+    print(
+        f"wrote {arch.description} with random weights (for tests; its images mean nothing) in "
+        f"{time.perf_counter() - started:.0f} s -> {path}"
+    )
 
 
 def cmd_methods_show(args: argparse.Namespace) -> None:
@@ -63,11 +66,19 @@ def cmd_methods_show(args: argparse.Namespace) -> None:
         raise OptionError(args.name, str(err)) from None
     preset = args.preset or cls.default_preset
     if preset not in cls.presets:
-        raise OptionError("--preset", f"unknown preset {preset!r} of {args.name!r}; known: {', '.join(sorted(cls.presets))}")
+        raise OptionError(
+            "--preset", f"unknown preset {preset!r} of {args.name!r}; known: {', '.join(sorted(cls.presets))}"
+        )
     declared = getattr(cls, "declared_settings", {}).get(preset)
     if declared is None:  # a method without a declared list: its overrides and its sources
-        print(json.dumps({"preset": preset, "overrides": cls.presets[preset], "sources": cls.sources}, indent=2,
-                         ensure_ascii=False, default=str))
+        print(
+            json.dumps(
+                {"preset": preset, "overrides": cls.presets[preset], "sources": cls.sources},
+                indent=2,
+                ensure_ascii=False,
+                default=str,
+            )
+        )
     elif args.json:
         print(json.dumps(settings_table(declared), indent=2))
     else:
@@ -123,8 +134,15 @@ def cmd_world_gate(args: argparse.Namespace) -> None:
             components = load_components(TINY_WORLD)
     except (ModelNotFoundError, FileNotFoundError, ValueError) as err:
         raise CLIError("world-gate", str(err)) from None
-    record = generation_gate(components, classifier, count=args.captions, seed=args.seed, steps=args.steps,
-                             guidance_scale=args.guidance, scorer=scorer)
+    record = generation_gate(
+        components,
+        classifier,
+        count=args.captions,
+        seed=args.seed,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        scorer=scorer,
+    )
     print(json.dumps({"unet_step": step, **record}))
 
 
@@ -142,8 +160,12 @@ def cmd_train_world(args: argparse.Namespace) -> None:
     settings = TrainSettings(stage=args.stage, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
     checkpoint_dir = Path(args.checkpoint_dir) / args.stage
     try:
-        model, result = train_stage(settings, checkpoint_dir, checkpoint_minutes=args.checkpoint_minutes,
-                                    log=lambda line: print(line, flush=True))
+        model, result = train_stage(
+            settings,
+            checkpoint_dir,
+            checkpoint_minutes=args.checkpoint_minutes,
+            log=lambda line: print(line, flush=True),
+        )
     except ModelNotFoundError as err:
         raise OptionError("--stage", str(err)) from None
     except ValueError as err:
@@ -152,8 +174,10 @@ def cmd_train_world(args: argparse.Namespace) -> None:
         record = export_stage(model, result, settings, Path(args.out))
         print(f"{args.stage}: {result.steps} steps, {result.seconds:.0f} s, gate {json.dumps(result.gate)} -> {record}")
     else:
-        print(f"{args.stage}: {result.steps} steps, {result.seconds:.0f} s, loss {result.final_loss:.5f} "
-              f"(checkpoint in {checkpoint_dir}; --out DIR writes the weights)")
+        print(
+            f"{args.stage}: {result.steps} steps, {result.seconds:.0f} s, loss {result.final_loss:.5f} "
+            f"(checkpoint in {checkpoint_dir}; --out DIR writes the weights)"
+        )
 
 
 # ------------------------------------------------------------------------------------------- parser
@@ -178,33 +202,46 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = model_commands.add_parser("save-tiny", help="write the seeded tiny model as a diffusers folder")
     tiny.add_argument("directory")
     tiny.add_argument("--variant", choices=TINY_PRESETS, default="tiny")
-    tiny.add_argument("--single-file", action="store_true",
-                      help="write DIRECTORY as one .safetensors file in the original (LDM / A1111) layout")
+    tiny.add_argument(
+        "--single-file",
+        action="store_true",
+        help="write DIRECTORY as one .safetensors file in the original (LDM / A1111) layout",
+    )
     tiny.set_defaults(run=cmd_save_tiny)
     from .checkpoints import SINGLE_FILE_ARCHITECTURES
 
     convert_file = model_commands.add_parser(
-        "convert", help="write a single-file SD 1.x/2.x checkpoint (.safetensors/.ckpt) as a diffusers folder, offline")
+        "convert", help="write a single-file SD 1.x/2.x checkpoint (.safetensors/.ckpt) as a diffusers folder, offline"
+    )
     convert_file.add_argument("file", help="e.g. v1-5-pruned-emaonly.safetensors")
     convert_file.add_argument("out", help="the diffusers folder to write")
-    convert_file.add_argument("--arch", choices=tuple(SINGLE_FILE_ARCHITECTURES),
-                              help="the architecture (default: read from the file; SD 2.x is taken as 768-v)")
+    convert_file.add_argument(
+        "--arch",
+        choices=tuple(SINGLE_FILE_ARCHITECTURES),
+        help="the architecture (default: read from the file; SD 2.x is taken as 768-v)",
+    )
     convert_file.set_defaults(run=cmd_convert)
     from .architectures import ARCHITECTURES
 
     random_arch = model_commands.add_parser(
-        "save-random", help="write the exact SD 1.5 / SD 2.1 (768-v) architecture with random weights (~4-5 GB)")
+        "save-random", help="write the exact SD 1.5 / SD 2.1 (768-v) architecture with random weights (~4-5 GB)"
+    )
     random_arch.add_argument("--arch", required=True, choices=tuple(ARCHITECTURES))
     random_arch.add_argument("--seed", type=int, default=0)
     random_arch.add_argument("directory")
     random_arch.set_defaults(run=cmd_save_random)
 
     world = model_commands.add_parser(
-        "train-world", help="train one stage of the tiny-world model on the synthetic scenes (seeded, resumable)")
+        "train-world", help="train one stage of the tiny-world model on the synthetic scenes (seeded, resumable)"
+    )
     world.add_argument("--stage", required=True, choices=("autoencoder", "scorer", "unet", "classifier"))
-    world.add_argument("--steps", type=int, required=True,
-                       help="total optimiser steps: a resumed run continues to it; fewer than the checkpoint's "
-                            "exports the checkpoint as it is")
+    world.add_argument(
+        "--steps",
+        type=int,
+        required=True,
+        help="total optimiser steps: a resumed run continues to it; fewer than the checkpoint's "
+        "exports the checkpoint as it is",
+    )
     world.add_argument("--batch", type=int, default=32)
     world.add_argument("--lr", type=float, default=5e-4)
     world.add_argument("--seed", type=int, default=0)
@@ -215,8 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     world.set_defaults(run=cmd_train_world)
 
     gate = model_commands.add_parser(
-        "world-gate", help="stage 4's gate: generate from held-out captions, read object and pattern with the "
-                           "world classifier (and the world scorer when exported)")
+        "world-gate",
+        help="stage 4's gate: generate from held-out captions, read object and pattern with the "
+        "world classifier (and the world scorer when exported)",
+    )
     gate.add_argument("--checkpoint", help="a unet-stage checkpoint.pt (default: the shipped tiny-world weights)")
     gate.add_argument("--classifier", help="the classifier folder (default: clic/world/weights/classifier)")
     gate.add_argument("--scorer", help="an exported scorer folder (default: clic/world/weights/scorer if there)")

@@ -12,6 +12,7 @@ Kept apart from :mod:`clic.cli` so the checks are one call there. What is refuse
 * ``CLIC_CACHE`` naming a file instead of a folder;
 * a ``--concept`` folder whose ``concept.json`` or weight files are broken (:func:`concept_problem`).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,14 @@ class OptionError(ValueError):
         super().__init__(f"{subject}: {problem}")
 
 
-def check_number(value: float | None, option: str, *, minimum: float | None = None,
-                 maximum: float | None = None, exclusive: bool = False) -> None:
+def check_number(
+    value: float | None,
+    option: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive: bool = False,
+) -> None:
     """A finite number within [minimum, maximum] (either bound optional; the open interval with ``exclusive``);
     None passes (the default). The one copy of this rule: ``clic-bench`` (harness.guards) wraps it."""
     if value is None:
@@ -70,8 +77,10 @@ def placeholder_problem(word: str) -> str | None:
     found = PLACEHOLDER.search(word)
     if found is None:
         return None
-    return (f"{word!r} holds the placeholder token {found.group()}: the object word goes beside the concept's token "
-            f"in every prompt (\"A chair with <v*> style\"), so it must be a plain word such as 'chair'")
+    return (
+        f"{word!r} holds the placeholder token {found.group()}: the object word goes beside the concept's token "
+        f"in every prompt (\"A chair with <v*> style\"), so it must be a plain word such as 'chair'"
+    )
 
 
 def check_object_word(word: str | None, option: str = "--object") -> None:
@@ -106,8 +115,11 @@ def check_prompt_fits(tokenizer: Any, word: str, option: str = "--object") -> No
     used = len(tokenizer(word, add_special_tokens=False, verbose=False).input_ids)  # verbose: no length warning
     allowed = limit - PROMPT_TEMPLATE_TOKENS
     if used > allowed:
-        raise OptionError(option, f"{used} tokens, at most {allowed} fit: the prompt around it would exceed the text "
-                                  f"encoder's {limit} tokens and drop the concept token; use a shorter object word")
+        raise OptionError(
+            option,
+            f"{used} tokens, at most {allowed} fit: the prompt around it would exceed the text "
+            f"encoder's {limit} tokens and drop the concept token; use a shorter object word",
+        )
 
 
 def check_output_folder(out: str | None, option: str = "--out") -> None:
@@ -168,7 +180,9 @@ def concept_problem(directory: str | os.PathLike[str]) -> str | None:
         return f"{meta_path}: not readable JSON ({' '.join(str(err).split())})"
     if not isinstance(meta, dict):
         return f"{meta_path}: expected a JSON object, got {type(meta).__name__}"
-    missing = [key for key in ("method", "preset", "tokens", "object_word", "train_kv", "train_q_out") if key not in meta]
+    missing = [
+        key for key in ("method", "preset", "tokens", "object_word", "train_kv", "train_q_out") if key not in meta
+    ]
     if missing:
         return f"{meta_path}: missing key(s) {', '.join(missing)}"
     token_files = meta.get("token_files") or {}

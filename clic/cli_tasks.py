@@ -3,6 +3,7 @@
 Part of :mod:`clic.cli` (the entry point, the model and method commands, ``main``), which runs them. Every check
 raises :class:`clic.cli_checks.OptionError` naming the option or file, before any work where it can.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,16 @@ from .models import (
 MODEL_FREE_RESOLUTION = 512
 
 # settings field -> the option that sets it, to name the option a resolved setting's error is about
-SETTING_OPTIONS = {"t_start": "--t-start", "read_steps": "--read-steps", "eta": "--eta", "steps": "--steps", "images": "--images",
-                   "stage_one_steps": "--stage-one-steps", "threshold": "--threshold", "resolution": "--resolution"}
+SETTING_OPTIONS = {
+    "t_start": "--t-start",
+    "read_steps": "--read-steps",
+    "eta": "--eta",
+    "steps": "--steps",
+    "images": "--images",
+    "stage_one_steps": "--stage-one-steps",
+    "threshold": "--threshold",
+    "resolution": "--resolution",
+}
 
 
 def _resolve(method: Method, task: str, preset: str | None, overrides: dict[str, Any]) -> Any:
@@ -54,11 +63,13 @@ def _resolve(method: Method, task: str, preset: str | None, overrides: dict[str,
         return method.resolve(task, preset, overrides)
     except (ValueError, TypeError) as err:
         text = " ".join(str(err).split())
-        blamed = [key for key in sorted(overrides, key=lambda k: text.find(k)) if key in SETTING_OPTIONS and key in text]
+        blamed = [
+            key for key in sorted(overrides, key=lambda k: text.find(k)) if key in SETTING_OPTIONS and key in text
+        ]
         if not blamed:
             raise OptionError("--preset", text) from None
         if text.startswith(blamed[0] + " "):  # "t_start must lie in …" → "--t-start: must lie in …"
-            text = text[len(blamed[0]) + 1:]
+            text = text[len(blamed[0]) + 1 :]
         raise OptionError(SETTING_OPTIONS[blamed[0]], text) from None
 
 
@@ -89,8 +100,9 @@ def _placement(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
     return device, resolve_dtype(args.dtype)
 
 
-def _components(method: Method, model: str | None, concept: LearnedConcept | None = None,
-                args: argparse.Namespace | None = None) -> SDComponents | None:
+def _components(
+    method: Method, model: str | None, concept: LearnedConcept | None = None, args: argparse.Namespace | None = None
+) -> SDComponents | None:
     """The model named by --model, else the one the concept was learned with, on --device in --dtype;
     None for model-free methods."""
     device, dtype = _placement(args) if args is not None else (torch.device("cpu"), torch.float32)
@@ -98,8 +110,11 @@ def _components(method: Method, model: str | None, concept: LearnedConcept | Non
         return None
     model = model or (concept.model_id if concept is not None else None)
     if not model:
-        raise OptionError("--model", f"required: one of {', '.join(TINY_PRESETS)}, a diffusers folder, a single-file "
-                                  "checkpoint or a cached HF id")
+        raise OptionError(
+            "--model",
+            f"required: one of {', '.join(TINY_PRESETS)}, a diffusers folder, a single-file "
+            "checkpoint or a cached HF id",
+        )
     if method.needs_inpainting and model == "tiny":
         model = "tiny-inpaint"
     try:
@@ -138,15 +153,22 @@ def _check_concept_model(concept: LearnedConcept, components: SDComponents | Non
     if not learned:  # the concept does not say and its model is not here: nothing to compare
         return
     given = components_architecture(components)
-    differences = [f"{key} {given.get(key)} vs {value}" for key, value in learned.items()
-                   if key in given and given[key] != value]
+    differences = [
+        f"{key} {given.get(key)} vs {value}" for key, value in learned.items() if key in given and given[key] != value
+    ]
     if differences:
-        raise OptionError("--model", f"{model} has another architecture than the concept's model {concept.model_id} "
-                                  f"({'; '.join(differences)}): a concept runs only on the architecture it was "
-                                  f"learned on; leave --model out to use {concept.model_id}")
+        raise OptionError(
+            "--model",
+            f"{model} has another architecture than the concept's model {concept.model_id} "
+            f"({'; '.join(differences)}): a concept runs only on the architecture it was "
+            f"learned on; leave --model out to use {concept.model_id}",
+        )
     if concept.weights_hash and components.weights_hash != concept.weights_hash:
-        print(f"note: --model {model} is another checkpoint of the same architecture as the concept's model "
-              f"{concept.model_id}: its tokens and attention weights were learned on that one", file=sys.stderr)
+        print(
+            f"note: --model {model} is another checkpoint of the same architecture as the concept's model "
+            f"{concept.model_id}: its tokens and attention weights were learned on that one",
+            file=sys.stderr,
+        )
 
 
 def _resolution(requested: int | None, components: SDComponents | None, concept: LearnedConcept | None = None) -> int:
@@ -199,7 +221,9 @@ def cmd_learn(args: argparse.Namespace) -> None:
     resolution = _resolution(args.resolution, components)
     image = load_image(args.image)
     image_tensor, _, _ = to_model_input(image, None, resolution, name=args.image)
-    masks = [_model_mask(path, image.size, image, resolution) for path in [args.mask, *([args.mask2] if args.mask2 else [])]]
+    masks = [
+        _model_mask(path, image.size, image, resolution) for path in [args.mask, *([args.mask2] if args.mask2 else [])]
+    ]
     source = ConceptSource(image_tensor, torch.stack(masks), args.object)
     overrides: dict[str, Any] = {"resolution": resolution}
     if args.steps is not None:
@@ -208,18 +232,30 @@ def cmd_learn(args: argparse.Namespace) -> None:
         overrides["checkpoint_every"] = args.checkpoint_every
     config = _resolve(method, "learn", args.preset, overrides if method.needs_model else {})
     started = time.perf_counter()
-    concept = method.learn(components, source, preset=args.preset, overrides=config,
-                           seed=args.seed, out_dir=args.out, progress=not args.quiet)
+    concept = method.learn(
+        components,
+        source,
+        preset=args.preset,
+        overrides=config,
+        seed=args.seed,
+        out_dir=args.out,
+        progress=not args.quiet,
+    )
     final = f", final loss {concept.loss_log[-1]['total']:.4f}" if concept.loss_log else ""
-    print(f"learned {' '.join(concept.tokens) or 'the source'} with {method.name}/{concept.preset} in "
-          f"{time.perf_counter() - started:.1f} s{final} -> {args.out}")
+    print(
+        f"learned {' '.join(concept.tokens) or 'the source'} with {method.name}/{concept.preset} in "
+        f"{time.perf_counter() - started:.1f} s{final} -> {args.out}"
+    )
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
     concept, method = _load_concept(args.concept)
     check_positive(args.steps, "--steps")
-    overrides = {key: value for key, value in (("t_start", args.t_start), ("eta", args.eta), ("steps", args.steps))
-                 if value is not None}
+    overrides = {
+        key: value
+        for key, value in (("t_start", args.t_start), ("eta", args.eta), ("steps", args.steps))
+        if value is not None
+    }
     settings = _resolve(method, "transfer", concept.preset, overrides)  # None: the method reads no settings
     components = _components(method, args.model, concept, args)
     _check_concept_model(concept, components, args.model)
@@ -232,23 +268,33 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     mask = _model_mask(args.mask, image.size, image, resolution)
     started = time.perf_counter()
     try:
-        result = method.transfer(components, concept, image_tensor, mask, args.object, overrides=settings,
-                                 seed=args.seed)
+        result = method.transfer(
+            components, concept, image_tensor, mask, args.object, overrides=settings, seed=args.seed
+        )
     except UnsupportedTask as err:
         raise OptionError("--concept", str(err)) from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from_model_output(result.image, placement).save(out / "edited.png")
     from_model_output(_gray(result.attention), placement).convert("L").save(out / "attention.png")
-    _write_json(out / "result.json", {
-        "concept": str(args.concept), "method": method.name, "preset": concept.preset, "object": args.object,
-        "seed": args.seed, "overrides": overrides, "settings": settings.to_dict() if settings is not None else None,
-        "resolution": resolution, "size": list(image.size),
-        "model": components.weights_label if components is not None else None,
-        "attention_in_mask": getattr(result, "attention_in_mask", None),
-        **(result.schedule_record() if hasattr(result, "schedule_record") else {}),
-        "seconds": round(time.perf_counter() - started, 3),
-    })
+    _write_json(
+        out / "result.json",
+        {
+            "concept": str(args.concept),
+            "method": method.name,
+            "preset": concept.preset,
+            "object": args.object,
+            "seed": args.seed,
+            "overrides": overrides,
+            "settings": settings.to_dict() if settings is not None else None,
+            "resolution": resolution,
+            "size": list(image.size),
+            "model": components.weights_label if components is not None else None,
+            "attention_in_mask": getattr(result, "attention_in_mask", None),
+            **(result.schedule_record() if hasattr(result, "schedule_record") else {}),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
     print(f"transferred {' '.join(concept.tokens) or 'the source'} into {args.image} -> {out / 'edited.png'}")
 
 
@@ -256,14 +302,18 @@ def cmd_generate(args: argparse.Namespace) -> None:
     concept, method = _load_concept(args.concept)
     check_positive(args.steps, "--steps")
     check_positive(args.images, "--images")
-    overrides = {key: value for key, value in (("steps", args.steps), ("images", args.images),
-                                               ("stage_one_steps", args.stage_one_steps)) if value is not None}
+    overrides = {
+        key: value
+        for key, value in (("steps", args.steps), ("images", args.images), ("stage_one_steps", args.stage_one_steps))
+        if value is not None
+    }
     try:
         method.require("generate")
     except UnsupportedTask as err:
         raise OptionError("--concept", str(err)) from None
-    _check_memory(args.resolution or int(concept.config.get("resolution") or 0) or 8, overrides.get("images", 1),
-                  "--images")
+    _check_memory(
+        args.resolution or int(concept.config.get("resolution") or 0) or 8, overrides.get("images", 1), "--images"
+    )
     settings = _resolve(method, "generate", concept.preset, overrides)  # a bad value fails before the model loads
     components = _components(method, args.model, concept, args)
     _check_concept_model(concept, components, args.model)
@@ -286,11 +336,17 @@ def _match_overrides(args: argparse.Namespace) -> dict[str, Any]:
     steps from the end, transfer's t_start keeps them from the start), still works with a warning."""
     read_steps = args.read_steps
     if args.deprecated_t_start is not None:
-        print("clic: warning: `clic match --t-start` is deprecated: use --read-steps (DDIM steps read, from the end "
-              "of the schedule; --t-start of `clic transfer` counts the steps kept)", file=sys.stderr)
+        print(
+            "clic: warning: `clic match --t-start` is deprecated: use --read-steps (DDIM steps read, from the end "
+            "of the schedule; --t-start of `clic transfer` counts the steps kept)",
+            file=sys.stderr,
+        )
         read_steps = args.deprecated_t_start if read_steps is None else read_steps
-    return {key: value for key, value in (("steps", args.steps), ("read_steps", read_steps),
-                                          ("threshold", args.threshold)) if value is not None}
+    return {
+        key: value
+        for key, value in (("steps", args.steps), ("read_steps", read_steps), ("threshold", args.threshold))
+        if value is not None
+    }
 
 
 def cmd_match(args: argparse.Namespace) -> None:
@@ -305,7 +361,9 @@ def cmd_match(args: argparse.Namespace) -> None:
         raise OptionError("--concept", str(err)) from None
     settings = _resolve(method, "match", concept.preset, overrides)
     if "source_image" not in concept.arrays:  # w* is learned from the source the concept keeps
-        raise OptionError(args.concept, "the concept keeps no source image (learned by an older version): learn it again")
+        raise OptionError(
+            args.concept, "the concept keeps no source image (learned by an older version): learn it again"
+        )
     components = _components(method, args.model, concept, args)
     _check_concept_model(concept, components, args.model)
     _check_schedule(settings.denoise_steps, components)
@@ -319,37 +377,60 @@ def cmd_match(args: argparse.Namespace) -> None:
     mask = mask_from_model_output(result.mask.float(), placement)
     save_mask_png(mask, out / "mask.png")
     from_model_output(_gray(result.soft_map), placement).convert("L").save(out / "soft.png")
-    _write_json(out / "result.json", {
-        "concept": str(args.concept), "object": args.object, "seed": args.seed, "overrides": overrides,
-        "threshold": result.threshold, "mask_fraction": float(np.mean(mask)), "size": list(image.size),
-    })
-    print(f"matched the concept's region in {args.image}: {float(np.mean(mask)):.1%} of the image -> {out / 'mask.png'}")
+    _write_json(
+        out / "result.json",
+        {
+            "concept": str(args.concept),
+            "object": args.object,
+            "seed": args.seed,
+            "overrides": overrides,
+            "threshold": result.threshold,
+            "mask_fraction": float(np.mean(mask)),
+            "size": list(image.size),
+        },
+    )
+    print(
+        f"matched the concept's region in {args.image}: {float(np.mean(mask)):.1%} of the image -> {out / 'mask.png'}"
+    )
 
 
 def common(sub: argparse.ArgumentParser, *, model_help: str) -> None:
     """The options every task command takes: model, seed, resolution, device, dtype."""
     sub.add_argument("--model", help=model_help)
     sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--resolution", type=int, help="model input side in pixels (default: the concept's or the model's)")
+    sub.add_argument(
+        "--resolution", type=int, help="model input side in pixels (default: the concept's or the model's)"
+    )
     sub.add_argument("--device", default="auto", help=DEVICE_HELP)
-    sub.add_argument("--dtype", default="fp32", choices=tuple(DTYPES),
-                     help="precision of the frozen model; trained weights keep fp32 master copies (default fp32)")
+    sub.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=tuple(DTYPES),
+        help="precision of the frozen model; trained weights keep fp32 master copies (default fp32)",
+    )
 
 
 def add_task_commands(commands: Any) -> None:
     """The parsers of `clic learn|transfer|generate|match` (``commands``: the parser's subparsers)."""
     learn = commands.add_parser("learn", help="learn a concept from a source image and its mask")
-    common(learn, model_help="tiny, tiny-inpaint, a diffusers folder, a single-file SD 1.x/2.x checkpoint "
-                             "(.safetensors/.ckpt) or a cached HF id")
+    common(
+        learn,
+        model_help="tiny, tiny-inpaint, a diffusers folder, a single-file SD 1.x/2.x checkpoint "
+        "(.safetensors/.ckpt) or a cached HF id",
+    )
     learn.add_argument("--image", required=True, help="source image")
     learn.add_argument("--mask", required=True, help="mask of the concept's region in the source image")
     learn.add_argument("--mask2", help="mask of a second concept in the same image (learns <v1*> and <v2*>)")
     learn.add_argument("--object", required=True, help="the object word, e.g. chair")
     learn.add_argument("--steps", type=int, help="learning steps (default: the preset's)")
     learn.add_argument("--out", required=True, help="concept folder to write")
-    learn.add_argument("--checkpoint-every", type=int, default=0,
-                       help="write a resumable snapshot into OUT/checkpoints every N steps; the same command run "
-                            "again after an interruption resumes from the newest (default 0: none)")
+    learn.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="write a resumable snapshot into OUT/checkpoints every N steps; the same command run "
+        "again after an interruption resumes from the newest (default 0: none)",
+    )
     learn.add_argument("--method", default="clic")
     learn.add_argument("--preset", default=None, help="named configuration of the method (default: its default)")
     learn.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -361,8 +442,11 @@ def add_task_commands(commands: Any) -> None:
     transfer.add_argument("--image", required=True, help="target image")
     transfer.add_argument("--mask", required=True, help="target region")
     transfer.add_argument("--object", required=True)
-    transfer.add_argument("--t-start", type=int, help="schedule steps kept from the noised target; editing starts at "
-                                                      "timesteps[t_start] (paper: 5-15 of 50)")
+    transfer.add_argument(
+        "--t-start",
+        type=int,
+        help="schedule steps kept from the noised target; editing starts at timesteps[t_start] (paper: 5-15 of 50)",
+    )
     transfer.add_argument("--eta", type=float, help="attention-guidance step size (0: off)")
     transfer.add_argument("--steps", type=int, help="DDIM schedule length (default 50)")
     transfer.add_argument("--out", required=True)
@@ -384,10 +468,18 @@ def add_task_commands(commands: Any) -> None:
     match.add_argument("--image", required=True, help="target image")
     match.add_argument("--object", required=True)
     match.add_argument("--steps", type=int, help="w* learning steps (default 500)")
-    match.add_argument("--read-steps", type=int,
-                       help="DDIM steps read while denoising the target, the last of the schedule (default 25 of 50)")
-    match.add_argument("--t-start", dest="deprecated_t_start", type=int, metavar="T_START",
-                       help="deprecated alias of --read-steps (warns; transfer's --t-start counts steps kept)")
+    match.add_argument(
+        "--read-steps",
+        type=int,
+        help="DDIM steps read while denoising the target, the last of the schedule (default 25 of 50)",
+    )
+    match.add_argument(
+        "--t-start",
+        dest="deprecated_t_start",
+        type=int,
+        metavar="T_START",
+        help="deprecated alias of --read-steps (warns; transfer's --t-start counts steps kept)",
+    )
     match.add_argument("--threshold", type=float, help="on the min-max normalised map (default 0.5)")
     match.add_argument("--out", required=True)
     match.set_defaults(run=cmd_match)

@@ -18,6 +18,7 @@ and ``pipe.unet.load_attn_procs(folder, weight_name=ATTN_WEIGHTS_NAME, _pipeline
 processors only when ``_pipeline`` is given, see ``tests/clic/test_stock_loading.py``); :meth:`LearnedConcept.apply` is
 ours, onto :class:`~clic.models.SDComponents`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -78,12 +79,18 @@ class LearnedConcept:
             state.update({name: torch.zeros(0) for name in self.attention_layers if name not in trained})
             save_file(state, str(directory / ATTN_WEIGHTS_NAME), metadata={"format": "pt"})
         if self.unet_state:
-            save_file({k: v.contiguous() for k, v in self.unet_state.items()}, str(directory / "unet_state.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in self.unet_state.items()}, str(directory / "unet_state.safetensors")
+            )
         if self.text_encoder_state:
-            save_file({k: v.contiguous() for k, v in self.text_encoder_state.items()},
-                      str(directory / "text_encoder_state.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in self.text_encoder_state.items()},
+                str(directory / "text_encoder_state.safetensors"),
+            )
         if self.arrays:
-            save_file({k: v.float().contiguous() for k, v in self.arrays.items()}, str(directory / "arrays.safetensors"))
+            save_file(
+                {k: v.float().contiguous() for k, v in self.arrays.items()}, str(directory / "arrays.safetensors")
+            )
         if self.loss_log:
             with (directory / "losses.csv").open("w", newline="") as handle:
                 columns = list(dict.fromkeys(k for row in self.loss_log for k in row))
@@ -121,8 +128,11 @@ class LearnedConcept:
             vectors[name] = vector
         attention_file = load_file(str(directory / ATTN_WEIGHTS_NAME)) if meta.get("attention_weights") else {}
         attention_state = {k: v for k, v in attention_file.items() if v.numel()}  # without the untrained layers
-        attention_layers = sorted({k.rsplit(".processor.", 1)[0] + ".processor" if ".processor." in k else k
-                                   for k in attention_file}) if len(attention_file) > len(attention_state) else []
+        attention_layers = (
+            sorted({k.rsplit(".processor.", 1)[0] + ".processor" if ".processor." in k else k for k in attention_file})
+            if len(attention_file) > len(attention_state)
+            else []
+        )
         unet_path = directory / "unet_state.safetensors"
         text_path = directory / "text_encoder_state.safetensors"
         arrays_path = directory / "arrays.safetensors"
@@ -157,8 +167,10 @@ class LearnedConcept:
         # Fine-tuned weights replace the base ones: the lender (clic.reuse) gets the originals to put back after the
         # job, and two-stage generation's first stage gets them to run the unmodified model (clic.generate.base_model).
         base: dict[str, dict[str, torch.Tensor]] = {}
-        for label, module, state in (("unet", components.unet, self.unet_state),
-                                     ("text_encoder", components.text_encoder, self.text_encoder_state)):
+        for label, module, state in (
+            ("unet", components.unet, self.unet_state),
+            ("text_encoder", components.text_encoder, self.text_encoder_state),
+        ):
             if state:
                 keep_originals(components, label, [(n, p) for n, p in module.named_parameters() if n in state])
                 current = module.state_dict()
@@ -168,8 +180,12 @@ class LearnedConcept:
         if (self.config or {}).get("lora"):  # LoRA adapters (RealFill's original recipe), in peft's format
             from .lora import LORA_ADAPTER, install_lora
 
-            install_lora({"unet": components.unet, "text_encoder": components.text_encoder}, self.arrays,
-                         LORA_ADAPTER, self.config["lora"])
+            install_lora(
+                {"unet": components.unet, "text_encoder": components.text_encoder},
+                self.arrays,
+                LORA_ADAPTER,
+                self.config["lora"],
+            )
         layers = sorted({k.rsplit(".processor.", 1)[0] + ".processor" for k in self.attention_state})
         capture = AttentionCapture(
             components.unet,

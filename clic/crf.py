@@ -14,6 +14,7 @@ and cheap at the resolutions the masks are estimated at (attention maps are 16�
 ships only a source distribution for this Python: it builds here (Cython + a C++ compiler), but would need
 a toolchain on every cluster node for ~60 lines of maths, so we keep this torch version instead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,9 +46,16 @@ class DenseCRFSettings:
 
 # CutLER's crf.py (facebookresearch/CutLER, maskcut/crf.py L11-16): MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10,
 # Bi_XY_STD 50, Bi_RGB_STD 5 (0–255 colours), unary from the softmax of the binary masks.
-CUTLER = DenseCRFSettings(appearance_weight=10.0, appearance_position=50.0, appearance_colour=5 / 255,
-                          smoothness_weight=7.0, smoothness_position=3.0, iterations=10, positions_in_pixels=True,
-                          unary="softmax")
+CUTLER = DenseCRFSettings(
+    appearance_weight=10.0,
+    appearance_position=50.0,
+    appearance_colour=5 / 255,
+    smoothness_weight=7.0,
+    smoothness_position=3.0,
+    iterations=10,
+    positions_in_pixels=True,
+    unary="softmax",
+)
 
 
 def dense_kernel(image: torch.Tensor, settings: DenseCRFSettings, input_side: int | None = None) -> torch.Tensor:
@@ -57,20 +65,26 @@ def dense_kernel(image: torch.Tensor, settings: DenseCRFSettings, input_side: in
     side = max(height, width)
     if settings.positions_in_pixels:  # θ in input pixels -> working pixels; "× side" below undoes the division
         side = side / (input_side or side)
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
     positions = torch.stack([ys.flatten(), xs.flatten()], dim=1)  # (N, 2) pixels
     colours = image.reshape(3, -1).T.float()  # (N, 3)
     theta_alpha = settings.appearance_position * side
     theta_gamma = max(settings.smoothness_position * side, 1.0)
     appearance = torch.cat([positions / theta_alpha, colours / settings.appearance_colour], dim=1)
     kernel = settings.appearance_weight * torch.exp(-0.5 * torch.cdist(appearance, appearance).square())
-    kernel += settings.smoothness_weight * torch.exp(-0.5 * torch.cdist(positions / theta_gamma, positions / theta_gamma).square())
+    kernel += settings.smoothness_weight * torch.exp(
+        -0.5 * torch.cdist(positions / theta_gamma, positions / theta_gamma).square()
+    )
     kernel.fill_diagonal_(0.0)
     return kernel
 
 
 @torch.no_grad()
-def dense_crf(image: torch.Tensor, probabilities: torch.Tensor, settings: DenseCRFSettings = DenseCRFSettings()) -> torch.Tensor:
+def dense_crf(
+    image: torch.Tensor, probabilities: torch.Tensor, settings: DenseCRFSettings = DenseCRFSettings()
+) -> torch.Tensor:
     """Refined label marginals (L, H, W) from unary probabilities (L, H, W) (summing to 1 over L) and the
     image (3, H, W) in [0, 1]. Runs at ``settings.max_side`` at most and returns at the input size."""
     if image.shape[-2:] != probabilities.shape[-2:]:
@@ -79,7 +93,11 @@ def dense_crf(image: torch.Tensor, probabilities: torch.Tensor, settings: DenseC
     scale = min(1.0, settings.max_side / max(size))
     work = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
     image_w = F.interpolate(image[None].float(), size=work, mode="area")[0] if work != tuple(size) else image.float()
-    probs_w = F.interpolate(probabilities[None].float(), size=work, mode="area")[0] if work != tuple(size) else probabilities.float()
+    probs_w = (
+        F.interpolate(probabilities[None].float(), size=work, mode="area")[0]
+        if work != tuple(size)
+        else probabilities.float()
+    )
     labels = probs_w.shape[0]
     log_unary = probs_w.clamp_min(1e-6).log().reshape(labels, -1)  # −ψ_u
     kernel = dense_kernel(image_w, settings, max(size))
@@ -92,8 +110,9 @@ def dense_crf(image: torch.Tensor, probabilities: torch.Tensor, settings: DenseC
     return q
 
 
-def refine_masks(image: torch.Tensor, soft_maps: torch.Tensor, threshold: float,
-                 settings: DenseCRFSettings = DenseCRFSettings()) -> torch.Tensor:
+def refine_masks(
+    image: torch.Tensor, soft_maps: torch.Tensor, threshold: float, settings: DenseCRFSettings = DenseCRFSettings()
+) -> torch.Tensor:
     """Binary masks (n, H, W) from soft maps (n, H, W) in [0, 1] of n concepts on one image.
 
     Each map is binarised at ``threshold`` (a pixel above it for several concepts goes to the highest

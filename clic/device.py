@@ -8,6 +8,7 @@ same noise on every machine (a CUDA generator gives another stream than the CPU 
 Trained parameters (token vectors, attention copies, LoRA) keep fp32 master weights whatever the model's
 dtype; the frozen model runs in the requested dtype.
 """
+
 from __future__ import annotations
 
 import os

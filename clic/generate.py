@@ -6,6 +6,7 @@ weights on) with "a photo of an OBJECT, with <v*> style" to put the concept on i
 projections, fine-tuned UNet and text-encoder weights (Break-A-Scene's ``original``), and LoRA adapters
 (SingleInsert) — the first stage's images equal the base model's.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -62,8 +63,10 @@ def base_model(components: SDComponents, capture: AttentionCapture | None = None
     weights where a concept replaced them (kept by :meth:`LearnedConcept.apply`), and peft adapters disabled."""
     swapped = getattr(components, "_base_states", None) or {}
     modules = {"unet": components.unet, "text_encoder": components.text_encoder}
-    tuned = {label: {k: v.detach().clone() for k, v in modules[label].state_dict().items() if k in state}
-             for label, state in swapped.items()}
+    tuned = {
+        label: {k: v.detach().clone() for k, v in modules[label].state_dict().items() if k in state}
+        for label, state in swapped.items()
+    }
     for label, state in swapped.items():
         modules[label].load_state_dict(state, strict=False)
     adapted = [m for m in modules.values() if getattr(m, "peft_config", None)]
@@ -117,8 +120,9 @@ def generate_with_concept(
         nonlocal latents
         embeddings = torch.cat([text[:1].expand(n, -1, -1), text[1:2].expand(n, -1, -1)])
         capture.set_tokens(positions if record else None)
-        eps = components.unet(torch.cat([latents, latents]).to(components.dtype), t,
-                              encoder_hidden_states=embeddings).sample.float()
+        eps = components.unet(
+            torch.cat([latents, latents]).to(components.dtype), t, encoder_hidden_states=embeddings
+        ).sample.float()
         if record and capture.buffer.maps:
             maps.append(capture.mean_map(resolution, batch_index=slice(n, 2 * n))[:, 0])
         capture.clear()
@@ -132,7 +136,7 @@ def generate_with_concept(
             stage_one, _ = encode_text(components, ["", prompt_one])
             for t in timesteps[: settings.stage_one_steps]:
                 denoise(t, stage_one, record=False)
-    for t in timesteps[settings.stage_one_steps:]:
+    for t in timesteps[settings.stage_one_steps :]:
         denoise(t, stage_two, record=True)
     capture.set_tokens(None)
     images = decode(components, latents).cpu()
@@ -144,7 +148,8 @@ def _attention_maps(maps: list[torch.Tensor], n: int, size: torch.Size) -> torch
     to [0, 1]; zeros when no step recorded one."""
     if not maps:
         return torch.zeros(n, *size)
-    attention = torch.nn.functional.interpolate(torch.stack(maps).mean(0)[:, None], size=size,
-                                                mode="bilinear", align_corners=False)[:, 0]
+    attention = torch.nn.functional.interpolate(
+        torch.stack(maps).mean(0)[:, None], size=size, mode="bilinear", align_corners=False
+    )[:, 0]
     low = attention.amin(dim=(1, 2), keepdim=True)
     return (attention - low) / (attention.amax(dim=(1, 2), keepdim=True) - low).clamp_min(1e-12)

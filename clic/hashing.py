@@ -3,6 +3,7 @@
 The harness's ids (:mod:`harness.plan.jobs`, :mod:`harness.store`) and the tiny world's weight records
 (:mod:`clic.world.train`) hash with these, so "the same content" means the same thing everywhere.
 """
+
 from __future__ import annotations
 
 import hashlib

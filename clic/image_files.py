@@ -2,6 +2,7 @@
 be opened is an :class:`InputError` of one line naming the file; the EXIF orientation is read without decoding
 pixels; a large image gets a one-line note (once per process) instead of PIL's multi-line warning.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,9 +59,11 @@ def _note_large_image(image: Image.Image, name: str) -> None:
         return
     _LARGE_IMAGE_NOTED.append(name)
     width, height = image.size
-    print(f"note: {name}: {width}x{height} = {width * height / 1e6:.0f} Mpx is a large image (above {limit / 1e6:.0f} Mpx); "
-          f"decoding it in full (images above {2 * limit / 1e6:.0f} Mpx are refused; this note is shown once)",
-          file=sys.stderr)
+    print(
+        f"note: {name}: {width}x{height} = {width * height / 1e6:.0f} Mpx is a large image (above {limit / 1e6:.0f} Mpx); "
+        f"decoding it in full (images above {2 * limit / 1e6:.0f} Mpx are refused; this note is shown once)",
+        file=sys.stderr,
+    )
 
 
 def open_image(source: ImageSource, name: str) -> Image.Image:

@@ -27,19 +27,30 @@ records the original size and where the image sits in the square; :func:`from_mo
 :func:`mask_from_model_output` cut that box out of a model-resolution output and resize it back to the
 user's original size, so every saved output has the size of the image it came from.
 """
+
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from .image_files import (ImageSource, InputError, decode_image, decode_problem, display_name,  # noqa: F401
-                          exif_orientation, open_image, oriented, oriented_size)
+from .image_files import (  # noqa: F401
+    ImageSource,
+    InputError,
+    decode_image,
+    decode_problem,
+    display_name,
+    exif_orientation,
+    open_image,
+    oriented,
+    oriented_size,
+)
 
 if TYPE_CHECKING:  # torch is imported only where tensors are made, so `clic-bench validate` stays light
     import torch
@@ -173,10 +184,12 @@ def mask_from_pil(image: Image.Image, *, name: str = "mask") -> np.ndarray:
     if mode == "1":
         return np.array(image, dtype=bool)
     if mode in _INT16_MODES:
-        return _threshold_by_strips(image, lambda strip: _checked_threshold(np.asarray(strip), _HALF_16BIT, _FULL_16BIT,
-                                                                            name, mode))
+        return _threshold_by_strips(
+            image, lambda strip: _checked_threshold(np.asarray(strip), _HALF_16BIT, _FULL_16BIT, name, mode)
+        )
 
     if mode == "F":
+
         def float_strip(strip: Image.Image) -> np.ndarray:
             values = np.asarray(strip, dtype=np.float32)
             if values.min() < 0.0 or values.max() > 1.0:
@@ -223,17 +236,22 @@ def load_mask(source: ImageSource, size: tuple[int, int] | None = None, *, name:
         image = oriented(opened, orientation)
         mask = mask_from_pil(image, name=name)
         if not mask.any():
-            raise InputError(name, f"mask is empty: no pixel reaches half of full scale (largest value {_full_scale_max(image)})")
+            raise InputError(
+                name, f"mask is empty: no pixel reaches half of full scale (largest value {_full_scale_max(image)})"
+            )
     mask_size = (mask.shape[1], mask.shape[0])
     if size is None or tuple(size) == mask_size:
         return mask
     if not aspect_ratios_match(mask_size, tuple(size)):
         raise InputError(
-            name, f"mask size {mask_size[0]}x{mask_size[1]} has a different aspect ratio than the image size {size[0]}x{size[1]}"
+            name,
+            f"mask size {mask_size[0]}x{mask_size[1]} has a different aspect ratio than the image size {size[0]}x{size[1]}",
         )
     resized = resize_mask(mask, size)
     if not resized.any():
-        raise InputError(name, f"mask becomes empty when resized from {mask_size[0]}x{mask_size[1]} to {size[0]}x{size[1]}")
+        raise InputError(
+            name, f"mask becomes empty when resized from {mask_size[0]}x{mask_size[1]} to {size[0]}x{size[1]}"
+        )
     return resized
 
 
@@ -256,7 +274,7 @@ class Placement:
     resolution: int  # R, the side of the model input
 
     @classmethod
-    def for_size(cls, size: tuple[int, int], resolution: int) -> "Placement":
+    def for_size(cls, size: tuple[int, int], resolution: int) -> Placement:
         width, height = size
         side = max(width, height)
         left, top = (side - width) // 2, (side - height) // 2
@@ -270,7 +288,7 @@ class Placement:
 
 def to_model_input(
     image: Image.Image, mask: np.ndarray | None, resolution: int, *, name: str | None = None
-) -> tuple["torch.Tensor", "torch.Tensor | None", Placement]:
+) -> tuple[torch.Tensor, torch.Tensor | None, Placement]:
     """(image (3, R, R) float32 in [-1, 1], mask (1, R, R) float32 in {0, 1} or None, placement).
 
     With ``name`` (the file the image came from), an image blown up more than ``UPSCALE_NOTE_FACTOR`` times
@@ -281,8 +299,11 @@ def to_model_input(
         raise ValueError(f"resolution must be positive, got {resolution}")
     rgb = to_rgb(image)
     if name is not None and max(rgb.size) * UPSCALE_NOTE_FACTOR < resolution:
-        _note_once(name, f"{rgb.size[0]}x{rgb.size[1]} px, upscaled {resolution / max(rgb.size):.0f}x to the model's "
-                         f"{resolution}x{resolution}; its detail is what the model sees")
+        _note_once(
+            name,
+            f"{rgb.size[0]}x{rgb.size[1]} px, upscaled {resolution / max(rgb.size):.0f}x to the model's "
+            f"{resolution}x{resolution}; its detail is what the model sees",
+        )
     placement = Placement.for_size(rgb.size, resolution)
     square = Image.new("RGB", (placement.square_size,) * 2, (255, 255, 255))
     square.paste(rgb, placement.pad_box[:2])

@@ -2,6 +2,7 @@
 
 Part of the shared learning loop (:mod:`clic.learn`), which re-exports these names.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -107,11 +108,14 @@ class LearnConfig(MethodConfig):
         if self.attention_norm not in ("raw", "minmax"):
             raise ValueError(f"attention_norm must be 'raw' or 'minmax', got {self.attention_norm!r}")
         if isinstance(self.attention_resolution, str) and self.attention_resolution != "latent":
-            raise ValueError(f"attention_resolution must be a side in cells or 'latent', got {self.attention_resolution!r}")
+            raise ValueError(
+                f"attention_resolution must be a side in cells or 'latent', got {self.attention_resolution!r}"
+            )
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        if self.lora and (int(self.lora.get("rank", 0)) <= 0 or not self.lora.get("unet_targets")
-                          or not self.lora.get("text_targets")):
+        if self.lora and (
+            int(self.lora.get("rank", 0)) <= 0 or not self.lora.get("unet_targets") or not self.lora.get("text_targets")
+        ):
             raise ValueError(f"lora needs a positive rank and unet_targets / text_targets, got {dict(self.lora)}")
         if isinstance(self.resolution, int) and self.resolution > 0:
             from .limits import image_memory_problem  # the bound `clic learn` and the suite reader apply first
@@ -120,8 +124,10 @@ class LearnConfig(MethodConfig):
             if problem is not None:
                 raise ValueError(f"resolution {self.resolution} is too large: {problem}")
         if self.gradient_accumulation < 1 or self.max_grad_norm < 0:
-            raise ValueError(f"gradient_accumulation must be >= 1 and max_grad_norm >= 0, got "
-                             f"{self.gradient_accumulation}, {self.max_grad_norm}")
+            raise ValueError(
+                f"gradient_accumulation must be >= 1 and max_grad_norm >= 0, got "
+                f"{self.gradient_accumulation}, {self.max_grad_norm}"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -133,13 +139,26 @@ class LearnConfig(MethodConfig):
         if self.phases:
             phases = self.phases
         else:
-            phases = (Phase(self.steps, self.token_lr if self.token_lr is not None else self.lr,
-                            self.lr if (self.train_kv or self.train_q_out) else 0.0),)
+            phases = (
+                Phase(
+                    self.steps,
+                    self.token_lr if self.token_lr is not None else self.lr,
+                    self.lr if (self.train_kv or self.train_q_out) else 0.0,
+                ),
+            )
         if not self.scale_lr or self.gradient_accumulation == 1:
             return phases
         k = self.gradient_accumulation
-        return tuple(replace(p, token_lr=p.token_lr * k, attention_lr=p.attention_lr * k, unet_lr=p.unet_lr * k,
-                             text_encoder_lr=p.text_encoder_lr * k) for p in phases)
+        return tuple(
+            replace(
+                p,
+                token_lr=p.token_lr * k,
+                attention_lr=p.attention_lr * k,
+                unet_lr=p.unet_lr * k,
+                text_encoder_lr=p.text_encoder_lr * k,
+            )
+            for p in phases
+        )
 
 
 def split_phases(phases: Sequence[Phase], total: int) -> tuple[Phase, ...]:

@@ -3,6 +3,7 @@ VAE's latents of the source.
 
 Part of the shared learning loop (:mod:`clic.learn`), which re-exports these names.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,10 @@ class ConceptSource:
         if self.masks.dim() == 2:
             self.masks = self.masks[None]
         expected_dims = 4 if self.image.dim() == 4 else 3
-        if self.masks.dim() != expected_dims or self.masks.shape[-2:] != self.image.shape[-2:] or (
-            expected_dims == 4 and self.masks.shape[0] != self.image.shape[0]
+        if (
+            self.masks.dim() != expected_dims
+            or self.masks.shape[-2:] != self.image.shape[-2:]
+            or (expected_dims == 4 and self.masks.shape[0] != self.image.shape[0])
         ):
             raise ValueError(f"masks {tuple(self.masks.shape)} do not match image {tuple(self.image.shape)}")
         if (self.masks.flatten(-2).sum(-1) == 0).any():
@@ -58,7 +61,9 @@ class ConceptSource:
 # ------------------------------------------------------------------------------ text helpers
 
 
-_TOKEN_IDS: weakref.WeakKeyDictionary[Any, dict[tuple[int, tuple[str, ...]], torch.Tensor]] = weakref.WeakKeyDictionary()
+_TOKEN_IDS: weakref.WeakKeyDictionary[Any, dict[tuple[int, tuple[str, ...]], torch.Tensor]] = (
+    weakref.WeakKeyDictionary()
+)
 _TOKEN_IDS_PER_TOKENIZER = 512  # a learning loop sees a handful of prompts; a worker many concepts' prompts
 
 
@@ -72,7 +77,10 @@ def tokenize(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
         if len(cache) >= _TOKEN_IDS_PER_TOKENIZER:
             cache.clear()
         cache[key] = tokenizer(
-            list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            list(prompts),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
             return_tensors="pt",
         ).input_ids
     return cache[key].clone()
@@ -92,7 +100,7 @@ _A_EXCEPTIONS = ("uni", "use", "usu", "uten", "eu", "one", "once", "ewe", "uk", 
 
 
 def indefinite_article(word: str) -> str:
-    """"an" before a vowel sound, else "a" (spelling rules with the common exceptions)."""
+    """ "an" before a vowel sound, else "a" (spelling rules with the common exceptions)."""
     lower = word.strip().lower()
     if lower.startswith(_AN_EXCEPTIONS):
         return "an"
@@ -103,13 +111,19 @@ def indefinite_article(word: str) -> str:
 
 def format_prompt(template: str, object_word: str, tokens: Sequence[str]) -> str:
     article = indefinite_article(object_word)
-    template = _ARTICLE_BEFORE_OBJECT.sub(lambda m: (article.capitalize() if m.group(1) == "A" else article) + " {object}",
-                                          template)
+    template = _ARTICLE_BEFORE_OBJECT.sub(
+        lambda m: (article.capitalize() if m.group(1) == "A" else article) + " {object}", template
+    )
     return template.format(object=object_word, tokens=" and ".join(tokens), token=tokens[0])
 
 
-def vae_moments(components: SDComponents, images: torch.Tensor, *, device: torch.device | None = None,
-                dtype: torch.dtype | None = None) -> torch.Tensor:
+def vae_moments(
+    components: SDComponents,
+    images: torch.Tensor,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Posterior mean and log-variance (2·C channels) of images in [-1, 1].
 
     ``device``/``dtype``: the VAE's, when the caller already knows them (a diffusers model looks both up by

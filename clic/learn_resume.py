@@ -3,6 +3,7 @@ random state), written atomically, and the newest one learned from the same inpu
 
 Part of the shared learning loop (:mod:`clic.learn`); :func:`concept_snapshot` is also what a finished learn saves.
 """
+
 from __future__ import annotations
 
 import random
@@ -37,15 +38,21 @@ def set_random_states(generator: torch.Generator, states: Mapping[str, Any]) -> 
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def resume_fingerprint(config: LearnConfig, source: ConceptSource, method: str, preset: str, seed: int,
-                        token_names: Sequence[str]) -> str:
+def resume_fingerprint(
+    config: LearnConfig, source: ConceptSource, method: str, preset: str, seed: int, token_names: Sequence[str]
+) -> str:
     """What a snapshot must have been learned from to be resumed: the settings, seed, tokens and source pixels
     (a folder reused for another learn starts afresh instead of resuming a stranger's state)."""
     import hashlib
     import json
 
-    digest = hashlib.sha256(json.dumps({"config": config.to_dict(), "method": method, "preset": preset, "seed": seed,
-                                        "tokens": list(token_names)}, sort_keys=True, default=str).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {"config": config.to_dict(), "method": method, "preset": preset, "seed": seed, "tokens": list(token_names)},
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     for tensor in (source.images, source.image_masks):
         digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -83,8 +90,15 @@ def latest_resume_state(out_dir: str | Path, fingerprint: str) -> dict[str, Any]
     return None
 
 
-def concept_snapshot(state: TrainState, source: ConceptSource, config: LearnConfig, method: str, preset: str,
-              loss_log: list[dict[str, float]], seed: int) -> LearnedConcept:
+def concept_snapshot(
+    state: TrainState,
+    source: ConceptSource,
+    config: LearnConfig,
+    method: str,
+    preset: str,
+    loss_log: list[dict[str, float]],
+    seed: int,
+) -> LearnedConcept:
     full_unet = any(p.unet_lr > 0 for p in config.schedule())
     return LearnedConcept(
         method=method,
@@ -101,9 +115,16 @@ def concept_snapshot(state: TrainState, source: ConceptSource, config: LearnConf
         config={**config.to_dict(), "seed": seed},
         loss_log=list(loss_log),
         extras={"architecture": components_architecture(state.components)},  # a model given later must match it
-        unet_state={k: v.detach().clone() for k, v in state.components.unet.state_dict().items() if "processor" not in k}
-        if full_unet else {},
-        text_encoder_state={k: v.detach().clone() for k, v in state.components.text_encoder.state_dict().items()
-                            if "token_embedding" not in k}
-        if any(p.text_encoder_lr > 0 for p in config.schedule()) else {},
+        unet_state={
+            k: v.detach().clone() for k, v in state.components.unet.state_dict().items() if "processor" not in k
+        }
+        if full_unet
+        else {},
+        text_encoder_state={
+            k: v.detach().clone()
+            for k, v in state.components.text_encoder.state_dict().items()
+            if "token_embedding" not in k
+        }
+        if any(p.text_encoder_lr > 0 for p in config.schedule())
+        else {},
     )

@@ -3,6 +3,7 @@ given (:class:`StepBatch`) and CLiC's fused step (:func:`fused_step`, paper §3.
 
 Part of the shared learning loop (:mod:`clic.learn`), which re-exports these names.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -85,10 +86,17 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     # Latents stay fp32; the UNet sees its own dtype; losses are taken in fp32.
     eps = components.unet(model_input.to(state.model_dtype), timesteps, encoder_hidden_states=text).sample.float()
 
-    step = StepTensors(noise=batch.noise, mask=union, pixel_masks=batch.masks, valid=batch.valid,
-                       target=training_target(scheduler, batch.latents, batch.noise, batch.timestep))
+    step = StepTensors(
+        noise=batch.noise,
+        mask=union,
+        pixel_masks=batch.masks,
+        valid=batch.valid,
+        target=training_target(scheduler, batch.latents, batch.noise, batch.timestep),
+    )
     if roi_x0 is not None:  # each RoI row's own clean latents (ε is shared)
-        step.roi_target = training_target(scheduler, roi_x0, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n))
+        step.roi_target = training_target(
+            scheduler, roi_x0, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n)
+        )
     offset = 0
     if "context" in needs:
         step.eps_context = eps[:1]
@@ -120,14 +128,15 @@ def capture_resolution(capture: AttentionCapture, components: SDComponents, late
         if name.startswith("up_blocks"):
             sides.append(latent // 2 ** (depth - block))
         elif name.startswith("down_blocks"):
-            sides.append(latent // 2 ** block)
+            sides.append(latent // 2**block)
         else:
-            sides.append(latent // 2 ** depth)
+            sides.append(latent // 2**depth)
     return max(1, min(sides)) if sides else max(1, latent // 4)
 
 
-def attention_side(config: LearnConfig, capture: AttentionCapture, components: SDComponents,
-                   latent_side: int | None = None) -> int:
+def attention_side(
+    config: LearnConfig, capture: AttentionCapture, components: SDComponents, latent_side: int | None = None
+) -> int:
     """The side l_att compares maps at: configured, the latent grid in use, or the coarsest captured layer's."""
     if config.attention_resolution == "latent":
         return latent_side or components.latent_size

@@ -9,6 +9,7 @@
   channels (the tiny VAE's 32; SD's has 128). It is a floor, not an estimate: a value it refuses cannot run
   here (``--resolution 100000`` would need terabytes), a value it passes may still be too large.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,10 @@ FP32_BYTES = 4
 def schedule_steps_problem(steps: int, train_timesteps: int = DEFAULT_TRAIN_TIMESTEPS) -> str | None:
     """None when a DDIM schedule of ``steps`` steps fits the scheduler, else why not (one line)."""
     if steps > train_timesteps:
-        return (f"{steps} is more than the scheduler's num_train_timesteps {train_timesteps} (each DDIM step is a "
-                f"distinct training timestep): use at most {train_timesteps}")
+        return (
+            f"{steps} is more than the scheduler's num_train_timesteps {train_timesteps} (each DDIM step is a "
+            f"distinct training timestep): use at most {train_timesteps}"
+        )
     return None
 
 
@@ -42,8 +45,9 @@ def machine_memory_bytes() -> int:
     torch = sys.modules.get("torch")
     try:
         if torch is not None and torch.cuda.is_available():
-            memory = max(memory, *(torch.cuda.get_device_properties(i).total_memory
-                                   for i in range(torch.cuda.device_count())))
+            memory = max(
+                memory, *(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+            )
     except Exception:  # a broken CUDA setup is the device check's business, not this bound's
         pass
     return memory
@@ -55,8 +59,11 @@ def image_memory_problem(resolution: int, images: int = 1, memory: int | None = 
     needed = image_memory_bytes(resolution, images)
     if needed <= memory:
         return None
-    count = f"{images} images of {resolution}x{resolution} px need" if images > 1 else \
-        f"an image of {resolution}x{resolution} px needs"
+    count = (
+        f"{images} images of {resolution}x{resolution} px need"
+        if images > 1
+        else f"an image of {resolution}x{resolution} px needs"
+    )
     return f"{count} at least {_gb(needed)} of memory, more than this machine has ({_gb(memory)})"
 
 

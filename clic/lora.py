@@ -7,6 +7,7 @@ adapter layers out of the module tree again (``recurse_remove_peft_layers``: eac
 its own base layer), so a model lent to a job (:mod:`clic.reuse`) has its own parameters, under their own names,
 afterwards — ``delete_adapters`` alone leaves the wrappers (and renamed parameters) behind.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -19,13 +20,24 @@ LORA_ADAPTER = "concept"  # the adapter name a learned concept's LoRA gets
 ARRAY_PREFIX = "lora/"  # adapter tensors inside LearnedConcept.arrays: "lora/<network>.<peft key>"
 
 
-def add_lora(module: nn.Module, adapter: str, rank: int, alpha: float, targets: Sequence[str],
-             dropout: float = 0.0, init: str | bool = True) -> list[nn.Parameter]:
+def add_lora(
+    module: nn.Module,
+    adapter: str,
+    rank: int,
+    alpha: float,
+    targets: Sequence[str],
+    dropout: float = 0.0,
+    init: str | bool = True,
+) -> list[nn.Parameter]:
     """Add one adapter to ``module`` (a diffusers UNet or a transformers text encoder); its parameters."""
     from peft import LoraConfig
 
-    module.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
-                                  init_lora_weights=init), adapter_name=adapter)
+    module.add_adapter(
+        LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout, init_lora_weights=init
+        ),
+        adapter_name=adapter,
+    )
     return lora_parameters(module)
 
 
@@ -59,8 +71,9 @@ def remove_lora(module: nn.Module) -> bool:
     return True
 
 
-def install_lora(networks: Mapping[str, nn.Module], arrays: Mapping[str, torch.Tensor], adapter: str,
-                 settings: Mapping[str, Any]) -> bool:
+def install_lora(
+    networks: Mapping[str, nn.Module], arrays: Mapping[str, torch.Tensor], adapter: str, settings: Mapping[str, Any]
+) -> bool:
     """Add the adapters saved in a concept's ``arrays`` (``lora/<network>.<key>``) to ``networks`` with the
     ``settings`` they were trained with (rank, alpha, targets); once per network. True if any was installed."""
     from peft import set_peft_model_state_dict
@@ -68,7 +81,7 @@ def install_lora(networks: Mapping[str, nn.Module], arrays: Mapping[str, torch.T
     installed = False
     for name, module in networks.items():
         prefix = f"{ARRAY_PREFIX}{name}."
-        state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
         if not state or adapter in (getattr(module, "peft_config", None) or {}):
             continue
         targets = settings["unet_targets"] if name == "unet" else settings["text_targets"]

@@ -25,6 +25,7 @@ or named by a dotted path ``"package.module:function"`` in a config, so ablation
 missing key) and new terms are configuration. A term declares the branches it needs, so the training
 step only runs the UNet passes and attention capture that some active term reads.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -48,8 +49,9 @@ def context_loss(eps_pred: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor, 
     return ((soft_mask(mask, alpha) * (eps_pred - eps)) ** 2).mean()
 
 
-def attention_loss(attn_map: torch.Tensor, mask: torch.Tensor, resize: str = "area",
-                   sum_tokens: bool = False) -> torch.Tensor:
+def attention_loss(
+    attn_map: torch.Tensor, mask: torch.Tensor, resize: str = "area", sum_tokens: bool = False
+) -> torch.Tensor:
     """l_att: squared error between the token's attention map and the mask resized to the map.
 
     ``resize``: ``"antialias"`` (CLiC paper preset: the same antialiased bilinear filter the maps get),
@@ -90,13 +92,19 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size, mode: st
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
     if mode in ("bilinear", "antialias"):
-        return F.interpolate(mask.float(), size=tuple(size), mode="bilinear", align_corners=False,
-                             antialias=mode == "antialias").to(mask.dtype)
+        return F.interpolate(
+            mask.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=mode == "antialias"
+        ).to(mask.dtype)
     return F.interpolate(mask, size=tuple(size), mode=mode)
 
 
-def released_context_weight(mask: torch.Tensor, size: tuple[int, int] | torch.Size, outside: float = 0.25,
-                            threshold: float = 0.05, border: int = 1) -> torch.Tensor:
+def released_context_weight(
+    mask: torch.Tensor,
+    size: tuple[int, int] | torch.Size,
+    outside: float = 0.25,
+    threshold: float = 0.05,
+    border: int = 1,
+) -> torch.Tensor:
     """The released code's l_con weight W on the latent grid, from a (B, 1, H, W) pixel mask.
 
     Bilinear resize (learning.py L107), cells below ``threshold`` set to ``outside`` (L113) — the mask
@@ -166,8 +174,10 @@ class LossTerm:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.needs) - BRANCHES)
         if unknown:  # a misspelt branch would silently never run, and the term would read a missing tensor
-            raise LossTermError(f"loss term {getattr(self.fn, '__name__', self.fn)!r}: unknown needs {unknown} "
-                             f"(known: {', '.join(sorted(BRANCHES))})")
+            raise LossTermError(
+                f"loss term {getattr(self.fn, '__name__', self.fn)!r}: unknown needs {unknown} "
+                f"(known: {', '.join(sorted(BRANCHES))})"
+            )
 
 
 TERMS: dict[str, LossTerm] = {}
@@ -182,12 +192,19 @@ def register_term(name: str, needs: set[str] | frozenset[str]) -> Callable:
 
 
 @register_term("con", {"context"})
-def _con(s: StepTensors, alpha: float = 0.5, form: str = "paper", outside: float = 0.25, threshold: float = 0.05,
-         border: int = 1) -> torch.Tensor:
+def _con(
+    s: StepTensors,
+    alpha: float = 0.5,
+    form: str = "paper",
+    outside: float = 0.25,
+    threshold: float = 0.05,
+    border: int = 1,
+) -> torch.Tensor:
     """``form="paper"``: mean((M_soft ⊙ error)²) with α; ``"released"``: the weight-normalised form."""
     if form == "released":
-        weight = released_context_weight(s.pixel_masks.amax(dim=0)[None, None], s.eps_context.shape[-2:], outside,
-                                         threshold, border)
+        weight = released_context_weight(
+            s.pixel_masks.amax(dim=0)[None, None], s.eps_context.shape[-2:], outside, threshold, border
+        )
         return weight_normalised_error(s.eps_context, s.target, weight)
     _check_form(form)
     return context_loss(s.eps_context, s.target, s.mask, alpha)
@@ -203,8 +220,9 @@ def _roi(s: StepTensors, form: str = "paper") -> torch.Tensor:
     """``form="paper"``: plain mean squared error; ``"released"``: weighted by the bilinear mask, normalised."""
     target = s.roi_target if s.roi_target is not None else s.target.expand_as(s.eps_roi)
     if form == "released":  # one row per token, each weighted by its own mask
-        return weight_normalised_error(s.eps_roi, target, resize_mask(s.pixel_masks[:, None], s.eps_roi.shape[-2:],
-                                                                      "bilinear"))
+        return weight_normalised_error(
+            s.eps_roi, target, resize_mask(s.pixel_masks[:, None], s.eps_roi.shape[-2:], "bilinear")
+        )
     _check_form(form)
     return roi_loss(s.eps_roi, target)
 
@@ -245,7 +263,9 @@ def resolve_term(name: str, spec: Mapping[str, Any]) -> LossTerm:
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
-        raise LossTermError(f"loss term {name!r}: cannot load fn {target!r} ({type(error).__name__}: {error})") from None
+        raise LossTermError(
+            f"loss term {name!r}: cannot load fn {target!r} ({type(error).__name__}: {error})"
+        ) from None
     needs = spec.get("needs", ("context",))
     return LossTerm(fn, frozenset([needs] if isinstance(needs, str) else needs))
 

@@ -13,6 +13,7 @@ conditional branch's attention is read); the w* map, averaged over the captured 
 those steps, is resized to the image and min-max normalised to [0, 1] (the soft map). The binary mask is
 ``soft ≥ threshold``; a constant map normalises to 0 everywhere, so it predicts an empty mask.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,7 +60,9 @@ class MatchSettings(Settings):
 
     def validate(self) -> None:
         if self.steps <= 0 or self.denoise_steps <= 0:
-            raise ValueError(f"match steps and denoise_steps must be positive, got {self.steps} and {self.denoise_steps}")
+            raise ValueError(
+                f"match steps and denoise_steps must be positive, got {self.steps} and {self.denoise_steps}"
+            )
         if not 1 <= self.read_steps <= self.denoise_steps:
             raise ValueError(f"read_steps must lie in [1, {self.denoise_steps}], got {self.read_steps}")
         if not 0.0 <= self.threshold <= 1.0:
@@ -67,8 +70,13 @@ class MatchSettings(Settings):
 
     def region_learning(self) -> dict[str, Any]:
         """The settings that determine a learned w* (a stored w* learned otherwise is not reused)."""
-        return {"steps": self.steps, "lr": self.lr, "prompt": self.prompt, "placeholder": self.placeholder,
-                "capture_layers": self.capture_layers}
+        return {
+            "steps": self.steps,
+            "lr": self.lr,
+            "prompt": self.prompt,
+            "placeholder": self.placeholder,
+            "capture_layers": self.capture_layers,
+        }
 
 
 @dataclass
@@ -78,7 +86,9 @@ class MatchResult:
     threshold: float
 
 
-def threshold_map(raw: torch.Tensor, size: tuple[int, int] | torch.Size, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def threshold_map(
+    raw: torch.Tensor, size: tuple[int, int] | torch.Size, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw maps (..., h, w) → (soft maps (..., H, W) min-max normalised per map, masks soft ≥ threshold)."""
     lead = raw.shape[:-2]
     maps = raw.reshape(-1, 1, *raw.shape[-2:]).float()
@@ -91,15 +101,25 @@ def threshold_map(raw: torch.Tensor, size: tuple[int, int] | torch.Size, thresho
 
 
 @torch.no_grad()
-def denoising_attention(components: SDComponents, capture: AttentionCapture, image: torch.Tensor, prompt: str,
-                        token: str, settings: MatchSettings, seed: int = 0) -> torch.Tensor:
+def denoising_attention(
+    components: SDComponents,
+    capture: AttentionCapture,
+    image: torch.Tensor,
+    prompt: str,
+    token: str,
+    settings: MatchSettings,
+    seed: int = 0,
+) -> torch.Tensor:
     """``token``'s attention map (r, r) while denoising ``image`` ((3, R, R) in [-1, 1]) with ``prompt``."""
     device = components.unet.device
     generator = torch.Generator().manual_seed(seed)
     scheduler = ddim_scheduler(components)
     scheduler.set_timesteps(settings.denoise_steps)
-    timesteps = scheduler.timesteps[settings.denoise_steps - settings.read_steps:]
-    latents = vae_moments(components, image[None].to(device)).float().chunk(2, dim=1)[0] * components.vae.config.scaling_factor
+    timesteps = scheduler.timesteps[settings.denoise_steps - settings.read_steps :]
+    latents = (
+        vae_moments(components, image[None].to(device)).float().chunk(2, dim=1)[0]
+        * components.vae.config.scaling_factor
+    )
     noise = torch.randn(latents.shape, generator=generator).to(device)
     latents = scheduler.add_noise(latents, noise, timesteps[:1])
     text, ids = encode_text(components, [prompt])
@@ -129,8 +149,15 @@ def source_from_concept(concept: LearnedConcept) -> ConceptSource:
     return ConceptSource(concept.arrays["source_image"], concept.arrays["source_masks"], concept.object_word)
 
 
-def learn_region_token(components: SDComponents, concept: LearnedConcept, source: ConceptSource,
-                       settings: MatchSettings = MatchSettings(), seed: int = 0, *, progress: bool = False) -> torch.Tensor:
+def learn_region_token(
+    components: SDComponents,
+    concept: LearnedConcept,
+    source: ConceptSource,
+    settings: MatchSettings = MatchSettings(),
+    seed: int = 0,
+    *,
+    progress: bool = False,
+) -> torch.Tensor:
     """Learn w* for the concept's first token from ``source`` (first image, first mask); returns its vector.
 
     The concept is applied to ``components`` first (its K/V stay active and frozen); only w*'s embedding
@@ -139,34 +166,64 @@ def learn_region_token(components: SDComponents, concept: LearnedConcept, source
     capture = ensure_concept(components, concept, settings.capture_layers)
     region_source = ConceptSource(source.images[0], source.image_masks[0, :1], source.object_word)
     config = LearnConfig(
-        steps=settings.steps, lr=settings.lr, train_kv=False, capture_layers=settings.capture_layers,
-        terms={"att": 1.0}, context_prompt=settings.prompt, placeholder=settings.placeholder,
+        steps=settings.steps,
+        lr=settings.lr,
+        train_kv=False,
+        capture_layers=settings.capture_layers,
+        terms={"att": 1.0},
+        context_prompt=settings.prompt,
+        placeholder=settings.placeholder,
         init_word=concept.tokens[0],  # v*'s tokenizer entry: ConceptTokens reads its embedding row, i.e. v*'s vector
     )
-    region = learn_concept(components, region_source, config, method="region_token", preset=concept.preset, seed=seed,
-                           progress=progress, capture=capture)
+    region = learn_concept(
+        components,
+        region_source,
+        config,
+        method="region_token",
+        preset=concept.preset,
+        seed=seed,
+        progress=progress,
+        capture=capture,
+    )
     vector = region.vectors[settings.placeholder]
     concept.arrays[REGION_TOKEN_KEY] = vector
-    concept.extras[REGION_TOKEN_KEY] = {**settings.region_learning(), "seed": seed,
-                                        "final_att": region.loss_log[-1]["att"]}
+    concept.extras[REGION_TOKEN_KEY] = {
+        **settings.region_learning(),
+        "seed": seed,
+        "final_att": region.loss_log[-1]["att"],
+    }
     return vector
 
 
-def _ensure_region_token(components: SDComponents, concept: LearnedConcept, settings: MatchSettings, seed: int,
-                         progress: bool) -> AttentionCapture:
+def _ensure_region_token(
+    components: SDComponents, concept: LearnedConcept, settings: MatchSettings, seed: int, progress: bool
+) -> AttentionCapture:
     capture = ensure_concept(components, concept, settings.capture_layers)
     if settings.placeholder in components.tokenizer.get_vocab():
         return capture  # learned on these components already
     stored = concept.extras.get(REGION_TOKEN_KEY, {})
-    if REGION_TOKEN_KEY in concept.arrays and {k: stored.get(k) for k in settings.region_learning()} == settings.region_learning():
-        add_learned_tokens(components.tokenizer, components.text_encoder, {settings.placeholder: concept.arrays[REGION_TOKEN_KEY]})
+    if (
+        REGION_TOKEN_KEY in concept.arrays
+        and {k: stored.get(k) for k in settings.region_learning()} == settings.region_learning()
+    ):
+        add_learned_tokens(
+            components.tokenizer, components.text_encoder, {settings.placeholder: concept.arrays[REGION_TOKEN_KEY]}
+        )
     else:
         learn_region_token(components, concept, source_from_concept(concept), settings, seed, progress=progress)
     return capture
 
 
-def match_region(components: SDComponents, concept: LearnedConcept, target_image: torch.Tensor, object_word: str,
-                 settings: MatchSettings = MatchSettings(), seed: int = 0, *, progress: bool = False) -> MatchResult:
+def match_region(
+    components: SDComponents,
+    concept: LearnedConcept,
+    target_image: torch.Tensor,
+    object_word: str,
+    settings: MatchSettings = MatchSettings(),
+    seed: int = 0,
+    *,
+    progress: bool = False,
+) -> MatchResult:
     """Predict the concept's region in ``target_image`` ((3, R, R) in [-1, 1]) from w*'s attention.
 
     Uses the w* stored in the concept if it was learned with the same settings, else learns it (and stores
@@ -181,9 +238,15 @@ def match_region(components: SDComponents, concept: LearnedConcept, target_image
     return MatchResult(soft, mask, settings.threshold)
 
 
-def automatic_source_mask(components: SDComponents, images: torch.Tensor, object_word: str,
-                          settings: MatchSettings = MatchSettings(), seed: int = 0, *,
-                          progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def automatic_source_mask(
+    components: SDComponents,
+    images: torch.Tensor,
+    object_word: str,
+    settings: MatchSettings = MatchSettings(),
+    seed: int = 0,
+    *,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Source masks for K images sharing a pattern: (soft (K, R, R) in [0, 1], mask (K, R, R) bool).
 
     Trains w* and the cross-attention K/V (plain diffusion loss, "An OBJECT with w* style") over the
@@ -195,13 +258,22 @@ def automatic_source_mask(components: SDComponents, images: torch.Tensor, object
     count, _, height, width = images.shape
     source = ConceptSource(images, torch.ones(count, 1, height, width), object_word)
     config = LearnConfig(
-        steps=settings.steps, lr=settings.lr, train_kv=True, capture_layers=settings.capture_layers,
-        terms={"diffusion": 1.0}, context_prompt=settings.auto_prompt, placeholder=settings.placeholder,
+        steps=settings.steps,
+        lr=settings.lr,
+        train_kv=True,
+        capture_layers=settings.capture_layers,
+        terms={"diffusion": 1.0},
+        context_prompt=settings.auto_prompt,
+        placeholder=settings.placeholder,
     )
     capture = AttentionCapture(components.unet, settings.capture_layers, train_kv=True)
     learn_concept(components, source, config, method="auto_mask", seed=seed, progress=progress, capture=capture)
     components.unet.requires_grad_(False)
     prompt = format_prompt(settings.auto_prompt, object_word, [settings.placeholder])
-    raw = torch.stack([denoising_attention(components, capture, image, prompt, settings.placeholder, settings, seed)
-                       for image in images])
+    raw = torch.stack(
+        [
+            denoising_attention(components, capture, image, prompt, settings.placeholder, settings, seed)
+            for image in images
+        ]
+    )
     return threshold_map(raw, (height, width), settings.threshold)

@@ -19,6 +19,7 @@ the exact Stable Diffusion 1.5 / 2.1 (768-v) architectures with random weights (
 ``load_components(model, device=..., dtype=...)`` moves the components once; everything the loops create
 afterwards follows the model (:mod:`clic.device`).
 """
+
 from __future__ import annotations
 
 import errno
@@ -49,7 +50,7 @@ from .device import configure_tf32, resolve_device, resolve_dtype  # noqa: E402
 # the metric actor never need (tests/test_lazy_imports.py).
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTokenizer, CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 TINY_PRESETS = ("tiny", "tiny-inpaint", "tiny-v")
 TINY_SEED = 0
@@ -110,7 +111,7 @@ class SDComponents:
     def dtype(self) -> torch.dtype:
         return self.unet.dtype
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "SDComponents":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SDComponents:
         """Move (and cast) the three networks in place, once; the scheduler's tables follow on use.
 
         In fp16 a VAE whose config says ``force_upcast`` (SD 1.x/2.x: their VAEs overflow in fp16) stays fp32;
@@ -124,7 +125,7 @@ class SDComponents:
         torch.nn.Module.to(self.vae, device=device, dtype=torch.float32 if keep_fp32 else dtype)
         return self
 
-    def freeze(self) -> "SDComponents":
+    def freeze(self) -> SDComponents:
         for module in (self.text_encoder, self.unet, self.vae):
             module.requires_grad_(False)
             module.eval()
@@ -144,8 +145,10 @@ def _cast_inputs_at_the_boundary(unet: torch.nn.Module) -> None:
     def cast(module, args, kwargs):
         dtype = module.dtype
         # the sample (first positional) only: a float timestep must not be rounded to bf16 (999 -> 1000)
-        return (tuple(_cast_to(dtype, a) if i == 0 else a for i, a in enumerate(args)),
-                {k: (_cast_to(dtype, v) if k in ("sample", "encoder_hidden_states") else v) for k, v in kwargs.items()})
+        return (
+            tuple(_cast_to(dtype, a) if i == 0 else a for i, a in enumerate(args)),
+            {k: (_cast_to(dtype, v) if k in ("sample", "encoder_hidden_states") else v) for k, v in kwargs.items()},
+        )
 
     unet.register_forward_pre_hook(cast, with_kwargs=True)
     unet._clic_casts_inputs = True
@@ -153,56 +156,56 @@ def _cast_inputs_at_the_boundary(unet: torch.nn.Module) -> None:
 
 # --------------------------------------------------------------------------------------------- tiny
 def tiny_unet_config(in_channels: int = 4) -> dict:
-    return dict(
-        sample_size=16,
-        in_channels=in_channels,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    return {
+        "sample_size": 16,
+        "in_channels": in_channels,
+        "out_channels": 4,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    }
 
 
-TINY_VAE_CONFIG = dict(
-    block_out_channels=(32, 32, 64),
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 3,
-    up_block_types=("UpDecoderBlock2D",) * 3,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=64,
-)
+TINY_VAE_CONFIG = {
+    "block_out_channels": (32, 32, 64),
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 3,
+    "up_block_types": ("UpDecoderBlock2D",) * 3,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 64,
+}
 
-TINY_TEXT_CONFIG = dict(
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
-    hidden_size=32,
-    intermediate_size=37,
-    layer_norm_eps=1e-05,
-    num_attention_heads=4,
-    num_hidden_layers=3,
-    vocab_size=49408,
-    max_position_embeddings=77,
-    projection_dim=32,
-)
+TINY_TEXT_CONFIG = {
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "layer_norm_eps": 1e-05,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 3,
+    "vocab_size": 49408,
+    "max_position_embeddings": 77,
+    "projection_dim": 32,
+}
 
 # Stable Diffusion v1's scheduler configuration (scheduler/scheduler_config.json of SD 1.4).
-SD_SCHEDULER_CONFIG = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    prediction_type="epsilon",
-)
+SD_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
 
 
 def ddim_scheduler(components: SDComponents) -> DDIMScheduler:
@@ -285,8 +288,11 @@ def _note_cache_unusable(folder: Path, err: OSError) -> None:
         return
     _CACHE_NOTED.append(folder)
     reason = "read-only file system" if err.errno == errno.EROFS else (err.strerror or type(err).__name__)
-    print(f"note: CLIC_CACHE={folder}: cannot be written ({reason}); the tiny models' tokenizer is built in a "
-          f"temporary folder each time (set CLIC_CACHE to a writable folder to keep it)", file=sys.stderr)
+    print(
+        f"note: CLIC_CACHE={folder}: cannot be written ({reason}); the tiny models' tokenizer is built in a "
+        f"temporary folder each time (set CLIC_CACHE to a writable folder to keep it)",
+        file=sys.stderr,
+    )
 
 
 _CACHE_NOTED: list[Path] = []
@@ -307,19 +313,33 @@ def train_timesteps(model: str) -> int:
 
 # What must match for a concept's tokens and attention weights to fit a model: the UNet's layer structure and
 # input channels (an inpainting UNet takes 9), and the text encoder's width.
-ARCHITECTURE_KEYS = {"unet": ("in_channels", "out_channels", "cross_attention_dim", "block_out_channels",
-                              "layers_per_block", "attention_head_dim", "down_block_types", "up_block_types"),
-                     "text_encoder": ("hidden_size", "num_hidden_layers")}
+ARCHITECTURE_KEYS = {
+    "unet": (
+        "in_channels",
+        "out_channels",
+        "cross_attention_dim",
+        "block_out_channels",
+        "layers_per_block",
+        "attention_head_dim",
+        "down_block_types",
+        "up_block_types",
+    ),
+    "text_encoder": ("hidden_size", "num_hidden_layers"),
+}
 
 
 def architecture_of(unet_config: Any, text_config: Any) -> dict[str, Any]:
     """The architecture fields of a UNet and a text-encoder config (mappings or diffusers/transformers configs)."""
+
     def field(config: Any, key: str) -> Any:
         value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
         return list(value) if isinstance(value, (list, tuple)) else value
 
-    return {f"{part}.{key}": field(config, key) for part, config in (("unet", unet_config), ("text_encoder", text_config))
-            for key in ARCHITECTURE_KEYS[part]}
+    return {
+        f"{part}.{key}": field(config, key)
+        for part, config in (("unet", unet_config), ("text_encoder", text_config))
+        for key in ARCHITECTURE_KEYS[part]
+    }
 
 
 def components_architecture(components: SDComponents) -> dict[str, Any]:
@@ -332,8 +352,10 @@ def model_architecture(model: str) -> dict[str, Any] | None:
         return architecture_of(tiny_unet_config(9 if model == "tiny-inpaint" else 4), TINY_TEXT_CONFIG)
     try:
         folder = _resolve_folder(model)
-        return architecture_of(json.loads((folder / "unet" / "config.json").read_text()),
-                               json.loads((folder / "text_encoder" / "config.json").read_text()))
+        return architecture_of(
+            json.loads((folder / "unet" / "config.json").read_text()),
+            json.loads((folder / "text_encoder" / "config.json").read_text()),
+        )
     except (ModelNotFoundError, OSError, ValueError, TypeError):
         return None
 
@@ -361,8 +383,9 @@ def build_tiny(variant: str = "tiny") -> SDComponents:
         text_encoder=text_encoder,
         unet=unet,
         vae=vae,
-        scheduler=DDIMScheduler(**{**SD_SCHEDULER_CONFIG,
-                                      "prediction_type": "v_prediction" if variant == "tiny-v" else "epsilon"}),
+        scheduler=DDIMScheduler(
+            **{**SD_SCHEDULER_CONFIG, "prediction_type": "v_prediction" if variant == "tiny-v" else "epsilon"}
+        ),
         model_id=variant,
         weights_hash="",
         resolution=64,
@@ -435,7 +458,8 @@ def _tiny_world_folders() -> dict[str, Path]:
         names = ", ".join(folder.name for folder in missing)
         raise ModelNotFoundError(
             f"{TINY_WORLD}: the trained weights of {names} are not shipped yet (looked in {TINY_WORLD_WEIGHTS}); "
-            f"train them with `clic models train-world --stage STAGE --out {TINY_WORLD_WEIGHTS}` (issue 29)")
+            f"train them with `clic models train-world --stage STAGE --out {TINY_WORLD_WEIGHTS}` (issue 29)"
+        )
     return folders
 
 
@@ -518,7 +542,8 @@ def _refuse_unsupported_folder(folder: Path) -> None:
             f"{folder}: unsupported architecture ({pipeline or 'unknown pipeline'}"
             f"{', with ' + ', '.join(extra) if extra else ''}); supported: Stable Diffusion 1.x/2.x folders "
             "(StableDiffusionPipeline / StableDiffusionInpaintPipeline layout), tiny, or a single-file SD 1.x/2.x "
-            "checkpoint")
+            "checkpoint"
+        )
 
 
 def _resolve_folder(model: str) -> Path:
@@ -551,8 +576,9 @@ def _find_folder(model: str) -> Path:
         ) from None
 
 
-def load_components(model: str = "tiny", *, device: str | torch.device = "cpu",
-                    dtype: str | torch.dtype = torch.float32) -> SDComponents:
+def load_components(
+    model: str = "tiny", *, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32
+) -> SDComponents:
     """Load SD components: ``tiny``/``tiny-inpaint``, a local diffusers folder, or a cached HF id, on ``device``
     (``auto``, ``cpu``, ``cuda[:N]``) in ``dtype`` (``fp32``/``fp16``/``bf16`` or a torch dtype).
 
@@ -608,15 +634,21 @@ class ModelDescription:
 _TINY_DESCRIPTIONS: dict[str, ModelDescription] = {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tiny_description_key(variant: str) -> str:
     """Everything a tiny preset's weights follow from: the configs and seed in this module and the
     torch/diffusers/transformers versions that build them (fixed for the life of a process)."""
     from importlib.metadata import version
 
-    spec = {"variant": variant, "seed": TINY_SEED, "unet": tiny_unet_config(9 if variant == "tiny-inpaint" else 4),
-            "vae": TINY_VAE_CONFIG, "text_encoder": TINY_TEXT_CONFIG, "scheduler": SD_SCHEDULER_CONFIG,
-            "versions": {name: version(name) for name in ("torch", "diffusers", "transformers")}}
+    spec = {
+        "variant": variant,
+        "seed": TINY_SEED,
+        "unet": tiny_unet_config(9 if variant == "tiny-inpaint" else 4),
+        "vae": TINY_VAE_CONFIG,
+        "text_encoder": TINY_TEXT_CONFIG,
+        "scheduler": SD_SCHEDULER_CONFIG,
+        "versions": {name: version(name) for name in ("torch", "diffusers", "transformers")},
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -670,8 +702,9 @@ def describe_model(model: str) -> ModelDescription:
         folders = _tiny_world_folders()
         factor = 2 ** (len(json.loads((folders["vae"] / "config.json").read_text())["block_out_channels"]) - 1)
         sample_size = json.loads((folders["unet"] / "config.json").read_text())["sample_size"]
-        return ModelDescription(TINY_WORLD, _tiny_world_fingerprint(folders), TINY_WORLD_LABEL,
-                                int(sample_size) * factor)
+        return ModelDescription(
+            TINY_WORLD, _tiny_world_fingerprint(folders), TINY_WORLD_LABEL, int(sample_size) * factor
+        )
     if _is_single_file(model):  # the architecture from the file's header; the weights are not read
         from .checkpoints import detect_architecture, file_fingerprint
 
@@ -686,5 +719,6 @@ def describe_model(model: str) -> ModelDescription:
         raise ModelNotFoundError(f"{folder}: cannot read the UNet/VAE configs ({type(err).__name__})") from None
     factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
     fingerprint = weights_fingerprint(folder)
-    return ModelDescription(model, fingerprint, folder_weights_label(folder, fingerprint, model),
-                            int(unet_config["sample_size"]) * factor)
+    return ModelDescription(
+        model, fingerprint, folder_weights_label(folder, fingerprint, model), int(unet_config["sample_size"]) * factor
+    )

@@ -5,6 +5,7 @@ gradient accumulation, the non-finite-loss check, fp16 loss scaling, gradient-no
 two phases all step through :class:`OptimizerStep`, so a rule about stepping (what is clipped, how accumulated
 losses are scaled, which loss is refused) is written once.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -35,8 +36,9 @@ class OptimizerStep:
     accumulation: int = 1
     scaler: torch.amp.GradScaler | None = None
 
-    def __call__(self, micro_step: Callable[[int], torch.Tensor], where: str,
-                 after_backward: Callable[[int], None] | None = None) -> None:
+    def __call__(
+        self, micro_step: Callable[[int], torch.Tensor], where: str, after_backward: Callable[[int], None] | None = None
+    ) -> None:
         """``micro_step(i)`` returns micro-step i's loss; ``where`` names the step in the error a non-finite loss
         raises; ``after_backward(i)`` runs once its gradients are in (logging)."""
         self.optimizer.zero_grad(set_to_none=True)

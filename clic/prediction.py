@@ -14,6 +14,7 @@ v-prediction model toward the wrong target while inference reads its output as v
 An unknown type is one :class:`ValueError` line naming it. DDIM's ``step`` reads the type itself, so
 sampling loops need nothing beyond :func:`check_prediction_type` up front.
 """
+
 from __future__ import annotations
 
 import torch

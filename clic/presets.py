@@ -6,6 +6,7 @@ choice". :func:`preset_overrides` turns the list into the ``{"learn": {...}, "tr
 a :class:`clic.methods.base.Method` preset is, so what is printed (``clic methods show``) and shown in a
 run report's provenance is exactly what runs.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -70,16 +71,26 @@ def is_project_choice(source: str) -> bool:
 def settings_table(settings: Iterable[Setting]) -> list[dict[str, str]]:
     """Rows ``{setting, value, source, origin}`` for printing and for the report's provenance; ``origin`` is
     "project's choice" where no source states the value (or a part of it), else "source"."""
-    return [{"setting": s.key, "value": format_value(s.value), "source": s.source,
-             "origin": PROJECT_CHOICE if is_project_choice(s.source) else "source"} for s in settings]
+    return [
+        {
+            "setting": s.key,
+            "value": format_value(s.value),
+            "source": s.source,
+            "origin": PROJECT_CHOICE if is_project_choice(s.source) else "source",
+        }
+        for s in settings
+    ]
 
 
 def format_settings(settings: Iterable[Setting]) -> str:
     rows = settings_table(settings)
     width = max((len(r["setting"]) for r in rows), default=0)
     value_width = min(max((len(r["value"]) for r in rows), default=0), 48)
-    return "\n".join(f"{r['setting']:<{width}}  {r['value']:<{value_width}}  "
-                     f"{'[' + PROJECT_CHOICE + '] ' if r['origin'] == PROJECT_CHOICE else ''}{r['source']}" for r in rows)
+    return "\n".join(
+        f"{r['setting']:<{width}}  {r['value']:<{value_width}}  "
+        f"{'[' + PROJECT_CHOICE + '] ' if r['origin'] == PROJECT_CHOICE else ''}{r['source']}"
+        for r in rows
+    )
 
 
 def declared_settings(method: str, preset: str) -> tuple[Setting, ...] | None:

@@ -13,6 +13,7 @@ Anything else a job changed (a module injected into the tree by other means, a p
 declared) is detected by parameter names and PyTorch's in-place version counters; the lender then loads the
 model again rather than lend a changed one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,8 +59,9 @@ class ModelLender:
         self._originals: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}
         self._loan: SDComponents | None = None
         self._signature = _signature(components)
-        self._embedding_key = next(name for name, p in components.text_encoder.named_parameters()
-                                   if p is self._embedding_weight)
+        self._embedding_key = next(
+            name for name, p in components.text_encoder.named_parameters() if p is self._embedding_weight
+        )
 
     def lend(self) -> SDComponents:
         """The model for one job: its own tokenizer, shared networks. The previous loan is restored first."""
@@ -105,8 +107,7 @@ class ModelLender:
         self._loan = None
         now = _signature(components)
         changed = set(now) != set(self._signature) or any(
-            now[key][0] != self._signature[key][0]
-            or (now[key][1] != self._signature[key][1] and key not in restored)
+            now[key][0] != self._signature[key][0] or (now[key][1] != self._signature[key][1] and key not in restored)
             for key in now
         )
         if changed:  # e.g. an adapter left in the module tree: never lend a model that is not the loaded one

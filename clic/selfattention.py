@@ -7,6 +7,7 @@ on, and adds each call's head-averaged (B, P, P) probabilities to a running sum 
 map per layer however many timesteps are averaged. :func:`recording_self_attention` installs it on the
 selected layers, leaves every other processor as it was, and restores the previous ones on exit.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,15 +33,23 @@ SELF_ATTENTION_LAYERS = {
 class SelfAttentionRecorder:
     """diffusers' ``AttnProcessor`` plus a running sum of head-averaged self-attention probabilities."""
 
-    def __init__(self, sums: dict[str, torch.Tensor], counts: dict[str, int], layer_name: str,
-                 heads: str = "all") -> None:
+    def __init__(
+        self, sums: dict[str, torch.Tensor], counts: dict[str, int], layer_name: str, heads: str = "all"
+    ) -> None:
         self.sums = sums
         self.counts = counts
         self.layer_name = layer_name
         self.first_head = 0 if heads == "all" else None  # None: heads // 2 (the layer's own head count)
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -94,11 +103,23 @@ class SelfAttentionMaps:
             side = math.isqrt(layer.shape[0])
             if side != resolution:
                 # columns: each row is a map over the key grid
-                layer = F.interpolate(layer.reshape(-1, 1, side, side), size=(resolution, resolution), mode="bilinear",
-                                      align_corners=False).reshape(side * side, -1)
+                layer = F.interpolate(
+                    layer.reshape(-1, 1, side, side),
+                    size=(resolution, resolution),
+                    mode="bilinear",
+                    align_corners=False,
+                ).reshape(side * side, -1)
                 # rows: one query per output pixel
-                layer = F.interpolate(layer.T.reshape(-1, 1, side, side), size=(resolution, resolution), mode="bilinear",
-                                      align_corners=False).reshape(resolution * resolution, -1).T
+                layer = (
+                    F.interpolate(
+                        layer.T.reshape(-1, 1, side, side),
+                        size=(resolution, resolution),
+                        mode="bilinear",
+                        align_corners=False,
+                    )
+                    .reshape(resolution * resolution, -1)
+                    .T
+                )
                 layer = layer.clamp_min(0)
                 layer = layer / layer.sum(dim=1, keepdim=True).clamp_min(1e-12)
             grids.append(layer)
@@ -106,20 +127,24 @@ class SelfAttentionMaps:
 
 
 @contextmanager
-def recording_self_attention(unet: torch.nn.Module, layers: str = "up", max_side: int = 64,
-                             heads: str = "all") -> Iterator[SelfAttentionMaps]:
+def recording_self_attention(
+    unet: torch.nn.Module, layers: str = "up", max_side: int = 64, heads: str = "all"
+) -> Iterator[SelfAttentionMaps]:
     """Record self-attention on the ``layers`` selection whose side is at most ``max_side`` latent pixels
     (SD's 64×64 layers would hold 4096² per map); the UNet's previous processors come back on exit.
     ``heads``: "all" averages every head, "last_half" heads H//2… (ConceptExpress's ptp_utils.py L137-140)."""
     if heads not in ("all", "last_half"):
         raise ValueError(f"heads must be 'all' or 'last_half', got {heads!r}")
     if layers not in SELF_ATTENTION_LAYERS:
-        raise ValueError(f"unknown self-attention layer selection {layers!r}; known: {', '.join(SELF_ATTENTION_LAYERS)}")
+        raise ValueError(
+            f"unknown self-attention layer selection {layers!r}; known: {', '.join(SELF_ATTENTION_LAYERS)}"
+        )
     pattern = re.compile(SELF_ATTENTION_LAYERS[layers])
     previous = dict(unet.attn_processors)
     maps = SelfAttentionMaps()
-    recorders = {name: SelfAttentionRecorder(maps.sums, maps.counts, name, heads)
-                 for name in previous if pattern.match(name)}
+    recorders = {
+        name: SelfAttentionRecorder(maps.sums, maps.counts, name, heads) for name in previous if pattern.match(name)
+    }
     if not recorders:
         raise ValueError(f"the UNet has no self-attention layer in the {layers!r} selection")
     sides = _layer_sides(unet)
@@ -143,5 +168,5 @@ def _layer_sides(unet: torch.nn.Module) -> dict[str, int]:
         elif block[0] == "up_blocks":
             sides[name] = sample // 2 ** (depth - int(block[1]))
         else:
-            sides[name] = sample // 2 ** depth
+            sides[name] = sample // 2**depth
     return sides

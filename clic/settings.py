@@ -2,6 +2,7 @@
 matching settings): unknown keys are refused by name, values are coerced to the field types the dataclass holds,
 overrides merge key by key, and ``validate`` checks ranges. :meth:`clic.methods.base.Method.resolve` is the one
 place a method's preset and a caller's overrides become such an object."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -7,6 +7,7 @@ row stays bit-identical — and the optimizer holds (n_tokens × dim) state inst
 49,408-row matrix. Learned vectors are saved in the format ``pipeline.load_textual_inversion`` reads
 (one safetensors file per token, ``{token: vector}``).
 """
+
 from __future__ import annotations
 
 import re
@@ -110,8 +111,9 @@ class ConceptTokens:
     def vectors(self) -> dict[str, torch.Tensor]:
         return {token: self.embedding.vectors[i].detach().clone() for i, token in enumerate(self.tokens)}
 
-    def positions(self, input_ids: torch.Tensor, prompts: Sequence[str] | None = None,
-                  which: Sequence[int] | None = None) -> torch.Tensor:
+    def positions(
+        self, input_ids: torch.Tensor, prompts: Sequence[str] | None = None, which: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """(B, n) first position of each concept token (or of the tokens ``which`` indexes) in each prompt.
 
         A token missing from a prompt (e.g. cut off at 77 tokens) is an error naming the prompt: falling back
@@ -124,7 +126,11 @@ class ConceptTokens:
             missing = (~hits.any(dim=1)).nonzero()
             if len(missing):
                 row = int(missing[0, 0])
-                text = prompts[row] if prompts is not None else self.tokenizer.decode(input_ids[row], skip_special_tokens=True)
+                text = (
+                    prompts[row]
+                    if prompts is not None
+                    else self.tokenizer.decode(input_ids[row], skip_special_tokens=True)
+                )
                 raise ValueError(f"the prompt {text!r} does not contain the concept token {token!r}")
             columns.append(hits.float().argmax(dim=1))
         return torch.stack(columns, dim=1).long()

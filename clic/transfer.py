@@ -24,6 +24,7 @@ Two presets of this loop (see :class:`TransferSettings`):
   exactly that (the discarded earlier calls are skipped: nothing of them survives); the paper preset keeps
   ``first_step="paper"``, the first step at τ_{t_start} (supplement B.3: T − t_start levels of noise added).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -64,22 +65,32 @@ class TransferSettings(Settings):
     final_paste: bool = True  # after the last step, the outside is the target's own latents
     target_latents: str = "mean"  # x_tg: the VAE posterior "mean" | a "sample" of it (official)
     detach_attention_outputs: bool = False  # guidance gradient only through the queries (official processor)
-    first_step: str = "paper"  # "paper": first step at τ_{t_start} | "released": at τ_{t_start−1}, from the noised target
+    first_step: str = (
+        "paper"  # "paper": first step at τ_{t_start} | "released": at τ_{t_start−1}, from the noised target
+    )
 
     def validate(self) -> None:
         if self.steps <= 0:
             raise ValueError(f"transfer steps must be positive, got {self.steps}")
         if not 1 <= self.t_start < self.steps:
-            raise ValueError(f"t_start must lie in [1, {self.steps - 1}] (steps kept before editing), got {self.t_start}")
+            raise ValueError(
+                f"t_start must lie in [1, {self.steps - 1}] (steps kept before editing), got {self.t_start}"
+            )
         if self.attention_target not in ("mask", "ones"):
             raise ValueError(f"attention_target must be 'mask' or 'ones', got {self.attention_target!r}")
-        choices = {"guidance": ("gradient", "adam"), "blend_mask": ("region", "soft"), "target_latents": ("mean", "sample"),
-                   "first_step": ("paper", "released")}
+        choices = {
+            "guidance": ("gradient", "adam"),
+            "blend_mask": ("region", "soft"),
+            "target_latents": ("mean", "sample"),
+            "first_step": ("paper", "released"),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if isinstance(self.guidance_resolution, str) and self.guidance_resolution != "latent":
-            raise ValueError(f"guidance_resolution must be a side in cells or 'latent', got {self.guidance_resolution!r}")
+            raise ValueError(
+                f"guidance_resolution must be a side in cells or 'latent', got {self.guidance_resolution!r}"
+            )
 
 
 @dataclass
@@ -136,8 +147,11 @@ def detached_attention_outputs(unet: torch.nn.Module) -> Iterator[None]:
     maps to the latents flows through the queries only, as the released processor's no_grad output."""
     from diffusers.models.attention_processor import Attention
 
-    handles = [module.register_forward_hook(lambda _m, _i, output: output.detach())
-               for module in unet.modules() if isinstance(module, Attention)]
+    handles = [
+        module.register_forward_hook(lambda _m, _i, output: output.detach())
+        for module in unet.modules()
+        if isinstance(module, Attention)
+    ]
     try:
         yield
     finally:
@@ -145,9 +159,19 @@ def detached_attention_outputs(unet: torch.nn.Module) -> Iterator[None]:
             handle.remove()
 
 
-def attention_guidance(capture: AttentionCapture, components: SDComponents, latents: torch.Tensor, t: torch.Tensor,
-                       cond: torch.Tensor, positions: torch.Tensor, target: torch.Tensor, eta: float,
-                       resolution: int, mode: str = "gradient", detach_outputs: bool = False) -> torch.Tensor:
+def attention_guidance(
+    capture: AttentionCapture,
+    components: SDComponents,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    positions: torch.Tensor,
+    target: torch.Tensor,
+    eta: float,
+    resolution: int,
+    mode: str = "gradient",
+    detach_outputs: bool = False,
+) -> torch.Tensor:
     """One guidance step on the latents (the UNet's weights get no gradient).
 
     ``gradient`` (paper): x − η ∇_x Σ(CA − M)², M resized like the maps (antialiased bilinear).
@@ -200,8 +224,11 @@ def transfer_concept(
 
     uncond, cond, positions = _prompt_embeddings(components, concept, settings.prompt, object_word)
     resolution = capture_resolution(capture, components, target_latents.shape[-1])
-    guidance_resolution = (target_latents.shape[-1] if settings.guidance_resolution == "latent"
-                           else int(settings.guidance_resolution or resolution))
+    guidance_resolution = (
+        target_latents.shape[-1]
+        if settings.guidance_resolution == "latent"
+        else int(settings.guidance_resolution or resolution)
+    )
 
     def noised_target(t: torch.Tensor) -> torch.Tensor:
         noise = target_noise(target_latents.shape, generator).to(device)
@@ -215,12 +242,23 @@ def transfer_concept(
         elif settings.blend_until is None or index <= settings.blend_until:
             latents = mask * latents + (1 - mask) * noised_target(t)  # blending
         if settings.eta > 0 and (settings.guidance_until is None or index < settings.guidance_until):
-            latents = attention_guidance(capture, components, latents, t, cond, positions, guidance_target,
-                                         settings.eta, guidance_resolution, settings.guidance,
-                                         settings.detach_attention_outputs)
+            latents = attention_guidance(
+                capture,
+                components,
+                latents,
+                t,
+                cond,
+                positions,
+                guidance_target,
+                settings.eta,
+                guidance_resolution,
+                settings.guidance,
+                settings.detach_attention_outputs,
+            )
         capture.set_tokens(positions)
-        eps = components.unet(torch.cat([latents, latents]).to(components.dtype), t,
-                              encoder_hidden_states=torch.cat([uncond, cond])).sample.float()
+        eps = components.unet(
+            torch.cat([latents, latents]).to(components.dtype), t, encoder_hidden_states=torch.cat([uncond, cond])
+        ).sample.float()
         maps.append(capture.mean_map(resolution, batch_index=slice(1, 2))[0, 0])
         capture.clear()
         eps_uncond, eps_cond = eps.chunk(2)
@@ -231,12 +269,21 @@ def transfer_concept(
     capture.set_tokens(None)
 
     attention, inside = summarize_attention(maps, pixel_mask, target_image.shape[-2:])
-    return TransferResult(decode(components, latents)[0].cpu(), attention.cpu(), latents.cpu(), target_latents.cpu(),
-                          mask.cpu(), inside, int(timesteps[0]), len(timesteps))
+    return TransferResult(
+        decode(components, latents)[0].cpu(),
+        attention.cpu(),
+        latents.cpu(),
+        target_latents.cpu(),
+        mask.cpu(),
+        inside,
+        int(timesteps[0]),
+        len(timesteps),
+    )
 
 
-def _prompt_embeddings(components: SDComponents, concept: LearnedConcept, template: str,
-                       object_word: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _prompt_embeddings(
+    components: SDComponents, concept: LearnedConcept, template: str, object_word: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The empty prompt's and the transfer prompt's text embeddings, and the concept tokens' positions (1, k)."""
     prompt = format_prompt(template, object_word, concept.tokens)
     text, ids = encode_text(components, ["", prompt])
@@ -244,8 +291,9 @@ def _prompt_embeddings(components: SDComponents, concept: LearnedConcept, templa
     return text[:1], text[1:], positions
 
 
-def _target_latents(components: SDComponents, target_image: torch.Tensor, settings: TransferSettings,
-                    generator: torch.Generator) -> torch.Tensor:
+def _target_latents(
+    components: SDComponents, target_image: torch.Tensor, settings: TransferSettings, generator: torch.Generator
+) -> torch.Tensor:
     """The target's latents: a draw of the VAE posterior with the run's generator, or its mean."""
     moments = vae_moments(components, target_image[None].to(components.unet.device)).float()
     if settings.target_latents == "sample":  # released transfer.py L50: latent_dist.sample(generator)
@@ -253,8 +301,9 @@ def _target_latents(components: SDComponents, target_image: torch.Tensor, settin
     return moments.chunk(2, dim=1)[0] * components.vae.config.scaling_factor  # posterior mean, fp32
 
 
-def _transfer_masks(target_mask: torch.Tensor, target_latents: torch.Tensor,
-                    settings: TransferSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _transfer_masks(
+    target_mask: torch.Tensor, target_latents: torch.Tensor, settings: TransferSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The region in pixels (1,1,R,R), the blending mask in latents, and the attention guidance's target."""
     pixel_mask = target_mask.float()[None, None]
     if settings.blend_mask == "soft":
@@ -270,12 +319,15 @@ def target_noise(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator)
 
 
-def summarize_attention(maps: list[torch.Tensor], pixel_mask: torch.Tensor,
-                        size: tuple[int, int] | torch.Size) -> tuple[torch.Tensor, float]:
+def summarize_attention(
+    maps: list[torch.Tensor], pixel_mask: torch.Tensor, size: tuple[int, int] | torch.Size
+) -> tuple[torch.Tensor, float]:
     """Average per-step (r, r) token maps: the share of the mass inside the (1,1,H,W) mask, and the map
     resized to ``size`` and min-max normalised for display."""
     attention = torch.stack(maps).mean(0)
-    inside = float((attention * resize_mask(pixel_mask, attention.shape)[0, 0]).sum() / attention.sum().clamp_min(1e-12))
+    inside = float(
+        (attention * resize_mask(pixel_mask, attention.shape)[0, 0]).sum() / attention.sum().clamp_min(1e-12)
+    )
     attention = F.interpolate(attention[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
     attention = (attention - attention.min()) / (attention.max() - attention.min()).clamp_min(1e-12)
     return attention, inside

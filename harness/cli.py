@@ -3,6 +3,7 @@
 Each subcommand's handler lives in the module that owns the work and is imported only when that
 subcommand runs, so `clic-bench validate` never pays for importing torch or Ray.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,22 +44,37 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local cluster (default: all)")
     p.add_argument("--max-in-flight", type=int, default=None, help="bound on tasks submitted at once")
     p.add_argument("--retry-failed", action="store_true", help="run again the jobs recorded as failed")
-    p.add_argument("--no-wait", action="store_true",
-                   help="if another run holds the output folder, exit (one line naming it) instead of waiting")
-    p.add_argument("--allow-random-metrics", action="store_true",
-                   help="score with tiny random-weight CLIP/LPIPS when real weights are missing (labelled)")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="if another run holds the output folder, exit (one line naming it) instead of waiting",
+    )
+    p.add_argument(
+        "--allow-random-metrics",
+        action="store_true",
+        help="score with tiny random-weight CLIP/LPIPS when real weights are missing (labelled)",
+    )
     p.add_argument("--allow-outside", action="store_true", help="allow manifest paths outside its folder")
-    p.add_argument("--allow-other-suite", action="store_true",
-                   help="run into an output folder that holds another suite's results (their rows stay apart)")
+    p.add_argument(
+        "--allow-other-suite",
+        action="store_true",
+        help="run into an output folder that holds another suite's results (their rows stay apart)",
+    )
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a suite key, checked as the file is (YAML value; repeatable), e.g. "
-                        "--set transfer.t_start=[5,10,15] --set model=PATH --set resources.num_gpus=0.5")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a suite key, checked as the file is (YAML value; repeatable), e.g. "
+        "--set transfer.t_start=[5,10,15] --set model=PATH --set resources.num_gpus=0.5",
+    )
     p.set_defaults(func=_handler("harness.execute.runner:run_main"))
 
-    p = sub.add_parser("doctor", help="every model and metric weight a suite needs: found where, or missing and how "
-                                      "to get it")
+    p = sub.add_parser(
+        "doctor", help="every model and metric weight a suite needs: found where, or missing and how to get it"
+    )
     p.add_argument("suite", nargs="?", default=None, help="suite file (default: benchmarks/smoke.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a suite key, as for run")
     p.set_defaults(func=_handler("harness.plan.doctor:doctor_main"))
@@ -78,8 +94,12 @@ def _add_analyse_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", action="append", default=None, help="metric to gate on (repeatable; default all)")
     p.add_argument("--max-drop", type=float, default=0.0, help="largest tolerated drop of the mean")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired test")
-    p.add_argument("--html", default=None, metavar="OUT",
-                   help="also write the comparison page OUT/index.html (A and B side by side, worst pairs' images)")
+    p.add_argument(
+        "--html",
+        default=None,
+        metavar="OUT",
+        help="also write the comparison page OUT/index.html (A and B side by side, worst pairs' images)",
+    )
     p.set_defaults(func=_handler("harness.analyse.compare_page:compare_main"))
 
 
@@ -97,8 +117,9 @@ def _add_input_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", default=None, help="manifest path (default: FOLDER/manifest.parquet)")
     q.set_defaults(func=_handler("harness.plan.folder:from_folder_main"))
     q = msub.add_parser("synth", help="render a procedural benchmark set with exact ground truth")
-    q.add_argument("--set", dest="set_name", default="all",
-                   choices=["furniture", "jewelry", "building", "kitchenware", "all"])
+    q.add_argument(
+        "--set", dest="set_name", default="all", choices=["furniture", "jewelry", "building", "kitchenware", "all"]
+    )
     q.add_argument("--pairs", type=int, default=8, help="pairs per category")
     q.add_argument("--size", type=int, default=128, help="image side in pixels")
     q.add_argument("--seed", type=int, default=0)
@@ -132,13 +153,26 @@ def _add_perf_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("perf", help="run the performance benchmarks and write their table")
     p.add_argument("--out", default="runs/perf")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
-    p.add_argument("--only", nargs="+", default=None,
-                   help="sections to run (default all): steps cached_work metrics harness scaling results ...")
-    p.add_argument("--arch", choices=("tiny", "sd15", "sd21"), default="tiny",
-                   help="model of the steps section: tiny, or a real SD architecture with random weights "
-                        "(then only steps runs unless --only says more)")
-    p.add_argument("--scale-jobs", nargs="+", type=int, default=None,
-                   help="job counts of the scale section (--only scale; default 1000 10000 100000: above 1000 completed from the 1000-job run, see benchmarks/perf/README.md)")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="sections to run (default all): steps cached_work metrics harness scaling results ...",
+    )
+    p.add_argument(
+        "--arch",
+        choices=("tiny", "sd15", "sd21"),
+        default="tiny",
+        help="model of the steps section: tiny, or a real SD architecture with random weights "
+        "(then only steps runs unless --only says more)",
+    )
+    p.add_argument(
+        "--scale-jobs",
+        nargs="+",
+        type=int,
+        default=None,
+        help="job counts of the scale section (--only scale; default 1000 10000 100000: above 1000 completed from the 1000-job run, see benchmarks/perf/README.md)",
+    )
     p.set_defaults(func=_handler("benchmarks.perf.__main__:perf_main"))
 
 
@@ -158,8 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C: results are written job by job, so nothing finished is lost
         stopped = _stop_started_cluster()
-        print("clic-bench: error: interrupted (Ctrl-C): what finished is kept; run it again to resume"
-              + ("; the Ray cluster this run started was stopped" if stopped else ""), file=sys.stderr)
+        print(
+            "clic-bench: error: interrupted (Ctrl-C): what finished is kept; run it again to resume"
+            + ("; the Ray cluster this run started was stopped" if stopped else ""),
+            file=sys.stderr,
+        )
         return 130
 
 

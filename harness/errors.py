@@ -1,4 +1,5 @@
 """Errors shared by every phase, at the bottom of the import graph (imports nothing from the project)."""
+
 from __future__ import annotations
 
 

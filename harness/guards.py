@@ -5,6 +5,7 @@ in its documented range; an ``--out`` must be a folder that can be written (not 
 ``--address`` must answer within :data:`ADDRESS_TIMEOUT_SECONDS` (Ray itself retries for minutes); the run
 folder of ``report``, ``pack`` and ``compare`` must exist.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,14 @@ ADDRESS_TIMEOUT_SECONDS = 5.0
 RAY_DEFAULT_PORT = 6379
 
 
-def check_number(value: float | None, option: str, *, minimum: float | None = None, maximum: float | None = None,
-                 exclusive: bool = False) -> None:
+def check_number(
+    value: float | None,
+    option: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive: bool = False,
+) -> None:
     """Finite and within [minimum, maximum] (open interval with ``exclusive``); None (the default) passes.
     The rule is clic's (:func:`clic.cli_checks.check_number`); only the error is the harness's."""
     try:
@@ -44,9 +51,12 @@ def check_output_folder(out: str | None, option: str = "--out", *, remote_ok: bo
         check_remote_folder(out, option)
         return
     if scheme:  # Path("s3://b/x") is a local folder named "s3:": refused instead of written there
-        raise UsageError(f"{option}: {out}: only `clic-bench run` writes to object storage ({scheme.group(1)}://); "
-                         f"give a local folder" if scheme.group(1).lower() != "file" else
-                         f"{option}: {out}: give the folder as a path, not a file:// URL")
+        raise UsageError(
+            f"{option}: {out}: only `clic-bench run` writes to object storage ({scheme.group(1)}://); "
+            f"give a local folder"
+            if scheme.group(1).lower() != "file"
+            else f"{option}: {out}: give the folder as a path, not a file:// URL"
+        )
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{option}: {out} is an existing file, not a folder")
@@ -83,8 +93,10 @@ def check_default_report_folder(folder: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
             pass
     except OSError as err:
-        raise UsageError(f"{folder}: cannot write the report there ({err.strerror or type(err).__name__}); "
-                         f"write it elsewhere with --out DIR") from None
+        raise UsageError(
+            f"{folder}: cannot write the report there ({err.strerror or type(err).__name__}); "
+            f"write it elsewhere with --out DIR"
+        ) from None
 
 
 def _is_run_folder(folder: Path) -> bool:
@@ -101,11 +113,15 @@ def check_pack_folder(run: str, out: str) -> None:
     target, run_folder = Path(out).resolve(), Path(run).resolve()
     for folder in (target, *target.parents):
         if folder == run_folder or _is_run_folder(folder):
-            raise UsageError(f"--out: {out} is inside the run folder {folder}, whose results, run.json and reports "
-                             f"name the methods (the study would not be blind): write the pack outside it")
+            raise UsageError(
+                f"--out: {out} is inside the run folder {folder}, whose results, run.json and reports "
+                f"name the methods (the study would not be blind): write the pack outside it"
+            )
         if _is_report_folder(folder):
-            raise UsageError(f"--out: {out} is inside the report {folder} (its index.html would be overwritten): "
-                             f"write the pack outside it")
+            raise UsageError(
+                f"--out: {out} is inside the report {folder} (its index.html would be overwritten): "
+                f"write the pack outside it"
+            )
 
 
 def check_run_folder(run: str, option: str = "RUN") -> None:

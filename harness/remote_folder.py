@@ -33,6 +33,7 @@ fsspec rather than ``pyarrow.fs``: the manifest reader already opens URIs throug
 "install this package" for a missing scheme, :mod:`harness.plan.remote`), s3fs exposes S3's conditional write
 (pyarrow's filesystems do not), and its ``put``/``get`` of many files run concurrently.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,8 +98,11 @@ def _filesystem(uri: str) -> tuple[Any, str]:
 
 def _skipped(relative: str) -> bool:
     parts = relative.split("/")
-    return relative in LOCAL_ONLY or any(part.startswith(store.TEMP_PREFIX) for part in parts) \
+    return (
+        relative in LOCAL_ONLY
+        or any(part.startswith(store.TEMP_PREFIX) for part in parts)
         or any(part.startswith(".learning-") for part in parts)
+    )
 
 
 class RemoteFolder:
@@ -122,7 +126,7 @@ class RemoteFolder:
             return {}
         listing = {}
         for path, info in found.items():
-            relative = path[len(self.root):].lstrip("/")
+            relative = path[len(self.root) :].lstrip("/")
             if relative and info.get("type", "file") == "file" and not _skipped(relative):
                 listing[relative] = int(info.get("size") or 0)
         return listing
@@ -144,8 +148,12 @@ class RemoteFolder:
         wanted = []
         for relative, size in listing.items():
             local = self.local / relative
-            if relative.startswith(f"{store.RESULTS_DIR}/") or relative in DRIVER_FILES or not local.is_file() \
-                    or local.stat().st_size != size:
+            if (
+                relative.startswith(f"{store.RESULTS_DIR}/")
+                or relative in DRIVER_FILES
+                or not local.is_file()
+                or local.stat().st_size != size
+            ):
                 wanted.append(relative)
         self._download(wanted)
         self.pushed = {}
@@ -236,9 +244,15 @@ class RemoteFolder:
     def leased(self, run_id: str, *, wait: bool = True, quiet: bool = False) -> Iterator[None]:
         """Hold ``PREFIX/.lock`` for the ``with`` block (a conditional create, renewed; see the module docstring)."""
         lease = self.remote_path(LEASE_FILE)
-        body = json.dumps({"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
-                           "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "lease_seconds": LEASE_SECONDS}).encode()
+        body = json.dumps(
+            {
+                "run_id": run_id,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "lease_seconds": LEASE_SECONDS,
+            }
+        ).encode()
         said = False
         while True:
             try:
@@ -250,7 +264,9 @@ class RemoteFolder:
                     self.fs.rm_file(lease)
                     continue
                 if not wait:
-                    raise UsageError(f"{self.uri}: in use by {holder}; wait for it to finish, or choose another --out") from None
+                    raise UsageError(
+                        f"{self.uri}: in use by {holder}; wait for it to finish, or choose another --out"
+                    ) from None
                 if not said and not quiet:
                     print(f"{self.uri}: in use by {holder}; waiting for it to finish", file=sys.stderr, flush=True)
                 said = True
@@ -290,14 +306,21 @@ class RemoteFolder:
         age = None
         if hasattr(modified, "timestamp"):
             age = time.time() - modified.timestamp()
-        text = (f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-                f"since {holder.get('since', '?')})") if holder else "another run"
+        text = (
+            (
+                f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                f"since {holder.get('since', '?')})"
+            )
+            if holder
+            else "another run"
+        )
         return text, age
 
 
 # ------------------------------------------------------------------------------------------ worker side
-def upload_folder(remote_uri: str, local_root: str | os.PathLike[str], folder: str | os.PathLike[str],
-                  last: str | None = None) -> None:
+def upload_folder(
+    remote_uri: str, local_root: str | os.PathLike[str], folder: str | os.PathLike[str], last: str | None = None
+) -> None:
     """Upload ``folder`` (inside ``local_root``) to the same place under ``remote_uri``; ``last`` (a file name of
     the folder, the completion marker) after every other file."""
     fs, root = _filesystem(remote_uri)
@@ -319,7 +342,7 @@ def fetch_concept(remote_uri: str, local_root: str | os.PathLike[str], final: Pa
     if not fs.exists(f"{prefix}/concept.json"):
         return False
     temp = store.temp_sibling(final)
-    names = [path[len(prefix):].lstrip("/") for path in fs.find(prefix)]
+    names = [path[len(prefix) :].lstrip("/") for path in fs.find(prefix)]
     for name in names:
         (temp / name).parent.mkdir(parents=True, exist_ok=True)
     fs.get([f"{prefix}/{name}" for name in names], [str(temp / name) for name in names])

@@ -21,12 +21,14 @@ between the two steps leaves the same rows twice on disk but once in every read,
 The atomic writes live in :mod:`harness.store_atomic`, run.json, plan.parquet and pairs.parquet in
 :mod:`harness.store_run_files`; both are re-exported here.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -35,11 +37,32 @@ import pyarrow.parquet as pq
 
 from clic.hashing import canonical_json as clic_canonical_json
 
-from .store_atomic import (STALE_TEMP_SECONDS, TEMP_PREFIX, fsync_file, publish_folder,  # noqa: F401 - re-exported
-                           remove_stale_temps, temp_sibling, write_bytes_atomic, write_json_atomic)
-from .store_run_files import (PAIRS_FILE, PLAN_FILE, PLAN_KIND_GROUP, PLAN_KIND_JOB, RUN_RECORD,  # noqa: F401
-                              StoredPlan, UnreadableRunFile, read_pairs, read_plan, read_plan_table, read_run_record,
-                              write_pairs, write_plan, write_run_record)
+from .store_atomic import (  # noqa: F401 - re-exported
+    STALE_TEMP_SECONDS,
+    TEMP_PREFIX,
+    fsync_file,
+    publish_folder,
+    remove_stale_temps,
+    temp_sibling,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from .store_run_files import (  # noqa: F401
+    PAIRS_FILE,
+    PLAN_FILE,
+    PLAN_KIND_GROUP,
+    PLAN_KIND_JOB,
+    RUN_RECORD,
+    StoredPlan,
+    UnreadableRunFile,
+    read_pairs,
+    read_plan,
+    read_plan_table,
+    read_run_record,
+    write_pairs,
+    write_plan,
+    write_run_record,
+)
 
 RESULTS_DIR = "results"
 ARTIFACTS_DIR = "artifacts"
@@ -54,51 +77,56 @@ STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_NOT_APPLICABLE = "not_applicable"
 
-RESULT_SCHEMA = pa.schema([
-    ("run_id", pa.string()),
-    ("job_id", pa.string()),
-    ("concept_id", pa.string()),
-    ("task", pa.string()),
-    ("pair_id", pa.string()),
-    ("category", pa.string()),
-    ("method", pa.string()),
-    ("preset", pa.string()),
-    ("label", pa.string()),  # "clic/paper no_att": method, preset and variant, decided at plan time
-    ("variant", pa.string()),
-    ("seed", pa.int64()),
-    ("settings", pa.string()),  # JSON of every resolved value the job ran with: {task, "match", "learn"}
-    ("sweep", pa.string()),  # JSON of the suite's own values for the job (what a sweep varies); null: none read
-    ("t_start", pa.int64()),  # the resolved transfer values (a preset's own included), null where not read
-    ("eta", pa.float64()),
-    ("task_steps", pa.int64()),
-    ("guidance_scale", pa.float64()),
-    ("learn_steps", pa.int64()),  # the concept's resolved learning budget and learning rate
-    ("learn_lr", pa.float64()),
-    ("object_word", pa.string()),
-    ("metric", pa.string()),
-    ("value", pa.float64()),
-    ("higher_is_better", pa.bool_()),  # the metric's declaration of this value's direction
-    ("metric_version", pa.string()),
-    ("metric_scale", pa.string()),
-    ("metric_weights", pa.string()),
-    ("model_id", pa.string()),
-    ("weights_hash", pa.string()),
-    ("weights_label", pa.string()),
-    ("code_version", pa.string()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("artifact_image", pa.string()),
-    ("artifact_attention", pa.string()),
-    ("artifact_mask", pa.string()),
-    ("artifact_losses", pa.string()),
-    ("learn_seconds", pa.float64()),
-    ("task_seconds", pa.float64()),
-    ("metric_seconds", pa.float64()),
-    ("peak_memory_mb", pa.float64()),  # the job's peak: CUDA max allocated on a GPU, peak RSS on the CPU
-    ("learn_peak_memory_mb", pa.float64()),  # the same for the job's concept learning (null: learned earlier)
-    ("finished_at", pa.string()),
-    ("notes", pa.string()),  # what happened on the way: an out-of-memory retry with a larger packing, a resumed learn
-])
+RESULT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("job_id", pa.string()),
+        ("concept_id", pa.string()),
+        ("task", pa.string()),
+        ("pair_id", pa.string()),
+        ("category", pa.string()),
+        ("method", pa.string()),
+        ("preset", pa.string()),
+        ("label", pa.string()),  # "clic/paper no_att": method, preset and variant, decided at plan time
+        ("variant", pa.string()),
+        ("seed", pa.int64()),
+        ("settings", pa.string()),  # JSON of every resolved value the job ran with: {task, "match", "learn"}
+        ("sweep", pa.string()),  # JSON of the suite's own values for the job (what a sweep varies); null: none read
+        ("t_start", pa.int64()),  # the resolved transfer values (a preset's own included), null where not read
+        ("eta", pa.float64()),
+        ("task_steps", pa.int64()),
+        ("guidance_scale", pa.float64()),
+        ("learn_steps", pa.int64()),  # the concept's resolved learning budget and learning rate
+        ("learn_lr", pa.float64()),
+        ("object_word", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("higher_is_better", pa.bool_()),  # the metric's declaration of this value's direction
+        ("metric_version", pa.string()),
+        ("metric_scale", pa.string()),
+        ("metric_weights", pa.string()),
+        ("model_id", pa.string()),
+        ("weights_hash", pa.string()),
+        ("weights_label", pa.string()),
+        ("code_version", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("artifact_image", pa.string()),
+        ("artifact_attention", pa.string()),
+        ("artifact_mask", pa.string()),
+        ("artifact_losses", pa.string()),
+        ("learn_seconds", pa.float64()),
+        ("task_seconds", pa.float64()),
+        ("metric_seconds", pa.float64()),
+        ("peak_memory_mb", pa.float64()),  # the job's peak: CUDA max allocated on a GPU, peak RSS on the CPU
+        ("learn_peak_memory_mb", pa.float64()),  # the same for the job's concept learning (null: learned earlier)
+        ("finished_at", pa.string()),
+        (
+            "notes",
+            pa.string(),
+        ),  # what happened on the way: an out-of-memory retry with a larger packing, a resumed learn
+    ]
+)
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 # Columns added later: result files written before them still read, with nulls there.
 
@@ -290,7 +318,7 @@ def read_plan_results(run_dir: str | Path) -> tuple[pd.DataFrame, int]:
 
 
 def earlier_plan_note(rows: int) -> str:
-    return (f"{rows} result row(s) from an earlier plan of this folder are not in these tables" if rows else "")
+    return f"{rows} result row(s) from an earlier plan of this folder are not in these tables" if rows else ""
 
 
 def job_statuses(run_dir: str | Path) -> dict[str, str]:
@@ -361,6 +389,7 @@ def _drop_jobs(paths: Iterable[Path], job_ids: pa.Array) -> int:
 
 # ------------------------------------------------------------------------------------------- compaction
 
+
 def _write_table_atomic(path: Path, table: pa.Table) -> None:
     temp = temp_sibling(path)
     pq.write_table(table, temp, row_group_size=max(len(table), 1))
@@ -375,8 +404,7 @@ def _rewrite_or_remove(path: Path, table: pa.Table) -> None:
         path.unlink(missing_ok=True)
 
 
-def compact_results(run_dir: str | Path, rows_per_file: int = COMPACT_ROWS,
-                    min_files: int = COMPACT_MIN_FILES) -> int:
+def compact_results(run_dir: str | Path, rows_per_file: int = COMPACT_ROWS, min_files: int = COMPACT_MIN_FILES) -> int:
     """Move the rows of the per-job files into compacted files of up to ``rows_per_file`` rows (one row group
     each) and then delete those per-job files; returns how many were compacted (0 below ``min_files``).
 
@@ -389,22 +417,27 @@ def compact_results(run_dir: str | Path, rows_per_file: int = COMPACT_ROWS,
     journal = _journal_files(run_dir)
     if len(journal) < max(min_files, 1):
         return 0
-    return sum(_compact_batch(run_dir, journal[start:start + COMPACT_FILES_PER_BATCH], rows_per_file)
-               for start in range(0, len(journal), COMPACT_FILES_PER_BATCH))
+    return sum(
+        _compact_batch(run_dir, journal[start : start + COMPACT_FILES_PER_BATCH], rows_per_file)
+        for start in range(0, len(journal), COMPACT_FILES_PER_BATCH)
+    )
 
 
 def _compact_batch(run_dir: str | Path, journal: list[Path], rows_per_file: int) -> int:
     stamps = [path.stat().st_mtime_ns for path in journal]  # before reading: a file changed since is kept
     read: list[tuple[Path, int, pa.Table]] = [
-        (path, stamp, _conform(table)) for path, stamp, table in zip(journal, stamps, _read_many(journal))
-        if table is not None and "job_id" in table.column_names]
+        (path, stamp, _conform(table))
+        for path, stamp, table in zip(journal, stamps, _read_many(journal))
+        if table is not None and "job_id" in table.column_names
+    ]
     if not read:
         return 0
     rows = pa.concat_tables(_newest_rows([table for _, _, table in read]))
     folder = results_dir(run_dir)
     older = _compacted_files(run_dir)
-    sequence = max((int(p.stem[len(COMPACTED_PREFIX):]) for p in older
-                    if p.stem[len(COMPACTED_PREFIX):].isdigit()), default=0)
+    sequence = max(
+        (int(p.stem[len(COMPACTED_PREFIX) :]) for p in older if p.stem[len(COMPACTED_PREFIX) :].isdigit()), default=0
+    )
     new_files = []
     for start in range(0, len(rows), rows_per_file):
         sequence += 1

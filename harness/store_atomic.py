@@ -2,6 +2,7 @@
 everything is written under a temporary name (``.tmp-*``) in the same folder and renamed into place; what a killed
 writer left is removed later by :func:`remove_stale_temps`. (Re-exported by :mod:`harness.store`.)
 """
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 folder's current plan and the fingerprint of its inputs) and pairs.parquet (the resolved manifest rows). Each is
 written atomically (:mod:`harness.store_atomic`). (Re-exported by :mod:`harness.store`.)
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ def read_run_record(run_dir: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UnreadableRunFile(f"{path}: not readable JSON ({' '.join(str(err).split())}); the next run into "
-                                f"this folder writes it again") from None
+        raise UnreadableRunFile(
+            f"{path}: not readable JSON ({' '.join(str(err).split())}); the next run into this folder writes it again"
+        ) from None
     if not isinstance(manifest, dict):
         raise UnreadableRunFile(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     return manifest
@@ -57,8 +59,9 @@ class StoredPlan:
     fingerprint: str | None  # harness.execute.resume.plan_fingerprint of the inputs it was planned from
 
 
-def write_plan(run_dir: str | Path, job_ids: Iterable[str], group_ids: Iterable[str] = (),
-               fingerprint: str | None = None) -> Path:
+def write_plan(
+    run_dir: str | Path, job_ids: Iterable[str], group_ids: Iterable[str] = (), fingerprint: str | None = None
+) -> Path:
     """Record the result ids of the folder's current plan (every job and every group's values), replacing the
     last plan's: tables read these rows, and rows of earlier plans in the folder are left out by name. The
     ``fingerprint`` of the plan's inputs lets a resume with nothing to do skip planning
@@ -66,8 +69,12 @@ def write_plan(run_dir: str | Path, job_ids: Iterable[str], group_ids: Iterable[
     path = Path(run_dir) / PLAN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     jobs, groups = sorted(set(job_ids)), sorted(set(group_ids))
-    table = pa.table({"result_id": pa.array(jobs + groups, pa.string()),
-                      "kind": pa.array([PLAN_KIND_JOB] * len(jobs) + [PLAN_KIND_GROUP] * len(groups), pa.string())})
+    table = pa.table(
+        {
+            "result_id": pa.array(jobs + groups, pa.string()),
+            "kind": pa.array([PLAN_KIND_JOB] * len(jobs) + [PLAN_KIND_GROUP] * len(groups), pa.string()),
+        }
+    )
     if fingerprint:
         table = table.replace_schema_metadata({_PLAN_FINGERPRINT: fingerprint.encode()})
     temp = temp_sibling(path)
@@ -125,5 +132,7 @@ def read_pairs(run_dir: str | Path, only: Iterable[str] | None = None) -> list[d
             table = table.filter(pc.is_in(table.column("pair_id"), value_set=pa.array(list(only), pa.string())))
         return table.to_pylist()
     except (OSError, pa.ArrowException) as err:
-        raise UnreadableRunFile(f"{path}: not a readable Parquet file ({' '.join(str(err).split())[:200]}); the next "
-                                f"run into this folder writes it again") from None
+        raise UnreadableRunFile(
+            f"{path}: not a readable Parquet file ({' '.join(str(err).split())[:200]}); the next "
+            f"run into this folder writes it again"
+        ) from None

@@ -4,6 +4,7 @@ A suite names one with ``fn`` in place of a registered term (:func:`clic.losses.
 ``--set 'methods[0].learn.terms.att={fn: "broken_losses:att_sign_flipped", needs: [context, attention],
 weight: 0.5, resize: antialias}'``; this folder is on the workers' ``PYTHONPATH`` in the tests (tests/plugins.py).
 """
+
 from __future__ import annotations
 
 import torch

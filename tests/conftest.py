@@ -6,6 +6,7 @@ reports without a cluster) and ``system/`` (Ray clusters, browsers, the CLIs end
 ``sys.path`` (pytest inserts a rootless conftest's folder), so the shared modules beside this file
 (``helpers``, ``source_index``, ``run_inputs``, ``plugins``, ...) import by name from all three.
 """
+
 from __future__ import annotations
 
 import pytest

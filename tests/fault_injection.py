@@ -26,6 +26,7 @@ Every learning attempt appends a line ``PID:gpus=G:cpus=C`` (the Ray resources t
 Do not benchmark it; its numbers are cut-and-paste's. It exists so that worker death, node loss and
 failing jobs can be tested on CPU in seconds.
 """
+
 from __future__ import annotations
 
 import errno
@@ -90,17 +91,30 @@ class FaultInjection(CutPaste):
     }
     # A declared expected GPU memory (8 GiB in fp32 at any resolution: no backward term), so packing by memory is
     # tested with it: preset "slow" packs two per 16 GiB GPU.
-    gpu_memory = {"slow": GpuMemory(trained_gib=8.0 - GpuMemory.WEIGHTS_GIB["fp32"], saved_512_gib=0.0,
-                                    source="test: declared by tests/fault_injection.py")}
+    gpu_memory = {
+        "slow": GpuMemory(
+            trained_gib=8.0 - GpuMemory.WEIGHTS_GIB["fp32"],
+            saved_512_gib=0.0,
+            source="test: declared by tests/fault_injection.py",
+        )
+    }
     default_preset = "kill-once-in-learn"
     sources = {"method": "none: a test fixture for harness reliability (tests/system/test_reliability.py)"}
 
     def fault(self, preset: str | None) -> Mapping[str, Any]:
         return self.preset(preset)["fault"]
 
-    def learn(self, components: Any, source: ConceptSource, *, preset: str | None = None,
-              overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
-              progress: bool = True) -> LearnedConcept:
+    def learn(
+        self,
+        components: Any,
+        source: ConceptSource,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> LearnedConcept:
         fault = self.fault(preset)
         steps = int(self.learn_config(preset, overrides).steps)
         markers = Path(out_dir).parent if out_dir is not None else None
@@ -122,12 +136,14 @@ class FaultInjection(CutPaste):
                 elif fault["kind"] == "disk-full-once" and not (markers / f"{MARKER_PREFIX}disk-{key}").exists():
                     (markers / f"{MARKER_PREFIX}disk-{key}").touch()
                     raise OSError(errno.ENOSPC, "No space left on device (injected by fault_injection)")
-                elif fault["kind"] == "oom" or (fault["kind"] == "oom-once"
-                                                and not (markers / f"{MARKER_PREFIX}oom-{key}").exists()):
+                elif fault["kind"] == "oom" or (
+                    fault["kind"] == "oom-once" and not (markers / f"{MARKER_PREFIX}oom-{key}").exists()
+                ):
                     if fault["kind"] == "oom-once":
                         (markers / f"{MARKER_PREFIX}oom-{key}").touch()
                     raise torch.cuda.OutOfMemoryError(
-                        "CUDA out of memory. Tried to allocate 2.00 GiB (injected by fault_injection)")
+                        "CUDA out of memory. Tried to allocate 2.00 GiB (injected by fault_injection)"
+                    )
         concept = super().learn(components, source, preset=preset, overrides=overrides, seed=seed, out_dir=None)
         concept.method = self.name
         concept.config["fault_markers"] = str(markers) if markers is not None else None
@@ -135,18 +151,29 @@ class FaultInjection(CutPaste):
             concept.save(out_dir)
         return concept
 
-    def transfer(self, components: Any, concept: LearnedConcept, target_image: torch.Tensor,
-                 target_mask: torch.Tensor, object_word: str, *, preset: str | None = None,
-                 overrides: Mapping[str, Any] | None = None, seed: int = 0) -> PasteResult:
+    def transfer(
+        self,
+        components: Any,
+        concept: LearnedConcept,
+        target_image: torch.Tensor,
+        target_mask: torch.Tensor,
+        object_word: str,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> PasteResult:
         fault = self.fault(preset or concept.preset)
         if fault["kind"] == "delay":
             time.sleep(float(fault["seconds"]))
         elif fault["kind"] == "kill-once" and fault["phase"] == "transfer":
-            key = _content_key(concept.arrays["source_image"], target_image, target_mask,
-                               label=f"{concept.preset}:{seed}")
+            key = _content_key(
+                concept.arrays["source_image"], target_image, target_mask, label=f"{concept.preset}:{seed}"
+            )
             _die_once(Path(concept.config["fault_markers"]) / f"{MARKER_PREFIX}transfer-{key}")
-        return super().transfer(components, concept, target_image, target_mask, object_word, preset=preset,
-                                overrides=overrides, seed=seed)
+        return super().transfer(
+            components, concept, target_image, target_mask, object_word, preset=preset, overrides=overrides, seed=seed
+        )
 
 
 class KillActorOnce:
@@ -183,9 +210,17 @@ class ClicKilledOnce(CLiC):
     declared_settings = {"kill-once": CLiC.declared_settings["paper"], "straight": CLiC.declared_settings["paper"]}
     default_preset = "straight"
 
-    def learn(self, components: Any, source: ConceptSource, *, preset: str | None = None,
-              overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
-              progress: bool = True) -> LearnedConcept:
+    def learn(
+        self,
+        components: Any,
+        source: ConceptSource,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> LearnedConcept:
         config = self.learn_config(preset, overrides)
         marker = Path(out_dir).parent / f"{MARKER_PREFIX}learn-kill-{Path(out_dir).name}" if out_dir else None
 
@@ -193,6 +228,15 @@ class ClicKilledOnce(CLiC):
             if preset == "kill-once" and marker is not None and step == self.KILL_AT_STEP:
                 _die_once(marker)
 
-        return learn_concept(components, source, config, method=self.name, preset=preset or self.default_preset,
-                             seed=seed, step_fn=self.training_step, out_dir=out_dir, progress=progress,
-                             on_step=on_step)
+        return learn_concept(
+            components,
+            source,
+            config,
+            method=self.name,
+            preset=preset or self.default_preset,
+            seed=seed,
+            step_fn=self.training_step,
+            out_dir=out_dir,
+            progress=progress,
+            on_step=on_step,
+        )

@@ -1,6 +1,7 @@
 """Small inputs shared by the method tests (imported by name: pytest puts this folder on sys.path).
 
 Imports clic only: tests/clic use it and must never import harness or Ray."""
+
 from __future__ import annotations
 
 import torch
@@ -27,9 +28,15 @@ def last_json_line(stdout: str) -> dict:
     return json.loads(next(line for line in reversed(stdout.strip().splitlines()) if line.startswith("{")))
 
 
-def unet_with_token_maps(components, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, positions: list[int],
-                         blocks: tuple[str, ...] = ("up_blocks", "down_blocks", "mid_block"),
-                         detach_outputs: bool = False):
+def unet_with_token_maps(
+    components,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    text: torch.Tensor,
+    positions: list[int],
+    blocks: tuple[str, ...] = ("up_blocks", "down_blocks", "mid_block"),
+    detach_outputs: bool = False,
+):
     """The UNet's output and, for every cross-attention layer (attn2) in ``blocks``, the head-averaged
     softmax(QKᵀ/√d) columns of ``positions`` for batch row 0, as (n, side, side): computed here from the layer's
     recorded inputs and its Q/K weights (a processor's trained copies when it has them), not from the capture.
@@ -44,8 +51,10 @@ def unet_with_token_maps(components, x: torch.Tensor, t: torch.Tensor, text: tor
         if isinstance(module, Attention) and detach_outputs:
             handles.append(module.register_forward_hook(lambda _m, _i, out: out.detach()))
         if isinstance(module, Attention) and name.endswith("attn2") and name.startswith(blocks):
+
             def record(_m, args, kwargs, name=name):
                 inputs[name] = (args[0] if args else kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+
             handles.append(module.register_forward_pre_hook(record, with_kwargs=True))
     try:
         out = components.unet(x, t, encoder_hidden_states=text).sample

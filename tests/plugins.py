@@ -3,6 +3,7 @@ production registries (``clic.methods.REGISTRY``, ``harness.metrics.REGISTRY``) 
 
 A run resolves each method's and metric's "module:Class" at plan time and its workers import that module,
 so this folder is put on ``PYTHONPATH`` before any Ray cluster (or subprocess driver) starts."""
+
 from __future__ import annotations
 
 import os

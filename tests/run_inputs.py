@@ -2,6 +2,7 @@
 
 Imported by name (tests/ is on sys.path: the root conftest's folder); subprocess drivers that import the test
 modules get the test-only methods registered through :mod:`plugins`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,19 @@ def make_pairs(folder: Path, count: int, targets_per_source: int = 1) -> list[Pa
         source, source_mask = _draw(folder, f"s{i}", (40 * i % 255, 80, 160), (8 + i % 8, 10, 40, 44))
         for j in range(targets_per_source):
             target, target_mask = _draw(folder, f"t{i}_{j}", (90, 30 * j % 255, 30), (20, 16 + j % 10, 52, 50))
-            pairs.append(Pair(f"p{i}_{j}", "furniture", source, source_mask, "chair", target, target_mask, "chair",
-                              target_mask_gt=target_mask))
+            pairs.append(
+                Pair(
+                    f"p{i}_{j}",
+                    "furniture",
+                    source,
+                    source_mask,
+                    "chair",
+                    target,
+                    target_mask,
+                    "chair",
+                    target_mask_gt=target_mask,
+                )
+            )
     return pairs
 
 
@@ -47,8 +59,14 @@ def make_suite(data: dict) -> Suite:
 
 
 def cut_paste_suite(**changes) -> Suite:
-    suite = {"name": "test", "model": "tiny", "methods": [{"name": "cut_paste"}], "seeds": [0],
-             "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
-             "resources": {"num_cpus": 1, "max_retries": 1}}
+    suite = {
+        "name": "test",
+        "model": "tiny",
+        "methods": [{"name": "cut_paste"}],
+        "seeds": [0],
+        "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
+        "metrics": ["ssim_psnr"],
+        "resources": {"num_cpus": 1, "max_retries": 1},
+    }
     suite.update(changes)
     return make_suite(suite)

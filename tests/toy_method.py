@@ -1,6 +1,7 @@
 """A toy method defined outside ``clic/`` (one file, registered by the tests with ``register_method``): it
 "learns" the mean colour of the source region and transfers by filling the target mask with it. It shows
 what a new method needs to provide and is checked end to end by ``tests/system/test_plugins.py``."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -31,21 +32,44 @@ class MeanColourFill(Method):
     default_preset = "default"
     sources = {"method": "tests/toy_method.py (no paper: a test fixture)"}
 
-    def learn(self, components: Any, source: ConceptSource, *, preset: str | None = None,
-              overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
-              progress: bool = True) -> LearnedConcept:
+    def learn(
+        self,
+        components: Any,
+        source: ConceptSource,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> LearnedConcept:
         region = source.masks[0].cpu() > 0.5
         colour = ((source.image.cpu() + 1) / 2)[:, region].mean(dim=1)
-        concept = LearnedConcept(method=self.name, preset=preset or self.default_preset, tokens=[],
-                                 object_word=source.object_word, vectors={}, config={"seed": seed},
-                                 arrays={"colour": colour})
+        concept = LearnedConcept(
+            method=self.name,
+            preset=preset or self.default_preset,
+            tokens=[],
+            object_word=source.object_word,
+            vectors={},
+            config={"seed": seed},
+            arrays={"colour": colour},
+        )
         if out_dir is not None:
             concept.save(out_dir)
         return concept
 
-    def transfer(self, components: Any, concept: LearnedConcept, target_image: torch.Tensor,
-                 target_mask: torch.Tensor, object_word: str, *, preset: str | None = None,
-                 overrides: Mapping[str, Any] | None = None, seed: int = 0) -> FillResult:
+    def transfer(
+        self,
+        components: Any,
+        concept: LearnedConcept,
+        target_image: torch.Tensor,
+        target_mask: torch.Tensor,
+        object_word: str,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> FillResult:
         target = (target_image.cpu() + 1) / 2
         mask = target_mask.cpu() > 0.5
         filled = torch.where(mask[None], concept.arrays["colour"][:, None, None], target)

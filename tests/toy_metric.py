@@ -1,5 +1,6 @@
 """A toy metric defined outside ``harness/metrics/`` (one file, registered by the tests with
 ``register_metric``): the share of the target mask whose output pixels differ from the target."""
+
 from __future__ import annotations
 
 from typing import ClassVar

@@ -4,6 +4,7 @@ Issue 28 asks for modules of at most ~400 lines and functions of at most ~60; th
 so a change can show its before and after (tools/code_sizes_before.md holds the table before the tidy).
 Counts physical lines (a module's whole file; a function from its ``def`` to its last line, decorators excluded).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,10 @@ def main() -> None:
     print()
     print(table("function", functions, args.top))
     print()
-    print(f"modules over 400 lines: {sum(n > 400 for n, _ in modules)}; "
-          f"functions over 60 lines: {sum(n > 60 for n, _ in functions)}")
+    print(
+        f"modules over 400 lines: {sum(n > 400 for n, _ in modules)}; "
+        f"functions over 60 lines: {sum(n > 60 for n, _ in functions)}"
+    )
 
 
 if __name__ == "__main__":

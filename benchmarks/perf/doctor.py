@@ -11,6 +11,7 @@
    minutes there): seconds per step (median after a warm-up step) and the job's peak memory (CUDA max allocated,
    or peak RSS on the CPU), beside the figures benchmarks/perf/README.md expects for SD 1.x at 512 px.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,11 @@ from typing import Any
 import torch
 
 # benchmarks/perf/README.md, "What to expect on a GPU (SD v1.4, 512 px)": seconds per CLiC step.
-EXPECTED_SECONDS_PER_STEP = {"RTX 3090 (fp16, 40 % of peak)": 0.12, "A100 40 GB (bf16, 40 % of peak)": 0.027,
-                             "paper (RTX 3090, fp32, released code)": 0.36}
+EXPECTED_SECONDS_PER_STEP = {
+    "RTX 3090 (fp16, 40 % of peak)": 0.12,
+    "A100 40 GB (bf16, 40 % of peak)": 0.027,
+    "paper (RTX 3090, fp32, released code)": 0.36,
+}
 
 
 def _source(resolution: int):
@@ -30,7 +34,7 @@ def _source(resolution: int):
 
     generator = torch.Generator().manual_seed(0)
     mask = torch.zeros(resolution, resolution)
-    mask[resolution // 8: resolution // 2, resolution // 4: 3 * resolution // 4] = 1
+    mask[resolution // 8 : resolution // 2, resolution // 4 : 3 * resolution // 4] = 1
     return ConceptSource(torch.rand(3, resolution, resolution, generator=generator) * 2 - 1, mask, "chair")
 
 
@@ -42,8 +46,9 @@ def _learn(model: str, device: Any, dtype: str, resolution: int, steps: int, on_
     method = get_method("clic")
     components = load_components(model, device=device, dtype=dtype)
     config = method.learn_config(None, {"steps": steps, "resolution": resolution})
-    return learn_concept(components, _source(resolution), config, step_fn=method.training_step, progress=False,
-                         on_step=on_step)
+    return learn_concept(
+        components, _source(resolution), config, step_fn=method.training_step, progress=False, on_step=on_step
+    )
 
 
 def placement_check(model: str, device: torch.device, resolution: int) -> tuple[str, str]:
@@ -56,10 +61,13 @@ def placement_check(model: str, device: torch.device, resolution: int) -> tuple[
     components = load_components(model).to(target)
     audit = DeviceAudit()
     with audit:
-        get_method("clic").learn(components, _source(resolution), overrides={"steps": 1, "resolution": resolution},
-                                 progress=False)
+        get_method("clic").learn(
+            components, _source(resolution), overrides={"steps": 1, "resolution": resolution}, progress=False
+        )
     where = f"model on {target}" + (" (no GPU: the data-less meta device stands in)" if device.type == "cpu" else "")
-    verdict = "ok: no op mixed devices" if not audit.mixed else f"FAILED: {len(audit.mixed)} op(s), first {audit.mixed[0]}"
+    verdict = (
+        "ok: no op mixed devices" if not audit.mixed else f"FAILED: {len(audit.mixed)} op(s), first {audit.mixed[0]}"
+    )
     return where, f"{verdict} ({audit.ops} ops audited)"
 
 
@@ -98,13 +106,23 @@ def main(argv: list[str] | None = None) -> int:
     from clic.device import describe_device, resolve_device
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.perf.doctor", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="tiny, a diffusers folder (e.g. `clic models save-random`) or a cached HF id")
+    parser.add_argument(
+        "--model", default="tiny", help="tiny, a diffusers folder (e.g. `clic models save-random`) or a cached HF id"
+    )
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default=None, help="dtype of the timed step (default: bf16 on a GPU, fp32 on the CPU)")
-    parser.add_argument("--resolution", type=int, default=None, help="side of the timed step (default 512; 128 on the CPU)")
+    parser.add_argument(
+        "--dtype", default=None, help="dtype of the timed step (default: bf16 on a GPU, fp32 on the CPU)"
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="side of the timed step (default 512; 128 on the CPU)"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps and precision-check steps")
-    parser.add_argument("--check-resolution", type=int, default=None,
-                        help="side of the placement and precision checks (default: the model's smallest, 64 tiny / 128)")
+    parser.add_argument(
+        "--check-resolution",
+        type=int,
+        default=None,
+        help="side of the placement and precision checks (default: the model's smallest, 64 tiny / 128)",
+    )
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -118,16 +136,36 @@ def main(argv: list[str] | None = None) -> int:
     worst = precision_check(args.model, device, check_resolution, args.steps)
     timing = step_timing(args.model, device, dtype, resolution, args.steps)
 
-    rows = [("device", describe_device(device), ""),
-            ("placement", verdict, where),
-            *[(f"{name} vs fp32, max relative loss difference ({args.steps} steps, {check_resolution} px)",
-               f"{value:.2e}", "< 1e-2 (tests/clic/test_precision.py states 1 %)") for name, value in worst.items()],
-            (f"CLiC fused step, {resolution} px, {dtype}, s/step", f"{timing['seconds_per_step']:.3f}",
-             "; ".join(f"{k}: {v:g}" for k, v in EXPECTED_SECONDS_PER_STEP.items()) + " (SD 1.x, 512 px)"),
-            (f"peak memory of the learning job, {resolution} px, {dtype}", f"{timing['peak_memory_gib']:.2f} GiB",
-             "CUDA max allocated" if not on_cpu else "peak RSS of this process (CPU)")]
+    rows = [
+        ("device", describe_device(device), ""),
+        ("placement", verdict, where),
+        *[
+            (
+                f"{name} vs fp32, max relative loss difference ({args.steps} steps, {check_resolution} px)",
+                f"{value:.2e}",
+                "< 1e-2 (tests/clic/test_precision.py states 1 %)",
+            )
+            for name, value in worst.items()
+        ],
+        (
+            f"CLiC fused step, {resolution} px, {dtype}, s/step",
+            f"{timing['seconds_per_step']:.3f}",
+            "; ".join(f"{k}: {v:g}" for k, v in EXPECTED_SECONDS_PER_STEP.items()) + " (SD 1.x, 512 px)",
+        ),
+        (
+            f"peak memory of the learning job, {resolution} px, {dtype}",
+            f"{timing['peak_memory_gib']:.2f} GiB",
+            "CUDA max allocated" if not on_cpu else "peak RSS of this process (CPU)",
+        ),
+    ]
     if on_cpu and resolution != 512:
-        rows.append(("note", f"timed at {resolution} px on the CPU", "512 px takes minutes per step here; pass --resolution 512"))
+        rows.append(
+            (
+                "note",
+                f"timed at {resolution} px on the CPU",
+                "512 px takes minutes per step here; pass --resolution 512",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     print(f"\nmodel: {args.model}\n{'check'.ljust(width)} | measured | expected / note")
     for name, value, expected in rows:

@@ -10,6 +10,7 @@ plans. The *warm* runs reuse them, as a second run of the same driver does: thei
 harness adds per job (scheduling, transfers of samples, result writing, idle slots at the end); the target
 is the median of three. The Ray cluster start is reported on its own (a cluster user has it running already).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFESTS = [str(ROOT / "manifests" / name / "manifest.parquet") for name in ("furniture", "jewelry", "building", "kitchenware")]
+MANIFESTS = [
+    str(ROOT / "manifests" / name / "manifest.parquet") for name in ("furniture", "jewelry", "building", "kitchenware")
+]
 
 
 def _suite(data: dict[str, Any]):
     from harness.plan.suite import suite_from_dict
 
-    return suite_from_dict({"manifests": MANIFESTS, "model": "tiny", "seeds": [0], **data}, source="perf-suite",
-                           base_dir=ROOT)
+    return suite_from_dict(
+        {"manifests": MANIFESTS, "model": "tiny", "seeds": [0], **data}, source="perf-suite", base_dir=ROOT
+    )
 
 
 def measure_run(suite, run_dir: Path, slots: int) -> dict[str, Any]:
@@ -47,20 +51,33 @@ def measure_run(suite, run_dir: Path, slots: int) -> dict[str, Any]:
     jobs = results.drop_duplicates("job_id")
     learn = jobs.drop_duplicates("concept_id")["learn_seconds"].fillna(0).sum()
     work = learn + jobs["task_seconds"].fillna(0).sum() + jobs["metric_seconds"].fillna(0).sum()
-    return {"jobs": int(summary.done), "failed": int(summary.failed), "wall_s": wall, "jobs_per_s": summary.done / wall,
-            "method_and_metric_s": float(work), "slots": slots,
-            "overhead_share": max(0.0, 1 - float(work) / (slots * wall)),
-            "cold_start_s": summary.cold_start_seconds}
+    return {
+        "jobs": int(summary.done),
+        "failed": int(summary.failed),
+        "wall_s": wall,
+        "jobs_per_s": summary.done / wall,
+        "method_and_metric_s": float(work),
+        "slots": slots,
+        "overhead_share": max(0.0, 1 - float(work) / (slots * wall)),
+        "cold_start_s": summary.cold_start_seconds,
+    }
 
 
 def cold_and_warm(suite, root: Path, slots: int, warm_repeats: int = 3) -> dict[str, Any]:
     """The same suite in fresh run folders: once on new worker processes, then ``warm_repeats`` times on
     the same ones. The warm figure is the median repeat (the target's; the best is printed beside it)."""
     cold = measure_run(suite, root / "cold", slots)
-    repeats = sorted((measure_run(suite, root / f"warm-{index}", slots) for index in range(warm_repeats)),
-                     key=lambda run: run["overhead_share"])
-    return {"cold": cold, "warm": repeats[len(repeats) // 2], "warm_overheads": [run["overhead_share"] for run in repeats],
-            "cold_start_s": cold["cold_start_s"], "cold_extra_wall_s": cold["wall_s"] - repeats[len(repeats) // 2]["wall_s"]}
+    repeats = sorted(
+        (measure_run(suite, root / f"warm-{index}", slots) for index in range(warm_repeats)),
+        key=lambda run: run["overhead_share"],
+    )
+    return {
+        "cold": cold,
+        "warm": repeats[len(repeats) // 2],
+        "warm_overheads": [run["overhead_share"] for run in repeats],
+        "cold_start_s": cold["cold_start_s"],
+        "cold_extra_wall_s": cold["wall_s"] - repeats[len(repeats) // 2]["wall_s"],
+    }
 
 
 def smoke_suite():
@@ -81,11 +98,20 @@ def harness_overhead() -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             # The smoke suite first, so that its cold run really starts cold.
             smoke = cold_and_warm(smoke_suite(), Path(tmp) / "smoke", slots=2)
-            cut_paste = measure_run(_suite({
-                "name": "perf-cut-paste", "methods": [{"name": "cut_paste"}],
-                # cut-and-paste reads no transfer settings: seeds (not a t_start sweep) give it 4 jobs per pair
-                "seeds": [0, 1, 2, 3], "transfer": {"steps": 20}, "metrics": ["ssim_psnr"],
-            }), Path(tmp) / "cut_paste", slots=2)
+            cut_paste = measure_run(
+                _suite(
+                    {
+                        "name": "perf-cut-paste",
+                        "methods": [{"name": "cut_paste"}],
+                        # cut-and-paste reads no transfer settings: seeds (not a t_start sweep) give it 4 jobs per pair
+                        "seeds": [0, 1, 2, 3],
+                        "transfer": {"steps": 20},
+                        "metrics": ["ssim_psnr"],
+                    }
+                ),
+                Path(tmp) / "cut_paste",
+                slots=2,
+            )
     finally:
         ray.shutdown()
     return {"cluster_start_s": cluster_start, "cut_paste": cut_paste, "smoke": smoke}
@@ -136,22 +162,29 @@ def scaling(steps: int = 60, repeats: int = 2) -> dict[str, Any]:
     for _ in range(repeats):
         for nodes in (1, 2):
             script = _SCALING_SCRIPT.format(root=str(ROOT), nodes=nodes, steps=steps)
-            out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
-                                 timeout=1800)
+            out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=1800)
             if out.returncode != 0:
                 raise RuntimeError(f"scaling run with {nodes} node(s) failed: {out.stderr.strip().splitlines()[-1:]}")
-            runs[nodes].append(json.loads(next(line for line in reversed(out.stdout.splitlines())
-                                               if line.startswith("{"))))
+            runs[nodes].append(
+                json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{")))
+            )
     one, two = (min(runs[n], key=lambda run: run["wall_s"]) for n in (1, 2))
-    return {"one_node_wall_s": one["wall_s"], "two_nodes_wall_s": two["wall_s"], "jobs": two["jobs"],
-            "pinned": two["pinned"], "machine": machine_parallel_efficiency(steps),
-            "scaling_efficiency": one["wall_s"] / (2 * two["wall_s"]),
-            # The share of slot time spent in method + metric work, 2 nodes over 1: on a shared machine the
-            # jobs' own seconds differ between runs, and this ratio divides that noise out of the wall ratio.
-            "busy_share_ratio": (two["method_and_metric_s"] / (2 * two["wall_s"]))
-                                / (one["method_and_metric_s"] / one["wall_s"]),
-            "one_node_walls_s": [run["wall_s"] for run in runs[1]], "two_nodes_walls_s": [run["wall_s"] for run in runs[2]],
-            "task_seconds_one_node": one["method_and_metric_s"], "task_seconds_two_nodes": two["method_and_metric_s"]}
+    return {
+        "one_node_wall_s": one["wall_s"],
+        "two_nodes_wall_s": two["wall_s"],
+        "jobs": two["jobs"],
+        "pinned": two["pinned"],
+        "machine": machine_parallel_efficiency(steps),
+        "scaling_efficiency": one["wall_s"] / (2 * two["wall_s"]),
+        # The share of slot time spent in method + metric work, 2 nodes over 1: on a shared machine the
+        # jobs' own seconds differ between runs, and this ratio divides that noise out of the wall ratio.
+        "busy_share_ratio": (two["method_and_metric_s"] / (2 * two["wall_s"]))
+        / (one["method_and_metric_s"] / one["wall_s"]),
+        "one_node_walls_s": [run["wall_s"] for run in runs[1]],
+        "two_nodes_walls_s": [run["wall_s"] for run in runs[2]],
+        "task_seconds_one_node": one["method_and_metric_s"],
+        "task_seconds_two_nodes": two["method_and_metric_s"],
+    }
 
 
 def _learn_after_barrier(barrier, steps: int, queue) -> None:
@@ -185,8 +218,9 @@ def machine_parallel_efficiency(steps: int = 80, repeats: int = 2) -> dict[str, 
     for _ in range(repeats):
         for processes in (1, 2):
             barrier, queue = context.Barrier(processes), context.Queue()
-            workers = [context.Process(target=_learn_after_barrier, args=(barrier, steps, queue))
-                       for _ in range(processes)]
+            workers = [
+                context.Process(target=_learn_after_barrier, args=(barrier, steps, queue)) for _ in range(processes)
+            ]
             for worker in workers:
                 worker.start()
             times[processes].append(max(queue.get(timeout=1800) for _ in workers))
@@ -201,15 +235,39 @@ def preflight_seconds() -> dict[str, Any]:
     --allow-random-metrics: a new process, as a user types it, until it exits with one line per missing file.
     Empty torch-hub, Hugging Face and ~/.cache folders stand in for the machine without weights."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_HOME": f"{tmp}/torch", "HF_HOME": f"{tmp}/hf",
-               "HF_HUB_CACHE": f"{tmp}/hf/hub", "HOME": f"{tmp}/home",
-               # the tiny model's description stays where earlier runs remembered it (as on a user's machine)
-               "CLIC_CACHE": os.environ.get("CLIC_CACHE", str(Path.home() / ".cache" / "clic"))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "TORCH_HOME": f"{tmp}/torch",
+            "HF_HOME": f"{tmp}/hf",
+            "HF_HUB_CACHE": f"{tmp}/hf/hub",
+            "HOME": f"{tmp}/home",
+            # the tiny model's description stays where earlier runs remembered it (as on a user's machine)
+            "CLIC_CACHE": os.environ.get("CLIC_CACHE", str(Path.home() / ".cache" / "clic")),
+        }
         started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(ROOT / "benchmarks" / "smoke.yaml"),
-                              "--out", f"{tmp}/run", "--quiet"], capture_output=True, text=True, env=env, cwd=ROOT,
-                             timeout=600)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "harness.cli",
+                "run",
+                str(ROOT / "benchmarks" / "smoke.yaml"),
+                "--out",
+                f"{tmp}/run",
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=600,
+        )
         seconds = time.perf_counter() - started
     lines = [line for line in out.stderr.splitlines() if line.strip()]
-    return {"seconds": seconds, "exit_code": out.returncode, "lines": len(lines),
-            "missing_weight_lines": sum("error: metric " in line for line in lines)}
+    return {
+        "seconds": seconds,
+        "exit_code": out.returncode,
+        "lines": len(lines),
+        "missing_weight_lines": sum("error: metric " in line for line in lines),
+    }

@@ -1,5 +1,6 @@
 """Learning-step benchmarks: fused vs naive (time, loss agreement, memory kept for backward), capture cost,
 cached work."""
+
 from __future__ import annotations
 
 import os
@@ -32,9 +33,11 @@ def activation_megabytes(step, case) -> float:
     Works on the data-less ``meta`` device too (storages are told apart by identity, not address).
     """
     components = case.state.components
-    resident = {tensor.untyped_storage()._cdata
-                for module in (components.unet, components.text_encoder, components.vae)
-                for tensor in (*module.parameters(), *module.buffers())}
+    resident = {
+        tensor.untyped_storage()._cdata
+        for module in (components.unet, components.text_encoder, components.vae)
+        for tensor in (*module.parameters(), *module.buffers())
+    }
     resident.add(case.state.tokens.parameter.untyped_storage()._cdata)
     held: weakref.WeakSet[_Saved] = weakref.WeakSet()
 
@@ -51,15 +54,19 @@ def activation_megabytes(step, case) -> float:
     return total / 2**20
 
 
-def fused_vs_naive(resolution: int, repeats: int, arch: str = "tiny", rounds: int = 3, warmup: int = 2,
-                   best: bool = False) -> dict[str, Any]:
+def fused_vs_naive(
+    resolution: int, repeats: int, arch: str = "tiny", rounds: int = 3, warmup: int = 2, best: bool = False
+) -> dict[str, Any]:
     """Loss agreement, seconds per step (median of ``repeats`` after ``warmup``; the middle of ``rounds``
     interleaved rounds, or with ``best`` the fastest) and the memory kept for backward, of the fused and the
     naive step on ``arch``."""
     case = make_case(resolution, arch=arch)
     fused, fused_values = fused_loss(case)
     naive, naive_values = naive_loss(case)
-    worst = max(abs(fused_values[k] - naive_values[k]) / max(abs(naive_values[k]), 1e-12) for k in ("con", "att", "roi", "total"))
+    worst = max(
+        abs(fused_values[k] - naive_values[k]) / max(abs(naive_values[k]), 1e-12)
+        for k in ("con", "att", "roi", "total")
+    )
     # Interleave the two variants so machine noise hits both alike.
     fused_times, naive_times = [], []
     for _ in range(rounds):
@@ -70,8 +77,13 @@ def fused_vs_naive(resolution: int, repeats: int, arch: str = "tiny", rounds: in
     with naive_processors(case) as store:
         naive_mb = activation_megabytes(lambda c: naive_step(c.state, c.batch, c.object_word, store), case)
     return {
-        "arch": arch, "resolution": resolution, "fused_ms": fused_s * 1000, "naive_ms": naive_s * 1000, "speedup": naive_s / fused_s,
-        "max_rel_loss_diff": worst, "fused_activation_mb": activation_megabytes(fused_loss, case),
+        "arch": arch,
+        "resolution": resolution,
+        "fused_ms": fused_s * 1000,
+        "naive_ms": naive_s * 1000,
+        "speedup": naive_s / fused_s,
+        "max_rel_loss_diff": worst,
+        "fused_activation_mb": activation_megabytes(fused_loss, case),
         "naive_activation_mb": naive_mb,
     }
 
@@ -96,8 +108,14 @@ def capture_cost(resolution: int, repeats: int) -> dict[str, Any]:
     heads = max(m.heads for n, m in state.components.unet.named_modules() if n.endswith("attn2"))
     full = max(t.shape[1] for t in state.capture.maps().values()) * text.shape[1] * heads
     state.capture.clear()
-    return {"resolution": resolution, "capture_on_ms": on_s * 1000, "capture_off_ms": off_s * 1000,
-            "capture_overhead": on_s / off_s - 1, "largest_kept_elements": kept, "full_probabilities_elements": full}
+    return {
+        "resolution": resolution,
+        "capture_on_ms": on_s * 1000,
+        "capture_off_ms": off_s * 1000,
+        "capture_overhead": on_s / off_s - 1,
+        "largest_kept_elements": kept,
+        "full_probabilities_elements": full,
+    }
 
 
 def count_calls(components) -> dict[str, int]:
@@ -110,7 +128,9 @@ def count_calls(components) -> dict[str, int]:
         return encode(*args, **kwargs)
 
     components.vae.encode = counting_encode
-    components.text_encoder.register_forward_hook(lambda *_: calls.__setitem__("text_encoder", calls["text_encoder"] + 1))
+    components.text_encoder.register_forward_hook(
+        lambda *_: calls.__setitem__("text_encoder", calls["text_encoder"] + 1)
+    )
     return calls
 
 
@@ -132,10 +152,14 @@ def cached_work(steps: int = 60) -> dict[str, Any]:
     fresh = build_tiny()
     transfer_calls = count_calls(fresh)
     transfer_concept(fresh, concept, source.image, mask, "chair", TransferSettings(t_start=10, steps=20), seed=0)
-    return {"learn_steps": steps, "learn_vae_encodes": learn_calls["vae_encode"],
-            "learn_text_encoder_calls": learn_calls["text_encoder"], "transfer_steps": 10,
-            "transfer_vae_encodes": transfer_calls["vae_encode"],
-            "transfer_text_encoder_calls": transfer_calls["text_encoder"]}
+    return {
+        "learn_steps": steps,
+        "learn_vae_encodes": learn_calls["vae_encode"],
+        "learn_text_encoder_calls": learn_calls["text_encoder"],
+        "transfer_steps": 10,
+        "transfer_vae_encodes": transfer_calls["vae_encode"],
+        "transfer_text_encoder_calls": transfer_calls["text_encoder"],
+    }
 
 
 def _loop_source():
@@ -166,8 +190,9 @@ def loop_step_case(steps: int, seed: int = 0):
         p.requires_grad_(phase.attention_lr > 0)
     components.unet.train(False)
     device = components.unet.device
-    batches = [draw_batch(components, banks, config, state.objective, generator, device, source.n_tokens)
-               for _ in range(steps)]
+    batches = [
+        draw_batch(components, banks, config, state.objective, generator, device, source.n_tokens) for _ in range(steps)
+    ]
     return state, batches, method.training_step, source.object_word
 
 
@@ -184,8 +209,9 @@ def time_loop_steps(case) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def learn_loop_cost(short: int = 20, long: int = 60, repeats: int = 2,
-                    threads: tuple[int, ...] | None = None) -> dict[str, Any]:
+def learn_loop_cost(
+    short: int = 20, long: int = 60, repeats: int = 2, threads: tuple[int, ...] | None = None
+) -> dict[str, Any]:
     """Whole ``learn_concept`` runs (CLiC, paper preset, 64 px, augmentation on, as ``clic learn`` runs them) per
     extra step, against the same step alone (forward + backward) over the same batches: what the loop adds
     around the step (augmentation and its VAE encodes, the optimiser, bookkeeping).
@@ -225,20 +251,31 @@ def learn_loop_cost(short: int = 20, long: int = 60, repeats: int = 2,
             loop_wall = (best["long"][0] - best["short"][0]) / extra
             loop_cpu = (best["long"][1] - best["short"][1]) / extra
             step_wall, step_cpu = best["step"][0] / extra, best["step"][1] / extra
-            settings.append({
-                "threads": count, "short_s": best["short"][0], "long_s": best["long"][0],
-                "learn_per_step_ms": loop_wall * 1000, "fused_step_ms": step_wall * 1000,
-                "learn_per_step_cpu_ms": loop_cpu * 1000, "fused_step_cpu_ms": step_cpu * 1000,
-                # differences of noisy totals can come out ≤ 0 on a loaded machine: no ratio then
-                "ratio": loop_wall / step_wall if loop_wall > 0 else float("nan"),
-                "cpu_ratio": loop_cpu / step_cpu if loop_cpu > 0 else float("nan"),
-            })
+            settings.append(
+                {
+                    "threads": count,
+                    "short_s": best["short"][0],
+                    "long_s": best["long"][0],
+                    "learn_per_step_ms": loop_wall * 1000,
+                    "fused_step_ms": step_wall * 1000,
+                    "learn_per_step_cpu_ms": loop_cpu * 1000,
+                    "fused_step_cpu_ms": step_cpu * 1000,
+                    # differences of noisy totals can come out ≤ 0 on a loaded machine: no ratio then
+                    "ratio": loop_wall / step_wall if loop_wall > 0 else float("nan"),
+                    "cpu_ratio": loop_cpu / step_cpu if loop_cpu > 0 else float("nan"),
+                }
+            )
     finally:
         torch.set_num_threads(default_threads)
-    return {"short_steps": short, "long_steps": long, "repeats": repeats,
-            "load_average_before": load_before, "load_average_after": _load_average(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-            "settings": settings}
+    return {
+        "short_steps": short,
+        "long_steps": long,
+        "repeats": repeats,
+        "load_average_before": load_before,
+        "load_average_after": _load_average(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "settings": settings,
+    }
 
 
 def _load_average() -> list[float]:

@@ -9,6 +9,7 @@ start, with the model already loaded by the warm-up), for a one-pair suite learn
 the same resolution. The target is harness ≤ 1.1 × CLI: a job borrows the worker's loaded model and puts back only
 what it changed (clic.reuse) instead of deep-copying the UNet and text encoder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,29 @@ TARGET_RATIO = 1.1
 
 def cli_peak_mb(model: str, image: Path, mask: Path, resolution: int, steps: int, out: Path) -> float:
     """Peak RSS of a fresh `clic learn` process (measured by a parent that has no other child)."""
-    command = [sys.executable, "-m", "clic.cli", "learn", "--model", model, "--image", str(image), "--mask", str(mask),
-               "--object", "chair", "--steps", str(steps), "--resolution", str(resolution), "--device", "cpu",
-               "--quiet", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "clic.cli",
+        "learn",
+        "--model",
+        model,
+        "--image",
+        str(image),
+        "--mask",
+        str(mask),
+        "--object",
+        "chair",
+        "--steps",
+        str(steps),
+        "--resolution",
+        str(resolution),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     probe = textwrap.dedent(f"""
         import resource, subprocess, sys
         subprocess.run({command!r}, check=True, stdout=subprocess.DEVNULL)
@@ -43,11 +64,21 @@ def harness_peak_mb(model: str, manifest: Path, resolution: int, steps: int, run
     from harness.execute.runner import run_suite
     from harness.store import read_results
 
-    suite = {"name": "memory", "manifest": str(manifest), "model": model, "resolution": resolution,
-             "methods": [{"name": "clic", "learn": {"steps": steps}}], "seeds": [0],
-             "transfer": {"steps": 3, "t_start": [1], "eta": [0.0]}, "match": {"enabled": False},
-             "tasks": ["transfer"], "metrics": ["ssim_psnr"], "limit_pairs": 1, "device": "cpu",
-             "resources": {"num_cpus": 2, "max_retries": 0}}
+    suite = {
+        "name": "memory",
+        "manifest": str(manifest),
+        "model": model,
+        "resolution": resolution,
+        "methods": [{"name": "clic", "learn": {"steps": steps}}],
+        "seeds": [0],
+        "transfer": {"steps": 3, "t_start": [1], "eta": [0.0]},
+        "match": {"enabled": False},
+        "tasks": ["transfer"],
+        "metrics": ["ssim_psnr"],
+        "limit_pairs": 1,
+        "device": "cpu",
+        "resources": {"num_cpus": 2, "max_retries": 0},
+    }
     suite_path = run_dir.parent / "memory-suite.yaml"
     suite_path.write_text(yaml.safe_dump(suite))
     summary = run_suite(suite_path, run_dir, num_cpus=2, quiet=True)
@@ -55,8 +86,11 @@ def harness_peak_mb(model: str, manifest: Path, resolution: int, steps: int, run
     ok = rows[rows.status == "ok"]
     if ok.empty:
         raise RuntimeError(f"the harness run failed: {rows.error.dropna().tolist()[:1]}")
-    return {"learn_peak_mb": float(ok.learn_peak_memory_mb.max()), "transfer_peak_mb": float(ok.peak_memory_mb.max()),
-            "jobs": summary.total_jobs}
+    return {
+        "learn_peak_mb": float(ok.learn_peak_memory_mb.max()),
+        "transfer_peak_mb": float(ok.peak_memory_mb.max()),
+        "jobs": summary.total_jobs,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,16 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     cli = cli_peak_mb(model, image, mask, args.resolution, args.steps, out / "cli-concept")
     harness = harness_peak_mb(model, manifest, args.resolution, args.steps, out / "run")
     ratio = harness["learn_peak_mb"] / cli
-    report = {"model": model, "resolution": args.resolution, "steps": args.steps, "cli_learn_peak_mb": round(cli, 1),
-              "harness_learn_peak_mb": round(harness["learn_peak_mb"], 1),
-              "harness_transfer_peak_mb": round(harness["transfer_peak_mb"], 1), "ratio": round(ratio, 3),
-              "target": f"<= {TARGET_RATIO}", "met": ratio <= TARGET_RATIO}
+    report = {
+        "model": model,
+        "resolution": args.resolution,
+        "steps": args.steps,
+        "cli_learn_peak_mb": round(cli, 1),
+        "harness_learn_peak_mb": round(harness["learn_peak_mb"], 1),
+        "harness_transfer_peak_mb": round(harness["transfer_peak_mb"], 1),
+        "ratio": round(ratio, 3),
+        "target": f"<= {TARGET_RATIO}",
+        "met": ratio <= TARGET_RATIO,
+    }
     (out / "memory.json").write_text(json.dumps(report, indent=2))
     print("| measure | peak memory |\n|---|---|")
     print(f"| `clic learn` process (peak RSS) | {cli / 1024:.2f} GiB |")
     print(f"| harness learn job (worker peak RSS from the job's start) | {harness['learn_peak_mb'] / 1024:.2f} GiB |")
     print(f"| harness transfer job | {harness['transfer_peak_mb'] / 1024:.2f} GiB |")
-    print(f"| ratio learn job / CLI | {ratio:.3f} (target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'NOT met'}) |")
+    print(
+        f"| ratio learn job / CLI | {ratio:.3f} (target <= {TARGET_RATIO}: {'met' if ratio <= TARGET_RATIO else 'NOT met'}) |"
+    )
     return 0 if ratio <= TARGET_RATIO else 1
 
 

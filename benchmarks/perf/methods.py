@@ -3,6 +3,7 @@
 `python -m benchmarks.perf.methods [--steps N]` prints a Markdown table; each method learns the same
 source from the shipped furniture set for N steps after 2 warm-up steps, in one process, one after another.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """Metric throughput: images/s per metric with batching vs one sample at a time; model loads counted."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,19 @@ def _samples(count: int, size: int = 64) -> list:
         target = rng.random((size, size, 3), dtype=np.float32)
         output = target.copy()
         output[mask] = rng.random((int(mask.sum()), 3), dtype=np.float32)
-        samples.append(Sample(job_id=str(index), task="transfer", output_image=output, source_image=target,
-                              source_mask=mask, target_image=target, target_mask=mask, expected_image=output,
-                              gt_mask=mask))
+        samples.append(
+            Sample(
+                job_id=str(index),
+                task="transfer",
+                output_image=output,
+                source_image=target,
+                source_mask=mask,
+                target_image=target,
+                target_mask=mask,
+                expected_image=output,
+                gt_mask=mask,
+            )
+        )
     return samples
 
 
@@ -45,9 +56,16 @@ def metric_throughput(count: int = 64) -> list[dict[str, Any]]:
         for sample in samples:
             metric.compute([sample])
         single = time.perf_counter() - started
-        rows.append({"metric": name, "batched_images_per_s": count / batched, "single_images_per_s": count / single,
-                     "batching_speedup": single / batched,
-                     "model_loads": sum(metric_models.LOAD_COUNT.values()) - loads_before, "weights": metric.weights})
+        rows.append(
+            {
+                "metric": name,
+                "batched_images_per_s": count / batched,
+                "single_images_per_s": count / single,
+                "batching_speedup": single / batched,
+                "model_loads": sum(metric_models.LOAD_COUNT.values()) - loads_before,
+                "weights": metric.weights,
+            }
+        )
     return rows
 
 
@@ -117,8 +135,14 @@ def metric_pool_scaling(batches: int = 12, batch_size: int = 8, size: int = 128,
     from .harness_bench import ROOT
 
     script = _POOL_SCRIPT.format(root=str(ROOT), batch_size=batch_size, size=size, batches=batches, repeats=repeats)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=1800,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=1800,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"},
+    )
     if out.returncode != 0:
         raise RuntimeError(f"metric pool run failed: {out.stderr.strip().splitlines()[-3:]}")
     pool = json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith("{")))
@@ -127,9 +151,12 @@ def metric_pool_scaling(batches: int = 12, batch_size: int = 8, size: int = 128,
     for _ in range(repeats):
         for processes in (1, 2):
             barrier, queue = context.Barrier(processes), context.Queue()
-            workers = [context.Process(target=_score_after_barrier,
-                                       args=(barrier, batches // processes, batch_size, size, queue))
-                       for _ in range(processes)]
+            workers = [
+                context.Process(
+                    target=_score_after_barrier, args=(barrier, batches // processes, batch_size, size, queue)
+                )
+                for _ in range(processes)
+            ]
             for worker in workers:
                 worker.start()
             times[processes].append(max(queue.get(timeout=1800) for _ in workers))
@@ -138,9 +165,18 @@ def metric_pool_scaling(batches: int = 12, batch_size: int = 8, size: int = 128,
     one_actor, two_actors = pool["seconds"]["1"], pool["seconds"]["2"]
     machine_speedup = min(times[1]) / min(times[2])
     pool_speedup = one_actor / two_actors
-    return {"batches": batches, "batch_size": batch_size, "size": size, "one_actor_s": one_actor,
-            "two_actors_s": two_actors, "pool_speedup": pool_speedup, "one_process_s": min(times[1]),
-            "two_processes_s": min(times[2]), "machine_speedup": machine_speedup,
-            "share_of_machine": pool_speedup / machine_speedup, "same_values": pool["same_values"],
-            "images_per_s_one_actor": batches * batch_size / one_actor,
-            "images_per_s_two_actors": batches * batch_size / two_actors}
+    return {
+        "batches": batches,
+        "batch_size": batch_size,
+        "size": size,
+        "one_actor_s": one_actor,
+        "two_actors_s": two_actors,
+        "pool_speedup": pool_speedup,
+        "one_process_s": min(times[1]),
+        "two_processes_s": min(times[2]),
+        "machine_speedup": machine_speedup,
+        "share_of_machine": pool_speedup / machine_speedup,
+        "same_values": pool["same_values"],
+        "images_per_s_one_actor": batches * batch_size / one_actor,
+        "images_per_s_two_actors": batches * batch_size / two_actors,
+    }

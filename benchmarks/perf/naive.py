@@ -6,6 +6,7 @@ probabilities explicitly and keeps all of them (all heads, all keys) for the who
 of the code it checks: the noising, the prompts, the mask resampling and the paper's loss formulas
 (l_con, l_att, l_RoI and their weighted sum) are written out here, not taken from clic.losses or clic.learn.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,8 +53,9 @@ def install_naive(state: TrainState) -> dict[str, list[torch.Tensor]]:
     """Swap every processor for a store-everything one sharing the fused processors' trained weights."""
     store: dict[str, list[torch.Tensor]] = {}
     unet = state.components.unet
-    processors = {name: StoreEverythingProcessor(state.capture.processors.get(name), name, store)
-                  for name in unet.attn_processors}
+    processors = {
+        name: StoreEverythingProcessor(state.capture.processors.get(name), name, store) for name in unet.attn_processors
+    }
     unet.set_attn_processor(processors)
     return store
 
@@ -103,8 +105,9 @@ def naive_step(state: TrainState, batch: StepBatch, object_word: str, store: dic
         side = math.isqrt(token_map.shape[0])
         grid = token_map.reshape(1, 1, side, side)
         if side != resolution:
-            grid = F.interpolate(grid, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                                 antialias=side > resolution)
+            grid = F.interpolate(
+                grid, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=side > resolution
+            )
         maps.append(grid)
     attention = torch.stack(maps).mean(0)
 
@@ -121,6 +124,11 @@ def naive_step(state: TrainState, batch: StepBatch, object_word: str, store: dic
 
 
 def encode(components, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = components.tokenizer(prompt, padding="max_length", max_length=components.tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt").input_ids
+    ids = components.tokenizer(
+        prompt,
+        padding="max_length",
+        max_length=components.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     return components.text_encoder(ids)[0], ids

@@ -7,6 +7,7 @@ values to log them) gives 1, and copying a meta tensor to the CPU (results are r
 of the right shape. Transfers (``.to(device)``) are what correct code does and are not recorded; nor is a 0-dim
 CPU tensor, a scalar PyTorch accepts beside any device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 aten = torch.ops.aten
-TRANSFERS = {aten._to_copy.default, aten.copy_.default, aten._copy_from.default, aten._copy_from_and_resize.default,
-             aten.to.dtype_layout, aten.to.device, aten.to.dtype}
+TRANSFERS = {
+    aten._to_copy.default,
+    aten.copy_.default,
+    aten._copy_from.default,
+    aten._copy_from_and_resize.default,
+    aten.to.dtype_layout,
+    aten.to.device,
+    aten.to.dtype,
+}
 
 
 class DeviceAudit(TorchDispatchMode):
@@ -32,8 +40,12 @@ class DeviceAudit(TorchDispatchMode):
         self.ops += 1
         if func is aten._local_scalar_dense.default and tensors[0].is_meta:
             return True if tensors[0].dtype == torch.bool else 1
-        if func is aten._to_copy.default and tensors[0].is_meta and kwargs.get("device") is not None \
-                and torch.device(kwargs["device"]).type != "meta":
+        if (
+            func is aten._to_copy.default
+            and tensors[0].is_meta
+            and kwargs.get("device") is not None
+            and torch.device(kwargs["device"]).type != "meta"
+        ):
             return torch.zeros(tensors[0].shape, dtype=kwargs.get("dtype") or tensors[0].dtype, device=kwargs["device"])
         if func not in TRANSFERS:
             devices = {t.device.type for t in tensors if not (t.dim() == 0 and t.device.type == "cpu")}

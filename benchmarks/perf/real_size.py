@@ -8,6 +8,7 @@ forward + backward) and the saved-for-backward bytes of the identical graph. At 
 bytes must equal the measured ones, which is what lets the 512 px figure stand in for a measurement a CPU
 cannot make in minutes.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,12 +45,14 @@ StepFn = Callable[[StepCase], tuple[torch.Tensor, dict[str, float]]]
 def naive_with_store(stored_mb: list[float] | None = None) -> StepFn:
     """The naive step with its store-everything processors installed for the call; appends to ``stored_mb``
     the MB of attention probabilities its store holds at the end of the step."""
+
     def step(c: StepCase):
         with naive_processors(c) as store:
             result = naive_step(c.state, c.batch, c.object_word, store)
             if stored_mb is not None:
                 stored_mb.append(sum(t.untyped_storage().nbytes() for kept in store.values() for t in kept) / 2**20)
             return result
+
     return step
 
 
@@ -63,10 +66,12 @@ def flash_attention_on_meta() -> Iterator[None]:
 
     def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
         if not query.is_meta or kwargs or dropout_p:
-            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                            scale=scale, **kwargs)
+            return original(
+                query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs
+            )
         out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, 0.0, is_causal, attn_mask=attn_mask, scale=scale)
+            query, key, value, 0.0, is_causal, attn_mask=attn_mask, scale=scale
+        )
         return out
 
     F.scaled_dot_product_attention = attention
@@ -97,13 +102,21 @@ def meta_counts(arch: str, resolution: int) -> dict[str, Any]:
     case = make_case(resolution, arch=arch, device="meta")
     stored: list[float] = []
     fused, naive = counted(case, fused_loss), counted(case, naive_with_store(stored))
-    return {"resolution": resolution, "fused_gflops": fused["gflops"], "naive_gflops": naive["gflops"],
-            "naive_store_mb": stored[-1],
-            "fused_activation_mb": fused["activation_mb"], "naive_activation_mb": naive["activation_mb"],
-            "unet_parameters": unet_parameters(case), "cross_attention_layers": cross_attention_layers(case)}
+    return {
+        "resolution": resolution,
+        "fused_gflops": fused["gflops"],
+        "naive_gflops": naive["gflops"],
+        "naive_store_mb": stored[-1],
+        "fused_activation_mb": fused["activation_mb"],
+        "naive_activation_mb": naive["activation_mb"],
+        "unet_parameters": unet_parameters(case),
+        "cross_attention_layers": cross_attention_layers(case),
+    }
 
 
-def real_size_costs(arch: str, quick: bool = False, resolutions: tuple[int, ...] = MEASURED_RESOLUTIONS) -> dict[str, Any]:
+def real_size_costs(
+    arch: str, quick: bool = False, resolutions: tuple[int, ...] = MEASURED_RESOLUTIONS
+) -> dict[str, Any]:
     """Measured at ``resolutions``, counted there and at the architecture's native resolution.
 
     Timing: fused and naive alternate, one step each per round (4; quick: 2), after a forward pass of each; the
@@ -115,14 +128,23 @@ def real_size_costs(arch: str, quick: bool = False, resolutions: tuple[int, ...]
     for resolution in resolutions:
         case = fused_vs_naive(resolution, 1, arch=arch, rounds=2 if quick else 4, warmup=0, best=True)
         counts = meta_counts(arch, resolution)
-        case.update(fused_gflops=counts["fused_gflops"], naive_gflops=counts["naive_gflops"],
-                    meta_fused_activation_mb=counts["fused_activation_mb"],
-                    meta_naive_activation_mb=counts["naive_activation_mb"],
-                    fused_gflops_per_s=counts["fused_gflops"] / (case["fused_ms"] / 1000),
-                    naive_gflops_per_s=counts["naive_gflops"] / (case["naive_ms"] / 1000))
+        case.update(
+            fused_gflops=counts["fused_gflops"],
+            naive_gflops=counts["naive_gflops"],
+            meta_fused_activation_mb=counts["fused_activation_mb"],
+            meta_naive_activation_mb=counts["naive_activation_mb"],
+            fused_gflops_per_s=counts["fused_gflops"] / (case["fused_ms"] / 1000),
+            naive_gflops_per_s=counts["naive_gflops"] / (case["naive_ms"] / 1000),
+        )
         measured.append(case)
     from clic.architectures import architecture
 
     target = meta_counts(arch, architecture(arch).resolution)  # 512 px for SD 1.5, 768 for SD 2.1
-    return {"arch": arch, "weights": "random (seed 0)", "threads": torch.get_num_threads(), "measured": measured,
-            "counted_at_target": target, "load_average": (load_before, os.getloadavg()[0])}
+    return {
+        "arch": arch,
+        "weights": "random (seed 0)",
+        "threads": torch.get_num_threads(),
+        "measured": measured,
+        "counted_at_target": target,
+        "load_average": (load_before, os.getloadavg()[0]),
+    }

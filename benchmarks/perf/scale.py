@@ -11,6 +11,7 @@ memory is the driver process's own maximum resident set (``getrusage``), read by
 
 The machine is shared: the load average before and after each size is recorded beside the figures.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,9 +61,17 @@ def synthetic_manifest(rows: int, path: Path) -> Path:
 
 
 def scale_suite(manifest: Path, path: Path) -> Path:
-    data = {"name": "perf-scale", "model": "tiny", "manifests": [str(manifest)], "seeds": [0],
-            "methods": [{"name": "cut_paste"}], "transfer": {"t_start": [4], "steps": 20},
-            "tasks": ["transfer"], "metrics": METRICS, "resources": {"num_cpus": 1, "num_gpus": 0}}
+    data = {
+        "name": "perf-scale",
+        "model": "tiny",
+        "manifests": [str(manifest)],
+        "seeds": [0],
+        "methods": [{"name": "cut_paste"}],
+        "transfer": {"t_start": [4], "steps": 20},
+        "tasks": ["transfer"],
+        "metrics": METRICS,
+        "resources": {"num_cpus": 1, "num_gpus": 0},
+    }
     path.write_text(json.dumps(data))
     return path
 
@@ -70,8 +79,14 @@ def scale_suite(manifest: Path, path: Path) -> Path:
 def _cli(argv: list[str], timeout: float) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _DRIVER.format(root=str(ROOT), argv=argv)], capture_output=True,
-                         text=True, env=env, cwd=ROOT, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-c", _DRIVER.format(root=str(ROOT), argv=argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=timeout,
+    )
     seconds = time.perf_counter() - started
     peak = [line for line in out.stderr.splitlines() if line.startswith("SCALE-PEAK-RSS ")]
     if out.returncode != 0 or not peak:
@@ -94,7 +109,7 @@ from harness.plan.preflight import preflight
 from harness.plan.jobs import build_job_graph
 from harness.plan.resolve import method_tasks
 imports = time.perf_counter()
-checked = preflight({str(suite_path)!r}, allow_random_metrics=True, out={str(suite_path.parent / 'unused')!r})
+checked = preflight({str(suite_path)!r}, allow_random_metrics=True, out={str(suite_path.parent / "unused")!r})
 validated = time.perf_counter()
 graph = build_job_graph(checked.pairs, checked.plan, checked.models, method_tasks(checked.plan))
 done = time.perf_counter()
@@ -102,8 +117,9 @@ print(json.dumps({{"imports_s": imports - started, "preflight_s": validated - im
                   "jobs": len(graph.jobs)}}))
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=3600, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -125,8 +141,14 @@ def measure_size(jobs: int, root: Path, num_cpus: int = 2) -> dict[str, Any]:
     ray_wall, work = timing["wall_seconds"], timing["work_seconds"]
     slots = timing["worker_slots"] or num_cpus
     return {
-        "jobs": plan["jobs"], "done": manifest_json["counts"]["done"], "failed": manifest_json["counts"]["failed"],
-        "plan": plan, "run_s": run["seconds"], "run_ray_wall_s": ray_wall, "work_s": work, "slots": slots,
+        "jobs": plan["jobs"],
+        "done": manifest_json["counts"]["done"],
+        "failed": manifest_json["counts"]["failed"],
+        "plan": plan,
+        "run_s": run["seconds"],
+        "run_ray_wall_s": ray_wall,
+        "work_s": work,
+        "slots": slots,
         "overhead_share": timing["overhead_share"],
         "overhead_ms_per_job": 1000 * max(0.0, slots * ray_wall - work) / max(1, plan["jobs"]),
         "jobs_per_s": plan["jobs"] / ray_wall if ray_wall else None,
@@ -166,18 +188,23 @@ def filled_size(jobs: int, root: Path, template_run: Path, num_cpus: int = 2) ->
     planned = sorted(job_ids.items())
     parts = []
     for slot, pair in enumerate(pairs_in_template):  # every job whose index is ``slot`` modulo the templates
-        rows, mine = by_template[pair], planned[slot::len(pairs_in_template)]
+        rows, mine = by_template[pair], planned[slot :: len(pairs_in_template)]
         if not mine:
             continue
         repeated = pa.concat_tables([rows] * len(mine))
         for column, values in (("job_id", [job for _, job in mine]), ("pair_id", [p for p, _ in mine])):
-            repeated = repeated.set_column(repeated.schema.get_field_index(column), column,
-                                           pa.array(np.repeat(values, len(rows)).tolist(), pa.string()))
+            repeated = repeated.set_column(
+                repeated.schema.get_field_index(column),
+                column,
+                pa.array(np.repeat(values, len(rows)).tolist(), pa.string()),
+            )
         parts.append(repeated)
     filled = pa.concat_tables(parts).combine_chunks()
     for sequence, start in enumerate(range(0, len(filled), store.COMPACT_ROWS), start=1):
-        store._write_table_atomic(run_dir / store.RESULTS_DIR / f"{store.COMPACTED_PREFIX}{sequence:06d}.parquet",
-                                  filled.slice(start, store.COMPACT_ROWS))
+        store._write_table_atomic(
+            run_dir / store.RESULTS_DIR / f"{store.COMPACTED_PREFIX}{sequence:06d}.parquet",
+            filled.slice(start, store.COMPACT_ROWS),
+        )
     fill_s = time.perf_counter() - started
     common = ["--out", str(run_dir), "--num-cpus", str(num_cpus), "--quiet", "--allow-random-metrics"]
     timeout = 600 + jobs * 0.05
@@ -186,8 +213,12 @@ def filled_size(jobs: int, root: Path, template_run: Path, num_cpus: int = 2) ->
     report = _cli(["report", str(run_dir)], timeout)
     load_after = os.getloadavg()
     return {
-        "jobs": plan["jobs"], "filled": True, "fill_s": fill_s, "plan": plan,
-        "first_resume_s": first["seconds"], "first_resume_line": first["stdout"].strip().splitlines()[0],
+        "jobs": plan["jobs"],
+        "filled": True,
+        "fill_s": fill_s,
+        "plan": plan,
+        "first_resume_s": first["seconds"],
+        "first_resume_line": first["stdout"].strip().splitlines()[0],
         "first_resume_peak_rss_mb": first["peak_rss_bytes"] / 2**20,
         **_report_and_resume(run_dir, report, resume, load_before, load_after),
     }
@@ -201,18 +232,20 @@ sys.path.insert(0, {str(ROOT)!r})
 from harness.plan.preflight import preflight
 from harness.plan.jobs import build_job_graph
 from harness.plan.resolve import method_tasks
-checked = preflight({str(suite_path)!r}, allow_random_metrics=True, out={str(suite_path.parent / 'unused')!r})
+checked = preflight({str(suite_path)!r}, allow_random_metrics=True, out={str(suite_path.parent / "unused")!r})
 graph = build_job_graph(checked.pairs, checked.plan, checked.models, method_tasks(checked.plan))
 print(json.dumps({{job.pair_id: job.job_id for job in graph.jobs}}))
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=3600, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=3600, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def scale(sizes: tuple[int, ...] = (1_000, 10_000), num_cpus: int = 2, keep: str | None = None,
-          filled: tuple[int, ...] = ()) -> dict[str, Any]:
+def scale(
+    sizes: tuple[int, ...] = (1_000, 10_000), num_cpus: int = 2, keep: str | None = None, filled: tuple[int, ...] = ()
+) -> dict[str, Any]:
     """Every size in ``sizes`` run for real, smallest first, each in a fresh folder (kept under ``keep`` if
     given); then every size in ``filled`` completed from the largest real run (:func:`filled_size`)."""
     results = []
@@ -234,40 +267,83 @@ def scale_rows(scale_results: dict[str, Any]) -> list[tuple[str, float, str]]:
         at = f"scale {size['jobs']} jobs"
         load = f"load average {size['load_average_before'][0]:.1f} -> {size['load_average_after'][0]:.1f}"
         plan = size["plan"]
-        rows.append((f"{at}: plan (s)", plan["preflight_s"] + plan["graph_s"],
-                     f"preflight (manifest validation, models, plan) {plan['preflight_s']:.1f} s + job graph "
-                     f"{plan['graph_s']:.1f} s, no file facts cached; imports {plan['imports_s']:.1f} s not included; {load}"))
+        rows.append(
+            (
+                f"{at}: plan (s)",
+                plan["preflight_s"] + plan["graph_s"],
+                f"preflight (manifest validation, models, plan) {plan['preflight_s']:.1f} s + job graph "
+                f"{plan['graph_s']:.1f} s, no file facts cached; imports {plan['imports_s']:.1f} s not included; {load}",
+            )
+        )
         if size.get("filled"):
-            rows.append((f"{at}: first run on the completed folder (s)", size["first_resume_s"],
-                         f"results filled from the real run's rows ({size['fill_s']:.0f} s), not run; this run "
-                         f"checks and hashes the files once (file_facts.json): {size['first_resume_line'][:70]}"))
-            rows.append((f"{at}: driver peak memory planning every job (MB)", size["first_resume_peak_rss_mb"],
-                         "max resident set of that first `clic-bench run`: it builds the whole job graph, as a "
-                         "fresh run of this size does before its first job"))
+            rows.append(
+                (
+                    f"{at}: first run on the completed folder (s)",
+                    size["first_resume_s"],
+                    f"results filled from the real run's rows ({size['fill_s']:.0f} s), not run; this run "
+                    f"checks and hashes the files once (file_facts.json): {size['first_resume_line'][:70]}",
+                )
+            )
+            rows.append(
+                (
+                    f"{at}: driver peak memory planning every job (MB)",
+                    size["first_resume_peak_rss_mb"],
+                    "max resident set of that first `clic-bench run`: it builds the whole job graph, as a "
+                    "fresh run of this size does before its first job",
+                )
+            )
         else:
-            rows.append((f"{at}: run overhead per job (ms)", size["overhead_ms_per_job"],
-                         f"whole run {size['run_s']:.0f} s, Ray part {size['run_ray_wall_s']:.0f} s on {size['slots']} "
-                         f"slots ({size['jobs_per_s']:.1f} jobs/s, overhead {size['overhead_share']:.0%}); {load}"))
-            rows.append((f"{at}: driver peak memory (MB)", size["driver_peak_rss_mb"],
-                         f"max resident set of the `clic-bench run` process; run folder {size['run_folder_mb']:.0f} MB"))
-        rows.append((f"{at}: report (s)", size["report_s"],
-                     f"`clic-bench report` process, peak memory {size['report_peak_rss_mb']:.0f} MB"))
+            rows.append(
+                (
+                    f"{at}: run overhead per job (ms)",
+                    size["overhead_ms_per_job"],
+                    f"whole run {size['run_s']:.0f} s, Ray part {size['run_ray_wall_s']:.0f} s on {size['slots']} "
+                    f"slots ({size['jobs_per_s']:.1f} jobs/s, overhead {size['overhead_share']:.0%}); {load}",
+                )
+            )
+            rows.append(
+                (
+                    f"{at}: driver peak memory (MB)",
+                    size["driver_peak_rss_mb"],
+                    f"max resident set of the `clic-bench run` process; run folder {size['run_folder_mb']:.0f} MB",
+                )
+            )
+        rows.append(
+            (
+                f"{at}: report (s)",
+                size["report_s"],
+                f"`clic-bench report` process, peak memory {size['report_peak_rss_mb']:.0f} MB",
+            )
+        )
         rows.append((f"{at}: report size (MB)", size["report_mb"], "the report folder"))
-        rows.append((f"{at}: resume with nothing to do (s)", size["resume_s"],
-                     f"`clic-bench run --no-report` again, whole process; peak memory "
-                     f"{size['resume_peak_rss_mb']:.0f} MB; said: {size['resume_line'][:70]}"))
-        rows.append((f"{at}: resume peak memory (MB)", size["resume_peak_rss_mb"],
-                     "the driver of a resume with nothing to do (the stored plan's fingerprint matches: no job graph)"))
+        rows.append(
+            (
+                f"{at}: resume with nothing to do (s)",
+                size["resume_s"],
+                f"`clic-bench run --no-report` again, whole process; peak memory "
+                f"{size['resume_peak_rss_mb']:.0f} MB; said: {size['resume_line'][:70]}",
+            )
+        )
+        rows.append(
+            (
+                f"{at}: resume peak memory (MB)",
+                size["resume_peak_rss_mb"],
+                "the driver of a resume with nothing to do (the stored plan's fingerprint matches: no job graph)",
+            )
+        )
     return rows
 
 
 def _report_and_resume(run_dir: Path, report: dict, resume: dict, load_before: tuple, load_after: tuple) -> dict:
     """The figures every size shares: the report's time, size and memory, the resume's, the folder, the load."""
     return {
-        "report_s": report["seconds"], "report_mb": _folder_bytes(run_dir / "report") / 2**20,
+        "report_s": report["seconds"],
+        "report_mb": _folder_bytes(run_dir / "report") / 2**20,
         "report_peak_rss_mb": report["peak_rss_bytes"] / 2**20,
-        "resume_s": resume["seconds"], "resume_peak_rss_mb": resume["peak_rss_bytes"] / 2**20,
+        "resume_s": resume["seconds"],
+        "resume_peak_rss_mb": resume["peak_rss_bytes"] / 2**20,
         "resume_line": resume["stdout"].strip().splitlines()[0] if resume["stdout"].strip() else "",
         "run_folder_mb": _folder_bytes(run_dir) / 2**20,
-        "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in load_after],
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
     }

@@ -3,6 +3,7 @@
 Both steps see identical inputs (latents, t, ε, masks, prompts) and share the same trainable weights, so
 their losses must agree; the benchmark then times forward + backward of each.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -47,25 +48,34 @@ def build_components(arch: str = "tiny", seed: int = 0, device: str = "cpu") -> 
         return build_random(arch, tokenizer_dir, seed)  # the tokenizer is loaded; its files are not needed after
 
 
-def make_case(resolution: int, seed: int = 0, config: LearnConfig | None = None, arch: str = "tiny",
-              device: str = "cpu") -> StepCase:
+def make_case(
+    resolution: int, seed: int = 0, config: LearnConfig | None = None, arch: str = "tiny", device: str = "cpu"
+) -> StepCase:
     config = config or get_method("clic").learn_config("paper")
     components = build_components(arch, seed, device)
     tokens = ConceptTokens(components.tokenizer, components.text_encoder, ["<v*>"], ["chair"])
-    capture = AttentionCapture(components.unet, config.capture_layers, train_kv=config.train_kv,
-                               train_q_out=config.train_q_out)
+    capture = AttentionCapture(
+        components.unet, config.capture_layers, train_kv=config.train_kv, train_q_out=config.train_q_out
+    )
     generator = torch.Generator().manual_seed(seed)
     image = (torch.rand(3, resolution, resolution, generator=generator) * 2 - 1).to(device)
     mask = torch.zeros(1, resolution, resolution)
     mask[:, resolution // 8 : resolution // 2, resolution // 4 : 3 * resolution // 4] = 1
     latents = vae_moments(components, image[None]).chunk(2, dim=1)[0] * components.vae.config.scaling_factor
-    batch = StepBatch(latents=latents, masks=mask.to(device), image=image, suffix="",
-                      timestep=torch.tensor([420], device=device),
-                      noise=torch.randn(latents.shape, generator=generator).to(device))
+    batch = StepBatch(
+        latents=latents,
+        masks=mask.to(device),
+        image=image,
+        suffix="",
+        timestep=torch.tensor([420], device=device),
+        noise=torch.randn(latents.shape, generator=generator).to(device),
+    )
     attention_resolution = latents.shape[-1] // 2  # the coarsest up-block layer of the tiny UNet
     if arch != "tiny":  # as learn_concept: the coarsest captured layer's side at this latent size
         attention_resolution = attention_side(config, capture, components, latents.shape[-1])
-    return StepCase(TrainState(components, tokens, capture, Objective(config.terms), config, attention_resolution), batch)
+    return StepCase(
+        TrainState(components, tokens, capture, Objective(config.terms), config, attention_resolution), batch
+    )
 
 
 def parameters(case: StepCase) -> list[torch.Tensor]:
@@ -153,5 +163,9 @@ def batching_ceiling(resolution: int, repeats: int) -> dict[str, float]:
         batched_times.append(time_step(one, case, repeats))
         separate_times.append(time_step(two, case, repeats))
     batched_s, separate_s = sorted(batched_times)[1], sorted(separate_times)[1]
-    return {"resolution": resolution, "batched_ms": batched_s * 1000, "separate_ms": separate_s * 1000,
-            "ceiling": separate_s / batched_s}
+    return {
+        "resolution": resolution,
+        "batched_ms": batched_s * 1000,
+        "separate_ms": separate_s * 1000,
+        "ceiling": separate_s / batched_s,
+    }

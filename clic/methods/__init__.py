@@ -1,4 +1,5 @@
 """Method registry: name -> "module:Class". Adding a method is one file plus one line here."""
+
 from __future__ import annotations
 
 import importlib

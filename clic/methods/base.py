@@ -6,6 +6,7 @@ The defaults run the shared loops (:mod:`clic.learn`, :mod:`clic.transfer`, :mod
 :mod:`clic.match`); a method overrides only what differs. Unsupported tasks raise
 :class:`UnsupportedTask`, which the harness records as "not applicable" with the reason.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -23,8 +24,11 @@ from ..settings import MethodConfig, Settings
 
 TASKS = frozenset({"learn", "transfer", "generate", "match"})
 # The settings class of each task the shared loops run ("module:Class", imported when first resolved).
-TASK_SETTINGS = {"transfer": "clic.transfer:TransferSettings", "generate": "clic.generate:GenerateSettings",
-                 "match": "clic.match:MatchSettings"}
+TASK_SETTINGS = {
+    "transfer": "clic.transfer:TransferSettings",
+    "generate": "clic.generate:GenerateSettings",
+    "match": "clic.match:MatchSettings",
+}
 
 
 def settings_type(target: str) -> type[Settings]:
@@ -72,7 +76,9 @@ class GpuMemory:
 
     def gib(self, resolution: int, dtype: str) -> float:
         half = 0.5 if dtype in ("bf16", "fp16") else 1.0
-        return self.WEIGHTS_GIB.get(dtype, 3.97) + self.trained_gib + self.saved_512_gib * half * (resolution / 512) ** 2
+        return (
+            self.WEIGHTS_GIB.get(dtype, 3.97) + self.trained_gib + self.saved_512_gib * half * (resolution / 512) ** 2
+        )
 
 
 # CLiC's fused step on SD 1.5, counted (benchmarks/perf/README.md, "Extrapolation to 512 px on one GPU"):
@@ -116,14 +122,18 @@ class Method:
     def preset(self, preset: str | None) -> dict[str, Mapping[str, Any]]:
         preset = preset or self.default_preset
         if preset not in self.presets:
-            raise ValueError(f"unknown preset {preset!r} for method {self.name!r}; known: {', '.join(sorted(self.presets))}")
+            raise ValueError(
+                f"unknown preset {preset!r} for method {self.name!r}; known: {', '.join(sorted(self.presets))}"
+            )
         return self.presets[preset]
 
     def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> LearnConfig:
         config = self.base_config.merged(self.preset(preset).get("learn"))
         return config.merged(overrides)
 
-    def task_settings(self, task: str, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def task_settings(
+        self, task: str, preset: str | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         own, given = dict(self.preset(preset).get(task, {})), dict(overrides or {})
         settings = {**own, **given}
         if task == "generate" and "steps" in given and "stage_one_steps" not in given:
@@ -131,7 +141,9 @@ class Method:
             # only a value the user gave is refused when it does not fit.
             from ..generate import GenerateSettings
 
-            share = own.get("stage_one_steps", GenerateSettings.stage_one_steps) / own.get("steps", GenerateSettings.steps)
+            share = own.get("stage_one_steps", GenerateSettings.stage_one_steps) / own.get(
+                "steps", GenerateSettings.steps
+            )
             settings["stage_one_steps"] = min(int(given["steps"]), round(share * int(given["steps"])))
         return settings
 
@@ -146,8 +158,9 @@ class Method:
         target = self.task_settings_types.get(task, TASK_SETTINGS.get(task))
         return settings_type(target) if target else None
 
-    def resolve(self, task: str, preset: str | None = None,
-                overrides: Mapping[str, Any] | Settings | None = None) -> Settings | None:
+    def resolve(
+        self, task: str, preset: str | None = None, overrides: Mapping[str, Any] | Settings | None = None
+    ) -> Settings | None:
         """The one place a method's settings are resolved: ``preset``'s values merged with ``overrides``, typed and
         validated (``ValueError`` names what is wrong: an unknown preset, key or loss term, a value out of range).
         The suite reader, the plan, the worker and ``clic`` commands all resolve through here; settings that are
@@ -177,10 +190,14 @@ class Method:
 
     def require(self, task: str) -> None:
         if task not in self.tasks:
-            raise UnsupportedTask(f"method {self.name!r} does not support {task!r} (supports: {', '.join(sorted(self.tasks))})")
+            raise UnsupportedTask(
+                f"method {self.name!r} does not support {task!r} (supports: {', '.join(sorted(self.tasks))})"
+            )
 
     # ------------------------------------------------------------------------------------ tasks
-    def training_step(self, state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_step(
+        self, state: TrainState, batch: StepBatch, object_word: str
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         return fused_step(state, batch, object_word)
 
     def learn(
@@ -197,31 +214,62 @@ class Method:
         self.require("learn")
         config = self.resolve("learn", preset, overrides)
         return learn_concept(
-            components, source, config, method=self.name, preset=preset or self.default_preset, seed=seed,
-            step_fn=self.training_step, out_dir=out_dir, progress=progress,
+            components,
+            source,
+            config,
+            method=self.name,
+            preset=preset or self.default_preset,
+            seed=seed,
+            step_fn=self.training_step,
+            out_dir=out_dir,
+            progress=progress,
         )
 
-    def transfer(self, components: SDComponents, concept: LearnedConcept, target_image: torch.Tensor,
-                 target_mask: torch.Tensor, object_word: str, *, preset: str | None = None,
-                 overrides: Mapping[str, Any] | Settings | None = None, seed: int = 0) -> TransferOutput:
+    def transfer(
+        self,
+        components: SDComponents,
+        concept: LearnedConcept,
+        target_image: torch.Tensor,
+        target_mask: torch.Tensor,
+        object_word: str,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | Settings | None = None,
+        seed: int = 0,
+    ) -> TransferOutput:
         from ..transfer import transfer_concept
 
         self.require("transfer")
         settings = self.resolve("transfer", preset or concept.preset, overrides)
         return transfer_concept(components, concept, target_image, target_mask, object_word, settings, seed=seed)
 
-    def generate(self, components: SDComponents, concept: LearnedConcept, object_word: str, *,
-                 preset: str | None = None, overrides: Mapping[str, Any] | Settings | None = None,
-                 seed: int = 0) -> GenerationOutput:
+    def generate(
+        self,
+        components: SDComponents,
+        concept: LearnedConcept,
+        object_word: str,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | Settings | None = None,
+        seed: int = 0,
+    ) -> GenerationOutput:
         from ..generate import generate_with_concept
 
         self.require("generate")
         settings = self.resolve("generate", preset or concept.preset, overrides)
         return generate_with_concept(components, concept, object_word, settings, seed=seed)
 
-    def match(self, components: SDComponents, concept: LearnedConcept, target_image: torch.Tensor, object_word: str, *,
-              preset: str | None = None, overrides: Mapping[str, Any] | Settings | None = None,
-              seed: int = 0) -> MatchOutput:
+    def match(
+        self,
+        components: SDComponents,
+        concept: LearnedConcept,
+        target_image: torch.Tensor,
+        object_word: str,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | Settings | None = None,
+        seed: int = 0,
+    ) -> MatchOutput:
         from ..match import match_region
 
         self.require("match")

@@ -18,6 +18,7 @@ whole image's, learning.py L989); fp16 casts are not reproduced; t_start counts 
 paper does (supplement B.3, T − t_start noise levels): the first UNet call is at timesteps[t_start] (the released loop also denoises step t_start − 1 from the
 noised target and blends that result in, transfer.py L100-106).
 """
+
 from __future__ import annotations
 
 from ..learn import LearnConfig

@@ -35,6 +35,7 @@ and the text encoder's parameters, the token rows among them, are clipped with `
 L1458-1467); the code's norm also counts the gradient reaching the prompt's other vocabulary rows, which here do
 not train.
 """
+
 from __future__ import annotations
 
 import math
@@ -71,9 +72,23 @@ from .concept_express_locate import (
 )
 
 __all__ = [  # the config and the locating half live in concept_express_locate; imported from here as before
-    "CODE", "ESTIMATED_MASK_KEY", "ConceptExpress", "ConceptExpressConfig", "Partition", "aggregate_self_attention",
-    "cluster_concepts", "component_count", "finch", "grid_cost", "learn_concept_express", "locate_concepts",
-    "saliency_score", "spatially_connected", "supervised_contrastive", "symmetric_kl", "wasserstein_alignment",
+    "CODE",
+    "ESTIMATED_MASK_KEY",
+    "ConceptExpress",
+    "ConceptExpressConfig",
+    "Partition",
+    "aggregate_self_attention",
+    "cluster_concepts",
+    "component_count",
+    "finch",
+    "grid_cost",
+    "learn_concept_express",
+    "locate_concepts",
+    "saliency_score",
+    "spatially_connected",
+    "supervised_contrastive",
+    "symmetric_kl",
+    "wasserstein_alignment",
 ]
 
 ESTIMATED_MASK_KEY = "estimated_mask_{index}"
@@ -105,13 +120,16 @@ class _SinkhornTransport(torch.autograd.Function):
 
 def grid_cost(side: int) -> torch.Tensor:
     """Euclidean distance between the cells of a side × side grid (ot.dist(grid, metric='euclidean'))."""
-    ys, xs = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij"
+    )
     grid = torch.stack([ys.flatten(), xs.flatten()], 1)
     return torch.cdist(grid, grid)
 
 
-def wasserstein_alignment(target: torch.Tensor, attention: torch.Tensor, epsilon: float = 1e-3,
-                          iterations: int = 200) -> torch.Tensor:
+def wasserstein_alignment(
+    target: torch.Tensor, attention: torch.Tensor, epsilon: float = 1e-3, iterations: int = 200
+) -> torch.Tensor:
     """ptp_utils.wasser_loss: both (s, s) maps normalised to mass 1, OT cost from the feature to the attention."""
     side = target.shape[-1]
     mu = (target / target.sum()).flatten().float()
@@ -130,8 +148,15 @@ def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor, tempera
 
 
 # ------------------------------------------------------------------------------------------ learning
-def learn_concept_express(components: SDComponents, source: ConceptSource, config: ConceptExpressConfig, *,
-                          preset: str = "default", seed: int = 0, progress: bool = False) -> LearnedConcept:
+def learn_concept_express(
+    components: SDComponents,
+    source: ConceptSource,
+    config: ConceptExpressConfig,
+    *,
+    preset: str = "default",
+    seed: int = 0,
+    progress: bool = False,
+) -> LearnedConcept:
     config.validate()
     generator = seed_everything(seed)
     device = components.unet.device
@@ -172,9 +197,20 @@ def learn_concept_express(components: SDComponents, source: ConceptSource, confi
         concept_of = list(range(count)) if merged else [k % count for k in range(len(tokens.tokens))]
         rows = [[k] for k in range(len(tokens.tokens))] + ([list(range(count))] if merged else [])
         for row in rows:
-            loss, values = _row_loss(components, capture, tokens, config, row, concept_of, merged,
-                                     flipped_moments if flip else moments, step_masks, step_features, resolution,
-                                     generator)
+            loss, values = _row_loss(
+                components,
+                capture,
+                tokens,
+                config,
+                row,
+                concept_of,
+                merged,
+                flipped_moments if flip else moments,
+                step_masks,
+                step_features,
+                resolution,
+                generator,
+            )
             step(lambda _micro, loss=loss: loss, f"step {step_index}")
             values.update(total=float(loss.detach()), step=step_index, tokens=float(len(row)))
             loss_log.append(values)
@@ -188,36 +224,57 @@ def learn_concept_express(components: SDComponents, source: ConceptSource, confi
     else:
         final = {name: vector.detach().cpu() for name, vector in tokens.vectors().items()}
     merge_concept_embeddings(components.text_encoder)
-    return _finished_concept(source, config, components, masks, features, names, final, loss_log, preset, seed,
-                             started)
+    return _finished_concept(source, config, components, masks, features, names, final, loss_log, preset, seed, started)
 
 
-def _token_names(components: SDComponents, config: ConceptExpressConfig,
-                 count: int) -> tuple[list[str], list[str], list[torch.Tensor]]:
+def _token_names(
+    components: SDComponents, config: ConceptExpressConfig, count: int
+) -> tuple[list[str], list[str], list[torch.Tensor]]:
     """The concepts' token names, their split tokens (token i + j·K is split j of concept i: TokenManager.split_tokens)
     and the splits' initial vectors, taken from the end of the vocabulary (``vocabulary_offset``)."""
     names = [config.placeholder] if count == 1 else [config.placeholder.replace("*", f"{k + 1}*") for k in range(count)]
-    split_names = [f"{name[:-1]}s{j}>" if name.endswith(">") else f"{name}s{j}" for j in range(config.split_tokens)
-                   for name in names]  # token i + j·K is split j of concept i (TokenManager.split_tokens)
+    split_names = [
+        f"{name[:-1]}s{j}>" if name.endswith(">") else f"{name}s{j}"
+        for j in range(config.split_tokens)
+        for name in names
+    ]  # token i + j·K is split j of concept i (TokenManager.split_tokens)
     vocabulary = components.text_encoder.get_input_embeddings().weight.detach()
     start = vocabulary.shape[0] - config.vocabulary_offset
     init = [vocabulary[(start + k) % vocabulary.shape[0]].clone() for k in range(len(split_names))]
     return names, split_names, init
 
 
-def _finished_concept(source: ConceptSource, config: ConceptExpressConfig, components: SDComponents,
-                      masks: torch.Tensor, features: torch.Tensor, names: list[str], final: dict[str, torch.Tensor],
-                      loss_log: list[dict[str, float]], preset: str, seed: int, started: float) -> LearnedConcept:
+def _finished_concept(
+    source: ConceptSource,
+    config: ConceptExpressConfig,
+    components: SDComponents,
+    masks: torch.Tensor,
+    features: torch.Tensor,
+    names: list[str],
+    final: dict[str, torch.Tensor],
+    loss_log: list[dict[str, float]],
+    preset: str,
+    seed: int,
+    started: float,
+) -> LearnedConcept:
     """The concept with one token per located concept, its estimated masks and the located features."""
     count = masks.shape[0]
     pixel_masks = F.interpolate(masks[None], size=source.image.shape[-2:], mode="nearest")[0]
     arrays = {ESTIMATED_MASK_KEY.format(index=k): pixel_masks[k].clone() for k in range(count)}
-    arrays.update({"source_image": source.image.detach().cpu(), "source_masks": pixel_masks.clone(),
-                   "features": features.clone()})
+    arrays.update(
+        {"source_image": source.image.detach().cpu(), "source_masks": pixel_masks.clone(), "features": features.clone()}
+    )
     return LearnedConcept(
-        method="concept_express", preset=preset, tokens=names, object_word=source.object_word, vectors=final,
-        model_id=components.model_id, weights_hash=components.weights_hash, config={**asdict(config), "seed": seed},
-        loss_log=loss_log, arrays=arrays,
+        method="concept_express",
+        preset=preset,
+        tokens=names,
+        object_word=source.object_word,
+        vectors=final,
+        model_id=components.model_id,
+        weights_hash=components.weights_hash,
+        config={**asdict(config), "seed": seed},
+        loss_log=loss_log,
+        arrays=arrays,
         extras={"seconds": round(time.perf_counter() - started, 3), "concepts_found": count},
     )
 
@@ -229,10 +286,20 @@ def _token_step(tokens: ConceptTokens, config: ConceptExpressConfig) -> Optimize
     return OptimizerStep(optimizer, [tokens.parameter], config.max_grad_norm)
 
 
-def _row_loss(components: SDComponents, capture: AttentionCapture, tokens: ConceptTokens, config: ConceptExpressConfig,
-              row: list[int], concept_of: list[int], merged: bool, moments: torch.Tensor, step_masks: torch.Tensor,
-              step_features: torch.Tensor, resolution: int,
-              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+def _row_loss(
+    components: SDComponents,
+    capture: AttentionCapture,
+    tokens: ConceptTokens,
+    config: ConceptExpressConfig,
+    row: list[int],
+    concept_of: list[int],
+    merged: bool,
+    moments: torch.Tensor,
+    step_masks: torch.Tensor,
+    step_features: torch.Tensor,
+    resolution: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """One prompt row's loss: the masked diffusion loss, the Wasserstein alignment of its tokens' attention with
     their concepts' features and, before the merge, the tokens' supervised contrast."""
     device = components.unet.device
@@ -250,8 +317,12 @@ def _row_loss(components: SDComponents, capture: AttentionCapture, tokens: Conce
     target = training_target(components.scheduler, latents, noise, t)
     diffusion = F.mse_loss(eps * region, target * region)
     targets = F.interpolate(step_features[[concept_of[k] for k in row]][:, None].float(), size=(resolution, resolution))
-    alignment = sum(wasserstein_alignment(targets[i, 0].to(device), attention[i], config.sinkhorn_epsilon,
-                                          config.sinkhorn_iterations) for i in range(len(row)))
+    alignment = sum(
+        wasserstein_alignment(
+            targets[i, 0].to(device), attention[i], config.sinkhorn_epsilon, config.sinkhorn_iterations
+        )
+        for i in range(len(row))
+    )
     loss = diffusion + config.lambda_attention * alignment
     values = {"masked_diffusion": float(diffusion.detach()), "wasserstein": float(alignment.detach())}
     if not merged:
@@ -279,20 +350,26 @@ FIELD_SOURCES = {
     "pre_cluster_floor": f"{CODE} L1703-1706: the first FINCH partition with ≥ 10 clusters and < 10 next",
     "saliency_threshold": f"{CODE} L1736, L1743: compute_score(mask, eot_attn_mask) > 1.0",
     "attention_heads": "haoosz/ConceptExpress ptp_utils.py L137-140: the store keeps attn[h // 2:] (batch 1: the "
-                       "last half of the heads)",
+    "last half of the heads)",
     "max_grad_norm": f"{CODE} L203-207 (--no_train_text_encoder is store_false: the text encoder trains), L344 "
-                     "(--max_grad_norm 1.0), L1458-1467 (its parameters, the token rows among them, are clipped)",
+    "(--max_grad_norm 1.0), L1458-1467 (its parameters, the token rows among them, are clipped)",
 }
 
 
 class ConceptExpress(Method):
     name = "concept_express"
-    description = "Unsupervised: K concepts found by self-attention clustering, split/merged tokens, masked + OT + SupCon"
+    description = (
+        "Unsupervised: K concepts found by self-attention clustering, split/merged tokens, masked + OT + SupCon"
+    )
     trains = "token embeddings only (K found from the image; 5 split tokens per concept until step 100)"
     base_config = ConceptExpressConfig()
-    declared_settings = {"default": tuple(
-        Setting(f"learn.{f.name}", getattr(ConceptExpressConfig(), f.name), FIELD_SOURCES[f.name])
-        for f in fields(ConceptExpressConfig) if f.name in FIELD_SOURCES)}
+    declared_settings = {
+        "default": tuple(
+            Setting(f"learn.{f.name}", getattr(ConceptExpressConfig(), f.name), FIELD_SOURCES[f.name])
+            for f in fields(ConceptExpressConfig)
+            if f.name in FIELD_SOURCES
+        )
+    }
     presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
     estimates_masks = True
@@ -304,9 +381,8 @@ class ConceptExpress(Method):
         "steps 500, lr 5e-4": f"{CODE}; scripts/train.sh (--phase1_train_steps 500 --initial_learning_rate 5e-4)",
         "AdamW, weight decay 1e-2": f"{CODE} (torch.optim.AdamW, --adam_weight_decay 1e-2)",
         "locate at t = 0, un-noised latents, empty prompt, every self-attention layer": f"{CODE} L1179-1227, L1649-1676",
-        "FINCH pre-clustering (symmetric KL) at ≥ 10 clusters, merge under its threshold between touching masks":
-            f"{CODE} L1689-1790; clustering/finch.py L56-61, L207 (threshold max(orig_dist · adj), mutual neighbours "
-            "twice); ptp_utils.get_connect",
+        "FINCH pre-clustering (symmetric KL) at ≥ 10 clusters, merge under its threshold between touching masks": f"{CODE} L1689-1790; clustering/finch.py L56-61, L207 (threshold max(orig_dist · adj), mutual neighbours "
+        "twice); ptp_utils.get_connect",
         "background: end-of-text cross-attention saliency score ≤ 1": f"{CODE} L1720-1745; ptp_utils.compute_score",
         "tokens from vocabulary rows (random init)": f"{CODE} L891-897",
         "5 split tokens per concept, merged (mean) at step 100": f"{CODE} L1233-1253; scripts/train.sh",
@@ -317,16 +393,27 @@ class ConceptExpress(Method):
         "one optimizer step per prompt row": f"{CODE} L1299-1470 (optimizer.step inside the row loop)",
     }
 
-    def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> ConceptExpressConfig:
+    def learn_config(
+        self, preset: str | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> ConceptExpressConfig:
         return self.base_config.merged(self.preset(preset).get("learn")).merged(overrides)
 
-    def learn(self, components: SDComponents, source: ConceptSource, *, preset: str | None = None,
-              overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
-              progress: bool = True) -> LearnedConcept:
+    def learn(
+        self,
+        components: SDComponents,
+        source: ConceptSource,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> LearnedConcept:
         self.require("learn")
         config = self.resolve("learn", preset, overrides)
-        concept = learn_concept_express(components, source, config, preset=preset or self.default_preset, seed=seed,
-                                        progress=progress)
+        concept = learn_concept_express(
+            components, source, config, preset=preset or self.default_preset, seed=seed, progress=progress
+        )
         if out_dir is not None:
             concept.save(out_dir)
         return concept

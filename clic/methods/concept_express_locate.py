@@ -3,6 +3,7 @@ clustering of the UNet's self-attention (released ``train.py``; line numbers in 
 
 Part of :mod:`clic.methods.concept_express`, which re-exports these names.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,8 +93,12 @@ class Partition:
     threshold: float | None  # max(orig_dist · adj) of the round that made it (finch.py L207); None for the first
 
 
-def finch(data: torch.Tensor, distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = symmetric_kl,
-          min_sim: float | None = None, masks: np.ndarray | None = None) -> list[Partition]:
+def finch(
+    data: torch.Tensor,
+    distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = symmetric_kl,
+    min_sim: float | None = None,
+    masks: np.ndarray | None = None,
+) -> list[Partition]:
     """FINCH (Sarfraz et al., CVPR 2019) as ConceptExpress's clustering/finch.py runs it: link each point to its
     first neighbour (and points sharing one), optionally cut links longer than ``min_sim`` and links between
     masks that do not touch, take connected components, repeat on the clusters' means until nothing merges.
@@ -161,15 +166,22 @@ def saliency_score(mask: torch.Tensor, eot: torch.Tensor) -> float:
     return float(((mask * eot).sum() / mask.sum()) / eot.mean())
 
 
-def cluster_concepts(rows: torch.Tensor, eot: torch.Tensor, config: ConceptExpressConfig = ConceptExpressConfig()
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def cluster_concepts(
+    rows: torch.Tensor, eot: torch.Tensor, config: ConceptExpressConfig = ConceptExpressConfig()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Concept masks (K, s, s) and feature maps (K, s²) from self-attention rows (s², s²) and the end-of-text
     saliency map (s, s) in [0, 1] (cluster_attention, L1689-1790). K is whatever the clustering finds."""
     side = eot.shape[-1]
     x = rows / rows.sum(-1, keepdim=True)
     partitions = finch(x)
-    index = next((i for i in range(len(partitions) - 1) if partitions[i].count >= config.pre_cluster_floor
-                  and partitions[i + 1].count < config.pre_cluster_floor), None)
+    index = next(
+        (
+            i
+            for i in range(len(partitions) - 1)
+            if partitions[i].count >= config.pre_cluster_floor and partitions[i + 1].count < config.pre_cluster_floor
+        ),
+        None,
+    )
     if index is None:  # no crossing (a small grid): the last partition with ≥ floor clusters, else the first
         above = [i for i, p in enumerate(partitions) if p.count >= config.pre_cluster_floor]
         index = above[-1] if above else 0
@@ -193,8 +205,9 @@ def cluster_concepts(rows: torch.Tensor, eot: torch.Tensor, config: ConceptExpre
 
 
 @torch.no_grad()
-def locate_concepts(components: SDComponents, image: torch.Tensor, config: ConceptExpressConfig = ConceptExpressConfig()
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def locate_concepts(
+    components: SDComponents, image: torch.Tensor, config: ConceptExpressConfig = ConceptExpressConfig()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(masks (K, s, s), features (K, s²)) at the latent side s of ``image`` ((3, R, R) in [-1, 1])."""
     latents = vae_moments(components, image[None]).chunk(2, dim=1)[0] * components.vae.config.scaling_factor
     side = latents.shape[-1]
@@ -206,7 +219,9 @@ def locate_concepts(components: SDComponents, image: torch.Tensor, config: Conce
     try:
         capture.set_tokens([[eot]])
         with recording_self_attention(components.unet, "all", max_side=side, heads=config.attention_heads) as maps:
-            components.unet(latents, torch.zeros(1, dtype=torch.long, device=latents.device), encoder_hidden_states=text)
+            components.unet(
+                latents, torch.zeros(1, dtype=torch.long, device=latents.device), encoder_hidden_states=text
+            )
         eot_map = capture.mean_map(capture_resolution(capture, components))[0, 0]
     finally:
         capture.set_tokens(None)

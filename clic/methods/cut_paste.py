@@ -4,6 +4,7 @@
 target mask's bounding box and pastes it inside the target mask (outside it the target is untouched).
 No model is loaded, so it anchors tables at no cost and makes harness load tests cheap.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -34,7 +35,9 @@ def bounding_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
-def paste(source: torch.Tensor, source_mask: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
+def paste(
+    source: torch.Tensor, source_mask: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor
+) -> torch.Tensor:
     """Images (3,H,W) in [0,1], masks (H,W) bool: the source RoI resized into the target mask's box."""
     top, left, bottom, right = bounding_box(source_mask)
     t_top, t_left, t_bottom, t_right = bounding_box(target_mask)
@@ -59,21 +62,42 @@ class CutPaste(Method):
     sources = {"method": "CLiC paper §1 (the naive baseline it argues against)"}
     task_settings_types = {"transfer": None}  # pastes: no schedule, no guidance
 
-    def learn(self, components: Any, source: ConceptSource, *, preset: str | None = None,
-              overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
-              progress: bool = True) -> LearnedConcept:
+    def learn(
+        self,
+        components: Any,
+        source: ConceptSource,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> LearnedConcept:
         concept = LearnedConcept(
-            method=self.name, preset=preset or self.default_preset, tokens=[], object_word=source.object_word,
-            vectors={}, config={"seed": seed},
+            method=self.name,
+            preset=preset or self.default_preset,
+            tokens=[],
+            object_word=source.object_word,
+            vectors={},
+            config={"seed": seed},
             arrays={"source_image": source.image.detach().cpu(), "source_mask": source.masks[0].detach().cpu()},
         )
         if out_dir is not None:
             concept.save(out_dir)
         return concept
 
-    def transfer(self, components: Any, concept: LearnedConcept, target_image: torch.Tensor,
-                 target_mask: torch.Tensor, object_word: str, *, preset: str | None = None,
-                 overrides: Mapping[str, Any] | None = None, seed: int = 0) -> PasteResult:
+    def transfer(
+        self,
+        components: Any,
+        concept: LearnedConcept,
+        target_image: torch.Tensor,
+        target_mask: torch.Tensor,
+        object_word: str,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> PasteResult:
         source = (concept.arrays["source_image"] + 1) / 2
         target = (target_image.cpu() + 1) / 2
         mask = target_mask.cpu() > 0.5

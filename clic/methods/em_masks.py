@@ -22,6 +22,7 @@ estimated masks can be scored against it; they are kept in the concept's ``array
 ``estimated_mask_<k>`` (source resolution, {0, 1}: the last E-step's masks, which the final M-step
 trained against) and the E-step count in ``extras``. Only the first source image is used.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -79,8 +80,14 @@ class EMSettings:
 
 
 @torch.no_grad()
-def token_attention_maps(state: TrainState, image: torch.Tensor, object_word: str, timesteps: torch.Tensor,
-                         generator: torch.Generator, chunk: int) -> torch.Tensor:
+def token_attention_maps(
+    state: TrainState,
+    image: torch.Tensor,
+    object_word: str,
+    timesteps: torch.Tensor,
+    generator: torch.Generator,
+    chunk: int,
+) -> torch.Tensor:
     """Each token's cross-attention map (n, r, r) on ``image`` ((3, R, R) in [-1, 1]) averaged over
     ``timesteps``, with the context prompt and the tokens' current vectors."""
     components = state.components
@@ -103,8 +110,9 @@ def token_attention_maps(state: TrainState, image: torch.Tensor, object_word: st
     return total / len(timesteps)
 
 
-def estimate_masks(state: TrainState, image: torch.Tensor, object_word: str, settings: EMSettings,
-                   generator: torch.Generator) -> torch.Tensor:
+def estimate_masks(
+    state: TrainState, image: torch.Tensor, object_word: str, settings: EMSettings, generator: torch.Generator
+) -> torch.Tensor:
     """The E-step: masks (n, R, R) in {0, 1} from the tokens' averaged cross-attention + dense CRF."""
     steps = state.components.scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (settings.attention_timesteps,), generator=generator)
@@ -117,8 +125,14 @@ class EMLoop:
     """The step function of an EM run: E-steps on schedule during the token phase (its first ``token_steps``
     steps), the fused M-step on the current masks; afterwards the masks stay fixed (the joint phase)."""
 
-    def __init__(self, image: torch.Tensor, initial_masks: torch.Tensor | None, settings: EMSettings, seed: int,
-                 token_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        image: torch.Tensor,
+        initial_masks: torch.Tensor | None,
+        settings: EMSettings,
+        seed: int,
+        token_steps: int | None = None,
+    ) -> None:
         self.image = image
         self.masks = initial_masks
         self.settings = settings
@@ -130,7 +144,11 @@ class EMLoop:
 
     def __call__(self, state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
         in_token_phase = self.token_steps is None or self.step_index < self.token_steps
-        due = in_token_phase and self.step_index % self.settings.e_every == 0 and (self.step_index > 0 or self.masks is None)
+        due = (
+            in_token_phase
+            and self.step_index % self.settings.e_every == 0
+            and (self.step_index > 0 or self.masks is None)
+        )
         if due:
             self.masks = estimate_masks(state, self.image, object_word, self.settings, self.generator)
             self.e_steps += 1
@@ -142,18 +160,29 @@ class EMLoop:
 
 
 RAHMAN = "Rahman et al. 2024 §3"
-CUTLER_SOURCE = ("facebookresearch/CutLER maskcut/crf.py L11-16 (MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10, Bi_XY_STD 50, "
-                 "Bi_RGB_STD 5), L35-43 (unary_from_softmax of the binary masks, 10 iterations); "
-                 "kernels as our torch CRF (pydensecrf normalises them)")
+CUTLER_SOURCE = (
+    "facebookresearch/CutLER maskcut/crf.py L11-16 (MAX_ITER 10, POS_W 7, POS_XY_STD 3, Bi_W 10, Bi_XY_STD 50, "
+    "Bi_RGB_STD 5), L35-43 (unary_from_softmax of the binary masks, 10 iterations); "
+    "kernels as our torch CRF (pydensecrf normalises them)"
+)
 DEFAULT_SETTINGS: tuple[Setting, ...] = (
-    Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4}, {"steps": 400, "token_lr": 2e-6, "attention_lr": 2e-6}),
-            f"{RAHMAN}: token-only EM, then tokens + cross-attention with the masks fixed; lengths and rates our "
-            "choice (Break-A-Scene's 400 + 400 at 5e-4 / 2e-6)"),
+    Setting(
+        "learn.phases",
+        ({"steps": 400, "token_lr": 5e-4}, {"steps": 400, "token_lr": 2e-6, "attention_lr": 2e-6}),
+        f"{RAHMAN}: token-only EM, then tokens + cross-attention with the masks fixed; lengths and rates our "
+        "choice (Break-A-Scene's 400 + 400 at 5e-4 / 2e-6)",
+    ),
     Setting("learn.train_kv", True, f"{RAHMAN}: the joint phase trains the cross-attention weights"),
     Setting("learn.capture_layers", "all", f"{RAHMAN}: maps averaged over all cross-attention layers"),
     Setting("learn.terms.masked_diffusion", 1.0, f"{RAHMAN} (after Break-A-Scene): masked diffusion loss"),
-    Setting("learn.terms.att", LAMBDA_ATTENTION, f"{RAHMAN}: attention loss; λ 1e-2 from google/break-a-scene train.py L403"),
-    Setting("learn.context_prompt", "a photo of a {object} with {tokens}", "google/break-a-scene train.py L533 ('a photo of <asset>') with the object word"),
+    Setting(
+        "learn.terms.att", LAMBDA_ATTENTION, f"{RAHMAN}: attention loss; λ 1e-2 from google/break-a-scene train.py L403"
+    ),
+    Setting(
+        "learn.context_prompt",
+        "a photo of a {object} with {tokens}",
+        "google/break-a-scene train.py L533 ('a photo of <asset>') with the object word",
+    ),
     Setting("learn.augment.p_flip", 0.0, "our choice: masks are re-estimated on the unaugmented source"),
     Setting("learn.augment.p_zoom", 0.0, "our choice: masks are re-estimated on the unaugmented source"),
     Setting("em.crf", {k: v for k, v in asdict(CUTLER).items() if k != "max_side"}, CUTLER_SOURCE),
@@ -201,13 +230,22 @@ class EMMasks(Method):
         "default": DEFAULT_SETTINGS,
         "tokens-only": replaced(
             DEFAULT_SETTINGS,
-            Setting("learn.phases", ({"steps": 400, "token_lr": 5e-4},), "ablation (the project's choice): the token-only EM phase alone"),
-            Setting("learn.train_kv", False, "ablation (the project's choice): no cross-attention weights")),
-        "user-init": DEFAULT_SETTINGS + (Setting("em.init_from_user_masks", True, "ablation (the project's choice): the first masks are the user's"),),
+            Setting(
+                "learn.phases",
+                ({"steps": 400, "token_lr": 5e-4},),
+                "ablation (the project's choice): the token-only EM phase alone",
+            ),
+            Setting("learn.train_kv", False, "ablation (the project's choice): no cross-attention weights"),
+        ),
+        "user-init": DEFAULT_SETTINGS
+        + (
+            Setting("em.init_from_user_masks", True, "ablation (the project's choice): the first masks are the user's"),
+        ),
         "smoke": replaced(
             DEFAULT_SETTINGS,
             Setting("em.e_every", 10, "the project's choice: CPU test scale, not a paper setting"),
-            Setting("em.attention_timesteps", 8, "the project's choice: CPU test scale, not a paper setting")),
+            Setting("em.attention_timesteps", 8, "the project's choice: CPU test scale, not a paper setting"),
+        ),
     }
     presets = {name: preset_overrides(settings) for name, settings in declared_settings.items()}
     default_preset = "default"
@@ -226,9 +264,17 @@ class EMMasks(Method):
         config = super().learn_config(preset, {k: v for k, v in (overrides or {}).items() if k != "em"})
         return config.merged({"em": asdict(self.em_settings(preset, overrides))})
 
-    def learn(self, components, source: ConceptSource, *, preset: str | None = None,
-              overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
-              progress: bool = True) -> LearnedConcept:
+    def learn(
+        self,
+        components,
+        source: ConceptSource,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> LearnedConcept:
         self.require("learn")
         config = self.resolve("learn", preset, overrides)
         settings = EMSettings.from_dict(config.em)
@@ -237,14 +283,26 @@ class EMMasks(Method):
         loop = EMLoop(image, initial, settings, seed, token_steps=config.schedule()[0].steps)
         # The source's own masks are only placeholders for the bank: every step uses the loop's masks.
         placeholder = ConceptSource(image, torch.ones_like(source.image_masks[0]), source.object_word)
-        concept = learn_concept(components, placeholder, config, method=self.name, preset=preset or self.default_preset,
-                                seed=seed, step_fn=loop, progress=progress)
+        concept = learn_concept(
+            components,
+            placeholder,
+            config,
+            method=self.name,
+            preset=preset or self.default_preset,
+            seed=seed,
+            step_fn=loop,
+            progress=progress,
+        )
         final = loop.masks.cpu()
         for index, mask in enumerate(final):
             concept.arrays[ESTIMATED_MASK_KEY.format(index=index)] = mask.clone()  # safetensors refuses shared views
         concept.arrays["source_masks"] = final  # RoI matching learns w* against the estimated region
-        concept.extras["em"] = {**asdict(settings), "e_steps": loop.e_steps, "e_step_at": loop.e_step_at,
-                                "token_steps": loop.token_steps}
+        concept.extras["em"] = {
+            **asdict(settings),
+            "e_steps": loop.e_steps,
+            "e_step_at": loop.e_step_at,
+            "token_steps": loop.token_steps,
+        }
         if out_dir is not None:
             concept.save(out_dir)
         return concept

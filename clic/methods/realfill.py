@@ -14,6 +14,7 @@ attention projections through peft, AdamW at 2e-4 (UNet) / 4e-5 (text encoder), 
 the fixed prompt "a photo of sks" (the token starts at "sks" and does not train), 2000 steps of batch 16. The
 adapters are saved in the concept and taken out of the model after learning (:mod:`clic.lora`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -42,13 +43,23 @@ P_EMPTY_PROMPT = 0.1  # the dataset's prompt dropout ("" with probability 0.1)
 REFERENCE = "diffusers examples/research_projects/realfill/train_realfill.py"
 README = "diffusers examples/research_projects/realfill/README.md"
 CLIC = "CLiC paper (CVPR 2024)"
-CLIC_BUDGET = (f"{CLIC} §4 preamble ('In all of our experiments … 500 steps … Adam, learning rate 1e-5'), read as "
-               "applying to the baselines (the paper's adaptation)")
+CLIC_BUDGET = (
+    f"{CLIC} §4 preamble ('In all of our experiments … 500 steps … Adam, learning rate 1e-5'), read as "
+    "applying to the baselines (the paper's adaptation)"
+)
 _SHARED: tuple[Setting, ...] = (
-    Setting("learn.terms.masked_diffusion", 1.0, f"{REFERENCE} L879: (weightings * mse).mean(); the weighting is "
-                                                 "the concept's source mask (CLiC's protocol learns the masked region)"),
-    Setting("inpaint.hole_masks", "make_mask", f"{REFERENCE} L51 make_mask: 1–29 rectangles, sides 3–25 %, margin "
-                                             "1 %, inverted w.p. 0.5; whole image w.p. 0.1 (L483-486)"),
+    Setting(
+        "learn.terms.masked_diffusion",
+        1.0,
+        f"{REFERENCE} L879: (weightings * mse).mean(); the weighting is "
+        "the concept's source mask (CLiC's protocol learns the masked region)",
+    ),
+    Setting(
+        "inpaint.hole_masks",
+        "make_mask",
+        f"{REFERENCE} L51 make_mask: 1–29 rectangles, sides 3–25 %, margin "
+        "1 %, inverted w.p. 0.5; whole image w.p. 0.1 (L483-486)",
+    ),
     Setting("inpaint.empty_prompt_probability", P_EMPTY_PROMPT, f"{REFERENCE} L490: '' w.p. 0.1"),
 )
 SETTINGS: tuple[Setting, ...] = (
@@ -56,29 +67,56 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("learn.steps", 500, CLIC_BUDGET),
     Setting("learn.lr", 1e-5, CLIC_BUDGET),
 ) + _SHARED
-LORA = {"rank": 16, "alpha": 27, "dropout": 0.0, "unet_targets": ("to_k", "to_q", "to_v", "key", "query", "value"),
-        "text_targets": ("k_proj", "q_proj", "v_proj")}
+LORA = {
+    "rank": 16,
+    "alpha": 27,
+    "dropout": 0.0,
+    "unet_targets": ("to_k", "to_q", "to_v", "key", "query", "value"),
+    "text_targets": ("k_proj", "q_proj", "v_proj"),
+}
 ORIGINAL_SETTINGS: tuple[Setting, ...] = (
-    Setting("learn.lora", LORA, f"{REFERENCE} L389-406 (--lora_rank 16, --lora_alpha 27, --lora_dropout 0), "
-                                "L606-622 (UNet to_k/to_q/to_v/key/query/value, text encoder k/q/v_proj, peft)"),
+    Setting(
+        "learn.lora",
+        LORA,
+        f"{REFERENCE} L389-406 (--lora_rank 16, --lora_alpha 27, --lora_dropout 0), "
+        "L606-622 (UNet to_k/to_q/to_v/key/query/value, text encoder k/q/v_proj, peft)",
+    ),
     Setting("learn.train_kv", False, f"{REFERENCE} L606-622: LoRA only, no separate attention copies"),
-    Setting("learn.phases", ({"steps": 2000, "token_lr": 0.0, "unet_lr": 2e-4, "text_encoder_lr": 4e-5},),
-            f"{README} L60-64 (--unet_learning_rate 2e-4 --text_encoder_learning_rate 4e-5 --max_train_steps 2000, "
-            f"constant schedule); {REFERENCE} L275-284 (the same defaults); the prompt's word is not trained"),
-    Setting("learn.gradient_accumulation", 16, f"{README} L58 (--train_batch_size 16): here 16 accumulated single "
-                                               "images (the project's choice to reach the batch)"),
+    Setting(
+        "learn.phases",
+        ({"steps": 2000, "token_lr": 0.0, "unet_lr": 2e-4, "text_encoder_lr": 4e-5},),
+        f"{README} L60-64 (--unet_learning_rate 2e-4 --text_encoder_learning_rate 4e-5 --max_train_steps 2000, "
+        f"constant schedule); {REFERENCE} L275-284 (the same defaults); the prompt's word is not trained",
+    ),
+    Setting(
+        "learn.gradient_accumulation",
+        16,
+        f"{README} L58 (--train_batch_size 16): here 16 accumulated single "
+        "images (the project's choice to reach the batch)",
+    ),
     Setting("learn.scale_lr", False, f"{REFERENCE} L287-289 (--scale_lr off by default; the README does not set it)"),
     Setting("learn.optimizer", "adamw", f"{REFERENCE} L713-724 (torch.optim.AdamW, UNet and text encoder groups)"),
     Setting("learn.weight_decay", 1e-2, f"{REFERENCE} L316 (--adam_weight_decay 1e-2)"),
     Setting("learn.max_grad_norm", 1.0, f"{REFERENCE} L318, L883-885 (UNet + text encoder parameters clipped)"),
-    Setting("learn.clip_token_grad", False, f"{REFERENCE} L883-885: only the adapters have gradients there (the "
-                                            "embedding is frozen by get_peft_model, L613, L622)"),
+    Setting(
+        "learn.clip_token_grad",
+        False,
+        f"{REFERENCE} L883-885: only the adapters have gradients there (the "
+        "embedding is frozen by get_peft_model, L613, L622)",
+    ),
     Setting("learn.context_prompt", "a photo of {tokens}", f"{REFERENCE} L450 (train_prompt 'a photo of sks')"),
     Setting("learn.init_word", "sks", f"{REFERENCE} L450: the prompt's rare word 'sks' (its embedding, untrained)"),
-    Setting("learn.augment.p_flip", 0.0, f"our choice: {REFERENCE} L452-460 flips nothing; its random resize "
-                                         "(1–1.125×) + crop is not reproduced"),
-    Setting("learn.augment.p_zoom", 0.0, f"our choice: {REFERENCE} L455-456 resizes by 1–1.125× and crops; not "
-                                         "reproduced (CLiC's zoom is not the reference's)"),
+    Setting(
+        "learn.augment.p_flip",
+        0.0,
+        f"our choice: {REFERENCE} L452-460 flips nothing; its random resize (1–1.125×) + crop is not reproduced",
+    ),
+    Setting(
+        "learn.augment.p_zoom",
+        0.0,
+        f"our choice: {REFERENCE} L455-456 resizes by 1–1.125× and crops; not "
+        "reproduced (CLiC's zoom is not the reference's)",
+    ),
     Setting("learn.augment.p_jitter", 0.0, f"{REFERENCE} L452-460: no colour jitter"),
     Setting("learn.augment.p_grayscale", 0.0, f"{REFERENCE} L452-460: no grayscale"),
 ) + _SHARED
@@ -101,7 +139,7 @@ def make_mask(size: int, generator: torch.Generator | None = None) -> torch.Tens
         height = _randint(int(low), int(high), generator)
         left = _randint(int(margin), size - int(margin) - width + 1, generator)
         top = _randint(int(margin), size - int(margin) - height + 1, generator)
-        mask[top: top + height, left: left + width] = 0
+        mask[top : top + height, left : left + width] = 0
     if float(torch.rand((), generator=generator)) < P_INVERT:
         mask = 1 - mask
     return mask
@@ -114,7 +152,9 @@ def training_hole(size: int, generator: torch.Generator | None = None) -> torch.
     return make_mask(size, generator)
 
 
-def inpainting_input(components: SDComponents, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def inpainting_input(
+    components: SDComponents, latents: torch.Tensor, image: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask at latent size (B,1,h,w), masked-image latents (B,4,h,w)) as SD inpainting pipelines build them."""
     masked_image = image * (mask < 0.5)  # hole set to 0 (mid-grey), as StableDiffusionInpaintPipeline
     moments = vae_moments(components, masked_image)
@@ -136,12 +176,17 @@ def inpainting_step(state: TrainState, batch: StepBatch, object_word: str) -> tu
     text, ids = encode_text(components, [prompt])
     needs_attention = "attention" in state.objective.needs
     state.capture.set_tokens(state.tokens.positions(ids) if needs_attention else None)
-    eps = components.unet(torch.cat([x_t, latent_mask, masked_latents], dim=1), batch.timestep,
-                          encoder_hidden_states=text).sample
+    eps = components.unet(
+        torch.cat([x_t, latent_mask, masked_latents], dim=1), batch.timestep, encoder_hidden_states=text
+    ).sample
     # The loss weighting: the source mask at latent size (the reference interpolates its weightings, nearest).
     weighting = resize_mask(batch.masks.amax(0)[None, None], x_t.shape[-2:], mode="nearest")
-    step = StepTensors(noise=batch.noise, mask=weighting, eps_context=eps,
-                       target=training_target(components.scheduler, batch.latents, batch.noise, batch.timestep))
+    step = StepTensors(
+        noise=batch.noise,
+        mask=weighting,
+        eps_context=eps,
+        target=training_target(components.scheduler, batch.latents, batch.noise, batch.timestep),
+    )
     if needs_attention:
         step.attention = state.capture.mean_map(state.attention_resolution, batch_index=slice(0, 1))
         step.attention_masks = batch.masks[None]
@@ -151,10 +196,19 @@ def inpainting_step(state: TrainState, batch: StepBatch, object_word: str) -> tu
 
 
 @torch.no_grad()
-def inpaint_concept(components: SDComponents, concept: LearnedConcept, target_image: torch.Tensor,
-                    target_mask: torch.Tensor, object_word: str, settings: TransferSettings, seed: int = 0) -> TransferResult:
+def inpaint_concept(
+    components: SDComponents,
+    concept: LearnedConcept,
+    target_image: torch.Tensor,
+    target_mask: torch.Tensor,
+    object_word: str,
+    settings: TransferSettings,
+    seed: int = 0,
+) -> TransferResult:
     if not components.is_inpainting:
-        raise ValueError("RealFill needs an inpainting UNet (9 input channels): use tiny-inpaint or an SD inpainting folder")
+        raise ValueError(
+            "RealFill needs an inpainting UNet (9 input channels): use tiny-inpaint or an SD inpainting folder"
+        )
     capture = ensure_concept(components, concept, settings.capture_layers)
     device = components.unet.device
     generator = torch.Generator().manual_seed(seed)
@@ -184,8 +238,9 @@ def inpaint_concept(components: SDComponents, concept: LearnedConcept, target_im
     latents = region * latents + (1 - region) * target_latents
     capture.set_tokens(None)
     attention, inside = summarize_attention(maps, pixel_mask, target_image.shape[-2:])
-    return TransferResult(decode(components, latents)[0].cpu(), attention.cpu(), latents.cpu(), target_latents.cpu(),
-                          region.cpu(), inside)
+    return TransferResult(
+        decode(components, latents)[0].cpu(), attention.cpu(), latents.cpu(), target_latents.cpu(), region.cpu(), inside
+    )
 
 
 class RealFill(Method):
@@ -200,12 +255,23 @@ class RealFill(Method):
     default_preset = "default"
     sources = {setting.key: setting.source for setting in SETTINGS}
 
-    def training_step(self, state: TrainState, batch: StepBatch, object_word: str) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_step(
+        self, state: TrainState, batch: StepBatch, object_word: str
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         return inpainting_step(state, batch, object_word)
 
-    def transfer(self, components: SDComponents, concept: LearnedConcept, target_image: torch.Tensor,
-                 target_mask: torch.Tensor, object_word: str, *, preset: str | None = None,
-                 overrides: Mapping[str, Any] | None = None, seed: int = 0) -> TransferResult:
+    def transfer(
+        self,
+        components: SDComponents,
+        concept: LearnedConcept,
+        target_image: torch.Tensor,
+        target_mask: torch.Tensor,
+        object_word: str,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> TransferResult:
         self.require("transfer")
         settings = self.resolve("transfer", preset or concept.preset, overrides)
         return inpaint_concept(components, concept, target_image, target_mask, object_word, settings, seed)

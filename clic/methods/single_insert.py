@@ -30,6 +30,7 @@ The encoder: ``encoder_model = "auto"`` builds a tiny seeded ViT for the ``tiny`
 needs an open_clip architecture (``encoder_model``) and a local checkpoint (``encoder_pretrained``) —
 nothing is downloaded.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -64,9 +65,25 @@ from .single_insert_model import (
 )
 
 __all__ = [  # the method's parts live in single_insert_model / single_insert_learn; imported from here as before
-    "ADAPTER", "LORA_FILE", "LORA_PREFIX", "TINY_ENCODER", "TINY_ENCODER_SEED", "ConceptImageEncoder", "SingleInsert",
-    "SingleInsertConfig", "StageInfo", "add_lora", "background_loss", "build_visual_tower", "foreground_loss",
-    "install_lora", "learn_single_insert", "lora_parameters", "lora_state_dict", "save_lora", "semantic_loss",
+    "ADAPTER",
+    "LORA_FILE",
+    "LORA_PREFIX",
+    "TINY_ENCODER",
+    "TINY_ENCODER_SEED",
+    "ConceptImageEncoder",
+    "SingleInsert",
+    "SingleInsertConfig",
+    "StageInfo",
+    "add_lora",
+    "background_loss",
+    "build_visual_tower",
+    "foreground_loss",
+    "install_lora",
+    "learn_single_insert",
+    "lora_parameters",
+    "lora_state_dict",
+    "save_lora",
+    "semantic_loss",
 ]
 
 
@@ -81,22 +98,41 @@ PAPER_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.stage_two_lr", 5e-5, f"{PAPER} §4.1: stage II lr 5e-5"),
     Setting("learn.stage_two_batch_size", 4, f"{PAPER} §4.1: stage II batch 4"),
     Setting("learn.lora_rank", 4, f"{PAPER} §3.3 (rank-4 LoRA); {CODE} --rank 4"),
-    Setting("learn.terms", {"si_fg": 1.0, "si_bg": 1.0, "si_sm": 1.0},
-            f"{PAPER} §3.2-3.3: L_fg + γ L_bg (+ η L_sm in stage II), γ = η = 1 ({CODE} --bg_weight 1 --sm_weight 1)"),
-    Setting("learn.prompt", "{token} {object}", f"{PAPER} §3.2: '* CLASS' ({CODE}: ' '.join([placeholder, class_name]))"),
-    Setting("learn.class_prompt", "{object}", f"{PAPER} §3.2 (x̄₀ from the class name); {CODE} L1001: "
-                                              "class_prompt = args.class_name"),
-    Setting("learn.encoder_model", "auto", f"{PAPER} §4.1: CLIP ViT-B/32 image encoder ({CODE}: VisionTransformer "
-                                           "patch 32, width 768, 12 layers); 'auto' = ViT-B-32 on a real model, a tiny "
-                                           "seeded ViT on the tiny one"),
+    Setting(
+        "learn.terms",
+        {"si_fg": 1.0, "si_bg": 1.0, "si_sm": 1.0},
+        f"{PAPER} §3.2-3.3: L_fg + γ L_bg (+ η L_sm in stage II), γ = η = 1 ({CODE} --bg_weight 1 --sm_weight 1)",
+    ),
+    Setting(
+        "learn.prompt", "{token} {object}", f"{PAPER} §3.2: '* CLASS' ({CODE}: ' '.join([placeholder, class_name]))"
+    ),
+    Setting(
+        "learn.class_prompt",
+        "{object}",
+        f"{PAPER} §3.2 (x̄₀ from the class name); {CODE} L1001: class_prompt = args.class_name",
+    ),
+    Setting(
+        "learn.encoder_model",
+        "auto",
+        f"{PAPER} §4.1: CLIP ViT-B/32 image encoder ({CODE}: VisionTransformer "
+        "patch 32, width 768, 12 layers); 'auto' = ViT-B-32 on a real model, a tiny "
+        "seeded ViT on the tiny one",
+    ),
     Setting("learn.optimizer", "adam", "our choice: the paper names no optimizer"),
-    Setting("generate.stage_one_steps", 5, "CLiC paper §4.1 (two-stage generation): the first 5 steps on the base model (adapters off)"),
+    Setting(
+        "generate.stage_one_steps",
+        5,
+        "CLiC paper §4.1 (two-stage generation): the first 5 steps on the base model (adapters off)",
+    ),
 )
 ONE_STAGE_SETTINGS: tuple[Setting, ...] = replaced(
     PAPER_SETTINGS,
     Setting("generate.stage_one_steps", 0, f"{PAPER} §4.1: generation with the adapted model at every step"),
-    Setting("generate.prompt", "a photo of {token} on an {object}", f"{PAPER} §4.1: the token in the generation "
-                                                                         "prompt; the wording our choice"),
+    Setting(
+        "generate.prompt",
+        "a photo of {token} on an {object}",
+        f"{PAPER} §4.1: the token in the generation prompt; the wording our choice",
+    ),
 )
 OFFICIAL_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.stage_one_steps", 50, f"{CODE} L237: --s1_train_steps 50"),
@@ -111,7 +147,11 @@ OFFICIAL_SETTINGS: tuple[Setting, ...] = (
     Setting("learn.optimizer", "adamw", f"{CODE} L853: torch.optim.AdamW"),
     Setting("learn.weight_decay", 1e-2, f"{CODE} L335: --adam_weight_decay 1e-2"),
     Setting("learn.max_grad_norm", 1.0, f"{CODE} L337: --max_grad_norm 1.0"),
-    Setting("generate.stage_one_steps", 5, "CLiC paper §4.1 (two-stage generation): the first 5 steps on the base model (adapters off)"),
+    Setting(
+        "generate.stage_one_steps",
+        5,
+        "CLiC paper §4.1 (two-stage generation): the first 5 steps on the base model (adapters off)",
+    ),
 )
 
 
@@ -129,22 +169,43 @@ class SingleInsert(Method):
     def learn_config(self, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> SingleInsertConfig:
         return self.base_config.merged(self.preset(preset).get("learn")).merged(overrides)
 
-    def learn(self, components: SDComponents, source: ConceptSource, *, preset: str | None = None,
-              overrides: Mapping[str, Any] | None = None, seed: int = 0, out_dir: str | Path | None = None,
-              progress: bool = True) -> LearnedConcept:
+    def learn(
+        self,
+        components: SDComponents,
+        source: ConceptSource,
+        *,
+        preset: str | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> LearnedConcept:
         self.require("learn")
         config = self.resolve("learn", preset, overrides)
-        concept = learn_single_insert(components, source, config, preset=preset or self.default_preset, seed=seed,
-                                      progress_every=10 if progress else 0)
+        concept = learn_single_insert(
+            components,
+            source,
+            config,
+            preset=preset or self.default_preset,
+            seed=seed,
+            progress_every=10 if progress else 0,
+        )
         if out_dir is not None:
             concept.save(out_dir)
-            lora = {k[len(LORA_PREFIX):]: v for k, v in concept.arrays.items() if k.startswith(LORA_PREFIX)}
+            lora = {k[len(LORA_PREFIX) :]: v for k, v in concept.arrays.items() if k.startswith(LORA_PREFIX)}
             if lora:
                 save_lora(lora, out_dir)
         return concept
 
-    def transfer(self, components: SDComponents, concept: LearnedConcept, target_image: torch.Tensor,
-                 target_mask: torch.Tensor, object_word: str, **kwargs: Any):
+    def transfer(
+        self,
+        components: SDComponents,
+        concept: LearnedConcept,
+        target_image: torch.Tensor,
+        target_mask: torch.Tensor,
+        object_word: str,
+        **kwargs: Any,
+    ):
         install_lora(components, concept)
         return super().transfer(components, concept, target_image, target_mask, object_word, **kwargs)
 

@@ -4,6 +4,7 @@ the encoder and the LoRA adapters; each step goes through the shared loop's opti
 
 Part of :mod:`clic.methods.single_insert`, which re-exports these names.
 """
+
 from __future__ import annotations
 
 import time
@@ -71,20 +72,25 @@ def learn_single_insert(
     """Both stages on one source image and one mask; returns the concept (token vector + LoRA weights)."""
     config.validate()
     if source.images.shape[0] != 1 or source.n_tokens != 1:
-        raise ValueError(f"SingleInsert learns one concept from one image; got {source.images.shape[0]} image(s) "
-                         f"and {source.n_tokens} mask(s)")
+        raise ValueError(
+            f"SingleInsert learns one concept from one image; got {source.images.shape[0]} image(s) "
+            f"and {source.n_tokens} mask(s)"
+        )
     generator = seed_everything(seed)
     device = components.unet.device
     components.freeze()
     tokens = ConceptTokens(components.tokenizer, components.text_encoder, [config.placeholder], [source.object_word])
     token_text = _TokenText(components, tokens)
-    encoder = ConceptImageEncoder(build_visual_tower(config, components), tokens.parameter.shape[-1],
-                                  tokens.parameter[0].detach()).to(device)
+    encoder = ConceptImageEncoder(
+        build_visual_tower(config, components), tokens.parameter.shape[-1], tokens.parameter[0].detach()
+    ).to(device)
     inputs = _StageInputs.of(components, source, config, tokens, token_text, encoder)
     loss_log: list[dict[str, float]] = []
     started = time.perf_counter()
-    stages = (("stage_1", config.stage_one_steps, config.stage_one_lr, config.stage_one_batch_size),
-              ("stage_2", config.stage_two_steps, config.stage_two_lr, config.stage_two_batch_size))
+    stages = (
+        ("stage_1", config.stage_one_steps, config.stage_one_lr, config.stage_one_batch_size),
+        ("stage_2", config.stage_two_steps, config.stage_two_lr, config.stage_two_batch_size),
+    )
     for stage, steps, lr, batch in stages:
         if steps == 0:
             continue
@@ -93,18 +99,27 @@ def learn_single_insert(
         objective = Objective(terms)
         if adapted:
             add_lora(components, config.lora_rank, config.unet_lora_targets, config.text_lora_targets)
-        parameters = list(encoder.parameters()) + (lora_parameters(components.unet) + lora_parameters(components.text_encoder)
-                                                   if adapted else [])
+        parameters = list(encoder.parameters()) + (
+            lora_parameters(components.unet) + lora_parameters(components.text_encoder) if adapted else []
+        )
         if on_stage is not None:
             on_stage(StageInfo(stage, parameters, encoder, lr, batch, inputs.prompt))
         # the shared loop's optimiser step (clic.optimizer_step): zeroing, the finite check, clipping, the update
-        step = OptimizerStep(make_optimizer(config.optimizer, parameters, lr=lr, weight_decay=config.weight_decay),
-                             parameters, config.max_grad_norm)
+        step = OptimizerStep(
+            make_optimizer(config.optimizer, parameters, lr=lr, weight_decay=config.weight_decay),
+            parameters,
+            config.max_grad_norm,
+        )
         for _ in range(steps):
             computed: dict[str, dict[str, float]] = {}
 
-            def micro_step(_micro: int, objective: Objective = objective, batch: int = batch,
-                           adapted: bool = adapted, computed: dict = computed) -> torch.Tensor:
+            def micro_step(
+                _micro: int,
+                objective: Objective = objective,
+                batch: int = batch,
+                adapted: bool = adapted,
+                computed: dict = computed,
+            ) -> torch.Tensor:
                 loss, computed["values"] = inputs.loss(objective, batch, adapted, generator)
                 return loss
 
@@ -118,9 +133,18 @@ def learn_single_insert(
     return _finished_concept(components, source, config, tokens, encoder, inputs, loss_log, preset, seed, started)
 
 
-def _finished_concept(components: SDComponents, source: ConceptSource, config: SingleInsertConfig,
-                      tokens: ConceptTokens, encoder: ConceptImageEncoder, inputs: _StageInputs,
-                      loss_log: list[dict[str, float]], preset: str, seed: int, started: float) -> LearnedConcept:
+def _finished_concept(
+    components: SDComponents,
+    source: ConceptSource,
+    config: SingleInsertConfig,
+    tokens: ConceptTokens,
+    encoder: ConceptImageEncoder,
+    inputs: _StageInputs,
+    loss_log: list[dict[str, float]],
+    preset: str,
+    seed: int,
+    started: float,
+) -> LearnedConcept:
     """The concept: the encoder's output for the source as the token vector, the LoRA weights; the model as loaded."""
     with torch.no_grad():
         vector = encoder(inputs.image)[0].detach().cpu()
@@ -137,8 +161,11 @@ def _finished_concept(components: SDComponents, source: ConceptSource, config: S
         weights_hash=components.weights_hash,
         config={**config.to_dict(), "seed": seed},
         loss_log=loss_log,
-        arrays={**{LORA_PREFIX + k: v.cpu() for k, v in lora.items()},
-                "source_image": source.image.detach().cpu(), "source_masks": source.masks.detach().cpu()},
+        arrays={
+            **{LORA_PREFIX + k: v.cpu() for k, v in lora.items()},
+            "source_image": source.image.detach().cpu(),
+            "source_masks": source.masks.detach().cpu(),
+        },
         extras={"seconds": round(time.perf_counter() - started, 3), "lora_file": LORA_FILE if lora else None},
     )
 
@@ -160,21 +187,31 @@ class _StageInputs:
     class_text_one: torch.Tensor
 
     @classmethod
-    def of(cls, components: SDComponents, source: ConceptSource, config: SingleInsertConfig, tokens: ConceptTokens,
-           token_text: _TokenText, encoder: ConceptImageEncoder) -> _StageInputs:
+    def of(
+        cls,
+        components: SDComponents,
+        source: ConceptSource,
+        config: SingleInsertConfig,
+        tokens: ConceptTokens,
+        token_text: _TokenText,
+        encoder: ConceptImageEncoder,
+    ) -> _StageInputs:
         image = source.images.to(components.unet.device)  # (1, 3, R, R)
         pixel_mask = source.image_masks.to(components.unet.device, image.dtype)  # (1, 1, R, R)
         moments = vae_moments(components, image)
         latent_mask = resize_mask(pixel_mask, moments.shape[-2:])
         prompt = format_prompt(config.prompt, source.object_word, tokens.tokens)
         with torch.no_grad():
-            class_text_one = encode_text(components, [format_prompt(config.class_prompt, source.object_word,
-                                                                    tokens.tokens)])[0]
-        return cls(components, config, source, tokens, encoder, token_text, image, moments, latent_mask, prompt,
-                   class_text_one)
+            class_text_one = encode_text(
+                components, [format_prompt(config.class_prompt, source.object_word, tokens.tokens)]
+            )[0]
+        return cls(
+            components, config, source, tokens, encoder, token_text, image, moments, latent_mask, prompt, class_text_one
+        )
 
-    def loss(self, objective: Objective, batch: int, adapted: bool,
-             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, objective: Objective, batch: int, adapted: bool, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """One step's loss: ``batch`` noised copies of the source, the frozen model's class-prompt prediction, the
         token prompt's (and, for si_sm, the adapted class prompt's) prediction; x̂₀ follows the scheduler's
         prediction type (the released train.py reads every output as ε)."""
@@ -191,10 +228,12 @@ class _StageInputs:
         vector = self.encoder(self.image)
         text = self.token_text(prompts, vector)
         if "semantic" in objective.needs:  # one pass: token prompt rows, then adapted class-prompt rows
-            adapted_class_text = encode_text(components, [format_prompt(config.class_prompt, source.object_word,
-                                                                        self.tokens.tokens)])[0].expand(batch, -1, -1)
-            eps = components.unet(torch.cat([x_t, x_t]), timesteps.repeat(2),
-                                  encoder_hidden_states=torch.cat([text, adapted_class_text])).sample
+            adapted_class_text = encode_text(
+                components, [format_prompt(config.class_prompt, source.object_word, self.tokens.tokens)]
+            )[0].expand(batch, -1, -1)
+            eps = components.unet(
+                torch.cat([x_t, x_t]), timesteps.repeat(2), encoder_hidden_states=torch.cat([text, adapted_class_text])
+            ).sample
             eps, eps_adapted_class = eps.chunk(2)
         else:
             eps, eps_adapted_class = components.unet(x_t, timesteps, encoder_hidden_states=text).sample, None

@@ -3,6 +3,7 @@
 
 Part of :mod:`clic.methods.single_insert` (the method, its presets and their sources), which re-exports these names.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,15 @@ from ..settings import MethodConfig
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use
 LORA_PREFIX = "lora/"  # LoRA tensors inside LearnedConcept.arrays
 ADAPTER = "single_insert"
-TINY_ENCODER = {"image_size": 64, "patch_size": 8, "width": 64, "layers": 2, "heads": 2, "mlp_ratio": 4.0, "output_dim": 32}
+TINY_ENCODER = {
+    "image_size": 64,
+    "patch_size": 8,
+    "width": 64,
+    "layers": 2,
+    "heads": 2,
+    "mlp_ratio": 4.0,
+    "output_dim": 32,
+}
 TINY_ENCODER_SEED = 0
 
 
@@ -105,10 +114,14 @@ class SingleInsertConfig(MethodConfig):
 
     def validate(self) -> None:
         if self.stage_one_steps < 0 or self.stage_two_steps < 0 or self.stage_one_steps + self.stage_two_steps == 0:
-            raise ValueError(f"stage steps must be >= 0 with a positive total, got {self.stage_one_steps} + {self.stage_two_steps}")
+            raise ValueError(
+                f"stage steps must be >= 0 with a positive total, got {self.stage_one_steps} + {self.stage_two_steps}"
+            )
         if min(self.stage_one_batch_size, self.stage_two_batch_size, self.lora_rank) <= 0:
-            raise ValueError(f"batch sizes and lora_rank must be positive, got {self.stage_one_batch_size}, "
-                             f"{self.stage_two_batch_size}, {self.lora_rank}")
+            raise ValueError(
+                f"batch sizes and lora_rank must be positive, got {self.stage_one_batch_size}, "
+                f"{self.stage_two_batch_size}, {self.lora_rank}"
+            )
         if self.stage_one_lr <= 0 or self.stage_two_lr <= 0:
             raise ValueError("stage learning rates must be positive")
         if self.optimizer not in ("adam", "adamw"):
@@ -128,8 +141,12 @@ class ConceptImageEncoder(nn.Module):
         preprocess = getattr(visual, "preprocess_cfg", {}) or {}
         size = visual.image_size
         self.image_size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
-        self.register_buffer("mean", torch.tensor(preprocess.get("mean", OPENAI_DATASET_MEAN)).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(preprocess.get("std", OPENAI_DATASET_STD)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(preprocess.get("mean", OPENAI_DATASET_MEAN)).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(preprocess.get("std", OPENAI_DATASET_STD)).view(1, 3, 1, 1), persistent=False
+        )
         self.projection = nn.Linear(visual.output_dim, token_dim)
         with torch.no_grad():
             # Start at the object word (Textual Inversion's initialisation) plus a small image-dependent part.
@@ -167,8 +184,10 @@ def add_lora(components: SDComponents, rank: int, unet_targets: Sequence[str], t
     from peft import LoraConfig
 
     for module, targets in ((components.unet, unet_targets), (components.text_encoder, text_targets)):
-        module.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                      target_modules=list(targets)), adapter_name=ADAPTER)
+        module.add_adapter(
+            LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets)),
+            adapter_name=ADAPTER,
+        )
 
 
 def lora_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -191,10 +210,16 @@ def save_lora(state: Mapping[str, torch.Tensor], directory: str | Path) -> Path:
     """Write ``pytorch_lora_weights.safetensors`` with diffusers' own writer (``pipe.load_lora_weights`` reads it)."""
     from diffusers import StableDiffusionPipeline
 
-    split = {prefix: {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-             for prefix in ("unet", "text_encoder")}
-    StableDiffusionPipeline.save_lora_weights(str(directory), unet_lora_layers=split["unet"],
-                                              text_encoder_lora_layers=split["text_encoder"], weight_name=LORA_FILE)
+    split = {
+        prefix: {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        for prefix in ("unet", "text_encoder")
+    }
+    StableDiffusionPipeline.save_lora_weights(
+        str(directory),
+        unet_lora_layers=split["unet"],
+        text_encoder_lora_layers=split["text_encoder"],
+        weight_name=LORA_FILE,
+    )
     return Path(directory) / LORA_FILE
 
 
@@ -202,7 +227,7 @@ def install_lora(components: SDComponents, concept: LearnedConcept) -> None:
     """Load the concept's LoRA weights into the components with diffusers' loaders (once per components)."""
     from diffusers import StableDiffusionPipeline
 
-    state = {k[len(LORA_PREFIX):]: v for k, v in concept.arrays.items() if k.startswith(LORA_PREFIX)}
+    state = {k[len(LORA_PREFIX) :]: v for k, v in concept.arrays.items() if k.startswith(LORA_PREFIX)}
     if not state or ADAPTER in (getattr(components.unet, "peft_config", None) or {}):
         return
     from transformers.utils import logging as transformers_logging
@@ -212,8 +237,9 @@ def install_lora(components: SDComponents, concept: LearnedConcept) -> None:
     bars_were_on = transformers_logging.is_progress_bar_enabled()
     transformers_logging.disable_progress_bar()
     try:
-        StableDiffusionPipeline.load_lora_into_text_encoder(state, None, components.text_encoder,
-                                                            prefix="text_encoder", adapter_name=ADAPTER)
+        StableDiffusionPipeline.load_lora_into_text_encoder(
+            state, None, components.text_encoder, prefix="text_encoder", adapter_name=ADAPTER
+        )
     finally:
         if bars_were_on:
             transformers_logging.enable_progress_bar()

@@ -1,4 +1,5 @@
 """8-bit colours: sampling from HSV ranges and the hex form used in ``pattern_params``."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,15 +12,25 @@ def hsv_to_rgb8(hue_deg: float, saturation: float, value: float) -> RGB8:
     chroma = value * saturation
     second = chroma * (1 - abs(hue % 2 - 1))
     sector = int(hue) % 6
-    rgb = [(chroma, second, 0.0), (second, chroma, 0.0), (0.0, chroma, second),
-           (0.0, second, chroma), (second, 0.0, chroma), (chroma, 0.0, second)][sector]
+    rgb = [
+        (chroma, second, 0.0),
+        (second, chroma, 0.0),
+        (0.0, chroma, second),
+        (0.0, second, chroma),
+        (second, 0.0, chroma),
+        (chroma, 0.0, second),
+    ][sector]
     offset = value - chroma
     red, green, blue = (int(round(255 * (c + offset))) for c in rgb)
     return (red, green, blue)
 
 
-def sample_color(rng: np.random.Generator, hues: tuple[tuple[float, float], ...],
-                 saturation: tuple[float, float], value: tuple[float, float]) -> RGB8:
+def sample_color(
+    rng: np.random.Generator,
+    hues: tuple[tuple[float, float], ...],
+    saturation: tuple[float, float],
+    value: tuple[float, float],
+) -> RGB8:
     """A colour with hue from one of ``hues`` (degree ranges) and saturation/value from their ranges."""
     low, high = hues[int(rng.integers(len(hues)))]
     return hsv_to_rgb8(rng.uniform(low, high), rng.uniform(*saturation), rng.uniform(*value))

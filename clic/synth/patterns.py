@@ -6,6 +6,7 @@ part's bounding box (centre and larger side), rotated by the pattern angle, so a
 part through flip, aspect and shear and means the same thing on a wall and on a ring band: the frequency
 is in periods across the part's larger side.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,7 @@ back into the object's frame and labelled with the topmost part containing them.
 over each block (a box filter, which anti-aliases the edges) and a part's mask is its label coverage
 thresholded at 0.5 over the same blocks, so images and masks come from one geometry.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -75,8 +76,10 @@ def sample_instance(rng: np.random.Generator, obj: ObjectDef) -> Instance:
     placement = sample_placement(rng, obj)
     background = sample_color(rng, ((0.0, 360.0),), (0.04, 0.16), (0.90, 0.98))
     roles = sorted({part.role for part in obj.parts})
-    colors = {role: sample_color(rng, COLOR_ROLES[role].hues, COLOR_ROLES[role].saturation, COLOR_ROLES[role].value)
-              for role in roles}
+    colors = {
+        role: sample_color(rng, COLOR_ROLES[role].hues, COLOR_ROLES[role].saturation, COLOR_ROLES[role].value)
+        for role in roles
+    }
     return Instance(obj, placement, background, colors)
 
 

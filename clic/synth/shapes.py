@@ -5,6 +5,7 @@ of points and gives its axis-aligned ``bounds()``. Rasterising is evaluating the
 supersampled pixel centres mapped back into the object's frame, so flip, aspect and shear cost nothing
 and the geometry of an image and of its masks is the same by construction.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

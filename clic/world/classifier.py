@@ -17,6 +17,7 @@ training batch is the shipped autoencoder's reconstruction of the render (poster
 scene): the instrument reads what a decoded image can show. Its evaluation reports held-out accuracy on both, and
 its bar (:data:`CLASSIFIER_MIN_OBJECT`, :data:`CLASSIFIER_MIN_PATTERN`) is on the reconstructions.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,12 @@ WEIGHTS_NAME = "classifier.safetensors"
 class WorldClassifier(torch.nn.Module):
     """Images in [-1, 1], (N, 3, H, W) -> (object logits (N, 11), pattern logits (N, 8))."""
 
-    def __init__(self, channels: tuple[int, ...] = CHANNELS, objects: int = len(OBJECT_NAMES),
-                 patterns: int = len(PATTERN_CLASSES)) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, ...] = CHANNELS,
+        objects: int = len(OBJECT_NAMES),
+        patterns: int = len(PATTERN_CLASSES),
+    ) -> None:
         super().__init__()
         layers, width = _block(3, channels[0], 1), channels[0]
         for out in channels[1:]:  # each stage halves the side, then a second conv at that side
@@ -70,17 +75,23 @@ class WorldClassifier(torch.nn.Module):
     def predict(self, images: torch.Tensor) -> tuple[list[str], list[str]]:
         """Object and pattern names of images in [-1, 1]."""
         objects, patterns = self(images)
-        return ([OBJECT_NAMES[i] for i in objects.argmax(1).tolist()],
-                [PATTERN_CLASSES[i] for i in patterns.argmax(1).tolist()])
+        return (
+            [OBJECT_NAMES[i] for i in objects.argmax(1).tolist()],
+            [PATTERN_CLASSES[i] for i in patterns.argmax(1).tolist()],
+        )
 
 
 def _block(width: int, out: int, stride: int) -> list[torch.nn.Module]:
-    return [torch.nn.Conv2d(width, out, 3, stride=stride, padding=1, bias=False), torch.nn.BatchNorm2d(out),
-            torch.nn.ReLU(inplace=True)]
+    return [
+        torch.nn.Conv2d(width, out, 3, stride=stride, padding=1, bias=False),
+        torch.nn.BatchNorm2d(out),
+        torch.nn.ReLU(inplace=True),
+    ]
 
 
-def labelled_batch(start: int, count: int, split: str = "train",
-                   seed: int = WORLD_SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def labelled_batch(
+    start: int, count: int, split: str = "train", seed: int = WORLD_SEED
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Scenes ``start .. start + count - 1``: images (count, 3, 64, 64) in [-1, 1], object and pattern class
     indices, and captions (the same scenes as :func:`clic.world.data.render_batch`)."""
     scenes = [sample_scene(index, split, seed) for index in range(start, start + count)]
@@ -95,11 +106,13 @@ def build_classifier(seed: int) -> WorldClassifier:
     return WorldClassifier()
 
 
-def classifier_loss(model: WorldClassifier, images: torch.Tensor, objects: torch.Tensor,
-                    patterns: torch.Tensor) -> torch.Tensor:
+def classifier_loss(
+    model: WorldClassifier, images: torch.Tensor, objects: torch.Tensor, patterns: torch.Tensor
+) -> torch.Tensor:
     object_logits, pattern_logits = model(images)
-    return (torch.nn.functional.cross_entropy(object_logits, objects)
-            + torch.nn.functional.cross_entropy(pattern_logits, patterns))
+    return torch.nn.functional.cross_entropy(object_logits, objects) + torch.nn.functional.cross_entropy(
+        pattern_logits, patterns
+    )
 
 
 _POOL: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int, int]] = {}  # (seed, index) -> render, reconstruction
@@ -130,13 +143,17 @@ def _pooled_batch(start: int, count: int, seed: int) -> tuple[np.ndarray, np.nda
     indices = [(start + offset) % TRAIN_POOL for offset in range(count)]
     missing = sorted({index for index in indices if (seed, index) not in _POOL})
     for begin in range(0, len(missing), 32):
-        chunk = missing[begin:begin + 32]
+        chunk = missing[begin : begin + 32]
         rendered = [labelled_batch(index, 1, "train", seed) for index in chunk]
         images = np.concatenate([item[0] for item in rendered])
         reconstructed = _reconstruct(images)
         for row, (index, item) in enumerate(zip(chunk, rendered)):
-            _POOL[(seed, index)] = (_to_uint8(images[row]), _to_uint8(reconstructed[row]), int(item[1][0]),
-                                    int(item[2][0]))
+            _POOL[(seed, index)] = (
+                _to_uint8(images[row]),
+                _to_uint8(reconstructed[row]),
+                int(item[1][0]),
+                int(item[2][0]),
+            )
     items = [_POOL[(seed, index)] for index in indices]
 
     def floats(position: int) -> np.ndarray:
@@ -155,21 +172,28 @@ def _step_loss(model: WorldClassifier, step: int, generator: torch.Generator, se
     return classifier_loss(model, images, torch.from_numpy(objects), torch.from_numpy(patterns))
 
 
-def accuracy(model: WorldClassifier, images: torch.Tensor, objects: np.ndarray,
-             patterns: np.ndarray) -> dict[str, float]:
+def accuracy(
+    model: WorldClassifier, images: torch.Tensor, objects: np.ndarray, patterns: np.ndarray
+) -> dict[str, float]:
     """Object accuracy over all images; pattern accuracy over all, and over the patterned scenes alone."""
     with torch.no_grad():
-        object_logits, pattern_logits = [torch.cat(parts) for parts in zip(*(model(chunk) for chunk in images.split(64)))]
+        object_logits, pattern_logits = [
+            torch.cat(parts) for parts in zip(*(model(chunk) for chunk in images.split(64)))
+        ]
     object_hit = object_logits.argmax(1).numpy() == objects
     pattern_hit = pattern_logits.argmax(1).numpy() == patterns
     patterned = patterns != PATTERN_CLASSES.index(PLAIN)
-    return {"object": round(float(object_hit.mean()), 4), "pattern": round(float(pattern_hit.mean()), 4),
-            "pattern_of_patterned": round(float(pattern_hit[patterned].mean()), 4)}
+    return {
+        "object": round(float(object_hit.mean()), 4),
+        "pattern": round(float(pattern_hit.mean()), 4),
+        "pattern_of_patterned": round(float(pattern_hit[patterned].mean()), 4),
+    }
 
 
 @torch.no_grad()
-def evaluate_classifier(model: WorldClassifier, seed: int = WORLD_SEED, count: int | None = None,
-                        autoencoder: torch.nn.Module | None = None) -> dict:
+def evaluate_classifier(
+    model: WorldClassifier, seed: int = WORLD_SEED, count: int | None = None, autoencoder: torch.nn.Module | None = None
+) -> dict:
     """Held-out accuracy on renders, and (when the world autoencoder is given or shipped) on its reconstructions."""
     count = count or EVAL_SCENES
     was_training = model.training
@@ -179,14 +203,17 @@ def evaluate_classifier(model: WorldClassifier, seed: int = WORLD_SEED, count: i
     record = {"heldout_scenes": count, "renders": accuracy(model, images, objects, patterns)}
     vae = autoencoder if autoencoder is not None else _shipped_autoencoder()
     if vae is not None:
-        decoded = torch.cat([vae.decode(vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1)
-                             for chunk in images.split(32)])
+        decoded = torch.cat(
+            [vae.decode(vae.encode(chunk).latent_dist.mode()).sample.clamp(-1, 1) for chunk in images.split(32)]
+        )
         record["autoencoder_reconstructions"] = accuracy(model, decoded, objects, patterns)
     model.train(was_training)
     read = record.get("autoencoder_reconstructions", record["renders"])
-    record.update(gate_object=CLASSIFIER_MIN_OBJECT, gate_pattern_of_patterned=CLASSIFIER_MIN_PATTERN,
-                  passed=read["object"] >= CLASSIFIER_MIN_OBJECT
-                  and read["pattern_of_patterned"] >= CLASSIFIER_MIN_PATTERN)
+    record.update(
+        gate_object=CLASSIFIER_MIN_OBJECT,
+        gate_pattern_of_patterned=CLASSIFIER_MIN_PATTERN,
+        passed=read["object"] >= CLASSIFIER_MIN_OBJECT and read["pattern_of_patterned"] >= CLASSIFIER_MIN_PATTERN,
+    )
     return record
 
 
@@ -219,8 +246,10 @@ def load_classifier(folder: Path | None = None) -> WorldClassifier:
 
     folder = Path(folder) if folder is not None else TINY_WORLD_WEIGHTS / "classifier"
     if not (folder / WEIGHTS_NAME).is_file():
-        raise ModelNotFoundError(f"no world classifier in {folder}: train it with "
-                                 "`clic models train-world --stage classifier --out clic/world/weights`")
+        raise ModelNotFoundError(
+            f"no world classifier in {folder}: train it with "
+            "`clic models train-world --stage classifier --out clic/world/weights`"
+        )
     config = json.loads((folder / CONFIG_NAME).read_text())
     if config["objects"] != list(OBJECT_NAMES) or config["patterns"] != list(PATTERN_CLASSES):
         raise ValueError(f"{folder / CONFIG_NAME}: its object/pattern classes are not this world's")
@@ -232,5 +261,9 @@ def load_classifier(folder: Path | None = None) -> WorldClassifier:
 def classifier_stage() -> Stage:
     from .train import Stage
 
-    return Stage(build=lambda s: build_classifier(s.seed), loss=_step_loss,
-                 evaluate=lambda model, s: evaluate_classifier(model, s.seed), save=_save)
+    return Stage(
+        build=lambda s: build_classifier(s.seed),
+        loss=_step_loss,
+        evaluate=lambda model, s: evaluate_classifier(model, s.seed),
+        save=_save,
+    )

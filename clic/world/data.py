@@ -9,6 +9,7 @@ The split is part of the seed sequence (``default_rng([seed, SPLITS.index(split)
 held-out streams are disjoint seeded streams, and step ``k`` of a training run reads the same scenes on every
 machine, so a resumed run sees exactly the data an uninterrupted one would.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -30,10 +31,27 @@ OBJECT_NAMES: tuple[str, ...] = tuple(sorted(OBJECTS))
 PATTERN_NAMES: tuple[str, ...] = tuple(sorted(PATTERNS))
 
 # Hue sectors (degrees, upper bounds) and their names: saturated colours, and the pale tints backgrounds have.
-_HUE_NAMES = ((15, "red"), (40, "orange"), (68, "yellow"), (160, "green"), (200, "teal"), (255, "blue"),
-              (290, "purple"), (345, "pink"), (360, "red"))
-_TINT_NAMES = ((20, "rose"), (50, "peach"), (75, "cream"), (165, "mint"), (225, "sky"), (270, "periwinkle"),
-               (340, "lilac"), (360, "rose"))
+_HUE_NAMES = (
+    (15, "red"),
+    (40, "orange"),
+    (68, "yellow"),
+    (160, "green"),
+    (200, "teal"),
+    (255, "blue"),
+    (290, "purple"),
+    (345, "pink"),
+    (360, "red"),
+)
+_TINT_NAMES = (
+    (20, "rose"),
+    (50, "peach"),
+    (75, "cream"),
+    (165, "mint"),
+    (225, "sky"),
+    (270, "periwinkle"),
+    (340, "lilac"),
+    (360, "rose"),
+)
 
 
 def _hsv(color: RGB8) -> tuple[float, float, float]:
@@ -83,8 +101,10 @@ class WorldScene:
         background = tint_name(self.instance.background)
         if self.pattern is None:
             return f"a plain {self.object_name} on a {background} background"
-        return (f"a {self.object_name} with a {color_name(self.pattern.colors[0])} {self.pattern.name} "
-                f"{self.part} on a {background} background")
+        return (
+            f"a {self.object_name} with a {color_name(self.pattern.colors[0])} {self.pattern.name} "
+            f"{self.part} on a {background} background"
+        )
 
     def render(self, size: int = WORLD_SIZE) -> np.ndarray:
         """float32 (size, size, 3) in [0, 1]."""
@@ -109,8 +129,9 @@ def sample_scene(index: int, split: str = "train", seed: int = WORLD_SEED) -> Wo
     return WorldScene(seed, split, index, instance, part, pattern)
 
 
-def render_batch(start: int, count: int, split: str = "train", seed: int = WORLD_SEED,
-                 size: int = WORLD_SIZE) -> tuple[np.ndarray, list[str]]:
+def render_batch(
+    start: int, count: int, split: str = "train", seed: int = WORLD_SEED, size: int = WORLD_SIZE
+) -> tuple[np.ndarray, list[str]]:
     """Scenes ``start .. start + count - 1`` of a split: images float32 (count, 3, size, size) in [-1, 1]
     (the VAE's range) and their captions."""
     scenes = [sample_scene(index, split, seed) for index in range(start, start + count)]

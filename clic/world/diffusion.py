@@ -14,6 +14,7 @@ the patterned captions' images (chance 1/11 and 1/7), both read by the render cl
 the caption's variants (the object word, or the pattern word, swapped for each of the world's), and the
 text->image top-1 among the generated images; those are reported beside the classifier's, not gated.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,8 +39,7 @@ GATE_GUIDANCE = 5.0  # classifier-free guidance scale
 class TextToImage(torch.nn.Module):
     """The two trained networks as one module (one state dict, one optimiser); the VAE rides along frozen."""
 
-    def __init__(self, unet: torch.nn.Module, text_encoder: torch.nn.Module, vae: torch.nn.Module,
-                 tokenizer) -> None:
+    def __init__(self, unet: torch.nn.Module, text_encoder: torch.nn.Module, vae: torch.nn.Module, tokenizer) -> None:
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
         self._frozen = (vae.requires_grad_(False).eval(), tokenizer)  # a tuple: not registered, not saved
@@ -49,8 +49,10 @@ class TextToImage(torch.nn.Module):
         return self._frozen[0]
 
     def state_dict(self, *args, **kwargs):  # the trained networks only
-        return {**{f"unet.{k}": v for k, v in self.unet.state_dict().items()},
-                **{f"text_encoder.{k}": v for k, v in self.text_encoder.state_dict().items()}}
+        return {
+            **{f"unet.{k}": v for k, v in self.unet.state_dict().items()},
+            **{f"text_encoder.{k}": v for k, v in self.text_encoder.state_dict().items()},
+        }
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         self.unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
@@ -58,8 +60,9 @@ class TextToImage(torch.nn.Module):
 
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         tokenizer = self._frozen[1]
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         return self.text_encoder(ids)[0]
 
 
@@ -80,8 +83,9 @@ def build_text_to_image(seed: int, weights: Path | None = None) -> TextToImage:
 
     folder = (weights or TINY_WORLD_WEIGHTS) / "autoencoder"
     if not (folder / "config.json").is_file():
-        raise ModelNotFoundError(f"the unet stage needs the trained autoencoder at {folder}: "
-                                 "train and export `--stage autoencoder` first")
+        raise ModelNotFoundError(
+            f"the unet stage needs the trained autoencoder at {folder}: train and export `--stage autoencoder` first"
+        )
     vae = AutoencoderKL.from_pretrained(folder)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**world_unet_config())
@@ -94,13 +98,21 @@ def noise_schedule_alphas() -> torch.Tensor:
     """ᾱ_t of SD's scaled-linear schedule (betas linear in sqrt from 0.00085 to 0.012 over 1000 steps)."""
     from ..models import SD_SCHEDULER_CONFIG
 
-    betas = torch.linspace(SD_SCHEDULER_CONFIG["beta_start"] ** 0.5, SD_SCHEDULER_CONFIG["beta_end"] ** 0.5,
-                           SD_SCHEDULER_CONFIG["num_train_timesteps"], dtype=torch.float64) ** 2
+    betas = (
+        torch.linspace(
+            SD_SCHEDULER_CONFIG["beta_start"] ** 0.5,
+            SD_SCHEDULER_CONFIG["beta_end"] ** 0.5,
+            SD_SCHEDULER_CONFIG["num_train_timesteps"],
+            dtype=torch.float64,
+        )
+        ** 2
+    )
     return torch.cumprod(1 - betas, dim=0).float()
 
 
-def denoising_loss(model: TextToImage, images: torch.Tensor, captions: list[str],
-                   generator: torch.Generator) -> torch.Tensor:
+def denoising_loss(
+    model: TextToImage, images: torch.Tensor, captions: list[str], generator: torch.Generator
+) -> torch.Tensor:
     with torch.no_grad():
         posterior = model.vae.encode(images).latent_dist
         latents = posterior.sample(generator=generator) * model.vae.config.scaling_factor
@@ -128,9 +140,16 @@ def components_of(model: TextToImage) -> SDComponents:
     from ..models import SD_SCHEDULER_CONFIG, TINY_WORLD, SDComponents
 
     unet = model.unet
-    return SDComponents(tokenizer=model._frozen[1], text_encoder=model.text_encoder, unet=unet, vae=model.vae,
-                        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG), model_id=TINY_WORLD, weights_hash="checkpoint",
-                        resolution=int(unet.config.sample_size) * 2 ** (len(model.vae.config.block_out_channels) - 1))
+    return SDComponents(
+        tokenizer=model._frozen[1],
+        text_encoder=model.text_encoder,
+        unet=unet,
+        vae=model.vae,
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
+        model_id=TINY_WORLD,
+        weights_hash="checkpoint",
+        resolution=int(unet.config.sample_size) * 2 ** (len(model.vae.config.block_out_channels) - 1),
+    )
 
 
 def load_checkpoint_model(path: Path, seed: int = 0) -> tuple[TextToImage, int]:
@@ -142,8 +161,15 @@ def load_checkpoint_model(path: Path, seed: int = 0) -> tuple[TextToImage, int]:
 
 
 @torch.no_grad()
-def text_to_image(components: SDComponents, prompts: list[str], *, steps: int = GATE_STEPS,
-                  guidance_scale: float = GATE_GUIDANCE, seed: int = 0, batch: int = 25) -> torch.Tensor:
+def text_to_image(
+    components: SDComponents,
+    prompts: list[str],
+    *,
+    steps: int = GATE_STEPS,
+    guidance_scale: float = GATE_GUIDANCE,
+    seed: int = 0,
+    batch: int = 25,
+) -> torch.Tensor:
     """Images (N, 3, R, R) in [0, 1] from ``prompts``: diffusers' SD pipeline on the components, stepped by DDIM
     with SD's scheduler config (:func:`clic.models.ddim_scheduler`) and classifier-free guidance; seeded."""
     from diffusers import StableDiffusionPipeline
@@ -151,14 +177,29 @@ def text_to_image(components: SDComponents, prompts: list[str], *, steps: int = 
     from ..models import ddim_scheduler
 
     pipeline = StableDiffusionPipeline(
-        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-        unet=components.unet, scheduler=ddim_scheduler(components),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=ddim_scheduler(components),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(seed)
-    images = [pipeline(prompts[start:start + batch], num_inference_steps=steps, guidance_scale=guidance_scale,
-                       height=components.resolution, width=components.resolution, generator=generator,
-                       output_type="pt").images for start in range(0, len(prompts), batch)]
+    images = [
+        pipeline(
+            prompts[start : start + batch],
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            height=components.resolution,
+            width=components.resolution,
+            generator=generator,
+            output_type="pt",
+        ).images
+        for start in range(0, len(prompts), batch)
+    ]
     return torch.cat(images).float().cpu()
 
 
@@ -183,27 +224,40 @@ def scorer_agreement(scorer: torch.nn.Module, images: torch.Tensor, scenes: list
 
     scorer.eval()
     captions = [scene.caption for scene in scenes]
-    object_variants = [[caption.replace(f" {scene.object_name} ", f" {name} ", 1) for name in OBJECT_NAMES]
-                       for caption, scene in zip(captions, scenes)]
+    object_variants = [
+        [caption.replace(f" {scene.object_name} ", f" {name} ", 1) for name in OBJECT_NAMES]
+        for caption, scene in zip(captions, scenes)
+    ]
     objects = _scorer_choices(scorer, images, object_variants)
     object_hits = [OBJECT_NAMES[i] == scene.object_name for i, scene in zip(objects, scenes)]
     patterned = [i for i, scene in enumerate(scenes) if scene.pattern is not None]
-    pattern_variants = [[captions[i].replace(f" {scenes[i].pattern.name} ", f" {name} ", 1) for name in PATTERN_NAMES]
-                        for i in patterned]
+    pattern_variants = [
+        [captions[i].replace(f" {scenes[i].pattern.name} ", f" {name} ", 1) for name in PATTERN_NAMES]
+        for i in patterned
+    ]
     patterns = _scorer_choices(scorer, images[patterned], pattern_variants) if patterned else []
     pattern_hits = [PATTERN_NAMES[p] == scenes[i].pattern.name for p, i in zip(patterns, patterned)]
     image_features = torch.nn.functional.normalize(scorer.encode_image(to_clip_input(images, scorer)), dim=-1)
     text_features = torch.nn.functional.normalize(scorer.encode_text(tokenize(captions)), dim=-1)
     top1 = (text_features @ image_features.T).argmax(dim=1) == torch.arange(len(captions))
-    return {"object": round(sum(object_hits) / len(scenes), 4),
-            "pattern": round(sum(pattern_hits) / len(patterned), 4) if patterned else None,
-            "text_to_image_top1": round(float(top1.float().mean()), 4)}
+    return {
+        "object": round(sum(object_hits) / len(scenes), 4),
+        "pattern": round(sum(pattern_hits) / len(patterned), 4) if patterned else None,
+        "text_to_image_top1": round(float(top1.float().mean()), 4),
+    }
 
 
 @torch.no_grad()
-def generation_gate(components: SDComponents, classifier: torch.nn.Module, *, count: int = GATE_CAPTIONS,
-                    seed: int = 0, steps: int = GATE_STEPS, guidance_scale: float = GATE_GUIDANCE,
-                    scorer: torch.nn.Module | None = None) -> dict:
+def generation_gate(
+    components: SDComponents,
+    classifier: torch.nn.Module,
+    *,
+    count: int = GATE_CAPTIONS,
+    seed: int = 0,
+    steps: int = GATE_STEPS,
+    guidance_scale: float = GATE_GUIDANCE,
+    scorer: torch.nn.Module | None = None,
+) -> dict:
     """Stage 4's gate: generate one image from each of the first ``count`` held-out captions and read them with
     the render classifier (and the scorer when given). Object share over all images; pattern share over the
     patterned captions' images (a plain caption prompts no pattern)."""
@@ -211,8 +265,13 @@ def generation_gate(components: SDComponents, classifier: torch.nn.Module, *, co
     from .data import WORLD_SEED, sample_scene
 
     scenes = [sample_scene(index, "heldout", WORLD_SEED) for index in range(count)]
-    images = text_to_image(components, [scene.caption for scene in scenes], steps=steps,
-                           guidance_scale=guidance_scale, seed=seed) * 2 - 1
+    images = (
+        text_to_image(
+            components, [scene.caption for scene in scenes], steps=steps, guidance_scale=guidance_scale, seed=seed
+        )
+        * 2
+        - 1
+    )
     classifier.eval()
     objects, patterns = classifier.predict(images)
     object_hits = [name == scene.object_name for name, scene in zip(objects, scenes)]
@@ -221,12 +280,21 @@ def generation_gate(components: SDComponents, classifier: torch.nn.Module, *, co
     plain_hits = [name == PATTERN_CLASSES[-1] for name, scene in zip(patterns, scenes) if scene.pattern is None]
     object_share = sum(object_hits) / len(scenes)
     pattern_share = sum(pattern_hits) / len(patterned) if patterned else 0.0
-    record = {"captions": len(scenes), "patterned_captions": len(patterned), "ddim_steps": steps,
-              "guidance_scale": guidance_scale, "seed": seed,
-              "classifier": {"object": round(object_share, 4), "pattern": round(pattern_share, 4),
-                             "plain_read_as_plain": round(sum(plain_hits) / len(plain_hits), 4) if plain_hits else None},
-              "gate_object": GATE_OBJECT, "gate_pattern": GATE_PATTERN,
-              "passed": object_share >= GATE_OBJECT and pattern_share >= GATE_PATTERN}
+    record = {
+        "captions": len(scenes),
+        "patterned_captions": len(patterned),
+        "ddim_steps": steps,
+        "guidance_scale": guidance_scale,
+        "seed": seed,
+        "classifier": {
+            "object": round(object_share, 4),
+            "pattern": round(pattern_share, 4),
+            "plain_read_as_plain": round(sum(plain_hits) / len(plain_hits), 4) if plain_hits else None,
+        },
+        "gate_object": GATE_OBJECT,
+        "gate_pattern": GATE_PATTERN,
+        "passed": object_share >= GATE_OBJECT and pattern_share >= GATE_PATTERN,
+    }
     if scorer is not None:
         record["scorer"] = scorer_agreement(scorer, images, scenes)
     return record

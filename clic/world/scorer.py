@@ -5,6 +5,7 @@ and a 3-layer text transformer over CLIP's BPE vocabulary), so it loads wherever
 CLIP's symmetric InfoNCE with a learned temperature (Radford et al. 2021, Fig. 3 pseudocode; open_clip's
 ``ClipLoss``). Gate: held-out text->image top-1 retrieval among 100 captions >= 80 % (issue 29, stage 3).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -71,8 +72,12 @@ def evaluate_scorer(model: torch.nn.Module, seed: int, candidates: int = RETRIEV
     model.train(was_training)
     ranked_first = (text_features @ image_features.T).argmax(dim=1)
     top1 = float((ranked_first == torch.arange(candidates)).float().mean())
-    return {"heldout_text_to_image_top1": round(top1, 4), "candidates": candidates, "gate_top1": SCORER_GATE_TOP1,
-            "passed": top1 >= SCORER_GATE_TOP1}
+    return {
+        "heldout_text_to_image_top1": round(top1, 4),
+        "candidates": candidates,
+        "gate_top1": SCORER_GATE_TOP1,
+        "passed": top1 >= SCORER_GATE_TOP1,
+    }
 
 
 def _step_loss(model: torch.nn.Module, step: int, generator: torch.Generator, settings: TrainSettings) -> torch.Tensor:
@@ -96,8 +101,10 @@ def load_scorer(folder: Path) -> torch.nn.Module:
 
     path = Path(folder) / SCORER_WEIGHTS
     if not path.is_file():
-        raise FileNotFoundError(f"no world scorer in {folder}: train and export it with "
-                                "`clic models train-world --stage scorer --out clic/world/weights`")
+        raise FileNotFoundError(
+            f"no world scorer in {folder}: train and export it with "
+            "`clic models train-world --stage scorer --out clic/world/weights`"
+        )
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stream (a metric actor's) is left alone
         model = build_scorer(0)
     model.load_state_dict(load_file(path))
@@ -107,5 +114,9 @@ def load_scorer(folder: Path) -> torch.nn.Module:
 def scorer_stage() -> Stage:
     from .train import Stage
 
-    return Stage(build=lambda s: build_scorer(s.seed), loss=_step_loss,
-                 evaluate=lambda model, s: evaluate_scorer(model, s.seed), save=_save)
+    return Stage(
+        build=lambda s: build_scorer(s.seed),
+        loss=_step_loss,
+        evaluate=lambda model, s: evaluate_scorer(model, s.seed),
+        save=_save,
+    )

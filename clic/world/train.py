@@ -11,6 +11,7 @@ At the end the stage's weights are written as safetensors (diffusers layout for 
 JSON record: sha256 of the weights file, the command, steps, seconds of training and the stage's gate figure on
 held-out scenes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -80,8 +81,9 @@ def build_autoencoder(seed: int) -> torch.nn.Module:
     return AutoencoderKL(**world_vae_config())
 
 
-def autoencoder_loss(vae: torch.nn.Module, images: torch.Tensor, generator: torch.Generator,
-                     kl_weight: float) -> torch.Tensor:
+def autoencoder_loss(
+    vae: torch.nn.Module, images: torch.Tensor, generator: torch.Generator, kl_weight: float
+) -> torch.Tensor:
     """Reconstruction MSE of a posterior sample (what PSNR measures) plus SD's tiny KL term."""
     posterior = vae.encode(images).latent_dist
     latents = posterior.sample(generator=generator)
@@ -108,10 +110,13 @@ def evaluate_autoencoder(vae: torch.nn.Module, count: int | None = None, seed: i
         values.append(psnr(images, vae.decode(vae.encode(images).latent_dist.mode()).sample))
     vae.train(was_training)
     per_image = torch.cat(values)
-    return {"heldout_psnr_db": round(float(per_image.mean()), 3),
-            "heldout_psnr_min_db": round(float(per_image.min()), 3),
-            "heldout_scenes": count, "gate_psnr_db": AUTOENCODER_GATE_PSNR,
-            "passed": bool(per_image.mean() >= AUTOENCODER_GATE_PSNR)}
+    return {
+        "heldout_psnr_db": round(float(per_image.mean()), 3),
+        "heldout_psnr_min_db": round(float(per_image.min()), 3),
+        "heldout_scenes": count,
+        "gate_psnr_db": AUTOENCODER_GATE_PSNR,
+        "passed": bool(per_image.mean() >= AUTOENCODER_GATE_PSNR),
+    }
 
 
 @torch.no_grad()
@@ -121,8 +126,9 @@ def latent_scaling_factor(vae: torch.nn.Module, count: int | None = None, seed: 
     count = count or EVAL_SCENES
     was_training = vae.training
     vae.eval()
-    batches = (torch.from_numpy(render_batch(start, min(32, count - start), "train", seed)[0])
-               for start in range(0, count, 32))
+    batches = (
+        torch.from_numpy(render_batch(start, min(32, count - start), "train", seed)[0]) for start in range(0, count, 32)
+    )
     means = [vae.encode(images).latent_dist.mean for images in batches]
     vae.train(was_training)
     return round(1.0 / float(torch.cat(means).std()), 5)
@@ -141,8 +147,9 @@ class Stage:
     save: Callable[[torch.nn.Module, Path], Path]
 
 
-def _autoencoder_step_loss(vae: torch.nn.Module, step: int, generator: torch.Generator,
-                           settings: TrainSettings) -> torch.Tensor:
+def _autoencoder_step_loss(
+    vae: torch.nn.Module, step: int, generator: torch.Generator, settings: TrainSettings
+) -> torch.Tensor:
     images, _ = render_batch(step * settings.batch, settings.batch, "train", settings.seed)
     return autoencoder_loss(vae, torch.from_numpy(images), generator, settings.kl_weight)
 
@@ -154,8 +161,12 @@ def _save_diffusers(model: torch.nn.Module, folder: Path) -> Path:
 
 def _stage(name: str) -> Stage:
     if name == "autoencoder":
-        return Stage(build=lambda s: build_autoencoder(s.seed), loss=_autoencoder_step_loss,
-                     evaluate=lambda model, s: evaluate_autoencoder(model, seed=s.seed), save=_save_autoencoder)
+        return Stage(
+            build=lambda s: build_autoencoder(s.seed),
+            loss=_autoencoder_step_loss,
+            evaluate=lambda model, s: evaluate_autoencoder(model, seed=s.seed),
+            save=_save_autoencoder,
+        )
     if name == "scorer":
         from .scorer import scorer_stage
 
@@ -191,17 +202,26 @@ def load_checkpoint(path: Path, settings: TrainSettings, architecture: str | Non
     payload = torch.load(path, weights_only=False)
     saved_architecture = payload.get("architecture")  # absent in the first checkpoints of this format
     if architecture is not None and saved_architecture is not None and saved_architecture != architecture:
-        raise ValueError(f"{path}: checkpoint is of another architecture than this code builds; "
-                         "use another --checkpoint-dir")
+        raise ValueError(
+            f"{path}: checkpoint is of another architecture than this code builds; use another --checkpoint-dir"
+        )
     saved = dict(payload["settings"])
     if {k: v for k, v in saved.items() if k != "steps"} != {k: v for k, v in asdict(settings).items() if k != "steps"}:
-        raise ValueError(f"{path}: checkpoint was made with other settings {saved}; "
-                         "use another --checkpoint-dir or the same settings")
+        raise ValueError(
+            f"{path}: checkpoint was made with other settings {saved}; "
+            "use another --checkpoint-dir or the same settings"
+        )
     return payload
 
 
-def train_stage(settings: TrainSettings, checkpoint_dir: Path, *, checkpoint_minutes: float = 5.0,
-                progress: bool = True, log: Callable[[str], None] | None = None) -> tuple[torch.nn.Module, StageResult]:
+def train_stage(
+    settings: TrainSettings,
+    checkpoint_dir: Path,
+    *,
+    checkpoint_minutes: float = 5.0,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> tuple[torch.nn.Module, StageResult]:
     """Train ``settings.stage`` up to ``settings.steps``, resuming from ``checkpoint_dir`` if it has a checkpoint."""
     from tqdm.auto import tqdm
 
@@ -223,14 +243,25 @@ def train_stage(settings: TrainSettings, checkpoint_dir: Path, *, checkpoint_min
         history, window = payload.get("history", []), payload.get("window", [])
 
     def save() -> None:
-        _atomic_save({"settings": asdict(settings), "architecture": architecture, "model": model.state_dict(),
-                      "optimizer": optimizer.state_dict(),
-                      "generator": generator.get_state(), "step": step, "seconds": seconds, "loss": last_loss,
-                      "history": history, "window": window},
-                     checkpoint_path)
+        _atomic_save(
+            {
+                "settings": asdict(settings),
+                "architecture": architecture,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "step": step,
+                "seconds": seconds,
+                "loss": last_loss,
+                "history": history,
+                "window": window,
+            },
+            checkpoint_path,
+        )
 
-    bar = tqdm(total=settings.steps, initial=step, desc=settings.stage, disable=not progress, file=sys.stderr,
-               mininterval=30.0)
+    bar = tqdm(
+        total=settings.steps, initial=step, desc=settings.stage, disable=not progress, file=sys.stderr, mininterval=30.0
+    )
     last_save = time.monotonic()
     started = time.monotonic()
     while step < settings.steps:
@@ -268,13 +299,20 @@ def export_stage(model: torch.nn.Module, result: StageResult, settings: TrainSet
     stage = _stage(settings.stage)
     result.gate = stage.evaluate(model, settings)
     weights = stage.save(model, Path(out_dir) / settings.stage)
-    record = {"stage": settings.stage, "weights": weights.relative_to(out_dir).as_posix(),
-              "sha256": sha256_file(weights), "bytes": weights.stat().st_size,
-              "command": reproducing_command(settings, result.steps),
-              "settings": asdict(replace(settings, steps=result.steps)),
-              "steps": result.steps, "seconds": result.seconds,
-              "final_loss": result.final_loss, "gate": result.gate, "loss_history": result.history,
-              "versions": {name: _version(name) for name in ("torch", "diffusers", "open_clip_torch")}}
+    record = {
+        "stage": settings.stage,
+        "weights": weights.relative_to(out_dir).as_posix(),
+        "sha256": sha256_file(weights),
+        "bytes": weights.stat().st_size,
+        "command": reproducing_command(settings, result.steps),
+        "settings": asdict(replace(settings, steps=result.steps)),
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "final_loss": result.final_loss,
+        "gate": result.gate,
+        "loss_history": result.history,
+        "versions": {name: _version(name) for name in ("torch", "diffusers", "open_clip_torch")},
+    }
     path = Path(out_dir) / RECORD_NAME.format(stage=settings.stage)
     path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
@@ -291,5 +329,7 @@ def _version(name: str) -> str:
 
 def reproducing_command(settings: TrainSettings, steps: int) -> str:
     """The command that retrains these weights from scratch (a resumed or exported run gives the same weights)."""
-    return (f"clic models train-world --stage {settings.stage} --steps {steps} --batch {settings.batch} "
-            f"--lr {settings.lr:g} --seed {settings.seed} --checkpoint-dir CHECKPOINTS --out clic/world/weights")
+    return (
+        f"clic models train-world --stage {settings.stage} --steps {steps} --batch {settings.batch} "
+        f"--lr {settings.lr:g} --seed {settings.seed} --checkpoint-dir CHECKPOINTS --out clic/world/weights"
+    )

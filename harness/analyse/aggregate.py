@@ -5,6 +5,7 @@ cosine stays a cosine, never ×100); the `metric_scale` column says which scale 
 no metric values: they are counted (`n_failed`), never averaged. Every table carries a `weights` column
 naming the diffusion weights and the metric weights that made its numbers.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,8 +41,10 @@ MIN_PAIRS_FOR_WILCOXON = 6
 JOB_IDENTITY = ("pair_id", "task", "seed", "object_word", "label", "sweep")
 # What a paired comparison of two methods within a run pairs on (their labels differ).
 PAIRING = ("pair_id", "seed", "task", "object_word")
-INTERVAL_NOTE = (f"95% CI: percentile bootstrap over pairs (clusters), with seeds resampled inside each drawn pair; "
-                 f"no interval (and no ★) below {MIN_CLUSTERS} pairs")
+INTERVAL_NOTE = (
+    f"95% CI: percentile bootstrap over pairs (clusters), with seeds resampled inside each drawn pair; "
+    f"no interval (and no ★) below {MIN_CLUSTERS} pairs"
+)
 
 
 def directions(*frames: pd.DataFrame) -> dict[str, bool]:
@@ -63,13 +66,16 @@ def higher_is_better(metric: str, declared: Mapping[str, bool]) -> bool:
 
 # ---------------------------------------------------------------------------------------------- reading
 
+
 def read_run_results(run_dir: str | Path) -> pd.DataFrame:
     """The result rows of a run folder's current plan (an empty frame with the schema's columns when it has
     none); rows of earlier plans of the folder are left out (:func:`harness.store.read_plan_results`)."""
     return read_plan_results(run_dir)[0]
 
 
-def interval(values: np.ndarray, clusters: np.ndarray | pd.Series, weights: np.ndarray | None = None) -> tuple[float, float]:
+def interval(
+    values: np.ndarray, clusters: np.ndarray | pd.Series, weights: np.ndarray | None = None
+) -> tuple[float, float]:
     """The CI of one table cell: pairs resampled as clusters with their seeds nested, or none (nan) below
     ``MIN_CLUSTERS`` pairs."""
     # the units as codes in the text order of their names (hashed, not a Python set over every row)
@@ -86,6 +92,7 @@ def _clusters(df: pd.DataFrame) -> pd.Series:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
 
 def weights_description(df: pd.DataFrame) -> pd.Series:
     """Per row: "<diffusion weights_label> + <metric_weights>" (e.g. "tiny-random + tiny-random")."""
@@ -139,6 +146,7 @@ def _with_all_category(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- tables
 
+
 def summary_table(df: pd.DataFrame, by: Sequence[str] = ("method", "category", "metric")) -> pd.DataFrame:
     """n (values: pairs × seeds), n_pairs, mean and 95% bootstrap CI per group (pairs resampled with their seeds
     nested; no CI below ``MIN_CLUSTERS`` pairs), plus an "all" category and the pooled mask IoU.
@@ -157,9 +165,18 @@ def summary_table(df: pd.DataFrame, by: Sequence[str] = ("method", "category", "
     for key, group in values.groupby(by, dropna=False, sort=True):
         data = group["value"].to_numpy()
         low, high = interval(data, group["cluster"].to_numpy())
-        rows.append({**dict(zip(by, key)), "n": data.size, "n_pairs": group["cluster"].nunique(), "mean": data.mean(),
-                     "ci_low": low, "ci_high": high, "metric_scale": _joined_unique(_column(group, "metric_scale")),
-                     "weights": _joined_unique(group["weights"])})
+        rows.append(
+            {
+                **dict(zip(by, key)),
+                "n": data.size,
+                "n_pairs": group["cluster"].nunique(),
+                "mean": data.mean(),
+                "ci_low": low,
+                "ci_high": high,
+                "metric_scale": _joined_unique(_column(group, "metric_scale")),
+                "weights": _joined_unique(group["weights"]),
+            }
+        )
     rows.extend(_pooled_iou_rows(values, by))
     table = pd.DataFrame(rows, columns=[*by, "n", "n_pairs", "mean", "ci_low", "ci_high", "metric_scale", "weights"])
     table = _attach_failures(table, df, [k for k in by if k != "metric"])
@@ -183,11 +200,19 @@ def _pooled_iou_rows(values: pd.DataFrame, by: list[str]) -> list[dict]:
         job_clusters = first.drop_duplicates("job_id").set_index("job_id")["cluster"]
         clusters = job_clusters.reindex(group.index.get_level_values("job_id")).to_numpy()
         low, high = interval(inter, clusters, weights=union)
-        rows.append({**{k: first[k].iloc[0] for k in group_keys}, "metric": POOLED_IOU, "n": inter.size,
-                     "n_pairs": len(set(map(str, clusters))),
-                     "mean": inter.sum() / union.sum() if union.sum() > 0 else float("nan"),
-                     "ci_low": low, "ci_high": high, "metric_scale": "ratio 0-1",
-                     "weights": _joined_unique(first["weights"])})
+        rows.append(
+            {
+                **{k: first[k].iloc[0] for k in group_keys},
+                "metric": POOLED_IOU,
+                "n": inter.size,
+                "n_pairs": len(set(map(str, clusters))),
+                "mean": inter.sum() / union.sum() if union.sum() > 0 else float("nan"),
+                "ci_low": low,
+                "ci_high": high,
+                "metric_scale": "ratio 0-1",
+                "weights": _joined_unique(first["weights"]),
+            }
+        )
     return rows
 
 
@@ -229,8 +254,15 @@ def _paired_statistics(diffs: np.ndarray, pairs: np.ndarray) -> dict[str, object
     low, high = interval(diffs, pairs)
     per_pair = pd.Series(diffs).groupby(pairs).mean().to_numpy()
     p_value, test = paired_test(per_pair) if per_pair.size >= MIN_CLUSTERS else (float("nan"), "none")
-    return {"n": diffs.size, "n_pairs": per_pair.size, "mean_difference": diffs.mean(), "ci_low": low,
-            "ci_high": high, "p_value": p_value, "test": test}
+    return {
+        "n": diffs.size,
+        "n_pairs": per_pair.size,
+        "mean_difference": diffs.mean(),
+        "ci_low": low,
+        "ci_high": high,
+        "p_value": p_value,
+        "test": test,
+    }
 
 
 def _per_key_values(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -238,8 +270,9 @@ def _per_key_values(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     weights description: it is taken as it is (vectorised), and only when some group has several are they
     joined group by group (a Python call per group took minutes at 100k pairs)."""
     grouped = values.groupby(keys, dropna=False)
-    per_key = grouped.agg(value=("value", "mean"), weights=("weights", "first"),
-                          n_weights=("weights", "nunique")).reset_index()
+    per_key = grouped.agg(
+        value=("value", "mean"), weights=("weights", "first"), n_weights=("weights", "nunique")
+    ).reset_index()
     if per_key["n_weights"].gt(1).any():
         return grouped.agg(value=("value", "mean"), weights=("weights", _joined_unique)).reset_index()
     weights = per_key["weights"].astype(object)
@@ -255,31 +288,68 @@ def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFram
     ``reference_preset``. The test runs on per-pair mean differences; ``p_holm`` is Holm-corrected across the
     metrics of each comparison (one method label against one reference label).
     """
-    columns = ["method", "preset", "reference", "reference_preset", "metric", "n", "n_pairs", "mean_difference",
-               "ci_low", "ci_high", "p_value", "p_holm", "test", "higher_is_better", "weights"]
+    columns = [
+        "method",
+        "preset",
+        "reference",
+        "reference_preset",
+        "metric",
+        "n",
+        "n_pairs",
+        "mean_difference",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "p_holm",
+        "test",
+        "higher_is_better",
+        "weights",
+    ]
     values = _ok_values(df)
     if values.empty:
         return pd.DataFrame(columns=columns)
     values = values.assign(sweep_key=_sweep_key(values), weights=weights_description(values))
     keys = [*PAIRING, "metric"]
     per_key = _per_key_values(values, [*keys, "sweep_key", "method", "preset"])
-    ref = per_key[per_key["method"].eq(reference)].rename(
-        columns={"value": "reference_value", "preset": "reference_preset", "weights": "reference_weights",
-                 "sweep_key": "reference_sweep"}).drop(columns="method")
+    ref = (
+        per_key[per_key["method"].eq(reference)]
+        .rename(
+            columns={
+                "value": "reference_value",
+                "preset": "reference_preset",
+                "weights": "reference_weights",
+                "sweep_key": "reference_sweep",
+            }
+        )
+        .drop(columns="method")
+    )
     others = per_key[~per_key["method"].eq(reference)]
     paired = others.merge(ref, on=keys, how="inner")
-    same_point = paired["sweep_key"].eq(paired["reference_sweep"]) | paired["sweep_key"].eq("") \
+    same_point = (
+        paired["sweep_key"].eq(paired["reference_sweep"])
+        | paired["sweep_key"].eq("")
         | paired["reference_sweep"].eq("")
+    )
     paired = paired[same_point]
     declared = directions(values)
     rows = []
     for (method, preset, ref_preset, metric), group in paired.groupby(
-            ["method", "preset", "reference_preset", "metric"], dropna=False, sort=True):
+        ["method", "preset", "reference_preset", "metric"], dropna=False, sort=True
+    ):
         diffs, pairs = _per_pair_differences(group, "value", "reference_value")
         weights = _joined_unique(pd.concat([group["weights"], group["reference_weights"]]))
-        rows.append({"method": method, "preset": preset, "reference": reference, "reference_preset": ref_preset,
-                     "metric": metric, **_paired_statistics(diffs, pairs),
-                     "higher_is_better": higher_is_better(str(metric), declared), "weights": weights})
+        rows.append(
+            {
+                "method": method,
+                "preset": preset,
+                "reference": reference,
+                "reference_preset": ref_preset,
+                "metric": metric,
+                **_paired_statistics(diffs, pairs),
+                "higher_is_better": higher_is_better(str(metric), declared),
+                "weights": weights,
+            }
+        )
     table = pd.DataFrame(rows, columns=columns)
     if not table.empty:  # family: the metrics of one comparison
         for _, index in table.groupby(["method", "preset", "reference_preset"], dropna=False).groups.items():
@@ -288,7 +358,10 @@ def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFram
 
 
 def compare_runs(
-    df_a: pd.DataFrame, df_b: pd.DataFrame, metrics: Iterable[str] | None = None, max_drop: float = 0.0,
+    df_a: pd.DataFrame,
+    df_b: pd.DataFrame,
+    metrics: Iterable[str] | None = None,
+    max_drop: float = 0.0,
     alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Paired deltas B − A per (method label, metric), jobs matched by :data:`JOB_IDENTITY` (the same pair, task,
@@ -298,9 +371,27 @@ def compare_runs(
     drop exceeds `max_drop` and the paired test (on per-pair mean differences) is significant at `alpha`,
     "better" when the change is significant in the good direction, else "ok".
     """
-    columns = ["metric", "label", "method", "preset", "n", "n_pairs", "mean_a", "mean_b", "delta", "ci_low",
-               "ci_high", "p_value", "test", "higher_is_better", "drop", "verdict", "n_failed_a", "n_failed_b",
-               "weights"]
+    columns = [
+        "metric",
+        "label",
+        "method",
+        "preset",
+        "n",
+        "n_pairs",
+        "mean_a",
+        "mean_b",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "test",
+        "higher_is_better",
+        "drop",
+        "verdict",
+        "n_failed_a",
+        "n_failed_b",
+        "weights",
+    ]
     a, b = _ok_values(df_a), _ok_values(df_b)
     if metrics is not None:
         wanted = set(metrics)
@@ -308,15 +399,18 @@ def compare_runs(
     keys = [*JOB_IDENTITY, "metric"]
 
     def per_job(values: pd.DataFrame) -> pd.DataFrame:
-        values = values.assign(weights=weights_description(values), label=_labels(values),
-                               sweep=_sweep_key(values))
-        return values.groupby([*keys, "method", "preset"], dropna=False).agg(
-            value=("value", "mean"), weights=("weights", _joined_unique)).reset_index()
+        values = values.assign(weights=weights_description(values), label=_labels(values), sweep=_sweep_key(values))
+        return (
+            values.groupby([*keys, "method", "preset"], dropna=False)
+            .agg(value=("value", "mean"), weights=("weights", _joined_unique))
+            .reset_index()
+        )
 
     if a.empty or b.empty:
         return pd.DataFrame(columns=columns)
-    paired = per_job(a).merge(per_job(b).drop(columns=["method", "preset"]), on=keys, how="inner",
-                              suffixes=("_a", "_b"))
+    paired = per_job(a).merge(
+        per_job(b).drop(columns=["method", "preset"]), on=keys, how="inner", suffixes=("_a", "_b")
+    )
     failed_a, failed_b = _failed_counts(df_a), _failed_counts(df_b)
     declared = directions(b, a)
     rows = []
@@ -328,13 +422,29 @@ def compare_runs(
         p_value = float(stats_["p_value"])
         significant = bool(np.isfinite(p_value) and p_value < alpha)
         verdict = "fail" if (drop > max_drop and significant) else ("better" if (drop < 0 and significant) else "ok")
-        rows.append({"metric": metric, "label": label, "method": group["method"].iloc[0],
-                     "preset": group["preset"].iloc[0], "n": stats_["n"], "n_pairs": stats_["n_pairs"],
-                     "mean_a": group["value_a"].mean(), "mean_b": group["value_b"].mean(), "delta": diffs.mean(),
-                     "ci_low": stats_["ci_low"], "ci_high": stats_["ci_high"], "p_value": p_value,
-                     "test": stats_["test"], "higher_is_better": better_up, "drop": drop, "verdict": verdict,
-                     "n_failed_a": failed_a.get(label, 0), "n_failed_b": failed_b.get(label, 0),
-                     "weights": _joined_unique(pd.concat([group["weights_a"], group["weights_b"]]))})
+        rows.append(
+            {
+                "metric": metric,
+                "label": label,
+                "method": group["method"].iloc[0],
+                "preset": group["preset"].iloc[0],
+                "n": stats_["n"],
+                "n_pairs": stats_["n_pairs"],
+                "mean_a": group["value_a"].mean(),
+                "mean_b": group["value_b"].mean(),
+                "delta": diffs.mean(),
+                "ci_low": stats_["ci_low"],
+                "ci_high": stats_["ci_high"],
+                "p_value": p_value,
+                "test": stats_["test"],
+                "higher_is_better": better_up,
+                "drop": drop,
+                "verdict": verdict,
+                "n_failed_a": failed_a.get(label, 0),
+                "n_failed_b": failed_b.get(label, 0),
+                "weights": _joined_unique(pd.concat([group["weights_a"], group["weights_b"]])),
+            }
+        )
     return pd.DataFrame(rows, columns=columns)
 
 

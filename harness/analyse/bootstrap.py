@@ -6,6 +6,7 @@ whose ratings move together) whole clusters are resampled, and with ``nested`` t
 cluster are resampled in turn (a two-stage bootstrap: pairs, then seeds inside a pair). Seeded, so a table is
 the same every time it is written.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,9 +19,16 @@ MIN_CLUSTERS = 3  # below this many units (pairs) a table shows the mean without
 _CHUNK_CELLS = 4_000_000  # resamples are drawn in chunks of at most this many member draws (memory stays bounded)
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray | None = None,
-                 clusters: Sequence[object] | np.ndarray | None = None, *, nested: bool = False,
-                 n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    weights: Sequence[float] | np.ndarray | None = None,
+    clusters: Sequence[object] | np.ndarray | None = None,
+    *,
+    nested: bool = False,
+    n_resamples: int = N_RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap CI of Σ values / Σ weights (weights 1: the mean), resampling ``clusters``
     (default: every value is its own unit); ``nested``: members are resampled inside each drawn cluster too.
     (nan, nan) when there is nothing to resample."""
@@ -56,12 +64,13 @@ def _resample_units(sums: np.ndarray, totals: np.ndarray, rng: np.random.Generat
     for start in range(0, n_resamples, chunk):
         draws = rng.integers(0, sums.size, size=(min(chunk, n_resamples - start), sums.size))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[start:start + len(draws)] = sums[draws].sum(axis=1) / totals[draws].sum(axis=1)
+            out[start : start + len(draws)] = sums[draws].sum(axis=1) / totals[draws].sum(axis=1)
     return out
 
 
-def _resample_nested(values: np.ndarray, weights: np.ndarray, index: np.ndarray, rng: np.random.Generator,
-                     n_resamples: int) -> np.ndarray:
+def _resample_nested(
+    values: np.ndarray, weights: np.ndarray, index: np.ndarray, rng: np.random.Generator, n_resamples: int
+) -> np.ndarray:
     """Two-stage bootstrap: draw clusters with replacement, then draw each drawn cluster's members with
     replacement (as many as it has)."""
     order = np.argsort(index, kind="stable")
@@ -79,15 +88,18 @@ def _resample_nested(values: np.ndarray, weights: np.ndarray, index: np.ndarray,
         if widest == 1:  # every cluster has one member (one seed per pair): a member draw has one outcome
             sums = np.take(values, drawn).sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
-                out[start:start + count] = sums / (n_clusters if unit_weights else np.take(weights, drawn).sum(axis=1))
+                out[start : start + count] = sums / (
+                    n_clusters if unit_weights else np.take(weights, drawn).sum(axis=1)
+                )
             continue
         size = sizes[drawn][..., None]  # (count, n_clusters, 1)
         member = np.floor(rng.random((count, n_clusters, widest)) * size).astype(np.int64)
         used = slots[None, None, :] < size  # a cluster draws as many members as it has
         position = offsets[drawn][..., None] + member
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[start:start + count] = (np.where(used, values[position], 0.0).sum(axis=(1, 2))
-                                        / np.where(used, weights[position], 0.0).sum(axis=(1, 2)))
+            out[start : start + count] = np.where(used, values[position], 0.0).sum(axis=(1, 2)) / np.where(
+                used, weights[position], 0.0
+            ).sum(axis=(1, 2))
     return out
 
 

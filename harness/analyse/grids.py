@@ -7,6 +7,7 @@ the page states (the first pairs in pair-id order, so two runs of a suite show t
 and method label one output (the lowest seed, then the first settings). The compare page
 (:mod:`harness.analyse.compare_page`) builds its rows with the same cells.
 """
+
 from __future__ import annotations
 
 import html
@@ -23,13 +24,17 @@ from harness.analyse.images import image_name, thumbnail  # image_name: collisio
 from harness.store import read_pairs
 
 PAIRS_PER_CATEGORY = 4
-SAMPLE_RULE = (f"at most {PAIRS_PER_CATEGORY} pairs per category and task: the first in pair-id order (the same "
-               f"pairs in every run of a suite); per pair and method the output of the lowest seed")
+SAMPLE_RULE = (
+    f"at most {PAIRS_PER_CATEGORY} pairs per category and task: the first in pair-id order (the same "
+    f"pairs in every run of a suite); per pair and method the output of the lowest seed"
+)
 # The scores printed under an output: the first of each group that the job has: fidelity inside the region,
 # preservation outside it, then the text, mask or leakage score, so every grid shows the same kind of numbers.
-MAIN_SCORES = (("pattern_fidelity", "clip_i_roi", "lpips_inside"),
-               ("psnr_outside", "ssim_outside", "lpips_outside", "oracle_preservation"),
-               ("clip_t", "mask_iou", "pattern_leakage"))
+MAIN_SCORES = (
+    ("pattern_fidelity", "clip_i_roi", "lpips_inside"),
+    ("psnr_outside", "ssim_outside", "lpips_outside", "oracle_preservation"),
+    ("clip_t", "mask_iou", "pattern_leakage"),
+)
 # The grid's page budget: the label column plus the image columns stay inside 1200 px.
 PAGE_PIXELS = 1100
 LABEL_PIXELS = 120
@@ -63,15 +68,23 @@ class PairImages:
 def recorded_pairs(run_dir: Path, only: Iterable[str] | None = None) -> dict[str, PairImages]:
     """pair_id → its images (the expected image of the synthetic sets when the manifest has one); ``only``: of
     these pair ids alone (a report shows a sample of a 100k-pair run)."""
+
     def path(value: Any) -> Path | None:
         return Path(value) if isinstance(value, str) and value else None
 
     pairs = {}
     for row in read_pairs(run_dir, only):
         pairs[str(row["pair_id"])] = PairImages(
-            str(row["pair_id"]), str(row.get("category") or ""), path(row.get("source_image")),
-            path(row.get("source_mask")), path(row.get("target_image")), path(row.get("target_mask")),
-            path(row.get("expected_image")), str(row.get("source_object") or ""), str(row.get("target_object") or ""))
+            str(row["pair_id"]),
+            str(row.get("category") or ""),
+            path(row.get("source_image")),
+            path(row.get("source_mask")),
+            path(row.get("target_image")),
+            path(row.get("target_mask")),
+            path(row.get("expected_image")),
+            str(row.get("source_object") or ""),
+            str(row.get("target_object") or ""),
+        )
     return pairs
 
 
@@ -100,8 +113,12 @@ def chosen_outputs(results: pd.DataFrame, per_category: int = PAIRS_PER_CATEGORY
     if jobs.empty:
         return jobs.assign(label=pd.Series(dtype=object))
     jobs = jobs.assign(label=method_labels(jobs))
-    firsts = (jobs.drop_duplicates(["category", "task", "pair_id"]).sort_values("pair_id")
-              .groupby(["category", "task"], sort=False).head(per_category))
+    firsts = (
+        jobs.drop_duplicates(["category", "task", "pair_id"])
+        .sort_values("pair_id")
+        .groupby(["category", "task"], sort=False)
+        .head(per_category)
+    )
     jobs = jobs[jobs["pair_id"].isin(set(firsts["pair_id"]))]  # the few sampled pairs first, then the exact keys
     keep = set(zip(firsts["category"], firsts["task"], firsts["pair_id"]))
     jobs = jobs[[key in keep for key in zip(jobs["category"], jobs["task"], jobs["pair_id"])]]
@@ -141,19 +158,31 @@ class Thumbnails:
             self.done[dest] = thumbnail(source, dest, mask)
         if not self.done[dest]:
             return ""
-        return (f'<img src="images/{html.escape(name)}" alt="{html.escape(alt)}" width="{width}" '
-                f'height="{width}">')
+        return f'<img src="images/{html.escape(name)}" alt="{html.escape(alt)}" width="{width}" height="{width}">'
 
     def inputs(self, pair: PairImages | None, width: int) -> list[str]:
         """Cells of the pair's source and target (mask outlined) and expected image (when it has one)."""
         if pair is None:
             return []
-        return [self.cell(pair.source_image, image_name(pair.pair_id, "source"), f"source of {pair.pair_id}", width,
-                          pair.source_mask),
-                self.cell(pair.target_image, image_name(pair.pair_id, "target"), f"target of {pair.pair_id}", width,
-                          pair.target_mask),
-                self.cell(pair.expected_image, image_name(pair.pair_id, "expected"),
-                          f"expected output of {pair.pair_id}", width)]
+        return [
+            self.cell(
+                pair.source_image,
+                image_name(pair.pair_id, "source"),
+                f"source of {pair.pair_id}",
+                width,
+                pair.source_mask,
+            ),
+            self.cell(
+                pair.target_image,
+                image_name(pair.pair_id, "target"),
+                f"target of {pair.pair_id}",
+                width,
+                pair.target_mask,
+            ),
+            self.cell(
+                pair.expected_image, image_name(pair.pair_id, "expected"), f"expected output of {pair.pair_id}", width
+            ),
+        ]
 
     def output(self, run_dir: Path, job: Any, kind: str, width: int, alt: str) -> str:
         artifact = getattr(job, f"artifact_{kind}", None)
@@ -163,13 +192,17 @@ class Thumbnails:
 
 
 def _pair_label(pair_id: str, pair: PairImages | None, extra: str = "") -> str:
-    objects = f"<br>{html.escape(pair.source_object)} → {html.escape(pair.target_object)}" \
-        if pair is not None and (pair.source_object or pair.target_object) else ""
+    objects = (
+        f"<br>{html.escape(pair.source_object)} → {html.escape(pair.target_object)}"
+        if pair is not None and (pair.source_object or pair.target_object)
+        else ""
+    )
     return f"<b>{html.escape(pair_id)}</b>{objects}{extra}"
 
 
-def image_grids(run_dir: Path, results: pd.DataFrame, out: Path, labels: Sequence[str] = (),
-                per_category: int = PAIRS_PER_CATEGORY) -> dict[str, str]:
+def image_grids(
+    run_dir: Path, results: pd.DataFrame, out: Path, labels: Sequence[str] = (), per_category: int = PAIRS_PER_CATEGORY
+) -> dict[str, str]:
     """category → HTML of its grids (one table per task): a row per sampled pair, the columns
     source | target | expected | each method label (in the order of `labels`, then sorted)."""
     chosen = chosen_outputs(results, per_category)
@@ -204,24 +237,35 @@ def image_grids(run_dir: Path, results: pd.DataFrame, out: Path, labels: Sequenc
                         attention_cells.append("<td></td>")
                         continue
                     image = thumbs.output(run_dir, job, "image", width, f"{label} output for {pair_id}")
-                    cells.append(f"<td>{image}<div class=\"scores\">{scores_html(scores.get(str(job.job_id), {}))}"
-                                 f"</div></td>")
-                    attention = (thumbs.output(run_dir, job, "attention", width, f"attention map of {label}")
-                                 if attention_methods.get(job.method) else "")
+                    cells.append(
+                        f'<td>{image}<div class="scores">{scores_html(scores.get(str(job.job_id), {}))}</div></td>'
+                    )
+                    attention = (
+                        thumbs.output(run_dir, job, "attention", width, f"attention map of {label}")
+                        if attention_methods.get(job.method)
+                        else ""
+                    )
                     any_attention = any_attention or bool(attention)
                     attention_cells.append(f"<td>{attention}</td>" if attention else "<td></td>")
                 seed = pair_jobs["seed"].min()
-                rows.append(f"<tr><td class=\"rowlabel\">{_pair_label(str(pair_id), pair, f'<br>seed {seed}')}</td>"
-                            f"{''.join(cells)}</tr>")
+                rows.append(
+                    f'<tr><td class="rowlabel">{_pair_label(str(pair_id), pair, f"<br>seed {seed}")}</td>'
+                    f"{''.join(cells)}</tr>"
+                )
                 if any_attention:
-                    rows.append(f"<tr class=\"attention\"><td class=\"rowlabel\">attention maps of "
-                                f"{html.escape(str(pair_id))} (the learned token's cross-attention)</td>"
-                                f"{''.join(attention_cells)}</tr>")
-            tables.append(f"<h4>{html.escape(str(task))}</h4><table class=\"imagegrid\"><colgroup>"
-                          f"<col style=\"width:{LABEL_PIXELS}px\">"
-                          + f"<col style=\"width:{width + 6}px\">" * (len(inputs) + len(columns))
-                          + f"</colgroup><thead><tr><th class=\"rowlabel\">pair</th>{head}</tr></thead>"
-                          f"<tbody>{''.join(rows)}</tbody></table>")
+                    rows.append(
+                        f'<tr class="attention"><td class="rowlabel">attention maps of '
+                        f"{html.escape(str(pair_id))} (the learned token's cross-attention)</td>"
+                        f"{''.join(attention_cells)}</tr>"
+                    )
+            tables.append(
+                f'<h4>{html.escape(str(task))}</h4><table class="imagegrid"><colgroup>'
+                f'<col style="width:{LABEL_PIXELS}px">'
+                + f'<col style="width:{width + 6}px">'
+                * (len(inputs) + len(columns))
+                + f'</colgroup><thead><tr><th class="rowlabel">pair</th>{head}</tr></thead>'
+                f"<tbody>{''.join(rows)}</tbody></table>"
+            )
         grids[str(category)] = "\n".join(tables)
     return grids
 
@@ -231,6 +275,8 @@ def grid_note(results: pd.DataFrame, per_category: int = PAIRS_PER_CATEGORY) -> 
     total = results.drop_duplicates(["category", "pair_id"]).shape[0] if not results.empty else 0
     rule = SAMPLE_RULE.replace(str(PAIRS_PER_CATEGORY), str(per_category), 1)
     groups = "; ".join(" or ".join(group) for group in MAIN_SCORES)
-    return (f"Shown: {rule} (of {total} pairs in the run). Under each output its main scores (the first it has "
-            f"of each: {groups}); masks are outlined in red; attention maps "
-            f"only for methods that compute attention (cut-and-paste has none).")
+    return (
+        f"Shown: {rule} (of {total} pairs in the run). Under each output its main scores (the first it has "
+        f"of each: {groups}); masks are outlined in red; attention maps "
+        f"only for methods that compute attention (cut-and-paste has none)."
+    )

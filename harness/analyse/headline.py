@@ -5,6 +5,7 @@ Each cell is the mean with its 95 % bootstrap CI; a column header carries its di
 method's failed jobs. A cell made with tiny random weights (diffusion model or metric) carries a dagger (†),
 explained once above the table, instead of a banner over every table.
 """
+
 from __future__ import annotations
 
 import html
@@ -72,20 +73,30 @@ def headline(summary: pd.DataFrame, declared: Mapping[str, bool], order: Sequenc
     for row in rated.itertuples(index=False):
         pairs = getattr(row, "n_pairs", row.n)  # summaries written before n_pairs count each value as a pair
         n_pairs = int(pairs) if np.isfinite(pairs) else 0
-        cells[(row.label, str(row.metric))] = Cell(float(row.mean), float(row.ci_low), float(row.ci_high),
-                                                   int(row.n), is_random_weights(row.weights), n_pairs=n_pairs)
+        cells[(row.label, str(row.metric))] = Cell(
+            float(row.mean),
+            float(row.ci_low),
+            float(row.ci_high),
+            int(row.n),
+            is_random_weights(row.weights),
+            n_pairs=n_pairs,
+        )
     for metric in metrics:
         # a ★ needs an interval behind it: only cells over at least MIN_CLUSTERS pairs compete
-        column = {label: cell for (label, m), cell in cells.items()
-                  if m == metric and np.isfinite(cell.mean) and cell.n_pairs >= MIN_CLUSTERS}
+        column = {
+            label: cell
+            for (label, m), cell in cells.items()
+            if m == metric and np.isfinite(cell.mean) and cell.n_pairs >= MIN_CLUSTERS
+        }
         if len(column) < 2:
             continue  # one method: nothing to be best against
         best = max if higher[metric] else min
         target = best(cell.mean for cell in column.values())
         for label, cell in column.items():
             if cell.mean == target:
-                cells[(label, metric)] = Cell(cell.mean, cell.ci_low, cell.ci_high, cell.n, cell.tiny_random, True,
-                                              cell.n_pairs)
+                cells[(label, metric)] = Cell(
+                    cell.mean, cell.ci_low, cell.ci_high, cell.n, cell.tiny_random, True, cell.n_pairs
+                )
     failed = overall.drop_duplicates("label").set_index("label")["n_failed"] if "n_failed" in overall else {}
     n_failed = {label: int(failed.get(label, 0) or 0) for label in methods}
     return Headline(methods, metrics, higher, cells, n_failed)
@@ -93,8 +104,10 @@ def headline(summary: pd.DataFrame, declared: Mapping[str, bool], order: Sequenc
 
 def to_markdown(table: Headline) -> str:
     """The headline as Markdown: best cells in bold with ★, the † footnote once above the table."""
-    lines = ["| method | " + " | ".join(table.header(m) for m in table.metrics) + " | n failed |",
-             "|---|" + "---|" * len(table.metrics) + "---|"]
+    lines = [
+        "| method | " + " | ".join(table.header(m) for m in table.metrics) + " | n failed |",
+        "|---|" + "---|" * len(table.metrics) + "---|",
+    ]
     for label in table.methods:
         cells = []
         for metric in table.metrics:
@@ -103,9 +116,11 @@ def to_markdown(table: Headline) -> str:
             cells.append(f"**{text} {BEST_MARK}**" if cell is not None and cell.best else text)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {table.n_failed.get(label, 0)} |")
     note = f"{TINY_FOOTNOTE}\n\n" if table.tiny_random else ""
-    legend = (f"Mean [95% CI] over all categories; {INTERVAL_NOTE}; ↑ higher is better, ↓ lower is better; "
-              f"{BEST_MARK} best of its column. A swept setting or an ablation is its own row (the variant after "
-              f"method/preset).\n\n")
+    legend = (
+        f"Mean [95% CI] over all categories; {INTERVAL_NOTE}; ↑ higher is better, ↓ lower is better; "
+        f"{BEST_MARK} best of its column. A swept setting or an ablation is its own row (the variant after "
+        f"method/preset).\n\n"
+    )
     return note + legend + "\n".join(lines) + "\n"
 
 
@@ -123,7 +138,7 @@ def _header_html(text: str) -> str:
 def to_html(table: Headline, per_table: int = HTML_METRICS_PER_TABLE) -> str:
     """The headline as HTML tables (class "results headline"), at most ``per_table`` metrics each: best cells
     bold with ★, † on tiny-random cells, the interval under the mean; "n failed" ends the first table."""
-    chunks = [table.metrics[i:i + per_table] for i in range(0, len(table.metrics), per_table)] or [[]]
+    chunks = [table.metrics[i : i + per_table] for i in range(0, len(table.metrics), per_table)] or [[]]
     return "".join(_html_chunk(table, metrics, with_failed=index == 0) for index, metrics in enumerate(chunks))
 
 
@@ -138,12 +153,21 @@ def _html_chunk(table: Headline, metrics: Sequence[str], with_failed: bool) -> s
                 cells.append("<td></td>")
                 continue
             mean = html.escape(format_number(cell.mean) + (TINY_MARK if cell.tiny_random else ""))
-            ci = (f"<br><small>[{html.escape(format_number(cell.ci_low))}, {html.escape(format_number(cell.ci_high))}]"
-                  f"</small>" if np.isfinite(cell.ci_low) else f"<br><small>n={cell.n_pairs} pairs</small>")
-            cells.append(f'<td class="best"><strong>{mean} {BEST_MARK}</strong>{ci}</td>' if cell.best
-                         else f"<td>{mean}{ci}</td>")
+            ci = (
+                f"<br><small>[{html.escape(format_number(cell.ci_low))}, {html.escape(format_number(cell.ci_high))}]"
+                f"</small>"
+                if np.isfinite(cell.ci_low)
+                else f"<br><small>n={cell.n_pairs} pairs</small>"
+            )
+            cells.append(
+                f'<td class="best"><strong>{mean} {BEST_MARK}</strong>{ci}</td>'
+                if cell.best
+                else f"<td>{mean}{ci}</td>"
+            )
         failed = f"<td>{table.n_failed.get(label, 0)}</td>" if with_failed else ""
         rows.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}{failed}</tr>")
     failed_head = "<th>n failed</th>" if with_failed else ""
-    return (f'<div class="headline"><table class="results headline"><thead><tr><th>method</th>{head}{failed_head}'
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return (
+        f'<div class="headline"><table class="results headline"><thead><tr><th>method</th>{head}{failed_head}'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )

@@ -1,5 +1,6 @@
 """The report's image files: collision-free thumbnail names and the thumbnails themselves (with a mask's outline).
 Used by the report, its image grids and the compare page; below all three in the import graph."""
+
 from __future__ import annotations
 
 import hashlib

@@ -8,6 +8,7 @@ row per job (pair, method, task, seed, sweep point) and one column per metric va
 ``tables/pairs.parquet`` and ``tables/pairs.html`` (sorted by clicking a column head, shown a page at a time;
 the rows are embedded as JSON, so the page needs no server).
 """
+
 from __future__ import annotations
 
 import html
@@ -47,14 +48,16 @@ def grid_sample(results: pd.DataFrame, declared: Mapping[str, bool], seed: int =
             ids = ordered["pair_id"].astype(str).tolist()
             for pick in (ids[0], ids[len(ids) // 2], ids[-1]):  # best, median, worst
                 chosen.setdefault(pick)
-    sampled = list(chosen)[:MAX_SAMPLE - RANDOM_PAIRS]
+    sampled = list(chosen)[: MAX_SAMPLE - RANDOM_PAIRS]
     rest = [pair for pair in pairs if pair not in chosen]
     extra = random.Random(seed).sample(rest, min(RANDOM_PAIRS, len(rest)))
-    note = (f"A sample of {len(sampled) + len(extra)} of the run's {len(pairs)} pairs: for each method and metric "
-            f"value, the pairs with the best, median and worst value (by the metric's direction"
-            f"{'; the first ' + str(len(sampled)) + ' of them' if len(chosen) > len(sampled) else ''}), and "
-            f"{len(extra)} drawn at random (seed {seed}). Every pair's values: tables/pairs.html and "
-            f"tables/pairs.parquet.")
+    note = (
+        f"A sample of {len(sampled) + len(extra)} of the run's {len(pairs)} pairs: for each method and metric "
+        f"value, the pairs with the best, median and worst value (by the metric's direction"
+        f"{'; the first ' + str(len(sampled)) + ' of them' if len(chosen) > len(sampled) else ''}), and "
+        f"{len(extra)} drawn at random (seed {seed}). Every pair's values: tables/pairs.html and "
+        f"tables/pairs.parquet."
+    )
     return set(sampled) | set(extra), note
 
 
@@ -69,7 +72,8 @@ def pair_table(results: pd.DataFrame) -> pd.DataFrame:
     # NaN keys (eta of a method without one) would drop the row from the pivot: keyed as text instead
     keyed = values[keys].astype(object).where(values[keys].notna(), "")
     table = pd.concat([keyed, values[["metric", "value"]]], axis=1).pivot_table(
-        index=keys, columns="metric", values="value", aggfunc="mean", sort=True)
+        index=keys, columns="metric", values="value", aggfunc="mean", sort=True
+    )
     table.columns = [str(column) for column in table.columns]
     table = table.reset_index()
     for column in keys:  # the keys' own types again ("" back to null), so the table writes as Parquet
@@ -121,10 +125,16 @@ def write_pair_table(results: pd.DataFrame, folder: Path, title: str = "Every pa
     value_columns = [c for c in table.columns if c not in ID_COLUMNS]
     shown = table.drop(columns=["job_id"], errors="ignore")
     rounded = shown.assign(**{c: shown[c].round(5) for c in value_columns})
-    rows = [[None if (isinstance(v, float) and not np.isfinite(v)) else (v.item() if hasattr(v, "item") else v)
-             for v in row] for row in rounded.itertuples(index=False, name=None)]
+    rows = [
+        [
+            None if (isinstance(v, float) and not np.isfinite(v)) else (v.item() if hasattr(v, "item") else v)
+            for v in row
+        ]
+        for row in rounded.itertuples(index=False, name=None)
+    ]
     data = json.dumps({"columns": list(shown.columns), "rows": rows}, separators=(",", ":"), default=str)
     page = folder / "pairs.html"
-    page.write_text(_PAGE.format(title=html.escape(title), rows=len(rows), data=data.replace("</", "<\\/")),
-                    encoding="utf-8")
+    page.write_text(
+        _PAGE.format(title=html.escape(title), rows=len(rows), data=data.replace("</", "<\\/")), encoding="utf-8"
+    )
     return parquet, page

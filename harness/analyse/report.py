@@ -6,37 +6,61 @@ server and nothing fetched from the network. This module writes the report; its 
 :mod:`harness.analyse.report_tables`, its page :mod:`harness.analyse.report_page`, its thumbnails
 :mod:`harness.analyse.images` (their public names are re-exported here).
 """
+
 from __future__ import annotations
 
 import argparse
 import html
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
+from harness.analyse import figures
+from harness.analyse import headline as headline_table
 from harness.analyse.aggregate import (
     directions,
     paired_differences,
     summary_table,
     write_tables,
 )
-from harness.analyse import headline as headline_table
-from harness.analyse import figures
 from harness.analyse.costs import cost_table
 from harness.analyse.images import OUTLINE_COLOUR, THUMBNAIL_PIXELS, image_name, thumbnail  # noqa: F401 - re-exported
-from harness.analyse.report_page import (REPORT_CSS, ReportFigures, ablation_section, figure_html,  # noqa: F401
-                                         index_html, manifest_pairs, page_table, paired_page_table)
-from harness.analyse.report_tables import (PAIRED_NOTE, SUMMARY_KEYS, ablation_labels, ablation_table,  # noqa: F401
-                                           cell_text, failure_list, label_order, metric_tables, planned_labels,
-                                           summary_markdown, with_variants)
+from harness.analyse.pair_table import grid_sample, write_pair_table
+from harness.analyse.report_page import (  # noqa: F401
+    REPORT_CSS,
+    ReportFigures,
+    ablation_section,
+    figure_html,
+    index_html,
+    manifest_pairs,
+    page_table,
+    paired_page_table,
+)
+from harness.analyse.report_tables import (  # noqa: F401
+    PAIRED_NOTE,
+    SUMMARY_KEYS,
+    ablation_labels,
+    ablation_table,
+    cell_text,
+    failure_list,
+    label_order,
+    metric_tables,
+    planned_labels,
+    summary_markdown,
+    with_variants,
+)
 from harness.analyse.weights_legend import weights_keys, with_short_weights
 from harness.plan.identity import method_label  # noqa: F401 - method_label is used by the study too
-from harness.analyse.pair_table import grid_sample, write_pair_table
 from harness.store import (
-    earlier_plan_note, read_pairs, read_plan_results, read_run_record, unreadable_results,
+    earlier_plan_note,
+    read_pairs,
+    read_plan_results,
+    read_run_record,
+    unreadable_results,
 )
 
 
@@ -65,8 +89,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     tables = {"summary": summary, "paired_differences": paired, "failures": failures, "costs": costs}
     write_tables({**tables, "ablations": ablation} if labels else tables, out / "tables")
     (out / "summary.md").write_text(
-        summary_markdown(head, per_metric, paired, failures, reference, ablation, declared, costs),
-        encoding="utf-8")
+        summary_markdown(head, per_metric, paired, failures, reference, ablation, declared, costs), encoding="utf-8"
+    )
 
     keys = weights_keys(results)
     plots = _report_figures(run_dir, results, summary, paired, declared, order, reference, out / "plots")
@@ -74,46 +98,88 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
     # Every pair's values in tables/pairs.{parquet,html}; the ablation grid (a row per pair) over a bounded,
     # stated sample of pairs (harness.analyse.pair_table.grid_sample).
     write_pair_table(results, out / "tables", f"{run_dir.name}: every pair")
-    ablation_html = _ablation_html(run_dir, results, run_info, summary, declared, labels, ablation, keys, out) \
-        if labels else ""
-    page = index_html(run_dir, run_info, results, head, per_metric, paired, failures, plots, grids, reference,
-                      ablation_html, declared, costs, keys)
-    page = page.replace('<a href="summary.md">summary.md</a> (with the full weights text).', '<a href="summary.md">'
-                        'summary.md</a> (with the full weights text); every pair\'s values: <a href="tables/pairs.html">'
-                        'pairs.html</a> (sortable), <a href="tables/pairs.parquet">pairs.parquet</a>.', 1)
+    ablation_html = (
+        _ablation_html(run_dir, results, run_info, summary, declared, labels, ablation, keys, out) if labels else ""
+    )
+    page = index_html(
+        run_dir,
+        run_info,
+        results,
+        head,
+        per_metric,
+        paired,
+        failures,
+        plots,
+        grids,
+        reference,
+        ablation_html,
+        declared,
+        costs,
+        keys,
+    )
+    page = page.replace(
+        '<a href="summary.md">summary.md</a> (with the full weights text).',
+        '<a href="summary.md">'
+        'summary.md</a> (with the full weights text); every pair\'s values: <a href="tables/pairs.html">'
+        'pairs.html</a> (sortable), <a href="tables/pairs.parquet">pairs.parquet</a>.',
+        1,
+    )
     left_out = left_out_lines(run_dir) + ([earlier_plan_note(earlier_rows)] if earlier_rows else [])
     if left_out:  # said at the top of the page and of summary.md, and by `clic-bench report`
         note = "Left out of this report: " + "; ".join(left_out)
         page = page.replace("<nav>", f'<p class="warning">{html.escape(note)}</p><nav>', 1)
         with (out / "summary.md").open("a", encoding="utf-8") as summary_md:
-            summary_md.write(f"\n## Left out\n\n" + "".join(f"- {line}\n" for line in left_out))
+            summary_md.write("\n## Left out\n\n" + "".join(f"- {line}\n" for line in left_out))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
 
 
-def _report_figures(run_dir: Path, results: pd.DataFrame, summary: pd.DataFrame, paired: pd.DataFrame,
-                    declared: Mapping[str, bool], order: Sequence[str], reference: str, plots: Path) -> ReportFigures:
+def _report_figures(
+    run_dir: Path,
+    results: pd.DataFrame,
+    summary: pd.DataFrame,
+    paired: pd.DataFrame,
+    declared: Mapping[str, bool],
+    order: Sequence[str],
+    reference: str,
+    plots: Path,
+) -> ReportFigures:
     """Draw the report's figures into ``plots``."""
     return ReportFigures(
         per_metric=figures.metric_figures(summary, plots, declared, order),
         headline=figures.headline_figure(summary, plots, declared, order),
         paired=figures.paired_figure(paired, plots, reference),
         tstart=figures.tstart_figure(results, plots, declared),
-        losses=figures.loss_figures(run_dir, results, plots))
+        losses=figures.loss_figures(run_dir, results, plots),
+    )
 
 
-def _ablation_html(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, Any], summary: pd.DataFrame,
-                   declared: Mapping[str, bool], labels: list[str], ablation: pd.DataFrame, keys: Mapping[str, str],
-                   out: Path) -> str:
+def _ablation_html(
+    run_dir: Path,
+    results: pd.DataFrame,
+    run_info: Mapping[str, Any],
+    summary: pd.DataFrame,
+    declared: Mapping[str, bool],
+    labels: list[str],
+    ablation: pd.DataFrame,
+    keys: Mapping[str, str],
+    out: Path,
+) -> str:
     """The ablation section: its table, its image grid over a bounded sample of pairs, and its figure."""
     shown_pairs, sample_note = grid_sample(results, declared)
     sampled = results[results["pair_id"].isin(shown_pairs)] if "pair_id" in results.columns else results
-    return (ablation_section(run_dir, sampled, run_info, labels, with_short_weights(ablation, keys), out)
-            + f"<p>Pairs of the grid: {html.escape(sample_note)}</p>"
-            + '<div class="plots">' + figure_html(figures.headline_figure(
-                summary, out / "plots", declared, labels, only=labels, stem="ablations"),
-                figures.FIGURE_NOTE, wide=True) + "</div>")
+    return (
+        ablation_section(run_dir, sampled, run_info, labels, with_short_weights(ablation, keys), out)
+        + f"<p>Pairs of the grid: {html.escape(sample_note)}</p>"
+        + '<div class="plots">'
+        + figure_html(
+            figures.headline_figure(summary, out / "plots", declared, labels, only=labels, stem="ablations"),
+            figures.FIGURE_NOTE,
+            wide=True,
+        )
+        + "</div>"
+    )
 
 
 def left_out_lines(run_dir: Path) -> list[str]:
@@ -131,7 +197,6 @@ def report_main(args: argparse.Namespace) -> int:
         print(f"report: {earlier_plan_note(earlier)}", file=sys.stderr)
     print(f"report: {index}")
     return 0
-
 
 
 def image_grid_sections(run_dir: Path, results: pd.DataFrame, out: Path, order: Sequence[str]) -> dict[str, str]:

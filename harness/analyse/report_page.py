@@ -1,4 +1,5 @@
 """The report's page (index.html): its sections in order, the provenance, the preset sources and the ablation grid."""
+
 from __future__ import annotations
 
 import html
@@ -36,7 +37,9 @@ class ReportFigures:
     losses: Mapping[str, str]
 
 
-REPORT_CSS = TABLE_CSS + """
+REPORT_CSS = (
+    TABLE_CSS
+    + """
 nav { position: sticky; top: 0; background: #fafafa; border-bottom: 1px solid #ddd; padding: 0.4em 0; }
 nav a { margin-right: 0.8em; }
 .grid { border-collapse: collapse; margin-bottom: 1.2em; }
@@ -54,18 +57,28 @@ table.results td { overflow-wrap: anywhere; }
 .plots figure img.wide { max-width: 100%; }
 .plots figcaption { font-size: 0.75em; color: #555; max-width: 560px; }
 .verdict-fail { background: #f8d7da; } .verdict-better { background: #e6f4ea; }
-""" + GRID_CSS
+"""
+    + GRID_CSS
+)
 
 
 def manifest_pairs(run_dir: Path, run_info: Mapping[str, Any] | None = None) -> dict[str, dict[str, Path | None]]:
     """pair_id → source/target image and mask paths, from the pairs the run recorded (RUN/pairs.parquet)."""
     columns = ("source_image", "source_mask", "target_image", "target_mask")
-    return {str(row["pair_id"]): {column: Path(row[column]) if row.get(column) else None for column in columns}
-            for row in read_pairs(run_dir)}
+    return {
+        str(row["pair_id"]): {column: Path(row[column]) if row.get(column) else None for column in columns}
+        for row in read_pairs(run_dir)
+    }
 
 
-def ablation_section(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str, Any], labels: list[str],
-                      ablation: pd.DataFrame, out: Path) -> str:
+def ablation_section(
+    run_dir: Path,
+    results: pd.DataFrame,
+    run_info: Mapping[str, Any],
+    labels: list[str],
+    ablation: pd.DataFrame,
+    out: Path,
+) -> str:
     """The table and the image grid in the layout of the paper's Fig. 8: a row per pair, a column per variant."""
     jobs = results.dropna(subset=["artifact_image"]).drop_duplicates("job_id")
     jobs = jobs.assign(label=[method_label(m, p) for m, p in zip(jobs["method"], jobs["preset"])])
@@ -86,14 +99,16 @@ def ablation_section(run_dir: Path, results: pd.DataFrame, run_info: Mapping[str
         by_label = pair_jobs.set_index("label")
         for label in labels:
             artifact = by_label["artifact_image"].get(label)
-            dest = out / "images" / image_name(by_label['job_id'].get(label), "image")
+            dest = out / "images" / image_name(by_label["job_id"].get(label), "image")
             ok = isinstance(artifact, str) and thumbnail(run_dir / artifact, dest)
             cells.append(f"<td>{_img(dest, out, label) if ok else ''}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    return (f"<h2 id=\"ablations\">Ablations</h2><p>Mean [95% bootstrap CI] over all categories; columns of the grid "
-            f"below in the suite file's order ({html.escape(str(task))} outputs, lowest seed).</p>"
-            f"<div class=\"ablation\">{page_table(ablation, {})}</div>"
-            f"<table class=\"grid\" id=\"ablation-grid\"><tr>{heads}</tr>{''.join(rows)}</table>")
+    return (
+        f'<h2 id="ablations">Ablations</h2><p>Mean [95% bootstrap CI] over all categories; columns of the grid '
+        f"below in the suite file's order ({html.escape(str(task))} outputs, lowest seed).</p>"
+        f'<div class="ablation">{page_table(ablation, {})}</div>'
+        f'<table class="grid" id="ablation-grid"><tr>{heads}</tr>{"".join(rows)}</table>'
+    )
 
 
 def _img(path: Path, out: Path, alt: str) -> str:
@@ -102,31 +117,53 @@ def _img(path: Path, out: Path, alt: str) -> str:
 
 def _provenance(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame) -> str:
     suite = run_info.get("suite") if isinstance(run_info.get("suite"), Mapping) else {}
-    models = (results.dropna(subset=["model_id"]).drop_duplicates(["method", "model_id", "weights_hash"])
-              if not results.empty else results)
-    metric_weights = (results.dropna(subset=["metric"]).drop_duplicates(["metric", "metric_weights"])
-                      if not results.empty else results)
+    models = (
+        results.dropna(subset=["model_id"]).drop_duplicates(["method", "model_id", "weights_hash"])
+        if not results.empty
+        else results
+    )
+    metric_weights = (
+        results.dropna(subset=["metric"]).drop_duplicates(["metric", "metric_weights"])
+        if not results.empty
+        else results
+    )
     facts = [
         ("run folder", str(run_dir)),
         ("suite", str(suite.get("name", ""))),
         ("code version", ", ".join(sorted(results["code_version"].dropna().unique())) if not results.empty else ""),
         ("host", json.dumps(run_info.get("host", ""), default=str)),
         ("git", str(run_info.get("git") or "")),
-        ("start / end", f"{run_info.get('started_at', run_info.get('start', ''))} / "
-                        f"{run_info.get('finished_at', run_info.get('end', ''))}"),
+        (
+            "start / end",
+            f"{run_info.get('started_at', run_info.get('start', ''))} / "
+            f"{run_info.get('finished_at', run_info.get('end', ''))}",
+        ),
         ("counts", json.dumps(run_info.get("counts", {}), default=str)),
         ("versions", json.dumps(run_info.get("versions", {}), default=str, sort_keys=True)),
-        ("models", "; ".join(f"{m}: {mid} (hash {h}, {label})" for m, mid, h, label in
-                             models[["method", "model_id", "weights_hash", "weights_label"]].itertuples(index=False))
-         if not models.empty else ""),
-        ("metric weights", "; ".join(f"{m}: {w}" for m, w in
-                                     metric_weights[["metric", "metric_weights"]].itertuples(index=False))
-         if not metric_weights.empty else ""),
+        (
+            "models",
+            "; ".join(
+                f"{m}: {mid} (hash {h}, {label})"
+                for m, mid, h, label in models[["method", "model_id", "weights_hash", "weights_label"]].itertuples(
+                    index=False
+                )
+            )
+            if not models.empty
+            else "",
+        ),
+        (
+            "metric weights",
+            "; ".join(f"{m}: {w}" for m, w in metric_weights[["metric", "metric_weights"]].itertuples(index=False))
+            if not metric_weights.empty
+            else "",
+        ),
     ]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
     suite_json = html.escape(json.dumps(suite, indent=2, default=str, sort_keys=True))
-    return (f"<table class=\"results\">{rows}</table>\n<details><summary>suite</summary><pre>{suite_json}</pre>"
-            f"</details>{_preset_sources(results)}")
+    return (
+        f'<table class="results">{rows}</table>\n<details><summary>suite</summary><pre>{suite_json}</pre>'
+        f"</details>{_preset_sources(results)}"
+    )
 
 
 def _preset_sources(results: pd.DataFrame) -> str:
@@ -140,16 +177,32 @@ def _preset_sources(results: pd.DataFrame) -> str:
     for method, preset in sorted(set(zip(results["method"].dropna(), results["preset"].dropna()))):
         declared = declared_settings(method, preset)
         if declared:
-            rows = "".join(f"<tr><td>{html.escape(r['setting'])}</td><td>{html.escape(r['value'])}</td>"
-                           f"<td>{html.escape(r['source'])}</td></tr>" for r in settings_table(declared))
-            blocks.append(f"<details><summary>{html.escape(method)} --preset {html.escape(preset)}: settings and "
-                          f"sources</summary><table class=\"results\"><tr><th>setting</th><th>value</th>"
-                          f"<th>source</th></tr>{rows}</table></details>")
+            rows = "".join(
+                f"<tr><td>{html.escape(r['setting'])}</td><td>{html.escape(r['value'])}</td>"
+                f"<td>{html.escape(r['source'])}</td></tr>"
+                for r in settings_table(declared)
+            )
+            blocks.append(
+                f"<details><summary>{html.escape(method)} --preset {html.escape(preset)}: settings and "
+                f'sources</summary><table class="results"><tr><th>setting</th><th>value</th>'
+                f"<th>source</th></tr>{rows}</table></details>"
+            )
     return "".join(blocks)
 
 
-PAIRED_PAGE_COLUMNS = ["metric", "method", "reference", "n_pairs", "mean_difference", "ci_low", "ci_high", "p_value",
-                       "p_holm", "test", "weights"]
+PAIRED_PAGE_COLUMNS = [
+    "metric",
+    "method",
+    "reference",
+    "n_pairs",
+    "mean_difference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_holm",
+    "test",
+    "weights",
+]
 
 
 def page_table(table: pd.DataFrame, keys: Mapping[str, str]) -> str:
@@ -165,7 +218,8 @@ def paired_page_table(paired: pd.DataFrame, declared: Mapping[str, bool]) -> pd.
     shown = paired.assign(
         metric=[f"{m} {'↑' if higher_is_better(str(m), declared) else '↓'}" for m in paired["metric"]],
         method=[method_label(m, p) for m, p in zip(paired["method"], paired["preset"])],
-        reference=[method_label(r, p) for r, p in zip(paired["reference"], paired["reference_preset"])])
+        reference=[method_label(r, p) for r, p in zip(paired["reference"], paired["reference_preset"])],
+    )
     return shown[PAIRED_PAGE_COLUMNS]
 
 
@@ -173,8 +227,10 @@ def figure_html(src: str | None, caption: str, wide: bool = False) -> str:
     if not src:
         return ""
     wide_class = ' class="wide"' if wide else ""
-    return (f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}"{wide_class}>'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}"{wide_class}>'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _by_figure(labels: Sequence[str], plots: Mapping[str, str]) -> dict[str, list[str]]:
@@ -185,64 +241,101 @@ def _by_figure(labels: Sequence[str], plots: Mapping[str, str]) -> dict[str, lis
     return grouped
 
 
-def index_html(run_dir: Path, run_info: Mapping[str, Any], results: pd.DataFrame, head: headline_table.Headline,
-                per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame, failures: pd.DataFrame,
-                plots: ReportFigures, grids: Mapping[str, str], reference: str, ablation_html: str = "",
-                declared: Mapping[str, bool] | None = None, costs: pd.DataFrame | None = None,
-                keys: Mapping[str, str] | None = None) -> str:
+def index_html(
+    run_dir: Path,
+    run_info: Mapping[str, Any],
+    results: pd.DataFrame,
+    head: headline_table.Headline,
+    per_metric: Mapping[str, pd.DataFrame],
+    paired: pd.DataFrame,
+    failures: pd.DataFrame,
+    plots: ReportFigures,
+    grids: Mapping[str, str],
+    reference: str,
+    ablation_html: str = "",
+    declared: Mapping[str, bool] | None = None,
+    costs: pd.DataFrame | None = None,
+    keys: Mapping[str, str] | None = None,
+) -> str:
     declared, keys = declared or {}, keys or {}
     tiny = uses_tiny_random(results)
     banner = f'<p class="warning">{html.escape(headline_table.TINY_FOOTNOTE)}</p>' if tiny else ""
     nav = _nav(plots, bool(ablation_html), len(failures))
 
-    body = [f"<nav>{' '.join(nav)}</nav>", f"<h1>Run report: {html.escape(run_dir.name)}</h1>", banner,
-            f"<h2 id=\"headline\">All categories</h2><p>Mean and, under it, its 95% CI over every category "
-            f"({INTERVAL_NOTE}; a cell without one says over how many pairs); ↑ higher is better, ↓ lower is better; "
-            f"<strong>{headline_table.BEST_MARK}</strong> best of its column; n failed: the method's failed jobs. "
-            f"Values are raw (see the scale by each per-category table).</p>"
-            + headline_table.to_html(head)
-            + f"<div class=\"plots\">{figure_html(plots.headline, figures.FIGURE_NOTE, wide=True)}</div>",
-            "<p>Tables as CSV/Markdown/HTML: <a href=\"tables/summary.csv\">summary.csv</a>, "
-            "<a href=\"tables/paired_differences.csv\">paired_differences.csv</a>, "
-            "<a href=\"tables/costs.csv\">costs.csv</a>, <a href=\"summary.md\">summary.md</a> (with the full "
-            "weights text).</p>"]
+    body = [
+        f"<nav>{' '.join(nav)}</nav>",
+        f"<h1>Run report: {html.escape(run_dir.name)}</h1>",
+        banner,
+        f'<h2 id="headline">All categories</h2><p>Mean and, under it, its 95% CI over every category '
+        f"({INTERVAL_NOTE}; a cell without one says over how many pairs); ↑ higher is better, ↓ lower is better; "
+        f"<strong>{headline_table.BEST_MARK}</strong> best of its column; n failed: the method's failed jobs. "
+        f"Values are raw (see the scale by each per-category table).</p>"
+        + headline_table.to_html(head)
+        + f'<div class="plots">{figure_html(plots.headline, figures.FIGURE_NOTE, wide=True)}</div>',
+        '<p>Tables as CSV/Markdown/HTML: <a href="tables/summary.csv">summary.csv</a>, '
+        '<a href="tables/paired_differences.csv">paired_differences.csv</a>, '
+        '<a href="tables/costs.csv">costs.csv</a>, <a href="summary.md">summary.md</a> (with the full '
+        "weights text).</p>",
+    ]
     if plots.tstart:
-        body.append("<h2 id=\"tstart\">t_start trade-off</h2><p>Each line is a method label through the values of "
-                    "t_start the run swept (each point marked t=…): later t_start keeps more of the target outside "
-                    "the region and transfers less inside it. Means over all categories; whiskers: 95% CI over "
-                    "pairs (none below 3 pairs).</p>"
-                    f"<div class=\"plots\">{figure_html(plots.tstart, 't_start trade-off', wide=True)}</div>")
-    body.append(f"<h2 id=\"tables\">Per category: mean [95% CI] n=values</h2><p>{INTERVAL_NOTE}; n counts values "
-                f"(pairs × seeds). Each table is followed by its figure.</p>")
+        body.append(
+            '<h2 id="tstart">t_start trade-off</h2><p>Each line is a method label through the values of '
+            "t_start the run swept (each point marked t=…): later t_start keeps more of the target outside "
+            "the region and transfers less inside it. Means over all categories; whiskers: 95% CI over "
+            "pairs (none below 3 pairs).</p>"
+            f'<div class="plots">{figure_html(plots.tstart, "t_start trade-off", wide=True)}</div>'
+        )
+    body.append(
+        f'<h2 id="tables">Per category: mean [95% CI] n=values</h2><p>{INTERVAL_NOTE}; n counts values '
+        f"(pairs × seeds). Each table is followed by its figure.</p>"
+    )
     for metric, table in per_metric.items():
         scale = ", ".join(sorted({str(v) for v in table.get("metric_scale", []) if str(v)}))
-        body.append(f"<h3 id=\"metric-{file_slug(metric)}\">{html.escape(metric)} ({direction_text(metric, declared)}"
-                    f"{'; ' + html.escape(scale) if scale else ''})</h3>"
-                    + page_table(table.drop(columns=["metric_scale"], errors="ignore"), keys)
-                    + f"<div class=\"plots\">{figure_html(plots.per_metric.get(metric), figures.FIGURE_NOTE)}</div>")
-    body.append(f"<h2 id=\"paired\">Paired differences (method − {html.escape(reference)})</h2>"
-                f"<p>{html.escape(PAIRED_NOTE)} {html.escape(INTERVAL_NOTE)}.</p>"
-                + page_table(paired_page_table(paired, declared), keys)
-                + f"<div class=\"plots\">{figure_html(plots.paired, figures.FIGURE_NOTE, wide=True)}</div>")
-    body.append(f"<h2 id=\"costs\">Costs</h2><p>{html.escape(COST_NOTE)}</p>"
-                + (page_table(costs, keys) if costs is not None and not costs.empty else "<p>No jobs.</p>"))
-    body.append(f"<h2 id=\"provenance\">Provenance</h2>{_provenance(run_dir, run_info, results)}"
-                + legend_html(keys))
+        body.append(
+            f'<h3 id="metric-{file_slug(metric)}">{html.escape(metric)} ({direction_text(metric, declared)}'
+            f"{'; ' + html.escape(scale) if scale else ''})</h3>"
+            + page_table(table.drop(columns=["metric_scale"], errors="ignore"), keys)
+            + f'<div class="plots">{figure_html(plots.per_metric.get(metric), figures.FIGURE_NOTE)}</div>'
+        )
+    body.append(
+        f'<h2 id="paired">Paired differences (method − {html.escape(reference)})</h2>'
+        f"<p>{html.escape(PAIRED_NOTE)} {html.escape(INTERVAL_NOTE)}.</p>"
+        + page_table(paired_page_table(paired, declared), keys)
+        + f'<div class="plots">{figure_html(plots.paired, figures.FIGURE_NOTE, wide=True)}</div>'
+    )
+    body.append(
+        f'<h2 id="costs">Costs</h2><p>{html.escape(COST_NOTE)}</p>'
+        + (page_table(costs, keys) if costs is not None and not costs.empty else "<p>No jobs.</p>")
+    )
+    body.append(f'<h2 id="provenance">Provenance</h2>{_provenance(run_dir, run_info, results)}' + legend_html(keys))
     if ablation_html:
         body.append(ablation_html)
     body += _image_and_loss_sections(results, grids, plots)
-    body.append(f"<h2 id=\"failures\">Failed jobs ({len(failures)})</h2>"
-                + (page_table(failures, keys) if not failures.empty else "<p>None.</p>"))
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(run_dir.name)} report</title><style>{REPORT_CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    body.append(
+        f'<h2 id="failures">Failed jobs ({len(failures)})</h2>'
+        + (page_table(failures, keys) if not failures.empty else "<p>None.</p>")
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(run_dir.name)} report</title><style>{REPORT_CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
 
 
 def _nav(plots: ReportFigures, ablations: bool, failed: int) -> list[str]:
     """The page's links to its sections, in page order."""
-    nav = ['<a href="#headline">headline</a>', '<a href="#tables">per category</a>', '<a href="#paired">paired</a>',
-           '<a href="#costs">costs</a>'] + (['<a href="#tstart">t_start</a>'] if plots.tstart else []) \
-        + ['<a href="#provenance">provenance</a>'] + (['<a href="#ablations">ablations</a>'] if ablations else [])
+    nav = (
+        [
+            '<a href="#headline">headline</a>',
+            '<a href="#tables">per category</a>',
+            '<a href="#paired">paired</a>',
+            '<a href="#costs">costs</a>',
+        ]
+        + (['<a href="#tstart">t_start</a>'] if plots.tstart else [])
+        + ['<a href="#provenance">provenance</a>']
+        + (['<a href="#ablations">ablations</a>'] if ablations else [])
+    )
     nav += ['<a href="#images">images</a>', '<a href="#losses">losses</a>']
     nav.append(f'<a href="#failures">failures ({failed})</a>')
     return nav
@@ -250,16 +343,21 @@ def _nav(plots: ReportFigures, ablations: bool, failed: int) -> list[str]:
 
 def _image_and_loss_sections(results: pd.DataFrame, grids: Mapping[str, str], plots: ReportFigures) -> list[str]:
     """The image grids per category, then the loss-term figures per method label."""
-    body = [f"<h2 id=\"images\">Images</h2><p>{html.escape(grid_note(results))}</p>"]
+    body = [f'<h2 id="images">Images</h2><p>{html.escape(grid_note(results))}</p>']
     for category, grid in grids.items():
-        body.append(f"<h3 id=\"cat-{file_slug(category)}\">{html.escape(category)}</h3>{grid}")
-    body.append("<h2 id=\"losses\">Methods: loss terms while learning</h2><p>A panel per term of each concept's "
-                "losses.csv, a line per pair; labels that share their concepts (the points of a transfer sweep) "
-                "share one figure.</p>")
+        body.append(f'<h3 id="cat-{file_slug(category)}">{html.escape(category)}</h3>{grid}')
+    body.append(
+        '<h2 id="losses">Methods: loss terms while learning</h2><p>A panel per term of each concept\'s '
+        "losses.csv, a line per pair; labels that share their concepts (the points of a transfer sweep) "
+        "share one figure.</p>"
+    )
     method_labels = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
     for plot, labels in _by_figure(method_labels, plots.losses).items():
         anchors = "".join(f'<span id="method-{file_slug(label)}"></span>' for label in labels)
-        image = (figure_html(plot, "loss terms of " + ", ".join(labels), wide=True) if plot
-                 else "<p>No loss curves recorded.</p>")
-        body.append(f"<h3>{anchors}{html.escape(', '.join(labels))}</h3><div class=\"plots\">{image}</div>")
+        image = (
+            figure_html(plot, "loss terms of " + ", ".join(labels), wide=True)
+            if plot
+            else "<p>No loss curves recorded.</p>"
+        )
+        body.append(f'<h3>{anchors}{html.escape(", ".join(labels))}</h3><div class="plots">{image}</div>')
     return body

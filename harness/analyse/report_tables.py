@@ -1,5 +1,6 @@
 """The report's tables: method labels in the suite's order, variants of a preset (the ablations), the per-metric and
 ablation tables ("mean [CI] n=…"), the failed jobs and summary.md."""
+
 from __future__ import annotations
 
 import re
@@ -16,10 +17,12 @@ from harness.analyse.costs import COST_NOTE
 from harness.plan.identity import method_label
 
 SUMMARY_KEYS = ("method", "preset", "category", "metric")  # preset: the preset and variant ("paper t_start=4")
-PAIRED_NOTE = ("Pairs: the same pair, seed, task and object at the same point of the suite's sweep. Tests on per-pair "
-               "mean differences: Wilcoxon signed-rank, the paired t-test below 6 pairs or when all differences are "
-               "zero, none below 3 pairs; p_holm: Holm-corrected across the metrics of each comparison (one row group "
-               "of method and reference).")
+PAIRED_NOTE = (
+    "Pairs: the same pair, seed, task and object at the same point of the suite's sweep. Tests on per-pair "
+    "mean differences: Wilcoxon signed-rank, the paired t-test below 6 pairs or when all differences are "
+    "zero, none below 3 pairs; p_holm: Holm-corrected across the metrics of each comparison (one row group "
+    "of method and reference)."
+)
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -27,9 +30,10 @@ PAIRED_NOTE = ("Pairs: the same pair, seed, task and object at the same point of
 # benchmarks/ablations.yaml) are told apart by the `variant` the plan gave them ("no_att", see
 # harness.plan.identity); every table, plot and grid shows such a variant as its own preset, "clic/paper no_att".
 
+
 def with_variants(results: pd.DataFrame) -> pd.DataFrame:
     """`results` plus `base_preset`; `preset` becomes "paper no_att" where the row's planned `variant` is set."""
-    variants = (results["variant"] if "variant" in results.columns else pd.Series("", index=results.index))
+    variants = results["variant"] if "variant" in results.columns else pd.Series("", index=results.index)
     variants = variants.fillna("").astype(str)
     preset = results["preset"]
     named = preset.map(lambda value: isinstance(value, str) and bool(value)) if len(preset) else preset.astype(bool)
@@ -45,8 +49,11 @@ def ablation_labels(results: pd.DataFrame, run_info: Mapping[str, Any]) -> list[
     planned_runs = (run_info.get("plan") or {}).get("methods") or []
     # Variants of learning (the plan's method runs with a variant) are ablations; the points of a transfer sweep
     # ("t_start=4") are not: they have the t_start figure.
-    varied = ({str(run.get("method")) for run in planned_runs if run.get("variant")} if planned_runs
-              else set(results.loc[results["variant"].ne(""), "method"]))
+    varied = (
+        {str(run.get("method")) for run in planned_runs if run.get("variant")}
+        if planned_runs
+        else set(results.loc[results["variant"].ne(""), "method"])
+    )
     if not varied:
         return []
     present = {method_label(m, p) for m, p in zip(results["method"], results["preset"]) if m in varied}
@@ -63,18 +70,22 @@ def planned_labels(run_info: Mapping[str, Any]) -> list[str]:
 def label_order(planned: Sequence[str], results: pd.DataFrame) -> list[str]:
     """Every method label of `results` in the suite's order: each planned label followed by its sweep points
     ("clic/paper t_start=2", "… t_start=10", numbers in numeric order), then labels the plan does not name."""
-    present = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))},
-                     key=_natural_key)
+    present = sorted(
+        {method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))}, key=_natural_key
+    )
     ordered: list[str] = []
     for head in dict.fromkeys(planned):
-        ordered += [label for label in present if (label == head or label.startswith(head + " "))
-                    and label not in ordered]
+        ordered += [
+            label for label in present if (label == head or label.startswith(head + " ")) and label not in ordered
+        ]
     return ordered + [label for label in present if label not in ordered]
 
 
 def _natural_key(text: str) -> list[object]:
-    return [(0, float(part)) if re.fullmatch(r"\d+(\.\d+)?", part) else (1, part)
-            for part in re.split(r"(\d+(?:\.\d+)?)", text)]
+    return [
+        (0, float(part)) if re.fullmatch(r"\d+(\.\d+)?", part) else (1, part)
+        for part in re.split(r"(\d+(?:\.\d+)?)", text)
+    ]
 
 
 def ablation_table(summary: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -84,15 +95,17 @@ def ablation_table(summary: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     overall = overall[overall["label"].isin(labels)]
     if overall.empty:
         return pd.DataFrame({"method": labels})
-    cells = [cell_text(m, lo, hi, n) for m, lo, hi, n in zip(overall["mean"], overall["ci_low"], overall["ci_high"],
-                                                            overall["n"])]
+    cells = [
+        cell_text(m, lo, hi, n)
+        for m, lo, hi, n in zip(overall["mean"], overall["ci_low"], overall["ci_high"], overall["n"])
+    ]
     table = overall.assign(cell=cells).pivot_table(index="label", columns="metric", values="cell", aggfunc="first")
     table["weights"] = overall.groupby("label")["weights"].agg(lambda w: ", ".join(sorted(set(w))))
     return table.reindex(labels).rename_axis(None, axis=1).reset_index().rename(columns={"label": "method"})
 
 
 def cell_text(mean: float, low: float, high: float, n: int) -> str:
-    """"mean [low, high] n=…", without the interval where there is none (fewer than 3 pairs)."""
+    """ "mean [low, high] n=…", without the interval where there is none (fewer than 3 pairs)."""
     ci = f" [{format_number(low)}, {format_number(high)}]" if np.isfinite(low) else ""
     return f"{format_number(mean)}{ci} n={n}"
 
@@ -103,17 +116,27 @@ def metric_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     rated = summary[summary["metric"].notna()]
     failed = summary.drop_duplicates(["method", "preset", "category"]).set_index(["method", "preset", "category"])
     for metric, group in rated.groupby("metric", sort=True):
-        group = group.assign(label=[method_label(m, p) for m, p in zip(group["method"], group["preset"])],
-                             cell=[cell_text(m, lo, hi, n)
-                                   + (headline_table.TINY_MARK if is_random_weights(w) else "")
-                                   for m, lo, hi, n, w in zip(group["mean"], group["ci_low"], group["ci_high"],
-                                                              group["n"], group["weights"])])
+        group = group.assign(
+            label=[method_label(m, p) for m, p in zip(group["method"], group["preset"])],
+            cell=[
+                cell_text(m, lo, hi, n) + (headline_table.TINY_MARK if is_random_weights(w) else "")
+                for m, lo, hi, n, w in zip(
+                    group["mean"], group["ci_low"], group["ci_high"], group["n"], group["weights"]
+                )
+            ],
+        )
         table = group.pivot_table(index="label", columns="category", values="cell", aggfunc="first")
         categories = sorted(c for c in table.columns if c != ALL_CATEGORIES)
         table = table.reindex(columns=categories + ([ALL_CATEGORIES] if ALL_CATEGORIES in table.columns else []))
         per_method = group.drop_duplicates("label").set_index("label")
-        table["n_failed"] = [int(failed.loc[(per_method.loc[label, "method"], per_method.loc[label, "preset"],
-                                             ALL_CATEGORIES), "n_failed"]) for label in table.index]
+        table["n_failed"] = [
+            int(
+                failed.loc[
+                    (per_method.loc[label, "method"], per_method.loc[label, "preset"], ALL_CATEGORIES), "n_failed"
+                ]
+            )
+            for label in table.index
+        ]
         table["metric_scale"] = per_method.loc[table.index, "metric_scale"]
         table["weights"] = group.groupby("label")["weights"].agg(lambda w: ", ".join(sorted(set(w))))
         tables[str(metric)] = table.rename_axis(None, axis=1).reset_index().rename(columns={"label": "method"})
@@ -133,13 +156,23 @@ def direction_text(metric: str, declared: Mapping[str, bool]) -> str:
     return "higher is better" if higher_is_better(metric, declared) else "lower is better"
 
 
-def summary_markdown(head: headline_table.Headline, per_metric: Mapping[str, pd.DataFrame], paired: pd.DataFrame,
-                      failures: pd.DataFrame, reference: str, ablation: pd.DataFrame,
-                      declared: Mapping[str, bool], costs: pd.DataFrame | None = None) -> str:
-    parts = ["# Results\n", headline_table.to_markdown(head),
-             "## Per category\n", f"Mean [95% CI] per method and category ({INTERVAL_NOTE}); raw values "
-             "(see metric_scale)"
-             + (f"; {headline_table.TINY_MARK} tiny-random" if head.tiny_random else "") + ".\n"]
+def summary_markdown(
+    head: headline_table.Headline,
+    per_metric: Mapping[str, pd.DataFrame],
+    paired: pd.DataFrame,
+    failures: pd.DataFrame,
+    reference: str,
+    ablation: pd.DataFrame,
+    declared: Mapping[str, bool],
+    costs: pd.DataFrame | None = None,
+) -> str:
+    parts = [
+        "# Results\n",
+        headline_table.to_markdown(head),
+        "## Per category\n",
+        f"Mean [95% CI] per method and category ({INTERVAL_NOTE}); raw values "
+        "(see metric_scale)" + (f"; {headline_table.TINY_MARK} tiny-random" if head.tiny_random else "") + ".\n",
+    ]
     for metric, table in per_metric.items():
         parts.append(f"### {metric} ({direction_text(metric, declared)})\n\n{to_markdown(table, note='')}")
     if not ablation.empty:

@@ -18,6 +18,7 @@ Scoring the answers is :mod:`harness.analyse.study_scores`.
 `python -m harness.analyse.study screenshot PAGE OUT.png` photographs a page (a report or a rating page) in
 headless Chromium, for people who want to look without a browser of their own.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,21 +46,35 @@ from harness.plan.jobs import content_id
 from harness.store import read_plan_results, read_run_record
 
 CRITERIA = {
-    "quality": ("Edit quality", "How well is the concept of the source region transferred into the marked "
-                                "region of the target, and how natural does the result look?"),
-    "preservation": ("Target preservation", "How well is the target object kept as it was outside the "
-                                            "marked region (its shape, identity and background)?"),
+    "quality": (
+        "Edit quality",
+        "How well is the concept of the source region transferred into the marked "
+        "region of the target, and how natural does the result look?",
+    ),
+    "preservation": (
+        "Target preservation",
+        "How well is the target object kept as it was outside the marked region (its shape, identity and background)?",
+    ),
 }
 BROKEN = "__attention_check__"  # the key's name for the broken option of an attention check
 CHECK_FRACTION = 0.1  # attention-check questions per scored question (at least one)
 IMAGE_PIXELS = 256  # images in a pack are at most this wide
 BROKEN_GREY = (128, 128, 128)
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 # ---------------------------------------------------------------------------------------------- packing
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -87,11 +102,15 @@ def choose_methods(available: Sequence[str], requested: Sequence[str] | None) ->
         return list(available)
     chosen = []
     for name in requested:
-        matches = [label for label in available if label == name] or \
-                  [label for label in available if label.split("/", 1)[0] == name]
+        matches = [label for label in available if label == name] or [
+            label for label in available if label.split("/", 1)[0] == name
+        ]
         if len(matches) != 1:
-            problem = (f"is ambiguous: name one of {', '.join(matches)}" if matches else
-                       f"is not in the run (available: {', '.join(available)})")
+            problem = (
+                f"is ambiguous: name one of {', '.join(matches)}"
+                if matches
+                else f"is not in the run (available: {', '.join(available)})"
+            )
             raise UsageError(f"--methods: {name!r} {problem}")
         if matches[0] in chosen:
             raise UsageError(f"--methods: {name!r} is given twice")
@@ -110,9 +129,14 @@ def candidates(run_dir: Path, results: pd.DataFrame, methods: Sequence[str]) -> 
     for (pair_id, category), rows in ok.groupby(["pair_id", "category"], sort=True):
         by_label = rows.set_index("label")
         if set(methods) <= set(by_label.index):
-            found.append(Candidate(str(pair_id), str(category),
-                                   {m: run_dir / by_label.loc[m, "artifact_image"] for m in methods},
-                                   {m: str(by_label.loc[m, "job_id"]) for m in methods}))
+            found.append(
+                Candidate(
+                    str(pair_id),
+                    str(category),
+                    {m: run_dir / by_label.loc[m, "artifact_image"] for m in methods},
+                    {m: str(by_label.loc[m, "job_id"]) for m in methods},
+                )
+            )
     return found
 
 
@@ -121,8 +145,9 @@ def stratified_sample(items: Sequence[Candidate], count: int, rng: np.random.Gen
     strata: dict[str, list[Candidate]] = {}
     for item in items:
         strata.setdefault(item.category, []).append(item)
-    queues = {category: [members[i] for i in rng.permutation(len(members))]
-              for category, members in sorted(strata.items())}
+    queues = {
+        category: [members[i] for i in rng.permutation(len(members))] for category, members in sorted(strata.items())
+    }
     chosen: list[Candidate] = []
     while len(chosen) < count and any(queues.values()):
         for queue in queues.values():
@@ -140,8 +165,14 @@ def _save_image(source: Path, dest: Path, mask: Path | None = None) -> None:
         raise UsageError(f"{source}: cannot read the image for the pack")
 
 
-def build_pack(run_dir: str | Path, out: str | Path, n_pairs: int = 30, methods: Sequence[str] | None = None,
-               n_raters: int = 1, seed: int = 0) -> tuple[Path, Path]:
+def build_pack(
+    run_dir: str | Path,
+    out: str | Path,
+    n_pairs: int = 30,
+    methods: Sequence[str] | None = None,
+    n_raters: int = 1,
+    seed: int = 0,
+) -> tuple[Path, Path]:
     """Write the rating pack `out`/index.html (+ images) and its key next to it; return both paths."""
     run_dir, out = Path(run_dir), Path(out).resolve()
     if n_pairs < 1 or n_raters < 1:
@@ -162,23 +193,38 @@ def build_pack(run_dir: str | Path, out: str | Path, n_pairs: int = 30, methods:
 
     raters = [f"r{i}" for i in range(1, n_raters + 1)]
     orders = _rater_orders(public, raters, rng)
-    weights = sorted(set(results.loc[results["method"].isin({label.split("/", 1)[0] for label in labels}),
-                                     "weights_label"].dropna()))
+    weights = sorted(
+        set(results.loc[results["method"].isin({label.split("/", 1)[0] for label in labels}), "weights_label"].dropna())
+    )
     pack_id = content_id({"run": str(run_dir.resolve()), "seed": seed, "questions": secret, "raters": orders})[:16]
     tiny_random = any(is_random_weights(w) for w in weights)
-    page_data = {"pack_id": pack_id, "criteria": [{"id": k, "name": n, "question": q} for k, (n, q) in CRITERIA.items()],
-                 "questions": public, "raters": orders, "notice": TINY_RANDOM_NOTE if tiny_random else ""}
+    page_data = {
+        "pack_id": pack_id,
+        "criteria": [{"id": k, "name": n, "question": q} for k, (n, q) in CRITERIA.items()],
+        "questions": public,
+        "raters": orders,
+        "notice": TINY_RANDOM_NOTE if tiny_random else "",
+    }
     (out / "index.html").write_text(_rating_page(page_data), encoding="utf-8")
-    key = {"pack_id": pack_id, "run": str(run_dir.resolve()), "seed": seed, "methods": labels,
-           "criteria": list(CRITERIA), "raters": raters, "questions": secret, "weights_labels": weights,
-           "tiny_random": tiny_random}
+    key = {
+        "pack_id": pack_id,
+        "run": str(run_dir.resolve()),
+        "seed": seed,
+        "methods": labels,
+        "criteria": list(CRITERIA),
+        "raters": raters,
+        "questions": secret,
+        "weights_labels": weights,
+        "tiny_random": tiny_random,
+    }
     key_path = key_path_for(out)
     key_path.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out / "index.html", key_path
 
 
-def _pack_inputs(run_dir: Path, methods: Sequence[str] | None) -> tuple[pd.DataFrame, list[str], list[Candidate],
-                                                                       dict[str, dict[str, Path | None]]]:
+def _pack_inputs(
+    run_dir: Path, methods: Sequence[str] | None
+) -> tuple[pd.DataFrame, list[str], list[Candidate], dict[str, dict[str, Path | None]]]:
     """The run's results, the method labels of the pack, the pairs that have a transfer output of each and the
     pairs' input images; a run that cannot make a pack is refused in one line."""
     results = read_plan_results(run_dir)[0]  # the folder's current plan only
@@ -199,9 +245,13 @@ def _pack_inputs(run_dir: Path, methods: Sequence[str] | None) -> tuple[pd.DataF
     return results, labels, pool, manifest
 
 
-def _write_questions(questions: Sequence[tuple[Candidate, bool]], manifest: Mapping[str, Mapping[str, Path | None]],
-                     labels: Sequence[str], rng: np.random.Generator,
-                     out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _write_questions(
+    questions: Sequence[tuple[Candidate, bool]],
+    manifest: Mapping[str, Mapping[str, Path | None]],
+    labels: Sequence[str],
+    rng: np.random.Generator,
+    out: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Each question's images under ``out``/images with random option tokens; what the page shows (public) and
     what the key keeps (secret: pair, check, token → method label and job)."""
     public: dict[str, Any] = {}
@@ -225,10 +275,18 @@ def _write_questions(questions: Sequence[tuple[Candidate, bool]], manifest: Mapp
             with Image.open(out / "images" / f"{qid}-target.png") as target:
                 Image.new("RGB", target.size, BROKEN_GREY).save(out / "images" / f"{token}.png")
             options[token] = BROKEN
-        public[qid] = {"source": f"images/{qid}-source.png", "target": f"images/{qid}-target.png",
-                       "options": {token: f"images/{token}.png" for token in options}}
-        secret[qid] = {"pair_id": candidate.pair_id, "category": candidate.category, "check": is_check,
-                       "options": options, "jobs": {t: candidate.jobs.get(m) for t, m in options.items()}}
+        public[qid] = {
+            "source": f"images/{qid}-source.png",
+            "target": f"images/{qid}-target.png",
+            "options": {token: f"images/{token}.png" for token in options},
+        }
+        secret[qid] = {
+            "pair_id": candidate.pair_id,
+            "category": candidate.category,
+            "check": is_check,
+            "options": options,
+            "jobs": {t: candidate.jobs.get(m) for t, m in options.items()},
+        }
     return public, secret
 
 
@@ -237,9 +295,13 @@ def _rater_orders(public: Mapping[str, Any], raters: Sequence[str], rng: np.rand
     orders: dict[str, list] = {}
     for rater in raters:  # each rater: own question order, own option order in every question
         qids = [list(public)[i] for i in rng.permutation(len(public))]
-        orders[rater] = [{"question": q, "options": [list(public[q]["options"])[i]
-                                                     for i in rng.permutation(len(public[q]["options"]))]}
-                         for q in qids]
+        orders[rater] = [
+            {
+                "question": q,
+                "options": [list(public[q]["options"])[i] for i in rng.permutation(len(public[q]["options"]))],
+            }
+            for q in qids
+        ]
     return orders
 
 
@@ -249,23 +311,29 @@ def _rating_page(page_data: Mapping[str, Any]) -> str:
     data = json.dumps(page_data, sort_keys=True).replace("</", "<\\/")  # no "</script>" inside the script
     return string.Template((templates / "study.html").read_text(encoding="utf-8")).substitute(
         css=(templates / "study.css").read_text(encoding="utf-8"),
-        js=(templates / "study.js").read_text(encoding="utf-8"), data=data,
-        pack_id=html.escape(str(page_data["pack_id"])))
+        js=(templates / "study.js").read_text(encoding="utf-8"),
+        data=data,
+        pack_id=html.escape(str(page_data["pack_id"])),
+    )
 
 
 def pack_main(args: argparse.Namespace) -> int:
     """`clic-bench pack RUN --pairs N --methods ... --raters R --seed S --out DIR`."""
-    index, key = build_pack(args.run, args.out, n_pairs=args.pairs, methods=args.methods, n_raters=args.raters,
-                            seed=args.seed)
+    index, key = build_pack(
+        args.run, args.out, n_pairs=args.pairs, methods=args.methods, n_raters=args.raters, seed=args.seed
+    )
     key_data = json.loads(key.read_text())
     n_checks = sum(q["check"] for q in key_data["questions"].values())
-    print(f"pack: {index} ({len(key_data['questions']) - n_checks} questions + {n_checks} attention checks, "
-          f"{len(key_data['raters'])} raters: open index.html?rater=r1 ...)")
+    print(
+        f"pack: {index} ({len(key_data['questions']) - n_checks} questions + {n_checks} attention checks, "
+        f"{len(key_data['raters'])} raters: open index.html?rater=r1 ...)"
+    )
     print(f"key (keep it away from raters): {key}")
     return 0
 
 
 # ---------------------------------------------------------------------------------------------- screenshots
+
 
 def launch_chromium(playwright: Any) -> Any:
     """Debian's Chromium driven by Playwright (no browser download: `playwright install` is never needed)."""
@@ -300,7 +368,9 @@ def screenshot(page_path: str, out: str | Path, width: int = 1200, full_page: bo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.analyse.study", description="screenshots of reports and packs")
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.analyse.study", description="screenshots of reports and packs"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     shot = sub.add_parser("screenshot", help="PNG of a report or rating page in headless Chromium")
     shot.add_argument("page", help="an HTML file or a folder with index.html; may end in ?rater=r1 or #anchor")

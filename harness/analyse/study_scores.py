@@ -4,6 +4,7 @@
 best for N methods, overall, per criterion and per category, with bootstrap CIs over questions, Kendall's W
 between raters, and the raters who failed an attention check excluded and counted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ from harness.analyse.study import BROKEN, CRITERIA
 from harness.errors import UsageError
 
 # ---------------------------------------------------------------------------------------------- answers
+
 
 def read_answers(paths: Iterable[str | Path], key: Mapping[str, Any]) -> pd.DataFrame:
     """Exported answers (JSON from the page, or CSV) as rows rater, question, criterion, place, option.
@@ -49,8 +51,10 @@ def read_answers(paths: Iterable[str | Path], key: Mapping[str, Any]) -> pd.Data
     answers = pd.concat(frames, ignore_index=True)[["rater", "question", "criterion", "place", "option"]]
     if answers.empty:  # a partial export after the first screen gives such a file
         path, rater = left_out[0]
-        raise UsageError(f"{path}: rater {rater} answered only the attention check(s): no question to score"
-                         + (f" (nor did the {len(left_out) - 1} other rater(s))" if len(left_out) > 1 else ""))
+        raise UsageError(
+            f"{path}: rater {rater} answered only the attention check(s): no question to score"
+            + (f" (nor did the {len(left_out) - 1} other rater(s))" if len(left_out) > 1 else "")
+        )
     for path, rater in left_out:
         print(f"score: {path}: rater {rater} answered only the attention check(s); left out", file=sys.stderr)
     return answers
@@ -88,9 +92,18 @@ def _read_answer_file(path: Path) -> pd.DataFrame:
             raise UsageError(f"{path}: column place must hold whole numbers") from None
     try:
         data = json.loads(text)
-        rows = [{"pack_id": data["pack_id"], "rater": data["rater"], "question": answer["question"],
-                 "criterion": answer["criterion"], "place": place, "option": option}
-                for answer in data["answers"] for place, option in enumerate(answer["ranking"], start=1)]
+        rows = [
+            {
+                "pack_id": data["pack_id"],
+                "rater": data["rater"],
+                "question": answer["question"],
+                "criterion": answer["criterion"],
+                "place": place,
+                "option": option,
+            }
+            for answer in data["answers"]
+            for place, option in enumerate(answer["ranking"], start=1)
+        ]
     except (ValueError, KeyError, TypeError) as err:
         raise UsageError(f"{path}: not an answers export of the rating page ({type(err).__name__}: {err})") from None
     if not rows:
@@ -134,10 +147,14 @@ def _check_rankings(frame: pd.DataFrame, key: Mapping[str, Any], path: Path) -> 
 
 # ---------------------------------------------------------------------------------------------- scoring
 
+
 def attention_check_failures(answers: pd.DataFrame, key: Mapping[str, Any]) -> pd.DataFrame:
     """Per rater: attention checks answered and failed (a check fails when the broken image is not last)."""
-    broken = {qid: next(t for t, m in q["options"].items() if m == BROKEN)
-              for qid, q in key["questions"].items() if q["check"]}
+    broken = {
+        qid: next(t for t, m in q["options"].items() if m == BROKEN)
+        for qid, q in key["questions"].items()
+        if q["check"]
+    }
     n_options = {qid: len(q["options"]) for qid, q in key["questions"].items()}
     rows = []
     for rater, given in answers.groupby("rater", sort=True):
@@ -154,9 +171,11 @@ def rank_scores(answers: pd.DataFrame, key: Mapping[str, Any]) -> pd.DataFrame:
     is_check = answers["question"].map(lambda q: bool(questions[q]["check"])).astype(bool)
     scored = answers[~is_check]
     n_options = scored["question"].map(lambda q: len(questions[q]["options"]))
-    return scored.assign(method=[questions[q]["options"][t] for q, t in zip(scored["question"], scored["option"])],
-                         category=scored["question"].map(lambda q: questions[q]["category"]),
-                         score=n_options - scored["place"] + 1)
+    return scored.assign(
+        method=[questions[q]["options"][t] for q, t in zip(scored["question"], scored["option"])],
+        category=scored["question"].map(lambda q: questions[q]["category"]),
+        score=n_options - scored["place"] + 1,
+    )
 
 
 def cluster_bootstrap_ci(values: np.ndarray, clusters: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -174,8 +193,17 @@ def average_rankings(scores: pd.DataFrame, methods: Sequence[str]) -> pd.DataFra
         for method in methods:
             mine = group[group["method"].eq(method)]
             low, high = cluster_bootstrap_ci(mine["score"].to_numpy(float), mine["question"].to_numpy())
-            rows.append({"method": method, "criterion": criterion, "category": category, "n": len(mine),
-                         "mean": mine["score"].mean() if len(mine) else float("nan"), "ci_low": low, "ci_high": high})
+            rows.append(
+                {
+                    "method": method,
+                    "criterion": criterion,
+                    "category": category,
+                    "n": len(mine),
+                    "mean": mine["score"].mean() if len(mine) else float("nan"),
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -187,7 +215,7 @@ def kendalls_w(ranks: np.ndarray) -> float:
     m, n = ranks.shape
     rank_sums = ranks.sum(axis=0)
     s = float(((rank_sums - rank_sums.mean()) ** 2).sum())
-    return 12.0 * s / (m ** 2 * (n ** 3 - n))
+    return 12.0 * s / (m**2 * (n**3 - n))
 
 
 def agreement(scores: pd.DataFrame) -> pd.DataFrame:
@@ -199,8 +227,13 @@ def agreement(scores: pd.DataFrame) -> pd.DataFrame:
             matrix = rows_q.pivot_table(index="rater", columns="option", values="place").dropna()
             if len(matrix) >= 2:
                 per_question.append(kendalls_w(matrix.to_numpy(float)))
-        rows.append({"criterion": criterion, "questions": len(per_question),
-                     "kendalls_w": float(np.mean(per_question)) if per_question else float("nan")})
+        rows.append(
+            {
+                "criterion": criterion,
+                "questions": len(per_question),
+                "kendalls_w": float(np.mean(per_question)) if per_question else float("nan"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -220,24 +253,31 @@ def score_study(key: Mapping[str, Any], answers: pd.DataFrame, max_failed_checks
     if kept.empty:
         raise UsageError(f"all {len(raters)} rater(s) failed the attention checks: nothing to score")
     scores = rank_scores(kept, key)
-    return StudyScore(average_rankings(scores, key["methods"]), agreement(scores), raters,
-                      bool(key.get("tiny_random")))
+    return StudyScore(average_rankings(scores, key["methods"]), agreement(scores), raters, bool(key.get("tiny_random")))
 
 
 def ranking_table(rankings: pd.DataFrame) -> pd.DataFrame:
     """The paper's Table 1 layout: a row per method, a column per criterion and category ("mean [CI]")."""
+
     def cell(row: Any) -> str:
         return f"{format_number(row.mean)} [{format_number(row.ci_low)}, {format_number(row.ci_high)}]"
 
-    shown = rankings.assign(cell=[cell(r) for r in rankings.itertuples()],
-                            column=[CRITERIA[c][0].lower() if c in CRITERIA else (
-                                "overall" if cat == ALL_CATEGORIES else cat)
-                                for c, cat in zip(rankings["criterion"], rankings["category"])])
+    shown = rankings.assign(
+        cell=[cell(r) for r in rankings.itertuples()],
+        column=[
+            CRITERIA[c][0].lower() if c in CRITERIA else ("overall" if cat == ALL_CATEGORIES else cat)
+            for c, cat in zip(rankings["criterion"], rankings["category"])
+        ],
+    )
     table = shown.pivot_table(index="method", columns="column", values="cell", aggfunc="first", sort=False)
     overall_n = rankings[rankings["criterion"].eq("all") & rankings["category"].eq(ALL_CATEGORIES)]
     table["n"] = overall_n.set_index("method")["n"]
-    order = ["overall", *(CRITERIA[c][0].lower() for c in CRITERIA), *sorted(
-        c for c in table.columns if c not in ("overall", "n", *(CRITERIA[k][0].lower() for k in CRITERIA))), "n"]
+    order = [
+        "overall",
+        *(CRITERIA[c][0].lower() for c in CRITERIA),
+        *sorted(c for c in table.columns if c not in ("overall", "n", *(CRITERIA[k][0].lower() for k in CRITERIA))),
+        "n",
+    ]
     return table.reindex(columns=[c for c in order if c in table.columns]).rename_axis(None, axis=1).reset_index()
 
 
@@ -246,9 +286,11 @@ def study_markdown(result: StudyScore, n_methods: int) -> str:
     lines = ["# User study: average ranking\n"]
     if result.tiny_random:
         lines.append(f"{TINY_RANDOM_NOTE}\n")
-    lines.append(f"Rank {n_methods} = best, 1 = worst (the paper's Table 1 format); mean [95% bootstrap CI over "
-                 f"questions]. Raters: {len(result.raters)} answered, {len(excluded)} excluded for failing attention "
-                 f"checks" + (f" ({', '.join(map(markdown_text, excluded['rater']))})" if len(excluded) else "") + ".\n")
+    lines.append(
+        f"Rank {n_methods} = best, 1 = worst (the paper's Table 1 format); mean [95% bootstrap CI over "
+        f"questions]. Raters: {len(result.raters)} answered, {len(excluded)} excluded for failing attention "
+        f"checks" + (f" ({', '.join(map(markdown_text, excluded['rater']))})" if len(excluded) else "") + ".\n"
+    )
     lines.append(to_markdown(ranking_table(result.rankings), note=""))
     lines.append("## Agreement between raters (Kendall's W, mean over questions)\n")
     lines.append(to_markdown(result.agreement, note=""))

@@ -2,6 +2,7 @@
 or standalone files, each preceded by the note that its numbers come from random weights when they do.
 (Re-exported by :mod:`harness.analyse.aggregate`.)
 """
+
 from __future__ import annotations
 
 import html
@@ -48,8 +49,10 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
     """Numbers rounded for reading, CI columns merged into one "[low, high]" column."""
     shown = table.copy()
     if {"ci_low", "ci_high"} <= set(shown.columns):
-        ci = [f"[{format_number(lo)}, {format_number(hi)}]" if np.isfinite(lo) else ""
-              for lo, hi in zip(shown["ci_low"].astype(float), shown["ci_high"].astype(float))]
+        ci = [
+            f"[{format_number(lo)}, {format_number(hi)}]" if np.isfinite(lo) else ""
+            for lo, hi in zip(shown["ci_low"].astype(float), shown["ci_high"].astype(float))
+        ]
         position = shown.columns.get_loc("ci_low")
         shown = shown.drop(columns=["ci_low", "ci_high"])
         shown.insert(position, "95% CI", ci)
@@ -69,8 +72,10 @@ def to_markdown(table: pd.DataFrame, note: str | None = None) -> str:
     note = table_note(table) if note is None else note
     shown = _display(table)
     escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731 - tiny local helper
-    lines = ["| " + " | ".join(escape(c) for c in shown.columns) + " |",
-             "|" + "|".join("---" for _ in shown.columns) + "|"]
+    lines = [
+        "| " + " | ".join(escape(c) for c in shown.columns) + " |",
+        "|" + "|".join("---" for _ in shown.columns) + "|",
+    ]
     lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in shown.itertuples(index=False)]
     return (note + "\n\n" if note else "") + "\n".join(lines) + "\n"
 
@@ -91,8 +96,10 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | Path) -> lis
     for name, table in tables.items():
         (out / f"{name}.md").write_text(to_markdown(table), encoding="utf-8")
         table.to_csv(out / f"{name}.csv", index=False)
-        page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(name)}</title>"
-                f"<style>{TABLE_CSS}</style></head><body>\n{to_html_fragment(table)}</body></html>\n")
+        page = (
+            f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(name)}</title>'
+            f"<style>{TABLE_CSS}</style></head><body>\n{to_html_fragment(table)}</body></html>\n"
+        )
         (out / f"{name}.html").write_text(page, encoding="utf-8")
         written += [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.html"]
     return written

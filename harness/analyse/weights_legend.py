@@ -5,6 +5,7 @@ A table's ``weights`` column names the diffusion weights and the metric weights 
 the page shows a short key (W1, W2, …) and one legend, in the provenance section, that spells each key out.
 The CSV and Markdown tables keep the full text.
 """
+
 from __future__ import annotations
 
 import html
@@ -42,11 +43,15 @@ def legend_html(keys: Mapping[str, str], anchor: str = "weights") -> str:
     """The one place the keys are spelled out: key, diffusion weights + metric weights."""
     if not keys:
         return ""
-    rows = "".join(f"<tr><td>{html.escape(key)}</td><td>{html.escape(full)}</td></tr>"
-                   for full, key in sorted(keys.items(), key=lambda item: int(item[1][1:])))
-    return (f'<h3 id="{anchor}">Weights</h3><p>The <code>weights</code> column of every table names these keys: '
-            f"the diffusion model's weights + the metric's weights that made the numbers.</p>"
-            f'<table class="results"><tr><th>key</th><th>diffusion weights + metric weights</th></tr>{rows}</table>')
+    rows = "".join(
+        f"<tr><td>{html.escape(key)}</td><td>{html.escape(full)}</td></tr>"
+        for full, key in sorted(keys.items(), key=lambda item: int(item[1][1:]))
+    )
+    return (
+        f'<h3 id="{anchor}">Weights</h3><p>The <code>weights</code> column of every table names these keys: '
+        f"the diffusion model's weights + the metric's weights that made the numbers.</p>"
+        f'<table class="results"><tr><th>key</th><th>diffusion weights + metric weights</th></tr>{rows}</table>'
+    )
 
 
 def keys_text(keys: Mapping[str, str]) -> Iterable[str]:

@@ -2,6 +2,7 @@
 request no node can satisfy before any job is submitted, the Ray options and slot count of a suite's jobs, and the
 warm-up calls that load the model into the workers while the driver plans.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,20 +58,29 @@ def check_cluster(suite: Suite) -> None:
     for index, spec in enumerate(suite.methods):  # a method entry's own num_gpus / num_cpus
         if spec.resources:
             own = dataclasses.replace(suite, resources=dataclasses.replace(suite.resources, **spec.resources))
-            problems += [line.replace(": resources", f": methods[{index}].resources", 1)
-                         for line in cluster_problems(own, nodes) if ": device: " not in line]
+            problems += [
+                line.replace(": resources", f": methods[{index}].resources", 1)
+                for line in cluster_problems(own, nodes)
+                if ": device: " not in line
+            ]
     problems = list(dict.fromkeys(problems))
     if problems:
         stop_started_cluster()  # a cluster this run started for nothing is not left behind
         raise PreflightFailed(problems)
+
 
 def job_options(suite: Suite) -> dict[str, Any]:
     """Ray options of every learn and task job of ``suite``."""
     resources = suite.resources
     # SPREAD: jobs are long and independent, so they go to the least-loaded nodes instead of filling the
     # driver's node first (Ray's default prefers locality, which starves other nodes of short jobs).
-    options = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus,
-               "max_retries": resources.max_retries, "retry_exceptions": False, "scheduling_strategy": "SPREAD"}
+    options = {
+        "num_cpus": resources.num_cpus,
+        "num_gpus": resources.num_gpus,
+        "max_retries": resources.max_retries,
+        "retry_exceptions": False,
+        "scheduling_strategy": "SPREAD",
+    }
     if resources.memory_gb:
         options["memory"] = int(resources.memory_gb * 2**30)
     if resources.custom:

@@ -12,6 +12,7 @@ Per method and preset, the first that applies:
 So CLiC at 512 px in fp32 (7.1 GiB) packs two per 16 GB card while Break-A-Scene ``original`` (≈ 17.8 GiB) takes a
 whole 24 GB card, in one run. Pure: the runner turns these into Ray options.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,14 +39,19 @@ def method_resources(suite: Suite, resolution: int) -> dict[tuple[str, str], dic
         method = method_class(spec.name)()
         for preset in spec.presets:
             expected = method.expected_gpu_memory_gib(preset, resolution, suite.dtype)
-            entry = {"num_gpus": base.num_gpus, "num_cpus": base.num_cpus,
-                     "expected_gpu_memory_gib": None if expected is None else round(expected, 2),
-                     "why": "the suite's resources"}
+            entry = {
+                "num_gpus": base.num_gpus,
+                "num_cpus": base.num_cpus,
+                "expected_gpu_memory_gib": None if expected is None else round(expected, 2),
+                "why": "the suite's resources",
+            }
             if spec.resources:
                 entry.update(spec.resources, why=f"the method entry's resources ({spec.name})")
             elif expected is not None and base.num_gpus > 0 and base.gpu_memory_gib:
-                entry.update(num_gpus=gpus_for_memory(expected, base.gpu_memory_gib),
-                             why=f"expected {expected:.1f} GiB at {resolution} px {suite.dtype} on a "
-                                 f"{base.gpu_memory_gib:g} GiB GPU")
+                entry.update(
+                    num_gpus=gpus_for_memory(expected, base.gpu_memory_gib),
+                    why=f"expected {expected:.1f} GiB at {resolution} px {suite.dtype} on a "
+                    f"{base.gpu_memory_gib:g} GiB GPU",
+                )
             packed[(spec.name, preset)] = entry
     return packed

@@ -1,5 +1,6 @@
 """One run on the Ray cluster: submits the learns, tasks and metric calls the scheduler asks for, waits for them,
 retries what ran out of memory with a larger packing, and hands what finished to the recorder."""
+
 from __future__ import annotations
 
 import sys
@@ -23,9 +24,20 @@ if TYPE_CHECKING:
 class RayRun:
     """One run on the cluster: submits what the scheduler asks for and reports what finished."""
 
-    def __init__(self, suite: Suite, plan: Plan, graph: JobGraph, scheduler: Scheduler, recorder: Recorder,
-                 run_dir: Path, max_in_flight: int | None, allow_random_metrics: bool, quiet: bool,
-                 warming: WarmWorkers | None = None, mirror: Any = None) -> None:
+    def __init__(
+        self,
+        suite: Suite,
+        plan: Plan,
+        graph: JobGraph,
+        scheduler: Scheduler,
+        recorder: Recorder,
+        run_dir: Path,
+        max_in_flight: int | None,
+        allow_random_metrics: bool,
+        quiet: bool,
+        warming: WarmWorkers | None = None,
+        mirror: Any = None,
+    ) -> None:
         import ray
         from tqdm import tqdm
 
@@ -40,8 +52,10 @@ class RayRun:
         from .packing import method_resources
 
         # (method, preset) -> its own num_gpus / num_cpus (harness.execute.packing): per method, packed by memory
-        self.method_options = {key: {"num_gpus": entry["num_gpus"], "num_cpus": entry["num_cpus"]}
-                               for key, entry in method_resources(suite, plan.resolution).items()}
+        self.method_options = {
+            key: {"num_gpus": entry["num_gpus"], "num_cpus": entry["num_cpus"]}
+            for key, entry in method_resources(suite, plan.resolution).items()
+        }
         self.learn_function, self.task_function = ray.remote(learn_concept_task), ray.remote(run_task_job)
         self.learn_remote = self.learn_function.options(**options)
         self.task_remote = self.task_function.options(**options, num_returns=2)
@@ -55,8 +69,13 @@ class RayRun:
         # CLIP weights refused) still stops the run at once.
         targets = {m.name: m.target for m in plan.metrics}
         count, actor_gpus = metric_pool_shape(suite.metric_actors, targets, ray.cluster_resources())
-        self.scorers = metric_scorers(targets, allow_random_metrics, {k: dict(v) for k, v in suite.metric_options.items()},
-                                      count, actor_gpus) if plan.metrics else []
+        self.scorers = (
+            metric_scorers(
+                targets, allow_random_metrics, {k: dict(v) for k, v in suite.metric_options.items()}, count, actor_gpus
+            )
+            if plan.metrics
+            else []
+        )
         self.scorer_load = [0] * len(self.scorers)  # calls in flight per actor: a batch goes to the least loaded
         self.scored_by: dict[Any, int] = {}
         self.metric_pool = {"actors": len(self.scorers), "num_gpus_each": actor_gpus}
@@ -69,15 +88,24 @@ class RayRun:
         self.samples: dict[str, Any] = {}  # job id -> the object ref of its samples, until scored
         self.pending: dict[Any, Submission] = {}
         self.group_ids = {key: group_result_id(key, members, plan.metrics) for key, members in scheduler.groups.items()}
-        self.progress = tqdm(total=len(graph.jobs) - recorder.summary.skipped - recorder.summary.not_applicable,
-                             disable=quiet, unit="job", desc="jobs")
+        self.progress = tqdm(
+            total=len(graph.jobs) - recorder.summary.skipped - recorder.summary.not_applicable,
+            disable=quiet,
+            unit="job",
+            desc="jobs",
+        )
         recorder.on_record = self.show
 
     def show(self) -> None:
         summary = self.recorder.summary
         self.progress.update(1)
-        self.progress.set_postfix(learned=f"{len(self.scheduler.learned)}/{self.scheduler.concepts_total}",
-                                  done=summary.done, failed=summary.failed, skipped=summary.skipped, refresh=False)
+        self.progress.set_postfix(
+            learned=f"{len(self.scheduler.learned)}/{self.scheduler.concepts_total}",
+            done=summary.done,
+            failed=summary.failed,
+            skipped=summary.skipped,
+            refresh=False,
+        )
 
     def weights_of(self, name: str) -> str | None:
         import ray
@@ -113,13 +141,15 @@ class RayRun:
     def submit(self, submission: Submission) -> None:
         if isinstance(submission, Learn):
             node = self.graph.learns[submission.concept_id]
-            ref = self._remote(submission.concept_id, True, node.method, node.preset).remote(node, self.concepts_root,
-                                                                                             self.remote)
+            ref = self._remote(submission.concept_id, True, node.method, node.preset).remote(
+                node, self.concepts_root, self.remote
+            )
         elif isinstance(submission, RunTask):
             job = submission.job
             node = self.graph.learns[job.concept_id]
             ref, self.samples[job.job_id] = self._remote(job.job_id, False, job.method, job.preset).remote(
-                job, self.learned[job.concept_id], node.model, self.plan.resolution, str(self.run_dir), self.remote)
+                job, self.learned[job.concept_id], node.model, self.plan.resolution, str(self.run_dir), self.remote
+            )
         elif isinstance(submission, Score):  # the workers' sample refs: Ray hands their values to the actor
             ref = self._scorer().score.remote(*[self.samples[job.job_id] for job in submission.jobs])
         else:
@@ -207,8 +237,11 @@ class RayRun:
         self.retry_options[key] = larger_packing(current, node_cpus)
         if not self.quiet:
             what = "learning concept" if isinstance(submission, Learn) else "job"
-            print(f"{what} {key}: out of memory with {tried[-1]}; retry {len(tried)} of {self.max_retries} with "
-                  f"{packing_text(self.retry_options[key])}", file=sys.stderr)
+            print(
+                f"{what} {key}: out of memory with {tried[-1]}; retry {len(tried)} of {self.max_retries} with "
+                f"{packing_text(self.retry_options[key])}",
+                file=sys.stderr,
+            )
         self.submit(submission)
         return True
 
@@ -225,8 +258,11 @@ class RayRun:
             tried = self.out_of_memory.get(key)
             if tried:
                 ran = f"{what} ran out of memory with {', then '.join(tried)}"
-                notes.append(ran if len(tried) > self.max_retries else
-                             f"{ran}; retried with {packing_text(self.retry_options[key])}")
+                notes.append(
+                    ran
+                    if len(tried) > self.max_retries
+                    else f"{ran}; retried with {packing_text(self.retry_options[key])}"
+                )
         return "; ".join(notes) or None
 
     def failed(self, submission: Submission, error: BaseException) -> None:
@@ -239,5 +275,7 @@ class RayRun:
         if isinstance(submission, ScoreGroup):  # only the group's values are lost; its members keep their rows
             self._record_group(submission.key, None, error)
 
-    def _record_group(self, key: GroupKey, result: Mapping[str, Any] | None, error: BaseException | None = None) -> None:
+    def _record_group(
+        self, key: GroupKey, result: Mapping[str, Any] | None, error: BaseException | None = None
+    ) -> None:
         self.recorder.group(key, self.scheduler.groups[key], self.group_ids[key], group_prefix(key), result, error)

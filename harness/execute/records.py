@@ -1,21 +1,23 @@
 """The driver's side of a run's results: result rows built from a job's planned identity and its outcome,
 written one file per job as soon as they are known (a killed driver loses only in-flight jobs)."""
+
 from __future__ import annotations
 
 import datetime as dt
 import math
 import sys
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .. import store
-from . import run_folder
 from ..groups import ALL_CATEGORIES, CONCEPTS, SEEDS, GroupKey
 from ..plan.jobs import MetricInfo, ModelInfo, TaskJob, code_version
+from . import run_folder
 
 NO_MODEL_LABEL = "none (no model)"  # the weights label of methods that load no model (cut-and-paste)
 MetricValues = list[tuple[str, str, float]]  # (metric, value name, value)
@@ -51,7 +53,7 @@ class RunSummary:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def one_line(error: BaseException) -> str:
@@ -77,33 +79,55 @@ def settings_columns(job: TaskJob) -> dict[str, Any]:
     (never null because a preset supplied them; null where the method reads no such setting)."""
     learn = job.learn
     steps = getattr(learn, "total_steps", getattr(learn, "steps", None))
-    return {"settings": store.canonical_json(job.settings_record()),
-            "sweep": store.canonical_json(dict(job.sweep)) if job.sweep is not None else None,
-            "t_start": job.t_start, "eta": job.eta, "task_steps": getattr(job.settings, "steps", None),
-            "guidance_scale": getattr(job.settings, "guidance_scale", None),
-            "learn_steps": int(steps) if steps is not None else None, "learn_lr": getattr(learn, "lr", None)}
+    return {
+        "settings": store.canonical_json(job.settings_record()),
+        "sweep": store.canonical_json(dict(job.sweep)) if job.sweep is not None else None,
+        "t_start": job.t_start,
+        "eta": job.eta,
+        "task_steps": getattr(job.settings, "steps", None),
+        "guidance_scale": getattr(job.settings, "guidance_scale", None),
+        "learn_steps": int(steps) if steps is not None else None,
+        "learn_lr": getattr(learn, "lr", None),
+    }
 
 
 def base_row(job: TaskJob, run_id: str, models: Mapping[str, ModelInfo | None]) -> dict[str, Any]:
     """The columns every row of ``job`` has: its planned identity, model and code version."""
     model = models.get(job.method)
     return {
-        "run_id": run_id, "job_id": job.job_id, "concept_id": job.concept_id, "task": job.task,
-        "pair_id": job.pair_id, "category": job.category, "method": job.method, "preset": job.preset,
-        "label": job.label, "variant": job.variant, "seed": job.seed, **settings_columns(job),
-        "object_word": job.object_word, "model_id": model.model_id if model else None,
+        "run_id": run_id,
+        "job_id": job.job_id,
+        "concept_id": job.concept_id,
+        "task": job.task,
+        "pair_id": job.pair_id,
+        "category": job.category,
+        "method": job.method,
+        "preset": job.preset,
+        "label": job.label,
+        "variant": job.variant,
+        "seed": job.seed,
+        **settings_columns(job),
+        "object_word": job.object_word,
+        "model_id": model.model_id if model else None,
         "weights_hash": model.weights_hash if model else None,
         "weights_label": model.weights_label if model else NO_MODEL_LABEL,
-        "code_version": code_version(), "value": math.nan,
+        "code_version": code_version(),
+        "value": math.nan,
     }
 
 
 class Recorder:
     """Writes each job's (or group's) rows and keeps the run's counts."""
 
-    def __init__(self, run_dir: Path, summary: RunSummary, models: Mapping[str, ModelInfo | None],
-                 metrics: Sequence[MetricInfo], weights_of: Callable[[str], str | None] = lambda name: None,
-                 on_record: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        summary: RunSummary,
+        models: Mapping[str, ModelInfo | None],
+        metrics: Sequence[MetricInfo],
+        weights_of: Callable[[str], str | None] = lambda name: None,
+        on_record: Callable[[], None] = lambda: None,
+    ) -> None:
         self.run_dir, self.summary, self.models = run_dir, summary, models
         self.metric_info = {metric.name: metric for metric in metrics}
         self.weights_of = weights_of
@@ -115,36 +139,67 @@ class Recorder:
 
     def metric_rows(self, base: dict[str, Any], values: MetricValues) -> list[dict[str, Any]]:
         """One row per value on top of ``base`` (just ``base`` when there are none)."""
-        return [{**base, "metric": value_name, "value": value, "metric_version": self.metric_info[name].version,
-                 "higher_is_better": self.metric_info[name].values.get(value_name, True),
-                 "metric_scale": self.metric_info[name].scale, "metric_weights": self.weights_of(name)}
-                for name, value_name, value in values] or [base]
+        return [
+            {
+                **base,
+                "metric": value_name,
+                "value": value,
+                "metric_version": self.metric_info[name].version,
+                "higher_is_better": self.metric_info[name].values.get(value_name, True),
+                "metric_scale": self.metric_info[name].scale,
+                "metric_weights": self.weights_of(name),
+            }
+            for name, value_name, value in values
+        ] or [base]
 
     def not_applicable(self, job: TaskJob) -> None:
-        store.write_job_results(self.run_dir, job.job_id, [{**self.base(job), "status": job.status,
-                                                            "error": job.reason, "finished_at": now_iso()}])
+        store.write_job_results(
+            self.run_dir,
+            job.job_id,
+            [{**self.base(job), "status": job.status, "error": job.reason, "finished_at": now_iso()}],
+        )
         self.summary.not_applicable += 1
 
     def ok(self, job: TaskJob, record: Mapping[str, Any], values: MetricValues, metric_seconds: float) -> None:
-        base = {**self.base(job), **record["artifacts"], "status": store.STATUS_OK,
-                "learn_seconds": record["learn_seconds"], "task_seconds": record["task_seconds"],
-                "peak_memory_mb": record.get("peak_memory_mb"), "learn_peak_memory_mb": record.get("learn_peak_memory_mb"),
-                "metric_seconds": metric_seconds, "finished_at": now_iso(), "notes": record.get("notes")}
+        base = {
+            **self.base(job),
+            **record["artifacts"],
+            "status": store.STATUS_OK,
+            "learn_seconds": record["learn_seconds"],
+            "task_seconds": record["task_seconds"],
+            "peak_memory_mb": record.get("peak_memory_mb"),
+            "learn_peak_memory_mb": record.get("learn_peak_memory_mb"),
+            "metric_seconds": metric_seconds,
+            "finished_at": now_iso(),
+            "notes": record.get("notes"),
+        }
         self._write(job, self.metric_rows(base, values), failed=False)
 
     def failed(self, job: TaskJob, error: BaseException, stage: str = "") -> None:
         if run_folder.is_infrastructure_error(error):  # the machine's failure, not the job's verdict
             self.summary.infrastructure_failed += 1
             stage = run_folder.INFRASTRUCTURE_PREFIX + stage
-        self._write(job, [{**self.base(job), "status": store.STATUS_FAILED, "error": stage + one_line(error),
-                           "finished_at": now_iso()}], failed=True)
+        self._write(
+            job,
+            [
+                {
+                    **self.base(job),
+                    "status": store.STATUS_FAILED,
+                    "error": stage + one_line(error),
+                    "finished_at": now_iso(),
+                }
+            ],
+            failed=True,
+        )
 
     def _write(self, job: TaskJob, rows: list[dict[str, Any]], failed: bool) -> None:
         try:
             store.write_job_results(self.run_dir, job.job_id, rows)
         except OSError as error:  # e.g. the disk is full: the job stays unrecorded and runs again next time
-            print(f"{self.run_dir}: could not record job {job.job_id} ({one_line(error)}); it runs again next time",
-                  file=sys.stderr)
+            print(
+                f"{self.run_dir}: could not record job {job.job_id} ({one_line(error)}); it runs again next time",
+                file=sys.stderr,
+            )
             already_counted = str(rows[0].get("error") or "").startswith(run_folder.INFRASTRUCTURE_PREFIX)
             self.summary.infrastructure_failed += not already_counted
             failed = True
@@ -163,19 +218,34 @@ class Recorder:
             self.summary.work_seconds += float(row.get("learn_seconds") or 0.0)
         self.on_record()
 
-    def group(self, key: GroupKey, members: Sequence[TaskJob], result_id: str, prefix: str,
-              result: Mapping[str, Any] | None, error: BaseException | None = None) -> None:
+    def group(
+        self,
+        key: GroupKey,
+        members: Sequence[TaskJob],
+        result_id: str,
+        prefix: str,
+        result: Mapping[str, Any] | None,
+        error: BaseException | None = None,
+    ) -> None:
         """Write a group's values (or its failure) under the group's result id, replacing older memberships'."""
         first = min(members, key=lambda job: job.job_id)
         # A seeds group is one source's (its pair id is the first pair with that source, so it pairs with other
         # methods' groups on that source); a concepts group spans pairs. Neither has one seed.
-        base = {**self.base(first), "job_id": result_id, "concept_id": None, "seed": None,
-                "pair_id": first.pair_id if key[0] == SEEDS else None, "finished_at": now_iso()}
+        base = {
+            **self.base(first),
+            "job_id": result_id,
+            "concept_id": None,
+            "seed": None,
+            "pair_id": first.pair_id if key[0] == SEEDS else None,
+            "finished_at": now_iso(),
+        }
         if key[0] == CONCEPTS:  # its members may differ in object word and category: the row says what they share
             objects = {job.object_word for job in members}
             categories = {job.category for job in members}
-            base.update(object_word=objects.pop() if len(objects) == 1 else None,
-                        category=categories.pop() if len(categories) == 1 else ALL_CATEGORIES)
+            base.update(
+                object_word=objects.pop() if len(objects) == 1 else None,
+                category=categories.pop() if len(categories) == 1 else ALL_CATEGORIES,
+            )
         if error is not None or result is None:
             rows = [{**base, "status": store.STATUS_FAILED, "error": "group metric: " + one_line(error)}]
         else:

@@ -11,6 +11,7 @@ that is not a machine's failure, there is nothing to run, and the run says so fr
 Anything that cannot be fingerprinted this way (a pair whose file is a URI: its stat is itself a request, and an
 object store's time stamps are not a content promise) gives no fingerprint, and the run plans in full as before.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,14 +32,21 @@ _PAIR_FIELDS = tuple(field.name for field in dataclasses.fields(Pair))
 _FILE_FIELDS = ("source_image", "source_mask", "target_image", "target_mask", "target_mask_gt", "expected_image")
 
 
-def plan_fingerprint(suite_record: Mapping[str, Any], plan: Plan, models: Mapping[str, ModelInfo | None],
-                     pairs: Sequence[Pair]) -> str | None:
+def plan_fingerprint(
+    suite_record: Mapping[str, Any], plan: Plan, models: Mapping[str, ModelInfo | None], pairs: Sequence[Pair]
+) -> str | None:
     """sha256 of everything the plan's ids follow from, or None when a pair's file cannot be fingerprinted."""
     digest = hashlib.sha256()
-    digest.update(store.canonical_json({
-        "suite": suite_record, "code": code_version(), "resolution": plan.resolution,
-        "models": {name: dataclasses.asdict(info) if info else None for name, info in models.items()},
-    }).encode())
+    digest.update(
+        store.canonical_json(
+            {
+                "suite": suite_record,
+                "code": code_version(),
+                "resolution": plan.resolution,
+                "models": {name: dataclasses.asdict(info) if info else None for name, info in models.items()},
+            }
+        ).encode()
+    )
     files: set[str] = set()
     for pair in pairs:
         values = [getattr(pair, name) for name in _PAIR_FIELDS]

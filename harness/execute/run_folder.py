@@ -12,6 +12,7 @@
   jobs run again; each is one line. A broken learned concept is found by the learn task
   (:func:`clic.cli_checks.concept_problem`) and relearned.
 """
+
 from __future__ import annotations
 
 import errno
@@ -22,13 +23,13 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import store
 from ..errors import UsageError
@@ -37,9 +38,16 @@ LOCK_FILE = ".lock"
 INFRASTRUCTURE_PREFIX = "infrastructure error, runs again next time: "
 _INFRASTRUCTURE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
 # Ray's errors for a worker, node or object lost (not for an exception raised by the job's own code).
-_LOST_WORKER_ERRORS = ("WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
-                       "LocalRayletDiedError", "RaySystemError", "ObjectFetchTimedOutError",
-                       "OutOfMemoryError")  # Ray's OutOfMemoryError: its memory monitor killed the worker
+_LOST_WORKER_ERRORS = (
+    "WorkerCrashedError",
+    "NodeDiedError",
+    "ObjectLostError",
+    "OwnerDiedError",
+    "LocalRayletDiedError",
+    "RaySystemError",
+    "ObjectFetchTimedOutError",
+    "OutOfMemoryError",
+)  # Ray's OutOfMemoryError: its memory monitor killed the worker
 
 
 def _holder_text(lock_path: Path) -> str:
@@ -49,8 +57,10 @@ def _holder_text(lock_path: Path) -> str:
         holder = {}
     if not holder:
         return "another run"
-    return f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, " \
-           f"since {holder.get('since', '?')})"
+    return (
+        f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+        f"since {holder.get('since', '?')})"
+    )
 
 
 @contextmanager
@@ -66,13 +76,25 @@ def locked(run_dir: str | Path, run_id: str, *, wait: bool = True, quiet: bool =
         except BlockingIOError:
             holder = _holder_text(lock_path)
             if not wait:
-                raise UsageError(f"{run_dir}: in use by {holder}; wait for it to finish, or choose another --out") from None
+                raise UsageError(
+                    f"{run_dir}: in use by {holder}; wait for it to finish, or choose another --out"
+                ) from None
             if not quiet:
                 print(f"{run_dir}: in use by {holder}; waiting for it to finish", file=sys.stderr, flush=True)
             fcntl.flock(descriptor, fcntl.LOCK_EX)
         os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, json.dumps({"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
-                                          "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode(), 0)
+        os.pwrite(
+            descriptor,
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+            ).encode(),
+            0,
+        )
         yield
     finally:
         try:
@@ -144,8 +166,9 @@ def audit(run_dir: str | Path) -> list[str]:
         lines.append(f"{path}: unreadable result file ({why}): removed, its job(s) run again")
     missing: dict[str, str] = {}  # job id -> its first missing artifact
     for table in store.read_result_tables(run_dir, ["status", "artifact_image"]):
-        table = table.filter(pc.and_(pc.equal(table.column("status"), store.STATUS_OK),
-                                     pc.is_valid(table.column("artifact_image"))))
+        table = table.filter(
+            pc.and_(pc.equal(table.column("status"), store.STATUS_OK), pc.is_valid(table.column("artifact_image")))
+        )
         # a job has one row per metric value, all naming the same artifact: each distinct one is looked at once
         artifacts = [a for a in pc.unique(table.column("artifact_image")).to_pylist() if a]
         gone = [artifact for artifact in artifacts if not (run_dir / artifact).is_file()]
@@ -155,12 +178,16 @@ def audit(run_dir: str | Path) -> list[str]:
         for job_id, artifact in zip(*(table.column(c).to_pylist() for c in ("job_id", "artifact_image"))):
             missing.setdefault(job_id, artifact)
     store.remove_job_results(run_dir, missing)
-    lines += [f"{run_dir / artifact}: artifact of job {job_id} is missing: its results were removed, the job runs again"
-              for job_id, artifact in sorted(missing.items())]
+    lines += [
+        f"{run_dir / artifact}: artifact of job {job_id} is missing: its results were removed, the job runs again"
+        for job_id, artifact in sorted(missing.items())
+    ]
     return lines
 
 
-def remove_superseded(run_dir: str | Path, jobs: Iterable[Any], weights: Mapping[str, str | None], code: str) -> list[str]:
+def remove_superseded(
+    run_dir: str | Path, jobs: Iterable[Any], weights: Mapping[str, str | None], code: str
+) -> list[str]:
     """Delete the results of jobs that an edited manifest row replaced; one line per pair.
 
     A job's id hashes its inputs, so editing a row's target object, category or files gives the job a new id
@@ -192,8 +219,19 @@ def remove_superseded(run_dir: str | Path, jobs: Iterable[Any], weights: Mapping
                 records[key] = store.canonical_json(job.settings_record())
             return records[key]
 
-        current = {(job.pair_id, job.task, job.method, job.preset, job.seed, settings_json(job),
-                    weights.get(job.method), code): job.job_id for job in jobs}
+        current = {
+            (
+                job.pair_id,
+                job.task,
+                job.method,
+                job.preset,
+                job.seed,
+                settings_json(job),
+                weights.get(job.method),
+                code,
+            ): job.job_id
+            for job in jobs
+        }
         for table in others:
             for row in table.to_pylist():
                 place = tuple(row[name] for name in columns)
@@ -204,5 +242,7 @@ def remove_superseded(run_dir: str | Path, jobs: Iterable[Any], weights: Mapping
     for job_id, pair_id in superseded.items():
         shutil.rmtree(store.artifact_dir(run_dir, job_id), ignore_errors=True)
         removed[pair_id] = removed.get(pair_id, 0) + 1
-    return [f"{run_dir}: pair {pair_id!r} changed in the manifest: results of {count} earlier job(s) replaced by this run"
-            for pair_id, count in sorted(removed.items())]
+    return [
+        f"{run_dir}: pair {pair_id!r} changed in the manifest: results of {count} earlier job(s) replaced by this run"
+        for pair_id, count in sorted(removed.items())
+    ]

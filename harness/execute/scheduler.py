@@ -17,6 +17,7 @@ Policy:
 * out of memory is retried with more room (:func:`larger_packing`): a GPU fraction becomes a whole GPU, a CPU job
   twice the CPUs (fewer jobs share a node's memory), up to the suite's ``max_retries``.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -74,8 +75,9 @@ def packing_text(options: Mapping[str, float]) -> str:
 
 def jobs_to_run(jobs: Sequence[TaskJob], statuses: Mapping[str, str], retry_failed: bool = False) -> list[TaskJob]:
     """The jobs a run still has to do: those without a result (and, with ``retry_failed``, the failed ones)."""
-    return [job for job in jobs
-            if job.job_id not in statuses or (retry_failed and statuses[job.job_id] == STATUS_FAILED)]
+    return [
+        job for job in jobs if job.job_id not in statuses or (retry_failed and statuses[job.job_id] == STATUS_FAILED)
+    ]
 
 
 class Scheduler:
@@ -88,9 +90,14 @@ class Scheduler:
     their task finishes).
     """
 
-    def __init__(self, jobs: Sequence[TaskJob], max_in_flight: int,
-                 groups: Mapping[GroupKey, Sequence[TaskJob]] | None = None,
-                 ok_jobs: Iterable[str] = (), scores_jobs: bool = True) -> None:
+    def __init__(
+        self,
+        jobs: Sequence[TaskJob],
+        max_in_flight: int,
+        groups: Mapping[GroupKey, Sequence[TaskJob]] | None = None,
+        ok_jobs: Iterable[str] = (),
+        scores_jobs: bool = True,
+    ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.max_in_flight = max_in_flight
@@ -107,7 +114,9 @@ class Scheduler:
         self.to_score: list[TaskJob] = []  # finished outputs not yet submitted for scoring
         self.split: deque[TaskJob] = deque()  # jobs of a refused batch, to be scored one by one
         self.scoring: list[Score] = []  # batches submitted, not finished
-        self.groups = {key: tuple(sorted(members, key=lambda job: job.job_id)) for key, members in (groups or {}).items()}
+        self.groups = {
+            key: tuple(sorted(members, key=lambda job: job.job_id)) for key, members in (groups or {}).items()
+        }
         self.groups_submitted: set[GroupKey] = set()
         self.groups_scoring: set[GroupKey] = set()
         self.ok_jobs: set[str] = set(ok_jobs)
@@ -122,8 +131,16 @@ class Scheduler:
     @property
     def busy(self) -> bool:
         """Whether anything is submitted and not finished, or still to be submitted."""
-        return bool(self.learning or self.running or self.scoring or self.groups_scoring or self.to_score
-                    or self.split or self.to_learn or self.ready)
+        return bool(
+            self.learning
+            or self.running
+            or self.scoring
+            or self.groups_scoring
+            or self.to_score
+            or self.split
+            or self.to_learn
+            or self.ready
+        )
 
     def group_complete(self, key: GroupKey) -> bool:
         return key not in self.groups_submitted and all(job.job_id in self.ok_jobs for job in self.groups[key])

@@ -1,9 +1,11 @@
 """The metric actor: every metric of a run loaded once, scoring job samples and groups of finished jobs."""
+
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +24,15 @@ def group_member_spec(job: TaskJob, run_dir: str | Path, remote: str | None = No
         from ..remote_folder import generated_image_uris
 
         images = generated_image_uris(remote, job.job_id)
-    return {"job_id": job.job_id, "task": job.task, "object_word": job.object_word,
-            "artifacts": str(store.artifact_dir(run_dir, job.job_id)), "images": images,
-            "source_image": job.source_image, "source_mask": job.source_mask}
+    return {
+        "job_id": job.job_id,
+        "task": job.task,
+        "object_word": job.object_word,
+        "artifacts": str(store.artifact_dir(run_dir, job.job_id)),
+        "images": images,
+        "source_image": job.source_image,
+        "source_mask": job.source_mask,
+    }
 
 
 def group_samples(specs: Sequence[Mapping[str, Any]], group: str) -> list:
@@ -45,9 +53,17 @@ def group_samples(specs: Sequence[Mapping[str, Any]], group: str) -> list:
             sources[key] = (_as_float_image(source), mask)
         source_image, source_mask = sources[key]
         for path in spec["images"]:
-            samples.append(Sample(job_id=spec["job_id"], task=spec["task"], object_word=spec["object_word"],
-                                  output_image=_as_float_image(load_image(path)), source_image=source_image,
-                                  source_mask=source_mask, group=group))
+            samples.append(
+                Sample(
+                    job_id=spec["job_id"],
+                    task=spec["task"],
+                    object_word=spec["object_word"],
+                    output_image=_as_float_image(load_image(path)),
+                    source_image=source_image,
+                    source_mask=source_mask,
+                    group=group,
+                )
+            )
     return samples
 
 
@@ -82,7 +98,7 @@ class MetricScorer:
         share = (time.perf_counter() - start) / max(len(samples), 1)
         results, offset = [], 0
         for job_samples in per_job:
-            results.append([{"values": v, "seconds": share} for v in values[offset:offset + len(job_samples)]])
+            results.append([{"values": v, "seconds": share} for v in values[offset : offset + len(job_samples)]])
             offset += len(job_samples)
         return results
 
@@ -113,8 +129,9 @@ def _actor_device() -> str:
 _METRIC_SCORERS: dict[str, list[Any]] = {}  # at most one pool: configuration key -> its actors, kept for the next run
 
 
-def metric_scorers(targets: Mapping[str, str], allow_random: bool, options: Mapping[str, Any], count: int = 1,
-                   num_gpus: float = 0.0) -> list[Any]:
+def metric_scorers(
+    targets: Mapping[str, str], allow_random: bool, options: Mapping[str, Any], count: int = 1, num_gpus: float = 0.0
+) -> list[Any]:
     """The pool of metric actors for this configuration, started once per driver: a second run in the same driver
     (a notebook, a sweep of suites) reuses it instead of loading the metric models again. Another configuration
     replaces it. Each actor holds every metric (each model once per actor); ``num_gpus`` > 0 places each on a
@@ -122,8 +139,9 @@ def metric_scorers(targets: Mapping[str, str], allow_random: bool, options: Mapp
     ``ray.util.list_named_actors()``."""
     import ray
 
-    key = content_id([ray.get_runtime_context().get_job_id(), dict(targets), allow_random, options, count,
-                      num_gpus])[:12]
+    key = content_id([ray.get_runtime_context().get_job_id(), dict(targets), allow_random, options, count, num_gpus])[
+        :12
+    ]
     if key in _METRIC_SCORERS:
         return _METRIC_SCORERS[key]
     for stale in [actor for pool in _METRIC_SCORERS.values() for actor in pool]:
@@ -135,11 +153,17 @@ def metric_scorers(targets: Mapping[str, str], allow_random: bool, options: Mapp
     # No CPU slot taken from the jobs; restarted on another node if its node is lost (its calls are retried).
     resources = {"num_cpus": 0, **({"num_gpus": num_gpus} if num_gpus > 0 else {})}
     _METRIC_SCORERS[key] = [
-        ray.remote(MetricScorer).options(
-            name=f"{METRIC_ACTOR_PREFIX}{key}" + (f"-{index}" if index else ""), get_if_exists=True,
-            max_restarts=-1, max_task_retries=-1, **resources,
-        ).remote(dict(targets), allow_random, options)
-        for index in range(count)]
+        ray.remote(MetricScorer)
+        .options(
+            name=f"{METRIC_ACTOR_PREFIX}{key}" + (f"-{index}" if index else ""),
+            get_if_exists=True,
+            max_restarts=-1,
+            max_task_retries=-1,
+            **resources,
+        )
+        .remote(dict(targets), allow_random, options)
+        for index in range(count)
+    ]
     return _METRIC_SCORERS[key]
 
 
@@ -152,8 +176,9 @@ def metric_scorer(targets: Mapping[str, str], allow_random: bool, options: Mappi
 METRIC_ACTOR_GPUS = 0.1
 
 
-def metric_pool_shape(requested: int | None, metric_targets: Mapping[str, str],
-                      cluster: Mapping[str, float]) -> tuple[int, float]:
+def metric_pool_shape(
+    requested: int | None, metric_targets: Mapping[str, str], cluster: Mapping[str, float]
+) -> tuple[int, float]:
     """(actors, GPU fraction each): ``requested`` (the suite's ``metric_actors``), else one per 4 GPUs (1 to 4) on a
     GPU cluster and 1 without GPUs; on a GPU cluster, actors whose metrics load a network get a GPU slot each."""
     from ..metrics import metric_from_target

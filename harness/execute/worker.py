@@ -1,14 +1,15 @@
 """The worker side of a run: Ray tasks that learn a concept and run one task job on it, in worker processes
 that keep the model loaded between jobs. They write artifacts and return small records plus the metric
 samples (which go from the worker to the metric actor as an object ref, never through the driver)."""
+
 from __future__ import annotations
 
-import json
-
 import dataclasses
+import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -80,8 +81,10 @@ def _load_planned(model: ModelInfo, device: str):
 
     components = load_components(model.model_id, device=device, dtype=model.dtype)
     if model.weights_hash and components.weights_hash != model.weights_hash:
-        raise RuntimeError(f"{model.model_id}: the weights on this worker (hash {components.weights_hash}) are not "
-                           f"the ones the run was planned with ({model.weights_hash}); start the run again")
+        raise RuntimeError(
+            f"{model.model_id}: the weights on this worker (hash {components.weights_hash}) are not "
+            f"the ones the run was planned with ({model.weights_hash}); start the run again"
+        )
     return components
 
 
@@ -144,8 +147,15 @@ def learn_concept_task(node: LearnNode, concepts_root: str, remote: str | None =
         mask, estimated = _mask_for_unmasked_source(method, node, image)
     components = fresh_components(node.model) if node.model else None
     temp = _learning_folder(method, node, final)
-    method.learn(components, ConceptSource(image, mask, node.object_word), preset=node.preset,
-                 overrides=node.learn, seed=node.seed, out_dir=temp, progress=False)  # resolved by the plan
+    method.learn(
+        components,
+        ConceptSource(image, mask, node.object_word),
+        preset=node.preset,
+        overrides=node.learn,
+        seed=node.seed,
+        out_dir=temp,
+        progress=False,
+    )  # resolved by the plan
     resumed_from = _resumed_from_step(temp)
     if estimated is not None:  # kept with the concept, where the estimated-mask metric reads it
         from clic.concept import LearnedConcept
@@ -158,9 +168,15 @@ def learn_concept_task(node: LearnNode, concepts_root: str, remote: str | None =
         from ..remote_folder import upload_folder
 
         upload_folder(remote, Path(concepts_root).parent, final, last="concept.json")
-    return {"folder": str(final), "seconds": time.perf_counter() - start, "learned": True, "node_id": _node_id(),
-            "peak_memory_mb": job_peak_memory_mb(memory_device), "relearned": relearned,
-            "resumed_from_step": resumed_from}
+    return {
+        "folder": str(final),
+        "seconds": time.perf_counter() - start,
+        "learned": True,
+        "node_id": _node_id(),
+        "peak_memory_mb": job_peak_memory_mb(memory_device),
+        "relearned": relearned,
+        "resumed_from_step": resumed_from,
+    }
 
 
 LEARNING_PREFIX = ".learning-"
@@ -203,8 +219,9 @@ def _mask_for_unmasked_source(method, node: LearnNode, image):
         raise ValueError(f"{node.source_image}: no source mask, and method {node.method!r} cannot estimate one")
     from clic.match import automatic_source_mask
 
-    soft, binary = automatic_source_mask(fresh_components(node.model), image[None], node.object_word,
-                                         node.mask_settings, seed=node.seed)
+    soft, binary = automatic_source_mask(
+        fresh_components(node.model), image[None], node.object_word, node.mask_settings, seed=node.seed
+    )
     if not binary.any():
         raise ValueError(f"{node.source_image}: the automatic source mask is empty")
     return binary[0:1].float(), soft[0].float()
@@ -242,8 +259,14 @@ class _JobContext:
     out: Path
 
 
-def run_task_job(job: TaskJob, concept: Mapping[str, Any], model: ModelInfo | None, resolution: int,
-                 run_dir: str, remote: str | None = None) -> tuple[dict[str, Any], list]:
+def run_task_job(
+    job: TaskJob,
+    concept: Mapping[str, Any],
+    model: ModelInfo | None,
+    resolution: int,
+    run_dir: str,
+    remote: str | None = None,
+) -> tuple[dict[str, Any], list]:
     """Run one task job on its learned concept and write its artifacts. Returns two Ray objects: a small
     record for the driver (artifacts, timings, node) and the metric samples, which the driver hands to the
     metric actor as an object ref without fetching them. With ``remote`` (a run folder on object storage,
@@ -260,9 +283,15 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model: ModelInfo | No
     start = time.perf_counter()
     memory_device = start_memory_window(model)
     # Fresh components per job: applying a concept mutates them (tokens, attention processors).
-    context = _JobContext(job, method_from_target(job.method_target)(), LearnedConcept.load(concept["folder"]),
-                          fresh_components(model) if model else None, concept["folder"], model,
-                          store.artifact_dir(run_dir, job.job_id))
+    context = _JobContext(
+        job,
+        method_from_target(job.method_target)(),
+        LearnedConcept.load(concept["folder"]),
+        fresh_components(model) if model else None,
+        concept["folder"],
+        model,
+        store.artifact_dir(run_dir, job.job_id),
+    )
     context.out.mkdir(parents=True, exist_ok=True)
     sample, target = _base_sample(job, context.learned, resolution)
     if job.task == "transfer":
@@ -280,9 +309,14 @@ def run_task_job(job: TaskJob, concept: Mapping[str, Any], model: ModelInfo | No
         from ..remote_folder import upload_folder
 
         upload_folder(remote, run_dir, context.out)
-    record = {"artifacts": artifact_paths, "task_seconds": time.perf_counter() - start,
-              "learn_seconds": float(concept["seconds"]), "node_id": _node_id(),
-              "peak_memory_mb": job_peak_memory_mb(memory_device), "learn_peak_memory_mb": concept.get("peak_memory_mb")}
+    record = {
+        "artifacts": artifact_paths,
+        "task_seconds": time.perf_counter() - start,
+        "learn_seconds": float(concept["seconds"]),
+        "node_id": _node_id(),
+        "peak_memory_mb": job_peak_memory_mb(memory_device),
+        "learn_peak_memory_mb": concept.get("peak_memory_mb"),
+    }
     return record, samples
 
 
@@ -298,8 +332,11 @@ def _base_sample(job: TaskJob, learned: Any, resolution: int) -> tuple[Any, tupl
     sample.source_image = _as_float_image(source)
     sample.source_mask = source_mask
     # Masks the method estimated itself (EM, ConceptExpress, CLiC's automatic source mask), at source size.
-    sample.estimated_masks = [mask_from_model_output(learned.arrays[key].numpy() >= 0.5, source_placement)
-                              for key in sorted(learned.arrays) if key.startswith("estimated_mask")] or None
+    sample.estimated_masks = [
+        mask_from_model_output(learned.arrays[key].numpy() >= 0.5, source_placement)
+        for key in sorted(learned.arrays)
+        if key.startswith("estimated_mask")
+    ] or None
     if job.task not in ("transfer", "match"):
         return sample, None
     target, target_mask, model_input = _model_input(job.target_image, job.target_mask, resolution)
@@ -322,15 +359,30 @@ def _transfer(context: _JobContext, sample: Any, target: tuple) -> tuple[list, d
     job, method, (image, mask, placement) = context.job, context.method, target
     target_mask = sample.target_mask
     if mask is None:  # no target mask in the manifest: RoI matching predicts it first
-        matched = method.match(context.components, context.learned, image, job.object_word, preset=job.preset,
-                               overrides=job.match, seed=job.seed)
+        matched = method.match(
+            context.components,
+            context.learned,
+            image,
+            job.object_word,
+            preset=job.preset,
+            overrides=job.match,
+            seed=job.seed,
+        )
         mask = matched.mask[None].float()
         target_mask = mask_from_model_output(matched.mask, placement)
         sample.target_mask = target_mask
         context.learned = LearnedConcept.load(context.concept_folder)
         context.components = fresh_components(context.model)
-    result = method.transfer(context.components, context.learned, image, mask[0], job.object_word,
-                             preset=job.preset, overrides=job.settings, seed=job.seed)
+    result = method.transfer(
+        context.components,
+        context.learned,
+        image,
+        mask[0],
+        job.object_word,
+        preset=job.preset,
+        overrides=job.settings,
+        seed=job.seed,
+    )
     edited = from_model_output(result.image, placement)
     sample.output_image = _as_float_image(edited)
     _save_png(edited, context.out / "edited.png")
@@ -340,8 +392,11 @@ def _transfer(context: _JobContext, sample: Any, target: tuple) -> tuple[list, d
     _save_png(Image.fromarray(target_mask.astype(np.uint8) * 255), context.out / "mask.png")
     if isinstance(result, TransferResult):  # CLiC's loop: which timesteps it ran (first timestep, steps run)
         (context.out / "transfer.json").write_text(json.dumps(result.schedule_record()))
-    return [sample], {"artifact_image": "edited.png", "artifact_attention": "attention.png",
-                      "artifact_mask": "mask.png"}
+    return [sample], {
+        "artifact_image": "edited.png",
+        "artifact_attention": "attention.png",
+        "artifact_mask": "mask.png",
+    }
 
 
 def _map_at_original_size(values: np.ndarray, placement: Any) -> np.ndarray:
@@ -358,13 +413,16 @@ def _generate(context: _JobContext, sample: Any) -> tuple[list, dict[str, str]]:
     from PIL import Image
 
     job = context.job
-    result = context.method.generate(context.components, context.learned, job.object_word, preset=job.preset,
-                                     overrides=job.settings, seed=job.seed)
+    result = context.method.generate(
+        context.components, context.learned, job.object_word, preset=job.preset, overrides=job.settings, seed=job.seed
+    )
     sample.prompt = result.prompt
     images = result.images.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy().astype(np.float32)
     samples = []
     for index, image in enumerate(images):  # every image is scored; the job's value is their mean
-        _save_png(Image.fromarray((image * 255).round().astype(np.uint8)), context.out / store.generated_image_name(index))
+        _save_png(
+            Image.fromarray((image * 255).round().astype(np.uint8)), context.out / store.generated_image_name(index)
+        )
         samples.append(dataclasses.replace(sample, output_image=image))
     artifacts = {"artifact_image": store.generated_image_name(0)}
     if result.attention is not None:
@@ -379,8 +437,15 @@ def _match(context: _JobContext, sample: Any, target: tuple) -> tuple[list, dict
     from clic.io import mask_from_model_output
 
     job, (image, _, placement) = context.job, target
-    result = context.method.match(context.components, context.learned, image, job.object_word, preset=job.preset,
-                                  overrides=job.settings, seed=job.seed)
+    result = context.method.match(
+        context.components,
+        context.learned,
+        image,
+        job.object_word,
+        preset=job.preset,
+        overrides=job.settings,
+        seed=job.seed,
+    )
     sample.predicted_mask = mask_from_model_output(result.mask, placement)
     _save_png(Image.fromarray(sample.predicted_mask.astype(np.uint8) * 255), context.out / "mask.png")
     return [sample], {"artifact_mask": "mask.png"}

@@ -1,4 +1,5 @@
 """Metric registry: name -> "module:Class". Adding a metric is one file plus one line here."""
+
 from __future__ import annotations
 
 import importlib

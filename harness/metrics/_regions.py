@@ -2,6 +2,7 @@
 
 Images are float (H, W, 3) arrays in [0, 1] and masks bool (H, W) arrays, as ``base`` asserts.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -55,7 +56,7 @@ def crop_to_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return None
-    return image[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    return image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def fill_region(image: np.ndarray, mask: np.ndarray, value: float = NEUTRAL_GREY) -> np.ndarray:
@@ -73,7 +74,7 @@ def pad_to_square(image: np.ndarray, value: float = NEUTRAL_GREY) -> np.ndarray:
         return image
     canvas = np.full((side, side, 3), value, dtype=image.dtype)
     top, left = (side - height) // 2, (side - width) // 2
-    canvas[top: top + height, left: left + width] = image
+    canvas[top : top + height, left : left + width] = image
     return canvas
 
 
@@ -110,8 +111,10 @@ def transfer_view(sample: Sample) -> TransferView | None:
     return TransferView(target=target, output=resize_image(output, size), mask=resize_mask(mask, size))
 
 
-def concept_pair(sample: Sample, crop: Callable[[np.ndarray, np.ndarray], np.ndarray | None] = crop_to_mask,
-                 ) -> tuple[np.ndarray, np.ndarray] | None:
+def concept_pair(
+    sample: Sample,
+    crop: Callable[[np.ndarray, np.ndarray], np.ndarray | None] = crop_to_mask,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """(source's concept region, output's edited region), each cut from its image by ``crop`` with its own
     mask (source mask, target mask); None when an input is missing or a region is empty."""
     source, source_mask = sample_image(sample, "source_image"), sample_mask(sample, "source_mask")

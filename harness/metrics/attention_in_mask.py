@@ -6,6 +6,7 @@ attend inside the concept's mask (CLiC §3.1 Eq. (1)) and the paper's Fig. 8 sho
 spreading the attention; this is that quantity as a number. Min-max normalisation removes the map's uniform
 floor, so the share follows where the attention varies: a flat map normalises to zero and gets no value.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -22,7 +23,7 @@ def attention_share(attention: np.ndarray, mask: np.ndarray) -> float | None:
 
 
 class AttentionInMask(ClosedFormMetric):
-    """"attention_in_mask" = Σ(A · M) / ΣA: A the token's normalised attention map, M the target mask."""
+    """ "attention_in_mask" = Σ(A · M) / ΣA: A the token's normalised attention map, M the target mask."""
 
     name: ClassVar[str] = "attention_in_mask"
     values: ClassVar[dict[str, bool]] = {"attention_in_mask": True}

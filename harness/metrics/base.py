@@ -13,6 +13,7 @@ harness runs them in one metric actor. Images cross this boundary as float32 arr
 [0, 1] (H, W, 3) and masks as bool arrays (H, W); ``check_image``/``check_mask`` assert that, so a
 metric never silently scores a 0–255 image as if it were 0–1.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -115,8 +116,9 @@ def declaration(cls: type) -> MetricDeclaration:
     missing = [attribute for attribute in DECLARED if not hasattr(cls, attribute)]
     if missing:
         raise TypeError(f"metric class {cls.__module__}.{cls.__qualname__} does not declare {', '.join(missing)}")
-    return MetricDeclaration(cls.name, cls.version, cls.scale, dict(cls.values), frozenset(cls.tasks),
-                             getattr(cls, "group_by", None))
+    return MetricDeclaration(
+        cls.name, cls.version, cls.scale, dict(cls.values), frozenset(cls.tasks), getattr(cls, "group_by", None)
+    )
 
 
 def check_image(array: np.ndarray, what: str = "image") -> np.ndarray:

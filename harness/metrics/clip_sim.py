@@ -6,6 +6,7 @@ max(cos, 0)); such rescaling belongs in the report, never in the stored value.
 Every image goes to CLIP the same way: padded to a square with neutral grey (so a wide crop is not
 squashed), resized bicubically to the tower's input size, normalised with the model's own mean/std.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -29,8 +30,9 @@ _VERSION = f"1.0+open_clip-{package_version('open_clip_torch')}"
 def _clip_inputs(clip: models.ClipModel, images: Sequence[np.ndarray]) -> torch.Tensor:
     """(N, 3, h, w) normalised CLIP inputs; each image is resized on its own since sizes differ."""
     resized = [
-        F.interpolate(to_tensor([pad_to_square(image)]), size=clip.image_size, mode="bicubic",
-                      antialias=True, align_corners=False).clamp(0, 1)
+        F.interpolate(
+            to_tensor([pad_to_square(image)]), size=clip.image_size, mode="bicubic", antialias=True, align_corners=False
+        ).clamp(0, 1)
         for image in images
     ]
     return (torch.cat(resized) - clip.mean) / clip.std
@@ -40,8 +42,11 @@ def _clip_inputs(clip: models.ClipModel, images: Sequence[np.ndarray]) -> torch.
 def embed_images(clip: models.ClipModel, images: Sequence[np.ndarray]) -> torch.Tensor:
     """Unit-norm image embeddings (N, D), computed in batches of ``clip.batch_size``."""
     chunks = [
-        clip.model.encode_image(_clip_inputs(clip, images[start: start + clip.batch_size]).to(clip.device),
-                                normalize=True).float().cpu()
+        clip.model.encode_image(
+            _clip_inputs(clip, images[start : start + clip.batch_size]).to(clip.device), normalize=True
+        )
+        .float()
+        .cpu()
         for start in range(0, len(images), clip.batch_size)
     ]
     return torch.cat(chunks)
@@ -51,8 +56,11 @@ def embed_images(clip: models.ClipModel, images: Sequence[np.ndarray]) -> torch.
 def embed_texts(clip: models.ClipModel, texts: Sequence[str]) -> torch.Tensor:
     """Unit-norm text embeddings (N, D), computed in batches of ``clip.batch_size``."""
     chunks = [
-        clip.model.encode_text(clip.tokenizer(list(texts[start: start + clip.batch_size])).to(clip.device),
-                               normalize=True).float().cpu()
+        clip.model.encode_text(
+            clip.tokenizer(list(texts[start : start + clip.batch_size])).to(clip.device), normalize=True
+        )
+        .float()
+        .cpu()
         for start in range(0, len(texts), clip.batch_size)
     ]
     return torch.cat(chunks)
@@ -89,7 +97,7 @@ class PairedCosineMetric(ABC):
             return results
         # One batched pass over all first images then all second images of every pair.
         embeddings = self.embed([pair[2] for pair in pairs] + [pair[3] for pair in pairs])
-        cosines = (embeddings[: len(pairs)] * embeddings[len(pairs):]).sum(dim=1).clamp(-1, 1)
+        cosines = (embeddings[: len(pairs)] * embeddings[len(pairs) :]).sum(dim=1).clamp(-1, 1)
         for (index, value_name, _, _), cosine in zip(pairs, cosines.tolist()):
             results[index].append(MetricValue(value_name, cosine))
         return results

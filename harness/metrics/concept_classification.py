@@ -19,6 +19,7 @@ The runner scores it on each "concepts" group: the generations of one method x p
 The class set is every concept of the run, as ConceptExpress classifies among all its extracted concepts.
 A group of one concept gives SIM values only.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,11 +58,19 @@ class ConceptClassification:
     name: ClassVar[str] = "concept_classification"
     options: ClassVar[dict] = {"clip": CLIP_OPTIONS}  # harness.metrics.options
     # The chance levels are reference values beside the accuracies (a uniform guess's), not scores to rank.
-    values: ClassVar[dict[str, bool]] = {"sim_i": True, "sim_c": True, "acc1": True, "acc3": True,
-                                         "acc1_chance": True, "acc3_chance": True}
+    values: ClassVar[dict[str, bool]] = {
+        "sim_i": True,
+        "sim_c": True,
+        "acc1": True,
+        "acc3": True,
+        "acc1_chance": True,
+        "acc3_chance": True,
+    }
     version: ClassVar[str] = "2.0"
-    scale: ClassVar[str] = ("sim_i, sim_c: mean cosine [-1, 1]; acc1, acc3: accuracy [0, 1] (higher is better) among "
-                            "every concept of the run; acc1_chance, acc3_chance: a uniform guess's accuracy")
+    scale: ClassVar[str] = (
+        "sim_i, sim_c: mean cosine [-1, 1]; acc1, acc3: accuracy [0, 1] (higher is better) among "
+        "every concept of the run; acc1_chance, acc3_chance: a uniform guess's accuracy"
+    )
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
     group_by: ClassVar[str] = CONCEPTS  # one method x settings, over every source of the run, seeds and objects
 
@@ -93,8 +102,8 @@ class ConceptClassification:
         keys = list(concepts)
         embeddings = embed_images(self.clip, outputs + [concepts[k][0] for k in keys] + [concepts[k][1] for k in keys])
         generated = embeddings[: len(outputs)]
-        prototypes = embeddings[len(outputs): len(outputs) + len(keys)]
-        wholes = embeddings[len(outputs) + len(keys):]
+        prototypes = embeddings[len(outputs) : len(outputs) + len(keys)]
+        wholes = embeddings[len(outputs) + len(keys) :]
         label_tensor = torch.tensor(labels)
         similarities = generated @ prototypes.T  # (N, C)
         values = [

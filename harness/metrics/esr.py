@@ -20,6 +20,7 @@ succeeds when *every* target holds. SingleInsert judged with people; here the ju
 object target alone and four with object + colour. SingleInsert's own list (its supplement) could not be
 obtained here; this list follows its form (one or two edit targets per prompt), not its words.
 """
+
 from __future__ import annotations
 
 import re
@@ -38,14 +39,39 @@ from .options import CLIP_OPTIONS, EDIT_PROMPTS, ESR_OPTIONS  # noqa: F401 - EDI
 ESR_OPTIONS_KEY = "esr"
 COLOUR_SHARE = 0.25  # share of the generated object's pixels of the requested colour for a colour edit to count
 COLOURS: dict[str, tuple[float, float, float]] = {  # sRGB in [0, 1]
-    "red": (0.85, 0.10, 0.10), "green": (0.10, 0.65, 0.15), "blue": (0.10, 0.20, 0.85),
-    "yellow": (0.95, 0.90, 0.10), "orange": (0.95, 0.55, 0.05), "purple": (0.50, 0.15, 0.65),
-    "pink": (0.95, 0.55, 0.75), "brown": (0.45, 0.28, 0.12), "white": (0.97, 0.97, 0.97),
-    "black": (0.03, 0.03, 0.03), "gray": (0.5, 0.5, 0.5),
+    "red": (0.85, 0.10, 0.10),
+    "green": (0.10, 0.65, 0.15),
+    "blue": (0.10, 0.20, 0.85),
+    "yellow": (0.95, 0.90, 0.10),
+    "orange": (0.95, 0.55, 0.05),
+    "purple": (0.50, 0.15, 0.65),
+    "pink": (0.95, 0.55, 0.75),
+    "brown": (0.45, 0.28, 0.12),
+    "white": (0.97, 0.97, 0.97),
+    "black": (0.03, 0.03, 0.03),
+    "gray": (0.5, 0.5, 0.5),
 }
 DEFAULT_CANDIDATES: tuple[str, ...] = (
-    "chair", "sofa", "table", "lamp", "vase", "bed", "ring", "necklace", "bracelet", "earring", "building",
-    "house", "tower", "cup", "bowl", "plate", "teapot", "car", "dog", "cat",
+    "chair",
+    "sofa",
+    "table",
+    "lamp",
+    "vase",
+    "bed",
+    "ring",
+    "necklace",
+    "bracelet",
+    "earring",
+    "building",
+    "house",
+    "tower",
+    "cup",
+    "bowl",
+    "plate",
+    "teapot",
+    "car",
+    "dog",
+    "cat",
 )
 _PALETTE_LAB = rgb2lab(np.array([list(COLOURS.values())], dtype=np.float64))[0]  # (k, 3)
 
@@ -86,9 +112,11 @@ class EditingSuccessRate:
     options: ClassVar[dict] = {"esr": ESR_OPTIONS, "clip": CLIP_OPTIONS}  # harness.metrics.options
     values: ClassVar[dict[str, bool]] = {"esr": True}
     version: ClassVar[str] = "2.0"
-    scale: ClassVar[str] = ("{0, 1} per generated image (every edit target of its prompt met; colour counted "
-                            "inside the generated object), a job's value the mean of its images; "
-                            "the mean is the editing success rate (higher is better)")
+    scale: ClassVar[str] = (
+        "{0, 1} per generated image (every edit target of its prompt met; colour counted "
+        "inside the generated object), a job's value the mean of its images; "
+        "the mean is the editing success rate (higher is better)"
+    )
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
 
     # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).

@@ -3,6 +3,7 @@
 LPIPS takes inputs in [-1, 1]; the [0, 1] images of the metric contract are mapped explicitly here
 (never through lpips' ``normalize`` flag, so the range conversion is visible at the call).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,9 +20,7 @@ from ._regions import TransferView, fill_region, resize_image, sample_image, to_
 from .base import MetricSettings, MetricValue, Sample
 from .options import LPIPS_OPTIONS
 
-_VERSION = (
-    f"1.0+lpips-{models.LPIPS_PACKAGE_VERSION}-{models.LPIPS_NET}-v{models.LPIPS_HEADS_VERSION}"
-)
+_VERSION = f"1.0+lpips-{models.LPIPS_PACKAGE_VERSION}-{models.LPIPS_NET}-v{models.LPIPS_HEADS_VERSION}"
 
 
 def _to_lpips_range(images: torch.Tensor) -> torch.Tensor:
@@ -39,7 +38,10 @@ class LpipsMasked:
 
     name: ClassVar[str] = "lpips"
     options: ClassVar[dict] = {"lpips": LPIPS_OPTIONS}  # harness.metrics.options
-    values: ClassVar[dict[str, bool]] = {"lpips_inside": True, "lpips_outside": False}  # the edit should change the region, not the rest
+    values: ClassVar[dict[str, bool]] = {
+        "lpips_inside": True,
+        "lpips_outside": False,
+    }  # the edit should change the region, not the rest
     version: ClassVar[str] = _VERSION
     scale: ClassVar[str] = "LPIPS distance >= 0 (0 = identical; lower = more similar)"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
@@ -64,7 +66,7 @@ class LpipsMasked:
         batch_size = self.lpips.batch_size
         for views in views_by_size.values():
             for start in range(0, len(views), batch_size):
-                chunk = views[start: start + batch_size]
+                chunk = views[start : start + batch_size]
                 for (index, _), values in zip(chunk, self._score([view for _, view in chunk])):
                     results[index] = values
         return results
@@ -76,9 +78,13 @@ class LpipsMasked:
         # compares them with the masked region greyed out (outside).
         outputs = to_tensor([view.output for view in views] + [fill_region(view.output, view.mask) for view in views])
         targets = to_tensor([view.target for view in views] + [fill_region(view.target, view.mask) for view in views])
-        distance_maps = self.lpips.model(
-            _to_lpips_range(outputs).to(self.lpips.device), _to_lpips_range(targets).to(self.lpips.device)
-        )[:, 0].double().cpu()
+        distance_maps = (
+            self.lpips.model(
+                _to_lpips_range(outputs).to(self.lpips.device), _to_lpips_range(targets).to(self.lpips.device)
+            )[:, 0]
+            .double()
+            .cpu()
+        )
         inside = torch.from_numpy(np.stack([view.mask for view in views]))
         outside = ~inside
 
@@ -133,7 +139,7 @@ class LpipsDiversity:
 
         distances = []
         for start in range(0, len(pairs), self.lpips.batch_size):
-            first, second = zip(*pairs[start: start + self.lpips.batch_size])
+            first, second = zip(*pairs[start : start + self.lpips.batch_size])
             batch_distances = self.lpips.model(
                 images[list(first)].to(self.lpips.device), images[list(second)].to(self.lpips.device)
             )

@@ -6,6 +6,7 @@ the runner fills from the learned concept's ``arrays`` entries named ``estimated
 ``Sample.source_mask`` (the manifest's source mask, which the estimating methods do not use). A method that
 finds several concepts is scored by its best-matching one: the concept found for the annotated region.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -16,7 +17,7 @@ from .mask_iou import mask_iou
 
 
 class EstimatedMaskIoU(ClosedFormMetric):
-    """"estimated_mask_iou": max over the estimated masks of IoU with the ground-truth source mask;
+    """ "estimated_mask_iou": max over the estimated masks of IoU with the ground-truth source mask;
     "estimated_mask_count": how many masks the method estimated. Scored on transfer samples (one per
     concept × target; the value depends on the concept only)."""
 
@@ -35,5 +36,7 @@ class EstimatedMaskIoU(ClosedFormMetric):
             mask_iou(resize_mask(check_mask(mask, f"{sample.job_id}: estimated_masks[{index}]"), truth.shape), truth)[0]
             for index, mask in enumerate(sample.estimated_masks)
         )
-        return [MetricValue("estimated_mask_iou", best),
-                MetricValue("estimated_mask_count", float(len(sample.estimated_masks)))]
+        return [
+            MetricValue("estimated_mask_iou", best),
+            MetricValue("estimated_mask_count", float(len(sample.estimated_masks))),
+        ]

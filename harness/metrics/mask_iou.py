@@ -1,4 +1,5 @@
 """IoU of a predicted RoI mask (RoI matching) against the ground-truth target mask."""
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -31,7 +32,7 @@ def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, int, int]
 
 
 class MaskIoU(ClosedFormMetric):
-    """"mask_iou" = |P & G| / |P | G| with ``EMPTY_UNION_IOU`` when both are empty, plus the pixel counts
+    """ "mask_iou" = |P & G| / |P | G| with ``EMPTY_UNION_IOU`` when both are empty, plus the pixel counts
     "mask_intersection" and "mask_union" so the aggregator can pool IoU over a set as sum(I) / sum(U).
     The prediction is resized (nearest) to the ground truth's size when they differ.
     """
@@ -47,8 +48,9 @@ class MaskIoU(ClosedFormMetric):
         if sample.predicted_mask is None or sample.gt_mask is None:
             return []
         truth = check_mask(sample.gt_mask, f"{sample.job_id}: gt_mask")
-        predicted = resize_mask(binary_prediction(sample.predicted_mask, f"{sample.job_id}: predicted_mask"),
-                                truth.shape)
+        predicted = resize_mask(
+            binary_prediction(sample.predicted_mask, f"{sample.job_id}: predicted_mask"), truth.shape
+        )
         iou, intersection, union = mask_iou(predicted, truth)
         return [
             MetricValue("mask_iou", iou),

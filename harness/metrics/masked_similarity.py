@@ -21,6 +21,7 @@ or from the file named by the suite option ``dino.pretrained``; missing weights 
 random metrics are allowed (then a tiny seeded ViT scores, labelled ``tiny-random``), as CLIP in
 :mod:`harness.metrics.models`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -109,13 +110,15 @@ _DINO_MISSING = (
     f"DINO weights {DINO_MODEL} are not in the local cache (offline, nothing is downloaded): on a machine with "
     f"internet run python -c \"import timm; timm.create_model('{DINO_MODEL}', pretrained=True)\" and copy "
     f"~/.cache/huggingface here, or set the suite's metric option dino.pretrained to a local file; "
-    f"--allow-random-metrics scores with a tiny random ViT instead")
+    f"--allow-random-metrics scores with a tiny random ViT instead"
+)
 
 
 def _dino_checkpoint(options: dict[str, Any]) -> str | None:
     """The local DINO checkpoint (a file from the suite or the HF cache), or None."""
-    checkpoint = options.get("pretrained") or try_to_load_from_cache(f"timm/{DINO_MODEL}", "model.safetensors",
-                                                                     cache_dir=options.get("cache_dir"))
+    checkpoint = options.get("pretrained") or try_to_load_from_cache(
+        f"timm/{DINO_MODEL}", "model.safetensors", cache_dir=options.get("cache_dir")
+    )
     return checkpoint if isinstance(checkpoint, str) and os.path.isfile(checkpoint) else None
 
 
@@ -138,8 +141,9 @@ def load_dino(settings: MetricSettings) -> DinoModel:
     device = torch.device(settings.device)
     checkpoint = _dino_checkpoint(options)
     if checkpoint is not None:
-        model = timm.create_model(DINO_MODEL, pretrained=True, num_classes=0,
-                                  pretrained_cfg_overlay={"file": checkpoint})
+        model = timm.create_model(
+            DINO_MODEL, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": checkpoint}
+        )
         weights = DINO_MODEL
     else:
         missing = _DINO_MISSING
@@ -169,19 +173,28 @@ def embed_dino(dino: DinoModel, images: Sequence[np.ndarray]) -> torch.Tensor:
     """Unit-norm CLS embeddings (N, D): grey-padded to a square, bicubic-resized, normalised."""
     chunks = []
     for start in range(0, len(images), dino.batch_size):
-        batch = torch.cat([
-            F.interpolate(to_tensor([pad_to_square(image)]), size=dino.image_size, mode="bicubic", antialias=True,
-                          align_corners=False).clamp(0, 1)
-            for image in images[start: start + dino.batch_size]
-        ])
+        batch = torch.cat(
+            [
+                F.interpolate(
+                    to_tensor([pad_to_square(image)]),
+                    size=dino.image_size,
+                    mode="bicubic",
+                    antialias=True,
+                    align_corners=False,
+                ).clamp(0, 1)
+                for image in images[start : start + dino.batch_size]
+            ]
+        )
         features = dino.model(((batch - dino.mean) / dino.std).to(dino.device)).float().cpu()
         chunks.append(F.normalize(features, dim=-1))
     return torch.cat(chunks)
 
 
 # ------------------------------------------------------------------------------------ the metrics
-_MASKED_SCALE = (f"{_SCALE}; *_f higher is better, *_b (generations: source background vs generated background) "
-                 f"lower is better, *_outside (transfers) higher is better")
+_MASKED_SCALE = (
+    f"{_SCALE}; *_f higher is better, *_b (generations: source background vs generated background) "
+    f"lower is better, *_outside (transfers) higher is better"
+)
 _TASKS = frozenset({"transfer", "generate"})
 
 
@@ -218,7 +231,11 @@ class DinoMaskedSimilarity(PairedCosineMetric):
     version: ClassVar[str] = f"2.0+timm-{timm.__version__}"
     scale: ClassVar[str] = _MASKED_SCALE
     tasks: ClassVar[frozenset[str]] = _TASKS
-    value_pairs: ClassVar[dict] = {"dino_f": foreground_pair, "dino_b": background_pair, "dino_outside": preservation_pair}
+    value_pairs: ClassVar[dict] = {
+        "dino_f": foreground_pair,
+        "dino_b": background_pair,
+        "dino_outside": preservation_pair,
+    }
 
     # Which weight files it loads, checked by the driver before anything runs (harness.plan.preflight).
     missing_weights = staticmethod(missing_dino_weights)

@@ -18,16 +18,18 @@ Suite options (``MetricSettings.options``):
 Every build increments ``LOAD_COUNT[kind]`` so tests (and the runner) can check that a metric instance
 loads its model once however many batches it scores.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -128,8 +130,9 @@ def load_clip(settings: MetricSettings) -> ClipModel:
     )
 
 
-def _build_clip(model_name: str, pretrained: str, cache_dir: str | None, device: torch.device,
-                allow_random: bool) -> tuple[torch.nn.Module, str, Callable[[list[str]], torch.Tensor]]:
+def _build_clip(
+    model_name: str, pretrained: str, cache_dir: str | None, device: torch.device, allow_random: bool
+) -> tuple[torch.nn.Module, str, Callable[[list[str]], torch.Tensor]]:
     """(model, weights label, tokenizer): the real CLIP from local weights, else the tiny random one."""
     try:
         if model_name == WORLD_CLIP:
@@ -161,8 +164,10 @@ def _world_clip_missing(pretrained: str) -> str | None:
     folder = world_clip_folder(pretrained)
     if (folder / SCORER_WEIGHTS).is_file():
         return None
-    return (f"the world CLIP (tiny-world) is not in {folder}: export it with `clic models train-world --stage scorer "
-            f"--out clic/world/weights`, or set clip.pretrained to a folder holding {SCORER_WEIGHTS}")
+    return (
+        f"the world CLIP (tiny-world) is not in {folder}: export it with `clic models train-world --stage scorer "
+        f"--out clic/world/weights`, or set clip.pretrained to a folder holding {SCORER_WEIGHTS}"
+    )
 
 
 def _build_world_clip(pretrained: str, device: torch.device) -> tuple[torch.nn.Module, str, Callable]:
@@ -189,10 +194,12 @@ def missing_clip_weights(settings: MetricSettings) -> list[str]:
         return [missing] if missing else []
     try:
         if _open_clip().get_model_config(model_name) is None:
-            raise ValueError(f"unknown CLIP model {model_name!r}: not an open_clip architecture "
-                             f"(see open_clip.list_models())")
-        _local_clip_checkpoint(model_name, str(options.get("pretrained", DEFAULT_CLIP_PRETRAINED)),
-                               options.get("cache_dir"))
+            raise ValueError(
+                f"unknown CLIP model {model_name!r}: not an open_clip architecture (see open_clip.list_models())"
+            )
+        _local_clip_checkpoint(
+            model_name, str(options.get("pretrained", DEFAULT_CLIP_PRETRAINED)), options.get("cache_dir")
+        )
     except (WeightsUnavailable, ValueError) as problem:
         return [str(problem)]
     return []
@@ -245,7 +252,7 @@ def _local_clip_checkpoint(model_name: str, pretrained: str, cache_dir: str | No
             return candidate, tag_config
     download = f"open_clip.create_model_and_transforms('{model_name}', pretrained='{pretrained}')"
     how_to_get = (
-        f"download them on a machine with internet (python -c \"import open_clip; {download}\") "
+        f'download them on a machine with internet (python -c "import open_clip; {download}") '
         f"and copy ~/.cache/huggingface (or ~/.cache/clip) here, or set the suite's metric option clip.pretrained "
         f"to a local .bin/.pt/.safetensors file; --allow-random-metrics scores with a tiny random CLIP instead"
     )
@@ -331,10 +338,17 @@ def load_lpips(settings: MetricSettings, spatial: bool) -> LpipsModel:
         # lpips still calls torchvision's deprecated alexnet(pretrained=...); the warning is not the user's to fix.
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
         torch.manual_seed(TINY_SEED)
-        model = lpips.LPIPS(net=LPIPS_NET, version=LPIPS_HEADS_VERSION, pretrained=True, pnet_rand=not real,
-                            spatial=spatial, verbose=False)
+        model = lpips.LPIPS(
+            net=LPIPS_NET,
+            version=LPIPS_HEADS_VERSION,
+            pretrained=True,
+            pnet_rand=not real,
+            spatial=spatial,
+            verbose=False,
+        )
     LOAD_COUNT["lpips"] += 1
     model = model.to(device).eval().requires_grad_(False)
     weights = f"torchvision:{checkpoint.name}+lpips-v{LPIPS_HEADS_VERSION}-{LPIPS_NET}-heads" if real else TINY_RANDOM
-    return LpipsModel(model=model, weights=weights, device=device,
-                      batch_size=int(options.get("batch_size", DEFAULT_BATCH_SIZE)))
+    return LpipsModel(
+        model=model, weights=weights, device=device, batch_size=int(options.get("batch_size", DEFAULT_BATCH_SIZE))
+    )

@@ -2,14 +2,16 @@
 allowed values. A metric declares the option families it reads (``options = {"clip": CLIP_OPTIONS}``); the suite
 reader refuses an unknown key or value in one line naming it, with a "did you mean" where one is close, instead of
 scoring silently with the defaults. Importing this module imports nothing heavy (the driver reads it)."""
+
 from __future__ import annotations
 
 import difflib
 import importlib.util
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,11 @@ def clip_models() -> tuple[str, ...]:
 
 CLIP_OPTIONS = {
     "model": Option((str,), "an open_clip architecture or tiny-world (the world scorer)", clip_models),
-    "pretrained": Option((str,), "an open_clip tag in the local cache, or a local .bin/.pt/.safetensors file "
-                                 "(tiny-world: a folder exported by `clic models train-world --stage scorer`)"),
+    "pretrained": Option(
+        (str,),
+        "an open_clip tag in the local cache, or a local .bin/.pt/.safetensors file "
+        "(tiny-world: a folder exported by `clic models train-world --stage scorer`)",
+    ),
     "cache_dir": Option((str,), "where open_clip downloads went"),
     "batch_size": Option((int,), "images per forward pass", minimum=1),
 }
@@ -87,8 +92,13 @@ def option_problems(family: str, given: Mapping[str, Any], spec: Mapping[str, Op
     problems = []
     for key, value in given.items():
         if key not in spec:
-            problems.append((str(key), f"unknown option {key!r} of {family} (known: {', '.join(sorted(spec))})"
-                                       + _did_you_mean(key, sorted(spec))))
+            problems.append(
+                (
+                    str(key),
+                    f"unknown option {key!r} of {family} (known: {', '.join(sorted(spec))})"
+                    + _did_you_mean(key, sorted(spec)),
+                )
+            )
             continue
         option = spec[key]
         if isinstance(value, bool) or not isinstance(value, option.kinds):
@@ -98,7 +108,9 @@ def option_problems(family: str, given: Mapping[str, Any], spec: Mapping[str, Op
         allowed = option.allowed()
         if allowed and value not in allowed:
             shown = ", ".join(list(allowed)[:12]) + (", …" if len(allowed) > 12 else "")
-            problems.append((str(key), f"{value!r} is not {option.what} (one of {shown})" + _did_you_mean(value, allowed)))
+            problems.append(
+                (str(key), f"{value!r} is not {option.what} (one of {shown})" + _did_you_mean(value, allowed))
+            )
         elif option.minimum is not None and value < option.minimum:
             problems.append((str(key), f"must be at least {option.minimum:g}, got {value!r}"))
     return problems

@@ -5,6 +5,7 @@ All three compare the method's output with the set's ground truth inside or outs
 ``expected_image`` and ``target_image`` of the same size as the RoI, and score nothing (an empty list)
 for a sample without them.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar
@@ -114,7 +115,8 @@ class PatternFidelity(ClosedFormMetric):
         # Remove what varies over more than about a third of the RoI (shading); periods are shorter.
         sigma = extent / (3 * np.pi)
         local_mean = ndimage.gaussian_filter(signal * window, sigma) / np.maximum(
-            ndimage.gaussian_filter(window, sigma), 1e-12)
+            ndimage.gaussian_filter(window, sigma), 1e-12
+        )
         signal = (signal - local_mean) * (window > 0)
         contrast = float(np.sqrt((signal**2 * window).sum() / window.sum()))
 
@@ -127,8 +129,11 @@ class PatternFidelity(ClosedFormMetric):
         orientation = np.mod(np.arctan2(fy, fx), np.pi)
         angle_bin = np.minimum((orientation / np.pi * self.ORIENTATIONS).astype(int), self.ORIENTATIONS - 1)
         valid = (radial_bin >= 0) & (radial_bin < self.RADII)
-        pooled = np.bincount((radial_bin * self.ORIENTATIONS + angle_bin)[valid], weights=power[valid],
-                             minlength=self.RADII * self.ORIENTATIONS)
+        pooled = np.bincount(
+            (radial_bin * self.ORIENTATIONS + angle_bin)[valid],
+            weights=power[valid],
+            minlength=self.RADII * self.ORIENTATIONS,
+        )
         if pooled.sum() <= 0.0:  # all structure below one period per RoI: nothing pattern-like
             contrast = 0.0
         return pooled, contrast

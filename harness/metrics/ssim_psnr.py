@@ -1,4 +1,5 @@
 """SSIM and PSNR of the target vs the output over the pixels outside the edited mask (preservation)."""
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ def psnr_from_mse(mse: float) -> float:
 
 
 class SsimPsnrOutside(ClosedFormMetric):
-    """"ssim_outside": mean of skimage's SSIM map (data_range 1, 7x7 window, channels averaged) over the
+    """ "ssim_outside": mean of skimage's SSIM map (data_range 1, 7x7 window, channels averaged) over the
     outside pixels, computed with the masked region filled with the same grey in both images so an edit
     cannot reach the outside score through the window. "psnr_outside": PSNR (data range 1) of the MSE over
     the outside pixels only, capped at ``PSNR_CAP_DB``. No values when the mask covers the whole image.
@@ -38,8 +39,11 @@ class SsimPsnrOutside(ClosedFormMetric):
         if view is None or not view.outside.any():
             return []
         _, ssim_map = structural_similarity(
-            fill_region(view.target, view.mask), fill_region(view.output, view.mask),
-            data_range=1.0, channel_axis=-1, full=True,
+            fill_region(view.target, view.mask),
+            fill_region(view.output, view.mask),
+            data_range=1.0,
+            channel_axis=-1,
+            full=True,
         )
         difference = view.target[view.outside].astype(np.float64) - view.output[view.outside]
         return [

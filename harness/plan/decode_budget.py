@@ -6,6 +6,7 @@ decoded in full (emptiness needs every pixel). Thirty-two 13000×13000 16-bit ma
 pixel of its mode, plus the boolean mask) and waits while the total in use would pass the budget. An image
 larger than the whole budget still runs, alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 # Bytes held per pixel while a mask of this mode is decoded and thresholded: PIL's buffer plus the bool mask.
-_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2,
-                    "RGB": 4, "RGBA": 4, "CMYK": 4, "YCbCr": 4, "I": 4, "F": 4}
+_BYTES_PER_PIXEL = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "LA": 2,
+    "PA": 2,
+    "I;16": 2,
+    "I;16B": 2,
+    "I;16L": 2,
+    "I;16N": 2,
+    "RGB": 4,
+    "RGBA": 4,
+    "CMYK": 4,
+    "YCbCr": 4,
+    "I": 4,
+    "F": 4,
+}
 DEFAULT_BUDGET_BYTES = int(os.environ.get("CLIC_DECODE_BUDGET_MB", "512")) * 2**20
 
 

@@ -2,6 +2,7 @@
 the code version (a hash of the output-determining sources) and, for people, ``git describe``; and the fast
 canonical JSON of a plan's repeated settings dicts. (Re-exported by :mod:`harness.plan.jobs`.)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,8 +76,19 @@ def prefetch_digests(pairs: Iterable[Pair]) -> None:
     """Hash every file of ``pairs`` not hashed yet, on threads (hashlib and file reads release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    paths = {path for pair in pairs for path in (pair.source_image, pair.source_mask, pair.target_image,
-                                                   pair.target_mask, pair.target_mask_gt, pair.expected_image) if path}
+    paths = {
+        path
+        for pair in pairs
+        for path in (
+            pair.source_image,
+            pair.source_mask,
+            pair.target_image,
+            pair.target_mask,
+            pair.target_mask_gt,
+            pair.expected_image,
+        )
+        if path
+    }
     if len(paths) > 1:
         with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
             list(pool.map(lambda path: _try_digest(str(path)), sorted(paths)))
@@ -116,8 +128,9 @@ def code_version() -> str:
 def git_describe() -> str | None:
     """The repository's ``git describe`` (recorded in run.json for people; ids use :func:`code_version`)."""
     try:
-        result = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=PROJECT_ROOT,
-                                capture_output=True, text=True, timeout=10)
+        result = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None

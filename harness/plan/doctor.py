@@ -5,6 +5,7 @@ One line per need: ``found``/``MISSING``, what it is, and where it is (or the li
 text preflight prints). Without a suite, the shipped smoke suite's needs. Reads configs, cache indexes and file
 headers only: no weights are loaded and no cluster is started. Exit code 1 when something is missing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,14 @@ def model_lines(suite) -> list[tuple[bool, str]]:
         except ModelNotFoundError as problem:
             lines.append((False, f"model {model}: {' '.join(str(problem).split())}"))
             continue
-        where = "built from code (seeded tiny model, labelled tiny-random)" if description.weights_label == "tiny-random" \
+        where = (
+            "built from code (seeded tiny model, labelled tiny-random)"
+            if description.weights_label == "tiny-random"
             else description.model_id
-        lines.append((True, f"model {model}: {where} (native {description.resolution} px, weights "
-                            f"{description.weights_hash})"))
+        )
+        lines.append(
+            (True, f"model {model}: {where} (native {description.resolution} px, weights {description.weights_hash})")
+        )
     return lines
 
 

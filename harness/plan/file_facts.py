@@ -9,6 +9,7 @@ URIs (``s3://`` …) are not cached: their stat is itself a request.
 A process plans one run folder at a time: :func:`use_run_folder` loads its facts (preflight, before the
 manifest is read), :func:`save` writes what was added once the run folder exists (the run, after planning).
 """
+
 from __future__ import annotations
 
 import json

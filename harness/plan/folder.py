@@ -1,5 +1,6 @@
 """The folder convention of ``clic-bench manifest from-folder`` (see :mod:`harness.plan.manifest`): one folder per
 category, one per pair, files named by their column."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,16 @@ FOLDER_FILES = {
     "target_mask_gt": "target_mask_gt",
     "expected": "expected_image",
 }
-META_KEYS = ("source_object", "target_object", "concept", "tags", "source_part", "target_part", "pattern", "pattern_params")
+META_KEYS = (
+    "source_object",
+    "target_object",
+    "concept",
+    "tags",
+    "source_part",
+    "target_part",
+    "pattern",
+    "pattern_params",
+)
 
 
 class FolderError(ValueError):
@@ -79,7 +89,9 @@ def _pair_files(pair_dir: Path, problems: list[str]) -> dict[str, Path]:
     return files
 
 
-def scan_folder(folder: str | os.PathLike[str], manifest_dir: str | os.PathLike[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+def scan_folder(
+    folder: str | os.PathLike[str], manifest_dir: str | os.PathLike[str] | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Manifest rows for a folder that follows the convention, and one line per problem found."""
     root = Path(folder)
     if not root.is_dir():
@@ -94,7 +106,9 @@ def scan_folder(folder: str | os.PathLike[str], manifest_dir: str | os.PathLike[
         for pair_dir in _visible_dirs(category_dir):
             pair_id = pair_dir.name
             if pair_id in pair_dirs:
-                problems.append(f"{pair_dir}: pair_id {pair_id!r} also used by {pair_dirs[pair_id]} (pair folder names must be unique)")
+                problems.append(
+                    f"{pair_dir}: pair_id {pair_id!r} also used by {pair_dirs[pair_id]} (pair folder names must be unique)"
+                )
                 continue
             pair_dirs[pair_id] = pair_dir
             files = _pair_files(pair_dir, problems)
@@ -108,12 +122,18 @@ def scan_folder(folder: str | os.PathLike[str], manifest_dir: str | os.PathLike[
                 "concept": meta.get("concept"),
                 "tags": meta.get("tags"),
                 **{k: meta[k] for k in ("source_part", "target_part", "pattern") if meta.get(k) is not None},
-                **({"pattern_params": params if isinstance(params, str) else json.dumps(params, sort_keys=True)} if params is not None else {}),
+                **(
+                    {"pattern_params": params if isinstance(params, str) else json.dumps(params, sort_keys=True)}
+                    if params is not None
+                    else {}
+                ),
                 **{column: Path(os.path.relpath(path, relative_to)).as_posix() for column, path in files.items()},
             }
             rows.append(row)
     if not pair_dirs:
-        problems.append(f"{root}: no pair folders found (expected {root}/<category>/<pair_id>/source.png and target.png)")
+        problems.append(
+            f"{root}: no pair folders found (expected {root}/<category>/<pair_id>/source.png and target.png)"
+        )
     return rows, problems
 
 
@@ -144,5 +164,7 @@ def from_folder_main(args: argparse.Namespace) -> int:
         print(line)
     print(f"wrote {path}: {report.summary()}")
     if outside:
-        print(f"note: {path} is outside {args.folder}, so its paths climb out of its folder: pass --allow-outside to use it")
+        print(
+            f"note: {path} is outside {args.folder}, so its paths climb out of its folder: pass --allow-outside to use it"
+        )
     return report.exit_code()

@@ -4,6 +4,7 @@
 "t_start=4" for a point of a swept task setting. Jobs carry both; result rows store them as columns, so every
 table groups by them (seeds are replicates inside a variant, never a variant), and the report and the study
 read them instead of re-deriving them from the settings JSON."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,11 +37,17 @@ def _compact(value: Any) -> str:
 def _common_overrides(variants: list[Mapping[str, Any]]) -> dict[str, Any]:
     """The overrides (and loss terms) that every variant has with the same value."""
     first, rest = variants[0], variants[1:]
-    common = {key: value for key, value in first.items() if key != "terms" and all(
-        key in other and other[key] == value for other in rest)}
+    common = {
+        key: value
+        for key, value in first.items()
+        if key != "terms" and all(key in other and other[key] == value for other in rest)
+    }
     terms = first.get("terms") or {}
-    common["terms"] = {term: spec for term, spec in terms.items()
-                       if all((other.get("terms") or {}).get(term) == spec for other in rest)}
+    common["terms"] = {
+        term: spec
+        for term, spec in terms.items()
+        if all((other.get("terms") or {}).get(term) == spec for other in rest)
+    }
     return common
 
 
@@ -50,8 +57,11 @@ def variant_name(learn: Mapping[str, Any], common: Mapping[str, Any]) -> str:
     for key, value in sorted(learn.items()):
         if key == "terms" and isinstance(value, Mapping):
             shared = common.get("terms") or {}
-            parts += [f"no_{term}" if _term_weight(spec) == 0 else f"{term}={_compact(spec)}"
-                      for term, spec in sorted(value.items()) if not (term in shared and shared[term] == spec)]
+            parts += [
+                f"no_{term}" if _term_weight(spec) == 0 else f"{term}={_compact(spec)}"
+                for term, spec in sorted(value.items())
+                if not (term in shared and shared[term] == spec)
+            ]
         elif not (key in common and common[key] == value):
             parts.append(f"{key}={_compact(value)}")
     return " ".join(parts)

@@ -1,6 +1,7 @@
 """Where a manifest's paths point: local paths relative to the manifest's folder, or URIs that fsspec can open.
 Resolution refuses paths that leave the folder (also through a symlink) unless ``allow_outside``; a scheme
 whose package is missing is refused at once, naming it; remote reads are bounded (:mod:`harness.plan.remote`)."""
+
 from __future__ import annotations
 
 import os
@@ -60,8 +61,9 @@ def _real_path(location: str, real_dirs: dict[str, str] | None) -> str:
     return os.path.join(real, name)
 
 
-def resolve_location(value: str, base: ManifestBase, allow_outside: bool,
-                     real_dirs: dict[str, str] | None = None) -> tuple[str | None, str | None]:
+def resolve_location(
+    value: str, base: ManifestBase, allow_outside: bool, real_dirs: dict[str, str] | None = None
+) -> tuple[str | None, str | None]:
     """(location, None) or (None, problem) for one path cell; ``real_dirs`` caches resolved folders over calls."""
     if not value.strip():
         return None, "empty path (write null for 'not given')"
@@ -69,17 +71,26 @@ def resolve_location(value: str, base: ManifestBase, allow_outside: bool,
     if match:
         scheme = match.group(1).lower()
         if not scheme_supported(scheme):
-            return None, f"URL scheme {scheme!r} is not supported (local paths, file://, or schemes of fsspec such as s3://, gs://): {value}"
+            return (
+                None,
+                f"URL scheme {scheme!r} is not supported (local paths, file://, or schemes of fsspec such as s3://, gs://): {value}",
+            )
         if scheme != "file":
             problem = missing_package(scheme)  # refused now, not after a wait for credentials
             return (value, None) if problem is None else (None, f"{problem}: {value}")
         local = unquote(urlparse(value).path)
         if not allow_outside:
-            return None, f"file:// URL refused, paths must be relative to the manifest's folder (allow with --allow-outside): {value}"
+            return (
+                None,
+                f"file:// URL refused, paths must be relative to the manifest's folder (allow with --allow-outside): {value}",
+            )
         return os.path.abspath(local), None
     if os.path.isabs(value):
         if not allow_outside:
-            return None, f"absolute path refused, paths must be relative to the manifest's folder (allow with --allow-outside): {value}"
+            return (
+                None,
+                f"absolute path refused, paths must be relative to the manifest's folder (allow with --allow-outside): {value}",
+            )
         return os.path.abspath(value), None
     if escapes_folder(value) and not allow_outside:
         return None, f"path escapes the manifest's folder (allow with --allow-outside): {value}"
@@ -88,7 +99,10 @@ def resolve_location(value: str, base: ManifestBase, allow_outside: bool,
         # The same containment rule for where a symlink (of the file or of a folder on the way) leads.
         real, folder = _real_path(location, real_dirs), _real_path(base.local, real_dirs)
         if real != folder and not real.startswith(folder.rstrip(os.sep) + os.sep):  # os.path.commonpath, cheaper
-            return None, f"path leads outside the manifest's folder through a symlink, to {real} (allow with --allow-outside): {value}"
+            return (
+                None,
+                f"path leads outside the manifest's folder through a symlink, to {real} (allow with --allow-outside): {value}",
+            )
     return location, None
 
 

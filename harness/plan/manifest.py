@@ -37,14 +37,16 @@ Object words default to the category folder's name (so name categories by object
 image file in a pair folder is an error, so a misspelt ``source-mask.png`` is not silently dropped.
 The manifest (default ``DIR/manifest.parquet``) stores paths relative to its own folder.
 """
+
 from __future__ import annotations
 
 import argparse
 import difflib
 import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
@@ -53,9 +55,9 @@ import pyarrow.parquet as pq
 from clic.cli_checks import placeholder_problem
 from clic.io import aspect_ratios_match
 
+from .locations import ManifestBase, is_uri, open_location, resolve_location
 from .manifest_files import file_problem, run_checks
 from .manifest_report import ManifestReport, PairSpec, Problem
-from .locations import ManifestBase, is_uri, open_location, resolve_location
 
 MANIFEST_VERSION = "1"
 
@@ -170,7 +172,9 @@ def _manifest_base(path: str) -> ManifestBase:
     return ManifestBase(os.path.abspath(folder), None)
 
 
-def load_manifest(path: str | os.PathLike[str], *, allow_outside: bool = False, check_files: bool = True) -> ManifestReport:
+def load_manifest(
+    path: str | os.PathLike[str], *, allow_outside: bool = False, check_files: bool = True
+) -> ManifestReport:
     """Validate a manifest in one pass: every bad row is reported, the good rows are returned."""
     display = os.fspath(path)
 
@@ -243,9 +247,14 @@ def _value_problems(record: Mapping[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
-def _row_locations(record: Mapping[str, Any], base: ManifestBase, allow_outside: bool, real_dirs: dict[str, str],
-                   resolved: dict[str, tuple[str | None, str | None]],
-                   row_problem: Callable[[str, str], None]) -> dict[str, str]:
+def _row_locations(
+    record: Mapping[str, Any],
+    base: ManifestBase,
+    allow_outside: bool,
+    real_dirs: dict[str, str],
+    resolved: dict[str, tuple[str | None, str | None]],
+    row_problem: Callable[[str, str], None],
+) -> dict[str, str]:
     """column -> the resolved location of each image and mask cell of a row (``resolved``: cell value ->
     (location, problem), shared by the rows); a cell that does not resolve is a problem of the row."""
     row_locations = {}
@@ -299,8 +308,10 @@ def _column_order(column: str | None) -> int:
     return names.index(column) if column in KNOWN_FIELDS else len(names)
 
 
-def _check_row_files(records: list[dict], locations: list[dict[str, str]], problems: list[Problem], display: str) -> None:
-    kind_of = {**{c: "image" for c in IMAGE_COLUMNS}, **{c: "mask" for c in MASK_COLUMNS}}
+def _check_row_files(
+    records: list[dict], locations: list[dict[str, str]], problems: list[Problem], display: str
+) -> None:
+    kind_of = {**dict.fromkeys(IMAGE_COLUMNS, "image"), **dict.fromkeys(MASK_COLUMNS, "mask")}
     checks = run_checks((kind_of[c], loc) for row in locations for c, loc in row.items())
     for index, (record, row_locations) in enumerate(zip(records, locations)):
         pair_id = _usable_id(record)

@@ -2,6 +2,7 @@
 needs every pixel), on threads bounded by the memory the decodes hold, and kept in the run folder being planned by
 the file's (path, size, mtime) (:mod:`harness.plan.file_facts`). Used by :mod:`harness.plan.manifest`.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """What validating a manifest finds: each :class:`Problem` (of a row or of the whole manifest), each good row as a
 :class:`PairSpec`, and the :class:`ManifestReport` of both. (Re-exported by :mod:`harness.plan.manifest`.)
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

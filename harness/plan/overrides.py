@@ -9,6 +9,7 @@ on the way are created; a path through a non-mapping, or an index past a list's 
 given for ``model``, ``inpainting_model`` or ``manifest(s)`` is taken from the current folder (where the user
 typed it), not from the suite file's.
 """
+
 from __future__ import annotations
 
 import copy
@@ -69,11 +70,13 @@ def apply_sets(data: Any, sets: Sequence[str]) -> Any:
         node: Any = data
         for depth, step in enumerate(path[:-1]):
             following = path[depth + 1]
-            where = _where(path[:depth + 1])
+            where = _where(path[: depth + 1])
             if isinstance(step, int):
                 if not isinstance(node, list) or step >= len(node):
-                    raise UsageError(f"--set {text}: {where} does not exist (the list has "
-                                     f"{len(node) if isinstance(node, list) else 0} items)")
+                    raise UsageError(
+                        f"--set {text}: {where} does not exist (the list has "
+                        f"{len(node) if isinstance(node, list) else 0} items)"
+                    )
                 node = node[step]
                 continue
             if not isinstance(node, dict):
@@ -85,7 +88,7 @@ def apply_sets(data: Any, sets: Sequence[str]) -> Any:
         if isinstance(last, int):
             if not isinstance(node, list) or last > len(node):
                 raise UsageError(f"--set {text}: {_where(path)} does not exist")
-            node[last:last + 1] = [value]
+            node[last : last + 1] = [value]
         elif not isinstance(node, dict):
             raise UsageError(f"--set {text}: {_where(path[:-1])} is not a mapping")
         else:

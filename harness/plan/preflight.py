@@ -6,12 +6,14 @@ every concept was learned (minutes), as a wall of worker tracebacks. :func:`pref
 from configs, cache indexes and file headers (no weights are loaded, no cluster is started) and raises one
 :class:`PreflightFailed` listing every problem, one line each; the CLI prints them and exits 2.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 
@@ -32,17 +34,23 @@ class PreflightFailed(UsageError):
 class Checked:
     """What preflight read and resolved; the run goes on with it instead of reading it all again."""
 
-    suite: "Suite"
-    pairs: list["Pair"]
+    suite: Suite
+    pairs: list[Pair]
     run_dir: Path
-    models: dict[str, "ModelInfo | None"]
-    plan: "Plan"
+    models: dict[str, ModelInfo | None]
+    plan: Plan
     remote: str | None = None  # the run folder's URI when it is on object storage (run_dir is then its staging)
 
 
-def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *,
-              allow_random_metrics: bool = False, allow_outside: bool = False,
-              allow_other_suite: bool = False, sets: Sequence[str] = ()) -> Checked:
+def preflight(
+    suite_path: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    allow_random_metrics: bool = False,
+    allow_outside: bool = False,
+    allow_other_suite: bool = False,
+    sets: Sequence[str] = (),
+) -> Checked:
     """Check a suite (with its command-line ``--set`` overrides) before it runs; raise :class:`PreflightFailed`
     with one line per problem."""
     from .suite import load_suite
@@ -83,19 +91,23 @@ def preflight(suite_path: str | os.PathLike[str], out: str | os.PathLike[str] | 
     return Checked(suite, pairs, run_dir, models_and_resolution[0], plan, remote)
 
 
-def device_problems(suite: "Suite", cuda_available: bool | None = None) -> list[str]:
+def device_problems(suite: Suite, cuda_available: bool | None = None) -> list[str]:
     """A CUDA device a run's workers cannot get: Ray hides every GPU from a task that requests none, and a machine
     without a visible GPU has none to give (checked here only for a local run, where this machine is the cluster)."""
     if not suite.device.startswith("cuda"):
         return []
     if suite.resources.num_gpus <= 0:
-        return [f"{suite.source}: device: {suite.device!r} needs resources.num_gpus > 0 (Ray gives a task that requests "
-                f"no GPU none to use); set resources.num_gpus or device: auto"]
+        return [
+            f"{suite.source}: device: {suite.device!r} needs resources.num_gpus > 0 (Ray gives a task that requests "
+            f"no GPU none to use); set resources.num_gpus or device: auto"
+        ]
     if cuda_available is None:
         import torch
 
         cuda_available = torch.cuda.is_available()
-    return [] if cuda_available else [f"{suite.source}: device: {suite.device!r} but this machine has no visible CUDA GPU"]
+    return (
+        [] if cuda_available else [f"{suite.source}: device: {suite.device!r} but this machine has no visible CUDA GPU"]
+    )
 
 
 def other_suite_problems(run_dir: Path, name: str, shown: str | None = None) -> list[str]:
@@ -108,8 +120,10 @@ def other_suite_problems(run_dir: Path, name: str, shown: str | None = None) -> 
     except ValueError:  # a corrupt run.json is rewritten by the run
         return []
     if previous and previous != name:
-        return [f"{shown or run_dir}: holds results of suite {previous!r}, not {name!r}; choose another --out, or pass "
-                f"--allow-other-suite to add this suite's results to it"]
+        return [
+            f"{shown or run_dir}: holds results of suite {previous!r}, not {name!r}; choose another --out, or pass "
+            f"--allow-other-suite to add this suite's results to it"
+        ]
     return []
 
 
@@ -131,22 +145,29 @@ def describe_cluster(nodes: Sequence[Mapping[str, float]]) -> str:
     kinds: dict[str, int] = {}
     for node in nodes:
         parts = [_amount(name, node.get(name, 0.0)) for name in ("CPU", "GPU", "memory")]
-        parts += [_amount(name, value) for name, value in sorted(node.items())
-                  if name not in ("CPU", "GPU", "memory", "object_store_memory")
-                  and not name.startswith(("node:", "accelerator_type:"))]
+        parts += [
+            _amount(name, value)
+            for name, value in sorted(node.items())
+            if name not in ("CPU", "GPU", "memory", "object_store_memory")
+            and not name.startswith(("node:", "accelerator_type:"))
+        ]
         kind = ", ".join(parts)
         kinds[kind] = kinds.get(kind, 0) + 1
     return "; ".join(f"{count} node{'s' if count > 1 else ''}: {kind}" for kind, count in kinds.items())
 
 
-def cluster_problems(suite: "Suite", nodes: Sequence[Mapping[str, float]]) -> list[str]:
+def cluster_problems(suite: Suite, nodes: Sequence[Mapping[str, float]]) -> list[str]:
     """What no node of the cluster can run (``nodes``: each alive node's Ray resources), one line each naming the
     suite key and what the cluster has: a job's GPUs, CPUs, memory or custom resources beyond every node, or all
     of them together on no one node; a CUDA device on a cluster without GPUs. Ray would wait for such a node
     forever ("No available node types can fulfill resource request")."""
     resources = suite.resources
-    request = {"CPU": resources.num_cpus, "GPU": resources.num_gpus,
-               "memory": (resources.memory_gb or 0) * 2**30, **resources.custom}
+    request = {
+        "CPU": resources.num_cpus,
+        "GPU": resources.num_gpus,
+        "memory": (resources.memory_gb or 0) * 2**30,
+        **resources.custom,
+    }
     request = {name: amount for name, amount in request.items() if amount > 0}
     has = describe_cluster(nodes)
     problems = []
@@ -154,28 +175,36 @@ def cluster_problems(suite: "Suite", nodes: Sequence[Mapping[str, float]]) -> li
         if not any(node.get(name, 0.0) >= amount for node in nodes):
             key = _REQUEST_KEYS.get(name, f"resources.custom.{name}")
             most = max((node.get(name, 0.0) for node in nodes), default=0.0)
-            problems.append(f"{suite.source}: {key}: {_amount(name, amount)} per job, but no node has that "
-                            f"(at most {_amount(name, most)}); the cluster has {has}")
-    if not problems and not any(all(node.get(name, 0.0) >= amount for name, amount in request.items())
-                                for node in nodes):
+            problems.append(
+                f"{suite.source}: {key}: {_amount(name, amount)} per job, but no node has that "
+                f"(at most {_amount(name, most)}); the cluster has {has}"
+            )
+    if not problems and not any(
+        all(node.get(name, 0.0) >= amount for name, amount in request.items()) for node in nodes
+    ):
         wanted = ", ".join(_amount(name, amount) for name, amount in request.items())
-        problems.append(f"{suite.source}: resources: {wanted} per job, but no one node has all of it; the cluster "
-                        f"has {has}")
+        problems.append(
+            f"{suite.source}: resources: {wanted} per job, but no one node has all of it; the cluster has {has}"
+        )
     if suite.device.startswith("cuda") and not any(node.get("GPU", 0.0) > 0 for node in nodes):
-        problems.append(f"{suite.source}: device: {suite.device}, but the cluster has no GPU (the cluster has {has}); "
-                        "use device auto or cpu")
+        problems.append(
+            f"{suite.source}: device: {suite.device}, but the cluster has no GPU (the cluster has {has}); "
+            "use device auto or cpu"
+        )
     return problems
 
 
-def gpu_problems(suite: "Suite", cluster_gpus: float) -> list[str]:
+def gpu_problems(suite: Suite, cluster_gpus: float) -> list[str]:
     """What a cluster with ``cluster_gpus`` GPUs cannot run: tasks asking for GPUs (Ray would wait for them
     forever, saying only that no node fits), or a CUDA device with no GPU to be had."""
     problems = []
     wanted = suite.resources.num_gpus
     has = "no GPU" if cluster_gpus <= 0 else f"{cluster_gpus:g} GPU(s)"
     if wanted > 0 and cluster_gpus < wanted:
-        problems.append(f"{suite.source}: resources.num_gpus: {wanted:g} per task, but the cluster has {has}; set "
-                        f"resources.num_gpus to 0 (and device to cpu or auto) or run on a cluster with GPUs")
+        problems.append(
+            f"{suite.source}: resources.num_gpus: {wanted:g} per task, but the cluster has {has}; set "
+            f"resources.num_gpus to 0 (and device to cpu or auto) or run on a cluster with GPUs"
+        )
     if suite.device.startswith("cuda") and cluster_gpus <= 0:
         problems.append(f"{suite.source}: device: {suite.device}, but the cluster has no GPU; use device auto or cpu")
     return problems
@@ -190,13 +219,14 @@ def local_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def missing_metric_weights(suite: "Suite", allow_random_metrics: bool) -> list[str]:
+def missing_metric_weights(suite: Suite, allow_random_metrics: bool) -> list[str]:
     """One line per weight file a suite's metrics would not find (none with ``allow_random_metrics``)."""
     from ..metrics import metric_class
     from ..metrics.base import MetricSettings
 
-    settings = MetricSettings(allow_random=allow_random_metrics,
-                              options={k: dict(v) for k, v in suite.metric_options.items()})
+    settings = MetricSettings(
+        allow_random=allow_random_metrics, options={k: dict(v) for k, v in suite.metric_options.items()}
+    )
     lines: list[str] = []
     for name in suite.metrics:
         check = getattr(metric_class(name), "missing_weights", None)
@@ -226,17 +256,19 @@ def _one_line(problem: BaseException) -> str:
     return " ".join(text.split()) or type(problem).__name__
 
 
-def _pairs(suite: "Suite", allow_outside: bool) -> list["Pair"]:
+def _pairs(suite: Suite, allow_outside: bool) -> list[Pair]:
     from .resolve import load_pairs
 
     pairs = load_pairs(suite, allow_outside)
     if not pairs:
-        raise UsageError(f"{suite.source}: no pair to run (manifests {', '.join(map(str, suite.manifests))}, "
-                         f"categories {suite.categories}, limit_pairs {suite.limit_pairs})")
+        raise UsageError(
+            f"{suite.source}: no pair to run (manifests {', '.join(map(str, suite.manifests))}, "
+            f"categories {suite.categories}, limit_pairs {suite.limit_pairs})"
+        )
     return pairs
 
 
-def _models(suite: "Suite"):
+def _models(suite: Suite):
     from .resolve import describe_models
 
     return describe_models(suite)

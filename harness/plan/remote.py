@@ -10,6 +10,7 @@ an unreachable host hung or was reported as "file not found"; a slow server held
 * the whole read runs in a daemon thread bounded by :data:`REMOTE_TIMEOUT_SECONDS` and :data:`MAX_REMOTE_BYTES`
   (the file comes back in memory, so later reads cannot hang either).
 """
+
 from __future__ import annotations
 
 import io
@@ -23,9 +24,24 @@ REMOTE_TIMEOUT_SECONDS = float(os.environ.get("CLIC_REMOTE_TIMEOUT", "30"))
 CONNECT_TIMEOUT_SECONDS = 5.0
 MAX_REMOTE_BYTES = 1 << 30
 # The package that gives fsspec each scheme (fsspec's own registry names the class, not the pip package).
-SCHEME_PACKAGES = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "s3a": "s3fs", "az": "adlfs", "abfs": "adlfs",
-                   "abfss": "adlfs", "adl": "adlfs", "http": "aiohttp", "https": "aiohttp", "hf": "huggingface_hub",
-                   "sftp": "paramiko", "ssh": "paramiko", "oci": "ocifs", "hdfs": "pyarrow", "dropbox": "dropboxdrivefs"}
+SCHEME_PACKAGES = {
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "abfss": "adlfs",
+    "adl": "adlfs",
+    "http": "aiohttp",
+    "https": "aiohttp",
+    "hf": "huggingface_hub",
+    "sftp": "paramiko",
+    "ssh": "paramiko",
+    "oci": "ocifs",
+    "hdfs": "pyarrow",
+    "dropbox": "dropboxdrivefs",
+}
 
 
 class RemoteError(OSError):

@@ -1,5 +1,6 @@
 """From a checked suite to a plan: the methods' presets and overrides, the metrics' declarations, the models
 each method runs on, and the good manifest rows. Everything here is decided once, before anything runs."""
+
 from __future__ import annotations
 
 import itertools
@@ -28,19 +29,34 @@ def plan_from_suite(suite: Suite, resolution: int) -> Plan:
     for spec, resolved in zip(suite.methods, runs):
         for preset, run in zip(spec.presets, resolved):
             learn = spec.learn_overrides(run.learn.terms if hasattr(run.learn, "terms") else None)
-            methods.append(MethodRun(spec.name, preset, learn, method_target(spec.name), custom_term_sources(learn),
-                                     resolved=run))
+            methods.append(
+                MethodRun(spec.name, preset, learn, method_target(spec.name), custom_term_sources(learn), resolved=run)
+            )
     metrics = []
     for name in suite.metrics:
         declared = declaration(metric_class(name))
         if declared.group_by is not None and declared.group_by not in GROUP_KINDS:
             raise ValueError(f"metric {name!r}: group_by {declared.group_by!r} is not one of {GROUP_KINDS}")
-        metrics.append(MetricInfo(name, declared.version, declared.scale, declared.tasks, declared.group_by,
-                                  declared.values, metric_target(name)))
+        metrics.append(
+            MetricInfo(
+                name,
+                declared.version,
+                declared.scale,
+                declared.tasks,
+                declared.group_by,
+                declared.values,
+                metric_target(name),
+            )
+        )
     return Plan(
-        methods=with_labels(methods), seeds=list(suite.seeds), tasks=frozenset(suite.tasks),
-        generate_objects=list(suite.generate.objects), match_missing_masks=suite.match.enabled,
-        metrics=metrics, resolution=resolution, estimate_source_masks=suite.source_masks == "estimate",
+        methods=with_labels(methods),
+        seeds=list(suite.seeds),
+        tasks=frozenset(suite.tasks),
+        generate_objects=list(suite.generate.objects),
+        match_missing_masks=suite.match.enabled,
+        metrics=metrics,
+        resolution=resolution,
+        estimate_source_masks=suite.source_masks == "estimate",
     )
 
 
@@ -63,8 +79,11 @@ def generate_requests(suite: Suite) -> list[dict[str, Any]]:
     """The suite's generation settings per prompt template (none given: each preset's own prompt)."""
     spec = suite.generate
     # unset stage_one_steps: each method's preset decides (e.g. SingleInsert's one-stage preset: 0)
-    base = {"steps": spec.steps, "images": spec.images_per_seed,
-            **({} if spec.stage_one_steps is None else {"stage_one_steps": spec.stage_one_steps})}
+    base = {
+        "steps": spec.steps,
+        "images": spec.images_per_seed,
+        **({} if spec.stage_one_steps is None else {"stage_one_steps": spec.stage_one_steps}),
+    }
     return [{**base, **({"prompt": prompt} if prompt is not None else {})} for prompt in (spec.prompts or [None])]
 
 
@@ -78,7 +97,9 @@ def _swept(requests: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{k: r.get(k) for k in varying} for r in requests]
 
 
-def resolve_runs(suite: Suite, fail: Callable[[str, str], NoReturn] | None = None) -> tuple[tuple[ResolvedRun, ...], ...]:
+def resolve_runs(
+    suite: Suite, fail: Callable[[str, str], NoReturn] | None = None
+) -> tuple[tuple[ResolvedRun, ...], ...]:
     """Each suite method × preset's learning config and task settings, resolved once through
     :meth:`clic.methods.base.Method.resolve` (the preset merged with the suite's values, typed, validated).
     ``fail(key, message)`` reports a setting no preset can run with (default: a ``SuiteError``)."""
@@ -105,10 +126,19 @@ def resolve_runs(suite: Suite, fail: Callable[[str, str], NoReturn] | None = Non
                 where = "loss_weights" if spec.loss_weights and isinstance(err, LossTermError) else "learn"
                 fail(f"{key}.{where}", f"with preset {preset!r}: {' '.join(str(err).split())}")
 
-            def points(task: str, requests: list[dict[str, Any]], sweeps: list[dict[str, Any]],
-                       suite_key: str, ignore: Sequence[str] = (), *, method: Any = method, spec: Any = spec,
-                       preset: str = preset, preset_index: int = preset_index, key: str = key,
-                       ) -> tuple[SweepPoint, ...]:  # this iteration's method and preset, bound explicitly
+            def points(
+                task: str,
+                requests: list[dict[str, Any]],
+                sweeps: list[dict[str, Any]],
+                suite_key: str,
+                ignore: Sequence[str] = (),
+                *,
+                method: Any = method,
+                spec: Any = spec,
+                preset: str = preset,
+                preset_index: int = preset_index,
+                key: str = key,
+            ) -> tuple[SweepPoint, ...]:  # this iteration's method and preset, bound explicitly
                 if task not in suite.tasks:
                     return ()
                 if not method.supports(task):  # its jobs are recorded as not applicable, with the reason
@@ -118,9 +148,11 @@ def resolve_runs(suite: Suite, fail: Callable[[str, str], NoReturn] | None = Non
                     try:
                         settings.append(method.resolve(task, preset, request))
                     except (ValueError, TypeError) as err:
-                        fail(f"{key}.presets[{preset_index}]",
-                             f"preset {preset!r} of method {spec.name!r} with {suite_key} {request}: "
-                             f"{' '.join(str(err).split())} (change {suite_key} or the preset)")
+                        fail(
+                            f"{key}.presets[{preset_index}]",
+                            f"preset {preset!r} of method {spec.name!r} with {suite_key} {request}: "
+                            f"{' '.join(str(err).split())} (change {suite_key} or the preset)",
+                        )
                 names = sweep_variants([s.to_dict() if s is not None else None for s in settings], ignore)
                 return tuple(SweepPoint(sweep, s, name) for sweep, s, name in zip(sweeps, settings, names))
 
@@ -185,8 +217,9 @@ def describe_models(suite: Suite) -> tuple[dict[str, ModelInfo | None], int]:
         if model_id is not None and model_id not in descriptions:
             descriptions[model_id] = describe_model(model_id)
         d = descriptions.get(model_id) if model_id else None
-        by_method[spec.name] = ModelInfo(d.model_id, d.weights_hash, d.weights_label, suite.dtype, suite.device) \
-            if d else None
+        by_method[spec.name] = (
+            ModelInfo(d.model_id, d.weights_hash, d.weights_label, suite.dtype, suite.device) if d else None
+        )
     main = descriptions.get(suite.model) or describe_model(suite.model)
     return by_method, main.resolution
 
@@ -200,7 +233,6 @@ def method_tasks(plan: Plan) -> dict[str, frozenset[str]]:
         method = method_class(run.name)()
         tasks[run.name] = frozenset(t for t in ("transfer", "generate", "match") if method.supports(t))
     return tasks
-
 
 
 def load_pairs(suite: Suite, allow_outside: bool = False) -> list[Pair]:

@@ -64,6 +64,7 @@ Every mistake is a :class:`SuiteError` whose message is one line naming the file
 :meth:`Suite.to_dict` is the canonical JSON form (defaults filled in, numbers normalised) that job ids
 are hashed from; :func:`suite_from_dict` reads it back.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,10 +73,11 @@ import math
 import os
 import re
 import string
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, NoReturn, Sequence
+from typing import Any, NoReturn
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -168,7 +170,9 @@ class Suite:
     resolution: int | None = None  # image side the methods run at; None: the model's native resolution
     device: str = "auto"  # clic.device.resolve_device in each worker
     dtype: str = "fp32"  # fp32 | fp16 | bf16: part of every concept id
-    tf32: bool = True  # TF32 matmul/cuDNN on GPUs that have it (Ampere+); false: exact fp32 (clic.device.configure_tf32)
+    tf32: bool = (
+        True  # TF32 matmul/cuDNN on GPUs that have it (Ampere+); false: exact fp32 (clic.device.configure_tf32)
+    )
     metric_actors: int | None = None  # metric actors scoring in parallel; None: 1, or one per 4 GPUs (up to 4)
     description: str = ""
     seeds: tuple[int, ...] = (0,)
@@ -202,8 +206,13 @@ class Suite:
             "tf32": self.tf32,
             "metric_actors": self.metric_actors,
             "methods": [
-                {"name": m.name, "presets": list(m.presets), "loss_weights": _thaw(m.loss_weights), "learn": _thaw(m.learn),
-                 **({"resources": dict(m.resources)} if m.resources else {})}
+                {
+                    "name": m.name,
+                    "presets": list(m.presets),
+                    "loss_weights": _thaw(m.loss_weights),
+                    "learn": _thaw(m.learn),
+                    **({"resources": dict(m.resources)} if m.resources else {}),
+                }
                 for m in self.methods
             ],
             "seeds": list(self.seeds),
@@ -248,9 +257,7 @@ class _SuiteLoader(BudgetedLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -295,7 +302,11 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 
 def suite_from_dict(
-    data: Any, *, source: str = "<suite>", base_dir: str | os.PathLike[str] | None = None, default_name: str | None = None
+    data: Any,
+    *,
+    source: str = "<suite>",
+    base_dir: str | os.PathLike[str] | None = None,
+    default_name: str | None = None,
 ) -> Suite:
     """Check a suite given as a mapping (as read from YAML, or :meth:`Suite.to_dict`'s output)."""
     return _SuiteReader(source, Path(base_dir) if base_dir is not None else Path.cwd()).suite(data, default_name)
@@ -334,7 +345,12 @@ class _SuiteReader:
 
     def list_of(self, value: Any, key: str, *, allow_empty: bool = False, unique: bool = True) -> list[Any]:
         if not isinstance(value, list):
-            self.fail(key, f"expected a list, got {_type_name(value)} {value!r}" if value is not None else "expected a list, got null")
+            self.fail(
+                key,
+                f"expected a list, got {_type_name(value)} {value!r}"
+                if value is not None
+                else "expected a list, got null",
+            )
         if not value and not allow_empty:
             self.fail(key, "must not be empty")
         if unique:
@@ -343,7 +359,9 @@ class _SuiteReader:
                     self.fail(f"{key}[{index}]", f"duplicate {item!r}")
         return value
 
-    def integer(self, value: Any, key: str, *, minimum: int | None = None, maximum: int | None = None, what: str = "") -> int:
+    def integer(
+        self, value: Any, key: str, *, minimum: int | None = None, maximum: int | None = None, what: str = ""
+    ) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(key, f"expected an integer, got {_type_name(value)} {value!r}")
         self.check_range(value, key, minimum, maximum, what)
@@ -363,7 +381,9 @@ class _SuiteReader:
         if minimum is not None and maximum is not None and not minimum <= value <= maximum:
             self.fail(key, f"{value} is outside [{minimum}, {maximum}]{what}")
         if minimum is not None and value < minimum:
-            self.fail(key, f"must be positive, got {value}" if minimum == 1 else f"must be at least {minimum}, got {value}")
+            self.fail(
+                key, f"must be positive, got {value}" if minimum == 1 else f"must be at least {minimum}, got {value}"
+            )
         if maximum is not None and value > maximum:
             self.fail(key, f"must be at most {maximum}, got {value}")
 
@@ -412,24 +432,32 @@ class _SuiteReader:
             description=self.description(data.get("description", "")),
             manifests=self.manifests(data[manifest_key], manifest_key),
             model=self.model(data.get("model", "tiny")),
-            inpainting_model=None if data.get("inpainting_model") is None else self.model(data["inpainting_model"], "inpainting_model"),
-            resolution=None if data.get("resolution") is None else self.resolution(data["resolution"], "resolution", minimum=8),
+            inpainting_model=None
+            if data.get("inpainting_model") is None
+            else self.model(data["inpainting_model"], "inpainting_model"),
+            resolution=None
+            if data.get("resolution") is None
+            else self.resolution(data["resolution"], "resolution", minimum=8),
             device=self.device_name(data.get("device", "auto")),
             dtype=self.choice(data.get("dtype", "fp32"), "dtype", ("fp32", "fp16", "bf16")),
             tf32=self.boolean(data.get("tf32", True), "tf32"),
-            metric_actors=None if data.get("metric_actors") is None else
-            self.integer(data["metric_actors"], "metric_actors", minimum=1, maximum=64),
+            metric_actors=None
+            if data.get("metric_actors") is None
+            else self.integer(data["metric_actors"], "metric_actors", minimum=1, maximum=64),
             methods=self.methods(data["methods"], transfer),
             seeds=self.seeds(data.get("seeds", [0])),
             transfer=transfer,
             generate=self.generate(data.get("generate", {})),
             match=self.match(data.get("match", {})),
             metrics=metrics,
-            metric_options=self.with_world_clip(self.metric_options(data.get("metric_options", {}), metrics),
-                                                metrics, data.get("model", "tiny")),
+            metric_options=self.with_world_clip(
+                self.metric_options(data.get("metric_options", {}), metrics), metrics, data.get("model", "tiny")
+            ),
             resources=self.resources(data.get("resources", {})),
             tasks=self.tasks(data.get("tasks", list(DEFAULT_TASKS))),
-            limit_pairs=None if data.get("limit_pairs") is None else self.integer(data["limit_pairs"], "limit_pairs", minimum=1),
+            limit_pairs=None
+            if data.get("limit_pairs") is None
+            else self.integer(data["limit_pairs"], "limit_pairs", minimum=1),
             source_masks=self.choice(data.get("source_masks", "use"), "source_masks", ("use", "estimate")),
             categories=None if data.get("categories") is None else self.strings(data["categories"], "categories"),
             source=self.source,
@@ -438,8 +466,11 @@ class _SuiteReader:
         for index, spec in enumerate(suite.methods):
             needs_inpainting = getattr(method_registry.method_class(spec.name), "needs_inpainting", False)
             if needs_inpainting and suite.model not in TINY_MODELS and suite.inpainting_model is None:
-                self.fail(f"methods[{index}].name", f"method {spec.name!r} runs on an inpainting UNet: set "
-                                                    "inpainting_model to an SD inpainting folder or HF id")
+                self.fail(
+                    f"methods[{index}].name",
+                    f"method {spec.name!r} runs on an inpainting UNet: set "
+                    "inpainting_model to an SD inpainting folder or HF id",
+                )
         from .resolve import resolve_runs
 
         return dataclasses.replace(suite, runs=resolve_runs(suite, self.fail))
@@ -491,7 +522,9 @@ class _SuiteReader:
         if isinstance(value, str) and key == "manifest":
             return (self.manifest_location(value, key),)
         items = self.list_of(value, key)
-        return tuple(self.manifest_location(self.string(item, f"{key}[{i}]"), f"{key}[{i}]") for i, item in enumerate(items))
+        return tuple(
+            self.manifest_location(self.string(item, f"{key}[{i}]"), f"{key}[{i}]") for i, item in enumerate(items)
+        )
 
     def manifest_location(self, value: str, key: str) -> str:
         value = self.string(value, key)
@@ -530,14 +563,18 @@ class _SuiteReader:
         if data.get("t_start") is not None:
             items = self.list_of(data["t_start"], "transfer.t_start")
             t_start = tuple(
-                self.integer(t, f"transfer.t_start[{i}]", minimum=1, maximum=steps - 1, what=f" (T = transfer.steps = {steps})")
+                self.integer(
+                    t, f"transfer.t_start[{i}]", minimum=1, maximum=steps - 1, what=f" (T = transfer.steps = {steps})"
+                )
                 for i, t in enumerate(items)
             )
         eta = None
         if data.get("eta") is not None:
             items = self.list_of(data["eta"], "transfer.eta")
             eta = tuple(self.number(e, f"transfer.eta[{i}]", minimum=0.0) for i, e in enumerate(items))
-        guidance = self.number(data.get("guidance_scale", TransferSpec.guidance_scale), "transfer.guidance_scale", minimum=0.0)
+        guidance = self.number(
+            data.get("guidance_scale", TransferSpec.guidance_scale), "transfer.guidance_scale", minimum=0.0
+        )
         return TransferSpec(t_start, eta, steps, guidance)
 
     def generate(self, value: Any) -> GenerateSpec:
@@ -546,12 +583,19 @@ class _SuiteReader:
         return GenerateSpec(
             objects=self.strings(data.get("objects", []), "generate.objects", allow_empty=True),
             prompts=self.prompts(data.get("prompts", [])),
-            stage_one_steps=None if data.get("stage_one_steps") is None else self.integer(
-                data["stage_one_steps"], "generate.stage_one_steps",
-                minimum=0, maximum=steps, what=f" (generate.steps = {steps})",
+            stage_one_steps=None
+            if data.get("stage_one_steps") is None
+            else self.integer(
+                data["stage_one_steps"],
+                "generate.stage_one_steps",
+                minimum=0,
+                maximum=steps,
+                what=f" (generate.steps = {steps})",
             ),
             steps=steps,
-            images_per_seed=self.integer(data.get("images_per_seed", GenerateSpec.images_per_seed), "generate.images_per_seed", minimum=1),
+            images_per_seed=self.integer(
+                data.get("images_per_seed", GenerateSpec.images_per_seed), "generate.images_per_seed", minimum=1
+            ),
         )
 
     def prompts(self, value: Any) -> tuple[str, ...]:
@@ -566,8 +610,11 @@ class _SuiteReader:
             except ValueError as error:  # e.g. an unmatched brace
                 self.fail(f"generate.prompts[{i}]", f"{prompt!r} is not a prompt template: {error}")
             if fields - PROMPT_FIELDS:
-                self.fail(f"generate.prompts[{i}]", f"unknown placeholder(s) {sorted(fields - PROMPT_FIELDS)} in "
-                                                    f"{prompt!r} (known: {{object}}, {{tokens}}, {{token}})")
+                self.fail(
+                    f"generate.prompts[{i}]",
+                    f"unknown placeholder(s) {sorted(fields - PROMPT_FIELDS)} in "
+                    f"{prompt!r} (known: {{object}}, {{tokens}}, {{token}})",
+                )
             if not fields & {"tokens", "token"}:
                 self.fail(f"generate.prompts[{i}]", f"{prompt!r} does not name the concept ({{tokens}} or {{token}})")
         return prompts
@@ -584,13 +631,19 @@ class _SuiteReader:
         return Resources(
             num_cpus=self.number(data.get("num_cpus", Resources.num_cpus), "resources.num_cpus", positive=True),
             num_gpus=self.number(data.get("num_gpus", Resources.num_gpus), "resources.num_gpus", minimum=0.0),
-            max_retries=self.integer(data.get("max_retries", Resources.max_retries), "resources.max_retries", minimum=0),
-            memory_gb=None if data.get("memory_gb") is None else
-            self.number(data["memory_gb"], "resources.memory_gb", positive=True),
-            custom={str(name): self.number(amount, f"resources.custom.{name}", positive=True)
-                    for name, amount in self.mapping(data.get("custom", {}), "resources.custom").items()},
-            gpu_memory_gib=None if data.get("gpu_memory_gib") is None else
-            self.number(data["gpu_memory_gib"], "resources.gpu_memory_gib", positive=True),
+            max_retries=self.integer(
+                data.get("max_retries", Resources.max_retries), "resources.max_retries", minimum=0
+            ),
+            memory_gb=None
+            if data.get("memory_gb") is None
+            else self.number(data["memory_gb"], "resources.memory_gb", positive=True),
+            custom={
+                str(name): self.number(amount, f"resources.custom.{name}", positive=True)
+                for name, amount in self.mapping(data.get("custom", {}), "resources.custom").items()
+            },
+            gpu_memory_gib=None
+            if data.get("gpu_memory_gib") is None
+            else self.number(data["gpu_memory_gib"], "resources.gpu_memory_gib", positive=True),
         )
 
     # ------------------------------------------------------------------------------ metrics
@@ -631,20 +684,31 @@ class _SuiteReader:
             if name in undeclared:
                 continue
             if name not in families:
-                users = {family: [m for m in metrics if family in (getattr(metric_class(m), "options", None) or {})]
-                         for family in families}
-                hint = (f"; options of {name!r} go under its model family: "
-                        + ", ".join(f"{f} ({', '.join(u)})" for f, u in users.items() if name in u)) \
-                    if any(name in u for u in users.values()) else ""
-                self.fail(key, f"no metric of this suite reads options {name!r} (families: "
-                               f"{', '.join(sorted(families)) or 'none'}){hint}")
+                users = {
+                    family: [m for m in metrics if family in (getattr(metric_class(m), "options", None) or {})]
+                    for family in families
+                }
+                hint = (
+                    (
+                        f"; options of {name!r} go under its model family: "
+                        + ", ".join(f"{f} ({', '.join(u)})" for f, u in users.items() if name in u)
+                    )
+                    if any(name in u for u in users.values())
+                    else ""
+                )
+                self.fail(
+                    key,
+                    f"no metric of this suite reads options {name!r} (families: "
+                    f"{', '.join(sorted(families)) or 'none'}){hint}",
+                )
             for option, problem in option_problems(name, options, families[name]):
                 self.fail(f"{key}.{option}", problem)
         return _freeze(data)
 
     @staticmethod
-    def with_world_clip(options: Mapping[str, Mapping[str, Any]], metrics: Sequence[str],
-                        model: Any) -> Mapping[str, Mapping[str, Any]]:
+    def with_world_clip(
+        options: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], model: Any
+    ) -> Mapping[str, Mapping[str, Any]]:
         """On ``model: tiny-world``, the CLIP metrics score with the world scorer (clip.model: tiny-world) unless
         the suite names another CLIP: a real CLIP knows nothing of the synthetic world's captions."""
         from harness.metrics import metric_class
@@ -691,12 +755,21 @@ class _SuiteReader:
             method_class = method_registry.method_class(name)
             known_presets = method_registry.method_presets(name)
         except Exception as err:  # the method's module failed to import: say so instead of a traceback
-            self.fail(f"{key}.name", f"method {name!r} cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())})")
+            self.fail(
+                f"{key}.name", f"method {name!r} cannot be loaded ({type(err).__name__}: {' '.join(str(err).split())})"
+            )
         presets = self.presets(data.get("presets"), f"{key}.presets", name, method_class, known_presets)
-        loss_weights = self.loss_weights(data.get("loss_weights", {}), f"{key}.loss_weights", method_class, data.get("learn"))
+        loss_weights = self.loss_weights(
+            data.get("loss_weights", {}), f"{key}.loss_weights", method_class, data.get("learn")
+        )
         learn = self.learn(data.get("learn", {}), f"{key}.learn", method_class)
-        return MethodSpec(name, presets, _freeze(loss_weights), _freeze(learn),
-                          self.method_resources(data.get("resources", {}), f"{key}.resources"))
+        return MethodSpec(
+            name,
+            presets,
+            _freeze(loss_weights),
+            _freeze(learn),
+            self.method_resources(data.get("resources", {}), f"{key}.resources"),
+        )
 
     def method_resources(self, value: Any, key: str) -> Mapping[str, float]:
         """A method entry's own ``num_gpus`` / ``num_cpus`` per job (instead of the suite's ``resources``)."""
@@ -719,7 +792,9 @@ class _SuiteReader:
         presets = self.strings(value, key)
         for index, preset in enumerate(presets):
             if preset not in known:
-                self.fail(f"{key}[{index}]", f"unknown preset {preset!r} for method {method!r} (known: {', '.join(known)})")
+                self.fail(
+                    f"{key}[{index}]", f"unknown preset {preset!r} for method {method!r} (known: {', '.join(known)})"
+                )
         return presets
 
     def loss_weights(self, value: Any, key: str, method_class: type, learn: Any) -> dict[str, float]:

@@ -7,6 +7,7 @@ result (checking, freezing, hashing to JSON) visits every repetition and runs fo
 time they are reached, memoised so the count itself is cheap) and refuses a document above
 :data:`MAX_EXPANDED_NODES` — far above any suite file (a large one has a few hundred nodes).
 """
+
 from __future__ import annotations
 
 import yaml
@@ -50,6 +51,8 @@ class BudgetedLoader(yaml.SafeLoader):
         node = super().compose_document()
         size = expanded_size(node, {}, self.max_expanded_nodes)
         if size > self.max_expanded_nodes:
-            raise YamlBudgetError(f"YAML aliases expand to more than {self.max_expanded_nodes:,} values (an alias "
-                                  "bomb?): refused; write the values out or use fewer nested aliases")
+            raise YamlBudgetError(
+                f"YAML aliases expand to more than {self.max_expanded_nodes:,} values (an alias "
+                "bomb?): refused; write the values out or use fewer nested aliases"
+            )
         return node

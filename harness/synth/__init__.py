@@ -4,6 +4,7 @@
 (:data:`harness.plan.manifest.MANIFEST_SCHEMA`; "Contracts" in ../shared/DESIGN.md, outside this repository) plus
 the ground-truth columns only a synthetic set can carry (:data:`harness.plan.manifest.GROUND_TRUTH_FIELDS`).
 """
+
 from __future__ import annotations
 
 import pyarrow as pa

@@ -1,4 +1,5 @@
 """Handlers of ``clic-bench manifest synth`` and ``clic-bench manifest preview``."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,5 +42,8 @@ def preview_main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else manifest.parent / "preview.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     contact_sheet(manifest, rows=[dict(spec.raw) for spec in report.rows]).save(out, **PNG_OPTIONS)
-    print(f"wrote {out} ({len(report.rows)} pairs" + (f", {report.bad_rows} bad rows left out)" if report.problems else ")"))
+    print(
+        f"wrote {out} ({len(report.rows)} pairs"
+        + (f", {report.bad_rows} bad rows left out)" if report.problems else ")")
+    )
     return 0

@@ -4,6 +4,7 @@ The output is byte-identical for the same arguments: PNGs are written with fixed
 metadata chunks, and the Parquet file is built from plain Python rows (no pandas metadata, no
 timestamps) with fixed writer options.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -68,8 +69,7 @@ def _write_pair(pair: SynthPair, root: Path) -> dict[str, object]:
 
 def write_manifest(rows: Sequence[dict[str, object]], path: Path) -> None:
     table = pa.Table.from_pylist(list(rows), schema=SYNTH_COLUMNS)
-    pq.write_table(table, path, compression="zstd", compression_level=9, use_dictionary=False,
-                   write_statistics=False)
+    pq.write_table(table, path, compression="zstd", compression_level=9, use_dictionary=False, write_statistics=False)
 
 
 def write_set(out_dir: Path, categories: Sequence[str], pairs_per_category: int, size: int, seed: int) -> Path:

@@ -1,5 +1,6 @@
 """Transfer pairs with exact ground truth: a pattern on a source part, the corresponding target part, and
 the target as it should look with the pattern moved onto that part."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,5 +1,6 @@
 """Contact sheet of a manifest: per pair the source and the target with their masks outlined, and the
 expected image where the manifest has one, under a label with the pair id and concept."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -80,8 +81,9 @@ def contact_sheet(manifest: Path, rows: list[dict[str, Any]] | None = None) -> I
     tile_w, tile_h = tiles[0].size if tiles else (len(COLUMNS) * PANEL, PANEL)
     columns = min(PAIRS_PER_ROW, max(len(tiles), 1))
     grid_rows = -(-len(tiles) // columns)
-    sheet = Image.new("RGB", (columns * (tile_w + 3 * GAP) + GAP,
-                              HEADER_HEIGHT + grid_rows * (tile_h + 2 * GAP) + GAP), SHEET_RGB)
+    sheet = Image.new(
+        "RGB", (columns * (tile_w + 3 * GAP) + GAP, HEADER_HEIGHT + grid_rows * (tile_h + 2 * GAP) + GAP), SHEET_RGB
+    )
     draw = ImageDraw.Draw(sheet)
     for column in range(columns):
         for index, title in enumerate(COLUMNS):

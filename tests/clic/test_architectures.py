@@ -6,6 +6,7 @@ use (128 px → 16² latents → the coarsest up-block map is 4², not the nativ
 and that stock diffusers loads the concept folder and runs. Each test prints its seconds and peak memory (peak RSS
 of the process since the test started) for the closing note: `pytest -m slow -s tests/clic/test_architectures.py`.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,14 +52,83 @@ def test_real_architecture_end_to_end(arch, pad_token, text_layers, inputs, tmp_
     saved = time.perf_counter()
     concept, edit, gen, matched = (tmp_path / name for name in ("concept", "edit", "gen", "match"))
     common = ["--object", "chair", "--resolution", str(SIDE), "--device", "cpu"]
-    assert main(["learn", "--model", str(model), "--image", str(inputs["image"]), "--mask", str(inputs["mask"]),
-                 "--steps", "2", "--quiet", "--out", str(concept), *common]) == 0
-    assert main(["transfer", "--concept", str(concept), "--image", str(inputs["target"]), "--mask", str(inputs["mask"]),
-                 "--steps", "3", "--t-start", "1", "--out", str(edit), *common]) == 0
-    assert main(["generate", "--concept", str(concept), "--steps", "2", "--stage-one-steps", "1", "--out", str(gen),
-                 *common]) == 0
-    assert main(["match", "--concept", str(concept), "--image", str(inputs["target"]), "--steps", "1",
-                 "--read-steps", "1", "--out", str(matched), *common]) == 0
+    assert (
+        main(
+            [
+                "learn",
+                "--model",
+                str(model),
+                "--image",
+                str(inputs["image"]),
+                "--mask",
+                str(inputs["mask"]),
+                "--steps",
+                "2",
+                "--quiet",
+                "--out",
+                str(concept),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "transfer",
+                "--concept",
+                str(concept),
+                "--image",
+                str(inputs["target"]),
+                "--mask",
+                str(inputs["mask"]),
+                "--steps",
+                "3",
+                "--t-start",
+                "1",
+                "--out",
+                str(edit),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "--concept",
+                str(concept),
+                "--steps",
+                "2",
+                "--stage-one-steps",
+                "1",
+                "--out",
+                str(gen),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "match",
+                "--concept",
+                str(concept),
+                "--image",
+                str(inputs["target"]),
+                "--steps",
+                "1",
+                "--read-steps",
+                "1",
+                "--out",
+                str(matched),
+                *common,
+            ]
+        )
+        == 0
+    )
     chain = time.perf_counter()
 
     meta = json.loads((concept / "concept.json").read_text())
@@ -83,11 +153,19 @@ def test_real_architecture_end_to_end(arch, pad_token, text_layers, inputs, tmp_
     pipeline.set_progress_bar_config(disable=True)
     load_into_pipeline(pipeline, concept)
     assert set(pipeline.unet.attn_processors) == stored
-    image = pipeline("a photo of a chair, with <v*> style", num_inference_steps=1, height=SIDE, width=SIDE,
-                     output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    image = pipeline(
+        "a photo of a chair, with <v*> style",
+        num_inference_steps=1,
+        height=SIDE,
+        width=SIDE,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert image.shape == (1, 3, SIDE, SIDE) and torch.isfinite(image).all()
     attention_file = concept / meta["attention_weights"]
-    print(f"\n{arch}: save-random {saved - started:.0f} s; learn+transfer+generate+match at {SIDE} px "
-          f"{chain - saved:.0f} s; total with stock loading {time.perf_counter() - started:.0f} s; peak RSS "
-          f"{peak_memory_bytes() / 2**30:.2f} GiB; attention weights {attention_file.stat().st_size / 2**20:.1f} MiB; "
-          f"attention resolution {meta['extras']['attention_resolution']}")
+    print(
+        f"\n{arch}: save-random {saved - started:.0f} s; learn+transfer+generate+match at {SIDE} px "
+        f"{chain - saved:.0f} s; total with stock loading {time.perf_counter() - started:.0f} s; peak RSS "
+        f"{peak_memory_bytes() / 2**30:.2f} GiB; attention weights {attention_file.stat().st_size / 2**20:.1f} MiB; "
+        f"attention resolution {meta['extras']['attention_resolution']}"
+    )

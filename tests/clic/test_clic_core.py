@@ -1,4 +1,5 @@
 """The mathematics of clic/: losses, attention capture, what trains, determinism, transfer, stock loading."""
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,9 @@ def source() -> ConceptSource:
 @pytest.fixture(scope="module")
 def learned(tmp_path_factory, source) -> tuple[LearnedConcept, Path]:
     out = tmp_path_factory.mktemp("concept")
-    concept = get_method("clic").learn(build_tiny(), source, overrides={"steps": STEPS}, seed=0, out_dir=out, progress=False)
+    concept = get_method("clic").learn(
+        build_tiny(), source, overrides={"steps": STEPS}, seed=0, out_dir=out, progress=False
+    )
     return concept, out
 
 
@@ -62,9 +65,14 @@ def test_losses_match_hand_computation():
 
 
 def test_objective_weights_ablations_and_dotted_terms():
-    step = StepTensors(noise=torch.zeros(1, 1, 2, 2), mask=torch.ones(1, 1, 2, 2),
-                       eps_context=torch.ones(1, 1, 2, 2), eps_roi=2 * torch.ones(1, 1, 2, 2),
-                       attention=torch.zeros(1, 1, 2, 2), attention_masks=torch.ones(1, 1, 2, 2))
+    step = StepTensors(
+        noise=torch.zeros(1, 1, 2, 2),
+        mask=torch.ones(1, 1, 2, 2),
+        eps_context=torch.ones(1, 1, 2, 2),
+        eps_roi=2 * torch.ones(1, 1, 2, 2),
+        attention=torch.zeros(1, 1, 2, 2),
+        attention_masks=torch.ones(1, 1, 2, 2),
+    )
     total, values = Objective({"con": {"weight": 1.0, "alpha": 0.5}, "att": 0.5, "roi": 0.5})(step)
     assert values == {"con": 1.0, "att": 1.0, "roi": 4.0, "total": pytest.approx(1 + 0.5 + 2)}
     ablated = Objective({"con": 1.0, "att": 0.0, "roi": 0.5})
@@ -82,6 +90,7 @@ def test_captured_attention_equals_manual_softmax():
     name = capture.capture_layers[0]
     attn_module = dict(components.unet.named_modules())[name.removesuffix(".processor")]
     inputs = {}
+
     def record(module, args, kwargs):
         inputs["hidden_states"] = kwargs.get("hidden_states", args[0] if args else None)
         inputs["encoder_hidden_states"] = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
@@ -152,10 +161,14 @@ def test_only_the_token_row_and_kv_copies_change(source):
 
 
 def test_same_seed_same_weights_and_different_seed_differs(source):
-    runs = [get_method("clic").learn(build_tiny(), source, overrides={"steps": 4}, seed=s, progress=False) for s in (3, 3, 4)]
+    runs = [
+        get_method("clic").learn(build_tiny(), source, overrides={"steps": 4}, seed=s, progress=False)
+        for s in (3, 3, 4)
+    ]
     for a, b, same in ((runs[0], runs[1], True), (runs[0], runs[2], False)):
         equal = torch.equal(a.vectors["<v*>"], b.vectors["<v*>"]) and all(
-            torch.equal(a.attention_state[k], b.attention_state[k]) for k in a.attention_state)
+            torch.equal(a.attention_state[k], b.attention_state[k]) for k in a.attention_state
+        )
         assert equal is same
     assert [r["total"] for r in runs[0].loss_log] == [r["total"] for r in runs[1].loss_log]
 
@@ -163,8 +176,11 @@ def test_same_seed_same_weights_and_different_seed_differs(source):
 def test_presets_differ_where_the_released_code_does():
     method = get_method("clic")
     paper, official = method.learn_config("paper"), method.learn_config("official-code")
-    assert paper.terms == {"con": {"weight": 1.0, "alpha": 0.5, "form": "paper"},
-                           "att": {"weight": 0.5, "resize": "antialias"}, "roi": {"weight": 0.5, "form": "paper"}}
+    assert paper.terms == {
+        "con": {"weight": 1.0, "alpha": 0.5, "form": "paper"},
+        "att": {"weight": 0.5, "resize": "antialias"},
+        "roi": {"weight": 0.5, "form": "paper"},
+    }
     assert official.train_q_out and official.optimizer == "adamw" and official.weight_decay == 0.1
     assert official.terms["con"]["form"] == "released" and official.roi_mask_space == "pixel"
     assert len(official.roi_prompts) == 8
@@ -175,7 +191,13 @@ def test_presets_differ_where_the_released_code_does():
 
 
 def test_latents_are_cached_per_geometric_variant(source):
-    concept = get_method("clic").learn(build_tiny(), source, overrides={"steps": 30, "augment": {"p_jitter": 0.0, "p_grayscale": 0.0}}, seed=0, progress=False)
+    concept = get_method("clic").learn(
+        build_tiny(),
+        source,
+        overrides={"steps": 30, "augment": {"p_jitter": 0.0, "p_grayscale": 0.0}},
+        seed=0,
+        progress=False,
+    )
     # flip × {none, 3 zoom-in, 3 zoom-out} = at most 14 variants, whatever the number of steps
     assert concept.extras["latent_encodes"] <= 14
 
@@ -188,13 +210,16 @@ def test_transfer_keeps_the_outside_and_guidance_raises_attention_inside(learned
     mask = square_mask(24, 8, 28)
     results = {}
     for eta in (0.0, 50.0):
-        results[eta] = transfer_concept(build_tiny(), concept, target, mask, "chair",
-                                        TransferSettings(t_start=5, steps=20, eta=eta), seed=0)
+        results[eta] = transfer_concept(
+            build_tiny(), concept, target, mask, "chair", TransferSettings(t_start=5, steps=20, eta=eta), seed=0
+        )
     for result in results.values():
         outside = result.latent_mask == 0
         assert outside.any() and (~outside).any()
-        assert torch.equal(result.latents[outside.expand_as(result.latents)],
-                           result.target_latents[outside.expand_as(result.target_latents)])
+        assert torch.equal(
+            result.latents[outside.expand_as(result.latents)],
+            result.target_latents[outside.expand_as(result.target_latents)],
+        )
         inside = ~outside.expand_as(result.latents)
         assert not torch.equal(result.latents[inside], result.target_latents[inside])
     assert results[50.0].attention_in_mask > results[0.0].attention_in_mask
@@ -228,10 +253,20 @@ def test_stock_diffusers_loading_reproduces_our_outputs(tmp_path, learned):
     pipeline.set_progress_bar_config(disable=True)
     load_into_pipeline(pipeline, concept_dir)
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
-    stock = pipeline("a photo of a table, with <v*> style", latents=latents.clone(), num_inference_steps=8,
-                     guidance_scale=7.5, output_type="pt").images
-    ours = generate_with_concept(load_components(str(tmp_path / "tiny")), LearnedConcept.load(concept_dir), "table",
-                                 GenerateSettings(steps=8, stage_one_steps=0), latents=latents.clone())
+    stock = pipeline(
+        "a photo of a table, with <v*> style",
+        latents=latents.clone(),
+        num_inference_steps=8,
+        guidance_scale=7.5,
+        output_type="pt",
+    ).images
+    ours = generate_with_concept(
+        load_components(str(tmp_path / "tiny")),
+        LearnedConcept.load(concept_dir),
+        "table",
+        GenerateSettings(steps=8, stage_one_steps=0),
+        latents=latents.clone(),
+    )
     torch.testing.assert_close(ours.images, stock.cpu(), rtol=0, atol=1e-4)
 
 

@@ -4,6 +4,7 @@ resize_mask or the function under test; one test per item of the official-code p
 
 Sources: the paper (CVPR 2024) and the released code, github Mehdi0xC/clic at a5649f6.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,27 +36,35 @@ def run_with_token_maps(components, x, t, text, position, detach_outputs=False):
     """UNet output and, for every up-block cross-attention layer, the head-averaged softmax(QKᵀ/√d) column
     of ``position`` for batch row 0 as (side, side) (:func:`helpers.unet_with_token_maps`, computed from the layer's
     recorded inputs and its trained Q/K weights). ``detach_outputs``: the released att_processor L138-140."""
-    out, maps = unet_with_token_maps(components, x, t, text, [position], blocks=("up_blocks",),
-                                     detach_outputs=detach_outputs)
+    out, maps = unet_with_token_maps(
+        components, x, t, text, [position], blocks=("up_blocks",), detach_outputs=detach_outputs
+    )
     return out, {name: columns[0] for name, columns in maps.items()}
 
 
 def encode(components, prompt):
-    ids = components.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = components.tokenizer(
+        prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
     return components.text_encoder(ids)[0], ids
 
 
 def paper_map(maps, side):
     """Paper preset: layers averaged at the coarsest side, finer ones antialiased-bilinear down."""
-    grids = [F.interpolate(m[None, None], size=(side, side), mode="bilinear", align_corners=False, antialias=True)
-             if m.shape[-1] != side else m[None, None] for m in maps.values()]
+    grids = [
+        F.interpolate(m[None, None], size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        if m.shape[-1] != side
+        else m[None, None]
+        for m in maps.values()
+    ]
     return torch.stack(grids).mean(0)
 
 
 def released_map(maps, side):
     """Released code: each layer bilinear to 64×64 (the latent grid), averaged (learning.py L971-978)."""
-    return torch.stack([F.interpolate(m[None, None], size=(side, side), mode="bilinear", align_corners=False)
-                        for m in maps.values()]).mean(0)
+    return torch.stack(
+        [F.interpolate(m[None, None], size=(side, side), mode="bilinear", align_corners=False) for m in maps.values()]
+    ).mean(0)
 
 
 # ------------------------------------------------------------------------------------ the fixed step
@@ -63,21 +72,28 @@ def fixed_step(preset):
     config = get_method("clic").learn_config(preset)
     components = build_tiny()
     tokens = ConceptTokens(components.tokenizer, components.text_encoder, ["<v*>"], [config.init_word or "chair"])
-    capture = AttentionCapture(components.unet, config.capture_layers, train_kv=config.train_kv,
-                               train_q_out=config.train_q_out)
+    capture = AttentionCapture(
+        components.unet, config.capture_layers, train_kv=config.train_kv, train_q_out=config.train_q_out
+    )
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():  # trained copies away from the base weights, so using the wrong ones would show
         for p in capture.trainable_parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=generator))
     mask = torch.zeros(1, 64, 64)
     mask[:, 10:37, 18:47] = 1  # edges off the 4-pixel latent cells, so the resampling filter matters
-    batch = StepBatch(latents=torch.randn(1, 4, 16, 16, generator=generator), masks=mask,
-                      image=torch.rand(3, 64, 64, generator=generator) * 2 - 1, suffix="",
-                      timestep=torch.tensor([T]), noise=torch.randn(1, 4, 16, 16, generator=generator),
-                      roi_latents=torch.randn(1, 4, 16, 16, generator=generator) if config.roi_mask_space == "pixel" else None,
-                      roi_prompt_indices=(3,) if len(config.roi_prompts) > 1 else None)
-    state = TrainState(components, tokens, capture, Objective(config.terms), config,
-                       attention_side(config, capture, components))
+    batch = StepBatch(
+        latents=torch.randn(1, 4, 16, 16, generator=generator),
+        masks=mask,
+        image=torch.rand(3, 64, 64, generator=generator) * 2 - 1,
+        suffix="",
+        timestep=torch.tensor([T]),
+        noise=torch.randn(1, 4, 16, 16, generator=generator),
+        roi_latents=torch.randn(1, 4, 16, 16, generator=generator) if config.roi_mask_space == "pixel" else None,
+        roi_prompt_indices=(3,) if len(config.roi_prompts) > 1 else None,
+    )
+    state = TrainState(
+        components, tokens, capture, Objective(config.terms), config, attention_side(config, capture, components)
+    )
     return state, batch
 
 
@@ -95,7 +111,9 @@ def test_paper_losses_on_a_fixed_step_follow_the_paper():
         m_latent = F.avg_pool2d(batch.masks[None], 4)  # 64 px → 16 cells: each cell's covered share
         l_con = (((0.5 + 0.5 * m_latent) * (eps_c - eps)) ** 2).mean()  # α = 0.5
         side = 8  # the tiny UNet's coarsest up-block map
-        m_att = F.interpolate(batch.masks[None], size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        m_att = F.interpolate(
+            batch.masks[None], size=(side, side), mode="bilinear", align_corners=False, antialias=True
+        )
         l_att = ((paper_map(maps, side) - m_att) ** 2).mean()  # raw probabilities
         text_r, _ = encode(components, "A photo of <v*>")
         eps_r = components.unet(m_latent * x_t, batch.timestep, encoder_hidden_states=text_r).sample
@@ -128,8 +146,12 @@ def test_official_code_losses_on_a_fixed_step_follow_the_released_code():
         text_r, _ = encode(components, "<v*> on a blank background")  # template 3 of L270-277
         eps_r = components.unet(roi_x_t, batch.timestep, encoder_hidden_states=text_r).sample
         l_roi = ((eps_r - eps) ** 2 * m64).sum() / (m64.sum() + 1e-10)  # L1008-1010
-    expected = {"con": l_con, "att": l_att, "roi": l_roi,
-                "total": 0.5 * l_con + 0.25 * l_att + 0.25 * l_roi}  # reproduce.sh L16-18
+    expected = {
+        "con": l_con,
+        "att": l_att,
+        "roi": l_roi,
+        "total": 0.5 * l_con + 0.25 * l_att + 0.25 * l_roi,
+    }  # reproduce.sh L16-18
     for name, value in expected.items():
         assert values[name] == pytest.approx(float(value), rel=1e-4, abs=1e-7), name
 
@@ -150,8 +172,19 @@ def test_guidance_latent_update_follows_its_source(preset):
     target = torch.ones_like(pixel_mask) if official else pixel_mask
     resolution = 16 if official else 8
     with torch.no_grad():
-        updated = attention_guidance(capture, components, latents, t, text, torch.tensor([[position]]), target,
-                                     settings.eta, resolution, settings.guidance, settings.detach_attention_outputs)
+        updated = attention_guidance(
+            capture,
+            components,
+            latents,
+            t,
+            text,
+            torch.tensor([[position]]),
+            target,
+            settings.eta,
+            resolution,
+            settings.guidance,
+            settings.detach_attention_outputs,
+        )
     x = latents.clone().requires_grad_(True)
     _, maps = run_with_token_maps(components, x, t, text, position, detach_outputs=official)
     if official:  # transfer.py L116-117, L136-143: one step of a fresh Adam, lr 0.001 × 10, on MSE to ones
@@ -172,7 +205,9 @@ def test_guidance_latent_update_follows_its_source(preset):
 @pytest.fixture(scope="module")
 def concept_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("concept")
-    get_method("clic").learn(build_tiny(), random_source(1), overrides={"steps": 2}, seed=0, out_dir=out, progress=False)
+    get_method("clic").learn(
+        build_tiny(), random_source(1), overrides={"steps": 2}, seed=0, out_dir=out, progress=False
+    )
     return out
 
 
@@ -197,11 +232,33 @@ def test_paper_t_start_counts_from_the_start_of_the_schedule(monkeypatch, concep
 
     calls = record_unet_calls(monkeypatch)
     Image.fromarray((torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(2)) * 255).byte().numpy()).save(
-        tmp_path / "target.png")
+        tmp_path / "target.png"
+    )
     Image.fromarray((square_mask(16, 16, 32) * 255).byte().numpy()).save(tmp_path / "mask.png")
-    assert main(["transfer", "--concept", str(concept_folder), "--image", str(tmp_path / "target.png"), "--mask",
-                 str(tmp_path / "mask.png"), "--object", "chair", "--t-start", "10", "--steps", "50", "--eta", "0",
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "transfer",
+                "--concept",
+                str(concept_folder),
+                "--image",
+                str(tmp_path / "target.png"),
+                "--mask",
+                str(tmp_path / "mask.png"),
+                "--object",
+                "chair",
+                "--t-start",
+                "10",
+                "--steps",
+                "50",
+                "--eta",
+                "0",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     scheduler = DDIMScheduler.from_config(build_tiny().scheduler.config)
     scheduler.set_timesteps(50)
     denoising = [t for t, rows in calls if rows == 2]  # classifier-free guidance: 2 rows per denoising call
@@ -251,11 +308,18 @@ def test_official_transfer_starts_as_the_released_loop(monkeypatch, concept_fold
     mask = square_mask(16, 16, 32)
     settings = {**get_method("clic").task_settings("transfer", "official-code"), "eta": 0.0, "ddim_eta": 0.0}
     assert settings["t_start"] == t_start and settings["first_step"] == "released"
-    result = transfer_concept(components, LearnedConcept.load(concept_folder), torch.zeros(3, 64, 64), mask, "chair",
-                              TransferSettings.from_dict(settings), seed=0)
+    result = transfer_concept(
+        components,
+        LearnedConcept.load(concept_folder),
+        torch.zeros(3, 64, 64),
+        mask,
+        "chair",
+        TransferSettings.from_dict(settings),
+        seed=0,
+    )
 
     # the released loop, from raw tensors: ᾱ of SD's scaled_linear betas, PIL's soft mask (io_utils.py L50-57)
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float32) ** 2
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
     alpha_bar = torch.cumprod(1 - betas, 0)
     soft = torch.from_numpy(np.array(Image.fromarray((mask * 255).byte().numpy()).resize((16, 16)))).float() / 255
     x_tg = result.target_latents
@@ -272,7 +336,7 @@ def test_official_transfer_starts_as_the_released_loop(monkeypatch, concept_fold
         latents = previous.sqrt() * x0 + (1 - previous).sqrt() * eps  # DDIM, η = 0
     denoising = [(t, x) for t, x in inputs]
     assert denoising[0][0] == 701 == result.first_timestep and result.steps_run == steps - t_start + 1
-    assert [t for t, _ in denoising] == timesteps[t_start - 1:]
+    assert [t for t, _ in denoising] == timesteps[t_start - 1 :]
     torch.testing.assert_close(denoising[1][1], after_first_blend, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(result.latents, latents, atol=1e-4, rtol=1e-4)
 
@@ -287,13 +351,25 @@ def test_transfer_records_its_timesteps_in_both_presets(concept_folder):
     for preset, t_start in (("paper", 10), ("official-code", 15)):
         assert get_method("clic").task_settings("transfer", preset)["t_start"] == t_start
     concept = LearnedConcept.load(concept_folder)
-    result = transfer_concept(build_tiny(), concept, torch.zeros(3, 64, 64), square_mask(16, 16, 32), "chair",
-                              TransferSettings(t_start=15, steps=20, eta=0.0))
+    result = transfer_concept(
+        build_tiny(),
+        concept,
+        torch.zeros(3, 64, 64),
+        square_mask(16, 16, 32),
+        "chair",
+        TransferSettings(t_start=15, steps=20, eta=0.0),
+    )
     # DDIM 'leading' spacing with SD's steps_offset 1, written out: 20 steps → 951, 901, …, 1; index 15 → 201
     assert released_ddim_timesteps(20)[15] == 201
     assert (result.first_timestep, result.steps_run) == (201, 5)
-    released = transfer_concept(build_tiny(), concept, torch.zeros(3, 64, 64), square_mask(16, 16, 32), "chair",
-                                TransferSettings(t_start=15, steps=50, eta=0.0, first_step="released"))
+    released = transfer_concept(
+        build_tiny(),
+        concept,
+        torch.zeros(3, 64, 64),
+        square_mask(16, 16, 32),
+        "chair",
+        TransferSettings(t_start=15, steps=50, eta=0.0, first_step="released"),
+    )
     assert (released.first_timestep, released.steps_run) == (701, 36)  # transfer.py L100-106: i = 14 → τ 701
 
 
@@ -315,8 +391,15 @@ def test_official_transfer_blends_to_step_45_with_the_soft_mask_and_pastes_nothi
     monkeypatch.setattr(DDIMScheduler, "step", recording)
     mask = square_mask(16, 16, 32)
     settings = {**get_method("clic").task_settings("transfer", "official-code"), "t_start": 43, "eta": 0.0}
-    result = transfer_concept(build_tiny(), LearnedConcept.load(concept_folder), torch.zeros(3, 64, 64), mask, "chair",
-                              TransferSettings.from_dict(settings), seed=0)
+    result = transfer_concept(
+        build_tiny(),
+        LearnedConcept.load(concept_folder),
+        torch.zeros(3, 64, 64),
+        mask,
+        "chair",
+        TransferSettings.from_dict(settings),
+        seed=0,
+    )
     pil = Image.fromarray((mask * 255).byte().numpy()).resize((16, 16))  # PIL's default filter, as load_mask
     soft = torch.from_numpy(__import__("numpy").array(pil)).float() / 255
     torch.testing.assert_close(result.latent_mask[0, 0], soft, atol=1e-6, rtol=0)
@@ -337,8 +420,15 @@ def test_official_guidance_runs_only_before_step_30(monkeypatch, concept_folder)
 
     calls = record_unet_calls(monkeypatch)
     settings = {**get_method("clic").task_settings("transfer", "official-code"), "t_start": 27}
-    transfer_concept(build_tiny(), LearnedConcept.load(concept_folder), torch.zeros(3, 64, 64), square_mask(16, 16, 32),
-                     "chair", TransferSettings.from_dict(settings), seed=0)
+    transfer_concept(
+        build_tiny(),
+        LearnedConcept.load(concept_folder),
+        torch.zeros(3, 64, 64),
+        square_mask(16, 16, 32),
+        "chair",
+        TransferSettings.from_dict(settings),
+        seed=0,
+    )
     timesteps = released_ddim_timesteps(50)  # DDIM leading spacing, steps_offset 1: 981, 961, …, 1
     assert [t for t, rows in calls if rows == 1] == timesteps[26:30]
     assert [t for t, rows in calls if rows == 2] == timesteps[26:]
@@ -350,9 +440,16 @@ def official(key):
 
 
 def test_official_roi_prompts_are_the_released_templates_drawn_at_random():
-    released = ["A photo of <x>", "A pattern of <x>", "<x>", "<x> on a blank background",
-                "A photo of <x> on a blank background", "<x> style", "A photo of <x> style",
-                "<x> style on a blank background"]  # learning.py L270-277
+    released = [
+        "A photo of <x>",
+        "A pattern of <x>",
+        "<x>",
+        "<x> on a blank background",
+        "A photo of <x> on a blank background",
+        "<x> style",
+        "A photo of <x> style",
+        "<x> style on a blank background",
+    ]  # learning.py L270-277
     assert [t.format(token="<x>") for t in official("learn.roi_prompts")] == released
     drawn = []
 
@@ -415,7 +512,9 @@ def test_official_optimizer_is_adamw_decaying_everything_and_clipping_at_one(mon
     assert any(g["params"][0].shape[-1] == 32 and len(g["params"]) == 1 for g in groups_seen)  # the token
     assert clips == [(n_params, 1.0)] * 2  # learning.py L1070-1076
     preset = get_method("clic").learn_config("official-code")
-    assert preset.train_q_out and preset.lr == 1e-5 and preset.steps == 500  # configs/default.yaml L48, reproduce.sh L14-15
+    assert (
+        preset.train_q_out and preset.lr == 1e-5 and preset.steps == 500
+    )  # configs/default.yaml L48, reproduce.sh L14-15
     assert config.steps == 2
 
 
@@ -452,17 +551,21 @@ def test_x0_estimate_inverts_the_forward_process_for_both_types():
     """x̂₀ from a model output, against the DDPM/DDIM formulas written out on raw tensors (ᾱ from SD's
     scaled_linear betas): ε-prediction x̂₀ = (x_t − √(1−ᾱ) ε̂)/√ᾱ; v-prediction (Salimans & Ho 2022)
     v = √ᾱ ε − √(1−ᾱ) x₀ and x̂₀ = √ᾱ x_t − √(1−ᾱ) v̂."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float32) ** 2
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
     alpha_bar = torch.cumprod(1 - betas, 0)
     generator = torch.Generator().manual_seed(3)
-    x0, eps, t = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator), \
-        torch.tensor([30, 950])
+    x0, eps, t = (
+        torch.randn(2, 4, 8, 8, generator=generator),
+        torch.randn(2, 4, 8, 8, generator=generator),
+        torch.tensor([30, 950]),
+    )
     ab = alpha_bar[t].view(-1, 1, 1, 1)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     model_output = torch.randn(2, 4, 8, 8, generator=generator)  # any prediction, not the true one
     for model, expected_x0, true_output in (
-            ("tiny", (x_t - (1 - ab).sqrt() * model_output) / ab.sqrt(), eps),
-            ("tiny-v", ab.sqrt() * x_t - (1 - ab).sqrt() * model_output, ab.sqrt() * eps - (1 - ab).sqrt() * x0)):
+        ("tiny", (x_t - (1 - ab).sqrt() * model_output) / ab.sqrt(), eps),
+        ("tiny-v", ab.sqrt() * x_t - (1 - ab).sqrt() * model_output, ab.sqrt() * eps - (1 - ab).sqrt() * x0),
+    ):
         scheduler = build_tiny(model).scheduler
         torch.testing.assert_close(scheduler.alphas_cumprod, alpha_bar)
         torch.testing.assert_close(predicted_x0(scheduler, x_t, model_output, t), expected_x0, atol=1e-5, rtol=1e-5)
@@ -484,10 +587,18 @@ def test_v_prediction_model_learns_transfers_and_generates(tmp_path):
     components = build_tiny("tiny-v")
     assert components.weights_hash != build_tiny("tiny").weights_hash  # other target: other jobs
     concept = get_method("clic").learn(components, random_source(1), overrides={"steps": 2}, progress=False)
-    result = transfer_concept(build_tiny("tiny-v"), concept, torch.zeros(3, 64, 64), square_mask(16, 16, 32), "chair",
-                              TransferSettings(t_start=15, steps=20))
+    result = transfer_concept(
+        build_tiny("tiny-v"),
+        concept,
+        torch.zeros(3, 64, 64),
+        square_mask(16, 16, 32),
+        "chair",
+        TransferSettings(t_start=15, steps=20),
+    )
     assert torch.isfinite(result.image).all() and result.steps_run == 5
-    generated = generate_with_concept(build_tiny("tiny-v"), concept, "chair", GenerateSettings(steps=4, stage_one_steps=1, images=1))
+    generated = generate_with_concept(
+        build_tiny("tiny-v"), concept, "chair", GenerateSettings(steps=4, stage_one_steps=1, images=1)
+    )
     assert torch.isfinite(generated.images).all()
 
 
@@ -504,37 +615,58 @@ def test_a_prompt_without_the_concept_token_is_an_error_naming_it():
 
 # Each preset value as its source states it, written here (not read from the declaration under test).
 PAPER_VALUES = {
-    "learn.steps": 500, "learn.lr": 1e-5, "learn.optimizer": "adam",  # §4 preamble: "500 steps … Adam, lr 1e-5"
-    "learn.train_kv": True, "learn.train_q_out": False,  # §3.1: the token and the cross-attention K/V
+    "learn.steps": 500,
+    "learn.lr": 1e-5,
+    "learn.optimizer": "adam",  # §4 preamble: "500 steps … Adam, lr 1e-5"
+    "learn.train_kv": True,
+    "learn.train_q_out": False,  # §3.1: the token and the cross-attention K/V
     "learn.terms.con": {"weight": 1.0, "alpha": 0.5, "form": "paper"},  # Eq. (2)-(3), (5): α = 0.5, weight 1
     "learn.terms.att": {"weight": 0.5, "resize": "antialias"},  # Eq. (1), (5): λ = 0.5
     "learn.terms.roi": {"weight": 0.5, "form": "paper"},  # Eq. (4), (5): λ = 0.5
-    "learn.capture_layers": "up", "learn.roi_mask_space": "latent",  # §3.1
+    "learn.capture_layers": "up",
+    "learn.roi_mask_space": "latent",  # §3.1
     "learn.context_prompt": "A {object} with {tokens} style",  # supplement B.2: "A OBJECT with v* style"
     "learn.roi_prompts": ("A photo of {token}",),  # §3.1: c* = "A photo of v*"
-    "transfer.steps": 50, "transfer.t_start": 10, "transfer.first_step": "paper",  # supplement B.3
-    "transfer.blend_mask": "region", "transfer.guidance": "gradient", "transfer.attention_target": "mask",  # Eq. (6)-(7)
+    "transfer.steps": 50,
+    "transfer.t_start": 10,
+    "transfer.first_step": "paper",  # supplement B.3
+    "transfer.blend_mask": "region",
+    "transfer.guidance": "gradient",
+    "transfer.attention_target": "mask",  # Eq. (6)-(7)
 }
 OFFICIAL_VALUES = {  # Mehdi0xC/clic at a5649f6
-    "learn.steps": 500, "learn.lr": 1e-5,  # reproduce.sh L15, L14
-    "learn.optimizer": "adamw", "learn.weight_decay": 0.1, "learn.token_weight_decay": 0.1,  # learning.py L512, L827-835
-    "learn.max_grad_norm": 1.0, "learn.train_q_out": True, "learn.train_kv": True,  # L514; configs/default.yaml L48
+    "learn.steps": 500,
+    "learn.lr": 1e-5,  # reproduce.sh L15, L14
+    "learn.optimizer": "adamw",
+    "learn.weight_decay": 0.1,
+    "learn.token_weight_decay": 0.1,  # learning.py L512, L827-835
+    "learn.max_grad_norm": 1.0,
+    "learn.train_q_out": True,
+    "learn.train_kv": True,  # L514; configs/default.yaml L48
     "learn.init_word": "ktn",  # learning.py L578: "ktn+pll+ucd", the first
     "learn.context_prompt": "a {object} with {tokens} style",  # reproduce.sh L13: "a $source with <x> style"
     "learn.roi_mask_space": "pixel",
     "learn.terms.con": {"weight": 0.5, "form": "released", "outside": 0.25, "threshold": 0.05, "border": 1},  # L17
     "learn.terms.att": {"weight": 0.25, "resize": "bilinear"},  # reproduce.sh L16: attention_lambda 25e-2
     "learn.terms.roi": {"weight": 0.25, "form": "released"},  # reproduce.sh L18: local_lambda 25e-2
-    "learn.attention_norm": "minmax", "learn.attention_resolution": "latent",
-    "learn.augment.p_zoom": 0.0, "learn.augment.p_grayscale": 0.0,  # reproduce.sh L21 --noaug; learning.py L167
-    "learn.augment.jitter": 0.5, "learn.augment.jitter_kinds": ("brightness",),  # learning.py L166
+    "learn.attention_norm": "minmax",
+    "learn.attention_resolution": "latent",
+    "learn.augment.p_zoom": 0.0,
+    "learn.augment.p_grayscale": 0.0,  # reproduce.sh L21 --noaug; learning.py L167
+    "learn.augment.jitter": 0.5,
+    "learn.augment.jitter_kinds": ("brightness",),  # learning.py L166
     "transfer.steps": 50,  # configs/default.yaml L16: n_timesteps 50
-    "transfer.t_start": 15, "transfer.first_step": "released",  # reproduce.sh L35; transfer.py L100-106
+    "transfer.t_start": 15,
+    "transfer.first_step": "released",  # reproduce.sh L35; transfer.py L100-106
     "transfer.prompt": "a {object} with {tokens} style",  # reproduce.sh L34
-    "transfer.blend_until": 45, "transfer.guidance_until": 30,  # transfer.py L100, L113
+    "transfer.blend_until": 45,
+    "transfer.guidance_until": 30,  # transfer.py L100, L113
     "transfer.eta": 0.001 * 10,  # transfer.py L116 (0.001 × att_opt) with reproduce.sh L40 (att_opt=10)
-    "transfer.guidance": "adam", "transfer.attention_target": "ones", "transfer.final_paste": False,
-    "transfer.ddim_eta": 1.0, "transfer.guidance_scale": 7.5,  # transfer.py L85, L54
+    "transfer.guidance": "adam",
+    "transfer.attention_target": "ones",
+    "transfer.final_paste": False,
+    "transfer.ddim_eta": 1.0,
+    "transfer.guidance_scale": 7.5,  # transfer.py L85, L54
 }
 
 
@@ -547,8 +679,10 @@ def test_each_preset_value_is_its_source_and_each_citation_exists(capsys):
     from clic.cli import main
 
     method = get_method("clic")
-    for name, settings, expected in (("paper", PAPER_SETTINGS, PAPER_VALUES),
-                                     ("official-code", OFFICIAL_SETTINGS, OFFICIAL_VALUES)):
+    for name, settings, expected in (
+        ("paper", PAPER_SETTINGS, PAPER_VALUES),
+        ("official-code", OFFICIAL_SETTINGS, OFFICIAL_VALUES),
+    ):
         config = method.learn_config(name).to_dict()
         transfer = TransferSettings.from_dict(method.task_settings("transfer", name)).to_dict()
         for key, value in expected.items():
@@ -576,11 +710,26 @@ def test_official_code_preset_runs_end_to_end():
     source = random_source(4)
     concept = method.learn(build_tiny(), source, preset="official-code", overrides={"steps": 3}, progress=False)
     assert concept.preset == "official-code" and all(math.isfinite(r["total"]) for r in concept.loss_log)
-    edited = method.transfer(build_tiny(), concept, torch.zeros(3, 64, 64), square_mask(16, 16, 32), "chair",
-                             overrides={"steps": 20, "t_start": 15})
-    assert torch.isfinite(edited.image).all() and edited.steps_run == 6  # released start: one step more (transfer.py L103-106)
-    generated = method.generate(build_tiny(), concept, "chair", overrides={"steps": 4, "stage_one_steps": 1, "images": 1})
+    edited = method.transfer(
+        build_tiny(),
+        concept,
+        torch.zeros(3, 64, 64),
+        square_mask(16, 16, 32),
+        "chair",
+        overrides={"steps": 20, "t_start": 15},
+    )
+    assert (
+        torch.isfinite(edited.image).all() and edited.steps_run == 6
+    )  # released start: one step more (transfer.py L103-106)
+    generated = method.generate(
+        build_tiny(), concept, "chair", overrides={"steps": 4, "stage_one_steps": 1, "images": 1}
+    )
     assert torch.isfinite(generated.images).all()
-    matched = method.match(build_tiny(), concept, torch.zeros(3, 64, 64), "chair",
-                           overrides={"steps": 2, "denoise_steps": 4, "read_steps": 2})
+    matched = method.match(
+        build_tiny(),
+        concept,
+        torch.zeros(3, 64, 64),
+        "chair",
+        overrides={"steps": 2, "denoise_steps": 4, "read_steps": 2},
+    )
     assert matched.mask.shape[-2:] == (64, 64)

@@ -1,5 +1,6 @@
 """ConceptExpress: K found by the clustering on synthetic attention, FINCH, the OT and SupCon terms against their
 reference formulas, the self-attention recorder, what trains, end to end."""
+
 from __future__ import annotations
 
 import math
@@ -32,13 +33,16 @@ from clic.selfattention import recording_self_attention
 
 def released_kld(a, b):
     """ptp_utils.py L671-683: (KL(a‖b) + KL(b‖a)ᵀ) / 2 row against row."""
+
     def kl(p, q):
         return np.sum(p * np.log(p), axis=-1, keepdims=True) - p @ np.log(q).T
+
     return (kl(a, b) + kl(b, a).T) / 2
 
 
 def released_connect(masks):
     """ptp_utils.get_connect L759-777 (get_num_mask: 4-connected components)."""
+
     def count(m):
         return ndimage.label(m == 1)[1]
 
@@ -53,6 +57,7 @@ def released_connect(masks):
 def released_finch(data, min_sim=None, masks=None, doubled=True):
     """clustering/finch.py FINCH L118-253 (no req_clust): partitions, counts and min_sim_list.
     doubled=False: the threshold as the plain largest linked distance (the old reading)."""
+
     def clust_rank(mat):  # L18-63
         s = mat.shape[0]
         dist = released_kld(mat, mat)
@@ -136,8 +141,9 @@ def test_merge_threshold_is_the_released_one_and_changes_k():
     expected = released_k(rows, eot, floor=3)
     plain = released_k(rows, eot, floor=3, doubled=False)
     assert expected != plain, (expected, plain)  # the case tells the two thresholds apart
-    masks, features = cluster_concepts(torch.from_numpy(rows).float(), torch.from_numpy(eot).float(),
-                                       ConceptExpressConfig(pre_cluster_floor=3))
+    masks, features = cluster_concepts(
+        torch.from_numpy(rows).float(), torch.from_numpy(eot).float(), ConceptExpressConfig(pre_cluster_floor=3)
+    )
     assert masks.shape[0] == features.shape[0] == expected
 
 
@@ -152,6 +158,7 @@ def test_attention_keeps_the_last_half_of_the_heads():
     module = dict(unet.named_modules())[layer_name.removesuffix(".processor")]
     assert isinstance(module, Attention) and module.heads >= 2
     seen = {}
+
     def record(_m, args, kwargs):
         seen.setdefault("x", args[0] if args else kwargs["hidden_states"])
 
@@ -165,7 +172,7 @@ def test_attention_keeps_the_last_half_of_the_heads():
     q = (hidden @ module.to_q.weight.T).reshape(1, -1, heads, width // heads).transpose(1, 2)
     k = (hidden @ module.to_k.weight.T).reshape(1, -1, heads, width // heads).transpose(1, 2)
     probs = (q @ k.transpose(-1, -2) / math.sqrt(width // heads)).softmax(-1)[0]  # (heads, P, P)
-    expected = probs[heads // 2:].mean(0)
+    expected = probs[heads // 2 :].mean(0)
     torch.testing.assert_close(maps.sums[layer_name] / maps.counts[layer_name], expected, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(expected, probs.mean(0), atol=1e-5)
 
@@ -191,7 +198,9 @@ def part_attention(labels: torch.Tensor, noise: float, seed: int = 0, cohesion: 
     rows = rows / rows.sum(1, keepdim=True)
     on_object = (flat > 0).float()
     whole = on_object[:, None] * on_object[None, :]
-    rows = torch.where(on_object[:, None] > 0, (1 - cohesion) * rows + cohesion * whole / whole.sum(1, keepdim=True).clamp_min(1), rows)
+    rows = torch.where(
+        on_object[:, None] > 0, (1 - cohesion) * rows + cohesion * whole / whole.sum(1, keepdim=True).clamp_min(1), rows
+    )
     rows = rows + noise * torch.rand(rows.shape, generator=torch.Generator().manual_seed(seed)) / rows.shape[1]
     return rows / rows.sum(1, keepdim=True)
 
@@ -224,8 +233,18 @@ def test_symmetric_kl_is_the_reference_kld_distance():
     """ptp_utils.kld_distance: ((Σ p log p − p·log q) + (Σ q log q − q·log p)) / 2."""
     p = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]])
     q = torch.tensor([[0.1, 0.1, 0.8]])
-    expected = torch.tensor([[0.5 * (sum(p[i, k] * math.log(p[i, k] / q[0, k]) for k in range(3))
-                                     + sum(q[0, k] * math.log(q[0, k] / p[i, k]) for k in range(3)))] for i in range(2)])
+    expected = torch.tensor(
+        [
+            [
+                0.5
+                * (
+                    sum(p[i, k] * math.log(p[i, k] / q[0, k]) for k in range(3))
+                    + sum(q[0, k] * math.log(q[0, k] / p[i, k]) for k in range(3))
+                )
+            ]
+            for i in range(2)
+        ]
+    )
     torch.testing.assert_close(symmetric_kl(p, q), expected)
 
 
@@ -267,9 +286,17 @@ def test_supervised_contrastive_is_supcon_one_view():
 
 def test_settings_are_the_released_script():
     config = get_method("concept_express").learn_config()
-    assert (config.steps, config.lr, config.weight_decay, config.lambda_attention, config.weight_contrast,
-            config.temperature, config.split_tokens, config.merge_step, config.p_flip) == (
-        500, 5e-4, 1e-2, 1e-5, 1e-3, 0.07, 5, 100, 0.5)
+    assert (
+        config.steps,
+        config.lr,
+        config.weight_decay,
+        config.lambda_attention,
+        config.weight_contrast,
+        config.temperature,
+        config.split_tokens,
+        config.merge_step,
+        config.p_flip,
+    ) == (500, 5e-4, 1e-2, 1e-5, 1e-3, 0.07, 5, 100, 0.5)
 
 
 def test_self_attention_recorder_matches_the_stock_output_and_rows_are_distributions():
@@ -300,9 +327,12 @@ def source() -> ConceptSource:
 
 
 def frozen_snapshot(components) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{name}": tensor.detach().clone()
-            for prefix, module in (("unet", components.unet), ("text", components.text_encoder), ("vae", components.vae))
-            for name, tensor in module.state_dict().items() if not name.endswith("token_embedding.weight")}
+    return {
+        f"{prefix}.{name}": tensor.detach().clone()
+        for prefix, module in (("unet", components.unet), ("text", components.text_encoder), ("vae", components.vae))
+        for name, tensor in module.state_dict().items()
+        if not name.endswith("token_embedding.weight")
+    }
 
 
 def test_only_the_tokens_train_and_masks_are_kept(source, tmp_path):
@@ -310,8 +340,9 @@ def test_only_the_tokens_train_and_masks_are_kept(source, tmp_path):
 
     components = build_tiny()
     before = frozen_snapshot(components)
-    concept = get_method("concept_express").learn(components, source, overrides={"steps": 3, "merge_step": 2},
-                                                  out_dir=tmp_path / "concept", progress=False)
+    concept = get_method("concept_express").learn(
+        components, source, overrides={"steps": 3, "merge_step": 2}, out_dir=tmp_path / "concept", progress=False
+    )
     after = frozen_snapshot(components)
     assert all(torch.equal(after[name], tensor) for name, tensor in before.items())
     assert concept.attention_state == {}

@@ -1,4 +1,5 @@
 """clic.hashing: the one copy of "the same content" (ids of the harness, records of the tiny world)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """clic.io: images and masks in the forms users have them, and the non-square round trip."""
+
 from __future__ import annotations
 
 import io
@@ -46,7 +47,9 @@ def disc(width: int, height: int, radius_fraction: float = 0.3) -> np.ndarray:
 
 def gradient_image(width: int, height: int) -> np.ndarray:
     yy, xx = np.mgrid[:height, :width]
-    return np.stack([xx * 255 // max(1, width - 1), yy * 255 // max(1, height - 1), np.full_like(xx, 90)], -1).astype(np.uint8)
+    return np.stack([xx * 255 // max(1, width - 1), yy * 255 // max(1, height - 1), np.full_like(xx, 90)], -1).astype(
+        np.uint8
+    )
 
 
 def one_line(err: pytest.ExceptionInfo, path: Path) -> str:

@@ -2,6 +2,7 @@
 
 No timing here (speed targets live in benchmarks/perf): these tests count work and compare values.
 """
+
 from __future__ import annotations
 
 import torch

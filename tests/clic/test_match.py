@@ -1,4 +1,5 @@
 """RoI matching, the automatic source mask and several concepts from one image, on the tiny model (64 px)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -165,7 +166,9 @@ def test_two_concepts_from_one_image(tmp_path: Path) -> None:
             state.objective = recorder[0]
         return fused_step(state, batch, object_word)
 
-    concept = learn_concept(build_tiny(), source, config, seed=0, step_fn=recording_step, progress=False, out_dir=tmp_path)
+    concept = learn_concept(
+        build_tiny(), source, config, seed=0, step_fn=recording_step, progress=False, out_dir=tmp_path
+    )
 
     assert concept.tokens == ["<v1*>", "<v2*>"]
     assert len(recorder[0].steps) == 3
@@ -174,14 +177,17 @@ def test_two_concepts_from_one_image(tmp_path: Path) -> None:
         side = attention.shape[-1]
         # Resize(M_k) with the maps' antialiased bilinear filter (paper preset), per token:
         # mean((CA_k − Resize(M_k))²) over both tokens.
-        resized = F.interpolate(source.masks[None], size=(side, side), mode="bilinear", align_corners=False,
-                                antialias=True)[0]
+        resized = F.interpolate(
+            source.masks[None], size=(side, side), mode="bilinear", align_corners=False, antialias=True
+        )[0]
         assert torch.equal(masks[0], source.masks)
         hand = ((attention[0] - resized) ** 2).mean()
         assert values["att"] == pytest.approx(float(hand), rel=1e-5)
         assert not torch.allclose(attention[0, 0], attention[0, 1])  # two token columns, not one twice
     assert sorted(p.name for p in tmp_path.glob("learned_embeds-*.safetensors")) == [
-        "learned_embeds-v1.safetensors", "learned_embeds-v2.safetensors"]
+        "learned_embeds-v1.safetensors",
+        "learned_embeds-v2.safetensors",
+    ]
     assert LearnedConcept.load(tmp_path).tokens == ["<v1*>", "<v2*>"]
 
 
@@ -196,6 +202,8 @@ def test_match_reads_steps_from_the_end_and_t_start_is_a_deprecated_alias(capsys
     assert capsys.readouterr().err == ""
     assert cli_tasks._match_overrides(parser.parse_args([*base, "--t-start", "6"])) == {"read_steps": 6}
     assert "--t-start` is deprecated: use --read-steps" in capsys.readouterr().err
-    assert cli_tasks._match_overrides(parser.parse_args([*base, "--t-start", "6", "--read-steps", "7"])) == {"read_steps": 7}
+    assert cli_tasks._match_overrides(parser.parse_args([*base, "--t-start", "6", "--read-steps", "7"])) == {
+        "read_steps": 7
+    }
     with pytest.raises(ValueError, match=r"read_steps must lie in \[1, 10\]"):
         MatchSettings.from_dict({"denoise_steps": 10, "read_steps": 11})

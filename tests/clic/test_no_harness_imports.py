@@ -1,5 +1,6 @@
 """tests/clic tests the method library alone: nothing they import may pull in harness or Ray (issue 28), so
 ``pytest tests/clic`` runs without either and a clic change is tested by what clic is."""
+
 from __future__ import annotations
 
 import ast
@@ -53,10 +54,11 @@ def test_importing_every_clic_test_module_loads_no_harness_or_ray() -> None:
     """Run: one fresh interpreter imports every module of tests/clic (and so all of clic they use), then lists
     what came in. Catches what the static read cannot: an import inside clic itself or a library's."""
     modules = sorted(path.stem for path in CLIC_TESTS.glob("test_*.py"))
-    probe = (f"import sys; sys.path[:0] = [{str(CLIC_TESTS)!r}, {str(TESTS)!r}]\n"
-             f"for name in {modules!r}: __import__(name)\n"
-             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(FORBIDDEN)!r}))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600,
-                         cwd=TESTS.parent)
+    probe = (
+        f"import sys; sys.path[:0] = [{str(CLIC_TESTS)!r}, {str(TESTS)!r}]\n"
+        f"for name in {modules!r}: __import__(name)\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(FORBIDDEN)!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, cwd=TESTS.parent)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -1,5 +1,6 @@
 """clic.optimizer_step: the one optimiser step every learning loop uses (the shared loop, SingleInsert's stages,
 ConceptExpress's phases). Expected values are written out from the rules, not taken from the class."""
+
 from __future__ import annotations
 
 import pytest

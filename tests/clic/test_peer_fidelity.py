@@ -3,6 +3,7 @@
 Expected values are computed here from raw tensors with the source's formula written out (reference files named
 in each test), never by calling the code under test's helpers.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,6 +30,7 @@ from clic.tokens import ConceptTokens
 # ------------------------------------------------------------------------------------------ RealFill
 def reference_make_mask(resolution: int, generator: torch.Generator) -> torch.Tensor:
     """train_realfill.py's make_mask, with np.random.randint(a, b) read as torch.randint(a, b) on one stream."""
+
     def randint(a: int, b: int) -> int:
         return int(torch.randint(a, b, (), generator=generator))
 
@@ -40,7 +42,7 @@ def reference_make_mask(resolution: int, generator: torch.Generator) -> torch.Te
         height = randint(int(min_size), int(max_size))
         x_start = randint(int(margin), resolution - int(margin) - width + 1)
         y_start = randint(int(margin), resolution - int(margin) - height + 1)
-        mask[y_start: y_start + height, x_start: x_start + width] = 0
+        mask[y_start : y_start + height, x_start : x_start + width] = 0
     return 1 - mask if float(torch.rand((), generator=generator)) < 0.5 else mask
 
 
@@ -110,7 +112,11 @@ def test_break_a_scene_optimiser_is_train_py_and_clips_the_token_gradient(monkey
     with the UNet's in both phases: phase 1 clips the tokens, phase 2 the tokens and the attention weights."""
     config = get_method("break_a_scene").learn_config()
     assert (config.optimizer, config.weight_decay, config.token_weight_decay, config.max_grad_norm) == (
-        "adamw", 1e-2, 1e-2, 1.0)  # train.py L852 (AdamW), L313 (--adam_weight_decay 1e-2), L322 (--max_grad_norm 1)
+        "adamw",
+        1e-2,
+        1e-2,
+        1.0,
+    )  # train.py L852 (AdamW), L313 (--adam_weight_decay 1e-2), L322 (--max_grad_norm 1)
     original = get_method("break_a_scene").learn_config("original")
     assert float(original.prior["weight"]) == 1.0 and int(original.prior["images"]) == 100
 
@@ -126,8 +132,9 @@ def test_break_a_scene_optimiser_is_train_py_and_clips_the_token_gradient(monkey
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
     components = load_components("tiny")
-    get_method("break_a_scene").learn(components, random_source(0), overrides={"steps": 2, "max_grad_norm": 1e-3},
-                                      progress=False)
+    get_method("break_a_scene").learn(
+        components, random_source(0), overrides={"steps": 2, "max_grad_norm": 1e-3}, progress=False
+    )
     assert len(clipped) == 2
     token_rows = components.text_encoder.get_input_embeddings()
     for phase, (parameters, after) in enumerate(clipped):
@@ -143,8 +150,9 @@ def test_break_a_scene_optimiser_is_train_py_and_clips_the_token_gradient(monkey
 def test_break_a_scene_prior_preservation_adds_the_class_term() -> None:
     components = load_components("tiny")
     prior = {"weight": 1.0, "images": 2, "steps": 2, "prompt": "a photo of a {object}"}
-    concept = get_method("break_a_scene").learn(components, random_source(0), overrides={"steps": 2, "prior": prior},
-                                                progress=False)
+    concept = get_method("break_a_scene").learn(
+        components, random_source(0), overrides={"steps": 2, "prior": prior}, progress=False
+    )
     for row in concept.loss_log:
         assert row["prior"] > 0
         assert row["total"] == pytest.approx(row["masked_diffusion"] + 1e-2 * row["att"] + row["prior"], rel=1e-5)
@@ -162,15 +170,20 @@ def test_custom_diffusion_region_excludes_the_zoom_out_padding(zoom: str | None,
     else:
         s = round(size * scale)
         top = left = (size - s) // 2  # our zoom-out canvas is centred
-        expected[top // factor + 1: (top + s) // factor - 1, left // factor + 1: (left + s) // factor - 1] = 1
+        expected[top // factor + 1 : (top + s) // factor - 1, left // factor + 1 : (left + s) // factor - 1] = 1
     torch.testing.assert_close(image_region(GeometricKey(False, zoom, scale), (8, 8), factor), expected)
 
 
 def test_custom_diffusion_loss_and_optimiser_are_the_reference_script() -> None:
     config = get_method("custom_diffusion").learn_config()
     assert set(config.terms) == {"region_diffusion"}
-    assert (config.optimizer, config.weight_decay, config.token_weight_decay, config.max_grad_norm,
-            config.clip_token_grad) == ("adamw", 1e-2, 1e-2, 1.0, True)
+    assert (
+        config.optimizer,
+        config.weight_decay,
+        config.token_weight_decay,
+        config.max_grad_norm,
+        config.clip_token_grad,
+    ) == ("adamw", 1e-2, 1e-2, 1.0, True)
     generator = torch.Generator().manual_seed(1)
     eps, noise = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 4, 8, 8, generator=generator)
     region = torch.zeros(1, 1, 8, 8)
@@ -181,19 +194,23 @@ def test_custom_diffusion_loss_and_optimiser_are_the_reference_script() -> None:
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
     padding_changed = eps.clone()
     padding_changed[..., 0, 0] += 5.0  # outside the region: no effect
-    assert float(Objective(config.terms)(StepTensors(noise=noise, mask=region, eps_context=padding_changed,
-                                                     valid=region))[0]) == pytest.approx(float(loss), rel=1e-6)
+    assert float(
+        Objective(config.terms)(StepTensors(noise=noise, mask=region, eps_context=padding_changed, valid=region))[0]
+    ) == pytest.approx(float(loss), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------- Textual Inversion
 def test_textual_inversion_runs_at_the_readme_effective_learning_rate() -> None:
     """README: --learning_rate 5e-4 --scale_lr --gradient_accumulation_steps 4 --train_batch_size 1 → 2e-3 on the
     mean gradient of 4 images. Adam's first step moves every coordinate with a gradient by lr (m̂/√v̂ = ±1)."""
-    config = get_method("textual_inversion").learn_config("original", overrides={"steps": 1, "augment": {"enabled": False}})
+    config = get_method("textual_inversion").learn_config(
+        "original", overrides={"steps": 1, "augment": {"enabled": False}}
+    )
     assert config.gradient_accumulation == 4 and config.schedule()[0].token_lr == pytest.approx(2e-3)
     components = load_components("tiny")
-    concept = learn_concept(components, random_source(0), config, method="textual_inversion", preset="original",
-                            progress=False)
+    concept = learn_concept(
+        components, random_source(0), config, method="textual_inversion", preset="original", progress=False
+    )
     assert len(concept.loss_log) == 4 and {row["step"] for row in concept.loss_log} == {0}
     embeddings = components.text_encoder.get_input_embeddings().weight
     start = embeddings[components.tokenizer("chair", add_special_tokens=False).input_ids].mean(0).detach()
@@ -237,8 +254,20 @@ def test_single_insert_encoder_sees_the_whole_image() -> None:
 
 def _generate(method_name: str, concept, steps: int, stage_one: int) -> torch.Tensor:
     components = load_components("tiny")
-    return get_method(method_name).generate(components, concept, "vase", overrides={
-        "steps": steps, "stage_one_steps": stage_one, "prompt": "a photo of an {object}, with {tokens} style"}).images
+    return (
+        get_method(method_name)
+        .generate(
+            components,
+            concept,
+            "vase",
+            overrides={
+                "steps": steps,
+                "stage_one_steps": stage_one,
+                "prompt": "a photo of an {object}, with {tokens} style",
+            },
+        )
+        .images
+    )
 
 
 def test_generation_first_stage_runs_the_base_model_for_single_insert_and_break_a_scene_original() -> None:
@@ -250,20 +279,40 @@ def test_generation_first_stage_runs_the_base_model_for_single_insert_and_break_
 
     components = load_components("tiny")
     generator = torch.Generator().manual_seed(0)
-    lora = get_method("single_insert").learn(components, random_source(3), overrides={
-        "stage_one_steps": 1, "stage_two_steps": 1, "stage_one_batch_size": 1, "stage_two_batch_size": 1},
-        progress=False)
-    lora.arrays.update({k: torch.randn(v.shape, generator=generator) * 0.5 for k, v in lora.arrays.items()
-                        if k.startswith(LORA_PREFIX)})
+    lora = get_method("single_insert").learn(
+        components,
+        random_source(3),
+        overrides={"stage_one_steps": 1, "stage_two_steps": 1, "stage_one_batch_size": 1, "stage_two_batch_size": 1},
+        progress=False,
+    )
+    lora.arrays.update(
+        {
+            k: torch.randn(v.shape, generator=generator) * 0.5
+            for k, v in lora.arrays.items()
+            if k.startswith(LORA_PREFIX)
+        }
+    )
     stripped = dataclasses.replace(lora, arrays={k: v for k, v in lora.arrays.items() if not k.startswith(LORA_PREFIX)})
     torch.testing.assert_close(_generate("single_insert", lora, 3, 3), _generate("single_insert", stripped, 3, 3))
     assert not torch.allclose(_generate("single_insert", lora, 3, 1), _generate("single_insert", stripped, 3, 1))
 
-    tuned = get_method("break_a_scene").learn(load_components("tiny"), random_source(3), preset="original", overrides={
-        "phases": [{"steps": 1, "token_lr": 5e-4}, {"steps": 1, "token_lr": 2e-6, "unet_lr": 1e-6,
-                                                     "text_encoder_lr": 1e-6}], "prior": {"weight": 0}}, progress=False)
-    tuned.unet_state = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
-                        for k, v in tuned.unet_state.items()}
+    tuned = get_method("break_a_scene").learn(
+        load_components("tiny"),
+        random_source(3),
+        preset="original",
+        overrides={
+            "phases": [
+                {"steps": 1, "token_lr": 5e-4},
+                {"steps": 1, "token_lr": 2e-6, "unet_lr": 1e-6, "text_encoder_lr": 1e-6},
+            ],
+            "prior": {"weight": 0},
+        },
+        progress=False,
+    )
+    tuned.unet_state = {
+        k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+        for k, v in tuned.unet_state.items()
+    }
     base = dataclasses.replace(tuned, unet_state={}, text_encoder_state={})
     torch.testing.assert_close(_generate("break_a_scene", tuned, 3, 3), _generate("break_a_scene", base, 3, 3))
     assert not torch.allclose(_generate("break_a_scene", tuned, 3, 1), _generate("break_a_scene", base, 3, 1))
@@ -287,8 +336,26 @@ def cli_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("method", [m for m in available_methods() if m != "fault_injection"])
 def test_every_method_learns_through_the_cli_in_three_steps(method: str, cli_inputs: dict[str, Path]) -> None:
     out = cli_inputs["root"] / f"concept-{method}"
-    argv = ["learn", "--model", "tiny", "--method", method, "--image", str(cli_inputs["image"]), "--mask",
-            str(cli_inputs["mask"]), "--object", "chair", "--steps", "3", "--seed", "0", "--out", str(out), "--quiet"]
+    argv = [
+        "learn",
+        "--model",
+        "tiny",
+        "--method",
+        method,
+        "--image",
+        str(cli_inputs["image"]),
+        "--mask",
+        str(cli_inputs["mask"]),
+        "--object",
+        "chair",
+        "--steps",
+        "3",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     assert (out / "concept.json").is_file()
 
@@ -301,8 +368,14 @@ def test_em_dense_crf_uses_cutlers_settings() -> None:
     from clic.methods.em_masks import EMSettings
 
     crf = get_method("em_masks").em_settings(None).crf
-    assert (crf.iterations, crf.smoothness_weight, crf.smoothness_position, crf.appearance_weight,
-            crf.appearance_position, crf.unary) == (10, 7.0, 3.0, 10.0, 50.0, "softmax")
+    assert (
+        crf.iterations,
+        crf.smoothness_weight,
+        crf.smoothness_position,
+        crf.appearance_weight,
+        crf.appearance_position,
+        crf.unary,
+    ) == (10, 7.0, 3.0, 10.0, 50.0, "softmax")
     assert crf.appearance_colour * 255 == pytest.approx(5.0) and crf.positions_in_pixels
     assert EMSettings().crf == crf
     image = torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0))
@@ -312,7 +385,7 @@ def test_em_dense_crf_uses_cutlers_settings() -> None:
     rgb = image.reshape(3, -1).T * 255
     d_pos = ((p[:, None] - p[None]) ** 2).sum(-1)
     d_rgb = ((rgb[:, None] - rgb[None]) ** 2).sum(-1)
-    expected = 10 * torch.exp(-d_pos / (2 * 50 ** 2) - d_rgb / (2 * 5 ** 2)) + 7 * torch.exp(-d_pos / (2 * 3 ** 2))
+    expected = 10 * torch.exp(-d_pos / (2 * 50**2) - d_rgb / (2 * 5**2)) + 7 * torch.exp(-d_pos / (2 * 3**2))
     expected.fill_diagonal_(0)
     torch.testing.assert_close(kernel, expected, rtol=1e-4, atol=1e-5)
 
@@ -328,16 +401,22 @@ def _resolved(config, path: list[str]):
 def _matches(resolved, declared) -> bool:
     """The resolved value carries every declared value (a declared dict may name a subset of the fields)."""
     if isinstance(declared, dict):
-        return isinstance(resolved, dict) and all(k in resolved and _matches(resolved[k], v) for k, v in declared.items())
+        return isinstance(resolved, dict) and all(
+            k in resolved and _matches(resolved[k], v) for k, v in declared.items()
+        )
     if isinstance(declared, (tuple, list)):
-        return isinstance(resolved, (tuple, list)) and len(resolved) == len(declared) and all(
-            _matches(r, d) for r, d in zip(resolved, declared))
+        return (
+            isinstance(resolved, (tuple, list))
+            and len(resolved) == len(declared)
+            and all(_matches(r, d) for r, d in zip(resolved, declared))
+        )
     return resolved == declared
 
 
 @pytest.mark.parametrize("method", [m for m in available_methods() if m not in ("fault_injection", "cut_paste")])
 def test_every_preset_prints_its_settings_with_sources_and_they_are_what_runs(
-        method: str, capsys: pytest.CaptureFixture[str]) -> None:
+    method: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """What ``clic methods show`` prints is what runs; every source string cites a file and line that exists in
     the listed sources, or a listed paper section, or is labelled the project's choice (tests/source_index.py);
     the values a source states are the ones written in BASELINE_VALUES below, not read from the declaration."""
@@ -360,8 +439,9 @@ def test_every_preset_prints_its_settings_with_sources_and_they_are_what_runs(
             assert setting.source.strip() and setting.key in printed
             assert citation_problems(setting.source) == [], (preset, setting.key, setting.source)
             if "our choice" in setting.source or "project's choice" in setting.source:
-                assert "[project's choice]" in next(line for line in printed.splitlines()
-                                                    if line.startswith(setting.key + " ")), setting.key
+                assert "[project's choice]" in next(
+                    line for line in printed.splitlines() if line.startswith(setting.key + " ")
+                ), setting.key
             task, *path = setting.key.split(".")
             if task == "learn":
                 assert _matches(_resolved(cls.learn_config(preset), path), setting.value), (preset, setting.key)
@@ -380,31 +460,54 @@ def test_every_preset_prints_its_settings_with_sources_and_they_are_what_runs(
 BASELINE_VALUES: dict[tuple[str, str], dict[str, Any]] = {
     ("custom_diffusion", "default"): {"learn.steps": 500, "learn.lr": 1e-5, "learn.train_kv": True},
     ("custom_diffusion", "original"): {
-        "learn.steps": 250, "learn.lr": 1e-5, "learn.scale_lr": True,  # README L76-79
+        "learn.steps": 250,
+        "learn.lr": 1e-5,
+        "learn.scale_lr": True,  # README L76-79
         "learn.gradient_accumulation": 2,  # README L75 --train_batch_size 2
-        "learn.train_kv": True, "learn.train_q_out": False,  # train_custom_diffusion.py L517-522 crossattn_kv
+        "learn.train_kv": True,
+        "learn.train_q_out": False,  # train_custom_diffusion.py L517-522 crossattn_kv
         "learn.init_word": "ktn",  # L624 'ktn+pll+ucd'
-        "learn.optimizer": "adamw", "learn.weight_decay": 1e-2, "learn.max_grad_norm": 1.0,  # L1007, L540, L542
+        "learn.optimizer": "adamw",
+        "learn.weight_decay": 1e-2,
+        "learn.max_grad_norm": 1.0,  # L1007, L540, L542
         "learn.context_prompt": "photo of a {tokens} {object}",  # README L73
     },
-    ("textual_inversion", "default"): {"learn.steps": 500, "learn.lr": 1e-5, "learn.optimizer": "adam",
-                                       "learn.gradient_accumulation": 1, "learn.train_kv": False},
+    ("textual_inversion", "default"): {
+        "learn.steps": 500,
+        "learn.lr": 1e-5,
+        "learn.optimizer": "adam",
+        "learn.gradient_accumulation": 1,
+        "learn.train_kv": False,
+    },
     ("textual_inversion", "original"): {
-        "learn.steps": 3000, "learn.lr": 5e-4, "learn.gradient_accumulation": 4, "learn.scale_lr": True,  # README L76-80
-        "learn.optimizer": "adamw", "learn.token_weight_decay": 1e-2,  # textual_inversion.py L741, L330
+        "learn.steps": 3000,
+        "learn.lr": 5e-4,
+        "learn.gradient_accumulation": 4,
+        "learn.scale_lr": True,  # README L76-80
+        "learn.optimizer": "adamw",
+        "learn.token_weight_decay": 1e-2,  # textual_inversion.py L741, L330
         "learn.max_grad_norm": 0.0,  # no clipping in its training step
     },
     ("realfill", "default"): {"learn.steps": 500, "learn.lr": 1e-5, "learn.train_kv": True},
     ("realfill", "original"): {
         # train_realfill.py L389-406 (rank 16, alpha 27, dropout 0), L606-622 (targets)
-        "learn.lora": {"rank": 16, "alpha": 27, "dropout": 0.0,
-                       "unet_targets": ["to_k", "to_q", "to_v", "key", "query", "value"],
-                       "text_targets": ["k_proj", "q_proj", "v_proj"]},
+        "learn.lora": {
+            "rank": 16,
+            "alpha": 27,
+            "dropout": 0.0,
+            "unet_targets": ["to_k", "to_q", "to_v", "key", "query", "value"],
+            "text_targets": ["k_proj", "q_proj", "v_proj"],
+        },
         # README L60-64: 2e-4 / 4e-5, 2000 steps; the prompt's word is not trained
-        "learn.phases": [{"steps": 2000, "token_lr": 0.0, "attention_lr": 0.0, "unet_lr": 2e-4, "text_encoder_lr": 4e-5}],
+        "learn.phases": [
+            {"steps": 2000, "token_lr": 0.0, "attention_lr": 0.0, "unet_lr": 2e-4, "text_encoder_lr": 4e-5}
+        ],
         "learn.gradient_accumulation": 16,  # README L58 --train_batch_size 16
-        "learn.optimizer": "adamw", "learn.weight_decay": 1e-2, "learn.max_grad_norm": 1.0,  # L713, L316, L318
-        "learn.context_prompt": "a photo of {tokens}", "learn.init_word": "sks",  # L450 "a photo of sks"
+        "learn.optimizer": "adamw",
+        "learn.weight_decay": 1e-2,
+        "learn.max_grad_norm": 1.0,  # L713, L316, L318
+        "learn.context_prompt": "a photo of {tokens}",
+        "learn.init_word": "sks",  # L450 "a photo of sks"
         "learn.train_kv": False,
     },
     ("break_a_scene", "default"): {"learn.clip_token_grad": True},  # train.py L181-186, L1233-1243

@@ -1,4 +1,5 @@
 """The fused learning step computes exactly what the equations say (the naive reference of benchmarks/perf)."""
+
 from __future__ import annotations
 
 import pytest

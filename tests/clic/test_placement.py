@@ -17,6 +17,7 @@ token ids (recorded by the audit: ``aten.index.Tensor: ['cpu', 'meta']``).
 Seeded draws: a CPU generator used with ``device=`` of the model, or a generator made on the model's device,
 raises on ``meta``; so these tests also pin that every draw is made on the CPU and then moved.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -95,5 +96,7 @@ def test_generation_creates_nothing_off_the_model_device():
 
     concept = get_method("clic").learn(build_tiny(), source(), overrides={"steps": 1}, progress=False)
     components = on_meta()
-    audit = audited(lambda: generate_with_concept(components, concept, "chair", GenerateSettings(steps=3, stage_one_steps=1)))
+    audit = audited(
+        lambda: generate_with_concept(components, concept, "chair", GenerateSettings(steps=3, stage_one_steps=1))
+    )
     assert audit.mixed == []

@@ -1,5 +1,6 @@
 """Device and dtype as settings: `--device`/`--dtype` from the CLI, half precision end to end, fp32 capture when
 the model upcasts, seeded draws independent of the dtype, prompts' articles, sizes in use."""
+
 from __future__ import annotations
 
 import csv
@@ -45,8 +46,27 @@ def losses(concept: Path) -> list[dict[str, float]]:
 
 
 def learn(images: dict[str, Path], out: Path, *extra: str) -> int:
-    return main(["learn", "--model", "tiny", "--image", str(images["source"]), "--mask", str(images["mask"]),
-                 "--object", "chair", "--steps", "5", "--seed", "0", "--quiet", "--out", str(out), *extra])
+    return main(
+        [
+            "learn",
+            "--model",
+            "tiny",
+            "--image",
+            str(images["source"]),
+            "--mask",
+            str(images["mask"]),
+            "--object",
+            "chair",
+            "--steps",
+            "5",
+            "--seed",
+            "0",
+            "--quiet",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_bf16_on_the_cpu_end_to_end_with_losses_close_to_fp32(images, tmp_path):
@@ -65,10 +85,35 @@ def test_bf16_on_the_cpu_end_to_end_with_losses_close_to_fp32(images, tmp_path):
     vec_full = next(iter(load_file(str(tmp_path / "fp32" / "learned_embeds-v.safetensors")).values()))
     assert vec_half.dtype == torch.float32
     torch.testing.assert_close(vec_half, vec_full, rtol=0.02, atol=0.02)
-    common = ["--concept", str(tmp_path / "bf16"), "--object", "chair", "--steps", "4", "--dtype", "bf16",
-              "--device", "cpu"]
-    assert main(["transfer", *common, "--image", str(images["target"]), "--mask", str(images["mask"]),
-                 "--t-start", "2", "--out", str(tmp_path / "edit")]) == 0
+    common = [
+        "--concept",
+        str(tmp_path / "bf16"),
+        "--object",
+        "chair",
+        "--steps",
+        "4",
+        "--dtype",
+        "bf16",
+        "--device",
+        "cpu",
+    ]
+    assert (
+        main(
+            [
+                "transfer",
+                *common,
+                "--image",
+                str(images["target"]),
+                "--mask",
+                str(images["mask"]),
+                "--t-start",
+                "2",
+                "--out",
+                str(tmp_path / "edit"),
+            ]
+        )
+        == 0
+    )
     assert main(["generate", *common, "--stage-one-steps", "1", "--out", str(tmp_path / "gen")]) == 0
     for picture in (tmp_path / "edit" / "edited.png", tmp_path / "gen" / "image-0.png"):
         pixels = np.asarray(Image.open(picture))
@@ -106,14 +151,48 @@ def test_concept_records_an_absolute_model_folder(images, tmp_path, monkeypatch)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the concept's model reference still resolves
-    assert main(["generate", "--concept", str(tmp_path / "concept"), "--object", "chair", "--steps", "2",
-                 "--stage-one-steps", "1", "--out", str(tmp_path / "gen")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--concept",
+                str(tmp_path / "concept"),
+                "--object",
+                "chair",
+                "--steps",
+                "2",
+                "--stage-one-steps",
+                "1",
+                "--out",
+                str(tmp_path / "gen"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_generate_honours_resolution(images, tmp_path):
     assert learn(images, tmp_path / "concept") == 0
-    assert main(["generate", "--concept", str(tmp_path / "concept"), "--object", "chair", "--steps", "2",
-                 "--stage-one-steps", "1", "--resolution", "96", "--out", str(tmp_path / "gen")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--concept",
+                str(tmp_path / "concept"),
+                "--object",
+                "chair",
+                "--steps",
+                "2",
+                "--stage-one-steps",
+                "1",
+                "--resolution",
+                "96",
+                "--out",
+                str(tmp_path / "gen"),
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "gen" / "image-0.png").size == (96, 96)
 
 
@@ -127,8 +206,11 @@ def test_attention_resolution_follows_the_latents_in_use():
     assert capture_resolution(capture, components, 32) == 16  # 128 px in use
     generator = torch.Generator().manual_seed(0)
     capture.set_tokens([[1]])
-    components.unet(torch.randn(1, 4, 32, 32, generator=generator), 10,
-                    encoder_hidden_states=torch.randn(1, 77, 32, generator=generator))
+    components.unet(
+        torch.randn(1, 4, 32, 32, generator=generator),
+        10,
+        encoder_hidden_states=torch.randn(1, 77, 32, generator=generator),
+    )
     sides = {math.isqrt(m.shape[1]) for m in capture.maps().values()}
     assert min(sides) == capture_resolution(capture, components, 32)
 
@@ -144,7 +226,9 @@ def test_captured_attention_is_fp32_when_the_model_upcasts():
     attn = _attention_layer(upcast=True).to(torch.float16)
     buffer = CaptureBuffer()
     buffer.token_positions = torch.tensor([[0, 3]])
-    processor = ConceptAttnProcessor.from_attention(attn, train_kv=False, train_q_out=False, buffer=buffer, layer_name="x")
+    processor = ConceptAttnProcessor.from_attention(
+        attn, train_kv=False, train_q_out=False, buffer=buffer, layer_name="x"
+    )
     hidden = torch.randn(1, 4, 16) * 1000
     context = torch.randn(1, 5, 8) * 1000
     processor(attn, hidden.half(), context.half())
@@ -155,12 +239,22 @@ def test_captured_attention_is_fp32_when_the_model_upcasts():
     expected = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(8), dim=-1).mean(dim=1)[:, :, [0, 3]]
     torch.testing.assert_close(captured, expected, rtol=1e-3, atol=1e-4)
     # without the upcast the same fp16 scores overflow: that is what the flag is for
-    scores16 = (q.half() @ k.half().transpose(-1, -2))
+    scores16 = q.half() @ k.half().transpose(-1, -2)
     assert not torch.isfinite(scores16).all()
 
 
-@pytest.mark.parametrize("word, article", [("chair", "a"), ("apple", "an"), ("hour", "an"), ("unicorn", "a"),
-                                           ("table", "a"), ("umbrella", "an"), ("European vase", "a")])
+@pytest.mark.parametrize(
+    "word, article",
+    [
+        ("chair", "a"),
+        ("apple", "an"),
+        ("hour", "an"),
+        ("unicorn", "a"),
+        ("table", "a"),
+        ("umbrella", "an"),
+        ("European vase", "a"),
+    ],
+)
 def test_articles_follow_the_object_word(word, article):
     assert indefinite_article(word) == article
     assert format_prompt("a photo of an {object}", word, ["<v*>"]) == f"a photo of {article} {word}"

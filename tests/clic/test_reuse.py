@@ -1,4 +1,5 @@
 """A lent model comes back exactly as loaded, without whole-model copies per job (clic.reuse)."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,9 @@ def source() -> ConceptSource:
 def reference_outputs(components) -> tuple[torch.Tensor, torch.Tensor]:
     """The UNet's ε and the text encoder's output for fixed inputs: equal outputs = an equal model."""
     generator = torch.Generator().manual_seed(1)
-    ids = components.tokenizer(["a photo of a chair"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = components.tokenizer(
+        ["a photo of a chair"], padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         text = components.text_encoder(ids)[0]
         eps = components.unet(torch.randn(1, 4, 16, 16, generator=generator), 500, encoder_hidden_states=text).sample
@@ -52,12 +55,19 @@ def test_fine_tuned_weights_are_put_back_from_their_copies():
     lender = ModelLender(build_tiny)
     expected = reference_outputs(build_tiny())
     components = lender.lend()
-    get_method("break_a_scene").learn(components, source(), preset="original",
-                                      overrides={"phases": [{"steps": 1, "token_lr": 1e-3},
-                                                            {"steps": 1, "token_lr": 1e-3, "attention_lr": 1e-3,
-                                                             "unet_lr": 1e-2, "text_encoder_lr": 1e-2}],
-                                                 "prior": {"images": 1, "steps": 1}},
-                                      progress=False)
+    get_method("break_a_scene").learn(
+        components,
+        source(),
+        preset="original",
+        overrides={
+            "phases": [
+                {"steps": 1, "token_lr": 1e-3},
+                {"steps": 1, "token_lr": 1e-3, "attention_lr": 1e-3, "unet_lr": 1e-2, "text_encoder_lr": 1e-2},
+            ],
+            "prior": {"images": 1, "steps": 1},
+        },
+        progress=False,
+    )
     changed = reference_outputs(components)[0]
     assert not torch.equal(changed, expected[0])  # the job did change the shared UNet
     restored = lender.lend()
@@ -67,7 +77,9 @@ def test_fine_tuned_weights_are_put_back_from_their_copies():
 
 def inpainting_reference(components) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
-    ids = components.tokenizer(["a photo of a chair"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = components.tokenizer(
+        ["a photo of a chair"], padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         text = components.text_encoder(ids)[0]
         return components.unet(torch.randn(1, 9, 16, 16, generator=generator), 500, encoder_hidden_states=text).sample
@@ -83,14 +95,16 @@ def test_lora_adapters_come_out_of_a_lent_model_without_a_reload():
     expected = inpainting_reference(build_tiny("tiny-inpaint"))
     names = sorted(n for n, _ in lender.pristine.unet.named_parameters())
     components = lender.lend()
-    concept = get_method("realfill").learn(components, source(), preset="original",
-                                           overrides={"steps": 1, "gradient_accumulation": 1}, progress=False)
+    concept = get_method("realfill").learn(
+        components, source(), preset="original", overrides={"steps": 1, "gradient_accumulation": 1}, progress=False
+    )
     assert any(k.startswith("lora/unet.") for k in concept.arrays)
     assert any(k.startswith("lora/text_encoder.") for k in concept.arrays)
     assert not has_lora(components.unet) and not has_lora(components.text_encoder)  # removed after learning
     components = lender.lend()
-    get_method("realfill").transfer(components, concept, source().image, source().masks[0], "chair",
-                                    overrides={"steps": 2, "t_start": 1})
+    get_method("realfill").transfer(
+        components, concept, source().image, source().masks[0], "chair", overrides={"steps": 2, "t_start": 1}
+    )
     assert has_lora(components.unet)  # installed for the job
     restored = lender.lend()
     assert not has_lora(restored.unet) and sorted(n for n, _ in restored.unet.named_parameters()) == names
@@ -100,11 +114,15 @@ def test_lora_adapters_come_out_of_a_lent_model_without_a_reload():
     lender = ModelLender(build_tiny)
     components = lender.lend()
     concept = get_method("single_insert").learn(
-        components, source(), overrides={"stage_one_steps": 1, "stage_one_batch_size": 1, "stage_two_steps": 1,
-                                         "stage_two_batch_size": 1}, progress=False)
+        components,
+        source(),
+        overrides={"stage_one_steps": 1, "stage_one_batch_size": 1, "stage_two_steps": 1, "stage_two_batch_size": 1},
+        progress=False,
+    )
     components = lender.lend()
-    get_method("single_insert").transfer(components, concept, source().image, source().masks[0], "chair",
-                                         overrides={"steps": 2, "t_start": 1})
+    get_method("single_insert").transfer(
+        components, concept, source().image, source().masks[0], "chair", overrides={"steps": 2, "t_start": 1}
+    )
     lender.lend()
     assert lender.reloads == 0
 

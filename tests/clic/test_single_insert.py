@@ -1,4 +1,5 @@
 """SingleInsert on the tiny model: the losses by hand, what each stage trains, and learn -> transfer -> generate."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,8 +48,9 @@ def test_losses_match_hand_recomputation() -> None:
     scheduler = SimpleNamespace(alphas_cumprod=alphas, config=SimpleNamespace(prediction_type="epsilon"))
     x0 = predicted_x0(scheduler, x_t, eps, timesteps)
     # row 0: ᾱ = 0.9; row 1: ᾱ = 0.25 -> (x − √0.75 ε) / 0.5
-    expected = torch.tensor([[[[(1 - 0.1**0.5 * 0.5) / 0.9**0.5, (2 + 0.1**0.5) / 0.9**0.5]]],
-                             [[[(1 - 0.75**0.5 * 2) / 0.5, 2 / 0.5]]]])
+    expected = torch.tensor(
+        [[[[(1 - 0.1**0.5 * 0.5) / 0.9**0.5, (2 + 0.1**0.5) / 0.9**0.5]]], [[[(1 - 0.75**0.5 * 2) / 0.5, 2 / 0.5]]]]
+    )
     torch.testing.assert_close(x0, expected)
 
     pred = torch.tensor([[[[1.0, 3.0, -2.0, 0.0]]]])
@@ -69,7 +71,9 @@ def test_background_and_semantic_targets_get_no_gradient() -> None:
 
 def _base_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Weights under their plain names (peft wraps a targeted Linear as ``….base_layer``)."""
-    return {k.replace(".base_layer", ""): v.detach().clone() for k, v in module.state_dict().items() if "lora_" not in k}
+    return {
+        k.replace(".base_layer", ""): v.detach().clone() for k, v in module.state_dict().items() if "lora_" not in k
+    }
 
 
 def test_stages_train_encoder_then_lora_and_leave_base_weights_bit_identical() -> None:
@@ -79,12 +83,25 @@ def test_stages_train_encoder_then_lora_and_leave_base_weights_bit_identical() -
     stages: list[tuple[str, set[int], set[int], set[str]]] = []
 
     def record(info: StageInfo) -> None:
-        named = {id(p): f"{label}:{n}" for label in ("unet", "text_encoder")
-                 for n, p in getattr(components, label).named_parameters()}
-        stages.append((info.name, {id(p) for p in info.parameters}, {id(p) for p in info.encoder.parameters()},
-                       {named[id(p)] for p in info.parameters if id(p) in named}))
-        trainable_model = [n for m in (components.unet, components.text_encoder, components.vae)
-                           for n, p in m.named_parameters() if p.requires_grad]
+        named = {
+            id(p): f"{label}:{n}"
+            for label in ("unet", "text_encoder")
+            for n, p in getattr(components, label).named_parameters()
+        }
+        stages.append(
+            (
+                info.name,
+                {id(p) for p in info.parameters},
+                {id(p) for p in info.encoder.parameters()},
+                {named[id(p)] for p in info.parameters if id(p) in named},
+            )
+        )
+        trainable_model = [
+            n
+            for m in (components.unet, components.text_encoder, components.vae)
+            for n, p in m.named_parameters()
+            if p.requires_grad
+        ]
         assert all("lora_" in n for n in trainable_model), trainable_model
 
     concept = learn_single_insert(components, source(), SingleInsertConfig().merged(FAST), on_stage=record)
@@ -129,7 +146,9 @@ def test_learn_transfer_generate_and_stock_diffusers_loading(tmp_path: Path) -> 
 
     # A stock pipeline reading the folder (textual inversion + LoRA) has the same adapted UNet.
     save_tiny(tmp_path / "sd")
-    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "sd"), safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(tmp_path / "sd"), safety_checker=None, requires_safety_checker=False
+    )
     pipe.load_lora_weights(str(folder))
     latents, text = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 32)
     with torch.no_grad():
@@ -144,7 +163,7 @@ def test_learn_transfer_generate_and_stock_diffusers_loading(tmp_path: Path) -> 
     image, mask = source().image, source().masks[0]
     edited = method.transfer(components, concept, image, mask, "chair", overrides={"steps": 6, "t_start": 3})
     assert edited.image.shape == (3, SIZE, SIZE) and torch.isfinite(edited.image).all()
-    outside = (edited.latent_mask[0, 0] == 0)
+    outside = edited.latent_mask[0, 0] == 0
     torch.testing.assert_close(edited.latents[0][:, outside], edited.target_latents[0][:, outside])
     generated = method.generate(components, concept, "vase", overrides={"steps": 4, "stage_one_steps": 1}, seed=1)
     assert generated.images.shape == (1, 3, SIZE, SIZE) and "<v*>" in generated.prompt

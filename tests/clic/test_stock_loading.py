@@ -6,6 +6,7 @@ when given ``_pipeline`` (its ``set_attn_processor`` call sits inside ``if _pipe
 ``set_attn_processor`` needs a processor for every attention layer, so the weights file names the untrained ones
 too (an empty tensor each, which ``load_attn_procs`` reads as its ``.bin`` format's ``{}``).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,14 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny diffusers folder and a CLiC concept learned on it (K/V trained on every cross-attention layer)."""
     root = tmp_path_factory.mktemp("stock")
     save_tiny(root / "tiny")
-    get_method("clic").learn(build_tiny(), random_source(1), overrides={"steps": 3, "lr": 1e-2}, seed=0,
-                             out_dir=root / "concept", progress=False)
+    get_method("clic").learn(
+        build_tiny(),
+        random_source(1),
+        overrides={"steps": 3, "lr": 1e-2},
+        seed=0,
+        out_dir=root / "concept",
+        progress=False,
+    )
     return root / "tiny", root / "concept"
 
 
@@ -68,8 +75,9 @@ def test_the_readme_calls_load_every_trained_weight_and_reproduce_our_outputs(fo
     # The README's calls, word for word:
     for token, file in meta["token_files"].items():
         pipe.load_textual_inversion(str(concept_dir / file), token=token)
-    pipe.unet.load_attn_procs(str(concept_dir), weight_name="pytorch_custom_diffusion_weights.safetensors",
-                              _pipeline=pipe)
+    pipe.unet.load_attn_procs(
+        str(concept_dir), weight_name="pytorch_custom_diffusion_weights.safetensors", _pipeline=pipe
+    )
 
     saved = load_file(str(concept_dir / ATTN_WEIGHTS_NAME))
     trained = {k for k, v in saved.items() if v.numel()}
@@ -82,13 +90,28 @@ def test_the_readme_calls_load_every_trained_weight_and_reproduce_our_outputs(fo
     assert pipe.tokenizer.convert_tokens_to_ids(meta["tokens"][0]) != pipe.tokenizer.unk_token_id
 
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
-    stock = pipe(f"a photo of a table, with {meta['tokens'][0]} style", latents=latents.clone(), num_inference_steps=8,
-                 guidance_scale=7.5, output_type="pt").images
-    ours = generate_with_concept(load_components(str(model)), LearnedConcept.load(concept_dir), "table",
-                                 GenerateSettings(steps=8, stage_one_steps=0), latents=latents.clone())
+    stock = pipe(
+        f"a photo of a table, with {meta['tokens'][0]} style",
+        latents=latents.clone(),
+        num_inference_steps=8,
+        guidance_scale=7.5,
+        output_type="pt",
+    ).images
+    ours = generate_with_concept(
+        load_components(str(model)),
+        LearnedConcept.load(concept_dir),
+        "table",
+        GenerateSettings(steps=8, stage_one_steps=0),
+        latents=latents.clone(),
+    )
     torch.testing.assert_close(ours.images, stock.cpu(), rtol=0, atol=1e-4)
-    base = _stock_pipeline(model)(f"a photo of a table, with {meta['tokens'][0]} style", latents=latents.clone(),
-                                  num_inference_steps=8, guidance_scale=7.5, output_type="pt").images
+    base = _stock_pipeline(model)(
+        f"a photo of a table, with {meta['tokens'][0]} style",
+        latents=latents.clone(),
+        num_inference_steps=8,
+        guidance_scale=7.5,
+        output_type="pt",
+    ).images
     assert (base - stock).abs().max() > 1e-3  # the concept changed what the stock pipeline makes
 
 
@@ -121,5 +144,6 @@ def test_our_loader_still_reads_the_folder_and_older_folders(folders: tuple[Path
     assert all(v.numel() for v in load_file(str(old / ATTN_WEIGHTS_NAME)).values())
     pipe = _stock_pipeline(model)
     load_into_pipeline(pipe, old)
-    assert sum(bool(p.state_dict()) for p in pipe.unet.attn_processors.values()) == \
-        len({k.rsplit(".processor.", 1)[0] for k in concept.attention_state})
+    assert sum(bool(p.state_dict()) for p in pipe.unet.attn_processors.values()) == len(
+        {k.rsplit(".processor.", 1)[0] for k in concept.attention_state}
+    )

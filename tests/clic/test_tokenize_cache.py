@@ -1,5 +1,6 @@
 """Token ids are remembered per tokenizer and vocabulary: the same ids as the tokenizer gives, and a prompt
 that names a token added later is tokenized again."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,9 @@ from clic.models import build_tiny
 
 
 def direct(tokenizer, prompts: list[str]) -> torch.Tensor:
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def test_cached_ids_equal_the_tokenizers_and_follow_added_tokens() -> None:

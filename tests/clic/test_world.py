@@ -1,4 +1,5 @@
 """The tiny world (issue 29): its data stream, its training loop (seeded, resumable) and its shipped weights."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,10 @@ from clic.synth.render import rasterize
 from clic.world.data import OBJECT_NAMES, WORLD_SIZE, color_name, render_batch, sample_scene, tint_name
 from clic.world.train import TrainSettings, autoencoder_loss, build_autoencoder, psnr, train_stage
 
-CAPTION = re.compile(r"^a (?:plain (?P<plain>\w+)|(?P<object>\w+) with a (?P<color>\w+) (?P<pattern>\w+) (?P<part>\w+))"
-                     r" on a (?P<background>\w+) background$")
+CAPTION = re.compile(
+    r"^a (?:plain (?P<plain>\w+)|(?P<object>\w+) with a (?P<color>\w+) (?P<pattern>\w+) (?P<part>\w+))"
+    r" on a (?P<background>\w+) background$"
+)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -35,9 +38,11 @@ def test_stream_is_deterministic_per_seed_and_split() -> None:
 
 def test_splits_share_no_scene() -> None:
     """The held-out stream is a different seed stream: no (object, placement, colours) scene appears in both."""
+
     def key(split: str, index: int) -> tuple:
         scene = sample_scene(index, split)
         return (scene.object_name, scene.instance.placement, scene.instance.background, scene.pattern)
+
     train = {key("train", i) for i in range(200)}
     assert not train & {key("heldout", i) for i in range(200)}
 
@@ -103,8 +108,9 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path: Path) -
     torch.set_num_threads(1)
     whole, _ = train_stage(TrainSettings(stage="autoencoder", steps=4, batch=2), tmp_path / "whole", progress=False)
     train_stage(TrainSettings(stage="autoencoder", steps=2, batch=2), tmp_path / "split", progress=False)
-    resumed, result = train_stage(TrainSettings(stage="autoencoder", steps=4, batch=2), tmp_path / "split",
-                                  progress=False)
+    resumed, result = train_stage(
+        TrainSettings(stage="autoencoder", steps=4, batch=2), tmp_path / "split", progress=False
+    )
     assert result.steps == 4
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
@@ -150,8 +156,22 @@ def test_cli_trains_and_writes_weights_with_their_record(tmp_path: Path, monkeyp
     monkeypatch.setattr("clic.world.train.EVAL_SCENES", 8)
 
     out = tmp_path / "weights"
-    code = main(["models", "train-world", "--stage", "autoencoder", "--steps", "2", "--batch", "2",
-                 "--checkpoint-dir", str(tmp_path / "ckpt"), "--out", str(out)])
+    code = main(
+        [
+            "models",
+            "train-world",
+            "--stage",
+            "autoencoder",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--checkpoint-dir",
+            str(tmp_path / "ckpt"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     record = json.loads((out / "train-autoencoder.json").read_text())
     weights = out / record["weights"]
@@ -165,13 +185,16 @@ def test_cli_trains_and_writes_weights_with_their_record(tmp_path: Path, monkeyp
 def test_cli_rejects_a_bad_option_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from clic.cli import main
 
-    assert main(["models", "train-world", "--stage", "autoencoder", "--steps", "0",
-                 "--checkpoint-dir", str(tmp_path)]) == 2
+    assert (
+        main(["models", "train-world", "--stage", "autoencoder", "--steps", "0", "--checkpoint-dir", str(tmp_path)])
+        == 2
+    )
     assert capsys.readouterr().err.strip() == "clic: error: --steps: must be positive, got 0"
 
 
-def test_unet_stage_without_a_trained_autoencoder_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unet_stage_without_a_trained_autoencoder_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from clic import models
     from clic.cli import main
 

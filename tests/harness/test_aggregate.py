@@ -1,4 +1,5 @@
 """Tables, bootstrap CIs, paired differences and the regression gate on small hand-made result frames."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,41 @@ def declared_direction(value_name: str | None) -> bool | None:
 
 def result_row(job_id: str, metric: str | None, value: float, **fields: object) -> dict:
     """One tidy result row with sensible defaults for every field the aggregate code reads."""
-    row = {"run_id": "run", "job_id": job_id, "concept_id": "c-" + job_id, "task": "transfer", "pair_id": "p0",
-           "category": "furniture", "method": "clic", "preset": "paper", "seed": 0,
-           "settings": json.dumps({"t_start": 10, "eta": 0.5}, sort_keys=True), "t_start": 10, "eta": 0.5,
-           "object_word": "chair", "metric": metric, "value": value, "higher_is_better": declared_direction(metric),
-           "metric_version": "1", "metric_scale": "raw",
-           "metric_weights": "tiny-random", "model_id": "tiny", "weights_hash": "abc", "weights_label": "tiny-random",
-           "code_version": "v1", "status": "ok", "error": None, "artifact_image": None,
-           "artifact_attention": None, "artifact_mask": None, "artifact_losses": None, "learn_seconds": 1.0,
-           "task_seconds": 1.0, "metric_seconds": 0.1, "finished_at": "2025-01-01T00:00:00"}
+    row = {
+        "run_id": "run",
+        "job_id": job_id,
+        "concept_id": "c-" + job_id,
+        "task": "transfer",
+        "pair_id": "p0",
+        "category": "furniture",
+        "method": "clic",
+        "preset": "paper",
+        "seed": 0,
+        "settings": json.dumps({"t_start": 10, "eta": 0.5}, sort_keys=True),
+        "t_start": 10,
+        "eta": 0.5,
+        "object_word": "chair",
+        "metric": metric,
+        "value": value,
+        "higher_is_better": declared_direction(metric),
+        "metric_version": "1",
+        "metric_scale": "raw",
+        "metric_weights": "tiny-random",
+        "model_id": "tiny",
+        "weights_hash": "abc",
+        "weights_label": "tiny-random",
+        "code_version": "v1",
+        "status": "ok",
+        "error": None,
+        "artifact_image": None,
+        "artifact_attention": None,
+        "artifact_mask": None,
+        "artifact_losses": None,
+        "learn_seconds": 1.0,
+        "task_seconds": 1.0,
+        "metric_seconds": 0.1,
+        "finished_at": "2025-01-01T00:00:00",
+    }
     row.update(fields)
     return row
 
@@ -65,9 +92,11 @@ def test_summary_table_has_all_category_and_pooled_iou_by_hand() -> None:
     # Two jobs: intersections 10 and 30, unions 20 and 40 → pooled 40/60, mean per-job IoU (0.5 + 0.75)/2.
     rows = []
     for job, category, inter, union in (("j1", "furniture", 10.0, 20.0), ("j2", "jewelry", 30.0, 40.0)):
-        rows += [result_row(job, "mask_intersection", inter, category=category),
-                 result_row(job, "mask_union", union, category=category),
-                 result_row(job, "mask_iou", inter / union, category=category)]
+        rows += [
+            result_row(job, "mask_intersection", inter, category=category),
+            result_row(job, "mask_union", union, category=category),
+            result_row(job, "mask_iou", inter / union, category=category),
+        ]
     table = summary_table(frame(rows)).set_index(["method", "category", "metric"])
     assert table.loc[("clic", "all", "mask_iou_pooled"), "mean"] == pytest.approx(40 / 60)
     assert table.loc[("clic", "all", "mask_iou"), "mean"] == pytest.approx(0.625)
@@ -77,8 +106,11 @@ def test_summary_table_has_all_category_and_pooled_iou_by_hand() -> None:
 
 
 def test_failed_jobs_are_counted_not_averaged() -> None:
-    rows = [result_row("ok1", "clip_t", 0.3), result_row("ok2", "clip_t", 0.5),
-            result_row("bad", None, float("nan"), status="failed", error="CUDA out of memory")]
+    rows = [
+        result_row("ok1", "clip_t", 0.3),
+        result_row("ok2", "clip_t", 0.5),
+        result_row("bad", None, float("nan"), status="failed", error="CUDA out of memory"),
+    ]
     table = summary_table(frame(rows))
     row = table[(table["category"] == "furniture") & (table["metric"] == "clip_t")].iloc[0]
     assert row["n"] == 2 and row["mean"] == pytest.approx(0.4)
@@ -91,8 +123,11 @@ def test_paired_difference_matches_scipy() -> None:  # eight pairs, one seed eac
     rows = []
     for seed, (ref_value, other_value) in enumerate(zip(reference, other)):
         rows.append(result_row(f"r{seed}", "clip_t", ref_value, pair_id=f"p{seed}"))
-        rows.append(result_row(f"o{seed}", "clip_t", other_value, pair_id=f"p{seed}", method="custom_diffusion",
-                               preset="default"))
+        rows.append(
+            result_row(
+                f"o{seed}", "clip_t", other_value, pair_id=f"p{seed}", method="custom_diffusion", preset="default"
+            )
+        )
     table = paired_differences(frame(rows), reference="clic")
     assert len(table) == 1
     row = table.iloc[0]
@@ -120,8 +155,14 @@ def two_runs(metric: str, shift: float, n: int = 12) -> tuple[pd.DataFrame, pd.D
     base = rng.uniform(0.3, 0.7, n)
     noise = rng.normal(0, 0.002, n)
     run_a = frame([result_row(f"a{i}", metric, base[i], seed=i, pair_id=f"p{i}") for i in range(n)])
-    run_b = frame([result_row(f"b{i}", metric, base[i] + shift + noise[i], seed=i, pair_id=f"p{i}",
-                              code_version="v2", run_id="run-b") for i in range(n)])
+    run_b = frame(
+        [
+            result_row(
+                f"b{i}", metric, base[i] + shift + noise[i], seed=i, pair_id=f"p{i}", code_version="v2", run_id="run-b"
+            )
+            for i in range(n)
+        ]
+    )
     return run_a, run_b
 
 
@@ -186,8 +227,9 @@ def test_tiny_random_line_only_for_tiny_weights(tmp_path: Path) -> None:
     rows = [result_row("j1", "clip_t", 0.3), result_row("j2", "clip_t", 0.4)]
     table = summary_table(frame(rows))
     assert to_markdown(table).startswith(TINY_RANDOM_NOTE)
-    real = summary_table(frame(rows).assign(weights_label="CompVis/stable-diffusion-v1-4",
-                                            metric_weights="openai/clip-vit-base-patch32"))
+    real = summary_table(
+        frame(rows).assign(weights_label="CompVis/stable-diffusion-v1-4", metric_weights="openai/clip-vit-base-patch32")
+    )
     assert TINY_RANDOM_NOTE not in to_markdown(real)
     written = write_tables({"summary": table}, tmp_path)
     assert {p.name for p in written} == {"summary.md", "summary.csv", "summary.html"}

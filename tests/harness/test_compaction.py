@@ -1,5 +1,6 @@
 """Compaction of per-job result files: same rows before and after, kills at every step lose nothing and
 show nothing twice, a job run again replaces its compacted rows, a superseded group leaves compacted files."""
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,9 @@ from harness import store
 def write_jobs(run: Path, count: int, start: int = 0) -> None:
     for index in range(start, start + count):
         job_id = f"job-{index:04d}"
-        store.write_job_results(run, job_id, [_row(job_id, value=index), _row(job_id, metric="psnr_outside",
-                                                                             value=index + 0.5)])
+        store.write_job_results(
+            run, job_id, [_row(job_id, value=index), _row(job_id, metric="psnr_outside", value=index + 0.5)]
+        )
 
 
 def rows(run: Path) -> pd.DataFrame:
@@ -44,8 +46,9 @@ def test_few_files_are_left_as_the_journal(tmp_path: Path) -> None:
     assert len(list(store.results_dir(tmp_path).glob("job-*.parquet"))) == 3
 
 
-def test_a_kill_between_compacting_and_deleting_shows_each_row_once(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_kill_between_compacting_and_deleting_shows_each_row_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_jobs(tmp_path, 20)
     before = rows(tmp_path)
 
@@ -64,8 +67,9 @@ def test_a_kill_between_compacting_and_deleting_shows_each_row_once(tmp_path: Pa
     pd.testing.assert_frame_equal(rows(tmp_path), before)
 
 
-def test_a_kill_while_writing_a_compacted_file_leaves_only_a_temp(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_kill_while_writing_a_compacted_file_leaves_only_a_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_jobs(tmp_path, 20)
     before = rows(tmp_path)
     real_replace = os.replace
@@ -84,8 +88,9 @@ def test_a_kill_while_writing_a_compacted_file_leaves_only_a_temp(tmp_path: Path
 
 def test_a_job_run_again_replaces_its_compacted_rows(tmp_path: Path) -> None:
     write_jobs(tmp_path, 10)
-    store.write_job_results(tmp_path, "job-0003", [{**_row("job-0003", store.STATUS_FAILED, None, math.nan),
-                                                    "error": "boom"}])
+    store.write_job_results(
+        tmp_path, "job-0003", [{**_row("job-0003", store.STATUS_FAILED, None, math.nan), "error": "boom"}]
+    )
     store.compact_results(tmp_path, min_files=1)
     assert store.finished_job_ids(tmp_path, include_failed=False) == {f"job-{i:04d}" for i in range(10)} - {"job-0003"}
     write_jobs(tmp_path, 1, start=3)  # --retry-failed ran it again: its per-job file wins over the compacted row
@@ -114,10 +119,15 @@ def test_compaction_reads_the_per_job_files_in_bounded_batches(tmp_path, monkeyp
     monkeypatch.setattr(store, "COMPACT_FILES_PER_BATCH", 7)
     reads: list[int] = []
     real_read_many = store._read_many
-    monkeypatch.setattr(store, "_read_many", lambda paths, *a, **k: reads.append(len(paths)) or real_read_many(paths, *a, **k))
+    monkeypatch.setattr(
+        store, "_read_many", lambda paths, *a, **k: reads.append(len(paths)) or real_read_many(paths, *a, **k)
+    )
     for index in range(30):
-        store.write_job_results(tmp_path, f"job-{index:03d}", [{"job_id": f"job-{index:03d}", "status": "ok",
-                                                                "metric": "m", "value": float(index)}])
+        store.write_job_results(
+            tmp_path,
+            f"job-{index:03d}",
+            [{"job_id": f"job-{index:03d}", "status": "ok", "metric": "m", "value": float(index)}],
+        )
     assert store.compact_results(tmp_path, min_files=1) == 30
     assert reads and max(reads) <= 7
     assert not store._journal_files(tmp_path)

@@ -1,4 +1,5 @@
 """`clic-bench doctor SUITE`: every model and metric weight a suite needs, found where or missing and how to get it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_doctor_says_where_each_weight_is_and_how_to_get_the_missing_ones(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from huggingface_hub import constants
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -35,5 +37,8 @@ def test_doctor_names_a_missing_model_with_how_to_get_it(tmp_path: Path, capsys:
     code = main(["doctor", str(ROOT / "benchmarks" / "one_pair.yaml"), "--set", "model=CompVis/stable-diffusion-v1-4"])
     out = capsys.readouterr().out.splitlines()
     assert code == 1
-    assert out[0].startswith("MISSING model CompVis/stable-diffusion-v1-4: ") and "hf download CompVis/stable-diffusion-v1-4" in out[0]
+    assert (
+        out[0].startswith("MISSING model CompVis/stable-diffusion-v1-4: ")
+        and "hf download CompVis/stable-diffusion-v1-4" in out[0]
+    )
     assert out[-1] == "2 found, 1 missing"

@@ -1,5 +1,6 @@
 """EM token/mask learning: the dense CRF, what trains, the step's loss by hand, the E-step schedule, end to end;
 and the estimated-mask IoU metric."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -73,25 +74,32 @@ def source() -> ConceptSource:
 
 
 def frozen_snapshot(components) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{name}": tensor.detach().clone()
-            for prefix, module in (("unet", components.unet), ("text", components.text_encoder), ("vae", components.vae))
-            for name, tensor in module.state_dict().items() if not name.endswith("token_embedding.weight")}
+    return {
+        f"{prefix}.{name}": tensor.detach().clone()
+        for prefix, module in (("unet", components.unet), ("text", components.text_encoder), ("vae", components.vae))
+        for name, tensor in module.state_dict().items()
+        if not name.endswith("token_embedding.weight")
+    }
 
 
 @pytest.mark.parametrize("preset,trains_kv", [("default", True), ("tokens-only", False)])
 def test_what_trains(source, preset, trains_kv):
     components = build_tiny()
     before = frozen_snapshot(components)
-    concept = get_method("em_masks").learn(components, source, preset=preset, overrides={"steps": 3, "em": FAST_EM},
-                                           progress=False)
+    concept = get_method("em_masks").learn(
+        components, source, preset=preset, overrides={"steps": 3, "em": FAST_EM}, progress=False
+    )
     after = frozen_snapshot(components)
     assert all(torch.equal(after[name], tensor) for name, tensor in before.items())  # model weights never move
     kinds = {key.rsplit(".processor.", 1)[1] for key in concept.attention_state}
     assert kinds == ({"to_k_custom_diffusion.weight", "to_v_custom_diffusion.weight"} if trains_kv else set())
     if trains_kv:
         modules = dict(components.unet.named_modules())
-        moved = [key for key, tensor in concept.attention_state.items() if "to_k" in key and not torch.equal(
-            tensor, modules[key.split(".processor.")[0]].to_k.weight)]
+        moved = [
+            key
+            for key, tensor in concept.attention_state.items()
+            if "to_k" in key and not torch.equal(tensor, modules[key.split(".processor.")[0]].to_k.weight)
+        ]
         assert moved, "the K/V copies did not train"
 
 
@@ -111,11 +119,16 @@ def test_step_matches_hand_computation_on_the_loop_masks(source):
     em_masks = square_mask(8, 8, 24)[None]
     loop = EMLoop(source.image, em_masks, EMSettings(e_every=1000), seed=0)
     generator = torch.Generator().manual_seed(0)
-    batch = StepBatch(latents=torch.randn(1, 4, 16, 16, generator=generator), masks=torch.ones(1, 64, 64),
-                      image=source.image, suffix="", timestep=torch.tensor([400]),
-                      noise=torch.randn(1, 4, 16, 16, generator=generator))
+    batch = StepBatch(
+        latents=torch.randn(1, 4, 16, 16, generator=generator),
+        masks=torch.ones(1, 64, 64),
+        image=source.image,
+        suffix="",
+        timestep=torch.tensor([400]),
+        noise=torch.randn(1, 4, 16, 16, generator=generator),
+    )
     loss, values = loop(state, batch, "chair")
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2
     ab = torch.cumprod(1 - betas, 0)[400]
     x_t = ab.sqrt() * batch.latents + (1 - ab).sqrt() * batch.noise
     text, ids = encode_text(components, [format_prompt(config.context_prompt, "chair", ["<v*>"])])
@@ -123,8 +136,10 @@ def test_step_matches_hand_computation_on_the_loop_masks(source):
     # Rahman et al. §3: the token's maps over all cross-attention layers, from the layers' own inputs and weights;
     # each brought to the 8×8 side (bilinear, antialiased when shrinking) and averaged
     eps, layer_maps = unet_with_token_maps(components, x_t, batch.timestep, text, [position])
-    grids = [F.interpolate(m[None], size=(8, 8), mode="bilinear", align_corners=False, antialias=m.shape[-1] > 8)
-             for m in layer_maps.values()]
+    grids = [
+        F.interpolate(m[None], size=(8, 8), mode="bilinear", align_corners=False, antialias=m.shape[-1] > 8)
+        for m in layer_maps.values()
+    ]
     maps = torch.stack(grids).mean(0)
     union = F.interpolate(em_masks[None], size=(16, 16), mode="area")
     masked = ((union * (eps - batch.noise)) ** 2).mean()
@@ -145,8 +160,9 @@ def test_joint_phase_starts_after_the_token_phase_and_keeps_the_masks_fixed(sour
     token_phase, joint_phase = method.learn_config().schedule()
     assert token_phase.attention_lr == 0 and joint_phase.attention_lr > 0 and token_phase.token_lr > 0
     phases = [{"steps": 5, "token_lr": 5e-4}, {"steps": 3, "token_lr": 2e-6, "attention_lr": 2e-6}]
-    concept = method.learn(build_tiny(), source, overrides={"phases": phases, "em": FAST_EM},
-                           out_dir=tmp_path / "concept", progress=False)
+    concept = method.learn(
+        build_tiny(), source, overrides={"phases": phases, "em": FAST_EM}, out_dir=tmp_path / "concept", progress=False
+    )
     em = concept.extras["em"]
     assert em["e_steps"] == 3 and em["e_step_at"] == [0, 2, 4] and em["token_steps"] == 5  # none in the joint phase
     areas = [row["mask_area"] for row in concept.loss_log]
@@ -158,8 +174,9 @@ def test_joint_phase_starts_after_the_token_phase_and_keeps_the_masks_fixed(sour
 
 
 def test_user_init_preset_starts_from_the_user_mask(source):
-    concept = get_method("em_masks").learn(build_tiny(), source, preset="user-init",
-                                           overrides={"steps": 2, "em": {"e_every": 100}}, progress=False)
+    concept = get_method("em_masks").learn(
+        build_tiny(), source, preset="user-init", overrides={"steps": 2, "em": {"e_every": 100}}, progress=False
+    )
     assert concept.extras["em"]["e_steps"] == 0
     torch.testing.assert_close(concept.arrays["estimated_mask_0"], source.masks[0])
 
@@ -173,8 +190,9 @@ def test_learn_then_transfer_end_to_end(source):
     method = get_method("em_masks")
     concept = method.learn(build_tiny(), source, overrides={"steps": 2, "em": FAST_EM}, progress=False)
     target = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    result = method.transfer(build_tiny(), concept, target, square_mask(20, 20, 30), "chair",
-                             overrides={"steps": 4, "t_start": 3})
+    result = method.transfer(
+        build_tiny(), concept, target, square_mask(20, 20, 30), "chair", overrides={"steps": 4, "t_start": 3}
+    )
     assert result.image.shape == (3, 64, 64)
     assert 0 <= float(result.image.min()) and float(result.image.max()) <= 1
 

@@ -1,4 +1,5 @@
 """The report's headline: method x metric over all categories at the top of index.html and summary.md."""
+
 from __future__ import annotations
 
 import re
@@ -34,14 +35,14 @@ def test_headline_heads_the_report_with_direction_best_and_failures(fake_run: Pa
 
     means = raw_means(fake_run)
     lines = summary.splitlines()
-    body = lines[lines.index(header) + 2:]
+    body = lines[lines.index(header) + 2 :]
     body = body[: next(i for i, line in enumerate(body) if not line.startswith("| "))]
     table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in body}
     columns = [c.strip() for c in header.split("|")[2:-1]]
     labels = {"clic": "clic/paper", "custom_diffusion": "custom_diffusion/default"}
     for metric, higher in (("clip_t", True), ("lpips_outside", False)):
         column = columns.index(f"{metric} {'↑' if higher else '↓'}")
-        best = (means[metric].idxmax() if higher else means[metric].idxmin())
+        best = means[metric].idxmax() if higher else means[metric].idxmin()
         for method, label in labels.items():
             cell = table[label][column]
             assert cell.lstrip("*").startswith(f"{means.loc[method, metric]:.4g} ["), (cell, means.loc[method, metric])
@@ -51,7 +52,7 @@ def test_headline_heads_the_report_with_direction_best_and_failures(fake_run: Pa
     # The tiny-random warning once per page, and a dagger on every cell made with random weights.
     assert page.count(TINY_RANDOM_NOTE) == 1
     assert summary.count(TINY_RANDOM_NOTE) == 1
-    headline_html = page[page.index('class="results headline"'):]
+    headline_html = page[page.index('class="results headline"') :]
     headline_html = headline_html[: headline_html.index("</table>")]
     cells = re.findall(r"<td[^>]*>(.*?)</td>", headline_html)
     numbers = [cell for cell in cells if "[" in cell]  # mean, dagger, then the CI

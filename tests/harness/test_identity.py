@@ -1,4 +1,5 @@
 """Identity is decided once, at plan time: each method run's label and variant, carried by its jobs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_ablation_suite_plans_its_variant_labels_in_suite_order() -> None:
     plan = plan_from_suite(load_suite(ROOT / "benchmarks" / "ablations.yaml"), 64)
-    assert [run.label for run in plan.methods] == ["clic/paper", "clic/paper no_att", "clic/paper no_roi",
-                                                   "clic/paper no_con", "clic/official-code"]
+    assert [run.label for run in plan.methods] == [
+        "clic/paper",
+        "clic/paper no_att",
+        "clic/paper no_roi",
+        "clic/paper no_con",
+        "clic/official-code",
+    ]
     assert [run.variant for run in plan.methods][:2] == ["", "no_att"]
 
 
@@ -26,7 +32,9 @@ def test_jobs_carry_their_run_label_and_ordinary_runs_have_no_variant(tmp_path: 
     smoke = plan_from_suite(load_suite(ROOT / "benchmarks" / "smoke.yaml"), 64)
     graph = build_job_graph(make_pairs(tmp_path, 1), smoke, {"clic": None, "cut_paste": None}, method_tasks(smoke))
     assert {(job.method, job.label, job.variant) for job in graph.jobs} == {
-        ("clic", "clic/paper", ""), ("cut_paste", "cut_paste/default", "")}
+        ("clic", "clic/paper", ""),
+        ("cut_paste", "cut_paste/default", ""),
+    }
 
 
 def test_variant_names_say_what_sets_an_entry_apart() -> None:
@@ -39,9 +47,15 @@ def test_variant_names_say_what_sets_an_entry_apart() -> None:
 
 def custom_term_suite(tmp_path: Path, needs: object = None) -> dict:
     spec = {"weight": 0.1, "fn": "toy_terms:extra", **({"needs": needs} if needs is not None else {})}
-    return {"name": "fn", "manifest": str(ROOT / "manifests" / "furniture" / "manifest.parquet"), "model": "tiny",
-            "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3, "terms": {"extra": spec}}}],
-            "tasks": ["transfer"], "transfer": {"t_start": [3], "steps": 5}, "metrics": ["ssim_psnr"]}
+    return {
+        "name": "fn",
+        "manifest": str(ROOT / "manifests" / "furniture" / "manifest.parquet"),
+        "model": "tiny",
+        "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3, "terms": {"extra": spec}}}],
+        "tasks": ["transfer"],
+        "transfer": {"t_start": [3], "steps": 5},
+        "metrics": ["ssim_psnr"],
+    }
 
 
 def test_editing_a_custom_loss_term_changes_the_concept_id(tmp_path: Path, monkeypatch) -> None:

@@ -4,6 +4,7 @@
 Every ``import`` counts, module-level or inside a function (a lazy import is still a dependency and still closes a
 loop); only ``if TYPE_CHECKING:`` imports, which never run, are left out.
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,20 +17,26 @@ PACKAGES = ("clic", "harness")
 # a sibling of the same height (execute and analyse both read the run folder through the store, and neither
 # imports the other). Metrics sit below plan: a metric declares what it needs, the planner reads the declaration.
 HARNESS_LAYERS = {
-    "errors": (0, "errors"), "groups": (0, "groups"),
-    "store": (1, "store"), "store_atomic": (1, "store"), "store_run_files": (1, "store"),  # store.py and its parts
+    "errors": (0, "errors"),
+    "groups": (0, "groups"),
+    "store": (1, "store"),
+    "store_atomic": (1, "store"),
+    "store_run_files": (1, "store"),  # store.py and its parts
     "metrics": (2, "metrics"),
-    "plan": (3, "plan"), "guards": (3, "plan"),  # guards: the input checks plan and the CLI share
+    "plan": (3, "plan"),
+    "guards": (3, "plan"),  # guards: the input checks plan and the CLI share
     "remote_folder": (3, "plan"),  # the run folder on object storage: preflight checks it, the runner mirrors it
-    "execute": (4, "execute"), "analyse": (4, "analyse"),
-    "synth": (5, "entry"), "cli": (5, "entry"), "": (5, "entry"),  # entry points: the CLIs and the package
+    "execute": (4, "execute"),
+    "analyse": (4, "analyse"),
+    "synth": (5, "entry"),
+    "cli": (5, "entry"),
+    "": (5, "entry"),  # entry points: the CLIs and the package
 }
 CLIC_NEVER_IMPORTS = ("harness", "benchmarks", "ray", "pandas")
 
 # Known exceptions, each in a file another branch is changing when this test was written (issue 28, phase 1);
 # the lead removes the entry when the file is split or moved. A new loop or upward import fails at once.
-KNOWN_UPWARD = {
-}
+KNOWN_UPWARD = {}
 KNOWN_LOOPS = [
     {"clic.architectures", "clic.checkpoints", "clic.models"},  # clic/models.py: tiny-world entries (issue 29)
     {"clic.world.classifier", "clic.world.diffusion", "clic.world.scorer", "clic.world.train"},  # clic/world (issue 29)
@@ -129,8 +136,13 @@ def test_no_import_loop() -> None:
 
 
 def test_clic_never_imports_harness_ray_pandas_or_benchmarks() -> None:
-    offenders = sorted((name, target) for name, targets in _graph().items() if name.startswith("clic")
-                       for target in targets if target.split(".")[0] in CLIC_NEVER_IMPORTS)
+    offenders = sorted(
+        (name, target)
+        for name, targets in _graph().items()
+        if name.startswith("clic")
+        for target in targets
+        if target.split(".")[0] in CLIC_NEVER_IMPORTS
+    )
     assert not offenders, offenders
 
 
@@ -152,8 +164,11 @@ def test_no_arrow_up_inside_harness() -> None:
 
 def test_the_checks_see_a_loop_and_an_upward_import() -> None:
     """The checks themselves: a made-up graph with a loop and a metric importing the planner is caught."""
-    graph = {"harness.plan.a": {"harness.plan.b"}, "harness.plan.b": {"harness.plan.a"},
-             "harness.metrics.m": {"harness.plan.a"}}
+    graph = {
+        "harness.plan.a": {"harness.plan.b"},
+        "harness.plan.b": {"harness.plan.a"},
+        "harness.metrics.m": {"harness.plan.a"},
+    }
     assert _loops(graph) == [{"harness.plan.a", "harness.plan.b"}]
     assert _layer("harness.metrics.m")[0] < _layer("harness.plan.a")[0]
     assert _layer("harness.execute.runner") == (4, "execute") and _layer("harness.analyse.report") == (4, "analyse")

@@ -5,6 +5,7 @@ Planning a run (the driver, preflight) and methods without a diffusion model nev
 it when it builds or loads a model. Each check runs in a fresh interpreter, since this test process has
 imported everything already.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,18 +30,45 @@ def _imported_after(code: str, cache: Path) -> dict[str, bool]:
 
 
 def test_method_library_imports_no_diffusion_stack(tmp_path: Path) -> None:
-    modules = ["clic.methods." + name for name in ("clic", "cut_paste", "custom_diffusion", "break_a_scene", "realfill",
-                                                   "textual_inversion", "em_masks", "concept_express", "single_insert")]
-    modules += ["clic.learn", "clic.transfer", "clic.generate", "clic.match", "clic.concept", "clic.attention",
-                "clic.cli", "clic.architectures", "clic.models"]
+    modules = [
+        "clic.methods." + name
+        for name in (
+            "clic",
+            "cut_paste",
+            "custom_diffusion",
+            "break_a_scene",
+            "realfill",
+            "textual_inversion",
+            "em_masks",
+            "concept_express",
+            "single_insert",
+        )
+    ]
+    modules += [
+        "clic.learn",
+        "clic.transfer",
+        "clic.generate",
+        "clic.match",
+        "clic.concept",
+        "clic.attention",
+        "clic.cli",
+        "clic.architectures",
+        "clic.models",
+    ]
     imported = _imported_after("\n".join(f"import {m}" for m in modules), tmp_path)
     assert not any(imported.values()), imported
 
 
 def test_tiny_description_is_built_once_then_recalled_without_diffusers(tmp_path: Path) -> None:
     describe = "from clic.models import describe_model\nprint(describe_model('tiny').weights_hash)"
-    first = subprocess.run([sys.executable, "-c", describe], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                           env={**os.environ, "PYTHONPATH": str(ROOT), "CLIC_CACHE": str(tmp_path)})
+    first = subprocess.run(
+        [sys.executable, "-c", describe],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CLIC_CACHE": str(tmp_path)},
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     remembered = list((tmp_path / "tiny-descriptions").glob("tiny-*.json"))
     assert len(remembered) == 1
@@ -60,8 +88,9 @@ def test_damaged_tiny_description_is_rebuilt(tmp_path: Path) -> None:
     [remembered] = (tmp_path / "tiny-descriptions").glob("tiny-*.json")
     good = remembered.read_text()
     remembered.write_text(good[: len(good) // 2])  # truncated
-    again = subprocess.run([sys.executable, "-c", describe], check=True, capture_output=True, text=True, env=env,
-                           cwd=ROOT, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-c", describe], check=True, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     assert again.stdout.split()[-1] == json.loads(good)["weights_hash"]
     assert remembered.read_text() == good
 
@@ -72,13 +101,25 @@ def test_preflight_of_a_tiny_suite_imports_no_diffusion_stack(tmp_path: Path) ->
     describe_model("tiny")  # as any earlier run on this machine has: the description is remembered
     cache = Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic"))
     suite = tmp_path / "suite.json"
-    suite.write_text(json.dumps({
-        "name": "lazy", "model": "tiny", "manifests": [str(ROOT / "manifests" / "furniture" / "manifest.parquet")],
-        "limit_pairs": 1, "methods": [{"name": "clic"}, {"name": "cut_paste"}], "seeds": [0],
-        "transfer": {"t_start": [2], "steps": 10}, "metrics": ["ssim_psnr", "mask_iou"]}))
-    code = (f"from harness.plan.preflight import preflight\n"
-            f"checked = preflight({str(suite)!r}, {str(tmp_path / 'run')!r}, allow_random_metrics=False)\n"
-            f"assert checked.pairs, 'no pairs'")
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "lazy",
+                "model": "tiny",
+                "manifests": [str(ROOT / "manifests" / "furniture" / "manifest.parquet")],
+                "limit_pairs": 1,
+                "methods": [{"name": "clic"}, {"name": "cut_paste"}],
+                "seeds": [0],
+                "transfer": {"t_start": [2], "steps": 10},
+                "metrics": ["ssim_psnr", "mask_iou"],
+            }
+        )
+    )
+    code = (
+        f"from harness.plan.preflight import preflight\n"
+        f"checked = preflight({str(suite)!r}, {str(tmp_path / 'run')!r}, allow_random_metrics=False)\n"
+        f"assert checked.pairs, 'no pairs'"
+    )
     imported = _imported_after(code, cache)
     assert not any(imported[m] for m in ("diffusers", "transformers", "peft", "torch._dynamo")), imported
 
@@ -105,8 +146,10 @@ def test_worker_refuses_weights_other_than_planned() -> None:
     from harness.plan.jobs import ModelInfo
 
     planned = describe_model("tiny")
-    assert _load_planned(ModelInfo("tiny", planned.weights_hash, planned.weights_label), "cpu").weights_hash \
+    assert (
+        _load_planned(ModelInfo("tiny", planned.weights_hash, planned.weights_label), "cpu").weights_hash
         == planned.weights_hash
+    )
     with pytest.raises(RuntimeError, match="not the ones the run was planned with"):
         _load_planned(ModelInfo("tiny", "0" * 16, planned.weights_label), "cpu")
 

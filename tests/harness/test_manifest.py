@@ -1,4 +1,5 @@
 """harness.plan.manifest: one line per bad row, good rows still returned; the CLI's exit codes; the folder builder."""
+
 from __future__ import annotations
 
 import io
@@ -110,7 +111,9 @@ def build_inputs(data: DataSet, outside: Path) -> None:
     rgba[..., :3] = picture(64, 48)
     rgba[..., 3] = 200
     save(rgba, root / "img" / "rgba.png")
-    (root / "img" / "deep16.png").write_bytes(_png16_gray(np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)))
+    (root / "img" / "deep16.png").write_bytes(
+        _png16_gray(np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16))
+    )
     (root / "img" / "corrupt.png").write_bytes(b"not an image")
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
@@ -155,7 +158,11 @@ CASES: list[tuple[dict[str, Any], str | None, str]] = [
     ({"target_mask": "masks/empty.png"}, "target_mask", "mask is empty"),
     ({"target_mask": "masks/full.png"}, None, ""),
     ({"target_mask_gt": "masks/double.png"}, None, ""),
-    ({"target_mask": "masks/square.png"}, "target_mask", "64x64 (masks/square.png) has a different aspect ratio than target_image 64x48"),
+    (
+        {"target_mask": "masks/square.png"},
+        "target_mask",
+        "64x64 (masks/square.png) has a different aspect ratio than target_image 64x48",
+    ),
     ({"pair_id": "good-0"}, "pair_id", "duplicate pair_id (first used in row 0)"),
     ({"source_image": "OUTSIDE"}, "source_image", "absolute path refused"),
     ({"source_image": "../outside/elsewhere.png"}, "source_image", "path escapes the manifest's folder"),
@@ -232,8 +239,12 @@ def test_fsspec_uris_are_opened(dataset: DataSet, memory_root: str) -> None:
     filesystem = fsspec.filesystem("memory")
     with filesystem.open(f"{memory_root}/remote.png", "wb") as handle:
         handle.write((dataset.root / "img" / "source.png").read_bytes())
-    path = dataset.write([dataset.row("remote", source_image=f"{memory_root}/remote.png"),
-                          dataset.row("gone", source_image=f"{memory_root}/gone.png")])
+    path = dataset.write(
+        [
+            dataset.row("remote", source_image=f"{memory_root}/remote.png"),
+            dataset.row("gone", source_image=f"{memory_root}/gone.png"),
+        ]
+    )
     report = load_manifest(path)
     assert [s.pair_id for s in report.rows] == ["remote"] and report.rows[0].source_image == f"{memory_root}/remote.png"
     assert len(report.problems) == 1 and "file not found" in str(report.problems[0])
@@ -255,8 +266,12 @@ def test_a_manifest_at_a_uri_resolves_relative_paths_there(dataset: DataSet, mem
 def test_each_file_is_opened_once(dataset: DataSet, monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[str] = []
     real_probe, real_mask = manifest_files.probe_image, manifest_files.load_mask
-    monkeypatch.setattr(manifest_files, "probe_image", lambda source, **kw: opened.append(str(source)) or real_probe(source, **kw))
-    monkeypatch.setattr(manifest_files, "load_mask", lambda source, **kw: opened.append(str(source)) or real_mask(source, **kw))
+    monkeypatch.setattr(
+        manifest_files, "probe_image", lambda source, **kw: opened.append(str(source)) or real_probe(source, **kw)
+    )
+    monkeypatch.setattr(
+        manifest_files, "load_mask", lambda source, **kw: opened.append(str(source)) or real_mask(source, **kw)
+    )
     report = load_manifest(dataset.write([dataset.row(f"p{i}") for i in range(20)]))
     assert report.ok and len(report.rows) == 20
     assert len(opened) == len(set(opened)) == 4
@@ -354,7 +369,10 @@ def test_validate_exit_codes_and_output(dataset: DataSet, tmp_path: Path, capsys
     broken.write_bytes(b"PAR1 nonsense")
     assert main(["validate", str(broken)]) == 2
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"{broken}: not a readable Parquet file") and out[-1] == "rows not checked: the manifest itself is unusable"
+    assert (
+        out[0].startswith(f"{broken}: not a readable Parquet file")
+        and out[-1] == "rows not checked: the manifest itself is unusable"
+    )
 
 
 # ---------------------------------------------------------------------------------------- from-folder
@@ -447,11 +465,18 @@ def test_time_validating_1000_rows(tmp_path: Path) -> None:
         for name, data in encoded.items():
             (folder / name).write_bytes(data)
         shutil.copyfile(folder / "mask.png", folder / "target_mask.png")
-        rows.append({
-            "pair_id": f"p{index}", "category": "furniture", "source_object": "chair", "target_object": "chair",
-            "source_image": f"p{index}/source.png", "source_mask": f"p{index}/mask.png",
-            "target_image": f"p{index}/target.jpg", "target_mask": f"p{index}/target_mask.png",
-        })
+        rows.append(
+            {
+                "pair_id": f"p{index}",
+                "category": "furniture",
+                "source_object": "chair",
+                "target_object": "chair",
+                "source_image": f"p{index}/source.png",
+                "source_mask": f"p{index}/mask.png",
+                "target_image": f"p{index}/target.jpg",
+                "target_mask": f"p{index}/target_mask.png",
+            }
+        )
     path = write_manifest(rows, root / "manifest.parquet")
     start = time.perf_counter()
     report = load_manifest(path)

@@ -1,4 +1,5 @@
 """Metrics on 64x64 images with tiny random-weight models: known values, policies, batching, loading."""
+
 from __future__ import annotations
 
 import math
@@ -50,10 +51,18 @@ def box_mask(top: int, bottom: int, left: int, right: int, size: tuple[int, int]
     return mask
 
 
-def transfer(target: np.ndarray, output: np.ndarray, mask: np.ndarray, source: np.ndarray | None = None,
-             job_id: str = "job") -> Sample:
-    return Sample(job_id=job_id, task="transfer", output_image=output, target_image=target, target_mask=mask,
-                  source_image=target if source is None else source, source_mask=mask)
+def transfer(
+    target: np.ndarray, output: np.ndarray, mask: np.ndarray, source: np.ndarray | None = None, job_id: str = "job"
+) -> Sample:
+    return Sample(
+        job_id=job_id,
+        task="transfer",
+        output_image=output,
+        target_image=target,
+        target_mask=mask,
+        source_image=target if source is None else source,
+        source_mask=mask,
+    )
 
 
 def values(result: list[MetricValue]) -> dict[str, float]:
@@ -83,9 +92,17 @@ def test_every_metric_declares_the_direction_of_each_value_it_emits(metrics: dic
     # SingleInsert's CLIP-I-b / DINO-b: source vs generated background, lower is better disentanglement
     assert lower == {"lpips_outside", "pattern_leakage", "clip_i_b", "dino_b"}
     # Each value a per-job metric emits on a transfer is declared (group metrics are checked in their tests).
-    sample = Sample("j", "transfer", output_image=image(1), source_image=image(0), target_image=image(2),
-                    source_mask=np.ones((64, 64), bool), target_mask=np.eye(64, dtype=bool) | True,
-                    gt_mask=np.ones((64, 64), bool), predicted_mask=np.ones((64, 64), bool))
+    sample = Sample(
+        "j",
+        "transfer",
+        output_image=image(1),
+        source_image=image(0),
+        target_image=image(2),
+        source_mask=np.ones((64, 64), bool),
+        target_mask=np.eye(64, dtype=bool) | True,
+        gt_mask=np.ones((64, 64), bool),
+        predicted_mask=np.ones((64, 64), bool),
+    )
     for name, metric in metrics.items():  # the metrics this file builds with random weights
         if declared[name].group_by is None and "transfer" in declared[name].tasks:
             emitted = {value.name for value in metric.compute([sample])[0]}
@@ -137,12 +154,17 @@ def test_mask_iou_thresholds_soft_maps_at_one_half_and_resizes_nearest(metrics: 
     assert result == {"mask_iou": 1024 / 2048, "mask_intersection": 1024.0, "mask_union": 2048.0}
 
     small_prediction = box_mask(0, 16, 0, 32, size=(32, 32))  # top half at 32 px -> top half at 64 px
-    result = values(metrics["mask_iou"].compute([Sample("r", "match", predicted_mask=small_prediction,
-                                                        gt_mask=box_mask(0, 32, 0, 64))])[0])
+    result = values(
+        metrics["mask_iou"].compute(
+            [Sample("r", "match", predicted_mask=small_prediction, gt_mask=box_mask(0, 32, 0, 64))]
+        )[0]
+    )
     assert result["mask_iou"] == 1.0 and result["mask_union"] == 2048.0
 
     with pytest.raises(ValueError, match="soft mask"):
-        MaskIoU(MetricSettings()).compute([Sample("bad", "match", predicted_mask=soft * 3, gt_mask=box_mask(0, 8, 0, 8))])
+        MaskIoU(MetricSettings()).compute(
+            [Sample("bad", "match", predicted_mask=soft * 3, gt_mask=box_mask(0, 8, 0, 8))]
+        )
 
 
 # --- SSIM / PSNR ------------------------------------------------------------------------------------
@@ -188,8 +210,10 @@ def test_clip_image_similarity_of_an_image_with_itself_is_one(metrics: dict[str,
 
 
 def test_clip_text_similarity_is_a_raw_cosine(metrics: dict[str, Any]) -> None:
-    samples = [Sample(f"g{seed}", "generate", output_image=image(seed), prompt=prompt)
-               for seed, prompt in enumerate(["a photo of a chair", "a golden ring", "a brick building"])]
+    samples = [
+        Sample(f"g{seed}", "generate", output_image=image(seed), prompt=prompt)
+        for seed, prompt in enumerate(["a photo of a chair", "a golden ring", "a brick building"])
+    ]
     for result in metrics["clip_text"].compute(samples):
         assert [value.name for value in result] == ["clip_t"]
         assert -1.0 <= result[0].value <= 1.0
@@ -197,8 +221,13 @@ def test_clip_text_similarity_is_a_raw_cosine(metrics: dict[str, Any]) -> None:
 
 def test_clip_batched_scores_equal_one_by_one_scores(metrics: dict[str, Any]) -> None:
     samples = [
-        transfer(image(seed), image(seed + 10), box_mask(8, 40, 8 + seed, 30 + 2 * seed), source=image(seed + 20),
-                 job_id=f"j{seed}")
+        transfer(
+            image(seed),
+            image(seed + 10),
+            box_mask(8, 40, 8 + seed, 30 + 2 * seed),
+            source=image(seed + 20),
+            job_id=f"j{seed}",
+        )
         for seed in range(5)
     ]
     batched = metrics["clip_image"].compute(samples)
@@ -249,16 +278,21 @@ def test_lpips_diversity(metrics: dict[str, Any]) -> None:
     assert [value.name for value in different] == ["lpips_diversity"] and different[0].value > 0.0
     assert diversity.compute_group(generated([image(0)])) == []
     with pytest.raises(ValueError, match="several groups"):
-        diversity.compute_group([Sample("a", "generate", output_image=image(0), group="x"),
-                                 Sample("b", "generate", output_image=image(1), group="y")])
+        diversity.compute_group(
+            [
+                Sample("a", "generate", output_image=image(0), group="x"),
+                Sample("b", "generate", output_image=image(1), group="y"),
+            ]
+        )
 
 
 # --- model loading ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", MODEL_METRICS)
-def test_a_metric_instance_loads_its_model_once(name: str, random_settings: MetricSettings,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_metric_instance_loads_its_model_once(
+    name: str, random_settings: MetricSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(models, "_SHARED_CLIP", {})  # as in a new metric actor
     kind = "clip" if name.startswith("clip") else "lpips"
     before = models.LOAD_COUNT[kind]
@@ -318,8 +352,9 @@ def test_alexnet_checkpoint_name_is_torchvisions() -> None:
     assert models.ALEXNET_CHECKPOINT == os.path.basename(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.url)
 
 
-def test_clip_metrics_of_one_actor_share_one_model(random_settings: MetricSettings,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clip_metrics_of_one_actor_share_one_model(
+    random_settings: MetricSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """clip_image and clip_text with the same settings score with one CLIP (one load, the same module); another
     configuration (here another cache folder) gets its own."""
     monkeypatch.setattr(models, "_SHARED_CLIP", {})

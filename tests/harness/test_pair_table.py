@@ -1,4 +1,5 @@
 """issue 25: the report's bounded image sample and the full per-pair table (Parquet + sortable HTML)."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,19 @@ def _results(pairs: int) -> pd.DataFrame:
     rows = []
     for index in range(pairs):
         for method, offset in (("cut_paste", 0.0), ("clic", 0.5)):
-            base = {"job_id": f"{method}-{index}", "pair_id": f"p{index:04d}", "category": "c", "method": method,
-                    "preset": "default", "task": "transfer", "seed": 0, "object_word": "chair", "t_start": 4,
-                    "eta": float("nan"), "status": "ok"}
+            base = {
+                "job_id": f"{method}-{index}",
+                "pair_id": f"p{index:04d}",
+                "category": "c",
+                "method": method,
+                "preset": "default",
+                "task": "transfer",
+                "seed": 0,
+                "object_word": "chair",
+                "t_start": 4,
+                "eta": float("nan"),
+                "status": "ok",
+            }
             # psnr grows with the index (higher is better); lpips too (lower is better)
             rows.append({**base, "metric": "psnr", "value": index + offset, "higher_is_better": True})
             rows.append({**base, "metric": "lpips", "value": index / 10 + offset, "higher_is_better": False})

@@ -5,6 +5,7 @@ structure, the counting method (saved-tensor bytes with the resident weights lef
 O(pixels) saves on meta) and the argument. The slow one builds it for real at 64 px (~4 GB, ~40 s) and pins
 that the meta count of the saved bytes equals the measured one, which is what the 512 px figures rest on.
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -66,8 +67,8 @@ def test_flash_attention_on_meta_saves_what_the_cpu_kernel_saves():
         q = torch.randn(batch, heads, length, dim, device=device, requires_grad=True)
         storages: dict[int, int] = {}
         with torch.autograd.graph.saved_tensors_hooks(
-                lambda t: storages.setdefault(t.untyped_storage()._cdata, t.untyped_storage().nbytes()) and t,
-                lambda t: t):
+            lambda t: storages.setdefault(t.untyped_storage()._cdata, t.untyped_storage().nbytes()) and t, lambda t: t
+        ):
             out = torch.nn.functional.scaled_dot_product_attention(q, q * 1.0, q * 1.0)
         out.sum().backward()
         return sum(storages.values())
@@ -89,7 +90,10 @@ def test_the_meta_count_is_the_measured_count_at_64_px():
         assert fused_values[name] == pytest.approx(naive_values[name], rel=1e-5), name
     from benchmarks.perf.real_size import naive_with_store
 
-    measured = {"fused": activation_megabytes(fused_loss, case), "naive": activation_megabytes(naive_with_store(), case)}
+    measured = {
+        "fused": activation_megabytes(fused_loss, case),
+        "naive": activation_megabytes(naive_with_store(), case),
+    }
     counted = meta_counts("sd15", 64)
     assert counted["fused_activation_mb"] == pytest.approx(measured["fused"], rel=1e-6)
     assert counted["naive_activation_mb"] == pytest.approx(measured["naive"], rel=1e-6)
@@ -115,16 +119,47 @@ def test_the_naive_store_at_512_px_is_every_attention_probability_of_both_passes
 def test_the_perf_table_names_architecture_resolution_and_random_weights():
     from benchmarks.perf.__main__ import to_markdown
 
-    measured = {"arch": "sd15", "resolution": 128, "fused_ms": 4000.0, "naive_ms": 5000.0, "speedup": 1.25,
-                "max_rel_loss_diff": 0.0, "fused_activation_mb": 267.7, "naive_activation_mb": 280.7,
-                "fused_gflops": 241.3, "naive_gflops": 241.3, "meta_fused_activation_mb": 267.7,
-                "meta_naive_activation_mb": 280.7, "fused_gflops_per_s": 60.3, "naive_gflops_per_s": 48.3}
-    counted = {"resolution": 512, "fused_gflops": 3397.9, "naive_gflops": 3397.9, "naive_store_mb": 5586.9,
-               "fused_activation_mb": 2910.1, "naive_activation_mb": 7281.1, "unet_parameters": 859_520_964,
-               "cross_attention_layers": 16}
-    results = {"host": "h", "python": "3", "quick": False, "seconds": 1.0, "arch": "sd15",
-               "real_size": {"arch": "sd15", "weights": "random (seed 0)", "threads": 2, "measured": [measured],
-                             "counted_at_target": counted, "load_average": (1.0, 1.0)}}
+    measured = {
+        "arch": "sd15",
+        "resolution": 128,
+        "fused_ms": 4000.0,
+        "naive_ms": 5000.0,
+        "speedup": 1.25,
+        "max_rel_loss_diff": 0.0,
+        "fused_activation_mb": 267.7,
+        "naive_activation_mb": 280.7,
+        "fused_gflops": 241.3,
+        "naive_gflops": 241.3,
+        "meta_fused_activation_mb": 267.7,
+        "meta_naive_activation_mb": 280.7,
+        "fused_gflops_per_s": 60.3,
+        "naive_gflops_per_s": 48.3,
+    }
+    counted = {
+        "resolution": 512,
+        "fused_gflops": 3397.9,
+        "naive_gflops": 3397.9,
+        "naive_store_mb": 5586.9,
+        "fused_activation_mb": 2910.1,
+        "naive_activation_mb": 7281.1,
+        "unet_parameters": 859_520_964,
+        "cross_attention_layers": 16,
+    }
+    results = {
+        "host": "h",
+        "python": "3",
+        "quick": False,
+        "seconds": 1.0,
+        "arch": "sd15",
+        "real_size": {
+            "arch": "sd15",
+            "weights": "random (seed 0)",
+            "threads": 2,
+            "measured": [measured],
+            "counted_at_target": counted,
+            "load_average": (1.0, 1.0),
+        },
+    }
     table = to_markdown(results)
     rows = [line for line in table.splitlines() if line.startswith("| sd15")]
     assert rows and all("random weights" in row or "counted on meta" in row for row in rows)

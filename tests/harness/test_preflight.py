@@ -1,4 +1,5 @@
 """Preflight: what would certainly fail later is found before Ray starts, one line per problem, exit 2."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,8 @@ def no_metric_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_smoke_without_weights_or_flag_stops_before_ray_with_one_line_per_missing_file(
-        no_metric_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    no_metric_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ray_was_imported = "ray" in sys.modules
     run = tmp_path / "run"
     code = main(["run", str(ROOT / "benchmarks" / "smoke.yaml"), "--out", str(run), "--quiet"])
@@ -40,24 +42,35 @@ def test_smoke_without_weights_or_flag_stops_before_ray_with_one_line_per_missin
         assert "ray" not in sys.modules
 
 
-def test_every_problem_is_one_line_in_one_go(no_metric_weights: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_problem_is_one_line_in_one_go(
+    no_metric_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the run folder should go")
     (tmp_path / "broken.parquet").write_text("not parquet")
     suite = tmp_path / "suite.yaml"
-    suite.write_text(json.dumps({
-        "name": "bad", "model": str(tmp_path / "no-such-model"), "manifest": str(tmp_path / "broken.parquet"),
-        "methods": [{"name": "clic"}], "seeds": [0], "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
-        "tasks": ["transfer"], "metrics": ["lpips", "ssim_psnr"]}))
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "bad",
+                "model": str(tmp_path / "no-such-model"),
+                "manifest": str(tmp_path / "broken.parquet"),
+                "methods": [{"name": "clic"}],
+                "seeds": [0],
+                "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
+                "tasks": ["transfer"],
+                "metrics": ["lpips", "ssim_psnr"],
+            }
+        )
+    )
     assert main(["run", str(suite), "--out", str(blocked / "run"), "--quiet"]) == 2
     errors = capsys.readouterr().err
     lines = [line for line in errors.splitlines() if line.startswith("clic-bench: error: ")]
     assert len(lines) == 4, errors
-    assert "broken.parquet" in lines[0]                        # the manifest
-    assert "no-such-model" in lines[1]                         # the model
+    assert "broken.parquet" in lines[0]  # the manifest
+    assert "no-such-model" in lines[1]  # the model
     assert "--out:" in lines[2] and "blocked is a file" in lines[2]  # the output folder
-    assert "metric lpips:" in lines[3]                         # the weights
+    assert "metric lpips:" in lines[3]  # the weights
 
 
 def test_allow_random_metrics_silences_the_weight_check(no_metric_weights: Path) -> None:
@@ -71,11 +84,22 @@ def test_allow_random_metrics_silences_the_weight_check(no_metric_weights: Path)
 
 def test_inconsistent_settings_are_found_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     suite = tmp_path / "suite.yaml"
-    suite.write_text(json.dumps({
-        "name": "short", "model": "tiny", "manifest": str(ROOT / "manifests" / "furniture" / "manifest.parquet"),
-        "limit_pairs": 1, "methods": [{"name": "clic"}], "seeds": [0], "tasks": ["generate"],
-        # A stage one the suite gives that does not fit its steps (a default one follows the steps: issue 27).
-        "generate": {"objects": ["vase"], "steps": 2, "stage_one_steps": 5}, "metrics": ["ssim_psnr"]}))
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "short",
+                "model": "tiny",
+                "manifest": str(ROOT / "manifests" / "furniture" / "manifest.parquet"),
+                "limit_pairs": 1,
+                "methods": [{"name": "clic"}],
+                "seeds": [0],
+                "tasks": ["generate"],
+                # A stage one the suite gives that does not fit its steps (a default one follows the steps: issue 27).
+                "generate": {"objects": ["vase"], "steps": 2, "stage_one_steps": 5},
+                "metrics": ["ssim_psnr"],
+            }
+        )
+    )
     assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "generate" in lines[0] and "stage_one_steps" in lines[0], lines

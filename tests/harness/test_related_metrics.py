@@ -1,4 +1,5 @@
 """The related methods' metrics on hand-made 64 px inputs with tiny random-weight models."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,7 +29,7 @@ def noise_image(seed: int) -> np.ndarray:
 
 def box(top: int, left: int, side: int = 20) -> np.ndarray:
     mask = np.zeros((SIZE, SIZE), dtype=bool)
-    mask[top: top + side, left: left + side] = True
+    mask[top : top + side, left : left + side] = True
     return mask
 
 
@@ -36,15 +37,23 @@ def values(metric, sample: Sample) -> dict[str, float]:
     return {v.name: v.value for v in metric.compute([sample])[0]}
 
 
-@pytest.mark.parametrize("name, fg, outside", [("clip_masked", "clip_i_f", None), ("dino_masked", "dino_f", "dino_outside")])
+@pytest.mark.parametrize(
+    "name, fg, outside", [("clip_masked", "clip_i_f", None), ("dino_masked", "dino_f", "dino_outside")]
+)
 def test_masked_similarity_on_transfers(settings: MetricSettings, name: str, fg: str, outside: str | None) -> None:
     metric = build_metric(name, settings)
     assert metric.weights == TINY_RANDOM
     target, target_mask = noise_image(1), box(30, 34)
     source, source_mask = noise_image(2), box(4, 6)
     source[source_mask] = target[target_mask]  # the concept region of the source is the target's region
-    base = {"job_id": "j", "task": "transfer", "source_image": source, "source_mask": source_mask, "target_mask": target_mask,
-                "target_image": target}
+    base = {
+        "job_id": "j",
+        "task": "transfer",
+        "source_image": source,
+        "source_mask": source_mask,
+        "target_mask": target_mask,
+        "target_image": target,
+    }
 
     same = values(metric, Sample(output_image=target.copy(), **base))
     assert same[fg] == pytest.approx(1.0, abs=1e-5)
@@ -67,15 +76,22 @@ def object_on_plain_background(background: tuple[float, float, float], seed: int
     image = np.empty((SIZE, SIZE, 3), dtype=np.float32)
     image[:] = background
     rng = np.random.default_rng(seed)
-    texture = np.stack([rng.uniform(0.6, 1.0, (SIZE, SIZE)), rng.uniform(0.0, 0.15, (SIZE, SIZE)),
-                        rng.uniform(0.0, 0.3, (SIZE, SIZE))], axis=-1).astype(np.float32)
+    texture = np.stack(
+        [
+            rng.uniform(0.6, 1.0, (SIZE, SIZE)),
+            rng.uniform(0.0, 0.15, (SIZE, SIZE)),
+            rng.uniform(0.0, 0.3, (SIZE, SIZE)),
+        ],
+        axis=-1,
+    ).astype(np.float32)
     image[mask] = texture[mask]
     return image
 
 
 @pytest.mark.parametrize("name, fg, bg", [("clip_masked", "clip_i_f", "clip_i_b"), ("dino_masked", "dino_f", "dino_b")])
 def test_background_similarity_on_generations_is_higher_when_the_background_is_copied(
-        settings: MetricSettings, name: str, fg: str, bg: str) -> None:
+    settings: MetricSettings, name: str, fg: str, bg: str
+) -> None:
     """SingleInsert's CLIP-I-b / DINO-b: source background vs generated background — copying the source's
     background scores higher, i.e. worse (lower is better)."""
     metric = build_metric(name, settings)
@@ -128,8 +144,13 @@ def test_esr_values(settings: MetricSettings) -> None:
     samples = [
         Sample("a", "generate", output_image=red_object, prompt="a red chair with <v*> style", object_word="chair"),
         Sample("b", "generate", output_image=red_object, prompt="a blue chair with <v*> style", object_word="chair"),
-        Sample("c", "generate", output_image=noise_image(6), prompt="a photo of an vase, with <v*> style",
-               object_word="vase"),
+        Sample(
+            "c",
+            "generate",
+            output_image=noise_image(6),
+            prompt="a photo of an vase, with <v*> style",
+            object_word="vase",
+        ),
         Sample("d", "transfer", output_image=red_object, prompt="a red chair", object_word="chair"),
     ]
     scored = metric.compute(samples)

@@ -1,6 +1,7 @@
 """The report a researcher reads: a headline that wraps, no interval below 3 pairs in tables or figures, bounded
 image grids with the expected image and scores, loss terms, the t_start trade-off, costs, short weights keys,
 and the comparison page of two runs."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,18 @@ from harness.analyse.report import with_variants, write_report  # noqa: E402
 SIZE = 48
 T_STARTS = (2, 4, 6)
 # Ten metrics, more than one headline table holds; higher is better unless listed.
-METRICS = ("pattern_fidelity", "pattern_leakage", "psnr_outside", "ssim_outside", "lpips_outside", "lpips_inside",
-           "clip_i_roi", "clip_i_outside", "clip_t", "oracle_preservation")
+METRICS = (
+    "pattern_fidelity",
+    "pattern_leakage",
+    "psnr_outside",
+    "ssim_outside",
+    "lpips_outside",
+    "lpips_inside",
+    "clip_i_roi",
+    "clip_i_outside",
+    "clip_t",
+    "oracle_preservation",
+)
 LOWER_IS_BETTER = {"pattern_leakage", "lpips_outside"}
 LONG_WEIGHTS = "stabilityai/stable-diffusion-2-1-base@5b8c4a1f9e0d7c3b2a6f8e9d0c1b2a3f4e5d6c7b"
 CATEGORIES = {"furniture": 5, "jewelry": 2}  # furniture: more pairs than a grid shows
@@ -66,22 +77,46 @@ def make_sweep_run(root: Path, shift: float = 0.0, worse_pair: str | None = None
     for category, count in CATEGORIES.items():
         for _ in range(count):
             pair_id = f"{category[:3]}{index}"
-            pairs.append({"pair_id": pair_id, "category": category, "source_object": "stool", "target_object": "chair",
-                          "source_image": _image(data / f"{pair_id}-src.png", (40, 120, 200)),
-                          "source_mask": _mask(data / f"{pair_id}-src-mask.png"),
-                          "target_image": _image(data / f"{pair_id}-tgt.png", (200, 90, 40)),
-                          "target_mask": _mask(data / f"{pair_id}-tgt-mask.png"),
-                          "expected_image": _image(data / f"{pair_id}-exp.png", (40, 200, 90))})
+            pairs.append(
+                {
+                    "pair_id": pair_id,
+                    "category": category,
+                    "source_object": "stool",
+                    "target_object": "chair",
+                    "source_image": _image(data / f"{pair_id}-src.png", (40, 120, 200)),
+                    "source_mask": _mask(data / f"{pair_id}-src-mask.png"),
+                    "target_image": _image(data / f"{pair_id}-tgt.png", (200, 90, 40)),
+                    "target_mask": _mask(data / f"{pair_id}-tgt-mask.png"),
+                    "expected_image": _image(data / f"{pair_id}-exp.png", (40, 200, 90)),
+                }
+            )
             index += 1
     store.write_pairs(run_dir, pairs)
-    store.write_run_record(run_dir, {"suite": {"name": "tstart"}, "plan": {"methods": [
-        {"label": "clic/paper", "method": "clic", "preset": "paper", "variant": ""},
-        {"label": "cut_paste/default", "method": "cut_paste", "preset": "default", "variant": ""}]}})
+    store.write_run_record(
+        run_dir,
+        {
+            "suite": {"name": "tstart"},
+            "plan": {
+                "methods": [
+                    {"label": "clic/paper", "method": "clic", "preset": "paper", "variant": ""},
+                    {"label": "cut_paste/default", "method": "cut_paste", "preset": "default", "variant": ""},
+                ]
+            },
+        },
+    )
     for pair_index, pair in enumerate(pairs):
         concept = f"concept-{pair['pair_id']}"
         steps = np.arange(30)
-        losses = pd.DataFrame({"con": 1 / (1 + steps), "att": 0.1 + 0.01 * np.sin(steps), "roi": 0.5 / (1 + steps),
-                               "total": 1.5 / (1 + steps), "step": steps, "t": (steps * 37) % 1000})
+        losses = pd.DataFrame(
+            {
+                "con": 1 / (1 + steps),
+                "att": 0.1 + 0.01 * np.sin(steps),
+                "roi": 0.5 / (1 + steps),
+                "total": 1.5 / (1 + steps),
+                "step": steps,
+                "t": (steps * 37) % 1000,
+            }
+        )
         (run_dir / "concepts" / concept).mkdir(parents=True, exist_ok=True)
         losses.to_csv(run_dir / "concepts" / concept / "losses.csv", index=False)
         for method, t_start in [("clic", t) for t in T_STARTS] + [("cut_paste", None)]:
@@ -91,28 +126,44 @@ def make_sweep_run(root: Path, shift: float = 0.0, worse_pair: str | None = None
             artifacts = run_dir / "artifacts" / job_id
             _image(artifacts / "edited.png", (60 + 20 * (t_start or 0), 160, 60))
             _image(artifacts / "attention.png", (255, 255, 255))
-            base = {"run_id": "fake", "job_id": job_id, "task": "transfer", "pair_id": pair["pair_id"],
-                    "category": pair["category"], "method": method, "preset": preset, "seed": 0,
-                    "object_word": "chair", "label": f"{method}/{preset}" + (f" {variant}" if variant else ""),
-                    "variant": variant, "sweep": json.dumps({"t_start": t_start}) if t_start else None,
-                    "settings": json.dumps({"t_start": t_start}), "t_start": t_start, "status": "ok",
-                    "concept_id": concept if method == "clic" else None,
-                    "weights_label": LONG_WEIGHTS if method == "clic" else "none (no model)",
-                    "metric_weights": "tiny-random", "model_id": "tiny", "metric_scale": "raw",
-                    "artifact_image": f"artifacts/{job_id}/edited.png",
-                    "artifact_attention": f"artifacts/{job_id}/attention.png",
-                    "artifact_losses": f"concepts/{concept}/losses.csv" if method == "clic" else None,
-                    # the concept is learned once, by the first t_start's job; a later job reuses it
-                    "learn_seconds": (10.0 + pair_index) if t_start == 2 else None,
-                    "learn_peak_memory_mb": 900.0 + pair_index if t_start == 2 else None,
-                    "task_seconds": (t_start or 0.5) * (1 + pair_index), "peak_memory_mb": 500.0 + (t_start or 0)}
+            base = {
+                "run_id": "fake",
+                "job_id": job_id,
+                "task": "transfer",
+                "pair_id": pair["pair_id"],
+                "category": pair["category"],
+                "method": method,
+                "preset": preset,
+                "seed": 0,
+                "object_word": "chair",
+                "label": f"{method}/{preset}" + (f" {variant}" if variant else ""),
+                "variant": variant,
+                "sweep": json.dumps({"t_start": t_start}) if t_start else None,
+                "settings": json.dumps({"t_start": t_start}),
+                "t_start": t_start,
+                "status": "ok",
+                "concept_id": concept if method == "clic" else None,
+                "weights_label": LONG_WEIGHTS if method == "clic" else "none (no model)",
+                "metric_weights": "tiny-random",
+                "model_id": "tiny",
+                "metric_scale": "raw",
+                "artifact_image": f"artifacts/{job_id}/edited.png",
+                "artifact_attention": f"artifacts/{job_id}/attention.png",
+                "artifact_losses": f"concepts/{concept}/losses.csv" if method == "clic" else None,
+                # the concept is learned once, by the first t_start's job; a later job reuses it
+                "learn_seconds": (10.0 + pair_index) if t_start == 2 else None,
+                "learn_peak_memory_mb": 900.0 + pair_index if t_start == 2 else None,
+                "task_seconds": (t_start or 0.5) * (1 + pair_index),
+                "peak_memory_mb": 500.0 + (t_start or 0),
+            }
             rows = []
             for metric in METRICS:
                 number = value(method, t_start, pair_index, metric, shift if method == "clic" else 0.0)
                 if method == "clic" and pair["pair_id"] == worse_pair and metric == "pattern_fidelity":
                     number -= 0.2
-                rows.append({**base, "metric": metric, "value": number,
-                             "higher_is_better": metric not in LOWER_IS_BETTER})
+                rows.append(
+                    {**base, "metric": metric, "value": number, "higher_is_better": metric not in LOWER_IS_BETTER}
+                )
             store.write_job_results(run_dir, job_id, rows)
     return run_dir
 
@@ -125,7 +176,7 @@ def sweep_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _section(page: str, anchor: str) -> str:
     start = page.index(f'id="{anchor}"')
-    return page[start: page.index("<h2", start + 1)]
+    return page[start : page.index("<h2", start + 1)]
 
 
 def test_headline_wraps_into_tables_of_at_most_six_metrics(sweep_report: tuple[Path, Path]) -> None:
@@ -189,30 +240,40 @@ def test_no_tstart_figure_without_a_sweep(tmp_path: Path) -> None:
 
 
 def test_image_grid_is_a_bounded_sample_with_expected_images_scores_and_labelled_attention(
-        sweep_report: tuple[Path, Path]) -> None:
+    sweep_report: tuple[Path, Path],
+) -> None:
     index = sweep_report[1]
     page = index.read_text()
-    furniture = page[page.index('id="cat-furniture"'):page.index('id="cat-jewelry"')]
+    furniture = page[page.index('id="cat-furniture"') : page.index('id="cat-jewelry"')]
     headers = re.findall(r"<th[^>]*>([^<]*)</th>", furniture)
-    assert headers == ["pair", "source (mask outline)", "target (mask outline)", "expected", "clic/paper t_start=2",
-                       "clic/paper t_start=4", "clic/paper t_start=6", "cut_paste/default"]
+    assert headers == [
+        "pair",
+        "source (mask outline)",
+        "target (mask outline)",
+        "expected",
+        "clic/paper t_start=2",
+        "clic/paper t_start=4",
+        "clic/paper t_start=6",
+        "cut_paste/default",
+    ]
     shown = re.findall(r'<td class="rowlabel"><b>([^<]*)</b>', furniture)
     assert shown == ["fur0", "fur1", "fur2", "fur3"] == [f"fur{i}" for i in range(grids.PAIRS_PER_CATEGORY)]
     assert f"at most {grids.PAIRS_PER_CATEGORY} pairs per category" in page
     assert all((index.parent / src).is_file() for src in re.findall(r'<img src="([^"]*)"', furniture))
     assert 'alt="expected output of fur0"' in furniture
     # Scores under each output: the first three main scores the job has, with its values.
-    first_row = furniture[furniture.index("<b>fur0</b>"):furniture.index("attention maps of fur0")]
+    first_row = furniture[furniture.index("<b>fur0</b>") : furniture.index("attention maps of fur0")]
     assert f"pattern_fidelity {value('clic', 2, 0, 'pattern_fidelity'):.4g}" in first_row
     assert f"psnr_outside {value('cut_paste', None, 0, 'psnr_outside'):.4g}" in first_row
     # Attention maps in a labelled row, for clic only (cut-and-paste records its pasted region, no attention).
-    attention_row = furniture[furniture.index("attention maps of fur0"):furniture.index("<b>fur1</b>")]
+    attention_row = furniture[furniture.index("attention maps of fur0") : furniture.index("<b>fur1</b>")]
     assert attention_row.count("<img") == len(T_STARTS)
     assert "cut_paste" not in attention_row
 
 
 def test_loss_terms_share_one_figure_per_concept_set_and_smoothing_is_a_running_mean(
-        sweep_report: tuple[Path, Path], tmp_path: Path) -> None:
+    sweep_report: tuple[Path, Path], tmp_path: Path
+) -> None:
     run_dir, index = sweep_report
     results = with_variants(store.read_plan_results(run_dir)[0])
     plots = figures.loss_figures(run_dir, results, tmp_path)
@@ -234,8 +295,9 @@ def test_cost_table_medians_and_peaks(sweep_report: tuple[Path, Path]) -> None:
     assert first["median learn s"] == pytest.approx(np.median([10.0 + i for i in range(n_pairs)]))
     assert first["peak learn memory MB"] == 900.0 + n_pairs - 1
     assert costs.loc["clic/paper t_start=4", "concepts learned"] == 0, "reused concepts are not counted"
-    assert costs.loc["clic/paper t_start=6", "median task s"] == pytest.approx(np.median([6.0 * (1 + i)
-                                                                                           for i in range(n_pairs)]))
+    assert costs.loc["clic/paper t_start=6", "median task s"] == pytest.approx(
+        np.median([6.0 * (1 + i) for i in range(n_pairs)])
+    )
     assert costs.loc["cut_paste/default", "peak task memory MB"] == 500.0
     assert 'id="costs"' in index.read_text() and (index.parent / "tables" / "costs.csv").is_file()
 
@@ -244,22 +306,27 @@ def test_weights_are_short_keys_with_one_legend(sweep_report: tuple[Path, Path])
     index = sweep_report[1]
     page = index.read_text()
     assert page.count(LONG_WEIGHTS) == 1 + 1, "the legend and the provenance's model line"
-    legend = page[page.index('id="weights"'):]
+    legend = page[page.index('id="weights"') :]
     assert LONG_WEIGHTS in legend[: legend.index("</table>")]
     assert LONG_WEIGHTS in (index.parent / "tables" / "summary.csv").read_text(), "the CSV keeps the full text"
 
 
-def test_compare_page_puts_a_and_b_side_by_side_with_the_worst_pairs(tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_page_puts_a_and_b_side_by_side_with_the_worst_pairs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_a = make_sweep_run(tmp_path / "a")
     run_b = make_sweep_run(tmp_path / "b", worse_pair="fur3")
-    args = argparse.Namespace(run_a=str(run_a), run_b=str(run_b), metric=None, max_drop=0.0, alpha=0.05,
-                              html=str(tmp_path / "compare"))
+    args = argparse.Namespace(
+        run_a=str(run_a), run_b=str(run_b), metric=None, max_drop=0.0, alpha=0.05, html=str(tmp_path / "compare")
+    )
     assert compare_main(args) == 0, "one worse pair of 7 is no significant drop"
     assert f"compare: {tmp_path / 'compare' / 'index.html'}" in capsys.readouterr().out
     page = (tmp_path / "compare" / "index.html").read_text()
-    row = [r for r in re.findall(r"<tr class=\"verdict-[a-z]+\">(.*?)</tr>", page, re.S)
-           if "pattern_fidelity" in r and "t_start=4" in r][0]
+    row = [
+        r
+        for r in re.findall(r"<tr class=\"verdict-[a-z]+\">(.*?)</tr>", page, re.S)
+        if "pattern_fidelity" in r and "t_start=4" in r
+    ][0]
     cells = re.findall(r"<td>(.*?)</td>", row)
     mean_a = np.mean([value("clic", 4, i, "pattern_fidelity") for i in range(7)])
     assert cells[3] == f"{mean_a:.4g}" and cells[4] == f"{mean_a - 0.2 / 7:.4g}"

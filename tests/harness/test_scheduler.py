@@ -1,5 +1,6 @@
 """The scheduling policy without Ray: learn first, bounded in flight, batches split on refusal, groups scored
 when complete, resume skips what is finished. The scheduler is driven by hand, as the Ray adapter drives it."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -12,9 +13,22 @@ from harness.plan.jobs import TaskJob
 
 
 def job(job_id: str, concept: str) -> TaskJob:
-    return TaskJob(job_id=job_id, task="transfer", concept_id=concept, pair_id=job_id, category="c", method="m",
-                   preset="p", seed=0, method_target="m:M", label="m/p", variant="",
-                   settings={}, object_word="chair", metrics=("x",))
+    return TaskJob(
+        job_id=job_id,
+        task="transfer",
+        concept_id=concept,
+        pair_id=job_id,
+        category="c",
+        method="m",
+        preset="p",
+        seed=0,
+        method_target="m:M",
+        label="m/p",
+        variant="",
+        settings={},
+        object_word="chair",
+        metrics=("x",),
+    )
 
 
 def jobs(concepts: int, per_concept: int) -> list[TaskJob]:
@@ -33,8 +47,15 @@ def run_to_end(scheduler: Scheduler, fail: set[str] = frozenset()) -> list:
         if not pending:
             return order
         item = pending.popleft()
-        key = (item.concept_id if isinstance(item, Learn) else item.job.job_id if isinstance(item, RunTask)
-               else "score:" + item.jobs[0].job_id if isinstance(item, Score) and len(item.jobs) == 1 else None)
+        key = (
+            item.concept_id
+            if isinstance(item, Learn)
+            else item.job.job_id
+            if isinstance(item, RunTask)
+            else "score:" + item.jobs[0].job_id
+            if isinstance(item, Score) and len(item.jobs) == 1
+            else None
+        )
         scheduler.on_finished(item, ok=key not in fail)
 
 

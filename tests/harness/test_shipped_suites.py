@@ -1,5 +1,6 @@
 """Every suite shipped in benchmarks/ reads with the real method registry: a change of bounds or config (e.g.
 t_start counted from the start of the schedule) that makes one invalid fails here, not in a user's first run."""
+
 from __future__ import annotations
 
 from pathlib import Path

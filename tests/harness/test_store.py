@@ -1,4 +1,5 @@
 """The result store: atomic per-job files, the tidy schema, and which jobs count as finished."""
+
 from __future__ import annotations
 
 import math
@@ -11,10 +12,25 @@ from harness import store
 
 
 def _row(job_id: str, status: str = store.STATUS_OK, metric: str | None = "ssim_outside", value: float = 0.5) -> dict:
-    return {"run_id": "r", "job_id": job_id, "concept_id": "c", "task": "transfer", "pair_id": "p0",
-            "category": "furniture", "method": "cut_paste", "preset": "default", "seed": 0, "settings": "{}",
-            "t_start": 10, "eta": 1.0, "object_word": "chair", "metric": metric, "value": value,
-            "status": status, "finished_at": "2025-01-01T00:00:00"}
+    return {
+        "run_id": "r",
+        "job_id": job_id,
+        "concept_id": "c",
+        "task": "transfer",
+        "pair_id": "p0",
+        "category": "furniture",
+        "method": "cut_paste",
+        "preset": "default",
+        "seed": 0,
+        "settings": "{}",
+        "t_start": 10,
+        "eta": 1.0,
+        "object_word": "chair",
+        "metric": metric,
+        "value": value,
+        "status": status,
+        "finished_at": "2025-01-01T00:00:00",
+    }
 
 
 def test_read_results_has_exactly_the_schema_columns(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
 """User-study packs and their scoring: blinding, per-rater orders, stratification, checks, the numbers."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def _mask(path: Path, box: tuple[int, int, int, int]) -> str:
     return path.name
 
 
-def make_fake_run(root: Path, categories: dict[str, int] = CATEGORIES, methods=METHODS, learn=None,
-                  suite_methods=None) -> Path:
+def make_fake_run(
+    root: Path, categories: dict[str, int] = CATEGORIES, methods=METHODS, learn=None, suite_methods=None
+) -> Path:
     """A finished run: a manifest of drawn pairs and one transfer output per method and pair, plus metrics.
 
     `learn` gives each entry of `methods` its learning overrides (recorded in `settings`, as the runner does).
@@ -53,21 +55,38 @@ def make_fake_run(root: Path, categories: dict[str, int] = CATEGORIES, methods=M
     for category, count in categories.items():
         for _ in range(count):
             pair_id = f"{category[:3]}{index}"
-            rows.append({"pair_id": pair_id, "category": category, "source_object": "chair", "target_object": "chair",
-                         "source_image": _draw(data / f"{pair_id}-src.png", (40, 120, 200), box),
-                         "source_mask": _mask(data / f"{pair_id}-src-mask.png", box),
-                         "target_image": _draw(data / f"{pair_id}-tgt.png", (200, 90, 40), box),
-                         "target_mask": _mask(data / f"{pair_id}-tgt-mask.png", box)})
+            rows.append(
+                {
+                    "pair_id": pair_id,
+                    "category": category,
+                    "source_object": "chair",
+                    "target_object": "chair",
+                    "source_image": _draw(data / f"{pair_id}-src.png", (40, 120, 200), box),
+                    "source_mask": _mask(data / f"{pair_id}-src-mask.png", box),
+                    "target_image": _draw(data / f"{pair_id}-tgt.png", (200, 90, 40), box),
+                    "target_mask": _mask(data / f"{pair_id}-tgt-mask.png", box),
+                }
+            )
             index += 1
     pd.DataFrame(rows).to_parquet(data / "manifest.parquet")
-    store.write_pairs(run_dir, [{k: str(data / v) if k.endswith(("image", "mask")) else v for k, v in row.items()}
-                                for row in rows])  # resolved paths, as the runner records them
+    store.write_pairs(
+        run_dir, [{k: str(data / v) if k.endswith(("image", "mask")) else v for k, v in row.items()} for row in rows]
+    )  # resolved paths, as the runner records them
     # The plan names each method run once (label and variant), in suite order, as the runner records it.
-    runs = with_labels([MethodRun(method, preset, (learn[m] if learn else None) or {})
-                        for m, (method, preset) in enumerate(methods)])
-    store.write_run_record(run_dir, {"suite": {"name": "fake", "methods": suite_methods or []},
-                                       "plan": {"methods": [{"label": r.label, "method": r.name, "preset": r.preset,
-                                                             "variant": r.variant} for r in runs]}})
+    runs = with_labels(
+        [MethodRun(method, preset, (learn[m] if learn else None) or {}) for m, (method, preset) in enumerate(methods)]
+    )
+    store.write_run_record(
+        run_dir,
+        {
+            "suite": {"name": "fake", "methods": suite_methods or []},
+            "plan": {
+                "methods": [
+                    {"label": r.label, "method": r.name, "preset": r.preset, "variant": r.variant} for r in runs
+                ]
+            },
+        },
+    )
     for m, (method, preset) in enumerate(methods):
         settings = {"t_start": 10, **({"learn": learn[m]} if learn and learn[m] else {})}
         for row_index, row in enumerate(rows):
@@ -75,12 +94,26 @@ def make_fake_run(root: Path, categories: dict[str, int] = CATEGORIES, methods=M
             artifacts = run_dir / "artifacts" / job_id
             _draw(artifacts / "edited.png", (60 * m % 255, 160, 60 + 40 * m), box, background=200)
             _draw(artifacts / "attention.png", (255, 255, 255), (14, 14, 34, 34), background=0)
-            base = {"run_id": "fake", "job_id": job_id, "task": "transfer", "pair_id": row["pair_id"],
-                    "category": row["category"], "method": method, "preset": preset, "seed": 0,
-                    "label": runs[m].label, "variant": runs[m].variant, "settings": json.dumps(settings), "t_start": 10, "status": "ok",
-                    "weights_label": "tiny-random", "metric_weights": "tiny-random", "model_id": "tiny",
-                    "artifact_image": f"artifacts/{job_id}/edited.png",
-                    "artifact_attention": f"artifacts/{job_id}/attention.png"}
+            base = {
+                "run_id": "fake",
+                "job_id": job_id,
+                "task": "transfer",
+                "pair_id": row["pair_id"],
+                "category": row["category"],
+                "method": method,
+                "preset": preset,
+                "seed": 0,
+                "label": runs[m].label,
+                "variant": runs[m].variant,
+                "settings": json.dumps(settings),
+                "t_start": 10,
+                "status": "ok",
+                "weights_label": "tiny-random",
+                "metric_weights": "tiny-random",
+                "model_id": "tiny",
+                "artifact_image": f"artifacts/{job_id}/edited.png",
+                "artifact_attention": f"artifacts/{job_id}/attention.png",
+            }
             value = 0.5 + 0.1 * m + 0.01 * (row_index * (m + 1) % 7)  # paired differences vary
             store.write_job_results(run_dir, job_id, [{**base, "metric": "ssim_outside", "value": value}])
     return run_dir
@@ -118,7 +151,9 @@ def test_key_is_outside_the_pack_and_the_pack_is_blind(pack: tuple[Path, Path, P
 
 def test_orders_differ_per_rater(pack: tuple[Path, Path, Path]) -> None:
     data = page_data(pack[1])
-    orders = {rater: [(e["question"], tuple(e["options"])) for e in entries] for rater, entries in data["raters"].items()}
+    orders = {
+        rater: [(e["question"], tuple(e["options"])) for e in entries] for rater, entries in data["raters"].items()
+    }
     assert len(orders) == 3
     for rater, order in orders.items():
         assert sorted(q for q, _ in order) == sorted(data["questions"]), f"{rater} sees every question once"
@@ -165,7 +200,10 @@ def test_pack_refuses_unknown_or_ambiguous_methods(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- scoring
 # A hand-made key: methods A, B, C; q1 (category x), q2 (category y) scored; q3 an attention check.
 HAND_KEY = {
-    "pack_id": "hand", "methods": ["A", "B", "C"], "criteria": ["quality", "preservation"], "tiny_random": False,
+    "pack_id": "hand",
+    "methods": ["A", "B", "C"],
+    "criteria": ["quality", "preservation"],
+    "tiny_random": False,
     "questions": {
         "q1": {"pair_id": "p1", "category": "x", "check": False, "options": {"a1": "A", "b1": "B", "c1": "C"}},
         "q2": {"pair_id": "p2", "category": "y", "check": False, "options": {"a2": "A", "b2": "B", "c2": "C"}},
@@ -174,16 +212,31 @@ HAND_KEY = {
 }
 # Rankings best -> worst per (question, criterion).
 HAND_ANSWERS = {
-    "r1": {("q1", "quality"): ["a1", "b1", "c1"], ("q1", "preservation"): ["b1", "a1", "c1"],
-           ("q2", "quality"): ["a2", "c2", "b2"], ("q2", "preservation"): ["a2", "b2", "c2"],
-           ("q3", "quality"): ["a3", "b3", "k3"], ("q3", "preservation"): ["b3", "a3", "k3"]},
-    "r2": {("q1", "quality"): ["b1", "a1", "c1"], ("q1", "preservation"): ["a1", "b1", "c1"],
-           ("q2", "quality"): ["a2", "b2", "c2"], ("q2", "preservation"): ["c2", "a2", "b2"],
-           ("q3", "quality"): ["a3", "b3", "k3"], ("q3", "preservation"): ["a3", "b3", "k3"]},
+    "r1": {
+        ("q1", "quality"): ["a1", "b1", "c1"],
+        ("q1", "preservation"): ["b1", "a1", "c1"],
+        ("q2", "quality"): ["a2", "c2", "b2"],
+        ("q2", "preservation"): ["a2", "b2", "c2"],
+        ("q3", "quality"): ["a3", "b3", "k3"],
+        ("q3", "preservation"): ["b3", "a3", "k3"],
+    },
+    "r2": {
+        ("q1", "quality"): ["b1", "a1", "c1"],
+        ("q1", "preservation"): ["a1", "b1", "c1"],
+        ("q2", "quality"): ["a2", "b2", "c2"],
+        ("q2", "preservation"): ["c2", "a2", "b2"],
+        ("q3", "quality"): ["a3", "b3", "k3"],
+        ("q3", "preservation"): ["a3", "b3", "k3"],
+    },
     # r3 puts the broken image first once: excluded, however it ranked the rest.
-    "r3": {("q1", "quality"): ["c1", "b1", "a1"], ("q1", "preservation"): ["c1", "b1", "a1"],
-           ("q2", "quality"): ["c2", "b2", "a2"], ("q2", "preservation"): ["c2", "b2", "a2"],
-           ("q3", "quality"): ["k3", "a3", "b3"], ("q3", "preservation"): ["a3", "b3", "k3"]},
+    "r3": {
+        ("q1", "quality"): ["c1", "b1", "a1"],
+        ("q1", "preservation"): ["c1", "b1", "a1"],
+        ("q2", "quality"): ["c2", "b2", "a2"],
+        ("q2", "preservation"): ["c2", "b2", "a2"],
+        ("q3", "quality"): ["k3", "a3", "b3"],
+        ("q3", "preservation"): ["a3", "b3", "k3"],
+    },
 }
 
 
@@ -191,8 +244,17 @@ def write_answers(folder: Path, answers: dict = HAND_ANSWERS, pack_id: str = "ha
     paths = []
     for rater, given in answers.items():
         path = folder / f"answers-{rater}.json"
-        path.write_text(json.dumps({"pack_id": pack_id, "rater": rater, "answers": [
-            {"question": q, "criterion": c, "ranking": ranking} for (q, c), ranking in given.items()]}))
+        path.write_text(
+            json.dumps(
+                {
+                    "pack_id": pack_id,
+                    "rater": rater,
+                    "answers": [
+                        {"question": q, "criterion": c, "ranking": ranking} for (q, c), ranking in given.items()
+                    ],
+                }
+            )
+        )
         paths.append(path)
     return paths
 
@@ -221,8 +283,9 @@ def test_attention_check_failures_are_excluded_and_counted(tmp_path: Path) -> No
     assert raters["excluded"].to_dict() == {"r1": False, "r2": False, "r3": True}
     # With r3 kept, C would gain: its scores are all 3 in r3's answers.
     kept = score_study(HAND_KEY, read_answers(write_answers(tmp_path), HAND_KEY), max_failed_checks=1)
-    assert kept.rankings.set_index(["criterion", "category", "method"]).loc[("all", "all", "C"), "mean"] == \
-        pytest.approx((11 + 12) / 12)
+    assert kept.rankings.set_index(["criterion", "category", "method"]).loc[
+        ("all", "all", "C"), "mean"
+    ] == pytest.approx((11 + 12) / 12)
     (tmp_path / "only").mkdir()
     only_r3 = write_answers(tmp_path / "only", {"r3": HAND_ANSWERS["r3"]})
     with pytest.raises(UsageError, match="all 1 rater"):
@@ -253,12 +316,18 @@ def test_score_cli_reads_json_and_csv_and_writes_tables(tmp_path: Path, capsys: 
     key_path = tmp_path / "pack.key.json"
     key_path.write_text(json.dumps(HAND_KEY))
     paths = write_answers(tmp_path)
-    csv_rows = [{"pack_id": "hand", "rater": "r2", "question": q, "criterion": c, "place": i + 1, "option": t}
-                for (q, c), ranking in HAND_ANSWERS["r2"].items() for i, t in enumerate(ranking)]
+    csv_rows = [
+        {"pack_id": "hand", "rater": "r2", "question": q, "criterion": c, "place": i + 1, "option": t}
+        for (q, c), ranking in HAND_ANSWERS["r2"].items()
+        for i, t in enumerate(ranking)
+    ]
     pd.DataFrame(csv_rows).to_csv(tmp_path / "r2.csv", index=False)
     out = tmp_path / "scored"
-    code = score_main(argparse.Namespace(key=str(key_path), answers=[str(paths[0]), str(tmp_path / "r2.csv"),
-                                                                     str(paths[2])], out=str(out)))
+    code = score_main(
+        argparse.Namespace(
+            key=str(key_path), answers=[str(paths[0]), str(tmp_path / "r2.csv"), str(paths[2])], out=str(out)
+        )
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "1 excluded for failing attention checks (r3)" in printed
@@ -282,10 +351,22 @@ def test_bad_answers_are_one_line_errors(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- ablation view
-ABLATION_METHODS = (("clic", "paper"), ("clic", "paper"), ("clic", "paper"), ("clic", "paper"),
-                    ("clic", "official-code"), ("cut_paste", "default"))
-ABLATION_LEARN = [{"steps": 30}, {"steps": 30, "terms": {"att": 0.0}}, {"steps": 30, "terms": {"roi": 0.0}},
-                  {"steps": 30, "terms": {"con": {"weight": 0.0, "alpha": 0.5}}}, {"steps": 30}, {}]
+ABLATION_METHODS = (
+    ("clic", "paper"),
+    ("clic", "paper"),
+    ("clic", "paper"),
+    ("clic", "paper"),
+    ("clic", "official-code"),
+    ("cut_paste", "default"),
+)
+ABLATION_LEARN = [
+    {"steps": 30},
+    {"steps": 30, "terms": {"att": 0.0}},
+    {"steps": 30, "terms": {"roi": 0.0}},
+    {"steps": 30, "terms": {"con": {"weight": 0.0, "alpha": 0.5}}},
+    {"steps": 30},
+    {},
+]
 # The suite lists the full objective first and then w/o att, roi, con (the paper's Fig. 8 order, not alphabetical).
 ABLATION_SUITE = [
     {"name": "clic", "presets": ["paper"], "loss_weights": {}, "learn": {"steps": 30}},
@@ -299,12 +380,11 @@ FIG8_COLUMNS = ["clic/paper", "clic/paper no_att", "clic/paper no_roi", "clic/pa
 
 
 def test_report_ablation_view_in_fig8_layout(tmp_path: Path) -> None:
-    run_dir = make_fake_run(tmp_path, {"furniture": 2, "jewelry": 1}, ABLATION_METHODS, ABLATION_LEARN,
-                            ABLATION_SUITE)
+    run_dir = make_fake_run(tmp_path, {"furniture": 2, "jewelry": 1}, ABLATION_METHODS, ABLATION_LEARN, ABLATION_SUITE)
     index = write_report(run_dir)
     page = index.read_text()
-    section = page[page.index('id="ablations"'):page.index('<h2 id="images">Images</h2>')]
-    grid = section[section.index('id="ablation-grid"'):]
+    section = page[page.index('id="ablations"') : page.index('<h2 id="images">Images</h2>')]
+    grid = section[section.index('id="ablation-grid"') :]
     headers = re.findall(r"<th>([^<]*)</th>", grid)
     assert headers == ["pair", "source", "target", *FIG8_COLUMNS], "columns follow the suite file"
     assert grid.count("<tr>") == 1 + 3, "a row per pair"

@@ -1,4 +1,5 @@
 """harness.plan.suite: suite files, their defaults, and one-line errors naming the file and key path."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,12 +64,16 @@ def fake_methods(monkeypatch: pytest.MonkeyPatch) -> None:
     module = types.ModuleType("fake_suite_methods")
     module.FakeCLiC, module.FakeOther, module.FakeNoDefault = FakeCLiC, FakeOther, FakeNoDefault
     monkeypatch.setitem(sys.modules, "fake_suite_methods", module)
-    monkeypatch.setattr(clic.methods, "REGISTRY", {
-        "clic": "fake_suite_methods:FakeCLiC",
-        "other": "fake_suite_methods:FakeOther",
-        "nodefault": "fake_suite_methods:FakeNoDefault",
-        "broken": "fake_suite_methods_missing:Nothing",
-    })
+    monkeypatch.setattr(
+        clic.methods,
+        "REGISTRY",
+        {
+            "clic": "fake_suite_methods:FakeCLiC",
+            "other": "fake_suite_methods:FakeOther",
+            "nodefault": "fake_suite_methods:FakeNoDefault",
+            "broken": "fake_suite_methods_missing:Nothing",
+        },
+    )
 
 
 @pytest.fixture
@@ -87,7 +92,12 @@ FULL = {
     "manifest": "../manifests/synth.parquet",
     "model": "tiny",
     "methods": [
-        {"name": "clic", "presets": ["paper", "official-code"], "loss_weights": {"att": 0.25}, "learn": {"steps": 20, "lr": 1e-4, "resolution": 64}},
+        {
+            "name": "clic",
+            "presets": ["paper", "official-code"],
+            "loss_weights": {"att": 0.25},
+            "learn": {"steps": 20, "lr": 1e-4, "resolution": 64},
+        },
         {"name": "other"},
     ],
     "seeds": [0, 1],
@@ -132,7 +142,9 @@ def test_full_suite_is_read(bench: Path) -> None:
     assert suite.name == "smoke" and suite.model == "tiny"
     assert suite.manifests == (str((bench.parent / "manifests" / "synth.parquet").resolve()),)
     clic_spec, other = suite.methods
-    assert clic_spec == MethodSpec("clic", ("paper", "official-code"), {"att": 0.25}, {"steps": 20, "lr": 1e-4, "resolution": 64})
+    assert clic_spec == MethodSpec(
+        "clic", ("paper", "official-code"), {"att": 0.25}, {"steps": 20, "lr": 1e-4, "resolution": 64}
+    )
     assert other.presets == ("default",) and dict(other.learn) == {}
     assert suite.transfer.t_start == (5, 10) and suite.transfer.eta == (0.0, 1.5)
     assert suite.transfer.guidance_scale == 5.0 and isinstance(suite.transfer.guidance_scale, float)
@@ -145,13 +157,20 @@ def test_full_suite_is_read(bench: Path) -> None:
 
 
 def test_defaults_of_a_minimal_suite(bench: Path) -> None:
-    suite = load_suite(write(bench, {"manifest": "../manifests/synth.parquet", "methods": [{"name": "clic"}]}, "minimal.yaml"))
+    suite = load_suite(
+        write(bench, {"manifest": "../manifests/synth.parquet", "methods": [{"name": "clic"}]}, "minimal.yaml")
+    )
     assert suite.name == "minimal" and suite.model == "tiny" and suite.description == ""
     assert suite.methods == (MethodSpec("clic", ("paper",)),)
     assert suite.seeds == (0,)
     assert suite.transfer.t_start is None and suite.transfer.eta is None
     assert (suite.transfer.steps, suite.transfer.guidance_scale) == (50, 7.5)
-    assert (suite.generate.objects, suite.generate.stage_one_steps, suite.generate.steps, suite.generate.images_per_seed) == ((), None, 50, 1)
+    assert (
+        suite.generate.objects,
+        suite.generate.stage_one_steps,
+        suite.generate.steps,
+        suite.generate.images_per_seed,
+    ) == ((), None, 50, 1)
     assert suite.match.enabled and suite.match.steps == 500
     assert suite.metrics == DEFAULT_METRICS
     assert suite.resources.num_cpus == 1.0 and suite.resources.num_gpus == 0.0
@@ -166,7 +185,9 @@ def test_to_dict_is_canonical_json_and_round_trips(bench: Path) -> None:
     assert suite_from_dict(data, source="again") == suite
     # The same settings written differently (ints for floats, a single manifest as a list) hash the same.
     rewritten = edited(transfer__eta=[0.0, 1.5], transfer__guidance_scale=5.0, manifest=["../manifests/synth.parquet"])
-    assert json.dumps(load_suite(write(bench, rewritten, "b.yaml")).to_dict() | {"name": "smoke"}, sort_keys=True) == text
+    assert (
+        json.dumps(load_suite(write(bench, rewritten, "b.yaml")).to_dict() | {"name": "smoke"}, sort_keys=True) == text
+    )
 
 
 def test_manifest_list_uri_model_folder_and_float_notation(bench: Path) -> None:
@@ -180,7 +201,16 @@ methods: [{name: clic, learn: {lr: 1e-5}}]
     assert suite.manifests[1].endswith("more.parquet") and suite.manifests[2] == "s3://bucket/set/manifest.parquet"
     assert suite.model == str((bench / "models" / "sd14").resolve())
     assert suite.methods[0].learn["lr"] == 1e-5
-    hf = load_suite(write(bench, {"manifest": "../manifests/synth.parquet", "model": "CompVis/stable-diffusion-v1-4", "methods": [{"name": "clic"}]}))
+    hf = load_suite(
+        write(
+            bench,
+            {
+                "manifest": "../manifests/synth.parquet",
+                "model": "CompVis/stable-diffusion-v1-4",
+                "methods": [{"name": "clic"}],
+            },
+        )
+    )
     assert hf.model == "CompVis/stable-diffusion-v1-4"
 
 
@@ -194,9 +224,18 @@ ERRORS = [
     (edited(seed=[1]), "seed: unknown key (did you mean 'seeds'?)"),
     (edited(transfer__tstart=[5]), "transfer.tstart: unknown key (did you mean 't_start'?)"),
     (edited(methods__0__lr=1), "methods[0].lr: unknown key"),
-    (edited(methods__0__name="dreambooth"), "methods[0].name: unknown method 'dreambooth' (known: broken, clic, nodefault, other)"),
-    (edited(methods__1={"name": "clic", "presets": ["fast"]}), "methods[1].presets[0]: unknown preset 'fast' for method 'clic' (known: official-code, paper)"),
-    (edited(methods__1={"name": "nodefault"}), "methods[1].presets: missing: method 'nodefault' has several presets (a, b) and no default"),
+    (
+        edited(methods__0__name="dreambooth"),
+        "methods[0].name: unknown method 'dreambooth' (known: broken, clic, nodefault, other)",
+    ),
+    (
+        edited(methods__1={"name": "clic", "presets": ["fast"]}),
+        "methods[1].presets[0]: unknown preset 'fast' for method 'clic' (known: official-code, paper)",
+    ),
+    (
+        edited(methods__1={"name": "nodefault"}),
+        "methods[1].presets: missing: method 'nodefault' has several presets (a, b) and no default",
+    ),
     (edited(methods__1={"name": "broken"}), "methods[1].name: method 'broken' cannot be loaded (ModuleNotFoundError"),
     (edited(metrics=["clip_image", "fid"]), "metrics[1]: unknown metric 'fid' (known: "),
     (edited(metric_options={"fid": {}}), "metric_options.fid: no metric of this suite reads options 'fid'"),
@@ -206,9 +245,11 @@ ERRORS = [
     (edited(match__steps=-1), "match.steps: must be positive, got -1"),
     (edited(transfer__t_start=[5, 21]), "transfer.t_start[1]: 21 is outside [1, 19] (T = transfer.steps = 20)"),
     (edited(transfer__t_start=[0]), "transfer.t_start[0]: 0 is outside [1, 19]"),
-    (edited(transfer__t_start=DELETE, transfer__steps=10),
-     "methods[0].presets[1]: preset 'official-code' of method 'clic' with transfer {'steps': 10, 'guidance_scale': 5.0, "
-     "'eta': 0.0}: t_start must lie in [1, 9] (steps kept before editing), got 18 (change transfer or the preset)"),
+    (
+        edited(transfer__t_start=DELETE, transfer__steps=10),
+        "methods[0].presets[1]: preset 'official-code' of method 'clic' with transfer {'steps': 10, 'guidance_scale': 5.0, "
+        "'eta': 0.0}: t_start must lie in [1, 9] (steps kept before editing), got 18 (change transfer or the preset)",
+    ),
     (edited(generate__stage_one_steps=11), "generate.stage_one_steps: 11 is outside [0, 10]"),
     (edited(transfer__t_start=10), "transfer.t_start: expected a list, got int 10"),
     (edited(seeds="0"), "seeds: expected a list, got str '0'"),
@@ -259,9 +300,26 @@ def test_real_clic_method_validates_learn_overrides(bench: Path, monkeypatch: py
     except Exception as err:  # the method module is still being written
         pytest.skip(f"clic method not importable: {err}")
     base = {"manifest": "../manifests/synth.parquet", "metrics": ["lpips"]}
-    ok = load_suite(write(bench, {**base, "methods": [{"name": "clic", "presets": ["paper", "official-code"],
-                                                       "loss_weights": {"con": 0.5}, "learn": {"steps": 10}}]}))
-    assert ok.methods[0].learn_overrides({"con": {"weight": 1.0, "alpha": 0.25}})["terms"]["con"] == {"weight": 0.5, "alpha": 0.25}
+    ok = load_suite(
+        write(
+            bench,
+            {
+                **base,
+                "methods": [
+                    {
+                        "name": "clic",
+                        "presets": ["paper", "official-code"],
+                        "loss_weights": {"con": 0.5},
+                        "learn": {"steps": 10},
+                    }
+                ],
+            },
+        )
+    )
+    assert ok.methods[0].learn_overrides({"con": {"weight": 1.0, "alpha": 0.25}})["terms"]["con"] == {
+        "weight": 0.5,
+        "alpha": 0.25,
+    }
     with pytest.raises(SuiteError, match=r"methods\[0\]\.learn\.stepz: unknown key \(did you mean 'steps'\?\)"):
         load_suite(write(bench, {**base, "methods": [{"name": "clic", "learn": {"stepz": 10}}]}))
     with pytest.raises(SuiteError, match=r"methods\[0\]\.loss_weights\.banana: unknown key"):
@@ -269,7 +327,9 @@ def test_real_clic_method_validates_learn_overrides(bench: Path, monkeypatch: py
     with pytest.raises(SuiteError, match=r"methods\[0\]\.learn: with preset 'paper': optimizer must be"):
         load_suite(write(bench, {**base, "methods": [{"name": "clic", "learn": {"optimizer": "sgd"}}]}))
     with pytest.raises(SuiteError, match=r"methods\[0\]\.loss_weights: with preset 'paper': the objective has no term"):
-        load_suite(write(bench, {**base, "methods": [{"name": "clic", "loss_weights": {"con": 0, "att": 0, "roi": 0}}]}))
+        load_suite(
+            write(bench, {**base, "methods": [{"name": "clic", "loss_weights": {"con": 0, "att": 0, "roi": 0}}]})
+        )
 
 
 def test_suite_is_frozen(bench: Path) -> None:
@@ -279,5 +339,3 @@ def test_suite_is_frozen(bench: Path) -> None:
     with pytest.raises(TypeError):
         suite.methods[0].learn["steps"] = 1  # type: ignore[index]
     assert isinstance(suite, Suite)
-
-

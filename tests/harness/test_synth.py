@@ -1,5 +1,6 @@
 """Procedural benchmark sets: determinism, exact masks, the manifest contract, the CLI, and oracle
 metrics that score the known right answer as right and the usual failures as failures."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,8 +65,14 @@ def test_manifest_follows_the_contract(synth_dirs: tuple[Path, Path]) -> None:
     assert len({row["pair_id"] for row in rows}) == len(rows) == 8
     assert sorted({row["category"] for row in rows}) == sorted(CATEGORIES)
     for row in rows:
-        for column in ("source_image", "source_mask", "target_image", "target_mask", "target_mask_gt",
-                       "expected_image"):
+        for column in (
+            "source_image",
+            "source_mask",
+            "target_image",
+            "target_mask",
+            "target_mask_gt",
+            "expected_image",
+        ):
             assert not Path(row[column]).is_absolute() and "\\" not in row[column]
             assert (root / row[column]).is_file()
         assert row["target_mask"] == row["target_mask_gt"]
@@ -86,8 +93,9 @@ def test_part_masks_are_nonempty_inside_and_disjoint(name: str) -> None:
         assert stacked.any(axis=(1, 2)).all(), f"{name}: an empty part mask"
         assert (stacked.sum(axis=0) <= 1).all(), f"{name}: parts overlap"
         union = stacked.any(axis=0)
-        assert not (union[0].any() or union[-1].any() or union[:, 0].any() or union[:, -1].any()), \
+        assert not (union[0].any() or union[-1].any() or union[:, 0].any() or union[:, -1].any()), (
             f"{name}: object touches the image border"
+        )
 
 
 def test_every_object_can_carry_and_receive_a_pattern() -> None:
@@ -109,8 +117,15 @@ def test_target_roi_is_the_ground_truth_part(synth_dirs: tuple[Path, Path], pair
 
 
 def _score(metric_name: str, pair: SynthPair, output: np.ndarray) -> float:
-    sample = Sample("job", "transfer", output_image=output.astype(np.float32), expected_image=pair.expected_image,
-                    target_image=pair.target_image, target_mask=pair.target_mask, gt_mask=pair.target_mask)
+    sample = Sample(
+        "job",
+        "transfer",
+        output_image=output.astype(np.float32),
+        expected_image=pair.expected_image,
+        target_image=pair.target_image,
+        target_mask=pair.target_mask,
+        gt_mask=pair.target_mask,
+    )
     (values,) = build_metric(metric_name, MetricSettings()).compute([sample])
     (value,) = values
     assert value.name == metric_name and 0.0 <= value.value <= 1.0
@@ -161,8 +176,18 @@ def test_oracle_metrics_follow_the_contract() -> None:
         assert metric.compute([Sample("job", "transfer")]) == [[]]
         with pytest.raises(ValueError):
             image = np.zeros((8, 8, 3), dtype=np.uint8)
-            metric.compute([Sample("job", "transfer", output_image=image, expected_image=image,
-                                   target_image=image, target_mask=np.ones((8, 8), dtype=bool))])
+            metric.compute(
+                [
+                    Sample(
+                        "job",
+                        "transfer",
+                        output_image=image,
+                        expected_image=image,
+                        target_image=image,
+                        target_mask=np.ones((8, 8), dtype=bool),
+                    )
+                ]
+            )
 
 
 def test_preview_draws_a_contact_sheet(synth_dirs: tuple[Path, Path], tmp_path: Path) -> None:
@@ -182,8 +207,25 @@ def test_synth_rejects_bad_arguments(tmp_path: Path) -> None:
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_shipped_sets_match_the_generator(category: str, tmp_path: Path) -> None:
     shipped = SHIPPED / category
-    assert main(["manifest", "synth", "--set", category, "--pairs", "8", "--size", "128", "--seed", "0",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "manifest",
+                "synth",
+                "--set",
+                category,
+                "--pairs",
+                "8",
+                "--size",
+                "128",
+                "--seed",
+                "0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert pq.read_table(tmp_path / "manifest.parquet").equals(pq.read_table(shipped / "manifest.parquet"))
     for row in pq.read_table(shipped / "manifest.parquet").to_pylist():
         for column in ("source_mask", "target_mask"):

@@ -1,5 +1,6 @@
 """The tiny world's stage-4 gate (issue 29): the render classifier, the generation gate read by it (and by the
 world scorer), and the world scorer as the CLIP metrics' model."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,7 @@ def test_a_few_classifier_steps_lower_the_loss(tmp_path: Path) -> None:
             return float(classifier_loss(model, *batch))
 
     before = loss_of(build_classifier(0))
-    model, result = train_stage(TrainSettings(stage="classifier", steps=12, batch=8, lr=2e-3), tmp_path,
-                                progress=False)
+    model, result = train_stage(TrainSettings(stage="classifier", steps=12, batch=8, lr=2e-3), tmp_path, progress=False)
     assert result.steps == 12
     assert loss_of(model) < before
 
@@ -107,7 +107,9 @@ def test_gate_shares_are_object_over_all_and_pattern_over_the_patterned(monkeypa
     patterned = [scene for scene in scenes if scene.pattern is not None]
     assert record["captions"] == count and record["patterned_captions"] == len(patterned)
     assert record["classifier"]["object"] == round(sum(s.object_name == "chair" for s in scenes) / count, 4)
-    assert record["classifier"]["pattern"] == round(sum(s.pattern.name == "dots" for s in patterned) / len(patterned), 4)
+    assert record["classifier"]["pattern"] == round(
+        sum(s.pattern.name == "dots" for s in patterned) / len(patterned), 4
+    )
     assert record["classifier"]["plain_read_as_plain"] == 0.0
     assert record["passed"] is False  # a constant answer is right for about one class in eleven
 
@@ -118,8 +120,11 @@ def test_gate_passes_when_every_image_shows_its_prompt(monkeypatch: pytest.Monke
 
     count = 12
     scenes = [sample_scene(index, "heldout") for index in range(count)]
-    monkeypatch.setattr(diffusion, "text_to_image",
-                        lambda components, prompts, **_: (torch.from_numpy(render_batch(0, count, "heldout")[0]) + 1) / 2)
+    monkeypatch.setattr(
+        diffusion,
+        "text_to_image",
+        lambda components, prompts, **_: (torch.from_numpy(render_batch(0, count, "heldout")[0]) + 1) / 2,
+    )
 
     class Oracle(WorldClassifier):
         def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,8 +173,9 @@ def test_scorer_agreement_reads_swapped_words() -> None:
     assert record["pattern"] == round(sum(s.pattern.name == PATTERN_NAMES[0] for s in patterned) / len(patterned), 4)
 
 
-def test_world_gate_cli_refuses_a_missing_checkpoint_in_one_line(capsys: pytest.CaptureFixture[str],
-                                                                 tmp_path: Path) -> None:
+def test_world_gate_cli_refuses_a_missing_checkpoint_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     from clic.cli import main
 
     assert main(["models", "world-gate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
@@ -197,12 +203,17 @@ def test_clip_model_tiny_world_is_the_exported_scorer_labelled_like_the_model(tm
     metric = metric_class("clip_text")(settings)
     assert metric.weights == TINY_WORLD_LABEL
     images, captions = render_batch(0, 2, "heldout")
-    samples = [Sample(job_id=str(i), task="generate", output_image=((images[i].transpose(1, 2, 0) + 1) / 2),
-                      prompt=captions[i]) for i in range(2)]
+    samples = [
+        Sample(
+            job_id=str(i), task="generate", output_image=((images[i].transpose(1, 2, 0) + 1) / 2), prompt=captions[i]
+        )
+        for i in range(2)
+    ]
     values = [row[0].value for row in metric.compute(samples)]
     with torch.no_grad():  # the scorer's own cosine, from its own preprocessing of the same 64 px images
-        image_features = torch.nn.functional.normalize(scorer.encode_image(to_clip_input(torch.from_numpy(images),
-                                                                                         scorer)), dim=-1)
+        image_features = torch.nn.functional.normalize(
+            scorer.encode_image(to_clip_input(torch.from_numpy(images), scorer)), dim=-1
+        )
         text_features = torch.nn.functional.normalize(scorer.encode_text(tokenize(captions)), dim=-1)
     expected = (image_features * text_features).sum(1)
     assert values == pytest.approx(expected.tolist(), abs=1e-4)
@@ -225,11 +236,15 @@ def test_a_tiny_world_suite_scores_clip_with_the_world_scorer_unless_told(tmp_pa
 
     manifest = Path(__file__).resolve().parents[2] / "manifests" / "furniture" / "manifest.parquet"
     base = {"name": "w", "manifest": str(manifest), "methods": [{"name": "cut_paste"}], "tasks": ["transfer"]}
-    cases = {"world": ({"model": "tiny-world", "metrics": ["clip_image", "ssim_psnr"]}, {"model": "tiny-world"}),
-             "named": ({"model": "tiny-world", "metrics": ["clip_image"],
-                        "metric_options": {"clip": {"model": "ViT-B-32"}}}, {"model": "ViT-B-32"}),
-             "tiny": ({"model": "tiny", "metrics": ["clip_image"]}, None),
-             "no clip metric": ({"model": "tiny-world", "metrics": ["ssim_psnr"]}, None)}
+    cases = {
+        "world": ({"model": "tiny-world", "metrics": ["clip_image", "ssim_psnr"]}, {"model": "tiny-world"}),
+        "named": (
+            {"model": "tiny-world", "metrics": ["clip_image"], "metric_options": {"clip": {"model": "ViT-B-32"}}},
+            {"model": "ViT-B-32"},
+        ),
+        "tiny": ({"model": "tiny", "metrics": ["clip_image"]}, None),
+        "no clip metric": ({"model": "tiny-world", "metrics": ["ssim_psnr"]}, None),
+    }
     for name, (changes, expected) in cases.items():
         path = tmp_path / f"{name}.yaml"
         path.write_text(json.dumps({**base, **changes}))

@@ -1,5 +1,6 @@
 """System tests (Ray clusters, browsers, the CLIs end to end): one Ray cluster per test session, the test-only
 methods registered before it starts, and the harness tests' builders importable by name."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 The per-row checks themselves are tested where they live (tests/clic/test_io.py, tests/harness/test_manifest.py,
 tests/harness/test_suite.py); this file reuses their input cases and checks what a user of `clic-bench run` sees.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,16 @@ from harness.cli import main
 
 
 def write_suite(path: Path, manifest: Path, **changes: Any) -> Path:
-    suite = {"name": "bad-inputs", "model": "tiny", "manifest": str(manifest), "methods": [{"name": "cut_paste"}],
-             "seeds": [0], "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
-             "resources": {"num_cpus": 1, "max_retries": 1}}
+    suite = {
+        "name": "bad-inputs",
+        "model": "tiny",
+        "manifest": str(manifest),
+        "methods": [{"name": "cut_paste"}],
+        "seeds": [0],
+        "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
+        "metrics": ["ssim_psnr"],
+        "resources": {"num_cpus": 1, "max_retries": 1},
+    }
     suite.update(changes)
     path.write_text(json.dumps(suite))  # JSON is YAML
     return path
@@ -31,8 +39,9 @@ def run_bench(suite: Path, run: Path, *extra: str) -> int:
     return main(["run", str(suite), "--out", str(run), "--quiet", "--no-report", *extra])
 
 
-def test_bad_rows_are_one_line_each_and_the_good_rows_run(ray_session, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_rows_are_one_line_each_and_the_good_rows_run(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Missing/corrupt/truncated files, empty masks, other aspect ratios, duplicate ids, paths outside the
     folder, unknown URL schemes ... are skipped with one line naming row and column; RGBA, 16-bit, palette,
     soft, full and resized masks run."""
@@ -61,14 +70,18 @@ def test_bad_rows_are_one_line_each_and_the_good_rows_run(ray_session, tmp_path:
     assert results.loc["good-1", "status"] == "ok"
 
 
-def test_allow_outside_runs_the_rows_outside_the_manifest_folder(ray_session, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_allow_outside_runs_the_rows_outside_the_manifest_folder(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dataset = DataSet(tmp_path / "set")
     manifest, cases = write_case_manifest(dataset, tmp_path)
     # Other bytes than the rows inside, or content addressing would make it their job (run already).
     save(picture(64, 48, seed=3), tmp_path / "outside" / "elsewhere.png")
-    outside_ids = [f"case-{index}" for index, (_, _, words) in enumerate(cases)
-                   if words in ("absolute path refused", "path escapes the manifest's folder")]
+    outside_ids = [
+        f"case-{index}"
+        for index, (_, _, words) in enumerate(cases)
+        if words in ("absolute path refused", "path escapes the manifest's folder")
+    ]
     suite = write_suite(tmp_path / "suite.yaml", manifest)
     assert run_bench(suite, tmp_path / "run", "--allow-outside") == 0
     err = capsys.readouterr().err
@@ -92,17 +105,23 @@ def table(dataset: DataSet, change: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("change, words", [
-    ("missing column", "column 'target_object': missing required column"),
-    ("wrong type", "column 'pair_id': has type int64, expected string"),
-])
-def test_an_unusable_manifest_stops_the_run_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                          change: str, words: str) -> None:
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ("missing column", "column 'target_object': missing required column"),
+        ("wrong type", "column 'pair_id': has type int64, expected string"),
+    ],
+)
+def test_an_unusable_manifest_stops_the_run_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: str, words: str
+) -> None:
     manifest = table(DataSet(tmp_path / "set"), change)
     assert run_bench(write_suite(tmp_path / "suite.yaml", manifest), tmp_path / "run") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"skipped: {manifest}: {words}",
-                   f"clic-bench: error: {manifest}: the manifest cannot be used (see the lines above)"]
+    assert err == [
+        f"skipped: {manifest}: {words}",
+        f"clic-bench: error: {manifest}: the manifest cannot be used (see the lines above)",
+    ]
     assert not (tmp_path / "run" / store.RESULTS_DIR).exists()
 
 
@@ -118,8 +137,9 @@ SUITE_ERRORS = [
 
 
 @pytest.mark.parametrize("changes, words", SUITE_ERRORS, ids=[w.split(":")[0] for _, w in SUITE_ERRORS])
-def test_a_bad_suite_is_one_line_naming_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                     changes: dict[str, Any], words: str) -> None:
+def test_a_bad_suite_is_one_line_naming_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict[str, Any], words: str
+) -> None:
     manifest = DataSet(tmp_path / "set").write([DataSet(tmp_path / "set").row("p0")])
     suite = write_suite(tmp_path / "suite.yaml", manifest, **changes)
     assert run_bench(suite, tmp_path / "run") == 2

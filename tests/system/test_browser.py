@@ -1,4 +1,5 @@
 """Headless Chromium: rate a whole pack, export, score with `clic-bench score`; the report's images load."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,10 @@ from test_study import METHODS, make_fake_run
 from harness.analyse.report import write_report
 from harness.analyse.study import BROKEN, CHROMIUM, build_pack, launch_chromium
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"{CHROMIUM} is missing (.ci/setup installs it)")]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"{CHROMIUM} is missing (.ci/setup installs it)"),
+]
 
 # Both careful raters prefer the methods in this order; the careless one puts the broken image first.
 PREFERENCE = [f"{m}/{p}" for m, p in reversed(METHODS)]
@@ -45,7 +48,9 @@ def rate(page, key: dict, careless: bool) -> None:
     wait_saved(page)
     total = int(page.locator("#progress").inner_text().split(" of ")[1].split()[0])
     for _ in range(total):
-        qid_tokens = page.eval_on_selector_all("tr[data-criterion='quality'] select", "s => s.map(x => x.dataset.option)")
+        qid_tokens = page.eval_on_selector_all(
+            "tr[data-criterion='quality'] select", "s => s.map(x => x.dataset.option)"
+        )
         question = next(q for q in key["questions"].values() if set(q["options"]) == set(qid_tokens))
         rank = {label: i for i, label in enumerate(PREFERENCE + [BROKEN])}
         order = sorted(qid_tokens, key=lambda t: rank[question["options"][t]])
@@ -85,8 +90,12 @@ def test_rate_export_and_score_a_pack(browser, tmp_path: Path) -> None:
         assert page.locator("#progress").inner_text().startswith(f"Rater {rater}: {len(key['questions'])} of")
         page.close()
 
-    scored = subprocess.run([CLI, "score", str(key_path), *map(str, answer_files), "--out", str(tmp_path / "scored")],
-                            capture_output=True, text=True, timeout=120)
+    scored = subprocess.run(
+        [CLI, "score", str(key_path), *map(str, answer_files), "--out", str(tmp_path / "scored")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert scored.returncode == 0, scored.stderr
     assert "3 answered, 1 excluded for failing attention checks (r3)" in scored.stdout
     rankings = pd.read_csv(tmp_path / "scored" / "average_ranking.csv")
@@ -150,7 +159,8 @@ def test_report_and_compare_pages_fit_1200_px_and_every_image_loads(browser, tmp
     # attention maps)), one loss figure
     assert_fits_and_loads(browser, index, min_images=6 * 10)
     run_b = make_sweep_run(tmp_path / "b", worse_pair="fur3")
-    args = argparse.Namespace(run_a=str(run_a), run_b=str(run_b), metric=None, max_drop=0.0, alpha=0.05,
-                              html=str(tmp_path / "compare"))
+    args = argparse.Namespace(
+        run_a=str(run_a), run_b=str(run_b), metric=None, max_drop=0.0, alpha=0.05, html=str(tmp_path / "compare")
+    )
     compare_main(args)
     assert_fits_and_loads(browser, tmp_path / "compare" / "index.html", min_images=1 + 3 * 5)

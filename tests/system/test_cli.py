@@ -1,4 +1,5 @@
 """`clic learn|transfer|generate|match|models` end to end on real-world-shaped inputs (tiny model)."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ def gradient_image(size: int, channels: int, seed: int) -> np.ndarray:
 
 def box_mask(size: int, top: float, left: float, bottom: float, right: float) -> np.ndarray:
     mask = np.zeros((size, size), dtype=np.uint8)
-    mask[int(top * size):int(bottom * size), int(left * size):int(right * size)] = 255
+    mask[int(top * size) : int(bottom * size), int(left * size) : int(right * size)] = 255
     return mask
 
 
@@ -34,15 +35,22 @@ def box_mask(size: int, top: float, left: float, bottom: float, right: float) ->
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inputs")
     paths = {
-        "source": root / "source.png", "mask": root / "mask.png", "mask2": root / "mask2.png",
-        "target": root / "target.jpg", "target_mask": root / "target_mask.png",
+        "source": root / "source.png",
+        "mask": root / "mask.png",
+        "mask2": root / "mask2.png",
+        "target": root / "target.jpg",
+        "target_mask": root / "target_mask.png",
     }
     rgba = gradient_image(SOURCE_SIZE, 4, 0)
     rgba[..., 3] = 255
     rgba[: SOURCE_SIZE // 8, :, 3] = 0  # a transparent band: composited on white
     Image.fromarray(rgba, "RGBA").save(paths["source"])
-    Image.fromarray(np.repeat(box_mask(SOURCE_SIZE, 0.3, 0.2, 0.8, 0.6)[..., None], 3, axis=2), "RGB").save(paths["mask"])
-    Image.fromarray(np.repeat(box_mask(SOURCE_SIZE, 0.05, 0.7, 0.25, 0.95)[..., None], 3, axis=2), "RGB").save(paths["mask2"])
+    Image.fromarray(np.repeat(box_mask(SOURCE_SIZE, 0.3, 0.2, 0.8, 0.6)[..., None], 3, axis=2), "RGB").save(
+        paths["mask"]
+    )
+    Image.fromarray(np.repeat(box_mask(SOURCE_SIZE, 0.05, 0.7, 0.25, 0.95)[..., None], 3, axis=2), "RGB").save(
+        paths["mask2"]
+    )
     Image.fromarray(gradient_image(TARGET_SIZE, 3, 1), "RGB").save(paths["target"], quality=90)
     Image.fromarray(box_mask(TARGET_SIZE, 0.25, 0.25, 0.75, 0.7), "L").save(paths["target_mask"])
     return paths
@@ -54,15 +62,66 @@ def chain(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp_path_factory.mktemp("chain")
     dirs = {name: out / name for name in ("concept", "edit", "gen", "match")}
     commands = {
-        "learn": ["learn", "--model", "tiny", "--image", str(inputs["source"]), "--mask", str(inputs["mask"]),
-                  "--object", "chair", "--steps", "20", "--seed", "0", "--out", str(dirs["concept"])],
-        "transfer": ["transfer", "--concept", str(dirs["concept"]), "--image", str(inputs["target"]),
-                     "--mask", str(inputs["target_mask"]), "--object", "chair", "--t-start", "10", "--eta", "1.0",
-                     "--out", str(dirs["edit"])],
-        "generate": ["generate", "--concept", str(dirs["concept"]), "--object", "table", "--out", str(dirs["gen"]),
-                     "--steps", "10", "--images", "2"],
-        "match": ["match", "--concept", str(dirs["concept"]), "--image", str(inputs["target"]), "--object", "chair",
-                  "--out", str(dirs["match"]), "--steps", "10"],
+        "learn": [
+            "learn",
+            "--model",
+            "tiny",
+            "--image",
+            str(inputs["source"]),
+            "--mask",
+            str(inputs["mask"]),
+            "--object",
+            "chair",
+            "--steps",
+            "20",
+            "--seed",
+            "0",
+            "--out",
+            str(dirs["concept"]),
+        ],
+        "transfer": [
+            "transfer",
+            "--concept",
+            str(dirs["concept"]),
+            "--image",
+            str(inputs["target"]),
+            "--mask",
+            str(inputs["target_mask"]),
+            "--object",
+            "chair",
+            "--t-start",
+            "10",
+            "--eta",
+            "1.0",
+            "--out",
+            str(dirs["edit"]),
+        ],
+        "generate": [
+            "generate",
+            "--concept",
+            str(dirs["concept"]),
+            "--object",
+            "table",
+            "--out",
+            str(dirs["gen"]),
+            "--steps",
+            "10",
+            "--images",
+            "2",
+        ],
+        "match": [
+            "match",
+            "--concept",
+            str(dirs["concept"]),
+            "--image",
+            str(inputs["target"]),
+            "--object",
+            "chair",
+            "--out",
+            str(dirs["match"]),
+            "--steps",
+            "10",
+        ],
     }
     timings = {}
     for name, argv in commands.items():
@@ -70,8 +129,11 @@ def chain(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
         assert main(argv) == 0, name
         timings[name] = (time.perf_counter() - started, time.process_time() - cpu_started)
     # Wall and CPU seconds: on a shared machine the wall time mostly measures the other processes.
-    print("\nCLI chain timing (wall/cpu): " + ", ".join(f"{k} {w:.1f}/{c:.1f} s" for k, (w, c) in timings.items())
-          + f", total {sum(w for w, _ in timings.values()):.1f}/{sum(c for _, c in timings.values()):.1f} s")
+    print(
+        "\nCLI chain timing (wall/cpu): "
+        + ", ".join(f"{k} {w:.1f}/{c:.1f} s" for k, (w, c) in timings.items())
+        + f", total {sum(w for w, _ in timings.values()):.1f}/{sum(c for _, c in timings.values()):.1f} s"
+    )
     return dirs
 
 
@@ -100,8 +162,24 @@ def test_match_writes_masks_at_the_target_size(chain: dict[str, Path]) -> None:
 
 
 def test_learn_two_concepts_from_one_image(inputs: dict[str, Path], tmp_path: Path) -> None:
-    argv = ["learn", "--model", "tiny", "--image", str(inputs["source"]), "--mask", str(inputs["mask"]),
-            "--mask2", str(inputs["mask2"]), "--object", "necklace", "--steps", "2", "--out", str(tmp_path), "--quiet"]
+    argv = [
+        "learn",
+        "--model",
+        "tiny",
+        "--image",
+        str(inputs["source"]),
+        "--mask",
+        str(inputs["mask"]),
+        "--mask2",
+        str(inputs["mask2"]),
+        "--object",
+        "necklace",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
     assert main(argv) == 0
     assert json.loads((tmp_path / "concept.json").read_text())["tokens"] == ["<v1*>", "<v2*>"]
 
@@ -109,8 +187,22 @@ def test_learn_two_concepts_from_one_image(inputs: dict[str, Path], tmp_path: Pa
 def test_save_tiny_writes_a_loadable_folder(inputs: dict[str, Path], tmp_path: Path) -> None:
     assert main(["models", "save-tiny", str(tmp_path / "tiny")]) == 0
     assert (tmp_path / "tiny" / "model_index.json").exists()
-    argv = ["learn", "--model", str(tmp_path / "tiny"), "--image", str(inputs["source"]), "--mask", str(inputs["mask"]),
-            "--object", "chair", "--steps", "1", "--out", str(tmp_path / "concept"), "--quiet"]
+    argv = [
+        "learn",
+        "--model",
+        str(tmp_path / "tiny"),
+        "--image",
+        str(inputs["source"]),
+        "--mask",
+        str(inputs["mask"]),
+        "--object",
+        "chair",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "concept"),
+        "--quiet",
+    ]
     assert main(argv) == 0
 
 
@@ -126,8 +218,15 @@ def run_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def learn_argv(inputs: dict[str, Path], out: Path, **changes: str) -> list[str]:
-    options = {"--model": "tiny", "--image": str(inputs["source"]), "--mask": str(inputs["mask"]), "--object": "chair",
-               "--steps": "1", "--out": str(out), **changes}
+    options = {
+        "--model": "tiny",
+        "--image": str(inputs["source"]),
+        "--mask": str(inputs["mask"]),
+        "--object": "chair",
+        "--steps": "1",
+        "--out": str(out),
+        **changes,
+    }
     return ["learn", "--quiet", *[item for pair in options.items() for item in pair]]
 
 
@@ -151,43 +250,80 @@ def test_error_empty_mask(inputs: dict[str, Path], tmp_path: Path, capsys: pytes
     assert str(empty) in line and "empty" in line
 
 
-def test_error_mask_of_another_aspect_ratio(inputs: dict[str, Path], tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_error_mask_of_another_aspect_ratio(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     wide = tmp_path / "wide.png"
     Image.new("L", (SOURCE_SIZE, SOURCE_SIZE // 2), 255).save(wide)
     line = run_error(learn_argv(inputs, tmp_path / "c", **{"--mask": str(wide)}), capsys)
     assert str(wide) in line and "aspect ratio" in line
 
 
-@pytest.mark.parametrize(("option", "value", "expected"), [
-    ("--preset", "fancy", "--preset: unknown preset 'fancy'"),
-    ("--method", "magic", "--method: unknown method 'magic'"),
-    ("--steps", "0", "--steps: must be positive"),
-])
-def test_error_bad_learn_option(inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                option: str, value: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--preset", "fancy", "--preset: unknown preset 'fancy'"),
+        ("--method", "magic", "--method: unknown method 'magic'"),
+        ("--steps", "0", "--steps: must be positive"),
+    ],
+)
+def test_error_bad_learn_option(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, expected: str
+) -> None:
     assert expected in run_error(learn_argv(inputs, tmp_path / "c", **{option: value}), capsys)
 
 
-def test_error_t_start_outside_the_schedule(chain: dict[str, Path], inputs: dict[str, Path], tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["transfer", "--concept", str(chain["concept"]), "--image", str(inputs["target"]), "--mask",
-            str(inputs["target_mask"]), "--object", "chair", "--t-start", "60", "--steps", "50", "--out", str(tmp_path)]
+def test_error_t_start_outside_the_schedule(
+    chain: dict[str, Path], inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "transfer",
+        "--concept",
+        str(chain["concept"]),
+        "--image",
+        str(inputs["target"]),
+        "--mask",
+        str(inputs["target_mask"]),
+        "--object",
+        "chair",
+        "--t-start",
+        "60",
+        "--steps",
+        "50",
+        "--out",
+        str(tmp_path),
+    ]
     assert "--t-start: must lie in [1, 49]" in run_error(argv, capsys)
 
 
-def test_error_not_a_concept_folder(inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_error_not_a_concept_folder(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["generate", "--concept", str(tmp_path), "--object", "table", "--out", str(tmp_path / "g")]
     assert "not a concept folder" in run_error(argv, capsys)
 
 
 def test_console_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     """Through a real process: exit code 2 and exactly one stderr line."""
-    argv = [sys.executable, "-m", "clic.cli", "match", "--concept", str(tmp_path / "none"), "--image", "x.png",
-            "--object", "chair", "--out", str(tmp_path / "m")]
+    argv = [
+        sys.executable,
+        "-m",
+        "clic.cli",
+        "match",
+        "--concept",
+        str(tmp_path / "none"),
+        "--image",
+        "x.png",
+        "--object",
+        "chair",
+        "--out",
+        str(tmp_path / "m"),
+    ]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"clic: error: --concept: {tmp_path / 'none'}: not a concept folder (no concept.json)"]
+    assert done.stderr.strip().splitlines() == [
+        f"clic: error: --concept: {tmp_path / 'none'}: not a concept folder (no concept.json)"
+    ]
 
 
 def test_an_object_storage_out_is_refused_in_one_line_not_written_to_a_local_s3_folder(tmp_path, monkeypatch, capsys):
@@ -202,10 +338,14 @@ def test_an_object_storage_out_is_refused_in_one_line_not_written_to_a_local_s3_
     from harness.guards import check_output_folder
 
     monkeypatch.chdir(tmp_path)
-    with _pytest.raises(UsageError, match=r"^--out: s3://bucket/runs/x: only `clic-bench run` writes to object storage \(s3://\)"):
+    with _pytest.raises(
+        UsageError, match=r"^--out: s3://bucket/runs/x: only `clic-bench run` writes to object storage \(s3://\)"
+    ):
         check_output_folder("s3://bucket/runs/x")
     if importlib.util.find_spec("gcsfs") is None:
-        with _pytest.raises(UsageError, match=r"^--out: gs://bucket/runs/x: gs:// needs the gcsfs package.*pip install gcsfs"):
+        with _pytest.raises(
+            UsageError, match=r"^--out: gs://bucket/runs/x: gs:// needs the gcsfs package.*pip install gcsfs"
+        ):
             check_output_folder("gs://bucket/runs/x", remote_ok=True)
     from harness.cli import main
 

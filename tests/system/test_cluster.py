@@ -5,6 +5,7 @@ The machine may run other Ray clusters (other users, other tests): this one list
 found free, keeps its session files in its own temp dir (so `address="auto"` elsewhere never finds it), and is
 stopped by killing its own process group, never with `ray stop` (which stops every Ray process on the machine).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,26 +58,62 @@ def processes_under(marker: str) -> list[int]:
 class LocalCluster:
     def __init__(self, temp_dir: Path) -> None:
         self.temp_dir = temp_dir
-        (gcs, dashboard, client, node_manager, object_manager, agent_listen, agent_grpc, runtime_env,
-         metrics, *workers) = free_ports(9 + 12)
+        (
+            gcs,
+            dashboard,
+            client,
+            node_manager,
+            object_manager,
+            agent_listen,
+            agent_grpc,
+            runtime_env,
+            metrics,
+            *workers,
+        ) = free_ports(9 + 12)
         self.dashboard = f"http://127.0.0.1:{dashboard}"
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
-                    "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "RAY_AUTH_MODE": "disabled",
-                    "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": ""}
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")},
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PYTHONPATH": "",
+        }
         self.log = (temp_dir.parent / f"{temp_dir.name}-start.log").open("wb")
         self.process = subprocess.Popen(
-            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-             f"--ray-client-server-port={client}", f"--node-manager-port={node_manager}",
-             f"--object-manager-port={object_manager}", f"--dashboard-agent-listen-port={agent_listen}",
-             f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
-             f"--metrics-export-port={metrics}", f"--worker-port-list={','.join(map(str, workers))}",
-             "--num-cpus=2", "--object-store-memory=200000000", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=temp_dir)
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={gcs}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                f"--ray-client-server-port={client}",
+                f"--node-manager-port={node_manager}",
+                f"--object-manager-port={object_manager}",
+                f"--dashboard-agent-listen-port={agent_listen}",
+                f"--dashboard-agent-grpc-port={agent_grpc}",
+                f"--runtime-env-agent-port={runtime_env}",
+                f"--metrics-export-port={metrics}",
+                f"--worker-port-list={','.join(map(str, workers))}",
+                "--num-cpus=2",
+                "--object-store-memory=200000000",
+                f"--temp-dir={temp_dir}",
+                "--disable-usage-stats",
+            ],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=temp_dir,
+        )
 
     def ray(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "ray"), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT)
+        return subprocess.run(
+            [str(BIN / "ray"), *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        )
 
     def wait_ready(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
@@ -131,16 +168,34 @@ def local_cluster() -> Iterator[LocalCluster]:
         assert not left, f"processes of the test cluster still alive: {left}"
 
 
-def test_readme_cluster_recipe_runs_a_one_pair_suite_with_ray_job_submit(local_cluster: LocalCluster,
-                                                                          tmp_path: Path) -> None:
+def test_readme_cluster_recipe_runs_a_one_pair_suite_with_ray_job_submit(
+    local_cluster: LocalCluster, tmp_path: Path
+) -> None:
     local_cluster.wait_ready()
     out = tmp_path / "runs" / "one_pair"  # a folder every node reaches: here, the only node's disk
     runtime_env = json.dumps({"excludes": [".venv", "runs", ".git"]})
     submitted = local_cluster.ray(
-        "job", "submit", "--address", local_cluster.dashboard, "--working-dir", str(ROOT),
-        "--runtime-env-json", runtime_env, "--",
-        "python", "-m", "harness.cli", "run", "benchmarks/one_pair.yaml", "--out", str(out), "--address", "auto",
-        "--quiet", timeout=1200)
+        "job",
+        "submit",
+        "--address",
+        local_cluster.dashboard,
+        "--working-dir",
+        str(ROOT),
+        "--runtime-env-json",
+        runtime_env,
+        "--",
+        "python",
+        "-m",
+        "harness.cli",
+        "run",
+        "benchmarks/one_pair.yaml",
+        "--out",
+        str(out),
+        "--address",
+        "auto",
+        "--quiet",
+        timeout=1200,
+    )
     log = submitted.stdout + submitted.stderr
     assert submitted.returncode == 0 and "succeeded" in log, log[-4000:]
 

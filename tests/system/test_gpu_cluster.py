@@ -4,6 +4,7 @@ Ray schedules by declared resources, so placement, packing and refusals are exer
 themselves run on the CPU (``device: cpu``). Out of memory is injected by the test method ``fault_injection``
 (``torch.cuda.OutOfMemoryError``), which logs the resources Ray gave each attempt.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -37,10 +38,16 @@ def gpu_cluster() -> Iterator[object]:
 
 
 def gpu_suite(presets: list[str], resources: dict, **changes) -> object:
-    suite = {"name": "gpu", "model": "tiny", "device": "cpu",
-             "methods": [{"name": "fault_injection", "presets": presets, "learn": {"steps": 2}}],
-             "seeds": [0], "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
-             "resources": resources}
+    suite = {
+        "name": "gpu",
+        "model": "tiny",
+        "device": "cpu",
+        "methods": [{"name": "fault_injection", "presets": presets, "learn": {"steps": 2}}],
+        "seeds": [0],
+        "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
+        "metrics": ["ssim_psnr"],
+        "resources": resources,
+    }
     suite.update(changes)
     return make_suite(suite)
 
@@ -66,7 +73,8 @@ def test_out_of_memory_is_retried_with_a_whole_gpu_and_the_row_says_so(gpu_clust
 
 
 def test_out_of_memory_on_every_attempt_fails_after_max_retries_as_the_machines_failure(
-        gpu_cluster, tmp_path: Path) -> None:
+    gpu_cluster, tmp_path: Path
+) -> None:
     pairs = make_pairs(tmp_path / "data", 1)
     run = tmp_path / "run"
     suite = gpu_suite(["oom"], {"num_cpus": 1, "num_gpus": 0.5, "max_retries": 2})
@@ -74,8 +82,10 @@ def test_out_of_memory_on_every_attempt_fails_after_max_retries_as_the_machines_
     assert (summary.done, summary.failed, summary.infrastructure_failed) == (0, 1, 1)
     assert attempt_lines(run) == [["gpus=0.5:cpus=1", "gpus=1:cpus=1", "gpus=1:cpus=1"]]  # 1 + max_retries
     error = store.read_results(run)["error"].iloc[0]
-    assert error.startswith(run_folder.INFRASTRUCTURE_PREFIX + "learn ran out of memory with num_gpus 0.5, then "
-                            "num_gpus 1, then num_gpus 1 (max_retries 2): "), error
+    assert error.startswith(
+        run_folder.INFRASTRUCTURE_PREFIX + "learn ran out of memory with num_gpus 0.5, then "
+        "num_gpus 1, then num_gpus 1 (max_retries 2): "
+    ), error
     assert "CUDA out of memory" in error
     assert run_folder.infrastructure_failures(run)  # the next run runs it again without --retry-failed
 
@@ -94,8 +104,12 @@ def test_what_counts_as_out_of_memory() -> None:
     import torch
 
     assert run_folder.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
-    assert run_folder.is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
-                                                    "can't allocate memory: you tried to allocate 123 bytes"))
+    assert run_folder.is_out_of_memory(
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
+            "can't allocate memory: you tried to allocate 123 bytes"
+        )
+    )
     wrapped = RuntimeError("task failed")
     wrapped.cause = torch.OutOfMemoryError("CUDA out of memory.")  # a Ray task error carries the task's own error
     assert run_folder.is_out_of_memory(wrapped) and run_folder.is_infrastructure_error(wrapped)
@@ -103,14 +117,18 @@ def test_what_counts_as_out_of_memory() -> None:
 
 
 # ------------------------------------------------------------------------------- preflight on the cluster
-@pytest.mark.parametrize("resources, key, says", [
-    ({"num_gpus": 4}, "resources.num_gpus", "4 GPUs per job, but no node has that (at most 2 GPUs)"),
-    ({"num_cpus": 3}, "resources.num_cpus", "3 CPUs per job, but no node has that (at most 2 CPUs)"),
-    ({"custom": {"A100": 1}}, "resources.custom.A100", "1 A100 per job, but no node has that (at most 0 A100)"),
-    ({"memory_gb": 100000}, "resources.memory_gb", "1e+05 GiB memory per job, but no node has that"),
-])
-def test_a_request_no_node_can_satisfy_is_one_line_before_any_job(gpu_cluster, tmp_path: Path, resources: dict,
-                                                                  key: str, says: str, capsys) -> None:
+@pytest.mark.parametrize(
+    "resources, key, says",
+    [
+        ({"num_gpus": 4}, "resources.num_gpus", "4 GPUs per job, but no node has that (at most 2 GPUs)"),
+        ({"num_cpus": 3}, "resources.num_cpus", "3 CPUs per job, but no node has that (at most 2 CPUs)"),
+        ({"custom": {"A100": 1}}, "resources.custom.A100", "1 A100 per job, but no node has that (at most 0 A100)"),
+        ({"memory_gb": 100000}, "resources.memory_gb", "1e+05 GiB memory per job, but no node has that"),
+    ],
+)
+def test_a_request_no_node_can_satisfy_is_one_line_before_any_job(
+    gpu_cluster, tmp_path: Path, resources: dict, key: str, says: str, capsys
+) -> None:
     """Not Ray's "No available node types can fulfill resource request" every 35 s without end."""
     import json
     import time
@@ -119,9 +137,19 @@ def test_a_request_no_node_can_satisfy_is_one_line_before_any_job(gpu_cluster, t
 
     suite = tmp_path / "suite.yaml"
     manifest = Path(__file__).resolve().parents[2] / "manifests" / "furniture" / "manifest.parquet"
-    suite.write_text(json.dumps({"name": "big", "model": "tiny", "manifest": str(manifest), "limit_pairs": 1,
-                                 "methods": [{"name": "cut_paste"}], "metrics": ["ssim_psnr"],
-                                 "resources": {"num_cpus": 1, **resources}}))
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "big",
+                "model": "tiny",
+                "manifest": str(manifest),
+                "limit_pairs": 1,
+                "methods": [{"name": "cut_paste"}],
+                "metrics": ["ssim_psnr"],
+                "resources": {"num_cpus": 1, **resources},
+            }
+        )
+    )
     started = time.perf_counter()
     assert main(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--no-report"]) == 2
     print(f"refused in {time.perf_counter() - started:.1f} s")  # printed, not asserted (shared machine)
@@ -136,22 +164,33 @@ def test_what_the_cluster_check_refuses_node_by_node() -> None:
     from harness.plan.preflight import cluster_problems
 
     two_single_gpu_nodes = [{"CPU": 8, "GPU": 1, "memory": 64 * 2**30}, {"CPU": 8, "GPU": 1, "memory": 64 * 2**30}]
-    suite = make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}],
-                        "resources": {"num_cpus": 1, "num_gpus": 2}})
+    suite = make_suite(
+        {"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}], "resources": {"num_cpus": 1, "num_gpus": 2}}
+    )
     (line,) = cluster_problems(suite, two_single_gpu_nodes)  # 2 GPUs in the cluster, but not on one node
-    assert "resources.num_gpus: 2 GPUs per job, but no node has that (at most 1 GPU); the cluster has 2 nodes: " \
-           "8 CPUs, 1 GPU, 64 GiB memory" in line
+    assert (
+        "resources.num_gpus: 2 GPUs per job, but no node has that (at most 1 GPU); the cluster has 2 nodes: "
+        "8 CPUs, 1 GPU, 64 GiB memory" in line
+    )
     mixed = [{"CPU": 16, "memory": 8 * 2**30}, {"CPU": 2, "GPU": 1, "memory": 8 * 2**30}]
-    suite = make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}],
-                        "resources": {"num_cpus": 4, "num_gpus": 1}})
+    suite = make_suite(
+        {"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}], "resources": {"num_cpus": 4, "num_gpus": 1}}
+    )
     (line,) = cluster_problems(suite, mixed)  # CPUs on one node, the GPU on the other
     assert "resources: 4 CPUs, 1 GPU per job, but no one node has all of it" in line
     no_gpu = [{"CPU": 2, "memory": 2**30}]
     suite = make_suite({"name": "x", "model": "tiny", "device": "cuda", "methods": [{"name": "cut_paste"}]})
     (line,) = cluster_problems(suite, no_gpu)
     assert "device: cuda, but the cluster has no GPU (the cluster has 1 node: 2 CPUs, 0 GPUs, 1 GiB memory)" in line
-    assert cluster_problems(make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}],
-                                        "resources": {"num_gpus": 0.5}}), two_single_gpu_nodes) == []
+    assert (
+        cluster_problems(
+            make_suite(
+                {"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}], "resources": {"num_gpus": 0.5}}
+            ),
+            two_single_gpu_nodes,
+        )
+        == []
+    )
 
 
 # ------------------------------------------------------------------------------- resources per method
@@ -163,22 +202,42 @@ def test_methods_are_packed_by_their_declared_memory() -> None:
 
     assert gpus_for_memory(7.1, 16) == 0.5 and gpus_for_memory(7.1, 24) == pytest.approx(1 / 3)
     assert gpus_for_memory(17.81, 16) == 1.0 and gpus_for_memory(17.81, 40) == 0.5
-    suite = make_suite({"name": "gpu", "model": "tiny", "dtype": "fp32",
-                        "methods": [{"name": "clic"}, {"name": "break_a_scene", "presets": ["original"]},
-                                    {"name": "textual_inversion"},
-                                    {"name": "custom_diffusion", "resources": {"num_gpus": 0.25, "num_cpus": 2}}],
-                        "resources": {"num_gpus": 1, "num_cpus": 1, "gpu_memory_gib": 24}})
+    suite = make_suite(
+        {
+            "name": "gpu",
+            "model": "tiny",
+            "dtype": "fp32",
+            "methods": [
+                {"name": "clic"},
+                {"name": "break_a_scene", "presets": ["original"]},
+                {"name": "textual_inversion"},
+                {"name": "custom_diffusion", "resources": {"num_gpus": 0.25, "num_cpus": 2}},
+            ],
+            "resources": {"num_gpus": 1, "num_cpus": 1, "gpu_memory_gib": 24},
+        }
+    )
     packed = method_resources(suite, 512)
     # CLiC: weights 3.97 + trained 0.29 + kept for backward 2.84 GiB, as the README counts them.
     assert packed[("clic", "paper")]["expected_gpu_memory_gib"] == pytest.approx(3.97 + 0.29 + 2.84)
     assert packed[("clic", "paper")]["num_gpus"] == pytest.approx(1 / 3)
     assert packed[("break_a_scene", "original")]["num_gpus"] == 1.0
-    assert packed[("textual_inversion", "default")] == {"num_gpus": 1, "num_cpus": 1, "expected_gpu_memory_gib": None,
-                                                        "why": "the suite's resources"}
+    assert packed[("textual_inversion", "default")] == {
+        "num_gpus": 1,
+        "num_cpus": 1,
+        "expected_gpu_memory_gib": None,
+        "why": "the suite's resources",
+    }
     assert packed[("custom_diffusion", "default")]["num_gpus"] == 0.25
     assert packed[("custom_diffusion", "default")]["num_cpus"] == 2
-    bf16 = make_suite({"name": "gpu", "model": "tiny", "dtype": "bf16", "methods": [{"name": "clic"}],
-                       "resources": {"num_gpus": 1, "gpu_memory_gib": 16}})
+    bf16 = make_suite(
+        {
+            "name": "gpu",
+            "model": "tiny",
+            "dtype": "bf16",
+            "methods": [{"name": "clic"}],
+            "resources": {"num_gpus": 1, "gpu_memory_gib": 16},
+        }
+    )
     assert method_resources(bf16, 512)[("clic", "paper")]["num_gpus"] == 0.25  # ≈ 3.7 GiB: four per card
 
 
@@ -187,12 +246,26 @@ def test_per_method_resources_are_what_ray_gives_each_job(gpu_cluster, tmp_path:
     resources a quarter, each learn as logged by the method itself; run.json records the packing."""
     pairs = make_pairs(tmp_path / "data", 1)
     run = tmp_path / "run"
-    suite = make_suite({"name": "pack", "model": "tiny", "device": "cpu", "seeds": [0],
-                        "methods": [{"name": "fault_injection", "presets": ["slow"], "learn": {"steps": 1}},
-                                    {"name": "fault_injection", "presets": ["record"], "learn": {"steps": 1},
-                                     "resources": {"num_gpus": 0.25}}],
-                        "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
-                        "resources": {"num_cpus": 1, "num_gpus": 1, "gpu_memory_gib": 16}})
+    suite = make_suite(
+        {
+            "name": "pack",
+            "model": "tiny",
+            "device": "cpu",
+            "seeds": [0],
+            "methods": [
+                {"name": "fault_injection", "presets": ["slow"], "learn": {"steps": 1}},
+                {
+                    "name": "fault_injection",
+                    "presets": ["record"],
+                    "learn": {"steps": 1},
+                    "resources": {"num_gpus": 0.25},
+                },
+            ],
+            "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
+            "metrics": ["ssim_psnr"],
+            "resources": {"num_cpus": 1, "num_gpus": 1, "gpu_memory_gib": 16},
+        }
+    )
     summary = execute(suite, pairs, run, quiet=True)
     assert (summary.done, summary.failed) == (2, 0)
     assert sorted(line for lines in attempt_lines(run) for line in lines) == ["gpus=0.25:cpus=1", "gpus=0.5:cpus=1"]
@@ -224,15 +297,22 @@ def test_tf32_is_on_by_default_on_gpus_that_have_it_and_switchable(monkeypatch: 
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     off = make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}], "tf32": False})
     assert job_options(off)["runtime_env"] == {"env_vars": {"CLIC_TF32": "0"}}
-    assert "runtime_env" not in job_options(make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}]}))
+    assert "runtime_env" not in job_options(
+        make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"}]})
+    )
 
 
 def test_a_method_entry_asking_too_much_is_refused_naming_it() -> None:
     from harness.execute import cluster
 
-    suite = make_suite({"name": "x", "model": "tiny", "methods": [{"name": "cut_paste"},
-                                                                  {"name": "clic", "resources": {"num_gpus": 2}}],
-                        "resources": {"num_gpus": 1}})
+    suite = make_suite(
+        {
+            "name": "x",
+            "model": "tiny",
+            "methods": [{"name": "cut_paste"}, {"name": "clic", "resources": {"num_gpus": 2}}],
+            "resources": {"num_gpus": 1},
+        }
+    )
     nodes = [{"CPU": 8, "GPU": 1, "memory": 2**34}]
 
     class FakeRay:
@@ -267,9 +347,18 @@ def test_metric_actors_sit_on_gpu_slots_and_two_score_what_one_scores(gpu_cluste
     pairs = make_pairs(tmp_path / "data", 3)
     values = {}
     for actors in (1, 2):
-        suite = make_suite({"name": "pool", "model": "tiny", "device": "cpu", "seeds": [0],
-                            "methods": [{"name": "cut_paste"}], "metrics": ["ssim_psnr", "clip_image"],
-                            "metric_actors": actors, "resources": {"num_cpus": 1, "num_gpus": 0}})
+        suite = make_suite(
+            {
+                "name": "pool",
+                "model": "tiny",
+                "device": "cpu",
+                "seeds": [0],
+                "methods": [{"name": "cut_paste"}],
+                "metrics": ["ssim_psnr", "clip_image"],
+                "metric_actors": actors,
+                "resources": {"num_cpus": 1, "num_gpus": 0},
+            }
+        )
         run = tmp_path / f"run-{actors}"
         summary = execute(suite, pairs, run, quiet=True, allow_random_metrics=True)
         assert (summary.done, summary.failed) == (3, 0)
@@ -282,6 +371,7 @@ def test_metric_actors_sit_on_gpu_slots_and_two_score_what_one_scores(gpu_cluste
     assert values[1].keys() == values[2].keys() and len(values[1]) >= 3 * 2
     assert all(values[1][key] == pytest.approx(values[2][key], abs=1e-6) for key in values[1])
     assert metric_pool_shape(None, {}, {"CPU": 2}) == (1, 0.0)
-    assert metric_pool_shape(None, {"clip_image": "harness.metrics.clip_sim:ClipImageSimilarity"}, ray.cluster_resources()) \
-        == (1, 0.1)  # 2 GPUs: one actor per 4 GPUs, at least one
+    assert metric_pool_shape(
+        None, {"clip_image": "harness.metrics.clip_sim:ClipImageSimilarity"}, ray.cluster_resources()
+    ) == (1, 0.1)  # 2 GPUs: one actor per 4 GPUs, at least one
     assert metric_pool_shape(None, {"clip_image": "harness.metrics.clip_sim:ClipImageSimilarity"}, {"GPU": 16})[0] == 4

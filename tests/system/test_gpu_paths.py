@@ -1,5 +1,6 @@
 """GPU code paths checked for correctness on the CPU: mixed precision with fp32 master weights, gradient
 checkpointing, fractional GPU requests."""
+
 from __future__ import annotations
 
 import subprocess
@@ -27,8 +28,9 @@ def source() -> ConceptSource:
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_keeps_fp32_master_weights(precision):
     full = get_method("clic").learn(build_tiny(), source(), overrides={"steps": 2}, progress=False)
-    mixed = get_method("clic").learn(build_tiny(), source(), overrides={"steps": 2, "mixed_precision": precision},
-                                     progress=False)
+    mixed = get_method("clic").learn(
+        build_tiny(), source(), overrides={"steps": 2, "mixed_precision": precision}, progress=False
+    )
     assert all(v.dtype == torch.float32 for v in mixed.vectors.values())
     assert all(v.dtype == torch.float32 for v in mixed.attention_state.values())
     first_full, first_mixed = full.loss_log[0], mixed.loss_log[0]
@@ -40,8 +42,9 @@ def test_low_precision_model_with_fp32_trained_copies():
     components = build_tiny()
     for module in (components.unet, components.text_encoder):
         module.to(torch.bfloat16)
-    concept = get_method("clic").learn(components, source(), overrides={"steps": 2, "mixed_precision": "bf16"},
-                                       progress=False)
+    concept = get_method("clic").learn(
+        components, source(), overrides={"steps": 2, "mixed_precision": "bf16"}, progress=False
+    )
     assert all(torch.isfinite(torch.tensor(row["total"])) for row in concept.loss_log)
     assert all(v.dtype == torch.float32 for v in concept.attention_state.values())
     assert concept.vectors["<v*>"].dtype == torch.float32
@@ -63,8 +66,9 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_learning_with_gradient_checkpointing_runs():
-    concept = get_method("clic").learn(build_tiny(), source(), overrides={"steps": 2, "gradient_checkpointing": True},
-                                       progress=False)
+    concept = get_method("clic").learn(
+        build_tiny(), source(), overrides={"steps": 2, "gradient_checkpointing": True}, progress=False
+    )
     assert len(concept.loss_log) == 2
 
 
@@ -72,9 +76,16 @@ def test_suite_accepts_fractional_gpus():
     from harness.plan.suite import suite_from_dict
 
     root = Path(__file__).resolve().parents[2]
-    suite = suite_from_dict({"name": "gpu", "manifests": [str(root / "manifests/furniture/manifest.parquet")],
-                             "methods": [{"name": "cut_paste"}], "resources": {"num_gpus": 0.25}},
-                            source="inline", base_dir=root)
+    suite = suite_from_dict(
+        {
+            "name": "gpu",
+            "manifests": [str(root / "manifests/furniture/manifest.parquet")],
+            "methods": [{"name": "cut_paste"}],
+            "resources": {"num_gpus": 0.25},
+        },
+        source="inline",
+        base_dir=root,
+    )
     assert suite.resources.num_gpus == 0.25
 
 
@@ -107,8 +118,13 @@ FRACTIONAL_SCRIPT = textwrap.dedent("""
 def test_fractional_gpu_requests_pack_onto_one_gpu(tmp_path):
     """Four jobs asking 0.25 GPU each run at the same time on one (logical) GPU."""
     root = str(Path(__file__).resolve().parents[2])
-    result = subprocess.run([sys.executable, "-c", FRACTIONAL_SCRIPT.format(root=root)], capture_output=True,
-                            text=True, timeout=300, cwd=root)
+    result = subprocess.run(
+        [sys.executable, "-c", FRACTIONAL_SCRIPT.format(root=root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = last_json_line(result.stdout)
     assert report["all_together"]  # all four were running at the same time

@@ -1,4 +1,5 @@
 """Generation prompts, several images per generation, and group metrics over seeds and over concepts."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,19 +29,32 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def generate_suite(**changes) -> dict:
-    suite = {"name": "groups", "model": "tiny", "resolution": 64,
-             "methods": [{"name": "textual_inversion", "learn": {"steps": 2}}], "seeds": [0, 1],
-             "generate": {"objects": ["vase"], "prompts": [RED_PROMPT], "steps": 2, "stage_one_steps": 1,
-                          "images_per_seed": 2},
-             "tasks": ["generate"], "metrics": ["esr", "clip_text", "lpips_diversity", "concept_classification"],
-             "resources": {"num_cpus": 1, "max_retries": 0}}
+    suite = {
+        "name": "groups",
+        "model": "tiny",
+        "resolution": 64,
+        "methods": [{"name": "textual_inversion", "learn": {"steps": 2}}],
+        "seeds": [0, 1],
+        "generate": {
+            "objects": ["vase"],
+            "prompts": [RED_PROMPT],
+            "steps": 2,
+            "stage_one_steps": 1,
+            "images_per_seed": 2,
+        },
+        "tasks": ["generate"],
+        "metrics": ["esr", "clip_text", "lpips_diversity", "concept_classification"],
+        "resources": {"num_cpus": 1, "max_retries": 0},
+    }
     suite.update(changes)
     return suite
 
 
 def two_categories(pairs: list[Pair]) -> list[Pair]:
-    return [dataclasses.replace(pair, category="jewelry" if i == len(pairs) - 1 else "furniture")
-            for i, pair in enumerate(pairs)]
+    return [
+        dataclasses.replace(pair, category="jewelry" if i == len(pairs) - 1 else "furniture")
+        for i, pair in enumerate(pairs)
+    ]
 
 
 def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
@@ -56,8 +70,9 @@ def test_prompts_and_groups_in_the_job_graph(tmp_path: Path) -> None:
     def groups(kind: str) -> dict[str, set[tuple]]:
         found: dict[str, set[tuple]] = {}
         for job in graph.jobs:
-            found.setdefault(job.groups[kind], set()).add((job.category, job.source_image, job.seed,
-                                                           job.object_word, job.settings.prompt))
+            found.setdefault(job.groups[kind], set()).add(
+                (job.category, job.source_image, job.seed, job.object_word, job.settings.prompt)
+            )
         return found
 
     # seeds: one group per source x object x prompt, holding both seeds and nothing else
@@ -81,16 +96,27 @@ def test_generation_shorter_than_a_presets_stage_one_follows_it_and_a_given_one_
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("prompts, message", [
-    (["a photo of a {object}"], "does not name the concept"),
-    (["a {colour} {object} with {tokens}"], "unknown placeholder(s) ['colour']"),
-    (["a {object with {tokens}"], "is not a prompt template"),
-    ("every", "generate.prompts"),
-])
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        (["a photo of a {object}"], "does not name the concept"),
+        (["a {colour} {object} with {tokens}"], "unknown placeholder(s) ['colour']"),
+        (["a {object with {tokens}"], "is not a prompt template"),
+        ("every", "generate.prompts"),
+    ],
+)
 def test_bad_prompts_are_one_line_errors(prompts, message: str) -> None:
     with pytest.raises(SuiteError, match="generate.prompts") as error:
-        suite_from_dict({"name": "bad", "manifest": SHIPPED_MANIFEST, "methods": [{"name": "clic"}],
-                         "generate": {"prompts": prompts}}, source="bad.yaml", base_dir=Path.cwd())
+        suite_from_dict(
+            {
+                "name": "bad",
+                "manifest": SHIPPED_MANIFEST,
+                "methods": [{"name": "clic"}],
+                "generate": {"prompts": prompts},
+            },
+            source="bad.yaml",
+            base_dir=Path.cwd(),
+        )
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -115,14 +141,20 @@ def test_group_metrics_over_seeds_and_concepts_and_every_image_scored(ray_sessio
         images = [read_image(folder / name) for name in ("edited.png", "edited-1.png")]
         tokens = LearnedConcept.load(run / store.CONCEPTS_DIR / row["concept_id"]).tokens
         prompt = format_prompt(RED_PROMPT, "vase", tokens)
-        each = [v[0].value for v in clip_text.compute([Sample("x", "generate", output_image=image, prompt=prompt)
-                                                       for image in images])]
+        each = [
+            v[0].value
+            for v in clip_text.compute([Sample("x", "generate", output_image=image, prompt=prompt) for image in images])
+        ]
         assert abs(each[0] - each[1]) > 5e-3  # the mean differs from the first image's value
         assert row["value"] == pytest.approx(np.mean(each), abs=2e-3)  # (PNG rounding)
         esr = jobs[(jobs["job_id"] == row["job_id"]) & (jobs["metric"] == "esr")]["value"].item()
         esr_metric = build_metric("esr", MetricSettings(allow_random=True))
-        each_esr = [v[0].value for v in esr_metric.compute([Sample("x", "generate", output_image=image, prompt=prompt,
-                                                                   object_word="vase") for image in images])]
+        each_esr = [
+            v[0].value
+            for v in esr_metric.compute(
+                [Sample("x", "generate", output_image=image, prompt=prompt, object_word="vase") for image in images]
+            )
+        ]
         assert esr == np.mean(each_esr)
     assert set(jobs["metric"].dropna()) == {"esr", "clip_t"}  # group values are not on any member's row
 

@@ -6,6 +6,7 @@ row or key. Where a command handles good and bad rows together (run, manifest pr
 results are checked too. Then: a manifest edit reruns the affected jobs, large masks stay within memory, remote
 and YAML traps end in seconds, and two runs on one folder leave one row per (job, metric).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ from harness.cli import main as bench_main
 from harness.execute import run_folder
 
 REPO = Path(__file__).resolve().parents[2]
-ALIAS_BOMB = "\n".join(["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
-    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)])
+ALIAS_BOMB = "\n".join(
+    ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+)
 
 
 def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -55,8 +57,27 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     Image.fromarray(mask).save(paths["mask"])
     paths["file"].write_text("not a folder")
     concept = root / "concept"
-    assert clic_main(["learn", "--model", "tiny", "--image", str(paths["image"]), "--mask", str(paths["mask"]),
-                      "--object", "chair", "--steps", "1", "--out", str(concept), "--quiet"]) == 0
+    assert (
+        clic_main(
+            [
+                "learn",
+                "--model",
+                "tiny",
+                "--image",
+                str(paths["image"]),
+                "--mask",
+                str(paths["mask"]),
+                "--object",
+                "chair",
+                "--steps",
+                "1",
+                "--out",
+                str(concept),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     paths["concept"] = concept
     meta = json.loads((concept / "concept.json").read_text())
     token_file = next(iter(meta["token_files"].values()))
@@ -97,8 +118,11 @@ def _empty_embedding(path: Path) -> None:
 def _answers(corpus: dict[str, Path], change: Callable[[dict], None]) -> Path:
     key = json.loads(corpus["key"].read_text())
     rater = key["raters"][0]
-    answers = [{"question": q, "criterion": c, "ranking": sorted(spec["options"], key=lambda t: spec["options"][t] == BROKEN)}
-               for q, spec in key["questions"].items() for c in key["criteria"]]  # the broken image last: checks pass
+    answers = [
+        {"question": q, "criterion": c, "ranking": sorted(spec["options"], key=lambda t: spec["options"][t] == BROKEN)}
+        for q, spec in key["questions"].items()
+        for c in key["criteria"]
+    ]  # the broken image last: checks pass
     data = {"pack_id": key["pack_id"], "rater": rater, "answers": answers}
     change(data)
     path = corpus["root"] / f"answers-{abs(hash(json.dumps(data, sort_keys=True)))}.json"
@@ -115,8 +139,19 @@ def _clic(corpus: dict[str, Path], command: str, *extra: str, concept: str = "co
     if command == "learn":
         base = ["learn", "--model", "tiny", "--image", image, "--mask", mask, "--steps", "1", "--quiet"]
     elif command == "transfer":
-        base = ["transfer", "--concept", str(corpus[concept]), "--image", image, "--mask", mask, "--steps", "4",
-                "--t-start", "2"]
+        base = [
+            "transfer",
+            "--concept",
+            str(corpus[concept]),
+            "--image",
+            image,
+            "--mask",
+            mask,
+            "--steps",
+            "4",
+            "--t-start",
+            "2",
+        ]
     else:
         base = ["match", "--concept", str(corpus[concept]), "--image", image, "--steps", "1"]
     defaults = {"--object": "chair", "--out": out}
@@ -138,8 +173,10 @@ CLIC_CASES = {
     "transfer --eta nan": (("transfer", "--eta", "nan"), "--eta: must be a finite number, got nan"),
     "transfer --eta -1": (("transfer", "--eta", "-1"), "--eta: must be at least 0.0"),
     "transfer --object 200 words": (("transfer", "--object", LONG_OBJECT), "--object: 200 tokens"),
-    "transfer truncated safetensors": (("transfer", "@concept-truncated"),
-                                       "pytorch_custom_diffusion_weights.safetensors: unreadable weights"),
+    "transfer truncated safetensors": (
+        ("transfer", "@concept-truncated"),
+        "pytorch_custom_diffusion_weights.safetensors: unreadable weights",
+    ),
     "transfer empty embedding": (("transfer", "@concept-empty-embedding"), "is empty"),
     "transfer broken concept.json": (("transfer", "@concept-broken-json"), "concept.json: not readable JSON"),
     "match --threshold nan": (("match", "--threshold", "nan"), "--threshold"),
@@ -170,9 +207,16 @@ def test_clic_good_input_still_runs(corpus: dict[str, Path]) -> None:
 
 # -------------------------------------------------------------------------------------- clic-bench
 def _suite(root: Path, manifest: Path, name: str, **changes: Any) -> Path:
-    suite = {"name": "hostile", "model": "tiny", "manifest": str(manifest), "methods": [{"name": "cut_paste"}],
-             "seeds": [0], "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
-             "resources": {"num_cpus": 1, "max_retries": 1}}
+    suite = {
+        "name": "hostile",
+        "model": "tiny",
+        "manifest": str(manifest),
+        "methods": [{"name": "cut_paste"}],
+        "seeds": [0],
+        "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
+        "metrics": ["ssim_psnr"],
+        "resources": {"num_cpus": 1, "max_retries": 1},
+    }
     suite.update(changes)
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(suite))  # YAML writes non-finite numbers as .inf / .nan
@@ -188,7 +232,9 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     truncated.write_bytes(manifest.read_bytes()[:200])
     (root / "a-file").write_text("x")
     bomb = root / "bomb.yaml"
-    bomb.write_text(f"manifest: {manifest}\nmethods: [{{name: cut_paste}}]\n{ALIAS_BOMB}\nmetric_options: {{ssim: {{x: *a8}}}}\n")
+    bomb.write_text(
+        f"manifest: {manifest}\nmethods: [{{name: cut_paste}}]\n{ALIAS_BOMB}\nmetric_options: {{ssim: {{x: *a8}}}}\n"
+    )
     return {"root": root, "manifest": manifest, "truncated": truncated, "file": root / "a-file", "bomb": bomb}
 
 
@@ -201,58 +247,112 @@ def _closed_port() -> int:
 
 
 BENCH_CASES: dict[str, tuple[Callable[[dict[str, Path]], list[str]], str]] = {
-    "run eta .inf": (lambda b: ["run", str(_suite(b["root"], b["manifest"], "inf", transfer={"eta": [float("inf")]}))],
-                     "transfer.eta[0]: must be a finite number, got inf"),
-    "run eta .nan": (lambda b: ["run", str(_suite(b["root"], b["manifest"], "nan", transfer={"eta": [float("nan")]}))],
-                     "transfer.eta[0]: must be a finite number, got nan"),
-    "run guidance nan": (lambda b: ["run", str(_suite(b["root"], b["manifest"], "gnan",
-                                                      transfer={"guidance_scale": float("nan")}))],
-                         "transfer.guidance_scale: must be a finite number"),
-    "run seed 2**64": (lambda b: ["run", str(_suite(b["root"], b["manifest"], "seed", seeds=[2**64]))],
-                       "seeds[0]: 18446744073709551616 is outside [0, 4294967295]"),
-    "run metric option inf": (lambda b: ["run", str(_suite(b["root"], b["manifest"], "opt",
-                                                           metric_options={"ssim_psnr": {"x": [float("inf")]}}))],
-                              "metric_options.ssim_psnr.x[0]: must be a finite number"),
+    "run eta .inf": (
+        lambda b: ["run", str(_suite(b["root"], b["manifest"], "inf", transfer={"eta": [float("inf")]}))],
+        "transfer.eta[0]: must be a finite number, got inf",
+    ),
+    "run eta .nan": (
+        lambda b: ["run", str(_suite(b["root"], b["manifest"], "nan", transfer={"eta": [float("nan")]}))],
+        "transfer.eta[0]: must be a finite number, got nan",
+    ),
+    "run guidance nan": (
+        lambda b: ["run", str(_suite(b["root"], b["manifest"], "gnan", transfer={"guidance_scale": float("nan")}))],
+        "transfer.guidance_scale: must be a finite number",
+    ),
+    "run seed 2**64": (
+        lambda b: ["run", str(_suite(b["root"], b["manifest"], "seed", seeds=[2**64]))],
+        "seeds[0]: 18446744073709551616 is outside [0, 4294967295]",
+    ),
+    "run metric option inf": (
+        lambda b: [
+            "run",
+            str(_suite(b["root"], b["manifest"], "opt", metric_options={"ssim_psnr": {"x": [float("inf")]}})),
+        ],
+        "metric_options.ssim_psnr.x[0]: must be a finite number",
+    ),
     "run alias bomb": (lambda b: ["run", str(b["bomb"])], "YAML aliases expand to more than 100,000 values"),
-    "run --max-in-flight -1": (lambda b: ["run", str(_suite(b["root"], b["manifest"], "ok")), "--max-in-flight", "-1"],
-                               "--max-in-flight: must be at least 1, got -1"),
-    "run --num-cpus 0": (lambda b: ["run", str(_suite(b["root"], b["manifest"], "ok")), "--num-cpus", "0"],
-                         "--num-cpus: must be at least 1, got 0"),
-    "run --address closed port": (lambda b: ["run", str(_suite(b["root"], b["manifest"], "ok")), "--address",
-                                             f"127.0.0.1:{_closed_port()}"], "no Ray cluster answers at 127.0.0.1"),
-    "run --out a file": (lambda b: ["run", str(_suite(b["root"], b["manifest"], "ok")), "--out", str(b["file"])],
-                         "--out: " + "{file} is an existing file, not a folder"),
-    "run manifest truncated": (lambda b: ["run", str(_suite(b["root"], b["truncated"], "trunc")), "--no-report"],
-                               "the manifest cannot be used"),
+    "run --max-in-flight -1": (
+        lambda b: ["run", str(_suite(b["root"], b["manifest"], "ok")), "--max-in-flight", "-1"],
+        "--max-in-flight: must be at least 1, got -1",
+    ),
+    "run --num-cpus 0": (
+        lambda b: ["run", str(_suite(b["root"], b["manifest"], "ok")), "--num-cpus", "0"],
+        "--num-cpus: must be at least 1, got 0",
+    ),
+    "run --address closed port": (
+        lambda b: ["run", str(_suite(b["root"], b["manifest"], "ok")), "--address", f"127.0.0.1:{_closed_port()}"],
+        "no Ray cluster answers at 127.0.0.1",
+    ),
+    "run --out a file": (
+        lambda b: ["run", str(_suite(b["root"], b["manifest"], "ok")), "--out", str(b["file"])],
+        "--out: " + "{file} is an existing file, not a folder",
+    ),
+    "run manifest truncated": (
+        lambda b: ["run", str(_suite(b["root"], b["truncated"], "trunc")), "--no-report"],
+        "the manifest cannot be used",
+    ),
     "report missing folder": (lambda b: ["report", str(b["root"] / "no-such-run")], "no-such-run: no such run folder"),
     "report --out a file": (lambda b: ["report", str(b["run"]), "--out", str(b["file"])], "is an existing file"),
     "pack --out a file": (lambda b: ["pack", str(b["run"]), "--out", str(b["file"])], "is an existing file"),
-    "pack --seed 2**64": (lambda b: ["pack", str(b["run"]), "--out", str(b["root"] / "p"), "--seed", str(2**64)],
-                          "--seed: must be at most 4294967295"),
-    "pack missing folder": (lambda b: ["pack", str(b["root"] / "nope"), "--out", str(b["root"] / "p")],
-                            "nope: no such run folder"),
-    "compare --max-drop nan": (lambda b: ["compare", str(b["run"]), str(b["run"]), "--max-drop", "nan"],
-                               "--max-drop: must be a finite number, got nan"),
-    "compare --alpha 2": (lambda b: ["compare", str(b["run"]), str(b["run"]), "--alpha", "2"],
-                          "--alpha: must lie strictly between 0.0 and 1.0"),
-    "score rater is a list": (lambda b: ["score", str(b["key"]), str(_answers(b["corpus"], lambda d: d.update(rater=["r1"])))],
-                              "answer 1: rater must be a non-empty string, got a list"),
-    "score rater is blank": (lambda b: ["score", str(b["key"]), str(_answers(b["corpus"], lambda d: d.update(rater=" ")))],
-                             "rater must be a non-empty string, got ' '"),
-    "score question is a dict": (lambda b: ["score", str(b["key"]), str(_answers(
-        b["corpus"], lambda d: d["answers"][0].update(question={"q": 1})))], "question must be a non-empty string, got a dict"),
-    "score option is a list": (lambda b: ["score", str(b["key"]), str(_answers(
-        b["corpus"], lambda d: d["answers"][0].update(ranking=[["x"]] + d["answers"][0]["ranking"][1:])))],
-        "option must be a non-empty string, got a list"),
-    "score --out a file": (lambda b: ["score", str(b["key"]), str(_answers(b["corpus"], lambda d: None)), "--out",
-                                      str(b["file"])], "is an existing file"),
-    "manifest preview truncated": (lambda b: ["manifest", "preview", str(b["truncated"])], "not a readable Parquet file"),
+    "pack --seed 2**64": (
+        lambda b: ["pack", str(b["run"]), "--out", str(b["root"] / "p"), "--seed", str(2**64)],
+        "--seed: must be at most 4294967295",
+    ),
+    "pack missing folder": (
+        lambda b: ["pack", str(b["root"] / "nope"), "--out", str(b["root"] / "p")],
+        "nope: no such run folder",
+    ),
+    "compare --max-drop nan": (
+        lambda b: ["compare", str(b["run"]), str(b["run"]), "--max-drop", "nan"],
+        "--max-drop: must be a finite number, got nan",
+    ),
+    "compare --alpha 2": (
+        lambda b: ["compare", str(b["run"]), str(b["run"]), "--alpha", "2"],
+        "--alpha: must lie strictly between 0.0 and 1.0",
+    ),
+    "score rater is a list": (
+        lambda b: ["score", str(b["key"]), str(_answers(b["corpus"], lambda d: d.update(rater=["r1"])))],
+        "answer 1: rater must be a non-empty string, got a list",
+    ),
+    "score rater is blank": (
+        lambda b: ["score", str(b["key"]), str(_answers(b["corpus"], lambda d: d.update(rater=" ")))],
+        "rater must be a non-empty string, got ' '",
+    ),
+    "score question is a dict": (
+        lambda b: [
+            "score",
+            str(b["key"]),
+            str(_answers(b["corpus"], lambda d: d["answers"][0].update(question={"q": 1}))),
+        ],
+        "question must be a non-empty string, got a dict",
+    ),
+    "score option is a list": (
+        lambda b: [
+            "score",
+            str(b["key"]),
+            str(
+                _answers(
+                    b["corpus"], lambda d: d["answers"][0].update(ranking=[["x"]] + d["answers"][0]["ranking"][1:])
+                )
+            ),
+        ],
+        "option must be a non-empty string, got a list",
+    ),
+    "score --out a file": (
+        lambda b: ["score", str(b["key"]), str(_answers(b["corpus"], lambda d: None)), "--out", str(b["file"])],
+        "is an existing file",
+    ),
+    "manifest preview truncated": (
+        lambda b: ["manifest", "preview", str(b["truncated"])],
+        "not a readable Parquet file",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BENCH_CASES), ids=list(BENCH_CASES))
-def test_clic_bench_corpus(bench: dict[str, Path], corpus: dict[str, Path], capsys: pytest.CaptureFixture[str],
-                           case: str) -> None:
+def test_clic_bench_corpus(
+    bench: dict[str, Path], corpus: dict[str, Path], capsys: pytest.CaptureFixture[str], case: str
+) -> None:
     build, words = BENCH_CASES[case]
     argv = build({**bench, "corpus": corpus, "run": corpus["run"], "key": corpus["key"]})
     capsys.readouterr()
@@ -265,9 +365,11 @@ def test_clic_bench_corpus(bench: dict[str, Path], corpus: dict[str, Path], caps
     assert err[0].startswith("clic-bench: error: ") and words.format(file=bench["file"]) in err[0], err
 
 
-ROW_CASES = {1: ("source_image", "leads outside the manifest's folder through a symlink"),
-             2: ("source_image", "gs:// needs the gcsfs package, which is not installed (pip install gcsfs)"),
-             3: ("target_image", "cannot reach host 127.0.0.1")}
+ROW_CASES = {
+    1: ("source_image", "leads outside the manifest's folder through a symlink"),
+    2: ("source_image", "gs:// needs the gcsfs package, which is not installed (pip install gcsfs)"),
+    3: ("target_image", "cannot reach host 127.0.0.1"),
+}
 
 
 def _row_corpus(tmp_path: Path) -> tuple[DataSet, Path]:
@@ -276,9 +378,12 @@ def _row_corpus(tmp_path: Path) -> tuple[DataSet, Path]:
     outside = tmp_path / "outside.png"
     save(picture(64, 48, seed=5), outside)
     (dataset.root / "img" / "link.png").symlink_to(outside)
-    rows = [dataset.row("good"), dataset.row("link", source_image="img/link.png"),
-            dataset.row("gs", source_image="gs://bucket/source.png"),
-            dataset.row("http", target_image=f"http://127.0.0.1:{_closed_port()}/target.png")]
+    rows = [
+        dataset.row("good"),
+        dataset.row("link", source_image="img/link.png"),
+        dataset.row("gs", source_image="gs://bucket/source.png"),
+        dataset.row("http", target_image=f"http://127.0.0.1:{_closed_port()}/target.png"),
+    ]
     return dataset, dataset.write(rows)
 
 
@@ -288,8 +393,9 @@ def _assert_row_lines(lines: list[str]) -> None:
         assert len(mine) == 1 and f"column {column!r}" in mine[0] and words in mine[0], (row, lines)
 
 
-def test_run_corpus_rows_are_one_line_each_and_the_good_row_runs(ray_session, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_corpus_rows_are_one_line_each_and_the_good_row_runs(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, manifest = _row_corpus(tmp_path)
     assert _run(_suite(tmp_path, manifest, "rows"), tmp_path / "run") == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped: ")]
@@ -337,8 +443,9 @@ def test_preview_skips_bad_rows_and_draws_good_ones(tmp_path: Path, capsys: pyte
     assert out.is_file() and "(1 pairs, 1 bad rows left out)" in captured.out
 
 
-def test_score_escapes_rater_ids_in_markdown(corpus: dict[str, Path], tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_score_escapes_rater_ids_in_markdown(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     key = json.loads(corpus["key"].read_text())
     answers = _answers(corpus, lambda d: d.update(rater="<b>x</b>*_[y](z)"))
     hostile_key = {**key, "raters": ["<b>x</b>*_[y](z)"]}
@@ -369,16 +476,20 @@ def test_gs_without_gcsfs_is_one_line_without_the_network(no_network: None) -> N
     pytest.importorskip("fsspec")
     try:
         import gcsfs  # noqa: F401
+
         pytest.skip("gcsfs is installed here")
     except ImportError:
         pass
-    with pytest.raises(RemoteError, match=r"gs:// needs the gcsfs package, which is not installed \(pip install gcsfs\)"):
+    with pytest.raises(
+        RemoteError, match=r"gs:// needs the gcsfs package, which is not installed \(pip install gcsfs\)"
+    ):
         read_remote("gs://bucket/manifest.parquet")
 
 
 # ------------------------------------------------------------------------------------------- large masks
 def write_box_mask_16bit(path: Path, side: int) -> None:
     """A side x side 16-bit grayscale PNG with a white square, streamed row by row (a few MB on disk)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -387,8 +498,12 @@ def write_box_mask_16bit(path: Path, side: int) -> None:
     compressor = zlib.compressobj(1)
     body = [compressor.compress(box_row if side // 4 <= y < side // 2 else zero_row) for y in range(side)]
     body.append(compressor.flush())
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0))
-                     + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0))
+        + chunk(b"IDAT", b"".join(body))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_sixteen_bit_masks_threshold_the_same_by_strips(tmp_path: Path) -> None:
@@ -408,17 +523,34 @@ def test_validate_six_large_masks_stays_under_1_5_gb(tmp_path: Path) -> None:
     save(np.full((100, 100, 3), 128, np.uint8), dataset.root / "img" / "square.png")
     for index in range(6):
         write_box_mask_16bit(dataset.root / "masks" / f"big-{index}.png", 13000)
-    manifest = dataset.write([dataset.row(f"p{i}", source_image="img/square.png", target_image="img/square.png",
-                                          source_mask=f"masks/big-{2 * i}.png", target_mask=f"masks/big-{2 * i + 1}.png")
-                              for i in range(3)])
+    manifest = dataset.write(
+        [
+            dataset.row(
+                f"p{i}",
+                source_image="img/square.png",
+                target_image="img/square.png",
+                source_mask=f"masks/big-{2 * i}.png",
+                target_mask=f"masks/big-{2 * i + 1}.png",
+            )
+            for i in range(3)
+        ]
+    )
     # The child's own peak is VmHWM of its process image: rusage's ru_maxrss would also count the pages of this
     # (large, after many tests) pytest process that the child shared between fork and exec.
     peak_file = tmp_path / "vmhwm-kb"
-    script = ("import sys; from harness.cli import main; code = main(['validate', sys.argv[1]]); "
-              "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM')).split()[1]; "
-              "open(sys.argv[2], 'w').write(hwm); sys.exit(code)")
-    process = subprocess.run([sys.executable, "-c", script, str(manifest), str(peak_file)], cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+    script = (
+        "import sys; from harness.cli import main; code = main(['validate', sys.argv[1]]); "
+        "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM')).split()[1]; "
+        "open(sys.argv[2], 'w').write(hwm); sys.exit(code)"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", script, str(manifest), str(peak_file)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out, err = process.stdout, process.stderr
     peak_mb = int(peak_file.read_text()) / 1024
     print(f"\nvalidate, six 13000x13000 16-bit masks: peak RSS {peak_mb:.0f} MB")
@@ -433,8 +565,9 @@ def _run(suite: Path, run: Path, *extra: str) -> int:
     return bench_main(["run", str(suite), "--out", str(run), "--quiet", "--no-report", *extra])
 
 
-def test_manifest_edit_reruns_the_affected_jobs_with_the_new_values(ray_session, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_manifest_edit_reruns_the_affected_jobs_with_the_new_values(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dataset = DataSet(tmp_path / "set")
     rows = [dataset.row(f"p{i}") for i in range(3)]
     suite = _suite(tmp_path, dataset.write(rows), "edit")
@@ -465,8 +598,19 @@ def test_two_runs_on_one_folder_take_turns(tmp_path: Path) -> None:
     suite = _suite(tmp_path, dataset.write([dataset.row(f"p{i}") for i in range(3)]), "turns")
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
-    command = [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(run), "--no-report", "--quiet",
-               "--num-cpus", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "run",
+        str(suite),
+        "--out",
+        str(run),
+        "--no-report",
+        "--quiet",
+        "--num-cpus",
+        "1",
+    ]
     logs = [(tmp_path / f"out-{i}.txt", tmp_path / f"err-{i}.txt") for i in range(2)]
     with run_folder.locked(run, "test-holder", quiet=True):
         refused = subprocess.run(command + ["--no-wait"], env=env, capture_output=True, text=True, timeout=120)
@@ -486,8 +630,9 @@ def test_two_runs_on_one_folder_take_turns(tmp_path: Path) -> None:
     assert sorted(r["counts"]["done"] for r in history) == [0, 3] and len({r["run_id"] for r in history}) == 2
 
 
-def test_infrastructure_errors_and_damage_are_redone_next_run(ray_session, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_infrastructure_errors_and_damage_are_redone_next_run(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A full disk is the machine's failure: the next run (no --retry-failed) runs the job again. A deleted
     artifact, an unreadable result file and a truncated concept are each found, said in one line and redone."""
     dataset = DataSet(tmp_path / "set")
@@ -546,8 +691,14 @@ def test_report_names_the_result_files_it_left_out(tmp_path: Path, capsys: pytes
 # ------------------------------------------------------------------------------ round three (issue 27)
 # Each test below is one reproduction of issue 27, numbered as there. Commands that would take the machine down on a
 # broken build (memory) or hang (GPU wait) run in a child process with a memory limit or a timeout.
-def _child(argv: list[str], module: str = "clic.cli", *, timeout: float = 180, memory_gb: float | None = None,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _child(
+    argv: list[str],
+    module: str = "clic.cli",
+    *,
+    timeout: float = 180,
+    memory_gb: float | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     def limit() -> None:
         if memory_gb is not None:
             import resource
@@ -555,10 +706,15 @@ def _child(argv: list[str], module: str = "clic.cli", *, timeout: float = 180, m
             size = int(memory_gb * 1024**3)
             resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
-    return subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=limit,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-                               "RAY_AUTH_MODE": "disabled", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled", **(env or {})},
+    )
 
 
 def _stderr_lines(text: str) -> list[str]:
@@ -580,8 +736,14 @@ def test_27_01_huge_resolution_is_refused_by_the_suite_reader(bench: dict[str, P
     with pytest.raises(SuiteError, match=r"resolution: 100000 .*memory"):
         load_suite(_suite(tmp_path, bench["manifest"], "huge", resolution=100000))
     with pytest.raises(SuiteError, match=r"methods\[0\]\.learn\.resolution: 100000 .*memory"):
-        load_suite(_suite(tmp_path, bench["manifest"], "huge-learn",
-                          methods=[{"name": "clic", "learn": {"resolution": 100000, "steps": 1}}]))
+        load_suite(
+            _suite(
+                tmp_path,
+                bench["manifest"],
+                "huge-learn",
+                methods=[{"name": "clic", "learn": {"resolution": 100000, "steps": 1}}],
+            )
+        )
 
 
 def test_27_02_gpus_requested_on_a_machine_without_gpus_is_refused(bench: dict[str, Path], tmp_path: Path) -> None:
@@ -591,8 +753,11 @@ def test_27_02_gpus_requested_on_a_machine_without_gpus_is_refused(bench: dict[s
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     suite = _suite(tmp_path, bench["manifest"], "gpu", resources={"num_cpus": 1, "num_gpus": 1})
-    done = _child(["run", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--no-report", "--num-cpus", "1"],
-                  "harness.cli", timeout=150)
+    done = _child(
+        ["run", str(suite), "--out", str(tmp_path / "run"), "--quiet", "--no-report", "--num-cpus", "1"],
+        "harness.cli",
+        timeout=150,
+    )
     lines = _stderr_lines(done.stderr)
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
     assert "resources.num_gpus" in lines[0] and "no GPU" in lines[0], lines
@@ -613,8 +778,21 @@ def test_27_02_cuda_device_without_a_visible_gpu_is_refused(bench: dict[str, Pat
 def test_27_03_huge_image_count_is_refused(corpus: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     """3. `clic generate --images 100000000` was a 409 GB allocation traceback."""
     capsys.readouterr()
-    code = clic_main(["generate", "--concept", str(corpus["concept"]), "--object", "chair", "--steps", "10",
-                      "--images", "100000000", "--out", str(corpus["root"] / "gen")])
+    code = clic_main(
+        [
+            "generate",
+            "--concept",
+            str(corpus["concept"]),
+            "--object",
+            "chair",
+            "--steps",
+            "10",
+            "--images",
+            "100000000",
+            "--out",
+            str(corpus["root"] / "gen"),
+        ]
+    )
     line = one_error_line(capsys)
     assert code == 2 and line.startswith("clic: error: --images: 100000000") and "memory" in line, line
 
@@ -624,7 +802,9 @@ def test_27_04_clic_cache_that_is_a_file_or_read_only(corpus: dict[str, Path], t
     argv = _clic(corpus, "learn", "--out", str(tmp_path / "c1"))
     done = _child(argv, env={"CLIC_CACHE": str(corpus["file"])})
     lines = _stderr_lines(done.stderr)
-    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("clic: error: CLIC_CACHE: "), done.stderr[-2000:]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("clic: error: CLIC_CACHE: "), done.stderr[
+        -2000:
+    ]
     assert "not a folder" in lines[0]
     with _read_only_copy(tmp_path / "empty-cache") as cache:  # nothing cached: the tokenizer must be built
         done = _child(_clic(corpus, "learn", "--out", str(tmp_path / "c2")), env={"CLIC_CACHE": str(cache)})
@@ -655,11 +835,24 @@ class _read_only_copy:
         subprocess.run(["umount", str(self.mount)], check=True)
 
 
-def test_27_05_steps_beyond_the_schedulers_timesteps(corpus: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_27_05_steps_beyond_the_schedulers_timesteps(
+    corpus: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """5. `--steps 5000` was diffusers' "cannot be larger than 1000" traceback, in transfer and generate."""
-    for argv in (_clic(corpus, "transfer", "--steps", "5000"),
-                 ["generate", "--concept", str(corpus["concept"]), "--object", "chair", "--steps", "5000",
-                  "--out", str(corpus["root"] / "gen")]):
+    for argv in (
+        _clic(corpus, "transfer", "--steps", "5000"),
+        [
+            "generate",
+            "--concept",
+            str(corpus["concept"]),
+            "--object",
+            "chair",
+            "--steps",
+            "5000",
+            "--out",
+            str(corpus["root"] / "gen"),
+        ],
+    ):
         capsys.readouterr()
         assert clic_main(argv) == 2, argv
         line = one_error_line(capsys)
@@ -671,19 +864,30 @@ def test_27_05_suite_steps_beyond_the_schedulers_timesteps(bench: dict[str, Path
     from harness.errors import UsageError
     from harness.plan.preflight import preflight
 
-    suite = _suite(tmp_path, bench["manifest"], "steps", methods=[{"name": "clic", "learn": {"steps": 1}}],
-                   transfer={"t_start": [1], "steps": 1_000_000_000})
+    suite = _suite(
+        tmp_path,
+        bench["manifest"],
+        "steps",
+        methods=[{"name": "clic", "learn": {"steps": 1}}],
+        transfer={"t_start": [1], "steps": 1_000_000_000},
+    )
     with pytest.raises(UsageError) as failed:
         preflight(suite, tmp_path / "run")
     assert "transfer.steps: 1000000000" in str(failed.value) and "num_train_timesteps 1000" in str(failed.value)
-    suite = _suite(tmp_path, bench["manifest"], "gsteps", methods=[{"name": "clic", "learn": {"steps": 1}}],
-                   generate={"steps": 5000})
+    suite = _suite(
+        tmp_path,
+        bench["manifest"],
+        "gsteps",
+        methods=[{"name": "clic", "learn": {"steps": 1}}],
+        generate={"steps": 5000},
+    )
     with pytest.raises(UsageError, match="generate.steps: 5000"):
         preflight(suite, tmp_path / "run")
 
 
-def test_27_06_concept_on_a_model_of_another_architecture(corpus: dict[str, Path], tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_27_06_concept_on_a_model_of_another_architecture(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """6. A concept learned on `tiny` given `--model tiny-inpaint` failed inside the UNet (9 vs 4 channels)."""
     capsys.readouterr()
     assert clic_main(_clic(corpus, "transfer", "--model", "tiny-inpaint")) == 2
@@ -698,8 +902,9 @@ def test_27_06_concept_on_a_model_of_another_architecture(corpus: dict[str, Path
     assert len(notes) == 1 and notes[0].startswith("note: --model") and "same architecture" in notes[0], notes
 
 
-def test_27_07_ctrl_c_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, bench: dict[str, Path],
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_27_07_ctrl_c_is_one_line_and_exit_130(
+    monkeypatch: pytest.MonkeyPatch, bench: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """7. Ctrl-C printed a KeyboardInterrupt stack from runner.loop → ray.wait and exited 1."""
     from harness.execute import runner
 
@@ -718,14 +923,27 @@ def test_27_07_ctrl_c_on_a_real_run_stops_its_cluster_and_resumes(tmp_path: Path
     import signal
 
     dataset = DataSet(tmp_path / "set")
-    suite = _suite(tmp_path, dataset.write([dataset.row(f"p{i}") for i in range(30)]), "sigint",
-                   seeds=[0, 1, 2, 3])  # 120 short jobs (cut-and-paste reads no t_start: seeds multiply its jobs)
+    suite = _suite(
+        tmp_path, dataset.write([dataset.row(f"p{i}") for i in range(30)]), "sigint", seeds=[0, 1, 2, 3]
+    )  # 120 short jobs (cut-and-paste reads no t_start: seeds multiply its jobs)
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(run), "--no-report", "--quiet",
-               "--num-cpus", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "run",
+        str(suite),
+        "--out",
+        str(run),
+        "--no-report",
+        "--quiet",
+        "--num-cpus",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while not (run / "results").is_dir() or not any((run / "results").glob("*.parquet")):
         assert time.monotonic() < deadline and process.poll() is None
@@ -758,8 +976,9 @@ def test_27_08_report_into_a_read_only_run_folder(tmp_path: Path, capsys: pytest
     assert (run_dir / "report" / "index.html").is_file()  # nothing lost
 
 
-def test_27_09_rater_who_answered_only_the_attention_check(corpus: dict[str, Path], tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_27_09_rater_who_answered_only_the_attention_check(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """9. A partial export (only the attention check answered) was `TypeError: operation 'sub' ...`."""
     key = json.loads(corpus["key"].read_text())
     checks = {q for q, spec in key["questions"].items() if spec["check"]}
@@ -779,8 +998,9 @@ def test_27_09_rater_who_answered_only_the_attention_check(corpus: dict[str, Pat
     assert len(err) == 1 and "only the attention check" in err[0], err
 
 
-def test_27_10_placeholder_as_the_object_word(corpus: dict[str, Path], tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_27_10_placeholder_as_the_object_word(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """10. `--object "<v*>"` (or such a manifest object) made the prompt "A <v*> with <v*> style"."""
     for command in ("learn", "transfer"):
         capsys.readouterr()
@@ -825,8 +1045,9 @@ def test_27_11_report_shows_each_pair_its_own_images(tmp_path: Path) -> None:
     assert len(sources) == 3, images
 
 
-def test_27_12_pack_refuses_a_folder_in_a_run_or_a_report(corpus: dict[str, Path],
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_27_12_pack_refuses_a_folder_in_a_run_or_a_report(
+    corpus: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """12. `pack RUN --out RUN/report` overwrote the report; `--out RUN` put the pack beside the un-blinded run."""
     run = corpus["run"]
     bench_main(["report", str(run)])
@@ -840,8 +1061,9 @@ def test_27_12_pack_refuses_a_folder_in_a_run_or_a_report(corpus: dict[str, Path
     assert (run / "report" / "index.html").read_text() == before
 
 
-def test_27_13_a_default_follows_the_users_steps(corpus: dict[str, Path], tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_27_13_a_default_follows_the_users_steps(
+    corpus: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """13. `clic generate --steps 3` failed on `--stage-one-steps` (5 by default), an option never given."""
     out = tmp_path / "gen"
     argv = ["generate", "--concept", str(corpus["concept"]), "--object", "chair", "--steps", "3", "--out", str(out)]
@@ -861,14 +1083,31 @@ def test_27_13_suite_generate_steps_without_stage_one(bench: dict[str, Path], tm
     """13, in a suite: `generate: {steps: 3}` was refused for the preset's stage-one length the suite never set."""
     from harness.plan.preflight import preflight
 
-    suite = _suite(tmp_path, bench["manifest"], "gen3", methods=[{"name": "clic", "learn": {"steps": 1}}],
-                   tasks=["generate"], generate={"steps": 3}, metrics=["ssim_psnr"])
+    suite = _suite(
+        tmp_path,
+        bench["manifest"],
+        "gen3",
+        methods=[{"name": "clic", "learn": {"steps": 1}}],
+        tasks=["generate"],
+        generate={"steps": 3},
+        metrics=["ssim_psnr"],
+    )
     checked = preflight(suite, tmp_path / "run", allow_random_metrics=True)
     resolved = checked.plan.methods[0].resolved.generate[0].settings  # the plan's resolved settings
     assert resolved.steps == 3 and resolved.stage_one_steps == 0  # round(3 × 5/50): the paper's share
     with pytest.raises(Exception, match=r"generate.stage_one_steps: 5 is outside \[0, 3\]"):
-        preflight(_suite(tmp_path, bench["manifest"], "gen3-given", methods=[{"name": "clic"}], tasks=["generate"],
-                         generate={"steps": 3, "stage_one_steps": 5}), tmp_path / "run", allow_random_metrics=True)
+        preflight(
+            _suite(
+                tmp_path,
+                bench["manifest"],
+                "gen3-given",
+                methods=[{"name": "clic"}],
+                tasks=["generate"],
+                generate={"steps": 3, "stage_one_steps": 5},
+            ),
+            tmp_path / "run",
+            allow_random_metrics=True,
+        )
 
 
 def test_27_14_animated_and_tiny_images_are_noted_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -892,8 +1131,9 @@ def test_27_14_animated_and_tiny_images_are_noted_once(tmp_path: Path, capsys: p
     assert len(err) == 1 and err[0].startswith(f"note: {dot}: 1x1") and "upscaled" in err[0] and "64" in err[0], err
 
 
-def test_27_15_compare_errors_go_to_stderr(tmp_path: Path, corpus: dict[str, Path],
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_27_15_compare_errors_go_to_stderr(
+    tmp_path: Path, corpus: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     """15. `compare` printed its errors on stdout."""
     empty = tmp_path / "empty-run"
     (empty / "results").mkdir(parents=True)
@@ -943,8 +1183,22 @@ def test_27_sweep_clic_inputs(corpus: dict[str, Path], capsys: pytest.CaptureFix
     files = _sweep_inputs(corpus)
     image_path = str(files.get(image, corpus["root"] / "sweep" / image))
     mask_path = str(files[mask]) if mask else str(corpus["mask"])
-    argv = ["learn", "--model", "tiny", "--image", image_path, "--mask", mask_path, "--object", "chair",
-            "--steps", "1", "--quiet", "--out", str(corpus["root"] / "sweep-out")]
+    argv = [
+        "learn",
+        "--model",
+        "tiny",
+        "--image",
+        image_path,
+        "--mask",
+        mask_path,
+        "--object",
+        "chair",
+        "--steps",
+        "1",
+        "--quiet",
+        "--out",
+        str(corpus["root"] / "sweep-out"),
+    ]
     if "fifo" in case:  # in a child with a timeout: a regression must not hang the test run
         try:
             done = _child(argv, timeout=60)
@@ -962,8 +1216,9 @@ def test_27_sweep_clic_inputs(corpus: dict[str, Path], capsys: pytest.CaptureFix
     assert code == 2 and line.startswith("clic: error: ") and words in line, line
 
 
-def test_27_sweep_unreadable_run_files_are_one_line_and_keep_the_report(tmp_path: Path,
-                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_27_sweep_unreadable_run_files_are_one_line_and_keep_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """run.json or pairs.parquet damaged outside the harness: `report` said a JSON/Arrow traceback (and had already
     deleted the last report's images); a later run into the folder rewrites pairs.parquet."""
     from test_study import make_fake_run
@@ -985,8 +1240,10 @@ def test_27_sweep_unreadable_run_files_are_one_line_and_keep_the_report(tmp_path
 def test_27_sweep_suite_files(bench: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A duplicate key, a binary file, a folder: one line each (these held already; kept as cases)."""
     duplicate = tmp_path / "dup.yaml"
-    duplicate.write_text(f"name: d\nmanifest: {bench['manifest']}\nmethods: [{{name: cut_paste}}]\n"
-                         "transfer: {steps: 20}\ntransfer: {steps: 30}\n")
+    duplicate.write_text(
+        f"name: d\nmanifest: {bench['manifest']}\nmethods: [{{name: cut_paste}}]\n"
+        "transfer: {steps: 20}\ntransfer: {steps: 30}\n"
+    )
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00bad\x80")
     for suite, words in ((duplicate, "duplicate key 'transfer'"), (binary, "cannot read"), (tmp_path, "cannot read")):
@@ -999,10 +1256,14 @@ def test_27_sweep_suite_files(bench: dict[str, Path], tmp_path: Path, capsys: py
 def test_27_sweep_manifest_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """NaN / Infinity in pattern_params (Python's json takes them) were accepted; now a row line each."""
     dataset = DataSet(tmp_path / "set")
-    manifest = dataset.write([dataset.row("good", pattern_params='{"scale": 2.0}'),
-                              dataset.row("nan", pattern_params='{"scale": NaN}'),
-                              dataset.row("inf", pattern_params='{"scale": -Infinity}'),
-                              dataset.row("Good")])  # differs from "good" in case only: a distinct pair
+    manifest = dataset.write(
+        [
+            dataset.row("good", pattern_params='{"scale": 2.0}'),
+            dataset.row("nan", pattern_params='{"scale": NaN}'),
+            dataset.row("inf", pattern_params='{"scale": -Infinity}'),
+            dataset.row("Good"),
+        ]
+    )  # differs from "good" in case only: a distinct pair
     assert bench_main(["validate", str(manifest)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert any("row 1 (pair_id 'nan') column 'pattern_params': NaN is not a JSON number" in line for line in out), out
@@ -1011,7 +1272,7 @@ def test_27_sweep_manifest_rows(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_27_sweep_pair_ids_differing_in_case_get_their_own_thumbnails() -> None:
-    """"Chair1" and "chair1" were one file on case-insensitive file systems (macOS, Windows)."""
+    """ "Chair1" and "chair1" were one file on case-insensitive file systems (macOS, Windows)."""
     from harness.analyse.report import image_name
 
     assert image_name("Chair1", "source").lower() != image_name("chair1", "source").lower()
@@ -1019,16 +1280,26 @@ def test_27_sweep_pair_ids_differing_in_case_get_their_own_thumbnails() -> None:
 
 
 @pytest.mark.parametrize("export", ["bom", "semicolon"])
-def test_27_sweep_spreadsheet_csv_answers(corpus: dict[str, Path], tmp_path: Path, export: str,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_27_sweep_spreadsheet_csv_answers(
+    corpus: dict[str, Path], tmp_path: Path, export: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A CSV saved by a spreadsheet (a UTF-8 byte-order mark, or ';' between columns in comma-decimal locales)
     was refused as lacking the columns it has."""
     import csv
 
     data = json.loads(_answers(corpus, lambda d: None).read_text())
-    rows = [{"pack_id": data["pack_id"], "rater": data["rater"], "question": a["question"], "criterion": a["criterion"],
-             "place": place, "option": option}
-            for a in data["answers"] for place, option in enumerate(a["ranking"], start=1)]
+    rows = [
+        {
+            "pack_id": data["pack_id"],
+            "rater": data["rater"],
+            "question": a["question"],
+            "criterion": a["criterion"],
+            "place": place,
+            "option": option,
+        }
+        for a in data["answers"]
+        for place, option in enumerate(a["ranking"], start=1)
+    ]
     path = tmp_path / f"{export}.csv"
     with path.open("w", encoding="utf-8-sig" if export == "bom" else "utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), delimiter=";" if export == "semicolon" else ",")

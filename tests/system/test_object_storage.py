@@ -7,6 +7,7 @@ in-process patch. A run into ``s3://bucket/x`` of a manifest whose rows are ``s3
 (SIGKILL of its driver and its local Ray cluster, as tests/test_reliability.py does) and resumed; its rows must
 be those of the same suite run into a local folder.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,12 @@ def s3_server():
     port = _free_port()
     server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
@@ -94,8 +99,11 @@ def _remote_results(uri: str) -> int:
     fs = _s3()
     fs.invalidate_cache()
     try:
-        return sum(1 for p in fs.ls(f"{uri.split('://', 1)[1]}/{store.RESULTS_DIR}")
-                   if p.endswith(".parquet") and store.TEMP_PREFIX not in p)
+        return sum(
+            1
+            for p in fs.ls(f"{uri.split('://', 1)[1]}/{store.RESULTS_DIR}")
+            if p.endswith(".parquet") and store.TEMP_PREFIX not in p
+        )
     except FileNotFoundError:
         return 0
 
@@ -115,15 +123,29 @@ def test_a_run_into_s3_killed_and_resumed_has_the_rows_of_a_local_run(s3_server,
     local_suite = write_suite_file(tmp_path / "objects.yaml", local_manifest, SEEDS, ["ssim_psnr"])
     remote_suite = write_suite_file(remote_manifest.parent / "objects.yaml", remote_manifest, SEEDS, ["ssim_psnr"])
     uri = f"s3://{BUCKET}/runs/x"
-    env = {**os.environ, **s3_server, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
-           "CLIC_STAGING_DIR": str(tmp_path / "staging"), "CLIC_PUSH_SECONDS": "0.2", "CLIC_LEASE_SECONDS": "6"}
+    env = {
+        **os.environ,
+        **s3_server,
+        "RAY_AUTH_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+        "CLIC_STAGING_DIR": str(tmp_path / "staging"),
+        "CLIC_PUSH_SECONDS": "0.2",
+        "CLIC_LEASE_SECONDS": "6",
+    }
 
     # The reference: the same suite over the same files, into a local folder (the session's Ray cluster).
     local = run_suite(local_suite, tmp_path / "local", quiet=True)
     assert (local.done, local.failed) == (PAIRS * len(SEEDS), 0)
 
-    driver = subprocess.Popen(_bench(remote_suite, uri, env, "--no-report"), cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    driver = subprocess.Popen(
+        _bench(remote_suite, uri, env, "--no-report"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while _remote_results(uri) < 10:
@@ -136,8 +158,9 @@ def test_a_run_into_s3_killed_and_resumed_has_the_rows_of_a_local_run(s3_server,
     assert 10 <= before < PAIRS * len(SEEDS), before
     assert _s3().exists(f"{BUCKET}/runs/x/.lock")  # the killed driver's lease: expires, then is taken over
 
-    resumed = subprocess.run(_bench(remote_suite, uri, env), cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=900)
+    resumed = subprocess.run(
+        _bench(remote_suite, uri, env), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     counts = re.search(r"(\d+) jobs: (\d+) done, (\d+) failed, (\d+) skipped", resumed.stdout)
     assert counts, resumed.stdout
@@ -157,7 +180,9 @@ def test_a_run_into_s3_killed_and_resumed_has_the_rows_of_a_local_run(s3_server,
     assert remote_rows.drop_duplicates(["job_id", "metric", "run_id"]).groupby(["job_id", "metric"]).size().max() == 1
     assert _compared(remote_rows).equals(_compared(local_rows))
     concepts = fs.ls(f"{BUCKET}/runs/x/{store.CONCEPTS_DIR}")  # every learned concept, complete
-    assert concepts and all(fs.exists(f"{c}/concept.json") for c in concepts if not c.rsplit("/", 1)[-1].startswith("."))
+    assert concepts and all(
+        fs.exists(f"{c}/concept.json") for c in concepts if not c.rsplit("/", 1)[-1].startswith(".")
+    )
     for artifact in remote_rows["artifact_image"].dropna().unique():  # every artifact a row names is there
         assert (check.local / artifact).is_file(), artifact
     assert remote_rows["artifact_image"].notna().all()
@@ -178,7 +203,9 @@ def test_a_scheme_without_its_package_is_one_line(tmp_path: Path, capsys) -> Non
     assert len(errors) == 1 and "gcsfs" in errors[0] and "pip install gcsfs" in errors[0], errors
 
 
-def test_the_lease_is_one_holder_at_a_time_and_a_dead_holders_lease_expires(s3_server, tmp_path: Path, monkeypatch) -> None:
+def test_the_lease_is_one_holder_at_a_time_and_a_dead_holders_lease_expires(
+    s3_server, tmp_path: Path, monkeypatch
+) -> None:
     """The lock of a remote run folder: created by a conditional PUT (If-None-Match: *), so a second run is refused
     (or waits) naming the holder; a lease its holder stopped renewing (a killed driver) is taken over."""
     from harness import remote_folder
@@ -220,8 +247,10 @@ def test_push_uploads_before_it_deletes_and_pull_mirrors_the_results(s3_server, 
     assert store.compact_results(folder.local, min_files=1) == 2
     deleted_after_upload = []
     original_rm = folder.fs.rm
-    folder.fs.rm = lambda paths, **kw: (deleted_after_upload.append(_s3().ls(f"{BUCKET}/push-test/results")),
-                                        original_rm(paths, **kw))[1]
+    folder.fs.rm = lambda paths, **kw: (
+        deleted_after_upload.append(_s3().ls(f"{BUCKET}/push-test/results")),
+        original_rm(paths, **kw),
+    )[1]
     folder.push()
     assert any("compacted-000001.parquet" in p for p in deleted_after_upload[0])  # uploaded before the deletes
     other = RemoteFolder(uri, tmp_path / "b")
@@ -269,4 +298,7 @@ def test_a_concept_learned_on_one_node_is_fetched_on_another(s3_server, tmp_path
     for name in ("edited.png", "edited-1.png", "attention.png"):
         (artifacts / name).write_bytes(b"png")
     upload_folder(uri, learner, artifacts)
-    assert generated_image_uris(uri, "job1") == [f"{uri}/artifacts/job1/edited.png", f"{uri}/artifacts/job1/edited-1.png"]
+    assert generated_image_uris(uri, "job1") == [
+        f"{uri}/artifacts/job1/edited.png",
+        f"{uri}/artifacts/job1/edited-1.png",
+    ]

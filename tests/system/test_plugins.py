@@ -1,5 +1,6 @@
 """A method and a metric are one file each: a toy method (tests/toy_method.py) and a toy metric
 (tests/toy_metric.py), registered from the test folder, run through a suite like the shipped ones."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -27,11 +28,20 @@ def toy_plugins() -> Iterator[None]:
     harness.metrics.PLUGINS.pop("toy_changed_share")
 
 
-def test_a_toy_method_and_metric_registered_by_a_test_run_through_a_suite(toy_plugins, ray_session,
-                                                                          tmp_path: Path) -> None:
-    suite = make_suite({"name": "toys", "model": "tiny", "methods": [{"name": "toy_fill"}, {"name": "cut_paste"}],
-                        "seeds": [0], "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
-                        "metrics": ["toy_changed_share", "ssim_psnr"], "resources": {"num_cpus": 1}})
+def test_a_toy_method_and_metric_registered_by_a_test_run_through_a_suite(
+    toy_plugins, ray_session, tmp_path: Path
+) -> None:
+    suite = make_suite(
+        {
+            "name": "toys",
+            "model": "tiny",
+            "methods": [{"name": "toy_fill"}, {"name": "cut_paste"}],
+            "seeds": [0],
+            "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
+            "metrics": ["toy_changed_share", "ssim_psnr"],
+            "resources": {"num_cpus": 1},
+        }
+    )
     pairs = make_pairs(tmp_path / "data", 2)
     summary = execute(suite, pairs, tmp_path / "run", quiet=True)
     results = store.read_results(tmp_path / "run")
@@ -46,6 +56,8 @@ def test_a_toy_method_and_metric_registered_by_a_test_run_through_a_suite(toy_pl
     # Identity decided at plan time: rows carry the label, the run folder records the plan and its pairs.
     assert set(results["label"]) == {"toy_fill/default", "cut_paste/default"}
     plan = store.read_run_record(tmp_path / "run")["plan"]
-    assert [run["target"] for run in plan["methods"]] == ["toy_method:MeanColourFill",
-                                                          "clic.methods.cut_paste:CutPaste"]
+    assert [run["target"] for run in plan["methods"]] == [
+        "toy_method:MeanColourFill",
+        "clic.methods.cut_paste:CutPaste",
+    ]
     assert sorted(row["pair_id"] for row in store.read_pairs(tmp_path / "run")) == ["p0_0", "p1_0"]

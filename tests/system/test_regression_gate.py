@@ -4,6 +4,7 @@
 Weights: the tiny random model (the tiny-world UNet is not shipped yet). What the broken loss changes there is the
 token's attention, read by ``attention_in_mask``: see the suite file for why the official-code preset is the one
 on which l_att has a grip on random weights."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,7 @@ from broken_losses import ATT_SIGN_FLIPPED, att_sign_flipped
 
 from clic.losses import Objective, StepTensors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "benchmarks" / "regression-gate.yaml"
 
 
@@ -25,8 +26,15 @@ def test_the_broken_term_is_minus_l_att_from_the_formula() -> None:
     generator = torch.Generator().manual_seed(0)
     attention = torch.rand(2, 1, 4, 4, generator=generator)
     masks = (torch.rand(2, 1, 4, 4, generator=generator) > 0.5).float()
-    expected = -sum(float((attention[b, 0, i, j] - masks[b, 0, i, j]) ** 2)
-                    for b in range(2) for i in range(4) for j in range(4)) / 32
+    expected = (
+        -sum(
+            float((attention[b, 0, i, j] - masks[b, 0, i, j]) ** 2)
+            for b in range(2)
+            for i in range(4)
+            for j in range(4)
+        )
+        / 32
+    )
     step = StepTensors(noise=torch.zeros(2, 4, 4, 4), mask=masks, attention=attention, attention_masks=masks)
     assert float(att_sign_flipped(step)) == pytest.approx(expected, rel=1e-6)
     objective = Objective({"att": {"fn": ATT_SIGN_FLIPPED, "needs": ["context", "attention"], "weight": 0.25}})
@@ -42,9 +50,11 @@ def test_attention_in_mask_is_the_maps_mass_share_inside_the_mask() -> None:
     mask = np.array([[False, True, True], [False, False, False], [False, False, True]])
     expected = (0.5 + 1.0 + 0.25) / (0.5 + 1.0 + 0.25 + 0.25)
     metric = metric_class("attention_in_mask")(MetricSettings())
-    samples = [Sample(job_id="a", task="transfer", attention=attention, target_mask=mask),
-               Sample(job_id="flat", task="transfer", attention=np.zeros((3, 3), np.float32), target_mask=mask),
-               Sample(job_id="g", task="generate", attention=attention, target_mask=mask)]
+    samples = [
+        Sample(job_id="a", task="transfer", attention=attention, target_mask=mask),
+        Sample(job_id="flat", task="transfer", attention=np.zeros((3, 3), np.float32), target_mask=mask),
+        Sample(job_id="g", task="generate", attention=attention, target_mask=mask),
+    ]
     scored = metric.compute(samples)
     assert [v.name for v in scored[0]] == ["attention_in_mask"] and scored[0][0].value == pytest.approx(expected)
     assert scored[1] == [] and scored[2] == []  # a flat map has no mass; generations have no target mask
@@ -63,15 +73,16 @@ def test_the_transfer_attention_is_placed_on_the_target_like_the_edited_image() 
     _, _, placement = to_model_input(target, None, 64)
     square = np.zeros((64, 64), np.float32)
     box = [round(v) for v in placement.box_at(64)]  # (left, upper, right, lower) of the target in the square
-    square[box[1]:box[3], box[0]:box[2]] = 1.0
+    square[box[1] : box[3], box[0] : box[2]] = 1.0
     mapped = _map_at_original_size(square, placement)
     assert mapped.shape == (48, 96)
     assert float(mapped[2:-2, 2:-2].min()) == pytest.approx(1.0, abs=1e-3)
 
 
 @pytest.mark.slow
-def test_compare_fails_the_broken_loss_and_passes_the_good_one(ray_session, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_fails_the_broken_loss_and_passes_the_good_one(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from harness.cli import main
 
     def run(out: Path, *extra: str) -> int:
@@ -79,8 +90,15 @@ def test_compare_fails_the_broken_loss_and_passes_the_good_one(ray_session, tmp_
 
     good, broken = tmp_path / "good", tmp_path / "broken"
     assert run(good) == 0
-    assert run(broken, "--set", "methods[0].learn.terms.att={weight: 0.25, resize: bilinear, "
-                                f"fn: '{ATT_SIGN_FLIPPED}', needs: [context, attention]}}") == 0
+    assert (
+        run(
+            broken,
+            "--set",
+            "methods[0].learn.terms.att={weight: 0.25, resize: bilinear, "
+            f"fn: '{ATT_SIGN_FLIPPED}', needs: [context, attention]}}",
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["compare", str(good), str(broken)]) == 1
     out = capsys.readouterr().out

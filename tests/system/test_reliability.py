@@ -5,6 +5,7 @@ lost, nothing run twice), and what a result row points to is complete. Timings a
 not asserted (the machine is shared). The test-only method ``fault_injection``
 (tests/fault_injection.py, registered by tests/plugins.py) kills its own worker once, or fails deterministically.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,15 @@ CLIC_BENCH = str(Path(sys.executable).with_name("clic-bench"))
 
 
 def fault_suite(presets: list[str], **changes) -> object:
-    suite = {"name": "faults", "model": "tiny", "methods": [{"name": "fault_injection", "presets": presets,
-                                                             "learn": {"steps": 4}}],
-             "seeds": [0], "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
-             "resources": {"num_cpus": 1, "max_retries": 2}}
+    suite = {
+        "name": "faults",
+        "model": "tiny",
+        "methods": [{"name": "fault_injection", "presets": presets, "learn": {"steps": 4}}],
+        "seeds": [0],
+        "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
+        "metrics": ["ssim_psnr"],
+        "resources": {"num_cpus": 1, "max_retries": 2},
+    }
     suite.update(changes)
     return make_suite(suite)
 
@@ -104,8 +110,11 @@ def test_killed_metric_actor_restarts_and_its_calls_are_retried(ray_session, tmp
     pairs = make_pairs(tmp_path / "data", 6, targets_per_source=5)
     run = tmp_path / "run"
     marker = tmp_path / "metric-actor-killed"
-    suite = cut_paste_suite(resources={"num_cpus": 1, "max_retries": 2}, metrics=["kill_actor_once", "ssim_psnr"],
-                            metric_options={"kill_actor_once": {"marker": str(marker)}})
+    suite = cut_paste_suite(
+        resources={"num_cpus": 1, "max_retries": 2},
+        metrics=["kill_actor_once", "ssim_psnr"],
+        metric_options={"kill_actor_once": {"marker": str(marker)}},
+    )
     summary = execute(suite, pairs, run, quiet=True)
     assert marker.is_file(), "the metric actor was never killed"
     results = store.read_results(run)
@@ -122,11 +131,20 @@ def test_deterministic_failures_are_recorded_once_reported_and_retried_on_reques
 
     pairs = make_pairs(tmp_path / "data", 2)
     run = tmp_path / "run"
-    suite = make_suite({"name": "failing", "model": "tiny", "seeds": [0],
-                        "methods": [{"name": "cut_paste"},
-                                    {"name": "fault_injection", "presets": ["nan-loss"], "learn": {"steps": 4}}],
-                        "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": ["ssim_psnr"],
-                        "resources": {"num_cpus": 1, "max_retries": 3}})
+    suite = make_suite(
+        {
+            "name": "failing",
+            "model": "tiny",
+            "seeds": [0],
+            "methods": [
+                {"name": "cut_paste"},
+                {"name": "fault_injection", "presets": ["nan-loss"], "learn": {"steps": 4}},
+            ],
+            "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
+            "metrics": ["ssim_psnr"],
+            "resources": {"num_cpus": 1, "max_retries": 3},
+        }
+    )
     summary = execute(suite, pairs, run, quiet=True)
     assert (summary.done, summary.failed) == (2, 2)
     assert attempts(run) == [1, 1]  # an exception is not retried, even with max_retries 3
@@ -197,8 +215,10 @@ def test_node_lost_mid_run_the_other_node_finishes_every_job(tmp_path: Path) -> 
     assert (report["done"], report["failed"]) == (40, 0), report
     assert report["nodes"].get(report["lost_node"], 0) > 0, report  # the lost node had been doing jobs
     assert_each_job_once(tmp_path / "run", 40)
-    print(f"\nnode loss: worker node removed after {report['removed_after']} results; expected 40 results, "
-          f"got {len(result_files(tmp_path / 'run'))}; jobs per node {report['nodes']} (lost: {report['lost_node'][:8]})")
+    print(
+        f"\nnode loss: worker node removed after {report['removed_after']} results; expected 40 results, "
+        f"got {len(result_files(tmp_path / 'run'))}; jobs per node {report['nodes']} (lost: {report['lost_node'][:8]})"
+    )
 
 
 # ------------------------------------------------------------------------ driver death and resume
@@ -208,8 +228,10 @@ def write_drawn_manifest(folder: Path, count: int) -> Path:
     rows = []
     for i in range(count):
         names = {}
-        for role, colour, box in (("source", (40 * i % 255, 80, 160), (8 + i % 8, 10, 40, 44)),
-                                  ("target", (90, 30 * i % 255, 30), (20, 16 + i % 10, 52, 50))):
+        for role, colour, box in (
+            ("source", (40 * i % 255, 80, 160), (8 + i % 8, 10, 40, 44)),
+            ("target", (90, 30 * i % 255, 30), (20, 16 + i % 10, 52, 50)),
+        ):
             image = Image.new("RGB", (SIZE, SIZE), (200, 200, 200))
             ImageDraw.Draw(image).rectangle(box, fill=colour)
             mask = Image.new("L", (SIZE, SIZE), 0)
@@ -217,19 +239,40 @@ def write_drawn_manifest(folder: Path, count: int) -> Path:
             image.save(folder / f"{role}{i}.png")
             mask.save(folder / f"{role}{i}_mask.png")
             names[role] = f"{role}{i}.png"
-        rows.append({"pair_id": f"p{i}", "category": "furniture", "source_image": names["source"],
-                     "source_mask": f"source{i}_mask.png", "source_object": "chair", "target_image": names["target"],
-                     "target_mask": f"target{i}_mask.png", "target_object": "chair",
-                     "target_mask_gt": f"target{i}_mask.png", "expected_image": names["target"], "tags": []})
+        rows.append(
+            {
+                "pair_id": f"p{i}",
+                "category": "furniture",
+                "source_image": names["source"],
+                "source_mask": f"source{i}_mask.png",
+                "source_object": "chair",
+                "target_image": names["target"],
+                "target_mask": f"target{i}_mask.png",
+                "target_object": "chair",
+                "target_mask_gt": f"target{i}_mask.png",
+                "expected_image": names["target"],
+                "tags": [],
+            }
+        )
     return write_manifest(rows, folder / "manifest.parquet")
 
 
 def write_suite_file(path: Path, manifest: Path, seeds: list[int], metrics: list[str]) -> Path:
     """A cut-and-paste suite: it reads no transfer settings (a t_start sweep is the same jobs), so seeds multiply jobs."""
-    path.write_text(json.dumps({  # JSON is YAML
-        "name": path.stem, "model": "tiny", "manifest": str(manifest), "methods": [{"name": "cut_paste"}],
-        "seeds": seeds, "transfer": {"t_start": [10], "eta": [1.0], "steps": 20}, "metrics": metrics,
-        "resources": {"num_cpus": 1, "max_retries": 2}}))
+    path.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "name": path.stem,
+                "model": "tiny",
+                "manifest": str(manifest),
+                "methods": [{"name": "cut_paste"}],
+                "seeds": seeds,
+                "transfer": {"t_start": [10], "eta": [1.0], "steps": 20},
+                "metrics": metrics,
+                "resources": {"num_cpus": 1, "max_retries": 2},
+            }
+        )
+    )
     return path
 
 
@@ -273,8 +316,15 @@ def test_driver_killed_half_way_then_rerun_runs_only_the_missing_jobs(tmp_path: 
     suite = write_suite_file(tmp_path / "resume.yaml", manifest, [0, 1, 2, 3], ["ssim_psnr"])  # 200 jobs
     run = tmp_path / "run"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    driver = subprocess.Popen(bench_command(suite, run), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    driver = subprocess.Popen(
+        bench_command(suite, run),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for_results(run, 100, driver)
     finally:
@@ -298,8 +348,10 @@ def test_driver_killed_half_way_then_rerun_runs_only_the_missing_jobs(tmp_path: 
     assert_each_job_once(run, 200)
     checked = assert_artifacts_complete(run)
     assert checked == 600  # edited, attention and mask of every job
-    print(f"\ndriver death: killed after {finished_before}/200 results; rerun ran {done}, skipped {skipped}, "
-          f"in {resume_seconds:.1f} s (incl. starting Ray); expected 200 results, got {len(result_files(run))}")
+    print(
+        f"\ndriver death: killed after {finished_before}/200 results; rerun ran {done}, skipped {skipped}, "
+        f"in {resume_seconds:.1f} s (incl. starting Ray); expected 200 results, got {len(result_files(run))}"
+    )
 
 
 # ------------------------------------------------------------------------------------------ load
@@ -319,8 +371,14 @@ def run_load(tmp_path: Path, pairs: int) -> dict:
     manifest = write_drawn_manifest(tmp_path / f"data{pairs}", pairs)
     suite = write_suite_file(tmp_path / f"load{pairs}.yaml", manifest, [0], ["ssim_psnr", "oracle_preservation"])
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    result = subprocess.run([sys.executable, "-c", LOAD_DRIVER, str(suite), str(tmp_path / f"run{pairs}")], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_DRIVER, str(suite), str(tmp_path / f"run{pairs}")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return last_json_line(result.stdout)
 
@@ -335,5 +393,7 @@ def test_load_1000_pairs_with_bounded_driver_memory_and_in_flight_tasks(tmp_path
     # The driver keeps no per-job outputs: ten times the jobs may not cost more than a little bookkeeping.
     assert large["peak_rss_mb"] - small["peak_rss_mb"] < 150, (small, large)
     for report in (small, large):
-        print(f"\nload: {report['jobs']} jobs in {report['seconds']:.1f} s = {report['jobs'] / report['seconds']:.1f} "
-              f"jobs/s; driver peak RSS {report['peak_rss_mb']:.0f} MB; peak in flight {report['peak_in_flight']}")
+        print(
+            f"\nload: {report['jobs']} jobs in {report['seconds']:.1f} s = {report['jobs'] / report['seconds']:.1f} "
+            f"jobs/s; driver peak RSS {report['peak_rss_mb']:.0f} MB; peak in flight {report['peak_in_flight']}"
+        )

@@ -1,5 +1,6 @@
 """Every number says what made it: settings resolved once (``Method.resolve``) and recorded in every row, sweeps
 as variants of their own, the folder's own plan in its tables, honest intervals, random weights labelled."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def suite(data: dict, source: str = "suite") -> object:
-    return suite_from_dict({"name": "t", "manifests": [SHIPPED_MANIFEST], "model": "tiny", **data}, source=source,
-                           base_dir=Path.cwd())
+    return suite_from_dict(
+        {"name": "t", "manifests": [SHIPPED_MANIFEST], "model": "tiny", **data}, source=source, base_dir=Path.cwd()
+    )
 
 
 def graph_of(checked, pairs):
@@ -42,8 +44,13 @@ def test_the_plan_carries_the_objects_the_suite_reader_resolved(tmp_path: Path) 
     from clic.methods.base import get_method
     from clic.transfer import TransferSettings
 
-    checked = suite({"methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3}}],
-                     "transfer": {"t_start": [2], "eta": [0.5], "steps": 6}, "metrics": ["ssim_psnr"]})
+    checked = suite(
+        {
+            "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3}}],
+            "transfer": {"t_start": [2], "eta": [0.5], "steps": 6},
+            "metrics": ["ssim_psnr"],
+        }
+    )
     resolved = checked.runs[0][0]
     plan, graph = graph_of(checked, make_pairs(tmp_path, 1))
     assert plan.methods[0].resolved is resolved
@@ -54,15 +61,22 @@ def test_the_plan_carries_the_objects_the_suite_reader_resolved(tmp_path: Path) 
     assert (job.settings.t_start, job.settings.eta, job.settings.steps) == (2, 0.5, 6)
     method = get_method("clic")
     assert method.resolve("transfer", "paper", job.settings) is job.settings
-    assert method.resolve("transfer", "paper", {"t_start": 2, "eta": 0.5, "steps": 6, "guidance_scale": 7.5}) \
+    assert (
+        method.resolve("transfer", "paper", {"t_start": 2, "eta": 0.5, "steps": 6, "guidance_scale": 7.5})
         == job.settings
+    )
 
 
 def test_a_preset_supplied_t_start_is_in_every_row(tmp_path: Path) -> None:
     """The suite leaves t_start and eta to the presets: the rows still say what ran (released code: t_start 15,
     reproduce.sh L35; DDIM eta 1.0, transfer.py L85 — the preset's declared values; the paper: t_start 10)."""
-    checked = suite({"methods": [{"name": "clic", "presets": ["paper", "official-code"]}],
-                     "transfer": {"steps": 50}, "metrics": ["ssim_psnr"]})
+    checked = suite(
+        {
+            "methods": [{"name": "clic", "presets": ["paper", "official-code"]}],
+            "transfer": {"steps": 50},
+            "metrics": ["ssim_psnr"],
+        }
+    )
     _, graph = graph_of(checked, make_pairs(tmp_path, 1))
     by_preset = {job.preset: settings_columns(job) for job in graph.jobs}
     assert by_preset["official-code"]["t_start"] == 15 and by_preset["paper"]["t_start"] == 10
@@ -73,8 +87,14 @@ def test_a_preset_supplied_t_start_is_in_every_row(tmp_path: Path) -> None:
 
 
 def test_a_sweep_is_one_variant_per_value_and_seeds_are_not(tmp_path: Path) -> None:
-    checked = suite({"methods": [{"name": "clic", "presets": ["paper"]}, {"name": "cut_paste"}], "seeds": [0, 1],
-                     "transfer": {"t_start": [1, 4], "steps": 6}, "metrics": ["ssim_psnr"]})
+    checked = suite(
+        {
+            "methods": [{"name": "clic", "presets": ["paper"]}, {"name": "cut_paste"}],
+            "seeds": [0, 1],
+            "transfer": {"t_start": [1, 4], "steps": 6},
+            "metrics": ["ssim_psnr"],
+        }
+    )
     _, graph = graph_of(checked, make_pairs(tmp_path, 2))
     labels = sorted({job.label for job in graph.jobs})
     assert labels == ["clic/paper t_start=1", "clic/paper t_start=4", "cut_paste/default"]
@@ -87,8 +107,26 @@ def test_a_sweep_is_one_variant_per_value_and_seeds_are_not(tmp_path: Path) -> N
 def test_the_cli_resolves_through_the_same_function(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from clic import cli
 
-    assert cli.main(["learn", "--image", "x.png", "--mask", "m.png", "--object", "chair", "--preset", "paper",
-                     "--steps", "0", "--out", str(tmp_path / "c")]) == 2
+    assert (
+        cli.main(
+            [
+                "learn",
+                "--image",
+                "x.png",
+                "--mask",
+                "m.png",
+                "--object",
+                "chair",
+                "--preset",
+                "paper",
+                "--steps",
+                "0",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 2
+    )
     assert "clic: error: --steps: must be positive" in capsys.readouterr().err
     from clic import cli_tasks
 
@@ -97,14 +135,20 @@ def test_the_cli_resolves_through_the_same_function(tmp_path: Path, capsys: pyte
 
 
 # -------------------------------------------------------------------------------- metric options
-@pytest.mark.parametrize("options, expected", [
-    ({"lpips": {"net": "vgg"}}, "metric_options.lpips.net: 'vgg' is not the LPIPS trunk"),
-    ({"clip": {"modle": "ViT-L-14"}}, "metric_options.clip.modle: unknown option 'modle' of clip (known: batch_size, "
-                                      "cache_dir, model, pretrained); did you mean 'model'?"),
-    ({"clip": {"model": "ViT-L-15"}}, "metric_options.clip.model: 'ViT-L-15' is not an open_clip architecture"),
-    ({"clip": {"batch_size": 0}}, "metric_options.clip.batch_size: must be at least 1"),
-    ({"clip_image": {"model": "ViT-B-32"}}, "options of 'clip_image' go under its model family: clip"),
-])
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"lpips": {"net": "vgg"}}, "metric_options.lpips.net: 'vgg' is not the LPIPS trunk"),
+        (
+            {"clip": {"modle": "ViT-L-14"}},
+            "metric_options.clip.modle: unknown option 'modle' of clip (known: batch_size, "
+            "cache_dir, model, pretrained); did you mean 'model'?",
+        ),
+        ({"clip": {"model": "ViT-L-15"}}, "metric_options.clip.model: 'ViT-L-15' is not an open_clip architecture"),
+        ({"clip": {"batch_size": 0}}, "metric_options.clip.batch_size: must be at least 1"),
+        ({"clip_image": {"model": "ViT-B-32"}}, "options of 'clip_image' go under its model family: clip"),
+    ],
+)
 def test_metric_options_are_declared(options: dict, expected: str) -> None:
     with pytest.raises(SuiteError) as error:
         suite({"methods": [{"name": "cut_paste"}], "metrics": ["lpips", "clip_image"], "metric_options": options})
@@ -112,8 +156,13 @@ def test_metric_options_are_declared(options: dict, expected: str) -> None:
 
 
 def test_declared_options_are_accepted() -> None:
-    checked = suite({"methods": [{"name": "cut_paste"}], "metrics": ["lpips", "clip_image"],
-                     "metric_options": {"clip": {"model": "ViT-L-14", "batch_size": 8}, "lpips": {"net": "alex"}}})
+    checked = suite(
+        {
+            "methods": [{"name": "cut_paste"}],
+            "metrics": ["lpips", "clip_image"],
+            "metric_options": {"clip": {"model": "ViT-L-14", "batch_size": 8}, "lpips": {"net": "alex"}},
+        }
+    )
     assert checked.metric_options["clip"]["model"] == "ViT-L-14"
 
 
@@ -121,8 +170,9 @@ def test_declared_options_are_accepted() -> None:
 def test_a_cuda_device_without_a_gpu_is_refused_before_ray() -> None:
     checked = suite({"methods": [{"name": "cut_paste"}], "metrics": ["ssim_psnr"], "device": "cuda"})
     assert "needs resources.num_gpus > 0" in device_problems(checked)[0]
-    gpu = suite({"methods": [{"name": "cut_paste"}], "metrics": ["ssim_psnr"], "device": "cuda",
-                 "resources": {"num_gpus": 1}})
+    gpu = suite(
+        {"methods": [{"name": "cut_paste"}], "metrics": ["ssim_psnr"], "device": "cuda", "resources": {"num_gpus": 1}}
+    )
     assert "no visible CUDA GPU" in device_problems(gpu, cuda_available=False)[0]
     assert device_problems(gpu, cuda_available=True) == []
 
@@ -136,17 +186,39 @@ def test_another_suite_into_a_folder_is_refused(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------- intervals
 def _rows(values: dict[tuple[str, int], float], method: str = "clic") -> list[dict]:
-    return [{"job_id": f"{method}-{pair}-{seed}", "pair_id": pair, "seed": seed, "task": "transfer",
-             "object_word": "chair", "category": "furniture", "method": method, "preset": "paper", "metric": "m",
-             "value": value, "status": "ok", "weights_label": "tiny-random", "metric_weights": "none"}
-            for (pair, seed), value in values.items()]
+    return [
+        {
+            "job_id": f"{method}-{pair}-{seed}",
+            "pair_id": pair,
+            "seed": seed,
+            "task": "transfer",
+            "object_word": "chair",
+            "category": "furniture",
+            "method": method,
+            "preset": "paper",
+            "metric": "m",
+            "value": value,
+            "status": "ok",
+            "weights_label": "tiny-random",
+            "metric_weights": "none",
+        }
+        for (pair, seed), value in values.items()
+    ]
 
 
 def test_pairs_are_resampled_with_their_seeds_nested() -> None:
     """The nested bootstrap written out: draw pairs with replacement, then each drawn pair's seeds with
     replacement; the percentile interval of the resampled means."""
-    values = {("a", 0): 0.1, ("a", 1): 0.3, ("b", 0): 0.5, ("b", 1): 0.9, ("c", 0): 0.2, ("c", 1): 0.4,
-              ("d", 0): 0.8, ("d", 1): 0.6}
+    values = {
+        ("a", 0): 0.1,
+        ("a", 1): 0.3,
+        ("b", 0): 0.5,
+        ("b", 1): 0.9,
+        ("c", 0): 0.2,
+        ("c", 1): 0.4,
+        ("d", 0): 0.8,
+        ("d", 1): 0.6,
+    }
     pairs = sorted({p for p, _ in values})
     by_pair = {p: np.array([v for (q, _), v in values.items() if q == p]) for p in pairs}
     rng = np.random.default_rng(0)  # the seeded stream: every pair draw of the 2000 resamples, then every seed draw
@@ -154,8 +226,11 @@ def test_pairs_are_resampled_with_their_seeds_nested() -> None:
     uniforms = rng.random((2000, len(pairs), 2))
     means = []
     for drawn, u in zip(drawn_pairs, uniforms):
-        resample = [by_pair[pairs[i]][int(np.floor(u[k, j] * len(by_pair[pairs[i]])))]
-                    for k, i in enumerate(drawn) for j in range(len(by_pair[pairs[i]]))]
+        resample = [
+            by_pair[pairs[i]][int(np.floor(u[k, j] * len(by_pair[pairs[i]])))]
+            for k, i in enumerate(drawn)
+            for j in range(len(by_pair[pairs[i]]))
+        ]
         means.append(np.mean(resample))
     expected = tuple(np.percentile(means, [2.5, 97.5]))
     flat = [v for (_, _), v in sorted(values.items())]
@@ -188,8 +263,10 @@ def test_holm_by_hand_and_in_the_paired_table() -> None:
     for metric, shift in (("m", 0.2), ("n", 0.0)):
         base = {(f"p{i}", 0): float(v) for i, v in enumerate(rng.uniform(0, 1, 8))}
         for method, offset in (("clic", 0.0), ("realfill", shift)):
-            rows += [{**row, "metric": metric, "job_id": f"{row['job_id']}-{metric}"}
-                     for row in _rows({k: v + offset + rng.normal(0, 0.01) for k, v in base.items()}, method)]
+            rows += [
+                {**row, "metric": metric, "job_id": f"{row['job_id']}-{metric}"}
+                for row in _rows({k: v + offset + rng.normal(0, 0.01) for k, v in base.items()}, method)
+            ]
     paired = paired_differences(pd.DataFrame(rows)).set_index("metric")
     expected = holm(paired["p_value"].to_numpy())
     assert paired["p_holm"].to_numpy() == pytest.approx(expected)
@@ -205,9 +282,16 @@ def test_sweep_plan_scope_and_random_weights_end_to_end(ray_session, tmp_path: P
 
     model = save_tiny(tmp_path / "tiny-folder")
     pairs = make_pairs(tmp_path / "data", 3)
-    data = {"name": "sweep", "model": str(model), "seeds": [0, 1], "metrics": ["ssim_psnr"],
-            "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 2}}, {"name": "cut_paste"}],
-            "transfer": {"t_start": [1, 4], "steps": 5}, "tasks": ["transfer"], "resources": {"num_cpus": 1}}
+    data = {
+        "name": "sweep",
+        "model": str(model),
+        "seeds": [0, 1],
+        "metrics": ["ssim_psnr"],
+        "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 2}}, {"name": "cut_paste"}],
+        "transfer": {"t_start": [1, 4], "steps": 5},
+        "tasks": ["transfer"],
+        "resources": {"num_cpus": 1},
+    }
     run = tmp_path / "run"
     first = execute(suite(data), pairs, run, quiet=True)
     assert first.failed == 0
@@ -224,8 +308,7 @@ def test_sweep_plan_scope_and_random_weights_end_to_end(ray_session, tmp_path: P
     assert "| clic/paper t_start=1 |" in markdown and "| clic/paper t_start=4 |" in markdown
     assert "†" in markdown and "random-weight models" in markdown
 
-    edited = {**data, "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3}},
-                                  {"name": "cut_paste"}]}
+    edited = {**data, "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3}}, {"name": "cut_paste"}]}
     second = execute(suite(edited), pairs, run, quiet=True)
     assert second.done == 12 and second.skipped == 6  # CLiC's jobs are new; cut-and-paste's are the same jobs
     write_report(run)
@@ -233,14 +316,21 @@ def test_sweep_plan_scope_and_random_weights_end_to_end(ray_session, tmp_path: P
     overall = summary[summary["category"].eq("all") & summary["metric"].eq("psnr_outside")].set_index("preset")
     assert overall.loc["paper t_start=1", "n"] == 6, "the first plan's CLiC rows are not pooled with the second's"
     earlier_rows = int(clic_rows.shape[0])
-    assert f"{earlier_rows} result row(s) from an earlier plan of this folder are not in these tables" in \
-        (run / "report" / "summary.md").read_text()
+    assert (
+        f"{earlier_rows} result row(s) from an earlier plan of this folder are not in these tables"
+        in (run / "report" / "summary.md").read_text()
+    )
 
 
 def test_a_rerun_says_failures_are_still_there(ray_session, tmp_path: Path) -> None:
     pairs = make_pairs(tmp_path / "data", 2)
-    data = {"name": "fails", "methods": [{"name": "fault_injection", "presets": ["nan-loss"]}],
-            "metrics": ["ssim_psnr"], "tasks": ["transfer"], "transfer": {"steps": 20}}
+    data = {
+        "name": "fails",
+        "methods": [{"name": "fault_injection", "presets": ["nan-loss"]}],
+        "metrics": ["ssim_psnr"],
+        "tasks": ["transfer"],
+        "transfer": {"steps": 20},
+    }
     run = tmp_path / "run"
     first = execute(suite(data), pairs, run, quiet=True)
     assert first.failed == 2 and exit_status(first) == 1

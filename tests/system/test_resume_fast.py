@@ -1,5 +1,6 @@
 """issue 25: a resume with nothing to do is answered from the stored plan's fingerprint, without planning; any
 change to what the plan's ids follow from plans in full again."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,9 @@ def graph_calls(monkeypatch: pytest.MonkeyPatch) -> GraphCalls:
     return calls
 
 
-def test_nothing_to_do_is_answered_without_planning_and_changes_plan_again(ray_session, tmp_path: Path,
-                                                                          graph_calls: GraphCalls) -> None:
+def test_nothing_to_do_is_answered_without_planning_and_changes_plan_again(
+    ray_session, tmp_path: Path, graph_calls: GraphCalls
+) -> None:
     pairs = make_pairs(tmp_path / "data", 2, targets_per_source=2)
     run = tmp_path / "run"
     first = execute(cut_paste_suite(), pairs, run, quiet=True)
@@ -48,8 +50,12 @@ def test_nothing_to_do_is_answered_without_planning_and_changes_plan_again(ray_s
     assert graph_calls.calls == 1  # not planned
     assert (again.total_jobs, again.done, again.skipped, again.failed_earlier) == (4, 0, 4, 0)
     assert exit_status(again) == 0
-    assert store.read_results(run).sort_values(["job_id", "metric"]).reset_index(drop=True).equals(
-        rows.sort_values(["job_id", "metric"]).reset_index(drop=True))
+    assert (
+        store.read_results(run)
+        .sort_values(["job_id", "metric"])
+        .reset_index(drop=True)
+        .equals(rows.sort_values(["job_id", "metric"]).reset_index(drop=True))
+    )
 
     # a file touched (same bytes): planned in full, and its jobs keep their ids (ids hash the bytes)
     os.utime(pairs[0].target_image, ns=(1_000_000_000, 1_000_000_000))
@@ -92,8 +98,10 @@ def test_a_machine_failure_is_not_finished(ray_session, tmp_path: Path, graph_ca
     results = store.read_results(run)
     job_id = results["job_id"].iloc[0]
     lost = results[results["job_id"] == job_id].assign(
-        status=store.STATUS_FAILED, value=None,
-        error=f"{runner.run_folder.INFRASTRUCTURE_PREFIX}WorkerCrashedError: the worker died")
+        status=store.STATUS_FAILED,
+        value=None,
+        error=f"{runner.run_folder.INFRASTRUCTURE_PREFIX}WorkerCrashedError: the worker died",
+    )
     store.remove_job_results(run, {job_id: "test"})
     store.write_job_results(run, job_id, lost.astype(object).where(lost.notna(), None).to_dict("records"))
     again = execute(cut_paste_suite(), pairs, run, quiet=True)

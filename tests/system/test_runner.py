@@ -1,4 +1,5 @@
 """The Ray runner: one result file per job, resume, learn once per concept, failures, 2 nodes, real CLiC."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,12 @@ def test_run_resume_and_changed_setting(ray_session, tmp_path: Path) -> None:
     again = execute(cut_paste_suite(), pairs, run, quiet=True)
     assert (again.done, again.failed, again.skipped, again.learns_run) == (0, 0, 4, 0)
     columns = [c for c in store.RESULT_COLUMNS if c not in ("run_id",)]
-    assert store.read_results(run)[columns].sort_values(["job_id", "metric"]).reset_index(drop=True).equals(
-        results[columns].sort_values(["job_id", "metric"]).reset_index(drop=True))
+    assert (
+        store.read_results(run)[columns]
+        .sort_values(["job_id", "metric"])
+        .reset_index(drop=True)
+        .equals(results[columns].sort_values(["job_id", "metric"]).reset_index(drop=True))
+    )
 
     # cut-and-paste reads no transfer settings: a t_start sweep is the same four jobs, not eight
     swept = execute(cut_paste_suite(transfer={"t_start": [10, 12], "eta": [1.0], "steps": 20}), pairs, run, quiet=True)
@@ -52,17 +57,25 @@ def test_not_applicable_and_failed_jobs_do_not_stop_the_run(ray_session, tmp_pat
     broken.save(tmp_path / "data" / "empty.png")
     pairs[1] = Pair(**{**pairs[1].__dict__, "pair_id": "broken", "target_mask": str(tmp_path / "data" / "empty.png")})
     run = tmp_path / "run"
-    summary = execute(cut_paste_suite(generate={"objects": ["vase"], "steps": 10}, tasks=["transfer", "generate"]),
-                      pairs, run, quiet=True)
+    summary = execute(
+        cut_paste_suite(generate={"objects": ["vase"], "steps": 10}, tasks=["transfer", "generate"]),
+        pairs,
+        run,
+        quiet=True,
+    )
     assert (summary.done, summary.failed, summary.not_applicable) == (2, 1, 3)
     results = store.read_results(run)
     failed = results[results["status"] == "failed"]
     assert list(failed["pair_id"]) == ["broken"] and "\n" not in failed["error"].iloc[0] and failed["error"].iloc[0]
     na = results[results["status"] == "not_applicable"]
     assert set(na["task"]) == {"generate"} and na["metric"].isna().all() and na["value"].isna().all()
-    retry = execute(cut_paste_suite(generate={"objects": ["vase"], "steps": 10}, tasks=["transfer", "generate"]),
-                    pairs, run, quiet=True,
-                    retry_failed=True)
+    retry = execute(
+        cut_paste_suite(generate={"objects": ["vase"], "steps": 10}, tasks=["transfer", "generate"]),
+        pairs,
+        run,
+        quiet=True,
+        retry_failed=True,
+    )
     assert (retry.done + retry.failed, retry.skipped) == (1, 5)
 
 
@@ -74,15 +87,25 @@ def test_throughput_with_cut_paste(ray_session, tmp_path: Path) -> None:
     summary = execute(cut_paste_suite(), pairs, tmp_path / "run", quiet=True)
     seconds = time.perf_counter() - start
     assert summary.done == 50
-    print(f"\ncut_paste: {summary.done} jobs in {seconds:.1f} s = {summary.done / seconds:.1f} jobs/s; "
-          f"harness overhead share {summary.overhead_share:.0%}")
+    print(
+        f"\ncut_paste: {summary.done} jobs in {seconds:.1f} s = {summary.done / seconds:.1f} jobs/s; "
+        f"harness overhead share {summary.overhead_share:.0%}"
+    )
 
 
 def test_tiny_clic_learn_then_transfer(ray_session, tmp_path: Path) -> None:
     pairs = make_pairs(tmp_path / "data", 1)
-    suite = make_suite({"name": "tiny-clic", "model": "tiny", "resolution": 64,
-                        "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3}}], "seeds": [0],
-                        "transfer": {"t_start": [3], "eta": [1.0], "steps": 5}, "metrics": ["ssim_psnr"]})
+    suite = make_suite(
+        {
+            "name": "tiny-clic",
+            "model": "tiny",
+            "resolution": 64,
+            "methods": [{"name": "clic", "presets": ["paper"], "learn": {"steps": 3}}],
+            "seeds": [0],
+            "transfer": {"t_start": [3], "eta": [1.0], "steps": 5},
+            "metrics": ["ssim_psnr"],
+        }
+    )
     summary = execute(suite, pairs, tmp_path / "run", quiet=True)
     results = store.read_results(tmp_path / "run")
     assert summary.done == 1 and summary.learns_run == 1, results["error"].tolist()
@@ -105,8 +128,16 @@ def test_dtype_is_part_of_concept_ids_and_device_is_not(tmp_path: Path) -> None:
     pairs = make_pairs(tmp_path / "data", 1)
     learns = {}
     for device, dtype in (("auto", "fp32"), ("cpu", "fp32"), ("auto", "bf16")):
-        suite = make_suite({"name": "placed", "model": "tiny", "device": device, "dtype": dtype,
-                            "methods": [{"name": "clic"}], "metrics": ["ssim_psnr"]})
+        suite = make_suite(
+            {
+                "name": "placed",
+                "model": "tiny",
+                "device": device,
+                "dtype": dtype,
+                "methods": [{"name": "clic"}],
+                "metrics": ["ssim_psnr"],
+            }
+        )
         models, native = describe_models(suite)
         assert models["clic"].dtype == dtype and models["clic"].device == device
         plan = plan_from_suite(suite, suite.resolution or native)
@@ -165,8 +196,12 @@ def test_two_node_cluster(tmp_path: Path) -> None:
 
 
 def test_unset_stage_one_steps_leaves_each_preset_its_own() -> None:
-    base = {"name": "stage-one", "manifest": SHIPPED_MANIFEST, "tasks": ["generate"],
-            "methods": [{"name": "single_insert", "presets": ["one-stage"]}]}
+    base = {
+        "name": "stage-one",
+        "manifest": SHIPPED_MANIFEST,
+        "tasks": ["generate"],
+        "methods": [{"name": "single_insert", "presets": ["one-stage"]}],
+    }
     unset = suite_from_dict(base, source="unset", base_dir=Path.cwd()).runs[0][0].generate[0].settings
     assert unset.stage_one_steps == 0  # the preset's, not a suite default of 5
     explicit = suite_from_dict({**base, "generate": {"stage_one_steps": 3}}, source="set", base_dir=Path.cwd())
