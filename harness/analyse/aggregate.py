@@ -8,6 +8,7 @@ naming the diffusion weights and the metric weights that made its numbers.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -162,9 +163,14 @@ def summary_table(df: pd.DataFrame, by: Sequence[str] = ("method", "category", "
     values = values.assign(weights=weights_description(values))
     values = values.assign(cluster=_clusters(values))
     rows = []
+    intervals: dict[str, tuple[float, float]] = {}  # a group with the same values and units as one before it
     for key, group in values.groupby(by, dropna=False, sort=True):
         data = group["value"].to_numpy()
-        low, high = interval(data, group["cluster"].to_numpy())
+        # e.g. the "all" category of a run with one category: the same draws would give the same interval
+        same = hashlib.sha256(data.tobytes() + "\x1f".join(group["cluster"].astype(str)).encode()).hexdigest()
+        if same not in intervals:
+            intervals[same] = interval(data, group["cluster"].to_numpy())
+        low, high = intervals[same]
         rows.append(
             {
                 **dict(zip(by, key)),

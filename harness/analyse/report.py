@@ -57,6 +57,7 @@ from harness.analyse.weights_legend import weights_keys, with_short_weights
 from harness.plan.identity import method_label  # noqa: F401 - method_label is used by the study too
 from harness.store import (
     earlier_plan_note,
+    earlier_plan_rows,
     read_pairs,
     read_plan_results,
     read_run_record,
@@ -192,7 +193,7 @@ def report_main(args: argparse.Namespace) -> int:
     index = write_report(args.run, out=args.out, reference=args.reference)
     for line in left_out_lines(Path(args.run)):
         print(f"report: left out {line}", file=sys.stderr)
-    earlier = read_plan_results(args.run)[1]
+    earlier = earlier_plan_rows(args.run)
     if earlier:
         print(f"report: {earlier_plan_note(earlier)}", file=sys.stderr)
     print(f"report: {index}")

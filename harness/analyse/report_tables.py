@@ -12,7 +12,14 @@ import pandas as pd
 
 from clic import is_random_weights
 from harness.analyse import headline as headline_table
-from harness.analyse.aggregate import ALL_CATEGORIES, INTERVAL_NOTE, format_number, higher_is_better, to_markdown
+from harness.analyse.aggregate import (
+    ALL_CATEGORIES,
+    INTERVAL_NOTE,
+    format_number,
+    higher_is_better,
+    method_labels,
+    to_markdown,
+)
 from harness.analyse.costs import COST_NOTE
 from harness.plan.identity import method_label
 
@@ -56,7 +63,7 @@ def ablation_labels(results: pd.DataFrame, run_info: Mapping[str, Any]) -> list[
     )
     if not varied:
         return []
-    present = {method_label(m, p) for m, p in zip(results["method"], results["preset"]) if m in varied}
+    present = set(method_labels(results[results["method"].isin(varied)]).unique())
     planned = planned_labels(run_info)
     ordered = [label for label in dict.fromkeys(planned) if label in present]
     return ordered + sorted(present - set(ordered))
@@ -70,9 +77,8 @@ def planned_labels(run_info: Mapping[str, Any]) -> list[str]:
 def label_order(planned: Sequence[str], results: pd.DataFrame) -> list[str]:
     """Every method label of `results` in the suite's order: each planned label followed by its sweep points
     ("clic/paper t_start=2", "… t_start=10", numbers in numeric order), then labels the plan does not name."""
-    present = sorted(
-        {method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))}, key=_natural_key
-    )
+    labels = method_labels(results) if {"method", "preset"} <= set(results.columns) else pd.Series(dtype=object)
+    present = sorted(set(labels.unique()), key=_natural_key)  # one label per distinct method and preset
     ordered: list[str] = []
     for head in dict.fromkeys(planned):
         ordered += [
