@@ -167,7 +167,8 @@ def summary_table(df: pd.DataFrame, by: Sequence[str] = ("method", "category", "
     for key, group in values.groupby(by, dropna=False, sort=True):
         data = group["value"].to_numpy()
         # e.g. the "all" category of a run with one category: the same draws would give the same interval
-        same = hashlib.sha256(data.tobytes() + "\x1f".join(group["cluster"].astype(str)).encode()).hexdigest()
+        units = pd.util.hash_pandas_object(group["cluster"], index=False).to_numpy()
+        same = hashlib.sha256(data.tobytes() + units.tobytes()).hexdigest()
         if same not in intervals:
             intervals[same] = interval(data, group["cluster"].to_numpy())
         low, high = intervals[same]

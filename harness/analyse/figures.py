@@ -245,8 +245,20 @@ def tstart_points(results: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     base = rows["base_preset"] if "base_preset" in rows else rows["preset"]
+    keys = pd.DataFrame(
+        {
+            "m": rows["method"].to_numpy(object),
+            "b": base.to_numpy(object),
+            "v": rows["variant"].fillna("").to_numpy(object),
+        },
+        index=rows.index,
+    )
+    codes = keys.groupby(["m", "b", "v"], dropna=False, sort=False).ngroup().to_numpy()
+    lines = np.array(
+        [trade_off_label(*key) for key in keys.drop_duplicates().itertuples(index=False, name=None)], dtype=object
+    )
     rows = rows.assign(
-        line=[trade_off_label(m, b, v) for m, b, v in zip(rows["method"], base, rows["variant"].fillna(""))],
+        line=lines[codes] if len(keys) else [],  # one label per distinct method, preset and variant
         t_start=pd.to_numeric(rows["t_start"], errors="coerce"),
     )
     swept = rows.dropna(subset=["t_start"]).groupby("line")["t_start"].nunique()

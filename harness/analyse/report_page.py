@@ -14,7 +14,14 @@ import pandas as pd
 
 from harness.analyse import figures
 from harness.analyse import headline as headline_table
-from harness.analyse.aggregate import INTERVAL_NOTE, TABLE_CSS, higher_is_better, to_html_fragment, uses_tiny_random
+from harness.analyse.aggregate import (
+    INTERVAL_NOTE,
+    TABLE_CSS,
+    higher_is_better,
+    method_labels,
+    to_html_fragment,
+    uses_tiny_random,
+)
 from harness.analyse.costs import COST_NOTE
 from harness.analyse.grids import GRID_CSS, grid_note
 from harness.analyse.images import file_slug, image_name, thumbnail
@@ -174,7 +181,8 @@ def _preset_sources(results: pd.DataFrame) -> str:
     if results.empty:
         return ""
     blocks = []
-    for method, preset in sorted(set(zip(results["method"].dropna(), results["preset"].dropna()))):
+    pairs = results[["method", "preset"]].dropna().drop_duplicates()  # a few distinct pairs among every row
+    for method, preset in sorted(set(pairs.itertuples(index=False, name=None))):
         declared = declared_settings(method, preset)
         if declared:
             rows = "".join(
@@ -341,6 +349,12 @@ def _nav(plots: ReportFigures, ablations: bool, failed: int) -> list[str]:
     return nav
 
 
+def _distinct_labels(results: pd.DataFrame) -> list[str]:
+    if results.empty or not {"method", "preset"} <= set(results.columns):
+        return []
+    return list(method_labels(results).unique())
+
+
 def _image_and_loss_sections(results: pd.DataFrame, grids: Mapping[str, str], plots: ReportFigures) -> list[str]:
     """The image grids per category, then the loss-term figures per method label."""
     body = [f'<h2 id="images">Images</h2><p>{html.escape(grid_note(results))}</p>']
@@ -351,8 +365,8 @@ def _image_and_loss_sections(results: pd.DataFrame, grids: Mapping[str, str], pl
         "losses.csv, a line per pair; labels that share their concepts (the points of a transfer sweep) "
         "share one figure.</p>"
     )
-    method_labels = sorted({method_label(m, p) for m, p in zip(results.get("method", []), results.get("preset", []))})
-    for plot, labels in _by_figure(method_labels, plots.losses).items():
+    shown = sorted(set(_distinct_labels(results)))
+    for plot, labels in _by_figure(shown, plots.losses).items():
         anchors = "".join(f'<span id="method-{file_slug(label)}"></span>' for label in labels)
         image = (
             figure_html(plot, "loss terms of " + ", ".join(labels), wide=True)

@@ -23,7 +23,7 @@ TINY_RANDOM_NOTE = (
 def uses_tiny_random(df: pd.DataFrame) -> bool:
     """True when any row was made with tiny random weights, for the diffusion model or the metric."""
     columns = [c for c in ("weights_label", "metric_weights", "weights") if c in df.columns]
-    return any(df[c].map(is_random_weights).any() for c in columns)
+    return any(is_random_weights(value) for c in columns for value in df[c].dropna().unique())  # per distinct label
 
 
 TABLE_CSS = """
