@@ -22,7 +22,7 @@ def readme_query() -> str:
     )
     assert found, "the README's results query block"
     code = found.group(1)
-    assert len(code.strip().splitlines()) == 3
+    assert len([line for line in code.strip().splitlines() if line.strip()]) == 3
     return code
 
 
