@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
+PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 TEST_METHODS = {"fault_injection": "fault_injection:FaultInjection"}  # kills its worker or fails on purpose
 TEST_METRICS = {"kill_actor_once": "fault_injection:KillActorOnce"}  # kills the metric actor once
 
@@ -24,7 +25,11 @@ def register_test_plugins() -> None:
         register_metric(name, target)
     paths = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path]
     if TESTS_DIR not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([TESTS_DIR, *paths])
+        # The project root goes first: tests/clic and tests/harness (folders without __init__.py) would otherwise
+        # be namespace packages named clic and harness in a child whose sys.path has tests/ but not the root (a
+        # console script such as clic-bench: the editable install's finder runs after the path's namespaces).
+        paths = [path for path in paths if path != PROJECT_ROOT]
+        os.environ["PYTHONPATH"] = os.pathsep.join([PROJECT_ROOT, TESTS_DIR, *paths])
 
 
 register_test_plugins()
