@@ -317,19 +317,6 @@ def read_plan_results(run_dir: str | Path) -> tuple[pd.DataFrame, int]:
     return _frame(table.filter(keep)), len(table) - pc.sum(keep).as_py() if len(table) else 0
 
 
-def earlier_plan_rows(run_dir: str | Path) -> int:
-    """How many result rows of the folder are not of its current plan (the job ids alone are read)."""
-    path = Path(run_dir) / PLAN_FILE
-    if not path.is_file():
-        return 0
-    planned = pq.read_table(path, columns=["result_id"]).column("result_id").combine_chunks()
-    return sum(
-        len(t) - pc.sum(pc.is_in(t.column("job_id"), value_set=planned)).as_py()
-        for t in _read_tables(run_dir, ["job_id"])
-        if len(t)
-    )
-
-
 def earlier_plan_note(rows: int) -> str:
     return f"{rows} result row(s) from an earlier plan of this folder are not in these tables" if rows else ""
 

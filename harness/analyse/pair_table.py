@@ -28,10 +28,6 @@ MAX_SAMPLE = 120  # at most this many pairs in the grids, whatever the number of
 ID_COLUMNS = ("pair_id", "category", "label", "task", "seed", "object_word", "t_start", "eta", "job_id")
 
 
-def _labels(frame: pd.DataFrame) -> pd.Series:
-    return method_labels(frame)
-
-
 def grid_sample(results: pd.DataFrame, declared: Mapping[str, bool], seed: int = 0) -> tuple[set[str], str]:
     """(pair ids whose images the report shows, one sentence saying which and why)."""
     pairs = sorted({str(p) for p in results.get("pair_id", pd.Series(dtype=object)).dropna()})
@@ -41,7 +37,7 @@ def grid_sample(results: pd.DataFrame, declared: Mapping[str, bool], seed: int =
     values = values[values["pair_id"].notna()]
     chosen: dict[str, None] = {}
     if not values.empty:
-        values = values.assign(label=_labels(values))
+        values = values.assign(label=method_labels(values))
         per_pair = values.groupby(["label", "metric", "pair_id"], sort=True)["value"].mean().reset_index()
         for (_label, metric), group in per_pair.groupby(["label", "metric"], sort=True):
             ordered = group.sort_values(["value", "pair_id"], ascending=[not higher_is_better(metric, declared), True])
@@ -67,7 +63,7 @@ def pair_table(results: pd.DataFrame) -> pd.DataFrame:
     values = values[values["pair_id"].notna()] if "pair_id" in values.columns else values
     if values.empty:
         return pd.DataFrame(columns=list(ID_COLUMNS))
-    values = values.assign(label=_labels(values))
+    values = values.assign(label=method_labels(values))
     keys = [column for column in ID_COLUMNS if column in values.columns]
     # NaN keys (eta of a method without one) would drop the row from the pivot: keyed as text instead
     keyed = values[keys].astype(object).where(values[keys].notna(), "")

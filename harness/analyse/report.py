@@ -57,7 +57,6 @@ from harness.analyse.weights_legend import weights_keys, with_short_weights
 from harness.plan.identity import method_label  # noqa: F401 - method_label is used by the study too
 from harness.store import (
     earlier_plan_note,
-    earlier_plan_rows,
     read_pairs,
     read_plan_results,
     read_run_record,
@@ -67,12 +66,18 @@ from harness.store import (
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, reference: str = "clic") -> Path:
     """Write the report of `run_dir` into `out` (default RUN/report) and return the path of index.html."""
+    return _write_report(run_dir, out, reference)[0]
+
+
+def _write_report(run_dir: str | Path, out: str | Path | None, reference: str) -> tuple[Path, list[str], int]:
+    """:func:`write_report`, plus what it left out: the unreadable result files' lines and the rows of earlier
+    plans (`clic-bench report` says both without reading the folder again)."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report"
     plan_results, earlier_rows = read_plan_results(run_dir)  # read first: an unreadable run leaves the last report
     results = with_variants(plan_results)
     run_info = read_run_record(run_dir)
-    read_pairs(run_dir)
+    read_pairs(run_dir, only=())  # an unreadable pairs file stops here, before the last report is removed
     for folder in ("images", "plots", "tables"):
         shutil.rmtree(out / folder, ignore_errors=True)  # no stale files from an earlier report
         (out / folder).mkdir(parents=True)
@@ -125,7 +130,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
         'pairs.html</a> (sortable), <a href="tables/pairs.parquet">pairs.parquet</a>.',
         1,
     )
-    left_out = left_out_lines(run_dir) + ([earlier_plan_note(earlier_rows)] if earlier_rows else [])
+    unreadable = left_out_lines(run_dir)
+    left_out = unreadable + ([earlier_plan_note(earlier_rows)] if earlier_rows else [])
     if left_out:  # said at the top of the page and of summary.md, and by `clic-bench report`
         note = "Left out of this report: " + "; ".join(left_out)
         page = page.replace("<nav>", f'<p class="warning">{html.escape(note)}</p><nav>', 1)
@@ -133,7 +139,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, reference: 
             summary_md.write("\n## Left out\n\n" + "".join(f"- {line}\n" for line in left_out))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
-    return index
+    return index, unreadable, earlier_rows
 
 
 def _report_figures(
@@ -190,10 +196,9 @@ def left_out_lines(run_dir: Path) -> list[str]:
 
 def report_main(args: argparse.Namespace) -> int:
     """`clic-bench report RUN`: write the report and print where index.html is."""
-    index = write_report(args.run, out=args.out, reference=args.reference)
-    for line in left_out_lines(Path(args.run)):
+    index, unreadable, earlier = _write_report(args.run, args.out, args.reference)
+    for line in unreadable:
         print(f"report: left out {line}", file=sys.stderr)
-    earlier = earlier_plan_rows(args.run)
     if earlier:
         print(f"report: {earlier_plan_note(earlier)}", file=sys.stderr)
     print(f"report: {index}")
