@@ -21,7 +21,7 @@ import pandas as pd
 
 from harness.analyse.aggregate import format_number, method_labels
 from harness.analyse.images import image_name, thumbnail  # image_name: collision-free (issue 27: "chair 1", "chair-1")
-from harness.store import read_pairs
+from harness.store import UnreadableRunFile, read_pairs, read_run_record
 
 PAIRS_PER_CATEGORY = 4
 SAMPLE_RULE = (
@@ -88,9 +88,21 @@ def recorded_pairs(run_dir: Path, only: Iterable[str] | None = None) -> dict[str
     return pairs
 
 
-def has_attention(method: str) -> bool:
+def _recorded_models(run_dir: Path) -> dict[str, object]:
+    """The run record's method -> model ({} when it has none or cannot be read: the report names that itself)."""
+    try:
+        models = read_run_record(run_dir).get("models")
+    except UnreadableRunFile:
+        return {}
+    return models if isinstance(models, dict) else {}
+
+
+def has_attention(method: str, recorded_models: Mapping[str, object] | None = None) -> bool:
     """Whether `method` computes an attention map: a method without a model (cut-and-paste) records the pasted
-    region in its place, which is no attention and is not shown as one."""
+    region in its place, which is no attention and is not shown as one. ``recorded_models`` (the run record's
+    method -> model, None for a method without one) answers without importing the method (and torch)."""
+    if recorded_models and method in recorded_models:
+        return recorded_models[method] is not None
     from clic.methods import method_class
 
     try:
@@ -211,7 +223,8 @@ def image_grids(
     pairs = recorded_pairs(run_dir, chosen["pair_id"].astype(str).unique())
     scores = job_scores(results, chosen["job_id"].astype(str).tolist())
     thumbs = Thumbnails(out)
-    attention_methods = {m: has_attention(m) for m in chosen["method"].unique()}
+    recorded_models = _recorded_models(run_dir)
+    attention_methods = {m: has_attention(m, recorded_models) for m in chosen["method"].unique()}
     grids: dict[str, str] = {}
     for category, in_category in chosen.groupby("category", sort=True):
         tables = []

@@ -17,7 +17,6 @@ import random
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .aggregate import _ok_values, higher_is_better, method_labels
@@ -25,6 +24,7 @@ from .aggregate import _ok_values, higher_is_better, method_labels
 ALL_PAIRS_UP_TO = 24  # a run with this many pairs or fewer shows them all
 RANDOM_PAIRS = 6  # the seeded random few shown beside the best/median/worst
 MAX_SAMPLE = 120  # at most this many pairs in the grids, whatever the number of methods and metrics
+_LABEL_VALUE_COLUMNS = ("method", "preset", "status", "metric", "value")  # what a label and a value are read from
 ID_COLUMNS = ("pair_id", "category", "label", "task", "seed", "object_word", "t_start", "eta", "job_id")
 
 
@@ -33,7 +33,7 @@ def grid_sample(results: pd.DataFrame, declared: Mapping[str, bool], seed: int =
     pairs = sorted({str(p) for p in results.get("pair_id", pd.Series(dtype=object)).dropna()})
     if len(pairs) <= ALL_PAIRS_UP_TO:
         return set(pairs), f"Every pair of the run ({len(pairs)})."
-    values = _ok_values(results)
+    values = _ok_values(results[[c for c in results.columns if c in {"pair_id", *_LABEL_VALUE_COLUMNS}]])
     values = values[values["pair_id"].notna()]
     chosen: dict[str, None] = {}
     if not values.empty:
@@ -59,7 +59,8 @@ def grid_sample(results: pd.DataFrame, declared: Mapping[str, bool], seed: int =
 
 def pair_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per job with a value, one column per metric value (mean over the job's rows of that value)."""
-    values = _ok_values(results)
+    needed = {*ID_COLUMNS, *_LABEL_VALUE_COLUMNS}  # not the other ~30 columns of every row
+    values = _ok_values(results[[column for column in results.columns if column in needed]])
     values = values[values["pair_id"].notna()] if "pair_id" in values.columns else values
     if values.empty:
         return pd.DataFrame(columns=list(ID_COLUMNS))
@@ -121,16 +122,11 @@ def write_pair_table(results: pd.DataFrame, folder: Path, title: str = "Every pa
     value_columns = [c for c in table.columns if c not in ID_COLUMNS]
     shown = table.drop(columns=["job_id"], errors="ignore")
     rounded = shown.assign(**{c: shown[c].round(5) for c in value_columns})
-    rows = [
-        [
-            None if (isinstance(v, float) and not np.isfinite(v)) else (v.item() if hasattr(v, "item") else v)
-            for v in row
-        ]
-        for row in rounded.itertuples(index=False, name=None)
-    ]
-    data = json.dumps({"columns": list(shown.columns), "rows": rows}, separators=(",", ":"), default=str)
+    # the rows as JSON arrays in one vectorised call (non-finite values become null)
+    rows = rounded.to_json(orient="values", double_precision=10)
+    data = f'{{"columns":{json.dumps([str(c) for c in shown.columns])},"rows":{rows}}}'
     page = folder / "pairs.html"
     page.write_text(
-        _PAGE.format(title=html.escape(title), rows=len(rows), data=data.replace("</", "<\\/")), encoding="utf-8"
+        _PAGE.format(title=html.escape(title), rows=len(rounded), data=data.replace("</", "<\\/")), encoding="utf-8"
     )
     return parquet, page

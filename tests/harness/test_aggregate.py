@@ -247,3 +247,24 @@ def test_one_bootstrap_for_means_pooled_ratios_and_clusters() -> None:
     # A pooled ratio Σa / Σb: with b = 2 everywhere it is half the mean, draw for draw.
     low, high = one_bootstrap(values, weights=np.full(15, 2.0))
     assert (low, high) == pytest.approx((plain[0] / 2, plain[1] / 2))
+
+
+def test_summary_intervals_computed_in_threads_are_each_groups_own_seeded_bootstrap() -> None:
+    # several groups (methods × metrics), each interval in its own thread: every one must be exactly the interval
+    # of that group's values over its pairs with seeds nested, as if computed alone
+    rng = np.random.default_rng(5)
+    rows = [
+        result_row(f"{method}-{pair}-{seed}", metric, float(rng.normal()), method=method, pair_id=f"p{pair}", seed=seed)
+        for method in ("clic", "cut_paste")
+        for metric in ("psnr_outside", "ssim_outside")
+        for pair in range(6)
+        for seed in range(1 + pair % 2)
+    ]
+    table = summary_table(frame(rows), by=("method", "metric"))
+    assert len(table) == 4
+    df = frame(rows)
+    for record in table.itertuples(index=False):
+        group = df[(df["method"] == record.method) & (df["metric"] == record.metric)]
+        codes = pd.factorize(group["pair_id"], sort=True)[0]
+        expected = bootstrap_ci(group["value"].to_numpy(), clusters=codes, nested=True)
+        assert (record.ci_low, record.ci_high) == expected

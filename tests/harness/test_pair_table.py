@@ -60,3 +60,23 @@ def test_pair_table_has_one_row_per_job_and_one_column_per_metric(tmp_path):
     embedded = re.search(r'<script id="data" type="application/json">(.*?)</script>', page.read_text(), re.S)
     data = json.loads(embedded.group(1))
     assert len(data["rows"]) == 60 and "psnr" in data["columns"]
+
+
+def test_the_html_rows_are_the_parquet_rows_with_non_finite_values_as_null(tmp_path):
+    results = _results(3)
+    results.loc[(results["job_id"] == "clic-1") & (results["metric"] == "psnr"), "value"] = float("inf")
+    results.loc[results["job_id"] == "cut_paste-0", "object_word"] = "a </script> <b>"  # would end the script
+    parquet, page = pair_table.write_pair_table(results, tmp_path)
+    embedded = re.search(r'<script id="data" type="application/json">(.*?)</script>', page.read_text(), re.S)
+    data = json.loads(embedded.group(1))
+    table = pd.read_parquet(parquet).drop(columns=["job_id"])
+    assert data["columns"] == list(table.columns)
+    psnr, word = data["columns"].index("psnr"), data["columns"].index("object_word")
+    by_pair_label = {(row[0], row[2]): row for row in data["rows"]}
+    assert by_pair_label[("p0001", "clic/default")][psnr] is None  # the infinite value: no number to show
+    assert by_pair_label[("p0002", "clic/default")][psnr] == 2.5
+    assert by_pair_label[("p0000", "cut_paste/default")][word] == "a </script> <b>"
+    # every other cell is the Parquet's, rounded to 5 decimals
+    for record in table.itertuples(index=False):
+        row = by_pair_label[(record.pair_id, record.label)]
+        assert row[data["columns"].index("seed")] == record.seed and row[data["columns"].index("eta")] is None

@@ -209,3 +209,14 @@ def test_report_reads_the_recorded_pairs_not_the_manifest(
     images = re.findall(r'<img src="([^"]*)"', (tmp_path / "bare" / "index.html").read_text())
     assert not any("-source.png" in src for src in images)
     assert any("-image.png" in src for src in images)
+
+
+def test_attention_column_is_decided_from_the_run_record_without_importing_the_method() -> None:
+    from harness.analyse.grids import has_attention
+
+    # a method the run record lists without a model (cut-and-paste) records no attention map; one with a model does;
+    # the record answers even for a method not installed here (no import is tried)
+    assert has_attention("not_installed_here", {"not_installed_here": None}) is False
+    assert has_attention("not_installed_here", {"not_installed_here": {"model_id": "tiny"}}) is True
+    assert has_attention("not_installed_here", {}) is True  # unknown: shown as recorded
+    assert has_attention("cut_paste") is False and has_attention("clic") is True  # no record: the class says

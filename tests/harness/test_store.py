@@ -121,3 +121,17 @@ def test_stale_temps_of_killed_writers_are_removed_and_fresh_ones_kept(tmp_path:
     assert not stale_file.exists() and not stale_folder.exists()
     assert fresh.exists() and kept.exists()
     assert store.remove_stale_temps(tmp_path) == 0
+
+
+def test_text_columns_read_as_text_and_settings_as_its_ordered_categories(tmp_path: Path) -> None:
+    # the reader decodes dictionaries in Arrow; only the settings JSON stays encoded (a categorical in pandas)
+    store.write_job_results(tmp_path, "job-b", [{**_row("job-b"), "settings": '{"b":1}'}])
+    store.write_job_results(tmp_path, "job-a", [{**_row("job-a"), "settings": '{"a":1}'}])
+    for table in store.read_result_tables(tmp_path, ["settings", "status"]):
+        assert (
+            str(table.schema.field("settings").type) == "string" and str(table.schema.field("status").type) == "string"
+        )
+    frame = store.read_results(tmp_path)
+    assert list(frame["settings"].cat.categories) == ['{"a":1}', '{"b":1}'] and frame["settings"].cat.ordered
+    assert dict(zip(frame["job_id"], frame["settings"].astype(str))) == {"job-a": '{"a":1}', "job-b": '{"b":1}'}
+    assert frame["status"].tolist() == ["ok", "ok"] and not isinstance(frame["status"].dtype, pd.CategoricalDtype)
