@@ -152,7 +152,7 @@ def _with_all_category(df: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------- tables
 
 
-_SUMMARY_COLUMNS = (
+SUMMARY_COLUMNS = (
     *("category", "job_id", "pair_id", "status", "metric", "value"),
     *("metric_scale", "weights_label", "metric_weights"),
 )
@@ -168,7 +168,7 @@ def summary_table(df: pd.DataFrame, by: Sequence[str] = ("method", "category", "
     """
     by = list(by)
     # only the columns the table reads: copying and grouping the other ~40 of 800k rows was most of its time
-    df = df[[name for name in df.columns if name in {*by, *_SUMMARY_COLUMNS}]]
+    df = df[[name for name in df.columns if name in {*by, *SUMMARY_COLUMNS}]]
     if "category" in by:
         df = _with_all_category(df)
     values = _ok_values(df)

@@ -21,7 +21,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from harness.analyse.aggregate import ALL_CATEGORIES, format_number, higher_is_better, summary_table  # noqa: E402
+from harness.analyse.aggregate import (  # noqa: E402
+    ALL_CATEGORIES,
+    SUMMARY_COLUMNS,
+    format_number,
+    higher_is_better,
+    summary_table,
+)
 from harness.analyse.bootstrap import MIN_CLUSTERS  # noqa: E402
 from harness.plan.identity import method_label  # noqa: E402
 
@@ -241,7 +247,8 @@ def tstart_points(results: pd.DataFrame) -> pd.DataFrame:
     if results.empty or "t_start" not in results.columns:
         return pd.DataFrame()
     wanted = set(FIDELITY_INSIDE) | set(PRESERVATION_OUTSIDE)
-    rows = results[results["metric"].isin(wanted)]
+    read = {"method", "preset", "base_preset", "variant", "t_start", *SUMMARY_COLUMNS}  # not every column's copy
+    rows = results.loc[results["metric"].isin(wanted), [c for c in results.columns if c in read]]
     if rows.empty:
         return pd.DataFrame()
     base = rows["base_preset"] if "base_preset" in rows else rows["preset"]

@@ -66,18 +66,14 @@ def pair_table(results: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=list(ID_COLUMNS))
     values = values.assign(label=method_labels(values))
     keys = [column for column in ID_COLUMNS if column in values.columns]
-    # NaN keys (eta of a method without one) would drop the row from the pivot: keyed as text instead
-    keyed = values[keys].astype(object).where(values[keys].notna(), "")
-    table = pd.concat([keyed, values[["metric", "value"]]], axis=1).pivot_table(
-        index=keys, columns="metric", values="value", aggfunc="mean", sort=True
+    # null keys (eta of a method without one) kept as groups of their own (dropna=False), in their own types
+    table = (
+        values.groupby([*keys, "metric"], dropna=False, sort=True, observed=True)["value"]
+        .mean()
+        .unstack("metric")
+        .reset_index()
     )
     table.columns = [str(column) for column in table.columns]
-    table = table.reset_index()
-    for column in keys:  # the keys' own types again ("" back to null), so the table writes as Parquet
-        blank = table[column].map(lambda value: isinstance(value, str) and value == "")
-        restored = table[column].astype(object).where(~blank, None)
-        numeric = pd.api.types.is_numeric_dtype(values[column])
-        table[column] = pd.to_numeric(restored, errors="coerce") if numeric else restored
     return table
 
 
