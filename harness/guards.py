@@ -169,10 +169,13 @@ def check_args(args: argparse.Namespace) -> None:
         check_run_folder(args.run_a)
         check_run_folder(args.run_b)
     elif command == "report":
-        check_run_folder(args.run)
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", args.run):  # a run on object storage: its package at once
+            check_output_folder(args.run, "RUN", remote_ok=True)
+        else:
+            check_run_folder(args.run)
+            if args.out is None:
+                check_default_report_folder(Path(args.run) / "report")
         check_output_folder(args.out)
-        if args.out is None:
-            check_default_report_folder(Path(args.run) / "report")
     elif command == "pack":
         check_run_folder(args.run)
         check_number(args.pairs, "--pairs", minimum=1)

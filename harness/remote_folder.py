@@ -132,10 +132,16 @@ class RemoteFolder:
         return listing
 
     # ------------------------------------------------------------------------------------------ mirroring
-    def pull(self) -> int:
-        """Make the staging folder hold the prefix (see the module docstring); returns files downloaded."""
+    def pull(self, tables_only: bool = False) -> int:
+        """Make the staging folder hold the prefix (see the module docstring); returns files downloaded.
+        ``tables_only``: only what a report reads of every job (run.json, plan, pairs, results); the artifacts
+        and concepts it shows are fetched as it reads them (:meth:`fetch_file`)."""
         self.fs.invalidate_cache()
         listing = self._listing()
+        if tables_only:
+            listing = {
+                r: size for r, size in listing.items() if r in DRIVER_FILES or r.split("/")[0] == store.RESULTS_DIR
+            }
         self.local.mkdir(parents=True, exist_ok=True)
         results = self.local / store.RESULTS_DIR
         if results.is_dir():  # the remote results are the truth: a result only staged here runs again
@@ -164,6 +170,16 @@ class RemoteFolder:
                 self.pushed[relative] = (stat.st_size, stat.st_mtime_ns)
         self.last_push = time.monotonic()
         return len(wanted)
+
+    def fetch_file(self, relative: str) -> bool:
+        """Download one file of the prefix into the staging folder (False: the prefix has no such file)."""
+        if _skipped(relative) or relative.startswith("../"):
+            return False
+        try:
+            self._download([relative])
+        except FileNotFoundError:
+            return False
+        return True
 
     def fetch_run_record(self) -> str | None:
         """Download ``PREFIX/run.json`` (if any) into the staging folder, for the preflight's checks; the problem

@@ -29,6 +29,7 @@ from harness.analyse.aggregate import (  # noqa: E402
     summary_table,
 )
 from harness.analyse.bootstrap import MIN_CLUSTERS  # noqa: E402
+from harness.analyse.images import local_file  # noqa: E402
 from harness.plan.identity import method_label  # noqa: E402
 
 FIGURE_NOTE = (
@@ -427,7 +428,7 @@ def _loss_curves(run_dir: Path, group: pd.DataFrame, per_figure: int) -> list[tu
     for row in group.itertuples(index=False):
         losses_path = getattr(row, "artifact_losses", None)
         relative = losses_path if isinstance(losses_path, str) else f"concepts/{row.concept_id}/losses.csv"
-        path = run_dir / relative
+        path = local_file(run_dir / relative)
         if path.is_file():
             try:
                 curves.append(

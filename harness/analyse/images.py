@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +34,35 @@ def image_name(key: object, role: str) -> str:
     return f"{slug}-{role}.png"
 
 
+# Run folders whose files are fetched when first read: a report of a run on object storage downloads the results,
+# not the artifacts of 100k jobs, and only the images it shows (root -> fetch(relative path) -> found).
+_FETCHERS: dict[Path, Callable[[str], bool]] = {}
+
+
+@contextmanager
+def fetched_on_read(root: Path, fetch: Callable[[str], bool]) -> Iterator[None]:
+    """Within the block, a file under ``root`` that :func:`local_file` does not find is fetched first."""
+    _FETCHERS[Path(root)] = fetch
+    try:
+        yield
+    finally:
+        _FETCHERS.pop(Path(root), None)
+
+
+def local_file(path: Path) -> Path:
+    """``path``, fetched first when it is missing under a root of :func:`fetched_on_read` (else as it is)."""
+    path = Path(path)
+    if _FETCHERS and not path.is_file():
+        for root, fetch in list(_FETCHERS.items()):
+            if path.is_relative_to(root):
+                fetch(path.relative_to(root).as_posix())
+                break
+    return path
+
+
 def thumbnail(source: Path, dest: Path, mask: Path | None = None, pixels: int = THUMBNAIL_PIXELS) -> bool:
     """Save a copy of `source` at most `pixels` wide at `dest`, with the outline of `mask` in red when given."""
+    source, mask = local_file(source), (local_file(mask) if mask is not None else None)
     try:
         with Image.open(source) as opened:
             image = opened.convert("RGB")
