@@ -244,7 +244,9 @@ def _newest_rows(tables: list[pa.Table]) -> list[pa.Table]:
         if "job_id" not in table.column_names:
             continue
         if seen is not None and len(seen):
-            table = table.filter(pc.invert(pc.is_in(table.column("job_id"), value_set=seen)))
+            older = pc.is_in(table.column("job_id"), value_set=seen)
+            if pc.any(older).as_py():  # filtering copies every column: only when some row is replaced
+                table = table.filter(pc.invert(older))
         ids = pc.unique(table.column("job_id").combine_chunks())
         seen = ids if seen is None else pa.concat_arrays([seen, ids.cast(seen.type)])
         kept.append(table)
