@@ -25,9 +25,12 @@ The lock is a **lease object** ``PREFIX/.lock`` created with a conditional write
 creates it. A conditional write alone would leave a killed driver's lock for ever, and object stores have no
 process to release it as the kernel releases a ``flock``; so the holder rewrites it every
 :data:`LEASE_SECONDS` / 3, and a lease not rewritten for :data:`LEASE_SECONDS` (by the store's own
-``LastModified``) belongs to a dead driver: a waiting run deletes it and creates its own, again conditionally.
-(Left open: two runs that find the same dead lease at the same moment can both delete before either creates.
-Verified on S3 — s3fs sends ``If-None-Match: *`` — other schemes depend on their package's ``mode="create"``.)
+``LastModified``) belongs to a dead driver. On S3 a waiting run takes it over with a PUT conditional on the dead
+lease's ETag (``If-Match``), so of two runs that find it at the same moment exactly one gets it, and the holder
+renews on the same condition on its own ETag: a holder that was taken for dead (paused for longer than the lease)
+learns it at its next renewal and stops instead of mirroring beside the new holder. (Elsewhere the dead lease is
+deleted and a new one created conditionally: two runs can both delete before either creates. Verified on S3 —
+s3fs sends ``If-None-Match: *`` and ``If-Match`` — other schemes depend on their package's ``mode="create"``.)
 
 fsspec rather than ``pyarrow.fs``: the manifest reader already opens URIs through fsspec (with its one-line
 "install this package" for a missing scheme, :mod:`harness.plan.remote`), s3fs exposes S3's conditional write
@@ -36,6 +39,7 @@ fsspec rather than ``pyarrow.fs``: the manifest reader already opens URIs throug
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -114,6 +118,7 @@ class RemoteFolder:
         self.local = Path(local) if local is not None else staging_dir(self.uri)
         self.pushed: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) the remote has
         self.last_push = time.monotonic()
+        self.lease_lost = False  # set when another run took over this run's lease (see leased)
 
     def remote_path(self, relative: str) -> str:
         return f"{self.root}/{relative}"
@@ -233,7 +238,10 @@ class RemoteFolder:
         return found
 
     def push(self) -> int:
-        """Upload what the driver changed, then delete what it removed (results, report); returns files sent."""
+        """Upload what the driver changed, then delete what it removed (results, report); returns files sent.
+        Nothing once the lease was taken over: the prefix is another run's now (:meth:`push_if_due` says so)."""
+        if self.lease_lost:
+            return 0
         current = self._driver_files()
         changed = sorted(r for r, stamp in current.items() if self.pushed.get(r) != stamp)
         if changed:
@@ -252,6 +260,11 @@ class RemoteFolder:
         upload_folder(self.uri, self.local, report)
 
     def push_if_due(self) -> None:
+        if self.lease_lost:  # another run holds the prefix now: mirroring would mix two runs
+            raise UsageError(
+                f"{self.uri}: another run took this run's lease (it was not renewed for {LEASE_SECONDS:.0f} s); "
+                f"stopped: its results so far are in {self.local}"
+            )
         if time.monotonic() - self.last_push >= PUSH_EVERY_SECONDS:
             self.push()
 
@@ -272,12 +285,14 @@ class RemoteFolder:
         said = False
         while True:
             try:
-                self.fs.pipe_file(lease, body, mode="create")  # S3: PUT with If-None-Match: *
+                tag = self._write_lease(lease, body, create=True)  # S3: PUT with If-None-Match: *
                 break
             except FileExistsError:
-                holder, age = self._holder(lease)
+                holder, age, dead_tag = self._holder(lease)
                 if age is not None and age > LEASE_SECONDS:  # not renewed: its driver died
-                    self.fs.rm_file(lease)
+                    took, tag = self._take_over(lease, body, dead_tag)
+                    if took:
+                        break
                     continue
                 if not wait:
                     raise UsageError(
@@ -288,11 +303,19 @@ class RemoteFolder:
                 said = True
                 time.sleep(min(5.0, LEASE_SECONDS / 6))
         stop = threading.Event()
+        self.lease_lost = False
 
         def renew() -> None:
+            nonlocal tag
             while not stop.wait(LEASE_SECONDS / 3):
                 try:
-                    self.fs.pipe_file(lease, body)
+                    tag = self._write_lease(lease, body, if_match=tag)  # S3: only while it is still ours
+                except OSError as error:
+                    if _precondition_failed(error):  # rewritten by another run: this one was taken for dead
+                        self.lease_lost = True
+                        print(f"{lease}: the lease was taken over by another run", file=sys.stderr)
+                        return
+                    print(f"{lease}: lease not renewed ({type(error).__name__})", file=sys.stderr)
                 except Exception as error:  # one missed renewal is not fatal; the next try comes soon
                     print(f"{lease}: lease not renewed ({type(error).__name__})", file=sys.stderr)
 
@@ -304,18 +327,49 @@ class RemoteFolder:
             stop.set()
             renewer.join()
             try:
-                self.fs.rm_file(lease)
+                if not self.lease_lost:  # a lease taken over is the other run's now
+                    self.fs.rm_file(lease)
             except FileNotFoundError:
                 pass
 
-    def _holder(self, lease: str) -> tuple[str, float | None]:
-        """Who holds the lease, in words, and seconds since it was last written (None: gone meanwhile)."""
+    def _conditional_overwrite(self) -> bool:
+        """Whether the store overwrites on a condition (S3's ``If-Match``: an ETag): takeover and renewal use it."""
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple | list) else (self.fs.protocol,)
+        return "s3" in protocols
+
+    def _write_lease(self, lease: str, body: bytes, *, create: bool = False, if_match: str | None = None) -> str | None:
+        """Write the lease object (``create``: only if absent; ``if_match``: only if its ETag is still that);
+        returns its new ETag (None where the store gives none)."""
+        conditions = {"IfMatch": if_match} if if_match and self._conditional_overwrite() else {}
+        written = self.fs.pipe_file(lease, body, mode="create" if create else "overwrite", **conditions)
+        return written.get("ETag") if isinstance(written, dict) else None
+
+    def _take_over(self, lease: str, body: bytes, dead_tag: str | None) -> tuple[bool, str | None]:
+        """Replace a dead holder's lease: (taken, the new ETag). On S3 a PUT conditional on the dead lease's ETag,
+        so of two runs that found it at the same moment exactly one takes it. Elsewhere the dead lease is deleted
+        and the caller creates its own conditionally (two runs can both delete first: a race left open there)."""
+        if dead_tag and self._conditional_overwrite():
+            try:
+                return True, self._write_lease(lease, body, if_match=dead_tag)
+            except OSError as error:  # 412: another run took it first; 404: it was released meanwhile
+                if _precondition_failed(error) or isinstance(error, FileNotFoundError):
+                    return False, None
+                raise
+        try:
+            self.fs.rm_file(lease)
+        except FileNotFoundError:
+            pass
+        return False, None
+
+    def _holder(self, lease: str) -> tuple[str, float | None, str | None]:
+        """Who holds the lease, in words, seconds since it was last written (None: unknown) and its ETag."""
         self.fs.invalidate_cache(lease)
+        info: dict = {}
         try:
             info = self.fs.info(lease)
             holder = json.loads(self.fs.cat_file(lease) or b"{}")
         except FileNotFoundError:
-            return "another run", 0.0
+            return "another run", 0.0, None
         except ValueError:
             holder = {}
         modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
@@ -330,7 +384,7 @@ class RemoteFolder:
             if holder
             else "another run"
         )
-        return text, age
+        return text, age, info.get("ETag")
 
 
 # ------------------------------------------------------------------------------------------ worker side
@@ -379,3 +433,8 @@ def generated_image_uris(remote_uri: str, job_id: str) -> list[str]:
     while store.generated_image_name(len(uris)) in names:
         uris.append(f"{remote_uri.rstrip('/')}/{store.ARTIFACTS_DIR}/{job_id}/{store.generated_image_name(len(uris))}")
     return uris
+
+
+def _precondition_failed(error: OSError) -> bool:
+    """s3fs's translation of a failed ``If-Match`` (HTTP 412): ``OSError(EINVAL)`` naming the precondition."""
+    return error.errno == errno.EINVAL or "PreconditionFailed" in str(error)

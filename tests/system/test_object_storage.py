@@ -227,6 +227,43 @@ def test_the_lease_is_one_holder_at_a_time_and_a_dead_holders_lease_expires(
         assert b"run-two" in _s3().cat_file(f"{BUCKET}/lease-test/.lock")
 
 
+def test_a_dead_lease_is_taken_by_exactly_one_run_and_its_holder_learns_it_lost_the_lease(
+    s3_server, tmp_path: Path, monkeypatch
+) -> None:
+    """Two runs that find the same dead lease: the takeover is a PUT conditional on the dead lease's ETag
+    (If-Match), so exactly one gets it. A holder that was taken for dead (not renewed in time) learns it at its
+    next renewal, which is conditional on its own ETag: it stops mirroring and leaves the new holder's lease."""
+    from harness import remote_folder
+    from harness.errors import UsageError
+    from harness.remote_folder import RemoteFolder
+
+    uri = f"s3://{BUCKET}/takeover-test"
+    lease = f"{BUCKET}/takeover-test/.lock"
+    first, second = RemoteFolder(uri, tmp_path / "a"), RemoteFolder(uri, tmp_path / "b")
+    _s3().pipe_file(lease, b'{"run_id": "dead"}')
+    dead_tag = first._holder(lease)[2]
+    assert dead_tag
+    taken = [
+        folder._take_over(lease, b'{"run_id": "' + name + b'"}', dead_tag)
+        for folder, name in ((first, b"one"), (second, b"two"))
+    ]
+    assert [took for took, _ in taken] == [True, False] and b'"one"' in _s3().cat_file(lease)
+
+    _s3().rm_file(lease)
+    monkeypatch.setattr(remote_folder, "LEASE_SECONDS", 0.6)  # renewed every 0.2 s
+    with first.leased("slow-run", quiet=True):
+        _s3().pipe_file(lease, b'{"run_id": "taker"}')  # what a run that took it for dead writes
+        deadline = time.monotonic() + 10
+        while not first.lease_lost and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert first.lease_lost
+        with pytest.raises(UsageError, match="another run took this run's lease"):
+            first.push_if_due()
+        store.write_run_record(first.local, {"suite": {"name": "slow"}})
+        assert first.push() == 0 and not _s3().exists(f"{BUCKET}/takeover-test/run.json")  # nothing mirrored
+    assert b"taker" in _s3().cat_file(lease)  # not deleted by the run that lost it
+
+
 def test_push_uploads_before_it_deletes_and_pull_mirrors_the_results(s3_server, tmp_path: Path) -> None:
     """Compaction in the staging folder (a new file, then per-job files deleted) reaches the prefix in that order,
     and a pull makes another staging folder's results exactly the prefix's (a result only staged is dropped)."""
