@@ -124,6 +124,19 @@ def check_pack_folder(run: str, out: str) -> None:
             )
 
 
+def _is_uri(location: str) -> bool:
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", location))
+
+
+def check_run_location(run: str, option: str = "RUN") -> None:
+    """A run folder to read: a local folder, or a prefix on object storage whose scheme's package is installed
+    (whether the prefix holds a run is found when it is read)."""
+    if _is_uri(run):
+        check_output_folder(run, option, remote_ok=True)
+    else:
+        check_run_folder(run, option)
+
+
 def check_run_folder(run: str, option: str = "RUN") -> None:
     path = Path(run)
     if not path.exists():
@@ -161,28 +174,26 @@ def check_args(args: argparse.Namespace) -> None:
         check_number(args.max_in_flight, "--max-in-flight", minimum=1)
         check_number(args.num_cpus, "--num-cpus", minimum=1)
         check_address(args.address)  # --out is checked by the run's preflight, beside every other problem,
-        if args.out and re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", args.out):  # but a URI's package at once
+        if args.out and _is_uri(args.out):  # but a URI's package at once
             check_output_folder(args.out, remote_ok=True)
     elif command == "compare":
         check_number(args.max_drop, "--max-drop", minimum=0.0)
         check_number(args.alpha, "--alpha", minimum=0.0, maximum=1.0, exclusive=True)
-        check_run_folder(args.run_a)
-        check_run_folder(args.run_b)
+        check_run_location(args.run_a, "RUN_A")
+        check_run_location(args.run_b, "RUN_B")
     elif command == "report":
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", args.run):  # a run on object storage: its package at once
-            check_output_folder(args.run, "RUN", remote_ok=True)
-        else:
-            check_run_folder(args.run)
-            if args.out is None:
-                check_default_report_folder(Path(args.run) / "report")
+        check_run_location(args.run)
+        if args.out is None and not _is_uri(args.run):
+            check_default_report_folder(Path(args.run) / "report")
         check_output_folder(args.out)
     elif command == "pack":
-        check_run_folder(args.run)
+        check_run_location(args.run)
         check_number(args.pairs, "--pairs", minimum=1)
         check_number(args.raters, "--raters", minimum=1)
         check_number(args.seed, "--seed", minimum=0, maximum=MAX_SEED)
         check_output_folder(args.out)
-        check_pack_folder(args.run, args.out)
+        if not _is_uri(args.run):
+            check_pack_folder(args.run, args.out)
     elif command == "score":
         check_output_folder(args.out)
     elif command == "manifest" and getattr(args, "manifest_command", None) == "synth":

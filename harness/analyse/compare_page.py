@@ -298,6 +298,19 @@ def write_compare_page(
 def compare_main(args: argparse.Namespace) -> int:
     """`clic-bench compare RUN_A RUN_B [--html OUT]`: print the delta table (and write its page to OUT/index.html);
     1 if a gated metric fails, 2 on no results."""
+    from contextlib import ExitStack
+
+    from harness.analyse.remote_runs import run_folder_to_read
+
+    with ExitStack() as reading:  # a run on object storage: its tables pulled, its shown images fetched as read
+        args.run_a, args.run_b = (
+            reading.enter_context(run_folder_to_read(run, option))
+            for run, option in ((args.run_a, "RUN_A"), (args.run_b, "RUN_B"))
+        )
+        return _compare(args)
+
+
+def _compare(args: argparse.Namespace) -> int:
     frames = {}
     for label, run_dir in (("A", args.run_a), ("B", args.run_b)):
         frame = read_run_results(run_dir)

@@ -56,9 +56,7 @@ from harness.analyse.report_tables import (  # noqa: F401
 from harness.analyse.weights_legend import weights_keys, with_short_weights
 from harness.plan.identity import method_label  # noqa: F401 - method_label is used by the study too
 from harness.store import (
-    RUN_RECORD,
     earlier_plan_note,
-    has_results,
     read_pairs,
     read_plan_results,
     read_run_record,
@@ -209,25 +207,18 @@ def report_main(args: argparse.Namespace) -> int:
 
 
 def _remote_report(args: argparse.Namespace) -> int:
-    """The report of a run folder on object storage: its tables are pulled into the staging folder, the images
-    the report shows are fetched as it reads them, and the report is pushed to ``RUN/report`` (or written to a
-    local ``--out``)."""
+    """The report of a run folder on object storage (:mod:`harness.analyse.remote_runs`), pushed to
+    ``RUN/report`` (or written to a local ``--out``)."""
     from harness.analyse.images import fetched_on_read
+    from harness.analyse.remote_runs import staged_run
     from harness.errors import UsageError
-    from harness.remote_folder import RemoteFolder, check_remote_folder, is_remote
+    from harness.remote_folder import is_remote
 
-    check_remote_folder(args.run, "RUN")
     if args.out is not None and is_remote(args.out):
         raise UsageError(
             f"--out: {args.out}: a report of a run on object storage goes to RUN/report, or to a local --out"
         )
-    remote = RemoteFolder(args.run)
-    problem = remote.fetch_run_record()
-    if problem is not None:
-        raise UsageError(problem)
-    remote.pull(tables_only=True)
-    if not (remote.local / RUN_RECORD).is_file() and not has_results(remote.local):
-        raise UsageError(f"{args.run}: no such run folder (no run.json and no results under the prefix)")
+    remote = staged_run(args.run)
     with fetched_on_read(remote.local, remote.fetch_file):
         index, unreadable, earlier = _write_report(remote.local, args.out, args.reference)
     _say_left_out(unreadable, earlier)

@@ -319,9 +319,12 @@ def _rating_page(page_data: Mapping[str, Any]) -> str:
 
 def pack_main(args: argparse.Namespace) -> int:
     """`clic-bench pack RUN --pairs N --methods ... --raters R --seed S --out DIR`."""
-    index, key = build_pack(
-        args.run, args.out, n_pairs=args.pairs, methods=args.methods, n_raters=args.raters, seed=args.seed
-    )
+    from harness.analyse.remote_runs import run_folder_to_read
+
+    with run_folder_to_read(args.run) as run_dir:  # a run on object storage: only the packed images are fetched
+        index, key = build_pack(
+            run_dir, args.out, n_pairs=args.pairs, methods=args.methods, n_raters=args.raters, seed=args.seed
+        )
     key_data = json.loads(key.read_text())
     n_checks = sum(q["check"] for q in key_data["questions"].values())
     print(

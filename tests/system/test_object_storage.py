@@ -342,7 +342,8 @@ def test_a_concept_learned_on_one_node_is_fetched_on_another(s3_server, tmp_path
 
 
 def _run_folder_with_artifacts(run_dir: Path, pairs: int) -> None:
-    """A finished cut-and-paste run of ``pairs`` pairs as the runner leaves it: pairs, run record, results, images."""
+    """A finished cut-and-paste run (two presets) of ``pairs`` pairs as the runner leaves it: pairs, run record,
+    results and the output images."""
     import numpy as np
     from PIL import Image
 
@@ -351,7 +352,7 @@ def _run_folder_with_artifacts(run_dir: Path, pairs: int) -> None:
     images.mkdir(parents=True)
     rows = []
     for index in range(pairs):
-        pair_id, job_id = f"p{index:03d}", f"job-{index:03d}"
+        pair_id = f"p{index:03d}"
         paths = {}
         for role in ("source_image", "source_mask", "target_image", "target_mask"):
             paths[role] = str(images / f"{pair_id}-{role}.png")
@@ -359,26 +360,27 @@ def _run_folder_with_artifacts(run_dir: Path, pairs: int) -> None:
         rows.append(
             {"pair_id": pair_id, "category": "furniture", "source_object": "chair", "target_object": "chair", **paths}
         )
-        (run_dir / "artifacts" / job_id).mkdir(parents=True)
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
-            run_dir / "artifacts" / job_id / "edited.png"
-        )
-        base = {
-            "run_id": "r", "job_id": job_id, "concept_id": None, "task": "transfer", "pair_id": pair_id,
-            "category": "furniture", "method": "cut_paste", "preset": "default", "seed": 0, "settings": "{}",
-            "object_word": "chair", "status": "ok", "weights_label": "none", "metric_weights": "analytic",
-            "artifact_image": f"artifacts/{job_id}/edited.png", "code_version": "v1",
-        }  # fmt: skip
-        store.write_job_results(
-            run_dir,
-            job_id,
-            [{**base, "metric": "psnr_outside", "value": float(index), "higher_is_better": True}],
-        )
+        for preset in ("default", "other"):
+            job_id = f"{preset}-{index:03d}"
+            (run_dir / "artifacts" / job_id).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                run_dir / "artifacts" / job_id / "edited.png"
+            )
+            base = {
+                "run_id": "r", "job_id": job_id, "concept_id": None, "task": "transfer", "pair_id": pair_id,
+                "category": "furniture", "method": "cut_paste", "preset": preset, "seed": 0, "settings": "{}",
+                "object_word": "chair", "status": "ok", "weights_label": "none", "metric_weights": "analytic",
+                "artifact_image": f"artifacts/{job_id}/edited.png", "code_version": "v1",
+            }  # fmt: skip
+            value = float(index) + (preset == "other")
+            store.write_job_results(
+                run_dir, job_id, [{**base, "metric": "psnr_outside", "value": value, "higher_is_better": True}]
+            )
     store.write_pairs(run_dir, rows)
     store.write_run_record(run_dir, {"suite": {"name": "remote-report"}, "models": {"cut_paste": None}})
 
 
-def test_a_report_of_a_run_on_s3_reads_its_tables_and_fetches_only_the_images_it_shows(
+def test_a_run_on_s3_is_reported_compared_and_packed_fetching_only_the_images_shown(
     s3_server, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     from harness.analyse import pair_table
@@ -391,22 +393,32 @@ def test_a_report_of_a_run_on_s3_reads_its_tables_and_fetches_only_the_images_it
     uri = f"s3://{BUCKET}/report-test"
     upload_folder(uri, local, local)
     monkeypatch.setenv("CLIC_STAGING_DIR", str(tmp_path / "staging"))
+    staged = staging_dir(uri)
+
+    def fetched() -> set[str]:
+        return {p.parent.name for p in (staged / "artifacts").rglob("edited.png")}
 
     assert main(["report", uri]) == 0
     assert f"report: {uri}/report/index.html" in capsys.readouterr().out
-    staged = staging_dir(uri)
-    fetched = sorted(p.parent.name for p in (staged / "artifacts").rglob("edited.png"))
-    shown = set(re.findall(r"job-\d{3}", (staged / "report" / "index.html").read_text()))
-    assert 0 < len(fetched) < pairs and set(fetched) == shown  # the outputs the grids show, and no other
+    shown = set(re.findall(r"(?:default|other)-\d{3}", (staged / "report" / "index.html").read_text()))
+    assert 0 < len(fetched()) < 2 * pairs and fetched() == shown  # the outputs the grids show, and no other
     remote_report = {p.split("/report/", 1)[1] for p in _s3().find(f"{BUCKET}/report-test/report")}
     assert "index.html" in remote_report and "tables/pairs.parquet" in remote_report
     assert {name for name in remote_report if name.startswith("images/")}  # the thumbnails went up too
     # the tables are those of a report of the same folder on disk
     main(["report", str(local)])
     capsys.readouterr()
-    assert (staged / "report" / "tables" / "summary.csv").read_text() == (
-        local / "report" / "tables" / "summary.csv"
-    ).read_text()
+    summary = "tables/summary.csv"
+    assert (staged / "report" / summary).read_text() == (local / "report" / summary).read_text()
 
-    missing = f"s3://{BUCKET}/no-such-run"
-    assert main(["report", missing]) == 2 and "no such run folder" in capsys.readouterr().err
+    assert main(["compare", uri, str(local)]) == 0  # the same rows: no change
+    assert "psnr_outside" in capsys.readouterr().out
+    before = fetched()
+    assert main(["pack", uri, "--pairs", "3", "--out", str(tmp_path / "pack")]) == 0
+    capsys.readouterr()
+    packed = fetched() - before
+    # the packed pairs' outputs (3 questions and their attention checks) were fetched, not every job's
+    assert 0 < len(packed) <= 12 and len(fetched()) < 2 * pairs
+    assert (tmp_path / "pack" / "index.html").is_file()
+
+    assert main(["report", f"s3://{BUCKET}/no-such-run"]) == 2 and "no such run folder" in capsys.readouterr().err
