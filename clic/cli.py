@@ -21,8 +21,10 @@ import torch
 
 from .cli_checks import OptionError, check_args, check_output_folder, check_positive
 from .cli_tasks import add_task_commands
+from .components import TINY_PRESETS, TINY_WORLD, ModelNotFoundError
 from .io import InputError
-from .models import TINY_PRESETS, TINY_WORLD, ModelNotFoundError, load_components, save_tiny
+from .models import load_components
+from .tiny_models import save_tiny
 
 # The one error of a bad option or input (printed as ``clic: error: <subject>: <problem>``) is
 # clic.cli_checks.OptionError. CLIError is its former name, kept as an alias for callers written before (deprecated).
@@ -88,7 +90,7 @@ def cmd_methods_show(args: argparse.Namespace) -> None:
 def cmd_save_tiny(args: argparse.Namespace) -> None:
     if args.single_file:
         from .checkpoints import save_single_file
-        from .models import build_tiny
+        from .tiny_models import build_tiny
 
         if args.variant != "tiny":
             raise OptionError("--single-file", f"writes the tiny model only (SD 1.x layout), not {args.variant}")
@@ -148,7 +150,8 @@ def cmd_world_gate(args: argparse.Namespace) -> None:
 
 def cmd_train_world(args: argparse.Namespace) -> None:
     """One stage of the tiny world (clic.world.train): resumes from --checkpoint-dir, then writes weights + record."""
-    from .world.train import TrainSettings, export_stage, train_stage
+    from .world.stage import TrainSettings
+    from .world.train import export_stage, train_stage
 
     for option, value in (("--steps", args.steps), ("--batch", args.batch)):
         _positive(value, option)

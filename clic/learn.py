@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from .attention import AttentionCapture
 from .augment import LatentBank, image_region
+from .components import SDComponents
 from .concept import LearnedConcept
 from .device import autocast_dtype
 from .learn_config import LearnConfig, Phase, split_phases
@@ -47,7 +48,6 @@ from .learn_resume import (
 )
 from .learn_step import StepBatch, TrainState, attention_side, capture_resolution, fused_step
 from .losses import Objective
-from .models import SDComponents
 from .optimizer_step import OptimizerStep, make_optimizer
 from .reuse import keep_originals
 from .tokens import ConceptTokens, merge_concept_embeddings

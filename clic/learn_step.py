@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from .attention import AttentionCapture
+from .components import SDComponents
 from .learn_config import LearnConfig
 from .learn_inputs import encode_text, format_prompt
 from .losses import Objective, StepTensors, resize_mask
-from .models import SDComponents
 from .prediction import training_target
 from .tokens import ConceptTokens
 

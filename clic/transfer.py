@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .attention import AttentionCapture
+from .components import SDComponents, ddim_scheduler
 from .concept import LearnedConcept
 from .learn import capture_resolution, encode_text, format_prompt, sample_latents, vae_moments
 from .losses import resize_mask
-from .models import SDComponents, ddim_scheduler
 from .prediction import check_prediction_type
 from .settings import Settings
 

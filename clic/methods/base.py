@@ -16,10 +16,10 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from ..components import SDComponents
 from ..concept import LearnedConcept
 from ..learn import ConceptSource, LearnConfig, StepBatch, TrainState, fused_step, learn_concept
 from ..losses import Objective
-from ..models import SDComponents
 from ..settings import MethodConfig, Settings
 
 TASKS = frozenset({"learn", "transfer", "generate", "match"})

@@ -49,9 +49,9 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import AttentionCapture, restore_default_processors
+from ..components import SDComponents
 from ..concept import LearnedConcept
 from ..learn import ConceptSource, capture_resolution, encode_text, sample_latents, seed_everything, vae_moments
-from ..models import SDComponents
 from ..optimizer_step import OptimizerStep, make_optimizer
 from ..prediction import training_target
 from ..presets import Setting, preset_overrides

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..components import SDComponents
 from ..concept import LearnedConcept
 from ..learn import ConceptSource, encode_text, format_prompt, sample_latents, seed_everything, tokenize, vae_moments
 from ..losses import Objective, StepTensors, resize_mask
-from ..models import SDComponents
 from ..optimizer_step import OptimizerStep, make_optimizer
 from ..prediction import predicted_x0
 from ..tokens import ConceptTokens, merge_concept_embeddings
