@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
@@ -191,7 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     add_task_commands(commands)
+    _add_method_commands(commands)
+    model_commands = commands.add_parser("models", help="model utilities").add_subparsers(
+        dest="model_command", required=True
+    )
+    _add_model_files_commands(model_commands)
+    _add_world_commands(model_commands)
+    return parser
 
+
+def _add_method_commands(commands: Any) -> None:
+    """`clic methods show`."""
     methods = commands.add_parser("methods", help="what a method preset sets, and where each value comes from")
     method_commands = methods.add_subparsers(dest="method_command", required=True)
     show = method_commands.add_parser("show", help="print a preset's settings with their sources")
@@ -200,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="rows {setting, value, source} as JSON")
     show.set_defaults(run=cmd_methods_show)
 
-    models = commands.add_parser("models", help="model utilities")
-    model_commands = models.add_subparsers(dest="model_command", required=True)
+
+def _add_model_files_commands(model_commands: Any) -> None:
+    """`clic models save-tiny|convert|save-random`: model folders and files written."""
     tiny = model_commands.add_parser("save-tiny", help="write the seeded tiny model as a diffusers folder")
     tiny.add_argument("directory")
     tiny.add_argument("--variant", choices=TINY_PRESETS, default="tiny")
@@ -234,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     random_arch.add_argument("directory")
     random_arch.set_defaults(run=cmd_save_random)
 
+
+def _add_world_commands(model_commands: Any) -> None:
+    """`clic models train-world|world-gate`: the tiny world trained, and its generation gate."""
     world = model_commands.add_parser(
         "train-world", help="train one stage of the tiny-world model on the synthetic scenes (seeded, resumable)"
     )
@@ -268,7 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--seed", type=int, default=0)
     gate.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     gate.set_defaults(run=cmd_world_gate)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,7 @@ A run is a function of its settings: step ``k`` reads scenes ``k * batch .. (k +
 stream (:mod:`clic.world.data`), and every random draw of the loss comes from one ``torch.Generator`` whose state
 is checkpointed with the model and the optimiser. A checkpoint is written atomically (temp file, then
 ``os.replace``) every ``checkpoint_minutes`` and at the end, so a run killed at any moment resumes from its last
-checkpoint and continues exactly as the uninterrupted run would have (tests/test_world.py checks it).
+checkpoint and continues exactly as the uninterrupted run would have (tests/clic/test_world.py checks it).
 
 At the end the stage's weights are written as safetensors (diffusers layout for the VAE and the UNet) beside a
 JSON record: sha256 of the weights file, the command, steps, seconds of training and the stage's gate figure on
