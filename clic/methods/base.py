@@ -23,6 +23,9 @@ from ..losses import Objective
 from ..settings import MethodConfig, Settings
 
 TASKS = frozenset({"learn", "transfer", "generate", "match"})
+# Where a method that estimates its own masks (``estimates_masks``) keeps mask k in the concept's arrays; the
+# harness scores every ``estimated_mask*`` array against the ground truth.
+ESTIMATED_MASK_KEY = "estimated_mask_{index}"
 # The settings class of each task the shared loops run ("module:Class", imported when first resolved).
 TASK_SETTINGS = {
     "transfer": "clic.transfer:TransferSettings",

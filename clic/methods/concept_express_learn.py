@@ -17,10 +17,9 @@ from ..learn import ConceptSource, capture_resolution, encode_text, sample_laten
 from ..optimizer_step import OptimizerStep, make_optimizer
 from ..prediction import training_target
 from ..tokens import ConceptTokens, merge_concept_embeddings
+from .base import ESTIMATED_MASK_KEY
 from .concept_express_locate import ConceptExpressConfig, locate_concepts
 from .concept_express_losses import supervised_contrastive, wasserstein_alignment
-
-ESTIMATED_MASK_KEY = "estimated_mask_{index}"
 
 
 def learn_concept_express(
