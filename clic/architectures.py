@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from . import RANDOM_WEIGHTS
-from .models import SD_SCHEDULER_CONFIG, SDComponents, build_clip_tokenizer
+from .components import SDComponents
+from .tiny_models import SD_SCHEDULER_CONFIG, build_clip_tokenizer
 
 _SD_UNET_COMMON = {
     "act_fn": "silu",
@@ -172,7 +173,7 @@ def save_random(name: str, directory: str | Path, seed: int = 0) -> Path:
         requires_safety_checker=False,
     )
     pipeline.save_pretrained(directory)
-    from .models import write_weights_marker
+    from .provenance import write_weights_marker
 
     write_weights_marker(
         directory, f"{RANDOM_WEIGHTS} ({name})", f"clic models save-random --arch {name} --seed {seed}"

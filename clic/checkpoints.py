@@ -10,7 +10,7 @@ project's own (:mod:`clic.architectures`), written once into a config-only diffu
   SD 1.x → ``sd15``, SD 2.x → ``sd21`` (768-v, as diffusers assumes without an original config), a file of the
   tiny test model's shapes → ``tiny``. Anything else (SDXL, SD 3, Flux, inpainting, ...) is refused in one line
   naming what is supported.
-* :func:`load_single_file` returns :class:`~clic.models.SDComponents`; :func:`convert` writes the diffusers
+* :func:`load_single_file` returns :class:`~clic.components.SDComponents`; :func:`convert` writes the diffusers
   folder once (``clic models convert FILE --arch sd15 OUT/``).
 * :func:`save_single_file` writes components in the original layout (CLIP text encoders: SD 1.x and the tiny
   model), the inverse of diffusers' converters, key names as diffusers'
@@ -28,14 +28,8 @@ from typing import Any
 import torch
 
 from .architectures import ARCHITECTURES, Architecture
-from .models import (
-    SD_SCHEDULER_CONFIG,
-    TINY_TEXT_CONFIG,
-    TINY_VAE_CONFIG,
-    ModelNotFoundError,
-    SDComponents,
-    tiny_unet_config,
-)
+from .components import ModelNotFoundError, SDComponents
+from .tiny_models import SD_SCHEDULER_CONFIG, TINY_TEXT_CONFIG, TINY_VAE_CONFIG, tiny_unet_config
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
@@ -152,7 +146,7 @@ def config_folder(arch: Architecture) -> Path:
     """A config-only diffusers folder for ``arch`` (model_index.json, component configs, tokenizer), written once
     into ``$CLIC_CACHE/single-file-configs/`` under a hash of the configs: ``from_single_file(config=...)`` reads
     it instead of the hub."""
-    from .models import build_clip_tokenizer
+    from .tiny_models import build_clip_tokenizer
 
     spec = {
         "unet": arch.unet,

@@ -15,14 +15,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 
 from .cli_checks import OptionError, check_args, check_output_folder, check_positive
 from .cli_tasks import add_task_commands
+from .components import TINY_PRESETS, TINY_WORLD, ModelNotFoundError
 from .io import InputError
-from .models import TINY_PRESETS, TINY_WORLD, ModelNotFoundError, load_components, save_tiny
+from .models import load_components
+from .tiny_models import save_tiny
 
 # The one error of a bad option or input (printed as ``clic: error: <subject>: <problem>``) is
 # clic.cli_checks.OptionError. CLIError is its former name, kept as an alias for callers written before (deprecated).
@@ -88,7 +90,7 @@ def cmd_methods_show(args: argparse.Namespace) -> None:
 def cmd_save_tiny(args: argparse.Namespace) -> None:
     if args.single_file:
         from .checkpoints import save_single_file
-        from .models import build_tiny
+        from .tiny_models import build_tiny
 
         if args.variant != "tiny":
             raise OptionError("--single-file", f"writes the tiny model only (SD 1.x layout), not {args.variant}")
@@ -148,7 +150,8 @@ def cmd_world_gate(args: argparse.Namespace) -> None:
 
 def cmd_train_world(args: argparse.Namespace) -> None:
     """One stage of the tiny world (clic.world.train): resumes from --checkpoint-dir, then writes weights + record."""
-    from .world.train import TrainSettings, export_stage, train_stage
+    from .world.stage import TrainSettings
+    from .world.train import export_stage, train_stage
 
     for option, value in (("--steps", args.steps), ("--batch", args.batch)):
         _positive(value, option)
@@ -188,7 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     add_task_commands(commands)
+    _add_method_commands(commands)
+    model_commands = commands.add_parser("models", help="model utilities").add_subparsers(
+        dest="model_command", required=True
+    )
+    _add_model_files_commands(model_commands)
+    _add_world_commands(model_commands)
+    return parser
 
+
+def _add_method_commands(commands: Any) -> None:
+    """`clic methods show`."""
     methods = commands.add_parser("methods", help="what a method preset sets, and where each value comes from")
     method_commands = methods.add_subparsers(dest="method_command", required=True)
     show = method_commands.add_parser("show", help="print a preset's settings with their sources")
@@ -197,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="rows {setting, value, source} as JSON")
     show.set_defaults(run=cmd_methods_show)
 
-    models = commands.add_parser("models", help="model utilities")
-    model_commands = models.add_subparsers(dest="model_command", required=True)
+
+def _add_model_files_commands(model_commands: Any) -> None:
+    """`clic models save-tiny|convert|save-random`: model folders and files written."""
     tiny = model_commands.add_parser("save-tiny", help="write the seeded tiny model as a diffusers folder")
     tiny.add_argument("directory")
     tiny.add_argument("--variant", choices=TINY_PRESETS, default="tiny")
@@ -231,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     random_arch.add_argument("directory")
     random_arch.set_defaults(run=cmd_save_random)
 
+
+def _add_world_commands(model_commands: Any) -> None:
+    """`clic models train-world|world-gate`: the tiny world trained, and its generation gate."""
     world = model_commands.add_parser(
         "train-world", help="train one stage of the tiny-world model on the synthetic scenes (seeded, resumable)"
     )
@@ -265,7 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--seed", type=int, default=0)
     gate.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     gate.set_defaults(run=cmd_world_gate)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

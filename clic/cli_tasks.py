@@ -1,13 +1,13 @@
-"""`clic learn|transfer|generate|match`: the four task commands, their parsers and the checks they share.
+"""`clic learn|transfer|generate|match`: the four task commands and their parsers.
 
-Part of :mod:`clic.cli` (the entry point, the model and method commands, ``main``), which runs them. Every check
-raises :class:`clic.cli_checks.OptionError` naming the option or file, before any work where it can.
+Part of :mod:`clic.cli` (the entry point, the model and method commands, ``main``), which runs them. What they read
+from their options, and the checks on it, is :mod:`clic.cli_task_inputs`: every check raises
+:class:`clic.cli_checks.OptionError` naming the option or file, before any work where it can.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,213 +16,43 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cli_checks import OptionError, check_positive, check_prompt_fits, concept_problem
-from .concept import LearnedConcept
-from .device import DEVICE_HELP, DTYPES, resolve_device, resolve_dtype
-from .io import (
-    from_model_output,
-    load_image,
-    load_mask,
-    mask_from_model_output,
-    save_image,
-    save_mask_png,
-    to_model_input,
+from .cli_checks import OptionError, check_positive
+from .cli_task_inputs import (
+    check_concept_model,
+    check_memory,
+    check_object_fits,
+    check_schedule,
+    components_for,
+    gray,
+    load_concept,
+    method_named,
+    model_mask,
+    resolution_for,
+    resolve_settings,
+    write_json,
 )
+from .device import DEVICE_HELP, DTYPES
+from .io import from_model_output, load_image, mask_from_model_output, save_image, save_mask_png, to_model_input
 from .learn import ConceptSource
-from .limits import image_memory_problem, schedule_steps_problem
-from .methods.base import Method, UnsupportedTask, get_method
-from .models import (
-    TINY_PRESETS,
-    ModelNotFoundError,
-    SDComponents,
-    components_architecture,
-    load_components,
-    model_architecture,
-)
-
-# Working side for methods without a model (cut-and-paste): SD 1.x's native resolution.
-MODEL_FREE_RESOLUTION = 512
-
-# settings field -> the option that sets it, to name the option a resolved setting's error is about
-SETTING_OPTIONS = {
-    "t_start": "--t-start",
-    "read_steps": "--read-steps",
-    "eta": "--eta",
-    "steps": "--steps",
-    "images": "--images",
-    "stage_one_steps": "--stage-one-steps",
-    "threshold": "--threshold",
-    "resolution": "--resolution",
-}
-
-
-def _resolve(method: Method, task: str, preset: str | None, overrides: dict[str, Any]) -> Any:
-    """The settings a command runs with, resolved by the one function the harness uses too
-    (:meth:`clic.methods.base.Method.resolve`); its error names the option that set the value."""
-    try:
-        return method.resolve(task, preset, overrides)
-    except (ValueError, TypeError) as err:
-        text = " ".join(str(err).split())
-        blamed = [
-            key for key in sorted(overrides, key=lambda k: text.find(k)) if key in SETTING_OPTIONS and key in text
-        ]
-        if not blamed:
-            raise OptionError("--preset", text) from None
-        if text.startswith(blamed[0] + " "):  # "t_start must lie in …" → "--t-start: must lie in …"
-            text = text[len(blamed[0]) + 1 :]
-        raise OptionError(SETTING_OPTIONS[blamed[0]], text) from None
-
-
-def _method(name: str, option: str = "--method") -> Method:
-    try:
-        return get_method(name)
-    except ValueError as err:
-        raise OptionError(option, str(err)) from None
-
-
-def _load_concept(directory: str) -> tuple[LearnedConcept, Method]:
-    problem = concept_problem(directory)
-    if problem is not None:
-        raise OptionError("--concept", problem)
-    try:
-        concept = LearnedConcept.load(directory)
-    except FileNotFoundError as err:
-        raise OptionError("--concept", str(err)) from None
-    return concept, _method(concept.method, "--concept")
-
-
-def _placement(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
-    """--device and --dtype, checked: one line naming the option when the device is absent or unknown."""
-    try:
-        device = resolve_device(args.device)
-    except ValueError as err:
-        raise OptionError("--device", str(err)) from None
-    return device, resolve_dtype(args.dtype)
-
-
-def _components(
-    method: Method, model: str | None, concept: LearnedConcept | None = None, args: argparse.Namespace | None = None
-) -> SDComponents | None:
-    """The model named by --model, else the one the concept was learned with, on --device in --dtype;
-    None for model-free methods."""
-    device, dtype = _placement(args) if args is not None else (torch.device("cpu"), torch.float32)
-    if not method.needs_model:
-        return None
-    model = model or (concept.model_id if concept is not None else None)
-    if not model:
-        raise OptionError(
-            "--model",
-            f"required: one of {', '.join(TINY_PRESETS)}, a diffusers folder, a single-file "
-            "checkpoint or a cached HF id",
-        )
-    if method.needs_inpainting and model == "tiny":
-        model = "tiny-inpaint"
-    try:
-        return load_components(model, device=device, dtype=dtype)
-    except ModelNotFoundError as err:
-        raise OptionError("--model", str(err)) from None
-
-
-def _check_object_fits(components: SDComponents | None, word: str) -> None:
-    """Before any learning or denoising: the object word must leave the prompt room for the concept token."""
-    if components is not None:
-        check_prompt_fits(components.tokenizer, word)
-
-
-def _check_memory(resolution: int, images: int = 1, option: str = "--resolution") -> None:
-    """Before any work: images of this side (and count) must fit this machine's memory (clic.limits)."""
-    problem = image_memory_problem(resolution, images)
-    if problem is not None:
-        value = images if option == "--images" else resolution
-        raise OptionError(option, f"{value} is too large: {problem}")
-
-
-def _check_schedule(steps: int, components: SDComponents | None, option: str = "--steps") -> None:
-    """A DDIM schedule of ``steps`` steps must fit the model's scheduler (clic.limits)."""
-    if components is not None:
-        problem = schedule_steps_problem(steps, int(components.scheduler.config.num_train_timesteps))
-        if problem is not None:
-            raise OptionError(option, problem)
-
-
-def _check_concept_model(concept: LearnedConcept, components: SDComponents | None, model: str | None) -> None:
-    """A concept runs only on the architecture it was learned on; another checkpoint of it gets a note."""
-    if components is None or not model:
-        return
-    learned = concept.extras.get("architecture") or model_architecture(concept.model_id)
-    if not learned:  # the concept does not say and its model is not here: nothing to compare
-        return
-    given = components_architecture(components)
-    differences = [
-        f"{key} {given.get(key)} vs {value}" for key, value in learned.items() if key in given and given[key] != value
-    ]
-    if differences:
-        raise OptionError(
-            "--model",
-            f"{model} has another architecture than the concept's model {concept.model_id} "
-            f"({'; '.join(differences)}): a concept runs only on the architecture it was "
-            f"learned on; leave --model out to use {concept.model_id}",
-        )
-    if concept.weights_hash and components.weights_hash != concept.weights_hash:
-        print(
-            f"note: --model {model} is another checkpoint of the same architecture as the concept's model "
-            f"{concept.model_id}: its tokens and attention weights were learned on that one",
-            file=sys.stderr,
-        )
-
-
-def _resolution(requested: int | None, components: SDComponents | None, concept: LearnedConcept | None = None) -> int:
-    """--resolution, else the concept's learning resolution, else the model's native one."""
-    if requested is not None:
-        check_positive(requested, "--resolution")  # and within memory: clic.cli_checks.check_args, before any work
-        if components is not None:
-            multiple = components.vae_scale_factor * 2 ** (len(components.unet.config.block_out_channels) - 1)
-            if requested % multiple:
-                raise OptionError("--resolution", f"must be a multiple of {multiple} for this model, got {requested}")
-        return requested
-    if concept is not None and concept.config.get("resolution"):
-        return int(concept.config["resolution"])
-    if components is not None:
-        return components.resolution
-    if concept is not None:
-        return int(concept.arrays["source_image"].shape[-1])  # model-free concepts keep their source pixels
-    return MODEL_FREE_RESOLUTION
-
-
-def _model_mask(path: str, image_size: tuple[int, int], image, resolution: int) -> torch.Tensor:
-    """The mask file as a (R, R) float tensor aligned with the image's model input."""
-    _, mask, _ = to_model_input(image, load_mask(path, size=image_size), resolution)
-    if not bool(mask.any()):
-        raise OptionError(path, f"mask is empty at the model resolution {resolution}x{resolution}")
-    return mask[0]
-
-
-def _gray(map_2d: torch.Tensor) -> torch.Tensor:
-    """(R, R) in [0, 1] as a (3, R, R) image, the form clic.io writes."""
-    return map_2d.clamp(0, 1)[None].expand(3, -1, -1)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
-
+from .methods.base import UnsupportedTask
 
 # ----------------------------------------------------------------------------------------- commands
 
 
 def cmd_learn(args: argparse.Namespace) -> None:
-    method = _method(args.method)
+    method = method_named(args.method)
     try:
         method.preset(args.preset)
     except ValueError as err:
         raise OptionError("--preset", str(err)) from None
     check_positive(args.steps, "--steps")
-    components = _components(method, args.model, args=args)
-    _check_object_fits(components, args.object)
-    resolution = _resolution(args.resolution, components)
+    components = components_for(method, args.model, args=args)
+    check_object_fits(components, args.object)
+    resolution = resolution_for(args.resolution, components)
     image = load_image(args.image)
     image_tensor, _, _ = to_model_input(image, None, resolution, name=args.image)
     masks = [
-        _model_mask(path, image.size, image, resolution) for path in [args.mask, *([args.mask2] if args.mask2 else [])]
+        model_mask(path, image.size, image, resolution) for path in [args.mask, *([args.mask2] if args.mask2 else [])]
     ]
     source = ConceptSource(image_tensor, torch.stack(masks), args.object)
     overrides: dict[str, Any] = {"resolution": resolution}
@@ -230,7 +60,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
         overrides["steps"] = args.steps
     if args.checkpoint_every:  # resumable snapshots in --out: a rerun of the same command resumes from the newest
         overrides["checkpoint_every"] = args.checkpoint_every
-    config = _resolve(method, "learn", args.preset, overrides if method.needs_model else {})
+    config = resolve_settings(method, "learn", args.preset, overrides if method.needs_model else {})
     started = time.perf_counter()
     concept = method.learn(
         components,
@@ -249,23 +79,23 @@ def cmd_learn(args: argparse.Namespace) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> None:
-    concept, method = _load_concept(args.concept)
+    concept, method = load_concept(args.concept)
     check_positive(args.steps, "--steps")
     overrides = {
         key: value
         for key, value in (("t_start", args.t_start), ("eta", args.eta), ("steps", args.steps))
         if value is not None
     }
-    settings = _resolve(method, "transfer", concept.preset, overrides)  # None: the method reads no settings
-    components = _components(method, args.model, concept, args)
-    _check_concept_model(concept, components, args.model)
+    settings = resolve_settings(method, "transfer", concept.preset, overrides)  # None: the method reads no settings
+    components = components_for(method, args.model, concept, args)
+    check_concept_model(concept, components, args.model)
     if settings is not None:
-        _check_schedule(settings.steps, components)
-    _check_object_fits(components, args.object)
-    resolution = _resolution(args.resolution, components, concept)
+        check_schedule(settings.steps, components)
+    check_object_fits(components, args.object)
+    resolution = resolution_for(args.resolution, components, concept)
     image = load_image(args.image)
     image_tensor, _, placement = to_model_input(image, None, resolution, name=args.image)
-    mask = _model_mask(args.mask, image.size, image, resolution)
+    mask = model_mask(args.mask, image.size, image, resolution)
     started = time.perf_counter()
     try:
         result = method.transfer(
@@ -276,8 +106,8 @@ def cmd_transfer(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from_model_output(result.image, placement).save(out / "edited.png")
-    from_model_output(_gray(result.attention), placement).convert("L").save(out / "attention.png")
-    _write_json(
+    from_model_output(gray(result.attention), placement).convert("L").save(out / "attention.png")
+    write_json(
         out / "result.json",
         {
             "concept": str(args.concept),
@@ -299,7 +129,7 @@ def cmd_transfer(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    concept, method = _load_concept(args.concept)
+    concept, method = load_concept(args.concept)
     check_positive(args.steps, "--steps")
     check_positive(args.images, "--images")
     overrides = {
@@ -311,18 +141,20 @@ def cmd_generate(args: argparse.Namespace) -> None:
         method.require("generate")
     except UnsupportedTask as err:
         raise OptionError("--concept", str(err)) from None
-    _check_memory(
+    check_memory(
         args.resolution or int(concept.config.get("resolution") or 0) or 8, overrides.get("images", 1), "--images"
     )
-    settings = _resolve(method, "generate", concept.preset, overrides)  # a bad value fails before the model loads
-    components = _components(method, args.model, concept, args)
-    _check_concept_model(concept, components, args.model)
-    _check_schedule(settings.steps, components)
-    _check_object_fits(components, args.object)
+    settings = resolve_settings(
+        method, "generate", concept.preset, overrides
+    )  # a bad value fails before the model loads
+    components = components_for(method, args.model, concept, args)
+    check_concept_model(concept, components, args.model)
+    check_schedule(settings.steps, components)
+    check_object_fits(components, args.object)
     if components is not None:  # --resolution, else the concept's learning resolution, else the model's
-        overrides["resolution"] = _resolution(args.resolution, components, concept)
-        _check_memory(overrides["resolution"], settings.images, "--images")
-    settings = _resolve(method, "generate", concept.preset, overrides)
+        overrides["resolution"] = resolution_for(args.resolution, components, concept)
+        check_memory(overrides["resolution"], settings.images, "--images")
+    settings = resolve_settings(method, "generate", concept.preset, overrides)
     result = method.generate(components, concept, args.object, overrides=settings, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +182,7 @@ def _match_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_match(args: argparse.Namespace) -> None:
-    concept, method = _load_concept(args.concept)
+    concept, method = load_concept(args.concept)
     check_positive(args.steps, "--steps")
     overrides = _match_overrides(args)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -359,16 +191,16 @@ def cmd_match(args: argparse.Namespace) -> None:
         method.require("match")
     except UnsupportedTask as err:
         raise OptionError("--concept", str(err)) from None
-    settings = _resolve(method, "match", concept.preset, overrides)
+    settings = resolve_settings(method, "match", concept.preset, overrides)
     if "source_image" not in concept.arrays:  # w* is learned from the source the concept keeps
         raise OptionError(
             args.concept, "the concept keeps no source image (learned by an older version): learn it again"
         )
-    components = _components(method, args.model, concept, args)
-    _check_concept_model(concept, components, args.model)
-    _check_schedule(settings.denoise_steps, components)
-    _check_object_fits(components, args.object)
-    resolution = _resolution(args.resolution, components, concept)
+    components = components_for(method, args.model, concept, args)
+    check_concept_model(concept, components, args.model)
+    check_schedule(settings.denoise_steps, components)
+    check_object_fits(components, args.object)
+    resolution = resolution_for(args.resolution, components, concept)
     image = load_image(args.image)
     image_tensor, _, placement = to_model_input(image, None, resolution, name=args.image)
     result = method.match(components, concept, image_tensor, args.object, overrides=settings, seed=args.seed)
@@ -376,8 +208,8 @@ def cmd_match(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     mask = mask_from_model_output(result.mask.float(), placement)
     save_mask_png(mask, out / "mask.png")
-    from_model_output(_gray(result.soft_map), placement).convert("L").save(out / "soft.png")
-    _write_json(
+    from_model_output(gray(result.soft_map), placement).convert("L").save(out / "soft.png")
+    write_json(
         out / "result.json",
         {
             "concept": str(args.concept),
@@ -412,6 +244,11 @@ def common(sub: argparse.ArgumentParser, *, model_help: str) -> None:
 
 def add_task_commands(commands: Any) -> None:
     """The parsers of `clic learn|transfer|generate|match` (``commands``: the parser's subparsers)."""
+    for add in (_add_learn, _add_transfer, _add_generate, _add_match):
+        add(commands)
+
+
+def _add_learn(commands: Any) -> None:
     learn = commands.add_parser("learn", help="learn a concept from a source image and its mask")
     common(
         learn,
@@ -436,6 +273,8 @@ def add_task_commands(commands: Any) -> None:
     learn.add_argument("--quiet", action="store_true", help="no progress bar")
     learn.set_defaults(run=cmd_learn)
 
+
+def _add_transfer(commands: Any) -> None:
     transfer = commands.add_parser("transfer", help="transfer a learned concept into a target region")
     common(transfer, model_help="default: the model the concept was learned with")
     transfer.add_argument("--concept", required=True)
@@ -452,6 +291,8 @@ def add_task_commands(commands: Any) -> None:
     transfer.add_argument("--out", required=True)
     transfer.set_defaults(run=cmd_transfer)
 
+
+def _add_generate(commands: Any) -> None:
     generate = commands.add_parser("generate", help="generate new objects carrying the concept")
     common(generate, model_help="default: the model the concept was learned with")
     generate.add_argument("--concept", required=True)
@@ -462,6 +303,8 @@ def add_task_commands(commands: Any) -> None:
     generate.add_argument("--out", required=True)
     generate.set_defaults(run=cmd_generate)
 
+
+def _add_match(commands: Any) -> None:
     match = commands.add_parser("match", help="predict the concept's region in a target image (RoI matching)")
     common(match, model_help="default: the model the concept was learned with")
     match.add_argument("--concept", required=True)

@@ -16,7 +16,7 @@ Layout of a concept folder::
 own loading calls, which a user can write out: ``pipe.load_textual_inversion(token_file, token=...)`` per token
 and ``pipe.unet.load_attn_procs(folder, weight_name=ATTN_WEIGHTS_NAME, _pipeline=pipe)``; diffusers 0.42 sets the
 processors only when ``_pipeline`` is given, see ``tests/clic/test_stock_loading.py``); :meth:`LearnedConcept.apply` is
-ours, onto :class:`~clic.models.SDComponents`.
+ours, onto :class:`~clic.components.SDComponents`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .attention import AttentionCapture
-from .models import SDComponents
+from .components import SDComponents
 from .reuse import keep_originals
 from .tokens import add_learned_tokens, load_token_file, token_file_name
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from .attention import AttentionCapture
+from .components import SDComponents, ddim_scheduler
 from .concept import LearnedConcept
 from .learn import capture_resolution, encode_text, format_prompt
-from .models import SDComponents, ddim_scheduler
 from .settings import Settings
 from .transfer import decode, ensure_concept
 

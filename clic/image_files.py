@@ -14,6 +14,13 @@ from typing import IO, Union
 from PIL import Image, UnidentifiedImageError
 
 ImageSource = Union[str, "os.PathLike[str]", IO[bytes]]
+# Pixel formats the image and mask readers share. Half of full scale, rounded up, for integer images: 128 of 255,
+# 32768 of 65535.
+HALF_8BIT = 128
+HALF_16BIT = 32768
+FULL_16BIT = 65535
+INT16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _EXIF_ORIENTATION_TAG = 0x0112
 _ORIENTATION_TRANSPOSE = {  # EXIF orientation -> the transpose that undoes it (as ImageOps.exif_transpose)
     2: Image.Transpose.FLIP_LEFT_RIGHT,

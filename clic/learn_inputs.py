@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .models import SDComponents
+from .components import SDComponents
 
 
 @dataclass

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from .attention import AttentionCapture
+from .components import SDComponents
 from .learn_config import LearnConfig
 from .learn_inputs import encode_text, format_prompt
 from .losses import Objective, StepTensors, resize_mask
-from .models import SDComponents
 from .prediction import training_target
 from .tokens import ConceptTokens
 
@@ -61,20 +61,7 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     scheduler = components.scheduler
 
     x_t = scheduler.add_noise(batch.latents, batch.noise, batch.timestep)
-    rows, prompts, roi_x0 = [], [], None
-    if "context" in needs:
-        rows.append(x_t)
-        prompts.append(format_prompt(config.context_prompt, object_word, tokens.tokens) + batch.suffix)
-    if "roi" in needs:
-        if batch.roi_latents is not None:  # official code: mask in pixel space, then noise
-            roi_x0 = batch.roi_latents
-            rows.append(scheduler.add_noise(roi_x0, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n)))
-        else:
-            roi_x0 = latent_masks[:, None] * batch.latents
-            rows.append(latent_masks[:, None] * x_t)
-        indices = batch.roi_prompt_indices or (0,) * n
-        for k, token in enumerate(tokens.tokens):
-            prompts.append(format_prompt(config.roi_prompts[indices[k]], object_word, [token]))
+    rows, prompts, roi_x0 = _branch_rows(state, batch, x_t, latent_masks, object_word)
     model_input = torch.cat(rows)
     text, ids = encode_text(components, prompts)
     capture_on = "attention" in needs
@@ -115,6 +102,30 @@ def fused_step(state: TrainState, batch: StepBatch, object_word: str) -> tuple[t
     loss, values = state.objective(step)
     state.capture.clear()
     return loss, values
+
+
+def _branch_rows(
+    state: TrainState, batch: StepBatch, x_t: torch.Tensor, latent_masks: torch.Tensor, object_word: str
+) -> tuple[list[torch.Tensor], list[str], torch.Tensor | None]:
+    """The rows of the one UNet pass and their prompts: the context row (x_t with c), then one RoI row per token
+    (M_k ⊙ x_t, or the pixel-masked source noised, with c*_k); and the RoI rows' clean latents."""
+    config, tokens, needs, scheduler = state.config, state.tokens, state.objective.needs, state.components.scheduler
+    n = len(tokens.tokens)
+    rows, prompts, roi_x0 = [], [], None
+    if "context" in needs:
+        rows.append(x_t)
+        prompts.append(format_prompt(config.context_prompt, object_word, tokens.tokens) + batch.suffix)
+    if "roi" in needs:
+        if batch.roi_latents is not None:  # official code: mask in pixel space, then noise
+            roi_x0 = batch.roi_latents
+            rows.append(scheduler.add_noise(roi_x0, batch.noise.expand(n, -1, -1, -1), batch.timestep.expand(n)))
+        else:
+            roi_x0 = latent_masks[:, None] * batch.latents
+            rows.append(latent_masks[:, None] * x_t)
+        indices = batch.roi_prompt_indices or (0,) * n
+        for k, token in enumerate(tokens.tokens):
+            prompts.append(format_prompt(config.roi_prompts[indices[k]], object_word, [token]))
+    return rows, prompts, roi_x0
 
 
 def capture_resolution(capture: AttentionCapture, components: SDComponents, latent_side: int | None = None) -> int:

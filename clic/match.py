@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import AttentionCapture
+from .components import SDComponents, ddim_scheduler
 from .concept import LearnedConcept
 from .learn import (
     ConceptSource,
@@ -33,7 +34,6 @@ from .learn import (
     learn_concept,
     vae_moments,
 )
-from .models import SDComponents, ddim_scheduler
 from .settings import Settings
 from .tokens import add_learned_tokens
 from .transfer import ensure_concept

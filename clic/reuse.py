@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .models import SDComponents
+from .components import SDComponents
 
 _NETWORKS = ("unet", "text_encoder", "vae")
 

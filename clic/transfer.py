@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +38,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .attention import AttentionCapture
+from .components import SDComponents, ddim_scheduler
 from .concept import LearnedConcept
 from .learn import capture_resolution, encode_text, format_prompt, sample_latents, vae_moments
 from .losses import resize_mask
-from .models import SDComponents, ddim_scheduler
 from .prediction import check_prediction_type
 from .settings import Settings
 
@@ -224,46 +225,21 @@ def transfer_concept(
 
     uncond, cond, positions = _prompt_embeddings(components, concept, settings.prompt, object_word)
     resolution = capture_resolution(capture, components, target_latents.shape[-1])
-    guidance_resolution = (
+
+    denoiser = _Denoiser(
+        components, capture, scheduler, settings, generator, target_latents, mask, guidance_target, uncond, cond
+    )
+    denoiser.positions, denoiser.resolution = positions, resolution
+    denoiser.guidance_resolution = (
         target_latents.shape[-1]
         if settings.guidance_resolution == "latent"
         else int(settings.guidance_resolution or resolution)
     )
-
-    def noised_target(t: torch.Tensor) -> torch.Tensor:
-        noise = target_noise(target_latents.shape, generator).to(device)
-        return scheduler.add_noise(target_latents, noise, t.reshape(1))
-
-    latents = noised_target(timesteps[0])
+    latents = denoiser.noised_target(timesteps[0])
     maps = []
     for index, t in enumerate(timesteps, start=first):  # index: position in the full schedule
-        if index < settings.t_start:
-            pass  # released start: the latents are the fully noised target (transfer.py L103-104)
-        elif settings.blend_until is None or index <= settings.blend_until:
-            latents = mask * latents + (1 - mask) * noised_target(t)  # blending
-        if settings.eta > 0 and (settings.guidance_until is None or index < settings.guidance_until):
-            latents = attention_guidance(
-                capture,
-                components,
-                latents,
-                t,
-                cond,
-                positions,
-                guidance_target,
-                settings.eta,
-                guidance_resolution,
-                settings.guidance,
-                settings.detach_attention_outputs,
-            )
-        capture.set_tokens(positions)
-        eps = components.unet(
-            torch.cat([latents, latents]).to(components.dtype), t, encoder_hidden_states=torch.cat([uncond, cond])
-        ).sample.float()
-        maps.append(capture.mean_map(resolution, batch_index=slice(1, 2))[0, 0])
-        capture.clear()
-        eps_uncond, eps_cond = eps.chunk(2)
-        eps = eps_uncond + settings.guidance_scale * (eps_cond - eps_uncond)  # linear: ε or v alike
-        latents = scheduler.step(eps, t, latents, eta=settings.ddim_eta, generator=generator).prev_sample
+        latents, attention_map = denoiser.step(index, t, latents)
+        maps.append(attention_map)
     if settings.final_paste:
         latents = mask * latents + (1 - mask) * target_latents
     capture.set_tokens(None)
@@ -279,6 +255,64 @@ def transfer_concept(
         int(timesteps[0]),
         len(timesteps),
     )
+
+
+@dataclass
+class _Denoiser:
+    """One transfer's denoising steps: blending with the noised target, attention guidance, the guided UNet pass
+    (whose v* cross-attention map is recorded) and the DDIM step."""
+
+    components: SDComponents
+    capture: AttentionCapture
+    scheduler: Any
+    settings: TransferSettings
+    generator: torch.Generator
+    target_latents: torch.Tensor
+    mask: torch.Tensor
+    guidance_target: torch.Tensor
+    uncond: torch.Tensor
+    cond: torch.Tensor
+    positions: Any = None
+    resolution: int = 0
+    guidance_resolution: int = 0
+
+    def noised_target(self, t: torch.Tensor) -> torch.Tensor:
+        noise = target_noise(self.target_latents.shape, self.generator).to(self.components.unet.device)
+        return self.scheduler.add_noise(self.target_latents, noise, t.reshape(1))
+
+    def step(self, index: int, t: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step at ``index`` of the full schedule: the next latents and the step's attention map."""
+        settings, components, capture = self.settings, self.components, self.capture
+        if index < settings.t_start:
+            pass  # released start: the latents are the fully noised target (transfer.py L103-104)
+        elif settings.blend_until is None or index <= settings.blend_until:
+            latents = self.mask * latents + (1 - self.mask) * self.noised_target(t)  # blending
+        if settings.eta > 0 and (settings.guidance_until is None or index < settings.guidance_until):
+            latents = attention_guidance(
+                capture,
+                components,
+                latents,
+                t,
+                self.cond,
+                self.positions,
+                self.guidance_target,
+                settings.eta,
+                self.guidance_resolution,
+                settings.guidance,
+                settings.detach_attention_outputs,
+            )
+        capture.set_tokens(self.positions)
+        eps = components.unet(
+            torch.cat([latents, latents]).to(components.dtype),
+            t,
+            encoder_hidden_states=torch.cat([self.uncond, self.cond]),
+        ).sample.float()
+        attention_map = capture.mean_map(self.resolution, batch_index=slice(1, 2))[0, 0]
+        capture.clear()
+        eps_uncond, eps_cond = eps.chunk(2)
+        eps = eps_uncond + settings.guidance_scale * (eps_cond - eps_uncond)  # linear: ε or v alike
+        latents = self.scheduler.step(eps, t, latents, eta=settings.ddim_eta, generator=self.generator).prev_sample
+        return latents, attention_map
 
 
 def _prompt_embeddings(

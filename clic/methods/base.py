@@ -16,13 +16,16 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
+from ..components import SDComponents
 from ..concept import LearnedConcept
 from ..learn import ConceptSource, LearnConfig, StepBatch, TrainState, fused_step, learn_concept
 from ..losses import Objective
-from ..models import SDComponents
 from ..settings import MethodConfig, Settings
 
 TASKS = frozenset({"learn", "transfer", "generate", "match"})
+# Where a method that estimates its own masks (``estimates_masks``) keeps mask k in the concept's arrays; the
+# harness scores every ``estimated_mask*`` array against the ground truth.
+ESTIMATED_MASK_KEY = "estimated_mask_{index}"
 # The settings class of each task the shared loops run ("module:Class", imported when first resolved).
 TASK_SETTINGS = {
     "transfer": "clic.transfer:TransferSettings",

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..components import SDComponents, ddim_scheduler
 from ..concept import LearnedConcept
 from ..learn import (
     ConceptSource,
@@ -39,7 +40,6 @@ from ..learn import (
     vae_moments,
 )
 from ..losses import StepTensors, resize_mask
-from ..models import SDComponents, ddim_scheduler
 from ..prediction import training_target
 from ..presets import Setting, preset_overrides
 from .base import CROSS_ATTENTION_MEMORY, GpuMemory, Method

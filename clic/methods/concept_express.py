@@ -38,25 +38,17 @@ not train.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-
-from ..attention import AttentionCapture, restore_default_processors
+from ..components import SDComponents
 from ..concept import LearnedConcept
-from ..learn import ConceptSource, capture_resolution, encode_text, sample_latents, seed_everything, vae_moments
-from ..models import SDComponents
-from ..optimizer_step import OptimizerStep, make_optimizer
-from ..prediction import training_target
+from ..learn import ConceptSource
 from ..presets import Setting, preset_overrides
-from ..tokens import ConceptTokens, merge_concept_embeddings
 from .base import Method
+from .concept_express_learn import ESTIMATED_MASK_KEY, learn_concept_express
 from .concept_express_locate import (
     CODE,
     ConceptExpressConfig,
@@ -70,8 +62,9 @@ from .concept_express_locate import (
     spatially_connected,
     symmetric_kl,
 )
+from .concept_express_losses import grid_cost, supervised_contrastive, wasserstein_alignment
 
-__all__ = [  # the config and the locating half live in concept_express_locate; imported from here as before
+__all__ = [  # the config, locating, losses and learning live in concept_express_*; imported from here as before
     "CODE",
     "ESTIMATED_MASK_KEY",
     "ConceptExpress",
@@ -90,247 +83,6 @@ __all__ = [  # the config and the locating half live in concept_express_locate; 
     "symmetric_kl",
     "wasserstein_alignment",
 ]
-
-ESTIMATED_MASK_KEY = "estimated_mask_{index}"
-
-
-# ------------------------------------------------------------------------------------------ losses
-class _SinkhornTransport(torch.autograd.Function):
-    """Entropic OT cost Σ P_ij C_ij (log-domain Sinkhorn) with emd/emd.py's gradient: λ·log v for ν."""
-
-    @staticmethod
-    def forward(ctx, mu: torch.Tensor, nu: torch.Tensor, cost: torch.Tensor, epsilon: float, iterations: int):
-        log_mu, log_nu = mu.clamp_min(1e-30).log(), nu.clamp_min(1e-30).log()
-        log_u = torch.full_like(mu, -math.log(mu.numel()))
-        log_v = torch.full_like(nu, -math.log(nu.numel()))
-        kernel = -cost / epsilon
-        for _ in range(iterations):
-            log_v = log_nu - torch.logsumexp(kernel + log_u[:, None], dim=0)
-            log_u = log_mu - torch.logsumexp(kernel + log_v[None, :], dim=1)
-        plan = (log_u[:, None] + kernel + log_v[None, :]).exp()
-        ctx.save_for_backward(log_u, log_v)
-        ctx.epsilon = epsilon
-        return (plan * cost).sum()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        log_u, log_v = ctx.saved_tensors
-        return grad * log_u * ctx.epsilon, grad * log_v * ctx.epsilon, None, None, None
-
-
-def grid_cost(side: int) -> torch.Tensor:
-    """Euclidean distance between the cells of a side × side grid (ot.dist(grid, metric='euclidean'))."""
-    ys, xs = torch.meshgrid(
-        torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij"
-    )
-    grid = torch.stack([ys.flatten(), xs.flatten()], 1)
-    return torch.cdist(grid, grid)
-
-
-def wasserstein_alignment(
-    target: torch.Tensor, attention: torch.Tensor, epsilon: float = 1e-3, iterations: int = 200
-) -> torch.Tensor:
-    """ptp_utils.wasser_loss: both (s, s) maps normalised to mass 1, OT cost from the feature to the attention."""
-    side = target.shape[-1]
-    mu = (target / target.sum()).flatten().float()
-    nu = (attention / attention.sum()).flatten().float()
-    return _SinkhornTransport.apply(mu, nu, grid_cost(side).to(mu.device), epsilon, iterations)
-
-
-def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """utils/loss.py SupConLoss (one view, contrast_mode 'one', base temperature = temperature) on unit rows."""
-    logits = features @ features.T / temperature
-    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    others = ~torch.eye(len(labels), dtype=torch.bool, device=features.device)
-    positives = (labels[:, None] == labels[None, :]) & others
-    log_prob = logits - torch.log((logits.exp() * others).sum(1, keepdim=True))
-    return -((positives * log_prob).sum(1) / positives.sum(1).clamp_min(1)).mean()
-
-
-# ------------------------------------------------------------------------------------------ learning
-def learn_concept_express(
-    components: SDComponents,
-    source: ConceptSource,
-    config: ConceptExpressConfig,
-    *,
-    preset: str = "default",
-    seed: int = 0,
-    progress: bool = False,
-) -> LearnedConcept:
-    config.validate()
-    generator = seed_everything(seed)
-    device = components.unet.device
-    image = source.images[0].to(device)
-    masks, features = locate_concepts(components, image, config)
-    if masks.shape[0] == 0:
-        raise ValueError("ConceptExpress found no salient concept in the source image")
-    count, side = masks.shape[0], masks.shape[-1]
-    names, split_names, init = _token_names(components, config, count)
-    components.freeze()
-    tokens = ConceptTokens(components.tokenizer, components.text_encoder, split_names, init_vectors=init)
-    capture = AttentionCapture(components.unet, "up+down", train_kv=False)
-    capture.same_resolution_only = True
-    capture.buffer.heads = config.attention_heads
-    resolution = capture_resolution(capture, components)
-    moments = vae_moments(components, image[None])
-    flipped_moments = vae_moments(components, image.flip(-1)[None])
-    step = _token_step(tokens, config)
-    feature_maps = features.reshape(count, side, side)
-    merged = False
-    loss_log: list[dict[str, float]] = []
-    started = time.perf_counter()
-
-    def merge() -> torch.Tensor:
-        with torch.no_grad():
-            vectors = tokens.parameter.detach().reshape(config.split_tokens, count, -1).mean(0)
-        return vectors
-
-    for step_index in range(config.steps):
-        if step_index == config.merge_step and not merged:
-            vectors = merge()
-            tokens = ConceptTokens(components.tokenizer, components.text_encoder, names, init_vectors=list(vectors))
-            step = _token_step(tokens, config)
-            merged = True
-        flip = float(torch.rand((), generator=generator)) < config.p_flip
-        step_masks = masks.flip(-1) if flip else masks
-        step_features = feature_maps.flip(-1) if flip else feature_maps
-        concept_of = list(range(count)) if merged else [k % count for k in range(len(tokens.tokens))]
-        rows = [[k] for k in range(len(tokens.tokens))] + ([list(range(count))] if merged else [])
-        for row in rows:
-            loss, values = _row_loss(
-                components,
-                capture,
-                tokens,
-                config,
-                row,
-                concept_of,
-                merged,
-                flipped_moments if flip else moments,
-                step_masks,
-                step_features,
-                resolution,
-                generator,
-            )
-            step(lambda _micro, loss=loss: loss, f"step {step_index}")
-            values.update(total=float(loss.detach()), step=step_index, tokens=float(len(row)))
-            loss_log.append(values)
-        if progress and (step_index + 1) % 50 == 0:
-            print(f"concept_express step {step_index + 1}: {loss_log[-1]['total']:.4f}")
-    capture.set_tokens(None)
-    restore_default_processors(components.unet)
-    if not merged:  # a run shorter than merge_step still ends with one token per concept
-        vectors = merge()
-        final = {name: vector.cpu() for name, vector in zip(names, vectors)}
-    else:
-        final = {name: vector.detach().cpu() for name, vector in tokens.vectors().items()}
-    merge_concept_embeddings(components.text_encoder)
-    return _finished_concept(source, config, components, masks, features, names, final, loss_log, preset, seed, started)
-
-
-def _token_names(
-    components: SDComponents, config: ConceptExpressConfig, count: int
-) -> tuple[list[str], list[str], list[torch.Tensor]]:
-    """The concepts' token names, their split tokens (token i + j·K is split j of concept i: TokenManager.split_tokens)
-    and the splits' initial vectors, taken from the end of the vocabulary (``vocabulary_offset``)."""
-    names = [config.placeholder] if count == 1 else [config.placeholder.replace("*", f"{k + 1}*") for k in range(count)]
-    split_names = [
-        f"{name[:-1]}s{j}>" if name.endswith(">") else f"{name}s{j}"
-        for j in range(config.split_tokens)
-        for name in names
-    ]  # token i + j·K is split j of concept i (TokenManager.split_tokens)
-    vocabulary = components.text_encoder.get_input_embeddings().weight.detach()
-    start = vocabulary.shape[0] - config.vocabulary_offset
-    init = [vocabulary[(start + k) % vocabulary.shape[0]].clone() for k in range(len(split_names))]
-    return names, split_names, init
-
-
-def _finished_concept(
-    source: ConceptSource,
-    config: ConceptExpressConfig,
-    components: SDComponents,
-    masks: torch.Tensor,
-    features: torch.Tensor,
-    names: list[str],
-    final: dict[str, torch.Tensor],
-    loss_log: list[dict[str, float]],
-    preset: str,
-    seed: int,
-    started: float,
-) -> LearnedConcept:
-    """The concept with one token per located concept, its estimated masks and the located features."""
-    count = masks.shape[0]
-    pixel_masks = F.interpolate(masks[None], size=source.image.shape[-2:], mode="nearest")[0]
-    arrays = {ESTIMATED_MASK_KEY.format(index=k): pixel_masks[k].clone() for k in range(count)}
-    arrays.update(
-        {"source_image": source.image.detach().cpu(), "source_masks": pixel_masks.clone(), "features": features.clone()}
-    )
-    return LearnedConcept(
-        method="concept_express",
-        preset=preset,
-        tokens=names,
-        object_word=source.object_word,
-        vectors=final,
-        model_id=components.model_id,
-        weights_hash=components.weights_hash,
-        config={**asdict(config), "seed": seed},
-        loss_log=loss_log,
-        arrays=arrays,
-        extras={"seconds": round(time.perf_counter() - started, 3), "concepts_found": count},
-    )
-
-
-def _token_step(tokens: ConceptTokens, config: ConceptExpressConfig) -> OptimizerStep:
-    """AdamW over the token rows; train_text_encoder is True by default in the released script, so the token rows
-    are what its clipping covers (the shared loop's optimiser step, clic.optimizer_step)."""
-    optimizer = make_optimizer("adamw", [tokens.parameter], lr=config.lr, weight_decay=config.weight_decay)
-    return OptimizerStep(optimizer, [tokens.parameter], config.max_grad_norm)
-
-
-def _row_loss(
-    components: SDComponents,
-    capture: AttentionCapture,
-    tokens: ConceptTokens,
-    config: ConceptExpressConfig,
-    row: list[int],
-    concept_of: list[int],
-    merged: bool,
-    moments: torch.Tensor,
-    step_masks: torch.Tensor,
-    step_features: torch.Tensor,
-    resolution: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """One prompt row's loss: the masked diffusion loss, the Wasserstein alignment of its tokens' attention with
-    their concepts' features and, before the merge, the tokens' supervised contrast."""
-    device = components.unet.device
-    latents = sample_latents(components, moments, generator)
-    noise = torch.randn(latents.shape, generator=generator).to(device)
-    t = torch.randint(0, components.scheduler.config.num_train_timesteps, (1,), generator=generator).to(device)
-    x_t = components.scheduler.add_noise(latents, noise, t)
-    text, ids = encode_text(components, [config.prompt.format(tokens=" and ".join(tokens.tokens[k] for k in row))])
-    capture.set_tokens([[int((ids[0] == tokens.token_ids[k]).nonzero()[0, 0]) for k in row]])
-    eps = components.unet(x_t, t, encoder_hidden_states=text).sample
-    attention = capture.mean_map(resolution)[0]  # (len(row), r, r)
-    capture.clear()
-    region = torch.stack([step_masks[concept_of[k]] for k in row]).amax(0).to(device)[None, None]
-    region = F.interpolate(region, size=latents.shape[-2:], mode="nearest")
-    target = training_target(components.scheduler, latents, noise, t)
-    diffusion = F.mse_loss(eps * region, target * region)
-    targets = F.interpolate(step_features[[concept_of[k] for k in row]][:, None].float(), size=(resolution, resolution))
-    alignment = sum(
-        wasserstein_alignment(
-            targets[i, 0].to(device), attention[i], config.sinkhorn_epsilon, config.sinkhorn_iterations
-        )
-        for i in range(len(row))
-    )
-    loss = diffusion + config.lambda_attention * alignment
-    values = {"masked_diffusion": float(diffusion.detach()), "wasserstein": float(alignment.detach())}
-    if not merged:
-        labels = torch.tensor(concept_of, device=device)
-        contrast = supervised_contrastive(F.normalize(tokens.parameter, dim=-1), labels, config.temperature)
-        loss = loss + config.weight_contrast * contrast
-        values["supcon"] = float(contrast.detach())
-    return loss, values
 
 
 FIELD_SOURCES = {

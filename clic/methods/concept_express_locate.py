@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import AttentionCapture, restore_default_processors
+from ..components import SDComponents
 from ..learn import capture_resolution, encode_text, vae_moments
-from ..models import SDComponents
 from ..selfattention import recording_self_attention
 from ..settings import MethodConfig
 

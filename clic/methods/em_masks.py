@@ -50,9 +50,8 @@ from ..learn import (
 from ..match import threshold_map
 from ..presets import Setting, preset_overrides, replaced
 from ..settings import reject_unknown_keys
-from .base import Method
+from .base import ESTIMATED_MASK_KEY, Method
 
-ESTIMATED_MASK_KEY = "estimated_mask_{index}"
 LAMBDA_ATTENTION = 1e-2  # Break-A-Scene's reference value; the EM paper builds on its masked + attention losses
 
 

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..components import SDComponents, ddim_scheduler
 from ..concept import LearnedConcept
 from ..learn import LearnConfig, StepBatch, TrainState, capture_resolution, encode_text, format_prompt, vae_moments
 from ..losses import StepTensors, resize_mask
-from ..models import SDComponents, ddim_scheduler
 from ..prediction import training_target
 from ..presets import Setting, preset_overrides
 from ..transfer import TransferResult, TransferSettings, decode, ensure_concept, latent_region, summarize_attention

@@ -39,9 +39,9 @@ from typing import Any
 
 import torch
 
+from ..components import SDComponents
 from ..concept import LearnedConcept
 from ..learn import ConceptSource
-from ..models import SDComponents
 from ..presets import Setting, preset_overrides, replaced
 from .base import Method
 from .single_insert_learn import StageInfo, learn_single_insert

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..components import SDComponents
 from ..concept import LearnedConcept
 from ..learn import ConceptSource, encode_text, format_prompt, sample_latents, seed_everything, tokenize, vae_moments
 from ..losses import Objective, StepTensors, resize_mask
-from ..models import SDComponents
 from ..optimizer_step import OptimizerStep, make_optimizer
 from ..prediction import predicted_x0
 from ..tokens import ConceptTokens, merge_concept_embeddings
@@ -92,45 +92,54 @@ def learn_single_insert(
         ("stage_2", config.stage_two_steps, config.stage_two_lr, config.stage_two_batch_size),
     )
     for stage, steps, lr, batch in stages:
-        if steps == 0:
-            continue
-        adapted = stage == "stage_2"
-        terms = dict(config.terms) if adapted else {k: v for k, v in config.terms.items() if k != "si_sm"}
-        objective = Objective(terms)
-        if adapted:
-            add_lora(components, config.lora_rank, config.unet_lora_targets, config.text_lora_targets)
-        parameters = list(encoder.parameters()) + (
-            lora_parameters(components.unet) + lora_parameters(components.text_encoder) if adapted else []
-        )
-        if on_stage is not None:
-            on_stage(StageInfo(stage, parameters, encoder, lr, batch, inputs.prompt))
-        # the shared loop's optimiser step (clic.optimizer_step): zeroing, the finite check, clipping, the update
-        step = OptimizerStep(
-            make_optimizer(config.optimizer, parameters, lr=lr, weight_decay=config.weight_decay),
-            parameters,
-            config.max_grad_norm,
-        )
-        for _ in range(steps):
-            computed: dict[str, dict[str, float]] = {}
-
-            def micro_step(
-                _micro: int,
-                objective: Objective = objective,
-                batch: int = batch,
-                adapted: bool = adapted,
-                computed: dict = computed,
-            ) -> torch.Tensor:
-                loss, computed["values"] = inputs.loss(objective, batch, adapted, generator)
-                return loss
-
-            step(micro_step, f"{stage} step {len(loss_log)}")
-            values = computed["values"]
-            values.update(step=len(loss_log), stage=1.0 if stage == "stage_1" else 2.0)
-            loss_log.append(values)
-            if progress_every and len(loss_log) % progress_every == 0:
-                print(f"single_insert {stage} step {len(loss_log)}: {values['total']:.4f}")
+        if steps:
+            _learn_stage(inputs, stage, steps, lr, batch, generator, loss_log, progress_every, on_stage)
 
     return _finished_concept(components, source, config, tokens, encoder, inputs, loss_log, preset, seed, started)
+
+
+def _learn_stage(
+    inputs: _StageInputs,
+    stage: str,
+    steps: int,
+    lr: float,
+    batch: int,
+    generator: torch.Generator,
+    loss_log: list[dict[str, float]],
+    progress_every: int,
+    on_stage: Callable[[StageInfo], None] | None,
+) -> None:
+    """One stage's steps (stage II first adds the LoRA adapters), each through the shared loop's optimiser step
+    (:mod:`clic.optimizer_step`: zeroing, the finite check, clipping, the update); the values go to ``loss_log``."""
+    components, config, encoder = inputs.components, inputs.config, inputs.encoder
+    adapted = stage == "stage_2"
+    terms = dict(config.terms) if adapted else {k: v for k, v in config.terms.items() if k != "si_sm"}
+    objective = Objective(terms)
+    if adapted:
+        add_lora(components, config.lora_rank, config.unet_lora_targets, config.text_lora_targets)
+    parameters = list(encoder.parameters()) + (
+        lora_parameters(components.unet) + lora_parameters(components.text_encoder) if adapted else []
+    )
+    if on_stage is not None:
+        on_stage(StageInfo(stage, parameters, encoder, lr, batch, inputs.prompt))
+    step = OptimizerStep(
+        make_optimizer(config.optimizer, parameters, lr=lr, weight_decay=config.weight_decay),
+        parameters,
+        config.max_grad_norm,
+    )
+    for _ in range(steps):
+        computed: dict[str, dict[str, float]] = {}
+
+        def micro_step(_micro: int, computed: dict = computed) -> torch.Tensor:
+            loss, computed["values"] = inputs.loss(objective, batch, adapted, generator)
+            return loss
+
+        step(micro_step, f"{stage} step {len(loss_log)}")
+        values = computed["values"]
+        values.update(step=len(loss_log), stage=1.0 if stage == "stage_1" else 2.0)
+        loss_log.append(values)
+        if progress_every and len(loss_log) % progress_every == 0:
+            print(f"single_insert {stage} step {len(loss_log)}: {values['total']:.4f}")
 
 
 def _finished_concept(

@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..components import SDComponents
 from ..concept import LearnedConcept
 from ..losses import Objective, StepTensors, register_branch, register_term
-from ..models import SDComponents
 from ..settings import MethodConfig
 
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' save/load_lora_weights use

@@ -30,7 +30,7 @@ import torch
 from .data import OBJECT_NAMES, PATTERN_NAMES, WORLD_SEED, sample_scene
 
 if TYPE_CHECKING:
-    from .train import Stage, TrainSettings
+    from .stage import Stage, TrainSettings
 
 PLAIN = "plain"
 PATTERN_CLASSES: tuple[str, ...] = PATTERN_NAMES + (PLAIN,)
@@ -218,7 +218,7 @@ def evaluate_classifier(
 
 
 def _shipped_autoencoder() -> torch.nn.Module | None:
-    from ..models import TINY_WORLD_WEIGHTS
+    from ..tiny_world import TINY_WORLD_WEIGHTS
 
     folder = TINY_WORLD_WEIGHTS / "autoencoder"
     if not (folder / "config.json").is_file():
@@ -242,7 +242,8 @@ def load_classifier(folder: Path | None = None) -> WorldClassifier:
     """The classifier saved in ``folder`` (default: the shipped one); its class lists must be this code's."""
     from safetensors.torch import load_file
 
-    from ..models import TINY_WORLD_WEIGHTS, ModelNotFoundError
+    from ..components import ModelNotFoundError
+    from ..tiny_world import TINY_WORLD_WEIGHTS
 
     folder = Path(folder) if folder is not None else TINY_WORLD_WEIGHTS / "classifier"
     if not (folder / WEIGHTS_NAME).is_file():
@@ -259,7 +260,7 @@ def load_classifier(folder: Path | None = None) -> WorldClassifier:
 
 
 def classifier_stage() -> Stage:
-    from .train import Stage
+    from .stage import Stage
 
     return Stage(
         build=lambda s: build_classifier(s.seed),

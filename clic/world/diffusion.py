@@ -2,12 +2,12 @@
 
 The autoencoder of stage 2 is loaded from the shipped weights and frozen; images are encoded to posterior samples
 scaled by its ``scaling_factor``. The loss is SD 1.x's: ε-prediction MSE at a uniformly drawn timestep of SD's
-noise schedule (:data:`clic.models.SD_SCHEDULER_CONFIG`; Rombach et al. 2022, Eq. 2), and 10 % of the captions are
+noise schedule (:data:`clic.tiny_models.SD_SCHEDULER_CONFIG`; Rombach et al. 2022, Eq. 2), and 10 % of the captions are
 dropped to the empty prompt so that classifier-free guidance has an unconditional model (Ho & Salimans 2022, §3.2).
 
 The gate (issue 29 stage 4, :func:`generation_gate`): images generated from held-out captions through the
 project's own generation path — SD's :class:`~diffusers.StableDiffusionPipeline` with the DDIM scheduler of
-:func:`clic.models.ddim_scheduler` (SD's scheduler config) and classifier-free guidance, as Break-A-Scene's class
+:func:`clic.components.ddim_scheduler` (SD's scheduler config) and classifier-free guidance, as Break-A-Scene's class
 images are made — show the prompted object class in >= 70 % of the images and the prompted pattern in >= 40 % of
 the patterned captions' images (chance 1/11 and 1/7), both read by the render classifier of
 :mod:`clic.world.classifier`. When the world scorer is given, it measures the same two figures by choosing among
@@ -25,8 +25,8 @@ import torch
 from .data import render_batch
 
 if TYPE_CHECKING:
-    from ..models import SDComponents
-    from .train import Stage, TrainSettings
+    from ..components import SDComponents
+    from .stage import Stage, TrainSettings
 
 CAPTION_DROPOUT = 0.1
 GATE_OBJECT = 0.70  # share of generated images showing the prompted object (issue 29 stage 4)
@@ -67,10 +67,10 @@ class TextToImage(torch.nn.Module):
 
 
 def world_unet_config() -> dict:
-    """The tiny preset's UNet (:func:`clic.models.tiny_unet_config`: SD 1.x block types, cross-attention on the text
+    """The tiny preset's UNet (:func:`clic.tiny_models.tiny_unet_config`: SD 1.x block types, cross-attention on the text
     encoder's 32-wide states) with 8 GroupNorm groups instead of 32, for the world VAE's reason
-    (:func:`clic.world.train.world_vae_config`): 32 groups on 32 channels normalise each channel alone."""
-    from ..models import tiny_unet_config
+    (:func:`clic.world.autoencoder.world_vae_config`): 32 groups on 32 channels normalise each channel alone."""
+    from ..tiny_models import tiny_unet_config
 
     return {**tiny_unet_config(4), "norm_num_groups": 8}
 
@@ -79,7 +79,9 @@ def build_text_to_image(seed: int, weights: Path | None = None) -> TextToImage:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..models import TINY_TEXT_CONFIG, TINY_WORLD_WEIGHTS, ModelNotFoundError, _tiny_tokenizer
+    from ..components import ModelNotFoundError
+    from ..tiny_models import TINY_TEXT_CONFIG, tiny_tokenizer
+    from ..tiny_world import TINY_WORLD_WEIGHTS
 
     folder = (weights or TINY_WORLD_WEIGHTS) / "autoencoder"
     if not (folder / "config.json").is_file():
@@ -91,12 +93,12 @@ def build_text_to_image(seed: int, weights: Path | None = None) -> TextToImage:
     unet = UNet2DConditionModel(**world_unet_config())
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
-    return TextToImage(unet, text_encoder, vae, _tiny_tokenizer())
+    return TextToImage(unet, text_encoder, vae, tiny_tokenizer())
 
 
 def noise_schedule_alphas() -> torch.Tensor:
     """ᾱ_t of SD's scaled-linear schedule (betas linear in sqrt from 0.00085 to 0.012 over 1000 steps)."""
-    from ..models import SD_SCHEDULER_CONFIG
+    from ..tiny_models import SD_SCHEDULER_CONFIG
 
     betas = (
         torch.linspace(
@@ -137,7 +139,8 @@ def components_of(model: TextToImage) -> SDComponents:
     they are exported): the frozen world VAE, SD's DDIM scheduler config, the tiny CLIP tokenizer."""
     from diffusers import DDIMScheduler
 
-    from ..models import SD_SCHEDULER_CONFIG, TINY_WORLD, SDComponents
+    from ..components import TINY_WORLD, SDComponents
+    from ..tiny_models import SD_SCHEDULER_CONFIG
 
     unet = model.unet
     return SDComponents(
@@ -171,10 +174,10 @@ def text_to_image(
     batch: int = 25,
 ) -> torch.Tensor:
     """Images (N, 3, R, R) in [0, 1] from ``prompts``: diffusers' SD pipeline on the components, stepped by DDIM
-    with SD's scheduler config (:func:`clic.models.ddim_scheduler`) and classifier-free guidance; seeded."""
+    with SD's scheduler config (:func:`clic.components.ddim_scheduler`) and classifier-free guidance; seeded."""
     from diffusers import StableDiffusionPipeline
 
-    from ..models import ddim_scheduler
+    from ..components import ddim_scheduler
 
     pipeline = StableDiffusionPipeline(
         vae=components.vae,
@@ -302,7 +305,7 @@ def generation_gate(
 
 def _optional_scorer() -> torch.nn.Module | None:
     """The exported world scorer when it is shipped, else None (the gate then reads the classifier alone)."""
-    from ..models import TINY_WORLD_WEIGHTS
+    from ..tiny_world import TINY_WORLD_WEIGHTS
     from .scorer import load_scorer
 
     try:
@@ -314,7 +317,7 @@ def _optional_scorer() -> torch.nn.Module | None:
 @torch.no_grad()
 def evaluate_unet(model: TextToImage, settings: TrainSettings, count: int = 64) -> dict:
     """Held-out denoising loss, and the generation gate read by the shipped classifier (and scorer if shipped)."""
-    from ..models import ModelNotFoundError
+    from ..components import ModelNotFoundError
     from .classifier import load_classifier
 
     was_training = model.training
@@ -339,6 +342,6 @@ def _save(model: TextToImage, folder: Path) -> Path:
 
 
 def unet_stage() -> Stage:
-    from .train import Stage
+    from .stage import Stage
 
     return Stage(build=lambda s: build_text_to_image(s.seed), loss=_step_loss, evaluate=evaluate_unet, save=_save)

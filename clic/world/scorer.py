@@ -16,7 +16,7 @@ import torch
 from .data import render_batch
 
 if TYPE_CHECKING:
-    from .train import Stage, TrainSettings
+    from .stage import Stage, TrainSettings
 
 WORLD_CLIP_MODEL = "clic-world-clip"
 _CONFIG = Path(__file__).parent / "configs" / f"{WORLD_CLIP_MODEL}.json"
@@ -61,7 +61,7 @@ def contrastive_loss(model: torch.nn.Module, images: torch.Tensor, captions: lis
 @torch.no_grad()
 def evaluate_scorer(model: torch.nn.Module, seed: int, candidates: int = RETRIEVAL_CANDIDATES) -> dict:
     """Text->image top-1 among the first ``candidates`` held-out scenes: caption i must rank image i first."""
-    from .train import SCORER_GATE_TOP1
+    from .stage import SCORER_GATE_TOP1
 
     was_training = model.training
     model.eval()
@@ -112,7 +112,7 @@ def load_scorer(folder: Path) -> torch.nn.Module:
 
 
 def scorer_stage() -> Stage:
-    from .train import Stage
+    from .stage import Stage
 
     return Stage(
         build=lambda s: build_scorer(s.seed),

@@ -153,7 +153,7 @@ def world_clip_folder(pretrained: str) -> Path:
     """Where the world scorer is read from: ``pretrained`` when it is a folder, else the shipped one."""
     if pretrained != DEFAULT_CLIP_PRETRAINED and os.path.isdir(pretrained):
         return Path(pretrained)
-    from clic.models import TINY_WORLD_WEIGHTS
+    from clic.tiny_world import TINY_WORLD_WEIGHTS
 
     return TINY_WORLD_WEIGHTS / "scorer"
 
@@ -175,7 +175,7 @@ def _build_world_clip(pretrained: str, device: torch.device) -> tuple[torch.nn.M
     missing = _world_clip_missing(pretrained)
     if missing:
         raise WeightsUnavailable(missing)
-    from clic.models import TINY_WORLD_LABEL
+    from clic.components import TINY_WORLD_LABEL
     from clic.world.scorer import WORLD_CLIP_MODEL, load_scorer, scorer_open_clip
 
     model = load_scorer(world_clip_folder(pretrained)).to(device)

@@ -12,8 +12,10 @@ import torch
 
 from clic.synth.patterns import PATTERNS
 from clic.synth.render import rasterize
+from clic.world.autoencoder import autoencoder_loss, build_autoencoder, psnr
 from clic.world.data import OBJECT_NAMES, WORLD_SIZE, color_name, render_batch, sample_scene, tint_name
-from clic.world.train import TrainSettings, autoencoder_loss, build_autoencoder, psnr, train_stage
+from clic.world.stage import TrainSettings
+from clic.world.train import train_stage
 
 CAPTION = re.compile(
     r"^a (?:plain (?P<plain>\w+)|(?P<object>\w+) with a (?P<color>\w+) (?P<pattern>\w+) (?P<part>\w+))"
@@ -124,11 +126,11 @@ def test_a_checkpoint_of_other_settings_is_refused(tmp_path: Path) -> None:
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Norm groups change no parameter shape: without the architecture check the old weights would load silently."""
-    from clic.models import TINY_VAE_CONFIG
+    from clic.tiny_models import TINY_VAE_CONFIG
 
     settings = TrainSettings(stage="autoencoder", steps=1, batch=2)
     with monkeypatch.context() as patch:
-        patch.setattr("clic.world.train.world_vae_config", lambda: dict(TINY_VAE_CONFIG))
+        patch.setattr("clic.world.autoencoder.world_vae_config", lambda: dict(TINY_VAE_CONFIG))
         train_stage(settings, tmp_path, progress=False)
     with pytest.raises(ValueError, match="another architecture"):
         train_stage(TrainSettings(stage="autoencoder", steps=2, batch=2), tmp_path, progress=False)
@@ -153,7 +155,7 @@ def test_a_few_scorer_steps_lower_the_contrastive_loss(tmp_path: Path) -> None:
 def test_cli_trains_and_writes_weights_with_their_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clic.cli import main
 
-    monkeypatch.setattr("clic.world.train.EVAL_SCENES", 8)
+    monkeypatch.setattr("clic.world.autoencoder.EVAL_SCENES", 8)
 
     out = tmp_path / "weights"
     code = main(
@@ -195,19 +197,19 @@ def test_cli_rejects_a_bad_option_in_one_line(capsys: pytest.CaptureFixture[str]
 def test_unet_stage_without_a_trained_autoencoder_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from clic import models
+    from clic import tiny_world
     from clic.cli import main
 
-    monkeypatch.setattr(models, "TINY_WORLD_WEIGHTS", tmp_path / "weights")
+    monkeypatch.setattr(tiny_world, "TINY_WORLD_WEIGHTS", tmp_path / "weights")
     assert main(["models", "train-world", "--stage", "unet", "--steps", "1", "--checkpoint-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("clic: error: --stage: the unet stage needs the trained autoencoder") and "\n" not in error
 
 
 def test_tiny_world_without_its_weights_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clic import models
+    from clic import models, tiny_world
 
-    monkeypatch.setattr(models, "TINY_WORLD_WEIGHTS", tmp_path)
+    monkeypatch.setattr(tiny_world, "TINY_WORLD_WEIGHTS", tmp_path)
     with pytest.raises(models.ModelNotFoundError, match="train-world"):
         models.load_components(models.TINY_WORLD)
 
@@ -222,7 +224,9 @@ def test_shipped_autoencoder_matches_its_record_and_passes_the_gate() -> None:
     """The shipped file is the recorded one, and re-measuring the held-out gate gives the recorded figure."""
     from diffusers import AutoencoderKL
 
-    from clic.world.train import AUTOENCODER_GATE_PSNR, evaluate_autoencoder, sha256_file
+    from clic.world.autoencoder import evaluate_autoencoder
+    from clic.world.stage import AUTOENCODER_GATE_PSNR
+    from clic.world.train import sha256_file
 
     torch.set_num_threads(1)
     record = json.loads((SHIPPED / "train-autoencoder.json").read_text())

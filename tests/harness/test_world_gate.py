@@ -20,7 +20,8 @@ from clic.world.classifier import (
     load_classifier,
 )
 from clic.world.data import OBJECT_NAMES, render_batch, sample_scene
-from clic.world.train import TrainSettings, train_stage
+from clic.world.stage import TrainSettings
+from clic.world.train import train_stage
 
 SHIPPED = Path(__file__).resolve().parents[2] / "clic" / "world" / "weights"
 
@@ -193,7 +194,7 @@ def _exported_scorer(folder: Path) -> torch.nn.Module:
 
 
 def test_clip_model_tiny_world_is_the_exported_scorer_labelled_like_the_model(tmp_path: Path) -> None:
-    from clic.models import TINY_WORLD_LABEL
+    from clic.components import TINY_WORLD_LABEL
     from clic.world.scorer import to_clip_input, tokenize
     from harness.metrics import metric_class
     from harness.metrics.base import MetricSettings, Sample

@@ -128,10 +128,12 @@ def test_the_cli_resolves_through_the_same_function(tmp_path: Path, capsys: pyte
         == 2
     )
     assert "clic: error: --steps: must be positive" in capsys.readouterr().err
-    from clic import cli_tasks
+    from clic import cli_task_inputs
 
     with pytest.raises(cli.OptionError, match=r"--t-start: must lie in \[1, 19\]"):
-        cli_tasks._resolve(cli_tasks._method("clic"), "transfer", "paper", {"t_start": 25, "steps": 20})
+        cli_task_inputs.resolve_settings(
+            cli_task_inputs.method_named("clic"), "transfer", "paper", {"t_start": 25, "steps": 20}
+        )
 
 
 # -------------------------------------------------------------------------------- metric options
