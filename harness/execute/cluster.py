@@ -13,7 +13,7 @@ from ..plan.jobs import ModelInfo
 from .worker import warm_worker
 
 if TYPE_CHECKING:
-    from ..plan.suite import Suite
+    from ..plan.suite_model import Suite
 
 
 # Set when this process started a local Ray cluster (not when it joined one): an interrupted or refused run

@@ -18,7 +18,7 @@ from .scorer import forget_metric_scorer, group_member_spec, metric_pool_shape, 
 from .worker import learn_concept_task, run_task_job
 
 if TYPE_CHECKING:
-    from ..plan.suite import Suite
+    from ..plan.suite_model import Suite
 
 
 class RayRun:

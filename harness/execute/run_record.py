@@ -15,7 +15,7 @@ from ..plan.jobs import ModelInfo, Plan, code_version, git_describe
 from .records import RunSummary, now_iso, one_line
 
 if TYPE_CHECKING:
-    from ..plan.suite import Suite
+    from ..plan.suite_model import Suite
 
 
 # module -> its distribution: run.json records their versions

@@ -42,7 +42,7 @@ from .scheduler import Scheduler, jobs_to_run
 from .scorer import METRIC_ACTOR_PREFIX, metric_scorer  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
-    from ..plan.suite import Suite
+    from ..plan.suite_model import Suite
 
 
 def execute(

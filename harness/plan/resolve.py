@@ -13,7 +13,7 @@ from .identity import sweep_variants, varying_keys, with_labels
 from .jobs import GROUP_KINDS, MethodRun, MetricInfo, ModelInfo, Pair, Plan, ResolvedRun, SweepPoint
 
 if TYPE_CHECKING:
-    from .suite import Suite
+    from .suite_model import Suite
 
 
 def plan_from_suite(suite: Suite, resolution: int) -> Plan:
