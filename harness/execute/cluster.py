@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..plan.jobs import ModelInfo
-from .worker import warm_worker
+from .worker_models import warm_worker
 
 if TYPE_CHECKING:
     from ..plan.suite_model import Suite

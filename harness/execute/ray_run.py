@@ -15,7 +15,8 @@ from .cluster import WarmWorkers, job_options, job_slots
 from .records import Recorder, mean_values
 from .scheduler import Learn, RunTask, Scheduler, Score, ScoreGroup, Submission, larger_packing, packing_text
 from .scorer import forget_metric_scorer, group_member_spec, metric_pool_shape, metric_scorers
-from .worker import learn_concept_task, run_task_job
+from .worker import run_task_job
+from .worker_learn import learn_concept_task
 
 if TYPE_CHECKING:
     from ..plan.suite_model import Suite
