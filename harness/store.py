@@ -19,12 +19,11 @@ between the two steps leaves the same rows twice on disk but once in every read,
 (``--retry-failed``, a group that gained members) replaces what an older compacted file holds for it.
 
 The atomic writes live in :mod:`harness.store_atomic`, run.json, plan.parquet and pairs.parquet in
-:mod:`harness.store_run_files`; both are re-exported here.
+:mod:`harness.store_run_files`, the result rows' schema in :mod:`harness.store_schema`; all are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -34,8 +33,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from clic.hashing import canonical_json as clic_canonical_json
 
 from .store_atomic import (  # noqa: F401 - re-exported
     STALE_TEMP_SECONDS,
@@ -63,6 +60,20 @@ from .store_run_files import (  # noqa: F401
     write_plan,
     write_run_record,
 )
+from .store_schema import (  # noqa: F401 - re-exported
+    CATEGORICAL_COLUMNS,
+    ENCODED_RESULT_SCHEMA,
+    RESULT_COLUMNS,
+    RESULT_SCHEMA,
+    STATUS_FAILED,
+    STATUS_NOT_APPLICABLE,
+    STATUS_OK,
+    canonical_json,
+    conform_results,
+    json_ready,
+    results_frame,
+    rows_to_table,
+)
 
 RESULTS_DIR = "results"
 ARTIFACTS_DIR = "artifacts"
@@ -72,71 +83,6 @@ COMPACT_ROWS = 131_072  # rows per compacted file: one Parquet row group (pyarro
 COMPACT_MIN_FILES = 64  # fewer per-job files than this are read as fast as one file: left as they are
 COMPACT_FILES_PER_BATCH = 8192  # per-job files read at once by a compaction (tens of MB of rows)
 COMPACT_EVERY_JOBS = 5000  # a run compacts its per-job files every this many recorded jobs, not only at its end
-
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
-STATUS_NOT_APPLICABLE = "not_applicable"
-
-RESULT_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("job_id", pa.string()),
-        ("concept_id", pa.string()),
-        ("task", pa.string()),
-        ("pair_id", pa.string()),
-        ("category", pa.string()),
-        ("method", pa.string()),
-        ("preset", pa.string()),
-        ("label", pa.string()),  # "clic/paper no_att": method, preset and variant, decided at plan time
-        ("variant", pa.string()),
-        ("seed", pa.int64()),
-        ("settings", pa.string()),  # JSON of every resolved value the job ran with: {task, "match", "learn"}
-        ("sweep", pa.string()),  # JSON of the suite's own values for the job (what a sweep varies); null: none read
-        ("t_start", pa.int64()),  # the resolved transfer values (a preset's own included), null where not read
-        ("eta", pa.float64()),
-        ("task_steps", pa.int64()),
-        ("guidance_scale", pa.float64()),
-        ("learn_steps", pa.int64()),  # the concept's resolved learning budget and learning rate
-        ("learn_lr", pa.float64()),
-        ("object_word", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("higher_is_better", pa.bool_()),  # the metric's declaration of this value's direction
-        ("metric_version", pa.string()),
-        ("metric_scale", pa.string()),
-        ("metric_weights", pa.string()),
-        ("model_id", pa.string()),
-        ("weights_hash", pa.string()),
-        ("weights_label", pa.string()),
-        ("code_version", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("artifact_image", pa.string()),
-        ("artifact_attention", pa.string()),
-        ("artifact_mask", pa.string()),
-        ("artifact_losses", pa.string()),
-        ("learn_seconds", pa.float64()),
-        ("task_seconds", pa.float64()),
-        ("metric_seconds", pa.float64()),
-        ("peak_memory_mb", pa.float64()),  # the job's peak: CUDA max allocated on a GPU, peak RSS on the CPU
-        ("learn_peak_memory_mb", pa.float64()),  # the same for the job's concept learning (null: learned earlier)
-        ("finished_at", pa.string()),
-        (
-            "notes",
-            pa.string(),
-        ),  # what happened on the way: an out-of-memory retry with a larger packing, a resumed learn
-    ]
-)
-RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
-# Columns added later: result files written before them still read, with nulls there.
-
-
-canonical_json = clic_canonical_json  # the one JSON form used for hashing and for the ``settings`` column
-
-
-def json_ready(data: Any) -> Any:
-    """``data`` with read-only mappings and tuples made plain dicts and lists (for run.json)."""
-    return json.loads(canonical_json(data))
 
 
 def results_dir(run_dir: str | Path) -> Path:
@@ -154,16 +100,6 @@ def concept_dir(run_dir: str | Path, concept_id: str) -> Path:
 def concept_is_complete(folder: str | Path) -> bool:
     """A concept folder is complete once its concept.json exists (the folder is renamed into place whole)."""
     return (Path(folder) / "concept.json").is_file()
-
-
-def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Rows (dicts) as a table with exactly ``RESULT_SCHEMA``; missing keys become null."""
-    rows = list(rows)
-    unknown = sorted({key for row in rows for key in row} - set(RESULT_COLUMNS))
-    if unknown:
-        raise ValueError(f"unknown result column(s): {', '.join(unknown)}")
-    columns = {name: [row.get(name) for row in rows] for name in RESULT_COLUMNS}
-    return pa.Table.from_pydict(columns, schema=RESULT_SCHEMA)
 
 
 def write_job_results(run_dir: str | Path, job_id: str, rows: Iterable[Mapping[str, Any]]) -> Path:
@@ -281,49 +217,18 @@ def _read_many(
         return list(pool.map(lambda path: _read_table(path, columns, encoded), paths))
 
 
-def _conform(table: pa.Table) -> pa.Table:
-    """A result table with exactly ``RESULT_SCHEMA`` (``CATEGORICAL_COLUMNS`` dictionary-encoded): columns added
-    since it was written are null in it."""
-    for name in RESULT_COLUMNS:
-        if name not in table.column_names:
-            column_type = _ENCODED_SCHEMA.field(name).type
-            table = table.append_column(pa.field(name, column_type), pa.nulls(len(table), column_type))
-    return table.select(list(RESULT_COLUMNS)).cast(_ENCODED_SCHEMA)
-
-
 def read_results(run_dir: str | Path) -> pd.DataFrame:
     """All result rows of a run as one DataFrame with the columns of ``RESULT_SCHEMA`` (possibly empty)."""
-    return _frame(_results_table(run_dir))
+    return results_frame(_results_table(run_dir))
 
 
 def _results_table(run_dir: str | Path) -> pa.Table:
-    tables = [_conform(t) for t in _read_tables(run_dir, encoded=CATEGORICAL_COLUMNS) if "job_id" in t.column_names]
-    return pa.concat_tables(tables) if tables else _ENCODED_SCHEMA.empty_table()
-
-
-# Columns whose value repeats over many rows: one JSON per method run and sweep point. In pandas they are
-# categoricals (codes, not a copy of the text per row: ~1 KB of JSON on each of a 100k-job run's 800k rows was most
-# of its report's memory and time); their categories are in text order, so sorting by them sorts as the text does.
-CATEGORICAL_COLUMNS = ("settings",)
-_ENCODED_SCHEMA = pa.schema(
-    [
-        pa.field(field.name, pa.dictionary(pa.int32(), field.type)) if field.name in CATEGORICAL_COLUMNS else field
-        for field in RESULT_SCHEMA
+    tables = [
+        conform_results(t, encoded=True)
+        for t in _read_tables(run_dir, encoded=CATEGORICAL_COLUMNS)
+        if "job_id" in t.column_names
     ]
-)
-
-
-def _frame(table: pa.Table) -> pd.DataFrame:
-    for name in CATEGORICAL_COLUMNS:
-        index = table.schema.get_field_index(name)
-        if index >= 0 and not pa.types.is_dictionary(table.schema.field(index).type):
-            table = table.set_column(index, name, pc.dictionary_encode(table.column(name)))
-    frame = table.to_pandas()
-    for name in CATEGORICAL_COLUMNS:
-        if name in frame.columns and isinstance(frame[name].dtype, pd.CategoricalDtype):
-            column = frame[name].cat
-            frame[name] = column.reorder_categories(sorted(column.categories), ordered=True)
-    return frame
+    return pa.concat_tables(tables) if tables else ENCODED_RESULT_SCHEMA.empty_table()
 
 
 def read_plan_results(run_dir: str | Path) -> tuple[pd.DataFrame, int]:
@@ -332,10 +237,10 @@ def read_plan_results(run_dir: str | Path) -> tuple[pd.DataFrame, int]:
     table = _results_table(run_dir)
     path = Path(run_dir) / PLAN_FILE
     if not path.is_file():
-        return _frame(table), 0
+        return results_frame(table), 0
     planned = pq.read_table(path, columns=["result_id"]).column("result_id")
     keep = pc.is_in(table.column("job_id"), value_set=planned.combine_chunks())  # in Arrow: no frame of every row
-    return _frame(table.filter(keep)), len(table) - pc.sum(keep).as_py() if len(table) else 0
+    return results_frame(table.filter(keep)), len(table) - pc.sum(keep).as_py() if len(table) else 0
 
 
 def earlier_plan_note(rows: int) -> str:
@@ -447,7 +352,7 @@ def compact_results(run_dir: str | Path, rows_per_file: int = COMPACT_ROWS, min_
 def _compact_batch(run_dir: str | Path, journal: list[Path], rows_per_file: int) -> int:
     stamps = [path.stat().st_mtime_ns for path in journal]  # before reading: a file changed since is kept
     read: list[tuple[Path, int, pa.Table]] = [
-        (path, stamp, _conform(table))
+        (path, stamp, conform_results(table))
         for path, stamp, table in zip(journal, stamps, _read_many(journal))
         if table is not None and "job_id" in table.column_names
     ]

@@ -112,7 +112,7 @@ import json, sys, time
 sys.path.insert(0, {str(ROOT)!r})
 started = time.perf_counter()
 from harness.plan.preflight import preflight
-from harness.plan.jobs import build_job_graph
+from harness.plan.job_graph import build_job_graph
 from harness.plan.resolve import method_tasks
 imports = time.perf_counter()
 checked = preflight({str(suite_path)!r}, allow_random_metrics=True, out={str(suite_path.parent / "unused")!r})
@@ -236,7 +236,7 @@ def _planned_job_ids(suite_path: Path) -> dict[str, str]:
 import json, sys
 sys.path.insert(0, {str(ROOT)!r})
 from harness.plan.preflight import preflight
-from harness.plan.jobs import build_job_graph
+from harness.plan.job_graph import build_job_graph
 from harness.plan.resolve import method_tasks
 checked = preflight({str(suite_path)!r}, allow_random_metrics=True, out={str(suite_path.parent / "unused")!r})
 graph = build_job_graph(checked.pairs, checked.plan, checked.models, method_tasks(checked.plan))

@@ -229,46 +229,10 @@ def write_compare_page(
     declared = directions(df_b, df_a)
     keys = weights_keys(pd.concat([df_a, df_b], ignore_index=True))
     shown = with_short_weights(deltas.sort_values(["metric", "label"]), keys)
-    cells = {
-        (str(m), str(label)): (d, lo, hi)
-        for m, label, d, lo, hi in zip(
-            deltas["metric"], deltas["label"], deltas["delta"], deltas["ci_low"], deltas["ci_high"]
-        )
-    }
-    metric_names = sorted(deltas["metric"].astype(str).unique())
-    titles = {m: f"{m} {'↑' if higher_is_better(m, declared) else '↓'}: B − A" for m in metric_names}
-    figure = (
-        _panels(
-            metric_names,
-            sorted(deltas["label"].astype(str).unique()),
-            cells,
-            titles,
-            out / "plots",
-            "deltas",
-            zero_line=True,
-        )
-        if metric_names
-        else None
-    )
+    figure = _delta_figure(deltas, declared, out / "plots")
     worst = worst_pairs(df_a, df_b, metrics)
-    verdicts = deltas["verdict"].value_counts().to_dict()
-    summary = ", ".join(f"{verdicts.get(v, 0)} {v}" for v in ("fail", "better", "ok"))
-    tiny = uses_tiny_random(df_a) or uses_tiny_random(df_b)
-    gate = f"tolerated drop {format_number(float(max_drop))}, α = {format_number(float(alpha))}" + (
-        f", gated metrics: {', '.join(metrics)}" if metrics else ", all metrics"
-    )
     body = [
-        f"<h1>Compare: {html.escape(run_b.name)} (B) against {html.escape(run_a.name)} (A)</h1>",
-        (
-            '<p class="warning">Numbers made with random-weight models: they test the pipeline, not the method.</p>'
-            if tiny
-            else ""
-        ),
-        f"<p>A (baseline): <code>{html.escape(str(run_a))}</code><br>B (candidate): "
-        f"<code>{html.escape(str(run_b))}</code><br>Gate: {html.escape(gate)}. Verdicts: <b>{html.escape(summary)}"
-        f"</b>.</p>",
-        f"<p>Jobs are matched on pair, task, seed, object, method label and sweep point; B − A per matched job, "
-        f"{html.escape(INTERVAL_NOTE)}. {html.escape(VERDICT_NOTE)}</p>",
+        *_page_head(run_a, run_b, df_a, df_b, deltas, max_drop, alpha, metrics),
         '<h2 id="deltas">Per metric and method label</h2>',
         _delta_table(shown, keys, declared),
         (
@@ -290,6 +254,54 @@ def write_compare_page(
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def _delta_figure(deltas: pd.DataFrame, declared: Mapping[str, bool], folder: Path) -> str | None:
+    """The CI-bar figure of the differences B − A, a panel per metric (None without metrics)."""
+    cells = {
+        (str(m), str(label)): (d, lo, hi)
+        for m, label, d, lo, hi in zip(
+            deltas["metric"], deltas["label"], deltas["delta"], deltas["ci_low"], deltas["ci_high"]
+        )
+    }
+    metric_names = sorted(deltas["metric"].astype(str).unique())
+    titles = {m: f"{m} {'↑' if higher_is_better(m, declared) else '↓'}: B − A" for m in metric_names}
+    if not metric_names:
+        return None
+    labels = sorted(deltas["label"].astype(str).unique())
+    return _panels(metric_names, labels, cells, titles, folder, "deltas", zero_line=True)
+
+
+def _page_head(
+    run_a: Path,
+    run_b: Path,
+    df_a: pd.DataFrame,
+    df_b: pd.DataFrame,
+    deltas: pd.DataFrame,
+    max_drop: float,
+    alpha: float,
+    metrics: Sequence[str] | None,
+) -> list[str]:
+    """The title, the random-weights warning, which runs, the gate and its verdicts, how jobs are matched."""
+    verdicts = deltas["verdict"].value_counts().to_dict()
+    summary = ", ".join(f"{verdicts.get(v, 0)} {v}" for v in ("fail", "better", "ok"))
+    tiny = uses_tiny_random(df_a) or uses_tiny_random(df_b)
+    gate = f"tolerated drop {format_number(float(max_drop))}, α = {format_number(float(alpha))}" + (
+        f", gated metrics: {', '.join(metrics)}" if metrics else ", all metrics"
+    )
+    return [
+        f"<h1>Compare: {html.escape(run_b.name)} (B) against {html.escape(run_a.name)} (A)</h1>",
+        (
+            '<p class="warning">Numbers made with random-weight models: they test the pipeline, not the method.</p>'
+            if tiny
+            else ""
+        ),
+        f"<p>A (baseline): <code>{html.escape(str(run_a))}</code><br>B (candidate): "
+        f"<code>{html.escape(str(run_b))}</code><br>Gate: {html.escape(gate)}. Verdicts: <b>{html.escape(summary)}"
+        f"</b>.</p>",
+        f"<p>Jobs are matched on pair, task, seed, object, method label and sweep point; B − A per matched job, "
+        f"{html.escape(INTERVAL_NOTE)}. {html.escape(VERDICT_NOTE)}</p>",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- CLI

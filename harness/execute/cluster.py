@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..plan.jobs import ModelInfo
-from .worker import warm_worker
+from .worker_models import warm_worker
 
 if TYPE_CHECKING:
-    from ..plan.suite import Suite
+    from ..plan.suite_model import Suite
 
 
 # Set when this process started a local Ray cluster (not when it joined one): an interrupted or refused run

@@ -19,7 +19,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..plan.suite import Suite
+    from ..plan.suite_model import Suite
 
 
 def gpus_for_memory(expected_gib: float, gpu_memory_gib: float) -> float:

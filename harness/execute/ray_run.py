@@ -15,10 +15,21 @@ from .cluster import WarmWorkers, job_options, job_slots
 from .records import Recorder, mean_values
 from .scheduler import Learn, RunTask, Scheduler, Score, ScoreGroup, Submission, larger_packing, packing_text
 from .scorer import forget_metric_scorer, group_member_spec, metric_pool_shape, metric_scorers
-from .worker import learn_concept_task, run_task_job
+from .worker import run_task_job
+from .worker_learn import learn_concept_task
 
 if TYPE_CHECKING:
-    from ..plan.suite import Suite
+    from ..plan.suite_model import Suite
+
+
+def _method_options(suite: Suite, plan: Plan) -> dict[tuple[str, str], dict[str, float]]:
+    """(method, preset) -> its own num_gpus / num_cpus (harness.execute.packing): per method, packed by memory."""
+    from .packing import method_resources
+
+    return {
+        key: {"num_gpus": entry["num_gpus"], "num_cpus": entry["num_cpus"]}
+        for key, entry in method_resources(suite, plan.resolution).items()
+    }
 
 
 class RayRun:
@@ -49,13 +60,7 @@ class RayRun:
         self.slots = job_slots(suite)
         scheduler.max_in_flight = max_in_flight or 2 * int(ray.cluster_resources().get("CPU", 1))
         self.options, self.max_retries, self.quiet = options, suite.resources.max_retries, quiet
-        from .packing import method_resources
-
-        # (method, preset) -> its own num_gpus / num_cpus (harness.execute.packing): per method, packed by memory
-        self.method_options = {
-            key: {"num_gpus": entry["num_gpus"], "num_cpus": entry["num_cpus"]}
-            for key, entry in method_resources(suite, plan.resolution).items()
-        }
+        self.method_options = _method_options(suite, plan)
         self.learn_function, self.task_function = ray.remote(learn_concept_task), ray.remote(run_task_job)
         self.learn_remote = self.learn_function.options(**options)
         self.task_remote = self.task_function.options(**options, num_returns=2)
@@ -64,23 +69,7 @@ class RayRun:
         self.out_of_memory: dict[str, list[str]] = {}  # the packings that ran out of memory, in order
         jobs_to_run = len(graph.jobs) - recorder.summary.skipped - recorder.summary.not_applicable
         self.warming = warming or WarmWorkers.start(suite, recorder.models, max(jobs_to_run, 1))
-        # The metric actor holds the models once for the whole run (and the driver's next runs). Jobs start
-        # while it loads them; its answer is awaited with them, and an actor that cannot start (e.g. random
-        # CLIP weights refused) still stops the run at once.
-        targets = {m.name: m.target for m in plan.metrics}
-        count, actor_gpus = metric_pool_shape(suite.metric_actors, targets, ray.cluster_resources())
-        self.scorers = (
-            metric_scorers(
-                targets, allow_random_metrics, {k: dict(v) for k, v in suite.metric_options.items()}, count, actor_gpus
-            )
-            if plan.metrics
-            else []
-        )
-        self.scorer_load = [0] * len(self.scorers)  # calls in flight per actor: a batch goes to the least loaded
-        self.scored_by: dict[Any, int] = {}
-        self.metric_pool = {"actors": len(self.scorers), "num_gpus_each": actor_gpus}
-        self.weights_pending = [self.scorers[0].weights.remote()] if plan.metrics else []
-        self.metric_weights: dict[str, str] = {}
+        self._start_scorers(suite, allow_random_metrics)
         recorder.weights_of = self.weights_of
         self.concepts_root = str(run_dir / store.CONCEPTS_DIR)
         self.learned: dict[str, dict] = {}  # concept id -> the learn task's output
@@ -95,6 +84,28 @@ class RayRun:
             desc="jobs",
         )
         recorder.on_record = self.show
+
+    def _start_scorers(self, suite: Suite, allow_random_metrics: bool) -> None:
+        """The metric actors hold the models once for the whole run (and the driver's next runs). Jobs start
+        while they load them; their answer is awaited with them, and an actor that cannot start (e.g. random
+        CLIP weights refused) still stops the run at once."""
+        import ray
+
+        plan = self.plan
+        targets = {m.name: m.target for m in plan.metrics}
+        count, actor_gpus = metric_pool_shape(suite.metric_actors, targets, ray.cluster_resources())
+        self.scorers = (
+            metric_scorers(
+                targets, allow_random_metrics, {k: dict(v) for k, v in suite.metric_options.items()}, count, actor_gpus
+            )
+            if plan.metrics
+            else []
+        )
+        self.scorer_load = [0] * len(self.scorers)  # calls in flight per actor: a batch goes to the least loaded
+        self.scored_by: dict[Any, int] = {}
+        self.metric_pool = {"actors": len(self.scorers), "num_gpus_each": actor_gpus}
+        self.weights_pending = [self.scorers[0].weights.remote()] if plan.metrics else []
+        self.metric_weights: dict[str, str] = {}
 
     def show(self) -> None:
         summary = self.recorder.summary

@@ -185,6 +185,19 @@ def audit(run_dir: str | Path) -> list[str]:
     return lines
 
 
+def _rows_outside_plan(run_dir: Path, planned: pa.Array, columns: list[str]) -> list[pa.Table]:
+    """The result rows (``columns`` and job_id) of jobs not in ``planned``; the ids are read first, so the settings
+    JSON is read only if some row is outside the plan."""
+    others = []
+    ids = store.read_result_tables(run_dir, [])
+    if any(not pc.all(pc.is_in(table.column("job_id"), value_set=planned)).as_py() for table in ids if len(table)):
+        for table in store.read_result_tables(run_dir, columns):
+            outside = table.filter(pc.invert(pc.is_in(table.column("job_id"), value_set=planned)))
+            if len(outside):
+                others.append(outside)
+    return others
+
+
 def remove_superseded(
     run_dir: str | Path, jobs: Iterable[Any], weights: Mapping[str, str | None], code: str
 ) -> list[str]:
@@ -202,13 +215,7 @@ def remove_superseded(
     columns = ["pair_id", "task", "method", "preset", "seed", "settings", "weights_hash", "code_version"]
     # Only rows of jobs that are not in this plan can be superseded: at 100k jobs that is none on a plain resume,
     # so the plan's places (a settings JSON per job) are worked out only when some row is outside the plan.
-    others = []
-    ids = store.read_result_tables(run_dir, [])  # the ids first: the settings JSON is read only if some are outside
-    if any(not pc.all(pc.is_in(table.column("job_id"), value_set=planned)).as_py() for table in ids if len(table)):
-        for table in store.read_result_tables(run_dir, columns):
-            outside = table.filter(pc.invert(pc.is_in(table.column("job_id"), value_set=planned)))
-            if len(outside):
-                others.append(outside)
+    others = _rows_outside_plan(run_dir, planned, columns)
     superseded: dict[str, str] = {}  # job id -> pair id
     if others:
         records: dict[tuple[int, int, int], str] = {}  # the settings objects are shared: their JSON once each

@@ -15,7 +15,7 @@ from ..plan.jobs import ModelInfo, Plan, code_version, git_describe
 from .records import RunSummary, now_iso, one_line
 
 if TYPE_CHECKING:
-    from ..plan.suite import Suite
+    from ..plan.suite_model import Suite
 
 
 # module -> its distribution: run.json records their versions
@@ -86,6 +86,9 @@ def _packing(suite: Suite, plan: Plan) -> dict[tuple[str, str], dict[str, Any]]:
     return method_resources(suite, plan.resolution)
 
 
+TF32_APPLIES_TO = "CUDA devices of compute capability >= 8.0 (Ampere and newer); elsewhere fp32 matmuls are exact"
+
+
 def record_run(
     run_dir: Path,
     suite: Suite,
@@ -96,22 +99,12 @@ def record_run(
     metric_weights: Mapping[str, str],
     slots: int,
 ) -> None:
+    """Write run.json: this run's record on top, every earlier run on the folder kept in ``runs``."""
     try:
         previous = store.read_run_record(run_dir)
     except ValueError:  # a corrupt run.json: rewritten below
         previous = {}
-    counts = {
-        "jobs": summary.total_jobs,
-        "done": summary.done,
-        "skipped": summary.skipped,
-        "failed": summary.failed,
-        "failed_earlier": summary.failed_earlier,
-        "not_applicable": summary.not_applicable,
-        "learns_run": summary.learns_run,
-        "groups_scored": summary.groups_scored,
-        "groups_failed": summary.groups_failed,
-        "infrastructure_failed": summary.infrastructure_failed,
-    }
+    counts = _counts(summary)
     # Every run on this folder, oldest first: the top-level keys describe the last one.
     runs = [
         *previous.get("runs", []),
@@ -138,27 +131,44 @@ def record_run(
         "finished_at": now_iso(),
         "models": {m: (info.__dict__ if info else None) for m, info in models.items()},
         "packing": {f"{method}/{preset}": entry for (method, preset), entry in _packing(suite, plan).items()},
-        "tf32": {
-            "enabled": suite.tf32,
-            "applies_to": "CUDA devices of compute capability >= 8.0 (Ampere and newer); "
-            "elsewhere fp32 matmuls are exact",
-        },
+        "tf32": {"enabled": suite.tf32, "applies_to": TF32_APPLIES_TO},
         "metric_weights": dict(metric_weights) or previous.get("metric_weights", {}),
         "counts": counts,
         "learns_total": int((previous.get("learns_total") or 0) + summary.learns_run),
         "nodes": dict(summary.node_ids),
         "learn_nodes": dict(summary.learn_node_ids),
-        "timing": {
-            "wall_seconds": summary.wall_seconds,
-            "work_seconds": summary.work_seconds,
-            "worker_slots": slots,
-            "overhead_share": summary.overhead_share,
-            "cold_start_seconds": summary.cold_start_seconds,
-            "warm_overhead_share": summary.warm_overhead_share,
-            "peak_in_flight": summary.peak_in_flight,
-        },
+        "timing": _timing(summary, slots),
     }
     try:
         store.write_run_record(run_dir, record)
     except OSError as error:  # e.g. the disk is full: the results written so far stand
         print(f"{run_dir / store.RUN_RECORD}: not updated ({one_line(error)})", file=sys.stderr)
+
+
+def _counts(summary: RunSummary) -> dict[str, int]:
+    """This run's job, learn and group counts."""
+    return {
+        "jobs": summary.total_jobs,
+        "done": summary.done,
+        "skipped": summary.skipped,
+        "failed": summary.failed,
+        "failed_earlier": summary.failed_earlier,
+        "not_applicable": summary.not_applicable,
+        "learns_run": summary.learns_run,
+        "groups_scored": summary.groups_scored,
+        "groups_failed": summary.groups_failed,
+        "infrastructure_failed": summary.infrastructure_failed,
+    }
+
+
+def _timing(summary: RunSummary, slots: int) -> dict[str, Any]:
+    """Where this run's time went: wall and work seconds, the overhead share, the cold start."""
+    return {
+        "wall_seconds": summary.wall_seconds,
+        "work_seconds": summary.work_seconds,
+        "worker_slots": slots,
+        "overhead_share": summary.overhead_share,
+        "cold_start_seconds": summary.cold_start_seconds,
+        "warm_overhead_share": summary.warm_overhead_share,
+        "peak_in_flight": summary.peak_in_flight,
+    }

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import store
 from ..plan import file_facts
-from ..plan.jobs import JobGraph, ModelInfo, Pair, Plan, build_job_graph, code_version, group_members, group_result_id
+from ..plan.job_graph import build_job_graph
+from ..plan.jobs import JobGraph, ModelInfo, Pair, Plan, code_version, group_members, group_result_id
 from ..plan.resolve import describe_models, load_pairs, method_tasks, plan_from_suite  # noqa: F401 - re-exported
 from . import resume, run_folder
 from .cluster import (  # noqa: F401
@@ -42,7 +43,7 @@ from .scheduler import Scheduler, jobs_to_run
 from .scorer import METRIC_ACTOR_PREFIX, metric_scorer  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
-    from ..plan.suite import Suite
+    from ..plan.suite_model import Suite
 
 
 def execute(

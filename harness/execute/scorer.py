@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import store
 from ..plan.jobs import TaskJob, content_id
-from .worker import _as_float_image, generated_images
+from .worker_files import as_float_image, generated_images
 
 METRIC_ACTOR_PREFIX = "clic-metrics-"  # + a hash of the metric configuration: the metric actor's name
 
@@ -39,7 +39,7 @@ def group_samples(specs: Sequence[Mapping[str, Any]], group: str) -> list:
     """The samples of a group, one per image of each member, loaded from the members' artifacts: a group
     completed across runs (resume) is scored the same way as one completed in a single run."""
     from ..metrics.base import Sample
-    from .worker import load_image, load_mask  # manifest URIs (s3:// …) as well as paths
+    from .worker_files import load_image, load_mask  # manifest URIs (s3:// …) as well as paths
 
     sources: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray | None]] = {}  # members share sources
     samples = []
@@ -50,7 +50,7 @@ def group_samples(specs: Sequence[Mapping[str, Any]], group: str) -> list:
         if key not in sources:
             source = load_image(spec["source_image"])
             mask = load_mask(spec["source_mask"], size=source.size) if spec["source_mask"] else None
-            sources[key] = (_as_float_image(source), mask)
+            sources[key] = (as_float_image(source), mask)
         source_image, source_mask = sources[key]
         for path in spec["images"]:
             samples.append(
@@ -58,7 +58,7 @@ def group_samples(specs: Sequence[Mapping[str, Any]], group: str) -> list:
                     job_id=spec["job_id"],
                     task=spec["task"],
                     object_word=spec["object_word"],
-                    output_image=_as_float_image(load_image(path)),
+                    output_image=as_float_image(load_image(path)),
                     source_image=source_image,
                     source_mask=source_mask,
                     group=group,

@@ -19,7 +19,7 @@ from ..errors import UsageError
 
 if TYPE_CHECKING:
     from .jobs import ModelInfo, Pair, Plan
-    from .suite import Suite
+    from .suite_model import Suite
 
 
 class PreflightFailed(UsageError):

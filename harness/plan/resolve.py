@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -13,7 +14,7 @@ from .identity import sweep_variants, varying_keys, with_labels
 from .jobs import GROUP_KINDS, MethodRun, MetricInfo, ModelInfo, Pair, Plan, ResolvedRun, SweepPoint
 
 if TYPE_CHECKING:
-    from .suite import Suite
+    from .suite_model import Suite
 
 
 def plan_from_suite(suite: Suite, resolution: int) -> Plan:
@@ -103,7 +104,6 @@ def resolve_runs(
     """Each suite method × preset's learning config and task settings, resolved once through
     :meth:`clic.methods.base.Method.resolve` (the preset merged with the suite's values, typed, validated).
     ``fail(key, message)`` reports a setting no preset can run with (default: a ``SuiteError``)."""
-    from clic.losses import LossTermError
     from clic.methods import method_class
 
     from ..errors import SuiteError
@@ -119,54 +119,72 @@ def resolve_runs(
         method = method_class(spec.name)()
         per_preset = []
         for preset_index, preset in enumerate(spec.presets):
-            key = f"methods[{index}]"
-            try:
-                learn = method.resolve("learn", preset, spec.learn_overrides(method.preset_terms(preset)))
-            except (ValueError, TypeError, KeyError) as err:
-                where = "loss_weights" if spec.loss_weights and isinstance(err, LossTermError) else "learn"
-                fail(f"{key}.{where}", f"with preset {preset!r}: {' '.join(str(err).split())}")
-
-            def points(
-                task: str,
-                requests: list[dict[str, Any]],
-                sweeps: list[dict[str, Any]],
-                suite_key: str,
-                ignore: Sequence[str] = (),
-                *,
-                method: Any = method,
-                spec: Any = spec,
-                preset: str = preset,
-                preset_index: int = preset_index,
-                key: str = key,
-            ) -> tuple[SweepPoint, ...]:  # this iteration's method and preset, bound explicitly
-                if task not in suite.tasks:
-                    return ()
-                if not method.supports(task):  # its jobs are recorded as not applicable, with the reason
-                    return (SweepPoint({}, None),)
-                settings = []
-                for request in requests:
-                    try:
-                        settings.append(method.resolve(task, preset, request))
-                    except (ValueError, TypeError) as err:
-                        fail(
-                            f"{key}.presets[{preset_index}]",
-                            f"preset {preset!r} of method {spec.name!r} with {suite_key} {request}: "
-                            f"{' '.join(str(err).split())} (change {suite_key} or the preset)",
-                        )
-                names = sweep_variants([s.to_dict() if s is not None else None for s in settings], ignore)
-                return tuple(SweepPoint(sweep, s, name) for sweep, s, name in zip(sweeps, settings, names))
-
-            transfer = points("transfer", transfers, transfer_sweeps, "transfer")
-            generate = points("generate", generations, generate_sweeps, "generate", ignore=("prompt",))
-            match_settings = None
-            if method.supports("match"):
-                try:
-                    match_settings = method.resolve("match", preset, match)
-                except (ValueError, TypeError) as err:
-                    fail("match", f"preset {preset!r} of method {spec.name!r}: {' '.join(str(err).split())}")
-            per_preset.append(ResolvedRun(learn, transfer, generate, match_settings))
+            run = _PresetResolver(suite, fail, method, spec, preset, preset_index, f"methods[{index}]")
+            learn = run.learn()
+            transfer = run.points("transfer", transfers, transfer_sweeps, "transfer")
+            generate = run.points("generate", generations, generate_sweeps, "generate", ignore=("prompt",))
+            per_preset.append(ResolvedRun(learn, transfer, generate, run.match(match)))
         resolved.append(tuple(per_preset))
     return tuple(resolved)
+
+
+@dataclass(frozen=True)
+class _PresetResolver:
+    """One suite method entry's preset: its settings resolved by the method, each mistake one line naming it."""
+
+    suite: Suite
+    fail: Callable[[str, str], NoReturn]
+    method: Any
+    spec: Any  # harness.plan.suite_model.MethodSpec
+    preset: str
+    preset_index: int
+    key: str  # methods[i]
+
+    def learn(self) -> Any:
+        from clic.losses import LossTermError
+
+        spec, preset = self.spec, self.preset
+        try:
+            return self.method.resolve("learn", preset, spec.learn_overrides(self.method.preset_terms(preset)))
+        except (ValueError, TypeError, KeyError) as err:
+            where = "loss_weights" if spec.loss_weights and isinstance(err, LossTermError) else "learn"
+            self.fail(f"{self.key}.{where}", f"with preset {preset!r}: {' '.join(str(err).split())}")
+
+    def points(
+        self,
+        task: str,
+        requests: list[dict[str, Any]],
+        sweeps: list[dict[str, Any]],
+        suite_key: str,
+        ignore: Sequence[str] = (),
+    ) -> tuple[SweepPoint, ...]:
+        """The task's sweep points: each request resolved by the preset, named by what it varies."""
+        method, preset = self.method, self.preset
+        if task not in self.suite.tasks:
+            return ()
+        if not method.supports(task):  # its jobs are recorded as not applicable, with the reason
+            return (SweepPoint({}, None),)
+        settings = []
+        for request in requests:
+            try:
+                settings.append(method.resolve(task, preset, request))
+            except (ValueError, TypeError) as err:
+                self.fail(
+                    f"{self.key}.presets[{self.preset_index}]",
+                    f"preset {preset!r} of method {self.spec.name!r} with {suite_key} {request}: "
+                    f"{' '.join(str(err).split())} (change {suite_key} or the preset)",
+                )
+        names = sweep_variants([s.to_dict() if s is not None else None for s in settings], ignore)
+        return tuple(SweepPoint(sweep, s, name) for sweep, s, name in zip(sweeps, settings, names))
+
+    def match(self, request: dict[str, Any]) -> Any:
+        """The RoI-matching settings, or None for a method without matching."""
+        if not self.method.supports("match"):
+            return None
+        try:
+            return self.method.resolve("match", self.preset, request)
+        except (ValueError, TypeError) as err:
+            self.fail("match", f"preset {self.preset!r} of method {self.spec.name!r}: {' '.join(str(err).split())}")
 
 
 def custom_term_sources(learn: Mapping[str, Any]) -> dict[str, str]:

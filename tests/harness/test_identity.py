@@ -7,7 +7,8 @@ from pathlib import Path
 from run_inputs import make_pairs
 
 from harness.plan.identity import method_label, variant_name, with_labels
-from harness.plan.jobs import MethodRun, build_job_graph
+from harness.plan.job_graph import build_job_graph
+from harness.plan.jobs import MethodRun
 from harness.plan.resolve import method_tasks, plan_from_suite
 from harness.plan.suite import load_suite
 

@@ -21,7 +21,8 @@ HARNESS_LAYERS = {
     "groups": (0, "groups"),
     "store": (1, "store"),
     "store_atomic": (1, "store"),
-    "store_run_files": (1, "store"),  # store.py and its parts
+    "store_run_files": (1, "store"),
+    "store_schema": (1, "store"),  # store.py and its parts
     "metrics": (2, "metrics"),
     "plan": (3, "plan"),
     "guards": (3, "plan"),  # guards: the input checks plan and the CLI share

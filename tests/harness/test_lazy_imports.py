@@ -142,7 +142,7 @@ assert out.image.shape[-1] == 64
 
 def test_worker_refuses_weights_other_than_planned() -> None:
     from clic.models import describe_model
-    from harness.execute.worker import _load_planned
+    from harness.execute.worker_models import _load_planned
     from harness.plan.jobs import ModelInfo
 
     planned = describe_model("tiny")

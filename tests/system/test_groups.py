@@ -17,7 +17,8 @@ from harness.execute.runner import execute
 from harness.metrics import build_metric
 from harness.metrics.base import MetricSettings, Sample
 from harness.metrics.esr import EDIT_PROMPTS
-from harness.plan.jobs import CONCEPTS, GROUP_RESULT_PREFIX, SEEDS, Pair, build_job_graph
+from harness.plan.job_graph import build_job_graph
+from harness.plan.jobs import CONCEPTS, GROUP_RESULT_PREFIX, SEEDS, Pair
 from harness.plan.resolve import method_tasks, plan_from_suite
 from harness.plan.suite import SuiteError, suite_from_dict
 

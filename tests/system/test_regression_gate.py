@@ -67,14 +67,14 @@ def test_the_transfer_attention_is_placed_on_the_target_like_the_edited_image() 
     from PIL import Image
 
     from clic.io import to_model_input
-    from harness.execute.worker import _map_at_original_size
+    from harness.execute.worker_files import map_at_original_size
 
     target = Image.new("RGB", (96, 48))
     _, _, placement = to_model_input(target, None, 64)
     square = np.zeros((64, 64), np.float32)
     box = [round(v) for v in placement.box_at(64)]  # (left, upper, right, lower) of the target in the square
     square[box[1] : box[3], box[0] : box[2]] = 1.0
-    mapped = _map_at_original_size(square, placement)
+    mapped = map_at_original_size(square, placement)
     assert mapped.shape == (48, 96)
     assert float(mapped[2:-2, 2:-2].min()) == pytest.approx(1.0, abs=1e-3)
 

@@ -17,7 +17,7 @@ from harness.analyse.bootstrap import bootstrap_ci, holm
 from harness.analyse.report import write_report
 from harness.execute.records import settings_columns
 from harness.execute.runner import execute, exit_status, summary_lines
-from harness.plan.jobs import build_job_graph
+from harness.plan.job_graph import build_job_graph
 from harness.plan.preflight import device_problems, other_suite_problems
 from harness.plan.resolve import describe_models, method_tasks, plan_from_suite
 from harness.plan.suite import SuiteError, suite_from_dict

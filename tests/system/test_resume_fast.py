@@ -13,7 +13,8 @@ from run_inputs import cut_paste_suite, make_pairs
 from harness import store
 from harness.execute import resume, runner
 from harness.execute.runner import execute, exit_status
-from harness.plan.jobs import ModelInfo, Pair, build_job_graph
+from harness.plan.job_graph import build_job_graph
+from harness.plan.jobs import ModelInfo, Pair
 from harness.plan.resolve import plan_from_suite
 
 

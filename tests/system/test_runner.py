@@ -122,7 +122,7 @@ def test_tiny_clic_learn_then_transfer(ray_session, tmp_path: Path) -> None:
 
 
 def test_dtype_is_part_of_concept_ids_and_device_is_not(tmp_path: Path) -> None:
-    from harness.plan.jobs import build_job_graph
+    from harness.plan.job_graph import build_job_graph
     from harness.plan.resolve import describe_models, method_tasks, plan_from_suite
 
     pairs = make_pairs(tmp_path / "data", 1)
