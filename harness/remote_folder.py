@@ -20,17 +20,10 @@ mirrors it:
   a task whose concept was learned on another node downloads it first.
 * **The report** is written into the staging folder and pushed under ``PREFIX/report``.
 
-The lock is a **lease object** ``PREFIX/.lock`` created with a conditional write (S3 ``PUT`` with
-``If-None-Match: *``, fsspec's ``pipe_file(mode="create")``): of two drivers starting together exactly one
-creates it. A conditional write alone would leave a killed driver's lock for ever, and object stores have no
-process to release it as the kernel releases a ``flock``; so the holder rewrites it every
-:data:`LEASE_SECONDS` / 3, and a lease not rewritten for :data:`LEASE_SECONDS` (by the store's own
-``LastModified``) belongs to a dead driver. On S3 a waiting run takes it over with a PUT conditional on the dead
-lease's ETag (``If-Match``), so of two runs that find it at the same moment exactly one gets it, and the holder
-renews on the same condition on its own ETag: a holder that was taken for dead (paused for longer than the lease)
-learns it at its next renewal and stops instead of mirroring beside the new holder. (Elsewhere the dead lease is
-deleted and a new one created conditionally: two runs can both delete before either creates. Verified on S3 —
-s3fs sends ``If-None-Match: *`` and ``If-Match`` — other schemes depend on their package's ``mode="create"``.)
+The lock is a **lease object** ``PREFIX/.lock`` (:mod:`harness.remote_lease`): created with a conditional write,
+renewed by its holder, taken over (on S3 conditionally on the dead lease's ETag) once not renewed for
+``LEASE_SECONDS``. Verified on S3 — s3fs sends ``If-None-Match: *`` and ``If-Match`` — other schemes depend on
+their package's ``mode="create"``.
 
 fsspec rather than ``pyarrow.fs``: the manifest reader already opens URIs through fsspec (with its one-line
 "install this package" for a missing scheme, :mod:`harness.plan.remote`), s3fs exposes S3's conditional write
@@ -39,24 +32,17 @@ fsspec rather than ``pyarrow.fs``: the manifest reader already opens URIs throug
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import json
 import os
-import socket
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from . import store
+from . import remote_lease, store
 from .errors import UsageError
+from .remote_lease import LEASE_FILE, Lease
 
-LEASE_FILE = ".lock"
-LEASE_SECONDS = float(os.environ.get("CLIC_LEASE_SECONDS", "120"))
 PUSH_EVERY_SECONDS = float(os.environ.get("CLIC_PUSH_SECONDS", "10"))
 STAGING_ENV = "CLIC_STAGING_DIR"  # where staging folders go (default ~/.cache/clic-bench/staging)
 REPORT_DIR = "report"
@@ -118,7 +104,7 @@ class RemoteFolder:
         self.local = Path(local) if local is not None else staging_dir(self.uri)
         self.pushed: dict[str, tuple[int, int]] = {}  # relative path -> (size, mtime_ns) the remote has
         self.last_push = time.monotonic()
-        self.lease_lost = False  # set when another run took over this run's lease (see leased)
+        self.lease = Lease(self.fs, self.remote_path(LEASE_FILE), self.uri)
 
     def remote_path(self, relative: str) -> str:
         return f"{self.root}/{relative}"
@@ -262,129 +248,21 @@ class RemoteFolder:
     def push_if_due(self) -> None:
         if self.lease_lost:  # another run holds the prefix now: mirroring would mix two runs
             raise UsageError(
-                f"{self.uri}: another run took this run's lease (it was not renewed for {LEASE_SECONDS:.0f} s); "
+                f"{self.uri}: another run took this run's lease (it was not renewed for {remote_lease.LEASE_SECONDS:.0f} s); "
                 f"stopped: its results so far are in {self.local}"
             )
         if time.monotonic() - self.last_push >= PUSH_EVERY_SECONDS:
             self.push()
 
     # ---------------------------------------------------------------------------------------------- lease
-    @contextmanager
-    def leased(self, run_id: str, *, wait: bool = True, quiet: bool = False) -> Iterator[None]:
-        """Hold ``PREFIX/.lock`` for the ``with`` block (a conditional create, renewed; see the module docstring)."""
-        lease = self.remote_path(LEASE_FILE)
-        body = json.dumps(
-            {
-                "run_id": run_id,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "lease_seconds": LEASE_SECONDS,
-            }
-        ).encode()
-        said = False
-        while True:
-            try:
-                tag = self._write_lease(lease, body, create=True)  # S3: PUT with If-None-Match: *
-                break
-            except FileExistsError:
-                holder, age, dead_tag = self._holder(lease)
-                if age is not None and age > LEASE_SECONDS:  # not renewed: its driver died
-                    took, tag = self._take_over(lease, body, dead_tag)
-                    if took:
-                        break
-                    continue
-                if not wait:
-                    raise UsageError(
-                        f"{self.uri}: in use by {holder}; wait for it to finish, or choose another --out"
-                    ) from None
-                if not said and not quiet:
-                    print(f"{self.uri}: in use by {holder}; waiting for it to finish", file=sys.stderr, flush=True)
-                said = True
-                time.sleep(min(5.0, LEASE_SECONDS / 6))
-        stop = threading.Event()
-        self.lease_lost = False
+    @property
+    def lease_lost(self) -> bool:
+        """Whether another run took over this run's lease (:class:`harness.remote_lease.Lease`)."""
+        return self.lease.lost
 
-        def renew() -> None:
-            nonlocal tag
-            while not stop.wait(LEASE_SECONDS / 3):
-                try:
-                    tag = self._write_lease(lease, body, if_match=tag)  # S3: only while it is still ours
-                except OSError as error:
-                    if _precondition_failed(error):  # rewritten by another run: this one was taken for dead
-                        self.lease_lost = True
-                        print(f"{lease}: the lease was taken over by another run", file=sys.stderr)
-                        return
-                    print(f"{lease}: lease not renewed ({type(error).__name__})", file=sys.stderr)
-                except Exception as error:  # one missed renewal is not fatal; the next try comes soon
-                    print(f"{lease}: lease not renewed ({type(error).__name__})", file=sys.stderr)
-
-        renewer = threading.Thread(target=renew, name=f"lease {self.uri}", daemon=True)
-        renewer.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            renewer.join()
-            try:
-                if not self.lease_lost:  # a lease taken over is the other run's now
-                    self.fs.rm_file(lease)
-            except FileNotFoundError:
-                pass
-
-    def _conditional_overwrite(self) -> bool:
-        """Whether the store overwrites on a condition (S3's ``If-Match``: an ETag): takeover and renewal use it."""
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple | list) else (self.fs.protocol,)
-        return "s3" in protocols
-
-    def _write_lease(self, lease: str, body: bytes, *, create: bool = False, if_match: str | None = None) -> str | None:
-        """Write the lease object (``create``: only if absent; ``if_match``: only if its ETag is still that);
-        returns its new ETag (None where the store gives none)."""
-        conditions = {"IfMatch": if_match} if if_match and self._conditional_overwrite() else {}
-        written = self.fs.pipe_file(lease, body, mode="create" if create else "overwrite", **conditions)
-        return written.get("ETag") if isinstance(written, dict) else None
-
-    def _take_over(self, lease: str, body: bytes, dead_tag: str | None) -> tuple[bool, str | None]:
-        """Replace a dead holder's lease: (taken, the new ETag). On S3 a PUT conditional on the dead lease's ETag,
-        so of two runs that found it at the same moment exactly one takes it. Elsewhere the dead lease is deleted
-        and the caller creates its own conditionally (two runs can both delete first: a race left open there)."""
-        if dead_tag and self._conditional_overwrite():
-            try:
-                return True, self._write_lease(lease, body, if_match=dead_tag)
-            except OSError as error:  # 412: another run took it first; 404: it was released meanwhile
-                if _precondition_failed(error) or isinstance(error, FileNotFoundError):
-                    return False, None
-                raise
-        try:
-            self.fs.rm_file(lease)
-        except FileNotFoundError:
-            pass
-        return False, None
-
-    def _holder(self, lease: str) -> tuple[str, float | None, str | None]:
-        """Who holds the lease, in words, seconds since it was last written (None: unknown) and its ETag."""
-        self.fs.invalidate_cache(lease)
-        info: dict = {}
-        try:
-            info = self.fs.info(lease)
-            holder = json.loads(self.fs.cat_file(lease) or b"{}")
-        except FileNotFoundError:
-            return "another run", 0.0, None
-        except ValueError:
-            holder = {}
-        modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
-        age = None
-        if hasattr(modified, "timestamp"):
-            age = time.time() - modified.timestamp()
-        text = (
-            (
-                f"run {holder.get('run_id', '?')} (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-                f"since {holder.get('since', '?')})"
-            )
-            if holder
-            else "another run"
-        )
-        return text, age, info.get("ETag")
+    def leased(self, run_id: str, *, wait: bool = True, quiet: bool = False) -> AbstractContextManager[None]:
+        """Hold ``PREFIX/.lock`` for the ``with`` block (:meth:`harness.remote_lease.Lease.held`)."""
+        return self.lease.held(run_id, wait=wait, quiet=quiet)
 
 
 # ------------------------------------------------------------------------------------------ worker side
@@ -433,8 +311,3 @@ def generated_image_uris(remote_uri: str, job_id: str) -> list[str]:
     while store.generated_image_name(len(uris)) in names:
         uris.append(f"{remote_uri.rstrip('/')}/{store.ARTIFACTS_DIR}/{job_id}/{store.generated_image_name(len(uris))}")
     return uris
-
-
-def _precondition_failed(error: OSError) -> bool:
-    """s3fs's translation of a failed ``If-Match`` (HTTP 412): ``OSError(EINVAL)`` naming the precondition."""
-    return error.errno == errno.EINVAL or "PreconditionFailed" in str(error)

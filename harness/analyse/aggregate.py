@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from harness.analyse.bootstrap import MIN_CLUSTERS, bootstrap_ci, holm
+from harness.analyse.bootstrap import MIN_CLUSTERS, bootstrap_ci
 from harness.analyse.table_output import (  # noqa: F401
     TABLE_CSS,
     TINY_RANDOM_NOTE,
@@ -33,17 +33,8 @@ from harness.store import read_plan_results
 
 POOLED_IOU = "mask_iou_pooled"
 INTERVAL_THREADS = 8  # a table's intervals in parallel (each holds ~100 MB of draws at a time)
-# Below this many pairs the Wilcoxon signed-rank test cannot reach p < 0.05 at all (its smallest
-# two-sided p with n = 5 is 0.0625), so the paired t-test is used instead.
-MIN_PAIRS_FOR_WILCOXON = 6
 
 
-# The fields that identify one job's output across two runs of a suite, apart from the code and weights that
-# produced it: the same pair, task, seed and object under the same method label (method, preset and variant)
-# at the same point of the suite's sweep.
-JOB_IDENTITY = ("pair_id", "task", "seed", "object_word", "label", "sweep")
-# What a paired comparison of two methods within a run pairs on (their labels differ).
-PAIRING = ("pair_id", "seed", "task", "object_word")
 INTERVAL_NOTE = (
     f"95% CI: percentile bootstrap over pairs (clusters), with seeds resampled inside each drawn pair; "
     f"no interval (and no ★) below {MIN_CLUSTERS} pairs"
@@ -120,25 +111,6 @@ def _ok_values(df: pd.DataFrame) -> pd.DataFrame:
 
 def _joined_unique(values: pd.Series) -> str:
     return ", ".join(sorted(values.dropna().astype(str).unique()))
-
-
-def paired_test(differences: Sequence[float] | np.ndarray) -> tuple[float, str]:
-    """Two-sided p-value of "mean difference is zero" and the name of the test used.
-
-    Wilcoxon signed-rank with n ≥ 6 and some non-zero difference; otherwise the paired t-test (a one-sample
-    t-test of the differences). All-zero differences give p = 1: no evidence of any change.
-    """
-    from scipy import stats  # here: ~2 s to import, and a run of one method compares nothing
-
-    diffs = np.asarray(differences, dtype=float)
-    if diffs.size < 2:
-        return (float("nan"), "none")
-    if np.all(diffs == 0):
-        return (1.0, "t-test")
-    if diffs.size >= MIN_PAIRS_FOR_WILCOXON:
-        return (float(stats.wilcoxon(diffs).pvalue), "wilcoxon")
-    p_value = float(stats.ttest_1samp(diffs, 0.0).pvalue)
-    return (p_value if np.isfinite(p_value) else 1.0, "t-test")
 
 
 def _with_all_category(df: pd.DataFrame) -> pd.DataFrame:
@@ -271,216 +243,6 @@ def _attach_failures(table: pd.DataFrame, df: pd.DataFrame, keys: list[str]) -> 
     return merged
 
 
-def _sweep_key(df: pd.DataFrame) -> pd.Series:
-    """Each row's point of the suite's sweep ("" where the method reads no such settings: it pairs with any)."""
-    return _column(df, "sweep").fillna("").astype(str)
-
-
-def _per_pair_differences(group: pd.DataFrame, other: str, reference: str) -> tuple[np.ndarray, np.ndarray]:
-    """(differences per (pair, seed), their pairs): the unit of the intervals and tests is the pair."""
-    return (group[other] - group[reference]).to_numpy(), group["pair_id"].astype(str).to_numpy()
-
-
-def _paired_statistics(diffs: np.ndarray, pairs: np.ndarray) -> dict[str, object]:
-    """Mean difference, its cluster CI (pairs, seeds nested) and the paired test on per-pair mean differences
-    (seeds of one pair are not independent draws)."""
-    low, high = interval(diffs, pairs)
-    per_pair = pd.Series(diffs).groupby(pairs).mean().to_numpy()
-    p_value, test = paired_test(per_pair) if per_pair.size >= MIN_CLUSTERS else (float("nan"), "none")
-    return {
-        "n": diffs.size,
-        "n_pairs": per_pair.size,
-        "mean_difference": diffs.mean(),
-        "ci_low": low,
-        "ci_high": high,
-        "p_value": p_value,
-        "test": test,
-    }
-
-
-def _per_key_values(values: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean value and joined distinct weights per group of ``keys``. A group's rows nearly always share one
-    weights description: it is taken as it is (vectorised), and only when some group has several are they
-    joined group by group (a Python call per group took minutes at 100k pairs)."""
-    grouped = values.groupby(keys, dropna=False)
-    per_key = grouped.agg(
-        value=("value", "mean"), weights=("weights", "first"), n_weights=("weights", "nunique")
-    ).reset_index()
-    if per_key["n_weights"].gt(1).any():
-        return grouped.agg(value=("value", "mean"), weights=("weights", _joined_unique)).reset_index()
-    weights = per_key["weights"].astype(object)
-    per_key["weights"] = [str(w) if n else "" for w, n in zip(weights, per_key["n_weights"])]
-    return per_key.drop(columns="n_weights")
-
-
-def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFrame:
-    """Mean paired difference (method − reference) per other method label (preset and variant) and metric.
-
-    Rows pair on (pair, seed, task, object word) at the same point of the suite's sweep (a method that reads no
-    such settings, e.g. cut-and-paste, pairs with every point). Each reference label is its own
-    ``reference_preset``. The test runs on per-pair mean differences; ``p_holm`` is Holm-corrected across the
-    metrics of each comparison (one method label against one reference label).
-    """
-    columns = [
-        "method",
-        "preset",
-        "reference",
-        "reference_preset",
-        "metric",
-        "n",
-        "n_pairs",
-        "mean_difference",
-        "ci_low",
-        "ci_high",
-        "p_value",
-        "p_holm",
-        "test",
-        "higher_is_better",
-        "weights",
-    ]
-    values = _ok_values(df)
-    if values.empty:
-        return pd.DataFrame(columns=columns)
-    values = values.assign(sweep_key=_sweep_key(values), weights=weights_description(values))
-    keys = [*PAIRING, "metric"]
-    per_key = _per_key_values(values, [*keys, "sweep_key", "method", "preset"])
-    ref = (
-        per_key[per_key["method"].eq(reference)]
-        .rename(
-            columns={
-                "value": "reference_value",
-                "preset": "reference_preset",
-                "weights": "reference_weights",
-                "sweep_key": "reference_sweep",
-            }
-        )
-        .drop(columns="method")
-    )
-    others = per_key[~per_key["method"].eq(reference)]
-    paired = others.merge(ref, on=keys, how="inner")
-    same_point = (
-        paired["sweep_key"].eq(paired["reference_sweep"])
-        | paired["sweep_key"].eq("")
-        | paired["reference_sweep"].eq("")
-    )
-    paired = paired[same_point]
-    declared = directions(values)
-    rows = []
-    for (method, preset, ref_preset, metric), group in paired.groupby(
-        ["method", "preset", "reference_preset", "metric"], dropna=False, sort=True
-    ):
-        diffs, pairs = _per_pair_differences(group, "value", "reference_value")
-        weights = _joined_unique(pd.concat([group["weights"], group["reference_weights"]]))
-        rows.append(
-            {
-                "method": method,
-                "preset": preset,
-                "reference": reference,
-                "reference_preset": ref_preset,
-                "metric": metric,
-                **_paired_statistics(diffs, pairs),
-                "higher_is_better": higher_is_better(str(metric), declared),
-                "weights": weights,
-            }
-        )
-    table = pd.DataFrame(rows, columns=columns)
-    if not table.empty:  # family: the metrics of one comparison
-        for _, index in table.groupby(["method", "preset", "reference_preset"], dropna=False).groups.items():
-            table.loc[index, "p_holm"] = holm(table.loc[index, "p_value"].to_numpy(float))
-    return table
-
-
-def compare_runs(
-    df_a: pd.DataFrame,
-    df_b: pd.DataFrame,
-    metrics: Iterable[str] | None = None,
-    max_drop: float = 0.0,
-    alpha: float = 0.05,
-) -> pd.DataFrame:
-    """Paired deltas B − A per (method label, metric), jobs matched by :data:`JOB_IDENTITY` (the same pair, task,
-    seed, object, label and sweep point; settings and code may differ: that is what is compared).
-
-    `drop` is the mean change in the worse direction (positive = worse). The verdict is "fail" when the
-    drop exceeds `max_drop` and the paired test (on per-pair mean differences) is significant at `alpha`,
-    "better" when the change is significant in the good direction, else "ok".
-    """
-    columns = [
-        "metric",
-        "label",
-        "method",
-        "preset",
-        "n",
-        "n_pairs",
-        "mean_a",
-        "mean_b",
-        "delta",
-        "ci_low",
-        "ci_high",
-        "p_value",
-        "test",
-        "higher_is_better",
-        "drop",
-        "verdict",
-        "n_failed_a",
-        "n_failed_b",
-        "weights",
-    ]
-    a, b = _ok_values(df_a), _ok_values(df_b)
-    if metrics is not None:
-        wanted = set(metrics)
-        a, b = a[a["metric"].isin(wanted)], b[b["metric"].isin(wanted)]
-    keys = [*JOB_IDENTITY, "metric"]
-
-    def per_job(values: pd.DataFrame) -> pd.DataFrame:
-        values = values.assign(weights=weights_description(values), label=_labels(values), sweep=_sweep_key(values))
-        return (
-            values.groupby([*keys, "method", "preset"], dropna=False)
-            .agg(value=("value", "mean"), weights=("weights", _joined_unique))
-            .reset_index()
-        )
-
-    if a.empty or b.empty:
-        return pd.DataFrame(columns=columns)
-    paired = per_job(a).merge(
-        per_job(b).drop(columns=["method", "preset"]), on=keys, how="inner", suffixes=("_a", "_b")
-    )
-    failed_a, failed_b = _failed_counts(df_a), _failed_counts(df_b)
-    declared = directions(b, a)
-    rows = []
-    for (label, metric), group in paired.groupby(["label", "metric"], dropna=False, sort=True):
-        diffs, pairs = _per_pair_differences(group, "value_b", "value_a")
-        stats_ = _paired_statistics(diffs, pairs)
-        better_up = higher_is_better(str(metric), declared)
-        drop = -diffs.mean() if better_up else diffs.mean()
-        p_value = float(stats_["p_value"])
-        significant = bool(np.isfinite(p_value) and p_value < alpha)
-        verdict = "fail" if (drop > max_drop and significant) else ("better" if (drop < 0 and significant) else "ok")
-        rows.append(
-            {
-                "metric": metric,
-                "label": label,
-                "method": group["method"].iloc[0],
-                "preset": group["preset"].iloc[0],
-                "n": stats_["n"],
-                "n_pairs": stats_["n_pairs"],
-                "mean_a": group["value_a"].mean(),
-                "mean_b": group["value_b"].mean(),
-                "delta": diffs.mean(),
-                "ci_low": stats_["ci_low"],
-                "ci_high": stats_["ci_high"],
-                "p_value": p_value,
-                "test": stats_["test"],
-                "higher_is_better": better_up,
-                "drop": drop,
-                "verdict": verdict,
-                "n_failed_a": failed_a.get(label, 0),
-                "n_failed_b": failed_b.get(label, 0),
-                "weights": _joined_unique(pd.concat([group["weights_a"], group["weights_b"]])),
-            }
-        )
-    return pd.DataFrame(rows, columns=columns)
-
-
 def method_labels(df: pd.DataFrame, variants: bool = False) -> pd.Series:
     """Each row's :func:`harness.plan.identity.method_label` ("clic/paper", with ``variants`` "clic/paper no_att"),
     worked out once per distinct (method, preset, variant): a 100k-job run has 800k rows and a few labels."""
@@ -494,17 +256,3 @@ def method_labels(df: pd.DataFrame, variants: bool = False) -> pd.Series:
     firsts = keys.drop_duplicates()  # the groups in order of first appearance, as ngroup numbers them
     labels = np.array([method_label(*row) for row in firsts.itertuples(index=False)], dtype=object)
     return pd.Series(labels[codes], index=df.index)
-
-
-def _labels(df: pd.DataFrame) -> pd.Series:
-    """Each row's method label (method, preset and variant), from its planned ``label`` where recorded."""
-    derived = method_labels(df, variants=True)
-    return _column(df, "label").where(_column(df, "label").notna(), derived).astype(str)
-
-
-def _failed_counts(df: pd.DataFrame) -> dict[str, int]:
-    """Method label -> its failed jobs."""
-    if df.empty or "status" not in df.columns:
-        return {}
-    failed = df[df["status"].eq("failed")].drop_duplicates("job_id")
-    return {str(key): int(n) for key, n in failed.assign(label=_labels(failed)).groupby("label").size().items()}

@@ -20,12 +20,8 @@ import pandas as pd
 
 from harness.analyse.aggregate import (
     INTERVAL_NOTE,
-    JOB_IDENTITY,
     TABLE_CSS,
-    _labels,
     _ok_values,
-    _sweep_key,
-    compare_runs,
     directions,
     format_number,
     higher_is_better,
@@ -36,6 +32,7 @@ from harness.analyse.aggregate import (
 from harness.analyse.figures import FIGURE_NOTE, _panels
 from harness.analyse.grids import GRID_CSS, Thumbnails, image_width, job_scores, recorded_pairs, scores_html
 from harness.analyse.images import image_name
+from harness.analyse.paired import JOB_IDENTITY, _labels, _sweep_key, compare_runs
 from harness.analyse.weights_legend import legend_html, weights_keys, with_short_weights
 from harness.errors import UsageError
 

@@ -220,67 +220,87 @@ def image_grids(
     chosen = chosen_outputs(results, per_category)
     if chosen.empty:
         return {}
-    pairs = recorded_pairs(run_dir, chosen["pair_id"].astype(str).unique())
-    scores = job_scores(results, chosen["job_id"].astype(str).tolist())
-    thumbs = Thumbnails(out)
     recorded_models = _recorded_models(run_dir)
-    attention_methods = {m: has_attention(m, recorded_models) for m in chosen["method"].unique()}
+    writer = _GridWriter(
+        run_dir=run_dir,
+        pairs=recorded_pairs(run_dir, chosen["pair_id"].astype(str).unique()),
+        scores=job_scores(results, chosen["job_id"].astype(str).tolist()),
+        thumbs=Thumbnails(out),
+        attention_methods={m: has_attention(m, recorded_models) for m in chosen["method"].unique()},
+    )
     grids: dict[str, str] = {}
     for category, in_category in chosen.groupby("category", sort=True):
-        tables = []
-        for task, in_task in sorted(in_category.groupby("task"), key=lambda item: item[0] != "transfer"):
-            present = set(in_task["label"])
-            columns = [label for label in dict.fromkeys(labels) if label in present] + sorted(present - set(labels))
-            pair_ids = sorted(in_task["pair_id"].astype(str).unique())
-            with_expected = any(pairs.get(p) is not None and pairs[p].expected_image is not None for p in pair_ids)
-            inputs = ["source (mask outline)", "target (mask outline)"] + (["expected"] if with_expected else [])
-            width = image_width(len(inputs) + len(columns))
-            head = "".join(f"<th>{html.escape(text)}</th>" for text in inputs + columns)
-            rows = []
-            for pair_id, pair_jobs in in_task.groupby("pair_id", sort=True):
-                pair = pairs.get(str(pair_id))
-                by_label = {job.label: job for job in pair_jobs.itertuples(index=False)}
-                input_cells = thumbs.inputs(pair, width)[: len(inputs)] or [""] * len(inputs)
-                cells = [f"<td>{cell}</td>" for cell in input_cells]
-                attention_cells, any_attention = ["<td></td>"] * len(inputs), False
-                for label in columns:
-                    job = by_label.get(label)
-                    if job is None:
-                        cells.append("<td>no output</td>")
-                        attention_cells.append("<td></td>")
-                        continue
-                    image = thumbs.output(run_dir, job, "image", width, f"{label} output for {pair_id}")
-                    cells.append(
-                        f'<td>{image}<div class="scores">{scores_html(scores.get(str(job.job_id), {}))}</div></td>'
-                    )
-                    attention = (
-                        thumbs.output(run_dir, job, "attention", width, f"attention map of {label}")
-                        if attention_methods.get(job.method)
-                        else ""
-                    )
-                    any_attention = any_attention or bool(attention)
-                    attention_cells.append(f"<td>{attention}</td>" if attention else "<td></td>")
-                seed = pair_jobs["seed"].min()
-                rows.append(
-                    f'<tr><td class="rowlabel">{_pair_label(str(pair_id), pair, f"<br>seed {seed}")}</td>'
-                    f"{''.join(cells)}</tr>"
-                )
-                if any_attention:
-                    rows.append(
-                        f'<tr class="attention"><td class="rowlabel">attention maps of '
-                        f"{html.escape(str(pair_id))} (the learned token's cross-attention)</td>"
-                        f"{''.join(attention_cells)}</tr>"
-                    )
-            tables.append(
-                f'<h4>{html.escape(str(task))}</h4><table class="imagegrid"><colgroup>'
-                f'<col style="width:{LABEL_PIXELS}px">'
-                + f'<col style="width:{width + 6}px">'
-                * (len(inputs) + len(columns))
-                + f'</colgroup><thead><tr><th class="rowlabel">pair</th>{head}</tr></thead>'
-                f"<tbody>{''.join(rows)}</tbody></table>"
-            )
-        grids[str(category)] = "\n".join(tables)
+        tasks = sorted(in_category.groupby("task"), key=lambda item: item[0] != "transfer")
+        grids[str(category)] = "\n".join(writer.task_table(str(task), in_task, labels) for task, in_task in tasks)
     return grids
+
+
+@dataclass
+class _GridWriter:
+    """The HTML of one report's image grids: a table per (category, task), a row (and its attention row) per pair."""
+
+    run_dir: Path
+    pairs: Mapping[str, Any]
+    scores: Mapping[str, Any]
+    thumbs: Any
+    attention_methods: Mapping[str, bool]
+
+    def task_table(self, task: str, in_task: pd.DataFrame, labels: Sequence[str]) -> str:
+        present = set(in_task["label"])
+        columns = [label for label in dict.fromkeys(labels) if label in present] + sorted(present - set(labels))
+        pair_ids = sorted(in_task["pair_id"].astype(str).unique())
+        pairs = self.pairs
+        with_expected = any(pairs.get(p) is not None and pairs[p].expected_image is not None for p in pair_ids)
+        inputs = ["source (mask outline)", "target (mask outline)"] + (["expected"] if with_expected else [])
+        width = image_width(len(inputs) + len(columns))
+        head = "".join(f"<th>{html.escape(text)}</th>" for text in inputs + columns)
+        rows = []
+        for pair_id, pair_jobs in in_task.groupby("pair_id", sort=True):
+            rows += self.pair_rows(str(pair_id), pair_jobs, columns, len(inputs), width)
+        return (
+            f'<h4>{html.escape(task)}</h4><table class="imagegrid"><colgroup>'
+            f'<col style="width:{LABEL_PIXELS}px">'
+            + f'<col style="width:{width + 6}px">'
+            * (len(inputs) + len(columns))
+            + f'</colgroup><thead><tr><th class="rowlabel">pair</th>{head}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
+
+    def pair_rows(
+        self, pair_id: str, pair_jobs: pd.DataFrame, columns: list[str], n_inputs: int, width: int
+    ) -> list[str]:
+        """A pair's row of images (and, when some output has one, its row of attention maps)."""
+        pair = self.pairs.get(pair_id)
+        by_label = {job.label: job for job in pair_jobs.itertuples(index=False)}
+        input_cells = self.thumbs.inputs(pair, width)[:n_inputs] or [""] * n_inputs
+        cells = [f"<td>{cell}</td>" for cell in input_cells]
+        attention_cells, any_attention = ["<td></td>"] * n_inputs, False
+        for label in columns:
+            job = by_label.get(label)
+            if job is None:
+                cells.append("<td>no output</td>")
+                attention_cells.append("<td></td>")
+                continue
+            image = self.thumbs.output(self.run_dir, job, "image", width, f"{label} output for {pair_id}")
+            cells.append(
+                f'<td>{image}<div class="scores">{scores_html(self.scores.get(str(job.job_id), {}))}</div></td>'
+            )
+            attention = (
+                self.thumbs.output(self.run_dir, job, "attention", width, f"attention map of {label}")
+                if self.attention_methods.get(job.method)
+                else ""
+            )
+            any_attention = any_attention or bool(attention)
+            attention_cells.append(f"<td>{attention}</td>" if attention else "<td></td>")
+        seed = pair_jobs["seed"].min()
+        rows = [f'<tr><td class="rowlabel">{_pair_label(pair_id, pair, f"<br>seed {seed}")}</td>{"".join(cells)}</tr>']
+        if any_attention:
+            rows.append(
+                f'<tr class="attention"><td class="rowlabel">attention maps of '
+                f"{html.escape(pair_id)} (the learned token's cross-attention)</td>"
+                f"{''.join(attention_cells)}</tr>"
+            )
+        return rows
 
 
 def grid_note(results: pd.DataFrame, per_category: int = PAIRS_PER_CATEGORY) -> str:

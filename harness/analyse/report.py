@@ -21,15 +21,11 @@ import pandas as pd
 
 from harness.analyse import figures
 from harness.analyse import headline as headline_table
-from harness.analyse.aggregate import (
-    directions,
-    paired_differences,
-    summary_table,
-    write_tables,
-)
+from harness.analyse.aggregate import directions, summary_table, write_tables
 from harness.analyse.costs import cost_table
 from harness.analyse.images import OUTLINE_COLOUR, THUMBNAIL_PIXELS, image_name, thumbnail  # noqa: F401 - re-exported
 from harness.analyse.pair_table import grid_sample, write_pair_table
+from harness.analyse.paired import paired_differences
 from harness.analyse.report_page import (  # noqa: F401
     REPORT_CSS,
     ReportFigures,
@@ -78,9 +74,7 @@ def _write_report(run_dir: str | Path, out: str | Path | None, reference: str) -
     results = with_variants(plan_results)
     run_info = read_run_record(run_dir)
     read_pairs(run_dir, only=())  # an unreadable pairs file stops here, before the last report is removed
-    for folder in ("images", "plots", "tables"):
-        shutil.rmtree(out / folder, ignore_errors=True)  # no stale files from an earlier report
-        (out / folder).mkdir(parents=True)
+    _fresh_report_folder(out)
     declared = directions(results)  # each metric's declaration, recorded in its rows
 
     summary = summary_table(results, by=SUMMARY_KEYS)
@@ -123,23 +117,27 @@ def _write_report(run_dir: str | Path, out: str | Path | None, reference: str) -
         costs,
         keys,
     )
-    page = page.replace(
-        '<a href="summary.md">summary.md</a> (with the full weights text).',
-        '<a href="summary.md">'
-        'summary.md</a> (with the full weights text); every pair\'s values: <a href="tables/pairs.html">'
-        'pairs.html</a> (sortable), <a href="tables/pairs.parquet">pairs.parquet</a>.',
-        1,
-    )
     unreadable = left_out_lines(run_dir)
-    left_out = unreadable + ([earlier_plan_note(earlier_rows)] if earlier_rows else [])
-    if left_out:  # said at the top of the page and of summary.md, and by `clic-bench report`
-        note = "Left out of this report: " + "; ".join(left_out)
-        page = page.replace("<nav>", f'<p class="warning">{html.escape(note)}</p><nav>', 1)
-        with (out / "summary.md").open("a", encoding="utf-8") as summary_md:
-            summary_md.write("\n## Left out\n\n" + "".join(f"- {line}\n" for line in left_out))
+    page = _note_left_out(page, out, unreadable + ([earlier_plan_note(earlier_rows)] if earlier_rows else []))
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index, unreadable, earlier_rows
+
+
+def _fresh_report_folder(out: Path) -> None:
+    for folder in ("images", "plots", "tables"):
+        shutil.rmtree(out / folder, ignore_errors=True)  # no stale files from an earlier report
+        (out / folder).mkdir(parents=True)
+
+
+def _note_left_out(page: str, out: Path, left_out: list[str]) -> str:
+    """What the report could not use, said at the top of the page and of summary.md (and by `clic-bench report`)."""
+    if not left_out:
+        return page
+    note = "Left out of this report: " + "; ".join(left_out)
+    with (out / "summary.md").open("a", encoding="utf-8") as summary_md:
+        summary_md.write("\n## Left out\n\n" + "".join(f"- {line}\n" for line in left_out))
+    return page.replace("<nav>", f'<p class="warning">{html.escape(note)}</p><nav>', 1)
 
 
 def _report_figures(

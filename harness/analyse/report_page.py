@@ -274,17 +274,53 @@ def index_html(
         f"<nav>{' '.join(nav)}</nav>",
         f"<h1>Run report: {html.escape(run_dir.name)}</h1>",
         banner,
+        _headline_section(head, plots),
+        '<p>Tables as CSV/Markdown/HTML: <a href="tables/summary.csv">summary.csv</a>, '
+        '<a href="tables/paired_differences.csv">paired_differences.csv</a>, '
+        '<a href="tables/costs.csv">costs.csv</a>, <a href="summary.md">summary.md</a> (with the full '
+        'weights text); every pair\'s values: <a href="tables/pairs.html">pairs.html</a> (sortable), '
+        '<a href="tables/pairs.parquet">pairs.parquet</a>.</p>',
+    ]
+    body += _table_sections(per_metric, paired, costs, plots, reference, declared, keys)
+    body.append(f'<h2 id="provenance">Provenance</h2>{_provenance(run_dir, run_info, results)}' + legend_html(keys))
+    if ablation_html:
+        body.append(ablation_html)
+    body += _image_and_loss_sections(results, grids, plots)
+    body.append(
+        f'<h2 id="failures">Failed jobs ({len(failures)})</h2>'
+        + (page_table(failures, keys) if not failures.empty else "<p>None.</p>")
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(run_dir.name)} report</title><style>{REPORT_CSS}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def _headline_section(head: headline_table.Headline, plots: ReportFigures) -> str:
+    return (
         f'<h2 id="headline">All categories</h2><p>Mean and, under it, its 95% CI over every category '
         f"({INTERVAL_NOTE}; a cell without one says over how many pairs); ↑ higher is better, ↓ lower is better; "
         f"<strong>{headline_table.BEST_MARK}</strong> best of its column; n failed: the method's failed jobs. "
         f"Values are raw (see the scale by each per-category table).</p>"
         + headline_table.to_html(head)
-        + f'<div class="plots">{figure_html(plots.headline, figures.FIGURE_NOTE, wide=True)}</div>',
-        '<p>Tables as CSV/Markdown/HTML: <a href="tables/summary.csv">summary.csv</a>, '
-        '<a href="tables/paired_differences.csv">paired_differences.csv</a>, '
-        '<a href="tables/costs.csv">costs.csv</a>, <a href="summary.md">summary.md</a> (with the full '
-        "weights text).</p>",
-    ]
+        + f'<div class="plots">{figure_html(plots.headline, figures.FIGURE_NOTE, wide=True)}</div>'
+    )
+
+
+def _table_sections(
+    per_metric: Mapping[str, pd.DataFrame],
+    paired: pd.DataFrame,
+    costs: pd.DataFrame | None,
+    plots: ReportFigures,
+    reference: str,
+    declared: Mapping[str, bool],
+    keys: Mapping[str, str],
+) -> list[str]:
+    """The t_start trade-off (when swept), the per-category tables with their figures, the paired differences
+    and the costs."""
+    body = []
     if plots.tstart:
         body.append(
             '<h2 id="tstart">t_start trade-off</h2><p>Each line is a method label through the values of '
@@ -315,20 +351,7 @@ def index_html(
         f'<h2 id="costs">Costs</h2><p>{html.escape(COST_NOTE)}</p>'
         + (page_table(costs, keys) if costs is not None and not costs.empty else "<p>No jobs.</p>")
     )
-    body.append(f'<h2 id="provenance">Provenance</h2>{_provenance(run_dir, run_info, results)}' + legend_html(keys))
-    if ablation_html:
-        body.append(ablation_html)
-    body += _image_and_loss_sections(results, grids, plots)
-    body.append(
-        f'<h2 id="failures">Failed jobs ({len(failures)})</h2>'
-        + (page_table(failures, keys) if not failures.empty else "<p>None.</p>")
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(run_dir.name)} report</title><style>{REPORT_CSS}</style></head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
+    return body
 
 
 def _nav(plots: ReportFigures, ablations: bool, failed: int) -> list[str]:

@@ -14,13 +14,12 @@ from scipy import stats
 from harness.analyse.aggregate import (
     TINY_RANDOM_NOTE,
     bootstrap_ci,
-    compare_runs,
-    paired_differences,
     summary_table,
     to_markdown,
     write_tables,
 )
 from harness.analyse.compare_page import compare_main
+from harness.analyse.paired import compare_runs, paired_differences
 
 
 def declared_direction(value_name: str | None) -> bool | None:

@@ -27,6 +27,7 @@ HARNESS_LAYERS = {
     "plan": (3, "plan"),
     "guards": (3, "plan"),  # guards: the input checks plan and the CLI share
     "remote_folder": (3, "plan"),  # the run folder on object storage: preflight checks it, the runner mirrors it
+    "remote_lease": (3, "plan"),  # its lock (a lease object)
     "execute": (4, "execute"),
     "analyse": (4, "analyse"),
     "synth": (5, "entry"),

@@ -208,7 +208,7 @@ def test_the_lease_is_one_holder_at_a_time_and_a_dead_holders_lease_expires(
 ) -> None:
     """The lock of a remote run folder: created by a conditional PUT (If-None-Match: *), so a second run is refused
     (or waits) naming the holder; a lease its holder stopped renewing (a killed driver) is taken over."""
-    from harness import remote_folder
+    from harness import remote_lease
     from harness.errors import UsageError
     from harness.remote_folder import RemoteFolder
 
@@ -221,7 +221,7 @@ def test_the_lease_is_one_holder_at_a_time_and_a_dead_holders_lease_expires(
     assert not _s3().exists(f"{BUCKET}/lease-test/.lock")  # released
     # A holder that died: its lease object stays, not renewed; after LEASE_SECONDS the next run takes it over.
     _s3().pipe_file(f"{BUCKET}/lease-test/.lock", b'{"run_id": "dead"}')
-    monkeypatch.setattr(remote_folder, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(remote_lease, "LEASE_SECONDS", 1.0)
     time.sleep(1.5)
     with second.leased("run-two", wait=False):
         assert b"run-two" in _s3().cat_file(f"{BUCKET}/lease-test/.lock")
@@ -233,7 +233,7 @@ def test_a_dead_lease_is_taken_by_exactly_one_run_and_its_holder_learns_it_lost_
     """Two runs that find the same dead lease: the takeover is a PUT conditional on the dead lease's ETag
     (If-Match), so exactly one gets it. A holder that was taken for dead (not renewed in time) learns it at its
     next renewal, which is conditional on its own ETag: it stops mirroring and leaves the new holder's lease."""
-    from harness import remote_folder
+    from harness import remote_lease
     from harness.errors import UsageError
     from harness.remote_folder import RemoteFolder
 
@@ -241,16 +241,16 @@ def test_a_dead_lease_is_taken_by_exactly_one_run_and_its_holder_learns_it_lost_
     lease = f"{BUCKET}/takeover-test/.lock"
     first, second = RemoteFolder(uri, tmp_path / "a"), RemoteFolder(uri, tmp_path / "b")
     _s3().pipe_file(lease, b'{"run_id": "dead"}')
-    dead_tag = first._holder(lease)[2]
+    dead_tag = first.lease.holder(lease)[2]
     assert dead_tag
     taken = [
-        folder._take_over(lease, b'{"run_id": "' + name + b'"}', dead_tag)
+        folder.lease.take_over(lease, b'{"run_id": "' + name + b'"}', dead_tag)
         for folder, name in ((first, b"one"), (second, b"two"))
     ]
     assert [took for took, _ in taken] == [True, False] and b'"one"' in _s3().cat_file(lease)
 
     _s3().rm_file(lease)
-    monkeypatch.setattr(remote_folder, "LEASE_SECONDS", 0.6)  # renewed every 0.2 s
+    monkeypatch.setattr(remote_lease, "LEASE_SECONDS", 0.6)  # renewed every 0.2 s
     with first.leased("slow-run", quiet=True):
         _s3().pipe_file(lease, b'{"run_id": "taker"}')  # what a run that took it for dead writes
         deadline = time.monotonic() + 10
@@ -301,6 +301,7 @@ def test_push_uploads_before_it_deletes_and_pull_mirrors_the_results(s3_server, 
 def test_a_concept_learned_on_one_node_is_fetched_on_another(s3_server, tmp_path: Path, monkeypatch) -> None:
     """Workers share no folder: the learner uploads the concept (concept.json, its completion marker, last), a task
     on another node (another staging folder) downloads it whole; a generate job's images are found by URI."""
+    from harness import remote_folder
     from harness.remote_folder import fetch_concept, generated_image_uris, upload_folder
 
     uri = f"s3://{BUCKET}/concept-test"
@@ -317,8 +318,6 @@ def test_a_concept_learned_on_one_node_is_fetched_on_another(s3_server, tmp_path
     def recording_put(local, remote, **kwargs):
         uploaded.append([path.rsplit("/", 1)[-1] for path in remote])
         return original_put(local, remote, **kwargs)
-
-    from harness import remote_folder
 
     real_filesystem = remote_folder._filesystem
     monkeypatch.setattr(fs, "put", recording_put)

@@ -12,8 +12,9 @@ import pytest
 from run_inputs import SHIPPED_MANIFEST, make_pairs
 
 from harness import store
-from harness.analyse.aggregate import paired_differences, summary_table
+from harness.analyse.aggregate import summary_table
 from harness.analyse.bootstrap import bootstrap_ci, holm
+from harness.analyse.paired import paired_differences
 from harness.analyse.report import write_report
 from harness.execute.records import settings_columns
 from harness.execute.runner import execute, exit_status, summary_lines
