@@ -14,15 +14,23 @@ from pathlib import Path
 
 from harness.analyse.images import fetched_on_read
 from harness.errors import UsageError
-from harness.remote_folder import RemoteFolder, check_remote_folder, is_remote
+from harness.remote_folder import RemoteFolder, check_remote_folder, is_remote, staging_dir
 from harness.store import RUN_RECORD, has_results
+
+
+def reading_dir(location: str) -> Path:
+    """Where a run on object storage is staged to be read: beside, never inside, the staging folder a run into it
+    uses on this machine (reading makes its results folder equal to the prefix's, which would delete the results
+    a running run has not pushed yet)."""
+    running = staging_dir(location)
+    return running.with_name(f"{running.name}-read")
 
 
 def staged_run(location: str, option: str = "RUN") -> RemoteFolder:
     """The remote run folder at ``location`` with its tables pulled into its staging folder (one line when the
     prefix cannot be read or holds no run)."""
     check_remote_folder(location, option)
-    remote = RemoteFolder(location)
+    remote = RemoteFolder(location, reading_dir(location))
     problem = remote.fetch_run_record()
     if problem is not None:
         raise UsageError(problem)

@@ -383,6 +383,7 @@ def test_a_run_on_s3_is_reported_compared_and_packed_fetching_only_the_images_sh
     s3_server, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     from harness.analyse import pair_table
+    from harness.analyse.remote_runs import reading_dir
     from harness.cli import main
     from harness.remote_folder import staging_dir, upload_folder
 
@@ -392,13 +393,19 @@ def test_a_run_on_s3_is_reported_compared_and_packed_fetching_only_the_images_sh
     uri = f"s3://{BUCKET}/report-test"
     upload_folder(uri, local, local)
     monkeypatch.setenv("CLIC_STAGING_DIR", str(tmp_path / "staging"))
-    staged = staging_dir(uri)
+    staged = reading_dir(uri)
+    # a run into the same prefix on this machine stages in staging_dir(uri): a result it has not pushed yet
+    # must survive a report of the prefix
+    unpushed = staging_dir(uri) / "results" / "not-pushed-yet.parquet"
+    unpushed.parent.mkdir(parents=True)
+    unpushed.write_bytes(b"rows")
 
     def fetched() -> set[str]:
         return {p.parent.name for p in (staged / "artifacts").rglob("edited.png")}
 
     assert main(["report", uri]) == 0
     assert f"report: {uri}/report/index.html" in capsys.readouterr().out
+    assert unpushed.read_bytes() == b"rows" and staged != staging_dir(uri)
     shown = set(re.findall(r"(?:default|other)-\d{3}", (staged / "report" / "index.html").read_text()))
     assert 0 < len(fetched()) < 2 * pairs and fetched() == shown  # the outputs the grids show, and no other
     remote_report = {p.split("/report/", 1)[1] for p in _s3().find(f"{BUCKET}/report-test/report")}
