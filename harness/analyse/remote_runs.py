@@ -2,7 +2,7 @@
 
 `clic-bench report|compare|pack` read a run's tables in full and its images only for what they show (a bounded
 sample), so a remote run is pulled in two parts (:mod:`harness.remote_folder`): its tables (run.json, plan,
-pairs, results) into the local staging folder before reading, and each image when it is first read
+pairs, results) into a local reading copy (:func:`reading_dir`) before reading, and each image when it is first read
 (:func:`harness.analyse.images.fetched_on_read`), never the artifacts of every job.
 """
 
@@ -27,7 +27,7 @@ def reading_dir(location: str) -> Path:
 
 
 def staged_run(location: str, option: str = "RUN") -> RemoteFolder:
-    """The remote run folder at ``location`` with its tables pulled into its staging folder (one line when the
+    """The remote run folder at ``location`` with its tables pulled into its reading copy (one line when the
     prefix cannot be read or holds no run)."""
     check_remote_folder(location, option)
     remote = RemoteFolder(location, reading_dir(location))
@@ -42,7 +42,7 @@ def staged_run(location: str, option: str = "RUN") -> RemoteFolder:
 
 @contextmanager
 def run_folder_to_read(location: str | Path, option: str = "RUN") -> Iterator[Path]:
-    """A local folder holding the run at ``location``: the folder itself, or for a URI its staging folder, whose
+    """A local folder holding the run at ``location``: the folder itself, or for a URI its reading copy, whose
     images are fetched as they are read inside the block."""
     if not is_remote(location):
         yield Path(location)
