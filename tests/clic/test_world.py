@@ -242,3 +242,26 @@ def test_shipped_autoencoder_matches_its_record_and_passes_the_gate() -> None:
         sampled = psnr(images, vae.decode(posterior.sample(generator=torch.Generator().manual_seed(0))).sample)
         mean = psnr(images, vae.decode(posterior.mode()).sample)
     assert float((mean - sampled).abs().max()) < 0.5
+
+
+@pytest.mark.skipif(not (SHIPPED / "train-scorer.json").is_file(), reason="scorer weights not shipped")
+def test_shipped_scorer_matches_its_record_and_passes_the_gate() -> None:
+    """The shipped world CLIP is the recorded file; its held-out text->image top-1 among 100 captions is the
+    recorded figure and reaches stage 3's gate (issue 29: >= 80 %)."""
+    from clic.world.scorer import RETRIEVAL_CANDIDATES, load_scorer, to_clip_input, tokenize
+    from clic.world.train import sha256_file
+
+    torch.set_num_threads(1)
+    record = json.loads((SHIPPED / "train-scorer.json").read_text())
+    assert sha256_file(SHIPPED / record["weights"]) == record["sha256"]
+    scorer = load_scorer(SHIPPED / "scorer")
+    # the retrieval written out: caption i must rank image i first among the first 100 held-out scenes
+    images, captions = render_batch(0, RETRIEVAL_CANDIDATES, "heldout", record["settings"]["seed"])
+    with torch.no_grad():
+        image_features = scorer.encode_image(to_clip_input(torch.from_numpy(images), scorer))
+        text_features = scorer.encode_text(tokenize(captions))
+    image_features = image_features / image_features.norm(dim=-1, keepdim=True)
+    text_features = text_features / text_features.norm(dim=-1, keepdim=True)
+    top1 = float(((text_features @ image_features.T).argmax(dim=1) == torch.arange(len(captions))).float().mean())
+    assert top1 == pytest.approx(record["gate"]["heldout_text_to_image_top1"], abs=0.01)
+    assert top1 >= 0.80 and record["gate"]["passed"]
