@@ -97,7 +97,6 @@ def _save(model: torch.nn.Module, folder: Path) -> Path:
 
 def load_scorer(folder: Path) -> torch.nn.Module:
     """The scorer exported to ``folder`` (by ``--stage scorer --out``), frozen in eval mode."""
-    from safetensors.torch import load_file
 
     path = Path(folder) / SCORER_WEIGHTS
     if not path.is_file():
@@ -106,8 +105,8 @@ def load_scorer(folder: Path) -> torch.nn.Module:
             "`clic models train-world --stage scorer --out clic/world/weights`"
         )
     with torch.random.fork_rng(devices=[]):  # the caller's RNG stream (a metric actor's) is left alone
-        model = build_scorer(0)
-    model.load_state_dict(load_file(path))
+        # open_clip reads the file itself (strictly), so it does not log "initialized randomly" for a trained model
+        model = scorer_open_clip().create_model(WORLD_CLIP_MODEL, pretrained=str(path))
     return model.eval().requires_grad_(False)
 
 
