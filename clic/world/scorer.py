@@ -97,7 +97,6 @@ def _save(model: torch.nn.Module, folder: Path) -> Path:
 
 def load_scorer(folder: Path) -> torch.nn.Module:
     """The scorer exported to ``folder`` (by ``--stage scorer --out``), frozen in eval mode."""
-
     path = Path(folder) / SCORER_WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(
