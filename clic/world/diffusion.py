@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .data import render_batch
@@ -250,6 +251,46 @@ def scorer_agreement(scorer: torch.nn.Module, images: torch.Tensor, scenes: list
     }
 
 
+def _classifier_reading(classifier: torch.nn.Module, images: torch.Tensor, scenes: list) -> dict:
+    """What the classifier reads in images (in [-1, 1]) of ``scenes``: the object share over all images, the
+    pattern share over the patterned scenes' images, and how often a plain scene's image is read as plain."""
+    from .classifier import PATTERN_CLASSES
+
+    classifier.eval()
+    objects, patterns = classifier.predict(images)
+    object_hits = [name == scene.object_name for name, scene in zip(objects, scenes)]
+    pattern_hits = [name == scene.pattern.name for name, scene in zip(patterns, scenes) if scene.pattern is not None]
+    plain_hits = [name == PATTERN_CLASSES[-1] for name, scene in zip(patterns, scenes) if scene.pattern is None]
+    return {  # exact shares (the gate compares them); rounded where recorded
+        "object": sum(object_hits) / len(scenes),
+        "pattern": sum(pattern_hits) / len(pattern_hits) if pattern_hits else 0.0,
+        "plain_read_as_plain": sum(plain_hits) / len(plain_hits) if plain_hits else None,
+    }
+
+
+def _rounded(reading: dict) -> dict:
+    return {key: None if value is None else round(value, 4) for key, value in reading.items()}
+
+
+@torch.no_grad()
+def instrument_ceiling(
+    components: SDComponents, classifier: torch.nn.Module, scenes: list, scorer: torch.nn.Module | None = None
+) -> dict:
+    """The gate's instruments on the gate's own scenes as rendered, and as the model's autoencoder reconstructs
+    them (posterior mean): what they can read at best in an image that went through the decoder, as every
+    generated image does. A generated share near the reconstructions' is as high as these instruments can see."""
+    renders = torch.from_numpy(np.stack([scene.render() for scene in scenes]).transpose(0, 3, 1, 2) * 2 - 1)
+    vae = components.vae
+    latents = vae.encode(renders.to(vae.device, vae.dtype)).latent_dist.mode()
+    reconstructions = vae.decode(latents).sample.float().cpu().clamp(-1, 1)
+    ceiling = {}
+    for name, images in (("renders", renders), ("reconstructions", reconstructions)):
+        ceiling[name] = {"classifier": _rounded(_classifier_reading(classifier, images, scenes))}
+        if scorer is not None:
+            ceiling[name]["scorer"] = scorer_agreement(scorer, images, scenes)
+    return ceiling
+
+
 @torch.no_grad()
 def generation_gate(
     components: SDComponents,
@@ -263,43 +304,28 @@ def generation_gate(
 ) -> dict:
     """Stage 4's gate: generate one image from each of the first ``count`` held-out captions and read them with
     the render classifier (and the scorer when given). Object share over all images; pattern share over the
-    patterned captions' images (a plain caption prompts no pattern)."""
-    from .classifier import PATTERN_CLASSES
+    patterned captions' images (a plain caption prompts no pattern). ``ceiling`` is the same reading of the same
+    scenes' renders and reconstructions (:func:`instrument_ceiling`)."""
     from .data import WORLD_SEED, sample_scene
 
     scenes = [sample_scene(index, "heldout", WORLD_SEED) for index in range(count)]
-    images = (
-        text_to_image(
-            components, [scene.caption for scene in scenes], steps=steps, guidance_scale=guidance_scale, seed=seed
-        )
-        * 2
-        - 1
-    )
-    classifier.eval()
-    objects, patterns = classifier.predict(images)
-    object_hits = [name == scene.object_name for name, scene in zip(objects, scenes)]
-    patterned = [(name, scene) for name, scene in zip(patterns, scenes) if scene.pattern is not None]
-    pattern_hits = [name == scene.pattern.name for name, scene in patterned]
-    plain_hits = [name == PATTERN_CLASSES[-1] for name, scene in zip(patterns, scenes) if scene.pattern is None]
-    object_share = sum(object_hits) / len(scenes)
-    pattern_share = sum(pattern_hits) / len(patterned) if patterned else 0.0
+    captions = [scene.caption for scene in scenes]
+    images = text_to_image(components, captions, steps=steps, guidance_scale=guidance_scale, seed=seed) * 2 - 1
+    reading = _classifier_reading(classifier, images, scenes)
     record = {
         "captions": len(scenes),
-        "patterned_captions": len(patterned),
+        "patterned_captions": sum(scene.pattern is not None for scene in scenes),
         "ddim_steps": steps,
         "guidance_scale": guidance_scale,
         "seed": seed,
-        "classifier": {
-            "object": round(object_share, 4),
-            "pattern": round(pattern_share, 4),
-            "plain_read_as_plain": round(sum(plain_hits) / len(plain_hits), 4) if plain_hits else None,
-        },
+        "classifier": _rounded(reading),
         "gate_object": GATE_OBJECT,
         "gate_pattern": GATE_PATTERN,
-        "passed": object_share >= GATE_OBJECT and pattern_share >= GATE_PATTERN,
+        "passed": reading["object"] >= GATE_OBJECT and reading["pattern"] >= GATE_PATTERN,
     }
     if scorer is not None:
         record["scorer"] = scorer_agreement(scorer, images, scenes)
+    record["ceiling"] = instrument_ceiling(components, classifier, scenes, scorer)
     return record
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -84,6 +85,22 @@ def test_missing_classifier_names_the_command(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- the gate
+class _NegatingVae:
+    """An autoencoder stand-in whose reconstruction is the negated image, so a test can tell which images the
+    ceiling's instruments read."""
+
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def encode(self, images: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: images))
+
+    def decode(self, latents: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(sample=-latents)
+
+
+_COMPONENTS = SimpleNamespace(vae=_NegatingVae())
+
+
 class _Fixed(WorldClassifier):
     """Always reads one object and one pattern, whatever the image."""
 
@@ -103,7 +120,7 @@ def test_gate_shares_are_object_over_all_and_pattern_over_the_patterned(monkeypa
 
     count = 40
     monkeypatch.setattr(diffusion, "text_to_image", lambda components, prompts, **_: torch.rand(len(prompts), 3, 8, 8))
-    record = diffusion.generation_gate(None, _Fixed("chair", "dots"), count=count)
+    record = diffusion.generation_gate(_COMPONENTS, _Fixed("chair", "dots"), count=count)
     scenes = [sample_scene(index, "heldout") for index in range(count)]
     patterned = [scene for scene in scenes if scene.pattern is not None]
     assert record["captions"] == count and record["patterned_captions"] == len(patterned)
@@ -136,9 +153,34 @@ def test_gate_passes_when_every_image_shows_its_prompt(monkeypatch: pytest.Monke
                 patterns[row, PATTERN_CLASSES.index(scene.pattern.name if scene.pattern else PLAIN)] = 1
             return objects, patterns
 
-    record = diffusion.generation_gate(None, Oracle(), count=count)
+    record = diffusion.generation_gate(_COMPONENTS, Oracle(), count=count)
     assert record["classifier"]["object"] == 1.0 and record["classifier"]["pattern"] == 1.0
     assert record["passed"] is True
+
+
+def test_ceiling_reads_the_gate_scenes_as_rendered_and_as_reconstructed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ceiling's instruments read the gate's own scenes: their renders in [-1, 1], then the autoencoder's
+    decoding of its posterior mean of them, with the same shares as the generated images' reading."""
+    from clic.world import diffusion
+
+    count = 10
+    renders = torch.from_numpy(render_batch(0, count, "heldout")[0])
+    monkeypatch.setattr(
+        diffusion, "text_to_image", lambda components, prompts, **_: torch.rand(len(prompts), 3, 64, 64)
+    )
+    read: list[torch.Tensor] = []
+
+    class Recording(_Fixed):
+        def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            read.append(images.clone())
+            return super().forward(images)
+
+    record = diffusion.generation_gate(_COMPONENTS, Recording("stool", PLAIN), count=count)
+    generated, rendered, reconstructed = read
+    assert torch.allclose(rendered, renders, atol=1e-6)
+    assert torch.allclose(reconstructed, -renders, atol=1e-6)
+    assert record["ceiling"]["renders"]["classifier"] == record["classifier"]
+    assert record["ceiling"]["reconstructions"]["classifier"] == record["classifier"]
 
 
 def test_text_to_image_runs_sd_pipeline_with_ddim_and_guidance() -> None:
