@@ -1,4 +1,4 @@
-"""Loading of the networks the metrics score with: CLIP (open_clip) and LPIPS (AlexNet trunk).
+"""Loading of the networks the metrics score with: CLIP (open_clip) and LPIPS (AlexNet or world CLIP trunk).
 
 Real weights are only ever read from local files or caches; nothing here downloads, so a missing model
 fails in milliseconds instead of retrying a hub that is not reachable. When the weights are missing:
@@ -13,7 +13,9 @@ Suite options (``MetricSettings.options``):
   ``batch_size``.
   ``model: tiny-world`` is the world scorer (:mod:`clic.world.scorer`), read from ``pretrained`` when that is
   a folder, else from the shipped ``clic/world/weights/scorer``; its numbers carry the tiny-world label.
-- ``lpips``: ``batch_size``. The trunk is AlexNet, read from torch hub's checkpoint cache.
+- ``lpips``: ``net`` (``alex``, default: AlexNet read from torch hub's checkpoint cache, with lpips' v0.1 heads;
+  ``tiny-world``: the world scorer's ViT trunk with unit weights, :mod:`harness.metrics.world_lpips`, read from
+  the ``pretrained`` folder or the shipped ``clic/world/weights/scorer``), ``pretrained``, ``batch_size``.
 
 Every build increments ``LOAD_COUNT[kind]`` so tests (and the runner) can check that a metric instance
 loads its model once however many batches it scores.
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .base import TINY_RANDOM, MetricSettings
-from .options import WORLD_CLIP
+from .options import WORLD_CLIP, WORLD_LPIPS_NET
 
 # open_clip (which imports transformers and timm) and lpips (torchvision, torch._dynamo) are imported where a
 # model is built or a CLIP tag is looked up: seconds that a driver checking weights files, or a metric actor
@@ -92,7 +94,7 @@ class ClipModel:
 
 @dataclass(frozen=True)
 class LpipsModel:
-    model: lpips.LPIPS
+    model: lpips.LPIPS | torch.nn.Module  # a world_lpips.WorldTrunkLpips with ``lpips.net: tiny-world``
     weights: str
     device: torch.device
     batch_size: int
@@ -309,20 +311,45 @@ def _lpips_missing(checkpoint: Path) -> str:
     )
 
 
+def _lpips_net(settings: MetricSettings) -> str:
+    """The configured LPIPS trunk; ``pretrained`` (a world scorer folder) with AlexNet is a configuration error."""
+    options = settings.for_metric(LPIPS_OPTIONS_KEY)
+    net = str(options.get("net", LPIPS_NET))
+    if net != WORLD_LPIPS_NET and "pretrained" in options:
+        raise ValueError(f"lpips.pretrained applies to lpips.net {WORLD_LPIPS_NET} only (net is {net})")
+    return net
+
+
 def missing_lpips_weights(settings: MetricSettings) -> list[str]:
-    """One line when :func:`load_lpips` would not find the AlexNet trunk and random weights are not allowed."""
+    """One line when :func:`load_lpips` would not find the trunk and random weights are not allowed."""
+    try:
+        if _lpips_net(settings) == WORLD_LPIPS_NET:
+            from .world_lpips import missing_world_lpips_weights
+
+            return missing_world_lpips_weights(settings)
+    except ValueError as problem:
+        return [str(problem)]
     checkpoint = alexnet_checkpoint_path()
     return [] if settings.allow_random or checkpoint.is_file() else [_lpips_missing(checkpoint)]
 
 
 def lpips_weights_found(settings: MetricSettings) -> list[str]:
-    """Where LPIPS's AlexNet trunk is (``clic-bench doctor``); empty when missing."""
+    """Where LPIPS's trunk is (``clic-bench doctor``); empty when missing."""
+    if settings.for_metric(LPIPS_OPTIONS_KEY).get("net") == WORLD_LPIPS_NET:
+        from .world_lpips import world_lpips_weights_found
+
+        return world_lpips_weights_found(settings)
     checkpoint = alexnet_checkpoint_path()
     return [f"AlexNet (LPIPS trunk): {checkpoint}"] if checkpoint.is_file() else []
 
 
 def load_lpips(settings: MetricSettings, spatial: bool) -> LpipsModel:
-    """LPIPS (AlexNet trunk, lpips' v0.1 linear heads) with the real trunk if cached, else random if allowed."""
+    """LPIPS (AlexNet trunk, lpips' v0.1 linear heads) with the real trunk if cached, else random if allowed;
+    with ``net: tiny-world`` the world CLIP's trunk (:func:`harness.metrics.world_lpips.load_world_lpips`)."""
+    if _lpips_net(settings) == WORLD_LPIPS_NET:
+        from .world_lpips import load_world_lpips
+
+        return load_world_lpips(settings, spatial)
     options = settings.for_metric(LPIPS_OPTIONS_KEY)
     checkpoint = alexnet_checkpoint_path()
     real = checkpoint.is_file()
