@@ -67,9 +67,7 @@ LPIPS_OPTIONS = {
         "the LPIPS trunk: alex (the paper's, with lpips' v0.1 heads) or tiny-world (the world CLIP's, unit weights)",
         ("alex", WORLD_LPIPS_NET),
     ),
-    "pretrained": Option(
-        (str,), "net tiny-world only: a folder exported by `clic models train-world --stage scorer`"
-    ),
+    "pretrained": Option((str,), "net tiny-world only: a folder exported by `clic models train-world --stage scorer`"),
     "batch_size": Option((int,), "images per forward pass", minimum=1),
 }
 DINO_MODEL = "vit_small_patch16_224.dino"
