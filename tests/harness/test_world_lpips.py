@@ -196,6 +196,8 @@ def test_missing_world_scorer_is_one_line_or_the_labelled_random_trunk(tmp_path:
 
 def test_a_scorer_folder_with_alexnet_is_a_one_line_error(tmp_path: Path) -> None:
     settings = MetricSettings(allow_random=True, options={"lpips": {"net": "alex", "pretrained": str(tmp_path)}})
-    assert models.missing_lpips_weights(settings) == ["lpips.pretrained applies to lpips.net tiny-world only (net is alex)"]
+    assert models.missing_lpips_weights(settings) == [
+        "lpips.pretrained applies to lpips.net tiny-world only (net is alex)"
+    ]
     with pytest.raises(ValueError, match="lpips.pretrained applies"):
         models.load_lpips(settings, spatial=False)
