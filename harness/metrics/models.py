@@ -323,42 +323,61 @@ def _lpips_net(settings: MetricSettings) -> str:
 def missing_lpips_weights(settings: MetricSettings) -> list[str]:
     """One line when :func:`load_lpips` would not find the trunk and random weights are not allowed."""
     try:
-        if _lpips_net(settings) == WORLD_LPIPS_NET:
-            from .world_lpips import missing_world_lpips_weights
-
-            return missing_world_lpips_weights(settings)
+        net = _lpips_net(settings)
     except ValueError as problem:
         return [str(problem)]
-    checkpoint = alexnet_checkpoint_path()
-    return [] if settings.allow_random or checkpoint.is_file() else [_lpips_missing(checkpoint)]
+    if net == WORLD_LPIPS_NET:
+        from .world_lpips import missing_world_scorer
+
+        missing = missing_world_scorer(settings.for_metric(LPIPS_OPTIONS_KEY))
+    else:
+        missing = None if alexnet_checkpoint_path().is_file() else _lpips_missing(alexnet_checkpoint_path())
+    return [missing] if missing and not settings.allow_random else []
 
 
 def lpips_weights_found(settings: MetricSettings) -> list[str]:
     """Where LPIPS's trunk is (``clic-bench doctor``); empty when missing."""
     if settings.for_metric(LPIPS_OPTIONS_KEY).get("net") == WORLD_LPIPS_NET:
-        from .world_lpips import world_lpips_weights_found
+        from .world_lpips import world_scorer_found
 
-        return world_lpips_weights_found(settings)
+        return world_scorer_found(settings.for_metric(LPIPS_OPTIONS_KEY))
     checkpoint = alexnet_checkpoint_path()
     return [f"AlexNet (LPIPS trunk): {checkpoint}"] if checkpoint.is_file() else []
 
 
 def load_lpips(settings: MetricSettings, spatial: bool) -> LpipsModel:
-    """LPIPS (AlexNet trunk, lpips' v0.1 linear heads) with the real trunk if cached, else random if allowed;
-    with ``net: tiny-world`` the world CLIP's trunk (:func:`harness.metrics.world_lpips.load_world_lpips`)."""
-    if _lpips_net(settings) == WORLD_LPIPS_NET:
-        from .world_lpips import load_world_lpips
-
-        return load_world_lpips(settings, spatial)
+    """LPIPS (AlexNet trunk, lpips' v0.1 linear heads; with ``net: tiny-world`` the world CLIP's trunk,
+    :mod:`harness.metrics.world_lpips`) with the real trunk if there, else random if allowed."""
     options = settings.for_metric(LPIPS_OPTIONS_KEY)
+    if _lpips_net(settings) == WORLD_LPIPS_NET:
+        model, weights = _world_lpips(options, spatial, settings.allow_random)
+    else:
+        model, weights = _alexnet_lpips(spatial, settings.allow_random)
+    LOAD_COUNT["lpips"] += 1
+    device = torch.device(settings.device)
+    batch_size = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
+    return LpipsModel(model.to(device).eval().requires_grad_(False), weights, device, batch_size)
+
+
+def _world_lpips(options: dict[str, Any], spatial: bool, allow_random: bool) -> tuple[torch.nn.Module, str]:
+    from .world_lpips import missing_world_scorer, world_trunk_lpips
+
+    missing = missing_world_scorer(options)
+    if missing:
+        if not allow_random:
+            raise WeightsUnavailable(missing)
+        _log.warning("%s -> scoring with a random world trunk, labelled %r", missing, TINY_RANDOM)
+    return world_trunk_lpips(options, spatial, random_seed=TINY_SEED if missing else None)
+
+
+def _alexnet_lpips(spatial: bool, allow_random: bool) -> tuple[lpips.LPIPS, str]:
     checkpoint = alexnet_checkpoint_path()
     real = checkpoint.is_file()
     if not real:
         missing = _lpips_missing(checkpoint)
-        if not settings.allow_random:
+        if not allow_random:
             raise WeightsUnavailable(missing)
         _log.warning("%s -> scoring with a random AlexNet trunk, labelled %r", missing, TINY_RANDOM)
-    device = torch.device(settings.device)
     import lpips
 
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
@@ -373,9 +392,5 @@ def load_lpips(settings: MetricSettings, spatial: bool) -> LpipsModel:
             spatial=spatial,
             verbose=False,
         )
-    LOAD_COUNT["lpips"] += 1
-    model = model.to(device).eval().requires_grad_(False)
     weights = f"torchvision:{checkpoint.name}+lpips-v{LPIPS_HEADS_VERSION}-{LPIPS_NET}-heads" if real else TINY_RANDOM
-    return LpipsModel(
-        model=model, weights=weights, device=device, batch_size=int(options.get("batch_size", DEFAULT_BATCH_SIZE))
-    )
+    return model, weights

@@ -21,17 +21,15 @@ with the pixels) to the scorer's input size and normalised with the scorer's own
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from . import models
-from .base import TINY_RANDOM, MetricSettings
+from .base import TINY_RANDOM
 from .options import WORLD_LPIPS_NET
-
-_log = logging.getLogger(__name__)
 
 # What rows scored this way record as their metric version (the AlexNet rows record lpips' own version string):
 # a table or a resumed run never takes one for the other.
@@ -96,10 +94,11 @@ def world_lpips_folder(pretrained: str | None) -> Path:
     return TINY_WORLD_WEIGHTS / "scorer"
 
 
-def _missing(settings: MetricSettings) -> str | None:
+def missing_world_scorer(options: Mapping[str, Any]) -> str | None:
+    """One line when the world scorer is not in the folder the ``lpips`` options name (None when it is)."""
     from clic.world.scorer import SCORER_WEIGHTS
 
-    folder = world_lpips_folder(settings.for_metric(models.LPIPS_OPTIONS_KEY).get("pretrained"))
+    folder = world_lpips_folder(options.get("pretrained"))
     if (folder / SCORER_WEIGHTS).is_file():
         return None
     return (
@@ -109,38 +108,22 @@ def _missing(settings: MetricSettings) -> str | None:
     )
 
 
-def missing_world_lpips_weights(settings: MetricSettings) -> list[str]:
-    """One line when the world scorer is not there and random weights are not allowed."""
-    missing = None if settings.allow_random else _missing(settings)
-    return [missing] if missing else []
-
-
-def world_lpips_weights_found(settings: MetricSettings) -> list[str]:
+def world_scorer_found(options: Mapping[str, Any]) -> list[str]:
     """Where the world scorer LPIPS reads is (``clic-bench doctor``); empty when missing."""
-    if _missing(settings):
+    if missing_world_scorer(options):
         return []
-    folder = world_lpips_folder(settings.for_metric(models.LPIPS_OPTIONS_KEY).get("pretrained"))
-    return [f"LPIPS trunk {WORLD_LPIPS_NET} (the world scorer): {folder}"]
+    return [f"LPIPS trunk {WORLD_LPIPS_NET} (the world scorer): {world_lpips_folder(options.get('pretrained'))}"]
 
 
-def load_world_lpips(settings: MetricSettings, spatial: bool) -> models.LpipsModel:
-    """The world scorer's trunk as LPIPS, labelled like the tiny-world model; when it is missing and random weights
-    are allowed, the same architecture with seeded random weights, labelled tiny-random."""
+def world_trunk_lpips(
+    options: Mapping[str, Any], spatial: bool, random_seed: int | None = None
+) -> tuple[WorldTrunkLpips, str]:
+    """(distance, weights label): the world scorer's trunk labelled like the tiny-world model, or with
+    ``random_seed`` the same architecture with seeded random weights, labelled tiny-random."""
     from clic.components import TINY_WORLD_LABEL
     from clic.world.scorer import build_scorer, load_scorer
 
-    options = settings.for_metric(models.LPIPS_OPTIONS_KEY)
-    missing = _missing(settings)
-    if missing is None:
-        scorer, weights = load_scorer(world_lpips_folder(options.get("pretrained"))), TINY_WORLD_LABEL
-    elif settings.allow_random:
-        _log.warning("%s -> scoring with a random world trunk, labelled %r", missing, TINY_RANDOM)
-        with torch.random.fork_rng(devices=[]):  # a fixed seed without disturbing the caller's RNG stream
-            scorer, weights = build_scorer(models.TINY_SEED), TINY_RANDOM
-    else:
-        raise models.WeightsUnavailable(missing)
-    models.LOAD_COUNT["lpips"] += 1
-    device = torch.device(settings.device)
-    model = WorldTrunkLpips(scorer, spatial).to(device).eval().requires_grad_(False)
-    batch_size = int(options.get("batch_size", models.DEFAULT_BATCH_SIZE))
-    return models.LpipsModel(model=model, weights=weights, device=device, batch_size=batch_size)
+    if random_seed is None:
+        return WorldTrunkLpips(load_scorer(world_lpips_folder(options.get("pretrained"))), spatial), TINY_WORLD_LABEL
+    with torch.random.fork_rng(devices=[]):  # a fixed seed without disturbing the caller's RNG stream
+        return WorldTrunkLpips(build_scorer(random_seed), spatial), TINY_RANDOM
