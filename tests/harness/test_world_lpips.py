@@ -130,6 +130,7 @@ def test_world_lpips_is_labelled_and_versioned_apart_from_alexnet(exported) -> N
     from clic.components import TINY_WORLD_LABEL
 
     _, folder = exported
+    assert models.lpips_weights_found(_settings(folder)) == [f"LPIPS trunk tiny-world (the world scorer): {folder}"]
     for name in ("lpips", "lpips_diversity"):
         assert metric_class(name)(_settings(folder)).weights == TINY_WORLD_LABEL
         world = declaration(metric_class(name), {"lpips": {"net": "tiny-world"}}).version
