@@ -5,9 +5,10 @@ metric from elsewhere is registered with ``register_metric``. A metric class dec
 itself as class attributes, read once through :func:`declaration`: ``name``, ``version``, ``scale``,
 ``values`` (each value name it emits -> whether higher is better), ``tasks`` (the outputs it scores:
 transfer / generate / match), ``group_by`` (None, or the kind of group it scores as a set) and, set by
-``__init__``, ``weights`` (the model weights it loaded); a metric that loads weights also declares
-``missing_weights(settings)``, one line per weight file it would not find, which the driver checks before a
-run starts (``harness.plan.preflight``). Metric classes are plain Python: they load their
+``__init__``, ``weights`` (the model weights it loaded). A metric whose numbers depend on a suite option (LPIPS'
+trunk) also declares ``version_for(metric_options)``, the version its rows record under those options; a metric
+that loads weights also declares ``missing_weights(settings)``, one line per weight file it would not find, which
+the driver checks before a run starts (``harness.plan.preflight``). Metric classes are plain Python: they load their
 models once in ``__init__`` and score batches in ``compute`` (``compute_group`` for group metrics); the
 harness runs them in one metric actor. Images cross this boundary as float32 arrays in
 [0, 1] (H, W, 3) and masks as bool arrays (H, W); ``check_image``/``check_mask`` assert that, so a
@@ -17,7 +18,7 @@ metric never silently scores a 0–255 image as if it were 0–1.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -111,13 +112,16 @@ class MetricDeclaration:
 DECLARED = ("name", "version", "scale", "values", "tasks")
 
 
-def declaration(cls: type) -> MetricDeclaration:
-    """A metric class's declaration; a class that leaves one out is a TypeError naming what is missing."""
+def declaration(cls: type, metric_options: Mapping[str, Mapping[str, Any]] | None = None) -> MetricDeclaration:
+    """A metric class's declaration (its version under the suite's ``metric_options`` when it declares
+    ``version_for``); a class that leaves one out is a TypeError naming what is missing."""
     missing = [attribute for attribute in DECLARED if not hasattr(cls, attribute)]
     if missing:
         raise TypeError(f"metric class {cls.__module__}.{cls.__qualname__} does not declare {', '.join(missing)}")
+    version_for = getattr(cls, "version_for", None)
+    version = version_for(metric_options or {}) if version_for is not None else cls.version
     return MetricDeclaration(
-        cls.name, cls.version, cls.scale, dict(cls.values), frozenset(cls.tasks), getattr(cls, "group_by", None)
+        cls.name, version, cls.scale, dict(cls.values), frozenset(cls.tasks), getattr(cls, "group_by", None)
     )
 
 

@@ -1,14 +1,16 @@
 """LPIPS: how much the edit changed inside the mask and outside it, and how diverse seeds are.
 
 LPIPS takes inputs in [-1, 1]; the [0, 1] images of the metric contract are mapped explicitly here
-(never through lpips' ``normalize`` flag, so the range conversion is visible at the call).
+(never through lpips' ``normalize`` flag, so the range conversion is visible at the call). The trunk is AlexNet
+with lpips' heads, or with ``lpips.net: tiny-world`` the world CLIP's (:mod:`harness.metrics.world_lpips`); the
+two record different metric versions (:func:`_version_for`), so their rows are never taken for one another.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -18,9 +20,15 @@ from ..groups import SEEDS
 from . import models
 from ._regions import TransferView, fill_region, resize_image, sample_image, to_tensor, transfer_view
 from .base import MetricSettings, MetricValue, Sample
-from .options import LPIPS_OPTIONS
+from .options import LPIPS_OPTIONS, WORLD_LPIPS_NET
+from .world_lpips import WORLD_LPIPS_VERSION
 
 _VERSION = f"1.0+lpips-{models.LPIPS_PACKAGE_VERSION}-{models.LPIPS_NET}-v{models.LPIPS_HEADS_VERSION}"
+
+
+def _version_for(options: Mapping[str, Mapping]) -> str:
+    """The version rows record under the suite's metric options: the trunk is part of it."""
+    return WORLD_LPIPS_VERSION if options.get("lpips", {}).get("net") == WORLD_LPIPS_NET else _VERSION
 
 
 def _to_lpips_range(images: torch.Tensor) -> torch.Tensor:
@@ -42,7 +50,8 @@ class LpipsMasked:
         "lpips_inside": True,
         "lpips_outside": False,
     }  # the edit should change the region, not the rest
-    version: ClassVar[str] = _VERSION
+    version: ClassVar[str] = _VERSION  # with the default net; the plan records version_for(the suite's options)
+    version_for = staticmethod(_version_for)
     scale: ClassVar[str] = "LPIPS distance >= 0 (0 = identical; lower = more similar)"
     tasks: ClassVar[frozenset[str]] = frozenset({"transfer"})
 
@@ -108,7 +117,8 @@ class LpipsDiversity:
     name: ClassVar[str] = "lpips_diversity"
     options: ClassVar[dict] = {"lpips": LPIPS_OPTIONS}  # harness.metrics.options
     values: ClassVar[dict[str, bool]] = {"lpips_diversity": True}
-    version: ClassVar[str] = _VERSION
+    version: ClassVar[str] = _VERSION  # with the default net; the plan records version_for(the suite's options)
+    version_for = staticmethod(_version_for)
     scale: ClassVar[str] = "mean pairwise LPIPS distance >= 0 (0 = all outputs identical)"
     tasks: ClassVar[frozenset[str]] = frozenset({"generate"})
     group_by: ClassVar[str] = SEEDS  # the outputs of one concept and settings over seeds

@@ -1,4 +1,4 @@
-"""Loading of the networks the metrics score with: CLIP (open_clip) and LPIPS (AlexNet trunk).
+"""Loading of the networks the metrics score with: CLIP (open_clip) and LPIPS (AlexNet or world CLIP trunk).
 
 Real weights are only ever read from local files or caches; nothing here downloads, so a missing model
 fails in milliseconds instead of retrying a hub that is not reachable. When the weights are missing:
@@ -13,7 +13,9 @@ Suite options (``MetricSettings.options``):
   ``batch_size``.
   ``model: tiny-world`` is the world scorer (:mod:`clic.world.scorer`), read from ``pretrained`` when that is
   a folder, else from the shipped ``clic/world/weights/scorer``; its numbers carry the tiny-world label.
-- ``lpips``: ``batch_size``. The trunk is AlexNet, read from torch hub's checkpoint cache.
+- ``lpips``: ``net`` (``alex``, default: AlexNet read from torch hub's checkpoint cache, with lpips' v0.1 heads;
+  ``tiny-world``: the world scorer's ViT trunk with unit weights, :mod:`harness.metrics.world_lpips`, read from
+  the ``pretrained`` folder or the shipped ``clic/world/weights/scorer``), ``pretrained``, ``batch_size``.
 
 Every build increments ``LOAD_COUNT[kind]`` so tests (and the runner) can check that a metric instance
 loads its model once however many batches it scores.
@@ -34,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .base import TINY_RANDOM, MetricSettings
-from .options import WORLD_CLIP
+from .options import WORLD_CLIP, WORLD_LPIPS_NET
 
 # open_clip (which imports transformers and timm) and lpips (torchvision, torch._dynamo) are imported where a
 # model is built or a CLIP tag is looked up: seconds that a driver checking weights files, or a metric actor
@@ -92,7 +94,7 @@ class ClipModel:
 
 @dataclass(frozen=True)
 class LpipsModel:
-    model: lpips.LPIPS
+    model: lpips.LPIPS | torch.nn.Module  # a world_lpips.WorldTrunkLpips with ``lpips.net: tiny-world``
     weights: str
     device: torch.device
     batch_size: int
@@ -309,29 +311,73 @@ def _lpips_missing(checkpoint: Path) -> str:
     )
 
 
+def _lpips_net(settings: MetricSettings) -> str:
+    """The configured LPIPS trunk; ``pretrained`` (a world scorer folder) with AlexNet is a configuration error."""
+    options = settings.for_metric(LPIPS_OPTIONS_KEY)
+    net = str(options.get("net", LPIPS_NET))
+    if net != WORLD_LPIPS_NET and "pretrained" in options:
+        raise ValueError(f"lpips.pretrained applies to lpips.net {WORLD_LPIPS_NET} only (net is {net})")
+    return net
+
+
 def missing_lpips_weights(settings: MetricSettings) -> list[str]:
-    """One line when :func:`load_lpips` would not find the AlexNet trunk and random weights are not allowed."""
-    checkpoint = alexnet_checkpoint_path()
-    return [] if settings.allow_random or checkpoint.is_file() else [_lpips_missing(checkpoint)]
+    """One line when :func:`load_lpips` would not find the trunk and random weights are not allowed."""
+    try:
+        net = _lpips_net(settings)
+    except ValueError as problem:
+        return [str(problem)]
+    if net == WORLD_LPIPS_NET:
+        from .world_lpips import missing_world_scorer
+
+        missing = missing_world_scorer(settings.for_metric(LPIPS_OPTIONS_KEY))
+    else:
+        missing = None if alexnet_checkpoint_path().is_file() else _lpips_missing(alexnet_checkpoint_path())
+    return [missing] if missing and not settings.allow_random else []
 
 
 def lpips_weights_found(settings: MetricSettings) -> list[str]:
-    """Where LPIPS's AlexNet trunk is (``clic-bench doctor``); empty when missing."""
+    """Where LPIPS's trunk is (``clic-bench doctor``); empty when missing."""
+    if settings.for_metric(LPIPS_OPTIONS_KEY).get("net") == WORLD_LPIPS_NET:
+        from .world_lpips import world_scorer_found
+
+        return world_scorer_found(settings.for_metric(LPIPS_OPTIONS_KEY))
     checkpoint = alexnet_checkpoint_path()
     return [f"AlexNet (LPIPS trunk): {checkpoint}"] if checkpoint.is_file() else []
 
 
 def load_lpips(settings: MetricSettings, spatial: bool) -> LpipsModel:
-    """LPIPS (AlexNet trunk, lpips' v0.1 linear heads) with the real trunk if cached, else random if allowed."""
+    """LPIPS (AlexNet trunk, lpips' v0.1 linear heads; with ``net: tiny-world`` the world CLIP's trunk,
+    :mod:`harness.metrics.world_lpips`) with the real trunk if there, else random if allowed."""
     options = settings.for_metric(LPIPS_OPTIONS_KEY)
+    if _lpips_net(settings) == WORLD_LPIPS_NET:
+        model, weights = _world_lpips(options, spatial, settings.allow_random)
+    else:
+        model, weights = _alexnet_lpips(spatial, settings.allow_random)
+    LOAD_COUNT["lpips"] += 1
+    device = torch.device(settings.device)
+    batch_size = int(options.get("batch_size", DEFAULT_BATCH_SIZE))
+    return LpipsModel(model.to(device).eval().requires_grad_(False), weights, device, batch_size)
+
+
+def _world_lpips(options: dict[str, Any], spatial: bool, allow_random: bool) -> tuple[torch.nn.Module, str]:
+    from .world_lpips import missing_world_scorer, world_trunk_lpips
+
+    missing = missing_world_scorer(options)
+    if missing:
+        if not allow_random:
+            raise WeightsUnavailable(missing)
+        _log.warning("%s -> scoring with a random world trunk, labelled %r", missing, TINY_RANDOM)
+    return world_trunk_lpips(options, spatial, random_seed=TINY_SEED if missing else None)
+
+
+def _alexnet_lpips(spatial: bool, allow_random: bool) -> tuple[lpips.LPIPS, str]:
     checkpoint = alexnet_checkpoint_path()
     real = checkpoint.is_file()
     if not real:
         missing = _lpips_missing(checkpoint)
-        if not settings.allow_random:
+        if not allow_random:
             raise WeightsUnavailable(missing)
         _log.warning("%s -> scoring with a random AlexNet trunk, labelled %r", missing, TINY_RANDOM)
-    device = torch.device(settings.device)
     import lpips
 
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
@@ -346,9 +392,5 @@ def load_lpips(settings: MetricSettings, spatial: bool) -> LpipsModel:
             spatial=spatial,
             verbose=False,
         )
-    LOAD_COUNT["lpips"] += 1
-    model = model.to(device).eval().requires_grad_(False)
     weights = f"torchvision:{checkpoint.name}+lpips-v{LPIPS_HEADS_VERSION}-{LPIPS_NET}-heads" if real else TINY_RANDOM
-    return LpipsModel(
-        model=model, weights=weights, device=device, batch_size=int(options.get("batch_size", DEFAULT_BATCH_SIZE))
-    )
+    return model, weights

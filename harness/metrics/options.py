@@ -42,6 +42,11 @@ def open_clip_architectures() -> tuple[str, ...]:
 WORLD_CLIP = "tiny-world"
 
 
+# LPIPS on the world CLIP's image trunk (harness.metrics.world_lpips): the `net` a tiny-world suite's LPIPS metrics
+# default to, as its CLIP metrics default to the world CLIP.
+WORLD_LPIPS_NET = WORLD_CLIP
+
+
 def clip_models() -> tuple[str, ...]:
     return (WORLD_CLIP, *open_clip_architectures())
 
@@ -57,7 +62,12 @@ CLIP_OPTIONS = {
     "batch_size": Option((int,), "images per forward pass", minimum=1),
 }
 LPIPS_OPTIONS = {
-    "net": Option((str,), "the LPIPS trunk (only AlexNet, the paper's, is supported)", ("alex",)),
+    "net": Option(
+        (str,),
+        "the LPIPS trunk: alex (the paper's, with lpips' v0.1 heads) or tiny-world (the world CLIP's, unit weights)",
+        ("alex", WORLD_LPIPS_NET),
+    ),
+    "pretrained": Option((str,), "net tiny-world only: a folder exported by `clic models train-world --stage scorer`"),
     "batch_size": Option((int,), "images per forward pass", minimum=1),
 }
 DINO_MODEL = "vit_small_patch16_224.dino"

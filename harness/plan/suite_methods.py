@@ -76,19 +76,26 @@ class MethodChecks(ValueChecks):
         return freeze(data)
 
     @staticmethod
-    def with_world_clip(
+    def with_world_models(
         options: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], model: Any
     ) -> Mapping[str, Mapping[str, Any]]:
-        """On ``model: tiny-world``, the CLIP metrics score with the world scorer (clip.model: tiny-world) unless
-        the suite names another CLIP: a real CLIP knows nothing of the synthetic world's captions."""
+        """On ``model: tiny-world``, the CLIP metrics score with the world scorer (clip.model: tiny-world) and the
+        LPIPS metrics on its trunk (lpips.net: tiny-world), each unless the suite names another: a real CLIP knows
+        nothing of the synthetic world's captions, and no AlexNet weights exist here (a random one measures
+        nothing)."""
         from harness.metrics import metric_class
-        from harness.metrics.options import WORLD_CLIP
+        from harness.metrics.options import WORLD_CLIP, WORLD_LPIPS_NET
 
-        if model != WORLD_CLIP or "model" in options.get("clip", {}):
+        if model != WORLD_CLIP:
             return options
-        if not any("clip" in (getattr(metric_class(name), "options", None) or {}) for name in metrics):
-            return options
-        return freeze({**thaw(options), "clip": {**dict(options.get("clip", {})), "model": WORLD_CLIP}})
+        world_defaults = {"clip": ("model", WORLD_CLIP), "lpips": ("net", WORLD_LPIPS_NET)}
+        read = {family for name in metrics for family in (getattr(metric_class(name), "options", None) or {})}
+        defaults = {
+            family: {**dict(options.get(family, {})), key: value}
+            for family, (key, value) in world_defaults.items()
+            if family in read and key not in options.get(family, {})
+        }
+        return freeze({**thaw(options), **defaults}) if defaults else options
 
     # ------------------------------------------------------------------------------ methods
     def methods(self, value: Any, transfer: TransferSpec) -> tuple[MethodSpec, ...]:

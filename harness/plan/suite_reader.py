@@ -66,7 +66,7 @@ class SuiteReader(MethodChecks):
             generate=self.generate(data.get("generate", {})),
             match=self.match(data.get("match", {})),
             metrics=metrics,
-            metric_options=self.with_world_clip(
+            metric_options=self.with_world_models(
                 self.metric_options(data.get("metric_options", {}), metrics), metrics, data.get("model", "tiny")
             ),
             resources=self.resources(data.get("resources", {})),
