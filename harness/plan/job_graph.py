@@ -46,7 +46,7 @@ def _job_id(
             "task": task,
             "targets": dict(target_hashes),
             "settings": dict(settings),
-            "metrics": sorted([m.name, m.version] for m in metrics),
+            "metrics": sorted(m.identity() for m in metrics),  # names are unique: no dict is compared
         }
     )
 

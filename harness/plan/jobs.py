@@ -51,6 +51,13 @@ class MetricInfo:
     group_by: str | None = None  # None: scored per job; else one of GROUP_KINDS
     values: Mapping[str, bool] = field(default_factory=dict)  # value name -> higher is better
     target: str = ""  # the metric class as "module:Class", resolved at plan time for the metric actor
+    # The suite's options of the families it reads (clip.model, lpips.net, ...) that can change its numbers: part
+    # of the ids of the jobs it scores, so a suite that changes them scores again instead of resuming old values.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> list:
+        """What a job id or group result id records of this metric (no options: the ids of before options were)."""
+        return [self.name, self.version, dict(self.options)] if self.options else [self.name, self.version]
 
 
 @dataclass(frozen=True)
@@ -247,6 +254,6 @@ def group_prefix(key: GroupKey) -> str:
 def group_result_id(key: GroupKey, members: Sequence[TaskJob], metrics: Sequence[MetricInfo]) -> str:
     """The result id of a group's values: its prefix and a hash of its membership and metric versions, so a
     group that gains members (e.g. more seeds) is scored again."""
-    versions = sorted([m.name, m.version] for m in metrics if m.group_by == key[0])
+    versions = sorted(m.identity() for m in metrics if m.group_by == key[0])  # names are unique: no dict is compared
     membership = content_id({"members": sorted(job.job_id for job in members), "metrics": versions})
     return group_prefix(key) + membership[:12]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .identity import sweep_variants, varying_keys, with_labels
 from .jobs import GROUP_KINDS, MethodRun, MetricInfo, ModelInfo, Pair, Plan, ResolvedRun, SweepPoint
+from .suite_model import thaw
 
 if TYPE_CHECKING:
     from .suite_model import Suite
@@ -47,6 +48,7 @@ def plan_from_suite(suite: Suite, resolution: int) -> Plan:
                 declared.group_by,
                 declared.values,
                 metric_target(name),
+                scoring_options(metric_class(name), suite.metric_options),
             )
         )
     return Plan(
@@ -59,6 +61,20 @@ def plan_from_suite(suite: Suite, resolution: int) -> Plan:
         resolution=resolution,
         estimate_source_masks=suite.source_masks == "estimate",
     )
+
+
+# Options that change how fast a metric scores, not what it scores: left out of the job ids.
+NON_SCORING_OPTIONS = frozenset({"batch_size"})
+
+
+def scoring_options(cls: type, metric_options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The suite's options of the families ``cls`` reads (``clip``, ``lpips``, ...) that can change its numbers."""
+    chosen = {}
+    for family in getattr(cls, "options", None) or {}:
+        values = {k: v for k, v in thaw(metric_options.get(family, {})).items() if k not in NON_SCORING_OPTIONS}
+        if values:
+            chosen[family] = values
+    return chosen
 
 
 # ------------------------------------------------------------------------------------ resolution

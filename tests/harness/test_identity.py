@@ -87,3 +87,32 @@ def test_an_unknown_needs_of_a_loss_term_is_a_suite_error(tmp_path: Path, monkey
     with pytest.raises(SuiteError, match=r"methods\[0\]\.learn.*unknown needs \['contxt'\]"):
         suite_from_dict(custom_term_suite(tmp_path, needs=["contxt"]), source="fn", base_dir=tmp_path)
     suite_from_dict(custom_term_suite(tmp_path, needs=["context", "attention"]), source="fn", base_dir=tmp_path)
+
+
+def test_a_metric_option_that_changes_the_numbers_changes_the_job_ids(tmp_path: Path) -> None:
+    """clip.model or lpips.net chooses another network: a folder rerun with it must score again, never resume
+    the other network's values. batch_size only changes speed; a suite without options keeps its old ids."""
+    from harness.plan.suite import suite_from_dict
+
+    pairs = make_pairs(tmp_path / "data", 1)
+    base = {
+        "name": "options",
+        "manifest": str(ROOT / "manifests" / "furniture" / "manifest.parquet"),
+        "methods": [{"name": "cut_paste"}],
+        "tasks": ["transfer"],
+        "metrics": ["clip_image", "lpips", "ssim_psnr"],
+    }
+
+    def job_ids(options: dict | None) -> list[str]:
+        data = {**base, **({"metric_options": options} if options is not None else {})}
+        plan = plan_from_suite(suite_from_dict(data, source=str(tmp_path / "suite.yaml")), 64)
+        return sorted(job.job_id for job in build_job_graph(pairs, plan, {"cut_paste": None}, method_tasks(plan)).jobs)
+
+    plain = job_ids(None)
+    assert job_ids({"clip": {"batch_size": 4}, "lpips": {"batch_size": 2}}) == plain
+    other_clip = job_ids({"clip": {"model": "RN50"}})
+    other_lpips = job_ids({"lpips": {"net": "tiny-world"}})
+    assert len({tuple(plain), tuple(other_clip), tuple(other_lpips)}) == 3
+    # no options: a job id records each metric as the [name, version] pair it always did, so old folders resume
+    plan = plan_from_suite(suite_from_dict(base, source=str(tmp_path / "suite.yaml")), 64)
+    assert [m.identity() for m in plan.metrics] == [[m.name, m.version] for m in plan.metrics]
