@@ -148,6 +148,23 @@ def cmd_world_gate(args: argparse.Namespace) -> None:
     print(json.dumps({"unet_step": step, **record}))
 
 
+def cmd_world_checkpoint_folder(args: argparse.Namespace) -> None:
+    """A unet-stage checkpoint as a labelled diffusers folder (clic.world.checkpoint_folder)."""
+    from .world.checkpoint_folder import checkpoint_label, save_checkpoint_folder
+
+    if not Path(args.checkpoint).is_file():
+        raise OptionError("checkpoint", f"no such file: {args.checkpoint}")
+    check_output_folder(args.out, "out")
+    if Path(args.out).is_dir() and any(Path(args.out).iterdir()):
+        raise OptionError("out", f"{args.out} is not empty: give a new folder")
+    try:
+        step = save_checkpoint_folder(Path(args.checkpoint), Path(args.out))
+    except (ModelNotFoundError, KeyError, RuntimeError, ValueError, EOFError, OSError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise OptionError(args.checkpoint, f"not a unet-stage checkpoint: {first_line}") from None
+    print(f"wrote {args.out} ({checkpoint_label(step)}); run a suite on it with `model: {args.out}`")
+
+
 def cmd_train_world(args: argparse.Namespace) -> None:
     """One stage of the tiny world (clic.world.train): resumes from --checkpoint-dir, then writes weights + record."""
     from .world.stage import TrainSettings
@@ -247,7 +264,8 @@ def _add_model_files_commands(model_commands: Any) -> None:
 
 
 def _add_world_commands(model_commands: Any) -> None:
-    """`clic models train-world|world-gate`: the tiny world trained, and its generation gate."""
+    """`clic models train-world|world-gate|world-checkpoint-folder`: the tiny world trained, its generation gate, and
+    a checkpoint as a model folder."""
     world = model_commands.add_parser(
         "train-world", help="train one stage of the tiny-world model on the synthetic scenes (seeded, resumable)"
     )
@@ -282,6 +300,14 @@ def _add_world_commands(model_commands: Any) -> None:
     gate.add_argument("--seed", type=int, default=0)
     gate.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     gate.set_defaults(run=cmd_world_gate)
+
+    folder = model_commands.add_parser(
+        "world-checkpoint-folder",
+        help="write a unet-stage checkpoint as a labelled diffusers folder, to run suites on it before it ships",
+    )
+    folder.add_argument("checkpoint", help="a unet-stage checkpoint.pt")
+    folder.add_argument("out", help="a new folder")
+    folder.set_defaults(run=cmd_world_checkpoint_folder)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,8 @@ TINY_LABEL = TINY_RANDOM  # the label of the seeded tiny models (clic.TINY_RANDO
 # The tiny architectures with weights trained on the synthetic scenes (clic.world, `clic models train-world`),
 # loaded by clic.tiny_world.
 TINY_WORLD = "tiny-world"
-TINY_WORLD_LABEL = "tiny-world: trained on the synthetic sets; not a real model"
+WORLD_TRAINED = "trained on the synthetic sets; not a real model"  # what every tiny-world weights label says
+TINY_WORLD_LABEL = f"{TINY_WORLD}: {WORLD_TRAINED}"
 
 
 class ModelNotFoundError(FileNotFoundError):

@@ -15,11 +15,12 @@ def _random_registry() -> Path:
     return Path(os.environ.get("CLIC_CACHE", Path.home() / ".cache" / "clic")) / "random-weights"
 
 
-def write_weights_marker(directory: str | Path, label: str, made_by: str) -> None:
-    """Mark a folder of random weights as such, so every row, table and banner made with it says so; its
-    fingerprint is also remembered on this machine, so a copy without the marker is still recognised."""
+def write_weights_marker(directory: str | Path, label: str, made_by: str, random_weights: bool = True) -> None:
+    """Mark a folder of weights this project made (random, or trained on the synthetic world) with its label, so
+    every row, table and banner made with it says so; its fingerprint is also remembered on this machine, so a
+    copy without the marker is still recognised."""
     directory = Path(directory)
-    record = {"weights_label": label, "random_weights": True, "made_by": made_by}
+    record = {"weights_label": label, "random_weights": random_weights, "made_by": made_by}
     (directory / WEIGHTS_MARKER).write_text(json.dumps(record, indent=1))
     try:
         registry = _random_registry()

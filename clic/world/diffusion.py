@@ -159,6 +159,9 @@ def components_of(model: TextToImage) -> SDComponents:
 def load_checkpoint_model(path: Path, seed: int = 0) -> tuple[TextToImage, int]:
     """A unet-stage training checkpoint (``<checkpoint-dir>/unet/checkpoint.pt``) as a model, and its step."""
     payload = torch.load(path, weights_only=False, map_location="cpu")
+    stage = payload.get("settings", {}).get("stage") if isinstance(payload, dict) else None
+    if stage != "unet":
+        raise ValueError(f"{path} is a {stage or 'foreign'} checkpoint, not one of the unet stage")
     model = build_text_to_image(seed)
     model.load_state_dict(payload["model"])
     return model.eval(), int(payload["step"])

@@ -307,3 +307,40 @@ def test_shipped_classifier_matches_its_record() -> None:
     assert sha256_file(SHIPPED / record["weights"]) == record["sha256"]
     measured = evaluate_classifier(load_classifier(), count=record["gate"]["heldout_scenes"])
     assert measured["renders"] == record["gate"]["renders"]
+
+
+def test_a_unet_checkpoint_written_as_a_folder_runs_as_a_labelled_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`clic models world-checkpoint-folder` writes the checkpoint's networks as an SD folder that loads like any
+    model, carries a label naming the unshipped checkpoint (never the tiny-world one), and generates exactly
+    what the checkpoint itself does; a checkpoint of another stage is one line."""
+    from clic.cli import main
+    from clic.components import TINY_WORLD_LABEL
+    from clic.models import load_components
+    from clic.world.checkpoint_folder import checkpoint_label
+    from clic.world.diffusion import components_of, load_checkpoint_model, text_to_image
+
+    if not (SHIPPED / "autoencoder" / "config.json").is_file():
+        pytest.skip("world autoencoder not shipped")
+    torch.set_num_threads(1)
+    train_stage(TrainSettings(stage="unet", steps=1, batch=2), tmp_path / "unet", progress=False)
+    checkpoint = tmp_path / "unet" / "checkpoint.pt"
+    assert main(["models", "world-checkpoint-folder", str(checkpoint), str(tmp_path / "folder")]) == 0
+    loaded = load_components(str(tmp_path / "folder"))
+    assert loaded.weights_label == checkpoint_label(1) != TINY_WORLD_LABEL
+    assert loaded.resolution == 64
+    model, step = load_checkpoint_model(checkpoint)
+    prompt = ["a chair with a red dots seat on a mint background"]
+    assert step == 1
+    assert torch.equal(
+        text_to_image(loaded, prompt, steps=2, seed=3), text_to_image(components_of(model), prompt, steps=2, seed=3)
+    )
+
+    train_stage(TrainSettings(stage="classifier", steps=1, batch=2), tmp_path / "classifier", progress=False)
+    capsys.readouterr()
+    other = tmp_path / "classifier" / "checkpoint.pt"
+    assert main(["models", "world-checkpoint-folder", str(other), str(tmp_path / "other")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "classifier checkpoint, not one of the unet stage" in error
+    assert not (tmp_path / "other").exists()
