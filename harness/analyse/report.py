@@ -81,10 +81,7 @@ def _write_report(run_dir: str | Path, out: str | Path | None, reference: str | 
     out = Path(out) if out is not None else run_dir / "report"
     plan_results, earlier_rows = read_plan_results(run_dir)  # read first: an unreadable run leaves the last report
     results = with_variants(plan_results)
-    problem = unknown_reference(results, reference) if reference is not None else None
-    if problem:
-        raise UsageError(f"--reference {problem}")
-    reference = reference or DEFAULT_REFERENCE
+    reference = _checked_reference(results, reference)
     run_info = read_run_record(run_dir)
     read_pairs(run_dir, only=())  # an unreadable pairs file stops here, before the last report is removed
     _fresh_report_folder(out)
@@ -101,11 +98,7 @@ def _write_report(run_dir: str | Path, out: str | Path | None, reference: str | 
     ablation_paired = _ablation_paired(results, run_info, reference)
     costs = cost_table(results, order)
     tables = {"summary": summary, "paired_differences": paired, "failures": failures, "costs": costs}
-    if labels:
-        tables["ablations"] = ablation
-    if ablation_paired is not None:
-        tables["ablations_paired"] = ablation_paired[1]
-    write_tables(tables, out / "tables")
+    write_tables({**tables, **_ablation_tables(labels, ablation, ablation_paired)}, out / "tables")
     (out / "summary.md").write_text(
         summary_markdown(head, per_metric, paired, failures, reference, ablation, declared, costs, ablation_paired),
         encoding="utf-8",
@@ -117,11 +110,8 @@ def _write_report(run_dir: str | Path, out: str | Path | None, reference: str | 
     # Every pair's values in tables/pairs.{parquet,html}; the ablation grid (a row per pair) over a bounded,
     # stated sample of pairs (harness.analyse.pair_table.grid_sample).
     write_pair_table(results, out / "tables", f"{run_dir.name}: every pair")
-    ablation_html = (
-        _ablation_html(run_dir, results, run_info, summary, declared, (labels, ablation, ablation_paired), keys, out)
-        if labels
-        else ""
-    )
+    ablations = (labels, ablation, ablation_paired)
+    ablation_html = _ablation_html(run_dir, results, run_info, summary, declared, ablations, keys, out)
     page = index_html(
         run_dir,
         run_info,
@@ -143,6 +133,22 @@ def _write_report(run_dir: str | Path, out: str | Path | None, reference: str | 
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index, unreadable, earlier_rows
+
+
+def _checked_reference(results: pd.DataFrame, reference: str | None) -> str:
+    """The reference to pair against: the one given, which must be a method or method label of the run (one line
+    otherwise), or clic by default (a run without it pairs nothing)."""
+    problem = unknown_reference(results, reference) if reference is not None else None
+    if problem:
+        raise UsageError(f"--reference {problem}")
+    return reference or DEFAULT_REFERENCE
+
+
+def _ablation_tables(
+    labels: list[str], ablation: pd.DataFrame, paired: tuple[str, pd.DataFrame] | None
+) -> dict[str, pd.DataFrame]:
+    """The ablation tables of tables/: the variants' means, and their paired differences against the plain label."""
+    return {**({"ablations": ablation} if labels else {}), **({"ablations_paired": paired[1]} if paired else {})}
 
 
 def _fresh_report_folder(out: Path) -> None:
@@ -190,16 +196,21 @@ def _ablation_html(
     keys: Mapping[str, str],
     out: Path,
 ) -> str:
-    """The ablation section: its table, its image grid over a bounded sample of pairs, each variant's paired
-    difference against the reference method's plain label (when the reference method has variants), and its
-    figure."""
+    """The ablation section: its table, each variant's paired difference against the reference method's plain
+    label (when the reference method has variants), its image grid over a bounded sample of pairs, and its
+    figure ("" for a run without variants)."""
     labels, ablation, paired = ablations
+    if not labels:
+        return ""
     shown_pairs, sample_note = grid_sample(results, declared)
     sampled = results[results["pair_id"].isin(shown_pairs)] if "pair_id" in results.columns else results
+    section = ablation_section(run_dir, sampled, run_info, labels, with_short_weights(ablation, keys), out)
+    if paired is not None:  # under the table of means, above the grid
+        grid = '<table class="grid" id="ablation-grid">'
+        section = section.replace(grid, _ablation_paired_html(paired, declared, keys) + grid, 1)
     return (
-        ablation_section(run_dir, sampled, run_info, labels, with_short_weights(ablation, keys), out)
+        section
         + f"<p>Pairs of the grid: {html.escape(sample_note)}</p>"
-        + (_ablation_paired_html(paired, declared, keys) if paired is not None else "")
         + '<div class="plots">'
         + figure_html(
             figures.headline_figure(summary, out / "plots", declared, labels, only=labels, stem="ablations"),
