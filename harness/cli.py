@@ -84,7 +84,11 @@ def _add_analyse_commands(sub: argparse._SubParsersAction) -> None:
     """`report` and `compare`."""
     p = sub.add_parser("report", help="write tables and the HTML report of a run folder")
     p.add_argument("run", help="run folder")
-    p.add_argument("--reference", default="clic", help="method the paired differences are taken against")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help='method, or method label ("clic/paper no_att"), the paired differences are taken against (default: clic)',
+    )
     p.add_argument("--out", default=None, help="report folder (default: RUN/report)")
     p.set_defaults(func=_handler("harness.analyse.report:report_main"))
 

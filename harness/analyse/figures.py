@@ -124,7 +124,7 @@ def headline_figure(
     return _panels(metrics, _ordered(overall["label"], order), cells, titles, folder, stem)
 
 
-def paired_figure(paired: pd.DataFrame, folder: Path, reference: str) -> str | None:
+def paired_figure(paired: pd.DataFrame, folder: Path) -> str | None:
     """The paired-differences table's figure: a panel per metric (their scales differ), a bar per comparison
     (method label − reference label) with its interval (a hollow marker where there is none), and the zero line."""
     rows = paired.dropna(subset=["mean_difference"]) if not paired.empty else paired
@@ -132,8 +132,8 @@ def paired_figure(paired: pd.DataFrame, folder: Path, reference: str) -> str | N
         return None
     rows = rows.assign(
         label=[
-            f"{method_label(m, p)} − {method_label(reference, r)}"
-            for m, p, r in zip(rows["method"], rows["preset"], rows["reference_preset"])
+            f"{method_label(m, p)} − {method_label(ref, r)}"
+            for m, p, ref, r in zip(rows["method"], rows["preset"], rows["reference"], rows["reference_preset"])
         ]
     )
     metrics = sorted(rows["metric"].astype(str).unique())

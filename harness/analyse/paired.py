@@ -103,18 +103,27 @@ PAIRED_COLUMNS = (
 
 
 def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFrame:
-    """Mean paired difference (method − reference) per other method label (preset and variant) and metric.
+    """Mean paired difference (other − reference) per other method label (preset and variant) and metric.
 
-    Rows pair on (pair, seed, task, object word) at the same point of the suite's sweep (a method that reads no
-    such settings, e.g. cut-and-paste, pairs with every point). Each reference label is its own
-    ``reference_preset``. The test runs on per-pair mean differences; ``p_holm`` is Holm-corrected across the
-    metrics of each comparison (one method label against one reference label).
+    ``reference`` is a method (every label of every other method against each of its labels, each its own
+    ``reference_preset``) or one method label as the rows carry it, e.g. "clic/paper no_att" (every other label
+    of the run, variants of the same method included, against that label's rows). A reference that is neither
+    pairs nothing (:func:`unknown_reference` says why). Rows pair on (pair, seed, task, object word) at the same
+    point of the suite's sweep (a method that reads no such settings, e.g. cut-and-paste, pairs with every
+    point). The test runs on per-pair mean differences; ``p_holm`` is Holm-corrected across the metrics of each
+    comparison (one method label against one reference label).
     """
     values = _ok_values(df)
     if values.empty:
         return pd.DataFrame(columns=list(PAIRED_COLUMNS))
     values = values.assign(sweep_key=_sweep_key(values), weights=weights_description(values))
-    paired = _paired_with_reference(values, reference)
+    reference_method, reference_preset = reference, None
+    if not values["method"].eq(reference).any() and _labels(values).eq(reference).any():
+        # a label: each side is (method, the label's preset part), so that variants of one method are told apart
+        values = values.assign(preset=_label_presets(values))
+        reference_method = str(values.loc[_labels(values).eq(reference), "method"].iloc[0])
+        reference_preset = _label_preset(reference_method, reference)
+    paired = _paired_with_reference(values, reference_method, reference_preset)
     declared = directions(values)
     rows = []
     for (method, preset, ref_preset, metric), group in paired.groupby(
@@ -125,7 +134,7 @@ def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFram
             {
                 "method": method,
                 "preset": preset,
-                "reference": reference,
+                "reference": reference_method,
                 "reference_preset": ref_preset,
                 "metric": metric,
                 **_paired_statistics(diffs, pairs),
@@ -140,9 +149,38 @@ def paired_differences(df: pd.DataFrame, reference: str = "clic") -> pd.DataFram
     return table
 
 
-def _paired_with_reference(values: pd.DataFrame, reference: str) -> pd.DataFrame:
+def unknown_reference(df: pd.DataFrame, reference: str) -> str | None:
+    """None when ``reference`` is a method or a method label of the rows of ``df``; else one line naming them."""
+    if df.empty or "method" not in df.columns:
+        return None
+    labels = _labels(df)
+    if df["method"].eq(reference).any() or labels.eq(reference).any():
+        return None
+    methods = ", ".join(sorted(df["method"].dropna().astype(str).unique()))
+    named = ", ".join(f'"{label}"' for label in sorted(labels.unique()))
+    return f"{reference!r} is neither a method nor a method label of the run (methods: {methods}; labels: {named})"
+
+
+def _label_preset(method: str, label: str) -> str:
+    """The part of a method label after its method: "paper no_att" of "clic/paper no_att" ("" for a bare method;
+    the variant alone for a method without presets, as :func:`harness.analyse.report_tables.with_variants`)."""
+    for head in (f"{method}/", f"{method} "):
+        if label.startswith(head):
+            return label[len(head) :]
+    return ""
+
+
+def _label_presets(values: pd.DataFrame) -> list[str]:
+    """Each row's :func:`_label_preset`, worked out once per distinct (method, label)."""
+    pairs = list(zip(values["method"].astype(str), _labels(values)))
+    presets = {pair: _label_preset(*pair) for pair in set(pairs)}
+    return [presets[pair] for pair in pairs]
+
+
+def _paired_with_reference(values: pd.DataFrame, method: str, preset: str | None = None) -> pd.DataFrame:
     """Each other label's mean value per (pair, seed, task, object, metric) beside the reference's, where both
-    ran at the same point of the sweep (or one of them reads no sweep settings)."""
+    ran at the same point of the sweep (or one of them reads no sweep settings). The reference is every label of
+    ``method``, or only its ``preset`` when one is given."""
     keys = [*PAIRING, "metric"]
     per_key = _per_key_values(values, [*keys, "sweep_key", "method", "preset"])
     renamed = {
@@ -151,8 +189,9 @@ def _paired_with_reference(values: pd.DataFrame, reference: str) -> pd.DataFrame
         "weights": "reference_weights",
         "sweep_key": "reference_sweep",
     }
-    ref = per_key[per_key["method"].eq(reference)].rename(columns=renamed).drop(columns="method")
-    paired = per_key[~per_key["method"].eq(reference)].merge(ref, on=keys, how="inner")
+    is_reference = per_key["method"].eq(method) & (per_key["preset"].eq(preset) if preset is not None else True)
+    ref = per_key[is_reference].rename(columns=renamed).drop(columns="method")
+    paired = per_key[~is_reference].merge(ref, on=keys, how="inner")
     same_point = (
         paired["sweep_key"].eq(paired["reference_sweep"])
         | paired["sweep_key"].eq("")

@@ -25,7 +25,7 @@ from harness.analyse.aggregate import directions, summary_table, write_tables
 from harness.analyse.costs import cost_table
 from harness.analyse.images import OUTLINE_COLOUR, THUMBNAIL_PIXELS, image_name, thumbnail  # noqa: F401 - re-exported
 from harness.analyse.pair_table import grid_sample, write_pair_table
-from harness.analyse.paired import paired_differences
+from harness.analyse.paired import paired_differences, unknown_reference
 from harness.analyse.report_page import (  # noqa: F401
     REPORT_CSS,
     ReportFigures,
@@ -40,6 +40,8 @@ from harness.analyse.report_tables import (  # noqa: F401
     PAIRED_NOTE,
     SUMMARY_KEYS,
     ablation_labels,
+    ablation_reference,
+    ablation_rows,
     ablation_table,
     cell_text,
     failure_list,
@@ -50,6 +52,7 @@ from harness.analyse.report_tables import (  # noqa: F401
     with_variants,
 )
 from harness.analyse.weights_legend import weights_keys, with_short_weights
+from harness.errors import UsageError
 from harness.plan.identity import method_label  # noqa: F401 - method_label is used by the study too
 from harness.store import (
     earlier_plan_note,
@@ -59,19 +62,26 @@ from harness.store import (
     unreadable_results,
 )
 
+DEFAULT_REFERENCE = "clic"
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, reference: str = "clic") -> Path:
-    """Write the report of `run_dir` into `out` (default RUN/report) and return the path of index.html."""
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, reference: str | None = None) -> Path:
+    """Write the report of `run_dir` into `out` (default RUN/report) and return the path of index.html.
+
+    ``reference``: the method or the method label the paired differences are taken against. One the run does not
+    have is a :class:`UsageError` before anything is written; the default, clic, pairs nothing in a run without
+    it."""
     return _write_report(run_dir, out, reference)[0]
 
 
-def _write_report(run_dir: str | Path, out: str | Path | None, reference: str) -> tuple[Path, list[str], int]:
+def _write_report(run_dir: str | Path, out: str | Path | None, reference: str | None) -> tuple[Path, list[str], int]:
     """:func:`write_report`, plus what it left out: the unreadable result files' lines and the rows of earlier
     plans (`clic-bench report` says both without reading the folder again)."""
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "report"
     plan_results, earlier_rows = read_plan_results(run_dir)  # read first: an unreadable run leaves the last report
     results = with_variants(plan_results)
+    reference = _checked_reference(results, reference)
     run_info = read_run_record(run_dir)
     read_pairs(run_dir, only=())  # an unreadable pairs file stops here, before the last report is removed
     _fresh_report_folder(out)
@@ -85,22 +95,23 @@ def _write_report(run_dir: str | Path, out: str | Path | None, reference: str) -
     head = headline_table.headline(summary, declared, order)
     labels = ablation_labels(results, run_info)
     ablation = ablation_table(summary, labels)
+    ablation_paired = _ablation_paired(results, run_info, reference)
     costs = cost_table(results, order)
     tables = {"summary": summary, "paired_differences": paired, "failures": failures, "costs": costs}
-    write_tables({**tables, "ablations": ablation} if labels else tables, out / "tables")
+    write_tables({**tables, **_ablation_tables(labels, ablation, ablation_paired)}, out / "tables")
     (out / "summary.md").write_text(
-        summary_markdown(head, per_metric, paired, failures, reference, ablation, declared, costs), encoding="utf-8"
+        summary_markdown(head, per_metric, paired, failures, reference, ablation, declared, costs, ablation_paired),
+        encoding="utf-8",
     )
 
     keys = weights_keys(results)
-    plots = _report_figures(run_dir, results, summary, paired, declared, order, reference, out / "plots")
+    plots = _report_figures(run_dir, results, summary, paired, declared, order, out / "plots")
     grids = image_grid_sections(run_dir, results, out, order)
     # Every pair's values in tables/pairs.{parquet,html}; the ablation grid (a row per pair) over a bounded,
     # stated sample of pairs (harness.analyse.pair_table.grid_sample).
     write_pair_table(results, out / "tables", f"{run_dir.name}: every pair")
-    ablation_html = (
-        _ablation_html(run_dir, results, run_info, summary, declared, labels, ablation, keys, out) if labels else ""
-    )
+    ablations = (labels, ablation, ablation_paired)
+    ablation_html = _ablation_html(run_dir, results, run_info, summary, declared, ablations, keys, out)
     page = index_html(
         run_dir,
         run_info,
@@ -122,6 +133,22 @@ def _write_report(run_dir: str | Path, out: str | Path | None, reference: str) -
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index, unreadable, earlier_rows
+
+
+def _checked_reference(results: pd.DataFrame, reference: str | None) -> str:
+    """The reference to pair against: the one given, which must be a method or method label of the run (one line
+    otherwise), or clic by default (a run without it pairs nothing)."""
+    problem = unknown_reference(results, reference) if reference is not None else None
+    if problem:
+        raise UsageError(f"--reference {problem}")
+    return reference or DEFAULT_REFERENCE
+
+
+def _ablation_tables(
+    labels: list[str], ablation: pd.DataFrame, paired: tuple[str, pd.DataFrame] | None
+) -> dict[str, pd.DataFrame]:
+    """The ablation tables of tables/: the variants' means, and their paired differences against the plain label."""
+    return {**({"ablations": ablation} if labels else {}), **({"ablations_paired": paired[1]} if paired else {})}
 
 
 def _fresh_report_folder(out: Path) -> None:
@@ -147,14 +174,13 @@ def _report_figures(
     paired: pd.DataFrame,
     declared: Mapping[str, bool],
     order: Sequence[str],
-    reference: str,
     plots: Path,
 ) -> ReportFigures:
     """Draw the report's figures into ``plots``."""
     return ReportFigures(
         per_metric=figures.metric_figures(summary, plots, declared, order),
         headline=figures.headline_figure(summary, plots, declared, order),
-        paired=figures.paired_figure(paired, plots, reference),
+        paired=figures.paired_figure(paired, plots),
         tstart=figures.tstart_figure(results, plots, declared),
         losses=figures.loss_figures(run_dir, results, plots),
     )
@@ -166,16 +192,24 @@ def _ablation_html(
     run_info: Mapping[str, Any],
     summary: pd.DataFrame,
     declared: Mapping[str, bool],
-    labels: list[str],
-    ablation: pd.DataFrame,
+    ablations: tuple[list[str], pd.DataFrame, tuple[str, pd.DataFrame] | None],
     keys: Mapping[str, str],
     out: Path,
 ) -> str:
-    """The ablation section: its table, its image grid over a bounded sample of pairs, and its figure."""
+    """The ablation section: its table, each variant's paired difference against the reference method's plain
+    label (when the reference method has variants), its image grid over a bounded sample of pairs, and its
+    figure ("" for a run without variants)."""
+    labels, ablation, paired = ablations
+    if not labels:
+        return ""
     shown_pairs, sample_note = grid_sample(results, declared)
     sampled = results[results["pair_id"].isin(shown_pairs)] if "pair_id" in results.columns else results
+    section = ablation_section(run_dir, sampled, run_info, labels, with_short_weights(ablation, keys), out)
+    if paired is not None:  # under the table of means, above the grid
+        grid = '<table class="grid" id="ablation-grid">'
+        section = section.replace(grid, _ablation_paired_html(paired, declared, keys) + grid, 1)
     return (
-        ablation_section(run_dir, sampled, run_info, labels, with_short_weights(ablation, keys), out)
+        section
         + f"<p>Pairs of the grid: {html.escape(sample_note)}</p>"
         + '<div class="plots">'
         + figure_html(
@@ -184,6 +218,25 @@ def _ablation_html(
             wide=True,
         )
         + "</div>"
+    )
+
+
+def _ablation_paired(
+    results: pd.DataFrame, run_info: Mapping[str, Any], reference: str
+) -> tuple[str, pd.DataFrame] | None:
+    """(the reference method's plain label, each of its variants' paired differences against it), or None when
+    the reference method has no variants."""
+    base = ablation_reference(results, run_info, reference)
+    return (base, paired_differences(ablation_rows(results, base), reference=base)) if base else None
+
+
+def _ablation_paired_html(
+    paired: tuple[str, pd.DataFrame], declared: Mapping[str, bool], keys: Mapping[str, str]
+) -> str:
+    base, table = paired
+    return (
+        f'<h3 id="ablations-paired">Paired differences (variant − {html.escape(base)})</h3>'
+        f"<p>{html.escape(PAIRED_NOTE)}</p>" + page_table(paired_page_table(table, declared), keys)
     )
 
 

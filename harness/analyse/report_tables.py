@@ -69,6 +69,33 @@ def ablation_labels(results: pd.DataFrame, run_info: Mapping[str, Any]) -> list[
     return ordered + sorted(present - set(ordered))
 
 
+def ablation_reference(results: pd.DataFrame, run_info: Mapping[str, Any], reference: str) -> str | None:
+    """The label the ablations of the reference's method are paired against (Fig. 8's reading): among that
+    method's ablation labels, the first in the suite's order without a variant, else the first; None when the
+    method has no variants (``reference``: a method or a method label)."""
+    if results.empty or "method" not in results.columns:
+        return None
+    labels = method_labels(results)
+    named = results["method"].eq(reference) | labels.eq(reference) | results.get("label", labels).eq(reference)
+    methods = set(results.loc[named, "method"].astype(str))
+    own = [
+        label for label in ablation_labels(results, run_info) if label in set(labels[results["method"].isin(methods)])
+    ]
+    if len(own) < 2:
+        return None
+    plain = set(labels[results["method"].isin(methods) & results["variant"].eq("")])
+    return next((label for label in own if label in plain), own[0])
+
+
+def ablation_rows(results: pd.DataFrame, base: str) -> pd.DataFrame:
+    """The rows of ``base`` and of its variants: its method and preset, any variant (``base_preset``: the preset
+    without its variant, :func:`with_variants`)."""
+    labels = method_labels(results)
+    of_base = results[labels.eq(base)]
+    method, preset = of_base["method"].iloc[0], of_base["base_preset"].iloc[0]
+    return results[results["method"].eq(method) & results["base_preset"].eq(preset)]
+
+
 def planned_labels(run_info: Mapping[str, Any]) -> list[str]:
     """Method labels in the suite file's order (the plan's method runs recorded in run.json)."""
     return [str(run.get("label")) for run in ((run_info.get("plan") or {}).get("methods") or []) if run.get("label")]
@@ -171,7 +198,10 @@ def summary_markdown(
     ablation: pd.DataFrame,
     declared: Mapping[str, bool],
     costs: pd.DataFrame | None = None,
+    ablation_paired: tuple[str, pd.DataFrame] | None = None,
 ) -> str:
+    """summary.md: the headline, the per-category tables, the ablations (with each variant's paired difference
+    against ``ablation_paired``'s label), the paired differences, the costs and the count of failed jobs."""
     parts = [
         "# Results\n",
         headline_table.to_markdown(head),
@@ -183,6 +213,11 @@ def summary_markdown(
         parts.append(f"### {metric} ({direction_text(metric, declared)})\n\n{to_markdown(table, note='')}")
     if not ablation.empty:
         parts.append(f"## Ablations (all categories)\n\n{to_markdown(ablation, note='')}")
+    if ablation_paired is not None:
+        parts.append(
+            f"### Ablations paired against {ablation_paired[0]}\n\n{PAIRED_NOTE}\n\n"
+            + to_markdown(ablation_paired[1], note="")
+        )
     parts.append(f"## Paired differences against {reference}\n\n{PAIRED_NOTE}\n\n{to_markdown(paired, note='')}")
     if costs is not None and not costs.empty:
         parts.append(f"## Costs\n\n{COST_NOTE}\n\n{to_markdown(costs, note='')}")

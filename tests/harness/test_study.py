@@ -398,6 +398,10 @@ def test_report_ablation_view_in_fig8_layout(tmp_path: Path) -> None:
     assert set(summary["preset"].dropna()) >= {"paper", "paper no_att", "paper no_roi", "paper no_con"}
     assert "Ablations" in (index.parent / "summary.md").read_text()
     assert 'src="plots/ablations.png"' in page, "the ablation table's CI-bar figure"
+    # Fig. 8's reading: each variant of clic/paper paired against it (not official-code: another preset)
+    paired = pd.read_csv(index.parent / "tables" / "ablations_paired.csv")
+    assert set(paired["preset"]) == {"paper no_att", "paper no_roi", "paper no_con"}
+    assert set(paired["reference_preset"]) == {"paper"}
 
 
 def test_ordinary_runs_have_no_variants(tmp_path: Path) -> None:
