@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import RANDOM_WEIGHTS
-from .components import SDComponents
+from .components import SDComponents, sd_pipeline
 from .tiny_models import SD_SCHEDULER_CONFIG, build_clip_tokenizer
 
 _SD_UNET_COMMON = {
@@ -158,21 +158,10 @@ def build_random(name: str, tokenizer_dir: str | Path, seed: int = 0) -> SDCompo
 
 def save_random(name: str, directory: str | Path, seed: int = 0) -> Path:
     """Write the architecture with random weights as a stock diffusers ``StableDiffusionPipeline`` folder."""
-    from diffusers import StableDiffusionPipeline
 
     directory = Path(directory)
     components = build_random(name, directory / "tokenizer", seed)
-    pipeline = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=components.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(directory)
+    sd_pipeline(components, scheduler=components.scheduler).save_pretrained(directory)
     from .provenance import write_weights_marker
 
     write_weights_marker(

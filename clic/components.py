@@ -134,6 +134,25 @@ def ddim_scheduler(components: SDComponents) -> DDIMScheduler:
     return DDIMScheduler.from_config(components.scheduler.config)
 
 
+def sd_pipeline(components: SDComponents, scheduler=None):
+    """diffusers' ``StableDiffusionPipeline`` on the components (no safety checker, no progress bar), stepped by
+    ``scheduler`` or else :func:`ddim_scheduler`: what the project generates with and writes model folders as."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=scheduler if scheduler is not None else ddim_scheduler(components),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 @dataclass(frozen=True)
 class ModelDescription:
     model_id: str

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..components import SDComponents, ddim_scheduler
+from ..components import SDComponents, sd_pipeline
 from ..concept import LearnedConcept
 from ..learn import (
     ConceptSource,
@@ -118,19 +118,7 @@ def class_image_moments(
 ) -> torch.Tensor:
     """VAE posterior moments (count, 8, h, w) of ``count`` images the *base* model generates from ``prompt``
     (diffusers' StableDiffusionPipeline, DDIM, as train.py samples its class images with the pipeline)."""
-    from diffusers import StableDiffusionPipeline
-
-    pipeline = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=ddim_scheduler(components),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = sd_pipeline(components)
     generator = torch.Generator().manual_seed(seed)
     images = pipeline(
         [prompt] * count,

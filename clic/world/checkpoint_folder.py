@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..components import WORLD_TRAINED
+from ..components import WORLD_TRAINED, sd_pipeline
 
 
 def checkpoint_label(step: int) -> str:
@@ -18,24 +18,11 @@ def save_checkpoint_folder(checkpoint: Path, out: Path) -> int:
     """Write the checkpoint's UNet and text encoder with the world VAE, the tiny CLIP tokenizer and SD's DDIM
     scheduler config as an SD 1.x diffusers folder, with the weights marker of :func:`checkpoint_label`.
     Returns the checkpoint's step."""
-    from diffusers import StableDiffusionPipeline
-
-    from ..components import ddim_scheduler
     from ..provenance import write_weights_marker
     from .diffusion import components_of, load_checkpoint_model
 
     model, step = load_checkpoint_model(Path(checkpoint))
-    components = components_of(model)
-    StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=ddim_scheduler(components),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(out)
+    sd_pipeline(components_of(model)).save_pretrained(out)
     made_by = f"clic models world-checkpoint-folder {checkpoint} {out}"
     write_weights_marker(out, checkpoint_label(step), made_by, random_weights=False)
     return step

@@ -179,21 +179,9 @@ def text_to_image(
 ) -> torch.Tensor:
     """Images (N, 3, R, R) in [0, 1] from ``prompts``: diffusers' SD pipeline on the components, stepped by DDIM
     with SD's scheduler config (:func:`clic.components.ddim_scheduler`) and classifier-free guidance; seeded."""
-    from diffusers import StableDiffusionPipeline
+    from ..components import sd_pipeline
 
-    from ..components import ddim_scheduler
-
-    pipeline = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=ddim_scheduler(components),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = sd_pipeline(components)
     generator = torch.Generator().manual_seed(seed)
     images = [
         pipeline(

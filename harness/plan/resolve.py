@@ -36,7 +36,8 @@ def plan_from_suite(suite: Suite, resolution: int) -> Plan:
             )
     metrics = []
     for name in suite.metrics:
-        declared = declaration(metric_class(name), suite.metric_options)
+        cls = metric_class(name)
+        declared = declaration(cls, suite.metric_options)
         if declared.group_by is not None and declared.group_by not in GROUP_KINDS:
             raise ValueError(f"metric {name!r}: group_by {declared.group_by!r} is not one of {GROUP_KINDS}")
         metrics.append(
@@ -48,7 +49,7 @@ def plan_from_suite(suite: Suite, resolution: int) -> Plan:
                 declared.group_by,
                 declared.values,
                 metric_target(name),
-                scoring_options(metric_class(name), suite.metric_options),
+                scoring_options(cls, suite.metric_options),
             )
         )
     return Plan(
