@@ -158,7 +158,6 @@ def build_random(name: str, tokenizer_dir: str | Path, seed: int = 0) -> SDCompo
 
 def save_random(name: str, directory: str | Path, seed: int = 0) -> Path:
     """Write the architecture with random weights as a stock diffusers ``StableDiffusionPipeline`` folder."""
-
     directory = Path(directory)
     components = build_random(name, directory / "tokenizer", seed)
     sd_pipeline(components, scheduler=components.scheduler).save_pretrained(directory)

@@ -24,6 +24,7 @@ from clic.world.diffusion import (
     GATE_STEPS,
     _classifier_reading,
     _optional_scorer,
+    _rounded,
     components_of,
     load_checkpoint_model,
     noise_schedule_alphas,
@@ -39,6 +40,7 @@ def main(checkpoint: str) -> dict:
         latents = components.vae.encode(torch.from_numpy(renders)).latent_dist.mode()
     mu = (latents * components.vae.config.scaling_factor).mean(dim=(0, 2, 3), keepdim=True)
     scenes = [sample_scene(index, "heldout", WORLD_SEED) for index in range(GATE_CAPTIONS)]
+    classifier, scorer = load_classifier(), _optional_scorer()
     pipeline = sd_pipeline(components)
     pipeline.scheduler.set_timesteps(GATE_STEPS)
     kept = noise_schedule_alphas()[int(pipeline.scheduler.timesteps[0])].sqrt()
@@ -66,11 +68,8 @@ def main(checkpoint: str) -> dict:
                 )
         images = torch.cat(images) * 2 - 1
         record[name] = {
-            "classifier": {
-                k: v if v is None else round(v, 4)
-                for k, v in _classifier_reading(load_classifier(), images, scenes).items()
-            },
-            "scorer": scorer_agreement(_optional_scorer(), images, scenes),
+            "classifier": _rounded(_classifier_reading(classifier, images, scenes)),
+            "scorer": scorer_agreement(scorer, images, scenes),
             "mean_brightness": round(float((images.mean() + 1) / 2), 4),
             "mean_rgb_l1_to_render": round(float(((images + 1) / 2 - rendered).mean(dim=(2, 3)).abs().mean()), 4),
         }
